@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Apache Kafka, one KRaft node (broker + controller), from its Maven Central jars. No Docker.
+#
+#   infra/kafka.sh start   fetch the jars if missing, format storage once, start; idempotent
+#   infra/kafka.sh stop    stop the broker started here
+#   infra/kafka.sh status  exit 0 when it is running
+#
+# Environment: KAFKA_PORT (default 19092), KAFKA_HOME (state, default infra/.state/kafka-$KAFKA_PORT),
+# KAFKA_HEAP (default 384m). Several brokers on different ports may run side by side.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+port="${KAFKA_PORT:-19092}"
+ctrl_port=$((port + 1))
+home="${KAFKA_HOME:-$here/.state/kafka-$port}"
+lib="$here/kafka/lib"
+pidfile="$home/kafka.pid"
+log="$home/kafka.log"
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+
+fetch_jars() {
+  if [ ! -f "$lib/.complete" ]; then
+    command -v mvn >/dev/null || { echo "kafka.sh: Maven (mvn) is needed to fetch Kafka's jars" >&2; exit 1; }
+    echo "kafka.sh: fetching Apache Kafka jars from Maven Central into $lib" >&2
+    rm -rf "$lib"
+    (cd "$here/kafka" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=lib -DincludeScope=runtime >&2)
+    touch "$lib/.complete"
+  fi
+}
+
+start() {
+  if running; then echo "kafka: already running, listening on 127.0.0.1:$port"; return 0; fi
+  fetch_jars
+  mkdir -p "$home/data"
+  cat > "$home/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$ctrl_port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctrl_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$home/data
+num.partitions=6
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+log.segment.bytes=67108864
+log.retention.hours=24
+PROPS
+  local cp="$lib/*"
+  if [ ! -f "$home/data/meta.properties" ]; then
+    java -cp "$cp" kafka.tools.StorageTool format --standalone -t "sharedcare-test-cluster-$port" \
+      -c "$home/server.properties" > "$home/format.log" 2>&1 \
+      || java -cp "$cp" kafka.tools.StorageTool format -t "$(java -cp "$cp" kafka.tools.StorageTool random-uuid)" \
+      -c "$home/server.properties" >> "$home/format.log" 2>&1 \
+      || { echo "kafka.sh: formatting storage failed, see $home/format.log" >&2; cat "$home/format.log" >&2; exit 1; }
+  fi
+  nohup java -Xms128m -Xmx"${KAFKA_HEAP:-384m}" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+    -Djava.awt.headless=true -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
+    -cp "$cp" kafka.Kafka "$home/server.properties" > "$log" 2>&1 &
+  echo $! > "$pidfile"
+  for _ in $(seq 1 120); do
+    if listening; then echo "kafka: started, listening on 127.0.0.1:$port (log $log)"; return 0; fi
+    running || { echo "kafka.sh: broker exited, see $log" >&2; tail -n 40 "$log" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "kafka.sh: broker did not listen on $port within 60 s, see $log" >&2; exit 1
+}
+
+stop() {
+  if running; then
+    local pid; pid="$(cat "$pidfile")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+    echo "kafka: stopped (port $port)"
+  else
+    echo "kafka: not running (port $port)"
+  fi
+  rm -f "$pidfile"
+}
+
+case "${1:-start}" in
+  start) start ;;
+  stop) stop ;;
+  status) running && listening ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,171 @@
+//! The embedded bus: a durable, append-only log in one SQLite file (`events.db` under the
+//! data directory), shared by every service running in the `sharedcare up` process.
+//!
+//! Each topic is one ordered log (one "partition"), so order is kept for every key. A consumer
+//! group's position per topic is stored in the same file and advanced only after the handler
+//! returns `Ok`, giving the same at-least-once contract as Kafka.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Bus, Delivery, Handler, Outgoing};
+use crate::{Error, Result};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS log (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic    TEXT NOT NULL,
+    key      TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    payload  BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_topic_seq ON log (topic, seq);
+CREATE TABLE IF NOT EXISTS positions (
+    grp   TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic)
+);";
+
+/// How many log entries a consumer reads per query.
+const FETCH: i64 = 512;
+
+/// The in-process bus, durable in a SQLite file.
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    pool: SqlitePool,
+    head: Arc<watch::Sender<i64>>,
+    path: String,
+}
+
+impl EmbeddedBus {
+    /// Opens (creating if needed) the log at `path`.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let what = format!("open embedded event log {}", path.display());
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(Error::db(what.clone()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(Error::db(what.clone()))?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(Error::db(what))?;
+        let (head, _) = watch::channel(0);
+        Ok(EmbeddedBus { pool, head: Arc::new(head), path: path.display().to_string() })
+    }
+
+    async fn position(&self, group: &str, topic: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT seq FROM positions WHERE grp = ?1 AND topic = ?2")
+            .bind(group)
+            .bind(topic)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::db("read consumer position"))?;
+        Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0))
+    }
+
+    async fn commit(&self, group: &str, topic: &str, seq: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO positions (grp, topic, seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (grp, topic) DO UPDATE SET seq = excluded.seq",
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(seq)
+        .execute(&self.pool)
+        .await
+        .map_err(Error::db("store consumer position"))?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for EmbeddedBus {
+    async fn publish(&self, batch: &[Outgoing]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(Error::db("append to event log"))?;
+        let mut last = 0;
+        for m in batch {
+            let r = sqlx::query("INSERT INTO log (topic, key, event_id, payload) VALUES (?1, ?2, ?3, ?4)")
+                .bind(&m.topic)
+                .bind(&m.key)
+                .bind(&m.id)
+                .bind(&m.payload)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("append to event log"))?;
+            last = r.last_insert_rowid();
+        }
+        tx.commit().await.map_err(Error::db("append to event log"))?;
+        self.head.send_replace(last);
+        Ok(())
+    }
+
+    async fn consume(
+        &self,
+        group: &str,
+        topic: &str,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let mut head = self.head.subscribe();
+        let mut pos = self.position(group, topic).await?;
+        while !shutdown.is_cancelled() {
+            let rows = sqlx::query(
+                "SELECT seq, payload FROM log WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )
+            .bind(topic)
+            .bind(pos)
+            .bind(FETCH)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::db("read event log"))?;
+            if rows.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = head.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+            for row in rows {
+                let seq: i64 = row.get(0);
+                let payload: Vec<u8> = row.get(1);
+                match super::decode(&payload, topic, seq) {
+                    Ok(envelope) => {
+                        let d = Delivery { envelope, topic: topic.to_string(), partition: 0, offset: seq };
+                        if !super::handle_with_retry(handler.as_ref(), &d, &shutdown).await {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "skipping undecodable event"),
+                }
+                self.commit(group, topic, seq).await?;
+                pos = seq;
+            }
+        }
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(Error::db("embedded event log"))?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded event log {}", self.path)
+    }
+}

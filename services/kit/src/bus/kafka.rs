@@ -1,0 +1,213 @@
+//! The Kafka bus (rdkafka / librdkafka).
+//!
+//! Producer: `enable.idempotence=true` (which implies `acks=all` and ordered retries per
+//! partition), keyed by the patient's NHS number so a patient's events stay in order.
+//! Consumer: a consumer group with auto-commit off; an offset is committed only after the
+//! handler returned `Ok`, i.e. after the consumer stored what it derived (with the event id in
+//! its inbox, so a redelivery is recognised). Kafka transactions are not used.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::{Bus, Delivery, Handler, Outgoing};
+use crate::{Error, Result};
+
+/// Kafka connection settings (`[kafka]` in the config file, `SHAREDCARE_KAFKA__*`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated (`host:port,host:port`). Empty = embedded bus.
+    pub brokers: String,
+    /// Partitions for topics this process creates.
+    pub partitions: i32,
+    /// Replication factor for topics this process creates (3 in production).
+    pub replication_factor: i32,
+    /// How long a message may wait for the broker before the outbox relay retries it.
+    pub message_timeout_ms: u64,
+    /// Producer batching delay (lower = lower latency, higher = more throughput).
+    pub linger_ms: u64,
+    /// Consumer group session timeout.
+    pub session_timeout_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            partitions: 6,
+            replication_factor: 1,
+            message_timeout_ms: 30_000,
+            linger_ms: 2,
+            session_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The bus on Apache Kafka.
+#[derive(Clone)]
+pub struct KafkaBus {
+    config: KafkaConfig,
+    client_id: String,
+    producer: FutureProducer,
+}
+
+impl KafkaBus {
+    /// Creates the producer. Nothing is contacted yet: call [`Bus::health`] to check.
+    pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("client.id", client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", config.linger_ms.to_string())
+            .set("message.timeout.ms", config.message_timeout_ms.to_string())
+            .set("partitioner", "murmur2_random")
+            .create()
+            .map_err(|e| Error::Bus(format!("kafka producer for {}: {e}", config.brokers)))?;
+        Ok(KafkaBus { config: config.clone(), client_id: client_id.to_string(), producer })
+    }
+
+    /// Creates `topics` when they do not exist, with the configured partitions and replication.
+    pub async fn ensure_topics(&self, topics: &[String]) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.config.brokers)
+            .create()
+            .map_err(|e| Error::Bus(format!("kafka admin client: {e}")))?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor)))
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .create_topics(&new, &opts)
+            .await
+            .map_err(|e| Error::Bus(format!("create topics on {}: {e}", self.config.brokers)))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(Error::Bus(format!("create topic {topic}: {code}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for KafkaBus {
+    async fn publish(&self, batch: &[Outgoing]) -> Result<()> {
+        let mut pending = Vec::with_capacity(batch.len());
+        for m in batch {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "traceparent", value: Some(m.traceparent.as_bytes()) })
+                .insert(Header { key: "ce_id", value: Some(m.id.as_bytes()) });
+            let mut record = FutureRecord::to(&m.topic).key(&m.key).payload(&m.payload).headers(headers);
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(fut) => {
+                        pending.push(fut);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(Error::Bus(format!("enqueue to {}: {e}", m.topic))),
+                }
+            }
+        }
+        for fut in pending {
+            match fut.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(Error::Bus(format!("kafka {}: {e}", self.config.brokers))),
+                Err(_) => return Err(Error::Bus("kafka producer dropped a delivery".into())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn consume(
+        &self,
+        group: &str,
+        topic: &str,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.config.brokers)
+            .set("client.id", &self.client_id)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", self.config.session_timeout_ms.to_string())
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(|e| Error::Bus(format!("kafka consumer {group}: {e}")))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| Error::Bus(format!("subscribe {group} to {topic}: {e}")))?;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = consumer.recv() => m,
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, "kafka receive failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let offset = msg.offset();
+            match super::decode(msg.payload().unwrap_or_default(), topic, offset) {
+                Ok(mut envelope) => {
+                    if envelope.traceparent.is_empty()
+                        && let Some(h) = msg.headers().and_then(|h| h.iter().find(|h| h.key == "traceparent"))
+                    {
+                        envelope.traceparent = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                    }
+                    let d = Delivery { envelope, topic: topic.to_string(), partition: msg.partition(), offset };
+                    if !super::handle_with_retry(handler.as_ref(), &d, &shutdown).await {
+                        break;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "skipping undecodable event"),
+            }
+            if let Err(e) = consumer.commit_message(&msg, CommitMode::Async) {
+                tracing::warn!(error = %e, topic, offset, "offset commit failed; the event may be redelivered");
+            }
+        }
+        // Best effort: make the last positions durable before leaving the group.
+        let _ = consumer.commit_consumer_state(CommitMode::Sync);
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<()> {
+        let producer = self.producer.clone();
+        let brokers = self.config.brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map(|_| ())
+                .map_err(|e| Error::Bus(format!("kafka at {brokers} is unreachable: {e}")))
+        })
+        .await
+        .map_err(|e| Error::Bus(format!("kafka health check: {e}")))?
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka {}", self.config.brokers)
+    }
+}

@@ -1,0 +1,155 @@
+//! The event bus: one trait, two implementations.
+//!
+//! - [`kafka::KafkaBus`]: Apache Kafka through rdkafka — idempotent producer with `acks=all`,
+//!   consumer groups that commit an offset only after the handler has stored what it derived.
+//! - [`embedded::EmbeddedBus`]: an append-only log in a SQLite file under the data directory,
+//!   for `sharedcare up`; the same contract in one process.
+//!
+//! The contract: at-least-once, nothing lost, order kept per key (the patient's NHS number).
+//! Producers never call [`Bus::publish`] directly: they write to the [`crate::outbox`] in the
+//! transaction that changes their state, and its relay publishes. Consumers deduplicate by
+//! event id with [`crate::inbox`].
+
+pub mod embedded;
+pub mod kafka;
+
+use std::sync::Arc;
+
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+pub use sharedcare_proto::events::v1::Envelope;
+
+use crate::{Error, Result};
+
+/// The topic a service produces to: `sharedcare.<service>.v1`.
+pub fn topic(service: &str) -> String {
+    format!("sharedcare.{service}.v1")
+}
+
+/// An encoded envelope ready to publish.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    /// The envelope's event id.
+    pub id: String,
+    /// Destination topic.
+    pub topic: String,
+    /// Partition key (NHS number where there is one).
+    pub key: String,
+    /// W3C trace context, also sent as a Kafka header.
+    pub traceparent: String,
+    /// The protobuf-encoded [`Envelope`].
+    pub payload: Vec<u8>,
+}
+
+impl Outgoing {
+    /// Encodes `envelope` for `topic`.
+    pub fn new(topic: &str, envelope: &Envelope) -> Self {
+        Outgoing {
+            id: envelope.id.clone(),
+            topic: topic.to_string(),
+            key: envelope.key.clone(),
+            traceparent: envelope.traceparent.clone(),
+            payload: envelope.encode_to_vec(),
+        }
+    }
+}
+
+/// A message handed to a consumer, with where it came from.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The decoded envelope.
+    pub envelope: Envelope,
+    /// The topic it was read from.
+    pub topic: String,
+    /// Kafka partition (0 on the embedded bus).
+    pub partition: i32,
+    /// Offset within the partition (log sequence on the embedded bus).
+    pub offset: i64,
+}
+
+/// Builds an envelope for `message` of protobuf type `type_name`, stamped with a new id,
+/// the current time and the current trace context.
+pub fn envelope<M: Message>(type_name: &str, source: &str, subject: &str, key: &str, message: &M) -> Envelope {
+    Envelope {
+        id: uuid::Uuid::now_v7().to_string(),
+        r#type: type_name.to_string(),
+        source: source.to_string(),
+        time: Some(crate::db::timestamp(crate::db::now_us())),
+        subject: subject.to_string(),
+        traceparent: crate::telemetry::current_traceparent(),
+        data: message.encode_to_vec(),
+        key: key.to_string(),
+    }
+}
+
+/// Applies delivered events. Returning `Err` means "not applied": the bus retries the same
+/// message (with back-off) and does not move the consumer's position past it.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Applies one delivery; must be idempotent by `delivery.envelope.id`.
+    async fn handle(&self, delivery: &Delivery) -> Result<()>;
+}
+
+/// Publishes and consumes events. See the module docs for the delivery contract.
+#[async_trait::async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes `batch`, keeping order per key; returns `Ok` only once every message is
+    /// durably accepted (Kafka: acknowledged by all in-sync replicas).
+    async fn publish(&self, batch: &[Outgoing]) -> Result<()>;
+
+    /// Consumes `topic` as consumer group `group` until `shutdown`, calling `handler` for each
+    /// message and recording the position only after it returns `Ok`.
+    async fn consume(
+        &self,
+        group: &str,
+        topic: &str,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<()>;
+
+    /// Checks the bus can be reached (for start-up and `/readyz`).
+    async fn health(&self) -> Result<()>;
+
+    /// A short description for logs, e.g. "kafka 127.0.0.1:9092".
+    fn describe(&self) -> String;
+}
+
+/// Calls `handler` until it succeeds or `shutdown` fires, backing off between attempts.
+/// Returns `false` when shutdown interrupted it (the message stays unacknowledged).
+pub(crate) async fn handle_with_retry(
+    handler: &dyn Handler,
+    delivery: &Delivery,
+    shutdown: &CancellationToken,
+) -> bool {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = %format!("{} process", delivery.topic),
+        messaging.system = "sharedcare",
+        messaging.destination.name = %delivery.topic,
+        messaging.message.id = %delivery.envelope.id,
+        event.r#type = %delivery.envelope.r#type,
+    );
+    crate::telemetry::set_parent(&span, &delivery.envelope.traceparent);
+    let mut backoff = std::time::Duration::from_millis(50);
+    loop {
+        match handler.handle(delivery).instrument(span.clone()).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(parent: &span, error = %e, "handler failed; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Decodes a payload into an envelope, naming the topic and offset on failure.
+pub(crate) fn decode(payload: &[u8], topic: &str, offset: i64) -> Result<Envelope> {
+    Envelope::decode(payload)
+        .map_err(|e| Error::Bus(format!("undecodable event at {topic}@{offset}: {e}")))
+}

@@ -1,0 +1,169 @@
+//! One database handle per service. The back end is chosen once, by URL scheme, when the
+//! service starts: `postgres://…` (each service in its own schema, named after it) or
+//! `sqlite://path` (a file per service). Domain code never branches on the back end; the few
+//! statements that differ live in the kit (advisory locking in [`crate::outbox`]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor};
+
+use crate::{Error, Result};
+
+/// Which database engine is behind a [`Db`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL (`serve`, production).
+    Postgres,
+    /// SQLite (`up`, embedded).
+    Sqlite,
+}
+
+/// A service's database: a connection pool scoped to the service's own schema or file.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    service: String,
+}
+
+/// The kit's own migrations (outbox and inbox), applied to every service's database.
+
+/// Redacts the password in a database URL for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}://{user}:***@{}", &url[..s], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The SQLite URL for a service's file under a data directory.
+pub fn sqlite_url(data_dir: &Path, service: &str) -> String {
+    format!("sqlite://{}?mode=rwc", data_dir.join(format!("{service}.db")).display())
+}
+
+impl Db {
+    /// Connects to `url` for `service`, creating the service's schema (Postgres) or file
+    /// (SQLite) when missing. Fails fast (within `connect_timeout`) when unreachable, naming
+    /// the database.
+    pub async fn connect(url: &str, service: &str, max_connections: u32, connect_timeout: Duration) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let what = format!("connect to {} for {service}", redact(url));
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(Error::Config(format!(
+                "database url {:?}: expected postgres://… or sqlite://…",
+                redact(url)
+            )));
+        };
+        if !service.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(Error::Config(format!("service name {service:?} is not a valid schema name")));
+        }
+        let options: AnyConnectOptions = url.parse().map_err(Error::db(what.clone()))?;
+        let options = options.disable_statement_logging();
+        if backend == Backend::Postgres {
+            let mut conn = tokio::time::timeout(connect_timeout, options.connect())
+                .await
+                .map_err(|_| Error::Database { context: what.clone(), source: sqlx::Error::PoolTimedOut })?
+                .map_err(Error::db(what.clone()))?;
+            conn.execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {service}")))
+                .await
+                .map_err(Error::db(format!("create schema {service}")))?;
+            conn.close().await.map_err(Error::db(what.clone()))?;
+        }
+        let schema = service.to_string();
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(1)
+            .acquire_timeout(connect_timeout)
+            .after_connect(move |conn, _meta| {
+                let sql = match backend {
+                    Backend::Postgres => format!("SET search_path TO {schema}"),
+                    Backend::Sqlite => "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                         PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;"
+                        .to_string(),
+                };
+                Box::pin(async move {
+                    conn.execute(sqlx::AssertSqlSafe(sql)).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(Error::db(what))?;
+        Ok(Db { pool, backend, service: service.to_string() })
+    }
+
+    /// Applies the kit's migrations and then the service's own for this back end.
+    /// Kit migrations are numbered from 90000000000001 so the two sets never collide; each
+    /// migrator ignores the other's applied versions.
+    pub async fn migrate(&self, postgres: Migrator, sqlite: Migrator) -> Result<()> {
+        let (kit, own) = match self.backend {
+            Backend::Postgres => (sqlx::migrate!("./migrations/postgres"), postgres),
+            Backend::Sqlite => (sqlx::migrate!("./migrations/sqlite"), sqlite),
+        };
+        for mut m in [kit, own] {
+            m.set_ignore_missing(true);
+            m.run(&self.pool)
+                .await
+                .map_err(|source| Error::Migrate { service: self.service.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// The pool, for the service's store.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The engine behind this handle.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The owning service's name (also its Postgres schema).
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Cheap liveness check for `/readyz`.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(Error::db(format!("ping {} database", self.service)))
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Microseconds since the Unix epoch, the time representation every table uses.
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Converts microseconds since the epoch to a protobuf timestamp.
+pub fn timestamp(us: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        nanos: (us.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+/// Converts a protobuf timestamp to microseconds since the epoch.
+pub fn micros(ts: &prost_types::Timestamp) -> i64 {
+    ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1000
+}

@@ -1,0 +1,26 @@
+//! The kit: what every Sharedcare service stands on.
+//!
+//! - [`config`]: layered, typed configuration (defaults → file → `SHAREDCARE_*` env → flags)
+//!   whose errors name the key, where it came from and the expected form.
+//! - [`telemetry`]: tracing with OpenTelemetry and W3C trace context.
+//! - [`serve`]: the gRPC server (health + reflection always) and the HTTP server
+//!   (`/healthz`, `/readyz`, `/metrics`), both draining on shutdown.
+//! - [`db`]: one database handle per service, Postgres or SQLite chosen by URL, migrations.
+//! - [`bus`] and [`outbox`]: the event bus (Kafka or embedded) and the transactional outbox.
+//! - [`shutdown`]: SIGTERM/SIGINT handling and named tasks awaited on exit.
+//! - [`nhs`]: NHS domain identifiers shared by every service.
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod inbox;
+pub mod metrics;
+pub mod nhs;
+pub mod outbox;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{Error, Result};

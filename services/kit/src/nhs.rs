@@ -1,0 +1,96 @@
+//! NHS identifiers. Parse, don't validate: holding an [`NhsNumber`] means it is valid.
+
+use std::fmt;
+
+/// The FHIR identifier system for NHS numbers.
+pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+
+/// A 10-digit NHS number with a valid modulus-11 check digit
+/// (NHS Data Dictionary, "NHS Number").
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NhsNumber(String);
+
+/// Why a string is not an NHS number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NhsNumberError {
+    /// Not exactly ten digits (spaces are allowed between groups).
+    #[error("{0:?} is not a valid NHS number (expected 10 digits)")]
+    Format(String),
+    /// Ten digits, but the modulus-11 check digit does not match.
+    #[error("{0:?} is not a valid NHS number (check digit)")]
+    CheckDigit(String),
+}
+
+impl NhsNumber {
+    /// Parses `s` (digits, optionally grouped with spaces as "943 476 5919").
+    pub fn parse(s: &str) -> Result<Self, NhsNumberError> {
+        let digits: String = s.chars().filter(|c| *c != ' ').collect();
+        if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(NhsNumberError::Format(s.to_string()));
+        }
+        let d: Vec<u32> = digits.bytes().map(|b| u32::from(b - b'0')).collect();
+        let sum: u32 = d[..9].iter().zip((2..=10).rev()).map(|(x, w)| x * w).sum();
+        let check = match 11 - (sum % 11) {
+            11 => 0,
+            10 => return Err(NhsNumberError::CheckDigit(s.to_string())),
+            c => c,
+        };
+        if check != d[9] {
+            return Err(NhsNumberError::CheckDigit(s.to_string()));
+        }
+        Ok(NhsNumber(digits))
+    }
+
+    /// The ten digits without spaces.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Builds a valid NHS number from a 9-digit stem by computing its check digit; `None`
+    /// when the stem has no valid check digit (remainder 10). Used by demos and tests.
+    pub fn from_stem(stem: u32) -> Option<Self> {
+        let s = format!("{:09}", stem % 1_000_000_000);
+        (0..=9)
+            .map(|c| format!("{s}{c}"))
+            .find_map(|cand| NhsNumber::parse(&cand).ok())
+    }
+}
+
+impl fmt::Display for NhsNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_valid_numbers_with_or_without_spaces() {
+        assert_eq!(NhsNumber::parse("9434765919").map(|n| n.0), Ok("9434765919".into()));
+        assert_eq!(NhsNumber::parse("943 476 5919").map(|n| n.0), Ok("9434765919".into()));
+        assert!(NhsNumber::parse("9000000009").is_ok());
+    }
+
+    #[test]
+    fn rejects_a_wrong_check_digit_and_says_so() {
+        let err = NhsNumber::parse("9434765918").unwrap_err();
+        assert_eq!(err.to_string(), "\"9434765918\" is not a valid NHS number (check digit)");
+    }
+
+    #[test]
+    fn rejects_wrong_length_and_letters() {
+        assert!(matches!(NhsNumber::parse("943476591"), Err(NhsNumberError::Format(_))));
+        assert!(matches!(NhsNumber::parse("94347659A9"), Err(NhsNumberError::Format(_))));
+    }
+
+    #[test]
+    fn stems_give_valid_numbers() {
+        for stem in 0..200 {
+            if let Some(n) = NhsNumber::from_stem(943_476_000 + stem) {
+                assert!(NhsNumber::parse(n.as_str()).is_ok());
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The transactional outbox.
+//!
+//! A service writes each event into `kit_outbox` in the same database transaction as the
+//! state change it describes ([`enqueue`]), then calls [`Outbox::notify`]. The relay
+//! ([`Outbox::run`]) publishes pending rows in order and deletes them once the bus has
+//! acknowledged them. A crash between commit and publish loses nothing: the rows are still
+//! there at the next start. A crash between publish and delete re-publishes; consumers
+//! deduplicate by event id.
+//!
+//! With several replicas on Postgres, one relay per service is active at a time: it holds a
+//! session advisory lock (`pg_try_advisory_lock`) for as long as it runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, Row};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Bus, Envelope, Outgoing};
+use crate::db::{Backend, Db};
+use crate::{Error, Result};
+
+/// Writes `envelope` for `topic` into the outbox inside the caller's transaction.
+pub async fn enqueue(conn: &mut AnyConnection, topic: &str, envelope: &Envelope) -> Result<(), sqlx::Error> {
+    let out = Outgoing::new(topic, envelope);
+    sqlx::query(
+        "INSERT INTO kit_outbox (event_id, topic, event_key, payload, created_us) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(out.id)
+    .bind(out.topic)
+    .bind(out.key)
+    .bind(out.payload)
+    .bind(crate::db::now_us())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Relay settings (`[outbox]`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Rows published per round trip.
+    pub batch_size: i64,
+    /// How often the relay looks for rows when nobody notified it.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig { batch_size: 500, poll_interval_ms: 250 }
+    }
+}
+
+/// A service's outbox: the handle to wake its relay, and the relay itself.
+#[derive(Clone)]
+pub struct Outbox {
+    db: Db,
+    wake: Arc<Notify>,
+    config: OutboxConfig,
+}
+
+impl Outbox {
+    /// The outbox in `db` (its `kit_outbox` table).
+    pub fn new(db: Db, config: OutboxConfig) -> Self {
+        Outbox { db, wake: Arc::new(Notify::new()), config }
+    }
+
+    /// Wakes the relay; call after committing a transaction that enqueued events.
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// How many events wait to be published.
+    pub async fn pending(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM kit_outbox")
+            .fetch_one(self.db.pool())
+            .await
+            .map_err(Error::db("count outbox"))?;
+        Ok(row.get::<i64, _>(0))
+    }
+
+    /// Publishes one batch of pending events and deletes them; returns how many.
+    pub async fn relay_once(&self, bus: &dyn Bus) -> Result<usize> {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, topic, event_key, payload FROM kit_outbox ORDER BY seq LIMIT $1",
+        )
+        .bind(self.config.batch_size)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(Error::db("read outbox"))?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut batch = Vec::with_capacity(rows.len());
+        for r in rows {
+            seqs.push(r.get::<i64, _>(0));
+            let payload: Vec<u8> = r.get(4);
+            let traceparent = traceparent_of(&payload);
+            batch.push(Outgoing { id: r.get(1), topic: r.get(2), key: r.get(3), traceparent, payload });
+        }
+        bus.publish(&batch).await?;
+        let placeholders: Vec<String> = (1..=seqs.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("DELETE FROM kit_outbox WHERE seq IN ({})", placeholders.join(","));
+        // Only numbered placeholders are formatted in; the values are bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in &seqs {
+            q = q.bind(*s);
+        }
+        q.execute(self.db.pool()).await.map_err(Error::db("mark outbox rows sent"))?;
+        Ok(seqs.len())
+    }
+
+    /// Publishes until the outbox is empty or an attempt fails (used on shutdown).
+    pub async fn flush(&self, bus: &dyn Bus) -> Result<()> {
+        while self.relay_once(bus).await? > 0 {}
+        Ok(())
+    }
+
+    /// Runs the relay until `shutdown`, then flushes what is left (best effort).
+    pub async fn run(self, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
+        let service = self.db.service().to_string();
+        let _leader = match self.lead(&shutdown).await {
+            Some(l) => l,
+            None => return,
+        };
+        let mut backoff = Duration::from_millis(100);
+        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        while !shutdown.is_cancelled() {
+            match self.relay_once(bus.as_ref()).await {
+                Ok(0) => {
+                    backoff = Duration::from_millis(100);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                }
+                Ok(n) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::debug!(service, n, "outbox relayed");
+                }
+                Err(e) => {
+                    tracing::warn!(service, error = %e, "outbox relay failed; retrying in {backoff:?}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), self.flush(bus.as_ref())).await {
+            Ok(Ok(())) => tracing::info!(service, "outbox flushed"),
+            Ok(Err(e)) => tracing::warn!(service, error = %e, "outbox not flushed; rows are kept for the next start"),
+            Err(_) => tracing::warn!(service, "outbox flush timed out; rows are kept for the next start"),
+        }
+    }
+
+    /// Becomes the only active relay for this service (Postgres), holding the returned
+    /// connection for as long as the relay runs. SQLite files have one writer process.
+    async fn lead(&self, shutdown: &CancellationToken) -> Option<Option<PoolConnection<Any>>> {
+        if self.db.backend() == Backend::Sqlite {
+            return Some(None);
+        }
+        let key = format!("sharedcare.outbox.{}", self.db.service());
+        loop {
+            let attempt = async {
+                let mut conn = self.db.pool().acquire().await?;
+                let row = sqlx::query("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
+                    .bind(&key)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Ok::<_, sqlx::Error>(row.get::<bool, _>(0).then_some(conn))
+            };
+            match attempt.await {
+                Ok(Some(conn)) => return Some(Some(conn)),
+                Ok(None) => tracing::debug!(key, "another replica relays this outbox"),
+                Err(e) => tracing::warn!(key, error = %e, "cannot take the outbox lock"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+}
+
+/// The trace context inside an encoded envelope (for the Kafka header).
+fn traceparent_of(payload: &[u8]) -> String {
+    <Envelope as prost::Message>::decode(payload).map(|e| e.traceparent).unwrap_or_default()
+}

@@ -1,0 +1,278 @@
+//! Serving: what a service contributes ([`Mount`]) and the process that runs mounts
+//! ([`start`]): one gRPC server (every mounted service, plus health and reflection) and one
+//! HTTP server (`/healthz`, `/readyz`, `/metrics` and the services' routes), outbox relays and
+//! event consumers. [`Running::stop`] stops accepting, drains in-flight requests, then stops
+//! consumers and flushes the outboxes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::bus::{Bus, Handler};
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::{Error, Result};
+
+/// An event consumer a service runs: `handler` applies `topic` as consumer group `group`.
+pub struct Consumer {
+    /// Consumer group (one per consuming service, e.g. "audit").
+    pub group: String,
+    /// Topic consumed.
+    pub topic: String,
+    /// What applies each event.
+    pub handler: Arc<dyn Handler>,
+}
+
+/// Everything one service contributes to a process.
+pub struct Mount {
+    /// The service's name ("records", "audit", ...).
+    pub name: &'static str,
+    /// Its gRPC services, if any.
+    pub grpc: Option<tonic::service::Routes>,
+    /// Fully-qualified gRPC service names, for the health service.
+    pub grpc_services: Vec<&'static str>,
+    /// Its HTTP routes (merged at the root).
+    pub http: axum::Router,
+    /// Its event consumers.
+    pub consumers: Vec<Consumer>,
+    /// Its outbox, relayed by the process.
+    pub outbox: Option<Outbox>,
+    /// Its database, checked by `/readyz` and closed on stop.
+    pub db: Option<Db>,
+}
+
+impl Mount {
+    /// A mount with nothing in it yet.
+    pub fn new(name: &'static str) -> Self {
+        Mount {
+            name,
+            grpc: None,
+            grpc_services: Vec::new(),
+            http: axum::Router::new(),
+            consumers: Vec::new(),
+            outbox: None,
+            db: None,
+        }
+    }
+}
+
+/// Where to listen.
+#[derive(Clone, Copy, Debug)]
+pub struct Listen {
+    /// HTTP address (port 0 picks a free port).
+    pub http: SocketAddr,
+    /// gRPC address (port 0 picks a free port).
+    pub grpc: SocketAddr,
+}
+
+/// A started process. Dropping it does not stop it: call [`Running::stop`].
+pub struct Running {
+    /// The bound HTTP address.
+    pub http: SocketAddr,
+    /// The bound gRPC address.
+    pub grpc: SocketAddr,
+    /// Names of the mounted services.
+    pub services: Vec<&'static str>,
+    servers: TaskTracker,
+    workers: TaskTracker,
+    stop_serving: CancellationToken,
+    stop_working: CancellationToken,
+    dbs: Vec<Db>,
+    health: tonic_health::server::HealthReporter,
+    grpc_names: Vec<&'static str>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Io(format!("cannot listen for {what} on {addr}: {e}")))
+}
+
+/// Starts servers, relays and consumers for `mounts` on `bus`.
+pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metrics: Metrics) -> Result<Running> {
+    let http_listener = bind(listen.http, "HTTP").await?;
+    let grpc_listener = bind(listen.grpc, "gRPC").await?;
+    let http_addr = http_listener.local_addr().map_err(|e| Error::Io(e.to_string()))?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|e| Error::Io(e.to_string()))?;
+
+    let servers = TaskTracker::new();
+    let workers = TaskTracker::new();
+    let stop_serving = CancellationToken::new();
+    let stop_working = CancellationToken::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sharedcare_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Io(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sharedcare_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Io(format!("reflection: {e}")))?;
+
+    let mut grpc = axum::Router::new();
+    let mut http = axum::Router::new();
+    let mut dbs = Vec::new();
+    let mut services = Vec::new();
+    let mut grpc_names = vec![""];
+    for m in mounts {
+        services.push(m.name);
+        if let Some(routes) = m.grpc {
+            grpc = grpc.merge(routes.into_axum_router());
+        }
+        grpc_names.extend(m.grpc_services.iter().copied());
+        for name in m.grpc_services {
+            health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+        }
+        http = http.merge(m.http);
+        if let Some(db) = m.db {
+            dbs.push(db);
+        }
+        if let Some(outbox) = m.outbox {
+            let (bus, token) = (bus.clone(), stop_working.clone());
+            workers.spawn(outbox.run(bus, token).instrument(tracing::info_span!("outbox", service = m.name)));
+        }
+        for c in m.consumers {
+            let (bus, token) = (bus.clone(), stop_working.clone());
+            let span = tracing::info_span!("consumer", group = %c.group, topic = %c.topic);
+            workers.spawn(
+                async move {
+                    if let Err(e) = bus.consume(&c.group, &c.topic, c.handler, token).await {
+                        tracing::error!(error = %e, "consumer stopped");
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    let grpc_routes = tonic::service::Routes::from(
+        grpc.layer(axum::middleware::from_fn_with_state((metrics.clone(), "grpc"), observe)),
+    )
+    .add_service(health_service)
+    .add_service(reflection_v1)
+    .add_service(reflection_v1alpha);
+    let token = stop_serving.clone();
+    servers.spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        let res = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_routes(grpc_routes)
+            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+
+    let ready = Readiness { dbs: dbs.clone(), bus: bus.clone() };
+    let http = http
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz).with_state(ready))
+        .route("/metrics", get(render_metrics).with_state(metrics.clone()))
+        .layer(axum::middleware::from_fn_with_state((metrics, "http"), observe));
+    let token = stop_serving.clone();
+    servers.spawn(async move {
+        let res = axum::serve(http_listener, http)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    Ok(Running { http: http_addr, grpc: grpc_addr, services, servers, workers, stop_serving, stop_working, dbs, health, grpc_names })
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests, stops consumers, flushes outboxes and
+    /// closes databases, each phase within `grace`. `false` if something did not finish.
+    pub async fn stop(self, grace: Duration) -> bool {
+        for name in &self.grpc_names {
+            self.health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+        }
+        self.stop_serving.cancel();
+        self.servers.close();
+        let served = tokio::time::timeout(grace, self.servers.wait()).await.is_ok();
+        self.stop_working.cancel();
+        self.workers.close();
+        let worked = tokio::time::timeout(grace, self.workers.wait()).await.is_ok();
+        for db in &self.dbs {
+            db.close().await;
+        }
+        served && worked
+    }
+}
+
+#[derive(Clone)]
+struct Readiness {
+    dbs: Vec<Db>,
+    bus: Arc<dyn Bus>,
+}
+
+async fn readyz(State(r): State<Readiness>) -> Response {
+    let mut problems = Vec::new();
+    for db in &r.dbs {
+        if let Err(e) = db.ping().await {
+            problems.push(e.to_string());
+        }
+    }
+    if let Err(e) = r.bus.health().await {
+        problems.push(e.to_string());
+    }
+    if problems.is_empty() {
+        (http::StatusCode::OK, "ready\n").into_response()
+    } else {
+        (http::StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{}\n", problems.join("\n"))).into_response()
+    }
+}
+
+async fn render_metrics(State(m): State<Metrics>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        m.render(),
+    )
+        .into_response()
+}
+
+/// One span per request (child of the caller's `traceparent`) and request metrics.
+async fn observe(State((metrics, protocol)): State<(Metrics, &'static str)>, req: Request, next: Next) -> Response {
+    let path = match req.extensions().get::<MatchedPath>() {
+        Some(p) if protocol == "http" => p.as_str().to_string(),
+        _ => req.uri().path().to_string(),
+    };
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %path,
+        otel.kind = "server",
+        rpc.system = if protocol == "grpc" { "grpc" } else { "" },
+        code = tracing::field::Empty,
+    );
+    crate::telemetry::set_parent_from_headers(&span, req.headers());
+    let started = Instant::now();
+    let res = next.run(req).instrument(span.clone()).await;
+    let code = match protocol {
+        "grpc" => res
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(|c| format!("{:?}", tonic::Code::from_bytes(c.as_bytes())))
+            .unwrap_or_else(|| "Ok".to_string()),
+        _ => res.status().as_u16().to_string(),
+    };
+    span.record("code", code.as_str());
+    metrics.observe(protocol, &path, &code, started.elapsed().as_secs_f64());
+    res
+}

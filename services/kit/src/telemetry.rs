@@ -1,0 +1,149 @@
+//! Tracing with OpenTelemetry.
+//!
+//! Logs go to stderr (text or JSON). Spans always carry OpenTelemetry trace ids, so W3C
+//! `traceparent` propagates over gRPC, HTTP and events even when nothing is exported; when
+//! `telemetry.otlp_endpoint` is set, spans are exported over OTLP/gRPC to that collector.
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde::{Deserialize, Serialize};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::{Error, Result};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// Telemetry settings (`[telemetry]`, `SHAREDCARE_TELEMETRY__*`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Log filter in `RUST_LOG` syntax, e.g. `info` or `info,sharedcare_kit=debug`.
+    pub log: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`. Empty = do not export.
+    pub otlp_endpoint: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { log: "info".into(), log_format: LogFormat::Text, otlp_endpoint: String::new() }
+    }
+}
+
+/// Keeps the tracer provider alive; call [`Telemetry::shutdown`] on exit to flush spans.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Flushes pending spans and stops exporting.
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("telemetry: flushing spans failed: {e}");
+        }
+    }
+}
+
+/// Initialises logging and tracing for the process, as `service_name` (the OTel resource's
+/// `service.name`). Must run inside the tokio runtime when exporting.
+pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<Telemetry> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name.to_string()).build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if !config.otlp_endpoint.is_empty() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(&config.otlp_endpoint)
+            .build()
+            .map_err(|e| Error::Telemetry(format!("OTLP exporter for {}: {e}", config.otlp_endpoint)))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer("sharedcare");
+    opentelemetry::global::set_tracer_provider(provider.clone());
+
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .map_err(|e| Error::Config(format!("`telemetry.log`: {:?} is not a valid filter: {e}", config.log)))?;
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let registry = tracing_subscriber::registry().with(otel);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let res = match config.log_format {
+        LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),
+        LogFormat::Json => registry.with(fmt.json().with_filter(filter)).try_init(),
+    };
+    // A second init in the same process (tests) keeps the first subscriber.
+    let _ = res;
+    Ok(Telemetry { provider })
+}
+
+/// The W3C `traceparent` of the current span ("" when there is none).
+pub fn current_traceparent() -> String {
+    let cx = tracing::Span::current().context();
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent").unwrap_or_default()
+}
+
+/// The current trace id as 32 hex digits ("" when there is none).
+pub fn current_trace_id() -> String {
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() { sc.trace_id().to_string() } else { String::new() }
+}
+
+/// Makes `span` a child of the remote span described by `traceparent` (ignored if invalid).
+pub fn set_parent(span: &tracing::Span, traceparent: &str) {
+    if traceparent.is_empty() {
+        return;
+    }
+    let mut carrier = HashMap::new();
+    carrier.insert("traceparent".to_string(), traceparent.to_string());
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let _ = span.set_parent(cx);
+}
+
+/// Reads trace context from HTTP (and gRPC) headers.
+pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Makes `span` a child of the trace context in `headers`, if any.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
+    if headers.contains_key("traceparent") {
+        let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Adds the current span's `traceparent` to outgoing gRPC metadata.
+pub fn inject_metadata(metadata: &mut tonic::metadata::MetadataMap) {
+    let tp = current_traceparent();
+    if let Ok(v) = tp.parse() {
+        metadata.insert("traceparent", v);
+    }
+}
