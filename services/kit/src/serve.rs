@@ -37,10 +37,10 @@ pub struct Consumer {
 pub struct Mount {
     /// The service's name ("records", "audit", ...).
     pub name: &'static str,
-    /// Its gRPC services, if any.
-    pub grpc: Option<tonic::service::Routes>,
+    /// Its gRPC services (added with [`Mount::add_grpc`]).
+    grpc: Vec<Box<dyn FnOnce(&mut tonic::service::RoutesBuilder) + Send>>,
     /// Fully-qualified gRPC service names, for the health service.
-    pub grpc_services: Vec<&'static str>,
+    grpc_services: Vec<&'static str>,
     /// Its HTTP routes (merged at the root).
     pub http: axum::Router,
     /// Its event consumers.
@@ -56,13 +56,31 @@ impl Mount {
     pub fn new(name: &'static str) -> Self {
         Mount {
             name,
-            grpc: None,
+            grpc: Vec::new(),
             grpc_services: Vec::new(),
             http: axum::Router::new(),
             consumers: Vec::new(),
             outbox: None,
             db: None,
         }
+    }
+
+    /// Adds a gRPC service (a generated `…Server`); it is also reported by the health service.
+    pub fn add_grpc<S>(&mut self, svc: S)
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.grpc_services.push(S::NAME);
+        self.grpc.push(Box::new(move |b: &mut tonic::service::RoutesBuilder| {
+            b.add_service(svc);
+        }));
     }
 }
 
@@ -122,15 +140,15 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
         .build_v1alpha()
         .map_err(|e| Error::Io(format!("reflection: {e}")))?;
 
-    let mut grpc = axum::Router::new();
+    let mut grpc = tonic::service::RoutesBuilder::default();
     let mut http = axum::Router::new();
     let mut dbs = Vec::new();
     let mut services = Vec::new();
     let mut grpc_names = vec![""];
     for m in mounts {
         services.push(m.name);
-        if let Some(routes) = m.grpc {
-            grpc = grpc.merge(routes.into_axum_router());
+        for add in m.grpc {
+            add(&mut grpc);
         }
         grpc_names.extend(m.grpc_services.iter().copied());
         for name in m.grpc_services {
@@ -159,7 +177,7 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
     }
 
     let grpc_routes = tonic::service::Routes::from(
-        grpc.layer(axum::middleware::from_fn_with_state((metrics.clone(), "grpc"), observe)),
+        grpc.routes().into_axum_router().layer(axum::middleware::from_fn_with_state((metrics.clone(), "grpc"), observe)),
     )
     .add_service(health_service)
     .add_service(reflection_v1)

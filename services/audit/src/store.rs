@@ -1,0 +1,91 @@
+//! The `entries` table: append (idempotent by event id, with the consumer's inbox claim in
+//! the same transaction) and list by patient.
+
+use sharedcare_kit::bus::Delivery;
+use sharedcare_kit::db::{self, Db};
+use sharedcare_kit::inbox;
+use sharedcare_proto::audit::v1::AuditEntry;
+use sharedcare_proto::events::v1::AccessRecorded;
+use sqlx::Row;
+
+use crate::{AuditError, NAME};
+
+/// The audit store.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    /// The store on `db`.
+    pub fn new(db: Db) -> Self {
+        Store { db }
+    }
+
+    /// Appends `event` delivered as `delivery`; a redelivered event is skipped. Returns whether
+    /// it was appended.
+    pub async fn append(&self, delivery: &Delivery, event: &AccessRecorded) -> Result<bool, AuditError> {
+        let mut tx = self.db.pool().begin().await?;
+        if !inbox::claim(&mut tx, NAME, delivery).await? {
+            return Ok(false);
+        }
+        let resources = serde_json::to_string(&event.resources).unwrap_or_else(|_| "[]".into());
+        let time = event.time.as_ref().map(db::micros).unwrap_or_else(db::now_us);
+        sqlx::query(
+            "INSERT INTO entries (event_id, nhs_number, actor, actor_organisation, actor_role, action, resources,
+                                  purpose, reason, outcome, time_us, trace_id, service)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&delivery.envelope.id)
+        .bind(&event.nhs_number)
+        .bind(&event.actor)
+        .bind(&event.actor_organisation)
+        .bind(&event.actor_role)
+        .bind(&event.action)
+        .bind(resources)
+        .bind(&event.purpose)
+        .bind(&event.reason)
+        .bind(&event.outcome)
+        .bind(time)
+        .bind(&event.trace_id)
+        .bind(&event.service)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Entries for `nhs_number` with sequence below `before` (0 = newest), newest first.
+    pub async fn list_by_patient(&self, nhs_number: &str, before: i64, limit: i64) -> Result<Vec<AuditEntry>, AuditError> {
+        let before = if before <= 0 { i64::MAX } else { before };
+        let rows = sqlx::query(
+            "SELECT sequence, event_id, actor, actor_organisation, actor_role, action, resources, nhs_number,
+                    purpose, reason, outcome, time_us, trace_id, service
+             FROM entries WHERE nhs_number = $1 AND sequence < $2 ORDER BY sequence DESC LIMIT $3",
+        )
+        .bind(nhs_number)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditEntry {
+                sequence: r.get::<i64, _>(0) as u64,
+                event_id: r.get(1),
+                actor: r.get(2),
+                actor_organisation: r.get(3),
+                actor_role: r.get(4),
+                action: r.get(5),
+                resources: serde_json::from_str(&r.get::<String, _>(6)).unwrap_or_default(),
+                nhs_number: r.get(7),
+                purpose: r.get(8),
+                reason: r.get(9),
+                outcome: r.get(10),
+                time: Some(db::timestamp(r.get(11))),
+                trace_id: r.get(12),
+                service: r.get(13),
+            })
+            .collect())
+    }
+}

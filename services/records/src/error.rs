@@ -1,0 +1,44 @@
+//! The records service's errors and their one mapping to gRPC status.
+
+/// What can go wrong handling a record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    /// The request or resource is malformed; the message names the field.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Field or FHIR element path, e.g. `identifier[0].value`.
+        field: String,
+        /// What was wrong and what was expected.
+        reason: String,
+    },
+    /// No such resource.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Someone else wrote the same resource at the same moment.
+    #[error("{0} was changed concurrently; retry")]
+    Conflict(String),
+    /// The database or the outbox failed; nothing was returned or stored.
+    #[error("records storage unavailable: {0}")]
+    Storage(#[from] sqlx::Error),
+}
+
+impl RecordsError {
+    /// An invalid-input error for `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        RecordsError::Invalid { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl From<RecordsError> for tonic::Status {
+    fn from(e: RecordsError) -> Self {
+        match &e {
+            RecordsError::Invalid { .. } => tonic::Status::invalid_argument(e.to_string()),
+            RecordsError::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            RecordsError::Conflict(_) => tonic::Status::aborted(e.to_string()),
+            RecordsError::Storage(inner) => {
+                tracing::error!(error = %inner, "records storage failed");
+                tonic::Status::unavailable("records storage unavailable")
+            }
+        }
+    }
+}

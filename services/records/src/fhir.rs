@@ -1,0 +1,196 @@
+//! What a storable FHIR R4 resource is. Pure: no I/O.
+//!
+//! Checks the elements this service relies on (`resourceType`, `id`, `meta`, Patient NHS
+//! number identifiers); every other element is kept exactly as given.
+
+use serde_json::{Map, Value};
+use sharedcare_kit::nhs::{NHS_NUMBER_SYSTEM, NhsNumber};
+
+use crate::RecordsError;
+
+/// Resource types the shared care record stores (UK Core profiles of these R4 types).
+/// `Consent` is the consent service's, not ours.
+pub const RESOURCE_TYPES: &[&str] = &[
+    "Patient",
+    "Condition",
+    "AllergyIntolerance",
+    "MedicationStatement",
+    "Observation",
+    "Encounter",
+    "EpisodeOfCare",
+    "CarePlan",
+    "CareTeam",
+    "DocumentReference",
+    "Flag",
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+];
+
+/// A resource that passed validation, ready to be versioned and stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// `resourceType`.
+    pub resource_type: String,
+    /// Logical id (assigned when the writer gave none).
+    pub id: String,
+    /// The whole resource, unknown elements included.
+    pub body: Map<String, Value>,
+    /// For a Patient: its NHS number identifier, if it has one.
+    pub nhs_number: Option<NhsNumber>,
+    /// For other resources: the `Patient/{id}` they are about (`subject` or `patient`).
+    pub patient_ref: Option<String>,
+}
+
+/// Checks a resource type name (`resource_type` in requests, `resourceType` in bodies).
+pub fn check_type(field: &str, t: &str) -> Result<(), RecordsError> {
+    if t.is_empty() {
+        return Err(RecordsError::invalid(field, "is required"));
+    }
+    if t == "Consent" {
+        return Err(RecordsError::invalid(field, "Consent resources are managed by the consent service"));
+    }
+    if !RESOURCE_TYPES.contains(&t) {
+        return Err(RecordsError::invalid(
+            field,
+            format!("{t:?} is not a resource type the shared care record stores (expected one of {})", RESOURCE_TYPES.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a logical id: 1–64 of `A-Z a-z 0-9 - .` (FHIR `id` datatype).
+pub fn check_id(field: &str, id: &str) -> Result<(), RecordsError> {
+    if id.is_empty() {
+        return Err(RecordsError::invalid(field, "is required"));
+    }
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(RecordsError::invalid(field, format!("{id:?} is not a FHIR id (1-64 of A-Z, a-z, 0-9, '-', '.')")));
+    }
+    Ok(())
+}
+
+/// Parses and validates a resource given as JSON text.
+pub fn parse(json: &str) -> Result<Resource, RecordsError> {
+    let value: Value = serde_json::from_str(json)
+        .map_err(|e| RecordsError::invalid("resource_json", format!("not valid JSON: {e}")))?;
+    let Value::Object(body) = value else {
+        return Err(RecordsError::invalid("resource_json", "must be a JSON object (a FHIR resource)"));
+    };
+    let resource_type = match body.get("resourceType") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(RecordsError::invalid("resourceType", "must be a string")),
+        None => return Err(RecordsError::invalid("resourceType", "is required")),
+    };
+    check_type("resourceType", &resource_type)?;
+    let id = match body.get("id") {
+        Some(Value::String(s)) => {
+            check_id("id", s)?;
+            s.clone()
+        }
+        Some(_) => return Err(RecordsError::invalid("id", "must be a string")),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    if let Some(meta) = body.get("meta")
+        && !meta.is_object()
+    {
+        return Err(RecordsError::invalid("meta", "must be an object"));
+    }
+    let nhs_number = if resource_type == "Patient" { nhs_identifier(&body)? } else { None };
+    let patient_ref = if resource_type == "Patient" { None } else { patient_reference(&body)? };
+    Ok(Resource { resource_type, id, body, nhs_number, patient_ref })
+}
+
+fn nhs_identifier(body: &Map<String, Value>) -> Result<Option<NhsNumber>, RecordsError> {
+    let Some(ids) = body.get("identifier") else { return Ok(None) };
+    let Value::Array(ids) = ids else {
+        return Err(RecordsError::invalid("identifier", "must be an array"));
+    };
+    let mut found = None;
+    for (i, ident) in ids.iter().enumerate() {
+        if ident.get("system").and_then(Value::as_str) != Some(NHS_NUMBER_SYSTEM) {
+            continue;
+        }
+        let field = format!("identifier[{i}].value");
+        let value = ident
+            .get("value")
+            .and_then(Value::as_str)
+            .ok_or_else(|| RecordsError::invalid(&field, "is required for an NHS number identifier"))?;
+        let n = NhsNumber::parse(value).map_err(|e| RecordsError::invalid(&field, e.to_string()))?;
+        if found.as_ref().is_some_and(|f| f != &n) {
+            return Err(RecordsError::invalid(&field, "a Patient has one NHS number; found two different ones"));
+        }
+        found = Some(n);
+    }
+    Ok(found)
+}
+
+fn patient_reference(body: &Map<String, Value>) -> Result<Option<String>, RecordsError> {
+    for element in ["subject", "patient"] {
+        if let Some(r) = body.get(element) {
+            let field = format!("{element}.reference");
+            let reference = r
+                .get("reference")
+                .and_then(Value::as_str)
+                .ok_or_else(|| RecordsError::invalid(&field, "is required (e.g. \"Patient/123\")"))?;
+            if let Some(id) = reference.strip_prefix("Patient/") {
+                check_id(&field, id)?;
+                return Ok(Some(id.to_string()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Sets `meta.versionId` and `meta.lastUpdated` (RFC 3339) on a body.
+pub fn stamp(body: &mut Map<String, Value>, id: &str, version: i64, last_updated_us: i64) {
+    body.insert("id".into(), Value::String(id.to_string()));
+    let meta = body.entry("meta").or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(meta) = meta {
+        meta.insert("versionId".into(), Value::String(version.to_string()));
+        let t = chrono::DateTime::from_timestamp_micros(last_updated_us).unwrap_or_default();
+        meta.insert("lastUpdated".into(), Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> String {
+        parse(json).expect_err("should be rejected").to_string()
+    }
+
+    #[test]
+    fn a_patient_with_a_valid_nhs_number_parses() {
+        let r = parse(r#"{"resourceType":"Patient","id":"p1","identifier":[{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765919"}],"x-unknown":1}"#)
+            .expect("valid");
+        assert_eq!(r.nhs_number.map(|n| n.to_string()), Some("9434765919".into()));
+        assert_eq!(r.body.get("x-unknown"), Some(&Value::from(1)), "unknown elements are kept");
+    }
+
+    #[test]
+    fn rejections_name_the_element() {
+        assert_eq!(err("{"), "resource_json: not valid JSON: EOF while parsing an object at line 1 column 1");
+        assert_eq!(err("[]"), "resource_json: must be a JSON object (a FHIR resource)");
+        assert_eq!(err("{}"), "resourceType: is required");
+        assert!(err(r#"{"resourceType":"Banana"}"#).starts_with("resourceType: \"Banana\" is not a resource type"));
+        assert_eq!(err(r#"{"resourceType":"Patient","id":"a b"}"#), "id: \"a b\" is not a FHIR id (1-64 of A-Z, a-z, 0-9, '-', '.')");
+        assert_eq!(
+            err(r#"{"resourceType":"Patient","identifier":[{"system":"x"},{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765918"}]}"#),
+            "identifier[1].value: \"9434765918\" is not a valid NHS number (check digit)"
+        );
+        assert_eq!(err(r#"{"resourceType":"Observation","subject":{}}"#), "subject.reference: is required (e.g. \"Patient/123\")");
+        assert!(err(r#"{"resourceType":"Consent"}"#).contains("consent service"));
+    }
+
+    #[test]
+    fn ids_are_assigned_and_meta_is_stamped() {
+        let mut r = parse(r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}"#).expect("valid");
+        assert_eq!(r.patient_ref.as_deref(), Some("p1"));
+        assert_eq!(r.id.len(), 36);
+        stamp(&mut r.body, "o1", 3, 1_700_000_000_000_000);
+        assert_eq!(r.body["meta"]["versionId"], "3");
+        assert_eq!(r.body["meta"]["lastUpdated"], "2023-11-14T22:13:20.000000Z");
+    }
+}

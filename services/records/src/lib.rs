@@ -1,0 +1,40 @@
+//! The records service: the shared care record in FHIR R4 shape.
+//!
+//! - [`fhir`]: what a valid resource is (the domain core, no I/O).
+//! - [`store`]: versions in the service's own tables, events through the outbox.
+//! - [`grpc`]: `sharedcare.records.v1.Records`.
+//!
+//! Every put stores a new version and emits `RecordChanged` plus `AccessRecorded`; every get
+//! writes `AccessRecorded` to the outbox *before* the resource is returned.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod fhir;
+pub mod grpc;
+pub mod store;
+
+pub use error::RecordsError;
+
+use sharedcare_kit::db::Db;
+use sharedcare_kit::outbox::{Outbox, OutboxConfig};
+use sharedcare_kit::serve::Mount;
+use sharedcare_proto::records::v1::records_server::RecordsServer;
+
+/// The service's name: its schema, its topic (`sharedcare.records.v1`), its event source.
+pub const NAME: &str = "records";
+
+/// Applies the records schema to `db`.
+pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
+    db.migrate(sqlx::migrate!("./migrations/postgres"), sqlx::migrate!("./migrations/sqlite")).await
+}
+
+/// Builds the service on its database: gRPC routes, outbox.
+pub fn mount(db: Db, outbox: OutboxConfig) -> Mount {
+    let outbox = Outbox::new(db.clone(), outbox);
+    let store = store::Store::new(db.clone(), outbox.clone());
+    let mut m = Mount::new(NAME);
+    m.add_grpc(RecordsServer::new(grpc::RecordsApi::new(store)));
+    m.outbox = Some(outbox);
+    m.db = Some(db);
+    m
+}

@@ -1,0 +1,94 @@
+//! The command line: parse, load configuration, hand over.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::{bench, platform};
+
+/// Sharedcare: one login, one shared care record, consent enforced, every access audited.
+#[derive(Parser, Debug)]
+#[command(name = "sharedcare", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML configuration file (settings also come from SHAREDCARE_* variables, `__` nesting).
+    #[arg(long, global = true, env = "SHAREDCARE_CONFIG_FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the configuration in force (after file, environment and flags) and exit.
+    #[arg(long, global = true)]
+    pub dump_config: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to run.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run every service in this process on embedded storage (or Postgres/Kafka if configured).
+    Up {
+        /// HTTP listen address (OIDC, FHIR, /healthz, /readyz, /metrics).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+        /// gRPC listen address (every service, health, reflection).
+        #[arg(long, value_name = "ADDR")]
+        grpc: Option<String>,
+        /// Data directory for embedded databases and the event log.
+        #[arg(long, value_name = "DIR")]
+        data: Option<String>,
+    },
+    /// Run one service on Postgres and Kafka (what each Kubernetes Deployment runs).
+    Serve {
+        /// The service: records or audit.
+        service: String,
+        /// HTTP listen address.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+        /// gRPC listen address.
+        #[arg(long, value_name = "ADDR")]
+        grpc: Option<String>,
+    },
+    /// Apply database migrations for the named services (all when none are named) and exit.
+    Migrate {
+        /// Services to migrate.
+        services: Vec<String>,
+        /// Data directory (embedded storage only).
+        #[arg(long, value_name = "DIR")]
+        data: Option<String>,
+    },
+    /// Measure the platform on this machine (see the README's performance section).
+    Bench(bench::BenchArgs),
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    let mut flag = |key: &'static str, v: &Option<String>| {
+        if let Some(v) = v {
+            overrides.push((key, v.clone()));
+        }
+    };
+    match &cli.command {
+        Command::Up { http, grpc, data } => {
+            flag("http.listen", http);
+            flag("grpc.listen", grpc);
+            flag("data_dir", data);
+        }
+        Command::Serve { http, grpc, .. } => {
+            flag("http.listen", http);
+            flag("grpc.listen", grpc);
+        }
+        Command::Migrate { data, .. } => flag("data_dir", data),
+        Command::Bench(_) => {}
+    }
+    let config: Config = sharedcare_kit::config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
+    if cli.dump_config {
+        print!("{}", sharedcare_kit::config::dump(&config)?);
+        return Ok(());
+    }
+    match cli.command {
+        Command::Up { .. } => platform::up(config).await,
+        Command::Serve { service, .. } => platform::serve(config, &service).await,
+        Command::Migrate { services, .. } => platform::migrate(config, &services).await,
+        Command::Bench(args) => bench::run(config, args).await,
+    }
+}

@@ -1,0 +1,98 @@
+//! The binary's configuration: one typed struct, loaded in layers by the kit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sharedcare_kit::bus::kafka::KafkaConfig;
+use sharedcare_kit::config::Validate;
+use sharedcare_kit::outbox::OutboxConfig;
+use sharedcare_kit::telemetry::TelemetryConfig;
+
+/// Everything `sharedcare` can be told. Defaults run `up` with no configuration at all.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Data directory for embedded SQLite databases and the embedded event log.
+    pub data_dir: PathBuf,
+    /// HTTP server.
+    pub http: Listener,
+    /// gRPC server.
+    pub grpc: Listener,
+    /// Database for every service (each in its own schema). Empty = SQLite under `data_dir`.
+    pub database: DatabaseConfig,
+    /// Kafka. Empty `brokers` = the embedded event log.
+    pub kafka: KafkaConfig,
+    /// Outbox relay.
+    pub outbox: OutboxConfig,
+    /// Logs and traces.
+    pub telemetry: TelemetryConfig,
+    /// How long shutdown waits for in-flight work, per phase.
+    pub shutdown_grace_ms: u64,
+}
+
+/// A listen address.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `host:port`; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+/// Database settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host:port/db`, or empty for SQLite files under `data_dir`.
+    pub url: String,
+    /// Pool size per service.
+    pub max_connections: u32,
+    /// How long to wait for the database at start before giving up.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: String::new(), max_connections: 16, connect_timeout_ms: 5_000 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(".sharedcare"),
+            http: Listener { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) },
+            grpc: Listener { listen: SocketAddr::from(([127, 0, 0, 1], 50051)) },
+            database: DatabaseConfig::default(),
+            kafka: KafkaConfig::default(),
+            outbox: OutboxConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let url = &self.database.url;
+        if !url.is_empty() && !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
+            return Err(("database.url".into(), "expected postgres://user:password@host:port/database".into()));
+        }
+        if self.database.max_connections == 0 {
+            return Err(("database.max_connections".into(), "must be at least 1".into()));
+        }
+        if self.kafka.partitions < 1 {
+            return Err(("kafka.partitions".into(), "must be at least 1".into()));
+        }
+        if self.kafka.replication_factor < 1 {
+            return Err(("kafka.replication_factor".into(), "must be at least 1".into()));
+        }
+        if self.outbox.batch_size < 1 {
+            return Err(("outbox.batch_size".into(), "must be at least 1".into()));
+        }
+        if self.http.listen == self.grpc.listen && self.http.listen.port() != 0 {
+            return Err(("grpc.listen".into(), format!("{} is also the HTTP address", self.grpc.listen)));
+        }
+        Ok(())
+    }
+}

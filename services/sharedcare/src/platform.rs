@@ -1,0 +1,154 @@
+//! Composing services into a process: `up` (all of them), `serve` (one), `migrate`.
+//! `up` and `serve` differ only in which services they mount and which back ends they pass.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sharedcare_kit::bus::embedded::EmbeddedBus;
+use sharedcare_kit::bus::kafka::KafkaBus;
+use sharedcare_kit::bus::{self, Bus};
+use sharedcare_kit::db::{self, Db};
+use sharedcare_kit::metrics::Metrics;
+use sharedcare_kit::serve::{self, Listen, Mount, Running};
+use sharedcare_kit::shutdown::Shutdown;
+use sharedcare_kit::telemetry;
+
+use crate::config::Config;
+
+/// Services that run today, in start order.
+pub const SERVICES: &[&str] = &[sharedcare_records::NAME, sharedcare_audit::NAME];
+
+fn check_service(name: &str) -> anyhow::Result<()> {
+    if SERVICES.contains(&name) {
+        return Ok(());
+    }
+    let drafted = [sharedcare_identity::NAME, sharedcare_consent::NAME, sharedcare_passport::NAME];
+    if drafted.contains(&name) {
+        bail!("service {name:?} is drafted but not built yet; runnable services: {}", SERVICES.join(", "));
+    }
+    bail!("unknown service {name:?}; expected one of: {}", SERVICES.join(", "))
+}
+
+/// Opens a service's database (its Postgres schema or its SQLite file) and migrates it.
+pub async fn open_db(config: &Config, service: &str) -> anyhow::Result<Db> {
+    let url = if config.database.url.is_empty() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+        db::sqlite_url(&config.data_dir, service)
+    } else {
+        config.database.url.clone()
+    };
+    let timeout = Duration::from_millis(config.database.connect_timeout_ms);
+    let db = Db::connect(&url, service, config.database.max_connections, timeout).await?;
+    match service {
+        sharedcare_records::NAME => sharedcare_records::migrate(&db).await?,
+        sharedcare_audit::NAME => sharedcare_audit::migrate(&db).await?,
+        other => check_service(other)?,
+    }
+    Ok(db)
+}
+
+/// The bus the configuration asks for, checked reachable.
+pub async fn open_bus(config: &Config, client_id: &str) -> anyhow::Result<Arc<dyn Bus>> {
+    if config.kafka.brokers.is_empty() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+        return Ok(Arc::new(EmbeddedBus::open(&config.data_dir.join("events.db")).await?));
+    }
+    let kafka = KafkaBus::new(&config.kafka, client_id)?;
+    kafka.health().await.context("`kafka.brokers` cannot be reached")?;
+    let topics: Vec<String> = SERVICES.iter().map(|s| bus::topic(s)).collect();
+    kafka.ensure_topics(&topics).await?;
+    Ok(Arc::new(kafka))
+}
+
+fn mount(config: &Config, service: &str, db: Db) -> anyhow::Result<Mount> {
+    Ok(match service {
+        sharedcare_records::NAME => sharedcare_records::mount(db, config.outbox.clone()),
+        sharedcare_audit::NAME => sharedcare_audit::mount(db),
+        other => {
+            check_service(other)?;
+            unreachable!("check_service accepts only mountable services")
+        }
+    })
+}
+
+/// Starts `services` in this process; returns once they serve.
+pub async fn start(config: &Config, services: &[&str], client_id: &str) -> anyhow::Result<Running> {
+    let bus = open_bus(config, client_id).await?;
+    let mut mounts = Vec::new();
+    for s in services {
+        let db = open_db(config, s).await?;
+        mounts.push(mount(config, s, db)?);
+    }
+    let listen = Listen { http: config.http.listen, grpc: config.grpc.listen };
+    Ok(serve::start(mounts, bus, listen, Metrics::new()).await?)
+}
+
+fn describe_storage(config: &Config) -> String {
+    let store = if config.database.url.is_empty() {
+        format!("SQLite under {}", config.data_dir.display())
+    } else {
+        format!("Postgres {}", db::redact(&config.database.url))
+    };
+    let events = if config.kafka.brokers.is_empty() {
+        format!("embedded event log {}", config.data_dir.join("events.db").display())
+    } else {
+        format!("Kafka {}", config.kafka.brokers)
+    };
+    format!("{store}; events: {events}")
+}
+
+async fn run_until_signal(config: Config, services: &[&str], name: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let telemetry = telemetry::init(name, &config.telemetry)?;
+    let running = start(&config, services, name).await?;
+    println!("Sharedcare {} is up ({}) in {} ms", env!("CARGO_PKG_VERSION"), running.services.join(", "), started.elapsed().as_millis());
+    println!("  HTTP  http://{}  (/healthz, /readyz, /metrics)", running.http);
+    println!("  gRPC  {}  (every service, health, reflection)", running.grpc);
+    println!("  data  {}", describe_storage(&config));
+    println!("listening http={} grpc={}", running.http, running.grpc);
+    println!("Stop with Ctrl-C (SIGINT) or SIGTERM.");
+    let shutdown = Shutdown::new();
+    shutdown.wait_for_signal().await;
+    let clean = running.stop(Duration::from_millis(config.shutdown_grace_ms)).await;
+    telemetry.shutdown();
+    if !clean {
+        bail!("shutdown did not finish within {} ms per phase", config.shutdown_grace_ms);
+    }
+    println!("Sharedcare stopped.");
+    Ok(())
+}
+
+/// `sharedcare up`: every service in one process.
+pub async fn up(config: Config) -> anyhow::Result<()> {
+    run_until_signal(config, SERVICES, "sharedcare").await
+}
+
+/// `sharedcare serve <service>`: one service on Postgres and Kafka.
+pub async fn serve(config: Config, service: &str) -> anyhow::Result<()> {
+    check_service(service)?;
+    if config.database.url.is_empty() {
+        bail!("`database.url` is required by serve: set SHAREDCARE_DATABASE__URL=postgres://user:password@host:port/database");
+    }
+    if config.kafka.brokers.is_empty() {
+        bail!("`kafka.brokers` is required by serve: set SHAREDCARE_KAFKA__BROKERS=host:port");
+    }
+    let name: &'static str = SERVICES.iter().find(|s| **s == service).copied().unwrap_or("sharedcare");
+    run_until_signal(config, &[name], name).await
+}
+
+/// `sharedcare migrate [service…]`.
+pub async fn migrate(config: Config, services: &[String]) -> anyhow::Result<()> {
+    let names: Vec<&str> = if services.is_empty() { SERVICES.to_vec() } else { services.iter().map(String::as_str).collect() };
+    for s in &names {
+        check_service(s)?;
+    }
+    for s in names {
+        let db = open_db(&config, s).await?;
+        db.close().await;
+        println!("migrated {s}");
+    }
+    Ok(())
+}
