@@ -65,7 +65,9 @@ impl Db {
                 redact(url)
             )));
         };
-        if !service.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        let valid_schema = service.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && service.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid_schema {
             return Err(Error::Config(format!("service name {service:?} is not a valid schema name")));
         }
         let options: AnyConnectOptions = url.parse().map_err(Error::db(what.clone()))?;
@@ -107,17 +109,29 @@ impl Db {
     /// Kit migrations are numbered from 90000000000001 so the two sets never collide; each
     /// migrator ignores the other's applied versions.
     pub async fn migrate(&self, postgres: Migrator, sqlite: Migrator) -> Result<()> {
-        let (kit, own) = match self.backend {
-            Backend::Postgres => (sqlx::migrate!("./migrations/postgres"), postgres),
-            Backend::Sqlite => (sqlx::migrate!("./migrations/sqlite"), sqlite),
-        };
-        for mut m in [kit, own] {
-            m.set_ignore_missing(true);
-            m.run(&self.pool)
-                .await
-                .map_err(|source| Error::Migrate { service: self.service.clone(), source })?;
-        }
-        Ok(())
+        self.migrate_kit().await?;
+        self.run(match self.backend {
+            Backend::Postgres => postgres,
+            Backend::Sqlite => sqlite,
+        })
+        .await
+    }
+
+    /// Applies only the kit's own tables (outbox, inbox).
+    pub async fn migrate_kit(&self) -> Result<()> {
+        self.run(match self.backend {
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        })
+        .await
+    }
+
+    async fn run(&self, mut migrator: Migrator) -> Result<()> {
+        migrator.set_ignore_missing(true);
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|source| Error::Migrate { service: self.service.clone(), source })
     }
 
     /// The pool, for the service's store.

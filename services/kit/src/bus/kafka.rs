@@ -28,6 +28,9 @@ use crate::{Error, Result};
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated (`host:port,host:port`). Empty = embedded bus.
     pub brokers: String,
+    /// Prefix for every topic and consumer group name, so several environments can share a
+    /// cluster (e.g. `staging.`). Empty by default.
+    pub namespace: String,
     /// Partitions for topics this process creates.
     pub partitions: i32,
     /// Replication factor for topics this process creates (3 in production).
@@ -44,6 +47,7 @@ impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
             brokers: String::new(),
+            namespace: String::new(),
             partitions: 6,
             replication_factor: 1,
             message_timeout_ms: 30_000,
@@ -77,12 +81,18 @@ impl KafkaBus {
         Ok(KafkaBus { config: config.clone(), client_id: client_id.to_string(), producer })
     }
 
+    /// The physical name of a topic or group: the configured namespace + the logical name.
+    fn physical(&self, name: &str) -> String {
+        format!("{}{name}", self.config.namespace)
+    }
+
     /// Creates `topics` when they do not exist, with the configured partitions and replication.
     pub async fn ensure_topics(&self, topics: &[String]) -> Result<()> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.config.brokers)
             .create()
             .map_err(|e| Error::Bus(format!("kafka admin client: {e}")))?;
+        let topics: Vec<String> = topics.iter().map(|t| self.physical(t)).collect();
         let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|t| NewTopic::new(t, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor)))
@@ -106,11 +116,12 @@ impl KafkaBus {
 impl Bus for KafkaBus {
     async fn publish(&self, batch: &[Outgoing]) -> Result<()> {
         let mut pending = Vec::with_capacity(batch.len());
-        for m in batch {
+        let topics: Vec<String> = batch.iter().map(|m| self.physical(&m.topic)).collect();
+        for (m, topic) in batch.iter().zip(&topics) {
             let headers = OwnedHeaders::new()
                 .insert(Header { key: "traceparent", value: Some(m.traceparent.as_bytes()) })
                 .insert(Header { key: "ce_id", value: Some(m.id.as_bytes()) });
-            let mut record = FutureRecord::to(&m.topic).key(&m.key).payload(&m.payload).headers(headers);
+            let mut record = FutureRecord::to(topic).key(&m.key).payload(&m.payload).headers(headers);
             loop {
                 match self.producer.send_result(record) {
                     Ok(fut) => {
@@ -142,6 +153,8 @@ impl Bus for KafkaBus {
         handler: Arc<dyn Handler>,
         shutdown: CancellationToken,
     ) -> Result<()> {
+        let (group, physical_topic) = (self.physical(group), self.physical(topic));
+        let (group, topic) = (group.as_str(), physical_topic.as_str());
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.config.brokers)
             .set("client.id", &self.client_id)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: starts what the tests need (PostgreSQL from Debian's packages, Apache
+# Kafka in KRaft mode from Maven Central jars) when it is not running, then runs every test.
+# Extra arguments go to `cargo test` (e.g. `infra/test.sh -p sharedcare-kit`).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need java || ! need mvn; then
+  echo "test.sh: installing a JDK and Maven from Debian's packages (for Kafka)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq default-jre-headless maven >&2
+fi
+
+infra/postgres.sh start
+infra/kafka.sh start
+
+export TEST_POSTGRES_URL="$(infra/postgres.sh url)"
+export TEST_KAFKA_BROKERS="127.0.0.1:${KAFKA_PORT:-19092}"
+export TEST_KAFKA_SCRIPT="$root/infra/kafka.sh"
+
+# The end-to-end tests drive the built binary, so build it first.
+cargo build --locked -p sharedcare
+cargo test --locked --workspace "$@"

@@ -1,0 +1,10 @@
+//! The kit's conformance suites, each run against every back end:
+//! storage (outbox + inbox) on SQLite and Postgres, the bus on the embedded log and Kafka.
+//!
+//! Postgres and Kafka come from `infra/` (the README's test command starts them) through
+//! `TEST_POSTGRES_URL` and `TEST_KAFKA_BROKERS`; without them these tests fail and say how to
+//! start them.
+
+mod bus_suite;
+mod store_suite;
+mod support;
