@@ -22,4 +22,9 @@ export TEST_KAFKA_SCRIPT="$root/infra/kafka.sh"
 
 # The end-to-end tests drive the built binary, so build it first.
 cargo build --locked -p sharedcare
-cargo test --locked --workspace "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set -o pipefail
+cargo test --locked --workspace --lib --bins --tests "$@" 2>&1 | tee "$log"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -101,7 +102,8 @@ pub struct Running {
     pub grpc: SocketAddr,
     /// Names of the mounted services.
     pub services: Vec<&'static str>,
-    servers: TaskTracker,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    in_flight: Arc<AtomicUsize>,
     workers: TaskTracker,
     stop_serving: CancellationToken,
     stop_working: CancellationToken,
@@ -123,7 +125,8 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
     let http_addr = http_listener.local_addr().map_err(|e| Error::Io(e.to_string()))?;
     let grpc_addr = grpc_listener.local_addr().map_err(|e| Error::Io(e.to_string()))?;
 
-    let servers = TaskTracker::new();
+    let mut servers = Vec::new();
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let workers = TaskTracker::new();
     let stop_serving = CancellationToken::new();
     let stop_working = CancellationToken::new();
@@ -177,13 +180,16 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
     }
 
     let grpc_routes = tonic::service::Routes::from(
-        grpc.routes().into_axum_router().layer(axum::middleware::from_fn_with_state((metrics.clone(), "grpc"), observe)),
+        grpc.routes().into_axum_router().layer(axum::middleware::from_fn_with_state(
+            Observe { metrics: metrics.clone(), protocol: "grpc", in_flight: in_flight.clone() },
+            observe,
+        )),
     )
     .add_service(health_service)
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha);
     let token = stop_serving.clone();
-    servers.spawn(async move {
+    servers.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
         let res = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -193,25 +199,28 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
         if let Err(e) = res {
             tracing::error!(error = %e, "gRPC server failed");
         }
-    });
+    }));
 
     let ready = Readiness { dbs: dbs.clone(), bus: bus.clone() };
     let http = http
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz).with_state(ready))
         .route("/metrics", get(render_metrics).with_state(metrics.clone()))
-        .layer(axum::middleware::from_fn_with_state((metrics, "http"), observe));
+        .layer(axum::middleware::from_fn_with_state(
+            Observe { metrics, protocol: "http", in_flight: in_flight.clone() },
+            observe,
+        ));
     let token = stop_serving.clone();
-    servers.spawn(async move {
+    servers.push(tokio::spawn(async move {
         let res = axum::serve(http_listener, http)
             .with_graceful_shutdown(token.cancelled_owned())
             .await;
         if let Err(e) = res {
             tracing::error!(error = %e, "HTTP server failed");
         }
-    });
+    }));
 
-    Ok(Running { http: http_addr, grpc: grpc_addr, services, servers, workers, stop_serving, stop_working, dbs, health, grpc_names })
+    Ok(Running { http: http_addr, grpc: grpc_addr, services, servers, in_flight, workers, stop_serving, stop_working, dbs, health, grpc_names })
 }
 
 impl Running {
@@ -221,9 +230,23 @@ impl Running {
         for name in &self.grpc_names {
             self.health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
         }
+        // Stop accepting; let in-flight requests finish; then close idle keep-alive
+        // connections, which a client may hold open indefinitely.
         self.stop_serving.cancel();
-        self.servers.close();
-        let served = tokio::time::timeout(grace, self.servers.wait()).await.is_ok();
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let served = self.in_flight.load(Ordering::SeqCst) == 0;
+        if !served {
+            tracing::warn!(requests = self.in_flight.load(Ordering::SeqCst), "requests still running after the grace period");
+        }
+        for server in &self.servers {
+            server.abort();
+        }
+        for server in self.servers {
+            let _ = server.await;
+        }
         self.stop_working.cancel();
         self.workers.close();
         let worked = tokio::time::timeout(grace, self.workers.wait()).await.is_ok();
@@ -265,8 +288,28 @@ async fn render_metrics(State(m): State<Metrics>) -> Response {
         .into_response()
 }
 
-/// One span per request (child of the caller's `traceparent`) and request metrics.
-async fn observe(State((metrics, protocol)): State<(Metrics, &'static str)>, req: Request, next: Next) -> Response {
+#[derive(Clone)]
+struct Observe {
+    metrics: Metrics,
+    protocol: &'static str,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Decrements the in-flight count when a request finishes (or is dropped).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One span per request (child of the caller's `traceparent`), request metrics, the
+/// in-flight count shutdown drains, and gRPC decode failures reported as INVALID_ARGUMENT.
+async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response {
+    let (metrics, protocol) = (o.metrics, o.protocol);
+    o.in_flight.fetch_add(1, Ordering::SeqCst);
+    let _guard = InFlight(o.in_flight);
     let path = match req.extensions().get::<MatchedPath>() {
         Some(p) if protocol == "http" => p.as_str().to_string(),
         _ => req.uri().path().to_string(),
@@ -280,7 +323,10 @@ async fn observe(State((metrics, protocol)): State<(Metrics, &'static str)>, req
     );
     crate::telemetry::set_parent_from_headers(&span, req.headers());
     let started = Instant::now();
-    let res = next.run(req).instrument(span.clone()).await;
+    let mut res = next.run(req).instrument(span.clone()).await;
+    if protocol == "grpc" {
+        undecodable_is_invalid_argument(&mut res);
+    }
     let code = match protocol {
         "grpc" => res
             .headers()
@@ -293,4 +339,17 @@ async fn observe(State((metrics, protocol)): State<(Metrics, &'static str)>, req
     span.record("code", code.as_str());
     metrics.observe(protocol, &path, &code, started.elapsed().as_secs_f64());
     res
+}
+
+/// tonic reports a request it cannot decode as INTERNAL; it is the caller's bad input, so
+/// say INVALID_ARGUMENT (the message, which names the field, is kept).
+fn undecodable_is_invalid_argument(res: &mut Response) {
+    let headers = res.headers_mut();
+    let internal = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"13");
+    let undecodable = headers
+        .get("grpc-message")
+        .is_some_and(|v| v.as_bytes().starts_with(b"failed%20to%20decode%20Protobuf") || v.as_bytes().starts_with(b"failed to decode Protobuf"));
+    if internal && undecodable {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
 }

@@ -1,0 +1,181 @@
+//! One service per process on Postgres and Kafka (`sharedcare serve`), as Kubernetes runs it.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use sharedcare_proto::records::v1::{GetRequest, PutRequest};
+
+use crate::harness::{Proc, audit_trail, eventually, fresh_database, kafka_brokers, namespace, nhs_number, patient, serve_env};
+
+fn serve(service: &str, env: &[(&str, String)]) -> Proc {
+    Proc::start(&["serve", service], env)
+}
+
+#[tokio::test]
+async fn records_and_audit_run_as_two_processes_on_postgres_and_kafka() {
+    let env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
+    let records = serve("records", &env);
+    let audit = serve("audit", &env);
+    let nhs = nhs_number();
+    let mut client = records.records().await;
+    client
+        .put(PutRequest { resource_json: patient("p-dist", &nhs), source_organisation: "RXX01".into() })
+        .await
+        .expect("put");
+    let obs = serde_json::json!({"resourceType": "Observation", "id": "o-dist", "status": "final",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "27113001"}]},
+        "subject": {"reference": "Patient/p-dist"}});
+    client.put(PutRequest { resource_json: obs.to_string(), source_organisation: "RXX01".into() }).await.expect("put obs");
+    let got = client
+        .get(GetRequest { resource_type: "Observation".into(), id: "o-dist".into() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.version, 1);
+    let trail = eventually(Duration::from_secs(60), "audit entries from the other process", || async {
+        let t = audit_trail(&audit, &nhs).await;
+        (t.len() >= 3).then_some(t)
+    })
+    .await;
+    let resources: Vec<&str> = trail.iter().map(|t| t.2[0].as_str()).collect();
+    assert_eq!(resources, vec!["Patient/p-dist/_history/1", "Observation/o-dist/_history/1", "Observation/o-dist/_history/1"]);
+    assert_eq!(trail[2].0, "read");
+}
+
+/// Spans received over OTLP: (service.name, trace id hex, span name).
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<(String, String, String)>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().expect("lock");
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref().and_then(|v| v.value.clone()))
+                .map(|v| match v {
+                    Value::StringValue(s) => s,
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    let trace: String = s.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                    spans.push((service.clone(), trace, s.name));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tokio::test]
+async fn one_put_is_one_trace_across_records_and_audit() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(collector.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(server);
+
+    let mut env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
+    env.push(("SHAREDCARE_TELEMETRY__OTLP_ENDPOINT", endpoint));
+    env.push(("OTEL_BSP_SCHEDULE_DELAY", "100".into()));
+    let records = serve("records", &env);
+    let _audit = serve("audit", &env);
+    let nhs = nhs_number();
+    records
+        .records()
+        .await
+        .put(PutRequest { resource_json: patient("p-trace", &nhs), source_organisation: String::new() })
+        .await
+        .expect("put");
+
+    let (trace, audit_spans) = eventually(Duration::from_secs(60), "records and audit spans in one trace", || async {
+        let spans = collector.0.lock().expect("lock").clone();
+        let put = spans.iter().find(|(svc, _, name)| svc == "records" && name == "/sharedcare.records.v1.Records/Put")?;
+        let audit: Vec<String> =
+            spans.iter().filter(|(svc, t, _)| svc == "audit" && *t == put.1).map(|(_, _, n)| n.clone()).collect();
+        (!audit.is_empty()).then(|| (put.1.clone(), audit))
+    })
+    .await;
+    assert_eq!(trace.len(), 32);
+    assert!(audit_spans.iter().any(|n| n.ends_with("sharedcare.records.v1 process")), "{audit_spans:?}");
+}
+
+/// Runs infra/kafka.sh for a broker of this test's own.
+fn broker(action: &str, port: u16, home: &std::path::Path) {
+    let script = std::env::var("TEST_KAFKA_SCRIPT").expect("TEST_KAFKA_SCRIPT is not set: run the README's test command");
+    let status = Command::new(script)
+        .arg(action)
+        .env("KAFKA_PORT", port.to_string())
+        .env("KAFKA_HOME", home)
+        .env("KAFKA_HEAP", "256m")
+        .status()
+        .expect("run kafka.sh");
+    assert!(status.success(), "kafka.sh {action} failed");
+}
+
+struct Broker(u16, tempfile::TempDir);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        broker("stop", self.0, self.1.path());
+    }
+}
+
+#[tokio::test]
+async fn events_committed_before_a_crash_and_a_broker_outage_all_arrive() {
+    let port = 19192;
+    let b = Broker(port, tempfile::tempdir().expect("tmp"));
+    broker("start", port, b.1.path());
+    let env = serve_env(&fresh_database().await, &format!("127.0.0.1:{port}"), &namespace());
+    let records = serve("records", &env);
+    let audit = serve("audit", &env);
+    let nhs = nhs_number();
+    records
+        .records()
+        .await
+        .put(PutRequest { resource_json: patient("p-crash", &nhs), source_organisation: String::new() })
+        .await
+        .expect("put");
+    eventually(Duration::from_secs(60), "the first entry", || async { (!audit_trail(&audit, &nhs).await.is_empty()).then_some(()) }).await;
+
+    broker("stop", port, b.1.path());
+    let mut client = records.records().await;
+    for i in 0..5 {
+        let obs = serde_json::json!({"resourceType": "Observation", "id": format!("o-crash-{i}"), "status": "final",
+            "subject": {"reference": "Patient/p-crash"}});
+        client
+            .put(PutRequest { resource_json: obs.to_string(), source_organisation: String::new() })
+            .await
+            .expect("writes succeed while the broker is down: the outbox holds the events");
+    }
+    records.crash(); // SIGKILL after commit, before any publish
+
+    broker("start", port, b.1.path());
+    let _records = serve("records", &env); // the relay finds the committed rows
+    let trail = eventually(Duration::from_secs(120), "all five events after the outage", || async {
+        let t = audit_trail(&audit, &nhs).await;
+        (t.len() >= 6).then_some(t)
+    })
+    .await;
+    let got: HashSet<String> = trail.iter().map(|t| t.2[0].clone()).collect();
+    assert_eq!(trail.len(), 6, "each event applied once: {trail:?}");
+    for i in 0..5 {
+        assert!(got.contains(&format!("Observation/o-crash-{i}/_history/1")), "{got:?}");
+    }
+}

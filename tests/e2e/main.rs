@@ -1,0 +1,9 @@
+//! End-to-end tests: they start the `sharedcare` binary (built by the test command) and use
+//! it over gRPC and HTTP as an app or an operator would.
+//!
+//! One test binary with modules (each file under `tests/` would be another binary to link).
+
+mod distributed;
+mod harness;
+mod startup;
+mod up;

@@ -1,0 +1,256 @@
+//! `sharedcare up`: the whole platform in one process on embedded storage.
+
+use std::time::Duration;
+
+use sharedcare_proto::records::v1::{GetRequest, PutRequest};
+use tonic::Code;
+
+use crate::harness::{Proc, audit_trail, eventually, nhs_number, patient};
+
+fn up(data: &std::path::Path) -> Proc {
+    Proc::start(&["up", "--data", data.to_str().expect("utf-8 path")], &[])
+}
+
+#[tokio::test]
+async fn a_put_is_read_back_and_every_access_reaches_the_audit_log() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let nhs = nhs_number();
+    let mut records = p.records().await;
+    let first = records
+        .put(PutRequest { resource_json: patient("pat-1", &nhs), source_organisation: "A81001".into() })
+        .await
+        .expect("put")
+        .into_inner();
+    assert_eq!((first.resource_type.as_str(), first.id.as_str(), first.version), ("Patient", "pat-1", 1));
+    let second = records
+        .put(PutRequest { resource_json: patient("pat-1", &nhs), source_organisation: "A81001".into() })
+        .await
+        .expect("second put")
+        .into_inner();
+    assert_eq!(second.version, 2, "every put is a new version");
+
+    let got = records
+        .get(GetRequest { resource_type: "Patient".into(), id: "pat-1".into() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.version, 2);
+    let body: serde_json::Value = serde_json::from_str(&got.resource_json).expect("json");
+    assert_eq!(body["meta"]["versionId"], "2");
+    assert_eq!(body["identifier"][0]["value"], nhs.as_str());
+    assert_eq!(body["name"][0]["family"], "Smith", "elements are kept as written");
+
+    let trail = eventually(Duration::from_secs(20), "three audit entries", || async {
+        let t = audit_trail(&p, &nhs).await;
+        (t.len() >= 3).then_some(t)
+    })
+    .await;
+    let summary: Vec<(&str, &str, &str)> =
+        trail.iter().map(|(a, o, r)| (a.as_str(), o.as_str(), r.first().map(String::as_str).unwrap_or(""))).collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("create", "success", "Patient/pat-1/_history/1"),
+            ("update", "success", "Patient/pat-1/_history/2"),
+            ("read", "success", "Patient/pat-1/_history/2"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let mut records = p.records().await;
+    let cases = [
+        ("{not json", "resource_json: not valid JSON"),
+        ("[1,2]", "resource_json: must be a JSON object"),
+        (r#"{"id":"x1"}"#, "resourceType: is required"),
+        (r#"{"resourceType":"Spaceship","id":"x1"}"#, "resourceType: \"Spaceship\" is not a resource type"),
+        (
+            r#"{"resourceType":"Patient","id":"x1","identifier":[{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765918"}]}"#,
+            "identifier[0].value: \"9434765918\" is not a valid NHS number (check digit)",
+        ),
+        (r#"{"resourceType":"Patient","id":"has space"}"#, "id: \"has space\" is not a FHIR id"),
+    ];
+    for (json, want) in cases {
+        let err = records
+            .put(PutRequest { resource_json: json.into(), source_organisation: String::new() })
+            .await
+            .expect_err(json);
+        assert_eq!(err.code(), Code::InvalidArgument, "{json}");
+        assert!(err.message().starts_with(want), "{json}: {:?} should start with {want:?}", err.message());
+    }
+    let err = records
+        .get(GetRequest { resource_type: "Patient".into(), id: "x1".into() })
+        .await
+        .expect_err("nothing was stored");
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), "Patient/x1 not found");
+    let err = records.get(GetRequest { resource_type: String::new(), id: "x1".into() }).await.expect_err("no type");
+    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "resource_type: is required"));
+}
+
+/// Sends raw bytes as a gRPC request body, as a buggy or hostile client could.
+async fn raw_call(p: &Proc, path: &'static str, body: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(p.channel().await);
+    grpc.ready().await.expect("ready");
+    grpc.unary::<Vec<u8>, Vec<u8>, _>(tonic::Request::new(body), http::uri::PathAndQuery::from_static(path), RawCodec)
+        .await
+        .expect_err("malformed protobuf must be refused")
+}
+
+#[tokio::test]
+async fn malformed_protobuf_is_refused_naming_the_field() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    // Field 1 (resource_json, a string) sent with the fixed32 wire type.
+    let status = raw_call(&p, "/sharedcare.records.v1.Records/Put", vec![0x0d, 1, 2, 3, 4]).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("PutRequest.resource_json"), "{:?}", status.message());
+}
+
+#[tokio::test]
+async fn reflection_lists_every_service_like_grpcurl() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let mut client = ServerReflectionClient::new(p.channel().await);
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream = client.server_reflection_info(tokio_stream::iter(vec![req])).await.expect("reflection").into_inner();
+    let msg = stream.message().await.expect("response").expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("unexpected {msg:?}") };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    for want in ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "sharedcare.audit.v1.Audit", "sharedcare.records.v1.Records"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(p.channel().await);
+    let res = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "sharedcare.records.v1.Records".into() })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(res.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
+
+#[tokio::test]
+async fn http_health_readiness_and_metrics_answer() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let get = |path: &str| {
+        let url = format!("{}{path}", p.http);
+        async move { http_get(&url).await }
+    };
+    assert_eq!(get("/healthz").await, (200, "ok\n".into()));
+    assert_eq!(get("/readyz").await, (200, "ready\n".into()));
+    let mut records = p.records().await;
+    let _ = records.get(GetRequest { resource_type: "Patient".into(), id: "nobody".into() }).await;
+    let (status, metrics) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"sharedcare_requests_total{protocol="grpc",path="/sharedcare.records.v1.Records/Get",code="NotFound"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_the_data_is_there_after_a_restart() {
+    let data = tempfile::tempdir().expect("tmp");
+    let nhs = nhs_number();
+    let p = up(data.path());
+    p.records()
+        .await
+        .put(PutRequest { resource_json: patient("keep", &nhs), source_organisation: String::new() })
+        .await
+        .expect("put");
+    let (status, stderr) = p.terminate();
+    assert!(status.success(), "clean exit on SIGTERM, got {status:?}: {stderr}");
+    assert!(stderr.contains("outbox flushed"), "{stderr}");
+
+    let p = up(data.path());
+    let got = p
+        .records()
+        .await
+        .get(GetRequest { resource_type: "Patient".into(), id: "keep".into() })
+        .await
+        .expect("get after restart")
+        .into_inner();
+    assert_eq!(got.version, 1);
+    let trail = eventually(Duration::from_secs(20), "create and read audited", || async {
+        let t = audit_trail(&p, &nhs).await;
+        (t.len() >= 2).then_some(t)
+    })
+    .await;
+    assert_eq!(trail.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(), vec!["create", "read"]);
+}
+
+/// A minimal HTTP/1.1 GET over a TCP socket (status, body).
+pub async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Passes bytes through unchanged, to send malformed protobuf.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
