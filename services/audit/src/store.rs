@@ -25,7 +25,7 @@ impl Store {
     /// Appends `event` delivered as `delivery`; a redelivered event is skipped. Returns whether
     /// it was appended.
     pub async fn append(&self, delivery: &Delivery, event: &AccessRecorded) -> Result<bool, AuditError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         if !inbox::claim(&mut tx, NAME, delivery).await? {
             return Ok(false);
         }

@@ -22,5 +22,6 @@ pub mod outbox;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testing;
 
 pub use error::{Error, Result};

@@ -10,7 +10,7 @@ use sharedcare_kit::bus::embedded::EmbeddedBus;
 use sharedcare_kit::bus::{Bus, Delivery, Envelope, Handler, Outgoing};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{eventually, unique};
+use sharedcare_kit::testing::{eventually, unique};
 
 const EVENTS: usize = 10_000;
 const KEYS: usize = 64;
@@ -94,7 +94,7 @@ async fn ten_thousand_events_survive_a_consumer_crash(bus: Arc<dyn Bus>, topic: 
     let applied = |s: &Arc<Mutex<Applied>>| s.lock().expect("lock").ids.len();
 
     let first = consume(&bus, &group, topic, &state, Some(3_000), &CancellationToken::new());
-    eventually(Duration::from_secs(120), "3,000 events before the crash", || applied(&state) >= 3_000).await;
+    eventually(Duration::from_secs(120), "3,000 events before the crash", || async { applied(&state) >= 3_000 }).await;
     first.abort(); // a crash: no graceful commit, no leave
     let _ = first.await;
     let at_crash = applied(&state);
@@ -102,7 +102,7 @@ async fn ten_thousand_events_survive_a_consumer_crash(bus: Arc<dyn Bus>, topic: 
 
     let stop = CancellationToken::new();
     let second = consume(&bus, &group, topic, &state, None, &stop);
-    eventually(Duration::from_secs(180), "all 10,000 events after the restart", || applied(&state) >= EVENTS).await;
+    eventually(Duration::from_secs(180), "all 10,000 events after the restart", || async { applied(&state) >= EVENTS }).await;
     stop.cancel();
     second.await.expect("second consumer");
 
@@ -125,7 +125,7 @@ async fn embedded_bus_delivers_each_event_once_after_a_crash_in_key_order() {
 
 #[tokio::test]
 async fn kafka_bus_delivers_each_event_once_after_a_crash_in_key_order_across_partitions() {
-    let (kafka, config) = crate::support::kafka_bus();
+    let (kafka, config) = sharedcare_kit::testing::kafka_bus();
     kafka.health().await.expect("kafka reachable (is infra/kafka.sh running?)");
     let topic = "suite.topic".to_string();
     kafka.ensure_topics(std::slice::from_ref(&topic)).await.expect("topic");
@@ -144,7 +144,7 @@ async fn embedded_log_survives_reopening() {
     let state = Arc::new(Mutex::new(Applied::default()));
     let stop = CancellationToken::new();
     let h = consume(&bus, "g", "reopen.topic", &state, None, &stop);
-    eventually(Duration::from_secs(10), "10 events from the reopened log", || state.lock().expect("lock").ids.len() == 10).await;
+    eventually(Duration::from_secs(10), "10 events from the reopened log", || async { state.lock().expect("lock").ids.len() == 10 }).await;
     stop.cancel();
     h.await.expect("join");
 }

@@ -7,4 +7,3 @@
 
 mod bus_suite;
 mod store_suite;
-mod support;

@@ -11,7 +11,7 @@ use sharedcare_kit::inbox;
 use sharedcare_kit::outbox::{self, Outbox, OutboxConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::eventually;
+use sharedcare_kit::testing::eventually;
 
 fn event(key: &str, n: usize) -> Envelope {
     let mut e = bus::envelope("test.Event", "kit-tests", &format!("{key}:{n}"), key, &());
@@ -64,7 +64,7 @@ async fn relay_publishes_everything_in_order_then_empties(db: Db) {
         let (bus, seen, stop) = (bus.clone(), seen.clone(), stop.clone());
         tokio::spawn(async move { bus.consume("g", "relay.topic", seen, stop).await })
     };
-    eventually(Duration::from_secs(30), "1,200 relayed events", || seen.0.lock().expect("lock").len() >= 1_200).await;
+    eventually(Duration::from_secs(30), "1,200 relayed events", || async { seen.0.lock().expect("lock").len() >= 1_200 }).await;
     stop.cancel();
     relay.await.expect("relay");
     consumer.await.expect("join").expect("consume");
@@ -110,29 +110,8 @@ async fn inbox_claims_an_event_once(db: Db) {
     assert!(inbox::claim(&mut conn, "other", &d).await.expect("claim"), "each consumer has its own inbox");
 }
 
-macro_rules! store_suite {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let (db, _dir) = crate::support::sqlite_db().await;
-                    super::$name(db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(crate::support::postgres_db().await).await;
-                }
-            )*
-        }
-    };
-}
-
-store_suite!(
+sharedcare_kit::store_suite!(
+    "kit_test";
     outbox_rows_commit_with_the_transaction_or_not_at_all,
     relay_publishes_everything_in_order_then_empties,
     relay_keeps_rows_while_the_bus_is_down,

@@ -57,7 +57,7 @@ impl Store {
 
     /// Stores `resource` as its next version, with its events, atomically.
     pub async fn put(&self, mut resource: Resource, source_organisation: &str, actor: &Actor) -> Result<Stored, RecordsError> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM resources WHERE resource_type = $1 AND id = $2")
             .bind(&resource.resource_type)
             .bind(&resource.id)
