@@ -10,7 +10,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use sharedcare_proto::records::v1::{GetRequest, PutRequest};
 
-use crate::harness::{Proc, audit_trail, eventually, fresh_database, kafka_brokers, namespace, nhs_number, patient, serve_env};
+use crate::harness::{
+    Proc, audit_trail, eventually, fresh_database, kafka_brokers, namespace, nhs_number, patient, serve_env,
+};
 
 fn serve(service: &str, env: &[(&str, String)]) -> Proc {
     Proc::start(&["serve", service], env)
@@ -24,26 +26,49 @@ async fn records_and_audit_run_as_two_processes_on_postgres_and_kafka() {
     let nhs = nhs_number();
     let mut client = records.records().await;
     client
-        .put(PutRequest { resource_json: patient("p-dist", &nhs), source_organisation: "RXX01".into() })
+        .put(PutRequest {
+            resource_json: patient("p-dist", &nhs),
+            source_organisation: "RXX01".into(),
+        })
         .await
         .expect("put");
     let obs = serde_json::json!({"resourceType": "Observation", "id": "o-dist", "status": "final",
         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "27113001"}]},
         "subject": {"reference": "Patient/p-dist"}});
-    client.put(PutRequest { resource_json: obs.to_string(), source_organisation: "RXX01".into() }).await.expect("put obs");
+    client
+        .put(PutRequest {
+            resource_json: obs.to_string(),
+            source_organisation: "RXX01".into(),
+        })
+        .await
+        .expect("put obs");
     let got = client
-        .get(GetRequest { resource_type: "Observation".into(), id: "o-dist".into() })
+        .get(GetRequest {
+            resource_type: "Observation".into(),
+            id: "o-dist".into(),
+        })
         .await
         .expect("get")
         .into_inner();
     assert_eq!(got.version, 1);
-    let trail = eventually(Duration::from_secs(60), "audit entries from the other process", || async {
-        let t = audit_trail(&audit, &nhs).await;
-        (t.len() >= 3).then_some(t)
-    })
+    let trail = eventually(
+        Duration::from_secs(60),
+        "audit entries from the other process",
+        || async {
+            let t = audit_trail(&audit, &nhs).await;
+            (t.len() >= 3).then_some(t)
+        },
+    )
     .await;
     let resources: Vec<&str> = trail.iter().map(|t| t.2[0].as_str()).collect();
-    assert_eq!(resources, vec!["Patient/p-dist/_history/1", "Observation/o-dist/_history/1", "Observation/o-dist/_history/1"]);
+    assert_eq!(
+        resources,
+        vec![
+            "Patient/p-dist/_history/1",
+            "Observation/o-dist/_history/1",
+            "Observation/o-dist/_history/1"
+        ]
+    );
     assert_eq!(trail[2].0, "read");
 }
 
@@ -100,25 +125,41 @@ async fn one_put_is_one_trace_across_records_and_audit() {
     records
         .records()
         .await
-        .put(PutRequest { resource_json: patient("p-trace", &nhs), source_organisation: String::new() })
+        .put(PutRequest {
+            resource_json: patient("p-trace", &nhs),
+            source_organisation: String::new(),
+        })
         .await
         .expect("put");
 
-    let (trace, audit_spans) = eventually(Duration::from_secs(60), "records and audit spans in one trace", || async {
-        let spans = collector.0.lock().expect("lock").clone();
-        let put = spans.iter().find(|(svc, _, name)| svc == "records" && name == "/sharedcare.records.v1.Records/Put")?;
-        let audit: Vec<String> =
-            spans.iter().filter(|(svc, t, _)| svc == "audit" && *t == put.1).map(|(_, _, n)| n.clone()).collect();
-        (!audit.is_empty()).then(|| (put.1.clone(), audit))
-    })
+    let (trace, audit_spans) = eventually(
+        Duration::from_secs(60),
+        "records and audit spans in one trace",
+        || async {
+            let spans = collector.0.lock().expect("lock").clone();
+            let put = spans
+                .iter()
+                .find(|(svc, _, name)| svc == "records" && name == "/sharedcare.records.v1.Records/Put")?;
+            let audit: Vec<String> = spans
+                .iter()
+                .filter(|(svc, t, _)| svc == "audit" && *t == put.1)
+                .map(|(_, _, n)| n.clone())
+                .collect();
+            (!audit.is_empty()).then(|| (put.1.clone(), audit))
+        },
+    )
     .await;
     assert_eq!(trace.len(), 32);
-    assert!(audit_spans.iter().any(|n| n.ends_with("sharedcare.records.v1 process")), "{audit_spans:?}");
+    assert!(
+        audit_spans.iter().any(|n| n.ends_with("sharedcare.records.v1 process")),
+        "{audit_spans:?}"
+    );
 }
 
 /// Runs infra/kafka.sh for a broker of this test's own.
 fn broker(action: &str, port: u16, home: &std::path::Path) {
-    let script = std::env::var("TEST_KAFKA_SCRIPT").expect("TEST_KAFKA_SCRIPT is not set: run the README's test command");
+    let script =
+        std::env::var("TEST_KAFKA_SCRIPT").expect("TEST_KAFKA_SCRIPT is not set: run the README's test command");
     let status = Command::new(script)
         .arg(action)
         .env("KAFKA_PORT", port.to_string())
@@ -149,10 +190,16 @@ async fn events_committed_before_a_crash_and_a_broker_outage_all_arrive() {
     records
         .records()
         .await
-        .put(PutRequest { resource_json: patient("p-crash", &nhs), source_organisation: String::new() })
+        .put(PutRequest {
+            resource_json: patient("p-crash", &nhs),
+            source_organisation: String::new(),
+        })
         .await
         .expect("put");
-    eventually(Duration::from_secs(60), "the first entry", || async { (!audit_trail(&audit, &nhs).await.is_empty()).then_some(()) }).await;
+    eventually(Duration::from_secs(60), "the first entry", || async {
+        (!audit_trail(&audit, &nhs).await.is_empty()).then_some(())
+    })
+    .await;
 
     broker("stop", port, b.1.path());
     let mut client = records.records().await;
@@ -160,7 +207,10 @@ async fn events_committed_before_a_crash_and_a_broker_outage_all_arrive() {
         let obs = serde_json::json!({"resourceType": "Observation", "id": format!("o-crash-{i}"), "status": "final",
             "subject": {"reference": "Patient/p-crash"}});
         client
-            .put(PutRequest { resource_json: obs.to_string(), source_organisation: String::new() })
+            .put(PutRequest {
+                resource_json: obs.to_string(),
+                source_organisation: String::new(),
+            })
             .await
             .expect("writes succeed while the broker is down: the outbox holds the events");
     }

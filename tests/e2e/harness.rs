@@ -17,8 +17,16 @@ pub fn binary() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     // target/debug/deps/e2e-… → target/debug/sharedcare
-    let bin = exe.parent().and_then(|d| d.parent()).map(|d| d.join("sharedcare")).expect("target dir");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p sharedcare` first (the README's test command does)", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("sharedcare"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p sharedcare` first (the README's test command does)",
+        bin.display()
+    );
     bin
 }
 
@@ -73,7 +81,10 @@ impl Proc {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
-                panic!("sharedcare {args:?} did not start: {}", std::fs::read_to_string(&stderr).unwrap_or_default());
+                panic!(
+                    "sharedcare {args:?} did not start: {}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                );
             }
         };
         let mut http = String::new();
@@ -85,12 +96,22 @@ impl Proc {
                 grpc = format!("http://{a}");
             }
         }
-        Proc { child, http, grpc, stderr, _logs: logs }
+        Proc {
+            child,
+            http,
+            grpc,
+            stderr,
+            _logs: logs,
+        }
     }
 
     /// A gRPC channel to the process.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.grpc.clone()).expect("uri").connect().await.expect("connect gRPC")
+        Channel::from_shared(self.grpc.clone())
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect gRPC")
     }
 
     /// A records client.
@@ -117,7 +138,11 @@ impl Proc {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return (status, self.stderr());
             }
-            assert!(Instant::now() < deadline, "no exit 30 s after SIGTERM: {}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "no exit 30 s after SIGTERM: {}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -138,17 +163,28 @@ impl Drop for Proc {
 
 /// Runs `sharedcare <args>` to completion (bounded), returning status, stdout and stderr.
 pub fn run(args: &[&str], env: &[(&str, String)], timeout: Duration) -> (ExitStatus, String, String) {
-    let mut child = command(args, env).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = command(args, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let deadline = Instant::now() + timeout;
     loop {
         if child.try_wait().expect("wait").is_some() {
             let out = child.wait_with_output().expect("output");
-            return (out.status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into());
+            return (
+                out.status,
+                String::from_utf8_lossy(&out.stdout).into(),
+                String::from_utf8_lossy(&out.stderr).into(),
+            );
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
-            panic!("sharedcare {args:?} still running after {timeout:?}: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "sharedcare {args:?} still running after {timeout:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -171,8 +207,13 @@ pub async fn fresh_database() -> String {
     use sqlx::Connection;
     let base = postgres_url();
     let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&base).await.expect("connect to test Postgres");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create database");
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("connect to test Postgres");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
     let (prefix, _) = base.rsplit_once('/').expect("url has a database");
     format!("{prefix}/{name}")
 }
@@ -223,7 +264,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -232,10 +276,18 @@ where
 pub async fn audit_trail(proc_: &Proc, nhs: &str) -> Vec<(String, String, Vec<String>)> {
     let mut client = proc_.audit().await;
     let res = client
-        .list_by_patient(sharedcare_proto::audit::v1::ListByPatientRequest { nhs_number: nhs.into(), ..Default::default() })
+        .list_by_patient(sharedcare_proto::audit::v1::ListByPatientRequest {
+            nhs_number: nhs.into(),
+            ..Default::default()
+        })
         .await
         .expect("list audit");
-    let mut v: Vec<_> = res.into_inner().entries.into_iter().map(|e| (e.action, e.outcome, e.resources)).collect();
+    let mut v: Vec<_> = res
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| (e.action, e.outcome, e.resources))
+        .collect();
     v.reverse();
     v
 }

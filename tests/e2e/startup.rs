@@ -11,16 +11,34 @@ const LIMIT: Duration = Duration::from_secs(30);
 fn a_config_value_of_the_wrong_form_stops_up_naming_the_key_and_variable() {
     let data = tempfile::tempdir().expect("tmp");
     let data = data.path().to_str().expect("path");
-    let (status, _, stderr) = run(&["up", "--data", data], &[("SHAREDCARE_HTTP__LISTEN", "localhost-8080".into())], LIMIT);
+    let (status, _, stderr) = run(
+        &["up", "--data", data],
+        &[("SHAREDCARE_HTTP__LISTEN", "localhost-8080".into())],
+        LIMIT,
+    );
     assert!(!status.success());
-    assert!(stderr.contains("`http.listen` (from SHAREDCARE_HTTP__LISTEN)"), "{stderr}");
+    assert!(
+        stderr.contains("`http.listen` (from SHAREDCARE_HTTP__LISTEN)"),
+        "{stderr}"
+    );
     assert!(stderr.contains("socket address"), "{stderr}");
 
-    let (status, _, stderr) = run(&["up", "--data", data], &[("SHAREDCARE_OUTBOX__BATCH_SIZE", "lots".into())], LIMIT);
+    let (status, _, stderr) = run(
+        &["up", "--data", data],
+        &[("SHAREDCARE_OUTBOX__BATCH_SIZE", "lots".into())],
+        LIMIT,
+    );
     assert!(!status.success());
-    assert!(stderr.contains("`outbox.batch_size` (from SHAREDCARE_OUTBOX__BATCH_SIZE)"), "{stderr}");
+    assert!(
+        stderr.contains("`outbox.batch_size` (from SHAREDCARE_OUTBOX__BATCH_SIZE)"),
+        "{stderr}"
+    );
 
-    let (status, _, stderr) = run(&["up", "--data", data], &[("SHAREDCARE_DATABASE__URLL", "x".into())], LIMIT);
+    let (status, _, stderr) = run(
+        &["up", "--data", data],
+        &[("SHAREDCARE_DATABASE__URLL", "x".into())],
+        LIMIT,
+    );
     assert!(!status.success());
     assert!(stderr.contains("unknown field `urll`"), "{stderr}");
 }
@@ -37,7 +55,11 @@ fn a_config_file_error_names_the_key_and_the_file() {
 
 #[test]
 fn dump_config_shows_the_settings_in_force() {
-    let (status, stdout, _) = run(&["--dump-config", "up"], &[("SHAREDCARE_KAFKA__PARTITIONS", "12".into())], LIMIT);
+    let (status, stdout, _) = run(
+        &["--dump-config", "up"],
+        &[("SHAREDCARE_KAFKA__PARTITIONS", "12".into())],
+        LIMIT,
+    );
     assert!(status.success());
     assert!(stdout.contains("partitions = 12"), "{stdout}");
     assert!(stdout.contains("listen = \"127.0.0.1:8080\""), "{stdout}");
@@ -46,11 +68,18 @@ fn dump_config_shows_the_settings_in_force() {
 #[test]
 fn an_unreachable_database_stops_serve_naming_it_without_the_password() {
     let env = [
-        ("SHAREDCARE_DATABASE__URL", "postgres://app:s3cret@127.0.0.1:9/sharedcare".to_string()),
+        (
+            "SHAREDCARE_DATABASE__URL",
+            "postgres://app:s3cret@127.0.0.1:9/sharedcare".to_string(),
+        ),
         ("SHAREDCARE_DATABASE__CONNECT_TIMEOUT_MS", "2000".to_string()),
         ("SHAREDCARE_KAFKA__BROKERS", crate::harness::kafka_brokers()),
     ];
-    let (status, _, stderr) = run(&["serve", "records", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"], &env, LIMIT);
+    let (status, _, stderr) = run(
+        &["serve", "records", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
+        &env,
+        LIMIT,
+    );
     assert!(!status.success());
     assert!(stderr.contains("postgres://app:***@127.0.0.1:9/sharedcare"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "the password must not be echoed: {stderr}");
@@ -62,7 +91,11 @@ fn unreachable_kafka_stops_serve_naming_the_brokers() {
         ("SHAREDCARE_DATABASE__URL", crate::harness::postgres_url()),
         ("SHAREDCARE_KAFKA__BROKERS", "127.0.0.1:9".to_string()),
     ];
-    let (status, _, stderr) = run(&["serve", "audit", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"], &env, LIMIT);
+    let (status, _, stderr) = run(
+        &["serve", "audit", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
+        &env,
+        LIMIT,
+    );
     assert!(!status.success());
     assert!(stderr.contains("`kafka.brokers` cannot be reached"), "{stderr}");
     assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
@@ -72,7 +105,10 @@ fn unreachable_kafka_stops_serve_naming_the_brokers() {
 fn serve_refuses_unknown_services_and_missing_settings() {
     let (status, _, stderr) = run(&["serve", "billing"], &[], LIMIT);
     assert!(!status.success());
-    assert!(stderr.contains("unknown service \"billing\"; expected one of: records, audit"), "{stderr}");
+    assert!(
+        stderr.contains("unknown service \"billing\"; expected one of: records, audit"),
+        "{stderr}"
+    );
     let (status, _, stderr) = run(&["serve", "records"], &[], LIMIT);
     assert!(!status.success());
     assert!(stderr.contains("`database.url` is required by serve"), "{stderr}");

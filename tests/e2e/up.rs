@@ -18,20 +18,32 @@ async fn a_put_is_read_back_and_every_access_reaches_the_audit_log() {
     let nhs = nhs_number();
     let mut records = p.records().await;
     let first = records
-        .put(PutRequest { resource_json: patient("pat-1", &nhs), source_organisation: "A81001".into() })
+        .put(PutRequest {
+            resource_json: patient("pat-1", &nhs),
+            source_organisation: "A81001".into(),
+        })
         .await
         .expect("put")
         .into_inner();
-    assert_eq!((first.resource_type.as_str(), first.id.as_str(), first.version), ("Patient", "pat-1", 1));
+    assert_eq!(
+        (first.resource_type.as_str(), first.id.as_str(), first.version),
+        ("Patient", "pat-1", 1)
+    );
     let second = records
-        .put(PutRequest { resource_json: patient("pat-1", &nhs), source_organisation: "A81001".into() })
+        .put(PutRequest {
+            resource_json: patient("pat-1", &nhs),
+            source_organisation: "A81001".into(),
+        })
         .await
         .expect("second put")
         .into_inner();
     assert_eq!(second.version, 2, "every put is a new version");
 
     let got = records
-        .get(GetRequest { resource_type: "Patient".into(), id: "pat-1".into() })
+        .get(GetRequest {
+            resource_type: "Patient".into(),
+            id: "pat-1".into(),
+        })
         .await
         .expect("get")
         .into_inner();
@@ -46,8 +58,10 @@ async fn a_put_is_read_back_and_every_access_reaches_the_audit_log() {
         (t.len() >= 3).then_some(t)
     })
     .await;
-    let summary: Vec<(&str, &str, &str)> =
-        trail.iter().map(|(a, o, r)| (a.as_str(), o.as_str(), r.first().map(String::as_str).unwrap_or(""))).collect();
+    let summary: Vec<(&str, &str, &str)> = trail
+        .iter()
+        .map(|(a, o, r)| (a.as_str(), o.as_str(), r.first().map(String::as_str).unwrap_or("")))
+        .collect();
     assert_eq!(
         summary,
         vec![
@@ -67,38 +81,67 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
         ("{not json", "resource_json: not valid JSON"),
         ("[1,2]", "resource_json: must be a JSON object"),
         (r#"{"id":"x1"}"#, "resourceType: is required"),
-        (r#"{"resourceType":"Spaceship","id":"x1"}"#, "resourceType: \"Spaceship\" is not a resource type"),
+        (
+            r#"{"resourceType":"Spaceship","id":"x1"}"#,
+            "resourceType: \"Spaceship\" is not a resource type",
+        ),
         (
             r#"{"resourceType":"Patient","id":"x1","identifier":[{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765918"}]}"#,
             "identifier[0].value: \"9434765918\" is not a valid NHS number (check digit)",
         ),
-        (r#"{"resourceType":"Patient","id":"has space"}"#, "id: \"has space\" is not a FHIR id"),
+        (
+            r#"{"resourceType":"Patient","id":"has space"}"#,
+            "id: \"has space\" is not a FHIR id",
+        ),
     ];
     for (json, want) in cases {
         let err = records
-            .put(PutRequest { resource_json: json.into(), source_organisation: String::new() })
+            .put(PutRequest {
+                resource_json: json.into(),
+                source_organisation: String::new(),
+            })
             .await
             .expect_err(json);
         assert_eq!(err.code(), Code::InvalidArgument, "{json}");
-        assert!(err.message().starts_with(want), "{json}: {:?} should start with {want:?}", err.message());
+        assert!(
+            err.message().starts_with(want),
+            "{json}: {:?} should start with {want:?}",
+            err.message()
+        );
     }
     let err = records
-        .get(GetRequest { resource_type: "Patient".into(), id: "x1".into() })
+        .get(GetRequest {
+            resource_type: "Patient".into(),
+            id: "x1".into(),
+        })
         .await
         .expect_err("nothing was stored");
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(err.message(), "Patient/x1 not found");
-    let err = records.get(GetRequest { resource_type: String::new(), id: "x1".into() }).await.expect_err("no type");
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "resource_type: is required"));
+    let err = records
+        .get(GetRequest {
+            resource_type: String::new(),
+            id: "x1".into(),
+        })
+        .await
+        .expect_err("no type");
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "resource_type: is required")
+    );
 }
 
 /// Sends raw bytes as a gRPC request body, as a buggy or hostile client could.
 async fn raw_call(p: &Proc, path: &'static str, body: Vec<u8>) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(p.channel().await);
     grpc.ready().await.expect("ready");
-    grpc.unary::<Vec<u8>, Vec<u8>, _>(tonic::Request::new(body), http::uri::PathAndQuery::from_static(path), RawCodec)
-        .await
-        .expect_err("malformed protobuf must be refused")
+    grpc.unary::<Vec<u8>, Vec<u8>, _>(
+        tonic::Request::new(body),
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .expect_err("malformed protobuf must be refused")
 }
 
 #[tokio::test]
@@ -108,36 +151,59 @@ async fn malformed_protobuf_is_refused_naming_the_field() {
     // Field 1 (resource_json, a string) sent with the fixed32 wire type.
     let status = raw_call(&p, "/sharedcare.records.v1.Records/Put", vec![0x0d, 1, 2, 3, 4]).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("PutRequest.resource_json"), "{:?}", status.message());
+    assert!(
+        status.message().contains("PutRequest.resource_json"),
+        "{:?}",
+        status.message()
+    );
 }
 
 #[tokio::test]
 async fn reflection_lists_every_service_like_grpcurl() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let data = tempfile::tempdir().expect("tmp");
     let p = up(data.path());
     let mut client = ServerReflectionClient::new(p.channel().await);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = client.server_reflection_info(tokio_stream::iter(vec![req])).await.expect("reflection").into_inner();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection")
+        .into_inner();
     let msg = stream.message().await.expect("response").expect("one response");
-    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("unexpected {msg:?}") };
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("unexpected {msg:?}")
+    };
     let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     names.sort();
-    for want in ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "sharedcare.audit.v1.Audit", "sharedcare.records.v1.Records"] {
+    for want in [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "sharedcare.audit.v1.Audit",
+        "sharedcare.records.v1.Records",
+    ] {
         assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(p.channel().await);
     let res = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "sharedcare.records.v1.Records".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "sharedcare.records.v1.Records".into(),
+        })
         .await
         .expect("health")
         .into_inner();
-    assert_eq!(res.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        res.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }
 
 #[tokio::test]
@@ -151,11 +217,18 @@ async fn http_health_readiness_and_metrics_answer() {
     assert_eq!(get("/healthz").await, (200, "ok\n".into()));
     assert_eq!(get("/readyz").await, (200, "ready\n".into()));
     let mut records = p.records().await;
-    let _ = records.get(GetRequest { resource_type: "Patient".into(), id: "nobody".into() }).await;
+    let _ = records
+        .get(GetRequest {
+            resource_type: "Patient".into(),
+            id: "nobody".into(),
+        })
+        .await;
     let (status, metrics) = get("/metrics").await;
     assert_eq!(status, 200);
     assert!(
-        metrics.contains(r#"sharedcare_requests_total{protocol="grpc",path="/sharedcare.records.v1.Records/Get",code="NotFound"} 1"#),
+        metrics.contains(
+            r#"sharedcare_requests_total{protocol="grpc",path="/sharedcare.records.v1.Records/Get",code="NotFound"} 1"#
+        ),
         "{metrics}"
     );
 }
@@ -167,7 +240,10 @@ async fn sigterm_drains_and_the_data_is_there_after_a_restart() {
     let p = up(data.path());
     p.records()
         .await
-        .put(PutRequest { resource_json: patient("keep", &nhs), source_organisation: String::new() })
+        .put(PutRequest {
+            resource_json: patient("keep", &nhs),
+            source_organisation: String::new(),
+        })
         .await
         .expect("put");
     let (status, stderr) = p.terminate();
@@ -178,7 +254,10 @@ async fn sigterm_drains_and_the_data_is_there_after_a_restart() {
     let got = p
         .records()
         .await
-        .get(GetRequest { resource_type: "Patient".into(), id: "keep".into() })
+        .get(GetRequest {
+            resource_type: "Patient".into(),
+            id: "keep".into(),
+        })
         .await
         .expect("get after restart")
         .into_inner();
@@ -188,22 +267,34 @@ async fn sigterm_drains_and_the_data_is_there_after_a_restart() {
         (t.len() >= 2).then_some(t)
     })
     .await;
-    assert_eq!(trail.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(), vec!["create", "read"]);
+    assert_eq!(
+        trail.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(),
+        vec!["create", "read"]
+    );
 }
 
 /// A minimal HTTP/1.1 GET over a TCP socket (status, body).
 pub async fn http_get(url: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("write");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     (status, body)
 }
 

@@ -2,7 +2,7 @@
 //!
 //! - [`store`]: the `entries` table; appends are idempotent by event id.
 //! - [`consumer`]: applies `AccessRecorded` events from other services' topics.
-//! - [`grpc`]: `sharedcare.audit.v1.Audit` (list by patient).
+//! - [`grpc`]: the `sharedcare.audit.v1.Audit` service (list by patient).
 #![forbid(unsafe_code)]
 
 pub mod consumer;
@@ -27,7 +27,11 @@ pub const AUDITED_SERVICES: &[&str] = &["records"];
 
 /// Applies the audit schema to `db`.
 pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
-    db.migrate(sqlx::migrate!("./migrations/postgres"), sqlx::migrate!("./migrations/sqlite")).await
+    db.migrate(
+        sqlx::migrate!("./migrations/postgres"),
+        sqlx::migrate!("./migrations/sqlite"),
+    )
+    .await
 }
 
 /// Builds the service on its database: gRPC routes and one consumer per audited topic.
@@ -38,7 +42,11 @@ pub fn mount(db: Db) -> Mount {
     let handler = Arc::new(consumer::AccessConsumer::new(store));
     m.consumers = AUDITED_SERVICES
         .iter()
-        .map(|s| Consumer { group: NAME.to_string(), topic: bus::topic(s), handler: handler.clone() })
+        .map(|s| Consumer {
+            group: NAME.to_string(),
+            topic: bus::topic(s),
+            handler: handler.clone(),
+        })
         .collect();
     m.db = Some(db);
     m

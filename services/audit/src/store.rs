@@ -56,7 +56,12 @@ impl Store {
     }
 
     /// Entries for `nhs_number` with sequence below `before` (0 = newest), newest first.
-    pub async fn list_by_patient(&self, nhs_number: &str, before: i64, limit: i64) -> Result<Vec<AuditEntry>, AuditError> {
+    pub async fn list_by_patient(
+        &self,
+        nhs_number: &str,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, AuditError> {
         let before = if before <= 0 { i64::MAX } else { before };
         let rows = sqlx::query(
             "SELECT sequence, event_id, actor, actor_organisation, actor_role, action, resources, nhs_number,

@@ -16,8 +16,22 @@ fn delivery(n: usize, nhs: &str) -> (Delivery, AccessRecorded) {
         outcome: "success".into(),
         ..AccessRecorded::default()
     };
-    let envelope = bus::envelope("sharedcare.events.v1.AccessRecorded", "records", "Patient/p", nhs, &event);
-    (Delivery { envelope, topic: "sharedcare.records.v1".into(), partition: 0, offset: n as i64 }, event)
+    let envelope = bus::envelope(
+        "sharedcare.events.v1.AccessRecorded",
+        "records",
+        "Patient/p",
+        nhs,
+        &event,
+    );
+    (
+        Delivery {
+            envelope,
+            topic: "sharedcare.records.v1".into(),
+            partition: 0,
+            offset: n as i64,
+        },
+        event,
+    )
 }
 
 async fn store(db: &Db) -> Store {
@@ -29,7 +43,10 @@ async fn a_redelivered_event_is_appended_once(db: Db) {
     let s = store(&db).await;
     let (d, e) = delivery(1, NHS);
     assert!(s.append(&d, &e).await.expect("append"));
-    assert!(!s.append(&d, &e).await.expect("append again"), "the inbox recognises the redelivery");
+    assert!(
+        !s.append(&d, &e).await.expect("append again"),
+        "the inbox recognises the redelivery"
+    );
     assert_eq!(s.list_by_patient(NHS, 0, 100).await.expect("list").len(), 1);
 }
 

@@ -36,24 +36,20 @@ pub fn load<T>(
 where
     T: Serialize + DeserializeOwned + Default + Validate,
 {
-    let mut root = toml::Value::try_from(T::default())
-        .map_err(|e| Error::Config(format!("defaults do not serialise: {e}")))?;
+    let mut root =
+        toml::Value::try_from(T::default()).map_err(|e| Error::Config(format!("defaults do not serialise: {e}")))?;
     let mut sources: BTreeMap<String, String> = BTreeMap::new();
 
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!("cannot read config file {}: {e}", path.display()))
-        })?;
-        let value: toml::Value = toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
+        let value: toml::Value =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?;
         let label = format!("file {}", path.display());
         merge(&mut root, value, "", &label, &mut sources);
     }
 
-    let mut env: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
+    let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
     env.sort();
     for (name, raw) in env {
         let key = name[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
@@ -66,8 +62,7 @@ where
     }
 
     for (key, raw) in overrides {
-        set_path(&mut root, key, scalar(raw))
-            .map_err(|why| Error::Config(format!("`{key}` (from flag): {why}")))?;
+        set_path(&mut root, key, scalar(raw)).map_err(|why| Error::Config(format!("`{key}` (from flag): {why}")))?;
         sources.insert((*key).to_string(), "command-line flag".to_string());
     }
 
@@ -118,21 +113,17 @@ fn scalar(raw: &str) -> toml::Value {
     toml::Value::String(raw.to_string())
 }
 
-fn merge(
-    into: &mut toml::Value,
-    from: toml::Value,
-    prefix: &str,
-    label: &str,
-    sources: &mut BTreeMap<String, String>,
-) {
+fn merge(into: &mut toml::Value, from: toml::Value, prefix: &str, label: &str, sources: &mut BTreeMap<String, String>) {
     match (into, from) {
         (toml::Value::Table(a), toml::Value::Table(b)) => {
             for (k, v) in b {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 match a.get_mut(&k) {
-                    Some(existing @ toml::Value::Table(_)) if v.is_table() => {
-                        merge(existing, v, &path, label, sources)
-                    }
+                    Some(existing @ toml::Value::Table(_)) if v.is_table() => merge(existing, v, &path, label, sources),
                     _ => {
                         sources.insert(path, label.to_string());
                         a.insert(k, v);
@@ -180,7 +171,10 @@ mod tests {
     }
     impl Default for Http {
         fn default() -> Self {
-            Http { listen: ([127, 0, 0, 1], 8080).into(), timeout_ms: 1000 }
+            Http {
+                listen: ([127, 0, 0, 1], 8080).into(),
+                timeout_ms: 1000,
+            }
         }
     }
     #[derive(Debug, Serialize, Deserialize, PartialEq, Default)]
@@ -206,7 +200,11 @@ mod tests {
     fn environment_overrides_defaults_with_nesting() {
         let cfg: Cfg = load(
             None,
-            env(&[("SHAREDCARE_HTTP__LISTEN", "0.0.0.0:9000"), ("SHAREDCARE_NAME", "x"), ("OTHER", "1")]),
+            env(&[
+                ("SHAREDCARE_HTTP__LISTEN", "0.0.0.0:9000"),
+                ("SHAREDCARE_NAME", "x"),
+                ("OTHER", "1"),
+            ]),
             &[],
         )
         .expect("loads");
@@ -238,16 +236,26 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "name = \"file\"\n[http]\ntimeout_ms = 5\n").expect("write");
-        let cfg: Cfg = load(Some(&path), env(&[("SHAREDCARE_NAME", "env")]), &[("http.timeout_ms", "7".into())])
-            .expect("loads");
+        let cfg: Cfg = load(
+            Some(&path),
+            env(&[("SHAREDCARE_NAME", "env")]),
+            &[("http.timeout_ms", "7".into())],
+        )
+        .expect("loads");
         assert_eq!((cfg.name.as_str(), cfg.http.timeout_ms), ("env", 7));
         let err = load::<Cfg>(Some(&path), env(&[]), &[("http.timeout_ms", "0".into())])
             .expect_err("invalid")
             .to_string();
-        assert!(err.contains("`http.timeout_ms` (from command-line flag): must be greater than 0"), "{err}");
+        assert!(
+            err.contains("`http.timeout_ms` (from command-line flag): must be greater than 0"),
+            "{err}"
+        );
         let err = load::<Cfg>(Some(&path), env(&[("SHAREDCARE_HTTP__TIMEOUT_MS", "soon")]), &[])
             .expect_err("wrong type")
             .to_string();
-        assert!(err.contains("`http.timeout_ms` (from SHAREDCARE_HTTP__TIMEOUT_MS)"), "{err}");
+        assert!(
+            err.contains("`http.timeout_ms` (from SHAREDCARE_HTTP__TIMEOUT_MS)"),
+            "{err}"
+        );
     }
 }

@@ -29,8 +29,6 @@ pub struct Db {
     service: String,
 }
 
-/// The kit's own migrations (outbox and inbox), applied to every service's database.
-
 /// Redacts the password in a database URL for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -66,16 +64,23 @@ impl Db {
             )));
         };
         let valid_schema = service.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-            && service.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            && service
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid_schema {
-            return Err(Error::Config(format!("service name {service:?} is not a valid schema name")));
+            return Err(Error::Config(format!(
+                "service name {service:?} is not a valid schema name"
+            )));
         }
         let options: AnyConnectOptions = url.parse().map_err(Error::db(what.clone()))?;
         let options = options.disable_statement_logging();
         if backend == Backend::Postgres {
             let mut conn = tokio::time::timeout(connect_timeout, options.connect())
                 .await
-                .map_err(|_| Error::Database { context: what.clone(), source: sqlx::Error::PoolTimedOut })?
+                .map_err(|_| Error::Database {
+                    context: what.clone(),
+                    source: sqlx::Error::PoolTimedOut,
+                })?
                 .map_err(Error::db(what.clone()))?;
             conn.execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {service}")))
                 .await
@@ -102,7 +107,11 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(Error::db(what))?;
-        Ok(Db { pool, backend, service: service.to_string() })
+        Ok(Db {
+            pool,
+            backend,
+            service: service.to_string(),
+        })
     }
 
     /// Applies the kit's migrations and then the service's own for this back end.
@@ -128,10 +137,10 @@ impl Db {
 
     async fn run(&self, mut migrator: Migrator) -> Result<()> {
         migrator.set_ignore_missing(true);
-        migrator
-            .run(&self.pool)
-            .await
-            .map_err(|source| Error::Migrate { service: self.service.clone(), source })
+        migrator.run(&self.pool).await.map_err(|source| Error::Migrate {
+            service: self.service.clone(),
+            source,
+        })
     }
 
     /// The pool, for the service's store.

@@ -50,9 +50,7 @@ impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         match &e {
             Error::Config(_) => tonic::Status::failed_precondition(e.to_string()),
-            Error::Database { .. } | Error::Migrate { .. } | Error::Bus(_) => {
-                tonic::Status::unavailable(e.to_string())
-            }
+            Error::Database { .. } | Error::Migrate { .. } | Error::Bus(_) => tonic::Status::unavailable(e.to_string()),
             Error::Telemetry(_) | Error::Io(_) => tonic::Status::internal(e.to_string()),
         }
     }

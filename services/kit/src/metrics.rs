@@ -45,12 +45,20 @@ impl Metrics {
         });
         registry.register("requests", "Requests served", requests.clone());
         registry.register("request_duration_seconds", "Request latency", latency.clone());
-        Metrics { registry: Arc::new(registry), requests, latency }
+        Metrics {
+            registry: Arc::new(registry),
+            requests,
+            latency,
+        }
     }
 
     /// Records one request.
     pub fn observe(&self, protocol: &'static str, path: &str, code: &str, seconds: f64) {
-        let labels = RequestLabels { protocol, path: path.to_string(), code: code.to_string() };
+        let labels = RequestLabels {
+            protocol,
+            path: path.to_string(),
+            code: code.to_string(),
+        };
         self.requests.get_or_create(&labels).inc();
         self.latency.get_or_create(&labels).observe(seconds);
     }

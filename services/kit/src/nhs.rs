@@ -75,8 +75,11 @@ mod tests {
 
     #[test]
     fn rejects_a_wrong_check_digit_and_says_so() {
-        let err = NhsNumber::parse("9434765918").unwrap_err();
-        assert_eq!(err.to_string(), "\"9434765918\" is not a valid NHS number (check digit)");
+        let err = NhsNumber::parse("9434765918").expect_err("wrong check digit");
+        assert_eq!(
+            err.to_string(),
+            "\"9434765918\" is not a valid NHS number (check digit)"
+        );
     }
 
     #[test]

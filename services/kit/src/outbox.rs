@@ -25,16 +25,14 @@ use crate::{Error, Result};
 /// Writes `envelope` for `topic` into the outbox inside the caller's transaction.
 pub async fn enqueue(conn: &mut AnyConnection, topic: &str, envelope: &Envelope) -> Result<(), sqlx::Error> {
     let out = Outgoing::new(topic, envelope);
-    sqlx::query(
-        "INSERT INTO kit_outbox (event_id, topic, event_key, payload, created_us) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(out.id)
-    .bind(out.topic)
-    .bind(out.key)
-    .bind(out.payload)
-    .bind(crate::db::now_us())
-    .execute(conn)
-    .await?;
+    sqlx::query("INSERT INTO kit_outbox (event_id, topic, event_key, payload, created_us) VALUES ($1, $2, $3, $4, $5)")
+        .bind(out.id)
+        .bind(out.topic)
+        .bind(out.key)
+        .bind(out.payload)
+        .bind(crate::db::now_us())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -50,7 +48,10 @@ pub struct OutboxConfig {
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        OutboxConfig { batch_size: 500, poll_interval_ms: 250 }
+        OutboxConfig {
+            batch_size: 500,
+            poll_interval_ms: 250,
+        }
     }
 }
 
@@ -65,7 +66,11 @@ pub struct Outbox {
 impl Outbox {
     /// The outbox in `db` (its `kit_outbox` table).
     pub fn new(db: Db, config: OutboxConfig) -> Self {
-        Outbox { db, wake: Arc::new(Notify::new()), config }
+        Outbox {
+            db,
+            wake: Arc::new(Notify::new()),
+            config,
+        }
     }
 
     /// Wakes the relay; call after committing a transaction that enqueued events.
@@ -84,13 +89,11 @@ impl Outbox {
 
     /// Publishes one batch of pending events and deletes them; returns how many.
     pub async fn relay_once(&self, bus: &dyn Bus) -> Result<usize> {
-        let rows = sqlx::query(
-            "SELECT seq, event_id, topic, event_key, payload FROM kit_outbox ORDER BY seq LIMIT $1",
-        )
-        .bind(self.config.batch_size)
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(Error::db("read outbox"))?;
+        let rows = sqlx::query("SELECT seq, event_id, topic, event_key, payload FROM kit_outbox ORDER BY seq LIMIT $1")
+            .bind(self.config.batch_size)
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(Error::db("read outbox"))?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -100,7 +103,13 @@ impl Outbox {
             seqs.push(r.get::<i64, _>(0));
             let payload: Vec<u8> = r.get(4);
             let traceparent = traceparent_of(&payload);
-            batch.push(Outgoing { id: r.get(1), topic: r.get(2), key: r.get(3), traceparent, payload });
+            batch.push(Outgoing {
+                id: r.get(1),
+                topic: r.get(2),
+                key: r.get(3),
+                traceparent,
+                payload,
+            });
         }
         bus.publish(&batch).await?;
         let placeholders: Vec<String> = (1..=seqs.len()).map(|i| format!("${i}")).collect();
@@ -110,7 +119,9 @@ impl Outbox {
         for s in &seqs {
             q = q.bind(*s);
         }
-        q.execute(self.db.pool()).await.map_err(Error::db("mark outbox rows sent"))?;
+        q.execute(self.db.pool())
+            .await
+            .map_err(Error::db("mark outbox rows sent"))?;
         Ok(seqs.len())
     }
 
@@ -191,5 +202,7 @@ impl Outbox {
 
 /// The trace context inside an encoded envelope (for the Kafka header).
 fn traceparent_of(payload: &[u8]) -> String {
-    <Envelope as prost::Message>::decode(payload).map(|e| e.traceparent).unwrap_or_default()
+    <Envelope as prost::Message>::decode(payload)
+        .map(|e| e.traceparent)
+        .unwrap_or_default()
 }

@@ -34,12 +34,15 @@ pub struct Consumer {
     pub handler: Arc<dyn Handler>,
 }
 
+/// Registers one gRPC service on the process's router.
+type AddGrpc = Box<dyn FnOnce(&mut tonic::service::RoutesBuilder) + Send>;
+
 /// Everything one service contributes to a process.
 pub struct Mount {
     /// The service's name ("records", "audit", ...).
     pub name: &'static str,
     /// Its gRPC services (added with [`Mount::add_grpc`]).
-    grpc: Vec<Box<dyn FnOnce(&mut tonic::service::RoutesBuilder) + Send>>,
+    grpc: Vec<AddGrpc>,
     /// Fully-qualified gRPC service names, for the health service.
     grpc_services: Vec<&'static str>,
     /// Its HTTP routes (merged at the root).
@@ -155,7 +158,9 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
         }
         grpc_names.extend(m.grpc_services.iter().copied());
         for name in m.grpc_services {
-            health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+            health
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
         }
         http = http.merge(m.http);
         if let Some(db) = m.db {
@@ -163,7 +168,11 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
         }
         if let Some(outbox) = m.outbox {
             let (bus, token) = (bus.clone(), stop_working.clone());
-            workers.spawn(outbox.run(bus, token).instrument(tracing::info_span!("outbox", service = m.name)));
+            workers.spawn(
+                outbox
+                    .run(bus, token)
+                    .instrument(tracing::info_span!("outbox", service = m.name)),
+            );
         }
         for c in m.consumers {
             let (bus, token) = (bus.clone(), stop_working.clone());
@@ -179,12 +188,16 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
         }
     }
 
-    let grpc_routes = tonic::service::Routes::from(
-        grpc.routes().into_axum_router().layer(axum::middleware::from_fn_with_state(
-            Observe { metrics: metrics.clone(), protocol: "grpc", in_flight: in_flight.clone() },
+    let grpc_routes = tonic::service::Routes::from(grpc.routes().into_axum_router().layer(
+        axum::middleware::from_fn_with_state(
+            Observe {
+                metrics: metrics.clone(),
+                protocol: "grpc",
+                in_flight: in_flight.clone(),
+            },
             observe,
-        )),
-    )
+        ),
+    ))
     .add_service(health_service)
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha);
@@ -201,13 +214,20 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
         }
     }));
 
-    let ready = Readiness { dbs: dbs.clone(), bus: bus.clone() };
+    let ready = Readiness {
+        dbs: dbs.clone(),
+        bus: bus.clone(),
+    };
     let http = http
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz).with_state(ready))
         .route("/metrics", get(render_metrics).with_state(metrics.clone()))
         .layer(axum::middleware::from_fn_with_state(
-            Observe { metrics, protocol: "http", in_flight: in_flight.clone() },
+            Observe {
+                metrics,
+                protocol: "http",
+                in_flight: in_flight.clone(),
+            },
             observe,
         ));
     let token = stop_serving.clone();
@@ -220,7 +240,19 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
         }
     }));
 
-    Ok(Running { http: http_addr, grpc: grpc_addr, services, servers, in_flight, workers, stop_serving, stop_working, dbs, health, grpc_names })
+    Ok(Running {
+        http: http_addr,
+        grpc: grpc_addr,
+        services,
+        servers,
+        in_flight,
+        workers,
+        stop_serving,
+        stop_working,
+        dbs,
+        health,
+        grpc_names,
+    })
 }
 
 impl Running {
@@ -228,7 +260,9 @@ impl Running {
     /// closes databases, each phase within `grace`. `false` if something did not finish.
     pub async fn stop(self, grace: Duration) -> bool {
         for name in &self.grpc_names {
-            self.health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+            self.health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
         }
         // Stop accepting; let in-flight requests finish; then close idle keep-alive
         // connections, which a client may hold open indefinitely.
@@ -239,7 +273,10 @@ impl Running {
         }
         let served = self.in_flight.load(Ordering::SeqCst) == 0;
         if !served {
-            tracing::warn!(requests = self.in_flight.load(Ordering::SeqCst), "requests still running after the grace period");
+            tracing::warn!(
+                requests = self.in_flight.load(Ordering::SeqCst),
+                "requests still running after the grace period"
+            );
         }
         for server in &self.servers {
             server.abort();
@@ -276,13 +313,20 @@ async fn readyz(State(r): State<Readiness>) -> Response {
     if problems.is_empty() {
         (http::StatusCode::OK, "ready\n").into_response()
     } else {
-        (http::StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{}\n", problems.join("\n"))).into_response()
+        (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready:\n{}\n", problems.join("\n")),
+        )
+            .into_response()
     }
 }
 
 async fn render_metrics(State(m): State<Metrics>) -> Response {
     (
-        [(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         m.render(),
     )
         .into_response()
@@ -346,9 +390,10 @@ async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response
 fn undecodable_is_invalid_argument(res: &mut Response) {
     let headers = res.headers_mut();
     let internal = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"13");
-    let undecodable = headers
-        .get("grpc-message")
-        .is_some_and(|v| v.as_bytes().starts_with(b"failed%20to%20decode%20Protobuf") || v.as_bytes().starts_with(b"failed to decode Protobuf"));
+    let undecodable = headers.get("grpc-message").is_some_and(|v| {
+        v.as_bytes().starts_with(b"failed%20to%20decode%20Protobuf")
+            || v.as_bytes().starts_with(b"failed to decode Protobuf")
+    });
     if internal && undecodable {
         headers.insert("grpc-status", http::HeaderValue::from_static("3"));
     }

@@ -44,7 +44,11 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { log: "info".into(), log_format: LogFormat::Text, otlp_endpoint: String::new() }
+        TelemetryConfig {
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            otlp_endpoint: String::new(),
+        }
     }
 }
 
@@ -66,7 +70,9 @@ impl Telemetry {
 /// `service.name`). Must run inside the tokio runtime when exporting.
 pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name.to_string()).build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name.to_string())
+        .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if !config.otlp_endpoint.is_empty() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -84,7 +90,9 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<Telemetry> {
         .map_err(|e| Error::Config(format!("`telemetry.log`: {:?} is not a valid filter: {e}", config.log)))?;
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);
     let registry = tracing_subscriber::registry().with(otel);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
     let res = match config.log_format {
         LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),
         LogFormat::Json => registry.with(fmt.json().with_filter(filter)).try_init(),
@@ -106,7 +114,11 @@ pub fn current_traceparent() -> String {
 pub fn current_trace_id() -> String {
     let cx = tracing::Span::current().context();
     let sc = cx.span().span_context().clone();
-    if sc.is_valid() { sc.trace_id().to_string() } else { String::new() }
+    if sc.is_valid() {
+        sc.trace_id().to_string()
+    } else {
+        String::new()
+    }
 }
 
 /// Makes `span` a child of the remote span described by `traceparent` (ignored if invalid).

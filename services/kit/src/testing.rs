@@ -32,7 +32,9 @@ pub fn unique(prefix: &str) -> String {
 pub async fn sqlite_db(service: &str) -> (Db, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = crate::db::sqlite_url(dir.path(), service);
-    let db = Db::connect(&url, service, 4, Duration::from_secs(5)).await.expect("sqlite");
+    let db = Db::connect(&url, service, 4, Duration::from_secs(5))
+        .await
+        .expect("sqlite");
     (db, dir)
 }
 
@@ -46,7 +48,11 @@ pub async fn postgres_db(service: &str) -> Db {
 
 /// A Kafka bus on the test broker, namespaced so tests never see each other's topics.
 pub fn kafka_bus() -> (KafkaBus, KafkaConfig) {
-    let config = KafkaConfig { brokers: kafka_brokers(), namespace: format!("{}.", unique("t")), ..KafkaConfig::default() };
+    let config = KafkaConfig {
+        brokers: kafka_brokers(),
+        namespace: format!("{}.", unique("t")),
+        ..KafkaConfig::default()
+    };
     (KafkaBus::new(&config, "tests").expect("kafka producer"), config)
 }
 

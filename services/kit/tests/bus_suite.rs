@@ -77,8 +77,13 @@ fn consume(
     hang_after: Option<usize>,
     stop: &CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let (bus, group, topic, handler, stop) =
-        (bus.clone(), group.to_string(), topic.to_string(), Arc::new(Recorder(state.clone(), hang_after)), stop.clone());
+    let (bus, group, topic, handler, stop) = (
+        bus.clone(),
+        group.to_string(),
+        topic.to_string(),
+        Arc::new(Recorder(state.clone(), hang_after)),
+        stop.clone(),
+    );
     tokio::spawn(async move {
         bus.consume(&group, &topic, handler, stop).await.expect("consume");
     })
@@ -94,15 +99,26 @@ async fn ten_thousand_events_survive_a_consumer_crash(bus: Arc<dyn Bus>, topic: 
     let applied = |s: &Arc<Mutex<Applied>>| s.lock().expect("lock").ids.len();
 
     let first = consume(&bus, &group, topic, &state, Some(3_000), &CancellationToken::new());
-    eventually(Duration::from_secs(120), "3,000 events before the crash", || async { applied(&state) >= 3_000 }).await;
+    eventually(Duration::from_secs(120), "3,000 events before the crash", || async {
+        applied(&state) >= 3_000
+    })
+    .await;
     first.abort(); // a crash: no graceful commit, no leave
     let _ = first.await;
     let at_crash = applied(&state);
-    assert!(at_crash < EVENTS, "the consumer was killed mid-stream ({at_crash} applied)");
+    assert!(
+        at_crash < EVENTS,
+        "the consumer was killed mid-stream ({at_crash} applied)"
+    );
 
     let stop = CancellationToken::new();
     let second = consume(&bus, &group, topic, &state, None, &stop);
-    eventually(Duration::from_secs(180), "all 10,000 events after the restart", || async { applied(&state) >= EVENTS }).await;
+    eventually(
+        Duration::from_secs(180),
+        "all 10,000 events after the restart",
+        || async { applied(&state) >= EVENTS },
+    )
+    .await;
     stop.cancel();
     second.await.expect("second consumer");
 
@@ -110,7 +126,11 @@ async fn ten_thousand_events_survive_a_consumer_crash(bus: Arc<dyn Bus>, topic: 
         let s = state.lock().expect("lock");
         let want: HashSet<String> = sent.iter().map(|o| o.id.clone()).collect();
         assert_eq!(s.ids, want, "every event applied, none invented");
-        assert!(s.out_of_order.is_empty(), "per-key order broken: {:?}", &s.out_of_order[..s.out_of_order.len().min(5)]);
+        assert!(
+            s.out_of_order.is_empty(),
+            "per-key order broken: {:?}",
+            &s.out_of_order[..s.out_of_order.len().min(5)]
+        );
         assert!(s.deliveries >= EVENTS, "at-least-once");
     }
     state
@@ -126,12 +146,18 @@ async fn embedded_bus_delivers_each_event_once_after_a_crash_in_key_order() {
 #[tokio::test]
 async fn kafka_bus_delivers_each_event_once_after_a_crash_in_key_order_across_partitions() {
     let (kafka, config) = sharedcare_kit::testing::kafka_bus();
-    kafka.health().await.expect("kafka reachable (is infra/kafka.sh running?)");
+    kafka
+        .health()
+        .await
+        .expect("kafka reachable (is infra/kafka.sh running?)");
     let topic = "suite.topic".to_string();
     kafka.ensure_topics(std::slice::from_ref(&topic)).await.expect("topic");
     let state = ten_thousand_events_survive_a_consumer_crash(Arc::new(kafka), &topic).await;
     let partitions = state.lock().expect("lock").partitions.len();
-    assert_eq!(partitions, config.partitions as usize, "keys spread over every partition");
+    assert_eq!(
+        partitions, config.partitions as usize,
+        "keys spread over every partition"
+    );
 }
 
 #[tokio::test]
@@ -139,12 +165,20 @@ async fn embedded_log_survives_reopening() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("events.db");
     let sent = events("reopen.topic");
-    EmbeddedBus::open(&path).await.expect("open").publish(&sent[..10]).await.expect("publish");
+    EmbeddedBus::open(&path)
+        .await
+        .expect("open")
+        .publish(&sent[..10])
+        .await
+        .expect("publish");
     let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&path).await.expect("reopen"));
     let state = Arc::new(Mutex::new(Applied::default()));
     let stop = CancellationToken::new();
     let h = consume(&bus, "g", "reopen.topic", &state, None, &stop);
-    eventually(Duration::from_secs(10), "10 events from the reopened log", || async { state.lock().expect("lock").ids.len() == 10 }).await;
+    eventually(Duration::from_secs(10), "10 events from the reopened log", || async {
+        state.lock().expect("lock").ids.len() == 10
+    })
+    .await;
     stop.cancel();
     h.await.expect("join");
 }

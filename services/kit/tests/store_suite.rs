@@ -25,7 +25,11 @@ async fn outbox_rows_commit_with_the_transaction_or_not_at_all(db: Db) {
     let mut tx = db.pool().begin().await.expect("begin");
     outbox::enqueue(&mut tx, "t", &event("k", 1)).await.expect("enqueue");
     tx.rollback().await.expect("rollback");
-    assert_eq!(ob.pending().await.expect("count"), 0, "a rolled-back transaction leaves no event");
+    assert_eq!(
+        ob.pending().await.expect("count"),
+        0,
+        "a rolled-back transaction leaves no event"
+    );
     let mut tx = db.pool().begin().await.expect("begin");
     outbox::enqueue(&mut tx, "t", &event("k", 1)).await.expect("enqueue");
     outbox::enqueue(&mut tx, "t", &event("k", 2)).await.expect("enqueue");
@@ -48,7 +52,13 @@ async fn relay_publishes_everything_in_order_then_empties(db: Db) {
     db.migrate_kit().await.expect("migrate");
     let dir = tempfile::tempdir().expect("tmp");
     let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&dir.path().join("events.db")).await.expect("bus"));
-    let ob = Outbox::new(db.clone(), OutboxConfig { batch_size: 100, poll_interval_ms: 50 });
+    let ob = Outbox::new(
+        db.clone(),
+        OutboxConfig {
+            batch_size: 100,
+            poll_interval_ms: 50,
+        },
+    );
     let sent: Vec<Envelope> = (0..1_200).map(|i| event(&format!("k{}", i % 7), i)).collect();
     for chunk in sent.chunks(300) {
         let mut tx = db.pool().begin().await.expect("begin");
@@ -64,7 +74,10 @@ async fn relay_publishes_everything_in_order_then_empties(db: Db) {
         let (bus, seen, stop) = (bus.clone(), seen.clone(), stop.clone());
         tokio::spawn(async move { bus.consume("g", "relay.topic", seen, stop).await })
     };
-    eventually(Duration::from_secs(30), "1,200 relayed events", || async { seen.0.lock().expect("lock").len() >= 1_200 }).await;
+    eventually(Duration::from_secs(30), "1,200 relayed events", || async {
+        seen.0.lock().expect("lock").len() >= 1_200
+    })
+    .await;
     stop.cancel();
     relay.await.expect("relay");
     consumer.await.expect("join").expect("consume");
@@ -79,17 +92,30 @@ async fn relay_keeps_rows_while_the_bus_is_down(db: Db) {
     let ob = Outbox::new(db.clone(), OutboxConfig::default());
     let mut tx = db.pool().begin().await.expect("begin");
     for i in 0..5 {
-        outbox::enqueue(&mut tx, "down.topic", &event("k", i)).await.expect("enqueue");
+        outbox::enqueue(&mut tx, "down.topic", &event("k", i))
+            .await
+            .expect("enqueue");
     }
     tx.commit().await.expect("commit");
     // A real Kafka client pointed at a port where no broker listens.
     let down = KafkaBus::new(
-        &KafkaConfig { brokers: "127.0.0.1:9".into(), message_timeout_ms: 500, ..KafkaConfig::default() },
+        &KafkaConfig {
+            brokers: "127.0.0.1:9".into(),
+            message_timeout_ms: 500,
+            ..KafkaConfig::default()
+        },
         "kit-tests",
     )
     .expect("client");
-    assert!(ob.relay_once(&down).await.is_err(), "publishing to an unreachable broker fails");
-    assert_eq!(ob.pending().await.expect("count"), 5, "nothing is dropped while the bus is down");
+    assert!(
+        ob.relay_once(&down).await.is_err(),
+        "publishing to an unreachable broker fails"
+    );
+    assert_eq!(
+        ob.pending().await.expect("count"),
+        5,
+        "nothing is dropped while the bus is down"
+    );
     let dir = tempfile::tempdir().expect("tmp");
     let up = EmbeddedBus::open(&dir.path().join("events.db")).await.expect("bus");
     ob.flush(&up).await.expect("flush");
@@ -98,16 +124,30 @@ async fn relay_keeps_rows_while_the_bus_is_down(db: Db) {
 
 async fn inbox_claims_an_event_once(db: Db) {
     db.migrate_kit().await.expect("migrate");
-    let d = Delivery { envelope: event("k", 1), topic: "t".into(), partition: 3, offset: 42 };
+    let d = Delivery {
+        envelope: event("k", 1),
+        topic: "t".into(),
+        partition: 3,
+        offset: 42,
+    };
     let mut tx = db.pool().begin().await.expect("begin");
     assert!(inbox::claim(&mut tx, "c", &d).await.expect("claim"));
     tx.rollback().await.expect("rollback");
     let mut tx = db.pool().begin().await.expect("begin");
-    assert!(inbox::claim(&mut tx, "c", &d).await.expect("claim"), "a rolled-back claim does not count");
+    assert!(
+        inbox::claim(&mut tx, "c", &d).await.expect("claim"),
+        "a rolled-back claim does not count"
+    );
     tx.commit().await.expect("commit");
     let mut conn = db.pool().acquire().await.expect("conn");
-    assert!(!inbox::claim(&mut conn, "c", &d).await.expect("claim"), "a redelivery is recognised");
-    assert!(inbox::claim(&mut conn, "other", &d).await.expect("claim"), "each consumer has its own inbox");
+    assert!(
+        !inbox::claim(&mut conn, "c", &d).await.expect("claim"),
+        "a redelivery is recognised"
+    );
+    assert!(
+        inbox::claim(&mut conn, "other", &d).await.expect("claim"),
+        "each consumer has its own inbox"
+    );
 }
 
 sharedcare_kit::store_suite!(

@@ -25,7 +25,10 @@ pub enum RecordsError {
 impl RecordsError {
     /// An invalid-input error for `field`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        RecordsError::Invalid { field: field.into(), reason: reason.into() }
+        RecordsError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 

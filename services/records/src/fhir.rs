@@ -48,12 +48,18 @@ pub fn check_type(field: &str, t: &str) -> Result<(), RecordsError> {
         return Err(RecordsError::invalid(field, "is required"));
     }
     if t == "Consent" {
-        return Err(RecordsError::invalid(field, "Consent resources are managed by the consent service"));
+        return Err(RecordsError::invalid(
+            field,
+            "Consent resources are managed by the consent service",
+        ));
     }
     if !RESOURCE_TYPES.contains(&t) {
         return Err(RecordsError::invalid(
             field,
-            format!("{t:?} is not a resource type the shared care record stores (expected one of {})", RESOURCE_TYPES.join(", ")),
+            format!(
+                "{t:?} is not a resource type the shared care record stores (expected one of {})",
+                RESOURCE_TYPES.join(", ")
+            ),
         ));
     }
     Ok(())
@@ -65,7 +71,10 @@ pub fn check_id(field: &str, id: &str) -> Result<(), RecordsError> {
         return Err(RecordsError::invalid(field, "is required"));
     }
     if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-        return Err(RecordsError::invalid(field, format!("{id:?} is not a FHIR id (1-64 of A-Z, a-z, 0-9, '-', '.')")));
+        return Err(RecordsError::invalid(
+            field,
+            format!("{id:?} is not a FHIR id (1-64 of A-Z, a-z, 0-9, '-', '.')"),
+        ));
     }
     Ok(())
 }
@@ -75,7 +84,10 @@ pub fn parse(json: &str) -> Result<Resource, RecordsError> {
     let value: Value = serde_json::from_str(json)
         .map_err(|e| RecordsError::invalid("resource_json", format!("not valid JSON: {e}")))?;
     let Value::Object(body) = value else {
-        return Err(RecordsError::invalid("resource_json", "must be a JSON object (a FHIR resource)"));
+        return Err(RecordsError::invalid(
+            "resource_json",
+            "must be a JSON object (a FHIR resource)",
+        ));
     };
     let resource_type = match body.get("resourceType") {
         Some(Value::String(s)) => s.clone(),
@@ -96,13 +108,29 @@ pub fn parse(json: &str) -> Result<Resource, RecordsError> {
     {
         return Err(RecordsError::invalid("meta", "must be an object"));
     }
-    let nhs_number = if resource_type == "Patient" { nhs_identifier(&body)? } else { None };
-    let patient_ref = if resource_type == "Patient" { None } else { patient_reference(&body)? };
-    Ok(Resource { resource_type, id, body, nhs_number, patient_ref })
+    let nhs_number = if resource_type == "Patient" {
+        nhs_identifier(&body)?
+    } else {
+        None
+    };
+    let patient_ref = if resource_type == "Patient" {
+        None
+    } else {
+        patient_reference(&body)?
+    };
+    Ok(Resource {
+        resource_type,
+        id,
+        body,
+        nhs_number,
+        patient_ref,
+    })
 }
 
 fn nhs_identifier(body: &Map<String, Value>) -> Result<Option<NhsNumber>, RecordsError> {
-    let Some(ids) = body.get("identifier") else { return Ok(None) };
+    let Some(ids) = body.get("identifier") else {
+        return Ok(None);
+    };
     let Value::Array(ids) = ids else {
         return Err(RecordsError::invalid("identifier", "must be an array"));
     };
@@ -118,7 +146,10 @@ fn nhs_identifier(body: &Map<String, Value>) -> Result<Option<NhsNumber>, Record
             .ok_or_else(|| RecordsError::invalid(&field, "is required for an NHS number identifier"))?;
         let n = NhsNumber::parse(value).map_err(|e| RecordsError::invalid(&field, e.to_string()))?;
         if found.as_ref().is_some_and(|f| f != &n) {
-            return Err(RecordsError::invalid(&field, "a Patient has one NHS number; found two different ones"));
+            return Err(RecordsError::invalid(
+                &field,
+                "a Patient has one NHS number; found two different ones",
+            ));
         }
         found = Some(n);
     }
@@ -149,7 +180,10 @@ pub fn stamp(body: &mut Map<String, Value>, id: &str, version: i64, last_updated
     if let Value::Object(meta) = meta {
         meta.insert("versionId".into(), Value::String(version.to_string()));
         let t = chrono::DateTime::from_timestamp_micros(last_updated_us).unwrap_or_default();
-        meta.insert("lastUpdated".into(), Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)));
+        meta.insert(
+            "lastUpdated".into(),
+            Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        );
     }
 }
 
@@ -166,21 +200,36 @@ mod tests {
         let r = parse(r#"{"resourceType":"Patient","id":"p1","identifier":[{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765919"}],"x-unknown":1}"#)
             .expect("valid");
         assert_eq!(r.nhs_number.map(|n| n.to_string()), Some("9434765919".into()));
-        assert_eq!(r.body.get("x-unknown"), Some(&Value::from(1)), "unknown elements are kept");
+        assert_eq!(
+            r.body.get("x-unknown"),
+            Some(&Value::from(1)),
+            "unknown elements are kept"
+        );
     }
 
     #[test]
     fn rejections_name_the_element() {
-        assert_eq!(err("{"), "resource_json: not valid JSON: EOF while parsing an object at line 1 column 1");
+        assert_eq!(
+            err("{"),
+            "resource_json: not valid JSON: EOF while parsing an object at line 1 column 1"
+        );
         assert_eq!(err("[]"), "resource_json: must be a JSON object (a FHIR resource)");
         assert_eq!(err("{}"), "resourceType: is required");
         assert!(err(r#"{"resourceType":"Banana"}"#).starts_with("resourceType: \"Banana\" is not a resource type"));
-        assert_eq!(err(r#"{"resourceType":"Patient","id":"a b"}"#), "id: \"a b\" is not a FHIR id (1-64 of A-Z, a-z, 0-9, '-', '.')");
         assert_eq!(
-            err(r#"{"resourceType":"Patient","identifier":[{"system":"x"},{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765918"}]}"#),
+            err(r#"{"resourceType":"Patient","id":"a b"}"#),
+            "id: \"a b\" is not a FHIR id (1-64 of A-Z, a-z, 0-9, '-', '.')"
+        );
+        assert_eq!(
+            err(
+                r#"{"resourceType":"Patient","identifier":[{"system":"x"},{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765918"}]}"#
+            ),
             "identifier[1].value: \"9434765918\" is not a valid NHS number (check digit)"
         );
-        assert_eq!(err(r#"{"resourceType":"Observation","subject":{}}"#), "subject.reference: is required (e.g. \"Patient/123\")");
+        assert_eq!(
+            err(r#"{"resourceType":"Observation","subject":{}}"#),
+            "subject.reference: is required (e.g. \"Patient/123\")"
+        );
         assert!(err(r#"{"resourceType":"Consent"}"#).contains("consent service"));
     }
 

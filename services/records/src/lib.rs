@@ -2,7 +2,7 @@
 //!
 //! - [`fhir`]: what a valid resource is (the domain core, no I/O).
 //! - [`store`]: versions in the service's own tables, events through the outbox.
-//! - [`grpc`]: `sharedcare.records.v1.Records`.
+//! - [`grpc`]: the `sharedcare.records.v1.Records` service.
 //!
 //! Every put stores a new version and emits `RecordChanged` plus `AccessRecorded`; every get
 //! writes `AccessRecorded` to the outbox *before* the resource is returned.
@@ -25,7 +25,11 @@ pub const NAME: &str = "records";
 
 /// Applies the records schema to `db`.
 pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
-    db.migrate(sqlx::migrate!("./migrations/postgres"), sqlx::migrate!("./migrations/sqlite")).await
+    db.migrate(
+        sqlx::migrate!("./migrations/postgres"),
+        sqlx::migrate!("./migrations/sqlite"),
+    )
+    .await
 }
 
 /// Builds the service on its database: gRPC routes, outbox.

@@ -52,18 +52,28 @@ const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
 impl Store {
     /// The store on `db`, emitting through `outbox`.
     pub fn new(db: Db, outbox: Outbox) -> Self {
-        Store { db, outbox, topic: bus::topic(NAME) }
+        Store {
+            db,
+            outbox,
+            topic: bus::topic(NAME),
+        }
     }
 
     /// Stores `resource` as its next version, with its events, atomically.
-    pub async fn put(&self, mut resource: Resource, source_organisation: &str, actor: &Actor) -> Result<Stored, RecordsError> {
+    pub async fn put(
+        &self,
+        mut resource: Resource,
+        source_organisation: &str,
+        actor: &Actor,
+    ) -> Result<Stored, RecordsError> {
         let mut tx = self.db.begin_write().await?;
-        let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM resources WHERE resource_type = $1 AND id = $2")
-            .bind(&resource.resource_type)
-            .bind(&resource.id)
-            .fetch_one(&mut *tx)
-            .await?
-            .get(0);
+        let current: i64 =
+            sqlx::query("SELECT COALESCE(MAX(version), 0) FROM resources WHERE resource_type = $1 AND id = $2")
+                .bind(&resource.resource_type)
+                .bind(&resource.id)
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0);
         let version = current + 1;
         let now = db::now_us();
         let nhs_number = match (&resource.nhs_number, &resource.patient_ref) {
@@ -114,11 +124,21 @@ impl Store {
             source_organisation: source_organisation.to_string(),
             last_updated: Some(db::timestamp(now)),
         };
-        let key = if nhs_number.is_empty() { reference.clone() } else { nhs_number.clone() };
+        let key = if nhs_number.is_empty() {
+            reference.clone()
+        } else {
+            nhs_number.clone()
+        };
         let env = bus::envelope(RECORD_CHANGED, NAME, &reference, &key, &changed);
         outbox::enqueue(&mut tx, &self.topic, &env).await?;
         let action = if version == 1 { "create" } else { "update" };
-        let access = self.access(actor, action, &format!("{reference}/_history/{version}"), &nhs_number, "success");
+        let access = self.access(
+            actor,
+            action,
+            &format!("{reference}/_history/{version}"),
+            &nhs_number,
+            "success",
+        );
         outbox::enqueue(&mut tx, &self.topic, &access).await?;
         tx.commit().await?;
         self.outbox.notify();
@@ -146,7 +166,8 @@ impl Store {
         .fetch_optional(&mut *conn)
         .await?;
         let Some(row) = row else {
-            self.record(&mut conn, actor, "read", &reference, "", "not-found").await?;
+            self.record(&mut conn, actor, "read", &reference, "", "not-found")
+                .await?;
             return Err(RecordsError::NotFound(reference));
         };
         let stored = Stored {
@@ -158,7 +179,8 @@ impl Store {
             body: row.get(3),
         };
         let versioned = format!("{reference}/_history/{}", stored.version);
-        self.record(&mut conn, actor, "read", &versioned, &stored.nhs_number, "success").await?;
+        self.record(&mut conn, actor, "read", &versioned, &stored.nhs_number, "success")
+            .await?;
         Ok(stored)
     }
 
@@ -179,7 +201,11 @@ impl Store {
 
     fn access(&self, actor: &Actor, action: &str, resource: &str, nhs_number: &str, outcome: &str) -> Envelope {
         let event = AccessRecorded {
-            actor: if actor.id.is_empty() { "unauthenticated".into() } else { actor.id.clone() },
+            actor: if actor.id.is_empty() {
+                "unauthenticated".into()
+            } else {
+                actor.id.clone()
+            },
             actor_organisation: actor.organisation.clone(),
             actor_role: actor.role.clone(),
             action: action.to_string(),
@@ -192,7 +218,11 @@ impl Store {
             trace_id: sharedcare_kit::telemetry::current_trace_id(),
             service: NAME.into(),
         };
-        let key = if nhs_number.is_empty() { resource.to_string() } else { nhs_number.to_string() };
+        let key = if nhs_number.is_empty() {
+            resource.to_string()
+        } else {
+            nhs_number.to_string()
+        };
         bus::envelope(ACCESS_RECORDED, NAME, resource, &key, &event)
     }
 }

@@ -49,8 +49,13 @@ async fn changes_and_accesses_leave_events_keyed_by_nhs_number(db: Db) {
     let s = store(&db).await;
     let a = Actor::default();
     s.put(patient("p1"), "A81001", &a).await.expect("put patient");
-    let obs = fhir::parse(r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#).expect("obs");
-    assert_eq!(s.put(obs, "RXX01", &a).await.expect("put obs").nhs_number, NHS, "keyed by the subject's NHS number");
+    let obs =
+        fhir::parse(r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#).expect("obs");
+    assert_eq!(
+        s.put(obs, "RXX01", &a).await.expect("put obs").nhs_number,
+        NHS,
+        "keyed by the subject's NHS number"
+    );
     s.get("Observation", "o1", &a).await.expect("get");
     let events = outbox_events(&db).await;
     let types: Vec<&str> = events.iter().map(|e| e.r#type.as_str()).collect();
@@ -64,20 +69,40 @@ async fn changes_and_accesses_leave_events_keyed_by_nhs_number(db: Db) {
             "sharedcare.events.v1.AccessRecorded",
         ]
     );
-    assert!(events.iter().all(|e| e.key == NHS), "every event about the patient is keyed by the NHS number");
+    assert!(
+        events.iter().all(|e| e.key == NHS),
+        "every event about the patient is keyed by the NHS number"
+    );
     let changed = RecordChanged::decode(events[2].data.as_slice()).expect("RecordChanged");
-    assert_eq!((changed.resource_type.as_str(), changed.source_organisation.as_str()), ("Observation", "RXX01"));
+    assert_eq!(
+        (changed.resource_type.as_str(), changed.source_organisation.as_str()),
+        ("Observation", "RXX01")
+    );
     let read = AccessRecorded::decode(events[4].data.as_slice()).expect("AccessRecorded");
-    assert_eq!((read.action.as_str(), read.resources[0].as_str()), ("read", "Observation/o1/_history/1"));
+    assert_eq!(
+        (read.action.as_str(), read.resources[0].as_str()),
+        ("read", "Observation/o1/_history/1")
+    );
 }
 
 async fn an_unknown_resource_is_not_found_and_the_attempt_is_audited(db: Db) {
     let s = store(&db).await;
-    let err = s.get("Patient", "nobody", &Actor::default()).await.expect_err("not found");
-    assert!(matches!(err, RecordsError::NotFound(ref r) if r == "Patient/nobody"), "{err}");
+    let err = s
+        .get("Patient", "nobody", &Actor::default())
+        .await
+        .expect_err("not found");
+    assert!(
+        matches!(err, RecordsError::NotFound(ref r) if r == "Patient/nobody"),
+        "{err}"
+    );
     let events = outbox_events(&db).await;
     assert_eq!(events.len(), 1);
-    assert_eq!(AccessRecorded::decode(events[0].data.as_slice()).expect("decode").outcome, "not-found");
+    assert_eq!(
+        AccessRecorded::decode(events[0].data.as_slice())
+            .expect("decode")
+            .outcome,
+        "not-found"
+    );
 }
 
 async fn concurrent_puts_never_lose_or_repeat_a_version(db: Db) {
@@ -98,8 +123,16 @@ async fn concurrent_puts_never_lose_or_repeat_a_version(db: Db) {
     }
     versions.sort();
     assert!(!versions.is_empty());
-    assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>(), "versions are 1..n with no gap or repeat");
-    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM resources WHERE id = 'race'").fetch_one(db.pool()).await.expect("count").get(0);
+    assert_eq!(
+        versions,
+        (1..=versions.len() as i64).collect::<Vec<_>>(),
+        "versions are 1..n with no gap or repeat"
+    );
+    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM resources WHERE id = 'race'")
+        .fetch_one(db.pool())
+        .await
+        .expect("count")
+        .get(0);
     assert_eq!(rows, versions.len() as i64, "a refused put stores nothing");
 }
 

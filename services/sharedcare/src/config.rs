@@ -53,7 +53,11 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: String::new(), max_connections: 16, connect_timeout_ms: 5_000 }
+        DatabaseConfig {
+            url: String::new(),
+            max_connections: 16,
+            connect_timeout_ms: 5_000,
+        }
     }
 }
 
@@ -61,8 +65,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from(".sharedcare"),
-            http: Listener { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) },
-            grpc: Listener { listen: SocketAddr::from(([127, 0, 0, 1], 50051)) },
+            http: Listener {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            },
+            grpc: Listener {
+                listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            },
             database: DatabaseConfig::default(),
             kafka: KafkaConfig::default(),
             outbox: OutboxConfig::default(),
@@ -75,8 +83,14 @@ impl Default for Config {
 impl Validate for Config {
     fn validate(&self) -> Result<(), (String, String)> {
         let url = &self.database.url;
-        if !url.is_empty() && !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
-            return Err(("database.url".into(), "expected postgres://user:password@host:port/database".into()));
+        let known = ["postgres://", "postgresql://", "sqlite:"]
+            .iter()
+            .any(|p| url.starts_with(p));
+        if !url.is_empty() && !known {
+            return Err((
+                "database.url".into(),
+                "expected postgres://user:password@host:port/database".into(),
+            ));
         }
         if self.database.max_connections == 0 {
             return Err(("database.max_connections".into(), "must be at least 1".into()));
@@ -91,7 +105,10 @@ impl Validate for Config {
             return Err(("outbox.batch_size".into(), "must be at least 1".into()));
         }
         if self.http.listen == self.grpc.listen && self.http.listen.port() != 0 {
-            return Err(("grpc.listen".into(), format!("{} is also the HTTP address", self.grpc.listen)));
+            return Err((
+                "grpc.listen".into(),
+                format!("{} is also the HTTP address", self.grpc.listen),
+            ));
         }
         Ok(())
     }

@@ -23,9 +23,16 @@ fn check_service(name: &str) -> anyhow::Result<()> {
     if SERVICES.contains(&name) {
         return Ok(());
     }
-    let drafted = [sharedcare_identity::NAME, sharedcare_consent::NAME, sharedcare_passport::NAME];
+    let drafted = [
+        sharedcare_identity::NAME,
+        sharedcare_consent::NAME,
+        sharedcare_passport::NAME,
+    ];
     if drafted.contains(&name) {
-        bail!("service {name:?} is drafted but not built yet; runnable services: {}", SERVICES.join(", "));
+        bail!(
+            "service {name:?} is drafted but not built yet; runnable services: {}",
+            SERVICES.join(", ")
+        );
     }
     bail!("unknown service {name:?}; expected one of: {}", SERVICES.join(", "))
 }
@@ -82,7 +89,10 @@ pub async fn start(config: &Config, services: &[&str], client_id: &str) -> anyho
         let db = open_db(config, s).await?;
         mounts.push(mount(config, s, db)?);
     }
-    let listen = Listen { http: config.http.listen, grpc: config.grpc.listen };
+    let listen = Listen {
+        http: config.http.listen,
+        grpc: config.grpc.listen,
+    };
     Ok(serve::start(mounts, bus, listen, Metrics::new()).await?)
 }
 
@@ -104,7 +114,12 @@ async fn run_until_signal(config: Config, services: &[&str], name: &str) -> anyh
     let started = Instant::now();
     let telemetry = telemetry::init(name, &config.telemetry)?;
     let running = start(&config, services, name).await?;
-    println!("Sharedcare {} is up ({}) in {} ms", env!("CARGO_PKG_VERSION"), running.services.join(", "), started.elapsed().as_millis());
+    println!(
+        "Sharedcare {} is up ({}) in {} ms",
+        env!("CARGO_PKG_VERSION"),
+        running.services.join(", "),
+        started.elapsed().as_millis()
+    );
     println!("  HTTP  http://{}  (/healthz, /readyz, /metrics)", running.http);
     println!("  gRPC  {}  (every service, health, reflection)", running.grpc);
     println!("  data  {}", describe_storage(&config));
@@ -115,7 +130,10 @@ async fn run_until_signal(config: Config, services: &[&str], name: &str) -> anyh
     let clean = running.stop(Duration::from_millis(config.shutdown_grace_ms)).await;
     telemetry.shutdown();
     if !clean {
-        bail!("shutdown did not finish within {} ms per phase", config.shutdown_grace_ms);
+        bail!(
+            "shutdown did not finish within {} ms per phase",
+            config.shutdown_grace_ms
+        );
     }
     println!("Sharedcare stopped.");
     Ok(())
@@ -130,18 +148,28 @@ pub async fn up(config: Config) -> anyhow::Result<()> {
 pub async fn serve(config: Config, service: &str) -> anyhow::Result<()> {
     check_service(service)?;
     if config.database.url.is_empty() {
-        bail!("`database.url` is required by serve: set SHAREDCARE_DATABASE__URL=postgres://user:password@host:port/database");
+        bail!(
+            "`database.url` is required by serve: set SHAREDCARE_DATABASE__URL=postgres://user:password@host:port/database"
+        );
     }
     if config.kafka.brokers.is_empty() {
         bail!("`kafka.brokers` is required by serve: set SHAREDCARE_KAFKA__BROKERS=host:port");
     }
-    let name: &'static str = SERVICES.iter().find(|s| **s == service).copied().unwrap_or("sharedcare");
+    let name: &'static str = SERVICES
+        .iter()
+        .find(|s| **s == service)
+        .copied()
+        .unwrap_or("sharedcare");
     run_until_signal(config, &[name], name).await
 }
 
 /// `sharedcare migrate [service…]`.
 pub async fn migrate(config: Config, services: &[String]) -> anyhow::Result<()> {
-    let names: Vec<&str> = if services.is_empty() { SERVICES.to_vec() } else { services.iter().map(String::as_str).collect() };
+    let names: Vec<&str> = if services.is_empty() {
+        SERVICES.to_vec()
+    } else {
+        services.iter().map(String::as_str).collect()
+    };
     for s in &names {
         check_service(s)?;
     }

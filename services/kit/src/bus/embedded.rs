@@ -62,7 +62,11 @@ impl EmbeddedBus {
             .map_err(Error::db(what.clone()))?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(Error::db(what))?;
         let (head, _) = watch::channel(0);
-        Ok(EmbeddedBus { pool, head: Arc::new(head), path: path.display().to_string() })
+        Ok(EmbeddedBus {
+            pool,
+            head: Arc::new(head),
+            path: path.display().to_string(),
+        })
     }
 
     async fn position(&self, group: &str, topic: &str) -> Result<i64> {
@@ -124,15 +128,13 @@ impl Bus for EmbeddedBus {
         let mut head = self.head.subscribe();
         let mut pos = self.position(group, topic).await?;
         while !shutdown.is_cancelled() {
-            let rows = sqlx::query(
-                "SELECT seq, payload FROM log WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )
-            .bind(topic)
-            .bind(pos)
-            .bind(FETCH)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(Error::db("read event log"))?;
+            let rows = sqlx::query("SELECT seq, payload FROM log WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+                .bind(topic)
+                .bind(pos)
+                .bind(FETCH)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Error::db("read event log"))?;
             if rows.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -146,7 +148,12 @@ impl Bus for EmbeddedBus {
                 let payload: Vec<u8> = row.get(1);
                 match super::decode(&payload, topic, seq) {
                     Ok(envelope) => {
-                        let d = Delivery { envelope, topic: topic.to_string(), partition: 0, offset: seq };
+                        let d = Delivery {
+                            envelope,
+                            topic: topic.to_string(),
+                            partition: 0,
+                            offset: seq,
+                        };
                         if !super::handle_with_retry(handler.as_ref(), &d, &shutdown).await {
                             return Ok(());
                         }
@@ -161,7 +168,10 @@ impl Bus for EmbeddedBus {
     }
 
     async fn health(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(Error::db("embedded event log"))?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db("embedded event log"))?;
         Ok(())
     }
 

@@ -78,7 +78,11 @@ impl KafkaBus {
             .set("partitioner", "murmur2_random")
             .create()
             .map_err(|e| Error::Bus(format!("kafka producer for {}: {e}", config.brokers)))?;
-        Ok(KafkaBus { config: config.clone(), client_id: client_id.to_string(), producer })
+        Ok(KafkaBus {
+            config: config.clone(),
+            client_id: client_id.to_string(),
+            producer,
+        })
     }
 
     /// The physical name of a topic or group: the configured namespace + the logical name.
@@ -95,7 +99,13 @@ impl KafkaBus {
         let topics: Vec<String> = topics.iter().map(|t| self.physical(t)).collect();
         let new: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|t| NewTopic::new(t, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor)))
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.config.partitions,
+                    TopicReplication::Fixed(self.config.replication_factor),
+                )
+            })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin
@@ -119,8 +129,14 @@ impl Bus for KafkaBus {
         let topics: Vec<String> = batch.iter().map(|m| self.physical(&m.topic)).collect();
         for (m, topic) in batch.iter().zip(&topics) {
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "traceparent", value: Some(m.traceparent.as_bytes()) })
-                .insert(Header { key: "ce_id", value: Some(m.id.as_bytes()) });
+                .insert(Header {
+                    key: "traceparent",
+                    value: Some(m.traceparent.as_bytes()),
+                })
+                .insert(Header {
+                    key: "ce_id",
+                    value: Some(m.id.as_bytes()),
+                });
             let mut record = FutureRecord::to(topic).key(&m.key).payload(&m.payload).headers(headers);
             loop {
                 match self.producer.send_result(record) {
@@ -190,7 +206,12 @@ impl Bus for KafkaBus {
                     {
                         envelope.traceparent = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
                     }
-                    let d = Delivery { envelope, topic: topic.to_string(), partition: msg.partition(), offset };
+                    let d = Delivery {
+                        envelope,
+                        topic: topic.to_string(),
+                        partition: msg.partition(),
+                        offset,
+                    };
                     if !super::handle_with_retry(handler.as_ref(), &d, &shutdown).await {
                         break;
                     }

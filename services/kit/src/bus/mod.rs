@@ -150,6 +150,5 @@ pub(crate) async fn handle_with_retry(
 
 /// Decodes a payload into an envelope, naming the topic and offset on failure.
 pub(crate) fn decode(payload: &[u8], topic: &str, offset: i64) -> Result<Envelope> {
-    Envelope::decode(payload)
-        .map_err(|e| Error::Bus(format!("undecodable event at {topic}@{offset}: {e}")))
+    Envelope::decode(payload).map_err(|e| Error::Bus(format!("undecodable event at {topic}@{offset}: {e}")))
 }
