@@ -25,19 +25,30 @@ impl AccessConsumer {
 #[async_trait::async_trait]
 impl Handler for AccessConsumer {
     async fn handle(&self, delivery: &Delivery) -> sharedcare_kit::Result<()> {
-        if delivery.envelope.r#type != ACCESS_RECORDED {
-            return Ok(());
-        }
-        let event = match AccessRecorded::decode(delivery.envelope.data.as_slice()) {
-            Ok(e) => e,
-            Err(e) => {
-                // A malformed event can never be applied; retrying would block the partition.
-                tracing::error!(event_id = %delivery.envelope.id, error = %e, "undecodable AccessRecorded skipped");
-                return Ok(());
-            }
-        };
-        let appended = self.store.append(delivery, &event).await?;
-        tracing::debug!(event_id = %delivery.envelope.id, appended, "audit entry");
+        self.handle_batch(std::slice::from_ref(delivery)).await
+    }
+
+    /// Appends every `AccessRecorded` in the batch in one transaction.
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> sharedcare_kit::Result<()> {
+        let events: Vec<(&Delivery, AccessRecorded)> = deliveries.iter().filter_map(decode).collect();
+        let appended = self.store.append_all(&events).await?;
+        tracing::debug!(received = deliveries.len(), appended, "audit entries");
         Ok(())
+    }
+}
+
+/// The `AccessRecorded` in a delivery; other event types are acknowledged and ignored, and a
+/// malformed event is skipped with an error log (it can never be applied; retrying would
+/// block the partition).
+fn decode(delivery: &Delivery) -> Option<(&Delivery, AccessRecorded)> {
+    if delivery.envelope.r#type != ACCESS_RECORDED {
+        return None;
+    }
+    match AccessRecorded::decode(delivery.envelope.data.as_slice()) {
+        Ok(e) => Some((delivery, e)),
+        Err(e) => {
+            tracing::error!(event_id = %delivery.envelope.id, error = %e, "undecodable AccessRecorded skipped");
+            None
+        }
     }
 }

@@ -25,34 +25,47 @@ impl Store {
     /// Appends `event` delivered as `delivery`; a redelivered event is skipped. Returns whether
     /// it was appended.
     pub async fn append(&self, delivery: &Delivery, event: &AccessRecorded) -> Result<bool, AuditError> {
-        let mut tx = self.db.begin_write().await?;
-        if !inbox::claim(&mut tx, NAME, delivery).await? {
-            return Ok(false);
+        Ok(self.append_all(&[(delivery, event.clone())]).await? == 1)
+    }
+
+    /// Appends a batch in one transaction, skipping events this consumer already applied
+    /// (its inbox claim commits with the entry). Returns how many were new.
+    pub async fn append_all(&self, events: &[(&Delivery, AccessRecorded)]) -> Result<usize, AuditError> {
+        if events.is_empty() {
+            return Ok(0);
         }
-        let resources = serde_json::to_string(&event.resources).unwrap_or_else(|_| "[]".into());
-        let time = event.time.as_ref().map(db::micros).unwrap_or_else(db::now_us);
-        sqlx::query(
-            "INSERT INTO entries (event_id, nhs_number, actor, actor_organisation, actor_role, action, resources,
-                                  purpose, reason, outcome, time_us, trace_id, service)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(&delivery.envelope.id)
-        .bind(&event.nhs_number)
-        .bind(&event.actor)
-        .bind(&event.actor_organisation)
-        .bind(&event.actor_role)
-        .bind(&event.action)
-        .bind(resources)
-        .bind(&event.purpose)
-        .bind(&event.reason)
-        .bind(&event.outcome)
-        .bind(time)
-        .bind(&event.trace_id)
-        .bind(&event.service)
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = self.db.begin_write().await?;
+        let mut appended = 0;
+        for (delivery, event) in events {
+            if !inbox::claim(&mut tx, NAME, delivery).await? {
+                continue;
+            }
+            let resources = serde_json::to_string(&event.resources).unwrap_or_else(|_| "[]".into());
+            let time = event.time.as_ref().map(db::micros).unwrap_or_else(db::now_us);
+            sqlx::query(
+                "INSERT INTO entries (event_id, nhs_number, actor, actor_organisation, actor_role, action, resources,
+                                      purpose, reason, outcome, time_us, trace_id, service)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(&delivery.envelope.id)
+            .bind(&event.nhs_number)
+            .bind(&event.actor)
+            .bind(&event.actor_organisation)
+            .bind(&event.actor_role)
+            .bind(&event.action)
+            .bind(resources)
+            .bind(&event.purpose)
+            .bind(&event.reason)
+            .bind(&event.outcome)
+            .bind(time)
+            .bind(&event.trace_id)
+            .bind(&event.service)
+            .execute(&mut *tx)
+            .await?;
+            appended += 1;
+        }
         tx.commit().await?;
-        Ok(true)
+        Ok(appended)
     }
 
     /// Entries for `nhs_number` with sequence below `before` (0 = newest), newest first.

@@ -25,6 +25,7 @@ pub enum Backend {
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: AnyPool,
+    writer: AnyPool,
     backend: Backend,
     service: String,
 }
@@ -87,8 +88,34 @@ impl Db {
                 .map_err(Error::db(format!("create schema {service}")))?;
             conn.close().await.map_err(Error::db(what.clone()))?;
         }
+        let pool = Self::open_pool(backend, service, max_connections, connect_timeout, options.clone())
+            .await
+            .map_err(Error::db(what.clone()))?;
+        // SQLite has one writer at a time; contending connections would sleep in its busy
+        // handler. Writers therefore queue for a single connection in the async pool instead.
+        let writer = match backend {
+            Backend::Postgres => pool.clone(),
+            Backend::Sqlite => Self::open_pool(backend, service, 1, connect_timeout, options)
+                .await
+                .map_err(Error::db(what))?,
+        };
+        Ok(Db {
+            pool,
+            writer,
+            backend,
+            service: service.to_string(),
+        })
+    }
+
+    async fn open_pool(
+        backend: Backend,
+        service: &str,
+        max_connections: u32,
+        connect_timeout: Duration,
+        options: AnyConnectOptions,
+    ) -> Result<AnyPool, sqlx::Error> {
         let schema = service.to_string();
-        let pool = AnyPoolOptions::new()
+        AnyPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(1)
             .acquire_timeout(connect_timeout)
@@ -106,12 +133,6 @@ impl Db {
             })
             .connect_with(options)
             .await
-            .map_err(Error::db(what))?;
-        Ok(Db {
-            pool,
-            backend,
-            service: service.to_string(),
-        })
     }
 
     /// Applies the kit's migrations and then the service's own for this back end.
@@ -137,15 +158,21 @@ impl Db {
 
     async fn run(&self, mut migrator: Migrator) -> Result<()> {
         migrator.set_ignore_missing(true);
-        migrator.run(&self.pool).await.map_err(|source| Error::Migrate {
+        migrator.run(&self.writer).await.map_err(|source| Error::Migrate {
             service: self.service.clone(),
             source,
         })
     }
 
-    /// The pool, for the service's store.
+    /// The pool for reads (and, on Postgres, writes).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool for statements that write outside [`Db::begin_write`] (one connection on
+    /// SQLite, the shared pool on Postgres).
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write lock up front
@@ -153,8 +180,8 @@ impl Db {
     /// when a read lock cannot be upgraded.
     pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self.backend {
-            Backend::Postgres => self.pool.begin().await,
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.writer.begin().await,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
         }
     }
 
@@ -180,6 +207,7 @@ impl Db {
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 

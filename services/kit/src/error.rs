@@ -27,6 +27,9 @@ pub enum Error {
     /// The event bus (Kafka or embedded) failed.
     #[error("event bus: {0}")]
     Bus(String),
+    /// An event could not be written to a service's outbox.
+    #[error("outbox: {0}")]
+    Outbox(String),
     /// Telemetry could not be initialised.
     #[error("telemetry: {0}")]
     Telemetry(String),
@@ -50,7 +53,9 @@ impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         match &e {
             Error::Config(_) => tonic::Status::failed_precondition(e.to_string()),
-            Error::Database { .. } | Error::Migrate { .. } | Error::Bus(_) => tonic::Status::unavailable(e.to_string()),
+            Error::Database { .. } | Error::Migrate { .. } | Error::Bus(_) | Error::Outbox(_) => {
+                tonic::Status::unavailable(e.to_string())
+            }
             Error::Telemetry(_) | Error::Io(_) => tonic::Status::internal(e.to_string()),
         }
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, Row};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Envelope, Outgoing};
@@ -61,16 +61,42 @@ pub struct Outbox {
     db: Db,
     wake: Arc<Notify>,
     config: OutboxConfig,
+    records: mpsc::Sender<Pending>,
 }
 
+/// An event waiting for the group commit, and who to tell when it is durable.
+type Pending = (String, Envelope, oneshot::Sender<Result<(), String>>);
+
+/// Most events one group commit writes.
+const GROUP_COMMIT_MAX: usize = 1024;
+
 impl Outbox {
-    /// The outbox in `db` (its `kit_outbox` table).
+    /// The outbox in `db` (its `kit_outbox` table). Must be called inside the tokio runtime:
+    /// it starts the group-commit writer behind [`Outbox::record`].
     pub fn new(db: Db, config: OutboxConfig) -> Self {
+        let wake = Arc::new(Notify::new());
+        let (records, rx) = mpsc::channel(GROUP_COMMIT_MAX * 4);
+        tokio::spawn(group_commit(db.clone(), wake.clone(), rx));
         Outbox {
             db,
-            wake: Arc::new(Notify::new()),
+            wake,
             config,
+            records,
         }
+    }
+
+    /// Durably records an event that goes with no state change (e.g. an access to audit),
+    /// returning once it is committed. Concurrent calls share one transaction (group commit),
+    /// so a read path that must audit before answering pays one commit per batch, not per read.
+    pub async fn record(&self, topic: &str, envelope: Envelope) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.records
+            .send((topic.to_string(), envelope, tx))
+            .await
+            .map_err(|_| Error::Outbox("the outbox writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Outbox("the outbox writer has stopped".into()))?
+            .map_err(Error::Outbox)
     }
 
     /// Wakes the relay; call after committing a transaction that enqueued events.
@@ -119,7 +145,7 @@ impl Outbox {
         for s in &seqs {
             q = q.bind(*s);
         }
-        q.execute(self.db.pool())
+        q.execute(self.db.writer())
             .await
             .map_err(Error::db("mark outbox rows sent"))?;
         Ok(seqs.len())
@@ -205,4 +231,38 @@ fn traceparent_of(payload: &[u8]) -> String {
     <Envelope as prost::Message>::decode(payload)
         .map(|e| e.traceparent)
         .unwrap_or_default()
+}
+
+/// Writes queued [`Outbox::record`] events, as many per transaction as are waiting.
+async fn group_commit(db: Db, wake: Arc<Notify>, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let written = async {
+            let mut tx = db.begin_write().await?;
+            for (topic, envelope, _) in &batch {
+                enqueue(&mut tx, topic, envelope).await?;
+            }
+            tx.commit().await
+        }
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot record {} event(s) in the {} outbox: {e}",
+                batch.len(),
+                db.service()
+            )
+        });
+        if written.is_ok() {
+            wake.notify_one();
+        }
+        for (_, _, reply) in batch {
+            let _ = reply.send(written.clone());
+        }
+    }
 }

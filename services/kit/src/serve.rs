@@ -203,7 +203,9 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
     .add_service(reflection_v1alpha);
     let token = stop_serving.clone();
     servers.push(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        // Custom incoming streams do not get the builder's TCP_NODELAY; without it every
+        // response waits for the peer's delayed ACK (~40 ms).
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let res = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_routes(grpc_routes)

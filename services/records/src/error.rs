@@ -17,6 +17,9 @@ pub enum RecordsError {
     /// Someone else wrote the same resource at the same moment.
     #[error("{0} was changed concurrently; retry")]
     Conflict(String),
+    /// The access could not be recorded for audit, so nothing is returned.
+    #[error("audit trail unavailable: {0}")]
+    Audit(String),
     /// The database or the outbox failed; nothing was returned or stored.
     #[error("records storage unavailable: {0}")]
     Storage(#[from] sqlx::Error),
@@ -38,6 +41,10 @@ impl From<RecordsError> for tonic::Status {
             RecordsError::Invalid { .. } => tonic::Status::invalid_argument(e.to_string()),
             RecordsError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             RecordsError::Conflict(_) => tonic::Status::aborted(e.to_string()),
+            RecordsError::Audit(inner) => {
+                tracing::error!(error = %inner, "access could not be audited; refusing to answer");
+                tonic::Status::unavailable("the access could not be audited, so no data is returned")
+            }
             RecordsError::Storage(inner) => {
                 tracing::error!(error = %inner, "records storage failed");
                 tonic::Status::unavailable("records storage unavailable")

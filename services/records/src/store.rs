@@ -5,7 +5,7 @@ use sharedcare_kit::bus::{self, Envelope};
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::outbox::{self, Outbox};
 use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use crate::fhir::{self, Resource};
 use crate::{NAME, RecordsError};
@@ -156,18 +156,16 @@ impl Store {
     /// (durably) before the resource is returned; if that fails, the caller gets the error.
     pub async fn get(&self, resource_type: &str, id: &str, actor: &Actor) -> Result<Stored, RecordsError> {
         let reference = format!("{resource_type}/{id}");
-        let mut conn = self.db.pool().acquire().await?;
         let row = sqlx::query(
             "SELECT version, last_updated_us, nhs_number, body FROM resources
              WHERE resource_type = $1 AND id = $2 ORDER BY version DESC LIMIT 1",
         )
         .bind(resource_type)
         .bind(id)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(self.db.pool())
         .await?;
         let Some(row) = row else {
-            self.record(&mut conn, actor, "read", &reference, "", "not-found")
-                .await?;
+            self.record(actor, "read", &reference, "", "not-found").await?;
             return Err(RecordsError::NotFound(reference));
         };
         let stored = Stored {
@@ -179,14 +177,14 @@ impl Store {
             body: row.get(3),
         };
         let versioned = format!("{reference}/_history/{}", stored.version);
-        self.record(&mut conn, actor, "read", &versioned, &stored.nhs_number, "success")
+        self.record(actor, "read", &versioned, &stored.nhs_number, "success")
             .await?;
         Ok(stored)
     }
 
+    /// Records an access durably (group commit) before the caller may answer.
     async fn record(
         &self,
-        conn: &mut AnyConnection,
         actor: &Actor,
         action: &str,
         resource: &str,
@@ -194,9 +192,10 @@ impl Store {
         outcome: &str,
     ) -> Result<(), RecordsError> {
         let env = self.access(actor, action, resource, nhs_number, outcome);
-        outbox::enqueue(conn, &self.topic, &env).await?;
-        self.outbox.notify();
-        Ok(())
+        self.outbox
+            .record(&self.topic, env)
+            .await
+            .map_err(|e| RecordsError::Audit(e.to_string()))
     }
 
     fn access(&self, actor: &Actor, action: &str, resource: &str, nhs_number: &str, outcome: &str) -> Envelope {

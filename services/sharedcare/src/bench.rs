@@ -1,17 +1,436 @@
-//! `sharedcare bench`: measurements for the README's performance section.
+//! `sharedcare bench`: the measurements in the README's performance section.
+//!
+//! - `bench bus`: event bus throughput and publish→consume latency (embedded, or Kafka when
+//!   `kafka.brokers` is configured).
+//! - `bench records`: record put and get over gRPC against `sharedcare up` started as a child
+//!   process on a fresh data directory (or `--target` an existing endpoint).
+//! - `bench startup`: time from spawning `sharedcare up` to `/readyz` answering 200, and the
+//!   idle resident memory after that.
 
-use clap::Args;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use sharedcare_kit::bus::embedded::EmbeddedBus;
+use sharedcare_kit::bus::kafka::KafkaBus;
+use sharedcare_kit::bus::{Bus, Delivery, Envelope, Handler, Outgoing};
+use sharedcare_proto::records::v1::records_client::RecordsClient;
+use sharedcare_proto::records::v1::{GetRequest, PutRequest};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
 /// What to measure.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum What {
+    /// Event bus throughput and latency.
+    Bus,
+    /// Record put/get over gRPC in `up` mode.
+    Records,
+    /// `up` start-up time and idle memory.
+    Startup,
+}
+
+/// `sharedcare bench` options.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// bus | records | startup
-    pub what: String,
+    /// What to measure.
+    #[arg(value_enum)]
+    pub what: What,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Concurrent requests in flight (records).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Events per second for the latency phase (bus).
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// gRPC endpoint of a running instance instead of starting one (records), e.g.
+    /// http://127.0.0.1:50051.
+    #[arg(long)]
+    pub target: Option<String>,
 }
 
 /// Runs a benchmark.
-pub async fn run(_config: Config, args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("unknown benchmark {:?}", args.what)
+pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
+    match args.what {
+        What::Bus => bus(&config, &args).await,
+        What::Records => records(&args).await,
+        What::Startup => startup().await,
+    }
+}
+
+fn report(name: &str, count: u64, elapsed: Duration, h: &Histogram<u64>) {
+    println!(
+        "{name:<28} {:>9.0}/s   p50 {:>7.3} ms   p99 {:>7.3} ms   max {:>7.3} ms   (n={count})",
+        count as f64 / elapsed.as_secs_f64(),
+        h.value_at_quantile(0.50) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+    );
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+// ---------------------------------------------------------------------------------------- bus
+
+/// Records publish→consume latency (microseconds) from the envelope's `subject`.
+struct LatencyHandler {
+    hist: std::sync::Mutex<Histogram<u64>>,
+    seen: AtomicU64,
+    origin: Instant,
+}
+
+#[async_trait::async_trait]
+impl Handler for LatencyHandler {
+    async fn handle(&self, d: &Delivery) -> sharedcare_kit::Result<()> {
+        if let Ok(sent_us) = d.envelope.subject.parse::<u64>() {
+            let now = self.origin.elapsed().as_micros() as u64;
+            let _ = self
+                .hist
+                .lock()
+                .map(|mut h| h.record(now.saturating_sub(sent_us).max(1)));
+        }
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn event(topic: &str, i: u64, subject: String) -> Outgoing {
+    let env = Envelope {
+        id: uuid::Uuid::now_v7().to_string(),
+        r#type: "bench.Event".into(),
+        source: "bench".into(),
+        subject,
+        key: format!("943{:07}", i % 1000),
+        data: vec![0u8; 256],
+        ..Envelope::default()
+    };
+    Outgoing::new(topic, &env)
+}
+
+async fn bus(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (bus, kind): (Arc<dyn Bus>, String) = if config.kafka.brokers.is_empty() {
+        (
+            Arc::new(EmbeddedBus::open(&dir.path().join("events.db")).await?),
+            "embedded".into(),
+        )
+    } else {
+        let mut kc = config.kafka.clone();
+        kc.namespace = format!("{}bench{}.", kc.namespace, std::process::id());
+        let k = KafkaBus::new(&kc, "bench")?;
+        k.health().await?;
+        k.ensure_topics(&["throughput".to_string(), "latency".to_string()])
+            .await?;
+        (Arc::new(k), format!("kafka {}", config.kafka.brokers))
+    };
+    println!("bus: {kind}");
+
+    // Throughput: publish in batches of 500 for the phase, then consume everything.
+    let origin = Instant::now();
+    let started = Instant::now();
+    let mut published = 0u64;
+    let mut batch_hist = histogram();
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        let batch: Vec<Outgoing> = (0..500)
+            .map(|i| event("throughput", published + i, String::new()))
+            .collect();
+        let t = Instant::now();
+        bus.publish(&batch).await?;
+        batch_hist.record(t.elapsed().as_micros() as u64)?;
+        published += 500;
+    }
+    report("publish (batches of 500)", published, started.elapsed(), &batch_hist);
+    let handler = Arc::new(LatencyHandler {
+        hist: std::sync::Mutex::new(histogram()),
+        seen: AtomicU64::new(0),
+        origin,
+    });
+    let stop = CancellationToken::new();
+    let consumer = {
+        let (bus, h, stop) = (bus.clone(), handler.clone(), stop.clone());
+        tokio::spawn(async move { bus.consume("bench-throughput", "throughput", h, stop).await })
+    };
+    let started = Instant::now();
+    while handler.seen.load(Ordering::Relaxed) < published {
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("consumer did not catch up within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let consumed = started.elapsed();
+    println!(
+        "{:<28} {:>9.0}/s   (n={published})",
+        "consume",
+        published as f64 / consumed.as_secs_f64()
+    );
+    stop.cancel();
+    let _ = consumer.await;
+
+    // Latency: a steady rate, each event stamped at publish.
+    let handler = Arc::new(LatencyHandler {
+        hist: std::sync::Mutex::new(histogram()),
+        seen: AtomicU64::new(0),
+        origin,
+    });
+    let stop = CancellationToken::new();
+    let consumer = {
+        let (bus, h, stop) = (bus.clone(), handler.clone(), stop.clone());
+        tokio::spawn(async move { bus.consume("bench-latency", "latency", h, stop).await })
+    };
+    // Let the consumer join its group before the clock starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let total = args.rate * args.seconds;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tick.tick().await;
+        let bus = bus.clone();
+        let e = event("latency", i, origin.elapsed().as_micros().to_string());
+        sends.spawn(async move { bus.publish(&[e]).await });
+    }
+    while let Some(r) = sends.join_next().await {
+        r??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handler.seen.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    let _ = consumer.await;
+    let h = handler.hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    report(
+        &format!("publish→consume @{}/s", args.rate),
+        h.len(),
+        Duration::from_secs(args.seconds),
+        &h,
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------ records
+
+/// A `sharedcare up` child process on a fresh data directory.
+struct UpProcess {
+    child: Child,
+    http: String,
+    grpc: String,
+    _data: tempfile::TempDir,
+}
+
+impl UpProcess {
+    fn start() -> anyhow::Result<(UpProcess, Duration)> {
+        use std::io::{BufRead, BufReader};
+        let data = tempfile::tempdir()?;
+        let exe = std::env::current_exe()?;
+        let started = Instant::now();
+        let mut child = Command::new(exe)
+            .args(["up", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--data"])
+            .arg(data.path())
+            .env("SHAREDCARE_TELEMETRY__LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawn sharedcare up")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut http = String::new();
+        let mut grpc = String::new();
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some(rest) = line.strip_prefix("listening ") {
+                for part in rest.split_whitespace() {
+                    if let Some(a) = part.strip_prefix("http=") {
+                        http = a.to_string();
+                    } else if let Some(a) = part.strip_prefix("grpc=") {
+                        grpc = format!("http://{a}");
+                    }
+                }
+                break;
+            }
+        }
+        // Keep reading so the child never writes into a closed pipe.
+        std::thread::spawn(move || for _ in lines {});
+        if http.is_empty() {
+            bail!("sharedcare up did not start");
+        }
+        Ok((
+            UpProcess {
+                child,
+                http,
+                grpc,
+                _data: data,
+            },
+            started.elapsed(),
+        ))
+    }
+
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("VmRSS not found")
+    }
+}
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn phase<F, Fut>(
+    name: &str,
+    args: &BenchArgs,
+    clients: &[RecordsClient<tonic::transport::Channel>],
+    op: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(RecordsClient<tonic::transport::Channel>, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..args.concurrency {
+        let (client, op, stop, counter) = (
+            clients[w % clients.len()].clone(),
+            op.clone(),
+            stop.clone(),
+            counter.clone(),
+        );
+        tasks.spawn(async move {
+            let mut h = histogram();
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                match op(client.clone(), n).await {
+                    Ok(()) => {
+                        let _ = h.record(t.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (h, errors)
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = histogram();
+    let mut errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (h, e) = r?;
+        all.add(h)?;
+        errors += e;
+    }
+    report(name, all.len(), started.elapsed(), &all);
+    if errors > 0 {
+        println!("  {errors} errors");
+    }
+    Ok(())
+}
+
+async fn records(args: &BenchArgs) -> anyhow::Result<()> {
+    let (_up, grpc) = match &args.target {
+        Some(t) => (None, t.clone()),
+        None => {
+            let (p, _) = UpProcess::start()?;
+            let g = p.grpc.clone();
+            (Some(p), g)
+        }
+    };
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let channel = tonic::transport::Channel::from_shared(grpc.clone())?.connect().await?;
+        clients.push(RecordsClient::new(channel));
+    }
+    println!(
+        "records over gRPC at {grpc}, {} in flight, {} s per phase",
+        args.concurrency, args.seconds
+    );
+    let nhs: Vec<String> = (0..1000u32)
+        .filter_map(|i| sharedcare_kit::nhs::NhsNumber::from_stem(943_476_000 + i))
+        .map(|n| n.to_string())
+        .collect();
+    let nhs = Arc::new(nhs);
+    let ids = Arc::new(AtomicU64::new(0));
+    phase("put (new Patient each)", args, &clients, {
+        let (nhs, ids) = (nhs.clone(), ids.clone());
+        move |mut c, n| {
+            let body = format!(
+                r#"{{"resourceType":"Patient","id":"bench-{n}","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{}"}}],"name":[{{"family":"Bench","given":["Pat"]}}],"birthDate":"1970-01-01"}}"#,
+                nhs[(n % nhs.len() as u64) as usize]
+            );
+            ids.fetch_max(n + 1, Ordering::Relaxed);
+            async move { c.put(PutRequest { resource_json: body, source_organisation: "A81001".into() }).await.map(|_| ()) }
+        }
+    })
+    .await?;
+    let stored = ids.load(Ordering::Relaxed).clamp(1, 100_000);
+    phase("get (by id)", args, &clients, move |mut c, n| async move {
+        c.get(GetRequest {
+            resource_type: "Patient".into(),
+            id: format!("bench-{}", n % stored),
+        })
+        .await
+        .map(|_| ())
+    })
+    .await?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------ startup
+
+async fn startup() -> anyhow::Result<()> {
+    let mut ready_ms = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..5 {
+        let (p, spawn_to_listen) = UpProcess::start()?;
+        let listening = Instant::now();
+        while !http_ok(&p.http, "/readyz").await {
+            if listening.elapsed() > Duration::from_secs(30) {
+                bail!("/readyz never answered 200");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        ready_ms.push((spawn_to_listen + listening.elapsed()).as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        rss.push(p.rss_kib()?);
+    }
+    ready_ms.sort_by(f64::total_cmp);
+    rss.sort();
+    println!(
+        "up: spawn → /readyz 200, median of 5: {:.0} ms (min {:.0}, max {:.0})",
+        ready_ms[2], ready_ms[0], ready_ms[4]
+    );
+    println!("up: idle RSS after 3 s, median of 5: {:.1} MiB", rss[2] as f64 / 1024.0);
+    Ok(())
+}
+
+async fn http_ok(addr: &str, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf).await, Ok(n) if n >= 12 && &buf[9..12] == b"200")
 }

@@ -114,17 +114,20 @@ async fn run_until_signal(config: Config, services: &[&str], name: &str) -> anyh
     let started = Instant::now();
     let telemetry = telemetry::init(name, &config.telemetry)?;
     let running = start(&config, services, name).await?;
-    println!(
-        "Sharedcare {} is up ({}) in {} ms",
+    // A closed stdout (a supervisor that stopped reading) must not stop the platform.
+    say(&format!(
+        "Sharedcare {} is up ({}) in {} ms\n  HTTP  http://{}  (/healthz, /readyz, /metrics)\n  \
+         gRPC  {}  (every service, health, reflection)\n  data  {}\nlistening http={} grpc={}\n\
+         Stop with Ctrl-C (SIGINT) or SIGTERM.\n",
         env!("CARGO_PKG_VERSION"),
         running.services.join(", "),
-        started.elapsed().as_millis()
-    );
-    println!("  HTTP  http://{}  (/healthz, /readyz, /metrics)", running.http);
-    println!("  gRPC  {}  (every service, health, reflection)", running.grpc);
-    println!("  data  {}", describe_storage(&config));
-    println!("listening http={} grpc={}", running.http, running.grpc);
-    println!("Stop with Ctrl-C (SIGINT) or SIGTERM.");
+        started.elapsed().as_millis(),
+        running.http,
+        running.grpc,
+        describe_storage(&config),
+        running.http,
+        running.grpc,
+    ));
     let shutdown = Shutdown::new();
     shutdown.wait_for_signal().await;
     let clean = running.stop(Duration::from_millis(config.shutdown_grace_ms)).await;
@@ -135,8 +138,14 @@ async fn run_until_signal(config: Config, services: &[&str], name: &str) -> anyh
             config.shutdown_grace_ms
         );
     }
-    println!("Sharedcare stopped.");
+    say("Sharedcare stopped.\n");
     Ok(())
+}
+
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// `sharedcare up`: every service in one process.

@@ -34,8 +34,11 @@ CREATE TABLE IF NOT EXISTS positions (
     PRIMARY KEY (grp, topic)
 );";
 
-/// How many log entries a consumer reads per query.
+/// How many log entries a consumer reads (and hands its handler) at a time.
 const FETCH: i64 = 512;
+
+/// Rows per multi-row INSERT when appending.
+const APPEND_CHUNK: usize = 200;
 
 /// The in-process bus, durable in a SQLite file.
 #[derive(Clone)]
@@ -102,12 +105,16 @@ impl Bus for EmbeddedBus {
         }
         let mut tx = self.pool.begin().await.map_err(Error::db("append to event log"))?;
         let mut last = 0;
-        for m in batch {
-            let r = sqlx::query("INSERT INTO log (topic, key, event_id, payload) VALUES (?1, ?2, ?3, ?4)")
-                .bind(&m.topic)
-                .bind(&m.key)
-                .bind(&m.id)
-                .bind(&m.payload)
+        for chunk in batch.chunks(APPEND_CHUNK) {
+            let mut q = sqlx::QueryBuilder::new("INSERT INTO log (topic, key, event_id, payload) ");
+            q.push_values(chunk, |mut row, m| {
+                row.push_bind(&m.topic)
+                    .push_bind(&m.key)
+                    .push_bind(&m.id)
+                    .push_bind(&m.payload);
+            });
+            let r = q
+                .build()
                 .execute(&mut *tx)
                 .await
                 .map_err(Error::db("append to event log"))?;
@@ -143,26 +150,27 @@ impl Bus for EmbeddedBus {
                 }
                 continue;
             }
+            let mut batch = Vec::with_capacity(rows.len());
+            let mut last = pos;
             for row in rows {
                 let seq: i64 = row.get(0);
                 let payload: Vec<u8> = row.get(1);
+                last = seq;
                 match super::decode(&payload, topic, seq) {
-                    Ok(envelope) => {
-                        let d = Delivery {
-                            envelope,
-                            topic: topic.to_string(),
-                            partition: 0,
-                            offset: seq,
-                        };
-                        if !super::handle_with_retry(handler.as_ref(), &d, &shutdown).await {
-                            return Ok(());
-                        }
-                    }
+                    Ok(envelope) => batch.push(Delivery {
+                        envelope,
+                        topic: topic.to_string(),
+                        partition: 0,
+                        offset: seq,
+                    }),
                     Err(e) => tracing::error!(error = %e, "skipping undecodable event"),
                 }
-                self.commit(group, topic, seq).await?;
-                pos = seq;
             }
+            if !super::handle_with_retry(handler.as_ref(), &batch, &shutdown).await {
+                return Ok(());
+            }
+            self.commit(group, topic, last).await?;
+            pos = last;
         }
         Ok(())
     }

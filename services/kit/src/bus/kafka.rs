@@ -16,11 +16,15 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{Bus, Delivery, Handler, Outgoing};
 use crate::{Error, Result};
+
+/// Most messages handed to a handler at once.
+const MAX_BATCH: usize = 256;
 
 /// Kafka connection settings (`[kafka]` in the config file, `SHAREDCARE_KAFKA__*`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -186,11 +190,11 @@ impl Bus for KafkaBus {
             .subscribe(&[topic])
             .map_err(|e| Error::Bus(format!("subscribe {group} to {topic}: {e}")))?;
         loop {
-            let msg = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 m = consumer.recv() => m,
             };
-            let msg = match msg {
+            let first = match first {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, topic, "kafka receive failed");
@@ -198,28 +202,47 @@ impl Bus for KafkaBus {
                     continue;
                 }
             };
-            let offset = msg.offset();
-            match super::decode(msg.payload().unwrap_or_default(), topic, offset) {
-                Ok(mut envelope) => {
-                    if envelope.traceparent.is_empty()
-                        && let Some(h) = msg.headers().and_then(|h| h.iter().find(|h| h.key == "traceparent"))
-                    {
-                        envelope.traceparent = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
-                    }
-                    let d = Delivery {
-                        envelope,
-                        topic: topic.to_string(),
-                        partition: msg.partition(),
-                        offset,
-                    };
-                    if !super::handle_with_retry(handler.as_ref(), &d, &shutdown).await {
-                        break;
-                    }
+            // Take whatever else is already fetched, without waiting, as one batch.
+            let mut messages = vec![first];
+            while messages.len() < MAX_BATCH {
+                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                    Ok(Ok(m)) => messages.push(m),
+                    _ => break,
                 }
-                Err(e) => tracing::error!(error = %e, "skipping undecodable event"),
             }
-            if let Err(e) = consumer.commit_message(&msg, CommitMode::Async) {
-                tracing::warn!(error = %e, topic, offset, "offset commit failed; the event may be redelivered");
+            let mut batch = Vec::with_capacity(messages.len());
+            let mut next: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+            for msg in &messages {
+                let offset = msg.offset();
+                next.insert(msg.partition(), offset + 1);
+                match super::decode(msg.payload().unwrap_or_default(), topic, offset) {
+                    Ok(mut envelope) => {
+                        if envelope.traceparent.is_empty()
+                            && let Some(h) = msg.headers().and_then(|h| h.iter().find(|h| h.key == "traceparent"))
+                        {
+                            envelope.traceparent = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                        }
+                        batch.push(Delivery {
+                            envelope,
+                            topic: topic.to_string(),
+                            partition: msg.partition(),
+                            offset,
+                        });
+                    }
+                    Err(e) => tracing::error!(error = %e, "skipping undecodable event"),
+                }
+            }
+            if !super::handle_with_retry(handler.as_ref(), &batch, &shutdown).await {
+                break;
+            }
+            let mut positions = TopicPartitionList::new();
+            for (partition, offset) in next {
+                if let Err(e) = positions.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+                    tracing::warn!(error = %e, topic, partition, "cannot record the offset to commit");
+                }
+            }
+            if let Err(e) = consumer.commit(&positions, CommitMode::Async) {
+                tracing::warn!(error = %e, topic, "offset commit failed; events may be redelivered");
             }
         }
         // Best effort: make the last positions durable before leaving the group.

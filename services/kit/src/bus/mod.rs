@@ -89,6 +89,15 @@ pub fn envelope<M: Message>(type_name: &str, source: &str, subject: &str, key: &
 pub trait Handler: Send + Sync + 'static {
     /// Applies one delivery; must be idempotent by `delivery.envelope.id`.
     async fn handle(&self, delivery: &Delivery) -> Result<()>;
+
+    /// Applies deliveries in order. The default applies them one by one; a handler that can
+    /// store a batch in one transaction should override it.
+    async fn handle_batch(&self, deliveries: &[Delivery]) -> Result<()> {
+        for d in deliveries {
+            self.handle(d).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Publishes and consumes events. See the module docs for the delivery contract.
@@ -115,29 +124,39 @@ pub trait Bus: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// Calls `handler` until it succeeds or `shutdown` fires, backing off between attempts.
-/// Returns `false` when shutdown interrupted it (the message stays unacknowledged).
-pub(crate) async fn handle_with_retry(
-    handler: &dyn Handler,
-    delivery: &Delivery,
-    shutdown: &CancellationToken,
-) -> bool {
+/// Calls `handler` with `batch` until it succeeds or `shutdown` fires, backing off between
+/// attempts. Returns `false` when shutdown interrupted it (the batch stays unacknowledged).
+///
+/// Each message gets a `"<topic> process"` span that continues its producer's trace (from the
+/// envelope's `traceparent`) and covers the time its batch was being applied.
+pub(crate) async fn handle_with_retry(handler: &dyn Handler, batch: &[Delivery], shutdown: &CancellationToken) -> bool {
     use tracing::Instrument;
-    let span = tracing::info_span!(
-        "consume",
-        otel.name = %format!("{} process", delivery.topic),
-        messaging.system = "sharedcare",
-        messaging.destination.name = %delivery.topic,
-        messaging.message.id = %delivery.envelope.id,
-        event.r#type = %delivery.envelope.r#type,
-    );
-    crate::telemetry::set_parent(&span, &delivery.envelope.traceparent);
+    let spans: Vec<tracing::Span> = batch
+        .iter()
+        .map(|d| {
+            let span = tracing::info_span!(
+                "consume",
+                otel.name = %format!("{} process", d.topic),
+                otel.kind = "consumer",
+                messaging.system = "sharedcare",
+                messaging.destination.name = %d.topic,
+                messaging.message.id = %d.envelope.id,
+                event.r#type = %d.envelope.r#type,
+            );
+            crate::telemetry::set_parent(&span, &d.envelope.traceparent);
+            span
+        })
+        .collect();
+    let work = tracing::info_span!("apply batch", messages = batch.len());
     let mut backoff = std::time::Duration::from_millis(50);
     loop {
-        match handler.handle(delivery).instrument(span.clone()).await {
-            Ok(()) => return true,
+        match handler.handle_batch(batch).instrument(work.clone()).await {
+            Ok(()) => {
+                drop(spans);
+                return true;
+            }
             Err(e) => {
-                tracing::warn!(parent: &span, error = %e, "handler failed; retrying in {backoff:?}");
+                tracing::warn!(parent: &work, error = %e, "handler failed; retrying in {backoff:?}");
                 tokio::select! {
                     _ = shutdown.cancelled() => return false,
                     _ = tokio::time::sleep(backoff) => {}
