@@ -229,3 +229,24 @@ async fn events_committed_before_a_crash_and_a_broker_outage_all_arrive() {
         assert!(got.contains(&format!("Observation/o-crash-{i}/_history/1")), "{got:?}");
     }
 }
+
+#[tokio::test]
+async fn up_can_run_every_service_on_postgres_and_kafka() {
+    let env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
+    let data = tempfile::tempdir().expect("tmp");
+    let p = Proc::start(&["up", "--data", data.path().to_str().expect("path")], &env);
+    let nhs = nhs_number();
+    p.records()
+        .await
+        .put(PutRequest { resource_json: patient("p-single-node", &nhs), source_organisation: String::new() })
+        .await
+        .expect("put");
+    let trail = eventually(Duration::from_secs(60), "the create entry via Kafka", || async {
+        let t = audit_trail(&p, &nhs).await;
+        (!t.is_empty()).then_some(t)
+    })
+    .await;
+    assert_eq!(trail[0].2[0], "Patient/p-single-node/_history/1");
+    assert!(!data.path().join("events.db").exists(), "the embedded log is not used when Kafka is configured");
+    assert!(!data.path().join("records.db").exists(), "SQLite is not used when Postgres is configured");
+}
