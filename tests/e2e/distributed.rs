@@ -238,7 +238,10 @@ async fn up_can_run_every_service_on_postgres_and_kafka() {
     let nhs = nhs_number();
     p.records()
         .await
-        .put(PutRequest { resource_json: patient("p-single-node", &nhs), source_organisation: String::new() })
+        .put(PutRequest {
+            resource_json: patient("p-single-node", &nhs),
+            source_organisation: String::new(),
+        })
         .await
         .expect("put");
     let trail = eventually(Duration::from_secs(60), "the create entry via Kafka", || async {
@@ -247,6 +250,12 @@ async fn up_can_run_every_service_on_postgres_and_kafka() {
     })
     .await;
     assert_eq!(trail[0].2[0], "Patient/p-single-node/_history/1");
-    assert!(!data.path().join("events.db").exists(), "the embedded log is not used when Kafka is configured");
-    assert!(!data.path().join("records.db").exists(), "SQLite is not used when Postgres is configured");
+    assert!(
+        !data.path().join("events.db").exists(),
+        "the embedded log is not used when Kafka is configured"
+    );
+    assert!(
+        !data.path().join("records.db").exists(),
+        "SQLite is not used when Postgres is configured"
+    );
 }

@@ -36,33 +36,43 @@ impl Store {
         }
         let mut tx = self.db.begin_write().await?;
         let mut appended = 0;
-        for (delivery, event) in events {
-            if !inbox::claim(&mut tx, NAME, delivery).await? {
+        for chunk in events.chunks(db::MAX_ROWS_PER_INSERT) {
+            let deliveries: Vec<&Delivery> = chunk.iter().map(|(d, _)| *d).collect();
+            let fresh = inbox::claim_all(&mut tx, NAME, &deliveries).await?;
+            let new: Vec<&(&Delivery, AccessRecorded)> =
+                chunk.iter().filter(|(d, _)| fresh.contains(&d.envelope.id)).collect();
+            if new.is_empty() {
                 continue;
             }
-            let resources = serde_json::to_string(&event.resources).unwrap_or_else(|_| "[]".into());
-            let time = event.time.as_ref().map(db::micros).unwrap_or_else(db::now_us);
-            sqlx::query(
-                "INSERT INTO entries (event_id, nhs_number, actor, actor_organisation, actor_role, action, resources,
-                                      purpose, reason, outcome, time_us, trace_id, service)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(&delivery.envelope.id)
-            .bind(&event.nhs_number)
-            .bind(&event.actor)
-            .bind(&event.actor_organisation)
-            .bind(&event.actor_role)
-            .bind(&event.action)
-            .bind(resources)
-            .bind(&event.purpose)
-            .bind(&event.reason)
-            .bind(&event.outcome)
-            .bind(time)
-            .bind(&event.trace_id)
-            .bind(&event.service)
-            .execute(&mut *tx)
-            .await?;
-            appended += 1;
+            let sql = db::insert_rows(
+                &tx,
+                "entries (event_id, nhs_number, actor, actor_organisation, actor_role, action, resources, \
+                 purpose, reason, outcome, time_us, trace_id, service)",
+                13,
+                new.len(),
+                "",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (delivery, event) in &new {
+                let resources = serde_json::to_string(&event.resources).unwrap_or_else(|_| "[]".into());
+                let time = event.time.as_ref().map(db::micros).unwrap_or_else(db::now_us);
+                q = q
+                    .bind(delivery.envelope.id.clone())
+                    .bind(event.nhs_number.clone())
+                    .bind(event.actor.clone())
+                    .bind(event.actor_organisation.clone())
+                    .bind(event.actor_role.clone())
+                    .bind(event.action.clone())
+                    .bind(resources)
+                    .bind(event.purpose.clone())
+                    .bind(event.reason.clone())
+                    .bind(event.outcome.clone())
+                    .bind(time)
+                    .bind(event.trace_id.clone())
+                    .bind(event.service.clone());
+            }
+            q.execute(&mut *tx).await?;
+            appended += new.len();
         }
         tx.commit().await?;
         Ok(appended)

@@ -118,6 +118,9 @@ impl Db {
         AnyPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(1)
+            // A ping on every acquire is a round trip per query; a broken connection still
+            // surfaces as an error on use, and the pool replaces it.
+            .test_before_acquire(false)
             .acquire_timeout(connect_timeout)
             .after_connect(move |conn, _meta| {
                 let sql = match backend {
@@ -209,6 +212,46 @@ impl Db {
         self.pool.close().await;
         self.writer.close().await;
     }
+}
+
+/// Most rows one multi-row INSERT carries (keeps binds under SQLite's and Postgres' limits).
+pub const MAX_ROWS_PER_INSERT: usize = 200;
+
+/// `INSERT INTO {table_and_columns} VALUES (…), (…) {suffix}` for `rows` rows of `columns`
+/// placeholders in `conn`'s dialect: `$n` for Postgres, anonymous `?` for SQLite (whose
+/// numbered parameters are looked up by name, quadratic in their count). Only placeholders
+/// are generated; values are always bound.
+pub fn insert_rows(
+    conn: &sqlx::AnyConnection,
+    table_and_columns: &str,
+    columns: usize,
+    rows: usize,
+    suffix: &str,
+) -> String {
+    let numbered = conn.backend_name() != "SQLite";
+    let mut sql = format!("INSERT INTO {table_and_columns} VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            if numbered {
+                sql.push_str(&format!("${}", r * columns + c + 1));
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    if !suffix.is_empty() {
+        sql.push(' ');
+        sql.push_str(suffix);
+    }
+    sql
 }
 
 /// Microseconds since the Unix epoch, the time representation every table uses.

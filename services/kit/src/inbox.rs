@@ -25,3 +25,35 @@ pub async fn claim(conn: &mut AnyConnection, consumer: &str, delivery: &Delivery
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Claims a batch (at most [`crate::db::MAX_ROWS_PER_INSERT`]) in one statement; returns the
+/// event ids that were new for `consumer` (the others were applied before: skip them).
+pub async fn claim_all(
+    conn: &mut AnyConnection,
+    consumer: &str,
+    deliveries: &[&Delivery],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    if deliveries.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = crate::db::insert_rows(
+        conn,
+        "kit_inbox (consumer, event_id, topic, partition_no, event_offset, applied_us)",
+        6,
+        deliveries.len(),
+        "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
+    );
+    let now = crate::db::now_us();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for d in deliveries {
+        q = q
+            .bind(consumer.to_string())
+            .bind(d.envelope.id.clone())
+            .bind(d.topic.clone())
+            .bind(d.partition)
+            .bind(d.offset)
+            .bind(now);
+    }
+    let rows = q.fetch_all(conn).await?;
+    Ok(rows.into_iter().map(|r| sqlx::Row::get::<String, _>(&r, 0)).collect())
+}

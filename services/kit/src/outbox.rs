@@ -24,15 +24,28 @@ use crate::{Error, Result};
 
 /// Writes `envelope` for `topic` into the outbox inside the caller's transaction.
 pub async fn enqueue(conn: &mut AnyConnection, topic: &str, envelope: &Envelope) -> Result<(), sqlx::Error> {
-    let out = Outgoing::new(topic, envelope);
-    sqlx::query("INSERT INTO kit_outbox (event_id, topic, event_key, payload, created_us) VALUES ($1, $2, $3, $4, $5)")
-        .bind(out.id)
-        .bind(out.topic)
-        .bind(out.key)
-        .bind(out.payload)
-        .bind(crate::db::now_us())
-        .execute(conn)
-        .await?;
+    enqueue_all(conn, &[(topic, envelope)]).await
+}
+
+/// Writes several events into the outbox inside the caller's transaction, in order, with one
+/// statement per [`crate::db::MAX_ROWS_PER_INSERT`] events.
+pub async fn enqueue_all(conn: &mut AnyConnection, events: &[(&str, &Envelope)]) -> Result<(), sqlx::Error> {
+    let now = crate::db::now_us();
+    for chunk in events.chunks(crate::db::MAX_ROWS_PER_INSERT) {
+        let sql = crate::db::insert_rows(
+            conn,
+            "kit_outbox (event_id, topic, event_key, payload, created_us)",
+            5,
+            chunk.len(),
+            "",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (topic, envelope) in chunk {
+            let out = Outgoing::new(topic, envelope);
+            q = q.bind(out.id).bind(out.topic).bind(out.key).bind(out.payload).bind(now);
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -245,9 +258,8 @@ async fn group_commit(db: Db, wake: Arc<Notify>, mut rx: mpsc::Receiver<Pending>
         }
         let written = async {
             let mut tx = db.begin_write().await?;
-            for (topic, envelope, _) in &batch {
-                enqueue(&mut tx, topic, envelope).await?;
-            }
+            let events: Vec<(&str, &Envelope)> = batch.iter().map(|(t, e, _)| (t.as_str(), e)).collect();
+            enqueue_all(&mut tx, &events).await?;
             tx.commit().await
         }
         .await

@@ -88,7 +88,11 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<Telemetry> {
 
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .map_err(|e| Error::Config(format!("`telemetry.log`: {:?} is not a valid filter: {e}", config.log)))?;
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    // Spans and events at INFO and above only: without a filter the OpenTelemetry layer would
+    // turn every debug/trace event of hyper, h2 and sqlx into span events on the hot path.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let registry = tracing_subscriber::registry().with(otel);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)

@@ -130,7 +130,6 @@ impl Store {
             nhs_number.clone()
         };
         let env = bus::envelope(RECORD_CHANGED, NAME, &reference, &key, &changed);
-        outbox::enqueue(&mut tx, &self.topic, &env).await?;
         let action = if version == 1 { "create" } else { "update" };
         let access = self.access(
             actor,
@@ -139,7 +138,7 @@ impl Store {
             &nhs_number,
             "success",
         );
-        outbox::enqueue(&mut tx, &self.topic, &access).await?;
+        outbox::enqueue_all(&mut tx, &[(&self.topic, &env), (&self.topic, &access)]).await?;
         tx.commit().await?;
         self.outbox.notify();
         Ok(Stored {

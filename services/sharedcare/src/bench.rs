@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// Concurrent requests in flight (records).
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// HTTP/2 connections the requests are spread over (records).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
     /// Events per second for the latency phase (bus).
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
@@ -355,7 +358,7 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         }
     };
     let mut clients = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..args.connections.max(1) {
         let channel = tonic::transport::Channel::from_shared(grpc.clone())?.connect().await?;
         clients.push(RecordsClient::new(channel));
     }
