@@ -7,7 +7,7 @@
 //!   (`/healthz`, `/readyz`, `/metrics`), both draining on shutdown.
 //! - [`db`]: one database handle per service, Postgres or SQLite chosen by URL, migrations.
 //! - [`bus`] and [`outbox`]: the event bus (Kafka or embedded) and the transactional outbox.
-//! - [`shutdown`]: SIGTERM/SIGINT handling and named tasks awaited on exit.
+//! - [`shutdown`]: the SIGTERM/SIGINT trigger.
 //! - [`nhs`]: NHS domain identifiers shared by every service.
 #![forbid(unsafe_code)]
 

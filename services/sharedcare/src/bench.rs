@@ -119,6 +119,25 @@ fn event(topic: &str, i: u64, subject: String) -> Outgoing {
     Outgoing::new(topic, &env)
 }
 
+type ConsumerTask = tokio::task::JoinHandle<sharedcare_kit::Result<()>>;
+
+/// Consumes `topic` (group `bench-<topic>`) into a fresh [`LatencyHandler`].
+fn start_consumer(
+    bus: &Arc<dyn Bus>,
+    topic: &'static str,
+    origin: Instant,
+) -> (Arc<LatencyHandler>, CancellationToken, ConsumerTask) {
+    let handler = Arc::new(LatencyHandler {
+        hist: std::sync::Mutex::new(histogram()),
+        seen: AtomicU64::new(0),
+        origin,
+    });
+    let stop = CancellationToken::new();
+    let (b, h, s) = (bus.clone(), handler.clone(), stop.clone());
+    let task = tokio::spawn(async move { b.consume(&format!("bench-{topic}"), topic, h, s).await });
+    (handler, stop, task)
+}
+
 async fn bus(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (bus, kind): (Arc<dyn Bus>, String) = if config.kafka.brokers.is_empty() {
@@ -152,16 +171,7 @@ async fn bus(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
         published += 500;
     }
     report("publish (batches of 500)", published, started.elapsed(), &batch_hist);
-    let handler = Arc::new(LatencyHandler {
-        hist: std::sync::Mutex::new(histogram()),
-        seen: AtomicU64::new(0),
-        origin,
-    });
-    let stop = CancellationToken::new();
-    let consumer = {
-        let (bus, h, stop) = (bus.clone(), handler.clone(), stop.clone());
-        tokio::spawn(async move { bus.consume("bench-throughput", "throughput", h, stop).await })
-    };
+    let (handler, stop, consumer) = start_consumer(&bus, "throughput", origin);
     let started = Instant::now();
     while handler.seen.load(Ordering::Relaxed) < published {
         if started.elapsed() > Duration::from_secs(300) {
@@ -179,16 +189,7 @@ async fn bus(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
     let _ = consumer.await;
 
     // Latency: a steady rate, each event stamped at publish.
-    let handler = Arc::new(LatencyHandler {
-        hist: std::sync::Mutex::new(histogram()),
-        seen: AtomicU64::new(0),
-        origin,
-    });
-    let stop = CancellationToken::new();
-    let consumer = {
-        let (bus, h, stop) = (bus.clone(), handler.clone(), stop.clone());
-        tokio::spawn(async move { bus.consume("bench-latency", "latency", h, stop).await })
-    };
+    let (handler, stop, consumer) = start_consumer(&bus, "latency", origin);
     // Let the consumer join its group before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let total = args.rate * args.seconds;

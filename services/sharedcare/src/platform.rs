@@ -11,7 +11,7 @@ use sharedcare_kit::bus::{self, Bus};
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::metrics::Metrics;
 use sharedcare_kit::serve::{self, Listen, Mount, Running};
-use sharedcare_kit::shutdown::Shutdown;
+use sharedcare_kit::shutdown;
 use sharedcare_kit::telemetry;
 
 use crate::config::Config;
@@ -128,8 +128,7 @@ async fn run_until_signal(config: Config, services: &[&str], name: &str) -> anyh
         running.http,
         running.grpc,
     ));
-    let shutdown = Shutdown::new();
-    shutdown.wait_for_signal().await;
+    shutdown::signal().await;
     let clean = running.stop(Duration::from_millis(config.shutdown_grace_ms)).await;
     telemetry.shutdown();
     if !clean {
