@@ -296,14 +296,10 @@ impl Drop for UpProcess {
     }
 }
 
-async fn phase<F, Fut>(
-    name: &str,
-    args: &BenchArgs,
-    clients: &[RecordsClient<tonic::transport::Channel>],
-    op: F,
-) -> anyhow::Result<()>
+async fn phase<C, F, Fut>(name: &str, args: &BenchArgs, clients: &[C], op: F) -> anyhow::Result<()>
 where
-    F: Fn(RecordsClient<tonic::transport::Channel>, u64) -> Fut + Clone + Send + 'static,
+    C: Clone + Send + 'static,
+    F: Fn(C, u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
 {
     let stop = Arc::new(AtomicBool::new(false));
@@ -358,10 +354,12 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
             (Some(p), g)
         }
     };
-    let mut clients = Vec::new();
+        let mut clients = Vec::new();
+    let mut health = Vec::new();
     for _ in 0..args.connections.max(1) {
         let channel = tonic::transport::Channel::from_shared(grpc.clone())?.connect().await?;
-        clients.push(RecordsClient::new(channel));
+        clients.push(RecordsClient::new(channel.clone()));
+        health.push(tonic_health::pb::health_client::HealthClient::new(channel));
     }
     println!(
         "records over gRPC at {grpc}, {} in flight, {} s per phase",
@@ -383,6 +381,11 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
             ids.fetch_max(n + 1, Ordering::Relaxed);
             async move { c.put(PutRequest { resource_json: body, source_organisation: "A81001".into() }).await.map(|_| ()) }
         }
+    })
+    .await?;
+        // The transport's ceiling on this machine: the same load on the gRPC health check.
+    phase("grpc health check (baseline)", args, &health, |mut c, _| async move {
+        c.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.map(|_| ())
     })
     .await?;
     let stored = ids.load(Ordering::Relaxed).clamp(1, 100_000);
