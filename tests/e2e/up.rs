@@ -345,3 +345,17 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
     }
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_data_directory_is_refused() {
+    let data = tempfile::tempdir().expect("tmp");
+    let _first = up(data.path());
+    let d = data.path().to_str().expect("path");
+    let (status, _, stderr) = crate::harness::run(
+        &["up", "--data", d, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("is in use by another sharedcare process"), "{stderr}");
+}

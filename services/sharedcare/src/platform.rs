@@ -37,6 +37,33 @@ fn check_service(name: &str) -> anyhow::Result<()> {
     bail!("unknown service {name:?}; expected one of: {}", SERVICES.join(", "))
 }
 
+/// Takes the data directory's lock when this process will use embedded storage or the
+/// embedded event log: SQLite files and the log have one writer process by design, so a second
+/// `sharedcare` on the same directory is refused at start instead of corrupting ordering.
+/// The lock is held until the returned file is dropped (process exit included).
+pub fn lock_data_dir(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
+    if !config.database.url.is_empty() && !config.kafka.brokers.is_empty() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let path = config.data_dir.join("sharedcare.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "data directory {} is in use by another sharedcare process; stop it or pass --data with another directory",
+            config.data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
 /// Opens a service's database (its Postgres schema or its SQLite file) and migrates it.
 pub async fn open_db(config: &Config, service: &str) -> anyhow::Result<Db> {
     let url = if config.database.url.is_empty() {
@@ -112,6 +139,7 @@ fn describe_storage(config: &Config) -> String {
 
 async fn run_until_signal(config: Config, services: &[&str], name: &str) -> anyhow::Result<()> {
     let started = Instant::now();
+        let _lock = lock_data_dir(&config)?;
     let telemetry = telemetry::init(name, &config.telemetry)?;
     let running = start(&config, services, name).await?;
     // A closed stdout (a supervisor that stopped reading) must not stop the platform.
@@ -178,9 +206,10 @@ pub async fn migrate(config: Config, services: &[String]) -> anyhow::Result<()> 
     } else {
         services.iter().map(String::as_str).collect()
     };
-    for s in &names {
+        for s in &names {
         check_service(s)?;
     }
+    let _lock = lock_data_dir(&config)?;
     for s in names {
         let db = open_db(&config, s).await?;
         db.close().await;
