@@ -182,3 +182,15 @@ async fn embedded_log_survives_reopening() {
     stop.cancel();
     h.await.expect("join");
 }
+
+#[tokio::test]
+async fn embedded_log_drops_events_past_retention() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bus = EmbeddedBus::open(&dir.path().join("events.db")).await.expect("open");
+    let sent = events("retention.topic");
+    bus.publish(&sent[..100]).await.expect("publish");
+    assert_eq!(bus.prune().await.expect("prune"), 0, "nothing is older than seven days");
+    let bus = bus.with_retention(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert_eq!(bus.prune().await.expect("prune"), 100, "everything is older than zero");
+}

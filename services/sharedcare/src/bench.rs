@@ -354,7 +354,7 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
             (Some(p), g)
         }
     };
-        let mut clients = Vec::new();
+    let mut clients = Vec::new();
     let mut health = Vec::new();
     for _ in 0..args.connections.max(1) {
         let channel = tonic::transport::Channel::from_shared(grpc.clone())?.connect().await?;
@@ -383,9 +383,11 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         }
     })
     .await?;
-        // The transport's ceiling on this machine: the same load on the gRPC health check.
+    // The transport's ceiling on this machine: the same load on the gRPC health check.
     phase("grpc health check (baseline)", args, &health, |mut c, _| async move {
-        c.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.map(|_| ())
+        c.check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .map(|_| ())
     })
     .await?;
     let stored = ids.load(Ordering::Relaxed).clamp(1, 100_000);

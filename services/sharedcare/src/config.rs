@@ -23,6 +23,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Kafka. Empty `brokers` = the embedded event log.
     pub kafka: KafkaConfig,
+    /// The embedded event log.
+    pub events: EventsConfig,
     /// Outbox relay.
     pub outbox: OutboxConfig,
     /// Logs and traces.
@@ -37,6 +39,20 @@ pub struct Config {
 pub struct Listener {
     /// `host:port`; port 0 picks a free port.
     pub listen: SocketAddr,
+}
+
+/// Embedded event log settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Hours an event stays in the embedded log (consumers must keep up within it).
+    pub retention_hours: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { retention_hours: 168 }
+    }
 }
 
 /// Database settings.
@@ -73,6 +89,7 @@ impl Default for Config {
             },
             database: DatabaseConfig::default(),
             kafka: KafkaConfig::default(),
+            events: EventsConfig::default(),
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
             shutdown_grace_ms: 10_000,
@@ -100,6 +117,9 @@ impl Validate for Config {
         }
         if self.kafka.replication_factor < 1 {
             return Err(("kafka.replication_factor".into(), "must be at least 1".into()));
+        }
+        if self.events.retention_hours < 1 {
+            return Err(("events.retention_hours".into(), "must be at least 1".into()));
         }
         if self.outbox.batch_size < 1 {
             return Err(("outbox.batch_size".into(), "must be at least 1".into()));

@@ -88,7 +88,11 @@ pub async fn open_bus(config: &Config, client_id: &str) -> anyhow::Result<Arc<dy
     if config.kafka.brokers.is_empty() {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-        return Ok(Arc::new(EmbeddedBus::open(&config.data_dir.join("events.db")).await?));
+        let retention = Duration::from_secs(config.events.retention_hours.saturating_mul(3600));
+        let bus = EmbeddedBus::open(&config.data_dir.join("events.db"))
+            .await?
+            .with_retention(retention);
+        return Ok(Arc::new(bus));
     }
     let kafka = KafkaBus::new(&config.kafka, client_id)?;
     kafka.health().await.context("`kafka.brokers` cannot be reached")?;
@@ -139,7 +143,7 @@ fn describe_storage(config: &Config) -> String {
 
 async fn run_until_signal(config: Config, services: &[&str], name: &str) -> anyhow::Result<()> {
     let started = Instant::now();
-        let _lock = lock_data_dir(&config)?;
+    let _lock = lock_data_dir(&config)?;
     let telemetry = telemetry::init(name, &config.telemetry)?;
     let running = start(&config, services, name).await?;
     // A closed stdout (a supervisor that stopped reading) must not stop the platform.
@@ -206,7 +210,7 @@ pub async fn migrate(config: Config, services: &[String]) -> anyhow::Result<()> 
     } else {
         services.iter().map(String::as_str).collect()
     };
-        for s in &names {
+    for s in &names {
         check_service(s)?;
     }
     let _lock = lock_data_dir(&config)?;

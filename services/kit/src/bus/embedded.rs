@@ -23,8 +23,9 @@ CREATE TABLE IF NOT EXISTS log (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     topic    TEXT NOT NULL,
     key      TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    payload  BLOB NOT NULL
+        event_id TEXT NOT NULL,
+    payload  BLOB NOT NULL,
+    appended_us INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS log_topic_seq ON log (topic, seq);
 CREATE TABLE IF NOT EXISTS positions (
@@ -46,7 +47,14 @@ pub struct EmbeddedBus {
     pool: SqlitePool,
     head: Arc<watch::Sender<i64>>,
     path: String,
+    retention: Duration,
 }
+
+/// Default time an event stays in the embedded log (like Kafka's `retention.ms`).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The log is pruned each time its sequence passes a multiple of this.
+const PRUNE_EVERY: i64 = 10_000;
 
 impl EmbeddedBus {
     /// Opens (creating if needed) the log at `path`.
@@ -69,7 +77,26 @@ impl EmbeddedBus {
             pool,
             head: Arc::new(head),
             path: path.display().to_string(),
+            retention: DEFAULT_RETENTION,
         })
+    }
+
+    /// Keeps events for `retention` (time-based, whether or not every group has read them,
+    /// as Kafka does).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Deletes events older than the retention; returns how many.
+    pub async fn prune(&self) -> Result<u64> {
+        let cutoff = crate::db::now_us() - i64::try_from(self.retention.as_micros()).unwrap_or(i64::MAX);
+        let done = sqlx::query("DELETE FROM log WHERE appended_us < ?1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db("prune event log"))?;
+        Ok(done.rows_affected())
     }
 
     async fn position(&self, group: &str, topic: &str) -> Result<i64> {
@@ -103,15 +130,21 @@ impl Bus for EmbeddedBus {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(Error::db("append to event log"))?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::db("append to event log"))?;
+        let now = crate::db::now_us();
         let mut last = 0;
         for chunk in batch.chunks(APPEND_CHUNK) {
-            let mut q = sqlx::QueryBuilder::new("INSERT INTO log (topic, key, event_id, payload) ");
+            let mut q = sqlx::QueryBuilder::new("INSERT INTO log (topic, key, event_id, payload, appended_us) ");
             q.push_values(chunk, |mut row, m| {
                 row.push_bind(&m.topic)
                     .push_bind(&m.key)
                     .push_bind(&m.id)
-                    .push_bind(&m.payload);
+                    .push_bind(&m.payload)
+                    .push_bind(now);
             });
             let r = q
                 .build()
@@ -122,6 +155,11 @@ impl Bus for EmbeddedBus {
         }
         tx.commit().await.map_err(Error::db("append to event log"))?;
         self.head.send_replace(last);
+        let first = last - batch.len() as i64 + 1;
+        if (first - 1) / PRUNE_EVERY != last / PRUNE_EVERY {
+            let pruned = self.prune().await?;
+            tracing::debug!(pruned, "event log pruned");
+        }
         Ok(())
     }
 
