@@ -27,6 +27,24 @@ pub async fn enqueue(conn: &mut AnyConnection, topic: &str, envelope: &Envelope)
     enqueue_all(conn, &[(topic, envelope)]).await
 }
 
+/// Orders this transaction's events for `key` after those of any concurrent transaction with
+/// events for the same key. Call it before [`enqueue`]ing events with that key.
+///
+/// On Postgres, a sequence value is taken at insert but becomes visible at commit, so two
+/// transactions could commit their rows for one patient out of sequence order and the relay
+/// would publish them out of order. A transaction-scoped advisory lock on the key makes such
+/// transactions run one after the other. SQLite has a single writer, so it needs nothing.
+pub async fn lock_key(conn: &mut AnyConnection, key: &str) -> Result<(), sqlx::Error> {
+    if conn.backend_name() == "SQLite" {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::text")
+        .bind(key)
+        .fetch_one(conn)
+        .await?;
+    Ok(())
+}
+
 /// Writes several events into the outbox inside the caller's transaction, in order, with one
 /// statement per [`crate::db::MAX_ROWS_PER_INSERT`] events.
 pub async fn enqueue_all(conn: &mut AnyConnection, events: &[(&str, &Envelope)]) -> Result<(), sqlx::Error> {
@@ -258,6 +276,12 @@ async fn group_commit(db: Db, wake: Arc<Notify>, mut rx: mpsc::Receiver<Pending>
         }
         let written = async {
             let mut tx = db.begin_write().await?;
+            let mut keys: Vec<&str> = batch.iter().map(|(_, e, _)| e.key.as_str()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                lock_key(&mut tx, key).await?;
+            }
             let events: Vec<(&str, &Envelope)> = batch.iter().map(|(t, e, _)| (t.as_str(), e)).collect();
             enqueue_all(&mut tx, &events).await?;
             tx.commit().await

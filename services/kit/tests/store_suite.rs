@@ -157,3 +157,32 @@ sharedcare_kit::store_suite!(
     relay_keeps_rows_while_the_bus_is_down,
     inbox_claims_an_event_once,
 );
+
+/// Two transactions with events for one key run one after the other (Postgres), so the relay
+/// can never publish a patient's events out of commit order; other keys are not held up.
+#[tokio::test]
+async fn postgres_transactions_for_one_key_are_serialised() {
+    let db = sharedcare_kit::testing::postgres_db("kit_test").await;
+    db.migrate_kit().await.expect("migrate");
+    let mut first = db.begin_write().await.expect("begin");
+    outbox::lock_key(&mut first, "9434765919").await.expect("lock");
+    let (db2, db3) = (db.clone(), db.clone());
+    let same = tokio::spawn(async move {
+        let mut tx = db2.begin_write().await.expect("begin");
+        outbox::lock_key(&mut tx, "9434765919").await.expect("lock");
+        tx.commit().await.expect("commit");
+    });
+    let mut other = db3.begin_write().await.expect("begin");
+    tokio::time::timeout(Duration::from_secs(5), outbox::lock_key(&mut other, "9000000009"))
+        .await
+        .expect("another key is not blocked")
+        .expect("lock");
+    other.commit().await.expect("commit");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!same.is_finished(), "the same key waits for the first transaction");
+    first.commit().await.expect("commit");
+    tokio::time::timeout(Duration::from_secs(5), same)
+        .await
+        .expect("released at commit")
+        .expect("join");
+}

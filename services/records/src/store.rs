@@ -86,6 +86,13 @@ impl Store {
                 .unwrap_or_default(),
             (None, None) => String::new(),
         };
+        let reference = format!("{}/{}", resource.resource_type, resource.id);
+        let key = if nhs_number.is_empty() {
+            reference.clone()
+        } else {
+            nhs_number.clone()
+        };
+        outbox::lock_key(&mut tx, &key).await?;
         fhir::stamp(&mut resource.body, &resource.id, version, now);
         let body = serde_json::Value::Object(resource.body).to_string();
         let inserted = sqlx::query(
@@ -101,7 +108,6 @@ impl Store {
         .bind(&body)
         .execute(&mut *tx)
         .await;
-        let reference = format!("{}/{}", resource.resource_type, resource.id);
         match inserted {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(RecordsError::Conflict(reference)),
             other => other?,
@@ -123,11 +129,6 @@ impl Store {
             nhs_number: nhs_number.clone(),
             source_organisation: source_organisation.to_string(),
             last_updated: Some(db::timestamp(now)),
-        };
-        let key = if nhs_number.is_empty() {
-            reference.clone()
-        } else {
-            nhs_number.clone()
         };
         let env = bus::envelope(RECORD_CHANGED, NAME, &reference, &key, &changed);
         let action = if version == 1 { "create" } else { "update" };
