@@ -223,6 +223,8 @@ async fn http_health_readiness_and_metrics_answer() {
             id: "nobody".into(),
         })
         .await;
+    assert_eq!(get("/no/such/page/1").await.0, 404);
+    assert_eq!(get("/no/such/page/2").await.0, 404);
     let (status, metrics) = get("/metrics").await;
     assert_eq!(status, 200);
     assert!(
@@ -231,6 +233,11 @@ async fn http_health_readiness_and_metrics_answer() {
         ),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(r#"sharedcare_requests_total{protocol="http",path="unmatched",code="404"} 2"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("/no/such/page"), "unknown paths do not become labels");
 }
 
 #[tokio::test]

@@ -383,7 +383,13 @@ async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response
         _ => res.status().as_u16().to_string(),
     };
     span.record("code", code.as_str());
-    metrics.observe(protocol, &path, &code, started.elapsed().as_secs_f64());
+    // Unknown routes and methods share one label, so scanners cannot grow the label set.
+    let label = if code == "404" || code == "Unimplemented" {
+        "unmatched"
+    } else {
+        path.as_str()
+    };
+    metrics.observe(protocol, label, &code, started.elapsed().as_secs_f64());
     res
 }
 
