@@ -254,6 +254,16 @@ pub fn insert_rows(
     sql
 }
 
+/// The `n`th (from 1) bind placeholder in `conn`'s dialect: `$n` (Postgres) or `?` (SQLite,
+/// bound in order of appearance).
+pub fn placeholder(conn: &sqlx::AnyConnection, n: usize) -> String {
+    if conn.backend_name() == "SQLite" {
+        "?".to_string()
+    } else {
+        format!("${n}")
+    }
+}
+
 /// Microseconds since the Unix epoch, the time representation every table uses.
 pub fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()

@@ -20,6 +20,9 @@ pub enum RecordsError {
     /// The access could not be recorded for audit, so nothing is returned.
     #[error("audit trail unavailable: {0}")]
     Audit(String),
+    /// The service is shutting down and its writer has stopped.
+    #[error("the records service is stopping")]
+    Stopped,
     /// The database or the outbox failed; nothing was returned or stored.
     #[error("records storage unavailable: {0}")]
     Storage(#[from] sqlx::Error),
@@ -41,6 +44,7 @@ impl From<RecordsError> for tonic::Status {
             RecordsError::Invalid { .. } => tonic::Status::invalid_argument(e.to_string()),
             RecordsError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             RecordsError::Conflict(_) => tonic::Status::aborted(e.to_string()),
+            RecordsError::Stopped => tonic::Status::unavailable(e.to_string()),
             RecordsError::Audit(inner) => {
                 tracing::error!(error = %inner, "access could not be audited; refusing to answer");
                 tonic::Status::unavailable("the access could not be audited, so no data is returned")

@@ -5,7 +5,10 @@ use sharedcare_kit::bus::{self, Envelope};
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::outbox::{self, Outbox};
 use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged};
+use std::collections::HashMap;
+
 use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::fhir::{self, Resource};
 use crate::{NAME, RecordsError};
@@ -44,112 +47,274 @@ pub struct Store {
     db: Db,
     outbox: Outbox,
     topic: String,
+    puts: mpsc::Sender<PendingPut>,
 }
+
+/// Most puts written in one transaction.
+const PUTS_PER_COMMIT: usize = 256;
+
+/// A put waiting for the writer, with the trace it belongs to.
+struct PutJob {
+    resource: Resource,
+    source_organisation: String,
+    actor: Actor,
+    traceparent: String,
+    trace_id: String,
+}
+
+/// A put and where its answer goes.
+type PendingPut = (PutJob, oneshot::Sender<Result<Stored, RecordsError>>);
 
 const RECORD_CHANGED: &str = "sharedcare.events.v1.RecordChanged";
 const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
 
 impl Store {
-    /// The store on `db`, emitting through `outbox`.
+    /// The store on `db`, emitting through `outbox`. Must be called inside the tokio runtime:
+    /// it starts the writer that group-commits puts.
     pub fn new(db: Db, outbox: Outbox) -> Self {
-        Store {
+        let (puts, rx) = mpsc::channel(PUTS_PER_COMMIT * 4);
+        let store = Store {
             db,
             outbox,
             topic: bus::topic(NAME),
-        }
+            puts,
+        };
+        tokio::spawn(store.clone().write_puts(rx));
+        store
     }
 
-    /// Stores `resource` as its next version, with its events, atomically.
+    /// Stores `resource` as its next version, with its events, atomically. Concurrent puts
+    /// are written together (group commit, a few multi-row statements per batch); if a batch
+    /// fails, each of its puts is retried alone so one bad put never fails another.
     pub async fn put(
         &self,
-        mut resource: Resource,
+        resource: Resource,
         source_organisation: &str,
         actor: &Actor,
     ) -> Result<Stored, RecordsError> {
-        let mut tx = self.db.begin_write().await?;
-        let current: i64 =
-            sqlx::query("SELECT COALESCE(MAX(version), 0) FROM resources WHERE resource_type = $1 AND id = $2")
-                .bind(&resource.resource_type)
-                .bind(&resource.id)
-                .fetch_one(&mut *tx)
-                .await?
-                .get(0);
-        let version = current + 1;
-        let now = db::now_us();
-        let nhs_number = match (&resource.nhs_number, &resource.patient_ref) {
-            (Some(n), _) => n.to_string(),
-            (None, Some(pid)) => sqlx::query("SELECT nhs_number FROM patients WHERE id = $1")
-                .bind(pid)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.get::<String, _>(0))
-                .unwrap_or_default(),
-            (None, None) => String::new(),
+        let job = PutJob {
+            resource,
+            source_organisation: source_organisation.to_string(),
+            actor: actor.clone(),
+            traceparent: sharedcare_kit::telemetry::current_traceparent(),
+            trace_id: sharedcare_kit::telemetry::current_trace_id(),
         };
-        let reference = format!("{}/{}", resource.resource_type, resource.id);
-        let key = if nhs_number.is_empty() {
+        let (reply, answer) = oneshot::channel();
+        self.puts.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
+        answer.await.map_err(|_| RecordsError::Stopped)?
+    }
+
+    async fn write_puts(self, mut rx: mpsc::Receiver<PendingPut>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < PUTS_PER_COMMIT {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let (jobs, replies): (Vec<PutJob>, Vec<_>) = batch.into_iter().unzip();
+            match self.write(&jobs).await {
+                Ok(stored) => {
+                    self.outbox.notify();
+                    for (reply, s) in replies.into_iter().zip(stored) {
+                        let _ = reply.send(Ok(s));
+                    }
+                }
+                Err(e) if jobs.len() == 1 => {
+                    if let Some(reply) = replies.into_iter().next() {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+                Err(_) => {
+                    for (job, reply) in jobs.iter().zip(replies) {
+                        let one = self.write(std::slice::from_ref(job)).await.map(|mut v| v.remove(0));
+                        if one.is_ok() {
+                            self.outbox.notify();
+                        }
+                        let _ = reply.send(one);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `jobs` in one transaction, in order: each a new version of its resource, then
+    /// all their events. Statements are per batch, not per put.
+    async fn write(&self, jobs: &[PutJob]) -> Result<Vec<Stored>, RecordsError> {
+        let mut tx = self.db.begin_write().await?;
+        let mut versions = self.current_versions(&mut tx, jobs).await?;
+        let mut nhs_of_patient = self.referenced_patients(&mut tx, jobs).await?;
+        let now = db::now_us();
+        let mut stored = Vec::with_capacity(jobs.len());
+        let mut events = Vec::with_capacity(jobs.len() * 2);
+        let mut new_patients: Vec<(String, String)> = Vec::new();
+        for job in jobs {
+            let r = &job.resource;
+            let version = versions.entry((r.resource_type.clone(), r.id.clone())).or_insert(0);
+            *version += 1;
+            let version = *version;
+            let nhs_number = match (&r.nhs_number, &r.patient_ref) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(pid)) => nhs_of_patient.get(pid).cloned().unwrap_or_default(),
+                (None, None) => String::new(),
+            };
+            if r.resource_type == "Patient" && !nhs_number.is_empty() {
+                nhs_of_patient.insert(r.id.clone(), nhs_number.clone());
+                new_patients.retain(|(id, _)| id != &r.id);
+                new_patients.push((r.id.clone(), nhs_number.clone()));
+            }
+            let mut body = r.body.clone();
+            fhir::stamp(&mut body, &r.id, version, now);
+            let s = Stored {
+                resource_type: r.resource_type.clone(),
+                id: r.id.clone(),
+                version,
+                last_updated_us: now,
+                nhs_number,
+                body: serde_json::Value::Object(body).to_string(),
+            };
+            events.extend(self.put_events(job, &s));
+            stored.push(s);
+        }
+        let mut keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            outbox::lock_key(&mut tx, key).await?;
+        }
+        for (chunk, jobs) in stored
+            .chunks(db::MAX_ROWS_PER_INSERT)
+            .zip(jobs.chunks(db::MAX_ROWS_PER_INSERT))
+        {
+            let sql = db::insert_rows(
+                &tx,
+                "resources (resource_type, id, version, last_updated_us, nhs_number, source_organisation, body)",
+                7,
+                chunk.len(),
+                "",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (s, job) in chunk.iter().zip(jobs) {
+                q = q
+                    .bind(s.resource_type.clone())
+                    .bind(s.id.clone())
+                    .bind(s.version)
+                    .bind(s.last_updated_us)
+                    .bind(s.nhs_number.clone())
+                    .bind(job.source_organisation.clone())
+                    .bind(s.body.clone());
+            }
+            match q.execute(&mut *tx).await {
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    let what = chunk
+                        .first()
+                        .map(|s| format!("{}/{}", s.resource_type, s.id))
+                        .unwrap_or_default();
+                    return Err(RecordsError::Conflict(what));
+                }
+                other => other?,
+            };
+        }
+        for chunk in new_patients.chunks(db::MAX_ROWS_PER_INSERT) {
+            let sql = db::insert_rows(
+                &tx,
+                "patients (id, nhs_number)",
+                2,
+                chunk.len(),
+                "ON CONFLICT (id) DO UPDATE SET nhs_number = excluded.nhs_number",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, nhs) in chunk {
+                q = q.bind(id.clone()).bind(nhs.clone());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let refs: Vec<(&str, &Envelope)> = events.iter().map(|e| (self.topic.as_str(), e)).collect();
+        outbox::enqueue_all(&mut tx, &refs).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// The newest stored version of each resource in `jobs` (absent = none yet).
+    async fn current_versions(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        jobs: &[PutJob],
+    ) -> Result<HashMap<(String, String), i64>, RecordsError> {
+        let mut out = HashMap::new();
+        for chunk in jobs.chunks(db::MAX_ROWS_PER_INSERT) {
+            let mut sql = String::from("SELECT resource_type, id, MAX(version) FROM resources WHERE ");
+            for (n, _) in chunk.iter().enumerate() {
+                if n > 0 {
+                    sql.push_str(" OR ");
+                }
+                sql.push_str(&format!(
+                    "(resource_type = {} AND id = {})",
+                    db::placeholder(tx, 2 * n + 1),
+                    db::placeholder(tx, 2 * n + 2)
+                ));
+            }
+            sql.push_str(" GROUP BY resource_type, id");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for job in chunk {
+                q = q.bind(job.resource.resource_type.clone()).bind(job.resource.id.clone());
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                out.insert((row.get::<String, _>(0), row.get::<String, _>(1)), row.get::<i64, _>(2));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The NHS numbers of the stored patients that resources in `jobs` refer to.
+    async fn referenced_patients(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        jobs: &[PutJob],
+    ) -> Result<HashMap<String, String>, RecordsError> {
+        let mut ids: Vec<&str> = jobs.iter().filter_map(|j| j.resource.patient_ref.as_deref()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(db::MAX_ROWS_PER_INSERT) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|n| db::placeholder(tx, n)).collect();
+            let sql = format!("SELECT id, nhs_number FROM patients WHERE id IN ({})", marks.join(", "));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                out.insert(row.get::<String, _>(0), row.get::<String, _>(1));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `RecordChanged` and the `create`/`update` `AccessRecorded` for a stored put, in the
+    /// trace of the request that made it.
+    fn put_events(&self, job: &PutJob, s: &Stored) -> [Envelope; 2] {
+        let reference = format!("{}/{}", s.resource_type, s.id);
+        let key = if s.nhs_number.is_empty() {
             reference.clone()
         } else {
-            nhs_number.clone()
+            s.nhs_number.clone()
         };
-        outbox::lock_key(&mut tx, &key).await?;
-        fhir::stamp(&mut resource.body, &resource.id, version, now);
-        let body = serde_json::Value::Object(resource.body).to_string();
-        let inserted = sqlx::query(
-            "INSERT INTO resources (resource_type, id, version, last_updated_us, nhs_number, source_organisation, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&resource.resource_type)
-        .bind(&resource.id)
-        .bind(version)
-        .bind(now)
-        .bind(&nhs_number)
-        .bind(source_organisation)
-        .bind(&body)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(RecordsError::Conflict(reference)),
-            other => other?,
-        };
-        if resource.resource_type == "Patient" && !nhs_number.is_empty() {
-            sqlx::query(
-                "INSERT INTO patients (id, nhs_number) VALUES ($1, $2)
-                 ON CONFLICT (id) DO UPDATE SET nhs_number = excluded.nhs_number",
-            )
-            .bind(&resource.id)
-            .bind(&nhs_number)
-            .execute(&mut *tx)
-            .await?;
-        }
         let changed = RecordChanged {
-            resource_type: resource.resource_type.clone(),
-            id: resource.id.clone(),
-            version,
-            nhs_number: nhs_number.clone(),
-            source_organisation: source_organisation.to_string(),
-            last_updated: Some(db::timestamp(now)),
+            resource_type: s.resource_type.clone(),
+            id: s.id.clone(),
+            version: s.version,
+            nhs_number: s.nhs_number.clone(),
+            source_organisation: job.source_organisation.clone(),
+            last_updated: Some(db::timestamp(s.last_updated_us)),
         };
-        let env = bus::envelope(RECORD_CHANGED, NAME, &reference, &key, &changed);
-        let action = if version == 1 { "create" } else { "update" };
-        let access = self.access(
-            actor,
-            action,
-            &format!("{reference}/_history/{version}"),
-            &nhs_number,
-            "success",
-        );
-        outbox::enqueue_all(&mut tx, &[(&self.topic, &env), (&self.topic, &access)]).await?;
-        tx.commit().await?;
-        self.outbox.notify();
-        Ok(Stored {
-            resource_type: resource.resource_type,
-            id: resource.id,
-            version,
-            last_updated_us: now,
-            nhs_number,
-            body,
-        })
+        let mut changed = bus::envelope(RECORD_CHANGED, NAME, &reference, &key, &changed);
+        changed.traceparent = job.traceparent.clone();
+        let action = if s.version == 1 { "create" } else { "update" };
+        let versioned = format!("{reference}/_history/{}", s.version);
+        let mut access = self.access(&job.actor, action, &versioned, &s.nhs_number, "success", &job.trace_id);
+        access.traceparent = job.traceparent.clone();
+        [changed, access]
     }
 
     /// Reads the current version of `resource_type/id`. The access is recorded in the outbox
@@ -191,14 +356,23 @@ impl Store {
         nhs_number: &str,
         outcome: &str,
     ) -> Result<(), RecordsError> {
-        let env = self.access(actor, action, resource, nhs_number, outcome);
+        let trace_id = sharedcare_kit::telemetry::current_trace_id();
+        let env = self.access(actor, action, resource, nhs_number, outcome, &trace_id);
         self.outbox
             .record(&self.topic, env)
             .await
             .map_err(|e| RecordsError::Audit(e.to_string()))
     }
 
-    fn access(&self, actor: &Actor, action: &str, resource: &str, nhs_number: &str, outcome: &str) -> Envelope {
+    fn access(
+        &self,
+        actor: &Actor,
+        action: &str,
+        resource: &str,
+        nhs_number: &str,
+        outcome: &str,
+        trace_id: &str,
+    ) -> Envelope {
         let event = AccessRecorded {
             actor: if actor.id.is_empty() {
                 "unauthenticated".into()
@@ -214,7 +388,7 @@ impl Store {
             reason: String::new(),
             outcome: outcome.to_string(),
             time: Some(db::timestamp(db::now_us())),
-            trace_id: sharedcare_kit::telemetry::current_trace_id(),
+            trace_id: trace_id.to_string(),
             service: NAME.into(),
         };
         let key = if nhs_number.is_empty() {
