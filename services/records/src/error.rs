@@ -20,6 +20,9 @@ pub enum RecordsError {
     /// The access could not be recorded for audit, so nothing is returned.
     #[error("audit trail unavailable: {0}")]
     Audit(String),
+    /// The records database could not be read; nothing is returned.
+    #[error("records storage unavailable: {0}")]
+    Unavailable(String),
     /// The service is shutting down and its writer has stopped.
     #[error("the records service is stopping")]
     Stopped,
@@ -45,6 +48,10 @@ impl From<RecordsError> for tonic::Status {
             RecordsError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             RecordsError::Conflict(_) => tonic::Status::aborted(e.to_string()),
             RecordsError::Stopped => tonic::Status::unavailable(e.to_string()),
+            RecordsError::Unavailable(inner) => {
+                tracing::error!(error = %inner, "records storage failed");
+                tonic::Status::unavailable("records storage unavailable")
+            }
             RecordsError::Audit(inner) => {
                 tracing::error!(error = %inner, "access could not be audited; refusing to answer");
                 tonic::Status::unavailable("the access could not be audited, so no data is returned")

@@ -48,7 +48,23 @@ pub struct Store {
     outbox: Outbox,
     topic: String,
     puts: mpsc::Sender<PendingPut>,
+    gets: mpsc::Sender<PendingGet>,
 }
+
+/// Most reads looked up in one query.
+const GETS_PER_QUERY: usize = 256;
+
+/// A read waiting for the reader, with the trace it belongs to.
+struct GetJob {
+    resource_type: String,
+    id: String,
+    actor: Actor,
+    traceparent: String,
+    trace_id: String,
+}
+
+/// A read and where its answer goes.
+type PendingGet = (GetJob, oneshot::Sender<Result<Stored, RecordsError>>);
 
 /// Most puts written in one transaction.
 const PUTS_PER_COMMIT: usize = 256;
@@ -70,16 +86,19 @@ const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
 
 impl Store {
     /// The store on `db`, emitting through `outbox`. Must be called inside the tokio runtime:
-    /// it starts the writer that group-commits puts.
+    /// it starts the writer that group-commits puts and the reader that batches gets.
     pub fn new(db: Db, outbox: Outbox) -> Self {
-        let (puts, rx) = mpsc::channel(PUTS_PER_COMMIT * 4);
+        let (puts, put_rx) = mpsc::channel(PUTS_PER_COMMIT * 4);
+        let (gets, get_rx) = mpsc::channel(GETS_PER_QUERY * 4);
         let store = Store {
             db,
             outbox,
             topic: bus::topic(NAME),
             puts,
+            gets,
         };
-        tokio::spawn(store.clone().write_puts(rx));
+        tokio::spawn(store.clone().write_puts(put_rx));
+        tokio::spawn(store.clone().read_gets(get_rx));
         store
     }
 
@@ -319,49 +338,124 @@ impl Store {
 
     /// Reads the current version of `resource_type/id`. The access is recorded in the outbox
     /// (durably) before the resource is returned; if that fails, the caller gets the error.
+    /// Concurrent reads are looked up together (one query per batch) and their accesses share
+    /// one group commit.
     pub async fn get(&self, resource_type: &str, id: &str, actor: &Actor) -> Result<Stored, RecordsError> {
-        let reference = format!("{resource_type}/{id}");
-        let row = sqlx::query(
-            "SELECT version, last_updated_us, nhs_number, body FROM resources
-             WHERE resource_type = $1 AND id = $2 ORDER BY version DESC LIMIT 1",
-        )
-        .bind(resource_type)
-        .bind(id)
-        .fetch_optional(self.db.pool())
-        .await?;
-        let Some(row) = row else {
-            self.record(actor, "read", &reference, "", "not-found").await?;
-            return Err(RecordsError::NotFound(reference));
-        };
-        let stored = Stored {
+        let job = GetJob {
             resource_type: resource_type.to_string(),
             id: id.to_string(),
-            version: row.get(0),
-            last_updated_us: row.get(1),
-            nhs_number: row.get(2),
-            body: row.get(3),
+            actor: actor.clone(),
+            traceparent: sharedcare_kit::telemetry::current_traceparent(),
+            trace_id: sharedcare_kit::telemetry::current_trace_id(),
         };
-        let versioned = format!("{reference}/_history/{}", stored.version);
-        self.record(actor, "read", &versioned, &stored.nhs_number, "success")
-            .await?;
-        Ok(stored)
+        let (reply, answer) = oneshot::channel();
+        self.gets.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
+        answer.await.map_err(|_| RecordsError::Stopped)?
     }
 
-    /// Records an access durably (group commit) before the caller may answer.
-    async fn record(
+    async fn read_gets(self, mut rx: mpsc::Receiver<PendingGet>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < GETS_PER_QUERY {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let (jobs, replies): (Vec<GetJob>, Vec<_>) = batch.into_iter().unzip();
+            match self.newest(&jobs).await {
+                // Audit and answer while the next batch is looked up.
+                Ok(found) => {
+                    let store = self.clone();
+                    tokio::spawn(async move { store.audit_and_answer(jobs, found, replies).await });
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(RecordsError::Unavailable(msg.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The newest version of each resource asked for, keyed by (type, id).
+    async fn newest(&self, jobs: &[GetJob]) -> Result<HashMap<(String, String), Stored>, RecordsError> {
+        let mut conn = self.db.pool().acquire().await?;
+        let mut out = HashMap::new();
+        for chunk in jobs.chunks(db::MAX_ROWS_PER_INSERT) {
+            let mut wanted = String::new();
+            for (n, _) in chunk.iter().enumerate() {
+                if n > 0 {
+                    wanted.push_str(" OR ");
+                }
+                wanted.push_str(&format!(
+                    "(resource_type = {} AND id = {})",
+                    db::placeholder(&conn, 2 * n + 1),
+                    db::placeholder(&conn, 2 * n + 2)
+                ));
+            }
+            let sql = format!(
+                "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body
+                 FROM resources r JOIN (SELECT resource_type, id, MAX(version) AS version FROM resources
+                                        WHERE {wanted} GROUP BY resource_type, id) m
+                   ON r.resource_type = m.resource_type AND r.id = m.id AND r.version = m.version"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for job in chunk {
+                q = q.bind(job.resource_type.clone()).bind(job.id.clone());
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let s = Stored {
+                    resource_type: row.get(0),
+                    id: row.get(1),
+                    version: row.get(2),
+                    last_updated_us: row.get(3),
+                    nhs_number: row.get(4),
+                    body: row.get(5),
+                };
+                out.insert((s.resource_type.clone(), s.id.clone()), s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records every access of a batch durably, then answers each caller; if the accesses
+    /// cannot be recorded, every caller gets the error and none gets data.
+    async fn audit_and_answer(
         &self,
-        actor: &Actor,
-        action: &str,
-        resource: &str,
-        nhs_number: &str,
-        outcome: &str,
-    ) -> Result<(), RecordsError> {
-        let trace_id = sharedcare_kit::telemetry::current_trace_id();
-        let env = self.access(actor, action, resource, nhs_number, outcome, &trace_id);
-        self.outbox
-            .record(&self.topic, env)
-            .await
-            .map_err(|e| RecordsError::Audit(e.to_string()))
+        jobs: Vec<GetJob>,
+        found: HashMap<(String, String), Stored>,
+        replies: Vec<oneshot::Sender<Result<Stored, RecordsError>>>,
+    ) {
+        let mut answers = Vec::with_capacity(jobs.len());
+        let mut records = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let reference = format!("{}/{}", job.resource_type, job.id);
+            let (answer, resource, nhs, outcome) = match found.get(&(job.resource_type.clone(), job.id.clone())) {
+                Some(s) => {
+                    let versioned = format!("{reference}/_history/{}", s.version);
+                    (Ok(s.clone()), versioned, s.nhs_number.clone(), "success")
+                }
+                None => (
+                    Err(RecordsError::NotFound(reference.clone())),
+                    reference,
+                    String::new(),
+                    "not-found",
+                ),
+            };
+            let mut env = self.access(&job.actor, "read", &resource, &nhs, outcome, &job.trace_id);
+            env.traceparent = job.traceparent.clone();
+            records.push(self.outbox.record(&self.topic, env));
+            answers.push(answer);
+        }
+        let recorded = futures::future::join_all(records).await;
+        for ((reply, answer), rec) in replies.into_iter().zip(answers).zip(recorded) {
+            let _ = reply.send(match rec {
+                Ok(()) => answer,
+                Err(e) => Err(RecordsError::Audit(e.to_string())),
+            });
+        }
     }
 
     fn access(

@@ -136,10 +136,47 @@ async fn concurrent_puts_never_lose_or_repeat_a_version(db: Db) {
     assert_eq!(rows, versions.len() as i64, "a refused put stores nothing");
 }
 
+async fn concurrent_reads_each_get_their_own_answer_and_audit(db: Db) {
+    let s = store(&db).await;
+    let a = Actor::default();
+    for i in 0..5 {
+        s.put(patient(&format!("p{i}")), "", &a).await.expect("put");
+        s.put(patient(&format!("p{i}")), "", &a).await.expect("put again");
+    }
+    let before = outbox_events(&db).await.len();
+    let reads: Vec<_> = (0..20)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { (i, s.get("Patient", &format!("p{i}"), &Actor::default()).await) })
+        })
+        .collect();
+    for r in reads {
+        let (i, got) = r.await.expect("join");
+        match got {
+            Ok(stored) => {
+                assert!(i < 5, "p{i} does not exist");
+                assert_eq!((stored.id, stored.version), (format!("p{i}"), 2), "the newest version");
+            }
+            Err(RecordsError::NotFound(r)) => {
+                assert!(i >= 5, "p{i} exists");
+                assert_eq!(r, format!("Patient/p{i}"));
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    let reads: Vec<AccessRecorded> = outbox_events(&db).await[before..]
+        .iter()
+        .map(|e| AccessRecorded::decode(e.data.as_slice()).expect("decode"))
+        .collect();
+    assert_eq!(reads.len(), 20, "every read is audited once");
+    assert_eq!(reads.iter().filter(|r| r.outcome == "success").count(), 5);
+}
+
 sharedcare_kit::store_suite!(
     "records";
     every_put_is_a_new_version_and_get_returns_the_newest,
     changes_and_accesses_leave_events_keyed_by_nhs_number,
     an_unknown_resource_is_not_found_and_the_attempt_is_audited,
-    concurrent_puts_never_lose_or_repeat_a_version,
+        concurrent_puts_never_lose_or_repeat_a_version,
+    concurrent_reads_each_get_their_own_answer_and_audit,
 );
