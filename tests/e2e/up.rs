@@ -110,6 +110,15 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
         );
     }
     let err = records
+        .put(PutRequest {
+            resource_json: patient("x1", &nhs_number()),
+            source_organisation: "A\u{0}1".into(),
+        })
+        .await
+        .expect_err("bad ODS code");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("source_organisation: "), "{}", err.message());
+    let err = records
         .get(GetRequest {
             resource_type: "Patient".into(),
             id: "x1".into(),

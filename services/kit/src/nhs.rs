@@ -62,6 +62,32 @@ impl fmt::Display for NhsNumber {
     }
 }
 
+/// An Organisation Data Service (ODS) code: 3–10 letters and digits, e.g. `A81001` (a GP
+/// practice) or `RXX` (a trust). Stored upper-case.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OdsCode(String);
+
+/// Why a string is not an ODS code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an ODS code (expected 3 to 10 letters and digits, e.g. \"A81001\")")]
+pub struct OdsCodeError(String);
+
+impl OdsCode {
+    /// Parses an ODS code (case-insensitive).
+    pub fn parse(s: &str) -> Result<Self, OdsCodeError> {
+        if (3..=10).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            Ok(OdsCode(s.to_ascii_uppercase()))
+        } else {
+            Err(OdsCodeError(s.to_string()))
+        }
+    }
+
+    /// The code, upper-case.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +112,15 @@ mod tests {
     fn rejects_wrong_length_and_letters() {
         assert!(matches!(NhsNumber::parse("943476591"), Err(NhsNumberError::Format(_))));
         assert!(matches!(NhsNumber::parse("94347659A9"), Err(NhsNumberError::Format(_))));
+    }
+
+    #[test]
+    fn ods_codes_are_short_alphanumerics() {
+        assert_eq!(OdsCode::parse("a81001").map(|c| c.0), Ok("A81001".into()));
+        assert!(OdsCode::parse("RXX").is_ok());
+        assert!(OdsCode::parse("RX").is_err());
+        assert!(OdsCode::parse("A8 1001").is_err());
+        assert!(OdsCode::parse("A\u{0}B01").is_err());
     }
 
     #[test]

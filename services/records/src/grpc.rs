@@ -1,12 +1,13 @@
 //! `sharedcare.records.v1.Records` over gRPC: decode, call the store, encode.
 
 use sharedcare_kit::db;
+use sharedcare_kit::nhs::OdsCode;
 use sharedcare_proto::records::v1::records_server::Records;
 use sharedcare_proto::records::v1::{GetRequest, GetResponse, PutRequest, PutResponse};
 use tonic::{Request, Response, Status};
 
-use crate::fhir;
 use crate::store::{Actor, Store};
+use crate::{RecordsError, fhir};
 
 /// The gRPC service.
 #[derive(Clone)]
@@ -32,7 +33,15 @@ impl Records for RecordsApi {
         let who = actor(&request);
         let req = request.into_inner();
         let resource = fhir::parse(&req.resource_json)?;
-        let s = self.store.put(resource, &req.source_organisation, &who).await?;
+        let source = if req.source_organisation.is_empty() {
+            String::new()
+        } else {
+            OdsCode::parse(&req.source_organisation)
+                .map_err(|e| RecordsError::invalid("source_organisation", e.to_string()))?
+                .as_str()
+                .to_string()
+        };
+        let s = self.store.put(resource, &source, &who).await?;
         Ok(Response::new(PutResponse {
             resource_type: s.resource_type,
             id: s.id,

@@ -172,11 +172,48 @@ async fn concurrent_reads_each_get_their_own_answer_and_audit(db: Db) {
     assert_eq!(reads.iter().filter(|r| r.outcome == "success").count(), 5);
 }
 
+/// A put the database refuses (Postgres rejects NUL in text) must not take the other puts of
+/// its group commit down with it: the batch is retried put by put.
+async fn a_refused_put_does_not_fail_the_others_in_its_batch(db: Db) {
+    let s = store(&db).await;
+    let puts: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            let org = if i == 7 {
+                "A\u{0}B01".to_string()
+            } else {
+                "A81001".to_string()
+            };
+            tokio::spawn(async move { (i, s.put(patient(&format!("batch-{i}")), &org, &Actor::default()).await) })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for p in puts {
+        let (i, r) = p.await.expect("join");
+        match r {
+            Ok(stored) => assert_eq!(stored.version, 1),
+            Err(_) => failed.push(i),
+        }
+    }
+    if db.backend() == sharedcare_kit::db::Backend::Postgres {
+        assert_eq!(failed, vec![7], "only the refused put fails");
+    } else {
+        assert!(failed.is_empty(), "SQLite stores the NUL as given: {failed:?}");
+    }
+    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM resources WHERE id LIKE 'batch-%'")
+        .fetch_one(db.pool())
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 16 - failed.len() as i64);
+}
+
 sharedcare_kit::store_suite!(
     "records";
     every_put_is_a_new_version_and_get_returns_the_newest,
     changes_and_accesses_leave_events_keyed_by_nhs_number,
     an_unknown_resource_is_not_found_and_the_attempt_is_audited,
         concurrent_puts_never_lose_or_repeat_a_version,
-    concurrent_reads_each_get_their_own_answer_and_audit,
+        concurrent_reads_each_get_their_own_answer_and_audit,
+    a_refused_put_does_not_fail_the_others_in_its_batch,
 );
