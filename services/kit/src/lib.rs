@@ -11,6 +11,7 @@
 //! - [`nhs`]: NHS domain identifiers shared by every service.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod bus;
 pub mod config;
 pub mod db;

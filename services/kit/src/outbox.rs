@@ -266,14 +266,7 @@ fn traceparent_of(payload: &[u8]) -> String {
 
 /// Writes queued [`Outbox::record`] events, as many per transaction as are waiting.
 async fn group_commit(db: Db, wake: Arc<Notify>, mut rx: mpsc::Receiver<Pending>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = crate::batch::next_batch(&mut rx, GROUP_COMMIT_MAX).await {
         let written = async {
             let mut tx = db.begin_write().await?;
             let mut keys: Vec<&str> = batch.iter().map(|(_, e, _)| e.key.as_str()).collect();

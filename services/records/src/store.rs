@@ -1,6 +1,7 @@
 //! Resource versions in the records tables, and the events each change or access produces,
 //! written to the outbox in the same transaction.
 
+use sharedcare_kit::batch::next_batch;
 use sharedcare_kit::bus::{self, Envelope};
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::outbox::{self, Outbox};
@@ -124,14 +125,7 @@ impl Store {
     }
 
     async fn write_puts(self, mut rx: mpsc::Receiver<PendingPut>) {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < PUTS_PER_COMMIT {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = next_batch(&mut rx, PUTS_PER_COMMIT).await {
             let (jobs, replies): (Vec<PutJob>, Vec<_>) = batch.into_iter().unzip();
             match self.write(&jobs).await {
                 Ok(stored) => {
@@ -354,14 +348,7 @@ impl Store {
     }
 
     async fn read_gets(self, mut rx: mpsc::Receiver<PendingGet>) {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < GETS_PER_QUERY {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = next_batch(&mut rx, GETS_PER_QUERY).await {
             let (jobs, replies): (Vec<GetJob>, Vec<_>) = batch.into_iter().unzip();
             match self.newest(&jobs).await {
                 // Audit and answer while the next batch is looked up.
