@@ -42,14 +42,20 @@ pub struct Actor {
     pub role: String,
 }
 
-/// The records store.
+/// The records store: hands puts and gets to its writer and reader tasks, which end once
+/// every clone of the store is gone.
 #[derive(Clone)]
 pub struct Store {
+    puts: mpsc::Sender<PendingPut>,
+    gets: mpsc::Sender<PendingGet>,
+}
+
+/// What the writer and reader tasks work with (no senders, so the tasks can end).
+#[derive(Clone)]
+struct Engine {
     db: Db,
     outbox: Outbox,
     topic: String,
-    puts: mpsc::Sender<PendingPut>,
-    gets: mpsc::Sender<PendingGet>,
 }
 
 /// Most reads looked up in one query.
@@ -91,16 +97,14 @@ impl Store {
     pub fn new(db: Db, outbox: Outbox) -> Self {
         let (puts, put_rx) = mpsc::channel(PUTS_PER_COMMIT * 4);
         let (gets, get_rx) = mpsc::channel(GETS_PER_QUERY * 4);
-        let store = Store {
+        let engine = Engine {
             db,
             outbox,
             topic: bus::topic(NAME),
-            puts,
-            gets,
         };
-        tokio::spawn(store.clone().write_puts(put_rx));
-        tokio::spawn(store.clone().read_gets(get_rx));
-        store
+        tokio::spawn(engine.clone().write_puts(put_rx));
+        tokio::spawn(engine.read_gets(get_rx));
+        Store { puts, gets }
     }
 
     /// Stores `resource` as its next version, with its events, atomically. Concurrent puts
@@ -124,6 +128,26 @@ impl Store {
         answer.await.map_err(|_| RecordsError::Stopped)?
     }
 
+    /// Reads the current version of `resource_type/id`. The access is recorded in the outbox
+    /// (durably) before the resource is returned; if that fails, the caller gets the error.
+    /// Concurrent reads are looked up together (one query per batch) and their accesses share
+    /// one group commit.
+    pub async fn get(&self, resource_type: &str, id: &str, actor: &Actor) -> Result<Stored, RecordsError> {
+        let job = GetJob {
+            resource_type: resource_type.to_string(),
+            id: id.to_string(),
+            actor: actor.clone(),
+            traceparent: sharedcare_kit::telemetry::current_traceparent(),
+            trace_id: sharedcare_kit::telemetry::current_trace_id(),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.gets.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
+        answer.await.map_err(|_| RecordsError::Stopped)?
+    }
+}
+
+impl Engine {
+    /// The writer: group-commits queued puts until every [`Store`] is gone.
     async fn write_puts(self, mut rx: mpsc::Receiver<PendingPut>) {
         while let Some(batch) = next_batch(&mut rx, PUTS_PER_COMMIT).await {
             let (jobs, replies): (Vec<PutJob>, Vec<_>) = batch.into_iter().unzip();
@@ -330,23 +354,7 @@ impl Store {
         [changed, access]
     }
 
-    /// Reads the current version of `resource_type/id`. The access is recorded in the outbox
-    /// (durably) before the resource is returned; if that fails, the caller gets the error.
-    /// Concurrent reads are looked up together (one query per batch) and their accesses share
-    /// one group commit.
-    pub async fn get(&self, resource_type: &str, id: &str, actor: &Actor) -> Result<Stored, RecordsError> {
-        let job = GetJob {
-            resource_type: resource_type.to_string(),
-            id: id.to_string(),
-            actor: actor.clone(),
-            traceparent: sharedcare_kit::telemetry::current_traceparent(),
-            trace_id: sharedcare_kit::telemetry::current_trace_id(),
-        };
-        let (reply, answer) = oneshot::channel();
-        self.gets.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
-        answer.await.map_err(|_| RecordsError::Stopped)?
-    }
-
+    /// The reader: looks up queued gets in batches until every [`Store`] is gone.
     async fn read_gets(self, mut rx: mpsc::Receiver<PendingGet>) {
         while let Some(batch) = next_batch(&mut rx, GETS_PER_QUERY).await {
             let (jobs, replies): (Vec<GetJob>, Vec<_>) = batch.into_iter().unzip();
