@@ -155,11 +155,3 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) 
         let _ = span.set_parent(cx);
     }
 }
-
-/// Adds the current span's `traceparent` to outgoing gRPC metadata.
-pub fn inject_metadata(metadata: &mut tonic::metadata::MetadataMap) {
-    let tp = current_traceparent();
-    if let Ok(v) = tp.parse() {
-        metadata.insert("traceparent", v);
-    }
-}

@@ -61,13 +61,29 @@ struct Engine {
 /// Most reads looked up in one query.
 const GETS_PER_QUERY: usize = 256;
 
-/// A read waiting for the reader, with the trace it belongs to.
-struct GetJob {
-    resource_type: String,
-    id: String,
+/// Who asked, and the trace the request belongs to: the writer and reader tasks run outside
+/// the request's span, so its events carry this instead of the task's (empty) context.
+struct Caller {
     actor: Actor,
     traceparent: String,
     trace_id: String,
+}
+
+impl Caller {
+    fn current(actor: &Actor) -> Self {
+        Caller {
+            actor: actor.clone(),
+            traceparent: sharedcare_kit::telemetry::current_traceparent(),
+            trace_id: sharedcare_kit::telemetry::current_trace_id(),
+        }
+    }
+}
+
+/// A read waiting for the reader.
+struct GetJob {
+    resource_type: String,
+    id: String,
+    caller: Caller,
 }
 
 /// A read and where its answer goes.
@@ -76,13 +92,11 @@ type PendingGet = (GetJob, oneshot::Sender<Result<Stored, RecordsError>>);
 /// Most puts written in one transaction.
 const PUTS_PER_COMMIT: usize = 256;
 
-/// A put waiting for the writer, with the trace it belongs to.
+/// A put waiting for the writer.
 struct PutJob {
     resource: Resource,
     source_organisation: String,
-    actor: Actor,
-    traceparent: String,
-    trace_id: String,
+    caller: Caller,
 }
 
 /// A put and where its answer goes.
@@ -119,9 +133,7 @@ impl Store {
         let job = PutJob {
             resource,
             source_organisation: source_organisation.to_string(),
-            actor: actor.clone(),
-            traceparent: sharedcare_kit::telemetry::current_traceparent(),
-            trace_id: sharedcare_kit::telemetry::current_trace_id(),
+            caller: Caller::current(actor),
         };
         let (reply, answer) = oneshot::channel();
         self.puts.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
@@ -136,9 +148,7 @@ impl Store {
         let job = GetJob {
             resource_type: resource_type.to_string(),
             id: id.to_string(),
-            actor: actor.clone(),
-            traceparent: sharedcare_kit::telemetry::current_traceparent(),
-            trace_id: sharedcare_kit::telemetry::current_trace_id(),
+            caller: Caller::current(actor),
         };
         let (reply, answer) = oneshot::channel();
         self.gets.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
@@ -346,11 +356,10 @@ impl Engine {
             last_updated: Some(db::timestamp(s.last_updated_us)),
         };
         let mut changed = bus::envelope(RECORD_CHANGED, NAME, &reference, &key, &changed);
-        changed.traceparent = job.traceparent.clone();
+        changed.traceparent = job.caller.traceparent.clone();
         let action = if s.version == 1 { "create" } else { "update" };
         let versioned = format!("{reference}/_history/{}", s.version);
-        let mut access = self.access(&job.actor, action, &versioned, &s.nhs_number, "success", &job.trace_id);
-        access.traceparent = job.traceparent.clone();
+        let access = self.access(&job.caller, action, &versioned, &s.nhs_number, "success");
         [changed, access]
     }
 
@@ -439,8 +448,7 @@ impl Engine {
                     "not-found",
                 ),
             };
-            let mut env = self.access(&job.actor, "read", &resource, &nhs, outcome, &job.trace_id);
-            env.traceparent = job.traceparent.clone();
+            let env = self.access(&job.caller, "read", &resource, &nhs, outcome);
             records.push(self.outbox.record(&self.topic, env));
             answers.push(answer);
         }
@@ -453,15 +461,9 @@ impl Engine {
         }
     }
 
-    fn access(
-        &self,
-        actor: &Actor,
-        action: &str,
-        resource: &str,
-        nhs_number: &str,
-        outcome: &str,
-        trace_id: &str,
-    ) -> Envelope {
+    /// The `AccessRecorded` event for one access by `caller`, in the caller's trace.
+    fn access(&self, caller: &Caller, action: &str, resource: &str, nhs_number: &str, outcome: &str) -> Envelope {
+        let actor = &caller.actor;
         let event = AccessRecorded {
             actor: if actor.id.is_empty() {
                 "unauthenticated".into()
@@ -477,7 +479,7 @@ impl Engine {
             reason: String::new(),
             outcome: outcome.to_string(),
             time: Some(db::timestamp(db::now_us())),
-            trace_id: trace_id.to_string(),
+            trace_id: caller.trace_id.clone(),
             service: NAME.into(),
         };
         let key = if nhs_number.is_empty() {
@@ -485,6 +487,8 @@ impl Engine {
         } else {
             nhs_number.to_string()
         };
-        bus::envelope(ACCESS_RECORDED, NAME, resource, &key, &event)
+        let mut envelope = bus::envelope(ACCESS_RECORDED, NAME, resource, &key, &event);
+        envelope.traceparent = caller.traceparent.clone();
+        envelope
     }
 }
