@@ -11,12 +11,14 @@
 //! - [`nhs`]: NHS domain identifiers shared by every service.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod batch;
 pub mod bus;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod inbox;
+pub mod jose;
 pub mod metrics;
 pub mod nhs;
 pub mod outbox;

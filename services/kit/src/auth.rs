@@ -1,0 +1,322 @@
+//! Bearer tokens → [`Principal`]: what every service's authorisation code sees.
+//!
+//! [`Verifier`] checks an identity-issued JWT (ES256 only, `kid` from a cached JWK Set that is
+//! refreshed once when an unknown `kid` arrives, issuer, audience, `exp`, `nbf`) and maps its
+//! claims — CIS2's names for staff, NHS login's for patients — to a typed principal.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+use crate::jose::{self, JoseError, JwkSet};
+use crate::nhs::{NhsNumber, OdsCode};
+
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECS: i64 = 30;
+/// Least time between two key-set refreshes caused by unknown `kid`s (a flood of forged kids
+/// must not turn into a flood of JWKS fetches).
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Who is calling, as authorisation code sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// A member of staff acting in one selected role profile (CIS2's `selected_roleid`).
+    Staff {
+        /// The person's user id (`nhsid_useruid`).
+        person: String,
+        /// The role profile they act in.
+        role: RoleProfile,
+        /// How strongly they authenticated (`acr`).
+        acr: String,
+    },
+    /// A patient (NHS login).
+    Patient {
+        /// Their NHS number.
+        nhs_number: NhsNumber,
+        /// Identity proofing level: "P0", "P5" or "P9".
+        proofing: String,
+    },
+    /// A service calling with a `client_credentials` token.
+    Service {
+        /// The OAuth client id.
+        client_id: String,
+        /// Granted scopes.
+        scopes: Vec<String>,
+    },
+}
+
+/// A staff role profile as carried in `nhsid_nrbac_roles` (CIS2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleProfile {
+    /// `person_roleid`: the role profile's id.
+    pub person_roleid: String,
+    /// `org_code`: the organisation's ODS code.
+    pub org_code: String,
+    /// `role_code`: national RBAC job role code, e.g. "S8000:G8000:R8000".
+    pub role_code: String,
+    /// `role_name`.
+    #[serde(default)]
+    pub role_name: String,
+    /// `activity_codes`: national RBAC activities, included activities expanded.
+    #[serde(default)]
+    pub activity_codes: Vec<String>,
+    /// `person_orgid`.
+    #[serde(default)]
+    pub person_orgid: String,
+}
+
+impl RoleProfile {
+    /// The organisation, parsed.
+    pub fn org(&self) -> Option<OdsCode> {
+        OdsCode::parse(&self.org_code).ok()
+    }
+}
+
+/// Why a bearer token was refused. Never contains the token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `authorization: Bearer …`.
+    #[error("missing bearer token")]
+    Missing,
+    /// Signature, algorithm or key problem.
+    #[error("{0}")]
+    Jose(#[from] JoseError),
+    /// A claim check failed; names the claim.
+    #[error("token claim {claim}: {reason}")]
+    Claim {
+        /// The claim, e.g. "aud".
+        claim: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The key set could not be fetched.
+    #[error("token keys unavailable: {0}")]
+    Keys(String),
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Keys(_) => tonic::Status::unavailable(e.to_string()),
+            _ => tonic::Status::unauthenticated(e.to_string()),
+        }
+    }
+}
+
+/// Where a verifier gets the issuer's current keys.
+#[async_trait::async_trait]
+pub trait KeySource: Send + Sync + 'static {
+    /// The issuer's JWK Set as published now.
+    async fn fetch(&self) -> Result<JwkSet, String>;
+}
+
+/// Verifies identity's JWTs for one audience.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    issuer: String,
+    audience: String,
+    source: Arc<dyn KeySource>,
+    cache: RwLock<(JwkSet, Option<Instant>)>,
+}
+
+fn claim(claim: &'static str, reason: impl Into<String>) -> AuthError {
+    AuthError::Claim {
+        claim,
+        reason: reason.into(),
+    }
+}
+
+impl Verifier {
+    /// A verifier accepting tokens from `issuer` whose `aud` contains `audience`.
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>, source: Arc<dyn KeySource>) -> Verifier {
+        Verifier {
+            inner: Arc::new(Inner {
+                issuer: issuer.into(),
+                audience: audience.into(),
+                source,
+                cache: RwLock::new((JwkSet::default(), None)),
+            }),
+        }
+    }
+
+    async fn refresh(&self) -> Result<(), AuthError> {
+        let mut cache = self.inner.cache.write().await;
+        if cache.1.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
+            return Ok(());
+        }
+        let keys = self.inner.source.fetch().await.map_err(AuthError::Keys)?;
+        *cache = (keys, Some(Instant::now()));
+        Ok(())
+    }
+
+    /// Verifies `token` and returns its claims.
+    pub async fn claims(&self, token: &str) -> Result<serde_json::Value, AuthError> {
+        let head = jose::header(token)?;
+        if head.alg != "ES256" {
+            return Err(JoseError::Algorithm(head.alg).into());
+        }
+        let key = { self.inner.cache.read().await.0.find(&head.kid) };
+        let key = match key {
+            Some(k) => k,
+            None => {
+                self.refresh().await?;
+                let found = self.inner.cache.read().await.0.find(&head.kid);
+                found.ok_or(JoseError::UnknownKey(head.kid))?
+            }
+        };
+        let claims = jose::verify(token, &key)?;
+        self.check(&claims, chrono::Utc::now().timestamp())?;
+        Ok(claims)
+    }
+
+    fn check(&self, c: &serde_json::Value, now: i64) -> Result<(), AuthError> {
+        if c["iss"].as_str() != Some(self.inner.issuer.as_str()) {
+            return Err(claim("iss", format!("expected {:?}", self.inner.issuer)));
+        }
+        let aud_ok = match &c["aud"] {
+            serde_json::Value::String(a) => *a == self.inner.audience,
+            serde_json::Value::Array(a) => a.iter().any(|v| v.as_str() == Some(self.inner.audience.as_str())),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(claim("aud", format!("does not include {:?}", self.inner.audience)));
+        }
+        let exp = c["exp"].as_i64().ok_or_else(|| claim("exp", "missing"))?;
+        if exp + LEEWAY_SECS <= now {
+            return Err(claim("exp", "token has expired"));
+        }
+        if let Some(nbf) = c["nbf"].as_i64()
+            && nbf - LEEWAY_SECS > now
+        {
+            return Err(claim("nbf", "token is not valid yet"));
+        }
+        Ok(())
+    }
+
+    /// Verifies `token` and maps it to a principal.
+    pub async fn principal(&self, token: &str) -> Result<Principal, AuthError> {
+        principal_from_claims(&self.claims(token).await?)
+    }
+
+    /// Verifies the `authorization: Bearer` value in gRPC metadata.
+    pub async fn from_metadata(&self, md: &tonic::metadata::MetadataMap) -> Result<Principal, AuthError> {
+        let value = md
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or(AuthError::Missing)?;
+        let token = bearer(value).ok_or(AuthError::Missing)?;
+        self.principal(token).await
+    }
+}
+
+/// The token in an `Authorization: Bearer <token>` header value (scheme case-insensitive).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// Maps verified claims to a principal: patient when `nhs_number` is present, staff when a role
+/// is selected, service for a `client_credentials` token (`sub` = `client_id`).
+pub fn principal_from_claims(c: &serde_json::Value) -> Result<Principal, AuthError> {
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    if let Some(nhs) = c["nhs_number"].as_str() {
+        let nhs_number = NhsNumber::parse(nhs).map_err(|e| claim("nhs_number", e.to_string()))?;
+        let proofing = s("identity_proofing_level");
+        if !matches!(proofing.as_str(), "P0" | "P5" | "P9") {
+            return Err(claim("identity_proofing_level", "expected P0, P5 or P9"));
+        }
+        return Ok(Principal::Patient { nhs_number, proofing });
+    }
+    if let Some(selected) = c["selected_roleid"].as_str() {
+        let roles: Vec<RoleProfile> = serde_json::from_value(c["nhsid_nrbac_roles"].clone())
+            .map_err(|e| claim("nhsid_nrbac_roles", e.to_string()))?;
+        let role = roles
+            .into_iter()
+            .find(|r| r.person_roleid == selected)
+            .ok_or_else(|| claim("selected_roleid", "names no role in nhsid_nrbac_roles"))?;
+        return Ok(Principal::Staff {
+            person: s("nhsid_useruid"),
+            role,
+            acr: s("acr"),
+        });
+    }
+    let client_id = s("client_id");
+    if !client_id.is_empty() && s("sub") == client_id {
+        let scopes = s("scope").split_whitespace().map(str::to_string).collect();
+        return Ok(Principal::Service { client_id, scopes });
+    }
+    Err(claim("sub", "token names no patient, selected role or service"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jose::Signer256;
+    use serde_json::json;
+
+    struct Keys(JwkSet);
+    #[async_trait::async_trait]
+    impl KeySource for Keys {
+        async fn fetch(&self) -> Result<JwkSet, String> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn setup() -> (Signer256, Verifier) {
+        let signer = Signer256::generate();
+        let set = JwkSet {
+            keys: vec![serde_json::to_value(signer.jwk()).expect("jwk")],
+        };
+        (signer, Verifier::new("https://id", "records", Arc::new(Keys(set))))
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    #[tokio::test]
+    async fn issuer_audience_and_expiry_are_checked() {
+        let (signer, v) = setup();
+        let ok = json!({"iss": "https://id", "aud": ["records"], "exp": now() + 60, "sub": "c", "client_id": "c"});
+        assert!(matches!(
+            v.principal(&signer.sign("at+jwt", &ok)).await,
+            Ok(Principal::Service { .. })
+        ));
+        for (bad, name) in [
+            (json!({"iss": "https://other", "aud": "records", "exp": now() + 60}), "iss"),
+            (json!({"iss": "https://id", "aud": "passport", "exp": now() + 60}), "aud"),
+            (json!({"iss": "https://id", "aud": "records", "exp": now() - 120}), "exp"),
+            (json!({"iss": "https://id", "aud": "records", "exp": now() + 600, "nbf": now() + 300}), "nbf"),
+        ] {
+            match v.claims(&signer.sign("at+jwt", &bad)).await {
+                Err(AuthError::Claim { claim, .. }) => assert_eq!(claim, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn claims_map_to_staff_and_patients() {
+        let staff = json!({"nhsid_useruid": "555", "selected_roleid": "r2", "acr": "AAL3",
+            "nhsid_nrbac_roles": [
+                {"person_roleid": "r1", "org_code": "A81001", "role_code": "R8000"},
+                {"person_roleid": "r2", "org_code": "RX1", "role_code": "R0260", "activity_codes": ["B0264"]}]});
+        match principal_from_claims(&staff) {
+            Ok(Principal::Staff { role, .. }) => assert_eq!(role.org_code, "RX1"),
+            other => panic!("{other:?}"),
+        }
+        let patient = json!({"nhs_number": "9434765919", "identity_proofing_level": "P9"});
+        assert!(matches!(principal_from_claims(&patient), Ok(Principal::Patient { .. })));
+        let bad = json!({"nhs_number": "9434765918", "identity_proofing_level": "P9"});
+        assert!(matches!(
+            principal_from_claims(&bad),
+            Err(AuthError::Claim { claim: "nhs_number", .. })
+        ));
+    }
+}
