@@ -1,10 +1,94 @@
-//! The identity service (to be built by the identity/SSO issue): an OpenID Connect provider
-//! with CIS2-style staff role profiles and NHS login-style patients. Its administration
-//! contract is drafted in `proto/sharedcare/identity/v1/identity.proto`.
+//! The identity service: an OpenID Connect provider for every ICS app.
+//!
+//! - [`model`]: organisations, staff with CIS2-style role profiles, NHS login-style patients,
+//!   clients and grants (the domain core, no I/O).
+//! - [`oauth`]: the protocol — client authentication, grants, tokens, introspection,
+//!   revocation, logout (apart from HTTP).
+//! - [`http`]: discovery, JWKS, the OAuth endpoints and the server-rendered login pages.
+//! - [`store`]: identity's own tables; [`keys`]: the rotating ES256 signing keys.
+//! - [`demo`]: the demo ICS `sharedcare up` seeds on first start.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod model;
+pub mod oauth;
+pub mod pages;
+pub mod secrets;
+pub mod store;
+
+pub use config::IdentityConfig;
+pub use error::IdentityError;
 
 /// The service's name: its schema, its topic (`sharedcare.identity.v1`).
 pub const NAME: &str = "identity";
 
-/// The generated gRPC contract this service will implement.
+/// The generated gRPC contract.
 pub use sharedcare_proto::identity::v1 as api;
+
+use sharedcare_kit::db::Db;
+use sharedcare_kit::outbox::{Outbox, OutboxConfig};
+use sharedcare_kit::serve::Mount;
+
+/// Applies identity's schema to `db`.
+pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
+    db.migrate(
+        sqlx::migrate!("./migrations/postgres"),
+        sqlx::migrate!("./migrations/sqlite"),
+    )
+    .await
+}
+
+/// Builds the service: loads (or makes) signing keys, seeds the demo ICS into an empty
+/// database when configured, and returns the HTTP routes, the admin gRPC API and the outbox.
+/// `issuer` is used when the configuration names none.
+pub async fn mount(db: Db, outbox: OutboxConfig, config: IdentityConfig, issuer: String) -> Result<Mount, IdentityError> {
+    let issuer = if config.issuer.is_empty() { issuer } else { config.issuer.clone() };
+    let issuer = issuer.trim_end_matches('/').to_string();
+    let store = store::Store::new(db.clone());
+    let keys = keys::KeyRing::load(
+        store.clone(),
+        config.key_rotation_hours * 3600,
+        config.access_token_secs.max(120),
+    )
+    .await?;
+    if config.seed_demo {
+        let cost = secrets::PasswordCost {
+            memory_kib: config.argon2_memory_kib,
+            iterations: config.argon2_iterations,
+        };
+        if demo::seed(&store, &issuer, cost).await? {
+            tracing::info!("seeded the demo ICS into identity (see `sharedcare demo`)");
+        }
+    }
+    let outbox = Outbox::new(db.clone(), outbox);
+    let provider = oauth::Provider::new(store, keys, config, issuer, outbox.clone());
+    let mut m = Mount::new(NAME);
+    m.http = http::router(provider.clone());
+    m.outbox = Some(outbox);
+    m.db = Some(db);
+    m.background.push(Box::new(move |stop| Box::pin(maintain(provider, stop))));
+    Ok(m)
+}
+
+/// Rotates keys when due and purges expired codes and tokens, every minute until stopped.
+async fn maintain(provider: oauth::Provider, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = oauth::now();
+        if let Err(e) = provider.keys.maintain(now).await {
+            tracing::warn!(error = %e, "signing key maintenance failed");
+        }
+        if let Err(e) = provider.store.purge(now).await {
+            tracing::warn!(error = %e, "purging expired identity rows failed");
+        }
+    }
+}

@@ -34,6 +34,10 @@ pub struct Consumer {
     pub handler: Arc<dyn Handler>,
 }
 
+/// A long-running task a service needs (key rotation, clean-up); it must end when the token
+/// is cancelled.
+pub type Background = Box<dyn FnOnce(CancellationToken) -> futures::future::BoxFuture<'static, ()> + Send>;
+
 /// Registers one gRPC service on the process's router.
 type AddGrpc = Box<dyn FnOnce(&mut tonic::service::RoutesBuilder) + Send>;
 
@@ -53,6 +57,8 @@ pub struct Mount {
     pub outbox: Option<Outbox>,
     /// Its database, checked by `/readyz` and closed on stop.
     pub db: Option<Db>,
+    /// Its background tasks, stopped with the consumers.
+    pub background: Vec<Background>,
 }
 
 impl Mount {
@@ -66,6 +72,7 @@ impl Mount {
             consumers: Vec::new(),
             outbox: None,
             db: None,
+            background: Vec::new(),
         }
     }
 
@@ -121,12 +128,39 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
         .map_err(|e| Error::Io(format!("cannot listen for {what} on {addr}: {e}")))
 }
 
+/// Listeners bound before services are built, so a service can know its own address (the
+/// identity issuer is the HTTP base URL when none is configured).
+pub struct Bound {
+    http: TcpListener,
+    grpc: TcpListener,
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// The bound gRPC address.
+    pub grpc_addr: SocketAddr,
+}
+
+/// Binds the HTTP and gRPC listeners.
+pub async fn bind_all(listen: Listen) -> Result<Bound> {
+    let http = bind(listen.http, "HTTP").await?;
+    let grpc = bind(listen.grpc, "gRPC").await?;
+    let http_addr = http.local_addr().map_err(|e| Error::Io(e.to_string()))?;
+    let grpc_addr = grpc.local_addr().map_err(|e| Error::Io(e.to_string()))?;
+    Ok(Bound {
+        http,
+        grpc,
+        http_addr,
+        grpc_addr,
+    })
+}
+
 /// Starts servers, relays and consumers for `mounts` on `bus`.
-pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metrics: Metrics) -> Result<Running> {
-    let http_listener = bind(listen.http, "HTTP").await?;
-    let grpc_listener = bind(listen.grpc, "gRPC").await?;
-    let http_addr = http_listener.local_addr().map_err(|e| Error::Io(e.to_string()))?;
-    let grpc_addr = grpc_listener.local_addr().map_err(|e| Error::Io(e.to_string()))?;
+pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, bound: Bound, metrics: Metrics) -> Result<Running> {
+    let Bound {
+        http: http_listener,
+        grpc: grpc_listener,
+        http_addr,
+        grpc_addr,
+    } = bound;
 
     let mut servers = Vec::new();
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -173,6 +207,9 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
                     .run(bus, token)
                     .instrument(tracing::info_span!("outbox", service = m.name)),
             );
+        }
+        for task in m.background {
+            workers.spawn(task(stop_working.clone()).instrument(tracing::info_span!("background", service = m.name)));
         }
         for c in m.consumers {
             let (bus, token) = (bus.clone(), stop_working.clone());
@@ -234,7 +271,10 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, listen: Listen, metric
         ));
     let token = stop_serving.clone();
     servers.push(tokio::spawn(async move {
-        let res = axum::serve(http_listener, http)
+        let res = axum::serve(
+            http_listener,
+            http.into_make_service_with_connect_info::<SocketAddr>(),
+        )
             .with_graceful_shutdown(token.cancelled_owned())
             .await;
         if let Err(e) = res {

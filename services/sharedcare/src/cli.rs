@@ -38,7 +38,7 @@ pub enum Command {
     },
     /// Run one service on Postgres and Kafka (what each Kubernetes Deployment runs).
     Serve {
-        /// The service: records or audit.
+        /// The service: identity, records or audit.
         service: String,
         /// HTTP listen address.
         #[arg(long, value_name = "ADDR")]
@@ -54,6 +54,14 @@ pub enum Command {
         /// Data directory (embedded storage only).
         #[arg(long, value_name = "DIR")]
         data: Option<String>,
+    },
+    /// Print the demo ICS that `up` seeds (organisations, staff with passwords and TOTP secrets,
+    /// patients, OIDC clients with secrets and redirect URIs) as JSON.
+    Demo {
+        /// The issuer / HTTP base URL the demo clients were registered under
+        /// (default: `identity.issuer`, else the HTTP listen address).
+        #[arg(long, value_name = "URL")]
+        issuer: Option<String>,
     },
     /// Measure the platform on this machine (see the README's performance section).
     Bench(bench::BenchArgs),
@@ -78,7 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             flag("grpc.listen", grpc);
         }
         Command::Migrate { data, .. } => flag("data_dir", data),
-        Command::Bench(_) => {}
+        Command::Bench(_) | Command::Demo { .. } => {}
     }
     let config: Config = sharedcare_kit::config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
     if cli.dump_config {
@@ -90,5 +98,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { service, .. } => platform::serve(config, &service).await,
         Command::Migrate { services, .. } => platform::migrate(config, &services).await,
         Command::Bench(args) => bench::run(config, args).await,
+        Command::Demo { issuer } => {
+            let base = match issuer {
+                Some(i) => i,
+                None if !config.identity.issuer.is_empty() => config.identity.issuer.clone(),
+                None => platform::default_issuer(config.http.listen),
+            };
+            let demo = sharedcare_identity::demo::describe(base.trim_end_matches('/'));
+            println!("{}", serde_json::to_string_pretty(&demo)?);
+            Ok(())
+        }
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use sharedcare_kit::bus::kafka::KafkaConfig;
 use sharedcare_kit::config::Validate;
 use sharedcare_kit::outbox::OutboxConfig;
+use sharedcare_identity::IdentityConfig;
 use sharedcare_kit::telemetry::TelemetryConfig;
 
 /// Everything `sharedcare` can be told. Defaults run `up` with no configuration at all.
@@ -29,6 +30,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
+    /// The identity provider (OIDC issuer, sessions, tokens, keys, lockout, demo seed).
+    pub identity: IdentityConfig,
     /// How long shutdown waits for in-flight work, per phase.
     pub shutdown_grace_ms: u64,
 }
@@ -92,6 +95,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
+            identity: IdentityConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -124,6 +128,7 @@ impl Validate for Config {
         if self.outbox.batch_size < 1 {
             return Err(("outbox.batch_size".into(), "must be at least 1".into()));
         }
+        self.identity.validate()?;
         if self.http.listen == self.grpc.listen && self.http.listen.port() != 0 {
             return Err((
                 "grpc.listen".into(),

@@ -17,14 +17,13 @@ use sharedcare_kit::telemetry;
 use crate::config::Config;
 
 /// Services that run today, in start order.
-pub const SERVICES: &[&str] = &[sharedcare_records::NAME, sharedcare_audit::NAME];
+pub const SERVICES: &[&str] = &[sharedcare_identity::NAME, sharedcare_records::NAME, sharedcare_audit::NAME];
 
 fn check_service(name: &str) -> anyhow::Result<()> {
     if SERVICES.contains(&name) {
         return Ok(());
     }
     let drafted = [
-        sharedcare_identity::NAME,
         sharedcare_consent::NAME,
         sharedcare_passport::NAME,
     ];
@@ -76,6 +75,7 @@ pub async fn open_db(config: &Config, service: &str) -> anyhow::Result<Db> {
     let timeout = Duration::from_millis(config.database.connect_timeout_ms);
     let db = Db::connect(&url, service, config.database.max_connections, timeout).await?;
     match service {
+        sharedcare_identity::NAME => sharedcare_identity::migrate(&db).await?,
         sharedcare_records::NAME => sharedcare_records::migrate(&db).await?,
         sharedcare_audit::NAME => sharedcare_audit::migrate(&db).await?,
         other => check_service(other)?,
@@ -101,8 +101,25 @@ pub async fn open_bus(config: &Config, client_id: &str) -> anyhow::Result<Arc<dy
     Ok(Arc::new(kafka))
 }
 
-fn mount(config: &Config, service: &str, db: Db) -> anyhow::Result<Mount> {
+/// The issuer when none is configured: the HTTP base URL this process serves on.
+pub fn default_issuer(http: std::net::SocketAddr) -> String {
+    if http.ip().is_unspecified() {
+        format!("http://localhost:{}", http.port())
+    } else {
+        format!("http://{http}")
+    }
+}
+
+async fn mount(config: &Config, service: &str, db: Db, http: std::net::SocketAddr) -> anyhow::Result<Mount> {
     Ok(match service {
+        sharedcare_identity::NAME => sharedcare_identity::mount(
+            db,
+            config.outbox.clone(),
+            config.identity.clone(),
+            default_issuer(http),
+        )
+        .await
+        .context("identity could not start")?,
         sharedcare_records::NAME => sharedcare_records::mount(db, config.outbox.clone()),
         sharedcare_audit::NAME => sharedcare_audit::mount(db),
         other => {
@@ -115,16 +132,17 @@ fn mount(config: &Config, service: &str, db: Db) -> anyhow::Result<Mount> {
 /// Starts `services` in this process; returns once they serve.
 pub async fn start(config: &Config, services: &[&str], client_id: &str) -> anyhow::Result<Running> {
     let bus = open_bus(config, client_id).await?;
+    let bound = serve::bind_all(Listen {
+        http: config.http.listen,
+        grpc: config.grpc.listen,
+    })
+    .await?;
     let mut mounts = Vec::new();
     for s in services {
         let db = open_db(config, s).await?;
-        mounts.push(mount(config, s, db)?);
+        mounts.push(mount(config, s, db, bound.http_addr).await?);
     }
-    let listen = Listen {
-        http: config.http.listen,
-        grpc: config.grpc.listen,
-    };
-    Ok(serve::start(mounts, bus, listen, Metrics::new()).await?)
+    Ok(serve::start(mounts, bus, bound, Metrics::new()).await?)
 }
 
 fn describe_storage(config: &Config) -> String {

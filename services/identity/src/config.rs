@@ -1,0 +1,93 @@
+//! Identity's settings (`[identity]` in the configuration file, `SHAREDCARE_IDENTITY__*`).
+
+use serde::{Deserialize, Serialize};
+
+/// Identity provider settings. Defaults follow NHS login's relying-party session rules.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The issuer URL (`iss`). Empty = the HTTP base URL the process serves on.
+    pub issuer: String,
+    /// Audience every platform service checks in access tokens.
+    pub audience: String,
+    /// A session ends after this long without use (seconds).
+    pub session_idle_secs: i64,
+    /// A session ends this long after login whatever happens (seconds).
+    pub session_absolute_secs: i64,
+    /// Access and ID token lifetime (seconds).
+    pub access_token_secs: i64,
+    /// Refresh token lifetime (seconds); each use rotates it.
+    pub refresh_token_secs: i64,
+    /// Authorization code lifetime (seconds).
+    pub code_secs: i64,
+    /// A new signing key is made after this many hours; the old one stays published until
+    /// every token it signed has expired.
+    pub key_rotation_hours: i64,
+    /// Failed logins in a row that lock an account.
+    pub lockout_after: i64,
+    /// How long a locked account stays locked (seconds); doubles with each further lockout.
+    pub lockout_secs: i64,
+    /// Failed logins per source address per minute before that address is slowed down.
+    pub address_failures_per_minute: u32,
+    /// Argon2id memory cost in KiB (OWASP: 19456 with t=2, p=1).
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations.
+    pub argon2_iterations: u32,
+    /// Seed the demo ICS (organisations, staff, patients, clients) into an empty database.
+    pub seed_demo: bool,
+    /// Set the `Secure` flag on cookies (on whenever the issuer is https).
+    pub secure_cookies: bool,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            issuer: String::new(),
+            audience: "sharedcare".into(),
+            session_idle_secs: 30 * 60,
+            session_absolute_secs: 12 * 3600,
+            access_token_secs: 600,
+            refresh_token_secs: 12 * 3600,
+            code_secs: 60,
+            key_rotation_hours: 24 * 7,
+            lockout_after: 5,
+            lockout_secs: 300,
+            address_failures_per_minute: 30,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            seed_demo: true,
+            secure_cookies: false,
+        }
+    }
+}
+
+impl IdentityConfig {
+    /// Returns `Err((key, reason))` for the first invalid setting.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let positive = [
+            ("identity.session_idle_secs", self.session_idle_secs),
+            ("identity.session_absolute_secs", self.session_absolute_secs),
+            ("identity.access_token_secs", self.access_token_secs),
+            ("identity.refresh_token_secs", self.refresh_token_secs),
+            ("identity.code_secs", self.code_secs),
+            ("identity.key_rotation_hours", self.key_rotation_hours),
+            ("identity.lockout_after", self.lockout_after),
+            ("identity.lockout_secs", self.lockout_secs),
+        ];
+        for (key, v) in positive {
+            if v < 1 {
+                return Err((key.into(), "must be at least 1".into()));
+            }
+        }
+        if !self.issuer.is_empty() && url::Url::parse(&self.issuer).is_err() {
+            return Err(("identity.issuer".into(), "expected an absolute URL such as https://id.example.nhs.uk".into()));
+        }
+        if self.argon2_memory_kib < 8 * 1024 {
+            return Err(("identity.argon2_memory_kib".into(), "must be at least 8192".into()));
+        }
+        if self.audience.is_empty() {
+            return Err(("identity.audience".into(), "must not be empty".into()));
+        }
+        Ok(())
+    }
+}

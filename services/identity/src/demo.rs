@@ -1,0 +1,248 @@
+//! The demo ICS that `sharedcare up` seeds into an empty identity database and that
+//! `sharedcare demo` prints, so scripts and tests can sign in without setting anything up.
+//! Its passwords, TOTP secret and client secrets are public: never seed it in production
+//! (`identity.seed_demo = false`).
+
+use serde_json::{Value, json};
+use sharedcare_kit::auth::RoleProfile;
+use sharedcare_kit::jose;
+use sharedcare_kit::nhs::NhsNumber;
+
+use crate::error::Result;
+use crate::model::{AuthMethod, Client, ClientSettings, Organisation, Patient, Person};
+use crate::secrets::{self, PasswordCost};
+use crate::store::Store;
+
+/// The nurse's TOTP secret (base32), so tests can compute codes.
+pub const NURSE_TOTP_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+
+fn org(ods: &str, name: &str, kind: &str) -> Organisation {
+    Organisation {
+        ods_code: ods.into(),
+        name: name.into(),
+        kind: kind.into(),
+    }
+}
+
+/// The demo organisations: a GP practice, an acute trust, a care home, a home care provider,
+/// the local authority and the ICB.
+pub fn organisations() -> Vec<Organisation> {
+    vec![
+        org("A81001", "Riverside Medical Practice", "gp_practice"),
+        org("RX1", "Northbridge University Hospitals NHS Trust", "nhs_trust"),
+        org("VN1C4", "Willow House Care Home", "care_home"),
+        org("VH2D7", "Homeward Care Services", "home_care_provider"),
+        org("LA101", "Northbridge City Council Adult Social Care", "local_authority"),
+        org("QN1", "NHS Northbridge Integrated Care Board", "icb"),
+    ]
+}
+
+fn role(id: &str, ods: &str, code: &str, name: &str, acts: &[&str]) -> RoleProfile {
+    RoleProfile {
+        person_roleid: id.into(),
+        org_code: ods.into(),
+        role_code: code.into(),
+        role_name: name.into(),
+        activity_codes: acts.iter().map(|a| a.to_string()).collect(),
+        person_orgid: String::new(),
+    }
+}
+
+/// Demo staff with their passwords.
+pub fn people() -> Vec<(Person, &'static str)> {
+    let person = |uid: &str, user: &str, given: &str, family: &str, totp: &str, roles: Vec<RoleProfile>| Person {
+        uid: uid.into(),
+        username: user.into(),
+        given_name: given.into(),
+        family_name: family.into(),
+        email: format!("{user}@example.nhs.uk"),
+        totp_secret: totp.into(),
+        roles,
+    };
+    vec![
+        (
+            person("555000000001", "gp", "Amara", "Okafor", "", vec![role(
+                "100000000001",
+                "A81001",
+                "S8000:G8000:R8000",
+                "Clinical Practitioner Access Role",
+                &["B0370", "B0264"],
+            )]),
+            "demo-gp-password",
+        ),
+        (
+            person("555000000002", "nurse", "Sam", "Patel", NURSE_TOTP_SECRET, vec![
+                role("100000000002", "RX1", "S8000:G8000:R8001", "Nurse Access Role", &["B0370"]),
+                role("100000000003", "VN1C4", "S8000:G8000:R8001", "Nurse Access Role", &["B1611"]),
+            ]),
+            "demo-nurse-password",
+        ),
+        (
+            person("555000000003", "careworker", "Jo", "Williams", "", vec![role(
+                "100000000004",
+                "VH2D7",
+                "S8002:G8003:R8010",
+                "Care Worker",
+                &["B1611"],
+            )]),
+            "demo-careworker-password",
+        ),
+        (
+            person("555000000004", "icsadmin", "Priya", "Shah", "", vec![role(
+                "100000000005",
+                "QN1",
+                "S8001:G8005:R8008",
+                "Admin and Clerical Access Role",
+                &["B1300"],
+            )]),
+            "demo-icsadmin-password",
+        ),
+    ]
+}
+
+/// Demo patients (valid NHS numbers) with their passwords: three at P9, one at P5.
+pub fn patients() -> Vec<(Patient, &'static str)> {
+    let nhs = |stem: u32| NhsNumber::from_stem(stem).map(|n| n.as_str().to_string()).unwrap_or_default();
+    let patient = |stem: u32, user: &str, given: &str, family: &str, born: &str, level: &str| Patient {
+        nhs_number: nhs(stem),
+        username: user.into(),
+        given_name: given.into(),
+        family_name: family.into(),
+        birthdate: born.into(),
+        proofing_level: level.into(),
+    };
+    vec![
+        (patient(943_476_591, "patient1", "Margaret", "Evans", "1941-03-12", "P9"), "demo-patient1-password"),
+        (patient(943_476_592, "patient2", "David", "Nowak", "1958-11-02", "P9"), "demo-patient2-password"),
+        (patient(943_476_593, "patient3", "Aisha", "Rahman", "1990-06-25", "P9"), "demo-patient3-password"),
+        (patient(943_476_594, "patient4", "Tom", "Baker", "1985-01-30", "P5"), "demo-patient4-password"),
+    ]
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Demo clients with their secrets (empty for public clients). `base` is the HTTP base URL.
+pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
+    let user_scopes = strings(&[
+        "openid",
+        "profile",
+        "email",
+        "nationalrbacaccess",
+        "selectedrole",
+        "associatedorgs",
+        "nhs_number",
+        "basic_demographics",
+        "offline_access",
+    ]);
+    let client = |id: &str, name: &str, secret: &str, settings: ClientSettings| Client {
+        id: id.into(),
+        name: name.into(),
+        secret_hash: if secret.is_empty() { String::new() } else { jose::sha256_b64(secret) },
+        settings,
+    };
+    vec![
+        (
+            client("sharedcare-portal", "Sharedcare portal", "demo-portal-secret-7c1f9e2b4a", ClientSettings {
+                redirect_uris: vec![format!("{base}/portal/callback")],
+                post_logout_redirect_uris: vec![format!("{base}/portal/")],
+                backchannel_logout_uri: String::new(),
+                grant_types: strings(&["authorization_code", "refresh_token"]),
+                scopes: user_scopes.clone(),
+                auth_method: AuthMethod::ClientSecretBasic,
+                jwks: None,
+            }),
+            "demo-portal-secret-7c1f9e2b4a",
+        ),
+        (
+            client("ics-sample-app", "Northbridge Care Coordination (sample ICS app)", "demo-sample-secret-3d8a61f0c5", ClientSettings {
+                redirect_uris: strings(&["http://127.0.0.1:8400/callback", "http://localhost:8400/callback"]),
+                post_logout_redirect_uris: strings(&["http://127.0.0.1:8400/"]),
+                backchannel_logout_uri: "http://127.0.0.1:8400/backchannel-logout".into(),
+                grant_types: strings(&["authorization_code", "refresh_token"]),
+                scopes: user_scopes.clone(),
+                auth_method: AuthMethod::ClientSecretPost,
+                jwks: None,
+            }),
+            "demo-sample-secret-3d8a61f0c5",
+        ),
+        (
+            client("nhs-app-demo", "Patient passport (NHS App)", "", ClientSettings {
+                redirect_uris: strings(&["http://127.0.0.1:8401/callback"]),
+                post_logout_redirect_uris: Vec::new(),
+                backchannel_logout_uri: String::new(),
+                grant_types: strings(&["authorization_code", "refresh_token"]),
+                scopes: user_scopes,
+                auth_method: AuthMethod::None,
+                jwks: None,
+            }),
+            "",
+        ),
+        (
+            client("ics-integration", "ICS integration engine (service)", "demo-integration-secret-95be0d27aa", ClientSettings {
+                redirect_uris: Vec::new(),
+                post_logout_redirect_uris: Vec::new(),
+                backchannel_logout_uri: String::new(),
+                grant_types: strings(&["client_credentials"]),
+                scopes: strings(&["records.read", "records.write", "consent.decide", "audit.read", "identity.admin"]),
+                auth_method: AuthMethod::ClientSecretBasic,
+                jwks: None,
+            }),
+            "demo-integration-secret-95be0d27aa",
+        ),
+    ]
+}
+
+/// Seeds the demo ICS when the identity database is empty; true when it seeded.
+pub async fn seed(store: &Store, base: &str, cost: PasswordCost) -> Result<bool> {
+    if !store.is_empty().await? {
+        return Ok(false);
+    }
+    for o in organisations() {
+        store.insert_organisation(&o).await?;
+    }
+    for (p, password) in people() {
+        let hash = tokio::task::spawn_blocking(move || secrets::hash_password(password, cost))
+            .await
+            .map_err(|e| crate::IdentityError::invalid("password", e.to_string()))??;
+        store.insert_person(&p, &hash).await?;
+    }
+    for (p, password) in patients() {
+        let hash = tokio::task::spawn_blocking(move || secrets::hash_password(password, cost))
+            .await
+            .map_err(|e| crate::IdentityError::invalid("password", e.to_string()))??;
+        store.insert_patient(&p, &hash).await?;
+    }
+    for (c, _) in clients(base) {
+        store.insert_client(&c).await?;
+    }
+    Ok(true)
+}
+
+/// The demo ICS as JSON (what `sharedcare demo` prints).
+pub fn describe(base: &str) -> Value {
+    json!({
+        "issuer": base,
+        "discovery": format!("{base}/.well-known/openid-configuration"),
+        "organisations": organisations(),
+        "staff": people().into_iter().map(|(p, password)| json!({
+            "nhsid_useruid": p.uid, "username": p.username, "password": password,
+            "name": format!("{} {}", p.given_name, p.family_name),
+            "totp_secret": p.totp_secret, "role_profiles": p.roles,
+        })).collect::<Vec<_>>(),
+        "patients": patients().into_iter().map(|(p, password)| json!({
+            "nhs_number": p.nhs_number, "username": p.username, "password": password,
+            "name": format!("{} {}", p.given_name, p.family_name), "birthdate": p.birthdate,
+            "identity_proofing_level": p.proofing_level,
+        })).collect::<Vec<_>>(),
+        "clients": clients(base).into_iter().map(|(c, secret)| json!({
+            "client_id": c.id, "name": c.name, "client_secret": secret,
+            "token_endpoint_auth_method": c.settings.auth_method.as_str(),
+            "redirect_uris": c.settings.redirect_uris,
+            "post_logout_redirect_uris": c.settings.post_logout_redirect_uris,
+            "backchannel_logout_uri": c.settings.backchannel_logout_uri,
+            "grant_types": c.settings.grant_types, "scopes": c.settings.scopes,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,709 @@
+//! The OpenID provider's protocol logic, apart from HTTP: client authentication, the token
+//! endpoint's grants, token minting, introspection, revocation and logout.
+//!
+//! Standards followed: OpenID Connect Core 1.0, RFC 6749 (OAuth 2.0), RFC 7636 (PKCE),
+//! RFC 7009 (revocation), RFC 7662 (introspection), RFC 7523 (private_key_jwt), RFC 9068 (JWT
+//! access tokens), OpenID Connect Back-Channel Logout 1.0, RFC 9700 (refresh token rotation).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sharedcare_kit::auth::Verifier;
+use sharedcare_kit::bus::envelope;
+use sharedcare_kit::jose::{self, JwkSet};
+use sharedcare_kit::outbox::Outbox;
+use sharedcare_proto::events::v1::IdentityEvent;
+
+use crate::config::IdentityConfig;
+use crate::error::IdentityError;
+use crate::keys::KeyRing;
+use crate::model::{AuthMethod, Client, Grant, SubjectKind, check_scope};
+use crate::store::{Session, Store};
+
+/// An OAuth / OIDC error response (RFC 6749 §5.2): a registered code and a description that
+/// says what was wrong without echoing secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    /// `error`, e.g. "invalid_grant".
+    pub code: &'static str,
+    /// `error_description`.
+    pub description: String,
+}
+
+impl OAuthError {
+    /// An error with `code`.
+    pub fn new(code: &'static str, description: impl Into<String>) -> Self {
+        OAuthError {
+            code,
+            description: description.into(),
+        }
+    }
+    /// HTTP status for the token, revocation and introspection endpoints.
+    pub fn status(&self) -> u16 {
+        match self.code {
+            "invalid_client" => 401,
+            "invalid_token" => 401,
+            "temporarily_unavailable" => 503,
+            "server_error" => 500,
+            _ => 400,
+        }
+    }
+}
+
+impl From<IdentityError> for OAuthError {
+    fn from(e: IdentityError) -> Self {
+        tracing::warn!(error = %e, "identity request failed");
+        match e {
+            IdentityError::Invalid { .. } => OAuthError::new("invalid_request", e.to_string()),
+            IdentityError::Storage(_) | IdentityError::Kit(_) => {
+                OAuthError::new("temporarily_unavailable", "identity storage is unavailable")
+            }
+            _ => OAuthError::new("server_error", "identity could not complete the request"),
+        }
+    }
+}
+
+/// `Result` for protocol operations.
+pub type OResult<T> = std::result::Result<T, OAuthError>;
+
+/// Client credentials as presented to an endpoint.
+#[derive(Debug, Default, Clone)]
+pub struct Presented {
+    /// From HTTP Basic.
+    pub basic: Option<(String, String)>,
+    /// `client_id` form field.
+    pub client_id: String,
+    /// `client_secret` form field.
+    pub client_secret: String,
+    /// `client_assertion_type`.
+    pub assertion_type: String,
+    /// `client_assertion`.
+    pub assertion: String,
+}
+
+/// The provider: identity's protocol state shared by every handler.
+#[derive(Clone)]
+pub struct Provider {
+    /// Storage.
+    pub store: Store,
+    /// Signing keys.
+    pub keys: KeyRing,
+    /// Settings.
+    pub config: Arc<IdentityConfig>,
+    /// `iss`.
+    pub issuer: Arc<str>,
+    /// Where identity events go.
+    pub outbox: Outbox,
+    /// Verifies identity's own access tokens (userinfo, introspection, admin API).
+    pub verifier: Verifier,
+    clients: Arc<Mutex<HashMap<String, (Client, Instant)>>>,
+    http: reqwest::Client,
+}
+
+/// How long a client registration is cached in memory before it is read again.
+const CLIENT_CACHE: Duration = Duration::from_secs(10);
+
+/// `client_assertion_type` for private_key_jwt.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The token endpoint's response body.
+pub type TokenResponse = Value;
+
+/// Now, unix seconds.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl Provider {
+    /// A provider over `store` and `keys`, issuing as `issuer`.
+    pub fn new(store: Store, keys: KeyRing, config: IdentityConfig, issuer: String, outbox: Outbox) -> Provider {
+        let verifier = Verifier::new(issuer.clone(), config.audience.clone(), Arc::new(keys.clone()));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Provider {
+            store,
+            keys,
+            config: Arc::new(config),
+            issuer: issuer.into(),
+            outbox,
+            verifier,
+            clients: Arc::new(Mutex::new(HashMap::new())),
+            http,
+        }
+    }
+
+    /// The token endpoint URL.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/oauth2/token", self.issuer)
+    }
+
+    /// A client by id (cached briefly).
+    pub async fn client(&self, id: &str) -> OResult<Option<Client>> {
+        if let Ok(cache) = self.clients.lock()
+            && let Some((c, at)) = cache.get(id)
+            && at.elapsed() < CLIENT_CACHE
+        {
+            return Ok(Some(c.clone()));
+        }
+        let found = self.store.client(id).await?;
+        if let (Some(c), Ok(mut cache)) = (&found, self.clients.lock()) {
+            cache.insert(id.to_string(), (c.clone(), Instant::now()));
+        }
+        Ok(found)
+    }
+
+    /// Forgets a cached client (after an administrator changed it).
+    pub fn forget_client(&self, id: &str) {
+        if let Ok(mut cache) = self.clients.lock() {
+            cache.remove(id);
+        }
+    }
+
+    /// Authenticates the client at the token, revocation or introspection endpoint with the
+    /// method it registered (OIDC Core §9). Any failure is `invalid_client`.
+    pub async fn authenticate(&self, p: &Presented) -> OResult<Client> {
+        let bad = |why: &str| OAuthError::new("invalid_client", format!("client authentication failed: {why}"));
+        let id = match (&p.basic, p.client_id.is_empty()) {
+            (Some((id, _)), _) => id.clone(),
+            (None, false) => p.client_id.clone(),
+            (None, true) if !p.assertion.is_empty() => {
+                let claims = unverified_payload(&p.assertion).ok_or_else(|| bad("client_assertion is not a JWT"))?;
+                claims["iss"].as_str().unwrap_or_default().to_string()
+            }
+            _ => return Err(bad("no client credentials")),
+        };
+        let client = self.client(&id).await?.ok_or_else(|| bad("unknown client"))?;
+        match client.settings.auth_method {
+            AuthMethod::ClientSecretBasic => {
+                let Some((_, secret)) = &p.basic else {
+                    return Err(bad("this client must use client_secret_basic"));
+                };
+                check_secret(&client, secret).map_err(|()| bad("wrong client secret"))?;
+            }
+            AuthMethod::ClientSecretPost => {
+                if p.client_secret.is_empty() || p.basic.is_some() {
+                    return Err(bad("this client must use client_secret_post"));
+                }
+                check_secret(&client, &p.client_secret).map_err(|()| bad("wrong client secret"))?;
+            }
+            AuthMethod::PrivateKeyJwt => self.check_assertion(&client, p).await?,
+            AuthMethod::None => {
+                if p.basic.is_some() || !p.client_secret.is_empty() || !p.assertion.is_empty() {
+                    return Err(bad("a public client has no credentials"));
+                }
+            }
+        }
+        Ok(client)
+    }
+
+    /// RFC 7523 §3: iss = sub = client_id, aud names this provider, unexpired, `jti` unseen.
+    async fn check_assertion(&self, client: &Client, p: &Presented) -> OResult<()> {
+        let bad = |why: String| OAuthError::new("invalid_client", format!("client assertion refused: {why}"));
+        if p.assertion_type != JWT_BEARER {
+            return Err(bad(format!("client_assertion_type must be {JWT_BEARER}")));
+        }
+        let keys = client.settings.jwks.clone().unwrap_or_default();
+        let claims = jose::verify_with(&p.assertion, &keys).map_err(|e| bad(e.to_string()))?;
+        let s = |k: &str| claims[k].as_str().unwrap_or_default().to_string();
+        if s("iss") != client.id || s("sub") != client.id {
+            return Err(bad("iss and sub must be the client_id".into()));
+        }
+        let token_endpoint = self.token_endpoint();
+        let aud_ok = |v: &Value| v.as_str().is_some_and(|a| a == token_endpoint || a == &*self.issuer);
+        let aud = match &claims["aud"] {
+            Value::Array(a) => a.iter().any(aud_ok),
+            v => aud_ok(v),
+        };
+        if !aud {
+            return Err(bad("aud must be the token endpoint or the issuer".into()));
+        }
+        let exp = claims["exp"].as_i64().ok_or_else(|| bad("exp is missing".into()))?;
+        let now = now();
+        if exp <= now || exp > now + 3600 {
+            return Err(bad("exp must be in the next hour".into()));
+        }
+        let jti = s("jti");
+        if jti.is_empty() {
+            return Err(bad("jti is missing".into()));
+        }
+        if !self.store.first_use_of_assertion(&format!("{}:{jti}", client.id), exp).await? {
+            return Err(bad("jti was already used".into()));
+        }
+        Ok(())
+    }
+
+    /// The token endpoint (RFC 6749 §3.2) after client authentication.
+    pub async fn token(&self, client: &Client, form: &HashMap<String, String>) -> OResult<TokenResponse> {
+        let f = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+        let grant_type = f("grant_type");
+        if grant_type.is_empty() {
+            return Err(OAuthError::new("invalid_request", "grant_type is required"));
+        }
+        if !client.allows_grant(grant_type) {
+            return Err(OAuthError::new(
+                "unauthorized_client",
+                format!("grant_type {grant_type:?} is not registered for this client"),
+            ));
+        }
+        match grant_type {
+            "client_credentials" => self.client_credentials(client, f("scope")),
+            "authorization_code" => self.redeem_code(client, f("code"), f("redirect_uri"), f("code_verifier")).await,
+            "refresh_token" => self.refresh(client, f("refresh_token"), f("scope")).await,
+            other => Err(OAuthError::new(
+                "unsupported_grant_type",
+                format!("grant_type {other:?} is not supported"),
+            )),
+        }
+    }
+
+    fn client_credentials(&self, client: &Client, scope: &str) -> OResult<TokenResponse> {
+        let scope = if scope.is_empty() {
+            client
+                .settings
+                .scopes
+                .iter()
+                .filter(|s| s.contains('.'))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            check_scope(scope, &client.settings.scopes).map_err(|e| OAuthError::new("invalid_scope", e))?
+        };
+        let now = now();
+        let ttl = self.config.access_token_secs;
+        let claims = json!({
+            "iss": &*self.issuer, "sub": client.id, "aud": [self.config.audience.as_str()],
+            "client_id": client.id, "scope": scope, "jti": jose::random_token(16),
+            "iat": now, "nbf": now, "exp": now + ttl,
+        });
+        let token = self.keys.active().sign("at+jwt", &claims);
+        Ok(json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl, "scope": scope}))
+    }
+
+    async fn redeem_code(&self, client: &Client, code: &str, redirect_uri: &str, verifier: &str) -> OResult<TokenResponse> {
+        let invalid = |why: &str| OAuthError::new("invalid_grant", why.to_string());
+        if code.is_empty() {
+            return Err(OAuthError::new("invalid_request", "code is required"));
+        }
+        let grant = match self.store.take_code(&jose::sha256_b64(code), now()).await? {
+            Ok(g) => g,
+            Err(true) => return Err(invalid("authorization code was already used")),
+            Err(false) => return Err(invalid("authorization code is unknown or expired")),
+        };
+        if grant.client_id != client.id {
+            return Err(invalid("authorization code was issued to another client"));
+        }
+        if grant.redirect_uri != redirect_uri {
+            return Err(invalid("redirect_uri does not match the authorization request"));
+        }
+        if !grant.code_challenge.is_empty() {
+            if verifier.is_empty() {
+                return Err(invalid("code_verifier is required (PKCE)"));
+            }
+            if jose::sha256_b64(verifier) != grant.code_challenge {
+                return Err(invalid("code_verifier does not match the code_challenge (PKCE)"));
+            }
+        }
+        self.live_session(&grant).await?;
+        self.issue(client, &grant, None).await
+    }
+
+    async fn refresh(&self, client: &Client, token: &str, scope: &str) -> OResult<TokenResponse> {
+        let invalid = |why: &str| OAuthError::new("invalid_grant", why.to_string());
+        if token.is_empty() {
+            return Err(OAuthError::new("invalid_request", "refresh_token is required"));
+        }
+        let (family, mut grant) = match self.store.use_refresh(&jose::sha256_b64(token), now()).await? {
+            Ok(x) => x,
+            Err(true) => {
+                tracing::warn!(client = %client.id, "refresh token reuse: family revoked");
+                return Err(invalid("refresh token was already used; every token of its family is revoked"));
+            }
+            Err(false) => return Err(invalid("refresh token is unknown, expired or revoked")),
+        };
+        if grant.client_id != client.id {
+            return Err(invalid("refresh token was issued to another client"));
+        }
+        if !scope.is_empty() {
+            let asked: Vec<&str> = scope.split_whitespace().collect();
+            if let Some(extra) = asked.iter().find(|s| !grant.has_scope(s)) {
+                return Err(OAuthError::new(
+                    "invalid_scope",
+                    format!("scope {extra:?} was not granted originally"),
+                ));
+            }
+            grant.scope = asked.join(" ");
+        }
+        self.live_session(&grant).await?;
+        grant.nonce.clear();
+        self.issue(client, &grant, Some(family)).await
+    }
+
+    /// The session behind a grant must still be live: logging out ends every app's tokens.
+    async fn live_session(&self, grant: &Grant) -> OResult<Session> {
+        let s = self.store.session(&grant.session_id).await?;
+        match s {
+            Some(s) if !s.revoked && s.expires_at > now() => Ok(s),
+            _ => Err(OAuthError::new("invalid_grant", "the sign-in session has ended")),
+        }
+    }
+
+    /// Mints access + ID (+ refresh) tokens for a grant. `family` continues a rotation family.
+    async fn issue(&self, client: &Client, grant: &Grant, family: Option<String>) -> OResult<TokenResponse> {
+        let now = now();
+        let ttl = self.config.access_token_secs;
+        let subject = self.subject_claims(grant).await?;
+        let signer = self.keys.active();
+        let mut at = json!({
+            "iss": &*self.issuer, "sub": subject_id(grant), "aud": [self.config.audience.as_str(), client.id.as_str()],
+            "client_id": client.id, "scope": grant.scope, "jti": jose::random_token(16),
+            "iat": now, "nbf": now, "exp": now + ttl, "auth_time": grant.auth_time,
+            "acr": grant.acr(), "amr": grant.amr, "sid": grant.session_id,
+        });
+        merge(&mut at, access_claims(grant, &subject));
+        let access_token = signer.sign("at+jwt", &at);
+        let mut out = json!({
+            "access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": grant.scope,
+        });
+        if grant.has_scope("openid") {
+            let mut id = json!({
+                "iss": &*self.issuer, "sub": subject_id(grant), "aud": client.id, "azp": client.id,
+                "iat": now, "exp": now + ttl, "auth_time": grant.auth_time, "acr": grant.acr(),
+                "amr": grant.amr, "sid": grant.session_id, "at_hash": jose::half_hash(&access_token),
+            });
+            if !grant.nonce.is_empty() {
+                id["nonce"] = json!(grant.nonce);
+            }
+            merge(&mut id, scoped_claims(grant, &subject));
+            out["id_token"] = json!(signer.sign("JWT", &id));
+        }
+        if client.allows_grant("refresh_token") {
+            let token = jose::random_token(32);
+            let family = family.unwrap_or_else(|| jose::random_token(12));
+            self.store
+                .put_refresh(&jose::sha256_b64(&token), &family, grant, now + self.config.refresh_token_secs)
+                .await?;
+            out["refresh_token"] = json!(token);
+        }
+        Ok(out)
+    }
+
+    /// Everything known about the grant's subject, as claims (filtered by scope later).
+    pub async fn subject_claims(&self, grant: &Grant) -> OResult<Value> {
+        match grant.subject_kind {
+            SubjectKind::Staff => {
+                let (p, _, _) = self
+                    .store
+                    .person("uid", &grant.subject)
+                    .await?
+                    .ok_or_else(|| OAuthError::new("invalid_grant", "the person no longer exists"))?;
+                let orgs = self.store.organisations("", 10_000).await?;
+                let mut user_orgs = Vec::new();
+                for r in &p.roles {
+                    if !user_orgs.iter().any(|o: &Value| o["org_code"] == r.org_code.as_str()) {
+                        let name = orgs.iter().find(|o| o.ods_code == r.org_code).map(|o| o.name.clone());
+                        user_orgs.push(json!({"org_code": r.org_code, "org_name": name.unwrap_or_default()}));
+                    }
+                }
+                let roles: Vec<Value> = p
+                    .roles
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "person_orgid": format!("{}{}", p.uid, r.org_code), "person_roleid": r.person_roleid,
+                            "org_code": r.org_code, "role_name": r.role_name, "role_code": r.role_code,
+                            "activity_codes": crate::model::expand_activities(&r.activity_codes),
+                        })
+                    })
+                    .collect();
+                Ok(json!({
+                    "nhsid_useruid": p.uid, "name": format!("{} {}", p.given_name, p.family_name),
+                    "given_name": p.given_name, "family_name": p.family_name, "email": p.email,
+                    "nhsid_nrbac_roles": roles, "nhsid_user_orgs": user_orgs,
+                    "selected_roleid": grant.selected_role, "idassurancelevel": if grant.acr() == crate::model::ACR_MFA { "3" } else { "2" },
+                }))
+            }
+            SubjectKind::Patient => {
+                let (p, _, _) = self
+                    .store
+                    .patient("nhs_number", &grant.subject)
+                    .await?
+                    .ok_or_else(|| OAuthError::new("invalid_grant", "the patient no longer exists"))?;
+                let vot = if grant.amr.iter().any(|m| m == "otp") {
+                    format!("{}.Cp.Cd", p.proofing_level)
+                } else {
+                    format!("{}.Cp", p.proofing_level)
+                };
+                Ok(json!({
+                    "nhs_number": p.nhs_number, "identity_proofing_level": p.proofing_level,
+                    "given_name": p.given_name, "family_name": p.family_name, "birthdate": p.birthdate,
+                    "name": format!("{} {}", p.given_name, p.family_name), "vot": vot,
+                }))
+            }
+        }
+    }
+
+    /// Verifies one of identity's access tokens for userinfo: signature, issuer, audience,
+    /// expiry, not revoked, session live. Returns its claims.
+    pub async fn check_access_token(&self, token: &str) -> OResult<Value> {
+        let invalid = |why: String| OAuthError::new("invalid_token", why);
+        let claims = self.verifier.claims(token).await.map_err(|e| invalid(e.to_string()))?;
+        let jti = claims["jti"].as_str().unwrap_or_default();
+        if self.store.jti_revoked(jti).await? {
+            return Err(invalid("the access token was revoked".into()));
+        }
+        if let Some(sid) = claims["sid"].as_str() {
+            match self.store.session(sid).await? {
+                Some(s) if !s.revoked && s.expires_at > now() => {}
+                _ => return Err(invalid("the sign-in session has ended".into())),
+            }
+        }
+        Ok(claims)
+    }
+
+    /// userinfo (OIDC Core §5.3): the subject's claims the token's scopes allow.
+    pub async fn userinfo(&self, token: &str) -> OResult<Value> {
+        let claims = self.check_access_token(token).await?;
+        let sid = claims["sid"].as_str().unwrap_or_default();
+        let session = self
+            .store
+            .session(sid)
+            .await?
+            .ok_or_else(|| OAuthError::new("invalid_token", "not a user's token"))?;
+        let grant = Grant {
+            client_id: claims["client_id"].as_str().unwrap_or_default().into(),
+            session_id: session.id.clone(),
+            subject_kind: session.subject_kind,
+            subject: session.subject.clone(),
+            scope: claims["scope"].as_str().unwrap_or_default().into(),
+            nonce: String::new(),
+            redirect_uri: String::new(),
+            code_challenge: String::new(),
+            auth_time: session.auth_time,
+            amr: session.amr.clone(),
+            selected_role: session.selected_role.clone(),
+        };
+        let subject = self.subject_claims(&grant).await?;
+        let mut out = json!({"sub": subject_id(&grant)});
+        merge(&mut out, scoped_claims(&grant, &subject));
+        Ok(out)
+    }
+
+    /// RFC 7662 introspection by an authenticated client.
+    pub async fn introspect(&self, token: &str) -> OResult<Value> {
+        if token.is_empty() {
+            return Err(OAuthError::new("invalid_request", "token is required"));
+        }
+        if let Ok(c) = self.check_access_token(token).await {
+            let mut out = json!({"active": true, "token_type": "Bearer"});
+            for k in ["scope", "client_id", "sub", "exp", "iat", "nbf", "iss", "aud", "jti", "sid", "acr"] {
+                if !c[k].is_null() {
+                    out[k] = c[k].clone();
+                }
+            }
+            return Ok(out);
+        }
+        if let Some(g) = self.store.refresh_active(&jose::sha256_b64(token), now()).await? {
+            return Ok(json!({
+                "active": true, "token_type": "refresh_token", "client_id": g.client_id,
+                "scope": g.scope, "sub": subject_id(&g), "iss": &*self.issuer,
+            }));
+        }
+        Ok(json!({"active": false}))
+    }
+
+    /// RFC 7009 revocation: refresh tokens revoke their family; access tokens their `jti`.
+    /// Tokens of other clients and unknown tokens are ignored (the answer is 200 either way).
+    pub async fn revoke(&self, client: &Client, token: &str) -> OResult<()> {
+        if token.is_empty() {
+            return Err(OAuthError::new("invalid_request", "token is required"));
+        }
+        if let Some((family, grant)) = self.store.refresh_family(&jose::sha256_b64(token)).await? {
+            if grant.client_id == client.id {
+                self.store.revoke_family(&family, now()).await?;
+            }
+            return Ok(());
+        }
+        if let Ok(c) = self.verifier.claims(token).await
+            && c["client_id"].as_str() == Some(client.id.as_str())
+        {
+            let jti = c["jti"].as_str().unwrap_or_default();
+            let exp = c["exp"].as_i64().unwrap_or_default();
+            self.store.revoke_jti(jti, exp).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends a session: its refresh tokens are revoked and every client that signed in through
+    /// it gets a back-channel logout token. Returns the clients notified successfully.
+    pub async fn end_session(&self, session: &Session, kind: &str) -> OResult<Vec<String>> {
+        let clients = self.store.revoke_session(&session.id, now()).await?;
+        self.event(kind, session.subject_kind.as_str(), &session.subject, "", "", "", &[], "")
+            .await;
+        let mut notified = Vec::new();
+        for id in clients {
+            let Some(client) = self.client(&id).await? else { continue };
+            let uri = &client.settings.backchannel_logout_uri;
+            if uri.is_empty() {
+                continue;
+            }
+            let now = now();
+            let grant = Grant {
+                client_id: id.clone(),
+                session_id: session.id.clone(),
+                subject_kind: session.subject_kind,
+                subject: session.subject.clone(),
+                scope: String::new(),
+                nonce: String::new(),
+                redirect_uri: String::new(),
+                code_challenge: String::new(),
+                auth_time: session.auth_time,
+                amr: Vec::new(),
+                selected_role: String::new(),
+            };
+            let token = self.keys.active().sign(
+                "logout+jwt",
+                &json!({
+                    "iss": &*self.issuer, "aud": id, "iat": now, "exp": now + 120, "jti": jose::random_token(16),
+                    "sub": subject_id(&grant), "sid": session.id,
+                    "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+                }),
+            );
+            match self.http.post(uri).form(&[("logout_token", token)]).send().await {
+                Ok(r) if r.status().is_success() => notified.push(id),
+                Ok(r) => tracing::warn!(client = %id, status = %r.status(), "back-channel logout refused"),
+                Err(e) => tracing::warn!(client = %id, error = %e, "back-channel logout failed"),
+            }
+        }
+        Ok(notified)
+    }
+
+    /// Writes an identity event to the outbox (durably, before the caller answers).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn event(
+        &self,
+        kind: &str,
+        subject_kind: &str,
+        subject: &str,
+        client_id: &str,
+        source: &str,
+        detail: &str,
+        amr: &[String],
+        acr: &str,
+    ) {
+        let e = IdentityEvent {
+            kind: kind.into(),
+            subject: subject.into(),
+            subject_kind: subject_kind.into(),
+            client_id: client_id.into(),
+            source_address: source.into(),
+            detail: detail.into(),
+            time: Some(sharedcare_kit::db::timestamp(sharedcare_kit::db::now_us())),
+            amr: amr.to_vec(),
+            acr: acr.into(),
+        };
+        let key = if subject_kind == "patient" { subject } else { "" };
+        let env = envelope("sharedcare.events.v1.IdentityEvent", crate::NAME, subject, key, &e);
+        if let Err(err) = self.outbox.record(&sharedcare_kit::bus::topic(crate::NAME), env).await {
+            tracing::error!(error = %err, kind, "identity event could not be recorded");
+        }
+    }
+
+    /// The JWK Set a client registered, for tests and admin display.
+    pub fn client_keys(client: &Client) -> JwkSet {
+        client.settings.jwks.clone().unwrap_or_default()
+    }
+}
+
+fn check_secret(client: &Client, secret: &str) -> Result<(), ()> {
+    if client.secret_hash.is_empty() {
+        return Err(());
+    }
+    let given = jose::sha256_b64(secret);
+    // Compare digests without an early exit.
+    let (a, b) = (given.as_bytes(), client.secret_hash.as_bytes());
+    if a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0 {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+fn unverified_payload(jwt: &str) -> Option<Value> {
+    use base64::Engine;
+    let p = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// `sub`: the person's uid for staff (as CIS2); for patients a pairwise-stable pseudonym, not
+/// the NHS number (as NHS login), which is a claim of its own under the `nhs_number` scope.
+pub fn subject_id(grant: &Grant) -> String {
+    match grant.subject_kind {
+        SubjectKind::Staff => grant.subject.clone(),
+        SubjectKind::Patient => {
+            let h = jose::sha256_b64(&format!("patient:{}", grant.subject));
+            h.chars().take(32).collect()
+        }
+    }
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Value::Object(a), Value::Object(b)) = (into, from) {
+        for (k, v) in b {
+            a.insert(k, v);
+        }
+    }
+}
+
+/// Claims the access token carries so services can authorise without calling identity.
+fn access_claims(grant: &Grant, s: &Value) -> Value {
+    match grant.subject_kind {
+        SubjectKind::Staff => json!({
+            "nhsid_useruid": s["nhsid_useruid"], "selected_roleid": s["selected_roleid"],
+            "nhsid_nrbac_roles": s["nhsid_nrbac_roles"], "idassurancelevel": s["idassurancelevel"],
+        }),
+        SubjectKind::Patient => json!({
+            "nhs_number": s["nhs_number"], "identity_proofing_level": s["identity_proofing_level"], "vot": s["vot"],
+        }),
+    }
+}
+
+/// Claims for the ID token and userinfo, by scope (CIS2 and NHS login scope names).
+fn scoped_claims(grant: &Grant, s: &Value) -> Value {
+    let mut out = json!({});
+    let mut copy = |keys: &[&str]| {
+        for k in keys {
+            if !s[*k].is_null() && s[*k] != json!("") {
+                out[*k] = s[*k].clone();
+            }
+        }
+    };
+    if grant.has_scope("profile") {
+        copy(&["name", "given_name", "family_name", "birthdate", "nhsid_useruid", "idassurancelevel"]);
+    }
+    if grant.has_scope("email") {
+        copy(&["email"]);
+    }
+    if grant.has_scope("nationalrbacaccess") {
+        copy(&["nhsid_useruid", "nhsid_nrbac_roles"]);
+    }
+    if grant.has_scope("selectedrole") {
+        copy(&["selected_roleid"]);
+    }
+    if grant.has_scope("associatedorgs") {
+        copy(&["nhsid_user_orgs"]);
+    }
+    if grant.has_scope("nhs_number") {
+        copy(&["nhs_number", "identity_proofing_level", "vot"]);
+    }
+    if grant.has_scope("basic_demographics") {
+        copy(&["birthdate", "family_name", "given_name", "identity_proofing_level"]);
+    }
+    out
+}

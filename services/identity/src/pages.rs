@@ -1,0 +1,173 @@
+//! Server-rendered login pages: plain HTML forms that work without JavaScript, labelled for
+//! screen readers, styled after the NHS.UK frontend (colours, type scale, focus ring). Every
+//! value placed in a page is escaped; secrets are never echoed back.
+
+use sharedcare_kit::auth::RoleProfile;
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{margin:0;font-family:Arial,Helvetica,sans-serif;color:#212b32;background:#f0f4f5;\
+font-size:19px;line-height:1.47}header{background:#005eb8;color:#fff;padding:16px 24px}\
+header a{color:#fff;font-weight:bold;text-decoration:none;font-size:24px}main{max-width:640px;\
+margin:32px auto;background:#fff;padding:32px;border-bottom:4px solid #d8dde0}h1{font-size:32px;\
+margin-top:0}label{display:block;font-weight:bold;margin:24px 0 8px}input[type=text],\
+input[type=password]{width:100%;box-sizing:border-box;font-size:19px;padding:8px;border:2px solid #4c6272}\
+input:focus,button:focus{outline:4px solid #ffeb3b;box-shadow:inset 0 0 0 2px #212b32}\
+button{margin-top:24px;background:#007f3b;color:#fff;border:0;border-radius:4px;font-size:19px;\
+padding:12px 16px;font-weight:bold;box-shadow:0 4px 0 #00401e;cursor:pointer}\
+.error{border-left:8px solid #d5281b;padding:8px 16px;margin-bottom:16px;color:#d5281b;font-weight:bold}\
+.hint{color:#4c6272}fieldset{border:0;padding:0}.radio{margin:12px 0}.code{font-family:monospace;\
+font-size:22px;background:#f0f4f5;padding:8px;word-break:break-all}";
+
+/// A whole page: NHS-style header, main landmark with `body`.
+pub fn layout(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html><html lang=\"en-GB\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} - Sharedcare</title><style>{STYLE}</style></head><body>\
+         <header><a href=\"/\" aria-label=\"Sharedcare homepage\">Sharedcare</a> \
+         <span>Sign in to your care record systems</span></header>\
+         <main id=\"maincontent\">{body}</main></body></html>",
+        esc(title)
+    )
+}
+
+fn error_box(error: &str) -> String {
+    if error.is_empty() {
+        String::new()
+    } else {
+        format!("<div class=\"error\" role=\"alert\" id=\"error-summary\">{}</div>", esc(error))
+    }
+}
+
+/// The username + password form.
+pub fn login(req: &str, csrf: &str, client_name: &str, username: &str, error: &str) -> String {
+    layout(
+        "Sign in",
+        &format!(
+            "<h1>Sign in</h1><p class=\"hint\">to continue to {}</p>{}\
+             <form method=\"post\" action=\"/oauth2/login\" novalidate>\
+             <input type=\"hidden\" name=\"req\" value=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <label for=\"username\">Username</label>\
+             <input type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" value=\"{}\" required>\
+             <label for=\"password\">Password</label>\
+             <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
+             <button type=\"submit\" id=\"sign-in\">Sign in</button></form>",
+            esc(client_name),
+            error_box(error),
+            esc(req),
+            esc(csrf),
+            esc(username)
+        ),
+    )
+}
+
+/// The second-factor form (TOTP code or a recovery code).
+pub fn otp(req: &str, csrf: &str, error: &str) -> String {
+    layout(
+        "Enter your security code",
+        &format!(
+            "<h1>Enter your security code</h1>{}<form method=\"post\" action=\"/oauth2/login/otp\" novalidate>\
+             <input type=\"hidden\" name=\"req\" value=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <label for=\"code\">6-digit code from your authenticator app, or a recovery code</label>\
+             <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required>\
+             <button type=\"submit\" id=\"verify\">Continue</button></form>",
+            error_box(error),
+            esc(req),
+            esc(csrf)
+        ),
+    )
+}
+
+/// Choose one of several role profiles (CIS2's role selection).
+pub fn select_role(req: &str, csrf: &str, roles: &[RoleProfile], org_names: &[(String, String)]) -> String {
+    let mut items = String::new();
+    for (i, r) in roles.iter().enumerate() {
+        let org = org_names
+            .iter()
+            .find(|(c, _)| *c == r.org_code)
+            .map(|(_, n)| n.as_str())
+            .unwrap_or(&r.org_code);
+        items.push_str(&format!(
+            "<div class=\"radio\"><input type=\"radio\" id=\"role-{i}\" name=\"role\" value=\"{}\"{}>\
+             <label for=\"role-{i}\" style=\"display:inline\">{} at {} ({})</label></div>",
+            esc(&r.person_roleid),
+            if i == 0 { " checked" } else { "" },
+            esc(&r.role_name),
+            esc(org),
+            esc(&r.org_code)
+        ));
+    }
+    layout(
+        "Select your role",
+        &format!(
+            "<h1>Select your role</h1><form method=\"post\" action=\"/oauth2/select-role\">\
+             <input type=\"hidden\" name=\"req\" value=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <fieldset><legend>Which role are you working in?</legend>{items}</fieldset>\
+             <button type=\"submit\" id=\"continue\">Continue</button></form>",
+            esc(req),
+            esc(csrf)
+        ),
+    )
+}
+
+/// Enrol an authenticator app: shows the secret, asks for a first code.
+pub fn totp_enrol(csrf: &str, secret: &str, uri: &str, error: &str) -> String {
+    layout(
+        "Set up your authenticator app",
+        &format!(
+            "<h1>Set up your authenticator app</h1>{}<p>Add this key to your authenticator app, \
+             then enter the 6-digit code it shows.</p><p class=\"code\" id=\"totp-secret\">{}</p>\
+             <p class=\"hint\">Or open: <a id=\"otpauth\" href=\"{}\">authenticator link</a></p>\
+             <form method=\"post\" action=\"/account/totp\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"secret\" value=\"{}\">\
+             <label for=\"code\">Code from your app</label>\
+             <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required>\
+             <button type=\"submit\" id=\"enrol\">Turn on</button></form>",
+            error_box(error),
+            esc(secret),
+            esc(uri),
+            esc(csrf),
+            esc(secret)
+        ),
+    )
+}
+
+/// Recovery codes, shown once after enrolment.
+pub fn recovery_codes(codes: &[String]) -> String {
+    let list: String = codes.iter().map(|c| format!("<li class=\"code\">{}</li>", esc(c))).collect();
+    layout(
+        "Save your recovery codes",
+        &format!(
+            "<h1>Two-step sign in is on</h1><p>Keep these recovery codes somewhere safe. Each works once \
+             if you lose your authenticator app. They will not be shown again.</p><ul id=\"recovery-codes\">{list}</ul>"
+        ),
+    )
+}
+
+/// A page that explains an error; `message` must not contain secrets.
+pub fn error(title: &str, message: &str) -> String {
+    layout(title, &format!("<h1>{}</h1><p id=\"message\">{}</p>", esc(title), esc(message)))
+}
+
+/// After logout.
+pub fn signed_out() -> String {
+    layout(
+        "You have signed out",
+        "<h1>You have signed out</h1><p>You have been signed out of every app that used this sign-in.</p>",
+    )
+}

@@ -1,0 +1,734 @@
+//! Identity's tables (see `migrations/`): plain SQL that runs on Postgres and SQLite alike
+//! (`$n` placeholders each used once, in order).
+
+use sharedcare_kit::auth::RoleProfile;
+use sharedcare_kit::db::Db;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::error::{IdentityError, Result};
+use crate::model::{Client, ClientSettings, Grant, Organisation, Patient, Person, SubjectKind};
+
+/// Identity's storage.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+}
+
+/// A stored identity session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// Session id (`sid` in tokens).
+    pub id: String,
+    /// Staff or patient.
+    pub subject_kind: SubjectKind,
+    /// uid or NHS number.
+    pub subject: String,
+    /// When they authenticated (unix seconds).
+    pub auth_time: i64,
+    /// Last use (unix seconds).
+    pub last_seen: i64,
+    /// Absolute end (unix seconds).
+    pub expires_at: i64,
+    /// Authentication methods so far.
+    pub amr: Vec<String>,
+    /// A second factor is still owed.
+    pub mfa_pending: bool,
+    /// Selected role profile id, empty when none chosen.
+    pub selected_role: String,
+    /// Ended by logout or an administrator.
+    pub revoked: bool,
+}
+
+/// Failed-login state of an account.
+#[derive(Clone, Copy, Debug)]
+pub struct Lock {
+    /// Failures in a row.
+    pub failed: i64,
+    /// Locked until (unix seconds), 0 when not locked.
+    pub until: i64,
+}
+
+fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| IdentityError::invalid(what, format!("stored value is not valid: {e}")))
+}
+
+fn session(r: &AnyRow) -> Result<Session> {
+    let kind: String = r.try_get("subject_kind")?;
+    let amr: String = r.try_get("amr")?;
+    Ok(Session {
+        id: r.try_get("id")?,
+        subject_kind: SubjectKind::parse(&kind).ok_or_else(|| IdentityError::invalid("subject_kind", kind))?,
+        subject: r.try_get("subject")?,
+        auth_time: r.try_get("auth_time")?,
+        last_seen: r.try_get("last_seen")?,
+        expires_at: r.try_get("expires_at")?,
+        amr: json(&amr, "amr")?,
+        mfa_pending: r.try_get::<i64, _>("mfa_pending")? != 0,
+        selected_role: r.try_get("selected_role")?,
+        revoked: r.try_get::<i64, _>("revoked")? != 0,
+    })
+}
+
+const SESSION_COLUMNS: &str =
+    "id, subject_kind, subject, auth_time, last_seen, expires_at, amr, mfa_pending, selected_role, revoked";
+
+impl Store {
+    /// Identity's store on `db`.
+    pub fn new(db: Db) -> Store {
+        Store { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    // ---- organisations ------------------------------------------------------------------
+
+    /// Adds an organisation; `Conflict` when the ODS code exists.
+    pub async fn insert_organisation(&self, o: &Organisation) -> Result<()> {
+        sqlx::query("INSERT INTO organisations (ods_code, name, kind) VALUES ($1, $2, $3)")
+            .bind(o.ods_code.clone())
+            .bind(o.name.clone())
+            .bind(o.kind.clone())
+            .execute(self.db.writer())
+            .await
+            .map_err(|e| conflict(e, format!("organisation {}", o.ods_code)))?;
+        Ok(())
+    }
+
+    /// Organisations ordered by ODS code, after `after`, at most `limit`.
+    pub async fn organisations(&self, after: &str, limit: i64) -> Result<Vec<Organisation>> {
+        let rows = sqlx::query(
+            "SELECT ods_code, name, kind FROM organisations WHERE ods_code > $1 ORDER BY ods_code LIMIT $2",
+        )
+        .bind(after.to_string())
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Organisation {
+                    ods_code: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- staff --------------------------------------------------------------------------
+
+    /// Adds a person with their role profiles, in one transaction.
+    pub async fn insert_person(&self, p: &Person, password_hash: &str) -> Result<()> {
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO people (uid, username, given_name, family_name, email, password_hash, totp_secret) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(p.uid.clone())
+        .bind(p.username.clone())
+        .bind(p.given_name.clone())
+        .bind(p.family_name.clone())
+        .bind(p.email.clone())
+        .bind(password_hash.to_string())
+        .bind(p.totp_secret.clone())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| conflict(e, format!("person {}", p.username)))?;
+        for r in &p.roles {
+            sqlx::query(
+                "INSERT INTO role_profiles (id, person_uid, ods_code, role_code, role_name, activity_codes) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(r.person_roleid.clone())
+            .bind(p.uid.clone())
+            .bind(r.org_code.clone())
+            .bind(r.role_code.clone())
+            .bind(r.role_name.clone())
+            .bind(serde_json::to_string(&r.activity_codes).unwrap_or_else(|_| "[]".into()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| conflict(e, format!("role profile {}", r.person_roleid)))?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn roles(&self, uid: &str) -> Result<Vec<RoleProfile>> {
+        let rows = sqlx::query(
+            "SELECT id, ods_code, role_code, role_name, activity_codes FROM role_profiles \
+             WHERE person_uid = $1 ORDER BY id",
+        )
+        .bind(uid.to_string())
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let acts: String = r.try_get(4)?;
+                Ok(RoleProfile {
+                    person_roleid: r.try_get(0)?,
+                    org_code: r.try_get(1)?,
+                    role_code: r.try_get(2)?,
+                    role_name: r.try_get(3)?,
+                    activity_codes: json(&acts, "activity_codes")?,
+                    person_orgid: String::new(),
+                })
+            })
+            .collect()
+    }
+
+    /// A person by uid or username, with their password hash and lock state.
+    pub async fn person(&self, by: &str, value: &str) -> Result<Option<(Person, String, Lock)>> {
+        let column = if by == "uid" { "uid" } else { "username" };
+        let sql = format!(
+            "SELECT uid, username, given_name, family_name, email, totp_secret, password_hash, failed_logins, \
+             locked_until FROM people WHERE {column} = $1"
+        );
+        let Some(r) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(value.to_string())
+            .fetch_optional(self.db.pool())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let uid: String = r.try_get(0)?;
+        let roles = self.roles(&uid).await?;
+        let person = Person {
+            uid,
+            username: r.try_get(1)?,
+            given_name: r.try_get(2)?,
+            family_name: r.try_get(3)?,
+            email: r.try_get(4)?,
+            totp_secret: r.try_get(5)?,
+            roles,
+        };
+        let lock = Lock {
+            failed: r.try_get(7)?,
+            until: r.try_get(8)?,
+        };
+        Ok(Some((person, r.try_get(6)?, lock)))
+    }
+
+    /// Sets a person's TOTP secret and recovery-code hashes.
+    pub async fn set_totp(&self, uid: &str, secret: &str, recovery_hashes: &[String]) -> Result<()> {
+        sqlx::query("UPDATE people SET totp_secret = $1, recovery_codes = $2 WHERE uid = $3")
+            .bind(secret.to_string())
+            .bind(serde_json::to_string(recovery_hashes).unwrap_or_else(|_| "[]".into()))
+            .bind(uid.to_string())
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// Uses up a recovery code (by hash); true when it was valid and unused.
+    pub async fn use_recovery_code(&self, uid: &str, code_hash: &str) -> Result<bool> {
+        let mut tx = self.db.begin_write().await?;
+        let Some(row) = sqlx::query("SELECT recovery_codes FROM people WHERE uid = $1")
+            .bind(uid.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let mut codes: Vec<String> = json(&row.try_get::<String, _>(0)?, "recovery_codes")?;
+        let before = codes.len();
+        codes.retain(|c| c != code_hash);
+        if codes.len() == before {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE people SET recovery_codes = $1 WHERE uid = $2")
+            .bind(serde_json::to_string(&codes).unwrap_or_else(|_| "[]".into()))
+            .bind(uid.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    // ---- patients -----------------------------------------------------------------------
+
+    /// Adds a patient account.
+    pub async fn insert_patient(&self, p: &Patient, password_hash: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO patients (nhs_number, username, given_name, family_name, birthdate, proofing_level, \
+             password_hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(p.nhs_number.clone())
+        .bind(p.username.clone())
+        .bind(p.given_name.clone())
+        .bind(p.family_name.clone())
+        .bind(p.birthdate.clone())
+        .bind(p.proofing_level.clone())
+        .bind(password_hash.to_string())
+        .execute(self.db.writer())
+        .await
+        .map_err(|e| conflict(e, format!("patient {}", p.nhs_number)))?;
+        Ok(())
+    }
+
+    /// A patient by NHS number or username, with password hash and lock state.
+    pub async fn patient(&self, by: &str, value: &str) -> Result<Option<(Patient, String, Lock)>> {
+        let column = if by == "nhs_number" { "nhs_number" } else { "username" };
+        let sql = format!(
+            "SELECT nhs_number, username, given_name, family_name, birthdate, proofing_level, password_hash, \
+             failed_logins, locked_until FROM patients WHERE {column} = $1"
+        );
+        let Some(r) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(value.to_string())
+            .fetch_optional(self.db.pool())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let p = Patient {
+            nhs_number: r.try_get(0)?,
+            username: r.try_get(1)?,
+            given_name: r.try_get(2)?,
+            family_name: r.try_get(3)?,
+            birthdate: r.try_get(4)?,
+            proofing_level: r.try_get(5)?,
+        };
+        let lock = Lock {
+            failed: r.try_get(7)?,
+            until: r.try_get(8)?,
+        };
+        Ok(Some((p, r.try_get(6)?, lock)))
+    }
+
+    /// Records a login outcome for an account: resets the count on success, otherwise counts
+    /// the failure and sets `locked_until` when given.
+    pub async fn set_lock(&self, kind: SubjectKind, subject: &str, lock: Lock) -> Result<()> {
+        let sql = match kind {
+            SubjectKind::Staff => "UPDATE people SET failed_logins = $1, locked_until = $2 WHERE uid = $3",
+            SubjectKind::Patient => {
+                "UPDATE patients SET failed_logins = $1, locked_until = $2 WHERE nhs_number = $3"
+            }
+        };
+        sqlx::query(sql)
+            .bind(lock.failed)
+            .bind(lock.until)
+            .bind(subject.to_string())
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
+    }
+
+    // ---- clients ------------------------------------------------------------------------
+
+    /// Registers a client.
+    pub async fn insert_client(&self, c: &Client) -> Result<()> {
+        let settings = serde_json::to_string(&c.settings).map_err(|e| IdentityError::invalid("settings", e.to_string()))?;
+        sqlx::query("INSERT INTO clients (id, name, secret_hash, settings) VALUES ($1, $2, $3, $4)")
+            .bind(c.id.clone())
+            .bind(c.name.clone())
+            .bind(c.secret_hash.clone())
+            .bind(settings)
+            .execute(self.db.writer())
+            .await
+            .map_err(|e| conflict(e, format!("client {}", c.id)))?;
+        Ok(())
+    }
+
+    /// A client by id.
+    pub async fn client(&self, id: &str) -> Result<Option<Client>> {
+        let Some(r) = sqlx::query("SELECT id, name, secret_hash, settings FROM clients WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(self.db.pool())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let settings: String = r.try_get(3)?;
+        Ok(Some(Client {
+            id: r.try_get(0)?,
+            name: r.try_get(1)?,
+            secret_hash: r.try_get(2)?,
+            settings: json::<ClientSettings>(&settings, "settings")?,
+        }))
+    }
+
+    /// Every client id with its name, ordered.
+    pub async fn client_ids(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM clients ORDER BY id")
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    // ---- sessions -----------------------------------------------------------------------
+
+    /// Stores a new session under the hash of its cookie.
+    pub async fn insert_session(&self, s: &Session, cookie_hash: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id, cookie_hash, subject_kind, subject, auth_time, last_seen, expires_at, amr, \
+             mfa_pending, selected_role, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)",
+        )
+        .bind(s.id.clone())
+        .bind(cookie_hash.to_string())
+        .bind(s.subject_kind.as_str())
+        .bind(s.subject.clone())
+        .bind(s.auth_time)
+        .bind(s.last_seen)
+        .bind(s.expires_at)
+        .bind(serde_json::to_string(&s.amr).unwrap_or_else(|_| "[]".into()))
+        .bind(i64::from(s.mfa_pending))
+        .bind(s.selected_role.clone())
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// The session whose cookie hashes to `cookie_hash`.
+    pub async fn session_by_cookie(&self, cookie_hash: &str) -> Result<Option<Session>> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE cookie_hash = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(cookie_hash.to_string())
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(session).transpose()
+    }
+
+    /// A session by id.
+    pub async fn session(&self, id: &str) -> Result<Option<Session>> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(session).transpose()
+    }
+
+    /// Live sessions of `subject` (all subjects when empty), newest first.
+    pub async fn sessions(&self, subject: &str, now: i64) -> Result<Vec<Session>> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE revoked = 0 AND expires_at > $1 \
+             AND ($2 = '' OR subject = $3) ORDER BY auth_time DESC LIMIT 1000"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(subject.to_string())
+            .bind(subject.to_string())
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(session).collect()
+    }
+
+    /// Updates what a session has proven and chosen, and its last use.
+    pub async fn update_session(&self, s: &Session) -> Result<()> {
+        sqlx::query(
+            "UPDATE sessions SET last_seen = $1, amr = $2, mfa_pending = $3, selected_role = $4 WHERE id = $5",
+        )
+        .bind(s.last_seen)
+        .bind(serde_json::to_string(&s.amr).unwrap_or_else(|_| "[]".into()))
+        .bind(i64::from(s.mfa_pending))
+        .bind(s.selected_role.clone())
+        .bind(s.id.clone())
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a session and every refresh token family issued from it; returns the clients that
+    /// signed in through it (for back-channel logout). Empty when it was already ended.
+    pub async fn revoke_session(&self, id: &str, now: i64) -> Result<Vec<String>> {
+        let mut tx = self.db.begin_write().await?;
+        let done = sqlx::query("UPDATE sessions SET revoked = 1 WHERE id = $1 AND revoked = 0")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query("SELECT client_id FROM session_clients WHERE session_id = $1 ORDER BY client_id")
+            .bind(id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+        let fams = sqlx::query("SELECT DISTINCT family FROM refresh_tokens WHERE session_id = $1")
+            .bind(id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+        for f in fams {
+            let family: String = f.try_get(0)?;
+            revoke_family_in(&mut tx, &family, now).await?;
+        }
+        tx.commit().await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Notes that `client_id` signed in through session `id`.
+    pub async fn add_session_client(&self, id: &str, client_id: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO session_clients (session_id, client_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(client_id.to_string())
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    // ---- authorization requests, codes, refresh tokens ----------------------------------
+
+    /// Parks an authorization request while the user signs in.
+    pub async fn put_auth_request(&self, id: &str, params: &str, expires_at: i64) -> Result<()> {
+        sqlx::query("INSERT INTO auth_requests (id, params, expires_at) VALUES ($1, $2, $3)")
+            .bind(id.to_string())
+            .bind(params.to_string())
+            .bind(expires_at)
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// A parked authorization request, if it has not expired.
+    pub async fn auth_request(&self, id: &str, now: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT params FROM auth_requests WHERE id = $1 AND expires_at > $2")
+            .bind(id.to_string())
+            .bind(now)
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Forgets a parked request (it has been answered) and any that expired.
+    pub async fn delete_auth_request(&self, id: &str, now: i64) -> Result<()> {
+        sqlx::query("DELETE FROM auth_requests WHERE id = $1 OR expires_at < $2")
+            .bind(id.to_string())
+            .bind(now)
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// Stores an authorization code (by hash) for `grant`, and notes the session's client.
+    pub async fn put_code(&self, code_hash: &str, grant: &Grant, expires_at: i64) -> Result<()> {
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query("INSERT INTO codes (code_hash, grant_data, expires_at) VALUES ($1, $2, $3)")
+            .bind(code_hash.to_string())
+            .bind(serde_json::to_string(grant).unwrap_or_default())
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO session_clients (session_id, client_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(grant.session_id.clone())
+        .bind(grant.client_id.clone())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Redeems a code once. `Err(true)` = it was already used (a replay), `Err(false)` = unknown
+    /// or expired.
+    pub async fn take_code(&self, code_hash: &str, now: i64) -> Result<Result<Grant, bool>> {
+        let mut tx = self.db.begin_write().await?;
+        let Some(row) = sqlx::query("SELECT grant_data, expires_at, used FROM codes WHERE code_hash = $1")
+            .bind(code_hash.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(Err(false));
+        };
+        let (data, expires, used): (String, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        if used != 0 {
+            return Ok(Err(true));
+        }
+        if expires <= now {
+            return Ok(Err(false));
+        }
+        sqlx::query("UPDATE codes SET used = 1 WHERE code_hash = $1")
+            .bind(code_hash.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(json(&data, "grant_data")?))
+    }
+
+    /// Stores a refresh token (by hash) in `family`.
+    pub async fn put_refresh(&self, token_hash: &str, family: &str, grant: &Grant, expires_at: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family, session_id, grant_data, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_hash.to_string())
+        .bind(family.to_string())
+        .bind(grant.session_id.clone())
+            .bind(serde_json::to_string(grant).unwrap_or_default())
+            .bind(expires_at)
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// Rotates a refresh token: marks it used and returns its family and grant. A token that
+    /// was already used revokes its whole family (RFC 9700 §4.14.2) and returns `Err(true)`;
+    /// unknown, expired or revoked returns `Err(false)`.
+    pub async fn use_refresh(&self, token_hash: &str, now: i64) -> Result<Result<(String, Grant), bool>> {
+        let mut tx = self.db.begin_write().await?;
+        let Some(row) = sqlx::query(
+            "SELECT family, grant_data, expires_at, used, \
+             (SELECT COUNT(*) FROM revoked_families f WHERE f.family = refresh_tokens.family) \
+             FROM refresh_tokens WHERE token_hash = $1",
+        )
+        .bind(token_hash.to_string())
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(Err(false));
+        };
+        let family: String = row.try_get(0)?;
+        let data: String = row.try_get(1)?;
+        let (expires, used, revoked): (i64, i64, i64) = (row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
+        if revoked > 0 || expires <= now {
+            return Ok(Err(false));
+        }
+        if used != 0 {
+            revoke_family_in(&mut tx, &family, now).await?;
+            tx.commit().await?;
+            return Ok(Err(true));
+        }
+        sqlx::query("UPDATE refresh_tokens SET used = 1 WHERE token_hash = $1")
+            .bind(token_hash.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok((family, json(&data, "grant_data")?)))
+    }
+
+    /// The family and client of a refresh token, for revocation.
+    pub async fn refresh_family(&self, token_hash: &str) -> Result<Option<(String, Grant)>> {
+        let row = sqlx::query("SELECT family, grant_data FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token_hash.to_string())
+            .fetch_optional(self.db.pool())
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((r.try_get(0)?, json(&r.try_get::<String, _>(1)?, "grant_data")?))),
+        }
+    }
+
+    /// Revokes a refresh token family.
+    pub async fn revoke_family(&self, family: &str, now: i64) -> Result<()> {
+        let mut tx = self.db.begin_write().await?;
+        revoke_family_in(&mut tx, family, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether a refresh token is live (for introspection).
+    pub async fn refresh_active(&self, token_hash: &str, now: i64) -> Result<Option<Grant>> {
+        let row = sqlx::query(
+            "SELECT grant_data FROM refresh_tokens WHERE token_hash = $1 AND used = 0 AND expires_at > $2 \
+             AND family NOT IN (SELECT family FROM revoked_families)",
+        )
+        .bind(token_hash.to_string())
+        .bind(now)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.map(|r| json(&r.try_get::<String, _>(0)?, "grant_data")).transpose()
+    }
+
+    /// Revokes an access token by `jti` until it would have expired anyway.
+    pub async fn revoke_jti(&self, jti: &str, expires_at: i64) -> Result<()> {
+        sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(jti.to_string())
+            .bind(expires_at)
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether an access token was revoked.
+    pub async fn jti_revoked(&self, jti: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM revoked_tokens WHERE jti = $1")
+            .bind(jti.to_string())
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Records a client assertion id; false when it was seen before (a replay).
+    pub async fn first_use_of_assertion(&self, jti: &str, expires_at: i64) -> Result<bool> {
+        let done = sqlx::query("INSERT INTO assertion_ids (jti, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(jti.to_string())
+            .bind(expires_at)
+            .execute(self.db.writer())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes what has expired (codes, requests, tokens, assertion ids).
+    pub async fn purge(&self, now: i64) -> Result<()> {
+        for table in ["codes", "auth_requests", "refresh_tokens", "revoked_tokens", "assertion_ids"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE expires_at < $1")))
+                .bind(now)
+                .execute(self.db.writer())
+                .await?;
+        }
+        Ok(())
+    }
+
+    // ---- signing keys -------------------------------------------------------------------
+
+    /// Stored keys, newest first: (kid, secret, created_at, retire_at).
+    pub async fn keys(&self) -> Result<Vec<(String, String, i64, i64)>> {
+        let rows = sqlx::query("SELECT kid, secret, created_at, retire_at FROM signing_keys ORDER BY created_at DESC")
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect()
+    }
+
+    /// Adds a new active key and schedules the previous ones to leave the key set at `retire_at`.
+    pub async fn rotate_key(&self, kid: &str, secret: &str, now: i64, retire_at: i64) -> Result<()> {
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query("UPDATE signing_keys SET retire_at = $1 WHERE retire_at = 0")
+            .bind(retire_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO signing_keys (kid, secret, created_at, retire_at) VALUES ($1, $2, $3, 0)")
+            .bind(kid.to_string())
+            .bind(secret.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM signing_keys WHERE retire_at <> 0 AND retire_at < $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether the identity database has been seeded (any organisation exists).
+    pub async fn is_empty(&self) -> Result<bool> {
+        let row = sqlx::query("SELECT COUNT(*) FROM organisations")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(row.try_get::<i64, _>(0)? == 0)
+    }
+}
+
+async fn revoke_family_in(tx: &mut sqlx::Transaction<'static, sqlx::Any>, family: &str, now: i64) -> Result<()> {
+    sqlx::query("INSERT INTO revoked_families (family, revoked_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(family.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Unique violations (Postgres 23505, SQLite 2067/1555) become `Conflict`.
+fn conflict(e: sqlx::Error, what: String) -> IdentityError {
+    if let sqlx::Error::Database(d) = &e
+        && matches!(d.code().as_deref(), Some("23505" | "2067" | "1555"))
+    {
+        return IdentityError::Conflict(what);
+    }
+    IdentityError::Storage(e)
+}
