@@ -5,5 +5,6 @@
 
 mod distributed;
 mod harness;
+mod identity;
 mod startup;
 mod up;

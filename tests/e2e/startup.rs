@@ -106,7 +106,7 @@ fn serve_refuses_unknown_services_and_missing_settings() {
     let (status, _, stderr) = run(&["serve", "billing"], &[], LIMIT);
     assert!(!status.success());
     assert!(
-        stderr.contains("unknown service \"billing\"; expected one of: records, audit"),
+        stderr.contains("unknown service \"billing\"; expected one of: identity, records, audit"),
         "{stderr}"
     );
     let (status, _, stderr) = run(&["serve", "records"], &[], LIMIT);
@@ -119,7 +119,7 @@ fn help_and_version_work_on_every_command() {
     let (status, stdout, _) = run(&["--version"], &[], LIMIT);
     assert!(status.success());
     assert!(stdout.starts_with("sharedcare "), "{stdout}");
-    for cmd in ["up", "serve", "migrate", "bench"] {
+    for cmd in ["up", "serve", "migrate", "bench", "demo"] {
         let (status, stdout, _) = run(&[cmd, "--help"], &[], LIMIT);
         assert!(status.success(), "{cmd} --help");
         assert!(stdout.contains("Usage: sharedcare"), "{cmd}: {stdout}");
@@ -133,7 +133,8 @@ fn migrate_prepares_embedded_storage_and_is_repeatable() {
     for _ in 0..2 {
         let (status, stdout, stderr) = run(&["migrate", "--data", d], &[], LIMIT);
         assert!(status.success(), "{stderr}");
-        assert_eq!(stdout, "migrated records\nmigrated audit\n");
+        assert_eq!(stdout, "migrated identity\nmigrated records\nmigrated audit\n");
     }
     assert!(data.path().join("records.db").exists());
+    assert!(data.path().join("identity.db").exists());
 }

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod keys;
 pub mod model;
@@ -68,6 +69,7 @@ pub async fn mount(db: Db, outbox: OutboxConfig, config: IdentityConfig, issuer:
     let provider = oauth::Provider::new(store, keys, config, issuer, outbox.clone());
     let mut m = Mount::new(NAME);
     m.http = http::router(provider.clone());
+    m.add_grpc(api::identity_admin_server::IdentityAdminServer::new(grpc::AdminApi::new(provider.clone())));
     m.outbox = Some(outbox);
     m.db = Some(db);
     m.background.push(Box::new(move |stop| Box::pin(maintain(provider, stop))));

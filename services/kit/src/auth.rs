@@ -15,9 +15,9 @@ use crate::nhs::{NhsNumber, OdsCode};
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: i64 = 30;
-/// Least time between two key-set refreshes caused by unknown `kid`s (a flood of forged kids
+/// Least time between two key-set fetches caused by unknown `kid`s (a flood of forged kids
 /// must not turn into a flood of JWKS fetches).
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Who is calling, as authorisation code sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +112,43 @@ pub trait KeySource: Send + Sync + 'static {
     async fn fetch(&self) -> Result<JwkSet, String>;
 }
 
+/// Fetches the issuer's JWK Set over HTTP from its `jwks_uri` (what a service in its own
+/// process uses).
+pub struct HttpKeys {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl HttpKeys {
+    /// Keys from `jwks_uri`, e.g. `https://id.example.nhs.uk/oauth2/jwks`.
+    pub fn new(jwks_uri: impl Into<String>) -> HttpKeys {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        HttpKeys {
+            url: jwks_uri.into(),
+            client,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl KeySource for HttpKeys {
+    async fn fetch(&self) -> Result<JwkSet, String> {
+        let r = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| format!("{}: {e}", self.url))?;
+        if !r.status().is_success() {
+            return Err(format!("{}: HTTP {}", self.url, r.status()));
+        }
+        r.json().await.map_err(|e| format!("{}: not a JWK Set: {e}", self.url))
+    }
+}
+
 /// Verifies identity's JWTs for one audience.
 #[derive(Clone)]
 pub struct Verifier {
@@ -145,9 +182,20 @@ impl Verifier {
         }
     }
 
-    async fn refresh(&self) -> Result<(), AuthError> {
+    /// Refetches the key set because `kid` is unknown. Fetches happen at most once per
+    /// [`REFRESH_INTERVAL`]: a caller inside the window waits for its end instead of failing, so
+    /// a key published just after the last fetch is still found, and a flood of forged `kid`s
+    /// costs one fetch per interval, not one per request (readers of known keys never wait).
+    async fn refresh(&self, kid: &str) -> Result<(), AuthError> {
+        let wait = {
+            let cache = self.inner.cache.read().await;
+            cache.1.map(|at| REFRESH_INTERVAL.saturating_sub(at.elapsed())).unwrap_or_default()
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         let mut cache = self.inner.cache.write().await;
-        if cache.1.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
+        if cache.0.find(kid).is_some() || cache.1.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
             return Ok(());
         }
         let keys = self.inner.source.fetch().await.map_err(AuthError::Keys)?;
@@ -165,7 +213,7 @@ impl Verifier {
         let key = match key {
             Some(k) => k,
             None => {
-                self.refresh().await?;
+                self.refresh(&head.kid).await?;
                 let found = self.inner.cache.read().await.0.find(&head.kid);
                 found.ok_or(JoseError::UnknownKey(head.kid))?
             }

@@ -1,0 +1,381 @@
+//! `sharedcare.identity.v1.IdentityAdmin`: decode, authorise, call the store, encode.
+//! Every change is an identity event on the outbox.
+
+use sharedcare_kit::auth::{Principal, RoleProfile};
+use sharedcare_kit::jose::{self, JwkSet};
+use sharedcare_kit::nhs::{NhsNumber, OdsCode};
+use tonic::{Request, Response, Status};
+
+use crate::api;
+use crate::api::identity_admin_server::IdentityAdmin;
+use crate::error::IdentityError;
+use crate::model::{
+    AuthMethod, Client, ClientSettings, KNOWN_SCOPES, ORGANISATION_KINDS, Organisation, PROOFING_LEVELS, Patient, Person,
+};
+use crate::oauth::{Provider, now};
+use crate::secrets::{self, PasswordCost};
+
+/// National RBAC activity that lets staff administer identity.
+pub const ADMIN_ACTIVITY: &str = "B1300";
+/// Scope that lets a service administer identity.
+pub const ADMIN_SCOPE: &str = "identity.admin";
+
+/// The admin API.
+#[derive(Clone)]
+pub struct AdminApi {
+    provider: Provider,
+}
+
+impl AdminApi {
+    /// The API over `provider`.
+    pub fn new(provider: Provider) -> Self {
+        AdminApi { provider }
+    }
+
+    async fn authorise<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        let p = self.provider.verifier.from_metadata(req.metadata()).await?;
+        let allowed = match &p {
+            Principal::Service { scopes, .. } => scopes.iter().any(|s| s == ADMIN_SCOPE),
+            Principal::Staff { role, .. } => role.activity_codes.iter().any(|a| a == ADMIN_ACTIVITY),
+            Principal::Patient { .. } => false,
+        };
+        if !allowed {
+            return Err(IdentityError::Forbidden(format!(
+                "identity administration needs scope {ADMIN_SCOPE} or activity {ADMIN_ACTIVITY}"
+            ))
+            .into());
+        }
+        Ok(p)
+    }
+
+    fn cost(&self) -> PasswordCost {
+        PasswordCost {
+            memory_kib: self.provider.config.argon2_memory_kib,
+            iterations: self.provider.config.argon2_iterations,
+        }
+    }
+
+    async fn hash(&self, password: String) -> Result<String, Status> {
+        if password.chars().count() < 12 {
+            return Err(IdentityError::invalid("password", "must be at least 12 characters").into());
+        }
+        let cost = self.cost();
+        tokio::task::spawn_blocking(move || secrets::hash_password(&password, cost))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(Status::from)
+    }
+
+    async fn changed(&self, who: &Principal, kind: &str, subject_kind: &str, subject: &str) {
+        let actor = match who {
+            Principal::Service { client_id, .. } => client_id.clone(),
+            Principal::Staff { person, .. } => person.clone(),
+            Principal::Patient { nhs_number, .. } => nhs_number.to_string(),
+        };
+        self.provider
+            .event(kind, subject_kind, subject, "", "", &format!("by {actor}"), &[], "")
+            .await;
+    }
+}
+
+fn required(field: &str, v: &str) -> Result<(), Status> {
+    if v.trim().is_empty() {
+        return Err(IdentityError::invalid(field, "is required").into());
+    }
+    Ok(())
+}
+
+fn random_digits(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).expect("the operating system provides randomness");
+    b.iter().map(|x| char::from(b'0' + x % 10)).collect()
+}
+
+fn org_out(o: Organisation) -> api::Organisation {
+    api::Organisation {
+        ods_code: o.ods_code,
+        name: o.name,
+        kind: o.kind,
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityAdmin for AdminApi {
+    async fn get_organisation(
+        &self,
+        req: Request<api::GetOrganisationRequest>,
+    ) -> Result<Response<api::Organisation>, Status> {
+        self.authorise(&req).await?;
+        let code = OdsCode::parse(&req.get_ref().ods_code).map_err(|e| IdentityError::invalid("ods_code", e.to_string()))?;
+        let all = self.provider.store.organisations("", 10_000).await?;
+        let o = all
+            .into_iter()
+            .find(|o| o.ods_code == code.as_str())
+            .ok_or_else(|| IdentityError::NotFound(format!("organisation {}", code.as_str())))?;
+        Ok(Response::new(org_out(o)))
+    }
+
+    async fn list_organisations(
+        &self,
+        req: Request<api::ListOrganisationsRequest>,
+    ) -> Result<Response<api::ListOrganisationsResponse>, Status> {
+        self.authorise(&req).await?;
+        let r = req.get_ref();
+        let size = i64::from(r.page_size.clamp(1, 500));
+        let page = self.provider.store.organisations(&r.page_token, size).await?;
+        let next = if page.len() as i64 == size {
+            page.last().map(|o| o.ods_code.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(api::ListOrganisationsResponse {
+            organisations: page.into_iter().map(org_out).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn create_organisation(&self, req: Request<api::Organisation>) -> Result<Response<api::Organisation>, Status> {
+        let who = self.authorise(&req).await?;
+        let r = req.into_inner();
+        let code = OdsCode::parse(&r.ods_code).map_err(|e| IdentityError::invalid("ods_code", e.to_string()))?;
+        required("name", &r.name)?;
+        if !ORGANISATION_KINDS.contains(&r.kind.as_str()) {
+            return Err(IdentityError::invalid("kind", format!("expected one of {}", ORGANISATION_KINDS.join(", "))).into());
+        }
+        let o = Organisation {
+            ods_code: code.as_str().to_string(),
+            name: r.name,
+            kind: r.kind,
+        };
+        self.provider.store.insert_organisation(&o).await?;
+        self.changed(&who, "organisation_created", "organisation", &o.ods_code).await;
+        Ok(Response::new(org_out(o)))
+    }
+
+    async fn create_person(&self, req: Request<api::CreatePersonRequest>) -> Result<Response<api::Person>, Status> {
+        let who = self.authorise(&req).await?;
+        let r = req.into_inner();
+        required("username", &r.username)?;
+        required("given_name", &r.given_name)?;
+        required("family_name", &r.family_name)?;
+        let uid = if r.uid.is_empty() { random_digits(12) } else { r.uid };
+        if uid.len() != 12 || !uid.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(IdentityError::invalid("uid", "must be 12 digits").into());
+        }
+        let orgs = self.provider.store.organisations("", 10_000).await?;
+        let mut roles = Vec::new();
+        for (i, rp) in r.role_profiles.iter().enumerate() {
+            let code = OdsCode::parse(&rp.ods_code)
+                .map_err(|e| IdentityError::invalid(format!("role_profiles[{i}].ods_code"), e.to_string()))?;
+            if !orgs.iter().any(|o| o.ods_code == code.as_str()) {
+                return Err(IdentityError::invalid(format!("role_profiles[{i}].ods_code"), "no such organisation").into());
+            }
+            required(&format!("role_profiles[{i}].role_code"), &rp.role_code)?;
+            roles.push(RoleProfile {
+                person_roleid: if rp.id.is_empty() { random_digits(12) } else { rp.id.clone() },
+                org_code: code.as_str().to_string(),
+                role_code: rp.role_code.clone(),
+                role_name: rp.role_name.clone(),
+                activity_codes: rp.activity_codes.clone(),
+                person_orgid: String::new(),
+            });
+        }
+        if roles.is_empty() {
+            return Err(IdentityError::invalid("role_profiles", "at least one role profile is required").into());
+        }
+        let hash = self.hash(r.password).await?;
+        let p = Person {
+            uid,
+            username: r.username,
+            given_name: r.given_name,
+            family_name: r.family_name,
+            email: r.email,
+            totp_secret: String::new(),
+            roles,
+        };
+        self.provider.store.insert_person(&p, &hash).await?;
+        self.changed(&who, "person_created", "staff", &p.uid).await;
+        Ok(Response::new(api::Person {
+            uid: p.uid,
+            username: p.username,
+            given_name: p.given_name,
+            family_name: p.family_name,
+            role_profiles: p
+                .roles
+                .into_iter()
+                .map(|r| api::RoleProfile {
+                    id: r.person_roleid,
+                    ods_code: r.org_code,
+                    role_code: r.role_code,
+                    activity_codes: r.activity_codes,
+                    role_name: r.role_name,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn create_patient(&self, req: Request<api::CreatePatientRequest>) -> Result<Response<api::Patient>, Status> {
+        let who = self.authorise(&req).await?;
+        let r = req.into_inner();
+        let nhs = NhsNumber::parse(&r.nhs_number).map_err(|e| IdentityError::invalid("nhs_number", e.to_string()))?;
+        required("username", &r.username)?;
+        if chrono::NaiveDate::parse_from_str(&r.birthdate, "%Y-%m-%d").is_err() {
+            return Err(IdentityError::invalid("birthdate", "expected YYYY-MM-DD").into());
+        }
+        if !PROOFING_LEVELS.contains(&r.identity_proofing_level.as_str()) {
+            return Err(IdentityError::invalid("identity_proofing_level", "expected P0, P5 or P9").into());
+        }
+        let hash = self.hash(r.password).await?;
+        let p = Patient {
+            nhs_number: nhs.as_str().to_string(),
+            username: r.username,
+            given_name: r.given_name,
+            family_name: r.family_name,
+            birthdate: r.birthdate,
+            proofing_level: r.identity_proofing_level,
+        };
+        self.provider.store.insert_patient(&p, &hash).await?;
+        self.changed(&who, "patient_created", "patient", &p.nhs_number).await;
+        Ok(Response::new(api::Patient {
+            nhs_number: p.nhs_number,
+            username: p.username,
+            identity_proofing_level: p.proofing_level,
+        }))
+    }
+
+    async fn create_client(&self, req: Request<api::CreateClientRequest>) -> Result<Response<api::CreatedClient>, Status> {
+        let who = self.authorise(&req).await?;
+        let r = req.into_inner();
+        required("name", &r.name)?;
+        let method = match r.token_endpoint_auth_method.as_str() {
+            "" | "client_secret_basic" => AuthMethod::ClientSecretBasic,
+            "client_secret_post" => AuthMethod::ClientSecretPost,
+            "private_key_jwt" => AuthMethod::PrivateKeyJwt,
+            "none" => AuthMethod::None,
+            other => {
+                return Err(IdentityError::invalid(
+                    "token_endpoint_auth_method",
+                    format!("{other:?}: expected client_secret_basic, client_secret_post, private_key_jwt or none"),
+                )
+                .into());
+            }
+        };
+        for (i, g) in r.grant_types.iter().enumerate() {
+            if !["authorization_code", "refresh_token", "client_credentials"].contains(&g.as_str()) {
+                return Err(IdentityError::invalid(format!("grant_types[{i}]"), format!("{g:?} is not supported")).into());
+            }
+        }
+        if r.grant_types.is_empty() {
+            return Err(IdentityError::invalid("grant_types", "at least one grant type is required").into());
+        }
+        if method == AuthMethod::None && r.grant_types.iter().any(|g| g == "client_credentials") {
+            return Err(IdentityError::invalid("grant_types", "a public client cannot use client_credentials").into());
+        }
+        for (i, s) in r.scopes.iter().enumerate() {
+            if !KNOWN_SCOPES.contains(&s.as_str()) {
+                return Err(IdentityError::invalid(format!("scopes[{i}]"), format!("{s:?} is not a known scope")).into());
+            }
+        }
+        let uris = r.redirect_uris.iter().chain(&r.post_logout_redirect_uris).chain(std::iter::once(&r.backchannel_logout_uri));
+        for u in uris.filter(|u| !u.is_empty()) {
+            match url::Url::parse(u) {
+                Ok(p) if p.fragment().is_none() && matches!(p.scheme(), "https" | "http") => {}
+                _ => return Err(IdentityError::invalid("redirect_uris", format!("{u:?} is not an absolute http(s) URL without fragment")).into()),
+            }
+        }
+        if r.grant_types.iter().any(|g| g == "authorization_code") && r.redirect_uris.is_empty() {
+            return Err(IdentityError::invalid("redirect_uris", "required for authorization_code").into());
+        }
+        let jwks = if method == AuthMethod::PrivateKeyJwt {
+            let set: JwkSet = serde_json::from_str(&r.jwks_json)
+                .map_err(|e| IdentityError::invalid("jwks_json", format!("not a JWK Set: {e}")))?;
+            let usable = set
+                .keys
+                .iter()
+                .filter_map(|k| serde_json::from_value::<jose::Jwk>(k.clone()).ok())
+                .any(|k| k.verifying_key().is_ok() && !k.kid.is_empty());
+            if !usable {
+                return Err(IdentityError::invalid("jwks_json", "needs a P-256 (ES256) key with a kid").into());
+            }
+            Some(set)
+        } else {
+            None
+        };
+        let id = if r.client_id.is_empty() { format!("client-{}", random_digits(10)) } else { r.client_id };
+        let secret = match method {
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => jose::random_token(32),
+            _ => String::new(),
+        };
+        let client = Client {
+            id: id.clone(),
+            name: r.name,
+            secret_hash: if secret.is_empty() { String::new() } else { jose::sha256_b64(&secret) },
+            settings: ClientSettings {
+                redirect_uris: r.redirect_uris,
+                post_logout_redirect_uris: r.post_logout_redirect_uris,
+                backchannel_logout_uri: r.backchannel_logout_uri,
+                grant_types: r.grant_types,
+                scopes: r.scopes,
+                auth_method: method,
+                jwks,
+            },
+        };
+        self.provider.store.insert_client(&client).await?;
+        self.provider.forget_client(&id);
+        self.changed(&who, "client_created", "client", &id).await;
+        Ok(Response::new(api::CreatedClient {
+            client_id: id,
+            client_secret: secret,
+        }))
+    }
+
+    async fn list_sessions(&self, req: Request<api::ListSessionsRequest>) -> Result<Response<api::ListSessionsResponse>, Status> {
+        self.authorise(&req).await?;
+        let sessions = self.provider.store.sessions(&req.get_ref().subject, now()).await?;
+        Ok(Response::new(api::ListSessionsResponse {
+            sessions: sessions
+                .into_iter()
+                .map(|s| api::Session {
+                    id: s.id,
+                    subject_kind: s.subject_kind.as_str().into(),
+                    subject: s.subject,
+                    auth_time: s.auth_time,
+                    last_seen: s.last_seen,
+                    expires_at: s.expires_at,
+                    amr: s.amr,
+                    selected_role: s.selected_role,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_session(
+        &self,
+        req: Request<api::RevokeSessionRequest>,
+    ) -> Result<Response<api::RevokeSessionResponse>, Status> {
+        let who = self.authorise(&req).await?;
+        let id = &req.get_ref().session_id;
+        let session = self
+            .provider
+            .store
+            .session(id)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(format!("session {id}")))?;
+        let notified = self
+            .provider
+            .end_session(&session, "session_revoked")
+            .await
+            .map_err(|e| Status::unavailable(e.description))?;
+        self.changed(&who, "session_revoked", session.subject_kind.as_str(), &session.subject).await;
+        Ok(Response::new(api::RevokeSessionResponse {
+            notified_clients: notified,
+        }))
+    }
+
+    async fn rotate_keys(&self, req: Request<api::RotateKeysRequest>) -> Result<Response<api::RotateKeysResponse>, Status> {
+        let who = self.authorise(&req).await?;
+        let kid = self.provider.keys.rotate(now()).await?;
+        self.changed(&who, "keys_rotated", "key", &kid).await;
+        Ok(Response::new(api::RotateKeysResponse { active_kid: kid }))
+    }
+}

@@ -1,0 +1,684 @@
+//! Identity as an ICS app sees it: the `openidconnect` crate (a real relying-party library)
+//! against `sharedcare up`, a cookie-keeping HTTP client in the browser's place for the login
+//! pages, and the admin API over gRPC. Browser tests with Chromium and panva's Node client are
+//! in `tests/node/` and run from `oidc_node.rs`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreProviderMetadata, CoreTokenIntrospectionResponse, CoreUserInfoClaims,
+};
+use openidconnect::{
+    AccessToken, AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IntrospectionUrl, IssuerUrl, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, Scope, TokenIntrospectionResponse,
+    TokenResponse,
+};
+use serde_json::Value;
+use sharedcare_kit::auth::{HttpKeys, Principal, Verifier};
+use sharedcare_kit::jose::{self, JwkSet, Signer256};
+use sharedcare_proto::identity::v1::identity_admin_client::IdentityAdminClient;
+use sharedcare_proto::identity::v1::{CreateClientRequest, ListSessionsRequest, RevokeSessionRequest, RotateKeysRequest};
+use tonic::transport::Channel;
+
+use crate::harness::Proc;
+
+const SERVICE_ID: &str = "ics-integration";
+const SERVICE_SECRET: &str = "demo-integration-secret-95be0d27aa";
+
+pub fn up(data: &std::path::Path) -> Proc {
+    Proc::start(&["up", "--data", data.to_str().expect("utf-8 path")], &[])
+}
+
+/// A browser stand-in: keeps cookies, does not follow redirects.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn absolute(base: &str, loc: &str) -> String {
+    if loc.starts_with('/') { format!("{base}{loc}") } else { loc.to_string() }
+}
+
+fn hidden(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    page.split(&marker)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn query(url: &str) -> HashMap<String, String> {
+    url::Url::parse(url)
+        .expect("url")
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Follows same-origin redirects from `start` until one leaves the identity service (the
+/// redirect back to the app) or a page is shown. Returns (final URL, page body, status).
+pub async fn follow(b: &reqwest::Client, base: &str, start: &str) -> (String, String, u16) {
+    let mut url = start.to_string();
+    for _ in 0..10 {
+        if !url.starts_with(base) {
+            return (url, String::new(), 302);
+        }
+        let r = b.get(&url).send().await.expect("GET");
+        let status = r.status().as_u16();
+        if r.status().is_redirection() {
+            url = absolute(base, &location(&r));
+            continue;
+        }
+        return (url, r.text().await.unwrap_or_default(), status);
+    }
+    panic!("redirect loop from {start}");
+}
+
+/// Submits the form on `page` (fields from hidden inputs plus `fields`) to `action` and follows
+/// the result.
+pub async fn submit(
+    b: &reqwest::Client,
+    base: &str,
+    action: &str,
+    page: &str,
+    fields: &[(&str, &str)],
+) -> (String, String, u16) {
+    let mut form: Vec<(String, String)> = vec![("req".into(), hidden(page, "req")), ("csrf".into(), hidden(page, "csrf"))];
+    form.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let r = b.post(format!("{base}{action}")).form(&form).send().await.expect("POST");
+    let status = r.status().as_u16();
+    if r.status().is_redirection() {
+        return follow(b, base, &absolute(base, &location(&r))).await;
+    }
+    let url = r.url().to_string();
+    (url, r.text().await.unwrap_or_default(), status)
+}
+
+/// Signs in with a password from the login page reached from `auth_url`; returns where the
+/// browser ends up.
+pub async fn password_login(b: &reqwest::Client, base: &str, auth_url: &str, user: &str, password: &str) -> (String, String, u16) {
+    let (url, page, status) = follow(b, base, auth_url).await;
+    assert!(url.contains("/oauth2/login"), "expected the login page, got {url} ({status}): {page}");
+    submit(b, base, "/oauth2/login", &page, &[("username", user), ("password", password)]).await
+}
+
+/// A service token for the demo integration client.
+pub async fn service_token(base: &str) -> String {
+    let r: Value = http()
+        .post(format!("{base}/oauth2/token"))
+        .basic_auth(SERVICE_ID, Some(SERVICE_SECRET))
+        .form(&[("grant_type", "client_credentials"), ("scope", "identity.admin")])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    r["access_token"].as_str().expect("access_token").to_string()
+}
+
+/// The admin API with a service bearer token.
+pub async fn admin(p: &Proc) -> IdentityAdminClient<tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>> {
+    let token = service_token(&p.http).await;
+    let value: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().expect("metadata");
+    IdentityAdminClient::with_interceptor(p.channel().await, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", value.clone());
+        Ok(req)
+    })
+}
+
+/// Registers a confidential web app (client_secret_basic) with a redirect URI and an optional
+/// back-channel logout URI; returns (client_id, secret).
+pub async fn register_app(p: &Proc, name: &str, redirect: &str, backchannel: &str) -> (String, String) {
+    let mut a = admin(p).await;
+    let c = a
+        .create_client(CreateClientRequest {
+            name: name.into(),
+            redirect_uris: vec![redirect.into()],
+            post_logout_redirect_uris: vec![format!("{redirect}/signed-out")],
+            backchannel_logout_uri: backchannel.into(),
+            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            scopes: ["openid", "profile", "email", "nationalrbacaccess", "selectedrole", "associatedorgs", "nhs_number", "basic_demographics"]
+                .map(String::from)
+                .to_vec(),
+            token_endpoint_auth_method: "client_secret_basic".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create client")
+        .into_inner();
+    (c.client_id, c.client_secret)
+}
+
+type Rp = openidconnect::Client<
+    openidconnect::EmptyAdditionalClaims,
+    openidconnect::core::CoreAuthDisplay,
+    openidconnect::core::CoreGenderClaim,
+    openidconnect::core::CoreJweContentEncryptionAlgorithm,
+    openidconnect::core::CoreJsonWebKey,
+    openidconnect::core::CoreAuthPrompt,
+    openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+    openidconnect::core::CoreTokenResponse,
+    CoreTokenIntrospectionResponse,
+    openidconnect::core::CoreRevocableToken,
+    openidconnect::StandardErrorResponse<openidconnect::RevocationErrorResponseType>,
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
+/// A relying party built by discovery, as an ICS app would build one.
+async fn relying_party(base: &str, id: &str, secret: &str, redirect: &str) -> Rp {
+    let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(base.into()).expect("issuer"), &http())
+        .await
+        .expect("discovery");
+    CoreClient::from_provider_metadata(meta, ClientId::new(id.into()), Some(ClientSecret::new(secret.into())))
+        .set_redirect_uri(RedirectUrl::new(redirect.into()).expect("redirect"))
+        .set_introspection_url(IntrospectionUrl::new(format!("{base}/oauth2/introspect")).expect("url"))
+}
+
+fn claims_of(jwt: &str) -> Value {
+    use base64::Engine;
+    let p = jwt.split('.').nth(1).expect("payload");
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).expect("b64")).expect("json")
+}
+
+#[tokio::test]
+async fn code_flow_with_pkce_gives_verified_tokens_userinfo_refresh_introspection_and_revocation() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let redirect = "http://127.0.0.1:9/app/callback";
+    let (id, secret) = register_app(&p, "Test app", redirect, "").await;
+    let rp = relying_party(&p.http, &id, &secret, redirect).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (auth_url, state, nonce) = rp
+        .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+        .add_scope(Scope::new("profile".into()))
+        .add_scope(Scope::new("nationalrbacaccess".into()))
+        .add_scope(Scope::new("selectedrole".into()))
+        .add_scope(Scope::new("associatedorgs".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+    let b = browser();
+    let (back, _, _) = password_login(&b, &p.http, auth_url.as_str(), "gp", "demo-gp-password").await;
+    assert!(back.starts_with(redirect), "redirected back to the app: {back}");
+    let q = query(&back);
+    assert_eq!(q["state"], *state.secret());
+    assert_eq!(q["iss"], p.http, "RFC 9207 iss parameter");
+
+    let tokens = rp
+        .exchange_code(AuthorizationCode::new(q["code"].clone()))
+        .expect("token endpoint")
+        .set_pkce_verifier(verifier)
+        .request_async(&http())
+        .await
+        .expect("code exchange");
+    let id_token = tokens.id_token().expect("id_token");
+    let claims = id_token.claims(&rp.id_token_verifier(), &nonce).expect("ID token verifies");
+    assert_eq!(claims.subject().as_str(), "555000000001");
+    let raw = claims_of(&id_token.to_string());
+    assert_eq!(raw["selected_roleid"], "100000000001");
+    assert_eq!(raw["nhsid_nrbac_roles"][0]["org_code"], "A81001");
+    assert_eq!(raw["nhsid_user_orgs"][0]["org_name"], "Riverside Medical Practice");
+    assert_eq!((raw["acr"].as_str(), raw["amr"][0].as_str()), (Some("AAL1"), Some("pwd")));
+    let activities = raw["nhsid_nrbac_roles"][0]["activity_codes"].as_array().expect("activities");
+    assert!(activities.iter().any(|a| a == "B0380"), "included activities expanded: {activities:?}");
+
+    let info: CoreUserInfoClaims = rp
+        .user_info(tokens.access_token().clone(), Some(claims.subject().clone()))
+        .expect("userinfo endpoint")
+        .request_async(&http())
+        .await
+        .expect("userinfo");
+    assert_eq!(info.given_name().and_then(|n| n.get(None)).map(|n| n.as_str()), Some("Amara"));
+
+    // Services verify the same access token through the kit, with keys from jwks_uri.
+    let verifier_kit = Verifier::new(p.http.clone(), "sharedcare", Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http))));
+    match verifier_kit.principal(tokens.access_token().secret()).await.expect("kit verifies") {
+        Principal::Staff { person, role, .. } => assert_eq!((person.as_str(), role.org_code.as_str()), ("555000000001", "A81001")),
+        other => panic!("expected staff, got {other:?}"),
+    }
+
+    // Refresh rotates; the old refresh token replayed revokes the whole family.
+    let first_refresh = tokens.refresh_token().expect("refresh token").clone();
+    let refreshed = rp
+        .exchange_refresh_token(&first_refresh)
+        .expect("token endpoint")
+        .request_async(&http())
+        .await
+        .expect("refresh");
+    let second_refresh = refreshed.refresh_token().expect("rotated").clone();
+    assert_ne!(first_refresh.secret(), second_refresh.secret());
+    let replay = rp.exchange_refresh_token(&first_refresh).expect("endpoint").request_async(&http()).await;
+    assert!(format!("{replay:?}").contains("invalid_grant"), "{replay:?}");
+    let after = rp.exchange_refresh_token(&second_refresh).expect("endpoint").request_async(&http()).await;
+    assert!(format!("{after:?}").contains("invalid_grant"), "family revoked: {after:?}");
+
+    // Introspection, then revocation of the access token.
+    let at: AccessToken = refreshed.access_token().clone();
+    let active = rp.introspect(&at).set_token_type_hint("access_token").request_async(&http()).await.expect("introspect");
+    assert!(active.active());
+    assert_eq!(active.client_id().map(|c| c.as_str()), Some(id.as_str()));
+    // (The oauth2 crate refuses a plain-http revocation URL, so this request is made directly.)
+    let revoked = http()
+        .post(format!("{}/oauth2/revoke", p.http))
+        .basic_auth(&id, Some(&secret))
+        .form(&[("token", at.secret().as_str()), ("token_type_hint", "access_token")])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.status().as_u16(), 200);
+    let gone = rp.introspect(&at).request_async(&http()).await.expect("introspect");
+    assert!(!gone.active(), "revoked token is inactive");
+    let ui = http().get(format!("{}/oauth2/userinfo", p.http)).bearer_auth(at.secret()).send().await.expect("userinfo");
+    assert_eq!(ui.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn client_credentials_tokens_name_the_service_and_keys_rotate_without_breaking_them() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(p.http.clone()).expect("issuer"), &http())
+        .await
+        .expect("discovery");
+    let rp = CoreClient::from_provider_metadata(meta, ClientId::new(SERVICE_ID.into()), Some(ClientSecret::new(SERVICE_SECRET.into())));
+    let t = rp
+        .exchange_client_credentials()
+        .expect("token endpoint")
+        .add_scope(Scope::new("records.read".into()))
+        .request_async(&http())
+        .await
+        .expect("client_credentials");
+    let old = t.access_token().secret().clone();
+    let kit = Verifier::new(p.http.clone(), "sharedcare", Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http))));
+    assert_eq!(
+        kit.principal(&old).await.expect("verifies"),
+        Principal::Service { client_id: SERVICE_ID.into(), scopes: vec!["records.read".into()] }
+    );
+    let bad_scope = rp
+        .exchange_client_credentials()
+        .expect("endpoint")
+        .add_scope(Scope::new("openid".into()))
+        .request_async(&http())
+        .await;
+    assert!(format!("{bad_scope:?}").contains("invalid_scope"), "{bad_scope:?}");
+
+    let mut a = admin(&p).await;
+    let new_kid = a.rotate_keys(RotateKeysRequest {}).await.expect("rotate").into_inner().active_kid;
+    let jwks: JwkSet = http().get(format!("{}/oauth2/jwks", p.http)).send().await.expect("jwks").json().await.expect("json");
+    assert_eq!(jwks.keys.len(), 2, "the old key stays published until its tokens expire");
+    let fresh = service_token(&p.http).await;
+    assert_eq!(jose::header(&fresh).expect("header").kid, new_kid, "new tokens use the new key");
+    assert!(kit.principal(&old).await.is_ok(), "a token signed before rotation still verifies");
+    assert!(kit.principal(&fresh).await.is_ok(), "an unknown kid makes the verifier refresh its keys");
+
+    // The admin API refuses a token without identity.admin.
+    let weak = t.access_token().secret().clone();
+    let value: tonic::metadata::MetadataValue<_> = format!("Bearer {weak}").parse().expect("md");
+    let mut w = IdentityAdminClient::with_interceptor(p.channel().await, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", value.clone());
+        Ok(r)
+    });
+    let denied = w.rotate_keys(RotateKeysRequest {}).await.expect_err("forbidden");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let mut anon = IdentityAdminClient::new(p.channel().await);
+    assert_eq!(anon.rotate_keys(RotateKeysRequest {}).await.expect_err("no token").code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn private_key_jwt_client_authenticates_with_its_registered_key_and_assertions_are_single_use() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let key = Signer256::generate();
+    let jwks = serde_json::json!({"keys": [key.jwk()]}).to_string();
+    let mut a = admin(&p).await;
+    let c = a
+        .create_client(CreateClientRequest {
+            name: "GP system (private_key_jwt)".into(),
+            grant_types: vec!["client_credentials".into()],
+            scopes: vec!["records.write".into()],
+            token_endpoint_auth_method: "private_key_jwt".into(),
+            jwks_json: jwks,
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    assert!(c.client_secret.is_empty(), "no secret for private_key_jwt");
+    let assertion = |k: &Signer256, jti: &str| {
+        let now = chrono::Utc::now().timestamp();
+        k.sign("JWT", &serde_json::json!({
+            "iss": c.client_id, "sub": c.client_id, "aud": format!("{}/oauth2/token", p.http),
+            "jti": jti, "iat": now, "exp": now + 60,
+        }))
+    };
+    // The openidconnect crate sends the assertion as extra token request parameters.
+    let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(p.http.clone()).expect("issuer"), &http())
+        .await
+        .expect("discovery");
+    let rp = CoreClient::from_provider_metadata(meta, ClientId::new(c.client_id.clone()), None).set_auth_type(AuthType::RequestBody);
+    let good = assertion(&key, "a-1");
+    let ok = rp
+        .exchange_client_credentials()
+        .expect("endpoint")
+        .add_extra_param("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        .add_extra_param("client_assertion", good.clone())
+        .request_async(&http())
+        .await
+        .expect("private_key_jwt accepted");
+    assert_eq!(ok.scopes().map(|s| s[0].as_str().to_string()), Some("records.write".into()));
+    let token = |a: String| {
+        let (base, id) = (p.http.clone(), c.client_id.clone());
+        async move {
+            http()
+                .post(format!("{base}/oauth2/token"))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", id.as_str()),
+                    ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                    ("client_assertion", a.as_str()),
+                ])
+                .send()
+                .await
+                .expect("POST")
+        }
+    };
+    let replay = token(good).await;
+    assert_eq!(replay.status().as_u16(), 401);
+    let body: Value = replay.json().await.expect("json");
+    assert_eq!(body["error"], "invalid_client");
+    assert!(body["error_description"].as_str().unwrap_or_default().contains("jti"), "{body}");
+    let stranger = token(assertion(&Signer256::generate(), "a-2")).await;
+    assert_eq!(stranger.json::<Value>().await.expect("json")["error"], "invalid_client");
+}
+
+/// Collects back-channel logout tokens posted to a local endpoint.
+async fn logout_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/backchannel",
+        axum::routing::post(move |axum::Form(f): axum::Form<HashMap<String, String>>| {
+            let sink = sink.clone();
+            async move {
+                if let Some(t) = f.get("logout_token") {
+                    sink.lock().expect("lock").push(t.clone());
+                }
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (format!("http://{addr}/backchannel"), got)
+}
+
+#[tokio::test]
+async fn second_app_signs_in_without_a_prompt_and_logout_reaches_every_app_over_the_back_channel() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let (hook_a, got_a) = logout_receiver().await;
+    let (hook_b, got_b) = logout_receiver().await;
+    let (id_a, secret_a) = register_app(&p, "App A", "http://127.0.0.1:9/a", &hook_a).await;
+    let (id_b, secret_b) = register_app(&p, "App B", "http://127.0.0.1:9/b", &hook_b).await;
+    let rp_a = relying_party(&p.http, &id_a, &secret_a, "http://127.0.0.1:9/a").await;
+    let rp_b = relying_party(&p.http, &id_b, &secret_b, "http://127.0.0.1:9/b").await;
+    let b = browser();
+
+    // The nurse has TOTP and two role profiles: password, then code, then role choice.
+    let (url_a, _, nonce_a) = rp_a
+        .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+        .add_scope(Scope::new("selectedrole".into()))
+        .add_scope(Scope::new("nationalrbacaccess".into()))
+        .url();
+    let (at, page, _) = password_login(&b, &p.http, url_a.as_str(), "nurse", "demo-nurse-password").await;
+    assert!(at.contains("/oauth2/login/otp"), "second factor asked for: {at}");
+    let wrong = submit(&b, &p.http, "/oauth2/login/otp", &page, &[("code", "000000")]).await;
+    assert_eq!(wrong.2, 401);
+    let code = sharedcare_identity::secrets::totp(sharedcare_identity::demo::NURSE_TOTP_SECRET, chrono::Utc::now().timestamp())
+        .expect("totp");
+    let (at, page, _) = submit(&b, &p.http, "/oauth2/login/otp", &wrong.1, &[("code", &code)]).await;
+    assert!(at.contains("/oauth2/select-role"), "role choice: {at}");
+    assert!(page.contains("Willow House Care Home"), "roles listed by organisation name");
+    let (back_a, _, _) = submit(&b, &p.http, "/oauth2/select-role", &page, &[("role", "100000000003")]).await;
+    let tokens_a = rp_a
+        .exchange_code(AuthorizationCode::new(query(&back_a)["code"].clone()))
+        .expect("endpoint")
+        .request_async(&http())
+        .await
+        .expect("exchange A");
+    let id_a_token = tokens_a.id_token().expect("id token").clone();
+    id_a_token.claims(&rp_a.id_token_verifier(), &nonce_a).expect("verifies");
+    let raw = claims_of(&id_a_token.to_string());
+    assert_eq!(raw["selected_roleid"], "100000000003");
+    assert_eq!(raw["acr"], "AAL2", "password + TOTP is the higher level");
+    assert_eq!(raw["amr"], serde_json::json!(["pwd", "otp"]));
+
+    // App B: same browser, no password prompt; prompt=none works too.
+    let (url_b, _, _) = rp_b
+        .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+        .add_prompt(openidconnect::core::CoreAuthPrompt::None)
+        .add_scope(Scope::new("selectedrole".into()))
+        .url();
+    let (back_b, _, _) = follow(&b, &p.http, url_b.as_str()).await;
+    assert!(back_b.starts_with("http://127.0.0.1:9/b?code="), "signed in silently: {back_b}");
+    let tokens_b = rp_b
+        .exchange_code(AuthorizationCode::new(query(&back_b)["code"].clone()))
+        .expect("endpoint")
+        .request_async(&http())
+        .await
+        .expect("exchange B");
+    assert_eq!(claims_of(&tokens_b.id_token().expect("id").to_string())["selected_roleid"], "100000000003");
+
+    // The session is visible to administrators.
+    let mut a = admin(&p).await;
+    let sessions = a
+        .list_sessions(ListSessionsRequest { subject: "555000000002".into() })
+        .await
+        .expect("list")
+        .into_inner()
+        .sessions;
+    assert_eq!(sessions.len(), 1);
+
+    // Logout from app A (RP-initiated, with id_token_hint) reaches both apps.
+    let logout = format!(
+        "{}/oauth2/logout?id_token_hint={}&post_logout_redirect_uri={}&state=bye",
+        p.http,
+        id_a_token,
+        url::form_urlencoded::byte_serialize(b"http://127.0.0.1:9/a/signed-out").collect::<String>()
+    );
+    let r = b.get(&logout).send().await.expect("logout");
+    assert_eq!(location(&r), "http://127.0.0.1:9/a/signed-out?state=bye");
+    let sid = raw["sid"].as_str().expect("sid").to_string();
+    let jwks: JwkSet = http().get(format!("{}/oauth2/jwks", p.http)).send().await.expect("jwks").json().await.expect("json");
+    for (got, aud) in [(&got_a, &id_a), (&got_b, &id_b)] {
+        let tokens = got.lock().expect("lock").clone();
+        assert_eq!(tokens.len(), 1, "{aud} got one logout token");
+        let c = jose::verify_with(&tokens[0], &jwks).expect("logout token verifies");
+        assert_eq!(jose::header(&tokens[0]).expect("header").typ, "logout+jwt");
+        assert_eq!((c["aud"].as_str(), c["sid"].as_str()), (Some(aud.as_str()), Some(sid.as_str())));
+        assert!(c["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object());
+        assert!(c.get("nonce").is_none(), "logout tokens carry no nonce");
+    }
+    let refresh_b = rp_b
+        .exchange_refresh_token(tokens_b.refresh_token().expect("refresh"))
+        .expect("endpoint")
+        .request_async(&http())
+        .await;
+    assert!(format!("{refresh_b:?}").contains("invalid_grant"), "refresh after logout: {refresh_b:?}");
+    let (again, _, _) = follow(&b, &p.http, url_b.as_str()).await;
+    assert!(again.contains("error=login_required"), "prompt=none after logout: {again}");
+    let revoke_unknown = a.revoke_session(RevokeSessionRequest { session_id: "nope".into() }).await.expect_err("unknown");
+    assert_eq!(revoke_unknown.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn patients_get_nhs_login_claims_and_proofing_level_is_enforced_by_vtr() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let redirect = "http://127.0.0.1:9/nhsapp";
+    let (id, secret) = register_app(&p, "Patient app", redirect, "").await;
+    let rp = relying_party(&p.http, &id, &secret, redirect).await;
+    let start = |vtr: &str| {
+        rp.authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+            .add_scope(Scope::new("nhs_number".into()))
+            .add_scope(Scope::new("basic_demographics".into()))
+            .add_extra_param("vtr", vtr.to_string())
+            .url()
+    };
+    let (url, _, nonce) = start(r#"["P9.Cp.Cd","P9.Cp"]"#);
+    let (back, _, _) = password_login(&browser(), &p.http, url.as_str(), "patient1", "demo-patient1-password").await;
+    let t = rp
+        .exchange_code(AuthorizationCode::new(query(&back)["code"].clone()))
+        .expect("endpoint")
+        .request_async(&http())
+        .await
+        .expect("exchange");
+    let id_token = t.id_token().expect("id");
+    id_token.claims(&rp.id_token_verifier(), &nonce).expect("verifies");
+    let raw = claims_of(&id_token.to_string());
+    let demo: Value = serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo json");
+    assert_eq!(raw["nhs_number"], demo["patients"][0]["nhs_number"]);
+    assert_eq!((raw["identity_proofing_level"].as_str(), raw["vot"].as_str()), (Some("P9"), Some("P9.Cp")));
+    assert_ne!(raw["sub"], raw["nhs_number"], "sub is not the NHS number");
+    let kit = Verifier::new(p.http.clone(), "sharedcare", Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http))));
+    assert!(matches!(kit.principal(t.access_token().secret()).await, Ok(Principal::Patient { proofing, .. }) if proofing == "P9"));
+
+    let (url, _, _) = start(r#"["P9.Cp.Cd"]"#);
+    let (back, _, _) = password_login(&browser(), &p.http, url.as_str(), "patient4", "demo-patient4-password").await;
+    let q = query(&back);
+    assert_eq!(q["error"], "access_denied", "a P5 account cannot meet vtr P9: {back}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_standard_oauth_errors() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let base = p.http.clone();
+    let redirect = "http://127.0.0.1:9/cb";
+    let (id, secret) = register_app(&p, "Negative app", redirect, "").await;
+    let rp = relying_party(&base, &id, &secret, redirect).await;
+    let auth = |pkce: Option<PkceCodeChallenge>| {
+        let mut r = rp.authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random);
+        if let Some(c) = pkce {
+            r = r.set_pkce_challenge(c);
+        }
+        r.url().0.to_string()
+    };
+
+    // Unknown client and wrong redirect_uri: an error page, never a redirect.
+    let b = browser();
+    let unknown = b.get(auth(None).replace(&format!("client_id={id}"), "client_id=nobody")).send().await.expect("GET");
+    assert_eq!(unknown.status().as_u16(), 400);
+    assert!(unknown.text().await.expect("body").contains("invalid_client"));
+    let wrong = b.get(auth(None).replace("127.0.0.1%3A9%2Fcb", "evil.example%2Fcb")).send().await.expect("GET");
+    assert_eq!(wrong.status().as_u16(), 400, "wrong redirect_uri is not followed");
+    assert!(wrong.headers().get("location").is_none());
+
+    // prompt=none without a session.
+    let (none, _, _) = follow(&b, &base, &format!("{}&prompt=none", auth(None))).await;
+    assert_eq!(query(&none)["error"], "login_required");
+
+    // Missing CSRF token on the login form.
+    let (_, page, _) = follow(&b, &base, &auth(None)).await;
+    let no_csrf = b
+        .post(format!("{base}/oauth2/login"))
+        .form(&[("req", hidden(&page, "req")), ("username", "gp".into()), ("password", "demo-gp-password".into())])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(no_csrf.status().as_u16(), 403);
+
+    // acr_values asking for a second factor the GP has not enrolled.
+    let (aal2, _, _) = password_login(&browser(), &base, &format!("{}&acr_values=AAL2", auth(None)), "gp", "demo-gp-password").await;
+    assert_eq!(query(&aal2)["error"], "unmet_authentication_requirements");
+
+    // Code reuse and PKCE mismatch.
+    let (c1, v1) = PkceCodeChallenge::new_random_sha256();
+    let (back, _, _) = password_login(&browser(), &base, &auth(Some(c1)), "careworker", "demo-careworker-password").await;
+    let code = query(&back)["code"].clone();
+    let (_, other_verifier) = PkceCodeChallenge::new_random_sha256();
+    let mismatch = rp
+        .exchange_code(AuthorizationCode::new(code.clone()))
+        .expect("endpoint")
+        .set_pkce_verifier(other_verifier)
+        .request_async(&http())
+        .await;
+    assert!(format!("{mismatch:?}").contains("invalid_grant"), "{mismatch:?}");
+    let reused = rp
+        .exchange_code(AuthorizationCode::new(code))
+        .expect("endpoint")
+        .set_pkce_verifier(v1)
+        .request_async(&http())
+        .await;
+    assert!(format!("{reused:?}").contains("already used"), "a code works once: {reused:?}");
+
+    // Unknown client and a wrong secret at the token endpoint.
+    for (who, pw) in [("nobody", "x"), (id.as_str(), "wrong-secret")] {
+        let r = http()
+            .post(format!("{base}/oauth2/token"))
+            .basic_auth(who, Some(pw))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status().as_u16(), 401);
+        assert_eq!(r.json::<Value>().await.expect("json")["error"], "invalid_client");
+    }
+
+    // Forged, alg=none, expired and wrong-issuer tokens at userinfo.
+    let good = service_token(&base).await;
+    let parts: Vec<&str> = good.split('.').collect();
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let kid = jose::header(&good).expect("header").kid;
+    let stranger = Signer256::generate();
+    let now = chrono::Utc::now().timestamp();
+    let forged = [
+        format!("{}.{}.", b64(r#"{"alg":"none"}"#), parts[1]),
+        format!("{}.{}.{}", b64(&format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#)), parts[1], parts[2]),
+        format!("{}.{}.{}", parts[0], b64(r#"{"sub":"admin"}"#), parts[2]),
+        stranger.sign("at+jwt", &serde_json::json!({"iss": base, "aud": "sharedcare", "exp": now + 60})),
+    ];
+    for t in forged {
+        let r = http().get(format!("{base}/oauth2/userinfo")).bearer_auth(&t).send().await.expect("GET");
+        assert_eq!(r.status().as_u16(), 401, "refused: {t}");
+    }
+    let kit = Verifier::new(base.clone(), "passport-only", Arc::new(HttpKeys::new(format!("{base}/oauth2/jwks"))));
+    assert!(format!("{:?}", kit.principal(&good).await).contains("aud"), "wrong audience refused");
+
+    // Five wrong passwords lock the account; then even the right one is refused.
+    for _ in 0..5 {
+        let (_, _, s) = password_login(&browser(), &base, &auth(None), "icsadmin", "not-the-password").await;
+        assert_eq!(s, 401);
+    }
+    let (_, page, s) = password_login(&browser(), &base, &auth(None), "icsadmin", "demo-icsadmin-password").await;
+    assert_eq!(s, 403);
+    assert!(page.contains("locked"));
+    assert!(!page.contains("demo-icsadmin-password"), "the password is never echoed");
+}
