@@ -13,6 +13,17 @@ if ! need java || ! need mvn; then
   apt-get update -qq && apt-get install -y -qq default-jre-headless maven >&2
 fi
 
+# Identity's browser and relying-party tests: Debian's Chromium, Node.js and the npm packages
+# pinned in tests/node/package-lock.json (openid-client, jose, playwright-core).
+if ! need chromium || ! need node || ! need npm; then
+  echo "test.sh: installing Chromium and Node.js from Debian's packages (browser tests)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq chromium nodejs npm >&2
+fi
+if [ ! -d tests/node/node_modules/openid-client ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 infra/postgres.sh start
 infra/kafka.sh start
 

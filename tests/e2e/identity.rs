@@ -148,6 +148,12 @@ pub async fn admin(p: &Proc) -> IdentityAdminClient<tonic::service::interceptor:
     })
 }
 
+/// `scheme://host:port/` of a URL.
+fn origin(u: &str) -> String {
+    let u = url::Url::parse(u).expect("url");
+    format!("{}/", u.origin().ascii_serialization())
+}
+
 /// Registers a confidential web app (client_secret_basic) with a redirect URI and an optional
 /// back-channel logout URI; returns (client_id, secret).
 pub async fn register_app(p: &Proc, name: &str, redirect: &str, backchannel: &str) -> (String, String) {
@@ -156,7 +162,7 @@ pub async fn register_app(p: &Proc, name: &str, redirect: &str, backchannel: &st
         .create_client(CreateClientRequest {
             name: name.into(),
             redirect_uris: vec![redirect.into()],
-            post_logout_redirect_uris: vec![format!("{redirect}/signed-out")],
+            post_logout_redirect_uris: vec![format!("{redirect}/signed-out"), origin(redirect)],
             backchannel_logout_uri: backchannel.into(),
             grant_types: vec!["authorization_code".into(), "refresh_token".into()],
             scopes: ["openid", "profile", "email", "nationalrbacaccess", "selectedrole", "associatedorgs", "nhs_number", "basic_demographics"]

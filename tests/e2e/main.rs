@@ -6,5 +6,6 @@
 mod distributed;
 mod harness;
 mod identity;
+mod oidc_node;
 mod startup;
 mod up;

@@ -1,0 +1,128 @@
+//! Third-party clients against `sharedcare up`: panva's certified `openid-client` on Node and
+//! headless Chromium through the real login pages (scripts in `tests/node/`, dependencies
+//! installed by the README's test command with `npm ci`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use sharedcare_proto::identity::v1::{CreatePersonRequest, RoleProfile};
+
+use crate::identity::{admin, register_app, up};
+
+fn node_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
+    assert!(
+        dir.join("node_modules/openid-client").exists() && dir.join("node_modules/playwright-core").exists(),
+        "tests/node/node_modules is missing: run the README's test command (infra/test.sh), which runs `npm ci` there"
+    );
+    dir
+}
+
+fn run_node(script: &str, env: &[(&str, String)]) -> String {
+    let dir = node_dir();
+    let out = Command::new("node")
+        .arg(dir.join(script))
+        .current_dir(&dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run node (install Node.js 20+)");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[tokio::test]
+async fn panva_openid_client_completes_every_flow() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let redirect = "http://127.0.0.1:9/node/callback";
+    let (id, secret) = register_app(&p, "Node app", redirect, "").await;
+    let out = run_node(
+        "oidc.mjs",
+        &[
+            ("ISSUER", p.http.clone()),
+            ("CLIENT_ID", id),
+            ("CLIENT_SECRET", secret),
+            ("REDIRECT_URI", redirect.into()),
+            ("LOGOUT_URI", format!("{redirect}/signed-out")),
+            ("USERNAME", "gp".into()),
+            ("PASSWORD", "demo-gp-password".into()),
+            ("SERVICE_ID", "ics-integration".into()),
+            ("SERVICE_SECRET", "demo-integration-secret-95be0d27aa".into()),
+        ],
+    );
+    assert!(out.contains("openid-client: all checks passed"), "{out}");
+}
+
+#[tokio::test]
+async fn chromium_signs_in_once_for_two_apps_enrols_totp_and_logs_out_of_both() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    // A new member of staff with two role profiles and no second factor yet.
+    let person = admin(&p)
+        .await
+        .create_person(CreatePersonRequest {
+            username: "browser-nurse".into(),
+            given_name: "Robin".into(),
+            family_name: "Hale".into(),
+            password: "browser-nurse-password".into(),
+            role_profiles: vec![
+                RoleProfile {
+                    ods_code: "A81001".into(),
+                    role_code: "S8000:G8000:R8001".into(),
+                    role_name: "Practice Nurse".into(),
+                    ..Default::default()
+                },
+                RoleProfile {
+                    ods_code: "VN1C4".into(),
+                    role_code: "S8000:G8000:R8001".into(),
+                    role_name: "Care Home Nurse".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("create person")
+        .into_inner();
+    let role = person.role_profiles[1].id.clone();
+    let (pa, pb) = (free_port(), free_port());
+    let (a_id, a_secret) = register_app(
+        &p,
+        "App A",
+        &format!("http://127.0.0.1:{pa}/callback"),
+        &format!("http://127.0.0.1:{pa}/backchannel-logout"),
+    )
+    .await;
+    let (b_id, b_secret) = register_app(
+        &p,
+        "App B",
+        &format!("http://127.0.0.1:{pb}/callback"),
+        &format!("http://127.0.0.1:{pb}/backchannel-logout"),
+    )
+    .await;
+    let out = run_node(
+        "browser.mjs",
+        &[
+            ("ISSUER", p.http.clone()),
+            ("A_PORT", pa.to_string()),
+            ("B_PORT", pb.to_string()),
+            ("A_ID", a_id),
+            ("A_SECRET", a_secret),
+            ("B_ID", b_id),
+            ("B_SECRET", b_secret),
+            ("USERNAME", "browser-nurse".into()),
+            ("PASSWORD", "browser-nurse-password".into()),
+            ("ROLE_ID", role),
+        ],
+    );
+    assert!(out.contains("browser: all checks passed"), "{out}");
+}
