@@ -10,7 +10,7 @@ use sharedcare_kit::nhs::NhsNumber;
 
 use crate::error::Result;
 use crate::model::{AuthMethod, Client, ClientSettings, Organisation, Patient, Person};
-use crate::secrets::{self, PasswordCost};
+use crate::secrets::Hasher;
 use crate::store::Store;
 
 /// The nurse's TOTP secret (base32), so tests can compute codes.
@@ -195,7 +195,7 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
 }
 
 /// Seeds the demo ICS when the identity database is empty; true when it seeded.
-pub async fn seed(store: &Store, base: &str, cost: PasswordCost) -> Result<bool> {
+pub async fn seed(store: &Store, base: &str, hasher: &Hasher) -> Result<bool> {
     if !store.is_empty().await? {
         return Ok(false);
     }
@@ -203,15 +203,11 @@ pub async fn seed(store: &Store, base: &str, cost: PasswordCost) -> Result<bool>
         store.insert_organisation(&o).await?;
     }
     for (p, password) in people() {
-        let hash = tokio::task::spawn_blocking(move || secrets::hash_password(password, cost))
-            .await
-            .map_err(|e| crate::IdentityError::invalid("password", e.to_string()))??;
+        let hash = hasher.hash(password.into()).await?;
         store.insert_person(&p, &hash).await?;
     }
     for (p, password) in patients() {
-        let hash = tokio::task::spawn_blocking(move || secrets::hash_password(password, cost))
-            .await
-            .map_err(|e| crate::IdentityError::invalid("password", e.to_string()))??;
+        let hash = hasher.hash(password.into()).await?;
         store.insert_patient(&p, &hash).await?;
     }
     for (c, _) in clients(base) {

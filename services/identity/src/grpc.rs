@@ -13,7 +13,6 @@ use crate::model::{
     AuthMethod, Client, ClientSettings, KNOWN_SCOPES, ORGANISATION_KINDS, Organisation, PROOFING_LEVELS, Patient, Person,
 };
 use crate::oauth::{Provider, now};
-use crate::secrets::{self, PasswordCost};
 
 /// National RBAC activity that lets staff administer identity.
 pub const ADMIN_ACTIVITY: &str = "B1300";
@@ -48,22 +47,11 @@ impl AdminApi {
         Ok(p)
     }
 
-    fn cost(&self) -> PasswordCost {
-        PasswordCost {
-            memory_kib: self.provider.config.argon2_memory_kib,
-            iterations: self.provider.config.argon2_iterations,
-        }
-    }
-
     async fn hash(&self, password: String) -> Result<String, Status> {
         if password.chars().count() < 12 {
             return Err(IdentityError::invalid("password", "must be at least 12 characters").into());
         }
-        let cost = self.cost();
-        tokio::task::spawn_blocking(move || secrets::hash_password(&password, cost))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(Status::from)
+        Ok(self.provider.hasher.hash(password).await?)
     }
 
     async fn changed(&self, who: &Principal, kind: &str, subject_kind: &str, subject: &str) {

@@ -22,7 +22,7 @@ use sharedcare_kit::jose;
 use crate::model::{ACR_PASSWORD, AuthMethod, Grant, SubjectKind, acr_for, check_scope};
 use crate::oauth::{OAuthError, Presented, Provider, now};
 use crate::pages;
-use crate::secrets::{self, PasswordCost};
+use crate::secrets;
 use crate::store::{Lock, Session};
 
 const SESSION_COOKIE: &str = "sc_session";
@@ -36,7 +36,6 @@ pub struct Http {
     /// The provider.
     pub provider: Provider,
     failures: Arc<Mutex<HashMap<IpAddr, (i64, u32)>>>,
-    dummy_hash: Arc<str>,
 }
 
 /// A parked authorization request (OIDC Core §3.1.2.1 parameters we act on).
@@ -57,16 +56,9 @@ pub struct AuthRequest {
 
 /// The routes identity adds to the process's HTTP server.
 pub fn router(provider: Provider) -> Router {
-    let cost = PasswordCost {
-        memory_kib: provider.config.argon2_memory_kib,
-        iterations: provider.config.argon2_iterations,
-    };
-    // Unknown usernames still cost one Argon2 verification, so timing does not reveal accounts.
-    let dummy = secrets::hash_password(&jose::random_token(16), cost).unwrap_or_default();
     let state = Http {
         provider,
         failures: Arc::new(Mutex::new(HashMap::new())),
-        dummy_hash: dummy.into(),
     };
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
@@ -644,11 +636,9 @@ async fn login_submit(
             StatusCode::FORBIDDEN,
         );
     }
-    let hash = account.as_ref().map(|a| a.hash.clone()).unwrap_or_else(|| h.dummy_hash.to_string());
-    let password = form.password.clone();
-    let ok = tokio::task::spawn_blocking(move || secrets::verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
+    // Unknown usernames still cost one Argon2 verification, so timing does not reveal accounts.
+    let hash = account.as_ref().map(|a| a.hash.clone()).unwrap_or_default();
+    let ok = h.provider.hasher.verify(form.password.clone(), hash).await;
     let Some(account) = account.filter(|_| ok) else {
         h.address_throttled(addr.ip(), true);
         if let Some(a) = find_account(&h, &username).await.ok().flatten() {

@@ -56,17 +56,17 @@ pub async fn mount(db: Db, outbox: OutboxConfig, config: IdentityConfig, issuer:
         config.access_token_secs.max(120),
     )
     .await?;
+    let hasher = std::sync::Arc::new(secrets::Hasher::new(secrets::PasswordCost {
+        memory_kib: config.argon2_memory_kib,
+        iterations: config.argon2_iterations,
+    }));
     if config.seed_demo {
-        let cost = secrets::PasswordCost {
-            memory_kib: config.argon2_memory_kib,
-            iterations: config.argon2_iterations,
-        };
-        if demo::seed(&store, &issuer, cost).await? {
+        if demo::seed(&store, &issuer, &hasher).await? {
             tracing::info!("seeded the demo ICS into identity (see `sharedcare demo`)");
         }
     }
     let outbox = Outbox::new(db.clone(), outbox);
-    let provider = oauth::Provider::new(store, keys, config, issuer, outbox.clone());
+    let provider = oauth::Provider::new(store, keys, config, issuer, outbox.clone(), hasher);
     let mut m = Mount::new(NAME);
     m.http = http::router(provider.clone());
     m.add_grpc(api::identity_admin_server::IdentityAdminServer::new(grpc::AdminApi::new(provider.clone())));

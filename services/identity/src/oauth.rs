@@ -98,6 +98,8 @@ pub struct Provider {
     pub outbox: Outbox,
     /// Verifies identity's own access tokens (userinfo, introspection, admin API).
     pub verifier: Verifier,
+    /// Argon2id with bounded memory and concurrency.
+    pub hasher: Arc<crate::secrets::Hasher>,
     clients: Arc<Mutex<HashMap<String, (Client, Instant)>>>,
     http: reqwest::Client,
 }
@@ -118,7 +120,14 @@ pub fn now() -> i64 {
 
 impl Provider {
     /// A provider over `store` and `keys`, issuing as `issuer`.
-    pub fn new(store: Store, keys: KeyRing, config: IdentityConfig, issuer: String, outbox: Outbox) -> Provider {
+    pub fn new(
+        store: Store,
+        keys: KeyRing,
+        config: IdentityConfig,
+        issuer: String,
+        outbox: Outbox,
+        hasher: Arc<crate::secrets::Hasher>,
+    ) -> Provider {
         let verifier = Verifier::new(issuer.clone(), config.audience.clone(), Arc::new(keys.clone()));
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -132,6 +141,7 @@ impl Provider {
             issuer: issuer.into(),
             outbox,
             verifier,
+            hasher,
             clients: Arc::new(Mutex::new(HashMap::new())),
             http,
         }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use crate::jose::{self, JoseError, JwkSet};
+use std::collections::HashMap;
+
+use crate::jose::{self, JoseError, Jwk, JwkSet, PublicKey};
 use crate::nhs::{NhsNumber, OdsCode};
 
 /// Clock skew tolerated on `exp` and `nbf`.
@@ -159,7 +161,8 @@ struct Inner {
     issuer: String,
     audience: String,
     source: Arc<dyn KeySource>,
-    cache: RwLock<(JwkSet, Option<Instant>)>,
+    /// Parsed keys by `kid`, and when they were fetched.
+    cache: RwLock<(HashMap<String, PublicKey>, Option<Instant>)>,
 }
 
 fn claim(claim: &'static str, reason: impl Into<String>) -> AuthError {
@@ -177,7 +180,7 @@ impl Verifier {
                 issuer: issuer.into(),
                 audience: audience.into(),
                 source,
-                cache: RwLock::new((JwkSet::default(), None)),
+                cache: RwLock::new((HashMap::new(), None)),
             }),
         }
     }
@@ -195,10 +198,16 @@ impl Verifier {
             tokio::time::sleep(wait).await;
         }
         let mut cache = self.inner.cache.write().await;
-        if cache.0.find(kid).is_some() || cache.1.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
+        if cache.0.contains_key(kid) || cache.1.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
             return Ok(());
         }
-        let keys = self.inner.source.fetch().await.map_err(AuthError::Keys)?;
+        let set = self.inner.source.fetch().await.map_err(AuthError::Keys)?;
+        let keys = set
+            .keys
+            .iter()
+            .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
+            .filter_map(|k| k.verifying_key().ok().map(|p| (k.kid, p)))
+            .collect();
         *cache = (keys, Some(Instant::now()));
         Ok(())
     }
@@ -209,16 +218,16 @@ impl Verifier {
         if head.alg != "ES256" {
             return Err(JoseError::Algorithm(head.alg).into());
         }
-        let key = { self.inner.cache.read().await.0.find(&head.kid) };
+        let key = { self.inner.cache.read().await.0.get(&head.kid).cloned() };
         let key = match key {
             Some(k) => k,
             None => {
                 self.refresh(&head.kid).await?;
-                let found = self.inner.cache.read().await.0.find(&head.kid);
+                let found = self.inner.cache.read().await.0.get(&head.kid).cloned();
                 found.ok_or(JoseError::UnknownKey(head.kid))?
             }
         };
-        let claims = jose::verify(token, &key)?;
+        let claims = jose::verify_checked(token, &key)?;
         self.check(&claims, chrono::Utc::now().timestamp())?;
         Ok(claims)
     }

@@ -1,10 +1,11 @@
 //! JSON Web Signatures as Sharedcare uses them: compact-serialised JWTs signed with ES256
 //! ([RFC 7515], [RFC 7518 §3.4]) and the public keys as a JWK Set ([RFC 7517]).
 //!
-//! Written on the RustCrypto `p256` crate that `openidconnect` already brings, rather than a
-//! JOSE crate that would add a second generation of the same primitives. The verifier's policy
-//! is deliberately narrow: only `ES256`, only keys found by `kid`, so `alg=none`, HMAC with a
-//! public key and algorithm confusion are refused before any signature is checked.
+//! Signing and verification use `ring` (BoringSSL's constant-time P-256 assembly), the
+//! serialisation is this small module: a JOSE crate would bring a second copy of primitives
+//! already in the tree, and the verifier's policy is deliberately narrow — only `ES256`, only
+//! keys found by `kid` — so `alg=none`, HMAC with a public key and algorithm confusion are
+//! refused before any signature is checked.
 //!
 //! [RFC 7515]: https://www.rfc-editor.org/rfc/rfc7515
 //! [RFC 7518 §3.4]: https://www.rfc-editor.org/rfc/rfc7518#section-3.4
@@ -12,8 +13,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use p256::ecdsa::signature::{Signer, Verifier};
-use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use ring::rand::SystemRandom;
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair, UnparsedPublicKey,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -69,9 +72,13 @@ pub struct JwkSet {
     pub keys: Vec<serde_json::Value>,
 }
 
+/// A P-256 public key (uncompressed SEC1 point, 65 bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey(Vec<u8>);
+
 impl JwkSet {
     /// The P-256 verifying key published under `kid`, if any.
-    pub fn find(&self, kid: &str) -> Option<VerifyingKey> {
+    pub fn find(&self, kid: &str) -> Option<PublicKey> {
         self.keys
             .iter()
             .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
@@ -82,9 +89,8 @@ impl JwkSet {
 
 impl Jwk {
     /// The JWK of `key`, published under `kid`.
-    pub fn from_key(key: &VerifyingKey, kid: &str) -> Jwk {
-        let point = key.to_sec1_point(false);
-        let bytes = point.as_bytes();
+    pub fn from_key(key: &PublicKey, kid: &str) -> Jwk {
+        let bytes = &key.0;
         Jwk {
             kty: "EC".into(),
             crv: "P-256".into(),
@@ -97,7 +103,7 @@ impl Jwk {
     }
 
     /// The verifying key this JWK describes.
-    pub fn verifying_key(&self) -> Result<VerifyingKey, JoseError> {
+    pub fn verifying_key(&self) -> Result<PublicKey, JoseError> {
         if self.kty != "EC" || self.crv != "P-256" {
             return Err(JoseError::Key("kty must be EC and crv P-256"));
         }
@@ -110,15 +116,18 @@ impl Jwk {
         sec1.push(4);
         sec1.extend_from_slice(&x);
         sec1.extend_from_slice(&y);
-        VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| JoseError::Key("point is not on P-256"))
+        // ring checks that the point is on the curve each time it verifies with it; a key that
+        // is not fails every verification.
+        Ok(PublicKey(sec1))
     }
 }
 
 /// An ES256 signing key with its key id.
-#[derive(Clone)]
 pub struct Signer256 {
-    key: SigningKey,
+    key: EcdsaKeyPair,
+    pkcs8: Vec<u8>,
     kid: String,
+    rng: SystemRandom,
 }
 
 impl std::fmt::Debug for Signer256 {
@@ -130,29 +139,30 @@ impl std::fmt::Debug for Signer256 {
 impl Signer256 {
     /// A fresh random key; its `kid` is its RFC 7638 thumbprint.
     pub fn generate() -> Signer256 {
-        loop {
-            let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes).expect("the operating system provides randomness");
-            if let Ok(key) = SigningKey::from_slice(&bytes) {
-                return Signer256::from_key(key);
-            }
-        }
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("the operating system provides randomness");
+        Signer256::from_secret(pkcs8.as_ref()).expect("a freshly generated key parses")
     }
 
-    /// Restores a key from its 32-byte scalar (as stored by [`Signer256::secret_bytes`]).
-    pub fn from_secret(bytes: &[u8]) -> Result<Signer256, JoseError> {
-        let key = SigningKey::from_slice(bytes).map_err(|_| JoseError::Key("not a P-256 private scalar"))?;
-        Ok(Signer256::from_key(key))
+    /// Restores a key from its PKCS#8 document (as stored by [`Signer256::secret_bytes`]).
+    pub fn from_secret(pkcs8: &[u8]) -> Result<Signer256, JoseError> {
+        let rng = SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
+            .map_err(|_| JoseError::Key("not a P-256 PKCS#8 private key"))?;
+        let public = PublicKey(key.public_key().as_ref().to_vec());
+        let kid = thumbprint(&Jwk::from_key(&public, ""));
+        Ok(Signer256 {
+            key,
+            pkcs8: pkcs8.to_vec(),
+            kid,
+            rng,
+        })
     }
 
-    fn from_key(key: SigningKey) -> Signer256 {
-        let kid = thumbprint(&Jwk::from_key(key.verifying_key(), ""));
-        Signer256 { key, kid }
-    }
-
-    /// The private scalar, for storage.
+    /// The private key as PKCS#8 DER, for storage.
     pub fn secret_bytes(&self) -> Vec<u8> {
-        self.key.to_bytes().to_vec()
+        self.pkcs8.clone()
     }
 
     /// The key id.
@@ -162,7 +172,7 @@ impl Signer256 {
 
     /// The public half as a JWK.
     pub fn jwk(&self) -> Jwk {
-        Jwk::from_key(self.key.verifying_key(), &self.kid)
+        Jwk::from_key(&PublicKey(self.key.public_key().as_ref().to_vec()), &self.kid)
     }
 
     /// Signs `claims` as a compact JWS with header `{"alg":"ES256","typ":typ,"kid":…}`.
@@ -171,9 +181,12 @@ impl Signer256 {
         let mut out = B64.encode(header.to_string());
         out.push('.');
         out.push_str(&B64.encode(serde_json::to_vec(claims).expect("claims serialise to JSON")));
-        let sig: Signature = self.key.sign(out.as_bytes());
+        let sig = self
+            .key
+            .sign(&self.rng, out.as_bytes())
+            .expect("the operating system provides randomness");
         out.push('.');
-        out.push_str(&B64.encode(sig.to_bytes()));
+        out.push_str(&B64.encode(sig.as_ref()));
         out
     }
 }
@@ -205,7 +218,7 @@ pub fn header(token: &str) -> Result<Header, JoseError> {
 }
 
 /// Verifies an ES256 compact JWS against `key` and returns its decoded payload.
-pub fn verify(token: &str, key: &VerifyingKey) -> Result<serde_json::Value, JoseError> {
+pub fn verify(token: &str, key: &PublicKey) -> Result<serde_json::Value, JoseError> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(JoseError::Malformed("expected three parts"));
@@ -214,13 +227,28 @@ pub fn verify(token: &str, key: &VerifyingKey) -> Result<serde_json::Value, Jose
     if head.alg != "ES256" {
         return Err(JoseError::Algorithm(head.alg));
     }
+    verify_signed(token, h, p, s, key)
+}
+
+/// Verifies the signature over `header.payload` (the start of `token`) once the header's `alg`
+/// has been checked, and decodes the payload.
+fn verify_signed(token: &str, h: &str, p: &str, s: &str, key: &PublicKey) -> Result<serde_json::Value, JoseError> {
+    let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
     let sig = B64.decode(s).map_err(|_| JoseError::Malformed("signature is not base64url"))?;
-    let sig = Signature::from_slice(&sig).map_err(|_| JoseError::Signature)?;
-    let signed_len = h.len() + 1 + p.len();
-    key.verify(&token.as_bytes()[..signed_len], &sig)
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.0)
+        .verify(signed, &sig)
         .map_err(|_| JoseError::Signature)?;
     let payload = B64.decode(p).map_err(|_| JoseError::Malformed("payload is not base64url"))?;
     serde_json::from_slice(&payload).map_err(|_| JoseError::Malformed("payload is not JSON"))
+}
+
+/// Verifies an ES256 token whose header the caller has already decoded and checked (alg).
+pub fn verify_checked(token: &str, key: &PublicKey) -> Result<serde_json::Value, JoseError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(JoseError::Malformed("expected three parts"));
+    };
+    verify_signed(token, h, p, s, key)
 }
 
 /// Verifies a token against a key set: the header's `kid` picks the key.

@@ -33,10 +33,12 @@ pub enum What {
     Records,
     /// `up` start-up time and idle memory.
     Startup,
+    /// Identity: client_credentials, code round trips, refresh, logins, kit verification.
+    Identity,
 }
 
 /// `sharedcare bench` options.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
@@ -65,10 +67,11 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Bus => bus(&config, &args).await,
         What::Records => records(&args).await,
         What::Startup => startup().await,
+        What::Identity => crate::bench_identity::run(&args).await,
     }
 }
 
-fn report(name: &str, count: u64, elapsed: Duration, h: &Histogram<u64>) {
+pub(crate) fn report(name: &str, count: u64, elapsed: Duration, h: &Histogram<u64>) {
     println!(
         "{name:<28} {:>9.0}/s   p50 {:>7.3} ms   p99 {:>7.3} ms   max {:>7.3} ms   (n={count})",
         count as f64 / elapsed.as_secs_f64(),
@@ -78,7 +81,7 @@ fn report(name: &str, count: u64, elapsed: Duration, h: &Histogram<u64>) {
     );
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -224,20 +227,33 @@ async fn bus(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
 // ------------------------------------------------------------------------------------ records
 
 /// A `sharedcare up` child process on a fresh data directory.
-struct UpProcess {
+pub(crate) struct UpProcess {
     child: Child,
-    http: String,
+    pub(crate) http: String,
     grpc: String,
     _data: tempfile::TempDir,
 }
 
 impl UpProcess {
     fn start() -> anyhow::Result<(UpProcess, Duration)> {
+        Self::start_with(&[])
+    }
+
+    /// Starts `up` under `prefix` (e.g. `taskset -c 0`).
+    pub(crate) fn start_with(prefix: &[&str]) -> anyhow::Result<(UpProcess, Duration)> {
         use std::io::{BufRead, BufReader};
         let data = tempfile::tempdir()?;
         let exe = std::env::current_exe()?;
         let started = Instant::now();
-        let mut child = Command::new(exe)
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = cmd
             .args(["up", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--data"])
             .arg(data.path())
             .env("SHAREDCARE_TELEMETRY__LOG", "warn")
@@ -278,7 +294,7 @@ impl UpProcess {
         ))
     }
 
-    fn rss_kib(&self) -> anyhow::Result<u64> {
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         status
             .lines()
@@ -296,11 +312,12 @@ impl Drop for UpProcess {
     }
 }
 
-async fn phase<C, F, Fut>(name: &str, args: &BenchArgs, clients: &[C], op: F) -> anyhow::Result<()>
+pub(crate) async fn phase<C, F, Fut, E>(name: &str, args: &BenchArgs, clients: &[C], op: F) -> anyhow::Result<()>
 where
     C: Clone + Send + 'static,
     F: Fn(C, u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+    Fut: std::future::Future<Output = Result<(), E>> + Send,
+    E: Send + 'static,
 {
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(0));

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_identity;
 mod cli;
 mod config;
 mod platform;
