@@ -14,15 +14,26 @@ use crate::harness::{
     Proc, audit_trail, eventually, fresh_database, kafka_brokers, namespace, nhs_number, patient, serve_env,
 };
 
-fn serve(service: &str, env: &[(&str, String)]) -> Proc {
-    Proc::start(&["serve", service], env)
+/// `sharedcare serve identity` with the demo ICS seeded (tests get tokens from it).
+fn identity(env: &[(&str, String)]) -> Proc {
+    let mut env = env.to_vec();
+    env.push(("SHAREDCARE_IDENTITY__SEED_DEMO", "true".into()));
+    Proc::start(&["serve", "identity"], &env)
+}
+
+/// `sharedcare serve <service>` trusting tokens from `identity`.
+fn serve(service: &str, env: &[(&str, String)], identity: &Proc) -> Proc {
+    let mut env = env.to_vec();
+    env.push(("SHAREDCARE_AUTH__ISSUER", identity.http.clone()));
+    Proc::start(&["serve", service], &env).with_issuer(&identity.http)
 }
 
 #[tokio::test]
 async fn records_and_audit_run_as_two_processes_on_postgres_and_kafka() {
     let env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
-    let records = serve("records", &env);
-    let audit = serve("audit", &env);
+    let id = identity(&env);
+    let records = serve("records", &env, &id);
+    let audit = serve("audit", &env, &id);
     let nhs = nhs_number();
     let mut client = records.records().await;
     client
@@ -119,8 +130,9 @@ async fn one_put_is_one_trace_across_records_and_audit() {
     let mut env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
     env.push(("SHAREDCARE_TELEMETRY__OTLP_ENDPOINT", endpoint));
     env.push(("OTEL_BSP_SCHEDULE_DELAY", "100".into()));
-    let records = serve("records", &env);
-    let _audit = serve("audit", &env);
+    let id = identity(&env);
+    let records = serve("records", &env, &id);
+    let _audit = serve("audit", &env, &id);
     let nhs = nhs_number();
     records
         .records()
@@ -184,8 +196,9 @@ async fn events_committed_before_a_crash_and_a_broker_outage_all_arrive() {
     let b = Broker(port, tempfile::tempdir().expect("tmp"));
     broker("start", port, b.1.path());
     let env = serve_env(&fresh_database().await, &format!("127.0.0.1:{port}"), &namespace());
-    let records = serve("records", &env);
-    let audit = serve("audit", &env);
+    let id = identity(&env);
+    let records = serve("records", &env, &id);
+    let audit = serve("audit", &env, &id);
     let nhs = nhs_number();
     records
         .records()
@@ -217,7 +230,7 @@ async fn events_committed_before_a_crash_and_a_broker_outage_all_arrive() {
     records.crash(); // SIGKILL after commit, before any publish
 
     broker("start", port, b.1.path());
-    let _records = serve("records", &env); // the relay finds the committed rows
+    let _records = serve("records", &env, &id); // the relay finds the committed rows
     let trail = eventually(Duration::from_secs(120), "all five events after the outage", || async {
         let t = audit_trail(&audit, &nhs).await;
         (t.len() >= 6).then_some(t)

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use sharedcare_proto::audit::v1::audit_client::AuditClient;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// The built `sharedcare` binary: `$SHAREDCARE_BIN`, or the one beside this test binary.
@@ -54,6 +55,18 @@ pub struct Proc {
     pub grpc: String,
     stderr: PathBuf,
     _logs: tempfile::TempDir,
+    issuer: Option<String>,
+}
+
+/// Adds `authorization: Bearer …` to every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
 }
 
 impl Proc {
@@ -102,6 +115,7 @@ impl Proc {
             grpc,
             stderr,
             _logs: logs,
+            issuer: None,
         }
     }
 
@@ -114,14 +128,33 @@ impl Proc {
             .expect("connect gRPC")
     }
 
-    /// A records client.
-    pub async fn records(&self) -> RecordsClient<Channel> {
-        RecordsClient::new(self.channel().await)
+    /// Trusts tokens from another process's identity service (the `serve` tests).
+    pub fn with_issuer(mut self, issuer: &str) -> Proc {
+        self.issuer = Some(issuer.to_string());
+        self
     }
 
-    /// An audit client.
-    pub async fn audit(&self) -> AuditClient<Channel> {
-        AuditClient::new(self.channel().await)
+    /// A client_credentials token for the demo integration client from the identity service
+    /// this process trusts (its own in `up`).
+    pub async fn service_token(&self) -> String {
+        let issuer = self.issuer.clone().unwrap_or_else(|| self.http.clone());
+        crate::identity::service_token_for(&issuer, "records.read records.write audit.read").await
+    }
+
+    async fn authorised(&self) -> InterceptedService<Channel, Bearer> {
+        let token = self.service_token().await;
+        let value = format!("Bearer {token}").parse().expect("metadata value");
+        InterceptedService::new(self.channel().await, Bearer(value))
+    }
+
+    /// A records client calling as the demo integration service.
+    pub async fn records(&self) -> RecordsClient<InterceptedService<Channel, Bearer>> {
+        RecordsClient::new(self.authorised().await)
+    }
+
+    /// An audit client calling as the demo integration service.
+    pub async fn audit(&self) -> AuditClient<InterceptedService<Channel, Bearer>> {
+        AuditClient::new(self.authorised().await)
     }
 
     /// What the process wrote to stderr so far.

@@ -12,14 +12,15 @@ use openidconnect::core::{
 };
 use openidconnect::{
     AccessToken, AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IntrospectionUrl, IssuerUrl, Nonce,
-    OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, Scope, TokenIntrospectionResponse,
-    TokenResponse,
+    OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, Scope, TokenIntrospectionResponse, TokenResponse,
 };
 use serde_json::Value;
 use sharedcare_kit::auth::{HttpKeys, Principal, Verifier};
 use sharedcare_kit::jose::{self, JwkSet, Signer256};
 use sharedcare_proto::identity::v1::identity_admin_client::IdentityAdminClient;
-use sharedcare_proto::identity::v1::{CreateClientRequest, ListSessionsRequest, RevokeSessionRequest, RotateKeysRequest};
+use sharedcare_proto::identity::v1::{
+    CreateClientRequest, ListSessionsRequest, RevokeSessionRequest, RotateKeysRequest,
+};
 use tonic::transport::Channel;
 
 use crate::harness::Proc;
@@ -56,7 +57,11 @@ fn location(r: &reqwest::Response) -> String {
 }
 
 fn absolute(base: &str, loc: &str) -> String {
-    if loc.starts_with('/') { format!("{base}{loc}") } else { loc.to_string() }
+    if loc.starts_with('/') {
+        format!("{base}{loc}")
+    } else {
+        loc.to_string()
+    }
 }
 
 fn hidden(page: &str, name: &str) -> String {
@@ -104,9 +109,17 @@ pub async fn submit(
     page: &str,
     fields: &[(&str, &str)],
 ) -> (String, String, u16) {
-    let mut form: Vec<(String, String)> = vec![("req".into(), hidden(page, "req")), ("csrf".into(), hidden(page, "csrf"))];
+    let mut form: Vec<(String, String)> = vec![
+        ("req".into(), hidden(page, "req")),
+        ("csrf".into(), hidden(page, "csrf")),
+    ];
     form.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let r = b.post(format!("{base}{action}")).form(&form).send().await.expect("POST");
+    let r = b
+        .post(format!("{base}{action}"))
+        .form(&form)
+        .send()
+        .await
+        .expect("POST");
     let status = r.status().as_u16();
     if r.status().is_redirection() {
         return follow(b, base, &absolute(base, &location(&r))).await;
@@ -117,18 +130,39 @@ pub async fn submit(
 
 /// Signs in with a password from the login page reached from `auth_url`; returns where the
 /// browser ends up.
-pub async fn password_login(b: &reqwest::Client, base: &str, auth_url: &str, user: &str, password: &str) -> (String, String, u16) {
+pub async fn password_login(
+    b: &reqwest::Client,
+    base: &str,
+    auth_url: &str,
+    user: &str,
+    password: &str,
+) -> (String, String, u16) {
     let (url, page, status) = follow(b, base, auth_url).await;
-    assert!(url.contains("/oauth2/login"), "expected the login page, got {url} ({status}): {page}");
-    submit(b, base, "/oauth2/login", &page, &[("username", user), ("password", password)]).await
+    assert!(
+        url.contains("/oauth2/login"),
+        "expected the login page, got {url} ({status}): {page}"
+    );
+    submit(
+        b,
+        base,
+        "/oauth2/login",
+        &page,
+        &[("username", user), ("password", password)],
+    )
+    .await
 }
 
 /// A service token for the demo integration client.
 pub async fn service_token(base: &str) -> String {
+    service_token_for(base, "identity.admin").await
+}
+
+/// A service token for the demo integration client with `scope`.
+pub async fn service_token_for(base: &str, scope: &str) -> String {
     let r: Value = http()
         .post(format!("{base}/oauth2/token"))
         .basic_auth(SERVICE_ID, Some(SERVICE_SECRET))
-        .form(&[("grant_type", "client_credentials"), ("scope", "identity.admin")])
+        .form(&[("grant_type", "client_credentials"), ("scope", scope)])
         .send()
         .await
         .expect("token")
@@ -139,7 +173,9 @@ pub async fn service_token(base: &str) -> String {
 }
 
 /// The admin API with a service bearer token.
-pub async fn admin(p: &Proc) -> IdentityAdminClient<tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>> {
+pub async fn admin(
+    p: &Proc,
+) -> IdentityAdminClient<tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>> {
     let token = service_token(&p.http).await;
     let value: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().expect("metadata");
     IdentityAdminClient::with_interceptor(p.channel().await, move |mut req: tonic::Request<()>| {
@@ -165,9 +201,18 @@ pub async fn register_app(p: &Proc, name: &str, redirect: &str, backchannel: &st
             post_logout_redirect_uris: vec![format!("{redirect}/signed-out"), origin(redirect)],
             backchannel_logout_uri: backchannel.into(),
             grant_types: vec!["authorization_code".into(), "refresh_token".into()],
-            scopes: ["openid", "profile", "email", "nationalrbacaccess", "selectedrole", "associatedorgs", "nhs_number", "basic_demographics"]
-                .map(String::from)
-                .to_vec(),
+            scopes: [
+                "openid",
+                "profile",
+                "email",
+                "nationalrbacaccess",
+                "selectedrole",
+                "associatedorgs",
+                "nhs_number",
+                "basic_demographics",
+            ]
+            .map(String::from)
+            .to_vec(),
             token_endpoint_auth_method: "client_secret_basic".into(),
             ..Default::default()
         })
@@ -222,7 +267,11 @@ async fn code_flow_with_pkce_gives_verified_tokens_userinfo_refresh_introspectio
     let rp = relying_party(&p.http, &id, &secret, redirect).await;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (auth_url, state, nonce) = rp
-        .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
         .add_scope(Scope::new("profile".into()))
         .add_scope(Scope::new("nationalrbacaccess".into()))
         .add_scope(Scope::new("selectedrole".into()))
@@ -244,15 +293,25 @@ async fn code_flow_with_pkce_gives_verified_tokens_userinfo_refresh_introspectio
         .await
         .expect("code exchange");
     let id_token = tokens.id_token().expect("id_token");
-    let claims = id_token.claims(&rp.id_token_verifier(), &nonce).expect("ID token verifies");
+    let claims = id_token
+        .claims(&rp.id_token_verifier(), &nonce)
+        .expect("ID token verifies");
     assert_eq!(claims.subject().as_str(), "555000000001");
     let raw = claims_of(&id_token.to_string());
     assert_eq!(raw["selected_roleid"], "100000000001");
     assert_eq!(raw["nhsid_nrbac_roles"][0]["org_code"], "A81001");
     assert_eq!(raw["nhsid_user_orgs"][0]["org_name"], "Riverside Medical Practice");
-    assert_eq!((raw["acr"].as_str(), raw["amr"][0].as_str()), (Some("AAL1"), Some("pwd")));
-    let activities = raw["nhsid_nrbac_roles"][0]["activity_codes"].as_array().expect("activities");
-    assert!(activities.iter().any(|a| a == "B0380"), "included activities expanded: {activities:?}");
+    assert_eq!(
+        (raw["acr"].as_str(), raw["amr"][0].as_str()),
+        (Some("AAL1"), Some("pwd"))
+    );
+    let activities = raw["nhsid_nrbac_roles"][0]["activity_codes"]
+        .as_array()
+        .expect("activities");
+    assert!(
+        activities.iter().any(|a| a == "B0380"),
+        "included activities expanded: {activities:?}"
+    );
 
     let info: CoreUserInfoClaims = rp
         .user_info(tokens.access_token().clone(), Some(claims.subject().clone()))
@@ -260,12 +319,25 @@ async fn code_flow_with_pkce_gives_verified_tokens_userinfo_refresh_introspectio
         .request_async(&http())
         .await
         .expect("userinfo");
-    assert_eq!(info.given_name().and_then(|n| n.get(None)).map(|n| n.as_str()), Some("Amara"));
+    assert_eq!(
+        info.given_name().and_then(|n| n.get(None)).map(|n| n.as_str()),
+        Some("Amara")
+    );
 
     // Services verify the same access token through the kit, with keys from jwks_uri.
-    let verifier_kit = Verifier::new(p.http.clone(), "sharedcare", Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http))));
-    match verifier_kit.principal(tokens.access_token().secret()).await.expect("kit verifies") {
-        Principal::Staff { person, role, .. } => assert_eq!((person.as_str(), role.org_code.as_str()), ("555000000001", "A81001")),
+    let verifier_kit = Verifier::new(
+        p.http.clone(),
+        "sharedcare",
+        Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http))),
+    );
+    match verifier_kit
+        .principal(tokens.access_token().secret())
+        .await
+        .expect("kit verifies")
+    {
+        Principal::Staff { person, role, .. } => {
+            assert_eq!((person.as_str(), role.org_code.as_str()), ("555000000001", "A81001"))
+        }
         other => panic!("expected staff, got {other:?}"),
     }
 
@@ -279,14 +351,30 @@ async fn code_flow_with_pkce_gives_verified_tokens_userinfo_refresh_introspectio
         .expect("refresh");
     let second_refresh = refreshed.refresh_token().expect("rotated").clone();
     assert_ne!(first_refresh.secret(), second_refresh.secret());
-    let replay = rp.exchange_refresh_token(&first_refresh).expect("endpoint").request_async(&http()).await;
+    let replay = rp
+        .exchange_refresh_token(&first_refresh)
+        .expect("endpoint")
+        .request_async(&http())
+        .await;
     assert!(format!("{replay:?}").contains("invalid_grant"), "{replay:?}");
-    let after = rp.exchange_refresh_token(&second_refresh).expect("endpoint").request_async(&http()).await;
-    assert!(format!("{after:?}").contains("invalid_grant"), "family revoked: {after:?}");
+    let after = rp
+        .exchange_refresh_token(&second_refresh)
+        .expect("endpoint")
+        .request_async(&http())
+        .await;
+    assert!(
+        format!("{after:?}").contains("invalid_grant"),
+        "family revoked: {after:?}"
+    );
 
     // Introspection, then revocation of the access token.
     let at: AccessToken = refreshed.access_token().clone();
-    let active = rp.introspect(&at).set_token_type_hint("access_token").request_async(&http()).await.expect("introspect");
+    let active = rp
+        .introspect(&at)
+        .set_token_type_hint("access_token")
+        .request_async(&http())
+        .await
+        .expect("introspect");
     assert!(active.active());
     assert_eq!(active.client_id().map(|c| c.as_str()), Some(id.as_str()));
     // (The oauth2 crate refuses a plain-http revocation URL, so this request is made directly.)
@@ -300,7 +388,12 @@ async fn code_flow_with_pkce_gives_verified_tokens_userinfo_refresh_introspectio
     assert_eq!(revoked.status().as_u16(), 200);
     let gone = rp.introspect(&at).request_async(&http()).await.expect("introspect");
     assert!(!gone.active(), "revoked token is inactive");
-    let ui = http().get(format!("{}/oauth2/userinfo", p.http)).bearer_auth(at.secret()).send().await.expect("userinfo");
+    let ui = http()
+        .get(format!("{}/oauth2/userinfo", p.http))
+        .bearer_auth(at.secret())
+        .send()
+        .await
+        .expect("userinfo");
     assert_eq!(ui.status().as_u16(), 401);
 }
 
@@ -311,7 +404,11 @@ async fn client_credentials_tokens_name_the_service_and_keys_rotate_without_brea
     let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(p.http.clone()).expect("issuer"), &http())
         .await
         .expect("discovery");
-    let rp = CoreClient::from_provider_metadata(meta, ClientId::new(SERVICE_ID.into()), Some(ClientSecret::new(SERVICE_SECRET.into())));
+    let rp = CoreClient::from_provider_metadata(
+        meta,
+        ClientId::new(SERVICE_ID.into()),
+        Some(ClientSecret::new(SERVICE_SECRET.into())),
+    );
     let t = rp
         .exchange_client_credentials()
         .expect("token endpoint")
@@ -320,10 +417,17 @@ async fn client_credentials_tokens_name_the_service_and_keys_rotate_without_brea
         .await
         .expect("client_credentials");
     let old = t.access_token().secret().clone();
-    let kit = Verifier::new(p.http.clone(), "sharedcare", Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http))));
+    let kit = Verifier::new(
+        p.http.clone(),
+        "sharedcare",
+        Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http))),
+    );
     assert_eq!(
         kit.principal(&old).await.expect("verifies"),
-        Principal::Service { client_id: SERVICE_ID.into(), scopes: vec!["records.read".into()] }
+        Principal::Service {
+            client_id: SERVICE_ID.into(),
+            scopes: vec!["records.read".into()]
+        }
     );
     let bad_scope = rp
         .exchange_client_credentials()
@@ -334,13 +438,39 @@ async fn client_credentials_tokens_name_the_service_and_keys_rotate_without_brea
     assert!(format!("{bad_scope:?}").contains("invalid_scope"), "{bad_scope:?}");
 
     let mut a = admin(&p).await;
-    let new_kid = a.rotate_keys(RotateKeysRequest {}).await.expect("rotate").into_inner().active_kid;
-    let jwks: JwkSet = http().get(format!("{}/oauth2/jwks", p.http)).send().await.expect("jwks").json().await.expect("json");
-    assert_eq!(jwks.keys.len(), 2, "the old key stays published until its tokens expire");
+    let new_kid = a
+        .rotate_keys(RotateKeysRequest {})
+        .await
+        .expect("rotate")
+        .into_inner()
+        .active_kid;
+    let jwks: JwkSet = http()
+        .get(format!("{}/oauth2/jwks", p.http))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        jwks.keys.len(),
+        2,
+        "the old key stays published until its tokens expire"
+    );
     let fresh = service_token(&p.http).await;
-    assert_eq!(jose::header(&fresh).expect("header").kid, new_kid, "new tokens use the new key");
-    assert!(kit.principal(&old).await.is_ok(), "a token signed before rotation still verifies");
-    assert!(kit.principal(&fresh).await.is_ok(), "an unknown kid makes the verifier refresh its keys");
+    assert_eq!(
+        jose::header(&fresh).expect("header").kid,
+        new_kid,
+        "new tokens use the new key"
+    );
+    assert!(
+        kit.principal(&old).await.is_ok(),
+        "a token signed before rotation still verifies"
+    );
+    assert!(
+        kit.principal(&fresh).await.is_ok(),
+        "an unknown kid makes the verifier refresh its keys"
+    );
 
     // The admin API refuses a token without identity.admin.
     let weak = t.access_token().secret().clone();
@@ -352,7 +482,13 @@ async fn client_credentials_tokens_name_the_service_and_keys_rotate_without_brea
     let denied = w.rotate_keys(RotateKeysRequest {}).await.expect_err("forbidden");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     let mut anon = IdentityAdminClient::new(p.channel().await);
-    assert_eq!(anon.rotate_keys(RotateKeysRequest {}).await.expect_err("no token").code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        anon.rotate_keys(RotateKeysRequest {})
+            .await
+            .expect_err("no token")
+            .code(),
+        tonic::Code::Unauthenticated
+    );
 }
 
 #[tokio::test]
@@ -377,26 +513,36 @@ async fn private_key_jwt_client_authenticates_with_its_registered_key_and_assert
     assert!(c.client_secret.is_empty(), "no secret for private_key_jwt");
     let assertion = |k: &Signer256, jti: &str| {
         let now = chrono::Utc::now().timestamp();
-        k.sign("JWT", &serde_json::json!({
-            "iss": c.client_id, "sub": c.client_id, "aud": format!("{}/oauth2/token", p.http),
-            "jti": jti, "iat": now, "exp": now + 60,
-        }))
+        k.sign(
+            "JWT",
+            &serde_json::json!({
+                "iss": c.client_id, "sub": c.client_id, "aud": format!("{}/oauth2/token", p.http),
+                "jti": jti, "iat": now, "exp": now + 60,
+            }),
+        )
     };
     // The openidconnect crate sends the assertion as extra token request parameters.
     let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(p.http.clone()).expect("issuer"), &http())
         .await
         .expect("discovery");
-    let rp = CoreClient::from_provider_metadata(meta, ClientId::new(c.client_id.clone()), None).set_auth_type(AuthType::RequestBody);
+    let rp = CoreClient::from_provider_metadata(meta, ClientId::new(c.client_id.clone()), None)
+        .set_auth_type(AuthType::RequestBody);
     let good = assertion(&key, "a-1");
     let ok = rp
         .exchange_client_credentials()
         .expect("endpoint")
-        .add_extra_param("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        .add_extra_param(
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        )
         .add_extra_param("client_assertion", good.clone())
         .request_async(&http())
         .await
         .expect("private_key_jwt accepted");
-    assert_eq!(ok.scopes().map(|s| s[0].as_str().to_string()), Some("records.write".into()));
+    assert_eq!(
+        ok.scopes().map(|s| s[0].as_str().to_string()),
+        Some("records.write".into())
+    );
     let token = |a: String| {
         let (base, id) = (p.http.clone(), c.client_id.clone());
         async move {
@@ -405,7 +551,10 @@ async fn private_key_jwt_client_authenticates_with_its_registered_key_and_assert
                 .form(&[
                     ("grant_type", "client_credentials"),
                     ("client_id", id.as_str()),
-                    ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
                     ("client_assertion", a.as_str()),
                 ])
                 .send()
@@ -417,7 +566,10 @@ async fn private_key_jwt_client_authenticates_with_its_registered_key_and_assert
     assert_eq!(replay.status().as_u16(), 401);
     let body: Value = replay.json().await.expect("json");
     assert_eq!(body["error"], "invalid_client");
-    assert!(body["error_description"].as_str().unwrap_or_default().contains("jti"), "{body}");
+    assert!(
+        body["error_description"].as_str().unwrap_or_default().contains("jti"),
+        "{body}"
+    );
     let stranger = token(assertion(&Signer256::generate(), "a-2")).await;
     assert_eq!(stranger.json::<Value>().await.expect("json")["error"], "invalid_client");
 }
@@ -458,7 +610,11 @@ async fn second_app_signs_in_without_a_prompt_and_logout_reaches_every_app_over_
 
     // The nurse has TOTP and two role profiles: password, then code, then role choice.
     let (url_a, _, nonce_a) = rp_a
-        .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
         .add_scope(Scope::new("selectedrole".into()))
         .add_scope(Scope::new("nationalrbacaccess".into()))
         .url();
@@ -466,11 +622,17 @@ async fn second_app_signs_in_without_a_prompt_and_logout_reaches_every_app_over_
     assert!(at.contains("/oauth2/login/otp"), "second factor asked for: {at}");
     let wrong = submit(&b, &p.http, "/oauth2/login/otp", &page, &[("code", "000000")]).await;
     assert_eq!(wrong.2, 401);
-    let code = sharedcare_identity::secrets::totp(sharedcare_identity::demo::NURSE_TOTP_SECRET, chrono::Utc::now().timestamp())
-        .expect("totp");
+    let code = sharedcare_identity::secrets::totp(
+        sharedcare_identity::demo::NURSE_TOTP_SECRET,
+        chrono::Utc::now().timestamp(),
+    )
+    .expect("totp");
     let (at, page, _) = submit(&b, &p.http, "/oauth2/login/otp", &wrong.1, &[("code", &code)]).await;
     assert!(at.contains("/oauth2/select-role"), "role choice: {at}");
-    assert!(page.contains("Willow House Care Home"), "roles listed by organisation name");
+    assert!(
+        page.contains("Willow House Care Home"),
+        "roles listed by organisation name"
+    );
     let (back_a, _, _) = submit(&b, &p.http, "/oauth2/select-role", &page, &[("role", "100000000003")]).await;
     let tokens_a = rp_a
         .exchange_code(AuthorizationCode::new(query(&back_a)["code"].clone()))
@@ -479,7 +641,9 @@ async fn second_app_signs_in_without_a_prompt_and_logout_reaches_every_app_over_
         .await
         .expect("exchange A");
     let id_a_token = tokens_a.id_token().expect("id token").clone();
-    id_a_token.claims(&rp_a.id_token_verifier(), &nonce_a).expect("verifies");
+    id_a_token
+        .claims(&rp_a.id_token_verifier(), &nonce_a)
+        .expect("verifies");
     let raw = claims_of(&id_a_token.to_string());
     assert_eq!(raw["selected_roleid"], "100000000003");
     assert_eq!(raw["acr"], "AAL2", "password + TOTP is the higher level");
@@ -487,24 +651,36 @@ async fn second_app_signs_in_without_a_prompt_and_logout_reaches_every_app_over_
 
     // App B: same browser, no password prompt; prompt=none works too.
     let (url_b, _, _) = rp_b
-        .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
         .add_prompt(openidconnect::core::CoreAuthPrompt::None)
         .add_scope(Scope::new("selectedrole".into()))
         .url();
     let (back_b, _, _) = follow(&b, &p.http, url_b.as_str()).await;
-    assert!(back_b.starts_with("http://127.0.0.1:9/b?code="), "signed in silently: {back_b}");
+    assert!(
+        back_b.starts_with("http://127.0.0.1:9/b?code="),
+        "signed in silently: {back_b}"
+    );
     let tokens_b = rp_b
         .exchange_code(AuthorizationCode::new(query(&back_b)["code"].clone()))
         .expect("endpoint")
         .request_async(&http())
         .await
         .expect("exchange B");
-    assert_eq!(claims_of(&tokens_b.id_token().expect("id").to_string())["selected_roleid"], "100000000003");
+    assert_eq!(
+        claims_of(&tokens_b.id_token().expect("id").to_string())["selected_roleid"],
+        "100000000003"
+    );
 
     // The session is visible to administrators.
     let mut a = admin(&p).await;
     let sessions = a
-        .list_sessions(ListSessionsRequest { subject: "555000000002".into() })
+        .list_sessions(ListSessionsRequest {
+            subject: "555000000002".into(),
+        })
         .await
         .expect("list")
         .into_inner()
@@ -521,13 +697,23 @@ async fn second_app_signs_in_without_a_prompt_and_logout_reaches_every_app_over_
     let r = b.get(&logout).send().await.expect("logout");
     assert_eq!(location(&r), "http://127.0.0.1:9/a/signed-out?state=bye");
     let sid = raw["sid"].as_str().expect("sid").to_string();
-    let jwks: JwkSet = http().get(format!("{}/oauth2/jwks", p.http)).send().await.expect("jwks").json().await.expect("json");
+    let jwks: JwkSet = http()
+        .get(format!("{}/oauth2/jwks", p.http))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
     for (got, aud) in [(&got_a, &id_a), (&got_b, &id_b)] {
         let tokens = got.lock().expect("lock").clone();
         assert_eq!(tokens.len(), 1, "{aud} got one logout token");
         let c = jose::verify_with(&tokens[0], &jwks).expect("logout token verifies");
         assert_eq!(jose::header(&tokens[0]).expect("header").typ, "logout+jwt");
-        assert_eq!((c["aud"].as_str(), c["sid"].as_str()), (Some(aud.as_str()), Some(sid.as_str())));
+        assert_eq!(
+            (c["aud"].as_str(), c["sid"].as_str()),
+            (Some(aud.as_str()), Some(sid.as_str()))
+        );
         assert!(c["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object());
         assert!(c.get("nonce").is_none(), "logout tokens carry no nonce");
     }
@@ -536,10 +722,21 @@ async fn second_app_signs_in_without_a_prompt_and_logout_reaches_every_app_over_
         .expect("endpoint")
         .request_async(&http())
         .await;
-    assert!(format!("{refresh_b:?}").contains("invalid_grant"), "refresh after logout: {refresh_b:?}");
+    assert!(
+        format!("{refresh_b:?}").contains("invalid_grant"),
+        "refresh after logout: {refresh_b:?}"
+    );
     let (again, _, _) = follow(&b, &p.http, url_b.as_str()).await;
-    assert!(again.contains("error=login_required"), "prompt=none after logout: {again}");
-    let revoke_unknown = a.revoke_session(RevokeSessionRequest { session_id: "nope".into() }).await.expect_err("unknown");
+    assert!(
+        again.contains("error=login_required"),
+        "prompt=none after logout: {again}"
+    );
+    let revoke_unknown = a
+        .revoke_session(RevokeSessionRequest {
+            session_id: "nope".into(),
+        })
+        .await
+        .expect_err("unknown");
     assert_eq!(revoke_unknown.code(), tonic::Code::NotFound);
 }
 
@@ -551,11 +748,15 @@ async fn patients_get_nhs_login_claims_and_proofing_level_is_enforced_by_vtr() {
     let (id, secret) = register_app(&p, "Patient app", redirect, "").await;
     let rp = relying_party(&p.http, &id, &secret, redirect).await;
     let start = |vtr: &str| {
-        rp.authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
-            .add_scope(Scope::new("nhs_number".into()))
-            .add_scope(Scope::new("basic_demographics".into()))
-            .add_extra_param("vtr", vtr.to_string())
-            .url()
+        rp.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("nhs_number".into()))
+        .add_scope(Scope::new("basic_demographics".into()))
+        .add_extra_param("vtr", vtr.to_string())
+        .url()
     };
     let (url, _, nonce) = start(r#"["P9.Cp.Cd","P9.Cp"]"#);
     let (back, _, _) = password_login(&browser(), &p.http, url.as_str(), "patient1", "demo-patient1-password").await;
@@ -568,12 +769,22 @@ async fn patients_get_nhs_login_claims_and_proofing_level_is_enforced_by_vtr() {
     let id_token = t.id_token().expect("id");
     id_token.claims(&rp.id_token_verifier(), &nonce).expect("verifies");
     let raw = claims_of(&id_token.to_string());
-    let demo: Value = serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo json");
+    let demo: Value =
+        serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo json");
     assert_eq!(raw["nhs_number"], demo["patients"][0]["nhs_number"]);
-    assert_eq!((raw["identity_proofing_level"].as_str(), raw["vot"].as_str()), (Some("P9"), Some("P9.Cp")));
+    assert_eq!(
+        (raw["identity_proofing_level"].as_str(), raw["vot"].as_str()),
+        (Some("P9"), Some("P9.Cp"))
+    );
     assert_ne!(raw["sub"], raw["nhs_number"], "sub is not the NHS number");
-    let kit = Verifier::new(p.http.clone(), "sharedcare", Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http))));
-    assert!(matches!(kit.principal(t.access_token().secret()).await, Ok(Principal::Patient { proofing, .. }) if proofing == "P9"));
+    let kit = Verifier::new(
+        p.http.clone(),
+        "sharedcare",
+        Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http))),
+    );
+    assert!(
+        matches!(kit.principal(t.access_token().secret()).await, Ok(Principal::Patient { proofing, .. }) if proofing == "P9")
+    );
 
     let (url, _, _) = start(r#"["P9.Cp.Cd"]"#);
     let (back, _, _) = password_login(&browser(), &p.http, url.as_str(), "patient4", "demo-patient4-password").await;
@@ -590,7 +801,11 @@ async fn bad_requests_get_the_standard_oauth_errors() {
     let (id, secret) = register_app(&p, "Negative app", redirect, "").await;
     let rp = relying_party(&base, &id, &secret, redirect).await;
     let auth = |pkce: Option<PkceCodeChallenge>| {
-        let mut r = rp.authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random);
+        let mut r = rp.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        );
         if let Some(c) = pkce {
             r = r.set_pkce_challenge(c);
         }
@@ -599,10 +814,18 @@ async fn bad_requests_get_the_standard_oauth_errors() {
 
     // Unknown client and wrong redirect_uri: an error page, never a redirect.
     let b = browser();
-    let unknown = b.get(auth(None).replace(&format!("client_id={id}"), "client_id=nobody")).send().await.expect("GET");
+    let unknown = b
+        .get(auth(None).replace(&format!("client_id={id}"), "client_id=nobody"))
+        .send()
+        .await
+        .expect("GET");
     assert_eq!(unknown.status().as_u16(), 400);
     assert!(unknown.text().await.expect("body").contains("invalid_client"));
-    let wrong = b.get(auth(None).replace("127.0.0.1%3A9%2Fcb", "evil.example%2Fcb")).send().await.expect("GET");
+    let wrong = b
+        .get(auth(None).replace("127.0.0.1%3A9%2Fcb", "evil.example%2Fcb"))
+        .send()
+        .await
+        .expect("GET");
     assert_eq!(wrong.status().as_u16(), 400, "wrong redirect_uri is not followed");
     assert!(wrong.headers().get("location").is_none());
 
@@ -614,19 +837,37 @@ async fn bad_requests_get_the_standard_oauth_errors() {
     let (_, page, _) = follow(&b, &base, &auth(None)).await;
     let no_csrf = b
         .post(format!("{base}/oauth2/login"))
-        .form(&[("req", hidden(&page, "req")), ("username", "gp".into()), ("password", "demo-gp-password".into())])
+        .form(&[
+            ("req", hidden(&page, "req")),
+            ("username", "gp".into()),
+            ("password", "demo-gp-password".into()),
+        ])
         .send()
         .await
         .expect("POST");
     assert_eq!(no_csrf.status().as_u16(), 403);
 
     // acr_values asking for a second factor the GP has not enrolled.
-    let (aal2, _, _) = password_login(&browser(), &base, &format!("{}&acr_values=AAL2", auth(None)), "gp", "demo-gp-password").await;
+    let (aal2, _, _) = password_login(
+        &browser(),
+        &base,
+        &format!("{}&acr_values=AAL2", auth(None)),
+        "gp",
+        "demo-gp-password",
+    )
+    .await;
     assert_eq!(query(&aal2)["error"], "unmet_authentication_requirements");
 
     // Code reuse and PKCE mismatch.
     let (c1, v1) = PkceCodeChallenge::new_random_sha256();
-    let (back, _, _) = password_login(&browser(), &base, &auth(Some(c1)), "careworker", "demo-careworker-password").await;
+    let (back, _, _) = password_login(
+        &browser(),
+        &base,
+        &auth(Some(c1)),
+        "careworker",
+        "demo-careworker-password",
+    )
+    .await;
     let code = query(&back)["code"].clone();
     let (_, other_verifier) = PkceCodeChallenge::new_random_sha256();
     let mismatch = rp
@@ -642,7 +883,10 @@ async fn bad_requests_get_the_standard_oauth_errors() {
         .set_pkce_verifier(v1)
         .request_async(&http())
         .await;
-    assert!(format!("{reused:?}").contains("already used"), "a code works once: {reused:?}");
+    assert!(
+        format!("{reused:?}").contains("already used"),
+        "a code works once: {reused:?}"
+    );
 
     // Unknown client and a wrong secret at the token endpoint.
     for (who, pw) in [("nobody", "x"), (id.as_str(), "wrong-secret")] {
@@ -667,16 +911,36 @@ async fn bad_requests_get_the_standard_oauth_errors() {
     let now = chrono::Utc::now().timestamp();
     let forged = [
         format!("{}.{}.", b64(r#"{"alg":"none"}"#), parts[1]),
-        format!("{}.{}.{}", b64(&format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#)), parts[1], parts[2]),
+        format!(
+            "{}.{}.{}",
+            b64(&format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#)),
+            parts[1],
+            parts[2]
+        ),
         format!("{}.{}.{}", parts[0], b64(r#"{"sub":"admin"}"#), parts[2]),
-        stranger.sign("at+jwt", &serde_json::json!({"iss": base, "aud": "sharedcare", "exp": now + 60})),
+        stranger.sign(
+            "at+jwt",
+            &serde_json::json!({"iss": base, "aud": "sharedcare", "exp": now + 60}),
+        ),
     ];
     for t in forged {
-        let r = http().get(format!("{base}/oauth2/userinfo")).bearer_auth(&t).send().await.expect("GET");
+        let r = http()
+            .get(format!("{base}/oauth2/userinfo"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .expect("GET");
         assert_eq!(r.status().as_u16(), 401, "refused: {t}");
     }
-    let kit = Verifier::new(base.clone(), "passport-only", Arc::new(HttpKeys::new(format!("{base}/oauth2/jwks"))));
-    assert!(format!("{:?}", kit.principal(&good).await).contains("aud"), "wrong audience refused");
+    let kit = Verifier::new(
+        base.clone(),
+        "passport-only",
+        Arc::new(HttpKeys::new(format!("{base}/oauth2/jwks"))),
+    );
+    assert!(
+        format!("{:?}", kit.principal(&good).await).contains("aud"),
+        "wrong audience refused"
+    );
 
     // Five wrong passwords lock the account; then even the right one is refused.
     for _ in 0..5 {
@@ -687,4 +951,138 @@ async fn bad_requests_get_the_standard_oauth_errors() {
     assert_eq!(s, 403);
     assert!(page.contains("locked"));
     assert!(!page.contains("demo-icsadmin-password"), "the password is never echoed");
+}
+
+/// A user's access token from the code flow (staff or patient), via the demo portal client.
+async fn user_token(p: &Proc, user: &str, password: &str, scope: &str) -> String {
+    let redirect = "http://127.0.0.1:9/tok";
+    let (id, secret) = register_app(p, "Token app", redirect, "").await;
+    let rp = relying_party(&p.http, &id, &secret, redirect).await;
+    let mut req = rp.authorize_url(
+        CoreAuthenticationFlow::AuthorizationCode,
+        CsrfToken::new_random,
+        Nonce::new_random,
+    );
+    for s in scope.split_whitespace() {
+        req = req.add_scope(Scope::new(s.into()));
+    }
+    let (url, _, _) = req.url();
+    let (back, _, _) = password_login(&browser(), &p.http, url.as_str(), user, password).await;
+    let t = rp
+        .exchange_code(AuthorizationCode::new(query(&back)["code"].clone()))
+        .expect("endpoint")
+        .request_async(&http())
+        .await
+        .expect("exchange");
+    t.access_token().secret().clone()
+}
+
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+    r
+}
+
+#[tokio::test]
+async fn records_and_audit_admit_only_valid_tokens_and_record_who_accessed() {
+    use sharedcare_proto::audit::v1::ListByPatientRequest;
+    use sharedcare_proto::audit::v1::audit_client::AuditClient;
+    use sharedcare_proto::records::v1::records_client::RecordsClient;
+    use sharedcare_proto::records::v1::{GetRequest, PutRequest};
+
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let demo: Value =
+        serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo");
+    let nhs = demo["patients"][0]["nhs_number"].as_str().expect("nhs").to_string();
+    let mut records = RecordsClient::new(p.channel().await);
+    let put = || PutRequest {
+        resource_json: crate::harness::patient("tok-1", &nhs),
+        source_organisation: "A81001".into(),
+    };
+
+    let none = records.put(put()).await.expect_err("no token");
+    assert_eq!(none.code(), tonic::Code::Unauthenticated);
+    let forged = Signer256::generate().sign(
+        "at+jwt",
+        &serde_json::json!({"iss": p.http, "aud": "sharedcare", "exp": 4_000_000_000i64}),
+    );
+    assert_eq!(
+        records
+            .put(with_token(put(), &forged))
+            .await
+            .expect_err("forged")
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+    let read_only = service_token_for(&p.http, "records.read").await;
+    let denied = records.put(with_token(put(), &read_only)).await.expect_err("scope");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(denied.message().contains("records.write"), "{}", denied.message());
+
+    // A GP writes and reads; the audit trail names the GP, their organisation and role.
+    let gp = user_token(&p, "gp", "demo-gp-password", "selectedrole").await;
+    records.put(with_token(put(), &gp)).await.expect("GP put");
+    records
+        .get(with_token(
+            GetRequest {
+                resource_type: "Patient".into(),
+                id: "tok-1".into(),
+            },
+            &gp,
+        ))
+        .await
+        .expect("GP get");
+    let patient_token = user_token(&p, "patient1", "demo-patient1-password", "nhs_number").await;
+    let refused = records
+        .get(with_token(
+            GetRequest {
+                resource_type: "Patient".into(),
+                id: "tok-1".into(),
+            },
+            &patient_token,
+        ))
+        .await
+        .expect_err("patients use the passport");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+
+    // The patient (P9) reads who accessed their record; not someone else's.
+    let mut audit = AuditClient::new(p.channel().await);
+    let trail = crate::harness::eventually(Duration::from_secs(20), "audit entries", || {
+        let (mut audit, token, nhs) = (audit.clone(), patient_token.clone(), nhs.clone());
+        async move {
+            let r = audit
+                .list_by_patient(with_token(
+                    ListByPatientRequest {
+                        nhs_number: nhs,
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .ok()?
+                .into_inner();
+            (r.entries.len() >= 2).then_some(r.entries)
+        }
+    })
+    .await;
+    assert!(
+        trail.iter().all(|e| e.actor == "555000000001"
+            && e.actor_organisation == "A81001"
+            && e.actor_role == "S8000:G8000:R8000"),
+        "{trail:?}"
+    );
+    let other = demo["patients"][1]["nhs_number"].as_str().expect("nhs").to_string();
+    let not_yours = audit
+        .list_by_patient(with_token(
+            ListByPatientRequest {
+                nhs_number: other,
+                ..Default::default()
+            },
+            &patient_token,
+        ))
+        .await
+        .expect_err("another patient's trail");
+    assert_eq!(not_yours.code(), tonic::Code::PermissionDenied);
 }

@@ -1,5 +1,6 @@
 //! `sharedcare.audit.v1.Audit` over gRPC.
 
+use sharedcare_kit::auth::{Principal, Verifier, has_scope};
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_proto::audit::v1::audit_server::Audit;
 use sharedcare_proto::audit::v1::{ListByPatientRequest, ListByPatientResponse};
@@ -12,12 +13,23 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct AuditApi {
     store: Store,
+    verifier: Verifier,
 }
 
 impl AuditApi {
-    /// Serves `store`.
-    pub fn new(store: Store) -> Self {
-        AuditApi { store }
+    /// Serves `store` to callers whose bearer token `verifier` accepts.
+    pub fn new(store: Store, verifier: Verifier) -> Self {
+        AuditApi { store, verifier }
+    }
+}
+
+/// Who may read a patient's audit trail: services with `audit.read`, staff (information
+/// governance; narrowed by the consent issue), and the patient themself at P9.
+fn may_read(p: &Principal, nhs: &NhsNumber) -> bool {
+    match p {
+        Principal::Service { .. } => has_scope(p, "audit.read"),
+        Principal::Staff { .. } => true,
+        Principal::Patient { nhs_number, proofing } => nhs_number == nhs && proofing == "P9",
     }
 }
 
@@ -27,11 +39,17 @@ impl Audit for AuditApi {
         &self,
         request: Request<ListByPatientRequest>,
     ) -> Result<Response<ListByPatientResponse>, Status> {
+        let who = self.verifier.from_metadata(request.metadata()).await?;
         let req = request.into_inner();
         let nhs = NhsNumber::parse(&req.nhs_number).map_err(|e| AuditError::Invalid {
             field: "nhs_number".into(),
             reason: e.to_string(),
         })?;
+        if !may_read(&who, &nhs) {
+            return Err(Status::permission_denied(
+                "reading this audit trail needs scope audit.read, a staff role, or being the patient (P9)",
+            ));
+        }
         let limit = match req.page_size {
             0 => 100,
             n if n > 1000 => {

@@ -34,11 +34,12 @@ pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
     .await
 }
 
-/// Builds the service on its database: gRPC routes and one consumer per audited topic.
-pub fn mount(db: Db) -> Mount {
+/// Builds the service on its database: gRPC routes (callers checked by `verifier`) and one
+/// consumer per audited topic.
+pub fn mount(db: Db, verifier: sharedcare_kit::auth::Verifier) -> Mount {
     let store = store::Store::new(db.clone());
     let mut m = Mount::new(NAME);
-    m.add_grpc(AuditServer::new(grpc::AuditApi::new(store.clone())));
+    m.add_grpc(AuditServer::new(grpc::AuditApi::new(store.clone(), verifier)));
     let handler = Arc::new(consumer::AccessConsumer::new(store));
     m.consumers = AUDITED_SERVICES
         .iter()

@@ -34,7 +34,9 @@ pub struct IdentityConfig {
     /// Argon2id iterations.
     pub argon2_iterations: u32,
     /// Seed the demo ICS (organisations, staff, patients, clients) into an empty database.
-    pub seed_demo: bool,
+    /// Unset = yes for `up`, no for `serve` (a production deployment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed_demo: Option<bool>,
     /// Set the `Secure` flag on cookies (on whenever the issuer is https).
     pub secure_cookies: bool,
 }
@@ -55,7 +57,7 @@ impl Default for IdentityConfig {
             address_failures_per_minute: 30,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
-            seed_demo: true,
+            seed_demo: None,
             secure_cookies: false,
         }
     }
@@ -80,7 +82,10 @@ impl IdentityConfig {
             }
         }
         if !self.issuer.is_empty() && url::Url::parse(&self.issuer).is_err() {
-            return Err(("identity.issuer".into(), "expected an absolute URL such as https://id.example.nhs.uk".into()));
+            return Err((
+                "identity.issuer".into(),
+                "expected an absolute URL such as https://id.example.nhs.uk".into(),
+            ));
         }
         if self.argon2_memory_kib < 8 * 1024 {
             return Err(("identity.argon2_memory_kib".into(), "must be at least 8192".into()));

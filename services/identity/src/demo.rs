@@ -61,40 +61,80 @@ pub fn people() -> Vec<(Person, &'static str)> {
     };
     vec![
         (
-            person("555000000001", "gp", "Amara", "Okafor", "", vec![role(
-                "100000000001",
-                "A81001",
-                "S8000:G8000:R8000",
-                "Clinical Practitioner Access Role",
-                &["B0370", "B0264"],
-            )]),
+            person(
+                "555000000001",
+                "gp",
+                "Amara",
+                "Okafor",
+                "",
+                vec![role(
+                    "100000000001",
+                    "A81001",
+                    "S8000:G8000:R8000",
+                    "Clinical Practitioner Access Role",
+                    &["B0370", "B0264"],
+                )],
+            ),
             "demo-gp-password",
         ),
         (
-            person("555000000002", "nurse", "Sam", "Patel", NURSE_TOTP_SECRET, vec![
-                role("100000000002", "RX1", "S8000:G8000:R8001", "Nurse Access Role", &["B0370"]),
-                role("100000000003", "VN1C4", "S8000:G8000:R8001", "Nurse Access Role", &["B1611"]),
-            ]),
+            person(
+                "555000000002",
+                "nurse",
+                "Sam",
+                "Patel",
+                NURSE_TOTP_SECRET,
+                vec![
+                    role(
+                        "100000000002",
+                        "RX1",
+                        "S8000:G8000:R8001",
+                        "Nurse Access Role",
+                        &["B0370"],
+                    ),
+                    role(
+                        "100000000003",
+                        "VN1C4",
+                        "S8000:G8000:R8001",
+                        "Nurse Access Role",
+                        &["B1611"],
+                    ),
+                ],
+            ),
             "demo-nurse-password",
         ),
         (
-            person("555000000003", "careworker", "Jo", "Williams", "", vec![role(
-                "100000000004",
-                "VH2D7",
-                "S8002:G8003:R8010",
-                "Care Worker",
-                &["B1611"],
-            )]),
+            person(
+                "555000000003",
+                "careworker",
+                "Jo",
+                "Williams",
+                "",
+                vec![role(
+                    "100000000004",
+                    "VH2D7",
+                    "S8002:G8003:R8010",
+                    "Care Worker",
+                    &["B1611"],
+                )],
+            ),
             "demo-careworker-password",
         ),
         (
-            person("555000000004", "icsadmin", "Priya", "Shah", "", vec![role(
-                "100000000005",
-                "QN1",
-                "S8001:G8005:R8008",
-                "Admin and Clerical Access Role",
-                &["B1300"],
-            )]),
+            person(
+                "555000000004",
+                "icsadmin",
+                "Priya",
+                "Shah",
+                "",
+                vec![role(
+                    "100000000005",
+                    "QN1",
+                    "S8001:G8005:R8008",
+                    "Admin and Clerical Access Role",
+                    &["B1300"],
+                )],
+            ),
             "demo-icsadmin-password",
         ),
     ]
@@ -102,7 +142,11 @@ pub fn people() -> Vec<(Person, &'static str)> {
 
 /// Demo patients (valid NHS numbers) with their passwords: three at P9, one at P5.
 pub fn patients() -> Vec<(Patient, &'static str)> {
-    let nhs = |stem: u32| NhsNumber::from_stem(stem).map(|n| n.as_str().to_string()).unwrap_or_default();
+    let nhs = |stem: u32| {
+        NhsNumber::from_stem(stem)
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default()
+    };
     let patient = |stem: u32, user: &str, given: &str, family: &str, born: &str, level: &str| Patient {
         nhs_number: nhs(stem),
         username: user.into(),
@@ -112,10 +156,22 @@ pub fn patients() -> Vec<(Patient, &'static str)> {
         proofing_level: level.into(),
     };
     vec![
-        (patient(943_476_591, "patient1", "Margaret", "Evans", "1941-03-12", "P9"), "demo-patient1-password"),
-        (patient(943_476_592, "patient2", "David", "Nowak", "1958-11-02", "P9"), "demo-patient2-password"),
-        (patient(943_476_593, "patient3", "Aisha", "Rahman", "1990-06-25", "P9"), "demo-patient3-password"),
-        (patient(943_476_594, "patient4", "Tom", "Baker", "1985-01-30", "P5"), "demo-patient4-password"),
+        (
+            patient(943_476_591, "patient1", "Margaret", "Evans", "1941-03-12", "P9"),
+            "demo-patient1-password",
+        ),
+        (
+            patient(943_476_592, "patient2", "David", "Nowak", "1958-11-02", "P9"),
+            "demo-patient2-password",
+        ),
+        (
+            patient(943_476_593, "patient3", "Aisha", "Rahman", "1990-06-25", "P9"),
+            "demo-patient3-password",
+        ),
+        (
+            patient(943_476_594, "patient4", "Tom", "Baker", "1985-01-30", "P5"),
+            "demo-patient4-password",
+        ),
     ]
 }
 
@@ -139,56 +195,86 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
     let client = |id: &str, name: &str, secret: &str, settings: ClientSettings| Client {
         id: id.into(),
         name: name.into(),
-        secret_hash: if secret.is_empty() { String::new() } else { jose::sha256_b64(secret) },
+        secret_hash: if secret.is_empty() {
+            String::new()
+        } else {
+            jose::sha256_b64(secret)
+        },
         settings,
     };
     vec![
         (
-            client("sharedcare-portal", "Sharedcare portal", "demo-portal-secret-7c1f9e2b4a", ClientSettings {
-                redirect_uris: vec![format!("{base}/portal/callback")],
-                post_logout_redirect_uris: vec![format!("{base}/portal/")],
-                backchannel_logout_uri: String::new(),
-                grant_types: strings(&["authorization_code", "refresh_token"]),
-                scopes: user_scopes.clone(),
-                auth_method: AuthMethod::ClientSecretBasic,
-                jwks: None,
-            }),
+            client(
+                "sharedcare-portal",
+                "Sharedcare portal",
+                "demo-portal-secret-7c1f9e2b4a",
+                ClientSettings {
+                    redirect_uris: vec![format!("{base}/portal/callback")],
+                    post_logout_redirect_uris: vec![format!("{base}/portal/")],
+                    backchannel_logout_uri: String::new(),
+                    grant_types: strings(&["authorization_code", "refresh_token"]),
+                    scopes: user_scopes.clone(),
+                    auth_method: AuthMethod::ClientSecretBasic,
+                    jwks: None,
+                },
+            ),
             "demo-portal-secret-7c1f9e2b4a",
         ),
         (
-            client("ics-sample-app", "Northbridge Care Coordination (sample ICS app)", "demo-sample-secret-3d8a61f0c5", ClientSettings {
-                redirect_uris: strings(&["http://127.0.0.1:8400/callback", "http://localhost:8400/callback"]),
-                post_logout_redirect_uris: strings(&["http://127.0.0.1:8400/"]),
-                backchannel_logout_uri: "http://127.0.0.1:8400/backchannel-logout".into(),
-                grant_types: strings(&["authorization_code", "refresh_token"]),
-                scopes: user_scopes.clone(),
-                auth_method: AuthMethod::ClientSecretPost,
-                jwks: None,
-            }),
+            client(
+                "ics-sample-app",
+                "Northbridge Care Coordination (sample ICS app)",
+                "demo-sample-secret-3d8a61f0c5",
+                ClientSettings {
+                    redirect_uris: strings(&["http://127.0.0.1:8400/callback", "http://localhost:8400/callback"]),
+                    post_logout_redirect_uris: strings(&["http://127.0.0.1:8400/"]),
+                    backchannel_logout_uri: "http://127.0.0.1:8400/backchannel-logout".into(),
+                    grant_types: strings(&["authorization_code", "refresh_token"]),
+                    scopes: user_scopes.clone(),
+                    auth_method: AuthMethod::ClientSecretPost,
+                    jwks: None,
+                },
+            ),
             "demo-sample-secret-3d8a61f0c5",
         ),
         (
-            client("nhs-app-demo", "Patient passport (NHS App)", "", ClientSettings {
-                redirect_uris: strings(&["http://127.0.0.1:8401/callback"]),
-                post_logout_redirect_uris: Vec::new(),
-                backchannel_logout_uri: String::new(),
-                grant_types: strings(&["authorization_code", "refresh_token"]),
-                scopes: user_scopes,
-                auth_method: AuthMethod::None,
-                jwks: None,
-            }),
+            client(
+                "nhs-app-demo",
+                "Patient passport (NHS App)",
+                "",
+                ClientSettings {
+                    redirect_uris: strings(&["http://127.0.0.1:8401/callback"]),
+                    post_logout_redirect_uris: Vec::new(),
+                    backchannel_logout_uri: String::new(),
+                    grant_types: strings(&["authorization_code", "refresh_token"]),
+                    scopes: user_scopes,
+                    auth_method: AuthMethod::None,
+                    jwks: None,
+                },
+            ),
             "",
         ),
         (
-            client("ics-integration", "ICS integration engine (service)", "demo-integration-secret-95be0d27aa", ClientSettings {
-                redirect_uris: Vec::new(),
-                post_logout_redirect_uris: Vec::new(),
-                backchannel_logout_uri: String::new(),
-                grant_types: strings(&["client_credentials"]),
-                scopes: strings(&["records.read", "records.write", "consent.decide", "audit.read", "identity.admin"]),
-                auth_method: AuthMethod::ClientSecretBasic,
-                jwks: None,
-            }),
+            client(
+                "ics-integration",
+                "ICS integration engine (service)",
+                "demo-integration-secret-95be0d27aa",
+                ClientSettings {
+                    redirect_uris: Vec::new(),
+                    post_logout_redirect_uris: Vec::new(),
+                    backchannel_logout_uri: String::new(),
+                    grant_types: strings(&["client_credentials"]),
+                    scopes: strings(&[
+                        "records.read",
+                        "records.write",
+                        "consent.decide",
+                        "audit.read",
+                        "identity.admin",
+                    ]),
+                    auth_method: AuthMethod::ClientSecretBasic,
+                    jwks: None,
+                },
+            ),
             "demo-integration-secret-95be0d27aa",
         ),
     ]

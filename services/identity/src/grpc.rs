@@ -10,7 +10,8 @@ use crate::api;
 use crate::api::identity_admin_server::IdentityAdmin;
 use crate::error::IdentityError;
 use crate::model::{
-    AuthMethod, Client, ClientSettings, KNOWN_SCOPES, ORGANISATION_KINDS, Organisation, PROOFING_LEVELS, Patient, Person,
+    AuthMethod, Client, ClientSettings, KNOWN_SCOPES, ORGANISATION_KINDS, Organisation, PROOFING_LEVELS, Patient,
+    Person,
 };
 use crate::oauth::{Provider, now};
 
@@ -94,7 +95,8 @@ impl IdentityAdmin for AdminApi {
         req: Request<api::GetOrganisationRequest>,
     ) -> Result<Response<api::Organisation>, Status> {
         self.authorise(&req).await?;
-        let code = OdsCode::parse(&req.get_ref().ods_code).map_err(|e| IdentityError::invalid("ods_code", e.to_string()))?;
+        let code =
+            OdsCode::parse(&req.get_ref().ods_code).map_err(|e| IdentityError::invalid("ods_code", e.to_string()))?;
         let all = self.provider.store.organisations("", 10_000).await?;
         let o = all
             .into_iter()
@@ -122,13 +124,18 @@ impl IdentityAdmin for AdminApi {
         }))
     }
 
-    async fn create_organisation(&self, req: Request<api::Organisation>) -> Result<Response<api::Organisation>, Status> {
+    async fn create_organisation(
+        &self,
+        req: Request<api::Organisation>,
+    ) -> Result<Response<api::Organisation>, Status> {
         let who = self.authorise(&req).await?;
         let r = req.into_inner();
         let code = OdsCode::parse(&r.ods_code).map_err(|e| IdentityError::invalid("ods_code", e.to_string()))?;
         required("name", &r.name)?;
         if !ORGANISATION_KINDS.contains(&r.kind.as_str()) {
-            return Err(IdentityError::invalid("kind", format!("expected one of {}", ORGANISATION_KINDS.join(", "))).into());
+            return Err(
+                IdentityError::invalid("kind", format!("expected one of {}", ORGANISATION_KINDS.join(", "))).into(),
+            );
         }
         let o = Organisation {
             ods_code: code.as_str().to_string(),
@@ -136,7 +143,8 @@ impl IdentityAdmin for AdminApi {
             kind: r.kind,
         };
         self.provider.store.insert_organisation(&o).await?;
-        self.changed(&who, "organisation_created", "organisation", &o.ods_code).await;
+        self.changed(&who, "organisation_created", "organisation", &o.ods_code)
+            .await;
         Ok(Response::new(org_out(o)))
     }
 
@@ -156,11 +164,17 @@ impl IdentityAdmin for AdminApi {
             let code = OdsCode::parse(&rp.ods_code)
                 .map_err(|e| IdentityError::invalid(format!("role_profiles[{i}].ods_code"), e.to_string()))?;
             if !orgs.iter().any(|o| o.ods_code == code.as_str()) {
-                return Err(IdentityError::invalid(format!("role_profiles[{i}].ods_code"), "no such organisation").into());
+                return Err(
+                    IdentityError::invalid(format!("role_profiles[{i}].ods_code"), "no such organisation").into(),
+                );
             }
             required(&format!("role_profiles[{i}].role_code"), &rp.role_code)?;
             roles.push(RoleProfile {
-                person_roleid: if rp.id.is_empty() { random_digits(12) } else { rp.id.clone() },
+                person_roleid: if rp.id.is_empty() {
+                    random_digits(12)
+                } else {
+                    rp.id.clone()
+                },
                 org_code: code.as_str().to_string(),
                 role_code: rp.role_code.clone(),
                 role_name: rp.role_name.clone(),
@@ -231,7 +245,10 @@ impl IdentityAdmin for AdminApi {
         }))
     }
 
-    async fn create_client(&self, req: Request<api::CreateClientRequest>) -> Result<Response<api::CreatedClient>, Status> {
+    async fn create_client(
+        &self,
+        req: Request<api::CreateClientRequest>,
+    ) -> Result<Response<api::CreatedClient>, Status> {
         let who = self.authorise(&req).await?;
         let r = req.into_inner();
         required("name", &r.name)?;
@@ -250,7 +267,9 @@ impl IdentityAdmin for AdminApi {
         };
         for (i, g) in r.grant_types.iter().enumerate() {
             if !["authorization_code", "refresh_token", "client_credentials"].contains(&g.as_str()) {
-                return Err(IdentityError::invalid(format!("grant_types[{i}]"), format!("{g:?} is not supported")).into());
+                return Err(
+                    IdentityError::invalid(format!("grant_types[{i}]"), format!("{g:?} is not supported")).into(),
+                );
             }
         }
         if r.grant_types.is_empty() {
@@ -261,14 +280,26 @@ impl IdentityAdmin for AdminApi {
         }
         for (i, s) in r.scopes.iter().enumerate() {
             if !KNOWN_SCOPES.contains(&s.as_str()) {
-                return Err(IdentityError::invalid(format!("scopes[{i}]"), format!("{s:?} is not a known scope")).into());
+                return Err(
+                    IdentityError::invalid(format!("scopes[{i}]"), format!("{s:?} is not a known scope")).into(),
+                );
             }
         }
-        let uris = r.redirect_uris.iter().chain(&r.post_logout_redirect_uris).chain(std::iter::once(&r.backchannel_logout_uri));
+        let uris = r
+            .redirect_uris
+            .iter()
+            .chain(&r.post_logout_redirect_uris)
+            .chain(std::iter::once(&r.backchannel_logout_uri));
         for u in uris.filter(|u| !u.is_empty()) {
             match url::Url::parse(u) {
                 Ok(p) if p.fragment().is_none() && matches!(p.scheme(), "https" | "http") => {}
-                _ => return Err(IdentityError::invalid("redirect_uris", format!("{u:?} is not an absolute http(s) URL without fragment")).into()),
+                _ => {
+                    return Err(IdentityError::invalid(
+                        "redirect_uris",
+                        format!("{u:?} is not an absolute http(s) URL without fragment"),
+                    )
+                    .into());
+                }
             }
         }
         if r.grant_types.iter().any(|g| g == "authorization_code") && r.redirect_uris.is_empty() {
@@ -289,7 +320,11 @@ impl IdentityAdmin for AdminApi {
         } else {
             None
         };
-        let id = if r.client_id.is_empty() { format!("client-{}", random_digits(10)) } else { r.client_id };
+        let id = if r.client_id.is_empty() {
+            format!("client-{}", random_digits(10))
+        } else {
+            r.client_id
+        };
         let secret = match method {
             AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => jose::random_token(32),
             _ => String::new(),
@@ -297,7 +332,11 @@ impl IdentityAdmin for AdminApi {
         let client = Client {
             id: id.clone(),
             name: r.name,
-            secret_hash: if secret.is_empty() { String::new() } else { jose::sha256_b64(&secret) },
+            secret_hash: if secret.is_empty() {
+                String::new()
+            } else {
+                jose::sha256_b64(&secret)
+            },
             settings: ClientSettings {
                 redirect_uris: r.redirect_uris,
                 post_logout_redirect_uris: r.post_logout_redirect_uris,
@@ -317,7 +356,10 @@ impl IdentityAdmin for AdminApi {
         }))
     }
 
-    async fn list_sessions(&self, req: Request<api::ListSessionsRequest>) -> Result<Response<api::ListSessionsResponse>, Status> {
+    async fn list_sessions(
+        &self,
+        req: Request<api::ListSessionsRequest>,
+    ) -> Result<Response<api::ListSessionsResponse>, Status> {
         self.authorise(&req).await?;
         let sessions = self.provider.store.sessions(&req.get_ref().subject, now()).await?;
         Ok(Response::new(api::ListSessionsResponse {
@@ -354,13 +396,17 @@ impl IdentityAdmin for AdminApi {
             .end_session(&session, "session_revoked")
             .await
             .map_err(|e| Status::unavailable(e.description))?;
-        self.changed(&who, "session_revoked", session.subject_kind.as_str(), &session.subject).await;
+        self.changed(&who, "session_revoked", session.subject_kind.as_str(), &session.subject)
+            .await;
         Ok(Response::new(api::RevokeSessionResponse {
             notified_clients: notified,
         }))
     }
 
-    async fn rotate_keys(&self, req: Request<api::RotateKeysRequest>) -> Result<Response<api::RotateKeysResponse>, Status> {
+    async fn rotate_keys(
+        &self,
+        req: Request<api::RotateKeysRequest>,
+    ) -> Result<Response<api::RotateKeysResponse>, Status> {
         let who = self.authorise(&req).await?;
         let kid = self.provider.keys.rotate(now()).await?;
         self.changed(&who, "keys_rotated", "key", &kid).await;

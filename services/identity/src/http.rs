@@ -98,7 +98,8 @@ fn see_other(location: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(location) {
         r.headers_mut().insert(header::LOCATION, v);
     }
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -115,8 +116,10 @@ fn json_response(status: u16, body: Value) -> Response {
 fn oauth_error(e: OAuthError) -> Response {
     let mut r = json_response(e.status(), json!({"error": e.code, "error_description": e.description}));
     if e.code == "invalid_client" {
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"sharedcare\""));
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"sharedcare\""),
+        );
     }
     if e.code == "invalid_token" {
         r.headers_mut().insert(
@@ -203,7 +206,9 @@ impl Http {
     /// Counts a failed login from `addr`; true when the address is over its limit.
     fn address_throttled(&self, addr: IpAddr, count: bool) -> bool {
         let minute = now() / 60;
-        let Ok(mut map) = self.failures.lock() else { return false };
+        let Ok(mut map) = self.failures.lock() else {
+            return false;
+        };
         if map.len() > 100_000 {
             map.retain(|_, (m, _)| *m == minute);
         }
@@ -270,11 +275,7 @@ async fn discovery(State(h): State<Http>) -> Response {
         "backchannel_logout_session_supported": true,
         "frontchannel_logout_supported": false,
     });
-    (
-        [(header::CACHE_CONTROL, "public, max-age=300")],
-        axum::Json(body),
-    )
-        .into_response()
+    ([(header::CACHE_CONTROL, "public, max-age=300")], axum::Json(body)).into_response()
 }
 
 async fn jwks(State(h): State<Http>) -> Response {
@@ -287,7 +288,11 @@ async fn jwks(State(h): State<Http>) -> Response {
 
 // ---- authorization endpoint ------------------------------------------------------------------
 
-async fn authorize_get(State(h): State<Http>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn authorize_get(
+    State(h): State<Http>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     authorize(h, headers, q).await
 }
 
@@ -305,13 +310,21 @@ async fn authorize(h: Http, headers: HeaderMap, q: HashMap<String, String>) -> R
         Ok(None) => {
             return html(
                 StatusCode::BAD_REQUEST,
-                pages::error("Unknown app", "client_id does not name a registered app (invalid_client)."),
+                pages::error(
+                    "Unknown app",
+                    "client_id does not name a registered app (invalid_client).",
+                ),
             );
         }
-        Err(e) => return html(StatusCode::SERVICE_UNAVAILABLE, pages::error("Sign-in is unavailable", &e.description)),
+        Err(e) => {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::error("Sign-in is unavailable", &e.description),
+            );
+        }
     };
     let redirect_uri = f("redirect_uri");
-    if !client.settings.redirect_uris.iter().any(|u| *u == redirect_uri) {
+    if !client.settings.redirect_uris.contains(&redirect_uri) {
         return html(
             StatusCode::BAD_REQUEST,
             pages::error(
@@ -324,14 +337,22 @@ async fn authorize(h: Http, headers: HeaderMap, q: HashMap<String, String>) -> R
     let back = |code: &'static str, why: &str| {
         see_other(&with_query(
             &redirect_uri,
-            &[("error", code), ("error_description", why), ("state", &state), ("iss", &h.provider.issuer)],
+            &[
+                ("error", code),
+                ("error_description", why),
+                ("state", &state),
+                ("iss", &h.provider.issuer),
+            ],
         ))
     };
     if f("response_type") != "code" {
         return back("unsupported_response_type", "response_type must be code");
     }
     if !client.allows_grant("authorization_code") {
-        return back("unauthorized_client", "this client may not use the authorization code flow");
+        return back(
+            "unauthorized_client",
+            "this client may not use the authorization code flow",
+        );
     }
     let scope = match check_scope(&f("scope"), &client.settings.scopes) {
         Ok(s) if s.split(' ').any(|x| x == "openid") => s,
@@ -344,10 +365,21 @@ async fn authorize(h: Http, headers: HeaderMap, q: HashMap<String, String>) -> R
         return back("invalid_request", "code_challenge_method must be S256");
     }
     if challenge.is_empty() && client.settings.auth_method == AuthMethod::None {
-        return back("invalid_request", "PKCE with code_challenge_method=S256 is required for public clients");
+        return back(
+            "invalid_request",
+            "PKCE with code_challenge_method=S256 is required for public clients",
+        );
     }
-    if !challenge.is_empty() && (challenge.len() != 43 || base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&challenge).is_err()) {
-        return back("invalid_request", "code_challenge must be a base64url SHA-256 (43 characters)");
+    if !challenge.is_empty()
+        && (challenge.len() != 43
+            || base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&challenge)
+                .is_err())
+    {
+        return back(
+            "invalid_request",
+            "code_challenge must be a base64url SHA-256 (43 characters)",
+        );
     }
     let max_age = match f("max_age").as_str() {
         "" => None,
@@ -357,7 +389,10 @@ async fn authorize(h: Http, headers: HeaderMap, q: HashMap<String, String>) -> R
         },
     };
     let prompt = f("prompt");
-    if prompt.split_whitespace().any(|p| !["none", "login", "select_account", "consent"].contains(&p)) {
+    if prompt
+        .split_whitespace()
+        .any(|p| !["none", "login", "select_account", "consent"].contains(&p))
+    {
         return back("invalid_request", "prompt must be none, login or select_account");
     }
     let req = AuthRequest {
@@ -375,7 +410,12 @@ async fn authorize(h: Http, headers: HeaderMap, q: HashMap<String, String>) -> R
     };
     let id = jose::random_token(18);
     let params = serde_json::to_string(&req).unwrap_or_default();
-    if let Err(e) = h.provider.store.put_auth_request(&id, &params, now() + REQUEST_SECS).await {
+    if let Err(e) = h
+        .provider
+        .store
+        .put_auth_request(&id, &params, now() + REQUEST_SECS)
+        .await
+    {
         return back("temporarily_unavailable", &OAuthError::from(e).description);
     }
     proceed(&h, &headers, &id, &req, true).await
@@ -385,7 +425,10 @@ async fn load_request(h: &Http, id: &str) -> Result<AuthRequest, Response> {
     let expired = || {
         html(
             StatusCode::BAD_REQUEST,
-            pages::error("Your sign-in has expired", "Go back to the app and start signing in again."),
+            pages::error(
+                "Your sign-in has expired",
+                "Go back to the app and start signing in again.",
+            ),
         )
     };
     match h.provider.store.auth_request(id, now()).await {
@@ -414,7 +457,12 @@ async fn resume(State(h): State<Http>, headers: HeaderMap, Query(q): Query<ReqQu
 fn error_back(h: &Http, req: &AuthRequest, code: &'static str, why: &str) -> Response {
     see_other(&with_query(
         &req.redirect_uri,
-        &[("error", code), ("error_description", why), ("state", &req.state), ("iss", &h.provider.issuer)],
+        &[
+            ("error", code),
+            ("error_description", why),
+            ("state", &req.state),
+            ("iss", &h.provider.issuer),
+        ],
     ))
 }
 
@@ -440,14 +488,13 @@ async fn proceed(h: &Http, headers: &HeaderMap, id: &str, req: &AuthRequest, fre
         _ if none => return error_back(h, req, "login_required", "the user is not signed in"),
         _ => return see_other(&format!("/oauth2/login?req={id}")),
     };
-    let needs_mfa = req
-        .acr_values
-        .split_whitespace()
-        .any(|a| a != ACR_PASSWORD)
-        && acr_for(&session.amr) == ACR_PASSWORD;
+    let needs_mfa =
+        req.acr_values.split_whitespace().any(|a| a != ACR_PASSWORD) && acr_for(&session.amr) == ACR_PASSWORD;
     if needs_mfa && !session.mfa_pending {
         let has_totp = match session.subject_kind {
-            SubjectKind::Staff => matches!(h.provider.store.person("uid", &session.subject).await, Ok(Some((p, _, _))) if !p.totp_secret.is_empty()),
+            SubjectKind::Staff => {
+                matches!(h.provider.store.person("uid", &session.subject).await, Ok(Some((p, _, _))) if !p.totp_secret.is_empty())
+            }
             SubjectKind::Patient => false,
         };
         if !has_totp {
@@ -495,7 +542,12 @@ async fn proceed(h: &Http, headers: &HeaderMap, id: &str, req: &AuthRequest, fre
         };
         let ok = wanted.is_empty() || wanted.iter().any(|v| level(v.split('.').next().unwrap_or("")) <= have);
         if !ok {
-            return error_back(h, req, "access_denied", "the identity proofing level does not satisfy vtr");
+            return error_back(
+                h,
+                req,
+                "access_denied",
+                "the identity proofing level does not satisfy vtr",
+            );
         }
     }
     session.last_seen = now;
@@ -606,7 +658,9 @@ async fn login_submit(
     };
     let name = client_name(&h, &req).await;
     let again = |h: &Http, msg: &str, status: StatusCode| {
-        let mut r = h.page_with_csrf(&headers, |csrf| pages::login(&form.req, csrf, &name, &form.username, msg));
+        let mut r = h.page_with_csrf(&headers, |csrf| {
+            pages::login(&form.req, csrf, &name, &form.username, msg)
+        });
         *r.status_mut() = status;
         r
     };
@@ -628,7 +682,16 @@ async fn login_submit(
         && a.lock.until > now
     {
         h.provider
-            .event("login_failed", a.kind.as_str(), &a.subject, &req.client_id, &source, "account locked", &[], "")
+            .event(
+                "login_failed",
+                a.kind.as_str(),
+                &a.subject,
+                &req.client_id,
+                &source,
+                "account locked",
+                &[],
+                "",
+            )
             .await;
         return again(
             &h,
@@ -650,19 +713,46 @@ async fn login_submit(
             } else {
                 0
             };
-            let _ = h.provider.store.set_lock(a.kind, &a.subject, Lock { failed, until }).await;
+            let _ = h
+                .provider
+                .store
+                .set_lock(a.kind, &a.subject, Lock { failed, until })
+                .await;
             h.provider
-                .event("login_failed", a.kind.as_str(), &a.subject, &req.client_id, &source, "wrong password", &[], "")
+                .event(
+                    "login_failed",
+                    a.kind.as_str(),
+                    &a.subject,
+                    &req.client_id,
+                    &source,
+                    "wrong password",
+                    &[],
+                    "",
+                )
                 .await;
             if until > 0 {
                 h.provider
-                    .event("account_locked", a.kind.as_str(), &a.subject, &req.client_id, &source, &format!("locked until {until}"), &[], "")
+                    .event(
+                        "account_locked",
+                        a.kind.as_str(),
+                        &a.subject,
+                        &req.client_id,
+                        &source,
+                        &format!("locked until {until}"),
+                        &[],
+                        "",
+                    )
                     .await;
             }
         }
         return again(&h, "Incorrect username or password.", StatusCode::UNAUTHORIZED);
     };
-    if let Err(e) = h.provider.store.set_lock(account.kind, &account.subject, Lock { failed: 0, until: 0 }).await {
+    if let Err(e) = h
+        .provider
+        .store
+        .set_lock(account.kind, &account.subject, Lock { failed: 0, until: 0 })
+        .await
+    {
         return again(&h, &OAuthError::from(e).description, StatusCode::SERVICE_UNAVAILABLE);
     }
     let cookie_value = jose::random_token(32);
@@ -678,16 +768,36 @@ async fn login_submit(
         selected_role: String::new(),
         revoked: false,
     };
-    if let Err(e) = h.provider.store.insert_session(&session, &jose::sha256_b64(&cookie_value)).await {
+    if let Err(e) = h
+        .provider
+        .store
+        .insert_session(&session, &jose::sha256_b64(&cookie_value))
+        .await
+    {
         return again(&h, &OAuthError::from(e).description, StatusCode::SERVICE_UNAVAILABLE);
     }
     if !account.totp {
         h.provider
-            .event("login_succeeded", account.kind.as_str(), &account.subject, &req.client_id, &source, "", &session.amr, acr_for(&session.amr))
+            .event(
+                "login_succeeded",
+                account.kind.as_str(),
+                &account.subject,
+                &req.client_id,
+                &source,
+                "",
+                &session.amr,
+                acr_for(&session.amr),
+            )
             .await;
     }
     let mut r = see_other(&format!("/oauth2/resume?req={}", form.req));
-    set_cookie(&mut r, SESSION_COOKIE, &cookie_value, h.provider.config.session_absolute_secs, h.secure());
+    set_cookie(
+        &mut r,
+        SESSION_COOKIE,
+        &cookie_value,
+        h.provider.config.session_absolute_secs,
+        h.secure(),
+    );
     r
 }
 
@@ -748,7 +858,16 @@ async fn otp_submit(
     if !ok {
         h.address_throttled(addr.ip(), true);
         h.provider
-            .event("login_failed", "staff", &person.uid, &req.client_id, &source, "wrong security code", &session.amr, "")
+            .event(
+                "login_failed",
+                "staff",
+                &person.uid,
+                &req.client_id,
+                &source,
+                "wrong security code",
+                &session.amr,
+                "",
+            )
             .await;
         return again("The security code is not right. Check your authenticator app and try again.");
     }
@@ -760,7 +879,16 @@ async fn otp_submit(
         return again(&OAuthError::from(e).description);
     }
     h.provider
-        .event("login_succeeded", "staff", &person.uid, &req.client_id, &source, "", &session.amr, acr_for(&session.amr))
+        .event(
+            "login_succeeded",
+            "staff",
+            &person.uid,
+            &req.client_id,
+            &source,
+            "",
+            &session.amr,
+            acr_for(&session.amr),
+        )
         .await;
     see_other(&format!("/oauth2/resume?req={}", form.req))
 }
@@ -777,7 +905,10 @@ async fn role_page(State(h): State<Http>, headers: HeaderMap, Query(q): Query<Re
         h.provider.store.person("uid", &session.subject).await,
         h.provider.store.organisations("", 10_000).await,
     ) else {
-        return html(StatusCode::SERVICE_UNAVAILABLE, pages::error("Sign-in is unavailable", "Try again shortly."));
+        return html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::error("Sign-in is unavailable", "Try again shortly."),
+        );
     };
     let names: Vec<(String, String)> = orgs.into_iter().map(|o| (o.ods_code, o.name)).collect();
     h.page_with_csrf(&headers, |csrf| pages::select_role(&q.req, csrf, &person.roles, &names))
@@ -819,7 +950,16 @@ async fn role_submit(State(h): State<Http>, headers: HeaderMap, Form(form): Form
         return error_back(&h, &req, "temporarily_unavailable", &OAuthError::from(e).description);
     }
     h.provider
-        .event("role_selected", "staff", &person.uid, &req.client_id, "", &form.role, &[], "")
+        .event(
+            "role_selected",
+            "staff",
+            &person.uid,
+            &req.client_id,
+            "",
+            &form.role,
+            &[],
+            "",
+        )
         .await;
     // Not "fresh": prompt=select_account has been answered.
     proceed(&h, &headers, &form.req, &req, false).await
@@ -831,11 +971,17 @@ async fn totp_page(State(h): State<Http>, headers: HeaderMap) -> Response {
     let Ok(Some(session)) = h.session(&headers).await else {
         return html(
             StatusCode::UNAUTHORIZED,
-            pages::error("Sign in first", "Sign in to an app, then come back to set up two-step sign in."),
+            pages::error(
+                "Sign in first",
+                "Sign in to an app, then come back to set up two-step sign in.",
+            ),
         );
     };
     if session.subject_kind != SubjectKind::Staff || session.mfa_pending {
-        return html(StatusCode::FORBIDDEN, pages::error("Not available", "Two-step sign in is for staff accounts."));
+        return html(
+            StatusCode::FORBIDDEN,
+            pages::error("Not available", "Two-step sign in is for staff accounts."),
+        );
     }
     let secret = secrets::new_totp_secret();
     let uri = secrets::otpauth_uri("Sharedcare", &session.subject, &secret);
@@ -857,16 +1003,30 @@ async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(form): Form
         return csrf_refused();
     }
     let Ok(Some(mut session)) = h.session(&headers).await else {
-        return html(StatusCode::UNAUTHORIZED, pages::error("Sign in first", "Your session has ended."));
+        return html(
+            StatusCode::UNAUTHORIZED,
+            pages::error("Sign in first", "Your session has ended."),
+        );
     };
-    if session.subject_kind != SubjectKind::Staff || session.mfa_pending || secrets::unbase32(&form.secret).is_none_or(|b| b.len() < 16) {
-        return html(StatusCode::BAD_REQUEST, pages::error("Not available", "secret: not a valid TOTP key."));
+    if session.subject_kind != SubjectKind::Staff
+        || session.mfa_pending
+        || secrets::unbase32(&form.secret).is_none_or(|b| b.len() < 16)
+    {
+        return html(
+            StatusCode::BAD_REQUEST,
+            pages::error("Not available", "secret: not a valid TOTP key."),
+        );
     }
     if !secrets::check_totp(&form.secret, &form.code, now()) {
         let uri = secrets::otpauth_uri("Sharedcare", &session.subject, &form.secret);
         let mut r = html(
             StatusCode::BAD_REQUEST,
-            pages::totp_enrol(&form.csrf, &form.secret, &uri, "The code is not right. Enter the code your app shows now."),
+            pages::totp_enrol(
+                &form.csrf,
+                &form.secret,
+                &uri,
+                "The code is not right. Enter the code your app shows now.",
+            ),
         );
         *r.status_mut() = StatusCode::BAD_REQUEST;
         return r;
@@ -874,7 +1034,10 @@ async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(form): Form
     let codes: Vec<String> = (0..8).map(|_| jose::random_token(9)).collect();
     let hashes: Vec<String> = codes.iter().map(|c| jose::sha256_b64(c)).collect();
     if let Err(e) = h.provider.store.set_totp(&session.subject, &form.secret, &hashes).await {
-        return html(StatusCode::SERVICE_UNAVAILABLE, pages::error("Try again", &OAuthError::from(e).description));
+        return html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::error("Try again", &OAuthError::from(e).description),
+        );
     }
     if !session.amr.iter().any(|m| m == "otp") {
         session.amr.push("otp".into());
@@ -902,7 +1065,9 @@ fn presented(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<Pres
         && scheme.eq_ignore_ascii_case("basic")
     {
         let bad = || OAuthError::new("invalid_client", "Authorization: Basic is not base64 of id:secret");
-        let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| bad())?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|_| bad())?;
         let text = String::from_utf8(raw).map_err(|_| bad())?;
         let (id, secret) = text.split_once(':').ok_or_else(bad)?;
         // RFC 6749 §2.3.1: both parts are form-urlencoded.
@@ -914,14 +1079,21 @@ fn presented(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<Pres
         };
         let (id, secret) = (dec(id), dec(secret));
         if !p.client_id.is_empty() && p.client_id != id {
-            return Err(OAuthError::new("invalid_request", "client_id in the body differs from HTTP Basic"));
+            return Err(OAuthError::new(
+                "invalid_request",
+                "client_id in the body differs from HTTP Basic",
+            ));
         }
         p.basic = Some((id, secret));
     }
     Ok(p)
 }
 
-async fn authenticated(h: &Http, headers: &HeaderMap, form: &HashMap<String, String>) -> Result<crate::model::Client, Response> {
+async fn authenticated(
+    h: &Http,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<crate::model::Client, Response> {
     let p = presented(headers, form).map_err(oauth_error)?;
     h.provider.authenticate(&p).await.map_err(oauth_error)
 }
@@ -959,7 +1131,11 @@ async fn introspect(State(h): State<Http>, headers: HeaderMap, Form(form): Form<
     if client.settings.auth_method == AuthMethod::None {
         return oauth_error(OAuthError::new("invalid_client", "public clients may not introspect"));
     }
-    match h.provider.introspect(form.get("token").map(String::as_str).unwrap_or_default()).await {
+    match h
+        .provider
+        .introspect(form.get("token").map(String::as_str).unwrap_or_default())
+        .await
+    {
         Ok(body) => json_response(200, body),
         Err(e) => oauth_error(e),
     }
@@ -970,7 +1146,11 @@ async fn revoke(State(h): State<Http>, headers: HeaderMap, Form(form): Form<Hash
         Ok(c) => c,
         Err(r) => return r,
     };
-    match h.provider.revoke(&client, form.get("token").map(String::as_str).unwrap_or_default()).await {
+    match h
+        .provider
+        .revoke(&client, form.get("token").map(String::as_str).unwrap_or_default())
+        .await
+    {
         Ok(()) => json_response(200, json!({})),
         Err(e) => oauth_error(e),
     }
@@ -1019,7 +1199,10 @@ async fn end(h: Http, headers: HeaderMap, q: HashMap<String, String>) -> Respons
     if let Some(s) = session
         && let Err(e) = h.provider.end_session(&s, "session_ended").await
     {
-        return html(StatusCode::SERVICE_UNAVAILABLE, pages::error("Sign-out failed", &e.description));
+        return html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::error("Sign-out failed", &e.description),
+        );
     }
     let target = f("post_logout_redirect_uri");
     let allowed = if target.is_empty() || client_id.is_empty() {

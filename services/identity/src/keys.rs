@@ -50,19 +50,30 @@ impl KeyRing {
 
     /// The key to sign with now.
     pub fn active(&self) -> Arc<Signer256> {
-        self.inner.read().map(|r| r.active.clone()).unwrap_or_else(|p| p.into_inner().active.clone())
+        self.inner
+            .read()
+            .map(|r| r.active.clone())
+            .unwrap_or_else(|p| p.into_inner().active.clone())
     }
 
     /// The published JWK Set.
     pub fn jwks(&self) -> JwkSet {
-        self.inner.read().map(|r| r.published.clone()).unwrap_or_else(|p| p.into_inner().published.clone())
+        self.inner
+            .read()
+            .map(|r| r.published.clone())
+            .unwrap_or_else(|p| p.into_inner().published.clone())
     }
 
     /// Makes a new active key now; the previous one stays published until its tokens expire.
     pub async fn rotate(&self, now: i64) -> Result<String> {
         let key = Signer256::generate();
         self.store
-            .rotate_key(key.kid(), &B64.encode(key.secret_bytes()), now, now + self.keep_after_retire)
+            .rotate_key(
+                key.kid(),
+                &B64.encode(key.secret_bytes()),
+                now,
+                now + self.keep_after_retire,
+            )
             .await?;
         self.reload(now).await?;
         Ok(key.kid().to_string())
@@ -72,7 +83,10 @@ impl KeyRing {
     pub async fn maintain(&self, now: i64) -> Result<()> {
         self.reload(now).await?;
         let due = {
-            let r = self.inner.read().map_err(|_| IdentityError::Forbidden("key ring poisoned".into()))?;
+            let r = self
+                .inner
+                .read()
+                .map_err(|_| IdentityError::Forbidden("key ring poisoned".into()))?;
             r.created_at == 0 || now - r.created_at >= self.rotate_after
         };
         if due {
@@ -113,7 +127,9 @@ impl KeyRing {
 #[async_trait::async_trait]
 impl KeySource for KeyRing {
     async fn fetch(&self) -> Result<JwkSet, String> {
-        self.reload(chrono::Utc::now().timestamp()).await.map_err(|e| e.to_string())?;
+        self.reload(chrono::Utc::now().timestamp())
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(self.jwks())
     }
 }

@@ -45,9 +45,20 @@ pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
 
 /// Builds the service: loads (or makes) signing keys, seeds the demo ICS into an empty
 /// database when configured, and returns the HTTP routes, the admin gRPC API and the outbox.
-/// `issuer` is used when the configuration names none.
-pub async fn mount(db: Db, outbox: OutboxConfig, config: IdentityConfig, issuer: String) -> Result<Mount, IdentityError> {
-    let issuer = if config.issuer.is_empty() { issuer } else { config.issuer.clone() };
+/// `issuer` is used when the configuration names none; `seed_by_default` applies when
+/// `identity.seed_demo` is unset.
+pub async fn mount(
+    db: Db,
+    outbox: OutboxConfig,
+    config: IdentityConfig,
+    issuer: String,
+    seed_by_default: bool,
+) -> Result<Mount, IdentityError> {
+    let issuer = if config.issuer.is_empty() {
+        issuer
+    } else {
+        config.issuer.clone()
+    };
     let issuer = issuer.trim_end_matches('/').to_string();
     let store = store::Store::new(db.clone());
     let keys = keys::KeyRing::load(
@@ -60,19 +71,20 @@ pub async fn mount(db: Db, outbox: OutboxConfig, config: IdentityConfig, issuer:
         memory_kib: config.argon2_memory_kib,
         iterations: config.argon2_iterations,
     }));
-    if config.seed_demo {
-        if demo::seed(&store, &issuer, &hasher).await? {
-            tracing::info!("seeded the demo ICS into identity (see `sharedcare demo`)");
-        }
+    if config.seed_demo.unwrap_or(seed_by_default) && demo::seed(&store, &issuer, &hasher).await? {
+        tracing::info!("seeded the demo ICS into identity (see `sharedcare demo`)");
     }
     let outbox = Outbox::new(db.clone(), outbox);
     let provider = oauth::Provider::new(store, keys, config, issuer, outbox.clone(), hasher);
     let mut m = Mount::new(NAME);
     m.http = http::router(provider.clone());
-    m.add_grpc(api::identity_admin_server::IdentityAdminServer::new(grpc::AdminApi::new(provider.clone())));
+    m.add_grpc(api::identity_admin_server::IdentityAdminServer::new(
+        grpc::AdminApi::new(provider.clone()),
+    ));
     m.outbox = Some(outbox);
     m.db = Some(db);
-    m.background.push(Box::new(move |stop| Box::pin(maintain(provider, stop))));
+    m.background
+        .push(Box::new(move |stop| Box::pin(maintain(provider, stop))));
     Ok(m)
 }
 

@@ -294,7 +294,10 @@ mod tests {
     #[test]
     fn scope_outside_the_client_registration_is_refused() {
         let allowed = vec!["openid".to_string(), "profile".to_string()];
-        assert_eq!(check_scope("openid profile openid", &allowed).as_deref(), Ok("openid profile"));
+        assert_eq!(
+            check_scope("openid profile openid", &allowed).as_deref(),
+            Ok("openid profile")
+        );
         assert!(check_scope("openid records.write", &allowed).is_err());
         assert!(check_scope("openid bogus", &allowed).is_err());
     }

@@ -241,7 +241,11 @@ impl Provider {
         if jti.is_empty() {
             return Err(bad("jti is missing".into()));
         }
-        if !self.store.first_use_of_assertion(&format!("{}:{jti}", client.id), exp).await? {
+        if !self
+            .store
+            .first_use_of_assertion(&format!("{}:{jti}", client.id), exp)
+            .await?
+        {
             return Err(bad("jti was already used".into()));
         }
         Ok(())
@@ -262,7 +266,10 @@ impl Provider {
         }
         match grant_type {
             "client_credentials" => self.client_credentials(client, f("scope")),
-            "authorization_code" => self.redeem_code(client, f("code"), f("redirect_uri"), f("code_verifier")).await,
+            "authorization_code" => {
+                self.redeem_code(client, f("code"), f("redirect_uri"), f("code_verifier"))
+                    .await
+            }
             "refresh_token" => self.refresh(client, f("refresh_token"), f("scope")).await,
             other => Err(OAuthError::new(
                 "unsupported_grant_type",
@@ -295,7 +302,13 @@ impl Provider {
         Ok(json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl, "scope": scope}))
     }
 
-    async fn redeem_code(&self, client: &Client, code: &str, redirect_uri: &str, verifier: &str) -> OResult<TokenResponse> {
+    async fn redeem_code(
+        &self,
+        client: &Client,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+    ) -> OResult<TokenResponse> {
         let invalid = |why: &str| OAuthError::new("invalid_grant", why.to_string());
         if code.is_empty() {
             return Err(OAuthError::new("invalid_request", "code is required"));
@@ -332,7 +345,9 @@ impl Provider {
             Ok(x) => x,
             Err(true) => {
                 tracing::warn!(client = %client.id, "refresh token reuse: family revoked");
-                return Err(invalid("refresh token was already used; every token of its family is revoked"));
+                return Err(invalid(
+                    "refresh token was already used; every token of its family is revoked",
+                ));
             }
             Err(false) => return Err(invalid("refresh token is unknown, expired or revoked")),
         };
@@ -396,7 +411,12 @@ impl Provider {
             let token = jose::random_token(32);
             let family = family.unwrap_or_else(|| jose::random_token(12));
             self.store
-                .put_refresh(&jose::sha256_b64(&token), &family, grant, now + self.config.refresh_token_secs)
+                .put_refresh(
+                    &jose::sha256_b64(&token),
+                    &family,
+                    grant,
+                    now + self.config.refresh_token_secs,
+                )
                 .await?;
             out["refresh_token"] = json!(token);
         }
@@ -511,7 +531,19 @@ impl Provider {
         }
         if let Ok(c) = self.check_access_token(token).await {
             let mut out = json!({"active": true, "token_type": "Bearer"});
-            for k in ["scope", "client_id", "sub", "exp", "iat", "nbf", "iss", "aud", "jti", "sid", "acr"] {
+            for k in [
+                "scope",
+                "client_id",
+                "sub",
+                "exp",
+                "iat",
+                "nbf",
+                "iss",
+                "aud",
+                "jti",
+                "sid",
+                "acr",
+            ] {
                 if !c[k].is_null() {
                     out[k] = c[k].clone();
                 }
@@ -553,11 +585,22 @@ impl Provider {
     /// it gets a back-channel logout token. Returns the clients notified successfully.
     pub async fn end_session(&self, session: &Session, kind: &str) -> OResult<Vec<String>> {
         let clients = self.store.revoke_session(&session.id, now()).await?;
-        self.event(kind, session.subject_kind.as_str(), &session.subject, "", "", "", &[], "")
-            .await;
+        self.event(
+            kind,
+            session.subject_kind.as_str(),
+            &session.subject,
+            "",
+            "",
+            "",
+            &[],
+            "",
+        )
+        .await;
         let mut notified = Vec::new();
         for id in clients {
-            let Some(client) = self.client(&id).await? else { continue };
+            let Some(client) = self.client(&id).await? else {
+                continue;
+            };
             let uri = &client.settings.backchannel_logout_uri;
             if uri.is_empty() {
                 continue;
@@ -695,7 +738,14 @@ fn scoped_claims(grant: &Grant, s: &Value) -> Value {
         }
     };
     if grant.has_scope("profile") {
-        copy(&["name", "given_name", "family_name", "birthdate", "nhsid_useruid", "idassurancelevel"]);
+        copy(&[
+            "name",
+            "given_name",
+            "family_name",
+            "birthdate",
+            "nhsid_useruid",
+            "idassurancelevel",
+        ]);
     }
     if grant.has_scope("email") {
         copy(&["email"]);

@@ -50,7 +50,10 @@ fn error_box(error: &str) -> String {
     if error.is_empty() {
         String::new()
     } else {
-        format!("<div class=\"error\" role=\"alert\" id=\"error-summary\">{}</div>", esc(error))
+        format!(
+            "<div class=\"error\" role=\"alert\" id=\"error-summary\">{}</div>",
+            esc(error)
+        )
     }
 }
 
@@ -149,7 +152,10 @@ pub fn totp_enrol(csrf: &str, secret: &str, uri: &str, error: &str) -> String {
 
 /// Recovery codes, shown once after enrolment.
 pub fn recovery_codes(codes: &[String]) -> String {
-    let list: String = codes.iter().map(|c| format!("<li class=\"code\">{}</li>", esc(c))).collect();
+    let list: String = codes
+        .iter()
+        .map(|c| format!("<li class=\"code\">{}</li>", esc(c)))
+        .collect();
     layout(
         "Save your recovery codes",
         &format!(
@@ -161,7 +167,10 @@ pub fn recovery_codes(codes: &[String]) -> String {
 
 /// A page that explains an error; `message` must not contain secrets.
 pub fn error(title: &str, message: &str) -> String {
-    layout(title, &format!("<h1>{}</h1><p id=\"message\">{}</p>", esc(title), esc(message)))
+    layout(
+        title,
+        &format!("<h1>{}</h1><p id=\"message\">{}</p>", esc(title), esc(message)),
+    )
 }
 
 /// After logout.

@@ -33,7 +33,8 @@ pub struct Hasher {
 
 /// A valid Argon2id hash of a random password, verified against when a username is unknown
 /// so that the answer takes as long as for a real account.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2hhcmVkY2FyZWR1bW15$TnNP1fEmiNxmn5fNU8ZJRNm2YHBkMqoTxvFyyxm6W3U";
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2hhcmVkY2FyZWR1bW15$TnNP1fEmiNxmn5fNU8ZJRNm2YHBkMqoTxvFyyxm6W3U";
 
 impl Hasher {
     /// A hasher for new passwords at `cost`.
@@ -70,7 +71,9 @@ impl Hasher {
         let params = params(self.cost)?;
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt).map_err(|e| IdentityError::invalid("salt", e.to_string()))?;
-        let out = self.run(move |buf| compute(&params, password.as_bytes(), &salt, buf)).await??;
+        let out = self
+            .run(move |buf| compute(&params, password.as_bytes(), &salt, buf))
+            .await??;
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD_NO_PAD.encode(b);
         Ok(format!(
             "$argon2id$v=19$m={},t={},p=1${}${}",
@@ -85,7 +88,9 @@ impl Hasher {
     /// checks against a dummy hash and fails, taking the same time.
     pub async fn verify(&self, password: String, phc: String) -> bool {
         let phc = if phc.is_empty() { DUMMY_HASH.to_string() } else { phc };
-        let Ok(parsed) = PasswordHash::new(&phc) else { return false };
+        let Ok(parsed) = PasswordHash::new(&phc) else {
+            return false;
+        };
         let (Ok(params), Some(salt), Some(expected)) = (Params::try_from(&parsed), parsed.salt, parsed.hash) else {
             return false;
         };
@@ -98,9 +103,13 @@ impl Hasher {
             Ok(p) => p,
             Err(_) => return false,
         };
-        let got = self.run(move |buf| compute(&params, password.as_bytes(), &salt, buf)).await;
+        let got = self
+            .run(move |buf| compute(&params, password.as_bytes(), &salt, buf))
+            .await;
         match got {
-            Ok(Ok(out)) => out.len() == expected.len() && out.iter().zip(&expected).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0,
+            Ok(Ok(out)) => {
+                out.len() == expected.len() && out.iter().zip(&expected).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+            }
             _ => false,
         }
     }
@@ -179,7 +188,10 @@ pub fn totp(secret: &str, t: i64) -> Option<String> {
 /// Whether `code` is the TOTP for `secret` now, allowing one step of clock drift either way.
 pub fn check_totp(secret: &str, code: &str, now: i64) -> bool {
     let code = code.trim();
-    code.len() == 6 && [-30, 0, 30].iter().any(|d| totp(secret, now + d).is_some_and(|c| c == code))
+    code.len() == 6
+        && [-30, 0, 30]
+            .iter()
+            .any(|d| totp(secret, now + d).is_some_and(|c| c == code))
 }
 
 /// An `otpauth://` URI an authenticator app can import.
@@ -229,6 +241,9 @@ mod tests {
         // The argon2 crate's own verifier accepts our PHC strings.
         let parsed = PasswordHash::new(&phc).expect("phc");
         assert!(Argon2::default().verify_password(b"correct horse", &parsed).is_ok());
-        assert!(!h.verify("anything".into(), String::new()).await, "dummy hash never matches");
+        assert!(
+            !h.verify("anything".into(), String::new()).await,
+            "dummy hash never matches"
+        );
     }
 }

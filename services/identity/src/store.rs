@@ -302,9 +302,7 @@ impl Store {
     pub async fn set_lock(&self, kind: SubjectKind, subject: &str, lock: Lock) -> Result<()> {
         let sql = match kind {
             SubjectKind::Staff => "UPDATE people SET failed_logins = $1, locked_until = $2 WHERE uid = $3",
-            SubjectKind::Patient => {
-                "UPDATE patients SET failed_logins = $1, locked_until = $2 WHERE nhs_number = $3"
-            }
+            SubjectKind::Patient => "UPDATE patients SET failed_logins = $1, locked_until = $2 WHERE nhs_number = $3",
         };
         sqlx::query(sql)
             .bind(lock.failed)
@@ -319,7 +317,8 @@ impl Store {
 
     /// Registers a client.
     pub async fn insert_client(&self, c: &Client) -> Result<()> {
-        let settings = serde_json::to_string(&c.settings).map_err(|e| IdentityError::invalid("settings", e.to_string()))?;
+        let settings =
+            serde_json::to_string(&c.settings).map_err(|e| IdentityError::invalid("settings", e.to_string()))?;
         sqlx::query("INSERT INTO clients (id, name, secret_hash, settings) VALUES ($1, $2, $3, $4)")
             .bind(c.id.clone())
             .bind(c.name.clone())
@@ -417,16 +416,14 @@ impl Store {
 
     /// Updates what a session has proven and chosen, and its last use.
     pub async fn update_session(&self, s: &Session) -> Result<()> {
-        sqlx::query(
-            "UPDATE sessions SET last_seen = $1, amr = $2, mfa_pending = $3, selected_role = $4 WHERE id = $5",
-        )
-        .bind(s.last_seen)
-        .bind(serde_json::to_string(&s.amr).unwrap_or_else(|_| "[]".into()))
-        .bind(i64::from(s.mfa_pending))
-        .bind(s.selected_role.clone())
-        .bind(s.id.clone())
-        .execute(self.db.writer())
-        .await?;
+        sqlx::query("UPDATE sessions SET last_seen = $1, amr = $2, mfa_pending = $3, selected_role = $4 WHERE id = $5")
+            .bind(s.last_seen)
+            .bind(serde_json::to_string(&s.amr).unwrap_or_else(|_| "[]".into()))
+            .bind(i64::from(s.mfa_pending))
+            .bind(s.selected_role.clone())
+            .bind(s.id.clone())
+            .execute(self.db.writer())
+            .await?;
         Ok(())
     }
 
@@ -459,13 +456,11 @@ impl Store {
 
     /// Notes that `client_id` signed in through session `id`.
     pub async fn add_session_client(&self, id: &str, client_id: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO session_clients (session_id, client_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(id.to_string())
-        .bind(client_id.to_string())
-        .execute(self.db.writer())
-        .await?;
+        sqlx::query("INSERT INTO session_clients (session_id, client_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(id.to_string())
+            .bind(client_id.to_string())
+            .execute(self.db.writer())
+            .await?;
         Ok(())
     }
 
@@ -511,13 +506,11 @@ impl Store {
             .bind(expires_at)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO session_clients (session_id, client_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(grant.session_id.clone())
-        .bind(grant.client_id.clone())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO session_clients (session_id, client_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(grant.session_id.clone())
+            .bind(grant.client_id.clone())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -557,10 +550,10 @@ impl Store {
         .bind(token_hash.to_string())
         .bind(family.to_string())
         .bind(grant.session_id.clone())
-            .bind(serde_json::to_string(grant).unwrap_or_default())
-            .bind(expires_at)
-            .execute(self.db.writer())
-            .await?;
+        .bind(serde_json::to_string(grant).unwrap_or_default())
+        .bind(expires_at)
+        .execute(self.db.writer())
+        .await?;
         Ok(())
     }
 
@@ -663,11 +656,19 @@ impl Store {
 
     /// Deletes what has expired (codes, requests, tokens, assertion ids).
     pub async fn purge(&self, now: i64) -> Result<()> {
-        for table in ["codes", "auth_requests", "refresh_tokens", "revoked_tokens", "assertion_ids"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE expires_at < $1")))
-                .bind(now)
-                .execute(self.db.writer())
-                .await?;
+        for table in [
+            "codes",
+            "auth_requests",
+            "refresh_tokens",
+            "revoked_tokens",
+            "assertion_ids",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE expires_at < $1"
+            )))
+            .bind(now)
+            .execute(self.db.writer())
+            .await?;
         }
         Ok(())
     }

@@ -107,6 +107,64 @@ impl From<AuthError> for tonic::Status {
     }
 }
 
+/// How a service checks bearer tokens (`[auth]`, `SHAREDCARE_AUTH__*`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The identity issuer URL. Empty in `up` = the identity service in the same process;
+    /// required by `serve` for every service but identity.
+    pub issuer: String,
+    /// Where the issuer's keys are. Empty = `<issuer>/oauth2/jwks`.
+    pub jwks_uri: String,
+    /// Audience that access tokens must carry.
+    pub audience: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            issuer: String::new(),
+            jwks_uri: String::new(),
+            audience: "sharedcare".into(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// A verifier for tokens from `issuer` (this config's issuer when set), fetching keys over
+    /// HTTP from the JWKS URI.
+    pub fn verifier(&self, issuer: &str) -> Verifier {
+        let issuer = if self.issuer.is_empty() {
+            issuer
+        } else {
+            self.issuer.as_str()
+        };
+        let issuer = issuer.trim_end_matches('/');
+        let jwks = if self.jwks_uri.is_empty() {
+            format!("{issuer}/oauth2/jwks")
+        } else {
+            self.jwks_uri.clone()
+        };
+        Verifier::new(issuer, self.audience.clone(), Arc::new(HttpKeys::new(jwks)))
+    }
+}
+
+/// Whether a principal holds a scope (services) — staff and patients are decided by consent.
+pub fn has_scope(p: &Principal, scope: &str) -> bool {
+    matches!(p, Principal::Service { scopes, .. } if scopes.iter().any(|s| s == scope))
+}
+
+impl Principal {
+    /// Who, for audit: the person's uid, the NHS number or the client id.
+    pub fn id(&self) -> String {
+        match self {
+            Principal::Staff { person, .. } => person.clone(),
+            Principal::Patient { nhs_number, .. } => nhs_number.to_string(),
+            Principal::Service { client_id, .. } => client_id.clone(),
+        }
+    }
+}
+
 /// Where a verifier gets the issuer's current keys.
 #[async_trait::async_trait]
 pub trait KeySource: Send + Sync + 'static {
@@ -192,7 +250,10 @@ impl Verifier {
     async fn refresh(&self, kid: &str) -> Result<(), AuthError> {
         let wait = {
             let cache = self.inner.cache.read().await;
-            cache.1.map(|at| REFRESH_INTERVAL.saturating_sub(at.elapsed())).unwrap_or_default()
+            cache
+                .1
+                .map(|at| REFRESH_INTERVAL.saturating_sub(at.elapsed()))
+                .unwrap_or_default()
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -275,7 +336,10 @@ impl Verifier {
 /// The token in an `Authorization: Bearer <token>` header value (scheme case-insensitive).
 pub fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Maps verified claims to a principal: patient when `nhs_number` is present, staff when a role
@@ -346,10 +410,22 @@ mod tests {
             Ok(Principal::Service { .. })
         ));
         for (bad, name) in [
-            (json!({"iss": "https://other", "aud": "records", "exp": now() + 60}), "iss"),
-            (json!({"iss": "https://id", "aud": "passport", "exp": now() + 60}), "aud"),
-            (json!({"iss": "https://id", "aud": "records", "exp": now() - 120}), "exp"),
-            (json!({"iss": "https://id", "aud": "records", "exp": now() + 600, "nbf": now() + 300}), "nbf"),
+            (
+                json!({"iss": "https://other", "aud": "records", "exp": now() + 60}),
+                "iss",
+            ),
+            (
+                json!({"iss": "https://id", "aud": "passport", "exp": now() + 60}),
+                "aud",
+            ),
+            (
+                json!({"iss": "https://id", "aud": "records", "exp": now() - 120}),
+                "exp",
+            ),
+            (
+                json!({"iss": "https://id", "aud": "records", "exp": now() + 600, "nbf": now() + 300}),
+                "nbf",
+            ),
         ] {
             match v.claims(&signer.sign("at+jwt", &bad)).await {
                 Err(AuthError::Claim { claim, .. }) => assert_eq!(claim, name),
@@ -373,7 +449,10 @@ mod tests {
         let bad = json!({"nhs_number": "9434765918", "identity_proofing_level": "P9"});
         assert!(matches!(
             principal_from_claims(&bad),
-            Err(AuthError::Claim { claim: "nhs_number", .. })
+            Err(AuthError::Claim {
+                claim: "nhs_number",
+                ..
+            })
         ));
     }
 }

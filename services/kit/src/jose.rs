@@ -132,7 +132,9 @@ pub struct Signer256 {
 
 impl std::fmt::Debug for Signer256 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer256").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("Signer256")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -193,7 +195,10 @@ impl Signer256 {
 
 /// RFC 7638 thumbprint of an EC key, base64url SHA-256 of its required members in order.
 pub fn thumbprint(jwk: &Jwk) -> String {
-    let canonical = format!(r#"{{"crv":"{}","kty":"{}","x":"{}","y":"{}"}}"#, jwk.crv, jwk.kty, jwk.x, jwk.y);
+    let canonical = format!(
+        r#"{{"crv":"{}","kty":"{}","x":"{}","y":"{}"}}"#,
+        jwk.crv, jwk.kty, jwk.x, jwk.y
+    );
     B64.encode(Sha256::digest(canonical.as_bytes()))
 }
 
@@ -213,7 +218,9 @@ pub struct Header {
 /// Splits a compact JWS and decodes its header, without verifying anything.
 pub fn header(token: &str) -> Result<Header, JoseError> {
     let head = token.split('.').next().ok_or(JoseError::Malformed("no header"))?;
-    let bytes = B64.decode(head).map_err(|_| JoseError::Malformed("header is not base64url"))?;
+    let bytes = B64
+        .decode(head)
+        .map_err(|_| JoseError::Malformed("header is not base64url"))?;
     serde_json::from_slice(&bytes).map_err(|_| JoseError::Malformed("header is not a JOSE header"))
 }
 
@@ -234,11 +241,15 @@ pub fn verify(token: &str, key: &PublicKey) -> Result<serde_json::Value, JoseErr
 /// has been checked, and decodes the payload.
 fn verify_signed(token: &str, h: &str, p: &str, s: &str, key: &PublicKey) -> Result<serde_json::Value, JoseError> {
     let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
-    let sig = B64.decode(s).map_err(|_| JoseError::Malformed("signature is not base64url"))?;
+    let sig = B64
+        .decode(s)
+        .map_err(|_| JoseError::Malformed("signature is not base64url"))?;
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.0)
         .verify(signed, &sig)
         .map_err(|_| JoseError::Signature)?;
-    let payload = B64.decode(p).map_err(|_| JoseError::Malformed("payload is not base64url"))?;
+    let payload = B64
+        .decode(p)
+        .map_err(|_| JoseError::Malformed("payload is not base64url"))?;
     serde_json::from_slice(&payload).map_err(|_| JoseError::Malformed("payload is not JSON"))
 }
 

@@ -271,10 +271,7 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, bound: Bound, metrics:
         ));
     let token = stop_serving.clone();
     servers.push(tokio::spawn(async move {
-        let res = axum::serve(
-            http_listener,
-            http.into_make_service_with_connect_info::<SocketAddr>(),
-        )
+        let res = axum::serve(http_listener, http.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(token.cancelled_owned())
             .await;
         if let Err(e) = res {

@@ -1,5 +1,6 @@
 //! `sharedcare.records.v1.Records` over gRPC: decode, call the store, encode.
 
+use sharedcare_kit::auth::{Principal, Verifier, has_scope};
 use sharedcare_kit::db;
 use sharedcare_kit::nhs::OdsCode;
 use sharedcare_proto::records::v1::records_server::Records;
@@ -13,24 +14,43 @@ use crate::{RecordsError, fhir};
 #[derive(Clone)]
 pub struct RecordsApi {
     store: Store,
+    verifier: Verifier,
 }
 
 impl RecordsApi {
-    /// Serves `store`.
-    pub fn new(store: Store) -> Self {
-        RecordsApi { store }
+    /// Serves `store`, admitting callers whose bearer token `verifier` accepts.
+    pub fn new(store: Store, verifier: Verifier) -> Self {
+        RecordsApi { store, verifier }
     }
-}
 
-fn actor<T>(_req: &Request<T>) -> Actor {
-    // Until the identity service issues tokens, accesses are recorded as unauthenticated.
-    Actor::default()
+    /// The caller from its bearer token. Services need the scope for the operation; staff are
+    /// admitted here and decided per patient by consent; patients read through the passport.
+    async fn actor<T>(&self, req: &Request<T>, scope: &str) -> Result<Actor, Status> {
+        let p = self.verifier.from_metadata(req.metadata()).await?;
+        match &p {
+            Principal::Service { .. } if !has_scope(&p, scope) => {
+                Err(Status::permission_denied(format!("this operation needs scope {scope}")))
+            }
+            Principal::Patient { .. } => Err(Status::permission_denied(
+                "patients read their record through the passport service",
+            )),
+            Principal::Staff { role, .. } => Ok(Actor {
+                id: p.id(),
+                organisation: role.org_code.clone(),
+                role: role.role_code.clone(),
+            }),
+            Principal::Service { .. } => Ok(Actor {
+                id: p.id(),
+                ..Actor::default()
+            }),
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl Records for RecordsApi {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let who = actor(&request);
+        let who = self.actor(&request, "records.write").await?;
         let req = request.into_inner();
         let resource = fhir::parse(&req.resource_json)?;
         let source = if req.source_organisation.is_empty() {
@@ -52,7 +72,7 @@ impl Records for RecordsApi {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let who = actor(&request);
+        let who = self.actor(&request, "records.read").await?;
         let req = request.into_inner();
         fhir::check_type("resource_type", &req.resource_type)?;
         fhir::check_id("id", &req.id)?;

@@ -15,6 +15,7 @@ pub mod store;
 
 pub use error::RecordsError;
 
+use sharedcare_kit::auth::Verifier;
 use sharedcare_kit::db::Db;
 use sharedcare_kit::outbox::{Outbox, OutboxConfig};
 use sharedcare_kit::serve::Mount;
@@ -32,12 +33,12 @@ pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
     .await
 }
 
-/// Builds the service on its database: gRPC routes, outbox.
-pub fn mount(db: Db, outbox: OutboxConfig) -> Mount {
+/// Builds the service on its database: gRPC routes (callers checked by `verifier`), outbox.
+pub fn mount(db: Db, outbox: OutboxConfig, verifier: Verifier) -> Mount {
     let outbox = Outbox::new(db.clone(), outbox);
     let store = store::Store::new(db.clone(), outbox.clone());
     let mut m = Mount::new(NAME);
-    m.add_grpc(RecordsServer::new(grpc::RecordsApi::new(store)));
+    m.add_grpc(RecordsServer::new(grpc::RecordsApi::new(store, verifier)));
     m.outbox = Some(outbox);
     m.db = Some(db);
     m

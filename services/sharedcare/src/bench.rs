@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// http://127.0.0.1:50051.
     #[arg(long)]
     pub target: Option<String>,
+    /// Bearer token for `--target` (records).
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 /// Runs a benchmark.
@@ -362,20 +365,55 @@ where
     Ok(())
 }
 
+/// Adds `authorization: Bearer …` to every call.
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A client_credentials token for the demo integration client from the issuer at `http`.
+pub(crate) async fn demo_service_token(http: &str, scope: &str) -> anyhow::Result<String> {
+    let r: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{http}/oauth2/token"))
+        .basic_auth("ics-integration", Some("demo-integration-secret-95be0d27aa"))
+        .form(&[("grant_type", "client_credentials"), ("scope", scope)])
+        .send()
+        .await?
+        .json()
+        .await?;
+    r["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no access token from {http}: {r}"))
+}
+
 async fn records(args: &BenchArgs) -> anyhow::Result<()> {
-    let (_up, grpc) = match &args.target {
-        Some(t) => (None, t.clone()),
+    let (_up, grpc, token) = match &args.target {
+        Some(t) => {
+            let token = args
+                .token
+                .clone()
+                .context("--target needs --token (a bearer token with records.read and records.write)")?;
+            (None, t.clone(), token)
+        }
         None => {
             let (p, _) = UpProcess::start()?;
             let g = p.grpc.clone();
-            (Some(p), g)
+            let token = demo_service_token(&p.http, "records.read records.write").await?;
+            (Some(p), g, token)
         }
     };
+    let bearer = Bearer(format!("Bearer {token}").parse()?);
     let mut clients = Vec::new();
     let mut health = Vec::new();
     for _ in 0..args.connections.max(1) {
         let channel = tonic::transport::Channel::from_shared(grpc.clone())?.connect().await?;
-        clients.push(RecordsClient::new(channel.clone()));
+        clients.push(RecordsClient::with_interceptor(channel.clone(), bearer.clone()));
         health.push(tonic_health::pb::health_client::HealthClient::new(channel));
     }
     println!(

@@ -107,9 +107,16 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "identity over HTTP/1.1 keep-alive at {base}, {} in flight, {} s per phase, server {}",
         args.concurrency,
         args.seconds,
-        if pinned { "pinned to CPU 0 (taskset)" } else { "not pinned (no taskset)" }
+        if pinned {
+            "pinned to CPU 0 (taskset)"
+        } else {
+            "not pinned (no taskset)"
+        }
     );
-    println!("idle RSS of `up` (identity, records, audit) before load: {:.1} MiB", idle as f64 / 1024.0);
+    println!(
+        "idle RSS of `up` (identity, records, audit) before load: {:.1} MiB",
+        idle as f64 / 1024.0
+    );
 
     // client_credentials: authenticate the client, sign an ES256 access token.
     let shared = client(false)?;
@@ -155,7 +162,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 token(
                     &b,
                     &base,
-                    &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", &redirect)],
+                    &[
+                        ("grant_type", "authorization_code"),
+                        ("code", &code),
+                        ("redirect_uri", &redirect),
+                    ],
                 )
                 .await
                 .map(|_| ())
@@ -169,9 +180,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for b in &browsers {
         let r = b.get(&authorize).send().await?;
         let code = code_of(&location(&r))?;
-        let t = token(b, &base, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", &redirect)])
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let t = token(
+            b,
+            &base,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", &redirect),
+            ],
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
         let rt = t["refresh_token"].as_str().context("refresh_token")?.to_string();
         holders.push((b.clone(), Arc::new(std::sync::Mutex::new(rt))));
     }
@@ -181,7 +200,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let base = base.clone();
             async move {
                 let current = rt.lock().map(|g| g.clone()).map_err(|e| e.to_string())?;
-                let t = token(&b, &base, &[("grant_type", "refresh_token"), ("refresh_token", &current)]).await?;
+                let t = token(
+                    &b,
+                    &base,
+                    &[("grant_type", "refresh_token"), ("refresh_token", &current)],
+                )
+                .await?;
                 let next = t["refresh_token"].as_str().unwrap_or_default().to_string();
                 if let Ok(mut g) = rt.lock() {
                     *g = next;
@@ -201,7 +225,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let (base, authorize) = (base.clone(), authorize.clone());
         move |_: (), _| {
             let (base, authorize) = (base.clone(), authorize.clone());
-            async move { signed_in(&base, &authorize).await.map(|_| ()).map_err(|e| e.to_string()) }
+            async move {
+                signed_in(&base, &authorize)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
         }
     })
     .await?;

@@ -4,10 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use sharedcare_identity::IdentityConfig;
+use sharedcare_kit::auth::AuthConfig;
 use sharedcare_kit::bus::kafka::KafkaConfig;
 use sharedcare_kit::config::Validate;
 use sharedcare_kit::outbox::OutboxConfig;
-use sharedcare_identity::IdentityConfig;
 use sharedcare_kit::telemetry::TelemetryConfig;
 
 /// Everything `sharedcare` can be told. Defaults run `up` with no configuration at all.
@@ -32,6 +33,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The identity provider (OIDC issuer, sessions, tokens, keys, lockout, demo seed).
     pub identity: IdentityConfig,
+    /// How services check bearer tokens (issuer, JWKS, audience).
+    pub auth: AuthConfig,
     /// How long shutdown waits for in-flight work, per phase.
     pub shutdown_grace_ms: u64,
 }
@@ -96,6 +99,7 @@ impl Default for Config {
             outbox: OutboxConfig::default(),
             telemetry: TelemetryConfig::default(),
             identity: IdentityConfig::default(),
+            auth: AuthConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -129,6 +133,17 @@ impl Validate for Config {
             return Err(("outbox.batch_size".into(), "must be at least 1".into()));
         }
         self.identity.validate()?;
+        for (key, v) in [
+            ("auth.issuer", &self.auth.issuer),
+            ("auth.jwks_uri", &self.auth.jwks_uri),
+        ] {
+            if !(v.is_empty() || v.starts_with("http://") || v.starts_with("https://")) {
+                return Err((
+                    key.into(),
+                    "expected an http(s) URL such as https://id.example.nhs.uk".into(),
+                ));
+            }
+        }
         if self.http.listen == self.grpc.listen && self.http.listen.port() != 0 {
             return Err((
                 "grpc.listen".into(),

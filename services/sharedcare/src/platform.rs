@@ -17,16 +17,17 @@ use sharedcare_kit::telemetry;
 use crate::config::Config;
 
 /// Services that run today, in start order.
-pub const SERVICES: &[&str] = &[sharedcare_identity::NAME, sharedcare_records::NAME, sharedcare_audit::NAME];
+pub const SERVICES: &[&str] = &[
+    sharedcare_identity::NAME,
+    sharedcare_records::NAME,
+    sharedcare_audit::NAME,
+];
 
 fn check_service(name: &str) -> anyhow::Result<()> {
     if SERVICES.contains(&name) {
         return Ok(());
     }
-    let drafted = [
-        sharedcare_consent::NAME,
-        sharedcare_passport::NAME,
-    ];
+    let drafted = [sharedcare_consent::NAME, sharedcare_passport::NAME];
     if drafted.contains(&name) {
         bail!(
             "service {name:?} is drafted but not built yet; runnable services: {}",
@@ -110,18 +111,48 @@ pub fn default_issuer(http: std::net::SocketAddr) -> String {
     }
 }
 
-async fn mount(config: &Config, service: &str, db: Db, http: std::net::SocketAddr) -> anyhow::Result<Mount> {
+/// The issuer the services in this process trust: `auth.issuer`, else the identity service
+/// mounted here (`identity.issuer` or this process's HTTP base URL).
+fn trusted_issuer(config: &Config, services: &[&str], http: std::net::SocketAddr) -> anyhow::Result<String> {
+    if !config.auth.issuer.is_empty() {
+        return Ok(config.auth.issuer.clone());
+    }
+    if services.contains(&sharedcare_identity::NAME) {
+        return Ok(identity_issuer(config, http));
+    }
+    bail!(
+        "`auth.issuer` is required when identity runs in another process: set SHAREDCARE_AUTH__ISSUER to the identity service's URL, e.g. http://identity:8080"
+    )
+}
+
+fn identity_issuer(config: &Config, http: std::net::SocketAddr) -> String {
+    if config.identity.issuer.is_empty() {
+        default_issuer(http)
+    } else {
+        config.identity.issuer.trim_end_matches('/').to_string()
+    }
+}
+
+async fn mount(
+    config: &Config,
+    services: &[&str],
+    service: &str,
+    db: Db,
+    http: std::net::SocketAddr,
+) -> anyhow::Result<Mount> {
+    let verifier = || -> anyhow::Result<_> { Ok(config.auth.verifier(&trusted_issuer(config, services, http)?)) };
     Ok(match service {
         sharedcare_identity::NAME => sharedcare_identity::mount(
             db,
             config.outbox.clone(),
             config.identity.clone(),
-            default_issuer(http),
+            identity_issuer(config, http),
+            services.len() > 1,
         )
         .await
         .context("identity could not start")?,
-        sharedcare_records::NAME => sharedcare_records::mount(db, config.outbox.clone()),
-        sharedcare_audit::NAME => sharedcare_audit::mount(db),
+        sharedcare_records::NAME => sharedcare_records::mount(db, config.outbox.clone(), verifier()?),
+        sharedcare_audit::NAME => sharedcare_audit::mount(db, verifier()?),
         other => {
             check_service(other)?;
             unreachable!("check_service accepts only mountable services")
@@ -140,7 +171,7 @@ pub async fn start(config: &Config, services: &[&str], client_id: &str) -> anyho
     let mut mounts = Vec::new();
     for s in services {
         let db = open_db(config, s).await?;
-        mounts.push(mount(config, s, db, bound.http_addr).await?);
+        mounts.push(mount(config, services, s, db, bound.http_addr).await?);
     }
     Ok(serve::start(mounts, bus, bound, Metrics::new()).await?)
 }
