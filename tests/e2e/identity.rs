@@ -1086,3 +1086,149 @@ async fn records_and_audit_admit_only_valid_tokens_and_record_who_accessed() {
         .expect_err("another patient's trail");
     assert_eq!(not_yours.code(), tonic::Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn brokered_sign_in_links_the_upstream_patient_and_the_nhs_app_path_is_silent_or_fails_cleanly() {
+    // The upstream plays NHS login: a second identity instance speaking the same protocol.
+    let up_dir = tempfile::tempdir().expect("tmp");
+    let upstream = Proc::start(
+        &["up", "--data", up_dir.path().to_str().expect("path")],
+        &[("SHAREDCARE_IDENTITY__COOKIE_PREFIX", "nhslogin".into())],
+    );
+    let cfg_dir = tempfile::tempdir().expect("tmp");
+    let cfg = cfg_dir.path().join("sharedcare.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[identity.upstreams]]\nname = \"nhslogin\"\ndisplay_name = \"NHS login\"\nissuer = \"{}\"\n\
+             client_id = \"downstream-broker\"\nscopes = \"openid nhs_number\"\nlink_claim = \"nhs_number\"\nlink_to = \"patient\"\n",
+            upstream.http
+        ),
+    )
+    .expect("config");
+    let down_dir = tempfile::tempdir().expect("tmp");
+    let down = Proc::start(
+        &[
+            "up",
+            "--data",
+            down_dir.path().to_str().expect("path"),
+            "--config",
+            cfg.to_str().expect("path"),
+        ],
+        &[],
+    );
+    // Register the broker at the upstream as a private_key_jwt client with its published key.
+    let rp_keys = http()
+        .get(format!("{}/oauth2/rp/jwks", down.http))
+        .send()
+        .await
+        .expect("rp jwks")
+        .text()
+        .await
+        .expect("body");
+    admin(&upstream)
+        .await
+        .create_client(CreateClientRequest {
+            client_id: "downstream-broker".into(),
+            name: "Sharedcare (downstream ICS)".into(),
+            redirect_uris: vec![format!("{}/oauth2/broker/callback", down.http)],
+            grant_types: vec!["authorization_code".into()],
+            scopes: vec!["openid".into(), "nhs_number".into()],
+            token_endpoint_auth_method: "private_key_jwt".into(),
+            jwks_json: rp_keys,
+            ..Default::default()
+        })
+        .await
+        .expect("register broker upstream");
+
+    let redirect = "http://127.0.0.1:9/passport";
+    let (id, secret) = register_app(&down, "Passport", redirect, "").await;
+    let rp = relying_party(&down.http, &id, &secret, redirect).await;
+    let start = |extra: &[(&str, &str)]| {
+        let mut r = rp
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .add_scope(Scope::new("nhs_number".into()));
+        for (k, v) in extra {
+            r = r.add_extra_param(k.to_string(), v.to_string());
+        }
+        r.url()
+    };
+
+    // 1. kc_idp_hint: straight to the upstream's login page; back signed in as the linked patient.
+    let b = browser();
+    let (url, _, nonce) = start(&[("kc_idp_hint", "nhslogin")]);
+    let (at_upstream, _, _) = follow(&b, &down.http, url.as_str()).await;
+    assert!(
+        at_upstream.starts_with(&format!("{}/oauth2/authorize", upstream.http)),
+        "{at_upstream}"
+    );
+    let q = query(&at_upstream);
+    assert_eq!(
+        (q["code_challenge_method"].as_str(), q["client_id"].as_str()),
+        ("S256", "downstream-broker")
+    );
+    assert!(!q["nonce"].is_empty());
+    let (back_at_down, _, _) =
+        password_login(&b, &upstream.http, &at_upstream, "patient1", "demo-patient1-password").await;
+    assert!(
+        back_at_down.starts_with(&format!("{}/oauth2/broker/callback", down.http)),
+        "{back_at_down}"
+    );
+    let (back, page, _) = follow(&b, &down.http, &back_at_down).await;
+    assert!(back.starts_with(redirect), "back at the app: {back} {page}");
+    let t = rp
+        .exchange_code(AuthorizationCode::new(query(&back)["code"].clone()))
+        .expect("endpoint")
+        .request_async(&http())
+        .await
+        .expect("exchange");
+    let id_token = t.id_token().expect("id").clone();
+    id_token.claims(&rp.id_token_verifier(), &nonce).expect("verifies");
+    let raw = claims_of(&id_token.to_string());
+    let demo: Value =
+        serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo");
+    assert_eq!(raw["nhs_number"], demo["patients"][0]["nhs_number"]);
+    assert!(
+        raw["amr"].as_array().expect("amr").iter().any(|m| m == "fed"),
+        "federated login: {raw}"
+    );
+
+    // 2. The NHS App path: signed out here but still signed in upstream → silent sign-in.
+    let logout = format!("{}/oauth2/logout?id_token_hint={id_token}", down.http);
+    b.get(&logout).send().await.expect("logout here");
+    let (url, _, _) = start(&[
+        ("assertedLoginIdentity", "eyJhbGciOiJSUzUxMiJ9.e30.c2ln"),
+        ("prompt", "none"),
+    ]);
+    let (at_upstream, _, _) = follow(&b, &down.http, url.as_str()).await;
+    assert_eq!(query(&at_upstream)["prompt"], "none");
+    assert!(query(&at_upstream).contains_key("asserted_login_identity"));
+    let (back_at_down, page, status) = follow(&b, &upstream.http, &at_upstream).await;
+    assert!(
+        back_at_down.starts_with(&format!("{}/oauth2/broker/callback", down.http)),
+        "no login page: {status} {page}"
+    );
+    let (back, _, _) = follow(&b, &down.http, &back_at_down).await;
+    assert!(query(&back).contains_key("code"), "silent sign-in: {back}");
+
+    // 3. The same from a browser signed in nowhere: login_required comes back to the app.
+    let fresh = browser();
+    let (url, _, _) = start(&[
+        ("assertedLoginIdentity", "eyJhbGciOiJSUzUxMiJ9.e30.c2ln"),
+        ("prompt", "none"),
+    ]);
+    let (at_upstream, _, _) = follow(&fresh, &down.http, url.as_str()).await;
+    let (back_at_down, _, _) = follow(&fresh, &upstream.http, &at_upstream).await;
+    let (back, _, _) = follow(&fresh, &down.http, &back_at_down).await;
+    assert!(back.starts_with(redirect), "{back}");
+    assert_eq!(query(&back)["error"], "login_required");
+
+    // An unknown provider hint is refused with the standard error.
+    let (url, _, _) = start(&[("kc_idp_hint", "nowhere")]);
+    let (back, _, _) = follow(&browser(), &down.http, url.as_str()).await;
+    assert_eq!(query(&back)["error"], "invalid_request");
+}

@@ -39,6 +39,11 @@ pub struct IdentityConfig {
     pub seed_demo: Option<bool>,
     /// Set the `Secure` flag on cookies (on whenever the issuer is https).
     pub secure_cookies: bool,
+    /// Cookie names are `<prefix>_session` and `<prefix>_csrf` (change it when two identity
+    /// services share a host name).
+    pub cookie_prefix: String,
+    /// Upstream OpenID providers users can be sent to (CIS2, NHS login, another ICS).
+    pub upstreams: Vec<crate::broker::UpstreamConfig>,
 }
 
 impl Default for IdentityConfig {
@@ -59,6 +64,8 @@ impl Default for IdentityConfig {
             argon2_iterations: 2,
             seed_demo: None,
             secure_cookies: false,
+            cookie_prefix: "sc".into(),
+            upstreams: Vec::new(),
         }
     }
 }
@@ -89,6 +96,20 @@ impl IdentityConfig {
         }
         if self.argon2_memory_kib < 8 * 1024 {
             return Err(("identity.argon2_memory_kib".into(), "must be at least 8192".into()));
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            u.validate(i)?;
+        }
+        if self.cookie_prefix.is_empty()
+            || !self
+                .cookie_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err((
+                "identity.cookie_prefix".into(),
+                "expected letters, digits and '_'".into(),
+            ));
         }
         if self.audience.is_empty() {
             return Err(("identity.audience".into(), "must not be empty".into()));

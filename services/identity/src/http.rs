@@ -25,8 +25,6 @@ use crate::pages;
 use crate::secrets;
 use crate::store::{Lock, Session};
 
-const SESSION_COOKIE: &str = "sc_session";
-const CSRF_COOKIE: &str = "sc_csrf";
 /// How long a parked authorization request waits for the user to sign in.
 const REQUEST_SECS: i64 = 600;
 
@@ -36,6 +34,8 @@ pub struct Http {
     /// The provider.
     pub provider: Provider,
     failures: Arc<Mutex<HashMap<IpAddr, (i64, u32)>>>,
+    session_cookie: Arc<str>,
+    csrf_cookie: Arc<str>,
 }
 
 /// A parked authorization request (OIDC Core §3.1.2.1 parameters we act on).
@@ -52,13 +52,22 @@ pub struct AuthRequest {
     acr_values: String,
     login_hint: String,
     vtr: String,
+    /// Upstream provider to sign in with (`kc_idp_hint`, Keycloak's name for it).
+    #[serde(default)]
+    idp_hint: String,
+    /// NHS login's `assertedLoginIdentity` from the NHS App (forwarded upstream).
+    #[serde(default)]
+    asserted: String,
 }
 
 /// The routes identity adds to the process's HTTP server.
 pub fn router(provider: Provider) -> Router {
+    let prefix = provider.config.cookie_prefix.clone();
     let state = Http {
         provider,
         failures: Arc::new(Mutex::new(HashMap::new())),
+        session_cookie: format!("{prefix}_session").into(),
+        csrf_cookie: format!("{prefix}_csrf").into(),
     };
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
@@ -74,6 +83,9 @@ pub fn router(provider: Provider) -> Router {
         .route("/oauth2/revoke", post(revoke))
         .route("/oauth2/logout", get(logout).post(logout_post))
         .route("/account/totp", get(totp_page).post(totp_submit))
+        .route("/oauth2/broker/callback", get(broker_callback))
+        .route("/oauth2/broker/{name}", get(broker_start))
+        .route("/oauth2/rp/jwks", get(rp_jwks))
         .with_state(state)
 }
 
@@ -172,7 +184,7 @@ impl Http {
 
     /// The browser's CSRF token (double-submit cookie), made when missing.
     fn csrf(&self, headers: &HeaderMap) -> (String, bool) {
-        match cookie(headers, CSRF_COOKIE) {
+        match cookie(headers, &self.csrf_cookie) {
             Some(v) if v.len() >= 16 => (v.to_string(), false),
             _ => (jose::random_token(24), true),
         }
@@ -182,14 +194,14 @@ impl Http {
         let (csrf, fresh) = self.csrf(headers);
         let mut r = html(StatusCode::OK, render(&csrf));
         if fresh {
-            set_cookie(&mut r, CSRF_COOKIE, &csrf, 3600, self.secure());
+            set_cookie(&mut r, &self.csrf_cookie, &csrf, 3600, self.secure());
         }
         r
     }
 
     /// The live session named by the cookie (not revoked, within idle and absolute limits).
     async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, OAuthError> {
-        let Some(c) = cookie(headers, SESSION_COOKIE) else {
+        let Some(c) = cookie(headers, &self.session_cookie) else {
             return Ok(None);
         };
         let Some(s) = self.provider.store.session_by_cookie(&jose::sha256_b64(c)).await? else {
@@ -223,8 +235,8 @@ impl Http {
     }
 }
 
-fn csrf_ok(headers: &HeaderMap, form_value: &str) -> bool {
-    cookie(headers, CSRF_COOKIE).is_some_and(|c| c.len() >= 16 && c == form_value)
+fn csrf_ok(h: &Http, headers: &HeaderMap, form_value: &str) -> bool {
+    cookie(headers, &h.csrf_cookie).is_some_and(|c| c.len() >= 16 && c == form_value)
 }
 
 fn csrf_refused() -> Response {
@@ -395,7 +407,25 @@ async fn authorize(h: Http, headers: HeaderMap, q: HashMap<String, String>) -> R
     {
         return back("invalid_request", "prompt must be none, login or select_account");
     }
+    let asserted = f("assertedLoginIdentity");
+    let mut idp_hint = f("kc_idp_hint");
+    if !idp_hint.is_empty() && !h.provider.broker.upstreams().iter().any(|u| u.name == idp_hint) {
+        return back("invalid_request", "kc_idp_hint names no configured identity provider");
+    }
+    if !asserted.is_empty() && idp_hint.is_empty() {
+        match h.provider.broker.upstreams().iter().find(|u| u.link_to == "patient") {
+            Some(u) => idp_hint = u.name.clone(),
+            None => {
+                return back(
+                    "invalid_request",
+                    "assertedLoginIdentity needs an NHS login upstream provider",
+                );
+            }
+        }
+    }
     let req = AuthRequest {
+        idp_hint,
+        asserted,
         client_id,
         redirect_uri: redirect_uri.clone(),
         scope,
@@ -485,6 +515,10 @@ async fn proceed(h: &Http, headers: &HeaderMap, id: &str, req: &AuthRequest, fre
     let now = now();
     let mut session = match session {
         Some(s) if !(fresh && wants(req, "login")) && req.max_age.is_none_or(|m| now - s.auth_time <= m) => s,
+        // To the upstream provider: with prompt=none only for the NHS App's asserted identity.
+        _ if !req.idp_hint.is_empty() && (!none || !req.asserted.is_empty()) => {
+            return see_other(&format!("/oauth2/broker/{}?req={id}", req.idp_hint));
+        }
         _ if none => return error_back(h, req, "login_required", "the user is not signed in"),
         _ => return see_other(&format!("/oauth2/login?req={id}")),
     };
@@ -597,7 +631,10 @@ async fn login_page(State(h): State<Http>, headers: HeaderMap, Query(q): Query<R
         Err(r) => return r,
     };
     let name = client_name(&h, &req).await;
-    h.page_with_csrf(&headers, |csrf| pages::login(&q.req, csrf, &name, &req.login_hint, ""))
+    let upstreams = upstream_buttons(&h);
+    h.page_with_csrf(&headers, |csrf| {
+        pages::login(&q.req, csrf, &name, &req.login_hint, "", &upstreams)
+    })
 }
 
 #[derive(Deserialize)]
@@ -649,7 +686,7 @@ async fn login_submit(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if !csrf_ok(&headers, &form.csrf) {
+    if !csrf_ok(&h, &headers, &form.csrf) {
         return csrf_refused();
     }
     let req = match load_request(&h, &form.req).await {
@@ -657,9 +694,10 @@ async fn login_submit(
         Err(r) => return r,
     };
     let name = client_name(&h, &req).await;
+    let upstreams = upstream_buttons(&h);
     let again = |h: &Http, msg: &str, status: StatusCode| {
         let mut r = h.page_with_csrf(&headers, |csrf| {
-            pages::login(&form.req, csrf, &name, &form.username, msg)
+            pages::login(&form.req, csrf, &name, &form.username, msg, &upstreams)
         });
         *r.status_mut() = status;
         r
@@ -755,50 +793,191 @@ async fn login_submit(
     {
         return again(&h, &OAuthError::from(e).description, StatusCode::SERVICE_UNAVAILABLE);
     }
-    let cookie_value = jose::random_token(32);
-    let session = Session {
-        id: jose::random_token(16),
-        subject_kind: account.kind,
-        subject: account.subject.clone(),
-        auth_time: now,
-        last_seen: now,
-        expires_at: now + h.provider.config.session_absolute_secs,
-        amr: vec!["pwd".into()],
-        mfa_pending: account.totp,
-        selected_role: String::new(),
-        revoked: false,
+    let signed_in = h
+        .sign_in(
+            account.kind,
+            &account.subject,
+            vec!["pwd".into()],
+            account.totp,
+            &req.client_id,
+            &source,
+            "",
+        )
+        .await;
+    match signed_in {
+        Ok(cookie) => h.resume_with_cookie(&form.req, &cookie),
+        Err(e) => again(&h, &e.description, StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+impl Http {
+    /// Starts a session for a subject who has just authenticated; returns the cookie value.
+    /// The login event is written now unless a second factor is still owed.
+    #[allow(clippy::too_many_arguments)]
+    async fn sign_in(
+        &self,
+        kind: SubjectKind,
+        subject: &str,
+        amr: Vec<String>,
+        mfa_pending: bool,
+        client_id: &str,
+        source: &str,
+        detail: &str,
+    ) -> Result<String, OAuthError> {
+        let now = now();
+        let cookie_value = jose::random_token(32);
+        let session = Session {
+            id: jose::random_token(16),
+            subject_kind: kind,
+            subject: subject.to_string(),
+            auth_time: now,
+            last_seen: now,
+            expires_at: now + self.provider.config.session_absolute_secs,
+            amr,
+            mfa_pending,
+            selected_role: String::new(),
+            revoked: false,
+        };
+        self.provider
+            .store
+            .insert_session(&session, &jose::sha256_b64(&cookie_value))
+            .await?;
+        if !mfa_pending {
+            self.provider
+                .event(
+                    "login_succeeded",
+                    kind.as_str(),
+                    subject,
+                    client_id,
+                    source,
+                    detail,
+                    &session.amr,
+                    acr_for(&session.amr),
+                )
+                .await;
+        }
+        Ok(cookie_value)
+    }
+
+    /// Sets the session cookie and continues the parked request.
+    fn resume_with_cookie(&self, req: &str, cookie: &str) -> Response {
+        let mut r = see_other(&format!("/oauth2/resume?req={req}"));
+        set_cookie(
+            &mut r,
+            &self.session_cookie,
+            cookie,
+            self.provider.config.session_absolute_secs,
+            self.secure(),
+        );
+        r
+    }
+}
+
+fn upstream_buttons(h: &Http) -> Vec<(String, String)> {
+    h.provider
+        .broker
+        .upstreams()
+        .iter()
+        .map(|u| (u.name.clone(), u.display_name.clone()))
+        .collect()
+}
+
+// ---- brokering -------------------------------------------------------------------------------
+
+async fn broker_start(
+    State(h): State<Http>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Query(q): Query<ReqQuery>,
+) -> Response {
+    let req = match load_request(&h, &q.req).await {
+        Ok(r) => r,
+        Err(r) => return r,
     };
-    if let Err(e) = h
+    match h
         .provider
-        .store
-        .insert_session(&session, &jose::sha256_b64(&cookie_value))
+        .broker
+        .start(&name, &q.req, &req.asserted, &req.login_hint)
         .await
     {
-        return again(&h, &OAuthError::from(e).description, StatusCode::SERVICE_UNAVAILABLE);
+        Ok(url) => see_other(&url),
+        Err(e) => {
+            tracing::warn!(upstream = %name, error = %e, "brokered sign-in could not start");
+            if req.asserted.is_empty() {
+                html(StatusCode::BAD_GATEWAY, pages::error("Sign-in is unavailable", &e))
+            } else {
+                error_back(
+                    &h,
+                    &req,
+                    "temporarily_unavailable",
+                    "the NHS login provider is unavailable",
+                )
+            }
+        }
     }
-    if !account.totp {
-        h.provider
-            .event(
-                "login_succeeded",
-                account.kind.as_str(),
-                &account.subject,
-                &req.client_id,
-                &source,
-                "",
-                &session.amr,
-                acr_for(&session.amr),
+}
+
+async fn broker_callback(
+    State(h): State<Http>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match h.provider.broker.finish(&q).await {
+        Ok(linked) => {
+            let Ok(req) = load_request(&h, &linked.req).await else {
+                return html(
+                    StatusCode::BAD_REQUEST,
+                    pages::error(
+                        "Your sign-in has expired",
+                        "Go back to the app and start signing in again.",
+                    ),
+                );
+            };
+            let detail = format!("via upstream provider {}", req.idp_hint);
+            let source = addr.ip().to_string();
+            match h
+                .sign_in(
+                    linked.kind,
+                    &linked.subject,
+                    linked.amr,
+                    false,
+                    &req.client_id,
+                    &source,
+                    &detail,
+                )
+                .await
+            {
+                Ok(cookie) => h.resume_with_cookie(&linked.req, &cookie),
+                Err(e) => error_back(&h, &req, "temporarily_unavailable", &e.description),
+            }
+        }
+        Err(crate::broker::BrokerError::Upstream { req, code }) => match load_request(&h, &req).await {
+            Ok(r) => {
+                let code: &'static str = match code.as_str() {
+                    "login_required" => "login_required",
+                    "interaction_required" => "interaction_required",
+                    "consent_required" => "consent_required",
+                    "temporarily_unavailable" => "temporarily_unavailable",
+                    _ => "access_denied",
+                };
+                error_back(&h, &r, code, "the upstream identity provider did not sign the user in")
+            }
+            Err(resp) => resp,
+        },
+        Err(crate::broker::BrokerError::Failed(why)) => {
+            tracing::warn!(error = %why, "brokered sign-in failed");
+            html(
+                StatusCode::BAD_GATEWAY,
+                pages::error("Sign-in with the other provider failed", &why),
             )
-            .await;
+        }
     }
-    let mut r = see_other(&format!("/oauth2/resume?req={}", form.req));
-    set_cookie(
-        &mut r,
-        SESSION_COOKIE,
-        &cookie_value,
-        h.provider.config.session_absolute_secs,
-        h.secure(),
-    );
-    r
+}
+
+async fn rp_jwks(State(h): State<Http>) -> Response {
+    match h.provider.broker.rp_jwks().await {
+        Ok(set) => axum::Json(set).into_response(),
+        Err(e) => oauth_error(OAuthError::from(e)),
+    }
 }
 
 async fn otp_page(State(h): State<Http>, headers: HeaderMap, Query(q): Query<ReqQuery>) -> Response {
@@ -824,7 +1003,7 @@ async fn otp_submit(
     headers: HeaderMap,
     Form(form): Form<OtpForm>,
 ) -> Response {
-    if !csrf_ok(&headers, &form.csrf) {
+    if !csrf_ok(&h, &headers, &form.csrf) {
         return csrf_refused();
     }
     let req = match load_request(&h, &form.req).await {
@@ -925,7 +1104,7 @@ struct RoleForm {
 }
 
 async fn role_submit(State(h): State<Http>, headers: HeaderMap, Form(form): Form<RoleForm>) -> Response {
-    if !csrf_ok(&headers, &form.csrf) {
+    if !csrf_ok(&h, &headers, &form.csrf) {
         return csrf_refused();
     }
     let req = match load_request(&h, &form.req).await {
@@ -999,7 +1178,7 @@ struct TotpForm {
 }
 
 async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(form): Form<TotpForm>) -> Response {
-    if !csrf_ok(&headers, &form.csrf) {
+    if !csrf_ok(&h, &headers, &form.csrf) {
         return csrf_refused();
     }
     let Ok(Some(mut session)) = h.session(&headers).await else {
@@ -1215,6 +1394,6 @@ async fn end(h: Http, headers: HeaderMap, q: HashMap<String, String>) -> Respons
     } else {
         html(StatusCode::OK, pages::signed_out())
     };
-    set_cookie(&mut r, SESSION_COOKIE, "", 0, h.secure());
+    set_cookie(&mut r, &h.session_cookie, "", 0, h.secure());
     r
 }

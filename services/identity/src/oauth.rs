@@ -100,6 +100,8 @@ pub struct Provider {
     pub verifier: Verifier,
     /// Argon2id with bounded memory and concurrency.
     pub hasher: Arc<crate::secrets::Hasher>,
+    /// Upstream providers.
+    pub broker: crate::broker::Broker,
     clients: Arc<Mutex<HashMap<String, (Client, Instant)>>>,
     http: reqwest::Client,
 }
@@ -134,7 +136,9 @@ impl Provider {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
+        let broker = crate::broker::Broker::new(config.upstreams.clone(), store.clone(), &issuer);
         Provider {
+            broker,
             store,
             keys,
             config: Arc::new(config),

@@ -57,8 +57,30 @@ fn error_box(error: &str) -> String {
     }
 }
 
-/// The username + password form.
-pub fn login(req: &str, csrf: &str, client_name: &str, username: &str, error: &str) -> String {
+/// The username + password form, and a button per upstream provider.
+pub fn login(
+    req: &str,
+    csrf: &str,
+    client_name: &str,
+    username: &str,
+    error: &str,
+    upstreams: &[(String, String)],
+) -> String {
+    let mut others = String::new();
+    for (name, display) in upstreams {
+        others.push_str(&format!(
+            "<p><a class=\"upstream\" id=\"upstream-{}\" href=\"/oauth2/broker/{}?req={}\">Continue with {}</a></p>",
+            esc(name),
+            esc(name),
+            esc(req),
+            esc(display)
+        ));
+    }
+    let others = if others.is_empty() {
+        others
+    } else {
+        format!("<h2>Or</h2>{others}")
+    };
     layout(
         "Sign in",
         &format!(
@@ -69,7 +91,7 @@ pub fn login(req: &str, csrf: &str, client_name: &str, username: &str, error: &s
              <input type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" value=\"{}\" required>\
              <label for=\"password\">Password</label>\
              <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
-             <button type=\"submit\" id=\"sign-in\">Sign in</button></form>",
+             <button type=\"submit\" id=\"sign-in\">Sign in</button></form>{others}",
             esc(client_name),
             error_box(error),
             esc(req),

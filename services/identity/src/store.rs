@@ -706,6 +706,25 @@ impl Store {
         Ok(())
     }
 
+    /// Our relying-party key for `upstream` (PKCS#8, base64url), if made.
+    pub async fn rp_key(&self, upstream: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT secret FROM rp_keys WHERE upstream = $1")
+            .bind(upstream.to_string())
+            .fetch_optional(self.db.writer())
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Stores a relying-party key unless one exists already.
+    pub async fn put_rp_key(&self, upstream: &str, secret: &str) -> Result<()> {
+        sqlx::query("INSERT INTO rp_keys (upstream, secret) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(upstream.to_string())
+            .bind(secret.to_string())
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
+    }
+
     /// Whether the identity database has been seeded (any organisation exists).
     pub async fn is_empty(&self) -> Result<bool> {
         let row = sqlx::query("SELECT COUNT(*) FROM organisations")
