@@ -332,3 +332,36 @@ mod tests {
         assert_eq!(thumbprint(&jwk).len(), 43);
     }
 }
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    #[test]
+    #[ignore = "measurement, run by hand with --release"]
+    fn verification_cost() {
+        let s = Signer256::generate();
+        let token = s.sign("at+jwt", &serde_json::json!({"iss": "x", "aud": ["sharedcare"], "exp": 1, "scope": "a b c", "client_id": "c", "sub": "c", "jti": "abcdefghijklmnop"}));
+        let key = s.jwk().verifying_key().expect("key");
+        let n = 20_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            verify_checked(&token, &key).expect("ok");
+        }
+        println!("verify_checked: {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
+        let parts: Vec<&str> = token.rsplitn(2, '.').collect();
+        let sig = B64.decode(parts[0]).expect("sig");
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.0)
+                .verify(parts[1].as_bytes(), &sig)
+                .expect("ok");
+        }
+        println!("ring verify only: {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            s.sign("at+jwt", &serde_json::json!({"iss": "x"}));
+        }
+        println!("sign: {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
+    }
+}
