@@ -572,6 +572,87 @@ async fn private_key_jwt_client_authenticates_with_its_registered_key_and_assert
     );
     let stranger = token(assertion(&Signer256::generate(), "a-2")).await;
     assert_eq!(stranger.json::<Value>().await.expect("json")["error"], "invalid_client");
+
+    // A client that publishes its keys at a jwks_uri, and rotates them there.
+    let published = Arc::new(Mutex::new(serde_json::json!({"keys": [key.jwk()]})));
+    let serve = published.clone();
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            let serve = serve.clone();
+            async move { axum::Json(serve.lock().expect("lock").clone()) }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let jwks_uri = format!("http://{}/jwks", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let by_uri = a
+        .create_client(CreateClientRequest {
+            name: "Hospital EPR (jwks_uri)".into(),
+            grant_types: vec!["client_credentials".into()],
+            scopes: vec!["records.read".into()],
+            token_endpoint_auth_method: "private_key_jwt".into(),
+            jwks_uri: jwks_uri.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("create by uri")
+        .into_inner();
+    let assert_for = |k: &Signer256, id: &str, jti: &str| {
+        let now = chrono::Utc::now().timestamp();
+        k.sign(
+            "JWT",
+            &serde_json::json!({
+                "iss": id, "sub": id, "aud": p.http.clone(), "jti": jti, "iat": now, "exp": now + 60,
+            }),
+        )
+    };
+    let send = |id: String, a: String| {
+        let base = p.http.clone();
+        async move {
+            http()
+                .post(format!("{base}/oauth2/token"))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", a.as_str()),
+                    ("client_id", id.as_str()),
+                ])
+                .send()
+                .await
+                .expect("POST")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        send(by_uri.client_id.clone(), assert_for(&key, &by_uri.client_id, "u-1")).await,
+        200
+    );
+    let next = Signer256::generate();
+    *published.lock().expect("lock") = serde_json::json!({"keys": [next.jwk()]});
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        send(by_uri.client_id.clone(), assert_for(&next, &by_uri.client_id, "u-2")).await,
+        200,
+        "a new kid makes identity refetch the client's jwks_uri"
+    );
+    let both = a
+        .create_client(CreateClientRequest {
+            name: "both".into(),
+            grant_types: vec!["client_credentials".into()],
+            token_endpoint_auth_method: "private_key_jwt".into(),
+            jwks_uri,
+            jwks_json: "{\"keys\":[]}".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("jwks and jwks_uri");
+    assert_eq!(both.code(), tonic::Code::InvalidArgument);
+    assert!(both.message().starts_with("jwks_uri:"), "{}", both.message());
 }
 
 /// Collects back-channel logout tokens posted to a local endpoint.
@@ -900,6 +981,34 @@ async fn bad_requests_get_the_standard_oauth_errors() {
         assert_eq!(r.status().as_u16(), 401);
         assert_eq!(r.json::<Value>().await.expect("json")["error"], "invalid_client");
     }
+
+    // A client registered for client_secret_post may not authenticate with HTTP Basic.
+    let sample = "ics-sample-app";
+    let sample_secret = "demo-sample-secret-3d8a61f0c5";
+    let basic = http()
+        .post(format!("{base}/oauth2/token"))
+        .basic_auth(sample, Some(sample_secret))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", "x")])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(basic.status().as_u16(), 401);
+    let post = http()
+        .post(format!("{base}/oauth2/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "x"),
+            ("client_id", sample),
+            ("client_secret", sample_secret),
+        ])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        post.json::<Value>().await.expect("json")["error"],
+        "invalid_grant",
+        "authenticated, then the grant is checked"
+    );
 
     // Forged, alg=none, expired and wrong-issuer tokens at userinfo.
     let good = service_token(&base).await;

@@ -151,8 +151,8 @@ try {
   await page.fill('#code', totp(secret));
   await page.click('#enrol');
   await page.waitForSelector('#recovery-codes');
-  const codes = await page.locator('#recovery-codes li').count();
-  assert.equal(codes, 8);
+  const savedCodes = (await page.locator('#recovery-codes li').allTextContents()).map((c) => c.trim());
+  assert.equal(savedCodes.length, 8);
   step('enrolled TOTP and was shown 8 recovery codes');
 
   await page.goto(`${b.base}/login`);
@@ -182,6 +182,28 @@ try {
   await page.waitForURL(`${b.base}/`);
   assert.match(await page.textContent('#who'), /App B: signed in as .*AAL2\)/);
   step('the next sign-in asked for the TOTP code and reached the higher assurance level');
+
+  // A recovery code works once in place of the TOTP code.
+  const signInWith = async (code) => {
+    await page.goto(`${b.base}/logout`);
+    await page.waitForURL(`${b.base}/`);
+    await page.goto(`${b.base}/login`);
+    await page.fill('#username', env('USERNAME'));
+    await page.fill('#password', env('PASSWORD'));
+    await page.click('#sign-in');
+    await page.waitForURL(/\/oauth2\/login\/otp/);
+    await page.fill('#code', code);
+    await page.click('#verify');
+    await page.waitForLoadState();
+  };
+  await signInWith(savedCodes[0]);
+  await page.waitForURL(/\/oauth2\/select-role/);
+  await page.click('#continue');
+  await page.waitForURL(`${b.base}/`);
+  assert.match(await page.textContent('#who'), /App B: signed in as/);
+  await signInWith(savedCodes[0]);
+  assert.match(await page.textContent('#error-summary'), /security code is not right/);
+  step('a recovery code signs in once, and only once');
   console.log('browser: all checks passed');
 } catch (e) {
   failed = true;

@@ -305,7 +305,15 @@ impl IdentityAdmin for AdminApi {
         if r.grant_types.iter().any(|g| g == "authorization_code") && r.redirect_uris.is_empty() {
             return Err(IdentityError::invalid("redirect_uris", "required for authorization_code").into());
         }
-        let jwks = if method == AuthMethod::PrivateKeyJwt {
+        if method == AuthMethod::PrivateKeyJwt && !r.jwks_uri.is_empty() {
+            if !r.jwks_json.is_empty() {
+                return Err(IdentityError::invalid("jwks_uri", "give jwks_json or jwks_uri, not both").into());
+            }
+            if !matches!(url::Url::parse(&r.jwks_uri), Ok(u) if matches!(u.scheme(), "https" | "http")) {
+                return Err(IdentityError::invalid("jwks_uri", "expected an absolute http(s) URL").into());
+            }
+        }
+        let jwks = if method == AuthMethod::PrivateKeyJwt && r.jwks_uri.is_empty() {
             let set: JwkSet = serde_json::from_str(&r.jwks_json)
                 .map_err(|e| IdentityError::invalid("jwks_json", format!("not a JWK Set: {e}")))?;
             let usable = set
@@ -345,6 +353,11 @@ impl IdentityAdmin for AdminApi {
                 scopes: r.scopes,
                 auth_method: method,
                 jwks,
+                jwks_uri: if method == AuthMethod::PrivateKeyJwt {
+                    r.jwks_uri
+                } else {
+                    String::new()
+                },
             },
         };
         self.provider.store.insert_client(&client).await?;

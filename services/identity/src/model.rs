@@ -164,6 +164,9 @@ pub struct ClientSettings {
     /// Public keys for private_key_jwt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<JwkSet>,
+    /// Or where to fetch them (refetched when an assertion names an unknown `kid`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jwks_uri: String,
 }
 
 /// A registered OIDC client.

@@ -103,6 +103,7 @@ pub struct Provider {
     /// Upstream providers.
     pub broker: crate::broker::Broker,
     clients: Arc<Mutex<HashMap<String, (Client, Instant)>>>,
+    client_keys: Arc<Mutex<HashMap<String, (JwkSet, Instant)>>>,
     http: reqwest::Client,
 }
 
@@ -147,6 +148,7 @@ impl Provider {
             verifier,
             hasher,
             clients: Arc::new(Mutex::new(HashMap::new())),
+            client_keys: Arc::new(Mutex::new(HashMap::new())),
             http,
         }
     }
@@ -221,8 +223,20 @@ impl Provider {
         if p.assertion_type != JWT_BEARER {
             return Err(bad(format!("client_assertion_type must be {JWT_BEARER}")));
         }
-        let keys = client.settings.jwks.clone().unwrap_or_default();
-        let claims = jose::verify_with(&p.assertion, &keys).map_err(|e| bad(e.to_string()))?;
+        let claims = match &client.settings.jwks {
+            Some(keys) => jose::verify_with(&p.assertion, keys),
+            None => {
+                let keys = self.client_jwks(client, false).await.map_err(&bad)?;
+                match jose::verify_with(&p.assertion, &keys) {
+                    Err(jose::JoseError::UnknownKey(_)) => {
+                        let keys = self.client_jwks(client, true).await.map_err(&bad)?;
+                        jose::verify_with(&p.assertion, &keys)
+                    }
+                    other => other,
+                }
+            }
+        }
+        .map_err(|e| bad(e.to_string()))?;
         let s = |k: &str| claims[k].as_str().unwrap_or_default().to_string();
         if s("iss") != client.id || s("sub") != client.id {
             return Err(bad("iss and sub must be the client_id".into()));
@@ -253,6 +267,43 @@ impl Provider {
             return Err(bad("jti was already used".into()));
         }
         Ok(())
+    }
+
+    /// A client's keys from its `jwks_uri`, cached for [`CLIENT_CACHE`]; `refresh` refetches
+    /// (at most once per second per client) because an assertion named an unknown `kid`.
+    async fn client_jwks(&self, client: &Client, refresh: bool) -> Result<JwkSet, String> {
+        let cached = self.client_keys.lock().ok().and_then(|c| c.get(&client.id).cloned());
+        if let Some((keys, at)) = &cached {
+            let fresh_enough = if refresh {
+                at.elapsed() < Duration::from_secs(1)
+            } else {
+                at.elapsed() < CLIENT_CACHE
+            };
+            if fresh_enough {
+                return Ok(keys.clone());
+            }
+        }
+        let uri = &client.settings.jwks_uri;
+        if uri.is_empty() {
+            return Err("the client registered no keys".into());
+        }
+        let r = self
+            .http
+            .get(uri)
+            .send()
+            .await
+            .map_err(|e| format!("jwks_uri {uri}: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("jwks_uri {uri}: HTTP {}", r.status()));
+        }
+        let keys: JwkSet = r
+            .json()
+            .await
+            .map_err(|e| format!("jwks_uri {uri}: not a JWK Set: {e}"))?;
+        if let Ok(mut c) = self.client_keys.lock() {
+            c.insert(client.id.clone(), (keys.clone(), Instant::now()));
+        }
+        Ok(keys)
     }
 
     /// The token endpoint (RFC 6749 §3.2) after client authentication.
