@@ -1341,3 +1341,83 @@ async fn brokered_sign_in_links_the_upstream_patient_and_the_nhs_app_path_is_sil
     let (back, _, _) = follow(&browser(), &down.http, url.as_str()).await;
     assert_eq!(query(&back)["error"], "invalid_request");
 }
+
+#[tokio::test]
+async fn a_client_registered_for_rs256_gets_rsa_signed_id_tokens_and_es256_access_tokens() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let redirect = "http://127.0.0.1:9/rsa";
+    let c = admin(&p)
+        .await
+        .create_client(CreateClientRequest {
+            name: "Legacy RSA-only app".into(),
+            redirect_uris: vec![redirect.into()],
+            grant_types: vec!["authorization_code".into()],
+            scopes: vec!["openid".into(), "profile".into()],
+            id_token_signed_response_alg: "RS256".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let rp = relying_party(&p.http, &c.client_id, &c.client_secret, redirect).await;
+    let (url, _, nonce) = rp
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("profile".into()))
+        .url();
+    let (back, _, _) = password_login(
+        &browser(),
+        &p.http,
+        url.as_str(),
+        "careworker",
+        "demo-careworker-password",
+    )
+    .await;
+    let t = rp
+        .exchange_code(AuthorizationCode::new(query(&back)["code"].clone()))
+        .expect("endpoint")
+        .request_async(&http())
+        .await
+        .expect("exchange");
+    let id_token = t.id_token().expect("id").clone();
+    id_token
+        .claims(&rp.id_token_verifier(), &nonce)
+        .expect("RS256 ID token verifies with the published RSA key");
+    assert_eq!(jose::header(&id_token.to_string()).expect("header").alg, "RS256");
+    assert_eq!(jose::header(t.access_token().secret()).expect("header").alg, "ES256");
+    let jwks: Value = http()
+        .get(format!("{}/oauth2/jwks", p.http))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .any(|k| k["kty"] == "RSA" && k["alg"] == "RS256")
+    );
+    let bad = admin(&p)
+        .await
+        .create_client(CreateClientRequest {
+            name: "x".into(),
+            redirect_uris: vec![redirect.into()],
+            grant_types: vec!["authorization_code".into()],
+            id_token_signed_response_alg: "HS256".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("HS256 refused");
+    assert!(
+        bad.message().starts_with("id_token_signed_response_alg:"),
+        "{}",
+        bad.message()
+    );
+}

@@ -328,6 +328,21 @@ impl IdentityAdmin for AdminApi {
         } else {
             None
         };
+        let id_token_alg = match r.id_token_signed_response_alg.as_str() {
+            "" | "ES256" => String::new(),
+            "RS256" => "RS256".to_string(),
+            other => {
+                return Err(IdentityError::invalid(
+                    "id_token_signed_response_alg",
+                    format!("{other:?}: expected ES256 or RS256"),
+                )
+                .into());
+            }
+        };
+        if !id_token_alg.is_empty() {
+            // Publish the RS256 key before the client's first token.
+            self.provider.keys.rsa().await?;
+        }
         let id = if r.client_id.is_empty() {
             format!("client-{}", random_digits(10))
         } else {
@@ -358,6 +373,7 @@ impl IdentityAdmin for AdminApi {
                 } else {
                     String::new()
                 },
+                id_token_alg,
             },
         };
         self.provider.store.insert_client(&client).await?;

@@ -167,6 +167,10 @@ pub struct ClientSettings {
     /// Or where to fetch them (refetched when an assertion names an unknown `kid`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub jwks_uri: String,
+    /// `id_token_signed_response_alg`: "ES256" (default) or "RS256" for clients that can only
+    /// verify RSA. Access and logout tokens are always ES256.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id_token_alg: String,
 }
 
 /// A registered OIDC client.

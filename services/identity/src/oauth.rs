@@ -460,7 +460,13 @@ impl Provider {
                 id["nonce"] = json!(grant.nonce);
             }
             merge(&mut id, scoped_claims(grant, &subject));
-            out["id_token"] = json!(signer.sign("JWT", &id));
+            let id_token = if client.settings.id_token_alg == "RS256" {
+                // at_hash is the left half of the hash named by the ID token's alg: SHA-256 for both.
+                self.keys.rsa().await?.sign("JWT", &id)
+            } else {
+                signer.sign("JWT", &id)
+            };
+            out["id_token"] = json!(id_token);
         }
         if client.allows_grant("refresh_token") {
             let token = jose::random_token(32);

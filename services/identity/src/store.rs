@@ -9,6 +9,24 @@ use sqlx::any::AnyRow;
 use crate::error::{IdentityError, Result};
 use crate::model::{Client, ClientSettings, Grant, Organisation, Patient, Person, SubjectKind};
 
+/// Which signing keys: ES256 (every token) or RS256 (ID tokens for clients that ask).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// P-256 keys in `signing_keys`.
+    Es256,
+    /// RSA-2048 keys in `rsa_signing_keys`.
+    Rs256,
+}
+
+impl KeyKind {
+    fn table(self) -> &'static str {
+        match self {
+            KeyKind::Es256 => "signing_keys",
+            KeyKind::Rs256 => "rsa_signing_keys",
+        }
+    }
+}
+
 /// Identity's storage.
 #[derive(Clone)]
 pub struct Store {
@@ -675,33 +693,43 @@ impl Store {
 
     // ---- signing keys -------------------------------------------------------------------
 
-    /// Stored keys, newest first: (kid, secret, created_at, retire_at).
-    pub async fn keys(&self) -> Result<Vec<(String, String, i64, i64)>> {
-        let rows = sqlx::query("SELECT kid, secret, created_at, retire_at FROM signing_keys ORDER BY created_at DESC")
-            .fetch_all(self.db.pool())
-            .await?;
+    /// Stored keys of `kind`, newest first: (kid, secret, created_at, retire_at).
+    pub async fn keys(&self, kind: KeyKind) -> Result<Vec<(String, String, i64, i64)>> {
+        let sql = format!(
+            "SELECT kid, secret, created_at, retire_at FROM {} ORDER BY created_at DESC",
+            kind.table()
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(self.db.pool()).await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
             .collect()
     }
 
-    /// Adds a new active key and schedules the previous ones to leave the key set at `retire_at`.
-    pub async fn rotate_key(&self, kid: &str, secret: &str, now: i64, retire_at: i64) -> Result<()> {
+    /// Adds a new active key of `kind` and schedules the previous ones to leave the key set at
+    /// `retire_at`.
+    pub async fn rotate_key(&self, kind: KeyKind, kid: &str, secret: &str, now: i64, retire_at: i64) -> Result<()> {
+        let table = kind.table();
         let mut tx = self.db.begin_write().await?;
-        sqlx::query("UPDATE signing_keys SET retire_at = $1 WHERE retire_at = 0")
-            .bind(retire_at)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO signing_keys (kid, secret, created_at, retire_at) VALUES ($1, $2, $3, 0)")
-            .bind(kid.to_string())
-            .bind(secret.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM signing_keys WHERE retire_at <> 0 AND retire_at < $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET retire_at = $1 WHERE retire_at = 0"
+        )))
+        .bind(retire_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} (kid, secret, created_at, retire_at) VALUES ($1, $2, $3, 0)"
+        )))
+        .bind(kid.to_string())
+        .bind(secret.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE retire_at <> 0 AND retire_at < $1"
+        )))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -193,6 +193,73 @@ impl Signer256 {
     }
 }
 
+/// An RS256 signing key (RSASSA-PKCS1-v1_5 with SHA-256), for clients that can only verify
+/// RSA ID tokens. Signing uses `ring`; the key pair is made and described by the caller.
+pub struct SignerRs256 {
+    key: ring::signature::RsaKeyPair,
+    pkcs8: Vec<u8>,
+    jwk: serde_json::Value,
+    kid: String,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for SignerRs256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignerRs256")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignerRs256 {
+    /// From a PKCS#8 RSA private key and its public modulus and exponent (big-endian).
+    pub fn from_parts(pkcs8: &[u8], n: &[u8], e: &[u8]) -> Result<SignerRs256, JoseError> {
+        let key =
+            ring::signature::RsaKeyPair::from_pkcs8(pkcs8).map_err(|_| JoseError::Key("not an RSA PKCS#8 key"))?;
+        let (n, e) = (B64.encode(n), B64.encode(e));
+        let canonical = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
+        let kid = B64.encode(Sha256::digest(canonical.as_bytes()));
+        let jwk = serde_json::json!({"kty": "RSA", "n": n, "e": e, "kid": kid, "use": "sig", "alg": "RS256"});
+        Ok(SignerRs256 {
+            key,
+            pkcs8: pkcs8.to_vec(),
+            jwk,
+            kid,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// The private key as PKCS#8 DER.
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        self.pkcs8.clone()
+    }
+
+    /// The key id (RFC 7638 thumbprint).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public half as a JWK.
+    pub fn jwk(&self) -> serde_json::Value {
+        self.jwk.clone()
+    }
+
+    /// Signs `claims` as a compact JWS with `alg: RS256`.
+    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> String {
+        let header = serde_json::json!({"alg": "RS256", "typ": typ, "kid": self.kid});
+        let mut out = B64.encode(header.to_string());
+        out.push('.');
+        out.push_str(&B64.encode(serde_json::to_vec(claims).expect("claims serialise to JSON")));
+        let mut sig = vec![0u8; self.key.public().modulus_len()];
+        self.key
+            .sign(&ring::signature::RSA_PKCS1_SHA256, &self.rng, out.as_bytes(), &mut sig)
+            .expect("RSA signing with a valid key");
+        out.push('.');
+        out.push_str(&B64.encode(sig));
+        out
+    }
+}
+
 /// RFC 7638 thumbprint of an EC key, base64url SHA-256 of its required members in order.
 pub fn thumbprint(jwk: &Jwk) -> String {
     let canonical = format!(
