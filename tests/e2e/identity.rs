@@ -252,6 +252,15 @@ async fn relying_party(base: &str, id: &str, secret: &str, redirect: &str) -> Rp
         .set_introspection_url(IntrospectionUrl::new(format!("{base}/oauth2/introspect")).expect("url"))
 }
 
+/// Redeems the code in the redirect `back` to the app.
+async fn exchange(rp: &Rp, back: &str) -> openidconnect::core::CoreTokenResponse {
+    rp.exchange_code(AuthorizationCode::new(query(back)["code"].clone()))
+        .expect("token endpoint")
+        .request_async(&http())
+        .await
+        .expect("code exchange")
+}
+
 fn claims_of(jwt: &str) -> Value {
     use base64::Engine;
     let p = jwt.split('.').nth(1).expect("payload");
@@ -715,12 +724,7 @@ async fn second_app_signs_in_without_a_prompt_and_logout_reaches_every_app_over_
         "roles listed by organisation name"
     );
     let (back_a, _, _) = submit(&b, &p.http, "/oauth2/select-role", &page, &[("role", "100000000003")]).await;
-    let tokens_a = rp_a
-        .exchange_code(AuthorizationCode::new(query(&back_a)["code"].clone()))
-        .expect("endpoint")
-        .request_async(&http())
-        .await
-        .expect("exchange A");
+    let tokens_a = exchange(&rp_a, &back_a).await;
     let id_a_token = tokens_a.id_token().expect("id token").clone();
     id_a_token
         .claims(&rp_a.id_token_verifier(), &nonce_a)
@@ -745,12 +749,7 @@ async fn second_app_signs_in_without_a_prompt_and_logout_reaches_every_app_over_
         back_b.starts_with("http://127.0.0.1:9/b?code="),
         "signed in silently: {back_b}"
     );
-    let tokens_b = rp_b
-        .exchange_code(AuthorizationCode::new(query(&back_b)["code"].clone()))
-        .expect("endpoint")
-        .request_async(&http())
-        .await
-        .expect("exchange B");
+    let tokens_b = exchange(&rp_b, &back_b).await;
     assert_eq!(
         claims_of(&tokens_b.id_token().expect("id").to_string())["selected_roleid"],
         "100000000003"
@@ -841,12 +840,7 @@ async fn patients_get_nhs_login_claims_and_proofing_level_is_enforced_by_vtr() {
     };
     let (url, _, nonce) = start(r#"["P9.Cp.Cd","P9.Cp"]"#);
     let (back, _, _) = password_login(&browser(), &p.http, url.as_str(), "patient1", "demo-patient1-password").await;
-    let t = rp
-        .exchange_code(AuthorizationCode::new(query(&back)["code"].clone()))
-        .expect("endpoint")
-        .request_async(&http())
-        .await
-        .expect("exchange");
+    let t = exchange(&rp, &back).await;
     let id_token = t.id_token().expect("id");
     id_token.claims(&rp.id_token_verifier(), &nonce).expect("verifies");
     let raw = claims_of(&id_token.to_string());
@@ -1077,12 +1071,7 @@ async fn user_token(p: &Proc, user: &str, password: &str, scope: &str) -> String
     }
     let (url, _, _) = req.url();
     let (back, _, _) = password_login(&browser(), &p.http, url.as_str(), user, password).await;
-    let t = rp
-        .exchange_code(AuthorizationCode::new(query(&back)["code"].clone()))
-        .expect("endpoint")
-        .request_async(&http())
-        .await
-        .expect("exchange");
+    let t = exchange(&rp, &back).await;
     t.access_token().secret().clone()
 }
 
@@ -1289,12 +1278,7 @@ async fn brokered_sign_in_links_the_upstream_patient_and_the_nhs_app_path_is_sil
     );
     let (back, page, _) = follow(&b, &down.http, &back_at_down).await;
     assert!(back.starts_with(redirect), "back at the app: {back} {page}");
-    let t = rp
-        .exchange_code(AuthorizationCode::new(query(&back)["code"].clone()))
-        .expect("endpoint")
-        .request_async(&http())
-        .await
-        .expect("exchange");
+    let t = exchange(&rp, &back).await;
     let id_token = t.id_token().expect("id").clone();
     id_token.claims(&rp.id_token_verifier(), &nonce).expect("verifies");
     let raw = claims_of(&id_token.to_string());
@@ -1377,12 +1361,7 @@ async fn a_client_registered_for_rs256_gets_rsa_signed_id_tokens_and_es256_acces
         "demo-careworker-password",
     )
     .await;
-    let t = rp
-        .exchange_code(AuthorizationCode::new(query(&back)["code"].clone()))
-        .expect("endpoint")
-        .request_async(&http())
-        .await
-        .expect("exchange");
+    let t = exchange(&rp, &back).await;
     let id_token = t.id_token().expect("id").clone();
     id_token
         .claims(&rp.id_token_verifier(), &nonce)

@@ -566,19 +566,11 @@ impl Provider {
             .session(sid)
             .await?
             .ok_or_else(|| OAuthError::new("invalid_token", "not a user's token"))?;
-        let grant = Grant {
-            client_id: claims["client_id"].as_str().unwrap_or_default().into(),
-            session_id: session.id.clone(),
-            subject_kind: session.subject_kind,
-            subject: session.subject.clone(),
-            scope: claims["scope"].as_str().unwrap_or_default().into(),
-            nonce: String::new(),
-            redirect_uri: String::new(),
-            code_challenge: String::new(),
-            auth_time: session.auth_time,
-            amr: session.amr.clone(),
-            selected_role: session.selected_role.clone(),
-        };
+        let grant = Grant::of_session(
+            &session,
+            claims["client_id"].as_str().unwrap_or_default(),
+            claims["scope"].as_str().unwrap_or_default(),
+        );
         let subject = self.subject_claims(&grant).await?;
         let mut out = json!({"sub": subject_id(&grant)});
         merge(&mut out, scoped_claims(&grant, &subject));
@@ -667,19 +659,7 @@ impl Provider {
                 continue;
             }
             let now = now();
-            let grant = Grant {
-                client_id: id.clone(),
-                session_id: session.id.clone(),
-                subject_kind: session.subject_kind,
-                subject: session.subject.clone(),
-                scope: String::new(),
-                nonce: String::new(),
-                redirect_uri: String::new(),
-                code_challenge: String::new(),
-                auth_time: session.auth_time,
-                amr: Vec::new(),
-                selected_role: String::new(),
-            };
+            let grant = Grant::of_session(session, &id, "");
             let token = self.keys.active().sign(
                 "logout+jwt",
                 &json!({
@@ -731,6 +711,25 @@ impl Provider {
     /// The JWK Set a client registered, for tests and admin display.
     pub fn client_keys(client: &Client) -> JwkSet {
         client.settings.jwks.clone().unwrap_or_default()
+    }
+}
+
+impl Grant {
+    /// What a live session grants `client_id` for `scope` (for userinfo and logout tokens).
+    fn of_session(session: &Session, client_id: &str, scope: &str) -> Grant {
+        Grant {
+            client_id: client_id.to_string(),
+            session_id: session.id.clone(),
+            subject_kind: session.subject_kind,
+            subject: session.subject.clone(),
+            scope: scope.to_string(),
+            nonce: String::new(),
+            redirect_uri: String::new(),
+            code_challenge: String::new(),
+            auth_time: session.auth_time,
+            amr: session.amr.clone(),
+            selected_role: session.selected_role.clone(),
+        }
     }
 }
 

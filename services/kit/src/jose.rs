@@ -179,17 +179,13 @@ impl Signer256 {
 
     /// Signs `claims` as a compact JWS with header `{"alg":"ES256","typ":typ,"kid":…}`.
     pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> String {
-        let header = serde_json::json!({"alg": "ES256", "typ": typ, "kid": self.kid});
-        let mut out = B64.encode(header.to_string());
-        out.push('.');
-        out.push_str(&B64.encode(serde_json::to_vec(claims).expect("claims serialise to JSON")));
-        let sig = self
-            .key
-            .sign(&self.rng, out.as_bytes())
-            .expect("the operating system provides randomness");
-        out.push('.');
-        out.push_str(&B64.encode(sig.as_ref()));
-        out
+        compact("ES256", typ, &self.kid, claims, |input| {
+            self.key
+                .sign(&self.rng, input)
+                .expect("the operating system provides randomness")
+                .as_ref()
+                .to_vec()
+        })
     }
 }
 
@@ -246,18 +242,26 @@ impl SignerRs256 {
 
     /// Signs `claims` as a compact JWS with `alg: RS256`.
     pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> String {
-        let header = serde_json::json!({"alg": "RS256", "typ": typ, "kid": self.kid});
-        let mut out = B64.encode(header.to_string());
-        out.push('.');
-        out.push_str(&B64.encode(serde_json::to_vec(claims).expect("claims serialise to JSON")));
-        let mut sig = vec![0u8; self.key.public().modulus_len()];
-        self.key
-            .sign(&ring::signature::RSA_PKCS1_SHA256, &self.rng, out.as_bytes(), &mut sig)
-            .expect("RSA signing with a valid key");
-        out.push('.');
-        out.push_str(&B64.encode(sig));
-        out
+        compact("RS256", typ, &self.kid, claims, |input| {
+            let mut sig = vec![0u8; self.key.public().modulus_len()];
+            self.key
+                .sign(&ring::signature::RSA_PKCS1_SHA256, &self.rng, input, &mut sig)
+                .expect("RSA signing with a valid key");
+            sig
+        })
     }
+}
+
+/// `base64url(header).base64url(claims).base64url(signature)` (RFC 7515 §7.1).
+fn compact<T: Serialize>(alg: &str, typ: &str, kid: &str, claims: &T, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
+    let header = serde_json::json!({"alg": alg, "typ": typ, "kid": kid});
+    let mut out = B64.encode(header.to_string());
+    out.push('.');
+    out.push_str(&B64.encode(serde_json::to_vec(claims).expect("claims serialise to JSON")));
+    let sig = sign(out.as_bytes());
+    out.push('.');
+    out.push_str(&B64.encode(sig));
+    out
 }
 
 /// RFC 7638 thumbprint of an EC key, base64url SHA-256 of its required members in order.
