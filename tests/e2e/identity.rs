@@ -755,6 +755,32 @@ async fn second_app_signs_in_without_a_prompt_and_logout_reaches_every_app_over_
         "100000000003"
     );
 
+    // Switching role later: prompt=select_account shows the choice again in the same session.
+    let (switch_url, _, _) = rp_b
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_prompt(openidconnect::core::CoreAuthPrompt::SelectAccount)
+        .add_scope(Scope::new("selectedrole".into()))
+        .url();
+    let (at, page, _) = follow(&b, &p.http, switch_url.as_str()).await;
+    assert!(at.contains("/oauth2/select-role"), "role choice offered again: {at}");
+    let (back_switch, _, _) = submit(&b, &p.http, "/oauth2/select-role", &page, &[("role", "100000000002")]).await;
+    let switched = exchange(&rp_b, &back_switch).await;
+    assert_eq!(
+        claims_of(&switched.id_token().expect("id").to_string())["selected_roleid"],
+        "100000000002"
+    );
+    let (again_b, _, _) = follow(&b, &p.http, url_b.as_str()).await;
+    let kept = exchange(&rp_b, &again_b).await;
+    assert_eq!(
+        claims_of(&kept.id_token().expect("id").to_string())["selected_roleid"],
+        "100000000002",
+        "the switch holds for the session"
+    );
+
     // The session is visible to administrators.
     let mut a = admin(&p).await;
     let sessions = a
@@ -1399,4 +1425,51 @@ async fn a_client_registered_for_rs256_gets_rsa_signed_id_tokens_and_es256_acces
         "{}",
         bad.message()
     );
+}
+
+#[tokio::test]
+async fn idle_sessions_end_and_max_age_or_prompt_login_ask_for_the_password_again() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = Proc::start(
+        &["up", "--data", data.path().to_str().expect("path")],
+        &[("SHAREDCARE_IDENTITY__SESSION_IDLE_SECS", "2".into())],
+    );
+    let redirect = "http://127.0.0.1:9/idle";
+    let (id, secret) = register_app(&p, "Idle app", redirect, "").await;
+    let rp = relying_party(&p.http, &id, &secret, redirect).await;
+    let url = |extra: &[(&str, &str)]| {
+        let mut r = rp.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        );
+        for (k, v) in extra {
+            r = r.add_extra_param(k.to_string(), v.to_string());
+        }
+        r.url().0.to_string()
+    };
+    let b = browser();
+    let (back, _, _) = password_login(&b, &p.http, &url(&[("login_hint", "gp")]), "gp", "demo-gp-password").await;
+    assert!(query(&back).contains_key("code"));
+    // Within the idle limit: silent; max_age=0 and prompt=login both demand a fresh login.
+    let (silent, _, _) = follow(&b, &p.http, &url(&[("prompt", "none")])).await;
+    assert!(query(&silent).contains_key("code"), "{silent}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for extra in [[("max_age", "0")], [("prompt", "login")]] {
+        let (at, page, _) = follow(&b, &p.http, &url(&extra)).await;
+        assert!(at.contains("/oauth2/login?req="), "{extra:?}: {at}");
+        assert!(
+            page.contains("value=\"\""),
+            "the login page is not prefilled without login_hint"
+        );
+    }
+    let (hinted, page, _) = follow(&b, &p.http, &url(&[("prompt", "login"), ("login_hint", "gp")])).await;
+    assert!(
+        hinted.contains("/oauth2/login?req=") && page.contains("value=\"gp\""),
+        "login_hint prefills"
+    );
+    // Idle past the limit: the session is over.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (idle, _, _) = follow(&b, &p.http, &url(&[("prompt", "none")])).await;
+    assert_eq!(query(&idle)["error"], "login_required", "{idle}");
 }
