@@ -8,6 +8,7 @@
 pub mod consumer;
 pub mod error;
 pub mod grpc;
+pub mod merkle;
 pub mod store;
 
 pub use error::AuditError;
