@@ -8,6 +8,7 @@
 pub mod consumer;
 pub mod error;
 pub mod grpc;
+pub mod log;
 pub mod merkle;
 pub mod store;
 
@@ -35,12 +36,21 @@ pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
     .await
 }
 
-/// Builds the service on its database: gRPC routes (callers checked by `verifier`) and one
-/// consumer per audited topic.
-pub fn mount(db: Db, verifier: sharedcare_kit::auth::Verifier) -> Mount {
+/// How often a new tree head is signed when the log has grown.
+pub const SIGN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Builds the service on its database: gRPC routes (callers checked by `verifier`), one
+/// consumer per audited topic, and the task that signs tree heads.
+pub async fn mount(db: Db, verifier: sharedcare_kit::auth::Verifier) -> Result<Mount, AuditError> {
     let store = store::Store::new(db.clone());
+    let log = log::Log::open(store.clone()).await?;
     let mut m = Mount::new(NAME);
-    m.add_grpc(AuditServer::new(grpc::AuditApi::new(store.clone(), verifier)));
+    m.add_grpc(AuditServer::new(grpc::AuditApi::new(
+        store.clone(),
+        log.clone(),
+        verifier,
+    )));
+    m.background.push(Box::new(move |stop| Box::pin(sign_heads(log, stop))));
     let handler = Arc::new(consumer::AccessConsumer::new(store));
     m.consumers = AUDITED_SERVICES
         .iter()
@@ -51,5 +61,19 @@ pub fn mount(db: Db, verifier: sharedcare_kit::auth::Verifier) -> Mount {
         })
         .collect();
     m.db = Some(db);
-    m
+    Ok(m)
+}
+
+/// Signs a tree head every [`SIGN_EVERY`] while the log grows.
+async fn sign_heads(log: log::Log, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(SIGN_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = log.sign_head().await {
+            tracing::warn!(error = %e, "signing a tree head failed");
+        }
+    }
 }

@@ -168,9 +168,15 @@ mod tests {
     #[test]
     fn the_empty_tree_and_rfc6962_leaf_hash() {
         let hex = |h: &Hash| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
-        assert_eq!(hex(&root(&[])), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            hex(&root(&[])),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         // CT's test vector: the leaf hash of the empty string.
-        assert_eq!(hex(&leaf_hash(b"")), "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
+        assert_eq!(
+            hex(&leaf_hash(b"")),
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+        );
     }
 
     #[test]
@@ -187,7 +193,10 @@ mod tests {
             for m in 1..=n {
                 let p = consistency_proof(m, &l);
                 let old = root(&l[..m]);
-                assert!(verify_consistency(m as u64, n as u64, &old, &r, &p), "consistency {m}->{n}");
+                assert!(
+                    verify_consistency(m as u64, n as u64, &old, &r, &p),
+                    "consistency {m}->{n}"
+                );
                 if m < n {
                     let rewritten = root(&leaves(m + 1)[1..]);
                     assert!(!verify_consistency(m as u64, n as u64, &rewritten, &r, &p));

@@ -8,7 +8,7 @@ use sharedcare_proto::audit::v1::AuditEntry;
 use sharedcare_proto::events::v1::AccessRecorded;
 use sqlx::Row;
 
-use crate::{AuditError, NAME};
+use crate::{AuditError, NAME, merkle};
 
 /// The audit store.
 #[derive(Clone)]
@@ -35,6 +35,13 @@ impl Store {
             return Ok(0);
         }
         let mut tx = self.db.begin_write().await?;
+        // One appender at a time gives each entry the next dense leaf index (Postgres: an
+        // advisory lock; SQLite has one writer).
+        sharedcare_kit::outbox::lock_key(&mut tx, "sharedcare-audit-log").await?;
+        let mut next: i64 = sqlx::query("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM entries")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
         let mut appended = 0;
         for chunk in events.chunks(db::MAX_ROWS_PER_INSERT) {
             let deliveries: Vec<&Delivery> = chunk.iter().map(|(d, _)| *d).collect();
@@ -47,8 +54,8 @@ impl Store {
             let sql = db::insert_rows(
                 &tx,
                 "entries (event_id, nhs_number, actor, actor_organisation, actor_role, action, resources, \
-                 purpose, reason, outcome, time_us, trace_id, service)",
-                13,
+                 purpose, reason, outcome, time_us, trace_id, service, leaf_index, leaf_hash)",
+                15,
                 new.len(),
                 "",
             );
@@ -56,6 +63,25 @@ impl Store {
             for (delivery, event) in &new {
                 let resources = serde_json::to_string(&event.resources).unwrap_or_else(|_| "[]".into());
                 let time = event.time.as_ref().map(db::micros).unwrap_or_else(db::now_us);
+                let entry = AuditEntry {
+                    event_id: delivery.envelope.id.clone(),
+                    nhs_number: event.nhs_number.clone(),
+                    actor: event.actor.clone(),
+                    actor_organisation: event.actor_organisation.clone(),
+                    actor_role: event.actor_role.clone(),
+                    action: event.action.clone(),
+                    resources: event.resources.clone(),
+                    purpose: event.purpose.clone(),
+                    reason: event.reason.clone(),
+                    outcome: event.outcome.clone(),
+                    time: Some(db::timestamp(time)),
+                    trace_id: event.trace_id.clone(),
+                    service: event.service.clone(),
+                    leaf_index: next as u64,
+                    sequence: 0,
+                };
+                let hash = hex(&merkle::leaf_hash(crate::log::leaf_data(&entry).as_bytes()));
+                next += 1;
                 q = q
                     .bind(delivery.envelope.id.clone())
                     .bind(event.nhs_number.clone())
@@ -69,7 +95,9 @@ impl Store {
                     .bind(event.outcome.clone())
                     .bind(time)
                     .bind(event.trace_id.clone())
-                    .bind(event.service.clone());
+                    .bind(event.service.clone())
+                    .bind(entry.leaf_index as i64)
+                    .bind(hash);
             }
             q.execute(&mut *tx).await?;
             appended += new.len();
@@ -86,34 +114,172 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<AuditEntry>, AuditError> {
         let before = if before <= 0 { i64::MAX } else { before };
-        let rows = sqlx::query(
-            "SELECT sequence, event_id, actor, actor_organisation, actor_role, action, resources, nhs_number,
-                    purpose, reason, outcome, time_us, trace_id, service
-             FROM entries WHERE nhs_number = $1 AND sequence < $2 ORDER BY sequence DESC LIMIT $3",
-        )
-        .bind(nhs_number)
-        .bind(before)
-        .bind(limit)
-        .fetch_all(self.db.pool())
-        .await?;
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE nhs_number = $1 AND sequence < $2 ORDER BY sequence DESC LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(nhs_number)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?;
+        Ok(rows.iter().map(entry).collect())
+    }
+
+    /// The entry at `leaf_index`.
+    pub async fn entry_at(&self, leaf_index: i64) -> Result<Option<AuditEntry>, AuditError> {
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE leaf_index = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(leaf_index)
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.as_ref().map(entry))
+    }
+
+    /// Every entry in leaf order with its stored leaf hash (for verification).
+    pub async fn all_entries(&self) -> Result<Vec<(AuditEntry, String)>, AuditError> {
+        let sql = format!("SELECT {ENTRY_COLUMNS}, leaf_hash FROM entries ORDER BY leaf_index");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(self.db.pool()).await?;
         Ok(rows
-            .into_iter()
-            .map(|r| AuditEntry {
-                sequence: r.get::<i64, _>(0) as u64,
-                event_id: r.get(1),
-                actor: r.get(2),
-                actor_organisation: r.get(3),
-                actor_role: r.get(4),
-                action: r.get(5),
-                resources: serde_json::from_str(&r.get::<String, _>(6)).unwrap_or_default(),
-                nhs_number: r.get(7),
-                purpose: r.get(8),
-                reason: r.get(9),
-                outcome: r.get(10),
-                time: Some(db::timestamp(r.get(11))),
-                trace_id: r.get(12),
-                service: r.get(13),
+            .iter()
+            .map(|r| {
+                (
+                    entry(r),
+                    r.try_get::<Option<String>, _>(15).ok().flatten().unwrap_or_default(),
+                )
             })
             .collect())
     }
+
+    /// Stored leaf hashes of the first `size` leaves, in order.
+    pub async fn leaf_hashes(&self, size: i64) -> Result<Vec<merkle::Hash>, AuditError> {
+        let rows = sqlx::query("SELECT leaf_hash FROM entries WHERE leaf_index < $1 ORDER BY leaf_index")
+            .bind(size)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let h: Option<String> = r.try_get(0)?;
+                unhex(h.as_deref().unwrap_or_default()).ok_or_else(|| AuditError::Invalid {
+                    field: "entries.leaf_hash".into(),
+                    reason: "missing or not 32 bytes of hex".into(),
+                })
+            })
+            .collect()
+    }
+
+    /// How many leaves the log has.
+    pub async fn size(&self) -> Result<i64, AuditError> {
+        Ok(sqlx::query("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM entries")
+            .fetch_one(self.db.pool())
+            .await?
+            .try_get(0)?)
+    }
+
+    /// Computes leaf hashes for entries stored before the log was a Merkle tree.
+    pub async fn backfill_leaf_hashes(&self) -> Result<usize, AuditError> {
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE leaf_hash IS NULL ORDER BY leaf_index");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(self.db.pool()).await?;
+        for r in &rows {
+            let e = entry(r);
+            sqlx::query("UPDATE entries SET leaf_hash = $1 WHERE leaf_index = $2")
+                .bind(hex(&merkle::leaf_hash(crate::log::leaf_data(&e).as_bytes())))
+                .bind(e.leaf_index as i64)
+                .execute(self.db.writer())
+                .await?;
+        }
+        Ok(rows.len())
+    }
+
+    /// Signed tree heads, newest first: (size, root hex, timestamp µs, signature base64).
+    pub async fn heads(&self) -> Result<Vec<(i64, String, i64, String)>, AuditError> {
+        let rows =
+            sqlx::query("SELECT tree_size, root_hash, timestamp_us, signature FROM tree_heads ORDER BY tree_size DESC")
+                .fetch_all(self.db.pool())
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect()
+    }
+
+    /// Stores a signed tree head (a head for a size already signed is kept as it was).
+    pub async fn insert_head(
+        &self,
+        size: i64,
+        root: &str,
+        timestamp_us: i64,
+        signature: &str,
+    ) -> Result<(), AuditError> {
+        sqlx::query(
+            "INSERT INTO tree_heads (tree_size, root_hash, timestamp_us, signature) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(size)
+        .bind(root.to_string())
+        .bind(timestamp_us)
+        .bind(signature.to_string())
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// The log's signing key (PKCS#8, base64), stored on first use.
+    pub async fn log_key(&self, make: impl FnOnce() -> (String, String)) -> Result<String, AuditError> {
+        if let Some(r) = sqlx::query("SELECT pkcs8 FROM log_keys WHERE id = 1")
+            .fetch_optional(self.db.writer())
+            .await?
+        {
+            return Ok(r.try_get(0)?);
+        }
+        let (pkcs8, public) = make();
+        sqlx::query("INSERT INTO log_keys (id, pkcs8, public_key) VALUES (1, $1, $2) ON CONFLICT DO NOTHING")
+            .bind(pkcs8)
+            .bind(public)
+            .execute(self.db.writer())
+            .await?;
+        let r = sqlx::query("SELECT pkcs8 FROM log_keys WHERE id = 1")
+            .fetch_one(self.db.writer())
+            .await?;
+        Ok(r.try_get(0)?)
+    }
+}
+
+const ENTRY_COLUMNS: &str = "sequence, event_id, actor, actor_organisation, actor_role, action, resources, nhs_number, \
+     purpose, reason, outcome, time_us, trace_id, service, leaf_index";
+
+fn entry(r: &sqlx::any::AnyRow) -> AuditEntry {
+    AuditEntry {
+        sequence: r.get::<i64, _>(0) as u64,
+        event_id: r.get(1),
+        actor: r.get(2),
+        actor_organisation: r.get(3),
+        actor_role: r.get(4),
+        action: r.get(5),
+        resources: serde_json::from_str(&r.get::<String, _>(6)).unwrap_or_default(),
+        nhs_number: r.get(7),
+        purpose: r.get(8),
+        reason: r.get(9),
+        outcome: r.get(10),
+        time: Some(db::timestamp(r.get(11))),
+        trace_id: r.get(12),
+        service: r.get(13),
+        leaf_index: r.try_get::<Option<i64>, _>(14).ok().flatten().unwrap_or(-1) as u64,
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A 32-byte hash from hex.
+pub fn unhex(s: &str) -> Option<merkle::Hash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }

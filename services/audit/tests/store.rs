@@ -77,8 +77,222 @@ async fn entries_are_listed_by_patient_newest_first_in_pages(db: Db) {
     assert_eq!(actors, want, "paging visits every entry once");
 }
 
+// ---- the verifiable log ----------------------------------------------------------------
+
+/// An independent RFC 9162 verifier, written from the RFC rather than shared with the service.
+mod independent {
+    use sha2::{Digest, Sha256};
+
+    pub fn leaf(data: &[u8]) -> [u8; 32] {
+        Sha256::new().chain_update([0u8]).chain_update(data).finalize().into()
+    }
+
+    fn node(l: &[u8], r: &[u8]) -> [u8; 32] {
+        Sha256::new()
+            .chain_update([1u8])
+            .chain_update(l)
+            .chain_update(r)
+            .finalize()
+            .into()
+    }
+
+    /// RFC 9162 §2.1.3.2.
+    pub fn inclusion(index: u64, size: u64, leaf: [u8; 32], path: &[Vec<u8>], root: &[u8]) -> bool {
+        if index >= size {
+            return false;
+        }
+        let (mut fn_, mut sn) = (index, size - 1);
+        let mut r = leaf;
+        for p in path {
+            if sn == 0 {
+                return false;
+            }
+            if fn_ % 2 == 1 || fn_ == sn {
+                r = node(p, &r);
+                while fn_ % 2 == 0 && fn_ != 0 {
+                    fn_ /= 2;
+                    sn /= 2;
+                }
+            } else {
+                r = node(&r, p);
+            }
+            fn_ /= 2;
+            sn /= 2;
+        }
+        sn == 0 && r.as_slice() == root
+    }
+
+    /// RFC 9162 §2.1.4.2.
+    pub fn consistency(first: u64, second: u64, first_root: &[u8], second_root: &[u8], proof: &[Vec<u8>]) -> bool {
+        if first == 0 || first > second || proof.is_empty() {
+            return first == second && proof.is_empty() && first_root == second_root;
+        }
+        let mut path = proof.to_vec();
+        if first & (first - 1) == 0 {
+            path.insert(0, first_root.to_vec());
+        }
+        let (mut fn_, mut sn) = (first - 1, second - 1);
+        while fn_ % 2 == 1 {
+            fn_ /= 2;
+            sn /= 2;
+        }
+        let mut fr: [u8; 32] = path[0].as_slice().try_into().unwrap_or([0; 32]);
+        let mut sr = fr;
+        for c in &path[1..] {
+            if sn == 0 {
+                return false;
+            }
+            if fn_ % 2 == 1 || fn_ == sn {
+                fr = node(c, &fr);
+                sr = node(c, &sr);
+                while fn_ % 2 == 0 && fn_ != 0 {
+                    fn_ /= 2;
+                    sn /= 2;
+                }
+            } else {
+                sr = node(&sr, c);
+            }
+            fn_ /= 2;
+            sn /= 2;
+        }
+        sn == 0 && fr.as_slice() == first_root && sr.as_slice() == second_root
+    }
+}
+
+async fn log_with(db: &Db, n: usize) -> sharedcare_audit::log::Log {
+    let s = store(db).await;
+    for i in 0..n {
+        let (d, e) = delivery(i, NHS);
+        s.append(&d, &e).await.expect("append");
+    }
+    sharedcare_audit::log::Log::open(s).await.expect("log")
+}
+
+async fn proofs_from_the_log_check_with_an_independent_verifier(db: Db) {
+    let log = log_with(&db, 7).await;
+    let first = log.sign_head().await.expect("head at 7");
+    assert_eq!(first.tree_size, 7);
+    // The head's signature is Ed25519 over the documented bytes.
+    let msg = sharedcare_audit::log::signed_bytes(
+        first.tree_size,
+        first.timestamp_us,
+        &first.root_hash.clone().try_into().expect("32"),
+    );
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &first.public_key)
+        .verify(&msg, &first.signature)
+        .expect("tree head signature verifies");
+    let s = Store::new(db.clone());
+    for i in 7..12 {
+        let (d, e) = delivery(i, NHS);
+        s.append(&d, &e).await.expect("append");
+    }
+    let second = log.sign_head().await.expect("head at 12");
+    assert_eq!(second.tree_size, 12);
+    for index in [0u64, 3, 6, 11] {
+        let (entry, path) = log.inclusion(index, 12).await.expect("inclusion");
+        // The verifier rebuilds the leaf from the entry's fields as documented.
+        let data = sharedcare_audit::log::leaf_data(&entry);
+        let path: Vec<Vec<u8>> = path.iter().map(|h| h.to_vec()).collect();
+        assert!(
+            independent::inclusion(index, 12, independent::leaf(data.as_bytes()), &path, &second.root_hash),
+            "entry {index}"
+        );
+        assert!(!independent::inclusion(
+            index,
+            12,
+            independent::leaf(b"forged"),
+            &path,
+            &second.root_hash
+        ));
+    }
+    let proof: Vec<Vec<u8>> = log
+        .consistency(7, 12)
+        .await
+        .expect("consistency")
+        .iter()
+        .map(|h| h.to_vec())
+        .collect();
+    assert!(independent::consistency(
+        7,
+        12,
+        &first.root_hash,
+        &second.root_hash,
+        &proof
+    ));
+    assert!(!independent::consistency(
+        7,
+        12,
+        &second.root_hash,
+        &second.root_hash,
+        &proof
+    ));
+    assert!(
+        log.inclusion(12, 12).await.is_err(),
+        "leaf_index must be below tree_size"
+    );
+}
+
+async fn problems(db: &Db) -> Vec<String> {
+    let log = sharedcare_audit::log::Log::open(Store::new(db.clone()))
+        .await
+        .expect("log");
+    log.verify().await.expect("verify").2
+}
+
+async fn verify_names_an_altered_a_removed_and_a_reordered_entry(db: Db) {
+    let log = log_with(&db, 6).await;
+    log.sign_head().await.expect("head");
+    assert!(problems(&db).await.is_empty(), "an untouched log verifies");
+
+    // Altered: someone rewrites who looked.
+    sqlx::query("UPDATE entries SET actor = 'nobody' WHERE leaf_index = 2")
+        .execute(db.writer())
+        .await
+        .expect("tamper");
+    let found = problems(&db).await;
+    assert!(
+        found.iter().any(|p| p.starts_with("entry 2 ") && p.contains("altered")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|p| p.starts_with("tree head 6")), "{found:?}");
+    sqlx::query("UPDATE entries SET actor = 'person-2' WHERE leaf_index = 2")
+        .execute(db.writer())
+        .await
+        .expect("restore");
+    assert!(problems(&db).await.is_empty(), "restored");
+
+    // Reordered: two entries swap places.
+    sqlx::query("UPDATE entries SET leaf_index = -1 WHERE leaf_index = 3")
+        .execute(db.writer())
+        .await
+        .expect("a");
+    sqlx::query("UPDATE entries SET leaf_index = 3 WHERE leaf_index = 4")
+        .execute(db.writer())
+        .await
+        .expect("b");
+    sqlx::query("UPDATE entries SET leaf_index = 4 WHERE leaf_index = -1")
+        .execute(db.writer())
+        .await
+        .expect("c");
+    let found = problems(&db).await;
+    assert!(
+        found.iter().any(|p| p.starts_with("entry 3 ")) && found.iter().any(|p| p.starts_with("entry 4 ")),
+        "{found:?}"
+    );
+
+    // Removed: an entry disappears.
+    sqlx::query("DELETE FROM entries WHERE leaf_index = 1")
+        .execute(db.writer())
+        .await
+        .expect("delete");
+    let found = problems(&db).await;
+    assert!(found.iter().any(|p| p.contains("position 1 is missing")), "{found:?}");
+}
+
 sharedcare_kit::store_suite!(
     "audit";
     a_redelivered_event_is_appended_once,
     entries_are_listed_by_patient_newest_first_in_pages,
+    proofs_from_the_log_check_with_an_independent_verifier,
+    verify_names_an_altered_a_removed_and_a_reordered_entry,
 );

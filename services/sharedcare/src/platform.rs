@@ -152,7 +152,9 @@ async fn mount(
         .await
         .context("identity could not start")?,
         sharedcare_records::NAME => sharedcare_records::mount(db, config.outbox.clone(), verifier()?),
-        sharedcare_audit::NAME => sharedcare_audit::mount(db, verifier()?),
+        sharedcare_audit::NAME => sharedcare_audit::mount(db, verifier()?)
+            .await
+            .context("audit could not start")?,
         other => {
             check_service(other)?;
             unreachable!("check_service accepts only mountable services")
