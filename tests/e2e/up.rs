@@ -375,3 +375,92 @@ async fn a_second_process_on_the_same_data_directory_is_refused() {
     assert!(!status.success());
     assert!(stderr.contains("is in use by another sharedcare process"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_audit_log_proves_an_access_and_verify_names_a_quietly_edited_entry() {
+    use sharedcare_proto::audit::v1::{GetInclusionProofRequest, GetTreeHeadRequest};
+
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let nhs = nhs_number();
+    let mut records = p.records().await;
+    records
+        .put(PutRequest {
+            resource_json: patient("audited", &nhs),
+            source_organisation: "A81001".into(),
+        })
+        .await
+        .expect("put");
+    records
+        .get(GetRequest {
+            resource_type: "Patient".into(),
+            id: "audited".into(),
+        })
+        .await
+        .expect("get");
+    eventually(Duration::from_secs(20), "two audit entries", || async {
+        (audit_trail(&p, &nhs).await.len() >= 2).then_some(())
+    })
+    .await;
+    let mut audit = p.audit().await;
+    let head = audit
+        .get_tree_head(GetTreeHeadRequest { fresh: true })
+        .await
+        .expect("tree head")
+        .into_inner();
+    assert!(head.tree_size >= 2, "{head:?}");
+    let proof = audit
+        .get_inclusion_proof(GetInclusionProofRequest {
+            leaf_index: 0,
+            tree_size: head.tree_size,
+        })
+        .await
+        .expect("inclusion proof")
+        .into_inner();
+    let path: Vec<[u8; 32]> = proof
+        .audit_path
+        .iter()
+        .map(|h| h.as_slice().try_into().expect("32 bytes"))
+        .collect();
+    let leaf = sharedcare_audit::merkle::leaf_hash(proof.leaf_data.as_bytes());
+    let root: [u8; 32] = head.root_hash.as_slice().try_into().expect("32 bytes");
+    assert!(sharedcare_audit::merkle::verify_inclusion(
+        0,
+        head.tree_size,
+        &leaf,
+        &path,
+        &root
+    ));
+    assert_eq!(proof.entry.expect("entry").nhs_number, nhs);
+    let (status, _) = p.terminate();
+    assert!(status.success());
+
+    let dir = data.path().to_str().expect("path");
+    let (status, stdout, stderr) =
+        crate::harness::run(&["audit", "verify", "--data", dir], &[], Duration::from_secs(30));
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("audit log verified"), "{stdout}");
+
+    // Someone with database access quietly rewrites who looked.
+    let db = sharedcare_kit::db::Db::connect(
+        &sharedcare_kit::db::sqlite_url(data.path(), "audit"),
+        "audit",
+        1,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("open audit.db");
+    sqlx::query("UPDATE entries SET actor = 'someone-else' WHERE leaf_index = 0")
+        .execute(db.writer())
+        .await
+        .expect("tamper");
+    db.close().await;
+    let (status, stdout, stderr) =
+        crate::harness::run(&["audit", "verify", "--data", dir], &[], Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        stdout.contains("FAIL entry 0 ") && stdout.contains("altered"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("failed verification"), "{stderr}");
+}

@@ -55,6 +55,11 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         data: Option<String>,
     },
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print the demo ICS that `up` seeds (organisations, staff with passwords and TOTP secrets,
     /// patients, OIDC clients with secrets and redirect URIs) as JSON.
     Demo {
@@ -65,6 +70,18 @@ pub enum Command {
     },
     /// Measure the platform on this machine (see the README's performance section).
     Bench(bench::BenchArgs),
+}
+
+/// `sharedcare audit …`.
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Recompute every leaf hash and every signed tree head from the stored entries; name any
+    /// entry that was altered, removed or reordered. Exits non-zero if anything is wrong.
+    Verify {
+        /// Data directory (embedded storage only).
+        #[arg(long, value_name = "DIR")]
+        data: Option<String>,
+    },
 }
 
 /// Runs the parsed command line.
@@ -86,6 +103,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             flag("grpc.listen", grpc);
         }
         Command::Migrate { data, .. } => flag("data_dir", data),
+        Command::Audit {
+            command: AuditCommand::Verify { data },
+        } => flag("data_dir", data),
         Command::Bench(_) | Command::Demo { .. } => {}
     }
     let config: Config = sharedcare_kit::config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
@@ -98,6 +118,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { service, .. } => platform::serve(config, &service).await,
         Command::Migrate { services, .. } => platform::migrate(config, &services).await,
         Command::Bench(args) => bench::run(config, args).await,
+        Command::Audit {
+            command: AuditCommand::Verify { .. },
+        } => platform::verify_audit(config).await,
         Command::Demo { issuer } => {
             let base = match issuer {
                 Some(i) => i,

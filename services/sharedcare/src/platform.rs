@@ -272,3 +272,24 @@ pub async fn migrate(config: Config, services: &[String]) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// `sharedcare audit verify`: checks the audit log in the configured database.
+pub async fn verify_audit(config: Config) -> anyhow::Result<()> {
+    let db = open_db(&config, sharedcare_audit::NAME).await?;
+    let log = sharedcare_audit::log::Log::open(sharedcare_audit::store::Store::new(db.clone())).await?;
+    let (entries, heads, problems) = log.verify().await?;
+    db.close().await;
+    if problems.is_empty() {
+        println!(
+            "audit log verified: {entries} entries, {heads} signed tree heads, nothing altered, removed or reordered"
+        );
+        return Ok(());
+    }
+    for p in &problems {
+        println!("FAIL {p}");
+    }
+    bail!(
+        "the audit log failed verification: {} problem(s) in {entries} entries and {heads} signed tree heads",
+        problems.len()
+    )
+}
