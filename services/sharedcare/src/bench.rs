@@ -35,6 +35,8 @@ pub enum What {
     Startup,
     /// Identity: client_credentials, code round trips, refresh, logins, kit verification.
     Identity,
+    /// Audit log appends (with leaf hashing) and tree-head signing, on embedded storage.
+    Audit,
 }
 
 /// `sharedcare bench` options.
@@ -71,6 +73,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Records => records(&args).await,
         What::Startup => startup().await,
         What::Identity => crate::bench_identity::run(&args).await,
+        What::Audit => audit(&args).await,
     }
 }
 
@@ -497,4 +500,89 @@ async fn http_ok(addr: &str, path: &str) -> bool {
     }
     let mut buf = [0u8; 16];
     matches!(s.read(&mut buf).await, Ok(n) if n >= 12 && &buf[9..12] == b"200")
+}
+
+// -------------------------------------------------------------------------------------- audit
+
+async fn audit(args: &BenchArgs) -> anyhow::Result<()> {
+    use sharedcare_kit::bus::{self as kbus, Delivery};
+    use sharedcare_proto::events::v1::AccessRecorded;
+
+    let dir = tempfile::tempdir()?;
+    let url = sharedcare_kit::db::sqlite_url(dir.path(), "audit");
+    let db = sharedcare_kit::db::Db::connect(&url, "audit", 4, Duration::from_secs(5)).await?;
+    sharedcare_audit::migrate(&db).await?;
+    let store = sharedcare_audit::store::Store::new(db.clone());
+    let log = sharedcare_audit::log::Log::open(store.clone()).await?;
+    println!(
+        "audit log on SQLite ({}), batches of 256 AccessRecorded, {} s",
+        dir.path().display(),
+        args.seconds
+    );
+    let batch = |start: u64| -> Vec<(Delivery, AccessRecorded)> {
+        (start..start + 256)
+            .map(|i| {
+                let e = AccessRecorded {
+                    actor: format!("555000{:06}", i % 1000),
+                    actor_organisation: "A81001".into(),
+                    action: "read".into(),
+                    resources: vec![format!("Patient/p{}/_history/1", i % 5000)],
+                    nhs_number: "9434765919".into(),
+                    purpose: "TREAT".into(),
+                    outcome: "success".into(),
+                    ..AccessRecorded::default()
+                };
+                let env = kbus::envelope(
+                    "sharedcare.events.v1.AccessRecorded",
+                    "records",
+                    "Patient/p",
+                    "9434765919",
+                    &e,
+                );
+                (
+                    Delivery {
+                        envelope: env,
+                        topic: "sharedcare.records.v1".into(),
+                        partition: 0,
+                        offset: i as i64,
+                    },
+                    e,
+                )
+            })
+            .collect()
+    };
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut h = histogram();
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        let b = batch(n);
+        let refs: Vec<(&Delivery, AccessRecorded)> = b.iter().map(|(d, e)| (d, e.clone())).collect();
+        let t = Instant::now();
+        n += store.append_all(&refs).await? as u64;
+        let _ = h.record(t.elapsed().as_micros() as u64);
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{:<28} {:>9.0}/s   batch p50 {:>7.3} ms   p99 {:>7.3} ms   (n={n})",
+        "audit append (hashed)",
+        n as f64 / elapsed.as_secs_f64(),
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0
+    );
+    let t = Instant::now();
+    let head = log.sign_head().await?;
+    println!(
+        "sign tree head over {} entries: {:.0} ms",
+        head.tree_size,
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    let t = Instant::now();
+    log.inclusion(head.tree_size / 2, head.tree_size).await?;
+    println!(
+        "inclusion proof in {} entries: {:.0} ms",
+        head.tree_size,
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    db.close().await;
+    Ok(())
 }
