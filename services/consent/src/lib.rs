@@ -3,6 +3,8 @@
 //! `proto/sharedcare/consent/v1/consent.proto`.
 #![forbid(unsafe_code)]
 
+pub mod policy;
+
 /// The service's name: its schema, its topic (`sharedcare.consent.v1`).
 pub const NAME: &str = "consent";
 
