@@ -1083,7 +1083,7 @@ async fn bad_requests_get_the_standard_oauth_errors() {
 }
 
 /// A user's access token from the code flow (staff or patient), via the demo portal client.
-async fn user_token(p: &Proc, user: &str, password: &str, scope: &str) -> String {
+pub async fn user_token(p: &Proc, user: &str, password: &str, scope: &str) -> String {
     let redirect = "http://127.0.0.1:9/tok";
     let (id, secret) = register_app(p, "Token app", redirect, "").await;
     let rp = relying_party(&p.http, &id, &secret, redirect).await;
@@ -1101,7 +1101,7 @@ async fn user_token(p: &Proc, user: &str, password: &str, scope: &str) -> String
     t.access_token().secret().clone()
 }
 
-fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().expect("metadata"));

@@ -106,7 +106,7 @@ fn serve_refuses_unknown_services_and_missing_settings() {
     let (status, _, stderr) = run(&["serve", "billing"], &[], LIMIT);
     assert!(!status.success());
     assert!(
-        stderr.contains("unknown service \"billing\"; expected one of: identity, records, audit"),
+        stderr.contains("unknown service \"billing\"; expected one of: identity, consent, records, audit"),
         "{stderr}"
     );
     let (status, _, stderr) = run(&["serve", "records"], &[], LIMIT);
@@ -133,7 +133,10 @@ fn migrate_prepares_embedded_storage_and_is_repeatable() {
     for _ in 0..2 {
         let (status, stdout, stderr) = run(&["migrate", "--data", d], &[], LIMIT);
         assert!(status.success(), "{stderr}");
-        assert_eq!(stdout, "migrated identity\nmigrated records\nmigrated audit\n");
+        assert_eq!(
+            stdout,
+            "migrated identity\nmigrated consent\nmigrated records\nmigrated audit\n"
+        );
     }
     assert!(data.path().join("records.db").exists());
     assert!(data.path().join("identity.db").exists());

@@ -1,12 +1,49 @@
-//! The consent service (to be built by the shared care record issue): the one policy decision
-//! point for every access to patient data. Its contract is drafted in
-//! `proto/sharedcare/consent/v1/consent.proto`.
+//! The consent service: the one policy decision point for every access to patient data.
+//!
+//! - [`policy`]: the decision (the domain core, no I/O).
+//! - [`store`]: directives, flags, relationships and break-glass grants in consent's tables,
+//!   each change with its `ConsentEvent` through the outbox.
+//! - [`grpc`]: the `sharedcare.consent.v1.Consent` service.
+//!
+//! Decisions read the facts from the database on every call, so a revoked permission binds the
+//! very next decision after the change is acknowledged: there is no cache to go stale.
 #![forbid(unsafe_code)]
 
+pub mod error;
+pub mod grpc;
 pub mod policy;
+pub mod store;
+
+pub use error::ConsentError;
+
+use sharedcare_kit::auth::Verifier;
+use sharedcare_kit::db::Db;
+use sharedcare_kit::outbox::{Outbox, OutboxConfig};
+use sharedcare_kit::serve::Mount;
 
 /// The service's name: its schema, its topic (`sharedcare.consent.v1`).
 pub const NAME: &str = "consent";
 
-/// The generated gRPC contract this service will implement.
+/// The generated gRPC contract.
 pub use sharedcare_proto::consent::v1 as api;
+
+/// Applies consent's schema to `db`.
+pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
+    db.migrate(
+        sqlx::migrate!("./migrations/postgres"),
+        sqlx::migrate!("./migrations/sqlite"),
+    )
+    .await
+}
+
+/// Builds the service: gRPC routes (callers checked by `verifier`) and its outbox.
+pub fn mount(db: Db, outbox: OutboxConfig, verifier: Verifier) -> Mount {
+    let store = store::Store::new(db.clone());
+    let mut m = Mount::new(NAME);
+    m.add_grpc(api::consent_server::ConsentServer::new(grpc::ConsentApi::new(
+        store, verifier,
+    )));
+    m.outbox = Some(Outbox::new(db.clone(), outbox));
+    m.db = Some(db);
+    m
+}

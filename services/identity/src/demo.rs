@@ -274,6 +274,7 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
                         "records.read",
                         "records.write",
                         "consent.decide",
+                        "consent.write",
                         "audit.read",
                         "identity.admin",
                     ]),

@@ -38,6 +38,7 @@ pub const KNOWN_SCOPES: &[&str] = &[
     "records.read",
     "records.write",
     "consent.decide",
+    "consent.write",
     "audit.read",
     "identity.admin",
 ];

@@ -19,6 +19,7 @@ use crate::config::Config;
 /// Services that run today, in start order.
 pub const SERVICES: &[&str] = &[
     sharedcare_identity::NAME,
+    sharedcare_consent::NAME,
     sharedcare_records::NAME,
     sharedcare_audit::NAME,
 ];
@@ -27,7 +28,7 @@ fn check_service(name: &str) -> anyhow::Result<()> {
     if SERVICES.contains(&name) {
         return Ok(());
     }
-    let drafted = [sharedcare_consent::NAME, sharedcare_passport::NAME];
+    let drafted = [sharedcare_passport::NAME];
     if drafted.contains(&name) {
         bail!(
             "service {name:?} is drafted but not built yet; runnable services: {}",
@@ -77,6 +78,7 @@ pub async fn open_db(config: &Config, service: &str) -> anyhow::Result<Db> {
     let db = Db::connect(&url, service, config.database.max_connections, timeout).await?;
     match service {
         sharedcare_identity::NAME => sharedcare_identity::migrate(&db).await?,
+        sharedcare_consent::NAME => sharedcare_consent::migrate(&db).await?,
         sharedcare_records::NAME => sharedcare_records::migrate(&db).await?,
         sharedcare_audit::NAME => sharedcare_audit::migrate(&db).await?,
         other => check_service(other)?,
@@ -151,6 +153,7 @@ async fn mount(
         )
         .await
         .context("identity could not start")?,
+        sharedcare_consent::NAME => sharedcare_consent::mount(db, config.outbox.clone(), verifier()?),
         sharedcare_records::NAME => sharedcare_records::mount(db, config.outbox.clone(), verifier()?),
         sharedcare_audit::NAME => sharedcare_audit::mount(db, verifier()?)
             .await

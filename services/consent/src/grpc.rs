@@ -1,0 +1,381 @@
+//! `sharedcare.consent.v1.Consent`: authorise the caller, decode, decide or store, encode.
+
+use sharedcare_kit::auth::{Principal, Verifier, has_scope};
+use sharedcare_kit::nhs::{NhsNumber, OdsCode};
+use tonic::{Request, Response, Status};
+
+use crate::ConsentError;
+use crate::api;
+use crate::api::consent_server::Consent;
+use crate::policy::{self, Action, Ask, Decision, Directive, Provision, Relationship, Who};
+use crate::store::{Actor, Grant, Store};
+
+/// How long a break-glass grant lasts.
+pub const BREAK_GLASS_SECS: i64 = 4 * 3600;
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct ConsentApi {
+    store: Store,
+    verifier: Verifier,
+}
+
+impl ConsentApi {
+    /// Serves `store` to callers whose bearer token `verifier` accepts.
+    pub fn new(store: Store, verifier: Verifier) -> Self {
+        ConsentApi { store, verifier }
+    }
+
+    async fn who<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        Ok(self.verifier.from_metadata(req.metadata()).await?)
+    }
+
+    /// Services with `scope`, or (when `nhs` is given) that patient at P9.
+    async fn require<T>(&self, req: &Request<T>, scope: &str, nhs: Option<&NhsNumber>) -> Result<Principal, Status> {
+        let p = self.who(req).await?;
+        let ok = match (&p, nhs) {
+            (Principal::Service { .. }, _) => has_scope(&p, scope),
+            (Principal::Patient { nhs_number, proofing }, Some(n)) => nhs_number == n && proofing == "P9",
+            _ => false,
+        };
+        if !ok {
+            return Err(ConsentError::Forbidden(format!(
+                "this needs a service token with scope {scope}{}",
+                if nhs.is_some() { ", or the patient at P9" } else { "" }
+            ))
+            .into());
+        }
+        Ok(p)
+    }
+}
+
+fn nhs(field: &str, v: &str) -> Result<NhsNumber, Status> {
+    NhsNumber::parse(v).map_err(|e| ConsentError::invalid(field, e.to_string()).into())
+}
+
+fn ods(field: &str, v: &str) -> Result<OdsCode, Status> {
+    OdsCode::parse(v).map_err(|e| ConsentError::invalid(field, e.to_string()).into())
+}
+
+fn actor_id(p: &Principal) -> (String, String) {
+    match p {
+        Principal::Staff { person, role, .. } => (person.clone(), role.org_code.clone()),
+        Principal::Patient { nhs_number, .. } => (nhs_number.to_string(), String::new()),
+        Principal::Service { client_id, .. } => (client_id.clone(), String::new()),
+    }
+}
+
+fn directive_out(nhs: &str, d: &Directive, updated_at: i64) -> api::Directive {
+    api::Directive {
+        id: d.id.clone(),
+        nhs_number: nhs.to_string(),
+        status: d.status.clone(),
+        provision_json: serde_json::to_string(&d.provision).unwrap_or_default(),
+        updated_at,
+    }
+}
+
+fn relationship_out(id: &str, nhs: &str, r: &Relationship) -> api::Relationship {
+    api::Relationship {
+        id: id.to_string(),
+        nhs_number: nhs.to_string(),
+        ods_code: r.org.clone(),
+        kind: r.kind.clone(),
+        start: r.start,
+        end: r.end.unwrap_or(0),
+    }
+}
+
+fn grant_out(g: &Grant) -> api::BreakGlassGrant {
+    api::BreakGlassGrant {
+        id: g.id.clone(),
+        nhs_number: g.nhs_number.clone(),
+        person_id: g.grant.person.clone(),
+        ods_code: g.grant.org.clone(),
+        reason_code: g.reason_code.clone(),
+        reason_text: g.reason_text.clone(),
+        start: g.grant.start,
+        end: g.grant.end,
+    }
+}
+
+const STATUSES: &[&str] = &[
+    "active",
+    "inactive",
+    "rejected",
+    "entered-in-error",
+    "proposed",
+    "draft",
+];
+const RELATIONSHIPS: &[&str] = &[
+    "gp_registration",
+    "encounter",
+    "episode_of_care",
+    "care_package",
+    "referral",
+];
+
+#[tonic::async_trait]
+impl Consent for ConsentApi {
+    async fn decide(&self, request: Request<api::DecideRequest>) -> Result<Response<api::DecideResponse>, Status> {
+        self.require(&request, "consent.decide", None).await?;
+        let r = request.into_inner();
+        let patient = nhs("nhs_number", &r.nhs_number)?;
+        let action = Action::parse(&r.action)
+            .ok_or_else(|| ConsentError::invalid("action", "expected read, search, create or update"))?;
+        if r.purpose.is_empty() {
+            return Err(ConsentError::invalid("purpose", "is required (e.g. TREAT)").into());
+        }
+        let who = match r.principal_kind.as_str() {
+            "staff" => Who::Staff {
+                person: r.person_id.clone(),
+                org: ods("ods_code", &r.ods_code)?.as_str().to_string(),
+                role: r.role_code.clone(),
+            },
+            "patient" => Who::Patient {
+                nhs_number: nhs("principal_nhs_number", &r.principal_nhs_number)?
+                    .as_str()
+                    .to_string(),
+                proofing: r.proofing_level.clone(),
+            },
+            "service" => Who::Service {
+                client_id: r.client_id.clone(),
+                org: r.ods_code.clone(),
+            },
+            other => {
+                return Err(ConsentError::invalid(
+                    "principal_kind",
+                    format!("{other:?}: expected staff, patient or service"),
+                )
+                .into());
+            }
+        };
+        let facts = self.store.facts(patient.as_str()).await?;
+        let ask = Ask {
+            who: who.clone(),
+            nhs_number: patient.as_str().to_string(),
+            action,
+            categories: r.categories,
+            purpose: r.purpose,
+            now: chrono::Utc::now().timestamp(),
+        };
+        let o = policy::decide(&ask, &facts);
+        let (effect, withheld) = match o.decision {
+            Decision::Permit => (api::decide_response::Effect::Permit, Vec::new()),
+            Decision::Deny => (api::decide_response::Effect::Deny, Vec::new()),
+            Decision::Withhold(c) => (api::decide_response::Effect::PermitWithWithholding, c),
+        };
+        let glass_reason = if o.break_glass {
+            let person = match &who {
+                Who::Staff { person, .. } => person.clone(),
+                _ => String::new(),
+            };
+            let grants = self.store.grants(patient.as_str(), false).await?;
+            grants
+                .iter()
+                .find(|g| g.grant.person == person && g.grant.start <= ask.now && ask.now < g.grant.end)
+                .map(|g| format!("{}: {}", g.reason_code, g.reason_text))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(api::DecideResponse {
+            effect: effect as i32,
+            withheld_categories: withheld,
+            reason: o.reason,
+            rules: o.rules,
+            break_glass: o.break_glass,
+            break_glass_reason: glass_reason,
+        }))
+    }
+
+    async fn put_directive(
+        &self,
+        request: Request<api::PutDirectiveRequest>,
+    ) -> Result<Response<api::Directive>, Status> {
+        let d = request
+            .get_ref()
+            .directive
+            .clone()
+            .ok_or_else(|| ConsentError::invalid("directive", "is required"))?;
+        let patient = nhs("directive.nhs_number", &d.nhs_number)?;
+        let who = self.require(&request, "consent.write", Some(&patient)).await?;
+        if !STATUSES.contains(&d.status.as_str()) {
+            return Err(
+                ConsentError::invalid("directive.status", format!("expected one of {}", STATUSES.join(", "))).into(),
+            );
+        }
+        let provision: Provision = serde_json::from_str(&d.provision_json)
+            .map_err(|e| ConsentError::invalid("directive.provision_json", format!("not a Consent.provision: {e}")))?;
+        if provision.kind.is_none() {
+            return Err(ConsentError::invalid(
+                "directive.provision_json",
+                "the root provision needs a type (permit or deny)",
+            )
+            .into());
+        }
+        let id = if d.id.is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            d.id.clone()
+        };
+        let directive = Directive {
+            id,
+            status: d.status.clone(),
+            provision,
+        };
+        let (actor, org) = actor_id(&who);
+        let at = self
+            .store
+            .put_directive(patient.as_str(), &directive, &Actor { id: &actor, org: &org })
+            .await?;
+        Ok(Response::new(directive_out(patient.as_str(), &directive, at)))
+    }
+
+    async fn list_directives(
+        &self,
+        request: Request<api::ListDirectivesRequest>,
+    ) -> Result<Response<api::ListDirectivesResponse>, Status> {
+        let patient = nhs("nhs_number", &request.get_ref().nhs_number)?;
+        self.require(&request, "consent.write", Some(&patient)).await?;
+        let facts = self.store.facts(patient.as_str()).await?;
+        Ok(Response::new(api::ListDirectivesResponse {
+            directives: facts
+                .directives
+                .iter()
+                .map(|d| directive_out(patient.as_str(), d, 0))
+                .collect(),
+        }))
+    }
+
+    async fn set_flags(&self, request: Request<api::SetFlagsRequest>) -> Result<Response<api::Flags>, Status> {
+        let who = self.require(&request, "consent.write", None).await?;
+        let r = request.into_inner();
+        let patient = nhs("nhs_number", &r.nhs_number)?;
+        let (actor, org) = actor_id(&who);
+        self.store
+            .set_flags(
+                patient.as_str(),
+                r.national_opt_out,
+                r.gp_dissent,
+                &Actor { id: &actor, org: &org },
+            )
+            .await?;
+        Ok(Response::new(api::Flags {
+            nhs_number: patient.as_str().to_string(),
+            national_opt_out: r.national_opt_out,
+            gp_dissent: r.gp_dissent,
+        }))
+    }
+
+    async fn add_relationship(
+        &self,
+        request: Request<api::AddRelationshipRequest>,
+    ) -> Result<Response<api::Relationship>, Status> {
+        let who = self.require(&request, "consent.write", None).await?;
+        let r = request
+            .into_inner()
+            .relationship
+            .ok_or_else(|| ConsentError::invalid("relationship", "is required"))?;
+        let patient = nhs("relationship.nhs_number", &r.nhs_number)?;
+        let org = ods("relationship.ods_code", &r.ods_code)?;
+        if !RELATIONSHIPS.contains(&r.kind.as_str()) {
+            return Err(ConsentError::invalid(
+                "relationship.kind",
+                format!("expected one of {}", RELATIONSHIPS.join(", ")),
+            )
+            .into());
+        }
+        if r.end != 0 && r.end <= r.start {
+            return Err(ConsentError::invalid("relationship.end", "must be after start").into());
+        }
+        let id = if r.id.is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            r.id
+        };
+        let rel = Relationship {
+            org: org.as_str().to_string(),
+            kind: r.kind,
+            start: r.start,
+            end: (r.end != 0).then_some(r.end),
+        };
+        let (actor, actor_org) = actor_id(&who);
+        self.store
+            .add_relationship(
+                &id,
+                patient.as_str(),
+                &rel,
+                &Actor {
+                    id: &actor,
+                    org: &actor_org,
+                },
+            )
+            .await?;
+        Ok(Response::new(relationship_out(&id, patient.as_str(), &rel)))
+    }
+
+    async fn end_relationship(
+        &self,
+        request: Request<api::EndRelationshipRequest>,
+    ) -> Result<Response<api::Relationship>, Status> {
+        let who = self.require(&request, "consent.write", None).await?;
+        let r = request.into_inner();
+        let end = if r.end == 0 {
+            chrono::Utc::now().timestamp()
+        } else {
+            r.end
+        };
+        let (actor, org) = actor_id(&who);
+        let (patient, rel) = self
+            .store
+            .end_relationship(&r.id, end, &Actor { id: &actor, org: &org })
+            .await?;
+        Ok(Response::new(relationship_out(&r.id, &patient, &rel)))
+    }
+
+    async fn break_glass(
+        &self,
+        request: Request<api::BreakGlassRequest>,
+    ) -> Result<Response<api::BreakGlassGrant>, Status> {
+        let who = self.who(&request).await?;
+        let Principal::Staff { person, role, .. } = who else {
+            return Err(ConsentError::Forbidden("break-glass is for members of staff acting in a role".into()).into());
+        };
+        let r = request.into_inner();
+        let patient = nhs("nhs_number", &r.nhs_number)?;
+        if r.reason_code.trim().is_empty() {
+            return Err(ConsentError::invalid("reason_code", "is required (e.g. unconscious-patient)").into());
+        }
+        if r.reason_text.trim().chars().count() < 10 {
+            return Err(ConsentError::invalid("reason_text", "say why, in at least 10 characters").into());
+        }
+        let now = chrono::Utc::now().timestamp();
+        let g = Grant {
+            id: uuid::Uuid::now_v7().to_string(),
+            nhs_number: patient.as_str().to_string(),
+            grant: policy::BreakGlass {
+                person,
+                org: role.org_code,
+                start: now,
+                end: now + BREAK_GLASS_SECS,
+            },
+            reason_code: r.reason_code,
+            reason_text: r.reason_text,
+        };
+        self.store.break_glass(&g).await?;
+        tracing::warn!(nhs = %g.nhs_number, person = %g.grant.person, org = %g.grant.org, "break-glass granted");
+        Ok(Response::new(grant_out(&g)))
+    }
+
+    async fn list_break_glass(
+        &self,
+        request: Request<api::ListBreakGlassRequest>,
+    ) -> Result<Response<api::ListBreakGlassResponse>, Status> {
+        self.require(&request, "consent.write", None).await?;
+        let grants = self.store.grants("", true).await?;
+        Ok(Response::new(api::ListBreakGlassResponse {
+            grants: grants.iter().map(grant_out).collect(),
+        }))
+    }
+}

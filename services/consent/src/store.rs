@@ -1,0 +1,314 @@
+//! Consent's tables (see `migrations/`), on Postgres and SQLite alike. Every change is written
+//! with its `ConsentEvent` in the same transaction (outbox).
+
+use sharedcare_kit::bus::{envelope, topic};
+use sharedcare_kit::db::{self, Db};
+use sharedcare_kit::outbox;
+use sharedcare_proto::events::v1::ConsentEvent;
+use sqlx::Row;
+
+use crate::ConsentError;
+use crate::policy::{BreakGlass, Directive, Facts, Provision, Relationship};
+
+/// A break-glass grant with its stated reason (for the review queue).
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// Id.
+    pub id: String,
+    /// Patient.
+    pub nhs_number: String,
+    /// The grant.
+    pub grant: BreakGlass,
+    /// Reason code.
+    pub reason_code: String,
+    /// Free text.
+    pub reason_text: String,
+}
+
+/// Consent's storage.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+}
+
+/// Who made a change, for its event.
+pub struct Actor<'a> {
+    /// Person id, NHS number or client id.
+    pub id: &'a str,
+    /// ODS code, when staff.
+    pub org: &'a str,
+}
+
+async fn event(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    kind: &str,
+    nhs: &str,
+    actor: &Actor<'_>,
+    reason_code: &str,
+    detail: &str,
+) -> Result<(), ConsentError> {
+    let e = ConsentEvent {
+        kind: kind.into(),
+        nhs_number: nhs.into(),
+        actor: actor.id.into(),
+        actor_organisation: actor.org.into(),
+        reason_code: reason_code.into(),
+        detail: detail.into(),
+        time: Some(db::timestamp(db::now_us())),
+    };
+    let env = envelope("sharedcare.events.v1.ConsentEvent", crate::NAME, nhs, nhs, &e);
+    outbox::lock_key(tx, nhs).await?;
+    outbox::enqueue(tx, &topic(crate::NAME), &env).await?;
+    Ok(())
+}
+
+impl Store {
+    /// Consent's store on `db`.
+    pub fn new(db: Db) -> Store {
+        Store { db }
+    }
+
+    /// Everything the decision needs about `nhs`, read now (no cache: a change binds the next
+    /// decision).
+    pub async fn facts(&self, nhs: &str) -> Result<Facts, ConsentError> {
+        let mut f = Facts::default();
+        let pool = self.db.pool();
+        for r in sqlx::query("SELECT id, status, provision FROM directives WHERE nhs_number = $1 ORDER BY updated_at")
+            .bind(nhs.to_string())
+            .fetch_all(pool)
+            .await?
+        {
+            let provision: Provision = serde_json::from_str(&r.try_get::<String, _>(2)?)
+                .map_err(|e| ConsentError::invalid("directive.provision_json", e.to_string()))?;
+            f.directives.push(Directive {
+                id: r.try_get(0)?,
+                status: r.try_get(1)?,
+                provision,
+            });
+        }
+        if let Some(r) = sqlx::query("SELECT national_opt_out, gp_dissent FROM patient_flags WHERE nhs_number = $1")
+            .bind(nhs.to_string())
+            .fetch_optional(pool)
+            .await?
+        {
+            f.national_opt_out = r.try_get::<i64, _>(0)? != 0;
+            f.gp_dissent = r.try_get::<i64, _>(1)? != 0;
+        }
+        for r in sqlx::query("SELECT ods_code, kind, start_at, end_at FROM relationships WHERE nhs_number = $1")
+            .bind(nhs.to_string())
+            .fetch_all(pool)
+            .await?
+        {
+            let end: i64 = r.try_get(3)?;
+            f.relationships.push(Relationship {
+                org: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                start: r.try_get(2)?,
+                end: (end != 0).then_some(end),
+            });
+        }
+        for g in self.grants(nhs, false).await? {
+            f.break_glass.push(g.grant);
+        }
+        Ok(f)
+    }
+
+    /// Creates or replaces a directive.
+    pub async fn put_directive(&self, nhs: &str, d: &Directive, actor: &Actor<'_>) -> Result<i64, ConsentError> {
+        let provision =
+            serde_json::to_string(&d.provision).map_err(|e| ConsentError::invalid("provision_json", e.to_string()))?;
+        let now = chrono::Utc::now().timestamp();
+        let mut tx = self.db.begin_write().await?;
+        let existing = sqlx::query("SELECT nhs_number FROM directives WHERE id = $1")
+            .bind(d.id.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(r) = existing {
+            if r.try_get::<String, _>(0)? != nhs {
+                return Err(ConsentError::invalid("directive.id", "belongs to another patient"));
+            }
+            sqlx::query("UPDATE directives SET status = $1, provision = $2, updated_at = $3 WHERE id = $4")
+                .bind(d.status.clone())
+                .bind(provision)
+                .bind(now)
+                .bind(d.id.clone())
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO directives (id, nhs_number, status, provision, updated_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(d.id.clone())
+            .bind(nhs.to_string())
+            .bind(d.status.clone())
+            .bind(provision)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        event(
+            &mut tx,
+            "directive_changed",
+            nhs,
+            actor,
+            "",
+            &format!("{} {}", d.id, d.status),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(now)
+    }
+
+    /// Sets the national data opt-out and GP dissent flags.
+    pub async fn set_flags(
+        &self,
+        nhs: &str,
+        opt_out: bool,
+        dissent: bool,
+        actor: &Actor<'_>,
+    ) -> Result<(), ConsentError> {
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query("DELETE FROM patient_flags WHERE nhs_number = $1")
+            .bind(nhs.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO patient_flags (nhs_number, national_opt_out, gp_dissent) VALUES ($1, $2, $3)")
+            .bind(nhs.to_string())
+            .bind(i64::from(opt_out))
+            .bind(i64::from(dissent))
+            .execute(&mut *tx)
+            .await?;
+        let detail = format!("national_opt_out={opt_out} gp_dissent={dissent}");
+        event(&mut tx, "flags_changed", nhs, actor, "", &detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a relationship.
+    pub async fn add_relationship(
+        &self,
+        id: &str,
+        nhs: &str,
+        r: &Relationship,
+        actor: &Actor<'_>,
+    ) -> Result<(), ConsentError> {
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO relationships (id, nhs_number, ods_code, kind, start_at, end_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id.to_string())
+        .bind(nhs.to_string())
+        .bind(r.org.clone())
+        .bind(r.kind.clone())
+        .bind(r.start)
+        .bind(r.end.unwrap_or(0))
+        .execute(&mut *tx)
+        .await?;
+        event(
+            &mut tx,
+            "relationship_changed",
+            nhs,
+            actor,
+            "",
+            &format!("{} {} {} started", id, r.kind, r.org),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends a relationship at `end`; returns it.
+    pub async fn end_relationship(
+        &self,
+        id: &str,
+        end: i64,
+        actor: &Actor<'_>,
+    ) -> Result<(String, Relationship), ConsentError> {
+        let mut tx = self.db.begin_write().await?;
+        let Some(r) = sqlx::query("SELECT nhs_number, ods_code, kind, start_at FROM relationships WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Err(ConsentError::NotFound(format!("relationship {id}")));
+        };
+        let nhs: String = r.try_get(0)?;
+        sqlx::query("UPDATE relationships SET end_at = $1 WHERE id = $2")
+            .bind(end)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        event(&mut tx, "relationship_changed", &nhs, actor, "", &format!("{id} ended")).await?;
+        tx.commit().await?;
+        let rel = Relationship {
+            org: r.try_get(1)?,
+            kind: r.try_get(2)?,
+            start: r.try_get(3)?,
+            end: Some(end),
+        };
+        Ok((nhs, rel))
+    }
+
+    /// Records a break-glass grant and its alert event.
+    pub async fn break_glass(&self, g: &Grant) -> Result<(), ConsentError> {
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO break_glass (id, nhs_number, person_id, ods_code, reason_code, reason_text, start_at, end_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(g.id.clone())
+        .bind(g.nhs_number.clone())
+        .bind(g.grant.person.clone())
+        .bind(g.grant.org.clone())
+        .bind(g.reason_code.clone())
+        .bind(g.reason_text.clone())
+        .bind(g.grant.start)
+        .bind(g.grant.end)
+        .execute(&mut *tx)
+        .await?;
+        let actor = Actor {
+            id: &g.grant.person,
+            org: &g.grant.org,
+        };
+        event(
+            &mut tx,
+            "break_glass_granted",
+            &g.nhs_number,
+            &actor,
+            &g.reason_code,
+            &g.reason_text,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Break-glass grants for `nhs` (all patients when empty); `unreviewed` = the review queue.
+    pub async fn grants(&self, nhs: &str, unreviewed: bool) -> Result<Vec<Grant>, ConsentError> {
+        let rows = sqlx::query(
+            "SELECT id, nhs_number, person_id, ods_code, reason_code, reason_text, start_at, end_at FROM break_glass \
+             WHERE ($1 = '' OR nhs_number = $2) AND ($3 = 0 OR reviewed = 0) ORDER BY start_at DESC LIMIT 1000",
+        )
+        .bind(nhs.to_string())
+        .bind(nhs.to_string())
+        .bind(i64::from(unreviewed))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Grant {
+                    id: r.try_get(0)?,
+                    nhs_number: r.try_get(1)?,
+                    grant: BreakGlass {
+                        person: r.try_get(2)?,
+                        org: r.try_get(3)?,
+                        start: r.try_get(6)?,
+                        end: r.try_get(7)?,
+                    },
+                    reason_code: r.try_get(4)?,
+                    reason_text: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,101 @@
+//! Consent's storage, run on SQLite and on Postgres.
+
+use sharedcare_consent::policy::{BreakGlass, Directive, Effect, Provision, Relationship};
+use sharedcare_consent::store::{Actor, Grant, Store};
+use sharedcare_kit::db::Db;
+use sqlx::Row;
+
+const NHS: &str = "9434765919";
+const ACTOR: Actor<'static> = Actor {
+    id: "ics-integration",
+    org: "",
+};
+
+async fn store(db: &Db) -> Store {
+    sharedcare_consent::migrate(db).await.expect("migrate");
+    Store::new(db.clone())
+}
+
+async fn events(db: &Db) -> i64 {
+    sqlx::query("SELECT COUNT(*) FROM kit_outbox")
+        .fetch_one(db.pool())
+        .await
+        .expect("outbox")
+        .get(0)
+}
+
+async fn facts_round_trip_and_every_change_writes_its_event(db: Db) {
+    let s = store(&db).await;
+    let provision = Provision {
+        kind: Some(Effect::Permit),
+        provision: vec![Provision {
+            kind: Some(Effect::Deny),
+            security_labels: vec!["MH".into()],
+            ..Provision::default()
+        }],
+        ..Provision::default()
+    };
+    let d = Directive {
+        id: "d1".into(),
+        status: "active".into(),
+        provision: provision.clone(),
+    };
+    s.put_directive(NHS, &d, &ACTOR).await.expect("directive");
+    s.put_directive(
+        NHS,
+        &Directive {
+            status: "inactive".into(),
+            ..d.clone()
+        },
+        &ACTOR,
+    )
+    .await
+    .expect("replace");
+    s.set_flags(NHS, true, false, &ACTOR).await.expect("flags");
+    s.set_flags(NHS, true, true, &ACTOR).await.expect("flags again");
+    let rel = Relationship {
+        org: "A81001".into(),
+        kind: "gp_registration".into(),
+        start: 10,
+        end: None,
+    };
+    s.add_relationship("r1", NHS, &rel, &ACTOR).await.expect("relationship");
+    s.end_relationship("r1", 20, &ACTOR).await.expect("end");
+    let grant = Grant {
+        id: "g1".into(),
+        nhs_number: NHS.into(),
+        grant: BreakGlass {
+            person: "555000000003".into(),
+            org: "VH2D7".into(),
+            start: 5,
+            end: 50,
+        },
+        reason_code: "unconscious-patient".into(),
+        reason_text: "found collapsed".into(),
+    };
+    s.break_glass(&grant).await.expect("grant");
+
+    let f = s.facts(NHS).await.expect("facts");
+    assert_eq!(f.directives.len(), 1, "a put with the same id replaces");
+    assert_eq!(
+        (f.directives[0].status.as_str(), &f.directives[0].provision),
+        ("inactive", &provision)
+    );
+    assert!(f.national_opt_out && f.gp_dissent);
+    assert_eq!(f.relationships, vec![Relationship { end: Some(20), ..rel }]);
+    assert_eq!(f.break_glass, vec![grant.grant.clone()]);
+    assert_eq!(s.grants("", true).await.expect("queue").len(), 1);
+    assert_eq!(
+        events(&db).await,
+        7,
+        "one ConsentEvent per change, in the same transaction"
+    );
+    assert!(s.facts("9000000009").await.expect("other").directives.is_empty());
+    let other = s
+        .put_directive("9000000009", &d, &ACTOR)
+        .await
+        .expect_err("another patient's id");
+    assert!(other.to_string().starts_with("directive.id:"), "{other}");
+}
+
+sharedcare_kit::store_suite!("consent"; facts_round_trip_and_every_change_writes_its_event);

@@ -1,0 +1,246 @@
+//! Consent over gRPC in `sharedcare up`: decisions from relationships, directives, flags and
+//! break-glass, with tokens from the real identity service.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sharedcare_proto::consent::v1::consent_client::ConsentClient;
+use sharedcare_proto::consent::v1::decide_response::Effect;
+use sharedcare_proto::consent::v1::{
+    AddRelationshipRequest, BreakGlassRequest, DecideRequest, Directive, EndRelationshipRequest, ListBreakGlassRequest,
+    PutDirectiveRequest, Relationship, SetFlagsRequest,
+};
+
+use crate::identity::{service_token_for, up, user_token, with_token};
+
+fn staff_ask(nhs: &str, org: &str, purpose: &str) -> DecideRequest {
+    DecideRequest {
+        principal_kind: "staff".into(),
+        person_id: "555000000001".into(),
+        ods_code: org.into(),
+        role_code: "S8000:G8000:R8000".into(),
+        nhs_number: nhs.into(),
+        action: "read".into(),
+        purpose: purpose.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_revocation_binds_the_next_one() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let demo: Value =
+        serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo");
+    let nhs = demo["patients"][0]["nhs_number"].as_str().expect("nhs").to_string();
+    let service = service_token_for(&p.http, "consent.decide consent.write").await;
+    let mut c = ConsentClient::new(p.channel().await);
+    let deciding = c.clone();
+    let decide = |ask: DecideRequest| {
+        let (mut c, service) = (deciding.clone(), service.clone());
+        async move { c.decide(with_token(ask, &service)).await.expect("decide").into_inner() }
+    };
+
+    let first = decide(staff_ask(&nhs, "A81001", "TREAT")).await;
+    assert_eq!(first.effect(), Effect::Deny);
+    assert!(first.rules.contains(&"relationship:none".to_string()), "{first:?}");
+
+    let rel = c
+        .add_relationship(with_token(
+            AddRelationshipRequest {
+                relationship: Some(Relationship {
+                    nhs_number: nhs.clone(),
+                    ods_code: "A81001".into(),
+                    kind: "gp_registration".into(),
+                    start: 1_600_000_000,
+                    ..Default::default()
+                }),
+            },
+            &service,
+        ))
+        .await
+        .expect("relationship")
+        .into_inner();
+    assert_eq!(
+        decide(staff_ask(&nhs, "A81001", "TREAT")).await.effect(),
+        Effect::Permit
+    );
+
+    // The patient (P9, their own token) opts out; the very next decision denies.
+    let patient = user_token(&p, "patient1", "demo-patient1-password", "nhs_number").await;
+    c.put_directive(with_token(
+        PutDirectiveRequest {
+            directive: Some(Directive {
+                id: "optout".into(),
+                nhs_number: nhs.clone(),
+                status: "active".into(),
+                provision_json: r#"{"type":"deny"}"#.into(),
+                ..Default::default()
+            }),
+        },
+        &patient,
+    ))
+    .await
+    .expect("patient's own directive");
+    let denied = decide(staff_ask(&nhs, "A81001", "TREAT")).await;
+    assert_eq!(denied.effect(), Effect::Deny);
+    assert!(denied.rules.contains(&"directive:optout".to_string()));
+    // Withdrawn again: permitted at once.
+    c.put_directive(with_token(
+        PutDirectiveRequest {
+            directive: Some(Directive {
+                id: "optout".into(),
+                nhs_number: nhs.clone(),
+                status: "inactive".into(),
+                provision_json: r#"{"type":"deny"}"#.into(),
+                ..Default::default()
+            }),
+        },
+        &patient,
+    ))
+    .await
+    .expect("withdraw");
+    assert_eq!(
+        decide(staff_ask(&nhs, "A81001", "TREAT")).await.effect(),
+        Effect::Permit
+    );
+
+    // Another patient's directive and a P5 account are refused; bad provisions name the field.
+    let other = demo["patients"][1]["nhs_number"].as_str().expect("nhs").to_string();
+    let not_yours = c
+        .put_directive(with_token(
+            PutDirectiveRequest {
+                directive: Some(Directive {
+                    nhs_number: other,
+                    status: "active".into(),
+                    provision_json: r#"{"type":"deny"}"#.into(),
+                    ..Default::default()
+                }),
+            },
+            &patient,
+        ))
+        .await
+        .expect_err("not their record");
+    assert_eq!(not_yours.code(), tonic::Code::PermissionDenied);
+    let bad = c
+        .put_directive(with_token(
+            PutDirectiveRequest {
+                directive: Some(Directive {
+                    nhs_number: nhs.clone(),
+                    status: "active".into(),
+                    provision_json: r#"{"provision":[]}"#.into(),
+                    ..Default::default()
+                }),
+            },
+            &patient,
+        ))
+        .await
+        .expect_err("no type");
+    assert!(
+        bad.message().starts_with("directive.provision_json:"),
+        "{}",
+        bad.message()
+    );
+
+    // Mental health withheld from everyone but the GP practice's own data view.
+    c.put_directive(with_token(
+        PutDirectiveRequest {
+            directive: Some(Directive {
+                id: "mh".into(),
+                nhs_number: nhs.clone(),
+                status: "active".into(),
+                provision_json: r#"{"type":"permit","provision":[{"type":"deny","securityLabel":["MH"]}]}"#.into(),
+                ..Default::default()
+            }),
+        },
+        &patient,
+    ))
+    .await
+    .expect("withhold MH");
+    let mut ask = staff_ask(&nhs, "A81001", "TREAT");
+    ask.categories = vec!["MH".into(), "N".into()];
+    let withheld = decide(ask).await;
+    assert_eq!(withheld.effect(), Effect::PermitWithWithholding);
+    assert_eq!(withheld.withheld_categories, vec!["MH".to_string()]);
+
+    // National data opt-out: research refused, direct care not.
+    c.set_flags(with_token(
+        SetFlagsRequest {
+            nhs_number: nhs.clone(),
+            national_opt_out: true,
+            gp_dissent: false,
+        },
+        &service,
+    ))
+    .await
+    .expect("flags");
+    assert_eq!(decide(staff_ask(&nhs, "A81001", "HRESCH")).await.effect(), Effect::Deny);
+    assert_ne!(decide(staff_ask(&nhs, "A81001", "TREAT")).await.effect(), Effect::Deny);
+
+    // Break-glass: the care worker has no relationship; they state why and are let in, audited.
+    let careworker = user_token(&p, "careworker", "demo-careworker-password", "selectedrole").await;
+    let short = c
+        .break_glass(with_token(
+            BreakGlassRequest {
+                nhs_number: nhs.clone(),
+                reason_code: "unconscious-patient".into(),
+                reason_text: "short".into(),
+            },
+            &careworker,
+        ))
+        .await
+        .expect_err("reason too short");
+    assert!(short.message().starts_with("reason_text:"));
+    let grant = c
+        .break_glass(with_token(
+            BreakGlassRequest {
+                nhs_number: nhs.clone(),
+                reason_code: "unconscious-patient".into(),
+                reason_text: "Found collapsed at home, no GP record available".into(),
+            },
+            &careworker,
+        ))
+        .await
+        .expect("break-glass")
+        .into_inner();
+    assert_eq!(
+        (grant.person_id.as_str(), grant.ods_code.as_str()),
+        ("555000000003", "VH2D7")
+    );
+    let mut emergency = staff_ask(&nhs, "VH2D7", "ETREAT");
+    emergency.person_id = "555000000003".into();
+    let glass = decide(emergency.clone()).await;
+    assert_eq!(glass.effect(), Effect::Permit);
+    assert!(
+        glass.break_glass && glass.break_glass_reason.starts_with("unconscious-patient:"),
+        "{glass:?}"
+    );
+    emergency.purpose = "TREAT".into();
+    assert_eq!(
+        decide(emergency).await.effect(),
+        Effect::Deny,
+        "break-glass is for emergencies only"
+    );
+    let queue = c
+        .list_break_glass(with_token(ListBreakGlassRequest {}, &service))
+        .await
+        .expect("review queue")
+        .into_inner();
+    assert!(queue.grants.iter().any(|g| g.id == grant.id));
+
+    // The relationship ends: the next decision denies.
+    c.end_relationship(with_token(EndRelationshipRequest { id: rel.id, end: 0 }, &service))
+        .await
+        .expect("end");
+    let ended = decide(staff_ask(&nhs, "A81001", "TREAT")).await;
+    assert_eq!(ended.effect(), Effect::Deny);
+    assert!(ended.rules.contains(&"relationship:ended".to_string()), "{ended:?}");
+
+    // Decide needs consent.decide.
+    let weak = service_token_for(&p.http, "records.read").await;
+    let refused = c
+        .decide(with_token(staff_ask(&nhs, "A81001", "TREAT"), &weak))
+        .await
+        .expect_err("scope");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+}
