@@ -594,6 +594,34 @@ mod scenarios {
         }
     }
 
+    fn deny_org(org: &str) -> Provision {
+        permit_all_but(vec![Provision {
+            kind: Some(Effect::Deny),
+            organisations: vec![org.into()],
+            ..Provision::default()
+        }])
+    }
+
+    fn only_org(org: &str) -> Provision {
+        Provision {
+            kind: Some(Effect::Deny),
+            provision: vec![Provision {
+                kind: Some(Effect::Permit),
+                organisations: vec![org.into()],
+                ..Provision::default()
+            }],
+            ..Provision::default()
+        }
+    }
+
+    fn deny_role(role: &str) -> Provision {
+        permit_all_but(vec![Provision {
+            kind: Some(Effect::Deny),
+            roles: vec![role.into()],
+            ..Provision::default()
+        }])
+    }
+
     fn with(mut f: Facts, change: impl FnOnce(&mut Facts)) -> Facts {
         change(&mut f);
         f
@@ -737,14 +765,7 @@ mod scenarios {
                 "organisation named and denied",
                 ask(staff(TRUST), Read, "TREAT", &[]),
                 with(cared_for(), |f| {
-                    f.directives.push(directive(
-                        "no-trust",
-                        permit_all_but(vec![Provision {
-                            kind: Some(Effect::Deny),
-                            organisations: vec![TRUST.into()],
-                            ..Provision::default()
-                        }]),
-                    ))
+                    f.directives.push(directive("no-trust", deny_org(TRUST)))
                 }),
                 Decision::Deny,
                 "directive:no-trust",
@@ -753,14 +774,7 @@ mod scenarios {
                 "another organisation unaffected by that denial",
                 ask(staff(GP), Read, "TREAT", &[]),
                 with(cared_for(), |f| {
-                    f.directives.push(directive(
-                        "no-trust",
-                        permit_all_but(vec![Provision {
-                            kind: Some(Effect::Deny),
-                            organisations: vec![TRUST.into()],
-                            ..Provision::default()
-                        }]),
-                    ))
+                    f.directives.push(directive("no-trust", deny_org(TRUST)))
                 }),
                 Decision::Permit,
                 "directive:no-trust",
@@ -768,40 +782,14 @@ mod scenarios {
             case(
                 "deny everyone except the GP",
                 ask(staff(GP), Read, "TREAT", &[]),
-                with(cared_for(), |f| {
-                    f.directives.push(directive(
-                        "gp-only",
-                        Provision {
-                            kind: Some(Effect::Deny),
-                            provision: vec![Provision {
-                                kind: Some(Effect::Permit),
-                                organisations: vec![GP.into()],
-                                ..Provision::default()
-                            }],
-                            ..Provision::default()
-                        },
-                    ))
-                }),
+                with(cared_for(), |f| f.directives.push(directive("gp-only", only_org(GP)))),
                 Decision::Permit,
                 "directive:gp-only",
             ),
             case(
                 "deny everyone except the GP, trust asks",
                 ask(staff(TRUST), Read, "TREAT", &[]),
-                with(cared_for(), |f| {
-                    f.directives.push(directive(
-                        "gp-only",
-                        Provision {
-                            kind: Some(Effect::Deny),
-                            provision: vec![Provision {
-                                kind: Some(Effect::Permit),
-                                organisations: vec![GP.into()],
-                                ..Provision::default()
-                            }],
-                            ..Provision::default()
-                        },
-                    ))
-                }),
+                with(cared_for(), |f| f.directives.push(directive("gp-only", only_org(GP)))),
                 Decision::Deny,
                 "directive:gp-only",
             ),
@@ -809,14 +797,7 @@ mod scenarios {
                 "a role denied (nurses), a doctor unaffected",
                 ask(staff(TRUST), Read, "TREAT", &[]),
                 with(cared_for(), |f| {
-                    f.directives.push(directive(
-                        "no-nurses",
-                        permit_all_but(vec![Provision {
-                            kind: Some(Effect::Deny),
-                            roles: vec!["R8001".into()],
-                            ..Provision::default()
-                        }]),
-                    ))
+                    f.directives.push(directive("no-nurses", deny_role("R8001")))
                 }),
                 Decision::Permit,
                 "directive:no-nurses",
@@ -825,14 +806,7 @@ mod scenarios {
                 "a role denied (nurses), a nurse asks",
                 ask(nurse(TRUST), Read, "TREAT", &[]),
                 with(cared_for(), |f| {
-                    f.directives.push(directive(
-                        "no-nurses",
-                        permit_all_but(vec![Provision {
-                            kind: Some(Effect::Deny),
-                            roles: vec!["R8001".into()],
-                            ..Provision::default()
-                        }]),
-                    ))
+                    f.directives.push(directive("no-nurses", deny_role("R8001")))
                 }),
                 Decision::Deny,
                 "directive:no-nurses",
