@@ -837,6 +837,20 @@ async fn second_app_signs_in_without_a_prompt_and_logout_reaches_every_app_over_
         again.contains("error=login_required"),
         "prompt=none after logout: {again}"
     );
+
+    // The TOTP code used above cannot be used again; the next time step's code can.
+    let b2 = browser();
+    let (at, page, _) = password_login(&b2, &p.http, url_a.as_str(), "nurse", "demo-nurse-password").await;
+    assert!(at.contains("/oauth2/login/otp"), "{at}");
+    let (_, page, status) = submit(&b2, &p.http, "/oauth2/login/otp", &page, &[("code", &code)]).await;
+    assert_eq!(status, 401, "a replayed TOTP code is refused");
+    let next = sharedcare_identity::secrets::totp(
+        sharedcare_identity::demo::NURSE_TOTP_SECRET,
+        chrono::Utc::now().timestamp() + 30,
+    )
+    .expect("totp");
+    let (at, _, _) = submit(&b2, &p.http, "/oauth2/login/otp", &page, &[("code", &next)]).await;
+    assert!(at.contains("/oauth2/select-role"), "the next step's code works: {at}");
     let revoke_unknown = a
         .revoke_session(RevokeSessionRequest {
             session_id: "nope".into(),

@@ -175,7 +175,9 @@ try {
   await page.fill('#password', env('PASSWORD'));
   await page.click('#sign-in');
   await page.waitForURL(/\/oauth2\/login\/otp/);
-  await page.fill('#code', totp(secret));
+  // The enrolment used this time step's code; a code is accepted once, so use the next
+  // step's (accepted within the ±1 step drift window).
+  await page.fill('#code', totp(secret, Date.now() + 30_000));
   await page.click('#verify');
   await page.waitForURL(/\/oauth2\/select-role/);
   await page.click('#continue');

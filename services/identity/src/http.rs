@@ -1027,7 +1027,11 @@ async fn otp_submit(
         return see_other(&format!("/oauth2/login?req={}", form.req));
     };
     let code = form.code.trim();
-    let ok = secrets::check_totp(&person.totp_secret, code, now())
+    let step_ok = match secrets::totp_step(&person.totp_secret, code, now()) {
+        Some(step) => h.provider.store.use_totp_step(&person.uid, step).await.unwrap_or(false),
+        None => false,
+    };
+    let ok = step_ok
         || (code.len() > 6
             && h.provider
                 .store
@@ -1196,7 +1200,7 @@ async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(form): Form
             pages::error("Not available", "secret: not a valid TOTP key."),
         );
     }
-    if !secrets::check_totp(&form.secret, &form.code, now()) {
+    let Some(step) = secrets::totp_step(&form.secret, &form.code, now()) else {
         let uri = secrets::otpauth_uri("Sharedcare", &session.subject, &form.secret);
         let mut r = html(
             StatusCode::BAD_REQUEST,
@@ -1209,10 +1213,15 @@ async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(form): Form
         );
         *r.status_mut() = StatusCode::BAD_REQUEST;
         return r;
-    }
+    };
     let codes: Vec<String> = (0..8).map(|_| jose::random_token(9)).collect();
     let hashes: Vec<String> = codes.iter().map(|c| jose::sha256_b64(c)).collect();
-    if let Err(e) = h.provider.store.set_totp(&session.subject, &form.secret, &hashes).await {
+    if let Err(e) = h
+        .provider
+        .store
+        .set_totp(&session.subject, &form.secret, &hashes, step)
+        .await
+    {
         return html(
             StatusCode::SERVICE_UNAVAILABLE,
             pages::error("Try again", &OAuthError::from(e).description),

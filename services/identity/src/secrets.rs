@@ -187,11 +187,20 @@ pub fn totp(secret: &str, t: i64) -> Option<String> {
 
 /// Whether `code` is the TOTP for `secret` now, allowing one step of clock drift either way.
 pub fn check_totp(secret: &str, code: &str, now: i64) -> bool {
+    totp_step(secret, code, now).is_some()
+}
+
+/// The 30-second time step `code` belongs to, if it is valid now (±1 step of drift). Callers
+/// accept a step only once per person, so a code seen over someone's shoulder cannot be replayed.
+pub fn totp_step(secret: &str, code: &str, now: i64) -> Option<i64> {
     let code = code.trim();
-    code.len() == 6
-        && [-30, 0, 30]
-            .iter()
-            .any(|d| totp(secret, now + d).is_some_and(|c| c == code))
+    if code.len() != 6 {
+        return None;
+    }
+    [-30, 0, 30]
+        .iter()
+        .find(|d| totp(secret, now + **d).is_some_and(|c| c == code))
+        .map(|d| (now + d) / 30)
 }
 
 /// An `otpauth://` URI an authenticator app can import.

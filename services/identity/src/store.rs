@@ -230,14 +230,27 @@ impl Store {
     }
 
     /// Sets a person's TOTP secret and recovery-code hashes.
-    pub async fn set_totp(&self, uid: &str, secret: &str, recovery_hashes: &[String]) -> Result<()> {
-        sqlx::query("UPDATE people SET totp_secret = $1, recovery_codes = $2 WHERE uid = $3")
+    /// `used_step` is the time step of the code that proved the enrolment (it cannot be reused).
+    pub async fn set_totp(&self, uid: &str, secret: &str, recovery_hashes: &[String], used_step: i64) -> Result<()> {
+        sqlx::query("UPDATE people SET totp_secret = $1, recovery_codes = $2, totp_last_step = $3 WHERE uid = $4")
             .bind(secret.to_string())
             .bind(serde_json::to_string(recovery_hashes).unwrap_or_else(|_| "[]".into()))
+            .bind(used_step)
             .bind(uid.to_string())
             .execute(self.db.writer())
             .await?;
         Ok(())
+    }
+
+    /// Records that TOTP time step `step` was used; false when it (or a later one) was already.
+    pub async fn use_totp_step(&self, uid: &str, step: i64) -> Result<bool> {
+        let done = sqlx::query("UPDATE people SET totp_last_step = $1 WHERE uid = $2 AND totp_last_step < $3")
+            .bind(step)
+            .bind(uid.to_string())
+            .bind(step)
+            .execute(self.db.writer())
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Uses up a recovery code (by hash); true when it was valid and unused.
