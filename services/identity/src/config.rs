@@ -23,6 +23,9 @@ pub struct IdentityConfig {
     /// A new signing key is made after this many hours; the old one stays published until
     /// every token it signed has expired.
     pub key_rotation_hours: i64,
+    /// A scheduled new key is published this long before it starts signing (relying parties
+    /// that cache the JWK Set pick it up in time); at most half the rotation period.
+    pub key_prepublish_secs: i64,
     /// Failed logins in a row that lock an account.
     pub lockout_after: i64,
     /// How long a locked account stays locked (seconds); doubles with each further lockout.
@@ -57,6 +60,7 @@ impl Default for IdentityConfig {
             refresh_token_secs: 12 * 3600,
             code_secs: 60,
             key_rotation_hours: 24 * 7,
+            key_prepublish_secs: 3600,
             lockout_after: 5,
             lockout_secs: 300,
             address_failures_per_minute: 30,
@@ -80,6 +84,7 @@ impl IdentityConfig {
             ("identity.refresh_token_secs", self.refresh_token_secs),
             ("identity.code_secs", self.code_secs),
             ("identity.key_rotation_hours", self.key_rotation_hours),
+            ("identity.key_prepublish_secs", self.key_prepublish_secs + 1),
             ("identity.lockout_after", self.lockout_after),
             ("identity.lockout_secs", self.lockout_secs),
         ];

@@ -1,7 +1,9 @@
 //! Signing keys: one active ES256 key signs every token; older keys stay in the published JWK
 //! Set until every token they signed has expired, then leave it. A new key is made every
-//! `key_rotation_hours` (and on demand through the admin API). An RS256 key is made only when
-//! a client registered for RS256 ID tokens needs one, and rotates on the same schedule.
+//! `key_rotation_hours` and published `key_prepublish_secs` before it starts signing, so relying
+//! parties that cache the JWK Set already hold it; the admin API rotates at once (a suspected
+//! compromise). An RS256 key is made only when a client registered for RS256 ID tokens needs
+//! one, and rotates on the same schedule.
 //!
 //! Keys live in identity's own tables so every replica signs with the same key; replicas
 //! reload them every minute and whenever they meet an unknown `kid`.
@@ -16,21 +18,26 @@ use sharedcare_kit::auth::KeySource;
 use sharedcare_kit::jose::{JwkSet, Signer256, SignerRs256};
 
 use crate::error::{IdentityError, Result};
-use crate::store::{KeyKind, Store};
+use crate::store::{KeyKind, Store, StoredKey};
 
 /// The active keys and the published set.
 #[derive(Clone)]
 pub struct KeyRing {
     store: Store,
     rotate_after: i64,
+    prepublish: i64,
     keep_after_retire: i64,
     inner: Arc<RwLock<Ring>>,
 }
 
 struct Ring {
     active: Arc<Signer256>,
-    created_at: i64,
+    /// When the active key started signing (0 = there is no key yet).
+    since: i64,
+    /// A published ES256 key has not started signing yet.
+    pending: bool,
     rsa: Option<(Arc<SignerRs256>, i64)>,
+    rsa_pending: bool,
     published: JwkSet,
 }
 
@@ -40,18 +47,57 @@ fn rsa_signer(pkcs8: &[u8]) -> Result<SignerRs256> {
     SignerRs256::from_parts(pkcs8, &key.n().to_bytes_be(), &key.e().to_bytes_be()).map_err(|e| bad(e.to_string()))
 }
 
+fn secret_of(k: &StoredKey, table: &str) -> Result<Vec<u8>> {
+    B64.decode(&k.secret)
+        .map_err(|_| IdentityError::invalid(format!("{table}.secret"), format!("key {} is not base64url", k.kid)))
+}
+
+/// Stored keys sorted out: the published JWKs, the key signing now (with when it started) and
+/// whether a later one is waiting.
+type Sorted<K> = (Vec<serde_json::Value>, Option<(K, i64)>, bool);
+
+/// Splits stored keys (newest activation first) into the published ones, the one signing now
+/// and whether a later one is waiting.
+fn sort<K>(
+    keys: Vec<StoredKey>,
+    now: i64,
+    parse: impl Fn(&StoredKey) -> Result<K>,
+    jwk: impl Fn(&K) -> serde_json::Value,
+) -> Result<Sorted<K>> {
+    let mut published = Vec::new();
+    let mut active = None;
+    let mut pending = false;
+    for k in keys {
+        if k.retire_at != 0 && k.retire_at < now {
+            continue;
+        }
+        let key = parse(&k)?;
+        published.push(jwk(&key));
+        if k.active_from > now {
+            pending = true;
+        } else if active.is_none() {
+            active = Some((key, k.active_from.max(1)));
+        }
+    }
+    Ok((published, active, pending))
+}
+
 impl KeyRing {
-    /// Loads the keys, making the first one (or a new one when the active key is due).
-    /// `token_secs` is the longest lifetime of a token a key signs.
-    pub async fn load(store: Store, rotate_after_secs: i64, token_secs: i64) -> Result<KeyRing> {
+    /// Loads the keys, making the first one when there is none. `token_secs` is the longest
+    /// lifetime of a token a key signs; `prepublish_secs` how long a scheduled key is published
+    /// before it signs (at most half the rotation period).
+    pub async fn load(store: Store, rotate_after_secs: i64, token_secs: i64, prepublish_secs: i64) -> Result<KeyRing> {
         let ring = KeyRing {
             store,
             rotate_after: rotate_after_secs,
+            prepublish: prepublish_secs.clamp(0, rotate_after_secs / 2),
             keep_after_retire: token_secs + sharedcare_kit::auth::LEEWAY_SECS,
             inner: Arc::new(RwLock::new(Ring {
                 active: Arc::new(Signer256::generate()),
-                created_at: 0,
+                since: 0,
+                pending: false,
                 rsa: None,
+                rsa_pending: false,
                 published: JwkSet::default(),
             })),
         };
@@ -76,38 +122,47 @@ impl KeyRing {
         if let Some((k, _)) = self.read(|r| r.rsa.clone()) {
             return Ok(k);
         }
-        self.rotate_rsa(chrono::Utc::now().timestamp()).await?;
+        self.rotate_rsa(chrono::Utc::now().timestamp(), 0).await?;
         self.read(|r| r.rsa.clone())
             .map(|(k, _)| k)
             .ok_or_else(|| IdentityError::invalid("rsa_signing_keys", "no RS256 key after making one"))
     }
 
-    /// The published JWK Set.
+    /// The published JWK Set (keys signing now, keys waiting to sign, keys whose tokens may
+    /// still be live).
     pub fn jwks(&self) -> JwkSet {
         self.read(|r| r.published.clone())
     }
 
-    /// Makes a new active ES256 key now (and RS256 key, when there is one); the previous ones
-    /// stay published until their tokens expire.
+    /// Makes a new ES256 key (and RS256 key, when there is one) active now; the previous ones
+    /// stay published until their tokens expire. Returns the new `kid`.
     pub async fn rotate(&self, now: i64) -> Result<String> {
+        self.rotate_from(now, 0).await
+    }
+
+    /// A new ES256 (and RS256) key, published now, signing from `now + delay`.
+    async fn rotate_from(&self, now: i64, delay: i64) -> Result<String> {
         let key = Signer256::generate();
+        let from = now + delay;
+        let secret = B64.encode(key.secret_bytes());
         self.store
             .rotate_key(
                 KeyKind::Es256,
                 key.kid(),
-                &B64.encode(key.secret_bytes()),
+                &secret,
                 now,
-                now + self.keep_after_retire,
+                from,
+                from + self.keep_after_retire,
             )
             .await?;
         if self.read(|r| r.rsa.is_some()) {
-            self.rotate_rsa(now).await?;
+            self.rotate_rsa(now, delay).await?;
         }
         self.reload(now).await?;
         Ok(key.kid().to_string())
     }
 
-    async fn rotate_rsa(&self, now: i64) -> Result<()> {
+    async fn rotate_rsa(&self, now: i64, delay: i64) -> Result<()> {
         // RSA key generation takes a noticeable amount of CPU: keep it off the runtime.
         let der = tokio::task::spawn_blocking(|| -> std::result::Result<Vec<u8>, String> {
             let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).map_err(|e| e.to_string())?;
@@ -117,67 +172,67 @@ impl KeyRing {
         .map_err(|e| IdentityError::invalid("rsa_signing_keys", e.to_string()))?
         .map_err(|e| IdentityError::invalid("rsa_signing_keys", e))?;
         let signer = rsa_signer(&der)?;
+        let from = now + delay;
         self.store
             .rotate_key(
                 KeyKind::Rs256,
                 signer.kid(),
                 &B64.encode(&der),
                 now,
-                now + self.keep_after_retire,
+                from,
+                from + self.keep_after_retire,
             )
             .await?;
         self.reload(now).await
     }
 
-    /// Reloads from storage, rotating first when the active key is due (or there is none).
+    /// Reloads from storage; makes the first key at once, and the next one `prepublish` before
+    /// the active key is due.
     pub async fn maintain(&self, now: i64) -> Result<()> {
         self.reload(now).await?;
-        let due = self.read(|r| r.created_at == 0 || now - r.created_at >= self.rotate_after);
-        if due {
+        if self.read(|r| r.since == 0 && !r.pending) {
             self.rotate(now).await?;
-        } else if self.read(|r| r.rsa.as_ref().is_some_and(|(_, at)| now - at >= self.rotate_after)) {
-            self.rotate_rsa(now).await?;
+            return Ok(());
+        }
+        let soon = now + self.prepublish;
+        if self.read(|r| !r.pending && soon - r.since >= self.rotate_after) {
+            self.rotate_from(now, self.prepublish).await?;
+        } else if self.read(|r| {
+            !r.rsa_pending
+                && r.rsa
+                    .as_ref()
+                    .is_some_and(|(_, since)| soon - since >= self.rotate_after)
+        }) {
+            self.rotate_rsa(now, self.prepublish).await?;
         }
         Ok(())
     }
 
     async fn reload(&self, now: i64) -> Result<()> {
-        let mut published = Vec::new();
-        let mut active: Option<(Signer256, i64)> = None;
-        for (kid, secret, created_at, retire_at) in self.store.keys(KeyKind::Es256).await? {
-            let bytes = B64
-                .decode(&secret)
-                .map_err(|_| IdentityError::invalid("signing_keys.secret", format!("key {kid} is not base64url")))?;
-            let key = Signer256::from_secret(&bytes)
-                .map_err(|e| IdentityError::invalid("signing_keys.secret", format!("key {kid}: {e}")))?;
-            if retire_at != 0 && retire_at < now {
-                continue;
+        let (mut published, active, pending) = sort(
+            self.store.keys(KeyKind::Es256).await?,
+            now,
+            |k| {
+                Signer256::from_secret(&secret_of(k, "signing_keys")?)
+                    .map_err(|e| IdentityError::invalid("signing_keys.secret", format!("key {}: {e}", k.kid)))
+            },
+            |k: &Signer256| serde_json::to_value(k.jwk()).unwrap_or_default(),
+        )?;
+        let (rsa_published, rsa, rsa_pending) = sort(
+            self.store.keys(KeyKind::Rs256).await?,
+            now,
+            |k| rsa_signer(&secret_of(k, "rsa_signing_keys")?),
+            |k: &SignerRs256| k.jwk(),
+        )?;
+        published.extend(rsa_published);
+        if let Ok(mut r) = self.inner.write() {
+            if let Some((key, since)) = active {
+                r.active = Arc::new(key);
+                r.since = since;
             }
-            published.push(serde_json::to_value(key.jwk()).unwrap_or_default());
-            if retire_at == 0 && active.is_none() {
-                active = Some((key, created_at));
-            }
-        }
-        let mut rsa: Option<(Arc<SignerRs256>, i64)> = None;
-        for (kid, secret, created_at, retire_at) in self.store.keys(KeyKind::Rs256).await? {
-            if retire_at != 0 && retire_at < now {
-                continue;
-            }
-            let bytes = B64.decode(&secret).map_err(|_| {
-                IdentityError::invalid("rsa_signing_keys.secret", format!("key {kid} is not base64url"))
-            })?;
-            let key = rsa_signer(&bytes)?;
-            published.push(key.jwk());
-            if retire_at == 0 && rsa.is_none() {
-                rsa = Some((Arc::new(key), created_at));
-            }
-        }
-        if let Some((key, created_at)) = active
-            && let Ok(mut r) = self.inner.write()
-        {
-            r.active = Arc::new(key);
-            r.created_at = created_at;
-            r.rsa = rsa;
+            r.pending = pending;
+            r.rsa = rsa.map(|(k, since)| (Arc::new(k), since));
+            r.rsa_pending = rsa_pending;
             r.published = JwkSet { keys: published };
         }
         Ok(())

@@ -66,6 +66,7 @@ pub async fn mount(
         store.clone(),
         config.key_rotation_hours * 3600,
         config.access_token_secs.max(120),
+        config.key_prepublish_secs,
     )
     .await?;
     let hasher = std::sync::Arc::new(secrets::Hasher::new(secrets::PasswordCost {

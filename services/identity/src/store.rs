@@ -27,6 +27,21 @@ impl KeyKind {
     }
 }
 
+/// A stored signing key.
+#[derive(Clone, Debug)]
+pub struct StoredKey {
+    /// Key id.
+    pub kid: String,
+    /// PKCS#8, base64url.
+    pub secret: String,
+    /// When it was made.
+    pub created_at: i64,
+    /// When it leaves the published set (0 = not scheduled).
+    pub retire_at: i64,
+    /// When it starts signing.
+    pub active_from: i64,
+}
+
 /// Identity's storage.
 #[derive(Clone)]
 pub struct Store {
@@ -707,20 +722,36 @@ impl Store {
     // ---- signing keys -------------------------------------------------------------------
 
     /// Stored keys of `kind`, newest first: (kid, secret, created_at, retire_at).
-    pub async fn keys(&self, kind: KeyKind) -> Result<Vec<(String, String, i64, i64)>> {
+    pub async fn keys(&self, kind: KeyKind) -> Result<Vec<StoredKey>> {
         let sql = format!(
-            "SELECT kid, secret, created_at, retire_at FROM {} ORDER BY created_at DESC",
+            "SELECT kid, secret, created_at, retire_at, active_from FROM {} ORDER BY active_from DESC, seq DESC",
             kind.table()
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(self.db.pool()).await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .map(|r| {
+                Ok(StoredKey {
+                    kid: r.try_get(0)?,
+                    secret: r.try_get(1)?,
+                    created_at: r.try_get(2)?,
+                    retire_at: r.try_get(3)?,
+                    active_from: r.try_get(4)?,
+                })
+            })
             .collect()
     }
 
-    /// Adds a new active key of `kind` and schedules the previous ones to leave the key set at
-    /// `retire_at`.
-    pub async fn rotate_key(&self, kind: KeyKind, kid: &str, secret: &str, now: i64, retire_at: i64) -> Result<()> {
+    /// Adds a key of `kind` that signs from `active_from` (published at once) and schedules the
+    /// previous ones to leave the key set at `retire_at`.
+    pub async fn rotate_key(
+        &self,
+        kind: KeyKind,
+        kid: &str,
+        secret: &str,
+        now: i64,
+        active_from: i64,
+        retire_at: i64,
+    ) -> Result<()> {
         let table = kind.table();
         let mut tx = self.db.begin_write().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -730,11 +761,13 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {table} (kid, secret, created_at, retire_at) VALUES ($1, $2, $3, 0)"
+            "INSERT INTO {table} (kid, secret, created_at, retire_at, active_from, seq) \
+             SELECT $1, $2, $3, 0, $4, COALESCE(MAX(seq), 0) + 1 FROM {table}"
         )))
         .bind(kid.to_string())
         .bind(secret.to_string())
         .bind(now)
+        .bind(active_from)
         .execute(&mut *tx)
         .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(

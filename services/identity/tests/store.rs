@@ -41,38 +41,51 @@ fn session(id: &str) -> Session {
     }
 }
 
-async fn keys_rotate_on_schedule_and_old_keys_stay_published_until_their_tokens_expire(db: Db) {
+async fn keys_rotate_on_schedule_published_before_they_sign_and_kept_until_their_tokens_expire(db: Db) {
     let s = store(&db).await;
-    let ring = KeyRing::load(s.clone(), 3600, 600).await.expect("load");
+    let kids = |ring: &KeyRing| -> Vec<String> {
+        ring.jwks()
+            .keys
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let ring = KeyRing::load(s.clone(), 3600, 600, 300).await.expect("load");
     let first = ring.active().kid().to_string();
     let now = chrono::Utc::now().timestamp();
     ring.maintain(now + 1800).await.expect("not due yet");
-    assert_eq!(ring.active().kid(), first, "no rotation before key_rotation_hours");
-    ring.maintain(now + 3601).await.expect("due");
-    let second = ring.active().kid().to_string();
-    assert_ne!(second, first, "a new key after key_rotation_hours");
-    let kids: Vec<String> = ring
-        .jwks()
-        .keys
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap_or_default().to_string())
-        .collect();
-    assert!(
-        kids.contains(&first) && kids.contains(&second),
-        "both published: {kids:?}"
+    assert_eq!(
+        (ring.active().kid(), kids(&ring).len()),
+        (first.as_str(), 1),
+        "nothing new before it is due"
     );
+    // 300 s before the hour: the next key is published but does not sign yet.
+    ring.maintain(now + 3400).await.expect("pre-publish");
+    let published = kids(&ring);
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert_eq!(ring.active().kid(), first, "the published key waits");
+    let second = published.iter().find(|k| **k != first).expect("the next key").clone();
+    ring.maintain(now + 3400 + 299).await.expect("still waiting");
+    assert_eq!(ring.active().kid(), first);
+    ring.maintain(now + 3400 + 300).await.expect("activates");
+    assert_eq!(
+        ring.active().kid(),
+        second,
+        "the pre-published key signs from its activation"
+    );
+    assert_eq!(kids(&ring).len(), 2, "the old key stays while its tokens may be live");
     // Once every token the old key signed has expired (600 s + leeway), it leaves the set.
-    ring.maintain(now + 3601 + 700).await.expect("later");
-    let kids: Vec<String> = ring
-        .jwks()
-        .keys
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap_or_default().to_string())
-        .collect();
-    assert_eq!(kids, vec![second.clone()]);
-    // A second replica loading the same tables signs with the same key.
-    let replica = KeyRing::load(s, 3600, 600).await.expect("replica");
+    ring.maintain(now + 3700 + 700).await.expect("later");
+    assert_eq!(kids(&ring), vec![second.clone()]);
+    // A second replica loading the same tables signs with the same key at the same moment.
+    let now2 = now + 4400;
+    let replica = KeyRing::load(s, 3600, 600, 300).await.expect("replica");
+    replica.maintain(now2).await.expect("replica at the same time");
+    ring.maintain(now2).await.expect("ring at the same time");
     assert_eq!(replica.active().kid(), ring.active().kid());
+    // An administrator's rotation takes effect at once.
+    let third = ring.rotate(now2).await.expect("rotate");
+    assert_eq!(ring.active().kid(), third);
 }
 
 async fn a_code_is_redeemed_once(db: Db) {
@@ -126,7 +139,7 @@ async fn ending_a_session_revokes_its_refresh_tokens_and_names_its_clients(db: D
 }
 
 sharedcare_kit::store_suite!("identity";
-    keys_rotate_on_schedule_and_old_keys_stay_published_until_their_tokens_expire,
+    keys_rotate_on_schedule_published_before_they_sign_and_kept_until_their_tokens_expire,
     a_code_is_redeemed_once,
     reusing_a_rotated_refresh_token_revokes_its_family,
     ending_a_session_revokes_its_refresh_tokens_and_names_its_clients,
