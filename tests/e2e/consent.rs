@@ -244,3 +244,89 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
         .expect_err("scope");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn an_encounter_in_the_record_is_a_care_relationship_until_it_finishes() {
+    use sharedcare_proto::records::v1::PutRequest;
+
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let nhs = crate::harness::nhs_number();
+    let service = service_token_for(&p.http, "consent.decide").await;
+    let mut records = p.records().await;
+    records
+        .put(PutRequest {
+            resource_json: crate::harness::patient("enc-p", &nhs),
+            source_organisation: "A81001".into(),
+        })
+        .await
+        .expect("patient");
+    let encounter = |status: &str, end: &str| {
+        serde_json::json!({
+            "resourceType": "Encounter", "id": "enc-1", "status": status,
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER"},
+            "subject": {"reference": "Patient/enc-p"},
+            "serviceProvider": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RX1"}},
+            "period": if end.is_empty() { serde_json::json!({"start": "2026-01-01T08:00:00Z"}) }
+                      else { serde_json::json!({"start": "2026-01-01T08:00:00Z", "end": end}) },
+        })
+        .to_string()
+    };
+    let mut c = ConsentClient::new(p.channel().await);
+    assert_eq!(
+        c.decide(with_token(staff_ask(&nhs, "RX1", "TREAT"), &service))
+            .await
+            .expect("decide")
+            .into_inner()
+            .effect(),
+        Effect::Deny,
+        "no relationship before the encounter"
+    );
+    records
+        .put(PutRequest {
+            resource_json: encounter("in-progress", ""),
+            source_organisation: "RX1".into(),
+        })
+        .await
+        .expect("encounter");
+    let permitted = crate::harness::eventually(Duration::from_secs(20), "relationship from the encounter", || {
+        let (mut c, service, nhs) = (c.clone(), service.clone(), nhs.clone());
+        async move {
+            let d = c
+                .decide(with_token(staff_ask(&nhs, "RX1", "TREAT"), &service))
+                .await
+                .ok()?
+                .into_inner();
+            (d.effect() == Effect::Permit).then_some(d)
+        }
+    })
+    .await;
+    assert!(
+        permitted.rules.contains(&"relationship:encounter:RX1".to_string()),
+        "{permitted:?}"
+    );
+    records
+        .put(PutRequest {
+            resource_json: encounter("finished", "2026-01-02T08:00:00Z"),
+            source_organisation: "RX1".into(),
+        })
+        .await
+        .expect("finished");
+    let ended = crate::harness::eventually(
+        Duration::from_secs(20),
+        "the relationship ends with the encounter",
+        || {
+            let (mut c, service, nhs) = (c.clone(), service.clone(), nhs.clone());
+            async move {
+                let d = c
+                    .decide(with_token(staff_ask(&nhs, "RX1", "TREAT"), &service))
+                    .await
+                    .ok()?
+                    .into_inner();
+                (d.effect() == Effect::Deny).then_some(d)
+            }
+        },
+    )
+    .await;
+    assert!(ended.rules.contains(&"relationship:ended".to_string()), "{ended:?}");
+}

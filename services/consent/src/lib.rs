@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod policy;
 pub mod store;
@@ -36,13 +37,20 @@ pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
     .await
 }
 
-/// Builds the service: gRPC routes (callers checked by `verifier`) and its outbox.
+/// Builds the service: gRPC routes (callers checked by `verifier`), its outbox, and the
+/// consumer that records care relationships from records' events.
 pub fn mount(db: Db, outbox: OutboxConfig, verifier: Verifier) -> Mount {
     let store = store::Store::new(db.clone());
     let mut m = Mount::new(NAME);
     m.add_grpc(api::consent_server::ConsentServer::new(grpc::ConsentApi::new(
-        store, verifier,
+        store.clone(),
+        verifier,
     )));
+    m.consumers.push(sharedcare_kit::serve::Consumer {
+        group: NAME.to_string(),
+        topic: sharedcare_kit::bus::topic("records"),
+        handler: std::sync::Arc::new(events::CareConsumer::new(store)),
+    });
     m.outbox = Some(Outbox::new(db.clone(), outbox));
     m.db = Some(db);
     m

@@ -249,6 +249,50 @@ impl Store {
         Ok((nhs, rel))
     }
 
+    /// Applies care relationships from record events in one transaction, each event once
+    /// (inbox); the relationship's id is the resource's, so later versions update it.
+    pub async fn apply_care_events(
+        &self,
+        events: &[(
+            &sharedcare_kit::bus::Delivery,
+            sharedcare_proto::events::v1::RecordChanged,
+        )],
+    ) -> Result<usize, ConsentError> {
+        let mut tx = self.db.begin_write().await?;
+        let deliveries: Vec<&sharedcare_kit::bus::Delivery> = events.iter().map(|(d, _)| *d).collect();
+        let fresh = sharedcare_kit::inbox::claim_all(&mut tx, crate::NAME, &deliveries).await?;
+        let mut applied = 0;
+        for (d, e) in events.iter().filter(|(d, _)| fresh.contains(&d.envelope.id)) {
+            let id = format!("{}/{}", e.resource_type, e.id);
+            let start = e.care_start.as_ref().map(db::micros).unwrap_or_else(db::now_us) / 1_000_000;
+            let end = e.care_end.as_ref().map(|t| db::micros(t) / 1_000_000).unwrap_or(0);
+            sqlx::query("DELETE FROM relationships WHERE id = $1")
+                .bind(id.clone())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO relationships (id, nhs_number, ods_code, kind, start_at, end_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id.clone())
+            .bind(e.nhs_number.clone())
+            .bind(e.care_organisation.clone())
+            .bind(e.care_kind.clone())
+            .bind(start)
+            .bind(end)
+            .execute(&mut *tx)
+            .await?;
+            let actor = Actor {
+                id: "records",
+                org: &e.care_organisation,
+            };
+            let detail = format!("{id} from event {}", d.envelope.id);
+            event(&mut tx, "relationship_changed", &e.nhs_number, &actor, "", &detail).await?;
+            applied += 1;
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
     /// Records a break-glass grant and its alert event.
     pub async fn break_glass(&self, g: &Grant) -> Result<(), ConsentError> {
         let mut tx = self.db.begin_write().await?;

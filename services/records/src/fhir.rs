@@ -243,3 +243,101 @@ mod tests {
         assert_eq!(r.body["meta"]["lastUpdated"], "2023-11-14T22:13:20.000000Z");
     }
 }
+
+/// The ODS organisation code identifier system.
+pub const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
+
+/// The care relationship an Encounter or EpisodeOfCare shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CareRelationship {
+    /// "encounter" or "episode_of_care".
+    pub kind: &'static str,
+    /// ODS code of the organisation providing the care.
+    pub organisation: String,
+    /// Start (µs since the epoch).
+    pub start_us: i64,
+    /// End (µs), `None` while ongoing.
+    pub end_us: Option<i64>,
+}
+
+/// A FHIR `date` or `dateTime` as µs since the epoch (dates at midnight UTC).
+fn fhir_time(v: &Value) -> Option<i64> {
+    let s = v.as_str()?;
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_micros());
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_micros())
+}
+
+/// For an Encounter (`serviceProvider`) or EpisodeOfCare (`managingOrganization`): who cares
+/// for the patient and when (`period`); a finished or cancelled one has ended (at `period.end`,
+/// else `now_us`). `writer` is the organisation used when the resource names none.
+pub fn care_relationship(r: &Resource, writer: &str, now_us: i64) -> Option<CareRelationship> {
+    let (kind, org_element) = match r.resource_type.as_str() {
+        "Encounter" => ("encounter", "serviceProvider"),
+        "EpisodeOfCare" => ("episode_of_care", "managingOrganization"),
+        _ => return None,
+    };
+    let named = r.body.get(org_element).and_then(|o| o.get("identifier")).and_then(|i| {
+        (i.get("system").and_then(Value::as_str) == Some(ODS_SYSTEM))
+            .then(|| i.get("value").and_then(Value::as_str))
+            .flatten()
+    });
+    let organisation = named.unwrap_or(writer).to_ascii_uppercase();
+    if organisation.is_empty() {
+        return None;
+    }
+    let period = r.body.get("period");
+    let start_us = period
+        .and_then(|p| p.get("start"))
+        .and_then(fhir_time)
+        .unwrap_or(now_us);
+    let status = r.body.get("status").and_then(Value::as_str).unwrap_or("");
+    let closed = matches!(status, "finished" | "cancelled" | "entered-in-error");
+    let end_us = period
+        .and_then(|p| p.get("end"))
+        .and_then(fhir_time)
+        .or(closed.then_some(now_us));
+    Some(CareRelationship {
+        kind,
+        organisation,
+        start_us,
+        end_us,
+    })
+}
+
+#[cfg(test)]
+mod care_tests {
+    use super::*;
+
+    fn encounter(json: &str) -> Resource {
+        parse(json).expect("valid")
+    }
+
+    #[test]
+    fn encounters_and_episodes_show_who_cares_and_when() {
+        let open = encounter(
+            r#"{"resourceType":"Encounter","id":"e1","status":"in-progress","subject":{"reference":"Patient/p"},
+            "serviceProvider":{"identifier":{"system":"https://fhir.nhs.uk/Id/ods-organization-code","value":"rx1"}},
+            "period":{"start":"2026-11-20T09:00:00Z"}}"#,
+        );
+        let c = care_relationship(&open, "A81001", 5).expect("care");
+        assert_eq!((c.kind, c.organisation.as_str(), c.end_us), ("encounter", "RX1", None));
+        assert_eq!(c.start_us, 1_795_165_200_000_000, "2026-11-20T09:00:00Z");
+        let finished = encounter(
+            r#"{"resourceType":"EpisodeOfCare","id":"x","status":"finished","patient":{"reference":"Patient/p"}}"#,
+        );
+        let c = care_relationship(&finished, "VH2D7", 7).expect("care");
+        assert_eq!(
+            (c.kind, c.organisation.as_str(), c.start_us, c.end_us),
+            ("episode_of_care", "VH2D7", 7, Some(7))
+        );
+        let obs = encounter(
+            r#"{"resourceType":"Observation","id":"o","status":"final","subject":{"reference":"Patient/p"}}"#,
+        );
+        assert!(care_relationship(&obs, "A81001", 1).is_none());
+    }
+}

@@ -347,6 +347,7 @@ impl Engine {
         } else {
             s.nhs_number.clone()
         };
+        let care = crate::fhir::care_relationship(&job.resource, &job.source_organisation, s.last_updated_us);
         let changed = RecordChanged {
             resource_type: s.resource_type.clone(),
             id: s.id.clone(),
@@ -354,6 +355,10 @@ impl Engine {
             nhs_number: s.nhs_number.clone(),
             source_organisation: job.source_organisation.clone(),
             last_updated: Some(db::timestamp(s.last_updated_us)),
+            care_kind: care.as_ref().map(|c| c.kind.to_string()).unwrap_or_default(),
+            care_organisation: care.as_ref().map(|c| c.organisation.clone()).unwrap_or_default(),
+            care_start: care.as_ref().map(|c| db::timestamp(c.start_us)),
+            care_end: care.as_ref().and_then(|c| c.end_us.map(db::timestamp)),
         };
         let mut changed = bus::envelope(RECORD_CHANGED, NAME, &reference, &key, &changed);
         changed.traceparent = job.caller.traceparent.clone();
