@@ -15,10 +15,15 @@ fi
 
 # Identity's browser and relying-party tests: Debian's Chromium, Node.js and the npm packages
 # pinned in tests/node/package-lock.json (openid-client, jose, playwright-core).
-if ! need chromium || ! need node || ! need npm; then
-  echo "test.sh: installing Chromium and Node.js from Debian's packages (browser tests)" >&2
+# Install only what is missing: a Node.js from another source already brings its own npm,
+# and Debian's npm package would conflict with it.
+missing=()
+need chromium || missing+=(chromium)
+need node || missing+=(nodejs npm)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]} from Debian's packages (browser and relying-party tests)" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq chromium nodejs npm >&2
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >&2
 fi
 if [ ! -d tests/node/node_modules/openid-client ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
   (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
