@@ -227,6 +227,36 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
         .expect("review queue")
         .into_inner();
     assert!(queue.grants.iter().any(|g| g.id == grant.id));
+    // The patient's audit trail shows who broke the glass, and why.
+    let auditor = service_token_for(&p.http, "audit.read").await;
+    let audit = sharedcare_proto::audit::v1::audit_client::AuditClient::new(p.channel().await);
+    let entry = crate::harness::eventually(Duration::from_secs(20), "the break-glass audit entry", || {
+        let (mut audit, auditor, nhs) = (audit.clone(), auditor.clone(), nhs.clone());
+        async move {
+            let r = audit
+                .list_by_patient(with_token(
+                    sharedcare_proto::audit::v1::ListByPatientRequest {
+                        nhs_number: nhs,
+                        ..Default::default()
+                    },
+                    &auditor,
+                ))
+                .await
+                .ok()?
+                .into_inner();
+            r.entries.into_iter().find(|e| e.action == "break-glass")
+        }
+    })
+    .await;
+    assert_eq!(
+        (entry.actor.as_str(), entry.actor_organisation.as_str()),
+        ("555000000003", "VH2D7")
+    );
+    assert_eq!(entry.purpose, "BTG");
+    assert!(
+        entry.reason.starts_with("unconscious-patient: Found collapsed"),
+        "{entry:?}"
+    );
 
     // The relationship ends: the next decision denies.
     c.end_relationship(with_token(EndRelationshipRequest { id: rel.id, end: 0 }, &service))

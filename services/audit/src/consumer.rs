@@ -1,14 +1,18 @@
-//! Applies `AccessRecorded` events to the log. Other event types on audited topics are
-//! acknowledged and ignored.
+//! Applies `AccessRecorded` events to the log, and consent's `ConsentEvent`s (break-glass
+//! grants, directive, flag and relationship changes) as entries of their own, so a patient's
+//! trail shows who broke the glass and who changed their sharing. Other event types on audited
+//! topics are acknowledged and ignored.
 
 use prost::Message;
 use sharedcare_kit::bus::{Delivery, Handler};
-use sharedcare_proto::events::v1::AccessRecorded;
+use sharedcare_proto::events::v1::{AccessRecorded, ConsentEvent};
 
 use crate::store::Store;
 
 /// The protobuf type name of the events this consumer appends.
 pub const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
+/// Consent's events, appended as entries of their own.
+pub const CONSENT_EVENT: &str = "sharedcare.events.v1.ConsentEvent";
 
 /// The audit consumer.
 pub struct AccessConsumer {
@@ -41,6 +45,15 @@ impl Handler for AccessConsumer {
 /// malformed event is skipped with an error log (it can never be applied; retrying would
 /// block the partition).
 fn decode(delivery: &Delivery) -> Option<(&Delivery, AccessRecorded)> {
+    if delivery.envelope.r#type == CONSENT_EVENT {
+        return match ConsentEvent::decode(delivery.envelope.data.as_slice()) {
+            Ok(e) => Some((delivery, from_consent(e))),
+            Err(e) => {
+                tracing::error!(event_id = %delivery.envelope.id, error = %e, "undecodable ConsentEvent skipped");
+                None
+            }
+        };
+    }
     if delivery.envelope.r#type != ACCESS_RECORDED {
         return None;
     }
@@ -50,5 +63,27 @@ fn decode(delivery: &Delivery) -> Option<(&Delivery, AccessRecorded)> {
             tracing::error!(event_id = %delivery.envelope.id, error = %e, "undecodable AccessRecorded skipped");
             None
         }
+    }
+}
+
+/// A consent event as an audit entry: break-glass is recorded with purpose BTG and its stated
+/// reason; other changes with their kind as the action.
+fn from_consent(e: ConsentEvent) -> AccessRecorded {
+    let glass = e.kind == "break_glass_granted";
+    AccessRecorded {
+        actor: e.actor,
+        actor_organisation: e.actor_organisation,
+        action: if glass { "break-glass".into() } else { e.kind },
+        nhs_number: e.nhs_number,
+        purpose: if glass { "BTG".into() } else { String::new() },
+        reason: if e.reason_code.is_empty() {
+            e.detail
+        } else {
+            format!("{}: {}", e.reason_code, e.detail)
+        },
+        outcome: if glass { "granted".into() } else { "success".into() },
+        time: e.time,
+        service: "consent".into(),
+        ..AccessRecorded::default()
     }
 }

@@ -24,8 +24,8 @@ use sharedcare_proto::audit::v1::audit_server::AuditServer;
 /// The service's name (schema, consumer group).
 pub const NAME: &str = "audit";
 
-/// Services whose topics carry `AccessRecorded` events.
-pub const AUDITED_SERVICES: &[&str] = &["records"];
+/// Services whose topics carry events the audit log appends (`AccessRecorded`, `ConsentEvent`).
+pub const AUDITED_SERVICES: &[&str] = &["records", "consent"];
 
 /// Applies the audit schema to `db`.
 pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
