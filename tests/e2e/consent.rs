@@ -13,6 +13,19 @@ use sharedcare_proto::consent::v1::{
 
 use crate::identity::{service_token_for, up, user_token, with_token};
 
+/// A `PutDirectiveRequest` (an empty id lets the service make one).
+fn directive(id: &str, nhs: &str, status: &str, provision_json: &str) -> PutDirectiveRequest {
+    PutDirectiveRequest {
+        directive: Some(Directive {
+            id: id.into(),
+            nhs_number: nhs.into(),
+            status: status.into(),
+            provision_json: provision_json.into(),
+            ..Default::default()
+        }),
+    }
+}
+
 fn staff_ask(nhs: &str, org: &str, purpose: &str) -> DecideRequest {
     DecideRequest {
         principal_kind: "staff".into(),
@@ -69,15 +82,7 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     // The patient (P9, their own token) opts out; the very next decision denies.
     let patient = user_token(&p, "patient1", "demo-patient1-password", "nhs_number").await;
     c.put_directive(with_token(
-        PutDirectiveRequest {
-            directive: Some(Directive {
-                id: "optout".into(),
-                nhs_number: nhs.clone(),
-                status: "active".into(),
-                provision_json: r#"{"type":"deny"}"#.into(),
-                ..Default::default()
-            }),
-        },
+        directive("optout", &nhs, "active", r#"{"type":"deny"}"#),
         &patient,
     ))
     .await
@@ -87,15 +92,7 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     assert!(denied.rules.contains(&"directive:optout".to_string()));
     // Withdrawn again: permitted at once.
     c.put_directive(with_token(
-        PutDirectiveRequest {
-            directive: Some(Directive {
-                id: "optout".into(),
-                nhs_number: nhs.clone(),
-                status: "inactive".into(),
-                provision_json: r#"{"type":"deny"}"#.into(),
-                ..Default::default()
-            }),
-        },
+        directive("optout", &nhs, "inactive", r#"{"type":"deny"}"#),
         &patient,
     ))
     .await
@@ -109,14 +106,7 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     let other = demo["patients"][1]["nhs_number"].as_str().expect("nhs").to_string();
     let not_yours = c
         .put_directive(with_token(
-            PutDirectiveRequest {
-                directive: Some(Directive {
-                    nhs_number: other,
-                    status: "active".into(),
-                    provision_json: r#"{"type":"deny"}"#.into(),
-                    ..Default::default()
-                }),
-            },
+            directive("", &other, "active", r#"{"type":"deny"}"#),
             &patient,
         ))
         .await
@@ -124,14 +114,7 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     assert_eq!(not_yours.code(), tonic::Code::PermissionDenied);
     let bad = c
         .put_directive(with_token(
-            PutDirectiveRequest {
-                directive: Some(Directive {
-                    nhs_number: nhs.clone(),
-                    status: "active".into(),
-                    provision_json: r#"{"provision":[]}"#.into(),
-                    ..Default::default()
-                }),
-            },
+            directive("", &nhs, "active", r#"{"provision":[]}"#),
             &patient,
         ))
         .await
@@ -144,15 +127,12 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
 
     // Mental health withheld from everyone but the GP practice's own data view.
     c.put_directive(with_token(
-        PutDirectiveRequest {
-            directive: Some(Directive {
-                id: "mh".into(),
-                nhs_number: nhs.clone(),
-                status: "active".into(),
-                provision_json: r#"{"type":"permit","provision":[{"type":"deny","securityLabel":["MH"]}]}"#.into(),
-                ..Default::default()
-            }),
-        },
+        directive(
+            "mh",
+            &nhs,
+            "active",
+            r#"{"type":"permit","provision":[{"type":"deny","securityLabel":["MH"]}]}"#,
+        ),
         &patient,
     ))
     .await

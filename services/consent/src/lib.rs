@@ -30,11 +30,9 @@ pub use sharedcare_proto::consent::v1 as api;
 
 /// Applies consent's schema to `db`.
 pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
-    db.migrate(
-        sqlx::migrate!("./migrations/postgres"),
-        sqlx::migrate!("./migrations/sqlite"),
-    )
-    .await
+    // The same portable SQL serves both back ends (one directory, no copies to drift apart).
+    db.migrate(sqlx::migrate!("./migrations"), sqlx::migrate!("./migrations"))
+        .await
 }
 
 /// Builds the service: gRPC routes (callers checked by `verifier`), its outbox, and the

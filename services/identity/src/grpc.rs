@@ -97,10 +97,11 @@ impl IdentityAdmin for AdminApi {
         self.authorise(&req).await?;
         let code =
             OdsCode::parse(&req.get_ref().ods_code).map_err(|e| IdentityError::invalid("ods_code", e.to_string()))?;
-        let all = self.provider.store.organisations("", 10_000).await?;
-        let o = all
-            .into_iter()
-            .find(|o| o.ods_code == code.as_str())
+        let o = self
+            .provider
+            .store
+            .organisation(code.as_str())
+            .await?
             .ok_or_else(|| IdentityError::NotFound(format!("organisation {}", code.as_str())))?;
         Ok(Response::new(org_out(o)))
     }
@@ -158,12 +159,18 @@ impl IdentityAdmin for AdminApi {
         if uid.len() != 12 || !uid.bytes().all(|b| b.is_ascii_digit()) {
             return Err(IdentityError::invalid("uid", "must be 12 digits").into());
         }
-        let orgs = self.provider.store.organisations("", 10_000).await?;
+        let codes: Vec<String> = r
+            .role_profiles
+            .iter()
+            .map(|rp| rp.ods_code.to_ascii_uppercase())
+            .collect();
+        let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
+        let known = self.provider.store.organisation_names(&codes).await?;
         let mut roles = Vec::new();
         for (i, rp) in r.role_profiles.iter().enumerate() {
             let code = OdsCode::parse(&rp.ods_code)
                 .map_err(|e| IdentityError::invalid(format!("role_profiles[{i}].ods_code"), e.to_string()))?;
-            if !orgs.iter().any(|o| o.ods_code == code.as_str()) {
+            if !known.iter().any(|(c, _)| c == code.as_str()) {
                 return Err(
                     IdentityError::invalid(format!("role_profiles[{i}].ods_code"), "no such organisation").into(),
                 );

@@ -1084,16 +1084,14 @@ async fn role_page(State(h): State<Http>, headers: HeaderMap, Query(q): Query<Re
         Ok(Some(s)) if s.subject_kind == SubjectKind::Staff => s,
         _ => return see_other(&format!("/oauth2/login?req={}", q.req)),
     };
-    let (Ok(Some((person, _, _))), Ok(orgs)) = (
-        h.provider.store.person("uid", &session.subject).await,
-        h.provider.store.organisations("", 10_000).await,
-    ) else {
+    let Ok(Some((person, _, _))) = h.provider.store.person("uid", &session.subject).await else {
         return html(
             StatusCode::SERVICE_UNAVAILABLE,
             pages::error("Sign-in is unavailable", "Try again shortly."),
         );
     };
-    let names: Vec<(String, String)> = orgs.into_iter().map(|o| (o.ods_code, o.name)).collect();
+    let codes: Vec<&str> = person.roles.iter().map(|r| r.org_code.as_str()).collect();
+    let names = h.provider.store.organisation_names(&codes).await.unwrap_or_default();
     h.page_with_csrf(&headers, |csrf| pages::select_role(&q.req, csrf, &person.roles, &names))
 }
 

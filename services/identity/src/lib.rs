@@ -37,11 +37,9 @@ use sharedcare_kit::serve::Mount;
 
 /// Applies identity's schema to `db`.
 pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
-    db.migrate(
-        sqlx::migrate!("./migrations/postgres"),
-        sqlx::migrate!("./migrations/sqlite"),
-    )
-    .await
+    // The same portable SQL serves both back ends (one directory, no copies to drift apart).
+    db.migrate(sqlx::migrate!("./migrations"), sqlx::migrate!("./migrations"))
+        .await
 }
 
 /// Builds the service: loads (or makes) signing keys, seeds the demo ICS into an empty

@@ -493,11 +493,12 @@ impl Provider {
                     .person("uid", &grant.subject)
                     .await?
                     .ok_or_else(|| OAuthError::new("invalid_grant", "the person no longer exists"))?;
-                let orgs = self.store.organisations("", 10_000).await?;
+                let codes: Vec<&str> = p.roles.iter().map(|r| r.org_code.as_str()).collect();
+                let orgs = self.store.organisation_names(&codes).await?;
                 let mut user_orgs = Vec::new();
                 for r in &p.roles {
                     if !user_orgs.iter().any(|o: &Value| o["org_code"] == r.org_code.as_str()) {
-                        let name = orgs.iter().find(|o| o.ods_code == r.org_code).map(|o| o.name.clone());
+                        let name = orgs.iter().find(|(c, _)| *c == r.org_code).map(|(_, n)| n.clone());
                         user_orgs.push(json!({"org_code": r.org_code, "org_name": name.unwrap_or_default()}));
                     }
                 }
@@ -541,31 +542,28 @@ impl Provider {
 
     /// Verifies one of identity's access tokens for userinfo: signature, issuer, audience,
     /// expiry, not revoked, session live. Returns its claims.
-    pub async fn check_access_token(&self, token: &str) -> OResult<Value> {
+    /// Also returns the token's live session (`None` for service tokens, which have none).
+    pub async fn check_access_token(&self, token: &str) -> OResult<(Value, Option<Session>)> {
         let invalid = |why: String| OAuthError::new("invalid_token", why);
         let claims = self.verifier.claims(token).await.map_err(|e| invalid(e.to_string()))?;
         let jti = claims["jti"].as_str().unwrap_or_default();
         if self.store.jti_revoked(jti).await? {
             return Err(invalid("the access token was revoked".into()));
         }
-        if let Some(sid) = claims["sid"].as_str() {
-            match self.store.session(sid).await? {
-                Some(s) if !s.revoked && s.expires_at > now() => {}
+        let session = match claims["sid"].as_str() {
+            None => None,
+            Some(sid) => match self.store.session(sid).await? {
+                Some(s) if !s.revoked && s.expires_at > now() => Some(s),
                 _ => return Err(invalid("the sign-in session has ended".into())),
-            }
-        }
-        Ok(claims)
+            },
+        };
+        Ok((claims, session))
     }
 
     /// userinfo (OIDC Core §5.3): the subject's claims the token's scopes allow.
     pub async fn userinfo(&self, token: &str) -> OResult<Value> {
-        let claims = self.check_access_token(token).await?;
-        let sid = claims["sid"].as_str().unwrap_or_default();
-        let session = self
-            .store
-            .session(sid)
-            .await?
-            .ok_or_else(|| OAuthError::new("invalid_token", "not a user's token"))?;
+        let (claims, session) = self.check_access_token(token).await?;
+        let session = session.ok_or_else(|| OAuthError::new("invalid_token", "not a user's token"))?;
         let grant = Grant::of_session(
             &session,
             claims["client_id"].as_str().unwrap_or_default(),
@@ -582,7 +580,7 @@ impl Provider {
         if token.is_empty() {
             return Err(OAuthError::new("invalid_request", "token is required"));
         }
-        if let Ok(c) = self.check_access_token(token).await {
+        if let Ok((c, _)) = self.check_access_token(token).await {
             let mut out = json!({"active": true, "token_type": "Bearer"});
             for k in [
                 "scope",
@@ -706,11 +704,6 @@ impl Provider {
         if let Err(err) = self.outbox.record(&sharedcare_kit::bus::topic(crate::NAME), env).await {
             tracing::error!(error = %err, kind, "identity event could not be recorded");
         }
-    }
-
-    /// The JWK Set a client registered, for tests and admin display.
-    pub fn client_keys(client: &Client) -> JwkSet {
-        client.settings.jwks.clone().unwrap_or_default()
     }
 }
 

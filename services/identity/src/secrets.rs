@@ -185,11 +185,6 @@ pub fn totp(secret: &str, t: i64) -> Option<String> {
     Some(format!("{:06}", bin % 1_000_000))
 }
 
-/// Whether `code` is the TOTP for `secret` now, allowing one step of clock drift either way.
-pub fn check_totp(secret: &str, code: &str, now: i64) -> bool {
-    totp_step(secret, code, now).is_some()
-}
-
 /// The 30-second time step `code` belongs to, if it is valid now (±1 step of drift). Callers
 /// accept a step only once per person, so a code seen over someone's shoulder cannot be replayed.
 pub fn totp_step(secret: &str, code: &str, now: i64) -> Option<i64> {
@@ -224,8 +219,13 @@ mod tests {
         let secret = base32(b"12345678901234567890");
         assert_eq!(totp(&secret, 59).as_deref(), Some("287082"));
         assert_eq!(totp(&secret, 1111111109).as_deref(), Some("081804"));
-        assert!(check_totp(&secret, "287082", 59));
-        assert!(!check_totp(&secret, "287083", 59));
+        assert_eq!(totp_step(&secret, "287082", 59), Some(1), "59 s is in step 1");
+        assert_eq!(
+            totp_step(&secret, "287082", 80),
+            Some(1),
+            "one step of drift is allowed"
+        );
+        assert_eq!(totp_step(&secret, "287083", 59), None);
     }
 
     #[test]

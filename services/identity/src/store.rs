@@ -112,11 +112,6 @@ impl Store {
         Store { db }
     }
 
-    /// The database.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     // ---- organisations ------------------------------------------------------------------
 
     /// Adds an organisation; `Conflict` when the ODS code exists.
@@ -129,6 +124,37 @@ impl Store {
             .await
             .map_err(|e| conflict(e, format!("organisation {}", o.ods_code)))?;
         Ok(())
+    }
+
+    /// One organisation by ODS code.
+    pub async fn organisation(&self, code: &str) -> Result<Option<Organisation>> {
+        let row = sqlx::query("SELECT ods_code, name, kind FROM organisations WHERE ods_code = $1")
+            .bind(code.to_string())
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.map(|r| {
+            Ok(Organisation {
+                ods_code: r.try_get(0)?,
+                name: r.try_get(1)?,
+                kind: r.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// `(ODS code, name)` of the organisations among `codes` that exist.
+    pub async fn organisation_names(&self, codes: &[&str]) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for code in codes {
+            if let Some(r) = sqlx::query("SELECT ods_code, name FROM organisations WHERE ods_code = $1")
+                .bind(code.to_string())
+                .fetch_optional(self.db.pool())
+                .await?
+            {
+                out.push((r.try_get(0)?, r.try_get(1)?));
+            }
+        }
+        Ok(out)
     }
 
     /// Organisations ordered by ODS code, after `after`, at most `limit`.
@@ -392,14 +418,6 @@ impl Store {
             secret_hash: r.try_get(2)?,
             settings: json::<ClientSettings>(&settings, "settings")?,
         }))
-    }
-
-    /// Every client id with its name, ordered.
-    pub async fn client_ids(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT id FROM clients ORDER BY id")
-            .fetch_all(self.db.pool())
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
     // ---- sessions -----------------------------------------------------------------------

@@ -379,11 +379,16 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// The demo ICS's integration client (see `sharedcare demo`).
+pub(crate) const DEMO_SERVICE_ID: &str = "ics-integration";
+/// Its secret (public: demo only).
+pub(crate) const DEMO_SERVICE_SECRET: &str = "demo-integration-secret-95be0d27aa";
+
 /// A client_credentials token for the demo integration client from the issuer at `http`.
 pub(crate) async fn demo_service_token(http: &str, scope: &str) -> anyhow::Result<String> {
     let r: serde_json::Value = reqwest::Client::new()
         .post(format!("http://{http}/oauth2/token"))
-        .basic_auth("ics-integration", Some("demo-integration-secret-95be0d27aa"))
+        .basic_auth(DEMO_SERVICE_ID, Some(DEMO_SERVICE_SECRET))
         .form(&[("grant_type", "client_credentials"), ("scope", scope)])
         .send()
         .await?

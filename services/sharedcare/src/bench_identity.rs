@@ -11,10 +11,8 @@ use anyhow::{Context, bail};
 use sharedcare_kit::auth::{KeySource, Verifier};
 use sharedcare_kit::jose::JwkSet;
 
-use crate::bench::{BenchArgs, UpProcess, histogram, phase, report};
+use crate::bench::{BenchArgs, DEMO_SERVICE_ID, DEMO_SERVICE_SECRET, UpProcess, histogram, phase, report};
 
-const SERVICE_ID: &str = "ics-integration";
-const SERVICE_SECRET: &str = "demo-integration-secret-95be0d27aa";
 const PORTAL_ID: &str = "sharedcare-portal";
 const PORTAL_SECRET: &str = "demo-portal-secret-7c1f9e2b4a";
 
@@ -114,7 +112,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     );
     println!(
-        "idle RSS of `up` (identity, records, audit) before load: {:.1} MiB",
+        "idle RSS of `up` (every service) before load: {:.1} MiB",
         idle as f64 / 1024.0
     );
 
@@ -128,7 +126,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             async move {
                 let r = c
                     .post(format!("{base}/oauth2/token"))
-                    .basic_auth(SERVICE_ID, Some(SERVICE_SECRET))
+                    .basic_auth(DEMO_SERVICE_ID, Some(DEMO_SERVICE_SECRET))
                     .form(&[("grant_type", "client_credentials"), ("scope", "records.read")])
                     .send()
                     .await
@@ -237,15 +235,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     // JWT verification in the kit, one core, keys cached.
     let jwks: JwkSet = shared.get(format!("{base}/oauth2/jwks")).send().await?.json().await?;
-    let t = shared
-        .post(format!("{base}/oauth2/token"))
-        .basic_auth(SERVICE_ID, Some(SERVICE_SECRET))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await?
-        .json::<serde_json::Value>()
-        .await?;
-    let access = t["access_token"].as_str().context("access_token")?.to_string();
+    let access = crate::bench::demo_service_token(&up.http, "records.read").await?;
     drop(up);
     let keys = Arc::new(FixedKeys(jwks));
     for (name, capacity) in [
