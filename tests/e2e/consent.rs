@@ -142,6 +142,18 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     let withheld = decide(ask).await;
     assert_eq!(withheld.effect(), Effect::PermitWithWithholding);
     assert_eq!(withheld.withheld_categories, vec!["MH".to_string()]);
+    let listed = c
+        .list_directives(with_token(
+            sharedcare_proto::consent::v1::ListDirectivesRequest { nhs_number: nhs.clone() },
+            &patient,
+        ))
+        .await
+        .expect("the patient lists their directives")
+        .into_inner()
+        .directives;
+    let mut seen: Vec<(String, String)> = listed.into_iter().map(|d| (d.id, d.status)).collect();
+    seen.sort();
+    assert_eq!(seen, vec![("mh".into(), "active".into()), ("optout".into(), "inactive".into())]);
 
     // National data opt-out: research refused, direct care not.
     c.set_flags(with_token(

@@ -1487,3 +1487,171 @@ async fn idle_sessions_end_and_max_age_or_prompt_login_ask_for_the_password_agai
     let (idle, _, _) = follow(&b, &p.http, &url(&[("prompt", "none")])).await;
     assert_eq!(query(&idle)["error"], "login_required", "{idle}");
 }
+
+#[tokio::test]
+async fn the_admin_api_manages_organisations_people_and_patients_and_names_bad_fields() {
+    use sharedcare_proto::identity::v1::{
+        CreatePatientRequest, CreatePersonRequest, GetOrganisationRequest, ListOrganisationsRequest, Organisation,
+        RoleProfile,
+    };
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let mut a = admin(&p).await;
+    let org = |code: &str, kind: &str| Organisation {
+        ods_code: code.into(),
+        name: "Eastfield Surgery".into(),
+        kind: kind.into(),
+    };
+    let created = a
+        .create_organisation(org("b82005", "gp_practice"))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(created.ods_code, "B82005", "ODS codes are stored upper-case");
+    let got = a
+        .get_organisation(GetOrganisationRequest {
+            ods_code: "B82005".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.name, "Eastfield Surgery");
+    let missing = a
+        .get_organisation(GetOrganisationRequest {
+            ods_code: "ZZZ99".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let dup = a
+        .create_organisation(org("B82005", "gp_practice"))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(dup.code(), tonic::Code::AlreadyExists);
+    for (bad, field) in [
+        (org("B 1", "gp_practice"), "ods_code:"),
+        (org("B82006", "pharmacy"), "kind:"),
+    ] {
+        let e = a.create_organisation(bad).await.expect_err("invalid");
+        assert!(
+            e.code() == tonic::Code::InvalidArgument && e.message().starts_with(field),
+            "{}",
+            e.message()
+        );
+    }
+    // Paging visits every organisation once (6 demo + 1).
+    let (mut seen, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = a
+            .list_organisations(ListOrganisationsRequest {
+                page_size: 3,
+                page_token: token,
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        seen.extend(page.organisations.into_iter().map(|o| o.ods_code));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 7, "{seen:?}");
+
+    let person = a
+        .create_person(CreatePersonRequest {
+            username: "locum".into(),
+            given_name: "Lee".into(),
+            family_name: "Cole".into(),
+            password: "a-long-locum-password".into(),
+            role_profiles: vec![RoleProfile {
+                ods_code: "b82005".into(),
+                role_code: "R8000".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("person")
+        .into_inner();
+    assert_eq!(
+        (person.uid.len(), person.role_profiles[0].ods_code.as_str()),
+        (12, "B82005")
+    );
+    let unknown_org = a
+        .create_person(CreatePersonRequest {
+            username: "x".into(),
+            given_name: "X".into(),
+            family_name: "Y".into(),
+            password: "a-long-enough-password".into(),
+            role_profiles: vec![RoleProfile {
+                ods_code: "QQQ01".into(),
+                role_code: "R8000".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown organisation");
+    assert!(
+        unknown_org.message().starts_with("role_profiles[0].ods_code:"),
+        "{}",
+        unknown_org.message()
+    );
+    let patient = |nhs: &str, born: &str, level: &str, pw: &str| CreatePatientRequest {
+        nhs_number: nhs.into(),
+        username: format!("p{nhs}"),
+        given_name: "Ann".into(),
+        family_name: "Lee".into(),
+        birthdate: born.into(),
+        identity_proofing_level: level.into(),
+        password: pw.into(),
+    };
+    a.create_patient(patient("9000000009", "1970-05-01", "P9", "a-long-patient-password"))
+        .await
+        .expect("patient");
+    for (bad, field) in [
+        (
+            patient("9000000008", "1970-05-01", "P9", "a-long-patient-password"),
+            "nhs_number:",
+        ),
+        (
+            patient("9434765919", "01/05/1970", "P9", "a-long-patient-password"),
+            "birthdate:",
+        ),
+        (
+            patient("9434765919", "1970-05-01", "P7", "a-long-patient-password"),
+            "identity_proofing_level:",
+        ),
+        (patient("9434765919", "1970-05-01", "P9", "short"), "password:"),
+    ] {
+        let e = a.create_patient(bad).await.expect_err("invalid");
+        assert!(
+            e.code() == tonic::Code::InvalidArgument && e.message().starts_with(field),
+            "{}",
+            e.message()
+        );
+    }
+    // The new accounts can sign in.
+    let (back, _, _) = password_login(
+        &browser(),
+        &p.http,
+        &{
+            let redirect = "http://127.0.0.1:9/admin-test";
+            let (id, secret) = register_app(&p, "Admin test", redirect, "").await;
+            let rp = relying_party(&p.http, &id, &secret, redirect).await;
+            rp.authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .url()
+            .0
+            .to_string()
+        },
+        "locum",
+        "a-long-locum-password",
+    )
+    .await;
+    assert!(query(&back).contains_key("code"), "{back}");
+}
