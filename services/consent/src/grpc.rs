@@ -8,7 +8,7 @@ use crate::ConsentError;
 use crate::api;
 use crate::api::consent_server::Consent;
 use crate::policy::{self, Action, Ask, Decision, Directive, Provision, Relationship, Who};
-use crate::store::{Actor, Grant, Store};
+use crate::store::{Actor, Grant, Known, Store};
 
 /// How long a break-glass grant lasts.
 pub const BREAK_GLASS_SECS: i64 = 4 * 3600;
@@ -115,78 +115,108 @@ const RELATIONSHIPS: &[&str] = &[
     "referral",
 ];
 
+/// Most asks in one `DecideMany`.
+pub const MAX_ASKS: usize = 1000;
+
+/// Checks one decision request; `prefix` places its fields in a batch (`asks[3].`).
+fn parse_ask(prefix: &str, r: &api::DecideRequest) -> Result<Ask, Status> {
+    let field = |name: &str| format!("{prefix}{name}");
+    let patient = nhs(&field("nhs_number"), &r.nhs_number)?;
+    let action = Action::parse(&r.action)
+        .ok_or_else(|| ConsentError::invalid(field("action"), "expected read, search, create or update"))?;
+    if r.purpose.is_empty() {
+        return Err(ConsentError::invalid(field("purpose"), "is required (e.g. TREAT)").into());
+    }
+    let who = match r.principal_kind.as_str() {
+        "staff" => Who::Staff {
+            person: r.person_id.clone(),
+            org: ods(&field("ods_code"), &r.ods_code)?.as_str().to_string(),
+            role: r.role_code.clone(),
+        },
+        "patient" => Who::Patient {
+            nhs_number: nhs(&field("principal_nhs_number"), &r.principal_nhs_number)?
+                .as_str()
+                .to_string(),
+            proofing: r.proofing_level.clone(),
+        },
+        "service" => Who::Service {
+            client_id: r.client_id.clone(),
+            org: r.ods_code.clone(),
+        },
+        other => {
+            return Err(ConsentError::invalid(
+                field("principal_kind"),
+                format!("{other:?}: expected staff, patient or service"),
+            )
+            .into());
+        }
+    };
+    Ok(Ask {
+        who,
+        nhs_number: patient.as_str().to_string(),
+        action,
+        categories: r.categories.clone(),
+        purpose: r.purpose.clone(),
+        now: chrono::Utc::now().timestamp(),
+    })
+}
+
+/// Decides `ask` on what is known about its patient (nothing known = empty facts).
+fn decision(ask: &Ask, known: Option<&Known>) -> api::DecideResponse {
+    let empty = Known::default();
+    let known = known.unwrap_or(&empty);
+    let o = policy::decide(ask, &known.facts);
+    let (effect, withheld) = match o.decision {
+        Decision::Permit => (api::decide_response::Effect::Permit, Vec::new()),
+        Decision::Deny => (api::decide_response::Effect::Deny, Vec::new()),
+        Decision::Withhold(c) => (api::decide_response::Effect::PermitWithWithholding, c),
+    };
+    let glass_reason = match (&ask.who, o.break_glass) {
+        (Who::Staff { person, .. }, true) => known
+            .grants
+            .iter()
+            .find(|g| g.grant.person == *person && g.grant.start <= ask.now && ask.now < g.grant.end)
+            .map(|g| format!("{}: {}", g.reason_code, g.reason_text))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    api::DecideResponse {
+        effect: effect as i32,
+        withheld_categories: withheld,
+        reason: o.reason,
+        rules: o.rules,
+        break_glass: o.break_glass,
+        break_glass_reason: glass_reason,
+    }
+}
+
 #[tonic::async_trait]
 impl Consent for ConsentApi {
     async fn decide(&self, request: Request<api::DecideRequest>) -> Result<Response<api::DecideResponse>, Status> {
         self.require(&request, "consent.decide", None).await?;
-        let r = request.into_inner();
-        let patient = nhs("nhs_number", &r.nhs_number)?;
-        let action = Action::parse(&r.action)
-            .ok_or_else(|| ConsentError::invalid("action", "expected read, search, create or update"))?;
-        if r.purpose.is_empty() {
-            return Err(ConsentError::invalid("purpose", "is required (e.g. TREAT)").into());
+        let ask = parse_ask("", request.get_ref())?;
+        let known = self.store.facts_many(&[ask.nhs_number.as_str()]).await?;
+        Ok(Response::new(decision(&ask, known.get(&ask.nhs_number))))
+    }
+
+    async fn decide_many(
+        &self,
+        request: Request<api::DecideManyRequest>,
+    ) -> Result<Response<api::DecideManyResponse>, Status> {
+        self.require(&request, "consent.decide", None).await?;
+        let asks = &request.get_ref().asks;
+        if asks.len() > MAX_ASKS {
+            return Err(ConsentError::invalid("asks", format!("at most {MAX_ASKS} per call, got {}", asks.len())).into());
         }
-        let who = match r.principal_kind.as_str() {
-            "staff" => Who::Staff {
-                person: r.person_id.clone(),
-                org: ods("ods_code", &r.ods_code)?.as_str().to_string(),
-                role: r.role_code.clone(),
-            },
-            "patient" => Who::Patient {
-                nhs_number: nhs("principal_nhs_number", &r.principal_nhs_number)?
-                    .as_str()
-                    .to_string(),
-                proofing: r.proofing_level.clone(),
-            },
-            "service" => Who::Service {
-                client_id: r.client_id.clone(),
-                org: r.ods_code.clone(),
-            },
-            other => {
-                return Err(ConsentError::invalid(
-                    "principal_kind",
-                    format!("{other:?}: expected staff, patient or service"),
-                )
-                .into());
-            }
-        };
-        let facts = self.store.facts(patient.as_str()).await?;
-        let ask = Ask {
-            who: who.clone(),
-            nhs_number: patient.as_str().to_string(),
-            action,
-            categories: r.categories,
-            purpose: r.purpose,
-            now: chrono::Utc::now().timestamp(),
-        };
-        let o = policy::decide(&ask, &facts);
-        let (effect, withheld) = match o.decision {
-            Decision::Permit => (api::decide_response::Effect::Permit, Vec::new()),
-            Decision::Deny => (api::decide_response::Effect::Deny, Vec::new()),
-            Decision::Withhold(c) => (api::decide_response::Effect::PermitWithWithholding, c),
-        };
-        let glass_reason = if o.break_glass {
-            let person = match &who {
-                Who::Staff { person, .. } => person.clone(),
-                _ => String::new(),
-            };
-            let grants = self.store.grants(patient.as_str(), false).await?;
-            grants
-                .iter()
-                .find(|g| g.grant.person == person && g.grant.start <= ask.now && ask.now < g.grant.end)
-                .map(|g| format!("{}: {}", g.reason_code, g.reason_text))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(api::DecideResponse {
-            effect: effect as i32,
-            withheld_categories: withheld,
-            reason: o.reason,
-            rules: o.rules,
-            break_glass: o.break_glass,
-            break_glass_reason: glass_reason,
-        }))
+        let asks: Vec<Ask> = asks
+            .iter()
+            .enumerate()
+            .map(|(n, a)| parse_ask(&format!("asks[{n}]."), a))
+            .collect::<Result<_, _>>()?;
+        let patients: Vec<&str> = asks.iter().map(|a| a.nhs_number.as_str()).collect();
+        let known = self.store.facts_many(&patients).await?;
+        let decisions = asks.iter().map(|a| decision(a, known.get(&a.nhs_number))).collect();
+        Ok(Response::new(api::DecideManyResponse { decisions }))
     }
 
     async fn put_directive(

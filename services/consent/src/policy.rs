@@ -11,7 +11,10 @@
 //! 1. the patient at P9 (or their authorised representative) may read their own record; below P9 not;
 //! 2. the national data opt-out denies every purpose other than direct care;
 //! 3. staff need a legitimate relationship (their organisation cares for the patient now) or an
-//!    active break-glass grant for emergency treatment;
+//!    active break-glass grant for emergency treatment; systems (client-credentials tokens) are
+//!    authorised by their scope instead;
+//!    then a write is permitted: recording care delivered is not sharing it, so directives and
+//!    dissent govern who reads, not what a provider may record;
 //! 4. the GP dissent flag keeps the record within the registered GP practice; patient consent at
 //!    the point of care cannot lift it, only break-glass in an emergency;
 //! 5. break-glass permits the whole record (audited, reviewed);
@@ -369,7 +372,8 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
         Who::Service { org, .. } => ("", org.as_str(), ""),
         Who::Patient { .. } => unreachable!("patients were decided above"),
     };
-    // 3. Relationship or break-glass.
+    // 3. Relationship or break-glass; systems are authorised by their scope instead.
+    let system = matches!(ask.who, Who::Service { .. });
     let relationship = facts
         .relationships
         .iter()
@@ -381,6 +385,7 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
         .find(|g| emergency && g.person == person && !person.is_empty() && g.start <= now && now < g.end);
     match (relationship, glass) {
         (Some(r), _) => rules.push(format!("relationship:{}:{}", r.kind, r.org)),
+        (None, _) if system => rules.push("system".into()),
         (None, Some(_)) => rules.push("break-glass".into()),
         (None, None) => {
             let ended = facts
@@ -400,6 +405,16 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
             return outcome(Decision::Deny, why, rules, false);
         }
     }
+    // Recording care is not sharing it: a write by a caller with a relationship (or a system,
+    // or under break-glass) is stored whatever the directives say; they govern who reads it.
+    if !ask.action.reads() {
+        return outcome(
+            Decision::Permit,
+            "recording care delivered: directives and dissent govern who may read it",
+            rules,
+            glass.is_some() && relationship.is_none() && !system,
+        );
+    }
     // 4. GP dissent.
     if facts.gp_dissent {
         let is_gp = relationship.is_some_and(|r| r.kind == "gp_registration");
@@ -414,7 +429,7 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
         }
     }
     // 5. Break-glass (no relationship): the whole record, audited.
-    if relationship.is_none() {
+    if relationship.is_none() && !system {
         return outcome(
             Decision::Permit,
             "break-glass: emergency access granted and audited",
@@ -522,6 +537,13 @@ mod scenarios {
             person: format!("nurse-at-{org}"),
             org: org.into(),
             role: "S8000:G8000:R8001".into(),
+        }
+    }
+
+    fn system() -> Who {
+        Who::Service {
+            client_id: "ics-integration".into(),
+            org: String::new(),
         }
     }
 
@@ -1022,6 +1044,68 @@ mod scenarios {
                     ))
                 }),
                 w(&["MH"]),
+                "directive:sex-only",
+            ),
+            case(
+                "a system reads for direct care by its scope",
+                ask(system(), Read, "TREAT", &[]),
+                cared_for(),
+                Decision::Permit,
+                "system",
+            ),
+            case(
+                "a system is held to the patient's opt-out of sharing",
+                ask(system(), Read, "TREAT", &[]),
+                with(cared_for(), |f| f.directives.push(directive("optout", deny_all()))),
+                Decision::Deny,
+                "directive:optout",
+            ),
+            case(
+                "a system is refused research under the national data opt-out",
+                ask(system(), Search, "HRESCH", &[]),
+                with(cared_for(), |f| f.national_opt_out = true),
+                Decision::Deny,
+                "national-data-opt-out",
+            ),
+            case(
+                "a system records care although the record is opted out of sharing",
+                ask(system(), Create, "TREAT", &[]),
+                with(cared_for(), |f| f.directives.push(directive("optout", deny_all()))),
+                Decision::Permit,
+                "system",
+            ),
+            case(
+                "a clinician records care although the patient withholds the record",
+                ask(staff(TRUST), Update, "TREAT", &["MH"]),
+                with(cared_for(), |f| f.directives.push(directive("optout", deny_all()))),
+                Decision::Permit,
+                "relationship:episode_of_care:RX1",
+            ),
+            case(
+                "staff without a relationship cannot write",
+                ask(staff(CARE_HOME), Create, "TREAT", &[]),
+                cared_for(),
+                Decision::Deny,
+                "relationship:none",
+            ),
+            case(
+                "released categories only: uncategorised data stays denied",
+                ask(staff(TRUST), Read, "TREAT", &[]),
+                with(cared_for(), |f| {
+                    f.directives.push(directive(
+                        "sex-only",
+                        Provision {
+                            kind: Some(Effect::Deny),
+                            provision: vec![Provision {
+                                kind: Some(Effect::Permit),
+                                security_labels: vec!["SEX".into()],
+                                ..Provision::default()
+                            }],
+                            ..Provision::default()
+                        },
+                    ))
+                }),
+                Decision::Deny,
                 "directive:sex-only",
             ),
         ]

@@ -6,6 +6,7 @@ use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::outbox;
 use sharedcare_proto::events::v1::ConsentEvent;
 use sqlx::Row;
+use std::collections::HashMap;
 
 use crate::ConsentError;
 use crate::policy::{BreakGlass, Directive, Facts, Provision, Relationship};
@@ -23,6 +24,16 @@ pub struct Grant {
     pub reason_code: String,
     /// Free text.
     pub reason_text: String,
+}
+
+/// What is known about one patient: the decision's facts, and the break-glass grants with
+/// their stated reasons (for the audit entry of a decision that rests on one).
+#[derive(Clone, Debug, Default)]
+pub struct Known {
+    /// The facts [`crate::policy::decide`] reads.
+    pub facts: Facts,
+    /// Break-glass grants, newest first.
+    pub grants: Vec<Grant>,
 }
 
 /// Consent's storage.
@@ -71,46 +82,73 @@ impl Store {
     /// Everything the decision needs about `nhs`, read now (no cache: a change binds the next
     /// decision).
     pub async fn facts(&self, nhs: &str) -> Result<Facts, ConsentError> {
-        let mut f = Facts::default();
+        let mut all = self.facts_many(&[nhs]).await?;
+        Ok(all.remove(nhs).map(|k| k.facts).unwrap_or_default())
+    }
+
+    /// The facts about each of `patients`, read now in one query per table (a batch of
+    /// decisions costs four queries, not four per patient). Patients nothing is known about
+    /// get empty facts.
+    pub async fn facts_many(&self, patients: &[&str]) -> Result<HashMap<String, Known>, ConsentError> {
+        let mut out: HashMap<String, Known> = HashMap::new();
+        let mut ids: Vec<&str> = patients.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in &ids {
+            out.entry((*id).to_string()).or_default();
+        }
         let pool = self.db.pool();
-        for r in sqlx::query("SELECT id, status, provision FROM directives WHERE nhs_number = $1 ORDER BY updated_at")
-            .bind(nhs.to_string())
-            .fetch_all(pool)
-            .await?
-        {
-            let provision: Provision = serde_json::from_str(&r.try_get::<String, _>(2)?)
-                .map_err(|e| ConsentError::invalid("directive.provision_json", e.to_string()))?;
-            f.directives.push(Directive {
-                id: r.try_get(0)?,
-                status: r.try_get(1)?,
-                provision,
-            });
+        for chunk in ids.chunks(db::MAX_ROWS_PER_INSERT) {
+            let marks = db::marks(self.db.backend(), chunk.len());
+            let query = |sql: String| {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(id.to_string());
+                }
+                q
+            };
+            let sql = format!(
+                "SELECT nhs_number, id, status, provision FROM directives WHERE nhs_number IN ({marks}) ORDER BY updated_at"
+            );
+            for r in query(sql).fetch_all(pool).await? {
+                let provision: Provision = serde_json::from_str(&r.try_get::<String, _>(3)?)
+                    .map_err(|e| ConsentError::invalid("directive.provision_json", e.to_string()))?;
+                let k = out.entry(r.try_get(0)?).or_default();
+                k.facts.directives.push(Directive {
+                    id: r.try_get(1)?,
+                    status: r.try_get(2)?,
+                    provision,
+                });
+            }
+            let sql =
+                format!("SELECT nhs_number, national_opt_out, gp_dissent FROM patient_flags WHERE nhs_number IN ({marks})");
+            for r in query(sql).fetch_all(pool).await? {
+                let k = out.entry(r.try_get(0)?).or_default();
+                k.facts.national_opt_out = r.try_get::<i64, _>(1)? != 0;
+                k.facts.gp_dissent = r.try_get::<i64, _>(2)? != 0;
+            }
+            let sql = format!(
+                "SELECT nhs_number, ods_code, kind, start_at, end_at FROM relationships WHERE nhs_number IN ({marks})"
+            );
+            for r in query(sql).fetch_all(pool).await? {
+                let end: i64 = r.try_get(4)?;
+                let k = out.entry(r.try_get(0)?).or_default();
+                k.facts.relationships.push(Relationship {
+                    org: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    start: r.try_get(3)?,
+                    end: (end != 0).then_some(end),
+                });
+            }
+            let sql = format!("{GRANT_COLUMNS} WHERE nhs_number IN ({marks}) ORDER BY start_at DESC");
+            for r in query(sql).fetch_all(pool).await? {
+                let g = grant_row(&r)?;
+                let k = out.entry(g.nhs_number.clone()).or_default();
+                k.facts.break_glass.push(g.grant.clone());
+                k.grants.push(g);
+            }
         }
-        if let Some(r) = sqlx::query("SELECT national_opt_out, gp_dissent FROM patient_flags WHERE nhs_number = $1")
-            .bind(nhs.to_string())
-            .fetch_optional(pool)
-            .await?
-        {
-            f.national_opt_out = r.try_get::<i64, _>(0)? != 0;
-            f.gp_dissent = r.try_get::<i64, _>(1)? != 0;
-        }
-        for r in sqlx::query("SELECT ods_code, kind, start_at, end_at FROM relationships WHERE nhs_number = $1")
-            .bind(nhs.to_string())
-            .fetch_all(pool)
-            .await?
-        {
-            let end: i64 = r.try_get(3)?;
-            f.relationships.push(Relationship {
-                org: r.try_get(0)?,
-                kind: r.try_get(1)?,
-                start: r.try_get(2)?,
-                end: (end != 0).then_some(end),
-            });
-        }
-        for g in self.grants(nhs, false).await? {
-            f.break_glass.push(g.grant);
-        }
-        Ok(f)
+        Ok(out)
     }
 
     /// Creates or replaces a directive.
@@ -329,30 +367,33 @@ impl Store {
 
     /// Break-glass grants for `nhs` (all patients when empty); `unreviewed` = the review queue.
     pub async fn grants(&self, nhs: &str, unreviewed: bool) -> Result<Vec<Grant>, ConsentError> {
-        let rows = sqlx::query(
-            "SELECT id, nhs_number, person_id, ods_code, reason_code, reason_text, start_at, end_at FROM break_glass \
-             WHERE ($1 = '' OR nhs_number = $2) AND ($3 = 0 OR reviewed = 0) ORDER BY start_at DESC LIMIT 1000",
-        )
-        .bind(nhs.to_string())
-        .bind(nhs.to_string())
-        .bind(i64::from(unreviewed))
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Grant {
-                    id: r.try_get(0)?,
-                    nhs_number: r.try_get(1)?,
-                    grant: BreakGlass {
-                        person: r.try_get(2)?,
-                        org: r.try_get(3)?,
-                        start: r.try_get(6)?,
-                        end: r.try_get(7)?,
-                    },
-                    reason_code: r.try_get(4)?,
-                    reason_text: r.try_get(5)?,
-                })
-            })
-            .collect()
+        let sql = format!(
+            "{GRANT_COLUMNS} WHERE ($1 = '' OR nhs_number = $2) AND ($3 = 0 OR reviewed = 0) ORDER BY start_at DESC LIMIT 1000"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(nhs.to_string())
+            .bind(nhs.to_string())
+            .bind(i64::from(unreviewed))
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(grant_row).collect()
     }
+}
+
+const GRANT_COLUMNS: &str =
+    "SELECT id, nhs_number, person_id, ods_code, reason_code, reason_text, start_at, end_at FROM break_glass";
+
+fn grant_row(r: &sqlx::any::AnyRow) -> Result<Grant, ConsentError> {
+    Ok(Grant {
+        id: r.try_get(0)?,
+        nhs_number: r.try_get(1)?,
+        grant: BreakGlass {
+            person: r.try_get(2)?,
+            org: r.try_get(3)?,
+            start: r.try_get(6)?,
+            end: r.try_get(7)?,
+        },
+        reason_code: r.try_get(4)?,
+        reason_text: r.try_get(5)?,
+    })
 }

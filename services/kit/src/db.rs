@@ -264,6 +264,16 @@ pub fn placeholder(conn: &sqlx::AnyConnection, n: usize) -> String {
     }
 }
 
+/// `count` comma-separated bind placeholders for `backend` (`$1, $2, …` or `?, ?, …`), for an
+/// `IN (…)` list whose values are bound in order.
+pub fn marks(backend: Backend, count: usize) -> String {
+    let one = |n: usize| match backend {
+        Backend::Postgres => format!("${n}"),
+        Backend::Sqlite => "?".to_string(),
+    };
+    (1..=count).map(one).collect::<Vec<_>>().join(", ")
+}
+
 /// Microseconds since the Unix epoch, the time representation every table uses.
 pub fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
