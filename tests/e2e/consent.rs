@@ -45,7 +45,7 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     let p = up(data.path());
     let demo: Value =
         serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo");
-    let nhs = demo["patients"][0]["nhs_number"].as_str().expect("nhs").to_string();
+    let nhs = demo["patients"][2]["nhs_number"].as_str().expect("nhs").to_string();
     let service = service_token_for(&p.http, "consent.decide consent.write").await;
     let mut c = ConsentClient::new(p.channel().await);
     let deciding = c.clone();
@@ -54,7 +54,9 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
         async move { c.decide(with_token(ask, &service)).await.expect("decide").into_inner() }
     };
 
-    let first = decide(staff_ask(&nhs, "A81001", "TREAT")).await;
+    // Aisha Rahman (demo patient 3) is registered at the GP practice only: the trust has no
+    // relationship with her yet.
+    let first = decide(staff_ask(&nhs, "RX1", "TREAT")).await;
     assert_eq!(first.effect(), Effect::Deny);
     assert!(first.rules.contains(&"relationship:none".to_string()), "{first:?}");
 
@@ -63,8 +65,8 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
             AddRelationshipRequest {
                 relationship: Some(Relationship {
                     nhs_number: nhs.clone(),
-                    ods_code: "A81001".into(),
-                    kind: "gp_registration".into(),
+                    ods_code: "RX1".into(),
+                    kind: "episode_of_care".into(),
                     start: 1_600_000_000,
                     ..Default::default()
                 }),
@@ -74,20 +76,17 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
         .await
         .expect("relationship")
         .into_inner();
-    assert_eq!(
-        decide(staff_ask(&nhs, "A81001", "TREAT")).await.effect(),
-        Effect::Permit
-    );
+    assert_eq!(decide(staff_ask(&nhs, "RX1", "TREAT")).await.effect(), Effect::Permit);
 
     // The patient (P9, their own token) opts out; the very next decision denies.
-    let patient = user_token(&p, "patient1", "demo-patient1-password", "nhs_number").await;
+    let patient = user_token(&p, "patient3", "demo-patient3-password", "nhs_number").await;
     c.put_directive(with_token(
         directive("optout", &nhs, "active", r#"{"type":"deny"}"#),
         &patient,
     ))
     .await
     .expect("patient's own directive");
-    let denied = decide(staff_ask(&nhs, "A81001", "TREAT")).await;
+    let denied = decide(staff_ask(&nhs, "RX1", "TREAT")).await;
     assert_eq!(denied.effect(), Effect::Deny);
     assert!(denied.rules.contains(&"directive:optout".to_string()));
     // Withdrawn again: permitted at once.
@@ -97,10 +96,7 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     ))
     .await
     .expect("withdraw");
-    assert_eq!(
-        decide(staff_ask(&nhs, "A81001", "TREAT")).await.effect(),
-        Effect::Permit
-    );
+    assert_eq!(decide(staff_ask(&nhs, "RX1", "TREAT")).await.effect(), Effect::Permit);
 
     // Another patient's directive and a P5 account are refused; bad provisions name the field.
     let other = demo["patients"][1]["nhs_number"].as_str().expect("nhs").to_string();
@@ -137,14 +133,16 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     ))
     .await
     .expect("withhold MH");
-    let mut ask = staff_ask(&nhs, "A81001", "TREAT");
+    let mut ask = staff_ask(&nhs, "RX1", "TREAT");
     ask.categories = vec!["MH".into(), "N".into()];
     let withheld = decide(ask).await;
     assert_eq!(withheld.effect(), Effect::PermitWithWithholding);
     assert_eq!(withheld.withheld_categories, vec!["MH".to_string()]);
     let listed = c
         .list_directives(with_token(
-            sharedcare_proto::consent::v1::ListDirectivesRequest { nhs_number: nhs.clone() },
+            sharedcare_proto::consent::v1::ListDirectivesRequest {
+                nhs_number: nhs.clone(),
+            },
             &patient,
         ))
         .await
@@ -153,7 +151,10 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
         .directives;
     let mut seen: Vec<(String, String)> = listed.into_iter().map(|d| (d.id, d.status)).collect();
     seen.sort();
-    assert_eq!(seen, vec![("mh".into(), "active".into()), ("optout".into(), "inactive".into())]);
+    assert_eq!(
+        seen,
+        vec![("mh".into(), "active".into()), ("optout".into(), "inactive".into())]
+    );
 
     // National data opt-out: research refused, direct care not.
     c.set_flags(with_token(
@@ -166,8 +167,8 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     ))
     .await
     .expect("flags");
-    assert_eq!(decide(staff_ask(&nhs, "A81001", "HRESCH")).await.effect(), Effect::Deny);
-    assert_ne!(decide(staff_ask(&nhs, "A81001", "TREAT")).await.effect(), Effect::Deny);
+    assert_eq!(decide(staff_ask(&nhs, "RX1", "HRESCH")).await.effect(), Effect::Deny);
+    assert_ne!(decide(staff_ask(&nhs, "RX1", "TREAT")).await.effect(), Effect::Deny);
 
     // Break-glass: the care worker has no relationship; they state why and are let in, audited.
     let careworker = user_token(&p, "careworker", "demo-careworker-password", "selectedrole").await;
@@ -254,14 +255,14 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     c.end_relationship(with_token(EndRelationshipRequest { id: rel.id, end: 0 }, &service))
         .await
         .expect("end");
-    let ended = decide(staff_ask(&nhs, "A81001", "TREAT")).await;
+    let ended = decide(staff_ask(&nhs, "RX1", "TREAT")).await;
     assert_eq!(ended.effect(), Effect::Deny);
     assert!(ended.rules.contains(&"relationship:ended".to_string()), "{ended:?}");
 
     // Decide needs consent.decide.
     let weak = service_token_for(&p.http, "records.read").await;
     let refused = c
-        .decide(with_token(staff_ask(&nhs, "A81001", "TREAT"), &weak))
+        .decide(with_token(staff_ask(&nhs, "RX1", "TREAT"), &weak))
         .await
         .expect_err("scope");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
@@ -280,6 +281,7 @@ async fn an_encounter_in_the_record_is_a_care_relationship_until_it_finishes() {
         .put(PutRequest {
             resource_json: crate::harness::patient("enc-p", &nhs),
             source_organisation: "A81001".into(),
+            ..Default::default()
         })
         .await
         .expect("patient");
@@ -308,6 +310,7 @@ async fn an_encounter_in_the_record_is_a_care_relationship_until_it_finishes() {
         .put(PutRequest {
             resource_json: encounter("in-progress", ""),
             source_organisation: "RX1".into(),
+            ..Default::default()
         })
         .await
         .expect("encounter");
@@ -331,6 +334,7 @@ async fn an_encounter_in_the_record_is_a_care_relationship_until_it_finishes() {
         .put(PutRequest {
             resource_json: encounter("finished", "2026-01-02T08:00:00Z"),
             source_organisation: "RX1".into(),
+            ..Default::default()
         })
         .await
         .expect("finished");

@@ -28,11 +28,22 @@ fn serve(service: &str, env: &[(&str, String)], identity: &Proc) -> Proc {
     Proc::start(&["serve", service], &env).with_issuer(&identity.http)
 }
 
+/// `sharedcare serve records`, asking `consent` with the demo integration client's
+/// credentials (scope consent.decide).
+fn serve_records(env: &[(&str, String)], identity: &Proc, consent: &Proc) -> Proc {
+    let mut env = env.to_vec();
+    env.push(("SHAREDCARE_RECORDS__CONSENT_URL", consent.grpc.clone()));
+    env.push(("SHAREDCARE_AUTH__CLIENT_ID", "ics-integration".into()));
+    env.push(("SHAREDCARE_AUTH__CLIENT_SECRET", crate::identity::SERVICE_SECRET.into()));
+    serve("records", &env, identity)
+}
+
 #[tokio::test]
 async fn records_and_audit_run_as_two_processes_on_postgres_and_kafka() {
     let env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
     let id = identity(&env);
-    let records = serve("records", &env, &id);
+    let consent = serve("consent", &env, &id);
+    let records = serve_records(&env, &id, &consent);
     let audit = serve("audit", &env, &id);
     let nhs = nhs_number();
     let mut client = records.records().await;
@@ -40,6 +51,7 @@ async fn records_and_audit_run_as_two_processes_on_postgres_and_kafka() {
         .put(PutRequest {
             resource_json: patient("p-dist", &nhs),
             source_organisation: "RXX01".into(),
+            ..Default::default()
         })
         .await
         .expect("put");
@@ -50,6 +62,7 @@ async fn records_and_audit_run_as_two_processes_on_postgres_and_kafka() {
         .put(PutRequest {
             resource_json: obs.to_string(),
             source_organisation: "RXX01".into(),
+            ..Default::default()
         })
         .await
         .expect("put obs");
@@ -57,6 +70,7 @@ async fn records_and_audit_run_as_two_processes_on_postgres_and_kafka() {
         .get(GetRequest {
             resource_type: "Observation".into(),
             id: "o-dist".into(),
+            ..Default::default()
         })
         .await
         .expect("get")
@@ -131,7 +145,8 @@ async fn one_put_is_one_trace_across_records_and_audit() {
     env.push(("SHAREDCARE_TELEMETRY__OTLP_ENDPOINT", endpoint));
     env.push(("OTEL_BSP_SCHEDULE_DELAY", "100".into()));
     let id = identity(&env);
-    let records = serve("records", &env, &id);
+    let consent = serve("consent", &env, &id);
+    let records = serve_records(&env, &id, &consent);
     let _audit = serve("audit", &env, &id);
     let nhs = nhs_number();
     records
@@ -140,6 +155,7 @@ async fn one_put_is_one_trace_across_records_and_audit() {
         .put(PutRequest {
             resource_json: patient("p-trace", &nhs),
             source_organisation: String::new(),
+            ..Default::default()
         })
         .await
         .expect("put");
@@ -197,7 +213,8 @@ async fn events_committed_before_a_crash_and_a_broker_outage_all_arrive() {
     broker("start", port, b.1.path());
     let env = serve_env(&fresh_database().await, &format!("127.0.0.1:{port}"), &namespace());
     let id = identity(&env);
-    let records = serve("records", &env, &id);
+    let consent = serve("consent", &env, &id);
+    let records = serve_records(&env, &id, &consent);
     let audit = serve("audit", &env, &id);
     let nhs = nhs_number();
     records
@@ -206,6 +223,7 @@ async fn events_committed_before_a_crash_and_a_broker_outage_all_arrive() {
         .put(PutRequest {
             resource_json: patient("p-crash", &nhs),
             source_organisation: String::new(),
+            ..Default::default()
         })
         .await
         .expect("put");
@@ -223,6 +241,7 @@ async fn events_committed_before_a_crash_and_a_broker_outage_all_arrive() {
             .put(PutRequest {
                 resource_json: obs.to_string(),
                 source_organisation: String::new(),
+                ..Default::default()
             })
             .await
             .expect("writes succeed while the broker is down: the outbox holds the events");
@@ -230,7 +249,7 @@ async fn events_committed_before_a_crash_and_a_broker_outage_all_arrive() {
     records.crash(); // SIGKILL after commit, before any publish
 
     broker("start", port, b.1.path());
-    let _records = serve("records", &env, &id); // the relay finds the committed rows
+    let _records = serve_records(&env, &id, &consent); // the relay finds the committed rows
     let trail = eventually(Duration::from_secs(120), "all five events after the outage", || async {
         let t = audit_trail(&audit, &nhs).await;
         (t.len() >= 6).then_some(t)
@@ -254,6 +273,7 @@ async fn up_can_run_every_service_on_postgres_and_kafka() {
         .put(PutRequest {
             resource_json: patient("p-single-node", &nhs),
             source_organisation: String::new(),
+            ..Default::default()
         })
         .await
         .expect("put");

@@ -21,6 +21,7 @@ async fn a_put_is_read_back_and_every_access_reaches_the_audit_log() {
         .put(PutRequest {
             resource_json: patient("pat-1", &nhs),
             source_organisation: "A81001".into(),
+            ..Default::default()
         })
         .await
         .expect("put")
@@ -33,6 +34,7 @@ async fn a_put_is_read_back_and_every_access_reaches_the_audit_log() {
         .put(PutRequest {
             resource_json: patient("pat-1", &nhs),
             source_organisation: "A81001".into(),
+            ..Default::default()
         })
         .await
         .expect("second put")
@@ -43,6 +45,7 @@ async fn a_put_is_read_back_and_every_access_reaches_the_audit_log() {
         .get(GetRequest {
             resource_type: "Patient".into(),
             id: "pat-1".into(),
+            ..Default::default()
         })
         .await
         .expect("get")
@@ -99,6 +102,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
             .put(PutRequest {
                 resource_json: json.into(),
                 source_organisation: String::new(),
+                ..Default::default()
             })
             .await
             .expect_err(json);
@@ -113,6 +117,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
         .put(PutRequest {
             resource_json: patient("x1", &nhs_number()),
             source_organisation: "A\u{0}1".into(),
+            ..Default::default()
         })
         .await
         .expect_err("bad ODS code");
@@ -122,6 +127,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
         .get(GetRequest {
             resource_type: "Patient".into(),
             id: "x1".into(),
+            ..Default::default()
         })
         .await
         .expect_err("nothing was stored");
@@ -131,6 +137,7 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
         .get(GetRequest {
             resource_type: String::new(),
             id: "x1".into(),
+            ..Default::default()
         })
         .await
         .expect_err("no type");
@@ -230,6 +237,7 @@ async fn http_health_readiness_and_metrics_answer() {
         .get(GetRequest {
             resource_type: "Patient".into(),
             id: "nobody".into(),
+            ..Default::default()
         })
         .await;
     assert_eq!(get("/no/such/page/1").await.0, 404);
@@ -259,6 +267,7 @@ async fn sigterm_drains_and_the_data_is_there_after_a_restart() {
         .put(PutRequest {
             resource_json: patient("keep", &nhs),
             source_organisation: String::new(),
+            ..Default::default()
         })
         .await
         .expect("put");
@@ -273,6 +282,7 @@ async fn sigterm_drains_and_the_data_is_there_after_a_restart() {
         .get(GetRequest {
             resource_type: "Patient".into(),
             id: "keep".into(),
+            ..Default::default()
         })
         .await
         .expect("get after restart")
@@ -378,7 +388,7 @@ async fn a_second_process_on_the_same_data_directory_is_refused() {
 
 #[tokio::test]
 async fn the_audit_log_proves_an_access_and_verify_names_a_quietly_edited_entry() {
-    use sharedcare_proto::audit::v1::{GetInclusionProofRequest, GetTreeHeadRequest};
+    use sharedcare_proto::audit::v1::{GetInclusionProofRequest, GetTreeHeadRequest, ListByPatientRequest};
 
     let data = tempfile::tempdir().expect("tmp");
     let p = up(data.path());
@@ -388,6 +398,7 @@ async fn the_audit_log_proves_an_access_and_verify_names_a_quietly_edited_entry(
         .put(PutRequest {
             resource_json: patient("audited", &nhs),
             source_organisation: "A81001".into(),
+            ..Default::default()
         })
         .await
         .expect("put");
@@ -395,6 +406,7 @@ async fn the_audit_log_proves_an_access_and_verify_names_a_quietly_edited_entry(
         .get(GetRequest {
             resource_type: "Patient".into(),
             id: "audited".into(),
+            ..Default::default()
         })
         .await
         .expect("get");
@@ -403,6 +415,21 @@ async fn the_audit_log_proves_an_access_and_verify_names_a_quietly_edited_entry(
     })
     .await;
     let mut audit = p.audit().await;
+    // The log also holds the demo's consent events; prove this patient's first record access.
+    let index = audit
+        .list_by_patient(ListByPatientRequest {
+            nhs_number: nhs.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("trail")
+        .into_inner()
+        .entries
+        .iter()
+        .filter(|e| e.service == "records")
+        .map(|e| e.leaf_index)
+        .min()
+        .expect("a records entry");
     let head = audit
         .get_tree_head(GetTreeHeadRequest { fresh: true })
         .await
@@ -411,7 +438,7 @@ async fn the_audit_log_proves_an_access_and_verify_names_a_quietly_edited_entry(
     assert!(head.tree_size >= 2, "{head:?}");
     let proof = audit
         .get_inclusion_proof(GetInclusionProofRequest {
-            leaf_index: 0,
+            leaf_index: index,
             tree_size: head.tree_size,
         })
         .await
@@ -425,7 +452,7 @@ async fn the_audit_log_proves_an_access_and_verify_names_a_quietly_edited_entry(
     let leaf = sharedcare_audit::merkle::leaf_hash(proof.leaf_data.as_bytes());
     let root: [u8; 32] = head.root_hash.as_slice().try_into().expect("32 bytes");
     assert!(sharedcare_audit::merkle::verify_inclusion(
-        0,
+        index,
         head.tree_size,
         &leaf,
         &path,
@@ -450,7 +477,8 @@ async fn the_audit_log_proves_an_access_and_verify_names_a_quietly_edited_entry(
     )
     .await
     .expect("open audit.db");
-    sqlx::query("UPDATE entries SET actor = 'someone-else' WHERE leaf_index = 0")
+    sqlx::query("UPDATE entries SET actor = 'someone-else' WHERE leaf_index = $1")
+        .bind(index as i64)
         .execute(db.writer())
         .await
         .expect("tamper");
@@ -459,7 +487,7 @@ async fn the_audit_log_proves_an_access_and_verify_names_a_quietly_edited_entry(
         crate::harness::run(&["audit", "verify", "--data", dir], &[], Duration::from_secs(30));
     assert!(!status.success());
     assert!(
-        stdout.contains("FAIL entry 0 ") && stdout.contains("altered"),
+        stdout.contains(&format!("FAIL entry {index} ")) && stdout.contains("altered"),
         "{stdout}"
     );
     assert!(stderr.contains("failed verification"), "{stderr}");

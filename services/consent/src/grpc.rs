@@ -161,6 +161,19 @@ fn parse_ask(prefix: &str, r: &api::DecideRequest) -> Result<Ask, Status> {
     })
 }
 
+/// Decides `asks` (already authorised) on the facts in `store`, read once for all their
+/// patients. Bad asks are named by position (`asks[3].nhs_number`).
+pub async fn decide_many(store: &Store, asks: &[api::DecideRequest]) -> Result<Vec<api::DecideResponse>, Status> {
+    let asks: Vec<Ask> = asks
+        .iter()
+        .enumerate()
+        .map(|(n, a)| parse_ask(&format!("asks[{n}]."), a))
+        .collect::<Result<_, _>>()?;
+    let patients: Vec<&str> = asks.iter().map(|a| a.nhs_number.as_str()).collect();
+    let known = store.facts_many(&patients).await?;
+    Ok(asks.iter().map(|a| decision(a, known.get(&a.nhs_number))).collect())
+}
+
 /// Decides `ask` on what is known about its patient (nothing known = empty facts).
 fn decision(ask: &Ask, known: Option<&Known>) -> api::DecideResponse {
     let empty = Known::default();
@@ -206,16 +219,11 @@ impl Consent for ConsentApi {
         self.require(&request, "consent.decide", None).await?;
         let asks = &request.get_ref().asks;
         if asks.len() > MAX_ASKS {
-            return Err(ConsentError::invalid("asks", format!("at most {MAX_ASKS} per call, got {}", asks.len())).into());
+            return Err(
+                ConsentError::invalid("asks", format!("at most {MAX_ASKS} per call, got {}", asks.len())).into(),
+            );
         }
-        let asks: Vec<Ask> = asks
-            .iter()
-            .enumerate()
-            .map(|(n, a)| parse_ask(&format!("asks[{n}]."), a))
-            .collect::<Result<_, _>>()?;
-        let patients: Vec<&str> = asks.iter().map(|a| a.nhs_number.as_str()).collect();
-        let known = self.store.facts_many(&patients).await?;
-        let decisions = asks.iter().map(|a| decision(a, known.get(&a.nhs_number))).collect();
+        let decisions = decide_many(&self.store, asks).await?;
         Ok(Response::new(api::DecideManyResponse { decisions }))
     }
 

@@ -35,6 +35,27 @@ pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
         .await
 }
 
+/// Seeds care relationships (NHS number, ODS code, kind) into an empty consent database, for
+/// the demo ICS `up` runs; returns whether it seeded.
+pub async fn seed_relationships(db: &Db, relationships: &[(String, &str, &str)]) -> Result<bool, ConsentError> {
+    let store = store::Store::new(db.clone());
+    if store.has_relationships().await? {
+        return Ok(false);
+    }
+    let actor = store::Actor { id: "demo", org: "" };
+    let start = chrono::Utc::now().timestamp() - 365 * 86_400;
+    for (n, (nhs, ods, kind)) in relationships.iter().enumerate() {
+        let r = policy::Relationship {
+            org: ods.to_string(),
+            kind: kind.to_string(),
+            start,
+            end: None,
+        };
+        store.add_relationship(&format!("demo-{n}"), nhs, &r, &actor).await?;
+    }
+    Ok(true)
+}
+
 /// Builds the service: gRPC routes (callers checked by `verifier`), its outbox, and the
 /// consumer that records care relationships from records' events.
 pub fn mount(db: Db, outbox: OutboxConfig, verifier: Verifier) -> Mount {

@@ -120,8 +120,9 @@ impl Store {
                     provision,
                 });
             }
-            let sql =
-                format!("SELECT nhs_number, national_opt_out, gp_dissent FROM patient_flags WHERE nhs_number IN ({marks})");
+            let sql = format!(
+                "SELECT nhs_number, national_opt_out, gp_dissent FROM patient_flags WHERE nhs_number IN ({marks})"
+            );
             for r in query(sql).fetch_all(pool).await? {
                 let k = out.entry(r.try_get(0)?).or_default();
                 k.facts.national_opt_out = r.try_get::<i64, _>(1)? != 0;
@@ -149,6 +150,14 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Whether any care relationship is recorded.
+    pub async fn has_relationships(&self) -> Result<bool, ConsentError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM relationships")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(row.try_get::<i64, _>(0)? > 0)
     }
 
     /// Creates or replaces a directive.

@@ -175,6 +175,20 @@ pub fn patients() -> Vec<(Patient, &'static str)> {
     ]
 }
 
+/// The demo patients' care relationships (NHS number, organisation's ODS code, kind), which
+/// `up` seeds into consent: every patient is registered at Riverside Medical Practice;
+/// Margaret Evans has a care package at Willow House and David Nowak an episode of care at
+/// the trust.
+pub fn care_relationships() -> Vec<(String, &'static str, &'static str)> {
+    let p = patients();
+    let nhs = |i: usize| p[i].0.nhs_number.clone();
+    let mut out: Vec<(String, &'static str, &'static str)> =
+        (0..p.len()).map(|i| (nhs(i), "A81001", "gp_registration")).collect();
+    out.push((nhs(0), "VN1C4", "care_package"));
+    out.push((nhs(1), "RX1", "episode_of_care"));
+    out
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -326,6 +340,9 @@ pub fn describe(base: &str) -> Value {
             "nhs_number": p.nhs_number, "username": p.username, "password": password,
             "name": format!("{} {}", p.given_name, p.family_name), "birthdate": p.birthdate,
             "identity_proofing_level": p.proofing_level,
+        })).collect::<Vec<_>>(),
+        "care_relationships": care_relationships().into_iter().map(|(nhs, ods, kind)| json!({
+            "nhs_number": nhs, "ods_code": ods, "kind": kind,
         })).collect::<Vec<_>>(),
         "clients": clients(base).into_iter().map(|(c, secret)| json!({
             "client_id": c.id, "name": c.name, "client_secret": secret,

@@ -45,13 +45,15 @@ pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
 /// Builds the service: loads (or makes) signing keys, seeds the demo ICS into an empty
 /// database when configured, and returns the HTTP routes, the admin gRPC API and the outbox.
 /// `issuer` is used when the configuration names none; `seed_by_default` applies when
-/// `identity.seed_demo` is unset.
+/// `identity.seed_demo` is unset. `internal` is the client the other services in this process
+/// use for their own calls (registered afresh, with its new secret, at every start).
 pub async fn mount(
     db: Db,
     outbox: OutboxConfig,
     config: IdentityConfig,
     issuer: String,
     seed_by_default: bool,
+    internal: Option<InternalClient>,
 ) -> Result<Mount, IdentityError> {
     let issuer = if config.issuer.is_empty() {
         issuer
@@ -74,6 +76,26 @@ pub async fn mount(
     if config.seed_demo.unwrap_or(seed_by_default) && demo::seed(&store, &issuer, &hasher).await? {
         tracing::info!("seeded the demo ICS into identity (see `sharedcare demo`)");
     }
+    if let Some(c) = internal {
+        store
+            .replace_client(&model::Client {
+                id: c.id,
+                name: "Sharedcare services (internal)".into(),
+                secret_hash: sharedcare_kit::jose::sha256_b64(&c.secret),
+                settings: model::ClientSettings {
+                    redirect_uris: Vec::new(),
+                    post_logout_redirect_uris: Vec::new(),
+                    backchannel_logout_uri: String::new(),
+                    grant_types: vec!["client_credentials".into()],
+                    scopes: c.scopes,
+                    auth_method: model::AuthMethod::ClientSecretBasic,
+                    jwks: None,
+                    jwks_uri: String::new(),
+                    id_token_alg: String::new(),
+                },
+            })
+            .await?;
+    }
     let outbox = Outbox::new(db.clone(), outbox);
     let provider = oauth::Provider::new(store, keys, config, issuer, outbox.clone(), hasher);
     let mut m = Mount::new(NAME);
@@ -86,6 +108,17 @@ pub async fn mount(
     m.background
         .push(Box::new(move |stop| Box::pin(maintain(provider, stop))));
     Ok(m)
+}
+
+/// A client-credentials client for services running in the same process as identity.
+#[derive(Clone, Debug)]
+pub struct InternalClient {
+    /// client_id.
+    pub id: String,
+    /// Its secret (random per start).
+    pub secret: String,
+    /// Scopes it may ask for.
+    pub scopes: Vec<String>,
 }
 
 /// Rotates keys when due and purges expired codes and tokens, every minute until stopped.

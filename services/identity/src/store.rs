@@ -402,6 +402,27 @@ impl Store {
         Ok(())
     }
 
+    /// Registers `c`, replacing any client with its id (the platform's internal client, whose
+    /// secret changes at every start).
+    pub async fn replace_client(&self, c: &Client) -> Result<()> {
+        let settings =
+            serde_json::to_string(&c.settings).map_err(|e| IdentityError::invalid("settings", e.to_string()))?;
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query("DELETE FROM clients WHERE id = $1")
+            .bind(c.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO clients (id, name, secret_hash, settings) VALUES ($1, $2, $3, $4)")
+            .bind(c.id.clone())
+            .bind(c.name.clone())
+            .bind(c.secret_hash.clone())
+            .bind(settings)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// A client by id.
     pub async fn client(&self, id: &str) -> Result<Option<Client>> {
         let Some(r) = sqlx::query("SELECT id, name, secret_hash, settings FROM clients WHERE id = $1")

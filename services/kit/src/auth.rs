@@ -98,12 +98,15 @@ pub enum AuthError {
     /// The key set could not be fetched.
     #[error("token keys unavailable: {0}")]
     Keys(String),
+    /// This service could not get its own client-credentials token.
+    #[error("service token unavailable: {0}")]
+    ServiceToken(String),
 }
 
 impl From<AuthError> for tonic::Status {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Keys(_) => tonic::Status::unavailable(e.to_string()),
+            AuthError::Keys(_) | AuthError::ServiceToken(_) => tonic::Status::unavailable(e.to_string()),
             _ => tonic::Status::unauthenticated(e.to_string()),
         }
     }
@@ -120,6 +123,14 @@ pub struct AuthConfig {
     pub jwks_uri: String,
     /// Audience that access tokens must carry.
     pub audience: String,
+    /// This service's own OAuth client, for the client-credentials tokens it presents to other
+    /// services (records asking consent). Empty in `up` = an internal client registered with
+    /// the identity service in the same process at every start.
+    pub client_id: String,
+    /// Its secret (client_secret_basic). Prefer `SHAREDCARE_AUTH__CLIENT_SECRET` to a file.
+    pub client_secret: String,
+    /// Token endpoint. Empty = `<issuer>/oauth2/token`.
+    pub token_endpoint: String,
 }
 
 impl Default for AuthConfig {
@@ -128,6 +139,9 @@ impl Default for AuthConfig {
             issuer: String::new(),
             jwks_uri: String::new(),
             audience: "sharedcare".into(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            token_endpoint: String::new(),
         }
     }
 }
@@ -148,6 +162,107 @@ impl AuthConfig {
             self.jwks_uri.clone()
         };
         Verifier::new(issuer, self.audience.clone(), Arc::new(HttpKeys::new(jwks)))
+    }
+
+    /// Client-credentials tokens for this service's own calls, asking for `scope`, from
+    /// `issuer` (this config's issuer when set); `None` when no client is configured.
+    pub fn service_token(&self, issuer: &str, scope: &str) -> Option<ServiceToken> {
+        if self.client_id.is_empty() {
+            return None;
+        }
+        let issuer = if self.issuer.is_empty() {
+            issuer
+        } else {
+            self.issuer.as_str()
+        };
+        let endpoint = if self.token_endpoint.is_empty() {
+            format!("{}/oauth2/token", issuer.trim_end_matches('/'))
+        } else {
+            self.token_endpoint.clone()
+        };
+        Some(ServiceToken::new(endpoint, &self.client_id, &self.client_secret, scope))
+    }
+}
+
+/// A service's own access token from the client-credentials grant, fetched when first needed
+/// and again shortly before it expires. Concurrent callers share one fetch.
+#[derive(Clone)]
+pub struct ServiceToken {
+    inner: Arc<TokenInner>,
+}
+
+struct TokenInner {
+    endpoint: String,
+    client_id: String,
+    secret: String,
+    scope: String,
+    client: reqwest::Client,
+    /// The current token and when to fetch the next one.
+    current: std::sync::RwLock<Option<(String, Instant)>>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl ServiceToken {
+    /// Tokens for `client_id`/`secret` from `endpoint`, asking for `scope`.
+    pub fn new(endpoint: impl Into<String>, client_id: &str, secret: &str, scope: &str) -> ServiceToken {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        ServiceToken {
+            inner: Arc::new(TokenInner {
+                endpoint: endpoint.into(),
+                client_id: client_id.to_string(),
+                secret: secret.to_string(),
+                scope: scope.to_string(),
+                client,
+                current: std::sync::RwLock::new(None),
+                fetching: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn fresh(&self) -> Option<String> {
+        let current = self.inner.current.read().unwrap_or_else(|p| p.into_inner());
+        current
+            .as_ref()
+            .filter(|(_, renew)| Instant::now() < *renew)
+            .map(|(t, _)| t.clone())
+    }
+
+    /// A token valid for a while yet.
+    pub async fn get(&self) -> Result<String, AuthError> {
+        if let Some(t) = self.fresh() {
+            return Ok(t);
+        }
+        let _one = self.inner.fetching.lock().await;
+        if let Some(t) = self.fresh() {
+            return Ok(t);
+        }
+        let i = &self.inner;
+        let fail = |why: String| AuthError::ServiceToken(format!("{} at {}: {why}", i.client_id, i.endpoint));
+        let r = i
+            .client
+            .post(&i.endpoint)
+            .basic_auth(&i.client_id, Some(&i.secret))
+            .form(&[("grant_type", "client_credentials"), ("scope", i.scope.as_str())])
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.map_err(|e| fail(format!("HTTP {status}: {e}")))?;
+        if !status.is_success() {
+            return Err(fail(format!("HTTP {status}: {body}")));
+        }
+        let token = body["access_token"]
+            .as_str()
+            .ok_or_else(|| fail("no access_token in the response".into()))?
+            .to_string();
+        // Renew at 80% of the lifetime, so a token never expires in flight.
+        let lifetime = body["expires_in"].as_u64().unwrap_or(60);
+        let renew = Instant::now() + Duration::from_millis(lifetime * 800);
+        *i.current.write().unwrap_or_else(|p| p.into_inner()) = Some((token.clone(), renew));
+        Ok(token)
     }
 }
 

@@ -23,6 +23,15 @@ pub enum RecordsError {
     /// The records database could not be read; nothing is returned.
     #[error("records storage unavailable: {0}")]
     Unavailable(String),
+    /// Consent could not be asked, so nothing is returned or stored.
+    #[error("consent decision unavailable: {0}")]
+    Consent(String),
+    /// Consent denied the access; the reason is consent's.
+    #[error("access denied: {0}")]
+    Denied(String),
+    /// The resource carries a category the patient has withheld from this caller.
+    #[error("withheld in line with the patient's wishes")]
+    Withheld,
     /// The service is shutting down and its writer has stopped.
     #[error("the records service is stopping")]
     Stopped,
@@ -48,6 +57,11 @@ impl From<RecordsError> for tonic::Status {
             RecordsError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             RecordsError::Conflict(_) => tonic::Status::aborted(e.to_string()),
             RecordsError::Stopped => tonic::Status::unavailable(e.to_string()),
+            RecordsError::Denied(_) | RecordsError::Withheld => tonic::Status::permission_denied(e.to_string()),
+            RecordsError::Consent(inner) => {
+                tracing::error!(error = %inner, "no consent decision; refusing to answer");
+                tonic::Status::unavailable("the consent decision could not be made, so no data is returned")
+            }
             RecordsError::Unavailable(inner) => {
                 tracing::error!(error = %inner, "records storage failed");
                 tonic::Status::unavailable("records storage unavailable")

@@ -27,6 +27,54 @@ pub const RESOURCE_TYPES: &[&str] = &[
     "PractitionerRole",
 ];
 
+/// Resource types that are not about one patient (directory data): reading or writing them
+/// needs no consent decision.
+pub const DIRECTORY_TYPES: &[&str] = &["Organization", "Practitioner", "PractitionerRole"];
+
+/// Whether resources of this type are a patient's data (and so need a consent decision).
+pub fn is_patient_data(resource_type: &str) -> bool {
+    !DIRECTORY_TYPES.contains(&resource_type)
+}
+
+/// The sensitivity labels on a resource: the codes in `meta.security` (e.g. the RCGP
+/// sensitive set, or `SEX`, `MH`, `ETH`, `SAFEGUARDING`), deduplicated and sorted.
+pub fn security_labels(body: &Map<String, Value>) -> Vec<String> {
+    let mut labels: Vec<String> = body
+        .get("meta")
+        .and_then(|m| m.get("security"))
+        .and_then(Value::as_array)
+        .map(|codings| {
+            codings
+                .iter()
+                .filter_map(|c| c.get("code").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
+/// Checks `meta.security`: an array of Codings, each with a `code`.
+fn check_security(body: &Map<String, Value>) -> Result<(), RecordsError> {
+    let Some(security) = body.get("meta").and_then(|m| m.get("security")) else {
+        return Ok(());
+    };
+    let Value::Array(codings) = security else {
+        return Err(RecordsError::invalid("meta.security", "must be an array of Codings"));
+    };
+    for (i, c) in codings.iter().enumerate() {
+        if !c.get("code").is_some_and(Value::is_string) {
+            return Err(RecordsError::invalid(
+                format!("meta.security[{i}].code"),
+                "is required (a sensitivity label code, e.g. \"SEX\")",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A resource that passed validation, ready to be versioned and stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
@@ -108,6 +156,7 @@ pub fn parse(json: &str) -> Result<Resource, RecordsError> {
     {
         return Err(RecordsError::invalid("meta", "must be an object"));
     }
+    check_security(&body)?;
     let nhs_number = if resource_type == "Patient" {
         nhs_identifier(&body)?
     } else {

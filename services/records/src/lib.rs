@@ -8,11 +8,14 @@
 //! writes `AccessRecorded` to the outbox *before* the resource is returned.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod consent;
 pub mod error;
 pub mod fhir;
 pub mod grpc;
 pub mod store;
 
+pub use config::RecordsConfig;
 pub use error::RecordsError;
 
 use sharedcare_kit::auth::Verifier;
@@ -33,10 +36,11 @@ pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
     .await
 }
 
-/// Builds the service on its database: gRPC routes (callers checked by `verifier`), outbox.
-pub fn mount(db: Db, outbox: OutboxConfig, verifier: Verifier) -> Mount {
+/// Builds the service on its database: gRPC routes (callers checked by `verifier`), outbox,
+/// every access to patient data decided by `pdp` (the consent service).
+pub fn mount(db: Db, outbox: OutboxConfig, verifier: Verifier, pdp: std::sync::Arc<dyn consent::Pdp>) -> Mount {
     let outbox = Outbox::new(db.clone(), outbox);
-    let store = store::Store::new(db.clone(), outbox.clone());
+    let store = store::Store::new(db.clone(), outbox.clone(), pdp);
     let mut m = Mount::new(NAME);
     m.add_grpc(RecordsServer::new(grpc::RecordsApi::new(store, verifier)));
     m.outbox = Some(outbox);

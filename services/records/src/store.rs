@@ -8,9 +8,14 @@ use sharedcare_kit::outbox::{self, Outbox};
 use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged};
 use std::collections::HashMap;
 
+use sharedcare_kit::nhs::NHS_NUMBER_SYSTEM;
+use sharedcare_proto::consent::v1::decide_response::Effect;
+use sharedcare_proto::consent::v1::{DecideRequest, DecideResponse};
 use sqlx::Row;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::consent::{self, Pdp};
 use crate::fhir::{self, Resource};
 use crate::{NAME, RecordsError};
 
@@ -31,15 +36,22 @@ pub struct Stored {
     pub body: String,
 }
 
-/// Who is accessing, for audit events (filled from the token once identity lands).
+/// Who is accessing and why, from their token and request: what consent decides on and
+/// what the audit entry records.
 #[derive(Debug, Clone, Default)]
 pub struct Actor {
-    /// Person or client id.
+    /// "staff" or "service".
+    pub kind: &'static str,
+    /// Person (staff) or client id (service).
     pub id: String,
     /// ODS code of the actor's organisation.
     pub organisation: String,
-    /// Selected role.
+    /// Selected role's national RBAC role code.
     pub role: String,
+    /// Selected role profile's id.
+    pub role_profile: String,
+    /// Purpose of use (HL7 v3 PurposeOfUse): TREAT unless the caller says otherwise.
+    pub purpose: String,
 }
 
 /// The records store: hands puts and gets to its writer and reader tasks, which end once
@@ -56,6 +68,29 @@ struct Engine {
     db: Db,
     outbox: Outbox,
     topic: String,
+    pdp: Arc<dyn Pdp>,
+}
+
+/// What an access came to: the answer, and what its audit entry says.
+struct Verdict<T> {
+    answer: Result<T, RecordsError>,
+    /// success | denied | withheld | not-found | error
+    outcome: &'static str,
+    /// Purpose of use as decided (BTG when break-glass was the basis).
+    purpose: String,
+    /// Why (consent's reason and rules, the break-glass reason, what was withheld).
+    reason: String,
+}
+
+impl<T> Verdict<T> {
+    fn refused(err: RecordsError, outcome: &'static str, purpose: &str, reason: String) -> Self {
+        Verdict {
+            answer: Err(err),
+            outcome,
+            purpose: purpose.to_string(),
+            reason,
+        }
+    }
 }
 
 /// Most reads looked up in one query.
@@ -97,6 +132,9 @@ struct PutJob {
     resource: Resource,
     source_organisation: String,
     caller: Caller,
+    /// Purpose and reason from consent's decision, for the audit entry.
+    purpose: String,
+    reason: String,
 }
 
 /// A put and where its answer goes.
@@ -106,15 +144,17 @@ const RECORD_CHANGED: &str = "sharedcare.events.v1.RecordChanged";
 const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
 
 impl Store {
-    /// The store on `db`, emitting through `outbox`. Must be called inside the tokio runtime:
-    /// it starts the writer that group-commits puts and the reader that batches gets.
-    pub fn new(db: Db, outbox: Outbox) -> Self {
+    /// The store on `db`, emitting through `outbox`, asking `pdp` before every access to
+    /// patient data. Must be called inside the tokio runtime: it starts the writer that
+    /// group-commits puts and the reader that batches gets.
+    pub fn new(db: Db, outbox: Outbox, pdp: Arc<dyn Pdp>) -> Self {
         let (puts, put_rx) = mpsc::channel(PUTS_PER_COMMIT * 4);
         let (gets, get_rx) = mpsc::channel(GETS_PER_QUERY * 4);
         let engine = Engine {
             db,
             outbox,
             topic: bus::topic(NAME),
+            pdp,
         };
         tokio::spawn(engine.clone().write_puts(put_rx));
         tokio::spawn(engine.read_gets(get_rx));
@@ -134,6 +174,8 @@ impl Store {
             resource,
             source_organisation: source_organisation.to_string(),
             caller: Caller::current(actor),
+            purpose: actor.purpose.clone(),
+            reason: String::new(),
         };
         let (reply, answer) = oneshot::channel();
         self.puts.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
@@ -157,10 +199,15 @@ impl Store {
 }
 
 impl Engine {
-    /// The writer: group-commits queued puts until every [`Store`] is gone.
+    /// The writer: group-commits queued puts until every [`Store`] is gone. Each batch is
+    /// first decided by consent (one call); refused puts are audited and answered, the rest
+    /// written together.
     async fn write_puts(self, mut rx: mpsc::Receiver<PendingPut>) {
         while let Some(batch) = next_batch(&mut rx, PUTS_PER_COMMIT).await {
-            let (jobs, replies): (Vec<PutJob>, Vec<_>) = batch.into_iter().unzip();
+            let (jobs, replies) = self.decide_puts(batch).await;
+            if jobs.is_empty() {
+                continue;
+            }
             match self.write(&jobs).await {
                 Ok(stored) => {
                     self.outbox.notify();
@@ -364,7 +411,13 @@ impl Engine {
         changed.traceparent = job.caller.traceparent.clone();
         let action = if s.version == 1 { "create" } else { "update" };
         let versioned = format!("{reference}/_history/{}", s.version);
-        let access = self.access(&job.caller, action, &versioned, &s.nhs_number, "success");
+        let done: Verdict<()> = Verdict {
+            answer: Ok(()),
+            outcome: "success",
+            purpose: job.purpose.clone(),
+            reason: job.reason.clone(),
+        };
+        let access = self.access(&job.caller, action, &versioned, &s.nhs_number, &done);
         [changed, access]
     }
 
@@ -376,7 +429,7 @@ impl Engine {
                 // Audit and answer while the next batch is looked up.
                 Ok(found) => {
                     let store = self.clone();
-                    tokio::spawn(async move { store.audit_and_answer(jobs, found, replies).await });
+                    tokio::spawn(async move { store.decide_audit_answer(jobs, found, replies).await });
                 }
                 Err(e) => {
                     let msg = e.to_string();
@@ -429,33 +482,61 @@ impl Engine {
         Ok(out)
     }
 
-    /// Records every access of a batch durably, then answers each caller; if the accesses
-    /// cannot be recorded, every caller gets the error and none gets data.
-    async fn audit_and_answer(
+    /// Asks consent about every found resource of a batch that is patient data (one call,
+    /// identical asks once), records every access durably with its outcome, then answers each
+    /// caller. Without a decision or a durable audit entry a caller gets an error, never data.
+    async fn decide_audit_answer(
         &self,
         jobs: Vec<GetJob>,
         found: HashMap<(String, String), Stored>,
         replies: Vec<oneshot::Sender<Result<Stored, RecordsError>>>,
     ) {
+        let mut asks = Asks::default();
+        let asked: Vec<Option<usize>> = jobs
+            .iter()
+            .map(|job| {
+                let s = found.get(&(job.resource_type.clone(), job.id.clone()))?;
+                if !fhir::is_patient_data(&s.resource_type) {
+                    return None;
+                }
+                let labels = stored_labels(s);
+                Some(asks.add(consent::ask(&job.caller.actor, &s.nhs_number, "read", labels)))
+            })
+            .collect();
+        let decisions = asks.decide(self.pdp.as_ref()).await;
         let mut answers = Vec::with_capacity(jobs.len());
         let mut records = Vec::with_capacity(jobs.len());
-        for job in &jobs {
+        for (job, asked) in jobs.iter().zip(asked) {
             let reference = format!("{}/{}", job.resource_type, job.id);
-            let (answer, resource, nhs, outcome) = match found.get(&(job.resource_type.clone(), job.id.clone())) {
-                Some(s) => {
-                    let versioned = format!("{reference}/_history/{}", s.version);
-                    (Ok(s.clone()), versioned, s.nhs_number.clone(), "success")
-                }
+            let purpose = job.caller.actor.purpose.as_str();
+            let (v, resource, nhs) = match found.get(&(job.resource_type.clone(), job.id.clone())) {
                 None => (
-                    Err(RecordsError::NotFound(reference.clone())),
+                    Verdict::refused(
+                        RecordsError::NotFound(reference.clone()),
+                        "not-found",
+                        purpose,
+                        String::new(),
+                    ),
                     reference,
                     String::new(),
-                    "not-found",
                 ),
+                Some(s) => {
+                    let versioned = format!("{reference}/_history/{}", s.version);
+                    let v = match asked {
+                        None => Verdict {
+                            answer: Ok(s.clone()),
+                            outcome: "success",
+                            purpose: purpose.to_string(),
+                            reason: String::new(),
+                        },
+                        Some(i) => verdict(&decisions, i, purpose, &stored_labels(s), s.clone()),
+                    };
+                    (v, versioned, s.nhs_number.clone())
+                }
             };
-            let env = self.access(&job.caller, "read", &resource, &nhs, outcome);
+            let env = self.access(&job.caller, "read", &resource, &nhs, &v);
             records.push(self.outbox.record(&self.topic, env));
-            answers.push(answer);
+            answers.push(v.answer);
         }
         let recorded = futures::future::join_all(records).await;
         for ((reply, answer), rec) in replies.into_iter().zip(answers).zip(recorded) {
@@ -466,8 +547,115 @@ impl Engine {
         }
     }
 
+    /// Asks consent about a batch of puts, refusing those it denies (or cannot decide) and
+    /// those about a patient the record does not hold; each refusal is audited and answered
+    /// here. Returns the puts to write, with the purpose and reason their audit entry records.
+    async fn decide_puts(&self, batch: Vec<PendingPut>) -> (Vec<PutJob>, Vec<Reply>) {
+        let (jobs, replies): (Vec<PutJob>, Vec<Reply>) = batch.into_iter().unzip();
+        let looked_up = async {
+            let mut conn = self.db.pool().acquire().await?;
+            let versions = self.current_versions(&mut conn, &jobs).await?;
+            let patients = self.referenced_patients(&mut conn, &jobs).await?;
+            Ok::<_, RecordsError>((versions, patients))
+        }
+        .await;
+        let (versions, mut patients) = match looked_up {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(RecordsError::Unavailable(msg.clone())));
+                }
+                return (Vec::new(), Vec::new());
+            }
+        };
+        let action_of = |r: &Resource| {
+            if versions.contains_key(&(r.resource_type.clone(), r.id.clone())) {
+                "update"
+            } else {
+                "create"
+            }
+        };
+        // A put's patient: its own NHS number, or the stored (or same-batch) Patient it names.
+        let mut checks: Vec<(Result<Option<usize>, RecordsError>, String)> = Vec::with_capacity(jobs.len());
+        let mut asks = Asks::default();
+        for job in &jobs {
+            let r = &job.resource;
+            let nhs = match (&r.nhs_number, &r.patient_ref) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(pid)) => patients.get(pid).cloned().unwrap_or_default(),
+                (None, None) => String::new(),
+            };
+            if r.resource_type == "Patient" && !nhs.is_empty() {
+                patients.insert(r.id.clone(), nhs.clone());
+            }
+            let check = if !fhir::is_patient_data(&r.resource_type) {
+                Ok(None)
+            } else if nhs.is_empty() {
+                Err(unknown_patient(r))
+            } else {
+                let labels = fhir::security_labels(&r.body);
+                Ok(Some(asks.add(consent::ask(
+                    &job.caller.actor,
+                    &nhs,
+                    action_of(r),
+                    labels,
+                ))))
+            };
+            checks.push((check, nhs));
+        }
+        let decisions = asks.decide(self.pdp.as_ref()).await;
+        let mut keep = Vec::with_capacity(jobs.len());
+        let mut keep_replies = Vec::with_capacity(jobs.len());
+        let mut refusals = Vec::new();
+        for ((mut job, reply), (check, nhs)) in jobs.into_iter().zip(replies).zip(checks) {
+            let purpose = job.caller.actor.purpose.clone();
+            let v = match check {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+                Ok(None) => Verdict {
+                    answer: Ok(()),
+                    outcome: "success",
+                    purpose,
+                    reason: String::new(),
+                },
+                Ok(Some(i)) => verdict(&decisions, i, &purpose, &[], ()),
+            };
+            match v.answer {
+                Ok(()) => {
+                    job.purpose = v.purpose;
+                    job.reason = v.reason;
+                    keep.push(job);
+                    keep_replies.push(reply);
+                }
+                Err(ref e) => {
+                    let r = &job.resource;
+                    let reference = format!("{}/{}", r.resource_type, r.id);
+                    let env = self.access(&job.caller, action_of(r), &reference, &nhs, &v);
+                    let e = match e {
+                        RecordsError::Denied(why) => RecordsError::Denied(why.clone()),
+                        RecordsError::Consent(why) => RecordsError::Consent(why.clone()),
+                        _ => RecordsError::Withheld,
+                    };
+                    refusals.push((self.outbox.record(&self.topic, env), (reply, e)));
+                }
+            }
+        }
+        let (pending, answers): (Vec<_>, Vec<_>) = refusals.into_iter().unzip();
+        let recorded = futures::future::join_all(pending).await;
+        for ((reply, e), rec) in answers.into_iter().zip(recorded) {
+            let _ = reply.send(match rec {
+                Ok(()) => Err(e),
+                Err(audit) => Err(RecordsError::Audit(audit.to_string())),
+            });
+        }
+        (keep, keep_replies)
+    }
+
     /// The `AccessRecorded` event for one access by `caller`, in the caller's trace.
-    fn access(&self, caller: &Caller, action: &str, resource: &str, nhs_number: &str, outcome: &str) -> Envelope {
+    fn access<T>(&self, caller: &Caller, action: &str, resource: &str, nhs_number: &str, v: &Verdict<T>) -> Envelope {
         let actor = &caller.actor;
         let event = AccessRecorded {
             actor: if actor.id.is_empty() {
@@ -480,9 +668,9 @@ impl Engine {
             action: action.to_string(),
             resources: vec![resource.to_string()],
             nhs_number: nhs_number.to_string(),
-            purpose: "TREAT".into(),
-            reason: String::new(),
-            outcome: outcome.to_string(),
+            purpose: v.purpose.clone(),
+            reason: v.reason.clone(),
+            outcome: v.outcome.to_string(),
             time: Some(db::timestamp(db::now_us())),
             trace_id: caller.trace_id.clone(),
             service: NAME.into(),
@@ -495,5 +683,145 @@ impl Engine {
         let mut envelope = bus::envelope(ACCESS_RECORDED, NAME, resource, &key, &event);
         envelope.traceparent = caller.traceparent.clone();
         envelope
+    }
+}
+
+/// Where a put's answer goes.
+type Reply = oneshot::Sender<Result<Stored, RecordsError>>;
+
+/// The labels of a stored resource (its stored body always parses: it was validated).
+fn stored_labels(s: &Stored) -> Vec<String> {
+    match serde_json::from_str::<serde_json::Value>(&s.body) {
+        Ok(serde_json::Value::Object(body)) => fhir::security_labels(&body),
+        _ => Vec::new(),
+    }
+}
+
+/// The error for patient data whose patient the record does not hold.
+fn unknown_patient(r: &Resource) -> RecordsError {
+    match &r.patient_ref {
+        Some(pid) => {
+            let element = if r.body.contains_key("subject") {
+                "subject"
+            } else {
+                "patient"
+            };
+            RecordsError::invalid(
+                format!("{element}.reference"),
+                format!(
+                    "Patient/{pid} is not in the shared care record; write the Patient (with its NHS number) first"
+                ),
+            )
+        }
+        None if r.resource_type == "Patient" => RecordsError::invalid(
+            "identifier",
+            format!("a Patient in the shared care record needs an NHS number identifier (system {NHS_NUMBER_SYSTEM})"),
+        ),
+        None => RecordsError::invalid(
+            "subject",
+            format!(
+                "a {} is about a patient: subject (or patient) must reference one",
+                r.resource_type
+            ),
+        ),
+    }
+}
+
+/// A batch's decision requests, each distinct one asked once.
+#[derive(Default)]
+struct Asks {
+    asks: Vec<DecideRequest>,
+    index: HashMap<String, usize>,
+}
+
+impl Asks {
+    /// Adds `ask` (or finds the identical one) and returns its position.
+    fn add(&mut self, ask: DecideRequest) -> usize {
+        let key = [
+            ask.principal_kind.as_str(),
+            &ask.person_id,
+            &ask.client_id,
+            &ask.ods_code,
+            &ask.role_code,
+            &ask.nhs_number,
+            &ask.action,
+            &ask.purpose,
+            &ask.categories.join(","),
+        ]
+        .join("|");
+        let next = self.asks.len();
+        *self.index.entry(key).or_insert_with(|| {
+            self.asks.push(ask);
+            next
+        })
+    }
+
+    /// Consent's decisions, in order (none asked = none needed).
+    async fn decide(self, pdp: &dyn Pdp) -> Result<Vec<DecideResponse>, String> {
+        if self.asks.is_empty() {
+            return Ok(Vec::new());
+        }
+        pdp.decide(self.asks).await
+    }
+}
+
+/// What decision `i` of `decisions` means for data labelled `labels` asked for `purpose`.
+fn verdict<T>(
+    decisions: &Result<Vec<DecideResponse>, String>,
+    i: usize,
+    purpose: &str,
+    labels: &[String],
+    data: T,
+) -> Verdict<T> {
+    let d = match decisions {
+        Ok(d) => &d[i],
+        Err(e) => {
+            return Verdict::refused(
+                RecordsError::Consent(e.clone()),
+                "error",
+                purpose,
+                format!("no consent decision: {e}"),
+            );
+        }
+    };
+    let why = format!("{} [{}]", d.reason, d.rules.join(", "));
+    let (purpose, reason) = if d.break_glass {
+        (
+            "BTG".to_string(),
+            format!("break-glass: {}; {why}", d.break_glass_reason),
+        )
+    } else {
+        (purpose.to_string(), why)
+    };
+    let permitted = |purpose, reason| Verdict {
+        answer: Ok(data),
+        outcome: "success",
+        purpose,
+        reason,
+    };
+    match Effect::try_from(d.effect).unwrap_or(Effect::Unspecified) {
+        Effect::Permit => permitted(purpose, reason),
+        Effect::PermitWithWithholding => {
+            let hidden: Vec<&str> = d
+                .withheld_categories
+                .iter()
+                .filter(|c| labels.contains(c))
+                .map(String::as_str)
+                .collect();
+            if hidden.is_empty() {
+                permitted(purpose, reason)
+            } else {
+                let what = hidden.join(", ");
+                Verdict::refused(
+                    RecordsError::Withheld,
+                    "withheld",
+                    &purpose,
+                    format!("withheld {what}; {reason}"),
+                )
+            }
+        }
+        Effect::Deny | Effect::Unspecified => {
+            Verdict::refused(RecordsError::Denied(d.reason.clone()), "denied", &purpose, reason)
+        }
     }
 }

@@ -442,7 +442,7 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
                 nhs[(n % nhs.len() as u64) as usize]
             );
             ids.fetch_max(n + 1, Ordering::Relaxed);
-            async move { c.put(PutRequest { resource_json: body, source_organisation: "A81001".into() }).await.map(|_| ()) }
+            async move { c.put(PutRequest { resource_json: body, source_organisation: "A81001".into(), ..Default::default() }).await.map(|_| ()) }
         }
     })
     .await?;
@@ -458,6 +458,7 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         c.get(GetRequest {
             resource_type: "Patient".into(),
             id: format!("bench-{}", n % stored),
+            ..Default::default()
         })
         .await
         .map(|_| ())

@@ -10,6 +10,7 @@ use sharedcare_kit::bus::kafka::KafkaConfig;
 use sharedcare_kit::config::Validate;
 use sharedcare_kit::outbox::OutboxConfig;
 use sharedcare_kit::telemetry::TelemetryConfig;
+use sharedcare_records::RecordsConfig;
 
 /// Everything `sharedcare` can be told. Defaults run `up` with no configuration at all.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -33,8 +34,10 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The identity provider (OIDC issuer, sessions, tokens, keys, lockout, demo seed).
     pub identity: IdentityConfig,
-    /// How services check bearer tokens (issuer, JWKS, audience).
+    /// How services check bearer tokens (issuer, JWKS, audience) and their own client.
     pub auth: AuthConfig,
+    /// The records service (where consent is).
+    pub records: RecordsConfig,
     /// How long shutdown waits for in-flight work, per phase.
     pub shutdown_grace_ms: u64,
 }
@@ -100,6 +103,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             identity: IdentityConfig::default(),
             auth: AuthConfig::default(),
+            records: RecordsConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -133,9 +137,11 @@ impl Validate for Config {
             return Err(("outbox.batch_size".into(), "must be at least 1".into()));
         }
         self.identity.validate()?;
+        self.records.validate()?;
         for (key, v) in [
             ("auth.issuer", &self.auth.issuer),
             ("auth.jwks_uri", &self.auth.jwks_uri),
+            ("auth.token_endpoint", &self.auth.token_endpoint),
         ] {
             if !(v.is_empty() || v.starts_with("http://") || v.starts_with("https://")) {
                 return Err((

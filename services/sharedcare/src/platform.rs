@@ -10,7 +10,7 @@ use sharedcare_kit::bus::kafka::KafkaBus;
 use sharedcare_kit::bus::{self, Bus};
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::metrics::Metrics;
-use sharedcare_kit::serve::{self, Listen, Mount, Running};
+use sharedcare_kit::serve::{self, Bound, Listen, Mount, Running};
 use sharedcare_kit::shutdown;
 use sharedcare_kit::telemetry;
 
@@ -135,13 +135,62 @@ fn identity_issuer(config: &Config, http: std::net::SocketAddr) -> String {
     }
 }
 
+/// The client-credentials client the services in this process use for their own calls: the
+/// configured one, or (when identity runs here too) an internal client with a secret made
+/// for this start, which identity registers as it mounts.
+fn internal_client(config: &mut Config, services: &[&str]) -> Option<sharedcare_identity::InternalClient> {
+    if !config.auth.client_id.is_empty() || !services.contains(&sharedcare_identity::NAME) {
+        return None;
+    }
+    config.auth.client_id = "sharedcare-internal".into();
+    config.auth.client_secret = sharedcare_kit::jose::random_token(32);
+    Some(sharedcare_identity::InternalClient {
+        id: config.auth.client_id.clone(),
+        secret: config.auth.client_secret.clone(),
+        scopes: vec!["consent.decide".into()],
+    })
+}
+
+/// How records asks consent: `records.consent_url`, else the consent service in this process.
+fn consent_pdp(
+    config: &Config,
+    services: &[&str],
+    bound: &Bound,
+) -> anyhow::Result<std::sync::Arc<dyn sharedcare_records::consent::Pdp>> {
+    let url = if !config.records.consent_url.is_empty() {
+        config.records.consent_url.clone()
+    } else if services.contains(&sharedcare_consent::NAME) {
+        let mut addr = bound.grpc_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    } else {
+        bail!(
+            "`records.consent_url` is required when consent runs in another process: set SHAREDCARE_RECORDS__CONSENT_URL to its gRPC URL, e.g. http://consent:50051"
+        )
+    };
+    let issuer = trusted_issuer(config, services, bound.http_addr)?;
+    let Some(token) = config.auth.service_token(&issuer, "consent.decide") else {
+        bail!(
+            "`auth.client_id` and `auth.client_secret` are required by records to ask consent: register a client with the client_credentials grant and scope consent.decide, then set SHAREDCARE_AUTH__CLIENT_ID and SHAREDCARE_AUTH__CLIENT_SECRET"
+        )
+    };
+    let timeout = Duration::from_millis(config.records.consent_timeout_ms);
+    Ok(std::sync::Arc::new(sharedcare_records::consent::GrpcPdp::new(
+        &url, token, timeout,
+    )?))
+}
+
 async fn mount(
     config: &Config,
     services: &[&str],
     service: &str,
     db: Db,
-    http: std::net::SocketAddr,
+    bound: &Bound,
+    internal: Option<sharedcare_identity::InternalClient>,
 ) -> anyhow::Result<Mount> {
+    let http = bound.http_addr;
     let verifier = || -> anyhow::Result<_> { Ok(config.auth.verifier(&trusted_issuer(config, services, http)?)) };
     Ok(match service {
         sharedcare_identity::NAME => sharedcare_identity::mount(
@@ -150,11 +199,17 @@ async fn mount(
             config.identity.clone(),
             identity_issuer(config, http),
             services.len() > 1,
+            internal,
         )
         .await
         .context("identity could not start")?,
         sharedcare_consent::NAME => sharedcare_consent::mount(db, config.outbox.clone(), verifier()?),
-        sharedcare_records::NAME => sharedcare_records::mount(db, config.outbox.clone(), verifier()?),
+        sharedcare_records::NAME => sharedcare_records::mount(
+            db,
+            config.outbox.clone(),
+            verifier()?,
+            consent_pdp(config, services, bound)?,
+        ),
         sharedcare_audit::NAME => sharedcare_audit::mount(db, verifier()?)
             .await
             .context("audit could not start")?,
@@ -173,10 +228,18 @@ pub async fn start(config: &Config, services: &[&str], client_id: &str) -> anyho
         grpc: config.grpc.listen,
     })
     .await?;
+    let mut config = config.clone();
+    let internal = internal_client(&mut config, services);
     let mut mounts = Vec::new();
     for s in services {
-        let db = open_db(config, s).await?;
-        mounts.push(mount(config, services, s, db, bound.http_addr).await?);
+        let db = open_db(&config, s).await?;
+        if *s == sharedcare_consent::NAME
+            && config.identity.seed_demo.unwrap_or(services.len() > 1)
+            && sharedcare_consent::seed_relationships(&db, &sharedcare_identity::demo::care_relationships()).await?
+        {
+            tracing::info!("seeded the demo ICS's care relationships into consent");
+        }
+        mounts.push(mount(&config, services, s, db, &bound, internal.clone()).await?);
     }
     Ok(serve::start(mounts, bus, bound, Metrics::new()).await?)
 }
