@@ -292,3 +292,56 @@ async fn up_can_run_every_service_on_postgres_and_kafka() {
         "SQLite is not used when Postgres is configured"
     );
 }
+
+#[tokio::test]
+async fn reads_fail_when_the_audit_trail_or_consent_cannot_be_reached() {
+    let database = fresh_database().await;
+    let env = serve_env(&database, &kafka_brokers(), &namespace());
+    let id = identity(&env);
+    let consent = serve("consent", &env, &id);
+    let records = serve_records(&env, &id, &consent);
+    let nhs = nhs_number();
+    let mut client = records.records().await;
+    client
+        .put(PutRequest {
+            resource_json: patient("p-cut", &nhs),
+            source_organisation: "RXX01".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    let read = || GetRequest {
+        resource_type: "Patient".into(),
+        id: "p-cut".into(),
+        ..Default::default()
+    };
+    client.get(read()).await.expect("readable while everything is up");
+
+    // The audit trail cannot be written (records' outbox table is gone): no data leaves.
+    let db = sharedcare_kit::db::Db::connect(&database, "records", 1, Duration::from_secs(5))
+        .await
+        .expect("records schema");
+    sqlx::query("ALTER TABLE kit_outbox RENAME TO kit_outbox_away")
+        .execute(db.writer())
+        .await
+        .expect("take the outbox away");
+    let err = client.get(read()).await.expect_err("no audit entry, no data");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(err.message().contains("could not be audited"), "{}", err.message());
+    sqlx::query("ALTER TABLE kit_outbox_away RENAME TO kit_outbox")
+        .execute(db.writer())
+        .await
+        .expect("give it back");
+    client.get(read()).await.expect("readable again");
+    db.close().await;
+
+    // Consent stops: no decision, no data.
+    let _ = consent.terminate();
+    let err = client.get(read()).await.expect_err("no decision, no data");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(
+        err.message().contains("consent decision could not be made"),
+        "{}",
+        err.message()
+    );
+}

@@ -5,6 +5,7 @@
 
 mod consent;
 mod distributed;
+mod enforcement;
 mod harness;
 mod identity;
 mod oidc_node;
