@@ -159,7 +159,7 @@ async fn staff_see_what_consent_permits_and_the_patient_sees_every_access() {
     assert_eq!(after.code(), Code::PermissionDenied);
 
     // Her audit trail shows every access: who, why and what came of it.
-    let mut audit = AuditClient::new(p.channel().await);
+    let audit = AuditClient::new(p.channel().await);
     let trail = crate::harness::eventually(Duration::from_secs(20), "the record accesses", || {
         let (mut audit, token, nhs) = (audit.clone(), margaret.clone(), nhs.clone());
         async move {
