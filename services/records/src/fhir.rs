@@ -56,6 +56,68 @@ pub fn security_labels(body: &Map<String, Value>) -> Vec<String> {
     labels
 }
 
+/// Sensitivity labels a directive can withhold (HL7 v3 ActCode confidentiality and
+/// sensitivity codes, plus the NHS safeguarding label). Search asks consent about all of them to
+/// learn whether to tell the caller that information may be withheld, without that answer
+/// depending on what the record holds.
+pub const SENSITIVE_LABELS: &[&str] = &[
+    "SEX",
+    "STD",
+    "HIV",
+    "SDV",
+    "PSY",
+    "MH",
+    "BH",
+    "ETH",
+    "SUD",
+    "GDIS",
+    "SAFEGUARDING",
+];
+
+/// The clinical date of a resource (µs since the epoch), from the first element it has of:
+/// effective[x], onset[x], recordedDate, period.start, authoredOn, date, issued.
+pub fn clinical_date(body: &Map<String, Value>) -> Option<i64> {
+    let direct = [
+        "effectiveDateTime",
+        "effectiveInstant",
+        "onsetDateTime",
+        "recordedDate",
+        "authoredOn",
+        "date",
+        "issued",
+    ];
+    for element in direct {
+        if let Some(t) = body.get(element).and_then(fhir_time) {
+            return Some(t);
+        }
+    }
+    for element in ["effectivePeriod", "onsetPeriod", "period"] {
+        if let Some(t) = body.get(element).and_then(|p| p.get("start")).and_then(fhir_time) {
+            return Some(t);
+        }
+    }
+    None
+}
+
+/// The codes a resource is searched by, as `system|code` tokens: from `code`,
+/// `medicationCodeableConcept` and `vaccineCode`.
+pub fn codes(body: &Map<String, Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    for element in ["code", "medicationCodeableConcept", "vaccineCode"] {
+        let codings = body
+            .get(element)
+            .and_then(|c| c.get("coding"))
+            .and_then(Value::as_array);
+        for c in codings.into_iter().flatten() {
+            if let Some(code) = c.get("code").and_then(Value::as_str) {
+                let system = c.get("system").and_then(Value::as_str).unwrap_or("");
+                out.push(format!("{system}|{code}"));
+            }
+        }
+    }
+    out
+}
+
 /// Checks `meta.security`: an array of Codings, each with a `code`.
 fn check_security(body: &Map<String, Value>) -> Result<(), RecordsError> {
     let Some(security) = body.get("meta").and_then(|m| m.get("security")) else {

@@ -2,12 +2,16 @@
 
 use sharedcare_kit::auth::{Principal, Verifier, has_scope};
 use sharedcare_kit::db;
+use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::nhs::OdsCode;
 use sharedcare_proto::records::v1::records_server::Records;
-use sharedcare_proto::records::v1::{GetRequest, GetResponse, PutRequest, PutResponse};
+use sharedcare_proto::records::v1::{
+    GetRequest, GetResponse, HistoryRequest, HistoryResponse, PutRequest, PutResponse, SearchRequest, SearchResponse,
+    VReadRequest,
+};
 use tonic::{Request, Response, Status};
 
-use crate::store::{Actor, Store};
+use crate::store::{Actor, DEFAULT_PAGE, MAX_PAGE, Query, Store, Stored};
 use crate::{RecordsError, fhir};
 
 /// The gRPC service.
@@ -101,12 +105,131 @@ impl Records for RecordsApi {
         fhir::check_type("resource_type", &req.resource_type)?;
         fhir::check_id("id", &req.id)?;
         let s = self.store.get(&req.resource_type, &req.id, &who).await?;
-        Ok(Response::new(GetResponse {
-            resource_type: s.resource_type,
-            id: s.id,
-            version: s.version,
-            last_updated: Some(db::timestamp(s.last_updated_us)),
-            resource_json: s.body,
+        Ok(Response::new(response(s)))
+    }
+
+    async fn v_read(&self, request: Request<VReadRequest>) -> Result<Response<GetResponse>, Status> {
+        let who = self.actor(&request, "records.read", &request.get_ref().purpose).await?;
+        let req = request.into_inner();
+        fhir::check_type("resource_type", &req.resource_type)?;
+        fhir::check_id("id", &req.id)?;
+        if req.version < 1 {
+            return Err(RecordsError::invalid("version", "must be 1 or more (meta.versionId)").into());
+        }
+        let s = self.store.vread(&req.resource_type, &req.id, req.version, &who).await?;
+        Ok(Response::new(response(s)))
+    }
+
+    async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+        let who = self.actor(&request, "records.read", &request.get_ref().purpose).await?;
+        let req = request.into_inner();
+        fhir::check_type("resource_type", &req.resource_type)?;
+        fhir::check_id("id", &req.id)?;
+        let size = page_size(req.page_size)?;
+        let page = self
+            .store
+            .history(&req.resource_type, &req.id, size, &req.cursor, &who)
+            .await?;
+        Ok(Response::new(HistoryResponse {
+            versions: page.items.into_iter().map(response).collect(),
+            next_cursor: page.next_cursor,
+            some_withheld: page.some_withheld,
         }))
     }
+
+    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+        let who = self.actor(&request, "records.read", &request.get_ref().purpose).await?;
+        let req = request.into_inner();
+        let q = query(req)?;
+        let page = self.store.search(&q, &who).await?;
+        Ok(Response::new(SearchResponse {
+            resources: page.items.into_iter().map(response).collect(),
+            next_cursor: page.next_cursor,
+            some_withheld: page.some_withheld,
+        }))
+    }
+}
+
+/// A stored version as the API returns it.
+fn response(s: Stored) -> GetResponse {
+    GetResponse {
+        resource_type: s.resource_type,
+        id: s.id,
+        version: s.version,
+        last_updated: Some(db::timestamp(s.last_updated_us)),
+        resource_json: s.body,
+    }
+}
+
+/// A page size: 0 = the default, at most [`MAX_PAGE`].
+pub fn page_size(n: i32) -> Result<usize, RecordsError> {
+    match n {
+        0 => Ok(DEFAULT_PAGE),
+        1.. if n as usize <= MAX_PAGE => Ok(n as usize),
+        _ => Err(RecordsError::invalid(
+            "page_size",
+            format!("must be 1 to {MAX_PAGE}, got {n}"),
+        )),
+    }
+}
+
+/// Checks a search request and turns it into a [`Query`].
+pub fn query(req: SearchRequest) -> Result<Query, RecordsError> {
+    let nhs_number = match (req.patient.is_empty(), req.nhs_number.is_empty()) {
+        (true, true) => {
+            return Err(RecordsError::invalid(
+                "patient",
+                "name the patient (patient or nhs_number)",
+            ));
+        }
+        (false, false) => {
+            return Err(RecordsError::invalid(
+                "nhs_number",
+                "give patient or nhs_number, not both",
+            ));
+        }
+        (false, true) => {
+            fhir::check_id("patient", &req.patient)?;
+            String::new()
+        }
+        (true, false) => NhsNumber::parse(&req.nhs_number)
+            .map_err(|e| RecordsError::invalid("nhs_number", e.to_string()))?
+            .as_str()
+            .to_string(),
+    };
+    for (i, t) in req.types.iter().enumerate() {
+        fhir::check_type(&format!("types[{i}]"), t)?;
+    }
+    if !req.cursor.is_empty() {
+        let ok = req
+            .cursor
+            .split_once('/')
+            .is_some_and(|(t, id)| fhir::check_type("cursor", t).is_ok() && fhir::check_id("cursor", id).is_ok());
+        if !ok {
+            return Err(RecordsError::invalid("cursor", "not a cursor from a previous page"));
+        }
+    }
+    if req.code.chars().any(char::is_whitespace) {
+        return Err(RecordsError::invalid(
+            "code",
+            "a code is \"system|code\" or \"code\", without spaces",
+        ));
+    }
+    let date_from = req.date_from.as_ref().map(db::micros);
+    let date_to = req.date_to.as_ref().map(db::micros);
+    if let (Some(a), Some(b)) = (date_from, date_to)
+        && a > b
+    {
+        return Err(RecordsError::invalid("date_to", "is before date_from"));
+    }
+    Ok(Query {
+        nhs_number,
+        patient: req.patient,
+        types: req.types,
+        date_from,
+        date_to,
+        code: req.code,
+        page_size: page_size(req.page_size)?,
+        cursor: req.cursor,
+    })
 }

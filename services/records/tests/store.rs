@@ -11,7 +11,7 @@ use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged};
 use sharedcare_records::RecordsError;
 use sharedcare_records::consent::Pdp;
 use sharedcare_records::fhir;
-use sharedcare_records::store::{Actor, Store};
+use sharedcare_records::store::{Actor, Page, Query, Store};
 use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
@@ -477,6 +477,247 @@ async fn without_a_consent_decision_no_data_leaves(db: Db) {
     assert_eq!(rows, 1, "the refused write stored nothing");
 }
 
+fn dated(id: &str, patient: &str, resource_type: &str, date: &str, code: &str) -> fhir::Resource {
+    let body = serde_json::json!({
+        "resourceType": resource_type, "id": id, "status": "final",
+        "subject": {"reference": format!("Patient/{patient}")},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": code}]},
+        "effectiveDateTime": date,
+    });
+    fhir::parse(&body.to_string()).expect("valid")
+}
+
+fn ids(page: &Page) -> Vec<String> {
+    page.items
+        .iter()
+        .map(|s| format!("{}/{}", s.resource_type, s.id))
+        .collect()
+}
+
+async fn search_filters_by_type_date_and_code_and_pages_with_a_cursor(db: Db) {
+    let s = store(&db).await;
+    let a = system();
+    s.put(patient("p1"), "A81001", &a).await.expect("patient");
+    for (i, date) in ["2026-01-05", "2026-02-05", "2026-03-05", "2026-04-05"]
+        .iter()
+        .enumerate()
+    {
+        let code = if i % 2 == 0 { "75367002" } else { "27113001" };
+        s.put(dated(&format!("o{i}"), "p1", "Observation", date, code), "A81001", &a)
+            .await
+            .expect("obs");
+    }
+    s.put(dated("c1", "p1", "Condition", "2026-02-10", "38341003"), "A81001", &a)
+        .await
+        .expect("condition");
+    // A later version replaces the earlier one in search.
+    s.put(dated("o3", "p1", "Observation", "2026-04-06", "75367002"), "A81001", &a)
+        .await
+        .expect("o3 v2");
+    let q = |f: &dyn Fn(&mut Query)| {
+        let mut q = Query {
+            nhs_number: NHS.into(),
+            page_size: 50,
+            ..Query::default()
+        };
+        f(&mut q);
+        q
+    };
+    let all = s.search(&q(&|_| {}), &a).await.expect("search");
+    assert_eq!(
+        ids(&all),
+        [
+            "Condition/c1",
+            "Observation/o0",
+            "Observation/o1",
+            "Observation/o2",
+            "Observation/o3",
+            "Patient/p1"
+        ]
+    );
+    assert!(!all.some_withheld);
+    assert_eq!(all.items[4].version, 2, "the current version");
+    let by_patient_id = s
+        .search(
+            &q(&|q| {
+                q.nhs_number.clear();
+                q.patient = "p1".into();
+                q.types = vec!["Condition".into()];
+            }),
+            &a,
+        )
+        .await
+        .expect("by Patient id");
+    assert_eq!(ids(&by_patient_id), ["Condition/c1"]);
+    let spring = s
+        .search(
+            &q(&|q| {
+                q.types = vec!["Observation".into()];
+                q.date_from = Some(1_769_904_000_000_000); // 2026-02-01
+                q.date_to = Some(1_772_323_200_000_000); // 2026-03-01
+            }),
+            &a,
+        )
+        .await
+        .expect("dates");
+    assert_eq!(ids(&spring), ["Observation/o1"]);
+    let bp = s
+        .search(&q(&|q| q.code = "http://snomed.info/sct|75367002".into()), &a)
+        .await
+        .expect("code");
+    assert_eq!(ids(&bp), ["Observation/o0", "Observation/o2", "Observation/o3"]);
+    let bare = s
+        .search(&q(&|q| q.code = "27113001".into()), &a)
+        .await
+        .expect("bare code");
+    assert_eq!(ids(&bare), ["Observation/o1"]);
+    // Pages of two, each continuing where the last stopped.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = s
+            .search(
+                &q(&|q| {
+                    q.page_size = 2;
+                    q.cursor = cursor.clone();
+                }),
+                &a,
+            )
+            .await
+            .expect("page");
+        seen.extend(ids(&page));
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(seen, ids(&all));
+    let audit = accesses(&db).await.pop().expect("audited");
+    assert_eq!((audit.action.as_str(), audit.resources.len()), ("search", 2));
+    let err = s
+        .search(
+            &q(&|q| {
+                q.nhs_number.clear();
+                q.patient = "nobody".into();
+            }),
+            &a,
+        )
+        .await
+        .expect_err("unknown patient");
+    assert!(matches!(err, RecordsError::NotFound(_)), "{err}");
+}
+
+async fn search_leaves_out_withheld_resources_and_says_so_whatever_the_record_holds(db: Db) {
+    let (s, consent) = stores(&db).await;
+    let a = system();
+    s.put(patient("p1"), "A81001", &a).await.expect("patient");
+    s.put(observation("plain", "p1", &[]), "A81001", &a).await.expect("put");
+    s.put(observation("clinic", "p1", &["SEX"]), "A81001", &a)
+        .await
+        .expect("put");
+    let everything = Query {
+        nhs_number: NHS.into(),
+        page_size: 50,
+        ..Query::default()
+    };
+    assert_eq!(s.search(&everything, &a).await.expect("search").items.len(), 3);
+    let patient_actor = sharedcare_consent::store::Actor { id: NHS, org: "" };
+    let withhold = |id: &str, provision: Provision| Directive {
+        id: id.into(),
+        status: "active".into(),
+        provision,
+    };
+    let no_sex = withhold(
+        "no-sex",
+        Provision {
+            kind: Some(Effect::Deny),
+            security_labels: vec!["SEX".into()],
+            ..Provision::default()
+        },
+    );
+    consent
+        .put_directive(NHS, &no_sex, &patient_actor)
+        .await
+        .expect("directive");
+    let page = s.search(&everything, &a).await.expect("search");
+    assert_eq!(ids(&page), ["Observation/plain", "Patient/p1"]);
+    assert!(page.some_withheld);
+    let audit = accesses(&db).await.pop().expect("audited");
+    assert!(audit.reason.contains("withheld SEX"), "{}", audit.reason);
+    // Another patient with the same directive and nothing sensitive gets the same notice.
+    const OTHER: &str = "9000000009";
+    let other = fhir::parse(&format!(
+        r#"{{"resourceType":"Patient","id":"p2","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{OTHER}"}}]}}"#
+    ))
+    .expect("patient");
+    s.put(other, "A81001", &a).await.expect("p2");
+    consent
+        .put_directive(
+            OTHER,
+            &withhold("no-sex-2", no_sex.provision.clone()),
+            &sharedcare_consent::store::Actor { id: OTHER, org: "" },
+        )
+        .await
+        .expect("directive");
+    let q2 = Query {
+        nhs_number: OTHER.into(),
+        page_size: 50,
+        ..Query::default()
+    };
+    let page = s.search(&q2, &a).await.expect("search p2");
+    assert_eq!(ids(&page), ["Patient/p2"]);
+    assert!(
+        page.some_withheld,
+        "the notice does not depend on what the record holds"
+    );
+    // An opt-out denies the search as a whole.
+    let out = withhold(
+        "out",
+        Provision {
+            kind: Some(Effect::Deny),
+            ..Provision::default()
+        },
+    );
+    consent.put_directive(NHS, &out, &patient_actor).await.expect("opt out");
+    let err = s.search(&everything, &a).await.expect_err("denied");
+    assert!(matches!(err, RecordsError::Denied(_)), "{err}");
+    assert_eq!(accesses(&db).await.pop().expect("audited").outcome, "denied");
+}
+
+async fn history_lists_versions_newest_first_and_vread_reads_one(db: Db) {
+    let s = store(&db).await;
+    let a = system();
+    for _ in 0..3 {
+        s.put(patient("p1"), "A81001", &a).await.expect("put");
+    }
+    let first = s.history("Patient", "p1", 2, "", &a).await.expect("history");
+    assert_eq!(first.items.iter().map(|v| v.version).collect::<Vec<_>>(), [3, 2]);
+    assert_eq!(first.next_cursor, "2");
+    let rest = s
+        .history("Patient", "p1", 2, &first.next_cursor, &a)
+        .await
+        .expect("page 2");
+    assert_eq!(rest.items.iter().map(|v| v.version).collect::<Vec<_>>(), [1]);
+    assert!(rest.next_cursor.is_empty());
+    let audit = accesses(&db).await.pop().expect("audited");
+    assert_eq!(
+        (audit.action.as_str(), audit.resources.as_slice()),
+        ("history", &["Patient/p1/_history/1".to_string()][..])
+    );
+    let v2 = s.vread("Patient", "p1", 2, &a).await.expect("vread");
+    let body: serde_json::Value = serde_json::from_str(&v2.body).expect("json");
+    assert_eq!(body["meta"]["versionId"], "2");
+    let err = s.vread("Patient", "p1", 9, &a).await.expect_err("no version 9");
+    assert!(
+        matches!(&err, RecordsError::NotFound(r) if r == "Patient/p1/_history/9"),
+        "{err}"
+    );
+    assert!(matches!(
+        s.history("Patient", "nobody", 5, "", &a).await,
+        Err(RecordsError::NotFound(_))
+    ));
+}
+
 sharedcare_kit::store_suite!(
     "records";
     every_put_is_a_new_version_and_get_returns_the_newest,
@@ -489,4 +730,7 @@ sharedcare_kit::store_suite!(
     withheld_categories_are_refused_without_being_named,
     patient_data_must_name_a_patient_the_record_holds,
     without_a_consent_decision_no_data_leaves,
+    search_filters_by_type_date_and_code_and_pages_with_a_cursor,
+    search_leaves_out_withheld_resources_and_says_so_whatever_the_record_holds,
+    history_lists_versions_newest_first_and_vread_reads_one,
 );
