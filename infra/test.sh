@@ -29,6 +29,21 @@ if [ ! -d tests/node/node_modules/openid-client ] || [ tests/node/package-lock.j
   (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# The FHIR facade's third-party client test: fhirpy and fhir.resources from PyPI, pinned in
+# tests/python/requirements.txt, in a virtual environment beside them.
+venv=tests/python/.venv
+if [ ! -x "$venv/bin/python" ] && ! python3 -m venv "$venv" >/dev/null 2>&1; then
+  echo "test.sh: installing python3-venv from Debian's packages (FHIR client test)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq python3-venv >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+fi
+if [ ! -f "$venv/.installed" ] || [ tests/python/requirements.txt -nt "$venv/.installed" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  touch "$venv/.installed"
+fi
+
 infra/postgres.sh start
 infra/kafka.sh start
 

@@ -6,6 +6,7 @@
 mod consent;
 mod distributed;
 mod enforcement;
+mod fhir_client;
 mod harness;
 mod identity;
 mod oidc_node;

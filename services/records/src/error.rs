@@ -23,6 +23,22 @@ pub enum RecordsError {
     /// The records database could not be read; nothing is returned.
     #[error("records storage unavailable: {0}")]
     Unavailable(String),
+    /// No valid bearer token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not use this operation at all (scope, kind of principal).
+    #[error("{0}")]
+    Forbidden(String),
+    /// An update named a version that is no longer the current one (optimistic concurrency).
+    #[error("{reference} is at version {current}, not {expected}; read it again and reapply the change")]
+    VersionMismatch {
+        /// `type/id`.
+        reference: String,
+        /// The version the writer based the change on.
+        expected: i64,
+        /// The current version (0 = none).
+        current: i64,
+    },
     /// Consent could not be asked, so nothing is returned or stored.
     #[error("consent decision unavailable: {0}")]
     Consent(String),
@@ -57,7 +73,11 @@ impl From<RecordsError> for tonic::Status {
             RecordsError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             RecordsError::Conflict(_) => tonic::Status::aborted(e.to_string()),
             RecordsError::Stopped => tonic::Status::unavailable(e.to_string()),
-            RecordsError::Denied(_) | RecordsError::Withheld => tonic::Status::permission_denied(e.to_string()),
+            RecordsError::Denied(_) | RecordsError::Withheld | RecordsError::Forbidden(_) => {
+                tonic::Status::permission_denied(e.to_string())
+            }
+            RecordsError::Unauthenticated(_) => tonic::Status::unauthenticated(e.to_string()),
+            RecordsError::VersionMismatch { .. } => tonic::Status::failed_precondition(e.to_string()),
             RecordsError::Consent(inner) => {
                 tracing::error!(error = %inner, "no consent decision; refusing to answer");
                 tonic::Status::unavailable("the consent decision could not be made, so no data is returned")

@@ -27,40 +27,55 @@ impl RecordsApi {
         RecordsApi { store, verifier }
     }
 
-    /// The caller from its bearer token, acting for `purpose`. Services need the scope for the
-    /// operation; staff are admitted here and decided per patient by consent; patients read
-    /// through the passport.
+    /// The caller from its bearer token, acting for `purpose`.
     async fn actor<T>(&self, req: &Request<T>, scope: &str, purpose: &str) -> Result<Actor, Status> {
         let purpose = check_purpose(purpose)?;
         let p = self.verifier.from_metadata(req.metadata()).await?;
-        match &p {
-            Principal::Service { .. } if !has_scope(&p, scope) => {
-                Err(Status::permission_denied(format!("this operation needs scope {scope}")))
-            }
-            Principal::Patient { .. } => Err(Status::permission_denied(
-                "patients read their record through the passport service",
-            )),
-            Principal::Staff { role, .. } => Ok(Actor {
-                kind: "staff",
-                id: p.id(),
-                organisation: role.org_code.clone(),
-                role: role.role_code.clone(),
-                role_profile: role.person_roleid.clone(),
-                purpose,
-            }),
-            Principal::Service { .. } => Ok(Actor {
-                kind: "service",
-                id: p.id(),
-                purpose,
-                ..Actor::default()
-            }),
+        Ok(actor_of(&p, scope, purpose)?)
+    }
+
+    /// The store this API serves.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The verifier callers' tokens are checked with.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+}
+
+/// The actor a verified principal is, for an operation needing `scope`. Services need the
+/// scope; staff are admitted here and decided per patient by consent; patients read through
+/// the passport.
+pub fn actor_of(p: &Principal, scope: &str, purpose: String) -> Result<Actor, RecordsError> {
+    match p {
+        Principal::Service { .. } if !has_scope(p, scope) => {
+            Err(RecordsError::Forbidden(format!("this operation needs scope {scope}")))
         }
+        Principal::Patient { .. } => Err(RecordsError::Forbidden(
+            "patients read their record through the passport service".into(),
+        )),
+        Principal::Staff { role, .. } => Ok(Actor {
+            kind: "staff",
+            id: p.id(),
+            organisation: role.org_code.clone(),
+            role: role.role_code.clone(),
+            role_profile: role.person_roleid.clone(),
+            purpose,
+        }),
+        Principal::Service { .. } => Ok(Actor {
+            kind: "service",
+            id: p.id(),
+            purpose,
+            ..Actor::default()
+        }),
     }
 }
 
 /// A purpose of use: empty = TREAT; otherwise an HL7 v3 PurposeOfUse code (upper-case
 /// letters and '-', e.g. TREAT, ETREAT, BTG, CAREMGT, HRESCH).
-fn check_purpose(purpose: &str) -> Result<String, RecordsError> {
+pub fn check_purpose(purpose: &str) -> Result<String, RecordsError> {
     if purpose.is_empty() {
         return Ok("TREAT".into());
     }
@@ -89,7 +104,10 @@ impl Records for RecordsApi {
                 .as_str()
                 .to_string()
         };
-        let s = self.store.put(resource, &source, &who).await?;
+        if req.if_match_version < 0 {
+            return Err(RecordsError::invalid("if_match_version", "must be 0 (none) or a version").into());
+        }
+        let s = self.store.put(resource, &source, &who, req.if_match_version).await?;
         Ok(Response::new(PutResponse {
             resource_type: s.resource_type,
             id: s.id,
@@ -200,8 +218,24 @@ pub fn query(req: SearchRequest) -> Result<Query, RecordsError> {
     for (i, t) in req.types.iter().enumerate() {
         fhir::check_type(&format!("types[{i}]"), t)?;
     }
-    if !req.cursor.is_empty() {
-        let ok = req
+    let q = Query {
+        nhs_number,
+        patient: req.patient,
+        types: req.types,
+        date_from: req.date_from.as_ref().map(db::micros),
+        date_to: req.date_to.as_ref().map(db::micros),
+        code: req.code,
+        page_size: page_size(req.page_size)?,
+        cursor: req.cursor,
+    };
+    check_query(&q)?;
+    Ok(q)
+}
+
+/// Checks a query's cursor, code and date range.
+pub fn check_query(q: &Query) -> Result<(), RecordsError> {
+    if !q.cursor.is_empty() {
+        let ok = q
             .cursor
             .split_once('/')
             .is_some_and(|(t, id)| fhir::check_type("cursor", t).is_ok() && fhir::check_id("cursor", id).is_ok());
@@ -209,27 +243,16 @@ pub fn query(req: SearchRequest) -> Result<Query, RecordsError> {
             return Err(RecordsError::invalid("cursor", "not a cursor from a previous page"));
         }
     }
-    if req.code.chars().any(char::is_whitespace) {
+    if q.code.chars().any(char::is_whitespace) {
         return Err(RecordsError::invalid(
             "code",
             "a code is \"system|code\" or \"code\", without spaces",
         ));
     }
-    let date_from = req.date_from.as_ref().map(db::micros);
-    let date_to = req.date_to.as_ref().map(db::micros);
-    if let (Some(a), Some(b)) = (date_from, date_to)
+    if let (Some(a), Some(b)) = (q.date_from, q.date_to)
         && a > b
     {
-        return Err(RecordsError::invalid("date_to", "is before date_from"));
+        return Err(RecordsError::invalid("date", "the range ends before it starts"));
     }
-    Ok(Query {
-        nhs_number,
-        patient: req.patient,
-        types: req.types,
-        date_from,
-        date_to,
-        code: req.code,
-        page_size: page_size(req.page_size)?,
-        cursor: req.cursor,
-    })
+    Ok(())
 }

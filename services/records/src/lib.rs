@@ -8,11 +8,13 @@
 //! writes `AccessRecorded` to the outbox *before* the resource is returned.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod config;
 pub mod consent;
 pub mod error;
 pub mod fhir;
 pub mod grpc;
+pub mod http;
 pub mod store;
 
 pub use config::RecordsConfig;
@@ -42,7 +44,9 @@ pub fn mount(db: Db, outbox: OutboxConfig, verifier: Verifier, pdp: std::sync::A
     let outbox = Outbox::new(db.clone(), outbox);
     let store = store::Store::new(db.clone(), outbox.clone(), pdp);
     let mut m = Mount::new(NAME);
-    m.add_grpc(RecordsServer::new(grpc::RecordsApi::new(store, verifier)));
+    let api = grpc::RecordsApi::new(store, verifier);
+    m.http = http::router(api.clone());
+    m.add_grpc(RecordsServer::new(api));
     m.outbox = Some(outbox);
     m.db = Some(db);
     m

@@ -137,6 +137,8 @@ struct PutJob {
     /// Purpose and reason from consent's decision, for the audit entry.
     purpose: String,
     reason: String,
+    /// The version the writer based this put on (0 = none).
+    expected_version: i64,
 }
 
 /// A put and where its answer goes.
@@ -166,11 +168,13 @@ impl Store {
     /// Stores `resource` as its next version, with its events, atomically. Concurrent puts
     /// are written together (group commit, a few multi-row statements per batch); if a batch
     /// fails, each of its puts is retried alone so one bad put never fails another.
+    /// With `expected_version` > 0 the put is refused unless that is the current version.
     pub async fn put(
         &self,
         resource: Resource,
         source_organisation: &str,
         actor: &Actor,
+        expected_version: i64,
     ) -> Result<Stored, RecordsError> {
         let job = PutJob {
             resource,
@@ -178,10 +182,45 @@ impl Store {
             caller: Caller::current(actor),
             purpose: actor.purpose.clone(),
             reason: String::new(),
+            expected_version,
         };
         let (reply, answer) = oneshot::channel();
         self.puts.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
         answer.await.map_err(|_| RecordsError::Stopped)?
+    }
+
+    /// Stores every resource of `puts` (each with its expected version, 0 = none) in one
+    /// transaction, or none of them: the first refusal (consent, validation, version) or
+    /// failure is returned with the position of the put that caused it.
+    pub async fn put_all(
+        &self,
+        puts: Vec<(Resource, i64)>,
+        source_organisation: &str,
+        actor: &Actor,
+    ) -> Result<Vec<Stored>, (usize, RecordsError)> {
+        let e = &self.engine;
+        let jobs: Vec<PutJob> = puts
+            .into_iter()
+            .map(|(resource, expected_version)| PutJob {
+                resource,
+                source_organisation: source_organisation.to_string(),
+                caller: Caller::current(actor),
+                purpose: actor.purpose.clone(),
+                reason: String::new(),
+                expected_version,
+            })
+            .collect();
+        let judged = e.judge_puts(jobs).await.map_err(|err| (0, err))?;
+        let first_refused = judged.iter().position(|(_, r)| r.is_some());
+        let (jobs, refusals): (Vec<PutJob>, Vec<Option<Refusal>>) = judged.into_iter().unzip();
+        if let Some(at) = first_refused {
+            let refusals: Vec<Refusal> = refusals.into_iter().flatten().collect();
+            let first = e.audit_refusals(refusals).await.into_iter().next();
+            return Err((at, first.unwrap_or(RecordsError::Stopped)));
+        }
+        let stored = e.write(&jobs).await.map_err(|err| (0, err))?;
+        e.outbox.notify();
+        Ok(stored)
     }
 
     /// Reads the current version of `resource_type/id`. The access is recorded in the outbox
@@ -575,18 +614,11 @@ impl Engine {
 
     /// Asks consent about a batch of puts, refusing those it denies (or cannot decide) and
     /// those about a patient the record does not hold; each refusal is audited and answered
-    /// here. Returns the puts to write, with the purpose and reason their audit entry records.
+    /// here. Returns the puts to write, with their replies.
     async fn decide_puts(&self, batch: Vec<PendingPut>) -> (Vec<PutJob>, Vec<Reply>) {
         let (jobs, replies): (Vec<PutJob>, Vec<Reply>) = batch.into_iter().unzip();
-        let looked_up = async {
-            let mut conn = self.db.pool().acquire().await?;
-            let versions = self.current_versions(&mut conn, &jobs).await?;
-            let patients = self.referenced_patients(&mut conn, &jobs).await?;
-            Ok::<_, RecordsError>((versions, patients))
-        }
-        .await;
-        let (versions, mut patients) = match looked_up {
-            Ok(v) => v,
+        let judged = match self.judge_puts(jobs).await {
+            Ok(j) => j,
             Err(e) => {
                 let msg = e.to_string();
                 for reply in replies {
@@ -595,6 +627,57 @@ impl Engine {
                 return (Vec::new(), Vec::new());
             }
         };
+        let mut keep = Vec::with_capacity(judged.len());
+        let mut keep_replies = Vec::with_capacity(judged.len());
+        let mut refusals = Vec::new();
+        for ((job, refusal), reply) in judged.into_iter().zip(replies) {
+            match refusal {
+                None => {
+                    keep.push(job);
+                    keep_replies.push(reply);
+                }
+                Some(r) => refusals.push((r, reply)),
+            }
+        }
+        let (refusals, replies): (Vec<Refusal>, Vec<Reply>) = refusals.into_iter().unzip();
+        for (reply, answer) in replies.into_iter().zip(self.audit_refusals(refusals).await) {
+            let _ = reply.send(Err(answer));
+        }
+        (keep, keep_replies)
+    }
+
+    /// Records the audit entries of refused puts; each comes back as the error its caller gets
+    /// (the audit failure instead, when the entry could not be recorded).
+    async fn audit_refusals(&self, refusals: Vec<Refusal>) -> Vec<RecordsError> {
+        let mut pending = Vec::new();
+        for r in &refusals {
+            if let Some(env) = &r.audit {
+                pending.push(self.outbox.record(&self.topic, env.clone()));
+            }
+        }
+        let mut recorded = futures::future::join_all(pending).await.into_iter();
+        refusals
+            .into_iter()
+            .map(|r| {
+                if r.audit.is_none() {
+                    return r.error;
+                }
+                match recorded.next() {
+                    Some(Err(audit)) => RecordsError::Audit(audit.to_string()),
+                    _ => r.error,
+                }
+            })
+            .collect()
+    }
+
+    /// Decides each put: patient data needs a patient the record holds and consent's permit;
+    /// an update with an expected version needs that to be the current one. Permitted puts
+    /// get the purpose and reason their audit entry records.
+    async fn judge_puts(&self, mut jobs: Vec<PutJob>) -> Result<Vec<(PutJob, Option<Refusal>)>, RecordsError> {
+        let mut conn = self.db.pool().acquire().await?;
+        let versions = self.current_versions(&mut conn, &jobs).await?;
+        let mut patients = self.referenced_patients(&mut conn, &jobs).await?;
+        drop(conn);
         let action_of = |r: &Resource| {
             if versions.contains_key(&(r.resource_type.clone(), r.id.clone())) {
                 "update"
@@ -615,7 +698,17 @@ impl Engine {
             if r.resource_type == "Patient" && !nhs.is_empty() {
                 patients.insert(r.id.clone(), nhs.clone());
             }
-            let check = if !fhir::is_patient_data(&r.resource_type) {
+            let current = versions
+                .get(&(r.resource_type.clone(), r.id.clone()))
+                .copied()
+                .unwrap_or(0);
+            let check = if job.expected_version > 0 && job.expected_version != current {
+                Err(RecordsError::VersionMismatch {
+                    reference: format!("{}/{}", r.resource_type, r.id),
+                    expected: job.expected_version,
+                    current,
+                })
+            } else if !fhir::is_patient_data(&r.resource_type) {
                 Ok(None)
             } else if nhs.is_empty() {
                 Err(unknown_patient(r))
@@ -631,14 +724,12 @@ impl Engine {
             checks.push((check, nhs));
         }
         let decisions = asks.decide(self.pdp.as_ref()).await;
-        let mut keep = Vec::with_capacity(jobs.len());
-        let mut keep_replies = Vec::with_capacity(jobs.len());
-        let mut refusals = Vec::new();
-        for ((mut job, reply), (check, nhs)) in jobs.into_iter().zip(replies).zip(checks) {
+        let mut out = Vec::with_capacity(jobs.len());
+        for (mut job, (check, nhs)) in jobs.drain(..).zip(checks) {
             let purpose = job.caller.actor.purpose.clone();
             let v = match check {
-                Err(e) => {
-                    let _ = reply.send(Err(e));
+                Err(error) => {
+                    out.push((job, Some(Refusal { error, audit: None })));
                     continue;
                 }
                 Ok(None) => Verdict {
@@ -649,35 +740,30 @@ impl Engine {
                 },
                 Ok(Some(i)) => verdict(&decisions, i, &purpose, &[], ()),
             };
-            match v.answer {
-                Ok(()) => {
-                    job.purpose = v.purpose;
-                    job.reason = v.reason;
-                    keep.push(job);
-                    keep_replies.push(reply);
-                }
-                Err(ref e) => {
+            let refusal = match &v.answer {
+                Ok(()) => None,
+                Err(e) => {
                     let r = &job.resource;
                     let reference = format!("{}/{}", r.resource_type, r.id);
                     let env = self.access(&job.caller, action_of(r), &reference, &nhs, &v);
-                    let e = match e {
+                    let error = match e {
                         RecordsError::Denied(why) => RecordsError::Denied(why.clone()),
                         RecordsError::Consent(why) => RecordsError::Consent(why.clone()),
                         _ => RecordsError::Withheld,
                     };
-                    refusals.push((self.outbox.record(&self.topic, env), (reply, e)));
+                    Some(Refusal {
+                        error,
+                        audit: Some(env),
+                    })
                 }
+            };
+            if refusal.is_none() {
+                job.purpose = v.purpose;
+                job.reason = v.reason;
             }
+            out.push((job, refusal));
         }
-        let (pending, answers): (Vec<_>, Vec<_>) = refusals.into_iter().unzip();
-        let recorded = futures::future::join_all(pending).await;
-        for ((reply, e), rec) in answers.into_iter().zip(recorded) {
-            let _ = reply.send(match rec {
-                Ok(()) => Err(e),
-                Err(audit) => Err(RecordsError::Audit(audit.to_string())),
-            });
-        }
-        (keep, keep_replies)
+        Ok(out)
     }
 
     /// The `AccessRecorded` event for one access by `caller`, in the caller's trace.
@@ -710,6 +796,12 @@ impl Engine {
         envelope.traceparent = caller.traceparent.clone();
         envelope
     }
+}
+
+/// Why a put was refused, and its audit entry (none for input the record cannot hold).
+struct Refusal {
+    error: RecordsError,
+    audit: Option<Envelope>,
 }
 
 /// Where a put's answer goes.

@@ -104,8 +104,8 @@ async fn outbox_events(db: &Db) -> Vec<Envelope> {
 async fn every_put_is_a_new_version_and_get_returns_the_newest(db: Db) {
     let s = store(&db).await;
     let a = system();
-    assert_eq!(s.put(patient("p1"), "A81001", &a).await.expect("put").version, 1);
-    assert_eq!(s.put(patient("p1"), "A81001", &a).await.expect("put").version, 2);
+    assert_eq!(s.put(patient("p1"), "A81001", &a, 0).await.expect("put").version, 1);
+    assert_eq!(s.put(patient("p1"), "A81001", &a, 0).await.expect("put").version, 2);
     let got = s.get("Patient", "p1", &a).await.expect("get");
     assert_eq!((got.version, got.nhs_number.as_str()), (2, NHS));
     let body: serde_json::Value = serde_json::from_str(&got.body).expect("json");
@@ -115,11 +115,11 @@ async fn every_put_is_a_new_version_and_get_returns_the_newest(db: Db) {
 async fn changes_and_accesses_leave_events_keyed_by_nhs_number(db: Db) {
     let s = store(&db).await;
     let a = system();
-    s.put(patient("p1"), "A81001", &a).await.expect("put patient");
+    s.put(patient("p1"), "A81001", &a, 0).await.expect("put patient");
     let obs =
         fhir::parse(r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#).expect("obs");
     assert_eq!(
-        s.put(obs, "RXX01", &a).await.expect("put obs").nhs_number,
+        s.put(obs, "RXX01", &a, 0).await.expect("put obs").nhs_number,
         NHS,
         "keyed by the subject's NHS number"
     );
@@ -174,7 +174,7 @@ async fn concurrent_puts_never_lose_or_repeat_a_version(db: Db) {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let s = s.clone();
-            tokio::spawn(async move { s.put(patient("race"), "", &system()).await })
+            tokio::spawn(async move { s.put(patient("race"), "", &system(), 0).await })
         })
         .collect();
     let mut versions = Vec::new();
@@ -204,8 +204,8 @@ async fn concurrent_reads_each_get_their_own_answer_and_audit(db: Db) {
     let s = store(&db).await;
     let a = system();
     for i in 0..5 {
-        s.put(patient(&format!("p{i}")), "", &a).await.expect("put");
-        s.put(patient(&format!("p{i}")), "", &a).await.expect("put again");
+        s.put(patient(&format!("p{i}")), "", &a, 0).await.expect("put");
+        s.put(patient(&format!("p{i}")), "", &a, 0).await.expect("put again");
     }
     let before = outbox_events(&db).await.len();
     let reads: Vec<_> = (0..20)
@@ -248,7 +248,7 @@ async fn a_refused_put_does_not_fail_the_others_in_its_batch(db: Db) {
             } else {
                 "A81001".to_string()
             };
-            tokio::spawn(async move { (i, s.put(patient(&format!("batch-{i}")), &org, &system()).await) })
+            tokio::spawn(async move { (i, s.put(patient(&format!("batch-{i}")), &org, &system(), 0).await) })
         })
         .collect();
     let mut failed = Vec::new();
@@ -296,8 +296,8 @@ async fn accesses(db: &Db) -> Vec<AccessRecorded> {
 
 async fn staff_reads_are_decided_by_consent_and_every_outcome_is_audited(db: Db) {
     let (s, consent) = stores(&db).await;
-    s.put(patient("p1"), "A81001", &system()).await.expect("put patient");
-    s.put(observation("o1", "p1", &[]), "A81001", &system())
+    s.put(patient("p1"), "A81001", &system(), 0).await.expect("put patient");
+    s.put(observation("o1", "p1", &[]), "A81001", &system(), 0)
         .await
         .expect("put obs");
     let nurse = trust_nurse("TREAT");
@@ -384,11 +384,11 @@ async fn staff_reads_are_decided_by_consent_and_every_outcome_is_audited(db: Db)
 
 async fn withheld_categories_are_refused_without_being_named(db: Db) {
     let (s, consent) = stores(&db).await;
-    s.put(patient("p1"), "A81001", &system()).await.expect("put patient");
-    s.put(observation("plain", "p1", &[]), "A81001", &system())
+    s.put(patient("p1"), "A81001", &system(), 0).await.expect("put patient");
+    s.put(observation("plain", "p1", &[]), "A81001", &system(), 0)
         .await
         .expect("put");
-    s.put(observation("clinic", "p1", &["SEX"]), "A81001", &system())
+    s.put(observation("clinic", "p1", &["SEX"]), "A81001", &system(), 0)
         .await
         .expect("put");
     let actor = sharedcare_consent::store::Actor { id: NHS, org: "" };
@@ -426,7 +426,7 @@ async fn withheld_categories_are_refused_without_being_named(db: Db) {
 async fn patient_data_must_name_a_patient_the_record_holds(db: Db) {
     let s = store(&db).await;
     let err = s
-        .put(observation("orphan", "ghost", &[]), "A81001", &system())
+        .put(observation("orphan", "ghost", &[]), "A81001", &system(), 0)
         .await
         .expect_err("unknown patient");
     assert!(
@@ -434,7 +434,10 @@ async fn patient_data_must_name_a_patient_the_record_holds(db: Db) {
         "{err}"
     );
     let nameless = fhir::parse(r#"{"resourceType":"Patient","id":"anon"}"#).expect("parses");
-    let err = s.put(nameless, "A81001", &system()).await.expect_err("no NHS number");
+    let err = s
+        .put(nameless, "A81001", &system(), 0)
+        .await
+        .expect_err("no NHS number");
     assert!(
         matches!(&err, RecordsError::Invalid { field, .. } if field == "identifier"),
         "{err}"
@@ -449,7 +452,7 @@ async fn patient_data_must_name_a_patient_the_record_holds(db: Db) {
 
 async fn without_a_consent_decision_no_data_leaves(db: Db) {
     let s = store(&db).await;
-    s.put(patient("p1"), "A81001", &system()).await.expect("put");
+    s.put(patient("p1"), "A81001", &system(), 0).await.expect("put");
     // The same records, now with consent unreachable (nothing listens on port 9).
     let token =
         sharedcare_kit::auth::ServiceToken::new("http://127.0.0.1:9/oauth2/token", "records", "x", "consent.decide");
@@ -465,7 +468,7 @@ async fn without_a_consent_decision_no_data_leaves(db: Db) {
     let audit = accesses(&db).await.pop().expect("the failed attempt is audited");
     assert_eq!(audit.outcome, "error");
     let err = cut_off
-        .put(patient("p1"), "A81001", &system())
+        .put(patient("p1"), "A81001", &system(), 0)
         .await
         .expect_err("no decision, no write");
     assert!(matches!(err, RecordsError::Consent(_)), "{err}");
@@ -497,23 +500,38 @@ fn ids(page: &Page) -> Vec<String> {
 async fn search_filters_by_type_date_and_code_and_pages_with_a_cursor(db: Db) {
     let s = store(&db).await;
     let a = system();
-    s.put(patient("p1"), "A81001", &a).await.expect("patient");
+    s.put(patient("p1"), "A81001", &a, 0).await.expect("patient");
     for (i, date) in ["2026-01-05", "2026-02-05", "2026-03-05", "2026-04-05"]
         .iter()
         .enumerate()
     {
         let code = if i % 2 == 0 { "75367002" } else { "27113001" };
-        s.put(dated(&format!("o{i}"), "p1", "Observation", date, code), "A81001", &a)
-            .await
-            .expect("obs");
+        s.put(
+            dated(&format!("o{i}"), "p1", "Observation", date, code),
+            "A81001",
+            &a,
+            0,
+        )
+        .await
+        .expect("obs");
     }
-    s.put(dated("c1", "p1", "Condition", "2026-02-10", "38341003"), "A81001", &a)
-        .await
-        .expect("condition");
+    s.put(
+        dated("c1", "p1", "Condition", "2026-02-10", "38341003"),
+        "A81001",
+        &a,
+        0,
+    )
+    .await
+    .expect("condition");
     // A later version replaces the earlier one in search.
-    s.put(dated("o3", "p1", "Observation", "2026-04-06", "75367002"), "A81001", &a)
-        .await
-        .expect("o3 v2");
+    s.put(
+        dated("o3", "p1", "Observation", "2026-04-06", "75367002"),
+        "A81001",
+        &a,
+        0,
+    )
+    .await
+    .expect("o3 v2");
     let q = |f: &dyn Fn(&mut Query)| {
         let mut q = Query {
             nhs_number: NHS.into(),
@@ -610,9 +628,11 @@ async fn search_filters_by_type_date_and_code_and_pages_with_a_cursor(db: Db) {
 async fn search_leaves_out_withheld_resources_and_says_so_whatever_the_record_holds(db: Db) {
     let (s, consent) = stores(&db).await;
     let a = system();
-    s.put(patient("p1"), "A81001", &a).await.expect("patient");
-    s.put(observation("plain", "p1", &[]), "A81001", &a).await.expect("put");
-    s.put(observation("clinic", "p1", &["SEX"]), "A81001", &a)
+    s.put(patient("p1"), "A81001", &a, 0).await.expect("patient");
+    s.put(observation("plain", "p1", &[]), "A81001", &a, 0)
+        .await
+        .expect("put");
+    s.put(observation("clinic", "p1", &["SEX"]), "A81001", &a, 0)
         .await
         .expect("put");
     let everything = Query {
@@ -650,7 +670,7 @@ async fn search_leaves_out_withheld_resources_and_says_so_whatever_the_record_ho
         r#"{{"resourceType":"Patient","id":"p2","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{OTHER}"}}]}}"#
     ))
     .expect("patient");
-    s.put(other, "A81001", &a).await.expect("p2");
+    s.put(other, "A81001", &a, 0).await.expect("p2");
     consent
         .put_directive(
             OTHER,
@@ -688,7 +708,7 @@ async fn history_lists_versions_newest_first_and_vread_reads_one(db: Db) {
     let s = store(&db).await;
     let a = system();
     for _ in 0..3 {
-        s.put(patient("p1"), "A81001", &a).await.expect("put");
+        s.put(patient("p1"), "A81001", &a, 0).await.expect("put");
     }
     let first = s.history("Patient", "p1", 2, "", &a).await.expect("history");
     assert_eq!(first.items.iter().map(|v| v.version).collect::<Vec<_>>(), [3, 2]);

@@ -1,0 +1,283 @@
+//! FHIR Bundles: the searchset and history pages the facade returns, and the `transaction`
+//! (all or nothing) and `batch` Bundles writers post.
+
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use crate::store::{Actor, Page, Store, Stored};
+use crate::{RecordsError, fhir};
+
+/// The notice a Bundle carries when the patient withholds information from the caller.
+pub const WITHHELD_NOTICE: &str = "Some information may be withheld in line with the patient's wishes.";
+
+/// A page as a Bundle of `kind` (`searchset` or `history`); `extra` adds each entry's
+/// `search` or `request`/`response`.
+pub fn page(
+    kind: &str,
+    base: &str,
+    page: &Page,
+    self_url: &str,
+    next_url: &str,
+    extra: impl Fn(&Stored) -> Value,
+) -> Value {
+    let mut entries: Vec<Value> = page
+        .items
+        .iter()
+        .map(|s| {
+            let mut e = json!({
+                "fullUrl": format!("{base}/{}/{}", s.resource_type, s.id),
+                "resource": serde_json::from_str::<Value>(&s.body).unwrap_or(Value::Null),
+            });
+            if let (Some(e), Value::Object(more)) = (e.as_object_mut(), extra(s)) {
+                e.extend(more);
+            }
+            e
+        })
+        .collect();
+    if page.some_withheld && kind == "searchset" {
+        entries.push(json!({
+            "resource": {"resourceType": "OperationOutcome", "issue": [{
+                "severity": "information", "code": "suppressed", "diagnostics": WITHHELD_NOTICE,
+            }]},
+            "search": {"mode": "outcome"},
+        }));
+    }
+    let mut links = vec![json!({"relation": "self", "url": self_url})];
+    if !page.next_cursor.is_empty() {
+        links.push(json!({"relation": "next", "url": next_url}));
+    }
+    json!({
+        "resourceType": "Bundle",
+        "type": kind,
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "link": links,
+        "entry": entries,
+    })
+}
+
+/// One entry of a posted Bundle, checked.
+struct Entry {
+    /// `fullUrl` (e.g. `urn:uuid:…`), empty when absent.
+    full_url: String,
+    /// The resource, references not yet rewritten.
+    resource: Map<String, Value>,
+    /// The expected version from `request.ifMatch` (0 = none).
+    if_match: i64,
+    /// POST (create) or PUT (update).
+    create: bool,
+}
+
+fn invalid(i: usize, field: &str, reason: impl Into<String>) -> RecordsError {
+    RecordsError::invalid(format!("entry[{i}].{field}"), reason)
+}
+
+/// Checks entry `i` of a posted Bundle.
+fn entry(i: usize, e: &Value) -> Result<Entry, RecordsError> {
+    let resource = match e.get("resource") {
+        Some(Value::Object(r)) => r.clone(),
+        _ => return Err(invalid(i, "resource", "is required (a FHIR resource)")),
+    };
+    let rtype = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(i, "resource.resourceType", "is required"))?
+        .to_string();
+    let request = e
+        .get("request")
+        .ok_or_else(|| invalid(i, "request", "is required (method and url)"))?;
+    let method = request.get("method").and_then(Value::as_str).unwrap_or("");
+    let url = request.get("url").and_then(Value::as_str).unwrap_or("");
+    let if_match = match request.get("ifMatch").and_then(Value::as_str) {
+        None => 0,
+        Some(t) => t
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                invalid(
+                    i,
+                    "request.ifMatch",
+                    format!("{t:?} is not a version ETag such as W/\"3\""),
+                )
+            })?,
+    };
+    let create = match method {
+        "POST" => {
+            if url != rtype {
+                return Err(invalid(
+                    i,
+                    "request.url",
+                    format!("a POST of a {rtype} goes to {rtype:?}"),
+                ));
+            }
+            true
+        }
+        "PUT" => {
+            let id = resource.get("id").and_then(Value::as_str).unwrap_or("");
+            if url != format!("{rtype}/{id}") {
+                return Err(invalid(
+                    i,
+                    "request.url",
+                    format!("a PUT goes to {rtype}/{{resource.id}}"),
+                ));
+            }
+            false
+        }
+        other => {
+            return Err(invalid(
+                i,
+                "request.method",
+                format!("{other:?}: Sharedcare accepts POST (create) and PUT (update) in Bundles"),
+            ));
+        }
+    };
+    Ok(Entry {
+        full_url: e.get("fullUrl").and_then(Value::as_str).unwrap_or("").to_string(),
+        resource,
+        if_match,
+        create,
+    })
+}
+
+/// Replaces every `reference` in `v` that `ids` knows (a `urn:uuid:` fullUrl) with the
+/// `Type/id` it was given.
+fn rewrite(v: &mut Value, ids: &HashMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                match child {
+                    Value::String(s) if k == "reference" => {
+                        if let Some(to) = ids.get(s.as_str()) {
+                            *s = to.clone();
+                        }
+                    }
+                    _ => rewrite(child, ids),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|c| rewrite(c, ids)),
+        _ => {}
+    }
+}
+
+/// Checks a posted Bundle's entries and gives each created resource its id, rewriting
+/// references between entries. Returns the resources (with expected versions) in order.
+fn prepare(entries: &[Value]) -> Result<Vec<(fhir::Resource, i64, bool)>, RecordsError> {
+    let mut checked = Vec::with_capacity(entries.len());
+    let mut ids: HashMap<String, String> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let mut en = entry(i, e)?;
+        if en.create {
+            let id = uuid::Uuid::new_v4().to_string();
+            en.resource.insert("id".into(), Value::String(id));
+        }
+        let rtype = en.resource["resourceType"].as_str().unwrap_or("").to_string();
+        let id = en.resource.get("id").and_then(Value::as_str).unwrap_or("").to_string();
+        if !en.full_url.is_empty() {
+            ids.insert(en.full_url.clone(), format!("{rtype}/{id}"));
+        }
+        checked.push(en);
+    }
+    let mut out = Vec::with_capacity(checked.len());
+    for (i, en) in checked.into_iter().enumerate() {
+        let mut value = Value::Object(en.resource);
+        rewrite(&mut value, &ids);
+        let r = fhir::parse(&value.to_string()).map_err(|e| match e {
+            RecordsError::Invalid { field, reason } => invalid(i, &format!("resource.{field}"), reason),
+            other => other,
+        })?;
+        out.push((r, en.if_match, en.create));
+    }
+    Ok(out)
+}
+
+fn response_entry(base: &str, s: &Stored, created: bool) -> Value {
+    json!({
+        "fullUrl": format!("{base}/{}/{}", s.resource_type, s.id),
+        "response": {
+            "status": if created { "201 Created" } else { "200 OK" },
+            "location": format!("{}/{}/_history/{}", s.resource_type, s.id, s.version),
+            "etag": format!("W/\"{}\"", s.version),
+        },
+    })
+}
+
+/// Most entries in one posted Bundle (larger loads go through `sharedcare import`).
+pub const MAX_ENTRIES: usize = 1000;
+
+/// Processes a posted `transaction` or `batch` Bundle: the response Bundle and its status.
+pub async fn process(
+    store: &Store,
+    bundle: Value,
+    source: &str,
+    who: &Actor,
+    base: &str,
+) -> Result<(StatusCode, Value), RecordsError> {
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(RecordsError::invalid("resourceType", "must be Bundle"));
+    }
+    let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("");
+    if kind != "transaction" && kind != "batch" {
+        return Err(RecordsError::invalid("type", "must be transaction or batch"));
+    }
+    let entries = match bundle.get("entry") {
+        Some(Value::Array(e)) => e.clone(),
+        None => Vec::new(),
+        Some(_) => return Err(RecordsError::invalid("entry", "must be an array")),
+    };
+    if entries.len() > MAX_ENTRIES {
+        return Err(RecordsError::invalid(
+            "entry",
+            format!("at most {MAX_ENTRIES} entries per Bundle; use `sharedcare import` for larger loads"),
+        ));
+    }
+    if kind == "transaction" {
+        let prepared = prepare(&entries)?;
+        let created: Vec<bool> = prepared.iter().map(|(_, _, c)| *c).collect();
+        let puts = prepared.into_iter().map(|(r, v, _)| (r, v)).collect();
+        let stored = store.put_all(puts, source, who).await.map_err(|(i, e)| match e {
+            RecordsError::Invalid { field, reason } => invalid(i, &field, reason),
+            RecordsError::Denied(why) => RecordsError::Denied(format!("entry[{i}]: {why}")),
+            other => other,
+        })?;
+        let out: Vec<Value> = stored
+            .iter()
+            .zip(created)
+            .map(|(s, c)| response_entry(base, s, c))
+            .collect();
+        return Ok((
+            StatusCode::OK,
+            json!({"resourceType": "Bundle", "type": "transaction-response", "entry": out}),
+        ));
+    }
+    // A batch: each entry on its own (references between entries are not resolved).
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let one = match prepare(std::slice::from_ref(e)) {
+            Ok(mut p) => {
+                let (r, expected, created) = p.remove(0);
+                store.put(r, source, who, expected).await.map(|s| (s, created))
+            }
+            Err(RecordsError::Invalid { field, reason }) => Err(RecordsError::invalid(
+                field.replacen("entry[0]", &format!("entry[{i}]"), 1),
+                reason,
+            )),
+            Err(other) => Err(other),
+        };
+        out.push(match one {
+            Ok((s, created)) => response_entry(base, &s, created),
+            Err(err) => {
+                let (status, outcome) = crate::http::outcome(&err);
+                json!({"response": {"status": status.as_u16().to_string(), "outcome": outcome}})
+            }
+        });
+    }
+    Ok((
+        StatusCode::OK,
+        json!({"resourceType": "Bundle", "type": "batch-response", "entry": out}),
+    ))
+}

@@ -1,0 +1,590 @@
+//! The FHIR R4 REST facade at `/fhir/R4`: the same store, consent decisions and audit as the
+//! gRPC API, spoken as FHIR (`application/fhir+json`, Bundles, OperationOutcome errors).
+//!
+//! - `GET  /fhir/R4/metadata` — the CapabilityStatement (no token needed)
+//! - `GET  /fhir/R4/{type}/{id}` — read; `…/_history/{vid}` — vread; `…/_history` — history
+//! - `GET  /fhir/R4/{type}?patient=…&date=ge…&code=…&_count=…` — search (a searchset Bundle)
+//! - `GET  /fhir/R4/Patient/{id}/$everything` — every current resource about the patient
+//! - `POST /fhir/R4/{type}` — create; `PUT /fhir/R4/{type}/{id}` — update (`If-Match: W/"n"`)
+//! - `POST /fhir/R4` — a `transaction` (all or nothing) or `batch` Bundle
+//!
+//! Every call needs `Authorization: Bearer`; the purpose of use is `X-Purpose-Of-Use` (default
+//! TREAT). Information withheld under the patient's directive is left out of Bundles, which
+//! then carry an OperationOutcome entry saying so (search mode `outcome`).
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Router, body::Bytes};
+use serde_json::{Value, json};
+use sharedcare_kit::auth::bearer;
+use sharedcare_kit::nhs::{NHS_NUMBER_SYSTEM, NhsNumber};
+
+use crate::grpc::{RecordsApi, actor_of, check_purpose, page_size};
+use crate::store::{Actor, Page, Query, Stored};
+use crate::{RecordsError, bundle, fhir};
+
+/// The FHIR media type.
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// The facade's routes, under `/fhir/R4`.
+pub fn router(api: RecordsApi) -> Router {
+    Router::new()
+        .route("/fhir/R4/metadata", get(metadata))
+        .route("/fhir/R4", axum::routing::post(post_bundle))
+        .route("/fhir/R4/{rtype}", get(search_type).post(create))
+        .route("/fhir/R4/{rtype}/{id}", get(read).put(update))
+        .route("/fhir/R4/{rtype}/{id}/{op}", get(operation))
+        .route("/fhir/R4/{rtype}/{id}/_history/{vid}", get(vread))
+        .with_state(api)
+}
+
+/// A FHIR error: an OperationOutcome with the status that fits.
+pub struct Outcome(pub RecordsError);
+
+impl From<RecordsError> for Outcome {
+    fn from(e: RecordsError) -> Self {
+        Outcome(e)
+    }
+}
+
+/// The OperationOutcome for `e`, and its HTTP status.
+pub fn outcome(e: &RecordsError) -> (StatusCode, Value) {
+    let (status, code) = match e {
+        RecordsError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+        RecordsError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+        RecordsError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        RecordsError::VersionMismatch { .. } => (StatusCode::PRECONDITION_FAILED, "conflict"),
+        RecordsError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "login"),
+        RecordsError::Forbidden(_) | RecordsError::Denied(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        RecordsError::Withheld => (StatusCode::FORBIDDEN, "suppressed"),
+        RecordsError::Consent(_)
+        | RecordsError::Audit(_)
+        | RecordsError::Unavailable(_)
+        | RecordsError::Stopped
+        | RecordsError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "transient"),
+    };
+    // Internal failures are logged by the gRPC mapping; say what the caller needs only.
+    let diagnostics = tonic::Status::from(clone_error(e)).message().to_string();
+    let mut issue = json!({"severity": "error", "code": code, "diagnostics": diagnostics});
+    if let RecordsError::Invalid { field, .. } = e {
+        issue["expression"] = json!([field]);
+    }
+    (status, json!({"resourceType": "OperationOutcome", "issue": [issue]}))
+}
+
+/// A copy of `e` for building a message (sqlx errors are not `Clone`).
+fn clone_error(e: &RecordsError) -> RecordsError {
+    match e {
+        RecordsError::Invalid { field, reason } => RecordsError::invalid(field.clone(), reason.clone()),
+        RecordsError::NotFound(r) => RecordsError::NotFound(r.clone()),
+        RecordsError::Conflict(r) => RecordsError::Conflict(r.clone()),
+        RecordsError::VersionMismatch {
+            reference,
+            expected,
+            current,
+        } => RecordsError::VersionMismatch {
+            reference: reference.clone(),
+            expected: *expected,
+            current: *current,
+        },
+        RecordsError::Unauthenticated(m) => RecordsError::Unauthenticated(m.clone()),
+        RecordsError::Forbidden(m) => RecordsError::Forbidden(m.clone()),
+        RecordsError::Denied(m) => RecordsError::Denied(m.clone()),
+        RecordsError::Withheld => RecordsError::Withheld,
+        RecordsError::Consent(m) => RecordsError::Consent(m.clone()),
+        RecordsError::Audit(m) => RecordsError::Audit(m.clone()),
+        RecordsError::Unavailable(m) => RecordsError::Unavailable(m.clone()),
+        RecordsError::Stopped => RecordsError::Stopped,
+        RecordsError::Storage(s) => RecordsError::Unavailable(s.to_string()),
+    }
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        let (status, body) = outcome(&self.0);
+        fhir_response(status, &body, HeaderMap::new())
+    }
+}
+
+fn fhir_response(status: StatusCode, body: &Value, mut headers: HeaderMap) -> Response {
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    (status, headers, body.to_string()).into_response()
+}
+
+type Result<T> = std::result::Result<T, Outcome>;
+
+/// The caller, from `Authorization` and `X-Purpose-Of-Use`.
+async fn caller(api: &RecordsApi, headers: &HeaderMap, scope: &str) -> Result<Actor> {
+    let purpose = headers
+        .get("x-purpose-of-use")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let purpose = check_purpose(purpose).map_err(|_| {
+        RecordsError::invalid(
+            "X-Purpose-Of-Use",
+            format!("{purpose:?} is not a PurposeOfUse code (e.g. TREAT, ETREAT, BTG)"),
+        )
+    })?;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .ok_or_else(|| RecordsError::Unauthenticated("missing bearer token".into()))?;
+    let p = api
+        .verifier()
+        .principal(token)
+        .await
+        .map_err(|e| RecordsError::Unauthenticated(e.to_string()))?;
+    Ok(actor_of(&p, scope, purpose)?)
+}
+
+/// The base URL of the facade as the caller addressed it.
+fn base(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
+    format!("{proto}://{host}/fhir/R4")
+}
+
+fn version_headers(s: &Stored) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{}\"", s.version)) {
+        h.insert(header::ETAG, v);
+    }
+    let t = chrono::DateTime::from_timestamp_micros(s.last_updated_us).unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    h
+}
+
+fn resource(s: &Stored) -> Value {
+    serde_json::from_str(&s.body).unwrap_or(Value::Null)
+}
+
+fn check_path(rtype: &str, id: Option<&str>) -> std::result::Result<(), RecordsError> {
+    fhir::check_type("type", rtype)?;
+    if let Some(id) = id {
+        fhir::check_id("id", id)?;
+    }
+    Ok(())
+}
+
+async fn metadata(headers: HeaderMap) -> Response {
+    let resources: Vec<Value> = fhir::RESOURCE_TYPES
+        .iter()
+        .map(|t| {
+            let mut search = vec![
+                json!({"name": "_count", "type": "number"}),
+                json!({"name": "date", "type": "date"}),
+                json!({"name": "code", "type": "token"}),
+            ];
+            if *t == "Patient" {
+                search.push(json!({"name": "identifier", "type": "token"}));
+            } else {
+                search.push(json!({"name": "patient", "type": "reference"}));
+                search.push(json!({"name": "subject", "type": "reference"}));
+            }
+            json!({
+                "type": t,
+                "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "create"},
+                                {"code": "history-instance"}, {"code": "search-type"}],
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": false,
+                "searchParam": search,
+            })
+        })
+        .collect();
+    let body = json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-25",
+        "publisher": "Sharedcare",
+        "kind": "instance",
+        "software": {"name": "Sharedcare", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "Sharedcare shared care record", "url": base(&headers)},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "security": {
+                "cors": false,
+                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}]}],
+                "description": "Bearer tokens from the Sharedcare identity service; every access is decided by the consent service and audited."
+            },
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "operation": [{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}],
+        }],
+    });
+    fhir_response(StatusCode::OK, &body, HeaderMap::new())
+}
+
+/// `…/{id}/_history` and `Patient/{id}/$everything`.
+async fn operation(
+    State(api): State<RecordsApi>,
+    Path((rtype, id, op)): Path<(String, String, String)>,
+    raw: RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    match (rtype.as_str(), op.as_str()) {
+        (_, "_history") => history(api, rtype, id, raw, headers).await,
+        ("Patient", "$everything") => everything(&api, &id, &headers, raw.0).await,
+        _ => Err(RecordsError::NotFound(format!("{rtype}/{id}/{op}")).into()),
+    }
+}
+
+async fn read(
+    State(api): State<RecordsApi>,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    check_path(&rtype, Some(&id))?;
+    let who = caller(&api, &headers, "records.read").await?;
+    let s = api.store().get(&rtype, &id, &who).await?;
+    Ok(fhir_response(StatusCode::OK, &resource(&s), version_headers(&s)))
+}
+
+async fn vread(
+    State(api): State<RecordsApi>,
+    Path((rtype, id, vid)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    check_path(&rtype, Some(&id))?;
+    let version: i64 = vid
+        .parse()
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| RecordsError::invalid("vid", format!("{vid:?} is not a version (1 or more)")))?;
+    let who = caller(&api, &headers, "records.read").await?;
+    let s = api.store().vread(&rtype, &id, version, &who).await?;
+    Ok(fhir_response(StatusCode::OK, &resource(&s), version_headers(&s)))
+}
+
+/// Query parameters as pairs, in order (some repeat, e.g. `date`).
+fn params(raw: Option<String>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+async fn history(
+    api: RecordsApi,
+    rtype: String,
+    id: String,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    check_path(&rtype, Some(&id))?;
+    let mut count = 0;
+    let mut cursor = String::new();
+    for (k, v) in params(raw) {
+        match k.as_str() {
+            "_count" => count = count_param(&v)?,
+            "_cursor" => cursor = v,
+            other => return Err(unknown_param(other).into()),
+        }
+    }
+    let who = caller(&api, &headers, "records.read").await?;
+    let size = page_size(count)?;
+    let page = api.store().history(&rtype, &id, size, &cursor, &who).await?;
+    let base = base(&headers);
+    let link = |cursor: &str| {
+        let mut url = format!("{base}/{rtype}/{id}/_history?_count={size}");
+        if !cursor.is_empty() {
+            url.push_str(&format!("&_cursor={cursor}"));
+        }
+        url
+    };
+    let body = bundle::page("history", &base, &page, &link(&cursor), &link(&page.next_cursor), |s| {
+        json!({"request": {"method": if s.version == 1 { "POST" } else { "PUT" }, "url": format!("{}/{}/_history/{}", s.resource_type, s.id, s.version)},
+               "response": {"status": "200", "etag": format!("W/\"{}\"", s.version)}})
+    });
+    Ok(fhir_response(StatusCode::OK, &body, HeaderMap::new()))
+}
+
+fn count_param(v: &str) -> std::result::Result<i32, RecordsError> {
+    v.parse()
+        .map_err(|_| RecordsError::invalid("_count", format!("{v:?} is not a number")))
+}
+
+fn unknown_param(name: &str) -> RecordsError {
+    RecordsError::invalid(
+        name,
+        "is not a search parameter Sharedcare supports (see /fhir/R4/metadata)",
+    )
+}
+
+/// A FHIR date search value (`2026-01-05`, `ge2026-01-05`, `le2026-01-05T10:00:00Z`, …) as a
+/// range `(from, to)` in µs.
+fn date_param(v: &str) -> std::result::Result<(Option<i64>, Option<i64>), RecordsError> {
+    let (prefix, value) = match v.get(..2) {
+        Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &v[2..]),
+        _ => ("eq", v),
+    };
+    let bad = || {
+        RecordsError::invalid(
+            "date",
+            format!("{v:?} is not a FHIR date search value (e.g. ge2026-01-31)"),
+        )
+    };
+    // A date covers its whole day; a dateTime is an instant.
+    let (start, end) = if let Ok(t) = chrono::DateTime::parse_from_rfc3339(value) {
+        (t.timestamp_micros(), t.timestamp_micros())
+    } else {
+        let d = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| bad())?;
+        let start = d.and_hms_opt(0, 0, 0).ok_or_else(bad)?.and_utc().timestamp_micros();
+        (start, start + 86_400_000_000 - 1)
+    };
+    Ok(match prefix {
+        "ge" => (Some(start), None),
+        "gt" => (Some(end + 1), None),
+        "le" => (None, Some(end)),
+        "lt" => (None, Some(start - 1)),
+        _ => (Some(start), Some(end)),
+    })
+}
+
+/// A `patient`/`subject` reference value: `Patient/{id}` or a bare id.
+fn patient_param(name: &str, v: &str) -> std::result::Result<String, RecordsError> {
+    let id = v.rsplit_once("Patient/").map(|(_, id)| id).unwrap_or(v);
+    fhir::check_id(name, id)?;
+    Ok(id.to_string())
+}
+
+/// An NHS number identifier token: `https://fhir.nhs.uk/Id/nhs-number|9434765919`.
+fn nhs_param(name: &str, v: &str) -> std::result::Result<String, RecordsError> {
+    let value = match v.split_once('|') {
+        Some((system, value)) if system == NHS_NUMBER_SYSTEM || system.is_empty() => value,
+        Some(_) => {
+            return Err(RecordsError::invalid(
+                name,
+                format!("only NHS number identifiers are searchable ({NHS_NUMBER_SYSTEM}|…)"),
+            ));
+        }
+        None => v,
+    };
+    Ok(NhsNumber::parse(value)
+        .map_err(|e| RecordsError::invalid(name, e.to_string()))?
+        .as_str()
+        .to_string())
+}
+
+async fn search_type(
+    State(api): State<RecordsApi>,
+    Path(rtype): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    check_path(&rtype, None)?;
+    let mut q = Query {
+        types: vec![rtype.clone()],
+        ..Query::default()
+    };
+    let mut count = 0;
+    for (k, v) in params(raw.clone()) {
+        match k.as_str() {
+            "patient" | "subject" if rtype != "Patient" => q.patient = patient_param(&k, &v)?,
+            "patient.identifier" | "subject.identifier" if rtype != "Patient" => q.nhs_number = nhs_param(&k, &v)?,
+            "identifier" if rtype == "Patient" => q.nhs_number = nhs_param(&k, &v)?,
+            "_id" if rtype == "Patient" => q.patient = patient_param(&k, &v)?,
+            "date" => {
+                let (from, to) = date_param(&v)?;
+                q.date_from = from.or(q.date_from);
+                q.date_to = to.or(q.date_to);
+            }
+            "code" => q.code = v,
+            "_count" => count = count_param(&v)?,
+            "_cursor" => q.cursor = v,
+            "_format" if v.contains("json") => {}
+            other => return Err(unknown_param(other).into()),
+        }
+    }
+    if q.patient.is_empty() && q.nhs_number.is_empty() {
+        let name = if rtype == "Patient" { "identifier" } else { "patient" };
+        return Err(RecordsError::invalid(
+            name,
+            "searches are per patient: name one (patient=Patient/{id} or an NHS number identifier)",
+        )
+        .into());
+    }
+    if !q.patient.is_empty() && !q.nhs_number.is_empty() {
+        return Err(RecordsError::invalid("patient", "name the patient once (by id or by NHS number)").into());
+    }
+    q.page_size = page_size(count)?;
+    search_bundle(&api, q, &headers, &format!("{rtype}?{}", without_cursor(raw))).await
+}
+
+/// `Patient/{id}/$everything`: every current resource about the patient, paged.
+async fn everything(api: &RecordsApi, patient: &str, headers: &HeaderMap, raw: Option<String>) -> Result<Response> {
+    fhir::check_id("id", patient)?;
+    let mut q = Query {
+        patient: patient.to_string(),
+        ..Query::default()
+    };
+    let mut count = 0;
+    for (k, v) in params(raw.clone()) {
+        match k.as_str() {
+            "_count" => count = count_param(&v)?,
+            "_cursor" => q.cursor = v,
+            "_type" => q.types = v.split(',').map(str::to_string).collect(),
+            other => return Err(unknown_param(other).into()),
+        }
+    }
+    for (i, t) in q.types.iter().enumerate() {
+        fhir::check_type(&format!("_type[{i}]"), t)?;
+    }
+    q.page_size = page_size(count)?;
+    search_bundle(
+        api,
+        q,
+        headers,
+        &format!("Patient/{patient}/$everything?{}", without_cursor(raw)),
+    )
+    .await
+}
+
+fn without_cursor(raw: Option<String>) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params(raw).into_iter().filter(|(k, _)| k != "_cursor"))
+        .finish()
+}
+
+async fn search_bundle(api: &RecordsApi, q: Query, headers: &HeaderMap, self_path: &str) -> Result<Response> {
+    let who = caller(api, headers, "records.read").await?;
+    crate::grpc::check_query(&q)?;
+    let page: Page = api.store().search(&q, &who).await?;
+    let base = base(headers);
+    let link = |cursor: &str| {
+        let sep = if self_path.ends_with('?') || self_path.ends_with('&') {
+            ""
+        } else {
+            "&"
+        };
+        let mut url = format!("{base}/{self_path}");
+        if !cursor.is_empty() {
+            url.push_str(&format!("{sep}_cursor={}", urlencode(cursor)));
+        }
+        url
+    };
+    let body = bundle::page(
+        "searchset",
+        &base,
+        &page,
+        &link(&q.cursor),
+        &link(&page.next_cursor),
+        |_| json!({"search": {"mode": "match"}}),
+    );
+    Ok(fhir_response(StatusCode::OK, &body, HeaderMap::new()))
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn body_json(body: &Bytes) -> std::result::Result<Value, RecordsError> {
+    serde_json::from_slice(body).map_err(|e| RecordsError::invalid("resource", format!("not valid JSON: {e}")))
+}
+
+/// The writing organisation: the staff member's, else `X-Source-Organisation` (systems).
+fn source(who: &Actor, headers: &HeaderMap) -> std::result::Result<String, RecordsError> {
+    if !who.organisation.is_empty() {
+        return Ok(who.organisation.clone());
+    }
+    let given = headers
+        .get("x-source-organisation")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if given.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(sharedcare_kit::nhs::OdsCode::parse(given)
+        .map_err(|e| RecordsError::invalid("X-Source-Organisation", e.to_string()))?
+        .as_str()
+        .to_string())
+}
+
+fn written(s: &Stored, base: &str, created: bool) -> Response {
+    let mut h = version_headers(s);
+    if let Ok(v) = HeaderValue::from_str(&format!("{base}/{}/{}/_history/{}", s.resource_type, s.id, s.version)) {
+        h.insert(header::LOCATION, v);
+    }
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    fhir_response(status, &resource(s), h)
+}
+
+async fn create(
+    State(api): State<RecordsApi>,
+    Path(rtype): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    check_path(&rtype, None)?;
+    let who = caller(&api, &headers, "records.write").await?;
+    let mut value = body_json(&body)?;
+    if value.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
+        return Err(RecordsError::invalid("resourceType", format!("must be {rtype} (the URL's type)")).into());
+    }
+    // The server assigns the id of a created resource.
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("id");
+    }
+    let r = fhir::parse(&value.to_string())?;
+    let s = api.store().put(r, &source(&who, &headers)?, &who, 0).await?;
+    Ok(written(&s, &base(&headers), true))
+}
+
+/// `If-Match: W/"3"` as a version.
+fn if_match(headers: &HeaderMap) -> std::result::Result<i64, RecordsError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(0);
+    };
+    let text = v.to_str().unwrap_or("");
+    text.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| RecordsError::invalid("If-Match", format!("{text:?} is not a version ETag such as W/\"3\"")))
+}
+
+async fn update(
+    State(api): State<RecordsApi>,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    check_path(&rtype, Some(&id))?;
+    let who = caller(&api, &headers, "records.write").await?;
+    let value = body_json(&body)?;
+    if value.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
+        return Err(RecordsError::invalid("resourceType", format!("must be {rtype} (the URL's type)")).into());
+    }
+    if value.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+        return Err(RecordsError::invalid("id", format!("must be {id:?} (the URL's id)")).into());
+    }
+    let expected = if_match(&headers)?;
+    let r = fhir::parse(&value.to_string())?;
+    let s = api.store().put(r, &source(&who, &headers)?, &who, expected).await?;
+    Ok(written(&s, &base(&headers), s.version == 1))
+}
+
+async fn post_bundle(State(api): State<RecordsApi>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    let who = caller(&api, &headers, "records.write").await?;
+    let value = body_json(&body)?;
+    let org = source(&who, &headers)?;
+    let base = base(&headers);
+    let (status, out) = bundle::process(api.store(), value, &org, &who, &base).await?;
+    Ok(fhir_response(status, &out, HeaderMap::new()))
+}
