@@ -235,7 +235,7 @@ async fn events_committed_before_a_crash_and_a_broker_outage_all_arrive() {
     broker("stop", port, b.1.path());
     let mut client = records.records().await;
     for i in 0..5 {
-        let obs = serde_json::json!({"resourceType": "Observation", "id": format!("o-crash-{i}"), "status": "final",
+        let obs = serde_json::json!({"resourceType": "Observation", "id": format!("o-crash-{i}"), "status": "final", "code": {"text": "observation"},
             "subject": {"reference": "Patient/p-crash"}});
         client
             .put(PutRequest {

@@ -153,11 +153,11 @@ bad = {
     "type": "transaction",
     "entry": [
         {
-            "resource": {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{patient.id}"}},
+            "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}, "subject": {"reference": f"Patient/{patient.id}"}},
             "request": {"method": "POST", "url": "Observation"},
         },
         {
-            "resource": {"resourceType": "Observation", "status": "final", "subject": {"reference": "Patient/nobody"}},
+            "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}, "subject": {"reference": "Patient/nobody"}},
             "request": {"method": "POST", "url": "Observation"},
         },
     ],
@@ -165,13 +165,13 @@ bad = {
 resp = http("POST", "", SYSTEM, json=bad)
 check(resp.status_code == 400, "a transaction with a bad entry is refused")
 oo = outcome_of(resp)
-check(oo.issue[0].expression == ["entry[1].subject.reference"], f"the bad element is named: {oo.issue[0].expression}")
+check(oo.issue[0].expression == ["entry[1].resource.subject.reference"], f"the bad element is named: {oo.issue[0].expression}")
 after = gp.resources("Observation").search(patient=patient.id).fetch_all()
 check(len(after) == 6, "nothing from the refused transaction was stored")
 
 # Bad input and stale updates get OperationOutcomes.
 try:
-    system.resource("Observation", status="final", subject={"reference": "Patient/nobody"}).save()
+    system.resource("Observation", status="final", code={"text": "weight"}, subject={"reference": "Patient/nobody"}).save()
     check(False, "an observation about an unknown patient is refused")
 except FhirpyOutcome as e:
     check("subject.reference" in str(e), "fhirpy sees the OperationOutcome naming subject.reference")
@@ -180,6 +180,17 @@ check(stale.status_code == 412, "an update based on an old version is refused (4
 outcome_of(stale)
 nobody = http("GET", "Observation/does-not-exist", GP)
 check(nobody.status_code == 404 and outcome_of(nobody).issue[0].code == "not-found", "unknown ids are 404")
+wrong_snomed = http(
+    "POST",
+    "Observation",
+    SYSTEM,
+    json={"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{patient.id}"},
+          "code": {"coding": [{"system": "SNOMED", "code": "75367002"}]}},
+)
+check(
+    wrong_snomed.status_code == 400 and outcome_of(wrong_snomed).issue[0].expression == ["code.coding[0].system"],
+    "a SNOMED code under the wrong system URI is refused, naming the element",
+)
 unauth = requests.get(f"{BASE}/Observation/{obs.id}", timeout=30)
 check(unauth.status_code == 401, "no token, no data")
 

@@ -240,7 +240,7 @@ pub async fn process(
         let created: Vec<bool> = prepared.iter().map(|(_, _, c)| *c).collect();
         let puts = prepared.into_iter().map(|(r, v, _)| (r, v)).collect();
         let stored = store.put_all(puts, source, who).await.map_err(|(i, e)| match e {
-            RecordsError::Invalid { field, reason } => invalid(i, &field, reason),
+            RecordsError::Invalid { field, reason } => invalid(i, &format!("resource.{field}"), reason),
             RecordsError::Denied(why) => RecordsError::Denied(format!("entry[{i}]: {why}")),
             other => other,
         })?;

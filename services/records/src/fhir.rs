@@ -219,6 +219,7 @@ pub fn parse(json: &str) -> Result<Resource, RecordsError> {
         return Err(RecordsError::invalid("meta", "must be an object"));
     }
     check_security(&body)?;
+    crate::validate::resource(&resource_type, &body)?;
     let nhs_number = if resource_type == "Patient" {
         nhs_identifier(&body)?
     } else {
@@ -338,7 +339,7 @@ mod tests {
             "identifier[1].value: \"9434765918\" is not a valid NHS number (check digit)"
         );
         assert_eq!(
-            err(r#"{"resourceType":"Observation","subject":{}}"#),
+            err(r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{}}"#),
             "subject.reference: is required (e.g. \"Patient/123\")"
         );
         assert!(err(r#"{"resourceType":"Consent"}"#).contains("consent service"));
@@ -346,7 +347,7 @@ mod tests {
 
     #[test]
     fn ids_are_assigned_and_meta_is_stamped() {
-        let mut r = parse(r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}"#).expect("valid");
+        let mut r = parse(r#"{"resourceType":"Observation","status":"final","code":{"text":"bp"},"subject":{"reference":"Patient/p1"}}"#).expect("valid");
         assert_eq!(r.patient_ref.as_deref(), Some("p1"));
         assert_eq!(r.id.len(), 36);
         stamp(&mut r.body, "o1", 3, 1_700_000_000_000_000);
@@ -431,7 +432,7 @@ mod care_tests {
     #[test]
     fn encounters_and_episodes_show_who_cares_and_when() {
         let open = encounter(
-            r#"{"resourceType":"Encounter","id":"e1","status":"in-progress","subject":{"reference":"Patient/p"},
+            r#"{"resourceType":"Encounter","id":"e1","status":"in-progress","class":{"code":"AMB"},"subject":{"reference":"Patient/p"},
             "serviceProvider":{"identifier":{"system":"https://fhir.nhs.uk/Id/ods-organization-code","value":"rx1"}},
             "period":{"start":"2026-11-20T09:00:00Z"}}"#,
         );
@@ -447,7 +448,7 @@ mod care_tests {
             ("episode_of_care", "VH2D7", 7, Some(7))
         );
         let obs = encounter(
-            r#"{"resourceType":"Observation","id":"o","status":"final","subject":{"reference":"Patient/p"}}"#,
+            r#"{"resourceType":"Observation","id":"o","status":"final","code":{"text":"bp"},"subject":{"reference":"Patient/p"}}"#,
         );
         assert!(care_relationship(&obs, "A81001", 1).is_none());
     }

@@ -16,6 +16,7 @@ pub mod fhir;
 pub mod grpc;
 pub mod http;
 pub mod store;
+pub mod validate;
 
 pub use config::RecordsConfig;
 pub use error::RecordsError;

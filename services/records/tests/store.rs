@@ -117,7 +117,7 @@ async fn changes_and_accesses_leave_events_keyed_by_nhs_number(db: Db) {
     let a = system();
     s.put(patient("p1"), "A81001", &a, 0).await.expect("put patient");
     let obs =
-        fhir::parse(r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#).expect("obs");
+        fhir::parse(r#"{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"bp"},"subject":{"reference":"Patient/p1"}}"#).expect("obs");
     assert_eq!(
         s.put(obs, "RXX01", &a, 0).await.expect("put obs").nhs_number,
         NHS,
@@ -278,7 +278,7 @@ fn observation(id: &str, patient: &str, labels: &[&str]) -> fhir::Resource {
         .map(|l| serde_json::json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": l}))
         .collect();
     let body = serde_json::json!({
-        "resourceType": "Observation", "id": id, "status": "final",
+        "resourceType": "Observation", "id": id, "status": "final", "code": {"text": "observation"},
         "subject": {"reference": format!("Patient/{patient}")},
         "meta": {"security": security},
     });

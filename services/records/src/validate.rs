@@ -1,0 +1,577 @@
+//! The elements of each stored resource type that Sharedcare checks on write (R4 base
+//! cardinalities and datatypes, UK Core's SNOMED CT and NHS number conventions). Elements not
+//! listed are kept as given. Pure: no I/O. Errors name the element by its path.
+
+use serde_json::{Map, Value};
+
+use crate::RecordsError;
+
+/// The SNOMED CT code system URI (UK Core binds clinical codes to it).
+pub const SNOMED: &str = "http://snomed.info/sct";
+
+/// What an element must be.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A `code` from a fixed set.
+    Code(&'static [&'static str]),
+    /// A `CodeableConcept`.
+    Concept,
+    /// A `Coding`.
+    Coding,
+    /// A `Reference`.
+    Reference,
+    /// A `date` or `dateTime`.
+    DateTime,
+    /// A `Period`.
+    Period,
+    /// Any JSON object (a complex datatype we do not look inside).
+    Object,
+    /// A `string`.
+    Text,
+}
+
+/// One element rule: name, kind, whether required (min 1), whether a list (max *).
+struct Rule(&'static str, Kind, bool, bool);
+
+const OBSERVATION_STATUS: &[&str] = &[
+    "registered",
+    "preliminary",
+    "final",
+    "amended",
+    "corrected",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+];
+const MEDICATION_STATEMENT_STATUS: &[&str] = &[
+    "active",
+    "completed",
+    "entered-in-error",
+    "intended",
+    "stopped",
+    "on-hold",
+    "unknown",
+    "not-taken",
+];
+const ENCOUNTER_STATUS: &[&str] = &[
+    "planned",
+    "arrived",
+    "triaged",
+    "in-progress",
+    "onleave",
+    "finished",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+];
+const EPISODE_STATUS: &[&str] = &[
+    "planned",
+    "waitlist",
+    "active",
+    "onhold",
+    "finished",
+    "cancelled",
+    "entered-in-error",
+];
+const REQUEST_STATUS: &[&str] = &[
+    "draft",
+    "active",
+    "on-hold",
+    "revoked",
+    "completed",
+    "entered-in-error",
+    "unknown",
+];
+const CARE_PLAN_INTENT: &[&str] = &["proposal", "plan", "order", "option"];
+const CARE_TEAM_STATUS: &[&str] = &["proposed", "active", "suspended", "inactive", "entered-in-error"];
+const DOCUMENT_STATUS: &[&str] = &["current", "superseded", "entered-in-error"];
+const FLAG_STATUS: &[&str] = &["active", "inactive", "entered-in-error"];
+const GENDER: &[&str] = &["male", "female", "other", "unknown"];
+
+/// The rules for `resource_type` (R4 cardinalities of the elements used).
+fn rules(resource_type: &str) -> &'static [Rule] {
+    use Kind::*;
+    match resource_type {
+        "Patient" => &[
+            Rule("identifier", Object, false, true),
+            Rule("name", Object, false, true),
+            Rule("gender", Code(GENDER), false, false),
+            Rule("birthDate", DateTime, false, false),
+            Rule("generalPractitioner", Reference, false, true),
+        ],
+        "Observation" => &[
+            Rule("status", Code(OBSERVATION_STATUS), true, false),
+            Rule("category", Concept, false, true),
+            Rule("code", Concept, true, false),
+            Rule("subject", Reference, false, false),
+            Rule("encounter", Reference, false, false),
+            Rule("effectiveDateTime", DateTime, false, false),
+            Rule("effectivePeriod", Period, false, false),
+            Rule("issued", DateTime, false, false),
+            Rule("performer", Reference, false, true),
+        ],
+        "Condition" => &[
+            Rule("clinicalStatus", Concept, false, false),
+            Rule("verificationStatus", Concept, false, false),
+            Rule("category", Concept, false, true),
+            Rule("code", Concept, false, false),
+            Rule("subject", Reference, true, false),
+            Rule("encounter", Reference, false, false),
+            Rule("onsetDateTime", DateTime, false, false),
+            Rule("recordedDate", DateTime, false, false),
+        ],
+        "AllergyIntolerance" => &[
+            Rule("clinicalStatus", Concept, false, false),
+            Rule("verificationStatus", Concept, false, false),
+            Rule("code", Concept, false, false),
+            Rule("patient", Reference, true, false),
+            Rule("onsetDateTime", DateTime, false, false),
+            Rule("recordedDate", DateTime, false, false),
+        ],
+        "MedicationStatement" => &[
+            Rule("status", Code(MEDICATION_STATEMENT_STATUS), true, false),
+            Rule("medicationCodeableConcept", Concept, false, false),
+            Rule("medicationReference", Reference, false, false),
+            Rule("subject", Reference, true, false),
+            Rule("effectiveDateTime", DateTime, false, false),
+            Rule("effectivePeriod", Period, false, false),
+            Rule("dosage", Object, false, true),
+        ],
+        "Encounter" => &[
+            Rule("status", Code(ENCOUNTER_STATUS), true, false),
+            Rule("class", Coding, true, false),
+            Rule("type", Concept, false, true),
+            Rule("subject", Reference, false, false),
+            Rule("period", Period, false, false),
+            Rule("serviceProvider", Reference, false, false),
+        ],
+        "EpisodeOfCare" => &[
+            Rule("status", Code(EPISODE_STATUS), true, false),
+            Rule("type", Concept, false, true),
+            Rule("patient", Reference, true, false),
+            Rule("managingOrganization", Reference, false, false),
+            Rule("period", Period, false, false),
+        ],
+        "CarePlan" => &[
+            Rule("status", Code(REQUEST_STATUS), true, false),
+            Rule("intent", Code(CARE_PLAN_INTENT), true, false),
+            Rule("category", Concept, false, true),
+            Rule("title", Text, false, false),
+            Rule("subject", Reference, true, false),
+            Rule("period", Period, false, false),
+            Rule("author", Reference, false, false),
+        ],
+        "CareTeam" => &[
+            Rule("status", Code(CARE_TEAM_STATUS), false, false),
+            Rule("name", Text, false, false),
+            Rule("subject", Reference, false, false),
+            Rule("period", Period, false, false),
+            Rule("participant", Object, false, true),
+            Rule("managingOrganization", Reference, false, true),
+        ],
+        "DocumentReference" => &[
+            Rule("status", Code(DOCUMENT_STATUS), true, false),
+            Rule("type", Concept, false, false),
+            Rule("category", Concept, false, true),
+            Rule("subject", Reference, false, false),
+            Rule("date", DateTime, false, false),
+            Rule("author", Reference, false, true),
+            Rule("content", Object, true, true),
+        ],
+        "Flag" => &[
+            Rule("status", Code(FLAG_STATUS), true, false),
+            Rule("category", Concept, false, true),
+            Rule("code", Concept, true, false),
+            Rule("subject", Reference, true, false),
+            Rule("period", Period, false, false),
+            Rule("author", Reference, false, false),
+        ],
+        "Organization" => &[
+            Rule("identifier", Object, false, true),
+            Rule("name", Text, false, false),
+        ],
+        "Practitioner" => &[
+            Rule("identifier", Object, false, true),
+            Rule("name", Object, false, true),
+        ],
+        "PractitionerRole" => &[
+            Rule("practitioner", Reference, false, false),
+            Rule("organization", Reference, false, false),
+            Rule("code", Concept, false, true),
+        ],
+        _ => &[],
+    }
+}
+
+fn invalid(path: &str, reason: impl Into<String>) -> RecordsError {
+    RecordsError::invalid(path, reason)
+}
+
+/// Checks `body` (of `resource_type`) against its rules, every reference in it, and every
+/// coding that claims to be SNOMED CT.
+pub fn resource(resource_type: &str, body: &Map<String, Value>) -> Result<(), RecordsError> {
+    for Rule(name, kind, required, list) in rules(resource_type) {
+        match body.get(*name) {
+            None | Some(Value::Null) if *required => {
+                return Err(invalid(name, format!("is required in every {resource_type}")));
+            }
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) if *list => {
+                if *required && items.is_empty() {
+                    return Err(invalid(name, "needs at least one item"));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    element(&format!("{name}[{i}]"), *kind, item)?;
+                }
+            }
+            Some(_) if *list => return Err(invalid(name, "must be an array (it repeats)")),
+            Some(Value::Array(_)) => return Err(invalid(name, "must be a single value, not an array")),
+            Some(v) => element(name, *kind, v)?,
+        }
+    }
+    if resource_type == "MedicationStatement"
+        && !body.contains_key("medicationCodeableConcept")
+        && !body.contains_key("medicationReference")
+    {
+        return Err(invalid(
+            "medication[x]",
+            "is required (medicationCodeableConcept or medicationReference)",
+        ));
+    }
+    walk("", &Value::Object(body.clone()))
+}
+
+/// Checks one value against its kind.
+fn element(path: &str, kind: Kind, v: &Value) -> Result<(), RecordsError> {
+    match kind {
+        Kind::Code(allowed) => match v.as_str() {
+            Some(c) if allowed.contains(&c) => Ok(()),
+            Some(c) => Err(invalid(path, format!("{c:?} is not one of {}", allowed.join(", ")))),
+            None => Err(invalid(path, "must be a code (a string)")),
+        },
+        Kind::Text => v
+            .is_string()
+            .then_some(())
+            .ok_or_else(|| invalid(path, "must be a string")),
+        Kind::DateTime => match v.as_str() {
+            Some(s) if date_time(s) => Ok(()),
+            _ => Err(invalid(
+                path,
+                "must be a FHIR date or dateTime (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss with a time zone)",
+            )),
+        },
+        Kind::Period => {
+            let Some(p) = v.as_object() else {
+                return Err(invalid(path, "must be a Period (an object with start and/or end)"));
+            };
+            for end in ["start", "end"] {
+                if let Some(t) = p.get(end) {
+                    element(&format!("{path}.{end}"), Kind::DateTime, t)?;
+                }
+            }
+            Ok(())
+        }
+        Kind::Concept => {
+            let Some(c) = v.as_object() else {
+                return Err(invalid(
+                    path,
+                    "must be a CodeableConcept (an object with coding and/or text)",
+                ));
+            };
+            match c.get("coding") {
+                None => {}
+                Some(Value::Array(codings)) => {
+                    for (i, coding) in codings.iter().enumerate() {
+                        element(&format!("{path}.coding[{i}]"), Kind::Coding, coding)?;
+                    }
+                }
+                Some(_) => return Err(invalid(&format!("{path}.coding"), "must be an array of Codings")),
+            }
+            if let Some(t) = c.get("text")
+                && !t.is_string()
+            {
+                return Err(invalid(&format!("{path}.text"), "must be a string"));
+            }
+            if !c.contains_key("coding") && !c.contains_key("text") {
+                return Err(invalid(path, "needs a coding or text"));
+            }
+            Ok(())
+        }
+        Kind::Coding => {
+            let Some(c) = v.as_object() else {
+                return Err(invalid(path, "must be a Coding (an object with system and code)"));
+            };
+            for part in ["system", "code", "display", "version"] {
+                if let Some(x) = c.get(part)
+                    && !x.is_string()
+                {
+                    return Err(invalid(&format!("{path}.{part}"), "must be a string"));
+                }
+            }
+            Ok(())
+        }
+        Kind::Reference => {
+            if !v.is_object() {
+                return Err(invalid(
+                    path,
+                    "must be a Reference (an object with reference, identifier or display)",
+                ));
+            }
+            Ok(())
+        }
+        Kind::Object => v
+            .is_object()
+            .then_some(())
+            .ok_or_else(|| invalid(path, "must be an object")),
+    }
+}
+
+/// A FHIR `date` or `dateTime`: a year, a year and month, a date, or a date and time with a
+/// time zone.
+pub fn date_time(s: &str) -> bool {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    match s.len() {
+        4 => digits(s),
+        7 => chrono::NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").is_ok(),
+        10 => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok(),
+        _ => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
+    }
+}
+
+/// Checks every `reference` (well-formed) and every SNOMED-looking `coding` anywhere in `v`.
+fn walk(path: &str, v: &Value) -> Result<(), RecordsError> {
+    let at = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        Value::Object(m) => {
+            if let Some(r) = m.get("reference") {
+                reference(&at("reference"), r)?;
+            }
+            if let (Some(Value::String(system)), true) = (m.get("system"), m.contains_key("code")) {
+                snomed(path, system, m.get("code"))?;
+            }
+            for (k, child) in m {
+                if k != "reference" {
+                    walk(&at(k), child)?;
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk(&format!("{path}[{i}]"), item)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A literal reference: `Type/id`, `Type/id/_history/n`, an absolute URL, or `#contained`.
+fn reference(path: &str, r: &Value) -> Result<(), RecordsError> {
+    let Some(s) = r.as_str() else {
+        return Err(invalid(path, "must be a string such as \"Patient/123\""));
+    };
+    let ok = if let Some(local) = s.strip_prefix('#') {
+        !local.is_empty()
+    } else if s.starts_with("http://") || s.starts_with("https://") {
+        s.len() > 8
+    } else {
+        let parts: Vec<&str> = s.split('/').collect();
+        let type_ok = |t: &str| {
+            t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && t.chars().all(|c| c.is_ascii_alphabetic())
+        };
+        let id_ok = |id: &str| crate::fhir::check_id("reference", id).is_ok();
+        match parts.as_slice() {
+            [t, id] => type_ok(t) && id_ok(id),
+            [t, id, "_history", v] => type_ok(t) && id_ok(id) && v.parse::<u64>().is_ok(),
+            _ => false,
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            format!("{s:?} is not a FHIR reference (Type/id, an absolute URL or #contained)"),
+        ))
+    }
+}
+
+/// A coding whose system means SNOMED CT must use the canonical URI and a valid SCTID.
+fn snomed(path: &str, system: &str, code: Option<&Value>) -> Result<(), RecordsError> {
+    let lower = system.to_ascii_lowercase();
+    let looks_snomed = lower.contains("snomed") || lower == "urn:oid:2.16.840.1.113883.6.96";
+    if !looks_snomed {
+        return Ok(());
+    }
+    let at = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    if system != SNOMED {
+        return Err(invalid(
+            &at("system"),
+            format!("{system:?}: SNOMED CT's system URI is {SNOMED}"),
+        ));
+    }
+    let code = code.and_then(Value::as_str).unwrap_or("");
+    if !sctid(code) {
+        return Err(invalid(
+            &at("code"),
+            format!("{code:?} is not a SNOMED CT identifier (6-18 digits with a valid check digit)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A SNOMED CT identifier: 6–18 digits, no leading zero, Verhoeff check digit.
+pub fn sctid(code: &str) -> bool {
+    const D: [[u8; 10]; 10] = [
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [1, 2, 3, 4, 0, 6, 7, 8, 9, 5],
+        [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
+        [3, 4, 0, 1, 2, 8, 9, 5, 6, 7],
+        [4, 0, 1, 2, 3, 9, 5, 6, 7, 8],
+        [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
+        [6, 5, 9, 8, 7, 1, 0, 4, 3, 2],
+        [7, 6, 5, 9, 8, 2, 1, 0, 4, 3],
+        [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
+        [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
+    ];
+    const P: [[u8; 10]; 8] = [
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [1, 5, 7, 6, 2, 8, 3, 0, 9, 4],
+        [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
+        [8, 9, 1, 6, 0, 4, 3, 5, 2, 7],
+        [9, 4, 5, 3, 1, 2, 6, 8, 7, 0],
+        [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
+        [2, 7, 9, 3, 8, 0, 6, 4, 1, 5],
+        [7, 0, 4, 6, 9, 1, 3, 2, 5, 8],
+    ];
+    if !(6..=18).contains(&code.len()) || code.starts_with('0') || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let mut c = 0u8;
+    for (i, b) in code.bytes().rev().enumerate() {
+        c = D[c as usize][P[i % 8][(b - b'0') as usize] as usize];
+    }
+    c == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(json: &str) -> Result<(), String> {
+        let v: Value = serde_json::from_str(json).expect("json");
+        let m = v.as_object().expect("object");
+        resource(m["resourceType"].as_str().expect("type"), m).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn snomed_identifiers_have_a_verhoeff_check_digit() {
+        for good in ["75367002", "27113001", "38341003", "44054006", "8098009", "22298006"] {
+            assert!(sctid(good), "{good}");
+        }
+        for bad in ["75367003", "12345", "075367002", "7536700x", ""] {
+            assert!(!sctid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_type_names_its_missing_or_mistyped_element() {
+        let cases = [
+            (
+                r#"{"resourceType":"Observation","code":{"text":"bp"}}"#,
+                "status: is required in every Observation",
+            ),
+            (
+                r#"{"resourceType":"Observation","status":"done","code":{"text":"bp"}}"#,
+                "status: \"done\" is not one of",
+            ),
+            (
+                r#"{"resourceType":"Observation","status":"final"}"#,
+                "code: is required",
+            ),
+            (
+                r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"category":{"text":"vital"}}"#,
+                "category: must be an array",
+            ),
+            (
+                r#"{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"SNOMED-CT","code":"75367002"}]}}"#,
+                "code.coding[0].system: \"SNOMED-CT\": SNOMED CT's system URI is http://snomed.info/sct",
+            ),
+            (
+                r#"{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://snomed.info/sct","code":"75367003"}]}}"#,
+                "code.coding[0].code: \"75367003\" is not a SNOMED CT identifier",
+            ),
+            (
+                r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"effectiveDateTime":"20/11/2026"}"#,
+                "effectiveDateTime: must be a FHIR date or dateTime",
+            ),
+            (
+                r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"performer":[{"reference":"not a reference"}]}"#,
+                "performer[0].reference: \"not a reference\" is not a FHIR reference",
+            ),
+            (
+                r#"{"resourceType":"Condition","code":{"text":"x"}}"#,
+                "subject: is required in every Condition",
+            ),
+            (
+                r#"{"resourceType":"MedicationStatement","status":"active","subject":{"reference":"Patient/p"}}"#,
+                "medication[x]: is required",
+            ),
+            (
+                r#"{"resourceType":"Encounter","status":"finished","class":[{"code":"AMB"}]}"#,
+                "class: must be a single value, not an array",
+            ),
+            (
+                r#"{"resourceType":"DocumentReference","status":"current","content":[]}"#,
+                "content: needs at least one item",
+            ),
+            (
+                r#"{"resourceType":"CarePlan","status":"active","subject":{"reference":"Patient/p"}}"#,
+                "intent: is required",
+            ),
+            (
+                r#"{"resourceType":"Flag","status":"active","subject":{"reference":"Patient/p"}}"#,
+                "code: is required",
+            ),
+            (
+                r#"{"resourceType":"Patient","gender":"F"}"#,
+                "gender: \"F\" is not one of",
+            ),
+        ];
+        for (json, want) in cases {
+            let got = check(json).expect_err(json);
+            assert!(got.starts_with(want), "{json}\n  got:  {got}\n  want: {want}…");
+        }
+    }
+
+    #[test]
+    fn valid_uk_core_shaped_resources_pass() {
+        let ok = [
+            r#"{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://snomed.info/sct","code":"75367002"}]},
+               "subject":{"reference":"Patient/p1"},"effectiveDateTime":"2026-11-20T09:30:00+00:00","valueQuantity":{"value":128}}"#,
+            r#"{"resourceType":"Condition","subject":{"reference":"Patient/p1"},"recordedDate":"2026-11",
+               "code":{"coding":[{"system":"http://snomed.info/sct","code":"44054006"}]}}"#,
+            r#"{"resourceType":"Encounter","status":"in-progress","class":{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"AMB"},
+               "subject":{"reference":"Patient/p1"},"period":{"start":"2026-11-20"}}"#,
+            r#"{"resourceType":"MedicationStatement","status":"active","subject":{"reference":"Patient/p1"},
+               "medicationCodeableConcept":{"text":"Amlodipine 5mg tablets"}}"#,
+            r#"{"resourceType":"Patient","birthDate":"1941","gender":"female","generalPractitioner":[{"reference":"https://ods.example/A81001"}]}"#,
+        ];
+        for json in ok {
+            check(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+        }
+    }
+}
