@@ -9,6 +9,7 @@ mod enforcement;
 mod fhir_client;
 mod harness;
 mod identity;
+mod import;
 mod oidc_node;
 mod startup;
 mod up;

@@ -145,7 +145,7 @@ fn entry(i: usize, e: &Value) -> Result<Entry, RecordsError> {
 
 /// Replaces every `reference` in `v` that `ids` knows (a `urn:uuid:` fullUrl) with the
 /// `Type/id` it was given.
-fn rewrite(v: &mut Value, ids: &HashMap<String, String>) {
+pub fn rewrite(v: &mut Value, ids: &HashMap<String, String>) {
     match v {
         Value::Object(m) => {
             for (k, child) in m.iter_mut() {

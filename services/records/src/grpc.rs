@@ -6,8 +6,8 @@ use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::nhs::OdsCode;
 use sharedcare_proto::records::v1::records_server::Records;
 use sharedcare_proto::records::v1::{
-    GetRequest, GetResponse, HistoryRequest, HistoryResponse, PutRequest, PutResponse, SearchRequest, SearchResponse,
-    VReadRequest,
+    GetRequest, GetResponse, HistoryRequest, HistoryResponse, PutManyRequest, PutManyResponse, PutRequest, PutResponse,
+    SearchRequest, SearchResponse, VReadRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -96,24 +96,39 @@ impl Records for RecordsApi {
             .await?;
         let req = request.into_inner();
         let resource = fhir::parse(&req.resource_json)?;
-        let source = if req.source_organisation.is_empty() {
-            String::new()
-        } else {
-            OdsCode::parse(&req.source_organisation)
-                .map_err(|e| RecordsError::invalid("source_organisation", e.to_string()))?
-                .as_str()
-                .to_string()
-        };
+        let source = source_organisation(&req.source_organisation)?;
         if req.if_match_version < 0 {
             return Err(RecordsError::invalid("if_match_version", "must be 0 (none) or a version").into());
         }
         let s = self.store.put(resource, &source, &who, req.if_match_version).await?;
-        Ok(Response::new(PutResponse {
-            resource_type: s.resource_type,
-            id: s.id,
-            version: s.version,
-            last_updated: Some(db::timestamp(s.last_updated_us)),
-            resource_json: s.body,
+        Ok(Response::new(put_response(s)))
+    }
+
+    async fn put_many(&self, request: Request<PutManyRequest>) -> Result<Response<PutManyResponse>, Status> {
+        let who = self
+            .actor(&request, "records.write", &request.get_ref().purpose)
+            .await?;
+        let req = request.into_inner();
+        if req.resources_json.len() > crate::bundle::MAX_ENTRIES {
+            return Err(RecordsError::invalid(
+                "resources_json",
+                format!("at most {} per call", crate::bundle::MAX_ENTRIES),
+            )
+            .into());
+        }
+        let source = source_organisation(&req.source_organisation)?;
+        let mut puts = Vec::with_capacity(req.resources_json.len());
+        for (i, json) in req.resources_json.iter().enumerate() {
+            let r = fhir::parse(json).map_err(|e| at(i, e))?;
+            puts.push((r, 0));
+        }
+        let stored = self
+            .store
+            .put_all(puts, &source, &who)
+            .await
+            .map_err(|(i, e)| at(i, e))?;
+        Ok(Response::new(PutManyResponse {
+            stored: stored.into_iter().map(put_response).collect(),
         }))
     }
 
@@ -165,6 +180,36 @@ impl Records for RecordsApi {
             next_cursor: page.next_cursor,
             some_withheld: page.some_withheld,
         }))
+    }
+}
+
+/// `e` about the resource at `i` of a PutMany.
+fn at(i: usize, e: RecordsError) -> RecordsError {
+    match e {
+        RecordsError::Invalid { field, reason } => RecordsError::invalid(format!("resources[{i}].{field}"), reason),
+        RecordsError::Denied(why) => RecordsError::Denied(format!("resources[{i}]: {why}")),
+        other => other,
+    }
+}
+
+/// The writing organisation's ODS code, checked ("" = not given).
+fn source_organisation(given: &str) -> Result<String, RecordsError> {
+    if given.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(OdsCode::parse(given)
+        .map_err(|e| RecordsError::invalid("source_organisation", e.to_string()))?
+        .as_str()
+        .to_string())
+}
+
+fn put_response(s: Stored) -> PutResponse {
+    PutResponse {
+        resource_type: s.resource_type,
+        id: s.id,
+        version: s.version,
+        last_updated: Some(db::timestamp(s.last_updated_us)),
+        resource_json: s.body,
     }
 }
 

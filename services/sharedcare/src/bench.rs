@@ -37,6 +37,8 @@ pub enum What {
     Identity,
     /// Audit log appends (with leaf hashing) and tree-head signing, on embedded storage.
     Audit,
+    /// `sharedcare import` of a generated NDJSON file into `up` (resources/s).
+    Import,
 }
 
 /// `sharedcare bench` options.
@@ -74,6 +76,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Startup => startup().await,
         What::Identity => crate::bench_identity::run(&args).await,
         What::Audit => audit(&args).await,
+        What::Import => import(&args).await,
     }
 }
 
@@ -464,6 +467,73 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         .map(|_| ())
     })
     .await?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------- import
+
+/// Imports a generated NDJSON file (patients, each with observations and conditions) into a
+/// fresh `up` with `sharedcare import`, as a user would run it.
+async fn import(_args: &BenchArgs) -> anyhow::Result<()> {
+    let (p, _) = UpProcess::start()?;
+    let token = demo_service_token(&p.http, "records.write").await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("bench.ndjson");
+    let patients = 2_000u32;
+    let mut text = String::new();
+    for i in 0..patients {
+        let nhs = sharedcare_kit::nhs::NhsNumber::from_stem(900_000_000 + i)
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        if nhs.is_empty() {
+            continue;
+        }
+        text.push_str(
+            &serde_json::json!({"resourceType": "Patient", "id": format!("imp-{i}"),
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+            "name": [{"family": "Import", "given": ["Pat"]}], "birthDate": "1960-05-01"})
+            .to_string(),
+        );
+        text.push('\n');
+        for j in 0..8 {
+            text.push_str(
+                &serde_json::json!({"resourceType": "Observation", "id": format!("imp-{i}-o{j}"),
+                "status": "final", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "75367002"}]},
+                "subject": {"reference": format!("Patient/imp-{i}")}, "effectiveDateTime": "2026-11-01T10:00:00Z",
+                "valueQuantity": {"value": 120 + j, "unit": "mmHg"}})
+                .to_string(),
+            );
+            text.push('\n');
+        }
+        text.push_str(
+            &serde_json::json!({"resourceType": "Condition", "id": format!("imp-{i}-c"),
+            "subject": {"reference": format!("Patient/imp-{i}")}, "recordedDate": "2025-03-01",
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]}})
+            .to_string(),
+        );
+        text.push('\n');
+    }
+    std::fs::write(&file, &text)?;
+    let lines = text.lines().count();
+    println!("import of {lines} resources (NDJSON) into `up` over gRPC, chunks of 500");
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let out = Command::new(exe)
+        .arg("import")
+        .arg(&file)
+        .args(["--grpc", &p.grpc, "--token", &token, "--source", "A81001"])
+        .stderr(Stdio::null())
+        .output()?;
+    let secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("import failed: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    println!(
+        "{:<32} {:>7.0}/s   ({lines} resources in {secs:.2} s, process start included)",
+        "import",
+        lines as f64 / secs
+    );
     Ok(())
 }
 

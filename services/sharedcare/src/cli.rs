@@ -68,6 +68,9 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         issuer: Option<String>,
     },
+    /// Load FHIR resources (a Bundle or NDJSON file) into the shared care record through the
+    /// records service, in transactions; resumable after an interruption.
+    Import(crate::import::ImportArgs),
     /// Measure the platform on this machine (see the README's performance section).
     Bench(bench::BenchArgs),
 }
@@ -106,7 +109,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Verify { data },
         } => flag("data_dir", data),
-        Command::Bench(_) | Command::Demo { .. } => {}
+        Command::Bench(_) | Command::Demo { .. } | Command::Import(_) => {}
     }
     let config: Config = sharedcare_kit::config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
     if cli.dump_config {
@@ -118,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { service, .. } => platform::serve(config, &service).await,
         Command::Migrate { services, .. } => platform::migrate(config, &services).await,
         Command::Bench(args) => bench::run(config, args).await,
+        Command::Import(args) => crate::import::run(config, args).await,
         Command::Audit {
             command: AuditCommand::Verify { .. },
         } => platform::verify_audit(config).await,

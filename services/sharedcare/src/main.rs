@@ -5,6 +5,7 @@ mod bench;
 mod bench_identity;
 mod cli;
 mod config;
+mod import;
 mod platform;
 
 use clap::Parser;
