@@ -35,6 +35,8 @@ pub struct Stored {
     pub nhs_number: String,
     /// The resource JSON with `meta` stamped.
     pub body: String,
+    /// Its `meta.security` labels when already known (`None`: read them from `body`).
+    pub labels: Option<Vec<String>>,
 }
 
 /// Who is accessing and why, from their token and request: what consent decides on and
@@ -307,6 +309,7 @@ impl Engine {
                 version,
                 last_updated_us: now,
                 nhs_number,
+                labels: Some(fhir::security_labels(&body)),
                 body: serde_json::Value::Object(body).to_string(),
             };
             events.extend(self.put_events(job, &s));
@@ -362,11 +365,12 @@ impl Engine {
         for chunk in current.chunks(db::MAX_ROWS_PER_INSERT) {
             let sql = db::insert_rows(
                 &tx,
-                "current_resources (resource_type, id, version, nhs_number, clinical_date_us, codes)",
-                6,
+                "current_resources (resource_type, id, version, nhs_number, clinical_date_us, codes, labels)",
+                7,
                 chunk.len(),
                 "ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
-                 nhs_number = excluded.nhs_number, clinical_date_us = excluded.clinical_date_us, codes = excluded.codes",
+                 nhs_number = excluded.nhs_number, clinical_date_us = excluded.clinical_date_us, codes = excluded.codes, \
+                 labels = excluded.labels",
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for &n in chunk {
@@ -378,7 +382,8 @@ impl Engine {
                     .bind(s.version)
                     .bind(s.nhs_number.clone())
                     .bind(fhir::clinical_date(body).unwrap_or(0))
-                    .bind(format!(" {} ", codes.join(" ")));
+                    .bind(format!(" {} ", codes.join(" ")))
+                    .bind(fhir::security_labels(body).join(","));
             }
             q.execute(&mut *tx).await?;
         }
@@ -524,16 +529,16 @@ impl Engine {
                     wanted.push_str(" OR ");
                 }
                 wanted.push_str(&format!(
-                    "(resource_type = {} AND id = {})",
+                    "(c.resource_type = {} AND c.id = {})",
                     db::placeholder(&conn, 2 * n + 1),
                     db::placeholder(&conn, 2 * n + 2)
                 ));
             }
             let sql = format!(
-                "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body
-                 FROM resources r JOIN (SELECT resource_type, id, MAX(version) AS version FROM resources
-                                        WHERE {wanted} GROUP BY resource_type, id) m
-                   ON r.resource_type = m.resource_type AND r.id = m.id AND r.version = m.version"
+                "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels
+                 FROM current_resources c JOIN resources r
+                   ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version
+                 WHERE {wanted}"
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for job in chunk {
@@ -809,6 +814,9 @@ type Reply = oneshot::Sender<Result<Stored, RecordsError>>;
 
 /// The labels of a stored resource (its stored body always parses: it was validated).
 fn stored_labels(s: &Stored) -> Vec<String> {
+    if let Some(l) = &s.labels {
+        return l.clone();
+    }
     match serde_json::from_str::<serde_json::Value>(&s.body) {
         Ok(serde_json::Value::Object(body)) => fhir::security_labels(&body),
         _ => Vec::new(),
@@ -954,6 +962,10 @@ fn stored_row(row: &sqlx::any::AnyRow) -> Stored {
         last_updated_us: row.get(3),
         nhs_number: row.get(4),
         body: row.get(5),
+        labels: (row.len() > 6).then(|| {
+            let l: String = row.get(6);
+            l.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
+        }),
     }
 }
 

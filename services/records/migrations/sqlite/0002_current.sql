@@ -8,6 +8,8 @@ CREATE TABLE current_resources (
     clinical_date_us BIGINT NOT NULL DEFAULT 0,
     -- Codes as " system|code system|code " (space-delimited, with leading and trailing spaces).
     codes            TEXT   NOT NULL DEFAULT ' ',
+    -- meta.security codes, comma-separated (read without parsing the body).
+    labels           TEXT   NOT NULL DEFAULT '',
     PRIMARY KEY (resource_type, id)
 );
 CREATE INDEX current_by_patient ON current_resources (nhs_number, resource_type, id);
