@@ -99,55 +99,90 @@ impl Store {
         }
         let pool = self.db.pool();
         for chunk in ids.chunks(db::MAX_ROWS_PER_INSERT) {
-            let marks = db::marks(self.db.backend(), chunk.len());
-            let query = |sql: String| {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            // One statement for all four tables (each round trip to SQLite costs a thread
+            // handoff): rows are (kind, nhs, three texts, two texts, two numbers).
+            let backend = self.db.backend();
+            let list = |part: usize| -> String {
+                match backend {
+                    db::Backend::Postgres => (1..=chunk.len())
+                        .map(|n| format!("${}", part * chunk.len() + n))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    db::Backend::Sqlite => db::marks(backend, chunk.len()),
+                }
+            };
+            let sql = format!(
+                "SELECT 'd', nhs_number, id, status, provision, '', '', updated_at, 0 FROM directives WHERE nhs_number IN ({}) \
+                 UNION ALL SELECT 'f', nhs_number, '', '', '', '', '', national_opt_out, gp_dissent FROM patient_flags WHERE nhs_number IN ({}) \
+                 UNION ALL SELECT 'r', nhs_number, ods_code, kind, '', '', '', start_at, end_at FROM relationships WHERE nhs_number IN ({}) \
+                 UNION ALL SELECT 'g', nhs_number, id, person_id, ods_code, reason_code, reason_text, start_at, end_at FROM break_glass WHERE nhs_number IN ({})",
+                list(0),
+                list(1),
+                list(2),
+                list(3)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for _ in 0..4 {
                 for id in chunk {
                     q = q.bind(id.to_string());
                 }
-                q
-            };
-            let sql = format!(
-                "SELECT nhs_number, id, status, provision FROM directives WHERE nhs_number IN ({marks}) ORDER BY updated_at"
-            );
-            for r in query(sql).fetch_all(pool).await? {
-                let provision: Provision = serde_json::from_str(&r.try_get::<String, _>(3)?)
-                    .map_err(|e| ConsentError::invalid("directive.provision_json", e.to_string()))?;
-                let k = out.entry(r.try_get(0)?).or_default();
-                k.facts.directives.push(Directive {
-                    id: r.try_get(1)?,
-                    status: r.try_get(2)?,
-                    provision,
-                });
             }
-            let sql = format!(
-                "SELECT nhs_number, national_opt_out, gp_dissent FROM patient_flags WHERE nhs_number IN ({marks})"
-            );
-            for r in query(sql).fetch_all(pool).await? {
-                let k = out.entry(r.try_get(0)?).or_default();
-                k.facts.national_opt_out = r.try_get::<i64, _>(1)? != 0;
-                k.facts.gp_dissent = r.try_get::<i64, _>(2)? != 0;
+            let mut directives: Vec<(i64, String, Directive)> = Vec::new();
+            for r in q.fetch_all(pool).await? {
+                let kind: String = r.try_get(0)?;
+                let nhs: String = r.try_get(1)?;
+                let text = |i: usize| r.try_get::<String, _>(i);
+                let (n1, n2): (i64, i64) = (r.try_get(7)?, r.try_get(8)?);
+                match kind.as_str() {
+                    "d" => {
+                        let provision: Provision = serde_json::from_str(&text(4)?)
+                            .map_err(|e| ConsentError::invalid("directive.provision_json", e.to_string()))?;
+                        let d = Directive {
+                            id: text(2)?,
+                            status: text(3)?,
+                            provision,
+                        };
+                        directives.push((n1, nhs, d));
+                    }
+                    "f" => {
+                        let k = out.entry(nhs).or_default();
+                        k.facts.national_opt_out = n1 != 0;
+                        k.facts.gp_dissent = n2 != 0;
+                    }
+                    "r" => out.entry(nhs).or_default().facts.relationships.push(Relationship {
+                        org: text(2)?,
+                        kind: text(3)?,
+                        start: n1,
+                        end: (n2 != 0).then_some(n2),
+                    }),
+                    _ => {
+                        let g = Grant {
+                            id: text(2)?,
+                            nhs_number: nhs.clone(),
+                            grant: BreakGlass {
+                                person: text(3)?,
+                                org: text(4)?,
+                                start: n1,
+                                end: n2,
+                            },
+                            reason_code: text(5)?,
+                            reason_text: text(6)?,
+                        };
+                        let k = out.entry(nhs).or_default();
+                        k.facts.break_glass.push(g.grant.clone());
+                        k.grants.push(g);
+                    }
+                }
             }
-            let sql = format!(
-                "SELECT nhs_number, ods_code, kind, start_at, end_at FROM relationships WHERE nhs_number IN ({marks})"
-            );
-            for r in query(sql).fetch_all(pool).await? {
-                let end: i64 = r.try_get(4)?;
-                let k = out.entry(r.try_get(0)?).or_default();
-                k.facts.relationships.push(Relationship {
-                    org: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    start: r.try_get(3)?,
-                    end: (end != 0).then_some(end),
-                });
+            // Directives apply in the order they were made; grants newest first.
+            directives.sort_by_key(|(at, _, _)| *at);
+            for (_, nhs, d) in directives {
+                out.entry(nhs).or_default().facts.directives.push(d);
             }
-            let sql = format!("{GRANT_COLUMNS} WHERE nhs_number IN ({marks}) ORDER BY start_at DESC");
-            for r in query(sql).fetch_all(pool).await? {
-                let g = grant_row(&r)?;
-                let k = out.entry(g.nhs_number.clone()).or_default();
-                k.facts.break_glass.push(g.grant.clone());
-                k.grants.push(g);
-            }
+        }
+        for k in out.values_mut() {
+            k.grants.sort_by_key(|g| std::cmp::Reverse(g.grant.start));
+            k.facts.break_glass.sort_by_key(|g| std::cmp::Reverse(g.start));
         }
         Ok(out)
     }
