@@ -1209,43 +1209,62 @@ impl Store {
         } else {
             q.nhs_number.clone()
         };
+        // Read a page and one more, judge it, and read on only while withheld resources leave
+        // the page short (at most eight rounds).
         let mut cursor = q.cursor.clone();
-        let mut found: Vec<Stored> = Vec::new();
-        let mut next_cursor = String::new();
-        // Read a page and a bit, then more while withheld resources leave the page short.
+        let mut items: Vec<Stored> = Vec::new();
+        let mut notice = false;
+        let mut full = false;
+        let mut judged: Option<(&'static str, String, String)> = None;
         for _round in 0..8 {
-            let rows = e.search_rows(&nhs, q, &cursor, q.page_size + 1).await?;
-            let full = rows.len() > q.page_size;
-            found.extend(rows);
-            if found.len() > q.page_size * 2 || !full {
-                break;
-            }
-            if let Some(last) = found.last() {
+            let want = q.page_size + 1 - items.len();
+            let rows = e.search_rows(&nhs, q, &cursor, want).await?;
+            full = rows.len() == want;
+            if let Some(last) = rows.last() {
                 cursor = format!("{}/{}", last.resource_type, last.id);
             }
-        }
-        let v = e.judge_page(actor, &nhs, "search", found, purpose).await;
-        let v = match v.answer {
-            Ok((mut items, withheld)) => {
-                if items.len() > q.page_size {
-                    items.truncate(q.page_size);
-                    if let Some(last) = items.last() {
-                        next_cursor = format!("{}/{}", last.resource_type, last.id);
+            let v = e.judge_page(actor, &nhs, "search", rows, purpose).await;
+            match v.answer {
+                Ok((shown, withheld)) => {
+                    items.extend(shown);
+                    notice |= withheld;
+                    // Keep the reason that says what was withheld, if a round withheld anything.
+                    if judged.as_ref().is_none_or(|(_, _, r)| !r.starts_with("withheld")) {
+                        judged = Some((v.outcome, v.purpose, v.reason));
                     }
                 }
-                Verdict {
-                    answer: Ok((items, withheld)),
-                    outcome: v.outcome,
-                    purpose: v.purpose,
-                    reason: v.reason,
+                Err(err) => {
+                    let v = Verdict {
+                        answer: Err(err),
+                        outcome: v.outcome,
+                        purpose: v.purpose,
+                        reason: v.reason,
+                    };
+                    return e.settle(&caller, "search", Vec::new(), &nhs, v).await;
                 }
             }
-            Err(err) => Verdict {
-                answer: Err(err),
-                outcome: v.outcome,
-                purpose: v.purpose,
-                reason: v.reason,
-            },
+            if items.len() > q.page_size || !full {
+                break;
+            }
+        }
+        let next_cursor = if items.len() > q.page_size {
+            items.truncate(q.page_size);
+            items
+                .last()
+                .map(|s| format!("{}/{}", s.resource_type, s.id))
+                .unwrap_or_default()
+        } else if full {
+            // Eight rounds were mostly withheld: the next page carries on after them.
+            cursor
+        } else {
+            String::new()
+        };
+        let (outcome, purpose, reason) = judged.unwrap_or(("success", purpose.to_string(), String::new()));
+        let v = Verdict {
+            answer: Ok((items, notice)),
+            outcome,
+            purpose,
+            reason,
         };
         let refs = match &v.answer {
             Ok((items, _)) => items.iter().map(|s| format!("{}/{}", s.resource_type, s.id)).collect(),
@@ -1369,7 +1388,7 @@ impl Engine {
             db::placeholder(conn, n)
         };
         let mut sql = format!(
-            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body \
+            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels \
              FROM current_resources c JOIN resources r \
                ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
              WHERE c.nhs_number = {}",

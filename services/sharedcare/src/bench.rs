@@ -18,8 +18,10 @@ use hdrhistogram::Histogram;
 use sharedcare_kit::bus::embedded::EmbeddedBus;
 use sharedcare_kit::bus::kafka::KafkaBus;
 use sharedcare_kit::bus::{Bus, Delivery, Envelope, Handler, Outgoing};
+use sharedcare_proto::consent::v1::DecideRequest;
+use sharedcare_proto::consent::v1::consent_client::ConsentClient;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
-use sharedcare_proto::records::v1::{GetRequest, PutRequest};
+use sharedcare_proto::records::v1::{GetRequest, PutRequest, SearchRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -404,7 +406,7 @@ pub(crate) async fn demo_service_token(http: &str, scope: &str) -> anyhow::Resul
 }
 
 async fn records(args: &BenchArgs) -> anyhow::Result<()> {
-    let (_up, grpc, token) = match &args.target {
+    let (up, grpc, token) = match &args.target {
         Some(t) => {
             let token = args
                 .token
@@ -419,6 +421,8 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
             (Some(p), g, token)
         }
     };
+    // Decide is measured against the `up` this bench starts (it needs a consent.decide token).
+    let decide_http: Option<String> = up.as_ref().map(|p| p.http.clone());
     let bearer = Bearer(format!("Bearer {token}").parse()?);
     let mut clients = Vec::new();
     let mut health = Vec::new();
@@ -431,8 +435,8 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         "records over gRPC at {grpc}, {} in flight, {} s per phase",
         args.concurrency, args.seconds
     );
-    let nhs: Vec<String> = (0..1000u32)
-        .filter_map(|i| sharedcare_kit::nhs::NhsNumber::from_stem(943_476_000 + i))
+    let nhs: Vec<String> = (0..100_000u32)
+        .filter_map(|i| sharedcare_kit::nhs::NhsNumber::from_stem(943_400_000 + i))
         .map(|n| n.to_string())
         .collect();
     let nhs = Arc::new(nhs);
@@ -467,6 +471,50 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         .map(|_| ())
     })
     .await?;
+    phase(
+        "search (by patient, one page)",
+        args,
+        &clients,
+        move |mut c, n| async move {
+            c.search(SearchRequest {
+                patient: format!("bench-{}", n % stored),
+                page_size: 20,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        },
+    )
+    .await?;
+    if let Some(http) = &decide_http {
+        let token = demo_service_token(http, "consent.decide").await?;
+        let bearer = Bearer(format!("Bearer {token}").parse()?);
+        let mut deciders = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            let channel = tonic::transport::Channel::from_shared(grpc.clone())?.connect().await?;
+            deciders.push(ConsentClient::with_interceptor(channel, bearer.clone()));
+        }
+        let nhs = nhs.clone();
+        phase("consent Decide (one ask per call)", args, &deciders, move |mut c, n| {
+            let patient = nhs[(n % nhs.len() as u64) as usize].clone();
+            async move {
+                c.decide(DecideRequest {
+                    principal_kind: "staff".into(),
+                    person_id: "555000000001".into(),
+                    ods_code: "A81001".into(),
+                    role_code: "S8000:G8000:R8000".into(),
+                    nhs_number: patient,
+                    action: "read".into(),
+                    purpose: "TREAT".into(),
+                    categories: vec!["SEX".into()],
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+            }
+        })
+        .await?;
+    }
     Ok(())
 }
 
