@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sharedcare_proto::audit::v1::ListByPatientRequest;
 use sharedcare_proto::audit::v1::audit_client::AuditClient;
+use sharedcare_proto::audit::v1::{ListAlertsRequest, ListByPatientRequest, QueryRequest};
 use sharedcare_proto::consent::v1::consent_client::ConsentClient;
 use sharedcare_proto::consent::v1::{BreakGlassRequest, Directive, PutDirectiveRequest};
 use sharedcare_proto::records::v1::records_client::RecordsClient;
@@ -206,4 +206,65 @@ async fn staff_see_what_consent_permits_and_the_patient_sees_every_access() {
         withheld.reason.contains("SEX"),
         "the IG lead sees what was withheld: {withheld:?}"
     );
+
+    // Information governance: the denial and the break-glass raised alerts; the care worker's
+    // organisation's activity exports as FHIR AuditEvents.
+    let ig = service_token_for(&p.http, "audit.read").await;
+    let alerts = crate::harness::eventually(Duration::from_secs(20), "alerts", || {
+        let (mut audit, ig) = (audit.clone(), ig.clone());
+        async move {
+            let a = audit
+                .list_alerts(with_token(
+                    ListAlertsRequest {
+                        actor_organisation: "VH2D7".into(),
+                        page_size: 10,
+                    },
+                    &ig,
+                ))
+                .await
+                .ok()?
+                .into_inner()
+                .alerts;
+            (a.len() >= 2).then_some(a)
+        }
+    })
+    .await;
+    let mut kinds: Vec<&str> = alerts.iter().map(|a| a.kind.as_str()).collect();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(kinds, ["access-denied", "break-glass"]);
+    let export = audit
+        .clone()
+        .export_audit_events(with_token(
+            QueryRequest {
+                actor_organisation: "VH2D7".into(),
+                nhs_number: nhs.clone(),
+                ..Default::default()
+            },
+            &ig,
+        ))
+        .await
+        .expect("export")
+        .into_inner();
+    let bundle: Value = serde_json::from_str(&export.bundle_json).expect("bundle");
+    let outcomes: Vec<&str> = bundle["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["resource"]["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert!(outcomes.contains(&"4") && outcomes.contains(&"0"), "{outcomes:?}");
+    // Staff may query their own organisation's activity, not another's.
+    let nosy = audit
+        .clone()
+        .query(with_token(
+            QueryRequest {
+                actor_organisation: "A81001".into(),
+                ..Default::default()
+            },
+            &carer,
+        ))
+        .await
+        .expect_err("another organisation");
+    assert_eq!(nosy.code(), Code::PermissionDenied);
 }

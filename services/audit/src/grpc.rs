@@ -4,14 +4,15 @@ use sharedcare_kit::auth::{Principal, Verifier, has_scope};
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_proto::audit::v1::audit_server::Audit;
 use sharedcare_proto::audit::v1::{
-    ConsistencyProof, GetConsistencyProofRequest, GetInclusionProofRequest, GetTreeHeadRequest, InclusionProof,
-    ListByPatientRequest, ListByPatientResponse, SignedTreeHead,
+    ConsistencyProof, ExportAuditEventsResponse, GetConsistencyProofRequest, GetInclusionProofRequest,
+    GetTreeHeadRequest, InclusionProof, ListAlertsRequest, ListAlertsResponse, ListByPatientRequest,
+    ListByPatientResponse, QueryRequest, SignedTreeHead,
 };
 use tonic::{Request, Response, Status};
 
 use crate::AuditError;
 use crate::log::Log;
-use crate::store::Store;
+use crate::store::{Filter, Store};
 
 /// The gRPC service.
 #[derive(Clone)]
@@ -46,8 +47,113 @@ fn may_read(p: &Principal, nhs: &NhsNumber) -> bool {
     }
 }
 
+/// Checks a query and who may run it: services with `audit.read` anything; a patient at P9
+/// their own record; staff their own organisation's activity.
+fn filter(who: &Principal, req: &QueryRequest) -> Result<Filter, Status> {
+    if req.nhs_number.is_empty() && req.actor.is_empty() && req.actor_organisation.is_empty() {
+        return Err(invalid("nhs_number", "name a patient, an actor or an organisation"));
+    }
+    if !req.nhs_number.is_empty() {
+        NhsNumber::parse(&req.nhs_number).map_err(|e| invalid("nhs_number", e.to_string()))?;
+    }
+    const OUTCOMES: &[&str] = &["", "success", "denied", "withheld", "not-found", "error"];
+    if !OUTCOMES.contains(&req.outcome.as_str()) {
+        return Err(invalid(
+            "outcome",
+            "expected success, denied, withheld, not-found or error",
+        ));
+    }
+    let allowed = match who {
+        Principal::Service { .. } => has_scope(who, "audit.read"),
+        Principal::Patient { nhs_number, proofing } => proofing == "P9" && req.nhs_number == nhs_number.as_str(),
+        Principal::Staff { role, .. } => req.actor_organisation.eq_ignore_ascii_case(&role.org_code),
+    };
+    if !allowed {
+        return Err(Status::permission_denied(
+            "this query needs scope audit.read; staff may query their own organisation (actor_organisation), patients (P9) their own record",
+        ));
+    }
+    let from_us = req.from.as_ref().map(sharedcare_kit::db::micros);
+    let to_us = req.to.as_ref().map(sharedcare_kit::db::micros);
+    if let (Some(a), Some(b)) = (from_us, to_us)
+        && a > b
+    {
+        return Err(invalid("to", "is before from"));
+    }
+    Ok(Filter {
+        nhs_number: req.nhs_number.clone(),
+        actor: req.actor.clone(),
+        actor_organisation: req.actor_organisation.to_ascii_uppercase(),
+        outcome: req.outcome.clone(),
+        from_us,
+        to_us,
+        before: i64::try_from(req.before_sequence).map_err(|_| invalid("before_sequence", "out of range"))?,
+        limit: page(req.page_size)?,
+    })
+}
+
+fn page(size: u32) -> Result<i64, Status> {
+    match size {
+        0 => Ok(100),
+        n if n > 1000 => Err(invalid("page_size", format!("{n} is more than 1000"))),
+        n => Ok(i64::from(n)),
+    }
+}
+
+fn next_before(entries: &[sharedcare_proto::audit::v1::AuditEntry], limit: i64) -> u64 {
+    if entries.len() as i64 == limit {
+        entries.last().map(|e| e.sequence).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 #[tonic::async_trait]
 impl Audit for AuditApi {
+    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<ListByPatientResponse>, Status> {
+        let who = self.verifier.from_metadata(request.metadata()).await?;
+        let f = filter(&who, request.get_ref())?;
+        let entries = self.store.query(&f).await?;
+        let next = next_before(&entries, f.limit);
+        Ok(Response::new(ListByPatientResponse {
+            entries,
+            next_before_sequence: next,
+        }))
+    }
+
+    async fn export_audit_events(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<ExportAuditEventsResponse>, Status> {
+        let who = self.verifier.from_metadata(request.metadata()).await?;
+        let f = filter(&who, request.get_ref())?;
+        let entries = self.store.query(&f).await?;
+        Ok(Response::new(ExportAuditEventsResponse {
+            bundle_json: crate::fhir::bundle(&entries).to_string(),
+            next_before_sequence: next_before(&entries, f.limit),
+        }))
+    }
+
+    async fn list_alerts(&self, request: Request<ListAlertsRequest>) -> Result<Response<ListAlertsResponse>, Status> {
+        let who = self.verifier.from_metadata(request.metadata()).await?;
+        let req = request.into_inner();
+        let org = match &who {
+            Principal::Service { .. } if has_scope(&who, "audit.read") => req.actor_organisation.to_ascii_uppercase(),
+            Principal::Staff { role, .. }
+                if req.actor_organisation.is_empty() || req.actor_organisation.eq_ignore_ascii_case(&role.org_code) =>
+            {
+                role.org_code.clone()
+            }
+            _ => {
+                return Err(Status::permission_denied(
+                    "alerts need scope audit.read, or a staff role (for its own organisation)",
+                ));
+            }
+        };
+        let alerts = self.store.alerts(&org, page(req.page_size)?).await?;
+        Ok(Response::new(ListAlertsResponse { alerts }))
+    }
+
     async fn list_by_patient(
         &self,
         request: Request<ListByPatientRequest>,

@@ -7,12 +7,34 @@
 
 pub mod consumer;
 pub mod error;
+pub mod fhir;
 pub mod grpc;
 pub mod log;
 pub mod merkle;
 pub mod store;
 
 pub use error::AuditError;
+
+/// The audit service's settings (`[audit]`, `SHAREDCARE_AUDIT__*`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// When one member of staff viewing many patients raises an alert.
+    pub alerts: store::AlertRules,
+}
+
+impl AuditConfig {
+    /// Checks the values, naming the key of the first bad one.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.alerts.window_secs < 1 {
+            return Err(("audit.alerts.window_secs".into(), "must be at least 1".into()));
+        }
+        if self.alerts.distinct_patients < 2 {
+            return Err(("audit.alerts.distinct_patients".into(), "must be at least 2".into()));
+        }
+        Ok(())
+    }
+}
 
 use std::sync::Arc;
 
@@ -41,8 +63,13 @@ pub const SIGN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Builds the service on its database: gRPC routes (callers checked by `verifier`), one
 /// consumer per audited topic, and the task that signs tree heads.
-pub async fn mount(db: Db, verifier: sharedcare_kit::auth::Verifier) -> Result<Mount, AuditError> {
-    let store = store::Store::new(db.clone());
+pub async fn mount(
+    db: Db,
+    outbox: sharedcare_kit::outbox::OutboxConfig,
+    verifier: sharedcare_kit::auth::Verifier,
+    config: AuditConfig,
+) -> Result<Mount, AuditError> {
+    let store = store::Store::new(db.clone()).with_rules(config.alerts);
     let log = log::Log::open(store.clone()).await?;
     let mut m = Mount::new(NAME);
     m.add_grpc(AuditServer::new(grpc::AuditApi::new(
@@ -60,6 +87,7 @@ pub async fn mount(db: Db, verifier: sharedcare_kit::auth::Verifier) -> Result<M
             handler: handler.clone(),
         })
         .collect();
+    m.outbox = Some(sharedcare_kit::outbox::Outbox::new(db.clone(), outbox));
     m.db = Some(db);
     Ok(m)
 }

@@ -4,22 +4,74 @@
 use sharedcare_kit::bus::Delivery;
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::inbox;
-use sharedcare_proto::audit::v1::AuditEntry;
-use sharedcare_proto::events::v1::AccessRecorded;
+use sharedcare_proto::audit::v1::{Alert, AuditEntry};
+use sharedcare_proto::events::v1::{AccessRecorded, AuditAlert};
 use sqlx::Row;
 
 use crate::{AuditError, NAME, merkle};
+
+/// When appending raises an alert for one person viewing many patients' records.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertRules {
+    /// The window (seconds) over which distinct patients are counted.
+    pub window_secs: i64,
+    /// Distinct patients viewed by one member of staff within the window that raise an alert.
+    pub distinct_patients: i64,
+}
+
+impl Default for AlertRules {
+    fn default() -> Self {
+        AlertRules {
+            window_secs: 600,
+            distinct_patients: 50,
+        }
+    }
+}
+
+/// Actions that view a patient's record (counted for many-patients alerts).
+const VIEWS: &[&str] = &["read", "vread", "history", "search"];
+
+/// What a query selects.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Patient.
+    pub nhs_number: String,
+    /// Person or client.
+    pub actor: String,
+    /// Acting organisation.
+    pub actor_organisation: String,
+    /// Outcome.
+    pub outcome: String,
+    /// From (µs, inclusive).
+    pub from_us: Option<i64>,
+    /// To (µs, inclusive).
+    pub to_us: Option<i64>,
+    /// Below this sequence (0 = newest).
+    pub before: i64,
+    /// Most entries.
+    pub limit: i64,
+}
 
 /// The audit store.
 #[derive(Clone)]
 pub struct Store {
     db: Db,
+    rules: AlertRules,
 }
 
 impl Store {
-    /// The store on `db`.
+    /// The store on `db`, with the default alert rules.
     pub fn new(db: Db) -> Self {
-        Store { db }
+        Store {
+            db,
+            rules: AlertRules::default(),
+        }
+    }
+
+    /// The same store raising alerts by `rules`.
+    pub fn with_rules(self, rules: AlertRules) -> Self {
+        Store { rules, ..self }
     }
 
     /// Appends `event` delivered as `delivery`; a redelivered event is skipped. Returns whether
@@ -43,6 +95,7 @@ impl Store {
             .await?
             .try_get(0)?;
         let mut appended = 0;
+        let mut added: Vec<AuditEntry> = Vec::new();
         for chunk in events.chunks(db::MAX_ROWS_PER_INSERT) {
             let deliveries: Vec<&Delivery> = chunk.iter().map(|(d, _)| *d).collect();
             let fresh = inbox::claim_all(&mut tx, NAME, &deliveries).await?;
@@ -81,6 +134,7 @@ impl Store {
                     sequence: 0,
                 };
                 let hash = hex(&merkle::leaf_hash(crate::log::leaf_data(&entry).as_bytes()));
+                added.push(entry.clone());
                 next += 1;
                 q = q
                     .bind(delivery.envelope.id.clone())
@@ -102,8 +156,209 @@ impl Store {
             q.execute(&mut *tx).await?;
             appended += new.len();
         }
+        self.raise_alerts(&mut tx, &added).await?;
         tx.commit().await?;
         Ok(appended)
+    }
+
+    /// Raises the alerts `added` calls for, in the appending transaction: each stored once (by
+    /// id) with its `AuditAlert` event in the outbox. Break-glass and denied access alert per
+    /// entry; a member of staff who has viewed `distinct_patients` patients within
+    /// `window_secs` raises one alert per window.
+    async fn raise_alerts(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        added: &[AuditEntry],
+    ) -> Result<(), AuditError> {
+        let mut alerts: Vec<Alert> = Vec::new();
+        let alert = |id: String, kind: &str, e: &AuditEntry, nhs: &str, detail: String| Alert {
+            id,
+            kind: kind.into(),
+            actor: e.actor.clone(),
+            actor_organisation: e.actor_organisation.clone(),
+            nhs_number: nhs.to_string(),
+            detail,
+            time: e.time,
+            leaf_index: e.leaf_index,
+        };
+        for e in added {
+            let what = e.resources.join(", ");
+            if e.outcome == "denied" {
+                let detail = format!("{} of {what} denied: {}", e.action, e.reason);
+                alerts.push(alert(
+                    format!("access-denied:{}", e.event_id),
+                    "access-denied",
+                    e,
+                    &e.nhs_number,
+                    detail,
+                ));
+            }
+            if e.action == "break-glass" || (e.purpose == "BTG" && e.action == "read" && e.outcome == "success") {
+                let id = if e.action == "break-glass" {
+                    format!("break-glass:{}", e.event_id)
+                } else {
+                    // Reads under a grant: one alert per person, patient and day.
+                    let day = e.time.as_ref().map(db::micros).unwrap_or(0) / 86_400_000_000;
+                    format!("break-glass-read:{}:{}:{day}", e.actor, e.nhs_number)
+                };
+                alerts.push(alert(
+                    id,
+                    "break-glass",
+                    e,
+                    &e.nhs_number,
+                    format!("{}: {}", e.action, e.reason),
+                ));
+            }
+        }
+        // Staff (entries with a role) who viewed records in this batch, latest entry each.
+        let mut viewers: std::collections::HashMap<&str, &AuditEntry> = std::collections::HashMap::new();
+        for e in added
+            .iter()
+            .filter(|e| !e.actor_role.is_empty() && VIEWS.contains(&e.action.as_str()))
+        {
+            viewers.insert(e.actor.as_str(), e);
+        }
+        let window_us = self.rules.window_secs.max(1) * 1_000_000;
+        for (actor, e) in viewers {
+            let at = e.time.as_ref().map(db::micros).unwrap_or(0);
+            let count: i64 = sqlx::query(
+                "SELECT COUNT(DISTINCT nhs_number) FROM entries WHERE actor = $1 AND time_us >= $2 \
+                 AND nhs_number <> '' AND action IN ('read', 'vread', 'history', 'search')",
+            )
+            .bind(actor.to_string())
+            .bind(at - window_us)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get(0)?;
+            if count >= self.rules.distinct_patients {
+                let detail = format!(
+                    "{count} patients' records viewed within {} minutes (threshold {})",
+                    self.rules.window_secs / 60,
+                    self.rules.distinct_patients
+                );
+                let id = format!("many-patients:{actor}:{}", at / window_us);
+                alerts.push(alert(id, "many-patients", e, "", detail));
+            }
+        }
+        let topic = sharedcare_kit::bus::topic(NAME);
+        for a in alerts {
+            let time_us = a.time.as_ref().map(db::micros).unwrap_or_else(db::now_us);
+            let inserted = sqlx::query(
+                "INSERT INTO alerts (id, kind, actor, actor_organisation, nhs_number, detail, time_us, leaf_index) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(a.id.clone())
+            .bind(a.kind.clone())
+            .bind(a.actor.clone())
+            .bind(a.actor_organisation.clone())
+            .bind(a.nhs_number.clone())
+            .bind(a.detail.clone())
+            .bind(time_us)
+            .bind(a.leaf_index as i64)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                continue;
+            }
+            let event = AuditAlert {
+                kind: a.kind.clone(),
+                actor: a.actor.clone(),
+                actor_organisation: a.actor_organisation.clone(),
+                nhs_number: a.nhs_number.clone(),
+                detail: a.detail.clone(),
+                time: a.time,
+                leaf_index: a.leaf_index,
+            };
+            let key = if a.nhs_number.is_empty() {
+                a.actor.clone()
+            } else {
+                a.nhs_number.clone()
+            };
+            let env = sharedcare_kit::bus::envelope("sharedcare.events.v1.AuditAlert", NAME, &a.id, &key, &event);
+            sharedcare_kit::outbox::enqueue(tx, &topic, &env).await?;
+            tracing::warn!(kind = %a.kind, actor = %a.actor, detail = %a.detail, "audit alert");
+        }
+        Ok(())
+    }
+
+    /// Entries matching `f`, newest first.
+    pub async fn query(&self, f: &Filter) -> Result<Vec<AuditEntry>, AuditError> {
+        let mut clauses: Vec<String> = Vec::new();
+        let mut texts: Vec<(usize, String)> = Vec::new();
+        let mut ints: Vec<(usize, i64)> = Vec::new();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        for (column, value) in [
+            ("nhs_number", &f.nhs_number),
+            ("actor", &f.actor),
+            ("actor_organisation", &f.actor_organisation),
+            ("outcome", &f.outcome),
+        ] {
+            if !value.is_empty() {
+                let i = next();
+                clauses.push(format!("{column} = ${i}"));
+                texts.push((i, value.clone()));
+            }
+        }
+        for (clause, value) in [("time_us >=", f.from_us), ("time_us <=", f.to_us)] {
+            if let Some(v) = value {
+                let i = next();
+                clauses.push(format!("{clause} ${i}"));
+                ints.push((i, v));
+            }
+        }
+        let i = next();
+        clauses.push(format!("sequence < ${i}"));
+        ints.push((i, if f.before <= 0 { i64::MAX } else { f.before }));
+        let limit = next();
+        ints.push((limit, f.limit));
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE {} ORDER BY sequence DESC LIMIT ${limit}",
+            clauses.join(" AND ")
+        );
+        // Bind in placeholder order.
+        let mut binds: Vec<(usize, Result<String, i64>)> = texts.into_iter().map(|(i, t)| (i, Ok(t))).collect();
+        binds.extend(ints.into_iter().map(|(i, v)| (i, Err(v))));
+        binds.sort_by_key(|(i, _)| *i);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (_, b) in binds {
+            q = match b {
+                Ok(t) => q.bind(t),
+                Err(v) => q.bind(v),
+            };
+        }
+        let rows = q.fetch_all(self.db.pool()).await?;
+        Ok(rows.iter().map(entry).collect())
+    }
+
+    /// Alerts, newest first (of one organisation when given).
+    pub async fn alerts(&self, organisation: &str, limit: i64) -> Result<Vec<Alert>, AuditError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, actor, actor_organisation, nhs_number, detail, time_us, leaf_index FROM alerts \
+             WHERE ($1 = '' OR actor_organisation = $2) ORDER BY time_us DESC LIMIT $3",
+        )
+        .bind(organisation.to_string())
+        .bind(organisation.to_string())
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Alert {
+                id: r.get(0),
+                kind: r.get(1),
+                actor: r.get(2),
+                actor_organisation: r.get(3),
+                nhs_number: r.get(4),
+                detail: r.get(5),
+                time: Some(db::timestamp(r.get(6))),
+                leaf_index: r.get::<i64, _>(7) as u64,
+            })
+            .collect())
     }
 
     /// Entries for `nhs_number` with sequence below `before` (0 = newest), newest first.

@@ -1,9 +1,11 @@
 //! The audit store, run on SQLite and on Postgres.
 
-use sharedcare_audit::store::Store;
+use prost::Message;
+use sharedcare_audit::store::{AlertRules, Filter, Store};
 use sharedcare_kit::bus::{self, Delivery};
 use sharedcare_kit::db::Db;
-use sharedcare_proto::events::v1::AccessRecorded;
+use sharedcare_proto::events::v1::{AccessRecorded, AuditAlert};
+use sqlx::Row;
 
 const NHS: &str = "9434765919";
 
@@ -289,8 +291,231 @@ async fn verify_names_an_altered_a_removed_and_a_reordered_entry(db: Db) {
     assert!(found.iter().any(|p| p.contains("position 1 is missing")), "{found:?}");
 }
 
+/// An access by `actor` at `org` (staff when `role` is set) to `nhs`'s record.
+fn access(
+    n: usize,
+    actor: &str,
+    org: &str,
+    role: &str,
+    nhs: &str,
+    outcome: &str,
+    time_us: i64,
+) -> (Delivery, AccessRecorded) {
+    let (mut d, _) = delivery(n, nhs);
+    let event = AccessRecorded {
+        actor: actor.into(),
+        actor_organisation: org.into(),
+        actor_role: role.into(),
+        action: "read".into(),
+        resources: vec![format!("Observation/o{n}/_history/1")],
+        nhs_number: nhs.into(),
+        purpose: "TREAT".into(),
+        reason: if outcome == "denied" {
+            "no relationship [relationship:none]".into()
+        } else {
+            String::new()
+        },
+        outcome: outcome.into(),
+        time: Some(sharedcare_kit::db::timestamp(time_us)),
+        ..AccessRecorded::default()
+    };
+    d.envelope = bus::envelope(
+        "sharedcare.events.v1.AccessRecorded",
+        "records",
+        "Observation",
+        nhs,
+        &event,
+    );
+    (d, event)
+}
+
+fn patient_number(i: u32) -> String {
+    sharedcare_kit::nhs::NhsNumber::from_stem(943_476_500 + i)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| patient_number(i + 1000))
+}
+
+async fn queries_select_by_person_organisation_outcome_and_time(db: Db) {
+    let s = store(&db).await;
+    let t0 = 1_790_000_000_000_000i64;
+    let rows = [
+        ("gp-1", "A81001", NHS, "success", t0),
+        ("gp-1", "A81001", "9000000009", "success", t0 + 1_000_000),
+        ("nurse-1", "RX1", NHS, "denied", t0 + 2_000_000),
+        ("nurse-1", "RX1", NHS, "success", t0 + 3_000_000),
+    ];
+    for (n, (actor, org, nhs, outcome, t)) in rows.iter().enumerate() {
+        let (d, e) = access(n, actor, org, "R8000", nhs, outcome, *t);
+        s.append(&d, &e).await.expect("append");
+    }
+    let q = |f: Filter| {
+        let s = s.clone();
+        async move {
+            s.query(&Filter { limit: 100, ..f })
+                .await
+                .expect("query")
+                .into_iter()
+                .map(|e| (e.actor, e.nhs_number, e.outcome))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        q(Filter {
+            actor: "gp-1".into(),
+            ..Filter::default()
+        })
+        .await
+        .len(),
+        2
+    );
+    assert_eq!(
+        q(Filter {
+            actor_organisation: "RX1".into(),
+            outcome: "denied".into(),
+            ..Filter::default()
+        })
+        .await,
+        vec![("nurse-1".to_string(), NHS.to_string(), "denied".to_string())]
+    );
+    let window = q(Filter {
+        nhs_number: NHS.into(),
+        from_us: Some(t0 + 1),
+        to_us: Some(t0 + 2_500_000),
+        ..Filter::default()
+    })
+    .await;
+    assert_eq!(
+        window,
+        vec![("nurse-1".to_string(), NHS.to_string(), "denied".to_string())]
+    );
+    let page = s
+        .query(&Filter {
+            actor_organisation: "A81001".into(),
+            limit: 1,
+            ..Filter::default()
+        })
+        .await
+        .expect("page");
+    assert_eq!(page[0].nhs_number, "9000000009", "newest first");
+}
+
+async fn outbox_alerts(db: &Db) -> Vec<AuditAlert> {
+    sqlx::query("SELECT payload FROM kit_outbox ORDER BY seq")
+        .fetch_all(db.pool())
+        .await
+        .expect("outbox")
+        .into_iter()
+        .map(|r| bus::Envelope::decode(r.get::<Vec<u8>, _>(0).as_slice()).expect("envelope"))
+        .filter(|e| e.r#type == "sharedcare.events.v1.AuditAlert")
+        .map(|e| AuditAlert::decode(e.data.as_slice()).expect("alert"))
+        .collect()
+}
+
+async fn denials_break_glass_and_one_person_viewing_many_patients_raise_alerts_once(db: Db) {
+    sharedcare_audit::migrate(&db).await.expect("migrate");
+    let s = Store::new(db.clone()).with_rules(AlertRules {
+        window_secs: 600,
+        distinct_patients: 5,
+    });
+    let t0 = sharedcare_kit::db::now_us();
+    // A denial alerts; redelivered, it does not alert again.
+    let (d, e) = access(0, "nurse-1", "RX1", "R8001", NHS, "denied", t0);
+    s.append(&d, &e).await.expect("append");
+    s.append(&d, &e).await.expect("redelivered");
+    // Break-glass (as consent reports it) alerts.
+    let (mut d, mut e) = access(1, "carer-1", "VH2D7", "R8003", NHS, "success", t0);
+    e.action = "break-glass".into();
+    e.purpose = "BTG".into();
+    e.reason = "patient-collapsed: found on the floor".into();
+    d.envelope = bus::envelope("sharedcare.events.v1.AccessRecorded", "consent", NHS, NHS, &e);
+    s.append(&d, &e).await.expect("append");
+    // A member of staff reads seven patients' records in a minute: one alert, at the fifth.
+    for i in 0..7u32 {
+        let (d, e) = access(
+            10 + i as usize,
+            "gp-9",
+            "A81001",
+            "R8000",
+            &patient_number(i),
+            "success",
+            t0 + i64::from(i) * 1_000_000,
+        );
+        s.append(&d, &e).await.expect("append");
+    }
+    // A system reading many patients is not a person browsing.
+    for i in 0..7u32 {
+        let (d, e) = access(
+            20 + i as usize,
+            "ics-integration",
+            "",
+            "",
+            &patient_number(i),
+            "success",
+            t0,
+        );
+        s.append(&d, &e).await.expect("append");
+    }
+    let kinds: Vec<String> = outbox_alerts(&db).await.into_iter().map(|a| a.kind).collect();
+    assert_eq!(kinds, ["access-denied", "break-glass", "many-patients"]);
+    let stored = s.alerts("", 100).await.expect("alerts");
+    assert_eq!(stored.len(), 3);
+    let many = stored
+        .iter()
+        .find(|a| a.kind == "many-patients")
+        .expect("many-patients");
+    assert_eq!(
+        (many.actor.as_str(), many.actor_organisation.as_str()),
+        ("gp-9", "A81001")
+    );
+    assert!(
+        many.detail.starts_with("5 patients' records viewed within 10 minutes"),
+        "{}",
+        many.detail
+    );
+    assert_eq!(s.alerts("RX1", 100).await.expect("by organisation").len(), 1);
+}
+
+async fn entries_export_as_fhir_audit_events(db: Db) {
+    let s = store(&db).await;
+    let (d, e) = access(
+        0,
+        "nurse-1",
+        "RX1",
+        "S8000:G8000:R8001",
+        NHS,
+        "denied",
+        1_790_000_000_000_000,
+    );
+    s.append(&d, &e).await.expect("append");
+    let entries = s
+        .query(&Filter {
+            nhs_number: NHS.into(),
+            limit: 10,
+            ..Filter::default()
+        })
+        .await
+        .expect("query");
+    let bundle = sharedcare_audit::fhir::bundle(&entries);
+    let ev = &bundle["entry"][0]["resource"];
+    assert_eq!(ev["resourceType"], "AuditEvent");
+    assert_eq!((ev["action"].as_str(), ev["outcome"].as_str()), (Some("R"), Some("4")));
+    assert_eq!(ev["subtype"][0]["code"], "read");
+    assert_eq!(ev["agent"][0]["who"]["identifier"]["value"], "nurse-1");
+    assert_eq!(ev["agent"][0]["location"]["identifier"]["value"], "RX1");
+    assert_eq!(ev["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
+    assert_eq!(ev["entity"][1]["what"]["identifier"]["value"], NHS);
+    assert!(
+        ev["outcomeDesc"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("denied: no relationship"))
+    );
+}
+
 sharedcare_kit::store_suite!(
     "audit";
+    queries_select_by_person_organisation_outcome_and_time,
+    denials_break_glass_and_one_person_viewing_many_patients_raise_alerts_once,
+    entries_export_as_fhir_audit_events,
     a_redelivered_event_is_appended_once,
     entries_are_listed_by_patient_newest_first_in_pages,
     proofs_from_the_log_check_with_an_independent_verifier,

@@ -38,6 +38,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The records service (where consent is).
     pub records: RecordsConfig,
+    /// The audit service (alert rules).
+    pub audit: sharedcare_audit::AuditConfig,
     /// How long shutdown waits for in-flight work, per phase.
     pub shutdown_grace_ms: u64,
 }
@@ -104,6 +106,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             auth: AuthConfig::default(),
             records: RecordsConfig::default(),
+            audit: sharedcare_audit::AuditConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -138,6 +141,7 @@ impl Validate for Config {
         }
         self.identity.validate()?;
         self.records.validate()?;
+        self.audit.validate()?;
         for (key, v) in [
             ("auth.issuer", &self.auth.issuer),
             ("auth.jwks_uri", &self.auth.jwks_uri),

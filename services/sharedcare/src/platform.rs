@@ -210,7 +210,7 @@ async fn mount(
             verifier()?,
             consent_pdp(config, services, bound)?,
         ),
-        sharedcare_audit::NAME => sharedcare_audit::mount(db, verifier()?)
+        sharedcare_audit::NAME => sharedcare_audit::mount(db, config.outbox.clone(), verifier()?, config.audit.clone())
             .await
             .context("audit could not start")?,
         other => {
