@@ -11,6 +11,9 @@ pub struct RecordsConfig {
     pub consent_url: String,
     /// How long a consent decision may take before the access is refused as undecidable.
     pub consent_timeout_ms: u64,
+    /// Codes that set a sensitivity label on write (`[[records.sensitive_codes]]` with
+    /// `system`, `code`, `label`); the default is a short SNOMED CT sample.
+    pub sensitive_codes: Vec<crate::labels::LabelCode>,
 }
 
 impl Default for RecordsConfig {
@@ -18,6 +21,7 @@ impl Default for RecordsConfig {
         RecordsConfig {
             consent_url: String::new(),
             consent_timeout_ms: 2_000,
+            sensitive_codes: crate::labels::defaults(),
         }
     }
 }
@@ -31,6 +35,14 @@ impl RecordsConfig {
                 "records.consent_url".into(),
                 "expected the consent service's gRPC URL, e.g. http://consent:50051".into(),
             ));
+        }
+        for (i, c) in self.sensitive_codes.iter().enumerate() {
+            if c.system.is_empty() || c.code.is_empty() || c.label.is_empty() {
+                return Err((
+                    format!("records.sensitive_codes[{i}]"),
+                    "needs system, code and label".into(),
+                ));
+            }
         }
         if self.consent_timeout_ms == 0 {
             return Err(("records.consent_timeout_ms".into(), "must be at least 1".into()));

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fhir;
 pub mod grpc;
 pub mod http;
+pub mod labels;
 pub mod store;
 pub mod validate;
 
@@ -41,9 +42,16 @@ pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
 
 /// Builds the service on its database: gRPC routes (callers checked by `verifier`), outbox,
 /// every access to patient data decided by `pdp` (the consent service).
-pub fn mount(db: Db, outbox: OutboxConfig, verifier: Verifier, pdp: std::sync::Arc<dyn consent::Pdp>) -> Mount {
+/// `codes` are the configured code lists that set sensitivity labels.
+pub fn mount(
+    db: Db,
+    outbox: OutboxConfig,
+    verifier: Verifier,
+    pdp: std::sync::Arc<dyn consent::Pdp>,
+    codes: &[labels::LabelCode],
+) -> Mount {
     let outbox = Outbox::new(db.clone(), outbox);
-    let store = store::Store::new(db.clone(), outbox.clone(), pdp);
+    let store = store::Store::new(db.clone(), outbox.clone(), pdp).with_labels(labels::Labeller::new(codes));
     let mut m = Mount::new(NAME);
     let api = grpc::RecordsApi::new(store, verifier);
     m.http = http::router(api.clone());

@@ -64,6 +64,7 @@ pub struct Store {
     puts: mpsc::Sender<PendingPut>,
     gets: mpsc::Sender<PendingGet>,
     engine: Engine,
+    labeller: Arc<crate::labels::Labeller>,
 }
 
 /// What the writer and reader tasks work with (no senders, so the tasks can end).
@@ -164,7 +165,20 @@ impl Store {
         };
         tokio::spawn(engine.clone().write_puts(put_rx));
         tokio::spawn(engine.clone().read_gets(get_rx));
-        Store { puts, gets, engine }
+        Store {
+            puts,
+            gets,
+            engine,
+            labeller: Arc::new(crate::labels::Labeller::default()),
+        }
+    }
+
+    /// The same store labelling resources by `labeller` on write.
+    pub fn with_labels(self, labeller: crate::labels::Labeller) -> Self {
+        Store {
+            labeller: Arc::new(labeller),
+            ..self
+        }
     }
 
     /// Stores `resource` as its next version, with its events, atomically. Concurrent puts
@@ -178,6 +192,8 @@ impl Store {
         actor: &Actor,
         expected_version: i64,
     ) -> Result<Stored, RecordsError> {
+        let mut resource = resource;
+        self.labeller.apply(&mut resource.body);
         let job = PutJob {
             resource,
             source_organisation: source_organisation.to_string(),
@@ -203,6 +219,10 @@ impl Store {
         let e = &self.engine;
         let jobs: Vec<PutJob> = puts
             .into_iter()
+            .map(|(mut resource, expected_version)| {
+                self.labeller.apply(&mut resource.body);
+                (resource, expected_version)
+            })
             .map(|(resource, expected_version)| PutJob {
                 resource,
                 source_organisation: source_organisation.to_string(),

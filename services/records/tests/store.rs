@@ -738,6 +738,37 @@ async fn history_lists_versions_newest_first_and_vread_reads_one(db: Db) {
     ));
 }
 
+async fn configured_codes_label_resources_so_directives_cover_them(db: Db) {
+    let (s, consent) = stores(&db).await;
+    let s = s.with_labels(sharedcare_records::labels::Labeller::new(
+        &sharedcare_records::labels::defaults(),
+    ));
+    s.put(patient("p1"), "A81001", &system(), 0).await.expect("patient");
+    let hiv = fhir::parse(
+        r#"{"resourceType":"Condition","id":"c-hiv","subject":{"reference":"Patient/p1"},
+            "code":{"coding":[{"system":"http://snomed.info/sct","code":"86406008"}]}}"#,
+    )
+    .expect("condition");
+    let stored = s.put(hiv, "A81001", &system(), 0).await.expect("put");
+    let body: serde_json::Value = serde_json::from_str(&stored.body).expect("json");
+    assert_eq!(body["meta"]["security"][0]["code"], "HIV", "labelled from its code");
+    let no_hiv = Directive {
+        id: "no-hiv".into(),
+        status: "active".into(),
+        provision: Provision {
+            kind: Some(Effect::Deny),
+            security_labels: vec!["HIV".into()],
+            ..Provision::default()
+        },
+    };
+    consent
+        .put_directive(NHS, &no_hiv, &sharedcare_consent::store::Actor { id: NHS, org: "" })
+        .await
+        .expect("directive");
+    let err = s.get("Condition", "c-hiv", &system()).await.expect_err("withheld");
+    assert!(matches!(err, RecordsError::Withheld), "{err}");
+}
+
 sharedcare_kit::store_suite!(
     "records";
     every_put_is_a_new_version_and_get_returns_the_newest,
@@ -753,4 +784,5 @@ sharedcare_kit::store_suite!(
     search_filters_by_type_date_and_code_and_pages_with_a_cursor,
     search_leaves_out_withheld_resources_and_says_so_whatever_the_record_holds,
     history_lists_versions_newest_first_and_vread_reads_one,
+    configured_codes_label_resources_so_directives_cover_them,
 );

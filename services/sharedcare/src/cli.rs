@@ -113,7 +113,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config: Config = sharedcare_kit::config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
     if cli.dump_config {
-        print!("{}", sharedcare_kit::config::dump(&config)?);
+        // Secrets are not printed: the database password and this process's client secret.
+        let mut shown = config.clone();
+        shown.database.url = sharedcare_kit::db::redact(&shown.database.url);
+        if !shown.auth.client_secret.is_empty() {
+            shown.auth.client_secret = "<redacted>".into();
+        }
+        print!("{}", sharedcare_kit::config::dump(&shown)?);
         return Ok(());
     }
     match cli.command {

@@ -209,6 +209,7 @@ async fn mount(
             config.outbox.clone(),
             verifier()?,
             consent_pdp(config, services, bound)?,
+            &config.records.sensitive_codes,
         ),
         sharedcare_audit::NAME => sharedcare_audit::mount(db, config.outbox.clone(), verifier()?, config.audit.clone())
             .await
