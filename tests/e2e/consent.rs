@@ -8,7 +8,7 @@ use sharedcare_proto::consent::v1::consent_client::ConsentClient;
 use sharedcare_proto::consent::v1::decide_response::Effect;
 use sharedcare_proto::consent::v1::{
     AddRelationshipRequest, BreakGlassRequest, DecideRequest, Directive, EndRelationshipRequest, ListBreakGlassRequest,
-    PutDirectiveRequest, Relationship, SetFlagsRequest,
+    PutDirectiveRequest, Relationship, ReviewBreakGlassRequest, SetFlagsRequest,
 };
 
 use crate::identity::{service_token_for, up, user_token, with_token};
@@ -220,6 +220,38 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
         .expect("review queue")
         .into_inner();
     assert!(queue.grants.iter().any(|g| g.id == grant.id));
+    // The IG lead reviews it: it leaves the queue; a review needs a note.
+    let short_note = c
+        .review_break_glass(with_token(
+            ReviewBreakGlassRequest {
+                id: grant.id.clone(),
+                reviewer: "ig-lead-1".into(),
+                note: "ok".into(),
+            },
+            &service,
+        ))
+        .await
+        .expect_err("a note is required");
+    assert!(short_note.message().starts_with("note:"), "{}", short_note.message());
+    c.review_break_glass(with_token(
+        ReviewBreakGlassRequest {
+            id: grant.id.clone(),
+            reviewer: "ig-lead-1".into(),
+            note: "justified: patient found collapsed at home".into(),
+        },
+        &service,
+    ))
+    .await
+    .expect("review");
+    let queue = c
+        .list_break_glass(with_token(ListBreakGlassRequest {}, &service))
+        .await
+        .expect("review queue")
+        .into_inner();
+    assert!(
+        !queue.grants.iter().any(|g| g.id == grant.id),
+        "reviewed grants leave the queue"
+    );
     // The patient's audit trail shows who broke the glass, and why.
     let auditor = service_token_for(&p.http, "audit.read").await;
     let audit = sharedcare_proto::audit::v1::audit_client::AuditClient::new(p.channel().await);

@@ -416,4 +416,25 @@ impl Consent for ConsentApi {
             grants: grants.iter().map(grant_out).collect(),
         }))
     }
+
+    async fn review_break_glass(
+        &self,
+        request: Request<api::ReviewBreakGlassRequest>,
+    ) -> Result<Response<api::BreakGlassGrant>, Status> {
+        self.require(&request, "consent.write", None).await?;
+        let r = request.into_inner();
+        if r.id.is_empty() {
+            return Err(ConsentError::invalid("id", "is required").into());
+        }
+        if r.reviewer.trim().is_empty() {
+            return Err(ConsentError::invalid("reviewer", "is required (who reviewed the grant)").into());
+        }
+        if r.note.trim().chars().count() < 10 {
+            return Err(ConsentError::invalid("note", "say what the review found, in at least 10 characters").into());
+        }
+        match self.store.review_grant(&r.id, &r.reviewer, &r.note).await? {
+            Some(g) => Ok(Response::new(grant_out(&g))),
+            None => Err(Status::not_found(format!("no break-glass grant {}", r.id))),
+        }
+    }
 }

@@ -409,6 +409,40 @@ impl Store {
         Ok(())
     }
 
+    /// Marks grant `id` reviewed by `reviewer` with `note`, with its event; `None` when there is
+    /// no such grant.
+    pub async fn review_grant(&self, id: &str, reviewer: &str, note: &str) -> Result<Option<Grant>, ConsentError> {
+        let mut tx = self.db.begin_write().await?;
+        let sql = format!("{GRANT_COLUMNS} WHERE id = $1");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let g = grant_row(&row)?;
+        sqlx::query("UPDATE break_glass SET reviewed = 1, reviewed_by = $1, review_note = $2 WHERE id = $3")
+            .bind(reviewer.to_string())
+            .bind(note.to_string())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let actor = Actor { id: reviewer, org: "" };
+        let detail = format!("grant {id} to {} reviewed: {note}", g.grant.person);
+        event(
+            &mut tx,
+            "break_glass_reviewed",
+            &g.nhs_number,
+            &actor,
+            &g.reason_code,
+            &detail,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(g))
+    }
+
     /// Break-glass grants for `nhs` (all patients when empty); `unreviewed` = the review queue.
     pub async fn grants(&self, nhs: &str, unreviewed: bool) -> Result<Vec<Grant>, ConsentError> {
         let sql = format!(
