@@ -311,13 +311,8 @@ impl Engine {
             let version = versions.entry((r.resource_type.clone(), r.id.clone())).or_insert(0);
             *version += 1;
             let version = *version;
-            let nhs_number = match (&r.nhs_number, &r.patient_ref) {
-                (Some(n), _) => n.to_string(),
-                (None, Some(pid)) => nhs_of_patient.get(pid).cloned().unwrap_or_default(),
-                (None, None) => String::new(),
-            };
+            let nhs_number = patient_of(r, &mut nhs_of_patient);
             if r.resource_type == "Patient" && !nhs_number.is_empty() {
-                nhs_of_patient.insert(r.id.clone(), nhs_number.clone());
                 new_patients.retain(|(id, _)| id != &r.id);
                 new_patients.push((r.id.clone(), nhs_number.clone()));
             }
@@ -715,14 +710,7 @@ impl Engine {
         let mut asks = Asks::default();
         for job in &jobs {
             let r = &job.resource;
-            let nhs = match (&r.nhs_number, &r.patient_ref) {
-                (Some(n), _) => n.to_string(),
-                (None, Some(pid)) => patients.get(pid).cloned().unwrap_or_default(),
-                (None, None) => String::new(),
-            };
-            if r.resource_type == "Patient" && !nhs.is_empty() {
-                patients.insert(r.id.clone(), nhs.clone());
-            }
+            let nhs = patient_of(r, &mut patients);
             let current = versions
                 .get(&(r.resource_type.clone(), r.id.clone()))
                 .copied()
@@ -827,6 +815,21 @@ impl Engine {
 struct Refusal {
     error: RecordsError,
     audit: Option<Envelope>,
+}
+
+/// The NHS number a resource is about: a Patient's own, or that of the Patient it references
+/// (from `known`: stored patients and those earlier in the same batch, which a Patient adds
+/// itself to). Empty when unknown.
+fn patient_of(r: &Resource, known: &mut HashMap<String, String>) -> String {
+    let nhs = match (&r.nhs_number, &r.patient_ref) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(pid)) => known.get(pid).cloned().unwrap_or_default(),
+        (None, None) => String::new(),
+    };
+    if r.resource_type == "Patient" && !nhs.is_empty() {
+        known.insert(r.id.clone(), nhs.clone());
+    }
+    nhs
 }
 
 /// Where a put's answer goes.
