@@ -388,3 +388,79 @@ async fn an_encounter_in_the_record_is_a_care_relationship_until_it_finishes() {
     .await;
     assert!(ended.rules.contains(&"relationship:ended".to_string()), "{ended:?}");
 }
+
+#[tokio::test]
+async fn an_authorised_representative_manages_the_patients_choices_and_may_read() {
+    use sharedcare_proto::consent::v1::{AddRepresentativeRequest, Representative};
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let demo: Value =
+        serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo");
+    let nhs = |i: usize| demo["patients"][i]["nhs_number"].as_str().expect("nhs").to_string();
+    let (aisha, david) = (nhs(2), nhs(1));
+    let service = service_token_for(&p.http, "consent.decide consent.write").await;
+    let mut c = ConsentClient::new(p.channel().await);
+    // David (P9) is not yet Aisha's representative: he may not change her choices.
+    let david_token = user_token(&p, "patient2", "demo-patient2-password", "nhs_number").await;
+    let refused = c
+        .put_directive(with_token(
+            directive("", &aisha, "active", r#"{"type":"deny"}"#),
+            &david_token,
+        ))
+        .await
+        .expect_err("not her representative yet");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let bad = c
+        .add_representative(with_token(
+            AddRepresentativeRequest {
+                representative: Some(Representative {
+                    nhs_number: aisha.clone(),
+                    representative_nhs_number: david.clone(),
+                    kind: "friend".into(),
+                    start: 1_600_000_000,
+                    ..Default::default()
+                }),
+            },
+            &service,
+        ))
+        .await
+        .expect_err("unknown kind");
+    assert!(bad.message().starts_with("representative.kind:"), "{}", bad.message());
+    c.add_representative(with_token(
+        AddRepresentativeRequest {
+            representative: Some(Representative {
+                nhs_number: aisha.clone(),
+                representative_nhs_number: david.clone(),
+                kind: "lpa_health_welfare".into(),
+                start: 1_600_000_000,
+                ..Default::default()
+            }),
+        },
+        &service,
+    ))
+    .await
+    .expect("lasting power of attorney recorded");
+    c.put_directive(with_token(
+        directive(
+            "by-attorney",
+            &aisha,
+            "active",
+            r#"{"type":"permit","provision":[{"type":"deny","securityLabel":["PSY"]}]}"#,
+        ),
+        &david_token,
+    ))
+    .await
+    .expect("the attorney manages her directives");
+    let ask = DecideRequest {
+        principal_kind: "patient".into(),
+        principal_nhs_number: david.clone(),
+        proofing_level: "P9".into(),
+        nhs_number: aisha.clone(),
+        action: "read".into(),
+        purpose: "PATRQT".into(),
+        ..Default::default()
+    };
+    let d = c.decide(with_token(ask, &service)).await.expect("decide").into_inner();
+    assert_eq!(d.effect(), Effect::Permit);
+    assert!(d.rules.contains(&"patient:representative".to_string()), "{d:?}");
+}

@@ -30,22 +30,39 @@ impl ConsentApi {
         Ok(self.verifier.from_metadata(req.metadata()).await?)
     }
 
-    /// Services with `scope`, or (when `nhs` is given) that patient at P9.
+    /// Services with `scope`, or (when `nhs` is given) that patient, or a current authorised
+    /// representative of theirs, at P9.
     async fn require<T>(&self, req: &Request<T>, scope: &str, nhs: Option<&NhsNumber>) -> Result<Principal, Status> {
         let p = self.who(req).await?;
         let ok = match (&p, nhs) {
             (Principal::Service { .. }, _) => has_scope(&p, scope),
-            (Principal::Patient { nhs_number, proofing }, Some(n)) => nhs_number == n && proofing == "P9",
+            (Principal::Patient { nhs_number, proofing }, Some(n)) if proofing == "P9" => {
+                nhs_number == n || self.represents(nhs_number.as_str(), n.as_str()).await?
+            }
             _ => false,
         };
         if !ok {
             return Err(ConsentError::Forbidden(format!(
                 "this needs a service token with scope {scope}{}",
-                if nhs.is_some() { ", or the patient at P9" } else { "" }
+                if nhs.is_some() {
+                    ", or the patient (or their authorised representative) at P9"
+                } else {
+                    ""
+                }
             ))
             .into());
         }
         Ok(p)
+    }
+
+    /// Whether `who` (an NHS number) is a current authorised representative of `patient`.
+    async fn represents(&self, who: &str, patient: &str) -> Result<bool, Status> {
+        let now = chrono::Utc::now().timestamp();
+        let known = self.store.facts(patient).await?;
+        Ok(known
+            .representatives
+            .iter()
+            .any(|r| r.nhs_number == who && r.start <= now && r.end.is_none_or(|e| now < e)))
     }
 }
 
@@ -303,6 +320,62 @@ impl Consent for ConsentApi {
             nhs_number: patient.as_str().to_string(),
             national_opt_out: r.national_opt_out,
             gp_dissent: r.gp_dissent,
+        }))
+    }
+
+    async fn add_representative(
+        &self,
+        request: Request<api::AddRepresentativeRequest>,
+    ) -> Result<Response<api::Representative>, Status> {
+        let who = self.require(&request, "consent.write", None).await?;
+        let r = request
+            .into_inner()
+            .representative
+            .ok_or_else(|| ConsentError::invalid("representative", "is required"))?;
+        let patient = nhs("representative.nhs_number", &r.nhs_number)?;
+        let rep = nhs("representative.representative_nhs_number", &r.representative_nhs_number)?;
+        if rep == patient {
+            return Err(ConsentError::invalid("representative.representative_nhs_number", "is the patient").into());
+        }
+        const KINDS: &[&str] = &["lpa_health_welfare", "court_deputy", "parental_responsibility"];
+        if !KINDS.contains(&r.kind.as_str()) {
+            return Err(
+                ConsentError::invalid("representative.kind", format!("expected one of {}", KINDS.join(", "))).into(),
+            );
+        }
+        if r.end != 0 && r.end <= r.start {
+            return Err(ConsentError::invalid("representative.end", "must be after start").into());
+        }
+        let id = if r.id.is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            r.id.clone()
+        };
+        let stored = policy::Representative {
+            nhs_number: rep.as_str().to_string(),
+            start: r.start,
+            end: (r.end != 0).then_some(r.end),
+        };
+        let (actor, actor_org) = actor_id(&who);
+        self.store
+            .add_representative(
+                &id,
+                patient.as_str(),
+                &r.kind,
+                &stored,
+                &Actor {
+                    id: &actor,
+                    org: &actor_org,
+                },
+            )
+            .await?;
+        Ok(Response::new(api::Representative {
+            id,
+            nhs_number: patient.as_str().to_string(),
+            representative_nhs_number: rep.as_str().to_string(),
+            kind: r.kind,
+            start: r.start,
+            end: r.end,
         }))
     }
 

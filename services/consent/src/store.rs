@@ -9,7 +9,7 @@ use sqlx::Row;
 use std::collections::HashMap;
 
 use crate::ConsentError;
-use crate::policy::{BreakGlass, Directive, Facts, Provision, Relationship};
+use crate::policy::{BreakGlass, Directive, Facts, Provision, Relationship, Representative};
 
 /// A break-glass grant with its stated reason (for the review queue).
 #[derive(Clone, Debug)]
@@ -115,14 +115,16 @@ impl Store {
                 "SELECT 'd', nhs_number, id, status, provision, '', '', updated_at, 0 FROM directives WHERE nhs_number IN ({}) \
                  UNION ALL SELECT 'f', nhs_number, '', '', '', '', '', national_opt_out, gp_dissent FROM patient_flags WHERE nhs_number IN ({}) \
                  UNION ALL SELECT 'r', nhs_number, ods_code, kind, '', '', '', start_at, end_at FROM relationships WHERE nhs_number IN ({}) \
-                 UNION ALL SELECT 'g', nhs_number, id, person_id, ods_code, reason_code, reason_text, start_at, end_at FROM break_glass WHERE nhs_number IN ({})",
+                 UNION ALL SELECT 'g', nhs_number, id, person_id, ods_code, reason_code, reason_text, start_at, end_at FROM break_glass WHERE nhs_number IN ({}) \
+                 UNION ALL SELECT 'p', nhs_number, representative_nhs, kind, '', '', '', start_at, end_at FROM representatives WHERE nhs_number IN ({})",
                 list(0),
                 list(1),
                 list(2),
-                list(3)
+                list(3),
+                list(4)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for _ in 0..4 {
+            for _ in 0..5 {
                 for id in chunk {
                     q = q.bind(id.to_string());
                 }
@@ -149,6 +151,11 @@ impl Store {
                         k.facts.national_opt_out = n1 != 0;
                         k.facts.gp_dissent = n2 != 0;
                     }
+                    "p" => out.entry(nhs).or_default().facts.representatives.push(Representative {
+                        nhs_number: text(2)?,
+                        start: n1,
+                        end: (n2 != 0).then_some(n2),
+                    }),
                     "r" => out.entry(nhs).or_default().facts.relationships.push(Relationship {
                         org: text(2)?,
                         kind: text(3)?,
@@ -185,6 +192,33 @@ impl Store {
             k.facts.break_glass.sort_by_key(|g| std::cmp::Reverse(g.start));
         }
         Ok(out)
+    }
+
+    /// Records an authorised representative of `nhs`, with its event.
+    pub async fn add_representative(
+        &self,
+        id: &str,
+        nhs: &str,
+        kind: &str,
+        r: &Representative,
+        actor: &Actor<'_>,
+    ) -> Result<(), ConsentError> {
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO representatives (id, nhs_number, representative_nhs, kind, start_at, end_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id.to_string())
+        .bind(nhs.to_string())
+        .bind(r.nhs_number.clone())
+        .bind(kind.to_string())
+        .bind(r.start)
+        .bind(r.end.unwrap_or(0))
+        .execute(&mut *tx)
+        .await?;
+        let detail = format!("{id} {kind} {} from {}", r.nhs_number, r.start);
+        event(&mut tx, "representative_added", nhs, actor, "", &detail).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Whether any care relationship is recorded.
