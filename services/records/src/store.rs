@@ -342,8 +342,8 @@ impl Engine {
         {
             let sql = db::insert_rows(
                 &tx,
-                "resources (resource_type, id, version, last_updated_us, nhs_number, source_organisation, body)",
-                7,
+                "resources (resource_type, id, version, last_updated_us, nhs_number, source_organisation, author, body)",
+                8,
                 chunk.len(),
                 "",
             );
@@ -356,6 +356,7 @@ impl Engine {
                     .bind(s.last_updated_us)
                     .bind(s.nhs_number.clone())
                     .bind(job.source_organisation.clone())
+                    .bind(job.caller.actor.id.clone())
                     .bind(s.body.clone());
             }
             match q.execute(&mut *tx).await {

@@ -110,6 +110,19 @@ async fn every_put_is_a_new_version_and_get_returns_the_newest(db: Db) {
     assert_eq!((got.version, got.nhs_number.as_str()), (2, NHS));
     let body: serde_json::Value = serde_json::from_str(&got.body).expect("json");
     assert_eq!(body["meta"]["versionId"], "2");
+    let provenance: Vec<(String, String)> =
+        sqlx::query("SELECT source_organisation, author FROM resources WHERE id = 'p1' ORDER BY version")
+            .fetch_all(db.pool())
+            .await
+            .expect("provenance")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    assert_eq!(
+        provenance,
+        vec![("A81001".to_string(), "gp-system".to_string()); 2],
+        "who wrote each version, and from where"
+    );
 }
 
 async fn changes_and_accesses_leave_events_keyed_by_nhs_number(db: Db) {

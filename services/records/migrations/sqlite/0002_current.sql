@@ -17,3 +17,5 @@ CREATE INDEX current_by_patient ON current_resources (nhs_number, resource_type,
 INSERT INTO current_resources (resource_type, id, version, nhs_number)
 SELECT r.resource_type, r.id, r.version, r.nhs_number FROM resources r
 WHERE r.version = (SELECT MAX(x.version) FROM resources x WHERE x.resource_type = r.resource_type AND x.id = r.id);
+-- Provenance: who wrote each version (person or client id), beside the writing organisation.
+ALTER TABLE resources ADD COLUMN author TEXT NOT NULL DEFAULT '';
