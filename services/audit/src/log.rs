@@ -51,6 +51,9 @@ pub fn signed_bytes(size: u64, timestamp_us: i64, root: &Hash) -> Vec<u8> {
 pub struct Log {
     store: Store,
     key: std::sync::Arc<Ed25519KeyPair>,
+    /// The tree's right edge as of the last head signed here: a new head reads only the leaves
+    /// appended since (entries are never changed; `verify` rechecks everything from the rows).
+    frontier: std::sync::Arc<tokio::sync::Mutex<merkle::Frontier>>,
 }
 
 /// One thing `verify` found wrong, naming the entry or head.
@@ -77,6 +80,7 @@ impl Log {
         Ok(Log {
             store,
             key: std::sync::Arc::new(key),
+            frontier: Default::default(),
         })
     }
 
@@ -103,7 +107,24 @@ impl Log {
         {
             return self.head_message(s, &root, ts, &sig);
         }
-        let root = merkle::root(&self.store.leaf_hashes(size).await?);
+        let root = {
+            let mut f = self.frontier.lock().await;
+            let known = f.size() as i64;
+            if known > size {
+                *f = merkle::Frontier::default();
+            }
+            let from = f.size() as i64;
+            for leaf in self.store.leaf_hashes_between(from, size).await? {
+                f.push(leaf);
+            }
+            if f.size() as i64 != size {
+                return Err(AuditError::Invalid {
+                    field: "entries.leaf_index".into(),
+                    reason: format!("leaves {from}..{size} are not all present"),
+                });
+            }
+            f.root()
+        };
         let ts = db::now_us();
         let sig = self.key.sign(&signed_bytes(size as u64, ts, &root));
         self.store

@@ -408,10 +408,17 @@ impl Store {
 
     /// Stored leaf hashes of the first `size` leaves, in order.
     pub async fn leaf_hashes(&self, size: i64) -> Result<Vec<merkle::Hash>, AuditError> {
-        let rows = sqlx::query("SELECT leaf_hash FROM entries WHERE leaf_index < $1 ORDER BY leaf_index")
-            .bind(size)
-            .fetch_all(self.db.pool())
-            .await?;
+        self.leaf_hashes_between(0, size).await
+    }
+
+    /// Stored leaf hashes of leaves `from..to`, in order.
+    pub async fn leaf_hashes_between(&self, from: i64, to: i64) -> Result<Vec<merkle::Hash>, AuditError> {
+        let rows =
+            sqlx::query("SELECT leaf_hash FROM entries WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index")
+                .bind(from)
+                .bind(to)
+                .fetch_all(self.db.pool())
+                .await?;
         rows.iter()
             .map(|r| {
                 let h: Option<String> = r.try_get(0)?;
