@@ -700,6 +700,17 @@ async fn audit(args: &BenchArgs) -> anyhow::Result<()> {
         head.tree_size,
         t.elapsed().as_secs_f64() * 1000.0
     );
+    // The next head after 256 more entries reads only those (the frontier is in memory).
+    let b = batch(n);
+    let refs: Vec<(&Delivery, AccessRecorded)> = b.iter().map(|(d, e)| (d, e.clone())).collect();
+    store.append_all(&refs).await?;
+    let t = Instant::now();
+    let next = log.sign_head().await?;
+    println!(
+        "next tree head, {} entries later: {:.1} ms",
+        next.tree_size - head.tree_size,
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     let t = Instant::now();
     log.inclusion(head.tree_size / 2, head.tree_size).await?;
     println!(

@@ -1,7 +1,6 @@
--- Queries by person, organisation and time.
+-- Queries by person and organisation (every query names a patient, a person or an organisation).
 CREATE INDEX entries_by_actor ON entries (actor, time_us);
 CREATE INDEX entries_by_organisation ON entries (actor_organisation, sequence);
-CREATE INDEX entries_by_time ON entries (time_us);
 -- Alerts raised while appending (break-glass, denied access, one person viewing many patients).
 -- The id makes raising idempotent: one alert per entry, or per person and time window.
 CREATE TABLE alerts (
