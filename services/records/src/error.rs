@@ -66,34 +66,51 @@ impl RecordsError {
     }
 }
 
+impl RecordsError {
+    /// What the caller is told: the error itself for their own mistakes and for refusals; for
+    /// failures inside the platform a fixed sentence (the detail is logged, never returned).
+    pub fn public_message(&self) -> String {
+        match self {
+            RecordsError::Consent(_) => "the consent decision could not be made, so no data is returned".into(),
+            RecordsError::Audit(_) => "the access could not be audited, so no data is returned".into(),
+            RecordsError::Unavailable(_) | RecordsError::Storage(_) => "records storage unavailable".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Logs the detail of a failure inside the platform (the caller only gets
+    /// [`RecordsError::public_message`]).
+    pub fn log(&self) {
+        match self {
+            RecordsError::Consent(inner) => tracing::error!(error = %inner, "no consent decision; refusing to answer"),
+            RecordsError::Audit(inner) => {
+                tracing::error!(error = %inner, "access could not be audited; refusing to answer")
+            }
+            RecordsError::Unavailable(inner) => tracing::error!(error = %inner, "records storage failed"),
+            RecordsError::Storage(inner) => tracing::error!(error = %inner, "records storage failed"),
+            _ => {}
+        }
+    }
+}
+
 impl From<RecordsError> for tonic::Status {
     fn from(e: RecordsError) -> Self {
+        e.log();
+        let message = e.public_message();
         match &e {
-            RecordsError::Invalid { .. } => tonic::Status::invalid_argument(e.to_string()),
-            RecordsError::NotFound(_) => tonic::Status::not_found(e.to_string()),
-            RecordsError::Conflict(_) => tonic::Status::aborted(e.to_string()),
-            RecordsError::Stopped => tonic::Status::unavailable(e.to_string()),
+            RecordsError::Invalid { .. } => tonic::Status::invalid_argument(message),
+            RecordsError::NotFound(_) => tonic::Status::not_found(message),
+            RecordsError::Conflict(_) => tonic::Status::aborted(message),
             RecordsError::Denied(_) | RecordsError::Withheld | RecordsError::Forbidden(_) => {
-                tonic::Status::permission_denied(e.to_string())
+                tonic::Status::permission_denied(message)
             }
-            RecordsError::Unauthenticated(_) => tonic::Status::unauthenticated(e.to_string()),
-            RecordsError::VersionMismatch { .. } => tonic::Status::failed_precondition(e.to_string()),
-            RecordsError::Consent(inner) => {
-                tracing::error!(error = %inner, "no consent decision; refusing to answer");
-                tonic::Status::unavailable("the consent decision could not be made, so no data is returned")
-            }
-            RecordsError::Unavailable(inner) => {
-                tracing::error!(error = %inner, "records storage failed");
-                tonic::Status::unavailable("records storage unavailable")
-            }
-            RecordsError::Audit(inner) => {
-                tracing::error!(error = %inner, "access could not be audited; refusing to answer");
-                tonic::Status::unavailable("the access could not be audited, so no data is returned")
-            }
-            RecordsError::Storage(inner) => {
-                tracing::error!(error = %inner, "records storage failed");
-                tonic::Status::unavailable("records storage unavailable")
-            }
+            RecordsError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            RecordsError::VersionMismatch { .. } => tonic::Status::failed_precondition(message),
+            RecordsError::Stopped
+            | RecordsError::Consent(_)
+            | RecordsError::Unavailable(_)
+            | RecordsError::Audit(_)
+            | RecordsError::Storage(_) => tonic::Status::unavailable(message),
         }
     }
 }

@@ -65,44 +65,16 @@ pub fn outcome(e: &RecordsError) -> (StatusCode, Value) {
         | RecordsError::Stopped
         | RecordsError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "transient"),
     };
-    // Internal failures are logged by the gRPC mapping; say what the caller needs only.
-    let diagnostics = tonic::Status::from(clone_error(e)).message().to_string();
-    let mut issue = json!({"severity": "error", "code": code, "diagnostics": diagnostics});
+    let mut issue = json!({"severity": "error", "code": code, "diagnostics": e.public_message()});
     if let RecordsError::Invalid { field, .. } = e {
         issue["expression"] = json!([field]);
     }
     (status, json!({"resourceType": "OperationOutcome", "issue": [issue]}))
 }
 
-/// A copy of `e` for building a message (sqlx errors are not `Clone`).
-fn clone_error(e: &RecordsError) -> RecordsError {
-    match e {
-        RecordsError::Invalid { field, reason } => RecordsError::invalid(field.clone(), reason.clone()),
-        RecordsError::NotFound(r) => RecordsError::NotFound(r.clone()),
-        RecordsError::Conflict(r) => RecordsError::Conflict(r.clone()),
-        RecordsError::VersionMismatch {
-            reference,
-            expected,
-            current,
-        } => RecordsError::VersionMismatch {
-            reference: reference.clone(),
-            expected: *expected,
-            current: *current,
-        },
-        RecordsError::Unauthenticated(m) => RecordsError::Unauthenticated(m.clone()),
-        RecordsError::Forbidden(m) => RecordsError::Forbidden(m.clone()),
-        RecordsError::Denied(m) => RecordsError::Denied(m.clone()),
-        RecordsError::Withheld => RecordsError::Withheld,
-        RecordsError::Consent(m) => RecordsError::Consent(m.clone()),
-        RecordsError::Audit(m) => RecordsError::Audit(m.clone()),
-        RecordsError::Unavailable(m) => RecordsError::Unavailable(m.clone()),
-        RecordsError::Stopped => RecordsError::Stopped,
-        RecordsError::Storage(s) => RecordsError::Unavailable(s.to_string()),
-    }
-}
-
 impl IntoResponse for Outcome {
     fn into_response(self) -> Response {
+        self.0.log();
         let (status, body) = outcome(&self.0);
         fhir_response(status, &body, HeaderMap::new())
     }
