@@ -169,8 +169,11 @@ impl Outbox {
             });
         }
         bus.publish(&batch).await?;
-        let placeholders: Vec<String> = (1..=seqs.len()).map(|i| format!("${i}")).collect();
-        let sql = format!("DELETE FROM kit_outbox WHERE seq IN ({})", placeholders.join(","));
+        // Anonymous placeholders on SQLite: it looks numbered ones up by name (quadratic).
+        let sql = format!(
+            "DELETE FROM kit_outbox WHERE seq IN ({})",
+            crate::db::marks(self.db.backend(), seqs.len())
+        );
         // Only numbered placeholders are formatted in; the values are bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for s in &seqs {
