@@ -75,7 +75,7 @@ pub const SENSITIVE_LABELS: &[&str] = &[
 ];
 
 /// The clinical date of a resource (µs since the epoch), from the first element it has of:
-/// effective[x], onset[x], recordedDate, period.start, authoredOn, date, issued.
+/// `effective[x]`, `onset[x]`, recordedDate, period.start, authoredOn, date, issued.
 pub fn clinical_date(body: &Map<String, Value>) -> Option<i64> {
     let direct = [
         "effectiveDateTime",

@@ -1,0 +1,396 @@
+//! Consent decisions for a batch of accesses: one ask per distinct question, and what each
+//! answer means for the data and for its audit entry.
+
+use std::collections::HashMap;
+
+use sharedcare_kit::bus::Envelope;
+use sharedcare_kit::nhs::NHS_NUMBER_SYSTEM;
+use sharedcare_proto::consent::v1::decide_response::Effect;
+use sharedcare_proto::consent::v1::{DecideRequest, DecideResponse};
+use tokio::sync::oneshot;
+
+use super::{Engine, GetJob, PendingPut, PutJob, Stored, Verdict};
+use crate::RecordsError;
+use crate::consent::{self, Pdp};
+use crate::fhir::{self, Resource};
+
+impl Engine {
+    /// Asks consent about every found resource of a batch that is patient data (one call,
+    /// identical asks once), records every access durably with its outcome, then answers each
+    /// caller. Without a decision or a durable audit entry a caller gets an error, never data.
+    pub(super) async fn decide_audit_answer(
+        &self,
+        jobs: Vec<GetJob>,
+        found: HashMap<(String, String), Stored>,
+        replies: Vec<oneshot::Sender<Result<Stored, RecordsError>>>,
+    ) {
+        let mut asks = Asks::default();
+        let asked: Vec<Option<usize>> = jobs
+            .iter()
+            .map(|job| {
+                let s = found.get(&(job.resource_type.clone(), job.id.clone()))?;
+                if !fhir::is_patient_data(&s.resource_type) {
+                    return None;
+                }
+                let labels = stored_labels(s);
+                Some(asks.add(consent::ask(&job.caller.actor, &s.nhs_number, "read", labels)))
+            })
+            .collect();
+        let decisions = asks.decide(self.pdp.as_ref()).await;
+        let mut answers = Vec::with_capacity(jobs.len());
+        let mut records = Vec::with_capacity(jobs.len());
+        for (job, asked) in jobs.iter().zip(asked) {
+            let reference = format!("{}/{}", job.resource_type, job.id);
+            let purpose = job.caller.actor.purpose.as_str();
+            let (v, resource, nhs) = match found.get(&(job.resource_type.clone(), job.id.clone())) {
+                None => (
+                    Verdict::refused(
+                        RecordsError::NotFound(reference.clone()),
+                        "not-found",
+                        purpose,
+                        String::new(),
+                    ),
+                    reference,
+                    String::new(),
+                ),
+                Some(s) => {
+                    let versioned = format!("{reference}/_history/{}", s.version);
+                    let v = match asked {
+                        None => Verdict {
+                            answer: Ok(s.clone()),
+                            outcome: "success",
+                            purpose: purpose.to_string(),
+                            reason: String::new(),
+                        },
+                        Some(i) => verdict(&decisions, i, purpose, &stored_labels(s), s.clone()),
+                    };
+                    (v, versioned, s.nhs_number.clone())
+                }
+            };
+            let env = self.access(&job.caller, "read", &resource, &nhs, &v);
+            records.push(self.outbox.record(&self.topic, env));
+            answers.push(v.answer);
+        }
+        let recorded = futures::future::join_all(records).await;
+        for ((reply, answer), rec) in replies.into_iter().zip(answers).zip(recorded) {
+            let _ = reply.send(match rec {
+                Ok(()) => answer,
+                Err(e) => Err(RecordsError::Audit(e.to_string())),
+            });
+        }
+    }
+
+    /// Asks consent about a batch of puts, refusing those it denies (or cannot decide) and
+    /// those about a patient the record does not hold; each refusal is audited and answered
+    /// here. Returns the puts to write, with their replies.
+    pub(super) async fn decide_puts(&self, batch: Vec<PendingPut>) -> (Vec<PutJob>, Vec<Reply>) {
+        let (jobs, replies): (Vec<PutJob>, Vec<Reply>) = batch.into_iter().unzip();
+        let judged = match self.judge_puts(jobs).await {
+            Ok(j) => j,
+            Err(e) => {
+                let msg = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(RecordsError::Unavailable(msg.clone())));
+                }
+                return (Vec::new(), Vec::new());
+            }
+        };
+        let mut keep = Vec::with_capacity(judged.len());
+        let mut keep_replies = Vec::with_capacity(judged.len());
+        let mut refusals = Vec::new();
+        for ((job, refusal), reply) in judged.into_iter().zip(replies) {
+            match refusal {
+                None => {
+                    keep.push(job);
+                    keep_replies.push(reply);
+                }
+                Some(r) => refusals.push((r, reply)),
+            }
+        }
+        let (refusals, replies): (Vec<Refusal>, Vec<Reply>) = refusals.into_iter().unzip();
+        for (reply, answer) in replies.into_iter().zip(self.audit_refusals(refusals).await) {
+            let _ = reply.send(Err(answer));
+        }
+        (keep, keep_replies)
+    }
+
+    /// Records the audit entries of refused puts; each comes back as the error its caller gets
+    /// (the audit failure instead, when the entry could not be recorded).
+    pub(super) async fn audit_refusals(&self, refusals: Vec<Refusal>) -> Vec<RecordsError> {
+        let mut pending = Vec::new();
+        for r in &refusals {
+            if let Some(env) = &r.audit {
+                pending.push(self.outbox.record(&self.topic, env.clone()));
+            }
+        }
+        let mut recorded = futures::future::join_all(pending).await.into_iter();
+        refusals
+            .into_iter()
+            .map(|r| {
+                if r.audit.is_none() {
+                    return r.error;
+                }
+                match recorded.next() {
+                    Some(Err(audit)) => RecordsError::Audit(audit.to_string()),
+                    _ => r.error,
+                }
+            })
+            .collect()
+    }
+
+    /// Decides each put: patient data needs a patient the record holds and consent's permit;
+    /// an update with an expected version needs that to be the current one. Permitted puts
+    /// get the purpose and reason their audit entry records.
+    pub(super) async fn judge_puts(
+        &self,
+        mut jobs: Vec<PutJob>,
+    ) -> Result<Vec<(PutJob, Option<Refusal>)>, RecordsError> {
+        let mut conn = self.db.pool().acquire().await?;
+        let versions = self.current_versions(&mut conn, &jobs).await?;
+        let mut patients = self.referenced_patients(&mut conn, &jobs).await?;
+        drop(conn);
+        let action_of = |r: &Resource| {
+            if versions.contains_key(&(r.resource_type.clone(), r.id.clone())) {
+                "update"
+            } else {
+                "create"
+            }
+        };
+        // A put's patient: its own NHS number, or the stored (or same-batch) Patient it names.
+        let mut checks: Vec<(Result<Option<usize>, RecordsError>, String)> = Vec::with_capacity(jobs.len());
+        let mut asks = Asks::default();
+        for job in &jobs {
+            let r = &job.resource;
+            let nhs = patient_of(r, &mut patients);
+            let current = versions
+                .get(&(r.resource_type.clone(), r.id.clone()))
+                .copied()
+                .unwrap_or(0);
+            let check = if job.expected_version > 0 && job.expected_version != current {
+                Err(RecordsError::VersionMismatch {
+                    reference: format!("{}/{}", r.resource_type, r.id),
+                    expected: job.expected_version,
+                    current,
+                })
+            } else if !fhir::is_patient_data(&r.resource_type) {
+                Ok(None)
+            } else if nhs.is_empty() {
+                Err(unknown_patient(r))
+            } else {
+                let labels = fhir::security_labels(&r.body);
+                Ok(Some(asks.add(consent::ask(
+                    &job.caller.actor,
+                    &nhs,
+                    action_of(r),
+                    labels,
+                ))))
+            };
+            checks.push((check, nhs));
+        }
+        let decisions = asks.decide(self.pdp.as_ref()).await;
+        let mut out = Vec::with_capacity(jobs.len());
+        for (mut job, (check, nhs)) in jobs.drain(..).zip(checks) {
+            let purpose = job.caller.actor.purpose.clone();
+            let v = match check {
+                Err(error) => {
+                    out.push((job, Some(Refusal { error, audit: None })));
+                    continue;
+                }
+                Ok(None) => Verdict {
+                    answer: Ok(()),
+                    outcome: "success",
+                    purpose,
+                    reason: String::new(),
+                },
+                Ok(Some(i)) => verdict(&decisions, i, &purpose, &[], ()),
+            };
+            let refusal = match &v.answer {
+                Ok(()) => None,
+                Err(e) => {
+                    let r = &job.resource;
+                    let reference = format!("{}/{}", r.resource_type, r.id);
+                    let env = self.access(&job.caller, action_of(r), &reference, &nhs, &v);
+                    let error = match e {
+                        RecordsError::Denied(why) => RecordsError::Denied(why.clone()),
+                        RecordsError::Consent(why) => RecordsError::Consent(why.clone()),
+                        _ => RecordsError::Withheld,
+                    };
+                    Some(Refusal {
+                        error,
+                        audit: Some(env),
+                    })
+                }
+            };
+            if refusal.is_none() {
+                job.purpose = v.purpose;
+                job.reason = v.reason;
+            }
+            out.push((job, refusal));
+        }
+        Ok(out)
+    }
+}
+
+/// Why a put was refused, and its audit entry (none for input the record cannot hold).
+pub(super) struct Refusal {
+    pub(super) error: RecordsError,
+    pub(super) audit: Option<Envelope>,
+}
+
+/// The NHS number a resource is about: a Patient's own, or that of the Patient it references
+/// (from `known`: stored patients and those earlier in the same batch, which a Patient adds
+/// itself to). Empty when unknown.
+pub(super) fn patient_of(r: &Resource, known: &mut HashMap<String, String>) -> String {
+    let nhs = match (&r.nhs_number, &r.patient_ref) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(pid)) => known.get(pid).cloned().unwrap_or_default(),
+        (None, None) => String::new(),
+    };
+    if r.resource_type == "Patient" && !nhs.is_empty() {
+        known.insert(r.id.clone(), nhs.clone());
+    }
+    nhs
+}
+
+/// Where a put's answer goes.
+pub(super) type Reply = oneshot::Sender<Result<Stored, RecordsError>>;
+
+/// The labels of a stored resource (its stored body always parses: it was validated).
+pub(super) fn stored_labels(s: &Stored) -> Vec<String> {
+    if let Some(l) = &s.labels {
+        return l.clone();
+    }
+    match serde_json::from_str::<serde_json::Value>(&s.body) {
+        Ok(serde_json::Value::Object(body)) => fhir::security_labels(&body),
+        _ => Vec::new(),
+    }
+}
+
+/// The error for patient data whose patient the record does not hold.
+pub(super) fn unknown_patient(r: &Resource) -> RecordsError {
+    match &r.patient_ref {
+        Some(pid) => {
+            let element = if r.body.contains_key("subject") {
+                "subject"
+            } else {
+                "patient"
+            };
+            RecordsError::invalid(
+                format!("{element}.reference"),
+                format!(
+                    "Patient/{pid} is not in the shared care record; write the Patient (with its NHS number) first"
+                ),
+            )
+        }
+        None if r.resource_type == "Patient" => RecordsError::invalid(
+            "identifier",
+            format!("a Patient in the shared care record needs an NHS number identifier (system {NHS_NUMBER_SYSTEM})"),
+        ),
+        None => RecordsError::invalid(
+            "subject",
+            format!(
+                "a {} is about a patient: subject (or patient) must reference one",
+                r.resource_type
+            ),
+        ),
+    }
+}
+
+/// A batch's decision requests, each distinct one asked once.
+#[derive(Default)]
+pub(super) struct Asks {
+    asks: Vec<DecideRequest>,
+    index: HashMap<String, usize>,
+}
+
+impl Asks {
+    /// Adds `ask` (or finds the identical one) and returns its position.
+    pub(super) fn add(&mut self, ask: DecideRequest) -> usize {
+        let key = [
+            ask.principal_kind.as_str(),
+            &ask.person_id,
+            &ask.client_id,
+            &ask.ods_code,
+            &ask.role_code,
+            &ask.nhs_number,
+            &ask.action,
+            &ask.purpose,
+            &ask.categories.join(","),
+        ]
+        .join("|");
+        let next = self.asks.len();
+        *self.index.entry(key).or_insert_with(|| {
+            self.asks.push(ask);
+            next
+        })
+    }
+
+    /// Consent's decisions, in order (none asked = none needed).
+    pub(super) async fn decide(self, pdp: &dyn Pdp) -> Result<Vec<DecideResponse>, String> {
+        if self.asks.is_empty() {
+            return Ok(Vec::new());
+        }
+        pdp.decide(self.asks).await
+    }
+}
+
+/// What decision `i` of `decisions` means for data labelled `labels` asked for `purpose`.
+pub(super) fn verdict<T>(
+    decisions: &Result<Vec<DecideResponse>, String>,
+    i: usize,
+    purpose: &str,
+    labels: &[String],
+    data: T,
+) -> Verdict<T> {
+    let d = match decisions {
+        Ok(d) => &d[i],
+        Err(e) => {
+            return Verdict::refused(
+                RecordsError::Consent(e.clone()),
+                "error",
+                purpose,
+                format!("no consent decision: {e}"),
+            );
+        }
+    };
+    let why = format!("{} [{}]", d.reason, d.rules.join(", "));
+    let (purpose, reason) = if d.break_glass {
+        (
+            "BTG".to_string(),
+            format!("break-glass: {}; {why}", d.break_glass_reason),
+        )
+    } else {
+        (purpose.to_string(), why)
+    };
+    let permitted = |purpose, reason| Verdict {
+        answer: Ok(data),
+        outcome: "success",
+        purpose,
+        reason,
+    };
+    match Effect::try_from(d.effect).unwrap_or(Effect::Unspecified) {
+        Effect::Permit => permitted(purpose, reason),
+        Effect::PermitWithWithholding => {
+            let hidden: Vec<&str> = d
+                .withheld_categories
+                .iter()
+                .filter(|c| labels.contains(c))
+                .map(String::as_str)
+                .collect();
+            if hidden.is_empty() {
+                permitted(purpose, reason)
+            } else {
+                let what = hidden.join(", ");
+                Verdict::refused(
+                    RecordsError::Withheld,
+                    "withheld",
+                    &purpose,
+                    format!("withheld {what}; {reason}"),
+                )
+            }
+        }
+        Effect::Deny | Effect::Unspecified => {
+            Verdict::refused(RecordsError::Denied(d.reason.clone()), "denied", &purpose, reason)
+        }
+    }
+}

@@ -1,0 +1,610 @@
+//! Resource versions in the records tables, and the events each change or access produces,
+//! written to the outbox in the same transaction.
+//!
+//! - this module: the store's API, the writer that group-commits puts and the reader that
+//!   batches gets;
+//! - `decide`: consent decisions for a batch of accesses and what each means;
+//! - `search`: vread, history and search by patient.
+
+use sharedcare_kit::batch::next_batch;
+use sharedcare_kit::bus::{self, Envelope};
+use sharedcare_kit::db::{self, Db};
+use sharedcare_kit::outbox::{self, Outbox};
+use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged};
+use std::collections::HashMap;
+
+use sqlx::Row;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::consent::Pdp;
+use crate::fhir::{self, Resource};
+use crate::{NAME, RecordsError};
+
+/// One stored version of a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// `resourceType`.
+    pub resource_type: String,
+    /// Logical id.
+    pub id: String,
+    /// `meta.versionId`, from 1.
+    pub version: i64,
+    /// `meta.lastUpdated`, microseconds since the epoch.
+    pub last_updated_us: i64,
+    /// The patient's NHS number ("" when not known).
+    pub nhs_number: String,
+    /// The resource JSON with `meta` stamped.
+    pub body: String,
+    /// Its `meta.security` labels when already known (`None`: read them from `body`).
+    pub labels: Option<Vec<String>>,
+}
+
+/// Who is accessing and why, from their token and request: what consent decides on and
+/// what the audit entry records.
+#[derive(Debug, Clone, Default)]
+pub struct Actor {
+    /// "staff" or "service".
+    pub kind: &'static str,
+    /// Person (staff) or client id (service).
+    pub id: String,
+    /// ODS code of the actor's organisation.
+    pub organisation: String,
+    /// Selected role's national RBAC role code.
+    pub role: String,
+    /// Selected role profile's id.
+    pub role_profile: String,
+    /// Purpose of use (HL7 v3 PurposeOfUse): TREAT unless the caller says otherwise.
+    pub purpose: String,
+}
+
+/// The records store: hands puts and gets to its writer and reader tasks, which end once
+/// every clone of the store is gone.
+#[derive(Clone)]
+pub struct Store {
+    puts: mpsc::Sender<PendingPut>,
+    gets: mpsc::Sender<PendingGet>,
+    engine: Engine,
+    labeller: Arc<crate::labels::Labeller>,
+}
+
+/// What the writer and reader tasks work with (no senders, so the tasks can end).
+#[derive(Clone)]
+struct Engine {
+    db: Db,
+    outbox: Outbox,
+    topic: String,
+    pdp: Arc<dyn Pdp>,
+}
+
+/// What an access came to: the answer, and what its audit entry says.
+struct Verdict<T> {
+    answer: Result<T, RecordsError>,
+    /// success | denied | withheld | not-found | error
+    outcome: &'static str,
+    /// Purpose of use as decided (BTG when break-glass was the basis).
+    purpose: String,
+    /// Why (consent's reason and rules, the break-glass reason, what was withheld).
+    reason: String,
+}
+
+impl<T> Verdict<T> {
+    fn refused(err: RecordsError, outcome: &'static str, purpose: &str, reason: String) -> Self {
+        Verdict {
+            answer: Err(err),
+            outcome,
+            purpose: purpose.to_string(),
+            reason,
+        }
+    }
+}
+
+/// Most reads looked up in one query.
+const GETS_PER_QUERY: usize = 256;
+
+/// Who asked, and the trace the request belongs to: the writer and reader tasks run outside
+/// the request's span, so its events carry this instead of the task's (empty) context.
+struct Caller {
+    actor: Actor,
+    traceparent: String,
+    trace_id: String,
+}
+
+impl Caller {
+    fn current(actor: &Actor) -> Self {
+        Caller {
+            actor: actor.clone(),
+            traceparent: sharedcare_kit::telemetry::current_traceparent(),
+            trace_id: sharedcare_kit::telemetry::current_trace_id(),
+        }
+    }
+}
+
+/// A read waiting for the reader.
+struct GetJob {
+    resource_type: String,
+    id: String,
+    caller: Caller,
+}
+
+/// A read and where its answer goes.
+type PendingGet = (GetJob, oneshot::Sender<Result<Stored, RecordsError>>);
+
+/// Most puts written in one transaction.
+const PUTS_PER_COMMIT: usize = 256;
+
+/// A put waiting for the writer.
+struct PutJob {
+    resource: Resource,
+    source_organisation: String,
+    caller: Caller,
+    /// Purpose and reason from consent's decision, for the audit entry.
+    purpose: String,
+    reason: String,
+    /// The version the writer based this put on (0 = none).
+    expected_version: i64,
+}
+
+/// A put and where its answer goes.
+type PendingPut = (PutJob, oneshot::Sender<Result<Stored, RecordsError>>);
+
+const RECORD_CHANGED: &str = "sharedcare.events.v1.RecordChanged";
+const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
+
+mod decide;
+mod search;
+
+pub use search::{DEFAULT_PAGE, MAX_PAGE, Page, Query};
+
+use decide::{Refusal, patient_of};
+use search::stored_row;
+
+impl Store {
+    /// The store on `db`, emitting through `outbox`, asking `pdp` before every access to
+    /// patient data. Must be called inside the tokio runtime: it starts the writer that
+    /// group-commits puts and the reader that batches gets.
+    pub fn new(db: Db, outbox: Outbox, pdp: Arc<dyn Pdp>) -> Self {
+        let (puts, put_rx) = mpsc::channel(PUTS_PER_COMMIT * 4);
+        let (gets, get_rx) = mpsc::channel(GETS_PER_QUERY * 4);
+        let engine = Engine {
+            db,
+            outbox,
+            topic: bus::topic(NAME),
+            pdp,
+        };
+        tokio::spawn(engine.clone().write_puts(put_rx));
+        tokio::spawn(engine.clone().read_gets(get_rx));
+        Store {
+            puts,
+            gets,
+            engine,
+            labeller: Arc::new(crate::labels::Labeller::default()),
+        }
+    }
+
+    /// The same store labelling resources by `labeller` on write.
+    pub fn with_labels(self, labeller: crate::labels::Labeller) -> Self {
+        Store {
+            labeller: Arc::new(labeller),
+            ..self
+        }
+    }
+
+    /// Stores `resource` as its next version, with its events, atomically. Concurrent puts
+    /// are written together (group commit, a few multi-row statements per batch); if a batch
+    /// fails, each of its puts is retried alone so one bad put never fails another.
+    /// With `expected_version` > 0 the put is refused unless that is the current version.
+    pub async fn put(
+        &self,
+        resource: Resource,
+        source_organisation: &str,
+        actor: &Actor,
+        expected_version: i64,
+    ) -> Result<Stored, RecordsError> {
+        let mut resource = resource;
+        self.labeller.apply(&mut resource.body);
+        let job = PutJob {
+            resource,
+            source_organisation: source_organisation.to_string(),
+            caller: Caller::current(actor),
+            purpose: actor.purpose.clone(),
+            reason: String::new(),
+            expected_version,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.puts.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
+        answer.await.map_err(|_| RecordsError::Stopped)?
+    }
+
+    /// Stores every resource of `puts` (each with its expected version, 0 = none) in one
+    /// transaction, or none of them: the first refusal (consent, validation, version) or
+    /// failure is returned with the position of the put that caused it.
+    pub async fn put_all(
+        &self,
+        puts: Vec<(Resource, i64)>,
+        source_organisation: &str,
+        actor: &Actor,
+    ) -> Result<Vec<Stored>, (usize, RecordsError)> {
+        let e = &self.engine;
+        let jobs: Vec<PutJob> = puts
+            .into_iter()
+            .map(|(mut resource, expected_version)| {
+                self.labeller.apply(&mut resource.body);
+                (resource, expected_version)
+            })
+            .map(|(resource, expected_version)| PutJob {
+                resource,
+                source_organisation: source_organisation.to_string(),
+                caller: Caller::current(actor),
+                purpose: actor.purpose.clone(),
+                reason: String::new(),
+                expected_version,
+            })
+            .collect();
+        let judged = e.judge_puts(jobs).await.map_err(|err| (0, err))?;
+        let first_refused = judged.iter().position(|(_, r)| r.is_some());
+        let (jobs, refusals): (Vec<PutJob>, Vec<Option<Refusal>>) = judged.into_iter().unzip();
+        if let Some(at) = first_refused {
+            let refusals: Vec<Refusal> = refusals.into_iter().flatten().collect();
+            let first = e.audit_refusals(refusals).await.into_iter().next();
+            return Err((at, first.unwrap_or(RecordsError::Stopped)));
+        }
+        let stored = e.write(&jobs).await.map_err(|err| (0, err))?;
+        e.outbox.notify();
+        Ok(stored)
+    }
+
+    /// Reads the current version of `resource_type/id`. The access is recorded in the outbox
+    /// (durably) before the resource is returned; if that fails, the caller gets the error.
+    /// Concurrent reads are looked up together (one query per batch) and their accesses share
+    /// one group commit.
+    pub async fn get(&self, resource_type: &str, id: &str, actor: &Actor) -> Result<Stored, RecordsError> {
+        let job = GetJob {
+            resource_type: resource_type.to_string(),
+            id: id.to_string(),
+            caller: Caller::current(actor),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.gets.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
+        answer.await.map_err(|_| RecordsError::Stopped)?
+    }
+}
+
+impl Engine {
+    /// The writer: group-commits queued puts until every [`Store`] is gone. Each batch is
+    /// first decided by consent (one call); refused puts are audited and answered, the rest
+    /// written together.
+    async fn write_puts(self, mut rx: mpsc::Receiver<PendingPut>) {
+        while let Some(batch) = next_batch(&mut rx, PUTS_PER_COMMIT).await {
+            let (jobs, replies) = self.decide_puts(batch).await;
+            if jobs.is_empty() {
+                continue;
+            }
+            match self.write(&jobs).await {
+                Ok(stored) => {
+                    self.outbox.notify();
+                    for (reply, s) in replies.into_iter().zip(stored) {
+                        let _ = reply.send(Ok(s));
+                    }
+                }
+                Err(e) if jobs.len() == 1 => {
+                    if let Some(reply) = replies.into_iter().next() {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+                Err(_) => {
+                    for (job, reply) in jobs.iter().zip(replies) {
+                        let one = self.write(std::slice::from_ref(job)).await.map(|mut v| v.remove(0));
+                        if one.is_ok() {
+                            self.outbox.notify();
+                        }
+                        let _ = reply.send(one);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `jobs` in one transaction, in order: each a new version of its resource, then
+    /// all their events. Statements are per batch, not per put.
+    async fn write(&self, jobs: &[PutJob]) -> Result<Vec<Stored>, RecordsError> {
+        let mut tx = self.db.begin_write().await?;
+        let mut versions = self.current_versions(&mut tx, jobs).await?;
+        let mut nhs_of_patient = self.referenced_patients(&mut tx, jobs).await?;
+        let now = db::now_us();
+        let mut stored = Vec::with_capacity(jobs.len());
+        let mut events = Vec::with_capacity(jobs.len() * 2);
+        let mut new_patients: Vec<(String, String)> = Vec::new();
+        for job in jobs {
+            let r = &job.resource;
+            let version = versions.entry((r.resource_type.clone(), r.id.clone())).or_insert(0);
+            *version += 1;
+            let version = *version;
+            let nhs_number = patient_of(r, &mut nhs_of_patient);
+            if r.resource_type == "Patient" && !nhs_number.is_empty() {
+                new_patients.retain(|(id, _)| id != &r.id);
+                new_patients.push((r.id.clone(), nhs_number.clone()));
+            }
+            let mut body = r.body.clone();
+            fhir::stamp(&mut body, &r.id, version, now);
+            let s = Stored {
+                resource_type: r.resource_type.clone(),
+                id: r.id.clone(),
+                version,
+                last_updated_us: now,
+                nhs_number,
+                labels: Some(fhir::security_labels(&body)),
+                body: serde_json::Value::Object(body).to_string(),
+            };
+            events.extend(self.put_events(job, &s));
+            stored.push(s);
+        }
+        let mut keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            outbox::lock_key(&mut tx, key).await?;
+        }
+        for (chunk, jobs) in stored
+            .chunks(db::MAX_ROWS_PER_INSERT)
+            .zip(jobs.chunks(db::MAX_ROWS_PER_INSERT))
+        {
+            let sql = db::insert_rows(
+                &tx,
+                "resources (resource_type, id, version, last_updated_us, nhs_number, source_organisation, author, body)",
+                8,
+                chunk.len(),
+                "",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (s, job) in chunk.iter().zip(jobs) {
+                q = q
+                    .bind(s.resource_type.clone())
+                    .bind(s.id.clone())
+                    .bind(s.version)
+                    .bind(s.last_updated_us)
+                    .bind(s.nhs_number.clone())
+                    .bind(job.source_organisation.clone())
+                    .bind(job.caller.actor.id.clone())
+                    .bind(s.body.clone());
+            }
+            match q.execute(&mut *tx).await {
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    let what = chunk
+                        .first()
+                        .map(|s| format!("{}/{}", s.resource_type, s.id))
+                        .unwrap_or_default();
+                    return Err(RecordsError::Conflict(what));
+                }
+                other => other?,
+            };
+        }
+        // The current version of each resource written (the last put of a resource in the batch
+        // wins: one statement may not update a row twice).
+        let mut latest: HashMap<(&str, &str), usize> = HashMap::new();
+        for (n, s) in stored.iter().enumerate() {
+            latest.insert((s.resource_type.as_str(), s.id.as_str()), n);
+        }
+        let mut current: Vec<usize> = latest.into_values().collect();
+        current.sort_unstable();
+        for chunk in current.chunks(db::MAX_ROWS_PER_INSERT) {
+            let sql = db::insert_rows(
+                &tx,
+                "current_resources (resource_type, id, version, nhs_number, clinical_date_us, codes, labels)",
+                7,
+                chunk.len(),
+                "ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
+                 nhs_number = excluded.nhs_number, clinical_date_us = excluded.clinical_date_us, codes = excluded.codes, \
+                 labels = excluded.labels",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for &n in chunk {
+                let (s, body) = (&stored[n], &jobs[n].resource.body);
+                let codes = fhir::codes(body);
+                q = q
+                    .bind(s.resource_type.clone())
+                    .bind(s.id.clone())
+                    .bind(s.version)
+                    .bind(s.nhs_number.clone())
+                    .bind(fhir::clinical_date(body).unwrap_or(0))
+                    .bind(format!(" {} ", codes.join(" ")))
+                    .bind(fhir::security_labels(body).join(","));
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in new_patients.chunks(db::MAX_ROWS_PER_INSERT) {
+            let sql = db::insert_rows(
+                &tx,
+                "patients (id, nhs_number)",
+                2,
+                chunk.len(),
+                "ON CONFLICT (id) DO UPDATE SET nhs_number = excluded.nhs_number",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, nhs) in chunk {
+                q = q.bind(id.clone()).bind(nhs.clone());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let refs: Vec<(&str, &Envelope)> = events.iter().map(|e| (self.topic.as_str(), e)).collect();
+        outbox::enqueue_all(&mut tx, &refs).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// The newest stored version of each resource in `jobs` (absent = none yet).
+    async fn current_versions(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        jobs: &[PutJob],
+    ) -> Result<HashMap<(String, String), i64>, RecordsError> {
+        let mut out = HashMap::new();
+        for chunk in jobs.chunks(db::MAX_ROWS_PER_INSERT) {
+            let mut sql = String::from("SELECT resource_type, id, MAX(version) FROM resources WHERE ");
+            for (n, _) in chunk.iter().enumerate() {
+                if n > 0 {
+                    sql.push_str(" OR ");
+                }
+                sql.push_str(&format!(
+                    "(resource_type = {} AND id = {})",
+                    db::placeholder(tx, 2 * n + 1),
+                    db::placeholder(tx, 2 * n + 2)
+                ));
+            }
+            sql.push_str(" GROUP BY resource_type, id");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for job in chunk {
+                q = q.bind(job.resource.resource_type.clone()).bind(job.resource.id.clone());
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                out.insert((row.get::<String, _>(0), row.get::<String, _>(1)), row.get::<i64, _>(2));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The NHS numbers of the stored patients that resources in `jobs` refer to.
+    async fn referenced_patients(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        jobs: &[PutJob],
+    ) -> Result<HashMap<String, String>, RecordsError> {
+        let mut ids: Vec<&str> = jobs.iter().filter_map(|j| j.resource.patient_ref.as_deref()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(db::MAX_ROWS_PER_INSERT) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|n| db::placeholder(tx, n)).collect();
+            let sql = format!("SELECT id, nhs_number FROM patients WHERE id IN ({})", marks.join(", "));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                out.insert(row.get::<String, _>(0), row.get::<String, _>(1));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `RecordChanged` and the `create`/`update` `AccessRecorded` for a stored put, in the
+    /// trace of the request that made it.
+    fn put_events(&self, job: &PutJob, s: &Stored) -> [Envelope; 2] {
+        let reference = format!("{}/{}", s.resource_type, s.id);
+        let key = if s.nhs_number.is_empty() {
+            reference.clone()
+        } else {
+            s.nhs_number.clone()
+        };
+        let care = crate::fhir::care_relationship(&job.resource, &job.source_organisation, s.last_updated_us);
+        let changed = RecordChanged {
+            resource_type: s.resource_type.clone(),
+            id: s.id.clone(),
+            version: s.version,
+            nhs_number: s.nhs_number.clone(),
+            source_organisation: job.source_organisation.clone(),
+            last_updated: Some(db::timestamp(s.last_updated_us)),
+            care_kind: care.as_ref().map(|c| c.kind.to_string()).unwrap_or_default(),
+            care_organisation: care.as_ref().map(|c| c.organisation.clone()).unwrap_or_default(),
+            care_start: care.as_ref().map(|c| db::timestamp(c.start_us)),
+            care_end: care.as_ref().and_then(|c| c.end_us.map(db::timestamp)),
+        };
+        let mut changed = bus::envelope(RECORD_CHANGED, NAME, &reference, &key, &changed);
+        changed.traceparent = job.caller.traceparent.clone();
+        let action = if s.version == 1 { "create" } else { "update" };
+        let versioned = format!("{reference}/_history/{}", s.version);
+        let done: Verdict<()> = Verdict {
+            answer: Ok(()),
+            outcome: "success",
+            purpose: job.purpose.clone(),
+            reason: job.reason.clone(),
+        };
+        let access = self.access(&job.caller, action, &versioned, &s.nhs_number, &done);
+        [changed, access]
+    }
+
+    /// The reader: looks up queued gets in batches until every [`Store`] is gone.
+    async fn read_gets(self, mut rx: mpsc::Receiver<PendingGet>) {
+        while let Some(batch) = next_batch(&mut rx, GETS_PER_QUERY).await {
+            let (jobs, replies): (Vec<GetJob>, Vec<_>) = batch.into_iter().unzip();
+            match self.newest(&jobs).await {
+                // Audit and answer while the next batch is looked up.
+                Ok(found) => {
+                    let store = self.clone();
+                    tokio::spawn(async move { store.decide_audit_answer(jobs, found, replies).await });
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(RecordsError::Unavailable(msg.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The newest version of each resource asked for, keyed by (type, id).
+    async fn newest(&self, jobs: &[GetJob]) -> Result<HashMap<(String, String), Stored>, RecordsError> {
+        let mut conn = self.db.pool().acquire().await?;
+        let mut out = HashMap::new();
+        for chunk in jobs.chunks(db::MAX_ROWS_PER_INSERT) {
+            let mut wanted = String::new();
+            for (n, _) in chunk.iter().enumerate() {
+                if n > 0 {
+                    wanted.push_str(" OR ");
+                }
+                wanted.push_str(&format!(
+                    "(c.resource_type = {} AND c.id = {})",
+                    db::placeholder(&conn, 2 * n + 1),
+                    db::placeholder(&conn, 2 * n + 2)
+                ));
+            }
+            let sql = format!(
+                "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels
+                 FROM current_resources c JOIN resources r
+                   ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version
+                 WHERE {wanted}"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for job in chunk {
+                q = q.bind(job.resource_type.clone()).bind(job.id.clone());
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let s = stored_row(&row);
+                out.insert((s.resource_type.clone(), s.id.clone()), s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `AccessRecorded` event for one access by `caller`, in the caller's trace.
+    fn access<T>(&self, caller: &Caller, action: &str, resource: &str, nhs_number: &str, v: &Verdict<T>) -> Envelope {
+        let actor = &caller.actor;
+        let event = AccessRecorded {
+            actor: if actor.id.is_empty() {
+                "unauthenticated".into()
+            } else {
+                actor.id.clone()
+            },
+            actor_organisation: actor.organisation.clone(),
+            actor_role: actor.role.clone(),
+            action: action.to_string(),
+            resources: vec![resource.to_string()],
+            nhs_number: nhs_number.to_string(),
+            purpose: v.purpose.clone(),
+            reason: v.reason.clone(),
+            outcome: v.outcome.to_string(),
+            time: Some(db::timestamp(db::now_us())),
+            trace_id: caller.trace_id.clone(),
+            service: NAME.into(),
+        };
+        let key = if nhs_number.is_empty() {
+            resource.to_string()
+        } else {
+            nhs_number.to_string()
+        };
+        let mut envelope = bus::envelope(ACCESS_RECORDED, NAME, resource, &key, &event);
+        envelope.traceparent = caller.traceparent.clone();
+        envelope
+    }
+}
