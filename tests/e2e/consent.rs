@@ -282,6 +282,10 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
         entry.reason.starts_with("unconscious-patient: Found collapsed"),
         "{entry:?}"
     );
+    assert!(
+        entry.reason.contains(&format!("(grant {} from ", grant.id)) && entry.reason.contains(" until "),
+        "the trail records when the grant starts and ends: {entry:?}"
+    );
 
     // The relationship ends: the next decision denies.
     c.end_relationship(with_token(EndRelationshipRequest { id: rel.id, end: 0 }, &service))

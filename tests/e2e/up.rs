@@ -492,3 +492,67 @@ async fn the_audit_log_proves_an_access_and_verify_names_a_quietly_edited_entry(
     );
     assert!(stderr.contains("failed verification"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_transaction_bundle_over_grpc_is_stored_whole_or_not_at_all() {
+    use sharedcare_proto::records::v1::ImportBundleRequest;
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let mut records = p.records().await;
+    let nhs = nhs_number();
+    let bundle = |condition_subject: &str| {
+        serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:7d0c3a52-7f0e-4c49-a3c0-5b9b1f3c2a10",
+             "resource": {"resourceType": "Patient", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}]},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Condition", "subject": {"reference": condition_subject},
+                          "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]}},
+             "request": {"method": "POST", "url": "Condition"}}]})
+        .to_string()
+    };
+    let err = records
+        .import_bundle(ImportBundleRequest {
+            bundle_json: bundle("Patient/not-here"),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the second entry names an unknown patient");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("entry[1].resource.subject.reference:"),
+        "{}",
+        err.message()
+    );
+    let trail = audit_trail(&p, &nhs).await;
+    assert!(
+        trail.iter().all(|(action, _, _)| action != "create"),
+        "nothing of the refused transaction was stored: {trail:?}"
+    );
+    let done = records
+        .import_bundle(ImportBundleRequest {
+            bundle_json: bundle("urn:uuid:7d0c3a52-7f0e-4c49-a3c0-5b9b1f3c2a10"),
+            source_organisation: "A81001".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("transaction")
+        .into_inner();
+    let out: serde_json::Value = serde_json::from_str(&done.response_bundle_json).expect("json");
+    assert_eq!(out["type"], "transaction-response");
+    let location = out["entry"][1]["response"]["location"].as_str().expect("location");
+    let id = location.split('/').nth(1).expect("id");
+    let condition = records
+        .get(GetRequest {
+            resource_type: "Condition".into(),
+            id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the condition")
+        .into_inner();
+    let body: serde_json::Value = serde_json::from_str(&condition.resource_json).expect("json");
+    // The server gave the patient its id; the reference follows it.
+    let patient = out["entry"][0]["response"]["location"].as_str().expect("location");
+    let patient_id = patient.split('/').nth(1).expect("id");
+    assert_eq!(body["subject"]["reference"], format!("Patient/{patient_id}"));
+}

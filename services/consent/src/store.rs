@@ -430,13 +430,26 @@ impl Store {
             id: &g.grant.person,
             org: &g.grant.org,
         };
+        // The entry in the patient's trail records the grant's start and end as well as why.
+        let at = |t: i64| {
+            chrono::DateTime::from_timestamp(t, 0)
+                .map(|d| d.to_rfc3339())
+                .unwrap_or_default()
+        };
+        let detail = format!(
+            "{} (grant {} from {} until {})",
+            g.reason_text,
+            g.id,
+            at(g.grant.start),
+            at(g.grant.end)
+        );
         event(
             &mut tx,
             "break_glass_granted",
             &g.nhs_number,
             &actor,
             &g.reason_code,
-            &g.reason_text,
+            &detail,
         )
         .await?;
         tx.commit().await?;

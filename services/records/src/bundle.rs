@@ -196,14 +196,17 @@ fn prepare(entries: &[Value]) -> Result<Vec<(fhir::Resource, i64, bool)>, Record
 }
 
 fn response_entry(base: &str, s: &Stored, created: bool) -> Value {
-    json!({
-        "fullUrl": format!("{base}/{}/{}", s.resource_type, s.id),
+    let mut e = json!({
         "response": {
             "status": if created { "201 Created" } else { "200 OK" },
             "location": format!("{}/{}/_history/{}", s.resource_type, s.id, s.version),
             "etag": format!("W/\"{}\"", s.version),
         },
-    })
+    });
+    if !base.is_empty() {
+        e["fullUrl"] = json!(format!("{base}/{}/{}", s.resource_type, s.id));
+    }
+    e
 }
 
 /// Most entries in one posted Bundle (larger loads go through `sharedcare import`).

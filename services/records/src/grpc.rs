@@ -6,8 +6,8 @@ use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::nhs::OdsCode;
 use sharedcare_proto::records::v1::records_server::Records;
 use sharedcare_proto::records::v1::{
-    GetRequest, GetResponse, HistoryRequest, HistoryResponse, PutManyRequest, PutManyResponse, PutRequest, PutResponse,
-    SearchRequest, SearchResponse, VReadRequest,
+    GetRequest, GetResponse, HistoryRequest, HistoryResponse, ImportBundleRequest, ImportBundleResponse,
+    PutManyRequest, PutManyResponse, PutRequest, PutResponse, SearchRequest, SearchResponse, VReadRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -129,6 +129,23 @@ impl Records for RecordsApi {
             .map_err(|(i, e)| at(i, e))?;
         Ok(Response::new(PutManyResponse {
             stored: stored.into_iter().map(put_response).collect(),
+        }))
+    }
+
+    async fn import_bundle(
+        &self,
+        request: Request<ImportBundleRequest>,
+    ) -> Result<Response<ImportBundleResponse>, Status> {
+        let who = self
+            .actor(&request, "records.write", &request.get_ref().purpose)
+            .await?;
+        let req = request.into_inner();
+        let source = source_organisation(&req.source_organisation)?;
+        let bundle: serde_json::Value = serde_json::from_str(&req.bundle_json)
+            .map_err(|e| RecordsError::invalid("bundle_json", format!("not valid JSON: {e}")))?;
+        let (_, out) = crate::bundle::process(&self.store, bundle, &source, &who, "").await?;
+        Ok(Response::new(ImportBundleResponse {
+            response_bundle_json: out.to_string(),
         }))
     }
 
