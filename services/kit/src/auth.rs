@@ -338,7 +338,7 @@ struct Inner {
     source: Arc<dyn KeySource>,
     /// Tokens already verified, with their claims: a client uses one access token for many
     /// calls, and only the first pays for the ECDSA verification (the floor, ~19k/s per core).
-    verified: std::sync::Mutex<HashMap<String, serde_json::Value>>,
+    verified: std::sync::Mutex<HashMap<String, Arc<serde_json::Value>>>,
     capacity: usize,
     /// Parsed keys by `kid`, and when they were fetched.
     cache: RwLock<(HashMap<String, PublicKey>, Option<Instant>)>,
@@ -412,13 +412,18 @@ impl Verifier {
 
     /// Verifies `token` and returns its claims.
     pub async fn claims(&self, token: &str) -> Result<serde_json::Value, AuthError> {
+        Ok(self.shared_claims(token).await?.as_ref().clone())
+    }
+
+    /// [`Verifier::claims`] without copying them: a cached token's claims are shared.
+    async fn shared_claims(&self, token: &str) -> Result<Arc<serde_json::Value>, AuthError> {
         let cached = self.inner.verified.lock().ok().and_then(|v| v.get(token).cloned());
         if let Some(claims) = cached {
             // Signature, issuer and audience were checked when it was cached; time moves on.
             self.check(&claims, chrono::Utc::now().timestamp())?;
             return Ok(claims);
         }
-        let claims = self.verify_uncached(token).await?;
+        let claims = Arc::new(self.verify_uncached(token).await?);
         if self.inner.capacity > 0
             && let Ok(mut v) = self.inner.verified.lock()
         {
@@ -475,7 +480,7 @@ impl Verifier {
 
     /// Verifies `token` and maps it to a principal.
     pub async fn principal(&self, token: &str) -> Result<Principal, AuthError> {
-        principal_from_claims(&self.claims(token).await?)
+        principal_from_claims(self.shared_claims(token).await?.as_ref())
     }
 
     /// Verifies the `authorization: Bearer` value in gRPC metadata.
