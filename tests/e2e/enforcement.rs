@@ -149,6 +149,24 @@ async fn staff_see_what_consent_permits_and_the_patient_sees_every_access() {
         .get(with_token(get("Observation", "bp", ""), &gp))
         .await
         .expect("the rest is readable");
+    // Over FHIR REST a search leaves the condition out and says information may be withheld.
+    let bundle: Value = reqwest::Client::new()
+        .get(format!("{}/fhir/R4/Condition?patient=margaret", p.http))
+        .bearer_auth(&gp)
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("a Bundle");
+    let entries = bundle["entry"].as_array().expect("entries");
+    assert!(entries.iter().all(|e| e["resource"]["id"] != "clinic"), "{bundle}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["search"]["mode"] == "outcome" && e["resource"]["issue"][0]["code"] == "suppressed"),
+        "{bundle}"
+    );
 
     // She opts out of sharing altogether: the very next read is refused.
     directive(&mut consent, &margaret, &nhs, "opt-out", r#"{"type":"deny"}"#).await;
