@@ -430,20 +430,22 @@ async fn an_authorised_representative_manages_the_patients_choices_and_may_read(
         .await
         .expect_err("unknown kind");
     assert!(bad.message().starts_with("representative.kind:"), "{}", bad.message());
-    c.add_representative(with_token(
-        AddRepresentativeRequest {
-            representative: Some(Representative {
-                nhs_number: aisha.clone(),
-                representative_nhs_number: david.clone(),
-                kind: "lpa_health_welfare".into(),
-                start: 1_600_000_000,
-                ..Default::default()
-            }),
-        },
-        &service,
-    ))
-    .await
-    .expect("lasting power of attorney recorded");
+    let added = c
+        .add_representative(with_token(
+            AddRepresentativeRequest {
+                representative: Some(Representative {
+                    nhs_number: aisha.clone(),
+                    representative_nhs_number: david.clone(),
+                    kind: "lpa_health_welfare".into(),
+                    start: 1_600_000_000,
+                    ..Default::default()
+                }),
+            },
+            &service,
+        ))
+        .await
+        .expect("lasting power of attorney recorded")
+        .into_inner();
     c.put_directive(with_token(
         directive(
             "by-attorney",
@@ -464,7 +466,32 @@ async fn an_authorised_representative_manages_the_patients_choices_and_may_read(
         purpose: "PATRQT".into(),
         ..Default::default()
     };
-    let d = c.decide(with_token(ask, &service)).await.expect("decide").into_inner();
+    let d = c
+        .decide(with_token(ask.clone(), &service))
+        .await
+        .expect("decide")
+        .into_inner();
     assert_eq!(d.effect(), Effect::Permit);
     assert!(d.rules.contains(&"patient:representative".to_string()), "{d:?}");
+
+    // The power of attorney is revoked: from the next request David may do neither.
+    c.end_representative(with_token(
+        sharedcare_proto::consent::v1::EndRepresentativeRequest {
+            id: added.id.clone(),
+            end: 0,
+        },
+        &service,
+    ))
+    .await
+    .expect("end");
+    let refused = c
+        .put_directive(with_token(
+            directive("", &aisha, "active", r#"{"type":"deny"}"#),
+            &david_token,
+        ))
+        .await
+        .expect_err("no longer her representative");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let d = c.decide(with_token(ask, &service)).await.expect("decide").into_inner();
+    assert_eq!(d.effect(), Effect::Deny, "{d:?}");
 }

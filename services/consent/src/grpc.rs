@@ -379,6 +379,35 @@ impl Consent for ConsentApi {
         }))
     }
 
+    async fn end_representative(
+        &self,
+        request: Request<api::EndRepresentativeRequest>,
+    ) -> Result<Response<api::Representative>, Status> {
+        let who = self.require(&request, "consent.write", None).await?;
+        let r = request.into_inner();
+        if r.id.is_empty() {
+            return Err(ConsentError::invalid("id", "is required").into());
+        }
+        let end = if r.end == 0 {
+            chrono::Utc::now().timestamp()
+        } else {
+            r.end
+        };
+        let (actor, org) = actor_id(&who);
+        let (patient, kind, rep) = self
+            .store
+            .end_representative(&r.id, end, &Actor { id: &actor, org: &org })
+            .await?;
+        Ok(Response::new(api::Representative {
+            id: r.id,
+            nhs_number: patient,
+            representative_nhs_number: rep.nhs_number,
+            kind,
+            start: rep.start,
+            end,
+        }))
+    }
+
     async fn add_relationship(
         &self,
         request: Request<api::AddRelationshipRequest>,

@@ -221,6 +221,39 @@ impl Store {
         Ok(())
     }
 
+    /// Ends representative `id` at `end`, with its event; returns the patient, the kind and
+    /// the ended representative.
+    pub async fn end_representative(
+        &self,
+        id: &str,
+        end: i64,
+        actor: &Actor<'_>,
+    ) -> Result<(String, String, Representative), ConsentError> {
+        let mut tx = self.db.begin_write().await?;
+        let Some(r) =
+            sqlx::query("SELECT nhs_number, representative_nhs, kind, start_at FROM representatives WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+        else {
+            return Err(ConsentError::NotFound(format!("representative {id}")));
+        };
+        let nhs: String = r.try_get(0)?;
+        sqlx::query("UPDATE representatives SET end_at = $1 WHERE id = $2")
+            .bind(end)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        event(&mut tx, "representative_ended", &nhs, actor, "", &format!("{id} ended")).await?;
+        tx.commit().await?;
+        let rep = Representative {
+            nhs_number: r.try_get(1)?,
+            start: r.try_get(3)?,
+            end: Some(end),
+        };
+        Ok((nhs, r.try_get(2)?, rep))
+    }
+
     /// Whether any care relationship is recorded.
     pub async fn has_relationships(&self) -> Result<bool, ConsentError> {
         let row = sqlx::query("SELECT COUNT(*) FROM relationships")
