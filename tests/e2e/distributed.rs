@@ -345,3 +345,21 @@ async fn reads_fail_when_the_audit_trail_or_consent_cannot_be_reached() {
         err.message()
     );
 }
+
+#[tokio::test]
+async fn serve_records_refuses_to_start_without_a_way_to_ask_consent() {
+    let env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
+    let mut env = env.to_vec();
+    env.push(("SHAREDCARE_AUTH__ISSUER", "http://127.0.0.1:9".into()));
+    let args = ["serve", "records", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"];
+    let (status, _, stderr) = crate::harness::run(&args, &env, Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(stderr.contains("`records.consent_url` is required"), "{stderr}");
+    env.push(("SHAREDCARE_RECORDS__CONSENT_URL", "http://127.0.0.1:9".into()));
+    let (status, _, stderr) = crate::harness::run(&args, &env, Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("`auth.client_id` and `auth.client_secret` are required by records"),
+        "{stderr}"
+    );
+}

@@ -119,7 +119,7 @@ fn help_and_version_work_on_every_command() {
     let (status, stdout, _) = run(&["--version"], &[], LIMIT);
     assert!(status.success());
     assert!(stdout.starts_with("sharedcare "), "{stdout}");
-    for cmd in ["up", "serve", "migrate", "bench", "demo"] {
+    for cmd in ["up", "serve", "migrate", "bench", "demo", "import"] {
         let (status, stdout, _) = run(&[cmd, "--help"], &[], LIMIT);
         assert!(status.success(), "{cmd} --help");
         assert!(stdout.contains("Usage: sharedcare"), "{cmd}: {stdout}");

@@ -555,4 +555,29 @@ async fn a_transaction_bundle_over_grpc_is_stored_whole_or_not_at_all() {
     let patient = out["entry"][0]["response"]["location"].as_str().expect("location");
     let patient_id = patient.split('/').nth(1).expect("id");
     assert_eq!(body["subject"]["reference"], format!("Patient/{patient_id}"));
+
+    // A batch: each entry on its own — the good one is stored, the bad one reports why.
+    let batch = serde_json::json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Condition", "subject": {"reference": format!("Patient/{patient_id}")},
+                      "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]}},
+         "request": {"method": "POST", "url": "Condition"}},
+        {"resource": {"resourceType": "Condition", "subject": {"reference": format!("Patient/{patient_id}")},
+                      "code": {"coding": [{"system": "SNOMED", "code": "38341003"}]}},
+         "request": {"method": "POST", "url": "Condition"}}]});
+    let done = records
+        .import_bundle(ImportBundleRequest {
+            bundle_json: batch.to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    let out: serde_json::Value = serde_json::from_str(&done.response_bundle_json).expect("json");
+    assert_eq!(out["type"], "batch-response");
+    assert_eq!(out["entry"][0]["response"]["status"], "201 Created");
+    assert_eq!(out["entry"][1]["response"]["status"], "400");
+    assert_eq!(
+        out["entry"][1]["response"]["outcome"]["issue"][0]["expression"][0],
+        "entry[1].resource.code.coding[0].system"
+    );
 }

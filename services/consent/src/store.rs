@@ -256,10 +256,10 @@ impl Store {
 
     /// Whether any care relationship is recorded.
     pub async fn has_relationships(&self) -> Result<bool, ConsentError> {
-        let row = sqlx::query("SELECT COUNT(*) FROM relationships")
-            .fetch_one(self.db.pool())
+        let row = sqlx::query("SELECT 1 FROM relationships LIMIT 1")
+            .fetch_optional(self.db.pool())
             .await?;
-        Ok(row.try_get::<i64, _>(0)? > 0)
+        Ok(row.is_some())
     }
 
     /// Creates or replaces a directive.

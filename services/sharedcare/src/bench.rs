@@ -2,8 +2,12 @@
 //!
 //! - `bench bus`: event bus throughput and publish→consume latency (embedded, or Kafka when
 //!   `kafka.brokers` is configured).
-//! - `bench records`: record put and get over gRPC against `sharedcare up` started as a child
-//!   process on a fresh data directory (or `--target` an existing endpoint).
+//! - `bench records`: record put, get and search, and consent Decide, over gRPC against
+//!   `sharedcare up` started as a child process on a fresh data directory (or `--target` an
+//!   existing endpoint: put, get and search only).
+//! - `bench import`: `sharedcare import` of a generated NDJSON file into a fresh `up`.
+//! - `bench audit`: audit appends with leaf hashing, and tree heads, on embedded storage.
+//! - `bench identity`: the token endpoint, code and refresh round trips, logins, verification.
 //! - `bench startup`: time from spawning `sharedcare up` to `/readyz` answering 200, and the
 //!   idle resident memory after that.
 

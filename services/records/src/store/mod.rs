@@ -225,6 +225,9 @@ impl Store {
         source_organisation: &str,
         actor: &Actor,
     ) -> Result<Vec<Stored>, (usize, RecordsError)> {
+        if puts.is_empty() {
+            return Ok(Vec::new());
+        }
         let e = &self.engine;
         let jobs: Vec<PutJob> = puts
             .into_iter()
