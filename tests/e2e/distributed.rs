@@ -45,6 +45,16 @@ async fn records_and_audit_run_as_two_processes_on_postgres_and_kafka() {
     let consent = serve("consent", &env, &id);
     let records = serve_records(&env, &id, &consent);
     let audit = serve("audit", &env, &id);
+    assert_eq!(
+        audit.advertised_services().await,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "sharedcare.audit.v1.Audit",
+        ],
+        "`serve audit` advertises only what it serves"
+    );
     let nhs = nhs_number();
     let mut client = records.records().await;
     client

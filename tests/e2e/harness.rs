@@ -128,6 +128,33 @@ impl Proc {
             .expect("connect gRPC")
     }
 
+    /// The gRPC services this process advertises through reflection (what `grpcurl list`
+    /// prints), sorted.
+    pub async fn advertised_services(&self) -> Vec<String> {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+        let mut client = ServerReflectionClient::new(self.channel().await);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let msg = stream.message().await.expect("response").expect("one response");
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("unexpected {msg:?}")
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        names
+    }
+
     /// Trusts tokens from another process's identity service (the `serve` tests).
     pub fn with_issuer(mut self, issuer: &str) -> Proc {
         self.issuer = Some(issuer.to_string());
@@ -253,7 +280,7 @@ pub async fn fresh_database() -> String {
 
 /// A Kafka namespace of its own for one test, so tests never share topics or groups.
 pub fn namespace() -> String {
-    format!("e2e{}.", uuid::Uuid::new_v4().simple())
+    format!("e2e{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Environment for `sharedcare serve` on `database` and the test broker in `namespace`.

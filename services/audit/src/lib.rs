@@ -39,8 +39,8 @@ impl AuditConfig {
 use std::sync::Arc;
 
 use sharedcare_kit::bus;
-use sharedcare_kit::db::Db;
 use sharedcare_kit::serve::{Consumer, Mount};
+use sharedcare_kit::service::{Context, Migrations, MountError};
 use sharedcare_proto::audit::v1::audit_server::AuditServer;
 
 /// The service's name (schema, consumer group).
@@ -49,47 +49,63 @@ pub const NAME: &str = "audit";
 /// Services whose topics carry events the audit log appends (`AccessRecorded`, `ConsentEvent`).
 pub const AUDITED_SERVICES: &[&str] = &["records", "consent"];
 
-/// Applies the audit schema to `db`.
-pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
-    db.migrate(
-        sqlx::migrate!("./migrations/postgres"),
-        sqlx::migrate!("./migrations/sqlite"),
-    )
-    .await
-}
-
 /// How often a new tree head is signed when the log has grown.
 pub const SIGN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Builds the service on its database: gRPC routes (callers checked by `verifier`), one
-/// consumer per audited topic, and the task that signs tree heads.
-pub async fn mount(
-    db: Db,
-    outbox: sharedcare_kit::outbox::OutboxConfig,
-    verifier: sharedcare_kit::auth::Verifier,
+/// The audit service, as the binary mounts it.
+pub struct Audit {
     config: AuditConfig,
-) -> Result<Mount, AuditError> {
-    let store = store::Store::new(db.clone()).with_rules(config.alerts);
-    let log = log::Log::open(store.clone()).await?;
-    let mut m = Mount::new(NAME);
-    m.add_grpc(AuditServer::new(grpc::AuditApi::new(
-        store.clone(),
-        log.clone(),
-        verifier,
-    )));
-    m.background.push(Box::new(move |stop| Box::pin(sign_heads(log, stop))));
-    let handler = Arc::new(consumer::AccessConsumer::new(store));
-    m.consumers = AUDITED_SERVICES
-        .iter()
-        .map(|s| Consumer {
-            group: NAME.to_string(),
-            topic: bus::topic(s),
-            handler: handler.clone(),
-        })
-        .collect();
-    m.outbox = Some(sharedcare_kit::outbox::Outbox::new(db.clone(), outbox));
-    m.db = Some(db);
-    Ok(m)
+}
+
+impl Audit {
+    /// The service with its settings (`[audit]`).
+    pub fn new(config: AuditConfig) -> Self {
+        Audit { config }
+    }
+}
+
+#[async_trait::async_trait]
+impl sharedcare_kit::service::Service for Audit {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "the verifiable audit log: every access, with signed tree heads and proofs"
+    }
+
+    fn migrations(&self) -> Migrations {
+        // The first migration's key column differs (BIGSERIAL against AUTOINCREMENT).
+        Migrations::PerBackend {
+            postgres: sqlx::migrate!("./migrations/postgres"),
+            sqlite: sqlx::migrate!("./migrations/sqlite"),
+        }
+    }
+
+    /// gRPC routes (callers checked against the trusted issuer), one consumer per audited
+    /// topic, and the task that signs tree heads.
+    async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
+        let verifier = ctx.verifier()?;
+        let store = store::Store::new(ctx.db.clone()).with_rules(self.config.alerts.clone());
+        let log = log::Log::open(store.clone()).await?;
+        let mut m = Mount::new(NAME);
+        m.add_grpc(AuditServer::new(grpc::AuditApi::new(
+            store.clone(),
+            log.clone(),
+            verifier,
+        )));
+        m.background.push(Box::new(move |stop| Box::pin(sign_heads(log, stop))));
+        let handler = Arc::new(consumer::AccessConsumer::new(store));
+        m.consumers = AUDITED_SERVICES
+            .iter()
+            .map(|s| Consumer {
+                group: NAME.to_string(),
+                topic: bus::topic(s),
+                handler: handler.clone(),
+            })
+            .collect();
+        Ok(m)
+    }
 }
 
 /// Signs a tree head every [`SIGN_EVERY`] while the log grows.

@@ -104,8 +104,7 @@ impl Store {
             if new.is_empty() {
                 continue;
             }
-            let sql = db::insert_rows(
-                &tx,
+            let sql = tx.backend().insert_rows(
                 "entries (event_id, nhs_number, actor, actor_organisation, actor_role, action, resources, \
                  purpose, reason, outcome, time_us, trace_id, service, leaf_index, leaf_hash)",
                 15,
@@ -165,11 +164,7 @@ impl Store {
     /// id) with its `AuditAlert` event in the outbox. Break-glass and denied access alert per
     /// entry; a member of staff who has viewed `distinct_patients` patients within
     /// `window_secs` raises one alert per window.
-    async fn raise_alerts(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        added: &[AuditEntry],
-    ) -> Result<(), AuditError> {
+    async fn raise_alerts(&self, tx: &mut db::Tx, added: &[AuditEntry]) -> Result<(), AuditError> {
         let mut alerts: Vec<Alert> = Vec::new();
         let alert = |id: String, kind: &str, e: &AuditEntry, nhs: &str, detail: String| Alert {
             id,

@@ -4,6 +4,7 @@ use prost::Message;
 use sharedcare_audit::store::{AlertRules, Filter, Store};
 use sharedcare_kit::bus::{self, Delivery};
 use sharedcare_kit::db::Db;
+use sharedcare_kit::service::Service as _;
 use sharedcare_proto::events::v1::{AccessRecorded, AuditAlert};
 use sqlx::Row;
 
@@ -37,7 +38,9 @@ fn delivery(n: usize, nhs: &str) -> (Delivery, AccessRecorded) {
 }
 
 async fn store(db: &Db) -> Store {
-    sharedcare_audit::migrate(db).await.expect("migrate");
+    db.migrate(sharedcare_audit::Audit::new(Default::default()).migrations())
+        .await
+        .expect("migrate");
     Store::new(db.clone())
 }
 
@@ -412,7 +415,9 @@ async fn outbox_alerts(db: &Db) -> Vec<AuditAlert> {
 }
 
 async fn denials_break_glass_and_one_person_viewing_many_patients_raise_alerts_once(db: Db) {
-    sharedcare_audit::migrate(&db).await.expect("migrate");
+    db.migrate(sharedcare_audit::Audit::new(Default::default()).migrations())
+        .await
+        .expect("migrate");
     let s = Store::new(db.clone()).with_rules(AlertRules {
         window_secs: 600,
         distinct_patients: 5,

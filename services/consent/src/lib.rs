@@ -17,10 +17,9 @@ pub mod store;
 
 pub use error::ConsentError;
 
-use sharedcare_kit::auth::Verifier;
 use sharedcare_kit::db::Db;
-use sharedcare_kit::outbox::{Outbox, OutboxConfig};
 use sharedcare_kit::serve::Mount;
+use sharedcare_kit::service::{Context, Migrations, MountError};
 
 /// The service's name: its schema, its topic (`sharedcare.consent.v1`).
 pub const NAME: &str = "consent";
@@ -28,16 +27,60 @@ pub const NAME: &str = "consent";
 /// The generated gRPC contract.
 pub use sharedcare_proto::consent::v1 as api;
 
-/// Applies consent's schema to `db`.
-pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
-    // The same portable SQL serves both back ends (one directory, no copies to drift apart).
-    db.migrate(sqlx::migrate!("./migrations"), sqlx::migrate!("./migrations"))
-        .await
+/// A care relationship the demo ICS seeds: NHS number, ODS code, kind.
+pub type DemoRelationship = (String, &'static str, &'static str);
+
+/// The consent service, as the binary mounts it.
+pub struct Consent {
+    demo: Vec<DemoRelationship>,
+}
+
+impl Consent {
+    /// The service; `demo` are the care relationships seeded into an empty database when the
+    /// process seeds the demo ICS.
+    pub fn new(demo: Vec<DemoRelationship>) -> Self {
+        Consent { demo }
+    }
+}
+
+#[async_trait::async_trait]
+impl sharedcare_kit::service::Service for Consent {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "the policy decision point: directives, opt-outs, care relationships, break-glass"
+    }
+
+    fn migrations(&self) -> Migrations {
+        Migrations::Portable(sqlx::migrate!("./migrations"))
+    }
+
+    /// gRPC routes (callers checked against the trusted issuer) and the consumer that records
+    /// care relationships from records' events.
+    async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
+        if ctx.seed_demo && seed_relationships(&ctx.db, &self.demo).await? {
+            tracing::info!("seeded the demo ICS's care relationships into consent");
+        }
+        let store = store::Store::new(ctx.db.clone());
+        let mut m = Mount::new(NAME);
+        m.add_grpc(api::consent_server::ConsentServer::new(grpc::ConsentApi::new(
+            store.clone(),
+            ctx.verifier()?,
+        )));
+        m.consumers.push(sharedcare_kit::serve::Consumer {
+            group: NAME.to_string(),
+            topic: sharedcare_kit::bus::topic("records"),
+            handler: std::sync::Arc::new(events::CareConsumer::new(store)),
+        });
+        Ok(m)
+    }
 }
 
 /// Seeds care relationships (NHS number, ODS code, kind) into an empty consent database, for
 /// the demo ICS `up` runs; returns whether it seeded.
-pub async fn seed_relationships(db: &Db, relationships: &[(String, &str, &str)]) -> Result<bool, ConsentError> {
+pub async fn seed_relationships(db: &Db, relationships: &[DemoRelationship]) -> Result<bool, ConsentError> {
     let store = store::Store::new(db.clone());
     if store.has_relationships().await? {
         return Ok(false);
@@ -54,23 +97,4 @@ pub async fn seed_relationships(db: &Db, relationships: &[(String, &str, &str)])
         store.add_relationship(&format!("demo-{n}"), nhs, &r, &actor).await?;
     }
     Ok(true)
-}
-
-/// Builds the service: gRPC routes (callers checked by `verifier`), its outbox, and the
-/// consumer that records care relationships from records' events.
-pub fn mount(db: Db, outbox: OutboxConfig, verifier: Verifier) -> Mount {
-    let store = store::Store::new(db.clone());
-    let mut m = Mount::new(NAME);
-    m.add_grpc(api::consent_server::ConsentServer::new(grpc::ConsentApi::new(
-        store.clone(),
-        verifier,
-    )));
-    m.consumers.push(sharedcare_kit::serve::Consumer {
-        group: NAME.to_string(),
-        topic: sharedcare_kit::bus::topic("records"),
-        handler: std::sync::Arc::new(events::CareConsumer::new(store)),
-    });
-    m.outbox = Some(Outbox::new(db.clone(), outbox));
-    m.db = Some(db);
-    m
 }

@@ -51,7 +51,7 @@ pub struct Actor<'a> {
 }
 
 async fn event(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut db::Tx,
     kind: &str,
     nhs: &str,
     actor: &Actor<'_>,
@@ -102,15 +102,7 @@ impl Store {
             // One statement for all four tables (each round trip to SQLite costs a thread
             // handoff): rows are (kind, nhs, three texts, two texts, two numbers).
             let backend = self.db.backend();
-            let list = |part: usize| -> String {
-                match backend {
-                    db::Backend::Postgres => (1..=chunk.len())
-                        .map(|n| format!("${}", part * chunk.len() + n))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    db::Backend::Sqlite => db::marks(backend, chunk.len()),
-                }
-            };
+            let list = |part: usize| backend.marks(part * chunk.len() + 1, chunk.len());
             let sql = format!(
                 "SELECT 'd', nhs_number, id, status, provision, '', '', updated_at, 0 FROM directives WHERE nhs_number IN ({}) \
                  UNION ALL SELECT 'f', nhs_number, '', '', '', '', '', national_opt_out, gp_dissent FROM patient_flags WHERE nhs_number IN ({}) \

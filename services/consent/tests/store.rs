@@ -3,6 +3,7 @@
 use sharedcare_consent::policy::{BreakGlass, Directive, Effect, Provision, Relationship};
 use sharedcare_consent::store::{Actor, Grant, Store};
 use sharedcare_kit::db::Db;
+use sharedcare_kit::service::Service as _;
 use sqlx::Row;
 
 const NHS: &str = "9434765919";
@@ -12,7 +13,9 @@ const ACTOR: Actor<'static> = Actor {
 };
 
 async fn store(db: &Db) -> Store {
-    sharedcare_consent::migrate(db).await.expect("migrate");
+    db.migrate(sharedcare_consent::Consent::new(Vec::new()).migrations())
+        .await
+        .expect("migrate");
     Store::new(db.clone())
 }
 

@@ -71,7 +71,12 @@ fn required(field: &str, v: &str) -> Result<(), Status> {
     if v.trim().is_empty() {
         return Err(IdentityError::invalid(field, "is required").into());
     }
-    Ok(())
+    text(field, v)
+}
+
+/// Refuses text no store should keep (a NUL Postgres refuses and SQLite keeps, and the like).
+fn text(field: &str, v: &str) -> Result<(), Status> {
+    sharedcare_kit::text::storable(v).map_err(|e| IdentityError::invalid(field, e.to_string()).into())
 }
 
 fn random_digits(n: usize) -> String {
@@ -159,23 +164,26 @@ impl IdentityAdmin for AdminApi {
         if uid.len() != 12 || !uid.bytes().all(|b| b.is_ascii_digit()) {
             return Err(IdentityError::invalid("uid", "must be 12 digits").into());
         }
-        let codes: Vec<String> = r
-            .role_profiles
-            .iter()
-            .map(|rp| rp.ods_code.to_ascii_uppercase())
-            .collect();
-        let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
-        let known = self.provider.store.organisation_names(&codes).await?;
-        let mut roles = Vec::new();
+        // Every code is parsed before any is looked up: a malformed one (a NUL, say) must be
+        // refused as invalid on every back end, not reach a query one of them rejects.
+        let mut codes = Vec::with_capacity(r.role_profiles.len());
         for (i, rp) in r.role_profiles.iter().enumerate() {
-            let code = OdsCode::parse(&rp.ods_code)
-                .map_err(|e| IdentityError::invalid(format!("role_profiles[{i}].ods_code"), e.to_string()))?;
+            codes.push(
+                OdsCode::parse(&rp.ods_code)
+                    .map_err(|e| IdentityError::invalid(format!("role_profiles[{i}].ods_code"), e.to_string()))?,
+            );
+        }
+        let names: Vec<&str> = codes.iter().map(OdsCode::as_str).collect();
+        let known = self.provider.store.organisation_names(&names).await?;
+        let mut roles = Vec::new();
+        for (i, (rp, code)) in r.role_profiles.iter().zip(&codes).enumerate() {
             if !known.iter().any(|(c, _)| c == code.as_str()) {
                 return Err(
                     IdentityError::invalid(format!("role_profiles[{i}].ods_code"), "no such organisation").into(),
                 );
             }
             required(&format!("role_profiles[{i}].role_code"), &rp.role_code)?;
+            text(&format!("role_profiles[{i}].role_name"), &rp.role_name)?;
             roles.push(RoleProfile {
                 person_roleid: if rp.id.is_empty() {
                     random_digits(12)
@@ -228,6 +236,8 @@ impl IdentityAdmin for AdminApi {
         let r = req.into_inner();
         let nhs = NhsNumber::parse(&r.nhs_number).map_err(|e| IdentityError::invalid("nhs_number", e.to_string()))?;
         required("username", &r.username)?;
+        text("given_name", &r.given_name)?;
+        text("family_name", &r.family_name)?;
         if chrono::NaiveDate::parse_from_str(&r.birthdate, "%Y-%m-%d").is_err() {
             return Err(IdentityError::invalid("birthdate", "expected YYYY-MM-DD").into());
         }

@@ -31,94 +31,115 @@ pub const NAME: &str = "identity";
 /// The generated gRPC contract.
 pub use sharedcare_proto::identity::v1 as api;
 
-use sharedcare_kit::db::Db;
-use sharedcare_kit::outbox::{Outbox, OutboxConfig};
 use sharedcare_kit::serve::Mount;
+use sharedcare_kit::service::{Context, InternalClient, Migrations, Mode, MountError};
 
-/// Applies identity's schema to `db`.
-pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
-    // The same portable SQL serves both back ends (one directory, no copies to drift apart).
-    db.migrate(sqlx::migrate!("./migrations"), sqlx::migrate!("./migrations"))
-        .await
-}
-
-/// Builds the service: loads (or makes) signing keys, seeds the demo ICS into an empty
-/// database when configured, and returns the HTTP routes, the admin gRPC API and the outbox.
-/// `issuer` is used when the configuration names none; `seed_by_default` applies when
-/// `identity.seed_demo` is unset. `internal` is the client the other services in this process
-/// use for their own calls (registered afresh, with its new secret, at every start).
-pub async fn mount(
-    db: Db,
-    outbox: OutboxConfig,
+/// The identity service, as the binary mounts it.
+pub struct Identity {
     config: IdentityConfig,
-    issuer: String,
-    seed_by_default: bool,
-    internal: Option<InternalClient>,
-) -> Result<Mount, IdentityError> {
-    let issuer = if config.issuer.is_empty() {
-        issuer
-    } else {
-        config.issuer.clone()
-    };
-    let issuer = issuer.trim_end_matches('/').to_string();
-    let store = store::Store::new(db.clone());
-    let keys = keys::KeyRing::load(
-        store.clone(),
-        config.key_rotation_hours * 3600,
-        config.access_token_secs.max(120),
-        config.key_prepublish_secs,
-    )
-    .await?;
-    let hasher = std::sync::Arc::new(secrets::Hasher::new(secrets::PasswordCost {
-        memory_kib: config.argon2_memory_kib,
-        iterations: config.argon2_iterations,
-    }));
-    if config.seed_demo.unwrap_or(seed_by_default) && demo::seed(&store, &issuer, &hasher).await? {
-        tracing::info!("seeded the demo ICS into identity (see `sharedcare demo`)");
-    }
-    if let Some(c) = internal {
-        store
-            .replace_client(&model::Client {
-                id: c.id,
-                name: "Sharedcare services (internal)".into(),
-                secret_hash: sharedcare_kit::jose::sha256_b64(&c.secret),
-                settings: model::ClientSettings {
-                    redirect_uris: Vec::new(),
-                    post_logout_redirect_uris: Vec::new(),
-                    backchannel_logout_uri: String::new(),
-                    grant_types: vec!["client_credentials".into()],
-                    scopes: c.scopes,
-                    auth_method: model::AuthMethod::ClientSecretBasic,
-                    jwks: None,
-                    jwks_uri: String::new(),
-                    id_token_alg: String::new(),
-                },
-            })
-            .await?;
-    }
-    let outbox = Outbox::new(db.clone(), outbox);
-    let provider = oauth::Provider::new(store, keys, config, issuer, outbox.clone(), hasher);
-    let mut m = Mount::new(NAME);
-    m.http = http::router(provider.clone());
-    m.add_grpc(api::identity_admin_server::IdentityAdminServer::new(
-        grpc::AdminApi::new(provider.clone()),
-    ));
-    m.outbox = Some(outbox);
-    m.db = Some(db);
-    m.background
-        .push(Box::new(move |stop| Box::pin(maintain(provider, stop))));
-    Ok(m)
 }
 
-/// A client-credentials client for services running in the same process as identity.
-#[derive(Clone, Debug)]
-pub struct InternalClient {
-    /// client_id.
-    pub id: String,
-    /// Its secret (random per start).
-    pub secret: String,
-    /// Scopes it may ask for.
-    pub scopes: Vec<String>,
+impl Identity {
+    /// The service with its settings (`[identity]`).
+    pub fn new(config: IdentityConfig) -> Self {
+        Identity { config }
+    }
+}
+
+/// The issuer identity signs as: `identity.issuer`, else the HTTP base URL it serves on.
+pub fn issuer(config: &IdentityConfig, http: std::net::SocketAddr) -> String {
+    if config.issuer.is_empty() {
+        default_issuer(http)
+    } else {
+        config.issuer.trim_end_matches('/').to_string()
+    }
+}
+
+/// The HTTP base URL for a listen address (`localhost` for an unspecified one).
+pub fn default_issuer(http: std::net::SocketAddr) -> String {
+    if http.ip().is_unspecified() {
+        format!("http://localhost:{}", http.port())
+    } else {
+        format!("http://{http}")
+    }
+}
+
+/// Whether identity seeds the demo ICS: `identity.seed_demo`, else only under `up`.
+pub fn seeds_demo(config: &IdentityConfig, mode: Mode) -> bool {
+    config.seed_demo.unwrap_or(mode == Mode::Up)
+}
+
+#[async_trait::async_trait]
+impl sharedcare_kit::service::Service for Identity {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "the OpenID Connect provider: login pages, tokens, admin API"
+    }
+
+    fn migrations(&self) -> Migrations {
+        Migrations::Portable(sqlx::migrate!("./migrations"))
+    }
+
+    /// Loads (or makes) signing keys, seeds the demo ICS into an empty database when asked,
+    /// registers the process's internal client, and returns the HTTP routes, the admin gRPC
+    /// API and the maintenance task.
+    async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
+        let config = self.config.clone();
+        let issuer = issuer(&config, ctx.http_addr);
+        let store = store::Store::new(ctx.db.clone());
+        let keys = keys::KeyRing::load(
+            store.clone(),
+            config.key_rotation_hours * 3600,
+            config.access_token_secs.max(120),
+            config.key_prepublish_secs,
+        )
+        .await?;
+        let hasher = std::sync::Arc::new(secrets::Hasher::new(secrets::PasswordCost {
+            memory_kib: config.argon2_memory_kib,
+            iterations: config.argon2_iterations,
+        }));
+        if ctx.seed_demo && demo::seed(&store, &issuer, &hasher).await? {
+            tracing::info!("seeded the demo ICS into identity (see `sharedcare demo`)");
+        }
+        if let Some(c) = &ctx.internal_client {
+            register_internal(&store, c).await?;
+        }
+        let provider = oauth::Provider::new(store, keys, config, issuer, ctx.outbox.clone(), hasher);
+        let mut m = Mount::new(NAME);
+        m.http = http::router(provider.clone());
+        m.add_grpc(api::identity_admin_server::IdentityAdminServer::new(
+            grpc::AdminApi::new(provider.clone()),
+        ));
+        m.background
+            .push(Box::new(move |stop| Box::pin(maintain(provider, stop))));
+        Ok(m)
+    }
+}
+
+/// Registers (or replaces, with this start's secret) the client the other services of this
+/// process use for their own calls.
+async fn register_internal(store: &store::Store, c: &InternalClient) -> Result<(), IdentityError> {
+    store
+        .replace_client(&model::Client {
+            id: c.id.clone(),
+            name: "Sharedcare services (internal)".into(),
+            secret_hash: sharedcare_kit::jose::sha256_b64(&c.secret),
+            settings: model::ClientSettings {
+                redirect_uris: Vec::new(),
+                post_logout_redirect_uris: Vec::new(),
+                backchannel_logout_uri: String::new(),
+                grant_types: vec!["client_credentials".into()],
+                scopes: c.scopes.clone(),
+                auth_method: model::AuthMethod::ClientSecretBasic,
+                jwks: None,
+                jwks_uri: String::new(),
+                id_token_alg: String::new(),
+            },
+        })
+        .await
 }
 
 /// Rotates keys when due and purges expired codes and tokens, every minute until stopped.

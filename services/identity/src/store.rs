@@ -847,7 +847,7 @@ impl Store {
     }
 }
 
-async fn revoke_family_in(tx: &mut sqlx::Transaction<'static, sqlx::Any>, family: &str, now: i64) -> Result<()> {
+async fn revoke_family_in(tx: &mut sharedcare_kit::db::Tx, family: &str, now: i64) -> Result<()> {
     sqlx::query("INSERT INTO revoked_families (family, revoked_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
         .bind(family.to_string())
         .bind(now)

@@ -4,9 +4,12 @@ use sharedcare_identity::keys::KeyRing;
 use sharedcare_identity::model::{Grant, SubjectKind};
 use sharedcare_identity::store::{Session, Store};
 use sharedcare_kit::db::Db;
+use sharedcare_kit::service::Service as _;
 
 async fn store(db: &Db) -> Store {
-    sharedcare_identity::migrate(db).await.expect("migrate");
+    db.migrate(sharedcare_identity::Identity::new(Default::default()).migrations())
+        .await
+        .expect("migrate");
     Store::new(db.clone())
 }
 

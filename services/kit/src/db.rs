@@ -1,7 +1,8 @@
 //! One database handle per service. The back end is chosen once, by URL scheme, when the
 //! service starts: `postgres://…` (each service in its own schema, named after it) or
-//! `sqlite://path` (a file per service). Domain code never branches on the back end; the few
-//! statements that differ live in the kit (advisory locking in [`crate::outbox`]).
+//! `sqlite://path` (a file per service). Domain code never branches on the back end: what
+//! differs (placeholders, multi-row inserts, `BEGIN IMMEDIATE`, which pool writes) is answered
+//! by the [`Backend`] a [`Db`] or [`Tx`] carries.
 
 use std::path::Path;
 use std::time::Duration;
@@ -141,11 +142,13 @@ impl Db {
     /// Applies the kit's migrations and then the service's own for this back end.
     /// Kit migrations are numbered from 90000000000001 so the two sets never collide; each
     /// migrator ignores the other's applied versions.
-    pub async fn migrate(&self, postgres: Migrator, sqlite: Migrator) -> Result<()> {
+    pub async fn migrate(&self, migrations: crate::service::Migrations) -> Result<()> {
+        use crate::service::Migrations;
         self.migrate_kit().await?;
-        self.run(match self.backend {
-            Backend::Postgres => postgres,
-            Backend::Sqlite => sqlite,
+        self.run(match (migrations, self.backend) {
+            (Migrations::Portable(m), _) => m,
+            (Migrations::PerBackend { postgres, .. }, Backend::Postgres) => postgres,
+            (Migrations::PerBackend { sqlite, .. }, Backend::Sqlite) => sqlite,
         })
         .await
     }
@@ -181,11 +184,15 @@ impl Db {
     /// Begins a transaction that will write. On SQLite it takes the write lock up front
     /// (`BEGIN IMMEDIATE`), so concurrent writers queue on the busy timeout instead of failing
     /// when a read lock cannot be upgraded.
-    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        match self.backend {
-            Backend::Postgres => self.writer.begin().await,
-            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
-        }
+    pub async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
+        let inner = match self.backend {
+            Backend::Postgres => self.writer.begin().await?,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+        };
+        Ok(Tx {
+            inner,
+            backend: self.backend,
+        })
     }
 
     /// The engine behind this handle.
@@ -217,61 +224,89 @@ impl Db {
 /// Most rows one multi-row INSERT carries (keeps binds under SQLite's and Postgres' limits).
 pub const MAX_ROWS_PER_INSERT: usize = 200;
 
-/// `INSERT INTO {table_and_columns} VALUES (…), (…) {suffix}` for `rows` rows of `columns`
-/// placeholders in `conn`'s dialect: `$n` for Postgres, anonymous `?` for SQLite (whose
-/// numbered parameters are looked up by name, quadratic in their count). Only placeholders
-/// are generated; values are always bound.
-pub fn insert_rows(
-    conn: &sqlx::AnyConnection,
-    table_and_columns: &str,
-    columns: usize,
-    rows: usize,
-    suffix: &str,
-) -> String {
-    let numbered = conn.backend_name() != "SQLite";
-    let mut sql = format!("INSERT INTO {table_and_columns} VALUES ");
-    for r in 0..rows {
-        if r > 0 {
-            sql.push_str(", ");
+/// The SQL that differs between the back ends, in one place. Stores get it from
+/// [`Db::backend`] or from the [`Tx`] they write in, and never compare back-end names.
+/// Only placeholders are generated here; values are always bound.
+impl Backend {
+    /// The `n`th (from 1) bind placeholder: `$n` (Postgres) or `?` (SQLite, bound in order of
+    /// appearance: SQLite looks numbered parameters up by name, quadratic in their count).
+    pub fn placeholder(self, n: usize) -> String {
+        match self {
+            Backend::Postgres => format!("${n}"),
+            Backend::Sqlite => "?".to_string(),
         }
-        sql.push('(');
-        for c in 0..columns {
-            if c > 0 {
+    }
+
+    /// `count` comma-separated placeholders numbered from `first` (`$3, $4` or `?, ?`), for an
+    /// `IN (…)` list whose values are bound in order.
+    pub fn marks(self, first: usize, count: usize) -> String {
+        (first..first + count)
+            .map(|n| self.placeholder(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `INSERT INTO {table_and_columns} VALUES (…), (…) {suffix}` for `rows` rows of `columns`
+    /// placeholders.
+    pub fn insert_rows(self, table_and_columns: &str, columns: usize, rows: usize, suffix: &str) -> String {
+        let mut sql = format!("INSERT INTO {table_and_columns} VALUES ");
+        for r in 0..rows {
+            if r > 0 {
                 sql.push_str(", ");
             }
-            if numbered {
-                sql.push_str(&format!("${}", r * columns + c + 1));
-            } else {
-                sql.push('?');
-            }
+            sql.push('(');
+            sql.push_str(&self.marks(r * columns + 1, columns));
+            sql.push(')');
         }
-        sql.push(')');
+        if !suffix.is_empty() {
+            sql.push(' ');
+            sql.push_str(suffix);
+        }
+        sql
     }
-    if !suffix.is_empty() {
-        sql.push(' ');
-        sql.push_str(suffix);
-    }
-    sql
-}
 
-/// The `n`th (from 1) bind placeholder in `conn`'s dialect: `$n` (Postgres) or `?` (SQLite,
-/// bound in order of appearance).
-pub fn placeholder(conn: &sqlx::AnyConnection, n: usize) -> String {
-    if conn.backend_name() == "SQLite" {
-        "?".to_string()
-    } else {
-        format!("${n}")
+    /// Whether the engine has one writer at a time, so that writers need no advisory locks
+    /// to be serialised (SQLite).
+    pub fn single_writer(self) -> bool {
+        self == Backend::Sqlite
     }
 }
 
-/// `count` comma-separated bind placeholders for `backend` (`$1, $2, …` or `?, ?, …`), for an
-/// `IN (…)` list whose values are bound in order.
-pub fn marks(backend: Backend, count: usize) -> String {
-    let one = |n: usize| match backend {
-        Backend::Postgres => format!("${n}"),
-        Backend::Sqlite => "?".to_string(),
-    };
-    (1..=count).map(one).collect::<Vec<_>>().join(", ")
+/// A write transaction begun by [`Db::begin_write`]: the connection (it dereferences to
+/// `AnyConnection`, so it is an executor as `&mut *tx`) and the dialect it speaks.
+pub struct Tx {
+    inner: sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+}
+
+impl Tx {
+    /// The dialect of the connection.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Commits the transaction.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.inner.commit().await
+    }
+
+    /// Rolls the transaction back (dropping it does the same, later).
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.inner.rollback().await
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
 }
 
 /// Microseconds since the Unix epoch, the time representation every table uses.

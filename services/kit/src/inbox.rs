@@ -5,12 +5,11 @@
 //! crash (or a rebalance) is recognised and skipped, and the stored topic/partition/offset
 //! records how far the consumer's state goes.
 
-use sqlx::AnyConnection;
-
 use crate::bus::Delivery;
+use crate::db::Tx;
 
 /// Records that `consumer` applied `delivery`; `false` when it already had (skip it).
-pub async fn claim(conn: &mut AnyConnection, consumer: &str, delivery: &Delivery) -> Result<bool, sqlx::Error> {
+pub async fn claim(tx: &mut Tx, consumer: &str, delivery: &Delivery) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO kit_inbox (consumer, event_id, topic, partition_no, event_offset, applied_us)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer, event_id) DO NOTHING",
@@ -21,7 +20,7 @@ pub async fn claim(conn: &mut AnyConnection, consumer: &str, delivery: &Delivery
     .bind(delivery.partition)
     .bind(delivery.offset)
     .bind(crate::db::now_us())
-    .execute(conn)
+    .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -29,15 +28,14 @@ pub async fn claim(conn: &mut AnyConnection, consumer: &str, delivery: &Delivery
 /// Claims a batch (at most [`crate::db::MAX_ROWS_PER_INSERT`]) in one statement; returns the
 /// event ids that were new for `consumer` (the others were applied before: skip them).
 pub async fn claim_all(
-    conn: &mut AnyConnection,
+    tx: &mut Tx,
     consumer: &str,
     deliveries: &[&Delivery],
 ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
     if deliveries.is_empty() {
         return Ok(Default::default());
     }
-    let sql = crate::db::insert_rows(
-        conn,
+    let sql = tx.backend().insert_rows(
         "kit_inbox (consumer, event_id, topic, partition_no, event_offset, applied_us)",
         6,
         deliveries.len(),
@@ -54,6 +52,6 @@ pub async fn claim_all(
             .bind(d.offset)
             .bind(now);
     }
-    let rows = q.fetch_all(conn).await?;
+    let rows = q.fetch_all(&mut **tx).await?;
     Ok(rows.into_iter().map(|r| sqlx::Row::get::<String, _>(&r, 0)).collect())
 }

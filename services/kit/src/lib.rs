@@ -7,8 +7,10 @@
 //!   (`/healthz`, `/readyz`, `/metrics`), both draining on shutdown.
 //! - [`db`]: one database handle per service, Postgres or SQLite chosen by URL, migrations.
 //! - [`bus`] and [`outbox`]: the event bus (Kafka or embedded) and the transactional outbox.
+//! - [`service`]: the [`service::Service`] trait every service implements, and its mount context.
 //! - [`shutdown`]: the SIGTERM/SIGINT trigger.
 //! - [`nhs`]: NHS domain identifiers shared by every service.
+//! - [`text`]: what text every store keeps (no control characters).
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -23,8 +25,10 @@ pub mod metrics;
 pub mod nhs;
 pub mod outbox;
 pub mod serve;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testing;
+pub mod text;
 
 pub use error::{Error, Result};

@@ -14,17 +14,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, Row};
+use sqlx::{Any, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::bus::{Bus, Envelope, Outgoing};
-use crate::db::{Backend, Db};
+use crate::db::{Db, Tx};
 use crate::{Error, Result};
 
 /// Writes `envelope` for `topic` into the outbox inside the caller's transaction.
-pub async fn enqueue(conn: &mut AnyConnection, topic: &str, envelope: &Envelope) -> Result<(), sqlx::Error> {
-    enqueue_all(conn, &[(topic, envelope)]).await
+pub async fn enqueue(tx: &mut Tx, topic: &str, envelope: &Envelope) -> Result<(), sqlx::Error> {
+    enqueue_all(tx, &[(topic, envelope)]).await
 }
 
 /// Orders this transaction's events for `key` after those of any concurrent transaction with
@@ -34,24 +35,23 @@ pub async fn enqueue(conn: &mut AnyConnection, topic: &str, envelope: &Envelope)
 /// transactions could commit their rows for one patient out of sequence order and the relay
 /// would publish them out of order. A transaction-scoped advisory lock on the key makes such
 /// transactions run one after the other. SQLite has a single writer, so it needs nothing.
-pub async fn lock_key(conn: &mut AnyConnection, key: &str) -> Result<(), sqlx::Error> {
-    if conn.backend_name() == "SQLite" {
+pub async fn lock_key(tx: &mut Tx, key: &str) -> Result<(), sqlx::Error> {
+    if tx.backend().single_writer() {
         return Ok(());
     }
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::text")
         .bind(key)
-        .fetch_one(conn)
+        .fetch_one(&mut **tx)
         .await?;
     Ok(())
 }
 
 /// Writes several events into the outbox inside the caller's transaction, in order, with one
 /// statement per [`crate::db::MAX_ROWS_PER_INSERT`] events.
-pub async fn enqueue_all(conn: &mut AnyConnection, events: &[(&str, &Envelope)]) -> Result<(), sqlx::Error> {
+pub async fn enqueue_all(tx: &mut Tx, events: &[(&str, &Envelope)]) -> Result<(), sqlx::Error> {
     let now = crate::db::now_us();
     for chunk in events.chunks(crate::db::MAX_ROWS_PER_INSERT) {
-        let sql = crate::db::insert_rows(
-            conn,
+        let sql = tx.backend().insert_rows(
             "kit_outbox (event_id, topic, event_key, payload, created_us)",
             5,
             chunk.len(),
@@ -62,7 +62,7 @@ pub async fn enqueue_all(conn: &mut AnyConnection, events: &[(&str, &Envelope)])
             let out = Outgoing::new(topic, envelope);
             q = q.bind(out.id).bind(out.topic).bind(out.key).bind(out.payload).bind(now);
         }
-        q.execute(&mut *conn).await?;
+        q.execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -103,11 +103,12 @@ const GROUP_COMMIT_MAX: usize = 1024;
 
 impl Outbox {
     /// The outbox in `db` (its `kit_outbox` table). Must be called inside the tokio runtime:
-    /// it starts the group-commit writer behind [`Outbox::record`].
-    pub fn new(db: Db, config: OutboxConfig) -> Self {
+    /// it starts the group-commit writer behind [`Outbox::record`] under `tasks`; the writer
+    /// ends when the last handle is dropped.
+    pub fn new(db: Db, config: OutboxConfig, tasks: &TaskTracker) -> Self {
         let wake = Arc::new(Notify::new());
         let (records, rx) = mpsc::channel(GROUP_COMMIT_MAX * 4);
-        tokio::spawn(group_commit(db.clone(), wake.clone(), rx));
+        tasks.spawn(group_commit(db.clone(), wake.clone(), rx));
         Outbox {
             db,
             wake,
@@ -172,7 +173,7 @@ impl Outbox {
         // Anonymous placeholders on SQLite: it looks numbered ones up by name (quadratic).
         let sql = format!(
             "DELETE FROM kit_outbox WHERE seq IN ({})",
-            crate::db::marks(self.db.backend(), seqs.len())
+            self.db.backend().marks(1, seqs.len())
         );
         // Only numbered placeholders are formatted in; the values are bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -234,7 +235,7 @@ impl Outbox {
     /// Becomes the only active relay for this service (Postgres), holding the returned
     /// connection for as long as the relay runs. SQLite files have one writer process.
     async fn lead(&self, shutdown: &CancellationToken) -> Option<Option<PoolConnection<Any>>> {
-        if self.db.backend() == Backend::Sqlite {
+        if self.db.backend().single_writer() {
             return Some(None);
         }
         let key = format!("sharedcare.outbox.{}", self.db.service());

@@ -153,8 +153,16 @@ pub async fn bind_all(listen: Listen) -> Result<Bound> {
     })
 }
 
-/// Starts servers, relays and consumers for `mounts` on `bus`.
-pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, bound: Bound, metrics: Metrics) -> Result<Running> {
+/// Starts servers, relays and consumers for `mounts` on `bus`. `workers` is the tracker the
+/// mounted services spawned their own tasks under; relays, consumers and background tasks join
+/// them, and [`Running::stop`] waits for all of them.
+pub async fn start(
+    mounts: Vec<Mount>,
+    bus: Arc<dyn Bus>,
+    bound: Bound,
+    metrics: Metrics,
+    workers: TaskTracker,
+) -> Result<Running> {
     let Bound {
         http: http_listener,
         grpc: grpc_listener,
@@ -164,19 +172,29 @@ pub async fn start(mounts: Vec<Mount>, bus: Arc<dyn Bus>, bound: Bound, metrics:
 
     let mut servers = Vec::new();
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let workers = TaskTracker::new();
     let stop_serving = CancellationToken::new();
     let stop_working = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(sharedcare_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection lists what this process serves: the mounted services, health and itself.
+    let mut advertised: Vec<&str> = mounts.iter().flat_map(|m| m.grpc_services.iter().copied()).collect();
+    advertised.extend([
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]);
+    let reflection = || {
+        advertised.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(sharedcare_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |b, name| b.with_service_name(*name),
+        )
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .map_err(|e| Error::Io(format!("reflection: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(sharedcare_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| Error::Io(format!("reflection: {e}")))?;
 

@@ -50,7 +50,7 @@ pub async fn postgres_db(service: &str) -> Db {
 pub fn kafka_bus() -> (KafkaBus, KafkaConfig) {
     let config = KafkaConfig {
         brokers: kafka_brokers(),
-        namespace: format!("{}.", unique("t")),
+        namespace: unique("t"),
         ..KafkaConfig::default()
     };
     (KafkaBus::new(&config, "tests").expect("kafka producer"), config)

@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::task::TaskTracker;
 
 use sharedcare_kit::bus::embedded::EmbeddedBus;
 use sharedcare_kit::bus::kafka::{KafkaBus, KafkaConfig};
@@ -21,8 +22,8 @@ fn event(key: &str, n: usize) -> Envelope {
 
 async fn outbox_rows_commit_with_the_transaction_or_not_at_all(db: Db) {
     db.migrate_kit().await.expect("migrate");
-    let ob = Outbox::new(db.clone(), OutboxConfig::default());
-    let mut tx = db.pool().begin().await.expect("begin");
+    let ob = Outbox::new(db.clone(), OutboxConfig::default(), &TaskTracker::new());
+    let mut tx = db.begin_write().await.expect("begin");
     outbox::enqueue(&mut tx, "t", &event("k", 1)).await.expect("enqueue");
     tx.rollback().await.expect("rollback");
     assert_eq!(
@@ -30,7 +31,7 @@ async fn outbox_rows_commit_with_the_transaction_or_not_at_all(db: Db) {
         0,
         "a rolled-back transaction leaves no event"
     );
-    let mut tx = db.pool().begin().await.expect("begin");
+    let mut tx = db.begin_write().await.expect("begin");
     outbox::enqueue(&mut tx, "t", &event("k", 1)).await.expect("enqueue");
     outbox::enqueue(&mut tx, "t", &event("k", 2)).await.expect("enqueue");
     tx.commit().await.expect("commit");
@@ -58,10 +59,11 @@ async fn relay_publishes_everything_in_order_then_empties(db: Db) {
             batch_size: 100,
             poll_interval_ms: 50,
         },
+        &TaskTracker::new(),
     );
     let sent: Vec<Envelope> = (0..1_200).map(|i| event(&format!("k{}", i % 7), i)).collect();
     for chunk in sent.chunks(300) {
-        let mut tx = db.pool().begin().await.expect("begin");
+        let mut tx = db.begin_write().await.expect("begin");
         for e in chunk {
             outbox::enqueue(&mut tx, "relay.topic", e).await.expect("enqueue");
         }
@@ -89,8 +91,8 @@ async fn relay_publishes_everything_in_order_then_empties(db: Db) {
 
 async fn relay_keeps_rows_while_the_bus_is_down(db: Db) {
     db.migrate_kit().await.expect("migrate");
-    let ob = Outbox::new(db.clone(), OutboxConfig::default());
-    let mut tx = db.pool().begin().await.expect("begin");
+    let ob = Outbox::new(db.clone(), OutboxConfig::default(), &TaskTracker::new());
+    let mut tx = db.begin_write().await.expect("begin");
     for i in 0..5 {
         outbox::enqueue(&mut tx, "down.topic", &event("k", i))
             .await
@@ -130,24 +132,25 @@ async fn inbox_claims_an_event_once(db: Db) {
         partition: 3,
         offset: 42,
     };
-    let mut tx = db.pool().begin().await.expect("begin");
+    let mut tx = db.begin_write().await.expect("begin");
     assert!(inbox::claim(&mut tx, "c", &d).await.expect("claim"));
     tx.rollback().await.expect("rollback");
-    let mut tx = db.pool().begin().await.expect("begin");
+    let mut tx = db.begin_write().await.expect("begin");
     assert!(
         inbox::claim(&mut tx, "c", &d).await.expect("claim"),
         "a rolled-back claim does not count"
     );
     tx.commit().await.expect("commit");
-    let mut conn = db.pool().acquire().await.expect("conn");
+    let mut tx = db.begin_write().await.expect("begin");
     assert!(
-        !inbox::claim(&mut conn, "c", &d).await.expect("claim"),
+        !inbox::claim(&mut tx, "c", &d).await.expect("claim"),
         "a redelivery is recognised"
     );
     assert!(
-        inbox::claim(&mut conn, "other", &d).await.expect("claim"),
+        inbox::claim(&mut tx, "other", &d).await.expect("claim"),
         "each consumer has its own inbox"
     );
+    tx.commit().await.expect("commit");
 }
 
 sharedcare_kit::store_suite!(

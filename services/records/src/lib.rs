@@ -22,41 +22,70 @@ pub mod validate;
 pub use config::RecordsConfig;
 pub use error::RecordsError;
 
-use sharedcare_kit::auth::Verifier;
-use sharedcare_kit::db::Db;
-use sharedcare_kit::outbox::{Outbox, OutboxConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
 use sharedcare_kit::serve::Mount;
+use sharedcare_kit::service::{Context, Migrations, MountError};
 use sharedcare_proto::records::v1::records_server::RecordsServer;
 
 /// The service's name: its schema, its topic (`sharedcare.records.v1`), its event source.
 pub const NAME: &str = "records";
 
-/// Applies the records schema to `db`.
-pub async fn migrate(db: &Db) -> sharedcare_kit::Result<()> {
-    db.migrate(
-        sqlx::migrate!("./migrations/postgres"),
-        sqlx::migrate!("./migrations/sqlite"),
-    )
-    .await
+/// The records service, as the binary mounts it.
+pub struct Records {
+    config: RecordsConfig,
 }
 
-/// Builds the service on its database: gRPC routes (callers checked by `verifier`), outbox,
-/// every access to patient data decided by `pdp` (the consent service).
-/// `codes` are the configured code lists that set sensitivity labels.
-pub fn mount(
-    db: Db,
-    outbox: OutboxConfig,
-    verifier: Verifier,
-    pdp: std::sync::Arc<dyn consent::Pdp>,
-    codes: &[labels::LabelCode],
-) -> Mount {
-    let outbox = Outbox::new(db.clone(), outbox);
-    let store = store::Store::new(db.clone(), outbox.clone(), pdp).with_labels(labels::Labeller::new(codes));
-    let mut m = Mount::new(NAME);
-    let api = grpc::RecordsApi::new(store, verifier);
-    m.http = http::router(api.clone());
-    m.add_grpc(RecordsServer::new(api));
-    m.outbox = Some(outbox);
-    m.db = Some(db);
-    m
+impl Records {
+    /// The service with its settings (`[records]`).
+    pub fn new(config: RecordsConfig) -> Self {
+        Records { config }
+    }
+
+    /// How records asks consent: `records.consent_url`, else the consent service mounted in
+    /// the same process, with this process's client-credentials token.
+    fn pdp(&self, ctx: &Context) -> Result<Arc<dyn consent::Pdp>, MountError> {
+        let url = if !self.config.consent_url.is_empty() {
+            self.config.consent_url.clone()
+        } else if ctx.runs("consent") {
+            ctx.local_grpc_url()
+        } else {
+            return Err(
+                "`records.consent_url` is required when consent runs in another process: set SHAREDCARE_RECORDS__CONSENT_URL to its gRPC URL, e.g. http://consent:50051".into(),
+            );
+        };
+        let token = ctx.service_token("consent.decide")?;
+        let timeout = Duration::from_millis(self.config.consent_timeout_ms);
+        Ok(Arc::new(consent::GrpcPdp::new(&url, token, timeout)?))
+    }
+}
+
+#[async_trait::async_trait]
+impl sharedcare_kit::service::Service for Records {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "the shared care record: FHIR R4 over gRPC and /fhir/R4, consent-decided and audited"
+    }
+
+    fn migrations(&self) -> Migrations {
+        Migrations::Portable(sqlx::migrate!("./migrations"))
+    }
+
+    /// gRPC and FHIR routes (callers checked against the trusted issuer), every access to
+    /// patient data decided by consent and audited through the outbox.
+    async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
+        let verifier = ctx.verifier()?;
+        let pdp = self.pdp(ctx)?;
+        let store = store::Store::new(ctx.db.clone(), ctx.outbox.clone(), pdp, &ctx.tasks)
+            .with_labels(labels::Labeller::new(&self.config.sensitive_codes));
+        let mut m = Mount::new(NAME);
+        let api = grpc::RecordsApi::new(store, verifier);
+        m.http = http::router(api.clone());
+        m.add_grpc(RecordsServer::new(api));
+        Ok(m)
+    }
 }

@@ -203,6 +203,30 @@ fn rules(resource_type: &str) -> &'static [Rule] {
     }
 }
 
+/// Refuses a string (or property name) anywhere in `v` that holds a control character: FHIR
+/// strings may not, and Postgres would refuse a NUL that SQLite stores.
+fn storable_text(path: &str, v: &Value) -> Result<(), RecordsError> {
+    let check = |path: &str, s: &str| sharedcare_kit::text::storable(s).map_err(|e| invalid(path, e.to_string()));
+    match v {
+        Value::String(s) => check(path, s),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                storable_text(&format!("{path}[{i}]"), item)?;
+            }
+            Ok(())
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                let at = format!("{path}.{k}");
+                check(&at, k)?;
+                storable_text(&at, item)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn invalid(path: &str, reason: impl Into<String>) -> RecordsError {
     RecordsError::invalid(path, reason)
 }
@@ -210,6 +234,9 @@ fn invalid(path: &str, reason: impl Into<String>) -> RecordsError {
 /// Checks `body` (of `resource_type`) against its rules, every reference in it, and every
 /// coding that claims to be SNOMED CT.
 pub fn resource(resource_type: &str, body: &Map<String, Value>) -> Result<(), RecordsError> {
+    for (name, v) in body {
+        storable_text(name, v)?;
+    }
     for Rule(name, kind, required, list) in rules(resource_type) {
         match body.get(*name) {
             None | Some(Value::Null) if *required => {
@@ -475,6 +502,18 @@ mod tests {
         let v: Value = serde_json::from_str(json).expect("json");
         let m = v.as_object().expect("object");
         resource(m["resourceType"].as_str().expect("type"), m).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_refused_by_its_path_on_every_back_end() {
+        let err = check(
+            r#"{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://example.org","code":"A8\u00001001"}]}}"#,
+        )
+        .expect_err("NUL in a code");
+        assert!(
+            err.starts_with("code.coding[0].code: contains the control character U+0000"),
+            "{err}"
+        );
     }
 
     #[test]

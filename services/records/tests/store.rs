@@ -5,6 +5,7 @@ use sharedcare_consent::policy::{BreakGlass, Directive, Effect, Provision, Relat
 use sharedcare_kit::bus::Envelope;
 use sharedcare_kit::db::Db;
 use sharedcare_kit::outbox::{Outbox, OutboxConfig};
+use sharedcare_kit::service::Service as _;
 use sharedcare_kit::testing;
 use sharedcare_proto::consent::v1::{DecideRequest, DecideResponse};
 use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged};
@@ -44,7 +45,9 @@ async fn stores(db: &Db) -> (Store, sharedcare_consent::store::Store) {
         }
         sharedcare_kit::db::Backend::Postgres => (testing::postgres_db("consent").await, None),
     };
-    sharedcare_consent::migrate(&cdb).await.expect("migrate consent");
+    cdb.migrate(sharedcare_consent::Consent::new(Vec::new()).migrations())
+        .await
+        .expect("migrate consent");
     let consent = sharedcare_consent::store::Store::new(cdb);
     let pdp = Arc::new(ConsentPdp {
         store: consent.clone(),
@@ -54,8 +57,17 @@ async fn stores(db: &Db) -> (Store, sharedcare_consent::store::Store) {
 }
 
 async fn store_with(db: &Db, pdp: Arc<dyn Pdp>) -> Store {
-    sharedcare_records::migrate(db).await.expect("migrate");
-    Store::new(db.clone(), Outbox::new(db.clone(), OutboxConfig::default()), pdp)
+    db.migrate(sharedcare_records::Records::new(Default::default()).migrations())
+        .await
+        .expect("migrate");
+    // Test stores' tasks end with the store; nothing waits for them.
+    let tasks = tokio_util::task::TaskTracker::new();
+    Store::new(
+        db.clone(),
+        Outbox::new(db.clone(), OutboxConfig::default(), &tasks),
+        pdp,
+        &tasks,
+    )
 }
 
 async fn store(db: &Db) -> Store {

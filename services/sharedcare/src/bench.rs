@@ -165,7 +165,11 @@ async fn bus(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
         )
     } else {
         let mut kc = config.kafka.clone();
-        kc.namespace = format!("{}bench{}.", kc.namespace, std::process::id());
+        kc.namespace = if kc.namespace.is_empty() {
+            format!("bench{}", std::process::id())
+        } else {
+            format!("{}-bench{}", kc.namespace, std::process::id())
+        };
         let k = KafkaBus::new(&kc, "bench")?;
         k.health().await?;
         k.ensure_topics(&["throughput".to_string(), "latency".to_string()])
@@ -639,7 +643,10 @@ async fn audit(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let url = sharedcare_kit::db::sqlite_url(dir.path(), "audit");
     let db = sharedcare_kit::db::Db::connect(&url, "audit", 4, Duration::from_secs(5)).await?;
-    sharedcare_audit::migrate(&db).await?;
+    db.migrate(sharedcare_kit::service::Service::migrations(
+        &sharedcare_audit::Audit::new(Default::default()),
+    ))
+    .await?;
     let store = sharedcare_audit::store::Store::new(db.clone());
     let log = sharedcare_audit::log::Log::open(store.clone()).await?;
     println!(

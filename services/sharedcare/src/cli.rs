@@ -38,7 +38,8 @@ pub enum Command {
     },
     /// Run one service on Postgres and Kafka (what each Kubernetes Deployment runs).
     Serve {
-        /// The service: identity, records or audit.
+        /// The service to run (one of those listed below).
+        #[arg(value_parser = platform::service_parser())]
         service: String,
         /// HTTP listen address.
         #[arg(long, value_name = "ADDR")]
@@ -50,8 +51,9 @@ pub enum Command {
     /// Apply database migrations for the named services (all when none are named) and exit.
     Migrate {
         /// Services to migrate.
+        #[arg(value_parser = platform::service_parser())]
         services: Vec<String>,
-        /// Data directory (embedded storage only).
+        /// Data directory of embedded (SQLite) stores; not used when `database.url` is set.
         #[arg(long, value_name = "DIR")]
         data: Option<String>,
     },
@@ -81,7 +83,9 @@ pub enum AuditCommand {
     /// Recompute every leaf hash and every signed tree head from the stored entries; name any
     /// entry that was altered, removed or reordered. Exits non-zero if anything is wrong.
     Verify {
-        /// Data directory (embedded storage only).
+        /// Data directory of an embedded (SQLite) store. With `database.url` set (in the
+        /// config file or SHAREDCARE_DATABASE__URL) the audit schema in Postgres is verified
+        /// instead and this is not used.
         #[arg(long, value_name = "DIR")]
         data: Option<String>,
     },
@@ -135,7 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let base = match issuer {
                 Some(i) => i,
                 None if !config.identity.issuer.is_empty() => config.identity.issuer.clone(),
-                None => platform::default_issuer(config.http.listen),
+                None => sharedcare_identity::default_issuer(config.http.listen),
             };
             let demo = sharedcare_identity::demo::describe(base.trim_end_matches('/'));
             println!("{}", serde_json::to_string_pretty(&demo)?);

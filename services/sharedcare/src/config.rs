@@ -127,12 +127,7 @@ impl Validate for Config {
         if self.database.max_connections == 0 {
             return Err(("database.max_connections".into(), "must be at least 1".into()));
         }
-        if self.kafka.partitions < 1 {
-            return Err(("kafka.partitions".into(), "must be at least 1".into()));
-        }
-        if self.kafka.replication_factor < 1 {
-            return Err(("kafka.replication_factor".into(), "must be at least 1".into()));
-        }
+        self.kafka.validate()?;
         if self.events.retention_hours < 1 {
             return Err(("events.retention_hours".into(), "must be at least 1".into()));
         }

@@ -126,7 +126,7 @@ fn saved_progress(file: &Path, size: u64) -> usize {
 /// A client-credentials token for `auth.client_id` with scope records.write.
 async fn token(config: &Config) -> anyhow::Result<String> {
     let issuer = if config.auth.issuer.is_empty() {
-        crate::platform::default_issuer(config.http.listen)
+        sharedcare_identity::default_issuer(config.http.listen)
     } else {
         config.auth.issuer.clone()
     };

@@ -33,7 +33,8 @@ pub struct KafkaConfig {
     /// Bootstrap servers, comma separated (`host:port,host:port`). Empty = embedded bus.
     pub brokers: String,
     /// Prefix for every topic and consumer group name, so several environments can share a
-    /// cluster (e.g. `staging.`). Empty by default.
+    /// cluster: `staging` gives `staging.sharedcare.records.v1`. Letters, digits, `_` and `-`
+    /// (the `.` separator is added). Empty by default.
     pub namespace: String,
     /// Partitions for topics this process creates.
     pub partitions: i32,
@@ -58,6 +59,38 @@ impl Default for KafkaConfig {
             linger_ms: 2,
             session_timeout_ms: 10_000,
         }
+    }
+}
+
+impl KafkaConfig {
+    /// The physical name of a topic or group: `namespace.name`, or `name` with no namespace.
+    pub fn physical(&self, name: &str) -> String {
+        if self.namespace.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.namespace)
+        }
+    }
+
+    /// Checks the values, naming the key of the first bad one.
+    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
+        let ns = &self.namespace;
+        // Kafka topic names allow [a-zA-Z0-9._-] up to 249 characters; the `.` is ours.
+        if !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') || ns.len() > 100 {
+            return Err((
+                "kafka.namespace".into(),
+                format!(
+                    "{ns:?}: expected up to 100 letters, digits, `_` or `-` (e.g. staging); topics are named namespace.sharedcare.<service>.v1"
+                ),
+            ));
+        }
+        if self.partitions < 1 {
+            return Err(("kafka.partitions".into(), "must be at least 1".into()));
+        }
+        if self.replication_factor < 1 {
+            return Err(("kafka.replication_factor".into(), "must be at least 1".into()));
+        }
+        Ok(())
     }
 }
 
@@ -89,9 +122,9 @@ impl KafkaBus {
         })
     }
 
-    /// The physical name of a topic or group: the configured namespace + the logical name.
+    /// The physical name of a topic or group: `namespace.name`, or the logical name alone.
     fn physical(&self, name: &str) -> String {
-        format!("{}{name}", self.config.namespace)
+        self.config.physical(name)
     }
 
     /// Creates `topics` when they do not exist, with the configured partitions and replication.
@@ -266,5 +299,32 @@ impl Bus for KafkaBus {
 
     fn describe(&self) -> String {
         format!("kafka {}", self.config.brokers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KafkaConfig;
+
+    #[test]
+    fn a_namespace_is_joined_to_topic_names_with_a_dot() {
+        let mut c = KafkaConfig::default();
+        assert_eq!(c.physical("sharedcare.records.v1"), "sharedcare.records.v1");
+        c.namespace = "chaos1".into();
+        assert_eq!(c.physical("sharedcare.records.v1"), "chaos1.sharedcare.records.v1");
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_namespace_kafka_could_not_name_a_topic_with_is_refused_by_key() {
+        for bad in ["staging.", "a b", "env/1", "ünïcode"] {
+            let c = KafkaConfig {
+                namespace: bad.into(),
+                ..KafkaConfig::default()
+            };
+            let (key, reason) = c.validate().expect_err(bad);
+            assert_eq!(key, "kafka.namespace");
+            assert!(reason.contains("letters, digits"), "{reason}");
+        }
     }
 }

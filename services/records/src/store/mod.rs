@@ -162,8 +162,9 @@ use search::stored_row;
 impl Store {
     /// The store on `db`, emitting through `outbox`, asking `pdp` before every access to
     /// patient data. Must be called inside the tokio runtime: it starts the writer that
-    /// group-commits puts and the reader that batches gets.
-    pub fn new(db: Db, outbox: Outbox, pdp: Arc<dyn Pdp>) -> Self {
+    /// group-commits puts and the reader that batches gets under `tasks`; they end when the
+    /// last handle to the store is dropped.
+    pub fn new(db: Db, outbox: Outbox, pdp: Arc<dyn Pdp>, tasks: &tokio_util::task::TaskTracker) -> Self {
         let (puts, put_rx) = mpsc::channel(PUTS_PER_COMMIT * 4);
         let (gets, get_rx) = mpsc::channel(GETS_PER_QUERY * 4);
         let engine = Engine {
@@ -172,8 +173,8 @@ impl Store {
             topic: bus::topic(NAME),
             pdp,
         };
-        tokio::spawn(engine.clone().write_puts(put_rx));
-        tokio::spawn(engine.clone().read_gets(get_rx));
+        tasks.spawn(engine.clone().write_puts(put_rx));
+        tasks.spawn(engine.clone().read_gets(get_rx));
         Store {
             puts,
             gets,
@@ -352,8 +353,7 @@ impl Engine {
             .chunks(db::MAX_ROWS_PER_INSERT)
             .zip(jobs.chunks(db::MAX_ROWS_PER_INSERT))
         {
-            let sql = db::insert_rows(
-                &tx,
+            let sql = tx.backend().insert_rows(
                 "resources (resource_type, id, version, last_updated_us, nhs_number, source_organisation, author, body)",
                 8,
                 chunk.len(),
@@ -391,8 +391,7 @@ impl Engine {
         let mut current: Vec<usize> = latest.into_values().collect();
         current.sort_unstable();
         for chunk in current.chunks(db::MAX_ROWS_PER_INSERT) {
-            let sql = db::insert_rows(
-                &tx,
+            let sql = tx.backend().insert_rows(
                 "current_resources (resource_type, id, version, nhs_number, clinical_date_us, codes, labels)",
                 7,
                 chunk.len(),
@@ -416,8 +415,7 @@ impl Engine {
             q.execute(&mut *tx).await?;
         }
         for chunk in new_patients.chunks(db::MAX_ROWS_PER_INSERT) {
-            let sql = db::insert_rows(
-                &tx,
+            let sql = tx.backend().insert_rows(
                 "patients (id, nhs_number)",
                 2,
                 chunk.len(),
@@ -450,8 +448,8 @@ impl Engine {
                 }
                 sql.push_str(&format!(
                     "(resource_type = {} AND id = {})",
-                    db::placeholder(tx, 2 * n + 1),
-                    db::placeholder(tx, 2 * n + 2)
+                    self.db.backend().placeholder(2 * n + 1),
+                    self.db.backend().placeholder(2 * n + 2)
                 ));
             }
             sql.push_str(" GROUP BY resource_type, id");
@@ -477,8 +475,10 @@ impl Engine {
         ids.dedup();
         let mut out = HashMap::new();
         for chunk in ids.chunks(db::MAX_ROWS_PER_INSERT) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|n| db::placeholder(tx, n)).collect();
-            let sql = format!("SELECT id, nhs_number FROM patients WHERE id IN ({})", marks.join(", "));
+            let sql = format!(
+                "SELECT id, nhs_number FROM patients WHERE id IN ({})",
+                self.db.backend().marks(1, chunk.len())
+            );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 q = q.bind(id.to_string());
@@ -558,8 +558,8 @@ impl Engine {
                 }
                 wanted.push_str(&format!(
                     "(c.resource_type = {} AND c.id = {})",
-                    db::placeholder(&conn, 2 * n + 1),
-                    db::placeholder(&conn, 2 * n + 2)
+                    self.db.backend().placeholder(2 * n + 1),
+                    self.db.backend().placeholder(2 * n + 2)
                 ));
             }
             let sql = format!(

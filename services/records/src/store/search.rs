@@ -2,7 +2,6 @@
 //! consent and audited like a read.
 
 use prost::Message;
-use sharedcare_kit::db;
 use sharedcare_proto::consent::v1::DecideResponse;
 use sharedcare_proto::consent::v1::decide_response::Effect;
 use sharedcare_proto::events::v1::AccessRecorded;
@@ -445,28 +444,29 @@ impl Engine {
             .await
             .map_err(|e| RecordsError::Unavailable(e.to_string()))?;
         let mut n = 0;
-        let mut mark = |conn: &sqlx::AnyConnection| {
+        let backend = self.db.backend();
+        let mut mark = || {
             n += 1;
-            db::placeholder(conn, n)
+            backend.placeholder(n)
         };
         let mut sql = format!(
             "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels \
              FROM current_resources c JOIN resources r \
                ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
              WHERE c.nhs_number = {}",
-            mark(&conn)
+            mark()
         );
         let mut binds: Vec<Bind> = vec![Bind::Text(nhs.to_string())];
         if !q.types.is_empty() {
-            let marks: Vec<String> = q.types.iter().map(|_| mark(&conn)).collect();
+            let marks: Vec<String> = q.types.iter().map(|_| mark()).collect();
             sql.push_str(&format!(" AND c.resource_type IN ({})", marks.join(", ")));
             binds.extend(q.types.iter().cloned().map(Bind::Text));
         }
         if q.date_from.is_some() || q.date_to.is_some() {
             sql.push_str(&format!(
                 " AND c.clinical_date_us <> 0 AND c.clinical_date_us >= {} AND c.clinical_date_us <= {}",
-                mark(&conn),
-                mark(&conn)
+                mark(),
+                mark()
             ));
             binds.push(Bind::Int(q.date_from.unwrap_or(i64::MIN + 1)));
             binds.push(Bind::Int(q.date_to.unwrap_or(i64::MAX)));
@@ -478,17 +478,17 @@ impl Engine {
             } else {
                 format!("%|{} %", like_escape(&q.code))
             };
-            sql.push_str(&format!(" AND c.codes LIKE {} ESCAPE '!'", mark(&conn)));
+            sql.push_str(&format!(" AND c.codes LIKE {} ESCAPE '!'", mark()));
             binds.push(Bind::Text(pattern));
         }
         if let Some((t, id)) = cursor.split_once('/') {
-            let (a, b, c) = (mark(&conn), mark(&conn), mark(&conn));
+            let (a, b, c) = (mark(), mark(), mark());
             sql.push_str(&format!(
                 " AND (c.resource_type > {a} OR (c.resource_type = {b} AND c.id > {c}))"
             ));
             binds.extend([Bind::Text(t.into()), Bind::Text(t.into()), Bind::Text(id.into())]);
         }
-        sql.push_str(&format!(" ORDER BY c.resource_type, c.id LIMIT {}", mark(&conn)));
+        sql.push_str(&format!(" ORDER BY c.resource_type, c.id LIMIT {}", mark()));
         binds.push(Bind::Int(limit as i64));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for b in binds {
