@@ -11,7 +11,7 @@ use sharedcare_proto::consent::v1::{
     PutDirectiveRequest, Relationship, ReviewBreakGlassRequest, SetFlagsRequest,
 };
 
-use crate::identity::{service_token_for, up, user_token, with_token};
+use crate::harness::{service_token_for, up, user_token, with_token};
 
 /// A `PutDirectiveRequest` (an empty id lets the service make one).
 fn directive(id: &str, nhs: &str, status: &str, provision_json: &str) -> PutDirectiveRequest {

@@ -34,7 +34,7 @@ fn serve_records(env: &[(&str, String)], identity: &Proc, consent: &Proc) -> Pro
     let mut env = env.to_vec();
     env.push(("SHAREDCARE_RECORDS__CONSENT_URL", consent.grpc.clone()));
     env.push(("SHAREDCARE_AUTH__CLIENT_ID", "ics-integration".into()));
-    env.push(("SHAREDCARE_AUTH__CLIENT_SECRET", crate::identity::SERVICE_SECRET.into()));
+    env.push(("SHAREDCARE_AUTH__CLIENT_SECRET", crate::harness::SERVICE_SECRET.into()));
     serve("records", &env, identity)
 }
 
@@ -371,5 +371,75 @@ async fn serve_records_refuses_to_start_without_a_way_to_ask_consent() {
     assert!(
         stderr.contains("`auth.client_id` and `auth.client_secret` are required by records"),
         "{stderr}"
+    );
+}
+
+/// A database failure inside identity reaches the caller as a fixed sentence: no driver text,
+/// table name or SQL. (The detail is in identity's log.)
+#[tokio::test]
+async fn a_storage_failure_tells_the_caller_nothing_internal() {
+    use sharedcare_proto::identity::v1::ListOrganisationsRequest;
+
+    let database = fresh_database().await;
+    let env = serve_env(&database, &kafka_brokers(), &namespace());
+    let id = identity(&env);
+    let mut admin = crate::harness::admin(&id).await;
+    admin
+        .list_organisations(ListOrganisationsRequest::default())
+        .await
+        .expect("listed while the table is there");
+
+    let db = sharedcare_kit::db::Db::connect(&database, "identity", 1, Duration::from_secs(5))
+        .await
+        .expect("identity schema");
+    sqlx::query("ALTER TABLE organisations RENAME TO organisations_away")
+        .execute(db.writer())
+        .await
+        .expect("take the table away");
+    let err = admin
+        .list_organisations(ListOrganisationsRequest::default())
+        .await
+        .expect_err("no table, no answer");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert_eq!(err.message(), "identity storage unavailable");
+    for internal in ["organisations", "relation", "sqlx", "SQLSTATE", "postgres", "42P01"] {
+        assert!(
+            !err.message().contains(internal),
+            "{internal} leaked: {}",
+            err.message()
+        );
+    }
+    sqlx::query("ALTER TABLE organisations_away RENAME TO organisations")
+        .execute(db.writer())
+        .await
+        .expect("give it back");
+    admin
+        .list_organisations(ListOrganisationsRequest::default())
+        .await
+        .expect("listed again");
+    db.close().await;
+
+    // A value Postgres would refuse and SQLite would keep (a NUL) is refused as the caller's
+    // mistake, by name, before any store sees it.
+    let err = admin
+        .create_person(sharedcare_proto::identity::v1::CreatePersonRequest {
+            username: "nul-test".into(),
+            given_name: "Ann".into(),
+            family_name: "Lee".into(),
+            password: "a long enough password 1".into(),
+            role_profiles: vec![sharedcare_proto::identity::v1::RoleProfile {
+                ods_code: "A81\u{0}001".into(),
+                role_code: "S8000:G8000:R8000".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect_err("a NUL in an ODS code");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("role_profiles[0].ods_code: "),
+        "{}",
+        err.message()
     );
 }

@@ -13,7 +13,7 @@ use sharedcare_proto::records::v1::{GetRequest, PutRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::identity::{service_token_for, up, user_token, with_token};
+use crate::harness::{service_token_for, up, user_token, with_token};
 
 fn get(resource_type: &str, id: &str, purpose: &str) -> GetRequest {
     GetRequest {

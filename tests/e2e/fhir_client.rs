@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::identity::{service_token_for, up, user_token};
+use crate::harness::{service_token_for, up, user_token};
 
 #[tokio::test]
 async fn fhirpy_writes_reads_searches_and_posts_bundles_through_the_facade() {

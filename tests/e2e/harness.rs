@@ -6,7 +6,17 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
+use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata, CoreTokenIntrospectionResponse};
+use openidconnect::{
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IntrospectionUrl, IssuerUrl, Nonce, OAuth2TokenResponse,
+    RedirectUrl, Scope,
+};
+use serde_json::Value;
 use sharedcare_proto::audit::v1::audit_client::AuditClient;
+use sharedcare_proto::identity::v1::CreateClientRequest;
+use sharedcare_proto::identity::v1::identity_admin_client::IdentityAdminClient;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -165,7 +175,7 @@ impl Proc {
     /// this process trusts (its own in `up`).
     pub async fn service_token(&self) -> String {
         let issuer = self.issuer.clone().unwrap_or_else(|| self.http.clone());
-        crate::identity::service_token_for(&issuer, "records.read records.write audit.read").await
+        crate::harness::service_token_for(&issuer, "records.read records.write audit.read").await
     }
 
     async fn authorised(&self) -> InterceptedService<Channel, Bearer> {
@@ -350,4 +360,274 @@ pub async fn audit_trail(proc_: &Proc, nhs: &str) -> Vec<(String, String, Vec<St
         .collect();
     v.reverse();
     v
+}
+
+// ---- identity: logins, tokens and apps, for every test that needs a caller --------------
+
+pub const SERVICE_ID: &str = "ics-integration";
+pub const SERVICE_SECRET: &str = "demo-integration-secret-95be0d27aa";
+
+pub fn up(data: &std::path::Path) -> Proc {
+    Proc::start(&["up", "--data", data.to_str().expect("utf-8 path")], &[])
+}
+
+/// A browser stand-in: keeps cookies, does not follow redirects.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
+pub fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn absolute(base: &str, loc: &str) -> String {
+    if loc.starts_with('/') {
+        format!("{base}{loc}")
+    } else {
+        loc.to_string()
+    }
+}
+
+pub fn hidden(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    page.split(&marker)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn query(url: &str) -> HashMap<String, String> {
+    url::Url::parse(url)
+        .expect("url")
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Follows same-origin redirects from `start` until one leaves the identity service (the
+/// redirect back to the app) or a page is shown. Returns (final URL, page body, status).
+pub async fn follow(b: &reqwest::Client, base: &str, start: &str) -> (String, String, u16) {
+    let mut url = start.to_string();
+    for _ in 0..10 {
+        if !url.starts_with(base) {
+            return (url, String::new(), 302);
+        }
+        let r = b.get(&url).send().await.expect("GET");
+        let status = r.status().as_u16();
+        if r.status().is_redirection() {
+            url = absolute(base, &location(&r));
+            continue;
+        }
+        return (url, r.text().await.unwrap_or_default(), status);
+    }
+    panic!("redirect loop from {start}");
+}
+
+/// Submits the form on `page` (fields from hidden inputs plus `fields`) to `action` and follows
+/// the result.
+pub async fn submit(
+    b: &reqwest::Client,
+    base: &str,
+    action: &str,
+    page: &str,
+    fields: &[(&str, &str)],
+) -> (String, String, u16) {
+    let mut form: Vec<(String, String)> = vec![
+        ("req".into(), hidden(page, "req")),
+        ("csrf".into(), hidden(page, "csrf")),
+    ];
+    form.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let r = b
+        .post(format!("{base}{action}"))
+        .form(&form)
+        .send()
+        .await
+        .expect("POST");
+    let status = r.status().as_u16();
+    if r.status().is_redirection() {
+        return follow(b, base, &absolute(base, &location(&r))).await;
+    }
+    let url = r.url().to_string();
+    (url, r.text().await.unwrap_or_default(), status)
+}
+
+/// Signs in with a password from the login page reached from `auth_url`; returns where the
+/// browser ends up.
+pub async fn password_login(
+    b: &reqwest::Client,
+    base: &str,
+    auth_url: &str,
+    user: &str,
+    password: &str,
+) -> (String, String, u16) {
+    let (url, page, status) = follow(b, base, auth_url).await;
+    assert!(
+        url.contains("/oauth2/login"),
+        "expected the login page, got {url} ({status}): {page}"
+    );
+    submit(
+        b,
+        base,
+        "/oauth2/login",
+        &page,
+        &[("username", user), ("password", password)],
+    )
+    .await
+}
+
+/// A service token for the demo integration client.
+pub async fn service_token(base: &str) -> String {
+    service_token_for(base, "identity.admin").await
+}
+
+/// A service token for the demo integration client with `scope`.
+pub async fn service_token_for(base: &str, scope: &str) -> String {
+    let r: Value = http()
+        .post(format!("{base}/oauth2/token"))
+        .basic_auth(SERVICE_ID, Some(SERVICE_SECRET))
+        .form(&[("grant_type", "client_credentials"), ("scope", scope)])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    r["access_token"].as_str().expect("access_token").to_string()
+}
+
+/// The admin API with a service bearer token.
+pub async fn admin(
+    p: &Proc,
+) -> IdentityAdminClient<tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>> {
+    let token = service_token(&p.http).await;
+    let value: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().expect("metadata");
+    IdentityAdminClient::with_interceptor(p.channel().await, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", value.clone());
+        Ok(req)
+    })
+}
+
+/// `scheme://host:port/` of a URL.
+pub fn origin(u: &str) -> String {
+    let u = url::Url::parse(u).expect("url");
+    format!("{}/", u.origin().ascii_serialization())
+}
+
+/// Registers a confidential web app (client_secret_basic) with a redirect URI and an optional
+/// back-channel logout URI; returns (client_id, secret).
+pub async fn register_app(p: &Proc, name: &str, redirect: &str, backchannel: &str) -> (String, String) {
+    let mut a = admin(p).await;
+    let c = a
+        .create_client(CreateClientRequest {
+            name: name.into(),
+            redirect_uris: vec![redirect.into()],
+            post_logout_redirect_uris: vec![format!("{redirect}/signed-out"), origin(redirect)],
+            backchannel_logout_uri: backchannel.into(),
+            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            scopes: [
+                "openid",
+                "profile",
+                "email",
+                "nationalrbacaccess",
+                "selectedrole",
+                "associatedorgs",
+                "nhs_number",
+                "basic_demographics",
+            ]
+            .map(String::from)
+            .to_vec(),
+            token_endpoint_auth_method: "client_secret_basic".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create client")
+        .into_inner();
+    (c.client_id, c.client_secret)
+}
+
+pub type Rp = openidconnect::Client<
+    openidconnect::EmptyAdditionalClaims,
+    openidconnect::core::CoreAuthDisplay,
+    openidconnect::core::CoreGenderClaim,
+    openidconnect::core::CoreJweContentEncryptionAlgorithm,
+    openidconnect::core::CoreJsonWebKey,
+    openidconnect::core::CoreAuthPrompt,
+    openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+    openidconnect::core::CoreTokenResponse,
+    CoreTokenIntrospectionResponse,
+    openidconnect::core::CoreRevocableToken,
+    openidconnect::StandardErrorResponse<openidconnect::RevocationErrorResponseType>,
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
+/// A relying party built by discovery, as an ICS app would build one.
+pub async fn relying_party(base: &str, id: &str, secret: &str, redirect: &str) -> Rp {
+    let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(base.into()).expect("issuer"), &http())
+        .await
+        .expect("discovery");
+    CoreClient::from_provider_metadata(meta, ClientId::new(id.into()), Some(ClientSecret::new(secret.into())))
+        .set_redirect_uri(RedirectUrl::new(redirect.into()).expect("redirect"))
+        .set_introspection_url(IntrospectionUrl::new(format!("{base}/oauth2/introspect")).expect("url"))
+}
+
+/// Redeems the code in the redirect `back` to the app.
+pub async fn exchange(rp: &Rp, back: &str) -> openidconnect::core::CoreTokenResponse {
+    rp.exchange_code(AuthorizationCode::new(query(back)["code"].clone()))
+        .expect("token endpoint")
+        .request_async(&http())
+        .await
+        .expect("code exchange")
+}
+
+pub fn claims_of(jwt: &str) -> Value {
+    use base64::Engine;
+    let p = jwt.split('.').nth(1).expect("payload");
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).expect("b64")).expect("json")
+}
+
+/// A user's access token from the code flow (staff or patient), via the demo portal client.
+pub async fn user_token(p: &Proc, user: &str, password: &str, scope: &str) -> String {
+    let redirect = "http://127.0.0.1:9/tok";
+    let (id, secret) = register_app(p, "Token app", redirect, "").await;
+    let rp = relying_party(&p.http, &id, &secret, redirect).await;
+    let mut req = rp.authorize_url(
+        CoreAuthenticationFlow::AuthorizationCode,
+        CsrfToken::new_random,
+        Nonce::new_random,
+    );
+    for s in scope.split_whitespace() {
+        req = req.add_scope(Scope::new(s.into()));
+    }
+    let (url, _, _) = req.url();
+    let (back, _, _) = password_login(&browser(), &p.http, url.as_str(), user, password).await;
+    let t = exchange(&rp, &back).await;
+    t.access_token().secret().clone()
+}
+
+pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+    r
 }

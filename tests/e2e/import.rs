@@ -6,7 +6,7 @@ use std::time::Duration;
 use sharedcare_proto::records::v1::GetRequest;
 
 use crate::harness::{nhs_number, run};
-use crate::identity::{service_token_for, up};
+use crate::harness::{service_token_for, up};
 
 fn observation(i: usize, patient: &str, code: &str) -> String {
     serde_json::json!({"resourceType": "Observation", "id": format!("imp-o{i}"), "status": "final",

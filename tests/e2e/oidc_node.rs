@@ -7,7 +7,7 @@ use std::process::Command;
 
 use sharedcare_proto::identity::v1::{CreatePersonRequest, RoleProfile};
 
-use crate::identity::{admin, register_app, up};
+use crate::harness::{admin, register_app, up};
 
 fn node_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");

@@ -35,7 +35,11 @@ impl Handler for AccessConsumer {
     /// Appends every `AccessRecorded` in the batch in one transaction.
     async fn handle_batch(&self, deliveries: &[Delivery]) -> sharedcare_kit::Result<()> {
         let events: Vec<(&Delivery, AccessRecorded)> = deliveries.iter().filter_map(decode).collect();
-        let appended = self.store.append_all(&events).await?;
+        let appended = self
+            .store
+            .append_all(&events)
+            .await
+            .map_err(sharedcare_kit::Error::apply(crate::NAME))?;
         tracing::debug!(received = deliveries.len(), appended, "audit entries");
         Ok(())
     }

@@ -1,4 +1,7 @@
-//! The audit service's errors and their one mapping to gRPC status.
+//! The audit service's errors and what kind of failure each is; the kit's edge maps them to
+//! gRPC.
+
+use sharedcare_kit::edge::{ErrorCode, ServiceError};
 
 /// What can go wrong in the audit service.
 #[derive(Debug, thiserror::Error)]
@@ -14,22 +17,40 @@ pub enum AuditError {
     /// The audit database failed.
     #[error("audit storage unavailable: {0}")]
     Storage(#[from] sqlx::Error),
+    /// A stored value is not what audit writes (an internal fault, never the caller's).
+    #[error("audit storage holds a corrupt value: {0}")]
+    Corrupt(String),
+    /// The kit failed (the outbox).
+    #[error(transparent)]
+    Kit(#[from] sharedcare_kit::Error),
 }
 
-impl From<AuditError> for tonic::Status {
-    fn from(e: AuditError) -> Self {
-        match &e {
-            AuditError::Invalid { .. } => tonic::Status::invalid_argument(e.to_string()),
-            AuditError::Storage(inner) => {
-                tracing::error!(error = %inner, "audit storage failed");
-                tonic::Status::unavailable("audit storage unavailable")
-            }
+impl ServiceError for AuditError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            AuditError::Invalid { .. } => ErrorCode::Invalid,
+            AuditError::Storage(_) | AuditError::Kit(_) => ErrorCode::Unavailable,
+            AuditError::Corrupt(_) => ErrorCode::Internal,
+        }
+    }
+
+    fn internal_message(&self) -> String {
+        match self {
+            AuditError::Corrupt(_) => "the audit log could not be read".into(),
+            _ => "audit storage unavailable".into(),
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            AuditError::Invalid { field, .. } => Some(field),
+            _ => None,
         }
     }
 }
 
-impl From<AuditError> for sharedcare_kit::Error {
+impl From<AuditError> for tonic::Status {
     fn from(e: AuditError) -> Self {
-        sharedcare_kit::Error::Bus(e.to_string())
+        sharedcare_kit::edge::status(&e)
     }
 }

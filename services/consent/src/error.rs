@@ -1,4 +1,6 @@
-//! Consent's errors and their one mapping to gRPC status.
+//! Consent's errors and what kind of failure each is; the kit's edge maps them to gRPC.
+
+use sharedcare_kit::edge::{ErrorCode, ServiceError};
 
 /// What can go wrong in consent.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +19,9 @@ pub enum ConsentError {
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// A stored value is not what consent writes (an internal fault, never the caller's).
+    #[error("consent storage holds a corrupt value: {0}")]
+    Corrupt(String),
     /// The database failed.
     #[error("consent storage: {0}")]
     Storage(#[from] sqlx::Error),
@@ -32,17 +37,34 @@ impl ConsentError {
     }
 }
 
+impl ServiceError for ConsentError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ConsentError::Invalid { .. } => ErrorCode::Invalid,
+            ConsentError::NotFound(_) => ErrorCode::NotFound,
+            ConsentError::Forbidden(_) => ErrorCode::Forbidden,
+            ConsentError::Storage(_) => ErrorCode::Unavailable,
+            ConsentError::Corrupt(_) => ErrorCode::Internal,
+        }
+    }
+
+    fn internal_message(&self) -> String {
+        match self {
+            ConsentError::Corrupt(_) => "consent could not read its own records".into(),
+            _ => "consent storage unavailable".into(),
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            ConsentError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
 impl From<ConsentError> for tonic::Status {
     fn from(e: ConsentError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ConsentError::Invalid { .. } => tonic::Status::invalid_argument(msg),
-            ConsentError::NotFound(_) => tonic::Status::not_found(msg),
-            ConsentError::Forbidden(_) => tonic::Status::permission_denied(msg),
-            ConsentError::Storage(_) => {
-                tracing::error!(error = %msg, "consent storage failed");
-                tonic::Status::unavailable("consent storage unavailable")
-            }
-        }
+        sharedcare_kit::edge::status(&e)
     }
 }

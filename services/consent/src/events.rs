@@ -52,7 +52,7 @@ impl Handler for CareConsumer {
         self.store
             .apply_care_events(&events)
             .await
-            .map_err(|e| sharedcare_kit::Error::Bus(e.to_string()))?;
+            .map_err(sharedcare_kit::Error::apply(crate::NAME))?;
         Ok(())
     }
 }

@@ -36,7 +36,7 @@ impl ConsentApi {
         let p = self.who(req).await?;
         let ok = match (&p, nhs) {
             (Principal::Service { .. }, _) => has_scope(&p, scope),
-            (Principal::Patient { nhs_number, proofing }, Some(n)) if proofing == "P9" => {
+            (Principal::Patient { nhs_number, proofing }, Some(n)) if proofing.sees_own_record() => {
                 nhs_number == n || self.represents(nhs_number.as_str(), n.as_str()).await?
             }
             _ => false,
@@ -154,7 +154,8 @@ fn parse_ask(prefix: &str, r: &api::DecideRequest) -> Result<Ask, Status> {
             nhs_number: nhs(&field("principal_nhs_number"), &r.principal_nhs_number)?
                 .as_str()
                 .to_string(),
-            proofing: r.proofing_level.clone(),
+            proofing: sharedcare_kit::nhs::ProofingLevel::parse(&r.proofing_level)
+                .ok_or_else(|| ConsentError::invalid(field("proofing_level"), "expected P0, P5 or P9"))?,
         },
         "service" => Who::Service {
             client_id: r.client_id.clone(),

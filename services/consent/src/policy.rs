@@ -75,7 +75,7 @@ pub enum Who {
         /// Their own NHS number.
         nhs_number: String,
         /// P0, P5 or P9.
-        proofing: String,
+        proofing: sharedcare_kit::nhs::ProofingLevel,
     },
     /// A system acting for an organisation (client_credentials).
     Service {
@@ -332,7 +332,7 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
         } else {
             "patient:representative".to_string()
         });
-        if proofing != "P9" {
+        if !proofing.sees_own_record() {
             rules.push(format!("proofing:{proofing}"));
             return outcome(
                 Decision::Deny,
@@ -550,7 +550,7 @@ mod scenarios {
     fn patient(nhs: &str, level: &str) -> Who {
         Who::Patient {
             nhs_number: nhs.into(),
-            proofing: level.into(),
+            proofing: sharedcare_kit::nhs::ProofingLevel::parse(level).expect("a proofing level"),
         }
     }
 

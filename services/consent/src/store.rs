@@ -130,7 +130,7 @@ impl Store {
                 match kind.as_str() {
                     "d" => {
                         let provision: Provision = serde_json::from_str(&text(4)?)
-                            .map_err(|e| ConsentError::invalid("directive.provision_json", e.to_string()))?;
+                            .map_err(|e| ConsentError::Corrupt(format!("directive provision for {nhs}: {e}")))?;
                         let d = Directive {
                             id: text(2)?,
                             status: text(3)?,
@@ -256,8 +256,8 @@ impl Store {
 
     /// Creates or replaces a directive.
     pub async fn put_directive(&self, nhs: &str, d: &Directive, actor: &Actor<'_>) -> Result<i64, ConsentError> {
-        let provision =
-            serde_json::to_string(&d.provision).map_err(|e| ConsentError::invalid("provision_json", e.to_string()))?;
+        let provision = serde_json::to_string(&d.provision)
+            .map_err(|e| ConsentError::Corrupt(format!("directive provision: {e}")))?;
         let now = chrono::Utc::now().timestamp();
         let mut tx = self.db.begin_write().await?;
         let existing = sqlx::query("SELECT nhs_number FROM directives WHERE id = $1")

@@ -103,6 +103,28 @@ pub struct Linked {
     pub req: String,
 }
 
+/// Why a brokered sign-in could not start; the message is shown to the user.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No upstream by that name is configured.
+    #[error("no upstream provider named {0:?}")]
+    Unknown(String),
+    /// The upstream's discovery document could not be had.
+    #[error("discovery at {issuer} failed: {reason}")]
+    Discovery {
+        /// The upstream issuer.
+        issuer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A URL the redirect needs is malformed (configuration).
+    #[error("the upstream provider is misconfigured: {0}")]
+    Config(String),
+    /// The pending sign-in could not be stored.
+    #[error("identity storage is unavailable")]
+    Storage(#[source] IdentityError),
+}
+
 /// Why a brokered sign-in did not complete.
 pub enum BrokerError {
     /// The upstream answered with an OAuth error (e.g. `login_required` after `prompt=none`);
@@ -185,14 +207,18 @@ impl Broker {
         Ok(JwkSet { keys })
     }
 
-    async fn metadata(&self, u: &UpstreamConfig) -> std::result::Result<CoreProviderMetadata, String> {
+    async fn metadata(&self, u: &UpstreamConfig) -> std::result::Result<CoreProviderMetadata, StartError> {
         if let Some(m) = self.discovered.lock().ok().and_then(|d| d.get(&u.name).cloned()) {
             return Ok(m);
         }
-        let issuer = IssuerUrl::new(u.issuer.clone()).map_err(|e| e.to_string())?;
+        let failed = |reason: String| StartError::Discovery {
+            issuer: u.issuer.clone(),
+            reason,
+        };
+        let issuer = IssuerUrl::new(u.issuer.clone()).map_err(|e| failed(e.to_string()))?;
         let m = CoreProviderMetadata::discover_async(issuer, &self.http)
             .await
-            .map_err(|e| format!("discovery at {} failed: {e}", u.issuer))?;
+            .map_err(|e| failed(e.to_string()))?;
         if let Ok(mut d) = self.discovered.lock() {
             d.insert(u.name.clone(), m.clone());
         }
@@ -207,12 +233,12 @@ impl Broker {
         req: &str,
         asserted: &str,
         login_hint: &str,
-    ) -> std::result::Result<String, String> {
+    ) -> std::result::Result<String, StartError> {
         let u = self
             .upstream(name)
-            .ok_or_else(|| format!("no upstream provider named {name:?}"))?;
+            .ok_or_else(|| StartError::Unknown(name.to_string()))?;
         let meta = self.metadata(u).await?;
-        let redirect = RedirectUrl::new(self.callback()).map_err(|e| e.to_string())?;
+        let redirect = RedirectUrl::new(self.callback()).map_err(|e| StartError::Config(e.to_string()))?;
         let client = CoreClient::from_provider_metadata(meta, ClientId::new(u.client_id.clone()), None)
             .set_redirect_uri(redirect);
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -244,11 +270,11 @@ impl Broker {
             verifier: verifier.secret().clone(),
             nonce,
         };
-        let params = serde_json::to_string(&pending).map_err(|e| e.to_string())?;
+        let params = serde_json::to_string(&pending).map_err(|e| StartError::Config(e.to_string()))?;
         self.store
             .put_auth_request(&format!("broker:{state}"), &params, crate::oauth::now() + PENDING_SECS)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(StartError::Storage)?;
         Ok(url.to_string())
     }
 
@@ -257,7 +283,8 @@ impl Broker {
         let f = |k: &str| q.get(k).cloned().unwrap_or_default();
         let now = crate::oauth::now();
         let key = format!("broker:{}", f("state"));
-        let pending: Pending = match self.store.auth_request(&key, now).await {
+        // Single use, whatever happens next: taken (read and deleted) in one statement.
+        let pending: Pending = match self.store.take_auth_request(&key, now).await {
             Ok(Some(p)) => serde_json::from_str(&p).map_err(|e| BrokerError::Failed(e.to_string()))?,
             Ok(None) => {
                 return Err(BrokerError::Failed(
@@ -266,8 +293,6 @@ impl Broker {
             }
             Err(e) => return Err(BrokerError::Failed(e.to_string())),
         };
-        // Single use, whatever happens next.
-        let _ = self.store.delete_auth_request(&key, now).await;
         if !f("error").is_empty() {
             return Err(BrokerError::Upstream {
                 req: pending.req,
@@ -279,7 +304,7 @@ impl Broker {
             .upstream(&pending.upstream)
             .ok_or_else(|| fail("the upstream provider is no longer configured".into()))?
             .clone();
-        let meta = self.metadata(&u).await.map_err(fail)?;
+        let meta = self.metadata(&u).await.map_err(|e| fail(e.to_string()))?;
         let token_endpoint = meta
             .token_endpoint()
             .map(|t| t.to_string())

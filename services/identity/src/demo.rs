@@ -153,7 +153,7 @@ pub fn patients() -> Vec<(Patient, &'static str)> {
         given_name: given.into(),
         family_name: family.into(),
         birthdate: born.into(),
-        proofing_level: level.into(),
+        proofing_level: sharedcare_kit::nhs::ProofingLevel::parse(level).expect("the demo names P0, P5 or P9"),
     };
     vec![
         (

@@ -1,5 +1,7 @@
-//! Identity's errors: one enum, mapped to gRPC status here and to OAuth error responses in
-//! [`crate::oauth`].
+//! Identity's errors: one enum, mapped to gRPC status through the kit's edge here and to OAuth
+//! error responses in [`crate::oauth`].
+
+use sharedcare_kit::edge::{ErrorCode, ServiceError};
 
 /// What went wrong in identity.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,12 @@ pub enum IdentityError {
     /// The caller is not authenticated.
     #[error("{0}")]
     Unauthenticated(String),
+    /// A fault inside identity (key generation, say): never the caller's doing.
+    #[error("identity failed: {0}")]
+    Internal(String),
+    /// A stored value is not what identity writes (an internal fault, never the caller's).
+    #[error("identity storage holds a corrupt value: {0}")]
+    Corrupt(String),
     /// The database failed.
     #[error("identity storage: {0}")]
     Storage(#[from] sqlx::Error),
@@ -45,16 +53,37 @@ impl IdentityError {
     }
 }
 
+impl ServiceError for IdentityError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            IdentityError::Invalid { .. } => ErrorCode::Invalid,
+            IdentityError::NotFound(_) => ErrorCode::NotFound,
+            IdentityError::Conflict(_) => ErrorCode::AlreadyExists,
+            IdentityError::Forbidden(_) => ErrorCode::Forbidden,
+            IdentityError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            IdentityError::Storage(_) | IdentityError::Kit(_) => ErrorCode::Unavailable,
+            IdentityError::Corrupt(_) | IdentityError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    fn internal_message(&self) -> String {
+        match self {
+            IdentityError::Corrupt(_) | IdentityError::Internal(_) => "identity could not complete the request".into(),
+            _ => "identity storage unavailable".into(),
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            IdentityError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// Answers through the kit's edge: storage detail is logged, never returned.
 impl From<IdentityError> for tonic::Status {
     fn from(e: IdentityError) -> Self {
-        let msg = e.to_string();
-        match e {
-            IdentityError::Invalid { .. } => tonic::Status::invalid_argument(msg),
-            IdentityError::NotFound(_) => tonic::Status::not_found(msg),
-            IdentityError::Conflict(_) => tonic::Status::already_exists(msg),
-            IdentityError::Forbidden(_) => tonic::Status::permission_denied(msg),
-            IdentityError::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
-            IdentityError::Storage(_) | IdentityError::Kit(_) => tonic::Status::unavailable(msg),
-        }
+        sharedcare_kit::edge::status(&e)
     }
 }

@@ -3,15 +3,14 @@
 
 use sharedcare_kit::auth::{Principal, RoleProfile};
 use sharedcare_kit::jose::{self, JwkSet};
-use sharedcare_kit::nhs::{NhsNumber, OdsCode};
+use sharedcare_kit::nhs::{NhsNumber, OdsCode, ProofingLevel};
 use tonic::{Request, Response, Status};
 
 use crate::api;
 use crate::api::identity_admin_server::IdentityAdmin;
 use crate::error::IdentityError;
 use crate::model::{
-    AuthMethod, Client, ClientSettings, KNOWN_SCOPES, ORGANISATION_KINDS, Organisation, PROOFING_LEVELS, Patient,
-    Person,
+    AuthMethod, Client, ClientSettings, KNOWN_SCOPES, ORGANISATION_KINDS, Organisation, Patient, Person,
 };
 use crate::oauth::{Provider, now};
 
@@ -241,9 +240,9 @@ impl IdentityAdmin for AdminApi {
         if chrono::NaiveDate::parse_from_str(&r.birthdate, "%Y-%m-%d").is_err() {
             return Err(IdentityError::invalid("birthdate", "expected YYYY-MM-DD").into());
         }
-        if !PROOFING_LEVELS.contains(&r.identity_proofing_level.as_str()) {
+        let Some(proofing_level) = ProofingLevel::parse(&r.identity_proofing_level) else {
             return Err(IdentityError::invalid("identity_proofing_level", "expected P0, P5 or P9").into());
-        }
+        };
         let hash = self.hash(r.password).await?;
         let p = Patient {
             nhs_number: nhs.as_str().to_string(),
@@ -251,14 +250,14 @@ impl IdentityAdmin for AdminApi {
             given_name: r.given_name,
             family_name: r.family_name,
             birthdate: r.birthdate,
-            proofing_level: r.identity_proofing_level,
+            proofing_level,
         };
         self.provider.store.insert_patient(&p, &hash).await?;
         self.changed(&who, "patient_created", "patient", &p.nhs_number).await;
         Ok(Response::new(api::Patient {
             nhs_number: p.nhs_number,
             username: p.username,
-            identity_proofing_level: p.proofing_level,
+            identity_proofing_level: p.proofing_level.to_string(),
         }))
     }
 

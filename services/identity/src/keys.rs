@@ -164,13 +164,13 @@ impl KeyRing {
 
     async fn rotate_rsa(&self, now: i64, delay: i64) -> Result<()> {
         // RSA key generation takes a noticeable amount of CPU: keep it off the runtime.
-        let der = tokio::task::spawn_blocking(|| -> std::result::Result<Vec<u8>, String> {
-            let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).map_err(|e| e.to_string())?;
-            Ok(key.to_pkcs8_der().map_err(|e| e.to_string())?.as_bytes().to_vec())
+        let der = tokio::task::spawn_blocking(|| -> std::result::Result<Vec<u8>, RsaKeyError> {
+            let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)?;
+            Ok(key.to_pkcs8_der()?.as_bytes().to_vec())
         })
         .await
-        .map_err(|e| IdentityError::invalid("rsa_signing_keys", e.to_string()))?
-        .map_err(|e| IdentityError::invalid("rsa_signing_keys", e))?;
+        .map_err(|e| IdentityError::Internal(format!("RSA key generation stopped: {e}")))?
+        .map_err(|e| IdentityError::Internal(e.to_string()))?;
         let signer = rsa_signer(&der)?;
         let from = now + delay;
         self.store
@@ -239,12 +239,23 @@ impl KeyRing {
     }
 }
 
+/// Why a new RSA signing key could not be made (a fault here, never the caller's).
+#[derive(Debug, thiserror::Error)]
+enum RsaKeyError {
+    /// Generation failed.
+    #[error("generating an RSA key: {0}")]
+    Generate(#[from] rsa::Error),
+    /// PKCS#8 encoding failed.
+    #[error("encoding an RSA key: {0}")]
+    Encode(#[from] rsa::pkcs8::Error),
+}
+
 #[async_trait::async_trait]
 impl KeySource for KeyRing {
-    async fn fetch(&self) -> Result<JwkSet, String> {
+    async fn fetch(&self) -> Result<JwkSet, sharedcare_kit::auth::KeysError> {
         self.reload(chrono::Utc::now().timestamp())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| sharedcare_kit::auth::KeysError::Store(e.to_string()))?;
         Ok(self.jwks())
     }
 }

@@ -107,7 +107,8 @@ impl sharedcare_kit::service::Service for Identity {
         if let Some(c) = &ctx.internal_client {
             register_internal(&store, c).await?;
         }
-        let provider = oauth::Provider::new(store, keys, config, issuer, ctx.outbox.clone(), hasher);
+        let provider = oauth::Provider::new(store, keys, config, issuer, ctx.outbox.clone(), hasher)
+            .counting_lost_events(ctx.metrics.unreported(NAME, "identity_event"));
         let mut m = Mount::new(NAME);
         m.http = http::router(provider.clone());
         m.add_grpc(api::identity_admin_server::IdentityAdminServer::new(

@@ -15,9 +15,6 @@ pub const ORGANISATION_KINDS: &[&str] = &[
     "icb",
 ];
 
-/// Identity proofing levels (NHS login).
-pub const PROOFING_LEVELS: &[&str] = &["P0", "P5", "P9"];
-
 /// `acr` for password only, and for password + TOTP (CIS2's authentication assurance levels).
 pub const ACR_PASSWORD: &str = "AAL1";
 /// `acr` for a second factor.
@@ -87,7 +84,7 @@ pub struct Patient {
     /// `YYYY-MM-DD`.
     pub birthdate: String,
     /// P0, P5 or P9.
-    pub proofing_level: String,
+    pub proofing_level: sharedcare_kit::nhs::ProofingLevel,
 }
 
 /// Who a session or grant is for.
@@ -245,13 +242,18 @@ pub fn acr_for(amr: &[String]) -> &'static str {
     }
 }
 
+/// A requested scope the client may not have (`invalid_scope`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("scope {0:?} is not allowed for this client")]
+pub struct ScopeNotAllowed(pub String);
+
 /// Parses a requested scope against what a client may have: unknown or not-allowed scopes are
 /// refused (`invalid_scope`) with the first offending scope named.
-pub fn check_scope(requested: &str, allowed: &[String]) -> Result<String, String> {
+pub fn check_scope(requested: &str, allowed: &[String]) -> Result<String, ScopeNotAllowed> {
     let mut out: Vec<&str> = Vec::new();
     for s in requested.split_whitespace() {
         if !KNOWN_SCOPES.contains(&s) || !allowed.iter().any(|a| a == s) {
-            return Err(format!("scope {s:?} is not allowed for this client"));
+            return Err(ScopeNotAllowed(s.to_string()));
         }
         if !out.contains(&s) {
             out.push(s);
@@ -306,7 +308,10 @@ mod tests {
             check_scope("openid profile openid", &allowed).as_deref(),
             Ok("openid profile")
         );
-        assert!(check_scope("openid records.write", &allowed).is_err());
+        assert_eq!(
+            check_scope("openid records.write", &allowed).map_err(|e| e.to_string()),
+            Err("scope \"records.write\" is not allowed for this client".to_string())
+        );
         assert!(check_scope("openid bogus", &allowed).is_err());
     }
 

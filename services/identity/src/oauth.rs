@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sharedcare_kit::auth::Verifier;
+use sharedcare_kit::auth::{KeySource, KeysError, Verifier};
 use sharedcare_kit::bus::envelope;
 use sharedcare_kit::jose::{self, JwkSet};
 use sharedcare_kit::outbox::Outbox;
@@ -19,22 +19,107 @@ use sharedcare_proto::events::v1::IdentityEvent;
 use crate::config::IdentityConfig;
 use crate::error::IdentityError;
 use crate::keys::KeyRing;
-use crate::model::{AuthMethod, Client, Grant, SubjectKind, check_scope};
+use crate::model::{ACR_PASSWORD, AuthMethod, Client, Grant, SubjectKind, acr_for, check_scope};
 use crate::store::{Session, Store};
+use sharedcare_kit::nhs::ProofingLevel;
+
+/// The registered OAuth 2.0 / OpenID Connect error codes identity answers with: RFC 6749
+/// §4.1.2.1 and §5.2, RFC 6750 §3.1 (`invalid_token`) and OIDC Core §3.1.2.6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthErrorCode {
+    /// `invalid_request`.
+    InvalidRequest,
+    /// `invalid_client`.
+    InvalidClient,
+    /// `invalid_grant`.
+    InvalidGrant,
+    /// `invalid_scope`.
+    InvalidScope,
+    /// `invalid_token`.
+    InvalidToken,
+    /// `unauthorized_client`.
+    UnauthorizedClient,
+    /// `unsupported_response_type`.
+    UnsupportedResponseType,
+    /// `unsupported_grant_type`.
+    UnsupportedGrantType,
+    /// `access_denied`.
+    AccessDenied,
+    /// `login_required`.
+    LoginRequired,
+    /// `interaction_required`.
+    InteractionRequired,
+    /// `consent_required`.
+    ConsentRequired,
+    /// `unmet_authentication_requirements` (OpenID Connect Unmet Authentication Requirements 1.0).
+    UnmetAuthenticationRequirements,
+    /// `temporarily_unavailable`.
+    TemporarilyUnavailable,
+    /// `server_error`.
+    ServerError,
+}
+
+impl OAuthErrorCode {
+    /// The code as it goes on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuthErrorCode::InvalidRequest => "invalid_request",
+            OAuthErrorCode::InvalidClient => "invalid_client",
+            OAuthErrorCode::InvalidGrant => "invalid_grant",
+            OAuthErrorCode::InvalidScope => "invalid_scope",
+            OAuthErrorCode::InvalidToken => "invalid_token",
+            OAuthErrorCode::UnauthorizedClient => "unauthorized_client",
+            OAuthErrorCode::UnsupportedResponseType => "unsupported_response_type",
+            OAuthErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthErrorCode::AccessDenied => "access_denied",
+            OAuthErrorCode::LoginRequired => "login_required",
+            OAuthErrorCode::InteractionRequired => "interaction_required",
+            OAuthErrorCode::ConsentRequired => "consent_required",
+            OAuthErrorCode::UnmetAuthenticationRequirements => "unmet_authentication_requirements",
+            OAuthErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
+            OAuthErrorCode::ServerError => "server_error",
+        }
+    }
+
+    /// What an upstream provider's authorization error becomes when passed on to the app:
+    /// the prompt=none outcomes and unavailability keep their meaning, anything else is a
+    /// refusal.
+    pub fn from_upstream(code: &str) -> OAuthErrorCode {
+        match code {
+            "login_required" => OAuthErrorCode::LoginRequired,
+            "interaction_required" => OAuthErrorCode::InteractionRequired,
+            "consent_required" => OAuthErrorCode::ConsentRequired,
+            "temporarily_unavailable" => OAuthErrorCode::TemporarilyUnavailable,
+            _ => OAuthErrorCode::AccessDenied,
+        }
+    }
+}
+
+impl std::fmt::Display for OAuthErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for OAuthErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 /// An OAuth / OIDC error response (RFC 6749 §5.2): a registered code and a description that
 /// says what was wrong without echoing secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthError {
-    /// `error`, e.g. "invalid_grant".
-    pub code: &'static str,
+    /// `error`.
+    pub code: OAuthErrorCode,
     /// `error_description`.
     pub description: String,
 }
 
 impl OAuthError {
     /// An error with `code`.
-    pub fn new(code: &'static str, description: impl Into<String>) -> Self {
+    pub fn new(code: OAuthErrorCode, description: impl Into<String>) -> Self {
         OAuthError {
             code,
             description: description.into(),
@@ -43,24 +128,161 @@ impl OAuthError {
     /// HTTP status for the token, revocation and introspection endpoints.
     pub fn status(&self) -> u16 {
         match self.code {
-            "invalid_client" => 401,
-            "invalid_token" => 401,
-            "temporarily_unavailable" => 503,
-            "server_error" => 500,
+            OAuthErrorCode::InvalidClient | OAuthErrorCode::InvalidToken => 401,
+            OAuthErrorCode::TemporarilyUnavailable => 503,
+            OAuthErrorCode::ServerError => 500,
             _ => 400,
         }
     }
+}
+
+/// An authorization request's parameters that are checked without I/O (RFC 6749 §4.1.1,
+/// RFC 7636, OIDC Core §3.1.2.1), once the client and redirect URI are known to be good.
+#[derive(Debug, Clone, Default)]
+pub struct AuthzParams<'a> {
+    /// `response_type`.
+    pub response_type: &'a str,
+    /// `scope`.
+    pub scope: &'a str,
+    /// `code_challenge`.
+    pub code_challenge: &'a str,
+    /// `code_challenge_method`.
+    pub code_challenge_method: &'a str,
+    /// `max_age`.
+    pub max_age: &'a str,
+    /// `prompt`.
+    pub prompt: &'a str,
+}
+
+/// What [`check_authorization`] accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedAuthz {
+    /// The granted scope (requested ∩ the client's, `openid` included).
+    pub scope: String,
+    /// The PKCE challenge ("" when none was sent by a confidential client).
+    pub code_challenge: String,
+    /// `max_age` in seconds, if asked.
+    pub max_age: Option<i64>,
+    /// `prompt`, as sent.
+    pub prompt: String,
+}
+
+/// Checks the parameters of an authorization request for `client` (response type, scope,
+/// PKCE, `max_age`, `prompt`); the error goes back to the client's redirect URI.
+pub fn check_authorization(client: &Client, p: &AuthzParams<'_>) -> Result<CheckedAuthz, OAuthError> {
+    use OAuthErrorCode::*;
+    if p.response_type != "code" {
+        return Err(OAuthError::new(UnsupportedResponseType, "response_type must be code"));
+    }
+    if !client.allows_grant("authorization_code") {
+        return Err(OAuthError::new(
+            UnauthorizedClient,
+            "this client may not use the authorization code flow",
+        ));
+    }
+    let scope = match check_scope(p.scope, &client.settings.scopes) {
+        Ok(s) if s.split(' ').any(|x| x == "openid") => s,
+        Ok(_) => return Err(OAuthError::new(InvalidScope, "scope must include openid")),
+        Err(e) => return Err(OAuthError::new(InvalidScope, e.to_string())),
+    };
+    let code_challenge = check_pkce(
+        p.code_challenge,
+        p.code_challenge_method,
+        client.settings.auth_method == AuthMethod::None,
+    )?;
+    let max_age = match p.max_age {
+        "" => None,
+        v => match v.parse::<i64>() {
+            Ok(n) if n >= 0 => Some(n),
+            _ => {
+                return Err(OAuthError::new(
+                    InvalidRequest,
+                    "max_age must be a non-negative integer",
+                ));
+            }
+        },
+    };
+    if p.prompt
+        .split_whitespace()
+        .any(|x| !["none", "login", "select_account", "consent"].contains(&x))
+    {
+        return Err(OAuthError::new(
+            InvalidRequest,
+            "prompt must be none, login or select_account",
+        ));
+    }
+    Ok(CheckedAuthz {
+        scope,
+        code_challenge,
+        max_age,
+        prompt: p.prompt.to_string(),
+    })
+}
+
+/// RFC 7636: only S256; required of public clients; a challenge is a base64url SHA-256.
+fn check_pkce(challenge: &str, method: &str, public_client: bool) -> Result<String, OAuthError> {
+    use base64::Engine;
+    let invalid = |why: &str| Err(OAuthError::new(OAuthErrorCode::InvalidRequest, why));
+    if challenge.is_empty() {
+        if public_client {
+            return invalid("PKCE with code_challenge_method=S256 is required for public clients");
+        }
+        return Ok(String::new());
+    }
+    if method != "S256" {
+        return invalid("code_challenge_method must be S256");
+    }
+    let decodes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(challenge)
+        .is_ok();
+    if challenge.len() != 43 || !decodes {
+        return invalid("code_challenge must be a base64url SHA-256 (43 characters)");
+    }
+    Ok(challenge.to_string())
+}
+
+/// Whether a session authenticated at `auth_time` may answer a request with `max_age` at
+/// `now` (OIDC Core §3.1.2.1: older sessions must sign in again).
+pub fn session_fresh_enough(max_age: Option<i64>, auth_time: i64, now: i64) -> bool {
+    max_age.is_none_or(|m| now - auth_time <= m)
+}
+
+/// Whether `acr_values` asks for more than a password while the session's methods (`amr`)
+/// give only that: the user must present a second factor.
+pub fn needs_second_factor(acr_values: &str, amr: &[String]) -> bool {
+    acr_values.split_whitespace().any(|a| a != ACR_PASSWORD) && acr_for(amr) == ACR_PASSWORD
+}
+
+/// Whether a patient proofed at `have` satisfies NHS login's `vtr` (a JSON list of vectors
+/// such as `["P9.Cp.Cd"]`): no list, or any vector whose level is at most `have`. A `vtr` that
+/// is not such a list is satisfied by nothing.
+pub fn vtr_satisfied(vtr: &str, have: ProofingLevel) -> bool {
+    if vtr.is_empty() {
+        return true;
+    }
+    let Ok(wanted) = serde_json::from_str::<Vec<String>>(vtr) else {
+        return false;
+    };
+    wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|v| ProofingLevel::parse(v.split('.').next().unwrap_or_default()).is_some_and(|level| level <= have))
 }
 
 impl From<IdentityError> for OAuthError {
     fn from(e: IdentityError) -> Self {
         tracing::warn!(error = %e, "identity request failed");
         match e {
-            IdentityError::Invalid { .. } => OAuthError::new("invalid_request", e.to_string()),
-            IdentityError::Storage(_) | IdentityError::Kit(_) => {
-                OAuthError::new("temporarily_unavailable", "identity storage is unavailable")
+            IdentityError::Invalid { .. } => OAuthError::new(OAuthErrorCode::InvalidRequest, e.to_string()),
+            IdentityError::Storage(_) | IdentityError::Kit(_) => OAuthError::new(
+                OAuthErrorCode::TemporarilyUnavailable,
+                "identity storage is unavailable",
+            ),
+            IdentityError::Corrupt(_) | IdentityError::Internal(_) => {
+                tracing::error!(error = %e, "identity holds corrupt data");
+                OAuthError::new(OAuthErrorCode::ServerError, "identity could not complete the request")
             }
-            _ => OAuthError::new("server_error", "identity could not complete the request"),
+            _ => OAuthError::new(OAuthErrorCode::ServerError, "identity could not complete the request"),
         }
     }
 }
@@ -105,6 +327,8 @@ pub struct Provider {
     clients: Arc<Mutex<HashMap<String, (Client, Instant)>>>,
     client_keys: Arc<Mutex<HashMap<String, (JwkSet, Instant)>>>,
     http: reqwest::Client,
+    /// Identity events that could not be recorded (counted as well as logged).
+    lost_events: prometheus_client::metrics::counter::Counter,
 }
 
 /// How long a client registration is cached in memory before it is read again.
@@ -150,6 +374,15 @@ impl Provider {
             clients: Arc::new(Mutex::new(HashMap::new())),
             client_keys: Arc::new(Mutex::new(HashMap::new())),
             http,
+            lost_events: Default::default(),
+        }
+    }
+
+    /// The same provider counting identity events it could not record on `counter`.
+    pub fn counting_lost_events(self, counter: prometheus_client::metrics::counter::Counter) -> Provider {
+        Provider {
+            lost_events: counter,
+            ..self
         }
     }
 
@@ -183,7 +416,12 @@ impl Provider {
     /// Authenticates the client at the token, revocation or introspection endpoint with the
     /// method it registered (OIDC Core §9). Any failure is `invalid_client`.
     pub async fn authenticate(&self, p: &Presented) -> OResult<Client> {
-        let bad = |why: &str| OAuthError::new("invalid_client", format!("client authentication failed: {why}"));
+        let bad = |why: &str| {
+            OAuthError::new(
+                OAuthErrorCode::InvalidClient,
+                format!("client authentication failed: {why}"),
+            )
+        };
         let id = match (&p.basic, p.client_id.is_empty()) {
             (Some((id, _)), _) => id.clone(),
             (None, false) => p.client_id.clone(),
@@ -219,17 +457,23 @@ impl Provider {
 
     /// RFC 7523 §3: iss = sub = client_id, aud names this provider, unexpired, `jti` unseen.
     async fn check_assertion(&self, client: &Client, p: &Presented) -> OResult<()> {
-        let bad = |why: String| OAuthError::new("invalid_client", format!("client assertion refused: {why}"));
+        let bad = |why: String| {
+            OAuthError::new(
+                OAuthErrorCode::InvalidClient,
+                format!("client assertion refused: {why}"),
+            )
+        };
+        let no_keys = |e: KeysError| bad(e.to_string());
         if p.assertion_type != JWT_BEARER {
             return Err(bad(format!("client_assertion_type must be {JWT_BEARER}")));
         }
         let claims = match &client.settings.jwks {
             Some(keys) => jose::verify_with(&p.assertion, keys),
             None => {
-                let keys = self.client_jwks(client, false).await.map_err(&bad)?;
+                let keys = self.client_jwks(client, false).await.map_err(no_keys)?;
                 match jose::verify_with(&p.assertion, &keys) {
                     Err(jose::JoseError::UnknownKey(_)) => {
-                        let keys = self.client_jwks(client, true).await.map_err(&bad)?;
+                        let keys = self.client_jwks(client, true).await.map_err(no_keys)?;
                         jose::verify_with(&p.assertion, &keys)
                     }
                     other => other,
@@ -271,7 +515,7 @@ impl Provider {
 
     /// A client's keys from its `jwks_uri`, cached for [`CLIENT_CACHE`]; `refresh` refetches
     /// (at most once per second per client) because an assertion named an unknown `kid`.
-    async fn client_jwks(&self, client: &Client, refresh: bool) -> Result<JwkSet, String> {
+    async fn client_jwks(&self, client: &Client, refresh: bool) -> Result<JwkSet, KeysError> {
         let cached = self.client_keys.lock().ok().and_then(|c| c.get(&client.id).cloned());
         if let Some((keys, at)) = &cached {
             let fresh_enough = if refresh {
@@ -285,21 +529,11 @@ impl Provider {
         }
         let uri = &client.settings.jwks_uri;
         if uri.is_empty() {
-            return Err("the client registered no keys".into());
+            return Err(KeysError::NotRegistered);
         }
-        let r = self
-            .http
-            .get(uri)
-            .send()
-            .await
-            .map_err(|e| format!("jwks_uri {uri}: {e}"))?;
-        if !r.status().is_success() {
-            return Err(format!("jwks_uri {uri}: HTTP {}", r.status()));
-        }
-        let keys: JwkSet = r
-            .json()
-            .await
-            .map_err(|e| format!("jwks_uri {uri}: not a JWK Set: {e}"))?;
+        let keys = sharedcare_kit::auth::HttpKeys::with_client(uri.clone(), self.http.clone())
+            .fetch()
+            .await?;
         if let Ok(mut c) = self.client_keys.lock() {
             c.insert(client.id.clone(), (keys.clone(), Instant::now()));
         }
@@ -311,11 +545,14 @@ impl Provider {
         let f = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
         let grant_type = f("grant_type");
         if grant_type.is_empty() {
-            return Err(OAuthError::new("invalid_request", "grant_type is required"));
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidRequest,
+                "grant_type is required",
+            ));
         }
         if !client.allows_grant(grant_type) {
             return Err(OAuthError::new(
-                "unauthorized_client",
+                OAuthErrorCode::UnauthorizedClient,
                 format!("grant_type {grant_type:?} is not registered for this client"),
             ));
         }
@@ -327,7 +564,7 @@ impl Provider {
             }
             "refresh_token" => self.refresh(client, f("refresh_token"), f("scope")).await,
             other => Err(OAuthError::new(
-                "unsupported_grant_type",
+                OAuthErrorCode::UnsupportedGrantType,
                 format!("grant_type {other:?} is not supported"),
             )),
         }
@@ -344,7 +581,8 @@ impl Provider {
                 .collect::<Vec<_>>()
                 .join(" ")
         } else {
-            check_scope(scope, &client.settings.scopes).map_err(|e| OAuthError::new("invalid_scope", e))?
+            check_scope(scope, &client.settings.scopes)
+                .map_err(|e| OAuthError::new(OAuthErrorCode::InvalidScope, e.to_string()))?
         };
         let now = now();
         let ttl = self.config.access_token_secs;
@@ -364,9 +602,9 @@ impl Provider {
         redirect_uri: &str,
         verifier: &str,
     ) -> OResult<TokenResponse> {
-        let invalid = |why: &str| OAuthError::new("invalid_grant", why.to_string());
+        let invalid = |why: &str| OAuthError::new(OAuthErrorCode::InvalidGrant, why.to_string());
         if code.is_empty() {
-            return Err(OAuthError::new("invalid_request", "code is required"));
+            return Err(OAuthError::new(OAuthErrorCode::InvalidRequest, "code is required"));
         }
         let grant = match self.store.take_code(&jose::sha256_b64(code), now()).await? {
             Ok(g) => g,
@@ -392,9 +630,12 @@ impl Provider {
     }
 
     async fn refresh(&self, client: &Client, token: &str, scope: &str) -> OResult<TokenResponse> {
-        let invalid = |why: &str| OAuthError::new("invalid_grant", why.to_string());
+        let invalid = |why: &str| OAuthError::new(OAuthErrorCode::InvalidGrant, why.to_string());
         if token.is_empty() {
-            return Err(OAuthError::new("invalid_request", "refresh_token is required"));
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidRequest,
+                "refresh_token is required",
+            ));
         }
         let (family, mut grant) = match self.store.use_refresh(&jose::sha256_b64(token), now()).await? {
             Ok(x) => x,
@@ -413,7 +654,7 @@ impl Provider {
             let asked: Vec<&str> = scope.split_whitespace().collect();
             if let Some(extra) = asked.iter().find(|s| !grant.has_scope(s)) {
                 return Err(OAuthError::new(
-                    "invalid_scope",
+                    OAuthErrorCode::InvalidScope,
                     format!("scope {extra:?} was not granted originally"),
                 ));
             }
@@ -429,7 +670,10 @@ impl Provider {
         let s = self.store.session(&grant.session_id).await?;
         match s {
             Some(s) if !s.revoked && s.expires_at > now() => Ok(s),
-            _ => Err(OAuthError::new("invalid_grant", "the sign-in session has ended")),
+            _ => Err(OAuthError::new(
+                OAuthErrorCode::InvalidGrant,
+                "the sign-in session has ended",
+            )),
         }
     }
 
@@ -492,7 +736,7 @@ impl Provider {
                     .store
                     .person("uid", &grant.subject)
                     .await?
-                    .ok_or_else(|| OAuthError::new("invalid_grant", "the person no longer exists"))?;
+                    .ok_or_else(|| OAuthError::new(OAuthErrorCode::InvalidGrant, "the person no longer exists"))?;
                 let codes: Vec<&str> = p.roles.iter().map(|r| r.org_code.as_str()).collect();
                 let orgs = self.store.organisation_names(&codes).await?;
                 let mut user_orgs = Vec::new();
@@ -525,7 +769,7 @@ impl Provider {
                     .store
                     .patient("nhs_number", &grant.subject)
                     .await?
-                    .ok_or_else(|| OAuthError::new("invalid_grant", "the patient no longer exists"))?;
+                    .ok_or_else(|| OAuthError::new(OAuthErrorCode::InvalidGrant, "the patient no longer exists"))?;
                 let vot = if grant.amr.iter().any(|m| m == "otp") {
                     format!("{}.Cp.Cd", p.proofing_level)
                 } else {
@@ -544,7 +788,7 @@ impl Provider {
     /// expiry, not revoked, session live. Returns its claims.
     /// Also returns the token's live session (`None` for service tokens, which have none).
     pub async fn check_access_token(&self, token: &str) -> OResult<(Value, Option<Session>)> {
-        let invalid = |why: String| OAuthError::new("invalid_token", why);
+        let invalid = |why: String| OAuthError::new(OAuthErrorCode::InvalidToken, why);
         let claims = self.verifier.claims(token).await.map_err(|e| invalid(e.to_string()))?;
         let jti = claims["jti"].as_str().unwrap_or_default();
         if self.store.jti_revoked(jti).await? {
@@ -563,7 +807,7 @@ impl Provider {
     /// userinfo (OIDC Core §5.3): the subject's claims the token's scopes allow.
     pub async fn userinfo(&self, token: &str) -> OResult<Value> {
         let (claims, session) = self.check_access_token(token).await?;
-        let session = session.ok_or_else(|| OAuthError::new("invalid_token", "not a user's token"))?;
+        let session = session.ok_or_else(|| OAuthError::new(OAuthErrorCode::InvalidToken, "not a user's token"))?;
         let grant = Grant::of_session(
             &session,
             claims["client_id"].as_str().unwrap_or_default(),
@@ -578,7 +822,7 @@ impl Provider {
     /// RFC 7662 introspection by an authenticated client.
     pub async fn introspect(&self, token: &str) -> OResult<Value> {
         if token.is_empty() {
-            return Err(OAuthError::new("invalid_request", "token is required"));
+            return Err(OAuthError::new(OAuthErrorCode::InvalidRequest, "token is required"));
         }
         if let Ok((c, _)) = self.check_access_token(token).await {
             let mut out = json!({"active": true, "token_type": "Bearer"});
@@ -614,7 +858,7 @@ impl Provider {
     /// Tokens of other clients and unknown tokens are ignored (the answer is 200 either way).
     pub async fn revoke(&self, client: &Client, token: &str) -> OResult<()> {
         if token.is_empty() {
-            return Err(OAuthError::new("invalid_request", "token is required"));
+            return Err(OAuthError::new(OAuthErrorCode::InvalidRequest, "token is required"));
         }
         if let Some((family, grant)) = self.store.refresh_family(&jose::sha256_b64(token)).await? {
             if grant.client_id == client.id {
@@ -701,7 +945,11 @@ impl Provider {
         };
         let key = if subject_kind == "patient" { subject } else { "" };
         let env = envelope("sharedcare.events.v1.IdentityEvent", crate::NAME, subject, key, &e);
+        // The event follows an answer already decided (a sign-in, a lockout), so there is no
+        // caller to return this to: it is logged and counted on
+        // sharedcare_unreported_failures_total{service="identity",what="identity_event"}.
         if let Err(err) = self.outbox.record(&sharedcare_kit::bus::topic(crate::NAME), env).await {
+            self.lost_events.inc();
             tracing::error!(error = %err, kind, "identity event could not be recorded");
         }
     }

@@ -3,6 +3,7 @@
 
 use sharedcare_kit::auth::RoleProfile;
 use sharedcare_kit::db::Db;
+use sharedcare_kit::nhs::ProofingLevel;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -332,7 +333,7 @@ impl Store {
         .bind(p.given_name.clone())
         .bind(p.family_name.clone())
         .bind(p.birthdate.clone())
-        .bind(p.proofing_level.clone())
+        .bind(p.proofing_level.as_str())
         .bind(password_hash.to_string())
         .execute(self.db.writer())
         .await
@@ -360,7 +361,11 @@ impl Store {
             given_name: r.try_get(2)?,
             family_name: r.try_get(3)?,
             birthdate: r.try_get(4)?,
-            proofing_level: r.try_get(5)?,
+            proofing_level: {
+                let level: String = r.try_get(5)?;
+                ProofingLevel::parse(&level)
+                    .ok_or_else(|| IdentityError::Corrupt(format!("patient proofing level {level:?}")))?
+            },
         };
         let lock = Lock {
             failed: r.try_get(7)?,
@@ -570,6 +575,18 @@ impl Store {
             .fetch_optional(self.db.pool())
             .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Takes a parked request for single use: it is deleted as it is read, in one statement,
+    /// so of two concurrent callers (a replayed redirect) only one gets it.
+    pub async fn take_auth_request(&self, id: &str, now: i64) -> Result<Option<String>> {
+        let row = sqlx::query("DELETE FROM auth_requests WHERE id = $1 RETURNING params, expires_at")
+            .bind(id.to_string())
+            .fetch_optional(self.db.writer())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let expires_at: i64 = row.try_get(1)?;
+        Ok((expires_at > now).then(|| row.try_get(0)).transpose()?)
     }
 
     /// Forgets a parked request (it has been answered) and any that expired.

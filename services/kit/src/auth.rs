@@ -13,7 +13,7 @@ use tokio::sync::RwLock;
 use std::collections::HashMap;
 
 use crate::jose::{self, JoseError, Jwk, JwkSet, PublicKey};
-use crate::nhs::{NhsNumber, OdsCode};
+use crate::nhs::{NhsNumber, OdsCode, ProofingLevel};
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: i64 = 30;
@@ -39,8 +39,8 @@ pub enum Principal {
     Patient {
         /// Their NHS number.
         nhs_number: NhsNumber,
-        /// Identity proofing level: "P0", "P5" or "P9".
-        proofing: String,
+        /// Identity proofing level (P9 to see one's own record).
+        proofing: ProofingLevel,
     },
     /// A service calling with a `client_credentials` token.
     Service {
@@ -97,18 +97,67 @@ pub enum AuthError {
     },
     /// The key set could not be fetched.
     #[error("token keys unavailable: {0}")]
-    Keys(String),
+    Keys(#[from] KeysError),
     /// This service could not get its own client-credentials token.
     #[error("service token unavailable: {0}")]
     ServiceToken(String),
 }
 
+/// Why an issuer's key set could not be had.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum KeysError {
+    /// The JWKS endpoint could not be reached.
+    #[error("{uri} could not be reached: {reason}")]
+    Unreachable {
+        /// The `jwks_uri`.
+        uri: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// The JWKS endpoint answered with an error status.
+    #[error("{uri} answered HTTP {status}")]
+    Status {
+        /// The `jwks_uri`.
+        uri: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The answer was not a JWK Set.
+    #[error("{uri} did not answer a JWK Set: {reason}")]
+    Malformed {
+        /// The `jwks_uri`.
+        uri: String,
+        /// The parse error.
+        reason: String,
+    },
+    /// No key set is registered (a client with neither `jwks` nor `jwks_uri`).
+    #[error("no keys are registered")]
+    NotRegistered,
+    /// The issuer's own key store failed (identity verifying its own tokens).
+    #[error("the signing key store failed: {0}")]
+    Store(String),
+}
+
+impl crate::edge::ServiceError for AuthError {
+    fn code(&self) -> crate::edge::ErrorCode {
+        match self {
+            AuthError::Keys(_) | AuthError::ServiceToken(_) => crate::edge::ErrorCode::Unavailable,
+            _ => crate::edge::ErrorCode::Unauthenticated,
+        }
+    }
+
+    fn internal_message(&self) -> String {
+        match self {
+            AuthError::ServiceToken(_) => "this service could not authenticate to its peers".into(),
+            _ => "tokens cannot be checked now".into(),
+        }
+    }
+}
+
+/// Answers through [`crate::edge`]: a key server's address or error never reaches the caller.
 impl From<AuthError> for tonic::Status {
     fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Keys(_) | AuthError::ServiceToken(_) => tonic::Status::unavailable(e.to_string()),
-            _ => tonic::Status::unauthenticated(e.to_string()),
-        }
+        crate::edge::status(&e)
     }
 }
 
@@ -286,7 +335,7 @@ impl Principal {
 #[async_trait::async_trait]
 pub trait KeySource: Send + Sync + 'static {
     /// The issuer's JWK Set as published now.
-    async fn fetch(&self) -> Result<JwkSet, String>;
+    async fn fetch(&self) -> Result<JwkSet, KeysError>;
 }
 
 /// Fetches the issuer's JWK Set over HTTP from its `jwks_uri` (what a service in its own
@@ -297,6 +346,14 @@ pub struct HttpKeys {
 }
 
 impl HttpKeys {
+    /// Keys from `jwks_uri` fetched with an HTTP client the caller already has.
+    pub fn with_client(jwks_uri: impl Into<String>, client: reqwest::Client) -> HttpKeys {
+        HttpKeys {
+            url: jwks_uri.into(),
+            client,
+        }
+    }
+
     /// Keys from `jwks_uri`, e.g. `https://id.example.nhs.uk/oauth2/jwks`.
     pub fn new(jwks_uri: impl Into<String>) -> HttpKeys {
         let client = reqwest::Client::builder()
@@ -312,17 +369,27 @@ impl HttpKeys {
 
 #[async_trait::async_trait]
 impl KeySource for HttpKeys {
-    async fn fetch(&self) -> Result<JwkSet, String> {
+    async fn fetch(&self) -> Result<JwkSet, KeysError> {
+        let uri = || self.url.clone();
         let r = self
             .client
             .get(&self.url)
             .send()
             .await
-            .map_err(|e| format!("{}: {e}", self.url))?;
+            .map_err(|e| KeysError::Unreachable {
+                uri: uri(),
+                reason: e.to_string(),
+            })?;
         if !r.status().is_success() {
-            return Err(format!("{}: HTTP {}", self.url, r.status()));
+            return Err(KeysError::Status {
+                uri: uri(),
+                status: r.status().as_u16(),
+            });
         }
-        r.json().await.map_err(|e| format!("{}: not a JWK Set: {e}", self.url))
+        r.json().await.map_err(|e| KeysError::Malformed {
+            uri: uri(),
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -509,10 +576,8 @@ pub fn principal_from_claims(c: &serde_json::Value) -> Result<Principal, AuthErr
     let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
     if let Some(nhs) = c["nhs_number"].as_str() {
         let nhs_number = NhsNumber::parse(nhs).map_err(|e| claim("nhs_number", e.to_string()))?;
-        let proofing = s("identity_proofing_level");
-        if !matches!(proofing.as_str(), "P0" | "P5" | "P9") {
-            return Err(claim("identity_proofing_level", "expected P0, P5 or P9"));
-        }
+        let proofing = ProofingLevel::parse(&s("identity_proofing_level"))
+            .ok_or_else(|| claim("identity_proofing_level", "expected P0, P5 or P9"))?;
         return Ok(Principal::Patient { nhs_number, proofing });
     }
     if let Some(selected) = c["selected_roleid"].as_str() {
@@ -545,7 +610,7 @@ mod tests {
     struct Keys(JwkSet);
     #[async_trait::async_trait]
     impl KeySource for Keys {
-        async fn fetch(&self) -> Result<JwkSet, String> {
+        async fn fetch(&self) -> Result<JwkSet, KeysError> {
             Ok(self.0.clone())
         }
     }

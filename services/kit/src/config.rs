@@ -138,13 +138,18 @@ fn merge(into: &mut toml::Value, from: toml::Value, prefix: &str, label: &str, s
     }
 }
 
-fn set_path(root: &mut toml::Value, key: &str, value: toml::Value) -> std::result::Result<(), String> {
+/// A dotted key whose prefix names a value that is not a section (`http.listen.port`).
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a section")]
+struct NotASection(String);
+
+fn set_path(root: &mut toml::Value, key: &str, value: toml::Value) -> std::result::Result<(), NotASection> {
     let mut cur = root;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
         let table = match cur {
             toml::Value::Table(t) => t,
-            _ => return Err(format!("`{}` is not a section", parts[..i].join("."))),
+            _ => return Err(NotASection(parts[..i].join("."))),
         };
         if i + 1 == parts.len() {
             table.insert((*part).to_string(), value);

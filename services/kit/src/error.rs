@@ -27,6 +27,15 @@ pub enum Error {
     /// The event bus (Kafka or embedded) failed.
     #[error("event bus: {0}")]
     Bus(String),
+    /// A consumer could not apply an event to its own state (it is redelivered).
+    #[error("{consumer} could not apply an event: {source}")]
+    Apply {
+        /// The consuming service.
+        consumer: &'static str,
+        /// Why (the service's own error).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An event could not be written to a service's outbox.
     #[error("outbox: {0}")]
     Outbox(String),
@@ -42,6 +51,14 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Wraps a consumer's own error: `consumer` could not apply an event.
+    pub fn apply<E: std::error::Error + Send + Sync + 'static>(consumer: &'static str) -> impl FnOnce(E) -> Error {
+        move |e| Error::Apply {
+            consumer,
+            source: Box::new(e),
+        }
+    }
+
     /// Wraps a database error with what was being done.
     pub fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
         let context = context.into();
@@ -49,14 +66,29 @@ impl Error {
     }
 }
 
+impl crate::edge::ServiceError for Error {
+    fn code(&self) -> crate::edge::ErrorCode {
+        use crate::edge::ErrorCode;
+        match self {
+            Error::Database { .. } | Error::Migrate { .. } | Error::Bus(_) | Error::Outbox(_) | Error::Apply { .. } => {
+                ErrorCode::Unavailable
+            }
+            Error::Config(_) | Error::Telemetry(_) | Error::Io(_) => ErrorCode::Internal,
+        }
+    }
+
+    fn internal_message(&self) -> String {
+        match self {
+            Error::Database { .. } | Error::Migrate { .. } | Error::Apply { .. } => "storage unavailable".into(),
+            Error::Bus(_) | Error::Outbox(_) => "the event log is unavailable".into(),
+            Error::Config(_) | Error::Telemetry(_) | Error::Io(_) => "internal error".into(),
+        }
+    }
+}
+
+/// Answers through [`crate::edge`]: a caller never sees driver text, SQL or addresses.
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        match &e {
-            Error::Config(_) => tonic::Status::failed_precondition(e.to_string()),
-            Error::Database { .. } | Error::Migrate { .. } | Error::Bus(_) | Error::Outbox(_) => {
-                tonic::Status::unavailable(e.to_string())
-            }
-            Error::Telemetry(_) | Error::Io(_) => tonic::Status::internal(e.to_string()),
-        }
+        crate::edge::status(&e)
     }
 }

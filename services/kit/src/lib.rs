@@ -6,6 +6,7 @@
 //! - [`serve`]: the gRPC server (health + reflection always) and the HTTP server
 //!   (`/healthz`, `/readyz`, `/metrics`), both draining on shutdown.
 //! - [`db`]: one database handle per service, Postgres or SQLite chosen by URL, migrations.
+//! - [`edge`]: the one mapping of every service's errors to gRPC and HTTP/FHIR answers.
 //! - [`bus`] and [`outbox`]: the event bus (Kafka or embedded) and the transactional outbox.
 //! - [`service`]: the [`service::Service`] trait every service implements, and its mount context.
 //! - [`shutdown`]: the SIGTERM/SIGINT trigger.
@@ -18,6 +19,7 @@ pub mod batch;
 pub mod bus;
 pub mod config;
 pub mod db;
+pub mod edge;
 pub mod error;
 pub mod inbox;
 pub mod jose;

@@ -19,6 +19,15 @@ pub struct RequestLabels {
     pub code: String,
 }
 
+/// Labels of a failure that could not be returned to anyone (a write after the answer).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnreportedLabels {
+    /// The service.
+    pub service: &'static str,
+    /// What could not be done, e.g. `identity_event`.
+    pub what: &'static str,
+}
+
 /// The process's metrics. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -27,6 +36,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Request latency in seconds.
     pub latency: Family<RequestLabels, Histogram>,
+    /// Failures no caller could be told of (each also logged), by service and what failed.
+    pub unreported: Family<UnreportedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -45,10 +56,17 @@ impl Metrics {
         });
         registry.register("requests", "Requests served", requests.clone());
         registry.register("request_duration_seconds", "Request latency", latency.clone());
+        let unreported = Family::<UnreportedLabels, Counter>::default();
+        registry.register(
+            "unreported_failures",
+            "Failures no caller could be told of (each is also logged)",
+            unreported.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             requests,
             latency,
+            unreported,
         }
     }
 
@@ -61,6 +79,13 @@ impl Metrics {
         };
         self.requests.get_or_create(&labels).inc();
         self.latency.get_or_create(&labels).observe(seconds);
+    }
+
+    /// The counter of `service`'s unreported failures of kind `what`.
+    pub fn unreported(&self, service: &'static str, what: &'static str) -> Counter {
+        self.unreported
+            .get_or_create(&UnreportedLabels { service, what })
+            .clone()
     }
 
     /// The exposition text.

@@ -88,6 +88,65 @@ impl OdsCode {
     }
 }
 
+/// How strongly a patient's identity was proven (NHS login's identity proofing levels,
+/// NHS Digital's Identity Verification and Authentication Standard): P0 (none), P5 (basic),
+/// P9 (high, needed to see one's own record). Ordered: `P5 < P9`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum ProofingLevel {
+    /// No proof of identity.
+    #[default]
+    P0,
+    /// Basic proof (low confidence).
+    P5,
+    /// High proof: may see and manage their own record.
+    P9,
+}
+
+impl ProofingLevel {
+    /// Parses `P0`, `P5` or `P9`.
+    pub fn parse(s: &str) -> Option<ProofingLevel> {
+        match s {
+            "P0" => Some(ProofingLevel::P0),
+            "P5" => Some(ProofingLevel::P5),
+            "P9" => Some(ProofingLevel::P9),
+            _ => None,
+        }
+    }
+
+    /// `P0`, `P5` or `P9`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProofingLevel::P0 => "P0",
+            ProofingLevel::P5 => "P5",
+            ProofingLevel::P9 => "P9",
+        }
+    }
+
+    /// Whether a patient proofed at this level may see and manage their own record (P9).
+    pub fn sees_own_record(self) -> bool {
+        self >= ProofingLevel::P9
+    }
+}
+
+impl serde::Serialize for ProofingLevel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ProofingLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        ProofingLevel::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?}: expected P0, P5 or P9")))
+    }
+}
+
+impl fmt::Display for ProofingLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +180,14 @@ mod tests {
         assert!(OdsCode::parse("RX").is_err());
         assert!(OdsCode::parse("A8 1001").is_err());
         assert!(OdsCode::parse("A\u{0}B01").is_err());
+    }
+
+    #[test]
+    fn proofing_levels_parse_and_order() {
+        assert_eq!(ProofingLevel::parse("P9"), Some(ProofingLevel::P9));
+        assert_eq!(ProofingLevel::parse("p9"), None);
+        assert!(ProofingLevel::P5 < ProofingLevel::P9);
+        assert!(ProofingLevel::P9.sees_own_record() && !ProofingLevel::P5.sees_own_record());
     }
 
     #[test]

@@ -13,11 +13,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::serve::Tasks;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::bus::{Bus, Envelope, Outgoing};
 use crate::db::{Db, Tx};
@@ -104,8 +104,8 @@ const GROUP_COMMIT_MAX: usize = 1024;
 impl Outbox {
     /// The outbox in `db` (its `kit_outbox` table). Must be called inside the tokio runtime:
     /// it starts the group-commit writer behind [`Outbox::record`] under `tasks`; the writer
-    /// ends when the last handle is dropped.
-    pub fn new(db: Db, config: OutboxConfig, tasks: &TaskTracker) -> Self {
+    /// ends when the last handle is dropped or the process stops working.
+    pub fn new(db: Db, config: OutboxConfig, tasks: &Tasks) -> Self {
         let wake = Arc::new(Notify::new());
         let (records, rx) = mpsc::channel(GROUP_COMMIT_MAX * 4);
         tasks.spawn(group_commit(db.clone(), wake.clone(), rx));

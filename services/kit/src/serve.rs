@@ -95,6 +95,43 @@ impl Mount {
     }
 }
 
+/// The tasks of a process: every long-running task a service or the process spawns, stopped
+/// together once requests have drained, and awaited by [`Running::stop`].
+#[derive(Clone, Default)]
+pub struct Tasks {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Tasks {
+    /// An empty set of tasks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Spawns `task` as one of the process's workers. It is dropped when the process stops
+    /// working (after in-flight requests have drained), if it has not ended by then; shutdown
+    /// waits for it either way.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = task => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    /// The token cancelled when the process stops working, for tasks that wind down themselves
+    /// (an outbox relay flushes first).
+    pub fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
 /// Where to listen.
 #[derive(Clone, Copy, Debug)]
 pub struct Listen {
@@ -153,16 +190,20 @@ pub async fn bind_all(listen: Listen) -> Result<Bound> {
     })
 }
 
-/// Starts servers, relays and consumers for `mounts` on `bus`. `workers` is the tracker the
-/// mounted services spawned their own tasks under; relays, consumers and background tasks join
-/// them, and [`Running::stop`] waits for all of them.
+/// Starts servers, relays and consumers for `mounts` on `bus`. `tasks` are those the mounted
+/// services spawned their own workers under; relays, consumers and background tasks join them,
+/// and [`Running::stop`] stops and waits for all of them.
 pub async fn start(
     mounts: Vec<Mount>,
     bus: Arc<dyn Bus>,
     bound: Bound,
     metrics: Metrics,
-    workers: TaskTracker,
+    tasks: Tasks,
 ) -> Result<Running> {
+    let Tasks {
+        tracker: workers,
+        stop: stop_working,
+    } = tasks;
     let Bound {
         http: http_listener,
         grpc: grpc_listener,
@@ -173,7 +214,6 @@ pub async fn start(
     let mut servers = Vec::new();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let stop_serving = CancellationToken::new();
-    let stop_working = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     // Reflection lists what this process serves: the mounted services, health and itself.

@@ -6,12 +6,11 @@
 use std::net::SocketAddr;
 
 use sqlx::migrate::Migrator;
-use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthConfig, ServiceToken, Verifier};
 use crate::db::Db;
 use crate::outbox::Outbox;
-use crate::serve::Mount;
+use crate::serve::{Mount, Tasks};
 use crate::{Error, Result};
 
 /// How the process was started; services that behave differently in the two say so by
@@ -77,8 +76,8 @@ pub struct Context {
     pub outbox: Outbox,
     /// `up` or `serve`.
     pub mode: Mode,
-    /// Every task the service spawns goes here, so shutdown waits for it.
-    pub tasks: TaskTracker,
+    /// Every task the service spawns goes here, so shutdown stops and waits for it.
+    pub tasks: Tasks,
     /// The bound HTTP address.
     pub http_addr: SocketAddr,
     /// The bound gRPC address.
@@ -93,6 +92,8 @@ pub struct Context {
     pub internal_client: Option<InternalClient>,
     /// Whether to seed the demo ICS into empty databases.
     pub seed_demo: bool,
+    /// The process's metrics (for counters a service keeps, e.g. unreported failures).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Context {

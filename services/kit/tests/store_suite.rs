@@ -1,8 +1,8 @@
 //! Outbox and inbox conformance, written once and run on SQLite and on Postgres.
 
+use sharedcare_kit::serve::Tasks;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio_util::task::TaskTracker;
 
 use sharedcare_kit::bus::embedded::EmbeddedBus;
 use sharedcare_kit::bus::kafka::{KafkaBus, KafkaConfig};
@@ -22,7 +22,7 @@ fn event(key: &str, n: usize) -> Envelope {
 
 async fn outbox_rows_commit_with_the_transaction_or_not_at_all(db: Db) {
     db.migrate_kit().await.expect("migrate");
-    let ob = Outbox::new(db.clone(), OutboxConfig::default(), &TaskTracker::new());
+    let ob = Outbox::new(db.clone(), OutboxConfig::default(), &Tasks::new());
     let mut tx = db.begin_write().await.expect("begin");
     outbox::enqueue(&mut tx, "t", &event("k", 1)).await.expect("enqueue");
     tx.rollback().await.expect("rollback");
@@ -59,7 +59,7 @@ async fn relay_publishes_everything_in_order_then_empties(db: Db) {
             batch_size: 100,
             poll_interval_ms: 50,
         },
-        &TaskTracker::new(),
+        &Tasks::new(),
     );
     let sent: Vec<Envelope> = (0..1_200).map(|i| event(&format!("k{}", i % 7), i)).collect();
     for chunk in sent.chunks(300) {
@@ -91,7 +91,7 @@ async fn relay_publishes_everything_in_order_then_empties(db: Db) {
 
 async fn relay_keeps_rows_while_the_bus_is_down(db: Db) {
     db.migrate_kit().await.expect("migrate");
-    let ob = Outbox::new(db.clone(), OutboxConfig::default(), &TaskTracker::new());
+    let ob = Outbox::new(db.clone(), OutboxConfig::default(), &Tasks::new());
     let mut tx = db.begin_write().await.expect("begin");
     for i in 0..5 {
         outbox::enqueue(&mut tx, "down.topic", &event("k", i))

@@ -15,11 +15,35 @@ use crate::store::Actor;
 /// Most asks sent in one `DecideMany` (consent's limit).
 const ASKS_PER_CALL: usize = 1000;
 
+/// Why no decision was made (so the caller gets no data).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PdpError {
+    /// Records could not get its own token to call consent.
+    #[error("no service token to call consent: {0}")]
+    Token(String),
+    /// Consent could not be reached or refused the call.
+    #[error("consent: {code:?}: {message}")]
+    Call {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+    },
+    /// Consent answered a different number of decisions than asks.
+    #[error("consent answered {got} of {asked} asks")]
+    Incomplete {
+        /// Decisions received.
+        got: usize,
+        /// Asks sent.
+        asked: usize,
+    },
+}
+
 /// What records needs from a policy decision point: one decision per ask, in order.
 #[tonic::async_trait]
 pub trait Pdp: Send + Sync + 'static {
     /// Decides `asks`; an error means no decision was made (the caller gets no data).
-    async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, String>;
+    async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, PdpError>;
 }
 
 /// The consent service over gRPC, called with this service's client-credentials token.
@@ -46,11 +70,11 @@ impl GrpcPdp {
 
 #[tonic::async_trait]
 impl Pdp for GrpcPdp {
-    async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, String> {
-        let token = self.token.get().await.map_err(|e| e.to_string())?;
+    async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, PdpError> {
+        let token = self.token.get().await.map_err(|e| PdpError::Token(e.to_string()))?;
         let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
             .parse()
-            .map_err(|_| "the service token is not a valid header value".to_string())?;
+            .map_err(|_| PdpError::Token("the service token is not a valid header value".into()))?;
         let mut out = Vec::with_capacity(asks.len());
         let mut asks = asks;
         while !asks.is_empty() {
@@ -67,11 +91,17 @@ impl Pdp for GrpcPdp {
                 .clone()
                 .decide_many(req)
                 .await
-                .map_err(|s| format!("consent: {:?}: {}", s.code(), s.message()))?
+                .map_err(|s| PdpError::Call {
+                    code: s.code(),
+                    message: s.message().to_string(),
+                })?
                 .into_inner()
                 .decisions;
             if decisions.len() != want {
-                return Err(format!("consent answered {} of {want} asks", decisions.len()));
+                return Err(PdpError::Incomplete {
+                    got: decisions.len(),
+                    asked: want,
+                });
             }
             out.extend(decisions);
             asks = rest;

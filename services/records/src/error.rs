@@ -1,4 +1,7 @@
-//! The records service's errors and their one mapping to gRPC status.
+//! The records service's errors and what kind of failure each is; the kit's edge maps them
+//! to gRPC and to FHIR OperationOutcomes.
+
+use sharedcare_kit::edge::{ErrorCode, ServiceError};
 
 /// What can go wrong handling a record.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +44,7 @@ pub enum RecordsError {
     },
     /// Consent could not be asked, so nothing is returned or stored.
     #[error("consent decision unavailable: {0}")]
-    Consent(String),
+    Consent(crate::consent::PdpError),
     /// Consent denied the access; the reason is consent's.
     #[error("access denied: {0}")]
     Denied(String),
@@ -66,51 +69,49 @@ impl RecordsError {
     }
 }
 
-impl RecordsError {
-    /// What the caller is told: the error itself for their own mistakes and for refusals; for
-    /// failures inside the platform a fixed sentence (the detail is logged, never returned).
-    pub fn public_message(&self) -> String {
+impl ServiceError for RecordsError {
+    fn code(&self) -> ErrorCode {
         match self {
-            RecordsError::Consent(_) => "the consent decision could not be made, so no data is returned".into(),
-            RecordsError::Audit(_) => "the access could not be audited, so no data is returned".into(),
-            RecordsError::Unavailable(_) | RecordsError::Storage(_) => "records storage unavailable".into(),
-            other => other.to_string(),
+            RecordsError::Invalid { .. } => ErrorCode::Invalid,
+            RecordsError::NotFound(_) => ErrorCode::NotFound,
+            RecordsError::Conflict(_) => ErrorCode::Conflict,
+            RecordsError::Denied(_) | RecordsError::Withheld | RecordsError::Forbidden(_) => ErrorCode::Forbidden,
+            RecordsError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            RecordsError::VersionMismatch { .. } => ErrorCode::Stale,
+            RecordsError::Stopped
+            | RecordsError::Consent(_)
+            | RecordsError::Unavailable(_)
+            | RecordsError::Audit(_)
+            | RecordsError::Storage(_) => ErrorCode::Unavailable,
         }
     }
 
-    /// Logs the detail of a failure inside the platform (the caller only gets
-    /// [`RecordsError::public_message`]).
-    pub fn log(&self) {
+    fn internal_message(&self) -> String {
         match self {
-            RecordsError::Consent(inner) => tracing::error!(error = %inner, "no consent decision; refusing to answer"),
-            RecordsError::Audit(inner) => {
-                tracing::error!(error = %inner, "access could not be audited; refusing to answer")
-            }
-            RecordsError::Unavailable(inner) => tracing::error!(error = %inner, "records storage failed"),
-            RecordsError::Storage(inner) => tracing::error!(error = %inner, "records storage failed"),
-            _ => {}
+            RecordsError::Consent(_) => "the consent decision could not be made, so no data is returned".into(),
+            RecordsError::Audit(_) => "the access could not be audited, so no data is returned".into(),
+            RecordsError::Stopped => "the records service is stopping".into(),
+            _ => "records storage unavailable".into(),
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            RecordsError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    fn fhir_issue(&self) -> &'static str {
+        match self {
+            RecordsError::Withheld => "suppressed",
+            other => other.code().fhir_issue(),
         }
     }
 }
 
 impl From<RecordsError> for tonic::Status {
     fn from(e: RecordsError) -> Self {
-        e.log();
-        let message = e.public_message();
-        match &e {
-            RecordsError::Invalid { .. } => tonic::Status::invalid_argument(message),
-            RecordsError::NotFound(_) => tonic::Status::not_found(message),
-            RecordsError::Conflict(_) => tonic::Status::aborted(message),
-            RecordsError::Denied(_) | RecordsError::Withheld | RecordsError::Forbidden(_) => {
-                tonic::Status::permission_denied(message)
-            }
-            RecordsError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
-            RecordsError::VersionMismatch { .. } => tonic::Status::failed_precondition(message),
-            RecordsError::Stopped
-            | RecordsError::Consent(_)
-            | RecordsError::Unavailable(_)
-            | RecordsError::Audit(_)
-            | RecordsError::Storage(_) => tonic::Status::unavailable(message),
-        }
+        sharedcare_kit::edge::status(&e)
     }
 }

@@ -49,32 +49,13 @@ impl From<RecordsError> for Outcome {
     }
 }
 
-/// The OperationOutcome for `e`, and its HTTP status.
+/// The OperationOutcome for `e`, and its HTTP status (through the kit's one error edge).
 pub fn outcome(e: &RecordsError) -> (StatusCode, Value) {
-    let (status, code) = match e {
-        RecordsError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
-        RecordsError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
-        RecordsError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-        RecordsError::VersionMismatch { .. } => (StatusCode::PRECONDITION_FAILED, "conflict"),
-        RecordsError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "login"),
-        RecordsError::Forbidden(_) | RecordsError::Denied(_) => (StatusCode::FORBIDDEN, "forbidden"),
-        RecordsError::Withheld => (StatusCode::FORBIDDEN, "suppressed"),
-        RecordsError::Consent(_)
-        | RecordsError::Audit(_)
-        | RecordsError::Unavailable(_)
-        | RecordsError::Stopped
-        | RecordsError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "transient"),
-    };
-    let mut issue = json!({"severity": "error", "code": code, "diagnostics": e.public_message()});
-    if let RecordsError::Invalid { field, .. } = e {
-        issue["expression"] = json!([field]);
-    }
-    (status, json!({"resourceType": "OperationOutcome", "issue": [issue]}))
+    sharedcare_kit::edge::operation_outcome(e)
 }
 
 impl IntoResponse for Outcome {
     fn into_response(self) -> Response {
-        self.0.log();
         let (status, body) = outcome(&self.0);
         fhir_response(status, &body, HeaderMap::new())
     }

@@ -10,7 +10,7 @@ use sharedcare_kit::testing;
 use sharedcare_proto::consent::v1::{DecideRequest, DecideResponse};
 use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged};
 use sharedcare_records::RecordsError;
-use sharedcare_records::consent::Pdp;
+use sharedcare_records::consent::{Pdp, PdpError};
 use sharedcare_records::fhir;
 use sharedcare_records::store::{Actor, Page, Query, Store};
 use sqlx::Row;
@@ -28,10 +28,13 @@ struct ConsentPdp {
 
 #[tonic::async_trait]
 impl Pdp for ConsentPdp {
-    async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, String> {
+    async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, PdpError> {
         sharedcare_consent::grpc::decide_many(&self.store, &asks)
             .await
-            .map_err(|s| s.message().to_string())
+            .map_err(|s| PdpError::Call {
+                code: s.code(),
+                message: s.message().to_string(),
+            })
     }
 }
 
@@ -61,7 +64,7 @@ async fn store_with(db: &Db, pdp: Arc<dyn Pdp>) -> Store {
         .await
         .expect("migrate");
     // Test stores' tasks end with the store; nothing waits for them.
-    let tasks = tokio_util::task::TaskTracker::new();
+    let tasks = sharedcare_kit::serve::Tasks::new();
     Store::new(
         db.clone(),
         Outbox::new(db.clone(), OutboxConfig::default(), &tasks),

@@ -20,7 +20,7 @@ struct FixedKeys(JwkSet);
 
 #[async_trait::async_trait]
 impl KeySource for FixedKeys {
-    async fn fetch(&self) -> Result<JwkSet, String> {
+    async fn fetch(&self) -> Result<JwkSet, sharedcare_kit::auth::KeysError> {
         Ok(self.0.clone())
     }
 }

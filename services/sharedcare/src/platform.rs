@@ -11,11 +11,10 @@ use sharedcare_kit::bus::{self, Bus};
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::metrics::Metrics;
 use sharedcare_kit::outbox::Outbox;
-use sharedcare_kit::serve::{self, Listen, Running};
+use sharedcare_kit::serve::{self, Listen, Running, Tasks};
 use sharedcare_kit::service::{self, InternalClient, Mode, Service};
 use sharedcare_kit::shutdown;
 use sharedcare_kit::telemetry;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 
@@ -161,7 +160,8 @@ pub async fn start(config: &Config, mode: Mode, services: &[&str], client_id: &s
     let mut config = config.clone();
     let internal = internal_client(&mut config, &names);
     let issuer = trusted_issuer(&config, &names, bound.http_addr);
-    let tasks = TaskTracker::new();
+    let tasks = Tasks::new();
+    let metrics = Metrics::new();
     let mut mounts = Vec::new();
     for svc in &selected {
         let db = open_db(&config, svc.as_ref()).await?;
@@ -177,13 +177,14 @@ pub async fn start(config: &Config, mode: Mode, services: &[&str], client_id: &s
             auth: config.auth.clone(),
             internal_client: internal.clone(),
             seed_demo: sharedcare_identity::seeds_demo(&config.identity, mode),
+            metrics: metrics.clone(),
         };
         let mount = service::mount(svc.as_ref(), &ctx)
             .await
             .map_err(|e| anyhow::anyhow!("{} could not start: {e}", svc.name()))?;
         mounts.push(mount);
     }
-    Ok(serve::start(mounts, bus, bound, Metrics::new(), tasks).await?)
+    Ok(serve::start(mounts, bus, bound, metrics, tasks).await?)
 }
 
 fn describe_storage(config: &Config) -> String {

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::{Engine, GetJob, PendingPut, PutJob, Stored, Verdict};
 use crate::RecordsError;
-use crate::consent::{self, Pdp};
+use crate::consent::{self, Pdp, PdpError};
 use crate::fhir::{self, Resource};
 
 impl Engine {
@@ -326,7 +326,7 @@ impl Asks {
     }
 
     /// Consent's decisions, in order (none asked = none needed).
-    pub(super) async fn decide(self, pdp: &dyn Pdp) -> Result<Vec<DecideResponse>, String> {
+    pub(super) async fn decide(self, pdp: &dyn Pdp) -> Result<Vec<DecideResponse>, PdpError> {
         if self.asks.is_empty() {
             return Ok(Vec::new());
         }
@@ -336,7 +336,7 @@ impl Asks {
 
 /// What decision `i` of `decisions` means for data labelled `labels` asked for `purpose`.
 pub(super) fn verdict<T>(
-    decisions: &Result<Vec<DecideResponse>, String>,
+    decisions: &Result<Vec<DecideResponse>, PdpError>,
     i: usize,
     purpose: &str,
     labels: &[String],

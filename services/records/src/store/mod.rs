@@ -163,8 +163,8 @@ impl Store {
     /// The store on `db`, emitting through `outbox`, asking `pdp` before every access to
     /// patient data. Must be called inside the tokio runtime: it starts the writer that
     /// group-commits puts and the reader that batches gets under `tasks`; they end when the
-    /// last handle to the store is dropped.
-    pub fn new(db: Db, outbox: Outbox, pdp: Arc<dyn Pdp>, tasks: &tokio_util::task::TaskTracker) -> Self {
+    /// last handle to the store is dropped or the process stops working.
+    pub fn new(db: Db, outbox: Outbox, pdp: Arc<dyn Pdp>, tasks: &sharedcare_kit::serve::Tasks) -> Self {
         let (puts, put_rx) = mpsc::channel(PUTS_PER_COMMIT * 4);
         let (gets, get_rx) = mpsc::channel(GETS_PER_QUERY * 4);
         let engine = Engine {

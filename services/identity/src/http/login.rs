@@ -1,0 +1,350 @@
+//! The sign-in page (password, lockout, throttling) and the role choice for staff with several
+//! role profiles.
+
+use super::*;
+
+pub(super) async fn client_name(h: &Http, req: &AuthRequest) -> String {
+    match h.provider.client(&req.client_id).await {
+        Ok(Some(c)) => c.name,
+        _ => req.client_id.clone(),
+    }
+}
+
+pub(super) async fn login_page(State(h): State<Http>, headers: HeaderMap, Query(q): Query<ReqQuery>) -> Response {
+    let req = match load_request(&h, &q.req).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let name = client_name(&h, &req).await;
+    let upstreams = upstream_buttons(&h);
+    h.page_with_csrf(&headers, |csrf| {
+        pages::login(&q.req, csrf, &name, &req.login_hint, "", &upstreams)
+    })
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginForm {
+    #[serde(default)]
+    pub(super) req: String,
+    #[serde(default)]
+    pub(super) csrf: String,
+    #[serde(default)]
+    pub(super) username: String,
+    #[serde(default)]
+    pub(super) password: String,
+}
+
+/// Who a username belongs to, with their password hash, lock state and TOTP enrolment.
+pub(super) struct Account {
+    pub(super) kind: SubjectKind,
+    pub(super) subject: String,
+    pub(super) hash: String,
+    pub(super) lock: Lock,
+    pub(super) totp: bool,
+}
+
+pub(super) async fn find_account(h: &Http, username: &str) -> Result<Option<Account>, OAuthError> {
+    if let Some((p, hash, lock)) = h.provider.store.person("username", username).await? {
+        return Ok(Some(Account {
+            kind: SubjectKind::Staff,
+            subject: p.uid,
+            hash,
+            lock,
+            totp: !p.totp_secret.is_empty(),
+        }));
+    }
+    if let Some((p, hash, lock)) = h.provider.store.patient("username", username).await? {
+        return Ok(Some(Account {
+            kind: SubjectKind::Patient,
+            subject: p.nhs_number,
+            hash,
+            lock,
+            totp: false,
+        }));
+    }
+    Ok(None)
+}
+
+pub(super) async fn login_submit(
+    State(h): State<Http>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !csrf_ok(&h, &headers, &form.csrf) {
+        return csrf_refused();
+    }
+    let req = match load_request(&h, &form.req).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let name = client_name(&h, &req).await;
+    let upstreams = upstream_buttons(&h);
+    let again = |h: &Http, msg: &str, status: StatusCode| {
+        let mut r = h.page_with_csrf(&headers, |csrf| {
+            pages::login(&form.req, csrf, &name, &form.username, msg, &upstreams)
+        });
+        *r.status_mut() = status;
+        r
+    };
+    let source = addr.ip().to_string();
+    if h.address_throttled(addr.ip(), false) {
+        return again(
+            &h,
+            "Too many failed sign-in attempts from your network. Wait a minute and try again.",
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    let username = form.username.trim().to_string();
+    let account = match find_account(&h, &username).await {
+        Ok(a) => a,
+        Err(e) => return again(&h, &e.description, StatusCode::SERVICE_UNAVAILABLE),
+    };
+    let now = now();
+    if let Some(a) = &account
+        && a.lock.until > now
+    {
+        h.provider
+            .event(
+                "login_failed",
+                a.kind.as_str(),
+                &a.subject,
+                &req.client_id,
+                &source,
+                "account locked",
+                &[],
+                "",
+            )
+            .await;
+        return again(
+            &h,
+            "This account is locked after too many failed sign-in attempts. Try again later or contact your administrator.",
+            StatusCode::FORBIDDEN,
+        );
+    }
+    // Unknown usernames still cost one Argon2 verification, so timing does not reveal accounts.
+    let hash = account.as_ref().map(|a| a.hash.clone()).unwrap_or_default();
+    let ok = h.provider.hasher.verify(form.password.clone(), hash).await;
+    let Some(account) = account.filter(|_| ok) else {
+        h.address_throttled(addr.ip(), true);
+        if let Some(a) = find_account(&h, &username).await.ok().flatten() {
+            let failed = a.lock.failed + 1;
+            let after = h.provider.config.lockout_after;
+            let until = if failed % after == 0 {
+                let doublings = u32::try_from((failed / after - 1).min(10)).unwrap_or(10);
+                now + h.provider.config.lockout_secs * (1i64 << doublings)
+            } else {
+                0
+            };
+            if let Err(e) = h
+                .provider
+                .store
+                .set_lock(a.kind, &a.subject, Lock { failed, until })
+                .await
+            {
+                // Lockout must not silently stop counting: refuse this attempt as unavailable.
+                return html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    pages::error("Sign-in is unavailable", &OAuthError::from(e).description),
+                );
+            }
+            h.provider
+                .event(
+                    "login_failed",
+                    a.kind.as_str(),
+                    &a.subject,
+                    &req.client_id,
+                    &source,
+                    "wrong password",
+                    &[],
+                    "",
+                )
+                .await;
+            if until > 0 {
+                h.provider
+                    .event(
+                        "account_locked",
+                        a.kind.as_str(),
+                        &a.subject,
+                        &req.client_id,
+                        &source,
+                        &format!("locked until {until}"),
+                        &[],
+                        "",
+                    )
+                    .await;
+            }
+        }
+        return again(&h, "Incorrect username or password.", StatusCode::UNAUTHORIZED);
+    };
+    if let Err(e) = h
+        .provider
+        .store
+        .set_lock(account.kind, &account.subject, Lock { failed: 0, until: 0 })
+        .await
+    {
+        return again(&h, &OAuthError::from(e).description, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let signed_in = h
+        .sign_in(
+            account.kind,
+            &account.subject,
+            vec!["pwd".into()],
+            account.totp,
+            &req.client_id,
+            &source,
+            "",
+        )
+        .await;
+    match signed_in {
+        Ok(cookie) => h.resume_with_cookie(&form.req, &cookie),
+        Err(e) => again(&h, &e.description, StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+impl Http {
+    /// Starts a session for a subject who has just authenticated; returns the cookie value.
+    /// The login event is written now unless a second factor is still owed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn sign_in(
+        &self,
+        kind: SubjectKind,
+        subject: &str,
+        amr: Vec<String>,
+        mfa_pending: bool,
+        client_id: &str,
+        source: &str,
+        detail: &str,
+    ) -> Result<String, OAuthError> {
+        let now = now();
+        let cookie_value = jose::random_token(32);
+        let session = Session {
+            id: jose::random_token(16),
+            subject_kind: kind,
+            subject: subject.to_string(),
+            auth_time: now,
+            last_seen: now,
+            expires_at: now + self.provider.config.session_absolute_secs,
+            amr,
+            mfa_pending,
+            selected_role: String::new(),
+            revoked: false,
+        };
+        self.provider
+            .store
+            .insert_session(&session, &jose::sha256_b64(&cookie_value))
+            .await?;
+        if !mfa_pending {
+            self.provider
+                .event(
+                    "login_succeeded",
+                    kind.as_str(),
+                    subject,
+                    client_id,
+                    source,
+                    detail,
+                    &session.amr,
+                    acr_for(&session.amr),
+                )
+                .await;
+        }
+        Ok(cookie_value)
+    }
+
+    /// Sets the session cookie and continues the parked request.
+    pub(super) fn resume_with_cookie(&self, req: &str, cookie: &str) -> Response {
+        let mut r = see_other(&format!("/oauth2/resume?req={req}"));
+        set_cookie(
+            &mut r,
+            &self.session_cookie,
+            cookie,
+            self.provider.config.session_absolute_secs,
+            self.secure(),
+        );
+        r
+    }
+}
+
+pub(super) fn upstream_buttons(h: &Http) -> Vec<(String, String)> {
+    h.provider
+        .broker
+        .upstreams()
+        .iter()
+        .map(|u| (u.name.clone(), u.display_name.clone()))
+        .collect()
+}
+
+pub(super) async fn role_page(State(h): State<Http>, headers: HeaderMap, Query(q): Query<ReqQuery>) -> Response {
+    if let Err(r) = load_request(&h, &q.req).await {
+        return r;
+    }
+    let session = match h.session(&headers).await {
+        Ok(Some(s)) if s.subject_kind == SubjectKind::Staff => s,
+        _ => return see_other(&format!("/oauth2/login?req={}", q.req)),
+    };
+    let Ok(Some((person, _, _))) = h.provider.store.person("uid", &session.subject).await else {
+        return html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::error("Sign-in is unavailable", "Try again shortly."),
+        );
+    };
+    let codes: Vec<&str> = person.roles.iter().map(|r| r.org_code.as_str()).collect();
+    let names = h.provider.store.organisation_names(&codes).await.unwrap_or_default();
+    h.page_with_csrf(&headers, |csrf| pages::select_role(&q.req, csrf, &person.roles, &names))
+}
+
+#[derive(Deserialize)]
+pub(super) struct RoleForm {
+    #[serde(default)]
+    pub(super) req: String,
+    #[serde(default)]
+    pub(super) csrf: String,
+    #[serde(default)]
+    pub(super) role: String,
+}
+
+pub(super) async fn role_submit(State(h): State<Http>, headers: HeaderMap, Form(form): Form<RoleForm>) -> Response {
+    if !csrf_ok(&h, &headers, &form.csrf) {
+        return csrf_refused();
+    }
+    let req = match load_request(&h, &form.req).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut session = match h.session(&headers).await {
+        Ok(Some(s)) if s.subject_kind == SubjectKind::Staff && !s.mfa_pending => s,
+        _ => return see_other(&format!("/oauth2/login?req={}", form.req)),
+    };
+    let Ok(Some((person, _, _))) = h.provider.store.person("uid", &session.subject).await else {
+        return see_other(&format!("/oauth2/login?req={}", form.req));
+    };
+    if !person.roles.iter().any(|r| r.person_roleid == form.role) {
+        return html(
+            StatusCode::BAD_REQUEST,
+            pages::error("Choose a role", "role: not one of your role profiles."),
+        );
+    }
+    session.selected_role = form.role.clone();
+    if let Err(e) = h.provider.store.update_session(&session).await {
+        return error_back(
+            &h,
+            &req,
+            OAuthErrorCode::TemporarilyUnavailable,
+            &OAuthError::from(e).description,
+        );
+    }
+    h.provider
+        .event(
+            "role_selected",
+            "staff",
+            &person.uid,
+            &req.client_id,
+            "",
+            &form.role,
+            &[],
+            "",
+        )
+        .await;
+    // Not "fresh": prompt=select_account has been answered.
+    proceed(&h, &headers, &form.req, &req, false).await
+}

@@ -1,0 +1,192 @@
+//! The second factor: the TOTP page during sign-in, and TOTP enrolment with recovery codes.
+
+use super::*;
+pub(super) async fn otp_page(State(h): State<Http>, headers: HeaderMap, Query(q): Query<ReqQuery>) -> Response {
+    if let Err(r) = load_request(&h, &q.req).await {
+        return r;
+    }
+    h.page_with_csrf(&headers, |csrf| pages::otp(&q.req, csrf, ""))
+}
+
+#[derive(Deserialize)]
+pub(super) struct OtpForm {
+    #[serde(default)]
+    pub(super) req: String,
+    #[serde(default)]
+    pub(super) csrf: String,
+    #[serde(default)]
+    pub(super) code: String,
+}
+
+pub(super) async fn otp_submit(
+    State(h): State<Http>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<OtpForm>,
+) -> Response {
+    if !csrf_ok(&h, &headers, &form.csrf) {
+        return csrf_refused();
+    }
+    let req = match load_request(&h, &form.req).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut session = match h.session(&headers).await {
+        Ok(Some(s)) if s.subject_kind == SubjectKind::Staff => s,
+        _ => return see_other(&format!("/oauth2/login?req={}", form.req)),
+    };
+    let source = addr.ip().to_string();
+    let again = |msg: &str| {
+        let mut r = h.page_with_csrf(&headers, |csrf| pages::otp(&form.req, csrf, msg));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        r
+    };
+    if h.address_throttled(addr.ip(), false) {
+        return again("Too many failed attempts from your network. Wait a minute and try again.");
+    }
+    let Ok(Some((person, _, _))) = h.provider.store.person("uid", &session.subject).await else {
+        return see_other(&format!("/oauth2/login?req={}", form.req));
+    };
+    let code = form.code.trim();
+    let step_ok = match secrets::totp_step(&person.totp_secret, code, now()) {
+        Some(step) => h.provider.store.use_totp_step(&person.uid, step).await.unwrap_or(false),
+        None => false,
+    };
+    let ok = step_ok
+        || (code.len() > 6
+            && h.provider
+                .store
+                .use_recovery_code(&person.uid, &jose::sha256_b64(code))
+                .await
+                .unwrap_or(false));
+    if !ok {
+        h.address_throttled(addr.ip(), true);
+        h.provider
+            .event(
+                "login_failed",
+                "staff",
+                &person.uid,
+                &req.client_id,
+                &source,
+                "wrong security code",
+                &session.amr,
+                "",
+            )
+            .await;
+        return again("The security code is not right. Check your authenticator app and try again.");
+    }
+    session.mfa_pending = false;
+    if !session.amr.iter().any(|m| m == "otp") {
+        session.amr.push("otp".into());
+    }
+    if let Err(e) = h.provider.store.update_session(&session).await {
+        return again(&OAuthError::from(e).description);
+    }
+    h.provider
+        .event(
+            "login_succeeded",
+            "staff",
+            &person.uid,
+            &req.client_id,
+            &source,
+            "",
+            &session.amr,
+            acr_for(&session.amr),
+        )
+        .await;
+    see_other(&format!("/oauth2/resume?req={}", form.req))
+}
+
+// ---- TOTP enrolment --------------------------------------------------------------------------
+
+pub(super) async fn totp_page(State(h): State<Http>, headers: HeaderMap) -> Response {
+    let Ok(Some(session)) = h.session(&headers).await else {
+        return html(
+            StatusCode::UNAUTHORIZED,
+            pages::error(
+                "Sign in first",
+                "Sign in to an app, then come back to set up two-step sign in.",
+            ),
+        );
+    };
+    if session.subject_kind != SubjectKind::Staff || session.mfa_pending {
+        return html(
+            StatusCode::FORBIDDEN,
+            pages::error("Not available", "Two-step sign in is for staff accounts."),
+        );
+    }
+    let secret = secrets::new_totp_secret();
+    let uri = secrets::otpauth_uri("Sharedcare", &session.subject, &secret);
+    h.page_with_csrf(&headers, |csrf| pages::totp_enrol(csrf, &secret, &uri, ""))
+}
+
+#[derive(Deserialize)]
+pub(super) struct TotpForm {
+    #[serde(default)]
+    pub(super) csrf: String,
+    #[serde(default)]
+    pub(super) secret: String,
+    #[serde(default)]
+    pub(super) code: String,
+}
+
+pub(super) async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(form): Form<TotpForm>) -> Response {
+    if !csrf_ok(&h, &headers, &form.csrf) {
+        return csrf_refused();
+    }
+    let Ok(Some(mut session)) = h.session(&headers).await else {
+        return html(
+            StatusCode::UNAUTHORIZED,
+            pages::error("Sign in first", "Your session has ended."),
+        );
+    };
+    if session.subject_kind != SubjectKind::Staff
+        || session.mfa_pending
+        || secrets::unbase32(&form.secret).is_none_or(|b| b.len() < 16)
+    {
+        return html(
+            StatusCode::BAD_REQUEST,
+            pages::error("Not available", "secret: not a valid TOTP key."),
+        );
+    }
+    let Some(step) = secrets::totp_step(&form.secret, &form.code, now()) else {
+        let uri = secrets::otpauth_uri("Sharedcare", &session.subject, &form.secret);
+        let mut r = html(
+            StatusCode::BAD_REQUEST,
+            pages::totp_enrol(
+                &form.csrf,
+                &form.secret,
+                &uri,
+                "The code is not right. Enter the code your app shows now.",
+            ),
+        );
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let codes: Vec<String> = (0..8).map(|_| jose::random_token(9)).collect();
+    let hashes: Vec<String> = codes.iter().map(|c| jose::sha256_b64(c)).collect();
+    if let Err(e) = h
+        .provider
+        .store
+        .set_totp(&session.subject, &form.secret, &hashes, step)
+        .await
+    {
+        return html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::error("Try again", &OAuthError::from(e).description),
+        );
+    }
+    if !session.amr.iter().any(|m| m == "otp") {
+        session.amr.push("otp".into());
+        // The factor is enrolled and its recovery codes must be shown now (they are shown
+        // once), so a failure here is logged, not returned: the session keeps its old `amr`
+        // and the next sign-in asks for the code.
+        if let Err(e) = h.provider.store.update_session(&session).await {
+            tracing::error!(error = %e, "the session could not record the enrolled second factor");
+        }
+    }
+    h.provider
+        .event("totp_enrolled", "staff", &session.subject, "", "", "", &session.amr, "")
+        .await;
+    html(StatusCode::OK, pages::recovery_codes(&codes))
+}
