@@ -398,12 +398,21 @@ async fn private_key_jwt_client_authenticates_with_its_registered_key_and_assert
     );
     let next = Signer256::generate();
     *published.lock().expect("lock") = serde_json::json!({"keys": [next.jwk()]});
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        send(by_uri.client_id.clone(), assert_for(&next, &by_uri.client_id, "u-2")).await,
-        200,
-        "a new kid makes identity refetch the client's jwks_uri"
-    );
+    // Identity refetches a client's keys at most once a second: poll until the new kid is
+    // accepted (each attempt with a fresh jti, which is single use).
+    let attempt = std::sync::atomic::AtomicUsize::new(2);
+    eventually(
+        Duration::from_secs(10),
+        "the new kid to be fetched from jwks_uri",
+        || {
+            let jti = format!("u-{}", attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+            let assertion = assert_for(&next, &by_uri.client_id, &jti);
+            let send = &send;
+            let id = by_uri.client_id.clone();
+            async move { (send(id, assertion).await == 200).then_some(()) }
+        },
+    )
+    .await;
     let both = a
         .create_client(CreateClientRequest {
             name: "both".into(),
@@ -1202,7 +1211,12 @@ async fn idle_sessions_end_and_max_age_or_prompt_login_ask_for_the_password_agai
     // Within the idle limit: silent; max_age=0 and prompt=login both demand a fresh login.
     let (silent, _, _) = follow(&b, &p.http, &url(&[("prompt", "none")])).await;
     assert!(query(&silent).contains_key("code"), "{silent}");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // max_age counts whole seconds since the sign-in: poll until one has passed.
+    eventually(Duration::from_secs(5), "a second since the sign-in", || async {
+        let (at, _, _) = follow(&b, &p.http, &url(&[("max_age", "0")])).await;
+        at.contains("/oauth2/login?req=").then_some(())
+    })
+    .await;
     for extra in [[("max_age", "0")], [("prompt", "login")]] {
         let (at, page, _) = follow(&b, &p.http, &url(&extra)).await;
         assert!(at.contains("/oauth2/login?req="), "{extra:?}: {at}");
@@ -1216,8 +1230,18 @@ async fn idle_sessions_end_and_max_age_or_prompt_login_ask_for_the_password_agai
         hinted.contains("/oauth2/login?req=") && page.contains("value=\"gp\""),
         "login_hint prefills"
     );
-    // Idle past the limit: the session is over.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Idle past the limit: the session is over. Polled on a page that reads the session
+    // without touching it (a silent sign-in would keep it alive).
+    eventually(Duration::from_secs(10), "the session to go idle", || async {
+        let status = b
+            .get(format!("{}/account/totp", p.http))
+            .send()
+            .await
+            .expect("GET")
+            .status();
+        (status == reqwest::StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
     let (idle, _, _) = follow(&b, &p.http, &url(&[("prompt", "none")])).await;
     assert_eq!(query(&idle)["error"], "login_required", "{idle}");
 }
