@@ -37,7 +37,7 @@ impl ConsentApi {
         let ok = match (&p, nhs) {
             (Principal::Service { .. }, _) => has_scope(&p, scope),
             (Principal::Patient { nhs_number, proofing }, Some(n)) if proofing.sees_own_record() => {
-                nhs_number == n || self.represents(nhs_number.as_str(), n.as_str()).await?
+                nhs_number == n || self.represents(nhs_number, n).await?
             }
             _ => false,
         };
@@ -56,13 +56,13 @@ impl ConsentApi {
     }
 
     /// Whether `who` (an NHS number) is a current authorised representative of `patient`.
-    async fn represents(&self, who: &str, patient: &str) -> Result<bool, Status> {
+    async fn represents(&self, who: &NhsNumber, patient: &NhsNumber) -> Result<bool, Status> {
         let now = chrono::Utc::now().timestamp();
         let known = self.store.facts(patient).await?;
         Ok(known
             .representatives
             .iter()
-            .any(|r| r.nhs_number == who && r.start <= now && r.end.is_none_or(|e| now < e)))
+            .any(|r| r.nhs_number == who.as_str() && r.start <= now && r.end.is_none_or(|e| now < e)))
     }
 }
 
@@ -283,7 +283,7 @@ impl Consent for ConsentApi {
         let (actor, org) = actor_id(&who);
         let at = self
             .store
-            .put_directive(patient.as_str(), &directive, &Actor { id: &actor, org: &org })
+            .put_directive(&patient, &directive, &Actor { id: &actor, org: &org })
             .await?;
         Ok(Response::new(directive_out(patient.as_str(), &directive, at)))
     }
@@ -294,7 +294,7 @@ impl Consent for ConsentApi {
     ) -> Result<Response<api::ListDirectivesResponse>, Status> {
         let patient = nhs("nhs_number", &request.get_ref().nhs_number)?;
         self.require(&request, "consent.write", Some(&patient)).await?;
-        let facts = self.store.facts(patient.as_str()).await?;
+        let facts = self.store.facts(&patient).await?;
         Ok(Response::new(api::ListDirectivesResponse {
             directives: facts
                 .directives
@@ -311,7 +311,7 @@ impl Consent for ConsentApi {
         let (actor, org) = actor_id(&who);
         self.store
             .set_flags(
-                patient.as_str(),
+                &patient,
                 r.national_opt_out,
                 r.gp_dissent,
                 &Actor { id: &actor, org: &org },
@@ -361,7 +361,7 @@ impl Consent for ConsentApi {
         self.store
             .add_representative(
                 &id,
-                patient.as_str(),
+                &patient,
                 &r.kind,
                 &stored,
                 &Actor {
@@ -445,7 +445,7 @@ impl Consent for ConsentApi {
         self.store
             .add_relationship(
                 &id,
-                patient.as_str(),
+                &patient,
                 &rel,
                 &Actor {
                     id: &actor,

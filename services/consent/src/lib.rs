@@ -94,7 +94,11 @@ pub async fn seed_relationships(db: &Db, relationships: &[DemoRelationship]) -> 
             start,
             end: None,
         };
-        store.add_relationship(&format!("demo-{n}"), nhs, &r, &actor).await?;
+        let patient = sharedcare_kit::nhs::NhsNumber::parse(nhs)
+            .map_err(|e| ConsentError::invalid(format!("demo relationship {n}"), e.to_string()))?;
+        store
+            .add_relationship(&format!("demo-{n}"), &patient, &r, &actor)
+            .await?;
     }
     Ok(true)
 }

@@ -3,6 +3,7 @@
 
 use sharedcare_kit::bus::{envelope, topic};
 use sharedcare_kit::db::{self, Db};
+use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::outbox;
 use sharedcare_proto::events::v1::ConsentEvent;
 use sqlx::Row;
@@ -50,14 +51,21 @@ pub struct Actor<'a> {
     pub org: &'a str,
 }
 
+/// An NHS number consent itself stored (or records validated before publishing): one that
+/// does not parse is corrupt data, an internal fault.
+fn stored(nhs: &str) -> Result<NhsNumber, ConsentError> {
+    NhsNumber::parse(nhs).map_err(|e| ConsentError::Corrupt(format!("stored NHS number: {e}")))
+}
+
 async fn event(
     tx: &mut db::Tx,
     kind: &str,
-    nhs: &str,
+    patient: &NhsNumber,
     actor: &Actor<'_>,
     reason_code: &str,
     detail: &str,
 ) -> Result<(), ConsentError> {
+    let nhs = patient.as_str();
     let e = ConsentEvent {
         kind: kind.into(),
         nhs_number: nhs.into(),
@@ -81,9 +89,9 @@ impl Store {
 
     /// Everything the decision needs about `nhs`, read now (no cache: a change binds the next
     /// decision).
-    pub async fn facts(&self, nhs: &str) -> Result<Facts, ConsentError> {
-        let mut all = self.facts_many(&[nhs]).await?;
-        Ok(all.remove(nhs).map(|k| k.facts).unwrap_or_default())
+    pub async fn facts(&self, patient: &NhsNumber) -> Result<Facts, ConsentError> {
+        let mut all = self.facts_many(&[patient.as_str()]).await?;
+        Ok(all.remove(patient.as_str()).map(|k| k.facts).unwrap_or_default())
     }
 
     /// The facts about each of `patients`, read now in one query per table (a batch of
@@ -190,11 +198,12 @@ impl Store {
     pub async fn add_representative(
         &self,
         id: &str,
-        nhs: &str,
+        patient: &NhsNumber,
         kind: &str,
         r: &Representative,
         actor: &Actor<'_>,
     ) -> Result<(), ConsentError> {
+        let nhs = patient.as_str();
         let mut tx = self.db.begin_write().await?;
         sqlx::query(
             "INSERT INTO representatives (id, nhs_number, representative_nhs, kind, start_at, end_at) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -208,7 +217,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let detail = format!("{id} {kind} {} from {}", r.nhs_number, r.start);
-        event(&mut tx, "representative_added", nhs, actor, "", &detail).await?;
+        event(&mut tx, "representative_added", patient, actor, "", &detail).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -236,7 +245,15 @@ impl Store {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        event(&mut tx, "representative_ended", &nhs, actor, "", &format!("{id} ended")).await?;
+        event(
+            &mut tx,
+            "representative_ended",
+            &stored(&nhs)?,
+            actor,
+            "",
+            &format!("{id} ended"),
+        )
+        .await?;
         tx.commit().await?;
         let rep = Representative {
             nhs_number: r.try_get(1)?,
@@ -255,7 +272,13 @@ impl Store {
     }
 
     /// Creates or replaces a directive.
-    pub async fn put_directive(&self, nhs: &str, d: &Directive, actor: &Actor<'_>) -> Result<i64, ConsentError> {
+    pub async fn put_directive(
+        &self,
+        patient: &NhsNumber,
+        d: &Directive,
+        actor: &Actor<'_>,
+    ) -> Result<i64, ConsentError> {
+        let nhs = patient.as_str();
         let provision = serde_json::to_string(&d.provision)
             .map_err(|e| ConsentError::Corrupt(format!("directive provision: {e}")))?;
         let now = chrono::Utc::now().timestamp();
@@ -290,7 +313,7 @@ impl Store {
         event(
             &mut tx,
             "directive_changed",
-            nhs,
+            patient,
             actor,
             "",
             &format!("{} {}", d.id, d.status),
@@ -303,11 +326,12 @@ impl Store {
     /// Sets the national data opt-out and GP dissent flags.
     pub async fn set_flags(
         &self,
-        nhs: &str,
+        patient: &NhsNumber,
         opt_out: bool,
         dissent: bool,
         actor: &Actor<'_>,
     ) -> Result<(), ConsentError> {
+        let nhs = patient.as_str();
         let mut tx = self.db.begin_write().await?;
         sqlx::query("DELETE FROM patient_flags WHERE nhs_number = $1")
             .bind(nhs.to_string())
@@ -320,7 +344,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let detail = format!("national_opt_out={opt_out} gp_dissent={dissent}");
-        event(&mut tx, "flags_changed", nhs, actor, "", &detail).await?;
+        event(&mut tx, "flags_changed", patient, actor, "", &detail).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -329,10 +353,11 @@ impl Store {
     pub async fn add_relationship(
         &self,
         id: &str,
-        nhs: &str,
+        patient: &NhsNumber,
         r: &Relationship,
         actor: &Actor<'_>,
     ) -> Result<(), ConsentError> {
+        let nhs = patient.as_str();
         let mut tx = self.db.begin_write().await?;
         sqlx::query(
             "INSERT INTO relationships (id, nhs_number, ods_code, kind, start_at, end_at) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -348,7 +373,7 @@ impl Store {
         event(
             &mut tx,
             "relationship_changed",
-            nhs,
+            patient,
             actor,
             "",
             &format!("{} {} {} started", id, r.kind, r.org),
@@ -379,7 +404,15 @@ impl Store {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        event(&mut tx, "relationship_changed", &nhs, actor, "", &format!("{id} ended")).await?;
+        event(
+            &mut tx,
+            "relationship_changed",
+            &stored(&nhs)?,
+            actor,
+            "",
+            &format!("{id} ended"),
+        )
+        .await?;
         tx.commit().await?;
         let rel = Relationship {
             org: r.try_get(1)?,
@@ -427,7 +460,15 @@ impl Store {
                 org: &e.care_organisation,
             };
             let detail = format!("{id} from event {}", d.envelope.id);
-            event(&mut tx, "relationship_changed", &e.nhs_number, &actor, "", &detail).await?;
+            event(
+                &mut tx,
+                "relationship_changed",
+                &stored(&e.nhs_number)?,
+                &actor,
+                "",
+                &detail,
+            )
+            .await?;
             applied += 1;
         }
         tx.commit().await?;
@@ -471,7 +512,7 @@ impl Store {
         event(
             &mut tx,
             "break_glass_granted",
-            &g.nhs_number,
+            &stored(&g.nhs_number)?,
             &actor,
             &g.reason_code,
             &detail,
@@ -505,7 +546,7 @@ impl Store {
         event(
             &mut tx,
             "break_glass_reviewed",
-            &g.nhs_number,
+            &stored(&g.nhs_number)?,
             &actor,
             &g.reason_code,
             &detail,

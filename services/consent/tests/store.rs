@@ -7,6 +7,10 @@ use sharedcare_kit::service::Service as _;
 use sqlx::Row;
 
 const NHS: &str = "9434765919";
+
+fn nhs() -> sharedcare_kit::nhs::NhsNumber {
+    sharedcare_kit::nhs::NhsNumber::parse(NHS).expect("a valid test NHS number")
+}
 const ACTOR: Actor<'static> = Actor {
     id: "ics-integration",
     org: "",
@@ -43,9 +47,9 @@ async fn facts_round_trip_and_every_change_writes_its_event(db: Db) {
         status: "active".into(),
         provision: provision.clone(),
     };
-    s.put_directive(NHS, &d, &ACTOR).await.expect("directive");
+    s.put_directive(&nhs(), &d, &ACTOR).await.expect("directive");
     s.put_directive(
-        NHS,
+        &nhs(),
         &Directive {
             status: "inactive".into(),
             ..d.clone()
@@ -54,15 +58,17 @@ async fn facts_round_trip_and_every_change_writes_its_event(db: Db) {
     )
     .await
     .expect("replace");
-    s.set_flags(NHS, true, false, &ACTOR).await.expect("flags");
-    s.set_flags(NHS, true, true, &ACTOR).await.expect("flags again");
+    s.set_flags(&nhs(), true, false, &ACTOR).await.expect("flags");
+    s.set_flags(&nhs(), true, true, &ACTOR).await.expect("flags again");
     let rel = Relationship {
         org: "A81001".into(),
         kind: "gp_registration".into(),
         start: 10,
         end: None,
     };
-    s.add_relationship("r1", NHS, &rel, &ACTOR).await.expect("relationship");
+    s.add_relationship("r1", &nhs(), &rel, &ACTOR)
+        .await
+        .expect("relationship");
     s.end_relationship("r1", 20, &ACTOR).await.expect("end");
     let grant = Grant {
         id: "g1".into(),
@@ -78,7 +84,7 @@ async fn facts_round_trip_and_every_change_writes_its_event(db: Db) {
     };
     s.break_glass(&grant).await.expect("grant");
 
-    let f = s.facts(NHS).await.expect("facts");
+    let f = s.facts(&nhs()).await.expect("facts");
     assert_eq!(f.directives.len(), 1, "a put with the same id replaces");
     assert_eq!(
         (f.directives[0].status.as_str(), &f.directives[0].provision),
@@ -93,9 +99,19 @@ async fn facts_round_trip_and_every_change_writes_its_event(db: Db) {
         7,
         "one ConsentEvent per change, in the same transaction"
     );
-    assert!(s.facts("9000000009").await.expect("other").directives.is_empty());
+    assert!(
+        s.facts(&sharedcare_kit::nhs::NhsNumber::parse("9000000009").expect("valid"))
+            .await
+            .expect("other")
+            .directives
+            .is_empty()
+    );
     let other = s
-        .put_directive("9000000009", &d, &ACTOR)
+        .put_directive(
+            &sharedcare_kit::nhs::NhsNumber::parse("9000000009").expect("valid"),
+            &d,
+            &ACTOR,
+        )
         .await
         .expect_err("another patient's id");
     assert!(other.to_string().starts_with("directive.id:"), "{other}");

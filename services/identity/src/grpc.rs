@@ -10,7 +10,7 @@ use crate::api;
 use crate::api::identity_admin_server::IdentityAdmin;
 use crate::error::IdentityError;
 use crate::model::{
-    AuthMethod, Client, ClientSettings, KNOWN_SCOPES, ORGANISATION_KINDS, Organisation, Patient, Person,
+    AuthMethod, Client, ClientSettings, EventKind, KNOWN_SCOPES, ORGANISATION_KINDS, Organisation, Patient, Person,
 };
 use crate::oauth::{Provider, now};
 
@@ -54,7 +54,7 @@ impl AdminApi {
         Ok(self.provider.hasher.hash(password).await?)
     }
 
-    async fn changed(&self, who: &Principal, kind: &str, subject_kind: &str, subject: &str) {
+    async fn changed(&self, who: &Principal, kind: EventKind, subject_kind: &str, subject: &str) {
         let actor = match who {
             Principal::Service { client_id, .. } => client_id.clone(),
             Principal::Staff { person, .. } => person.clone(),
@@ -148,7 +148,7 @@ impl IdentityAdmin for AdminApi {
             kind: r.kind,
         };
         self.provider.store.insert_organisation(&o).await?;
-        self.changed(&who, "organisation_created", "organisation", &o.ods_code)
+        self.changed(&who, EventKind::OrganisationCreated, "organisation", &o.ods_code)
             .await;
         Ok(Response::new(org_out(o)))
     }
@@ -210,7 +210,7 @@ impl IdentityAdmin for AdminApi {
             roles,
         };
         self.provider.store.insert_person(&p, &hash).await?;
-        self.changed(&who, "person_created", "staff", &p.uid).await;
+        self.changed(&who, EventKind::PersonCreated, "staff", &p.uid).await;
         Ok(Response::new(api::Person {
             uid: p.uid,
             username: p.username,
@@ -253,7 +253,8 @@ impl IdentityAdmin for AdminApi {
             proofing_level,
         };
         self.provider.store.insert_patient(&p, &hash).await?;
-        self.changed(&who, "patient_created", "patient", &p.nhs_number).await;
+        self.changed(&who, EventKind::PatientCreated, "patient", &p.nhs_number)
+            .await;
         Ok(Response::new(api::Patient {
             nhs_number: p.nhs_number,
             username: p.username,
@@ -394,7 +395,7 @@ impl IdentityAdmin for AdminApi {
         };
         self.provider.store.insert_client(&client).await?;
         self.provider.forget_client(&id);
-        self.changed(&who, "client_created", "client", &id).await;
+        self.changed(&who, EventKind::ClientCreated, "client", &id).await;
         Ok(Response::new(api::CreatedClient {
             client_id: id,
             client_secret: secret,
@@ -438,11 +439,16 @@ impl IdentityAdmin for AdminApi {
             .ok_or_else(|| IdentityError::NotFound(format!("session {id}")))?;
         let notified = self
             .provider
-            .end_session(&session, "session_revoked")
+            .end_session(&session, EventKind::SessionRevoked)
             .await
             .map_err(|e| Status::unavailable(e.description))?;
-        self.changed(&who, "session_revoked", session.subject_kind.as_str(), &session.subject)
-            .await;
+        self.changed(
+            &who,
+            EventKind::SessionRevoked,
+            session.subject_kind.as_str(),
+            &session.subject,
+        )
+        .await;
         Ok(Response::new(api::RevokeSessionResponse {
             notified_clients: notified,
         }))
@@ -454,7 +460,7 @@ impl IdentityAdmin for AdminApi {
     ) -> Result<Response<api::RotateKeysResponse>, Status> {
         let who = self.authorise(&req).await?;
         let kid = self.provider.keys.rotate(now()).await?;
-        self.changed(&who, "keys_rotated", "key", &kid).await;
+        self.changed(&who, EventKind::KeysRotated, "key", &kid).await;
         Ok(Response::new(api::RotateKeysResponse { active_kid: kid }))
     }
 }

@@ -321,3 +321,52 @@ mod tests {
         assert_eq!(acr_for(&["pwd".into(), "otp".into()]), ACR_MFA);
     }
 }
+
+/// What an `IdentityEvent` reports: its `kind` on `sharedcare.identity.v1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `login_succeeded`.
+    LoginSucceeded,
+    /// `login_failed`.
+    LoginFailed,
+    /// `account_locked`.
+    AccountLocked,
+    /// `role_selected`.
+    RoleSelected,
+    /// `totp_enrolled`.
+    TotpEnrolled,
+    /// `session_ended`.
+    SessionEnded,
+    /// `session_revoked`.
+    SessionRevoked,
+    /// `organisation_created`.
+    OrganisationCreated,
+    /// `person_created`.
+    PersonCreated,
+    /// `patient_created`.
+    PatientCreated,
+    /// `client_created`.
+    ClientCreated,
+    /// `keys_rotated`.
+    KeysRotated,
+}
+
+impl EventKind {
+    /// The kind as it goes on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::LoginSucceeded => "login_succeeded",
+            EventKind::LoginFailed => "login_failed",
+            EventKind::AccountLocked => "account_locked",
+            EventKind::RoleSelected => "role_selected",
+            EventKind::TotpEnrolled => "totp_enrolled",
+            EventKind::SessionEnded => "session_ended",
+            EventKind::SessionRevoked => "session_revoked",
+            EventKind::OrganisationCreated => "organisation_created",
+            EventKind::PersonCreated => "person_created",
+            EventKind::PatientCreated => "patient_created",
+            EventKind::ClientCreated => "client_created",
+            EventKind::KeysRotated => "keys_rotated",
+        }
+    }
+}

@@ -19,7 +19,7 @@ use sharedcare_proto::events::v1::IdentityEvent;
 use crate::config::IdentityConfig;
 use crate::error::IdentityError;
 use crate::keys::KeyRing;
-use crate::model::{ACR_PASSWORD, AuthMethod, Client, Grant, SubjectKind, acr_for, check_scope};
+use crate::model::{ACR_PASSWORD, AuthMethod, Client, EventKind, Grant, SubjectKind, acr_for, check_scope};
 use crate::store::{Session, Store};
 use sharedcare_kit::nhs::ProofingLevel;
 
@@ -878,7 +878,7 @@ impl Provider {
 
     /// Ends a session: its refresh tokens are revoked and every client that signed in through
     /// it gets a back-channel logout token. Returns the clients notified successfully.
-    pub async fn end_session(&self, session: &Session, kind: &str) -> OResult<Vec<String>> {
+    pub async fn end_session(&self, session: &Session, kind: EventKind) -> OResult<Vec<String>> {
         let clients = self.store.revoke_session(&session.id, now()).await?;
         self.event(
             kind,
@@ -923,7 +923,7 @@ impl Provider {
     #[allow(clippy::too_many_arguments)]
     pub async fn event(
         &self,
-        kind: &str,
+        kind: EventKind,
         subject_kind: &str,
         subject: &str,
         client_id: &str,
@@ -933,7 +933,7 @@ impl Provider {
         acr: &str,
     ) {
         let e = IdentityEvent {
-            kind: kind.into(),
+            kind: kind.as_str().into(),
             subject: subject.into(),
             subject_kind: subject_kind.into(),
             client_id: client_id.into(),
@@ -950,7 +950,7 @@ impl Provider {
         // sharedcare_unreported_failures_total{service="identity",what="identity_event"}.
         if let Err(err) = self.outbox.record(&sharedcare_kit::bus::topic(crate::NAME), env).await {
             self.lost_events.inc();
-            tracing::error!(error = %err, kind, "identity event could not be recorded");
+            tracing::error!(error = %err, kind = kind.as_str(), "identity event could not be recorded");
         }
     }
 }
@@ -1067,4 +1067,182 @@ fn scoped_claims(grant: &Grant, s: &Value) -> Value {
         copy(&["birthdate", "family_name", "given_name", "identity_proofing_level"]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ClientSettings;
+
+    fn client(auth_method: AuthMethod) -> Client {
+        Client {
+            id: "app".into(),
+            name: "App".into(),
+            secret_hash: String::new(),
+            settings: ClientSettings {
+                redirect_uris: vec!["https://app.example/cb".into()],
+                post_logout_redirect_uris: Vec::new(),
+                backchannel_logout_uri: String::new(),
+                grant_types: vec!["authorization_code".into()],
+                scopes: vec!["openid".into(), "profile".into()],
+                auth_method,
+                jwks: None,
+                jwks_uri: String::new(),
+                id_token_alg: String::new(),
+            },
+        }
+    }
+
+    /// A valid S256 challenge (43 base64url characters).
+    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+    fn params<'a>() -> AuthzParams<'a> {
+        AuthzParams {
+            response_type: "code",
+            scope: "openid profile",
+            code_challenge: CHALLENGE,
+            code_challenge_method: "S256",
+            ..Default::default()
+        }
+    }
+
+    fn refused(c: &Client, p: &AuthzParams<'_>) -> (OAuthErrorCode, String) {
+        let e = check_authorization(c, p).expect_err("refused");
+        (e.code, e.description)
+    }
+
+    #[test]
+    fn a_well_formed_request_is_accepted_as_asked() {
+        let ok = check_authorization(&client(AuthMethod::None), &params()).expect("accepted");
+        assert_eq!(ok.scope, "openid profile");
+        assert_eq!(ok.code_challenge, CHALLENGE);
+        assert_eq!(ok.max_age, None);
+    }
+
+    #[test]
+    fn pkce_is_s256_only_and_required_of_public_clients() {
+        let public = client(AuthMethod::None);
+        let no_pkce = AuthzParams {
+            code_challenge: "",
+            code_challenge_method: "",
+            ..params()
+        };
+        assert_eq!(refused(&public, &no_pkce).0, OAuthErrorCode::InvalidRequest);
+        let confidential = client(AuthMethod::ClientSecretBasic);
+        assert_eq!(
+            check_authorization(&confidential, &no_pkce)
+                .expect("optional")
+                .code_challenge,
+            ""
+        );
+        let plain = AuthzParams {
+            code_challenge_method: "plain",
+            ..params()
+        };
+        assert_eq!(refused(&confidential, &plain).1, "code_challenge_method must be S256");
+        let short = AuthzParams {
+            code_challenge: "abc",
+            ..params()
+        };
+        assert!(refused(&confidential, &short).1.contains("43 characters"));
+    }
+
+    #[test]
+    fn response_type_scope_max_age_and_prompt_are_checked_by_name() {
+        let c = client(AuthMethod::ClientSecretBasic);
+        let cases = [
+            (
+                AuthzParams {
+                    response_type: "token",
+                    ..params()
+                },
+                OAuthErrorCode::UnsupportedResponseType,
+            ),
+            (
+                AuthzParams {
+                    scope: "profile",
+                    ..params()
+                },
+                OAuthErrorCode::InvalidScope,
+            ),
+            (
+                AuthzParams {
+                    scope: "openid records.write",
+                    ..params()
+                },
+                OAuthErrorCode::InvalidScope,
+            ),
+            (
+                AuthzParams {
+                    max_age: "-1",
+                    ..params()
+                },
+                OAuthErrorCode::InvalidRequest,
+            ),
+            (
+                AuthzParams {
+                    prompt: "none bogus",
+                    ..params()
+                },
+                OAuthErrorCode::InvalidRequest,
+            ),
+        ];
+        for (p, want) in cases {
+            assert_eq!(refused(&c, &p).0, want, "{p:?}");
+        }
+        let aged = AuthzParams {
+            max_age: "300",
+            prompt: "login select_account",
+            ..params()
+        };
+        let ok = check_authorization(&c, &aged).expect("accepted");
+        assert_eq!((ok.max_age, ok.prompt.as_str()), (Some(300), "login select_account"));
+    }
+
+    #[test]
+    fn a_client_without_the_code_grant_is_unauthorized() {
+        let mut c = client(AuthMethod::ClientSecretBasic);
+        c.settings.grant_types = vec!["client_credentials".into()];
+        assert_eq!(refused(&c, &params()).0, OAuthErrorCode::UnauthorizedClient);
+    }
+
+    #[test]
+    fn max_age_acr_and_vtr_decide_what_a_session_satisfies() {
+        assert!(session_fresh_enough(None, 0, 1_000));
+        assert!(session_fresh_enough(Some(60), 1_000, 1_060));
+        assert!(!session_fresh_enough(Some(60), 1_000, 1_061));
+        assert!(!session_fresh_enough(Some(0), 1_000, 1_001));
+
+        let pwd = vec!["pwd".to_string()];
+        let otp = vec!["pwd".to_string(), "otp".to_string()];
+        assert!(needs_second_factor("AAL2", &pwd));
+        assert!(!needs_second_factor("AAL2", &otp));
+        assert!(!needs_second_factor("AAL1", &pwd));
+        assert!(!needs_second_factor("", &pwd));
+
+        assert!(vtr_satisfied("", ProofingLevel::P0));
+        assert!(vtr_satisfied(r#"["P9.Cp.Cd"]"#, ProofingLevel::P9));
+        assert!(!vtr_satisfied(r#"["P9.Cp.Cd"]"#, ProofingLevel::P5));
+        assert!(vtr_satisfied(r#"["P9.Cp.Cd", "P5.Cp.Cd"]"#, ProofingLevel::P5));
+        assert!(
+            !vtr_satisfied("not json", ProofingLevel::P9),
+            "a malformed vtr is met by nothing"
+        );
+    }
+
+    #[test]
+    fn upstream_errors_keep_their_prompt_none_meaning_or_become_a_refusal() {
+        assert_eq!(
+            OAuthErrorCode::from_upstream("login_required"),
+            OAuthErrorCode::LoginRequired
+        );
+        assert_eq!(
+            OAuthErrorCode::from_upstream("server_error"),
+            OAuthErrorCode::AccessDenied
+        );
+        assert_eq!(
+            OAuthErrorCode::UnmetAuthenticationRequirements.as_str(),
+            "unmet_authentication_requirements"
+        );
+    }
 }

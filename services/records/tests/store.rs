@@ -19,6 +19,10 @@ use std::time::Duration;
 
 const NHS: &str = "9434765919";
 
+fn nhs(n: &str) -> sharedcare_kit::nhs::NhsNumber {
+    sharedcare_kit::nhs::NhsNumber::parse(n).expect("a valid test NHS number")
+}
+
 /// The consent service's own decision code over its own tables (a second database of the same
 /// kind), standing where the gRPC client stands in a running platform.
 struct ConsentPdp {
@@ -356,7 +360,7 @@ async fn staff_reads_are_decided_by_consent_and_every_outcome_is_audited(db: Db)
         end: None,
     };
     consent
-        .add_relationship("rel-1", NHS, &episode, &actor)
+        .add_relationship("rel-1", &nhs(NHS), &episode, &actor)
         .await
         .expect("relationship");
     let got = s
@@ -429,7 +433,10 @@ async fn withheld_categories_are_refused_without_being_named(db: Db) {
             ..Provision::default()
         },
     };
-    consent.put_directive(NHS, &withhold, &actor).await.expect("directive");
+    consent
+        .put_directive(&nhs(NHS), &withhold, &actor)
+        .await
+        .expect("directive");
     let err = s.get("Observation", "clinic", &system()).await.expect_err("withheld");
     assert!(matches!(err, RecordsError::Withheld), "{err}");
     let status = tonic::Status::from(err);
@@ -684,7 +691,7 @@ async fn search_leaves_out_withheld_resources_and_says_so_whatever_the_record_ho
         },
     );
     consent
-        .put_directive(NHS, &no_sex, &patient_actor)
+        .put_directive(&nhs(NHS), &no_sex, &patient_actor)
         .await
         .expect("directive");
     let page = s.search(&everything, &a).await.expect("search");
@@ -701,7 +708,7 @@ async fn search_leaves_out_withheld_resources_and_says_so_whatever_the_record_ho
     s.put(other, "A81001", &a, 0).await.expect("p2");
     consent
         .put_directive(
-            OTHER,
+            &nhs(OTHER),
             &withhold("no-sex-2", no_sex.provision.clone()),
             &sharedcare_consent::store::Actor { id: OTHER, org: "" },
         )
@@ -726,7 +733,10 @@ async fn search_leaves_out_withheld_resources_and_says_so_whatever_the_record_ho
             ..Provision::default()
         },
     );
-    consent.put_directive(NHS, &out, &patient_actor).await.expect("opt out");
+    consent
+        .put_directive(&nhs(NHS), &out, &patient_actor)
+        .await
+        .expect("opt out");
     let err = s.search(&everything, &a).await.expect_err("denied");
     assert!(matches!(err, RecordsError::Denied(_)), "{err}");
     assert_eq!(accesses(&db).await.pop().expect("audited").outcome, "denied");
@@ -790,7 +800,11 @@ async fn configured_codes_label_resources_so_directives_cover_them(db: Db) {
         },
     };
     consent
-        .put_directive(NHS, &no_hiv, &sharedcare_consent::store::Actor { id: NHS, org: "" })
+        .put_directive(
+            &nhs(NHS),
+            &no_hiv,
+            &sharedcare_consent::store::Actor { id: NHS, org: "" },
+        )
         .await
         .expect("directive");
     let err = s.get("Condition", "c-hiv", &system()).await.expect_err("withheld");

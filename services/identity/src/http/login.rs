@@ -106,7 +106,7 @@ pub(super) async fn login_submit(
     {
         h.provider
             .event(
-                "login_failed",
+                EventKind::LoginFailed,
                 a.kind.as_str(),
                 &a.subject,
                 &req.client_id,
@@ -150,7 +150,7 @@ pub(super) async fn login_submit(
             }
             h.provider
                 .event(
-                    "login_failed",
+                    EventKind::LoginFailed,
                     a.kind.as_str(),
                     &a.subject,
                     &req.client_id,
@@ -163,7 +163,7 @@ pub(super) async fn login_submit(
             if until > 0 {
                 h.provider
                     .event(
-                        "account_locked",
+                        EventKind::AccountLocked,
                         a.kind.as_str(),
                         &a.subject,
                         &req.client_id,
@@ -237,7 +237,7 @@ impl Http {
         if !mfa_pending {
             self.provider
                 .event(
-                    "login_succeeded",
+                    EventKind::LoginSucceeded,
                     kind.as_str(),
                     subject,
                     client_id,
@@ -335,7 +335,7 @@ pub(super) async fn role_submit(State(h): State<Http>, headers: HeaderMap, Form(
     }
     h.provider
         .event(
-            "role_selected",
+            EventKind::RoleSelected,
             "staff",
             &person.uid,
             &req.client_id,

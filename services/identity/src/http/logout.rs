@@ -49,7 +49,7 @@ pub(super) async fn end(h: Http, headers: HeaderMap, q: HashMap<String, String>)
         },
     };
     if let Some(s) = session
-        && let Err(e) = h.provider.end_session(&s, "session_ended").await
+        && let Err(e) = h.provider.end_session(&s, EventKind::SessionEnded).await
     {
         return html(
             StatusCode::SERVICE_UNAVAILABLE,

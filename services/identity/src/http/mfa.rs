@@ -63,7 +63,7 @@ pub(super) async fn otp_submit(
         h.address_throttled(addr.ip(), true);
         h.provider
             .event(
-                "login_failed",
+                EventKind::LoginFailed,
                 "staff",
                 &person.uid,
                 &req.client_id,
@@ -84,7 +84,7 @@ pub(super) async fn otp_submit(
     }
     h.provider
         .event(
-            "login_succeeded",
+            EventKind::LoginSucceeded,
             "staff",
             &person.uid,
             &req.client_id,
@@ -186,7 +186,16 @@ pub(super) async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(
         }
     }
     h.provider
-        .event("totp_enrolled", "staff", &session.subject, "", "", "", &session.amr, "")
+        .event(
+            EventKind::TotpEnrolled,
+            "staff",
+            &session.subject,
+            "",
+            "",
+            "",
+            &session.amr,
+            "",
+        )
         .await;
     html(StatusCode::OK, pages::recovery_codes(&codes))
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sharedcare_kit::jose;
 
-use crate::model::{AuthMethod, Grant, SubjectKind, acr_for};
+use crate::model::{AuthMethod, EventKind, Grant, SubjectKind, acr_for};
 use crate::oauth::{
     AuthzParams, OAuthError, OAuthErrorCode, Presented, Provider, check_authorization, needs_second_factor, now,
     session_fresh_enough, vtr_satisfied,
