@@ -540,18 +540,12 @@ pub async fn register_app(p: &Proc, name: &str, redirect: &str, backchannel: &st
             post_logout_redirect_uris: vec![format!("{redirect}/signed-out"), origin(redirect)],
             backchannel_logout_uri: backchannel.into(),
             grant_types: vec!["authorization_code".into(), "refresh_token".into()],
-            scopes: [
-                "openid",
-                "profile",
-                "email",
-                "nationalrbacaccess",
-                "selectedrole",
-                "associatedorgs",
-                "nhs_number",
-                "basic_demographics",
-            ]
-            .map(String::from)
-            .to_vec(),
+            // Every scope an app signing people in may have but offline_access.
+            scopes: sharedcare_identity::model::USER_SCOPES
+                .iter()
+                .filter(|s| **s != "offline_access")
+                .map(|s| s.to_string())
+                .collect(),
             token_endpoint_auth_method: "client_secret_basic".into(),
             ..Default::default()
         })

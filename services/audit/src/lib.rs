@@ -75,8 +75,9 @@ impl sharedcare_kit::service::Service for Audit {
     }
 
     fn migrations(&self) -> Migrations {
-        // The first migration's key column differs (BIGSERIAL against AUTOINCREMENT).
-        Migrations::PerBackend {
+        // Only the first migration differs (its key column: BIGSERIAL against AUTOINCREMENT).
+        Migrations::Split {
+            shared: sqlx::migrate!("./migrations"),
             postgres: sqlx::migrate!("./migrations/postgres"),
             sqlite: sqlx::migrate!("./migrations/sqlite"),
         }

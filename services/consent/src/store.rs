@@ -51,6 +51,32 @@ pub struct Actor<'a> {
     pub org: &'a str,
 }
 
+/// Which kind of row [`Store::add_row`] adds or [`Store::end_row`] ends.
+#[derive(Clone, Copy)]
+enum Party {
+    Representative,
+    Relationship,
+}
+
+impl Party {
+    /// The table and its other party's column.
+    fn columns(self) -> (&'static str, &'static str) {
+        match self {
+            Party::Representative => ("representatives", "representative_nhs"),
+            Party::Relationship => ("relationships", "ods_code"),
+        }
+    }
+}
+
+/// A representative or relationship row: the patient, the other party (representative's NHS
+/// number or ODS code), its kind and its start.
+struct PartyRow {
+    nhs: String,
+    party: String,
+    kind: String,
+    start: i64,
+}
+
 /// An NHS number consent itself stored (or records validated before publishing): one that
 /// does not parse is corrupt data, an internal fault.
 fn stored(nhs: &str) -> Result<NhsNumber, ConsentError> {
@@ -203,21 +229,47 @@ impl Store {
         r: &Representative,
         actor: &Actor<'_>,
     ) -> Result<(), ConsentError> {
-        let nhs = patient.as_str();
-        let mut tx = self.db.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO representatives (id, nhs_number, representative_nhs, kind, start_at, end_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(id.to_string())
-        .bind(nhs.to_string())
-        .bind(r.nhs_number.clone())
-        .bind(kind.to_string())
-        .bind(r.start)
-        .bind(r.end.unwrap_or(0))
-        .execute(&mut *tx)
-        .await?;
         let detail = format!("{id} {kind} {} from {}", r.nhs_number, r.start);
-        event(&mut tx, "representative_added", patient, actor, "", &detail).await?;
+        let row = PartyRow {
+            nhs: patient.as_str().to_string(),
+            party: r.nhs_number.clone(),
+            kind: kind.to_string(),
+            start: r.start,
+        };
+        self.add_row(Party::Representative, id, &row, r.end, actor, &detail)
+            .await
+    }
+
+    /// Inserts row `id` of a representative or relationship, with its event.
+    async fn add_row(
+        &self,
+        what: Party,
+        id: &str,
+        row: &PartyRow,
+        end: Option<i64>,
+        actor: &Actor<'_>,
+        detail: &str,
+    ) -> Result<(), ConsentError> {
+        let (table, party) = what.columns();
+        let kind = match what {
+            Party::Representative => "representative_added",
+            Party::Relationship => "relationship_changed",
+        };
+        let mut tx = self.db.begin_write().await?;
+        // Only the fixed table and column names are formatted in; values are bound.
+        let insert = format!(
+            "INSERT INTO {table} (id, nhs_number, {party}, kind, start_at, end_at) VALUES ($1, $2, $3, $4, $5, $6)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(insert))
+            .bind(id.to_string())
+            .bind(row.nhs.clone())
+            .bind(row.party.clone())
+            .bind(row.kind.clone())
+            .bind(row.start)
+            .bind(end.unwrap_or(0))
+            .execute(&mut *tx)
+            .await?;
+        event(&mut tx, kind, &stored(&row.nhs)?, actor, "", detail).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -230,37 +282,65 @@ impl Store {
         end: i64,
         actor: &Actor<'_>,
     ) -> Result<(String, String, Representative), ConsentError> {
-        let mut tx = self.db.begin_write().await?;
-        let Some(r) =
-            sqlx::query("SELECT nhs_number, representative_nhs, kind, start_at FROM representatives WHERE id = $1")
-                .bind(id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?
-        else {
-            return Err(ConsentError::NotFound(format!("representative {id}")));
-        };
-        let nhs: String = r.try_get(0)?;
-        sqlx::query("UPDATE representatives SET end_at = $1 WHERE id = $2")
-            .bind(end)
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        event(
-            &mut tx,
-            "representative_ended",
-            &stored(&nhs)?,
-            actor,
-            "",
-            &format!("{id} ended"),
-        )
-        .await?;
-        tx.commit().await?;
+        let e = self.end_row(Party::Representative, id, end, actor).await?;
         let rep = Representative {
-            nhs_number: r.try_get(1)?,
-            start: r.try_get(3)?,
+            nhs_number: e.party,
+            start: e.start,
             end: Some(end),
         };
-        Ok((nhs, r.try_get(2)?, rep))
+        Ok((e.nhs, e.kind, rep))
+    }
+
+    /// Ends a relationship at `end`; returns it.
+    pub async fn end_relationship(
+        &self,
+        id: &str,
+        end: i64,
+        actor: &Actor<'_>,
+    ) -> Result<(String, Relationship), ConsentError> {
+        let e = self.end_row(Party::Relationship, id, end, actor).await?;
+        let rel = Relationship {
+            org: e.party,
+            kind: e.kind,
+            start: e.start,
+            end: Some(end),
+        };
+        Ok((e.nhs, rel))
+    }
+
+    /// Sets `end_at` on row `id` of a representative or relationship, with its event.
+    async fn end_row(&self, what: Party, id: &str, end: i64, actor: &Actor<'_>) -> Result<PartyRow, ConsentError> {
+        let (table, party) = what.columns();
+        let kind = match what {
+            Party::Representative => "representative_ended",
+            Party::Relationship => "relationship_changed",
+        };
+        let mut tx = self.db.begin_write().await?;
+        // Only the fixed table and column names are formatted in; values are bound.
+        let select = format!("SELECT nhs_number, {party}, kind, start_at FROM {table} WHERE id = $1");
+        let Some(r) = sqlx::query(sqlx::AssertSqlSafe(select))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Err(ConsentError::NotFound(format!("{} {id}", &table[..table.len() - 1])));
+        };
+        let ended = PartyRow {
+            nhs: r.try_get(0)?,
+            party: r.try_get(1)?,
+            kind: r.try_get(2)?,
+            start: r.try_get(3)?,
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET end_at = $1 WHERE id = $2"
+        )))
+        .bind(end)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        event(&mut tx, kind, &stored(&ended.nhs)?, actor, "", &format!("{id} ended")).await?;
+        tx.commit().await?;
+        Ok(ended)
     }
 
     /// Whether any care relationship is recorded.
@@ -357,70 +437,14 @@ impl Store {
         r: &Relationship,
         actor: &Actor<'_>,
     ) -> Result<(), ConsentError> {
-        let nhs = patient.as_str();
-        let mut tx = self.db.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO relationships (id, nhs_number, ods_code, kind, start_at, end_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(id.to_string())
-        .bind(nhs.to_string())
-        .bind(r.org.clone())
-        .bind(r.kind.clone())
-        .bind(r.start)
-        .bind(r.end.unwrap_or(0))
-        .execute(&mut *tx)
-        .await?;
-        event(
-            &mut tx,
-            "relationship_changed",
-            patient,
-            actor,
-            "",
-            &format!("{} {} {} started", id, r.kind, r.org),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Ends a relationship at `end`; returns it.
-    pub async fn end_relationship(
-        &self,
-        id: &str,
-        end: i64,
-        actor: &Actor<'_>,
-    ) -> Result<(String, Relationship), ConsentError> {
-        let mut tx = self.db.begin_write().await?;
-        let Some(r) = sqlx::query("SELECT nhs_number, ods_code, kind, start_at FROM relationships WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Err(ConsentError::NotFound(format!("relationship {id}")));
+        let detail = format!("{} {} {} started", id, r.kind, r.org);
+        let row = PartyRow {
+            nhs: patient.as_str().to_string(),
+            party: r.org.clone(),
+            kind: r.kind.clone(),
+            start: r.start,
         };
-        let nhs: String = r.try_get(0)?;
-        sqlx::query("UPDATE relationships SET end_at = $1 WHERE id = $2")
-            .bind(end)
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        event(
-            &mut tx,
-            "relationship_changed",
-            &stored(&nhs)?,
-            actor,
-            "",
-            &format!("{id} ended"),
-        )
-        .await?;
-        tx.commit().await?;
-        let rel = Relationship {
-            org: r.try_get(1)?,
-            kind: r.try_get(2)?,
-            start: r.try_get(3)?,
-            end: Some(end),
-        };
-        Ok((nhs, rel))
+        self.add_row(Party::Relationship, id, &row, r.end, actor, &detail).await
     }
 
     /// Applies care relationships from record events in one transaction, each event once

@@ -195,17 +195,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 
 /// Demo clients with their secrets (empty for public clients). `base` is the HTTP base URL.
 pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
-    let user_scopes = strings(&[
-        "openid",
-        "profile",
-        "email",
-        "nationalrbacaccess",
-        "selectedrole",
-        "associatedorgs",
-        "nhs_number",
-        "basic_demographics",
-        "offline_access",
-    ]);
+    let user_scopes = strings(crate::model::USER_SCOPES);
     let client = |id: &str, name: &str, secret: &str, settings: ClientSettings| Client {
         id: id.into(),
         name: name.into(),
@@ -284,14 +274,7 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
                     post_logout_redirect_uris: Vec::new(),
                     backchannel_logout_uri: String::new(),
                     grant_types: strings(&["client_credentials"]),
-                    scopes: strings(&[
-                        "records.read",
-                        "records.write",
-                        "consent.decide",
-                        "consent.write",
-                        "audit.read",
-                        "identity.admin",
-                    ]),
+                    scopes: strings(crate::model::SERVICE_SCOPES),
                     auth_method: AuthMethod::ClientSecretBasic,
                     jwks: None,
                     jwks_uri: String::new(),

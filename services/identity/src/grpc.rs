@@ -9,9 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::api;
 use crate::api::identity_admin_server::IdentityAdmin;
 use crate::error::IdentityError;
-use crate::model::{
-    AuthMethod, Client, ClientSettings, EventKind, KNOWN_SCOPES, ORGANISATION_KINDS, Organisation, Patient, Person,
-};
+use crate::model::{AuthMethod, Client, ClientSettings, EventKind, ORGANISATION_KINDS, Organisation, Patient, Person};
 use crate::oauth::{Provider, now};
 
 /// National RBAC activity that lets staff administer identity.
@@ -296,7 +294,7 @@ impl IdentityAdmin for AdminApi {
             return Err(IdentityError::invalid("grant_types", "a public client cannot use client_credentials").into());
         }
         for (i, s) in r.scopes.iter().enumerate() {
-            if !KNOWN_SCOPES.contains(&s.as_str()) {
+            if !crate::model::known_scope(s) {
                 return Err(
                     IdentityError::invalid(format!("scopes[{i}]"), format!("{s:?} is not a known scope")).into(),
                 );

@@ -20,9 +20,9 @@ pub const ACR_PASSWORD: &str = "AAL1";
 /// `acr` for a second factor.
 pub const ACR_MFA: &str = "AAL2";
 
-/// Scopes a client may be granted. `openid` profile claims, CIS2's RBAC scopes, NHS login's
-/// patient scopes, `offline_access` and the platform's service scopes.
-pub const KNOWN_SCOPES: &[&str] = &[
+/// Scopes an app signing people in may be granted: `openid` profile claims, CIS2's RBAC
+/// scopes, NHS login's patient scopes and `offline_access`.
+pub const USER_SCOPES: &[&str] = &[
     "openid",
     "profile",
     "email",
@@ -32,6 +32,10 @@ pub const KNOWN_SCOPES: &[&str] = &[
     "associatedorgs",
     "nhs_number",
     "basic_demographics",
+];
+
+/// The platform's service scopes (client credentials).
+pub const SERVICE_SCOPES: &[&str] = &[
     "records.read",
     "records.write",
     "consent.decide",
@@ -39,6 +43,11 @@ pub const KNOWN_SCOPES: &[&str] = &[
     "audit.read",
     "identity.admin",
 ];
+
+/// Whether `scope` is one a client may be granted at all.
+pub fn known_scope(scope: &str) -> bool {
+    USER_SCOPES.contains(&scope) || SERVICE_SCOPES.contains(&scope)
+}
 
 /// A care organisation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -252,7 +261,7 @@ pub struct ScopeNotAllowed(pub String);
 pub fn check_scope(requested: &str, allowed: &[String]) -> Result<String, ScopeNotAllowed> {
     let mut out: Vec<&str> = Vec::new();
     for s in requested.split_whitespace() {
-        if !KNOWN_SCOPES.contains(&s) || !allowed.iter().any(|a| a == s) {
+        if !known_scope(s) || !allowed.iter().any(|a| a == s) {
             return Err(ScopeNotAllowed(s.to_string()));
         }
         if !out.contains(&s) {

@@ -145,10 +145,20 @@ impl Db {
     pub async fn migrate(&self, migrations: crate::service::Migrations) -> Result<()> {
         use crate::service::Migrations;
         self.migrate_kit().await?;
-        self.run(match (migrations, self.backend) {
-            (Migrations::Portable(m), _) => m,
-            (Migrations::PerBackend { postgres, .. }, Backend::Postgres) => postgres,
-            (Migrations::PerBackend { sqlite, .. }, Backend::Sqlite) => sqlite,
+        self.run(match migrations {
+            Migrations::Portable(m) => m,
+            Migrations::Split {
+                shared,
+                postgres,
+                sqlite,
+            } => {
+                let own = match self.backend {
+                    Backend::Postgres => postgres,
+                    Backend::Sqlite => sqlite,
+                };
+                // `with_migrations` puts them in version order.
+                Migrator::with_migrations(shared.iter().chain(own.iter()).cloned().collect())
+            }
         })
         .await
     }

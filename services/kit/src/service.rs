@@ -27,12 +27,15 @@ pub enum Mode {
 pub enum Migrations {
     /// One folder whose SQL both back ends accept.
     Portable(Migrator),
-    /// A folder per back end, where the SQL cannot be shared (e.g. `BIGSERIAL` against
-    /// `INTEGER PRIMARY KEY AUTOINCREMENT`).
-    PerBackend {
-        /// Applied on Postgres.
+    /// A portable folder plus a folder per back end for the migrations whose SQL cannot be
+    /// shared (e.g. `BIGSERIAL` against `INTEGER PRIMARY KEY AUTOINCREMENT`); the shared and
+    /// the back end's own are applied together, in version order.
+    Split {
+        /// Applied on both.
+        shared: Migrator,
+        /// Applied on Postgres only.
         postgres: Migrator,
-        /// Applied on SQLite.
+        /// Applied on SQLite only.
         sqlite: Migrator,
     },
 }

@@ -3,25 +3,9 @@
 
 use super::*;
 
-pub(super) async fn authorize_get(
-    State(h): State<Http>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    authorize(h, headers, q).await
-}
-
-pub(super) async fn authorize_post(
-    State(h): State<Http>,
-    headers: HeaderMap,
-    Form(q): Form<HashMap<String, String>>,
-) -> Response {
-    authorize(h, headers, q).await
-}
-
 /// Validates the client and redirect URI first (errors there are shown, never redirected: no
 /// open redirects), then every other parameter (errors go back to the client).
-pub(super) async fn authorize(h: Http, headers: HeaderMap, q: HashMap<String, String>) -> Response {
+pub(super) async fn authorize(State(h): State<Http>, headers: HeaderMap, Params(q): Params) -> Response {
     let f = |k: &str| q.get(k).cloned().unwrap_or_default();
     let client_id = f("client_id");
     let client = match h.provider.client(&client_id).await {

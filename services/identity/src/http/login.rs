@@ -22,16 +22,13 @@ pub(super) async fn login_page(State(h): State<Http>, headers: HeaderMap, Query(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub(super) struct LoginForm {
-    #[serde(default)]
-    pub(super) req: String,
-    #[serde(default)]
-    pub(super) csrf: String,
-    #[serde(default)]
-    pub(super) username: String,
-    #[serde(default)]
-    pub(super) password: String,
+    req: String,
+    csrf: String,
+    username: String,
+    password: String,
 }
 
 /// Who a username belongs to, with their password hash, lock state and TOTP enrolment.
@@ -71,10 +68,7 @@ pub(super) async fn login_submit(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if !csrf_ok(&h, &headers, &form.csrf) {
-        return csrf_refused();
-    }
-    let req = match load_request(&h, &form.req).await {
+    let req = match posted_request(&h, &headers, &form.csrf, &form.req).await {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -293,21 +287,16 @@ pub(super) async fn role_page(State(h): State<Http>, headers: HeaderMap, Query(q
     h.page_with_csrf(&headers, |csrf| pages::select_role(&q.req, csrf, &person.roles, &names))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub(super) struct RoleForm {
-    #[serde(default)]
-    pub(super) req: String,
-    #[serde(default)]
-    pub(super) csrf: String,
-    #[serde(default)]
-    pub(super) role: String,
+    req: String,
+    csrf: String,
+    role: String,
 }
 
 pub(super) async fn role_submit(State(h): State<Http>, headers: HeaderMap, Form(form): Form<RoleForm>) -> Response {
-    if !csrf_ok(&h, &headers, &form.csrf) {
-        return csrf_refused();
-    }
-    let req = match load_request(&h, &form.req).await {
+    let req = match posted_request(&h, &headers, &form.csrf, &form.req).await {
         Ok(r) => r,
         Err(r) => return r,
     };

@@ -2,25 +2,9 @@
 
 use super::*;
 
-pub(super) async fn logout(
-    State(h): State<Http>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    end(h, headers, q).await
-}
-
-pub(super) async fn logout_post(
-    State(h): State<Http>,
-    headers: HeaderMap,
-    Form(q): Form<HashMap<String, String>>,
-) -> Response {
-    end(h, headers, q).await
-}
-
 /// RP-initiated logout (OIDC RP-Initiated Logout 1.0): ends the browser's session, tells every
 /// app that shared it over the back channel, and returns to a registered address only.
-pub(super) async fn end(h: Http, headers: HeaderMap, q: HashMap<String, String>) -> Response {
+pub(super) async fn logout(State(h): State<Http>, headers: HeaderMap, Params(q): Params) -> Response {
     let f = |k: &str| q.get(k).cloned().unwrap_or_default();
     // The hint is checked for signature and issuer, not expiry (it is usually expired).
     let hint = f("id_token_hint");

@@ -8,14 +8,12 @@ pub(super) async fn otp_page(State(h): State<Http>, headers: HeaderMap, Query(q)
     h.page_with_csrf(&headers, |csrf| pages::otp(&q.req, csrf, ""))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub(super) struct OtpForm {
-    #[serde(default)]
-    pub(super) req: String,
-    #[serde(default)]
-    pub(super) csrf: String,
-    #[serde(default)]
-    pub(super) code: String,
+    req: String,
+    csrf: String,
+    code: String,
 }
 
 pub(super) async fn otp_submit(
@@ -24,10 +22,7 @@ pub(super) async fn otp_submit(
     headers: HeaderMap,
     Form(form): Form<OtpForm>,
 ) -> Response {
-    if !csrf_ok(&h, &headers, &form.csrf) {
-        return csrf_refused();
-    }
-    let req = match load_request(&h, &form.req).await {
+    let req = match posted_request(&h, &headers, &form.csrf, &form.req).await {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -120,14 +115,12 @@ pub(super) async fn totp_page(State(h): State<Http>, headers: HeaderMap) -> Resp
     h.page_with_csrf(&headers, |csrf| pages::totp_enrol(csrf, &secret, &uri, ""))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub(super) struct TotpForm {
-    #[serde(default)]
-    pub(super) csrf: String,
-    #[serde(default)]
-    pub(super) secret: String,
-    #[serde(default)]
-    pub(super) code: String,
+    csrf: String,
+    secret: String,
+    code: String,
 }
 
 pub(super) async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(form): Form<TotpForm>) -> Response {

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Form, Query, State};
+use axum::extract::{ConnectInfo, Form, FromRequestParts, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -90,7 +90,7 @@ pub fn router(provider: Provider) -> Router {
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/oauth2/jwks", get(jwks))
-        .route("/oauth2/authorize", get(authorize_get).post(authorize_post))
+        .route("/oauth2/authorize", get(authorize).post(authorize))
         .route("/oauth2/resume", get(resume))
         .route("/oauth2/login", get(login_page).post(login_submit))
         .route("/oauth2/login/otp", get(otp_page).post(otp_submit))
@@ -99,7 +99,7 @@ pub fn router(provider: Provider) -> Router {
         .route("/oauth2/userinfo", get(userinfo).post(userinfo))
         .route("/oauth2/introspect", post(introspect))
         .route("/oauth2/revoke", post(revoke))
-        .route("/oauth2/logout", get(logout).post(logout_post))
+        .route("/oauth2/logout", get(logout).post(logout))
         .route("/account/totp", get(totp_page).post(totp_submit))
         .route("/oauth2/broker/callback", get(broker_callback))
         .route("/oauth2/broker/{name}", get(broker_start))
@@ -260,6 +260,36 @@ fn csrf_ok(h: &Http, headers: &HeaderMap, form_value: &str) -> bool {
     cookie(headers, &h.csrf_cookie).is_some_and(|c| c.len() >= 16 && c == form_value)
 }
 
+/// The parameters of an endpoint that takes them as a GET query or a POST form (the
+/// authorization endpoint, OIDC Core §3.1.2.1, and RP-initiated logout).
+pub(super) struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Params {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        if req.method() == axum::http::Method::POST {
+            let Form(q) = Form::<HashMap<String, String>>::from_request(req, state)
+                .await
+                .map_err(IntoResponse::into_response)?;
+            return Ok(Params(q));
+        }
+        let (mut parts, _) = req.into_parts();
+        let Query(q) = Query::<HashMap<String, String>>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Params(q))
+    }
+}
+
+/// A posted sign-in form's parked request, once its CSRF token matches the cookie.
+async fn posted_request(h: &Http, headers: &HeaderMap, csrf: &str, req: &str) -> Result<AuthRequest, Response> {
+    if !csrf_ok(h, headers, csrf) {
+        return Err(csrf_refused());
+    }
+    load_request(h, req).await
+}
+
 fn csrf_refused() -> Response {
     html(
         StatusCode::FORBIDDEN,
@@ -274,7 +304,11 @@ fn csrf_refused() -> Response {
 
 async fn discovery(State(h): State<Http>) -> Response {
     let i = &*h.provider.issuer;
-    let scopes: Vec<&str> = crate::model::KNOWN_SCOPES.to_vec();
+    let scopes: Vec<&str> = crate::model::USER_SCOPES
+        .iter()
+        .chain(crate::model::SERVICE_SCOPES)
+        .copied()
+        .collect();
     let body = json!({
         "issuer": i,
         "authorization_endpoint": format!("{i}/oauth2/authorize"),

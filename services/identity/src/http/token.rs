@@ -83,46 +83,40 @@ pub(super) async fn userinfo(State(h): State<Http>, headers: HeaderMap) -> Respo
     }
 }
 
+/// Introspection (RFC 7662) for an authenticated confidential client.
 pub(super) async fn introspect(
     State(h): State<Http>,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let client = match authenticated(&h, &headers, &form).await {
-        Ok(c) => c,
-        Err(r) => return r,
+    let answer = async {
+        let client = authenticated(&h, &headers, &form).await?;
+        if client.settings.auth_method == AuthMethod::None {
+            let public = OAuthError::new(OAuthErrorCode::InvalidClient, "public clients may not introspect");
+            return Err(oauth_error(public));
+        }
+        h.provider.introspect(token_param(&form)).await.map_err(oauth_error)
     };
-    if client.settings.auth_method == AuthMethod::None {
-        return oauth_error(OAuthError::new(
-            OAuthErrorCode::InvalidClient,
-            "public clients may not introspect",
-        ));
-    }
-    match h
-        .provider
-        .introspect(form.get("token").map(String::as_str).unwrap_or_default())
-        .await
-    {
-        Ok(body) => json_response(200, body),
-        Err(e) => oauth_error(e),
-    }
+    answer.await.map_or_else(|r| r, |body| json_response(200, body))
 }
 
+/// Revocation (RFC 7009) by an authenticated client of a token issued to it.
 pub(super) async fn revoke(
     State(h): State<Http>,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let client = match authenticated(&h, &headers, &form).await {
-        Ok(c) => c,
-        Err(r) => return r,
+    let answer = async {
+        let client = authenticated(&h, &headers, &form).await?;
+        h.provider
+            .revoke(&client, token_param(&form))
+            .await
+            .map_err(oauth_error)
     };
-    match h
-        .provider
-        .revoke(&client, form.get("token").map(String::as_str).unwrap_or_default())
-        .await
-    {
-        Ok(()) => json_response(200, json!({})),
-        Err(e) => oauth_error(e),
-    }
+    answer.await.map_or_else(|r| r, |()| json_response(200, json!({})))
+}
+
+/// The `token` parameter of introspection and revocation ("" when missing).
+fn token_param(form: &HashMap<String, String>) -> &str {
+    form.get("token").map(String::as_str).unwrap_or_default()
 }

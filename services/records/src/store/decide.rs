@@ -43,16 +43,7 @@ impl Engine {
             let reference = format!("{}/{}", job.resource_type, job.id);
             let purpose = job.caller.actor.purpose.as_str();
             let (v, resource, nhs) = match found.get(&(job.resource_type.clone(), job.id.clone())) {
-                None => (
-                    Verdict::refused(
-                        RecordsError::NotFound(reference.clone()),
-                        "not-found",
-                        purpose,
-                        String::new(),
-                    ),
-                    reference,
-                    String::new(),
-                ),
+                None => (Verdict::not_found(&reference, purpose), reference, String::new()),
                 Some(s) => {
                     let versioned = format!("{reference}/_history/{}", s.version);
                     let v = match asked {

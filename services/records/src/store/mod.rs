@@ -97,6 +97,16 @@ impl<T> Verdict<T> {
             reason,
         }
     }
+
+    /// The verdict on a resource the record does not hold.
+    fn not_found(reference: &str, purpose: &str) -> Self {
+        Self::refused(
+            RecordsError::NotFound(reference.to_string()),
+            "not-found",
+            purpose,
+            String::new(),
+        )
+    }
 }
 
 /// Most reads looked up in one query.
@@ -202,19 +212,23 @@ impl Store {
         actor: &Actor,
         expected_version: i64,
     ) -> Result<Stored, RecordsError> {
-        let mut resource = resource;
+        let job = self.job(resource, source_organisation, actor, expected_version);
+        let (reply, answer) = oneshot::channel();
+        self.puts.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
+        answer.await.map_err(|_| RecordsError::Stopped)?
+    }
+
+    /// A put of `resource` (labelled by its codes) for the writer.
+    fn job(&self, mut resource: Resource, source_organisation: &str, actor: &Actor, expected_version: i64) -> PutJob {
         self.labeller.apply(&mut resource.body);
-        let job = PutJob {
+        PutJob {
             resource,
             source_organisation: source_organisation.to_string(),
             caller: Caller::current(actor),
             purpose: actor.purpose.clone(),
             reason: String::new(),
             expected_version,
-        };
-        let (reply, answer) = oneshot::channel();
-        self.puts.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
-        answer.await.map_err(|_| RecordsError::Stopped)?
+        }
     }
 
     /// Stores every resource of `puts` (each with its expected version, 0 = none) in one
@@ -232,18 +246,7 @@ impl Store {
         let e = &self.engine;
         let jobs: Vec<PutJob> = puts
             .into_iter()
-            .map(|(mut resource, expected_version)| {
-                self.labeller.apply(&mut resource.body);
-                (resource, expected_version)
-            })
-            .map(|(resource, expected_version)| PutJob {
-                resource,
-                source_organisation: source_organisation.to_string(),
-                caller: Caller::current(actor),
-                purpose: actor.purpose.clone(),
-                reason: String::new(),
-                expected_version,
-            })
+            .map(|(resource, expected_version)| self.job(resource, source_organisation, actor, expected_version))
             .collect();
         let judged = e.judge_puts(jobs).await.map_err(|err| (0, err))?;
         let first_refused = judged.iter().position(|(_, r)| r.is_some());
@@ -433,6 +436,22 @@ impl Engine {
         Ok(stored)
     }
 
+    /// `(type = ? AND id = ?) OR …` for `count` resources (columns prefixed by `alias`), whose
+    /// type and id are bound in that order.
+    fn any_of(&self, alias: &str, count: usize) -> String {
+        let backend = self.db.backend();
+        (0..count)
+            .map(|n| {
+                format!(
+                    "({alias}resource_type = {} AND {alias}id = {})",
+                    backend.placeholder(2 * n + 1),
+                    backend.placeholder(2 * n + 2)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    }
+
     /// The newest stored version of each resource in `jobs` (absent = none yet).
     async fn current_versions(
         &self,
@@ -441,18 +460,10 @@ impl Engine {
     ) -> Result<HashMap<(String, String), i64>, RecordsError> {
         let mut out = HashMap::new();
         for chunk in jobs.chunks(db::MAX_ROWS_PER_INSERT) {
-            let mut sql = String::from("SELECT resource_type, id, MAX(version) FROM resources WHERE ");
-            for (n, _) in chunk.iter().enumerate() {
-                if n > 0 {
-                    sql.push_str(" OR ");
-                }
-                sql.push_str(&format!(
-                    "(resource_type = {} AND id = {})",
-                    self.db.backend().placeholder(2 * n + 1),
-                    self.db.backend().placeholder(2 * n + 2)
-                ));
-            }
-            sql.push_str(" GROUP BY resource_type, id");
+            let sql = format!(
+                "SELECT resource_type, id, MAX(version) FROM resources WHERE {} GROUP BY resource_type, id",
+                self.any_of("", chunk.len())
+            );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for job in chunk {
                 q = q.bind(job.resource.resource_type.clone()).bind(job.resource.id.clone());
@@ -551,17 +562,7 @@ impl Engine {
         let mut conn = self.db.pool().acquire().await?;
         let mut out = HashMap::new();
         for chunk in jobs.chunks(db::MAX_ROWS_PER_INSERT) {
-            let mut wanted = String::new();
-            for (n, _) in chunk.iter().enumerate() {
-                if n > 0 {
-                    wanted.push_str(" OR ");
-                }
-                wanted.push_str(&format!(
-                    "(c.resource_type = {} AND c.id = {})",
-                    self.db.backend().placeholder(2 * n + 1),
-                    self.db.backend().placeholder(2 * n + 2)
-                ));
-            }
+            let wanted = self.any_of("c.", chunk.len());
             let sql = format!(
                 "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels
                  FROM current_resources c JOIN resources r

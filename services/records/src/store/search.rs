@@ -133,15 +133,7 @@ impl Store {
         .map_err(|err| RecordsError::Unavailable(err.to_string()))?;
         let purpose = actor.purpose.as_str();
         let (v, nhs) = match row.as_ref().map(stored_row) {
-            None => (
-                Verdict::refused(
-                    RecordsError::NotFound(reference.clone()),
-                    "not-found",
-                    purpose,
-                    String::new(),
-                ),
-                String::new(),
-            ),
+            None => (Verdict::not_found(&reference, purpose), String::new()),
             Some(s) if !fhir::is_patient_data(&s.resource_type) => {
                 let nhs = s.nhs_number.clone();
                 (
@@ -201,12 +193,7 @@ impl Store {
         let reference = format!("{resource_type}/{id}");
         let purpose = actor.purpose.as_str();
         if versions.is_empty() {
-            let v = Verdict::refused(
-                RecordsError::NotFound(reference.clone()),
-                "not-found",
-                purpose,
-                String::new(),
-            );
+            let v = Verdict::not_found(&reference, purpose);
             return e.settle(&caller, "history", vec![reference], "", v).await;
         }
         let more = versions.len() > page_size;
@@ -258,12 +245,7 @@ impl Store {
                 Some(r) => r.get::<String, _>(0),
                 None => {
                     let reference = format!("Patient/{}", q.patient);
-                    let v = Verdict::refused(
-                        RecordsError::NotFound(reference.clone()),
-                        "not-found",
-                        purpose,
-                        String::new(),
-                    );
+                    let v = Verdict::not_found(&reference, purpose);
                     return e.settle(&caller, "search", vec![reference], "", v).await;
                 }
             }
