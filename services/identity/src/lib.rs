@@ -108,7 +108,7 @@ impl sharedcare_kit::service::Service for Identity {
             register_internal(&store, c).await?;
         }
         let provider = oauth::Provider::new(store, keys, config, issuer, ctx.outbox.clone(), hasher)
-            .counting_lost_events(ctx.metrics.unreported(NAME, "identity_event"));
+            .with_metrics(ctx.metrics.clone());
         let mut m = Mount::new(NAME);
         m.http = http::router(provider.clone());
         m.add_grpc(api::identity_admin_server::IdentityAdminServer::new(

@@ -327,8 +327,8 @@ pub struct Provider {
     clients: Arc<Mutex<HashMap<String, (Client, Instant)>>>,
     client_keys: Arc<Mutex<HashMap<String, (JwkSet, Instant)>>>,
     http: reqwest::Client,
-    /// Identity events that could not be recorded (counted as well as logged).
-    lost_events: prometheus_client::metrics::counter::Counter,
+    /// The process's metrics: failures no caller could be told of are counted here.
+    metrics: sharedcare_kit::metrics::Metrics,
 }
 
 /// How long a client registration is cached in memory before it is read again.
@@ -374,16 +374,19 @@ impl Provider {
             clients: Arc::new(Mutex::new(HashMap::new())),
             client_keys: Arc::new(Mutex::new(HashMap::new())),
             http,
-            lost_events: Default::default(),
+            metrics: sharedcare_kit::metrics::Metrics::new(),
         }
     }
 
-    /// The same provider counting identity events it could not record on `counter`.
-    pub fn counting_lost_events(self, counter: prometheus_client::metrics::counter::Counter) -> Provider {
-        Provider {
-            lost_events: counter,
-            ..self
-        }
+    /// The same provider counting its unreported failures on the process's `metrics`.
+    pub fn with_metrics(self, metrics: sharedcare_kit::metrics::Metrics) -> Provider {
+        Provider { metrics, ..self }
+    }
+
+    /// Counts a failure of kind `what` that no caller can be told of (it is logged too), on
+    /// `sharedcare_unreported_failures_total{service="identity",what}`.
+    pub fn unreported(&self, what: &'static str) {
+        self.metrics.unreported(crate::NAME, what).inc();
     }
 
     /// The token endpoint URL.
@@ -949,7 +952,7 @@ impl Provider {
         // caller to return this to: it is logged and counted on
         // sharedcare_unreported_failures_total{service="identity",what="identity_event"}.
         if let Err(err) = self.outbox.record(&sharedcare_kit::bus::topic(crate::NAME), env).await {
-            self.lost_events.inc();
+            self.unreported("identity_event");
             tracing::error!(error = %err, kind = kind.as_str(), "identity event could not be recorded");
         }
     }

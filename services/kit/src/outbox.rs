@@ -96,7 +96,8 @@ pub struct Outbox {
 }
 
 /// An event waiting for the group commit, and who to tell when it is durable.
-type Pending = (String, Envelope, oneshot::Sender<Result<(), String>>);
+/// One group commit's failure is every waiter's: shared, not copied.
+type Pending = (String, Envelope, oneshot::Sender<Result<(), Arc<sqlx::Error>>>);
 
 /// Most events one group commit writes.
 const GROUP_COMMIT_MAX: usize = 1024;
@@ -128,7 +129,7 @@ impl Outbox {
             .map_err(|_| Error::Outbox("the outbox writer has stopped".into()))?;
         rx.await
             .map_err(|_| Error::Outbox("the outbox writer has stopped".into()))?
-            .map_err(Error::Outbox)
+            .map_err(|e| Error::Outbox(format!("cannot record an event in the {} outbox: {e}", self.db.service())))
     }
 
     /// Wakes the relay; call after committing a transaction that enqueued events.
@@ -284,13 +285,7 @@ async fn group_commit(db: Db, wake: Arc<Notify>, mut rx: mpsc::Receiver<Pending>
             tx.commit().await
         }
         .await
-        .map_err(|e| {
-            format!(
-                "cannot record {} event(s) in the {} outbox: {e}",
-                batch.len(),
-                db.service()
-            )
-        });
+        .map_err(Arc::new);
         if written.is_ok() {
             wake.notify_one();
         }

@@ -175,6 +175,7 @@ pub(super) async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(
         // once), so a failure here is logged, not returned: the session keeps its old `amr`
         // and the next sign-in asks for the code.
         if let Err(e) = h.provider.store.update_session(&session).await {
+            h.provider.unreported("session_update");
             tracing::error!(error = %e, "the session could not record the enrolled second factor");
         }
     }
