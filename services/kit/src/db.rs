@@ -241,19 +241,40 @@ impl Backend {
     /// The `n`th (from 1) bind placeholder: `$n` (Postgres) or `?` (SQLite, bound in order of
     /// appearance: SQLite looks numbered parameters up by name, quadratic in their count).
     pub fn placeholder(self, n: usize) -> String {
+        let mut s = String::new();
+        self.push_placeholder(&mut s, n);
+        s
+    }
+
+    /// Appends the `n`th placeholder to `sql` (no allocation per placeholder: a batch insert
+    /// writes thousands).
+    fn push_placeholder(self, sql: &mut String, n: usize) {
         match self {
-            Backend::Postgres => format!("${n}"),
-            Backend::Sqlite => "?".to_string(),
+            Backend::Postgres => {
+                use std::fmt::Write;
+                // Writing to a String cannot fail.
+                let _ = write!(sql, "${n}");
+            }
+            Backend::Sqlite => sql.push('?'),
+        }
+    }
+
+    /// Appends `count` comma-separated placeholders numbered from `first` to `sql`.
+    fn push_marks(self, sql: &mut String, first: usize, count: usize) {
+        for n in first..first + count {
+            if n > first {
+                sql.push_str(", ");
+            }
+            self.push_placeholder(sql, n);
         }
     }
 
     /// `count` comma-separated placeholders numbered from `first` (`$3, $4` or `?, ?`), for an
     /// `IN (…)` list whose values are bound in order.
     pub fn marks(self, first: usize, count: usize) -> String {
-        (first..first + count)
-            .map(|n| self.placeholder(n))
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut s = String::with_capacity(count * 4);
+        self.push_marks(&mut s, first, count);
+        s
     }
 
     /// `INSERT INTO {table_and_columns} VALUES (…), (…) {suffix}` for `rows` rows of `columns`
@@ -265,7 +286,7 @@ impl Backend {
                 sql.push_str(", ");
             }
             sql.push('(');
-            sql.push_str(&self.marks(r * columns + 1, columns));
+            self.push_marks(&mut sql, r * columns + 1, columns);
             sql.push(')');
         }
         if !suffix.is_empty() {
@@ -335,4 +356,24 @@ pub fn timestamp(us: i64) -> prost_types::Timestamp {
 /// Converts a protobuf timestamp to microseconds since the epoch.
 pub fn micros(ts: &prost_types::Timestamp) -> i64 {
     ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backend;
+
+    #[test]
+    fn each_back_end_numbers_or_orders_its_placeholders() {
+        assert_eq!(Backend::Postgres.marks(3, 3), "$3, $4, $5");
+        assert_eq!(Backend::Sqlite.marks(3, 3), "?, ?, ?");
+        assert_eq!(
+            Backend::Postgres.insert_rows("t (a, b)", 2, 2, "ON CONFLICT DO NOTHING"),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(
+            Backend::Sqlite.insert_rows("t (a, b)", 2, 2, ""),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
+        );
+        assert!(Backend::Sqlite.single_writer() && !Backend::Postgres.single_writer());
+    }
 }

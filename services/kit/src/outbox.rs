@@ -129,7 +129,12 @@ impl Outbox {
             .map_err(|_| Error::Outbox("the outbox writer has stopped".into()))?;
         rx.await
             .map_err(|_| Error::Outbox("the outbox writer has stopped".into()))?
-            .map_err(|e| Error::Outbox(format!("cannot record an event in the {} outbox: {e}", self.db.service())))
+            .map_err(|e| {
+                Error::Outbox(format!(
+                    "cannot record an event in the {} outbox: {e}",
+                    self.db.service()
+                ))
+            })
     }
 
     /// Wakes the relay; call after committing a transaction that enqueued events.
