@@ -9,6 +9,7 @@
 //! - [`edge`]: the one mapping of every service's errors to gRPC and HTTP/FHIR answers.
 //! - [`bus`] and [`outbox`]: the event bus (Kafka or embedded) and the transactional outbox.
 //! - [`service`]: the [`service::Service`] trait every service implements, and its mount context.
+//! - [`pdp`]: asking consent (the policy decision point) before patient data leaves a service.
 //! - [`shutdown`]: the SIGTERM/SIGINT trigger.
 //! - [`nhs`]: NHS domain identifiers shared by every service.
 //! - [`text`]: what text every store keeps (no control characters).
@@ -26,6 +27,7 @@ pub mod jose;
 pub mod metrics;
 pub mod nhs;
 pub mod outbox;
+pub mod pdp;
 pub mod serve;
 pub mod service;
 pub mod shutdown;

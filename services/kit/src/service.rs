@@ -53,6 +53,10 @@ pub trait Service: Send + Sync {
     fn about(&self) -> &'static str;
     /// Its schema.
     fn migrations(&self) -> Migrations;
+    /// The topics it publishes to (created on Kafka at start): its own by default.
+    fn topics(&self) -> Vec<String> {
+        vec![crate::bus::topic(self.name())]
+    }
     /// Builds the service on `ctx` (its migrated database, its outbox, …): its gRPC services,
     /// HTTP routes, consumers and background tasks. The database and outbox are added to the
     /// mount by [`mount`]; the service need not.

@@ -1,6 +1,6 @@
 //! `sharedcare.records.v1.Records` over gRPC: decode, call the store, encode.
 
-use sharedcare_kit::auth::{Principal, Verifier, has_scope};
+use sharedcare_kit::auth::{Principal, Verifier};
 use sharedcare_kit::db;
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::nhs::OdsCode;
@@ -49,43 +49,17 @@ impl RecordsApi {
 /// scope; staff are admitted here and decided per patient by consent; patients read through
 /// the passport.
 pub fn actor_of(p: &Principal, scope: &str, purpose: String) -> Result<Actor, RecordsError> {
-    match p {
-        Principal::Service { .. } if !has_scope(p, scope) => {
-            Err(RecordsError::Forbidden(format!("this operation needs scope {scope}")))
+    sharedcare_kit::pdp::actor_of(p, scope, purpose).ok_or_else(|| match p {
+        Principal::Patient { .. } => {
+            RecordsError::Forbidden("patients read their record through the passport service".into())
         }
-        Principal::Patient { .. } => Err(RecordsError::Forbidden(
-            "patients read their record through the passport service".into(),
-        )),
-        Principal::Staff { role, .. } => Ok(Actor {
-            kind: "staff",
-            id: p.id(),
-            organisation: role.org_code.clone(),
-            role: role.role_code.clone(),
-            role_profile: role.person_roleid.clone(),
-            purpose,
-        }),
-        Principal::Service { .. } => Ok(Actor {
-            kind: "service",
-            id: p.id(),
-            purpose,
-            ..Actor::default()
-        }),
-    }
+        _ => RecordsError::Forbidden(format!("this operation needs scope {scope}")),
+    })
 }
 
-/// A purpose of use: empty = TREAT; otherwise an HL7 v3 PurposeOfUse code (upper-case
-/// letters and '-', e.g. TREAT, ETREAT, BTG, CAREMGT, HRESCH).
+/// A purpose of use: empty = TREAT; otherwise an HL7 v3 PurposeOfUse code.
 pub fn check_purpose(purpose: &str) -> Result<String, RecordsError> {
-    if purpose.is_empty() {
-        return Ok("TREAT".into());
-    }
-    if purpose.len() > 32 || !purpose.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
-        return Err(RecordsError::invalid(
-            "purpose",
-            format!("{purpose:?} is not a PurposeOfUse code (e.g. TREAT, ETREAT, BTG)"),
-        ));
-    }
-    Ok(purpose.to_string())
+    sharedcare_kit::pdp::check_purpose(purpose).map_err(|e| RecordsError::invalid("purpose", e.to_string()))
 }
 
 #[tonic::async_trait]

@@ -32,6 +32,11 @@ use sharedcare_proto::records::v1::records_server::RecordsServer;
 /// The service's name: its schema, its topic (`sharedcare.records.v1`), its event source.
 pub const NAME: &str = "records";
 
+/// The topic of `RecordState` events (each stored version of patient data, body included):
+/// consumed only by read models that keep their own copy (the passport), so resource bodies
+/// never travel to services that do not need them.
+pub const STATE_TOPIC: &str = "sharedcare.records.state.v1";
+
 /// The records service, as the binary mounts it.
 pub struct Records {
     config: RecordsConfig,
@@ -57,7 +62,7 @@ impl Records {
         };
         let token = ctx.service_token("consent.decide")?;
         let timeout = Duration::from_millis(self.config.consent_timeout_ms);
-        Ok(Arc::new(consent::GrpcPdp::new(&url, token, timeout)?))
+        Ok(Arc::new(consent::GrpcPdp::new(&url, "records.consent_url", token, timeout)?))
     }
 }
 
@@ -73,6 +78,10 @@ impl sharedcare_kit::service::Service for Records {
 
     fn migrations(&self) -> Migrations {
         Migrations::Portable(sqlx::migrate!("./migrations"))
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![sharedcare_kit::bus::topic(NAME), STATE_TOPIC.to_string()]
     }
 
     /// gRPC and FHIR routes (callers checked against the trusted issuer), every access to

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use sharedcare_kit::bus::embedded::EmbeddedBus;
 use sharedcare_kit::bus::kafka::KafkaBus;
-use sharedcare_kit::bus::{self, Bus};
+use sharedcare_kit::bus::Bus;
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::metrics::Metrics;
 use sharedcare_kit::outbox::Outbox;
@@ -115,7 +115,7 @@ pub async fn open_bus(config: &Config, client_id: &str) -> anyhow::Result<Arc<dy
     }
     let kafka = KafkaBus::new(&config.kafka, client_id)?;
     kafka.health().await.context("`kafka.brokers` cannot be reached")?;
-    let topics: Vec<String> = service_names().iter().map(|s| bus::topic(s)).collect();
+    let topics: Vec<String> = registry(config).iter().flat_map(|s| s.topics()).collect();
     kafka.ensure_topics(&topics).await?;
     Ok(Arc::new(kafka))
 }

@@ -10,7 +10,7 @@ use sharedcare_kit::batch::next_batch;
 use sharedcare_kit::bus::{self, Envelope};
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::outbox::{self, Outbox};
-use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged};
+use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged, RecordState};
 use std::collections::HashMap;
 
 use sqlx::Row;
@@ -40,23 +40,7 @@ pub struct Stored {
     pub labels: Option<Vec<String>>,
 }
 
-/// Who is accessing and why, from their token and request: what consent decides on and
-/// what the audit entry records.
-#[derive(Debug, Clone, Default)]
-pub struct Actor {
-    /// "staff" or "service".
-    pub kind: &'static str,
-    /// Person (staff) or client id (service).
-    pub id: String,
-    /// ODS code of the actor's organisation.
-    pub organisation: String,
-    /// Selected role's national RBAC role code.
-    pub role: String,
-    /// Selected role profile's id.
-    pub role_profile: String,
-    /// Purpose of use (HL7 v3 PurposeOfUse): TREAT unless the caller says otherwise.
-    pub purpose: String,
-}
+pub use sharedcare_kit::pdp::Actor;
 
 /// The records store: hands puts and gets to its writer and reader tasks, which end once
 /// every clone of the store is gone.
@@ -159,6 +143,7 @@ struct PutJob {
 type PendingPut = (PutJob, oneshot::Sender<Result<Stored, RecordsError>>);
 
 const RECORD_CHANGED: &str = "sharedcare.events.v1.RecordChanged";
+const RECORD_STATE: &str = "sharedcare.events.v1.RecordState";
 const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
 
 mod decide;
@@ -320,7 +305,7 @@ impl Engine {
         let mut nhs_of_patient = self.referenced_patients(&mut tx, jobs).await?;
         let now = db::now_us();
         let mut stored = Vec::with_capacity(jobs.len());
-        let mut events = Vec::with_capacity(jobs.len() * 2);
+        let mut events: Vec<(&str, Envelope)> = Vec::with_capacity(jobs.len() * 3);
         let mut new_patients: Vec<(String, String)> = Vec::new();
         for job in jobs {
             let r = &job.resource;
@@ -343,10 +328,10 @@ impl Engine {
                 labels: Some(fhir::security_labels(&body)),
                 body: serde_json::Value::Object(body).to_string(),
             };
-            events.extend(self.put_events(job, &s));
+            self.put_events(job, &s, &mut events);
             stored.push(s);
         }
-        let mut keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+        let mut keys: Vec<&str> = events.iter().map(|(_, e)| e.key.as_str()).collect();
         keys.sort_unstable();
         keys.dedup();
         for key in keys {
@@ -430,7 +415,7 @@ impl Engine {
             }
             q.execute(&mut *tx).await?;
         }
-        let refs: Vec<(&str, &Envelope)> = events.iter().map(|e| (self.topic.as_str(), e)).collect();
+        let refs: Vec<(&str, &Envelope)> = events.iter().map(|(t, e)| (*t, e)).collect();
         outbox::enqueue_all(&mut tx, &refs).await?;
         tx.commit().await?;
         Ok(stored)
@@ -501,9 +486,10 @@ impl Engine {
         Ok(out)
     }
 
-    /// `RecordChanged` and the `create`/`update` `AccessRecorded` for a stored put, in the
-    /// trace of the request that made it.
-    fn put_events(&self, job: &PutJob, s: &Stored) -> [Envelope; 2] {
+    /// `RecordChanged`, the `create`/`update` `AccessRecorded` and, for patient data, the
+    /// `RecordState` read models keep, for a stored put, in the trace of the request that
+    /// made it.
+    fn put_events<'a>(&'a self, job: &PutJob, s: &Stored, out: &mut Vec<(&'a str, Envelope)>) {
         let reference = format!("{}/{}", s.resource_type, s.id);
         let key = if s.nhs_number.is_empty() {
             reference.clone()
@@ -534,7 +520,23 @@ impl Engine {
             reason: job.reason.clone(),
         };
         let access = self.access(&job.caller, action, &versioned, &s.nhs_number, &done);
-        [changed, access]
+        out.push((self.topic.as_str(), changed));
+        out.push((self.topic.as_str(), access));
+        if !s.nhs_number.is_empty() {
+            let state = RecordState {
+                resource_type: s.resource_type.clone(),
+                id: s.id.clone(),
+                version: s.version,
+                nhs_number: s.nhs_number.clone(),
+                source_organisation: job.source_organisation.clone(),
+                last_updated: Some(db::timestamp(s.last_updated_us)),
+                resource_json: s.body.clone(),
+                labels: s.labels.clone().unwrap_or_default(),
+            };
+            let mut e = bus::envelope(RECORD_STATE, NAME, &reference, &key, &state);
+            e.traceparent = job.caller.traceparent.clone();
+            out.push((crate::STATE_TOPIC, e));
+        }
     }
 
     /// The reader: takes the gets queued so far as one batch — looked up in one query, decided

@@ -1,0 +1,196 @@
+//! Asking the consent service (the policy decision point) before patient data is read or
+//! written. Services never decide for themselves: every access of patient data carries a
+//! decision from consent, and an access consent could not decide is refused. Shared by every
+//! service that serves patient data (records, passport).
+
+use std::time::Duration;
+
+use sharedcare_proto::consent::v1::consent_client::ConsentClient;
+use sharedcare_proto::consent::v1::{DecideManyRequest, DecideRequest, DecideResponse};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::{Principal, ServiceToken, has_scope};
+
+/// Who is accessing and why, from their token and request: what consent decides on and
+/// what the audit entry records.
+#[derive(Debug, Clone, Default)]
+pub struct Actor {
+    /// "staff" or "service".
+    pub kind: &'static str,
+    /// Person (staff) or client id (service).
+    pub id: String,
+    /// ODS code of the actor's organisation.
+    pub organisation: String,
+    /// Selected role's national RBAC role code.
+    pub role: String,
+    /// Selected role profile's id.
+    pub role_profile: String,
+    /// Purpose of use (HL7 v3 PurposeOfUse): TREAT unless the caller says otherwise.
+    pub purpose: String,
+}
+
+/// A purpose of use that is not an HL7 v3 PurposeOfUse code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a PurposeOfUse code (e.g. TREAT, ETREAT, BTG)")]
+pub struct InvalidPurpose(pub String);
+
+/// A purpose of use: empty = TREAT; otherwise an HL7 v3 PurposeOfUse code (upper-case
+/// letters and '-', e.g. TREAT, ETREAT, BTG, CAREMGT, HRESCH).
+pub fn check_purpose(purpose: &str) -> Result<String, InvalidPurpose> {
+    if purpose.is_empty() {
+        return Ok("TREAT".into());
+    }
+    if purpose.len() > 32 || !purpose.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
+        return Err(InvalidPurpose(purpose.to_string()));
+    }
+    Ok(purpose.to_string())
+}
+
+/// The actor a verified staff member or service is, acting for `purpose`; `None` for a
+/// patient (whose access is decided on their own NHS number and proofing level) and for a
+/// service without `scope`.
+pub fn actor_of(p: &Principal, scope: &str, purpose: String) -> Option<Actor> {
+    match p {
+        Principal::Service { .. } if !has_scope(p, scope) => None,
+        Principal::Patient { .. } => None,
+        Principal::Staff { role, .. } => Some(Actor {
+            kind: "staff",
+            id: p.id(),
+            organisation: role.org_code.clone(),
+            role: role.role_code.clone(),
+            role_profile: role.person_roleid.clone(),
+            purpose,
+        }),
+        Principal::Service { .. } => Some(Actor {
+            kind: "service",
+            id: p.id(),
+            purpose,
+            ..Actor::default()
+        }),
+    }
+}
+
+/// Most asks sent in one `DecideMany` (consent's limit).
+const ASKS_PER_CALL: usize = 1000;
+
+/// Why no decision was made (so the caller gets no data).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PdpError {
+    /// The service could not get its own token to call consent.
+    #[error("no service token to call consent: {0}")]
+    Token(String),
+    /// Consent could not be reached or refused the call.
+    #[error("consent: {code:?}: {message}")]
+    Call {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+    },
+    /// Consent answered a different number of decisions than asks.
+    #[error("consent answered {got} of {asked} asks")]
+    Incomplete {
+        /// Decisions received.
+        got: usize,
+        /// Asks sent.
+        asked: usize,
+    },
+}
+
+/// What a service needs from a policy decision point: one decision per ask, in order.
+#[tonic::async_trait]
+pub trait Pdp: Send + Sync + 'static {
+    /// Decides `asks`; an error means no decision was made (the caller gets no data).
+    async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, PdpError>;
+}
+
+/// The consent service over gRPC, called with this service's client-credentials token.
+pub struct GrpcPdp {
+    client: ConsentClient<Channel>,
+    token: ServiceToken,
+}
+
+impl GrpcPdp {
+    /// Consent at `endpoint` (e.g. `http://consent:50051`), each call bounded by `timeout`.
+    /// Connects lazily: consent may start after the caller.
+    /// `setting` names the configuration key the endpoint came from, for the error.
+    pub fn new(endpoint: &str, setting: &str, token: ServiceToken, timeout: Duration) -> crate::Result<GrpcPdp> {
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| crate::Error::Config(format!("`{setting}`: {endpoint:?}: {e}")))?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect_lazy();
+        Ok(GrpcPdp {
+            client: ConsentClient::new(channel),
+            token,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Pdp for GrpcPdp {
+    async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, PdpError> {
+        let token = self.token.get().await.map_err(|e| PdpError::Token(e.to_string()))?;
+        let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| PdpError::Token("the service token is not a valid header value".into()))?;
+        let mut out = Vec::with_capacity(asks.len());
+        let mut asks = asks;
+        while !asks.is_empty() {
+            let rest = asks.split_off(asks.len().min(ASKS_PER_CALL));
+            let want = asks.len();
+            let mut req = tonic::Request::new(DecideManyRequest { asks });
+            req.metadata_mut().insert("authorization", bearer.clone());
+            let traceparent = crate::telemetry::current_traceparent();
+            if let Ok(v) = traceparent.parse() {
+                req.metadata_mut().insert("traceparent", v);
+            }
+            let decisions = self
+                .client
+                .clone()
+                .decide_many(req)
+                .await
+                .map_err(|s| PdpError::Call {
+                    code: s.code(),
+                    message: s.message().to_string(),
+                })?
+                .into_inner()
+                .decisions;
+            if decisions.len() != want {
+                return Err(PdpError::Incomplete {
+                    got: decisions.len(),
+                    asked: want,
+                });
+            }
+            out.extend(decisions);
+            asks = rest;
+        }
+        Ok(out)
+    }
+}
+
+/// The decision request for `actor` doing `action` on `nhs_number`'s data labelled `categories`.
+pub fn ask(actor: &Actor, nhs_number: &str, action: &str, categories: Vec<String>) -> DecideRequest {
+    DecideRequest {
+        principal_kind: actor.kind.to_string(),
+        person_id: if actor.kind == "staff" {
+            actor.id.clone()
+        } else {
+            String::new()
+        },
+        role_profile_id: actor.role_profile.clone(),
+        ods_code: actor.organisation.clone(),
+        nhs_number: nhs_number.to_string(),
+        action: action.to_string(),
+        categories,
+        purpose: actor.purpose.clone(),
+        role_code: actor.role.clone(),
+        principal_nhs_number: String::new(),
+        proofing_level: String::new(),
+        client_id: if actor.kind == "service" {
+            actor.id.clone()
+        } else {
+            String::new()
+        },
+    }
+}
