@@ -11,5 +11,6 @@ mod harness;
 mod identity;
 mod import;
 mod oidc_node;
+mod passport;
 mod startup;
 mod up;

@@ -107,7 +107,7 @@ fn serve_refuses_unknown_services_and_missing_settings() {
     assert!(!status.success());
     assert!(
         stderr.contains("invalid value 'billing'")
-            && stderr.contains("[possible values: identity, consent, records, audit]"),
+            && stderr.contains("[possible values: identity, consent, records, audit, passport]"),
         "{stderr}"
     );
     let (status, _, stderr) = run(&["serve", "records"], &[], LIMIT);
@@ -128,7 +128,7 @@ fn help_and_version_work_on_every_command() {
     // The services `serve` and `migrate` accept come from the one registry, each with what it does.
     for cmd in ["serve", "migrate"] {
         let (_, stdout, _) = run(&[cmd, "--help"], &[], LIMIT);
-        for service in ["identity", "consent", "records", "audit"] {
+        for service in ["identity", "consent", "records", "audit", "passport"] {
             assert!(
                 stdout.contains(&format!("- {service}:")),
                 "{cmd} --help lacks {service}: {stdout}"
@@ -146,7 +146,7 @@ fn migrate_prepares_embedded_storage_and_is_repeatable() {
         assert!(status.success(), "{stderr}");
         assert_eq!(
             stdout,
-            "migrated identity\nmigrated consent\nmigrated records\nmigrated audit\n"
+            "migrated identity\nmigrated consent\nmigrated records\nmigrated audit\nmigrated passport\n"
         );
     }
     assert!(data.path().join("records.db").exists());

@@ -187,9 +187,10 @@ async fn reflection_lists_the_mounted_services_like_grpcurl() {
             "sharedcare.audit.v1.Audit",
             "sharedcare.consent.v1.Consent",
             "sharedcare.identity.v1.IdentityAdmin",
+            "sharedcare.passport.v1.Passport",
             "sharedcare.records.v1.Records",
         ],
-        "every service `up` mounts, and nothing it does not (no unbuilt passport)"
+        "every service `up` mounts, and nothing else"
     );
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(p.channel().await);

@@ -47,7 +47,7 @@ use sharedcare_proto::audit::v1::audit_server::AuditServer;
 pub const NAME: &str = "audit";
 
 /// Services whose topics carry events the audit log appends (`AccessRecorded`, `ConsentEvent`).
-pub const AUDITED_SERVICES: &[&str] = &["records", "consent"];
+pub const AUDITED_SERVICES: &[&str] = &["records", "consent", "passport"];
 
 /// How often a new tree head is signed when the log has grown.
 pub const SIGN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);

@@ -29,6 +29,24 @@ pub struct Actor {
     pub purpose: String,
 }
 
+/// Sensitivity labels a directive can withhold (HL7 v3 ActCode confidentiality and
+/// sensitivity codes, plus the NHS safeguarding label). A service asks consent about all of
+/// them to learn whether to tell the caller that information may be withheld, without that
+/// answer depending on what the record holds.
+pub const SENSITIVE_LABELS: &[&str] = &[
+    "SEX",
+    "STD",
+    "HIV",
+    "SDV",
+    "PSY",
+    "MH",
+    "BH",
+    "ETH",
+    "SUD",
+    "GDIS",
+    "SAFEGUARDING",
+];
+
 /// A purpose of use that is not an HL7 v3 PurposeOfUse code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a PurposeOfUse code (e.g. TREAT, ETREAT, BTG)")]

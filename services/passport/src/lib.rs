@@ -1,10 +1,140 @@
-//! The passport service (to be built by the passport issue): a person's own view of their
-//! record, their sharing choices and who has looked at it, ready for the NHS App. Its contract
-//! is drafted in `proto/sharedcare/passport/v1/passport.proto`.
+//! The passport service: a person's whole record by section, across GP, hospital, community
+//! and social care, ready for the NHS App and for clinicians.
+//!
+//! - [`projection`]: what the passport shows of a resource (the domain core, no I/O).
+//! - [`store`]: the read model in the passport's own tables, applied from records'
+//!   `RecordState` events ([`events`]); reads never fan out to other services.
+//! - [`api`]: every view decided by consent and audited before it is answered; [`view`] is
+//!   what one caller sees; [`grpc`] and [`http`] serve it.
 #![forbid(unsafe_code)]
 
-/// The service's name: its schema, its topic (`sharedcare.passport.v1`).
+pub mod api;
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod http;
+pub mod projection;
+pub mod store;
+pub mod view;
+
+pub use error::PassportError;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sharedcare_kit::serve::{Consumer, Mount};
+use sharedcare_kit::service::{Context, Migrations, MountError};
+use sharedcare_proto::passport::v1::passport_server::PassportServer;
+
+/// The service's name: its schema, its topic (`sharedcare.passport.v1`), its consumer group.
 pub const NAME: &str = "passport";
 
-/// The generated gRPC contract this service will implement.
-pub use sharedcare_proto::passport::v1 as api;
+/// The generated gRPC contract.
+pub use sharedcare_proto::passport::v1 as contract;
+
+/// Records' state-transfer topic: each stored version of patient data, body included
+/// (`RecordState`), which only read models consume.
+pub const RECORD_STATE_TOPIC: &str = "sharedcare.records.state.v1";
+
+/// The passport's settings (`[passport]`, `SHAREDCARE_PASSPORT__*`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassportConfig {
+    /// The consent service's gRPC endpoint. Empty = the consent service in the same process
+    /// (`up`); required by `serve passport`.
+    pub consent_url: String,
+    /// How long a consent decision may take before the view is refused as undecidable.
+    pub consent_timeout_ms: u64,
+}
+
+impl Default for PassportConfig {
+    fn default() -> Self {
+        PassportConfig {
+            consent_url: String::new(),
+            consent_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl PassportConfig {
+    /// Checks the values, naming the key of the first bad one.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let url = &self.consent_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err((
+                "passport.consent_url".into(),
+                "expected the consent service's gRPC URL, e.g. http://consent:50051".into(),
+            ));
+        }
+        if self.consent_timeout_ms == 0 {
+            return Err(("passport.consent_timeout_ms".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The passport service, as the binary mounts it.
+pub struct Passport {
+    config: PassportConfig,
+}
+
+impl Passport {
+    /// The service with its settings.
+    pub fn new(config: PassportConfig) -> Self {
+        Passport { config }
+    }
+
+    /// How the passport asks consent: `passport.consent_url`, else the consent service in the
+    /// same process, with this process's client-credentials token.
+    fn pdp(&self, ctx: &Context) -> Result<Arc<dyn sharedcare_kit::pdp::Pdp>, MountError> {
+        let url = if !self.config.consent_url.is_empty() {
+            self.config.consent_url.clone()
+        } else if ctx.runs("consent") {
+            ctx.local_grpc_url()
+        } else {
+            return Err(
+                "`passport.consent_url` is required when consent runs in another process: set SHAREDCARE_PASSPORT__CONSENT_URL to its gRPC URL, e.g. http://consent:50051".into(),
+            );
+        };
+        let token = ctx.service_token("consent.decide")?;
+        let timeout = Duration::from_millis(self.config.consent_timeout_ms);
+        Ok(Arc::new(sharedcare_kit::pdp::GrpcPdp::new(
+            &url,
+            "passport.consent_url",
+            token,
+            timeout,
+        )?))
+    }
+}
+
+#[async_trait::async_trait]
+impl sharedcare_kit::service::Service for Passport {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "the patient passport: a person's whole record by section, consent-filtered per viewer"
+    }
+
+    fn migrations(&self) -> Migrations {
+        Migrations::Portable(sqlx::migrate!("./migrations"))
+    }
+
+    /// gRPC and HTTP JSON routes (callers checked against the trusted issuer, every view
+    /// decided by consent and audited) and the consumer that keeps the read model.
+    async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
+        let store = store::Store::new(ctx.db.clone());
+        let api = api::Api::new(store.clone(), ctx.verifier()?, self.pdp(ctx)?, ctx.outbox.clone());
+        let mut m = Mount::new(NAME);
+        m.http = http::router(api.clone());
+        m.add_grpc(PassportServer::new(grpc::PassportApi::new(api)));
+        let poison = ctx.metrics.unreported(NAME, "undecodable_event");
+        m.consumers.push(Consumer {
+            group: NAME.to_string(),
+            topic: RECORD_STATE_TOPIC.to_string(),
+            handler: Arc::new(events::StateConsumer::new(store, poison)),
+        });
+        Ok(m)
+    }
+}

@@ -56,23 +56,7 @@ pub fn security_labels(body: &Map<String, Value>) -> Vec<String> {
     labels
 }
 
-/// Sensitivity labels a directive can withhold (HL7 v3 ActCode confidentiality and
-/// sensitivity codes, plus the NHS safeguarding label). Search asks consent about all of them to
-/// learn whether to tell the caller that information may be withheld, without that answer
-/// depending on what the record holds.
-pub const SENSITIVE_LABELS: &[&str] = &[
-    "SEX",
-    "STD",
-    "HIV",
-    "SDV",
-    "PSY",
-    "MH",
-    "BH",
-    "ETH",
-    "SUD",
-    "GDIS",
-    "SAFEGUARDING",
-];
+pub use sharedcare_kit::pdp::SENSITIVE_LABELS;
 
 /// The clinical date of a resource (µs since the epoch), from the first element it has of:
 /// `effective[x]`, `onset[x]`, recordedDate, period.start, authoredOn, date, issued.

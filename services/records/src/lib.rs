@@ -62,7 +62,12 @@ impl Records {
         };
         let token = ctx.service_token("consent.decide")?;
         let timeout = Duration::from_millis(self.config.consent_timeout_ms);
-        Ok(Arc::new(consent::GrpcPdp::new(&url, "records.consent_url", token, timeout)?))
+        Ok(Arc::new(consent::GrpcPdp::new(
+            &url,
+            "records.consent_url",
+            token,
+            timeout,
+        )?))
     }
 }
 

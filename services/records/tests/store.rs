@@ -491,8 +491,13 @@ async fn without_a_consent_decision_no_data_leaves(db: Db) {
     // The same records, now with consent unreachable (nothing listens on port 9).
     let token =
         sharedcare_kit::auth::ServiceToken::new("http://127.0.0.1:9/oauth2/token", "records", "x", "consent.decide");
-    let pdp = sharedcare_records::consent::GrpcPdp::new("http://127.0.0.1:9", token, Duration::from_millis(500))
-        .expect("endpoint");
+    let pdp = sharedcare_records::consent::GrpcPdp::new(
+        "http://127.0.0.1:9",
+        "records.consent_url",
+        token,
+        Duration::from_millis(500),
+    )
+    .expect("endpoint");
     let cut_off = store_with(&db, Arc::new(pdp)).await;
     let err = cut_off
         .get("Patient", "p1", &system())

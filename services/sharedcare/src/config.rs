@@ -40,6 +40,8 @@ pub struct Config {
     pub records: RecordsConfig,
     /// The audit service (alert rules).
     pub audit: sharedcare_audit::AuditConfig,
+    /// The passport service (where consent is).
+    pub passport: sharedcare_passport::PassportConfig,
     /// How long shutdown waits for in-flight work, per phase.
     pub shutdown_grace_ms: u64,
 }
@@ -107,6 +109,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             records: RecordsConfig::default(),
             audit: sharedcare_audit::AuditConfig::default(),
+            passport: sharedcare_passport::PassportConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -137,6 +140,7 @@ impl Validate for Config {
         self.identity.validate()?;
         self.records.validate()?;
         self.audit.validate()?;
+        self.passport.validate()?;
         for (key, v) in [
             ("auth.issuer", &self.auth.issuer),
             ("auth.jwks_uri", &self.auth.jwks_uri),

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use sharedcare_kit::bus::Bus;
 use sharedcare_kit::bus::embedded::EmbeddedBus;
 use sharedcare_kit::bus::kafka::KafkaBus;
-use sharedcare_kit::bus::Bus;
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::metrics::Metrics;
 use sharedcare_kit::outbox::Outbox;
@@ -28,6 +28,7 @@ pub fn registry(config: &Config) -> Vec<Box<dyn Service>> {
         )),
         Box::new(sharedcare_records::Records::new(config.records.clone())),
         Box::new(sharedcare_audit::Audit::new(config.audit.clone())),
+        Box::new(sharedcare_passport::Passport::new(config.passport.clone())),
     ]
 }
 

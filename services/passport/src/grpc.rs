@@ -1,0 +1,30 @@
+//! `sharedcare.passport.v1.Passport` over gRPC: decode, call the API, encode.
+
+use sharedcare_proto::passport::v1::passport_server::Passport;
+use sharedcare_proto::passport::v1::{GetPassportRequest, PassportView};
+use tonic::{Request, Response, Status};
+
+use crate::api::Api;
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct PassportApi {
+    api: Api,
+}
+
+impl PassportApi {
+    /// Serves `api`.
+    pub fn new(api: Api) -> Self {
+        PassportApi { api }
+    }
+}
+
+#[tonic::async_trait]
+impl Passport for PassportApi {
+    async fn get_passport(&self, request: Request<GetPassportRequest>) -> Result<Response<PassportView>, Status> {
+        let who = self.api.verifier().from_metadata(request.metadata()).await?;
+        let r = request.into_inner();
+        let view = self.api.passport(&who, &r.nhs_number, &r.purpose).await?;
+        Ok(Response::new(view.into()))
+    }
+}

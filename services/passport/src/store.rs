@@ -1,0 +1,160 @@
+//! The passport's read model (`entries`, see `migrations/`), on Postgres and SQLite alike: the
+//! newest version of each resource about a patient, applied from records' `RecordState`
+//! events, each event once (inbox) and an older version never over a newer one.
+
+use sharedcare_kit::bus::Delivery;
+use sharedcare_kit::db::Db;
+use sharedcare_kit::inbox;
+use sharedcare_kit::nhs::NhsNumber;
+use sharedcare_proto::events::v1::RecordState;
+use sqlx::Row;
+
+use crate::PassportError;
+use crate::projection::{self, Place};
+
+/// The passport's storage.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+}
+
+/// One resource as the read model keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// `resourceType`.
+    pub resource_type: String,
+    /// Logical id.
+    pub id: String,
+    /// The newest version applied.
+    pub version: i64,
+    /// `demographics` or a section's stored name.
+    pub place: String,
+    /// Plain words for it.
+    pub summary: String,
+    /// Its clinical date, or "".
+    pub date: String,
+    /// Its status, or "".
+    pub status: String,
+    /// ODS code of the writing organisation.
+    pub source_organisation: String,
+    /// Its security labels.
+    pub labels: Vec<String>,
+    /// The resource JSON.
+    pub body: String,
+    /// When the version was stored by records (µs since the epoch).
+    pub updated_us: i64,
+}
+
+const COLUMNS: &str = "resource_type, id, version, section, summary, clinical_date, status, \
+                       source_organisation, labels, body, updated_us";
+
+impl Store {
+    /// The passport's store on `db`.
+    pub fn new(db: Db) -> Store {
+        Store { db }
+    }
+
+    /// Applies a batch of `RecordState` events in one transaction, skipping events already
+    /// applied (their inbox claim commits with the rows) and versions older than the one kept.
+    /// Returns how many events were new.
+    pub async fn apply(&self, events: &[(&Delivery, RecordState)]) -> Result<usize, PassportError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.db.begin_write().await?;
+        let mut fresh_count = 0;
+        for chunk in events.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
+            let deliveries: Vec<&Delivery> = chunk.iter().map(|(d, _)| *d).collect();
+            let fresh = inbox::claim_all(&mut tx, crate::NAME, &deliveries).await?;
+            for (d, s) in chunk.iter().filter(|(d, _)| fresh.contains(&d.envelope.id)) {
+                fresh_count += 1;
+                let Ok(serde_json::Value::Object(body)) = serde_json::from_str(&s.resource_json) else {
+                    tracing::warn!(event = %d.envelope.id, "RecordState without a JSON object; set aside");
+                    continue;
+                };
+                let Some(p) = projection::project(&s.resource_type, &body) else {
+                    continue;
+                };
+                let updated = s
+                    .last_updated
+                    .as_ref()
+                    .map(sharedcare_kit::db::micros)
+                    .unwrap_or_default();
+                sqlx::query(
+                    "INSERT INTO entries (resource_type, id, version, nhs_number, section, summary, clinical_date, \
+                     status, source_organisation, labels, body, hidden, updated_us) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
+                     nhs_number = excluded.nhs_number, section = excluded.section, summary = excluded.summary, \
+                     clinical_date = excluded.clinical_date, status = excluded.status, \
+                     source_organisation = excluded.source_organisation, labels = excluded.labels, \
+                     body = excluded.body, hidden = excluded.hidden, updated_us = excluded.updated_us \
+                     WHERE entries.version < excluded.version",
+                )
+                .bind(s.resource_type.clone())
+                .bind(s.id.clone())
+                .bind(s.version)
+                .bind(s.nhs_number.clone())
+                .bind(p.place.as_str())
+                .bind(p.summary)
+                .bind(p.date)
+                .bind(p.status)
+                .bind(s.source_organisation.clone())
+                .bind(s.labels.join(","))
+                .bind(s.resource_json.clone())
+                .bind(i64::from(p.hidden))
+                .bind(updated)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(fresh_count)
+    }
+
+    /// Everything shown about `patient` (demographics and every section), newest first.
+    pub async fn entries(&self, patient: &NhsNumber) -> Result<Vec<Entry>, PassportError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM entries WHERE nhs_number = $1 AND hidden = 0 \
+             ORDER BY clinical_date DESC, updated_us DESC, resource_type, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(patient.as_str().to_string())
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(entry_row).collect()
+    }
+
+    /// Every entry the read model holds, in key order (to compare a rebuild with the live one).
+    pub async fn all(&self) -> Result<Vec<Entry>, PassportError> {
+        let sql = format!("SELECT {COLUMNS} FROM entries ORDER BY resource_type, id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(self.db.pool()).await?;
+        rows.iter().map(entry_row).collect()
+    }
+}
+
+fn entry_row(r: &sqlx::any::AnyRow) -> Result<Entry, PassportError> {
+    let labels: String = r.try_get(8)?;
+    Ok(Entry {
+        resource_type: r.try_get(0)?,
+        id: r.try_get(1)?,
+        version: r.try_get(2)?,
+        place: r.try_get(3)?,
+        summary: r.try_get(4)?,
+        date: r.try_get(5)?,
+        status: r.try_get(6)?,
+        source_organisation: r.try_get(7)?,
+        labels: labels
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+        body: r.try_get(9)?,
+        updated_us: r.try_get(10)?,
+    })
+}
+
+/// Whether `entry` is the person's demographics.
+pub fn is_demographics(entry: &Entry) -> bool {
+    entry.place == Place::Demographics.as_str()
+}

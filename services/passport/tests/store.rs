@@ -1,0 +1,138 @@
+//! The passport's read model, run on SQLite and on Postgres: applied from records'
+//! `RecordState` events once each, the newest version kept whatever the delivery order, a
+//! version entered in error taken out of the view.
+
+use serde_json::json;
+use sharedcare_kit::bus::{self, Delivery};
+use sharedcare_kit::db::Db;
+use sharedcare_kit::nhs::NhsNumber;
+use sharedcare_kit::service::Service as _;
+use sharedcare_passport::store::Store;
+use sharedcare_proto::events::v1::RecordState;
+
+const NHS: &str = "9434765919";
+const OTHER: &str = "9000000009";
+
+fn nhs(n: &str) -> NhsNumber {
+    NhsNumber::parse(n).expect("a valid test NHS number")
+}
+
+fn state(offset: i64, nhs: &str, id: &str, version: i64, body: serde_json::Value) -> (Delivery, RecordState) {
+    let event = RecordState {
+        resource_type: body["resourceType"].as_str().expect("type").into(),
+        id: id.into(),
+        version,
+        nhs_number: nhs.into(),
+        source_organisation: "A81001".into(),
+        last_updated: Some(sharedcare_kit::db::timestamp(1_700_000_000_000_000 + version)),
+        resource_json: body.to_string(),
+        labels: Vec::new(),
+    };
+    let envelope = bus::envelope(sharedcare_passport::events::RECORD_STATE, "records", id, nhs, &event);
+    let d = Delivery {
+        envelope,
+        topic: sharedcare_passport::RECORD_STATE_TOPIC.into(),
+        partition: 0,
+        offset,
+    };
+    (d, event)
+}
+
+fn condition(text: &str) -> serde_json::Value {
+    json!({"resourceType": "Condition", "code": {"text": text}, "clinicalStatus": {"coding": [{"code": "active"}]}})
+}
+
+async fn store(db: &Db) -> Store {
+    db.migrate(sharedcare_passport::Passport::new(Default::default()).migrations())
+        .await
+        .expect("migrate");
+    Store::new(db.clone())
+}
+
+async fn apply(s: &Store, events: &[(Delivery, RecordState)]) -> usize {
+    let refs: Vec<(&Delivery, RecordState)> = events.iter().map(|(d, e)| (d, e.clone())).collect();
+    s.apply(&refs).await.expect("apply")
+}
+
+async fn a_redelivered_event_changes_nothing(db: Db) {
+    let s = store(&db).await;
+    let e = [state(1, NHS, "c1", 1, condition("Asthma"))];
+    assert_eq!(apply(&s, &e).await, 1);
+    assert_eq!(apply(&s, &e).await, 0, "the inbox recognises the redelivery");
+    let entries = s.entries(&nhs(NHS)).await.expect("entries");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (entries[0].summary.as_str(), entries[0].place.as_str()),
+        ("Asthma", "problems")
+    );
+}
+
+async fn the_newest_version_wins_whatever_the_order(db: Db) {
+    let s = store(&db).await;
+    apply(&s, &[state(1, NHS, "c1", 2, condition("Asthma, resolved"))]).await;
+    apply(&s, &[state(2, NHS, "c1", 1, condition("Asthma"))]).await;
+    let entries = s.entries(&nhs(NHS)).await.expect("entries");
+    assert_eq!(
+        (entries[0].version, entries[0].summary.as_str()),
+        (2, "Asthma, resolved"),
+        "an older version delivered late does not replace a newer one"
+    );
+}
+
+async fn a_version_entered_in_error_leaves_the_view(db: Db) {
+    let s = store(&db).await;
+    apply(
+        &s,
+        &[state(
+            1,
+            NHS,
+            "o1",
+            1,
+            json!({"resourceType": "Observation", "status": "final"}),
+        )],
+    )
+    .await;
+    assert_eq!(s.entries(&nhs(NHS)).await.expect("entries").len(), 1);
+    apply(
+        &s,
+        &[state(
+            2,
+            NHS,
+            "o1",
+            2,
+            json!({"resourceType": "Observation", "status": "entered-in-error"}),
+        )],
+    )
+    .await;
+    assert!(s.entries(&nhs(NHS)).await.expect("entries").is_empty());
+}
+
+async fn each_patient_sees_only_their_own_entries_and_unknown_types_are_not_kept(db: Db) {
+    let s = store(&db).await;
+    apply(
+        &s,
+        &[
+            state(1, NHS, "c1", 1, condition("Asthma")),
+            state(2, OTHER, "c2", 1, condition("Gout")),
+            state(3, NHS, "org", 1, json!({"resourceType": "Organization"})),
+        ],
+    )
+    .await;
+    let mine: Vec<String> = s
+        .entries(&nhs(NHS))
+        .await
+        .expect("entries")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(mine, ["c1"]);
+    assert_eq!(s.all().await.expect("all").len(), 2);
+}
+
+sharedcare_kit::store_suite!(
+    "passport";
+    a_redelivered_event_changes_nothing,
+    the_newest_version_wins_whatever_the_order,
+    a_version_entered_in_error_leaves_the_view,
+    each_patient_sees_only_their_own_entries_and_unknown_types_are_not_kept,
+);

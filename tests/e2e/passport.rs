@@ -1,0 +1,203 @@
+//! The patient passport in `sharedcare up`: built from what the GP system writes, seen by the
+//! patient at P9 over the JSON API the web pages use, filtered by consent for staff (withheld
+//! categories left out, break-glass), refused at P5, and every view in the patient's trail.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sharedcare_proto::consent::v1::consent_client::ConsentClient;
+use sharedcare_proto::consent::v1::{BreakGlassRequest, Directive, PutDirectiveRequest};
+use sharedcare_proto::passport::v1::GetPassportRequest;
+use sharedcare_proto::passport::v1::passport_client::PassportClient;
+use sharedcare_proto::records::v1::PutRequest;
+use sharedcare_proto::records::v1::records_client::RecordsClient;
+
+use crate::harness::{audit_trail, eventually, service_token_for, up, user_token, with_token};
+
+/// `GET /passport/v1/patients/{nhs}` as `token`, with a purpose of use; (status, body).
+async fn passport(base: &str, token: &str, nhs: &str, purpose: &str) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .get(format!("{base}/passport/v1/patients/{nhs}"))
+        .bearer_auth(token);
+    if !purpose.is_empty() {
+        r = r.header("x-purpose-of-use", purpose);
+    }
+    let r = r.send().await.expect("GET passport");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("JSON"))
+}
+
+/// The ids in section `kind` of a passport.
+fn section(view: &Value, kind: &str) -> Vec<String> {
+    view["sections"]
+        .as_array()
+        .expect("sections")
+        .iter()
+        .find(|s| s["kind"] == kind)
+        .map(|s| {
+            s["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .map(|e| e["id"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_passport_shows_the_record_to_the_patient_and_what_consent_permits_to_staff() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let demo: Value =
+        serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo");
+    let nhs = demo["patients"][0]["nhs_number"].as_str().expect("nhs").to_string();
+    let mut records = RecordsClient::new(p.channel().await);
+    let system = service_token_for(&p.http, "records.write records.read").await;
+    let subject = json!({"reference": "Patient/margaret"});
+    for resource in [
+        json!({"resourceType": "Patient", "id": "margaret",
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+            "name": [{"family": "Evans", "given": ["Margaret"]}], "birthDate": "1941-03-12", "gender": "female"}),
+        json!({"resourceType": "Condition", "id": "diabetes", "subject": subject,
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Type 2 diabetes mellitus"}]},
+            "clinicalStatus": {"coding": [{"code": "active"}]}, "onsetDateTime": "2019-04-01"}),
+        json!({"resourceType": "MedicationStatement", "id": "metformin", "status": "active", "subject": subject,
+            "medicationCodeableConcept": {"text": "Metformin 500mg tablets"}}),
+        json!({"resourceType": "Encounter", "id": "review", "status": "finished", "subject": subject,
+            "class": {"code": "AMB", "display": "ambulatory"}, "period": {"start": "2026-11-20T09:00:00Z"}}),
+        json!({"resourceType": "Condition", "id": "clinic", "subject": subject,
+            "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "SEX"}]},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "8098009"}]}}),
+    ] {
+        records
+            .put(with_token(
+                PutRequest {
+                    resource_json: resource.to_string(),
+                    source_organisation: "A81001".into(),
+                    ..Default::default()
+                },
+                &system,
+            ))
+            .await
+            .expect("the GP system writes");
+    }
+
+    // Margaret (P9) sees her whole record, by section, within moments of the writes.
+    let margaret = user_token(&p, "patient1", "demo-patient1-password", "nhs_number").await;
+    let mine = eventually(Duration::from_secs(10), "the passport to show the writes", || async {
+        let (status, view) = passport(&p.http, &margaret, &nhs, "").await;
+        (status == 200 && section(&view, "problems").len() == 2 && section(&view, "encounters").len() == 1)
+            .then_some(view)
+    })
+    .await;
+    assert_eq!(section(&mine, "medications"), ["metformin"]);
+    assert_eq!(mine["demographics"]["familyName"], "Evans");
+    let diabetes = &mine["sections"][0]["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["id"] == "diabetes")
+        .cloned()
+        .expect("diabetes");
+    assert_eq!(diabetes["summary"], "Type 2 diabetes mellitus");
+    assert_eq!(diabetes["sourceOrganisation"], "A81001");
+    assert_eq!(mine["someWithheld"], false);
+
+    // She withholds sexual health: her GP's view leaves it out, says something is withheld,
+    // and names nothing; she still sees it herself.
+    let mut consent = ConsentClient::new(p.channel().await);
+    consent
+        .put_directive(with_token(
+            PutDirectiveRequest {
+                directive: Some(Directive {
+                    id: "no-sexual-health".into(),
+                    nhs_number: nhs.clone(),
+                    status: "active".into(),
+                    provision_json: r#"{"type":"deny","securityLabel":["SEX"]}"#.into(),
+                    updated_at: 0,
+                }),
+            },
+            &margaret,
+        ))
+        .await
+        .expect("her directive");
+    let gp = user_token(&p, "gp", "demo-gp-password", "selectedrole").await;
+    let (status, gp_view) = passport(&p.http, &gp, &nhs, "").await;
+    assert_eq!(status, 200, "{gp_view}");
+    assert_eq!(section(&gp_view, "problems"), ["diabetes"]);
+    assert_eq!(gp_view["someWithheld"], true);
+    assert!(
+        !gp_view.to_string().contains("8098009"),
+        "nothing hints at what is withheld"
+    );
+    let (_, mine) = passport(&p.http, &margaret, &nhs, "").await;
+    assert_eq!(
+        section(&mine, "problems").len(),
+        2,
+        "the patient sees her own record whole"
+    );
+
+    // The same over gRPC, for the GP.
+    let mut grpc = PassportClient::new(p.channel().await);
+    let view = grpc
+        .get_passport(with_token(
+            GetPassportRequest {
+                nhs_number: nhs.clone(),
+                purpose: String::new(),
+            },
+            &gp,
+        ))
+        .await
+        .expect("gRPC passport")
+        .into_inner();
+    assert!(view.some_withheld);
+    assert_eq!(view.sections[0].entries.len(), 1);
+
+    // The home care worker has no relationship: refused, then breaks the glass and sees it.
+    let carer = user_token(&p, "careworker", "demo-careworker-password", "selectedrole").await;
+    let (status, refused) = passport(&p.http, &carer, &nhs, "").await;
+    assert_eq!(status, 403, "{refused}");
+    assert!(
+        refused.to_string().contains("no legitimate care relationship"),
+        "{refused}"
+    );
+    consent
+        .break_glass(with_token(
+            BreakGlassRequest {
+                nhs_number: nhs.clone(),
+                reason_code: "patient-collapsed".into(),
+                reason_text: "found on the floor at home".into(),
+            },
+            &carer,
+        ))
+        .await
+        .expect("break-glass");
+    let (status, glass) = passport(&p.http, &carer, &nhs, "ETREAT").await;
+    assert_eq!(status, 200, "{glass}");
+    assert_eq!(section(&glass, "medications"), ["metformin"]);
+
+    // A patient proofed at P5 is told which level is needed; a bad NHS number is named.
+    let tom_nhs = demo["patients"][3]["nhs_number"].as_str().expect("nhs").to_string();
+    let tom = user_token(&p, "patient4", "demo-patient4-password", "nhs_number").await;
+    let (status, p5) = passport(&p.http, &tom, &tom_nhs, "").await;
+    assert_eq!(status, 403, "{p5}");
+    assert!(p5.to_string().contains("P9"), "{p5}");
+    let (status, bad) = passport(&p.http, &gp, "9434765918", "").await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["issue"][0]["expression"][0], "nhs_number");
+
+    // Every view is in Margaret's audit trail, the refusal and the break-glass included.
+    let views = eventually(Duration::from_secs(20), "the passport views in the trail", || async {
+        let trail = audit_trail(&p, &nhs).await;
+        let views: Vec<String> = trail
+            .into_iter()
+            .filter(|(action, _, resources)| action == "read" && resources.iter().any(|r| r.starts_with("Passport/")))
+            .map(|(_, outcome, _)| outcome)
+            .collect();
+        (views.len() >= 6).then_some(views)
+    })
+    .await;
+    assert!(views.contains(&"denied".to_string()), "{views:?}");
+    assert!(views.iter().filter(|o| *o == "success").count() >= 5, "{views:?}");
+}
