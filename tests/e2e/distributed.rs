@@ -443,3 +443,77 @@ async fn a_storage_failure_tells_the_caller_nothing_internal() {
         err.message()
     );
 }
+
+/// `sharedcare serve passport` as its own process on Postgres and Kafka: it builds its read
+/// model from records' state topic, and a kill -9 in the middle of the stream loses and
+/// doubles nothing once it is back.
+#[tokio::test]
+async fn passport_runs_as_its_own_process_and_survives_a_crash_mid_stream() {
+    use sharedcare_proto::passport::v1::GetPassportRequest;
+
+    let env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
+    let id = identity(&env);
+    let consent = serve("consent", &env, &id);
+    let records = serve_records(&env, &id, &consent);
+    let passport_env = {
+        let mut env = env.clone();
+        env.push(("SHAREDCARE_PASSPORT__CONSENT_URL", consent.grpc.clone()));
+        env.push(("SHAREDCARE_AUTH__CLIENT_ID", "ics-integration".into()));
+        env.push(("SHAREDCARE_AUTH__CLIENT_SECRET", crate::harness::SERVICE_SECRET.into()));
+        env
+    };
+    let passport = serve("passport", &passport_env, &id);
+    assert_eq!(
+        passport.advertised_services().await,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "sharedcare.passport.v1.Passport",
+        ]
+    );
+    let nhs = nhs_number();
+    let mut client = records.records().await;
+    let put = |body: String| PutRequest {
+        resource_json: body,
+        source_organisation: "RXX01".into(),
+        ..Default::default()
+    };
+    client.put(put(patient("p-pass", &nhs))).await.expect("patient");
+    let observation = |i: usize| {
+        serde_json::json!({"resourceType": "Observation", "id": format!("o-pass-{i}"), "status": "final",
+            "code": {"text": format!("reading {i}")}, "subject": {"reference": "Patient/p-pass"}})
+    };
+    for i in 0..100 {
+        client.put(put(observation(i).to_string())).await.expect("observation");
+    }
+    // Crash the passport while the stream is being applied, write more, start it again.
+    passport.crash();
+    for i in 100..150 {
+        client.put(put(observation(i).to_string())).await.expect("observation");
+    }
+    let passport = serve("passport", &passport_env, &id);
+    let ask = || GetPassportRequest {
+        nhs_number: nhs.clone(),
+        purpose: String::new(),
+    };
+    let view = eventually(Duration::from_secs(60), "all 150 observations in the passport", || {
+        let (passport, ask) = (&passport, ask());
+        async move {
+            let view = passport.passport().await.get_passport(ask).await.ok()?.into_inner();
+            let results = view.sections.iter().find(|s| s.title.starts_with("Test results"))?;
+            (results.entries.len() >= 150).then_some(view)
+        }
+    })
+    .await;
+    let results = view
+        .sections
+        .iter()
+        .find(|s| s.title.starts_with("Test results"))
+        .expect("results");
+    let mut ids: Vec<&str> = results.entries.iter().map(|e| e.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 150, "every observation once");
+    assert!(results.entries.iter().all(|e| e.version == 1));
+}

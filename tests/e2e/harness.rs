@@ -189,6 +189,13 @@ impl Proc {
         RecordsClient::new(self.authorised().await)
     }
 
+    /// A passport client calling as the demo integration service.
+    pub async fn passport(
+        &self,
+    ) -> sharedcare_proto::passport::v1::passport_client::PassportClient<InterceptedService<Channel, Bearer>> {
+        sharedcare_proto::passport::v1::passport_client::PassportClient::new(self.authorised().await)
+    }
+
     /// An audit client calling as the demo integration service.
     pub async fn audit(&self) -> AuditClient<InterceptedService<Channel, Bearer>> {
         AuditClient::new(self.authorised().await)

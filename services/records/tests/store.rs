@@ -8,7 +8,7 @@ use sharedcare_kit::outbox::{Outbox, OutboxConfig};
 use sharedcare_kit::service::Service as _;
 use sharedcare_kit::testing;
 use sharedcare_proto::consent::v1::{DecideRequest, DecideResponse};
-use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged};
+use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged, RecordState};
 use sharedcare_records::RecordsError;
 use sharedcare_records::consent::{Pdp, PdpError};
 use sharedcare_records::fhir;
@@ -163,8 +163,10 @@ async fn changes_and_accesses_leave_events_keyed_by_nhs_number(db: Db) {
         vec![
             "sharedcare.events.v1.RecordChanged",
             "sharedcare.events.v1.AccessRecorded",
+            "sharedcare.events.v1.RecordState",
             "sharedcare.events.v1.RecordChanged",
             "sharedcare.events.v1.AccessRecorded",
+            "sharedcare.events.v1.RecordState",
             "sharedcare.events.v1.AccessRecorded",
         ]
     );
@@ -172,12 +174,28 @@ async fn changes_and_accesses_leave_events_keyed_by_nhs_number(db: Db) {
         events.iter().all(|e| e.key == NHS),
         "every event about the patient is keyed by the NHS number"
     );
-    let changed = RecordChanged::decode(events[2].data.as_slice()).expect("RecordChanged");
+    let changed = RecordChanged::decode(events[3].data.as_slice()).expect("RecordChanged");
     assert_eq!(
         (changed.resource_type.as_str(), changed.source_organisation.as_str()),
         ("Observation", "RXX01")
     );
-    let read = AccessRecorded::decode(events[4].data.as_slice()).expect("AccessRecorded");
+    // The state for read models carries the stored body, on its own topic.
+    let state = RecordState::decode(events[5].data.as_slice()).expect("RecordState");
+    let body: serde_json::Value = serde_json::from_str(&state.resource_json).expect("json");
+    assert_eq!(
+        (body["id"].as_str(), body["meta"]["versionId"].as_str()),
+        (Some("o1"), Some("1"))
+    );
+    let topics: Vec<String> = sqlx::query("SELECT topic FROM kit_outbox ORDER BY seq")
+        .fetch_all(db.pool())
+        .await
+        .expect("topics")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(topics[5], sharedcare_records::STATE_TOPIC);
+    assert_eq!(topics[3], "sharedcare.records.v1");
+    let read = AccessRecorded::decode(events[6].data.as_slice()).expect("AccessRecorded");
     assert_eq!(
         (read.action.as_str(), read.resources[0].as_str()),
         ("read", "Observation/o1/_history/1")
