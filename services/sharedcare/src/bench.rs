@@ -45,6 +45,9 @@ pub enum What {
     Audit,
     /// `sharedcare import` of a generated NDJSON file into `up` (resources/s).
     Import,
+    /// Passport views over gRPC in `up` (each decided by consent and audited), and how soon a
+    /// write reaches the passport.
+    Passport,
 }
 
 /// `sharedcare bench` options.
@@ -83,6 +86,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Identity => crate::bench_identity::run(&args).await,
         What::Audit => audit(&args).await,
         What::Import => import(&args).await,
+        What::Passport => passport(&args).await,
     }
 }
 
@@ -523,6 +527,113 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         })
         .await?;
     }
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------- passport
+
+/// Patients the passport bench writes (each a Patient, a Condition, a medicine, an encounter).
+const PASSPORT_PATIENTS: u32 = 500;
+
+async fn passport(args: &BenchArgs) -> anyhow::Result<()> {
+    use sharedcare_proto::passport::v1::GetPassportRequest;
+    use sharedcare_proto::passport::v1::passport_client::PassportClient;
+
+    let (p, _) = UpProcess::start()?;
+    let token = demo_service_token(&p.http, "records.read records.write").await?;
+    let bearer = Bearer(format!("Bearer {token}").parse()?);
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let channel = tonic::transport::Channel::from_shared(p.grpc.clone())?
+            .connect()
+            .await?;
+        writers.push(RecordsClient::with_interceptor(channel.clone(), bearer.clone()));
+        readers.push(PassportClient::with_interceptor(channel, bearer.clone()));
+    }
+    let nhs: Vec<String> = (0..PASSPORT_PATIENTS * 2)
+        .filter_map(|i| sharedcare_kit::nhs::NhsNumber::from_stem(943_500_000 + i))
+        .map(|n| n.to_string())
+        .take(PASSPORT_PATIENTS as usize)
+        .collect();
+    println!(
+        "passport over gRPC at {}, {} patients with 4 resources each, {} in flight, {} s per phase",
+        p.grpc,
+        nhs.len(),
+        args.concurrency,
+        args.seconds
+    );
+    let resources = |i: usize, n: &str| {
+        let subject = format!(r#"{{"reference":"Patient/pp-{i}"}}"#);
+        [
+            format!(
+                r#"{{"resourceType":"Patient","id":"pp-{i}","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{n}"}}],"name":[{{"family":"Bench","given":["Pat"]}}]}}"#
+            ),
+            format!(
+                r#"{{"resourceType":"Condition","id":"pc-{i}","subject":{subject},"code":{{"coding":[{{"system":"http://snomed.info/sct","code":"44054006","display":"Type 2 diabetes mellitus"}}]}}}}"#
+            ),
+            format!(
+                r#"{{"resourceType":"MedicationStatement","id":"pm-{i}","status":"active","subject":{subject},"medicationCodeableConcept":{{"text":"Metformin 500mg tablets"}}}}"#
+            ),
+            format!(
+                r#"{{"resourceType":"Encounter","id":"pe-{i}","status":"finished","subject":{subject},"class":{{"code":"AMB"}},"period":{{"start":"2026-11-20T09:00:00Z"}}}}"#
+            ),
+        ]
+    };
+    let mut w = writers[0].clone();
+    for (i, n) in nhs.iter().enumerate() {
+        for body in resources(i, n) {
+            w.put(PutRequest {
+                resource_json: body,
+                source_organisation: "A81001".into(),
+                ..Default::default()
+            })
+            .await?;
+        }
+    }
+    // Freshness: from the last write's answer to the passport showing it.
+    let last = nhs.last().context("no patients")?.clone();
+    let written = Instant::now();
+    let mut r = readers[0].clone();
+    loop {
+        let view = r
+            .get_passport(GetPassportRequest {
+                nhs_number: last.clone(),
+                purpose: String::new(),
+            })
+            .await;
+        if view.is_ok_and(|v| v.into_inner().sections.iter().any(|s| !s.entries.is_empty())) {
+            break;
+        }
+        if written.elapsed() > Duration::from_secs(30) {
+            bail!("the passport did not catch up within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    println!(
+        "write of {} resources → last one in the passport: {:.1} ms after the last write",
+        nhs.len() * 4,
+        written.elapsed().as_secs_f64() * 1000.0
+    );
+    let nhs = Arc::new(nhs);
+    phase(
+        "GetPassport (service, decided + audited)",
+        args,
+        &readers,
+        move |mut c, i| {
+            let patient = nhs[(i % nhs.len() as u64) as usize].clone();
+            async move {
+                c.get_passport(GetPassportRequest {
+                    nhs_number: patient,
+                    purpose: String::new(),
+                })
+                .await
+                .map(|_| ())
+            }
+        },
+    )
+    .await?;
+    drop(p);
     Ok(())
 }
 
