@@ -105,6 +105,9 @@ pub enum PdpError {
         /// Its message.
         message: String,
     },
+    /// The service is stopping and no longer asks.
+    #[error("the consent client has stopped")]
+    Stopped,
     /// Consent answered a different number of decisions than asks.
     #[error("consent answered {got} of {asked} asks")]
     Incomplete {
@@ -210,5 +213,110 @@ pub fn ask(actor: &Actor, nhs_number: &str, action: &str, categories: Vec<String
         } else {
             String::new()
         },
+    }
+}
+
+/// Asks waiting for [`Batched`]'s task, and where their decisions go.
+type Waiting = (
+    Vec<DecideRequest>,
+    tokio::sync::oneshot::Sender<Result<Vec<DecideResponse>, PdpError>>,
+);
+
+/// Most callers whose asks go to consent in one call.
+const CALLERS_PER_BATCH: usize = 256;
+
+/// A decision point that sends the asks of concurrent callers to `inner` together: one
+/// `DecideMany` per batch, answered before the next batch is taken, so batches grow with the
+/// load (the pattern of records' reader).
+pub struct Batched {
+    waiting: tokio::sync::mpsc::Sender<Waiting>,
+}
+
+impl Batched {
+    /// Batches calls to `inner` from a task under `tasks`.
+    pub fn new(inner: std::sync::Arc<dyn Pdp>, tasks: &crate::serve::Tasks) -> Batched {
+        let (waiting, mut rx) = tokio::sync::mpsc::channel::<Waiting>(CALLERS_PER_BATCH * 4);
+        tasks.spawn(async move {
+            while let Some(batch) = crate::batch::next_batch(&mut rx, CALLERS_PER_BATCH).await {
+                let sizes: Vec<usize> = batch.iter().map(|(asks, _)| asks.len()).collect();
+                let (asks, replies): (Vec<Vec<DecideRequest>>, Vec<_>) = batch.into_iter().unzip();
+                match inner.decide(asks.into_iter().flatten().collect()).await {
+                    Ok(decisions) => {
+                        let mut decisions = decisions.into_iter();
+                        for (size, reply) in sizes.into_iter().zip(replies) {
+                            let _ = reply.send(Ok(decisions.by_ref().take(size).collect()));
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Batched { waiting }
+    }
+}
+
+#[tonic::async_trait]
+impl Pdp for Batched {
+    async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, PdpError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.waiting.send((asks, reply)).await.map_err(|_| PdpError::Stopped)?;
+        answer.await.map_err(|_| PdpError::Stopped)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Permits everything, counting the calls it gets and echoing each ask's NHS number.
+    struct Counting(AtomicUsize);
+
+    #[tonic::async_trait]
+    impl Pdp for Counting {
+        async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, PdpError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            Ok(asks
+                .into_iter()
+                .map(|a| DecideResponse {
+                    reason: a.nhs_number,
+                    ..Default::default()
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_calls_and_each_gets_its_own_decisions() {
+        let inner = Arc::new(Counting(AtomicUsize::new(0)));
+        let pdp = Arc::new(Batched::new(inner.clone(), &crate::serve::Tasks::new()));
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let pdp = pdp.clone();
+            calls.spawn(async move {
+                let asks = (0..(i % 3 + 1))
+                    .map(|k| DecideRequest {
+                        nhs_number: format!("{i}-{k}"),
+                        ..Default::default()
+                    })
+                    .collect();
+                (i, pdp.decide(asks).await.expect("decided"))
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            let (i, decisions) = done.expect("joined");
+            let want: Vec<String> = (0..(i % 3 + 1)).map(|k| format!("{i}-{k}")).collect();
+            let got: Vec<String> = decisions.into_iter().map(|d| d.reason).collect();
+            assert_eq!(got, want, "caller {i} gets its own decisions, in order");
+        }
+        let used = inner.0.load(Ordering::SeqCst);
+        assert!(used < 50, "50 callers shared {used} calls");
     }
 }

@@ -125,7 +125,9 @@ impl sharedcare_kit::service::Service for Passport {
     /// decided by consent and audited) and the consumer that keeps the read model.
     async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
         let store = store::Store::new(ctx.db.clone());
-        let api = api::Api::new(store.clone(), ctx.verifier()?, self.pdp(ctx)?, ctx.outbox.clone());
+        // Concurrent views share consent calls: one DecideMany per batch.
+        let pdp = Arc::new(sharedcare_kit::pdp::Batched::new(self.pdp(ctx)?, &ctx.tasks));
+        let api = api::Api::new(store.clone(), ctx.verifier()?, pdp, ctx.outbox.clone());
         let mut m = Mount::new(NAME);
         m.http = http::router(api.clone());
         m.add_grpc(PassportServer::new(grpc::PassportApi::new(api)));
