@@ -177,6 +177,11 @@ async fn the_passport_shows_the_record_to_the_patient_and_what_consent_permits_t
     assert_eq!(status, 200, "{glass}");
     assert_eq!(section(&glass, "medications"), ["metformin"]);
 
+    // A patient may not see someone else's passport (without an authority to act for them).
+    let david = demo["patients"][1]["nhs_number"].as_str().expect("nhs").to_string();
+    let (status, other) = passport(&p.http, &margaret, &david, "").await;
+    assert_eq!(status, 403, "{other}");
+
     // A patient proofed at P5 is told which level is needed; a bad NHS number is named.
     let tom_nhs = demo["patients"][3]["nhs_number"].as_str().expect("nhs").to_string();
     let tom = user_token(&p, "patient4", "demo-patient4-password", "nhs_number").await;

@@ -216,6 +216,21 @@ pub fn ask(actor: &Actor, nhs_number: &str, action: &str, categories: Vec<String
     }
 }
 
+/// The purpose and reason an audit entry records for decision `d` on an access asked for
+/// `purpose`: BTG with the grant's reason when the decision rests on break-glass, else the
+/// purpose asked; the reason is consent's, with the rules it applied.
+pub fn audit_purpose(d: &DecideResponse, purpose: &str) -> (String, String) {
+    let why = format!("{} [{}]", d.reason, d.rules.join(", "));
+    if d.break_glass {
+        (
+            "BTG".to_string(),
+            format!("break-glass: {}; {why}", d.break_glass_reason),
+        )
+    } else {
+        (purpose.to_string(), why)
+    }
+}
+
 /// Asks waiting for [`Batched`]'s task, and where their decisions go.
 type Waiting = (
     Vec<DecideRequest>,

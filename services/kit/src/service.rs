@@ -135,6 +135,31 @@ impl Context {
         })
     }
 
+    /// How this service asks consent: `consent_url` (the `setting` it came from), else the
+    /// consent service mounted in the same process, with this process's client-credentials
+    /// token; each decision bounded by `timeout`.
+    pub fn consent(
+        &self,
+        consent_url: &str,
+        setting: &str,
+        timeout: std::time::Duration,
+    ) -> Result<std::sync::Arc<dyn crate::pdp::Pdp>> {
+        let url = if !consent_url.is_empty() {
+            consent_url.to_string()
+        } else if self.runs("consent") {
+            self.local_grpc_url()
+        } else {
+            let env = format!("SHAREDCARE_{}", setting.to_ascii_uppercase().replace('.', "__"));
+            return Err(Error::Config(format!(
+                "`{setting}` is required when consent runs in another process: set {env} to its gRPC URL, e.g. http://consent:50051"
+            )));
+        };
+        let token = self.service_token("consent.decide")?;
+        Ok(std::sync::Arc::new(crate::pdp::GrpcPdp::new(
+            &url, setting, token, timeout,
+        )?))
+    }
+
     /// This process's own gRPC URL (for a service calling another mounted beside it).
     pub fn local_grpc_url(&self) -> String {
         let mut addr = self.grpc_addr;

@@ -83,28 +83,6 @@ impl Passport {
     pub fn new(config: PassportConfig) -> Self {
         Passport { config }
     }
-
-    /// How the passport asks consent: `passport.consent_url`, else the consent service in the
-    /// same process, with this process's client-credentials token.
-    fn pdp(&self, ctx: &Context) -> Result<Arc<dyn sharedcare_kit::pdp::Pdp>, MountError> {
-        let url = if !self.config.consent_url.is_empty() {
-            self.config.consent_url.clone()
-        } else if ctx.runs("consent") {
-            ctx.local_grpc_url()
-        } else {
-            return Err(
-                "`passport.consent_url` is required when consent runs in another process: set SHAREDCARE_PASSPORT__CONSENT_URL to its gRPC URL, e.g. http://consent:50051".into(),
-            );
-        };
-        let token = ctx.service_token("consent.decide")?;
-        let timeout = Duration::from_millis(self.config.consent_timeout_ms);
-        Ok(Arc::new(sharedcare_kit::pdp::GrpcPdp::new(
-            &url,
-            "passport.consent_url",
-            token,
-            timeout,
-        )?))
-    }
 }
 
 #[async_trait::async_trait]
@@ -126,7 +104,9 @@ impl sharedcare_kit::service::Service for Passport {
     async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
         let store = store::Store::new(ctx.db.clone());
         // Concurrent views share consent calls: one DecideMany per batch.
-        let pdp = Arc::new(sharedcare_kit::pdp::Batched::new(self.pdp(ctx)?, &ctx.tasks));
+        let timeout = Duration::from_millis(self.config.consent_timeout_ms);
+        let consent = ctx.consent(&self.config.consent_url, "passport.consent_url", timeout)?;
+        let pdp = Arc::new(sharedcare_kit::pdp::Batched::new(consent, &ctx.tasks));
         let api = api::Api::new(store.clone(), ctx.verifier()?, pdp, ctx.outbox.clone());
         let mut m = Mount::new(NAME);
         m.http = http::router(api.clone());

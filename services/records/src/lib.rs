@@ -22,7 +22,6 @@ pub mod validate;
 pub use config::RecordsConfig;
 pub use error::RecordsError;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sharedcare_kit::serve::Mount;
@@ -46,28 +45,6 @@ impl Records {
     /// The service with its settings (`[records]`).
     pub fn new(config: RecordsConfig) -> Self {
         Records { config }
-    }
-
-    /// How records asks consent: `records.consent_url`, else the consent service mounted in
-    /// the same process, with this process's client-credentials token.
-    fn pdp(&self, ctx: &Context) -> Result<Arc<dyn consent::Pdp>, MountError> {
-        let url = if !self.config.consent_url.is_empty() {
-            self.config.consent_url.clone()
-        } else if ctx.runs("consent") {
-            ctx.local_grpc_url()
-        } else {
-            return Err(
-                "`records.consent_url` is required when consent runs in another process: set SHAREDCARE_RECORDS__CONSENT_URL to its gRPC URL, e.g. http://consent:50051".into(),
-            );
-        };
-        let token = ctx.service_token("consent.decide")?;
-        let timeout = Duration::from_millis(self.config.consent_timeout_ms);
-        Ok(Arc::new(consent::GrpcPdp::new(
-            &url,
-            "records.consent_url",
-            token,
-            timeout,
-        )?))
     }
 }
 
@@ -93,7 +70,8 @@ impl sharedcare_kit::service::Service for Records {
     /// patient data decided by consent and audited through the outbox.
     async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
         let verifier = ctx.verifier()?;
-        let pdp = self.pdp(ctx)?;
+        let timeout = Duration::from_millis(self.config.consent_timeout_ms);
+        let pdp = ctx.consent(&self.config.consent_url, "records.consent_url", timeout)?;
         let store = store::Store::new(ctx.db.clone(), ctx.outbox.clone(), pdp, &ctx.tasks)
             .with_labels(labels::Labeller::new(&self.config.sensitive_codes));
         let mut m = Mount::new(NAME);

@@ -344,15 +344,7 @@ pub(super) fn verdict<T>(
             );
         }
     };
-    let why = format!("{} [{}]", d.reason, d.rules.join(", "));
-    let (purpose, reason) = if d.break_glass {
-        (
-            "BTG".to_string(),
-            format!("break-glass: {}; {why}", d.break_glass_reason),
-        )
-    } else {
-        (purpose.to_string(), why)
-    };
+    let (purpose, reason) = sharedcare_kit::pdp::audit_purpose(d, purpose);
     let permitted = |purpose, reason| Verdict {
         answer: Ok(data),
         outcome: "success",
