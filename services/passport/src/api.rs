@@ -14,7 +14,7 @@ use sharedcare_proto::consent::v1::{DecideRequest, DecideResponse};
 use sharedcare_proto::events::v1::AccessRecorded;
 
 use crate::PassportError;
-use crate::store::Store;
+use crate::store::Reader;
 use crate::view::View;
 
 /// The scope a service needs to read passports (the record's read scope).
@@ -23,7 +23,7 @@ pub const READ_SCOPE: &str = "records.read";
 /// What gRPC and HTTP call.
 #[derive(Clone)]
 pub struct Api {
-    store: Store,
+    reader: Reader,
     verifier: Verifier,
     pdp: Arc<dyn Pdp>,
     outbox: Outbox,
@@ -37,11 +37,11 @@ struct Outcome {
 }
 
 impl Api {
-    /// Serves `store`, admitting callers `verifier` accepts, asking `pdp` for every view and
-    /// auditing through `outbox`.
-    pub fn new(store: Store, verifier: Verifier, pdp: Arc<dyn Pdp>, outbox: Outbox) -> Api {
+    /// Serves the read model through `reader`, admitting callers `verifier` accepts, asking
+    /// `pdp` for every view and auditing through `outbox`.
+    pub fn new(reader: Reader, verifier: Verifier, pdp: Arc<dyn Pdp>, outbox: Outbox) -> Api {
         Api {
-            store,
+            reader,
             verifier,
             pdp,
             outbox,
@@ -74,7 +74,7 @@ impl Api {
             let refused = PassportError::Forbidden(format!("access denied: {}", decision.reason));
             return self.answer(who, &patient, outcome, Err(refused)).await;
         }
-        let entries = match self.store.entries(&patient).await {
+        let entries = match self.reader.entries(&patient).await {
             Ok(e) => e,
             Err(e) => return self.answer(who, &patient, Outcome::of_error(&purpose), Err(e)).await,
         };

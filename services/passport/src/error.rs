@@ -33,6 +33,9 @@ pub enum PassportError {
     /// The passport's database failed.
     #[error("passport storage unavailable: {0}")]
     Storage(#[from] sqlx::Error),
+    /// A batched lookup failed or the service is stopping.
+    #[error("passport storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl PassportError {
@@ -52,7 +55,10 @@ impl ServiceError for PassportError {
             PassportError::NotFound(_) => ErrorCode::NotFound,
             PassportError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             PassportError::Forbidden(_) => ErrorCode::Forbidden,
-            PassportError::Consent(_) | PassportError::Audit(_) | PassportError::Storage(_) => ErrorCode::Unavailable,
+            PassportError::Consent(_)
+            | PassportError::Audit(_)
+            | PassportError::Storage(_)
+            | PassportError::Unavailable(_) => ErrorCode::Unavailable,
         }
     }
 

@@ -107,7 +107,8 @@ impl sharedcare_kit::service::Service for Passport {
         let timeout = Duration::from_millis(self.config.consent_timeout_ms);
         let consent = ctx.consent(&self.config.consent_url, "passport.consent_url", timeout)?;
         let pdp = Arc::new(sharedcare_kit::pdp::Batched::new(consent, &ctx.tasks));
-        let api = api::Api::new(store.clone(), ctx.verifier()?, pdp, ctx.outbox.clone());
+        let reader = store::Reader::new(store.clone(), &ctx.tasks);
+        let api = api::Api::new(reader, ctx.verifier()?, pdp, ctx.outbox.clone());
         let mut m = Mount::new(NAME);
         m.http = http::router(api.clone());
         m.add_grpc(PassportServer::new(grpc::PassportApi::new(api)));

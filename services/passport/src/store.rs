@@ -114,15 +114,33 @@ impl Store {
 
     /// Everything shown about `patient` (demographics and every section), newest first.
     pub async fn entries(&self, patient: &NhsNumber) -> Result<Vec<Entry>, PassportError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM entries WHERE nhs_number = $1 AND hidden = 0 \
-             ORDER BY clinical_date DESC, updated_us DESC, resource_type, id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(patient.as_str().to_string())
-            .fetch_all(self.db.pool())
-            .await?;
-        rows.iter().map(entry_row).collect()
+        let mut all = self.entries_many(std::slice::from_ref(patient)).await?;
+        Ok(all.remove(patient.as_str()).unwrap_or_default())
+    }
+
+    /// Everything shown about each of `patients`, in one query (a batch of views costs one
+    /// round trip): the entries of each, newest first, under its NHS number.
+    pub async fn entries_many(
+        &self,
+        patients: &[NhsNumber],
+    ) -> Result<std::collections::HashMap<String, Vec<Entry>>, PassportError> {
+        let mut out: std::collections::HashMap<String, Vec<Entry>> = std::collections::HashMap::new();
+        for chunk in patients.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
+            let sql = format!(
+                "SELECT {COLUMNS}, nhs_number FROM entries WHERE nhs_number IN ({}) AND hidden = 0 \
+                 ORDER BY clinical_date DESC, updated_us DESC, resource_type, id",
+                self.db.backend().marks(1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for p in chunk {
+                q = q.bind(p.as_str().to_string());
+            }
+            for r in q.fetch_all(self.db.pool()).await? {
+                let nhs: String = r.try_get(11)?;
+                out.entry(nhs).or_default().push(entry_row(&r)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Every entry the read model holds, in key order (to compare a rebuild with the live one).
@@ -157,4 +175,59 @@ fn entry_row(r: &sqlx::any::AnyRow) -> Result<Entry, PassportError> {
 /// Whether `entry` is the person's demographics.
 pub fn is_demographics(entry: &Entry) -> bool {
     entry.place == Place::Demographics.as_str()
+}
+
+/// A lookup waiting for the [`Reader`], and where its entries go.
+type Lookup = (
+    NhsNumber,
+    tokio::sync::oneshot::Sender<Result<Vec<Entry>, PassportError>>,
+);
+
+/// Most views whose lookups share one query.
+const LOOKUPS_PER_QUERY: usize = 128;
+
+/// Read-model lookups of concurrent views answered together: one query per batch, answered
+/// before the next batch is taken, so batches grow with the load.
+#[derive(Clone)]
+pub struct Reader {
+    waiting: tokio::sync::mpsc::Sender<Lookup>,
+}
+
+impl Reader {
+    /// Reads `store` from a task under `tasks`.
+    pub fn new(store: Store, tasks: &sharedcare_kit::serve::Tasks) -> Reader {
+        let (waiting, mut rx) = tokio::sync::mpsc::channel::<Lookup>(LOOKUPS_PER_QUERY * 4);
+        tasks.spawn(async move {
+            while let Some(batch) = sharedcare_kit::batch::next_batch(&mut rx, LOOKUPS_PER_QUERY).await {
+                let mut patients: Vec<NhsNumber> = batch.iter().map(|(p, _)| p.clone()).collect();
+                patients.sort();
+                patients.dedup();
+                match store.entries_many(&patients).await {
+                    Ok(found) => {
+                        for (p, reply) in batch {
+                            let _ = reply.send(Ok(found.get(p.as_str()).cloned().unwrap_or_default()));
+                        }
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        for (_, reply) in batch {
+                            let _ = reply.send(Err(PassportError::Unavailable(why.clone())));
+                        }
+                    }
+                }
+            }
+        });
+        Reader { waiting }
+    }
+
+    /// Everything shown about `patient`, newest first.
+    pub async fn entries(&self, patient: &NhsNumber) -> Result<Vec<Entry>, PassportError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = || PassportError::Unavailable("the passport is stopping".into());
+        self.waiting
+            .send((patient.clone(), reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
 }
