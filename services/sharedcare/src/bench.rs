@@ -580,7 +580,23 @@ async fn passport(args: &BenchArgs) -> anyhow::Result<()> {
             ),
         ]
     };
+    // The demo patients too (their GP, Riverside, has a care relationship with each), for the
+    // staff and self views.
+    let demo: Vec<String> = sharedcare_identity::demo::patients()
+        .into_iter()
+        .map(|(p, _)| p.nhs_number)
+        .collect();
     let mut w = writers[0].clone();
+    for (i, n) in demo.iter().enumerate() {
+        for body in resources(PASSPORT_PATIENTS as usize + i, n) {
+            w.put(PutRequest {
+                resource_json: body,
+                source_organisation: "A81001".into(),
+                ..Default::default()
+            })
+            .await?;
+        }
+    }
     for (i, n) in nhs.iter().enumerate() {
         for body in resources(i, n) {
             w.put(PutRequest {
@@ -632,6 +648,48 @@ async fn passport(args: &BenchArgs) -> anyhow::Result<()> {
             }
         },
     )
+    .await?;
+    // As people: the GP viewing her registered patients, and a patient (P9) viewing her own.
+    let as_user = |token: String| -> anyhow::Result<Bearer> { Ok(Bearer(format!("Bearer {token}").parse()?)) };
+    let gp = as_user(crate::bench_identity::user_token(&p.http, "gp", "demo-gp-password", "selectedrole").await?)?;
+    let own =
+        as_user(crate::bench_identity::user_token(&p.http, "patient1", "demo-patient1-password", "nhs_number").await?)?;
+    let (mut staff, mut patient) = (Vec::new(), Vec::new());
+    for _ in 0..args.connections.max(1) {
+        let channel = tonic::transport::Channel::from_shared(p.grpc.clone())?
+            .connect()
+            .await?;
+        staff.push(PassportClient::with_interceptor(channel.clone(), gp.clone()));
+        patient.push(PassportClient::with_interceptor(channel, own.clone()));
+    }
+    let demo = Arc::new(demo);
+    phase("GetPassport (GP, her patients)", args, &staff, {
+        let demo = demo.clone();
+        move |mut c, i| {
+            let patient = demo[(i % demo.len() as u64) as usize].clone();
+            async move {
+                c.get_passport(GetPassportRequest {
+                    nhs_number: patient,
+                    purpose: String::new(),
+                })
+                .await
+                .map(|_| ())
+            }
+        }
+    })
+    .await?;
+    let mine = demo.first().context("no demo patient")?.clone();
+    phase("GetPassport (patient P9, own)", args, &patient, move |mut c, _| {
+        let mine = mine.clone();
+        async move {
+            c.get_passport(GetPassportRequest {
+                nhs_number: mine,
+                purpose: String::new(),
+            })
+            .await
+            .map(|_| ())
+        }
+    })
     .await?;
     drop(p);
     Ok(())

@@ -52,6 +52,16 @@ fn code_of(url: &str) -> anyhow::Result<String> {
 
 /// One browser: signs in as the GP once, then every authorize call returns a code at once.
 async fn signed_in(base: &str, authorize: &str) -> anyhow::Result<reqwest::Client> {
+    Ok(sign_in(base, authorize, "gp", "demo-gp-password").await?.0)
+}
+
+/// Signs `username` in through the login pages for `authorize`; the browser and the code.
+async fn sign_in(
+    base: &str,
+    authorize: &str,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<(reqwest::Client, String)> {
     let b = client(true)?;
     let r = b.get(authorize).send().await?;
     let login = format!("{base}{}", location(&r));
@@ -68,15 +78,44 @@ async fn signed_in(base: &str, authorize: &str) -> anyhow::Result<reqwest::Clien
         .form(&[
             ("req", field("req")),
             ("csrf", field("csrf")),
-            ("username", "gp".into()),
-            ("password", "demo-gp-password".into()),
+            ("username", username.into()),
+            ("password", password.into()),
         ])
         .send()
         .await?;
     let resume = format!("{base}{}", location(&r));
     let r = b.get(&resume).send().await?;
-    code_of(&location(&r))?;
-    Ok(b)
+    let code = code_of(&location(&r))?;
+    Ok((b, code))
+}
+
+/// An access token for a demo user (a person with one role profile, or a patient) through the
+/// demo portal client's code flow, with `scope`.
+pub(crate) async fn user_token(http: &str, username: &str, password: &str, scope: &str) -> anyhow::Result<String> {
+    let base = format!("http://{http}");
+    let redirect = format!("{base}/portal/callback");
+    let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+    let authorize = format!(
+        "{base}/oauth2/authorize?response_type=code&client_id={PORTAL_ID}&scope={}&redirect_uri={}",
+        enc(&format!("openid {scope}")),
+        enc(&redirect)
+    );
+    let (b, code) = sign_in(&base, &authorize, username, password).await?;
+    let t = token(
+        &b,
+        &base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", &redirect),
+        ],
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("token for {username}: {e}"))?;
+    t["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no access token for {username}: {t}"))
 }
 
 async fn token(c: &reqwest::Client, base: &str, form: &[(&str, &str)]) -> Result<serde_json::Value, String> {
