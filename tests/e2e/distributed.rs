@@ -445,10 +445,10 @@ async fn a_storage_failure_tells_the_caller_nothing_internal() {
 }
 
 /// `sharedcare serve passport` as its own process on Postgres and Kafka: it builds its read
-/// model from records' state topic, and a kill -9 in the middle of the stream loses and
+/// model from records' state topic, and a kill -9 while records keeps writing loses and
 /// doubles nothing once it is back.
 #[tokio::test]
-async fn passport_runs_as_its_own_process_and_survives_a_crash_mid_stream() {
+async fn passport_runs_as_its_own_process_and_loses_nothing_across_a_crash() {
     use sharedcare_proto::passport::v1::GetPassportRequest;
 
     let env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
@@ -487,7 +487,7 @@ async fn passport_runs_as_its_own_process_and_survives_a_crash_mid_stream() {
     for i in 0..100 {
         client.put(put(observation(i).to_string())).await.expect("observation");
     }
-    // Crash the passport while the stream is being applied, write more, start it again.
+    // Crash the passport (it may still be applying the stream), write more, start it again.
     passport.crash();
     for i in 100..150 {
         client.put(put(observation(i).to_string())).await.expect("observation");

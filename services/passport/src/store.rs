@@ -142,13 +142,6 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// Every entry the read model holds, in key order (to compare a rebuild with the live one).
-    pub async fn all(&self) -> Result<Vec<Entry>, PassportError> {
-        let sql = format!("SELECT {COLUMNS} FROM entries ORDER BY resource_type, id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(self.db.pool()).await?;
-        rows.iter().map(entry_row).collect()
-    }
 }
 
 fn entry_row(r: &sqlx::any::AnyRow) -> Result<Entry, PassportError> {

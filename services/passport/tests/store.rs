@@ -126,7 +126,14 @@ async fn each_patient_sees_only_their_own_entries_and_unknown_types_are_not_kept
         .map(|e| e.id)
         .collect();
     assert_eq!(mine, ["c1"]);
-    assert_eq!(s.all().await.expect("all").len(), 2);
+    let theirs: Vec<String> = s
+        .entries(&nhs(OTHER))
+        .await
+        .expect("entries")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(theirs, ["c2"], "the Organization is not kept for anyone");
 }
 
 sharedcare_kit::store_suite!(

@@ -24,6 +24,8 @@ use sharedcare_kit::bus::kafka::KafkaBus;
 use sharedcare_kit::bus::{Bus, Delivery, Envelope, Handler, Outgoing};
 use sharedcare_proto::consent::v1::DecideRequest;
 use sharedcare_proto::consent::v1::consent_client::ConsentClient;
+use sharedcare_proto::passport::v1::GetPassportRequest;
+use sharedcare_proto::passport::v1::passport_client::PassportClient;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
 use sharedcare_proto::records::v1::{GetRequest, PutRequest, SearchRequest};
 use tokio_util::sync::CancellationToken;
@@ -536,9 +538,6 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
 const PASSPORT_PATIENTS: u32 = 500;
 
 async fn passport(args: &BenchArgs) -> anyhow::Result<()> {
-    use sharedcare_proto::passport::v1::GetPassportRequest;
-    use sharedcare_proto::passport::v1::passport_client::PassportClient;
-
     let (p, _) = UpProcess::start()?;
     let token = demo_service_token(&p.http, "records.read records.write").await?;
     let bearer = Bearer(format!("Bearer {token}").parse()?);
@@ -631,24 +630,7 @@ async fn passport(args: &BenchArgs) -> anyhow::Result<()> {
         nhs.len() * 4,
         written.elapsed().as_secs_f64() * 1000.0
     );
-    let nhs = Arc::new(nhs);
-    phase(
-        "GetPassport (service, decided + audited)",
-        args,
-        &readers,
-        move |mut c, i| {
-            let patient = nhs[(i % nhs.len() as u64) as usize].clone();
-            async move {
-                c.get_passport(GetPassportRequest {
-                    nhs_number: patient,
-                    purpose: String::new(),
-                })
-                .await
-                .map(|_| ())
-            }
-        },
-    )
-    .await?;
+    views("GetPassport (service, decided + audited)", args, &readers, nhs).await?;
     // As people: the GP viewing her registered patients, and a patient (P9) viewing her own.
     let as_user = |token: String| -> anyhow::Result<Bearer> { Ok(Bearer(format!("Bearer {token}").parse()?)) };
     let gp = as_user(crate::bench_identity::user_token(&p.http, "gp", "demo-gp-password", "selectedrole").await?)?;
@@ -662,37 +644,33 @@ async fn passport(args: &BenchArgs) -> anyhow::Result<()> {
         staff.push(PassportClient::with_interceptor(channel.clone(), gp.clone()));
         patient.push(PassportClient::with_interceptor(channel, own.clone()));
     }
-    let demo = Arc::new(demo);
-    phase("GetPassport (GP, her patients)", args, &staff, {
-        let demo = demo.clone();
-        move |mut c, i| {
-            let patient = demo[(i % demo.len() as u64) as usize].clone();
-            async move {
-                c.get_passport(GetPassportRequest {
-                    nhs_number: patient,
-                    purpose: String::new(),
-                })
-                .await
-                .map(|_| ())
-            }
-        }
-    })
-    .await?;
-    let mine = demo.first().context("no demo patient")?.clone();
-    phase("GetPassport (patient P9, own)", args, &patient, move |mut c, _| {
-        let mine = mine.clone();
+    let mine = vec![demo.first().context("no demo patient")?.clone()];
+    views("GetPassport (GP, her patients)", args, &staff, demo).await?;
+    views("GetPassport (patient P9, own)", args, &patient, mine).await?;
+    drop(p);
+    Ok(())
+}
+
+/// A benchmark phase of passport views by `clients`, going round `patients`.
+async fn views(
+    name: &str,
+    args: &BenchArgs,
+    clients: &[PassportClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>],
+    patients: Vec<String>,
+) -> anyhow::Result<()> {
+    let patients = Arc::new(patients);
+    phase(name, args, clients, move |mut c, i| {
+        let patient = patients[(i % patients.len() as u64) as usize].clone();
         async move {
             c.get_passport(GetPassportRequest {
-                nhs_number: mine,
+                nhs_number: patient,
                 purpose: String::new(),
             })
             .await
             .map(|_| ())
         }
     })
-    .await?;
-    drop(p);
-    Ok(())
+    .await
 }
 
 // ------------------------------------------------------------------------------------- import

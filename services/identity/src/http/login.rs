@@ -40,6 +40,13 @@ pub(super) struct Account {
     pub(super) totp: bool,
 }
 
+/// Records a sign-in event about `a` (failures and lockouts carry no factors).
+async fn account_event(h: &Http, kind: EventKind, a: &Account, client_id: &str, source: &str, detail: &str) {
+    h.provider
+        .event(kind, a.kind.as_str(), &a.subject, client_id, source, detail, &[], "")
+        .await;
+}
+
 pub(super) async fn find_account(h: &Http, username: &str) -> Result<Option<Account>, OAuthError> {
     if let Some((p, hash, lock)) = h.provider.store.person("username", username).await? {
         return Ok(Some(Account {
@@ -98,18 +105,7 @@ pub(super) async fn login_submit(
     if let Some(a) = &account
         && a.lock.until > now
     {
-        h.provider
-            .event(
-                EventKind::LoginFailed,
-                a.kind.as_str(),
-                &a.subject,
-                &req.client_id,
-                &source,
-                "account locked",
-                &[],
-                "",
-            )
-            .await;
+        account_event(&h, EventKind::LoginFailed, a, &req.client_id, &source, "account locked").await;
         return again(
             &h,
             "This account is locked after too many failed sign-in attempts. Try again later or contact your administrator.",
@@ -119,57 +115,47 @@ pub(super) async fn login_submit(
     // Unknown usernames still cost one Argon2 verification, so timing does not reveal accounts.
     let hash = account.as_ref().map(|a| a.hash.clone()).unwrap_or_default();
     let ok = h.provider.hasher.verify(form.password.clone(), hash).await;
-    let Some(account) = account.filter(|_| ok) else {
-        h.address_throttled(addr.ip(), true);
-        if let Some(a) = find_account(&h, &username).await.ok().flatten() {
-            let failed = a.lock.failed + 1;
-            let after = h.provider.config.lockout_after;
-            let until = if failed % after == 0 {
-                let doublings = u32::try_from((failed / after - 1).min(10)).unwrap_or(10);
-                now + h.provider.config.lockout_secs * (1i64 << doublings)
-            } else {
-                0
-            };
-            if let Err(e) = h
-                .provider
-                .store
-                .set_lock(a.kind, &a.subject, Lock { failed, until })
-                .await
-            {
-                // Lockout must not silently stop counting: refuse this attempt as unavailable.
-                return html(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    pages::error("Sign-in is unavailable", &OAuthError::from(e).description),
-                );
-            }
-            h.provider
-                .event(
+    let account = match account {
+        Some(a) if ok => a,
+        unknown_or_wrong => {
+            h.address_throttled(addr.ip(), true);
+            if let Some(a) = unknown_or_wrong {
+                let failed = a.lock.failed + 1;
+                let after = h.provider.config.lockout_after;
+                let until = if failed % after == 0 {
+                    let doublings = u32::try_from((failed / after - 1).min(10)).unwrap_or(10);
+                    now + h.provider.config.lockout_secs * (1i64 << doublings)
+                } else {
+                    0
+                };
+                if let Err(e) = h
+                    .provider
+                    .store
+                    .set_lock(a.kind, &a.subject, Lock { failed, until })
+                    .await
+                {
+                    // Lockout must not silently stop counting: refuse this attempt as unavailable.
+                    return html(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        pages::error("Sign-in is unavailable", &OAuthError::from(e).description),
+                    );
+                }
+                account_event(
+                    &h,
                     EventKind::LoginFailed,
-                    a.kind.as_str(),
-                    &a.subject,
+                    &a,
                     &req.client_id,
                     &source,
                     "wrong password",
-                    &[],
-                    "",
                 )
                 .await;
-            if until > 0 {
-                h.provider
-                    .event(
-                        EventKind::AccountLocked,
-                        a.kind.as_str(),
-                        &a.subject,
-                        &req.client_id,
-                        &source,
-                        &format!("locked until {until}"),
-                        &[],
-                        "",
-                    )
-                    .await;
+                if until > 0 {
+                    let detail = format!("locked until {until}");
+                    account_event(&h, EventKind::AccountLocked, &a, &req.client_id, &source, &detail).await;
+                }
             }
+            return again(&h, "Incorrect username or password.", StatusCode::UNAUTHORIZED);
         }
-        return again(&h, "Incorrect username or password.", StatusCode::UNAUTHORIZED);
     };
     if let Err(e) = h
         .provider
