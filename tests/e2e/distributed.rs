@@ -455,9 +455,11 @@ async fn passport_runs_as_its_own_process_and_loses_nothing_across_a_crash() {
     let id = identity(&env);
     let consent = serve("consent", &env, &id);
     let records = serve_records(&env, &id, &consent);
+    let audit = serve("audit", &env, &id);
     let passport_env = {
         let mut env = env.clone();
         env.push(("SHAREDCARE_PASSPORT__CONSENT_URL", consent.grpc.clone()));
+        env.push(("SHAREDCARE_PASSPORT__AUDIT_URL", audit.grpc.clone()));
         env.push(("SHAREDCARE_AUTH__CLIENT_ID", "ics-integration".into()));
         env.push(("SHAREDCARE_AUTH__CLIENT_SECRET", crate::harness::SERVICE_SECRET.into()));
         env

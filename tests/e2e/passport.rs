@@ -27,6 +27,50 @@ async fn passport(base: &str, token: &str, nhs: &str, purpose: &str) -> (u16, Va
     (status, r.json().await.expect("JSON"))
 }
 
+/// `GET /passport/v1/patients/{nhs}/{what}` as `token`; (status, body).
+async fn get(base: &str, token: &str, nhs: &str, what: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/passport/v1/patients/{nhs}/{what}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("JSON"))
+}
+
+/// Runs the independent verifier (`tests/python/verify_access_log.py`, pyca/cryptography) on
+/// an access-log page; (passed, its output).
+fn verify_independently(page: &Value) -> (bool, String) {
+    use std::io::Write;
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python");
+    let python = dir.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "tests/python/.venv is missing: run the README's test command (infra/test.sh)"
+    );
+    let mut child = std::process::Command::new(python)
+        .arg(dir.join("verify_access_log.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the verifier");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(page.to_string().as_bytes())
+        .expect("write the page");
+    let out = child.wait_with_output().expect("verifier output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// The ids in section `kind` of a passport.
 fn section(view: &Value, kind: &str) -> Vec<String> {
     view["sections"]
@@ -64,8 +108,11 @@ async fn the_passport_shows_the_record_to_the_patient_and_what_consent_permits_t
             "clinicalStatus": {"coding": [{"code": "active"}]}, "onsetDateTime": "2019-04-01"}),
         json!({"resourceType": "MedicationStatement", "id": "metformin", "status": "active", "subject": subject,
             "medicationCodeableConcept": {"text": "Metformin 500mg tablets"}}),
-        json!({"resourceType": "Encounter", "id": "review", "status": "finished", "subject": subject,
-            "class": {"code": "AMB", "display": "ambulatory"}, "period": {"start": "2026-11-20T09:00:00Z"}}),
+        json!({"resourceType": "Encounter", "id": "review", "status": "in-progress", "subject": subject,
+            "class": {"code": "IMP", "display": "inpatient encounter"}, "period": {"start": "2026-11-20T09:00:00Z"},
+            "serviceProvider": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RXX01"},
+                                "display": "St Elsewhere Hospital"},
+            "participant": [{"individual": {"display": "Dr A Patel"}}]}),
         json!({"resourceType": "Condition", "id": "clinic", "subject": subject,
             "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "SEX"}]},
             "code": {"coding": [{"system": "http://snomed.info/sct", "code": "8098009"}]}}),
@@ -205,4 +252,72 @@ async fn the_passport_shows_the_record_to_the_patient_and_what_consent_permits_t
     .await;
     assert!(views.contains(&"denied".to_string()), "{views:?}");
     assert!(views.iter().filter(|o| *o == "success").count() >= 5, "{views:?}");
+
+    // The care team: her GP practice (registration) and the hospital whose encounter the GP
+    // recorded, named from that encounter, as the GP sees it.
+    let team = eventually(Duration::from_secs(10), "the hospital in the care team", || async {
+        let (_, view) = passport(&p.http, &gp, &nhs, "").await;
+        let team = view["careTeam"].as_array().cloned().unwrap_or_default();
+        team.iter().any(|m| m["odsCode"] == "RXX01").then_some(team)
+    })
+    .await;
+    let hospital = team.iter().find(|m| m["odsCode"] == "RXX01").expect("hospital");
+    assert_eq!(hospital["organisationName"], "St Elsewhere Hospital");
+    assert_eq!(hospital["who"], "Dr A Patel");
+    assert_eq!(hospital["source"], "Encounter/review");
+    let practice = team.iter().find(|m| m["odsCode"] == "A81001").expect("GP practice");
+    assert_eq!(practice["role"], "Registered GP practice");
+
+    // Her sharing choices, in plain words, with the break-glass on her record; staff may not
+    // read them.
+    let choices = eventually(Duration::from_secs(10), "the break-glass in her choices", || async {
+        let (status, c) = get(&p.http, &margaret, &nhs, "sharing-choices").await;
+        (status == 200 && c["breakGlass"].as_array().is_some_and(|g| !g.is_empty())).then_some(c)
+    })
+    .await;
+    assert_eq!(choices["directives"][0]["id"], "no-sexual-health");
+    assert_eq!(
+        choices["directives"][0]["summary"],
+        "Do not share my sexual and reproductive health records with anyone."
+    );
+    assert_eq!(choices["breakGlass"][0]["reasonCode"], "patient-collapsed");
+    assert_eq!(choices["nationalOptOut"], false);
+    assert!(choices["nationalOptOutWords"].as_str().expect("words").starts_with("You have not opted out"));
+    let (status, refused) = get(&p.http, &gp, &nhs, "sharing-choices").await;
+    assert_eq!(status, 403, "{refused}");
+    let (status, refused) = get(&p.http, &margaret, &david, "access-log").await;
+    assert_eq!(status, 403, "{refused}");
+
+    // Who has looked at her record: the GP's view and the care worker's break-glass view, each
+    // proved against the signed tree head, checked by an independent verifier.
+    let page = eventually(Duration::from_secs(20), "the views in her access log", || async {
+        let (status, page) = get(&p.http, &margaret, &nhs, "access-log?page_size=100").await;
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        let gp_view = entries.iter().any(|e| e["organisation"] == "A81001" && e["outcome"] == "success");
+        let glass = entries.iter().any(|e| e["purpose"] == "BTG" && e["outcome"] == "success");
+        (status == 200 && gp_view && glass).then_some(page)
+    })
+    .await;
+    let (ok, out) = verify_independently(&page);
+    assert!(ok, "{out}");
+    assert!(out.contains("verified"), "{out}");
+    // The verifier is not a formality: an entry shown differently from what was logged fails.
+    let mut forged = page.clone();
+    forged["entries"][0]["organisation"] = json!("X99999");
+    let (ok, out) = verify_independently(&forged);
+    assert!(!ok && out.contains("organisation shown as"), "{out}");
+    let mut forged = page.clone();
+    let data = forged["entries"][0]["proof"]["leafData"].as_str().expect("leaf").to_string();
+    forged["entries"][0]["proof"]["leafData"] = json!(data.replacen(",\"", ", \"", 1));
+    let (ok, out) = verify_independently(&forged);
+    assert!(!ok && out.contains("leaf hash"), "{out}");
+    // Paging: one entry at a time, the next page older than the first.
+    let (_, first) = get(&p.http, &margaret, &nhs, "access-log?page_size=1").await;
+    let next = first["nextBeforeSequence"].as_u64().expect("next");
+    assert!(next > 0, "{first}");
+    let (_, second) = get(&p.http, &margaret, &nhs, &format!("access-log?page_size=1&before_sequence={next}")).await;
+    assert!(second["entries"][0]["sequence"].as_u64() < first["entries"][0]["sequence"].as_u64());
+    let (status, bad) = get(&p.http, &margaret, &nhs, "access-log?page_size=many").await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["issue"][0]["expression"][0], "page_size");
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod policy;
+pub mod state;
 pub mod store;
 
 pub use error::ConsentError;
@@ -55,6 +56,10 @@ impl sharedcare_kit::service::Service for Consent {
 
     fn migrations(&self) -> Migrations {
         Migrations::Portable(sqlx::migrate!("./migrations"))
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![sharedcare_kit::bus::topic(NAME), state::STATE_TOPIC.to_string()]
     }
 
     /// gRPC routes (callers checked against the trusted issuer) and the consumer that records

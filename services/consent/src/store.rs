@@ -1,5 +1,6 @@
 //! Consent's tables (see `migrations/`), on Postgres and SQLite alike. Every change is written
-//! with its `ConsentEvent` in the same transaction (outbox).
+//! with its `ConsentEvent` and the person's whole `SharingState` ([`crate::state`]) in the same
+//! transaction (outbox).
 
 use sharedcare_kit::bus::{envelope, topic};
 use sharedcare_kit::db::{self, Db};
@@ -104,7 +105,7 @@ async fn event(
     let env = envelope("sharedcare.events.v1.ConsentEvent", crate::NAME, nhs, nhs, &e);
     outbox::lock_key(tx, nhs).await?;
     outbox::enqueue(tx, &topic(crate::NAME), &env).await?;
-    Ok(())
+    crate::state::publish(tx, patient).await
 }
 
 impl Store {

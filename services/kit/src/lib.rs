@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod nhs;
 pub mod outbox;
 pub mod pdp;
+pub mod peer;
 pub mod serve;
 pub mod service;
 pub mod shutdown;

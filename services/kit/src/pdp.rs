@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sharedcare_proto::consent::v1::consent_client::ConsentClient;
 use sharedcare_proto::consent::v1::{DecideManyRequest, DecideRequest, DecideResponse};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::auth::{Principal, ServiceToken, has_scope};
 
@@ -136,11 +136,7 @@ impl GrpcPdp {
     /// Connects lazily: consent may start after the caller.
     /// `setting` names the configuration key the endpoint came from, for the error.
     pub fn new(endpoint: &str, setting: &str, token: ServiceToken, timeout: Duration) -> crate::Result<GrpcPdp> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| crate::Error::Config(format!("`{setting}`: {endpoint:?}: {e}")))?
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect_lazy();
+        let channel = crate::peer::channel(endpoint, setting, timeout)?;
         Ok(GrpcPdp {
             client: ConsentClient::new(channel),
             token,
@@ -151,21 +147,14 @@ impl GrpcPdp {
 #[tonic::async_trait]
 impl Pdp for GrpcPdp {
     async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, PdpError> {
-        let token = self.token.get().await.map_err(|e| PdpError::Token(e.to_string()))?;
-        let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| PdpError::Token("the service token is not a valid header value".into()))?;
         let mut out = Vec::with_capacity(asks.len());
         let mut asks = asks;
         while !asks.is_empty() {
             let rest = asks.split_off(asks.len().min(ASKS_PER_CALL));
             let want = asks.len();
-            let mut req = tonic::Request::new(DecideManyRequest { asks });
-            req.metadata_mut().insert("authorization", bearer.clone());
-            let traceparent = crate::telemetry::current_traceparent();
-            if let Ok(v) = traceparent.parse() {
-                req.metadata_mut().insert("traceparent", v);
-            }
+            let req = crate::peer::request(&self.token, DecideManyRequest { asks })
+                .await
+                .map_err(|e| PdpError::Token(e.to_string()))?;
             let decisions = self
                 .client
                 .clone()

@@ -144,20 +144,26 @@ impl Context {
         setting: &str,
         timeout: std::time::Duration,
     ) -> Result<std::sync::Arc<dyn crate::pdp::Pdp>> {
-        let url = if !consent_url.is_empty() {
-            consent_url.to_string()
-        } else if self.runs("consent") {
-            self.local_grpc_url()
-        } else {
-            let env = format!("SHAREDCARE_{}", setting.to_ascii_uppercase().replace('.', "__"));
-            return Err(Error::Config(format!(
-                "`{setting}` is required when consent runs in another process: set {env} to its gRPC URL, e.g. http://consent:50051"
-            )));
-        };
+        let url = self.peer_url("consent", consent_url, setting)?;
         let token = self.service_token("consent.decide")?;
         Ok(std::sync::Arc::new(crate::pdp::GrpcPdp::new(
             &url, setting, token, timeout,
         )?))
+    }
+
+    /// Where `service` is: `url` (from the setting `setting`) when given, else this process
+    /// when `service` is mounted here; otherwise an error naming the setting.
+    pub fn peer_url(&self, service: &str, url: &str, setting: &str) -> Result<String> {
+        if !url.is_empty() {
+            return Ok(url.to_string());
+        }
+        if self.runs(service) {
+            return Ok(self.local_grpc_url());
+        }
+        let env = format!("SHAREDCARE_{}", setting.to_ascii_uppercase().replace('.', "__"));
+        Err(Error::Config(format!(
+            "`{setting}` is required when {service} runs in another process: set {env} to its gRPC URL, e.g. http://{service}:50051"
+        )))
     }
 
     /// This process's own gRPC URL (for a service calling another mounted beside it).

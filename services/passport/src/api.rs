@@ -14,8 +14,10 @@ use sharedcare_proto::consent::v1::{DecideRequest, DecideResponse};
 use sharedcare_proto::events::v1::AccessRecorded;
 
 use crate::PassportError;
+use crate::access::AuditLog;
 use crate::store::Reader;
 use crate::view::View;
+use sharedcare_proto::passport::v1 as contract;
 
 /// The scope a service needs to read passports (the record's read scope).
 pub const READ_SCOPE: &str = "records.read";
@@ -27,6 +29,25 @@ pub struct Api {
     verifier: Verifier,
     pdp: Arc<dyn Pdp>,
     outbox: Outbox,
+    audit_log: AuditLog,
+}
+
+/// What a view is of, for its audit entry's resource.
+#[derive(Clone, Copy)]
+enum Asked {
+    Passport,
+    SharingChoices,
+    AccessLog,
+}
+
+impl Asked {
+    fn resource(self, patient: &NhsNumber) -> String {
+        match self {
+            Asked::Passport => format!("Passport/{patient}"),
+            Asked::SharingChoices => format!("Passport/{patient}/sharing-choices"),
+            Asked::AccessLog => format!("Passport/{patient}/access-log"),
+        }
+    }
 }
 
 /// How a view ended, for its audit entry.
@@ -38,13 +59,15 @@ struct Outcome {
 
 impl Api {
     /// Serves the read model through `reader`, admitting callers `verifier` accepts, asking
-    /// `pdp` for every view and auditing through `outbox`.
-    pub fn new(reader: Reader, verifier: Verifier, pdp: Arc<dyn Pdp>, outbox: Outbox) -> Api {
+    /// `pdp` for every view, auditing through `outbox` and proving access logs with
+    /// `audit_log`.
+    pub fn new(reader: Reader, verifier: Verifier, pdp: Arc<dyn Pdp>, outbox: Outbox, audit_log: AuditLog) -> Api {
         Api {
             reader,
             verifier,
             pdp,
             outbox,
+            audit_log,
         }
     }
 
@@ -55,9 +78,82 @@ impl Api {
 
     /// `nhs_number`'s passport as `who` may see it, acting for `purpose`.
     pub async fn passport(&self, who: &Principal, nhs_number: &str, purpose: &str) -> Result<View, PassportError> {
-        let patient = NhsNumber::parse(nhs_number).map_err(|e| PassportError::invalid("nhs_number", e.to_string()))?;
-        let purpose = pdp::check_purpose(purpose).map_err(|e| PassportError::invalid("purpose", e.to_string()))?;
-        let ask = ask(who, &patient, purpose.clone())?;
+        let (patient, purpose) = parse(nhs_number, purpose)?;
+        let decision = self.decide(who, &patient, &purpose, Asked::Passport).await?;
+        let outcome = Outcome::of_decision(&decision, &purpose);
+        let held = match self.reader.held(&patient).await {
+            Ok(h) => h,
+            Err(e) => return self.answer(who, &patient, Asked::Passport, Outcome::of_error(&purpose), Err(e)).await,
+        };
+        if held.entries.is_empty() && !matches!(who, Principal::Patient { .. }) {
+            let missing = Outcome {
+                outcome: "not-found",
+                ..outcome
+            };
+            let e = PassportError::NotFound(patient.to_string());
+            return self.answer(who, &patient, Asked::Passport, missing, Err(e)).await;
+        }
+        let now = sharedcare_kit::db::now_us();
+        let view = View::build(&patient, held, &decision.withheld_categories, now);
+        self.answer(who, &patient, Asked::Passport, outcome, Ok(view)).await
+    }
+
+    /// `nhs_number`'s sharing choices, for the person or their representative.
+    pub async fn sharing_choices(&self, who: &Principal, nhs_number: &str) -> Result<contract::SharingChoices, PassportError> {
+        let (patient, purpose) = parse(nhs_number, "")?;
+        let asked = Asked::SharingChoices;
+        let decision = self.decide(who, &patient, &purpose, asked).await?;
+        let outcome = Outcome::of_decision(&decision, &purpose);
+        let choices = self
+            .reader
+            .held(&patient)
+            .await
+            .map(|h| crate::choices::to_proto(&patient, h.sharing.as_ref()));
+        let outcome = if choices.is_ok() { outcome } else { Outcome::of_error(&purpose) };
+        self.answer(who, &patient, asked, outcome, choices).await
+    }
+
+    /// A page of who has looked at `nhs_number`'s record, with proofs, for the person or their
+    /// representative.
+    pub async fn access_log(
+        &self,
+        who: &Principal,
+        nhs_number: &str,
+        page_size: u32,
+        before: u64,
+    ) -> Result<contract::AccessLog, PassportError> {
+        let (patient, purpose) = parse(nhs_number, "")?;
+        let asked = Asked::AccessLog;
+        let decision = self.decide(who, &patient, &purpose, asked).await?;
+        let outcome = Outcome::of_decision(&decision, &purpose);
+        let log = self.audit_log.page(&patient, page_size, before).await;
+        let outcome = if log.is_ok() { outcome } else { Outcome::of_error(&purpose) };
+        self.answer(who, &patient, asked, outcome, log).await
+    }
+
+    /// Consent's decision on `who` seeing `asked` about `patient`; a refusal (or no decision)
+    /// is audited before it comes back as the `Err`. Sharing choices and the access log are the
+    /// person's own: for anyone else they are refused without asking.
+    async fn decide(
+        &self,
+        who: &Principal,
+        patient: &NhsNumber,
+        purpose: &str,
+        asked: Asked,
+    ) -> Result<DecideResponse, PassportError> {
+        if !matches!(asked, Asked::Passport) && !matches!(who, Principal::Patient { .. }) {
+            let refused = PassportError::Forbidden(
+                "sharing choices and the access log are for the person and their authorised representatives (NHS login)"
+                    .into(),
+            );
+            let o = Outcome {
+                outcome: "denied",
+                purpose: purpose.to_string(),
+                reason: "not the person or their representative".into(),
+            };
+            return self.answer(who, patient, asked, o, Err(refused)).await;
+        }
+        let ask = ask(who, patient, purpose.to_string())?;
         let decided = self.pdp.decide(vec![ask]).await.and_then(|mut d| match d.len() {
             1 => Ok(d.remove(0)),
             got => Err(pdp::PdpError::Incomplete { got, asked: 1 }),
@@ -66,28 +162,15 @@ impl Api {
             Ok(d) => d,
             Err(e) => {
                 let e = PassportError::Consent(e);
-                return self.answer(who, &patient, Outcome::of_error(&purpose), Err(e)).await;
+                return self.answer(who, patient, asked, Outcome::of_error(purpose), Err(e)).await;
             }
         };
-        let outcome = Outcome::of_decision(&decision, &purpose);
         if decision.effect() == Effect::Deny {
+            let outcome = Outcome::of_decision(&decision, purpose);
             let refused = PassportError::Forbidden(format!("access denied: {}", decision.reason));
-            return self.answer(who, &patient, outcome, Err(refused)).await;
+            return self.answer(who, patient, asked, outcome, Err(refused)).await;
         }
-        let entries = match self.reader.entries(&patient).await {
-            Ok(e) => e,
-            Err(e) => return self.answer(who, &patient, Outcome::of_error(&purpose), Err(e)).await,
-        };
-        if entries.is_empty() && !matches!(who, Principal::Patient { .. }) {
-            let missing = Outcome {
-                outcome: "not-found",
-                ..outcome
-            };
-            let e = PassportError::NotFound(patient.to_string());
-            return self.answer(who, &patient, missing, Err(e)).await;
-        }
-        let view = View::build(&patient, entries, &decision.withheld_categories);
-        self.answer(who, &patient, outcome, Ok(view)).await
+        Ok(decision)
     }
 
     /// Records the view's audit entry durably, then answers: nothing leaves unaudited.
@@ -95,10 +178,11 @@ impl Api {
         &self,
         who: &Principal,
         patient: &NhsNumber,
+        asked: Asked,
         o: Outcome,
         answer: Result<T, PassportError>,
     ) -> Result<T, PassportError> {
-        let envelope = access(who, patient, &o);
+        let envelope = access(who, patient, &asked.resource(patient), &o);
         self.outbox
             .record(&bus::topic(crate::NAME), envelope)
             .await
@@ -160,13 +244,20 @@ fn ask(who: &Principal, patient: &NhsNumber, purpose: String) -> Result<DecideRe
     Ok(pdp::ask(&actor, patient.as_str(), "read", categories))
 }
 
-/// The `AccessRecorded` entry for a view, in the caller's trace.
-fn access(who: &Principal, patient: &NhsNumber, o: &Outcome) -> Envelope {
+/// The NHS number and purpose of use of a request, checked.
+fn parse(nhs_number: &str, purpose: &str) -> Result<(NhsNumber, String), PassportError> {
+    let patient = NhsNumber::parse(nhs_number).map_err(|e| PassportError::invalid("nhs_number", e.to_string()))?;
+    let purpose = pdp::check_purpose(purpose).map_err(|e| PassportError::invalid("purpose", e.to_string()))?;
+    Ok((patient, purpose))
+}
+
+/// The `AccessRecorded` entry for a view of `resource`, in the caller's trace.
+fn access(who: &Principal, patient: &NhsNumber, resource: &str, o: &Outcome) -> Envelope {
     let (organisation, role) = match who {
         Principal::Staff { role, .. } => (role.org_code.clone(), role.role_code.clone()),
         _ => (String::new(), String::new()),
     };
-    let resource = format!("Passport/{patient}");
+    let resource = resource.to_string();
     let event = AccessRecorded {
         actor: who.id(),
         actor_organisation: organisation,

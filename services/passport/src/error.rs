@@ -36,6 +36,12 @@ pub enum PassportError {
     /// A batched lookup failed or the service is stopping.
     #[error("passport storage unavailable: {0}")]
     Unavailable(String),
+    /// The audit log could not be read or did not prove an entry.
+    #[error("audit log unavailable: {0}")]
+    AuditLog(String),
+    /// The read model holds something it cannot read: the passport's own fault.
+    #[error("corrupt passport data: {0}")]
+    Corrupt(String),
 }
 
 impl PassportError {
@@ -58,7 +64,9 @@ impl ServiceError for PassportError {
             PassportError::Consent(_)
             | PassportError::Audit(_)
             | PassportError::Storage(_)
-            | PassportError::Unavailable(_) => ErrorCode::Unavailable,
+            | PassportError::Unavailable(_)
+            | PassportError::AuditLog(_) => ErrorCode::Unavailable,
+            PassportError::Corrupt(_) => ErrorCode::Internal,
         }
     }
 
@@ -66,6 +74,8 @@ impl ServiceError for PassportError {
         match self {
             PassportError::Consent(_) => "the consent decision could not be made, so no data is returned".into(),
             PassportError::Audit(_) => "the view could not be audited, so no data is returned".into(),
+            PassportError::AuditLog(_) => "the audit log could not be read; try again later".into(),
+            PassportError::Corrupt(_) => "the passport holds data it cannot read".into(),
             _ => "passport storage unavailable".into(),
         }
     }

@@ -1,7 +1,9 @@
 //! `sharedcare.passport.v1.Passport` over gRPC: decode, call the API, encode.
 
 use sharedcare_proto::passport::v1::passport_server::Passport;
-use sharedcare_proto::passport::v1::{GetPassportRequest, PassportView};
+use sharedcare_proto::passport::v1::{
+    AccessLog, GetPassportRequest, GetSharingChoicesRequest, ListAccessLogRequest, PassportView, SharingChoices,
+};
 use tonic::{Request, Response, Status};
 
 use crate::api::Api;
@@ -26,5 +28,24 @@ impl Passport for PassportApi {
         let r = request.into_inner();
         let view = self.api.passport(&who, &r.nhs_number, &r.purpose).await?;
         Ok(Response::new(view.into()))
+    }
+
+    async fn get_sharing_choices(
+        &self,
+        request: Request<GetSharingChoicesRequest>,
+    ) -> Result<Response<SharingChoices>, Status> {
+        let who = self.api.verifier().from_metadata(request.metadata()).await?;
+        let choices = self.api.sharing_choices(&who, &request.get_ref().nhs_number).await?;
+        Ok(Response::new(choices))
+    }
+
+    async fn list_access_log(&self, request: Request<ListAccessLogRequest>) -> Result<Response<AccessLog>, Status> {
+        let who = self.api.verifier().from_metadata(request.metadata()).await?;
+        let r = request.into_inner();
+        let log = self
+            .api
+            .access_log(&who, &r.nhs_number, r.page_size, r.before_sequence)
+            .await?;
+        Ok(Response::new(log))
     }
 }

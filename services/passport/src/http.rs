@@ -1,34 +1,45 @@
-//! The passport's JSON API for the web pages: `GET /passport/v1/patients/{nhs_number}`
-//! (bearer token; `X-Purpose-Of-Use` for break-glass), answering what gRPC answers. Errors
-//! are FHIR-style OperationOutcomes from the kit's edge.
+//! The passport's JSON API for the web pages, answering what gRPC answers (bearer token;
+//! errors are FHIR-style OperationOutcomes from the kit's edge):
+//! - `GET /passport/v1/patients/{nhs_number}` (`X-Purpose-Of-Use` for break-glass);
+//! - `GET /passport/v1/patients/{nhs_number}/sharing-choices`;
+//! - `GET /passport/v1/patients/{nhs_number}/access-log?page_size=&before_sequence=`.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use sharedcare_kit::auth::Principal;
 use sharedcare_kit::edge::{self, ServiceError};
 
+use crate::PassportError;
 use crate::api::Api;
 
 /// The routes the passport adds to the process's HTTP server.
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/passport/v1/patients/{nhs_number}", get(passport))
+        .route("/passport/v1/patients/{nhs_number}/sharing-choices", get(sharing_choices))
+        .route("/passport/v1/patients/{nhs_number}/access-log", get(access_log))
         .with_state(api)
 }
 
-async fn passport(State(api): State<Api>, headers: HeaderMap, Path(nhs_number): Path<String>) -> Response {
+/// The caller, from their bearer token.
+async fn caller(api: &Api, headers: &HeaderMap) -> Result<Principal, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(sharedcare_kit::auth::bearer);
     let Some(token) = token else {
-        return refused(&crate::PassportError::Unauthenticated("missing bearer token".into()));
+        return Err(refused(&PassportError::Unauthenticated("missing bearer token".into())));
     };
-    let who = match api.verifier().principal(token).await {
-        Ok(p) => p,
-        Err(e) => return refused(&e),
+    api.verifier().principal(token).await.map_err(|e| refused(&e))
+}
+
+async fn passport(State(api): State<Api>, headers: HeaderMap, Path(nhs_number): Path<String>) -> Response {
+    let who = match caller(&api, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
     };
     let purpose = headers
         .get("x-purpose-of-use")
@@ -36,6 +47,55 @@ async fn passport(State(api): State<Api>, headers: HeaderMap, Path(nhs_number): 
         .unwrap_or_default();
     match api.passport(&who, &nhs_number, purpose).await {
         Ok(view) => axum::Json(view.to_json()).into_response(),
+        Err(e) => refused(&e),
+    }
+}
+
+async fn sharing_choices(State(api): State<Api>, headers: HeaderMap, Path(nhs_number): Path<String>) -> Response {
+    let who = match caller(&api, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match api.sharing_choices(&who, &nhs_number).await {
+        Ok(c) => axum::Json(crate::choices::to_json(&c)).into_response(),
+        Err(e) => refused(&e),
+    }
+}
+
+/// The access log's paging parameters, named as in gRPC.
+#[derive(serde::Deserialize)]
+struct Page {
+    page_size: Option<String>,
+    before_sequence: Option<String>,
+}
+
+fn number<T: std::str::FromStr>(field: &str, v: Option<&String>) -> Result<Option<T>, PassportError> {
+    v.map(|s| s.parse::<T>())
+        .transpose()
+        .map_err(|_| PassportError::invalid(field, "expected a whole number"))
+}
+
+async fn access_log(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(nhs_number): Path<String>,
+    Query(page): Query<Page>,
+) -> Response {
+    let who = match caller(&api, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let paging = number::<u32>("page_size", page.page_size.as_ref())
+        .and_then(|size| Ok((size, number::<u64>("before_sequence", page.before_sequence.as_ref())?)));
+    let (size, before) = match paging {
+        Ok(p) => p,
+        Err(e) => return refused(&e),
+    };
+    match api
+        .access_log(&who, &nhs_number, size.unwrap_or(0), before.unwrap_or(0))
+        .await
+    {
+        Ok(log) => axum::Json(crate::access::to_json(&log)).into_response(),
         Err(e) => refused(&e),
     }
 }

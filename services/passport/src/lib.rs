@@ -5,10 +5,13 @@
 //! - [`store`]: the read model in the passport's own tables, applied from records'
 //!   `RecordState` events ([`events`]); reads never fan out to other services.
 //! - [`api`]: every view decided by consent and audited before it is answered; [`view`] is
-//!   what one caller sees; [`grpc`] and [`http`] serve it.
+//!   what one caller sees, [`choices`] the person's sharing choices, [`access`] who has looked
+//!   at their record (from audit, with proofs); [`grpc`] and [`http`] serve them.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
+pub mod choices;
 pub mod error;
 pub mod events;
 pub mod grpc;
@@ -36,6 +39,10 @@ pub use sharedcare_proto::passport::v1 as contract;
 /// (`RecordState`), which only read models consume.
 pub const RECORD_STATE_TOPIC: &str = "sharedcare.records.state.v1";
 
+/// Consent's state-transfer topic: each person's sharing choices and care relationships after
+/// every change (`SharingState`), which only read models consume.
+pub const SHARING_STATE_TOPIC: &str = "sharedcare.consent.state.v1";
+
 /// The passport's settings (`[passport]`, `SHAREDCARE_PASSPORT__*`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -45,6 +52,9 @@ pub struct PassportConfig {
     pub consent_url: String,
     /// How long a consent decision may take before the view is refused as undecidable.
     pub consent_timeout_ms: u64,
+    /// The audit service's gRPC endpoint, for access logs and their proofs. Empty = the audit
+    /// service in the same process (`up`); required by `serve passport`.
+    pub audit_url: String,
 }
 
 impl Default for PassportConfig {
@@ -52,6 +62,7 @@ impl Default for PassportConfig {
         PassportConfig {
             consent_url: String::new(),
             consent_timeout_ms: 2_000,
+            audit_url: String::new(),
         }
     }
 }
@@ -59,12 +70,16 @@ impl Default for PassportConfig {
 impl PassportConfig {
     /// Checks the values, naming the key of the first bad one.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let url = &self.consent_url;
-        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-            return Err((
-                "passport.consent_url".into(),
-                "expected the consent service's gRPC URL, e.g. http://consent:50051".into(),
-            ));
+        for (key, url, service) in [
+            ("passport.consent_url", &self.consent_url, "consent"),
+            ("passport.audit_url", &self.audit_url, "audit"),
+        ] {
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                return Err((
+                    key.into(),
+                    format!("expected the {service} service's gRPC URL, e.g. http://{service}:50051"),
+                ));
+            }
         }
         if self.consent_timeout_ms == 0 {
             return Err(("passport.consent_timeout_ms".into(), "must be at least 1".into()));
@@ -108,16 +123,22 @@ impl sharedcare_kit::service::Service for Passport {
         let consent = ctx.consent(&self.config.consent_url, "passport.consent_url", timeout)?;
         let pdp = Arc::new(sharedcare_kit::pdp::Batched::new(consent, &ctx.tasks));
         let reader = store::Reader::new(store.clone(), &ctx.tasks);
-        let api = api::Api::new(reader, ctx.verifier()?, pdp, ctx.outbox.clone());
+        let audit_url = ctx.peer_url("audit", &self.config.audit_url, "passport.audit_url")?;
+        let audit = sharedcare_kit::peer::channel(&audit_url, "passport.audit_url", timeout)?;
+        let audit_log = access::AuditLog::new(audit, ctx.service_token("audit.read")?);
+        let api = api::Api::new(reader, ctx.verifier()?, pdp, ctx.outbox.clone(), audit_log);
         let mut m = Mount::new(NAME);
         m.http = http::router(api.clone());
         m.add_grpc(PassportServer::new(grpc::PassportApi::new(api)));
         let poison = ctx.metrics.unreported(NAME, "undecodable_event");
-        m.consumers.push(Consumer {
-            group: NAME.to_string(),
-            topic: RECORD_STATE_TOPIC.to_string(),
-            handler: Arc::new(events::StateConsumer::new(store, poison)),
-        });
+        let handler = Arc::new(events::StateConsumer::new(store, poison));
+        for topic in [RECORD_STATE_TOPIC, SHARING_STATE_TOPIC] {
+            m.consumers.push(Consumer {
+                group: NAME.to_string(),
+                topic: topic.to_string(),
+                handler: handler.clone(),
+            });
+        }
         Ok(m)
     }
 }

@@ -191,6 +191,29 @@ fn concept(v: Option<&Value>) -> Option<String> {
         .or_else(|| coding.and_then(|c| text(c, "code")))
 }
 
+/// Who an Encounter or EpisodeOfCare names: the providing organisation's name
+/// (`serviceProvider` / `managingOrganization` display) and the people taking part
+/// (`participant.individual` / `careManager` displays), for the care team.
+pub fn care_names(body: &Map<String, Value>) -> (String, String) {
+    let organisation = ["serviceProvider", "managingOrganization"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(|o| text(o, "display")))
+        .unwrap_or_default();
+    let mut people: Vec<String> = body
+        .get("participant")
+        .and_then(Value::as_array)
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p.get("individual").and_then(|i| text(i, "display")))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(manager) = body.get("careManager").and_then(|m| text(m, "display")) {
+        people.push(manager);
+    }
+    (organisation, people.join(", "))
+}
+
 /// Demographics from a Patient resource: given name, family name, birth date, gender,
 /// postcode of the first address.
 pub fn demographics(body: &Map<String, Value>) -> [String; 5] {
@@ -225,6 +248,25 @@ mod tests {
         let m = v.as_object().expect("object").clone();
         let t = m["resourceType"].as_str().expect("type").to_string();
         project(&t, &m)
+    }
+
+    #[test]
+    fn an_encounter_names_its_provider_and_the_people_in_it() {
+        let body = json!({
+            "resourceType": "Encounter",
+            "serviceProvider": {"identifier": {"value": "RXX01"}, "display": "St Elsewhere Hospital"},
+            "participant": [
+                {"individual": {"display": "Dr A Patel"}},
+                {"type": [{"text": "nurse"}]},
+                {"individual": {"display": "Nurse B Jones"}}
+            ]
+        });
+        let m = body.as_object().expect("object");
+        assert_eq!(
+            care_names(m),
+            ("St Elsewhere Hospital".to_string(), "Dr A Patel, Nurse B Jones".to_string())
+        );
+        assert_eq!(care_names(&Map::new()), (String::new(), String::new()));
     }
 
     #[test]

@@ -1,12 +1,15 @@
-//! The passport's read model (`entries`, see `migrations/`), on Postgres and SQLite alike: the
-//! newest version of each resource about a patient, applied from records' `RecordState`
-//! events, each event once (inbox) and an older version never over a newer one.
+//! The passport's read model (see `migrations/`), on Postgres and SQLite alike:
+//! - `entries`: the newest version of each resource about a patient, applied from records'
+//!   `RecordState` events, each event once (inbox) and an older version never over a newer one;
+//! - `sharing`: each person's sharing choices and care team, the latest `SharingState` consent
+//!   published (consent publishes them in commit order per person, on one partition).
 
 use sharedcare_kit::bus::Delivery;
 use sharedcare_kit::db::Db;
 use sharedcare_kit::inbox;
 use sharedcare_kit::nhs::NhsNumber;
-use sharedcare_proto::events::v1::RecordState;
+use prost::Message;
+use sharedcare_proto::events::v1::{RecordState, SharingState};
 use sqlx::Row;
 
 use crate::PassportError;
@@ -112,6 +115,86 @@ impl Store {
         Ok(fresh_count)
     }
 
+    /// Applies a batch of `SharingState` events in one transaction, each once (inbox): the
+    /// last one delivered for a person replaces what was held. Returns how many were new.
+    pub async fn apply_sharing(&self, events: &[(&Delivery, SharingState)]) -> Result<usize, PassportError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.db.begin_write().await?;
+        let mut fresh_count = 0;
+        for chunk in events.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
+            let deliveries: Vec<&Delivery> = chunk.iter().map(|(d, _)| *d).collect();
+            let fresh = inbox::claim_all(&mut tx, crate::NAME, &deliveries).await?;
+            for (_, s) in chunk.iter().filter(|(d, _)| fresh.contains(&d.envelope.id)) {
+                fresh_count += 1;
+                let changed = s.time.as_ref().map(sharedcare_kit::db::micros).unwrap_or_default();
+                sqlx::query(
+                    "INSERT INTO sharing (nhs_number, state, changed_us) VALUES ($1, $2, $3) \
+                     ON CONFLICT (nhs_number) DO UPDATE SET state = excluded.state, changed_us = excluded.changed_us",
+                )
+                .bind(s.nhs_number.clone())
+                .bind(s.encode_to_vec())
+                .bind(changed)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(fresh_count)
+    }
+
+    /// The sharing state held for each of `patients`, in one query.
+    pub async fn sharing_many(
+        &self,
+        patients: &[NhsNumber],
+    ) -> Result<std::collections::HashMap<String, SharingState>, PassportError> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in patients.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
+            let sql = format!(
+                "SELECT nhs_number, state FROM sharing WHERE nhs_number IN ({})",
+                self.db.backend().marks(1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for p in chunk {
+                q = q.bind(p.as_str().to_string());
+            }
+            for r in q.fetch_all(self.db.pool()).await? {
+                let nhs: String = r.try_get(0)?;
+                let bytes: Vec<u8> = r.try_get(1)?;
+                let state = SharingState::decode(bytes.as_slice())
+                    .map_err(|e| PassportError::Corrupt(format!("sharing state for {nhs}: {e}")))?;
+                out.insert(nhs, state);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the passport holds about `patient`: entries and sharing state.
+    pub async fn held(&self, patient: &NhsNumber) -> Result<Held, PassportError> {
+        let mut all = self.held_many(std::slice::from_ref(patient)).await?;
+        Ok(all.remove(patient.as_str()).unwrap_or_default())
+    }
+
+    /// What the passport holds about each of `patients`: two queries for the lot.
+    pub async fn held_many(
+        &self,
+        patients: &[NhsNumber],
+    ) -> Result<std::collections::HashMap<String, Held>, PassportError> {
+        let mut entries = self.entries_many(patients).await?;
+        let mut sharing = self.sharing_many(patients).await?;
+        Ok(patients
+            .iter()
+            .map(|p| {
+                let held = Held {
+                    entries: entries.remove(p.as_str()).unwrap_or_default(),
+                    sharing: sharing.remove(p.as_str()),
+                };
+                (p.as_str().to_string(), held)
+            })
+            .collect())
+    }
+
     /// Everything shown about `patient` (demographics and every section), newest first.
     pub async fn entries(&self, patient: &NhsNumber) -> Result<Vec<Entry>, PassportError> {
         let mut all = self.entries_many(std::slice::from_ref(patient)).await?;
@@ -165,6 +248,22 @@ fn entry_row(r: &sqlx::any::AnyRow) -> Result<Entry, PassportError> {
     })
 }
 
+/// What the read model holds about one person.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Held {
+    /// Their record's entries, newest first.
+    pub entries: Vec<Entry>,
+    /// Their sharing choices and care team, once consent has published any.
+    pub sharing: Option<SharingState>,
+}
+
+impl Held {
+    /// Nothing is held about the person.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.sharing.is_none()
+    }
+}
+
 /// Whether `entry` is the person's demographics.
 pub fn is_demographics(entry: &Entry) -> bool {
     entry.place == Place::Demographics.as_str()
@@ -173,7 +272,7 @@ pub fn is_demographics(entry: &Entry) -> bool {
 /// A lookup waiting for the [`Reader`], and where its entries go.
 type Lookup = (
     NhsNumber,
-    tokio::sync::oneshot::Sender<Result<Vec<Entry>, PassportError>>,
+    tokio::sync::oneshot::Sender<Result<Held, PassportError>>,
 );
 
 /// Most views whose lookups share one query.
@@ -195,7 +294,7 @@ impl Reader {
                 let mut patients: Vec<NhsNumber> = batch.iter().map(|(p, _)| p.clone()).collect();
                 patients.sort();
                 patients.dedup();
-                match store.entries_many(&patients).await {
+                match store.held_many(&patients).await {
                     Ok(found) => {
                         for (p, reply) in batch {
                             let _ = reply.send(Ok(found.get(p.as_str()).cloned().unwrap_or_default()));
@@ -213,8 +312,8 @@ impl Reader {
         Reader { waiting }
     }
 
-    /// Everything shown about `patient`, newest first.
-    pub async fn entries(&self, patient: &NhsNumber) -> Result<Vec<Entry>, PassportError> {
+    /// What the read model holds about `patient`.
+    pub async fn held(&self, patient: &NhsNumber) -> Result<Held, PassportError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let stopped = || PassportError::Unavailable("the passport is stopping".into());
         self.waiting

@@ -5,8 +5,83 @@ use serde_json::{Value, json};
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_proto::passport::v1 as api;
 
+use sharedcare_proto::events::v1::SharingState;
+
 use crate::projection::{self, Section};
-use crate::store::{Entry, is_demographics};
+use crate::store::{Entry, Held, is_demographics};
+
+/// An organisation looking after the person now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// ODS code.
+    pub ods_code: String,
+    /// Its name, when the source resource gives it.
+    pub organisation_name: String,
+    /// The relationship's kind.
+    pub kind: String,
+    /// The people the source resource names.
+    pub who: String,
+    /// Since when (µs).
+    pub since_us: i64,
+    /// Consent's id for the relationship (the source resource, when there is one).
+    pub source: String,
+}
+
+impl Member {
+    /// The relationship in plain words.
+    pub fn role(&self) -> String {
+        match self.kind.as_str() {
+            "gp_registration" => "Registered GP practice".into(),
+            "encounter" => "Seen in an appointment or visit".into(),
+            "episode_of_care" => "Providing ongoing care".into(),
+            "care_package" => "Providing a care package".into(),
+            "referral" => "Referred for care".into(),
+            other => format!("Care relationship ({other})"),
+        }
+    }
+}
+
+/// The care team `viewer_sees` allows: current relationships (not ended by `now_us`), newest
+/// first. A relationship whose source resource is withheld from the viewer is left out whole
+/// (a visit to a sexual health clinic would say what the withheld record holds); one whose
+/// source is held lends its names.
+pub fn care_team(sharing: Option<&SharingState>, entries: &[Entry], withheld: &[String], now_us: i64) -> Vec<Member> {
+    let Some(sharing) = sharing else {
+        return Vec::new();
+    };
+    let micros = |t: &Option<prost_types::Timestamp>| t.as_ref().map(sharedcare_kit::db::micros);
+    let mut team: Vec<Member> = Vec::new();
+    for r in &sharing.relationships {
+        if micros(&r.end).is_some_and(|end| end <= now_us) {
+            continue;
+        }
+        let source = entries
+            .iter()
+            .find(|e| r.id.split_once('/') == Some((e.resource_type.as_str(), e.id.as_str())));
+        let hidden_kind = matches!(r.kind.as_str(), "encounter" | "episode_of_care" | "referral");
+        let (organisation_name, who) = match source {
+            Some(e) if e.labels.iter().any(|l| withheld.contains(l)) => continue,
+            Some(e) => match serde_json::from_str::<Value>(&e.body) {
+                Ok(Value::Object(body)) => projection::care_names(&body),
+                _ => Default::default(),
+            },
+            // Its source is not held (yet, or entered in error): name the organisation only
+            // to those nothing is withheld from, since its label is unknown.
+            None if hidden_kind && !withheld.is_empty() => continue,
+            None => Default::default(),
+        };
+        team.push(Member {
+            ods_code: r.ods_code.clone(),
+            organisation_name,
+            kind: r.kind.clone(),
+            who,
+            since_us: micros(&r.start).unwrap_or_default(),
+            source: r.id.clone(),
+        });
+    }
+    team.sort_by(|a, b| b.since_us.cmp(&a.since_us).then_with(|| a.source.cmp(&b.source)));
+    team
+}
 
 /// What one caller may see of one person.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,11 +96,16 @@ pub struct View {
     pub some_withheld: bool,
     /// When the model last changed for this person (µs), 0 when nothing is held.
     pub updated_us: i64,
+    /// Who looks after the person now.
+    pub care_team: Vec<Member>,
 }
 
 impl View {
-    /// The view of `entries` without those labelled with a `withheld` category.
-    pub fn build(patient: &NhsNumber, entries: Vec<Entry>, withheld: &[String]) -> View {
+    /// The view of what is `held` without what is labelled with a `withheld` category, as of
+    /// `now_us`.
+    pub fn build(patient: &NhsNumber, held: Held, withheld: &[String], now_us: i64) -> View {
+        let care_team = care_team(held.sharing.as_ref(), &held.entries, withheld, now_us);
+        let entries = held.entries;
         let updated_us = entries.iter().map(|e| e.updated_us).max().unwrap_or(0);
         let visible = |e: &Entry| !e.labels.iter().any(|l| withheld.contains(l));
         let demographics = entries
@@ -48,6 +128,7 @@ impl View {
             sections,
             some_withheld: !withheld.is_empty(),
             updated_us,
+            care_team,
         }
     }
 
@@ -70,11 +151,21 @@ impl View {
                     "resource": serde_json::from_str::<Value>(&e.body).unwrap_or(Value::Null),
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "careTeam": self.care_team.iter().map(|m| json!({
+                "odsCode": m.ods_code, "organisationName": m.organisation_name, "role": m.role(),
+                "kind": m.kind, "who": m.who, "since": rfc3339(m.since_us), "source": m.source,
+            })).collect::<Vec<_>>(),
             "someWithheld": self.some_withheld,
-            "updated": (self.updated_us > 0).then(|| {
-                chrono::DateTime::from_timestamp_micros(self.updated_us).map(|t| t.to_rfc3339())
-            }).flatten(),
+            "updated": rfc3339(self.updated_us),
         })
+    }
+}
+
+/// A time in µs as RFC 3339, or null when unset (0).
+pub fn rfc3339(us: i64) -> Value {
+    match chrono::DateTime::from_timestamp_micros(us).filter(|_| us > 0) {
+        Some(t) => Value::String(t.to_rfc3339()),
+        None => Value::Null,
     }
 }
 
@@ -113,6 +204,20 @@ impl From<View> for api::PassportView {
                 .collect(),
             some_withheld: v.some_withheld,
             updated: (v.updated_us > 0).then(|| sharedcare_kit::db::timestamp(v.updated_us)),
+            care_team: v
+                .care_team
+                .into_iter()
+                .map(|m| api::CareTeamMember {
+                    role: m.role(),
+                    ods_code: m.ods_code,
+                    organisation_name: m.organisation_name,
+                    kind: m.kind,
+                    who: m.who,
+                    contact: String::new(),
+                    since: (m.since_us > 0).then(|| sharedcare_kit::db::timestamp(m.since_us)),
+                    source: m.source,
+                })
+                .collect(),
         }
     }
 }
@@ -133,6 +238,7 @@ fn kind(s: Section) -> api::SectionKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sharedcare_proto::events::v1::CareRelationship;
 
     fn entry(place: &str, id: &str, labels: &[&str]) -> Entry {
         Entry {
@@ -154,14 +260,14 @@ mod tests {
     fn withheld_entries_leave_no_trace_and_every_section_is_listed() {
         let nhs = NhsNumber::parse("9434765919").expect("valid");
         let entries = vec![entry("problems", "c1", &[]), entry("problems", "c2", &["SEX"])];
-        let v = View::build(&nhs, entries.clone(), &["SEX".into()]);
+        let v = View::build(&nhs, held(entries.clone()), &["SEX".into()], 0);
         assert_eq!(v.sections.len(), Section::ALL.len());
         let problems = &v.sections[0].1;
         assert_eq!(problems.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["c1"]);
         assert!(v.some_withheld);
         let json = v.to_json().to_string();
         assert!(!json.contains("c2") && !json.contains("SEX"), "{json}");
-        let open = View::build(&nhs, entries, &[]);
+        let open = View::build(&nhs, held(entries), &[], 0);
         assert_eq!(open.sections[0].1.len(), 2);
         assert!(!open.some_withheld);
     }
@@ -169,7 +275,61 @@ mod tests {
     #[test]
     fn the_notice_depends_on_the_decision_not_on_what_is_held() {
         let nhs = NhsNumber::parse("9434765919").expect("valid");
-        let nothing_sensitive = View::build(&nhs, vec![entry("problems", "c1", &[])], &["HIV".into()]);
+        let nothing_sensitive = View::build(&nhs, held(vec![entry("problems", "c1", &[])]), &["HIV".into()], 0);
         assert!(nothing_sensitive.some_withheld);
+    }
+
+    fn held(entries: Vec<Entry>) -> Held {
+        Held { entries, sharing: None }
+    }
+
+    fn relationship(id: &str, ods: &str, kind: &str, start_s: i64, end_s: i64) -> CareRelationship {
+        let at = |s: i64| (s > 0).then(|| sharedcare_kit::db::timestamp(s * 1_000_000));
+        CareRelationship {
+            id: id.into(),
+            ods_code: ods.into(),
+            kind: kind.into(),
+            start: at(start_s),
+            end: at(end_s),
+        }
+    }
+
+    #[test]
+    fn the_care_team_is_current_relationships_named_from_their_source_newest_first() {
+        let sharing = SharingState {
+            relationships: vec![
+                relationship("demo-0", "A81001", "gp_registration", 100, 0),
+                relationship("Encounter/e1", "RXX01", "encounter", 200, 0),
+                relationship("Encounter/old", "RYY02", "encounter", 50, 60),
+            ],
+            ..Default::default()
+        };
+        let mut visit = entry("encounters", "e1", &[]);
+        visit.resource_type = "Encounter".into();
+        visit.body = r#"{"serviceProvider":{"display":"St Elsewhere"},"participant":[{"individual":{"display":"Dr Who"}}]}"#.into();
+        let team = care_team(Some(&sharing), &[visit], &[], 1_000 * 1_000_000);
+        let got: Vec<(&str, &str, &str)> = team.iter().map(|m| (m.ods_code.as_str(), m.organisation_name.as_str(), m.who.as_str())).collect();
+        assert_eq!(got, [("RXX01", "St Elsewhere", "Dr Who"), ("A81001", "", "")]);
+        assert_eq!(team[1].role(), "Registered GP practice");
+        assert!(care_team(None, &[], &[], 0).is_empty());
+    }
+
+    #[test]
+    fn a_relationship_whose_source_is_withheld_leaves_the_care_team_whole() {
+        let sharing = SharingState {
+            relationships: vec![
+                relationship("Encounter/gum", "RSH01", "encounter", 200, 0),
+                relationship("Encounter/unknown", "RZZ01", "encounter", 200, 0),
+                relationship("demo-0", "A81001", "gp_registration", 100, 0),
+            ],
+            ..Default::default()
+        };
+        let mut clinic = entry("encounters", "gum", &["SEX"]);
+        clinic.resource_type = "Encounter".into();
+        let withheld = ["SEX".to_string()];
+        let team = care_team(Some(&sharing), std::slice::from_ref(&clinic), &withheld, 0);
+        assert_eq!(team.iter().map(|m| m.ods_code.as_str()).collect::<Vec<_>>(), ["A81001"]);
+        // The patient, from whom nothing is withheld, sees all three.
+        assert_eq!(care_team(Some(&sharing), &[clinic], &[], 0).len(), 3);
     }
 }

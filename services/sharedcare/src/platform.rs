@@ -144,7 +144,7 @@ fn internal_client(config: &mut Config, services: &[&str]) -> Option<InternalCli
     Some(InternalClient {
         id: config.auth.client_id.clone(),
         secret: config.auth.client_secret.clone(),
-        scopes: vec!["consent.decide".into()],
+        scopes: vec!["consent.decide".into(), "audit.read".into()],
     })
 }
 
