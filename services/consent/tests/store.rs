@@ -24,11 +24,29 @@ async fn store(db: &Db) -> Store {
 }
 
 async fn events(db: &Db) -> i64 {
-    sqlx::query("SELECT COUNT(*) FROM kit_outbox")
+    sqlx::query("SELECT COUNT(*) FROM kit_outbox WHERE topic = 'sharedcare.consent.v1'")
         .fetch_one(db.pool())
         .await
         .expect("outbox")
         .get(0)
+}
+
+/// The `SharingState` events in the outbox, oldest first.
+async fn states(db: &Db) -> Vec<sharedcare_proto::events::v1::SharingState> {
+    use prost::Message;
+    let rows = sqlx::query("SELECT payload FROM kit_outbox WHERE topic = $1 ORDER BY seq")
+        .bind(sharedcare_consent::state::STATE_TOPIC)
+        .fetch_all(db.pool())
+        .await
+        .expect("outbox");
+    rows.iter()
+        .map(|r| {
+            let payload: Vec<u8> = r.get(0);
+            let envelope = sharedcare_proto::events::v1::Envelope::decode(payload.as_slice()).expect("envelope");
+            assert_eq!(envelope.r#type, sharedcare_consent::state::SHARING_STATE);
+            sharedcare_proto::events::v1::SharingState::decode(envelope.data.as_slice()).expect("state")
+        })
+        .collect()
 }
 
 async fn facts_round_trip_and_every_change_writes_its_event(db: Db) {
@@ -99,6 +117,24 @@ async fn facts_round_trip_and_every_change_writes_its_event(db: Db) {
         7,
         "one ConsentEvent per change, in the same transaction"
     );
+    // And after each change, the person's whole sharing state, the last one as it now stands.
+    let states = states(&db).await;
+    assert_eq!(states.len(), 7, "one SharingState per change");
+    assert!(states[0].directives[0].status == "active" && !states[0].national_opt_out);
+    let last = states.last().expect("last");
+    assert_eq!(last.nhs_number, NHS);
+    assert_eq!(last.directives.len(), 1);
+    assert_eq!(last.directives[0].status, "inactive");
+    assert_eq!(
+        last.directives[0].summary,
+        "Share my whole record with anyone. Except: do not share my mental health records with anyone."
+    );
+    assert!(last.national_opt_out && last.gp_dissent);
+    let r = &last.relationships[0];
+    assert_eq!((r.id.as_str(), r.ods_code.as_str(), r.kind.as_str()), ("r1", "A81001", "gp_registration"));
+    assert_eq!(r.end.as_ref().map(|t| t.seconds), Some(20));
+    let g = &last.break_glass[0];
+    assert_eq!((g.ods_code.as_str(), g.reason_code.as_str(), g.reviewed), ("VH2D7", "unconscious-patient", false));
     assert!(
         s.facts(&sharedcare_kit::nhs::NhsNumber::parse("9000000009").expect("valid"))
             .await

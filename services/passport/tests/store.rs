@@ -8,7 +8,7 @@ use sharedcare_kit::db::Db;
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::service::Service as _;
 use sharedcare_passport::store::Store;
-use sharedcare_proto::events::v1::RecordState;
+use sharedcare_proto::events::v1::{CareRelationship, RecordState, SharingState};
 
 const NHS: &str = "9434765919";
 const OTHER: &str = "9000000009";
@@ -136,8 +136,58 @@ async fn each_patient_sees_only_their_own_entries_and_unknown_types_are_not_kept
     assert_eq!(theirs, ["c2"], "the Organization is not kept for anyone");
 }
 
+fn sharing(offset: i64, nhs: &str, opt_out: bool, relationships: &[&str]) -> (Delivery, SharingState) {
+    let event = SharingState {
+        nhs_number: nhs.into(),
+        time: Some(sharedcare_kit::db::timestamp(1_700_000_000_000_000 + offset)),
+        national_opt_out: opt_out,
+        relationships: relationships
+            .iter()
+            .map(|id| CareRelationship {
+                id: id.to_string(),
+                ods_code: "A81001".into(),
+                kind: "gp_registration".into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let envelope = bus::envelope(sharedcare_passport::events::SHARING_STATE, "consent", nhs, nhs, &event);
+    let d = Delivery {
+        envelope,
+        topic: sharedcare_passport::SHARING_STATE_TOPIC.into(),
+        partition: 0,
+        offset,
+    };
+    (d, event)
+}
+
+async fn the_latest_sharing_state_replaces_the_last_once_per_event(db: Db) {
+    let s = store(&db).await;
+    let first = sharing(1, NHS, false, &["r1"]);
+    let second = sharing(2, NHS, true, &["r1", "r2"]);
+    let apply_sharing = |events: Vec<(Delivery, SharingState)>| {
+        let s = s.clone();
+        async move {
+            let refs: Vec<(&Delivery, SharingState)> = events.iter().map(|(d, e)| (d, e.clone())).collect();
+            s.apply_sharing(&refs).await.expect("apply")
+        }
+    };
+    assert_eq!(apply_sharing(vec![first.clone()]).await, 1);
+    assert_eq!(apply_sharing(vec![second.clone()]).await, 1);
+    assert_eq!(apply_sharing(vec![first]).await, 0, "a redelivery changes nothing");
+    apply_sharing(vec![sharing(3, OTHER, false, &[])]).await;
+    let held = s.held(&nhs(NHS)).await.expect("held");
+    assert_eq!(held.sharing, Some(second.1), "stored whole, byte for byte");
+    assert!(held.entries.is_empty() && !held.is_empty());
+    let other = s.held(&nhs(OTHER)).await.expect("held");
+    assert!(other.sharing.expect("other's").relationships.is_empty());
+    assert!(s.held(&nhs("9990000018")).await.expect("held").is_empty());
+}
+
 sharedcare_kit::store_suite!(
     "passport";
+    the_latest_sharing_state_replaces_the_last_once_per_event,
     a_redelivered_event_changes_nothing,
     the_newest_version_wins_whatever_the_order,
     a_version_entered_in_error_leaves_the_view,
