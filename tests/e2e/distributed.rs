@@ -445,8 +445,8 @@ async fn a_storage_failure_tells_the_caller_nothing_internal() {
 }
 
 /// `sharedcare serve passport` as its own process on Postgres and Kafka: it builds its read
-/// model from records' state topic, and a kill -9 while records keeps writing loses and
-/// doubles nothing once it is back.
+/// model from records' and consent's state topics, a kill -9 while records keeps writing
+/// loses and doubles nothing once it is back, and the model then equals a rebuild from Kafka.
 #[tokio::test]
 async fn passport_runs_as_its_own_process_and_loses_nothing_across_a_crash() {
     use sharedcare_proto::passport::v1::GetPassportRequest;
@@ -482,6 +482,13 @@ async fn passport_runs_as_its_own_process_and_loses_nothing_across_a_crash() {
         ..Default::default()
     };
     client.put(put(patient("p-pass", &nhs))).await.expect("patient");
+    // An admission: consent records the hospital's care relationship and publishes the
+    // person's sharing state, which the passport keeps for the care team.
+    let admission = serde_json::json!({"resourceType": "Encounter", "id": "adm-pass", "status": "in-progress",
+        "class": {"code": "IMP"}, "subject": {"reference": "Patient/p-pass"},
+        "serviceProvider": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RXX01"},
+                            "display": "St Elsewhere Hospital"}});
+    client.put(put(admission.to_string())).await.expect("admission");
     let observation = |i: usize| {
         serde_json::json!({"resourceType": "Observation", "id": format!("o-pass-{i}"), "status": "final",
             "code": {"text": format!("reading {i}")}, "subject": {"reference": "Patient/p-pass"}})
@@ -499,15 +506,18 @@ async fn passport_runs_as_its_own_process_and_loses_nothing_across_a_crash() {
         nhs_number: nhs.clone(),
         purpose: String::new(),
     };
-    let view = eventually(Duration::from_secs(60), "all 150 observations in the passport", || {
+    let view = eventually(Duration::from_secs(60), "all 150 observations and the hospital in the passport", || {
         let (passport, ask) = (&passport, ask());
         async move {
             let view = passport.passport().await.get_passport(ask).await.ok()?.into_inner();
             let results = view.sections.iter().find(|s| s.title.starts_with("Test results"))?;
-            (results.entries.len() >= 150).then_some(view)
+            let hospital = view.care_team.iter().any(|m| m.ods_code == "RXX01");
+            (results.entries.len() >= 150 && hospital).then_some(view)
         }
     })
     .await;
+    let hospital = view.care_team.iter().find(|m| m.ods_code == "RXX01").expect("hospital");
+    assert_eq!(hospital.organisation_name, "St Elsewhere Hospital");
     let results = view
         .sections
         .iter()
@@ -518,4 +528,37 @@ async fn passport_runs_as_its_own_process_and_loses_nothing_across_a_crash() {
     ids.dedup();
     assert_eq!(ids.len(), 150, "every observation once");
     assert!(results.entries.iter().all(|e| e.version == 1));
+
+    // A rebuild from Kafka into a second schema, while the passport runs, equals the live model.
+    let (status, stdout, stderr) = crate::harness::run(
+        &["passport", "rebuild", "--into", "passport_rebuild"],
+        &passport_env,
+        Duration::from_secs(120),
+    );
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("passport rebuilt into passport_rebuild"), "{stdout}");
+    assert!(stderr.contains("rebuild: 100%"), "{stderr}");
+    let db = sqlx::PgPool::connect(&passport_env[0].1).await.expect("postgres");
+    let model = |schema: &'static str| {
+        let db = db.clone();
+        async move {
+            let entries: Vec<(String, String, i64, String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT resource_type, id, version, section, body, hidden FROM {schema}.entries ORDER BY resource_type, id"
+            )))
+            .fetch_all(&db)
+            .await
+            .expect("entries");
+            let sharing: Vec<(String, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT nhs_number, state FROM {schema}.sharing ORDER BY nhs_number"
+            )))
+            .fetch_all(&db)
+            .await
+            .expect("sharing");
+            (entries, sharing)
+        }
+    };
+    let (live, rebuilt) = (model("passport").await, model("passport_rebuild").await);
+    assert_eq!(live.0.len(), 152, "the patient, the admission and 150 observations");
+    assert!(live.1.iter().any(|(n, _)| *n == nhs), "her sharing state is held");
+    assert!(live == rebuilt, "the rebuilt model differs from the live one");
 }

@@ -17,6 +17,7 @@ pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod projection;
+pub mod rebuild;
 pub mod store;
 pub mod view;
 

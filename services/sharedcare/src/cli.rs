@@ -62,6 +62,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Work with the passport's read model.
+    Passport {
+        #[command(subcommand)]
+        command: PassportCommand,
+    },
     /// Print the demo ICS that `up` seeds (organisations, staff with passwords and TOTP secrets,
     /// patients, OIDC clients with secrets and redirect URIs) as JSON.
     Demo {
@@ -91,6 +96,26 @@ pub enum AuditCommand {
     },
 }
 
+/// `sharedcare passport …`.
+#[derive(Subcommand, Debug)]
+pub enum PassportCommand {
+    /// Rebuild the read model from scratch by replaying records' and consent's state topics
+    /// from the oldest retained event; resumes an interrupted run. Stop the passport first
+    /// when rebuilding its own store (`up` holds the embedded event log), or rebuild into
+    /// another store with `--into` while it runs.
+    Rebuild {
+        /// Start again from scratch even if an interrupted run could be resumed.
+        #[arg(long)]
+        fresh: bool,
+        /// The store to rebuild into: a Postgres schema, or `<name>.db` in the data directory.
+        #[arg(long, value_name = "NAME", default_value = "passport")]
+        into: String,
+        /// Data directory of embedded stores and the event log; not used with Postgres/Kafka.
+        #[arg(long, value_name = "DIR")]
+        data: Option<String>,
+    },
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut overrides: Vec<(&str, String)> = Vec::new();
@@ -112,6 +137,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { data, .. } => flag("data_dir", data),
         Command::Audit {
             command: AuditCommand::Verify { data },
+        } => flag("data_dir", data),
+        Command::Passport {
+            command: PassportCommand::Rebuild { data, .. },
         } => flag("data_dir", data),
         Command::Bench(_) | Command::Demo { .. } | Command::Import(_) => {}
     }
@@ -135,6 +163,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Verify { .. },
         } => platform::verify_audit(config).await,
+        Command::Passport {
+            command: PassportCommand::Rebuild { fresh, into, .. },
+        } => platform::rebuild_passport(config, fresh, &into).await,
         Command::Demo { issuer } => {
             let base = match issuer {
                 Some(i) => i,

@@ -89,7 +89,12 @@ pub fn lock_data_dir(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
 
 /// Opens a service's database (its Postgres schema or its SQLite file) and migrates it.
 pub async fn open_db(config: &Config, service: &dyn Service) -> anyhow::Result<Db> {
-    let name = service.name();
+    open_store(config, service, service.name()).await
+}
+
+/// `service`'s migrated store under `name` (its schema in Postgres, `<name>.db` in the data
+/// directory): a service's own store, or a second one beside it (a rebuild's target).
+async fn open_store(config: &Config, service: &dyn Service, name: &str) -> anyhow::Result<Db> {
     let url = if config.database.url.is_empty() {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
@@ -278,6 +283,31 @@ pub async fn migrate(config: Config, services: &[String]) -> anyhow::Result<()> 
         db.close().await;
         println!("migrated {}", s.name());
     }
+    Ok(())
+}
+
+/// `sharedcare passport rebuild`: the passport's read model rebuilt into its store `into`
+/// (its own by default) from the state topics the bus retains, with progress on stderr.
+pub async fn rebuild_passport(config: Config, fresh: bool, into: &str) -> anyhow::Result<()> {
+    let passport = sharedcare_passport::Passport::new(config.passport.clone());
+    let db = open_store(&config, &passport, into).await?;
+    let bus = open_bus(&config, "sharedcare-passport-rebuild").await?;
+    let poison = Metrics::new().unreported(sharedcare_passport::NAME, "undecodable_event");
+    let began = std::time::Instant::now();
+    let report = |line: String| eprintln!("{line}");
+    let done = sharedcare_passport::rebuild::run(db.clone(), bus, fresh, poison, &report).await;
+    db.close().await;
+    let s = done?;
+    let secs = began.elapsed().as_secs_f64();
+    println!(
+        "passport rebuilt into {into}: {} events applied in {secs:.1}s ({:.0}/s){}; {} entries, sharing state for {} people (run {})",
+        s.events,
+        s.events as f64 / secs.max(0.001),
+        if s.resumed { ", resuming an interrupted run" } else { "" },
+        s.entries,
+        s.people,
+        s.group
+    );
     Ok(())
 }
 

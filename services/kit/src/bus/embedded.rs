@@ -213,6 +213,22 @@ impl Bus for EmbeddedBus {
         Ok(())
     }
 
+    /// One partition; offsets are log sequence numbers, shared by every topic, so a topic's
+    /// messages are not dense within its range.
+    async fn extent(&self, topic: &str) -> Result<Vec<super::Extent>> {
+        let row = sqlx::query("SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), -1) FROM log WHERE topic = ?1")
+            .bind(topic)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db("read event log extent"))?;
+        let (first, last): (i64, i64) = (row.get(0), row.get(1));
+        Ok(vec![super::Extent {
+            partition: 0,
+            first,
+            next: (last + 1).max(first),
+        }])
+    }
+
     async fn health(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

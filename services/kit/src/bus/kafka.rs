@@ -283,6 +283,35 @@ impl Bus for KafkaBus {
         Ok(())
     }
 
+    async fn extent(&self, topic: &str) -> Result<Vec<super::Extent>> {
+        let producer = self.producer.clone();
+        let physical = self.physical(topic);
+        tokio::task::spawn_blocking(move || {
+            let client = producer.client();
+            let timeout = Duration::from_secs(10);
+            let metadata = client
+                .fetch_metadata(Some(&physical), timeout)
+                .map_err(|e| Error::Bus(format!("metadata of {physical}: {e}")))?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == physical)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            partitions
+                .into_iter()
+                .map(|partition| {
+                    let (first, next) = client
+                        .fetch_watermarks(&physical, partition, timeout)
+                        .map_err(|e| Error::Bus(format!("watermarks of {physical}[{partition}]: {e}")))?;
+                    Ok(super::Extent { partition, first, next })
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Bus(format!("kafka extent: {e}")))?
+    }
+
     async fn health(&self) -> Result<()> {
         let producer = self.producer.clone();
         let brokers = self.config.brokers.clone();

@@ -100,6 +100,24 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// One partition's retained range: messages at offsets `first..next`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Partition (0 on the embedded bus).
+    pub partition: i32,
+    /// The oldest retained message's offset.
+    pub first: i64,
+    /// The offset the next message will get.
+    pub next: i64,
+}
+
+impl Extent {
+    /// The partition holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.next <= self.first
+    }
+}
+
 /// Publishes and consumes events. See the module docs for the delivery contract.
 #[async_trait::async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -116,6 +134,11 @@ pub trait Bus: Send + Sync + 'static {
         handler: Arc<dyn Handler>,
         shutdown: CancellationToken,
     ) -> Result<()>;
+
+    /// Where each partition of `topic` starts and ends now: `(partition, first retained offset,
+    /// next offset)`; equal when the partition holds nothing. Replays (a read model's rebuild)
+    /// use it to know when they have caught up.
+    async fn extent(&self, topic: &str) -> Result<Vec<Extent>>;
 
     /// Checks the bus can be reached (for start-up and `/readyz`).
     async fn health(&self) -> Result<()>;
