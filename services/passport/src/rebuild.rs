@@ -205,6 +205,8 @@ pub async fn run(
     ));
     let tracker = Arc::new(Mutex::new(tracker));
     let finished = CancellationToken::new();
+    // Interrupted (the future dropped, e.g. on Ctrl-C): the consumers stop too.
+    let _stop_consumers = finished.clone().drop_guard();
     let began = Instant::now();
     if !tracker.lock().unwrap_or_else(|p| p.into_inner()).done() {
         let inner = Arc::new(StateConsumer::new(Store::new(db.clone()), poison));
