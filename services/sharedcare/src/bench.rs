@@ -8,6 +8,8 @@
 //! - `bench import`: `sharedcare import` of a generated NDJSON file into a fresh `up`.
 //! - `bench audit`: audit appends with leaf hashing, and tree heads, on embedded storage.
 //! - `bench identity`: the token endpoint, code and refresh round trips, logins, verification.
+//! - `bench passport`: views as a service, a GP and a patient; freshness; rebuild
+//!   ([`crate::bench_passport`]).
 //! - `bench startup`: time from spawning `sharedcare up` to `/readyz` answering 200, and the
 //!   idle resident memory after that.
 
@@ -24,8 +26,6 @@ use sharedcare_kit::bus::kafka::KafkaBus;
 use sharedcare_kit::bus::{Bus, Delivery, Envelope, Handler, Outgoing};
 use sharedcare_proto::consent::v1::DecideRequest;
 use sharedcare_proto::consent::v1::consent_client::ConsentClient;
-use sharedcare_proto::passport::v1::GetPassportRequest;
-use sharedcare_proto::passport::v1::passport_client::PassportClient;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
 use sharedcare_proto::records::v1::{GetRequest, PutRequest, SearchRequest};
 use tokio_util::sync::CancellationToken;
@@ -88,7 +88,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Identity => crate::bench_identity::run(&args).await,
         What::Audit => audit(&args).await,
         What::Import => import(&args).await,
-        What::Passport => passport(&args).await,
+        What::Passport => crate::bench_passport::run(&config, &args).await,
     }
 }
 
@@ -255,12 +255,12 @@ async fn bus(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
 pub(crate) struct UpProcess {
     child: Child,
     pub(crate) http: String,
-    grpc: String,
+    pub(crate) grpc: String,
     _data: tempfile::TempDir,
 }
 
 impl UpProcess {
-    fn start() -> anyhow::Result<(UpProcess, Duration)> {
+    pub(crate) fn start() -> anyhow::Result<(UpProcess, Duration)> {
         Self::start_with(&[])
     }
 
@@ -389,7 +389,7 @@ where
 
 /// Adds `authorization: Bearer …` to every call.
 #[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub(crate) struct Bearer(pub(crate) tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -530,147 +530,6 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         .await?;
     }
     Ok(())
-}
-
-// ----------------------------------------------------------------------------------- passport
-
-/// Patients the passport bench writes (each a Patient, a Condition, a medicine, an encounter).
-const PASSPORT_PATIENTS: u32 = 500;
-
-async fn passport(args: &BenchArgs) -> anyhow::Result<()> {
-    let (p, _) = UpProcess::start()?;
-    let token = demo_service_token(&p.http, "records.read records.write").await?;
-    let bearer = Bearer(format!("Bearer {token}").parse()?);
-    let mut writers = Vec::new();
-    let mut readers = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let channel = tonic::transport::Channel::from_shared(p.grpc.clone())?
-            .connect()
-            .await?;
-        writers.push(RecordsClient::with_interceptor(channel.clone(), bearer.clone()));
-        readers.push(PassportClient::with_interceptor(channel, bearer.clone()));
-    }
-    let nhs: Vec<String> = (0..PASSPORT_PATIENTS * 2)
-        .filter_map(|i| sharedcare_kit::nhs::NhsNumber::from_stem(943_500_000 + i))
-        .map(|n| n.to_string())
-        .take(PASSPORT_PATIENTS as usize)
-        .collect();
-    println!(
-        "passport over gRPC at {}, {} patients with 4 resources each, {} in flight, {} s per phase",
-        p.grpc,
-        nhs.len(),
-        args.concurrency,
-        args.seconds
-    );
-    let resources = |i: usize, n: &str| {
-        let subject = format!(r#"{{"reference":"Patient/pp-{i}"}}"#);
-        [
-            format!(
-                r#"{{"resourceType":"Patient","id":"pp-{i}","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{n}"}}],"name":[{{"family":"Bench","given":["Pat"]}}]}}"#
-            ),
-            format!(
-                r#"{{"resourceType":"Condition","id":"pc-{i}","subject":{subject},"code":{{"coding":[{{"system":"http://snomed.info/sct","code":"44054006","display":"Type 2 diabetes mellitus"}}]}}}}"#
-            ),
-            format!(
-                r#"{{"resourceType":"MedicationStatement","id":"pm-{i}","status":"active","subject":{subject},"medicationCodeableConcept":{{"text":"Metformin 500mg tablets"}}}}"#
-            ),
-            format!(
-                r#"{{"resourceType":"Encounter","id":"pe-{i}","status":"finished","subject":{subject},"class":{{"code":"AMB"}},"period":{{"start":"2026-11-20T09:00:00Z"}}}}"#
-            ),
-        ]
-    };
-    // The demo patients too (their GP, Riverside, has a care relationship with each), for the
-    // staff and self views.
-    let demo: Vec<String> = sharedcare_identity::demo::patients()
-        .into_iter()
-        .map(|(p, _)| p.nhs_number)
-        .collect();
-    let mut w = writers[0].clone();
-    for (i, n) in demo.iter().enumerate() {
-        for body in resources(PASSPORT_PATIENTS as usize + i, n) {
-            w.put(PutRequest {
-                resource_json: body,
-                source_organisation: "A81001".into(),
-                ..Default::default()
-            })
-            .await?;
-        }
-    }
-    for (i, n) in nhs.iter().enumerate() {
-        for body in resources(i, n) {
-            w.put(PutRequest {
-                resource_json: body,
-                source_organisation: "A81001".into(),
-                ..Default::default()
-            })
-            .await?;
-        }
-    }
-    // Freshness: from the last write's answer to the passport showing it.
-    let last = nhs.last().context("no patients")?.clone();
-    let written = Instant::now();
-    let mut r = readers[0].clone();
-    loop {
-        let view = r
-            .get_passport(GetPassportRequest {
-                nhs_number: last.clone(),
-                purpose: String::new(),
-            })
-            .await;
-        if view.is_ok_and(|v| v.into_inner().sections.iter().any(|s| !s.entries.is_empty())) {
-            break;
-        }
-        if written.elapsed() > Duration::from_secs(30) {
-            bail!("the passport did not catch up within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    println!(
-        "write of {} resources → last one in the passport: {:.1} ms after the last write",
-        nhs.len() * 4,
-        written.elapsed().as_secs_f64() * 1000.0
-    );
-    views("GetPassport (service, decided + audited)", args, &readers, nhs).await?;
-    // As people: the GP viewing her registered patients, and a patient (P9) viewing her own.
-    let as_user = |token: String| -> anyhow::Result<Bearer> { Ok(Bearer(format!("Bearer {token}").parse()?)) };
-    let gp = as_user(crate::bench_identity::user_token(&p.http, "gp", "demo-gp-password", "selectedrole").await?)?;
-    let own =
-        as_user(crate::bench_identity::user_token(&p.http, "patient1", "demo-patient1-password", "nhs_number").await?)?;
-    let (mut staff, mut patient) = (Vec::new(), Vec::new());
-    for _ in 0..args.connections.max(1) {
-        let channel = tonic::transport::Channel::from_shared(p.grpc.clone())?
-            .connect()
-            .await?;
-        staff.push(PassportClient::with_interceptor(channel.clone(), gp.clone()));
-        patient.push(PassportClient::with_interceptor(channel, own.clone()));
-    }
-    let mine = vec![demo.first().context("no demo patient")?.clone()];
-    views("GetPassport (GP, her patients)", args, &staff, demo).await?;
-    views("GetPassport (patient P9, own)", args, &patient, mine).await?;
-    drop(p);
-    Ok(())
-}
-
-/// A benchmark phase of passport views by `clients`, going round `patients`.
-async fn views(
-    name: &str,
-    args: &BenchArgs,
-    clients: &[PassportClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>],
-    patients: Vec<String>,
-) -> anyhow::Result<()> {
-    let patients = Arc::new(patients);
-    phase(name, args, clients, move |mut c, i| {
-        let patient = patients[(i % patients.len() as u64) as usize].clone();
-        async move {
-            c.get_passport(GetPassportRequest {
-                nhs_number: patient,
-                purpose: String::new(),
-            })
-            .await
-            .map(|_| ())
-        }
-    })
-    .await
 }
 
 // ------------------------------------------------------------------------------------- import

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_identity;
+mod bench_passport;
 mod cli;
 mod config;
 mod import;
