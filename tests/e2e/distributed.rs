@@ -548,7 +548,7 @@ async fn passport_runs_as_its_own_process_and_loses_nothing_across_a_crash() {
             .fetch_all(&db)
             .await
             .expect("entries");
-            let sharing: Vec<(String, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            let sharing: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT nhs_number, state FROM {schema}.sharing ORDER BY nhs_number"
             )))
             .fetch_all(&db)

@@ -8,6 +8,8 @@ use sharedcare_kit::bus::Delivery;
 use sharedcare_kit::db::Db;
 use sharedcare_kit::inbox;
 use sharedcare_kit::nhs::NhsNumber;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use prost::Message;
 use sharedcare_proto::events::v1::{RecordState, SharingState};
 use sqlx::Row;
@@ -69,6 +71,10 @@ impl Store {
         for chunk in events.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
             let deliveries: Vec<&Delivery> = chunk.iter().map(|(d, _)| *d).collect();
             let fresh = inbox::claim_all(&mut tx, crate::NAME, &deliveries).await?;
+            // One row per resource: the newest version in the chunk (one statement may not
+            // touch a row twice), written in one multi-row upsert.
+            let mut rows: std::collections::HashMap<(&str, &str), (&RecordState, projection::Projected)> =
+                std::collections::HashMap::new();
             for (d, s) in chunk.iter().filter(|(d, _)| fresh.contains(&d.envelope.id)) {
                 fresh_count += 1;
                 let Ok(serde_json::Value::Object(body)) = serde_json::from_str(&s.resource_json) else {
@@ -78,38 +84,49 @@ impl Store {
                 let Some(p) = projection::project(&s.resource_type, &body) else {
                     continue;
                 };
+                let key = (s.resource_type.as_str(), s.id.as_str());
+                if rows.get(&key).is_none_or(|(held, _)| held.version < s.version) {
+                    rows.insert(key, (s, p));
+                }
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            let sql = tx.backend().insert_rows(
+                "entries (resource_type, id, version, nhs_number, section, summary, clinical_date, \
+                 status, source_organisation, labels, body, hidden, updated_us)",
+                13,
+                rows.len(),
+                "ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
+                 nhs_number = excluded.nhs_number, section = excluded.section, summary = excluded.summary, \
+                 clinical_date = excluded.clinical_date, status = excluded.status, \
+                 source_organisation = excluded.source_organisation, labels = excluded.labels, \
+                 body = excluded.body, hidden = excluded.hidden, updated_us = excluded.updated_us \
+                 WHERE entries.version < excluded.version",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (s, p) in rows.into_values() {
                 let updated = s
                     .last_updated
                     .as_ref()
                     .map(sharedcare_kit::db::micros)
                     .unwrap_or_default();
-                sqlx::query(
-                    "INSERT INTO entries (resource_type, id, version, nhs_number, section, summary, clinical_date, \
-                     status, source_organisation, labels, body, hidden, updated_us) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                     ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
-                     nhs_number = excluded.nhs_number, section = excluded.section, summary = excluded.summary, \
-                     clinical_date = excluded.clinical_date, status = excluded.status, \
-                     source_organisation = excluded.source_organisation, labels = excluded.labels, \
-                     body = excluded.body, hidden = excluded.hidden, updated_us = excluded.updated_us \
-                     WHERE entries.version < excluded.version",
-                )
-                .bind(s.resource_type.clone())
-                .bind(s.id.clone())
-                .bind(s.version)
-                .bind(s.nhs_number.clone())
-                .bind(p.place.as_str())
-                .bind(p.summary)
-                .bind(p.date)
-                .bind(p.status)
-                .bind(s.source_organisation.clone())
-                .bind(s.labels.join(","))
-                .bind(s.resource_json.clone())
-                .bind(i64::from(p.hidden))
-                .bind(updated)
-                .execute(&mut *tx)
-                .await?;
+                q = q
+                    .bind(s.resource_type.clone())
+                    .bind(s.id.clone())
+                    .bind(s.version)
+                    .bind(s.nhs_number.clone())
+                    .bind(p.place.as_str())
+                    .bind(p.summary)
+                    .bind(p.date)
+                    .bind(p.status)
+                    .bind(s.source_organisation.clone())
+                    .bind(s.labels.join(","))
+                    .bind(s.resource_json.clone())
+                    .bind(i64::from(p.hidden))
+                    .bind(updated);
             }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(fresh_count)
@@ -134,7 +151,7 @@ impl Store {
                      ON CONFLICT (nhs_number) DO UPDATE SET state = excluded.state, changed_us = excluded.changed_us",
                 )
                 .bind(s.nhs_number.clone())
-                .bind(s.encode_to_vec())
+                .bind(B64.encode(s.encode_to_vec()))
                 .bind(changed)
                 .execute(&mut *tx)
                 .await?;
@@ -144,87 +161,65 @@ impl Store {
         Ok(fresh_count)
     }
 
-    /// The sharing state held for each of `patients`, in one query.
-    pub async fn sharing_many(
-        &self,
-        patients: &[NhsNumber],
-    ) -> Result<std::collections::HashMap<String, SharingState>, PassportError> {
-        let mut out = std::collections::HashMap::new();
-        for chunk in patients.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
-            let sql = format!(
-                "SELECT nhs_number, state FROM sharing WHERE nhs_number IN ({})",
-                self.db.backend().marks(1, chunk.len())
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for p in chunk {
-                q = q.bind(p.as_str().to_string());
-            }
-            for r in q.fetch_all(self.db.pool()).await? {
-                let nhs: String = r.try_get(0)?;
-                let bytes: Vec<u8> = r.try_get(1)?;
-                let state = SharingState::decode(bytes.as_slice())
-                    .map_err(|e| PassportError::Corrupt(format!("sharing state for {nhs}: {e}")))?;
-                out.insert(nhs, state);
-            }
-        }
-        Ok(out)
-    }
-
     /// What the passport holds about `patient`: entries and sharing state.
     pub async fn held(&self, patient: &NhsNumber) -> Result<Held, PassportError> {
         let mut all = self.held_many(std::slice::from_ref(patient)).await?;
         Ok(all.remove(patient.as_str()).unwrap_or_default())
     }
 
-    /// What the passport holds about each of `patients`: two queries for the lot.
+    /// What the passport holds about each of `patients`, in one query (a batch of views costs
+    /// one round trip): each one's entries, newest first, and sharing state.
     pub async fn held_many(
         &self,
         patients: &[NhsNumber],
     ) -> Result<std::collections::HashMap<String, Held>, PassportError> {
-        let mut entries = self.entries_many(patients).await?;
-        let mut sharing = self.sharing_many(patients).await?;
-        Ok(patients
-            .iter()
-            .map(|p| {
-                let held = Held {
-                    entries: entries.remove(p.as_str()).unwrap_or_default(),
-                    sharing: sharing.remove(p.as_str()),
-                };
-                (p.as_str().to_string(), held)
-            })
-            .collect())
-    }
-
-    /// Everything shown about `patient` (demographics and every section), newest first.
-    pub async fn entries(&self, patient: &NhsNumber) -> Result<Vec<Entry>, PassportError> {
-        let mut all = self.entries_many(std::slice::from_ref(patient)).await?;
-        Ok(all.remove(patient.as_str()).unwrap_or_default())
-    }
-
-    /// Everything shown about each of `patients`, in one query (a batch of views costs one
-    /// round trip): the entries of each, newest first, under its NHS number.
-    pub async fn entries_many(
-        &self,
-        patients: &[NhsNumber],
-    ) -> Result<std::collections::HashMap<String, Vec<Entry>>, PassportError> {
-        let mut out: std::collections::HashMap<String, Vec<Entry>> = std::collections::HashMap::new();
+        let mut out: std::collections::HashMap<String, Held> = std::collections::HashMap::new();
         for chunk in patients.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
+            let backend = self.db.backend();
+            // Sharing rows ride in the entries' columns: section SHARING, the state as body.
             let sql = format!(
                 "SELECT {COLUMNS}, nhs_number FROM entries WHERE nhs_number IN ({}) AND hidden = 0 \
-                 ORDER BY clinical_date DESC, updated_us DESC, resource_type, id",
-                self.db.backend().marks(1, chunk.len())
+                 UNION ALL SELECT '', '', 0, '{SHARING}', '', '', '', '', '', state, changed_us, nhs_number \
+                 FROM sharing WHERE nhs_number IN ({}) \
+                 ORDER BY 6 DESC, 11 DESC, 1, 2",
+                backend.marks(1, chunk.len()),
+                backend.marks(chunk.len() + 1, chunk.len()),
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for p in chunk {
-                q = q.bind(p.as_str().to_string());
+            for _ in 0..2 {
+                for p in chunk {
+                    q = q.bind(p.as_str().to_string());
+                }
             }
             for r in q.fetch_all(self.db.pool()).await? {
                 let nhs: String = r.try_get(11)?;
-                out.entry(nhs).or_default().push(entry_row(&r)?);
+                let section: String = r.try_get(3)?;
+                let held = out.entry(nhs).or_default();
+                if section == SHARING {
+                    let text: String = r.try_get(9)?;
+                    held.sharing = Some(decode_sharing(&text)?);
+                } else {
+                    held.entries.push(entry_row(&r)?);
+                }
             }
         }
         Ok(out)
     }
+
+    /// Everything shown about `patient` (demographics and every section), newest first.
+    pub async fn entries(&self, patient: &NhsNumber) -> Result<Vec<Entry>, PassportError> {
+        Ok(self.held(patient).await?.entries)
+    }
+}
+
+/// The `section` the sharing rows of [`Store::held_many`]'s query carry.
+const SHARING: &str = "#sharing";
+
+fn decode_sharing(text: &str) -> Result<SharingState, PassportError> {
+    let bytes = B64
+        .decode(text)
+        .map_err(|e| PassportError::Corrupt(format!("sharing state: {e}")))?;
+    SharingState::decode(bytes.as_slice()).map_err(|e| PassportError::Corrupt(format!("sharing state: {e}")))
 }
 
 fn entry_row(r: &sqlx::any::AnyRow) -> Result<Entry, PassportError> {

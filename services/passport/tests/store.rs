@@ -79,6 +79,27 @@ async fn the_newest_version_wins_whatever_the_order(db: Db) {
     );
 }
 
+async fn one_batch_with_several_versions_of_a_resource_keeps_the_newest(db: Db) {
+    let s = store(&db).await;
+    let batch = [
+        state(1, NHS, "c1", 1, condition("Asthma")),
+        state(2, NHS, "c1", 3, condition("Asthma, resolved")),
+        state(3, NHS, "c1", 2, condition("Asthma, in remission")),
+        state(4, NHS, "c2", 1, condition("Eczema")),
+    ];
+    assert_eq!(apply(&s, &batch).await, 4);
+    let entries = s.entries(&nhs(NHS)).await.expect("entries");
+    let mut got: Vec<(String, i64, String)> = entries.into_iter().map(|e| (e.id, e.version, e.summary)).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("c1".to_string(), 3, "Asthma, resolved".to_string()),
+            ("c2".to_string(), 1, "Eczema".to_string())
+        ]
+    );
+}
+
 async fn a_version_entered_in_error_leaves_the_view(db: Db) {
     let s = store(&db).await;
     apply(
@@ -190,6 +211,7 @@ sharedcare_kit::store_suite!(
     the_latest_sharing_state_replaces_the_last_once_per_event,
     a_redelivered_event_changes_nothing,
     the_newest_version_wins_whatever_the_order,
+    one_batch_with_several_versions_of_a_resource_keeps_the_newest,
     a_version_entered_in_error_leaves_the_view,
     each_patient_sees_only_their_own_entries_and_unknown_types_are_not_kept,
 );
