@@ -561,4 +561,14 @@ async fn passport_runs_as_its_own_process_and_loses_nothing_across_a_crash() {
     assert_eq!(live.0.len(), 152, "the patient, the admission and 150 observations");
     assert!(live.1.iter().any(|(n, _)| *n == nhs), "her sharing state is held");
     assert!(live == rebuilt, "the rebuilt model differs from the live one");
+
+    // Consent gone: views fail closed, never open.
+    consent.crash();
+    let err = passport
+        .passport()
+        .await
+        .get_passport(ask())
+        .await
+        .expect_err("no decision, no view");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
 }

@@ -320,4 +320,54 @@ async fn the_passport_shows_the_record_to_the_patient_and_what_consent_permits_t
     let (status, bad) = get(&p.http, &margaret, &nhs, "access-log?page_size=many").await;
     assert_eq!(status, 400, "{bad}");
     assert_eq!(bad["issue"][0]["expression"][0], "page_size");
+
+    // David holds a lasting power of attorney for Margaret: he sees her passport, her choices
+    // (with him in them) and her access log; when it ends, he no longer does.
+    use sharedcare_proto::consent::v1::{AddRepresentativeRequest, EndRepresentativeRequest, Representative};
+    let david_token = user_token(&p, "patient2", "demo-patient2-password", "nhs_number").await;
+    let (status, _) = passport(&p.http, &david_token, &nhs, "").await;
+    assert_eq!(status, 403, "not yet her representative");
+    let service = service_token_for(&p.http, "consent.write").await;
+    let lpa = consent
+        .add_representative(with_token(
+            AddRepresentativeRequest {
+                representative: Some(Representative {
+                    nhs_number: nhs.clone(),
+                    representative_nhs_number: david.clone(),
+                    kind: "lpa_health_welfare".into(),
+                    start: 1_600_000_000,
+                    ..Default::default()
+                }),
+            },
+            &service,
+        ))
+        .await
+        .expect("representative")
+        .into_inner();
+    let (status, hers) = passport(&p.http, &david_token, &nhs, "").await;
+    assert_eq!(status, 200, "{hers}");
+    assert_eq!(section(&hers, "medications"), ["metformin"]);
+    let choices = eventually(Duration::from_secs(10), "David in her sharing choices", || async {
+        let (status, c) = get(&p.http, &david_token, &nhs, "sharing-choices").await;
+        (status == 200 && c["representatives"].as_array().is_some_and(|r| !r.is_empty())).then_some(c)
+    })
+    .await;
+    assert_eq!(choices["representatives"][0]["representativeNhsNumber"], david.as_str());
+    assert_eq!(
+        choices["representatives"][0]["kindWords"],
+        "Lasting power of attorney for health and welfare"
+    );
+    let (status, log) = get(&p.http, &david_token, &nhs, "access-log").await;
+    assert_eq!(status, 200, "{log}");
+    consent
+        .end_representative(with_token(
+            EndRepresentativeRequest { id: lpa.id, end: 0 },
+            &service,
+        ))
+        .await
+        .expect("ended");
+    let (status, _) = passport(&p.http, &david_token, &nhs, "").await;
+    assert_eq!(status, 403, "his authority has ended");
+    let (status, _) = get(&p.http, &david_token, &nhs, "sharing-choices").await;
+    assert_eq!(status, 403);
 }

@@ -190,7 +190,17 @@ async fn embedded_log_drops_events_past_retention() {
     let sent = events("retention.topic");
     bus.publish(&sent[..100]).await.expect("publish");
     assert_eq!(bus.prune().await.expect("prune"), 0, "nothing is older than seven days");
+    let state = events("records.state.v1");
+    bus.publish(&state[..30]).await.expect("publish state");
     let bus = bus.with_retention(Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(2)).await;
-    assert_eq!(bus.prune().await.expect("prune"), 100, "everything is older than zero");
+    assert_eq!(
+        bus.prune().await.expect("prune"),
+        100,
+        "everything is older than zero, but state topics are kept"
+    );
+    let kept = bus.extent("records.state.v1").await.expect("extent");
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].next - kept[0].first, 30, "{kept:?}");
+    assert!(bus.extent("retention.topic").await.expect("extent")[0].is_empty());
 }

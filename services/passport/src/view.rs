@@ -144,6 +144,7 @@ impl View {
             "sections": self.sections.iter().map(|(s, entries)| json!({
                 "kind": s.as_str(),
                 "title": s.title(),
+                "withheld": self.some_withheld,
                 "entries": entries.iter().map(|e| json!({
                     "resourceType": e.resource_type, "id": e.id, "version": e.version,
                     "summary": e.summary, "date": e.date, "status": e.status,
@@ -187,6 +188,7 @@ impl From<View> for api::PassportView {
                 .map(|(s, entries)| api::Section {
                     kind: kind(s) as i32,
                     title: s.title().into(),
+                    withheld: v.some_withheld,
                     entries: entries
                         .into_iter()
                         .map(|e| api::Entry {
@@ -265,7 +267,9 @@ mod tests {
         let problems = &v.sections[0].1;
         assert_eq!(problems.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["c1"]);
         assert!(v.some_withheld);
-        let json = v.to_json().to_string();
+        let json = v.to_json();
+        assert!(json["sections"].as_array().expect("sections").iter().all(|s| s["withheld"] == true));
+        let json = json.to_string();
         assert!(!json.contains("c2") && !json.contains("SEX"), "{json}");
         let open = View::build(&nhs, held(entries), &[], 0);
         assert_eq!(open.sections[0].1.len(), 2);

@@ -91,7 +91,8 @@ impl EmbeddedBus {
     /// Deletes events older than the retention; returns how many.
     pub async fn prune(&self) -> Result<u64> {
         let cutoff = crate::db::now_us() - i64::try_from(self.retention.as_micros()).unwrap_or(i64::MAX);
-        let done = sqlx::query("DELETE FROM log WHERE appended_us < ?1")
+        // State topics are never pruned: read models are rebuilt from them.
+        let done = sqlx::query("DELETE FROM log WHERE appended_us < ?1 AND topic NOT LIKE '%.state.v1'")
             .bind(cutoff)
             .execute(&self.pool)
             .await

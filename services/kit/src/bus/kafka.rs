@@ -137,11 +137,17 @@ impl KafkaBus {
         let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|t| {
-                NewTopic::new(
+                let topic = NewTopic::new(
                     t,
                     self.config.partitions,
                     TopicReplication::Fixed(self.config.replication_factor),
-                )
+                );
+                // Read models are rebuilt from state topics: keep them whole.
+                if super::is_state_topic(t) {
+                    topic.set("retention.ms", "-1")
+                } else {
+                    topic
+                }
             })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

@@ -27,6 +27,13 @@ pub fn topic(service: &str) -> String {
     format!("sharedcare.{service}.v1")
 }
 
+/// Whether `topic` is a state-transfer topic (`sharedcare.<service>.state.v1`): the state
+/// read models are built from, so kept for as long as the bus runs (a rebuild replays it
+/// whole), where other topics are kept for the configured retention.
+pub fn is_state_topic(topic: &str) -> bool {
+    topic.ends_with(".state.v1")
+}
+
 /// An encoded envelope ready to publish.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outgoing {
