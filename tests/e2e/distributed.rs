@@ -506,15 +506,19 @@ async fn passport_runs_as_its_own_process_and_loses_nothing_across_a_crash() {
         nhs_number: nhs.clone(),
         purpose: String::new(),
     };
-    let view = eventually(Duration::from_secs(60), "all 150 observations and the hospital in the passport", || {
-        let (passport, ask) = (&passport, ask());
-        async move {
-            let view = passport.passport().await.get_passport(ask).await.ok()?.into_inner();
-            let results = view.sections.iter().find(|s| s.title.starts_with("Test results"))?;
-            let hospital = view.care_team.iter().any(|m| m.ods_code == "RXX01");
-            (results.entries.len() >= 150 && hospital).then_some(view)
-        }
-    })
+    let view = eventually(
+        Duration::from_secs(60),
+        "all 150 observations and the hospital in the passport",
+        || {
+            let (passport, ask) = (&passport, ask());
+            async move {
+                let view = passport.passport().await.get_passport(ask).await.ok()?.into_inner();
+                let results = view.sections.iter().find(|s| s.title.starts_with("Test results"))?;
+                let hospital = view.care_team.iter().any(|m| m.ods_code == "RXX01");
+                (results.entries.len() >= 150 && hospital).then_some(view)
+            }
+        },
+    )
     .await;
     let hospital = view.care_team.iter().find(|m| m.ods_code == "RXX01").expect("hospital");
     assert_eq!(hospital.organisation_name, "St Elsewhere Hospital");

@@ -282,7 +282,12 @@ async fn the_passport_shows_the_record_to_the_patient_and_what_consent_permits_t
     );
     assert_eq!(choices["breakGlass"][0]["reasonCode"], "patient-collapsed");
     assert_eq!(choices["nationalOptOut"], false);
-    assert!(choices["nationalOptOutWords"].as_str().expect("words").starts_with("You have not opted out"));
+    assert!(
+        choices["nationalOptOutWords"]
+            .as_str()
+            .expect("words")
+            .starts_with("You have not opted out")
+    );
     let (status, refused) = get(&p.http, &gp, &nhs, "sharing-choices").await;
     assert_eq!(status, 403, "{refused}");
     let (status, refused) = get(&p.http, &margaret, &david, "access-log").await;
@@ -293,8 +298,12 @@ async fn the_passport_shows_the_record_to_the_patient_and_what_consent_permits_t
     let page = eventually(Duration::from_secs(20), "the views in her access log", || async {
         let (status, page) = get(&p.http, &margaret, &nhs, "access-log?page_size=100").await;
         let entries = page["entries"].as_array().cloned().unwrap_or_default();
-        let gp_view = entries.iter().any(|e| e["organisation"] == "A81001" && e["outcome"] == "success");
-        let glass = entries.iter().any(|e| e["purpose"] == "BTG" && e["outcome"] == "success");
+        let gp_view = entries
+            .iter()
+            .any(|e| e["organisation"] == "A81001" && e["outcome"] == "success");
+        let glass = entries
+            .iter()
+            .any(|e| e["purpose"] == "BTG" && e["outcome"] == "success");
         (status == 200 && gp_view && glass).then_some(page)
     })
     .await;
@@ -307,7 +316,10 @@ async fn the_passport_shows_the_record_to_the_patient_and_what_consent_permits_t
     let (ok, out) = verify_independently(&forged);
     assert!(!ok && out.contains("organisation shown as"), "{out}");
     let mut forged = page.clone();
-    let data = forged["entries"][0]["proof"]["leafData"].as_str().expect("leaf").to_string();
+    let data = forged["entries"][0]["proof"]["leafData"]
+        .as_str()
+        .expect("leaf")
+        .to_string();
     forged["entries"][0]["proof"]["leafData"] = json!(data.replacen(",\"", ", \"", 1));
     let (ok, out) = verify_independently(&forged);
     assert!(!ok && out.contains("leaf hash"), "{out}");
@@ -315,7 +327,13 @@ async fn the_passport_shows_the_record_to_the_patient_and_what_consent_permits_t
     let (_, first) = get(&p.http, &margaret, &nhs, "access-log?page_size=1").await;
     let next = first["nextBeforeSequence"].as_u64().expect("next");
     assert!(next > 0, "{first}");
-    let (_, second) = get(&p.http, &margaret, &nhs, &format!("access-log?page_size=1&before_sequence={next}")).await;
+    let (_, second) = get(
+        &p.http,
+        &margaret,
+        &nhs,
+        &format!("access-log?page_size=1&before_sequence={next}"),
+    )
+    .await;
     assert!(second["entries"][0]["sequence"].as_u64() < first["entries"][0]["sequence"].as_u64());
     let (status, bad) = get(&p.http, &margaret, &nhs, "access-log?page_size=many").await;
     assert_eq!(status, 400, "{bad}");
@@ -360,10 +378,7 @@ async fn the_passport_shows_the_record_to_the_patient_and_what_consent_permits_t
     let (status, log) = get(&p.http, &david_token, &nhs, "access-log").await;
     assert_eq!(status, 200, "{log}");
     consent
-        .end_representative(with_token(
-            EndRepresentativeRequest { id: lpa.id, end: 0 },
-            &service,
-        ))
+        .end_representative(with_token(EndRepresentativeRequest { id: lpa.id, end: 0 }, &service))
         .await
         .expect("ended");
     let (status, _) = passport(&p.http, &david_token, &nhs, "").await;

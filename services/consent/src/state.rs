@@ -155,7 +155,10 @@ pub fn describe(p: &Provision) -> String {
     s.push_str(&what(p));
     s.push_str(&whom(p));
     if !p.purposes.is_empty() {
-        s.push_str(&format!(" for {}", list(&p.purposes.iter().map(|x| purpose_words(x)).collect::<Vec<_>>())));
+        s.push_str(&format!(
+            " for {}",
+            list(&p.purposes.iter().map(|x| purpose_words(x)).collect::<Vec<_>>())
+        ));
     }
     if !p.actions.is_empty() {
         let actions: Vec<String> = p.actions.iter().map(|a| action_words(*a).to_string()).collect();
@@ -190,11 +193,19 @@ fn what(p: &Provision) -> String {
 fn whom(p: &Provision) -> String {
     let mut parts = Vec::new();
     if !p.organisations.is_empty() {
-        let noun = if p.organisations.len() == 1 { "organisation" } else { "organisations" };
+        let noun = if p.organisations.len() == 1 {
+            "organisation"
+        } else {
+            "organisations"
+        };
         parts.push(format!("{noun} {}", list(&p.organisations)));
     }
     if !p.roles.is_empty() {
-        let noun = if p.roles.len() == 1 { "staff in role" } else { "staff in roles" };
+        let noun = if p.roles.len() == 1 {
+            "staff in role"
+        } else {
+            "staff in roles"
+        };
         parts.push(format!("{noun} {}", list(&p.roles)));
     }
     match parts.as_slice() {
@@ -238,7 +249,10 @@ mod tests {
 
     #[test]
     fn a_withheld_category_reads_as_plain_words() {
-        assert_eq!(describe(&deny(&["MH"])), "Do not share my mental health records with anyone.");
+        assert_eq!(
+            describe(&deny(&["MH"])),
+            "Do not share my mental health records with anyone."
+        );
         assert_eq!(
             describe(&deny(&["SEX", "HIV", "PSY"])),
             "Do not share my sexual and reproductive health, HIV and psychiatry records with anyone."

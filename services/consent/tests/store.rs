@@ -131,10 +131,16 @@ async fn facts_round_trip_and_every_change_writes_its_event(db: Db) {
     );
     assert!(last.national_opt_out && last.gp_dissent);
     let r = &last.relationships[0];
-    assert_eq!((r.id.as_str(), r.ods_code.as_str(), r.kind.as_str()), ("r1", "A81001", "gp_registration"));
+    assert_eq!(
+        (r.id.as_str(), r.ods_code.as_str(), r.kind.as_str()),
+        ("r1", "A81001", "gp_registration")
+    );
     assert_eq!(r.end.as_ref().map(|t| t.seconds), Some(20));
     let g = &last.break_glass[0];
-    assert_eq!((g.ods_code.as_str(), g.reason_code.as_str(), g.reviewed), ("VH2D7", "unconscious-patient", false));
+    assert_eq!(
+        (g.ods_code.as_str(), g.reason_code.as_str(), g.reviewed),
+        ("VH2D7", "unconscious-patient", false)
+    );
     assert!(
         s.facts(&sharedcare_kit::nhs::NhsNumber::parse("9000000009").expect("valid"))
             .await

@@ -51,11 +51,19 @@ impl AuditLog {
 
     /// A page of `patient`'s entries (`page_size` 0 = the default), newest first, before
     /// sequence `before` (0 = from the newest), each proved against one freshly signed head.
-    pub async fn page(&self, patient: &NhsNumber, page_size: u32, before: u64) -> Result<api::AccessLog, PassportError> {
+    pub async fn page(
+        &self,
+        patient: &NhsNumber,
+        page_size: u32,
+        before: u64,
+    ) -> Result<api::AccessLog, PassportError> {
         let size = match page_size {
             0 => DEFAULT_PAGE,
             n if n > MAX_PAGE => {
-                return Err(PassportError::invalid("page_size", format!("{n} is more than {MAX_PAGE}")));
+                return Err(PassportError::invalid(
+                    "page_size",
+                    format!("{n} is more than {MAX_PAGE}"),
+                ));
             }
             n => n,
         };

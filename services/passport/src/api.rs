@@ -83,7 +83,11 @@ impl Api {
         let outcome = Outcome::of_decision(&decision, &purpose);
         let held = match self.reader.held(&patient).await {
             Ok(h) => h,
-            Err(e) => return self.answer(who, &patient, Asked::Passport, Outcome::of_error(&purpose), Err(e)).await,
+            Err(e) => {
+                return self
+                    .answer(who, &patient, Asked::Passport, Outcome::of_error(&purpose), Err(e))
+                    .await;
+            }
         };
         if held.entries.is_empty() && !matches!(who, Principal::Patient { .. }) {
             let missing = Outcome {
@@ -99,7 +103,11 @@ impl Api {
     }
 
     /// `nhs_number`'s sharing choices, for the person or their representative.
-    pub async fn sharing_choices(&self, who: &Principal, nhs_number: &str) -> Result<contract::SharingChoices, PassportError> {
+    pub async fn sharing_choices(
+        &self,
+        who: &Principal,
+        nhs_number: &str,
+    ) -> Result<contract::SharingChoices, PassportError> {
         let (patient, purpose) = parse(nhs_number, "")?;
         let asked = Asked::SharingChoices;
         let decision = self.decide(who, &patient, &purpose, asked).await?;
@@ -109,7 +117,11 @@ impl Api {
             .held(&patient)
             .await
             .map(|h| crate::choices::to_proto(&patient, h.sharing.as_ref()));
-        let outcome = if choices.is_ok() { outcome } else { Outcome::of_error(&purpose) };
+        let outcome = if choices.is_ok() {
+            outcome
+        } else {
+            Outcome::of_error(&purpose)
+        };
         self.answer(who, &patient, asked, outcome, choices).await
     }
 
@@ -127,7 +139,11 @@ impl Api {
         let decision = self.decide(who, &patient, &purpose, asked).await?;
         let outcome = Outcome::of_decision(&decision, &purpose);
         let log = self.audit_log.page(&patient, page_size, before).await;
-        let outcome = if log.is_ok() { outcome } else { Outcome::of_error(&purpose) };
+        let outcome = if log.is_ok() {
+            outcome
+        } else {
+            Outcome::of_error(&purpose)
+        };
         self.answer(who, &patient, asked, outcome, log).await
     }
 
@@ -162,7 +178,9 @@ impl Api {
             Ok(d) => d,
             Err(e) => {
                 let e = PassportError::Consent(e);
-                return self.answer(who, patient, asked, Outcome::of_error(purpose), Err(e)).await;
+                return self
+                    .answer(who, patient, asked, Outcome::of_error(purpose), Err(e))
+                    .await;
             }
         };
         if decision.effect() == Effect::Deny {

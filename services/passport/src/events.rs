@@ -49,8 +49,10 @@ impl Handler for StateConsumer {
     async fn handle_batch(&self, deliveries: &[Delivery]) -> sharedcare_kit::Result<()> {
         let records: Vec<(&Delivery, RecordState)> =
             deliveries.iter().filter_map(|d| self.decode(d, RECORD_STATE)).collect();
-        let sharing: Vec<(&Delivery, SharingState)> =
-            deliveries.iter().filter_map(|d| self.decode(d, SHARING_STATE)).collect();
+        let sharing: Vec<(&Delivery, SharingState)> = deliveries
+            .iter()
+            .filter_map(|d| self.decode(d, SHARING_STATE))
+            .collect();
         let apply = || sharedcare_kit::Error::apply(crate::NAME);
         self.store.apply(&records).await.map_err(apply())?;
         self.store.apply_sharing(&sharing).await.map_err(apply())?;

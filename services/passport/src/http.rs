@@ -19,7 +19,10 @@ use crate::api::Api;
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/passport/v1/patients/{nhs_number}", get(passport))
-        .route("/passport/v1/patients/{nhs_number}/sharing-choices", get(sharing_choices))
+        .route(
+            "/passport/v1/patients/{nhs_number}/sharing-choices",
+            get(sharing_choices),
+        )
         .route("/passport/v1/patients/{nhs_number}/access-log", get(access_log))
         .with_state(api)
 }

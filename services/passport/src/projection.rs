@@ -264,7 +264,10 @@ mod tests {
         let m = body.as_object().expect("object");
         assert_eq!(
             care_names(m),
-            ("St Elsewhere Hospital".to_string(), "Dr A Patel, Nurse B Jones".to_string())
+            (
+                "St Elsewhere Hospital".to_string(),
+                "Dr A Patel, Nurse B Jones".to_string()
+            )
         );
         assert_eq!(care_names(&Map::new()), (String::new(), String::new()));
     }

@@ -4,13 +4,13 @@
 //! - `sharing`: each person's sharing choices and care team, the latest `SharingState` consent
 //!   published (consent publishes them in commit order per person, on one partition).
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use prost::Message;
 use sharedcare_kit::bus::Delivery;
 use sharedcare_kit::db::Db;
 use sharedcare_kit::inbox;
 use sharedcare_kit::nhs::NhsNumber;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use prost::Message;
 use sharedcare_proto::events::v1::{RecordState, SharingState};
 use sqlx::Row;
 
@@ -265,10 +265,7 @@ pub fn is_demographics(entry: &Entry) -> bool {
 }
 
 /// A lookup waiting for the [`Reader`], and where its entries go.
-type Lookup = (
-    NhsNumber,
-    tokio::sync::oneshot::Sender<Result<Held, PassportError>>,
-);
+type Lookup = (NhsNumber, tokio::sync::oneshot::Sender<Result<Held, PassportError>>);
 
 /// Most views whose lookups share one query.
 const LOOKUPS_PER_QUERY: usize = 128;

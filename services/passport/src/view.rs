@@ -268,7 +268,13 @@ mod tests {
         assert_eq!(problems.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["c1"]);
         assert!(v.some_withheld);
         let json = v.to_json();
-        assert!(json["sections"].as_array().expect("sections").iter().all(|s| s["withheld"] == true));
+        assert!(
+            json["sections"]
+                .as_array()
+                .expect("sections")
+                .iter()
+                .all(|s| s["withheld"] == true)
+        );
         let json = json.to_string();
         assert!(!json.contains("c2") && !json.contains("SEX"), "{json}");
         let open = View::build(&nhs, held(entries), &[], 0);
@@ -310,9 +316,14 @@ mod tests {
         };
         let mut visit = entry("encounters", "e1", &[]);
         visit.resource_type = "Encounter".into();
-        visit.body = r#"{"serviceProvider":{"display":"St Elsewhere"},"participant":[{"individual":{"display":"Dr Who"}}]}"#.into();
+        visit.body =
+            r#"{"serviceProvider":{"display":"St Elsewhere"},"participant":[{"individual":{"display":"Dr Who"}}]}"#
+                .into();
         let team = care_team(Some(&sharing), &[visit], &[], 1_000 * 1_000_000);
-        let got: Vec<(&str, &str, &str)> = team.iter().map(|m| (m.ods_code.as_str(), m.organisation_name.as_str(), m.who.as_str())).collect();
+        let got: Vec<(&str, &str, &str)> = team
+            .iter()
+            .map(|m| (m.ods_code.as_str(), m.organisation_name.as_str(), m.who.as_str()))
+            .collect();
         assert_eq!(got, [("RXX01", "St Elsewhere", "Dr Who"), ("A81001", "", "")]);
         assert_eq!(team[1].role(), "Registered GP practice");
         assert!(care_team(None, &[], &[], 0).is_empty());

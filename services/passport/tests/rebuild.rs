@@ -19,7 +19,12 @@ const PER_PATIENT: usize = 250;
 fn patients() -> Vec<String> {
     (943_000_000u64..)
         .filter_map(|n| {
-            let sum: u64 = n.to_string().bytes().zip((2..=10).rev()).map(|(d, w)| u64::from(d - b'0') * w).sum();
+            let sum: u64 = n
+                .to_string()
+                .bytes()
+                .zip((2..=10).rev())
+                .map(|(d, w)| u64::from(d - b'0') * w)
+                .sum();
             match 11 - sum % 11 {
                 10 => None,
                 11 => Some(format!("{n}0")),
@@ -61,7 +66,13 @@ fn events() -> Vec<Outgoing> {
             }],
             ..Default::default()
         };
-        let e = bus::envelope(sharedcare_passport::events::SHARING_STATE, "consent", &nhs, &nhs, &sharing);
+        let e = bus::envelope(
+            sharedcare_passport::events::SHARING_STATE,
+            "consent",
+            &nhs,
+            &nhs,
+            &sharing,
+        );
         out.push(Outgoing::new(sharedcare_passport::SHARING_STATE_TOPIC, &e));
     }
     out
@@ -82,9 +93,7 @@ async fn model(db: &Db) -> Vec<(String, i64, String)> {
         .fetch_all(db.pool())
         .await
         .expect("entries");
-    rows.iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
+    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
 }
 
 fn poison() -> prometheus_client::metrics::counter::Counter {
@@ -113,7 +122,10 @@ async fn an_interrupted_rebuild_resumes_and_equals_one_from_scratch() {
             .await
             .expect("count")
             .get(0);
-        assert!(n < total, "the run finished before it could be interrupted; use more events");
+        assert!(
+            n < total,
+            "the run finished before it could be interrupted; use more events"
+        );
         if n > 0 {
             run.abort();
             break;
@@ -145,7 +157,10 @@ async fn an_interrupted_rebuild_resumes_and_equals_one_from_scratch() {
     let (a, b) = (model(&db).await, model(&scratch).await);
     assert_eq!(a.len() as i64, total);
     assert!(a == b, "the resumed model differs from one rebuilt from scratch");
-    assert!(a.iter().all(|(_, version, summary)| *version == 2 && summary.ends_with("v2")));
+    assert!(
+        a.iter()
+            .all(|(_, version, summary)| *version == 2 && summary.ends_with("v2"))
+    );
 
     // Run again with nothing interrupted: it starts afresh (the model emptied) and ends the same.
     let again = sharedcare_passport::rebuild::run(db.clone(), log, false, poison(), &quiet)

@@ -21,7 +21,7 @@ use sharedcare_proto::passport::v1::passport_client::PassportClient;
 use sharedcare_proto::records::v1::PutRequest;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
 
-use crate::bench::{BenchArgs, Bearer, UpProcess, demo_service_token, histogram, phase, report};
+use crate::bench::{Bearer, BenchArgs, UpProcess, demo_service_token, histogram, phase, report};
 use crate::config::Config;
 
 type Passports = PassportClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
@@ -237,18 +237,28 @@ const REBUILD_PER_PATIENT: u32 = 100;
 async fn rebuild(config: &Config) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (log, kind): (Arc<dyn Bus>, String) = if config.kafka.brokers.is_empty() {
-        (Arc::new(EmbeddedBus::open(&dir.path().join("events.db")).await?), "embedded log".into())
+        (
+            Arc::new(EmbeddedBus::open(&dir.path().join("events.db")).await?),
+            "embedded log".into(),
+        )
     } else {
         let mut kc = config.kafka.clone();
         kc.namespace = format!("bench{}", std::process::id());
         let k = KafkaBus::new(&kc, "bench")?;
-        k.ensure_topics(&sharedcare_passport::rebuild::TOPICS.map(String::from)).await?;
+        k.ensure_topics(&sharedcare_passport::rebuild::TOPICS.map(String::from))
+            .await?;
         (Arc::new(k), format!("kafka {}", config.kafka.brokers))
     };
     let (url, name) = if config.database.url.is_empty() {
-        (sharedcare_kit::db::sqlite_url(dir.path(), "passport"), "passport".to_string())
+        (
+            sharedcare_kit::db::sqlite_url(dir.path(), "passport"),
+            "passport".to_string(),
+        )
     } else {
-        (config.database.url.clone(), format!("passport_bench{}", std::process::id()))
+        (
+            config.database.url.clone(),
+            format!("passport_bench{}", std::process::id()),
+        )
     };
     let mut events: Vec<Outgoing> = Vec::new();
     let patients = (0..REBUILD_PATIENTS * 2)
@@ -277,16 +287,22 @@ async fn rebuild(config: &Config) -> anyhow::Result<()> {
             nhs_number: nhs.clone(),
             ..Default::default()
         };
-        let e = bus::envelope(sharedcare_passport::events::SHARING_STATE, "consent", &nhs, &nhs, &sharing);
+        let e = bus::envelope(
+            sharedcare_passport::events::SHARING_STATE,
+            "consent",
+            &nhs,
+            &nhs,
+            &sharing,
+        );
         events.push(Outgoing::new(sharedcare_passport::SHARING_STATE_TOPIC, &e));
     }
     for chunk in events.chunks(2_000) {
         log.publish(chunk).await?;
     }
     let db = sharedcare_kit::db::Db::connect(&url, &name, 8, Duration::from_secs(10)).await?;
-    db.migrate(sharedcare_kit::service::Service::migrations(&sharedcare_passport::Passport::new(
-        Default::default(),
-    )))
+    db.migrate(sharedcare_kit::service::Service::migrations(
+        &sharedcare_passport::Passport::new(Default::default()),
+    ))
     .await?;
     let started = Instant::now();
     let quiet = |_: String| {};
@@ -310,12 +326,7 @@ async fn rebuild(config: &Config) -> anyhow::Result<()> {
 }
 
 /// A benchmark phase of passport views by `clients`, going round `patients`.
-async fn views(
-    name: &str,
-    args: &BenchArgs,
-    clients: &[Passports],
-    patients: Vec<String>,
-) -> anyhow::Result<()> {
+async fn views(name: &str, args: &BenchArgs, clients: &[Passports], patients: Vec<String>) -> anyhow::Result<()> {
     let patients = Arc::new(patients);
     phase(name, args, clients, move |mut c, i| {
         let patient = patients[(i % patients.len() as u64) as usize].clone();
@@ -330,4 +341,3 @@ async fn views(
     })
     .await
 }
-
