@@ -69,14 +69,13 @@ impl Store {
         let mut tx = self.db.begin_write().await?;
         let mut fresh_count = 0;
         for chunk in events.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
-            let deliveries: Vec<&Delivery> = chunk.iter().map(|(d, _)| *d).collect();
-            let fresh = inbox::claim_all(&mut tx, crate::NAME, &deliveries).await?;
+            let fresh = claim(&mut tx, chunk).await?;
+            fresh_count += fresh.len();
             // One row per resource: the newest version in the chunk (one statement may not
             // touch a row twice), written in one multi-row upsert.
             let mut rows: std::collections::HashMap<(&str, &str), (&RecordState, projection::Projected)> =
                 std::collections::HashMap::new();
-            for (d, s) in chunk.iter().filter(|(d, _)| fresh.contains(&d.envelope.id)) {
-                fresh_count += 1;
+            for (d, s) in fresh {
                 let Ok(serde_json::Value::Object(body)) = serde_json::from_str(&s.resource_json) else {
                     tracing::warn!(event = %d.envelope.id, "RecordState without a JSON object; set aside");
                     continue;
@@ -141,21 +140,31 @@ impl Store {
         let mut tx = self.db.begin_write().await?;
         let mut fresh_count = 0;
         for chunk in events.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
-            let deliveries: Vec<&Delivery> = chunk.iter().map(|(d, _)| *d).collect();
-            let fresh = inbox::claim_all(&mut tx, crate::NAME, &deliveries).await?;
-            for (_, s) in chunk.iter().filter(|(d, _)| fresh.contains(&d.envelope.id)) {
-                fresh_count += 1;
-                let changed = s.time.as_ref().map(sharedcare_kit::db::micros).unwrap_or_default();
-                sqlx::query(
-                    "INSERT INTO sharing (nhs_number, state, changed_us) VALUES ($1, $2, $3) \
-                     ON CONFLICT (nhs_number) DO UPDATE SET state = excluded.state, changed_us = excluded.changed_us",
-                )
-                .bind(s.nhs_number.clone())
-                .bind(B64.encode(s.encode_to_vec()))
-                .bind(changed)
-                .execute(&mut *tx)
-                .await?;
+            let fresh = claim(&mut tx, chunk).await?;
+            fresh_count += fresh.len();
+            // One row per person: the last state delivered in the chunk.
+            let mut rows: std::collections::HashMap<&str, &SharingState> = std::collections::HashMap::new();
+            for (_, s) in fresh {
+                rows.insert(s.nhs_number.as_str(), s);
             }
+            if rows.is_empty() {
+                continue;
+            }
+            let sql = tx.backend().insert_rows(
+                "sharing (nhs_number, state, changed_us)",
+                3,
+                rows.len(),
+                "ON CONFLICT (nhs_number) DO UPDATE SET state = excluded.state, changed_us = excluded.changed_us",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (nhs, s) in rows {
+                let changed = s.time.as_ref().map(sharedcare_kit::db::micros).unwrap_or_default();
+                q = q
+                    .bind(nhs.to_string())
+                    .bind(B64.encode(s.encode_to_vec()))
+                    .bind(changed);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(fresh_count)
@@ -210,6 +219,21 @@ impl Store {
     pub async fn entries(&self, patient: &NhsNumber) -> Result<Vec<Entry>, PassportError> {
         Ok(self.held(patient).await?.entries)
     }
+}
+
+/// The events of `chunk` not applied before, claimed in the inbox inside `tx` (the claim
+/// commits with what they change), in delivery order.
+async fn claim<'a, T>(
+    tx: &mut sharedcare_kit::db::Tx,
+    chunk: &'a [(&'a Delivery, T)],
+) -> Result<Vec<(&'a Delivery, &'a T)>, PassportError> {
+    let deliveries: Vec<&Delivery> = chunk.iter().map(|(d, _)| *d).collect();
+    let fresh = inbox::claim_all(tx, crate::NAME, &deliveries).await?;
+    Ok(chunk
+        .iter()
+        .filter(|(d, _)| fresh.contains(&d.envelope.id))
+        .map(|(d, e)| (*d, e))
+        .collect())
 }
 
 /// The `section` the sharing rows of [`Store::held_many`]'s query carry.

@@ -197,12 +197,15 @@ async fn the_latest_sharing_state_replaces_the_last_once_per_event(db: Db) {
     assert_eq!(apply_sharing(vec![first.clone()]).await, 1);
     assert_eq!(apply_sharing(vec![second.clone()]).await, 1);
     assert_eq!(apply_sharing(vec![first]).await, 0, "a redelivery changes nothing");
-    apply_sharing(vec![sharing(3, OTHER, false, &[])]).await;
+    // Two states for one person in one batch: the later one stands.
+    let batch = vec![sharing(3, OTHER, true, &["x"]), sharing(4, OTHER, false, &[])];
+    assert_eq!(apply_sharing(batch).await, 2);
     let held = s.held(&nhs(NHS)).await.expect("held");
     assert_eq!(held.sharing, Some(second.1), "stored whole, byte for byte");
     assert!(held.entries.is_empty() && !held.is_empty());
     let other = s.held(&nhs(OTHER)).await.expect("held");
-    assert!(other.sharing.expect("other's").relationships.is_empty());
+    let other = other.sharing.expect("other's");
+    assert!(other.relationships.is_empty() && !other.national_opt_out);
     assert!(s.held(&nhs("9990000018")).await.expect("held").is_empty());
 }
 
