@@ -22,6 +22,7 @@ use sharedcare_kit::auth::bearer;
 use sharedcare_kit::nhs::{NHS_NUMBER_SYSTEM, NhsNumber};
 
 use crate::grpc::{RecordsApi, actor_of, check_purpose, page_size};
+use crate::demographics::PatientQuery;
 use crate::store::{Actor, Page, Query, Stored};
 use crate::{RecordsError, bundle, fhir};
 
@@ -142,6 +143,16 @@ async fn metadata(headers: HeaderMap) -> Response {
             ];
             if *t == "Patient" {
                 search.push(json!({"name": "identifier", "type": "token"}));
+                for (name, kind) in [
+                    ("family", "string"),
+                    ("given", "string"),
+                    ("name", "string"),
+                    ("birthdate", "date"),
+                    ("gender", "token"),
+                    ("address-postalcode", "string"),
+                ] {
+                    search.push(json!({"name": name, "type": kind}));
+                }
             } else {
                 search.push(json!({"name": "patient", "type": "reference"}));
                 search.push(json!({"name": "subject", "type": "reference"}));
@@ -345,7 +356,11 @@ async fn search_type(
         ..Query::default()
     };
     let mut count = 0;
+    let mut people = PatientQuery::default();
     for (k, v) in params(raw.clone()) {
+        if rtype == "Patient" && people.add(&k, &v)? {
+            continue;
+        }
         match k.as_str() {
             "patient" | "subject" if rtype != "Patient" => q.patient = patient_param(&k, &v)?,
             "patient.identifier" | "subject.identifier" if rtype != "Patient" => q.nhs_number = nhs_param(&k, &v)?,
@@ -362,6 +377,18 @@ async fn search_type(
             "_format" if v.contains("json") => {}
             other => return Err(unknown_param(other).into()),
         }
+    }
+    if !people.is_empty() {
+        if !q.patient.is_empty() || q.date_from.is_some() || q.date_to.is_some() || !q.code.is_empty() {
+            return Err(RecordsError::invalid(
+                "_id",
+                "a search by name, birth date, gender or postcode takes no _id, date or code",
+            )
+            .into());
+        }
+        people.nhs_number = (!q.nhs_number.is_empty()).then(|| q.nhs_number.clone());
+        let self_path = format!("Patient?{}", without_cursor(raw));
+        return patient_bundle(&api, &people, page_size(count)?, &q.cursor, &headers, &self_path).await;
     }
     if q.patient.is_empty() && q.nhs_number.is_empty() {
         let name = if rtype == "Patient" { "identifier" } else { "patient" };
@@ -417,6 +444,33 @@ async fn search_bundle(api: &RecordsApi, q: Query, headers: &HeaderMap, self_pat
     let who = caller(api, headers, "records.read").await?;
     crate::grpc::check_query(&q)?;
     let page: Page = api.store().search(&q, &who).await?;
+    Ok(searchset(headers, &page, &q.cursor, self_path))
+}
+
+/// `GET /Patient?family=…&birthdate=…`: the patients matching whom the caller may see.
+async fn patient_bundle(
+    api: &RecordsApi,
+    people: &PatientQuery,
+    page_size: usize,
+    cursor: &str,
+    headers: &HeaderMap,
+    self_path: &str,
+) -> Result<Response> {
+    let who = caller(api, headers, "records.read").await?;
+    if !cursor.is_empty() {
+        fhir::check_id("_cursor", cursor)?;
+    }
+    let found = api.store().find_patients(people, page_size, cursor, &who).await?;
+    let page = Page {
+        items: found.patients,
+        next_cursor: found.next_cursor,
+        some_withheld: false,
+    };
+    Ok(searchset(headers, &page, cursor, self_path))
+}
+
+/// A searchset Bundle of `page`, with self and next links on `self_path`.
+fn searchset(headers: &HeaderMap, page: &Page, cursor: &str, self_path: &str) -> Response {
     let base = base(headers);
     let link = |cursor: &str| {
         let sep = if self_path.ends_with('?') || self_path.ends_with('&') {
@@ -433,12 +487,12 @@ async fn search_bundle(api: &RecordsApi, q: Query, headers: &HeaderMap, self_pat
     let body = bundle::page(
         "searchset",
         &base,
-        &page,
-        &link(&q.cursor),
+        page,
+        &link(cursor),
         &link(&page.next_cursor),
         |_| json!({"search": {"mode": "match"}}),
     );
-    Ok(fhir_response(StatusCode::OK, &body, HeaderMap::new()))
+    fhir_response(StatusCode::OK, &body, HeaderMap::new())
 }
 
 fn urlencode(s: &str) -> String {

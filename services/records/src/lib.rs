@@ -11,6 +11,7 @@
 pub mod bundle;
 pub mod config;
 pub mod consent;
+pub mod demographics;
 pub mod error;
 pub mod fhir;
 pub mod grpc;
@@ -74,6 +75,12 @@ impl sharedcare_kit::service::Service for Records {
         let pdp = ctx.consent(&self.config.consent_url, "records.consent_url", timeout)?;
         let store = store::Store::new(ctx.db.clone(), ctx.outbox.clone(), pdp, &ctx.tasks)
             .with_labels(labels::Labeller::new(&self.config.sensitive_codes));
+        // Patients stored before the search index existed are indexed before serving, so a
+        // search never misses them (a no-op once done).
+        let indexed = store.index_patients().await?;
+        if indexed > 0 {
+            tracing::info!(indexed, "patients indexed for search by name and birth date");
+        }
         let mut m = Mount::new(NAME);
         let api = grpc::RecordsApi::new(store, verifier);
         m.http = http::router(api.clone());

@@ -4,7 +4,9 @@
 //! - this module: the store's API, the writer that group-commits puts and the reader that
 //!   batches gets;
 //! - `decide`: consent decisions for a batch of accesses and what each means;
-//! - `search`: vread, history and search by patient.
+//! - `search`: vread, history and search by patient;
+//! - `patients`: the demographic index and search for patients by name, birth date, gender
+//!   and postcode.
 
 use sharedcare_kit::batch::next_batch;
 use sharedcare_kit::bus::{self, Envelope};
@@ -147,8 +149,10 @@ const RECORD_STATE: &str = "sharedcare.events.v1.RecordState";
 const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
 
 mod decide;
+mod patients;
 mod search;
 
+pub use patients::Found;
 pub use search::{DEFAULT_PAGE, MAX_PAGE, Page, Query};
 
 use decide::{Refusal, patient_of};
@@ -306,7 +310,7 @@ impl Engine {
         let now = db::now_us();
         let mut stored = Vec::with_capacity(jobs.len());
         let mut events: Vec<(&str, Envelope)> = Vec::with_capacity(jobs.len() * 3);
-        let mut new_patients: Vec<(String, String)> = Vec::new();
+        let mut new_patients: Vec<patients::Indexed> = Vec::new();
         for job in jobs {
             let r = &job.resource;
             let version = versions.entry((r.resource_type.clone(), r.id.clone())).or_insert(0);
@@ -314,8 +318,13 @@ impl Engine {
             let version = *version;
             let nhs_number = patient_of(r, &mut nhs_of_patient);
             if r.resource_type == "Patient" && !nhs_number.is_empty() {
-                new_patients.retain(|(id, _)| id != &r.id);
-                new_patients.push((r.id.clone(), nhs_number.clone()));
+                new_patients.retain(|p| p.id != r.id);
+                new_patients.push(patients::Indexed {
+                    id: r.id.clone(),
+                    nhs_number: nhs_number.clone(),
+                    version,
+                    demographics: crate::demographics::of(&r.body),
+                });
             }
             let mut body = r.body.clone();
             fhir::stamp(&mut body, &r.id, version, now);
@@ -402,19 +411,7 @@ impl Engine {
             }
             q.execute(&mut *tx).await?;
         }
-        for chunk in new_patients.chunks(db::MAX_ROWS_PER_INSERT) {
-            let sql = tx.backend().insert_rows(
-                "patients (id, nhs_number)",
-                2,
-                chunk.len(),
-                "ON CONFLICT (id) DO UPDATE SET nhs_number = excluded.nhs_number",
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (id, nhs) in chunk {
-                q = q.bind(id.clone()).bind(nhs.clone());
-            }
-            q.execute(&mut *tx).await?;
-        }
+        patients::index(&mut tx, &new_patients).await?;
         let refs: Vec<(&str, &Envelope)> = events.iter().map(|(t, e)| (*t, e)).collect();
         outbox::enqueue_all(&mut tx, &refs).await?;
         tx.commit().await?;
