@@ -12,5 +12,6 @@ mod identity;
 mod import;
 mod oidc_node;
 mod passport;
+mod patient_search;
 mod startup;
 mod up;

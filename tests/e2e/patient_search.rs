@@ -1,0 +1,110 @@
+//! Finding a patient by name and date of birth through the FHIR facade of `sharedcare up`, as
+//! a clinician's app does: the GP finds her patient; a care worker with no care relationship
+//! finds nobody, not even a hint; bad parameters are named.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{service_token_for, up, user_token};
+
+/// `GET {base}/fhir/R4/{query}` as `token`; (status, body).
+async fn fhir_get(base: &str, token: &str, query: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/fhir/R4/{query}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("JSON"))
+}
+
+fn ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_gp_finds_her_patient_by_name_and_birth_date_and_a_stranger_finds_nobody() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let demo: Value =
+        serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo");
+    let nhs = |i: usize| demo["patients"][i]["nhs_number"].as_str().expect("nhs").to_string();
+    let system = service_token_for(&p.http, "records.write records.read").await;
+    let client = reqwest::Client::new();
+    for (id, n, family, given, born) in [
+        ("margaret", nhs(0), "Evans", "Margaret", "1941-03-12"),
+        ("david", nhs(1), "Evans", "David", "1968-07-01"),
+    ] {
+        let patient = json!({"resourceType": "Patient", "id": id,
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": n}],
+            "name": [{"family": family, "given": [given]}], "birthDate": born, "gender": "female"});
+        let r = client
+            .put(format!("{}/fhir/R4/Patient/{id}", p.http))
+            .bearer_auth(&system)
+            .header("content-type", "application/fhir+json")
+            .header("x-source-organisation", "A81001")
+            .body(patient.to_string())
+            .send()
+            .await
+            .expect("PUT");
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
+    }
+
+    let gp = user_token(&p, "gp", "demo-gp-password", "selectedrole").await;
+    let (status, found) = fhir_get(&p.http, &gp, "Patient?family=evans&birthdate=1941-03-12").await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["type"], "searchset");
+    assert_eq!(ids(&found), ["margaret"]);
+    let (_, both) = fhir_get(&p.http, &gp, "Patient?family:exact=Evans").await;
+    assert_eq!(ids(&both), ["david", "margaret"], "both are her registered patients");
+
+    // The care worker has no relationship with Margaret: nothing comes back, and nothing in
+    // the answer differs from a search that matched nobody.
+    let carer = user_token(&p, "careworker", "demo-careworker-password", "selectedrole").await;
+    let (status, none) = fhir_get(&p.http, &carer, "Patient?family=evans&birthdate=1941-03-12").await;
+    assert_eq!(status, 200, "{none}");
+    assert!(ids(&none).is_empty(), "{none}");
+    let (_, nobody) = fhir_get(&p.http, &carer, "Patient?family=nosuchname").await;
+    assert_eq!(none.get("total"), nobody.get("total"));
+    assert_eq!(none.get("entry"), nobody.get("entry"));
+
+    // Bad parameters are named.
+    for (query, field) in [
+        ("Patient?birthdate=12/03/1941", "birthdate"),
+        ("Patient?family:sounds=evans", "family:sounds"),
+        ("Patient?gender=f", "gender"),
+        ("Patient?family=evans&_id=margaret", "_id"),
+    ] {
+        let (status, err) = fhir_get(&p.http, &gp, query).await;
+        assert_eq!(status, 400, "{query}: {err}");
+        assert_eq!(err["issue"][0]["expression"][0], field, "{query}: {err}");
+    }
+
+    // The CapabilityStatement says so.
+    let (_, cap) = fhir_get(&p.http, &gp, "metadata").await;
+    let patient = cap["rest"][0]["resource"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .expect("Patient")
+        .clone();
+    let params: Vec<&str> = patient["searchParam"]
+        .as_array()
+        .expect("params")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for name in ["family", "given", "name", "birthdate", "gender", "address-postalcode"] {
+        assert!(params.contains(&name), "{params:?}");
+    }
+}
