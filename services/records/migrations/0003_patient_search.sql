@@ -10,12 +10,15 @@ ALTER TABLE patients ADD COLUMN postcodes TEXT NOT NULL DEFAULT ' ';
 ALTER TABLE patients ADD COLUMN indexed_version BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX patients_by_birth ON patients (birth_lo);
 -- Each family and given name of each patient: folded (lower case) for starts-with and
--- contains, as written for :exact.
+-- contains, as written for :exact; with the patient's birth date range, so that a search by
+-- name and birth date is answered from this index alone (no lookup per namesake).
 CREATE TABLE patient_names (
     patient_id TEXT NOT NULL,
     part       TEXT NOT NULL,
     folded     TEXT NOT NULL,
-    exact      TEXT NOT NULL
+    exact      TEXT NOT NULL,
+    birth_lo   TEXT NOT NULL,
+    birth_hi   TEXT NOT NULL
 );
-CREATE INDEX patient_names_by_name ON patient_names (folded, part);
+CREATE INDEX patient_names_by_name ON patient_names (folded, part, birth_lo, birth_hi, patient_id);
 CREATE INDEX patient_names_by_patient ON patient_names (patient_id);

@@ -46,7 +46,10 @@ pub fn fold(s: &str) -> String {
 
 /// A postcode as matched: upper case, no spaces.
 pub fn postcode(s: &str) -> String {
-    s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_uppercase()
+    s.chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_uppercase()
 }
 
 /// The days a FHIR date (or dateTime) can be: `1970` → 1970-01-01..1970-12-31, `1970-02` →
@@ -62,7 +65,11 @@ pub fn date_range(s: &str) -> Option<(String, String)> {
         2 => {
             let m = month(1)?;
             let first = date(year, m, 1)?;
-            let next = if m == 12 { date(year + 1, 1, 1)? } else { date(year, m + 1, 1)? };
+            let next = if m == 12 {
+                date(year + 1, 1, 1)?
+            } else {
+                date(year, m + 1, 1)?
+            };
             (first, next.pred_opt()?)
         }
         3 => {
@@ -206,7 +213,10 @@ impl PatientQuery {
             .filter(|v| !v.is_empty())
             .map(str::to_string)
             .collect();
-        let known = matches!(name, "family" | "given" | "name" | "birthdate" | "gender" | "address-postalcode");
+        let known = matches!(
+            name,
+            "family" | "given" | "name" | "birthdate" | "gender" | "address-postalcode"
+        );
         if known && values.is_empty() {
             return Err(invalid("needs a value".into()));
         }
@@ -216,7 +226,11 @@ impl PatientQuery {
                     None => Match::StartsWith,
                     Some("exact") => Match::Exact,
                     Some("contains") => Match::Contains,
-                    Some(m) => return Err(invalid(format!("modifier :{m} is not supported (use :exact or :contains)"))),
+                    Some(m) => {
+                        return Err(invalid(format!(
+                            "modifier :{m} is not supported (use :exact or :contains)"
+                        )));
+                    }
                 };
                 let part = match name {
                     "family" => Some(Part::Family),
@@ -230,7 +244,9 @@ impl PatientQuery {
                     return Err(invalid(format!("modifier :{m} is not supported")));
                 }
                 if values.len() > 1 {
-                    return Err(invalid("one date per parameter (repeat the parameter for a range)".into()));
+                    return Err(invalid(
+                        "one date per parameter (repeat the parameter for a range)".into(),
+                    ));
                 }
                 let v = &values[0];
                 let (prefix, date) = match v.get(..2) {
@@ -293,7 +309,10 @@ mod tests {
             ]
         );
         assert_eq!(d.birth, Some(("1941-03-12".into(), "1941-03-12".into())));
-        assert_eq!((d.gender.as_str(), d.postcodes.as_slice()), ("female", &["LS14AP".to_string()][..]));
+        assert_eq!(
+            (d.gender.as_str(), d.postcodes.as_slice()),
+            ("female", &["LS14AP".to_string()][..])
+        );
         assert_eq!(of(&Map::new()), Demographics::default());
     }
 
@@ -302,7 +321,10 @@ mod tests {
         assert_eq!(date_range("1970"), Some(("1970-01-01".into(), "1970-12-31".into())));
         assert_eq!(date_range("2024-02"), Some(("2024-02-01".into(), "2024-02-29".into())));
         assert_eq!(date_range("1970-12"), Some(("1970-12-01".into(), "1970-12-31".into())));
-        assert_eq!(date_range("1970-03-12T10:00:00Z"), Some(("1970-03-12".into(), "1970-03-12".into())));
+        assert_eq!(
+            date_range("1970-03-12T10:00:00Z"),
+            Some(("1970-03-12".into(), "1970-03-12".into()))
+        );
         for bad in ["70", "1970-13", "1970-02-30", "soon", ""] {
             assert_eq!(date_range(bad), None, "{bad}");
         }

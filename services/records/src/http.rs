@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use sharedcare_kit::auth::bearer;
 use sharedcare_kit::nhs::{NHS_NUMBER_SYSTEM, NhsNumber};
 
-use crate::grpc::{RecordsApi, actor_of, check_purpose, page_size};
 use crate::demographics::PatientQuery;
+use crate::grpc::{RecordsApi, actor_of, check_purpose, page_size};
 use crate::store::{Actor, Page, Query, Stored};
 use crate::{RecordsError, bundle, fhir};
 

@@ -858,9 +858,14 @@ async fn patients_are_found_by_name_and_birth_date_and_only_those_the_caller_may
             .expect("put patient");
     }
     // A new version renames a patient: the old name no longer finds her.
-    s.put(person("jones", "9876543210", "Jones-Smith", "Margaret", "1941-03-12", "female"), "A81001", &system(), 0)
-        .await
-        .expect("rename");
+    s.put(
+        person("jones", "9876543210", "Jones-Smith", "Margaret", "1941-03-12", "female"),
+        "A81001",
+        &system(),
+        0,
+    )
+    .await
+    .expect("rename");
     let find = |params: &[(&str, &str)]| {
         let mut q = PatientQuery::default();
         for (k, v) in params {
@@ -870,11 +875,24 @@ async fn patients_are_found_by_name_and_birth_date_and_only_those_the_caller_may
     };
     let ids = |f: &sharedcare_records::store::Found| f.patients.iter().map(|p| p.id.clone()).collect::<Vec<_>>();
     let sys = system();
-    let got = s.find_patients(&find(&[("family", "evan")]), 50, "", &sys).await.expect("search");
-    assert_eq!(ids(&got), ["evans", "evans2", "evanson"], "starts-with, case-insensitive");
-    let got = s.find_patients(&find(&[("family:exact", "Evans")]), 50, "", &sys).await.expect("search");
+    let got = s
+        .find_patients(&find(&[("family", "evan")]), 50, "", &sys)
+        .await
+        .expect("search");
+    assert_eq!(
+        ids(&got),
+        ["evans", "evans2", "evanson"],
+        "starts-with, case-insensitive"
+    );
+    let got = s
+        .find_patients(&find(&[("family:exact", "Evans")]), 50, "", &sys)
+        .await
+        .expect("search");
     assert_eq!(ids(&got), ["evans", "evans2"]);
-    let got = s.find_patients(&find(&[("family:exact", "evans")]), 50, "", &sys).await.expect("search");
+    let got = s
+        .find_patients(&find(&[("family:exact", "evans")]), 50, "", &sys)
+        .await
+        .expect("search");
     assert!(got.patients.is_empty(), ":exact keeps case");
     let got = s
         .find_patients(&find(&[("family", "evans"), ("birthdate", "1941-03-12")]), 50, "", &sys)
@@ -886,29 +904,56 @@ async fn patients_are_found_by_name_and_birth_date_and_only_those_the_caller_may
         .await
         .expect("search");
     assert_eq!(ids(&got), ["evans", "jones"]);
-    let got = s.find_patients(&find(&[("family", "jones-s")]), 50, "", &sys).await.expect("search");
+    let got = s
+        .find_patients(&find(&[("family", "jones-s")]), 50, "", &sys)
+        .await
+        .expect("search");
     assert_eq!(ids(&got), ["jones"]);
-    let got = s.find_patients(&find(&[("family:exact", "Jones")]), 50, "", &sys).await.expect("search");
+    let got = s
+        .find_patients(&find(&[("family:exact", "Jones")]), 50, "", &sys)
+        .await
+        .expect("search");
     assert!(got.patients.is_empty(), "the old name is gone");
-    let got = s.find_patients(&find(&[("birthdate", "ge1960")]), 50, "", &sys).await.expect("search");
+    let got = s
+        .find_patients(&find(&[("birthdate", "ge1960")]), 50, "", &sys)
+        .await
+        .expect("search");
     assert_eq!(ids(&got), ["evans2"]);
-    let got = s.find_patients(&find(&[("name:contains", "VANS")]), 50, "", &sys).await.expect("search");
+    let got = s
+        .find_patients(&find(&[("name:contains", "VANS")]), 50, "", &sys)
+        .await
+        .expect("search");
     assert_eq!(ids(&got), ["evans", "evans2", "evanson"]);
-    let got = s.find_patients(&find(&[("address-postalcode", "ls1")]), 50, "", &sys).await.expect("search");
+    let got = s
+        .find_patients(&find(&[("address-postalcode", "ls1")]), 50, "", &sys)
+        .await
+        .expect("search");
     assert_eq!(got.patients.len(), 4);
     // Paging by id.
-    let first = s.find_patients(&find(&[("family", "evan")]), 2, "", &sys).await.expect("page 1");
-    assert_eq!((ids(&first), first.next_cursor.as_str()), (vec!["evans".to_string(), "evans2".to_string()], "evans2"));
+    let first = s
+        .find_patients(&find(&[("family", "evan")]), 2, "", &sys)
+        .await
+        .expect("page 1");
+    assert_eq!(
+        (ids(&first), first.next_cursor.as_str()),
+        (vec!["evans".to_string(), "evans2".to_string()], "evans2")
+    );
     let second = s
         .find_patients(&find(&[("family", "evan")]), 2, &first.next_cursor, &sys)
         .await
         .expect("page 2");
-    assert_eq!((ids(&second), second.next_cursor.as_str()), (vec!["evanson".to_string()], ""));
+    assert_eq!(
+        (ids(&second), second.next_cursor.as_str()),
+        (vec!["evanson".to_string()], "")
+    );
 
     // Staff see only patients consent lets them: the trust's nurse cares for one Evans.
     let before = accesses(&db).await.len();
     let nurse = trust_nurse("TREAT");
-    let got = s.find_patients(&find(&[("family", "evan")]), 50, "", &nurse).await.expect("search");
+    let got = s
+        .find_patients(&find(&[("family", "evan")]), 50, "", &nurse)
+        .await
+        .expect("search");
     assert!(got.patients.is_empty(), "no relationship: no patient revealed");
     let actor = sharedcare_consent::store::Actor { id: "test", org: "" };
     let episode = Relationship {
@@ -921,15 +966,25 @@ async fn patients_are_found_by_name_and_birth_date_and_only_those_the_caller_may
         .add_relationship("rel-evans", &nhs("9434765919"), &episode, &actor)
         .await
         .expect("relationship");
-    let got = s.find_patients(&find(&[("family", "evan")]), 1, "", &nurse).await.expect("search");
+    let got = s
+        .find_patients(&find(&[("family", "evan")]), 1, "", &nurse)
+        .await
+        .expect("search");
     assert_eq!(ids(&got), ["evans"]);
-    assert_eq!(got.next_cursor, "", "nothing more she may see, and nothing says who else matched");
+    assert_eq!(
+        got.next_cursor, "",
+        "nothing more she may see, and nothing says who else matched"
+    );
     // Audited: the patient shown in her own trail, the searches in the service trail.
     let audited: Vec<AccessRecorded> = accesses(&db).await.split_off(before);
     let shown: Vec<&AccessRecorded> = audited.iter().filter(|a| !a.nhs_number.is_empty()).collect();
     assert_eq!(shown.len(), 1);
     assert_eq!(
-        (shown[0].nhs_number.as_str(), shown[0].action.as_str(), shown[0].actor.as_str()),
+        (
+            shown[0].nhs_number.as_str(),
+            shown[0].action.as_str(),
+            shown[0].actor.as_str()
+        ),
         ("9434765919", "search", "nurse-1")
     );
     let searches: Vec<&AccessRecorded> = audited.iter().filter(|a| a.nhs_number.is_empty()).collect();
@@ -937,7 +992,10 @@ async fn patients_are_found_by_name_and_birth_date_and_only_those_the_caller_may
     assert_eq!(searches[1].resources, ["Patient/evans"]);
 
     // No criteria: refused by name.
-    let e = s.find_patients(&PatientQuery::default(), 50, "", &sys).await.expect_err("no criteria");
+    let e = s
+        .find_patients(&PatientQuery::default(), 50, "", &sys)
+        .await
+        .expect_err("no criteria");
     assert!(e.to_string().starts_with("family: "), "{e}");
 }
 

@@ -50,6 +50,9 @@ pub enum What {
     /// Passport views over gRPC in `up` (each decided by consent and audited), and how soon a
     /// write reaches the passport.
     Passport,
+    /// Patient search by family name and birth date over `/fhir/R4` in `up`, over 100,000
+    /// imported patients.
+    PatientSearch,
 }
 
 /// `sharedcare bench` options.
@@ -89,6 +92,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Audit => audit(&args).await,
         What::Import => import(&args).await,
         What::Passport => crate::bench_passport::run(&config, &args).await,
+        What::PatientSearch => patient_search(&args).await,
     }
 }
 
@@ -529,6 +533,146 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         })
         .await?;
     }
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------- patient search
+
+/// Surnames and given names the patient-search bench draws from (200 × 20 combinations).
+const SURNAMES: [&str; 20] = [
+    "Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies", "Patel", "Robinson", "Wright",
+    "Thompson", "Evans", "Walker", "White", "Roberts", "Green", "Hall", "Wood", "Jackson",
+];
+const GIVEN: [&str; 10] = [
+    "Olivia", "Amelia", "Isla", "Ava", "Mia", "Noah", "Oliver", "George", "Arthur", "Muhammad",
+];
+
+/// The bench's patient `i`: (family, given, birth date). Family names are one of the
+/// surnames with a numeric suffix, so each of 2,000 families holds about 50 people.
+fn bench_person(i: u32) -> (String, &'static str, String) {
+    let family = format!("{}{}", SURNAMES[(i % 20) as usize], (i / 20) % 100);
+    let (year, month, day) = (1930 + i * 7919 % 90, 1 + i * 31 % 12, 1 + i * 17 % 28);
+    (family, GIVEN[(i % 10) as usize], format!("{year}-{month:02}-{day:02}"))
+}
+
+/// Waits until `p` has applied the events of what was just written: the audit log (the
+/// slowest consumer) has not grown for a second.
+pub(crate) async fn quiesce(p: &UpProcess) -> anyhow::Result<()> {
+    use sharedcare_proto::audit::v1::GetTreeHeadRequest;
+    use sharedcare_proto::audit::v1::audit_client::AuditClient;
+    let token = demo_service_token(&p.http, "audit.read").await?;
+    let channel = tonic::transport::Channel::from_shared(p.grpc.clone())?
+        .connect()
+        .await?;
+    let mut audit = AuditClient::with_interceptor(channel, Bearer(format!("Bearer {token}").parse()?));
+    let mut last = u64::MAX;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let size = audit
+            .get_tree_head(GetTreeHeadRequest { fresh: true })
+            .await?
+            .into_inner()
+            .tree_size;
+        if size == last {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the audit log was still growing after 300 s");
+        }
+        last = size;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// `sharedcare bench patient-search`: 100,000 patients imported into a fresh `up`, then
+/// `GET /fhir/R4/Patient?family=…&birthdate=…` as a service (`records.read`), 32 in flight.
+async fn patient_search(args: &BenchArgs) -> anyhow::Result<()> {
+    const PATIENTS: u32 = 100_000;
+    let (p, _) = UpProcess::start()?;
+    let token = demo_service_token(&p.http, "records.write records.read").await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("patients.ndjson");
+    let mut text = String::new();
+    let mut written = Vec::new();
+    for i in 0..PATIENTS * 2 {
+        if written.len() == PATIENTS as usize {
+            break;
+        }
+        let Some(nhs) = sharedcare_kit::nhs::NhsNumber::from_stem(910_000_000 + i) else {
+            continue;
+        };
+        let n = written.len() as u32;
+        let (family, given, born) = bench_person(n);
+        text.push_str(
+            &serde_json::json!({"resourceType": "Patient", "id": format!("ps-{n}"),
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs.to_string()}],
+            "name": [{"family": family, "given": [given]}], "birthDate": born, "gender": "unknown"})
+            .to_string(),
+        );
+        text.push('\n');
+        written.push((family, born));
+    }
+    std::fs::write(&file, &text)?;
+    let started = Instant::now();
+    let out = Command::new(std::env::current_exe()?)
+        .arg("import")
+        .arg(&file)
+        .args(["--grpc", &p.grpc, "--token", &token, "--source", "A81001"])
+        .stderr(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!("import failed: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let imported = started.elapsed();
+    quiesce(&p).await?;
+    println!(
+        "patient search over {} patients in `up` (imported in {:.1} s; its events applied after {:.1} s), {} in flight, {} s",
+        written.len(),
+        imported.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        args.concurrency,
+        args.seconds
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let base = format!("http://{}/fhir/R4/Patient", p.http);
+    let written = Arc::new(written);
+    let check = {
+        let (family, born) = &written[12_345];
+        let r: serde_json::Value = client
+            .get(&base)
+            .query(&[("family", family.as_str()), ("birthdate", born.as_str())])
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        r["entry"].as_array().map_or(0, Vec::len)
+    };
+    if check == 0 {
+        bail!("a search for an imported patient found nobody");
+    }
+    phase(
+        "family + birthdate (service)",
+        args,
+        &[client],
+        move |c: reqwest::Client, i| {
+            let (base, token, written) = (base.clone(), token.clone(), written.clone());
+            async move {
+                let (family, born) = &written[(i * 7 % written.len() as u64) as usize];
+                let r = c
+                    .get(&base)
+                    .query(&[("family", family.as_str()), ("birthdate", born.as_str())])
+                    .bearer_auth(&token)
+                    .send()
+                    .await?;
+                r.error_for_status()?.bytes().await.map(|_| ())
+            }
+        },
+    )
+    .await?;
+    drop(p);
     Ok(())
 }
 

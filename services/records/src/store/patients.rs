@@ -53,26 +53,32 @@ pub(super) async fn index(tx: &mut Tx, patients: &[Indexed]) -> Result<(), sqlx:
             q = q.bind(p.id.clone());
         }
         q.execute(&mut **tx).await?;
-        let names: Vec<(&str, &str, &str)> = chunk
+        let names: Vec<(&Indexed, &str, &str)> = chunk
             .iter()
             .flat_map(|p| {
                 p.demographics
                     .names
                     .iter()
-                    .map(move |(part, n)| (p.id.as_str(), part.as_str(), n.as_str()))
+                    .map(move |(part, n)| (p, part.as_str(), n.as_str()))
             })
             .collect();
         for names in names.chunks(db::MAX_ROWS_PER_INSERT) {
-            let sql = tx
-                .backend()
-                .insert_rows("patient_names (patient_id, part, folded, exact)", 4, names.len(), "");
+            let sql = tx.backend().insert_rows(
+                "patient_names (patient_id, part, folded, exact, birth_lo, birth_hi)",
+                6,
+                names.len(),
+                "",
+            );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (id, part, name) in names {
+            for (p, part, name) in names {
+                let (lo, hi) = p.demographics.birth.clone().unwrap_or_default();
                 q = q
-                    .bind(id.to_string())
+                    .bind(p.id.clone())
                     .bind(part.to_string())
                     .bind(demographics::fold(name))
-                    .bind(name.to_string());
+                    .bind(name.to_string())
+                    .bind(lo)
+                    .bind(hi);
             }
             q.execute(&mut **tx).await?;
         }
@@ -223,8 +229,16 @@ impl Store {
         } else {
             String::new()
         };
-        // Each patient shown: an entry in their own trail, all recorded before the answer.
-        let audits = shown.iter().map(|(s, v)| {
+        // Each patient shown: an entry in their own trail; and the search in the service
+        // trail: all recorded together (one commit), before the answer.
+        let refs: Vec<String> = shown.iter().map(|(s, _)| format!("Patient/{}", s.id)).collect();
+        let summary = Verdict {
+            answer: Ok(()),
+            outcome: "success",
+            purpose: purpose.to_string(),
+            reason: format!("patient search: {matched} matched, {} shown", refs.len()),
+        };
+        let each = shown.iter().map(|(s, v)| {
             let entry = Verdict {
                 answer: Ok(()),
                 outcome: v.outcome,
@@ -234,15 +248,8 @@ impl Store {
             let reference = format!("Patient/{}/_history/{}", s.id, s.version);
             e.settle(&caller, "search", vec![reference], &s.nhs_number, entry)
         });
-        futures::future::try_join_all(audits).await?;
-        let refs: Vec<String> = shown.iter().map(|(s, _)| format!("Patient/{}", s.id)).collect();
-        let summary = Verdict {
-            answer: Ok(()),
-            outcome: "success",
-            purpose: purpose.to_string(),
-            reason: format!("patient search: {matched} matched, {} shown", refs.len()),
-        };
-        e.settle(&caller, "search", refs, "", summary).await?;
+        let whole = e.settle(&caller, "search", refs, "", summary);
+        futures::future::try_join(futures::future::try_join_all(each), whole).await?;
         Ok(Found {
             patients: shown.into_iter().map(|(s, _)| s).collect(),
             next_cursor,
@@ -261,17 +268,20 @@ impl Engine {
         };
         let mut conditions: Vec<String> = Vec::new();
         let mut binds: Vec<Bind> = Vec::new();
-        for p in &q.names {
+        // The first name criterion drives the search from the names index (`n0`, joined
+        // first); the others narrow it.
+        for (k, p) in q.names.iter().enumerate() {
+            let n = if k == 0 { "n0" } else { "n" };
             let mut any = Vec::new();
             for v in &p.values {
                 let test = match p.how {
                     Match::Exact => {
                         binds.push(Bind::Text(v.clone()));
-                        format!("n.exact = {}", mark())
+                        format!("{n}.exact = {}", mark())
                     }
                     Match::Contains => {
                         binds.push(Bind::Text(format!("%{}%", like_escape(&demographics::fold(v)))));
-                        format!("n.folded LIKE {} ESCAPE '!'", mark())
+                        format!("{n}.folded LIKE {} ESCAPE '!'", mark())
                     }
                     Match::StartsWith => {
                         let folded = demographics::fold(v);
@@ -280,9 +290,9 @@ impl Engine {
                         match after_prefix(&folded) {
                             Some(hi) => {
                                 binds.push(Bind::Text(hi));
-                                format!("(n.folded >= {lo} AND n.folded < {})", mark())
+                                format!("({n}.folded >= {lo} AND {n}.folded < {})", mark())
                             }
-                            None => format!("n.folded >= {lo}"),
+                            None => format!("{n}.folded >= {lo}"),
                         }
                     }
                 };
@@ -293,24 +303,30 @@ impl Engine {
                 Some(part) => {
                     let m = mark();
                     binds.push(Bind::Text(part.as_str().into()));
-                    format!(" AND n.part = {m}")
+                    format!(" AND {n}.part = {m}")
                 }
                 None => String::new(),
             };
-            // Driven from the names index: the matching names, then their patients.
-            conditions.push(format!(
-                "p.id IN (SELECT n.patient_id FROM patient_names n WHERE ({}){part})",
-                any.join(" OR ")
-            ));
+            if k == 0 {
+                conditions.push(format!("p.id = n0.patient_id AND ({}){part}", any.join(" OR ")));
+            } else {
+                conditions.push(format!(
+                    "p.id IN (SELECT n.patient_id FROM patient_names n WHERE ({}){part})",
+                    any.join(" OR ")
+                ));
+            }
         }
+        // Birth dates are tested on the driving name row when there is one (a copy of the
+        // patient's, in the same index), else on the patient.
+        let b = if q.names.is_empty() { "p" } else { "n0" };
         for d in &q.birthdate {
             // Text comparison of YYYY-MM-DD is date order; see demographics::date_matches.
             let (lo, hi) = (Bind::Text(d.lo.clone()), Bind::Text(d.hi.clone()));
             let within = |m: &mut dyn FnMut() -> String, binds: &mut Vec<Bind>| {
-                let (a, b) = (m(), m());
+                let (from, to) = (m(), m());
                 binds.push(Bind::Text(d.lo.clone()));
                 binds.push(Bind::Text(d.hi.clone()));
-                format!("(p.birth_lo >= {a} AND p.birth_hi <= {b})")
+                format!("({b}.birth_lo >= {from} AND {b}.birth_hi <= {to})")
             };
             use demographics::Prefix::*;
             let test = match d.prefix {
@@ -318,32 +334,32 @@ impl Engine {
                 Ne => format!("NOT {}", within(&mut mark, &mut binds)),
                 Gt => {
                     binds.push(hi);
-                    format!("p.birth_hi > {}", mark())
+                    format!("{b}.birth_hi > {}", mark())
                 }
                 Lt => {
                     binds.push(lo);
-                    format!("p.birth_lo < {}", mark())
+                    format!("{b}.birth_lo < {}", mark())
                 }
                 Ge => {
                     binds.push(hi);
                     let m = mark();
-                    format!("(p.birth_hi > {m} OR {})", within(&mut mark, &mut binds))
+                    format!("({b}.birth_hi > {m} OR {})", within(&mut mark, &mut binds))
                 }
                 Le => {
                     binds.push(lo);
                     let m = mark();
-                    format!("(p.birth_lo < {m} OR {})", within(&mut mark, &mut binds))
+                    format!("({b}.birth_lo < {m} OR {})", within(&mut mark, &mut binds))
                 }
                 Sa => {
                     binds.push(hi);
-                    format!("p.birth_lo > {}", mark())
+                    format!("{b}.birth_lo > {}", mark())
                 }
                 Eb => {
                     binds.push(lo);
-                    format!("p.birth_hi < {}", mark())
+                    format!("{b}.birth_hi < {}", mark())
                 }
             };
-            conditions.push(format!("p.birth_lo <> '' AND {test}"));
+            conditions.push(format!("{b}.birth_lo <> '' AND {test}"));
         }
         if let Some(g) = &q.gender {
             binds.push(Bind::Text(g.clone()));
@@ -360,11 +376,14 @@ impl Engine {
         binds.push(Bind::Text(after.to_string()));
         conditions.push(format!("p.id > {}", mark()));
         binds.push(Bind::Int(limit as i64));
+        // CROSS JOIN keeps SQLite from scanning every patient in id order instead.
+        let from = if q.names.is_empty() {
+            "patients p"
+        } else {
+            "patient_names n0 CROSS JOIN patients p"
+        };
         let sql = format!(
-            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels \
-             FROM patients p JOIN current_resources c ON c.resource_type = 'Patient' AND c.id = p.id \
-             JOIN resources r ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
-             WHERE {} ORDER BY p.id LIMIT {}",
+            "SELECT DISTINCT p.id FROM {from} WHERE {} ORDER BY p.id LIMIT {}",
             conditions.join(" AND "),
             mark()
         );
@@ -375,10 +394,30 @@ impl Engine {
                 Bind::Int(i) => query.bind(i),
             };
         }
-        let rows = query
-            .fetch_all(self.db.pool())
+        let unavailable = |e: sqlx::Error| RecordsError::Unavailable(e.to_string());
+        let mut conn = self.db.pool().acquire().await.map_err(unavailable)?;
+        let ids: Vec<String> = query
+            .fetch_all(&mut *conn)
             .await
-            .map_err(|e| RecordsError::Unavailable(e.to_string()))?;
+            .map_err(unavailable)?
+            .iter()
+            .map(|r| sqlx::Row::get(r, 0))
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels \
+             FROM current_resources c JOIN resources r \
+               ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
+             WHERE c.resource_type = 'Patient' AND c.id IN ({}) ORDER BY c.id",
+            backend.marks(1, ids.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&mut *conn).await.map_err(unavailable)?;
         Ok(rows.iter().map(stored_row).collect())
     }
 }
