@@ -15,8 +15,9 @@ use sharedcare_proto::events::v1::AccessRecorded;
 
 use crate::PassportError;
 use crate::access::AuditLog;
-use crate::store::Reader;
+use crate::store::Store;
 use crate::view::View;
+use crate::views::Viewer;
 use sharedcare_proto::passport::v1 as contract;
 
 /// The scope a service needs to read passports (the record's read scope).
@@ -25,7 +26,8 @@ pub const READ_SCOPE: &str = "records.read";
 /// What gRPC and HTTP call.
 #[derive(Clone)]
 pub struct Api {
-    reader: Reader,
+    viewer: Viewer,
+    store: Store,
     verifier: Verifier,
     pdp: Arc<dyn Pdp>,
     outbox: Outbox,
@@ -34,14 +36,14 @@ pub struct Api {
 
 /// What a view is of, for its audit entry's resource.
 #[derive(Clone, Copy)]
-enum Asked {
+pub(crate) enum Asked {
     Passport,
     SharingChoices,
     AccessLog,
 }
 
 impl Asked {
-    fn resource(self, patient: &NhsNumber) -> String {
+    pub(crate) fn resource(self, patient: &NhsNumber) -> String {
         match self {
             Asked::Passport => format!("Passport/{patient}"),
             Asked::SharingChoices => format!("Passport/{patient}/sharing-choices"),
@@ -51,19 +53,44 @@ impl Asked {
 }
 
 /// How a view ended, for its audit entry.
-struct Outcome {
-    outcome: &'static str,
-    purpose: String,
-    reason: String,
+pub(crate) struct Outcome {
+    pub(crate) outcome: &'static str,
+    pub(crate) purpose: String,
+    pub(crate) reason: String,
+}
+
+/// The trace a request came in (captured where it arrives, for entries written elsewhere).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Trace {
+    parent: String,
+    id: String,
+}
+
+impl Trace {
+    /// The current request's.
+    pub(crate) fn current() -> Trace {
+        Trace {
+            parent: sharedcare_kit::telemetry::current_traceparent(),
+            id: sharedcare_kit::telemetry::current_trace_id(),
+        }
+    }
 }
 
 impl Api {
-    /// Serves the read model through `reader`, admitting callers `verifier` accepts, asking
-    /// `pdp` for every view, auditing through `outbox` and proving access logs with
-    /// `audit_log`.
-    pub fn new(reader: Reader, verifier: Verifier, pdp: Arc<dyn Pdp>, outbox: Outbox, audit_log: AuditLog) -> Api {
+    /// Serves passports through `viewer` and sharing choices from `store`, admitting callers
+    /// `verifier` accepts, asking `pdp` (choices and access logs), auditing through `outbox`
+    /// and proving access logs with `audit_log`.
+    pub fn new(
+        viewer: Viewer,
+        store: Store,
+        verifier: Verifier,
+        pdp: Arc<dyn Pdp>,
+        outbox: Outbox,
+        audit_log: AuditLog,
+    ) -> Api {
         Api {
-            reader,
+            viewer,
+            store,
             verifier,
             pdp,
             outbox,
@@ -76,30 +103,11 @@ impl Api {
         &self.verifier
     }
 
-    /// `nhs_number`'s passport as `who` may see it, acting for `purpose`.
+    /// `nhs_number`'s passport as `who` may see it, acting for `purpose` (decided, read and
+    /// audited with the concurrent views, see [`crate::views`]).
     pub async fn passport(&self, who: &Principal, nhs_number: &str, purpose: &str) -> Result<View, PassportError> {
         let (patient, purpose) = parse(nhs_number, purpose)?;
-        let decision = self.decide(who, &patient, &purpose, Asked::Passport).await?;
-        let outcome = Outcome::of_decision(&decision, &purpose);
-        let held = match self.reader.held(&patient).await {
-            Ok(h) => h,
-            Err(e) => {
-                return self
-                    .answer(who, &patient, Asked::Passport, Outcome::of_error(&purpose), Err(e))
-                    .await;
-            }
-        };
-        if held.entries.is_empty() && !matches!(who, Principal::Patient { .. }) {
-            let missing = Outcome {
-                outcome: "not-found",
-                ..outcome
-            };
-            let e = PassportError::NotFound(patient.to_string());
-            return self.answer(who, &patient, Asked::Passport, missing, Err(e)).await;
-        }
-        let now = sharedcare_kit::db::now_us();
-        let view = View::build(&patient, held, &decision.withheld_categories, now);
-        self.answer(who, &patient, Asked::Passport, outcome, Ok(view)).await
+        self.viewer.view(who.clone(), patient, purpose).await
     }
 
     /// `nhs_number`'s sharing choices, for the person or their representative.
@@ -113,7 +121,7 @@ impl Api {
         let decision = self.decide(who, &patient, &purpose, asked).await?;
         let outcome = Outcome::of_decision(&decision, &purpose);
         let choices = self
-            .reader
+            .store
             .held(&patient)
             .await
             .map(|h| crate::choices::to_proto(&patient, h.sharing.as_ref()));
@@ -147,9 +155,9 @@ impl Api {
         self.answer(who, &patient, asked, outcome, log).await
     }
 
-    /// Consent's decision on `who` seeing `asked` about `patient`; a refusal (or no decision)
-    /// is audited before it comes back as the `Err`. Sharing choices and the access log are the
-    /// person's own: for anyone else they are refused without asking.
+    /// Consent's decision on `who` seeing `asked` (sharing choices or the access log) about
+    /// `patient`; a refusal (or no decision) is audited before it comes back as the `Err`.
+    /// They are the person's own: for anyone else they are refused without asking.
     async fn decide(
         &self,
         who: &Principal,
@@ -157,7 +165,7 @@ impl Api {
         purpose: &str,
         asked: Asked,
     ) -> Result<DecideResponse, PassportError> {
-        if !matches!(asked, Asked::Passport) && !matches!(who, Principal::Patient { .. }) {
+        if !matches!(who, Principal::Patient { .. }) {
             let refused = PassportError::Forbidden(
                 "sharing choices and the access log are for the person and their authorised representatives (NHS login)"
                     .into(),
@@ -200,7 +208,7 @@ impl Api {
         o: Outcome,
         answer: Result<T, PassportError>,
     ) -> Result<T, PassportError> {
-        let envelope = access(who, patient, &asked.resource(patient), &o);
+        let envelope = access(who, patient, &asked.resource(patient), &o, &Trace::current());
         self.outbox
             .record(&bus::topic(crate::NAME), envelope)
             .await
@@ -210,7 +218,7 @@ impl Api {
 }
 
 impl Outcome {
-    fn of_error(purpose: &str) -> Outcome {
+    pub(crate) fn of_error(purpose: &str) -> Outcome {
         Outcome {
             outcome: "error",
             purpose: purpose.to_string(),
@@ -218,7 +226,7 @@ impl Outcome {
         }
     }
 
-    fn of_decision(d: &DecideResponse, purpose: &str) -> Outcome {
+    pub(crate) fn of_decision(d: &DecideResponse, purpose: &str) -> Outcome {
         let why = format!("{} [{}]", d.reason, d.rules.join(", "));
         let (purpose, reason) = if d.break_glass {
             (
@@ -243,7 +251,7 @@ impl Outcome {
 /// The consent question for `who` viewing `patient`'s passport: about every sensitivity
 /// label at once, so what is withheld (and whether to say so) depends on the person's choices,
 /// never on what the record holds.
-fn ask(who: &Principal, patient: &NhsNumber, purpose: String) -> Result<DecideRequest, PassportError> {
+pub(crate) fn ask(who: &Principal, patient: &NhsNumber, purpose: String) -> Result<DecideRequest, PassportError> {
     let categories: Vec<String> = SENSITIVE_LABELS.iter().map(|l| l.to_string()).collect();
     if let Principal::Patient { nhs_number, proofing } = who {
         return Ok(DecideRequest {
@@ -269,8 +277,8 @@ fn parse(nhs_number: &str, purpose: &str) -> Result<(NhsNumber, String), Passpor
     Ok((patient, purpose))
 }
 
-/// The `AccessRecorded` entry for a view of `resource`, in the caller's trace.
-fn access(who: &Principal, patient: &NhsNumber, resource: &str, o: &Outcome) -> Envelope {
+/// The `AccessRecorded` entry for a view of `resource`, in the caller's `trace`.
+pub(crate) fn access(who: &Principal, patient: &NhsNumber, resource: &str, o: &Outcome, trace: &Trace) -> Envelope {
     let (organisation, role) = match who {
         Principal::Staff { role, .. } => (role.org_code.clone(), role.role_code.clone()),
         _ => (String::new(), String::new()),
@@ -287,7 +295,7 @@ fn access(who: &Principal, patient: &NhsNumber, resource: &str, o: &Outcome) -> 
         reason: o.reason.clone(),
         outcome: o.outcome.into(),
         time: Some(sharedcare_kit::db::timestamp(sharedcare_kit::db::now_us())),
-        trace_id: sharedcare_kit::telemetry::current_trace_id(),
+        trace_id: trace.id.clone(),
         service: crate::NAME.into(),
     };
     let mut envelope = bus::envelope(
@@ -297,6 +305,6 @@ fn access(who: &Principal, patient: &NhsNumber, resource: &str, o: &Outcome) -> 
         patient.as_str(),
         &event,
     );
-    envelope.traceparent = sharedcare_kit::telemetry::current_traceparent();
+    envelope.traceparent = trace.parent.clone();
     envelope
 }

@@ -2,8 +2,11 @@
 //! and social care, ready for the NHS App and for clinicians.
 //!
 //! - [`projection`]: what the passport shows of a resource (the domain core, no I/O).
-//! - [`store`]: the read model in the passport's own tables, applied from records'
-//!   `RecordState` events ([`events`]); reads never fan out to other services.
+//! - [`store`]: the read model in the passport's own tables, applied from records' and
+//!   consent's state events ([`events`]); reads never fan out to other services, except the
+//!   access log, which is audit's ([`access`]); [`rebuild`] replays the state topics.
+//! - [`views`]: passport views served in batches (one read, one consent call, one audit
+//!   commit per batch).
 //! - [`api`]: every view decided by consent and audited before it is answered; [`view`] is
 //!   what one caller sees, [`choices`] the person's sharing choices, [`access`] who has looked
 //!   at their record (from audit, with proofs); [`grpc`] and [`http`] serve them.
@@ -20,6 +23,7 @@ pub mod projection;
 pub mod rebuild;
 pub mod store;
 pub mod view;
+pub mod views;
 
 pub use error::PassportError;
 
@@ -119,15 +123,23 @@ impl sharedcare_kit::service::Service for Passport {
     /// decided by consent and audited) and the consumer that keeps the read model.
     async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
         let store = store::Store::new(ctx.db.clone());
-        // Concurrent views share consent calls: one DecideMany per batch.
         let timeout = Duration::from_millis(self.config.consent_timeout_ms);
         let consent = ctx.consent(&self.config.consent_url, "passport.consent_url", timeout)?;
+        // Views are served in batches (one read, one consent call, one audit commit each);
+        // the other calls share consent calls through the kit's batcher.
+        let viewer = views::Viewer::new(store.clone(), consent.clone(), ctx.outbox.clone(), &ctx.tasks);
         let pdp = Arc::new(sharedcare_kit::pdp::Batched::new(consent, &ctx.tasks));
-        let reader = store::Reader::new(store.clone(), &ctx.tasks);
         let audit_url = ctx.peer_url("audit", &self.config.audit_url, "passport.audit_url")?;
         let audit = sharedcare_kit::peer::channel(&audit_url, "passport.audit_url", timeout)?;
         let audit_log = access::AuditLog::new(audit, ctx.service_token("audit.read")?);
-        let api = api::Api::new(reader, ctx.verifier()?, pdp, ctx.outbox.clone(), audit_log);
+        let api = api::Api::new(
+            viewer,
+            store.clone(),
+            ctx.verifier()?,
+            pdp,
+            ctx.outbox.clone(),
+            audit_log,
+        );
         let mut m = Mount::new(NAME);
         m.http = http::router(api.clone());
         m.add_grpc(PassportServer::new(grpc::PassportApi::new(api)));

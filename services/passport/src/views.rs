@@ -1,0 +1,164 @@
+//! Passport views served in batches, as records serves its reads: one task takes the views
+//! waiting, reads what the model holds about their people in one query while consent decides
+//! all of them in one call, builds each view, records every audit entry together (one
+//! commit), and only then answers. One batch at a time lets the batches grow with the load,
+//! and a view costs one hop to this task instead of one per batcher.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sharedcare_kit::auth::Principal;
+use sharedcare_kit::bus;
+use sharedcare_kit::nhs::NhsNumber;
+use sharedcare_kit::outbox::Outbox;
+use sharedcare_kit::pdp::Pdp;
+use sharedcare_kit::serve::Tasks;
+use sharedcare_proto::consent::v1::decide_response::Effect;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::PassportError;
+use crate::api::{Asked, Outcome, Trace, access, ask};
+use crate::store::{Held, Store};
+use crate::view::View;
+
+/// Most views in one batch.
+const VIEWS_PER_BATCH: usize = 128;
+
+/// A view waiting for the batch task.
+struct Job {
+    who: Principal,
+    patient: NhsNumber,
+    purpose: String,
+    trace: Trace,
+    reply: oneshot::Sender<Result<View, PassportError>>,
+}
+
+/// Where views are sent to be served.
+#[derive(Clone)]
+pub struct Viewer {
+    waiting: mpsc::Sender<Job>,
+}
+
+impl Viewer {
+    /// Serves views of `store`'s model, asking `pdp` and auditing through `outbox`, from a
+    /// task under `tasks`.
+    pub fn new(store: Store, pdp: Arc<dyn Pdp>, outbox: Outbox, tasks: &Tasks) -> Viewer {
+        let (waiting, mut rx) = mpsc::channel::<Job>(VIEWS_PER_BATCH * 4);
+        tasks.spawn(async move {
+            while let Some(batch) = sharedcare_kit::batch::next_batch(&mut rx, VIEWS_PER_BATCH).await {
+                serve(&store, pdp.as_ref(), &outbox, batch).await;
+            }
+        });
+        Viewer { waiting }
+    }
+
+    /// `patient`'s passport as `who` may see it, acting for `purpose` (checked).
+    pub async fn view(&self, who: Principal, patient: NhsNumber, purpose: String) -> Result<View, PassportError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || PassportError::Unavailable("the passport is stopping".into());
+        let job = Job {
+            who,
+            patient,
+            purpose,
+            trace: Trace::current(),
+            reply,
+        };
+        self.waiting.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Serves one batch: decide and read together, build, audit all, answer.
+async fn serve(store: &Store, pdp: &dyn Pdp, outbox: &Outbox, batch: Vec<Job>) {
+    let mut asks = Vec::with_capacity(batch.len());
+    let asked: Vec<Result<usize, PassportError>> = batch
+        .iter()
+        .map(|job| {
+            ask(&job.who, &job.patient, job.purpose.clone()).map(|a| {
+                asks.push(a);
+                asks.len() - 1
+            })
+        })
+        .collect();
+    let mut patients: Vec<NhsNumber> = batch.iter().map(|j| j.patient.clone()).collect();
+    patients.sort();
+    patients.dedup();
+    let wanted = asks.len();
+    let decide = async {
+        if asks.is_empty() {
+            return Ok(Vec::new());
+        }
+        match pdp.decide(asks).await {
+            Ok(d) if d.len() == wanted => Ok(d),
+            Ok(d) => Err(sharedcare_kit::pdp::PdpError::Incomplete {
+                got: d.len(),
+                asked: wanted,
+            }),
+            Err(e) => Err(e),
+        }
+    };
+    let (decisions, held) = tokio::join!(decide, store.held_many(&patients));
+    let mut held: Result<HashMap<String, Held>, String> = held.map_err(|e| e.to_string());
+    let mut views_of: HashMap<&str, usize> = HashMap::new();
+    for j in &batch {
+        *views_of.entry(j.patient.as_str()).or_default() += 1;
+    }
+    let now = sharedcare_kit::db::now_us();
+    let topic = bus::topic(crate::NAME);
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut records = Vec::with_capacity(batch.len());
+    for (job, asked) in batch.iter().zip(asked) {
+        let (outcome, answer) = match asked {
+            Err(refused) => {
+                let o = Outcome {
+                    outcome: "denied",
+                    purpose: job.purpose.clone(),
+                    reason: refused.to_string(),
+                };
+                (o, Err(refused))
+            }
+            Ok(i) => match &decisions {
+                Err(e) => (Outcome::of_error(&job.purpose), Err(PassportError::Consent(e.clone()))),
+                Ok(d) if d[i].effect() == Effect::Deny => {
+                    let refused = PassportError::Forbidden(format!("access denied: {}", d[i].reason));
+                    (Outcome::of_decision(&d[i], &job.purpose), Err(refused))
+                }
+                Ok(d) => {
+                    let outcome = Outcome::of_decision(&d[i], &job.purpose);
+                    let key = job.patient.as_str();
+                    // Several views of one person in a batch: each gets its own copy.
+                    let h = match &mut held {
+                        Err(why) => Err(why.clone()),
+                        Ok(h) if views_of[key] == 1 => Ok(h.remove(key).unwrap_or_default()),
+                        Ok(h) => Ok(h.get(key).cloned().unwrap_or_default()),
+                    };
+                    match h {
+                        Err(why) => (Outcome::of_error(&job.purpose), Err(PassportError::Unavailable(why))),
+                        Ok(h) if h.entries.is_empty() && !matches!(job.who, Principal::Patient { .. }) => {
+                            let missing = Outcome {
+                                outcome: "not-found",
+                                ..outcome
+                            };
+                            (missing, Err(PassportError::NotFound(job.patient.to_string())))
+                        }
+                        Ok(h) => {
+                            let view = View::build(&job.patient, h, &d[i].withheld_categories, now);
+                            (outcome, Ok(view))
+                        }
+                    }
+                }
+            },
+        };
+        let resource = Asked::Passport.resource(&job.patient);
+        let envelope = access(&job.who, &job.patient, &resource, &outcome, &job.trace);
+        records.push(outbox.record(&topic, envelope));
+        answers.push(answer);
+    }
+    let recorded = futures::future::join_all(records).await;
+    for ((job, answer), rec) in batch.into_iter().zip(answers).zip(recorded) {
+        let _ = job.reply.send(match rec {
+            Ok(()) => answer,
+            Err(e) => Err(PassportError::Audit(e.to_string())),
+        });
+    }
+}
