@@ -387,6 +387,17 @@ pub fn browser() -> reqwest::Client {
         .expect("http client")
 }
 
+/// `GET url` with `token` as bearer and extra `headers`; (status, JSON body).
+pub async fn get_json(url: &str, token: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut r = http().get(url).bearer_auth(token);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().await.expect("GET");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("a JSON body"))
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

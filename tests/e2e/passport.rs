@@ -12,31 +12,20 @@ use sharedcare_proto::passport::v1::passport_client::PassportClient;
 use sharedcare_proto::records::v1::PutRequest;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
 
-use crate::harness::{audit_trail, eventually, service_token_for, up, user_token, with_token};
+use crate::harness::{audit_trail, eventually, get_json, service_token_for, up, user_token, with_token};
 
 /// `GET /passport/v1/patients/{nhs}` as `token`, with a purpose of use; (status, body).
 async fn passport(base: &str, token: &str, nhs: &str, purpose: &str) -> (u16, Value) {
-    let mut r = reqwest::Client::new()
-        .get(format!("{base}/passport/v1/patients/{nhs}"))
-        .bearer_auth(token);
-    if !purpose.is_empty() {
-        r = r.header("x-purpose-of-use", purpose);
+    let url = format!("{base}/passport/v1/patients/{nhs}");
+    match purpose {
+        "" => get_json(&url, token, &[]).await,
+        p => get_json(&url, token, &[("x-purpose-of-use", p)]).await,
     }
-    let r = r.send().await.expect("GET passport");
-    let status = r.status().as_u16();
-    (status, r.json().await.expect("JSON"))
 }
 
 /// `GET /passport/v1/patients/{nhs}/{what}` as `token`; (status, body).
 async fn get(base: &str, token: &str, nhs: &str, what: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(format!("{base}/passport/v1/patients/{nhs}/{what}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("GET");
-    let status = r.status().as_u16();
-    (status, r.json().await.expect("JSON"))
+    get_json(&format!("{base}/passport/v1/patients/{nhs}/{what}"), token, &[]).await
 }
 
 /// Runs the independent verifier (`tests/python/verify_access_log.py`, pyca/cryptography) on

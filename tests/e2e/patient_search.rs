@@ -6,18 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{service_token_for, up, user_token};
+use crate::harness::{get_json, service_token_for, up, user_token};
 
 /// `GET {base}/fhir/R4/{query}` as `token`; (status, body).
 async fn fhir_get(base: &str, token: &str, query: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(format!("{base}/fhir/R4/{query}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("GET");
-    let status = r.status().as_u16();
-    (status, r.json().await.expect("JSON"))
+    get_json(&format!("{base}/fhir/R4/{query}"), token, &[]).await
 }
 
 fn ids(bundle: &Value) -> Vec<String> {

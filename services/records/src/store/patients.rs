@@ -5,7 +5,7 @@
 use sharedcare_kit::db::{self, Tx};
 
 use super::decide::{Asks, stored_labels, verdict};
-use super::search::stored_row;
+use super::search::{Bind, like_escape, stored_row};
 use super::{Actor, Caller, Engine, Store, Stored, Verdict};
 use crate::RecordsError;
 use crate::consent;
@@ -97,17 +97,6 @@ fn after_prefix(prefix: &str) -> Option<String> {
         }
     }
     None
-}
-
-/// Escapes `%`, `_` and the escape character for `LIKE … ESCAPE '!'`.
-fn like_escape(s: &str) -> String {
-    s.replace('!', "!!").replace('%', "!%").replace('_', "!_")
-}
-
-/// A bind value of a query built at run time.
-enum Bind {
-    Text(String),
-    Int(i64),
 }
 
 /// Patients matched by a search, a page at a time.

@@ -488,12 +488,12 @@ impl Engine {
 }
 
 /// A bind value of a query built at run time.
-enum Bind {
+pub(super) enum Bind {
     Text(String),
     Int(i64),
 }
 
 /// Escapes `%`, `_` and the escape character for `LIKE … ESCAPE '!'`.
-fn like_escape(s: &str) -> String {
+pub(super) fn like_escape(s: &str) -> String {
     s.replace('!', "!!").replace('%', "!%").replace('_', "!_")
 }
