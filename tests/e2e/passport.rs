@@ -374,4 +374,42 @@ async fn the_passport_shows_the_record_to_the_patient_and_what_consent_permits_t
     assert_eq!(status, 403, "his authority has ended");
     let (status, _) = get(&p.http, &david_token, &nhs, "sharing-choices").await;
     assert_eq!(status, 403);
+
+    // The GP system deletes the medicine (FHIR delete): reads answer 410 Gone, its history
+    // keeps both versions, and it leaves Margaret's passport.
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/fhir/R4/MedicationStatement/metformin", p.http))
+        .bearer_auth(&system)
+        .header("x-source-organisation", "A81001")
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(deleted.status().as_u16(), 204);
+    assert_eq!(deleted.headers()["etag"], "W/\"2\"");
+    let (status, gone) = get_json(
+        &format!("{}/fhir/R4/MedicationStatement/metformin", p.http),
+        &system,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 410, "{gone}");
+    assert_eq!(gone["issue"][0]["code"], "deleted");
+    let (_, history) = get_json(
+        &format!("{}/fhir/R4/MedicationStatement/metformin/_history", p.http),
+        &system,
+        &[],
+    )
+    .await;
+    assert_eq!(history["entry"][0]["request"]["method"], "DELETE");
+    assert!(history["entry"][0].get("resource").is_none());
+    assert_eq!(history["entry"][1]["resource"]["id"], "metformin");
+    eventually(
+        Duration::from_secs(10),
+        "the medicine to leave the passport",
+        || async {
+            let (_, view) = passport(&p.http, &margaret, &nhs, "").await;
+            section(&view, "medications").is_empty().then_some(())
+        },
+    )
+    .await;
 }

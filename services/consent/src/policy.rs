@@ -40,6 +40,8 @@ pub enum Action {
     Create,
     /// Update a resource.
     Update,
+    /// Delete a resource (a new version marked deleted; its history is kept).
+    Delete,
 }
 
 impl Action {
@@ -50,6 +52,7 @@ impl Action {
             "search" | "search-type" => Some(Action::Search),
             "create" => Some(Action::Create),
             "update" => Some(Action::Update),
+            "delete" => Some(Action::Delete),
             _ => None,
         }
     }

@@ -232,6 +232,7 @@ fn action_words(a: Action) -> &'static str {
         Action::Search => "searching",
         Action::Create => "adding",
         Action::Update => "changing",
+        Action::Delete => "deleting",
     }
 }
 

@@ -15,6 +15,8 @@ pub enum ErrorCode {
     Invalid,
     /// Nothing by that name (NOT_FOUND, 404).
     NotFound,
+    /// It was there and has been deleted (NOT_FOUND, HTTP 410 Gone).
+    Gone,
     /// It exists already (ALREADY_EXISTS, 409).
     AlreadyExists,
     /// A concurrent change won; retry (ABORTED, 409).
@@ -36,7 +38,7 @@ impl ErrorCode {
     pub fn grpc(self) -> tonic::Code {
         match self {
             ErrorCode::Invalid => tonic::Code::InvalidArgument,
-            ErrorCode::NotFound => tonic::Code::NotFound,
+            ErrorCode::NotFound | ErrorCode::Gone => tonic::Code::NotFound,
             ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
             ErrorCode::Conflict => tonic::Code::Aborted,
             ErrorCode::Stale => tonic::Code::FailedPrecondition,
@@ -52,6 +54,7 @@ impl ErrorCode {
         match self {
             ErrorCode::Invalid => StatusCode::BAD_REQUEST,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Gone => StatusCode::GONE,
             ErrorCode::AlreadyExists | ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::Stale => StatusCode::PRECONDITION_FAILED,
             ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -66,6 +69,7 @@ impl ErrorCode {
         match self {
             ErrorCode::Invalid => "invalid",
             ErrorCode::NotFound => "not-found",
+            ErrorCode::Gone => "deleted",
             ErrorCode::AlreadyExists => "duplicate",
             ErrorCode::Conflict | ErrorCode::Stale => "conflict",
             ErrorCode::Unauthenticated => "login",

@@ -1,6 +1,7 @@
 //! The passport's read model (see `migrations/`), on Postgres and SQLite alike:
 //! - `entries`: the newest version of each resource about a patient, applied from records'
-//!   `RecordState` events, each event once (inbox) and an older version never over a newer one;
+//!   `RecordState` events, each event once (inbox) and an older version never over a newer one
+//!   (a version that deletes the resource, or enters it in error, hides it);
 //! - `sharing`: each person's sharing choices and care team, the latest `SharingState` consent
 //!   published (consent publishes them in commit order per person, on one partition).
 
@@ -122,7 +123,7 @@ impl Store {
                     .bind(s.source_organisation.clone())
                     .bind(s.labels.join(","))
                     .bind(s.resource_json.clone())
-                    .bind(i64::from(p.hidden))
+                    .bind(i64::from(p.hidden || s.deleted))
                     .bind(updated);
             }
             q.execute(&mut *tx).await?;

@@ -52,6 +52,7 @@ fn events() -> Vec<Outgoing> {
                 last_updated: Some(db::timestamp(1_700_000_000_000_000 + i as i64)),
                 resource_json: body.to_string(),
                 labels: Vec::new(),
+                deleted: false,
             };
             let e = bus::envelope(sharedcare_passport::events::RECORD_STATE, "records", &id, &nhs, &state);
             out.push(Outgoing::new(sharedcare_passport::RECORD_STATE_TOPIC, &e));

@@ -27,6 +27,7 @@ fn state(offset: i64, nhs: &str, id: &str, version: i64, body: serde_json::Value
         last_updated: Some(sharedcare_kit::db::timestamp(1_700_000_000_000_000 + version)),
         resource_json: body.to_string(),
         labels: Vec::new(),
+        deleted: false,
     };
     let envelope = bus::envelope(sharedcare_passport::events::RECORD_STATE, "records", id, nhs, &event);
     let d = Delivery {
@@ -100,7 +101,7 @@ async fn one_batch_with_several_versions_of_a_resource_keeps_the_newest(db: Db) 
     );
 }
 
-async fn a_version_entered_in_error_leaves_the_view(db: Db) {
+async fn a_version_entered_in_error_or_deleted_leaves_the_view(db: Db) {
     let s = store(&db).await;
     apply(
         &s,
@@ -126,6 +127,15 @@ async fn a_version_entered_in_error_leaves_the_view(db: Db) {
     )
     .await;
     assert!(s.entries(&nhs(NHS)).await.expect("entries").is_empty());
+    // A version that deletes a resource takes it out too; writing it again brings it back.
+    let c = json!({"resourceType": "Condition", "code": {"text": "Asthma"}});
+    apply(&s, &[state(3, NHS, "c1", 1, c.clone())]).await;
+    let (d, mut deleted) = state(4, NHS, "c1", 2, c.clone());
+    deleted.deleted = true;
+    apply(&s, &[(d, deleted)]).await;
+    assert!(s.entries(&nhs(NHS)).await.expect("entries").is_empty(), "deleted");
+    apply(&s, &[state(5, NHS, "c1", 3, c)]).await;
+    assert_eq!(s.entries(&nhs(NHS)).await.expect("entries").len(), 1, "written again");
 }
 
 async fn each_patient_sees_only_their_own_entries_and_unknown_types_are_not_kept(db: Db) {
@@ -215,6 +225,6 @@ sharedcare_kit::store_suite!(
     a_redelivered_event_changes_nothing,
     the_newest_version_wins_whatever_the_order,
     one_batch_with_several_versions_of_a_resource_keeps_the_newest,
-    a_version_entered_in_error_leaves_the_view,
+    a_version_entered_in_error_or_deleted_leaves_the_view,
     each_patient_sees_only_their_own_entries_and_unknown_types_are_not_kept,
 );

@@ -26,10 +26,11 @@ pub fn page(
         .items
         .iter()
         .map(|s| {
-            let mut e = json!({
-                "fullUrl": format!("{base}/{}/{}", s.resource_type, s.id),
-                "resource": serde_json::from_str::<Value>(&s.body).unwrap_or(Value::Null),
-            });
+            let mut e = json!({"fullUrl": format!("{base}/{}/{}", s.resource_type, s.id)});
+            // A version that deleted the resource has no resource (FHIR history).
+            if !s.deleted {
+                e["resource"] = serde_json::from_str::<Value>(&s.body).unwrap_or(Value::Null);
+            }
             if let (Some(e), Value::Object(more)) = (e.as_object_mut(), extra(s)) {
                 e.extend(more);
             }

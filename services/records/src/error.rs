@@ -17,6 +17,9 @@ pub enum RecordsError {
     /// No such resource.
     #[error("{0} not found")]
     NotFound(String),
+    /// The resource (or this version of it) was deleted; its history is kept.
+    #[error("{0} was deleted")]
+    Gone(String),
     /// Someone else wrote the same resource at the same moment.
     #[error("{0} was changed concurrently; retry")]
     Conflict(String),
@@ -74,6 +77,7 @@ impl ServiceError for RecordsError {
         match self {
             RecordsError::Invalid { .. } => ErrorCode::Invalid,
             RecordsError::NotFound(_) => ErrorCode::NotFound,
+            RecordsError::Gone(_) => ErrorCode::Gone,
             RecordsError::Conflict(_) => ErrorCode::Conflict,
             RecordsError::Denied(_) | RecordsError::Withheld | RecordsError::Forbidden(_) => ErrorCode::Forbidden,
             RecordsError::Unauthenticated(_) => ErrorCode::Unauthenticated,

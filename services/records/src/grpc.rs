@@ -6,8 +6,9 @@ use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::nhs::OdsCode;
 use sharedcare_proto::records::v1::records_server::Records;
 use sharedcare_proto::records::v1::{
-    GetRequest, GetResponse, HistoryRequest, HistoryResponse, ImportBundleRequest, ImportBundleResponse,
-    PutManyRequest, PutManyResponse, PutRequest, PutResponse, SearchRequest, SearchResponse, VReadRequest,
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, HistoryRequest, HistoryResponse, ImportBundleRequest,
+    ImportBundleResponse, PutManyRequest, PutManyResponse, PutRequest, PutResponse, SearchRequest, SearchResponse,
+    VReadRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -76,6 +77,21 @@ impl Records for RecordsApi {
         }
         let s = self.store.put(resource, &source, &who, req.if_match_version).await?;
         Ok(Response::new(put_response(s)))
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let who = self
+            .actor(&request, "records.write", &request.get_ref().purpose)
+            .await?;
+        let req = request.into_inner();
+        fhir::check_type("resource_type", &req.resource_type)?;
+        fhir::check_id("id", &req.id)?;
+        let source = source_organisation(&req.source_organisation)?;
+        let s = self.store.delete(&req.resource_type, &req.id, &source, &who).await?;
+        Ok(Response::new(DeleteResponse {
+            version: s.version,
+            last_updated: Some(sharedcare_kit::db::timestamp(s.last_updated_us)),
+        }))
     }
 
     async fn put_many(&self, request: Request<PutManyRequest>) -> Result<Response<PutManyResponse>, Status> {

@@ -35,7 +35,7 @@ pub fn router(api: RecordsApi) -> Router {
         .route("/fhir/R4/metadata", get(metadata))
         .route("/fhir/R4", axum::routing::post(post_bundle))
         .route("/fhir/R4/{rtype}", get(search_type).post(create))
-        .route("/fhir/R4/{rtype}/{id}", get(read).put(update))
+        .route("/fhir/R4/{rtype}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/R4/{rtype}/{id}/{op}", get(operation))
         .route("/fhir/R4/{rtype}/{id}/_history/{vid}", get(vread))
         .with_state(api)
@@ -160,7 +160,7 @@ async fn metadata(headers: HeaderMap) -> Response {
             json!({
                 "type": t,
                 "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "create"},
-                                {"code": "history-instance"}, {"code": "search-type"}],
+                                {"code": "delete"}, {"code": "history-instance"}, {"code": "search-type"}],
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
@@ -271,8 +271,13 @@ async fn history(
         url
     };
     let body = bundle::page("history", &base, &page, &link(&cursor), &link(&page.next_cursor), |s| {
-        json!({"request": {"method": if s.version == 1 { "POST" } else { "PUT" }, "url": format!("{}/{}/_history/{}", s.resource_type, s.id, s.version)},
-               "response": {"status": "200", "etag": format!("W/\"{}\"", s.version)}})
+        let (method, status) = match (s.deleted, s.version) {
+            (true, _) => ("DELETE", "204"),
+            (false, 1) => ("POST", "201"),
+            (false, _) => ("PUT", "200"),
+        };
+        json!({"request": {"method": method, "url": format!("{}/{}/_history/{}", s.resource_type, s.id, s.version)},
+               "response": {"status": status, "etag": format!("W/\"{}\"", s.version)}})
     });
     Ok(fhir_response(StatusCode::OK, &body, HeaderMap::new()))
 }
@@ -564,6 +569,20 @@ fn if_match(headers: &HeaderMap) -> std::result::Result<i64, RecordsError> {
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| RecordsError::invalid("If-Match", format!("{text:?} is not a version ETag such as W/\"3\"")))
+}
+
+/// `DELETE /fhir/R4/{type}/{id}`: `204 No Content` with the deleting version's `ETag`.
+async fn delete(
+    State(api): State<RecordsApi>,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    check_path(&rtype, Some(&id))?;
+    let who = caller(&api, &headers, "records.write").await?;
+    let s = api.store().delete(&rtype, &id, &source(&who, &headers)?, &who).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().extend(version_headers(&s));
+    Ok(response)
 }
 
 async fn update(

@@ -999,8 +999,95 @@ async fn patients_are_found_by_name_and_birth_date_and_only_those_the_caller_may
     assert!(e.to_string().starts_with("family: "), "{e}");
 }
 
+async fn a_delete_is_a_new_version_reads_are_gone_and_history_keeps_it(db: Db) {
+    let s = store(&db).await;
+    s.put(patient("p1"), "A81001", &system(), 0).await.expect("put patient");
+    s.put(observation("o1", "p1", &[]), "A81001", &system(), 0)
+        .await
+        .expect("put obs");
+    // Staff with no care relationship may not delete: refused by consent, and audited.
+    let err = s
+        .delete("Observation", "o1", "RX1", &trust_nurse("TREAT"))
+        .await
+        .expect_err("no relationship");
+    assert!(matches!(err, RecordsError::Denied(_)), "{err}");
+    let refused = accesses(&db).await.pop().expect("audited");
+    assert_eq!(
+        (refused.action.as_str(), refused.outcome.as_str()),
+        ("delete", "denied")
+    );
+
+    let gone = s
+        .delete("Observation", "o1", "A81001", &system())
+        .await
+        .expect("delete");
+    assert_eq!((gone.version, gone.deleted), (2, true));
+    let deleted = accesses(&db).await.pop().expect("audited");
+    assert_eq!(
+        (
+            deleted.action.as_str(),
+            deleted.resources[0].as_str(),
+            deleted.outcome.as_str()
+        ),
+        ("delete", "Observation/o1/_history/2", "success")
+    );
+    let states: Vec<RecordState> = outbox_events(&db)
+        .await
+        .iter()
+        .filter(|e| e.r#type == "sharedcare.events.v1.RecordState")
+        .map(|e| RecordState::decode(e.data.as_slice()).expect("state"))
+        .collect();
+    let last = states.last().expect("state");
+    assert!(
+        last.deleted && last.id == "o1" && last.version == 2,
+        "read models are told"
+    );
+
+    let err = s.get("Observation", "o1", &system()).await.expect_err("deleted");
+    assert!(matches!(&err, RecordsError::Gone(r) if r == "Observation/o1"), "{err}");
+    assert_eq!(accesses(&db).await.pop().expect("audited").outcome, "not-found");
+    assert!(matches!(
+        s.vread("Observation", "o1", 2, &system()).await,
+        Err(RecordsError::Gone(_))
+    ));
+    let v1 = s
+        .vread("Observation", "o1", 1, &system())
+        .await
+        .expect("version 1 stays");
+    assert!(!v1.deleted && v1.body.contains("observation"));
+    let history = s
+        .history("Observation", "o1", 10, "", &system())
+        .await
+        .expect("history");
+    let versions: Vec<(i64, bool)> = history.items.iter().map(|v| (v.version, v.deleted)).collect();
+    assert_eq!(versions, [(2, true), (1, false)]);
+    let q = Query {
+        patient: "p1".into(),
+        page_size: 50,
+        ..Query::default()
+    };
+    let found = s.search(&q, &system()).await.expect("search");
+    assert_eq!(ids(&found), ["Patient/p1"], "a deleted resource leaves search");
+
+    // Again: nothing changes. Unknown: not found.
+    let again = s.delete("Observation", "o1", "A81001", &system()).await.expect("again");
+    assert_eq!(again.version, 2);
+    assert!(matches!(
+        s.delete("Observation", "nope", "A81001", &system()).await,
+        Err(RecordsError::NotFound(_))
+    ));
+    // Written again after a delete: a new version, readable.
+    let back = s
+        .put(observation("o1", "p1", &[]), "A81001", &system(), 0)
+        .await
+        .expect("again");
+    assert_eq!((back.version, back.deleted), (3, false));
+    assert_eq!(s.get("Observation", "o1", &system()).await.expect("read").version, 3);
+}
+
 sharedcare_kit::store_suite!(
     "records";
+    a_delete_is_a_new_version_reads_are_gone_and_history_keeps_it,
     patients_are_found_by_name_and_birth_date_and_only_those_the_caller_may_see,
     every_put_is_a_new_version_and_get_returns_the_newest,
     changes_and_accesses_leave_events_keyed_by_nhs_number,

@@ -279,6 +279,7 @@ async fn rebuild(config: &Config) -> anyhow::Result<()> {
                     r#"{{"resourceType":"Condition","id":"{id}","code":{{"coding":[{{"system":"http://snomed.info/sct","code":"44054006","display":"Type 2 diabetes mellitus"}}]}},"clinicalStatus":{{"coding":[{{"code":"active"}}]}},"onsetDateTime":"2019-04-01"}}"#
                 ),
                 labels: Vec::new(),
+                deleted: false,
             };
             let e = bus::envelope(sharedcare_passport::events::RECORD_STATE, "records", &id, &nhs, &state);
             events.push(Outgoing::new(sharedcare_passport::RECORD_STATE_TOPIC, &e));

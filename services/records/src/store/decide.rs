@@ -29,7 +29,7 @@ impl Engine {
             .iter()
             .map(|job| {
                 let s = found.get(&(job.resource_type.clone(), job.id.clone()))?;
-                if !fhir::is_patient_data(&s.resource_type) {
+                if !fhir::is_patient_data(&s.resource_type) || s.deleted {
                     return None;
                 }
                 let labels = stored_labels(s);
@@ -47,6 +47,13 @@ impl Engine {
                 Some(s) => {
                     let versioned = format!("{reference}/_history/{}", s.version);
                     let v = match asked {
+                        // Deleted: nothing of it is read, so nothing to decide.
+                        None if s.deleted => Verdict::refused(
+                            RecordsError::Gone(reference.clone()),
+                            "not-found",
+                            purpose,
+                            "deleted".into(),
+                        ),
                         None => Verdict {
                             answer: Ok(s.clone()),
                             outcome: "success",
@@ -140,8 +147,11 @@ impl Engine {
         let versions = self.current_versions(&mut conn, &jobs).await?;
         let mut patients = self.referenced_patients(&mut conn, &jobs).await?;
         drop(conn);
-        let action_of = |r: &Resource| {
-            if versions.contains_key(&(r.resource_type.clone(), r.id.clone())) {
+        let action_of = |job: &PutJob| {
+            let r = &job.resource;
+            if job.delete {
+                "delete"
+            } else if versions.contains_key(&(r.resource_type.clone(), r.id.clone())) {
                 "update"
             } else {
                 "create"
@@ -172,7 +182,7 @@ impl Engine {
                 Ok(Some(asks.add(consent::ask(
                     &job.caller.actor,
                     &nhs,
-                    action_of(r),
+                    action_of(job),
                     labels,
                 ))))
             };
@@ -200,7 +210,7 @@ impl Engine {
                 Err(e) => {
                     let r = &job.resource;
                     let reference = format!("{}/{}", r.resource_type, r.id);
-                    let env = self.access(&job.caller, action_of(r), &reference, &nhs, &v);
+                    let env = self.access(&job.caller, action_of(&job), &reference, &nhs, &v);
                     let error = match e {
                         RecordsError::Denied(why) => RecordsError::Denied(why.clone()),
                         RecordsError::Consent(why) => RecordsError::Consent(why.clone()),

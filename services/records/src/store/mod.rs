@@ -36,10 +36,12 @@ pub struct Stored {
     pub last_updated_us: i64,
     /// The patient's NHS number ("" when not known).
     pub nhs_number: String,
-    /// The resource JSON with `meta` stamped.
+    /// The resource JSON with `meta` stamped (for a deleted version: the content it deleted).
     pub body: String,
     /// Its `meta.security` labels when already known (`None`: read them from `body`).
     pub labels: Option<Vec<String>>,
+    /// This version deletes the resource (FHIR delete).
+    pub deleted: bool,
 }
 
 pub use sharedcare_kit::pdp::Actor;
@@ -132,6 +134,8 @@ const PUTS_PER_COMMIT: usize = 256;
 /// A put waiting for the writer.
 struct PutJob {
     resource: Resource,
+    /// A delete: a new version marked deleted, with the content of the one it deletes.
+    delete: bool,
     source_organisation: String,
     caller: Caller,
     /// Purpose and reason from consent's decision, for the audit entry.
@@ -212,6 +216,7 @@ impl Store {
         self.labeller.apply(&mut resource.body);
         PutJob {
             resource,
+            delete: false,
             source_organisation: source_organisation.to_string(),
             caller: Caller::current(actor),
             purpose: actor.purpose.clone(),
@@ -250,8 +255,46 @@ impl Store {
         Ok(stored)
     }
 
-    /// Reads the current version of `resource_type/id`. The access is recorded in the outbox
-    /// (durably) before the resource is returned; if that fails, the caller gets the error.
+    /// Deletes `resource_type/id` for `actor`: a new version marked deleted, with the content
+    /// of the one it deletes, decided by consent (action `delete`) and audited like a write;
+    /// reads then answer Gone and searches leave it out, while its history keeps every
+    /// version. Deleting a deleted resource changes nothing and returns its deleted version.
+    pub async fn delete(
+        &self,
+        resource_type: &str,
+        id: &str,
+        source_organisation: &str,
+        actor: &Actor,
+    ) -> Result<Stored, RecordsError> {
+        // The current version, read here only for its patient, labels and content: nothing
+        // of it leaves unless the delete is permitted (and then only its version number).
+        let row = sqlx::query(
+            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels, c.deleted \
+             FROM current_resources c JOIN resources r \
+               ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
+             WHERE c.resource_type = $1 AND c.id = $2",
+        )
+        .bind(resource_type.to_string())
+        .bind(id.to_string())
+        .fetch_optional(self.engine.db.pool())
+        .await?;
+        let Some(current) = row.as_ref().map(search::stored_row) else {
+            return Err(RecordsError::NotFound(format!("{resource_type}/{id}")));
+        };
+        if current.deleted {
+            return Ok(current);
+        }
+        let resource = fhir::parse(&current.body)?;
+        let mut job = self.job(resource, source_organisation, actor, current.version);
+        job.delete = true;
+        let (reply, answer) = oneshot::channel();
+        self.puts.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
+        answer.await.map_err(|_| RecordsError::Stopped)?
+    }
+
+    /// Reads the current version of `resource_type/id` (Gone when deleted). The access is
+    /// recorded in the outbox (durably) before the resource is returned; if that fails, the
+    /// caller gets the error.
     /// Concurrent reads are looked up together (one query per batch) and their accesses share
     /// one group commit.
     pub async fn get(&self, resource_type: &str, id: &str, actor: &Actor) -> Result<Stored, RecordsError> {
@@ -317,7 +360,7 @@ impl Engine {
             *version += 1;
             let version = *version;
             let nhs_number = patient_of(r, &mut nhs_of_patient);
-            if r.resource_type == "Patient" && !nhs_number.is_empty() {
+            if r.resource_type == "Patient" && !nhs_number.is_empty() && !job.delete {
                 new_patients.retain(|p| p.id != r.id);
                 new_patients.push(patients::Indexed {
                     id: r.id.clone(),
@@ -336,6 +379,7 @@ impl Engine {
                 nhs_number,
                 labels: Some(fhir::security_labels(&body)),
                 body: serde_json::Value::Object(body).to_string(),
+                deleted: job.delete,
             };
             self.put_events(job, &s, &mut events);
             stored.push(s);
@@ -351,8 +395,8 @@ impl Engine {
             .zip(jobs.chunks(db::MAX_ROWS_PER_INSERT))
         {
             let sql = tx.backend().insert_rows(
-                "resources (resource_type, id, version, last_updated_us, nhs_number, source_organisation, author, body)",
-                8,
+                "resources (resource_type, id, version, last_updated_us, nhs_number, source_organisation, author, body, deleted)",
+                9,
                 chunk.len(),
                 "",
             );
@@ -366,7 +410,8 @@ impl Engine {
                     .bind(s.nhs_number.clone())
                     .bind(job.source_organisation.clone())
                     .bind(job.caller.actor.id.clone())
-                    .bind(s.body.clone());
+                    .bind(s.body.clone())
+                    .bind(i64::from(s.deleted));
             }
             match q.execute(&mut *tx).await {
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -389,12 +434,12 @@ impl Engine {
         current.sort_unstable();
         for chunk in current.chunks(db::MAX_ROWS_PER_INSERT) {
             let sql = tx.backend().insert_rows(
-                "current_resources (resource_type, id, version, nhs_number, clinical_date_us, codes, labels)",
-                7,
+                "current_resources (resource_type, id, version, nhs_number, clinical_date_us, codes, labels, deleted)",
+                8,
                 chunk.len(),
                 "ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
                  nhs_number = excluded.nhs_number, clinical_date_us = excluded.clinical_date_us, codes = excluded.codes, \
-                 labels = excluded.labels",
+                 labels = excluded.labels, deleted = excluded.deleted",
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for &n in chunk {
@@ -407,7 +452,8 @@ impl Engine {
                     .bind(s.nhs_number.clone())
                     .bind(fhir::clinical_date(body).unwrap_or(0))
                     .bind(format!(" {} ", codes.join(" ")))
-                    .bind(fhir::security_labels(body).join(","));
+                    .bind(fhir::security_labels(body).join(","))
+                    .bind(i64::from(s.deleted));
             }
             q.execute(&mut *tx).await?;
         }
@@ -493,7 +539,11 @@ impl Engine {
         } else {
             s.nhs_number.clone()
         };
-        let care = crate::fhir::care_relationship(&job.resource, &job.source_organisation, s.last_updated_us);
+        // A delete changes no care relationship (the one recorded stays until it ends).
+        let care = match job.delete {
+            true => None,
+            false => crate::fhir::care_relationship(&job.resource, &job.source_organisation, s.last_updated_us),
+        };
         let changed = RecordChanged {
             resource_type: s.resource_type.clone(),
             id: s.id.clone(),
@@ -505,10 +555,15 @@ impl Engine {
             care_organisation: care.as_ref().map(|c| c.organisation.clone()).unwrap_or_default(),
             care_start: care.as_ref().map(|c| db::timestamp(c.start_us)),
             care_end: care.as_ref().and_then(|c| c.end_us.map(db::timestamp)),
+            deleted: s.deleted,
         };
         let mut changed = bus::envelope(RECORD_CHANGED, NAME, &reference, &key, &changed);
         changed.traceparent = job.caller.traceparent.clone();
-        let action = if s.version == 1 { "create" } else { "update" };
+        let action = match (job.delete, s.version) {
+            (true, _) => "delete",
+            (false, 1) => "create",
+            (false, _) => "update",
+        };
         let versioned = format!("{reference}/_history/{}", s.version);
         let done: Verdict<()> = Verdict {
             answer: Ok(()),
@@ -529,6 +584,7 @@ impl Engine {
                 last_updated: Some(db::timestamp(s.last_updated_us)),
                 resource_json: s.body.clone(),
                 labels: s.labels.clone().unwrap_or_default(),
+                deleted: s.deleted,
             };
             let mut e = bus::envelope(RECORD_STATE, NAME, &reference, &key, &state);
             e.traceparent = job.caller.traceparent.clone();
@@ -563,7 +619,7 @@ impl Engine {
         for chunk in jobs.chunks(db::MAX_ROWS_PER_INSERT) {
             let wanted = self.any_of("c.", chunk.len());
             let sql = format!(
-                "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels
+                "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels, c.deleted
                  FROM current_resources c JOIN resources r
                    ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version
                  WHERE {wanted}"

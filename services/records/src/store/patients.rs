@@ -399,7 +399,7 @@ impl Engine {
             "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels \
              FROM current_resources c JOIN resources r \
                ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
-             WHERE c.resource_type = 'Patient' AND c.id IN ({}) ORDER BY c.id",
+             WHERE c.resource_type = 'Patient' AND c.deleted = 0 AND c.id IN ({}) ORDER BY c.id",
             backend.marks(1, ids.len())
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));

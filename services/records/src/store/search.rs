@@ -14,7 +14,7 @@ use crate::consent;
 use crate::fhir;
 
 /// A stored version from a `SELECT resource_type, id, version, last_updated_us, nhs_number,
-/// body` row.
+/// body` row, with its `labels` and `deleted` columns when the query has them.
 pub(super) fn stored_row(row: &sqlx::any::AnyRow) -> Stored {
     Stored {
         resource_type: row.get(0),
@@ -23,10 +23,11 @@ pub(super) fn stored_row(row: &sqlx::any::AnyRow) -> Stored {
         last_updated_us: row.get(3),
         nhs_number: row.get(4),
         body: row.get(5),
-        labels: (row.len() > 6).then(|| {
-            let l: String = row.get(6);
-            l.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
-        }),
+        labels: row
+            .try_get::<String, _>("labels")
+            .ok()
+            .map(|l| l.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()),
+        deleted: row.try_get::<i64, _>("deleted").is_ok_and(|d| d != 0),
     }
 }
 
@@ -122,7 +123,7 @@ impl Store {
         let caller = Caller::current(actor);
         let reference = format!("{resource_type}/{id}/_history/{version}");
         let row = sqlx::query(
-            "SELECT resource_type, id, version, last_updated_us, nhs_number, body FROM resources \
+            "SELECT resource_type, id, version, last_updated_us, nhs_number, body, deleted FROM resources \
              WHERE resource_type = $1 AND id = $2 AND version = $3",
         )
         .bind(resource_type.to_string())
@@ -134,6 +135,14 @@ impl Store {
         let purpose = actor.purpose.as_str();
         let (v, nhs) = match row.as_ref().map(stored_row) {
             None => (Verdict::not_found(&reference, purpose), String::new()),
+            // The version that deleted the resource: nothing of it is read.
+            Some(s) if s.deleted => {
+                let gone = RecordsError::Gone(reference.clone());
+                (
+                    Verdict::refused(gone, "not-found", purpose, "deleted".into()),
+                    s.nhs_number,
+                )
+            }
             Some(s) if !fhir::is_patient_data(&s.resource_type) => {
                 let nhs = s.nhs_number.clone();
                 (
@@ -179,7 +188,7 @@ impl Store {
                 .map_err(|_| RecordsError::invalid("cursor", "not a cursor from a previous page"))?
         };
         let rows = sqlx::query(
-            "SELECT resource_type, id, version, last_updated_us, nhs_number, body FROM resources \
+            "SELECT resource_type, id, version, last_updated_us, nhs_number, body, deleted FROM resources \
              WHERE resource_type = $1 AND id = $2 AND version < $3 ORDER BY version DESC LIMIT $4",
         )
         .bind(resource_type.to_string())
@@ -435,7 +444,7 @@ impl Engine {
             "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels \
              FROM current_resources c JOIN resources r \
                ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
-             WHERE c.nhs_number = {}",
+             WHERE c.nhs_number = {} AND c.deleted = 0",
             mark()
         );
         let mut binds: Vec<Bind> = vec![Bind::Text(nhs.to_string())];
