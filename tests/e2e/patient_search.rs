@@ -82,6 +82,40 @@ async fn a_gp_finds_her_patient_by_name_and_birth_date_and_a_stranger_finds_nobo
         assert_eq!(err["issue"][0]["expression"][0], field, "{query}: {err}");
     }
 
+    // The same over gRPC.
+    use sharedcare_proto::records::v1::records_client::RecordsClient;
+    use sharedcare_proto::records::v1::{FindPatientsRequest, SearchParameter};
+    let param = |name: &str, value: &str| SearchParameter {
+        name: name.into(),
+        value: value.into(),
+    };
+    let mut grpc = RecordsClient::new(p.channel().await);
+    let found = grpc
+        .find_patients(crate::harness::with_token(
+            FindPatientsRequest {
+                parameters: vec![param("family", "EVANS"), param("birthdate", "le1950")],
+                ..Default::default()
+            },
+            &gp,
+        ))
+        .await
+        .expect("FindPatients")
+        .into_inner();
+    let ids: Vec<&str> = found.resources.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["margaret"]);
+    let err = grpc
+        .find_patients(crate::harness::with_token(
+            FindPatientsRequest {
+                parameters: vec![param("family", "evans"), param("phone", "0113")],
+                ..Default::default()
+            },
+            &gp,
+        ))
+        .await
+        .expect_err("unknown parameter");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("parameters[1]: "), "{}", err.message());
+
     // The CapabilityStatement says so.
     let (_, cap) = fhir_get(&p.http, &gp, "metadata").await;
     let patient = cap["rest"][0]["resource"]

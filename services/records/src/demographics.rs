@@ -108,6 +108,28 @@ pub fn of(body: &Map<String, Value>) -> Demographics {
     d
 }
 
+/// An NHS number identifier token (`https://fhir.nhs.uk/Id/nhs-number|9434765919`, or the
+/// number alone), checked; errors name `name`.
+pub fn nhs_identifier(name: &str, v: &str) -> Result<String, RecordsError> {
+    let value = match v.split_once('|') {
+        Some((system, value)) if system == sharedcare_kit::nhs::NHS_NUMBER_SYSTEM || system.is_empty() => value,
+        Some(_) => {
+            return Err(RecordsError::invalid(
+                name,
+                format!(
+                    "only NHS number identifiers are searchable ({}|…)",
+                    sharedcare_kit::nhs::NHS_NUMBER_SYSTEM
+                ),
+            ));
+        }
+        None => v,
+    };
+    Ok(sharedcare_kit::nhs::NhsNumber::parse(value)
+        .map_err(|e| RecordsError::invalid(name, e.to_string()))?
+        .as_str()
+        .to_string())
+}
+
 /// How a string parameter matches (FHIR: starts-with by default, `:exact`, `:contains`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Match {

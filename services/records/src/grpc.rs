@@ -6,9 +6,9 @@ use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::nhs::OdsCode;
 use sharedcare_proto::records::v1::records_server::Records;
 use sharedcare_proto::records::v1::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, HistoryRequest, HistoryResponse, ImportBundleRequest,
-    ImportBundleResponse, PutManyRequest, PutManyResponse, PutRequest, PutResponse, SearchRequest, SearchResponse,
-    VReadRequest,
+    DeleteRequest, DeleteResponse, FindPatientsRequest, GetRequest, GetResponse, HistoryRequest, HistoryResponse,
+    ImportBundleRequest, ImportBundleResponse, PutManyRequest, PutManyResponse, PutRequest, PutResponse, SearchRequest,
+    SearchResponse, VReadRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -174,6 +174,39 @@ impl Records for RecordsApi {
             versions: page.items.into_iter().map(response).collect(),
             next_cursor: page.next_cursor,
             some_withheld: page.some_withheld,
+        }))
+    }
+
+    async fn find_patients(&self, request: Request<FindPatientsRequest>) -> Result<Response<SearchResponse>, Status> {
+        let who = self.actor(&request, "records.read", &request.get_ref().purpose).await?;
+        let req = request.into_inner();
+        let mut q = crate::demographics::PatientQuery::default();
+        for (i, p) in req.parameters.iter().enumerate() {
+            let field = format!("parameters[{i}]");
+            if p.name == "identifier" {
+                q.nhs_number = Some(crate::demographics::nhs_identifier(&field, &p.value)?);
+            } else if !q
+                .add(&p.name, &p.value)
+                .map_err(|e| RecordsError::invalid(field.clone(), e.to_string()))?
+            {
+                return Err(RecordsError::invalid(
+                    field,
+                    format!("{:?} is not a Patient search parameter here (family, given, name, birthdate, gender, address-postalcode, identifier)", p.name),
+                )
+                .into());
+            }
+        }
+        if !req.cursor.is_empty() {
+            fhir::check_id("cursor", &req.cursor)?;
+        }
+        let found = self
+            .store
+            .find_patients(&q, page_size(req.page_size)?, &req.cursor, &who)
+            .await?;
+        Ok(Response::new(SearchResponse {
+            resources: found.patients.into_iter().map(response).collect(),
+            next_cursor: found.next_cursor,
+            some_withheld: false,
         }))
     }
 

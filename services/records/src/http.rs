@@ -19,9 +19,8 @@ use axum::routing::get;
 use axum::{Router, body::Bytes};
 use serde_json::{Value, json};
 use sharedcare_kit::auth::bearer;
-use sharedcare_kit::nhs::{NHS_NUMBER_SYSTEM, NhsNumber};
 
-use crate::demographics::PatientQuery;
+use crate::demographics::{self, PatientQuery};
 use crate::grpc::{RecordsApi, actor_of, check_purpose, page_size};
 use crate::store::{Actor, Page, Query, Stored};
 use crate::{RecordsError, bundle, fhir};
@@ -331,24 +330,6 @@ fn patient_param(name: &str, v: &str) -> std::result::Result<String, RecordsErro
     Ok(id.to_string())
 }
 
-/// An NHS number identifier token: `https://fhir.nhs.uk/Id/nhs-number|9434765919`.
-fn nhs_param(name: &str, v: &str) -> std::result::Result<String, RecordsError> {
-    let value = match v.split_once('|') {
-        Some((system, value)) if system == NHS_NUMBER_SYSTEM || system.is_empty() => value,
-        Some(_) => {
-            return Err(RecordsError::invalid(
-                name,
-                format!("only NHS number identifiers are searchable ({NHS_NUMBER_SYSTEM}|…)"),
-            ));
-        }
-        None => v,
-    };
-    Ok(NhsNumber::parse(value)
-        .map_err(|e| RecordsError::invalid(name, e.to_string()))?
-        .as_str()
-        .to_string())
-}
-
 async fn search_type(
     State(api): State<RecordsApi>,
     Path(rtype): Path<String>,
@@ -368,8 +349,10 @@ async fn search_type(
         }
         match k.as_str() {
             "patient" | "subject" if rtype != "Patient" => q.patient = patient_param(&k, &v)?,
-            "patient.identifier" | "subject.identifier" if rtype != "Patient" => q.nhs_number = nhs_param(&k, &v)?,
-            "identifier" if rtype == "Patient" => q.nhs_number = nhs_param(&k, &v)?,
+            "patient.identifier" | "subject.identifier" if rtype != "Patient" => {
+                q.nhs_number = demographics::nhs_identifier(&k, &v)?
+            }
+            "identifier" if rtype == "Patient" => q.nhs_number = demographics::nhs_identifier(&k, &v)?,
             "_id" if rtype == "Patient" => q.patient = patient_param(&k, &v)?,
             "date" => {
                 let (from, to) = date_param(&v)?;
