@@ -82,6 +82,32 @@ async fn a_gp_finds_her_patient_by_name_and_birth_date_and_a_stranger_finds_nobo
         assert_eq!(err["issue"][0]["expression"][0], field, "{query}: {err}");
     }
 
+    // `_elements` returns a subset, tagged so; `_lastUpdated` filters on when it was stored.
+    let (_, subset) = fhir_get(
+        &p.http,
+        &gp,
+        "Patient?family=evans&birthdate=1941-03-12&_elements=birthDate",
+    )
+    .await;
+    let r = &subset["entry"][0]["resource"];
+    assert_eq!(r["birthDate"], "1941-03-12");
+    assert!(r.get("name").is_none() && r.get("identifier").is_none(), "{r}");
+    assert_eq!(r["meta"]["tag"][0]["code"], "SUBSETTED");
+    let by_nhs = format!("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{}", nhs(0));
+    let (_, recent) = fhir_get(&p.http, &gp, &format!("{by_nhs}&_lastUpdated=ge2020-01-01")).await;
+    assert_eq!(ids(&recent), ["margaret"]);
+    let (_, future) = fhir_get(&p.http, &gp, &format!("{by_nhs}&_lastUpdated=gt2100-01-01")).await;
+    assert!(ids(&future).is_empty(), "{future}");
+    for (query, field) in [
+        (format!("{by_nhs}&_lastUpdated=yesterday"), "_lastUpdated"),
+        ("Patient?family=evans&_elements=na-me".to_string(), "_elements"),
+        ("Patient?family=evans&_lastUpdated=ge2020-01-01".to_string(), "_id"),
+    ] {
+        let (status, err) = fhir_get(&p.http, &gp, &query).await;
+        assert_eq!(status, 400, "{query}: {err}");
+        assert_eq!(err["issue"][0]["expression"][0], field, "{query}: {err}");
+    }
+
     // The same over gRPC.
     use sharedcare_proto::records::v1::records_client::RecordsClient;
     use sharedcare_proto::records::v1::{FindPatientsRequest, SearchParameter};
@@ -131,7 +157,15 @@ async fn a_gp_finds_her_patient_by_name_and_birth_date_and_a_stranger_finds_nobo
         .iter()
         .filter_map(|p| p["name"].as_str())
         .collect();
-    for name in ["family", "given", "name", "birthdate", "gender", "address-postalcode"] {
+    for name in [
+        "family",
+        "given",
+        "name",
+        "birthdate",
+        "gender",
+        "address-postalcode",
+        "_lastUpdated",
+    ] {
         assert!(params.contains(&name), "{params:?}");
     }
 }

@@ -12,6 +12,25 @@ use crate::{RecordsError, fhir};
 /// The notice a Bundle carries when the patient withholds information from the caller.
 pub const WITHHELD_NOTICE: &str = "Some information may be withheld in line with the patient's wishes.";
 
+/// Keeps only `elements` of `resource` (and `resourceType`, `id`, `meta`), and tags it
+/// SUBSETTED (FHIR `_elements`: a summary the client must not take for the whole resource).
+pub fn subset(resource: &mut Value, elements: &[String]) {
+    let Value::Object(r) = resource else {
+        return;
+    };
+    r.retain(|k, _| matches!(k.as_str(), "resourceType" | "id" | "meta") || elements.iter().any(|e| e == k));
+    let meta = r.entry("meta").or_insert_with(|| json!({}));
+    if let Value::Object(meta) = meta {
+        let tags = meta.entry("tag").or_insert_with(|| json!([]));
+        if let Value::Array(tags) = tags {
+            tags.push(json!({
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                "code": "SUBSETTED",
+            }));
+        }
+    }
+}
+
 /// A page as a Bundle of `kind` (`searchset` or `history`); `extra` adds each entry's
 /// `search` or `request`/`response`.
 pub fn page(

@@ -309,6 +309,8 @@ pub fn query(req: SearchRequest) -> Result<Query, RecordsError> {
         types: req.types,
         date_from: req.date_from.as_ref().map(db::micros),
         date_to: req.date_to.as_ref().map(db::micros),
+        updated_from: req.last_updated_from.as_ref().map(db::micros),
+        updated_to: req.last_updated_to.as_ref().map(db::micros),
         code: req.code,
         page_size: page_size(req.page_size)?,
         cursor: req.cursor,
@@ -338,6 +340,11 @@ pub fn check_query(q: &Query) -> Result<(), RecordsError> {
         && a > b
     {
         return Err(RecordsError::invalid("date", "the range ends before it starts"));
+    }
+    if let (Some(a), Some(b)) = (q.updated_from, q.updated_to)
+        && a > b
+    {
+        return Err(RecordsError::invalid("_lastUpdated", "the range ends before it starts"));
     }
     Ok(())
 }

@@ -137,6 +137,7 @@ async fn metadata(headers: HeaderMap) -> Response {
         .map(|t| {
             let mut search = vec![
                 json!({"name": "_count", "type": "number"}),
+                json!({"name": "_lastUpdated", "type": "date"}),
                 json!({"name": "date", "type": "date"}),
                 json!({"name": "code", "type": "token"}),
             ];
@@ -295,14 +296,14 @@ fn unknown_param(name: &str) -> RecordsError {
 
 /// A FHIR date search value (`2026-01-05`, `ge2026-01-05`, `le2026-01-05T10:00:00Z`, …) as a
 /// range `(from, to)` in µs.
-fn date_param(v: &str) -> std::result::Result<(Option<i64>, Option<i64>), RecordsError> {
+fn date_param(name: &str, v: &str) -> std::result::Result<(Option<i64>, Option<i64>), RecordsError> {
     let (prefix, value) = match v.get(..2) {
         Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &v[2..]),
         _ => ("eq", v),
     };
     let bad = || {
         RecordsError::invalid(
-            "date",
+            name,
             format!("{v:?} is not a FHIR date search value (e.g. ge2026-01-31)"),
         )
     };
@@ -342,6 +343,7 @@ async fn search_type(
         ..Query::default()
     };
     let mut count = 0;
+    let mut elements: Vec<String> = Vec::new();
     let mut people = PatientQuery::default();
     for (k, v) in params(raw.clone()) {
         if rtype == "Patient" && people.add(&k, &v)? {
@@ -355,10 +357,16 @@ async fn search_type(
             "identifier" if rtype == "Patient" => q.nhs_number = demographics::nhs_identifier(&k, &v)?,
             "_id" if rtype == "Patient" => q.patient = patient_param(&k, &v)?,
             "date" => {
-                let (from, to) = date_param(&v)?;
+                let (from, to) = date_param("date", &v)?;
                 q.date_from = from.or(q.date_from);
                 q.date_to = to.or(q.date_to);
             }
+            "_lastUpdated" => {
+                let (from, to) = date_param("_lastUpdated", &v)?;
+                q.updated_from = from.or(q.updated_from);
+                q.updated_to = to.or(q.updated_to);
+            }
+            "_elements" => elements = elements_param(&v)?,
             "code" => q.code = v,
             "_count" => count = count_param(&v)?,
             "_cursor" => q.cursor = v,
@@ -367,16 +375,23 @@ async fn search_type(
         }
     }
     if !people.is_empty() {
-        if !q.patient.is_empty() || q.date_from.is_some() || q.date_to.is_some() || !q.code.is_empty() {
+        let other = !q.patient.is_empty()
+            || q.date_from.is_some()
+            || q.date_to.is_some()
+            || q.updated_from.is_some()
+            || q.updated_to.is_some()
+            || !q.code.is_empty();
+        if other {
             return Err(RecordsError::invalid(
                 "_id",
-                "a search by name, birth date, gender or postcode takes no _id, date or code",
+                "a search by name, birth date, gender or postcode takes no _id, date, _lastUpdated or code",
             )
             .into());
         }
         people.nhs_number = (!q.nhs_number.is_empty()).then(|| q.nhs_number.clone());
         let self_path = format!("Patient?{}", without_cursor(raw));
-        return patient_bundle(&api, &people, page_size(count)?, &q.cursor, &headers, &self_path).await;
+        let page = (page_size(count)?, q.cursor.as_str());
+        return patient_bundle(&api, &people, page, &elements, &headers, &self_path).await;
     }
     if q.patient.is_empty() && q.nhs_number.is_empty() {
         let name = if rtype == "Patient" { "identifier" } else { "patient" };
@@ -390,7 +405,33 @@ async fn search_type(
         return Err(RecordsError::invalid("patient", "name the patient once (by id or by NHS number)").into());
     }
     q.page_size = page_size(count)?;
-    search_bundle(&api, q, &headers, &format!("{rtype}?{}", without_cursor(raw))).await
+    search_bundle(
+        &api,
+        q,
+        &elements,
+        &headers,
+        &format!("{rtype}?{}", without_cursor(raw)),
+    )
+    .await
+}
+
+/// `_elements`: top-level element names (`resourceType`, `id` and `meta` are always kept).
+fn elements_param(v: &str) -> std::result::Result<Vec<String>, RecordsError> {
+    v.split(',')
+        .map(str::trim)
+        .map(|e| {
+            let ok = e.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && e.chars().all(|c| c.is_ascii_alphanumeric());
+            if ok {
+                Ok(e.to_string())
+            } else {
+                Err(RecordsError::invalid(
+                    "_elements",
+                    format!("{e:?} is not an element name"),
+                ))
+            }
+        })
+        .collect()
 }
 
 /// `Patient/{id}/$everything`: every current resource about the patient, paged.
@@ -416,6 +457,7 @@ async fn everything(api: &RecordsApi, patient: &str, headers: &HeaderMap, raw: O
     search_bundle(
         api,
         q,
+        &[],
         headers,
         &format!("Patient/{patient}/$everything?{}", without_cursor(raw)),
     )
@@ -428,19 +470,25 @@ fn without_cursor(raw: Option<String>) -> String {
         .finish()
 }
 
-async fn search_bundle(api: &RecordsApi, q: Query, headers: &HeaderMap, self_path: &str) -> Result<Response> {
+async fn search_bundle(
+    api: &RecordsApi,
+    q: Query,
+    elements: &[String],
+    headers: &HeaderMap,
+    self_path: &str,
+) -> Result<Response> {
     let who = caller(api, headers, "records.read").await?;
     crate::grpc::check_query(&q)?;
     let page: Page = api.store().search(&q, &who).await?;
-    Ok(searchset(headers, &page, &q.cursor, self_path))
+    Ok(searchset(headers, &page, &q.cursor, elements, self_path))
 }
 
 /// `GET /Patient?family=…&birthdate=…`: the patients matching whom the caller may see.
 async fn patient_bundle(
     api: &RecordsApi,
     people: &PatientQuery,
-    page_size: usize,
-    cursor: &str,
+    (page_size, cursor): (usize, &str),
+    elements: &[String],
     headers: &HeaderMap,
     self_path: &str,
 ) -> Result<Response> {
@@ -454,11 +502,12 @@ async fn patient_bundle(
         next_cursor: found.next_cursor,
         some_withheld: false,
     };
-    Ok(searchset(headers, &page, cursor, self_path))
+    Ok(searchset(headers, &page, cursor, elements, self_path))
 }
 
-/// A searchset Bundle of `page`, with self and next links on `self_path`.
-fn searchset(headers: &HeaderMap, page: &Page, cursor: &str, self_path: &str) -> Response {
+/// A searchset Bundle of `page`, with self and next links on `self_path`; with `elements`,
+/// each resource keeps only those (and `resourceType`, `id`, `meta`), tagged SUBSETTED.
+fn searchset(headers: &HeaderMap, page: &Page, cursor: &str, elements: &[String], self_path: &str) -> Response {
     let base = base(headers);
     let link = |cursor: &str| {
         let sep = if self_path.ends_with('?') || self_path.ends_with('&') {
@@ -472,7 +521,7 @@ fn searchset(headers: &HeaderMap, page: &Page, cursor: &str, self_path: &str) ->
         }
         url
     };
-    let body = bundle::page(
+    let mut body = bundle::page(
         "searchset",
         &base,
         page,
@@ -480,6 +529,15 @@ fn searchset(headers: &HeaderMap, page: &Page, cursor: &str, self_path: &str) ->
         &link(&page.next_cursor),
         |_| json!({"search": {"mode": "match"}}),
     );
+    if !elements.is_empty() {
+        for entry in body["entry"].as_array_mut().into_iter().flatten() {
+            if entry["search"]["mode"] == "match"
+                && let Some(r) = entry.get_mut("resource")
+            {
+                bundle::subset(r, elements);
+            }
+        }
+    }
     fhir_response(StatusCode::OK, &body, HeaderMap::new())
 }
 

@@ -60,6 +60,10 @@ pub struct Query {
     pub date_from: Option<i64>,
     /// End of the range.
     pub date_to: Option<i64>,
+    /// When the current version was stored (`_lastUpdated`), inclusive (µs).
+    pub updated_from: Option<i64>,
+    /// End of that range.
+    pub updated_to: Option<i64>,
     /// `system|code` or `code`.
     pub code: String,
     /// 1..=MAX_PAGE.
@@ -461,6 +465,15 @@ impl Engine {
             ));
             binds.push(Bind::Int(q.date_from.unwrap_or(i64::MIN + 1)));
             binds.push(Bind::Int(q.date_to.unwrap_or(i64::MAX)));
+        }
+        if q.updated_from.is_some() || q.updated_to.is_some() {
+            sql.push_str(&format!(
+                " AND r.last_updated_us >= {} AND r.last_updated_us <= {}",
+                mark(),
+                mark()
+            ));
+            binds.push(Bind::Int(q.updated_from.unwrap_or(i64::MIN + 1)));
+            binds.push(Bind::Int(q.updated_to.unwrap_or(i64::MAX)));
         }
         if !q.code.is_empty() {
             // "system|code" matches that token; a bare code matches it in any system.
