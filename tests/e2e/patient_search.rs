@@ -108,6 +108,23 @@ async fn a_gp_finds_her_patient_by_name_and_birth_date_and_a_stranger_finds_nobo
         assert_eq!(err["issue"][0]["expression"][0], field, "{query}: {err}");
     }
 
+    // `_summary=count`: how many the caller may see, no entries.
+    let (_, count) = fhir_get(&p.http, &gp, "Patient?family=evans&_summary=count").await;
+    assert_eq!(
+        (count["total"].as_u64(), count.get("entry")),
+        (Some(2), None),
+        "{count}"
+    );
+    let (_, count) = fhir_get(&p.http, &carer, "Patient?family=evans&_summary=count").await;
+    assert_eq!(count["total"], 0, "the care worker may see neither");
+    let (_, count) = fhir_get(&p.http, &gp, &format!("{by_nhs}&_summary=count")).await;
+    assert_eq!(count["total"], 1);
+    let (status, err) = fhir_get(&p.http, &gp, "Patient?family=evans&_summary=true").await;
+    assert_eq!(
+        (status, err["issue"][0]["expression"][0].as_str()),
+        (400, Some("_summary"))
+    );
+
     // The same over gRPC.
     use sharedcare_proto::records::v1::records_client::RecordsClient;
     use sharedcare_proto::records::v1::{FindPatientsRequest, SearchParameter};

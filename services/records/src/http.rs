@@ -22,7 +22,7 @@ use sharedcare_kit::auth::bearer;
 
 use crate::demographics::{self, PatientQuery};
 use crate::grpc::{RecordsApi, actor_of, check_purpose, page_size};
-use crate::store::{Actor, Page, Query, Stored};
+use crate::store::{Actor, MAX_PAGE, Page, Query, Stored};
 use crate::{RecordsError, bundle, fhir};
 
 /// The FHIR media type.
@@ -344,6 +344,7 @@ async fn search_type(
     };
     let mut count = 0;
     let mut elements: Vec<String> = Vec::new();
+    let mut only_count = false;
     let mut people = PatientQuery::default();
     for (k, v) in params(raw.clone()) {
         if rtype == "Patient" && people.add(&k, &v)? {
@@ -367,6 +368,16 @@ async fn search_type(
                 q.updated_to = to.or(q.updated_to);
             }
             "_elements" => elements = elements_param(&v)?,
+            "_summary" => {
+                only_count = match v.as_str() {
+                    "count" => true,
+                    "false" => false,
+                    other => {
+                        let why = format!("{other:?} is not supported (count or false)");
+                        return Err(RecordsError::invalid("_summary", why).into());
+                    }
+                }
+            }
             "code" => q.code = v,
             "_count" => count = count_param(&v)?,
             "_cursor" => q.cursor = v,
@@ -390,6 +401,18 @@ async fn search_type(
         }
         people.nhs_number = (!q.nhs_number.is_empty()).then(|| q.nhs_number.clone());
         let self_path = format!("Patient?{}", without_cursor(raw));
+        if only_count {
+            let who = caller(&api, &headers, "records.read").await?;
+            let (mut total, mut cursor) = (0, String::new());
+            loop {
+                let found = api.store().find_patients(&people, MAX_PAGE, &cursor, &who).await?;
+                total += found.patients.len();
+                if found.next_cursor.is_empty() {
+                    return Ok(count_bundle(&headers, total, &self_path));
+                }
+                cursor = found.next_cursor;
+            }
+        }
         let page = (page_size(count)?, q.cursor.as_str());
         return patient_bundle(&api, &people, page, &elements, &headers, &self_path).await;
     }
@@ -404,15 +427,36 @@ async fn search_type(
     if !q.patient.is_empty() && !q.nhs_number.is_empty() {
         return Err(RecordsError::invalid("patient", "name the patient once (by id or by NHS number)").into());
     }
+    let self_path = format!("{rtype}?{}", without_cursor(raw));
+    if only_count {
+        // Counted a page at a time, each page decided and audited like any search: the total
+        // is what the caller may see, never what is withheld.
+        let who = caller(&api, &headers, "records.read").await?;
+        q.page_size = MAX_PAGE;
+        crate::grpc::check_query(&q)?;
+        let mut total = 0;
+        loop {
+            let page = api.store().search(&q, &who).await?;
+            total += page.items.len();
+            if page.next_cursor.is_empty() {
+                return Ok(count_bundle(&headers, total, &self_path));
+            }
+            q.cursor = page.next_cursor;
+        }
+    }
     q.page_size = page_size(count)?;
-    search_bundle(
-        &api,
-        q,
-        &elements,
-        &headers,
-        &format!("{rtype}?{}", without_cursor(raw)),
-    )
-    .await
+    search_bundle(&api, q, &elements, &headers, &self_path).await
+}
+
+/// `_summary=count`: a searchset Bundle with the total and no entries.
+fn count_bundle(headers: &HeaderMap, total: usize, self_path: &str) -> Response {
+    let body = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": [{"relation": "self", "url": format!("{}/{self_path}", base(headers))}],
+    });
+    fhir_response(StatusCode::OK, &body, HeaderMap::new())
 }
 
 /// `_elements`: top-level element names (`resourceType`, `id` and `meta` are always kept).
