@@ -125,6 +125,41 @@ async fn a_gp_finds_her_patient_by_name_and_birth_date_and_a_stranger_finds_nobo
         (400, Some("_summary"))
     );
 
+    // Conditional create: the GP system writes Margaret again only if she is not there.
+    let create = |condition: &str, family: &str| {
+        let body = json!({"resourceType": "Patient",
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs(2)}],
+            "name": [{"family": family}], "birthDate": "1980-01-01"});
+        client
+            .post(format!("{}/fhir/R4/Patient", p.http))
+            .bearer_auth(&system)
+            .header("content-type", "application/fhir+json")
+            .header("x-source-organisation", "A81001")
+            .header("if-none-exist", condition)
+            .body(body.to_string())
+    };
+    let there = create(
+        &format!("identifier=https://fhir.nhs.uk/Id/nhs-number|{}", nhs(0)),
+        "Evans",
+    )
+    .send()
+    .await
+    .expect("POST");
+    assert_eq!(there.status().as_u16(), 200, "found, not created");
+    let existing: Value = there.json().await.expect("JSON");
+    assert_eq!(
+        (existing["id"].as_str(), existing["meta"]["versionId"].as_str()),
+        (Some("margaret"), Some("1"))
+    );
+    let ambiguous = create("family=evans", "Evans").send().await.expect("POST");
+    assert_eq!(ambiguous.status().as_u16(), 412);
+    let outcome: Value = ambiguous.json().await.expect("JSON");
+    assert_eq!(outcome["issue"][0]["expression"][0], "If-None-Exist");
+    let fresh = create("family=Newcomer", "Newcomer").send().await.expect("POST");
+    assert_eq!(fresh.status().as_u16(), 201, "nothing matched: created");
+    let bad = create("colour=blue", "Newcomer").send().await.expect("POST");
+    assert_eq!(bad.status().as_u16(), 400);
+
     // The same over gRPC.
     use sharedcare_proto::records::v1::records_client::RecordsClient;
     use sharedcare_proto::records::v1::{FindPatientsRequest, SearchParameter};

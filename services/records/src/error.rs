@@ -45,6 +45,9 @@ pub enum RecordsError {
         /// The current version (0 = none).
         current: i64,
     },
+    /// A conditional request's condition does not hold (HTTP 412); names the header.
+    #[error("{0}: {1}")]
+    Precondition(String, String),
     /// Consent could not be asked, so nothing is returned or stored.
     #[error("consent decision unavailable: {0}")]
     Consent(crate::consent::PdpError),
@@ -81,7 +84,7 @@ impl ServiceError for RecordsError {
             RecordsError::Conflict(_) => ErrorCode::Conflict,
             RecordsError::Denied(_) | RecordsError::Withheld | RecordsError::Forbidden(_) => ErrorCode::Forbidden,
             RecordsError::Unauthenticated(_) => ErrorCode::Unauthenticated,
-            RecordsError::VersionMismatch { .. } => ErrorCode::Stale,
+            RecordsError::VersionMismatch { .. } | RecordsError::Precondition(..) => ErrorCode::Stale,
             RecordsError::Stopped
             | RecordsError::Consent(_)
             | RecordsError::Unavailable(_)
@@ -101,7 +104,7 @@ impl ServiceError for RecordsError {
 
     fn field(&self) -> Option<&str> {
         match self {
-            RecordsError::Invalid { field, .. } => Some(field),
+            RecordsError::Invalid { field, .. } | RecordsError::Precondition(field, _) => Some(field),
             _ => None,
         }
     }

@@ -164,7 +164,7 @@ async fn metadata(headers: HeaderMap) -> Response {
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
-                "conditionalCreate": false,
+                "conditionalCreate": true,
                 "searchParam": search,
             })
         })
@@ -331,23 +331,32 @@ fn patient_param(name: &str, v: &str) -> std::result::Result<String, RecordsErro
     Ok(id.to_string())
 }
 
-async fn search_type(
-    State(api): State<RecordsApi>,
-    Path(rtype): Path<String>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response> {
-    check_path(&rtype, None)?;
-    let mut q = Query {
-        types: vec![rtype.clone()],
-        ..Query::default()
+/// A search request, parsed and checked.
+struct Parsed {
+    /// A search of one patient's resources (when `people` is empty).
+    q: Query,
+    /// A search for patients by their demographics.
+    people: PatientQuery,
+    count: i32,
+    elements: Vec<String>,
+    only_count: bool,
+}
+
+/// Parses the search parameters `raw` of a search of `rtype`; errors name the parameter.
+fn parse_search(rtype: &str, raw: Option<String>) -> std::result::Result<Parsed, RecordsError> {
+    let mut p = Parsed {
+        q: Query {
+            types: vec![rtype.to_string()],
+            ..Query::default()
+        },
+        people: PatientQuery::default(),
+        count: 0,
+        elements: Vec::new(),
+        only_count: false,
     };
-    let mut count = 0;
-    let mut elements: Vec<String> = Vec::new();
-    let mut only_count = false;
-    let mut people = PatientQuery::default();
-    for (k, v) in params(raw.clone()) {
-        if rtype == "Patient" && people.add(&k, &v)? {
+    let q = &mut p.q;
+    for (k, v) in params(raw) {
+        if rtype == "Patient" && p.people.add(&k, &v)? {
             continue;
         }
         match k.as_str() {
@@ -367,25 +376,25 @@ async fn search_type(
                 q.updated_from = from.or(q.updated_from);
                 q.updated_to = to.or(q.updated_to);
             }
-            "_elements" => elements = elements_param(&v)?,
+            "_elements" => p.elements = elements_param(&v)?,
             "_summary" => {
-                only_count = match v.as_str() {
+                p.only_count = match v.as_str() {
                     "count" => true,
                     "false" => false,
                     other => {
                         let why = format!("{other:?} is not supported (count or false)");
-                        return Err(RecordsError::invalid("_summary", why).into());
+                        return Err(RecordsError::invalid("_summary", why));
                     }
                 }
             }
             "code" => q.code = v,
-            "_count" => count = count_param(&v)?,
+            "_count" => p.count = count_param(&v)?,
             "_cursor" => q.cursor = v,
             "_format" if v.contains("json") => {}
-            other => return Err(unknown_param(other).into()),
+            other => return Err(unknown_param(other)),
         }
     }
-    if !people.is_empty() {
+    if !p.people.is_empty() {
         let other = !q.patient.is_empty()
             || q.date_from.is_some()
             || q.date_to.is_some()
@@ -396,10 +405,42 @@ async fn search_type(
             return Err(RecordsError::invalid(
                 "_id",
                 "a search by name, birth date, gender or postcode takes no _id, date, _lastUpdated or code",
-            )
-            .into());
+            ));
         }
-        people.nhs_number = (!q.nhs_number.is_empty()).then(|| q.nhs_number.clone());
+        p.people.nhs_number = (!q.nhs_number.is_empty()).then(|| q.nhs_number.clone());
+        return Ok(p);
+    }
+    if q.patient.is_empty() && q.nhs_number.is_empty() {
+        let name = if rtype == "Patient" { "identifier" } else { "patient" };
+        return Err(RecordsError::invalid(
+            name,
+            "searches are per patient: name one (patient=Patient/{id} or an NHS number identifier)",
+        ));
+    }
+    if !q.patient.is_empty() && !q.nhs_number.is_empty() {
+        return Err(RecordsError::invalid(
+            "patient",
+            "name the patient once (by id or by NHS number)",
+        ));
+    }
+    Ok(p)
+}
+
+async fn search_type(
+    State(api): State<RecordsApi>,
+    Path(rtype): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    check_path(&rtype, None)?;
+    let Parsed {
+        mut q,
+        people,
+        count,
+        elements,
+        only_count,
+    } = parse_search(&rtype, raw.clone())?;
+    if !people.is_empty() {
         let self_path = format!("Patient?{}", without_cursor(raw));
         if only_count {
             let who = caller(&api, &headers, "records.read").await?;
@@ -415,17 +456,6 @@ async fn search_type(
         }
         let page = (page_size(count)?, q.cursor.as_str());
         return patient_bundle(&api, &people, page, &elements, &headers, &self_path).await;
-    }
-    if q.patient.is_empty() && q.nhs_number.is_empty() {
-        let name = if rtype == "Patient" { "identifier" } else { "patient" };
-        return Err(RecordsError::invalid(
-            name,
-            "searches are per patient: name one (patient=Patient/{id} or an NHS number identifier)",
-        )
-        .into());
-    }
-    if !q.patient.is_empty() && !q.nhs_number.is_empty() {
-        return Err(RecordsError::invalid("patient", "name the patient once (by id or by NHS number)").into());
     }
     let self_path = format!("{rtype}?{}", without_cursor(raw));
     if only_count {
@@ -446,6 +476,19 @@ async fn search_type(
     }
     q.page_size = page_size(count)?;
     search_bundle(&api, q, &elements, &headers, &self_path).await
+}
+
+/// What `If-None-Exist` (conditional create) finds among what `who` may see: at most two
+/// (two or more is a failed precondition). Errors name the header.
+async fn existing(api: &RecordsApi, rtype: &str, condition: &str, who: &Actor) -> Result<Vec<Stored>> {
+    let named = |e: RecordsError| RecordsError::invalid("If-None-Exist", e.to_string());
+    let p = parse_search(rtype, Some(condition.to_string())).map_err(named)?;
+    if !p.people.is_empty() {
+        return Ok(api.store().find_patients(&p.people, 2, "", who).await?.patients);
+    }
+    let q = Query { page_size: 2, ..p.q };
+    crate::grpc::check_query(&q).map_err(named)?;
+    Ok(api.store().search(&q, who).await?.items)
 }
 
 /// `_summary=count`: a searchset Bundle with the total and no entries.
@@ -637,6 +680,24 @@ async fn create(
         obj.remove("id");
     }
     let r = fhir::parse(&value.to_string())?;
+    // Conditional create: nothing is written when the condition finds the resource already.
+    if let Some(condition) = headers.get("if-none-exist") {
+        let condition = condition
+            .to_str()
+            .map_err(|_| RecordsError::invalid("If-None-Exist", "must be a search query in ASCII"))?;
+        let found = existing(&api, &rtype, condition, &who).await?;
+        match found.as_slice() {
+            [] => {}
+            [one] => return Ok(written(one, &base(&headers), false)),
+            _ => {
+                return Err(RecordsError::Precondition(
+                    "If-None-Exist".into(),
+                    "matches more than one resource; make the condition more specific".into(),
+                )
+                .into());
+            }
+        }
+    }
     let s = api.store().put(r, &source(&who, &headers)?, &who, 0).await?;
     Ok(written(&s, &base(&headers), true))
 }
