@@ -38,7 +38,7 @@ pub fn representative_words(kind: &str) -> String {
 }
 
 fn micros(t: &Option<prost_types::Timestamp>) -> i64 {
-    t.as_ref().map(sharedcare_kit::db::micros).unwrap_or_default()
+    crate::view::micros(t).unwrap_or_default()
 }
 
 /// The gRPC answer for `patient`, from `state` (none yet: nothing chosen, no flags).

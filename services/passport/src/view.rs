@@ -41,15 +41,19 @@ impl Member {
     }
 }
 
-/// The care team `viewer_sees` allows: current relationships (not ended by `now_us`), newest
-/// first. A relationship whose source resource is withheld from the viewer is left out whole
+/// A protobuf time in µs, when set.
+pub fn micros(t: &Option<prost_types::Timestamp>) -> Option<i64> {
+    t.as_ref().map(sharedcare_kit::db::micros)
+}
+
+/// The care team a viewer sees when the categories `withheld` are withheld from them: current
+/// relationships (not ended by `now_us`), newest first. A relationship whose source resource is withheld from the viewer is left out whole
 /// (a visit to a sexual health clinic would say what the withheld record holds); one whose
 /// source is held lends its names.
 pub fn care_team(sharing: Option<&SharingState>, entries: &[Entry], withheld: &[String], now_us: i64) -> Vec<Member> {
     let Some(sharing) = sharing else {
         return Vec::new();
     };
-    let micros = |t: &Option<prost_types::Timestamp>| t.as_ref().map(sharedcare_kit::db::micros);
     let mut team: Vec<Member> = Vec::new();
     for r in &sharing.relationships {
         if micros(&r.end).is_some_and(|end| end <= now_us) {

@@ -9,6 +9,7 @@ ALTER TABLE patients ADD COLUMN postcodes TEXT NOT NULL DEFAULT ' ';
 -- written before this migration are indexed when the service starts).
 ALTER TABLE patients ADD COLUMN indexed_version BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX patients_by_birth ON patients (birth_lo);
+CREATE INDEX patients_unindexed ON patients (indexed_version);
 -- Each family and given name of each patient: folded (lower case) for starts-with and
 -- contains, as written for :exact; with the patient's birth date range, so that a search by
 -- name and birth date is answered from this index alone (no lookup per namesake).

@@ -991,6 +991,34 @@ async fn patients_are_found_by_name_and_birth_date_and_only_those_the_caller_may
     assert_eq!(searches.len(), 2);
     assert_eq!(searches[1].resources, ["Patient/evans"]);
 
+    // Patients stored before the index existed (index row at version 0, no names) are
+    // indexed at start, once.
+    sqlx::query("UPDATE patients SET indexed_version = 0, birth_lo = '', birth_hi = '' WHERE id = 'evanson'")
+        .execute(db.writer())
+        .await
+        .expect("age the row");
+    sqlx::query("DELETE FROM patient_names WHERE patient_id = 'evanson'")
+        .execute(db.writer())
+        .await
+        .expect("drop its names");
+    let got = s
+        .find_patients(&find(&[("family", "evanson")]), 50, "", &sys)
+        .await
+        .expect("search");
+    assert!(got.patients.is_empty(), "not indexed yet");
+    assert_eq!(s.index_patients().await.expect("index"), 1);
+    assert_eq!(s.index_patients().await.expect("again"), 0, "nothing left to do");
+    let got = s
+        .find_patients(
+            &find(&[("family", "evanson"), ("birthdate", "1941-03-12")]),
+            50,
+            "",
+            &sys,
+        )
+        .await
+        .expect("search");
+    assert_eq!(ids(&got), ["evanson"]);
+
     // No criteria: refused by name.
     let e = s
         .find_patients(&PatientQuery::default(), 50, "", &sys)

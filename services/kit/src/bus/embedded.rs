@@ -92,8 +92,9 @@ impl EmbeddedBus {
     pub async fn prune(&self) -> Result<u64> {
         let cutoff = crate::db::now_us() - i64::try_from(self.retention.as_micros()).unwrap_or(i64::MAX);
         // State topics are never pruned: read models are rebuilt from them.
-        let done = sqlx::query("DELETE FROM log WHERE appended_us < ?1 AND topic NOT LIKE '%.state.v1'")
+        let done = sqlx::query("DELETE FROM log WHERE appended_us < ?1 AND topic NOT LIKE ?2")
             .bind(cutoff)
+            .bind(format!("%{}", super::STATE_TOPIC_SUFFIX))
             .execute(&self.pool)
             .await
             .map_err(Error::db("prune event log"))?;

@@ -31,8 +31,11 @@ pub fn topic(service: &str) -> String {
 /// read models are built from, so kept for as long as the bus runs (a rebuild replays it
 /// whole), where other topics are kept for the configured retention.
 pub fn is_state_topic(topic: &str) -> bool {
-    topic.ends_with(".state.v1")
+    topic.ends_with(STATE_TOPIC_SUFFIX)
 }
+
+/// How every state-transfer topic's name ends.
+pub const STATE_TOPIC_SUFFIX: &str = ".state.v1";
 
 /// An encoded envelope ready to publish.
 #[derive(Clone, Debug, PartialEq)]

@@ -109,8 +109,10 @@ pub struct Found {
 }
 
 impl Store {
-    /// Indexes Patients written before the index existed (or by an older build): each current
-    /// Patient whose index row is older than it. Returns how many it indexed.
+    /// Indexes Patients written before the index existed: their `patients` rows still have
+    /// `indexed_version` 0 (every put since writes the index in its own transaction), found
+    /// through an index, so a start with nothing to do costs one lookup. Returns how many it
+    /// indexed.
     pub async fn index_patients(&self) -> Result<usize, RecordsError> {
         let e = &self.engine;
         let mut done = 0;
@@ -119,7 +121,7 @@ impl Store {
                 "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body \
                  FROM patients p JOIN current_resources c ON c.resource_type = 'Patient' AND c.id = p.id \
                  JOIN resources r ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
-                 WHERE p.indexed_version < c.version ORDER BY p.id LIMIT 500",
+                 WHERE p.indexed_version = 0 ORDER BY p.id LIMIT 500",
             )
             .fetch_all(e.db.pool())
             .await?;
