@@ -398,6 +398,26 @@ pub async fn get_json(url: &str, token: &str, headers: &[(&str, &str)]) -> (u16,
     (status, r.json().await.expect("a JSON body"))
 }
 
+/// `PUT {base}/fhir/R4/{type}/{id}` of `resource` as `token`, written by `org`; (status, body).
+pub async fn put_fhir(base: &str, token: &str, org: &str, resource: &Value) -> (u16, Value) {
+    let url = format!(
+        "{base}/fhir/R4/{}/{}",
+        resource["resourceType"].as_str().expect("resourceType"),
+        resource["id"].as_str().expect("id")
+    );
+    let r = http()
+        .put(url)
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .header("x-source-organisation", org)
+        .body(resource.to_string())
+        .send()
+        .await
+        .expect("PUT");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -7,6 +7,7 @@ mod consent;
 mod distributed;
 mod enforcement;
 mod fhir_client;
+mod fhir_types;
 mod harness;
 mod identity;
 mod import;

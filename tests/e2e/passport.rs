@@ -61,7 +61,7 @@ fn verify_independently(page: &Value) -> (bool, String) {
 }
 
 /// The ids in section `kind` of a passport.
-fn section(view: &Value, kind: &str) -> Vec<String> {
+pub(crate) fn section(view: &Value, kind: &str) -> Vec<String> {
     view["sections"]
         .as_array()
         .expect("sections")

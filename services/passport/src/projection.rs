@@ -17,8 +17,16 @@ pub enum Section {
     Alerts,
     /// CarePlan.
     CarePlans,
-    /// Encounters.
+    /// Encounters and Appointments.
     Encounters,
+    /// Referrals (ServiceRequest).
+    Referrals,
+    /// Immunization.
+    Immunisations,
+    /// Procedure.
+    Procedures,
+    /// Assessments (QuestionnaireResponse).
+    Assessments,
     /// DocumentReference.
     Documents,
     /// Observations.
@@ -27,13 +35,17 @@ pub enum Section {
 
 impl Section {
     /// Every section, in display order.
-    pub const ALL: [Section; 8] = [
+    pub const ALL: [Section; 12] = [
         Section::Problems,
         Section::Medications,
         Section::Allergies,
         Section::Alerts,
         Section::CarePlans,
         Section::Encounters,
+        Section::Referrals,
+        Section::Immunisations,
+        Section::Procedures,
+        Section::Assessments,
         Section::Documents,
         Section::Observations,
     ];
@@ -47,6 +59,10 @@ impl Section {
             Section::Alerts => "alerts",
             Section::CarePlans => "care_plans",
             Section::Encounters => "encounters",
+            Section::Referrals => "referrals",
+            Section::Immunisations => "immunisations",
+            Section::Procedures => "procedures",
+            Section::Assessments => "assessments",
             Section::Documents => "documents",
             Section::Observations => "observations",
         }
@@ -61,6 +77,10 @@ impl Section {
             Section::Alerts => "Alerts and flags",
             Section::CarePlans => "Care plans",
             Section::Encounters => "Appointments and visits",
+            Section::Referrals => "Referrals",
+            Section::Immunisations => "Vaccinations",
+            Section::Procedures => "Operations and procedures",
+            Section::Assessments => "Assessments",
             Section::Documents => "Documents",
             Section::Observations => "Test results and measurements",
         }
@@ -74,7 +94,11 @@ impl Section {
             "AllergyIntolerance" => Section::Allergies,
             "Flag" => Section::Alerts,
             "CarePlan" => Section::CarePlans,
-            "Encounter" => Section::Encounters,
+            "Encounter" | "Appointment" => Section::Encounters,
+            "ServiceRequest" => Section::Referrals,
+            "Immunization" => Section::Immunisations,
+            "Procedure" => Section::Procedures,
+            "QuestionnaireResponse" => Section::Assessments,
             "DocumentReference" => Section::Documents,
             "Observation" => Section::Observations,
             _ => return None,
@@ -139,6 +163,22 @@ pub fn project(resource_type: &str, body: &Map<String, Value>) -> Option<Project
             concept(typed).or(class.flatten())
         }
         "CarePlan" => text_of(body, "title").or_else(|| text_of(body, "description")),
+        "Immunization" => concept(body.get("vaccineCode")),
+        "Appointment" => {
+            let service = body
+                .get("serviceType")
+                .and_then(Value::as_array)
+                .and_then(|t| t.first());
+            concept(service)
+                .or_else(|| concept(body.get("appointmentType")))
+                .or_else(|| text_of(body, "description"))
+        }
+        "QuestionnaireResponse" => body
+            .get("item")
+            .and_then(Value::as_array)
+            .and_then(|items| items.first())
+            .and_then(|i| text(i, "text"))
+            .map(|t| format!("Assessment: {t}")),
         "DocumentReference" => concept(body.get("type")).or_else(|| text_of(body, "description")),
         "Patient" => None,
         _ => concept(body.get("code")),
@@ -146,7 +186,11 @@ pub fn project(resource_type: &str, body: &Map<String, Value>) -> Option<Project
     let date = [
         "onsetDateTime",
         "effectiveDateTime",
+        "occurrenceDateTime",
+        "performedDateTime",
+        "start",
         "authoredOn",
+        "authored",
         "recordedDate",
         "issued",
         "date",
@@ -155,7 +199,8 @@ pub fn project(resource_type: &str, body: &Map<String, Value>) -> Option<Project
     .iter()
     .find_map(|k| text_of(body, k))
     .or_else(|| body.get("period").and_then(|p| text(p, "start")))
-    .or_else(|| body.get("effectivePeriod").and_then(|p| text(p, "start")));
+    .or_else(|| body.get("effectivePeriod").and_then(|p| text(p, "start")))
+    .or_else(|| body.get("performedPeriod").and_then(|p| text(p, "start")));
     let status = concept(body.get("clinicalStatus")).or_else(|| text_of(body, "status"));
     let verification = concept(body.get("verificationStatus"));
     let hidden = [status.as_deref(), verification.as_deref()].contains(&Some("entered-in-error"));
@@ -191,13 +236,22 @@ fn concept(v: Option<&Value>) -> Option<String> {
         .or_else(|| coding.and_then(|c| text(c, "code")))
 }
 
-/// Who an Encounter or EpisodeOfCare names: the providing organisation's name
-/// (`serviceProvider` / `managingOrganization` display) and the people taking part
-/// (`participant.individual` / `careManager` displays), for the care team.
+/// Who an Encounter, EpisodeOfCare or referral names: the providing organisation's name
+/// (`serviceProvider` / `managingOrganization` display, or a referral's first `performer` named
+/// by identifier) and the people taking part (`participant.individual` / `careManager`
+/// displays), for the care team.
 pub fn care_names(body: &Map<String, Value>) -> (String, String) {
+    let referred_to = || {
+        body.get("performer")
+            .and_then(Value::as_array)?
+            .iter()
+            .find(|p| p.get("identifier").is_some())
+            .and_then(|p| text(p, "display"))
+    };
     let organisation = ["serviceProvider", "managingOrganization"]
         .iter()
         .find_map(|k| body.get(*k).and_then(|o| text(o, "display")))
+        .or_else(referred_to)
         .unwrap_or_default();
     let mut people: Vec<String> = body
         .get("participant")
@@ -270,6 +324,14 @@ mod tests {
             )
         );
         assert_eq!(care_names(&Map::new()), (String::new(), String::new()));
+        let referral = json!({"resourceType": "ServiceRequest", "performer": [
+            {"display": "Dr X"},
+            {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "VH2D7"},
+             "display": "Homeward Care Services"}]});
+        assert_eq!(
+            care_names(referral.as_object().expect("object")).0,
+            "Homeward Care Services"
+        );
     }
 
     #[test]
@@ -298,6 +360,13 @@ mod tests {
             ("Flag", Some(Section::Alerts)),
             ("CarePlan", Some(Section::CarePlans)),
             ("Encounter", Some(Section::Encounters)),
+            ("Appointment", Some(Section::Encounters)),
+            ("ServiceRequest", Some(Section::Referrals)),
+            ("Immunization", Some(Section::Immunisations)),
+            ("Procedure", Some(Section::Procedures)),
+            ("QuestionnaireResponse", Some(Section::Assessments)),
+            ("RelatedPerson", None),
+            ("Medication", None),
             ("DocumentReference", Some(Section::Documents)),
             ("Observation", Some(Section::Observations)),
             ("Organization", None),
@@ -337,6 +406,34 @@ mod tests {
         let plan =
             of(json!({"resourceType": "CarePlan", "status": "active", "title": "Falls prevention"})).expect("shown");
         assert_eq!(plan.summary, "Falls prevention");
+        let jab = of(json!({"resourceType": "Immunization", "status": "completed",
+            "vaccineCode": {"text": "Influenza vaccine"}, "occurrenceDateTime": "2026-10-01"}))
+        .expect("shown");
+        assert_eq!(
+            (jab.summary.as_str(), jab.date.as_str(), jab.status.as_str()),
+            ("Influenza vaccine", "2026-10-01", "completed")
+        );
+        let visit = of(json!({"resourceType": "Appointment", "status": "booked",
+            "serviceType": [{"text": "Memory clinic"}], "start": "2026-12-01T10:00:00Z"}))
+        .expect("shown");
+        assert_eq!(
+            (visit.summary.as_str(), visit.date.as_str()),
+            ("Memory clinic", "2026-12-01T10:00:00Z")
+        );
+        let op = of(json!({"resourceType": "Procedure", "status": "completed",
+            "code": {"text": "Hip replacement"}, "performedPeriod": {"start": "2026-09-01"}}))
+        .expect("shown");
+        assert_eq!(
+            (op.summary.as_str(), op.date.as_str()),
+            ("Hip replacement", "2026-09-01")
+        );
+        let assessment = of(json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+            "authored": "2026-11-20", "item": [{"linkId": "1", "text": "Falls risk"}]}))
+        .expect("shown");
+        assert_eq!(
+            (assessment.summary.as_str(), assessment.date.as_str()),
+            ("Assessment: Falls risk", "2026-11-20")
+        );
         let bare = of(json!({"resourceType": "Observation"})).expect("shown");
         assert_eq!(
             bare.summary, "Observation",

@@ -236,6 +236,10 @@ fn kind(s: Section) -> api::SectionKind {
         Section::Alerts => api::SectionKind::Alerts,
         Section::CarePlans => api::SectionKind::CarePlans,
         Section::Encounters => api::SectionKind::Encounters,
+        Section::Referrals => api::SectionKind::Referrals,
+        Section::Immunisations => api::SectionKind::Immunisations,
+        Section::Procedures => api::SectionKind::Procedures,
+        Section::Assessments => api::SectionKind::Assessments,
         Section::Documents => api::SectionKind::Documents,
         Section::Observations => api::SectionKind::Observations,
     }

@@ -15,6 +15,14 @@ pub const RESOURCE_TYPES: &[&str] = &[
     "Condition",
     "AllergyIntolerance",
     "MedicationStatement",
+    "MedicationRequest",
+    "Medication",
+    "Immunization",
+    "Procedure",
+    "ServiceRequest",
+    "Appointment",
+    "QuestionnaireResponse",
+    "RelatedPerson",
     "Observation",
     "Encounter",
     "EpisodeOfCare",
@@ -27,9 +35,9 @@ pub const RESOURCE_TYPES: &[&str] = &[
     "PractitionerRole",
 ];
 
-/// Resource types that are not about one patient (directory data): reading or writing them
-/// needs no consent decision.
-pub const DIRECTORY_TYPES: &[&str] = &["Organization", "Practitioner", "PractitionerRole"];
+/// Resource types that are not about one patient (directory and reference data, such as a
+/// Medication product): reading or writing them needs no consent decision.
+pub const DIRECTORY_TYPES: &[&str] = &["Organization", "Practitioner", "PractitionerRole", "Medication"];
 
 /// Whether resources of this type are a patient's data (and so need a consent decision).
 pub fn is_patient_data(resource_type: &str) -> bool {
@@ -59,14 +67,19 @@ pub fn security_labels(body: &Map<String, Value>) -> Vec<String> {
 pub use sharedcare_kit::pdp::SENSITIVE_LABELS;
 
 /// The clinical date of a resource (µs since the epoch), from the first element it has of:
-/// `effective[x]`, `onset[x]`, recordedDate, period.start, authoredOn, date, issued.
+/// `effective[x]`, `onset[x]`, `occurrence[x]`, `performed[x]`, recordedDate, authoredOn,
+/// authored, start, date, issued, then the start of a period.
 pub fn clinical_date(body: &Map<String, Value>) -> Option<i64> {
     let direct = [
         "effectiveDateTime",
         "effectiveInstant",
         "onsetDateTime",
+        "occurrenceDateTime",
+        "performedDateTime",
         "recordedDate",
         "authoredOn",
+        "authored",
+        "start",
         "date",
         "issued",
     ];
@@ -75,7 +88,7 @@ pub fn clinical_date(body: &Map<String, Value>) -> Option<i64> {
             return Some(t);
         }
     }
-    for element in ["effectivePeriod", "onsetPeriod", "period"] {
+    for element in ["effectivePeriod", "onsetPeriod", "performedPeriod", "period"] {
         if let Some(t) = body.get(element).and_then(|p| p.get("start")).and_then(fhir_time) {
             return Some(t);
         }
@@ -253,6 +266,18 @@ fn nhs_identifier(body: &Map<String, Value>) -> Result<Option<NhsNumber>, Record
 }
 
 fn patient_reference(body: &Map<String, Value>) -> Result<Option<String>, RecordsError> {
+    if body.get("resourceType").and_then(Value::as_str) == Some("Appointment") {
+        // An Appointment is about the patient among its participants.
+        let participants = body.get("participant").and_then(Value::as_array).into_iter().flatten();
+        for (i, p) in participants.enumerate() {
+            let reference = p.get("actor").and_then(|a| a.get("reference")).and_then(Value::as_str);
+            if let Some(id) = reference.and_then(|r| r.strip_prefix("Patient/")) {
+                check_id(&format!("participant[{i}].actor.reference"), id)?;
+                return Ok(Some(id.to_string()));
+            }
+        }
+        return Ok(None);
+    }
     for element in ["subject", "patient"] {
         if let Some(r) = body.get(element) {
             let field = format!("{element}.reference");
@@ -343,10 +368,10 @@ mod tests {
 /// The ODS organisation code identifier system.
 pub const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
 
-/// The care relationship an Encounter or EpisodeOfCare shows.
+/// The care relationship an Encounter, EpisodeOfCare or referral (ServiceRequest) shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CareRelationship {
-    /// "encounter" or "episode_of_care".
+    /// "encounter", "episode_of_care" or "referral".
     pub kind: &'static str,
     /// ODS code of the organisation providing the care.
     pub organisation: String,
@@ -372,16 +397,15 @@ fn fhir_time(v: &Value) -> Option<i64> {
 /// for the patient and when (`period`); a finished or cancelled one has ended (at `period.end`,
 /// else `now_us`). `writer` is the organisation used when the resource names none.
 pub fn care_relationship(r: &Resource, writer: &str, now_us: i64) -> Option<CareRelationship> {
+    if r.resource_type == "ServiceRequest" {
+        return referral(r, now_us);
+    }
     let (kind, org_element) = match r.resource_type.as_str() {
         "Encounter" => ("encounter", "serviceProvider"),
         "EpisodeOfCare" => ("episode_of_care", "managingOrganization"),
         _ => return None,
     };
-    let named = r.body.get(org_element).and_then(|o| o.get("identifier")).and_then(|i| {
-        (i.get("system").and_then(Value::as_str) == Some(ODS_SYSTEM))
-            .then(|| i.get("value").and_then(Value::as_str))
-            .flatten()
-    });
+    let named = r.body.get(org_element).and_then(ods_code);
     let organisation = named.unwrap_or(writer).to_ascii_uppercase();
     if organisation.is_empty() {
         return None;
@@ -402,6 +426,38 @@ pub fn care_relationship(r: &Resource, writer: &str, now_us: i64) -> Option<Care
         organisation,
         start_us,
         end_us,
+    })
+}
+
+/// The ODS code a Reference names by identifier.
+fn ods_code(reference: &Value) -> Option<&str> {
+    let i = reference.get("identifier")?;
+    (i.get("system").and_then(Value::as_str) == Some(ODS_SYSTEM))
+        .then(|| i.get("value").and_then(Value::as_str))
+        .flatten()
+}
+
+/// A referral to an organisation (the first `performer` named by ODS code) starts a care
+/// relationship with it from `authoredOn` while the request is active or on hold; a completed,
+/// revoked or mistaken one ends it. A draft, or a referral to a person only, starts none (the
+/// writer is the referrer, not the one who will care).
+fn referral(r: &Resource, now_us: i64) -> Option<CareRelationship> {
+    let status = r.body.get("status").and_then(Value::as_str).unwrap_or("");
+    if matches!(status, "draft" | "unknown") {
+        return None;
+    }
+    let performers = r.body.get("performer").and_then(Value::as_array)?;
+    let organisation = performers.iter().find_map(ods_code)?.to_ascii_uppercase();
+    if organisation.is_empty() {
+        return None;
+    }
+    let start_us = r.body.get("authoredOn").and_then(fhir_time).unwrap_or(now_us);
+    let closed = matches!(status, "completed" | "revoked" | "entered-in-error");
+    Some(CareRelationship {
+        kind: "referral",
+        organisation,
+        start_us,
+        end_us: closed.then_some(now_us.max(start_us)),
     })
 }
 
@@ -435,5 +491,43 @@ mod care_tests {
             r#"{"resourceType":"Observation","id":"o","status":"final","code":{"text":"bp"},"subject":{"reference":"Patient/p"}}"#,
         );
         assert!(care_relationship(&obs, "A81001", 1).is_none());
+    }
+
+    #[test]
+    fn a_referral_to_an_organisation_is_a_relationship_until_it_completes() {
+        let json = |status: &str| {
+            format!(
+                r#"{{"resourceType":"ServiceRequest","id":"r1","status":"{status}","intent":"order","subject":{{"reference":"Patient/p"}},
+                "authoredOn":"2026-11-20","performer":[{{"display":"Dr X"}},{{"identifier":{{"system":"https://fhir.nhs.uk/Id/ods-organization-code","value":"rrv"}}}}]}}"#
+            )
+        };
+        let active = care_relationship(&encounter(&json("active")), "A81001", 1_900_000_000_000_000).expect("care");
+        assert_eq!(
+            (
+                active.kind,
+                active.organisation.as_str(),
+                active.start_us,
+                active.end_us
+            ),
+            ("referral", "RRV", 1_795_132_800_000_000, None),
+            "the receiving organisation, not the referring writer"
+        );
+        let done = care_relationship(&encounter(&json("completed")), "A81001", 1_900_000_000_000_000).expect("care");
+        assert_eq!(done.end_us, Some(1_900_000_000_000_000));
+        assert!(care_relationship(&encounter(&json("draft")), "A81001", 1).is_none());
+        let to_nobody = encounter(
+            r#"{"resourceType":"ServiceRequest","status":"active","intent":"order","subject":{"reference":"Patient/p"}}"#,
+        );
+        assert!(care_relationship(&to_nobody, "A81001", 1).is_none());
+    }
+
+    #[test]
+    fn an_appointment_is_about_the_patient_among_its_participants() {
+        let a = encounter(
+            r#"{"resourceType":"Appointment","status":"booked","start":"2026-12-01T10:00:00Z","end":"2026-12-01T10:15:00Z",
+            "participant":[{"actor":{"reference":"Practitioner/d1"},"status":"accepted"},{"actor":{"reference":"Patient/p9"},"status":"accepted"}]}"#,
+        );
+        assert_eq!(a.patient_ref.as_deref(), Some("p9"));
+        assert_eq!(clinical_date(&a.body), Some(1_796_119_200_000_000));
     }
 }

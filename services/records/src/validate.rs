@@ -87,6 +87,64 @@ const CARE_TEAM_STATUS: &[&str] = &["proposed", "active", "suspended", "inactive
 const DOCUMENT_STATUS: &[&str] = &["current", "superseded", "entered-in-error"];
 const FLAG_STATUS: &[&str] = &["active", "inactive", "entered-in-error"];
 const GENDER: &[&str] = &["male", "female", "other", "unknown"];
+const MEDICATION_REQUEST_STATUS: &[&str] = &[
+    "active",
+    "on-hold",
+    "cancelled",
+    "completed",
+    "entered-in-error",
+    "stopped",
+    "draft",
+    "unknown",
+];
+const MEDICATION_REQUEST_INTENT: &[&str] = &[
+    "proposal",
+    "plan",
+    "order",
+    "original-order",
+    "reflex-order",
+    "filler-order",
+    "instance-order",
+    "option",
+];
+const MEDICATION_STATUS: &[&str] = &["active", "inactive", "entered-in-error"];
+const IMMUNIZATION_STATUS: &[&str] = &["completed", "entered-in-error", "not-done"];
+const PROCEDURE_STATUS: &[&str] = &[
+    "preparation",
+    "in-progress",
+    "not-done",
+    "on-hold",
+    "stopped",
+    "completed",
+    "entered-in-error",
+    "unknown",
+];
+const SERVICE_REQUEST_INTENT: &[&str] = &[
+    "proposal",
+    "plan",
+    "directive",
+    "order",
+    "original-order",
+    "reflex-order",
+    "filler-order",
+    "instance-order",
+    "option",
+];
+const REQUEST_PRIORITY: &[&str] = &["routine", "urgent", "asap", "stat"];
+const APPOINTMENT_STATUS: &[&str] = &[
+    "proposed",
+    "pending",
+    "booked",
+    "arrived",
+    "fulfilled",
+    "cancelled",
+    "noshow",
+    "entered-in-error",
+    "checked-in",
+    "waitlist",
+];
+const QUESTIONNAIRE_RESPONSE_STATUS: &[&str] = &["in-progress", "completed", "amended", "entered-in-error", "stopped"];
+const PARTICIPATION_STATUS: &[&str] = &["accepted", "declined", "tentative", "needs-action"];
 
 /// The rules for `resource_type` (R4 cardinalities of the elements used).
 fn rules(resource_type: &str) -> &'static [Rule] {
@@ -199,6 +257,81 @@ fn rules(resource_type: &str) -> &'static [Rule] {
             Rule("organization", Reference, false, false),
             Rule("code", Concept, false, true),
         ],
+        "MedicationRequest" => &[
+            Rule("status", Code(MEDICATION_REQUEST_STATUS), true, false),
+            Rule("intent", Code(MEDICATION_REQUEST_INTENT), true, false),
+            Rule("medicationCodeableConcept", Concept, false, false),
+            Rule("medicationReference", Reference, false, false),
+            Rule("subject", Reference, true, false),
+            Rule("encounter", Reference, false, false),
+            Rule("authoredOn", DateTime, false, false),
+            Rule("requester", Reference, false, false),
+            Rule("dosageInstruction", Object, false, true),
+        ],
+        "Medication" => &[
+            Rule("code", Concept, false, false),
+            Rule("status", Code(MEDICATION_STATUS), false, false),
+            Rule("form", Concept, false, false),
+            Rule("ingredient", Object, false, true),
+        ],
+        "Immunization" => &[
+            Rule("status", Code(IMMUNIZATION_STATUS), true, false),
+            Rule("vaccineCode", Concept, true, false),
+            Rule("patient", Reference, true, false),
+            Rule("occurrenceDateTime", DateTime, false, false),
+            Rule("occurrenceString", Text, false, false),
+            Rule("recorded", DateTime, false, false),
+            Rule("lotNumber", Text, false, false),
+            Rule("site", Concept, false, false),
+            Rule("route", Concept, false, false),
+            Rule("performer", Object, false, true),
+        ],
+        "Procedure" => &[
+            Rule("status", Code(PROCEDURE_STATUS), true, false),
+            Rule("code", Concept, false, false),
+            Rule("subject", Reference, true, false),
+            Rule("encounter", Reference, false, false),
+            Rule("performedDateTime", DateTime, false, false),
+            Rule("performedPeriod", Period, false, false),
+            Rule("performer", Object, false, true),
+        ],
+        "ServiceRequest" => &[
+            Rule("status", Code(REQUEST_STATUS), true, false),
+            Rule("intent", Code(SERVICE_REQUEST_INTENT), true, false),
+            Rule("category", Concept, false, true),
+            Rule("priority", Code(REQUEST_PRIORITY), false, false),
+            Rule("code", Concept, false, false),
+            Rule("subject", Reference, true, false),
+            Rule("authoredOn", DateTime, false, false),
+            Rule("requester", Reference, false, false),
+            Rule("performer", Reference, false, true),
+            Rule("reasonCode", Concept, false, true),
+        ],
+        "Appointment" => &[
+            Rule("status", Code(APPOINTMENT_STATUS), true, false),
+            Rule("serviceType", Concept, false, true),
+            Rule("appointmentType", Concept, false, false),
+            Rule("description", Text, false, false),
+            Rule("start", DateTime, false, false),
+            Rule("end", DateTime, false, false),
+            Rule("participant", Object, true, true),
+        ],
+        "QuestionnaireResponse" => &[
+            Rule("status", Code(QUESTIONNAIRE_RESPONSE_STATUS), true, false),
+            Rule("questionnaire", Text, false, false),
+            Rule("subject", Reference, false, false),
+            Rule("encounter", Reference, false, false),
+            Rule("authored", DateTime, false, false),
+            Rule("author", Reference, false, false),
+            Rule("item", Object, false, true),
+        ],
+        "RelatedPerson" => &[
+            Rule("patient", Reference, true, false),
+            Rule("relationship", Concept, false, true),
+            Rule("name", Object, false, true),
+            Rule("telecom", Object, false, true),
+            Rule("period", Period, false, false),
+        ],
         _ => &[],
     }
 }
@@ -256,16 +389,47 @@ pub fn resource(resource_type: &str, body: &Map<String, Value>) -> Result<(), Re
             Some(v) => element(name, *kind, v)?,
         }
     }
-    if resource_type == "MedicationStatement"
-        && !body.contains_key("medicationCodeableConcept")
-        && !body.contains_key("medicationReference")
-    {
-        return Err(invalid(
-            "medication[x]",
-            "is required (medicationCodeableConcept or medicationReference)",
-        ));
+    choice(resource_type, body)?;
+    if resource_type == "Appointment" {
+        appointment_participants(body)?;
     }
     walk("", &Value::Object(body.clone()))
+}
+
+/// The choice elements (`x[x]`) R4 makes required: exactly one of their forms must be given.
+fn choice(resource_type: &str, body: &Map<String, Value>) -> Result<(), RecordsError> {
+    let (name, forms): (&str, &[&str]) = match resource_type {
+        "MedicationStatement" | "MedicationRequest" => {
+            ("medication[x]", &["medicationCodeableConcept", "medicationReference"])
+        }
+        "Immunization" => ("occurrence[x]", &["occurrenceDateTime", "occurrenceString"]),
+        _ => return Ok(()),
+    };
+    match forms.iter().filter(|f| body.contains_key(**f)).count() {
+        1 => Ok(()),
+        0 => Err(invalid(name, format!("is required ({})", forms.join(" or ")))),
+        _ => Err(invalid(
+            name,
+            format!("takes one form only, not both {}", forms.join(" and ")),
+        )),
+    }
+}
+
+/// Each `Appointment.participant` needs a `status` (R4 1..1) and an `actor` or a `type`
+/// (invariant app-1).
+fn appointment_participants(body: &Map<String, Value>) -> Result<(), RecordsError> {
+    let participants = body.get("participant").and_then(Value::as_array).into_iter().flatten();
+    for (i, p) in participants.enumerate() {
+        let at = |k: &str| format!("participant[{i}].{k}");
+        match p.get("status") {
+            None => return Err(invalid(&at("status"), "is required in every Appointment participant")),
+            Some(v) => element(&at("status"), Kind::Code(PARTICIPATION_STATUS), v)?,
+        }
+        if !p.get("actor").is_some_and(Value::is_object) && !p.get("type").is_some_and(Value::is_array) {
+            return Err(invalid(&at("actor"), "is required when the participant has no type"));
+        }
+    }
+    Ok(())
 }
 
 /// Checks one value against its kind.
@@ -589,6 +753,50 @@ mod tests {
                 r#"{"resourceType":"Patient","gender":"F"}"#,
                 "gender: \"F\" is not one of",
             ),
+            (
+                r#"{"resourceType":"MedicationRequest","status":"active","intent":"order","subject":{"reference":"Patient/p"}}"#,
+                "medication[x]: is required",
+            ),
+            (
+                r#"{"resourceType":"MedicationRequest","status":"active","intent":"prescribe","subject":{"reference":"Patient/p"},"medicationCodeableConcept":{"text":"x"}}"#,
+                "intent: \"prescribe\" is not one of",
+            ),
+            (
+                r#"{"resourceType":"Immunization","status":"completed","vaccineCode":{"text":"flu"},"patient":{"reference":"Patient/p"}}"#,
+                "occurrence[x]: is required",
+            ),
+            (
+                r#"{"resourceType":"Immunization","status":"completed","vaccineCode":{"text":"flu"},"patient":{"reference":"Patient/p"},"occurrenceDateTime":"2026-10-01","occurrenceString":"autumn"}"#,
+                "occurrence[x]: takes one form only",
+            ),
+            (
+                r#"{"resourceType":"Procedure","status":"done","subject":{"reference":"Patient/p"}}"#,
+                "status: \"done\" is not one of",
+            ),
+            (
+                r#"{"resourceType":"ServiceRequest","status":"active","intent":"order","subject":{"reference":"Patient/p"},"performer":{"display":"x"}}"#,
+                "performer: must be an array",
+            ),
+            (
+                r#"{"resourceType":"Appointment","status":"booked","participant":[{"actor":{"reference":"Patient/p"}}]}"#,
+                "participant[0].status: is required",
+            ),
+            (
+                r#"{"resourceType":"Appointment","status":"booked","participant":[]}"#,
+                "participant: needs at least one item",
+            ),
+            (
+                r#"{"resourceType":"QuestionnaireResponse","status":"done"}"#,
+                "status: \"done\" is not one of",
+            ),
+            (
+                r#"{"resourceType":"RelatedPerson","relationship":[{"text":"daughter"}]}"#,
+                "patient: is required in every RelatedPerson",
+            ),
+            (
+                r#"{"resourceType":"Medication","code":{"coding":[{"system":"http://snomed.info/sct","code":"123"}]}}"#,
+                "code.coding[0].code: \"123\" is not a SNOMED CT identifier",
+            ),
         ];
         for (json, want) in cases {
             let got = check(json).expect_err(json);
@@ -608,6 +816,21 @@ mod tests {
             r#"{"resourceType":"MedicationStatement","status":"active","subject":{"reference":"Patient/p1"},
                "medicationCodeableConcept":{"text":"Amlodipine 5mg tablets"}}"#,
             r#"{"resourceType":"Patient","birthDate":"1941","gender":"female","generalPractitioner":[{"reference":"https://ods.example/A81001"}]}"#,
+            r#"{"resourceType":"MedicationRequest","status":"active","intent":"order","subject":{"reference":"Patient/p1"},
+               "medicationCodeableConcept":{"coding":[{"system":"http://snomed.info/sct","code":"319283006"}]},"authoredOn":"2026-11-20",
+               "dosageInstruction":[{"text":"One tablet daily"}]}"#,
+            r#"{"resourceType":"Medication","code":{"text":"Amlodipine 5mg tablets"},"status":"active"}"#,
+            r#"{"resourceType":"Immunization","status":"completed","vaccineCode":{"text":"Influenza vaccine"},"patient":{"reference":"Patient/p1"},
+               "occurrenceDateTime":"2026-10-01"}"#,
+            r#"{"resourceType":"Procedure","status":"completed","subject":{"reference":"Patient/p1"},"code":{"text":"Hip replacement"},
+               "performedPeriod":{"start":"2026-09-01","end":"2026-09-02"}}"#,
+            r#"{"resourceType":"ServiceRequest","status":"active","intent":"order","subject":{"reference":"Patient/p1"},"priority":"urgent",
+               "performer":[{"identifier":{"system":"https://fhir.nhs.uk/Id/ods-organization-code","value":"RRV"}}]}"#,
+            r#"{"resourceType":"Appointment","status":"booked","start":"2026-12-01T10:00:00Z","end":"2026-12-01T10:15:00Z",
+               "participant":[{"actor":{"reference":"Patient/p1"},"status":"accepted"},{"type":[{"text":"GP"}],"status":"needs-action"}]}"#,
+            r#"{"resourceType":"QuestionnaireResponse","status":"completed","subject":{"reference":"Patient/p1"},"authored":"2026-11-20",
+               "item":[{"linkId":"1","answer":[{"valueBoolean":true}]}]}"#,
+            r#"{"resourceType":"RelatedPerson","patient":{"reference":"Patient/p1"},"relationship":[{"text":"daughter"}],"name":[{"family":"Jones"}]}"#,
         ];
         for json in ok {
             check(json).unwrap_or_else(|e| panic!("{json}: {e}"));
