@@ -11,16 +11,14 @@ use sharedcare_proto::consent::v1::{
     PutDirectiveRequest, Relationship, ReviewBreakGlassRequest, SetFlagsRequest,
 };
 
-use crate::harness::{service_token_for, up, user_token, with_token};
+use crate::harness::{fhir_consent, labels, service_token_for, up, user_token, with_token};
+use serde_json::json;
 
 /// A `PutDirectiveRequest` (an empty id lets the service make one).
-fn directive(id: &str, nhs: &str, status: &str, provision_json: &str) -> PutDirectiveRequest {
+fn directive(id: &str, nhs: &str, status: &str, provision: serde_json::Value) -> PutDirectiveRequest {
     PutDirectiveRequest {
         directive: Some(Directive {
-            id: id.into(),
-            nhs_number: nhs.into(),
-            status: status.into(),
-            provision_json: provision_json.into(),
+            resource_json: fhir_consent(id, nhs, status, provision).to_string(),
             ..Default::default()
         }),
     }
@@ -81,7 +79,7 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     // The patient (P9, their own token) opts out; the very next decision denies.
     let patient = user_token(&p, "patient3", "demo-patient3-password", "nhs_number").await;
     c.put_directive(with_token(
-        directive("optout", &nhs, "active", r#"{"type":"deny"}"#),
+        directive("optout", &nhs, "active", json!({"type": "deny"})),
         &patient,
     ))
     .await
@@ -91,7 +89,7 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     assert!(denied.rules.contains(&"directive:optout".to_string()));
     // Withdrawn again: permitted at once.
     c.put_directive(with_token(
-        directive("optout", &nhs, "inactive", r#"{"type":"deny"}"#),
+        directive("optout", &nhs, "inactive", json!({"type": "deny"})),
         &patient,
     ))
     .await
@@ -102,7 +100,7 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     let other = demo["patients"][1]["nhs_number"].as_str().expect("nhs").to_string();
     let not_yours = c
         .put_directive(with_token(
-            directive("", &other, "active", r#"{"type":"deny"}"#),
+            directive("", &other, "active", json!({"type": "deny"})),
             &patient,
         ))
         .await
@@ -110,13 +108,14 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
     assert_eq!(not_yours.code(), tonic::Code::PermissionDenied);
     let bad = c
         .put_directive(with_token(
-            directive("", &nhs, "active", r#"{"provision":[]}"#),
+            directive("", &nhs, "active", json!({"provision": []})),
             &patient,
         ))
         .await
         .expect_err("no type");
     assert!(
-        bad.message().starts_with("directive.provision_json:"),
+        bad.message()
+            .starts_with("provision.type: the root provision needs a type"),
         "{}",
         bad.message()
     );
@@ -127,7 +126,7 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
             "mh",
             &nhs,
             "active",
-            r#"{"type":"permit","provision":[{"type":"deny","securityLabel":["MH"]}]}"#,
+            json!({"type": "permit", "provision": [{"type": "deny", "securityLabel": labels(&["MH"])}]}),
         ),
         &patient,
     ))
@@ -408,7 +407,7 @@ async fn an_authorised_representative_manages_the_patients_choices_and_may_read(
     let david_token = user_token(&p, "patient2", "demo-patient2-password", "nhs_number").await;
     let refused = c
         .put_directive(with_token(
-            directive("", &aisha, "active", r#"{"type":"deny"}"#),
+            directive("", &aisha, "active", json!({"type": "deny"})),
             &david_token,
         ))
         .await
@@ -451,7 +450,7 @@ async fn an_authorised_representative_manages_the_patients_choices_and_may_read(
             "by-attorney",
             &aisha,
             "active",
-            r#"{"type":"permit","provision":[{"type":"deny","securityLabel":["PSY"]}]}"#,
+            json!({"type": "permit", "provision": [{"type": "deny", "securityLabel": labels(&["PSY"])}]}),
         ),
         &david_token,
     ))
@@ -486,7 +485,7 @@ async fn an_authorised_representative_manages_the_patients_choices_and_may_read(
     .expect("end");
     let refused = c
         .put_directive(with_token(
-            directive("", &aisha, "active", r#"{"type":"deny"}"#),
+            directive("", &aisha, "active", json!({"type": "deny"})),
             &david_token,
         ))
         .await

@@ -37,16 +37,13 @@ async fn put(records: &mut RecordsClient<Channel>, token: &str, resource: Value)
         .expect("the GP system writes");
 }
 
-async fn directive(consent: &mut ConsentClient<Channel>, patient: &str, nhs: &str, id: &str, provision: &str) {
+async fn directive(consent: &mut ConsentClient<Channel>, patient: &str, nhs: &str, id: &str, provision: Value) {
     consent
         .put_directive(with_token(
             PutDirectiveRequest {
                 directive: Some(Directive {
-                    id: id.into(),
-                    nhs_number: nhs.into(),
-                    status: "active".into(),
-                    provision_json: provision.into(),
-                    updated_at: 0,
+                    resource_json: crate::harness::fhir_consent(id, nhs, "active", provision).to_string(),
+                    ..Default::default()
                 }),
             },
             patient,
@@ -135,7 +132,7 @@ async fn staff_see_what_consent_permits_and_the_patient_sees_every_access() {
         &margaret,
         &nhs,
         "no-sexual-health",
-        r#"{"type":"deny","securityLabel":["SEX"]}"#,
+        serde_json::json!({"type": "deny", "securityLabel": crate::harness::labels(&["SEX"])}),
     )
     .await;
     let withheld = records
@@ -169,7 +166,14 @@ async fn staff_see_what_consent_permits_and_the_patient_sees_every_access() {
     );
 
     // She opts out of sharing altogether: the very next read is refused.
-    directive(&mut consent, &margaret, &nhs, "opt-out", r#"{"type":"deny"}"#).await;
+    directive(
+        &mut consent,
+        &margaret,
+        &nhs,
+        "opt-out",
+        serde_json::json!({"type": "deny"}),
+    )
+    .await;
     let after = records
         .get(with_token(get("Observation", "bp", ""), &gp))
         .await

@@ -398,6 +398,32 @@ pub async fn get_json(url: &str, token: &str, headers: &[(&str, &str)]) -> (u16,
     (status, r.json().await.expect("a JSON body"))
 }
 
+/// A patient's sharing choice as a FHIR R4 Consent (scope patient-privacy) about `nhs`, with
+/// `provision` (FHIR JSON), as a patient's app writes it; an empty `id` leaves it to the server.
+pub fn fhir_consent(id: &str, nhs: &str, status: &str, provision: Value) -> Value {
+    let mut c = serde_json::json!({
+        "resourceType": "Consent", "status": status,
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
+        "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}},
+        "dateTime": "2026-11-29T10:00:00Z",
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": provision,
+    });
+    if !id.is_empty() {
+        c["id"] = Value::from(id);
+    }
+    c
+}
+
+/// `securityLabel` Codings (HL7 v3 ActCode) for `codes`.
+pub fn labels(codes: &[&str]) -> Value {
+    codes
+        .iter()
+        .map(|c| serde_json::json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": c}))
+        .collect()
+}
+
 /// `PUT {base}/fhir/R4/{type}/{id}` of `resource` as `token`, written by `org`; (status, body).
 pub async fn put_fhir(base: &str, token: &str, org: &str, resource: &Value) -> (u16, Value) {
     let url = format!(

@@ -147,11 +147,14 @@ async fn the_passport_shows_the_record_to_the_patient_and_what_consent_permits_t
         .put_directive(with_token(
             PutDirectiveRequest {
                 directive: Some(Directive {
-                    id: "no-sexual-health".into(),
-                    nhs_number: nhs.clone(),
-                    status: "active".into(),
-                    provision_json: r#"{"type":"deny","securityLabel":["SEX"]}"#.into(),
-                    updated_at: 0,
+                    resource_json: crate::harness::fhir_consent(
+                        "no-sexual-health",
+                        &nhs,
+                        "active",
+                        json!({"type": "deny", "securityLabel": crate::harness::labels(&["SEX"])}),
+                    )
+                    .to_string(),
+                    ..Default::default()
                 }),
             },
             &margaret,

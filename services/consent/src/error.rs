@@ -16,6 +16,9 @@ pub enum ConsentError {
     /// Nothing by that id.
     #[error("{0} not found")]
     NotFound(String),
+    /// No valid bearer token.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
@@ -43,6 +46,7 @@ impl ServiceError for ConsentError {
             ConsentError::Invalid { .. } => ErrorCode::Invalid,
             ConsentError::NotFound(_) => ErrorCode::NotFound,
             ConsentError::Forbidden(_) => ErrorCode::Forbidden,
+            ConsentError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             ConsentError::Storage(_) => ErrorCode::Unavailable,
             ConsentError::Corrupt(_) => ErrorCode::Internal,
         }

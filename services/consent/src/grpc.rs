@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use crate::ConsentError;
 use crate::api;
 use crate::api::consent_server::Consent;
-use crate::policy::{self, Action, Ask, Decision, Directive, Provision, Relationship, Who};
-use crate::store::{Actor, Grant, Known, Store};
+use crate::policy::{self, Action, Ask, Decision, Directive, Relationship, Who};
+use crate::store::{Actor, ConsentVersion, Grant, Known, Store};
 
 /// How long a break-glass grant lasts.
 pub const BREAK_GLASS_SECS: i64 = 4 * 3600;
@@ -34,8 +34,15 @@ impl ConsentApi {
     /// representative of theirs, at P9.
     async fn require<T>(&self, req: &Request<T>, scope: &str, nhs: Option<&NhsNumber>) -> Result<Principal, Status> {
         let p = self.who(req).await?;
-        let ok = match (&p, nhs) {
-            (Principal::Service { .. }, _) => has_scope(&p, scope),
+        self.authorise(&p, scope, nhs).await?;
+        Ok(p)
+    }
+
+    /// Whether `p` may act with `scope` (or for `nhs`, as the patient or their representative
+    /// at P9).
+    pub async fn authorise(&self, p: &Principal, scope: &str, nhs: Option<&NhsNumber>) -> Result<(), ConsentError> {
+        let ok = match (p, nhs) {
+            (Principal::Service { .. }, _) => has_scope(p, scope),
             (Principal::Patient { nhs_number, proofing }, Some(n)) if proofing.sees_own_record() => {
                 nhs_number == n || self.represents(nhs_number, n).await?
             }
@@ -49,14 +56,64 @@ impl ConsentApi {
                 } else {
                     ""
                 }
-            ))
-            .into());
+            )));
         }
-        Ok(p)
+        Ok(())
+    }
+
+    /// The verifier of callers' tokens.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Writes a FHIR Consent for `p`: parsed (refusing by path what the policy cannot
+    /// enforce), authorised for its patient, stored as a new version. `path_id` is the id of
+    /// an update's URL, which the resource's own id must match.
+    pub async fn write_consent(
+        &self,
+        p: &Principal,
+        json: &str,
+        path_id: Option<&str>,
+    ) -> Result<(Directive, ConsentVersion), ConsentError> {
+        let parsed = crate::fhir::parse(json)?;
+        if let (Some(path), Some(own)) = (path_id, parsed.id.as_deref())
+            && path != own
+        {
+            return Err(ConsentError::invalid(
+                "id",
+                format!("{own:?} differs from the id in the URL ({path:?})"),
+            ));
+        }
+        self.authorise(p, "consent.write", Some(&parsed.nhs_number)).await?;
+        let id = path_id
+            .map(str::to_string)
+            .or(parsed.id.clone())
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let directive = Directive {
+            id,
+            status: parsed.status.clone(),
+            provision: parsed.provision.clone(),
+        };
+        let (actor, org) = actor_id(p);
+        let stored = self
+            .store
+            .put_directive(
+                &parsed.nhs_number,
+                &directive,
+                Some(&parsed.body),
+                &Actor { id: &actor, org: &org },
+            )
+            .await?;
+        Ok((directive, stored))
     }
 
     /// Whether `who` (an NHS number) is a current authorised representative of `patient`.
-    async fn represents(&self, who: &NhsNumber, patient: &NhsNumber) -> Result<bool, Status> {
+    async fn represents(&self, who: &NhsNumber, patient: &NhsNumber) -> Result<bool, ConsentError> {
         let now = chrono::Utc::now().timestamp();
         let known = self.store.facts(patient).await?;
         Ok(known
@@ -82,13 +139,15 @@ fn actor_id(p: &Principal) -> (String, String) {
     }
 }
 
-fn directive_out(nhs: &str, d: &Directive, updated_at: i64) -> api::Directive {
+fn directive_out(d: &Directive, v: &ConsentVersion) -> api::Directive {
     api::Directive {
-        id: d.id.clone(),
-        nhs_number: nhs.to_string(),
-        status: d.status.clone(),
+        id: v.id.clone(),
+        nhs_number: v.nhs_number.clone(),
+        status: v.status.clone(),
         provision_json: serde_json::to_string(&d.provision).unwrap_or_default(),
-        updated_at,
+        updated_at: v.updated_at,
+        resource_json: v.resource.clone(),
+        version: v.version,
     }
 }
 
@@ -116,14 +175,6 @@ fn grant_out(g: &Grant) -> api::BreakGlassGrant {
     }
 }
 
-const STATUSES: &[&str] = &[
-    "active",
-    "inactive",
-    "rejected",
-    "entered-in-error",
-    "proposed",
-    "draft",
-];
 const RELATIONSHIPS: &[&str] = &[
     "gp_registration",
     "encounter",
@@ -254,38 +305,19 @@ impl Consent for ConsentApi {
             .directive
             .clone()
             .ok_or_else(|| ConsentError::invalid("directive", "is required"))?;
-        let patient = nhs("directive.nhs_number", &d.nhs_number)?;
-        let who = self.require(&request, "consent.write", Some(&patient)).await?;
-        if !STATUSES.contains(&d.status.as_str()) {
-            return Err(
-                ConsentError::invalid("directive.status", format!("expected one of {}", STATUSES.join(", "))).into(),
-            );
-        }
-        let provision: Provision = serde_json::from_str(&d.provision_json)
-            .map_err(|e| ConsentError::invalid("directive.provision_json", format!("not a Consent.provision: {e}")))?;
-        if provision.kind.is_none() {
+        if !d.provision_json.is_empty() {
             return Err(ConsentError::invalid(
                 "directive.provision_json",
-                "the root provision needs a type (permit or deny)",
+                "is output only: send the directive as a FHIR R4 Consent in directive.resource_json",
             )
             .into());
         }
-        let id = if d.id.is_empty() {
-            uuid::Uuid::now_v7().to_string()
-        } else {
-            d.id.clone()
-        };
-        let directive = Directive {
-            id,
-            status: d.status.clone(),
-            provision,
-        };
-        let (actor, org) = actor_id(&who);
-        let at = self
-            .store
-            .put_directive(&patient, &directive, &Actor { id: &actor, org: &org })
-            .await?;
-        Ok(Response::new(directive_out(patient.as_str(), &directive, at)))
+        if d.resource_json.is_empty() {
+            return Err(ConsentError::invalid("directive.resource_json", "is required (a FHIR R4 Consent)").into());
+        }
+        let who = self.who(&request).await?;
+        let (directive, stored) = self.write_consent(&who, &d.resource_json, None).await?;
+        Ok(Response::new(directive_out(&directive, &stored)))
     }
 
     async fn list_directives(
@@ -295,11 +327,12 @@ impl Consent for ConsentApi {
         let patient = nhs("nhs_number", &request.get_ref().nhs_number)?;
         self.require(&request, "consent.write", Some(&patient)).await?;
         let facts = self.store.facts(&patient).await?;
+        let stored = self.store.consents_of(&patient, None).await?;
         Ok(Response::new(api::ListDirectivesResponse {
             directives: facts
                 .directives
                 .iter()
-                .map(|d| directive_out(patient.as_str(), d, 0))
+                .filter_map(|d| stored.iter().find(|v| v.id == d.id).map(|v| directive_out(d, v)))
                 .collect(),
         }))
     }

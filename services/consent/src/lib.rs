@@ -11,7 +11,9 @@
 
 pub mod error;
 pub mod events;
+pub mod fhir;
 pub mod grpc;
+pub mod http;
 pub mod policy;
 pub mod state;
 pub mod store;
@@ -62,18 +64,24 @@ impl sharedcare_kit::service::Service for Consent {
         vec![sharedcare_kit::bus::topic(NAME), state::STATE_TOPIC.to_string()]
     }
 
-    /// gRPC routes (callers checked against the trusted issuer) and the consumer that records
-    /// care relationships from records' events.
+    /// gRPC routes and `/fhir/R4/Consent` (callers checked against the trusted issuer) and the
+    /// consumer that records care relationships from records' events.
     async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
         if ctx.seed_demo && seed_relationships(&ctx.db, &self.demo).await? {
             tracing::info!("seeded the demo ICS's care relationships into consent");
         }
         let store = store::Store::new(ctx.db.clone());
+        let versioned = store.version_directives().await?;
+        if versioned > 0 {
+            tracing::info!(
+                directives = versioned,
+                "rendered directives stored before FHIR Consent as Consent resources"
+            );
+        }
         let mut m = Mount::new(NAME);
-        m.add_grpc(api::consent_server::ConsentServer::new(grpc::ConsentApi::new(
-            store.clone(),
-            ctx.verifier()?,
-        )));
+        let api = grpc::ConsentApi::new(store.clone(), ctx.verifier()?);
+        m.http = http::router(api.clone());
+        m.add_grpc(api::consent_server::ConsentServer::new(api));
         m.consumers.push(sharedcare_kit::serve::Consumer {
             group: NAME.to_string(),
             topic: sharedcare_kit::bus::topic("records"),

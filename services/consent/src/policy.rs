@@ -23,6 +23,7 @@
 //! 7. otherwise direct care within a relationship is permitted.
 
 use serde::{Deserialize, Serialize};
+use sharedcare_kit::pdp::is_label;
 
 /// Purposes of use that are direct care (HL7 v3 PurposeOfUse): the national data opt-out does
 /// not apply to them.
@@ -163,7 +164,9 @@ pub struct Provision {
     /// Purposes of use; empty = all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub purposes: Vec<String>,
-    /// Sensitivity categories (meta.security codes); empty = the whole record.
+    /// What data it is about: sensitivity labels (meta.security codes), `class:{type}` and
+    /// `code:{system}|{code}` categories (from FHIR `securityLabel`, `class` and `code`); empty
+    /// = the whole record.
     #[serde(default, rename = "securityLabel", skip_serializing_if = "Vec::is_empty")]
     pub security_labels: Vec<String>,
     /// Exceptions.
@@ -461,16 +464,21 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
         }
     }
     if let Some(allowed) = only {
-        // Only the released categories may be seen: everything else asked for is withheld.
+        // Released by class or code: data of a released class, or carrying a released code.
+        if ask.categories.iter().any(|c| !is_label(c) && allowed.contains(c)) {
+            return outcome(Decision::Permit, "permitted by the patient's directive", rules, false);
+        }
+        // Released by label: only data whose every label is released; everything else asked
+        // for is withheld.
         let mut hidden: Vec<String> = ask
             .categories
             .iter()
-            .filter(|c| !allowed.contains(c))
+            .filter(|c| is_label(c) && !allowed.contains(c))
             .cloned()
             .collect();
         hidden.sort();
         hidden.dedup();
-        if hidden.is_empty() && ask.categories.is_empty() {
+        if hidden.is_empty() && !ask.categories.iter().any(|c| is_label(c)) {
             return outcome(
                 Decision::Deny,
                 "the patient's directive releases only named categories",
@@ -491,10 +499,15 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
     }
     withheld.sort();
     withheld.dedup();
+    // Labels are reported when asked about (or when nothing was named); classes and codes
+    // always, since a caller asking about a whole record cannot name every code in it.
     let present: Vec<String> = if ask.categories.is_empty() {
         withheld
     } else {
-        withheld.into_iter().filter(|c| ask.categories.contains(c)).collect()
+        withheld
+            .into_iter()
+            .filter(|c| !is_label(c) || ask.categories.contains(c))
+            .collect()
     };
     if !present.is_empty() {
         return outcome(
@@ -519,6 +532,8 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
 #[cfg(test)]
 mod scenarios {
     use super::*;
+    use crate::fhir;
+    use serde_json::{Value, json};
 
     const NHS: &str = "9434765919";
     const NOW: i64 = 1_800_000_000;
@@ -588,63 +603,71 @@ mod scenarios {
         }
     }
 
-    fn directive(id: &str, provision: Provision) -> Directive {
+    /// A directive written as a FHIR R4 Consent with `provision`, through the parser every
+    /// directive goes through: the scenarios run on what a FHIR client writes.
+    fn directive(id: &str, provision: Value) -> Directive {
+        let consent = json!({
+            "resourceType": "Consent", "id": id, "status": "active",
+            "scope": {"coding": [{"system": fhir::SCOPE_SYSTEM, "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"identifier": {"system": sharedcare_kit::nhs::NHS_NUMBER_SYSTEM, "value": NHS}},
+            "policyRule": {"coding": [{"system": fhir::ACT_CODE_SYSTEM, "code": "OPTIN"}]},
+            "provision": provision,
+        });
+        let parsed = fhir::parse(&consent.to_string()).unwrap_or_else(|e| panic!("{id}: {e}"));
         Directive {
             id: id.into(),
-            status: "active".into(),
-            provision,
+            status: parsed.status,
+            provision: parsed.provision,
         }
     }
 
-    fn deny_all() -> Provision {
-        Provision {
-            kind: Some(Effect::Deny),
-            ..Provision::default()
-        }
+    fn deny_all() -> Value {
+        json!({"type": "deny"})
     }
 
-    fn permit_all_but(nested: Vec<Provision>) -> Provision {
-        Provision {
-            kind: Some(Effect::Permit),
-            provision: nested,
-            ..Provision::default()
-        }
+    fn permit_all_but(nested: Vec<Value>) -> Value {
+        json!({"type": "permit", "provision": nested})
     }
 
-    fn withhold(labels: &[&str]) -> Provision {
-        Provision {
-            kind: Some(Effect::Deny),
-            security_labels: labels.iter().map(|l| l.to_string()).collect(),
-            ..Provision::default()
-        }
+    fn labels(labels: &[&str]) -> Value {
+        labels
+            .iter()
+            .map(|l| json!({"system": fhir::ACT_CODE_SYSTEM, "code": l}))
+            .collect()
     }
 
-    fn deny_org(org: &str) -> Provision {
-        permit_all_but(vec![Provision {
-            kind: Some(Effect::Deny),
-            organisations: vec![org.into()],
-            ..Provision::default()
-        }])
+    fn withhold(l: &[&str]) -> Value {
+        json!({"type": "deny", "securityLabel": labels(l)})
     }
 
-    fn only_org(org: &str) -> Provision {
-        Provision {
-            kind: Some(Effect::Deny),
-            provision: vec![Provision {
-                kind: Some(Effect::Permit),
-                organisations: vec![org.into()],
-                ..Provision::default()
-            }],
-            ..Provision::default()
-        }
+    /// A recipient named by ODS code (`Organization`) or job role code (`PractitionerRole`).
+    fn recipient(kind: &str, system: &str, value: &str) -> Value {
+        json!([{"role": {"coding": [{"system": fhir::PARTICIPATION_SYSTEM, "code": "PRCP"}]},
+                "reference": {"type": kind, "identifier": {"system": system, "value": value}}}])
     }
 
-    fn deny_role(role: &str) -> Provision {
-        permit_all_but(vec![Provision {
-            kind: Some(Effect::Deny),
-            roles: vec![role.into()],
-            ..Provision::default()
-        }])
+    fn deny_org(org: &str) -> Value {
+        permit_all_but(vec![
+            json!({"type": "deny", "actor": recipient("Organization", fhir::ODS_SYSTEM, org)}),
+        ])
+    }
+
+    fn only_org(org: &str) -> Value {
+        json!({"type": "deny", "provision": [{"type": "permit", "actor": recipient("Organization", fhir::ODS_SYSTEM, org)}]})
+    }
+
+    fn deny_role(role: &str) -> Value {
+        permit_all_but(vec![
+            json!({"type": "deny", "actor": recipient("PractitionerRole", fhir::JOB_ROLE_SYSTEM, role)}),
+        ])
+    }
+
+    /// A FHIR dateTime for unix seconds.
+    fn at(secs: i64) -> String {
+        chrono::DateTime::from_timestamp(secs, 0)
+            .expect("a time")
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     }
 
     fn with(mut f: Facts, change: impl FnOnce(&mut Facts)) -> Facts {
@@ -842,10 +865,7 @@ mod scenarios {
                 with(cared_for(), |f| {
                     f.directives.push(directive(
                         "for-a-month",
-                        Provision {
-                            period: Some((NOW - DAY, Some(NOW + 29 * DAY))),
-                            ..deny_all()
-                        },
+                        json!({"type": "deny", "period": {"start": at(NOW - DAY), "end": at(NOW + 29 * DAY)}}),
                     ))
                 }),
                 Decision::Deny,
@@ -857,10 +877,7 @@ mod scenarios {
                 with(cared_for(), |f| {
                     f.directives.push(directive(
                         "last-year",
-                        Provision {
-                            period: Some((NOW - 400 * DAY, Some(NOW - 35 * DAY))),
-                            ..deny_all()
-                        },
+                        json!({"type": "deny", "period": {"start": at(NOW - 400 * DAY), "end": at(NOW - 35 * DAY)}}),
                     ))
                 }),
                 Decision::Permit,
@@ -1035,18 +1052,74 @@ mod scenarios {
                 with(cared_for(), |f| {
                     f.directives.push(directive(
                         "sex-only",
-                        Provision {
-                            kind: Some(Effect::Deny),
-                            provision: vec![Provision {
-                                kind: Some(Effect::Permit),
-                                security_labels: vec!["SEX".into()],
-                                ..Provision::default()
-                            }],
-                            ..Provision::default()
-                        },
+                        json!({"type": "deny", "provision": [{"type": "permit", "securityLabel": labels(&["SEX"])}]}),
                     ))
                 }),
                 w(&["MH"]),
+                "directive:sex-only",
+            ),
+            case(
+                "a class withheld: vaccinations kept from the trust",
+                ask(staff(TRUST), Read, "TREAT", &["class:Immunization"]),
+                with(cared_for(), |f| {
+                    f.directives.push(directive(
+                        "no-jabs",
+                        permit_all_but(vec![json!({"type": "deny",
+                        "class": [{"system": fhir::RESOURCE_TYPE_SYSTEM, "code": "Immunization"}]})]),
+                    ))
+                }),
+                w(&["class:Immunization"]),
+                "directive:no-jabs",
+            ),
+            case(
+                "a code withheld is reported whatever the caller names (it cannot name every code)",
+                ask(staff(TRUST), Search, "TREAT", &["SEX"]),
+                with(cared_for(), |f| {
+                    f.directives.push(directive(
+                        "no-depression",
+                        permit_all_but(vec![json!({"type": "deny",
+                        "code": [{"coding": [{"system": "http://snomed.info/sct", "code": "35489007"}]}]})]),
+                    ))
+                }),
+                w(&["code:http://snomed.info/sct|35489007"]),
+                "directive:no-depression",
+            ),
+            case(
+                "released by class: a deny base with vaccinations released",
+                ask(staff(TRUST), Read, "TREAT", &["class:Immunization"]),
+                with(cared_for(), |f| {
+                    f.directives.push(directive(
+                        "jabs-only",
+                        json!({"type": "deny", "provision": [{"type": "permit",
+                        "class": [{"system": fhir::RESOURCE_TYPE_SYSTEM, "code": "Immunization"}]}]}),
+                    ))
+                }),
+                Decision::Permit,
+                "directive:jabs-only",
+            ),
+            case(
+                "released by class: other classes stay denied",
+                ask(staff(TRUST), Read, "TREAT", &["class:Condition", "MH"]),
+                with(cared_for(), |f| {
+                    f.directives.push(directive(
+                        "jabs-only",
+                        json!({"type": "deny", "provision": [{"type": "permit",
+                        "class": [{"system": fhir::RESOURCE_TYPE_SYSTEM, "code": "Immunization"}]}]}),
+                    ))
+                }),
+                w(&["MH"]),
+                "directive:jabs-only",
+            ),
+            case(
+                "released by label: a labelled record of a class named nowhere is still released",
+                ask(staff(TRUST), Read, "TREAT", &["SEX", "class:Observation"]),
+                with(cared_for(), |f| {
+                    f.directives.push(directive(
+                        "sex-only",
+                        json!({"type": "deny", "provision": [{"type": "permit", "securityLabel": labels(&["SEX"])}]}),
+                    ))
+                }),
+                Decision::Permit,
                 "directive:sex-only",
             ),
             case(
@@ -1097,15 +1170,7 @@ mod scenarios {
                 with(cared_for(), |f| {
                     f.directives.push(directive(
                         "sex-only",
-                        Provision {
-                            kind: Some(Effect::Deny),
-                            provision: vec![Provision {
-                                kind: Some(Effect::Permit),
-                                security_labels: vec!["SEX".into()],
-                                ..Provision::default()
-                            }],
-                            ..Provision::default()
-                        },
+                        json!({"type": "deny", "provision": [{"type": "permit", "securityLabel": labels(&["SEX"])}]}),
                     ))
                 }),
                 Decision::Deny,
@@ -1133,8 +1198,8 @@ mod scenarios {
     }
 
     #[test]
-    fn directives_round_trip_as_fhir_consent_provisions() {
-        let d = permit_all_but(vec![withhold(&["MH"])]);
+    fn parsed_directives_keep_their_stored_form() {
+        let d = directive("mh", permit_all_but(vec![withhold(&["MH"])])).provision;
         let json = serde_json::to_value(&d).expect("json");
         assert_eq!(json["type"], "permit");
         assert_eq!(json["provision"][0]["securityLabel"][0], "MH");

@@ -112,6 +112,16 @@ async fn read(tx: &mut Tx, patient: &NhsNumber) -> Result<SharingState, ConsentE
 
 /// A sensitivity label in plain words.
 pub fn label_words(code: &str) -> String {
+    if let Some(class) = code.strip_prefix(sharedcare_kit::pdp::CLASS_PREFIX) {
+        return class_words(class);
+    }
+    if let Some(coded) = code.strip_prefix(sharedcare_kit::pdp::CODE_PREFIX) {
+        let (system, code) = coded.split_once('|').unwrap_or(("", coded));
+        return match system {
+            "http://snomed.info/sct" => format!("SNOMED CT {code}"),
+            _ => format!("code {code}"),
+        };
+    }
     let words = match code {
         "SEX" => "sexual and reproductive health",
         "STD" => "sexually transmitted infections",
@@ -125,6 +135,26 @@ pub fn label_words(code: &str) -> String {
         "GDIS" => "genetic conditions",
         "SAFEGUARDING" => "safeguarding",
         other => return format!("records labelled {other}"),
+    };
+    words.to_string()
+}
+
+/// A resource type (a directive's `class`) in plain words.
+fn class_words(resource_type: &str) -> String {
+    let words = match resource_type {
+        "Condition" => "problem",
+        "MedicationRequest" | "MedicationStatement" => "medicine",
+        "AllergyIntolerance" => "allergy",
+        "Immunization" => "vaccination",
+        "Procedure" => "operation and procedure",
+        "ServiceRequest" => "referral",
+        "Appointment" | "Encounter" => "appointment and visit",
+        "QuestionnaireResponse" => "assessment",
+        "Observation" => "test result",
+        "DocumentReference" => "document",
+        "CarePlan" => "care plan",
+        "Flag" => "alert",
+        other => return other.to_string(),
     };
     words.to_string()
 }
@@ -257,6 +287,10 @@ mod tests {
         assert_eq!(
             describe(&deny(&["SEX", "HIV", "PSY"])),
             "Do not share my sexual and reproductive health, HIV and psychiatry records with anyone."
+        );
+        assert_eq!(
+            describe(&deny(&["class:Immunization", "code:http://snomed.info/sct|35489007"])),
+            "Do not share my vaccination and SNOMED CT 35489007 records with anyone."
         );
     }
 

@@ -52,6 +52,49 @@ pub struct Actor<'a> {
     pub org: &'a str,
 }
 
+/// One stored version of a Consent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConsentVersion {
+    /// Logical id.
+    pub id: String,
+    /// `meta.versionId`, from 1.
+    pub version: i64,
+    /// The patient.
+    pub nhs_number: String,
+    /// `status`.
+    pub status: String,
+    /// The FHIR Consent JSON, with `id` and `meta` stamped.
+    pub resource: String,
+    /// When it was stored (unix seconds).
+    pub updated_at: i64,
+}
+
+fn version_row(r: &sqlx::any::AnyRow) -> Result<ConsentVersion, ConsentError> {
+    Ok(ConsentVersion {
+        id: r.try_get(0)?,
+        version: r.try_get(1)?,
+        nhs_number: r.try_get(2)?,
+        status: r.try_get(3)?,
+        resource: r.try_get(4)?,
+        updated_at: r.try_get(5)?,
+    })
+}
+
+async fn insert_version(tx: &mut db::Tx, v: &ConsentVersion) -> Result<(), ConsentError> {
+    sqlx::query(
+        "INSERT INTO directive_versions (id, version, nhs_number, status, resource, updated_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(v.id.clone())
+    .bind(v.version)
+    .bind(v.nhs_number.clone())
+    .bind(v.status.clone())
+    .bind(v.resource.clone())
+    .bind(v.updated_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Which kind of row [`Store::add_row`] adds or [`Store::end_row`] ends.
 #[derive(Clone, Copy)]
 enum Party {
@@ -352,45 +395,74 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Creates or replaces a directive.
+    /// Creates or replaces a directive: `resource` is its FHIR Consent as written (stamped
+    /// here with id, version and time; `None` renders one from `d`, for directives Sharedcare
+    /// makes itself), `d` what the policy reads of it. Returns the stored version.
     pub async fn put_directive(
         &self,
         patient: &NhsNumber,
         d: &Directive,
+        resource: Option<&serde_json::Map<String, serde_json::Value>>,
         actor: &Actor<'_>,
-    ) -> Result<i64, ConsentError> {
+    ) -> Result<ConsentVersion, ConsentError> {
         let nhs = patient.as_str();
         let provision = serde_json::to_string(&d.provision)
             .map_err(|e| ConsentError::Corrupt(format!("directive provision: {e}")))?;
         let now = chrono::Utc::now().timestamp();
         let mut tx = self.db.begin_write().await?;
-        let existing = sqlx::query("SELECT nhs_number FROM directives WHERE id = $1")
+        let existing = sqlx::query("SELECT nhs_number, version FROM directives WHERE id = $1")
             .bind(d.id.clone())
             .fetch_optional(&mut *tx)
             .await?;
+        let version = match &existing {
+            Some(r) => r.try_get::<i64, _>(1)? + 1,
+            None => 1,
+        };
+        let mut body = match resource {
+            Some(r) => r.clone(),
+            None => crate::fhir::render(&d.id, nhs, &d.status, &d.provision),
+        };
+        crate::fhir::stamp(&mut body, &d.id, version, now);
+        let text = serde_json::Value::Object(body).to_string();
         if let Some(r) = existing {
             if r.try_get::<String, _>(0)? != nhs {
-                return Err(ConsentError::invalid("directive.id", "belongs to another patient"));
+                return Err(ConsentError::invalid("id", "belongs to another patient's Consent"));
             }
-            sqlx::query("UPDATE directives SET status = $1, provision = $2, updated_at = $3 WHERE id = $4")
-                .bind(d.status.clone())
-                .bind(provision)
-                .bind(now)
-                .bind(d.id.clone())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE directives SET status = $1, provision = $2, updated_at = $3, version = $4, resource = $5 WHERE id = $6",
+            )
+            .bind(d.status.clone())
+            .bind(provision)
+            .bind(now)
+            .bind(version)
+            .bind(text.clone())
+            .bind(d.id.clone())
+            .execute(&mut *tx)
+            .await?;
         } else {
             sqlx::query(
-                "INSERT INTO directives (id, nhs_number, status, provision, updated_at) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO directives (id, nhs_number, status, provision, updated_at, version, resource) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(d.id.clone())
             .bind(nhs.to_string())
             .bind(d.status.clone())
             .bind(provision)
             .bind(now)
+            .bind(version)
+            .bind(text.clone())
             .execute(&mut *tx)
             .await?;
         }
+        let stored = ConsentVersion {
+            id: d.id.clone(),
+            version,
+            nhs_number: nhs.to_string(),
+            status: d.status.clone(),
+            resource: text,
+            updated_at: now,
+        };
+        insert_version(&mut tx, &stored).await?;
         event(
             &mut tx,
             "directive_changed",
@@ -401,7 +473,85 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(now)
+        Ok(stored)
+    }
+
+    /// The current version of Consent `id`.
+    pub async fn consent(&self, id: &str) -> Result<Option<ConsentVersion>, ConsentError> {
+        let row =
+            sqlx::query("SELECT id, version, nhs_number, status, resource, updated_at FROM directives WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(self.db.pool())
+                .await?;
+        row.as_ref().map(version_row).transpose()
+    }
+
+    /// Every version of Consent `id`, newest first (one: just that version).
+    pub async fn consent_versions(&self, id: &str, one: Option<i64>) -> Result<Vec<ConsentVersion>, ConsentError> {
+        let rows = sqlx::query(
+            "SELECT id, version, nhs_number, status, resource, updated_at FROM directive_versions \
+             WHERE id = $1 AND ($2 = 0 OR version = $3) ORDER BY version DESC",
+        )
+        .bind(id.to_string())
+        .bind(one.unwrap_or(0))
+        .bind(one.unwrap_or(0))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(version_row).collect()
+    }
+
+    /// The current Consents of `patient`, with `status` when given, oldest first.
+    pub async fn consents_of(
+        &self,
+        patient: &NhsNumber,
+        status: Option<&str>,
+    ) -> Result<Vec<ConsentVersion>, ConsentError> {
+        let rows = sqlx::query(
+            "SELECT id, version, nhs_number, status, resource, updated_at FROM directives \
+             WHERE nhs_number = $1 AND ($2 = '' OR status = $3) ORDER BY updated_at, id",
+        )
+        .bind(patient.as_str().to_string())
+        .bind(status.unwrap_or("").to_string())
+        .bind(status.unwrap_or("").to_string())
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(version_row).collect()
+    }
+
+    /// Renders as FHIR Consents the directives stored before Consent was the format (version
+    /// 0), each in its own transaction; returns how many. Run at start-up.
+    pub async fn version_directives(&self) -> Result<usize, ConsentError> {
+        let rows =
+            sqlx::query("SELECT id, nhs_number, status, provision, updated_at FROM directives WHERE version = 0")
+                .fetch_all(self.db.pool())
+                .await?;
+        for r in &rows {
+            let (id, nhs, status): (String, String, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            let provision: Provision = serde_json::from_str(&r.try_get::<String, _>(3)?)
+                .map_err(|e| ConsentError::Corrupt(format!("directive {id}: {e}")))?;
+            let updated_at: i64 = r.try_get(4)?;
+            let mut body = crate::fhir::render(&id, &nhs, &status, &provision);
+            crate::fhir::stamp(&mut body, &id, 1, updated_at);
+            let stored = ConsentVersion {
+                id,
+                version: 1,
+                nhs_number: nhs,
+                status,
+                resource: serde_json::Value::Object(body).to_string(),
+                updated_at,
+            };
+            let mut tx = self.db.begin_write().await?;
+            let done = sqlx::query("UPDATE directives SET version = 1, resource = $1 WHERE id = $2 AND version = 0")
+                .bind(stored.resource.clone())
+                .bind(stored.id.clone())
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 1 {
+                insert_version(&mut tx, &stored).await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(rows.len())
     }
 
     /// Sets the national data opt-out and GP dissent flags.

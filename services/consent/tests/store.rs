@@ -65,13 +65,14 @@ async fn facts_round_trip_and_every_change_writes_its_event(db: Db) {
         status: "active".into(),
         provision: provision.clone(),
     };
-    s.put_directive(&nhs(), &d, &ACTOR).await.expect("directive");
+    s.put_directive(&nhs(), &d, None, &ACTOR).await.expect("directive");
     s.put_directive(
         &nhs(),
         &Directive {
             status: "inactive".into(),
             ..d.clone()
         },
+        None,
         &ACTOR,
     )
     .await
@@ -152,11 +153,70 @@ async fn facts_round_trip_and_every_change_writes_its_event(db: Db) {
         .put_directive(
             &sharedcare_kit::nhs::NhsNumber::parse("9000000009").expect("valid"),
             &d,
+            None,
             &ACTOR,
         )
         .await
         .expect_err("another patient's id");
-    assert!(other.to_string().starts_with("directive.id:"), "{other}");
+    assert!(
+        other.to_string().starts_with("id: belongs to another patient"),
+        "{other}"
+    );
 }
 
-sharedcare_kit::store_suite!("consent"; facts_round_trip_and_every_change_writes_its_event);
+/// Every write of a Consent is a new version, kept for vread and history; a directive stored
+/// before Consent was the format (version 0) is rendered as a Consent once, at start-up.
+async fn consents_are_versioned_and_old_directives_become_consents(db: Db) {
+    let s = store(&db).await;
+    let d = Directive {
+        id: "c1".into(),
+        status: "active".into(),
+        provision: Provision {
+            kind: Some(Effect::Deny),
+            ..Provision::default()
+        },
+    };
+    let first = s.put_directive(&nhs(), &d, None, &ACTOR).await.expect("v1");
+    let withdrawn = Directive {
+        status: "inactive".into(),
+        ..d.clone()
+    };
+    let second = s.put_directive(&nhs(), &withdrawn, None, &ACTOR).await.expect("v2");
+    assert_eq!((first.version, second.version), (1, 2));
+    let current = s.consent("c1").await.expect("read").expect("held");
+    assert_eq!(current, second);
+    let body: serde_json::Value = serde_json::from_str(&current.resource).expect("json");
+    assert_eq!(
+        (body["id"].as_str(), body["meta"]["versionId"].as_str()),
+        (Some("c1"), Some("2"))
+    );
+    assert_eq!(body["status"], "inactive");
+    let history = s.consent_versions("c1", None).await.expect("history");
+    assert_eq!(history.iter().map(|v| v.version).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(s.consent_versions("c1", Some(1)).await.expect("vread"), [first]);
+    assert!(s.consent("nope").await.expect("read").is_none());
+    let active = s.consents_of(&nhs(), Some("active")).await.expect("search");
+    assert!(active.is_empty(), "withdrawn: {active:?}");
+    assert_eq!(s.consents_of(&nhs(), None).await.expect("search").len(), 1);
+
+    // A directive as stored before: no resource, version 0.
+    sqlx::query(
+        "INSERT INTO directives (id, nhs_number, status, provision, updated_at) VALUES ('old', $1, 'active', $2, 1700000000)",
+    )
+    .bind(NHS)
+    .bind(r#"{"type":"permit","provision":[{"type":"deny","securityLabel":["MH"],"organisations":["RX1"]}]}"#)
+    .execute(db.pool())
+    .await
+    .expect("legacy row");
+    assert_eq!(s.version_directives().await.expect("backfill"), 1);
+    assert_eq!(s.version_directives().await.expect("again"), 0, "once only");
+    let old = s.consent("old").await.expect("read").expect("rendered");
+    let parsed = sharedcare_consent::fhir::parse(&old.resource).expect("a valid Consent");
+    assert_eq!(parsed.provision.provision[0].organisations, ["RX1"]);
+    assert_eq!(parsed.provision.provision[0].security_labels, ["MH"]);
+    assert_eq!(s.consent_versions("old", None).await.expect("history").len(), 1);
+    let facts = s.facts(&nhs()).await.expect("facts");
+    assert_eq!(facts.directives.len(), 2, "both still decide");
+}
+
+sharedcare_kit::store_suite!("consent"; facts_round_trip_and_every_change_writes_its_event, consents_are_versioned_and_old_directives_become_consents);

@@ -47,6 +47,48 @@ pub const SENSITIVE_LABELS: &[&str] = &[
     "SAFEGUARDING",
 ];
 
+/// A category naming a class of data (a FHIR resource type), e.g. `class:Immunization`.
+pub const CLASS_PREFIX: &str = "class:";
+/// A category naming a coded concept, e.g. `code:http://snomed.info/sct|35489007`.
+pub const CODE_PREFIX: &str = "code:";
+
+/// Whether a category is a sensitivity label (not a class or a code).
+pub fn is_label(category: &str) -> bool {
+    !category.starts_with(CLASS_PREFIX) && !category.starts_with(CODE_PREFIX)
+}
+
+/// The categories of one resource a patient's directive can name: its sensitivity labels, its
+/// class (`class:{resource_type}`) and each of its codes (`code:{system}|{code}`).
+pub fn categories<'a>(
+    resource_type: &str,
+    labels: impl IntoIterator<Item = String>,
+    codes: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut out: Vec<String> = labels.into_iter().collect();
+    out.push(format!("{CLASS_PREFIX}{resource_type}"));
+    out.extend(codes.into_iter().map(|c| format!("{CODE_PREFIX}{c}")));
+    out
+}
+
+/// The codes of a FHIR resource as `system|code` tokens, from `code`,
+/// `medicationCodeableConcept` and `vaccineCode` (what search and directives match on).
+pub fn fhir_codes(body: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    for element in ["code", "medicationCodeableConcept", "vaccineCode"] {
+        let codings = body
+            .get(element)
+            .and_then(|c| c.get("coding"))
+            .and_then(serde_json::Value::as_array);
+        for c in codings.into_iter().flatten() {
+            if let Some(code) = c.get("code").and_then(serde_json::Value::as_str) {
+                let system = c.get("system").and_then(serde_json::Value::as_str).unwrap_or("");
+                out.push(format!("{system}|{code}"));
+            }
+        }
+    }
+    out
+}
+
 /// A purpose of use that is not an HL7 v3 PurposeOfUse code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a PurposeOfUse code (e.g. TREAT, ETREAT, BTG)")]

@@ -43,7 +43,8 @@ pub struct Entry {
     pub status: String,
     /// ODS code of the writing organisation.
     pub source_organisation: String,
-    /// Its security labels.
+    /// What consent's directives can name of it: its security labels, `class:{type}` and
+    /// `code:{system}|{code}` for each of its codes.
     pub labels: Vec<String>,
     /// The resource JSON.
     pub body: String,
@@ -74,8 +75,8 @@ impl Store {
             fresh_count += fresh.len();
             // One row per resource: the newest version in the chunk (one statement may not
             // touch a row twice), written in one multi-row upsert.
-            let mut rows: std::collections::HashMap<(&str, &str), (&RecordState, projection::Projected)> =
-                std::collections::HashMap::new();
+            type Row<'a> = (&'a RecordState, projection::Projected, Vec<String>);
+            let mut rows: std::collections::HashMap<(&str, &str), Row> = std::collections::HashMap::new();
             for (d, s) in fresh {
                 let Ok(serde_json::Value::Object(body)) = serde_json::from_str(&s.resource_json) else {
                     tracing::warn!(event = %d.envelope.id, "RecordState without a JSON object; set aside");
@@ -85,8 +86,15 @@ impl Store {
                     continue;
                 };
                 let key = (s.resource_type.as_str(), s.id.as_str());
-                if rows.get(&key).is_none_or(|(held, _)| held.version < s.version) {
-                    rows.insert(key, (s, p));
+                if rows.get(&key).is_none_or(|(held, _, _)| held.version < s.version) {
+                    // What consent's directives can name: its labels, class and codes.
+                    let codes = sharedcare_kit::pdp::fhir_codes(&body);
+                    let categories = sharedcare_kit::pdp::categories(
+                        &s.resource_type,
+                        s.labels.iter().cloned(),
+                        codes.iter().map(String::as_str),
+                    );
+                    rows.insert(key, (s, p, categories));
                 }
             }
             if rows.is_empty() {
@@ -105,7 +113,7 @@ impl Store {
                  WHERE entries.version < excluded.version",
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (s, p) in rows.into_values() {
+            for (s, p, categories) in rows.into_values() {
                 let updated = s
                     .last_updated
                     .as_ref()
@@ -121,7 +129,7 @@ impl Store {
                     .bind(p.date)
                     .bind(p.status)
                     .bind(s.source_organisation.clone())
-                    .bind(s.labels.join(","))
+                    .bind(categories.join(","))
                     .bind(s.resource_json.clone())
                     .bind(i64::from(p.hidden || s.deleted))
                     .bind(updated);

@@ -98,21 +98,13 @@ pub fn clinical_date(body: &Map<String, Value>) -> Option<i64> {
 
 /// The codes a resource is searched by, as `system|code` tokens: from `code`,
 /// `medicationCodeableConcept` and `vaccineCode`.
-pub fn codes(body: &Map<String, Value>) -> Vec<String> {
-    let mut out = Vec::new();
-    for element in ["code", "medicationCodeableConcept", "vaccineCode"] {
-        let codings = body
-            .get(element)
-            .and_then(|c| c.get("coding"))
-            .and_then(Value::as_array);
-        for c in codings.into_iter().flatten() {
-            if let Some(code) = c.get("code").and_then(Value::as_str) {
-                let system = c.get("system").and_then(Value::as_str).unwrap_or("");
-                out.push(format!("{system}|{code}"));
-            }
-        }
-    }
-    out
+pub use sharedcare_kit::pdp::fhir_codes as codes;
+
+/// The categories consent's directives can name for a stored resource: its labels, its class
+/// and its codes.
+pub fn categories(resource_type: &str, body: &Map<String, Value>) -> Vec<String> {
+    let codes = codes(body);
+    sharedcare_kit::pdp::categories(resource_type, security_labels(body), codes.iter().map(String::as_str))
 }
 
 /// Checks `meta.security`: an array of Codings, each with a `code`.

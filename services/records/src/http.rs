@@ -169,6 +169,18 @@ async fn metadata(headers: HeaderMap) -> Response {
             })
         })
         .collect();
+    // Consent is served by the consent service under the same base (`up` mounts both; an
+    // ingress routes `/fhir/R4/Consent` to consent).
+    let mut resources = resources;
+    resources.push(json!({
+        "type": "Consent",
+        "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "create"},
+                        {"code": "history-instance"}, {"code": "search-type"}],
+        "versioning": "versioned",
+        "readHistory": true,
+        "updateCreate": true,
+        "searchParam": [{"name": "patient", "type": "reference"}, {"name": "status", "type": "token"}],
+    }));
     let body = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -452,7 +452,7 @@ async fn withheld_categories_are_refused_without_being_named(db: Db) {
         },
     };
     consent
-        .put_directive(&nhs(NHS), &withhold, &actor)
+        .put_directive(&nhs(NHS), &withhold, None, &actor)
         .await
         .expect("directive");
     let err = s.get("Observation", "clinic", &system()).await.expect_err("withheld");
@@ -714,7 +714,7 @@ async fn search_leaves_out_withheld_resources_and_says_so_whatever_the_record_ho
         },
     );
     consent
-        .put_directive(&nhs(NHS), &no_sex, &patient_actor)
+        .put_directive(&nhs(NHS), &no_sex, None, &patient_actor)
         .await
         .expect("directive");
     let page = s.search(&everything, &a).await.expect("search");
@@ -733,6 +733,7 @@ async fn search_leaves_out_withheld_resources_and_says_so_whatever_the_record_ho
         .put_directive(
             &nhs(OTHER),
             &withhold("no-sex-2", no_sex.provision.clone()),
+            None,
             &sharedcare_consent::store::Actor { id: OTHER, org: "" },
         )
         .await
@@ -757,7 +758,7 @@ async fn search_leaves_out_withheld_resources_and_says_so_whatever_the_record_ho
         },
     );
     consent
-        .put_directive(&nhs(NHS), &out, &patient_actor)
+        .put_directive(&nhs(NHS), &out, None, &patient_actor)
         .await
         .expect("opt out");
     let err = s.search(&everything, &a).await.expect_err("denied");
@@ -826,6 +827,7 @@ async fn configured_codes_label_resources_so_directives_cover_them(db: Db) {
         .put_directive(
             &nhs(NHS),
             &no_hiv,
+            None,
             &sharedcare_consent::store::Actor { id: NHS, org: "" },
         )
         .await

@@ -256,14 +256,15 @@ pub(super) fn patient_of(r: &Resource, known: &mut HashMap<String, String>) -> S
 /// Where a put's answer goes.
 pub(super) type Reply = oneshot::Sender<Result<Stored, RecordsError>>;
 
-/// The labels of a stored resource (its stored body always parses: it was validated).
+/// The categories of a stored resource consent decides on: its labels, class and codes (its
+/// stored body always parses: it was validated).
 pub(super) fn stored_labels(s: &Stored) -> Vec<String> {
     if let Some(l) = &s.labels {
         return l.clone();
     }
     match serde_json::from_str::<serde_json::Value>(&s.body) {
-        Ok(serde_json::Value::Object(body)) => fhir::security_labels(&body),
-        _ => Vec::new(),
+        Ok(serde_json::Value::Object(body)) => fhir::categories(&s.resource_type, &body),
+        _ => sharedcare_kit::pdp::categories(&s.resource_type, Vec::new(), []),
     }
 }
 

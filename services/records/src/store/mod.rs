@@ -38,7 +38,8 @@ pub struct Stored {
     pub nhs_number: String,
     /// The resource JSON with `meta` stamped (for a deleted version: the content it deleted).
     pub body: String,
-    /// Its `meta.security` labels when already known (`None`: read them from `body`).
+    /// What consent decides on, when already known (`None`: read it from `body`): as read, its
+    /// categories (labels, `class:` and `code:` tokens); as written, its `meta.security` labels.
     pub labels: Option<Vec<String>>,
     /// This version deletes the resource (FHIR delete).
     pub deleted: bool,
@@ -269,7 +270,7 @@ impl Store {
         // The current version, read here only for its patient, labels and content: nothing
         // of it leaves unless the delete is permitted (and then only its version number).
         let row = sqlx::query(
-            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels, c.deleted \
+            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels, c.codes, c.deleted \
              FROM current_resources c JOIN resources r \
                ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
              WHERE c.resource_type = $1 AND c.id = $2",
@@ -619,7 +620,7 @@ impl Engine {
         for chunk in jobs.chunks(db::MAX_ROWS_PER_INSERT) {
             let wanted = self.any_of("c.", chunk.len());
             let sql = format!(
-                "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels, c.deleted
+                "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels, c.codes, c.deleted
                  FROM current_resources c JOIN resources r
                    ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version
                  WHERE {wanted}"

@@ -398,7 +398,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels \
+            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels, c.codes \
              FROM current_resources c JOIN resources r \
                ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
              WHERE c.resource_type = 'Patient' AND c.deleted = 0 AND c.id IN ({}) ORDER BY c.id",

@@ -14,19 +14,23 @@ use crate::consent;
 use crate::fhir;
 
 /// A stored version from a `SELECT resource_type, id, version, last_updated_us, nhs_number,
-/// body` row, with its `labels` and `deleted` columns when the query has them.
+/// body` row, with its `labels`, `codes` and `deleted` columns when the query has them: the
+/// categories consent decides on are its labels, its class and its codes.
 pub(super) fn stored_row(row: &sqlx::any::AnyRow) -> Stored {
+    let resource_type: String = row.get(0);
+    let labels = row.try_get::<String, _>("labels").ok().map(|l| {
+        let labels = l.split(',').filter(|x| !x.is_empty()).map(str::to_string);
+        let codes = row.try_get::<String, _>("codes").unwrap_or_default();
+        sharedcare_kit::pdp::categories(&resource_type, labels, codes.split_whitespace())
+    });
     Stored {
-        resource_type: row.get(0),
+        resource_type,
         id: row.get(1),
         version: row.get(2),
         last_updated_us: row.get(3),
         nhs_number: row.get(4),
         body: row.get(5),
-        labels: row
-            .try_get::<String, _>("labels")
-            .ok()
-            .map(|l| l.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()),
+        labels,
         deleted: row.try_get::<i64, _>("deleted").is_ok_and(|d| d != 0),
     }
 }
@@ -445,7 +449,7 @@ impl Engine {
             backend.placeholder(n)
         };
         let mut sql = format!(
-            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels \
+            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels, c.codes \
              FROM current_resources c JOIN resources r \
                ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
              WHERE c.nhs_number = {} AND c.deleted = 0",
