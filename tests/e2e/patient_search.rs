@@ -160,6 +160,62 @@ async fn a_gp_finds_her_patient_by_name_and_birth_date_and_a_stranger_finds_nobo
     let bad = create("colour=blue", "Newcomer").send().await.expect("POST");
     assert_eq!(bad.status().as_u16(), 400);
 
+    // Conditional update: the GP system updates Margaret by NHS number, not knowing her id.
+    let update = |condition: &str, body: Value| {
+        client
+            .put(format!("{}/fhir/R4/Patient?{condition}", p.http))
+            .bearer_auth(&system)
+            .header("content-type", "application/fhir+json")
+            .header("x-source-organisation", "A81001")
+            .body(body.to_string())
+    };
+    let margaret = |id: Option<&str>| {
+        let mut b = json!({"resourceType": "Patient",
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs(0)}],
+            "name": [{"family": "Evans", "given": ["Margaret", "Rose"]}], "birthDate": "1941-03-12"});
+        if let Some(id) = id {
+            b["id"] = json!(id);
+        }
+        b
+    };
+    let by_nhs = format!("identifier=https://fhir.nhs.uk/Id/nhs-number|{}", nhs(0));
+    let updated = update(&by_nhs, margaret(None)).send().await.expect("PUT");
+    assert_eq!(updated.status().as_u16(), 200);
+    let updated: Value = updated.json().await.expect("JSON");
+    assert_eq!(
+        (updated["id"].as_str(), updated["meta"]["versionId"].as_str()),
+        (Some("margaret"), Some("2")),
+        "the one match is updated"
+    );
+    assert_eq!(updated["name"][0]["given"][1], "Rose");
+    let wrong_id = update(&by_nhs, margaret(Some("someone-else")))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(wrong_id.status().as_u16(), 400);
+    let outcome: Value = wrong_id.json().await.expect("JSON");
+    assert_eq!(outcome["issue"][0]["expression"][0], "id");
+    let two = update("family=evans", margaret(None)).send().await.expect("PUT");
+    assert_eq!(two.status().as_u16(), 412, "two match: nothing changes");
+    let outcome: Value = two.json().await.expect("JSON");
+    assert_eq!(outcome["issue"][0]["expression"][0], "search");
+    let newcomer = json!({"resourceType": "Patient",
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs(3)}], "name": [{"family": "Okafor"}]});
+    let created = update(
+        &format!("identifier=https://fhir.nhs.uk/Id/nhs-number|{}", nhs(3)),
+        newcomer,
+    )
+    .send()
+    .await
+    .expect("PUT");
+    assert_eq!(created.status().as_u16(), 201, "no match: created");
+    let (_, still) = fhir_get(&p.http, &gp, "Patient/margaret/_history").await;
+    assert_eq!(
+        still["entry"].as_array().map(Vec::len),
+        Some(2),
+        "the refused updates wrote nothing: {still}"
+    );
+
     // The same over gRPC.
     use sharedcare_proto::records::v1::records_client::RecordsClient;
     use sharedcare_proto::records::v1::{FindPatientsRequest, SearchParameter};

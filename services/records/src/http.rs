@@ -33,7 +33,10 @@ pub fn router(api: RecordsApi) -> Router {
     Router::new()
         .route("/fhir/R4/metadata", get(metadata))
         .route("/fhir/R4", axum::routing::post(post_bundle))
-        .route("/fhir/R4/{rtype}", get(search_type).post(create))
+        .route(
+            "/fhir/R4/{rtype}",
+            get(search_type).post(create).put(conditional_update),
+        )
         .route("/fhir/R4/{rtype}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/R4/{rtype}/{id}/{op}", get(operation))
         .route("/fhir/R4/{rtype}/{id}/_history/{vid}", get(vread))
@@ -492,8 +495,10 @@ async fn search_type(
 
 /// What `If-None-Exist` (conditional create) finds among what `who` may see: at most two
 /// (two or more is a failed precondition). Errors name the header.
-async fn existing(api: &RecordsApi, rtype: &str, condition: &str, who: &Actor) -> Result<Vec<Stored>> {
-    let named = |e: RecordsError| RecordsError::invalid("If-None-Exist", e.to_string());
+/// What a condition (`If-None-Exist`, or a conditional update's `search`: the `field` bad
+/// parameters are reported under) finds, as `who` (at most two: one is all either needs).
+async fn existing(api: &RecordsApi, rtype: &str, condition: &str, who: &Actor, field: &str) -> Result<Vec<Stored>> {
+    let named = |e: RecordsError| RecordsError::invalid(field, e.to_string());
     let p = parse_search(rtype, Some(condition.to_string())).map_err(named)?;
     if !p.people.is_empty() {
         return Ok(api.store().find_patients(&p.people, 2, "", who).await?.patients);
@@ -697,7 +702,7 @@ async fn create(
         let condition = condition
             .to_str()
             .map_err(|_| RecordsError::invalid("If-None-Exist", "must be a search query in ASCII"))?;
-        let found = existing(&api, &rtype, condition, &who).await?;
+        let found = existing(&api, &rtype, condition, &who, "If-None-Exist").await?;
         match found.as_slice() {
             [] => {}
             [one] => return Ok(written(one, &base(&headers), false)),
@@ -757,6 +762,56 @@ async fn update(
     }
     if value.get("id").and_then(Value::as_str) != Some(id.as_str()) {
         return Err(RecordsError::invalid("id", format!("must be {id:?} (the URL's id)")).into());
+    }
+    let expected = if_match(&headers)?;
+    let r = fhir::parse(&value.to_string())?;
+    let s = api.store().put(r, &source(&who, &headers)?, &who, expected).await?;
+    Ok(written(&s, &base(&headers), s.version == 1))
+}
+
+/// `PUT /fhir/R4/{type}?{search}`: conditional update. The search runs first, as the caller
+/// (so it finds only what they may see): no match creates the resource (with the body's id,
+/// or one the server assigns), one match updates it (a body id must be that one's), two or
+/// more are refused with 412.
+async fn conditional_update(
+    State(api): State<RecordsApi>,
+    Path(rtype): Path<String>,
+    RawQuery(condition): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    check_path(&rtype, None)?;
+    let who = caller(&api, &headers, "records.write").await?;
+    let condition = condition.filter(|c| !c.is_empty()).ok_or_else(|| {
+        RecordsError::invalid(
+            "search",
+            "a conditional update needs search parameters (PUT [type]?[search])",
+        )
+    })?;
+    let mut value = body_json(&body)?;
+    if value.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
+        return Err(RecordsError::invalid("resourceType", format!("must be {rtype} (the URL's type)")).into());
+    }
+    let found = existing(&api, &rtype, &condition, &who, "search").await?;
+    let given = value.get("id").and_then(Value::as_str).map(str::to_string);
+    match found.as_slice() {
+        [] => {}
+        [one] => {
+            if given.as_deref().is_some_and(|id| id != one.id) {
+                let why = format!("must be {:?}, the resource the search found (or left out)", one.id);
+                return Err(RecordsError::invalid("id", why).into());
+            }
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("id".into(), Value::String(one.id.clone()));
+            }
+        }
+        _ => {
+            return Err(RecordsError::Precondition(
+                "search".into(),
+                "matches more than one resource; make the condition more specific".into(),
+            )
+            .into());
+        }
     }
     let expected = if_match(&headers)?;
     let r = fhir::parse(&value.to_string())?;
