@@ -65,6 +65,25 @@ async fn new_resource_types_are_stored_validated_and_a_referral_opens_the_record
     }
     let (_, found) = get_json(&format!("{}/fhir/R4/Immunization?patient=margaret", p.http), &gp, &[]).await;
     assert_eq!(found["entry"][0]["resource"]["id"], "flu26", "{found}");
+    // `_sort` by clinical date, newest first, in pages that keep the order.
+    let (_, first) = get_json(
+        &format!("{}/fhir/R4/Procedure?patient=margaret&_sort=-date&_count=1", p.http),
+        &gp,
+        &[],
+    )
+    .await;
+    assert_eq!(first["entry"][0]["resource"]["id"], "hip", "{first}");
+    let (status, bad) = get_json(
+        &format!("{}/fhir/R4/Procedure?patient=margaret&_sort=colour", p.http),
+        &gp,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, bad["issue"][0]["expression"][0].as_str()),
+        (400, Some("_sort")),
+        "{bad}"
+    );
     // The passport files each in its section, in plain words.
     let url = format!("{}/passport/v1/patients/{nhs}", p.http);
     let view = crate::harness::eventually(Duration::from_secs(20), "the passport has them", || {

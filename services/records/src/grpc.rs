@@ -12,7 +12,7 @@ use sharedcare_proto::records::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::store::{Actor, DEFAULT_PAGE, MAX_PAGE, Query, Store, Stored};
+use crate::store::{Actor, DEFAULT_PAGE, MAX_PAGE, Query, Sort, Store, Stored};
 use crate::{RecordsError, fhir};
 
 /// The gRPC service.
@@ -314,6 +314,7 @@ pub fn query(req: SearchRequest) -> Result<Query, RecordsError> {
         code: req.code,
         page_size: page_size(req.page_size)?,
         cursor: req.cursor,
+        sort: Sort::parse(&req.sort).map_err(|why| RecordsError::invalid("sort", why))?,
     };
     check_query(&q)?;
     Ok(q)
@@ -322,10 +323,8 @@ pub fn query(req: SearchRequest) -> Result<Query, RecordsError> {
 /// Checks a query's cursor, code and date range.
 pub fn check_query(q: &Query) -> Result<(), RecordsError> {
     if !q.cursor.is_empty() {
-        let ok = q
-            .cursor
-            .split_once('/')
-            .is_some_and(|(t, id)| fhir::check_type("cursor", t).is_ok() && fhir::check_id("cursor", id).is_ok());
+        let ok = crate::store::parse_cursor(&q.cursor)
+            .is_some_and(|(_, t, id)| fhir::check_type("cursor", t).is_ok() && fhir::check_id("cursor", id).is_ok());
         if !ok {
             return Err(RecordsError::invalid("cursor", "not a cursor from a previous page"));
         }

@@ -22,7 +22,7 @@ use sharedcare_kit::auth::bearer;
 
 use crate::demographics::{self, PatientQuery};
 use crate::grpc::{RecordsApi, actor_of, check_purpose, page_size};
-use crate::store::{Actor, MAX_PAGE, Page, Query, Stored};
+use crate::store::{Actor, MAX_PAGE, Page, Query, Sort, Stored};
 use crate::{RecordsError, bundle, fhir};
 
 /// The FHIR media type.
@@ -141,6 +141,8 @@ async fn metadata(headers: HeaderMap) -> Response {
             let mut search = vec![
                 json!({"name": "_count", "type": "number"}),
                 json!({"name": "_lastUpdated", "type": "date"}),
+                json!({"name": "_sort", "type": "special",
+                       "documentation": "date, _lastUpdated or _id, each with - for descending (not on patient search)"}),
                 json!({"name": "date", "type": "date"}),
                 json!({"name": "code", "type": "token"}),
             ];
@@ -168,6 +170,7 @@ async fn metadata(headers: HeaderMap) -> Response {
                 "readHistory": true,
                 "updateCreate": true,
                 "conditionalCreate": true,
+                "conditionalUpdate": true,
                 "searchParam": search,
             })
         })
@@ -403,6 +406,7 @@ fn parse_search(rtype: &str, raw: Option<String>) -> std::result::Result<Parsed,
                 }
             }
             "code" => q.code = v,
+            "_sort" => q.sort = Sort::parse(&v).map_err(|why| RecordsError::invalid("_sort", why))?,
             "_count" => p.count = count_param(&v)?,
             "_cursor" => q.cursor = v,
             "_format" if v.contains("json") => {}
@@ -416,6 +420,12 @@ fn parse_search(rtype: &str, raw: Option<String>) -> std::result::Result<Parsed,
             || q.updated_from.is_some()
             || q.updated_to.is_some()
             || !q.code.is_empty();
+        if q.sort != Sort::default() {
+            return Err(RecordsError::invalid(
+                "_sort",
+                "a search by name, birth date, gender or postcode is ordered by patient id",
+            ));
+        }
         if other {
             return Err(RecordsError::invalid(
                 "_id",

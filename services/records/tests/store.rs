@@ -12,7 +12,7 @@ use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged, RecordState};
 use sharedcare_records::RecordsError;
 use sharedcare_records::consent::{Pdp, PdpError};
 use sharedcare_records::fhir;
-use sharedcare_records::store::{Actor, Page, Query, Store};
+use sharedcare_records::store::{Actor, Page, Query, Sort, Store};
 use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
@@ -670,6 +670,55 @@ async fn search_filters_by_type_date_and_code_and_pages_with_a_cursor(db: Db) {
     assert_eq!(seen, ids(&all));
     let audit = accesses(&db).await.pop().expect("audited");
     assert_eq!((audit.action.as_str(), audit.resources.len()), ("search", 2));
+    // Sorted, in pages of two: each page carries on in that order.
+    let (store_ref, q_ref, a_ref) = (&s, &q, &a);
+    let sorted = |sort: Sort| async move {
+        let (s, q, a) = (store_ref, q_ref, a_ref);
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = s
+                .search(
+                    &q(&|q| {
+                        q.page_size = 2;
+                        q.cursor = cursor.clone();
+                        q.sort = sort;
+                    }),
+                    a,
+                )
+                .await
+                .expect("sorted page");
+            seen.extend(ids(&page));
+            if page.next_cursor.is_empty() {
+                return seen;
+            }
+            cursor = page.next_cursor;
+        }
+    };
+    let newest_first = [
+        "Observation/o3",
+        "Observation/o2",
+        "Condition/c1",
+        "Observation/o1",
+        "Observation/o0",
+        "Patient/p1",
+    ];
+    assert_eq!(
+        sorted(Sort::DateDesc).await,
+        newest_first,
+        "by clinical date, newest first"
+    );
+    let mut oldest_first = newest_first;
+    oldest_first.reverse();
+    assert_eq!(sorted(Sort::Date).await, oldest_first);
+    let mut by_id_desc = ids(&all);
+    by_id_desc.reverse();
+    assert_eq!(sorted(Sort::IdDesc).await, by_id_desc);
+    assert_eq!(
+        sorted(Sort::UpdatedDesc).await[0],
+        "Observation/o3",
+        "the last written first"
+    );
     let err = s
         .search(
             &q(&|q| {

@@ -158,7 +158,7 @@ mod patients;
 mod search;
 
 pub use patients::Found;
-pub use search::{DEFAULT_PAGE, MAX_PAGE, Page, Query};
+pub use search::{DEFAULT_PAGE, MAX_PAGE, Page, Query, Sort, parse_cursor};
 
 use decide::{Refusal, patient_of};
 use search::stored_row;

@@ -1,6 +1,8 @@
 //! Reading beyond the current version: vread, history and search by patient, each decided by
 //! consent and audited like a read.
 
+use std::collections::HashMap;
+
 use prost::Message;
 use sharedcare_proto::consent::v1::DecideResponse;
 use sharedcare_proto::consent::v1::decide_response::Effect;
@@ -72,8 +74,92 @@ pub struct Query {
     pub code: String,
     /// 1..=MAX_PAGE.
     pub page_size: usize,
-    /// `type/id` of the last resource of the previous page.
+    /// Where the previous page ended: `type/id` of its last resource, after its sort value
+    /// and `~` when sorted (`{value}~type/id`).
     pub cursor: String,
+    /// The order: by resource type and id (the default), or by clinical date or last update,
+    /// oldest or newest first.
+    pub sort: Sort,
+}
+
+/// A search's order (FHIR `_sort`), each with resource type and id breaking ties.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sort {
+    /// Resource type, then id.
+    #[default]
+    Id,
+    /// `_id` descending.
+    IdDesc,
+    /// The clinical date (`date`), oldest first (resources without one first).
+    Date,
+    /// `-date`.
+    DateDesc,
+    /// When the current version was stored (`_lastUpdated`).
+    Updated,
+    /// `-_lastUpdated`.
+    UpdatedDesc,
+}
+
+impl Sort {
+    /// Parses a `_sort` value; the error says what is supported.
+    pub fn parse(v: &str) -> Result<Sort, String> {
+        Ok(match v {
+            "" | "_id" => Sort::Id,
+            "-_id" => Sort::IdDesc,
+            "date" => Sort::Date,
+            "-date" => Sort::DateDesc,
+            "_lastUpdated" => Sort::Updated,
+            "-_lastUpdated" => Sort::UpdatedDesc,
+            other if other.contains(',') => return Err(format!("{other:?}: one sort key is supported")),
+            other => {
+                return Err(format!(
+                    "{other:?} is not supported (date, _lastUpdated or _id, each with - for descending)"
+                ));
+            }
+        })
+    }
+
+    /// The FHIR `_sort` value ("" for the default).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sort::Id => "",
+            Sort::IdDesc => "-_id",
+            Sort::Date => "date",
+            Sort::DateDesc => "-date",
+            Sort::Updated => "_lastUpdated",
+            Sort::UpdatedDesc => "-_lastUpdated",
+        }
+    }
+
+    /// The column sorted on (beyond type and id), and whether descending.
+    fn column(self) -> (Option<&'static str>, bool) {
+        match self {
+            Sort::Id => (None, false),
+            Sort::IdDesc => (None, true),
+            Sort::Date => (Some("c.clinical_date_us"), false),
+            Sort::DateDesc => (Some("c.clinical_date_us"), true),
+            Sort::Updated => (Some("r.last_updated_us"), false),
+            Sort::UpdatedDesc => (Some("r.last_updated_us"), true),
+        }
+    }
+}
+
+/// The cursor after `s`, whose sort value is `key`.
+fn cursor_after(sort: Sort, key: i64, s: &Stored) -> String {
+    match sort.column().0 {
+        None => format!("{}/{}", s.resource_type, s.id),
+        Some(_) => format!("{key}~{}/{}", s.resource_type, s.id),
+    }
+}
+
+/// A cursor's parts: sort value (0 when unsorted), type and id; `None` when it is not one.
+pub fn parse_cursor(cursor: &str) -> Option<(i64, &str, &str)> {
+    let (key, rest) = match cursor.split_once('~') {
+        Some((k, rest)) => (k.parse::<i64>().ok()?, rest),
+        None => (0, cursor),
+    };
+    let (t, id) = rest.split_once('/')?;
+    Some((key, t, id))
 }
 
 /// What consent said about a set of label sets, plus the whole-record notice ask.
@@ -272,17 +358,20 @@ impl Store {
         // Read a page and one more, judge it, and read on only while withheld resources leave
         // the page short (at most eight rounds).
         let mut cursor = q.cursor.clone();
+        let mut keys: HashMap<(String, String), i64> = HashMap::new();
         let mut items: Vec<Stored> = Vec::new();
         let mut notice = false;
         let mut full = false;
         let mut judged: Option<(&'static str, String, String)> = None;
         for _round in 0..8 {
             let want = q.page_size + 1 - items.len();
-            let rows = e.search_rows(&nhs, q, &cursor, want).await?;
-            full = rows.len() == want;
-            if let Some(last) = rows.last() {
-                cursor = format!("{}/{}", last.resource_type, last.id);
+            let keyed = e.search_rows(&nhs, q, &cursor, want).await?;
+            full = keyed.len() == want;
+            if let Some((last, key)) = keyed.last() {
+                cursor = cursor_after(q.sort, *key, last);
             }
+            let rows: Vec<Stored> = keyed.iter().map(|(s, _)| s.clone()).collect();
+            keys.extend(keyed.into_iter().map(|(s, k)| ((s.resource_type, s.id), k)));
             let v = e.judge_page(actor, &nhs, "search", rows, purpose).await;
             match v.answer {
                 Ok((shown, withheld)) => {
@@ -311,7 +400,10 @@ impl Store {
             items.truncate(q.page_size);
             items
                 .last()
-                .map(|s| format!("{}/{}", s.resource_type, s.id))
+                .map(|s| {
+                    let key = keys.get(&(s.resource_type.clone(), s.id.clone())).copied().unwrap_or(0);
+                    cursor_after(q.sort, key, s)
+                })
                 .unwrap_or_default()
         } else if full {
             // Eight rounds were mostly withheld: the next page carries on after them.
@@ -434,8 +526,16 @@ impl Engine {
         }
     }
 
-    /// Up to `limit` current resources of `nhs` matching `q` after `cursor` (`type/id`).
-    async fn search_rows(&self, nhs: &str, q: &Query, cursor: &str, limit: usize) -> Result<Vec<Stored>, RecordsError> {
+    /// Up to `limit` current resources of `nhs` matching `q` after `cursor`, in `q.sort`
+    /// order, each with its sort value.
+    async fn search_rows(
+        &self,
+        nhs: &str,
+        q: &Query,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<Vec<(Stored, i64)>, RecordsError> {
+        let (column, desc) = q.sort.column();
         let mut conn = self
             .db
             .pool()
@@ -449,10 +549,12 @@ impl Engine {
             backend.placeholder(n)
         };
         let mut sql = format!(
-            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels, c.codes \
+            "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels, c.codes, \
+                    {} AS sort_key \
              FROM current_resources c JOIN resources r \
                ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
              WHERE c.nhs_number = {} AND c.deleted = 0",
+            column.unwrap_or("0"),
             mark()
         );
         let mut binds: Vec<Bind> = vec![Bind::Text(nhs.to_string())];
@@ -489,14 +591,29 @@ impl Engine {
             sql.push_str(&format!(" AND c.codes LIKE {} ESCAPE '!'", mark()));
             binds.push(Bind::Text(pattern));
         }
-        if let Some((t, id)) = cursor.split_once('/') {
+        let (after, dir) = if desc { ("<", "DESC") } else { (">", "ASC") };
+        if let Some((key, t, id)) = parse_cursor(cursor) {
+            // Placeholders are taken, and values bound, in the order they appear in the text
+            // (SQLite's are positional).
+            let sorted = column.map(|col| {
+                binds.extend([Bind::Int(key), Bind::Int(key)]);
+                (col, mark(), mark())
+            });
             let (a, b, c) = (mark(), mark(), mark());
-            sql.push_str(&format!(
-                " AND (c.resource_type > {a} OR (c.resource_type = {b} AND c.id > {c}))"
-            ));
             binds.extend([Bind::Text(t.into()), Bind::Text(t.into()), Bind::Text(id.into())]);
+            let by_id = format!("(c.resource_type {after} {a} OR (c.resource_type = {b} AND c.id {after} {c}))");
+            match sorted {
+                None => sql.push_str(&format!(" AND {by_id}")),
+                Some((col, k1, k2)) => {
+                    sql.push_str(&format!(" AND ({col} {after} {k1} OR ({col} = {k2} AND {by_id}))"))
+                }
+            }
         }
-        sql.push_str(&format!(" ORDER BY c.resource_type, c.id LIMIT {}", mark()));
+        let order = match column {
+            None => format!("c.resource_type {dir}, c.id {dir}"),
+            Some(col) => format!("{col} {dir}, c.resource_type {dir}, c.id {dir}"),
+        };
+        sql.push_str(&format!(" ORDER BY {order} LIMIT {}", mark()));
         binds.push(Bind::Int(limit as i64));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for b in binds {
@@ -509,7 +626,10 @@ impl Engine {
             .fetch_all(&mut *conn)
             .await
             .map_err(|e| RecordsError::Unavailable(e.to_string()))?;
-        Ok(rows.iter().map(stored_row).collect())
+        Ok(rows
+            .iter()
+            .map(|row| (stored_row(row), row.try_get::<i64, _>("sort_key").unwrap_or(0)))
+            .collect())
     }
 }
 
