@@ -7,10 +7,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need java || ! need mvn; then
-  echo "test.sh: installing a JDK and Maven from Debian's packages (for Kafka)" >&2
+if ! need java || ! need javac || ! need mvn; then
+  echo "test.sh: installing a JDK and Maven from Debian's packages (for Kafka and HAPI FHIR)" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq default-jre-headless maven >&2
+  apt-get update -qq && apt-get install -y -qq default-jdk-headless maven >&2
 fi
 
 # Identity's browser and relying-party tests: Debian's Chromium, Node.js and the npm packages
@@ -42,6 +42,13 @@ fi
 if [ ! -f "$venv/.installed" ] || [ tests/python/requirements.txt -nt "$venv/.installed" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
   touch "$venv/.installed"
+fi
+
+# HAPI FHIR's FhirInstanceValidator and generic client (tests/java/pom.xml), from Maven
+# Central: built when the sources change; the e2e tests run them with the classpath written.
+classpath="$root/tests/java/target/classpath.txt"
+if [ ! -f "$classpath" ] || [ -n "$(find tests/java/pom.xml tests/java/src -newer "$classpath" -print -quit)" ]; then
+  mvn -q -B -f tests/java/pom.xml package dependency:build-classpath -Dmdep.outputFile="$classpath" >&2
 fi
 
 infra/postgres.sh start

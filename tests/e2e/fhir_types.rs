@@ -20,29 +20,8 @@ async fn new_resource_types_are_stored_validated_and_a_referral_opens_the_record
         serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo");
     let nhs = demo["patients"][0]["nhs_number"].as_str().expect("nhs").to_string();
     let system = service_token_for(&p.http, "records.write records.read").await;
-    let patient = json!({"resourceType": "Patient", "id": "margaret",
-        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
-        "name": [{"family": "Evans", "given": ["Margaret"]}], "birthDate": "1941-03-12"});
     let subject = json!({"reference": "Patient/margaret"});
-    let resources = [
-        patient,
-        json!({"resourceType": "Medication", "id": "amlodipine", "status": "active",
-            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "319283006", "display": "Amlodipine 5mg tablets"}]}}),
-        json!({"resourceType": "MedicationRequest", "id": "rx1", "status": "active", "intent": "order",
-            "subject": subject, "medicationReference": {"reference": "Medication/amlodipine"},
-            "authoredOn": "2026-11-20", "dosageInstruction": [{"text": "One tablet each morning"}]}),
-        json!({"resourceType": "Immunization", "id": "flu26", "status": "completed",
-            "vaccineCode": {"text": "Influenza vaccine"}, "patient": subject, "occurrenceDateTime": "2026-10-01"}),
-        json!({"resourceType": "Procedure", "id": "hip", "status": "completed", "subject": subject,
-            "code": {"text": "Total hip replacement"}, "performedDateTime": "2025-06-03"}),
-        json!({"resourceType": "Appointment", "id": "memory", "status": "booked",
-            "serviceType": [{"text": "Memory clinic"}], "start": "2026-12-01T10:00:00Z", "end": "2026-12-01T10:30:00Z",
-            "participant": [{"actor": {"reference": "Patient/margaret"}, "status": "accepted"}]}),
-        json!({"resourceType": "QuestionnaireResponse", "id": "falls", "status": "completed", "subject": subject,
-            "authored": "2026-11-21", "item": [{"linkId": "1", "text": "Falls in the last year", "answer": [{"valueInteger": 2}]}]}),
-        json!({"resourceType": "RelatedPerson", "id": "carer", "patient": subject,
-            "relationship": [{"text": "Daughter, main carer"}], "name": [{"family": "Evans", "given": ["Ruth"]}]}),
-    ];
+    let resources = crate::harness::sample_record(&nhs);
     for r in &resources {
         let (status, body) = put_fhir(&p.http, &system, "A81001", r).await;
         assert!(status == 201 || status == 200, "{}: {status} {body}", r["resourceType"]);

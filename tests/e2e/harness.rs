@@ -398,6 +398,36 @@ pub async fn get_json(url: &str, token: &str, headers: &[(&str, &str)]) -> (u16,
     (status, r.json().await.expect("a JSON body"))
 }
 
+/// A small record for patient `margaret` (NHS number `nhs`) with one resource of each type the
+/// record gained for care planning: a Medication and a MedicationRequest for it, an
+/// Immunization, a Procedure, an Appointment, a QuestionnaireResponse and a RelatedPerson.
+pub fn sample_record(nhs: &str) -> Vec<Value> {
+    use serde_json::json;
+    let patient = json!({"resourceType": "Patient", "id": "margaret",
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+        "name": [{"family": "Evans", "given": ["Margaret"]}], "birthDate": "1941-03-12"});
+    let subject = json!({"reference": "Patient/margaret"});
+    vec![
+        patient,
+        json!({"resourceType": "Medication", "id": "amlodipine", "status": "active",
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "319283006", "display": "Amlodipine 5mg tablets"}]}}),
+        json!({"resourceType": "MedicationRequest", "id": "rx1", "status": "active", "intent": "order",
+            "subject": subject, "medicationReference": {"reference": "Medication/amlodipine"},
+            "authoredOn": "2026-11-20", "dosageInstruction": [{"text": "One tablet each morning"}]}),
+        json!({"resourceType": "Immunization", "id": "flu26", "status": "completed",
+            "vaccineCode": {"text": "Influenza vaccine"}, "patient": subject, "occurrenceDateTime": "2026-10-01"}),
+        json!({"resourceType": "Procedure", "id": "hip", "status": "completed", "subject": subject,
+            "code": {"text": "Total hip replacement"}, "performedDateTime": "2025-06-03"}),
+        json!({"resourceType": "Appointment", "id": "memory", "status": "booked",
+            "serviceType": [{"text": "Memory clinic"}], "start": "2026-12-01T10:00:00Z", "end": "2026-12-01T10:30:00Z",
+            "participant": [{"actor": {"reference": "Patient/margaret"}, "status": "accepted"}]}),
+        json!({"resourceType": "QuestionnaireResponse", "id": "falls", "status": "completed", "subject": subject,
+            "authored": "2026-11-21", "item": [{"linkId": "1", "text": "Falls in the last year", "answer": [{"valueInteger": 2}]}]}),
+        json!({"resourceType": "RelatedPerson", "id": "carer", "patient": subject,
+            "relationship": [{"text": "Daughter, main carer"}], "name": [{"family": "Evans", "given": ["Ruth"]}]}),
+    ]
+}
+
 /// A patient's sharing choice as a FHIR R4 Consent (scope patient-privacy) about `nhs`, with
 /// `provision` (FHIR JSON), as a patient's app writes it; an empty `id` leaves it to the server.
 pub fn fhir_consent(id: &str, nhs: &str, status: &str, provision: Value) -> Value {

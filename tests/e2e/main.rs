@@ -3,11 +3,13 @@
 //!
 //! One test binary with modules (each file under `tests/` would be another binary to link).
 
+mod bulk;
 mod consent;
 mod distributed;
 mod enforcement;
 mod fhir_client;
 mod fhir_types;
+mod hapi;
 mod harness;
 mod identity;
 mod import;

@@ -90,6 +90,12 @@ pub fn parse(json: &str) -> Result<Parsed, ConsentError> {
         }
         None => return Err(invalid("resourceType", "is required (\"Consent\")")),
     }
+    if let Some(unknown) = body
+        .keys()
+        .find(|k| !sharedcare_kit::fhir_elements::allowed("Consent", k))
+    {
+        return Err(invalid(unknown, "is not an element of Consent in FHIR R4"));
+    }
     let id = match body.get("id") {
         None => None,
         Some(Value::String(s)) => {

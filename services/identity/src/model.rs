@@ -38,6 +38,7 @@ pub const USER_SCOPES: &[&str] = &[
 pub const SERVICE_SCOPES: &[&str] = &[
     "records.read",
     "records.write",
+    "records.bulk",
     "consent.decide",
     "consent.write",
     "audit.read",

@@ -22,6 +22,7 @@ pub mod config;
 pub mod db;
 pub mod edge;
 pub mod error;
+pub mod fhir_elements;
 pub mod inbox;
 pub mod jose;
 pub mod metrics;

@@ -18,7 +18,17 @@ pub fn subset(resource: &mut Value, elements: &[String]) {
     let Value::Object(r) = resource else {
         return;
     };
-    r.retain(|k, _| matches!(k.as_str(), "resourceType" | "id" | "meta") || elements.iter().any(|e| e == k));
+    // Mandatory elements are always returned, asked for or not (FHIR search, `_elements`).
+    let rtype = r.get("resourceType").and_then(Value::as_str).unwrap_or("").to_string();
+    let required = sharedcare_kit::fhir_elements::required(&rtype);
+    let mandatory = |k: &str| {
+        required
+            .iter()
+            .any(|q| *q == k || q.strip_suffix("[x]").is_some_and(|stem| k.starts_with(stem)))
+    };
+    r.retain(|k, _| {
+        matches!(k.as_str(), "resourceType" | "id" | "meta") || elements.iter().any(|e| e == k) || mandatory(k)
+    });
     let meta = r.entry("meta").or_insert_with(|| json!({}));
     if let Value::Object(meta) = meta {
         let tags = meta.entry("tag").or_insert_with(|| json!([]));
@@ -58,6 +68,7 @@ pub fn page(
         .collect();
     if page.some_withheld && kind == "searchset" {
         entries.push(json!({
+            "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
             "resource": {"resourceType": "OperationOutcome", "issue": [{
                 "severity": "information", "code": "suppressed", "diagnostics": WITHHELD_NOTICE,
             }]},

@@ -14,6 +14,10 @@ pub struct RecordsConfig {
     /// Codes that set a sensitivity label on write (`[[records.sensitive_codes]]` with
     /// `system`, `code`, `label`); the default is a short SNOMED CT sample.
     pub sensitive_codes: Vec<crate::labels::LabelCode>,
+    /// Where Bulk Data `$export` writes its NDJSON files (one directory per export). Empty =
+    /// `sharedcare-exports` in the system's temporary directory. In Kubernetes, a volume
+    /// (an `emptyDir` is enough: an export interrupted by a restart is marked failed).
+    pub export_dir: String,
 }
 
 impl Default for RecordsConfig {
@@ -22,6 +26,7 @@ impl Default for RecordsConfig {
             consent_url: String::new(),
             consent_timeout_ms: 2_000,
             sensitive_codes: crate::labels::defaults(),
+            export_dir: String::new(),
         }
     }
 }

@@ -33,11 +33,19 @@ pub const RESOURCE_TYPES: &[&str] = &[
     "Organization",
     "Practitioner",
     "PractitionerRole",
+    "Group",
 ];
 
 /// Resource types that are not about one patient (directory and reference data, such as a
 /// Medication product): reading or writing them needs no consent decision.
-pub const DIRECTORY_TYPES: &[&str] = &["Organization", "Practitioner", "PractitionerRole", "Medication"];
+/// A Group (a cohort for Bulk Data `$export`) lists patients by reference only.
+pub const DIRECTORY_TYPES: &[&str] = &[
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "Medication",
+    "Group",
+];
 
 /// Whether resources of this type are a patient's data (and so need a consent decision).
 pub fn is_patient_data(resource_type: &str) -> bool {
@@ -310,13 +318,17 @@ mod tests {
 
     #[test]
     fn a_patient_with_a_valid_nhs_number_parses() {
-        let r = parse(r#"{"resourceType":"Patient","id":"p1","identifier":[{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765919"}],"x-unknown":1}"#)
+        let r = parse(r#"{"resourceType":"Patient","id":"p1","identifier":[{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765919"}],
+            "extension":[{"url":"https://example.org/local","valueString":"kept"}],"_birthDate":{"id":"b"},"name":[{"family":"Evans","x-inner":1}]}"#)
             .expect("valid");
         assert_eq!(r.nhs_number.map(|n| n.to_string()), Some("9434765919".into()));
+        assert_eq!(r.body["extension"][0]["valueString"], "kept", "extensions are kept");
+        assert_eq!(r.body["name"][0]["x-inner"], 1, "elements inside are kept as given");
         assert_eq!(
-            r.body.get("x-unknown"),
-            Some(&Value::from(1)),
-            "unknown elements are kept"
+            parse(r#"{"resourceType":"Patient","colour":"blue"}"#)
+                .expect_err("unknown")
+                .to_string(),
+            "colour: is not an element of Patient in FHIR R4 (use an extension for local data)"
         );
     }
 

@@ -20,12 +20,31 @@ use crate::{RecordsError, fhir};
 pub struct RecordsApi {
     store: Store,
     verifier: Verifier,
+    export_dir: std::path::PathBuf,
 }
 
 impl RecordsApi {
-    /// Serves `store`, admitting callers whose bearer token `verifier` accepts.
+    /// Serves `store`, admitting callers whose bearer token `verifier` accepts; Bulk Data
+    /// exports are written under the system's temporary directory.
     pub fn new(store: Store, verifier: Verifier) -> Self {
-        RecordsApi { store, verifier }
+        RecordsApi {
+            store,
+            verifier,
+            export_dir: std::env::temp_dir().join("sharedcare-exports"),
+        }
+    }
+
+    /// The same API writing Bulk Data exports under `dir`.
+    pub fn with_export_dir(self, dir: std::path::PathBuf) -> Self {
+        RecordsApi {
+            export_dir: dir,
+            ..self
+        }
+    }
+
+    /// Where Bulk Data exports are written.
+    pub fn export_dir(&self) -> &std::path::Path {
+        &self.export_dir
     }
 
     /// The caller from its bearer token, acting for `purpose`.

@@ -40,7 +40,8 @@ pub fn router(api: RecordsApi) -> Router {
         .route("/fhir/R4/{rtype}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/R4/{rtype}/{id}/{op}", get(operation))
         .route("/fhir/R4/{rtype}/{id}/_history/{vid}", get(vread))
-        .with_state(api)
+        .with_state(api.clone())
+        .merge(crate::bulk::router(api))
 }
 
 /// A FHIR error: an OperationOutcome with the status that fits.
@@ -206,7 +207,12 @@ async fn metadata(headers: HeaderMap) -> Response {
             },
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
-            "operation": [{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}],
+            "operation": [
+                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
+                {"name": "patient-export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"},
+                {"name": "group-export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"},
+            ],
         }],
     });
     fhir_response(StatusCode::OK, &body, HeaderMap::new())

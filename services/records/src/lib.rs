@@ -8,6 +8,7 @@
 //! writes `AccessRecorded` to the outbox *before* the resource is returned.
 #![forbid(unsafe_code)]
 
+pub mod bulk;
 pub mod bundle;
 pub mod config;
 pub mod consent;
@@ -81,8 +82,18 @@ impl sharedcare_kit::service::Service for Records {
         if indexed > 0 {
             tracing::info!(indexed, "patients indexed for search by name and birth date");
         }
+        let interrupted = store.fail_interrupted_exports().await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                interrupted,
+                "Bulk Data exports interrupted by a restart are marked failed"
+            );
+        }
         let mut m = Mount::new(NAME);
-        let api = grpc::RecordsApi::new(store, verifier);
+        let mut api = grpc::RecordsApi::new(store, verifier);
+        if !self.config.export_dir.is_empty() {
+            api = api.with_export_dir(self.config.export_dir.clone().into());
+        }
         m.http = http::router(api.clone());
         m.add_grpc(RecordsServer::new(api));
         Ok(m)

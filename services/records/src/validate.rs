@@ -1,6 +1,8 @@
 //! The elements of each stored resource type that Sharedcare checks on write (R4 base
-//! cardinalities and datatypes, UK Core's SNOMED CT and NHS number conventions). Elements not
-//! listed are kept as given. Pure: no I/O. Errors name the element by its path.
+//! cardinalities and datatypes, UK Core's SNOMED CT and NHS number conventions). A top-level
+//! element R4 does not define is refused (from the R4 StructureDefinitions,
+//! `sharedcare_kit::fhir_elements`); elements inside that are not listed are kept as given.
+//! Pure: no I/O. Errors name the element by its path.
 
 use serde_json::{Map, Value};
 
@@ -28,6 +30,8 @@ enum Kind {
     Object,
     /// A `string`.
     Text,
+    /// A `boolean`.
+    Bool,
 }
 
 /// One element rule: name, kind, whether required (min 1), whether a list (max *).
@@ -144,6 +148,7 @@ const APPOINTMENT_STATUS: &[&str] = &[
     "waitlist",
 ];
 const QUESTIONNAIRE_RESPONSE_STATUS: &[&str] = &["in-progress", "completed", "amended", "entered-in-error", "stopped"];
+const GROUP_TYPE: &[&str] = &["person", "animal", "practitioner", "device", "medication", "substance"];
 const PARTICIPATION_STATUS: &[&str] = &["accepted", "declined", "tentative", "needs-action"];
 
 /// The rules for `resource_type` (R4 cardinalities of the elements used).
@@ -325,6 +330,12 @@ fn rules(resource_type: &str) -> &'static [Rule] {
             Rule("author", Reference, false, false),
             Rule("item", Object, false, true),
         ],
+        "Group" => &[
+            Rule("type", Code(GROUP_TYPE), true, false),
+            Rule("actual", Bool, true, false),
+            Rule("name", Text, false, false),
+            Rule("member", Object, false, true),
+        ],
         "RelatedPerson" => &[
             Rule("patient", Reference, true, false),
             Rule("relationship", Concept, false, true),
@@ -368,6 +379,12 @@ fn invalid(path: &str, reason: impl Into<String>) -> RecordsError {
 /// coding that claims to be SNOMED CT.
 pub fn resource(resource_type: &str, body: &Map<String, Value>) -> Result<(), RecordsError> {
     for (name, v) in body {
+        if !sharedcare_kit::fhir_elements::allowed(resource_type, name) {
+            return Err(invalid(
+                name,
+                format!("is not an element of {resource_type} in FHIR R4 (use an extension for local data)"),
+            ));
+        }
         storable_text(name, v)?;
     }
     for Rule(name, kind, required, list) in rules(resource_type) {
@@ -390,20 +407,33 @@ pub fn resource(resource_type: &str, body: &Map<String, Value>) -> Result<(), Re
         }
     }
     choice(resource_type, body)?;
+    if resource_type == "AllergyIntolerance" {
+        allergy_status(body)?;
+    }
     if resource_type == "Appointment" {
         appointment_participants(body)?;
+    }
+    if resource_type == "Group" {
+        group_members(body)?;
     }
     walk("", &Value::Object(body.clone()))
 }
 
+/// The required choice element of `resource_type` and the forms the record accepts.
+fn choice_forms(resource_type: &str) -> Option<(&'static str, &'static [&'static str])> {
+    match resource_type {
+        "MedicationStatement" | "MedicationRequest" => {
+            Some(("medication[x]", &["medicationCodeableConcept", "medicationReference"]))
+        }
+        "Immunization" => Some(("occurrence[x]", &["occurrenceDateTime", "occurrenceString"])),
+        _ => None,
+    }
+}
+
 /// The choice elements (`x[x]`) R4 makes required: exactly one of their forms must be given.
 fn choice(resource_type: &str, body: &Map<String, Value>) -> Result<(), RecordsError> {
-    let (name, forms): (&str, &[&str]) = match resource_type {
-        "MedicationStatement" | "MedicationRequest" => {
-            ("medication[x]", &["medicationCodeableConcept", "medicationReference"])
-        }
-        "Immunization" => ("occurrence[x]", &["occurrenceDateTime", "occurrenceString"]),
-        _ => return Ok(()),
+    let Some((name, forms)) = choice_forms(resource_type) else {
+        return Ok(());
     };
     match forms.iter().filter(|f| body.contains_key(**f)).count() {
         1 => Ok(()),
@@ -413,6 +443,44 @@ fn choice(resource_type: &str, body: &Map<String, Value>) -> Result<(), RecordsE
             format!("takes one form only, not both {}", forms.join(" and ")),
         )),
     }
+}
+
+/// R4 invariants ait-1 and ait-2: an AllergyIntolerance states its `clinicalStatus` unless it
+/// was entered in error, and then it states none.
+fn allergy_status(body: &Map<String, Value>) -> Result<(), RecordsError> {
+    let mistaken = body
+        .get("verificationStatus")
+        .and_then(|v| v.get("coding"))
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.get("code").and_then(Value::as_str) == Some("entered-in-error"))
+        });
+    match (body.contains_key("clinicalStatus"), mistaken) {
+        (false, false) => Err(invalid(
+            "clinicalStatus",
+            "is required unless verificationStatus is entered-in-error (R4 invariant ait-1)",
+        )),
+        (true, true) => Err(invalid(
+            "clinicalStatus",
+            "must be absent when verificationStatus is entered-in-error (R4 invariant ait-2)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Each `Group.member` names its `entity` (R4 1..1), a Reference.
+fn group_members(body: &Map<String, Value>) -> Result<(), RecordsError> {
+    let members = body.get("member").and_then(Value::as_array).into_iter().flatten();
+    for (i, m) in members.enumerate() {
+        if !m.get("entity").is_some_and(Value::is_object) {
+            return Err(invalid(
+                &format!("member[{i}].entity"),
+                "is required (a Reference, e.g. to a Patient)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Each `Appointment.participant` needs a `status` (R4 1..1) and an `actor` or a `type`
@@ -444,6 +512,10 @@ fn element(path: &str, kind: Kind, v: &Value) -> Result<(), RecordsError> {
             .is_string()
             .then_some(())
             .ok_or_else(|| invalid(path, "must be a string")),
+        Kind::Bool => v
+            .is_boolean()
+            .then_some(())
+            .ok_or_else(|| invalid(path, "must be true or false")),
         Kind::DateTime => match v.as_str() {
             Some(s) if date_time(s) => Ok(()),
             _ => Err(invalid(
@@ -794,6 +866,10 @@ mod tests {
                 "patient: is required in every RelatedPerson",
             ),
             (
+                r#"{"resourceType":"AllergyIntolerance","patient":{"reference":"Patient/p"},"code":{"text":"Penicillin"}}"#,
+                "clinicalStatus: is required unless verificationStatus is entered-in-error",
+            ),
+            (
                 r#"{"resourceType":"Medication","code":{"coding":[{"system":"http://snomed.info/sct","code":"123"}]}}"#,
                 "code.coding[0].code: \"123\" is not a SNOMED CT identifier",
             ),
@@ -801,6 +877,19 @@ mod tests {
         for (json, want) in cases {
             let got = check(json).expect_err(json);
             assert!(got.starts_with(want), "{json}\n  got:  {got}\n  want: {want}…");
+        }
+    }
+
+    #[test]
+    fn every_element_r4_requires_is_required_on_write() {
+        for t in crate::fhir::RESOURCE_TYPES {
+            for element in sharedcare_kit::fhir_elements::required(t) {
+                let ruled = rules(t)
+                    .iter()
+                    .any(|Rule(name, _, required, _)| name == element && *required);
+                let chosen = element.ends_with("[x]") && choice_forms(t).is_some_and(|(name, _)| name == *element);
+                assert!(ruled || chosen, "{t}.{element} is required by R4 but not on write");
+            }
         }
     }
 

@@ -539,12 +539,18 @@ async fn without_a_consent_decision_no_data_leaves(db: Db) {
 }
 
 fn dated(id: &str, patient: &str, resource_type: &str, date: &str, code: &str) -> fhir::Resource {
-    let body = serde_json::json!({
-        "resourceType": resource_type, "id": id, "status": "final",
+    let mut body = serde_json::json!({
+        "resourceType": resource_type, "id": id,
         "subject": {"reference": format!("Patient/{patient}")},
         "code": {"coding": [{"system": "http://snomed.info/sct", "code": code}]},
-        "effectiveDateTime": date,
     });
+    // A Condition has an onset and no status; an Observation a status and an effective time.
+    if resource_type == "Condition" {
+        body["onsetDateTime"] = date.into();
+    } else {
+        body["status"] = "final".into();
+        body["effectiveDateTime"] = date.into();
+    }
     fhir::parse(&body.to_string()).expect("valid")
 }
 

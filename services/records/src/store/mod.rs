@@ -154,9 +154,11 @@ const RECORD_STATE: &str = "sharedcare.events.v1.RecordState";
 const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
 
 mod decide;
+mod export;
 mod patients;
 mod search;
 
+pub use export::{ExportRequest, ExportStatus, Level};
 pub use patients::Found;
 pub use search::{DEFAULT_PAGE, MAX_PAGE, Page, Query, Sort, parse_cursor};
 

@@ -1,0 +1,572 @@
+//! FHIR Bulk Data `$export`: a background job that writes the record as NDJSON files, one per
+//! resource type, for a system with a bulk scope.
+//!
+//! Patients are taken a chunk at a time (never the whole export in memory): consent decides
+//! each patient of the chunk in one `DecideMany` (the national data opt-out applies to the
+//! purpose the kick-off named), their current resources are read in one query, those the
+//! patient withholds from this caller are left out, one `AccessRecorded` per patient is
+//! committed to the outbox, and only then are the chunk's lines appended to the files.
+//! Directory data (organisations, practitioners, medications) needs no decision.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use sharedcare_kit::bus::{self, Envelope};
+use sharedcare_kit::db;
+use sharedcare_proto::consent::v1::decide_response::Effect;
+use sharedcare_proto::events::v1::AccessRecorded;
+use sqlx::Row as _;
+use tokio::io::AsyncWriteExt;
+
+use super::{ACCESS_RECORDED, Actor, Caller, Engine, Store};
+use crate::{NAME, RecordsError, consent, fhir};
+
+/// Patients decided and read together.
+const PATIENTS_PER_CHUNK: usize = 500;
+
+/// What a kick-off asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// `[base]/$export`: every patient's data and the directory data.
+    System,
+    /// `[base]/Patient/$export`: every patient's data.
+    Patient,
+    /// `[base]/Group/{id}/$export`: the data of the Group's member patients.
+    Group(String),
+}
+
+/// A kick-off.
+#[derive(Clone, Debug)]
+pub struct ExportRequest {
+    /// Which patients.
+    pub level: Level,
+    /// `_type`: resource types to include (empty = every type).
+    pub types: Vec<String>,
+    /// `_since`: only resources stored at or after this (µs).
+    pub since_us: Option<i64>,
+    /// The kick-off URL, echoed in the manifest.
+    pub request_url: String,
+}
+
+/// Where a job stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportStatus {
+    /// The job id.
+    pub id: String,
+    /// in-progress | completed | failed | cancelled
+    pub status: String,
+    /// Why it failed.
+    pub error: String,
+    /// The kick-off URL.
+    pub request: String,
+    /// When the export began (µs): resources stored later may or may not be in it.
+    pub transaction_us: i64,
+    /// Patients done so far.
+    pub patients: i64,
+    /// Resources written so far.
+    pub resources: i64,
+    /// Files written (resource type, line count), when completed.
+    pub files: Vec<(String, i64)>,
+}
+
+impl Store {
+    /// Starts an export for `actor` (a system with the bulk scope) writing under `dir`;
+    /// returns the job id. The job runs in the background; [`Store::export_status`] follows it.
+    pub async fn start_export(&self, req: ExportRequest, actor: &Actor, dir: &Path) -> Result<String, RecordsError> {
+        let e = self.engine.clone();
+        for t in &req.types {
+            fhir::check_type("_type", t)?;
+        }
+        // A Group is resolved now, so that a missing one is the kick-off's error.
+        let members = match &req.level {
+            Level::Group(id) => Some(e.group_members(id).await?),
+            _ => None,
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = db::now_us();
+        let out = dir.join(&id);
+        tokio::fs::create_dir_all(&out)
+            .await
+            .map_err(|err| RecordsError::Unavailable(format!("export directory {}: {err}", out.display())))?;
+        sqlx::query(
+            "INSERT INTO exports (id, client_id, request, status, error, transaction_us, finished_us, patients, resources) \
+             VALUES ($1, $2, $3, 'in-progress', '', $4, 0, 0, 0)",
+        )
+        .bind(id.clone())
+        .bind(actor.id.clone())
+        .bind(req.request_url.clone())
+        .bind(now)
+        .execute(e.db.pool())
+        .await?;
+        let job = Job {
+            id: id.clone(),
+            req,
+            members,
+            caller: Caller::current(actor),
+            out,
+            engine: e.clone(),
+        };
+        tokio::spawn(async move {
+            let id = job.id.clone();
+            let engine = job.engine.clone();
+            if let Err(err) = job.run().await {
+                tracing::error!(export = %id, error = %err, "export failed");
+                let _ = sqlx::query("UPDATE exports SET status = 'failed', error = $1, finished_us = $2 WHERE id = $3 AND status = 'in-progress'")
+                    .bind(err.to_string())
+                    .bind(db::now_us())
+                    .bind(id)
+                    .execute(engine.db.pool())
+                    .await;
+            }
+        });
+        Ok(id)
+    }
+
+    /// Export `id` as its owner (`actor`) sees it; another caller is told it does not exist.
+    pub async fn export_status(&self, id: &str, actor: &Actor) -> Result<ExportStatus, RecordsError> {
+        let pool = self.engine.db.pool();
+        let row = sqlx::query(
+            "SELECT status, error, request, transaction_us, patients, resources, client_id FROM exports WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await?;
+        let Some(r) = row.filter(|r| r.get::<String, _>(6) == actor.id) else {
+            return Err(RecordsError::NotFound(format!("export {id}")));
+        };
+        let files =
+            sqlx::query("SELECT resource_type, count FROM export_files WHERE export_id = $1 ORDER BY resource_type")
+                .bind(id.to_string())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|f| (f.get::<String, _>(0), f.get::<i64, _>(1)))
+                .collect();
+        Ok(ExportStatus {
+            id: id.to_string(),
+            status: r.get(0),
+            error: r.get(1),
+            request: r.get(2),
+            transaction_us: r.get(3),
+            patients: r.get(4),
+            resources: r.get(5),
+            files,
+        })
+    }
+
+    /// Cancels export `id` (its owner only) and deletes its files.
+    pub async fn cancel_export(&self, id: &str, actor: &Actor, dir: &Path) -> Result<(), RecordsError> {
+        self.export_status(id, actor).await?;
+        sqlx::query("UPDATE exports SET status = 'cancelled', finished_us = $1 WHERE id = $2")
+            .bind(db::now_us())
+            .bind(id.to_string())
+            .execute(self.engine.db.pool())
+            .await?;
+        let _ = tokio::fs::remove_dir_all(dir.join(id)).await;
+        Ok(())
+    }
+
+    /// Marks exports a restart interrupted as failed; returns how many. Run at start-up.
+    pub async fn fail_interrupted_exports(&self) -> Result<u64, RecordsError> {
+        let done = sqlx::query(
+            "UPDATE exports SET status = 'failed', error = 'interrupted by a restart of the records service; start it again', \
+             finished_us = $1 WHERE status = 'in-progress'",
+        )
+        .bind(db::now_us())
+        .execute(self.engine.db.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl Engine {
+    /// The NHS numbers of Group `id`'s member patients (`member.entity` references).
+    async fn group_members(&self, id: &str) -> Result<Vec<String>, RecordsError> {
+        let row = sqlx::query(
+            "SELECT r.body FROM current_resources c JOIN resources r \
+               ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
+             WHERE c.resource_type = 'Group' AND c.id = $1 AND c.deleted = 0",
+        )
+        .bind(id.to_string())
+        .fetch_optional(self.db.pool())
+        .await?
+        .ok_or_else(|| RecordsError::NotFound(format!("Group/{id}")))?;
+        let body: serde_json::Value = serde_json::from_str(&row.get::<String, _>(0)).unwrap_or_default();
+        let ids: Vec<String> = body["member"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                m["entity"]["reference"]
+                    .as_str()?
+                    .strip_prefix("Patient/")
+                    .map(str::to_string)
+            })
+            .collect();
+        let mut nhs = Vec::new();
+        for chunk in ids.chunks(db::MAX_ROWS_PER_INSERT) {
+            let sql = format!(
+                "SELECT DISTINCT nhs_number FROM patients WHERE id IN ({})",
+                self.db.backend().marks(1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.clone());
+            }
+            nhs.extend(q.fetch_all(self.db.pool()).await?.iter().map(|r| r.get::<String, _>(0)));
+        }
+        nhs.sort();
+        nhs.dedup();
+        Ok(nhs)
+    }
+}
+
+/// One running export.
+struct Job {
+    id: String,
+    req: ExportRequest,
+    members: Option<Vec<String>>,
+    caller: Caller,
+    out: PathBuf,
+    engine: Engine,
+}
+
+/// The open NDJSON files of a job, one per resource type.
+#[derive(Default)]
+struct Files {
+    open: HashMap<String, tokio::io::BufWriter<tokio::fs::File>>,
+    counts: HashMap<String, i64>,
+}
+
+impl Files {
+    async fn write(&mut self, dir: &Path, resource_type: &str, body: &str) -> std::io::Result<()> {
+        if !self.open.contains_key(resource_type) {
+            let f = tokio::fs::File::create(dir.join(format!("{resource_type}.ndjson"))).await?;
+            self.open.insert(
+                resource_type.to_string(),
+                tokio::io::BufWriter::with_capacity(1 << 20, f),
+            );
+        }
+        let w = self.open.get_mut(resource_type).expect("opened above");
+        w.write_all(body.as_bytes()).await?;
+        w.write_all(b"\n").await?;
+        *self.counts.entry(resource_type.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    async fn finish(mut self) -> std::io::Result<HashMap<String, i64>> {
+        for w in self.open.values_mut() {
+            w.flush().await?;
+            w.get_mut().sync_all().await?;
+        }
+        Ok(self.counts)
+    }
+}
+
+/// One resource read for the export (a line of its file).
+struct Line {
+    nhs: String,
+    resource_type: String,
+    id: String,
+    body: String,
+    categories: Vec<String>,
+}
+
+impl Job {
+    fn io(&self, err: std::io::Error) -> RecordsError {
+        RecordsError::Unavailable(format!("export {} file: {err}", self.id))
+    }
+
+    async fn run(self) -> Result<(), RecordsError> {
+        let mut files = Files::default();
+        let (mut patients, mut resources) = (0i64, 0i64);
+        let mut after = String::new();
+        let mut members = self.members.clone().map(|m| m.into_iter());
+        loop {
+            if self.cancelled().await? {
+                return Ok(());
+            }
+            let chunk: Vec<String> = match members.as_mut() {
+                Some(m) => m.by_ref().take(PATIENTS_PER_CHUNK).collect(),
+                None => self.next_patients(&after).await?,
+            };
+            let Some(last) = chunk.last() else {
+                break;
+            };
+            after = last.clone();
+            resources += self.export_chunk(&chunk, &mut files).await?;
+            patients += chunk.len() as i64;
+            sqlx::query("UPDATE exports SET patients = $1, resources = $2 WHERE id = $3")
+                .bind(patients)
+                .bind(resources)
+                .bind(self.id.clone())
+                .execute(self.engine.db.pool())
+                .await?;
+        }
+        if self.req.level == Level::System {
+            resources += self.export_directory(&mut files).await?;
+        }
+        let counts = files.finish().await.map_err(|e| self.io(e))?;
+        if self.cancelled().await? {
+            return Ok(());
+        }
+        let mut tx = self.engine.db.begin_write().await?;
+        for (t, n) in &counts {
+            sqlx::query("INSERT INTO export_files (export_id, resource_type, count) VALUES ($1, $2, $3)")
+                .bind(self.id.clone())
+                .bind(t.clone())
+                .bind(*n)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE exports SET status = 'completed', finished_us = $1, patients = $2, resources = $3 \
+             WHERE id = $4 AND status = 'in-progress'",
+        )
+        .bind(db::now_us())
+        .bind(patients)
+        .bind(resources)
+        .bind(self.id.clone())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn cancelled(&self) -> Result<bool, RecordsError> {
+        let row = sqlx::query("SELECT status FROM exports WHERE id = $1")
+            .bind(self.id.clone())
+            .fetch_optional(self.engine.db.pool())
+            .await?;
+        Ok(row.is_none_or(|r| r.get::<String, _>(0) == "cancelled"))
+    }
+
+    /// The next patients (NHS numbers) after `after`, in order.
+    async fn next_patients(&self, after: &str) -> Result<Vec<String>, RecordsError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT nhs_number FROM current_resources WHERE nhs_number > $1 ORDER BY nhs_number LIMIT $2",
+        )
+        .bind(after.to_string())
+        .bind(PATIENTS_PER_CHUNK as i64)
+        .fetch_all(self.engine.db.pool())
+        .await?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
+    /// The filters every read of the export applies: `_type` and `_since`, from placeholder
+    /// `first` on; (SQL, binds as text or number).
+    fn filters(&self, first: usize) -> (String, Vec<super::search::Bind>) {
+        use super::search::Bind;
+        let backend = self.engine.db.backend();
+        let mut sql = String::new();
+        let mut binds = Vec::new();
+        if !self.req.types.is_empty() {
+            sql.push_str(&format!(
+                " AND c.resource_type IN ({})",
+                backend.marks(first, self.req.types.len())
+            ));
+            binds.extend(self.req.types.iter().cloned().map(Bind::Text));
+        }
+        if let Some(since) = self.req.since_us {
+            sql.push_str(&format!(
+                " AND r.last_updated_us >= {}",
+                backend.placeholder(first + binds.len())
+            ));
+            binds.push(Bind::Int(since));
+        }
+        (sql, binds)
+    }
+
+    /// Decides, reads, audits and writes one chunk of patients; returns the lines written.
+    async fn export_chunk(&self, chunk: &[String], files: &mut Files) -> Result<i64, RecordsError> {
+        let e = &self.engine;
+        let actor = &self.caller.actor;
+        let asks = chunk
+            .iter()
+            .map(|nhs| consent::ask(actor, nhs, "search", Vec::new()))
+            .collect();
+        let decisions = e.pdp.decide(asks).await.map_err(RecordsError::Consent)?;
+        // Who may be exported, and what each withholds from this caller.
+        let mut permitted: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for (nhs, d) in chunk.iter().zip(&decisions) {
+            match Effect::try_from(d.effect).unwrap_or(Effect::Unspecified) {
+                Effect::Permit => {
+                    permitted.insert(nhs, HashSet::new());
+                }
+                Effect::PermitWithWithholding => {
+                    permitted.insert(nhs, d.withheld_categories.iter().map(String::as_str).collect());
+                }
+                _ => {}
+            }
+        }
+        let allowed: Vec<&str> = chunk
+            .iter()
+            .map(String::as_str)
+            .filter(|n| permitted.contains_key(n))
+            .collect();
+        let rows = if allowed.is_empty() {
+            Vec::new()
+        } else {
+            self.read(&allowed).await?
+        };
+        let mut shown: HashMap<&str, Vec<&Line>> = HashMap::new();
+        let mut hid: HashSet<&str> = HashSet::new();
+        for row in &rows {
+            let withheld = &permitted[row.nhs.as_str()];
+            if row.categories.iter().any(|c| withheld.contains(c.as_str())) {
+                hid.insert(row.nhs.as_str());
+            } else {
+                shown.entry(row.nhs.as_str()).or_default().push(row);
+            }
+        }
+        // The audit entries first, durably; the data only after.
+        let events: Vec<Envelope> = chunk
+            .iter()
+            .zip(&decisions)
+            .map(|(nhs, d)| {
+                let refs: Vec<String> = shown
+                    .get(nhs.as_str())
+                    .map(|rs| rs.iter().map(|r| format!("{}/{}", r.resource_type, r.id)).collect())
+                    .unwrap_or_default();
+                let (purpose, reason) = sharedcare_kit::pdp::audit_purpose(d, &actor.purpose);
+                let outcome = match (permitted.contains_key(nhs.as_str()), hid.contains(nhs.as_str())) {
+                    (false, _) => "denied",
+                    (true, true) => "withheld",
+                    (true, false) => "success",
+                };
+                self.access(nhs, refs, purpose, reason, outcome)
+            })
+            .collect();
+        let mut tx = e.db.begin_write().await?;
+        let topic = e.topic.clone();
+        let batch: Vec<(&str, &Envelope)> = events.iter().map(|env| (topic.as_str(), env)).collect();
+        sharedcare_kit::outbox::enqueue_all(&mut tx, &batch)
+            .await
+            .map_err(|err| RecordsError::Audit(err.to_string()))?;
+        tx.commit().await.map_err(|err| RecordsError::Audit(err.to_string()))?;
+        e.outbox.notify();
+        let mut written = 0;
+        for nhs in chunk {
+            for row in shown.get(nhs.as_str()).into_iter().flatten() {
+                files
+                    .write(&self.out, &row.resource_type, &row.body)
+                    .await
+                    .map_err(|err| self.io(err))?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// The current, undeleted resources of `patients`, with their categories.
+    async fn read(&self, patients: &[&str]) -> Result<Vec<Line>, RecordsError> {
+        let backend = self.engine.db.backend();
+        let (filters, binds) = self.filters(patients.len() + 1);
+        let sql = format!(
+            "SELECT c.nhs_number, r.resource_type, r.id, r.body, c.labels, c.codes \
+             FROM current_resources c JOIN resources r \
+               ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
+             WHERE c.nhs_number IN ({}) AND c.deleted = 0{filters}",
+            backend.marks(1, patients.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for p in patients {
+            q = q.bind(p.to_string());
+        }
+        for b in binds {
+            q = match b {
+                super::search::Bind::Text(t) => q.bind(t),
+                super::search::Bind::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(self.engine.db.pool()).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let resource_type: String = r.get(1);
+                let labels: String = r.get(4);
+                let codes: String = r.get(5);
+                let categories = sharedcare_kit::pdp::categories(
+                    &resource_type,
+                    labels.split(',').filter(|l| !l.is_empty()).map(str::to_string),
+                    codes.split_whitespace(),
+                );
+                Line {
+                    nhs: r.get(0),
+                    resource_type,
+                    id: r.get(2),
+                    body: r.get(3),
+                    categories,
+                }
+            })
+            .collect())
+    }
+
+    /// Directory data (no patient): written without a decision, in pages.
+    async fn export_directory(&self, files: &mut Files) -> Result<i64, RecordsError> {
+        let backend = self.engine.db.backend();
+        let mut written = 0;
+        let (mut after_type, mut after_id) = (String::new(), String::new());
+        loop {
+            // Placeholders in text order (SQLite's are positional): type, type, id, filters.
+            let (filters, binds) = self.filters(4);
+            let sql = format!(
+                "SELECT r.resource_type, r.id, r.body FROM current_resources c JOIN resources r \
+                   ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
+                 WHERE c.nhs_number = '' AND c.deleted = 0 \
+                   AND (c.resource_type > {} OR (c.resource_type = {} AND c.id > {})){filters} \
+                 ORDER BY c.resource_type, c.id LIMIT 1000",
+                backend.placeholder(1),
+                backend.placeholder(2),
+                backend.placeholder(3),
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(after_type.clone())
+                .bind(after_type.clone())
+                .bind(after_id.clone());
+            for b in binds {
+                q = match b {
+                    super::search::Bind::Text(t) => q.bind(t),
+                    super::search::Bind::Int(i) => q.bind(i),
+                };
+            }
+            let rows = q.fetch_all(self.engine.db.pool()).await?;
+            if rows.is_empty() {
+                return Ok(written);
+            }
+            for r in &rows {
+                let (t, body): (String, String) = (r.get(0), r.get(2));
+                files.write(&self.out, &t, &body).await.map_err(|e| self.io(e))?;
+                written += 1;
+            }
+            let last = rows.last().expect("not empty");
+            (after_type, after_id) = (last.get(0), last.get(1));
+        }
+    }
+
+    /// The audit entry of one patient's part of the export.
+    fn access(&self, nhs: &str, resources: Vec<String>, purpose: String, reason: String, outcome: &str) -> Envelope {
+        let actor = &self.caller.actor;
+        let event = AccessRecorded {
+            actor: actor.id.clone(),
+            actor_organisation: actor.organisation.clone(),
+            actor_role: actor.role.clone(),
+            action: "export".into(),
+            resources,
+            nhs_number: nhs.to_string(),
+            purpose,
+            reason: if reason.is_empty() {
+                format!("bulk export {}", self.id)
+            } else {
+                format!("bulk export {}: {reason}", self.id)
+            },
+            outcome: outcome.to_string(),
+            time: Some(db::timestamp(db::now_us())),
+            trace_id: self.caller.trace_id.clone(),
+            service: NAME.into(),
+        };
+        let mut env = bus::envelope(ACCESS_RECORDED, NAME, &format!("$export/{}", self.id), nhs, &event);
+        env.traceparent = self.caller.traceparent.clone();
+        env
+    }
+}
