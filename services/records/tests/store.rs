@@ -1170,8 +1170,121 @@ async fn a_delete_is_a_new_version_reads_are_gone_and_history_keeps_it(db: Db) {
     assert_eq!(s.get("Observation", "o1", &system()).await.expect("read").version, 3);
 }
 
+/// A Bulk Data export: every patient decided for the purpose named (the national data
+/// opt-out keeps one out of research), a withheld category left out, directory data included,
+/// one audit entry per patient, and the files hold exactly what the manifest counts.
+async fn an_export_writes_what_consent_permits_and_audits_each_patient(db: Db) {
+    use sharedcare_records::store::{ExportRequest, Level};
+    let (s, consent) = stores(&db).await;
+    let a = system();
+    const OTHER: &str = "9000000009";
+    s.put(patient("p1"), "A81001", &a, 0).await.expect("p1");
+    let other = fhir::parse(&format!(
+        r#"{{"resourceType":"Patient","id":"p2","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{OTHER}"}}]}}"#
+    ))
+    .expect("patient");
+    s.put(other, "A81001", &a, 0).await.expect("p2");
+    for (id, pid, labels) in [
+        ("o1", "p1", vec![]),
+        ("o2", "p1", vec![]),
+        ("o3", "p1", vec!["SEX"]),
+        ("o4", "p2", vec![]),
+    ] {
+        s.put(observation(id, pid, &labels), "A81001", &a, 0)
+            .await
+            .expect("obs");
+    }
+    let org = fhir::parse(r#"{"resourceType":"Organization","id":"org1","name":"Riverside"}"#).expect("org");
+    s.put(org, "A81001", &a, 0).await.expect("org");
+    let actor = sharedcare_consent::store::Actor { id: NHS, org: "" };
+    consent
+        .put_directive(
+            &nhs(NHS),
+            &Directive {
+                id: "no-sex".into(),
+                status: "active".into(),
+                provision: Provision {
+                    kind: Some(Effect::Deny),
+                    security_labels: vec!["SEX".into()],
+                    ..Provision::default()
+                },
+            },
+            None,
+            &actor,
+        )
+        .await
+        .expect("directive");
+    consent
+        .set_flags(&nhs(OTHER), true, false, &actor)
+        .await
+        .expect("opt-out");
+    let dir = tempfile::tempdir().expect("tmp");
+    let researcher = Actor {
+        kind: "service",
+        id: "population-health".into(),
+        purpose: "HRESCH".into(),
+        ..Actor::default()
+    };
+    let req = ExportRequest {
+        level: Level::System,
+        types: Vec::new(),
+        since_us: None,
+        request_url: "http://x/fhir/R4/$export".into(),
+    };
+    let id = s.start_export(req, &researcher, dir.path()).await.expect("kick-off");
+    let status = loop {
+        let st = s.export_status(&id, &researcher).await.expect("status");
+        if st.status != "in-progress" {
+            break st;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.status, "completed", "{status:?}");
+    assert_eq!(
+        status.files,
+        [
+            ("Observation".to_string(), 2),
+            ("Organization".to_string(), 1),
+            ("Patient".to_string(), 1)
+        ]
+    );
+    let observations = std::fs::read_to_string(dir.path().join(&id).join("Observation.ndjson")).expect("file");
+    let mut ids: Vec<String> = observations
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("a resource per line")["id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["o1", "o2"],
+        "the opted-out patient and the withheld result stay out"
+    );
+    let trail: Vec<AccessRecorded> = accesses(&db)
+        .await
+        .into_iter()
+        .filter(|e| e.action == "export")
+        .collect();
+    let of = |n: &str| trail.iter().find(|e| e.nhs_number == n).expect("an entry per patient");
+    assert_eq!(
+        (of(NHS).outcome.as_str(), of(NHS).resources.len()),
+        ("withheld", 3),
+        "Patient/p1, o1, o2"
+    );
+    assert_eq!((of(OTHER).outcome.as_str(), of(OTHER).resources.len()), ("denied", 0));
+    assert!(
+        s.export_status(&id, &system()).await.is_err(),
+        "another system cannot follow it"
+    );
+}
+
 sharedcare_kit::store_suite!(
     "records";
+    an_export_writes_what_consent_permits_and_audits_each_patient,
     a_delete_is_a_new_version_reads_are_gone_and_history_keeps_it,
     patients_are_found_by_name_and_birth_date_and_only_those_the_caller_may_see,
     every_put_is_a_new_version_and_get_returns_the_newest,

@@ -53,6 +53,8 @@ pub enum What {
     /// Patient search by family name and birth date over `/fhir/R4` in `up`, over 100,000
     /// imported patients.
     PatientSearch,
+    /// FHIR Bulk Data `$export` of 1,000,000 resources from `up`: throughput and memory.
+    Export,
 }
 
 /// `sharedcare bench` options.
@@ -93,6 +95,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Import => import(&args).await,
         What::Passport => crate::bench_passport::run(&config, &args).await,
         What::PatientSearch => patient_search(&args).await,
+        What::Export => crate::bench_export::run(&args).await,
     }
 }
 

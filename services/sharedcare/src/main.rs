@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_export;
 mod bench_identity;
 mod bench_passport;
 mod cli;

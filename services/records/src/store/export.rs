@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use sharedcare_kit::bus::{self, Envelope};
-use sharedcare_kit::db;
+use sharedcare_kit::db::{self, Backend};
 use sharedcare_proto::consent::v1::decide_response::Effect;
 use sharedcare_proto::events::v1::AccessRecorded;
 use sqlx::Row as _;
@@ -21,8 +21,8 @@ use tokio::io::AsyncWriteExt;
 use super::{ACCESS_RECORDED, Actor, Caller, Engine, Store};
 use crate::{NAME, RecordsError, consent, fhir};
 
-/// Patients decided and read together.
-const PATIENTS_PER_CHUNK: usize = 500;
+/// Patients decided and read together (consent takes up to 1,000 asks a call).
+const PATIENTS_PER_CHUNK: usize = 1000;
 
 /// What a kick-off asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,7 +239,8 @@ struct Files {
 }
 
 impl Files {
-    async fn write(&mut self, dir: &Path, resource_type: &str, body: &str) -> std::io::Result<()> {
+    /// Appends `n` NDJSON `lines` (without their last newline) to `resource_type`'s file.
+    async fn write(&mut self, dir: &Path, resource_type: &str, lines: &str, n: i64) -> std::io::Result<()> {
         if !self.open.contains_key(resource_type) {
             let f = tokio::fs::File::create(dir.join(format!("{resource_type}.ndjson"))).await?;
             self.open.insert(
@@ -248,9 +249,9 @@ impl Files {
             );
         }
         let w = self.open.get_mut(resource_type).expect("opened above");
-        w.write_all(body.as_bytes()).await?;
+        w.write_all(lines.as_bytes()).await?;
         w.write_all(b"\n").await?;
-        *self.counts.entry(resource_type.to_string()).or_default() += 1;
+        *self.counts.entry(resource_type.to_string()).or_default() += n;
         Ok(())
     }
 
@@ -263,12 +264,22 @@ impl Files {
     }
 }
 
-/// One resource read for the export (a line of its file).
-struct Line {
+/// A chunk decided and read, not yet audited or written.
+struct Prepared {
+    patients: i64,
+    events: Vec<Envelope>,
+    /// (resource type, NDJSON lines, how many).
+    lines: Vec<(String, String, i64)>,
+}
+
+/// Resources of one patient, type and set of categories, read together for the export.
+struct Group {
     nhs: String,
     resource_type: String,
-    id: String,
-    body: String,
+    ids: Vec<String>,
+    /// Their bodies, one per line (no trailing newline).
+    lines: String,
+    count: i64,
     categories: Vec<String>,
 }
 
@@ -282,6 +293,11 @@ impl Job {
         let (mut patients, mut resources) = (0i64, 0i64);
         let mut after = String::new();
         let mut members = self.members.clone().map(|m| m.into_iter());
+        // Two chunks in flight: the next one is decided and read while this one is audited
+        // and written.
+        let mut ready: Option<Prepared> = None;
+        let began = std::time::Instant::now();
+        let (mut preparing, mut committing) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
         loop {
             if self.cancelled().await? {
                 return Ok(());
@@ -290,18 +306,36 @@ impl Job {
                 Some(m) => m.by_ref().take(PATIENTS_PER_CHUNK).collect(),
                 None => self.next_patients(&after).await?,
             };
-            let Some(last) = chunk.last() else {
-                break;
+            if let Some(last) = chunk.last() {
+                after = last.clone();
+            }
+            let next = async {
+                let t = std::time::Instant::now();
+                let r = match chunk.is_empty() {
+                    true => Ok(None),
+                    false => self.prepare(&chunk).await.map(Some),
+                };
+                (r, t.elapsed())
             };
-            after = last.clone();
-            resources += self.export_chunk(&chunk, &mut files).await?;
-            patients += chunk.len() as i64;
-            sqlx::query("UPDATE exports SET patients = $1, resources = $2 WHERE id = $3")
-                .bind(patients)
-                .bind(resources)
-                .bind(self.id.clone())
-                .execute(self.engine.db.pool())
-                .await?;
+            let done = async {
+                let t = std::time::Instant::now();
+                let r = match ready.take() {
+                    Some(p) => self.commit(p, &mut files, (patients, resources)).await.map(Some),
+                    None => Ok(None),
+                };
+                (r, t.elapsed())
+            };
+            let ((next, prepared_in), (done, committed_in)) = tokio::join!(next, done);
+            preparing += prepared_in;
+            committing += committed_in;
+            if let Some((n, written)) = done? {
+                patients += n;
+                resources += written;
+            }
+            match next? {
+                Some(p) => ready = Some(p),
+                None => break,
+            }
         }
         if self.req.level == Level::System {
             resources += self.export_directory(&mut files).await?;
@@ -330,6 +364,13 @@ impl Job {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        tracing::info!(
+            export = %self.id, patients, resources,
+            seconds = began.elapsed().as_secs_f64(),
+            deciding_and_reading_s = preparing.as_secs_f64(),
+            auditing_and_writing_s = committing.as_secs_f64(),
+            "export completed"
+        );
         Ok(())
     }
 
@@ -377,8 +418,9 @@ impl Job {
         (sql, binds)
     }
 
-    /// Decides, reads, audits and writes one chunk of patients; returns the lines written.
-    async fn export_chunk(&self, chunk: &[String], files: &mut Files) -> Result<i64, RecordsError> {
+    /// Decides and reads one chunk of patients: the lines each may have exported and the
+    /// audit entry of each, nothing written yet.
+    async fn prepare(&self, chunk: &[String]) -> Result<Prepared, RecordsError> {
         let e = &self.engine;
         let actor = &self.caller.actor;
         let asks = chunk
@@ -409,64 +451,88 @@ impl Job {
         } else {
             self.read(&allowed).await?
         };
-        let mut shown: HashMap<&str, Vec<&Line>> = HashMap::new();
-        let mut hid: HashSet<&str> = HashSet::new();
-        for row in &rows {
-            let withheld = &permitted[row.nhs.as_str()];
-            if row.categories.iter().any(|c| withheld.contains(c.as_str())) {
-                hid.insert(row.nhs.as_str());
+        let mut refs: HashMap<String, Vec<String>> = HashMap::new();
+        let mut hid: HashSet<String> = HashSet::new();
+        let mut lines: Vec<(String, String, i64)> = Vec::with_capacity(rows.len());
+        for g in rows {
+            let withheld = &permitted[g.nhs.as_str()];
+            if g.categories.iter().any(|c| withheld.contains(c.as_str())) {
+                hid.insert(g.nhs);
             } else {
-                shown.entry(row.nhs.as_str()).or_default().push(row);
+                let t = &g.resource_type;
+                refs.entry(g.nhs)
+                    .or_default()
+                    .extend(g.ids.iter().map(|id| format!("{t}/{id}")));
+                lines.push((g.resource_type, g.lines, g.count));
             }
         }
-        // The audit entries first, durably; the data only after.
         let events: Vec<Envelope> = chunk
             .iter()
             .zip(&decisions)
             .map(|(nhs, d)| {
-                let refs: Vec<String> = shown
-                    .get(nhs.as_str())
-                    .map(|rs| rs.iter().map(|r| format!("{}/{}", r.resource_type, r.id)).collect())
-                    .unwrap_or_default();
                 let (purpose, reason) = sharedcare_kit::pdp::audit_purpose(d, &actor.purpose);
-                let outcome = match (permitted.contains_key(nhs.as_str()), hid.contains(nhs.as_str())) {
+                let outcome = match (permitted.contains_key(nhs.as_str()), hid.contains(nhs)) {
                     (false, _) => "denied",
                     (true, true) => "withheld",
                     (true, false) => "success",
                 };
-                self.access(nhs, refs, purpose, reason, outcome)
+                self.access(nhs, refs.remove(nhs).unwrap_or_default(), purpose, reason, outcome)
             })
             .collect();
+        Ok(Prepared {
+            patients: chunk.len() as i64,
+            events,
+            lines,
+        })
+    }
+
+    /// Commits a prepared chunk: its audit entries (with the job's progress) durably first,
+    /// then its lines to the files. Returns (patients, lines written).
+    async fn commit(
+        &self,
+        p: Prepared,
+        files: &mut Files,
+        (patients, resources): (i64, i64),
+    ) -> Result<(i64, i64), RecordsError> {
+        let e = &self.engine;
+        let written: i64 = p.lines.iter().map(|(_, _, n)| n).sum();
         let mut tx = e.db.begin_write().await?;
         let topic = e.topic.clone();
-        let batch: Vec<(&str, &Envelope)> = events.iter().map(|env| (topic.as_str(), env)).collect();
+        let batch: Vec<(&str, &Envelope)> = p.events.iter().map(|env| (topic.as_str(), env)).collect();
         sharedcare_kit::outbox::enqueue_all(&mut tx, &batch)
+            .await
+            .map_err(|err| RecordsError::Audit(err.to_string()))?;
+        sqlx::query("UPDATE exports SET patients = $1, resources = $2 WHERE id = $3")
+            .bind(patients + p.patients)
+            .bind(resources + written)
+            .bind(self.id.clone())
+            .execute(&mut *tx)
             .await
             .map_err(|err| RecordsError::Audit(err.to_string()))?;
         tx.commit().await.map_err(|err| RecordsError::Audit(err.to_string()))?;
         e.outbox.notify();
-        let mut written = 0;
-        for nhs in chunk {
-            for row in shown.get(nhs.as_str()).into_iter().flatten() {
-                files
-                    .write(&self.out, &row.resource_type, &row.body)
-                    .await
-                    .map_err(|err| self.io(err))?;
-                written += 1;
-            }
+        for (t, lines, n) in &p.lines {
+            files.write(&self.out, t, lines, *n).await.map_err(|err| self.io(err))?;
         }
-        Ok(written)
+        Ok((p.patients, written))
     }
 
-    /// The current, undeleted resources of `patients`, with their categories.
-    async fn read(&self, patients: &[&str]) -> Result<Vec<Line>, RecordsError> {
+    /// The current, undeleted resources of `patients`, grouped by patient, type and
+    /// categories (the database joins each group's bodies into NDJSON lines: a row per
+    /// resource costs more to hand over than the query itself).
+    async fn read(&self, patients: &[&str]) -> Result<Vec<Group>, RecordsError> {
         let backend = self.engine.db.backend();
         let (filters, binds) = self.filters(patients.len() + 1);
+        let (ids, bodies) = match backend {
+            Backend::Sqlite => ("group_concat(r.id, ' ')", "group_concat(r.body, char(10))"),
+            Backend::Postgres => ("string_agg(r.id, ' ')", "string_agg(r.body, E'\\n')"),
+        };
         let sql = format!(
-            "SELECT c.nhs_number, r.resource_type, r.id, r.body, c.labels, c.codes \
+            "SELECT c.nhs_number, c.resource_type, c.labels, c.codes, {ids}, {bodies}, COUNT(*) \
              FROM current_resources c JOIN resources r \
                ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
-             WHERE c.nhs_number IN ({}) AND c.deleted = 0{filters}",
+             WHERE c.nhs_number IN ({}) AND c.deleted = 0{filters} \
+             GROUP BY c.nhs_number, c.resource_type, c.labels, c.codes",
             backend.marks(1, patients.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -484,18 +550,20 @@ impl Job {
             .iter()
             .map(|r| {
                 let resource_type: String = r.get(1);
-                let labels: String = r.get(4);
-                let codes: String = r.get(5);
+                let labels: String = r.get(2);
+                let codes: String = r.get(3);
                 let categories = sharedcare_kit::pdp::categories(
                     &resource_type,
                     labels.split(',').filter(|l| !l.is_empty()).map(str::to_string),
                     codes.split_whitespace(),
                 );
-                Line {
+                let ids: String = r.get(4);
+                Group {
                     nhs: r.get(0),
                     resource_type,
-                    id: r.get(2),
-                    body: r.get(3),
+                    ids: ids.split(' ').map(str::to_string).collect(),
+                    lines: r.get(5),
+                    count: r.get(6),
                     categories,
                 }
             })
@@ -536,7 +604,7 @@ impl Job {
             }
             for r in &rows {
                 let (t, body): (String, String) = (r.get(0), r.get(2));
-                files.write(&self.out, &t, &body).await.map_err(|e| self.io(e))?;
+                files.write(&self.out, &t, &body, 1).await.map_err(|e| self.io(e))?;
                 written += 1;
             }
             let last = rows.last().expect("not empty");
