@@ -63,6 +63,49 @@ async fn new_resource_types_are_stored_validated_and_a_referral_opens_the_record
         (400, Some("_sort")),
         "{bad}"
     );
+    // `_include` follows a reference; `_revinclude=Provenance:target` says who wrote each match.
+    let (_, rx) = get_json(
+        &format!(
+            "{}/fhir/R4/MedicationRequest?patient=margaret&_include=MedicationRequest:medication&_revinclude=Provenance:target",
+            p.http
+        ),
+        &gp,
+        &[],
+    )
+    .await;
+    let modes: Vec<(String, String)> = rx["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["search"]["mode"].as_str().unwrap_or_default().to_string(),
+                e["resource"]["resourceType"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for want in [
+        ("match", "MedicationRequest"),
+        ("include", "Medication"),
+        ("include", "Provenance"),
+    ] {
+        assert!(
+            modes.contains(&(want.0.to_string(), want.1.to_string())),
+            "{want:?}: {rx}"
+        );
+    }
+    let (_, provenance) = get_json(&format!("{}/fhir/R4/Provenance?target=Procedure/hip", p.http), &gp, &[]).await;
+    let written = &provenance["entry"][0]["resource"];
+    assert_eq!(
+        written["target"][0]["reference"], "Procedure/hip/_history/1",
+        "{provenance}"
+    );
+    assert_eq!(written["activity"]["coding"][0]["code"], "CREATE");
+    assert_eq!(written["agent"][0]["onBehalfOf"]["identifier"]["value"], "A81001");
+    let one = format!("{}/fhir/R4/Provenance/{}", p.http, written["id"].as_str().expect("id"));
+    let (status, read) = get_json(&one, &gp, &[]).await;
+    assert_eq!((status, &read), (200, written));
+
     // The passport files each in its section, in plain words.
     let url = format!("{}/passport/v1/patients/{nhs}", p.http);
     let view = crate::harness::eventually(Duration::from_secs(20), "the passport has them", || {
@@ -114,6 +157,7 @@ async fn new_resource_types_are_stored_validated_and_a_referral_opens_the_record
     let carer = user_token(&p, "careworker", "demo-careworker-password", "selectedrole").await;
     let hip = format!("{}/fhir/R4/Procedure/hip", p.http);
     assert_eq!(get_json(&hip, &carer, &[]).await.0, 403, "no relationship yet");
+    assert_eq!(get_json(&one, &carer, &[]).await.0, 403, "nor who wrote it");
     let referral = |status: &str| {
         json!({"resourceType": "ServiceRequest", "id": "homecare", "status": status, "intent": "order",
             "subject": subject, "authoredOn": "2026-11-22", "code": {"text": "Home care after discharge"},

@@ -125,6 +125,14 @@ async fn what_the_facade_returns_validates_with_hapi_and_what_hapi_rejects_is_re
             format!("{base}/Condition?patient=margaret&_elements=code"),
             &gp,
         ),
+        ("provenance", format!("{base}/Provenance?target=Observation/bp"), &gp),
+        (
+            "include",
+            format!(
+                "{base}/MedicationRequest?patient=margaret&_include=MedicationRequest:medication&_revinclude=Provenance:target"
+            ),
+            &gp,
+        ),
         ("consent", format!("{base}/Consent/{consent_id}"), &margaret),
         ("consent-search", format!("{base}/Consent?patient={nhs}"), &margaret),
         (

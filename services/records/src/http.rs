@@ -22,6 +22,7 @@ use sharedcare_kit::auth::bearer;
 
 use crate::demographics::{self, PatientQuery};
 use crate::grpc::{RecordsApi, actor_of, check_purpose, page_size};
+use crate::provenance::Includes;
 use crate::store::{Actor, MAX_PAGE, Page, Query, Sort, Stored};
 use crate::{RecordsError, bundle, fhir};
 
@@ -41,6 +42,7 @@ pub fn router(api: RecordsApi) -> Router {
         .route("/fhir/R4/{rtype}/{id}/{op}", get(operation))
         .route("/fhir/R4/{rtype}/{id}/_history/{vid}", get(vread))
         .with_state(api.clone())
+        .merge(crate::provenance::router(api.clone()))
         .merge(crate::bulk::router(api))
 }
 
@@ -65,7 +67,7 @@ impl IntoResponse for Outcome {
     }
 }
 
-fn fhir_response(status: StatusCode, body: &Value, mut headers: HeaderMap) -> Response {
+pub(crate) fn fhir_response(status: StatusCode, body: &Value, mut headers: HeaderMap) -> Response {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     (status, headers, body.to_string()).into_response()
 }
@@ -73,7 +75,7 @@ fn fhir_response(status: StatusCode, body: &Value, mut headers: HeaderMap) -> Re
 type Result<T> = std::result::Result<T, Outcome>;
 
 /// The caller, from `Authorization` and `X-Purpose-Of-Use`.
-async fn caller(api: &RecordsApi, headers: &HeaderMap, scope: &str) -> Result<Actor> {
+pub(crate) async fn caller(api: &RecordsApi, headers: &HeaderMap, scope: &str) -> Result<Actor> {
     let purpose = headers
         .get("x-purpose-of-use")
         .and_then(|v| v.to_str().ok())
@@ -98,7 +100,7 @@ async fn caller(api: &RecordsApi, headers: &HeaderMap, scope: &str) -> Result<Ac
 }
 
 /// The base URL of the facade as the caller addressed it.
-fn base(headers: &HeaderMap) -> String {
+pub(crate) fn base(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -163,8 +165,11 @@ async fn metadata(headers: HeaderMap) -> Response {
                 search.push(json!({"name": "patient", "type": "reference"}));
                 search.push(json!({"name": "subject", "type": "reference"}));
             }
+            let includes: Vec<String> = crate::provenance::include_params().map(|p| format!("{t}:{p}")).collect();
             json!({
                 "type": t,
+                "searchInclude": includes,
+                "searchRevInclude": ["Provenance:target"],
                 "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "create"},
                                 {"code": "delete"}, {"code": "history-instance"}, {"code": "search-type"}],
                 "versioning": "versioned-update",
@@ -179,6 +184,11 @@ async fn metadata(headers: HeaderMap) -> Response {
     // Consent is served by the consent service under the same base (`up` mounts both; an
     // ingress routes `/fhir/R4/Consent` to consent).
     let mut resources = resources;
+    resources.push(json!({
+        "type": "Provenance",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [{"name": "target", "type": "reference"}],
+    }));
     resources.push(json!({
         "type": "Consent",
         "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "create"},
@@ -364,6 +374,8 @@ struct Parsed {
     count: i32,
     elements: Vec<String>,
     only_count: bool,
+    /// `_include` and `_revinclude`.
+    includes: Includes,
 }
 
 /// Parses the search parameters `raw` of a search of `rtype`; errors name the parameter.
@@ -377,6 +389,7 @@ fn parse_search(rtype: &str, raw: Option<String>) -> std::result::Result<Parsed,
         count: 0,
         elements: Vec::new(),
         only_count: false,
+        includes: Includes::default(),
     };
     let q = &mut p.q;
     for (k, v) in params(raw) {
@@ -401,6 +414,8 @@ fn parse_search(rtype: &str, raw: Option<String>) -> std::result::Result<Parsed,
                 q.updated_to = to.or(q.updated_to);
             }
             "_elements" => p.elements = elements_param(&v)?,
+            "_include" => p.includes.include(rtype, &v)?,
+            "_revinclude" => p.includes.revinclude(&v)?,
             "_summary" => {
                 p.only_count = match v.as_str() {
                     "count" => true,
@@ -426,6 +441,12 @@ fn parse_search(rtype: &str, raw: Option<String>) -> std::result::Result<Parsed,
             || q.updated_from.is_some()
             || q.updated_to.is_some()
             || !q.code.is_empty();
+        if !p.includes.is_empty() {
+            return Err(RecordsError::invalid(
+                "_include",
+                "a search by name, birth date, gender or postcode returns patients only",
+            ));
+        }
         if q.sort != Sort::default() {
             return Err(RecordsError::invalid(
                 "_sort",
@@ -470,6 +491,7 @@ async fn search_type(
         count,
         elements,
         only_count,
+        includes,
     } = parse_search(&rtype, raw.clone())?;
     if !people.is_empty() {
         let self_path = format!("Patient?{}", without_cursor(raw));
@@ -506,11 +528,9 @@ async fn search_type(
         }
     }
     q.page_size = page_size(count)?;
-    search_bundle(&api, q, &elements, &headers, &self_path).await
+    search_bundle(&api, q, (&elements, &includes), &headers, &self_path).await
 }
 
-/// What `If-None-Exist` (conditional create) finds among what `who` may see: at most two
-/// (two or more is a failed precondition). Errors name the header.
 /// What a condition (`If-None-Exist`, or a conditional update's `search`: the `field` bad
 /// parameters are reported under) finds, as `who` (at most two: one is all either needs).
 async fn existing(api: &RecordsApi, rtype: &str, condition: &str, who: &Actor, field: &str) -> Result<Vec<Stored>> {
@@ -577,7 +597,7 @@ async fn everything(api: &RecordsApi, patient: &str, headers: &HeaderMap, raw: O
     search_bundle(
         api,
         q,
-        &[],
+        (&[], &Includes::default()),
         headers,
         &format!("Patient/{patient}/$everything?{}", without_cursor(raw)),
     )
@@ -593,14 +613,28 @@ fn without_cursor(raw: Option<String>) -> String {
 async fn search_bundle(
     api: &RecordsApi,
     q: Query,
-    elements: &[String],
+    (elements, includes): (&[String], &Includes),
     headers: &HeaderMap,
     self_path: &str,
 ) -> Result<Response> {
     let who = caller(api, headers, "records.read").await?;
     crate::grpc::check_query(&q)?;
     let page: Page = api.store().search(&q, &who).await?;
-    Ok(searchset(headers, &page, &q.cursor, elements, self_path))
+    let mut body = searchset(headers, &page, &q.cursor, elements, self_path);
+    if !includes.is_empty() {
+        let matches: Vec<Value> = page
+            .items
+            .iter()
+            .map(|s| serde_json::from_str(&s.body).unwrap_or(Value::Null))
+            .collect();
+        let extra = crate::provenance::included(api, &matches, includes, &who, &base(headers)).await;
+        if let Some(entries) = body["entry"].as_array_mut() {
+            entries.extend(extra);
+        } else if !extra.is_empty() {
+            body["entry"] = Value::Array(extra);
+        }
+    }
+    Ok(fhir_response(StatusCode::OK, &body, HeaderMap::new()))
 }
 
 /// `GET /Patient?family=…&birthdate=…`: the patients matching whom the caller may see.
@@ -622,12 +656,16 @@ async fn patient_bundle(
         next_cursor: found.next_cursor,
         some_withheld: false,
     };
-    Ok(searchset(headers, &page, cursor, elements, self_path))
+    Ok(fhir_response(
+        StatusCode::OK,
+        &searchset(headers, &page, cursor, elements, self_path),
+        HeaderMap::new(),
+    ))
 }
 
 /// A searchset Bundle of `page`, with self and next links on `self_path`; with `elements`,
 /// each resource keeps only those (and `resourceType`, `id`, `meta`), tagged SUBSETTED.
-fn searchset(headers: &HeaderMap, page: &Page, cursor: &str, elements: &[String], self_path: &str) -> Response {
+fn searchset(headers: &HeaderMap, page: &Page, cursor: &str, elements: &[String], self_path: &str) -> Value {
     let base = base(headers);
     let link = |cursor: &str| {
         let sep = if self_path.ends_with('?') || self_path.ends_with('&') {
@@ -658,7 +696,7 @@ fn searchset(headers: &HeaderMap, page: &Page, cursor: &str, elements: &[String]
             }
         }
     }
-    fhir_response(StatusCode::OK, &body, HeaderMap::new())
+    body
 }
 
 fn urlencode(s: &str) -> String {

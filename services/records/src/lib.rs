@@ -18,6 +18,7 @@ pub mod fhir;
 pub mod grpc;
 pub mod http;
 pub mod labels;
+pub mod provenance;
 pub mod store;
 pub mod validate;
 
@@ -81,6 +82,13 @@ impl sharedcare_kit::service::Service for Records {
         let indexed = store.index_patients().await?;
         if indexed > 0 {
             tracing::info!(indexed, "patients indexed for search by name and birth date");
+        }
+        let described = store.provenance_ids().await?;
+        if described > 0 {
+            tracing::info!(
+                versions = described,
+                "versions stored before Provenance given their Provenance ids"
+            );
         }
         let interrupted = store.fail_interrupted_exports().await?;
         if interrupted > 0 {

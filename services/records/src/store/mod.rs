@@ -156,10 +156,12 @@ const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
 mod decide;
 mod export;
 mod patients;
+mod provenance;
 mod search;
 
 pub use export::{ExportRequest, ExportStatus, Level};
 pub use patients::Found;
+pub use provenance::Written;
 pub use search::{DEFAULT_PAGE, MAX_PAGE, Page, Query, Sort, parse_cursor};
 
 use decide::{Refusal, patient_of};
@@ -398,8 +400,8 @@ impl Engine {
             .zip(jobs.chunks(db::MAX_ROWS_PER_INSERT))
         {
             let sql = tx.backend().insert_rows(
-                "resources (resource_type, id, version, last_updated_us, nhs_number, source_organisation, author, body, deleted)",
-                9,
+                "resources (resource_type, id, version, last_updated_us, nhs_number, source_organisation, author, body, deleted, provenance_id)",
+                10,
                 chunk.len(),
                 "",
             );
@@ -414,7 +416,8 @@ impl Engine {
                     .bind(job.source_organisation.clone())
                     .bind(job.caller.actor.id.clone())
                     .bind(s.body.clone())
-                    .bind(i64::from(s.deleted));
+                    .bind(i64::from(s.deleted))
+                    .bind(uuid::Uuid::new_v4().simple().to_string());
             }
             match q.execute(&mut *tx).await {
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {

@@ -1,0 +1,108 @@
+//! Provenance: who wrote each version (the writing organisation and the author), when, and
+//! whether it created, updated or deleted the resource. Each version has the id of its
+//! Provenance resource (`resources.provenance_id`); the facts are read only after the version
+//! itself was decided and audited as a read.
+
+use sharedcare_kit::db::Backend;
+use sqlx::Row as _;
+
+use super::{Actor, Store, Stored};
+use crate::RecordsError;
+
+/// What the Provenance of one version says, with the version it describes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The Provenance resource's id.
+    pub provenance_id: String,
+    /// `Type`.
+    pub resource_type: String,
+    /// Logical id.
+    pub id: String,
+    /// The version it describes.
+    pub version: i64,
+    /// When it was stored (µs).
+    pub recorded_us: i64,
+    /// The author: a person's id or a system's client id.
+    pub author: String,
+    /// The ODS code of the organisation it was written for ("" when none was named).
+    pub organisation: String,
+    /// The version deleted the resource.
+    pub deleted: bool,
+}
+
+impl Store {
+    /// Gives every version stored before Provenance a Provenance id; returns how many. Run at
+    /// start-up (one statement).
+    pub async fn provenance_ids(&self) -> Result<u64, RecordsError> {
+        let db = &self.engine.db;
+        let sql = match db.backend() {
+            Backend::Sqlite => {
+                "UPDATE resources SET provenance_id = lower(hex(randomblob(16))) WHERE provenance_id = ''"
+            }
+            Backend::Postgres => {
+                "UPDATE resources SET provenance_id = md5(resource_type || '/' || id || '/' || version::text) WHERE provenance_id = ''"
+            }
+        };
+        Ok(sqlx::query(sql).execute(db.pool()).await?.rows_affected())
+    }
+
+    /// The Provenance of `resource_type/id` — every version, newest first, or only `version` —
+    /// as `actor` may see it: the versions are read through history (decided by consent and
+    /// audited, withheld versions left out) first.
+    pub async fn provenance_of(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: Option<i64>,
+        actor: &Actor,
+    ) -> Result<Vec<Written>, RecordsError> {
+        // Through history, so that the Provenance of a delete can be read too.
+        let mut seen: Vec<Stored> = Vec::new();
+        let mut cursor = version.map(|v| (v + 1).to_string()).unwrap_or_default();
+        loop {
+            let size = if version.is_some() { 1 } else { super::MAX_PAGE };
+            let page = self.history(resource_type, id, size, &cursor, actor).await?;
+            seen.extend(page.items);
+            if page.next_cursor.is_empty() || version.is_some() {
+                break;
+            }
+            cursor = page.next_cursor;
+        }
+        if let Some(v) = version
+            && !seen.iter().any(|s| s.version == v)
+        {
+            return Err(RecordsError::NotFound(format!("{resource_type}/{id}/_history/{v}")));
+        }
+        let rows = sqlx::query(
+            "SELECT version, provenance_id, author, source_organisation, last_updated_us, deleted \
+             FROM resources WHERE resource_type = $1 AND id = $2 ORDER BY version DESC",
+        )
+        .bind(resource_type.to_string())
+        .bind(id.to_string())
+        .fetch_all(self.engine.db.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .filter(|r| seen.iter().any(|s| s.version == r.get::<i64, _>(0)))
+            .map(|r| Written {
+                provenance_id: r.get(1),
+                resource_type: resource_type.to_string(),
+                id: id.to_string(),
+                version: r.get(0),
+                author: r.get(2),
+                organisation: r.get(3),
+                recorded_us: r.get(4),
+                deleted: r.get::<i64, _>(5) != 0,
+            })
+            .collect())
+    }
+
+    /// The version Provenance `provenance_id` describes (type, id, version), if any.
+    pub async fn provenance_target(&self, provenance_id: &str) -> Result<Option<(String, String, i64)>, RecordsError> {
+        let row = sqlx::query("SELECT resource_type, id, version FROM resources WHERE provenance_id = $1")
+            .bind(provenance_id.to_string())
+            .fetch_optional(self.engine.db.pool())
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+}
