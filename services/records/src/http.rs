@@ -165,6 +165,17 @@ async fn metadata(headers: HeaderMap) -> Response {
                 search.push(json!({"name": "patient", "type": "reference"}));
                 search.push(json!({"name": "subject", "type": "reference"}));
             }
+            if !fhir::is_patient_data(t) {
+                // Directory data is read and written by id; searches are per patient.
+                return json!({
+                    "type": t,
+                    "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "create"},
+                                    {"code": "delete"}, {"code": "history-instance"}],
+                    "versioning": "versioned-update",
+                    "readHistory": true,
+                    "updateCreate": true,
+                });
+            }
             let includes: Vec<String> = crate::provenance::include_params().map(|p| format!("{t}:{p}")).collect();
             json!({
                 "type": t,
