@@ -8,7 +8,6 @@ Prints "fhir client: all checks passed" at the end.
 """
 
 import os
-import sys
 
 import requests
 from fhir.resources.R4B.bundle import Bundle
@@ -16,32 +15,16 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
+from checks import BASE, check, http
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import OperationOutcome as FhirpyOutcome
 
-BASE = os.environ["FHIR_BASE"]
 SYSTEM = os.environ["SYSTEM_TOKEN"]
 GP = os.environ["GP_TOKEN"]
 NHS1 = os.environ["NHS1"]
 NHS2 = os.environ["NHS2"]
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 SNOMED = "http://snomed.info/sct"
-
-
-def check(cond, what):
-    if not cond:
-        print(f"FAILED: {what}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
-
-
-def http(method, path, token, **kw):
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
-    headers.update(kw.pop("headers", {}))
-    if "json" in kw:
-        headers["Content-Type"] = "application/fhir+json"
-    url = f"{BASE}/{path}" if path else BASE
-    return requests.request(method, url, headers=headers, timeout=30, **kw)
 
 
 def outcome_of(resp):

@@ -7,34 +7,18 @@ PATIENT_TOKEN (the demo patient at P9, whose NHS number is NHS). Prints
 """
 
 import os
-import sys
 
-import requests
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.consent import Consent
+from checks import BASE, check, http
 from fhirpy import SyncFHIRClient
 
-BASE = os.environ["FHIR_BASE"]
 SYSTEM = os.environ["SYSTEM_TOKEN"]
 GP = os.environ["GP_TOKEN"]
 PATIENT = os.environ["PATIENT_TOKEN"]
 NHS = os.environ["NHS"]
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-
-
-def check(cond, what):
-    if not cond:
-        print(f"FAILED: {what}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
-
-
-def http(method, path, token, **kw):
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
-    if "json" in kw:
-        headers["Content-Type"] = "application/fhir+json"
-    return requests.request(method, f"{BASE}/{path}", headers=headers, timeout=30, **kw)
 
 
 system = SyncFHIRClient(BASE, authorization=f"Bearer {SYSTEM}")

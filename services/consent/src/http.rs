@@ -92,18 +92,9 @@ async fn may_see(api: &ConsentApi, p: &Principal, patient: &str) -> Result<()> {
     Ok(api.authorise(p, "consent.write", Some(&nhs)).await?)
 }
 
-/// The base URL as the caller addressed it.
+/// The FHIR base URL as the caller addressed it.
 fn base(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    let proto = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| *p == "https")
-        .unwrap_or("http");
-    format!("{proto}://{host}/fhir/R4")
+    sharedcare_kit::edge::fhir_base(headers)
 }
 
 async fn write(api: &ConsentApi, headers: &HeaderMap, body: &str, id: Option<&str>) -> Result<Response> {

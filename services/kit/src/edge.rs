@@ -115,6 +115,21 @@ pub trait ServiceError: std::error::Error {
     }
 }
 
+/// The FHIR base URL (`…/fhir/R4`) as the caller addressed it: its `Host`, and `https` when a
+/// proxy in front says so (`X-Forwarded-Proto`).
+pub fn fhir_base(headers: &http::HeaderMap) -> String {
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
+    format!("{proto}://{host}/fhir/R4")
+}
+
 /// Logs the detail of a failure inside the platform, once, at the edge.
 fn log<E: ServiceError + ?Sized>(e: &E) {
     if e.code().is_internal() {

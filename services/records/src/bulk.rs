@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use sharedcare_kit::auth::{Principal, bearer, has_scope};
+use sharedcare_kit::auth::{Principal, has_scope};
 use sharedcare_kit::pdp::{Actor, check_purpose};
 use tokio::io::AsyncReadExt;
 
@@ -44,16 +44,7 @@ pub fn router(api: RecordsApi) -> Router {
 
 /// The exporting system: a service token with `records.bulk`, acting for the purpose named.
 async fn exporter(api: &RecordsApi, headers: &HeaderMap, purpose_required: bool) -> Result<Actor> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-        .ok_or_else(|| RecordsError::Unauthenticated("missing bearer token".into()))?;
-    let p = api
-        .verifier()
-        .principal(token)
-        .await
-        .map_err(|e| RecordsError::Unauthenticated(e.to_string()))?;
+    let p = crate::http::principal(api, headers).await?;
     if !matches!(p, Principal::Service { .. }) || !has_scope(&p, BULK_SCOPE) {
         return Err(RecordsError::Forbidden(format!(
             "a Bulk Data export needs a system token with scope {BULK_SCOPE}"
@@ -80,18 +71,9 @@ async fn exporter(api: &RecordsApi, headers: &HeaderMap, purpose_required: bool)
     })
 }
 
-/// The FHIR base as the caller addressed it.
+/// The FHIR base URL as the caller addressed it.
 fn base(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    let proto = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| *p == "https")
-        .unwrap_or("http");
-    format!("{proto}://{host}/fhir/R4")
+    sharedcare_kit::edge::fhir_base(headers)
 }
 
 /// Checks a kick-off's headers and parameters.

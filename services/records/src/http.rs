@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Router, body::Bytes};
 use serde_json::{Value, json};
-use sharedcare_kit::auth::bearer;
+use sharedcare_kit::auth::{Principal, bearer};
 
 use crate::demographics::{self, PatientQuery};
 use crate::grpc::{RecordsApi, actor_of, check_purpose, page_size};
@@ -86,31 +86,27 @@ pub(crate) async fn caller(api: &RecordsApi, headers: &HeaderMap, scope: &str) -
             format!("{purpose:?} is not a PurposeOfUse code (e.g. TREAT, ETREAT, BTG)"),
         )
     })?;
+    let p = principal(api, headers).await?;
+    Ok(actor_of(&p, scope, purpose)?)
+}
+
+/// The verified principal of the bearer token in `Authorization`.
+pub(crate) async fn principal(api: &RecordsApi, headers: &HeaderMap) -> Result<Principal> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
         .ok_or_else(|| RecordsError::Unauthenticated("missing bearer token".into()))?;
-    let p = api
+    Ok(api
         .verifier()
         .principal(token)
         .await
-        .map_err(|e| RecordsError::Unauthenticated(e.to_string()))?;
-    Ok(actor_of(&p, scope, purpose)?)
+        .map_err(|e| RecordsError::Unauthenticated(e.to_string()))?)
 }
 
-/// The base URL of the facade as the caller addressed it.
+/// The FHIR base URL as the caller addressed it.
 pub(crate) fn base(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    let proto = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| *p == "https")
-        .unwrap_or("http");
-    format!("{proto}://{host}/fhir/R4")
+    sharedcare_kit::edge::fhir_base(headers)
 }
 
 fn version_headers(s: &Stored) -> HeaderMap {

@@ -1,0 +1,25 @@
+"""What the FHIR client scripts share: a named check that stops the script when it fails, and a
+plain HTTP request to the facade with a bearer token (for what a FHIR client library hides)."""
+
+import os
+import sys
+
+import requests
+
+BASE = os.environ["FHIR_BASE"]
+
+
+def check(cond, what):
+    if not cond:
+        print(f"FAILED: {what}", file=sys.stderr)
+        sys.exit(1)
+    print(f"ok: {what}")
+
+
+def http(method, path, token, **kw):
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+    headers.update(kw.pop("headers", {}))
+    if "json" in kw:
+        headers["Content-Type"] = "application/fhir+json"
+    url = f"{BASE}/{path}" if path else BASE
+    return requests.request(method, url, headers=headers, timeout=30, **kw)
