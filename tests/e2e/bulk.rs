@@ -186,6 +186,13 @@ async fn a_research_export_leaves_out_opted_out_patients_and_withheld_categories
     let group = json!({"resourceType": "Group", "id": "cohort", "type": "person", "actual": true,
         "member": [{"entity": {"reference": "Patient/cat"}}]});
     assert!(put_fhir(&p.http, &writer, "A81001", &group).await.0 < 300);
+    // A cohort is read by systems only: its membership can say something about its members.
+    let cohort = format!("{}/fhir/R4/Group/cohort", p.http);
+    assert_eq!(crate::harness::get_json(&cohort, &writer, &[]).await.0, 200);
+    let gp = user_token(&p, "gp", "demo-gp-password", "selectedrole").await;
+    assert_eq!(crate::harness::get_json(&cohort, &gp, &[]).await.0, 403);
+    let staff_write = put_fhir(&p.http, &gp, "A81001", &group).await;
+    assert_eq!(staff_write.0, 403, "{}", staff_write.1);
     let r = kick_off(&p.http, &bulk, "Group/cohort/$export?_type=Observation", "TREAT").await;
     assert_eq!(r.status().as_u16(), 202);
     let poll = r.headers()["content-location"].to_str().expect("ascii").to_string();

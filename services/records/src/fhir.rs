@@ -47,6 +47,17 @@ pub const DIRECTORY_TYPES: &[&str] = &[
     "Group",
 ];
 
+/// Directory data needs no consent decision, but a Group lists patients (a cohort, whose
+/// name or membership can say something about them): only systems read or write one.
+pub fn directory_access(resource_type: &str, actor_kind: &str) -> Result<(), RecordsError> {
+    if resource_type == "Group" && actor_kind != "service" {
+        return Err(RecordsError::Forbidden(
+            "a Group (a cohort of patients) is read and written by systems only".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether resources of this type are a patient's data (and so need a consent decision).
 pub fn is_patient_data(resource_type: &str) -> bool {
     !DIRECTORY_TYPES.contains(&resource_type)

@@ -54,12 +54,7 @@ impl Engine {
                             purpose,
                             "deleted".into(),
                         ),
-                        None => Verdict {
-                            answer: Ok(s.clone()),
-                            outcome: "success",
-                            purpose: purpose.to_string(),
-                            reason: String::new(),
-                        },
+                        None => directory_verdict(&s.resource_type, &job.caller.actor, s.clone()),
                         Some(i) => verdict(&decisions, i, purpose, &stored_labels(s), s.clone()),
                     };
                     (v, versioned, s.nhs_number.clone())
@@ -173,6 +168,8 @@ impl Engine {
                     expected: job.expected_version,
                     current,
                 })
+            } else if let Err(e) = fhir::directory_access(&r.resource_type, &job.caller.actor.kind) {
+                Err(e)
             } else if !fhir::is_patient_data(&r.resource_type) {
                 Ok(None)
             } else if nhs.is_empty() {
@@ -251,6 +248,24 @@ pub(super) fn patient_of(r: &Resource, known: &mut HashMap<String, String>) -> S
         known.insert(r.id.clone(), nhs.clone());
     }
     nhs
+}
+
+/// What a read of directory data (no consent decision) comes to: permitted, except a Group
+/// (a cohort) read by anyone but a system.
+pub(super) fn directory_verdict<T>(resource_type: &str, actor: &super::Actor, data: T) -> Verdict<T> {
+    let purpose = actor.purpose.as_str();
+    match fhir::directory_access(resource_type, &actor.kind) {
+        Err(e) => {
+            let reason = e.to_string();
+            Verdict::refused(e, "denied", purpose, reason)
+        }
+        Ok(()) => Verdict {
+            answer: Ok(data),
+            outcome: "success",
+            purpose: purpose.to_string(),
+            reason: String::new(),
+        },
+    }
 }
 
 /// Where a put's answer goes.

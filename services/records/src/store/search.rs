@@ -239,15 +239,8 @@ impl Store {
             }
             Some(s) if !fhir::is_patient_data(&s.resource_type) => {
                 let nhs = s.nhs_number.clone();
-                (
-                    Verdict {
-                        answer: Ok(s),
-                        outcome: "success",
-                        purpose: purpose.to_string(),
-                        reason: String::new(),
-                    },
-                    nhs,
-                )
+                let t = s.resource_type.clone();
+                (super::decide::directory_verdict(&t, actor, s), nhs)
             }
             Some(s) => {
                 let labels = stored_labels(&s);
@@ -310,12 +303,7 @@ impl Store {
         let v = if fhir::is_patient_data(resource_type) {
             e.judge_page(actor, &nhs, "history", versions, purpose).await
         } else {
-            Verdict {
-                answer: Ok((versions, false)),
-                outcome: "success",
-                purpose: purpose.to_string(),
-                reason: String::new(),
-            }
+            super::decide::directory_verdict(resource_type, actor, (versions, false))
         };
         let refs = match &v.answer {
             Ok((items, _)) => items
