@@ -168,7 +168,7 @@ impl Engine {
                     expected: job.expected_version,
                     current,
                 })
-            } else if let Err(e) = fhir::directory_access(&r.resource_type, &job.caller.actor.kind) {
+            } else if let Err(e) = fhir::directory_access(&r.resource_type, job.caller.actor.kind) {
                 Err(e)
             } else if !fhir::is_patient_data(&r.resource_type) {
                 Ok(None)
@@ -254,7 +254,7 @@ pub(super) fn patient_of(r: &Resource, known: &mut HashMap<String, String>) -> S
 /// (a cohort) read by anyone but a system.
 pub(super) fn directory_verdict<T>(resource_type: &str, actor: &super::Actor, data: T) -> Verdict<T> {
     let purpose = actor.purpose.as_str();
-    match fhir::directory_access(resource_type, &actor.kind) {
+    match fhir::directory_access(resource_type, actor.kind) {
         Err(e) => {
             let reason = e.to_string();
             Verdict::refused(e, "denied", purpose, reason)
