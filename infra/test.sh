@@ -51,6 +51,13 @@ if [ ! -f "$classpath" ] || [ -n "$(find tests/java/pom.xml tests/java/src -newe
   mvn -q -B -f tests/java/pom.xml package dependency:build-classpath -Dmdep.outputFile="$classpath" >&2
 fi
 
+# Kubernetes: helm and BuildKit's Dockerfile checks, built from the Go module proxy and cached
+# outside the checkout; then the image's build stage, run on the host (no Docker daemon here).
+tools="$(infra/tools.sh)"
+export SHAREDCARE_HELM="$(sed -n 's/^helm=//p' <<<"$tools")"
+export SHAREDCARE_DOCKERFILE_LINT="$(sed -n 's/^dockerfile-lint=//p' <<<"$tools")"
+infra/image.sh check
+
 infra/postgres.sh start
 infra/kafka.sh start
 

@@ -13,6 +13,7 @@ mod hapi;
 mod harness;
 mod identity;
 mod import;
+mod kubernetes;
 mod oidc_node;
 mod passport;
 mod patient_search;

@@ -1,0 +1,73 @@
+//! What platform teams deploy with, checked with their own tools (built by `infra/tools.sh`
+//! from the Go module proxy): the Helm chart through `helm lint` and `helm template` with each
+//! value set, what it renders (tests/python/chart_checks.py), and the Dockerfile through
+//! BuildKit's own checks. The image's build stage itself is compiled by `infra/image.sh check`
+//! in the test command.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `name`'s path: from `SHAREDCARE_{NAME}` (the test command sets it), else `infra/tools.sh`.
+fn tool(name: &str) -> String {
+    let var = format!("SHAREDCARE_{}", name.to_ascii_uppercase().replace('-', "_"));
+    if let Ok(path) = std::env::var(&var) {
+        return path;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(root.join("infra/tools.sh"))
+        .output()
+        .expect("infra/tools.sh");
+    assert!(
+        out.status.success(),
+        "infra/tools.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+        .unwrap_or_else(|| panic!("infra/tools.sh printed no {name}"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn the_chart_lints_renders_what_platform_teams_rely_on_and_refuses_bad_values() {
+    let python = root().join("tests/python/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "tests/python/.venv is missing: run the README's test command"
+    );
+    let out = Command::new(python)
+        .arg(root().join("tests/python/chart_checks.py"))
+        .env("HELM", tool("helm"))
+        .env("CHART", root().join("charts/sharedcare"))
+        .output()
+        .expect("run chart_checks.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("chart: all checks passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_dockerfile_passes_buildkits_checks_and_the_checks_catch_mistakes() {
+    let lint = tool("dockerfile-lint");
+    let good = Command::new(&lint)
+        .arg(root().join("Dockerfile"))
+        .output()
+        .expect("lint");
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stdout));
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("Dockerfile");
+    std::fs::write(&bad, "from debian:bookworm-slim as Build\nCMD echo hi\n").expect("write");
+    let out = Command::new(&lint).arg(&bad).output().expect("lint");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    for rule in ["StageNameCasing", "JSONArgsRecommended", "ConsistentInstructionCasing"] {
+        assert!(text.contains(rule), "{rule}: {text}");
+    }
+}

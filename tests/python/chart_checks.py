@@ -1,0 +1,147 @@
+"""Checks of the Helm chart (charts/sharedcare) with helm itself: `helm lint` and `helm template`
+for each value set in charts/sharedcare/ci/, then what a platform team relies on in what it
+renders. Environment: HELM (the helm binary), CHART (the chart directory). Prints
+"chart: all checks passed" at the end.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+HELM = os.environ["HELM"]
+CHART = Path(os.environ["CHART"])
+KUBE = "1.31.0"
+SERVICES = ["identity", "records", "consent", "audit", "passport"]
+
+
+def check(cond, what):
+    if not cond:
+        print(f"FAILED: {what}", file=sys.stderr)
+        sys.exit(1)
+    print(f"ok: {what}")
+
+
+def helm(*args):
+    return subprocess.run([HELM, *args], capture_output=True, text=True, check=False)
+
+
+def render(values, *sets):
+    args = ["template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / values)]
+    for s in sets:
+        args += ["--set", s]
+    r = helm(*args)
+    check(r.returncode == 0, f"helm template with {values} {' '.join(sets)}: {r.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+def of(docs, kind):
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+value_sets = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
+check(len(value_sets) >= 4, "value sets: minimal, production, existing Secrets, ServiceMonitor")
+for v in value_sets:
+    r = helm("lint", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / v))
+    check(r.returncode == 0, f"helm lint with {v}: {r.stdout.strip()} {r.stderr.strip()}")
+
+# Minimal: one Deployment, Service, ServiceAccount, NetworkPolicy per service, hardened.
+docs = render("minimal-values.yaml")
+deployments = of(docs, "Deployment")
+check(sorted(deployments) == sorted(f"sc-sharedcare-{s}" for s in SERVICES), "a Deployment per service")
+for name, d in deployments.items():
+    spec = d["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    service = name.removeprefix("sc-sharedcare-")
+    check(c["args"][2:4] == ["serve", service], f"{name} runs `sharedcare serve {service}`")
+    check(spec["automountServiceAccountToken"] is False, f"{name} mounts no service account token")
+    check(spec["securityContext"]["runAsNonRoot"] is True, f"{name} runs as non-root")
+    check(spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", f"{name}: seccomp RuntimeDefault")
+    sc = c["securityContext"]
+    check(
+        sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"],
+        f"{name}: read-only root filesystem, no privilege escalation, every capability dropped",
+    )
+    check(c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{name} probes /healthz and /readyz")
+    check("requests" in c["resources"] and "limits" in c["resources"], f"{name} has resources")
+    env = {e["name"]: e for e in c["env"]}
+    check("secretKeyRef" in env["SHAREDCARE_DATABASE__URL"]["valueFrom"], f"{name} takes the database URL from a Secret")
+    check(spec["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone", f"{name} spreads across zones")
+check(
+    "SHAREDCARE_AUTH__CLIENT_SECRET" in {e["name"] for e in deployments["sc-sharedcare-records"]["spec"]["template"]["spec"]["containers"][0]["env"]},
+    "records gets its client secret from a Secret",
+)
+accounts = of(docs, "ServiceAccount")
+check(len(accounts) == 5 and all(a["automountServiceAccountToken"] is False for a in accounts.values()), "a ServiceAccount per service, no token")
+check(len(of(docs, "HorizontalPodAutoscaler")) == 4 and len(of(docs, "PodDisruptionBudget")) == 4, "HPA and PDB where enabled")
+services = of(docs, "Service")
+check(all({p["name"] for p in s["spec"]["ports"]} == {"http", "grpc"} for s in services.values()), "a Service each for HTTP and gRPC")
+secrets = of(docs, "Secret")
+check(sorted(secrets) == ["sc-sharedcare-database", "sc-sharedcare-passport-client", "sc-sharedcare-records-client"], "Secrets for the database and the clients")
+config = of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"]
+check('consent_url = "http://sc-sharedcare-consent:50051"' in config, "records and the passport reach consent by its Service")
+check("postgres://" not in config and "secret" not in config.lower(), "no secret in the ConfigMap")
+job = of(docs, "Job")["sc-sharedcare-migrate"]
+check(job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade", "migrations run as a pre-install, pre-upgrade hook")
+check(job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"], "the hook runs `sharedcare migrate`")
+check(not of(docs, "ServiceMonitor") and not of(docs, "Ingress"), "no ServiceMonitor or Ingress unless asked")
+
+# NetworkPolicies: only identity and the FHIR facade from the ingress; each service reaches
+# only what it needs.
+policies = of(docs, "NetworkPolicy")
+for s in SERVICES:
+    p = policies[f"sc-sharedcare-{s}"]["spec"]
+    from_ingress = any("namespaceSelector" in peer for rule in p["ingress"] for peer in rule.get("from", []))
+    check(from_ingress == (s in ("identity", "records")), f"{s} {'is' if from_ingress else 'is not'} reachable from the ingress")
+    check(p["policyTypes"] == ["Ingress", "Egress"], f"{s} has ingress and egress rules")
+egress = policies["sc-sharedcare-passport"]["spec"]["egress"]
+callees = [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in egress for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"]]
+check(sorted(callees) == ["audit", "consent", "identity"], "the passport reaches identity, consent and audit, nothing else of ours")
+consent_out = [peer for rule in policies["sc-sharedcare-consent"]["spec"]["egress"] for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"]]
+check([p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in consent_out] == ["identity"], "consent calls only identity")
+
+# Production: Ingress with TLS routing Consent to consent; OTLP egress; identity out to NHS login.
+docs = render("production-values.yaml")
+ingress = of(docs, "Ingress")["sc-sharedcare"]
+paths = {p["path"]: p["backend"]["service"]["name"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+check(paths["/fhir/R4/Consent"] == "sc-sharedcare-consent" and paths["/fhir"] == "sc-sharedcare-records", "the Ingress sends Consent to consent, the rest of FHIR to records")
+check(ingress["spec"]["tls"][0]["secretName"] == "sharedcare-tls", "TLS")
+check(of(docs, "HorizontalPodAutoscaler")["sc-sharedcare-records"]["spec"]["maxReplicas"] == 20, "autoscaling bounds from values")
+identity_out = policies = of(docs, "NetworkPolicy")["sc-sharedcare-identity"]["spec"]["egress"]
+check(any("ipBlock" in peer for rule in identity_out for peer in rule.get("to", [])), "identity may reach the upstream logins")
+check(any(r.get("ports", [{}])[0].get("port") == 4317 for r in of(docs, "NetworkPolicy")["sc-sharedcare-records"]["spec"]["egress"]), "OTLP egress when a collector is set")
+
+# Existing Secrets: the chart makes none and names them; Gateway API route instead of Ingress.
+docs = render("existing-secrets-values.yaml")
+check(not of(docs, "Secret"), "existing Secrets: the chart makes none")
+env = {e["name"]: e for e in of(docs, "Deployment")["sc-sharedcare-records"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+ref = env["SHAREDCARE_DATABASE__URL"]["valueFrom"]["secretKeyRef"]
+check((ref["name"], ref["key"]) == ("sharedcare-db", "uri"), "the database URL comes from the named Secret and key")
+check(env["SHAREDCARE_AUTH__CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "records-client", "the client secret too")
+route = of(docs, "HTTPRoute")["sc-sharedcare"]
+check(route["spec"]["parentRefs"][0]["name"] == "ics-gateway", "an HTTPRoute on the named Gateway")
+
+# ServiceMonitor on and off.
+docs = render("servicemonitor-values.yaml")
+monitor = of(docs, "ServiceMonitor")["sc-sharedcare"]
+check(monitor["spec"]["endpoints"][0]["path"] == "/metrics" and monitor["metadata"]["labels"]["release"] == "prometheus", "a ServiceMonitor scraping /metrics")
+
+# Wrong values fail at install, naming the value.
+for sets, named in [
+    (["services.records.replicas=many"], "/services/records/replicas"),
+    (["issuer=id.example"], "/issuer"),
+    (["kafka.brokers=kafka"], "/kafka/brokers"),
+    (["telemetry.logFormat=xml"], "/telemetry/logFormat"),
+    (["servcies.records.enabled=false"], "servcies"),
+]:
+    args = ["template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / "minimal-values.yaml")]
+    for s in sets:
+        args += ["--set", s]
+    r = helm(*args)
+    check(r.returncode != 0 and named in r.stderr, f"{' '.join(sets)} is refused naming {named}: {r.stderr.strip()[:160]}")
+r = helm("template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / "minimal-values.yaml"), "--set", "database.url=")
+check(r.returncode != 0 and "database.url is required" in r.stderr, "a database is required: " + r.stderr.strip()[:160])
+
+print("chart: all checks passed")
