@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::harness::{get_json, put_fhir, service_token_for, up, user_token};
 
@@ -16,9 +16,7 @@ const ODS: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
 async fn new_resource_types_are_stored_validated_and_a_referral_opens_the_record_to_its_provider() {
     let data = tempfile::tempdir().expect("tmp");
     let p = up(data.path());
-    let demo: Value =
-        serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo");
-    let nhs = demo["patients"][0]["nhs_number"].as_str().expect("nhs").to_string();
+    let nhs = crate::harness::demo_nhs_numbers()[0].clone();
     let system = service_token_for(&p.http, "records.write records.read").await;
     let subject = json!({"reference": "Patient/margaret"});
     let resources = crate::harness::sample_record(&nhs);

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -38,9 +37,7 @@ fn save(dir: &Path, name: &str, v: &Value) {
 async fn what_the_facade_returns_validates_with_hapi_and_what_hapi_rejects_is_refused() {
     let data = tempfile::tempdir().expect("tmp");
     let p = up(data.path());
-    let demo: Value =
-        serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo");
-    let nhs = demo["patients"][0]["nhs_number"].as_str().expect("nhs").to_string();
+    let nhs = crate::harness::demo_nhs_numbers()[0].clone();
     let system = service_token_for(&p.http, "records.write records.read").await;
     let gp = user_token(&p, "gp", "demo-gp-password", "selectedrole").await;
     let margaret = user_token(&p, "patient1", "demo-patient1-password", "nhs_number").await;
@@ -244,15 +241,14 @@ async fn what_the_facade_returns_validates_with_hapi_and_what_hapi_rejects_is_re
 async fn hapis_generic_client_writes_reads_searches_deletes_and_exports() {
     let data = tempfile::tempdir().expect("tmp");
     let p = up(data.path());
-    let demo: Value =
-        serde_json::from_str(&crate::harness::run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo");
-    let nhs = demo["patients"][1]["nhs_number"].as_str().expect("nhs").to_string();
+    let demo = crate::harness::demo_nhs_numbers();
+    let nhs = demo[1].clone();
     let system = service_token_for(&p.http, "records.write records.read").await;
     let (ok, out) = hapi(&["client", &format!("{}/fhir/R4", p.http), &system, &nhs]);
     assert!(ok && out.contains("hapi client: all checks passed"), "{out}");
 
     // A Bulk Data export, kicked off by HAPI's client, polled and downloaded.
-    let margaret = demo["patients"][0]["nhs_number"].as_str().expect("nhs").to_string();
+    let margaret = demo[0].clone();
     for r in crate::harness::sample_record(&margaret) {
         let (status, body) = put_fhir(&p.http, &system, "A81001", &r).await;
         assert!(status < 300, "{status} {body}");

@@ -398,6 +398,17 @@ pub async fn get_json(url: &str, token: &str, headers: &[(&str, &str)]) -> (u16,
     (status, r.json().await.expect("a JSON body"))
 }
 
+/// The demo ICS's patients' NHS numbers, in the order `sharedcare demo` lists them.
+pub fn demo_nhs_numbers() -> Vec<String> {
+    let demo: Value = serde_json::from_str(&run(&["demo"], &[], Duration::from_secs(30)).1).expect("demo JSON");
+    demo["patients"]
+        .as_array()
+        .expect("patients")
+        .iter()
+        .map(|p| p["nhs_number"].as_str().expect("nhs_number").to_string())
+        .collect()
+}
+
 /// A small record for patient `margaret` (NHS number `nhs`) with one resource of each type the
 /// record gained for care planning: a Medication and a MedicationRequest for it, an
 /// Immunization, a Procedure, an Appointment, a QuestionnaireResponse and a RelatedPerson.
