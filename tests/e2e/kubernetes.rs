@@ -32,25 +32,30 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-#[test]
-fn the_chart_lints_renders_what_platform_teams_rely_on_and_refuses_bad_values() {
+/// Runs `tests/python/{script}` with `env`; passes when it prints `{done}: all checks passed`.
+fn python_checks(script: &str, env: &[(&str, String)], done: &str) {
     let python = root().join("tests/python/.venv/bin/python");
     assert!(
         python.exists(),
         "tests/python/.venv is missing: run the README's test command"
     );
     let out = Command::new(python)
-        .arg(root().join("tests/python/chart_checks.py"))
-        .env("HELM", tool("helm"))
-        .env("CHART", root().join("charts/sharedcare"))
+        .arg(root().join("tests/python").join(script))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
-        .expect("run chart_checks.py");
+        .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && stdout.contains("chart: all checks passed"),
+        out.status.success() && stdout.contains(&format!("{done}: all checks passed")),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_chart_lints_renders_what_platform_teams_rely_on_and_refuses_bad_values() {
+    let chart = root().join("charts/sharedcare").display().to_string();
+    python_checks("chart_checks.py", &[("HELM", tool("helm")), ("CHART", chart)], "chart");
 }
 
 #[test]
@@ -70,4 +75,10 @@ fn the_dockerfile_passes_buildkits_checks_and_the_checks_catch_mistakes() {
     for rule in ["StageNameCasing", "JSONArgsRecommended", "ConsistentInstructionCasing"] {
         assert!(text.contains(rule), "{rule}: {text}");
     }
+}
+
+#[test]
+fn the_cluster_prerequisites_match_what_each_service_publishes_and_consumes() {
+    let k8s = root().join("infra/k8s").display().to_string();
+    python_checks("k8s_checks.py", &[("K8S", k8s)], "k8s");
 }

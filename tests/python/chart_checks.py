@@ -6,22 +6,15 @@ renders. Environment: HELM (the helm binary), CHART (the chart directory). Print
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from checks import check
 
 HELM = os.environ["HELM"]
 CHART = Path(os.environ["CHART"])
 KUBE = "1.31.0"
 SERVICES = ["identity", "records", "consent", "audit", "passport"]
-
-
-def check(cond, what):
-    if not cond:
-        print(f"FAILED: {what}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
 
 
 def helm(*args):
