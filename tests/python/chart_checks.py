@@ -35,7 +35,7 @@ def of(docs, kind):
 
 
 value_sets = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
-check(len(value_sets) >= 4, "value sets: minimal, production, existing Secrets, ServiceMonitor")
+check(len(value_sets) >= 5, "value sets: minimal, production, existing Secrets, a database per service, ServiceMonitor")
 for v in value_sets:
     r = helm("lint", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / v))
     check(r.returncode == 0, f"helm lint with {v}: {r.stdout.strip()} {r.stderr.strip()}")
@@ -115,6 +115,15 @@ check((ref["name"], ref["key"]) == ("sharedcare-db", "uri"), "the database URL c
 check(env["SHAREDCARE_AUTH__CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "records-client", "the client secret too")
 route = of(docs, "HTTPRoute")["sc-sharedcare"]
 check(route["spec"]["parentRefs"][0]["name"] == "ics-gateway", "an HTTPRoute on the named Gateway")
+
+# A database per service: each service's URL from its own Secret, migrated one by one.
+docs = render("database-per-service-values.yaml")
+check("sc-sharedcare-database" not in of(docs, "Secret"), "no shared database Secret when every service has its own")
+env = {e["name"]: e for e in of(docs, "Deployment")["sc-sharedcare-records"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+ref = env["SHAREDCARE_DATABASE__URL"]["valueFrom"]["secretKeyRef"]
+check((ref["name"], ref["key"]) == ("sharedcare-db-records", "uri"), "records' URL from its own Secret")
+containers = of(docs, "Job")["sc-sharedcare-migrate"]["spec"]["template"]["spec"]["containers"]
+check(sorted(c["args"][1] for c in containers) == sorted(SERVICES), "a migration per service, each on its own database")
 
 # ServiceMonitor on and off.
 docs = render("servicemonitor-values.yaml")

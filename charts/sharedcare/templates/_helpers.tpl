@@ -55,3 +55,26 @@ app.kubernetes.io/component: {{ .name }}
 {{- $calls := dict "records" (list "consent") "passport" (list "consent" "audit") -}}
 {{- toJson (default (list) (index $calls .)) -}}
 {{- end -}}
+
+{{/* The env entry of one service's database URL: (dict "root" $ "name" "records"). */}}
+{{- define "sharedcare.databaseEnv" -}}
+{{- $own := index (default dict .root.Values.database.services) .name -}}
+- name: SHAREDCARE_DATABASE__URL
+  valueFrom:
+    secretKeyRef:
+      {{- if $own }}
+      name: {{ $own.existingSecret }}
+      key: {{ default "uri" $own.existingSecretKey }}
+      {{- else }}
+      name: {{ include "sharedcare.databaseSecret" .root }}
+      key: {{ include "sharedcare.databaseKey" .root }}
+      {{- end }}
+{{- end -}}
+
+{{/* Whether any enabled service uses the shared database URL. */}}
+{{- define "sharedcare.sharedDatabase" -}}
+{{- $own := default dict .Values.database.services -}}
+{{- range $name, $svc := .Values.services -}}
+{{- if and $svc.enabled (not (hasKey $own $name)) -}}yes{{- end -}}
+{{- end -}}
+{{- end -}}
