@@ -110,10 +110,6 @@ async fn write(api: &ConsentApi, headers: &HeaderMap, body: &str, id: Option<&st
             _ => body.to_string(),
         },
     };
-    let is_new = match id {
-        Some(id) => api.store().consent(id).await?.is_none(),
-        None => true,
-    };
     let (_, stored) = api.write_consent(&p, &json, id).await?;
     let mut h = version_headers(&stored);
     if let Ok(l) = HeaderValue::from_str(&format!(
@@ -124,7 +120,12 @@ async fn write(api: &ConsentApi, headers: &HeaderMap, body: &str, id: Option<&st
     )) {
         h.insert(header::LOCATION, l);
     }
-    let status = if is_new { StatusCode::CREATED } else { StatusCode::OK };
+    // A first version is a create, whether by POST or by PUT to a new id.
+    let status = if stored.version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(respond(status, &resource(&stored), h))
 }
 

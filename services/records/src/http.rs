@@ -634,7 +634,7 @@ async fn search_bundle(
             .iter()
             .map(|s| serde_json::from_str(&s.body).unwrap_or(Value::Null))
             .collect();
-        let extra = crate::provenance::included(api, &matches, includes, &who, &base(headers)).await;
+        let extra = crate::provenance::included(api, (&page.items, &matches), includes, &who, &base(headers)).await;
         if let Some(entries) = body["entry"].as_array_mut() {
             entries.extend(extra);
         } else if !extra.is_empty() {

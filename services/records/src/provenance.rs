@@ -239,9 +239,16 @@ fn references(resource: &Value, elements: &[&str]) -> Vec<(String, String)> {
     out
 }
 
-/// The entries `includes` add to a searchset of `matches`: each referenced resource read as
-/// `who` (left out when refused), and the Provenance of each match's current version.
-pub async fn included(api: &RecordsApi, matches: &[Value], includes: &Includes, who: &Actor, base: &str) -> Vec<Value> {
+/// The entries `includes` add to a searchset whose page `read` (decided and audited) holds
+/// `matches`: each referenced resource read as `who` (left out when refused), and the
+/// Provenance of each match's version (from the page: nothing read twice).
+pub async fn included(
+    api: &RecordsApi,
+    (read, matches): (&[crate::store::Stored], &[Value]),
+    includes: &Includes,
+    who: &Actor,
+    base: &str,
+) -> Vec<Value> {
     let mut wanted: Vec<(String, String)> = Vec::new();
     for m in matches {
         for pair in references(m, &includes.elements) {
@@ -266,22 +273,16 @@ pub async fn included(api: &RecordsApi, matches: &[Value], includes: &Includes, 
             })
         })
         .collect();
-    if includes.provenance {
-        for m in matches {
-            let (Some(t), Some(id)) = (m["resourceType"].as_str(), m["id"].as_str()) else {
-                continue;
-            };
-            let version = m["meta"]["versionId"].as_str().and_then(|v| v.parse().ok());
-            if let Ok(written) = api.store().provenance_of(t, id, version, who).await {
-                out.extend(written.iter().map(|w| {
-                    json!({
-                        "fullUrl": format!("{base}/Provenance/{}", w.provenance_id),
-                        "resource": resource(w),
-                        "search": {"mode": "include"},
-                    })
-                }));
-            }
-        }
+    if includes.provenance
+        && let Ok(written) = api.store().written(read).await
+    {
+        out.extend(written.iter().map(|w| {
+            json!({
+                "fullUrl": format!("{base}/Provenance/{}", w.provenance_id),
+                "resource": resource(w),
+                "search": {"mode": "include"},
+            })
+        }));
     }
     out
 }

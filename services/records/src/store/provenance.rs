@@ -73,28 +73,49 @@ impl Store {
         {
             return Err(RecordsError::NotFound(format!("{resource_type}/{id}/_history/{v}")));
         }
-        let rows = sqlx::query(
-            "SELECT version, provenance_id, author, source_organisation, last_updated_us, deleted \
-             FROM resources WHERE resource_type = $1 AND id = $2 ORDER BY version DESC",
-        )
-        .bind(resource_type.to_string())
-        .bind(id.to_string())
-        .fetch_all(self.engine.db.pool())
-        .await?;
-        Ok(rows
-            .iter()
-            .filter(|r| seen.iter().any(|s| s.version == r.get::<i64, _>(0)))
-            .map(|r| Written {
-                provenance_id: r.get(1),
-                resource_type: resource_type.to_string(),
-                id: id.to_string(),
-                version: r.get(0),
-                author: r.get(2),
-                organisation: r.get(3),
-                recorded_us: r.get(4),
-                deleted: r.get::<i64, _>(5) != 0,
-            })
-            .collect())
+        self.written(&seen).await
+    }
+
+    /// The Provenance of versions already read (so already decided and audited): one query per
+    /// chunk, newest version of each resource first. A search's `_revinclude` passes its page.
+    pub async fn written(&self, seen: &[Stored]) -> Result<Vec<Written>, RecordsError> {
+        let mut out = Vec::new();
+        for chunk in seen.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
+            let mut pairs: Vec<(&str, &str)> = chunk
+                .iter()
+                .map(|s| (s.resource_type.as_str(), s.id.as_str()))
+                .collect();
+            pairs.sort_unstable();
+            pairs.dedup();
+            let sql = format!(
+                "SELECT resource_type, id, version, provenance_id, author, source_organisation, last_updated_us, deleted \
+                 FROM resources WHERE {} ORDER BY resource_type, id, version DESC",
+                self.engine.any_of("", pairs.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (t, id) in &pairs {
+                q = q.bind(t.to_string()).bind(id.to_string());
+            }
+            for r in q.fetch_all(self.engine.db.pool()).await? {
+                let w = Written {
+                    resource_type: r.get(0),
+                    id: r.get(1),
+                    version: r.get(2),
+                    provenance_id: r.get(3),
+                    author: r.get(4),
+                    organisation: r.get(5),
+                    recorded_us: r.get(6),
+                    deleted: r.get::<i64, _>(7) != 0,
+                };
+                let was_read = chunk
+                    .iter()
+                    .any(|s| s.resource_type == w.resource_type && s.id == w.id && s.version == w.version);
+                if was_read {
+                    out.push(w);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The version Provenance `provenance_id` describes (type, id, version), if any.

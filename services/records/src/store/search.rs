@@ -119,18 +119,6 @@ impl Sort {
         })
     }
 
-    /// The FHIR `_sort` value ("" for the default).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Sort::Id => "",
-            Sort::IdDesc => "-_id",
-            Sort::Date => "date",
-            Sort::DateDesc => "-date",
-            Sort::Updated => "_lastUpdated",
-            Sort::UpdatedDesc => "-_lastUpdated",
-        }
-    }
-
     /// The column sorted on (beyond type and id), and whether descending.
     fn column(self) -> (Option<&'static str>, bool) {
         match self {
