@@ -34,9 +34,10 @@ LABEL org.opencontainers.image.title="sharedcare" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/sharedcare/sharedcare"
-# zlib (librdkafka links it) and CA certificates (TLS to identity, Kafka, Postgres).
+# zlib and OpenSSL (librdkafka links them: TLS and SCRAM to Kafka) and CA certificates (TLS
+# to identity, Kafka, Postgres).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates=* zlib1g=* \
+ && apt-get install -y --no-install-recommends ca-certificates=* libssl3=* zlib1g=* \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 sharedcare \
  && useradd --system --uid 10001 --gid sharedcare --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin sharedcare

@@ -3,7 +3,7 @@
 #   infra/image.sh check   lints the Dockerfile with BuildKit's own checks, then runs its build
 #                          stage on the host: the files its COPY lines take, alone in a scratch
 #                          directory, built with the same cargo command; then checks the binary
-#                          needs nothing the runtime stage (Debian slim + zlib) lacks.
+#                          needs no library the runtime stage does not install.
 # With a daemon, `docker build -t sharedcare .` builds the image itself.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,11 +37,22 @@ build=$(sed -n '/^RUN --mount=type=cache,target=\/usr\/local\/cargo\/registry/,/
 echo "image.sh: build stage: $build (in a copy of only what the Dockerfile copies)" >&2
 (cd "$src" && CARGO_TARGET_DIR="$root/target" $build)
 
-# The runtime stage provides glibc, libgcc and zlib: the binary may need nothing more.
+# Every shared library the binary loads must come from a package the runtime stage has: Debian
+# slim's own libc6 and libgcc-s1, or one its `apt-get install` names (the host is the same
+# Debian release, so dpkg names the package each library comes from).
 binary="$root/target/release/sharedcare"
-extra=$(ldd "$binary" | awk '{print $1}' | grep -vE '^(linux-vdso\.so|/lib64/ld-linux-x86-64\.so|libc\.so|libm\.so|libgcc_s\.so|libz\.so|libpthread\.so|libdl\.so)' || true)
-if [ -n "$extra" ]; then
-  echo "image.sh: the binary needs libraries the runtime stage does not install: $extra" >&2
+runtime_pkgs="libc6 libgcc-s1 $(sed -n '/ AS runtime$/,$p' Dockerfile | grep -oE '[a-z0-9.+-]+=\*' | sed 's/=\*$//' | tr '\n' ' ')"
+missing=""
+for lib in $(ldd "$binary" | awk '$3 ~ /^\// {print $3}'); do
+  pkgs=$(dpkg -S "$(basename "$lib")" 2>/dev/null | cut -d: -f1 | sort -u)
+  found=""
+  for p in $pkgs; do
+    case " $runtime_pkgs " in *" $p "*) found=1 ;; esac
+  done
+  [ -n "$found" ] || missing="$missing $(basename "$lib") (${pkgs:-no package})"
+done
+if [ -n "$missing" ]; then
+  echo "image.sh: the binary needs libraries the runtime stage does not install:$missing" >&2
   exit 1
 fi
 "$binary" --help >/dev/null

@@ -7,10 +7,15 @@
 #
 # Environment: KAFKA_PORT (default 19092), KAFKA_HOME (state, default infra/.state/kafka-$KAFKA_PORT),
 # KAFKA_HEAP (default 384m). Several brokers on different ports may run side by side.
+# KAFKA_SCRAM_USERS="name:password,…" adds a SASL_PLAINTEXT listener on KAFKA_PORT+2 that takes
+# SCRAM-SHA-512 logins for those users (credentials written when the storage is formatted, as
+# Strimzi's scram-sha-512 listener does), for the tests of the binary's SASL settings.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 port="${KAFKA_PORT:-19092}"
 ctrl_port=$((port + 1))
+sasl_port=$((port + 2))
+scram_users="${KAFKA_SCRAM_USERS:-}"
 home="${KAFKA_HOME:-$here/.state/kafka-$port}"
 lib="$here/kafka/lib"
 pidfile="$home/kafka.pid"
@@ -33,14 +38,23 @@ start() {
   if running; then echo "kafka: already running, listening on 127.0.0.1:$port"; return 0; fi
   fetch_jars
   mkdir -p "$home/data"
+  local listeners="PLAINTEXT://127.0.0.1:$port" scram=() user
+  if [ -n "$scram_users" ]; then
+    listeners="$listeners,SASL_PLAINTEXT://127.0.0.1:$sasl_port"
+    for user in ${scram_users//,/ }; do
+      scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%:*},password=${user#*:}]")
+    done
+  fi
   cat > "$home/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$ctrl_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctrl_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners,CONTROLLER://127.0.0.1:$ctrl_port
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$home/data
 num.partitions=6
@@ -53,13 +67,14 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 log.segment.bytes=67108864
 log.retention.hours=24
+log.cleaner.dedupe.buffer.size=33554432
 PROPS
   local cp="$lib/*"
   if [ ! -f "$home/data/meta.properties" ]; then
     java -cp "$cp" kafka.tools.StorageTool format --standalone -t "sharedcare-test-cluster-$port" \
-      -c "$home/server.properties" > "$home/format.log" 2>&1 \
+      -c "$home/server.properties" "${scram[@]}" > "$home/format.log" 2>&1 \
       || java -cp "$cp" kafka.tools.StorageTool format -t "$(java -cp "$cp" kafka.tools.StorageTool random-uuid)" \
-      -c "$home/server.properties" >> "$home/format.log" 2>&1 \
+      -c "$home/server.properties" "${scram[@]}" >> "$home/format.log" 2>&1 \
       || { echo "kafka.sh: formatting storage failed, see $home/format.log" >&2; cat "$home/format.log" >&2; exit 1; }
   fi
   nohup java -Xms128m -Xmx"${KAFKA_HEAP:-384m}" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \

@@ -196,6 +196,11 @@ async fn one_put_is_one_trace_across_records_and_audit() {
 
 /// Runs infra/kafka.sh for a broker of this test's own.
 fn broker(action: &str, port: u16, home: &std::path::Path) {
+    broker_with(action, port, home, &[]);
+}
+
+/// As [`broker`], with extra environment for kafka.sh (e.g. `KAFKA_SCRAM_USERS`).
+fn broker_with(action: &str, port: u16, home: &std::path::Path, env: &[(&str, &str)]) {
     let script =
         std::env::var("TEST_KAFKA_SCRIPT").expect("TEST_KAFKA_SCRIPT is not set: run the README's test command");
     let status = Command::new(script)
@@ -203,9 +208,79 @@ fn broker(action: &str, port: u16, home: &std::path::Path) {
         .env("KAFKA_PORT", port.to_string())
         .env("KAFKA_HOME", home)
         .env("KAFKA_HEAP", "256m")
+        .envs(env.iter().copied())
         .status()
         .expect("run kafka.sh");
     assert!(status.success(), "kafka.sh {action} failed");
+}
+
+/// The environment that makes a process log in to Kafka over SASL/SCRAM as `user`.
+fn scram(env: &[(&'static str, String)], user: &str, password: &str) -> Vec<(&'static str, String)> {
+    let mut env: Vec<(&'static str, String)> = env.to_vec();
+    env.push(("SHAREDCARE_KAFKA__SECURITY_PROTOCOL", "sasl_plaintext".into()));
+    env.push(("SHAREDCARE_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512".into()));
+    env.push(("SHAREDCARE_KAFKA__SASL_USERNAME", user.into()));
+    env.push(("SHAREDCARE_KAFKA__SASL_PASSWORD", password.into()));
+    env
+}
+
+#[tokio::test]
+async fn each_service_logs_in_to_kafka_with_its_own_scram_user_and_a_wrong_password_is_named() {
+    // A broker of its own whose SASL listener (port + 2) knows one user per service, as
+    // Strimzi's scram-sha-512 listener with a KafkaUser each (infra/k8s/kafka.yaml).
+    let port = 19292;
+    let b = Broker(port, tempfile::tempdir().expect("tmp"));
+    let users = "identity:id-pw,consent:co-pw,records:re-pw,audit:au-pw";
+    broker_with("start", port, b.1.path(), &[("KAFKA_SCRAM_USERS", users)]);
+    let env = serve_env(
+        &fresh_database().await,
+        &format!("127.0.0.1:{}", port + 2),
+        &namespace(),
+    );
+    let id = identity(&scram(&env, "identity", "id-pw"));
+    let consent = serve("consent", &scram(&env, "consent", "co-pw"), &id);
+    let records = serve_records(&scram(&env, "records", "re-pw"), &id, &consent);
+    let audit = serve("audit", &scram(&env, "audit", "au-pw"), &id);
+    let nhs = nhs_number();
+    records
+        .records()
+        .await
+        .put(PutRequest {
+            resource_json: patient("p-scram", &nhs),
+            source_organisation: String::new(),
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    let trail = eventually(
+        Duration::from_secs(60),
+        "the write's audit entry, over SCRAM",
+        || async {
+            let t = audit_trail(&audit, &nhs).await;
+            (!t.is_empty()).then_some(t)
+        },
+    )
+    .await;
+    assert_eq!(trail[0].2, ["Patient/p-scram/_history/1"]);
+
+    let args = ["serve", "audit", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"];
+    let mut wrong = scram(&env, "audit", "not-the-password");
+    wrong.push(("SHAREDCARE_AUTH__ISSUER", id.http.clone()));
+    let (status, _, stderr) = crate::harness::run(&args, &wrong, Duration::from_secs(60));
+    assert!(!status.success(), "a process Kafka refuses must not start");
+    assert!(
+        stderr.contains("refused the login of kafka.sasl_username \"audit\"") && stderr.contains("SCRAM-SHA-512"),
+        "{stderr}"
+    );
+    let mut plain = env.clone();
+    plain.push(("SHAREDCARE_KAFKA__SECURITY_PROTOCOL", "sasl_plaintext".into()));
+    plain.push(("SHAREDCARE_AUTH__ISSUER", id.http.clone()));
+    let (status, _, stderr) = crate::harness::run(&args, &plain, Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("`kafka.sasl_username`: is required when kafka.security_protocol is sasl_plaintext"),
+        "{stderr}"
+    );
 }
 
 struct Broker(u16, tempfile::TempDir);

@@ -105,6 +105,21 @@ check(of(docs, "HorizontalPodAutoscaler")["sc-sharedcare-records"]["spec"]["maxR
 identity_out = policies = of(docs, "NetworkPolicy")["sc-sharedcare-identity"]["spec"]["egress"]
 check(any("ipBlock" in peer for rule in identity_out for peer in rule.get("to", [])), "identity may reach the upstream logins")
 check(any(r.get("ports", [{}])[0].get("port") == 4317 for r in of(docs, "NetworkPolicy")["sc-sharedcare-records"]["spec"]["egress"]), "OTLP egress when a collector is set")
+# Kafka over Strimzi's SCRAM TLS listener: each service logs in as its own user, its password
+# from that user's Secret; the cluster CA mounted where the config points.
+config = of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"]
+check('security_protocol = "sasl_ssl"' in config and 'ssl_ca_location = "/etc/sharedcare/kafka-ca/ca.crt"' in config, "Kafka over SASL_SSL with the cluster CA")
+for name, d in of(docs, "Deployment").items():
+    service = name.removeprefix("sc-sharedcare-")
+    pod = d["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    user = env["SHAREDCARE_KAFKA__SASL_USERNAME"]["value"]
+    ref = env["SHAREDCARE_KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    want = ("kafka-passport" if service == "passport" else service, "password")
+    check(user == service and (ref["name"], ref["key"]) == want, f"{service} logs in to Kafka as {service}, password from {want[0]}")
+    ca = next(v for v in pod["volumes"] if v["name"] == "kafka-ca")["secret"]
+    check(ca["secretName"] == "sharedcare-cluster-ca-cert" and ca["items"][0] == {"key": "ca.crt", "path": "ca.crt"}, f"{service} mounts the Kafka cluster CA")
+check("SHAREDCARE_KAFKA__SASL_USERNAME" not in str(of(render("minimal-values.yaml"), "Deployment")), "no Kafka login unless SASL is chosen")
 
 # Existing Secrets: the chart makes none and names them; Gateway API route instead of Ingress.
 docs = render("existing-secrets-values.yaml")
@@ -136,6 +151,8 @@ for sets, named in [
     (["issuer=id.example"], "/issuer"),
     (["kafka.brokers=kafka"], "/kafka/brokers"),
     (["telemetry.logFormat=xml"], "/telemetry/logFormat"),
+    (["kafka.securityProtocol=SASL_SSL"], "/kafka/securityProtocol"),
+    (["kafka.users.record.username=r"], "/kafka/users"),
     (["servcies.records.enabled=false"], "servcies"),
 ]:
     args = ["template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / "minimal-values.yaml")]

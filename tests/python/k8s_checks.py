@@ -43,7 +43,8 @@ for t, spec in topics.items():
     check((spec["config"]["retention.ms"] == -1) == state, f"{t}: {'kept whole' if state else 'a retention period'}")
     check(spec["replicas"] >= 3 and spec["config"]["min.insync.replicas"] >= 2, f"{t}: replicated")
 cluster = next(d for d in kafka if d["kind"] == "Kafka")
-check(cluster["metadata"]["annotations"]["strimzi.io/kraft"] == "enabled", "Kafka in KRaft mode")
+pools = [d for d in kafka if d["kind"] == "KafkaNodePool"]
+check(any("controller" in p["spec"]["roles"] for p in pools), "Kafka in KRaft mode: a node pool runs the controllers")
 check(cluster["spec"]["kafka"]["config"]["auto.create.topics.enable"] is False, "no topics made by accident")
 users = {d["metadata"]["name"]: d["spec"] for d in kafka if d["kind"] == "KafkaUser"}
 check(sorted(users) == sorted(SERVICES), "a KafkaUser per service")

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -46,7 +46,62 @@ pub struct KafkaConfig {
     pub linger_ms: u64,
     /// Consumer group session timeout.
     pub session_timeout_ms: u64,
+    /// How to reach the brokers: `plaintext`, `ssl` (TLS, with a client certificate for
+    /// mTLS), `sasl_plaintext` or `sasl_ssl` (SASL over TLS: Strimzi's `scram-sha-512` listener).
+    pub security_protocol: SecurityProtocol,
+    /// SASL mechanism: `SCRAM-SHA-512` (Strimzi's), `SCRAM-SHA-256` or `PLAIN`.
+    pub sasl_mechanism: String,
+    /// SASL user (Strimzi: the KafkaUser's name).
+    pub sasl_username: String,
+    /// SASL password (Strimzi: `password` in the KafkaUser's Secret). Keep it in a Secret and
+    /// pass it as `SHAREDCARE_KAFKA__SASL_PASSWORD`.
+    pub sasl_password: String,
+    /// PEM file of the CA that signed the brokers' certificates (Strimzi: `ca.crt` of the
+    /// `<cluster>-cluster-ca-cert` Secret). Empty = the system's CAs.
+    pub ssl_ca_location: String,
+    /// PEM client certificate and key for mTLS (Strimzi `tls` authentication: `user.crt` and
+    /// `user.key` of the KafkaUser's Secret). Both or neither.
+    pub ssl_certificate_location: String,
+    /// See `ssl_certificate_location`.
+    pub ssl_key_location: String,
 }
+
+/// How a client reaches the brokers (librdkafka's `security.protocol`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication (a local broker).
+    #[default]
+    Plaintext,
+    /// TLS; mutual TLS when a client certificate is set.
+    Ssl,
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// The SASL mechanisms librdkafka is built with here.
+const SASL_MECHANISMS: [&str; 3] = ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"];
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -58,6 +113,13 @@ impl Default for KafkaConfig {
             message_timeout_ms: 30_000,
             linger_ms: 2,
             session_timeout_ms: 10_000,
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: "SCRAM-SHA-512".into(),
+            sasl_username: String::new(),
+            sasl_password: String::new(),
+            ssl_ca_location: String::new(),
+            ssl_certificate_location: String::new(),
+            ssl_key_location: String::new(),
         }
     }
 }
@@ -92,6 +154,119 @@ impl KafkaConfig {
         }
         Ok(())
     }
+
+    /// Checks the SASL and TLS settings against `security_protocol`, naming the key of the
+    /// first bad one. Run when a process connects ([`KafkaBus::new`]), not when the config is
+    /// read: `sharedcare migrate` shares the config file but has no Kafka credentials.
+    pub fn validate_security(&self) -> std::result::Result<(), (String, String)> {
+        let protocol = self.security_protocol;
+        if protocol.sasl() {
+            if !SASL_MECHANISMS.contains(&self.sasl_mechanism.as_str()) {
+                return Err((
+                    "kafka.sasl_mechanism".into(),
+                    format!(
+                        "{:?}: expected one of {}",
+                        self.sasl_mechanism,
+                        SASL_MECHANISMS.join(", ")
+                    ),
+                ));
+            }
+            for (key, value) in [
+                ("sasl_username", &self.sasl_username),
+                ("sasl_password", &self.sasl_password),
+            ] {
+                if value.is_empty() {
+                    return Err((
+                        format!("kafka.{key}"),
+                        format!("is required when kafka.security_protocol is {}", protocol.as_str()),
+                    ));
+                }
+            }
+        } else if !self.sasl_username.is_empty() || !self.sasl_password.is_empty() {
+            return Err((
+                "kafka.security_protocol".into(),
+                format!(
+                    "is {}, which sends no SASL credentials: set sasl_plaintext or sasl_ssl to use kafka.sasl_username",
+                    protocol.as_str()
+                ),
+            ));
+        }
+        let files = [
+            ("ssl_ca_location", &self.ssl_ca_location),
+            ("ssl_certificate_location", &self.ssl_certificate_location),
+            ("ssl_key_location", &self.ssl_key_location),
+        ];
+        for (key, path) in files {
+            if path.is_empty() {
+                continue;
+            }
+            if !protocol.tls() {
+                return Err((
+                    format!("kafka.{key}"),
+                    format!(
+                        "is set but kafka.security_protocol is {}, which uses no TLS",
+                        protocol.as_str()
+                    ),
+                ));
+            }
+            if let Err(e) = std::fs::metadata(path) {
+                return Err((format!("kafka.{key}"), format!("{path}: {e}")));
+            }
+        }
+        if self.ssl_certificate_location.is_empty() != self.ssl_key_location.is_empty() {
+            return Err((
+                "kafka.ssl_key_location".into(),
+                "a client certificate and its key go together: set both ssl_certificate_location and ssl_key_location, or neither".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A librdkafka configuration with the brokers and the security settings.
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("security.protocol", self.security_protocol.as_str());
+        if self.security_protocol.sasl() {
+            c.set("sasl.mechanism", &self.sasl_mechanism)
+                .set("sasl.username", &self.sasl_username)
+                .set("sasl.password", &self.sasl_password);
+        }
+        for (key, value) in [
+            ("ssl.ca.location", &self.ssl_ca_location),
+            ("ssl.certificate.location", &self.ssl_certificate_location),
+            ("ssl.key.location", &self.ssl_key_location),
+        ] {
+            if !value.is_empty() {
+                c.set(key, value);
+            }
+        }
+        c
+    }
+}
+
+/// The producer's context: librdkafka reports a refused login only as a global error, and a
+/// metadata request then fails as a transport failure. The context keeps the refusal so that
+/// the health check can say why.
+#[derive(Clone, Default)]
+struct BusContext {
+    refused: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ClientContext for BusContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(error = %error, "librdkafka: {reason}");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) {
+            *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        }
+    }
+}
+
+impl BusContext {
+    /// The last refused login, taken (a later success should not keep reporting it).
+    fn take_refusal(&self) -> Option<String> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// The bus on Apache Kafka.
@@ -99,26 +274,32 @@ impl KafkaConfig {
 pub struct KafkaBus {
     config: KafkaConfig,
     client_id: String,
-    producer: FutureProducer,
+    producer: FutureProducer<BusContext>,
+    context: BusContext,
 }
 
 impl KafkaBus {
     /// Creates the producer. Nothing is contacted yet: call [`Bus::health`] to check.
     pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
+        config
+            .validate_security()
+            .map_err(|(key, why)| Error::Config(format!("`{key}`: {why}")))?;
+        let context = BusContext::default();
+        let producer: FutureProducer<BusContext> = config
+            .client()
             .set("client.id", client_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", config.linger_ms.to_string())
             .set("message.timeout.ms", config.message_timeout_ms.to_string())
             .set("partitioner", "murmur2_random")
-            .create()
+            .create_with_context(context.clone())
             .map_err(|e| Error::Bus(format!("kafka producer for {}: {e}", config.brokers)))?;
         Ok(KafkaBus {
             config: config.clone(),
             client_id: client_id.to_string(),
             producer,
+            context,
         })
     }
 
@@ -129,8 +310,9 @@ impl KafkaBus {
 
     /// Creates `topics` when they do not exist, with the configured partitions and replication.
     pub async fn ensure_topics(&self, topics: &[String]) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.config.brokers)
+        let admin: AdminClient<DefaultClientContext> = self
+            .config
+            .client()
             .create()
             .map_err(|e| Error::Bus(format!("kafka admin client: {e}")))?;
         let topics: Vec<String> = topics.iter().map(|t| self.physical(t)).collect();
@@ -214,8 +396,9 @@ impl Bus for KafkaBus {
     ) -> Result<()> {
         let (group, physical_topic) = (self.physical(group), self.physical(topic));
         let (group, topic) = (group.as_str(), physical_topic.as_str());
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.config.brokers)
+        let consumer: StreamConsumer = self
+            .config
+            .client()
             .set("client.id", &self.client_id)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
@@ -319,14 +502,18 @@ impl Bus for KafkaBus {
     }
 
     async fn health(&self) -> Result<()> {
-        let producer = self.producer.clone();
-        let brokers = self.config.brokers.clone();
+        let (producer, context) = (self.producer.clone(), self.context.clone());
+        let (brokers, user) = (self.config.brokers.clone(), self.config.sasl_username.clone());
         tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(5))
-                .map(|_| ())
-                .map_err(|e| Error::Bus(format!("kafka at {brokers} is unreachable: {e}")))
+            let result = producer.client().fetch_metadata(None, Duration::from_secs(5));
+            let refused = context.take_refusal();
+            match (result, refused) {
+                (Ok(_), _) => Ok(()),
+                (Err(_), Some(reason)) => Err(Error::Bus(format!(
+                    "kafka at {brokers} refused the login of kafka.sasl_username {user:?}: {reason}"
+                ))),
+                (Err(e), None) => Err(Error::Bus(format!("kafka at {brokers} is unreachable: {e}"))),
+            }
         })
         .await
         .map_err(|e| Error::Bus(format!("kafka health check: {e}")))?
@@ -339,7 +526,7 @@ impl Bus for KafkaBus {
 
 #[cfg(test)]
 mod tests {
-    use super::KafkaConfig;
+    use super::{KafkaConfig, SecurityProtocol};
 
     #[test]
     fn a_namespace_is_joined_to_topic_names_with_a_dot() {
@@ -360,6 +547,76 @@ mod tests {
             let (key, reason) = c.validate().expect_err(bad);
             assert_eq!(key, "kafka.namespace");
             assert!(reason.contains("letters, digits"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn sasl_and_tls_settings_are_checked_against_the_protocol_by_key() {
+        let scram = KafkaConfig {
+            security_protocol: SecurityProtocol::SaslSsl,
+            sasl_username: "records".into(),
+            sasl_password: "s3cret".into(),
+            ..KafkaConfig::default()
+        };
+        assert_eq!(scram.validate_security(), Ok(()));
+        let cases: [(KafkaConfig, &str, &str); 6] = [
+            (
+                KafkaConfig {
+                    sasl_password: String::new(),
+                    ..scram.clone()
+                },
+                "kafka.sasl_password",
+                "required when kafka.security_protocol is sasl_ssl",
+            ),
+            (
+                KafkaConfig {
+                    sasl_mechanism: "GSSAPI".into(),
+                    ..scram.clone()
+                },
+                "kafka.sasl_mechanism",
+                "SCRAM-SHA-512",
+            ),
+            (
+                KafkaConfig {
+                    security_protocol: SecurityProtocol::Plaintext,
+                    ..scram.clone()
+                },
+                "kafka.security_protocol",
+                "sends no SASL credentials",
+            ),
+            (
+                KafkaConfig {
+                    security_protocol: SecurityProtocol::SaslPlaintext,
+                    ssl_ca_location: "/etc/ssl/certs/ca-certificates.crt".into(),
+                    ..scram.clone()
+                },
+                "kafka.ssl_ca_location",
+                "uses no TLS",
+            ),
+            (
+                KafkaConfig {
+                    ssl_ca_location: "/nonexistent/ca.crt".into(),
+                    ..scram.clone()
+                },
+                "kafka.ssl_ca_location",
+                "/nonexistent/ca.crt",
+            ),
+            (
+                KafkaConfig {
+                    security_protocol: SecurityProtocol::Ssl,
+                    sasl_username: String::new(),
+                    sasl_password: String::new(),
+                    ssl_certificate_location: "/proc/self/status".into(),
+                    ..KafkaConfig::default()
+                },
+                "kafka.ssl_key_location",
+                "go together",
+            ),
+        ];
+        for (config, key, why) in cases {
+            let (k, reason) = config.validate_security().expect_err(key);
+            assert_eq!(k, key, "{reason}");
+            assert!(reason.contains(why), "{key}: {reason}");
         }
     }
 }
