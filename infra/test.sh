@@ -51,12 +51,17 @@ if [ ! -f "$classpath" ] || [ -n "$(find tests/java/pom.xml tests/java/src -newe
   mvn -q -B -f tests/java/pom.xml package dependency:build-classpath -Dmdep.outputFile="$classpath" >&2
 fi
 
-# Kubernetes: helm and BuildKit's Dockerfile checks, built from the Go module proxy and cached
-# outside the checkout; then the image's build stage, run on the host (no Docker daemon here).
+# Kubernetes: helm, BuildKit's Dockerfile checks, etcd, kube-apiserver, kubectl and an
+# OpenTelemetry Collector, built from the Go module proxy and cached outside the checkout; then
+# the image's build stage, run on the host (no Docker daemon here); then a real API server.
 tools="$(infra/tools.sh)"
-export SHAREDCARE_HELM="$(sed -n 's/^helm=//p' <<<"$tools")"
-export SHAREDCARE_DOCKERFILE_LINT="$(sed -n 's/^dockerfile-lint=//p' <<<"$tools")"
+for name in helm dockerfile-lint kubectl otelcol; do
+  var="SHAREDCARE_$(tr 'a-z-' 'A-Z_' <<<"$name")"
+  export "$var=$(sed -n "s/^$name=//p" <<<"$tools")"
+done
 infra/image.sh check
+export TEST_KUBECONFIG="$(infra/kube.sh start)"
+export TEST_KUBE_CRDS="$(infra/kube.sh crds)"
 
 infra/postgres.sh start
 infra/kafka.sh start

@@ -4,6 +4,8 @@
 # builds them), and prints `name=path` for each:
 #   helm            helm.sh/helm/v3/cmd/helm
 #   dockerfile-lint tools/dockerfile-lint (BuildKit's own Dockerfile checks, no daemon)
+#   etcd, kube-apiserver, kubectl   infra/kube.sh build (k8s.io/kubernetes, pinned in tools/kube)
+#   otelcol         tools/otelcol (an OpenTelemetry Collector: OTLP receiver, file exporter)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${SHAREDCARE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sharedcare}"
@@ -30,5 +32,14 @@ if [ ! -x "$lint" ]; then
   (cd "$root/tools/dockerfile-lint" && go build -o "$lint" .) >&2
 fi
 
+key=$(cat "$root/tools/otelcol/main.go" "$root/tools/otelcol/go.sum" | sha256sum | cut -c1-12)
+otelcol="$cache/otelcol-$key/otelcol"
+if [ ! -x "$otelcol" ]; then
+  echo "tools.sh: building the OpenTelemetry Collector (once per machine)" >&2
+  (cd "$root/tools/otelcol" && go build -o "$otelcol" .) >&2
+fi
+
 echo "helm=$helm"
 echo "dockerfile-lint=$lint"
+echo "otelcol=$otelcol"
+"$root/infra/kube.sh" build

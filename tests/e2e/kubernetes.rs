@@ -82,3 +82,21 @@ fn the_cluster_prerequisites_match_what_each_service_publishes_and_consumes() {
     let k8s = root().join("infra/k8s").display().to_string();
     python_checks("k8s_checks.py", &[("K8S", k8s)], "k8s");
 }
+
+/// `var`, which the test command exports (it starts the API server and writes the CRDs).
+fn exported(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run the README's test command"))
+}
+
+#[test]
+fn a_real_api_server_accepts_the_chart_and_the_cluster_prerequisites_and_helm_installs_upgrades_and_rolls_back() {
+    let env = [
+        ("KUBECTL", tool("kubectl")),
+        ("HELM", tool("helm")),
+        ("KUBECONFIG", exported("TEST_KUBECONFIG")),
+        ("CRDS", exported("TEST_KUBE_CRDS")),
+        ("CHART", root().join("charts/sharedcare").display().to_string()),
+        ("K8S", root().join("infra/k8s").display().to_string()),
+    ];
+    python_checks("cluster_checks.py", &env, "cluster");
+}
