@@ -194,6 +194,167 @@ async fn one_put_is_one_trace_across_records_and_audit() {
     );
 }
 
+/// An OpenTelemetry Collector (tools/otelcol, built by the test command) receiving OTLP/gRPC on
+/// a free port and writing every batch to a file as OTLP JSON.
+struct Otelcol {
+    child: std::process::Child,
+    endpoint: String,
+    file: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Otelcol {
+    fn start() -> Otelcol {
+        let binary = std::env::var("SHAREDCARE_OTELCOL")
+            .expect("SHAREDCARE_OTELCOL is not set: run the README's test command (infra/tools.sh builds it)");
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let file = dir.path().join("traces.jsonl");
+        let config = dir.path().join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "receivers:\n  otlp:\n    protocols:\n      grpc:\n        endpoint: 127.0.0.1:{port}\n\
+                 exporters:\n  file:\n    path: {}\n    flush_interval: 100ms\n\
+                 service:\n  telemetry:\n    metrics:\n      level: none\n  \
+                 pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [file]\n",
+                file.display()
+            ),
+        )
+        .expect("write config");
+        let log = std::fs::File::create(dir.path().join("otelcol.log")).expect("log");
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start otelcol");
+        let collector = Otelcol {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            file,
+            dir,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return collector;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(collector.dir.path().join("otelcol.log")).unwrap_or_default();
+        panic!("otelcol did not listen on {port}: {log}");
+    }
+
+    /// Every span the collector wrote: (service.name, trace id, span id, parent span id, name).
+    fn spans(&self) -> Vec<(String, String, String, String, String)> {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let mut out = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(batch) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue; // a line still being written
+            };
+            for rs in batch["resourceSpans"].as_array().into_iter().flatten() {
+                let service = rs["resource"]["attributes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["key"] == "service.name")
+                    .and_then(|a| a["value"]["stringValue"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                    for span in ss["spans"].as_array().into_iter().flatten() {
+                        let field = |k: &str| span[k].as_str().unwrap_or_default().to_string();
+                        out.push((
+                            service.clone(),
+                            field("traceId"),
+                            field("spanId"),
+                            field("parentSpanId"),
+                            field("name"),
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Otelcol {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_fhir_read_is_one_trace_across_records_consent_and_the_audit_consumer_in_a_real_collector() {
+    let collector = Otelcol::start();
+    let mut env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
+    env.push(("SHAREDCARE_TELEMETRY__OTLP_ENDPOINT", collector.endpoint.clone()));
+    env.push(("OTEL_BSP_SCHEDULE_DELAY", "100".into()));
+    let id = identity(&env);
+    let consent = serve("consent", &env, &id);
+    let records = serve_records(&env, &id, &consent);
+    let _audit = serve("audit", &env, &id);
+    let nhs = nhs_number();
+    records
+        .records()
+        .await
+        .put(PutRequest {
+            resource_json: patient("p-otel", &nhs),
+            source_organisation: String::new(),
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    let token = records.service_token().await;
+    let (status, body) =
+        crate::harness::get_json(&format!("{}/fhir/R4/Patient/p-otel", records.http), &token, &[]).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The read's trace: its root span in records, with consent's decision and the audit
+    // consumer's handling of the read event under the same trace id.
+    let (read, trace) = eventually(
+        Duration::from_secs(60),
+        "the read's spans from records, consent and audit in the collector's file",
+        || async {
+            let spans = collector.spans();
+            let read = spans
+                .iter()
+                .find(|s| s.0 == "records" && s.3.is_empty() && s.4.starts_with("/fhir/R4/"))?
+                .clone();
+            let trace: Vec<_> = spans.iter().filter(|s| s.1 == read.1).cloned().collect();
+            let has = |svc: &str, name: &str| trace.iter().any(|s| s.0 == svc && s.4.ends_with(name));
+            (has("consent", "Consent/DecideMany") && has("audit", "sharedcare.records.v1 process"))
+                .then_some((read, trace))
+        },
+    )
+    .await;
+    assert_eq!(read.1.len(), 32, "a W3C trace id: {read:?}");
+    let ids: HashSet<&str> = trace.iter().map(|s| s.2.as_str()).collect();
+    for span in &trace {
+        assert!(
+            span.2 == read.2 || ids.contains(span.3.as_str()),
+            "every span of the trace hangs from another of it, none orphaned: {span:?} in {trace:#?}"
+        );
+    }
+    assert!(
+        trace.iter().any(|s| s.0 == "consent" && s.4.contains("Decide")),
+        "consent's decision: {trace:#?}"
+    );
+    assert!(
+        trace
+            .iter()
+            .any(|s| s.0 == "audit" && s.4.ends_with("sharedcare.records.v1 process")),
+        "the audit consumer: {trace:#?}"
+    );
+}
+
 /// Runs infra/kafka.sh for a broker of this test's own.
 fn broker(action: &str, port: u16, home: &std::path::Path) {
     broker_with(action, port, home, &[]);

@@ -8,6 +8,8 @@ use std::time::Duration;
 use sharedcare_proto::consent::v1::consent_client::ConsentClient;
 use sharedcare_proto::consent::v1::{DecideManyRequest, DecideRequest, DecideResponse};
 use tonic::transport::Channel;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::auth::{Principal, ServiceToken, has_scope};
 
@@ -262,10 +264,11 @@ pub fn audit_purpose(d: &DecideResponse, purpose: &str) -> (String, String) {
     }
 }
 
-/// Asks waiting for [`Batched`]'s task, and where their decisions go.
+/// Asks waiting for [`Batched`]'s task, where their decisions go, and the caller's trace.
 type Waiting = (
     Vec<DecideRequest>,
     tokio::sync::oneshot::Sender<Result<Vec<DecideResponse>, PdpError>>,
+    opentelemetry::Context,
 );
 
 /// Most callers whose asks go to consent in one call.
@@ -284,9 +287,22 @@ impl Batched {
         let (waiting, mut rx) = tokio::sync::mpsc::channel::<Waiting>(CALLERS_PER_BATCH * 4);
         tasks.spawn(async move {
             while let Some(batch) = crate::batch::next_batch(&mut rx, CALLERS_PER_BATCH).await {
-                let sizes: Vec<usize> = batch.iter().map(|(asks, _)| asks.len()).collect();
-                let (asks, replies): (Vec<Vec<DecideRequest>>, Vec<_>) = batch.into_iter().unzip();
-                match inner.decide(asks.into_iter().flatten().collect()).await {
+                let sizes: Vec<usize> = batch.iter().map(|(asks, _, _)| asks.len()).collect();
+                let span = tracing::info_span!("consent decide batch", callers = batch.len());
+                let mut replies = Vec::with_capacity(batch.len());
+                let mut asks = Vec::new();
+                let mut callers = Vec::with_capacity(batch.len());
+                for (a, reply, cx) in batch {
+                    asks.push(a);
+                    replies.push(reply);
+                    callers.push(cx);
+                }
+                crate::telemetry::serve_callers(&span, callers);
+                let decided = inner
+                    .decide(asks.into_iter().flatten().collect())
+                    .instrument(span)
+                    .await;
+                match decided {
                     Ok(decisions) => {
                         let mut decisions = decisions.into_iter();
                         for (size, reply) in sizes.into_iter().zip(replies) {
@@ -309,7 +325,11 @@ impl Batched {
 impl Pdp for Batched {
     async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, PdpError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.waiting.send((asks, reply)).await.map_err(|_| PdpError::Stopped)?;
+        let cx = tracing::Span::current().context();
+        self.waiting
+            .send((asks, reply, cx))
+            .await
+            .map_err(|_| PdpError::Stopped)?;
         answer.await.map_err(|_| PdpError::Stopped)?
     }
 }

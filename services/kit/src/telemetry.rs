@@ -125,15 +125,32 @@ pub fn current_trace_id() -> String {
     }
 }
 
+/// The remote context a W3C `traceparent` describes (an empty context if it is invalid).
+pub fn context_of(traceparent: &str) -> opentelemetry::Context {
+    let mut carrier = HashMap::new();
+    carrier.insert("traceparent".to_string(), traceparent.to_string());
+    TraceContextPropagator::new().extract(&carrier)
+}
+
 /// Makes `span` a child of the remote span described by `traceparent` (ignored if invalid).
 pub fn set_parent(span: &tracing::Span, traceparent: &str) {
     if traceparent.is_empty() {
         return;
     }
-    let mut carrier = HashMap::new();
-    carrier.insert("traceparent".to_string(), traceparent.to_string());
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    let _ = span.set_parent(cx);
+    let _ = span.set_parent(context_of(traceparent));
+}
+
+/// Makes `span`, the span of work done at once for several callers (a batch), a child of the
+/// first caller's span, so that a lone caller's trace runs on through it, and links it to every
+/// other caller's (OpenTelemetry's way of showing one operation serving several traces).
+pub fn serve_callers(span: &tracing::Span, callers: impl IntoIterator<Item = opentelemetry::Context>) {
+    let mut callers = callers.into_iter().filter(|cx| cx.span().span_context().is_valid());
+    if let Some(first) = callers.next() {
+        let _ = span.set_parent(first);
+    }
+    for cx in callers {
+        span.add_link(cx.span().span_context().clone());
+    }
 }
 
 /// Reads trace context from HTTP (and gRPC) headers.

@@ -12,8 +12,10 @@ use sharedcare_kit::batch::next_batch;
 use sharedcare_kit::bus::{self, Envelope};
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::outbox::{self, Outbox};
+use sharedcare_kit::telemetry;
 use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged, RecordState};
 use std::collections::HashMap;
+use tracing::Instrument;
 
 use sqlx::Row;
 use std::sync::Arc;
@@ -606,15 +608,23 @@ impl Engine {
     async fn read_gets(self, mut rx: mpsc::Receiver<PendingGet>) {
         while let Some(batch) = next_batch(&mut rx, GETS_PER_QUERY).await {
             let (jobs, replies): (Vec<GetJob>, Vec<_>) = batch.into_iter().unzip();
-            match self.newest(&jobs).await {
-                Ok(found) => self.decide_audit_answer(jobs, found, replies).await,
-                Err(e) => {
-                    let msg = e.to_string();
-                    for reply in replies {
-                        let _ = reply.send(Err(RecordsError::Unavailable(msg.clone())));
+            // In the callers' traces: consent's decision and the audit entry follow from them.
+            let span = tracing::info_span!("read batch", reads = jobs.len());
+            let callers = jobs.iter().map(|j| telemetry::context_of(&j.caller.traceparent));
+            telemetry::serve_callers(&span, callers);
+            async {
+                match self.newest(&jobs).await {
+                    Ok(found) => self.decide_audit_answer(jobs, found, replies).await,
+                    Err(e) => {
+                        let msg = e.to_string();
+                        for reply in replies {
+                            let _ = reply.send(Err(RecordsError::Unavailable(msg.clone())));
+                        }
                     }
                 }
             }
+            .instrument(span)
+            .await;
         }
     }
 
