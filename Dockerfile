@@ -22,7 +22,8 @@ COPY tests/e2e tests/e2e
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p sharedcare \
- && install -D -m 0755 target/release/sharedcare /out/sharedcare
+ && mkdir -p /out \
+ && strip --strip-debug -o /out/sharedcare target/release/sharedcare
 
 # ---- runtime: Debian slim, a non-root user, nothing else -------------------------------------
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
