@@ -14,7 +14,7 @@ case "${1:-}" in
   *) echo "usage: infra/image.sh check" >&2; exit 2 ;;
 esac
 
-eval "$(infra/tools.sh | sed 's/^dockerfile-lint=/lint=/;s/^helm=/helm=/')"
+lint="${SHAREDCARE_DOCKERFILE_LINT:-$(infra/tools.sh | sed -n 's/^dockerfile-lint=//p')}"
 "$lint" Dockerfile
 
 # The build stage: what it copies, and nothing else.
