@@ -41,7 +41,7 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-fn command(args: &[&str], env: &[(&str, String)]) -> Command {
+pub fn command(args: &[&str], env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(binary());
     cmd.args(args);
     for (k, _) in std::env::vars() {
@@ -82,10 +82,16 @@ impl tonic::service::Interceptor for Bearer {
 impl Proc {
     /// Starts `sharedcare <args>` on free ports and waits until it says it is listening.
     pub fn start(args: &[&str], env: &[(&str, String)]) -> Proc {
+        Proc::start_on(args, env, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// Starts `sharedcare <args>` listening on `http` and `grpc` (e.g. to come back on the same
+    /// addresses after a stop) and waits until it says it is listening.
+    pub fn start_on(args: &[&str], env: &[(&str, String)], http: &str, grpc: &str) -> Proc {
         let logs = tempfile::tempdir().expect("tmp");
         let stderr = logs.path().join("stderr.log");
         let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"]);
+        all.extend(["--http", http, "--grpc", grpc]);
         let mut child = command(&all, env)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))

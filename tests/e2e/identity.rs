@@ -1259,6 +1259,7 @@ async fn the_admin_api_manages_organisations_people_and_patients_and_names_bad_f
         ods_code: code.into(),
         name: "Eastfield Surgery".into(),
         kind: kind.into(),
+        ..Default::default()
     };
     let created = a
         .create_organisation(org("b82005", "gp_practice"))

@@ -15,6 +15,7 @@ mod identity;
 mod import;
 mod kubernetes;
 mod oidc_node;
+mod operator;
 mod passport;
 mod patient_search;
 mod startup;

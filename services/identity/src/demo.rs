@@ -21,6 +21,8 @@ fn org(ods: &str, name: &str, kind: &str) -> Organisation {
         ods_code: ods.into(),
         name: name.into(),
         kind: kind.into(),
+        parent: String::new(),
+        active: true,
     }
 }
 
@@ -222,6 +224,7 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
                     jwks: None,
                     jwks_uri: String::new(),
                     id_token_alg: String::new(),
+                    organisation: String::new(),
                 },
             ),
             "demo-portal-secret-7c1f9e2b4a",
@@ -241,6 +244,7 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
                     jwks: None,
                     jwks_uri: String::new(),
                     id_token_alg: String::new(),
+                    organisation: String::new(),
                 },
             ),
             "demo-sample-secret-3d8a61f0c5",
@@ -260,6 +264,7 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
                     jwks: None,
                     jwks_uri: String::new(),
                     id_token_alg: String::new(),
+                    organisation: String::new(),
                 },
             ),
             "",
@@ -279,6 +284,7 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
                     jwks: None,
                     jwks_uri: String::new(),
                     id_token_alg: String::new(),
+                    organisation: String::new(),
                 },
             ),
             "demo-integration-secret-95be0d27aa",

@@ -64,6 +64,220 @@ impl AdminApi {
     }
 }
 
+impl AdminApi {
+    /// Checks an organisation field by field: ODS code, name, kind and parent (registered, not
+    /// itself).
+    async fn organisation_in(&self, r: api::Organisation, active: bool) -> Result<Organisation, Status> {
+        let code = OdsCode::parse(&r.ods_code).map_err(|e| IdentityError::invalid("ods_code", e.to_string()))?;
+        required("name", &r.name)?;
+        if !ORGANISATION_KINDS.contains(&r.kind.as_str()) {
+            return Err(
+                IdentityError::invalid("kind", format!("expected one of {}", ORGANISATION_KINDS.join(", "))).into(),
+            );
+        }
+        let parent = if r.parent_ods_code.is_empty() {
+            String::new()
+        } else {
+            let p = OdsCode::parse(&r.parent_ods_code)
+                .map_err(|e| IdentityError::invalid("parent_ods_code", e.to_string()))?;
+            if p.as_str() == code.as_str() {
+                return Err(
+                    IdentityError::invalid("parent_ods_code", "an organisation cannot be its own parent").into(),
+                );
+            }
+            if self.provider.store.organisation(p.as_str()).await?.is_none() {
+                return Err(IdentityError::invalid(
+                    "parent_ods_code",
+                    format!("{} is not a registered organisation", p.as_str()),
+                )
+                .into());
+            }
+            p.as_str().to_string()
+        };
+        Ok(Organisation {
+            ods_code: code.as_str().to_string(),
+            name: r.name,
+            kind: r.kind,
+            parent,
+            active,
+        })
+    }
+
+    /// Checks a client registration field by field; its name and settings.
+    async fn registration(&self, r: api::CreateClientRequest) -> Result<(String, ClientSettings), Status> {
+        required("name", &r.name)?;
+        text("client_id", &r.client_id)?;
+        let method = match r.token_endpoint_auth_method.as_str() {
+            "" | "client_secret_basic" => AuthMethod::ClientSecretBasic,
+            "client_secret_post" => AuthMethod::ClientSecretPost,
+            "private_key_jwt" => AuthMethod::PrivateKeyJwt,
+            "none" => AuthMethod::None,
+            other => {
+                return Err(IdentityError::invalid(
+                    "token_endpoint_auth_method",
+                    format!("{other:?}: expected client_secret_basic, client_secret_post, private_key_jwt or none"),
+                )
+                .into());
+            }
+        };
+        for (i, g) in r.grant_types.iter().enumerate() {
+            if !["authorization_code", "refresh_token", "client_credentials"].contains(&g.as_str()) {
+                return Err(
+                    IdentityError::invalid(format!("grant_types[{i}]"), format!("{g:?} is not supported")).into(),
+                );
+            }
+        }
+        if r.grant_types.is_empty() {
+            return Err(IdentityError::invalid("grant_types", "at least one grant type is required").into());
+        }
+        if method == AuthMethod::None && r.grant_types.iter().any(|g| g == "client_credentials") {
+            return Err(IdentityError::invalid("grant_types", "a public client cannot use client_credentials").into());
+        }
+        for (i, s) in r.scopes.iter().enumerate() {
+            if !crate::model::known_scope(s) {
+                return Err(
+                    IdentityError::invalid(format!("scopes[{i}]"), format!("{s:?} is not a known scope")).into(),
+                );
+            }
+        }
+        let uris = r
+            .redirect_uris
+            .iter()
+            .chain(&r.post_logout_redirect_uris)
+            .chain(std::iter::once(&r.backchannel_logout_uri));
+        for u in uris.filter(|u| !u.is_empty()) {
+            match url::Url::parse(u) {
+                Ok(p) if p.fragment().is_none() && matches!(p.scheme(), "https" | "http") => {}
+                _ => {
+                    return Err(IdentityError::invalid(
+                        "redirect_uris",
+                        format!("{u:?} is not an absolute http(s) URL without fragment"),
+                    )
+                    .into());
+                }
+            }
+        }
+        if r.grant_types.iter().any(|g| g == "authorization_code") && r.redirect_uris.is_empty() {
+            return Err(IdentityError::invalid("redirect_uris", "required for authorization_code").into());
+        }
+        if method == AuthMethod::PrivateKeyJwt && !r.jwks_uri.is_empty() {
+            if !r.jwks_json.is_empty() {
+                return Err(IdentityError::invalid("jwks_uri", "give jwks_json or jwks_uri, not both").into());
+            }
+            if !matches!(url::Url::parse(&r.jwks_uri), Ok(u) if matches!(u.scheme(), "https" | "http")) {
+                return Err(IdentityError::invalid("jwks_uri", "expected an absolute http(s) URL").into());
+            }
+        }
+        let jwks = if method == AuthMethod::PrivateKeyJwt && r.jwks_uri.is_empty() {
+            let set: JwkSet = serde_json::from_str(&r.jwks_json)
+                .map_err(|e| IdentityError::invalid("jwks_json", format!("not a JWK Set: {e}")))?;
+            let usable = set
+                .keys
+                .iter()
+                .filter_map(|k| serde_json::from_value::<jose::Jwk>(k.clone()).ok())
+                .any(|k| k.verifying_key().is_ok() && !k.kid.is_empty());
+            if !usable {
+                return Err(IdentityError::invalid("jwks_json", "needs a P-256 (ES256) key with a kid").into());
+            }
+            Some(set)
+        } else {
+            None
+        };
+        let id_token_alg = match r.id_token_signed_response_alg.as_str() {
+            "" | "ES256" => String::new(),
+            "RS256" => "RS256".to_string(),
+            other => {
+                return Err(IdentityError::invalid(
+                    "id_token_signed_response_alg",
+                    format!("{other:?}: expected ES256 or RS256"),
+                )
+                .into());
+            }
+        };
+        if !id_token_alg.is_empty() {
+            // Publish the RS256 key before the client's first token.
+            self.provider.keys.rsa().await?;
+        }
+        let organisation = if r.organisation.is_empty() {
+            String::new()
+        } else {
+            let code =
+                OdsCode::parse(&r.organisation).map_err(|e| IdentityError::invalid("organisation", e.to_string()))?;
+            if self.provider.store.organisation(code.as_str()).await?.is_none() {
+                return Err(IdentityError::invalid(
+                    "organisation",
+                    format!("{} is not a registered organisation", code.as_str()),
+                )
+                .into());
+            }
+            code.as_str().to_string()
+        };
+        let settings = ClientSettings {
+            redirect_uris: r.redirect_uris,
+            post_logout_redirect_uris: r.post_logout_redirect_uris,
+            backchannel_logout_uri: r.backchannel_logout_uri,
+            grant_types: r.grant_types,
+            scopes: r.scopes,
+            auth_method: method,
+            jwks,
+            jwks_uri: if method == AuthMethod::PrivateKeyJwt {
+                r.jwks_uri
+            } else {
+                String::new()
+            },
+            id_token_alg,
+            organisation,
+        };
+        Ok((r.name, settings))
+    }
+}
+
+/// A new client secret for `method`, or none when it uses no secret.
+fn new_secret(method: AuthMethod) -> String {
+    match method {
+        AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => jose::random_token(32),
+        _ => String::new(),
+    }
+}
+
+/// What is stored of a secret ("" for none).
+fn secret_hash(secret: &str) -> String {
+    if secret.is_empty() {
+        String::new()
+    } else {
+        jose::sha256_b64(secret)
+    }
+}
+
+/// A stored client as its registration.
+fn registration_out(c: Client) -> api::ClientRegistration {
+    let s = c.settings;
+    api::ClientRegistration {
+        has_secret: !c.secret_hash.is_empty(),
+        client: Some(api::CreateClientRequest {
+            client_id: c.id,
+            name: c.name,
+            redirect_uris: s.redirect_uris,
+            post_logout_redirect_uris: s.post_logout_redirect_uris,
+            backchannel_logout_uri: s.backchannel_logout_uri,
+            grant_types: s.grant_types,
+            scopes: s.scopes,
+            token_endpoint_auth_method: s.auth_method.as_str().to_string(),
+            jwks_json: s
+                .jwks
+                .map(|j| serde_json::to_string(&j).unwrap_or_default())
+                .unwrap_or_default(),
+            jwks_uri: s.jwks_uri,
+            id_token_signed_response_alg: if s.id_token_alg.is_empty() {
+                "ES256".into()
+            } else {
+                s.id_token_alg
+            },
+            organisation: s.organisation,
+        }),
+    }
+}
+
 fn required(field: &str, v: &str) -> Result<(), Status> {
     if v.trim().is_empty() {
         return Err(IdentityError::invalid(field, "is required").into());
@@ -87,6 +301,8 @@ fn org_out(o: Organisation) -> api::Organisation {
         ods_code: o.ods_code,
         name: o.name,
         kind: o.kind,
+        parent_ods_code: o.parent,
+        active: o.active,
     }
 }
 
@@ -132,21 +348,45 @@ impl IdentityAdmin for AdminApi {
         req: Request<api::Organisation>,
     ) -> Result<Response<api::Organisation>, Status> {
         let who = self.authorise(&req).await?;
-        let r = req.into_inner();
-        let code = OdsCode::parse(&r.ods_code).map_err(|e| IdentityError::invalid("ods_code", e.to_string()))?;
-        required("name", &r.name)?;
-        if !ORGANISATION_KINDS.contains(&r.kind.as_str()) {
-            return Err(
-                IdentityError::invalid("kind", format!("expected one of {}", ORGANISATION_KINDS.join(", "))).into(),
-            );
-        }
-        let o = Organisation {
-            ods_code: code.as_str().to_string(),
-            name: r.name,
-            kind: r.kind,
-        };
+        let o = self.organisation_in(req.into_inner(), true).await?;
         self.provider.store.insert_organisation(&o).await?;
         self.changed(&who, EventKind::OrganisationCreated, "organisation", &o.ods_code)
+            .await;
+        Ok(Response::new(org_out(o)))
+    }
+
+    async fn update_organisation(
+        &self,
+        req: Request<api::Organisation>,
+    ) -> Result<Response<api::Organisation>, Status> {
+        let who = self.authorise(&req).await?;
+        let r = req.into_inner();
+        let active = r.active;
+        let o = self.organisation_in(r, active).await?;
+        if !self.provider.store.update_organisation(&o).await? {
+            return Err(IdentityError::NotFound(format!("organisation {}", o.ods_code)).into());
+        }
+        self.changed(&who, EventKind::OrganisationUpdated, "organisation", &o.ods_code)
+            .await;
+        Ok(Response::new(org_out(o)))
+    }
+
+    async fn deactivate_organisation(
+        &self,
+        req: Request<api::DeactivateOrganisationRequest>,
+    ) -> Result<Response<api::Organisation>, Status> {
+        let who = self.authorise(&req).await?;
+        let code =
+            OdsCode::parse(&req.get_ref().ods_code).map_err(|e| IdentityError::invalid("ods_code", e.to_string()))?;
+        let mut o = self
+            .provider
+            .store
+            .organisation(code.as_str())
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(format!("organisation {}", code.as_str())))?;
+        o.active = false;
+        self.provider.store.update_organisation(&o).await?;
+        self.changed(&who, EventKind::OrganisationUpdated, "organisation", &o.ods_code)
             .await;
         Ok(Response::new(org_out(o)))
     }
@@ -266,130 +506,18 @@ impl IdentityAdmin for AdminApi {
     ) -> Result<Response<api::CreatedClient>, Status> {
         let who = self.authorise(&req).await?;
         let r = req.into_inner();
-        required("name", &r.name)?;
-        let method = match r.token_endpoint_auth_method.as_str() {
-            "" | "client_secret_basic" => AuthMethod::ClientSecretBasic,
-            "client_secret_post" => AuthMethod::ClientSecretPost,
-            "private_key_jwt" => AuthMethod::PrivateKeyJwt,
-            "none" => AuthMethod::None,
-            other => {
-                return Err(IdentityError::invalid(
-                    "token_endpoint_auth_method",
-                    format!("{other:?}: expected client_secret_basic, client_secret_post, private_key_jwt or none"),
-                )
-                .into());
-            }
-        };
-        for (i, g) in r.grant_types.iter().enumerate() {
-            if !["authorization_code", "refresh_token", "client_credentials"].contains(&g.as_str()) {
-                return Err(
-                    IdentityError::invalid(format!("grant_types[{i}]"), format!("{g:?} is not supported")).into(),
-                );
-            }
-        }
-        if r.grant_types.is_empty() {
-            return Err(IdentityError::invalid("grant_types", "at least one grant type is required").into());
-        }
-        if method == AuthMethod::None && r.grant_types.iter().any(|g| g == "client_credentials") {
-            return Err(IdentityError::invalid("grant_types", "a public client cannot use client_credentials").into());
-        }
-        for (i, s) in r.scopes.iter().enumerate() {
-            if !crate::model::known_scope(s) {
-                return Err(
-                    IdentityError::invalid(format!("scopes[{i}]"), format!("{s:?} is not a known scope")).into(),
-                );
-            }
-        }
-        let uris = r
-            .redirect_uris
-            .iter()
-            .chain(&r.post_logout_redirect_uris)
-            .chain(std::iter::once(&r.backchannel_logout_uri));
-        for u in uris.filter(|u| !u.is_empty()) {
-            match url::Url::parse(u) {
-                Ok(p) if p.fragment().is_none() && matches!(p.scheme(), "https" | "http") => {}
-                _ => {
-                    return Err(IdentityError::invalid(
-                        "redirect_uris",
-                        format!("{u:?} is not an absolute http(s) URL without fragment"),
-                    )
-                    .into());
-                }
-            }
-        }
-        if r.grant_types.iter().any(|g| g == "authorization_code") && r.redirect_uris.is_empty() {
-            return Err(IdentityError::invalid("redirect_uris", "required for authorization_code").into());
-        }
-        if method == AuthMethod::PrivateKeyJwt && !r.jwks_uri.is_empty() {
-            if !r.jwks_json.is_empty() {
-                return Err(IdentityError::invalid("jwks_uri", "give jwks_json or jwks_uri, not both").into());
-            }
-            if !matches!(url::Url::parse(&r.jwks_uri), Ok(u) if matches!(u.scheme(), "https" | "http")) {
-                return Err(IdentityError::invalid("jwks_uri", "expected an absolute http(s) URL").into());
-            }
-        }
-        let jwks = if method == AuthMethod::PrivateKeyJwt && r.jwks_uri.is_empty() {
-            let set: JwkSet = serde_json::from_str(&r.jwks_json)
-                .map_err(|e| IdentityError::invalid("jwks_json", format!("not a JWK Set: {e}")))?;
-            let usable = set
-                .keys
-                .iter()
-                .filter_map(|k| serde_json::from_value::<jose::Jwk>(k.clone()).ok())
-                .any(|k| k.verifying_key().is_ok() && !k.kid.is_empty());
-            if !usable {
-                return Err(IdentityError::invalid("jwks_json", "needs a P-256 (ES256) key with a kid").into());
-            }
-            Some(set)
-        } else {
-            None
-        };
-        let id_token_alg = match r.id_token_signed_response_alg.as_str() {
-            "" | "ES256" => String::new(),
-            "RS256" => "RS256".to_string(),
-            other => {
-                return Err(IdentityError::invalid(
-                    "id_token_signed_response_alg",
-                    format!("{other:?}: expected ES256 or RS256"),
-                )
-                .into());
-            }
-        };
-        if !id_token_alg.is_empty() {
-            // Publish the RS256 key before the client's first token.
-            self.provider.keys.rsa().await?;
-        }
         let id = if r.client_id.is_empty() {
             format!("client-{}", random_digits(10))
         } else {
-            r.client_id
+            r.client_id.clone()
         };
-        let secret = match method {
-            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => jose::random_token(32),
-            _ => String::new(),
-        };
+        let (name, settings) = self.registration(r).await?;
+        let secret = new_secret(settings.auth_method);
         let client = Client {
             id: id.clone(),
-            name: r.name,
-            secret_hash: if secret.is_empty() {
-                String::new()
-            } else {
-                jose::sha256_b64(&secret)
-            },
-            settings: ClientSettings {
-                redirect_uris: r.redirect_uris,
-                post_logout_redirect_uris: r.post_logout_redirect_uris,
-                backchannel_logout_uri: r.backchannel_logout_uri,
-                grant_types: r.grant_types,
-                scopes: r.scopes,
-                auth_method: method,
-                jwks,
-                jwks_uri: if method == AuthMethod::PrivateKeyJwt {
-                    r.jwks_uri
-                } else {
-                    String::new()
-                },
-                id_token_alg,
-            },
+            name,
+            secret_hash: secret_hash(&secret),
+            settings,
         };
         self.provider.store.insert_client(&client).await?;
         self.provider.forget_client(&id);
@@ -398,6 +526,85 @@ impl IdentityAdmin for AdminApi {
             client_id: id,
             client_secret: secret,
         }))
+    }
+
+    async fn get_client(
+        &self,
+        req: Request<api::GetClientRequest>,
+    ) -> Result<Response<api::ClientRegistration>, Status> {
+        self.authorise(&req).await?;
+        let id = &req.get_ref().client_id;
+        required("client_id", id)?;
+        let c = self
+            .provider
+            .store
+            .client(id)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(format!("client {id}")))?;
+        Ok(Response::new(registration_out(c)))
+    }
+
+    async fn update_client(
+        &self,
+        req: Request<api::UpdateClientRequest>,
+    ) -> Result<Response<api::CreatedClient>, Status> {
+        let who = self.authorise(&req).await?;
+        let r = req.into_inner();
+        let client = r
+            .client
+            .ok_or_else(|| IdentityError::invalid("client", "is required"))?;
+        let id = client.client_id.clone();
+        required("client.client_id", &id)?;
+        let old = self
+            .provider
+            .store
+            .client(&id)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(format!("client {id}")))?;
+        let (name, settings) = self.registration(client).await?;
+        let needs_secret = matches!(
+            settings.auth_method,
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
+        );
+        let (secret, hash) = if needs_secret && (r.rotate_secret || old.secret_hash.is_empty()) {
+            let secret = new_secret(settings.auth_method);
+            let hash = secret_hash(&secret);
+            (secret, hash)
+        } else if needs_secret {
+            (String::new(), old.secret_hash)
+        } else {
+            (String::new(), String::new())
+        };
+        let client = Client {
+            id: id.clone(),
+            name,
+            secret_hash: hash,
+            settings,
+        };
+        if !self.provider.store.update_client(&client).await? {
+            return Err(IdentityError::NotFound(format!("client {id}")).into());
+        }
+        self.provider.forget_client(&id);
+        self.changed(&who, EventKind::ClientUpdated, "client", &id).await;
+        Ok(Response::new(api::CreatedClient {
+            client_id: id,
+            client_secret: secret,
+        }))
+    }
+
+    async fn delete_client(
+        &self,
+        req: Request<api::DeleteClientRequest>,
+    ) -> Result<Response<api::DeleteClientResponse>, Status> {
+        let who = self.authorise(&req).await?;
+        let id = req.into_inner().client_id;
+        required("client_id", &id)?;
+        if !self.provider.store.delete_client(&id).await? {
+            return Err(IdentityError::NotFound(format!("client {id}")).into());
+        }
+        self.provider.forget_client(&id);
+        self.changed(&who, EventKind::ClientDeleted, "client", &id).await;
+        Ok(Response::new(api::DeleteClientResponse {}))
     }
 
     async fn list_sessions(

@@ -138,6 +138,7 @@ async fn register_internal(store: &store::Store, c: &InternalClient) -> Result<(
                 jwks: None,
                 jwks_uri: String::new(),
                 id_token_alg: String::new(),
+                organisation: String::new(),
             },
         })
         .await

@@ -59,6 +59,10 @@ pub struct Organisation {
     pub name: String,
     /// One of [`ORGANISATION_KINDS`].
     pub kind: String,
+    /// The ODS code of the organisation it belongs to, or empty.
+    pub parent: String,
+    /// Inactive organisations' clients get no tokens.
+    pub active: bool,
 }
 
 /// A member of staff.
@@ -179,6 +183,9 @@ pub struct ClientSettings {
     /// verify RSA. Access and logout tokens are always ES256.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id_token_alg: String,
+    /// The ODS code of the organisation the client belongs to, or empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub organisation: String,
 }
 
 /// A registered OIDC client.
@@ -357,6 +364,12 @@ pub enum EventKind {
     PatientCreated,
     /// `client_created`.
     ClientCreated,
+    /// `client_updated`.
+    ClientUpdated,
+    /// `client_deleted`.
+    ClientDeleted,
+    /// `organisation_updated`.
+    OrganisationUpdated,
     /// `keys_rotated`.
     KeysRotated,
 }
@@ -376,6 +389,9 @@ impl EventKind {
             EventKind::PersonCreated => "person_created",
             EventKind::PatientCreated => "patient_created",
             EventKind::ClientCreated => "client_created",
+            EventKind::ClientUpdated => "client_updated",
+            EventKind::ClientDeleted => "client_deleted",
+            EventKind::OrganisationUpdated => "organisation_updated",
             EventKind::KeysRotated => "keys_rotated",
         }
     }

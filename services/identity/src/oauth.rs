@@ -435,6 +435,10 @@ impl Provider {
             _ => return Err(bad("no client credentials")),
         };
         let client = self.client(&id).await?.ok_or_else(|| bad("unknown client"))?;
+        let org = &client.settings.organisation;
+        if !org.is_empty() && !self.store.organisation(org).await?.is_some_and(|o| o.active) {
+            return Err(bad(&format!("the client's organisation {org} is not active")));
+        }
         match client.settings.auth_method {
             AuthMethod::ClientSecretBasic => {
                 let Some((_, secret)) = &p.basic else {
@@ -1092,6 +1096,7 @@ mod tests {
                 jwks: None,
                 jwks_uri: String::new(),
                 id_token_alg: String::new(),
+                organisation: String::new(),
             },
         }
     }

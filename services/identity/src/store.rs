@@ -104,6 +104,17 @@ fn session(r: &AnyRow) -> Result<Session> {
     })
 }
 
+/// An organisation from a row of `ods_code, name, kind, parent, active`.
+fn organisation_row(r: &AnyRow) -> Result<Organisation> {
+    Ok(Organisation {
+        ods_code: r.try_get(0)?,
+        name: r.try_get(1)?,
+        kind: r.try_get(2)?,
+        parent: r.try_get(3)?,
+        active: r.try_get::<i64, _>(4)? != 0,
+    })
+}
+
 const SESSION_COLUMNS: &str =
     "id, subject_kind, subject, auth_time, last_seen, expires_at, amr, mfa_pending, selected_role, revoked";
 
@@ -117,30 +128,39 @@ impl Store {
 
     /// Adds an organisation; `Conflict` when the ODS code exists.
     pub async fn insert_organisation(&self, o: &Organisation) -> Result<()> {
-        sqlx::query("INSERT INTO organisations (ods_code, name, kind) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO organisations (ods_code, name, kind, parent, active) VALUES ($1, $2, $3, $4, $5)")
             .bind(o.ods_code.clone())
             .bind(o.name.clone())
             .bind(o.kind.clone())
+            .bind(o.parent.clone())
+            .bind(i64::from(o.active))
             .execute(self.db.writer())
             .await
             .map_err(|e| conflict(e, format!("organisation {}", o.ods_code)))?;
         Ok(())
     }
 
+    /// Replaces an organisation's name, kind, parent and active flag; false when there is none.
+    pub async fn update_organisation(&self, o: &Organisation) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE organisations SET name = $1, kind = $2, parent = $3, active = $4 WHERE ods_code = $5")
+                .bind(o.name.clone())
+                .bind(o.kind.clone())
+                .bind(o.parent.clone())
+                .bind(i64::from(o.active))
+                .bind(o.ods_code.clone())
+                .execute(self.db.writer())
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// One organisation by ODS code.
     pub async fn organisation(&self, code: &str) -> Result<Option<Organisation>> {
-        let row = sqlx::query("SELECT ods_code, name, kind FROM organisations WHERE ods_code = $1")
+        let row = sqlx::query("SELECT ods_code, name, kind, parent, active FROM organisations WHERE ods_code = $1")
             .bind(code.to_string())
             .fetch_optional(self.db.pool())
             .await?;
-        row.map(|r| {
-            Ok(Organisation {
-                ods_code: r.try_get(0)?,
-                name: r.try_get(1)?,
-                kind: r.try_get(2)?,
-            })
-        })
-        .transpose()
+        row.map(|r| organisation_row(&r)).transpose()
     }
 
     /// `(ODS code, name)` of the organisations among `codes` that exist.
@@ -161,21 +181,13 @@ impl Store {
     /// Organisations ordered by ODS code, after `after`, at most `limit`.
     pub async fn organisations(&self, after: &str, limit: i64) -> Result<Vec<Organisation>> {
         let rows = sqlx::query(
-            "SELECT ods_code, name, kind FROM organisations WHERE ods_code > $1 ORDER BY ods_code LIMIT $2",
+            "SELECT ods_code, name, kind, parent, active FROM organisations WHERE ods_code > $1 ORDER BY ods_code LIMIT $2",
         )
         .bind(after.to_string())
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Organisation {
-                    ods_code: r.try_get(0)?,
-                    name: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                })
-            })
-            .collect()
+        rows.iter().map(organisation_row).collect()
     }
 
     // ---- staff --------------------------------------------------------------------------
@@ -426,6 +438,30 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Replaces a registered client's name, secret hash and settings; false when there is none.
+    pub async fn update_client(&self, c: &Client) -> Result<bool> {
+        let settings =
+            serde_json::to_string(&c.settings).map_err(|e| IdentityError::invalid("settings", e.to_string()))?;
+        let done = sqlx::query("UPDATE clients SET name = $1, secret_hash = $2, settings = $3 WHERE id = $4")
+            .bind(c.name.clone())
+            .bind(c.secret_hash.clone())
+            .bind(settings)
+            .bind(c.id.clone())
+            .execute(self.db.writer())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Removes a client (its refresh tokens stop working: nothing can present them any more);
+    /// false when there was none.
+    pub async fn delete_client(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM clients WHERE id = $1")
+            .bind(id.to_string())
+            .execute(self.db.writer())
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// A client by id.

@@ -94,8 +94,10 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> Result<Telemetry> {
         .with_tracer(tracer)
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let registry = tracing_subscriber::registry().with(otel);
+    // Colours only on a terminal: a log file or collector gets plain text.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let res = match config.log_format {
         LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),

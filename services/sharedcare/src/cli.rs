@@ -80,6 +80,23 @@ pub enum Command {
     Import(crate::import::ImportArgs),
     /// Measure the platform on this machine (see the README's performance section).
     Bench(bench::BenchArgs),
+    /// The Kubernetes operator: CareOrganisations and CareApps reconciled into identity.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+}
+
+/// `sharedcare operator …`.
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// Reconcile CareOrganisations and CareApps into identity (`operator.identity_url`, with
+    /// the operator's own client `auth.client_id`/`auth.client_secret`, scope identity.admin),
+    /// leading through a Lease so that several replicas are safe. Needs KUBECONFIG or an
+    /// in-cluster service account.
+    Run,
+    /// Print the CustomResourceDefinitions, generated from the operator's types.
+    Crds,
 }
 
 /// `sharedcare audit …`.
@@ -141,7 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Passport {
             command: PassportCommand::Rebuild { data, .. },
         } => flag("data_dir", data),
-        Command::Bench(_) | Command::Demo { .. } | Command::Import(_) => {}
+        Command::Bench(_) | Command::Demo { .. } | Command::Import(_) | Command::Operator { .. } => {}
     }
     let config: Config = sharedcare_kit::config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
     if cli.dump_config {
@@ -159,6 +176,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { service, .. } => platform::serve(config, &service).await,
         Command::Migrate { services, .. } => platform::migrate(config, &services).await,
         Command::Bench(args) => bench::run(config, args).await,
+        Command::Operator {
+            command: OperatorCommand::Crds,
+        } => {
+            print!("{}", sharedcare_operator::crds_yaml());
+            Ok(())
+        }
+        Command::Operator {
+            command: OperatorCommand::Run,
+        } => platform::operator(config).await,
         Command::Import(args) => crate::import::run(config, args).await,
         Command::Audit {
             command: AuditCommand::Verify { .. },

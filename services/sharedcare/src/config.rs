@@ -42,6 +42,8 @@ pub struct Config {
     pub audit: sharedcare_audit::AuditConfig,
     /// The passport service (where consent is).
     pub passport: sharedcare_passport::PassportConfig,
+    /// The Kubernetes operator (`sharedcare operator run`).
+    pub operator: sharedcare_operator::OperatorConfig,
     /// How long shutdown waits for in-flight work, per phase.
     pub shutdown_grace_ms: u64,
 }
@@ -110,6 +112,7 @@ impl Default for Config {
             records: RecordsConfig::default(),
             audit: sharedcare_audit::AuditConfig::default(),
             passport: sharedcare_passport::PassportConfig::default(),
+            operator: sharedcare_operator::OperatorConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -131,6 +134,7 @@ impl Validate for Config {
             return Err(("database.max_connections".into(), "must be at least 1".into()));
         }
         self.kafka.validate()?;
+        self.operator.validate()?;
         if self.events.retention_hours < 1 {
             return Err(("events.retention_hours".into(), "must be at least 1".into()));
         }

@@ -331,3 +331,46 @@ pub async fn verify_audit(config: Config) -> anyhow::Result<()> {
         problems.len()
     )
 }
+
+/// `sharedcare operator run`: the Kubernetes operator, until SIGTERM or SIGINT.
+pub async fn operator(config: Config) -> anyhow::Result<()> {
+    let telemetry = telemetry::init(sharedcare_operator::NAME, &config.telemetry)?;
+    let op = &config.operator;
+    if op.identity_url.is_empty() {
+        bail!("`operator.identity_url` is required: identity's gRPC endpoint, e.g. http://sharedcare-identity:50051");
+    }
+    if config.auth.issuer.is_empty() {
+        bail!("`auth.issuer` is required by the operator: identity's issuer URL");
+    }
+    if config.auth.client_id.is_empty() || config.auth.client_secret.is_empty() {
+        bail!(
+            "`auth.client_id` and `auth.client_secret` are required by the operator: its own client, with scope identity.admin"
+        );
+    }
+    let endpoint = if config.auth.token_endpoint.is_empty() {
+        format!("{}/oauth2/token", config.auth.issuer.trim_end_matches('/'))
+    } else {
+        config.auth.token_endpoint.clone()
+    };
+    let token = sharedcare_kit::auth::ServiceToken::new(
+        endpoint,
+        &config.auth.client_id,
+        &config.auth.client_secret,
+        "identity.admin",
+    );
+    let identity = sharedcare_operator::identity::Identity::new(&op.identity_url, "operator.identity_url", token)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        on_signal.cancel();
+    });
+    let setup = sharedcare_operator::Setup {
+        config: op.clone(),
+        identity,
+        issuer: config.auth.issuer.clone(),
+    };
+    let result = sharedcare_operator::run(setup, stop).await;
+    telemetry.shutdown();
+    result
+}
