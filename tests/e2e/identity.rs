@@ -1414,3 +1414,188 @@ async fn the_admin_api_manages_organisations_people_and_patients_and_names_bad_f
     .await;
     assert!(query(&back).contains_key("code"), "{back}");
 }
+
+#[tokio::test]
+async fn clients_and_organisations_are_read_updated_deactivated_and_deleted_through_the_admin_api() {
+    use sharedcare_proto::identity::v1::{
+        CreateClientRequest, DeactivateOrganisationRequest, DeleteClientRequest, GetClientRequest, Organisation,
+        UpdateClientRequest,
+    };
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let mut a = admin(&p).await;
+    let token = |id: String, secret: String| {
+        let base = p.http.clone();
+        async move {
+            http()
+                .post(format!("{base}/oauth2/token"))
+                .basic_auth(id, Some(secret))
+                .form(&[("grant_type", "client_credentials"), ("scope", "openid")])
+                .send()
+                .await
+                .expect("token")
+                .status()
+                .as_u16()
+        }
+    };
+    let org = Organisation {
+        ods_code: "VLX10".into(),
+        name: "Larch House".into(),
+        kind: "care_home".into(),
+        parent_ods_code: "QN1".into(),
+        active: false, // ignored on create
+    };
+    let created = a.create_organisation(org.clone()).await.expect("create").into_inner();
+    assert!(created.active && created.parent_ods_code == "QN1");
+    let registration = CreateClientRequest {
+        client_id: "larch-rota".into(),
+        name: "Larch House rota".into(),
+        grant_types: vec!["client_credentials".into()],
+        scopes: vec!["openid".into()],
+        organisation: "VLX10".into(),
+        ..Default::default()
+    };
+    let secret = a
+        .create_client(registration.clone())
+        .await
+        .expect("create")
+        .into_inner()
+        .client_secret;
+    assert_eq!(token("larch-rota".into(), secret.clone()).await, 200);
+
+    // Read back as registered, never the secret.
+    let got = a
+        .get_client(GetClientRequest {
+            client_id: "larch-rota".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    let stored = got.client.expect("registration");
+    assert!(
+        got.has_secret && stored.organisation == "VLX10" && stored.token_endpoint_auth_method == "client_secret_basic"
+    );
+
+    // An update keeps the secret unless asked to rotate it.
+    let mut renamed = registration.clone();
+    renamed.name = "Larch House rota (v2)".into();
+    let kept = a
+        .update_client(UpdateClientRequest {
+            client: Some(renamed.clone()),
+            rotate_secret: false,
+        })
+        .await
+        .expect("update")
+        .into_inner();
+    assert!(kept.client_secret.is_empty());
+    assert_eq!(token("larch-rota".into(), secret.clone()).await, 200);
+    let rotated = a
+        .update_client(UpdateClientRequest {
+            client: Some(renamed),
+            rotate_secret: true,
+        })
+        .await
+        .expect("rotate")
+        .into_inner()
+        .client_secret;
+    assert_eq!(token("larch-rota".into(), secret).await, 401);
+    assert_eq!(token("larch-rota".into(), rotated.clone()).await, 200);
+
+    // Bad updates are refused naming the field, and change nothing.
+    let mut bad = registration.clone();
+    bad.grant_types = vec!["password".into()];
+    let e = a
+        .update_client(UpdateClientRequest {
+            client: Some(bad),
+            rotate_secret: false,
+        })
+        .await
+        .expect_err("bad grant");
+    assert!(
+        e.code() == tonic::Code::InvalidArgument && e.message().starts_with("grant_types[0]"),
+        "{}",
+        e.message()
+    );
+    let mut elsewhere = registration.clone();
+    elsewhere.organisation = "ZZZ99".into();
+    let e = a
+        .update_client(UpdateClientRequest {
+            client: Some(elsewhere),
+            rotate_secret: false,
+        })
+        .await
+        .expect_err("unknown organisation");
+    assert!(e.message().starts_with("organisation"), "{}", e.message());
+    assert_eq!(token("larch-rota".into(), rotated.clone()).await, 200);
+
+    // A deactivated organisation's clients get no tokens; reactivated, they do again.
+    let off = a
+        .deactivate_organisation(DeactivateOrganisationRequest {
+            ods_code: "VLX10".into(),
+        })
+        .await
+        .expect("deactivate")
+        .into_inner();
+    assert!(!off.active);
+    assert_eq!(token("larch-rota".into(), rotated.clone()).await, 401);
+    let mut on = org.clone();
+    on.active = true;
+    on.name = "Larch House Care Home".into();
+    let updated = a.update_organisation(on).await.expect("update").into_inner();
+    assert!(updated.active && updated.name == "Larch House Care Home");
+    assert_eq!(token("larch-rota".into(), rotated.clone()).await, 200);
+    let mut own_parent = org.clone();
+    own_parent.parent_ods_code = "VLX10".into();
+    let e = a.update_organisation(own_parent).await.expect_err("own parent");
+    assert!(e.message().starts_with("parent_ods_code"), "{}", e.message());
+
+    // Deleted: gone, and its tokens are no longer issued.
+    a.delete_client(DeleteClientRequest {
+        client_id: "larch-rota".into(),
+    })
+    .await
+    .expect("delete");
+    assert_eq!(token("larch-rota".into(), rotated).await, 401);
+    let gone = a
+        .get_client(GetClientRequest {
+            client_id: "larch-rota".into(),
+        })
+        .await
+        .expect_err("gone");
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    let again = a
+        .delete_client(DeleteClientRequest {
+            client_id: "larch-rota".into(),
+        })
+        .await
+        .expect_err("twice");
+    assert_eq!(again.code(), tonic::Code::NotFound);
+
+    // The new calls need identity.admin like the others.
+    let mut anon = IdentityAdminClient::new(p.channel().await);
+    let e = anon
+        .delete_client(DeleteClientRequest {
+            client_id: "ics-integration".into(),
+        })
+        .await
+        .expect_err("anonymous");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let weak = service_token_for(&p.http, "records.read").await;
+    let value: tonic::metadata::MetadataValue<_> = format!("Bearer {weak}").parse().expect("md");
+    let mut w = IdentityAdminClient::with_interceptor(p.channel().await, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", value.clone());
+        Ok(r)
+    });
+    for e in [
+        w.get_client(GetClientRequest {
+            client_id: "ics-integration".into(),
+        })
+        .await
+        .expect_err("get"),
+        w.deactivate_organisation(DeactivateOrganisationRequest { ods_code: "QN1".into() })
+            .await
+            .expect_err("deactivate"),
+    ] {
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    }
+}
