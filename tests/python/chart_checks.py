@@ -109,9 +109,8 @@ check(any(r.get("ports", [{}])[0].get("port") == 4317 for r in of(docs, "Network
 # from that user's Secret; the cluster CA mounted where the config points.
 config = of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"]
 check('security_protocol = "sasl_ssl"' in config and 'ssl_ca_location = "/etc/sharedcare/kafka-ca/ca.crt"' in config, "Kafka over SASL_SSL with the cluster CA")
-for name, d in of(docs, "Deployment").items():
-    service = name.removeprefix("sc-sharedcare-")
-    pod = d["spec"]["template"]["spec"]
+for service in SERVICES:
+    pod = of(docs, "Deployment")[f"sc-sharedcare-{service}"]["spec"]["template"]["spec"]
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     user = env["SHAREDCARE_KAFKA__SASL_USERNAME"]["value"]
     ref = env["SHAREDCARE_KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
@@ -120,6 +119,28 @@ for name, d in of(docs, "Deployment").items():
     ca = next(v for v in pod["volumes"] if v["name"] == "kafka-ca")["secret"]
     check(ca["secretName"] == "sharedcare-cluster-ca-cert" and ca["items"][0] == {"key": "ca.crt", "path": "ca.crt"}, f"{service} mounts the Kafka cluster CA")
 check("SHAREDCARE_KAFKA__SASL_USERNAME" not in str(of(render("minimal-values.yaml"), "Deployment")), "no Kafka login unless SASL is chosen")
+# The operator: `sharedcare operator run`, two replicas, RBAC limited to its own resources,
+# Secrets in the namespace, its Lease and Events; no cluster-wide role.
+op = of(docs, "Deployment")["sc-sharedcare-operator"]
+pod = op["spec"]["template"]["spec"]
+check(pod["containers"][0]["args"][2:] == ["operator", "run"] and op["spec"]["replicas"] == 2, "the operator runs `sharedcare operator run`, two replicas")
+check(of(docs, "ServiceAccount")["sc-sharedcare-operator"]["automountServiceAccountToken"] is True, "only the operator mounts a token")
+check(not of(docs, "ClusterRole") and not of(docs, "ClusterRoleBinding"), "no cluster-wide RBAC")
+rules = of(docs, "Role")["sc-sharedcare-operator"]["rules"]
+granted = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
+check(granted == {
+    ("sharedcare.nhs.uk", "careorganisations"), ("sharedcare.nhs.uk", "careapps"),
+    ("sharedcare.nhs.uk", "careorganisations/status"), ("sharedcare.nhs.uk", "careapps/status"),
+    ("sharedcare.nhs.uk", "careorganisations/finalizers"), ("sharedcare.nhs.uk", "careapps/finalizers"),
+    ("", "secrets"), ("coordination.k8s.io", "leases"), ("events.k8s.io", "events"),
+}, f"the operator's Role: its resources, Secrets, Leases, Events: {sorted(granted)}")
+check(all("*" not in rule["verbs"] for rule in rules), "no wildcard verbs")
+env = {e["name"]: e for e in pod["containers"][0]["env"]}
+check(env["SHAREDCARE_AUTH__CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "sc-sharedcare-operator-client", "the operator's client secret from a Secret")
+check(of(docs, "NetworkPolicy")["sc-sharedcare-operator"]["spec"]["ingress"] == [], "nothing reaches the operator")
+crds = [d for d in yaml.safe_load_all((CHART / "crds" / "sharedcare-operator.yaml").read_text()) if d]
+check(sorted(d["spec"]["names"]["kind"] for d in crds) == ["CareApp", "CareOrganisation"], "the chart installs the operator's CRDs")
+check("sc-sharedcare-operator" not in of(render("minimal-values.yaml"), "Deployment"), "no operator unless enabled")
 
 # Existing Secrets: the chart makes none and names them; Gateway API route instead of Ingress.
 docs = render("existing-secrets-values.yaml")
