@@ -55,6 +55,9 @@ pub enum What {
     PatientSearch,
     /// FHIR Bulk Data `$export` of 1,000,000 resources from `up`: throughput and memory.
     Export,
+    /// The operator: 500 CareApps applied to a real kube-apiserver (KUBECONFIG) until all are
+    /// Ready, reconciled into a fresh `up`.
+    Operator,
 }
 
 /// `sharedcare bench` options.
@@ -96,6 +99,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Passport => crate::bench_passport::run(&config, &args).await,
         What::PatientSearch => patient_search(&args).await,
         What::Export => crate::bench_export::run(&args).await,
+        What::Operator => crate::bench_operator::run(&args).await,
     }
 }
 

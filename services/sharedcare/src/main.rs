@@ -4,6 +4,7 @@
 mod bench;
 mod bench_export;
 mod bench_identity;
+mod bench_operator;
 mod bench_passport;
 mod cli;
 mod config;
