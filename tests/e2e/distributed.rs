@@ -2,12 +2,8 @@
 
 use std::collections::HashSet;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use sharedcare_proto::records::v1::{GetRequest, PutRequest};
 
 use crate::harness::{
@@ -105,93 +101,6 @@ async fn records_and_audit_run_as_two_processes_on_postgres_and_kafka() {
         ]
     );
     assert_eq!(trail[2].0, "read");
-}
-
-/// Spans received over OTLP: (service.name, trace id hex, span name).
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<(String, String, String)>>>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.0.lock().expect("lock");
-        for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| r.attributes.iter())
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref().and_then(|v| v.value.clone()))
-                .map(|v| match v {
-                    Value::StringValue(s) => s,
-                    other => format!("{other:?}"),
-                })
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    let trace: String = s.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-                    spans.push((service.clone(), trace, s.name));
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-#[tokio::test]
-async fn one_put_is_one_trace_across_records_and_audit() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(collector.clone()))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-    tokio::spawn(server);
-
-    let mut env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
-    env.push(("SHAREDCARE_TELEMETRY__OTLP_ENDPOINT", endpoint));
-    env.push(("OTEL_BSP_SCHEDULE_DELAY", "100".into()));
-    let id = identity(&env);
-    let consent = serve("consent", &env, &id);
-    let records = serve_records(&env, &id, &consent);
-    let _audit = serve("audit", &env, &id);
-    let nhs = nhs_number();
-    records
-        .records()
-        .await
-        .put(PutRequest {
-            resource_json: patient("p-trace", &nhs),
-            source_organisation: String::new(),
-            ..Default::default()
-        })
-        .await
-        .expect("put");
-
-    let (trace, audit_spans) = eventually(
-        Duration::from_secs(60),
-        "records and audit spans in one trace",
-        || async {
-            let spans = collector.0.lock().expect("lock").clone();
-            let put = spans
-                .iter()
-                .find(|(svc, _, name)| svc == "records" && name == "/sharedcare.records.v1.Records/Put")?;
-            let audit: Vec<String> = spans
-                .iter()
-                .filter(|(svc, t, _)| svc == "audit" && *t == put.1)
-                .map(|(_, _, n)| n.clone())
-                .collect();
-            (!audit.is_empty()).then(|| (put.1.clone(), audit))
-        },
-    )
-    .await;
-    assert_eq!(trace.len(), 32);
-    assert!(
-        audit_spans.iter().any(|n| n.ends_with("sharedcare.records.v1 process")),
-        "{audit_spans:?}"
-    );
 }
 
 /// An OpenTelemetry Collector (tools/otelcol, built by the test command) receiving OTLP/gRPC on
@@ -352,6 +261,24 @@ async fn a_fhir_read_is_one_trace_across_records_consent_and_the_audit_consumer_
             .iter()
             .any(|s| s.0 == "audit" && s.4.ends_with("sharedcare.records.v1 process")),
         "the audit consumer: {trace:#?}"
+    );
+    assert!(
+        trace.iter().any(|s| s.0 == "records" && s.4 == "read batch"),
+        "records' read batch, which asked consent: {trace:#?}"
+    );
+
+    // The write before it is one trace too: records' Put, and the audit consumer's handling
+    // of its event, which crossed Kafka in the event's traceparent.
+    let spans = collector.spans();
+    let put = spans
+        .iter()
+        .find(|s| s.0 == "records" && s.4 == "/sharedcare.records.v1.Records/Put")
+        .expect("the put's span");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.0 == "audit" && s.1 == put.1 && s.4.ends_with("sharedcare.records.v1 process")),
+        "the audit consumer's span in the put's trace: {spans:#?}"
     );
 }
 
