@@ -228,10 +228,13 @@ impl Store {
         Ok(())
     }
 
+    /// A person's role profiles at active organisations: a role at a deactivated organisation
+    /// can no longer be chosen, nor carried by a token.
     async fn roles(&self, uid: &str) -> Result<Vec<RoleProfile>> {
         let rows = sqlx::query(
-            "SELECT id, ods_code, role_code, role_name, activity_codes FROM role_profiles \
-             WHERE person_uid = $1 ORDER BY id",
+            "SELECT r.id, r.ods_code, r.role_code, r.role_name, r.activity_codes FROM role_profiles r \
+             JOIN organisations o ON o.ods_code = r.ods_code \
+             WHERE r.person_uid = $1 AND o.active = 1 ORDER BY r.id",
         )
         .bind(uid.to_string())
         .fetch_all(self.db.pool())

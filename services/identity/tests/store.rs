@@ -141,7 +141,68 @@ async fn ending_a_session_revokes_its_refresh_tokens_and_names_its_clients(db: D
     assert!(s.session("s1").await.expect("read").expect("exists").revoked);
 }
 
+async fn a_deactivated_organisation_s_roles_are_not_offered_and_it_comes_back_whole(db: Db) {
+    use sharedcare_identity::model::{Organisation, Person};
+    use sharedcare_kit::auth::RoleProfile;
+    let s = store(&db).await;
+    let org = |code: &str| Organisation {
+        ods_code: code.into(),
+        name: code.into(),
+        kind: "care_home".into(),
+        parent: String::new(),
+        active: true,
+    };
+    s.insert_organisation(&org("VAA01")).await.expect("org");
+    s.insert_organisation(&org("VAA02")).await.expect("org");
+    let role = |id: &str, ods: &str| RoleProfile {
+        person_roleid: id.into(),
+        org_code: ods.into(),
+        role_code: "S8000:G8000:R8000".into(),
+        role_name: "Care worker".into(),
+        activity_codes: Vec::new(),
+        person_orgid: String::new(),
+    };
+    let person = Person {
+        uid: "555000000009".into(),
+        username: "two.homes".into(),
+        given_name: "Two".into(),
+        family_name: "Homes".into(),
+        email: String::new(),
+        totp_secret: String::new(),
+        roles: vec![role("r1", "VAA01"), role("r2", "VAA02")],
+    };
+    s.insert_person(&person, "hash").await.expect("person");
+    let roles = |p: Option<(Person, String, sharedcare_identity::store::Lock)>| -> Vec<String> {
+        p.expect("person")
+            .0
+            .roles
+            .into_iter()
+            .map(|r| r.person_roleid)
+            .collect()
+    };
+    assert_eq!(
+        roles(s.person("uid", "555000000009").await.expect("read")),
+        ["r1", "r2"]
+    );
+    let mut off = org("VAA01");
+    off.active = false;
+    assert!(s.update_organisation(&off).await.expect("deactivate"));
+    assert_eq!(
+        roles(s.person("uid", "555000000009").await.expect("read")),
+        ["r2"],
+        "a role at an inactive organisation is not offered"
+    );
+    assert!(!s.organisation("VAA01").await.expect("read").expect("kept").active);
+    off.active = true;
+    s.update_organisation(&off).await.expect("reactivate");
+    assert_eq!(
+        roles(s.person("uid", "555000000009").await.expect("read")),
+        ["r1", "r2"]
+    );
+}
+
 sharedcare_kit::store_suite!("identity";
+    a_deactivated_organisation_s_roles_are_not_offered_and_it_comes_back_whole,
     keys_rotate_on_schedule_published_before_they_sign_and_kept_until_their_tokens_expire,
     a_code_is_redeemed_once,
     reusing_a_rotated_refresh_token_revokes_its_family,
