@@ -15,7 +15,9 @@
 #   infra/kube.sh kubeconfig   print the kubeconfig path
 #
 # Environment: KUBE_PORT (API server, default 16443; etcd uses the next two ports), KUBE_HOME
-# (state, default infra/.state/kube-$KUBE_PORT), SHAREDCARE_TOOLS_CACHE (the build cache).
+# (state: certificates, token, kubeconfig, etcd's data; default ~/.local/state/sharedcare/
+# kube-$KUBE_PORT, outside the checkout, so that every checkout on the machine shares the one
+# API server its port allows), SHAREDCARE_TOOLS_CACHE (the build cache).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -23,7 +25,7 @@ cache="${SHAREDCARE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sharedcare}"
 port="${KUBE_PORT:-16443}"
 etcd_port=$((port + 1))
 peer_port=$((port + 2))
-home="${KUBE_HOME:-$here/.state/kube-$port}"
+home="${KUBE_HOME:-${XDG_STATE_HOME:-$HOME/.local/state}/sharedcare/kube-$port}"
 
 K8S_VERSION=$(grep -oE 'k8s.io/kubernetes v[0-9.]+' "$root/tools/kube/go.mod" | head -1 | cut -d' ' -f2)
 STRIMZI_VERSION=1.2.0
@@ -147,8 +149,17 @@ current-context: sharedcare-test
 EOF
 }
 
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 start() {
   if pidof_ apiserver && ready; then echo "$home/kubeconfig"; return 0; fi
+  local p
+  for p in "$port" "$etcd_port" "$peer_port"; do
+    if listening "$p"; then
+      echo "kube.sh: port $p is taken by a process this state ($home) did not start; stop it or set KUBE_PORT" >&2
+      exit 1
+    fi
+  done
   local tools etcd apiserver
   tools="$(build)"
   etcd="$(sed -n 's/^etcd=//p' <<<"$tools")"

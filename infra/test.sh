@@ -54,14 +54,16 @@ fi
 # Kubernetes: helm, BuildKit's Dockerfile checks, etcd, kube-apiserver, kubectl and an
 # OpenTelemetry Collector, built from the Go module proxy and cached outside the checkout; then
 # the image's build stage, run on the host (no Docker daemon here); then a real API server.
-tools="$(infra/tools.sh)"
+tools="$(infra/tools.sh)" || exit 1
 for name in helm dockerfile-lint kubectl otelcol; do
   var="SHAREDCARE_$(tr 'a-z-' 'A-Z_' <<<"$name")"
   export "$var=$(sed -n "s/^$name=//p" <<<"$tools")"
 done
 infra/image.sh check
-export TEST_KUBECONFIG="$(infra/kube.sh start)"
-export TEST_KUBE_CRDS="$(infra/kube.sh crds)"
+# (Assigned first: `export VAR="$(…)"` would hide a failure of the command.)
+kubeconfig="$(infra/kube.sh start)"
+crds="$(infra/kube.sh crds)"
+export TEST_KUBECONFIG="$kubeconfig" TEST_KUBE_CRDS="$crds"
 
 infra/postgres.sh start
 infra/kafka.sh start
