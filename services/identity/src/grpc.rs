@@ -366,6 +366,7 @@ impl IdentityAdmin for AdminApi {
         if !self.provider.store.update_organisation(&o).await? {
             return Err(IdentityError::NotFound(format!("organisation {}", o.ods_code)).into());
         }
+        self.provider.forget_clients();
         self.changed(&who, EventKind::OrganisationUpdated, "organisation", &o.ods_code)
             .await;
         Ok(Response::new(org_out(o)))
@@ -386,6 +387,7 @@ impl IdentityAdmin for AdminApi {
             .ok_or_else(|| IdentityError::NotFound(format!("organisation {}", code.as_str())))?;
         o.active = false;
         self.provider.store.update_organisation(&o).await?;
+        self.provider.forget_clients();
         self.changed(&who, EventKind::OrganisationUpdated, "organisation", &o.ods_code)
             .await;
         Ok(Response::new(org_out(o)))

@@ -324,12 +324,16 @@ pub struct Provider {
     pub hasher: Arc<crate::secrets::Hasher>,
     /// Upstream providers.
     pub broker: crate::broker::Broker,
-    clients: Arc<Mutex<HashMap<String, (Client, Instant)>>>,
+    clients: Arc<Mutex<HashMap<String, CachedClient>>>,
     client_keys: Arc<Mutex<HashMap<String, (JwkSet, Instant)>>>,
     http: reqwest::Client,
     /// The process's metrics: failures no caller could be told of are counted here.
     metrics: sharedcare_kit::metrics::Metrics,
 }
+
+/// A cached client: the registration, whether its organisation is active (true when it has
+/// none), and when it was read.
+type CachedClient = (Client, bool, Instant);
 
 /// How long a client registration is cached in memory before it is read again.
 const CLIENT_CACHE: Duration = Duration::from_secs(10);
@@ -396,23 +400,40 @@ impl Provider {
 
     /// A client by id (cached briefly).
     pub async fn client(&self, id: &str) -> OResult<Option<Client>> {
+        Ok(self.registered(id).await?.map(|(c, _)| c))
+    }
+
+    /// A client and whether its organisation is active (true when it has none), cached
+    /// briefly: the token endpoint asks on every request.
+    async fn registered(&self, id: &str) -> OResult<Option<(Client, bool)>> {
         if let Ok(cache) = self.clients.lock()
-            && let Some((c, at)) = cache.get(id)
+            && let Some((c, active, at)) = cache.get(id)
             && at.elapsed() < CLIENT_CACHE
         {
-            return Ok(Some(c.clone()));
+            return Ok(Some((c.clone(), *active)));
         }
-        let found = self.store.client(id).await?;
-        if let (Some(c), Ok(mut cache)) = (&found, self.clients.lock()) {
-            cache.insert(id.to_string(), (c.clone(), Instant::now()));
+        let Some(c) = self.store.client(id).await? else {
+            return Ok(None);
+        };
+        let org = &c.settings.organisation;
+        let active = org.is_empty() || self.store.organisation(org).await?.is_some_and(|o| o.active);
+        if let Ok(mut cache) = self.clients.lock() {
+            cache.insert(id.to_string(), (c.clone(), active, Instant::now()));
         }
-        Ok(found)
+        Ok(Some((c, active)))
     }
 
     /// Forgets a cached client (after an administrator changed it).
     pub fn forget_client(&self, id: &str) {
         if let Ok(mut cache) = self.clients.lock() {
             cache.remove(id);
+        }
+    }
+
+    /// Forgets every cached client (after an organisation changed: its clients' standing did).
+    pub fn forget_clients(&self) {
+        if let Ok(mut cache) = self.clients.lock() {
+            cache.clear();
         }
     }
 
@@ -434,9 +455,9 @@ impl Provider {
             }
             _ => return Err(bad("no client credentials")),
         };
-        let client = self.client(&id).await?.ok_or_else(|| bad("unknown client"))?;
-        let org = &client.settings.organisation;
-        if !org.is_empty() && !self.store.organisation(org).await?.is_some_and(|o| o.active) {
+        let (client, active) = self.registered(&id).await?.ok_or_else(|| bad("unknown client"))?;
+        if !active {
+            let org = &client.settings.organisation;
             return Err(bad(&format!("the client's organisation {org} is not active")));
         }
         match client.settings.auth_method {

@@ -175,7 +175,9 @@ async fn apply_organisation(org: &CareOrganisation, ctx: &Context) -> Result<Act
                     .await;
                     Outcome::Ready("registered in identity".into())
                 }
-                Err(IdentityError::Invalid(why)) => Outcome::Degraded("IdentityRefused", spec_field(&why)),
+                Err(IdentityError::Invalid(why)) => {
+                    Outcome::Degraded("IdentityRefused", spec_field(&why, ORGANISATION_FIELDS))
+                }
                 Err(e) => return failed(org, ctx, e).await,
             }
         }
@@ -185,19 +187,49 @@ async fn apply_organisation(org: &CareOrganisation, ctx: &Context) -> Result<Act
                 publish(ctx, org, EventType::Normal, "Updated", "identity brought to the spec").await;
                 Outcome::Ready("updated in identity".into())
             }
-            Err(IdentityError::Invalid(why)) => Outcome::Degraded("IdentityRefused", spec_field(&why)),
+            Err(IdentityError::Invalid(why)) => {
+                Outcome::Degraded("IdentityRefused", spec_field(&why, ORGANISATION_FIELDS))
+            }
             Err(e) => return failed(org, ctx, e).await,
         },
     };
     settle(org, ctx, outcome, Status::default()).await
 }
 
-/// Maps identity's field names onto the CareOrganisation's spec.
-fn spec_field(why: &str) -> String {
-    why.replacen("parent_ods_code", "spec.parent", 1)
-        .replacen("ods_code", "spec.odsCode", 1)
-        .replacen("`name`", "`spec.name`", 1)
+/// Names the spec field at fault in identity's message, which starts `field: reason` (the
+/// field perhaps indexed, `scopes[1]`), using `fields` (identity's name, the spec's).
+fn spec_field(why: &str, fields: &[(&str, &str)]) -> String {
+    let Some((field, reason)) = why.split_once(": ") else {
+        return why.to_string();
+    };
+    let (base, index) = field.split_at(field.find('[').unwrap_or(field.len()));
+    match fields.iter().find(|(theirs, _)| *theirs == base) {
+        Some((_, ours)) => format!("{ours}{index}: {reason}"),
+        None => why.to_string(),
+    }
 }
+
+/// Identity's organisation fields as the CareOrganisation names them.
+const ORGANISATION_FIELDS: &[(&str, &str)] = &[
+    ("ods_code", "spec.odsCode"),
+    ("name", "spec.name"),
+    ("kind", "spec.type"),
+    ("parent_ods_code", "spec.parent"),
+];
+
+/// Identity's client fields as the CareApp names them.
+const APP_FIELDS: &[(&str, &str)] = &[
+    ("name", "spec.displayName"),
+    ("redirect_uris", "spec.redirectUris"),
+    ("post_logout_redirect_uris", "spec.postLogoutRedirectUris"),
+    ("grant_types", "spec.grantTypes"),
+    ("scopes", "spec.scopes"),
+    ("token_endpoint_auth_method", "spec.tokenEndpointAuthMethod"),
+    ("jwks_json", "spec.jwks"),
+    ("jwks_uri", "spec.jwksUri"),
+    ("backchannel_logout_uri", "spec.backchannelLogoutUri"),
+    ("organisation", "spec.organisationRef"),
+];
 
 // ---- CareApp ------------------------------------------------------------------------------
 
@@ -273,7 +305,7 @@ async fn apply_app(app: &CareApp, ctx: &Context) -> Result<Action> {
         Err(e) => Err(e),
         Ok(None) => ctx.identity.create_client(want).await.map(|s| (s, "Registered")),
         Ok(Some(have)) => {
-            let drifted = have.client.as_ref() != Some(&want);
+            let drifted = !have.client.as_ref().is_some_and(|have| same_registration(have, &want));
             // A Secret deleted by hand cannot be written back: the secret is only shown once,
             // so a new one is made.
             let rotate = rotate || (needs_secret && !have_secret);
@@ -300,7 +332,7 @@ async fn apply_app(app: &CareApp, ctx: &Context) -> Result<Action> {
             }
             Outcome::Ready(format!("client {id} in step with identity"))
         }
-        Err(IdentityError::Invalid(why)) => Outcome::Degraded("IdentityRefused", app_field(&why)),
+        Err(IdentityError::Invalid(why)) => Outcome::Degraded("IdentityRefused", spec_field(&why, APP_FIELDS)),
         Err(e) => return failed(app, ctx, e).await,
     };
     let extra = Status {
@@ -331,23 +363,15 @@ fn registration(app: &CareApp, id: &str, ods_code: &str) -> api::CreateClientReq
     }
 }
 
-/// Maps identity's field names onto the CareApp's spec.
-fn app_field(why: &str) -> String {
-    for (theirs, ours) in [
-        ("redirect_uris", "spec.redirectUris"),
-        ("post_logout_redirect_uris", "spec.postLogoutRedirectUris"),
-        ("grant_types", "spec.grantTypes"),
-        ("scopes", "spec.scopes"),
-        ("jwks_json", "spec.jwks"),
-        ("jwks_uri", "spec.jwksUri"),
-        ("backchannel_logout_uri", "spec.backchannelLogoutUri"),
-        ("organisation", "spec.organisationRef"),
-    ] {
-        if why.contains(theirs) {
-            return why.replacen(theirs, ours, 1);
-        }
+/// Whether identity holds `want`: field by field, the JWK Set compared as JSON (identity
+/// stores it parsed and gives it back in its own formatting).
+fn same_registration(have: &api::CreateClientRequest, want: &api::CreateClientRequest) -> bool {
+    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
+    let mut have = have.clone();
+    if json(&have.jwks_json).is_some() && json(&have.jwks_json) == json(&want.jwks_json) {
+        have.jwks_json.clone_from(&want.jwks_json);
     }
-    why.to_string()
+    have == *want
 }
 
 /// Writes the app's credentials to its Secret, owned by the app.
@@ -577,5 +601,47 @@ fn finalizer_error(e: kube::runtime::finalizer::Error<Error>) -> Error {
     match e {
         kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identitys_field_names_become_the_specs() {
+        assert_eq!(
+            spec_field("scopes[1]: \"records.everything\" is not a known scope", APP_FIELDS),
+            "spec.scopes[1]: \"records.everything\" is not a known scope"
+        );
+        assert_eq!(
+            spec_field(
+                "parent_ods_code: QWO is not a registered organisation",
+                ORGANISATION_FIELDS
+            ),
+            "spec.parent: QWO is not a registered organisation"
+        );
+        assert_eq!(
+            spec_field("name: is required", ORGANISATION_FIELDS),
+            "spec.name: is required"
+        );
+        assert_eq!(spec_field("something else", APP_FIELDS), "something else");
+    }
+
+    #[test]
+    fn a_jwk_set_in_other_formatting_is_not_drift() {
+        let want = api::CreateClientRequest {
+            client_id: "ns.app".into(),
+            jwks_json: r#"{ "keys": [ {"kty": "EC", "kid": "k1"} ] }"#.into(),
+            ..Default::default()
+        };
+        let mut have = want.clone();
+        have.jwks_json = r#"{"keys":[{"kid":"k1","kty":"EC"}]}"#.into();
+        assert!(same_registration(&have, &want));
+        have.jwks_json = r#"{"keys":[{"kid":"k2","kty":"EC"}]}"#.into();
+        assert!(!same_registration(&have, &want));
+        have.jwks_json.clone_from(&want.jwks_json);
+        have.redirect_uris = vec!["https://elsewhere.example/cb".into()];
+        assert!(!same_registration(&have, &want));
     }
 }
