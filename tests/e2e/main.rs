@@ -18,5 +18,6 @@ mod oidc_node;
 mod operator;
 mod passport;
 mod patient_search;
+mod portal;
 mod startup;
 mod up;

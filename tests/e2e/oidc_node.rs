@@ -9,7 +9,7 @@ use sharedcare_proto::identity::v1::{CreatePersonRequest, RoleProfile};
 
 use crate::harness::{admin, register_app, up};
 
-fn node_dir() -> PathBuf {
+pub(crate) fn node_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
     assert!(
         dir.join("node_modules/openid-client").exists() && dir.join("node_modules/playwright-core").exists(),
@@ -18,7 +18,7 @@ fn node_dir() -> PathBuf {
     dir
 }
 
-fn run_node(script: &str, env: &[(&str, String)]) -> String {
+pub(crate) fn run_node(script: &str, env: &[(&str, String)]) -> String {
     let dir = node_dir();
     let out = Command::new("node")
         .arg(dir.join(script))
@@ -32,7 +32,7 @@ fn run_node(script: &str, env: &[(&str, String)]) -> String {
     stdout
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

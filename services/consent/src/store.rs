@@ -6,7 +6,7 @@ use sharedcare_kit::bus::{envelope, topic};
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::outbox;
-use sharedcare_proto::events::v1::ConsentEvent;
+use sharedcare_proto::events::v1::{ConsentEvent, PatientNotification};
 use sqlx::Row;
 use std::collections::HashMap;
 
@@ -693,6 +693,18 @@ impl Store {
             &detail,
         )
         .await?;
+        // The patient is told (an NHS App message), in the same transaction: no clinical detail.
+        let note = PatientNotification {
+            kind: "break_glass".into(),
+            nhs_number: g.nhs_number.clone(),
+            organisation: g.grant.org.clone(),
+            time: Some(db::timestamp(g.grant.start.saturating_mul(1_000_000))),
+            link: "/passport/access-log".into(),
+            notice_id: g.id.clone(),
+        };
+        let nhs = g.nhs_number.as_str();
+        let env = envelope("sharedcare.events.v1.PatientNotification", crate::NAME, nhs, nhs, &note);
+        outbox::enqueue(&mut tx, &topic(crate::NAME), &env).await?;
         tx.commit().await?;
         Ok(())
     }

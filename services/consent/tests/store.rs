@@ -49,6 +49,26 @@ async fn states(db: &Db) -> Vec<sharedcare_proto::events::v1::SharingState> {
         .collect()
 }
 
+/// The `PatientNotification` events in the outbox, oldest first.
+async fn notifications(db: &Db) -> Vec<sharedcare_proto::events::v1::PatientNotification> {
+    use prost::Message;
+    let rows = sqlx::query("SELECT payload FROM kit_outbox WHERE topic = 'sharedcare.consent.v1' ORDER BY seq")
+        .fetch_all(db.pool())
+        .await
+        .expect("outbox");
+    rows.iter()
+        .filter_map(|r| {
+            let payload: Vec<u8> = r.get(0);
+            let envelope = sharedcare_proto::events::v1::Envelope::decode(payload.as_slice()).expect("envelope");
+            (envelope.r#type == "sharedcare.events.v1.PatientNotification").then(|| {
+                assert_eq!(envelope.key, NHS, "keyed by NHS number");
+                sharedcare_proto::events::v1::PatientNotification::decode(envelope.data.as_slice())
+                    .expect("notification")
+            })
+        })
+        .collect()
+}
+
 async fn facts_round_trip_and_every_change_writes_its_event(db: Db) {
     let s = store(&db).await;
     let provision = Provision {
@@ -115,9 +135,24 @@ async fn facts_round_trip_and_every_change_writes_its_event(db: Db) {
     assert_eq!(s.grants("", true).await.expect("queue").len(), 1);
     assert_eq!(
         events(&db).await,
-        7,
-        "one ConsentEvent per change, in the same transaction"
+        8,
+        "one ConsentEvent per change, and the patient's notification of the break-glass, in the same transaction"
     );
+    // The notification for the NHS App: what happened, where, and the page to read; no reason,
+    // no staff member, nothing clinical.
+    let notes = notifications(&db).await;
+    assert_eq!(notes.len(), 1);
+    let n = &notes[0];
+    assert_eq!(
+        (
+            n.kind.as_str(),
+            n.nhs_number.as_str(),
+            n.organisation.as_str(),
+            n.link.as_str()
+        ),
+        ("break_glass", NHS, "VH2D7", "/passport/access-log")
+    );
+    assert_eq!(n.notice_id, grant.id);
     // And after each change, the person's whole sharing state, the last one as it now stands.
     let states = states(&db).await;
     assert_eq!(states.len(), 7, "one SharingState per change");

@@ -195,6 +195,12 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// The web portal's client in the demo (id, secret): `up` signs the portal in with it.
+pub const PORTAL_CLIENT: (&str, &str) = ("sharedcare-portal", "demo-portal-secret-7c1f9e2b4a");
+
+/// The sample ICS app's client in the demo (id, secret): `sharedcare sample-app` by default.
+pub const SAMPLE_APP_CLIENT: (&str, &str) = ("ics-sample-app", "demo-sample-secret-3d8a61f0c5");
+
 /// Demo clients with their secrets (empty for public clients). `base` is the HTTP base URL.
 pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
     let user_scopes = strings(crate::model::USER_SCOPES);
@@ -211,13 +217,13 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
     vec![
         (
             client(
-                "sharedcare-portal",
+                PORTAL_CLIENT.0,
                 "Sharedcare portal",
-                "demo-portal-secret-7c1f9e2b4a",
+                PORTAL_CLIENT.1,
                 ClientSettings {
                     redirect_uris: vec![format!("{base}/portal/callback")],
-                    post_logout_redirect_uris: vec![format!("{base}/portal/")],
-                    backchannel_logout_uri: String::new(),
+                    post_logout_redirect_uris: vec![format!("{base}/portal/"), format!("{base}/passport/")],
+                    backchannel_logout_uri: format!("{base}/portal/backchannel-logout"),
                     grant_types: strings(&["authorization_code", "refresh_token"]),
                     scopes: user_scopes.clone(),
                     auth_method: AuthMethod::ClientSecretBasic,
@@ -227,27 +233,27 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
                     organisation: String::new(),
                 },
             ),
-            "demo-portal-secret-7c1f9e2b4a",
+            PORTAL_CLIENT.1,
         ),
         (
             client(
-                "ics-sample-app",
-                "Northbridge Care Coordination (sample ICS app)",
-                "demo-sample-secret-3d8a61f0c5",
+                SAMPLE_APP_CLIENT.0,
+                "Care home handover (sample ICS app: `sharedcare sample-app`)",
+                SAMPLE_APP_CLIENT.1,
                 ClientSettings {
                     redirect_uris: strings(&["http://127.0.0.1:8400/callback", "http://localhost:8400/callback"]),
                     post_logout_redirect_uris: strings(&["http://127.0.0.1:8400/"]),
                     backchannel_logout_uri: "http://127.0.0.1:8400/backchannel-logout".into(),
                     grant_types: strings(&["authorization_code", "refresh_token"]),
                     scopes: user_scopes.clone(),
-                    auth_method: AuthMethod::ClientSecretPost,
+                    auth_method: AuthMethod::ClientSecretBasic,
                     jwks: None,
                     jwks_uri: String::new(),
                     id_token_alg: String::new(),
                     organisation: String::new(),
                 },
             ),
-            "demo-sample-secret-3d8a61f0c5",
+            SAMPLE_APP_CLIENT.1,
         ),
         (
             client(

@@ -80,6 +80,26 @@ pub enum Command {
     Import(crate::import::ImportArgs),
     /// Measure the platform on this machine (see the README's performance section).
     Bench(bench::BenchArgs),
+    /// A second, small ICS app (a care home's shift handover page), its own OIDC client of
+    /// identity, to show single sign-on and single sign-out across the ICS's apps. Defaults:
+    /// the demo's `ics-sample-app` client on http://127.0.0.1:8400 against `up`'s issuer.
+    SampleApp {
+        /// Listen address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8400")]
+        listen: std::net::SocketAddr,
+        /// Its address as browsers reach it (default: http://<listen>).
+        #[arg(long, value_name = "URL")]
+        public_url: Option<String>,
+        /// Identity's issuer URL (default: `identity.issuer`, else the HTTP listen address).
+        #[arg(long, value_name = "URL")]
+        issuer: Option<String>,
+        /// Its client id at identity.
+        #[arg(long, value_name = "ID", default_value = sharedcare_identity::demo::SAMPLE_APP_CLIENT.0)]
+        client_id: String,
+        /// Its client secret (or SAMPLE_APP_CLIENT_SECRET).
+        #[arg(long, value_name = "SECRET", env = "SAMPLE_APP_CLIENT_SECRET", default_value = sharedcare_identity::demo::SAMPLE_APP_CLIENT.1, hide_env_values = true)]
+        client_secret: String,
+    },
     /// The Kubernetes operator: CareOrganisations and CareApps reconciled into identity.
     Operator {
         #[command(subcommand)]
@@ -158,7 +178,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Passport {
             command: PassportCommand::Rebuild { data, .. },
         } => flag("data_dir", data),
-        Command::Bench(_) | Command::Demo { .. } | Command::Import(_) | Command::Operator { .. } => {}
+        Command::Bench(_)
+        | Command::Demo { .. }
+        | Command::Import(_)
+        | Command::Operator { .. }
+        | Command::SampleApp { .. } => {}
     }
     let config: Config = sharedcare_kit::config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
     if cli.dump_config {
@@ -192,6 +216,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Passport {
             command: PassportCommand::Rebuild { fresh, into, .. },
         } => platform::rebuild_passport(config, fresh, &into).await,
+        Command::SampleApp {
+            listen,
+            public_url,
+            issuer,
+            client_id,
+            client_secret,
+        } => {
+            let issuer = match issuer {
+                Some(i) => i,
+                None if !config.identity.issuer.is_empty() => config.identity.issuer.clone(),
+                None => sharedcare_identity::default_issuer(config.http.listen),
+            };
+            let handover = sharedcare_portal::handover::HandoverConfig {
+                listen,
+                public_url: public_url.unwrap_or_else(|| format!("http://{listen}")),
+                issuer,
+                client_id,
+                client_secret,
+            };
+            platform::sample_app(config, handover).await
+        }
         Command::Demo { issuer } => {
             let base = match issuer {
                 Some(i) => i,

@@ -42,6 +42,8 @@ pub struct Config {
     pub audit: sharedcare_audit::AuditConfig,
     /// The passport service (where consent is).
     pub passport: sharedcare_passport::PassportConfig,
+    /// The web: portal, passport pages and start page.
+    pub portal: sharedcare_portal::PortalConfig,
     /// The Kubernetes operator (`sharedcare operator run`).
     pub operator: sharedcare_operator::OperatorConfig,
     /// How long shutdown waits for in-flight work, per phase.
@@ -112,6 +114,7 @@ impl Default for Config {
             records: RecordsConfig::default(),
             audit: sharedcare_audit::AuditConfig::default(),
             passport: sharedcare_passport::PassportConfig::default(),
+            portal: sharedcare_portal::PortalConfig::default(),
             operator: sharedcare_operator::OperatorConfig::default(),
             shutdown_grace_ms: 10_000,
         }
@@ -145,6 +148,7 @@ impl Validate for Config {
         self.records.validate()?;
         self.audit.validate()?;
         self.passport.validate()?;
+        self.portal.validate()?;
         for (key, v) in [
             ("auth.issuer", &self.auth.issuer),
             ("auth.jwks_uri", &self.auth.jwks_uri),

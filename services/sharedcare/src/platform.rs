@@ -29,6 +29,10 @@ pub fn registry(config: &Config) -> Vec<Box<dyn Service>> {
         Box::new(sharedcare_records::Records::new(config.records.clone())),
         Box::new(sharedcare_audit::Audit::new(config.audit.clone())),
         Box::new(sharedcare_passport::Passport::new(config.passport.clone())),
+        Box::new(sharedcare_portal::Portal::new(
+            config.portal.clone(),
+            sharedcare_identity::demo::PORTAL_CLIENT,
+        )),
     ]
 }
 
@@ -373,4 +377,21 @@ pub async fn operator(config: Config) -> anyhow::Result<()> {
     let result = sharedcare_operator::run(setup, stop).await;
     telemetry.shutdown();
     result
+}
+
+/// `sharedcare sample-app`: the sample ICS app, until SIGTERM or SIGINT.
+pub async fn sample_app(config: Config, app: sharedcare_portal::handover::HandoverConfig) -> anyhow::Result<()> {
+    let telemetry = telemetry::init("sample-app", &config.telemetry)?;
+    let listener = tokio::net::TcpListener::bind(app.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", app.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        issuer = %app.issuer,
+        client_id = %app.client_id,
+        "sample ICS app (care home handover) serving"
+    );
+    let served = sharedcare_portal::handover::serve(listener, &app, shutdown::signal()).await;
+    telemetry.shutdown();
+    Ok(served?)
 }

@@ -1,0 +1,233 @@
+//! A second, small ICS app — a care home's shift handover page — run by
+//! `sharedcare sample-app`. It is its own OIDC client of identity, in its own process, so it
+//! shows what single sign-on means: someone already signed in to the portal opens it without
+//! being asked to sign in again, and logging out of either ends both (back-channel logout).
+//! Its sessions live in memory: it is a sample, one process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use maud::html;
+
+use crate::error::PortalError;
+use crate::oidc::{Pending, Rp};
+use crate::page::{self, Area, Chrome};
+use crate::web::{html, see_other};
+
+/// The cookie (cookies are per host, not per port: a name of its own beside the portal's).
+const COOKIE: &str = "__Host-sc-handover";
+
+/// How the sample app runs.
+#[derive(Clone, Debug)]
+pub struct HandoverConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Its address as browsers reach it (redirect and logout URIs are under it).
+    pub public_url: String,
+    /// Identity's issuer URL.
+    pub issuer: String,
+    /// Its client at identity.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: String,
+}
+
+#[derive(Clone)]
+struct Signed {
+    sid: String,
+    name: String,
+    role: String,
+    org: String,
+    id_token: String,
+    csrf: String,
+}
+
+struct Inner {
+    rp: Rp,
+    public_url: String,
+    pending: Mutex<HashMap<String, Pending>>,
+    sessions: Mutex<HashMap<String, Signed>>,
+}
+
+type App = Arc<Inner>;
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('=').map(str::to_string))
+}
+
+fn signed(app: &App, headers: &HeaderMap) -> Option<(String, Signed)> {
+    let token = cookie(headers)?;
+    let s = app.sessions.lock().ok()?.get(&token).cloned()?;
+    Some((token, s))
+}
+
+fn chrome(s: Option<&Signed>) -> Chrome<'_> {
+    Chrome {
+        nhs_app: false,
+        area: Area::Handover,
+        signed_in: s.map(|s| (s.name.as_str(), s.csrf.as_str())),
+    }
+}
+
+async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
+    match signed(&app, &headers) {
+        Some((_, s)) => html(page::page(
+            &chrome(Some(&s)),
+            "Shift handover",
+            html! {
+                span class="nhsuk-caption-l" { (s.role) " at " (s.org) }
+                h1 id="handover-title" { "Shift handover" }
+                p id="signed-in" { "Signed in as " strong { (s.name) } " through your care record login. You were not asked for a password here if you had already signed in to another ICS app." }
+                div class="nhsuk-inset-text" { p { "This is a sample ICS app: it shows single sign-on and single sign-out across the integrated care system's apps." } }
+            },
+        )),
+        None => html(page::page(
+            &chrome(None),
+            "Sign in",
+            html! {
+                h1 { "Care home shift handover" }
+                p id="signed-out" { "You are not signed in." }
+                a class="nhsuk-button" href="/login" id="sign-in" draggable="false" role="button" { "Sign in with your care record login" }
+            },
+        )),
+    }
+}
+
+async fn login(State(app): State<App>) -> Response {
+    let (url, state, pending) = app.rp.start("openid profile nationalrbacaccess selectedrole", "/", &[]);
+    if let Ok(mut p) = app.pending.lock() {
+        p.insert(state, pending);
+    }
+    see_other(&url)
+}
+
+async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Result<Response, PortalError> {
+    let state = q.get("state").cloned().unwrap_or_default();
+    let pending = app.pending.lock().ok().and_then(|mut p| p.remove(&state));
+    let Some(pending) = pending else {
+        return Err(PortalError::invalid(
+            "state",
+            "this sign-in has expired or was already used",
+        ));
+    };
+    if let Some(e) = q.get("error") {
+        return Err(PortalError::Rp(crate::oidc::RpError::Refused(e.clone())));
+    }
+    let t = app
+        .rp
+        .exchange(q.get("code").map(String::as_str).unwrap_or_default(), &pending)
+        .await?;
+    let roles = &t.claims["nhsid_nrbac_roles"];
+    let selected = t.claims["selected_roleid"].as_str().unwrap_or_default();
+    let role = roles
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["person_roleid"].as_str() == Some(selected)))
+        .cloned()
+        .unwrap_or_default();
+    let s = Signed {
+        sid: t.claims["sid"].as_str().unwrap_or_default().into(),
+        name: t.claims["name"].as_str().unwrap_or("Signed in").into(),
+        role: role["role_name"].as_str().unwrap_or_default().into(),
+        org: role["org_code"].as_str().unwrap_or_default().into(),
+        id_token: t.id_token.clone(),
+        csrf: sharedcare_kit::jose::random_token(24),
+    };
+    let token = sharedcare_kit::jose::random_token(32);
+    if let Ok(mut m) = app.sessions.lock() {
+        m.insert(token.clone(), s);
+    }
+    let mut r = see_other(&pending.return_to);
+    if let Ok(v) = HeaderValue::from_str(&format!("{COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Lax")) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+async fn logout(State(app): State<App>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+    let Some((token, s)) = signed(&app, &headers) else {
+        return see_other("/");
+    };
+    if form.get("csrf") != Some(&s.csrf) {
+        return PortalError::Csrf.into_response();
+    }
+    if let Ok(mut m) = app.sessions.lock() {
+        m.remove(&token);
+    }
+    see_other(&app.rp.logout_url(&s.id_token, &format!("{}/", app.public_url)))
+}
+
+async fn backchannel(State(app): State<App>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let token = form.get("logout_token").cloned().unwrap_or_default();
+    match app.rp.logout_token(&token).await {
+        Ok((sid, _)) => {
+            if let Ok(mut m) = app.sessions.lock() {
+                m.retain(|_, s| s.sid != sid);
+            }
+            StatusCode::OK.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn headers_for_pages(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    for (k, v) in [
+        (
+            "content-security-policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self' https://assets.nhs.uk; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+        ("referrer-policy", "no-referrer"),
+        ("x-content-type-options", "nosniff"),
+        ("cache-control", "no-store"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    r
+}
+
+/// The sample app's router.
+pub fn router(config: &HandoverConfig) -> Router {
+    let public = config.public_url.trim_end_matches('/').to_string();
+    let app = Arc::new(Inner {
+        rp: Rp::new(
+            &config.issuer,
+            "",
+            "",
+            &config.client_id,
+            &config.client_secret,
+            &format!("{public}/callback"),
+        ),
+        public_url: public,
+        pending: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(HashMap::new()),
+    });
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(login))
+        .route("/callback", get(callback))
+        .route("/logout", post(logout))
+        .route("/backchannel-logout", post(backchannel))
+        .layer(axum::middleware::map_response(headers_for_pages))
+        .merge(crate::assets::router())
+        .with_state(app)
+}
+
+/// Serves the sample app on `listener` until `stop` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: &HandoverConfig,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(config)).with_graceful_shutdown(stop).await
+}

@@ -1,0 +1,248 @@
+//! The page frame every page shares (NHS.UK frontend's header, footer, skip link and width
+//! container) and small components, as maud templates: checked at compile time, every value
+//! escaped. No inline script or style, so the Content-Security-Policy allows neither.
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use crate::assets;
+
+/// What frames a page.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Chrome<'a> {
+    /// Inside the NHS App's web view: no site header or footer (the app has its own).
+    pub nhs_app: bool,
+    /// The part of the site: its name in the header and where its name links.
+    pub area: Area,
+    /// The signed-in person's name, and this session's CSRF token for the sign-out form.
+    pub signed_in: Option<(&'a str, &'a str)>,
+}
+
+/// A part of the site.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Area {
+    /// The start page.
+    #[default]
+    Start,
+    /// The clinician portal.
+    Portal,
+    /// The patient's passport.
+    Passport,
+    /// The sample ICS app (`sharedcare sample-app`), on its own origin.
+    Handover,
+}
+
+impl Area {
+    fn name(self) -> &'static str {
+        match self {
+            Area::Start => "Sharedcare",
+            Area::Portal => "Shared care record",
+            Area::Passport => "Your health and care record",
+            Area::Handover => "Care home handover",
+        }
+    }
+
+    fn home(self) -> &'static str {
+        match self {
+            Area::Start | Area::Handover => "/",
+            Area::Portal => "/portal/",
+            Area::Passport => "/passport/",
+        }
+    }
+
+    fn logout(self) -> &'static str {
+        match self {
+            Area::Passport => "/passport/logout",
+            Area::Handover => "/logout",
+            _ => "/portal/logout",
+        }
+    }
+}
+
+/// The NHS logo, as NHS.UK frontend's header draws it.
+const LOGO: &str = r#"<svg class="nhsuk-header__logo" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 200 80" height="40" width="100" focusable="false" role="img" aria-label="NHS"><title>NHS</title><path fill="currentcolor" d="M200 0v80H0V0h200Zm-27.5 5.5c-14.5 0-29 5-29 22 0 10.2 7.7 13.5 14.7 16.3l.7.3c5.4 2 10.1 3.9 10.1 8.4 0 6.5-8.5 7.5-14 7.5s-12.5-1.5-16-3.5L135 70c5.5 2 13.5 3.5 20 3.5 15.5 0 32-4.5 32-22.5 0-19.5-25.5-16.5-25.5-25.5 0-5.5 5.5-6.5 12.5-6.5a35 35 0 0 1 14.5 3l4-13.5c-4.5-2-12-3-20-3Zm-131 2h-22l-14 65H22l9-45h.5l13.5 45h21.5l14-65H64l-9 45h-.5l-13-45Zm63 0h-18l-13 65h17l6-28H117l-5.5 28H129l13.5-65H125L119.5 32h-20l5-24.5Z"/></svg>"#;
+
+/// A whole page titled `title` around `body`.
+pub fn page(chrome: &Chrome<'_>, title: &str, body: Markup) -> Markup {
+    let area = chrome.area;
+    html! {
+        (DOCTYPE)
+        html lang="en-GB" {
+            head {
+                meta charset="utf-8";
+                title { (title) " – " (area.name()) }
+                meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover";
+                meta name="theme-color" content="#005eb8";
+                link rel="icon" href=(assets::path("images/favicon.ico")) sizes="48x48";
+                link rel="icon" href=(assets::path("images/favicon.svg")) sizes="any" type="image/svg+xml";
+                link rel="apple-touch-icon" href=(assets::path("images/nhsuk-icon-180.png"));
+                link rel="stylesheet" href=(assets::path("nhsuk-frontend.min.css"));
+                link rel="stylesheet" href=(assets::SITE_CSS);
+                script type="module" src=(assets::SITE_JS) {}
+            }
+            body {
+                a class="nhsuk-skip-link" href="#maincontent" { "Skip to main content" }
+                @if !chrome.nhs_app {
+                    header class="nhsuk-header" role="banner" {
+                        div class="nhsuk-header__container nhsuk-width-container" {
+                            div class="nhsuk-header__service" {
+                                a class="nhsuk-header__service-logo" href=(area.home()) aria-label={ "NHS " (area.name()) " homepage" } {
+                                    (PreEscaped(LOGO))
+                                    span class="nhsuk-header__service-name" { (area.name()) }
+                                }
+                            }
+                            @if let Some((name, csrf)) = chrome.signed_in {
+                                nav class="nhsuk-header__account" aria-label="Account" {
+                                    ul class="nhsuk-header__account-list" {
+                                        li class="nhsuk-header__account-item" id="signed-in-as" { (name) }
+                                        li class="nhsuk-header__account-item" {
+                                            form method="post" action=(area.logout()) class="sc-inline-form" {
+                                                input type="hidden" name="csrf" value=(csrf);
+                                                button type="submit" class="nhsuk-header__account-button" id="sign-out" { "Log out" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                div class="nhsuk-width-container" {
+                    main class="nhsuk-main-wrapper" id="maincontent" {
+                        (body)
+                    }
+                }
+                @if !chrome.nhs_app {
+                    footer role="contentinfo" {
+                        div class="nhsuk-footer" {
+                            div class="nhsuk-width-container" {
+                                h2 class="nhsuk-u-visually-hidden" { "Support links" }
+                                div class="nhsuk-footer__meta" {
+                                    ul class="nhsuk-footer__list" {
+                                        @if area != Area::Handover {
+                                        li class="nhsuk-footer__list-item" { a class="nhsuk-footer__list-item-link" href="/" { "Sharedcare" } }
+                                        li class="nhsuk-footer__list-item" { a class="nhsuk-footer__list-item-link" href="/passport/" { "Your record" } }
+                                        li class="nhsuk-footer__list-item" { a class="nhsuk-footer__list-item-link" href="/portal/" { "For staff" } }
+                                        }
+                                    }
+                                    p class="nhsuk-footer__copyright" { "Your integrated care system" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An error page (no session needed).
+pub fn error_page(title: &str, message: &str) -> Markup {
+    page(
+        &Chrome::default(),
+        title,
+        html! {
+            h1 { (title) }
+            p id="error-message" { (message) }
+            p { a href="/" { "Go to the start page" } }
+        },
+    )
+}
+
+/// NHS.UK's error summary: shown at the top of a form that failed, naming the field.
+pub fn error_summary(errors: &[(&str, String)]) -> Markup {
+    html! {
+        @if !errors.is_empty() {
+            div class="nhsuk-error-summary" aria-labelledby="error-summary-title" role="alert" tabindex="-1" {
+                h2 class="nhsuk-error-summary__title" id="error-summary-title" { "There is a problem" }
+                div class="nhsuk-error-summary__body" {
+                    ul class="nhsuk-list nhsuk-error-summary__list" {
+                        @for (field, message) in errors {
+                            li { a href={ "#" (field) } { (message) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A row list (NHS.UK summary list) of label and value.
+pub fn summary_list(rows: &[(&str, String)]) -> Markup {
+    html! {
+        dl class="nhsuk-summary-list" {
+            @for (k, v) in rows {
+                div class="nhsuk-summary-list__row" {
+                    dt class="nhsuk-summary-list__key" { (k) }
+                    dd class="nhsuk-summary-list__value" { (v) }
+                }
+            }
+        }
+    }
+}
+
+/// The start page: who each part of the site is for.
+pub fn start(nhs_app: bool) -> Markup {
+    page(
+        &Chrome {
+            nhs_app,
+            ..Chrome::default()
+        },
+        "Sharedcare",
+        html! {
+            h1 { "One record for everyone who cares for you" }
+            p class="nhsuk-lede-text" { "Sharedcare joins up the records your GP, hospital, community and social care teams keep, so the people looking after you see the same picture, and you can see it too." }
+            div class="nhsuk-card-group" {
+                div class="nhsuk-card-group__item nhsuk-grid-column-one-half" {
+                    div class="nhsuk-card nhsuk-card--clickable" {
+                        div class="nhsuk-card__content" {
+                            h2 class="nhsuk-card__heading nhsuk-heading-m" { a class="nhsuk-card__link" href="/passport/" id="start-passport" { "See your record" } }
+                            p class="nhsuk-card__description" { "Your health and care record, who can see it, and who has looked at it. Also in the NHS App." }
+                        }
+                    }
+                }
+                div class="nhsuk-card-group__item nhsuk-grid-column-one-half" {
+                    div class="nhsuk-card nhsuk-card--clickable" {
+                        div class="nhsuk-card__content" {
+                            h2 class="nhsuk-card__heading nhsuk-heading-m" { a class="nhsuk-card__link" href="/portal/" id="start-portal" { "Staff: open the shared care record" } }
+                            p class="nhsuk-card__description" { "For clinicians and care workers in the integrated care system. Sign in once with your care record login." }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Plain words for an ISO date or date-time ("12 March 1941"), or the text as it is.
+pub fn date(iso: &str) -> String {
+    let day = iso.get(..10).unwrap_or(iso);
+    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .map(|d| d.format("%-d %B %Y").to_string())
+        .unwrap_or_else(|_| iso.to_string())
+}
+
+/// Plain words for a protobuf timestamp ("3 May 2026 at 14:05").
+pub fn time(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map(|d| d.format("%-d %B %Y at %H:%M").to_string())
+        .unwrap_or_default()
+}
+
+/// The non-empty parts joined with " · " (an entry's date, status, organisation).
+pub fn meta(parts: &[String]) -> String {
+    parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// An NHS number spaced 3-3-4, as people read it.
+pub fn nhs_number(n: &str) -> String {
+    if n.len() == 10 {
+        format!("{} {} {}", &n[..3], &n[3..6], &n[6..])
+    } else {
+        n.to_string()
+    }
+}

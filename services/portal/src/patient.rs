@@ -1,0 +1,569 @@
+//! The patient's passport pages (`/passport`), also inside the NHS App's web view: my record by
+//! section (each section a deep link), my sharing choices (withhold a category, my
+//! representatives, the national opt-out and GP dissent in plain words), and who has looked at
+//! my record, each entry marked verified only when its inclusion proof checks against the audit
+//! log's own key. A break-glass on my record is a notice at the top of every page until I say
+//! I have seen it.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use http::HeaderMap;
+use maud::{Markup, html};
+use sharedcare_proto::consent::v1::{Directive, PutDirectiveRequest};
+use sharedcare_proto::passport::v1::{
+    GetPassportRequest, GetSharingChoicesRequest, ListAccessLogRequest, PassportView, SectionKind, SharingChoices,
+};
+
+use crate::error::PortalError;
+use crate::page::{self, Area, Chrome};
+use crate::peers::as_user;
+use crate::session::Who;
+use crate::web::{App, Signed, html, see_other};
+
+/// Categories a patient can withhold, as HL7 v3 ActCode sensitivity labels, in plain words.
+pub const CATEGORIES: &[(&str, &str)] = &[
+    ("SEX", "Sexual and reproductive health"),
+    ("PSY", "Mental health"),
+    ("ETH", "Drug and alcohol use"),
+    ("HIV", "HIV"),
+    ("SDV", "Sexual assault and domestic violence"),
+    ("GDIS", "Genetic conditions"),
+];
+
+const LABELS: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+
+/// The passport pages' routes.
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/passport", get(|| async { see_other("/passport/") }))
+        .route("/passport/", get(home))
+        .route("/passport/record", get(record))
+        .route("/passport/record/{section}", get(section))
+        .route("/passport/sharing", get(sharing))
+        .route("/passport/sharing/withhold", post(withhold))
+        .route("/passport/sharing/{id}/stop", post(stop_withholding))
+        .route("/passport/access-log", get(access_log))
+        .route("/passport/notices/seen", post(notice_seen))
+}
+
+/// What a passport page needs: the signed-in patient at P9, or a response to send instead
+/// (sign in — silently when the NHS App sent `assertedLoginIdentity` —, or the page
+/// explaining the proofing level).
+enum Gate {
+    In(Box<Signed>, String),
+    Out(Response),
+}
+
+async fn gate(app: &App, headers: &HeaderMap, here: &str, q: &HashMap<String, String>) -> Result<Gate, PortalError> {
+    let s = match app.signed(headers, here).await {
+        Ok(s) => s,
+        Err(PortalError::SignIn(_)) => {
+            let mut to = url::form_urlencoded::Serializer::new(String::new());
+            to.append_pair("return_to", here);
+            if let Some(a) = q.get("assertedLoginIdentity").filter(|a| !a.is_empty()) {
+                to.append_pair("assertedLoginIdentity", a);
+            } else if here == "/passport/" {
+                // The start page, for a person who has not signed in.
+                return Ok(Gate::Out(html(signed_out(
+                    crate::web::in_nhs_app(headers),
+                    q.contains_key("signin"),
+                ))));
+            }
+            return Ok(Gate::Out(see_other(&format!("/passport/login?{}", to.finish()))));
+        }
+        Err(e) => return Err(e),
+    };
+    let Who::Patient {
+        nhs_number, proofing, ..
+    } = &s.session.who
+    else {
+        return Err(PortalError::Forbidden(
+            "These pages are for patients. Staff open records in the shared care record at /portal/.".into(),
+        ));
+    };
+    if proofing != "P9" {
+        let r = html(needs_p9(&s, proofing));
+        return Ok(Gate::Out(r));
+    }
+    let nhs = nhs_number.clone();
+    Ok(Gate::In(Box::new(s), nhs))
+}
+
+fn chrome(s: &Signed) -> Chrome<'_> {
+    s.chrome(Area::Passport)
+}
+
+fn signed_out(nhs_app: bool, retry: bool) -> Markup {
+    page::page(
+        &Chrome {
+            nhs_app,
+            area: Area::Passport,
+            signed_in: None,
+        },
+        "Your health and care record",
+        html! {
+            h1 { "Your health and care record" }
+            @if retry { p class="nhsuk-inset-text" id="signin-needed" { "You need to sign in again to see your record." } }
+            p class="nhsuk-lede-text" { "See what your GP, hospital, community and social care teams record about you, choose what is shared, and see who has looked at your record." }
+            a class="nhsuk-button" href="/passport/login" id="sign-in" draggable="false" role="button" { "Continue with NHS login" }
+            p { "You need to have proved who you are with NHS login (for example with photo ID) to see your record." }
+        },
+    )
+}
+
+fn needs_p9(s: &Signed, level: &str) -> Markup {
+    page::page(
+        &chrome(s),
+        "Prove who you are to see your record",
+        html! {
+            h1 { "Prove who you are to see your record" }
+            p id="proofing-needed" { "Your NHS login is set up at level " (level) ". To see your health and care record you need the highest level, P9, which means proving who you are with photo ID and a video or face scan, or with your GP practice." }
+            p { "Open the NHS App or your NHS login account and choose " strong { "Prove who you are" } ". Then come back here." }
+        },
+    )
+}
+
+/// The break-glass notices this patient has not yet seen, as a banner with a button to
+/// dismiss each.
+async fn notices(app: &App, s: &Signed, nhs: &str, choices: Option<&SharingChoices>) -> Result<Markup, PortalError> {
+    let fetched;
+    let choices = match choices {
+        Some(c) => c,
+        None => {
+            let req = GetSharingChoicesRequest { nhs_number: nhs.into() };
+            fetched = app
+                .peers
+                .passport()
+                .get_sharing_choices(as_user(&s.session.tokens.access_token, req)?)
+                .await?
+                .into_inner();
+            &fetched
+        }
+    };
+    let seen = app.sessions.notices_seen(nhs).await?;
+    let unseen: Vec<_> = choices
+        .break_glass
+        .iter()
+        .filter(|n| !seen.contains(&notice_key(n)))
+        .collect();
+    Ok(html! {
+        @for n in unseen {
+            div class="nhsuk-notification-banner" role="region" aria-labelledby={ "notice-title-" (notice_key(n)) } data-module="nhsuk-notification-banner" id="break-glass-notice" {
+                div class="nhsuk-notification-banner__header" {
+                    h2 class="nhsuk-notification-banner__title" id={ "notice-title-" (notice_key(n)) } { "Important" }
+                }
+                div class="nhsuk-notification-banner__content" {
+                    p class="nhsuk-notification-banner__heading" { "Someone used emergency access to see your record" }
+                    p { "A member of staff at " (n.ods_code) " opened your record on " (page::time(n.start.as_ref())) " without an existing care relationship, giving the reason: " (n.reason_text) ". Emergency access is reviewed by information governance. You can see it in " a href="/passport/access-log" { "who has looked at your record" } "." }
+                    form method="post" action="/passport/notices/seen" {
+                        input type="hidden" name="csrf" value=(s.session.csrf);
+                        input type="hidden" name="notice" value=(notice_key(n));
+                        button class="nhsuk-button nhsuk-button--secondary nhsuk-button--small" type="submit" id="notice-seen" { "I have seen this" }
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn notice_key(n: &sharedcare_proto::passport::v1::BreakGlassNotice) -> String {
+    format!(
+        "{}-{}",
+        n.ods_code,
+        n.start.as_ref().map(|t| t.seconds).unwrap_or_default()
+    )
+}
+
+async fn home(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, PortalError> {
+    let (s, nhs) = match gate(&app, &headers, "/passport/", &q).await? {
+        Gate::In(s, n) => (s, n),
+        Gate::Out(r) => return Ok(r),
+    };
+    let banner = notices(&app, &s, &nhs, None).await?;
+    Ok(html(page::page(
+        &chrome(&s),
+        "Your health and care record",
+        html! {
+            (banner)
+            h1 { "Your health and care record" }
+            ul class="nhsuk-list" {
+                li { a class="nhsuk-action-link__link" href="/passport/record" id="link-record" { "Your record" } " – what your care teams record about you, by section" }
+                li { a href="/passport/sharing" id="link-sharing" { "Your sharing choices" } " – what is shared, and with whom" }
+                li { a href="/passport/access-log" id="link-access-log" { "Who has looked at your record" } " – every access, checked against the audit log" }
+            }
+        },
+    )))
+}
+
+fn slug(kind: i32) -> String {
+    SectionKind::try_from(kind)
+        .map(|k| k.as_str_name().to_ascii_lowercase().replace('_', "-"))
+        .unwrap_or_default()
+}
+
+async fn view(app: &App, s: &Signed, nhs: &str) -> Result<PassportView, PortalError> {
+    let req = GetPassportRequest {
+        nhs_number: nhs.into(),
+        purpose: String::new(),
+    };
+    Ok(app
+        .peers
+        .passport()
+        .get_passport(as_user(&s.session.tokens.access_token, req)?)
+        .await?
+        .into_inner())
+}
+
+async fn record(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, PortalError> {
+    let (s, nhs) = match gate(&app, &headers, "/passport/record", &q).await? {
+        Gate::In(s, n) => (s, n),
+        Gate::Out(r) => return Ok(r),
+    };
+    let (v, banner) = tokio::try_join!(view(&app, &s, &nhs), notices(&app, &s, &nhs, None))?;
+    let d = v.demographics.clone().unwrap_or_default();
+    Ok(html(page::page(
+        &chrome(&s),
+        "Your record",
+        html! {
+            (banner)
+            h1 { "Your record" }
+            (page::summary_list(&[
+                ("Name", format!("{} {}", d.given_name, d.family_name)),
+                ("NHS number", page::nhs_number(&v.nhs_number)),
+                ("Date of birth", page::date(&d.birth_date)),
+            ]))
+            nav class="nhsuk-contents-list" role="navigation" aria-label="Sections" {
+                h2 class="nhsuk-u-visually-hidden" { "Sections" }
+                ol class="nhsuk-contents-list__list" {
+                    @for sec in &v.sections {
+                        li class="nhsuk-contents-list__item" {
+                            a class="nhsuk-contents-list__link" href={ "/passport/record/" (slug(sec.kind)) } { (sec.title) " (" (sec.entries.len()) ")" }
+                        }
+                    }
+                }
+            }
+            h2 { "Your care team" }
+            @if v.care_team.is_empty() { p { "No care team is recorded." } } @else {
+                ul class="nhsuk-list nhsuk-list--bullet" id="care-team" {
+                    @for m in &v.care_team { li { (if m.organisation_name.is_empty() { &m.ods_code } else { &m.organisation_name }) @if !m.role.is_empty() { " – " (m.role) } } }
+                }
+            }
+        },
+    )))
+}
+
+async fn section(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, PortalError> {
+    let here = format!("/passport/record/{name}");
+    let (s, nhs) = match gate(&app, &headers, &here, &q).await? {
+        Gate::In(s, n) => (s, n),
+        Gate::Out(r) => return Ok(r),
+    };
+    let (v, banner) = tokio::try_join!(view(&app, &s, &nhs), notices(&app, &s, &nhs, None))?;
+    let Some(sec) = v.sections.iter().find(|x| slug(x.kind) == name) else {
+        return Err(PortalError::NotFound(format!(
+            "There is no section called {name:?} in your record."
+        )));
+    };
+    Ok(html(page::page(
+        &chrome(&s),
+        &sec.title,
+        html! {
+            (banner)
+            span class="nhsuk-caption-l" { "Your record" }
+            h1 { (sec.title) }
+            @if sec.entries.is_empty() { p { "Nothing is recorded." } } @else {
+                ul class="nhsuk-list" id="entries" {
+                    @for e in &sec.entries {
+                        li {
+                            (e.summary) br;
+                            span class="sc-entry-meta" { (page::meta(&[page::date(&e.date), e.status.clone(), format!("recorded by {}", e.source_organisation)])) }
+                        }
+                    }
+                }
+            }
+            p { a href="/passport/record" { "Back to your record" } }
+        },
+    )))
+}
+
+async fn choices(app: &App, s: &Signed, nhs: &str) -> Result<SharingChoices, PortalError> {
+    let req = GetSharingChoicesRequest { nhs_number: nhs.into() };
+    Ok(app
+        .peers
+        .passport()
+        .get_sharing_choices(as_user(&s.session.tokens.access_token, req)?)
+        .await?
+        .into_inner())
+}
+
+/// Which category an active directive of ours withholds, by its id.
+fn withholding_of(id: &str) -> Option<&'static (&'static str, &'static str)> {
+    CATEGORIES
+        .iter()
+        .find(|(code, _)| id == format!("withhold-{}", code.to_ascii_lowercase()))
+}
+
+async fn sharing(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, PortalError> {
+    let (s, nhs) = match gate(&app, &headers, "/passport/sharing", &q).await? {
+        Gate::In(s, n) => (s, n),
+        Gate::Out(r) => return Ok(r),
+    };
+    let c = choices(&app, &s, &nhs).await?;
+    Ok(html(sharing_page(&app, &s, &nhs, &c, &[]).await?))
+}
+
+async fn sharing_page(
+    app: &App,
+    s: &Signed,
+    nhs: &str,
+    c: &SharingChoices,
+    errors: &[(&str, String)],
+) -> Result<Markup, PortalError> {
+    let banner = notices(app, s, nhs, Some(c)).await?;
+    let active: Vec<_> = c.directives.iter().filter(|d| d.status == "active").collect();
+    Ok(page::page(
+        &chrome(s),
+        "Your sharing choices",
+        html! {
+            (page::error_summary(errors))
+            (banner)
+            h1 { "Your sharing choices" }
+            h2 { "What you have chosen not to share" }
+            @if active.is_empty() { p id="no-directives" { "You share your whole record with the people caring for you." } } @else {
+                ul class="nhsuk-list" id="directives" {
+                    @for d in &active {
+                        li {
+                            (d.summary)
+                            @if withholding_of(&d.id).is_some() {
+                                form method="post" action={ "/passport/sharing/" (d.id) "/stop" } class="sc-inline-form" {
+                                    input type="hidden" name="csrf" value=(s.session.csrf);
+                                    " "
+                                    button class="nhsuk-button nhsuk-button--secondary nhsuk-button--small" type="submit" { "Share this again" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            form method="post" action="/passport/sharing/withhold" novalidate {
+                input type="hidden" name="csrf" value=(s.session.csrf);
+                div class={ "nhsuk-form-group" @if !errors.is_empty() { " nhsuk-form-group--error" } } {
+                    fieldset class="nhsuk-fieldset" aria-describedby="category-hint" {
+                        legend class="nhsuk-fieldset__legend nhsuk-fieldset__legend--m" { h2 class="nhsuk-fieldset__heading" { "Stop sharing a kind of information" } }
+                        div class="nhsuk-hint" id="category-hint" { "Staff caring for you will not see it, except in an emergency, which is logged and reviewed. You will still see it." }
+                        @for (field, m) in errors { span class="nhsuk-error-message" id={ (field) "-error" } { span class="nhsuk-u-visually-hidden" { "Error: " } (m) } }
+                        div class="nhsuk-radios" id="category" {
+                            @for (i, (code, words)) in CATEGORIES.iter().enumerate() {
+                                div class="nhsuk-radios__item" {
+                                    input class="nhsuk-radios__input" id={ "category-" (i) } name="category" type="radio" value=(code);
+                                    label class="nhsuk-label nhsuk-radios__label" for={ "category-" (i) } { (words) }
+                                }
+                            }
+                        }
+                    }
+                }
+                button class="nhsuk-button" type="submit" id="withhold" { "Stop sharing this" }
+            }
+            h2 { "The national data opt-out" }
+            p id="opt-out" { (c.national_opt_out_words) }
+            h2 { "Your GP record" }
+            p id="gp-dissent" { (c.gp_dissent_words) }
+            h2 { "People who can act for you" }
+            @if c.representatives.is_empty() { p id="no-representatives" { "Nobody is recorded as able to act for you." } } @else {
+                ul class="nhsuk-list" id="representatives" {
+                    @for r in &c.representatives {
+                        li { (r.kind_words) ", NHS number " (page::nhs_number(&r.representative_nhs_number)) ", since " (page::time(r.start.as_ref()))
+                            @if r.end.is_some() { ", until " (page::time(r.end.as_ref())) } }
+                    }
+                }
+            }
+            p { "To add or end a lasting power of attorney or a deputyship, contact your GP practice: they check the documents and record it." }
+        },
+    ))
+}
+
+async fn put_directive(app: &App, s: &Signed, nhs: &str, code: &str, status: &str) -> Result<(), PortalError> {
+    let consent = serde_json::json!({
+        "resourceType": "Consent",
+        "id": format!("withhold-{}", code.to_ascii_lowercase()),
+        "status": status,
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
+        "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}},
+        "dateTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": {"type": "deny", "securityLabel": [{"system": LABELS, "code": code}]},
+    });
+    let req = PutDirectiveRequest {
+        directive: Some(Directive {
+            resource_json: consent.to_string(),
+            ..Default::default()
+        }),
+    };
+    app.peers
+        .consent()
+        .put_directive(as_user(&s.session.tokens.access_token, req)?)
+        .await?;
+    Ok(())
+}
+
+/// `POST /passport/sharing/withhold`: a directive that denies the category to everyone but the
+/// patient, sent to consent (binding for the next read once it returns).
+async fn withhold(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response, PortalError> {
+    let (s, nhs) = match gate(&app, &headers, "/passport/sharing", &HashMap::new()).await? {
+        Gate::In(s, n) => (s, n),
+        Gate::Out(r) => return Ok(r),
+    };
+    s.check_csrf(&form)?;
+    let code = form.get("category").cloned().unwrap_or_default();
+    if !CATEGORIES.iter().any(|(c, _)| *c == code) {
+        let c = choices(&app, &s, &nhs).await?;
+        let errors = [("category", "Choose the kind of information to stop sharing".to_string())];
+        let mut r = html(sharing_page(&app, &s, &nhs, &c, &errors).await?);
+        *r.status_mut() = http::StatusCode::BAD_REQUEST;
+        return Ok(r);
+    }
+    put_directive(&app, &s, &nhs, &code, "active").await?;
+    Ok(see_other("/passport/sharing"))
+}
+
+/// `POST /passport/sharing/{id}/stop`: shares a withheld category again.
+async fn stop_withholding(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response, PortalError> {
+    let (s, nhs) = match gate(&app, &headers, "/passport/sharing", &HashMap::new()).await? {
+        Gate::In(s, n) => (s, n),
+        Gate::Out(r) => return Ok(r),
+    };
+    s.check_csrf(&form)?;
+    let Some((code, _)) = withholding_of(&id) else {
+        return Err(PortalError::invalid(
+            "id",
+            "is not a sharing choice made on these pages",
+        ));
+    };
+    put_directive(&app, &s, &nhs, code, "inactive").await?;
+    Ok(see_other("/passport/sharing"))
+}
+
+fn purpose_words(p: &str) -> &'static str {
+    match p {
+        "ETREAT" | "BTG" => "Emergency access (break-glass)",
+        "TREAT" | "" => "Your care",
+        "PATRQT" => "You, viewing your record",
+        "HRESCH" => "Research",
+        _ => "Other",
+    }
+}
+
+async fn access_log(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, PortalError> {
+    let (s, nhs) = match gate(&app, &headers, "/passport/access-log", &q).await? {
+        Gate::In(s, n) => (s, n),
+        Gate::Out(r) => return Ok(r),
+    };
+    let before = q.get("before").and_then(|b| b.parse().ok()).unwrap_or(0);
+    let req = ListAccessLogRequest {
+        nhs_number: nhs.clone(),
+        page_size: 25,
+        before_sequence: before,
+    };
+    let (log, key, banner) = tokio::try_join!(
+        async {
+            Ok::<_, PortalError>(
+                app.peers
+                    .passport()
+                    .list_access_log(as_user(&s.session.tokens.access_token, req)?)
+                    .await?
+                    .into_inner(),
+            )
+        },
+        app.peers.audit_key(),
+        notices(&app, &s, &nhs, None),
+    )?;
+    let verified = crate::proof::verify(&log, &key);
+    Ok(html(page::page(
+        &chrome(&s),
+        "Who has looked at your record",
+        html! {
+            (banner)
+            h1 { "Who has looked at your record" }
+            p { "Every time someone opens your record it is written in an audit log that cannot be changed without it showing. Each entry below is checked against that log as this page is made." }
+            @if log.entries.is_empty() { p id="no-access" { "Nobody has looked at your record yet." } } @else {
+                table class="nhsuk-table" id="access-log" {
+                    caption class="nhsuk-table__caption nhsuk-u-visually-hidden" { "Who has looked at your record" }
+                    thead class="nhsuk-table__head" { tr {
+                        th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "Why" } th scope="col" { "Outcome" } th scope="col" { "Checked" }
+                    } }
+                    tbody class="nhsuk-table__body" {
+                        @for (e, ok) in log.entries.iter().zip(&verified) {
+                            tr class="nhsuk-table__row sc-access" {
+                                td class="nhsuk-table__cell" { (page::time(e.time.as_ref())) }
+                                td class="nhsuk-table__cell" {
+                                    @if e.organisation.is_empty() { "You, or a system recording your care" } @else { (e.organisation) }
+                                }
+                                td class="nhsuk-table__cell sc-purpose" { (purpose_words(&e.purpose)) }
+                                td class="nhsuk-table__cell" { (if e.outcome == "success" { "Seen" } else { "Refused" }) }
+                                td class="nhsuk-table__cell" {
+                                    @if *ok { span class="sc-verified" { "Verified in the audit log" } } @else { span class="sc-unverified" { "Not verified" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if log.next_before_sequence > 0 {
+                p { a href={ "/passport/access-log?before=" (log.next_before_sequence) } { "Older entries" } }
+            }
+        },
+    )))
+}
+
+async fn notice_seen(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response, PortalError> {
+    let (s, nhs) = match gate(&app, &headers, "/passport/", &HashMap::new()).await? {
+        Gate::In(s, n) => (s, n),
+        Gate::Out(r) => return Ok(r),
+    };
+    s.check_csrf(&form)?;
+    let notice = form.get("notice").cloned().unwrap_or_default();
+    if notice.is_empty() || notice.len() > 64 {
+        return Err(PortalError::invalid("notice", "is required"));
+    }
+    app.sessions.notice_seen(&nhs, &notice).await?;
+    Ok(see_other("/passport/"))
+}

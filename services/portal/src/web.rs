@@ -1,0 +1,459 @@
+//! The HTTP shell shared by the portal and the passport pages: the router, security headers on
+//! every page, the session cookie, CSRF, sign-in (code flow with PKCE), sign-out (RP-initiated
+//! logout) and back-channel logout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use maud::Markup;
+
+use crate::error::PortalError;
+use crate::oidc::Rp;
+use crate::page::{self, Area, Chrome};
+use crate::peers::Peers;
+use crate::session::{Session, Sessions, Who};
+
+/// The session cookie. `__Host-`: Secure, host-only, path `/` (browsers treat http://localhost
+/// and 127.0.0.1 as secure, so it works in development too).
+pub const COOKIE: &str = "__Host-sc-portal";
+
+/// Scopes the portal asks for: CIS2-style role claims for staff, NHS login's for patients.
+const SCOPES: &str = "openid profile nationalrbacaccess selectedrole nhs_number";
+
+/// What every page handler shares.
+pub struct Web {
+    /// The portal as a client of identity.
+    pub rp: Rp,
+    /// Sessions and sign-ins under way.
+    pub sessions: Sessions,
+    /// The services pages read and change.
+    pub peers: Peers,
+    /// The site's own base URL, as browsers reach it (post-logout redirects).
+    pub public_url: String,
+    /// HTTPS: HSTS is sent.
+    pub https: bool,
+    /// The Content-Security-Policy.
+    pub csp: String,
+}
+
+/// The shared state.
+pub type App = Arc<Web>;
+
+/// A signed-in request: the cookie's token, the session, and whether it is inside the NHS App.
+pub struct Signed {
+    /// The cookie's token (to save the session again).
+    pub token: String,
+    /// The session.
+    pub session: Session,
+    /// Inside the NHS App's web view.
+    pub nhs_app: bool,
+}
+
+impl Signed {
+    /// The page frame for this person in `area`.
+    pub fn chrome(&self, area: Area) -> Chrome<'_> {
+        let name = match &self.session.who {
+            Who::Staff { name, .. } | Who::Patient { name, .. } => name.as_str(),
+        };
+        Chrome {
+            nhs_app: self.nhs_app,
+            area,
+            signed_in: Some((name, self.session.csrf.as_str())),
+        }
+    }
+
+    /// Refuses a form without this session's CSRF token.
+    pub fn check_csrf(&self, form: &HashMap<String, String>) -> Result<(), PortalError> {
+        match form.get("csrf") {
+            Some(t) if !t.is_empty() && *t == self.session.csrf => Ok(()),
+            _ => Err(PortalError::Csrf),
+        }
+    }
+}
+
+/// Whether the request comes from the NHS App's web view (its user agent names it, as the NHS
+/// App's web integration guidance describes).
+pub fn in_nhs_app(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| {
+            let ua = ua.to_ascii_lowercase();
+            ua.contains("nhsapp-ios") || ua.contains("nhsapp-android")
+        })
+        .unwrap_or(false)
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
+}
+
+fn set_cookie(r: &mut Response, value: &str, max_age: i64) {
+    let v = format!("{COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}");
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// An HTML page response.
+pub fn html(m: Markup) -> Response {
+    Html(m.into_string()).into_response()
+}
+
+/// A redirect after a form (303: the browser follows with GET).
+pub fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+impl Web {
+    /// The signed-in session of this request, with fresh tokens; otherwise sign in and come
+    /// back to `here`.
+    pub async fn signed(&self, headers: &HeaderMap, here: &str) -> Result<Signed, PortalError> {
+        let nhs_app = in_nhs_app(headers);
+        let Some(token) = cookie(headers, COOKIE).map(str::to_string) else {
+            return Err(PortalError::SignIn(here.into()));
+        };
+        let Some(mut session) = self.sessions.get(&token).await? else {
+            return Err(PortalError::SignIn(here.into()));
+        };
+        if session.tokens.expires_at - 30 < chrono::Utc::now().timestamp() {
+            let rt = session.tokens.refresh_token.clone();
+            match self.rp.refresh(&rt, &session.tokens).await {
+                Ok(t) => {
+                    session.tokens = t;
+                    self.sessions.save(&token, &session).await?;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "refresh failed: signing in again");
+                    self.sessions.end(&token).await?;
+                    return Err(PortalError::SignIn(here.into()));
+                }
+            }
+        }
+        Ok(Signed {
+            token,
+            session,
+            nhs_app,
+        })
+    }
+}
+
+/// Adds the security headers to every page of the site.
+async fn secure_headers(State(app): State<App>, mut r: Response) -> Response {
+    security_headers(r.headers_mut(), &app.csp, app.https);
+    r
+}
+
+/// The headers every page carries: CSP, no referrer, no sniffing, never framed, HSTS over
+/// HTTPS, and `no-store` unless the response chose its own caching (static files).
+pub fn security_headers(h: &mut HeaderMap, csp: &str, https: bool) {
+    if !h.contains_key(header::CACHE_CONTROL) {
+        // Pages hold patient data: never kept by the browser or a proxy.
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if let Ok(v) = HeaderValue::from_str(csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        "permissions-policy",
+        HeaderValue::from_static("camera=(), microphone=(), geolocation=()"),
+    );
+    if https {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+}
+
+/// The Content-Security-Policy: this site's own files only, no inline script or style, forms
+/// posting here or to identity (sign-out redirects there), never framed.
+pub fn csp(issuer: &str) -> String {
+    let issuer = url::Url::parse(issuer)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default();
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         font-src 'self' https://assets.nhs.uk; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+         form-action 'self' {issuer}; frame-ancestors 'none'"
+    )
+}
+
+/// Every route of the site.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(start))
+        .route("/portal/login", get(login))
+        .route("/passport/login", get(login))
+        .route("/portal/callback", get(callback))
+        .route("/portal/logout", post(logout))
+        .route("/passport/logout", post(logout))
+        .route("/portal/backchannel-logout", post(backchannel_logout))
+        .merge(crate::staff::routes())
+        .merge(crate::patient::routes())
+        .merge(crate::assets::router())
+        .layer(axum::middleware::map_response_with_state(app.clone(), secure_headers))
+        .with_state(app)
+}
+
+async fn start(headers: HeaderMap) -> Response {
+    html(page::start(in_nhs_app(&headers)))
+}
+
+/// A path on this site to come back to; anything else is the area's home.
+pub fn local_path(p: Option<&String>, default: &str) -> String {
+    match p {
+        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.clone(),
+        _ => default.into(),
+    }
+}
+
+/// `GET /portal/login` and `/passport/login`: off to identity (with `prompt=none` and the
+/// assertion when the NHS App sent one).
+async fn login(
+    State(app): State<App>,
+    uri: http::Uri,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, PortalError> {
+    let home = if uri.path().starts_with("/passport") {
+        "/passport/"
+    } else {
+        "/portal/"
+    };
+    let back = local_path(q.get("return_to"), home);
+    let mut extra: Vec<(&str, &str)> = Vec::new();
+    if let Some(a) = q.get("assertedLoginIdentity").filter(|a| !a.is_empty()) {
+        extra.push(("assertedLoginIdentity", a));
+        extra.push(("prompt", "none"));
+    }
+    let (url, state, pending) = app.rp.start(SCOPES, &back, &extra);
+    app.sessions.park(&state, &pending).await?;
+    Ok(see_other(&url))
+}
+
+/// Decodes a JWT's claims without checking it: only for the access token just received from
+/// identity's token endpoint (the services check it on every call).
+fn unverified_claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine;
+    jwt.split('.')
+        .nth(1)
+        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Who the tokens are for: a patient (NHS number) or a member of staff (the selected role).
+fn who(id: &serde_json::Value, access: &serde_json::Value) -> Who {
+    let name = id["name"]
+        .as_str()
+        .or(access["name"].as_str())
+        .unwrap_or("Signed in")
+        .to_string();
+    if let Some(nhs) = access["nhs_number"].as_str() {
+        return Who::Patient {
+            name,
+            nhs_number: nhs.into(),
+            proofing: access["identity_proofing_level"].as_str().unwrap_or("P0").into(),
+        };
+    }
+    let selected = access["selected_roleid"].as_str().unwrap_or_default();
+    let roles = access["nhsid_nrbac_roles"].as_array().cloned().unwrap_or_default();
+    let role = roles
+        .iter()
+        .find(|r| r["person_roleid"].as_str() == Some(selected))
+        .or(roles.first())
+        .cloned()
+        .unwrap_or_default();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    Who::Staff {
+        name,
+        role_name: role["role_name"].as_str().unwrap_or_default().into(),
+        org: role["org_code"].as_str().unwrap_or_default().into(),
+        activities: strings(&role["activity_codes"]),
+    }
+}
+
+/// `GET /portal/callback`: the code exchanged, the ID token checked, a session made.
+async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Result<Response, PortalError> {
+    let state = q.get("state").cloned().unwrap_or_default();
+    let Some(pending) = app.sessions.take(&state).await? else {
+        return Err(PortalError::invalid(
+            "state",
+            "this sign-in has expired or was already used: start again",
+        ));
+    };
+    let passport = pending.return_to.starts_with("/passport");
+    if let Some(error) = q.get("error") {
+        // A silent sign-in the NHS App could not complete: the ordinary sign-in page.
+        if passport && matches!(error.as_str(), "login_required" | "interaction_required") {
+            return Ok(see_other("/passport/?signin=needed"));
+        }
+        let why = q.get("error_description").cloned().unwrap_or_default();
+        return Err(PortalError::Rp(crate::oidc::RpError::Refused(format!(
+            "{error}: {why}"
+        ))));
+    }
+    let code = q.get("code").cloned().unwrap_or_default();
+    let tokens = app.rp.exchange(&code, &pending).await?;
+    let access = unverified_claims(&tokens.access_token);
+    let who = who(&tokens.claims, &access);
+    let sid = tokens.claims["sid"].as_str().unwrap_or_default().to_string();
+    let session = Session::new(who, tokens);
+    let token = app.sessions.create(&session, &sid).await?;
+    let mut r = see_other(&pending.return_to);
+    set_cookie(&mut r, &token, crate::session::IDLE_SECS * 24);
+    Ok(r)
+}
+
+/// `POST /portal/logout` and `/passport/logout`: this session ends, then identity's SSO
+/// session (which tells every other app by back-channel logout).
+async fn logout(
+    State(app): State<App>,
+    uri: http::Uri,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response, PortalError> {
+    let home = if uri.path().starts_with("/passport") {
+        "/passport/"
+    } else {
+        "/portal/"
+    };
+    let s = match app.signed(&headers, home).await {
+        Ok(s) => s,
+        Err(PortalError::SignIn(_)) => return Ok(see_other(home)),
+        Err(e) => return Err(e),
+    };
+    s.check_csrf(&form)?;
+    app.sessions.end(&s.token).await?;
+    let back = format!("{}{home}", app.public_url);
+    let mut r = see_other(&app.rp.logout_url(&s.session.tokens.id_token, &back));
+    set_cookie(&mut r, "", 0);
+    Ok(r)
+}
+
+/// `POST /portal/backchannel-logout` (OIDC Back-Channel Logout 1.0 §2.5): identity says an SSO
+/// session ended; every portal session of it ends.
+async fn backchannel_logout(State(app): State<App>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let token = form.get("logout_token").cloned().unwrap_or_default();
+    match app.rp.logout_token(&token).await {
+        Ok((sid, _)) => match app.sessions.end_sid(&sid).await {
+            Ok(n) => {
+                tracing::info!(sessions = n, "back-channel logout");
+                (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "back-channel logout could not end sessions");
+                StatusCode::SERVICE_UNAVAILABLE.into_response()
+            }
+        },
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"error": "invalid_request", "error_description": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_over_https_carry_hsts_and_every_page_the_rest() {
+        let policy = csp("https://id.example-ics.nhs.uk/");
+        assert!(
+            policy.contains("form-action 'self' https://id.example-ics.nhs.uk;"),
+            "{policy}"
+        );
+        assert!(
+            !policy.contains("unsafe-inline") && policy.contains("frame-ancestors 'none'"),
+            "{policy}"
+        );
+        let mut h = HeaderMap::new();
+        security_headers(&mut h, &policy, true);
+        assert_eq!(
+            h[header::STRICT_TRANSPORT_SECURITY],
+            "max-age=31536000; includeSubDomains"
+        );
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        let mut plain = HeaderMap::new();
+        plain.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+        security_headers(&mut plain, &policy, false);
+        assert!(
+            !plain.contains_key(header::STRICT_TRANSPORT_SECURITY),
+            "no HSTS over http"
+        );
+        assert_eq!(
+            plain[header::CACHE_CONTROL],
+            "public, max-age=60",
+            "a file's own caching is kept"
+        );
+    }
+
+    #[test]
+    fn only_a_path_on_this_site_is_returned_to() {
+        let home = "/portal/";
+        for (asked, got) in [
+            ("/portal/patients/x", "/portal/patients/x"),
+            ("//evil.example/x", home),
+            ("https://evil.example/", home),
+            ("/\\evil.example", home),
+        ] {
+            assert_eq!(local_path(Some(&asked.to_string()), home), got, "{asked}");
+        }
+        assert_eq!(local_path(None, home), home);
+    }
+
+    #[test]
+    fn the_nhs_app_is_known_by_its_user_agent() {
+        let ua = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::USER_AGENT, HeaderValue::from_static(v));
+            in_nhs_app(&h)
+        };
+        assert!(ua(
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) nhsapp-ios/3.12.0"
+        ));
+        assert!(ua(
+            "Mozilla/5.0 (Linux; Android 14) Chrome/131.0 Mobile nhsapp-android/3.12.0"
+        ));
+        assert!(!ua("Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0"));
+    }
+
+    #[test]
+    fn tokens_name_a_patient_or_the_staff_role_selected() {
+        let id = serde_json::json!({"name": "Amara Okafor"});
+        let staff = serde_json::json!({"selected_roleid": "r2", "nhsid_nrbac_roles": [
+            {"person_roleid": "r1", "org_code": "RX1", "role_name": "Nurse", "activity_codes": []},
+            {"person_roleid": "r2", "org_code": "A81001", "role_name": "GP", "activity_codes": ["B0264"]}]});
+        assert_eq!(
+            who(&id, &staff),
+            Who::Staff {
+                name: "Amara Okafor".into(),
+                role_name: "GP".into(),
+                org: "A81001".into(),
+                activities: vec!["B0264".into()],
+            }
+        );
+        let patient = serde_json::json!({"nhs_number": "9434765919", "identity_proofing_level": "P5"});
+        assert!(matches!(who(&id, &patient), Who::Patient { proofing, .. } if proofing == "P5"));
+    }
+}
