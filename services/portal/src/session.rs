@@ -18,6 +18,12 @@ pub const IDLE_SECS: i64 = 30 * 60;
 const LOGIN_SECS: i64 = 10 * 60;
 /// Last use is written at most this often (not on every page).
 const TOUCH_SECS: i64 = 60;
+/// How long a replica may answer from its memory of a session before reading it again: a
+/// logout that reaches another replica ends the session here within this time (one reaching
+/// this replica, at once).
+const CACHE_SECS: u64 = 5;
+/// Sessions remembered per replica (forgotten all at once beyond this).
+const CACHE_CAPACITY: usize = 10_000;
 
 /// Who is signed in, from their tokens.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -79,10 +85,19 @@ impl Session {
     }
 }
 
-/// The portal's session storage.
+/// A session as this replica last read it.
+struct Cached {
+    at: std::time::Instant,
+    sid: String,
+    session: Session,
+}
+
+/// The portal's session storage, with a few seconds' memory of each session so that a page
+/// costs no database read (every page reads the session).
 #[derive(Clone)]
 pub struct Sessions {
     db: Db,
+    cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Cached>>>,
 }
 
 fn hash(token: &str) -> String {
@@ -100,7 +115,32 @@ fn encode<T: Serialize>(v: &T) -> Result<String, PortalError> {
 impl Sessions {
     /// Sessions in `db` (the portal's migrated store).
     pub fn new(db: Db) -> Sessions {
-        Sessions { db }
+        Sessions {
+            db,
+            cache: Default::default(),
+        }
+    }
+
+    fn remember(&self, id: String, sid: String, session: &Session) {
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= CACHE_CAPACITY {
+                c.clear();
+            }
+            c.insert(
+                id,
+                Cached {
+                    at: std::time::Instant::now(),
+                    sid,
+                    session: session.clone(),
+                },
+            );
+        }
+    }
+
+    fn forget(&self, keep: impl Fn(&String, &Cached) -> bool) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.retain(|k, v| keep(k, v));
+        }
     }
 
     /// Stores `s` (for identity session `sid`) and returns the cookie's token.
@@ -115,13 +155,22 @@ impl Sessions {
             .bind(now)
             .execute(self.db.writer())
             .await?;
+        self.remember(hash(&token), sid.to_string(), s);
         Ok(token)
     }
 
     /// The live session whose cookie token is `token`; an idle one is ended.
     pub async fn get(&self, token: &str) -> Result<Option<Session>, PortalError> {
         let id = hash(token);
-        let Some(row) = sqlx::query("SELECT body, seen_us FROM sessions WHERE id_hash = $1")
+        let cached = self.cache.lock().ok().and_then(|c| {
+            c.get(&id)
+                .filter(|e| e.at.elapsed().as_secs() < CACHE_SECS)
+                .map(|e| e.session.clone())
+        });
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let Some(row) = sqlx::query("SELECT sid, body, seen_us FROM sessions WHERE id_hash = $1")
             .bind(id.clone())
             .fetch_optional(self.db.pool())
             .await?
@@ -137,11 +186,13 @@ impl Sessions {
         if now - seen > TOUCH_SECS * 1_000_000 {
             sqlx::query("UPDATE sessions SET seen_us = $1 WHERE id_hash = $2")
                 .bind(now)
-                .bind(id)
+                .bind(id.clone())
                 .execute(self.db.writer())
                 .await?;
         }
-        Ok(Some(decode(&row.try_get::<String, _>("body")?)?))
+        let session: Session = decode(&row.try_get::<String, _>("body")?)?;
+        self.remember(id, row.try_get("sid")?, &session);
+        Ok(Some(session))
     }
 
     /// Replaces the stored session (new tokens, a break-glass patient).
@@ -152,11 +203,21 @@ impl Sessions {
             .bind(hash(token))
             .execute(self.db.writer())
             .await?;
+        let id = hash(token);
+        let sid = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&id).map(|e| e.sid.clone()))
+            .unwrap_or_default();
+        self.remember(id, sid, s);
         Ok(())
     }
 
     /// Ends the session with cookie token `token`.
     pub async fn end(&self, token: &str) -> Result<(), PortalError> {
+        let id = hash(token);
+        self.forget(|k, _| *k != id);
         sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(hash(token))
             .execute(self.db.writer())
@@ -166,6 +227,7 @@ impl Sessions {
 
     /// Ends every session of identity session `sid` (back-channel logout); how many.
     pub async fn end_sid(&self, sid: &str) -> Result<u64, PortalError> {
+        self.forget(|_, e| e.sid != sid);
         let r = sqlx::query("DELETE FROM sessions WHERE sid = $1")
             .bind(sid.to_string())
             .execute(self.db.writer())

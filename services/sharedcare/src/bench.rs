@@ -55,6 +55,9 @@ pub enum What {
     PatientSearch,
     /// FHIR Bulk Data `$export` of 1,000,000 resources from `up`: throughput and memory.
     Export,
+    /// The web: a signed-in clinician's patient summary page in `up` (session, consent,
+    /// audit, render), over HTTP.
+    Portal,
     /// The operator: 500 CareApps applied to a real kube-apiserver (KUBECONFIG) until all are
     /// Ready, reconciled into a fresh `up`.
     Operator,
@@ -100,6 +103,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::PatientSearch => patient_search(&args).await,
         What::Export => crate::bench_export::run(&args).await,
         What::Operator => crate::bench_operator::run(&args).await,
+        What::Portal => crate::bench_portal::run(&args).await,
     }
 }
 

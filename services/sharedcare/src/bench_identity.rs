@@ -25,7 +25,7 @@ impl KeySource for FixedKeys {
     }
 }
 
-fn client(cookies: bool) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client(cookies: bool) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .cookie_store(cookies)
@@ -34,7 +34,7 @@ fn client(cookies: bool) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-fn location(r: &reqwest::Response) -> String {
+pub(crate) fn location(r: &reqwest::Response) -> String {
     r.headers()
         .get("location")
         .and_then(|v| v.to_str().ok())
@@ -57,6 +57,18 @@ async fn signed_in(base: &str, authorize: &str) -> anyhow::Result<reqwest::Clien
 
 /// Signs `username` in through the login pages for `authorize`; the browser and the code.
 async fn sign_in(
+    base: &str,
+    authorize: &str,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<(reqwest::Client, String)> {
+    let (b, back) = sign_in_back(base, authorize, username, password).await?;
+    Ok((b, code_of(&back)?))
+}
+
+/// Signs `username` in through the login pages for `authorize`: the browser, and where identity
+/// sends it back to (the app's redirect URI with the code and state).
+pub(crate) async fn sign_in_back(
     base: &str,
     authorize: &str,
     username: &str,
@@ -85,8 +97,8 @@ async fn sign_in(
         .await?;
     let resume = format!("{base}{}", location(&r));
     let r = b.get(&resume).send().await?;
-    let code = code_of(&location(&r))?;
-    Ok((b, code))
+    let back = location(&r);
+    Ok((b, back))
 }
 
 /// An access token for a demo user (a person with one role profile, or a patient) through the

@@ -6,6 +6,7 @@ mod bench_export;
 mod bench_identity;
 mod bench_operator;
 mod bench_passport;
+mod bench_portal;
 mod cli;
 mod config;
 mod import;
