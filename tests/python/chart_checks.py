@@ -14,7 +14,7 @@ from checks import check
 HELM = os.environ["HELM"]
 CHART = Path(os.environ["CHART"])
 KUBE = "1.31.0"
-SERVICES = ["identity", "records", "consent", "audit", "passport"]
+SERVICES = ["identity", "records", "consent", "audit", "passport", "portal"]
 
 
 def helm(*args):
@@ -67,12 +67,12 @@ check(
     "records gets its client secret from a Secret",
 )
 accounts = of(docs, "ServiceAccount")
-check(len(accounts) == 5 and all(a["automountServiceAccountToken"] is False for a in accounts.values()), "a ServiceAccount per service, no token")
-check(len(of(docs, "HorizontalPodAutoscaler")) == 4 and len(of(docs, "PodDisruptionBudget")) == 4, "HPA and PDB where enabled")
+check(len(accounts) == 6 and all(a["automountServiceAccountToken"] is False for a in accounts.values()), "a ServiceAccount per service, no token")
+check(len(of(docs, "HorizontalPodAutoscaler")) == 5 and len(of(docs, "PodDisruptionBudget")) == 5, "HPA and PDB where enabled")
 services = of(docs, "Service")
 check(all({p["name"] for p in s["spec"]["ports"]} == {"http", "grpc"} for s in services.values()), "a Service each for HTTP and gRPC")
 secrets = of(docs, "Secret")
-check(sorted(secrets) == ["sc-sharedcare-database", "sc-sharedcare-passport-client", "sc-sharedcare-records-client"], "Secrets for the database and the clients")
+check(sorted(secrets) == ["sc-sharedcare-database", "sc-sharedcare-passport-client", "sc-sharedcare-portal-client", "sc-sharedcare-records-client"], "Secrets for the database and the clients")
 config = of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"]
 check('consent_url = "http://sc-sharedcare-consent:50051"' in config, "records and the passport reach consent by its Service")
 check("postgres://" not in config and "secret" not in config.lower(), "no secret in the ConfigMap")
@@ -87,19 +87,27 @@ policies = of(docs, "NetworkPolicy")
 for s in SERVICES:
     p = policies[f"sc-sharedcare-{s}"]["spec"]
     from_ingress = any("namespaceSelector" in peer for rule in p["ingress"] for peer in rule.get("from", []))
-    check(from_ingress == (s in ("identity", "records")), f"{s} {'is' if from_ingress else 'is not'} reachable from the ingress")
+    check(from_ingress == (s in ("identity", "records", "portal")), f"{s} {'is' if from_ingress else 'is not'} reachable from the ingress")
     check(p["policyTypes"] == ["Ingress", "Egress"], f"{s} has ingress and egress rules")
 egress = policies["sc-sharedcare-passport"]["spec"]["egress"]
 callees = [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in egress for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"]]
 check(sorted(callees) == ["audit", "consent", "identity"], "the passport reaches identity, consent and audit, nothing else of ours")
 consent_out = [peer for rule in policies["sc-sharedcare-consent"]["spec"]["egress"] for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"]]
 check([p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in consent_out] == ["identity"], "consent calls only identity")
+portal_out = [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in policies["sc-sharedcare-portal"]["spec"]["egress"] for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"]]
+check(sorted(portal_out) == ["audit", "consent", "identity", "passport", "records"], "the portal reaches identity and the services its pages read, nothing else")
+portal_env = {e["name"]: e for e in deployments["sc-sharedcare-portal"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+check(portal_env["SHAREDCARE_PORTAL__CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "sc-sharedcare-portal-client", "the portal's OIDC client secret from a Secret")
+check('[portal]' in config and 'passport_url = "http://sc-sharedcare-passport:50051"' in config, "the portal reaches the passport by its Service")
 
 # Production: Ingress with TLS routing Consent to consent; OTLP egress; identity out to NHS login.
 docs = render("production-values.yaml")
 ingress = of(docs, "Ingress")["sc-sharedcare"]
 paths = {p["path"]: p["backend"]["service"]["name"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
 check(paths["/fhir/R4/Consent"] == "sc-sharedcare-consent" and paths["/fhir"] == "sc-sharedcare-records", "the Ingress sends Consent to consent, the rest of FHIR to records")
+check(paths["/passport/v1"] == "sc-sharedcare-passport" and paths["/passport"] == paths["/portal"] == paths["/assets"] == "sc-sharedcare-portal", "the passport's API to the passport, the pages to the portal")
+exact = [p for p in ingress["spec"]["rules"][0]["http"]["paths"] if p["pathType"] == "Exact"]
+check([(p["path"], p["backend"]["service"]["name"]) for p in exact] == [("/", "sc-sharedcare-portal")], "the start page (exactly /) to the portal, the rest of / to identity")
 check(ingress["spec"]["tls"][0]["secretName"] == "sharedcare-tls", "TLS")
 check(of(docs, "HorizontalPodAutoscaler")["sc-sharedcare-records"]["spec"]["maxReplicas"] == 20, "autoscaling bounds from values")
 identity_out = policies = of(docs, "NetworkPolicy")["sc-sharedcare-identity"]["spec"]["egress"]

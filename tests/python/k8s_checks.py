@@ -12,7 +12,7 @@ import yaml
 from checks import check
 
 K8S = Path(os.environ["K8S"])
-SERVICES = ["identity", "records", "consent", "audit", "passport"]
+SERVICES = ["identity", "records", "consent", "audit", "passport", "portal"]
 # What each service publishes and consumes (its `topics()` and its consumers in the code).
 PUBLISHES = {
     "identity": ["sharedcare.identity.v1"],
@@ -20,6 +20,7 @@ PUBLISHES = {
     "consent": ["sharedcare.consent.v1", "sharedcare.consent.state.v1"],
     "audit": ["sharedcare.audit.v1"],
     "passport": ["sharedcare.passport.v1"],
+    "portal": [],
 }
 CONSUMES = {
     "identity": [],
@@ -27,6 +28,7 @@ CONSUMES = {
     "consent": ["sharedcare.records.v1"],
     "audit": ["sharedcare.records.v1", "sharedcare.consent.v1", "sharedcare.passport.v1"],
     "passport": ["sharedcare.records.state.v1", "sharedcare.consent.state.v1"],
+    "portal": [],
 }
 
 
