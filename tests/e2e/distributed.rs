@@ -739,3 +739,143 @@ async fn passport_runs_as_its_own_process_and_loses_nothing_across_a_crash() {
         .expect_err("no decision, no view");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
 }
+
+/// The `__Host-sc-portal=…` pair a portal response sets.
+fn portal_cookie(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.split(';').next().filter(|c| c.starts_with("__Host-sc-portal=")))
+        .map(str::to_string)
+}
+
+/// `serve portal` on Postgres and Kafka, as its own OIDC client, reading from the other
+/// services over gRPC: a GP signs in and opens a patient, the session lives in Postgres, and a
+/// portal without its client's secret refuses to start, naming the setting.
+#[tokio::test]
+async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
+    let data = tempfile::tempdir().expect("tmp");
+    let platform = crate::harness::up(data.path());
+    let nhs = crate::harness::demo_nhs_numbers()[0].clone();
+    let system = crate::harness::service_token_for(&platform.http, "records.write").await;
+    let mut records = sharedcare_proto::records::v1::records_client::RecordsClient::new(platform.channel().await);
+    let mut put = PutRequest {
+        resource_json: patient("portal-patient", &nhs),
+        source_organisation: "A81001".into(),
+        ..Default::default()
+    };
+    records
+        .put(crate::harness::with_token(put.clone(), &system))
+        .await
+        .expect("patient");
+    put.resource_json = serde_json::json!({"resourceType": "Condition", "id": "portal-asthma",
+        "subject": {"reference": "Patient/portal-patient"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "195967001", "display": "Asthma"}]}})
+    .to_string();
+    records
+        .put(crate::harness::with_token(put, &system))
+        .await
+        .expect("condition");
+
+    let port = crate::oidc_node::free_port();
+    let site = format!("http://127.0.0.1:{port}");
+    let (id, secret) = crate::harness::register_app(
+        &platform,
+        "Portal (own process)",
+        &format!("{site}/portal/callback"),
+        &format!("{site}/portal/backchannel-logout"),
+    )
+    .await;
+    let mut env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
+    env.extend([
+        ("SHAREDCARE_AUTH__ISSUER", platform.http.clone()),
+        ("SHAREDCARE_AUTH__CLIENT_ID", "ics-integration".into()),
+        ("SHAREDCARE_AUTH__CLIENT_SECRET", crate::harness::SERVICE_SECRET.into()),
+        ("SHAREDCARE_PORTAL__PUBLIC_URL", site.clone()),
+        ("SHAREDCARE_PORTAL__CLIENT_ID", id),
+    ]);
+    for setting in [
+        "SHAREDCARE_PORTAL__PASSPORT_URL",
+        "SHAREDCARE_PORTAL__CONSENT_URL",
+        "SHAREDCARE_PORTAL__RECORDS_URL",
+        "SHAREDCARE_PORTAL__AUDIT_URL",
+    ] {
+        env.push((setting, platform.grpc.clone()));
+    }
+    // Without its secret it does not start, and says which setting to give.
+    let args = ["serve", "portal", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"];
+    let (status, _, stderr) = crate::harness::run(&args, &env, Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(stderr.contains("`portal.client_secret` is required"), "{stderr}");
+    env.push(("SHAREDCARE_PORTAL__CLIENT_SECRET", secret));
+    let portal = Proc::start_on(&["serve", "portal"], &env, &format!("127.0.0.1:{port}"), "127.0.0.1:0");
+    assert!(
+        !portal
+            .advertised_services()
+            .await
+            .iter()
+            .any(|s| s.starts_with("sharedcare.")),
+        "the portal serves no gRPC API of its own"
+    );
+
+    // The GP signs in through identity (the platform's) and comes back to this process.
+    let b = crate::harness::browser();
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let to_identity = crate::harness::location(&plain.get(format!("{site}/portal/login")).send().await.expect("login"));
+    let (back, _, _) = crate::harness::password_login(&b, &platform.http, &to_identity, "gp", "demo-gp-password").await;
+    assert!(back.starts_with(&format!("{site}/portal/callback")), "{back}");
+    let r = plain.get(&back).send().await.expect("callback");
+    let cookie = portal_cookie(&r).expect("a session cookie");
+    let home = plain
+        .get(format!("{site}/portal/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("home")
+        .text()
+        .await
+        .expect("page");
+    let csrf = crate::harness::hidden(&home, "csrf");
+    let r = plain
+        .post(format!("{site}/portal/search"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("nhs_number", nhs.as_str())])
+        .send()
+        .await
+        .expect("search");
+    let summary = format!("{site}{}", crate::harness::location(&r));
+    let page = eventually(
+        Duration::from_secs(30),
+        "the passport to show the condition",
+        || async {
+            let page = plain
+                .get(&summary)
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            page.contains("Asthma").then_some(page)
+        },
+    )
+    .await;
+    assert!(page.contains("patient-name"), "{page}");
+    // The session is the portal's own, in its own schema.
+    let url = env
+        .iter()
+        .find(|(k, _)| *k == "SHAREDCARE_DATABASE__URL")
+        .map(|(_, v)| v.clone())
+        .expect("url");
+    let pool = sqlx::PgPool::connect(&url).await.expect("postgres");
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM portal.sessions")
+        .fetch_one(&pool)
+        .await
+        .expect("sessions");
+    assert_eq!(n, 1, "one signed-in browser");
+}

@@ -736,3 +736,73 @@ pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
         .insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
     r
 }
+
+/// The ICS's `up`, its identity brokering patients to NHS login, and NHS login itself played by
+/// a second `up` speaking the same protocol (the national service cannot run here). The ICS is
+/// registered at NHS login as the private_key_jwt client `downstream-broker` with the key it
+/// publishes.
+pub struct WithNhsLogin {
+    /// The stand-in NHS login (its cookies prefixed `nhslogin`).
+    pub nhs_login: Proc,
+    /// The ICS.
+    pub ics: Proc,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+/// Starts an ICS brokering to a stand-in NHS login (see [`WithNhsLogin`]).
+pub async fn with_nhs_login() -> WithNhsLogin {
+    let up_dir = tempfile::tempdir().expect("tmp");
+    let nhs_login = Proc::start(
+        &["up", "--data", up_dir.path().to_str().expect("path")],
+        &[("SHAREDCARE_IDENTITY__COOKIE_PREFIX", "nhslogin".into())],
+    );
+    let cfg_dir = tempfile::tempdir().expect("tmp");
+    let cfg = cfg_dir.path().join("sharedcare.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[identity.upstreams]]\nname = \"nhslogin\"\ndisplay_name = \"NHS login\"\nissuer = \"{}\"\n\
+             client_id = \"downstream-broker\"\nscopes = \"openid nhs_number\"\nlink_claim = \"nhs_number\"\nlink_to = \"patient\"\n",
+            nhs_login.http
+        ),
+    )
+    .expect("config");
+    let ics_dir = tempfile::tempdir().expect("tmp");
+    let ics = Proc::start(
+        &[
+            "up",
+            "--data",
+            ics_dir.path().to_str().expect("path"),
+            "--config",
+            cfg.to_str().expect("path"),
+        ],
+        &[],
+    );
+    let rp_keys = http()
+        .get(format!("{}/oauth2/rp/jwks", ics.http))
+        .send()
+        .await
+        .expect("rp jwks")
+        .text()
+        .await
+        .expect("body");
+    admin(&nhs_login)
+        .await
+        .create_client(CreateClientRequest {
+            client_id: "downstream-broker".into(),
+            name: "Sharedcare (downstream ICS)".into(),
+            redirect_uris: vec![format!("{}/oauth2/broker/callback", ics.http)],
+            grant_types: vec!["authorization_code".into()],
+            scopes: vec!["openid".into(), "nhs_number".into()],
+            token_endpoint_auth_method: "private_key_jwt".into(),
+            jwks_json: rp_keys,
+            ..Default::default()
+        })
+        .await
+        .expect("register the ICS at NHS login");
+    WithNhsLogin {
+        nhs_login,
+        ics,
+        _dirs: vec![up_dir, cfg_dir, ics_dir],
+    }
+}

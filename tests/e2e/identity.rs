@@ -781,8 +781,20 @@ async fn bad_requests_get_the_standard_oauth_errors() {
     }
 
     // A client registered for client_secret_post may not authenticate with HTTP Basic.
-    let sample = "ics-sample-app";
-    let sample_secret = "demo-sample-secret-3d8a61f0c5";
+    let posting = admin(&p)
+        .await
+        .create_client(CreateClientRequest {
+            name: "Posts its secret".into(),
+            redirect_uris: vec![redirect.into()],
+            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            scopes: vec!["openid".into()],
+            token_endpoint_auth_method: "client_secret_post".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a client_secret_post client")
+        .into_inner();
+    let (sample, sample_secret) = (posting.client_id.as_str(), posting.client_secret.as_str());
     let basic = http()
         .post(format!("{base}/oauth2/token"))
         .basic_auth(sample, Some(sample_secret))
@@ -971,59 +983,10 @@ async fn records_and_audit_admit_only_valid_tokens_and_record_who_accessed() {
 #[tokio::test]
 async fn brokered_sign_in_links_the_upstream_patient_and_the_nhs_app_path_is_silent_or_fails_cleanly() {
     // The upstream plays NHS login: a second identity instance speaking the same protocol.
-    let up_dir = tempfile::tempdir().expect("tmp");
-    let upstream = Proc::start(
-        &["up", "--data", up_dir.path().to_str().expect("path")],
-        &[("SHAREDCARE_IDENTITY__COOKIE_PREFIX", "nhslogin".into())],
-    );
-    let cfg_dir = tempfile::tempdir().expect("tmp");
-    let cfg = cfg_dir.path().join("sharedcare.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[identity.upstreams]]\nname = \"nhslogin\"\ndisplay_name = \"NHS login\"\nissuer = \"{}\"\n\
-             client_id = \"downstream-broker\"\nscopes = \"openid nhs_number\"\nlink_claim = \"nhs_number\"\nlink_to = \"patient\"\n",
-            upstream.http
-        ),
-    )
-    .expect("config");
-    let down_dir = tempfile::tempdir().expect("tmp");
-    let down = Proc::start(
-        &[
-            "up",
-            "--data",
-            down_dir.path().to_str().expect("path"),
-            "--config",
-            cfg.to_str().expect("path"),
-        ],
-        &[],
-    );
-    // Register the broker at the upstream as a private_key_jwt client with its published key.
-    let rp_keys = http()
-        .get(format!("{}/oauth2/rp/jwks", down.http))
-        .send()
-        .await
-        .expect("rp jwks")
-        .text()
-        .await
-        .expect("body");
-    admin(&upstream)
-        .await
-        .create_client(CreateClientRequest {
-            client_id: "downstream-broker".into(),
-            name: "Sharedcare (downstream ICS)".into(),
-            redirect_uris: vec![format!("{}/oauth2/broker/callback", down.http)],
-            grant_types: vec!["authorization_code".into()],
-            scopes: vec!["openid".into(), "nhs_number".into()],
-            token_endpoint_auth_method: "private_key_jwt".into(),
-            jwks_json: rp_keys,
-            ..Default::default()
-        })
-        .await
-        .expect("register broker upstream");
-
+    let pair = crate::harness::with_nhs_login().await;
+    let (upstream, down) = (&pair.nhs_login, &pair.ics);
     let redirect = "http://127.0.0.1:9/passport";
-    let (id, secret) = register_app(&down, "Passport", redirect, "").await;
+    let (id, secret) = register_app(down, "Passport", redirect, "").await;
     let rp = relying_party(&down.http, &id, &secret, redirect).await;
     let start = |extra: &[(&str, &str)]| {
         let mut r = rp

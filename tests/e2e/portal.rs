@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sharedcare_proto::consent::v1::consent_client::ConsentClient;
 use sharedcare_proto::consent::v1::{Directive, PutDirectiveRequest};
-use sharedcare_proto::identity::v1::{CreateClientRequest, CreatePatientRequest};
+use sharedcare_proto::identity::v1::CreatePatientRequest;
 use sharedcare_proto::records::v1::PutRequest;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
 
@@ -55,56 +55,9 @@ async fn write(p: &Proc, org: &str, resources: &[Value]) {
 
 #[tokio::test]
 async fn clinicians_and_patients_use_the_web_in_chromium_with_one_login() {
-    // NHS login, played by a second identity speaking the same protocol.
-    let upstream_dir = tempfile::tempdir().expect("tmp");
-    let upstream = Proc::start(
-        &["up", "--data", upstream_dir.path().to_str().expect("path")],
-        &[("SHAREDCARE_IDENTITY__COOKIE_PREFIX", "nhslogin".into())],
-    );
-    let cfg_dir = tempfile::tempdir().expect("tmp");
-    let cfg = cfg_dir.path().join("sharedcare.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[identity.upstreams]]\nname = \"nhslogin\"\ndisplay_name = \"NHS login\"\nissuer = \"{}\"\n\
-             client_id = \"ics-broker\"\nscopes = \"openid nhs_number\"\nlink_claim = \"nhs_number\"\nlink_to = \"patient\"\n",
-            upstream.http
-        ),
-    )
-    .expect("config");
-    let data = tempfile::tempdir().expect("tmp");
-    let p = Proc::start(
-        &[
-            "up",
-            "--data",
-            data.path().to_str().expect("path"),
-            "--config",
-            cfg.to_str().expect("path"),
-        ],
-        &[],
-    );
-    let rp_keys = browser()
-        .get(format!("{}/oauth2/rp/jwks", p.http))
-        .send()
-        .await
-        .expect("rp jwks")
-        .text()
-        .await
-        .expect("body");
-    admin(&upstream)
-        .await
-        .create_client(CreateClientRequest {
-            client_id: "ics-broker".into(),
-            name: "Sharedcare (the ICS)".into(),
-            redirect_uris: vec![format!("{}/oauth2/broker/callback", p.http)],
-            grant_types: vec!["authorization_code".into()],
-            scopes: vec!["openid".into(), "nhs_number".into()],
-            token_endpoint_auth_method: "private_key_jwt".into(),
-            jwks_json: rp_keys,
-            ..Default::default()
-        })
-        .await
-        .expect("register the ICS at NHS login");
+    // The ICS, its identity brokering patients to NHS login (played by a second `up`).
+    let pair = crate::harness::with_nhs_login().await;
+    let (upstream, p) = (&pair.nhs_login, &pair.ics);
 
     // Margaret's GP record: a mental health problem and a sexual health one she withholds.
     let demo: Value =
@@ -114,7 +67,7 @@ async fn clinicians_and_patients_use_the_web_in_chromium_with_one_login() {
     let psy_text = "Generalised anxiety disorder";
     let sex_text = "Chlamydia infection";
     write(
-        &p,
+        p,
         "A81001",
         &[
             json!({"resourceType": "Patient", "id": "margaret",
@@ -138,7 +91,7 @@ async fn clinicians_and_patients_use_the_web_in_chromium_with_one_login() {
         ],
     )
     .await;
-    let token = user_token(&p, "patient1", "demo-patient1-password", "nhs_number").await;
+    let token = user_token(p, "patient1", "demo-patient1-password", "nhs_number").await;
     ConsentClient::new(p.channel().await)
         .put_directive(with_token(
             PutDirectiveRequest {
@@ -162,7 +115,7 @@ async fn clinicians_and_patients_use_the_web_in_chromium_with_one_login() {
     let noor = crate::harness::nhs_number();
     let noor_subject = json!({"reference": "Patient/noor"});
     write(
-        &p,
+        p,
         "RX1",
         &[
             json!({"resourceType": "Patient", "id": "noor",
@@ -174,7 +127,7 @@ async fn clinicians_and_patients_use_the_web_in_chromium_with_one_login() {
         ],
     )
     .await;
-    admin(&p)
+    admin(p)
         .await
         .create_patient(CreatePatientRequest {
             nhs_number: noor.clone(),
@@ -188,7 +141,7 @@ async fn clinicians_and_patients_use_the_web_in_chromium_with_one_login() {
         .await
         .expect("Noor's account");
     // The passport has both patients' records before the browser looks.
-    let gp = user_token(&p, "gp", "demo-gp-password", "selectedrole").await;
+    let gp = user_token(p, "gp", "demo-gp-password", "selectedrole").await;
     eventually(Duration::from_secs(20), "the passport holds the writes", || async {
         let (status, v) = get_json(&format!("{}/passport/v1/patients/{margaret}", p.http), &gp, &[]).await;
         (status == 200 && v.to_string().contains(psy_text)).then_some(())
@@ -199,7 +152,7 @@ async fn clinicians_and_patients_use_the_web_in_chromium_with_one_login() {
     let port = free_port();
     let sample = format!("http://127.0.0.1:{port}");
     let (id, secret) = register_app(
-        &p,
+        p,
         "Care home handover",
         &format!("{sample}/callback"),
         &format!("{sample}/backchannel-logout"),

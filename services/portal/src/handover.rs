@@ -57,17 +57,8 @@ struct Inner {
 
 type App = Arc<Inner>;
 
-fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('=').map(str::to_string))
-}
-
 fn signed(app: &App, headers: &HeaderMap) -> Option<(String, Signed)> {
-    let token = cookie(headers)?;
+    let token = crate::web::cookie(headers, COOKIE)?.to_string();
     let s = app.sessions.lock().ok()?.get(&token).cloned()?;
     Some((token, s))
 }

@@ -93,6 +93,16 @@ async fn gate(app: &App, headers: &HeaderMap, here: &str, q: &HashMap<String, St
     Ok(Gate::In(Box::new(s), nhs))
 }
 
+/// The signed-in patient at P9 and their NHS number from a [`gate`], or return its response.
+macro_rules! at_p9 {
+    ($gate:expr) => {
+        match $gate.await? {
+            Gate::In(s, n) => (s, n),
+            Gate::Out(r) => return Ok(r),
+        }
+    };
+}
+
 fn chrome(s: &Signed) -> Chrome<'_> {
     s.chrome(Area::Passport)
 }
@@ -183,10 +193,7 @@ async fn home(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
-    let (s, nhs) = match gate(&app, &headers, "/passport/", &q).await? {
-        Gate::In(s, n) => (s, n),
-        Gate::Out(r) => return Ok(r),
-    };
+    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/", &q));
     let banner = notices(&app, &s, &nhs, None).await?;
     Ok(html(page::page(
         &chrome(&s),
@@ -227,10 +234,7 @@ async fn record(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
-    let (s, nhs) = match gate(&app, &headers, "/passport/record", &q).await? {
-        Gate::In(s, n) => (s, n),
-        Gate::Out(r) => return Ok(r),
-    };
+    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/record", &q));
     let (v, banner) = tokio::try_join!(view(&app, &s, &nhs), notices(&app, &s, &nhs, None))?;
     let d = v.demographics.clone().unwrap_or_default();
     Ok(html(page::page(
@@ -271,10 +275,7 @@ async fn section(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
     let here = format!("/passport/record/{name}");
-    let (s, nhs) = match gate(&app, &headers, &here, &q).await? {
-        Gate::In(s, n) => (s, n),
-        Gate::Out(r) => return Ok(r),
-    };
+    let (s, nhs) = at_p9!(gate(&app, &headers, &here, &q));
     let (v, banner) = tokio::try_join!(view(&app, &s, &nhs), notices(&app, &s, &nhs, None))?;
     let Some(sec) = v.sections.iter().find(|x| slug(x.kind) == name) else {
         return Err(PortalError::NotFound(format!(
@@ -325,10 +326,7 @@ async fn sharing(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
-    let (s, nhs) = match gate(&app, &headers, "/passport/sharing", &q).await? {
-        Gate::In(s, n) => (s, n),
-        Gate::Out(r) => return Ok(r),
-    };
+    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/sharing", &q));
     let c = choices(&app, &s, &nhs).await?;
     Ok(html(sharing_page(&app, &s, &nhs, &c, &[]).await?))
 }
@@ -435,10 +433,7 @@ async fn withhold(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
-    let (s, nhs) = match gate(&app, &headers, "/passport/sharing", &HashMap::new()).await? {
-        Gate::In(s, n) => (s, n),
-        Gate::Out(r) => return Ok(r),
-    };
+    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/sharing", &HashMap::new()));
     s.check_csrf(&form)?;
     let code = form.get("category").cloned().unwrap_or_default();
     if !CATEGORIES.iter().any(|(c, _)| *c == code) {
@@ -459,10 +454,7 @@ async fn stop_withholding(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
-    let (s, nhs) = match gate(&app, &headers, "/passport/sharing", &HashMap::new()).await? {
-        Gate::In(s, n) => (s, n),
-        Gate::Out(r) => return Ok(r),
-    };
+    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/sharing", &HashMap::new()));
     s.check_csrf(&form)?;
     let Some((code, _)) = withholding_of(&id) else {
         return Err(PortalError::invalid(
@@ -489,10 +481,7 @@ async fn access_log(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
-    let (s, nhs) = match gate(&app, &headers, "/passport/access-log", &q).await? {
-        Gate::In(s, n) => (s, n),
-        Gate::Out(r) => return Ok(r),
-    };
+    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/access-log", &q));
     let before = q.get("before").and_then(|b| b.parse().ok()).unwrap_or(0);
     let req = ListAccessLogRequest {
         nhs_number: nhs.clone(),
@@ -555,10 +544,7 @@ async fn notice_seen(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
-    let (s, nhs) = match gate(&app, &headers, "/passport/", &HashMap::new()).await? {
-        Gate::In(s, n) => (s, n),
-        Gate::Out(r) => return Ok(r),
-    };
+    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/", &HashMap::new()));
     s.check_csrf(&form)?;
     let notice = form.get("notice").cloned().unwrap_or_default();
     if notice.is_empty() || notice.len() > 64 {
