@@ -177,9 +177,11 @@ impl sharedcare_kit::service::Service for Portal {
             Duration::from_millis(c.timeout_ms),
             ctx.service_token("audit.read")?,
         )?;
+        let sessions = session::Sessions::new(ctx.db.clone());
+        let sweeper = sessions.clone();
         let app = Arc::new(web::Web {
             rp,
-            sessions: session::Sessions::new(ctx.db.clone()),
+            sessions,
             peers,
             https: public.starts_with("https://"),
             csp: web::csp(&issuer),
@@ -187,6 +189,9 @@ impl sharedcare_kit::service::Service for Portal {
         });
         let mut m = Mount::new(NAME);
         m.http = web::router(app);
+        m.background.push(Box::new(move |stop| {
+            Box::pin(sweeper.sweep_every(Duration::from_secs(300), stop))
+        }));
         Ok(m)
     }
 }

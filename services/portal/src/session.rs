@@ -266,6 +266,37 @@ impl Sessions {
         Ok(Some(decode(&row.try_get::<String, _>("body")?)?))
     }
 
+    /// Deletes sessions unused for longer than the idle limit and sign-ins never completed
+    /// (a browser that just goes away leaves its row behind); how many sessions went.
+    pub async fn sweep(&self) -> Result<u64, PortalError> {
+        let now = db::now_us();
+        let r = sqlx::query("DELETE FROM sessions WHERE seen_us < $1")
+            .bind(now - IDLE_SECS * 1_000_000)
+            .execute(self.db.writer())
+            .await?;
+        sqlx::query("DELETE FROM logins WHERE created_us < $1")
+            .bind(now - LOGIN_SECS * 1_000_000)
+            .execute(self.db.writer())
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Sweeps every `every` until `stop`.
+    pub async fn sweep_every(self, every: std::time::Duration, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "idle portal sessions ended"),
+                Err(e) => tracing::warn!(error = %e, "sweeping idle portal sessions failed"),
+            }
+        }
+    }
+
     /// The break-glass notices `nhs` has seen.
     pub async fn notices_seen(&self, nhs: &str) -> Result<HashSet<String>, PortalError> {
         let rows = sqlx::query("SELECT notice FROM notices_seen WHERE nhs_number = $1")

@@ -216,10 +216,18 @@ async fn run_until_signal(config: Config, mode: Mode, services: &[&str], name: &
     let _lock = lock_data_dir(&config)?;
     let telemetry = telemetry::init(name, &config.telemetry)?;
     let running = start(&config, mode, services, name).await?;
+    let web = if running.services.iter().any(|s| *s == sharedcare_portal::NAME) {
+        format!(
+            "  web   http://{}/  (start page, /portal for staff, /passport for patients)\n",
+            running.http
+        )
+    } else {
+        String::new()
+    };
     // A closed stdout (a supervisor that stopped reading) must not stop the platform.
     say(&format!(
         "Sharedcare {} is up ({}) in {} ms\n  HTTP  http://{}  (/healthz, /readyz, /metrics)\n  \
-         gRPC  {}  (every service, health, reflection)\n  data  {}\nlistening http={} grpc={}\n\
+         gRPC  {}  (every service, health, reflection)\n{web}  data  {}\nlistening http={} grpc={}\n\
          Stop with Ctrl-C (SIGINT) or SIGTERM.\n",
         env!("CARGO_PKG_VERSION"),
         running.services.join(", "),
