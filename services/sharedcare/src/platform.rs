@@ -216,7 +216,7 @@ async fn run_until_signal(config: Config, mode: Mode, services: &[&str], name: &
     let _lock = lock_data_dir(&config)?;
     let telemetry = telemetry::init(name, &config.telemetry)?;
     let running = start(&config, mode, services, name).await?;
-    let web = if running.services.iter().any(|s| *s == sharedcare_portal::NAME) {
+    let web = if running.services.contains(&sharedcare_portal::NAME) {
         format!(
             "  web   http://{}/  (start page, /portal for staff, /passport for patients)\n",
             running.http
