@@ -756,7 +756,11 @@ fn portal_cookie(r: &reqwest::Response) -> Option<String> {
 #[tokio::test]
 async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
     let data = tempfile::tempdir().expect("tmp");
-    let platform = crate::harness::up(data.path());
+    // Access tokens of 35 s: the portal refreshes them 30 s before they expire, so after 5 s.
+    let platform = Proc::start(
+        &["up", "--data", data.path().to_str().expect("path")],
+        &[("SHAREDCARE_IDENTITY__ACCESS_TOKEN_SECS", "35".into())],
+    );
     let nhs = crate::harness::demo_nhs_numbers()[0].clone();
     let system = crate::harness::service_token_for(&platform.http, "records.write").await;
     let mut records = sharedcare_proto::records::v1::records_client::RecordsClient::new(platform.channel().await);
@@ -866,6 +870,37 @@ async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
     )
     .await;
     assert!(page.contains("patient-name"), "{page}");
+    // Past the refresh point, four pages at once: one refresh (identity would revoke the
+    // session's tokens if the rotated refresh token were presented twice), every page served.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let mut pages = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (plain, summary, cookie) = (plain.clone(), summary.clone(), cookie.clone());
+        pages.spawn(async move {
+            let r = plain
+                .get(&summary)
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .expect("page");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        });
+    }
+    while let Some(done) = pages.join_next().await {
+        let (status, page) = done.expect("task");
+        assert!(
+            status == 200 && page.contains("Asthma"),
+            "after the refresh: {status} {page}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let r = plain
+        .get(&summary)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(r.status().as_u16(), 200, "the refreshed tokens are refreshed again");
     // The session is the portal's own, in its own schema.
     let url = env
         .iter()

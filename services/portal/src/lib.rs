@@ -185,6 +185,7 @@ impl sharedcare_kit::service::Service for Portal {
             peers,
             https: public.starts_with("https://"),
             csp: web::csp(&issuer),
+            refreshing: tokio::sync::Mutex::new(()),
             public_url: public,
         });
         let mut m = Mount::new(NAME);

@@ -170,6 +170,13 @@ impl Sessions {
         if cached.is_some() {
             return Ok(cached);
         }
+        self.reload(token).await
+    }
+
+    /// The live session whose cookie token is `token`, read from the table (not from this
+    /// replica's memory of it).
+    pub async fn reload(&self, token: &str) -> Result<Option<Session>, PortalError> {
+        let id = hash(token);
         let Some(row) = sqlx::query("SELECT sid, body, seen_us FROM sessions WHERE id_hash = $1")
             .bind(id.clone())
             .fetch_optional(self.db.pool())

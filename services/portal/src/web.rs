@@ -39,6 +39,8 @@ pub struct Web {
     pub https: bool,
     /// The Content-Security-Policy.
     pub csp: String,
+    /// Held while a session's tokens are refreshed.
+    pub refreshing: tokio::sync::Mutex<()>,
 }
 
 /// The shared state.
@@ -127,17 +129,28 @@ impl Web {
         let Some(mut session) = self.sessions.get(&token).await? else {
             return Err(PortalError::SignIn(here.into()));
         };
-        if session.tokens.expires_at - 30 < chrono::Utc::now().timestamp() {
-            let rt = session.tokens.refresh_token.clone();
-            match self.rp.refresh(&rt, &session.tokens).await {
-                Ok(t) => {
-                    session.tokens = t;
-                    self.sessions.save(&token, &session).await?;
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "refresh failed: signing in again");
-                    self.sessions.end(&token).await?;
-                    return Err(PortalError::SignIn(here.into()));
+        let expiring = |s: &Session| s.tokens.expires_at - 30 < chrono::Utc::now().timestamp();
+        if expiring(&session) {
+            // One refresh at a time: identity rotates refresh tokens and revokes the whole
+            // family when an old one is presented again, so two pages refreshing the same
+            // session at once would sign the person out. The second finds the first's tokens.
+            let _one = self.refreshing.lock().await;
+            session = match self.sessions.reload(&token).await? {
+                Some(s) => s,
+                None => return Err(PortalError::SignIn(here.into())),
+            };
+            if expiring(&session) {
+                let rt = session.tokens.refresh_token.clone();
+                match self.rp.refresh(&rt, &session.tokens).await {
+                    Ok(t) => {
+                        session.tokens = t;
+                        self.sessions.save(&token, &session).await?;
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "refresh failed: signing in again");
+                        self.sessions.end(&token).await?;
+                        return Err(PortalError::SignIn(here.into()));
+                    }
                 }
             }
         }
