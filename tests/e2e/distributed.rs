@@ -750,6 +750,12 @@ fn portal_cookie(r: &reqwest::Response) -> Option<String> {
         .map(str::to_string)
 }
 
+/// GET `url` with the portal session `cookie`: (status, page).
+async fn signed_get(client: &reqwest::Client, url: &str, cookie: &str) -> (u16, String) {
+    let r = client.get(url).header("cookie", cookie).send().await.expect("page");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
 /// `serve portal` on Postgres and Kafka, as its own OIDC client, reading from the other
 /// services over gRPC: a GP signs in and opens a patient, the session lives in Postgres, and a
 /// portal without its client's secret refuses to start, naming the setting.
@@ -856,15 +862,7 @@ async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
         Duration::from_secs(30),
         "the passport to show the condition",
         || async {
-            let page = plain
-                .get(&summary)
-                .header("cookie", &cookie)
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let (_, page) = signed_get(&plain, &summary, &cookie).await;
             page.contains("Asthma").then_some(page)
         },
     )
@@ -876,15 +874,7 @@ async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
     let mut pages = tokio::task::JoinSet::new();
     for _ in 0..4 {
         let (plain, summary, cookie) = (plain.clone(), summary.clone(), cookie.clone());
-        pages.spawn(async move {
-            let r = plain
-                .get(&summary)
-                .header("cookie", &cookie)
-                .send()
-                .await
-                .expect("page");
-            (r.status().as_u16(), r.text().await.unwrap_or_default())
-        });
+        pages.spawn(async move { signed_get(&plain, &summary, &cookie).await });
     }
     while let Some(done) = pages.join_next().await {
         let (status, page) = done.expect("task");
@@ -894,13 +884,8 @@ async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
         );
     }
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let r = plain
-        .get(&summary)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .expect("page");
-    assert_eq!(r.status().as_u16(), 200, "the refreshed tokens are refreshed again");
+    let (status, _) = signed_get(&plain, &summary, &cookie).await;
+    assert_eq!(status, 200, "the refreshed tokens are refreshed again");
     // The session is the portal's own, in its own schema.
     let url = env
         .iter()
