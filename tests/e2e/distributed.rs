@@ -810,6 +810,7 @@ async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
         "SHAREDCARE_PORTAL__CONSENT_URL",
         "SHAREDCARE_PORTAL__RECORDS_URL",
         "SHAREDCARE_PORTAL__AUDIT_URL",
+        "SHAREDCARE_PORTAL__IDENTITY_URL",
     ] {
         env.push((setting, platform.grpc.clone()));
     }

@@ -192,19 +192,23 @@ try {
   await signIn(noor, env('NOOR_USER'), env('NOOR_PASS'));
   await noor.waitForSelector('#link-record');
   assert.ok(await noor.isVisible('#break-glass-notice'), 'the break-glass notice is at the top');
+  assert.match(await noor.textContent('#break-glass-notice'), /A member of staff at Riverside Medical Practice/);
   await check(noor, '12-passport-notice');
   let rows = [];
   for (let i = 0; i < 40; i++) {
     await noor.goto(`${base}/passport/access-log`);
+    // Columns: when, who, what, why, outcome, checked.
     rows = await noor.$$eval('tr.sc-access', (trs) => trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent.trim())));
-    const gpRows = rows.filter((r) => r[1].startsWith('A81001'));
-    if (gpRows.some((r) => r[3] === 'Refused') && gpRows.some((r) => r[2].startsWith('Emergency access'))) break;
+    const gpRows = rows.filter((r) => r[1] === 'Riverside Medical Practice');
+    if (gpRows.some((r) => r[2] === 'Looked at your record' && r[4] === 'Refused') && gpRows.some((r) => r[2] === 'Looked at your record' && r[3].startsWith('Emergency access') && r[4] === 'Done')) break;
     await new Promise((r) => setTimeout(r, 500));
   }
-  const gpRows = rows.filter((r) => r[1].startsWith('A81001'));
-  assert.ok(gpRows.some((r) => r[3] === 'Refused'), `the refused look: ${JSON.stringify(rows)}`);
-  assert.ok(gpRows.some((r) => r[2].startsWith('Emergency access')), `the break-glass look: ${JSON.stringify(rows)}`);
-  for (const r of rows) assert.equal(r[4], 'Verified in the audit log', JSON.stringify(r));
+  // Organisations by name, from identity's directory (A81001 is the GP practice).
+  const gpRows = rows.filter((r) => r[1] === 'Riverside Medical Practice');
+  assert.ok(gpRows.some((r) => r[2] === 'Looked at your record' && r[4] === 'Refused'), `the refused look: ${JSON.stringify(rows)}`);
+  assert.ok(gpRows.some((r) => r[2] === 'Looked at your record' && r[3].startsWith('Emergency access') && r[4] === 'Done'), `the break-glass look: ${JSON.stringify(rows)}`);
+  assert.ok(gpRows.some((r) => r[2] === 'Used emergency access' && r[4] === 'Granted'), `the grant itself: ${JSON.stringify(rows)}`);
+  for (const r of rows) assert.equal(r[5], 'Verified in the audit log', JSON.stringify(r));
   await check(noor, '13-access-log');
   await noor.goto(`${base}/passport/`);
   await noor.click('#notice-seen');

@@ -312,7 +312,9 @@ impl IdentityAdmin for AdminApi {
         &self,
         req: Request<api::GetOrganisationRequest>,
     ) -> Result<Response<api::Organisation>, Status> {
-        self.authorise(&req).await?;
+        // The organisation directory is reference data (as the national ODS is): any
+        // signed-in caller may read it, e.g. to name organisations to a patient.
+        self.provider.verifier.from_metadata(req.metadata()).await?;
         let code =
             OdsCode::parse(&req.get_ref().ods_code).map_err(|e| IdentityError::invalid("ods_code", e.to_string()))?;
         let o = self
@@ -328,7 +330,9 @@ impl IdentityAdmin for AdminApi {
         &self,
         req: Request<api::ListOrganisationsRequest>,
     ) -> Result<Response<api::ListOrganisationsResponse>, Status> {
-        self.authorise(&req).await?;
+        // The organisation directory is reference data (as the national ODS is): any
+        // signed-in caller may read it, e.g. to name organisations to a patient.
+        self.provider.verifier.from_metadata(req.metadata()).await?;
         let r = req.get_ref();
         let size = i64::from(r.page_size.clamp(1, 500));
         let page = self.provider.store.organisations(&r.page_token, size).await?;

@@ -53,6 +53,9 @@ pub struct PortalConfig {
     pub records_url: String,
     /// Audit's gRPC endpoint (its public key). Empty = audit in this process.
     pub audit_url: String,
+    /// Identity's gRPC endpoint (its organisation directory, for organisations' names).
+    /// Empty = identity in this process.
+    pub identity_url: String,
     /// How long a call to a service may take before the page says it is unavailable.
     pub timeout_ms: u64,
 }
@@ -67,6 +70,7 @@ impl Default for PortalConfig {
             consent_url: String::new(),
             records_url: String::new(),
             audit_url: String::new(),
+            identity_url: String::new(),
             timeout_ms: 5_000,
         }
     }
@@ -89,6 +93,7 @@ impl PortalConfig {
             ("portal.consent_url", &self.consent_url),
             ("portal.records_url", &self.records_url),
             ("portal.audit_url", &self.audit_url),
+            ("portal.identity_url", &self.identity_url),
         ] {
             if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
                 return Err((key.into(), "expected a gRPC URL, e.g. http://passport:50051".into()));
@@ -161,11 +166,12 @@ impl sharedcare_kit::service::Service for Portal {
             &format!("{public}/portal/callback"),
         );
         let peer = |service: &str, url: &str, setting: &str| ctx.peer_url(service, url, setting);
-        let (passport, consent, records, audit) = (
+        let (passport, consent, records, audit, identity) = (
             peer("passport", &c.passport_url, "portal.passport_url")?,
             peer("consent", &c.consent_url, "portal.consent_url")?,
             peer("records", &c.records_url, "portal.records_url")?,
             peer("audit", &c.audit_url, "portal.audit_url")?,
+            peer("identity", &c.identity_url, "portal.identity_url")?,
         );
         let peers = peers::Peers::new(
             peers::Endpoints {
@@ -173,6 +179,7 @@ impl sharedcare_kit::service::Service for Portal {
                 consent: (&consent, "portal.consent_url"),
                 records: (&records, "portal.records_url"),
                 audit: (&audit, "portal.audit_url"),
+                identity: (&identity, "portal.identity_url"),
             },
             Duration::from_millis(c.timeout_ms),
             ctx.service_token("audit.read")?,

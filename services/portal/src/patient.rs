@@ -20,7 +20,7 @@ use sharedcare_proto::passport::v1::{
 
 use crate::error::PortalError;
 use crate::page::{self, Area, Chrome};
-use crate::peers::as_user;
+use crate::peers::{as_user, name_of};
 use crate::session::Who;
 use crate::web::{App, Signed, html, see_other};
 
@@ -155,6 +155,7 @@ async fn notices(app: &App, s: &Signed, nhs: &str, choices: Option<&SharingChoic
         }
     };
     let seen = app.sessions.notices_seen(nhs).await?;
+    let names = app.peers.organisation_names().await;
     let unseen: Vec<_> = choices
         .break_glass
         .iter()
@@ -168,7 +169,7 @@ async fn notices(app: &App, s: &Signed, nhs: &str, choices: Option<&SharingChoic
                 }
                 div class="nhsuk-notification-banner__content" {
                     p class="nhsuk-notification-banner__heading" { "Someone used emergency access to see your record" }
-                    p { "A member of staff at " (n.ods_code) " opened your record on " (page::time(n.start.as_ref())) " without an existing care relationship, giving the reason: " (n.reason_text) ". Emergency access is reviewed by information governance. You can see it in " a href="/passport/access-log" { "who has looked at your record" } "." }
+                    p { "A member of staff at " (name_of(&names, &n.ods_code)) " opened your record on " (page::time(n.start.as_ref())) " without an existing care relationship, giving the reason: " (n.reason_text) ". Emergency access is reviewed by information governance. You can see it in " a href="/passport/access-log" { "who has looked at your record" } "." }
                     form method="post" action="/passport/notices/seen" {
                         input type="hidden" name="csrf" value=(s.session.csrf);
                         input type="hidden" name="notice" value=(notice_key(n));
@@ -236,6 +237,7 @@ async fn record(
 ) -> Result<Response, PortalError> {
     let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/record", &q));
     let (v, banner) = tokio::try_join!(view(&app, &s, &nhs), notices(&app, &s, &nhs, None))?;
+    let names = app.peers.organisation_names().await;
     let d = v.demographics.clone().unwrap_or_default();
     Ok(html(page::page(
         &chrome(&s),
@@ -261,7 +263,7 @@ async fn record(
             h2 { "Your care team" }
             @if v.care_team.is_empty() { p { "No care team is recorded." } } @else {
                 ul class="nhsuk-list nhsuk-list--bullet" id="care-team" {
-                    @for m in &v.care_team { li { (if m.organisation_name.is_empty() { &m.ods_code } else { &m.organisation_name }) @if !m.role.is_empty() { " – " (m.role) } } }
+                    @for m in &v.care_team { li { (if m.organisation_name.is_empty() { name_of(&names, &m.ods_code) } else { &m.organisation_name }) @if !m.role.is_empty() { " – " (m.role) } } }
                 }
             }
         },
@@ -277,6 +279,7 @@ async fn section(
     let here = format!("/passport/record/{name}");
     let (s, nhs) = at_p9!(gate(&app, &headers, &here, &q));
     let (v, banner) = tokio::try_join!(view(&app, &s, &nhs), notices(&app, &s, &nhs, None))?;
+    let names = app.peers.organisation_names().await;
     let Some(sec) = v.sections.iter().find(|x| slug(x.kind) == name) else {
         return Err(PortalError::NotFound(format!(
             "There is no section called {name:?} in your record."
@@ -294,7 +297,7 @@ async fn section(
                     @for e in &sec.entries {
                         li {
                             (e.summary) br;
-                            span class="sc-entry-meta" { (page::meta(&[page::date(&e.date), e.status.clone(), format!("recorded by {}", e.source_organisation)])) }
+                            span class="sc-entry-meta" { (page::meta(&[page::date(&e.date), e.status.clone(), format!("recorded by {}", name_of(&names, &e.source_organisation))])) }
                         }
                     }
                 }
@@ -466,6 +469,32 @@ async fn stop_withholding(
     Ok(see_other("/passport/sharing"))
 }
 
+/// What happened, in plain words: the audit entry's action.
+fn action_words(action: &str) -> &str {
+    match action {
+        "read" | "search" | "vread" | "history" => "Looked at your record",
+        "export" => "Copied your record for your care",
+        "create" | "update" | "delete" => "Recorded your care",
+        "break-glass" => "Used emergency access",
+        "directive_changed" => "Your sharing choices changed",
+        "flags_changed" => "Your opt-out choices changed",
+        "relationship_changed" => "Your care team changed",
+        "break_glass_reviewed" => "Emergency access reviewed",
+        other => other,
+    }
+}
+
+/// How it ended, in plain words: the audit entry's outcome.
+fn outcome_words(outcome: &str) -> &'static str {
+    match outcome {
+        "success" => "Done",
+        "granted" => "Granted",
+        "not-found" => "Nothing found",
+        "error" => "Failed",
+        _ => "Refused",
+    }
+}
+
 fn purpose_words(p: &str) -> &'static str {
     match p {
         "ETREAT" | "BTG" => "Emergency access (break-glass)",
@@ -502,6 +531,7 @@ async fn access_log(
         notices(&app, &s, &nhs, None),
     )?;
     let verified = crate::proof::verify(&log, &key);
+    let names = app.peers.organisation_names().await;
     Ok(html(page::page(
         &chrome(&s),
         "Who has looked at your record",
@@ -513,17 +543,18 @@ async fn access_log(
                 table class="nhsuk-table" id="access-log" {
                     caption class="nhsuk-table__caption nhsuk-u-visually-hidden" { "Who has looked at your record" }
                     thead class="nhsuk-table__head" { tr {
-                        th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "Why" } th scope="col" { "Outcome" } th scope="col" { "Checked" }
+                        th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "What" } th scope="col" { "Why" } th scope="col" { "Outcome" } th scope="col" { "Checked" }
                     } }
                     tbody class="nhsuk-table__body" {
                         @for (e, ok) in log.entries.iter().zip(&verified) {
                             tr class="nhsuk-table__row sc-access" {
                                 td class="nhsuk-table__cell" { (page::time(e.time.as_ref())) }
                                 td class="nhsuk-table__cell" {
-                                    @if e.organisation.is_empty() { "You, or a system recording your care" } @else { (e.organisation) }
+                                    @if e.organisation.is_empty() { "You, or a system recording your care" } @else { (name_of(&names, &e.organisation)) }
                                 }
+                                td class="nhsuk-table__cell" { (action_words(&e.action)) }
                                 td class="nhsuk-table__cell sc-purpose" { (purpose_words(&e.purpose)) }
-                                td class="nhsuk-table__cell" { (if e.outcome == "success" { "Seen" } else { "Refused" }) }
+                                td class="nhsuk-table__cell" { (outcome_words(&e.outcome)) }
                                 td class="nhsuk-table__cell" {
                                     @if *ok { span class="sc-verified" { "Verified in the audit log" } } @else { span class="sc-unverified" { "Not verified" } }
                                 }

@@ -20,7 +20,7 @@ use sharedcare_proto::records::v1::{FindPatientsRequest, HistoryRequest, SearchP
 
 use crate::error::PortalError;
 use crate::page::{self, Area, Chrome};
-use crate::peers::as_user;
+use crate::peers::{as_user, name_of};
 use crate::session::Who;
 use crate::web::{App, Signed, html, see_other};
 
@@ -78,7 +78,8 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Result<Response, Po
         Err(PortalError::SignIn(_)) => return Ok(html(signed_out(crate::web::in_nhs_app(&headers)))),
         Err(e) => return Err(e),
     };
-    Ok(html(search_page(&s, &[], &HashMap::new())))
+    let names = app.peers.organisation_names().await;
+    Ok(html(search_page(&s, &names, &[], &HashMap::new())))
 }
 
 fn signed_out(nhs_app: bool) -> Markup {
@@ -97,7 +98,12 @@ fn signed_out(nhs_app: bool) -> Markup {
     )
 }
 
-fn search_page(s: &Signed, errors: &[(&str, String)], values: &HashMap<String, String>) -> Markup {
+fn search_page(
+    s: &Signed,
+    names: &HashMap<String, String>,
+    errors: &[(&str, String)],
+    values: &HashMap<String, String>,
+) -> Markup {
     let v = |k: &str| values.get(k).cloned().unwrap_or_default();
     let err = |k: &str| errors.iter().find(|(f, _)| *f == k).map(|(_, m)| m.clone());
     let (role, org, reviewer) = match &s.session.who {
@@ -131,7 +137,7 @@ fn search_page(s: &Signed, errors: &[(&str, String)], values: &HashMap<String, S
         "Find a patient",
         html! {
             (page::error_summary(errors))
-            span class="nhsuk-caption-l" { (role) " at " (org) }
+            span class="nhsuk-caption-l" { (role) " at " (name_of(names, &org)) }
             h1 { "Find a patient" }
             form method="post" action="/portal/search" novalidate {
                 input type="hidden" name="csrf" value=(s.session.csrf);
@@ -193,7 +199,8 @@ async fn search(
         }
     }
     if !errors.is_empty() {
-        let mut r = html(search_page(&s, &errors, &form));
+        let names = app.peers.organisation_names().await;
+        let mut r = html(search_page(&s, &names, &errors, &form));
         *r.status_mut() = StatusCode::BAD_REQUEST;
         return Ok(r);
     }
@@ -295,7 +302,10 @@ async fn summary(State(app): State<App>, headers: HeaderMap, Path(h): Path<Strin
         .get_passport(as_user(&s.session.tokens.access_token, req)?)
         .await
     {
-        Ok(view) => Ok(html(summary_page(&s, &h, &view.into_inner()))),
+        Ok(view) => {
+            let names = app.peers.organisation_names().await;
+            Ok(html(summary_page(&s, &names, &h, &view.into_inner())))
+        }
         Err(status) if status.code() == tonic::Code::PermissionDenied => {
             let mut r = html(refused_page(&s, &h, &nhs, status.message(), &[], &HashMap::new()));
             *r.status_mut() = StatusCode::FORBIDDEN;
@@ -305,7 +315,7 @@ async fn summary(State(app): State<App>, headers: HeaderMap, Path(h): Path<Strin
     }
 }
 
-fn summary_page(s: &Signed, h: &str, v: &PassportView) -> Markup {
+fn summary_page(s: &Signed, names: &HashMap<String, String>, h: &str, v: &PassportView) -> Markup {
     let d = v.demographics.clone().unwrap_or_default();
     let name = format!("{} {}", d.given_name, d.family_name);
     let visits = v
@@ -346,7 +356,7 @@ fn summary_page(s: &Signed, h: &str, v: &PassportView) -> Markup {
             h2 { "Recent appointments and visits" }
             @if visits.is_empty() { p { "None recorded." } } @else {
                 ul class="nhsuk-list nhsuk-list--bullet" id="recent-visits" {
-                    @for e in &visits { li { (e.summary) " – " (page::date(&e.date)) " (" (e.source_organisation) ")" } }
+                    @for e in &visits { li { (e.summary) " – " (page::date(&e.date)) " (" (name_of(names, &e.source_organisation)) ")" } }
                 }
             }
             h2 { "Care team" }
@@ -357,7 +367,7 @@ fn summary_page(s: &Signed, h: &str, v: &PassportView) -> Markup {
                     tbody class="nhsuk-table__body" {
                         @for m in &v.care_team {
                             tr class="nhsuk-table__row" {
-                                td class="nhsuk-table__cell" { (if m.organisation_name.is_empty() { &m.ods_code } else { &m.organisation_name }) }
+                                td class="nhsuk-table__cell" { (if m.organisation_name.is_empty() { name_of(names, &m.ods_code) } else { &m.organisation_name }) }
                                 td class="nhsuk-table__cell" { (m.role) }
                                 td class="nhsuk-table__cell" { (page::time(m.since.as_ref())) }
                             }
@@ -380,7 +390,7 @@ fn summary_page(s: &Signed, h: &str, v: &PassportView) -> Markup {
                                     (e.summary)
                                     br;
                                     span class="sc-entry-meta" {
-                                        (page::meta(&[page::date(&e.date), e.status.clone(), e.source_organisation.clone()]))
+                                        (page::meta(&[page::date(&e.date), e.status.clone(), name_of(names, &e.source_organisation).to_string()]))
                                         " · "
                                         a href={ "/portal/patients/" (h) "/history/" (e.resource_type) "/" (e.id) } { "History" span class="nhsuk-u-visually-hidden" { " of " (e.summary) } }
                                     }
@@ -557,6 +567,7 @@ async fn reviews(State(app): State<App>, headers: HeaderMap) -> Result<Response,
         .into_inner()
         .grants;
     let at = |t: i64| page::time(Some(&prost_types::Timestamp { seconds: t, nanos: 0 }));
+    let names = app.peers.organisation_names().await;
     Ok(html(page::page(
         &chrome(&s),
         "Break-glass review queue",
@@ -568,7 +579,7 @@ async fn reviews(State(app): State<App>, headers: HeaderMap) -> Result<Response,
                     div class="nhsuk-card__content" {
                         h2 class="nhsuk-card__heading nhsuk-heading-s" { "NHS number " (page::nhs_number(&g.nhs_number)) }
                         (page::summary_list(&[
-                            ("Who", format!("{} at {}", g.person_id, g.ods_code)),
+                            ("Who", format!("{} at {}", g.person_id, name_of(&names, &g.ods_code))),
                             ("When", at(g.start)),
                             ("Reason", format!("{}: {}", g.reason_code, g.reason_text)),
                         ]))

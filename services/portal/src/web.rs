@@ -315,8 +315,10 @@ async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String
     };
     let passport = pending.return_to.starts_with("/passport");
     if let Some(error) = q.get("error") {
-        // A silent sign-in the NHS App could not complete: the ordinary sign-in page.
-        if passport && matches!(error.as_str(), "login_required" | "interaction_required") {
+        // A sign-in to the passport that could not complete (a silent one from the NHS App
+        // with no NHS login session, or none configured): the ordinary sign-in page.
+        if passport {
+            tracing::info!(error = %error, "passport sign-in not completed: offering the sign-in page");
             return Ok(see_other("/passport/?signin=needed"));
         }
         let why = q.get("error_description").cloned().unwrap_or_default();
