@@ -212,7 +212,7 @@ impl Rp {
     }
 
     /// Checks a back-channel logout token (§2.6: signature, issuer, audience, the logout
-    /// event, no nonce, `sid` or `sub`) and returns its `sid` and `sub`.
+    /// event, no nonce; and a `sid`, which this app needs) and returns its `sid` and `sub`.
     pub async fn logout_token(&self, token: &str) -> Result<(String, String), RpError> {
         let c = self
             .ids
@@ -227,8 +227,12 @@ impl Rp {
         }
         let sid = c["sid"].as_str().unwrap_or_default().to_string();
         let sub = c["sub"].as_str().unwrap_or_default().to_string();
-        if sid.is_empty() && sub.is_empty() {
-            return Err(RpError::Token("sid or sub is required".into()));
+        // Sessions are kept by identity's session id, so a token naming only the subject
+        // cannot say which to end (this app registers as needing `sid`, §2.4).
+        if sid.is_empty() {
+            return Err(RpError::Token(
+                "sid is required: sessions here are ended by identity's session id".into(),
+            ));
         }
         Ok((sid, sub))
     }

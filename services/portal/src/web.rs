@@ -331,6 +331,12 @@ async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String
     let access = unverified_claims(&tokens.access_token);
     let who = who(&tokens.claims, &access);
     let sid = tokens.claims["sid"].as_str().unwrap_or_default().to_string();
+    if sid.is_empty() {
+        // Without it a back-channel logout could not find this session.
+        return Err(PortalError::Rp(crate::oidc::RpError::Token(
+            "the ID token carries no sid (identity's session id)".into(),
+        )));
+    }
     let session = Session::new(who, tokens);
     let token = app.sessions.create(&session, &sid).await?;
     let mut r = see_other(&pending.return_to);
