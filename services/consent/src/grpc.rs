@@ -13,9 +13,8 @@ use crate::store::{Actor, ConsentVersion, Grant, Known, Store};
 /// How long a break-glass grant lasts.
 pub const BREAK_GLASS_SECS: i64 = 4 * 3600;
 
-/// The national RBAC activity that lets a member of staff work the break-glass review queue
-/// (in the demo ICS, the ICB's administrator, who is also its information governance lead).
-pub const REVIEW_ACTIVITY: &str = "B1300";
+/// The national RBAC activity that lets a member of staff work the break-glass review queue.
+pub const REVIEW_ACTIVITY: &str = sharedcare_kit::auth::BREAK_GLASS_REVIEW_ACTIVITY;
 
 /// The gRPC service.
 #[derive(Clone)]

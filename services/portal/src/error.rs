@@ -83,11 +83,7 @@ impl PortalError {
 impl IntoResponse for PortalError {
     fn into_response(self) -> Response {
         if let PortalError::SignIn(back) = &self {
-            let to = if back.starts_with("/passport") {
-                "/passport/login"
-            } else {
-                "/portal/login"
-            };
+            let to = format!("{}login", crate::web::home_of(back));
             let q: String = url::form_urlencoded::Serializer::new(String::new())
                 .append_pair("return_to", back)
                 .finish();

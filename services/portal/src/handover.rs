@@ -119,18 +119,15 @@ async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String
         .rp
         .exchange(q.get("code").map(String::as_str).unwrap_or_default(), &pending)
         .await?;
-    let roles = &t.claims["nhsid_nrbac_roles"];
-    let selected = t.claims["selected_roleid"].as_str().unwrap_or_default();
-    let role = roles
-        .as_array()
-        .and_then(|r| r.iter().find(|r| r["person_roleid"].as_str() == Some(selected)))
-        .cloned()
-        .unwrap_or_default();
+    let (role, org) = match app.rp.principal(&t.access_token).await? {
+        sharedcare_kit::auth::Principal::Staff { role, .. } => (role.role_name, role.org_code),
+        _ => return Err(PortalError::Forbidden("the handover page is for care staff".into())),
+    };
     let s = Signed {
         sid: t.claims["sid"].as_str().unwrap_or_default().into(),
         name: t.claims["name"].as_str().unwrap_or("Signed in").into(),
-        role: role["role_name"].as_str().unwrap_or_default().into(),
-        org: role["org_code"].as_str().unwrap_or_default().into(),
+        role,
+        org,
         id_token: t.id_token.clone(),
         csrf: sharedcare_kit::jose::random_token(24),
     };

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sharedcare_kit::auth::{HttpKeys, Verifier};
+use sharedcare_kit::auth::{HttpKeys, Principal, Verifier};
 use sharedcare_kit::jose;
 
 /// Why a sign-in, refresh or logout token failed.
@@ -209,6 +209,15 @@ impl Rp {
             .append_pair("post_logout_redirect_uri", post_logout)
             .append_pair("client_id", &self.client_id);
         url.to_string()
+    }
+
+    /// Who an access token from this client's sign-in is for: checked like an ID token (its
+    /// audience names this client too) and read by the kit, as every service reads it.
+    pub async fn principal(&self, access_token: &str) -> Result<Principal, RpError> {
+        self.ids
+            .principal(access_token)
+            .await
+            .map_err(|e| RpError::Token(e.to_string()))
     }
 
     /// Checks a back-channel logout token (§2.6: signature, issuer, audience, the logout

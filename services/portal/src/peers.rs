@@ -29,7 +29,9 @@ pub struct Peers {
     identity: Channel,
     own_token: ServiceToken,
     audit_key: std::sync::Arc<OnceCell<Vec<u8>>>,
-    names: std::sync::Arc<tokio::sync::Mutex<Names>>,
+    names: std::sync::Arc<std::sync::RwLock<Names>>,
+    /// Held while the directory is read again (pages keep the names they have meanwhile).
+    rereading: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Organisation names by ODS code, as identity's directory last gave them.
@@ -73,6 +75,7 @@ impl Peers {
             own_token,
             audit_key: std::sync::Arc::new(OnceCell::new()),
             names: Default::default(),
+            rereading: Default::default(),
         })
     }
 
@@ -114,11 +117,26 @@ impl Peers {
     /// minutes. When identity cannot be asked, the last names known (perhaps none): pages then
     /// show ODS codes, which is not a reason to refuse them.
     pub async fn organisation_names(&self) -> std::sync::Arc<HashMap<String, String>> {
-        let mut names = self.names.lock().await;
-        if names.fetched.is_some_and(|at| at.elapsed() < NAMES_FOR) {
-            return names.by_code.clone();
+        let fresh = || {
+            self.names
+                .read()
+                .ok()
+                .filter(|n| n.fetched.is_some_and(|at| at.elapsed() < NAMES_FOR))
+                .map(|n| n.by_code.clone())
+        };
+        if let Some(names) = fresh() {
+            return names;
         }
-        match self.read_directory().await {
+        // One page reads the directory; the others wait for it rather than read it too.
+        let _one = self.rereading.lock().await;
+        if let Some(names) = fresh() {
+            return names;
+        }
+        let read = self.read_directory().await;
+        let Ok(mut names) = self.names.write() else {
+            return Default::default();
+        };
+        match read {
             Ok(all) => names.by_code = std::sync::Arc::new(all),
             Err(e) => tracing::warn!(error = %e, "organisation names unavailable: showing ODS codes"),
         }

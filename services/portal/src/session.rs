@@ -72,6 +72,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// Identity's session id (the ID token's `sid`), by which a back-channel logout finds it.
+    pub fn sid(&self) -> &str {
+        self.tokens.claims["sid"].as_str().unwrap_or_default()
+    }
+
     /// A new session for `tokens`.
     pub fn new(who: Who, tokens: Tokens) -> Session {
         Session {
@@ -88,7 +93,6 @@ impl Session {
 /// A session as this replica last read it.
 struct Cached {
     at: std::time::Instant,
-    sid: String,
     session: Session,
 }
 
@@ -121,7 +125,7 @@ impl Sessions {
         }
     }
 
-    fn remember(&self, id: String, sid: String, session: &Session) {
+    fn remember(&self, id: String, session: &Session) {
         if let Ok(mut c) = self.cache.lock() {
             if c.len() >= CACHE_CAPACITY {
                 c.clear();
@@ -130,7 +134,6 @@ impl Sessions {
                 id,
                 Cached {
                     at: std::time::Instant::now(),
-                    sid,
                     session: session.clone(),
                 },
             );
@@ -143,19 +146,19 @@ impl Sessions {
         }
     }
 
-    /// Stores `s` (for identity session `sid`) and returns the cookie's token.
-    pub async fn create(&self, s: &Session, sid: &str) -> Result<String, PortalError> {
+    /// Stores `s` and returns the cookie's token.
+    pub async fn create(&self, s: &Session) -> Result<String, PortalError> {
         let token = jose::random_token(32);
         let now = db::now_us();
         sqlx::query("INSERT INTO sessions (id_hash, sid, body, created_us, seen_us) VALUES ($1, $2, $3, $4, $5)")
             .bind(hash(&token))
-            .bind(sid.to_string())
+            .bind(s.sid().to_string())
             .bind(encode(s)?)
             .bind(now)
             .bind(now)
             .execute(self.db.writer())
             .await?;
-        self.remember(hash(&token), sid.to_string(), s);
+        self.remember(hash(&token), s);
         Ok(token)
     }
 
@@ -177,7 +180,7 @@ impl Sessions {
     /// replica's memory of it).
     pub async fn reload(&self, token: &str) -> Result<Option<Session>, PortalError> {
         let id = hash(token);
-        let Some(row) = sqlx::query("SELECT sid, body, seen_us FROM sessions WHERE id_hash = $1")
+        let Some(row) = sqlx::query("SELECT body, seen_us FROM sessions WHERE id_hash = $1")
             .bind(id.clone())
             .fetch_optional(self.db.pool())
             .await?
@@ -198,7 +201,7 @@ impl Sessions {
                 .await?;
         }
         let session: Session = decode(&row.try_get::<String, _>("body")?)?;
-        self.remember(id, row.try_get("sid")?, &session);
+        self.remember(id, &session);
         Ok(Some(session))
     }
 
@@ -210,14 +213,7 @@ impl Sessions {
             .bind(hash(token))
             .execute(self.db.writer())
             .await?;
-        let id = hash(token);
-        let sid = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&id).map(|e| e.sid.clone()))
-            .unwrap_or_default();
-        self.remember(id, sid, s);
+        self.remember(hash(token), s);
         Ok(())
     }
 
@@ -234,7 +230,7 @@ impl Sessions {
 
     /// Ends every session of identity session `sid` (back-channel logout); how many.
     pub async fn end_sid(&self, sid: &str) -> Result<u64, PortalError> {
-        self.forget(|_, e| e.sid != sid);
+        self.forget(|_, e| e.session.sid() != sid);
         let r = sqlx::query("DELETE FROM sessions WHERE sid = $1")
             .bind(sid.to_string())
             .execute(self.db.writer())

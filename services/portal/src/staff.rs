@@ -34,9 +34,6 @@ pub const REASONS: &[(&str, &str)] = &[
     ("urgent-safeguarding", "There is an urgent safeguarding concern"),
 ];
 
-/// The national RBAC activity of staff who review break-glass use (consent checks it too).
-pub const REVIEW_ACTIVITY: &str = "B1300";
-
 /// The portal's routes.
 pub fn routes() -> Router<App> {
     Router::new()
@@ -115,7 +112,9 @@ fn search_page(
         } => (
             role_name.clone(),
             org.clone(),
-            activities.iter().any(|a| a == REVIEW_ACTIVITY),
+            activities
+                .iter()
+                .any(|a| a == sharedcare_kit::auth::BREAK_GLASS_REVIEW_ACTIVITY),
         ),
         Who::Patient { .. } => Default::default(),
     };

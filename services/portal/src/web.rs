@@ -17,6 +17,7 @@ use crate::oidc::Rp;
 use crate::page::{self, Area, Chrome};
 use crate::peers::Peers;
 use crate::session::{Session, Sessions, Who};
+use sharedcare_kit::auth::Principal;
 
 /// The session cookie. `__Host-`: Secure, host-only, path `/` (browsers treat http://localhost
 /// and 127.0.0.1 as secure, so it works in development too).
@@ -227,6 +228,15 @@ async fn start(headers: HeaderMap) -> Response {
     html(page::start(in_nhs_app(&headers)))
 }
 
+/// The home page of the part of the site `path` is in: the passport's or the portal's.
+pub fn home_of(path: &str) -> &'static str {
+    if path.starts_with("/passport") {
+        "/passport/"
+    } else {
+        "/portal/"
+    }
+}
+
 /// A path on this site to come back to; anything else is the area's home.
 pub fn local_path(p: Option<&String>, default: &str) -> String {
     match p {
@@ -242,11 +252,7 @@ async fn login(
     uri: http::Uri,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
-    let home = if uri.path().starts_with("/passport") {
-        "/passport/"
-    } else {
-        "/portal/"
-    };
+    let home = home_of(uri.path());
     let back = local_path(q.get("return_to"), home);
     let mut extra: Vec<(&str, &str)> = Vec::new();
     if let Some(a) = q.get("assertedLoginIdentity").filter(|a| !a.is_empty()) {
@@ -258,49 +264,25 @@ async fn login(
     Ok(see_other(&url))
 }
 
-/// Decodes a JWT's claims without checking it: only for the access token just received from
-/// identity's token endpoint (the services check it on every call).
-fn unverified_claims(jwt: &str) -> serde_json::Value {
-    use base64::Engine;
-    jwt.split('.')
-        .nth(1)
-        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-/// Who the tokens are for: a patient (NHS number) or a member of staff (the selected role).
-fn who(id: &serde_json::Value, access: &serde_json::Value) -> Who {
-    let name = id["name"]
-        .as_str()
-        .or(access["name"].as_str())
-        .unwrap_or("Signed in")
-        .to_string();
-    if let Some(nhs) = access["nhs_number"].as_str() {
-        return Who::Patient {
+/// Who the tokens are for: a patient (NHS number, proofing level) or a member of staff (the
+/// selected role), named from the ID token.
+fn who(id: &serde_json::Value, p: Principal) -> Result<Who, PortalError> {
+    let name = id["name"].as_str().unwrap_or("Signed in").to_string();
+    match p {
+        Principal::Patient { nhs_number, proofing } => Ok(Who::Patient {
             name,
-            nhs_number: nhs.into(),
-            proofing: access["identity_proofing_level"].as_str().unwrap_or("P0").into(),
-        };
-    }
-    let selected = access["selected_roleid"].as_str().unwrap_or_default();
-    let roles = access["nhsid_nrbac_roles"].as_array().cloned().unwrap_or_default();
-    let role = roles
-        .iter()
-        .find(|r| r["person_roleid"].as_str() == Some(selected))
-        .or(roles.first())
-        .cloned()
-        .unwrap_or_default();
-    let strings = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-            .unwrap_or_default()
-    };
-    Who::Staff {
-        name,
-        role_name: role["role_name"].as_str().unwrap_or_default().into(),
-        org: role["org_code"].as_str().unwrap_or_default().into(),
-        activities: strings(&role["activity_codes"]),
+            nhs_number: nhs_number.to_string(),
+            proofing: proofing.as_str().into(),
+        }),
+        Principal::Staff { role, .. } => Ok(Who::Staff {
+            name,
+            role_name: role.role_name,
+            org: role.org_code,
+            activities: role.activity_codes,
+        }),
+        Principal::Service { .. } => Err(PortalError::Forbidden(
+            "a service's token cannot sign in to these pages".into(),
+        )),
     }
 }
 
@@ -328,17 +310,15 @@ async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String
     }
     let code = q.get("code").cloned().unwrap_or_default();
     let tokens = app.rp.exchange(&code, &pending).await?;
-    let access = unverified_claims(&tokens.access_token);
-    let who = who(&tokens.claims, &access);
-    let sid = tokens.claims["sid"].as_str().unwrap_or_default().to_string();
-    if sid.is_empty() {
+    let who = who(&tokens.claims, app.rp.principal(&tokens.access_token).await?)?;
+    if tokens.claims["sid"].as_str().unwrap_or_default().is_empty() {
         // Without it a back-channel logout could not find this session.
         return Err(PortalError::Rp(crate::oidc::RpError::Token(
             "the ID token carries no sid (identity's session id)".into(),
         )));
     }
     let session = Session::new(who, tokens);
-    let token = app.sessions.create(&session, &sid).await?;
+    let token = app.sessions.create(&session).await?;
     let mut r = see_other(&pending.return_to);
     set_cookie(&mut r, &token, crate::session::IDLE_SECS * 24);
     Ok(r)
@@ -352,11 +332,7 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
-    let home = if uri.path().starts_with("/passport") {
-        "/passport/"
-    } else {
-        "/portal/"
-    };
+    let home = home_of(uri.path());
     let s = match app.signed(&headers, home).await {
         Ok(s) => s,
         Err(PortalError::SignIn(_)) => return Ok(see_other(home)),
@@ -463,11 +439,13 @@ mod tests {
     #[test]
     fn tokens_name_a_patient_or_the_staff_role_selected() {
         let id = serde_json::json!({"name": "Amara Okafor"});
-        let staff = serde_json::json!({"selected_roleid": "r2", "nhsid_nrbac_roles": [
-            {"person_roleid": "r1", "org_code": "RX1", "role_name": "Nurse", "activity_codes": []},
-            {"person_roleid": "r2", "org_code": "A81001", "role_name": "GP", "activity_codes": ["B0264"]}]});
+        let staff = sharedcare_kit::auth::principal_from_claims(&serde_json::json!({
+            "nhsid_useruid": "u1", "selected_roleid": "r2", "nhsid_nrbac_roles": [
+            {"person_roleid": "r1", "org_code": "RX1", "role_code": "R1", "role_name": "Nurse", "activity_codes": []},
+            {"person_roleid": "r2", "org_code": "A81001", "role_code": "R0", "role_name": "GP", "activity_codes": ["B0264"]}]}))
+        .expect("a staff token");
         assert_eq!(
-            who(&id, &staff),
+            who(&id, staff).expect("staff"),
             Who::Staff {
                 name: "Amara Okafor".into(),
                 role_name: "GP".into(),
@@ -475,7 +453,15 @@ mod tests {
                 activities: vec!["B0264".into()],
             }
         );
-        let patient = serde_json::json!({"nhs_number": "9434765919", "identity_proofing_level": "P5"});
-        assert!(matches!(who(&id, &patient), Who::Patient { proofing, .. } if proofing == "P5"));
+        let patient = sharedcare_kit::auth::principal_from_claims(
+            &serde_json::json!({"nhs_number": "9434765919", "identity_proofing_level": "P5"}),
+        )
+        .expect("a patient token");
+        assert!(matches!(who(&id, patient), Ok(Who::Patient { proofing, .. }) if proofing == "P5"));
+        let service = Principal::Service {
+            client_id: "c".into(),
+            scopes: Vec::new(),
+        };
+        assert!(who(&id, service).is_err(), "a service token signs no one in");
     }
 }

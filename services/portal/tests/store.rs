@@ -11,7 +11,7 @@ async fn sessions(db: &Db) -> Sessions {
     Sessions::new(db.clone())
 }
 
-fn session(name: &str) -> Session {
+fn session(name: &str, sid: &str) -> Session {
     Session::new(
         Who::Patient {
             name: name.into(),
@@ -23,22 +23,22 @@ fn session(name: &str) -> Session {
             refresh_token: "rt".into(),
             id_token: "id".into(),
             expires_at: 0,
-            claims: serde_json::json!({"sid": "s1"}),
+            claims: serde_json::json!({ "sid": sid }),
         },
     )
 }
 
 async fn a_session_is_found_by_its_cookie_and_ended_by_logout_or_back_channel(db: Db) {
     let s = sessions(&db).await;
-    let a = s.create(&session("Margaret"), "sid-1").await.expect("create");
+    let a = s.create(&session("Margaret", "sid-1")).await.expect("create");
     let b = s
-        .create(&session("Margaret, on her phone"), "sid-1")
+        .create(&session("Margaret, on her phone", "sid-1"))
         .await
         .expect("create");
-    let c = s.create(&session("David"), "sid-2").await.expect("create");
+    let c = s.create(&session("David", "sid-2")).await.expect("create");
     assert_ne!(a, b, "each browser its own token");
     let got = s.get(&a).await.expect("get").expect("found");
-    assert_eq!(got.who, session("Margaret").who);
+    assert_eq!(got.who, session("Margaret", "sid-1").who);
     assert!(s.get("not-a-token").await.expect("get").is_none());
     // A second replica (no memory of it) reads the same row, including what was saved.
     let other = Sessions::new(db.clone());
@@ -71,8 +71,8 @@ async fn a_sign_in_is_taken_once_and_idle_sessions_are_swept(db: Db) {
         s.take("state-1").await.expect("take").is_none(),
         "a replayed callback finds nothing"
     );
-    let live = s.create(&session("Live"), "sid-live").await.expect("create");
-    let idle = s.create(&session("Idle"), "sid-idle").await.expect("create");
+    let live = s.create(&session("Live", "sid-live")).await.expect("create");
+    let idle = s.create(&session("Idle", "sid-idle")).await.expect("create");
     // The idle one was last used two hours ago (as another replica would see it).
     sqlx::query("UPDATE sessions SET seen_us = seen_us - 7200000000 WHERE sid = 'sid-idle'")
         .execute(db.pool())
