@@ -392,6 +392,103 @@ async fn an_encounter_in_the_record_is_a_care_relationship_until_it_finishes() {
     assert!(ended.rules.contains(&"relationship:ended".to_string()), "{ended:?}");
 }
 
+/// A care worker breaks the glass for a patient they have no relationship with, then writes
+/// Encounters naming their own care home and a hospital: the writes are stored (emergency care
+/// is recorded) but neither organisation gains a relationship, and naming another organisation
+/// as the writer is refused. The integration engine, a configured feed, still starts one.
+#[tokio::test]
+async fn a_write_under_break_glass_grants_no_organisation_a_relationship() {
+    use sharedcare_proto::records::v1::PutRequest;
+    use sharedcare_proto::records::v1::records_client::RecordsClient;
+
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let nhs = crate::harness::nhs_number();
+    let service = service_token_for(&p.http, "consent.decide").await;
+    let mut feed = p.records().await;
+    feed.put(PutRequest {
+        resource_json: crate::harness::patient("glass-p", &nhs),
+        source_organisation: "A81001".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("patient");
+    let careworker = user_token(&p, "careworker", "demo-careworker-password", "selectedrole").await;
+    let mut c = ConsentClient::new(p.channel().await);
+    c.break_glass(with_token(
+        BreakGlassRequest {
+            nhs_number: nhs.clone(),
+            reason_code: "unconscious-patient".into(),
+            reason_text: "Found collapsed at home, no GP record available".into(),
+        },
+        &careworker,
+    ))
+    .await
+    .expect("break-glass");
+    let encounter = |id: &str, org: &str| {
+        json!({
+            "resourceType": "Encounter", "id": id, "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HH"},
+            "subject": {"reference": "Patient/glass-p"},
+            "serviceProvider": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": org}},
+            "period": {"start": "2020-01-01T08:00:00Z"},
+        })
+        .to_string()
+    };
+    let mut staff_records = RecordsClient::new(p.channel().await);
+    let staff_put = |id: &str, org: &str, source: &str| {
+        with_token(
+            PutRequest {
+                resource_json: encounter(id, org),
+                source_organisation: source.into(),
+                purpose: "ETREAT".into(),
+                ..Default::default()
+            },
+            &careworker,
+        )
+    };
+    staff_records
+        .put(staff_put("glass-own", "VH2D7", ""))
+        .await
+        .expect("emergency care is recorded");
+    staff_records
+        .put(staff_put("glass-other", "RX1", ""))
+        .await
+        .expect("stored, naming a hospital");
+    let spoofed = staff_records
+        .put(staff_put("glass-spoof", "RX1", "RX1"))
+        .await
+        .expect_err("staff cannot write as another organisation");
+    assert_eq!(spoofed.code(), tonic::Code::InvalidArgument);
+    assert!(spoofed.message().starts_with("source_organisation:"), "{}", spoofed.message());
+    // The feed's admission to RXX01 comes after them in the patient's stream: once consent has
+    // applied it, it has seen the care worker's writes too.
+    feed.put(PutRequest {
+        resource_json: encounter("glass-feed", "RXX01"),
+        source_organisation: "RXX01".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("admission");
+    let decide = |org: &'static str| {
+        let (mut c, service, nhs) = (c.clone(), service.clone(), nhs.clone());
+        async move {
+            c.decide(with_token(staff_ask(&nhs, org, "TREAT"), &service))
+                .await
+                .expect("decide")
+                .into_inner()
+        }
+    };
+    crate::harness::eventually(Duration::from_secs(20), "the feed's relationship", || async {
+        (decide("RXX01").await.effect() == Effect::Permit).then_some(())
+    })
+    .await;
+    for org in ["VH2D7", "RX1"] {
+        let d = decide(org).await;
+        assert_eq!(d.effect(), Effect::Deny, "{org} gained nothing from the break-glass writes: {d:?}");
+    }
+}
+
 #[tokio::test]
 async fn an_authorised_representative_manages_the_patients_choices_and_may_read() {
     use sharedcare_proto::consent::v1::{AddRepresentativeRequest, Representative};

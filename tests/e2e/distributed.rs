@@ -29,6 +29,8 @@ fn serve(service: &str, env: &[(&str, String)], identity: &Proc) -> Proc {
 fn serve_records(env: &[(&str, String)], identity: &Proc, consent: &Proc) -> Proc {
     let mut env = env.to_vec();
     env.push(("SHAREDCARE_RECORDS__CONSENT_URL", consent.grpc.clone()));
+    // The integration engine is the ICS's feed: its admissions start care relationships.
+    env.push(("SHAREDCARE_RECORDS__FEEDS", r#"["ics-integration"]"#.into()));
     env.push(("SHAREDCARE_AUTH__CLIENT_ID", "ics-integration".into()));
     env.push(("SHAREDCARE_AUTH__CLIENT_SECRET", crate::harness::SERVICE_SECRET.into()));
     serve("records", &env, identity)

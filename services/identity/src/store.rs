@@ -310,29 +310,36 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Uses up a recovery code (by hash); true when it was valid and unused.
+    /// Uses up a recovery code (by hash); true when it was valid and unused. The list is
+    /// replaced only if it is still the one read (compare and swap), so two concurrent uses of
+    /// one code cannot both succeed.
     pub async fn use_recovery_code(&self, uid: &str, code_hash: &str) -> Result<bool> {
-        let mut tx = self.db.begin_write().await?;
-        let Some(row) = sqlx::query("SELECT recovery_codes FROM people WHERE uid = $1")
-            .bind(uid.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(false);
-        };
-        let mut codes: Vec<String> = json(&row.try_get::<String, _>(0)?, "recovery_codes")?;
-        let before = codes.len();
-        codes.retain(|c| c != code_hash);
-        if codes.len() == before {
-            return Ok(false);
+        loop {
+            let Some(row) = sqlx::query("SELECT recovery_codes FROM people WHERE uid = $1")
+                .bind(uid.to_string())
+                .fetch_optional(self.db.writer())
+                .await?
+            else {
+                return Ok(false);
+            };
+            let stored: String = row.try_get(0)?;
+            let mut codes: Vec<String> = json(&stored, "recovery_codes")?;
+            let before = codes.len();
+            codes.retain(|c| c != code_hash);
+            if codes.len() == before {
+                return Ok(false);
+            }
+            let swapped = sqlx::query("UPDATE people SET recovery_codes = $1 WHERE uid = $2 AND recovery_codes = $3")
+                .bind(serde_json::to_string(&codes).unwrap_or_else(|_| "[]".into()))
+                .bind(uid.to_string())
+                .bind(stored)
+                .execute(self.db.writer())
+                .await?;
+            if swapped.rows_affected() == 1 {
+                return Ok(true);
+            }
+            // Another code was used meanwhile: read again.
         }
-        sqlx::query("UPDATE people SET recovery_codes = $1 WHERE uid = $2")
-            .bind(serde_json::to_string(&codes).unwrap_or_else(|_| "[]".into()))
-            .bind(uid.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(true)
     }
 
     // ---- patients -----------------------------------------------------------------------
@@ -657,29 +664,26 @@ impl Store {
     }
 
     /// Redeems a code once. `Err(true)` = it was already used (a replay), `Err(false)` = unknown
-    /// or expired.
+    /// or expired. The redemption is one conditional UPDATE (`AND used = 0`), so of any number
+    /// of concurrent redemptions exactly one succeeds on either back end.
     pub async fn take_code(&self, code_hash: &str, now: i64) -> Result<Result<Grant, bool>> {
-        let mut tx = self.db.begin_write().await?;
-        let Some(row) = sqlx::query("SELECT grant_data, expires_at, used FROM codes WHERE code_hash = $1")
+        let taken = sqlx::query(
+            "UPDATE codes SET used = 1 WHERE code_hash = $1 AND used = 0 AND expires_at > $2 RETURNING grant_data",
+        )
+        .bind(code_hash.to_string())
+        .bind(now)
+        .fetch_optional(self.db.writer())
+        .await?;
+        if let Some(row) = taken {
+            return Ok(Ok(json(&row.try_get::<String, _>(0)?, "grant_data")?));
+        }
+        let used = sqlx::query("SELECT used FROM codes WHERE code_hash = $1")
             .bind(code_hash.to_string())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(self.db.pool())
             .await?
-        else {
-            return Ok(Err(false));
-        };
-        let (data, expires, used): (String, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        if used != 0 {
-            return Ok(Err(true));
-        }
-        if expires <= now {
-            return Ok(Err(false));
-        }
-        sqlx::query("UPDATE codes SET used = 1 WHERE code_hash = $1")
-            .bind(code_hash.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Ok(json(&data, "grant_data")?))
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?;
+        Ok(Err(used.is_some_and(|u| u != 0)))
     }
 
     /// Stores a refresh token (by hash) in `family`.
@@ -700,11 +704,26 @@ impl Store {
 
     /// Rotates a refresh token: marks it used and returns its family and grant. A token that
     /// was already used revokes its whole family (RFC 9700 §4.14.2) and returns `Err(true)`;
-    /// unknown, expired or revoked returns `Err(false)`.
+    /// unknown, expired or revoked returns `Err(false)`. The rotation is one conditional UPDATE
+    /// (`AND used = 0`): of concurrent presentations one rotates and the others are replays.
     pub async fn use_refresh(&self, token_hash: &str, now: i64) -> Result<Result<(String, Grant), bool>> {
         let mut tx = self.db.begin_write().await?;
+        let rotated = sqlx::query(
+            "UPDATE refresh_tokens SET used = 1 WHERE token_hash = $1 AND used = 0 AND expires_at > $2 \
+             AND family NOT IN (SELECT family FROM revoked_families) RETURNING family, grant_data",
+        )
+        .bind(token_hash.to_string())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = rotated {
+            let family: String = row.try_get(0)?;
+            let data: String = row.try_get(1)?;
+            tx.commit().await?;
+            return Ok(Ok((family, json(&data, "grant_data")?)));
+        }
         let Some(row) = sqlx::query(
-            "SELECT family, grant_data, expires_at, used, \
+            "SELECT family, expires_at, used, \
              (SELECT COUNT(*) FROM revoked_families f WHERE f.family = refresh_tokens.family) \
              FROM refresh_tokens WHERE token_hash = $1",
         )
@@ -715,22 +734,13 @@ impl Store {
             return Ok(Err(false));
         };
         let family: String = row.try_get(0)?;
-        let data: String = row.try_get(1)?;
-        let (expires, used, revoked): (i64, i64, i64) = (row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
-        if revoked > 0 || expires <= now {
+        let (expires, used, revoked): (i64, i64, i64) = (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        if revoked > 0 || expires <= now || used == 0 {
             return Ok(Err(false));
         }
-        if used != 0 {
-            revoke_family_in(&mut tx, &family, now).await?;
-            tx.commit().await?;
-            return Ok(Err(true));
-        }
-        sqlx::query("UPDATE refresh_tokens SET used = 1 WHERE token_hash = $1")
-            .bind(token_hash.to_string())
-            .execute(&mut *tx)
-            .await?;
+        revoke_family_in(&mut tx, &family, now).await?;
         tx.commit().await?;
-        Ok(Ok((family, json(&data, "grant_data")?)))
+        Ok(Err(true))
     }
 
     /// The family and client of a refresh token, for revocation.

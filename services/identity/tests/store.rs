@@ -201,10 +201,61 @@ async fn a_deactivated_organisation_s_roles_are_not_offered_and_it_comes_back_wh
     );
 }
 
+/// 32 concurrent redemptions of one code (a replayed redirect raced against the real one):
+/// exactly one gets the grant and every other one is told it was a replay. Ten rounds, so the
+/// pool's connections are all open and the redemptions really overlap.
+async fn concurrent_redemptions_of_one_code_give_exactly_one_success(db: Db) {
+    let s = store(&db).await;
+    s.insert_session(&session("s1"), "cookie-hash").await.expect("session");
+    for round in 0..10 {
+        let code = format!("code-hash-{round}");
+        s.put_code(&code, &grant("s1"), i64::MAX / 2).await.expect("code");
+        let tries = (0..32).map(|_| {
+            let (s, code) = (s.clone(), code.clone());
+            tokio::spawn(async move { s.take_code(&code, 10).await.expect("take") })
+        });
+        let outcomes = futures::future::join_all(tries).await;
+        let wins = outcomes.iter().filter(|o| matches!(o, Ok(Ok(_)))).count();
+        let replays = outcomes.iter().filter(|o| matches!(o, Ok(Err(true)))).count();
+        assert_eq!((wins, replays), (1, 31), "round {round}: one redemption, 31 replays");
+    }
+}
+
+/// 32 concurrent presentations of one refresh token: exactly one rotates it, the others are
+/// reuse (or find the family already revoked by one), and reuse revokes the family.
+async fn concurrent_uses_of_one_refresh_token_give_exactly_one_success(db: Db) {
+    let s = store(&db).await;
+    s.insert_session(&session("s1"), "c1").await.expect("session");
+    for round in 0..10 {
+        let (token, family) = (format!("r-{round}"), format!("fam-{round}"));
+        s.put_refresh(&token, &family, &grant("s1"), i64::MAX / 2).await.expect("token");
+        let tries = (0..32).map(|_| {
+            let (s, token) = (s.clone(), token.clone());
+            tokio::spawn(async move { s.use_refresh(&token, 10).await.expect("use") })
+        });
+        let outcomes = futures::future::join_all(tries).await;
+        let wins = outcomes.iter().filter(|o| matches!(o, Ok(Ok(_)))).count();
+        let reuse = outcomes.iter().filter(|o| matches!(o, Ok(Err(true)))).count();
+        let refused = outcomes.iter().filter(|o| matches!(o, Ok(Err(false)))).count();
+        assert_eq!(wins, 1, "round {round}: exactly one rotation");
+        // The first reuse revokes the family; later ones find it revoked.
+        assert!(reuse >= 1 && reuse + refused == 31, "round {round}: {reuse} reuses, {refused} refused");
+        s.put_refresh(&format!("{token}-next"), &family, &grant("s1"), i64::MAX / 2)
+            .await
+            .expect("successor");
+        assert!(
+            matches!(s.use_refresh(&format!("{token}-next"), 10).await.expect("after"), Err(false)),
+            "round {round}: the reuse revoked the family"
+        );
+    }
+}
+
 sharedcare_kit::store_suite!("identity";
     a_deactivated_organisation_s_roles_are_not_offered_and_it_comes_back_whole,
     keys_rotate_on_schedule_published_before_they_sign_and_kept_until_their_tokens_expire,
     a_code_is_redeemed_once,
+    concurrent_redemptions_of_one_code_give_exactly_one_success,
+    concurrent_uses_of_one_refresh_token_give_exactly_one_success,
     reusing_a_rotated_refresh_token_revokes_its_family,
     ending_a_session_revokes_its_refresh_tokens_and_names_its_clients,
 );

@@ -18,6 +18,17 @@ pub struct RecordsConfig {
     /// `sharedcare-exports` in the system's temporary directory. In Kubernetes, a volume
     /// (an `emptyDir` is enough: an export interrupted by a restart is marked failed).
     pub export_dir: String,
+    /// Client ids of system feeds (a hospital PAS through the HL7 v2 connector, the ICS's
+    /// integration engine) whose Encounters, EpisodesOfCare and referrals start care
+    /// relationships with the organisations they name. Staff writes start one only for the
+    /// writer's own organisation; other writers start none. `up` adds the demo's
+    /// `ics-integration` client when it seeds the demo.
+    pub feeds: Vec<String>,
+    /// How far before the write a relationship from a staff write may start (seconds).
+    pub relationship_backdate_secs: i64,
+    /// How long an open-ended relationship from a staff write lasts after the write (days);
+    /// writing again renews it.
+    pub staff_relationship_days: i64,
 }
 
 impl Default for RecordsConfig {
@@ -27,11 +38,25 @@ impl Default for RecordsConfig {
             consent_timeout_ms: 2_000,
             sensitive_codes: crate::labels::defaults(),
             export_dir: String::new(),
+            feeds: Vec::new(),
+            relationship_backdate_secs: 72 * 3600,
+            staff_relationship_days: 90,
         }
     }
 }
 
 impl RecordsConfig {
+    /// The care policy these settings give; `demo_feed` is a client trusted as a feed besides
+    /// the configured ones (the demo's integration engine in `up`).
+    pub fn care_policy(&self, demo_feed: Option<&str>) -> crate::care::CarePolicy {
+        const DAY_US: i64 = 86_400_000_000;
+        crate::care::CarePolicy {
+            feeds: self.feeds.iter().cloned().chain(demo_feed.map(str::to_string)).collect(),
+            backdate_us: self.relationship_backdate_secs.saturating_mul(1_000_000),
+            staff_period_us: self.staff_relationship_days.saturating_mul(DAY_US),
+        }
+    }
+
     /// Checks the values, naming the key of the first bad one.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let url = &self.consent_url;
@@ -48,6 +73,15 @@ impl RecordsConfig {
                     "needs system, code and label".into(),
                 ));
             }
+        }
+        if self.relationship_backdate_secs < 0 {
+            return Err(("records.relationship_backdate_secs".into(), "must not be negative".into()));
+        }
+        if self.staff_relationship_days < 1 {
+            return Err(("records.staff_relationship_days".into(), "must be at least 1".into()));
+        }
+        if let Some(i) = self.feeds.iter().position(String::is_empty) {
+            return Err((format!("records.feeds[{i}]"), "expected a client id".into()));
         }
         if self.consent_timeout_ms == 0 {
             return Err(("records.consent_timeout_ms".into(), "must be at least 1".into()));

@@ -3,7 +3,6 @@
 use sharedcare_kit::auth::{Principal, Verifier};
 use sharedcare_kit::db;
 use sharedcare_kit::nhs::NhsNumber;
-use sharedcare_kit::nhs::OdsCode;
 use sharedcare_proto::records::v1::records_server::Records;
 use sharedcare_proto::records::v1::{
     DeleteRequest, DeleteResponse, FindPatientsRequest, GetRequest, GetResponse, HistoryRequest, HistoryResponse,
@@ -13,6 +12,7 @@ use sharedcare_proto::records::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::store::{Actor, DEFAULT_PAGE, MAX_PAGE, Query, Sort, Store, Stored};
+use crate::care::writing_organisation;
 use crate::{RecordsError, fhir};
 
 /// The gRPC service.
@@ -90,7 +90,7 @@ impl Records for RecordsApi {
             .await?;
         let req = request.into_inner();
         let resource = fhir::parse(&req.resource_json)?;
-        let source = source_organisation(&req.source_organisation)?;
+        let source = writing_organisation(&who, &req.source_organisation, "source_organisation")?;
         if req.if_match_version < 0 {
             return Err(RecordsError::invalid("if_match_version", "must be 0 (none) or a version").into());
         }
@@ -105,7 +105,7 @@ impl Records for RecordsApi {
         let req = request.into_inner();
         fhir::check_type("resource_type", &req.resource_type)?;
         fhir::check_id("id", &req.id)?;
-        let source = source_organisation(&req.source_organisation)?;
+        let source = writing_organisation(&who, &req.source_organisation, "source_organisation")?;
         let s = self.store.delete(&req.resource_type, &req.id, &source, &who).await?;
         Ok(Response::new(DeleteResponse {
             version: s.version,
@@ -125,7 +125,7 @@ impl Records for RecordsApi {
             )
             .into());
         }
-        let source = source_organisation(&req.source_organisation)?;
+        let source = writing_organisation(&who, &req.source_organisation, "source_organisation")?;
         let mut puts = Vec::with_capacity(req.resources_json.len());
         for (i, json) in req.resources_json.iter().enumerate() {
             let r = fhir::parse(json).map_err(|e| at(i, e))?;
@@ -149,7 +149,7 @@ impl Records for RecordsApi {
             .actor(&request, "records.write", &request.get_ref().purpose)
             .await?;
         let req = request.into_inner();
-        let source = source_organisation(&req.source_organisation)?;
+        let source = writing_organisation(&who, &req.source_organisation, "source_organisation")?;
         let bundle: serde_json::Value = serde_json::from_str(&req.bundle_json)
             .map_err(|e| RecordsError::invalid("bundle_json", format!("not valid JSON: {e}")))?;
         let (_, out) = crate::bundle::process(&self.store, bundle, &source, &who, "").await?;
@@ -249,17 +249,6 @@ fn at(i: usize, e: RecordsError) -> RecordsError {
         RecordsError::Denied(why) => RecordsError::Denied(format!("resources[{i}]: {why}")),
         other => other,
     }
-}
-
-/// The writing organisation's ODS code, checked ("" = not given).
-fn source_organisation(given: &str) -> Result<String, RecordsError> {
-    if given.is_empty() {
-        return Ok(String::new());
-    }
-    Ok(OdsCode::parse(given)
-        .map_err(|e| RecordsError::invalid("source_organisation", e.to_string()))?
-        .as_str()
-        .to_string())
 }
 
 fn put_response(s: Stored) -> PutResponse {

@@ -716,20 +716,11 @@ fn body_json(body: &Bytes) -> std::result::Result<Value, RecordsError> {
 
 /// The writing organisation: the staff member's, else `X-Source-Organisation` (systems).
 fn source(who: &Actor, headers: &HeaderMap) -> std::result::Result<String, RecordsError> {
-    if !who.organisation.is_empty() {
-        return Ok(who.organisation.clone());
-    }
     let given = headers
         .get("x-source-organisation")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if given.is_empty() {
-        return Ok(String::new());
-    }
-    Ok(sharedcare_kit::nhs::OdsCode::parse(given)
-        .map_err(|e| RecordsError::invalid("X-Source-Organisation", e.to_string()))?
-        .as_str()
-        .to_string())
+    crate::care::writing_organisation(who, given, "X-Source-Organisation")
 }
 
 fn written(s: &Stored, base: &str, created: bool) -> Response {

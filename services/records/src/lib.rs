@@ -10,6 +10,7 @@
 
 pub mod bulk;
 pub mod bundle;
+pub mod care;
 pub mod config;
 pub mod consent;
 pub mod demographics;
@@ -23,6 +24,9 @@ pub mod store;
 pub mod validate;
 
 pub use config::RecordsConfig;
+
+/// The demo ICS's integration engine client, trusted as a feed when the demo is seeded.
+pub const DEMO_FEED: &str = "ics-integration";
 pub use error::RecordsError;
 
 use std::time::Duration;
@@ -75,7 +79,10 @@ impl sharedcare_kit::service::Service for Records {
         let verifier = ctx.verifier()?;
         let timeout = Duration::from_millis(self.config.consent_timeout_ms);
         let pdp = ctx.consent(&self.config.consent_url, "records.consent_url", timeout)?;
-        let store = store::Store::new(ctx.db.clone(), ctx.outbox.clone(), pdp, &ctx.tasks)
+        // The demo's integration engine writes the demo ICS's admissions and episodes.
+        let demo_feed = ctx.seed_demo.then_some(DEMO_FEED);
+        let care = self.config.care_policy(demo_feed);
+        let store = store::Store::new(ctx.db.clone(), ctx.outbox.clone(), pdp, care, &ctx.tasks)
             .with_labels(labels::Labeller::new(&self.config.sensitive_codes));
         // Patients stored before the search index existed are indexed before serving, so a
         // search never misses them (a no-op once done).

@@ -189,6 +189,7 @@ impl Engine {
         let mut out = Vec::with_capacity(jobs.len());
         for (mut job, (check, nhs)) in jobs.drain(..).zip(checks) {
             let purpose = job.caller.actor.purpose.clone();
+            let asked = check.as_ref().ok().copied().flatten();
             let v = match check {
                 Err(error) => {
                     out.push((job, Some(Refusal { error, audit: None })));
@@ -222,6 +223,7 @@ impl Engine {
             if refusal.is_none() {
                 job.purpose = v.purpose;
                 job.reason = v.reason;
+                job.break_glass = asked.is_some_and(|i| decisions.as_ref().is_ok_and(|d| d[i].break_glass));
             }
             out.push((job, refusal));
         }

@@ -66,6 +66,8 @@ struct Engine {
     outbox: Outbox,
     topic: String,
     pdp: Arc<dyn Pdp>,
+    /// Which writes may start care relationships.
+    care: Arc<crate::care::CarePolicy>,
 }
 
 /// What an access came to: the answer, and what its audit entry says.
@@ -144,6 +146,9 @@ struct PutJob {
     /// Purpose and reason from consent's decision, for the audit entry.
     purpose: String,
     reason: String,
+    /// Whether consent permitted the put only because of a break-glass grant (such a write
+    /// records care but starts no relationship).
+    break_glass: bool,
     /// The version the writer based this put on (0 = none).
     expected_version: i64,
 }
@@ -171,10 +176,16 @@ use search::stored_row;
 
 impl Store {
     /// The store on `db`, emitting through `outbox`, asking `pdp` before every access to
-    /// patient data. Must be called inside the tokio runtime: it starts the writer that
+    /// patient data, recording the care relationships `care` trusts. Must be called inside the tokio runtime: it starts the writer that
     /// group-commits puts and the reader that batches gets under `tasks`; they end when the
     /// last handle to the store is dropped or the process stops working.
-    pub fn new(db: Db, outbox: Outbox, pdp: Arc<dyn Pdp>, tasks: &sharedcare_kit::serve::Tasks) -> Self {
+    pub fn new(
+        db: Db,
+        outbox: Outbox,
+        pdp: Arc<dyn Pdp>,
+        care: crate::care::CarePolicy,
+        tasks: &sharedcare_kit::serve::Tasks,
+    ) -> Self {
         let (puts, put_rx) = mpsc::channel(PUTS_PER_COMMIT * 4);
         let (gets, get_rx) = mpsc::channel(GETS_PER_QUERY * 4);
         let engine = Engine {
@@ -182,6 +193,7 @@ impl Store {
             outbox,
             topic: bus::topic(NAME),
             pdp,
+            care: Arc::new(care),
         };
         tasks.spawn(engine.clone().write_puts(put_rx));
         tasks.spawn(engine.clone().read_gets(get_rx));
@@ -228,6 +240,7 @@ impl Store {
             caller: Caller::current(actor),
             purpose: actor.purpose.clone(),
             reason: String::new(),
+            break_glass: false,
             expected_version,
         }
     }
@@ -547,10 +560,15 @@ impl Engine {
         } else {
             s.nhs_number.clone()
         };
-        // A delete changes no care relationship (the one recorded stays until it ends).
+        // A delete changes no care relationship (the one recorded stays until it ends), nor
+        // does a write by someone the care policy does not trust to start one.
         let care = match job.delete {
             true => None,
-            false => crate::fhir::care_relationship(&job.resource, &job.source_organisation, s.last_updated_us),
+            false => crate::fhir::care_relationship(&job.resource, &job.source_organisation, s.last_updated_us)
+                .and_then(|shown| {
+                    self.care
+                        .admit(shown, &job.caller.actor, job.break_glass, s.last_updated_us)
+                }),
         };
         let changed = RecordChanged {
             resource_type: s.resource_type.clone(),
