@@ -9,7 +9,8 @@
 //  2. the GP sees a withheld section marked as withheld;
 //  3. the GP breaks the glass for another patient, giving a reason;
 //  4. that patient signs in and sees both accesses in their log, each marked verified;
-//  5. a patient withholds a category and the GP's next view no longer shows it;
+//  5. a patient withholds a category, sees it at once, a second patient withholds the same one
+//     (her own choice, also seen at once) and the GP's next view no longer shows it;
 //  6. the sample app opens without a password prompt;
 //  7. logging out of the portal logs out of the sample app;
 //  8. with the NHS App's user agent and assertedLoginIdentity, a patient lands signed in with no
@@ -248,8 +249,25 @@ try {
   assert.match(await margaret.textContent('.nhsuk-error-summary'), /Choose the kind/);
   await margaret.check('input[value=PSY]');
   await margaret.click('#withhold');
-  await margaret.waitForSelector('#directives');
+  await margaret.waitForSelector('#withhold');
+  // The page she lands on already shows her choice: no reload, no waiting.
+  assert.match(await margaret.textContent('#directives'), /psychiatry/i, 'her choice is shown at once');
   await check(margaret, '16-sharing-withheld');
+  // A second patient withholding the same category gets her own choice, shown at once (ids
+  // are consent's, never shared between patients).
+  await noor.goto(`${base}/passport/sharing`);
+  await noor.waitForSelector('#withhold');
+  await noor.check('input[value=PSY]');
+  await noor.click('#withhold');
+  await noor.waitForSelector('#withhold');
+  assert.ok(!(await noor.isVisible('.nhsuk-error-summary')), `no error for the second patient: ${await text(noor)}`);
+  assert.match(await noor.textContent('#directives'), /psychiatry/i, "Noor's choice is shown at once");
+  // And she can share it again, which leaves Margaret's choice alone.
+  await noor.click('#directives button');
+  await noor.waitForSelector('#withhold');
+  assert.ok(await noor.isVisible('#no-directives'), `Noor shares it again: ${await text(noor)}`);
+  await margaret.goto(`${base}/passport/sharing`);
+  assert.match(await margaret.textContent('#directives'), /psychiatry/i, "Margaret's choice stands");
   await margaret.goto(`${base}/passport/record`);
   await check(margaret, '17-record');
   await margaret.goto(`${base}/passport/record/problems`);

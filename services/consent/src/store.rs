@@ -426,7 +426,11 @@ impl Store {
         let text = serde_json::Value::Object(body).to_string();
         if let Some(r) = existing {
             if r.try_get::<String, _>(0)? != nhs {
-                return Err(ConsentError::invalid("id", "belongs to another patient's Consent"));
+                // Said without telling whose: leave the id out and consent assigns one.
+                return Err(ConsentError::invalid(
+                    "id",
+                    "is already in use; leave it out to have one assigned",
+                ));
             }
             sqlx::query(
                 "UPDATE directives SET status = $1, provision = $2, updated_at = $3, version = $4, resource = $5 WHERE id = $6",

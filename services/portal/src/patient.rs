@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use http::HeaderMap;
 use maud::{Markup, html};
-use sharedcare_proto::consent::v1::{Directive, PutDirectiveRequest};
+use sharedcare_proto::consent::v1::{Directive, ListDirectivesRequest, PutDirectiveRequest};
 use sharedcare_proto::passport::v1::{
     GetPassportRequest, GetSharingChoicesRequest, ListAccessLogRequest, PassportView, SectionKind, SharingChoices,
 };
@@ -317,11 +317,20 @@ async fn choices(app: &App, s: &Signed, nhs: &str) -> Result<SharingChoices, Por
         .into_inner())
 }
 
-/// Which category an active directive of ours withholds, by its id.
-fn withholding_of(id: &str) -> Option<&'static (&'static str, &'static str)> {
-    CATEGORIES
-        .iter()
-        .find(|(code, _)| id == format!("withhold-{}", code.to_ascii_lowercase()))
+/// The category a directive withholds when it is one these pages make: a deny of exactly one
+/// of [`CATEGORIES`]' labels (`provision_json` as consent's policy reads it).
+fn withheld_category(provision_json: &str) -> Option<&'static (&'static str, &'static str)> {
+    let p: serde_json::Value = serde_json::from_str(provision_json).ok()?;
+    if p.get("type").and_then(serde_json::Value::as_str) != Some("deny") {
+        return None;
+    }
+    let labels = p.get("securityLabel")?.as_array()?;
+    let [label] = labels.as_slice() else { return None };
+    let code = label.as_str()?;
+    let others = p.as_object()?.iter().any(|(k, v)| {
+        !matches!(k.as_str(), "type" | "securityLabel") && !v.is_null() && v != &serde_json::json!([])
+    });
+    (!others).then(|| CATEGORIES.iter().find(|(c, _)| *c == code)).flatten()
 }
 
 async fn sharing(
@@ -356,7 +365,7 @@ async fn sharing_page(
                     @for d in &active {
                         li {
                             (d.summary)
-                            @if withholding_of(&d.id).is_some() {
+                            @if withheld_category(&d.provision_json).is_some() {
                                 form method="post" action={ "/passport/sharing/" (d.id) "/stop" } class="sc-inline-form" {
                                     input type="hidden" name="csrf" value=(s.session.csrf);
                                     " "
@@ -404,33 +413,84 @@ async fn sharing_page(
     ))
 }
 
-async fn put_directive(app: &App, s: &Signed, nhs: &str, code: &str, status: &str) -> Result<(), PortalError> {
-    let consent = serde_json::json!({
+/// The patient's directives as consent holds them now (the source of truth, so a change is
+/// read back at once, whatever the passport's read model has reached).
+async fn directives(app: &App, s: &Signed, nhs: &str) -> Result<Vec<Directive>, PortalError> {
+    let req = ListDirectivesRequest { nhs_number: nhs.into() };
+    Ok(app
+        .peers
+        .consent()
+        .list_directives(as_user(&s.session.tokens.access_token, req)?)
+        .await?
+        .into_inner()
+        .directives)
+}
+
+/// Sends a Consent resource to consent as the patient; returns the directive as stored (its
+/// id is consent's when the resource had none).
+async fn send_directive(app: &App, s: &Signed, resource: serde_json::Value) -> Result<Directive, PortalError> {
+    let req = PutDirectiveRequest {
+        directive: Some(Directive {
+            resource_json: resource.to_string(),
+            ..Default::default()
+        }),
+    };
+    Ok(app
+        .peers
+        .consent()
+        .put_directive(as_user(&s.session.tokens.access_token, req)?)
+        .await?
+        .into_inner())
+}
+
+/// A new Consent withholding `code` from everyone but the patient. It carries no id: consent
+/// assigns one, so no two patients' choices can share it.
+fn withholding_consent(nhs: &str, code: &str) -> serde_json::Value {
+    serde_json::json!({
         "resourceType": "Consent",
-        "id": format!("withhold-{}", code.to_ascii_lowercase()),
-        "status": status,
+        "status": "active",
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
         "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}},
         "dateTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
         "provision": {"type": "deny", "securityLabel": [{"system": LABELS, "code": code}]},
-    });
-    let req = PutDirectiveRequest {
-        directive: Some(Directive {
-            resource_json: consent.to_string(),
-            ..Default::default()
-        }),
-    };
-    app.peers
-        .consent()
-        .put_directive(as_user(&s.session.tokens.access_token, req)?)
-        .await?;
-    Ok(())
+    })
 }
 
+/// The stored Consent `d` with its status set to `status` (a change of an existing choice).
+fn with_status(d: &Directive, status: &str) -> Result<serde_json::Value, PortalError> {
+    let mut r: serde_json::Value = serde_json::from_str(&d.resource_json)
+        .map_err(|e| PortalError::Internal(format!("consent sent a Consent that is not JSON: {e}")))?;
+    r["status"] = status.into();
+    r["dateTime"] = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
+    Ok(r)
+}
+
+/// Waits (briefly) until the passport's sharing choices show directive `id` with `status`, so
+/// the page the patient is sent to shows the change they just made.
+async fn until_passport_shows(app: &App, s: &Signed, nhs: &str, id: &str, status: &str) {
+    let deadline = tokio::time::Instant::now() + READ_YOUR_WRITE;
+    loop {
+        if let Ok(c) = choices(app, s, nhs).await
+            && c.directives.iter().any(|d| d.id == id && d.status == status)
+        {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("the passport had not caught up with a sharing choice in time");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// How long a change of sharing choices waits for the passport to show it.
+const READ_YOUR_WRITE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `POST /passport/sharing/withhold`: a directive that denies the category to everyone but the
-/// patient, sent to consent (binding for the next read once it returns).
+/// patient, sent to consent (binding for the next read once it returns). Withholding what is
+/// already withheld changes nothing; a choice made before and stopped is made active again.
 async fn withhold(
     State(app): State<App>,
     headers: HeaderMap,
@@ -446,7 +506,14 @@ async fn withhold(
         *r.status_mut() = http::StatusCode::BAD_REQUEST;
         return Ok(r);
     }
-    put_directive(&app, &s, &nhs, &code, "active").await?;
+    let mine = directives(&app, &s, &nhs).await?;
+    let same = |d: &&Directive| withheld_category(&d.provision_json).is_some_and(|(c, _)| *c == code);
+    let stored = match mine.iter().filter(same).min_by_key(|d| d.status != "active") {
+        Some(d) if d.status == "active" => d.clone(),
+        Some(stopped) => send_directive(&app, &s, with_status(stopped, "active")?).await?,
+        None => send_directive(&app, &s, withholding_consent(&nhs, &code)).await?,
+    };
+    until_passport_shows(&app, &s, &nhs, &stored.id, "active").await;
     Ok(see_other("/passport/sharing"))
 }
 
@@ -459,13 +526,19 @@ async fn stop_withholding(
 ) -> Result<Response, PortalError> {
     let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/sharing", &HashMap::new()));
     s.check_csrf(&form)?;
-    let Some((code, _)) = withholding_of(&id) else {
+    // Only the patient's own directives are listed, so another's id is simply not found.
+    let mine = directives(&app, &s, &nhs).await?;
+    let Some(d) = mine
+        .iter()
+        .find(|d| d.id == id && withheld_category(&d.provision_json).is_some())
+    else {
         return Err(PortalError::invalid(
             "id",
-            "is not a sharing choice made on these pages",
+            "is not one of your sharing choices made on these pages",
         ));
     };
-    put_directive(&app, &s, &nhs, code, "inactive").await?;
+    send_directive(&app, &s, with_status(d, "inactive")?).await?;
+    until_passport_shows(&app, &s, &nhs, &d.id, "inactive").await;
     Ok(see_other("/passport/sharing"))
 }
 
@@ -583,4 +656,30 @@ async fn notice_seen(
     }
     app.sessions.notice_seen(&nhs, &notice).await?;
     Ok(see_other("/passport/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_choice_made_on_these_pages_is_known_by_its_provision_not_its_id() {
+        assert_eq!(
+            withheld_category(r#"{"type":"deny","securityLabel":["PSY"]}"#).map(|c| c.0),
+            Some("PSY")
+        );
+        assert_eq!(
+            withheld_category(r#"{"type":"deny","securityLabel":["PSY"],"actors":[]}"#).map(|c| c.0),
+            Some("PSY")
+        );
+        for other in [
+            r#"{"type":"permit","securityLabel":["PSY"]}"#,
+            r#"{"type":"deny","securityLabel":["PSY","SEX"]}"#,
+            r#"{"type":"deny","securityLabel":["PSY"],"actors":["RX1"]}"#,
+            r#"{"type":"deny","securityLabel":["SAFEGUARDING"]}"#,
+            "not json",
+        ] {
+            assert_eq!(withheld_category(other), None, "{other}");
+        }
+    }
 }
