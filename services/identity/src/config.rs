@@ -26,12 +26,22 @@ pub struct IdentityConfig {
     /// A scheduled new key is published this long before it starts signing (relying parties
     /// that cache the JWK Set pick it up in time); at most half the rotation period.
     pub key_prepublish_secs: i64,
-    /// Failed logins in a row that lock an account.
+    /// Failed sign-in attempts in a row (wrong passwords and wrong security codes) that lock
+    /// an account.
     pub lockout_after: i64,
-    /// How long a locked account stays locked (seconds); doubles with each further lockout.
+    /// How long the first lock lasts (seconds); doubles with each further lockout up to
+    /// `lockout_max_secs`.
     pub lockout_secs: i64,
-    /// Failed logins per source address per minute before that address is slowed down.
+    /// The longest lock (seconds): a growing delay, never a days-long lock.
+    pub lockout_max_secs: i64,
+    /// Failed sign-in attempts per source address per minute, across every replica, before
+    /// that address gets 429 for the rest of the minute.
     pub address_failures_per_minute: u32,
+    /// Proxies (addresses or CIDR blocks, e.g. the ingress controller's pod network
+    /// `10.42.0.0/16`) whose `X-Forwarded-For` names the real client: the client address is
+    /// the right-most address in it that is not one of them. Empty = the connection's peer
+    /// address is the client's.
+    pub trusted_proxies: Vec<String>,
     /// Argon2id memory cost in KiB (OWASP: 19456 with t=2, p=1).
     pub argon2_memory_kib: u32,
     /// Argon2id iterations.
@@ -62,8 +72,10 @@ impl Default for IdentityConfig {
             key_rotation_hours: 24 * 7,
             key_prepublish_secs: 3600,
             lockout_after: 5,
-            lockout_secs: 300,
+            lockout_secs: 60,
+            lockout_max_secs: 900,
             address_failures_per_minute: 30,
+            trusted_proxies: Vec::new(),
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             seed_demo: None,
@@ -75,6 +87,27 @@ impl Default for IdentityConfig {
 }
 
 impl IdentityConfig {
+    /// The lockout rule these settings give.
+    pub fn lock_policy(&self) -> crate::store::LockPolicy {
+        crate::store::LockPolicy {
+            after: self.lockout_after,
+            base_secs: self.lockout_secs,
+            max_secs: self.lockout_max_secs,
+        }
+    }
+
+    /// The trusted proxies as networks (a bare address is a /32 or /128).
+    pub fn proxy_networks(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| p.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+            })
+            .collect()
+    }
+
     /// Returns `Err((key, reason))` for the first invalid setting.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let positive = [
@@ -87,6 +120,7 @@ impl IdentityConfig {
             ("identity.key_prepublish_secs", self.key_prepublish_secs + 1),
             ("identity.lockout_after", self.lockout_after),
             ("identity.lockout_secs", self.lockout_secs),
+            ("identity.lockout_max_secs", self.lockout_max_secs),
         ];
         for (key, v) in positive {
             if v < 1 {
@@ -98,6 +132,20 @@ impl IdentityConfig {
                 "identity.issuer".into(),
                 "expected an absolute URL such as https://id.example.nhs.uk".into(),
             ));
+        }
+        if self.lockout_max_secs < self.lockout_secs {
+            return Err((
+                "identity.lockout_max_secs".into(),
+                "must be at least identity.lockout_secs".into(),
+            ));
+        }
+        for (i, p) in self.trusted_proxies.iter().enumerate() {
+            if p.parse::<ipnet::IpNet>().is_err() && p.parse::<std::net::IpAddr>().is_err() {
+                return Err((
+                    format!("identity.trusted_proxies[{i}]"),
+                    format!("{p:?} is not an IP address or CIDR block such as 10.42.0.0/16"),
+                ));
+            }
         }
         if self.argon2_memory_kib < 8 * 1024 {
             return Err(("identity.argon2_memory_kib".into(), "must be at least 8192".into()));

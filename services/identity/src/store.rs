@@ -83,6 +83,31 @@ pub struct Lock {
     pub until: i64,
 }
 
+/// When failed sign-ins lock an account, and for how long: every `after` failures in a row lock
+/// it, for `base_secs` the first time and twice as long each further time, never longer than
+/// `max_secs` (a growing delay, not a days-long lock anyone knowing the username could keep
+/// renewing).
+#[derive(Clone, Copy, Debug)]
+pub struct LockPolicy {
+    /// Failures in a row that lock the account.
+    pub after: i64,
+    /// The first lock's length (seconds).
+    pub base_secs: i64,
+    /// The longest lock (seconds).
+    pub max_secs: i64,
+}
+
+impl LockPolicy {
+    /// The lock a count of `failed` failures in a row sets at `now` (0 = none).
+    pub fn lock_until(&self, failed: i64, now: i64) -> i64 {
+        if self.after < 1 || failed < self.after || failed % self.after != 0 {
+            return 0;
+        }
+        let doublings = u32::try_from((failed / self.after - 1).min(20)).unwrap_or(20);
+        now + self.base_secs.saturating_mul(1i64 << doublings).min(self.max_secs)
+    }
+}
+
 fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| IdentityError::invalid(what, format!("stored value is not valid: {e}")))
 }
@@ -396,17 +421,79 @@ impl Store {
         Ok(Some((p, r.try_get(6)?, lock)))
     }
 
-    /// Records a login outcome for an account: resets the count on success, otherwise counts
-    /// the failure and sets `locked_until` when given.
-    pub async fn set_lock(&self, kind: SubjectKind, subject: &str, lock: Lock) -> Result<()> {
-        let sql = match kind {
-            SubjectKind::Staff => "UPDATE people SET failed_logins = $1, locked_until = $2 WHERE uid = $3",
-            SubjectKind::Patient => "UPDATE patients SET failed_logins = $1, locked_until = $2 WHERE nhs_number = $3",
+    /// Counts a sign-in attempt on an account before its factor is checked, in the database
+    /// shared by every replica: the count goes up by one atomically, and the attempt that
+    /// reaches a multiple of `policy.after` locks the account (`policy.lock_secs`). A locked
+    /// account is not counted and gets `None`, so however many guesses arrive at once, at most
+    /// `after` are checked before the lock. A right answer then calls [`Store::clear_failures`].
+    pub async fn count_attempt(
+        &self,
+        kind: SubjectKind,
+        subject: &str,
+        now: i64,
+        policy: &LockPolicy,
+    ) -> Result<Option<Lock>> {
+        let (table, key) = account_table(kind);
+        let mut tx = self.db.begin_write().await?;
+        let counted = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET failed_logins = failed_logins + 1 WHERE {key} = $1 AND locked_until <= $2 \
+             RETURNING failed_logins"
+        )))
+        .bind(subject.to_string())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = counted else {
+            return Ok(None);
         };
-        sqlx::query(sql)
-            .bind(lock.failed)
-            .bind(lock.until)
+        let failed: i64 = row.try_get(0)?;
+        let until = policy.lock_until(failed, now);
+        if until > 0 {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {table} SET locked_until = $1 WHERE {key} = $2"
+            )))
+            .bind(until)
             .bind(subject.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(Lock { failed, until }))
+    }
+
+    /// A right answer: the account's failure count and lock are cleared.
+    pub async fn clear_failures(&self, kind: SubjectKind, subject: &str) -> Result<()> {
+        let (table, key) = account_table(kind);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET failed_logins = 0, locked_until = 0 WHERE {key} = $1"
+        )))
+        .bind(subject.to_string())
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Counts an attempt from a source address in the current minute, in the database shared
+    /// by every replica (one atomic upsert); returns the count including this one. A right
+    /// answer takes it back with [`Store::uncount_address`], so only failures stay counted.
+    pub async fn count_address(&self, address: &str, minute: i64) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO address_attempts (address, minute, attempts) VALUES ($1, $2, 1) \
+             ON CONFLICT (address, minute) DO UPDATE SET attempts = address_attempts.attempts + 1 \
+             RETURNING attempts",
+        )
+        .bind(address.to_string())
+        .bind(minute)
+        .fetch_one(self.db.writer())
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Takes back an attempt [`Store::count_address`] counted (it succeeded).
+    pub async fn uncount_address(&self, address: &str, minute: i64) -> Result<()> {
+        sqlx::query("UPDATE address_attempts SET attempts = attempts - 1 WHERE address = $1 AND minute = $2")
+            .bind(address.to_string())
+            .bind(minute)
             .execute(self.db.writer())
             .await?;
         Ok(())
@@ -821,6 +908,10 @@ impl Store {
             .execute(self.db.writer())
             .await?;
         }
+        sqlx::query("DELETE FROM address_attempts WHERE minute < $1")
+            .bind(now / 60 - 1)
+            .execute(self.db.writer())
+            .await?;
         Ok(())
     }
 
@@ -910,6 +1001,14 @@ impl Store {
             .fetch_one(self.db.pool())
             .await?;
         Ok(row.try_get::<i64, _>(0)? == 0)
+    }
+}
+
+/// The table and key column of an account kind.
+fn account_table(kind: SubjectKind) -> (&'static str, &'static str) {
+    match kind {
+        SubjectKind::Staff => ("people", "uid"),
+        SubjectKind::Patient => ("patients", "nhs_number"),
     }
 }
 

@@ -250,12 +250,90 @@ async fn concurrent_uses_of_one_refresh_token_give_exactly_one_success(db: Db) {
     }
 }
 
+/// 32 wrong passwords (or security codes) at once on one account: each is counted, in the
+/// database every replica shares, and at most `after` are let through to be checked before
+/// the lock; the lock grows with each lockout but stays capped.
+async fn parallel_guesses_each_count_and_the_lock_is_capped(db: Db) {
+    use sharedcare_identity::model::Person;
+    use sharedcare_identity::store::LockPolicy;
+    let s = store(&db).await;
+    let person = Person {
+        uid: "555000000042".into(),
+        username: "guessed".into(),
+        given_name: "G".into(),
+        family_name: "Uessed".into(),
+        email: String::new(),
+        totp_secret: String::new(),
+        roles: Vec::new(),
+    };
+    s.insert_person(&person, "hash").await.expect("person");
+    let policy = LockPolicy {
+        after: 5,
+        base_secs: 60,
+        max_secs: 900,
+    };
+    let now = 1_000_000;
+    let tries = (0..32).map(|_| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.count_attempt(SubjectKind::Staff, "555000000042", now, &policy)
+                .await
+                .expect("count")
+        })
+    });
+    let outcomes = futures::future::join_all(tries).await;
+    let checked: Vec<i64> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok().and_then(|l| l.as_ref()).map(|l| l.failed))
+        .collect();
+    assert_eq!(checked.len(), 5, "only five guesses reach the password check: {checked:?}");
+    let mut sorted = checked.clone();
+    sorted.sort();
+    assert_eq!(sorted, [1, 2, 3, 4, 5], "each counted once");
+    let (_, _, lock) = s.person("uid", "555000000042").await.expect("read").expect("person");
+    assert_eq!((lock.failed, lock.until), (5, now + 60), "locked for the first period");
+    // Further lockouts double the lock, up to the cap, never days.
+    let mut t = now;
+    let mut lengths = Vec::new();
+    for _ in 0..6 {
+        t += 1_000;
+        let mut last = None;
+        for _ in 0..5 {
+            last = s
+                .count_attempt(SubjectKind::Staff, "555000000042", t, &policy)
+                .await
+                .expect("count");
+        }
+        lengths.push(last.expect("counted").until - t);
+    }
+    assert_eq!(lengths, [120, 240, 480, 900, 900, 900]);
+    // A right answer clears it.
+    s.clear_failures(SubjectKind::Staff, "555000000042").await.expect("clear");
+    let (_, _, lock) = s.person("uid", "555000000042").await.expect("read").expect("person");
+    assert_eq!((lock.failed, lock.until), (0, 0));
+    // The per-address count is shared too: 32 at once give 32 distinct counts.
+    let tries = (0..32).map(|_| {
+        let s = s.clone();
+        tokio::spawn(async move { s.count_address("198.51.100.7", 42).await.expect("count") })
+    });
+    let mut counts: Vec<i64> = futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|c| c.expect("task"))
+        .collect();
+    counts.sort();
+    assert_eq!(counts, (1..=32).collect::<Vec<i64>>());
+    s.uncount_address("198.51.100.7", 42).await.expect("take back");
+    assert_eq!(s.count_address("198.51.100.7", 42).await.expect("count"), 32);
+}
+
 sharedcare_kit::store_suite!("identity";
     a_deactivated_organisation_s_roles_are_not_offered_and_it_comes_back_whole,
     keys_rotate_on_schedule_published_before_they_sign_and_kept_until_their_tokens_expire,
     a_code_is_redeemed_once,
     concurrent_redemptions_of_one_code_give_exactly_one_success,
     concurrent_uses_of_one_refresh_token_give_exactly_one_success,
+    parallel_guesses_each_count_and_the_lock_is_capped,
     reusing_a_rotated_refresh_token_revokes_its_family,
     ending_a_session_revokes_its_refresh_tokens_and_names_its_clients,
 );

@@ -41,6 +41,7 @@ pub(super) async fn broker_start(
 pub(super) async fn broker_callback(
     State(h): State<Http>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     match h.provider.broker.finish(&q).await {
@@ -55,7 +56,7 @@ pub(super) async fn broker_callback(
                 );
             };
             let detail = format!("via upstream provider {}", req.idp_hint);
-            let source = addr.ip().to_string();
+            let source = h.client(addr, &headers).to_string();
             match h
                 .sign_in(
                     linked.kind,

@@ -31,12 +31,11 @@ pub(super) struct LoginForm {
     password: String,
 }
 
-/// Who a username belongs to, with their password hash, lock state and TOTP enrolment.
+/// Who a username belongs to, with their password hash and TOTP enrolment.
 pub(super) struct Account {
     pub(super) kind: SubjectKind,
     pub(super) subject: String,
     pub(super) hash: String,
-    pub(super) lock: Lock,
     pub(super) totp: bool,
 }
 
@@ -48,21 +47,19 @@ async fn account_event(h: &Http, kind: EventKind, a: &Account, client_id: &str, 
 }
 
 pub(super) async fn find_account(h: &Http, username: &str) -> Result<Option<Account>, OAuthError> {
-    if let Some((p, hash, lock)) = h.provider.store.person("username", username).await? {
+    if let Some((p, hash, _)) = h.provider.store.person("username", username).await? {
         return Ok(Some(Account {
             kind: SubjectKind::Staff,
             subject: p.uid,
             hash,
-            lock,
             totp: !p.totp_secret.is_empty(),
         }));
     }
-    if let Some((p, hash, lock)) = h.provider.store.patient("username", username).await? {
+    if let Some((p, hash, _)) = h.provider.store.patient("username", username).await? {
         return Ok(Some(Account {
             kind: SubjectKind::Patient,
             subject: p.nhs_number,
             hash,
-            lock,
             totp: false,
         }));
     }
@@ -88,82 +85,73 @@ pub(super) async fn login_submit(
         *r.status_mut() = status;
         r
     };
-    let source = addr.ip().to_string();
-    if h.address_throttled(addr.ip(), false) {
-        return again(
-            &h,
-            "Too many failed sign-in attempts from your network. Wait a minute and try again.",
-            StatusCode::TOO_MANY_REQUESTS,
-        );
+    let ip = h.client(addr, &headers);
+    let source = ip.to_string();
+    let unavailable = |h: &Http, e: OAuthError| again(h, &e.description, StatusCode::SERVICE_UNAVAILABLE);
+    // Every attempt is counted before anything is checked, in the database every replica
+    // shares, so parallel guesses cannot slip in between a check and its count.
+    match h.count_address(ip).await {
+        Ok(AddressCheck::Counted) => {}
+        Ok(AddressCheck::Throttled) => {
+            return again(
+                &h,
+                "Too many failed sign-in attempts from your network. Wait a minute and try again.",
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+        }
+        Err(e) => return unavailable(&h, e),
     }
     let username = form.username.trim().to_string();
     let account = match find_account(&h, &username).await {
         Ok(a) => a,
-        Err(e) => return again(&h, &e.description, StatusCode::SERVICE_UNAVAILABLE),
+        Err(e) => return unavailable(&h, e),
     };
     let now = now();
-    if let Some(a) = &account
-        && a.lock.until > now
-    {
-        account_event(&h, EventKind::LoginFailed, a, &req.client_id, &source, "account locked").await;
-        return again(
-            &h,
-            "This account is locked after too many failed sign-in attempts. Try again later or contact your administrator.",
-            StatusCode::FORBIDDEN,
-        );
+    let policy = h.provider.config.lock_policy();
+    let mut counted = None;
+    if let Some(a) = &account {
+        match h.provider.store.count_attempt(a.kind, &a.subject, now, &policy).await {
+            Ok(Some(lock)) => counted = Some(lock),
+            Ok(None) => {
+                account_event(&h, EventKind::LoginFailed, a, &req.client_id, &source, "account locked").await;
+                return again(
+                    &h,
+                    "This account is locked after too many failed sign-in attempts. Try again later or contact your administrator.",
+                    StatusCode::FORBIDDEN,
+                );
+            }
+            // Lockout must not silently stop counting: refuse this attempt as unavailable.
+            Err(e) => return unavailable(&h, e.into()),
+        }
     }
     // Unknown usernames still cost one Argon2 verification, so timing does not reveal accounts.
     let hash = account.as_ref().map(|a| a.hash.clone()).unwrap_or_default();
     let ok = h.provider.hasher.verify(form.password.clone(), hash).await;
-    let account = match account {
-        Some(a) if ok => a,
-        unknown_or_wrong => {
-            h.address_throttled(addr.ip(), true);
-            if let Some(a) = unknown_or_wrong {
-                let failed = a.lock.failed + 1;
-                let after = h.provider.config.lockout_after;
-                let until = if failed % after == 0 {
-                    let doublings = u32::try_from((failed / after - 1).min(10)).unwrap_or(10);
-                    now + h.provider.config.lockout_secs * (1i64 << doublings)
-                } else {
-                    0
-                };
-                if let Err(e) = h
-                    .provider
-                    .store
-                    .set_lock(a.kind, &a.subject, Lock { failed, until })
-                    .await
-                {
-                    // Lockout must not silently stop counting: refuse this attempt as unavailable.
-                    return html(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        pages::error("Sign-in is unavailable", &OAuthError::from(e).description),
-                    );
-                }
-                account_event(
-                    &h,
-                    EventKind::LoginFailed,
-                    &a,
-                    &req.client_id,
-                    &source,
-                    "wrong password",
-                )
-                .await;
-                if until > 0 {
-                    let detail = format!("locked until {until}");
-                    account_event(&h, EventKind::AccountLocked, &a, &req.client_id, &source, &detail).await;
-                }
+    let account = match (account, counted) {
+        (Some(a), Some(_)) if ok => a,
+        (Some(a), Some(lock)) => {
+            account_event(&h, EventKind::LoginFailed, &a, &req.client_id, &source, "wrong password").await;
+            if lock.until > 0 {
+                let detail = format!("locked until {}", lock.until);
+                account_event(&h, EventKind::AccountLocked, &a, &req.client_id, &source, &detail).await;
             }
             return again(&h, "Incorrect username or password.", StatusCode::UNAUTHORIZED);
         }
+        _ => {
+            // Recorded without the name typed (it may be a password typed in the wrong box).
+            h.provider
+                .event(EventKind::LoginFailed, "unknown", "", &req.client_id, &source, "unknown username", &[], "")
+                .await;
+            return again(&h, "Incorrect username or password.", StatusCode::UNAUTHORIZED);
+        }
     };
-    if let Err(e) = h
-        .provider
-        .store
-        .set_lock(account.kind, &account.subject, Lock { failed: 0, until: 0 })
-        .await
+    h.address_succeeded(ip).await;
+    // With a second factor still owed, the count stands until that is right too: otherwise
+    // someone holding the password could clear it between guesses at the code.
+    if !account.totp
+        && let Err(e) = h.provider.store.clear_failures(account.kind, &account.subject).await
     {
-        return again(&h, &OAuthError::from(e).description, StatusCode::SERVICE_UNAVAILABLE);
+        return unavailable(&h, e.into());
     }
     let signed_in = h
         .sign_in(
@@ -178,7 +166,7 @@ pub(super) async fn login_submit(
         .await;
     match signed_in {
         Ok(cookie) => h.resume_with_cookie(&form.req, &cookie),
-        Err(e) => again(&h, &e.description, StatusCode::SERVICE_UNAVAILABLE),
+        Err(e) => unavailable(&h, e),
     }
 }
 

@@ -30,17 +30,40 @@ pub(super) async fn otp_submit(
         Ok(Some(s)) if s.subject_kind == SubjectKind::Staff => s,
         _ => return see_other(&format!("/oauth2/login?req={}", form.req)),
     };
-    let source = addr.ip().to_string();
+    let ip = h.client(addr, &headers);
+    let source = ip.to_string();
     let again = |msg: &str| {
         let mut r = h.page_with_csrf(&headers, |csrf| pages::otp(&form.req, csrf, msg));
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         r
     };
-    if h.address_throttled(addr.ip(), false) {
-        return again("Too many failed attempts from your network. Wait a minute and try again.");
+    match h.count_address(ip).await {
+        Ok(AddressCheck::Counted) => {}
+        Ok(AddressCheck::Throttled) => {
+            return again("Too many failed attempts from your network. Wait a minute and try again.");
+        }
+        Err(e) => return again(&e.description),
     }
     let Ok(Some((person, _, _))) = h.provider.store.person("uid", &session.subject).await else {
         return see_other(&format!("/oauth2/login?req={}", form.req));
+    };
+    // A wrong code counts towards the account's lock as a wrong password does.
+    let lock = match h
+        .provider
+        .store
+        .count_attempt(SubjectKind::Staff, &person.uid, now(), &h.provider.config.lock_policy())
+        .await
+    {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            h.provider
+                .event(EventKind::LoginFailed, "staff", &person.uid, &req.client_id, &source, "account locked", &session.amr, "")
+                .await;
+            return again(
+                "This account is locked after too many failed sign-in attempts. Try again later or contact your administrator.",
+            );
+        }
+        Err(e) => return again(&OAuthError::from(e).description),
     };
     let code = form.code.trim();
     let step_ok = match secrets::totp_step(&person.totp_secret, code, now()) {
@@ -55,7 +78,6 @@ pub(super) async fn otp_submit(
                 .await
                 .unwrap_or(false));
     if !ok {
-        h.address_throttled(addr.ip(), true);
         h.provider
             .event(
                 EventKind::LoginFailed,
@@ -68,7 +90,17 @@ pub(super) async fn otp_submit(
                 "",
             )
             .await;
+        if lock.until > 0 {
+            let detail = format!("locked until {}", lock.until);
+            h.provider
+                .event(EventKind::AccountLocked, "staff", &person.uid, &req.client_id, &source, &detail, &[], "")
+                .await;
+        }
         return again("The security code is not right. Check your authenticator app and try again.");
+    }
+    h.address_succeeded(ip).await;
+    if let Err(e) = h.provider.store.clear_failures(SubjectKind::Staff, &person.uid).await {
+        return again(&OAuthError::from(e).description);
     }
     session.mfa_pending = false;
     if !session.amr.iter().any(|m| m == "otp") {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Form, FromRequestParts, Query, State};
@@ -26,7 +26,7 @@ use crate::oauth::{
 };
 use crate::pages;
 use crate::secrets;
-use crate::store::{Lock, Session};
+use crate::store::Session;
 use sharedcare_kit::nhs::ProofingLevel;
 
 mod authorize;
@@ -34,6 +34,7 @@ mod broker;
 mod login;
 mod logout;
 mod mfa;
+mod throttle;
 mod token;
 
 use authorize::*;
@@ -41,17 +42,18 @@ use broker::*;
 use login::*;
 use logout::*;
 use mfa::*;
+use throttle::*;
 use token::*;
 
 /// How long a parked authorization request waits for the user to sign in.
 const REQUEST_SECS: i64 = 600;
 
-/// HTTP state: the provider plus per-process brute-force counters.
+/// HTTP state: the provider, its cookie names and the proxies it believes.
 #[derive(Clone)]
 pub struct Http {
     /// The provider.
     pub provider: Provider,
-    failures: Arc<Mutex<HashMap<IpAddr, (i64, u32)>>>,
+    proxies: Arc<[ipnet::IpNet]>,
     session_cookie: Arc<str>,
     csrf_cookie: Arc<str>,
 }
@@ -81,9 +83,10 @@ pub struct AuthRequest {
 /// The routes identity adds to the process's HTTP server.
 pub fn router(provider: Provider) -> Router {
     let prefix = provider.config.cookie_prefix.clone();
+    let proxies = provider.config.proxy_networks();
     let state = Http {
         provider,
-        failures: Arc::new(Mutex::new(HashMap::new())),
+        proxies: proxies.into(),
         session_cookie: format!("{prefix}_session").into(),
         csrf_cookie: format!("{prefix}_csrf").into(),
     };
@@ -234,25 +237,6 @@ impl Http {
             return Ok(None);
         }
         Ok(Some(s))
-    }
-
-    /// Counts a failed login from `addr`; true when the address is over its limit.
-    fn address_throttled(&self, addr: IpAddr, count: bool) -> bool {
-        let minute = now() / 60;
-        let Ok(mut map) = self.failures.lock() else {
-            return false;
-        };
-        if map.len() > 100_000 {
-            map.retain(|_, (m, _)| *m == minute);
-        }
-        let entry = map.entry(addr).or_insert((minute, 0));
-        if entry.0 != minute {
-            *entry = (minute, 0);
-        }
-        if count {
-            entry.1 += 1;
-        }
-        entry.1 > self.provider.config.address_failures_per_minute
     }
 }
 
