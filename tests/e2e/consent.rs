@@ -219,29 +219,63 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
         .expect("review queue")
         .into_inner();
     assert!(queue.grants.iter().any(|g| g.id == grant.id));
-    // The IG lead reviews it: it leaves the queue; a review needs a note.
-    let short_note = c
+    // The IG lead reviews it: it leaves the queue; a review needs a note, is recorded as the
+    // caller's (naming someone else is refused), is never one's own and is never redone.
+    let named = c
         .review_break_glass(with_token(
             ReviewBreakGlassRequest {
                 id: grant.id.clone(),
                 reviewer: "ig-lead-1".into(),
-                note: "ok".into(),
+                note: "justified: patient found collapsed at home".into(),
             },
             &service,
         ))
         .await
+        .expect_err("the reviewer is the caller");
+    assert!(named.message().starts_with("reviewer:"), "{}", named.message());
+    let ig = user_token(&p, "icsadmin", "demo-icsadmin-password", "selectedrole").await;
+    let short_note = c
+        .review_break_glass(with_token(
+            ReviewBreakGlassRequest {
+                id: grant.id.clone(),
+                reviewer: String::new(),
+                note: "ok".into(),
+            },
+            &ig,
+        ))
+        .await
         .expect_err("a note is required");
     assert!(short_note.message().starts_with("note:"), "{}", short_note.message());
-    c.review_break_glass(with_token(
-        ReviewBreakGlassRequest {
-            id: grant.id.clone(),
-            reviewer: "ig-lead-1".into(),
-            note: "justified: patient found collapsed at home".into(),
-        },
-        &service,
-    ))
-    .await
-    .expect("review");
+    let own = c
+        .break_glass(with_token(
+            BreakGlassRequest {
+                nhs_number: nhs.clone(),
+                reason_code: "unconscious-patient".into(),
+                reason_text: "Called to the ward, patient unresponsive".into(),
+            },
+            &ig,
+        ))
+        .await
+        .expect("the IG lead breaks the glass herself")
+        .into_inner();
+    let review = |id: &str| ReviewBreakGlassRequest {
+        id: id.to_string(),
+        reviewer: String::new(),
+        note: "justified: patient found collapsed at home".into(),
+    };
+    let self_review = c
+        .review_break_glass(with_token(review(&own.id), &ig))
+        .await
+        .expect_err("no self-review");
+    assert_eq!(self_review.code(), tonic::Code::PermissionDenied, "{}", self_review.message());
+    c.review_break_glass(with_token(review(&grant.id), &ig))
+        .await
+        .expect("review");
+    let again = c
+        .review_break_glass(with_token(review(&grant.id), &service))
+        .await
+        .expect_err("a review is never overwritten");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{}", again.message());
     let queue = c
         .list_break_glass(with_token(ListBreakGlassRequest {}, &service))
         .await
@@ -268,14 +302,13 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
                 .await
                 .ok()?
                 .into_inner();
-            r.entries.into_iter().find(|e| e.action == "break-glass")
+            r.entries
+                .into_iter()
+                .find(|e| e.action == "break-glass" && e.actor == "555000000003")
         }
     })
     .await;
-    assert_eq!(
-        (entry.actor.as_str(), entry.actor_organisation.as_str()),
-        ("555000000003", "VH2D7")
-    );
+    assert_eq!(entry.actor_organisation, "VH2D7");
     assert_eq!(entry.purpose, "BTG");
     assert!(
         entry.reason.starts_with("unconscious-patient: Found collapsed"),

@@ -8,7 +8,7 @@ use crate::ConsentError;
 use crate::api;
 use crate::api::consent_server::Consent;
 use crate::policy::{self, Action, Ask, Decision, Directive, Relationship, Who};
-use crate::store::{Actor, ConsentVersion, Grant, Known, Store};
+use crate::store::{Actor, ConsentVersion, Grant, Known, Review, Store};
 
 /// How long a break-glass grant lasts.
 pub const BREAK_GLASS_SECS: i64 = 4 * 3600;
@@ -578,23 +578,33 @@ impl Consent for ConsentApi {
         request: Request<api::ReviewBreakGlassRequest>,
     ) -> Result<Response<api::BreakGlassGrant>, Status> {
         let who = self.reviewer(&request).await?;
-        let mut r = request.into_inner();
+        let r = request.into_inner();
         if r.id.is_empty() {
             return Err(ConsentError::invalid("id", "is required").into());
         }
-        // Staff review as themselves, whatever the request names.
-        if let Principal::Staff { person, .. } = &who {
-            r.reviewer = person.clone();
-        }
-        if r.reviewer.trim().is_empty() {
-            return Err(ConsentError::invalid("reviewer", "is required (who reviewed the grant)").into());
+        // The reviewer is always the caller: the person, or the service's client.
+        let caller = who.id();
+        if !r.reviewer.is_empty() && r.reviewer != caller {
+            return Err(ConsentError::invalid(
+                "reviewer",
+                "is always the caller; leave it empty (the review is recorded as yours)",
+            )
+            .into());
         }
         if r.note.trim().chars().count() < 10 {
             return Err(ConsentError::invalid("note", "say what the review found, in at least 10 characters").into());
         }
-        match self.store.review_grant(&r.id, &r.reviewer, &r.note).await? {
-            Some(g) => Ok(Response::new(grant_out(&g))),
-            None => Err(Status::not_found(format!("no break-glass grant {}", r.id))),
+        match self.store.review_grant(&r.id, &caller, &r.note).await? {
+            Review::Done(g) => Ok(Response::new(grant_out(&g))),
+            Review::NotFound => Err(Status::not_found(format!("no break-glass grant {}", r.id))),
+            Review::AlreadyReviewed => Err(Status::failed_precondition(format!(
+                "break-glass grant {} has already been reviewed; a review is never overwritten",
+                r.id
+            ))),
+            Review::OwnGrant => Err(ConsentError::Forbidden(
+                "a break-glass grant cannot be reviewed by the person it was given to".into(),
+            )
+            .into()),
         }
     }
 }

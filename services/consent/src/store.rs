@@ -715,7 +715,7 @@ impl Store {
 
     /// Marks grant `id` reviewed by `reviewer` with `note`, with its event; `None` when there is
     /// no such grant.
-    pub async fn review_grant(&self, id: &str, reviewer: &str, note: &str) -> Result<Option<Grant>, ConsentError> {
+    pub async fn review_grant(&self, id: &str, reviewer: &str, note: &str) -> Result<Review, ConsentError> {
         let mut tx = self.db.begin_write().await?;
         let sql = format!("{GRANT_COLUMNS} WHERE id = $1");
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -723,17 +723,27 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
         else {
-            return Ok(None);
+            return Ok(Review::NotFound);
         };
         let g = grant_row(&row)?;
-        sqlx::query("UPDATE break_glass SET reviewed = 1, reviewed_by = $1, review_note = $2 WHERE id = $3")
-            .bind(reviewer.to_string())
-            .bind(note.to_string())
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        if g.grant.person == reviewer {
+            return Ok(Review::OwnGrant);
+        }
+        // Once only: the condition holds the row against a concurrent second review too.
+        let done = sqlx::query(
+            "UPDATE break_glass SET reviewed = 1, reviewed_by = $1, review_note = $2 WHERE id = $3 AND reviewed = 0",
+        )
+        .bind(reviewer.to_string())
+        .bind(note.to_string())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(Review::AlreadyReviewed);
+        }
         let actor = Actor { id: reviewer, org: "" };
-        let detail = format!("grant {id} to {} reviewed: {note}", g.grant.person);
+        // The review's note is free text: it stays in consent's table, not in the event.
+        let detail = format!("grant {id} to {} reviewed", g.grant.person);
         event(
             &mut tx,
             "break_glass_reviewed",
@@ -744,7 +754,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(Some(g))
+        Ok(Review::Done(g))
     }
 
     /// Break-glass grants for `nhs` (all patients when empty); `unreviewed` = the review queue.
@@ -760,6 +770,19 @@ impl Store {
             .await?;
         rows.iter().map(grant_row).collect()
     }
+}
+
+/// What a review of a break-glass grant came to.
+#[derive(Debug)]
+pub enum Review {
+    /// Reviewed now.
+    Done(Grant),
+    /// No grant by that id.
+    NotFound,
+    /// Reviewed before: a review is never overwritten.
+    AlreadyReviewed,
+    /// The reviewer is the person the grant was given to.
+    OwnGrant,
 }
 
 const GRANT_COLUMNS: &str =

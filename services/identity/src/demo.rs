@@ -134,7 +134,7 @@ pub fn people() -> Vec<(Person, &'static str)> {
                     "QN1",
                     "S8001:G8005:R8008",
                     "Admin and Clerical Access Role",
-                    &["B1300"],
+                    &["B1300", "B0015"],
                 )],
             ),
             "demo-icsadmin-password",

@@ -19,9 +19,10 @@ use crate::nhs::{NhsNumber, OdsCode, ProofingLevel};
 pub const LEEWAY_SECS: i64 = 30;
 
 /// The national RBAC activity of staff who work the break-glass review queue (consent allows
-/// it; the portal offers the queue). In the demo ICS, the ICB's administrator, who is also its
-/// information governance lead.
-pub const BREAK_GLASS_REVIEW_ACTIVITY: &str = "B1300";
+/// it; the portal offers the queue): the privacy officer's "Receive Legal Override and
+/// Emergency View Alerts", apart from identity administration (B1300). In the demo ICS, the
+/// ICB's administrator holds both: she is also its information governance lead.
+pub const BREAK_GLASS_REVIEW_ACTIVITY: &str = "B0015";
 /// Least time between two key-set fetches caused by unknown `kid`s (a flood of forged kids
 /// must not turn into a flood of JWKS fetches).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
