@@ -267,7 +267,12 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
         .review_break_glass(with_token(review(&own.id), &ig))
         .await
         .expect_err("no self-review");
-    assert_eq!(self_review.code(), tonic::Code::PermissionDenied, "{}", self_review.message());
+    assert_eq!(
+        self_review.code(),
+        tonic::Code::PermissionDenied,
+        "{}",
+        self_review.message()
+    );
     c.review_break_glass(with_token(review(&grant.id), &ig))
         .await
         .expect("review");
@@ -493,7 +498,11 @@ async fn a_write_under_break_glass_grants_no_organisation_a_relationship() {
         .await
         .expect_err("staff cannot write as another organisation");
     assert_eq!(spoofed.code(), tonic::Code::InvalidArgument);
-    assert!(spoofed.message().starts_with("source_organisation:"), "{}", spoofed.message());
+    assert!(
+        spoofed.message().starts_with("source_organisation:"),
+        "{}",
+        spoofed.message()
+    );
     // The feed's admission to RXX01 comes after them in the patient's stream: once consent has
     // applied it, it has seen the care worker's writes too.
     feed.put(PutRequest {
@@ -518,7 +527,11 @@ async fn a_write_under_break_glass_grants_no_organisation_a_relationship() {
     .await;
     for org in ["VH2D7", "RX1"] {
         let d = decide(org).await;
-        assert_eq!(d.effect(), Effect::Deny, "{org} gained nothing from the break-glass writes: {d:?}");
+        assert_eq!(
+            d.effect(),
+            Effect::Deny,
+            "{org} gained nothing from the break-glass writes: {d:?}"
+        );
     }
 }
 

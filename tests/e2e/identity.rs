@@ -203,7 +203,7 @@ async fn client_credentials_tokens_name_the_service_and_keys_rotate_without_brea
 
     let mut a = admin(&p).await;
     let new_kid = a
-        .rotate_keys(RotateKeysRequest {})
+        .rotate_keys(RotateKeysRequest::default())
         .await
         .expect("rotate")
         .into_inner()
@@ -243,16 +243,76 @@ async fn client_credentials_tokens_name_the_service_and_keys_rotate_without_brea
         r.metadata_mut().insert("authorization", value.clone());
         Ok(r)
     });
-    let denied = w.rotate_keys(RotateKeysRequest {}).await.expect_err("forbidden");
+    let denied = w
+        .rotate_keys(RotateKeysRequest::default())
+        .await
+        .expect_err("forbidden");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     let mut anon = IdentityAdminClient::new(p.channel().await);
     assert_eq!(
-        anon.rotate_keys(RotateKeysRequest {})
+        anon.rotate_keys(RotateKeysRequest::default())
             .await
             .expect_err("no token")
             .code(),
         tonic::Code::Unauthenticated
     );
+}
+
+/// A key that may have leaked: an emergency rotation takes it out of the published set at
+/// once, and records stops trusting tokens it signed (even ones it had already verified)
+/// within `auth.jwks_max_age_secs` (2 s here; 300 s by default).
+#[tokio::test]
+async fn an_emergency_rotation_stops_the_old_key_being_trusted_within_the_max_age() {
+    use sharedcare_proto::records::v1::GetRequest;
+    use sharedcare_proto::records::v1::records_client::RecordsClient;
+
+    let data = tempfile::tempdir().expect("tmp");
+    let p = Proc::start(
+        &["up", "--data", data.path().to_str().expect("utf-8 path")],
+        &[("SHAREDCARE_AUTH__JWKS_MAX_AGE_SECS", "2".into())],
+    );
+    let old = service_token_for(&p.http, "records.read").await;
+    let mut records = RecordsClient::new(p.channel().await);
+    let ask = |token: &str| {
+        with_token(
+            GetRequest {
+                resource_type: "Patient".into(),
+                id: "nobody".into(),
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    let trusted = records.get(ask(&old)).await.expect_err("no such patient");
+    assert_eq!(
+        trusted.code(),
+        tonic::Code::NotFound,
+        "the token is accepted: {trusted:?}"
+    );
+    let new_kid = admin(&p)
+        .await
+        .rotate_keys(RotateKeysRequest { emergency: true })
+        .await
+        .expect("emergency rotation")
+        .into_inner()
+        .active_kid;
+    let jwks: JwkSet = http()
+        .get(format!("{}/oauth2/jwks", p.http))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    let kids: Vec<&str> = jwks.keys.iter().filter_map(|k| k["kid"].as_str()).collect();
+    assert_eq!(kids, [new_kid.as_str()], "only the new key is published");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let refused = records.get(ask(&old)).await.expect_err("the old key is not trusted");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let fresh = service_token_for(&p.http, "records.read").await;
+    assert_eq!(jose::header(&fresh).expect("header").kid, new_kid);
+    let accepted = records.get(ask(&fresh)).await.expect_err("no such patient");
+    assert_eq!(accepted.code(), tonic::Code::NotFound, "{accepted:?}");
 }
 
 #[tokio::test]

@@ -670,7 +670,11 @@ impl IdentityAdmin for AdminApi {
         req: Request<api::RotateKeysRequest>,
     ) -> Result<Response<api::RotateKeysResponse>, Status> {
         let who = self.authorise(&req).await?;
-        let kid = self.provider.keys.rotate(now()).await?;
+        let kid = if req.get_ref().emergency {
+            self.provider.keys.rotate_emergency(now()).await?
+        } else {
+            self.provider.keys.rotate(now()).await?
+        };
         self.changed(&who, EventKind::KeysRotated, "key", &kid).await;
         Ok(Response::new(api::RotateKeysResponse { active_kid: kid }))
     }

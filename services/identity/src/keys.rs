@@ -122,7 +122,8 @@ impl KeyRing {
         if let Some((k, _)) = self.read(|r| r.rsa.clone()) {
             return Ok(k);
         }
-        self.rotate_rsa(chrono::Utc::now().timestamp(), 0).await?;
+        let now = chrono::Utc::now().timestamp();
+        self.rotate_rsa(now, 0, now + self.keep_after_retire).await?;
         self.read(|r| r.rsa.clone())
             .map(|(k, _)| k)
             .ok_or_else(|| IdentityError::invalid("rsa_signing_keys", "no RS256 key after making one"))
@@ -137,32 +138,38 @@ impl KeyRing {
     /// Makes a new ES256 key (and RS256 key, when there is one) active now; the previous ones
     /// stay published until their tokens expire. Returns the new `kid`.
     pub async fn rotate(&self, now: i64) -> Result<String> {
-        self.rotate_from(now, 0).await
+        self.rotate_from(now, 0, false).await
     }
 
-    /// A new ES256 (and RS256) key, published now, signing from `now + delay`.
-    async fn rotate_from(&self, now: i64, delay: i64) -> Result<String> {
+    /// An emergency rotation (a key may have leaked): a new key signs at once and every earlier
+    /// key leaves the published set now, so tokens they signed stop being accepted as soon as
+    /// each relying party fetches the set again (within its `auth.jwks_max_age_secs`).
+    pub async fn rotate_emergency(&self, now: i64) -> Result<String> {
+        self.rotate_from(now, 0, true).await
+    }
+
+    /// A new ES256 (and RS256) key, published now, signing from `now + delay`; earlier keys
+    /// retire once the tokens they signed have expired, or at once in an emergency.
+    async fn rotate_from(&self, now: i64, delay: i64, emergency: bool) -> Result<String> {
         let key = Signer256::generate();
         let from = now + delay;
+        let retire_old = if emergency {
+            now - 1
+        } else {
+            from + self.keep_after_retire
+        };
         let secret = B64.encode(key.secret_bytes());
         self.store
-            .rotate_key(
-                KeyKind::Es256,
-                key.kid(),
-                &secret,
-                now,
-                from,
-                from + self.keep_after_retire,
-            )
+            .rotate_key(KeyKind::Es256, key.kid(), &secret, now, from, retire_old)
             .await?;
         if self.read(|r| r.rsa.is_some()) {
-            self.rotate_rsa(now, delay).await?;
+            self.rotate_rsa(now, delay, retire_old).await?;
         }
         self.reload(now).await?;
         Ok(key.kid().to_string())
     }
 
-    async fn rotate_rsa(&self, now: i64, delay: i64) -> Result<()> {
+    async fn rotate_rsa(&self, now: i64, delay: i64, retire_old: i64) -> Result<()> {
         // RSA key generation takes a noticeable amount of CPU: keep it off the runtime.
         let der = tokio::task::spawn_blocking(|| -> std::result::Result<Vec<u8>, RsaKeyError> {
             let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)?;
@@ -174,14 +181,7 @@ impl KeyRing {
         let signer = rsa_signer(&der)?;
         let from = now + delay;
         self.store
-            .rotate_key(
-                KeyKind::Rs256,
-                signer.kid(),
-                &B64.encode(&der),
-                now,
-                from,
-                from + self.keep_after_retire,
-            )
+            .rotate_key(KeyKind::Rs256, signer.kid(), &B64.encode(&der), now, from, retire_old)
             .await?;
         self.reload(now).await
     }
@@ -196,14 +196,16 @@ impl KeyRing {
         }
         let soon = now + self.prepublish;
         if self.read(|r| !r.pending && soon - r.since >= self.rotate_after) {
-            self.rotate_from(now, self.prepublish).await?;
+            self.rotate_from(now, self.prepublish, false).await?;
         } else if self.read(|r| {
             !r.rsa_pending
                 && r.rsa
                     .as_ref()
                     .is_some_and(|(_, since)| soon - since >= self.rotate_after)
         }) {
-            self.rotate_rsa(now, self.prepublish).await?;
+            let from = now + self.prepublish;
+            self.rotate_rsa(now, self.prepublish, from + self.keep_after_retire)
+                .await?;
         }
         Ok(())
     }

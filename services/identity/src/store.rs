@@ -950,9 +950,12 @@ impl Store {
     ) -> Result<()> {
         let table = kind.table();
         let mut tx = self.db.begin_write().await?;
+        // Keys still live retire at `retire_at`: the current one, and in an emergency
+        // (`retire_at` in the past) also those already due to retire later.
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE {table} SET retire_at = $1 WHERE retire_at = 0"
+            "UPDATE {table} SET retire_at = $1 WHERE retire_at = 0 OR retire_at > $2"
         )))
+        .bind(retire_at)
         .bind(retire_at)
         .execute(&mut *tx)
         .await?;

@@ -228,7 +228,9 @@ async fn concurrent_uses_of_one_refresh_token_give_exactly_one_success(db: Db) {
     s.insert_session(&session("s1"), "c1").await.expect("session");
     for round in 0..10 {
         let (token, family) = (format!("r-{round}"), format!("fam-{round}"));
-        s.put_refresh(&token, &family, &grant("s1"), i64::MAX / 2).await.expect("token");
+        s.put_refresh(&token, &family, &grant("s1"), i64::MAX / 2)
+            .await
+            .expect("token");
         let tries = (0..32).map(|_| {
             let (s, token) = (s.clone(), token.clone());
             tokio::spawn(async move { s.use_refresh(&token, 10).await.expect("use") })
@@ -239,12 +241,18 @@ async fn concurrent_uses_of_one_refresh_token_give_exactly_one_success(db: Db) {
         let refused = outcomes.iter().filter(|o| matches!(o, Ok(Err(false)))).count();
         assert_eq!(wins, 1, "round {round}: exactly one rotation");
         // The first reuse revokes the family; later ones find it revoked.
-        assert!(reuse >= 1 && reuse + refused == 31, "round {round}: {reuse} reuses, {refused} refused");
+        assert!(
+            reuse >= 1 && reuse + refused == 31,
+            "round {round}: {reuse} reuses, {refused} refused"
+        );
         s.put_refresh(&format!("{token}-next"), &family, &grant("s1"), i64::MAX / 2)
             .await
             .expect("successor");
         assert!(
-            matches!(s.use_refresh(&format!("{token}-next"), 10).await.expect("after"), Err(false)),
+            matches!(
+                s.use_refresh(&format!("{token}-next"), 10).await.expect("after"),
+                Err(false)
+            ),
             "round {round}: the reuse revoked the family"
         );
     }
@@ -286,7 +294,11 @@ async fn parallel_guesses_each_count_and_the_lock_is_capped(db: Db) {
         .iter()
         .filter_map(|o| o.as_ref().ok().and_then(|l| l.as_ref()).map(|l| l.failed))
         .collect();
-    assert_eq!(checked.len(), 5, "only five guesses reach the password check: {checked:?}");
+    assert_eq!(
+        checked.len(),
+        5,
+        "only five guesses reach the password check: {checked:?}"
+    );
     let mut sorted = checked.clone();
     sorted.sort();
     assert_eq!(sorted, [1, 2, 3, 4, 5], "each counted once");
@@ -308,7 +320,9 @@ async fn parallel_guesses_each_count_and_the_lock_is_capped(db: Db) {
     }
     assert_eq!(lengths, [120, 240, 480, 900, 900, 900]);
     // A right answer clears it.
-    s.clear_failures(SubjectKind::Staff, "555000000042").await.expect("clear");
+    s.clear_failures(SubjectKind::Staff, "555000000042")
+        .await
+        .expect("clear");
     let (_, _, lock) = s.person("uid", "555000000042").await.expect("read").expect("person");
     assert_eq!((lock.failed, lock.until), (0, 0));
     // The per-address count is shared too: 32 at once give 32 distinct counts.

@@ -26,6 +26,8 @@ pub const BREAK_GLASS_REVIEW_ACTIVITY: &str = "B0015";
 /// Least time between two key-set fetches caused by unknown `kid`s (a flood of forged kids
 /// must not turn into a flood of JWKS fetches).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a verifier trusts a fetched key set by default (`auth.jwks_max_age_secs`).
+pub const DEFAULT_KEYS_MAX_AGE: Duration = Duration::from_secs(300);
 /// Verified tokens a verifier remembers (then it starts again from empty).
 pub const VERIFIED_CACHE: usize = 10_000;
 
@@ -186,6 +188,9 @@ pub struct AuthConfig {
     pub client_secret: String,
     /// Token endpoint. Empty = `<issuer>/oauth2/token`.
     pub token_endpoint: String,
+    /// The issuer's key set is trusted for at most this long before it is fetched again
+    /// (seconds): a key the issuer retires in an emergency stops being trusted within it.
+    pub jwks_max_age_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -197,6 +202,7 @@ impl Default for AuthConfig {
             client_id: String::new(),
             client_secret: String::new(),
             token_endpoint: String::new(),
+            jwks_max_age_secs: DEFAULT_KEYS_MAX_AGE.as_secs(),
         }
     }
 }
@@ -217,6 +223,7 @@ impl AuthConfig {
             self.jwks_uri.clone()
         };
         Verifier::new(issuer, self.audience.clone(), Arc::new(HttpKeys::new(jwks)))
+            .with_keys_max_age(Duration::from_secs(self.jwks_max_age_secs.max(1)))
     }
 
     /// Client-credentials tokens for this service's own calls, asking for `scope`, from
@@ -409,12 +416,24 @@ struct Inner {
     issuer: String,
     audience: String,
     source: Arc<dyn KeySource>,
-    /// Tokens already verified, with their claims: a client uses one access token for many
-    /// calls, and only the first pays for the ECDSA verification (the floor, ~19k/s per core).
-    verified: std::sync::Mutex<HashMap<String, Arc<serde_json::Value>>>,
+    /// Tokens already verified, with the `kid` that signed them and their claims: a client uses
+    /// one access token for many calls, and only the first pays for the ECDSA verification
+    /// (the floor, ~19k/s per core). A hit still needs its key to be in the current set.
+    verified: std::sync::Mutex<HashMap<String, (String, Arc<serde_json::Value>)>>,
     capacity: usize,
     /// Parsed keys by `kid`, and when they were fetched.
     cache: RwLock<(HashMap<String, PublicKey>, Option<Instant>)>,
+    /// How long a fetched key set is trusted.
+    max_age: Duration,
+}
+
+/// The verifying keys of a JWK Set by `kid` (keys it cannot use are left out).
+fn parse_keys(set: &JwkSet) -> HashMap<String, PublicKey> {
+    set.keys
+        .iter()
+        .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
+        .filter_map(|k| k.verifying_key().ok().map(|p| (k.kid, p)))
+        .collect()
 }
 
 fn claim(claim: &'static str, reason: impl Into<String>) -> AuthError {
@@ -435,6 +454,7 @@ impl Verifier {
                 cache: RwLock::new((HashMap::new(), None)),
                 verified: std::sync::Mutex::new(HashMap::new()),
                 capacity: VERIFIED_CACHE,
+                max_age: DEFAULT_KEYS_MAX_AGE,
             }),
         }
     }
@@ -442,6 +462,17 @@ impl Verifier {
     /// The same verifier remembering at most `capacity` verified tokens (0 = verify every
     /// signature every time).
     pub fn with_cache(self, capacity: usize) -> Verifier {
+        self.rebuilt(capacity, self.inner.max_age)
+    }
+
+    /// The same verifier trusting a fetched key set for at most `max_age`: after that the set
+    /// is fetched again and a key no longer published is no longer trusted, nor are tokens it
+    /// signed that were remembered as verified.
+    pub fn with_keys_max_age(self, max_age: Duration) -> Verifier {
+        self.rebuilt(self.inner.capacity, max_age)
+    }
+
+    fn rebuilt(&self, capacity: usize, max_age: Duration) -> Verifier {
         let inner = Inner {
             issuer: self.inner.issuer.clone(),
             audience: self.inner.audience.clone(),
@@ -449,8 +480,49 @@ impl Verifier {
             cache: RwLock::new((HashMap::new(), None)),
             verified: std::sync::Mutex::new(HashMap::new()),
             capacity,
+            max_age,
         };
         Verifier { inner: Arc::new(inner) }
+    }
+
+    /// The key `kid` from a key set fetched within the max age: an older set is fetched again
+    /// first (one caller fetches; if the issuer cannot be reached the set in hand is kept and
+    /// the fetch retried after [`REFRESH_INTERVAL`]); an unknown `kid` causes a refetch too.
+    async fn key(&self, kid: &str) -> Result<PublicKey, AuthError> {
+        let (key, stale) = {
+            let cache = self.inner.cache.read().await;
+            let stale = cache.1.is_none_or(|at| at.elapsed() >= self.inner.max_age);
+            (cache.0.get(kid).cloned(), stale)
+        };
+        match key {
+            Some(k) if !stale => Ok(k),
+            Some(_) => {
+                self.reload_stale().await;
+                let found = self.inner.cache.read().await.0.get(kid).cloned();
+                found.ok_or_else(|| JoseError::UnknownKey(kid.to_string()).into())
+            }
+            None => {
+                self.refresh(kid).await?;
+                let found = self.inner.cache.read().await.0.get(kid).cloned();
+                found.ok_or_else(|| JoseError::UnknownKey(kid.to_string()).into())
+            }
+        }
+    }
+
+    /// Fetches the key set again because it is older than the max age.
+    async fn reload_stale(&self) {
+        let mut cache = self.inner.cache.write().await;
+        if cache.1.is_some_and(|at| at.elapsed() < self.inner.max_age) {
+            return; // another caller did
+        }
+        match self.inner.source.fetch().await {
+            Ok(set) => *cache = (parse_keys(&set), Some(Instant::now())),
+            Err(e) => {
+                tracing::warn!(error = %e, "the issuer's key set could not be fetched again; keeping the one in hand");
+                let retry_in = self.inner.max_age.saturating_sub(REFRESH_INTERVAL);
+                cache.1 = Instant::now().checked_sub(retry_in).or(cache.1);
+            }
+        }
     }
 
     /// Refetches the key set because `kid` is unknown. Fetches happen at most once per
@@ -473,13 +545,7 @@ impl Verifier {
             return Ok(());
         }
         let set = self.inner.source.fetch().await.map_err(AuthError::Keys)?;
-        let keys = set
-            .keys
-            .iter()
-            .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
-            .filter_map(|k| k.verifying_key().ok().map(|p| (k.kid, p)))
-            .collect();
-        *cache = (keys, Some(Instant::now()));
+        *cache = (parse_keys(&set), Some(Instant::now()));
         Ok(())
     }
 
@@ -491,40 +557,36 @@ impl Verifier {
     /// [`Verifier::claims`] without copying them: a cached token's claims are shared.
     async fn shared_claims(&self, token: &str) -> Result<Arc<serde_json::Value>, AuthError> {
         let cached = self.inner.verified.lock().ok().and_then(|v| v.get(token).cloned());
-        if let Some(claims) = cached {
-            // Signature, issuer and audience were checked when it was cached; time moves on.
+        if let Some((kid, claims)) = cached {
+            // Signature, issuer and audience were checked when it was cached; time moves on,
+            // and the key that signed it must still be published.
+            self.key(&kid).await?;
             self.check(&claims, chrono::Utc::now().timestamp())?;
             return Ok(claims);
         }
-        let claims = Arc::new(self.verify_uncached(token).await?);
+        let (kid, claims) = self.verify_uncached(token).await?;
+        let claims = Arc::new(claims);
         if self.inner.capacity > 0
             && let Ok(mut v) = self.inner.verified.lock()
         {
             if v.len() >= self.inner.capacity {
                 v.clear();
             }
-            v.insert(token.to_string(), claims.clone());
+            v.insert(token.to_string(), (kid, claims.clone()));
         }
         Ok(claims)
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<serde_json::Value, AuthError> {
+    /// Verifies a token's signature and claims; returns the signing key's `kid` and the claims.
+    async fn verify_uncached(&self, token: &str) -> Result<(String, serde_json::Value), AuthError> {
         let head = jose::header(token)?;
         if head.alg != "ES256" {
             return Err(JoseError::Algorithm(head.alg).into());
         }
-        let key = { self.inner.cache.read().await.0.get(&head.kid).cloned() };
-        let key = match key {
-            Some(k) => k,
-            None => {
-                self.refresh(&head.kid).await?;
-                let found = self.inner.cache.read().await.0.get(&head.kid).cloned();
-                found.ok_or(JoseError::UnknownKey(head.kid))?
-            }
-        };
+        let key = self.key(&head.kid).await?;
         let claims = jose::verify_checked(token, &key)?;
         self.check(&claims, chrono::Utc::now().timestamp())?;
-        Ok(claims)
+        Ok((head.kid, claims))
     }
 
     fn check(&self, c: &serde_json::Value, now: i64) -> Result<(), AuthError> {
@@ -631,6 +693,43 @@ mod tests {
 
     fn now() -> i64 {
         chrono::Utc::now().timestamp()
+    }
+
+    /// A key source whose published set can be changed (an emergency rotation).
+    struct Published(std::sync::Mutex<JwkSet>);
+    #[async_trait::async_trait]
+    impl KeySource for Arc<Published> {
+        async fn fetch(&self) -> Result<JwkSet, KeysError> {
+            Ok(self.0.lock().expect("set").clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_retired_by_the_issuer_stops_being_trusted_within_the_max_age() {
+        let old = Signer256::generate();
+        let new = Signer256::generate();
+        let set = |s: &[&Signer256]| JwkSet {
+            keys: s.iter().map(|k| serde_json::to_value(k.jwk()).expect("jwk")).collect(),
+        };
+        let published = Arc::new(Published(std::sync::Mutex::new(set(&[&old]))));
+        let v = Verifier::new("https://id", "records", Arc::new(published.clone()))
+            .with_keys_max_age(Duration::from_millis(300));
+        let claims = json!({"iss": "https://id", "aud": "records", "exp": now() + 600, "sub": "c", "client_id": "c"});
+        let token = old.sign("at+jwt", &claims);
+        v.principal(&token).await.expect("trusted while published");
+        // The issuer retires the old key at once and publishes a new one.
+        *published.0.lock().expect("set") = set(&[&new]);
+        v.principal(&token)
+            .await
+            .expect("still trusted inside the max age (the set in hand is not yet stale)");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        match v.principal(&token).await {
+            Err(AuthError::Jose(JoseError::UnknownKey(_))) => {}
+            other => panic!("the retired key's token, remembered as verified, is refused: {other:?}"),
+        }
+        v.principal(&new.sign("at+jwt", &claims))
+            .await
+            .expect("the new key is trusted");
     }
 
     #[tokio::test]

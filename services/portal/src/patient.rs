@@ -327,9 +327,10 @@ fn withheld_category(provision_json: &str) -> Option<&'static (&'static str, &'s
     let labels = p.get("securityLabel")?.as_array()?;
     let [label] = labels.as_slice() else { return None };
     let code = label.as_str()?;
-    let others = p.as_object()?.iter().any(|(k, v)| {
-        !matches!(k.as_str(), "type" | "securityLabel") && !v.is_null() && v != &serde_json::json!([])
-    });
+    let others = p
+        .as_object()?
+        .iter()
+        .any(|(k, v)| !matches!(k.as_str(), "type" | "securityLabel") && !v.is_null() && v != &serde_json::json!([]));
     (!others).then(|| CATEGORIES.iter().find(|(c, _)| *c == code)).flatten()
 }
 
@@ -463,7 +464,9 @@ fn with_status(d: &Directive, status: &str) -> Result<serde_json::Value, PortalE
     let mut r: serde_json::Value = serde_json::from_str(&d.resource_json)
         .map_err(|e| PortalError::Internal(format!("consent sent a Consent that is not JSON: {e}")))?;
     r["status"] = status.into();
-    r["dateTime"] = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
+    r["dateTime"] = chrono::Utc::now()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        .into();
     Ok(r)
 }
 

@@ -154,13 +154,22 @@ mod tests {
             .admit(shown("A81001", NOW - 400 * DAY, None), &staff("A81001"), false, NOW)
             .expect("own organisation");
         assert_eq!(c.start_us, NOW - 3 * DAY, "the start is held to the margin");
-        assert_eq!(c.end_us, Some(NOW + 90 * DAY), "open-ended becomes the configured period");
+        assert_eq!(
+            c.end_us,
+            Some(NOW + 90 * DAY),
+            "open-ended becomes the configured period"
+        );
         let finished = p
             .admit(shown("A81001", NOW - DAY, Some(NOW)), &staff("A81001"), false, NOW)
             .expect("finished");
         assert_eq!((finished.start_us, finished.end_us), (NOW - DAY, Some(NOW)));
         let far = p
-            .admit(shown("A81001", NOW, Some(NOW + 900 * DAY)), &staff("A81001"), false, NOW)
+            .admit(
+                shown("A81001", NOW, Some(NOW + 900 * DAY)),
+                &staff("A81001"),
+                false,
+                NOW,
+            )
             .expect("far end");
         assert_eq!(far.end_us, Some(NOW + 90 * DAY), "no end beyond the period");
     }
@@ -168,10 +177,16 @@ mod tests {
     #[test]
     fn staff_write_as_their_own_organisation_and_systems_name_theirs() {
         assert_eq!(writing_organisation(&staff("A81001"), "", "f").expect("own"), "A81001");
-        assert_eq!(writing_organisation(&staff("A81001"), "a81001", "f").expect("same"), "A81001");
+        assert_eq!(
+            writing_organisation(&staff("A81001"), "a81001", "f").expect("same"),
+            "A81001"
+        );
         let other = writing_organisation(&staff("A81001"), "RX1", "source_organisation").expect_err("other");
         assert!(other.to_string().contains("source_organisation"), "{other}");
-        assert_eq!(writing_organisation(&service("feed"), "rx1", "f").expect("system"), "RX1");
+        assert_eq!(
+            writing_organisation(&service("feed"), "rx1", "f").expect("system"),
+            "RX1"
+        );
         assert!(writing_organisation(&service("feed"), "not an ods code!", "f").is_err());
     }
 

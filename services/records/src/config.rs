@@ -51,7 +51,12 @@ impl RecordsConfig {
     pub fn care_policy(&self, demo_feed: Option<&str>) -> crate::care::CarePolicy {
         const DAY_US: i64 = 86_400_000_000;
         crate::care::CarePolicy {
-            feeds: self.feeds.iter().cloned().chain(demo_feed.map(str::to_string)).collect(),
+            feeds: self
+                .feeds
+                .iter()
+                .cloned()
+                .chain(demo_feed.map(str::to_string))
+                .collect(),
             backdate_us: self.relationship_backdate_secs.saturating_mul(1_000_000),
             staff_period_us: self.staff_relationship_days.saturating_mul(DAY_US),
         }
@@ -75,7 +80,10 @@ impl RecordsConfig {
             }
         }
         if self.relationship_backdate_secs < 0 {
-            return Err(("records.relationship_backdate_secs".into(), "must not be negative".into()));
+            return Err((
+                "records.relationship_backdate_secs".into(),
+                "must not be negative".into(),
+            ));
         }
         if self.staff_relationship_days < 1 {
             return Err(("records.staff_relationship_days".into(), "must be at least 1".into()));

@@ -11,8 +11,8 @@ use sharedcare_proto::records::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::store::{Actor, DEFAULT_PAGE, MAX_PAGE, Query, Sort, Store, Stored};
 use crate::care::writing_organisation;
+use crate::store::{Actor, DEFAULT_PAGE, MAX_PAGE, Query, Sort, Store, Stored};
 use crate::{RecordsError, fhir};
 
 /// The gRPC service.

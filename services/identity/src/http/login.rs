@@ -130,7 +130,15 @@ pub(super) async fn login_submit(
     let account = match (account, counted) {
         (Some(a), Some(_)) if ok => a,
         (Some(a), Some(lock)) => {
-            account_event(&h, EventKind::LoginFailed, &a, &req.client_id, &source, "wrong password").await;
+            account_event(
+                &h,
+                EventKind::LoginFailed,
+                &a,
+                &req.client_id,
+                &source,
+                "wrong password",
+            )
+            .await;
             if lock.until > 0 {
                 let detail = format!("locked until {}", lock.until);
                 account_event(&h, EventKind::AccountLocked, &a, &req.client_id, &source, &detail).await;
@@ -140,7 +148,16 @@ pub(super) async fn login_submit(
         _ => {
             // Recorded without the name typed (it may be a password typed in the wrong box).
             h.provider
-                .event(EventKind::LoginFailed, "unknown", "", &req.client_id, &source, "unknown username", &[], "")
+                .event(
+                    EventKind::LoginFailed,
+                    "unknown",
+                    "",
+                    &req.client_id,
+                    &source,
+                    "unknown username",
+                    &[],
+                    "",
+                )
                 .await;
             return again(&h, "Incorrect username or password.", StatusCode::UNAUTHORIZED);
         }

@@ -57,7 +57,16 @@ pub(super) async fn otp_submit(
         Ok(Some(lock)) => lock,
         Ok(None) => {
             h.provider
-                .event(EventKind::LoginFailed, "staff", &person.uid, &req.client_id, &source, "account locked", &session.amr, "")
+                .event(
+                    EventKind::LoginFailed,
+                    "staff",
+                    &person.uid,
+                    &req.client_id,
+                    &source,
+                    "account locked",
+                    &session.amr,
+                    "",
+                )
                 .await;
             return again(
                 "This account is locked after too many failed sign-in attempts. Try again later or contact your administrator.",
@@ -93,7 +102,16 @@ pub(super) async fn otp_submit(
         if lock.until > 0 {
             let detail = format!("locked until {}", lock.until);
             h.provider
-                .event(EventKind::AccountLocked, "staff", &person.uid, &req.client_id, &source, &detail, &[], "")
+                .event(
+                    EventKind::AccountLocked,
+                    "staff",
+                    &person.uid,
+                    &req.client_id,
+                    &source,
+                    &detail,
+                    &[],
+                    "",
+                )
                 .await;
         }
         return again("The security code is not right. Check your authenticator app and try again.");

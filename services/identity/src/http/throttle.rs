@@ -76,7 +76,10 @@ mod tests {
         let proxies: Vec<ipnet::IpNet> = vec!["10.42.0.0/16".parse().expect("cidr")];
         // No proxy configured, or a peer that is not one: the header is ignored.
         assert_eq!(client_ip(ip("203.0.113.9"), &["198.51.100.1"], &[]), ip("203.0.113.9"));
-        assert_eq!(client_ip(ip("203.0.113.9"), &["198.51.100.1"], &proxies), ip("203.0.113.9"));
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &["198.51.100.1"], &proxies),
+            ip("203.0.113.9")
+        );
         // Behind the ingress: the right-most address that is not a proxy.
         assert_eq!(
             client_ip(ip("10.42.0.7"), &["1.2.3.4, 198.51.100.1, 10.42.3.3"], &proxies),
