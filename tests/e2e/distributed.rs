@@ -744,11 +744,20 @@ async fn passport_runs_as_its_own_process_and_loses_nothing_across_a_crash() {
 
 /// The `__Host-sc-portal=…` pair a portal response sets.
 fn portal_cookie(r: &reqwest::Response) -> Option<String> {
+    set_cookie(r, "__Host-sc-portal=")
+}
+
+/// The sign-in binding cookie the portal set, as `name=value`.
+fn signin_cookie(r: &reqwest::Response) -> Option<String> {
+    set_cookie(r, "__Host-sc-signin=")
+}
+
+fn set_cookie(r: &reqwest::Response, prefix: &str) -> Option<String> {
     r.headers()
         .get_all("set-cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.split(';').next().filter(|c| c.starts_with("__Host-sc-portal=")))
+        .find_map(|v| v.split(';').next().filter(|c| c.starts_with(prefix)))
         .map(str::to_string)
 }
 
@@ -838,10 +847,38 @@ async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let to_identity = crate::harness::location(&plain.get(format!("{site}/portal/login")).send().await.expect("login"));
+    // A sign-in is bound to the browser that started it: its callback carried to another
+    // browser (login CSRF: someone else's sign-in finishing there) is refused.
+    let started = plain.get(format!("{site}/portal/login")).send().await.expect("login");
+    let to_identity = crate::harness::location(&started);
+    let other = crate::harness::browser();
+    let (back, _, _) =
+        crate::harness::password_login(&other, &platform.http, &to_identity, "gp", "demo-gp-password").await;
+    let elsewhere = plain.get(&back).send().await.expect("callback in another browser");
+    assert_eq!(
+        elsewhere.status().as_u16(),
+        400,
+        "a callback without the binding cookie is refused"
+    );
+    assert!(
+        elsewhere
+            .text()
+            .await
+            .expect("page")
+            .contains("not started in this browser"),
+        "the page says why"
+    );
+    let started = plain.get(format!("{site}/portal/login")).send().await.expect("login");
+    let binding = signin_cookie(&started).expect("the sign-in binds the browser");
+    let to_identity = crate::harness::location(&started);
     let (back, _, _) = crate::harness::password_login(&b, &platform.http, &to_identity, "gp", "demo-gp-password").await;
     assert!(back.starts_with(&format!("{site}/portal/callback")), "{back}");
-    let r = plain.get(&back).send().await.expect("callback");
+    let r = plain
+        .get(&back)
+        .header("cookie", &binding)
+        .send()
+        .await
+        .expect("callback");
     let cookie = portal_cookie(&r).expect("a session cookie");
     let home = plain
         .get(format!("{site}/portal/"))

@@ -1113,6 +1113,24 @@ async fn brokered_sign_in_links_the_upstream_patient_and_the_nhs_app_path_is_sil
     );
     let (back, _, _) = follow(&b, &down.http, &back_at_down).await;
     assert!(query(&back).contains_key("code"), "silent sign-in: {back}");
+    // Login CSRF: the upstream's callback for a sign-in one browser started (an attacker's,
+    // signed in upstream as themselves), carried to another browser, is refused there: the
+    // sign-in is bound to the browser that started it by a cookie.
+    let attacker = browser();
+    let (url, _, _) = start(&[("kc_idp_hint", "nhslogin")]);
+    let (at_upstream, _, _) = follow(&attacker, &down.http, url.as_str()).await;
+    let (back_at_down, _, _) = password_login(
+        &attacker,
+        &upstream.http,
+        &at_upstream,
+        "patient1",
+        "demo-patient1-password",
+    )
+    .await;
+    assert!(back_at_down.starts_with(&format!("{}/oauth2/broker/callback", down.http)));
+    let (_, page, status) = follow(&browser(), &down.http, &back_at_down).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("not started in this browser"), "{page}");
 
     // 3. The same from a browser signed in nowhere: login_required comes back to the app.
     let fresh = browser();

@@ -88,6 +88,10 @@ struct Pending {
     upstream: String,
     verifier: String,
     nonce: String,
+    /// SHA-256 of the binding cookie of the browser that started the sign-in: the callback
+    /// must come back to it (login CSRF, RFC 9700 §4.7.1).
+    #[serde(default)]
+    browser: String,
 }
 
 /// The outcome of a callback: the local subject to sign in, with how the upstream
@@ -135,6 +139,8 @@ pub enum BrokerError {
         /// The upstream's `error`.
         code: String,
     },
+    /// The callback came to a browser that did not start the sign-in (login CSRF).
+    OtherBrowser,
     /// Anything else: a page explains it.
     Failed(String),
 }
@@ -233,6 +239,7 @@ impl Broker {
         req: &str,
         asserted: &str,
         login_hint: &str,
+        binding: &str,
     ) -> std::result::Result<String, StartError> {
         let u = self
             .upstream(name)
@@ -269,6 +276,7 @@ impl Broker {
             upstream: u.name.clone(),
             verifier: verifier.secret().clone(),
             nonce,
+            browser: jose::sha256_b64(binding),
         };
         let params = serde_json::to_string(&pending).map_err(|e| StartError::Config(e.to_string()))?;
         self.store
@@ -278,8 +286,13 @@ impl Broker {
         Ok(url.to_string())
     }
 
-    /// Completes a brokered sign-in from the upstream's redirect.
-    pub async fn finish(&self, q: &HashMap<String, String>) -> std::result::Result<Linked, BrokerError> {
+    /// Completes a brokered sign-in from the upstream's redirect, in the browser holding
+    /// `binding` (the value of its binding cookie, if it sent one).
+    pub async fn finish(
+        &self,
+        q: &HashMap<String, String>,
+        binding: Option<&str>,
+    ) -> std::result::Result<Linked, BrokerError> {
         let f = |k: &str| q.get(k).cloned().unwrap_or_default();
         let now = crate::oauth::now();
         let key = format!("broker:{}", f("state"));
@@ -293,6 +306,11 @@ impl Broker {
             }
             Err(e) => return Err(BrokerError::Failed(e.to_string())),
         };
+        // Someone else's sign-in finishing in this browser (login CSRF) is refused before the
+        // code is used.
+        if pending.browser.is_empty() || binding.is_none_or(|b| jose::sha256_b64(b) != pending.browser) {
+            return Err(BrokerError::OtherBrowser);
+        }
         if !f("error").is_empty() {
             return Err(BrokerError::Upstream {
                 req: pending.req,

@@ -95,15 +95,28 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn login(State(app): State<App>) -> Response {
-    let (url, state, pending) = app.rp.start("openid profile nationalrbacaccess selectedrole", "/", &[]);
+/// The cookie binding the sample app's sign-in to the browser that started it.
+const SIGNIN_COOKIE: &str = "__Host-sc-handover-signin";
+
+async fn login(State(app): State<App>, headers: HeaderMap) -> Response {
+    let (binding, fresh) = crate::oidc::browser_binding(crate::web::cookie(&headers, SIGNIN_COOKIE));
+    let scope = "openid profile nationalrbacaccess selectedrole";
+    let (url, state, pending) = app.rp.start(scope, "/", &[], &binding);
     if let Ok(mut p) = app.pending.lock() {
         p.insert(state, pending);
     }
-    see_other(&url)
+    let mut r = see_other(&url);
+    if fresh {
+        crate::web::bind_browser(&mut r, SIGNIN_COOKIE, &binding);
+    }
+    r
 }
 
-async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Result<Response, PortalError> {
+async fn callback(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, PortalError> {
     let state = q.get("state").cloned().unwrap_or_default();
     let pending = app.pending.lock().ok().and_then(|mut p| p.remove(&state));
     let Some(pending) = pending else {
@@ -112,6 +125,12 @@ async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String
             "this sign-in has expired or was already used",
         ));
     };
+    if !pending.same_browser(crate::web::cookie(&headers, SIGNIN_COOKIE)) {
+        return Err(PortalError::invalid(
+            "state",
+            "this sign-in was not started in this browser: start again",
+        ));
+    }
     if let Some(e) = q.get("error") {
         return Err(PortalError::Rp(crate::oidc::RpError::Refused(e.clone())));
     }

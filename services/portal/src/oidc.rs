@@ -37,6 +37,29 @@ pub struct Pending {
     pub nonce: String,
     /// Where to go once signed in (a path on this site).
     pub return_to: String,
+    /// SHA-256 of the browser binding: the value of a cookie set on the browser that started
+    /// the sign-in, which its callback must carry (login CSRF, RFC 9700 §4.7.1).
+    #[serde(default)]
+    pub browser: String,
+}
+
+impl Pending {
+    /// Whether a callback came back to the browser that started this sign-in: `binding` is its
+    /// binding cookie's value, if it sent one.
+    pub fn same_browser(&self, binding: Option<&str>) -> bool {
+        !self.browser.is_empty() && binding.is_some_and(|b| jose::sha256_b64(b) == self.browser)
+    }
+}
+
+/// The browser binding for a new sign-in: the one the browser already holds (sign-ins started
+/// in two tabs share it), else a new random one to set as a cookie (`fresh`).
+pub fn browser_binding(existing: Option<&str>) -> (String, bool) {
+    match existing {
+        Some(v) if v.len() >= 22 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
+            (v.to_string(), false)
+        }
+        _ => (jose::random_token(24), true),
+    }
 }
 
 /// Tokens from identity, with the ID token's verified claims.
@@ -112,12 +135,20 @@ impl Rp {
     }
 
     /// Starts a sign-in: the URL to send the browser to, the `state` it will come back with and
-    /// what to remember under it. `extra` adds parameters (`prompt`, `assertedLoginIdentity`…).
-    pub fn start(&self, scope: &str, return_to: &str, extra: &[(&str, &str)]) -> (String, String, Pending) {
+    /// what to remember under it, bound to the browser holding `binding` (see
+    /// [`browser_binding`]). `extra` adds parameters (`prompt`, `assertedLoginIdentity`…).
+    pub fn start(
+        &self,
+        scope: &str,
+        return_to: &str,
+        extra: &[(&str, &str)],
+        binding: &str,
+    ) -> (String, String, Pending) {
         let pending = Pending {
             verifier: jose::random_token(32),
             nonce: jose::random_token(16),
             return_to: return_to.into(),
+            browser: jose::sha256_b64(binding),
         };
         let state = jose::random_token(16);
         let mut url = url::Url::parse(&format!("{}/oauth2/authorize", self.issuer))

@@ -23,6 +23,9 @@ use sharedcare_kit::auth::Principal;
 /// and 127.0.0.1 as secure, so it works in development too).
 pub const COOKIE: &str = "__Host-sc-portal";
 
+/// The cookie binding a sign-in to the browser that started it (checked at the callback).
+pub const SIGNIN_COOKIE: &str = "__Host-sc-signin";
+
 /// Scopes the portal asks for: CIS2-style role claims for staff, NHS login's for patients.
 const SCOPES: &str = "openid profile nationalrbacaccess selectedrole nhs_number";
 
@@ -250,6 +253,7 @@ pub fn local_path(p: Option<&String>, default: &str) -> String {
 async fn login(
     State(app): State<App>,
     uri: http::Uri,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
     let home = home_of(uri.path());
@@ -259,9 +263,23 @@ async fn login(
         extra.push(("assertedLoginIdentity", a));
         extra.push(("prompt", "none"));
     }
-    let (url, state, pending) = app.rp.start(SCOPES, &back, &extra);
+    let (binding, fresh) = crate::oidc::browser_binding(cookie(&headers, SIGNIN_COOKIE));
+    let (url, state, pending) = app.rp.start(SCOPES, &back, &extra, &binding);
     app.sessions.park(&state, &pending).await?;
-    Ok(see_other(&url))
+    let mut r = see_other(&url);
+    if fresh {
+        bind_browser(&mut r, SIGNIN_COOKIE, &binding);
+    }
+    Ok(r)
+}
+
+/// Sets the sign-in binding cookie (host-only, HttpOnly; Lax, so it comes back on the
+/// top-level redirect from identity; it outlives a sign-in by a little).
+pub(crate) fn bind_browser(r: &mut Response, name: &str, binding: &str) {
+    let v = format!("{name}={binding}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=900");
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
 }
 
 /// Who the tokens are for: a patient (NHS number, proofing level) or a member of staff (the
@@ -287,7 +305,11 @@ fn who(id: &serde_json::Value, p: Principal) -> Result<Who, PortalError> {
 }
 
 /// `GET /portal/callback`: the code exchanged, the ID token checked, a session made.
-async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Result<Response, PortalError> {
+async fn callback(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, PortalError> {
     let state = q.get("state").cloned().unwrap_or_default();
     let Some(pending) = app.sessions.take(&state).await? else {
         return Err(PortalError::invalid(
@@ -295,6 +317,14 @@ async fn callback(State(app): State<App>, Query(q): Query<HashMap<String, String
             "this sign-in has expired or was already used: start again",
         ));
     };
+    // A callback carried to another browser (login CSRF: someone else's sign-in finishing in
+    // this browser) is refused before the code is used.
+    if !pending.same_browser(cookie(&headers, SIGNIN_COOKIE)) {
+        return Err(PortalError::invalid(
+            "state",
+            "this sign-in was not started in this browser: start again",
+        ));
+    }
     let passport = pending.return_to.starts_with("/passport");
     if let Some(error) = q.get("error") {
         // A sign-in to the passport that could not complete (a silent one from the NHS App

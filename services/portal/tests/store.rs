@@ -64,9 +64,16 @@ async fn a_sign_in_is_taken_once_and_idle_sessions_are_swept(db: Db) {
         verifier: "v".into(),
         nonce: "n".into(),
         return_to: "/portal/".into(),
+        browser: sharedcare_kit::jose::sha256_b64("binding-of-this-browser"),
     };
     s.park("state-1", &p).await.expect("park");
-    assert_eq!(s.take("state-1").await.expect("take").expect("parked").nonce, "n");
+    let taken = s.take("state-1").await.expect("take").expect("parked");
+    assert_eq!(taken.nonce, "n");
+    assert!(
+        taken.same_browser(Some("binding-of-this-browser")),
+        "the binding is kept"
+    );
+    assert!(!taken.same_browser(Some("another-browser's-binding")) && !taken.same_browser(None));
     assert!(
         s.take("state-1").await.expect("take").is_none(),
         "a replayed callback finds nothing"

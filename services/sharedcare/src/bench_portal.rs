@@ -54,16 +54,13 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     // The GP signs in to the portal through the real pages and opens Margaret.
     let b = client(false)?;
-    let to_identity = location(&b.get(format!("{base}/portal/login")).send().await?);
+    let started = b.get(format!("{base}/portal/login")).send().await?;
+    let to_identity = location(&started);
+    // The sign-in is bound to this client by a cookie its callback must carry.
+    let binding = set_cookie(&started, "__Host-sc-signin=").context("no sign-in binding cookie")?;
     let (_, back) = sign_in_back(&base, &to_identity, "gp", "demo-gp-password").await?;
-    let r = b.get(&back).send().await?;
-    let cookie = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.split(';').next().filter(|c| c.starts_with("__Host-sc-portal=")))
-        .map(str::to_string)
+    let r = b.get(&back).header("cookie", &binding).send().await?;
+    let cookie = set_cookie(&r, "__Host-sc-portal=")
         .with_context(|| format!("no portal session after the callback ({})", r.status()))?;
     let home = b
         .get(format!("{base}/portal/"))
@@ -125,4 +122,14 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     })
     .await
+}
+
+/// The cookie `prefix…` a response set, as `name=value`.
+fn set_cookie(r: &reqwest::Response, prefix: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.split(';').next().filter(|c| c.starts_with(prefix)))
+        .map(str::to_string)
 }

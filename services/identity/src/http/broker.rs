@@ -6,19 +6,32 @@ use super::*;
 pub(super) async fn broker_start(
     State(h): State<Http>,
     axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
     Query(q): Query<ReqQuery>,
 ) -> Response {
     let req = match load_request(&h, &q.req).await {
         Ok(r) => r,
         Err(r) => return r,
     };
+    // The sign-in is bound to this browser by a cookie the callback must carry; a browser
+    // signing in twice at once keeps the one it has.
+    let (binding, fresh) = match cookie(&headers, &h.broker_cookie()) {
+        Some(v) if v.len() >= 22 => (v.to_string(), false),
+        _ => (jose::random_token(24), true),
+    };
     match h
         .provider
         .broker
-        .start(&name, &q.req, &req.asserted, &req.login_hint)
+        .start(&name, &q.req, &req.asserted, &req.login_hint, &binding)
         .await
     {
-        Ok(url) => see_other(&url),
+        Ok(url) => {
+            let mut r = see_other(&url);
+            if fresh {
+                set_cookie(&mut r, &h.broker_cookie(), &binding, 900, h.secure());
+            }
+            r
+        }
         Err(e) => {
             tracing::warn!(upstream = %name, error = %e, "brokered sign-in could not start");
             if req.asserted.is_empty() {
@@ -44,7 +57,8 @@ pub(super) async fn broker_callback(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    match h.provider.broker.finish(&q).await {
+    let binding = cookie(&headers, &h.broker_cookie());
+    match h.provider.broker.finish(&q, binding).await {
         Ok(linked) => {
             let Ok(req) = load_request(&h, &linked.req).await else {
                 return html(
@@ -80,6 +94,16 @@ pub(super) async fn broker_callback(
             }
             Err(resp) => resp,
         },
+        Err(crate::broker::BrokerError::OtherBrowser) => {
+            tracing::warn!("brokered sign-in refused: its callback came to another browser");
+            html(
+                StatusCode::BAD_REQUEST,
+                pages::error(
+                    "Sign-in was not started in this browser",
+                    "state: this sign-in was not started in this browser. Go back to the app and start signing in again.",
+                ),
+            )
+        }
         Err(crate::broker::BrokerError::Failed(why)) => {
             tracing::warn!(error = %why, "brokered sign-in failed");
             html(

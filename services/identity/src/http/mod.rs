@@ -206,6 +206,18 @@ impl Http {
         self.provider.config.secure_cookies || self.provider.issuer.starts_with("https://")
     }
 
+    /// The cookie binding a brokered sign-in to the browser that started it: `__Host-`
+    /// (Secure, host-only) when cookies are Secure, else `<prefix>_broker` (plain http in
+    /// development).
+    fn broker_cookie(&self) -> String {
+        let prefix = &self.provider.config.cookie_prefix;
+        if self.secure() {
+            format!("__Host-{prefix}_broker")
+        } else {
+            format!("{prefix}_broker")
+        }
+    }
+
     /// The browser's CSRF token (double-submit cookie), made when missing.
     fn csrf(&self, headers: &HeaderMap) -> (String, bool) {
         match cookie(headers, &self.csrf_cookie) {
