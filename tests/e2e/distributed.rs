@@ -852,8 +852,7 @@ async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
     let started = plain.get(format!("{site}/portal/login")).send().await.expect("login");
     let to_identity = crate::harness::location(&started);
     let other = crate::harness::browser();
-    let (back, _, _) =
-        crate::harness::password_login(&other, &platform.http, &to_identity, "gp", "demo-gp-password").await;
+    let (back, _, _) = crate::harness::sign_in(&other, &platform.http, &to_identity, "gp", "demo-gp-password").await;
     let elsewhere = plain.get(&back).send().await.expect("callback in another browser");
     assert_eq!(
         elsewhere.status().as_u16(),
@@ -871,7 +870,7 @@ async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
     let started = plain.get(format!("{site}/portal/login")).send().await.expect("login");
     let binding = signin_cookie(&started).expect("the sign-in binds the browser");
     let to_identity = crate::harness::location(&started);
-    let (back, _, _) = crate::harness::password_login(&b, &platform.http, &to_identity, "gp", "demo-gp-password").await;
+    let (back, _, _) = crate::harness::sign_in(&b, &platform.http, &to_identity, "gp", "demo-gp-password").await;
     assert!(back.starts_with(&format!("{site}/portal/callback")), "{back}");
     let r = plain
         .get(&back)

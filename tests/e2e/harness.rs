@@ -602,6 +602,61 @@ pub async fn password_login(
     .await
 }
 
+/// Signs in through the login pages as a demo user: the password, then, when identity asks for
+/// it (every demo staff account has a second factor: services accept staff only at AAL2), the
+/// security code from the user's authenticator. Returns where it lands.
+pub async fn sign_in(
+    b: &reqwest::Client,
+    base: &str,
+    auth_url: &str,
+    user: &str,
+    password: &str,
+) -> (String, String, u16) {
+    let (url, page, status) = password_login(b, base, auth_url, user, password).await;
+    if !url.contains("/oauth2/login/otp") {
+        return (url, page, status);
+    }
+    let code = demo_totp(base, user).await;
+    submit(b, base, "/oauth2/login/otp", &page, &[("code", &code)]).await
+}
+
+/// TOTP time steps already used per (identity, user) in this test process.
+static USED_STEPS: std::sync::Mutex<Vec<(String, String, i64)>> = std::sync::Mutex::new(Vec::new());
+
+/// A TOTP code for demo staff member `user` that identity at `base` will take: identity takes
+/// each 30 s step once per person (a replayed code is refused), and the step before and after
+/// the current one, so a test signing the same person in again soon uses the next step, or
+/// waits for one.
+pub async fn demo_totp(base: &str, user: &str) -> String {
+    let secret =
+        sharedcare_identity::demo::totp_secret(user).unwrap_or_else(|| panic!("{user} has no demo TOTP secret"));
+    loop {
+        let now = chrono::Utc::now().timestamp();
+        let picked = {
+            let mut used = USED_STEPS.lock().expect("steps");
+            let last = used
+                .iter()
+                .filter(|(b, u, _)| b == base && u == user)
+                .map(|(_, _, s)| *s)
+                .max()
+                .unwrap_or(0);
+            // The current step, or the next (valid for the next minute); never the previous one,
+            // which may fall out of the window before the code arrives.
+            let step = [now / 30, now / 30 + 1].into_iter().find(|s| *s > last);
+            if let Some(step) = step {
+                used.push((base.to_string(), user.to_string(), step));
+            }
+            step
+        };
+        match picked {
+            Some(step) => {
+                return sharedcare_identity::secrets::totp(secret, step * 30).expect("a TOTP code");
+            }
+            None => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
 /// A service token for the demo integration client.
 pub async fn service_token(base: &str) -> String {
     service_token_for(base, "identity.admin").await
@@ -725,7 +780,7 @@ pub async fn user_token(p: &Proc, user: &str, password: &str, scope: &str) -> St
         req = req.add_scope(Scope::new(s.into()));
     }
     let (url, _, _) = req.url();
-    let (back, _, _) = password_login(&browser(), &p.http, url.as_str(), user, password).await;
+    let (back, _, _) = sign_in(&browser(), &p.http, url.as_str(), user, password).await;
     let t = exchange(&rp, &back).await;
     t.access_token().secret().clone()
 }

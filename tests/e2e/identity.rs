@@ -43,7 +43,7 @@ async fn code_flow_with_pkce_gives_verified_tokens_userinfo_refresh_introspectio
         .set_pkce_challenge(challenge)
         .url();
     let b = browser();
-    let (back, _, _) = password_login(&b, &p.http, auth_url.as_str(), "gp", "demo-gp-password").await;
+    let (back, _, _) = sign_in(&b, &p.http, auth_url.as_str(), "gp", "demo-gp-password").await;
     assert!(back.starts_with(redirect), "redirected back to the app: {back}");
     let q = query(&back);
     assert_eq!(q["state"], *state.secret());
@@ -66,8 +66,9 @@ async fn code_flow_with_pkce_gives_verified_tokens_userinfo_refresh_introspectio
     assert_eq!(raw["nhsid_nrbac_roles"][0]["org_code"], "A81001");
     assert_eq!(raw["nhsid_user_orgs"][0]["org_name"], "Riverside Medical Practice");
     assert_eq!(
-        (raw["acr"].as_str(), raw["amr"][0].as_str()),
-        (Some("AAL1"), Some("pwd"))
+        (raw["acr"].as_str(), raw["amr"].as_array().map(Vec::len)),
+        (Some("AAL2"), Some(2)),
+        "password and security code: {raw}"
     );
     let activities = raw["nhsid_nrbac_roles"][0]["activity_codes"]
         .as_array()
@@ -313,6 +314,116 @@ async fn an_emergency_rotation_stops_the_old_key_being_trusted_within_the_max_ag
     assert_eq!(jose::header(&fresh).expect("header").kid, new_kid);
     let accepted = records.get(ask(&fresh)).await.expect_err("no such patient");
     assert_eq!(accepted.code(), tonic::Code::NotFound, "{accepted:?}");
+}
+
+/// Staff are accepted only at AAL2: a password-only staff token is refused by records,
+/// consent and identity's admin API, naming the reason. And a stolen password is not enough to
+/// take over an account's second factor: once the owner has an authenticator, replacing it
+/// needs a session that proved it with a code, so a password-only session (here one started
+/// before the owner enrolled) is refused.
+#[tokio::test]
+async fn password_only_staff_are_refused_and_cannot_replace_an_authenticator() {
+    use sharedcare_proto::consent::v1::ListBreakGlassRequest;
+    use sharedcare_proto::consent::v1::consent_client::ConsentClient;
+    use sharedcare_proto::identity::v1::{CreatePersonRequest, ListOrganisationsRequest, RoleProfile};
+    use sharedcare_proto::records::v1::GetRequest;
+    use sharedcare_proto::records::v1::records_client::RecordsClient;
+
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    admin(&p)
+        .await
+        .create_person(CreatePersonRequest {
+            username: "new.starter".into(),
+            given_name: "Nia".into(),
+            family_name: "Starter".into(),
+            password: "a-long-new-starter-password".into(),
+            role_profiles: vec![RoleProfile {
+                ods_code: "A81001".into(),
+                role_code: "R8000".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("person");
+    let redirect = "http://127.0.0.1:9/enrol";
+    let (id, secret) = register_app(&p, "Enrol test", redirect, "").await;
+    let rp = relying_party(&p.http, &id, &secret, redirect).await;
+    let auth = || {
+        rp.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("selectedrole".into()))
+        .url()
+        .0
+        .to_string()
+    };
+    // Someone with the password signs in while there is no second factor yet: the token is
+    // AAL1, and no service takes it.
+    let thief = browser();
+    let (back, _, _) = password_login(&thief, &p.http, &auth(), "new.starter", "a-long-new-starter-password").await;
+    assert!(back.starts_with(redirect), "{back}");
+    let weak = exchange(&rp, &back).await.access_token().secret().clone();
+    assert_eq!(claims_of(&weak)["acr"], "AAL1");
+    let named = |e: tonic::Status| {
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        assert!(
+            e.message().contains("acr") && e.message().contains("second factor"),
+            "{}",
+            e.message()
+        );
+    };
+    let get = GetRequest {
+        resource_type: "Patient".into(),
+        id: "anyone".into(),
+        ..Default::default()
+    };
+    named(
+        RecordsClient::new(p.channel().await)
+            .get(with_token(get, &weak))
+            .await
+            .expect_err("records"),
+    );
+    named(
+        ConsentClient::new(p.channel().await)
+            .list_break_glass(with_token(ListBreakGlassRequest {}, &weak))
+            .await
+            .expect_err("consent"),
+    );
+    named(
+        IdentityAdminClient::new(p.channel().await)
+            .list_organisations(with_token(ListOrganisationsRequest::default(), &weak))
+            .await
+            .expect_err("admin"),
+    );
+    // The owner signs in and enrols an authenticator.
+    let owner = browser();
+    let (back, _, _) = password_login(&owner, &p.http, &auth(), "new.starter", "a-long-new-starter-password").await;
+    assert!(back.starts_with(redirect), "{back}");
+    let page = owner
+        .get(format!("{}/account/totp", p.http))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("page");
+    let key = hidden(&page, "secret");
+    let code = sharedcare_identity::secrets::totp(&key, chrono::Utc::now().timestamp()).expect("code");
+    let enrolled = owner
+        .post(format!("{}/account/totp", p.http))
+        .form(&[("csrf", hidden(&page, "csrf")), ("secret", key.clone()), ("code", code)])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(enrolled.status().as_u16(), 200, "the owner enrols");
+    // The password-only session cannot replace it, nor even see the enrolment page.
+    let refused = thief.get(format!("{}/account/totp", p.http)).send().await.expect("GET");
+    assert_eq!(refused.status().as_u16(), 403);
+    assert!(refused.text().await.expect("page").contains("security code first"));
 }
 
 #[tokio::test]
@@ -786,20 +897,21 @@ async fn bad_requests_get_the_standard_oauth_errors() {
         .expect("POST");
     assert_eq!(no_csrf.status().as_u16(), 403);
 
-    // acr_values asking for a second factor the GP has not enrolled.
+    // acr_values asking for a second factor the account has not enrolled (a patient: NHS
+    // login accounts here have none).
     let (aal2, _, _) = password_login(
         &browser(),
         &base,
         &format!("{}&acr_values=AAL2", auth(None)),
-        "gp",
-        "demo-gp-password",
+        "patient1",
+        "demo-patient1-password",
     )
     .await;
     assert_eq!(query(&aal2)["error"], "unmet_authentication_requirements");
 
     // Code reuse and PKCE mismatch.
     let (c1, v1) = PkceCodeChallenge::new_random_sha256();
-    let (back, _, _) = password_login(
+    let (back, _, _) = sign_in(
         &browser(),
         &base,
         &auth(Some(c1)),
@@ -1177,7 +1289,7 @@ async fn a_client_registered_for_rs256_gets_rsa_signed_id_tokens_and_es256_acces
         )
         .add_scope(Scope::new("profile".into()))
         .url();
-    let (back, _, _) = password_login(
+    let (back, _, _) = sign_in(
         &browser(),
         &p.http,
         url.as_str(),
@@ -1247,7 +1359,7 @@ async fn idle_sessions_end_and_max_age_or_prompt_login_ask_for_the_password_agai
         r.url().0.to_string()
     };
     let b = browser();
-    let (back, _, _) = password_login(&b, &p.http, &url(&[("login_hint", "gp")]), "gp", "demo-gp-password").await;
+    let (back, _, _) = sign_in(&b, &p.http, &url(&[("login_hint", "gp")]), "gp", "demo-gp-password").await;
     assert!(query(&back).contains_key("code"));
     // Within the idle limit: silent; max_age=0 and prompt=login both demand a fresh login.
     let (silent, _, _) = follow(&b, &p.http, &url(&[("prompt", "none")])).await;

@@ -24,12 +24,22 @@ pub(crate) fn run_node(script: &str, env: &[(&str, String)]) -> String {
         .arg(dir.join(script))
         .current_dir(&dir)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("STAFF_TOTP", staff_totp())
         .output()
         .expect("run node (install Node.js 20+)");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
     stdout
+}
+
+/// The demo staff's TOTP secrets as JSON {username: secret}, for the scripts' sign-ins.
+fn staff_totp() -> String {
+    let secrets: serde_json::Map<String, serde_json::Value> = ["gp", "nurse", "careworker", "icsadmin"]
+        .into_iter()
+        .filter_map(|u| sharedcare_identity::demo::totp_secret(u).map(|s| (u.to_string(), s.into())))
+        .collect();
+    serde_json::Value::Object(secrets).to_string()
 }
 
 pub(crate) fn free_port() -> u16 {

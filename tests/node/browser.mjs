@@ -15,6 +15,7 @@ import http from 'node:http';
 import * as oidc from 'openid-client';
 import * as jose from 'jose';
 import { chromium } from 'playwright-core';
+import { totp } from './totp.mjs';
 
 const env = (k, d) => {
   const v = process.env[k] ?? d;
@@ -23,20 +24,6 @@ const env = (k, d) => {
 };
 const issuer = env('ISSUER');
 const step = (s) => console.log(`ok - ${s}`);
-
-// RFC 6238 TOTP (SHA-1, 30 s, 6 digits) from a base32 secret, as an authenticator app does.
-function totp(secret, t = Date.now()) {
-  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
-  let bits = '';
-  for (const c of secret.replace(/[\s=]/g, '').toUpperCase()) bits += alphabet.indexOf(c).toString(2).padStart(5, '0');
-  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
-  const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(Math.floor(t / 1000 / 30)));
-  const h = crypto.createHmac('sha1', key).update(counter).digest();
-  const o = h[19] & 0xf;
-  const n = ((h[o] & 0x7f) << 24) | (h[o + 1] << 16) | (h[o + 2] << 8) | h[o + 3];
-  return String(n % 1e6).padStart(6, '0');
-}
 
 const jwks = jose.createRemoteJWKSet(new URL(`${issuer}/oauth2/jwks`));
 

@@ -4,9 +4,10 @@
 // plain HTTP (fetch with a cookie jar): this script is the relying party, not the browser.
 //
 // Environment: ISSUER, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, LOGOUT_URI, USERNAME, PASSWORD,
-// SERVICE_ID, SERVICE_SECRET. Exits non-zero with a message on the first failed check.
+// SERVICE_ID, SERVICE_SECRET, STAFF_TOTP (the demo staff's TOTP secrets). Exits non-zero with a message on the first failed check.
 import assert from 'node:assert/strict';
 import * as oidc from 'openid-client';
+import { codesNow, staffSecret } from './totp.mjs';
 
 const env = (k) => {
   const v = process.env[k];
@@ -79,8 +80,21 @@ const login = await get(`${issuer}/oauth2/login`, {
 });
 assert.equal(login.status, 303);
 page = await follow(new URL(login.headers.get('location'), issuer).toString());
+// Staff have a second factor: the security code page, then back to the app at AAL2.
+const secret = staffSecret(env('USERNAME'));
+for (const code of secret ? codesNow(secret) : []) {
+  if (!/\/oauth2\/login\/otp/.test(page.url)) break;
+  const otp = await get(`${issuer}/oauth2/login/otp`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ req: field(page.html, 'req'), csrf: field(page.html, 'csrf'), code }),
+  });
+  page = otp.status === 303
+    ? await follow(new URL(otp.headers.get('location'), issuer).toString())
+    : { url: page.url, html: await otp.text(), status: otp.status };
+}
 assert.ok(page.url.startsWith(env('REDIRECT_URI')), `back at the app: ${page.url}`);
-step('login through the pages');
+step('login through the pages (password and security code)');
 
 const tokens = await oidc.authorizationCodeGrant(config, new URL(page.url), {
   pkceCodeVerifier: verifier,

@@ -17,12 +17,14 @@
 //     site header.
 //
 // Environment: BASE, SAMPLE, UPSTREAM (the fake NHS login), MARGARET_NHS, NOOR_NHS, NOOR_USER,
-// NOOR_PASS, PSY_TEXT, SEX_TEXT, SHOTS (screenshot directory), CHROMIUM (default /usr/bin/chromium).
+// NOOR_PASS, PSY_TEXT, SEX_TEXT, SHOTS (screenshot directory), STAFF_TOTP (the demo staff's TOTP
+// secrets), CHROMIUM (default /usr/bin/chromium).
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { chromium } from 'playwright-core';
+import { codesNow, staffSecret } from './totp.mjs';
 
 const require = createRequire(import.meta.url);
 const env = (k, d) => {
@@ -67,11 +69,23 @@ async function check(page, name) {
 
 const text = (page) => page.textContent('body');
 
+// The login page: password, then for staff (all of whom have a second factor) the security
+// code from their authenticator app.
 async function signIn(page, user, pass) {
   await page.waitForSelector('#username');
   await page.fill('#username', user);
   await page.fill('#password', pass);
   await page.click('#sign-in');
+  const secret = staffSecret(user);
+  if (!secret) return;
+  for (const code of codesNow(secret)) {
+    await page.waitForSelector('#code');
+    await page.fill('#code', code);
+    // Right or wrong, the form's answer is a navigation (onwards, or the page again).
+    await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.click('#verify')]);
+    if (!/\/oauth2\/login\/otp/.test(page.url())) return;
+  }
+  throw new Error(`${user}: the security code was refused`);
 }
 
 const browser = await chromium.launch({

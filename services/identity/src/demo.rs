@@ -15,6 +15,24 @@ use crate::store::Store;
 
 /// The nurse's TOTP secret (base32), so tests can compute codes.
 pub const NURSE_TOTP_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+/// The GP's TOTP secret (base32). Every demo staff account has a second factor: services
+/// accept staff only at AAL2 (password and security code), as NHS CIS2 authenticates staff.
+pub const GP_TOTP_SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+/// The care worker's TOTP secret (base32).
+pub const CAREWORKER_TOTP_SECRET: &str = "MFRGGZDFMZTWQ2LKNNWG23TPOBYXE43U";
+/// The ICS administrator's TOTP secret (base32).
+pub const ICSADMIN_TOTP_SECRET: &str = "OVWXQ6LAMJRGIZLGM5UGS2TLNRWW433Q";
+
+/// A demo staff member's TOTP secret by username (for tests and the README's walk-through).
+pub fn totp_secret(username: &str) -> Option<&'static str> {
+    match username {
+        "gp" => Some(GP_TOTP_SECRET),
+        "nurse" => Some(NURSE_TOTP_SECRET),
+        "careworker" => Some(CAREWORKER_TOTP_SECRET),
+        "icsadmin" => Some(ICSADMIN_TOTP_SECRET),
+        _ => None,
+    }
+}
 
 fn org(ods: &str, name: &str, kind: &str) -> Organisation {
     Organisation {
@@ -68,7 +86,7 @@ pub fn people() -> Vec<(Person, &'static str)> {
                 "gp",
                 "Amara",
                 "Okafor",
-                "",
+                GP_TOTP_SECRET,
                 vec![role(
                     "100000000001",
                     "A81001",
@@ -111,7 +129,7 @@ pub fn people() -> Vec<(Person, &'static str)> {
                 "careworker",
                 "Jo",
                 "Williams",
-                "",
+                CAREWORKER_TOTP_SECRET,
                 vec![role(
                     "100000000004",
                     "VH2D7",
@@ -128,7 +146,7 @@ pub fn people() -> Vec<(Person, &'static str)> {
                 "icsadmin",
                 "Priya",
                 "Shah",
-                "",
+                ICSADMIN_TOTP_SECRET,
                 vec![role(
                     "100000000005",
                     "QN1",

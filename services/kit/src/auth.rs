@@ -26,6 +26,11 @@ pub const BREAK_GLASS_REVIEW_ACTIVITY: &str = "B0015";
 /// Least time between two key-set fetches caused by unknown `kid`s (a flood of forged kids
 /// must not turn into a flood of JWKS fetches).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// The authentication assurance levels (`acr`, NIST SP 800-63B) at which staff tokens are
+/// accepted: a password and a second factor or better, as NHS CIS2 authenticates staff. A
+/// password-only staff token (AAL1) is refused by every service, naming the claim.
+pub const STAFF_ACR: &[&str] = &["AAL2", "AAL3"];
+
 /// How long a verifier trusts a fetched key set by default (`auth.jwks_max_age_secs`).
 pub const DEFAULT_KEYS_MAX_AGE: Duration = Duration::from_secs(300);
 /// Verified tokens a verifier remembers (then it starts again from empty).
@@ -655,6 +660,16 @@ pub fn principal_from_claims(c: &serde_json::Value) -> Result<Principal, AuthErr
             .into_iter()
             .find(|r| r.person_roleid == selected)
             .ok_or_else(|| claim("selected_roleid", "names no role in nhsid_nrbac_roles"))?;
+        let acr = s("acr");
+        if !STAFF_ACR.contains(&acr.as_str()) {
+            let had = if acr.is_empty() { "none".to_string() } else { acr };
+            return Err(claim(
+                "acr",
+                format!(
+                    "staff need a second factor (AAL2 or above); this token's assurance is {had}: sign in again with your security code"
+                ),
+            ));
+        }
         return Ok(Principal::Staff {
             person: s("nhsid_useruid"),
             role,
@@ -774,6 +789,16 @@ mod tests {
         match principal_from_claims(&staff) {
             Ok(Principal::Staff { role, .. }) => assert_eq!(role.org_code, "RX1"),
             other => panic!("{other:?}"),
+        }
+        for weak in ["AAL1", ""] {
+            let mut password_only = staff.clone();
+            password_only["acr"] = weak.into();
+            match principal_from_claims(&password_only) {
+                Err(AuthError::Claim { claim: "acr", reason }) => {
+                    assert!(reason.contains("second factor"), "{reason}")
+                }
+                other => panic!("a password-only staff token ({weak:?}) is refused: {other:?}"),
+            }
         }
         let patient = json!({"nhs_number": "9434765919", "identity_proofing_level": "P9"});
         assert!(matches!(principal_from_claims(&patient), Ok(Principal::Patient { .. })));

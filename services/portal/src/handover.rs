@@ -101,7 +101,8 @@ const SIGNIN_COOKIE: &str = "__Host-sc-handover-signin";
 async fn login(State(app): State<App>, headers: HeaderMap) -> Response {
     let (binding, fresh) = crate::oidc::browser_binding(crate::web::cookie(&headers, SIGNIN_COOKIE));
     let scope = "openid profile nationalrbacaccess selectedrole";
-    let (url, state, pending) = app.rp.start(scope, "/", &[], &binding);
+    let acr = [("acr_values", crate::web::STAFF_ACR_VALUES)];
+    let (url, state, pending) = app.rp.start(scope, "/", &acr, &binding);
     if let Ok(mut p) = app.pending.lock() {
         p.insert(state, pending);
     }

@@ -26,6 +26,10 @@ pub const COOKIE: &str = "__Host-sc-portal";
 /// The cookie binding a sign-in to the browser that started it (checked at the callback).
 pub const SIGNIN_COOKIE: &str = "__Host-sc-signin";
 
+/// The assurance the portal asks identity for when staff sign in (password and a second
+/// factor, as every service requires of staff).
+pub const STAFF_ACR_VALUES: &str = "AAL2";
+
 /// Scopes the portal asks for: CIS2-style role claims for staff, NHS login's for patients.
 const SCOPES: &str = "openid profile nationalrbacaccess selectedrole nhs_number";
 
@@ -263,6 +267,10 @@ async fn login(
         extra.push(("assertedLoginIdentity", a));
         extra.push(("prompt", "none"));
     }
+    // Staff sign in with a second factor: the platform's services accept nothing less.
+    if home == "/portal/" {
+        extra.push(("acr_values", STAFF_ACR_VALUES));
+    }
     let (binding, fresh) = crate::oidc::browser_binding(cookie(&headers, SIGNIN_COOKIE));
     let (url, state, pending) = app.rp.start(SCOPES, &back, &extra, &binding);
     app.sessions.park(&state, &pending).await?;
@@ -470,7 +478,7 @@ mod tests {
     fn tokens_name_a_patient_or_the_staff_role_selected() {
         let id = serde_json::json!({"name": "Amara Okafor"});
         let staff = sharedcare_kit::auth::principal_from_claims(&serde_json::json!({
-            "nhsid_useruid": "u1", "selected_roleid": "r2", "nhsid_nrbac_roles": [
+            "nhsid_useruid": "u1", "selected_roleid": "r2", "acr": "AAL2", "nhsid_nrbac_roles": [
             {"person_roleid": "r1", "org_code": "RX1", "role_code": "R1", "role_name": "Nurse", "activity_codes": []},
             {"person_roleid": "r2", "org_code": "A81001", "role_code": "R0", "role_name": "GP", "activity_codes": ["B0264"]}]}))
         .expect("a staff token");

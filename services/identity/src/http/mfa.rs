@@ -144,6 +144,36 @@ pub(super) async fn otp_submit(
 
 // ---- TOTP enrolment --------------------------------------------------------------------------
 
+/// Whether this session may set an authenticator: replacing one needs the one there now (the
+/// session proved it with a code), so a password alone cannot lock the real owner out.
+async fn may_enrol(h: &Http, session: &Session) -> Result<(), Response> {
+    let has_factor = match h.provider.store.person("uid", &session.subject).await {
+        Ok(Some((p, _, _))) => !p.totp_secret.is_empty(),
+        Ok(None) => {
+            return Err(html(
+                StatusCode::UNAUTHORIZED,
+                pages::error("Sign in first", "Your account was not found."),
+            ));
+        }
+        Err(e) => {
+            return Err(html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::error("Try again", &OAuthError::from(e).description),
+            ));
+        }
+    };
+    if has_factor && !session.amr.iter().any(|m| m == "otp") {
+        return Err(html(
+            StatusCode::FORBIDDEN,
+            pages::error(
+                "Sign in with your security code first",
+                "You already have an authenticator app. To replace it, sign in with a code from it (or a recovery code) first; if you have lost it, ask your administrator.",
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) async fn totp_page(State(h): State<Http>, headers: HeaderMap) -> Response {
     let Ok(Some(session)) = h.session(&headers).await else {
         return html(
@@ -159,6 +189,9 @@ pub(super) async fn totp_page(State(h): State<Http>, headers: HeaderMap) -> Resp
             StatusCode::FORBIDDEN,
             pages::error("Not available", "Two-step sign in is for staff accounts."),
         );
+    }
+    if let Err(r) = may_enrol(&h, &session).await {
+        return r;
     }
     let secret = secrets::new_totp_secret();
     let uri = secrets::otpauth_uri("Sharedcare", &session.subject, &secret);
@@ -191,6 +224,9 @@ pub(super) async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(
             StatusCode::BAD_REQUEST,
             pages::error("Not available", "secret: not a valid TOTP key."),
         );
+    }
+    if let Err(r) = may_enrol(&h, &session).await {
+        return r;
     }
     let Some(step) = secrets::totp_step(&form.secret, &form.code, now()) else {
         let uri = secrets::otpauth_uri("Sharedcare", &session.subject, &form.secret);
