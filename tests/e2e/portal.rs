@@ -193,8 +193,8 @@ async fn clinicians_and_patients_use_the_web_in_chromium_with_one_login() {
             ("BASE", p.http.clone()),
             ("SAMPLE", sample),
             ("UPSTREAM", upstream.http.clone()),
-            ("MARGARET_NHS", margaret),
-            ("NOOR_NHS", noor),
+            ("MARGARET_NHS", margaret.clone()),
+            ("NOOR_NHS", noor.clone()),
             ("NOOR_USER", "noor".into()),
             ("NOOR_PASS", "noor-password-2026".into()),
             ("PSY_TEXT", psy_text.into()),
@@ -203,4 +203,20 @@ async fn clinicians_and_patients_use_the_web_in_chromium_with_one_login() {
         ],
     );
     assert!(out.contains("portal: all checks passed"), "{out}");
+
+    // What the processes logged through all of that (info level, as deployed): no NHS number,
+    // no token and no break-glass free text for an operator or a log pipeline to hold.
+    let logs = format!("{}{}", p.stderr(), upstream.stderr());
+    assert!(logs.contains("break-glass granted"), "the logs were read: {logs}");
+    for (what, needle) in [
+        ("Margaret's NHS number", margaret.as_str()),
+        ("Noor's NHS number", noor.as_str()),
+        ("the break-glass reason's free text", "Brought in unconscious"),
+        ("a JWT", "eyJ"),
+    ] {
+        let at = logs
+            .find(needle)
+            .map(|i| &logs[i.saturating_sub(300)..(i + 100).min(logs.len())]);
+        assert!(at.is_none(), "{what} is in the logs: …{}…", at.unwrap_or_default());
+    }
 }

@@ -558,7 +558,8 @@ impl Consent for ConsentApi {
             reason_text: r.reason_text,
         };
         self.store.break_glass(&g).await?;
-        tracing::warn!(nhs = %g.nhs_number, person = %g.grant.person, org = %g.grant.org, "break-glass granted");
+        // No NHS number or free text in logs: the grant's id leads to both, for those allowed.
+        tracing::warn!(grant = %g.id, person = %g.grant.person, org = %g.grant.org, "break-glass granted");
         Ok(Response::new(grant_out(&g)))
     }
 

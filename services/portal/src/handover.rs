@@ -172,7 +172,8 @@ async fn logout(State(app): State<App>, headers: HeaderMap, Form(form): Form<Has
     if let Ok(mut m) = app.sessions.lock() {
         m.remove(&token);
     }
-    see_other(&app.rp.logout_url(&s.id_token, &format!("{}/", app.public_url)))
+    let (action, fields) = app.rp.logout_form(&s.id_token, &format!("{}/", app.public_url));
+    html(page::signing_out(&chrome(None), &action, &fields))
 }
 
 async fn backchannel(State(app): State<App>, Form(form): Form<HashMap<String, String>>) -> Response {

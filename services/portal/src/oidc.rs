@@ -230,16 +230,18 @@ impl Rp {
         Ok(body)
     }
 
-    /// Where to send the browser to end the SSO session (RP-initiated logout 1.0), coming back
-    /// to `post_logout` (registered with identity).
-    pub fn logout_url(&self, id_token: &str, post_logout: &str) -> String {
-        let mut url = url::Url::parse(&format!("{}/oauth2/logout", self.issuer))
-            .unwrap_or_else(|_| url::Url::parse("http://invalid/").expect("a literal URL parses"));
-        url.query_pairs_mut()
-            .append_pair("id_token_hint", id_token)
-            .append_pair("post_logout_redirect_uri", post_logout)
-            .append_pair("client_id", &self.client_id);
-        url.to_string()
+    /// The form that ends the SSO session (RP-initiated logout 1.0, by POST so the ID token
+    /// never appears in a URL, a proxy's access log or the browser's history), coming back to
+    /// `post_logout` (registered with identity): its action and fields.
+    pub fn logout_form(&self, id_token: &str, post_logout: &str) -> (String, Vec<(&'static str, String)>) {
+        (
+            format!("{}/oauth2/logout", self.issuer),
+            vec![
+                ("id_token_hint", id_token.to_string()),
+                ("post_logout_redirect_uri", post_logout.to_string()),
+                ("client_id", self.client_id.clone()),
+            ],
+        )
     }
 
     /// Who an access token from this client's sign-in is for: checked like an ID token (its

@@ -379,7 +379,17 @@ async fn logout(
     s.check_csrf(&form)?;
     app.sessions.end(&s.token).await?;
     let back = format!("{}{home}", app.public_url);
-    let mut r = see_other(&app.rp.logout_url(&s.session.tokens.id_token, &back));
+    let (action, fields) = app.rp.logout_form(&s.session.tokens.id_token, &back);
+    let area = if home == "/passport/" {
+        crate::page::Area::Passport
+    } else {
+        crate::page::Area::Portal
+    };
+    let signed_out = crate::page::Chrome {
+        signed_in: None,
+        ..s.chrome(area)
+    };
+    let mut r = html(crate::page::signing_out(&signed_out, &action, &fields));
     set_cookie(&mut r, "", 0);
     Ok(r)
 }
