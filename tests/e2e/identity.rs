@@ -142,6 +142,19 @@ async fn code_flow_with_pkce_gives_verified_tokens_userinfo_refresh_introspectio
         .expect("introspect");
     assert!(active.active());
     assert_eq!(active.client_id().map(|c| c.as_str()), Some(id.as_str()));
+    // Another confidential client learns nothing about a token that does not name it.
+    let (other_id, other_secret) = register_app(&p, "Another app", "http://127.0.0.1:9/other", "").await;
+    let nosy: Value = http()
+        .post(format!("{}/oauth2/introspect", p.http))
+        .basic_auth(&other_id, Some(&other_secret))
+        .form(&[("token", at.secret().as_str())])
+        .send()
+        .await
+        .expect("introspect")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(nosy, serde_json::json!({"active": false}), "not the audience: inactive");
     // (The oauth2 crate refuses a plain-http revocation URL, so this request is made directly.)
     let revoked = http()
         .post(format!("{}/oauth2/revoke", p.http))
@@ -424,6 +437,36 @@ async fn password_only_staff_are_refused_and_cannot_replace_an_authenticator() {
     let refused = thief.get(format!("{}/account/totp", p.http)).send().await.expect("GET");
     assert_eq!(refused.status().as_u16(), 403);
     assert!(refused.text().await.expect("page").contains("security code first"));
+}
+
+/// Behind TLS (an https issuer), identity tells browsers to use nothing else (HSTS); on plain
+/// http in development it does not.
+#[tokio::test]
+async fn an_https_issuer_sends_hsts() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = Proc::start(
+        &["up", "--data", data.path().to_str().expect("utf-8 path")],
+        &[("SHAREDCARE_IDENTITY__ISSUER", "https://id.example-ics.nhs.uk".into())],
+    );
+    let r = http()
+        .get(format!("{}/.well-known/openid-configuration", p.http))
+        .send()
+        .await
+        .expect("discovery");
+    assert_eq!(
+        r.headers()
+            .get("strict-transport-security")
+            .and_then(|v| v.to_str().ok()),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    let plain_data = tempfile::tempdir().expect("tmp");
+    let plain = up(plain_data.path());
+    let r = http()
+        .get(format!("{}/.well-known/openid-configuration", plain.http))
+        .send()
+        .await
+        .expect("discovery");
+    assert!(r.headers().get("strict-transport-security").is_none());
 }
 
 #[tokio::test]
@@ -827,6 +870,34 @@ async fn patients_get_nhs_login_claims_and_proofing_level_is_enforced_by_vtr() {
         (Some("P9"), Some("P9.Cp"))
     );
     assert_ne!(raw["sub"], raw["nhs_number"], "sub is not the NHS number");
+    // Pairwise: another app gets another sub for her (a keyed HMAC per client), and this app
+    // the same one every time.
+    let sub_for = |id: String, secret: String, redirect: &'static str| {
+        let p = &p;
+        async move {
+            let rp = relying_party(&p.http, &id, &secret, redirect).await;
+            let (url, _, _) = rp
+                .authorize_url(
+                    CoreAuthenticationFlow::AuthorizationCode,
+                    CsrfToken::new_random,
+                    Nonce::new_random,
+                )
+                .add_scope(Scope::new("nhs_number".into()))
+                .url();
+            let (back, _, _) =
+                password_login(&browser(), &p.http, url.as_str(), "patient1", "demo-patient1-password").await;
+            let t = exchange(&rp, &back).await;
+            claims_of(&t.id_token().expect("id").to_string())["sub"].clone()
+        }
+    };
+    assert_eq!(
+        sub_for(id.clone(), secret.clone(), redirect).await,
+        raw["sub"],
+        "stable per client"
+    );
+    let (other_id, other_secret) = register_app(&p, "Another patient app", "http://127.0.0.1:9/other-app", "").await;
+    let other_sub = sub_for(other_id, other_secret, "http://127.0.0.1:9/other-app").await;
+    assert_ne!(other_sub, raw["sub"], "pairwise: another client sees another sub");
     let kit = Verifier::new(
         p.http.clone(),
         "sharedcare",
@@ -938,6 +1009,19 @@ async fn bad_requests_get_the_standard_oauth_errors() {
         format!("{reused:?}").contains("already used"),
         "a code works once: {reused:?}"
     );
+    // A verifier for a code whose request had no challenge: a PKCE downgrade, refused.
+    let (back, _, _) = sign_in(&browser(), &base, &auth(None), "patient2", "demo-patient2-password").await;
+    let (_, stray_verifier) = PkceCodeChallenge::new_random_sha256();
+    let downgraded = rp
+        .exchange_code(AuthorizationCode::new(query(&back)["code"].clone()))
+        .expect("endpoint")
+        .set_pkce_verifier(stray_verifier)
+        .request_async(&http())
+        .await;
+    assert!(
+        format!("{downgraded:?}").contains("no code_challenge"),
+        "no verifier without a challenge: {downgraded:?}"
+    );
 
     // Unknown client and a wrong secret at the token endpoint.
     for (who, pw) in [("nobody", "x"), (id.as_str(), "wrong-secret")] {
@@ -1041,6 +1125,13 @@ async fn bad_requests_get_the_standard_oauth_errors() {
     let (_, page, s) = password_login(&browser(), &base, &auth(None), "icsadmin", "demo-icsadmin-password").await;
     assert_eq!(s, 403);
     assert!(page.contains("locked"));
+    // A wrong password on a locked account gets the answer an unknown username gets: nobody
+    // but the owner learns that the account exists and is locked.
+    let (_, locked_wrong, s) = password_login(&browser(), &base, &auth(None), "icsadmin", "still-not-it").await;
+    let (_, unknown, s2) = password_login(&browser(), &base, &auth(None), "nobody-here", "still-not-it").await;
+    assert_eq!((s, s2), (401, 401));
+    assert!(!locked_wrong.contains("locked") && locked_wrong.contains("Incorrect username or password"));
+    assert!(unknown.contains("Incorrect username or password"));
     assert!(!page.contains("demo-icsadmin-password"), "the password is never echoed");
 }
 

@@ -107,8 +107,10 @@ impl sharedcare_kit::service::Service for Identity {
         if let Some(c) = &ctx.internal_client {
             register_internal(&store, c).await?;
         }
+        let subject_key = subject_key(&store).await?;
         let provider = oauth::Provider::new(store, keys, config, issuer, ctx.outbox.clone(), hasher)
-            .with_metrics(ctx.metrics.clone());
+            .with_metrics(ctx.metrics.clone())
+            .with_subject_key(subject_key.as_bytes());
         let mut m = Mount::new(NAME);
         m.http = http::router(provider.clone());
         m.add_grpc(api::identity_admin_server::IdentityAdminServer::new(
@@ -142,6 +144,26 @@ async fn register_internal(store: &store::Store, c: &InternalClient) -> Result<(
             },
         })
         .await
+}
+
+/// Where the key of patients' pairwise `sub` is kept (beside the broker's relying-party keys).
+const SUBJECT_KEY: &str = "~pairwise-subject";
+
+/// The key patients' pairwise `sub` is made with: made once (random) and kept, so every
+/// replica, and every restart, gives a patient the same `sub` for a client. Of two replicas
+/// making it at once, the first one stored wins and both read it back.
+async fn subject_key(store: &store::Store) -> Result<String, MountError> {
+    if let Some(k) = store.rp_key(SUBJECT_KEY).await? {
+        return Ok(k);
+    }
+    store
+        .put_rp_key(SUBJECT_KEY, &sharedcare_kit::jose::random_token(32))
+        .await?;
+    store.rp_key(SUBJECT_KEY).await?.ok_or_else(|| {
+        MountError::from(error::IdentityError::Internal(
+            "the pairwise subject key was not kept".into(),
+        ))
+    })
 }
 
 /// Rotates keys when due and purges expired codes and tokens, every minute until stopped.

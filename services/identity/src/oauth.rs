@@ -329,6 +329,8 @@ pub struct Provider {
     http: reqwest::Client,
     /// The process's metrics: failures no caller could be told of are counted here.
     metrics: sharedcare_kit::metrics::Metrics,
+    /// Keys patients' pairwise subject identifiers (one secret per identity deployment).
+    subject_key: Arc<[u8]>,
 }
 
 /// A cached client: the registration, whether its organisation is active (true when it has
@@ -379,6 +381,39 @@ impl Provider {
             client_keys: Arc::new(Mutex::new(HashMap::new())),
             http,
             metrics: sharedcare_kit::metrics::Metrics::new(),
+            subject_key: jose::random_token(32).into_bytes().into(),
+        }
+    }
+
+    /// The same provider keying patients' pairwise `sub` with `key` (kept in identity's
+    /// tables, so every replica and every restart gives a patient the same `sub` per client).
+    pub fn with_subject_key(self, key: &[u8]) -> Provider {
+        Provider {
+            subject_key: key.into(),
+            ..self
+        }
+    }
+
+    /// The `sub` of a grant's subject: a member of staff's uid (CIS2's `nhsid_useruid`, the
+    /// same to every app); for a patient a pairwise pseudonym (OIDC Core §8.1): a keyed HMAC of
+    /// the client and the NHS number, so two apps cannot join their users by `sub`, and nobody
+    /// without identity's key can turn one back into an NHS number.
+    pub fn subject_id(&self, grant: &Grant) -> String {
+        match grant.subject_kind {
+            SubjectKind::Staff => grant.subject.clone(),
+            SubjectKind::Patient => {
+                use base64::Engine;
+                use hmac::{Hmac, KeyInit, Mac};
+                let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(&self.subject_key) else {
+                    // Any key length is valid for HMAC; this branch cannot be taken.
+                    return String::new();
+                };
+                mac.update(grant.client_id.as_bytes());
+                mac.update(b"\0");
+                mac.update(grant.subject.as_bytes());
+                let h = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+                h.chars().take(32).collect()
+            }
         }
     }
 
@@ -652,6 +687,12 @@ impl Provider {
             if jose::sha256_b64(verifier) != grant.code_challenge {
                 return Err(invalid("code_verifier does not match the code_challenge (PKCE)"));
             }
+        } else if !verifier.is_empty() {
+            // RFC 9700 §2.1.1: a verifier for a code issued without a challenge is a sign of
+            // PKCE downgrade (the challenge stripped from the request).
+            return Err(invalid(
+                "code_verifier was sent but the authorization request had no code_challenge",
+            ));
         }
         self.live_session(&grant).await?;
         self.issue(client, &grant, None).await
@@ -712,7 +753,7 @@ impl Provider {
         let subject = self.subject_claims(grant).await?;
         let signer = self.keys.active();
         let mut at = json!({
-            "iss": &*self.issuer, "sub": subject_id(grant), "aud": [self.config.audience.as_str(), client.id.as_str()],
+            "iss": &*self.issuer, "sub": self.subject_id(grant), "aud": [self.config.audience.as_str(), client.id.as_str()],
             "client_id": client.id, "scope": grant.scope, "jti": jose::random_token(16),
             "iat": now, "nbf": now, "exp": now + ttl, "auth_time": grant.auth_time,
             "acr": grant.acr(), "amr": grant.amr, "sid": grant.session_id,
@@ -724,7 +765,7 @@ impl Provider {
         });
         if grant.has_scope("openid") {
             let mut id = json!({
-                "iss": &*self.issuer, "sub": subject_id(grant), "aud": client.id, "azp": client.id,
+                "iss": &*self.issuer, "sub": self.subject_id(grant), "aud": client.id, "azp": client.id,
                 "iat": now, "exp": now + ttl, "auth_time": grant.auth_time, "acr": grant.acr(),
                 "amr": grant.amr, "sid": grant.session_id, "at_hash": jose::half_hash(&access_token),
             });
@@ -817,7 +858,11 @@ impl Provider {
     /// Also returns the token's live session (`None` for service tokens, which have none).
     pub async fn check_access_token(&self, token: &str) -> OResult<(Value, Option<Session>)> {
         let invalid = |why: String| OAuthError::new(OAuthErrorCode::InvalidToken, why);
-        let claims = self.verifier.claims(token).await.map_err(|e| invalid(e.to_string()))?;
+        let claims = self
+            .verifier
+            .claims(token, sharedcare_kit::auth::ACCESS_TOKEN_TYP)
+            .await
+            .map_err(|e| invalid(e.to_string()))?;
         let jti = claims["jti"].as_str().unwrap_or_default();
         if self.store.jti_revoked(jti).await? {
             return Err(invalid("the access token was revoked".into()));
@@ -842,17 +887,26 @@ impl Provider {
             claims["scope"].as_str().unwrap_or_default(),
         );
         let subject = self.subject_claims(&grant).await?;
-        let mut out = json!({"sub": subject_id(&grant)});
+        let mut out = json!({"sub": self.subject_id(&grant)});
         merge(&mut out, scoped_claims(&grant, &subject));
         Ok(out)
     }
 
     /// RFC 7662 introspection by an authenticated client.
-    pub async fn introspect(&self, token: &str) -> OResult<Value> {
+    pub async fn introspect(&self, caller: &str, token: &str) -> OResult<Value> {
         if token.is_empty() {
             return Err(OAuthError::new(OAuthErrorCode::InvalidRequest, "token is required"));
         }
-        if let Ok((c, _)) = self.check_access_token(token).await {
+        // Only a resource server the token names (its audience) learns about it: to anyone
+        // else every token is inactive (RFC 7662 §4: the server decides who may ask about what).
+        let names_caller = |aud: &Value| match aud {
+            Value::String(a) => a == caller,
+            Value::Array(a) => a.iter().any(|v| v.as_str() == Some(caller)),
+            _ => false,
+        };
+        if let Ok((c, _)) = self.check_access_token(token).await
+            && names_caller(&c["aud"])
+        {
             let mut out = json!({"active": true, "token_type": "Bearer"});
             for k in [
                 "scope",
@@ -873,10 +927,12 @@ impl Provider {
             }
             return Ok(out);
         }
-        if let Some(g) = self.store.refresh_active(&jose::sha256_b64(token), now()).await? {
+        if let Some(g) = self.store.refresh_active(&jose::sha256_b64(token), now()).await?
+            && g.client_id == caller
+        {
             return Ok(json!({
                 "active": true, "token_type": "refresh_token", "client_id": g.client_id,
-                "scope": g.scope, "sub": subject_id(&g), "iss": &*self.issuer,
+                "scope": g.scope, "sub": self.subject_id(&g), "iss": &*self.issuer,
             }));
         }
         Ok(json!({"active": false}))
@@ -894,7 +950,10 @@ impl Provider {
             }
             return Ok(());
         }
-        if let Ok(c) = self.verifier.claims(token).await
+        if let Ok(c) = self
+            .verifier
+            .claims(token, sharedcare_kit::auth::ACCESS_TOKEN_TYP)
+            .await
             && c["client_id"].as_str() == Some(client.id.as_str())
         {
             let jti = c["jti"].as_str().unwrap_or_default();
@@ -934,7 +993,7 @@ impl Provider {
                 "logout+jwt",
                 &json!({
                     "iss": &*self.issuer, "aud": id, "iat": now, "exp": now + 120, "jti": jose::random_token(16),
-                    "sub": subject_id(&grant), "sid": session.id,
+                    "sub": self.subject_id(&grant), "sid": session.id,
                     "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
                 }),
             );
@@ -1025,16 +1084,6 @@ fn unverified_payload(jwt: &str) -> Option<Value> {
 
 /// `sub`: the person's uid for staff (as CIS2); for patients a pairwise-stable pseudonym, not
 /// the NHS number (as NHS login), which is a claim of its own under the `nhs_number` scope.
-pub fn subject_id(grant: &Grant) -> String {
-    match grant.subject_kind {
-        SubjectKind::Staff => grant.subject.clone(),
-        SubjectKind::Patient => {
-            let h = jose::sha256_b64(&format!("patient:{}", grant.subject));
-            h.chars().take(32).collect()
-        }
-    }
-}
-
 fn merge(into: &mut Value, from: Value) {
     if let (Value::Object(a), Value::Object(b)) = (into, from) {
         for (k, v) in b {

@@ -424,12 +424,29 @@ struct Inner {
     /// Tokens already verified, with the `kid` that signed them and their claims: a client uses
     /// one access token for many calls, and only the first pays for the ECDSA verification
     /// (the floor, ~19k/s per core). A hit still needs its key to be in the current set.
-    verified: std::sync::Mutex<HashMap<String, (String, Arc<serde_json::Value>)>>,
+    verified: std::sync::Mutex<HashMap<String, Verified>>,
     capacity: usize,
     /// Parsed keys by `kid`, and when they were fetched.
     cache: RwLock<(HashMap<String, PublicKey>, Option<Instant>)>,
     /// How long a fetched key set is trusted.
     max_age: Duration,
+}
+
+/// A token remembered as verified: the `kid` that signed it, its `typ` and its claims.
+type Verified = (String, String, Arc<serde_json::Value>);
+
+/// The JWT `typ` of an OAuth 2.0 access token (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+/// The `typ` identity gives ID tokens.
+pub const ID_TOKEN_TYP: &str = "JWT";
+/// The JWT `typ` of a back-channel logout token (OIDC Back-Channel Logout 1.0 §2.4).
+pub const LOGOUT_TOKEN_TYP: &str = "logout+jwt";
+
+/// Whether header `typ` is `want`, compared as media types are (case-insensitive, with or
+/// without the `application/` prefix; RFC 7515 §4.1.9).
+fn typ_is(typ: &str, want: &str) -> bool {
+    let typ = typ.strip_prefix("application/").unwrap_or(typ);
+    typ.eq_ignore_ascii_case(want)
 }
 
 /// The verifying keys of a JWK Set by `kid` (keys it cannot use are left out).
@@ -554,36 +571,47 @@ impl Verifier {
         Ok(())
     }
 
-    /// Verifies `token` and returns its claims.
-    pub async fn claims(&self, token: &str) -> Result<serde_json::Value, AuthError> {
-        Ok(self.shared_claims(token).await?.as_ref().clone())
+    /// Verifies `token`, a JWT of type `typ` ([`ACCESS_TOKEN_TYP`], [`ID_TOKEN_TYP`],
+    /// [`LOGOUT_TOKEN_TYP`]), and returns its claims.
+    pub async fn claims(&self, token: &str, typ: &str) -> Result<serde_json::Value, AuthError> {
+        Ok(self.shared_claims(token, typ).await?.as_ref().clone())
     }
 
-    /// [`Verifier::claims`] without copying them: a cached token's claims are shared.
-    async fn shared_claims(&self, token: &str) -> Result<Arc<serde_json::Value>, AuthError> {
+    /// [`Verifier::claims`] without copying them: a cached token's claims are shared. The
+    /// header's `typ` must be `typ`, so one kind of token is never taken for another (an ID
+    /// token as an access token, RFC 8725 §3.11).
+    async fn shared_claims(&self, token: &str, typ: &str) -> Result<Arc<serde_json::Value>, AuthError> {
         let cached = self.inner.verified.lock().ok().and_then(|v| v.get(token).cloned());
-        if let Some((kid, claims)) = cached {
-            // Signature, issuer and audience were checked when it was cached; time moves on,
-            // and the key that signed it must still be published.
-            self.key(&kid).await?;
-            self.check(&claims, chrono::Utc::now().timestamp())?;
-            return Ok(claims);
-        }
-        let (kid, claims) = self.verify_uncached(token).await?;
-        let claims = Arc::new(claims);
-        if self.inner.capacity > 0
-            && let Ok(mut v) = self.inner.verified.lock()
-        {
-            if v.len() >= self.inner.capacity {
-                v.clear();
+        let (kid, had, claims) = match cached {
+            Some(v) => v,
+            None => {
+                let (kid, had, claims) = self.verify_uncached(token).await?;
+                let verified = (kid, had, Arc::new(claims));
+                if self.inner.capacity > 0
+                    && let Ok(mut v) = self.inner.verified.lock()
+                {
+                    if v.len() >= self.inner.capacity {
+                        v.clear();
+                    }
+                    v.insert(token.to_string(), verified.clone());
+                }
+                verified
             }
-            v.insert(token.to_string(), (kid, claims.clone()));
+        };
+        if !typ_is(&had, typ) {
+            let had = if had.is_empty() { "none" } else { had.as_str() };
+            return Err(claim("typ", format!("expected {typ}, this token is {had}")));
         }
+        // Signature, issuer and audience were checked when it was cached; time moves on, and
+        // the key that signed it must still be published.
+        self.key(&kid).await?;
+        self.check(&claims, chrono::Utc::now().timestamp())?;
         Ok(claims)
     }
 
-    /// Verifies a token's signature and claims; returns the signing key's `kid` and the claims.
-    async fn verify_uncached(&self, token: &str) -> Result<(String, serde_json::Value), AuthError> {
+    /// Verifies a token's signature and claims; returns the signing key's `kid`, the header's
+    /// `typ` and the claims.
+    async fn verify_uncached(&self, token: &str) -> Result<(String, String, serde_json::Value), AuthError> {
         let head = jose::header(token)?;
         if head.alg != "ES256" {
             return Err(JoseError::Algorithm(head.alg).into());
@@ -591,7 +619,7 @@ impl Verifier {
         let key = self.key(&head.kid).await?;
         let claims = jose::verify_checked(token, &key)?;
         self.check(&claims, chrono::Utc::now().timestamp())?;
-        Ok((head.kid, claims))
+        Ok((head.kid, head.typ, claims))
     }
 
     fn check(&self, c: &serde_json::Value, now: i64) -> Result<(), AuthError> {
@@ -620,7 +648,7 @@ impl Verifier {
 
     /// Verifies `token` and maps it to a principal.
     pub async fn principal(&self, token: &str) -> Result<Principal, AuthError> {
-        principal_from_claims(self.shared_claims(token).await?.as_ref())
+        principal_from_claims(self.shared_claims(token, ACCESS_TOKEN_TYP).await?.as_ref())
     }
 
     /// Verifies the `authorization: Bearer` value in gRPC metadata.
@@ -773,11 +801,27 @@ mod tests {
                 "nbf",
             ),
         ] {
-            match v.claims(&signer.sign("at+jwt", &bad)).await {
+            match v.claims(&signer.sign("at+jwt", &bad), ACCESS_TOKEN_TYP).await {
                 Err(AuthError::Claim { claim, .. }) => assert_eq!(claim, name),
                 other => panic!("{name}: {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_token_of_one_kind_is_never_taken_for_another() {
+        let (signer, v) = setup();
+        let c = json!({"iss": "https://id", "aud": "records", "exp": now() + 60, "sub": "c", "client_id": "c"});
+        let id_token = signer.sign("JWT", &c);
+        match v.principal(&id_token).await {
+            Err(AuthError::Claim { claim: "typ", reason }) => assert!(reason.contains("at+jwt"), "{reason}"),
+            other => panic!("an ID token is not an access token: {other:?}"),
+        }
+        v.claims(&id_token, ID_TOKEN_TYP).await.expect("as what it is");
+        assert!(v.claims(&signer.sign("at+jwt", &c), LOGOUT_TOKEN_TYP).await.is_err());
+        v.principal(&signer.sign("application/AT+JWT", &c))
+            .await
+            .expect("media types compare case-insensitively, with or without application/");
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub enum RpError {
     Token(String),
 }
 
+/// How old a back-channel logout token may be (seconds).
+const LOGOUT_TOKEN_MAX_AGE_SECS: i64 = 300;
+
 /// What the portal remembers between sending the browser to identity and its return.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Pending {
@@ -184,7 +187,7 @@ impl Rp {
         let id_token = t["id_token"].as_str().unwrap_or_default().to_string();
         let claims = self
             .ids
-            .claims(&id_token)
+            .claims(&id_token, sharedcare_kit::auth::ID_TOKEN_TYP)
             .await
             .map_err(|e| RpError::Token(e.to_string()))?;
         if claims["nonce"].as_str() != Some(pending.nonce.as_str()) {
@@ -258,9 +261,24 @@ impl Rp {
     pub async fn logout_token(&self, token: &str) -> Result<(String, String), RpError> {
         let c = self
             .ids
-            .claims(token)
+            .claims(token, sharedcare_kit::auth::LOGOUT_TOKEN_TYP)
             .await
             .map_err(|e| RpError::Token(e.to_string()))?;
+        // §2.6: jti and iat are required; a logout token is used at once, so an old one is a
+        // replay (identity's are minutes old at most).
+        if c["jti"].as_str().is_none_or(str::is_empty) {
+            return Err(RpError::Token("jti: a logout token must carry one".into()));
+        }
+        let iat = c["iat"]
+            .as_i64()
+            .ok_or_else(|| RpError::Token("iat: a logout token must carry one".into()))?;
+        let now = chrono::Utc::now().timestamp();
+        if iat > now + sharedcare_kit::auth::LEEWAY_SECS || iat < now - LOGOUT_TOKEN_MAX_AGE_SECS {
+            return Err(RpError::Token(format!(
+                "iat: issued {}s from now, outside the {LOGOUT_TOKEN_MAX_AGE_SECS}s a logout token is good for",
+                iat - now
+            )));
+        }
         if c["events"].get(BACKCHANNEL_EVENT).is_none() {
             return Err(RpError::Token(format!("events: missing {BACKCHANNEL_EVENT}")));
         }

@@ -114,6 +114,12 @@ pub(super) async fn login_submit(
             Ok(Some(lock)) => counted = Some(lock),
             Ok(None) => {
                 account_event(&h, EventKind::LoginFailed, a, &req.client_id, &source, "account locked").await;
+                // The same work and the same answer as for a wrong password or an unknown
+                // username, unless the password is right: only the owner learns of the lock.
+                let right = h.provider.hasher.verify(form.password.clone(), a.hash.clone()).await;
+                if !right {
+                    return again(&h, "Incorrect username or password.", StatusCode::UNAUTHORIZED);
+                }
                 return again(
                     &h,
                     "This account is locked after too many failed sign-in attempts. Try again later or contact your administrator.",

@@ -84,6 +84,7 @@ pub struct AuthRequest {
 pub fn router(provider: Provider) -> Router {
     let prefix = provider.config.cookie_prefix.clone();
     let proxies = provider.config.proxy_networks();
+    let https = provider.issuer.starts_with("https://");
     let state = Http {
         provider,
         proxies: proxies.into(),
@@ -107,6 +108,16 @@ pub fn router(provider: Provider) -> Router {
         .route("/oauth2/broker/callback", get(broker_callback))
         .route("/oauth2/broker/{name}", get(broker_start))
         .route("/oauth2/rp/jwks", get(rp_jwks))
+        .layer(axum::middleware::map_response(move |mut r: Response| async move {
+            // Over https, browsers are told to use nothing else for a year (RFC 6797).
+            if https {
+                r.headers_mut().insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+                );
+            }
+            r
+        }))
         .with_state(state)
 }
 

@@ -95,7 +95,10 @@ pub(super) async fn introspect(
             let public = OAuthError::new(OAuthErrorCode::InvalidClient, "public clients may not introspect");
             return Err(oauth_error(public));
         }
-        h.provider.introspect(token_param(&form)).await.map_err(oauth_error)
+        h.provider
+            .introspect(&client.id, token_param(&form))
+            .await
+            .map_err(oauth_error)
     };
     answer.await.map_or_else(|r| r, |body| json_response(200, body))
 }
