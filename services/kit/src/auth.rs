@@ -582,30 +582,33 @@ impl Verifier {
     /// token as an access token, RFC 8725 §3.11).
     async fn shared_claims(&self, token: &str, typ: &str) -> Result<Arc<serde_json::Value>, AuthError> {
         let cached = self.inner.verified.lock().ok().and_then(|v| v.get(token).cloned());
-        let (kid, had, claims) = match cached {
-            Some(v) => v,
-            None => {
-                let (kid, had, claims) = self.verify_uncached(token).await?;
-                let verified = (kid, had, Arc::new(claims));
-                if self.inner.capacity > 0
-                    && let Ok(mut v) = self.inner.verified.lock()
-                {
-                    if v.len() >= self.inner.capacity {
-                        v.clear();
-                    }
-                    v.insert(token.to_string(), verified.clone());
-                }
-                verified
-            }
+        let wrong_typ = |had: &str| {
+            let had = if had.is_empty() { "none" } else { had };
+            claim("typ", format!("expected {typ}, this token is {had}"))
         };
-        if !typ_is(&had, typ) {
-            let had = if had.is_empty() { "none" } else { had.as_str() };
-            return Err(claim("typ", format!("expected {typ}, this token is {had}")));
+        if let Some((kid, had, claims)) = cached {
+            if !typ_is(&had, typ) {
+                return Err(wrong_typ(&had));
+            }
+            // Signature, issuer and audience were checked when it was cached; time moves on,
+            // and the key that signed it must still be published.
+            self.key(&kid).await?;
+            self.check(&claims, chrono::Utc::now().timestamp())?;
+            return Ok(claims);
         }
-        // Signature, issuer and audience were checked when it was cached; time moves on, and
-        // the key that signed it must still be published.
-        self.key(&kid).await?;
-        self.check(&claims, chrono::Utc::now().timestamp())?;
+        let (kid, had, claims) = self.verify_uncached(token).await?;
+        let claims = Arc::new(claims);
+        if self.inner.capacity > 0
+            && let Ok(mut v) = self.inner.verified.lock()
+        {
+            if v.len() >= self.inner.capacity {
+                v.clear();
+            }
+            v.insert(token.to_string(), (kid, had.clone(), claims.clone()));
+        }
+        if !typ_is(&had, typ) {
+            return Err(wrong_typ(&had));
+        }
         Ok(claims)
     }
 
