@@ -117,6 +117,7 @@ check(any(r.get("ports", [{}])[0].get("port") == 4317 for r in of(docs, "Network
 # from that user's Secret; the cluster CA mounted where the config points.
 config = of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"]
 check('security_protocol = "sasl_ssl"' in config and 'ssl_ca_location = "/etc/sharedcare/kafka-ca/ca.crt"' in config, "Kafka over SASL_SSL with the cluster CA")
+check('feeds = ["pas-feed"]' in config and 'trusted_proxies = ["10.42.0.0/16"]' in config, "feeds for records and the ingress as identity's trusted proxy")
 for service in SERVICES:
     pod = of(docs, "Deployment")[f"sc-sharedcare-{service}"]["spec"]["template"]["spec"]
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
