@@ -344,7 +344,7 @@ async fn password_only_staff_are_refused_and_cannot_replace_an_authenticator() {
 
     let data = tempfile::tempdir().expect("tmp");
     let p = up(data.path());
-    admin(&p)
+    let uid = admin(&p)
         .await
         .create_person(CreatePersonRequest {
             username: "new.starter".into(),
@@ -359,7 +359,9 @@ async fn password_only_staff_are_refused_and_cannot_replace_an_authenticator() {
             ..Default::default()
         })
         .await
-        .expect("person");
+        .expect("person")
+        .into_inner()
+        .uid;
     let redirect = "http://127.0.0.1:9/enrol";
     let (id, secret) = register_app(&p, "Enrol test", redirect, "").await;
     let rp = relying_party(&p.http, &id, &secret, redirect).await;
@@ -426,12 +428,28 @@ async fn password_only_staff_are_refused_and_cannot_replace_an_authenticator() {
         .expect("page");
     let key = hidden(&page, "secret");
     let code = sharedcare_identity::secrets::totp(&key, chrono::Utc::now().timestamp()).expect("code");
-    let enrolled = owner
-        .post(format!("{}/account/totp", p.http))
-        .form(&[("csrf", hidden(&page, "csrf")), ("secret", key.clone()), ("code", code)])
-        .send()
+    let enrol = |enrolment_code: String| {
+        owner
+            .post(format!("{}/account/totp", p.http))
+            .form(&[
+                ("csrf", hidden(&page, "csrf")),
+                ("secret", key.clone()),
+                ("code", code.clone()),
+                ("enrolment_code", enrolment_code),
+            ])
+            .send()
+    };
+    // A first authenticator needs an administrator's one-time enrolment code.
+    let refused = enrol(String::new()).await.expect("POST");
+    assert_eq!(refused.status().as_u16(), 400);
+    assert!(refused.text().await.expect("page").contains("enrolment_code:"));
+    let issued = admin(&p)
         .await
-        .expect("POST");
+        .issue_enrolment(sharedcare_proto::identity::v1::IssueEnrolmentRequest { uid: uid.clone() })
+        .await
+        .expect("issue")
+        .into_inner();
+    let enrolled = enrol(issued.enrolment_code.clone()).await.expect("POST");
     assert_eq!(enrolled.status().as_u16(), 200, "the owner enrols");
     // The password-only session cannot replace it, nor even see the enrolment page.
     let refused = thief.get(format!("{}/account/totp", p.http)).send().await.expect("GET");

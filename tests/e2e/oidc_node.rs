@@ -104,6 +104,16 @@ async fn chromium_signs_in_once_for_two_apps_enrols_totp_and_logs_out_of_both() 
         .expect("create person")
         .into_inner();
     let role = person.role_profiles[1].id.clone();
+    // Their first authenticator needs a one-time enrolment code from an administrator.
+    let enrolment = admin(&p)
+        .await
+        .issue_enrolment(sharedcare_proto::identity::v1::IssueEnrolmentRequest {
+            uid: person.uid.clone(),
+        })
+        .await
+        .expect("enrolment code")
+        .into_inner()
+        .enrolment_code;
     let (pa, pb) = (free_port(), free_port());
     let (a_id, a_secret) = register_app(
         &p,
@@ -132,6 +142,7 @@ async fn chromium_signs_in_once_for_two_apps_enrols_totp_and_logs_out_of_both() 
             ("USERNAME", "browser-nurse".into()),
             ("PASSWORD", "browser-nurse-password".into()),
             ("ROLE_ID", role),
+            ("ENROLMENT_CODE", enrolment),
         ],
     );
     assert!(out.contains("browser: all checks passed"), "{out}");

@@ -8,7 +8,8 @@
 // asks for the TOTP code.
 //
 // Environment: ISSUER, A_PORT, B_PORT, A_ID, A_SECRET, B_ID, B_SECRET, USERNAME, PASSWORD,
-// ROLE_ID (the role to pick), CHROMIUM (default /usr/bin/chromium).
+// ROLE_ID (the role to pick), ENROLMENT_CODE (an administrator's one-time code for the first
+// authenticator), CHROMIUM (default /usr/bin/chromium).
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import http from 'node:http';
@@ -135,6 +136,13 @@ try {
 
   await page.goto(`${issuer}/account/totp`);
   const secret = (await page.textContent('#totp-secret')).trim();
+  await page.fill('#code', totp(secret));
+  // A first authenticator needs the administrator's one-time enrolment code: without it, the
+  // page says so and nothing is enrolled.
+  await page.fill('#enrolment_code', 'not-the-code');
+  await page.click('#enrol');
+  assert.match(await page.textContent('body'), /enrolment_code: not a current enrolment code/);
+  await page.fill('#enrolment_code', env('ENROLMENT_CODE'));
   await page.fill('#code', totp(secret));
   await page.click('#enrol');
   await page.waitForSelector('#recovery-codes');

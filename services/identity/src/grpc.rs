@@ -14,6 +14,9 @@ use crate::oauth::{Provider, now};
 
 /// National RBAC activity that lets staff administer identity.
 pub const ADMIN_ACTIVITY: &str = "B1300";
+
+/// How long an enrolment code works (seconds): 72 hours.
+const ENROLMENT_SECS: i64 = 72 * 3600;
 /// Scope that lets a service administer identity.
 pub const ADMIN_SCOPE: &str = "identity.admin";
 
@@ -662,6 +665,30 @@ impl IdentityAdmin for AdminApi {
         .await;
         Ok(Response::new(api::RevokeSessionResponse {
             notified_clients: notified,
+        }))
+    }
+
+    async fn issue_enrolment(
+        &self,
+        req: Request<api::IssueEnrolmentRequest>,
+    ) -> Result<Response<api::IssueEnrolmentResponse>, Status> {
+        let who = self.authorise(&req).await?;
+        let uid = req.into_inner().uid;
+        required("uid", &uid)?;
+        let code = sharedcare_kit::jose::random_token(12);
+        let expires_at = now() + ENROLMENT_SECS;
+        if !self
+            .provider
+            .store
+            .set_enrolment(&uid, &sharedcare_kit::jose::sha256_b64(&code), expires_at)
+            .await?
+        {
+            return Err(Status::not_found(format!("no member of staff {uid}")));
+        }
+        self.changed(&who, EventKind::EnrolmentIssued, "staff", &uid).await;
+        Ok(Response::new(api::IssueEnrolmentResponse {
+            enrolment_code: code,
+            expires_at,
         }))
     }
 

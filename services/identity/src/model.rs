@@ -372,6 +372,8 @@ pub enum EventKind {
     OrganisationUpdated,
     /// `keys_rotated`.
     KeysRotated,
+    /// `enrolment_issued`.
+    EnrolmentIssued,
 }
 
 impl EventKind {
@@ -393,6 +395,7 @@ impl EventKind {
             EventKind::ClientDeleted => "client_deleted",
             EventKind::OrganisationUpdated => "organisation_updated",
             EventKind::KeysRotated => "keys_rotated",
+            EventKind::EnrolmentIssued => "enrolment_issued",
         }
     }
 }

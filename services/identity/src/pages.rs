@@ -151,7 +151,14 @@ pub fn select_role(req: &str, csrf: &str, roles: &[RoleProfile], org_names: &[(S
 }
 
 /// Enrol an authenticator app: shows the secret, asks for a first code.
-pub fn totp_enrol(csrf: &str, secret: &str, uri: &str, error: &str) -> String {
+pub fn totp_enrol(csrf: &str, secret: &str, uri: &str, error: &str, first: bool) -> String {
+    // A first authenticator needs the one-time enrolment code an administrator issued.
+    let enrolment = if first {
+        "<label for=\"enrolment_code\">Enrolment code from your administrator</label>\
+         <input type=\"text\" id=\"enrolment_code\" name=\"enrolment_code\" autocomplete=\"off\" required>"
+    } else {
+        ""
+    };
     layout(
         "Set up your authenticator app",
         &format!(
@@ -160,7 +167,7 @@ pub fn totp_enrol(csrf: &str, secret: &str, uri: &str, error: &str) -> String {
              <p class=\"hint\">Or open: <a id=\"otpauth\" href=\"{}\">authenticator link</a></p>\
              <form method=\"post\" action=\"/account/totp\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"secret\" value=\"{}\">\
-             <label for=\"code\">Code from your app</label>\
+             {enrolment}<label for=\"code\">Code from your app</label>\
              <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required>\
              <button type=\"submit\" id=\"enrol\">Turn on</button></form>",
             error_box(error),

@@ -324,6 +324,33 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps an enrolment code (by hash) for `uid`, replacing any earlier one; false when there
+    /// is no such person.
+    pub async fn set_enrolment(&self, uid: &str, code_hash: &str, expires_at: i64) -> Result<bool> {
+        let done = sqlx::query("UPDATE people SET enrolment_hash = $1, enrolment_expires = $2 WHERE uid = $3")
+            .bind(code_hash.to_string())
+            .bind(expires_at)
+            .bind(uid.to_string())
+            .execute(self.db.writer())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Uses up `uid`'s enrolment code if `code_hash` is it and it has not expired: one
+    /// conditional UPDATE, so a code enrols once however many try it at once.
+    pub async fn take_enrolment(&self, uid: &str, code_hash: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE people SET enrolment_hash = '', enrolment_expires = 0 \
+             WHERE uid = $1 AND enrolment_hash = $2 AND enrolment_hash <> '' AND enrolment_expires > $3",
+        )
+        .bind(uid.to_string())
+        .bind(code_hash.to_string())
+        .bind(now)
+        .execute(self.db.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Records that TOTP time step `step` was used; false when it (or a later one) was already.
     pub async fn use_totp_step(&self, uid: &str, step: i64) -> Result<bool> {
         let done = sqlx::query("UPDATE people SET totp_last_step = $1 WHERE uid = $2 AND totp_last_step < $3")

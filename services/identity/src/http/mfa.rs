@@ -145,8 +145,9 @@ pub(super) async fn otp_submit(
 // ---- TOTP enrolment --------------------------------------------------------------------------
 
 /// Whether this session may set an authenticator: replacing one needs the one there now (the
-/// session proved it with a code), so a password alone cannot lock the real owner out.
-async fn may_enrol(h: &Http, session: &Session) -> Result<(), Response> {
+/// session proved it with a code), so a password alone cannot lock the real owner out; a first
+/// one needs an enrolment code an administrator issued. `Ok(true)` = a first one.
+async fn may_enrol(h: &Http, session: &Session) -> Result<bool, Response> {
     let has_factor = match h.provider.store.person("uid", &session.subject).await {
         Ok(Some((p, _, _))) => !p.totp_secret.is_empty(),
         Ok(None) => {
@@ -171,7 +172,7 @@ async fn may_enrol(h: &Http, session: &Session) -> Result<(), Response> {
             ),
         ));
     }
-    Ok(())
+    Ok(!has_factor)
 }
 
 pub(super) async fn totp_page(State(h): State<Http>, headers: HeaderMap) -> Response {
@@ -190,12 +191,13 @@ pub(super) async fn totp_page(State(h): State<Http>, headers: HeaderMap) -> Resp
             pages::error("Not available", "Two-step sign in is for staff accounts."),
         );
     }
-    if let Err(r) = may_enrol(&h, &session).await {
-        return r;
-    }
+    let first = match may_enrol(&h, &session).await {
+        Ok(first) => first,
+        Err(r) => return r,
+    };
     let secret = secrets::new_totp_secret();
     let uri = secrets::otpauth_uri("Sharedcare", &session.subject, &secret);
-    h.page_with_csrf(&headers, |csrf| pages::totp_enrol(csrf, &secret, &uri, ""))
+    h.page_with_csrf(&headers, |csrf| pages::totp_enrol(csrf, &secret, &uri, "", first))
 }
 
 #[derive(Deserialize, Default)]
@@ -204,6 +206,7 @@ pub(super) struct TotpForm {
     csrf: String,
     secret: String,
     code: String,
+    enrolment_code: String,
 }
 
 pub(super) async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(form): Form<TotpForm>) -> Response {
@@ -225,23 +228,44 @@ pub(super) async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(
             pages::error("Not available", "secret: not a valid TOTP key."),
         );
     }
-    if let Err(r) = may_enrol(&h, &session).await {
-        return r;
-    }
-    let Some(step) = secrets::totp_step(&form.secret, &form.code, now()) else {
-        let uri = secrets::otpauth_uri("Sharedcare", &session.subject, &form.secret);
-        let mut r = html(
-            StatusCode::BAD_REQUEST,
-            pages::totp_enrol(
-                &form.csrf,
-                &form.secret,
-                &uri,
-                "The code is not right. Enter the code your app shows now.",
-            ),
-        );
-        *r.status_mut() = StatusCode::BAD_REQUEST;
-        return r;
+    let first = match may_enrol(&h, &session).await {
+        Ok(first) => first,
+        Err(r) => return r,
     };
+    let uri = secrets::otpauth_uri("Sharedcare", &session.subject, &form.secret);
+    let again = |msg: &str| {
+        html(
+            StatusCode::BAD_REQUEST,
+            pages::totp_enrol(&form.csrf, &form.secret, &uri, msg, first),
+        )
+    };
+    let Some(step) = secrets::totp_step(&form.secret, &form.code, now()) else {
+        return again("code: the code is not right. Enter the code your app shows now.");
+    };
+    // A first authenticator: the administrator's one-time code, used up only now that the
+    // app's code is right (so a mistyped app code does not cost it).
+    if first {
+        let code = form.enrolment_code.trim();
+        match h
+            .provider
+            .store
+            .take_enrolment(&session.subject, &jose::sha256_b64(code), now())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return again(
+                    "enrolment_code: not a current enrolment code for you. Ask your administrator for one (it works once, for 72 hours).",
+                );
+            }
+            Err(e) => {
+                return html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    pages::error("Try again", &OAuthError::from(e).description),
+                );
+            }
+        }
+    }
     let codes: Vec<String> = (0..8).map(|_| jose::random_token(9)).collect();
     let hashes: Vec<String> = codes.iter().map(|c| jose::sha256_b64(c)).collect();
     if let Err(e) = h
