@@ -22,6 +22,18 @@ use sharedcare_proto::identity::v1::{
 
 use crate::harness::*;
 
+/// The key set identity publishes now.
+async fn published_keys(base: &str) -> JwkSet {
+    http()
+        .get(format!("{base}/oauth2/jwks"))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json")
+}
+
 #[tokio::test]
 async fn code_flow_with_pkce_gives_verified_tokens_userinfo_refresh_introspection_and_revocation() {
     let data = tempfile::tempdir().expect("tmp");
@@ -222,14 +234,7 @@ async fn client_credentials_tokens_name_the_service_and_keys_rotate_without_brea
         .expect("rotate")
         .into_inner()
         .active_kid;
-    let jwks: JwkSet = http()
-        .get(format!("{}/oauth2/jwks", p.http))
-        .send()
-        .await
-        .expect("jwks")
-        .json()
-        .await
-        .expect("json");
+    let jwks = published_keys(&p.http).await;
     assert_eq!(
         jwks.keys.len(),
         2,
@@ -310,14 +315,7 @@ async fn an_emergency_rotation_stops_the_old_key_being_trusted_within_the_max_ag
         .expect("emergency rotation")
         .into_inner()
         .active_kid;
-    let jwks: JwkSet = http()
-        .get(format!("{}/oauth2/jwks", p.http))
-        .send()
-        .await
-        .expect("jwks")
-        .json()
-        .await
-        .expect("json");
+    let jwks = published_keys(&p.http).await;
     let kids: Vec<&str> = jwks.keys.iter().filter_map(|k| k["kid"].as_str()).collect();
     assert_eq!(kids, [new_kid.as_str()], "only the new key is published");
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -799,14 +797,7 @@ async fn second_app_signs_in_without_a_prompt_and_logout_reaches_every_app_over_
     let r = b.get(&logout).send().await.expect("logout");
     assert_eq!(location(&r), "http://127.0.0.1:9/a/signed-out?state=bye");
     let sid = raw["sid"].as_str().expect("sid").to_string();
-    let jwks: JwkSet = http()
-        .get(format!("{}/oauth2/jwks", p.http))
-        .send()
-        .await
-        .expect("jwks")
-        .json()
-        .await
-        .expect("json");
+    let jwks = published_keys(&p.http).await;
     for (got, aud) in [(&got_a, &id_a), (&got_b, &id_b)] {
         let tokens = got.lock().expect("lock").clone();
         assert_eq!(tokens.len(), 1, "{aud} got one logout token");

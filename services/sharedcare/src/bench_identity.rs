@@ -42,6 +42,15 @@ pub(crate) fn location(r: &reqwest::Response) -> String {
         .to_string()
 }
 
+/// The value of hidden field `name` on a login page.
+fn field(page: &str, name: &str) -> String {
+    page.split(&format!("name=\"{name}\" value=\""))
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn code_of(url: &str) -> anyhow::Result<String> {
     url::Url::parse(url)?
         .query_pairs()
@@ -81,18 +90,11 @@ pub(crate) async fn sign_in_back(
     let r = b.get(authorize).send().await?;
     let login = format!("{base}{}", location(&r));
     let page = b.get(&login).send().await?.text().await?;
-    let field = |name: &str| -> String {
-        page.split(&format!("name=\"{name}\" value=\""))
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap_or_default()
-            .to_string()
-    };
     let r = b
         .post(format!("{base}/oauth2/login"))
         .form(&[
-            ("req", field("req")),
-            ("csrf", field("csrf")),
+            ("req", field(&page, "req")),
+            ("csrf", field(&page, "csrf")),
             ("username", username.into()),
             ("password", password.into()),
         ])
@@ -112,17 +114,14 @@ pub(crate) async fn sign_in_back(
             .unwrap_or(0);
         for t in [now, now + 30] {
             let page = b.get(format!("{base}{back}")).send().await?.text().await?;
-            let field = |name: &str| -> String {
-                page.split(&format!("name=\"{name}\" value=\""))
-                    .nth(1)
-                    .and_then(|s| s.split('"').next())
-                    .unwrap_or_default()
-                    .to_string()
-            };
             let code = sharedcare_identity::secrets::totp(secret, t).context("a TOTP code")?;
             let r = b
                 .post(format!("{base}/oauth2/login/otp"))
-                .form(&[("req", field("req")), ("csrf", field("csrf")), ("code", code)])
+                .form(&[
+                    ("req", field(&page, "req")),
+                    ("csrf", field(&page, "csrf")),
+                    ("code", code),
+                ])
                 .send()
                 .await?;
             if r.status().is_redirection() {

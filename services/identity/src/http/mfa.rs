@@ -56,18 +56,7 @@ pub(super) async fn otp_submit(
     {
         Ok(Some(lock)) => lock,
         Ok(None) => {
-            h.provider
-                .event(
-                    EventKind::LoginFailed,
-                    "staff",
-                    &person.uid,
-                    &req.client_id,
-                    &source,
-                    "account locked",
-                    &session.amr,
-                    "",
-                )
-                .await;
+            failed(&h, &person.uid, &req.client_id, &source, "account locked", &session.amr).await;
             return again(
                 "This account is locked after too many failed sign-in attempts. Try again later or contact your administrator.",
             );
@@ -87,18 +76,15 @@ pub(super) async fn otp_submit(
                 .await
                 .unwrap_or(false));
     if !ok {
-        h.provider
-            .event(
-                EventKind::LoginFailed,
-                "staff",
-                &person.uid,
-                &req.client_id,
-                &source,
-                "wrong security code",
-                &session.amr,
-                "",
-            )
-            .await;
+        failed(
+            &h,
+            &person.uid,
+            &req.client_id,
+            &source,
+            "wrong security code",
+            &session.amr,
+        )
+        .await;
         if lock.until > 0 {
             let detail = format!("locked until {}", lock.until);
             h.provider
@@ -140,6 +126,13 @@ pub(super) async fn otp_submit(
         )
         .await;
     see_other(&format!("/oauth2/resume?req={}", form.req))
+}
+
+/// Records a failed second-factor step for member of staff `uid`.
+async fn failed(h: &Http, uid: &str, client_id: &str, source: &str, detail: &str, amr: &[String]) {
+    h.provider
+        .event(EventKind::LoginFailed, "staff", uid, client_id, source, detail, amr, "")
+        .await;
 }
 
 // ---- TOTP enrolment --------------------------------------------------------------------------
