@@ -455,10 +455,11 @@ async fn password_only_staff_are_refused_and_cannot_replace_an_authenticator() {
     assert!(refused.text().await.expect("page").contains("security code first"));
 }
 
-/// Behind TLS (an https issuer), identity tells browsers to use nothing else (HSTS); on plain
-/// http in development it does not.
+/// Identity's pages allow no inline script or style (their style sheet is a file), and behind
+/// TLS (an https issuer) identity tells browsers to use nothing else (HSTS); on plain http in
+/// development it does not.
 #[tokio::test]
-async fn an_https_issuer_sends_hsts() {
+async fn identity_pages_have_a_strict_csp_and_an_https_issuer_sends_hsts() {
     let data = tempfile::tempdir().expect("tmp");
     let p = Proc::start(
         &["up", "--data", data.path().to_str().expect("utf-8 path")],
@@ -483,6 +484,36 @@ async fn an_https_issuer_sends_hsts() {
         .await
         .expect("discovery");
     assert!(r.headers().get("strict-transport-security").is_none());
+    let page = http()
+        .get(format!("{}/oauth2/login?req=nothing-parked", plain.http))
+        .send()
+        .await
+        .expect("a login page");
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        csp.contains("style-src 'self'") && !csp.contains("unsafe-inline") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    let html = page.text().await.expect("html");
+    assert!(!html.contains("<style") && !html.contains("style=") && html.contains("/oauth2/identity.css"));
+    let css = http()
+        .get(format!("{}/oauth2/identity.css", plain.http))
+        .send()
+        .await
+        .expect("css");
+    assert_eq!(
+        css.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/css; charset=utf-8")
+    );
+    assert!(
+        css.text().await.expect("css").contains("#005eb8"),
+        "the NHS blue header"
+    );
 }
 
 #[tokio::test]

@@ -20,7 +20,9 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{margin:0;font-family:Arial,Helvetica,sans-serif;color:#212b32;background:#f0f4f5;\
+/// The pages' style sheet, served at [`STYLE_PATH`] (a file, not inline: the pages'
+/// Content-Security-Policy allows no inline style).
+pub const STYLE: &str = "body{margin:0;font-family:Arial,Helvetica,sans-serif;color:#212b32;background:#f0f4f5;\
 font-size:19px;line-height:1.47}header{background:#005eb8;color:#fff;padding:16px 24px}\
 header a{color:#fff;font-weight:bold;text-decoration:none;font-size:24px}main{max-width:640px;\
 margin:32px auto;background:#fff;padding:32px;border-bottom:4px solid #d8dde0}h1{font-size:32px;\
@@ -30,15 +32,18 @@ input:focus,button:focus{outline:4px solid #ffeb3b;box-shadow:inset 0 0 0 2px #2
 button{margin-top:24px;background:#007f3b;color:#fff;border:0;border-radius:4px;font-size:19px;\
 padding:12px 16px;font-weight:bold;box-shadow:0 4px 0 #00401e;cursor:pointer}\
 .error{border-left:8px solid #d5281b;padding:8px 16px;margin-bottom:16px;color:#d5281b;font-weight:bold}\
-.hint{color:#4c6272}fieldset{border:0;padding:0}.radio{margin:12px 0}.code{font-family:monospace;\
+.hint{color:#4c6272}label.inline{display:inline}fieldset{border:0;padding:0}.radio{margin:12px 0}.code{font-family:monospace;\
 font-size:22px;background:#f0f4f5;padding:8px;word-break:break-all}";
+
+/// Where [`STYLE`] is served.
+pub const STYLE_PATH: &str = "/oauth2/identity.css";
 
 /// A whole page: NHS-style header, main landmark with `body`.
 pub fn layout(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html><html lang=\"en-GB\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} - Sharedcare</title><style>{STYLE}</style></head><body>\
+         <title>{} - Sharedcare</title><link rel=\"stylesheet\" href=\"{STYLE_PATH}\"></head><body>\
          <header><a href=\"/\" aria-label=\"Sharedcare homepage\">Sharedcare</a> \
          <span>Sign in to your care record systems</span></header>\
          <main id=\"maincontent\">{body}</main></body></html>",
@@ -129,7 +134,7 @@ pub fn select_role(req: &str, csrf: &str, roles: &[RoleProfile], org_names: &[(S
             .unwrap_or(&r.org_code);
         items.push_str(&format!(
             "<div class=\"radio\"><input type=\"radio\" id=\"role-{i}\" name=\"role\" value=\"{}\"{}>\
-             <label for=\"role-{i}\" style=\"display:inline\">{} at {} ({})</label></div>",
+             <label for=\"role-{i}\" class=\"inline\">{} at {} ({})</label></div>",
             esc(&r.person_roleid),
             if i == 0 { " checked" } else { "" },
             esc(&r.role_name),
