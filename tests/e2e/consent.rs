@@ -637,3 +637,138 @@ async fn an_authorised_representative_manages_the_patients_choices_and_may_read(
     let d = c.decide(with_token(ask, &service)).await.expect("decide").into_inner();
     assert_eq!(d.effect(), Effect::Deny, "{d:?}");
 }
+
+/// A privacy officer reviews break-glass only for the organisations they cover: their role's
+/// organisation and those under it in identity's directory. The ICB's (QN1, the parent of
+/// every demo provider) sees and reviews a home care provider's grant; a trust's (RX1) neither
+/// sees it in the queue nor may review it.
+#[tokio::test]
+async fn a_reviewer_sees_and_reviews_only_grants_at_organisations_they_cover() {
+    use crate::harness::{admin, browser, exchange, hidden, password_login, register_app, relying_party};
+    use openidconnect::core::CoreAuthenticationFlow;
+    use openidconnect::{CsrfToken, Nonce, OAuth2TokenResponse, Scope};
+    use sharedcare_proto::identity::v1::{CreatePersonRequest, IssueEnrolmentRequest, RoleProfile};
+
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let nhs = crate::harness::nhs_number();
+    let careworker = user_token(&p, "careworker", "demo-careworker-password", "selectedrole").await;
+    let mut c = ConsentClient::new(p.channel().await);
+    let grant = c
+        .break_glass(with_token(
+            BreakGlassRequest {
+                nhs_number: nhs.clone(),
+                reason_code: "unconscious-patient".into(),
+                reason_text: "Found collapsed at home, no GP record available".into(),
+            },
+            &careworker,
+        ))
+        .await
+        .expect("break-glass")
+        .into_inner();
+    assert_eq!(grant.ods_code, "VH2D7");
+
+    // The trust's privacy officer, with a second factor enrolled through the pages.
+    let mut a = admin(&p).await;
+    let uid = a
+        .create_person(CreatePersonRequest {
+            username: "rx.privacy".into(),
+            given_name: "Rhys".into(),
+            family_name: "Privacy".into(),
+            password: "a-long-privacy-officer-password".into(),
+            role_profiles: vec![RoleProfile {
+                ods_code: "RX1".into(),
+                role_code: "S8001:G8005:R0001".into(),
+                role_name: "Privacy Officer".into(),
+                activity_codes: vec![sharedcare_kit::auth::BREAK_GLASS_REVIEW_ACTIVITY.into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("person")
+        .into_inner()
+        .uid;
+    let code = a
+        .issue_enrolment(IssueEnrolmentRequest { uid })
+        .await
+        .expect("enrolment")
+        .into_inner()
+        .enrolment_code;
+    let redirect = "http://127.0.0.1:9/review";
+    let (id, secret) = register_app(&p, "Review app", redirect, "").await;
+    let rp = relying_party(&p.http, &id, &secret, redirect).await;
+    let auth = || {
+        rp.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("selectedrole".into()))
+        .url()
+        .0
+        .to_string()
+    };
+    let b = browser();
+    password_login(&b, &p.http, &auth(), "rx.privacy", "a-long-privacy-officer-password").await;
+    let page = b
+        .get(format!("{}/account/totp", p.http))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("page");
+    let key = hidden(&page, "secret");
+    let now_code = sharedcare_identity::secrets::totp(&key, chrono::Utc::now().timestamp()).expect("code");
+    let enrolled = b
+        .post(format!("{}/account/totp", p.http))
+        .form(&[
+            ("csrf", hidden(&page, "csrf")),
+            ("secret", key),
+            ("code", now_code),
+            ("enrolment_code", code),
+        ])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(enrolled.status().as_u16(), 200, "enrolled");
+    // The same browser's session now has its second factor: the next token is AAL2.
+    let (back, _, _) = crate::harness::follow(&b, &p.http, &auth()).await;
+    let rx = exchange(&rp, &back).await.access_token().secret().clone();
+    assert_eq!(crate::harness::claims_of(&rx)["acr"], "AAL2");
+
+    let lister = c.clone();
+    let queue = |token: String| {
+        let mut c = lister.clone();
+        async move {
+            c.list_break_glass(with_token(ListBreakGlassRequest {}, &token))
+                .await
+                .expect("queue")
+                .into_inner()
+                .grants
+                .into_iter()
+                .map(|g| g.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        !queue(rx.clone()).await.contains(&grant.id),
+        "the trust's officer does not see it"
+    );
+    let review = ReviewBreakGlassRequest {
+        id: grant.id.clone(),
+        reviewer: String::new(),
+        note: "looked at it from the wrong organisation".into(),
+    };
+    let refused = c
+        .review_break_glass(with_token(review.clone(), &rx))
+        .await
+        .expect_err("outside their cover");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{}", refused.message());
+    let ig = user_token(&p, "icsadmin", "demo-icsadmin-password", "selectedrole").await;
+    assert!(queue(ig.clone()).await.contains(&grant.id), "the ICB's officer sees it");
+    c.review_break_glass(with_token(review, &ig))
+        .await
+        .expect("the ICB's officer reviews it");
+}

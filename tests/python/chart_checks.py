@@ -93,7 +93,10 @@ egress = policies["sc-sharedcare-passport"]["spec"]["egress"]
 callees = [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in egress for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"]]
 check(sorted(callees) == ["audit", "consent", "identity"], "the passport reaches identity, consent and audit, nothing else of ours")
 consent_out = [peer for rule in policies["sc-sharedcare-consent"]["spec"]["egress"] for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"]]
-check([p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in consent_out] == ["identity"], "consent calls only identity")
+check({p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in consent_out} == {"identity"}, "consent calls only identity")
+consent_ports = {port["port"] for rule in policies["sc-sharedcare-consent"]["spec"]["egress"] for peer in rule.get("to", []) if peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "identity" for port in rule["ports"]}
+check(consent_ports == {8080, 50051}, "consent reaches identity's keys (HTTP) and its organisation directory (gRPC)")
+check('identity_url = "http://sc-sharedcare-identity:50051"' in config, "consent reads the organisation directory from identity's Service")
 portal_out = [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in policies["sc-sharedcare-portal"]["spec"]["egress"] for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"]]
 check(sorted(set(portal_out)) == ["audit", "consent", "identity", "passport", "records"], "the portal reaches identity and the services its pages read, nothing else")
 portal_env = {e["name"]: e for e in deployments["sc-sharedcare-portal"]["spec"]["template"]["spec"]["containers"][0]["env"]}

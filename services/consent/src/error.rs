@@ -28,6 +28,9 @@ pub enum ConsentError {
     /// The database failed.
     #[error("consent storage: {0}")]
     Storage(#[from] sqlx::Error),
+    /// A service consent asks (identity's organisation directory) could not answer.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ConsentError {
@@ -47,7 +50,7 @@ impl ServiceError for ConsentError {
             ConsentError::NotFound(_) => ErrorCode::NotFound,
             ConsentError::Forbidden(_) => ErrorCode::Forbidden,
             ConsentError::Unauthenticated(_) => ErrorCode::Unauthenticated,
-            ConsentError::Storage(_) => ErrorCode::Unavailable,
+            ConsentError::Storage(_) | ConsentError::Unavailable(_) => ErrorCode::Unavailable,
             ConsentError::Corrupt(_) => ErrorCode::Internal,
         }
     }
@@ -55,6 +58,7 @@ impl ServiceError for ConsentError {
     fn internal_message(&self) -> String {
         match self {
             ConsentError::Corrupt(_) => "consent could not read its own records".into(),
+            ConsentError::Unavailable(_) => "the organisation directory is unavailable".into(),
             _ => "consent storage unavailable".into(),
         }
     }

@@ -21,12 +21,41 @@ pub const REVIEW_ACTIVITY: &str = sharedcare_kit::auth::BREAK_GLASS_REVIEW_ACTIV
 pub struct ConsentApi {
     store: Store,
     verifier: Verifier,
+    directory: std::sync::Arc<crate::directory::Directory>,
 }
 
 impl ConsentApi {
     /// Serves `store` to callers whose bearer token `verifier` accepts.
     pub fn new(store: Store, verifier: Verifier) -> Self {
-        ConsentApi { store, verifier }
+        let directory = crate::directory::Directory::known(&[]);
+        ConsentApi {
+            store,
+            verifier,
+            directory: std::sync::Arc::new(directory),
+        }
+    }
+
+    /// The same API reading which organisations a reviewer covers from `directory`.
+    pub fn with_directory(self, directory: crate::directory::Directory) -> Self {
+        ConsentApi {
+            directory: std::sync::Arc::new(directory),
+            ..self
+        }
+    }
+
+    /// Whether reviewer `who` covers grants made at `org`: services (with `consent.write`) all
+    /// of them; staff their role's organisation and those under it in the directory.
+    async fn covers<T>(&self, who: &Principal, req: &Request<T>, org: &str) -> Result<bool, ConsentError> {
+        let Principal::Staff { role, .. } = who else {
+            return Ok(true);
+        };
+        let bearer = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(sharedcare_kit::auth::bearer)
+            .unwrap_or_default();
+        self.directory.covers(&role.org_code, org, bearer).await
     }
 
     async fn who<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
@@ -567,11 +596,16 @@ impl Consent for ConsentApi {
         &self,
         request: Request<api::ListBreakGlassRequest>,
     ) -> Result<Response<api::ListBreakGlassResponse>, Status> {
-        self.reviewer(&request).await?;
+        let who = self.reviewer(&request).await?;
         let grants = self.store.grants("", true).await?;
-        Ok(Response::new(api::ListBreakGlassResponse {
-            grants: grants.iter().map(grant_out).collect(),
-        }))
+        // Only the grants made at organisations this reviewer covers.
+        let mut covered = Vec::with_capacity(grants.len());
+        for g in &grants {
+            if self.covers(&who, &request, &g.grant.org).await? {
+                covered.push(grant_out(g));
+            }
+        }
+        Ok(Response::new(api::ListBreakGlassResponse { grants: covered }))
     }
 
     async fn review_break_glass(
@@ -579,9 +613,21 @@ impl Consent for ConsentApi {
         request: Request<api::ReviewBreakGlassRequest>,
     ) -> Result<Response<api::BreakGlassGrant>, Status> {
         let who = self.reviewer(&request).await?;
-        let r = request.into_inner();
+        let r = request.get_ref().clone();
         if r.id.is_empty() {
             return Err(ConsentError::invalid("id", "is required").into());
+        }
+        // Reviewing a grant made at an organisation outside this reviewer's cover is refused
+        // (an unknown id is answered below as not found).
+        if let Principal::Staff { role, .. } = &who
+            && let Some(org) = self.store.grant_org(&r.id).await?
+            && !self.covers(&who, &request, &org).await?
+        {
+            return Err(ConsentError::Forbidden(format!(
+                "break-glass grant {} is not at an organisation you review for ({} and those under it)",
+                r.id, role.org_code
+            ))
+            .into());
         }
         // The reviewer is always the caller: the person, or the service's client.
         let caller = who.id();

@@ -9,6 +9,8 @@
 //! very next decision after the change is acknowledged: there is no cache to go stale.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod directory;
 pub mod error;
 pub mod events;
 pub mod fhir;
@@ -18,6 +20,7 @@ pub mod policy;
 pub mod state;
 pub mod store;
 
+pub use config::ConsentConfig;
 pub use error::ConsentError;
 
 use sharedcare_kit::db::Db;
@@ -36,13 +39,22 @@ pub type DemoRelationship = (String, &'static str, &'static str);
 /// The consent service, as the binary mounts it.
 pub struct Consent {
     demo: Vec<DemoRelationship>,
+    config: ConsentConfig,
 }
 
 impl Consent {
     /// The service; `demo` are the care relationships seeded into an empty database when the
     /// process seeds the demo ICS.
     pub fn new(demo: Vec<DemoRelationship>) -> Self {
-        Consent { demo }
+        Consent {
+            demo,
+            config: ConsentConfig::default(),
+        }
+    }
+
+    /// The same service with `config`.
+    pub fn with_config(self, config: ConsentConfig) -> Self {
+        Consent { config, ..self }
     }
 }
 
@@ -79,7 +91,14 @@ impl sharedcare_kit::service::Service for Consent {
             );
         }
         let mut m = Mount::new(NAME);
-        let api = grpc::ConsentApi::new(store.clone(), ctx.verifier()?);
+        // Identity's organisation directory: the one in this process, else the configured one;
+        // without either, a staff reviewer covers only their own organisation.
+        let identity = ctx
+            .peer_url("identity", &self.config.identity_url, "consent.identity_url")
+            .ok();
+        let ttl = std::time::Duration::from_secs(self.config.directory_cache_secs);
+        let directory = directory::Directory::new(identity.as_deref(), ttl)?;
+        let api = grpc::ConsentApi::new(store.clone(), ctx.verifier()?).with_directory(directory);
         m.http = http::router(api.clone());
         m.add_grpc(api::consent_server::ConsentServer::new(api));
         m.consumers.push(sharedcare_kit::serve::Consumer {

@@ -757,6 +757,15 @@ impl Store {
         Ok(Review::Done(g))
     }
 
+    /// The organisation a break-glass grant was made at, if there is such a grant.
+    pub async fn grant_org(&self, id: &str) -> Result<Option<String>, ConsentError> {
+        let row = sqlx::query("SELECT ods_code FROM break_glass WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
     /// Break-glass grants for `nhs` (all patients when empty); `unreviewed` = the review queue.
     pub async fn grants(&self, nhs: &str, unreviewed: bool) -> Result<Vec<Grant>, ConsentError> {
         let sql = format!(

@@ -39,10 +39,18 @@ fn org(ods: &str, name: &str, kind: &str) -> Organisation {
         ods_code: ods.into(),
         name: name.into(),
         kind: kind.into(),
-        parent: String::new(),
+        // Every provider belongs to the ICB (whose privacy officer reviews their break-glass).
+        parent: if ods == DEMO_ICB {
+            String::new()
+        } else {
+            DEMO_ICB.into()
+        },
         active: true,
     }
 }
+
+/// The demo ICB's ODS code: the parent of every demo organisation.
+pub const DEMO_ICB: &str = "QN1";
 
 /// The demo organisations: a GP practice, an acute trust, a care home, a home care provider,
 /// the local authority and the ICB.

@@ -36,6 +36,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// How services check bearer tokens (issuer, JWKS, audience) and their own client.
     pub auth: AuthConfig,
+    /// The consent service (where identity's organisation directory is).
+    pub consent: sharedcare_consent::ConsentConfig,
     /// The records service (where consent is).
     pub records: RecordsConfig,
     /// The audit service (alert rules).
@@ -111,6 +113,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             identity: IdentityConfig::default(),
             auth: AuthConfig::default(),
+            consent: sharedcare_consent::ConsentConfig::default(),
             records: RecordsConfig::default(),
             audit: sharedcare_audit::AuditConfig::default(),
             passport: sharedcare_passport::PassportConfig::default(),
@@ -145,6 +148,7 @@ impl Validate for Config {
             return Err(("outbox.batch_size".into(), "must be at least 1".into()));
         }
         self.identity.validate()?;
+        self.consent.validate()?;
         self.records.validate()?;
         self.audit.validate()?;
         self.passport.validate()?;

@@ -23,9 +23,10 @@ use crate::config::Config;
 pub fn registry(config: &Config) -> Vec<Box<dyn Service>> {
     vec![
         Box::new(sharedcare_identity::Identity::new(config.identity.clone())),
-        Box::new(sharedcare_consent::Consent::new(
-            sharedcare_identity::demo::care_relationships(),
-        )),
+        Box::new(
+            sharedcare_consent::Consent::new(sharedcare_identity::demo::care_relationships())
+                .with_config(config.consent.clone()),
+        ),
         Box::new(sharedcare_records::Records::new(config.records.clone())),
         Box::new(sharedcare_audit::Audit::new(config.audit.clone())),
         Box::new(sharedcare_passport::Passport::new(config.passport.clone())),
