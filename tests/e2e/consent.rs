@@ -24,6 +24,25 @@ fn directive(id: &str, nhs: &str, status: &str, provision: serde_json::Value) ->
     }
 }
 
+/// Breaks the glass for `nhs` as the holder of `token`, for an unconscious patient.
+async fn break_glass(
+    c: &mut ConsentClient<tonic::transport::Channel>,
+    token: &str,
+    nhs: &str,
+) -> sharedcare_proto::consent::v1::BreakGlassGrant {
+    c.break_glass(with_token(
+        BreakGlassRequest {
+            nhs_number: nhs.into(),
+            reason_code: "unconscious-patient".into(),
+            reason_text: "Found collapsed at home, no GP record available".into(),
+        },
+        token,
+    ))
+    .await
+    .expect("break-glass")
+    .into_inner()
+}
+
 fn staff_ask(nhs: &str, org: &str, purpose: &str) -> DecideRequest {
     DecideRequest {
         principal_kind: "staff".into(),
@@ -183,18 +202,7 @@ async fn decisions_follow_relationships_directives_flags_and_break_glass_and_a_r
         .await
         .expect_err("reason too short");
     assert!(short.message().starts_with("reason_text:"));
-    let grant = c
-        .break_glass(with_token(
-            BreakGlassRequest {
-                nhs_number: nhs.clone(),
-                reason_code: "unconscious-patient".into(),
-                reason_text: "Found collapsed at home, no GP record available".into(),
-            },
-            &careworker,
-        ))
-        .await
-        .expect("break-glass")
-        .into_inner();
+    let grant = break_glass(&mut c, &careworker, &nhs).await;
     assert_eq!(
         (grant.person_id.as_str(), grant.ods_code.as_str()),
         ("555000000003", "VH2D7")
@@ -453,16 +461,7 @@ async fn a_write_under_break_glass_grants_no_organisation_a_relationship() {
     .expect("patient");
     let careworker = user_token(&p, "careworker", "demo-careworker-password", "selectedrole").await;
     let mut c = ConsentClient::new(p.channel().await);
-    c.break_glass(with_token(
-        BreakGlassRequest {
-            nhs_number: nhs.clone(),
-            reason_code: "unconscious-patient".into(),
-            reason_text: "Found collapsed at home, no GP record available".into(),
-        },
-        &careworker,
-    ))
-    .await
-    .expect("break-glass");
+    break_glass(&mut c, &careworker, &nhs).await;
     let encounter = |id: &str, org: &str| {
         json!({
             "resourceType": "Encounter", "id": id, "status": "in-progress",
@@ -644,9 +643,10 @@ async fn an_authorised_representative_manages_the_patients_choices_and_may_read(
 /// sees it in the queue nor may review it.
 #[tokio::test]
 async fn a_reviewer_sees_and_reviews_only_grants_at_organisations_they_cover() {
-    use crate::harness::{admin, browser, exchange, hidden, password_login, register_app, relying_party};
-    use openidconnect::core::CoreAuthenticationFlow;
-    use openidconnect::{CsrfToken, Nonce, OAuth2TokenResponse, Scope};
+    use crate::harness::{
+        admin, browser, enrol_totp, exchange, password_login, register_app, relying_party, staff_auth_url,
+    };
+    use openidconnect::OAuth2TokenResponse;
     use sharedcare_proto::identity::v1::{CreatePersonRequest, IssueEnrolmentRequest, RoleProfile};
 
     let data = tempfile::tempdir().expect("tmp");
@@ -654,18 +654,7 @@ async fn a_reviewer_sees_and_reviews_only_grants_at_organisations_they_cover() {
     let nhs = crate::harness::nhs_number();
     let careworker = user_token(&p, "careworker", "demo-careworker-password", "selectedrole").await;
     let mut c = ConsentClient::new(p.channel().await);
-    let grant = c
-        .break_glass(with_token(
-            BreakGlassRequest {
-                nhs_number: nhs.clone(),
-                reason_code: "unconscious-patient".into(),
-                reason_text: "Found collapsed at home, no GP record available".into(),
-            },
-            &careworker,
-        ))
-        .await
-        .expect("break-glass")
-        .into_inner();
+    let grant = break_glass(&mut c, &careworker, &nhs).await;
     assert_eq!(grant.ods_code, "VH2D7");
 
     // The trust's privacy officer, with a second factor enrolled through the pages.
@@ -698,41 +687,11 @@ async fn a_reviewer_sees_and_reviews_only_grants_at_organisations_they_cover() {
     let redirect = "http://127.0.0.1:9/review";
     let (id, secret) = register_app(&p, "Review app", redirect, "").await;
     let rp = relying_party(&p.http, &id, &secret, redirect).await;
-    let auth = || {
-        rp.authorize_url(
-            CoreAuthenticationFlow::AuthorizationCode,
-            CsrfToken::new_random,
-            Nonce::new_random,
-        )
-        .add_scope(Scope::new("selectedrole".into()))
-        .url()
-        .0
-        .to_string()
-    };
+    let auth = || staff_auth_url(&rp);
     let b = browser();
     password_login(&b, &p.http, &auth(), "rx.privacy", "a-long-privacy-officer-password").await;
-    let page = b
-        .get(format!("{}/account/totp", p.http))
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("page");
-    let key = hidden(&page, "secret");
-    let now_code = sharedcare_identity::secrets::totp(&key, chrono::Utc::now().timestamp()).expect("code");
-    let enrolled = b
-        .post(format!("{}/account/totp", p.http))
-        .form(&[
-            ("csrf", hidden(&page, "csrf")),
-            ("secret", key),
-            ("code", now_code),
-            ("enrolment_code", code),
-        ])
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(enrolled.status().as_u16(), 200, "enrolled");
+    let (status, _) = enrol_totp(&b, &p.http, &code).await;
+    assert_eq!(status, 200, "enrolled");
     // The same browser's session now has its second factor: the next token is AAL2.
     let (back, _, _) = crate::harness::follow(&b, &p.http, &auth()).await;
     let rx = exchange(&rp, &back).await.access_token().secret().clone();

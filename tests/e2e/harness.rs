@@ -620,6 +620,47 @@ pub async fn sign_in(
     submit(b, base, "/oauth2/login/otp", &page, &[("code", &code)]).await
 }
 
+/// An authorization URL of `rp` for a member of staff's selected role (scope `selectedrole`).
+pub fn staff_auth_url(rp: &Rp) -> String {
+    rp.authorize_url(
+        CoreAuthenticationFlow::AuthorizationCode,
+        CsrfToken::new_random,
+        Nonce::new_random,
+    )
+    .add_scope(Scope::new("selectedrole".into()))
+    .url()
+    .0
+    .to_string()
+}
+
+/// Enrols an authenticator app on identity's account page in browser `b` (signed in there):
+/// reads the new key, answers with its current code and `enrolment_code` (an administrator's
+/// one-time code, which a first authenticator needs). Returns the answer's status and page.
+pub async fn enrol_totp(b: &reqwest::Client, base: &str, enrolment_code: &str) -> (u16, String) {
+    let page = b
+        .get(format!("{base}/account/totp"))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("page");
+    let key = hidden(&page, "secret");
+    let code = sharedcare_identity::secrets::totp(&key, chrono::Utc::now().timestamp()).expect("code");
+    let r = b
+        .post(format!("{base}/account/totp"))
+        .form(&[
+            ("csrf", hidden(&page, "csrf")),
+            ("secret", key),
+            ("code", code),
+            ("enrolment_code", enrolment_code.to_string()),
+        ])
+        .send()
+        .await
+        .expect("POST");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
 /// TOTP time steps already used per (identity, user) in this test process.
 static USED_STEPS: std::sync::Mutex<Vec<(String, String, i64)>> = std::sync::Mutex::new(Vec::new());
 

@@ -363,17 +363,7 @@ async fn password_only_staff_are_refused_and_cannot_replace_an_authenticator() {
     let redirect = "http://127.0.0.1:9/enrol";
     let (id, secret) = register_app(&p, "Enrol test", redirect, "").await;
     let rp = relying_party(&p.http, &id, &secret, redirect).await;
-    let auth = || {
-        rp.authorize_url(
-            CoreAuthenticationFlow::AuthorizationCode,
-            CsrfToken::new_random,
-            Nonce::new_random,
-        )
-        .add_scope(Scope::new("selectedrole".into()))
-        .url()
-        .0
-        .to_string()
-    };
+    let auth = || staff_auth_url(&rp);
     // Someone with the password signs in while there is no second factor yet: the token is
     // AAL1, and no service takes it.
     let thief = browser();
@@ -416,39 +406,18 @@ async fn password_only_staff_are_refused_and_cannot_replace_an_authenticator() {
     let owner = browser();
     let (back, _, _) = password_login(&owner, &p.http, &auth(), "new.starter", "a-long-new-starter-password").await;
     assert!(back.starts_with(redirect), "{back}");
-    let page = owner
-        .get(format!("{}/account/totp", p.http))
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("page");
-    let key = hidden(&page, "secret");
-    let code = sharedcare_identity::secrets::totp(&key, chrono::Utc::now().timestamp()).expect("code");
-    let enrol = |enrolment_code: String| {
-        owner
-            .post(format!("{}/account/totp", p.http))
-            .form(&[
-                ("csrf", hidden(&page, "csrf")),
-                ("secret", key.clone()),
-                ("code", code.clone()),
-                ("enrolment_code", enrolment_code),
-            ])
-            .send()
-    };
     // A first authenticator needs an administrator's one-time enrolment code.
-    let refused = enrol(String::new()).await.expect("POST");
-    assert_eq!(refused.status().as_u16(), 400);
-    assert!(refused.text().await.expect("page").contains("enrolment_code:"));
+    let (status, page) = enrol_totp(&owner, &p.http, "").await;
+    assert_eq!(status, 400);
+    assert!(page.contains("enrolment_code:"));
     let issued = admin(&p)
         .await
         .issue_enrolment(sharedcare_proto::identity::v1::IssueEnrolmentRequest { uid: uid.clone() })
         .await
         .expect("issue")
         .into_inner();
-    let enrolled = enrol(issued.enrolment_code.clone()).await.expect("POST");
-    assert_eq!(enrolled.status().as_u16(), 200, "the owner enrols");
+    let (status, _) = enrol_totp(&owner, &p.http, &issued.enrolment_code).await;
+    assert_eq!(status, 200, "the owner enrols");
     // The password-only session cannot replace it, nor even see the enrolment page.
     let refused = thief.get(format!("{}/account/totp", p.http)).send().await.expect("GET");
     assert_eq!(refused.status().as_u16(), 403);
