@@ -421,7 +421,7 @@ async fn password_only_staff_are_refused_and_cannot_replace_an_authenticator() {
     // The password-only session cannot replace it, nor even see the enrolment page.
     let refused = thief.get(format!("{}/account/totp", p.http)).send().await.expect("GET");
     assert_eq!(refused.status().as_u16(), 403);
-    assert!(refused.text().await.expect("page").contains("security code first"));
+    assert!(refused.text().await.expect("page").contains("second factor first"));
 }
 
 /// Identity's pages allow no inline script or style (their style sheet is a file), and behind

@@ -147,3 +147,101 @@ async fn chromium_signs_in_once_for_two_apps_enrols_totp_and_logs_out_of_both() 
     );
     assert!(out.contains("browser: all checks passed"), "{out}");
 }
+
+/// WebAuthn as a second factor (CIS2 counts passkeys and security keys as AAL2): a new member
+/// of staff adds a passkey in Chromium (its virtual authenticator, over the DevTools protocol)
+/// with an administrator's enrolment code, then signs in with it; the app's token says AAL2
+/// with a key (`hwk`), and records accepts it. WebAuthn needs a domain name, so identity's
+/// issuer here is `http://localhost:<port>`.
+#[tokio::test]
+async fn chromium_adds_a_passkey_and_signs_in_with_it_at_aal2() {
+    use crate::harness::{Proc, claims_of, exchange, relying_party, staff_auth_url};
+    let data = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let issuer = format!("http://localhost:{port}");
+    let p = Proc::start_on(
+        &["up", "--data", data.path().to_str().expect("utf-8")],
+        &[("SHAREDCARE_IDENTITY__ISSUER", issuer.clone())],
+        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
+    );
+    let person = admin(&p)
+        .await
+        .create_person(CreatePersonRequest {
+            username: "passkey-nurse".into(),
+            given_name: "Ada".into(),
+            family_name: "Key".into(),
+            password: "passkey-nurse-password".into(),
+            role_profiles: vec![RoleProfile {
+                ods_code: "A81001".into(),
+                role_code: "S8000:G8000:R8001".into(),
+                role_name: "Practice Nurse".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("create person")
+        .into_inner();
+    let enrolment = admin(&p)
+        .await
+        .issue_enrolment(sharedcare_proto::identity::v1::IssueEnrolmentRequest {
+            uid: person.uid.clone(),
+        })
+        .await
+        .expect("enrolment code")
+        .into_inner()
+        .enrolment_code;
+    // The app: the script answers its redirect URI itself (Chromium refuses port 9).
+    let redirect = format!("http://127.0.0.1:{}/passkey/callback", free_port());
+    let (id, secret) = register_app(&p, "Passkey app", &redirect, "").await;
+    let rp = relying_party(&issuer, &id, &secret, &redirect).await;
+    let aal2 = format!("{}&acr_values=AAL2&prompt=login", staff_auth_url(&rp));
+    let out = run_node(
+        "webauthn.mjs",
+        &[
+            ("ISSUER", issuer.clone()),
+            ("USERNAME", "passkey-nurse".into()),
+            ("PASSWORD", "passkey-nurse-password".into()),
+            ("ENROLMENT_CODE", enrolment),
+            ("AUTH_URL_PASSWORD", staff_auth_url(&rp)),
+            ("AUTH_URL_AAL2", aal2),
+            ("REDIRECT", redirect.clone()),
+        ],
+    );
+    assert!(out.contains("webauthn: all checks passed"), "{out}");
+    let back = out
+        .lines()
+        .find_map(|l| l.strip_prefix("redirect "))
+        .expect("the redirect after the passkey sign-in");
+    let tokens = exchange(&rp, back).await;
+    use openidconnect::OAuth2TokenResponse;
+    let access = claims_of(tokens.access_token().secret());
+    assert_eq!(access["acr"], "AAL2", "{access}");
+    let id_token = serde_json::to_value(&tokens).expect("json")["id_token"]
+        .as_str()
+        .map(claims_of)
+        .expect("an ID token");
+    let amr: Vec<&str> = id_token["amr"]
+        .as_array()
+        .expect("amr")
+        .iter()
+        .filter_map(|m| m.as_str())
+        .collect();
+    assert!(
+        amr.contains(&"pwd") && amr.contains(&"hwk"),
+        "password and a device-bound key: {amr:?}"
+    );
+    // A service takes the token as a member of staff at AAL2: records decides on the request
+    // itself (nothing held by that id) instead of refusing the caller.
+    let get = sharedcare_proto::records::v1::GetRequest {
+        resource_type: "Patient".into(),
+        id: "anyone".into(),
+        ..Default::default()
+    };
+    let answer = sharedcare_proto::records::v1::records_client::RecordsClient::new(p.channel().await)
+        .get(crate::harness::with_token(get, tokens.access_token().secret()))
+        .await
+        .expect_err("no such record");
+    assert_ne!(answer.code(), tonic::Code::Unauthenticated, "{answer:?}");
+}

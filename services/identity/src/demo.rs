@@ -85,6 +85,7 @@ pub fn people() -> Vec<(Person, &'static str)> {
         family_name: family.into(),
         email: format!("{user}@example.nhs.uk"),
         totp_secret: totp.into(),
+        security_keys: 0,
         roles,
     };
     vec![

@@ -454,6 +454,7 @@ impl IdentityAdmin for AdminApi {
             family_name: r.family_name,
             email: r.email,
             totp_secret: String::new(),
+            security_keys: 0,
             roles,
         };
         self.provider.store.insert_person(&p, &hash).await?;

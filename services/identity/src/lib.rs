@@ -21,6 +21,7 @@ pub mod oauth;
 pub mod pages;
 pub mod secrets;
 pub mod store;
+pub mod webauthn;
 
 pub use config::IdentityConfig;
 pub use error::IdentityError;

@@ -80,8 +80,17 @@ pub struct Person {
     pub email: String,
     /// Base32 TOTP secret, empty when not enrolled.
     pub totp_secret: String,
+    /// How many WebAuthn credentials (passkeys, security keys) they have.
+    pub security_keys: i64,
     /// Role profiles.
     pub roles: Vec<RoleProfile>,
+}
+
+impl Person {
+    /// Whether they have a second factor: an authenticator app or a security key.
+    pub fn has_second_factor(&self) -> bool {
+        !self.totp_secret.is_empty() || self.security_keys > 0
+    }
 }
 
 /// A patient account.
@@ -250,13 +259,19 @@ impl Grant {
     }
 }
 
+/// The `amr` values (RFC 8176) that prove a second factor: a one-time code (`otp`, TOTP or a
+/// recovery code), or a WebAuthn key bound to a device (`hwk`) or synced between devices
+/// (`swk`, a passkey in a password manager). CIS2 counts each of them as AAL2.
+pub const SECOND_FACTOR_AMR: [&str; 3] = ["otp", "hwk", "swk"];
+
+/// Whether `amr` includes a second factor.
+pub fn has_second_factor(amr: &[String]) -> bool {
+    amr.iter().any(|m| SECOND_FACTOR_AMR.contains(&m.as_str()))
+}
+
 /// `acr` for a list of `amr` values.
 pub fn acr_for(amr: &[String]) -> &'static str {
-    if amr.iter().any(|m| m == "otp") {
-        ACR_MFA
-    } else {
-        ACR_PASSWORD
-    }
+    if has_second_factor(amr) { ACR_MFA } else { ACR_PASSWORD }
 }
 
 /// A requested scope the client may not have (`invalid_scope`).
@@ -336,6 +351,13 @@ mod tests {
     fn a_second_factor_raises_the_assurance_level() {
         assert_eq!(acr_for(&["pwd".into()]), ACR_PASSWORD);
         assert_eq!(acr_for(&["pwd".into(), "otp".into()]), ACR_MFA);
+        assert_eq!(acr_for(&["pwd".into(), "hwk".into()]), ACR_MFA, "a security key");
+        assert_eq!(acr_for(&["pwd".into(), "swk".into()]), ACR_MFA, "a synced passkey");
+        assert_eq!(
+            acr_for(&["pwd".into(), "mfa".into()]),
+            ACR_PASSWORD,
+            "a claim, not a factor"
+        );
     }
 }
 
@@ -374,6 +396,8 @@ pub enum EventKind {
     KeysRotated,
     /// `enrolment_issued`.
     EnrolmentIssued,
+    /// `security_key_added`: a passkey or security key (WebAuthn) was added to an account.
+    SecurityKeyAdded,
 }
 
 impl EventKind {
@@ -396,6 +420,7 @@ impl EventKind {
             EventKind::OrganisationUpdated => "organisation_updated",
             EventKind::KeysRotated => "keys_rotated",
             EventKind::EnrolmentIssued => "enrolment_issued",
+            EventKind::SecurityKeyAdded => "security_key_added",
         }
     }
 }

@@ -106,18 +106,88 @@ pub fn login(
     )
 }
 
-/// The second-factor form (TOTP code or a recovery code).
-pub fn otp(req: &str, csrf: &str, error: &str) -> String {
+/// The second-factor form (TOTP code or a recovery code), led by a passkey or security key
+/// button when the account has one (`keys`).
+pub fn otp(req: &str, csrf: &str, error: &str, keys: bool) -> String {
+    let key = if keys {
+        format!(
+            "<div id=\"key-sign-in\"><p>Use the passkey or security key you added to this account.</p>\
+             <div class=\"error\" role=\"alert\" id=\"key-error\" tabindex=\"-1\" hidden></div>\
+             <button type=\"button\" id=\"use-key\" data-req=\"{}\">Use a passkey or security key</button>\
+             <p class=\"hint\">Or enter a code instead.</p></div>",
+            esc(req)
+        )
+    } else {
+        String::new()
+    };
+    let script = if keys { SCRIPT_TAG } else { "" };
     layout(
         "Enter your security code",
         &format!(
-            "<h1>Enter your security code</h1>{}<form method=\"post\" action=\"/oauth2/login/otp\" novalidate>\
+            "<h1>Confirm it is you</h1>{}{key}<form method=\"post\" action=\"/oauth2/login/otp\" novalidate>\
              <input type=\"hidden\" name=\"req\" value=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <label for=\"code\">6-digit code from your authenticator app, or a recovery code</label>\
              <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required>\
-             <button type=\"submit\" id=\"verify\">Continue</button></form>",
+             <button type=\"submit\" id=\"verify\">Continue</button></form>{script}",
             error_box(error),
             esc(req),
+            esc(csrf)
+        ),
+    )
+}
+
+/// The pages' script for passkeys and security keys (a file: the CSP allows no inline script).
+const SCRIPT_TAG: &str = "<script src=\"/oauth2/webauthn.js\" defer></script>";
+
+/// The account's passkeys and security keys, and the form to add one. A first second factor
+/// needs the administrator's enrolment code (`first`).
+pub fn security_keys(csrf: &str, keys: &[crate::store::SecurityKey], first: bool) -> String {
+    let when = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0)
+            .map(|d| d.format("%-d %B %Y").to_string())
+            .unwrap_or_default()
+    };
+    let list = if keys.is_empty() {
+        "<p id=\"no-keys\">You have not added a passkey or security key yet.</p>".to_string()
+    } else {
+        let items: String = keys
+            .iter()
+            .map(|k| {
+                let used = if k.last_used > 0 {
+                    format!("last used {}", when(k.last_used))
+                } else {
+                    "not used yet".into()
+                };
+                format!(
+                    "<li class=\"security-key\"><strong>{}</strong> <span class=\"hint\">added {}, {used}</span></li>",
+                    esc(&k.name),
+                    when(k.created_at)
+                )
+            })
+            .collect();
+        format!("<ul id=\"keys\">{items}</ul>")
+    };
+    let enrolment = if first {
+        "<label for=\"enrolment_code\">Enrolment code from your administrator</label>\
+         <input type=\"text\" id=\"enrolment_code\" name=\"enrolment_code\" autocomplete=\"off\" required>"
+    } else {
+        ""
+    };
+    layout(
+        "Passkeys and security keys",
+        &format!(
+            "<h1>Passkeys and security keys</h1><p>A passkey (on this device or your phone) or a \
+             security key can stand in for the code from your authenticator app when you sign in.</p>{list}\
+             <div class=\"error\" role=\"alert\" id=\"key-error\" tabindex=\"-1\" hidden></div>\
+             <form id=\"add-key\" method=\"post\" action=\"/account/security-keys\" novalidate>\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">{enrolment}\
+             <label for=\"key-name\">A name for the key</label>\
+             <input type=\"text\" id=\"key-name\" name=\"name\" maxlength=\"60\" placeholder=\"Work laptop\" required>\
+             <button type=\"submit\" id=\"add-key-button\">Add a passkey or security key</button></form>\
+             <noscript><p class=\"error\">Adding a key needs JavaScript. Use an authenticator app instead.</p></noscript>\
+             <div id=\"recovery\" hidden><h2>Your key is added</h2><p>Keep these recovery codes somewhere safe. \
+             Each works once if you lose your key. They will not be shown again.</p><ul id=\"recovery-codes\"></ul></div>\
+             <p class=\"hint\">Or <a href=\"/account/totp\">set up an authenticator app</a>.</p>{SCRIPT_TAG}",
             esc(csrf)
         ),
     )
@@ -174,7 +244,8 @@ pub fn totp_enrol(csrf: &str, secret: &str, uri: &str, error: &str, first: bool)
              <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"secret\" value=\"{}\">\
              {enrolment}<label for=\"code\">Code from your app</label>\
              <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required>\
-             <button type=\"submit\" id=\"enrol\">Turn on</button></form>",
+             <button type=\"submit\" id=\"enrol\">Turn on</button></form>\
+             <p class=\"hint\">Or <a href=\"/account/security-keys\">use a passkey or security key</a>.</p>",
             error_box(error),
             esc(secret),
             esc(uri),

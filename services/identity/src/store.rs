@@ -43,6 +43,21 @@ pub struct StoredKey {
     pub active_from: i64,
 }
 
+/// A WebAuthn credential of a member of staff.
+#[derive(Clone, Debug)]
+pub struct SecurityKey {
+    /// The credential id, base64url.
+    pub cred_id: String,
+    /// The name its owner gave it.
+    pub name: String,
+    /// webauthn-rs's `Passkey`, as JSON (public key, algorithm, counter).
+    pub passkey: String,
+    /// When it was added (unix seconds).
+    pub created_at: i64,
+    /// When it last signed someone in (0 = never).
+    pub last_used: i64,
+}
+
 /// Identity's storage.
 #[derive(Clone)]
 pub struct Store {
@@ -284,7 +299,8 @@ impl Store {
         let column = if by == "uid" { "uid" } else { "username" };
         let sql = format!(
             "SELECT uid, username, given_name, family_name, email, totp_secret, password_hash, failed_logins, \
-             locked_until FROM people WHERE {column} = $1"
+             locked_until, (SELECT COUNT(*) FROM webauthn_credentials w WHERE w.uid = people.uid) \
+             FROM people WHERE {column} = $1"
         );
         let Some(r) = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(value.to_string())
@@ -302,6 +318,7 @@ impl Store {
             family_name: r.try_get(3)?,
             email: r.try_get(4)?,
             totp_secret: r.try_get(5)?,
+            security_keys: r.try_get(9)?,
             roles,
         };
         let lock = Lock {
@@ -392,6 +409,98 @@ impl Store {
             }
             // Another code was used meanwhile: read again.
         }
+    }
+
+    /// Replaces a person's recovery codes (hashes): a first security key comes with them, as a
+    /// first authenticator app does.
+    pub async fn set_recovery_codes(&self, uid: &str, recovery_hashes: &[String]) -> Result<()> {
+        sqlx::query("UPDATE people SET recovery_codes = $1 WHERE uid = $2")
+            .bind(serde_json::to_string(recovery_hashes).unwrap_or_else(|_| "[]".into()))
+            .bind(uid.to_string())
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
+    }
+
+    // ---- WebAuthn ---------------------------------------------------------------------------
+
+    /// A person's WebAuthn credentials (passkeys and security keys).
+    pub async fn security_keys(&self, uid: &str) -> Result<Vec<SecurityKey>> {
+        let rows = sqlx::query(
+            "SELECT cred_id, name, passkey, created_at, last_used FROM webauthn_credentials \
+             WHERE uid = $1 ORDER BY created_at, cred_id",
+        )
+        .bind(uid.to_string())
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SecurityKey {
+                    cred_id: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    passkey: r.try_get(2)?,
+                    created_at: r.try_get(3)?,
+                    last_used: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a credential to a person; false (nothing stored) when its id is registered already,
+    /// to them or to anyone else (WebAuthn §7.1 step 22).
+    pub async fn add_security_key(&self, uid: &str, key: &SecurityKey) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO webauthn_credentials (cred_id, uid, name, passkey, created_at, last_used) \
+             VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (cred_id) DO NOTHING",
+        )
+        .bind(key.cred_id.clone())
+        .bind(uid.to_string())
+        .bind(key.name.clone())
+        .bind(key.passkey.clone())
+        .bind(key.created_at)
+        .execute(self.db.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Stores a credential's state after a sign-in (its signature counter) and when it was used.
+    pub async fn used_security_key(&self, uid: &str, cred_id: &str, passkey: &str, at: i64) -> Result<()> {
+        sqlx::query("UPDATE webauthn_credentials SET passkey = $1, last_used = $2 WHERE cred_id = $3 AND uid = $4")
+            .bind(passkey.to_string())
+            .bind(at)
+            .bind(cred_id.to_string())
+            .bind(uid.to_string())
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// Parks a ceremony's server-side state under `id` (one per session and kind: a new one
+    /// replaces the last), until `expires_at`.
+    pub async fn put_ceremony(&self, id: &str, uid: &str, state: &str, expires_at: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO webauthn_ceremonies (id, uid, state, expires_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET uid = excluded.uid, state = excluded.state, expires_at = excluded.expires_at",
+        )
+        .bind(id.to_string())
+        .bind(uid.to_string())
+        .bind(state.to_string())
+        .bind(expires_at)
+        .execute(self.db.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Takes a ceremony's state for `uid` once: a second take (a replayed response) finds
+    /// nothing, and neither does an expired one.
+    pub async fn take_ceremony(&self, id: &str, uid: &str, now: i64) -> Result<Option<String>> {
+        let row = sqlx::query("DELETE FROM webauthn_ceremonies WHERE id = $1 RETURNING uid, state, expires_at")
+            .bind(id.to_string())
+            .fetch_optional(self.db.writer())
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let (owner, state, expires): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        Ok((owner == uid && expires > now).then_some(state))
     }
 
     // ---- patients -----------------------------------------------------------------------

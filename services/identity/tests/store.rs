@@ -169,6 +169,7 @@ async fn a_deactivated_organisation_s_roles_are_not_offered_and_it_comes_back_wh
         family_name: "Homes".into(),
         email: String::new(),
         totp_secret: String::new(),
+        security_keys: 0,
         roles: vec![role("r1", "VAA01"), role("r2", "VAA02")],
     };
     s.insert_person(&person, "hash").await.expect("person");
@@ -272,6 +273,7 @@ async fn parallel_guesses_each_count_and_the_lock_is_capped(db: Db) {
         family_name: "Uessed".into(),
         email: String::new(),
         totp_secret: String::new(),
+        security_keys: 0,
         roles: Vec::new(),
     };
     s.insert_person(&person, "hash").await.expect("person");
@@ -341,6 +343,104 @@ async fn parallel_guesses_each_count_and_the_lock_is_capped(db: Db) {
     assert_eq!(s.count_address("198.51.100.7", 42).await.expect("count"), 32);
 }
 
+/// WebAuthn state: a ceremony's challenge is taken once, by its owner, before it expires, so a
+/// replayed or late answer finds nothing; a credential id belongs to one account, and the
+/// person read for sign-in knows how many keys they have.
+async fn security_keys_are_unique_and_ceremonies_are_taken_once(db: Db) {
+    use sharedcare_identity::model::Person;
+    use sharedcare_identity::store::SecurityKey;
+    let s = store(&db).await;
+    for (uid, username) in [("555000000051", "keyed"), ("555000000052", "other")] {
+        let person = Person {
+            uid: uid.into(),
+            username: username.into(),
+            given_name: "K".into(),
+            family_name: "Eyed".into(),
+            email: String::new(),
+            totp_secret: String::new(),
+            security_keys: 0,
+            roles: Vec::new(),
+        };
+        s.insert_person(&person, "hash").await.expect("person");
+    }
+    s.put_ceremony("sess:sign-in", "555000000051", "state-1", 100)
+        .await
+        .expect("put");
+    // A new start replaces the last.
+    s.put_ceremony("sess:sign-in", "555000000051", "state-2", 100)
+        .await
+        .expect("put");
+    assert_eq!(
+        s.take_ceremony("sess:sign-in", "555000000051", 50)
+            .await
+            .expect("take")
+            .as_deref(),
+        Some("state-2")
+    );
+    assert_eq!(
+        s.take_ceremony("sess:sign-in", "555000000051", 50).await.expect("take"),
+        None,
+        "once"
+    );
+    s.put_ceremony("late", "555000000051", "state", 100).await.expect("put");
+    assert_eq!(
+        s.take_ceremony("late", "555000000051", 100).await.expect("take"),
+        None,
+        "expired"
+    );
+    s.put_ceremony("theirs", "555000000051", "state", 100)
+        .await
+        .expect("put");
+    assert_eq!(
+        s.take_ceremony("theirs", "555000000052", 50).await.expect("take"),
+        None,
+        "another's"
+    );
+    assert_eq!(
+        s.take_ceremony("theirs", "555000000051", 50).await.expect("take"),
+        None,
+        "and gone"
+    );
+
+    let key = |id: &str| SecurityKey {
+        cred_id: id.into(),
+        name: "Work laptop".into(),
+        passkey: "{}".into(),
+        created_at: 10,
+        last_used: 0,
+    };
+    assert!(s.add_security_key("555000000051", &key("cred-a")).await.expect("add"));
+    assert!(
+        !s.add_security_key("555000000051", &key("cred-a")).await.expect("again"),
+        "registered already"
+    );
+    assert!(
+        !s.add_security_key("555000000052", &key("cred-a"))
+            .await
+            .expect("theirs"),
+        "one account only"
+    );
+    s.used_security_key("555000000052", "cred-a", "{\"stolen\":1}", 20)
+        .await
+        .expect("no-op");
+    s.used_security_key("555000000051", "cred-a", "{\"counter\":1}", 30)
+        .await
+        .expect("used");
+    let keys = s.security_keys("555000000051").await.expect("keys");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        (keys[0].passkey.as_str(), keys[0].last_used),
+        ("{\"counter\":1}", 30),
+        "only its owner updates it"
+    );
+    assert!(s.security_keys("555000000052").await.expect("keys").is_empty());
+    let (p, _, _) = s.person("uid", "555000000051").await.expect("read").expect("person");
+    assert_eq!(p.security_keys, 1);
+    assert!(p.has_second_factor());
+    let (p, _, _) = s.person("username", "other").await.expect("read").expect("person");
+    assert!(!p.has_second_factor());
+}
+
 sharedcare_kit::store_suite!("identity";
     a_deactivated_organisation_s_roles_are_not_offered_and_it_comes_back_whole,
     keys_rotate_on_schedule_published_before_they_sign_and_kept_until_their_tokens_expire,
@@ -350,4 +450,5 @@ sharedcare_kit::store_suite!("identity";
     parallel_guesses_each_count_and_the_lock_is_capped,
     reusing_a_rotated_refresh_token_revokes_its_family,
     ending_a_session_revokes_its_refresh_tokens_and_names_its_clients,
+    security_keys_are_unique_and_ceremonies_are_taken_once,
 );

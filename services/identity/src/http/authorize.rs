@@ -184,13 +184,13 @@ pub(super) async fn proceed(h: &Http, headers: &HeaderMap, id: &str, req: &AuthR
     };
     let needs_mfa = needs_second_factor(&req.acr_values, &session.amr);
     if needs_mfa && !session.mfa_pending {
-        let has_totp = match session.subject_kind {
+        let has_factor = match session.subject_kind {
             SubjectKind::Staff => {
-                matches!(h.provider.store.person("uid", &session.subject).await, Ok(Some((p, _, _))) if !p.totp_secret.is_empty())
+                matches!(h.provider.store.person("uid", &session.subject).await, Ok(Some((p, _, _))) if p.has_second_factor())
             }
             SubjectKind::Patient => false,
         };
-        if !has_totp {
+        if !has_factor {
             return error_back(
                 h,
                 req,

@@ -36,7 +36,7 @@ pub(super) struct Account {
     pub(super) kind: SubjectKind,
     pub(super) subject: String,
     pub(super) hash: String,
-    pub(super) totp: bool,
+    pub(super) second_factor: bool,
 }
 
 /// Records a sign-in event about `a` (failures and lockouts carry no factors).
@@ -50,9 +50,9 @@ pub(super) async fn find_account(h: &Http, username: &str) -> Result<Option<Acco
     if let Some((p, hash, _)) = h.provider.store.person("username", username).await? {
         return Ok(Some(Account {
             kind: SubjectKind::Staff,
+            second_factor: p.has_second_factor(),
             subject: p.uid,
             hash,
-            totp: !p.totp_secret.is_empty(),
         }));
     }
     if let Some((p, hash, _)) = h.provider.store.patient("username", username).await? {
@@ -60,7 +60,7 @@ pub(super) async fn find_account(h: &Http, username: &str) -> Result<Option<Acco
             kind: SubjectKind::Patient,
             subject: p.nhs_number,
             hash,
-            totp: false,
+            second_factor: false,
         }));
     }
     Ok(None)
@@ -171,7 +171,7 @@ pub(super) async fn login_submit(
     h.address_succeeded(ip).await;
     // With a second factor still owed, the count stands until that is right too: otherwise
     // someone holding the password could clear it between guesses at the code.
-    if !account.totp
+    if !account.second_factor
         && let Err(e) = h.provider.store.clear_failures(account.kind, &account.subject).await
     {
         return unavailable(&h, e.into());
@@ -181,7 +181,7 @@ pub(super) async fn login_submit(
             account.kind,
             &account.subject,
             vec!["pwd".into()],
-            account.totp,
+            account.second_factor,
             &req.client_id,
             &source,
             "",

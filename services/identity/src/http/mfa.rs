@@ -1,11 +1,17 @@
-//! The second factor: the TOTP page during sign-in, and TOTP enrolment with recovery codes.
+//! The second factor: the code page during sign-in (TOTP or a recovery code, with a button for
+//! a passkey or security key when the account has one), TOTP enrolment with recovery codes,
+//! and what every second factor shares: counting attempts and signing the session in.
 
 use super::*;
 pub(super) async fn otp_page(State(h): State<Http>, headers: HeaderMap, Query(q): Query<ReqQuery>) -> Response {
     if let Err(r) = load_request(&h, &q.req).await {
         return r;
     }
-    h.page_with_csrf(&headers, |csrf| pages::otp(&q.req, csrf, ""))
+    let keys = match h.session(&headers).await {
+        Ok(Some(s)) => h.offers_keys(&s.subject).await,
+        _ => false,
+    };
+    h.page_with_csrf(&headers, |csrf| pages::otp(&q.req, csrf, "", keys))
 }
 
 #[derive(Deserialize, Default)]
@@ -31,23 +37,75 @@ pub(super) async fn otp_submit(
         _ => return see_other(&format!("/oauth2/login?req={}", form.req)),
     };
     let ip = h.client(addr, &headers);
-    let source = ip.to_string();
+    let keys = h.offers_keys(&session.subject).await;
     let again = |msg: &str| {
-        let mut r = h.page_with_csrf(&headers, |csrf| pages::otp(&form.req, csrf, msg));
+        let mut r = h.page_with_csrf(&headers, |csrf| pages::otp(&form.req, csrf, msg, keys));
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         r
     };
+    let attempt = match count_second_factor(&h, ip, &session, &req.client_id).await {
+        Ok(a) => a,
+        Err(msg) => return again(&msg),
+    };
+    let code = form.code.trim();
+    let step_ok = match secrets::totp_step(&attempt.person.totp_secret, code, now()) {
+        Some(step) => h
+            .provider
+            .store
+            .use_totp_step(&attempt.person.uid, step)
+            .await
+            .unwrap_or(false),
+        None => false,
+    };
+    let ok = step_ok
+        || (code.len() > 6
+            && h.provider
+                .store
+                .use_recovery_code(&attempt.person.uid, &jose::sha256_b64(code))
+                .await
+                .unwrap_or(false));
+    if !ok {
+        attempt.failed(&h, "wrong security code").await;
+        return again("The security code is not right. Check your authenticator app and try again.");
+    }
+    if let Err(msg) = second_factor_passed(&h, ip, &mut session, "otp", &req.client_id).await {
+        return again(&msg);
+    }
+    see_other(&format!("/oauth2/resume?req={}", form.req))
+}
+
+/// A second-factor attempt, counted against the address and the account before it is checked.
+pub(super) struct Attempt {
+    pub(super) person: crate::model::Person,
+    lock: crate::store::Lock,
+    client_id: String,
+    source: String,
+    amr: Vec<String>,
+}
+
+/// Counts a second-factor attempt by `session`'s member of staff, in the database every replica
+/// shares, before anything is checked; `Err` is the message for the page (throttled, locked,
+/// unavailable).
+pub(super) async fn count_second_factor(
+    h: &Http,
+    ip: IpAddr,
+    session: &Session,
+    client_id: &str,
+) -> Result<Attempt, String> {
     match h.count_address(ip).await {
         Ok(AddressCheck::Counted) => {}
         Ok(AddressCheck::Throttled) => {
-            return again("Too many failed attempts from your network. Wait a minute and try again.");
+            return Err("Too many failed attempts from your network. Wait a minute and try again.".into());
         }
-        Err(e) => return again(&e.description),
+        Err(e) => return Err(e.description),
     }
-    let Ok(Some((person, _, _))) = h.provider.store.person("uid", &session.subject).await else {
-        return see_other(&format!("/oauth2/login?req={}", form.req));
+    let person = match h.provider.store.person("uid", &session.subject).await {
+        Ok(Some((p, _, _))) => p,
+        Ok(None) => return Err("Your account was not found. Sign in again.".into()),
+        Err(e) => return Err(OAuthError::from(e).description),
     };
-    // A wrong code counts towards the account's lock as a wrong password does.
+    let source = ip.to_string();
+    // A wrong code or key counts towards the account's lock as a wrong password does.
     let lock = match h
         .provider
         .store
@@ -56,76 +114,84 @@ pub(super) async fn otp_submit(
     {
         Ok(Some(lock)) => lock,
         Ok(None) => {
-            failed(&h, &person.uid, &req.client_id, &source, "account locked", &session.amr).await;
-            return again(
-                "This account is locked after too many failed sign-in attempts. Try again later or contact your administrator.",
+            failed(h, &person.uid, client_id, &source, "account locked", &session.amr).await;
+            return Err(
+                "This account is locked after too many failed sign-in attempts. Try again later or contact your administrator."
+                    .into(),
             );
         }
-        Err(e) => return again(&OAuthError::from(e).description),
+        Err(e) => return Err(OAuthError::from(e).description),
     };
-    let code = form.code.trim();
-    let step_ok = match secrets::totp_step(&person.totp_secret, code, now()) {
-        Some(step) => h.provider.store.use_totp_step(&person.uid, step).await.unwrap_or(false),
-        None => false,
-    };
-    let ok = step_ok
-        || (code.len() > 6
-            && h.provider
-                .store
-                .use_recovery_code(&person.uid, &jose::sha256_b64(code))
-                .await
-                .unwrap_or(false));
-    if !ok {
-        failed(
-            &h,
-            &person.uid,
-            &req.client_id,
-            &source,
-            "wrong security code",
-            &session.amr,
-        )
-        .await;
-        if lock.until > 0 {
-            let detail = format!("locked until {}", lock.until);
+    Ok(Attempt {
+        person,
+        lock,
+        client_id: client_id.to_string(),
+        source,
+        amr: session.amr.clone(),
+    })
+}
+
+impl Attempt {
+    /// Records that this attempt failed (`detail` says how) and, when it locked the account,
+    /// that too.
+    pub(super) async fn failed(&self, h: &Http, detail: &str) {
+        failed(h, &self.person.uid, &self.client_id, &self.source, detail, &self.amr).await;
+        if self.lock.until > 0 {
+            let detail = format!("locked until {}", self.lock.until);
             h.provider
                 .event(
                     EventKind::AccountLocked,
                     "staff",
-                    &person.uid,
-                    &req.client_id,
-                    &source,
+                    &self.person.uid,
+                    &self.client_id,
+                    &self.source,
                     &detail,
                     &[],
                     "",
                 )
                 .await;
         }
-        return again("The security code is not right. Check your authenticator app and try again.");
     }
+}
+
+/// A right second factor (`method`, an RFC 8176 `amr` value): the counters are cleared, the
+/// session is signed in with it and the sign-in is recorded. `Err` is the message for the page.
+pub(super) async fn second_factor_passed(
+    h: &Http,
+    ip: IpAddr,
+    session: &mut Session,
+    method: &str,
+    client_id: &str,
+) -> Result<(), String> {
     h.address_succeeded(ip).await;
-    if let Err(e) = h.provider.store.clear_failures(SubjectKind::Staff, &person.uid).await {
-        return again(&OAuthError::from(e).description);
+    if let Err(e) = h
+        .provider
+        .store
+        .clear_failures(SubjectKind::Staff, &session.subject)
+        .await
+    {
+        return Err(OAuthError::from(e).description);
     }
     session.mfa_pending = false;
-    if !session.amr.iter().any(|m| m == "otp") {
-        session.amr.push("otp".into());
+    if !session.amr.iter().any(|m| m == method) {
+        session.amr.push(method.into());
     }
-    if let Err(e) = h.provider.store.update_session(&session).await {
-        return again(&OAuthError::from(e).description);
+    if let Err(e) = h.provider.store.update_session(session).await {
+        return Err(OAuthError::from(e).description);
     }
     h.provider
         .event(
             EventKind::LoginSucceeded,
             "staff",
-            &person.uid,
-            &req.client_id,
-            &source,
+            &session.subject,
+            client_id,
+            &ip.to_string(),
             "",
             &session.amr,
             acr_for(&session.amr),
         )
         .await;
-    see_other(&format!("/oauth2/resume?req={}", form.req))
+    Ok(())
 }
 
 /// Records a failed second-factor step for member of staff `uid`.
@@ -137,12 +203,13 @@ async fn failed(h: &Http, uid: &str, client_id: &str, source: &str, detail: &str
 
 // ---- TOTP enrolment --------------------------------------------------------------------------
 
-/// Whether this session may set an authenticator: replacing one needs the one there now (the
-/// session proved it with a code), so a password alone cannot lock the real owner out; a first
-/// one needs an enrolment code an administrator issued. `Ok(true)` = a first one.
-async fn may_enrol(h: &Http, session: &Session) -> Result<bool, Response> {
+/// Whether this session may set an authenticator app or add a security key: with a factor
+/// already, the session must have proved one (a code or a key), so a password alone cannot
+/// lock the real owner out or add an attacker's key; a first one needs an enrolment code an
+/// administrator issued. `Ok(true)` = a first one.
+pub(super) async fn may_enrol(h: &Http, session: &Session) -> Result<bool, Response> {
     let has_factor = match h.provider.store.person("uid", &session.subject).await {
-        Ok(Some((p, _, _))) => !p.totp_secret.is_empty(),
+        Ok(Some((p, _, _))) => p.has_second_factor(),
         Ok(None) => {
             return Err(html(
                 StatusCode::UNAUTHORIZED,
@@ -156,12 +223,12 @@ async fn may_enrol(h: &Http, session: &Session) -> Result<bool, Response> {
             ));
         }
     };
-    if has_factor && !session.amr.iter().any(|m| m == "otp") {
+    if has_factor && !crate::model::has_second_factor(&session.amr) {
         return Err(html(
             StatusCode::FORBIDDEN,
             pages::error(
-                "Sign in with your security code first",
-                "You already have an authenticator app. To replace it, sign in with a code from it (or a recovery code) first; if you have lost it, ask your administrator.",
+                "Sign in with your second factor first",
+                "You already have an authenticator app or a security key. To change them, sign in with a code, a recovery code or your key first; if you have lost them, ask your administrator.",
             ),
         ));
     }

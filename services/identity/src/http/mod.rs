@@ -31,6 +31,7 @@ use sharedcare_kit::nhs::ProofingLevel;
 
 mod authorize;
 mod broker;
+mod keys;
 mod login;
 mod logout;
 mod mfa;
@@ -39,6 +40,7 @@ mod token;
 
 use authorize::*;
 use broker::*;
+use keys::*;
 use login::*;
 use logout::*;
 use mfa::*;
@@ -56,6 +58,9 @@ pub struct Http {
     proxies: Arc<[ipnet::IpNet]>,
     session_cookie: Arc<str>,
     csrf_cookie: Arc<str>,
+    /// The WebAuthn relying party (passkeys, security keys); `None` when the issuer's host is
+    /// not a domain name.
+    webauthn: Option<Arc<webauthn_rs::Webauthn>>,
 }
 
 /// A parked authorization request (OIDC Core §3.1.2.1 parameters we act on).
@@ -85,7 +90,12 @@ pub fn router(provider: Provider) -> Router {
     let prefix = provider.config.cookie_prefix.clone();
     let proxies = provider.config.proxy_networks();
     let https = provider.issuer.starts_with("https://");
+    let webauthn = crate::webauthn::relying_party(&provider.issuer);
+    if webauthn.is_none() {
+        tracing::info!(issuer = %provider.issuer, "passkeys and security keys are off: the issuer's host is not a domain name");
+    }
     let state = Http {
+        webauthn,
         provider,
         proxies: proxies.into(),
         session_cookie: format!("{prefix}_session").into(),
@@ -105,7 +115,12 @@ pub fn router(provider: Provider) -> Router {
         .route("/oauth2/introspect", post(introspect))
         .route("/oauth2/revoke", post(revoke))
         .route("/oauth2/logout", get(logout).post(logout))
+        .route("/oauth2/login/key/options", post(sign_in_options))
+        .route("/oauth2/login/key", post(sign_in))
+        .route(SCRIPT_PATH, get(script))
         .route("/account/totp", get(totp_page).post(totp_submit))
+        .route("/account/security-keys", get(keys_page).post(add))
+        .route("/account/security-keys/options", post(add_options))
         .route("/oauth2/broker/callback", get(broker_callback))
         .route("/oauth2/broker/{name}", get(broker_start))
         .route("/oauth2/rp/jwks", get(rp_jwks))
@@ -131,10 +146,12 @@ fn html(status: StatusCode, body: String) -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
             (header::X_FRAME_OPTIONS, "DENY"),
-            // No inline script or style. Forms post here, but after a sign-in the browser is
-            // redirected on to the app's registered redirect URI, and browsers hold redirects
-            // after a form to form-action too: any http(s) target is allowed for that.
-            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'self'; form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'"),
+            // No inline script or style: the style sheet and the WebAuthn script are files
+            // here, and the script talks to this origin only. Forms post here, but after a
+            // sign-in the browser is redirected on to the app's registered redirect URI, and
+            // browsers hold redirects after a form to form-action too: any http(s) target is
+            // allowed for that.
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'"),
         ],
         body,
     )
