@@ -50,6 +50,10 @@ pub fn command(args: &[&str], env: &[(&str, String)]) -> Command {
         }
     }
     cmd.env("RUST_BACKTRACE", "0");
+    // The demo ICS's people and organisations, but not its clinical record: each test writes
+    // the record it is about. The tests of the demo itself (`demo::`) start `up` as a user
+    // does, record and all ([`up_as_shipped`]), by setting this back.
+    cmd.env("SHAREDCARE_IDENTITY__SEED_DEMO_RECORD", "false");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -380,8 +384,18 @@ pub async fn audit_trail(proc_: &Proc, nhs: &str) -> Vec<(String, String, Vec<St
 pub const SERVICE_ID: &str = "ics-integration";
 pub const SERVICE_SECRET: &str = "demo-integration-secret-95be0d27aa";
 
+/// `up` on `data`, with the demo ICS but not its clinical record (see [`command`]).
 pub fn up(data: &std::path::Path) -> Proc {
     Proc::start(&["up", "--data", data.to_str().expect("utf-8 path")], &[])
+}
+
+/// `up` on `data` with every default, as the README's run command starts it: the demo ICS and
+/// its clinical record.
+pub fn up_as_shipped(data: &std::path::Path) -> Proc {
+    Proc::start(
+        &["up", "--data", data.to_str().expect("utf-8 path")],
+        &[("SHAREDCARE_IDENTITY__SEED_DEMO_RECORD", "true".into())],
+    )
 }
 
 /// A browser stand-in: keeps cookies, does not follow redirects.

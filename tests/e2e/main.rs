@@ -5,6 +5,7 @@
 
 mod bulk;
 mod consent;
+mod demo;
 mod distributed;
 mod enforcement;
 mod fhir_client;

@@ -50,6 +50,9 @@ pub struct IdentityConfig {
     /// Unset = yes for `up`, no for `serve` (a production deployment).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed_demo: Option<bool>,
+    /// With the demo ICS, also write its patients' clinical record into an empty shared care
+    /// record (through records, as the demo's integration engine) when `up` starts.
+    pub seed_demo_record: bool,
     /// Set the `Secure` flag on cookies (on whenever the issuer is https).
     pub secure_cookies: bool,
     /// Cookie names are `<prefix>_session` and `<prefix>_csrf` (change it when two identity
@@ -79,6 +82,7 @@ impl Default for IdentityConfig {
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             seed_demo: None,
+            seed_demo_record: true,
             secure_cookies: false,
             cookie_prefix: "sc".into(),
             upstreams: Vec::new(),

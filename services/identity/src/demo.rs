@@ -52,12 +52,13 @@ fn org(ods: &str, name: &str, kind: &str) -> Organisation {
 /// The demo ICB's ODS code: the parent of every demo organisation.
 pub const DEMO_ICB: &str = "QN1";
 
-/// The demo organisations: a GP practice, an acute trust, a care home, a home care provider,
-/// the local authority and the ICB.
+/// The demo organisations: a GP practice, an acute trust, a community trust, a care home, a
+/// home care provider, the local authority and the ICB.
 pub fn organisations() -> Vec<Organisation> {
     vec![
         org("A81001", "Riverside Medical Practice", "gp_practice"),
         org("RX1", "Northbridge University Hospitals NHS Trust", "nhs_trust"),
+        org("RVC", "Northbridge Community Health NHS Trust", "nhs_trust"),
         org("VN1C4", "Willow House Care Home", "care_home"),
         org("VH2D7", "Homeward Care Services", "home_care_provider"),
         org("LA101", "Northbridge City Council Adult Social Care", "local_authority"),
@@ -228,6 +229,10 @@ pub const PORTAL_CLIENT: (&str, &str) = ("sharedcare-portal", "demo-portal-secre
 /// The sample ICS app's client in the demo (id, secret): `sharedcare sample-app` by default.
 pub const SAMPLE_APP_CLIENT: (&str, &str) = ("ics-sample-app", "demo-sample-secret-3d8a61f0c5");
 
+/// The ICS integration engine's client in the demo (id, secret): a trusted feed (the demo's
+/// `records.feeds`); `up` writes the demo's clinical record with it.
+pub const INTEGRATION_CLIENT: (&str, &str) = ("ics-integration", "demo-integration-secret-95be0d27aa");
+
 /// Demo clients with their secrets (empty for public clients). `base` is the HTTP base URL.
 pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
     let user_scopes = strings(crate::model::USER_SCOPES);
@@ -304,9 +309,9 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
         ),
         (
             client(
-                "ics-integration",
+                INTEGRATION_CLIENT.0,
                 "ICS integration engine (service)",
-                "demo-integration-secret-95be0d27aa",
+                INTEGRATION_CLIENT.1,
                 ClientSettings {
                     redirect_uris: Vec::new(),
                     post_logout_redirect_uris: Vec::new(),
@@ -320,7 +325,7 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
                     organisation: String::new(),
                 },
             ),
-            "demo-integration-secret-95be0d27aa",
+            INTEGRATION_CLIENT.1,
         ),
     ]
 }

@@ -6,8 +6,8 @@ use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_proto::records::v1::records_server::Records;
 use sharedcare_proto::records::v1::{
     DeleteRequest, DeleteResponse, FindPatientsRequest, GetRequest, GetResponse, HistoryRequest, HistoryResponse,
-    ImportBundleRequest, ImportBundleResponse, PutManyRequest, PutManyResponse, PutRequest, PutResponse, SearchRequest,
-    SearchResponse, VReadRequest,
+    HoldingsRequest, HoldingsResponse, ImportBundleRequest, ImportBundleResponse, PutManyRequest, PutManyResponse,
+    PutRequest, PutResponse, SearchRequest, SearchResponse, VReadRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -84,6 +84,15 @@ pub fn check_purpose(purpose: &str) -> Result<String, RecordsError> {
 
 #[tonic::async_trait]
 impl Records for RecordsApi {
+    async fn holdings(&self, request: Request<HoldingsRequest>) -> Result<Response<HoldingsResponse>, Status> {
+        let who = self.actor(&request, "records.bulk", "").await?;
+        if who.kind != "service" {
+            return Err(RecordsError::Forbidden("holdings need a service token with scope records.bulk".into()).into());
+        }
+        let (patients, resources) = self.store.holdings().await?;
+        Ok(Response::new(HoldingsResponse { patients, resources }))
+    }
+
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let who = self
             .actor(&request, "records.write", &request.get_ref().purpose)

@@ -72,8 +72,10 @@ pub enum Command {
     Demo {
         /// The issuer / HTTP base URL the demo clients were registered under
         /// (default: `identity.issuer`, else the HTTP listen address).
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", global = true)]
         issuer: Option<String>,
+        #[command(subcommand)]
+        command: Option<DemoCommand>,
     },
     /// Load FHIR resources (a Bundle or NDJSON file) into the shared care record through the
     /// records service, in transactions; resumable after an interruption.
@@ -130,6 +132,18 @@ pub enum AuditCommand {
         /// instead and this is not used.
         #[arg(long, value_name = "DIR")]
         data: Option<String>,
+    },
+}
+
+/// `sharedcare demo …`.
+#[derive(Subcommand, Debug)]
+pub enum DemoCommand {
+    /// Write the demo ICS's clinical record into a running demo platform (what `up` does on
+    /// its first start), as its integration engine: only into an empty record.
+    Seed {
+        /// Records' and consent's gRPC endpoint (default: `grpc.listen`).
+        #[arg(long, value_name = "URL")]
+        grpc: Option<String>,
     },
 }
 
@@ -237,14 +251,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             platform::sample_app(config, handover).await
         }
-        Command::Demo { issuer } => {
+        Command::Demo { issuer, command } => {
             let base = match issuer {
                 Some(i) => i,
                 None if !config.identity.issuer.is_empty() => config.identity.issuer.clone(),
                 None => sharedcare_identity::default_issuer(config.http.listen),
             };
-            let demo = sharedcare_identity::demo::describe(base.trim_end_matches('/'));
-            println!("{}", serde_json::to_string_pretty(&demo)?);
+            match command {
+                None => {
+                    let demo = sharedcare_identity::demo::describe(base.trim_end_matches('/'));
+                    println!("{}", serde_json::to_string_pretty(&demo)?);
+                }
+                Some(DemoCommand::Seed { grpc }) => {
+                    let grpc = grpc.unwrap_or_else(|| format!("http://{}", config.grpc.listen));
+                    let today = chrono::Utc::now().date_naive();
+                    let seeded = crate::demo_seed::seed(&base, &grpc, today).await?;
+                    println!("{}", seeded.describe()?);
+                }
+            }
             Ok(())
         }
     }

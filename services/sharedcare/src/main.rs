@@ -9,6 +9,8 @@ mod bench_passport;
 mod bench_portal;
 mod cli;
 mod config;
+mod demo_record;
+mod demo_seed;
 mod import;
 mod platform;
 

@@ -195,7 +195,52 @@ pub async fn start(config: &Config, mode: Mode, services: &[&str], client_id: &s
             .map_err(|e| anyhow::anyhow!("{} could not start: {e}", svc.name()))?;
         mounts.push(mount);
     }
-    Ok(serve::start(mounts, bus, bound, metrics, tasks).await?)
+    let running = serve::start(mounts, bus, bound, metrics, tasks).await?;
+    let demo = [
+        sharedcare_identity::NAME,
+        sharedcare_consent::NAME,
+        sharedcare_records::NAME,
+    ];
+    if mode == Mode::Up
+        && sharedcare_identity::seeds_demo(&config.identity, mode)
+        && config.identity.seed_demo_record
+        && demo.iter().all(|s| running.services.contains(s))
+    {
+        seed_demo_record(&running).await;
+    }
+    Ok(running)
+}
+
+/// On a demo platform, the demo's clinical record, written through records like any feed's,
+/// before `up` says it is up. Seeded only into an empty record; a failure is reported and the
+/// platform runs on without it.
+async fn seed_demo_record(running: &Running) {
+    let local = |a: std::net::SocketAddr| {
+        if a.ip().is_unspecified() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], a.port()))
+        } else {
+            a
+        }
+    };
+    let today = chrono::Utc::now().date_naive();
+    let http = format!("http://{}", local(running.http));
+    let grpc = format!("http://{}", local(running.grpc));
+    match crate::demo_seed::seed(&http, &grpc, today).await {
+        Ok(s @ crate::demo_seed::Seeded::Wrote { .. }) => {
+            if let Ok(said) = s.describe() {
+                tracing::info!("{said}");
+            }
+        }
+        Ok(crate::demo_seed::Seeded::AlreadyThere) => {}
+        Ok(crate::demo_seed::Seeded::NotEmpty { patients, resources }) => {
+            tracing::info!(
+                patients,
+                resources,
+                "the record holds data: the demo's clinical record is not seeded"
+            );
+        }
+        Err(e) => tracing::warn!("the demo's clinical record could not be seeded: {e:#}"),
+    }
 }
 
 fn describe_storage(config: &Config) -> String {

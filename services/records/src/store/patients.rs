@@ -109,6 +109,18 @@ pub struct Found {
 }
 
 impl Store {
+    /// How much the record holds: (patients, current resources), deleted ones left out.
+    pub async fn holdings(&self) -> Result<(i64, i64), RecordsError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN resource_type = 'Patient' THEN 1 ELSE 0 END), 0), COUNT(*) \
+             FROM current_resources WHERE deleted = 0",
+        )
+        .fetch_one(self.engine.db.pool())
+        .await?;
+        use sqlx::Row;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
     /// Indexes Patients written before the index existed: their `patients` rows still have
     /// `indexed_version` 0 (every put since writes the index in its own transaction), found
     /// through an index, so a start with nothing to do costs one lookup. Returns how many it
