@@ -727,6 +727,43 @@ async fn a_reviewer_sees_and_reviews_only_grants_at_organisations_they_cover() {
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{}", refused.message());
     let ig = user_token(&p, "icsadmin", "demo-icsadmin-password", "selectedrole").await;
     assert!(queue(ig.clone()).await.contains(&grant.id), "the ICB's officer sees it");
+    // So with the audit log and the staff directory: the ICB's officer reads what the grant's
+    // holder did at the home care provider, and who they are; the trust's does not.
+    let opened = sharedcare_proto::audit::v1::QueryRequest {
+        nhs_number: nhs.clone(),
+        actor: grant.person_id.clone(),
+        actor_organisation: grant.ods_code.clone(),
+        ..Default::default()
+    };
+    let mut audit = sharedcare_proto::audit::v1::audit_client::AuditClient::new(p.channel().await);
+    audit
+        .query(with_token(opened.clone(), &ig))
+        .await
+        .expect("the ICB's officer reads the home care provider's accesses");
+    let refused = audit
+        .query(with_token(opened, &rx))
+        .await
+        .expect_err("outside the trust's cover");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{}", refused.message());
+    let who = sharedcare_proto::identity::v1::GetPersonRequest {
+        uid: grant.person_id.clone(),
+    };
+    let mut identity =
+        sharedcare_proto::identity::v1::identity_admin_client::IdentityAdminClient::new(p.channel().await);
+    let named = identity
+        .get_person(with_token(who.clone(), &ig))
+        .await
+        .expect("the staff directory")
+        .into_inner();
+    assert_eq!(
+        (named.given_name.as_str(), named.family_name.as_str()),
+        ("Jo", "Williams")
+    );
+    let stranger = identity
+        .get_person(with_token(who, &careworker))
+        .await
+        .expect_err("a care worker has no business in the staff directory");
+    assert_eq!(stranger.code(), tonic::Code::PermissionDenied);
     c.review_break_glass(with_token(review, &ig))
         .await
         .expect("the ICB's officer reviews it");

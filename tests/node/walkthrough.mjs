@@ -130,6 +130,10 @@ try {
   await ig.waitForSelector('h1');
   await shows(ig, igSees, 'the review queue');
   const card = ig.locator('.nhsuk-card', { hasText: igSees[0] });
+  // What she opened, from the audit log: at least the record she opened under the grant.
+  const opened = await card.locator('.sc-opened li').allTextContents();
+  assert.ok(opened.some((o) => / – (read|search) – .* – success$/.test(squash(o))), `what she opened: ${JSON.stringify(opened)}`);
+  assert.ok((await card.textContent('dl')).includes('The patient is unconscious or cannot communicate'), 'the reason in words');
   await card.locator('textarea').fill('Appropriate: first visit before the care relationship was recorded');
   await card.locator('button').click();
   await ig.waitForSelector('h1');

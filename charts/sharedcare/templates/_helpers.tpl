@@ -52,7 +52,7 @@ app.kubernetes.io/component: {{ .name }}
 
 {{/* The services each service calls over gRPC. */}}
 {{- define "sharedcare.calls" -}}
-{{- $calls := dict "records" (list "consent") "consent" (list "identity") "passport" (list "consent" "audit") "portal" (list "passport" "consent" "records" "audit" "identity") -}}
+{{- $calls := dict "records" (list "consent") "consent" (list "identity") "audit" (list "identity") "passport" (list "consent" "audit") "portal" (list "passport" "consent" "records" "audit" "identity") -}}
 {{- toJson (default (list) (index $calls .)) -}}
 {{- end -}}
 

@@ -1,6 +1,7 @@
 //! `sharedcare.audit.v1.Audit` over gRPC.
 
-use sharedcare_kit::auth::{Principal, Verifier, has_scope};
+use sharedcare_kit::auth::{BREAK_GLASS_REVIEW_ACTIVITY, Principal, Verifier, has_scope};
+use sharedcare_kit::directory::Directory;
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_proto::audit::v1::audit_server::Audit;
 use sharedcare_proto::audit::v1::{
@@ -20,12 +21,64 @@ pub struct AuditApi {
     store: Store,
     log: Log,
     verifier: Verifier,
+    directory: std::sync::Arc<Directory>,
 }
 
 impl AuditApi {
     /// Serves `store` and its verifiable `log` to callers whose bearer token `verifier` accepts.
     pub fn new(store: Store, log: Log, verifier: Verifier) -> Self {
-        AuditApi { store, log, verifier }
+        AuditApi {
+            store,
+            log,
+            verifier,
+            directory: std::sync::Arc::new(Directory::known(&[])),
+        }
+    }
+
+    /// The same API reading which organisations a break-glass reviewer covers from `directory`.
+    pub fn with_directory(self, directory: Directory) -> Self {
+        AuditApi {
+            directory: std::sync::Arc::new(directory),
+            ..self
+        }
+    }
+
+    /// The query `request` asks for, once its caller may ask it: services with `audit.read`;
+    /// patients (P9) their own record; staff their own organisation's accesses, and a
+    /// break-glass reviewer (activity B0015) those of organisations they cover (theirs and those
+    /// under it in identity's directory), so a review can show what a grant opened.
+    async fn allowed<T>(&self, request: &Request<T>, req: &QueryRequest) -> Result<Filter, Status> {
+        let who = self.verifier.from_metadata(request.metadata()).await?;
+        let f = filter(req)?;
+        let allowed = match &who {
+            Principal::Service { .. } => has_scope(&who, "audit.read"),
+            Principal::Patient { nhs_number, proofing } => {
+                proofing.sees_own_record() && req.nhs_number == nhs_number.as_str()
+            }
+            Principal::Staff { role, .. } if req.actor_organisation.eq_ignore_ascii_case(&role.org_code) => true,
+            Principal::Staff { role, .. }
+                if !req.actor_organisation.is_empty()
+                    && role.activity_codes.iter().any(|a| a == BREAK_GLASS_REVIEW_ACTIVITY) =>
+            {
+                let bearer = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(sharedcare_kit::auth::bearer)
+                    .unwrap_or_default();
+                self.directory
+                    .covers(&role.org_code, &req.actor_organisation, bearer)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?
+            }
+            Principal::Staff { .. } => false,
+        };
+        if !allowed {
+            return Err(Status::permission_denied(format!(
+                "this query needs scope audit.read; staff may query their own organisation (actor_organisation), a break-glass reviewer ({BREAK_GLASS_REVIEW_ACTIVITY}) the organisations they cover, patients (P9) their own record"
+            )));
+        }
+        Ok(f)
     }
 }
 
@@ -49,7 +102,7 @@ fn may_read(p: &Principal, nhs: &NhsNumber) -> bool {
 
 /// Checks a query and who may run it: services with `audit.read` anything; a patient at P9
 /// their own record; staff their own organisation's activity.
-fn filter(who: &Principal, req: &QueryRequest) -> Result<Filter, Status> {
+fn filter(req: &QueryRequest) -> Result<Filter, Status> {
     if req.nhs_number.is_empty() && req.actor.is_empty() && req.actor_organisation.is_empty() {
         return Err(invalid("nhs_number", "name a patient, an actor or an organisation"));
     }
@@ -61,18 +114,6 @@ fn filter(who: &Principal, req: &QueryRequest) -> Result<Filter, Status> {
         return Err(invalid(
             "outcome",
             "expected success, denied, withheld, not-found or error",
-        ));
-    }
-    let allowed = match who {
-        Principal::Service { .. } => has_scope(who, "audit.read"),
-        Principal::Patient { nhs_number, proofing } => {
-            proofing.sees_own_record() && req.nhs_number == nhs_number.as_str()
-        }
-        Principal::Staff { role, .. } => req.actor_organisation.eq_ignore_ascii_case(&role.org_code),
-    };
-    if !allowed {
-        return Err(Status::permission_denied(
-            "this query needs scope audit.read; staff may query their own organisation (actor_organisation), patients (P9) their own record",
         ));
     }
     let from_us = req.from.as_ref().map(sharedcare_kit::db::micros);
@@ -113,8 +154,7 @@ fn next_before(entries: &[sharedcare_proto::audit::v1::AuditEntry], limit: i64) 
 #[tonic::async_trait]
 impl Audit for AuditApi {
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<ListByPatientResponse>, Status> {
-        let who = self.verifier.from_metadata(request.metadata()).await?;
-        let f = filter(&who, request.get_ref())?;
+        let f = self.allowed(&request, request.get_ref()).await?;
         let entries = self.store.query(&f).await?;
         let next = next_before(&entries, f.limit);
         Ok(Response::new(ListByPatientResponse {
@@ -127,8 +167,7 @@ impl Audit for AuditApi {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<ExportAuditEventsResponse>, Status> {
-        let who = self.verifier.from_metadata(request.metadata()).await?;
-        let f = filter(&who, request.get_ref())?;
+        let f = self.allowed(&request, request.get_ref()).await?;
         let entries = self.store.query(&f).await?;
         Ok(Response::new(ExportAuditEventsResponse {
             bundle_json: crate::fhir::bundle(&entries).to_string(),

@@ -16,11 +16,28 @@ pub mod store;
 pub use error::AuditError;
 
 /// The audit service's settings (`[audit]`, `SHAREDCARE_AUDIT__*`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// When one member of staff viewing many patients raises an alert.
     pub alerts: store::AlertRules,
+    /// Identity's gRPC endpoint (its organisation directory: which organisations a break-glass
+    /// reviewer covers, so they may read those organisations' accesses). Empty = identity in
+    /// the same process (`up`); when identity runs elsewhere and this is empty, a reviewer
+    /// reads only their own organisation's.
+    pub identity_url: String,
+    /// How long an organisation's parent, read from the directory, is remembered (seconds).
+    pub directory_cache_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            alerts: store::AlertRules::default(),
+            identity_url: String::new(),
+            directory_cache_secs: 300,
+        }
+    }
 }
 
 impl AuditConfig {
@@ -31,6 +48,16 @@ impl AuditConfig {
         }
         if self.alerts.distinct_patients < 2 {
             return Err(("audit.alerts.distinct_patients".into(), "must be at least 2".into()));
+        }
+        let url = &self.identity_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err((
+                "audit.identity_url".into(),
+                "expected identity's gRPC URL, e.g. http://identity:50051".into(),
+            ));
+        }
+        if self.directory_cache_secs == 0 {
+            return Err(("audit.directory_cache_secs".into(), "must be at least 1".into()));
         }
         Ok(())
     }
@@ -90,11 +117,15 @@ impl sharedcare_kit::service::Service for Audit {
         let store = store::Store::new(ctx.db.clone()).with_rules(self.config.alerts.clone());
         let log = log::Log::open(store.clone()).await?;
         let mut m = Mount::new(NAME);
-        m.add_grpc(AuditServer::new(grpc::AuditApi::new(
-            store.clone(),
-            log.clone(),
-            verifier,
-        )));
+        // Identity's organisation directory: the one in this process, else the configured one.
+        let identity = ctx
+            .peer_url("identity", &self.config.identity_url, "audit.identity_url")
+            .ok();
+        let ttl = std::time::Duration::from_secs(self.config.directory_cache_secs);
+        let directory = sharedcare_kit::directory::Directory::new(identity.as_deref(), "audit.identity_url", ttl)?;
+        m.add_grpc(AuditServer::new(
+            grpc::AuditApi::new(store.clone(), log.clone(), verifier).with_directory(directory),
+        ));
         m.background.push(Box::new(move |stop| Box::pin(sign_heads(log, stop))));
         let handler = Arc::new(consumer::AccessConsumer::new(store));
         m.consumers = AUDITED_SERVICES

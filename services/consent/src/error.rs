@@ -33,6 +33,17 @@ pub enum ConsentError {
     Unavailable(String),
 }
 
+impl From<sharedcare_kit::directory::DirectoryError> for ConsentError {
+    fn from(e: sharedcare_kit::directory::DirectoryError) -> Self {
+        use sharedcare_kit::directory::DirectoryError as D;
+        match e {
+            D::Config(field, reason) => ConsentError::Invalid { field, reason },
+            D::Forbidden(m) => ConsentError::Forbidden(m),
+            D::Unavailable(m) => ConsentError::Unavailable(m),
+        }
+    }
+}
+
 impl ConsentError {
     /// An [`ConsentError::Invalid`] for `field`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {

@@ -21,13 +21,13 @@ pub const REVIEW_ACTIVITY: &str = sharedcare_kit::auth::BREAK_GLASS_REVIEW_ACTIV
 pub struct ConsentApi {
     store: Store,
     verifier: Verifier,
-    directory: std::sync::Arc<crate::directory::Directory>,
+    directory: std::sync::Arc<sharedcare_kit::directory::Directory>,
 }
 
 impl ConsentApi {
     /// Serves `store` to callers whose bearer token `verifier` accepts.
     pub fn new(store: Store, verifier: Verifier) -> Self {
-        let directory = crate::directory::Directory::known(&[]);
+        let directory = sharedcare_kit::directory::Directory::known(&[]);
         ConsentApi {
             store,
             verifier,
@@ -36,7 +36,7 @@ impl ConsentApi {
     }
 
     /// The same API reading which organisations a reviewer covers from `directory`.
-    pub fn with_directory(self, directory: crate::directory::Directory) -> Self {
+    pub fn with_directory(self, directory: sharedcare_kit::directory::Directory) -> Self {
         ConsentApi {
             directory: std::sync::Arc::new(directory),
             ..self
@@ -55,7 +55,7 @@ impl ConsentApi {
             .and_then(|v| v.to_str().ok())
             .and_then(sharedcare_kit::auth::bearer)
             .unwrap_or_default();
-        self.directory.covers(&role.org_code, org, bearer).await
+        Ok(self.directory.covers(&role.org_code, org, bearer).await?)
     }
 
     async fn who<T>(&self, req: &Request<T>) -> Result<Principal, Status> {

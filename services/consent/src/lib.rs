@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod directory;
+
 pub mod error;
 pub mod events;
 pub mod fhir;
@@ -97,7 +97,7 @@ impl sharedcare_kit::service::Service for Consent {
             .peer_url("identity", &self.config.identity_url, "consent.identity_url")
             .ok();
         let ttl = std::time::Duration::from_secs(self.config.directory_cache_secs);
-        let directory = directory::Directory::new(identity.as_deref(), ttl)?;
+        let directory = sharedcare_kit::directory::Directory::new(identity.as_deref(), "consent.identity_url", ttl)?;
         let api = grpc::ConsentApi::new(store.clone(), ctx.verifier()?).with_directory(directory);
         m.http = http::router(api.clone());
         m.add_grpc(api::consent_server::ConsentServer::new(api));

@@ -459,23 +459,35 @@ impl IdentityAdmin for AdminApi {
         };
         self.provider.store.insert_person(&p, &hash).await?;
         self.changed(&who, EventKind::PersonCreated, "staff", &p.uid).await;
-        Ok(Response::new(api::Person {
-            uid: p.uid,
-            username: p.username,
-            given_name: p.given_name,
-            family_name: p.family_name,
-            role_profiles: p
-                .roles
-                .into_iter()
-                .map(|r| api::RoleProfile {
-                    id: r.person_roleid,
-                    ods_code: r.org_code,
-                    role_code: r.role_code,
-                    activity_codes: r.activity_codes,
-                    role_name: r.role_name,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(person_out(p)))
+    }
+
+    async fn get_person(&self, req: Request<api::GetPersonRequest>) -> Result<Response<api::Person>, Status> {
+        let p = self.provider.verifier.from_metadata(req.metadata()).await?;
+        let allowed = match &p {
+            Principal::Service { scopes, .. } => scopes.iter().any(|s| s == ADMIN_SCOPE),
+            Principal::Staff { role, .. } => role
+                .activity_codes
+                .iter()
+                .any(|a| a == ADMIN_ACTIVITY || a == sharedcare_kit::auth::BREAK_GLASS_REVIEW_ACTIVITY),
+            Principal::Patient { .. } => false,
+        };
+        if !allowed {
+            return Err(IdentityError::Forbidden(format!(
+                "the staff directory needs scope {ADMIN_SCOPE}, or activity {ADMIN_ACTIVITY} or {}",
+                sharedcare_kit::auth::BREAK_GLASS_REVIEW_ACTIVITY
+            ))
+            .into());
+        }
+        let uid = req.into_inner().uid;
+        required("uid", &uid)?;
+        let (person, _, _) = self
+            .provider
+            .store
+            .person("uid", &uid)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(format!("member of staff {uid}")))?;
+        Ok(Response::new(person_out(person)))
     }
 
     async fn create_patient(&self, req: Request<api::CreatePatientRequest>) -> Result<Response<api::Patient>, Status> {
@@ -705,5 +717,26 @@ impl IdentityAdmin for AdminApi {
         };
         self.changed(&who, EventKind::KeysRotated, "key", &kid).await;
         Ok(Response::new(api::RotateKeysResponse { active_kid: kid }))
+    }
+}
+
+/// A member of staff as the admin API shows them (no secrets).
+fn person_out(p: Person) -> api::Person {
+    api::Person {
+        uid: p.uid,
+        username: p.username,
+        given_name: p.given_name,
+        family_name: p.family_name,
+        role_profiles: p
+            .roles
+            .into_iter()
+            .map(|r| api::RoleProfile {
+                id: r.person_roleid,
+                ods_code: r.org_code,
+                role_code: r.role_code,
+                activity_codes: r.activity_codes,
+                role_name: r.role_name,
+            })
+            .collect(),
     }
 }

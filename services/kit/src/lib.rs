@@ -20,6 +20,7 @@ pub mod batch;
 pub mod bus;
 pub mod config;
 pub mod db;
+pub mod directory;
 pub mod edge;
 pub mod error;
 pub mod fhir_elements;

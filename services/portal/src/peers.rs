@@ -94,6 +94,16 @@ impl Peers {
         RecordsClient::new(self.records.clone())
     }
 
+    /// Audit.
+    pub fn audit(&self) -> AuditClient<Channel> {
+        AuditClient::new(self.audit.clone())
+    }
+
+    /// Identity (its organisation and staff directories).
+    pub fn identity(&self) -> sharedcare_proto::identity::v1::identity_admin_client::IdentityAdminClient<Channel> {
+        sharedcare_proto::identity::v1::identity_admin_client::IdentityAdminClient::new(self.identity.clone())
+    }
+
     /// The audit log's Ed25519 public key as audit itself publishes it (fetched once).
     pub async fn audit_key(&self) -> Result<Vec<u8>, PortalError> {
         self.audit_key

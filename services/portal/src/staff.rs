@@ -14,7 +14,11 @@ use axum::routing::get;
 use http::{HeaderMap, StatusCode};
 use maud::{Markup, html};
 use sharedcare_kit::nhs::NhsNumber;
-use sharedcare_proto::consent::v1::{BreakGlassRequest, ListBreakGlassRequest, ReviewBreakGlassRequest};
+use sharedcare_proto::audit::v1::QueryRequest;
+use sharedcare_proto::consent::v1::{
+    BreakGlassGrant, BreakGlassRequest, ListBreakGlassRequest, ReviewBreakGlassRequest,
+};
+use sharedcare_proto::identity::v1::GetPersonRequest;
 use sharedcare_proto::passport::v1::{GetPassportRequest, PassportView, SectionKind};
 use sharedcare_proto::records::v1::{FindPatientsRequest, HistoryRequest, SearchParameter};
 
@@ -555,33 +559,51 @@ fn pretty(json: &str) -> String {
 }
 
 /// `GET /portal/reviews`: break-glass grants waiting for review (consent allows it to staff
-/// in a role with the review activity only).
+/// in a role with the review activity only), each naming the member of staff and their role
+/// (identity's staff directory), the reason in words, and what they opened while the grant
+/// lasted (the audit log), all read with the reviewer's own token.
 async fn reviews(State(app): State<App>, headers: HeaderMap) -> Result<Response, PortalError> {
     let s = staff(&app, &headers, "/portal/reviews").await?;
+    let token = &s.session.tokens.access_token;
     let grants = app
         .peers
         .consent()
-        .list_break_glass(as_user(&s.session.tokens.access_token, ListBreakGlassRequest {})?)
+        .list_break_glass(as_user(token, ListBreakGlassRequest {})?)
         .await?
         .into_inner()
         .grants;
     let at = |t: i64| page::time(Some(&prost_types::Timestamp { seconds: t, nanos: 0 }));
     let names = app.peers.organisation_names().await;
+    let mut cards = Vec::with_capacity(grants.len());
+    for g in &grants {
+        cards.push((
+            g,
+            who_broke_the_glass(&app, token, g).await,
+            opened_under(&app, token, g).await,
+        ));
+    }
     Ok(html(page::page(
         &chrome(&s),
         "Break-glass review queue",
         html! {
             h1 { "Break-glass review queue" }
             @if grants.is_empty() { p id="queue-empty" { "Nothing is waiting for review." } }
-            @for g in &grants {
-                div class="nhsuk-card" {
+            @for (g, who, opened) in &cards {
+                div class="nhsuk-card sc-grant" {
                     div class="nhsuk-card__content" {
-                        h2 class="nhsuk-card__heading nhsuk-heading-s" { "NHS number " (page::nhs_number(&g.nhs_number)) }
+                        h2 class="nhsuk-card__heading nhsuk-heading-s" { (who.0) " – NHS number " (page::nhs_number(&g.nhs_number)) }
                         (page::summary_list(&[
-                            ("Who", format!("{} at {}", g.person_id, name_of(&names, &g.ods_code))),
-                            ("When", at(g.start)),
-                            ("Reason", format!("{}: {}", g.reason_code, g.reason_text)),
+                            ("Who", format!("{}, {} at {}", who.0, who.1, name_of(&names, &g.ods_code))),
+                            ("When", format!("{} to {}", at(g.start), at(g.end))),
+                            ("Reason", reason_words(&g.reason_code).to_string()),
+                            ("In their words", g.reason_text.clone()),
                         ]))
+                        h3 class="nhsuk-heading-xs" { "What they opened" }
+                        @match opened {
+                            Ok(list) if list.is_empty() => p { "Nothing was opened under this grant." },
+                            Ok(list) => ul class="nhsuk-list nhsuk-list--bullet sc-opened" { @for o in list { li { (o) } } },
+                            Err(why) => p class="nhsuk-error-message" { (why) },
+                        }
                         form method="post" action={ "/portal/reviews/" (g.id) } novalidate {
                             input type="hidden" name="csrf" value=(s.session.csrf);
                             div class="nhsuk-form-group" {
@@ -595,6 +617,91 @@ async fn reviews(State(app): State<App>, headers: HeaderMap) -> Result<Response,
             }
         },
     )))
+}
+
+/// A break-glass reason code in words.
+fn reason_words(code: &str) -> &str {
+    REASONS
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, w)| *w)
+        .unwrap_or(code)
+}
+
+/// The member of staff behind grant `g`: (name, role at the grant's organisation), from
+/// identity's staff directory; their user id and "role not known" when it cannot say.
+async fn who_broke_the_glass(app: &App, token: &str, g: &BreakGlassGrant) -> (String, String) {
+    let req = match as_user(
+        token,
+        GetPersonRequest {
+            uid: g.person_id.clone(),
+        },
+    ) {
+        Ok(r) => r,
+        Err(_) => return (g.person_id.clone(), "role not known".into()),
+    };
+    match app.peers.identity().get_person(req).await {
+        Ok(p) => {
+            let p = p.into_inner();
+            let role = p
+                .role_profiles
+                .iter()
+                .find(|r| r.ods_code.eq_ignore_ascii_case(&g.ods_code))
+                .map(|r| {
+                    if r.role_name.is_empty() {
+                        r.role_code.clone()
+                    } else {
+                        r.role_name.clone()
+                    }
+                })
+                .unwrap_or_else(|| "role not known".into());
+            (format!("{} {}", p.given_name, p.family_name), role)
+        }
+        Err(status) => {
+            tracing::warn!(code = ?status.code(), "the staff directory could not name a break-glass user");
+            (format!("Staff member {}", g.person_id), "role not known".into())
+        }
+    }
+}
+
+/// What grant `g`'s holder did to its patient's record while it lasted, oldest first, from the
+/// audit log ("time – action – resources – outcome"); `Err` says why it cannot be shown.
+async fn opened_under(app: &App, token: &str, g: &BreakGlassGrant) -> Result<Vec<String>, String> {
+    let ts = |t: i64| prost_types::Timestamp { seconds: t, nanos: 0 };
+    let q = QueryRequest {
+        nhs_number: g.nhs_number.clone(),
+        actor: g.person_id.clone(),
+        actor_organisation: g.ods_code.clone(),
+        from: Some(ts(g.start)),
+        to: Some(ts(g.end)),
+        page_size: 200,
+        ..Default::default()
+    };
+    let req = as_user(token, q).map_err(|e| e.to_string())?;
+    let entries = match app.peers.audit().query(req).await {
+        Ok(r) => r.into_inner().entries,
+        Err(status) => return Err(format!("The audit log could not be read: {}", status.message())),
+    };
+    Ok(entries
+        .iter()
+        .rev()
+        .map(|e| {
+            let mut kinds: Vec<&str> = e.resources.iter().filter_map(|r| r.split('/').next()).collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            let what = if kinds.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " – {} ({} item{})",
+                    kinds.join(", "),
+                    e.resources.len(),
+                    if e.resources.len() == 1 { "" } else { "s" }
+                )
+            };
+            format!("{} – {}{} – {}", page::time(e.time.as_ref()), e.action, what, e.outcome)
+        })
+        .collect())
 }
 
 /// `POST /portal/reviews/{id}`.

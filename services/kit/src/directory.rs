@@ -1,8 +1,9 @@
-//! Which organisations a break-glass reviewer covers: their role's own organisation and every
-//! one under it in identity's organisation directory (the ODS parent chain: a practice under
-//! its ICB). Consent does not keep the directory: it asks identity's `GetOrganisation`, which
-//! any valid token may read (the directory is reference data, as the national ODS is), with
-//! the reviewer's own token, and remembers each answer for a few minutes.
+//! Which organisations a reviewer covers: their role's own organisation and every one under it
+//! in identity's organisation directory (the ODS parent chain: a practice under its ICB).
+//! Consent (the break-glass review queue) and audit (what a reviewed grant opened) do not keep
+//! the directory: they ask identity's `GetOrganisation`, which any valid token may read (the
+//! directory is reference data, as the national ODS is), with the reviewer's own token, and
+//! remember each answer for a few minutes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,12 +13,24 @@ use sharedcare_proto::identity::v1::GetOrganisationRequest;
 use sharedcare_proto::identity::v1::identity_admin_client::IdentityAdminClient;
 use tonic::transport::Channel;
 
-use crate::ConsentError;
+/// Why the directory could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    /// The identity URL is not a URL.
+    #[error("{0}: {1}")]
+    Config(String, String),
+    /// The caller's token cannot be sent on.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Identity did not answer.
+    #[error("{0}")]
+    Unavailable(String),
+}
 
 /// How deep a parent chain is followed (ODS hierarchies are two or three levels).
 const MAX_DEPTH: usize = 8;
 
-/// Identity's organisation directory as consent reads it.
+/// Identity's organisation directory as a service reads it.
 pub struct Directory {
     identity: Option<IdentityAdminClient<Channel>>,
     /// Parent ODS code by ODS code ("" = none), and when it was read.
@@ -27,13 +40,14 @@ pub struct Directory {
 
 impl Directory {
     /// The directory at identity's gRPC `url` (`None`: not configured, so no staff reviewer
-    /// covers anything beyond their own organisation), remembering answers for `ttl`.
-    pub fn new(url: Option<&str>, ttl: Duration) -> Result<Directory, ConsentError> {
+    /// covers anything beyond their own organisation), remembering answers for `ttl`;
+    /// `setting` names where the URL came from, for errors.
+    pub fn new(url: Option<&str>, setting: &str, ttl: Duration) -> Result<Directory, DirectoryError> {
         let identity = match url {
             None => None,
             Some(u) => Some(IdentityAdminClient::new(
                 Channel::from_shared(u.to_string())
-                    .map_err(|e| ConsentError::invalid("consent.identity_url", e.to_string()))?
+                    .map_err(|e| DirectoryError::Config(setting.to_string(), e.to_string()))?
                     .connect_timeout(Duration::from_secs(2))
                     .timeout(Duration::from_secs(2))
                     .connect_lazy(),
@@ -63,7 +77,7 @@ impl Directory {
 
     /// Whether `reviewer_org` covers `org`: it is `org`, or an organisation above it. `bearer`
     /// is the reviewer's token, for identity.
-    pub async fn covers(&self, reviewer_org: &str, org: &str, bearer: &str) -> Result<bool, ConsentError> {
+    pub async fn covers(&self, reviewer_org: &str, org: &str, bearer: &str) -> Result<bool, DirectoryError> {
         let mut at = org.to_ascii_uppercase();
         let reviewer = reviewer_org.to_ascii_uppercase();
         for _ in 0..MAX_DEPTH {
@@ -79,7 +93,7 @@ impl Directory {
     }
 
     /// The parent of `org` ("" = none; `None` = no directory to ask and nothing remembered).
-    async fn parent(&self, org: &str, bearer: &str) -> Result<Option<String>, ConsentError> {
+    async fn parent(&self, org: &str, bearer: &str) -> Result<Option<String>, DirectoryError> {
         let remembered = self.parents.lock().ok().and_then(|m| {
             m.get(org)
                 .filter(|(_, at)| at.elapsed() < self.ttl)
@@ -96,13 +110,13 @@ impl Directory {
         });
         let value = format!("Bearer {bearer}")
             .parse()
-            .map_err(|_| ConsentError::Forbidden("the caller's token cannot be forwarded".into()))?;
+            .map_err(|_| DirectoryError::Forbidden("the caller's token cannot be forwarded".into()))?;
         req.metadata_mut().insert("authorization", value);
         let parent = match identity.get_organisation(req).await {
             Ok(o) => o.into_inner().parent_ods_code,
             Err(s) if s.code() == tonic::Code::NotFound => String::new(),
             Err(s) => {
-                return Err(ConsentError::Unavailable(format!(
+                return Err(DirectoryError::Unavailable(format!(
                     "identity's organisation directory: {}",
                     s.message()
                 )));
