@@ -212,3 +212,21 @@ async fn the_readme_walk_through_is_true_in_chromium() {
     );
     assert!(out.contains("walkthrough: all checks passed"), "{out}");
 }
+
+/// No page scrolls sideways on a phone (320 and 390 px), as staff or as a patient, with or
+/// without the NHS App's user agent, with the demo's full records (`tests/node/widths.mjs`).
+#[tokio::test]
+async fn no_page_scrolls_sideways_on_a_phone() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up_as_shipped(data.path());
+    let nhs = demo_nhs_numbers();
+    let out = crate::oidc_node::run_node(
+        "widths.mjs",
+        &[
+            ("BASE", p.http.clone()),
+            ("MARGARET_NHS", nhs[0].clone()),
+            ("DAVID_NHS", nhs[1].clone()),
+        ],
+    );
+    assert!(out.contains("none scrolls sideways"), "{out}");
+}

@@ -24,7 +24,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { chromium } from 'playwright-core';
-import { codesNow, staffSecret } from './totp.mjs';
+import { cells, signIn } from './signin.mjs';
 
 const require = createRequire(import.meta.url);
 const env = (k, d) => {
@@ -68,25 +68,6 @@ async function check(page, name) {
 }
 
 const text = (page) => page.textContent('body');
-
-// The login page: password, then for staff (all of whom have a second factor) the security
-// code from their authenticator app.
-async function signIn(page, user, pass) {
-  await page.waitForSelector('#username');
-  await page.fill('#username', user);
-  await page.fill('#password', pass);
-  await page.click('#sign-in');
-  const secret = staffSecret(user);
-  if (!secret) return;
-  for (const code of codesNow(secret)) {
-    await page.waitForSelector('#code');
-    await page.fill('#code', code);
-    // Right or wrong, the form's answer is a navigation (onwards, or the page again).
-    await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.click('#verify')]);
-    if (!/\/oauth2\/login\/otp/.test(page.url())) return;
-  }
-  throw new Error(`${user}: the security code was refused`);
-}
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -152,9 +133,20 @@ try {
   // By name and date of birth.
   await gp.fill('#nhs_number', '');
   await gp.fill('#family', 'Evans');
-  await gp.fill('#birthdate', '1941-03-12');
+  // NHS.UK's date input: a wrong date is named, linked to its first box, and the title says Error.
+  await gp.fill('#birthdate-day', '31');
+  await gp.fill('#birthdate-month', '2');
+  await gp.fill('#birthdate-year', '1941');
   await gp.click('#search');
-  await gp.waitForSelector('table.nhsuk-table');
+  await gp.waitForSelector('.nhsuk-error-summary');
+  assert.match(await gp.textContent('.nhsuk-error-summary'), /Date of birth must be a real date/);
+  assert.equal(await gp.getAttribute('.nhsuk-error-summary a', 'href'), '#birthdate-day');
+  assert.match(await gp.title(), /^Error: /);
+  await gp.fill('#birthdate-day', '12');
+  await gp.fill('#birthdate-month', '3');
+  await gp.fill('#birthdate-year', '1941');
+  await gp.click('#search');
+  await gp.waitForSelector('#results');
   await check(gp, '05-search-results');
   await gp.click('text=Margaret Evans');
   await gp.waitForSelector('#patient-name');
@@ -213,7 +205,7 @@ try {
   for (let i = 0; i < 40; i++) {
     await noor.goto(`${base}/passport/access-log`);
     // Columns: when, who, what, why, outcome, checked.
-    rows = await noor.$$eval('tr.sc-access', (trs) => trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent.trim())));
+    rows = await cells(noor, 'tr.sc-access');
     const gpRows = rows.filter((r) => r[1] === 'Riverside Medical Practice');
     if (gpRows.some((r) => r[2] === 'Looked at your record' && r[4] === 'Refused') && gpRows.some((r) => r[2] === 'Looked at your record' && r[3].startsWith('Emergency access') && r[4] === 'Done')) break;
     await new Promise((r) => setTimeout(r, 500));

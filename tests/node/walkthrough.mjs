@@ -10,7 +10,8 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { chromium } from 'playwright-core';
-import { codesNow, staffSecret } from './totp.mjs';
+import { signIn } from './signin.mjs';
+import { staffSecret } from './totp.mjs';
 
 const env = (k, d) => {
   const v = process.env[k] ?? d;
@@ -47,22 +48,6 @@ const browser = await chromium.launch({
   args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
 });
 
-async function signIn(page, { user, password }, totpSecret) {
-  await page.waitForSelector('#username');
-  await page.fill('#username', user);
-  await page.fill('#password', password);
-  await page.click('#sign-in');
-  const secret = totpSecret ?? staffSecret(user);
-  if (!secret) return;
-  for (const code of codesNow(secret)) {
-    await page.waitForSelector('#code');
-    await page.fill('#code', code);
-    await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.click('#verify')]);
-    if (!/\/oauth2\/login\/otp/.test(page.url())) return;
-  }
-  throw new Error(`${user}: the security code was refused`);
-}
-
 // The page's text, normalised as the README's is.
 const bodyText = async (page) => squash(await page.textContent('body'));
 
@@ -92,7 +77,7 @@ try {
   const gp = await (await browser.newContext()).newPage();
   await gp.goto(`${base}/portal/`);
   await gp.click('#sign-in');
-  await signIn(gp, gpLogin, gpSecret);
+  await signIn(gp, gpLogin.user, gpLogin.password, gpSecret);
   await gp.waitForSelector('#nhs_number');
   await gp.fill('#nhs_number', nhsNumber(portal));
   await gp.click('#search');
@@ -111,7 +96,7 @@ try {
   const cw = await (await browser.newContext()).newPage();
   await cw.goto(`${base}/portal/`);
   await cw.click('#sign-in');
-  await signIn(cw, careLogin);
+  await signIn(cw, careLogin.user, careLogin.password);
   await cw.waitForSelector('#nhs_number');
   await cw.fill('#nhs_number', nhsNumber(glass));
   await cw.click('#search');
@@ -126,7 +111,7 @@ try {
   const queue = glass.match(/review queue at `([^`]+)`/)?.[1];
   assert.ok(queue, 'the README says where the review queue is');
   await ig.goto(`${base}${queue}`);
-  await signIn(ig, igLogin);
+  await signIn(ig, igLogin.user, igLogin.password);
   await ig.waitForSelector('h1');
   await shows(ig, igSees, 'the review queue');
   const card = ig.locator('.nhsuk-card', { hasText: igSees[0] });
@@ -146,7 +131,7 @@ try {
   const own = await (await browser.newContext()).newPage();
   await own.goto(`${base}/passport/`);
   await own.click('#sign-in');
-  await signIn(own, patientLogin);
+  await signIn(own, patientLogin.user, patientLogin.password);
   await own.waitForSelector('#link-record');
   await own.click('#link-record');
   await own.waitForSelector('h1');

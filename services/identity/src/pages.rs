@@ -43,8 +43,8 @@ pub fn layout(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html><html lang=\"en-GB\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} - Sharedcare</title><link rel=\"stylesheet\" href=\"{STYLE_PATH}\"></head><body>\
-         <header><a href=\"/\" aria-label=\"Sharedcare homepage\">Sharedcare</a> \
+         <title>{} - Shared care record</title><link rel=\"stylesheet\" href=\"{STYLE_PATH}\"></head><body>\
+         <header><a href=\"/\" aria-label=\"Shared care record homepage\">Shared care record</a> \
          <span>Sign in to your care record systems</span></header>\
          <main id=\"maincontent\">{body}</main></body></html>",
         esc(title)

@@ -64,7 +64,12 @@ impl PortalError {
             PortalError::Peer(s) => match s.code() {
                 tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, s.message().to_string()),
                 tonic::Code::PermissionDenied => (StatusCode::FORBIDDEN, s.message().to_string()),
-                tonic::Code::NotFound => (StatusCode::NOT_FOUND, s.message().to_string()),
+                // The services' own words ("no record is held for …") are for logs: people are
+                // told what it means and what to do.
+                tonic::Code::NotFound => (
+                    StatusCode::NOT_FOUND,
+                    "We could not find that record. If you typed an NHS number, check it; if you followed a link, it may be out of date.".into(),
+                ),
                 tonic::Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "sign in again".into()),
                 _ => (
                     StatusCode::SERVICE_UNAVAILABLE,

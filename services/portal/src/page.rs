@@ -17,6 +17,9 @@ pub struct Chrome<'a> {
     pub signed_in: Option<(&'a str, &'a str)>,
 }
 
+/// The service's name, in every header and page title.
+pub const SERVICE_NAME: &str = "Shared care record";
+
 /// A part of the site.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Area {
@@ -34,9 +37,9 @@ pub enum Area {
 impl Area {
     fn name(self) -> &'static str {
         match self {
-            Area::Start => "Sharedcare",
-            Area::Portal => "Shared care record",
-            Area::Passport => "Your health and care record",
+            // One service name in every header (the passport's pages say "your record" in
+            // their own words below it).
+            Area::Start | Area::Portal | Area::Passport => SERVICE_NAME,
             Area::Handover => "Care home handover",
         }
     }
@@ -83,12 +86,19 @@ pub fn signing_out(chrome: &Chrome<'_>, action: &str, fields: &[(&'static str, S
 /// A whole page titled `title` around `body`.
 pub fn page(chrome: &Chrome<'_>, title: &str, body: Markup) -> Markup {
     let area = chrome.area;
+    // A page whose form came back with errors says so first in its title (NHS.UK's error
+    // summary pattern), so a screen reader hears it before anything else.
+    let error = if body.0.contains("nhsuk-error-summary") {
+        "Error: "
+    } else {
+        ""
+    };
     html! {
         (DOCTYPE)
         html lang="en-GB" {
             head {
                 meta charset="utf-8";
-                title { (title) " – " (area.name()) }
+                title { (error) (title) " – " (area.name()) }
                 meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover";
                 meta name="theme-color" content="#005eb8";
                 link rel="icon" href=(assets::path("images/favicon.ico")) sizes="48x48";
@@ -138,7 +148,7 @@ pub fn page(chrome: &Chrome<'_>, title: &str, body: Markup) -> Markup {
                                 div class="nhsuk-footer__meta" {
                                     ul class="nhsuk-footer__list" {
                                         @if area != Area::Handover {
-                                        li class="nhsuk-footer__list-item" { a class="nhsuk-footer__list-item-link" href="/" { "Sharedcare" } }
+                                        li class="nhsuk-footer__list-item" { a class="nhsuk-footer__list-item-link" href="/" { (SERVICE_NAME) } }
                                         li class="nhsuk-footer__list-item" { a class="nhsuk-footer__list-item-link" href="/passport/" { "Your record" } }
                                         li class="nhsuk-footer__list-item" { a class="nhsuk-footer__list-item-link" href="/portal/" { "For staff" } }
                                         }
@@ -176,13 +186,87 @@ pub fn error_summary(errors: &[(&str, String)]) -> Markup {
                 div class="nhsuk-error-summary__body" {
                     ul class="nhsuk-list nhsuk-error-summary__list" {
                         @for (field, message) in errors {
-                            li { a href={ "#" (field) } { (message) } }
+                            li { a href={ "#" (first_input(field)) } { (message) } }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// The first input of the field named `field`, which its error summary entry links to: the day
+/// of a date, the first choice of a set of radios.
+fn first_input(field: &str) -> String {
+    match field {
+        "birthdate" => "birthdate-day".into(),
+        "reason_code" => "reason-0".into(),
+        f => f.into(),
+    }
+}
+
+/// NHS.UK's date input (day, month and year, each its own box), named `<id>-day`, `<id>-month`
+/// and `<id>-year`, with the values sent last time and the error for the whole date.
+pub fn date_input(
+    id: &str,
+    legend: &str,
+    hint: &str,
+    error: Option<&str>,
+    values: &std::collections::HashMap<String, String>,
+) -> Markup {
+    let part = |name: &str| values.get(&format!("{id}-{name}")).cloned().unwrap_or_default();
+    let boxes = [
+        ("day", "Day", "nhsuk-input--width-2"),
+        ("month", "Month", "nhsuk-input--width-2"),
+        ("year", "Year", "nhsuk-input--width-4"),
+    ];
+    html! {
+        div class={ "nhsuk-form-group" @if error.is_some() { " nhsuk-form-group--error" } } {
+            fieldset class="nhsuk-fieldset" role="group" aria-describedby={ (id) "-hint" @if error.is_some() { " " (id) "-error" } } {
+                legend class="nhsuk-fieldset__legend nhsuk-fieldset__legend--s" { (legend) }
+                div class="nhsuk-hint" id={ (id) "-hint" } { (hint) }
+                @if let Some(m) = error { span class="nhsuk-error-message" id={ (id) "-error" } { span class="nhsuk-u-visually-hidden" { "Error: " } (m) } }
+                div class="nhsuk-date-input" id=(id) {
+                    @for (name, label, width) in boxes {
+                        div class="nhsuk-date-input__item" {
+                            div class="nhsuk-form-group" {
+                                label class="nhsuk-label nhsuk-date-input__label" for={ (id) "-" (name) } { (label) }
+                                input class={ "nhsuk-input nhsuk-date-input__input " (width) @if error.is_some() { " nhsuk-input--error" } }
+                                    id={ (id) "-" (name) } name={ (id) "-" (name) } type="text" inputmode="numeric" value=(part(name));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A date from NHS.UK's date input, as `YYYY-MM-DD`; `Err` says what is wrong in plain words.
+pub fn date_from_parts(day: &str, month: &str, year: &str) -> Result<String, String> {
+    if day.is_empty() && month.is_empty() && year.is_empty() {
+        return Err("Enter the date of birth, for example 12 3 1941".into());
+    }
+    let missing: Vec<&str> = [("a day", day), ("a month", month), ("a year", year)]
+        .iter()
+        .filter(|(_, v)| v.is_empty())
+        .map(|(n, _)| *n)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("Date of birth must include {}", missing.join(" and ")));
+    }
+    let (Ok(d), Ok(m), Ok(y)) = (day.parse::<u32>(), month.parse::<u32>(), year.parse::<i32>()) else {
+        return Err("Date of birth must be numbers, for example 12 3 1941".into());
+    };
+    if y < 1000 {
+        return Err("Year must include 4 numbers".into());
+    }
+    let date =
+        chrono::NaiveDate::from_ymd_opt(y, m, d).ok_or_else(|| "Date of birth must be a real date".to_string())?;
+    if date > chrono::Utc::now().date_naive() {
+        return Err("Date of birth must be in the past".into());
+    }
+    Ok(date.format("%Y-%m-%d").to_string())
 }
 
 /// A row list (NHS.UK summary list) of label and value.
@@ -199,6 +283,32 @@ pub fn summary_list(rows: &[(&str, String)]) -> Markup {
     }
 }
 
+/// A table in NHS.UK's responsive pattern: on a narrow screen (a phone, the NHS App) each row
+/// becomes a block of "heading: value" lines, so the page never scrolls sideways. `rows` are
+/// (row class, cells), one cell per heading.
+pub fn responsive_table(id: &str, caption: Markup, headings: &[&str], rows: &[(&str, Vec<Markup>)]) -> Markup {
+    html! {
+        table role="table" class="nhsuk-table-responsive" id=(id) {
+            caption class="nhsuk-table__caption" { (caption) }
+            thead role="rowgroup" class="nhsuk-table__head" {
+                tr role="row" { @for h in headings { th role="columnheader" scope="col" { (h) } } }
+            }
+            tbody class="nhsuk-table__body" {
+                @for (class, cells) in rows {
+                    tr role="row" class={ "nhsuk-table__row " (class) } {
+                        @for (h, cell) in headings.iter().zip(cells) {
+                            td role="cell" class="nhsuk-table__cell" {
+                                span class="nhsuk-table-responsive__heading" aria-hidden="true" { (h) " " }
+                                (cell)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The start page: who each part of the site is for.
 pub fn start(nhs_app: bool) -> Markup {
     page(
@@ -206,10 +316,10 @@ pub fn start(nhs_app: bool) -> Markup {
             nhs_app,
             ..Chrome::default()
         },
-        "Sharedcare",
+        "Welcome",
         html! {
             h1 { "One record for everyone who cares for you" }
-            p class="nhsuk-lede-text" { "Sharedcare joins up the records your GP, hospital, community and social care teams keep, so the people looking after you see the same picture, and you can see it too." }
+            p class="nhsuk-lede-text" { "The shared care record joins up the records your GP, hospital, community and social care teams keep, so the people looking after you see the same picture, and you can see it too." }
             div class="nhsuk-card-group" {
                 div class="nhsuk-card-group__item nhsuk-grid-column-one-half" {
                     div class="nhsuk-card nhsuk-card--clickable" {
@@ -263,5 +373,55 @@ pub fn nhs_number(n: &str) -> String {
         format!("{} {} {}", &n[..3], &n[3..6], &n[6..])
     } else {
         n.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_date_of_birth_comes_from_its_three_boxes_or_says_what_is_wrong() {
+        assert_eq!(date_from_parts("12", "3", "1941").as_deref(), Ok("1941-03-12"));
+        assert_eq!(
+            date_from_parts("", "", ""),
+            Err("Enter the date of birth, for example 12 3 1941".into())
+        );
+        assert_eq!(
+            date_from_parts("12", "", ""),
+            Err("Date of birth must include a month and a year".into())
+        );
+        assert_eq!(
+            date_from_parts("31", "2", "1941"),
+            Err("Date of birth must be a real date".into())
+        );
+        assert_eq!(
+            date_from_parts("1", "1", "41"),
+            Err("Year must include 4 numbers".into())
+        );
+        assert_eq!(
+            date_from_parts("a", "1", "1941"),
+            Err("Date of birth must be numbers, for example 12 3 1941".into())
+        );
+        assert_eq!(
+            date_from_parts("1", "1", "2999"),
+            Err("Date of birth must be in the past".into())
+        );
+    }
+
+    #[test]
+    fn a_page_with_form_errors_says_so_first_in_its_title() {
+        let errors = [("birthdate", "Date of birth must be a real date".to_string())];
+        let with = page(&Chrome::default(), "Find a patient", error_summary(&errors)).into_string();
+        assert!(
+            with.contains("<title>Error: Find a patient – Shared care record</title>"),
+            "{with}"
+        );
+        assert!(
+            with.contains("href=\"#birthdate-day\""),
+            "the summary links to the first box"
+        );
+        let without = page(&Chrome::default(), "Find a patient", html! { p { "x" } }).into_string();
+        assert!(without.contains("<title>Find a patient – Shared care record</title>"));
     }
 }

@@ -616,28 +616,19 @@ async fn access_log(
             h1 { "Who has looked at your record" }
             p { "Every time someone opens your record it is written in an audit log that cannot be changed without it showing. Each entry below is checked against that log as this page is made." }
             @if log.entries.is_empty() { p id="no-access" { "Nobody has looked at your record yet." } } @else {
-                table class="nhsuk-table" id="access-log" {
-                    caption class="nhsuk-table__caption nhsuk-u-visually-hidden" { "Who has looked at your record" }
-                    thead class="nhsuk-table__head" { tr {
-                        th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "What" } th scope="col" { "Why" } th scope="col" { "Outcome" } th scope="col" { "Checked" }
-                    } }
-                    tbody class="nhsuk-table__body" {
-                        @for (e, ok) in log.entries.iter().zip(&verified) {
-                            tr class="nhsuk-table__row sc-access" {
-                                td class="nhsuk-table__cell" { (page::time(e.time.as_ref())) }
-                                td class="nhsuk-table__cell" {
-                                    @if e.organisation.is_empty() { "You, or a system recording your care" } @else { (name_of(&names, &e.organisation)) }
-                                }
-                                td class="nhsuk-table__cell" { (action_words(&e.action)) }
-                                td class="nhsuk-table__cell sc-purpose" { (purpose_words(&e.purpose)) }
-                                td class="nhsuk-table__cell" { (outcome_words(&e.outcome)) }
-                                td class="nhsuk-table__cell" {
-                                    @if *ok { span class="sc-verified" { "Verified in the audit log" } } @else { span class="sc-unverified" { "Not verified" } }
-                                }
-                            }
-                        }
-                    }
-                }
+                (page::responsive_table(
+                    "access-log",
+                    html! { span class="nhsuk-u-visually-hidden" { "Who has looked at your record" } },
+                    &["When", "Who", "What", "Why", "Outcome", "Checked"],
+                    &log.entries.iter().zip(&verified).map(|(e, ok)| ("sc-access", vec![
+                        html! { (page::time(e.time.as_ref())) },
+                        html! { @if e.organisation.is_empty() { "You, or a system recording your care" } @else { (name_of(&names, &e.organisation)) } },
+                        html! { (action_words(&e.action)) },
+                        html! { span class="sc-purpose" { (purpose_words(&e.purpose)) } },
+                        html! { (outcome_words(&e.outcome)) },
+                        html! { @if *ok { span class="sc-verified" { "Verified in the audit log" } } @else { span class="sc-unverified" { "Not verified" } } },
+                    ])).collect::<Vec<_>>(),
+                ))
             }
             @if log.next_before_sequence > 0 {
                 p { a href={ "/passport/access-log?before=" (log.next_before_sequence) } { "Older entries" } }

@@ -147,7 +147,7 @@ fn search_page(
                 (field("nhs_number", "NHS number", "10 digits, for example 943 476 5919", "nhsuk-input--width-10", "off"))
                 p class="nhsuk-body" { "Or search by name and date of birth" }
                 (field("family", "Last name", "", "nhsuk-input--width-20", "off"))
-                (field("birthdate", "Date of birth", "For example, 1941-03-12", "nhsuk-input--width-10", "off"))
+                (page::date_input("birthdate", "Date of birth", "For example, 12 3 1941", err("birthdate").as_deref(), values))
                 button class="nhsuk-button" type="submit" id="search" { "Search" }
             }
             @if reviewer {
@@ -176,7 +176,8 @@ async fn search(
     let mut s = staff(&app, &headers, "/portal/").await?;
     s.check_csrf(&form)?;
     let get = |k: &str| form.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
-    let (nhs, family, birthdate) = (get("nhs_number").replace(' ', ""), get("family"), get("birthdate"));
+    let (nhs, family) = (get("nhs_number").replace(' ', ""), get("family"));
+    let birthdate = page::date_from_parts(&get("birthdate-day"), &get("birthdate-month"), &get("birthdate-year"));
     let mut errors: Vec<(&str, String)> = Vec::new();
     if !nhs.is_empty() {
         match NhsNumber::parse(&nhs) {
@@ -194,13 +195,11 @@ async fn search(
                 "Enter the patient's last name, or search by NHS number".into(),
             ));
         }
-        if chrono::NaiveDate::parse_from_str(&birthdate, "%Y-%m-%d").is_err() {
-            errors.push((
-                "birthdate",
-                "Enter the date of birth as year-month-day, for example 1941-03-12".into(),
-            ));
+        if let Err(why) = &birthdate {
+            errors.push(("birthdate", why.clone()));
         }
     }
+    let birthdate = birthdate.unwrap_or_default();
     if !errors.is_empty() {
         let names = app.peers.organisation_names().await;
         let mut r = html(search_page(&s, &names, &errors, &form));
@@ -262,19 +261,16 @@ async fn search(
             @if rows.is_empty() {
                 p id="no-results" { "No patient you can see matches that name and date of birth. Check them, or search by NHS number." }
             } @else {
-                table class="nhsuk-table" {
-                    caption class="nhsuk-table__caption" { (rows.len()) " matching " @if rows.len() == 1 { "patient" } @else { "patients" } }
-                    thead class="nhsuk-table__head" { tr { th scope="col" { "Name" } th scope="col" { "Date of birth" } th scope="col" { "NHS number" } } }
-                    tbody class="nhsuk-table__body" {
-                        @for (h, name, born, nhs) in &rows {
-                            tr class="nhsuk-table__row" {
-                                td class="nhsuk-table__cell" { a href={ "/portal/patients/" (h) } { (name) } }
-                                td class="nhsuk-table__cell" { (born) }
-                                td class="nhsuk-table__cell" { (nhs) }
-                            }
-                        }
-                    }
-                }
+                (page::responsive_table(
+                    "results",
+                    html! { (rows.len()) " matching " @if rows.len() == 1 { "patient" } @else { "patients" } },
+                    &["Name", "Date of birth", "NHS number"],
+                    &rows.iter().map(|(h, name, born, nhs)| ("", vec![
+                        html! { a href={ "/portal/patients/" (h) } { (name) } },
+                        html! { (born) },
+                        html! { (nhs) },
+                    ])).collect::<Vec<_>>(),
+                ))
             }
             p { a href="/portal/" { "Search again" } }
         },
@@ -364,19 +360,16 @@ fn summary_page(s: &Signed, names: &HashMap<String, String>, h: &str, v: &Passpo
             }
             h2 { "Care team" }
             @if v.care_team.is_empty() { p { "No care team is recorded." } } @else {
-                table class="nhsuk-table" id="care-team" {
-                    caption class="nhsuk-table__caption nhsuk-u-visually-hidden" { "Care team" }
-                    thead class="nhsuk-table__head" { tr { th scope="col" { "Organisation" } th scope="col" { "Role" } th scope="col" { "Since" } } }
-                    tbody class="nhsuk-table__body" {
-                        @for m in &v.care_team {
-                            tr class="nhsuk-table__row" {
-                                td class="nhsuk-table__cell" { (if m.organisation_name.is_empty() { name_of(names, &m.ods_code) } else { &m.organisation_name }) }
-                                td class="nhsuk-table__cell" { (m.role) }
-                                td class="nhsuk-table__cell" { (page::time(m.since.as_ref())) }
-                            }
-                        }
-                    }
-                }
+                (page::responsive_table(
+                    "care-team",
+                    html! { span class="nhsuk-u-visually-hidden" { "Care team" } },
+                    &["Organisation", "Role", "Since"],
+                    &v.care_team.iter().map(|m| ("", vec![
+                        html! { (if m.organisation_name.is_empty() { name_of(names, &m.ods_code) } else { &m.organisation_name }) },
+                        html! { (m.role) },
+                        html! { (page::time(m.since.as_ref())) },
+                    ])).collect::<Vec<_>>(),
+                ))
             }
             @for sec in &v.sections {
                 section id={ "section-" (sec.kind) } class="sc-section" {

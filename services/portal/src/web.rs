@@ -227,8 +227,18 @@ pub fn router(app: App) -> Router {
         .merge(crate::staff::routes())
         .merge(crate::patient::routes())
         .merge(crate::assets::router())
+        // Anything else under the site's areas: a page that says so, in the site's own words.
+        .route("/portal/{*rest}", get(not_found))
+        .route("/passport/{*rest}", get(not_found))
         .layer(axum::middleware::map_response_with_state(app.clone(), secure_headers))
         .with_state(app)
+}
+
+async fn not_found() -> PortalError {
+    PortalError::NotFound(
+        "There is no page at this address. If you typed it, check it; if you followed a link, it may be out of date."
+            .into(),
+    )
 }
 
 async fn start(headers: HeaderMap) -> Response {
