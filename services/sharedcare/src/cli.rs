@@ -138,6 +138,23 @@ pub enum AuditCommand {
 /// `sharedcare demo …`.
 #[derive(Subcommand, Debug)]
 pub enum DemoCommand {
+    /// Write a deterministic synthetic ICS of N people (records of about 10-60 resources across
+    /// the demo organisations) as NDJSON, one file per writing organisation, for `sharedcare
+    /// import --source <ODS>` (the GP practice's file, with the Patients, first).
+    Population {
+        /// How many people (1 to 10,000,000).
+        #[arg(long, value_name = "N")]
+        patients: u64,
+        /// The seed: the same seed gives the same people.
+        #[arg(long, value_name = "S", default_value_t = 1)]
+        seed: u64,
+        /// The directory to write `<ODS>.ndjson` files into.
+        #[arg(long, value_name = "DIR", default_value = "population")]
+        out: std::path::PathBuf,
+        /// The day the records' dates count back from (YYYY-MM-DD; default today).
+        #[arg(long, value_name = "DATE")]
+        today: Option<chrono::NaiveDate>,
+    },
     /// Write the demo ICS's clinical record into a running demo platform (what `up` does on
     /// its first start), as its integration engine: only into an empty record.
     Seed {
@@ -261,6 +278,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => {
                     let demo = sharedcare_identity::demo::describe(base.trim_end_matches('/'));
                     println!("{}", serde_json::to_string_pretty(&demo)?);
+                }
+                Some(DemoCommand::Population {
+                    patients,
+                    seed,
+                    out,
+                    today,
+                }) => {
+                    let today = today.unwrap_or_else(|| chrono::Utc::now().date_naive());
+                    let started = std::time::Instant::now();
+                    let w = crate::population::write(&out, today, seed, patients)?;
+                    let secs = started.elapsed().as_secs_f64();
+                    let total: u64 = w.resources.values().sum();
+                    let files: Vec<String> = w.resources.iter().map(|(org, n)| format!("{org}.ndjson {n}")).collect();
+                    println!(
+                        "wrote {} people, {total} resources in {secs:.1} s ({:.0} people/s) to {}: {}",
+                        w.people,
+                        w.people as f64 / secs.max(1e-6),
+                        out.display(),
+                        files.join(", ")
+                    );
                 }
                 Some(DemoCommand::Seed { grpc }) => {
                     let grpc = grpc.unwrap_or_else(|| format!("http://{}", config.grpc.listen));

@@ -63,7 +63,7 @@ impl Record {
 }
 
 /// A patient's record being written: ids, dates and references in one place.
-struct Story {
+pub(crate) struct Story {
     today: NaiveDate,
     key: String,
     subject: Value,
@@ -74,16 +74,29 @@ struct Story {
 
 /// A reference to a demo organisation by ODS code, with its name.
 fn org_ref(ods: &str) -> Value {
-    let name = organisations()
-        .into_iter()
-        .find(|o| o.ods_code == ods)
-        .map(|o| o.name)
-        .unwrap_or_default();
-    json!({"identifier": {"system": ODS, "value": ods}, "display": name})
+    static NAMES: std::sync::OnceLock<std::collections::HashMap<String, String>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| organisations().into_iter().map(|o| (o.ods_code, o.name)).collect());
+    json!({"identifier": {"system": ODS, "value": ods}, "display": names.get(ods).cloned().unwrap_or_default()})
 }
 
-/// A SNOMED CT concept; an empty `code` gives text only (a local clinic or service name that
-/// has no SNOMED CT concept of its own).
+/// A person as the record's Patient names them.
+pub struct Person<'a> {
+    /// Their Patient resource's id; every other resource's id starts with it.
+    pub id: String,
+    /// NHS number.
+    pub nhs_number: &'a str,
+    /// Given name.
+    pub given: &'a str,
+    /// Family name.
+    pub family: &'a str,
+    /// `YYYY-MM-DD`.
+    pub born: &'a str,
+    /// FHIR administrative gender.
+    pub gender: &'a str,
+    /// Their postcode.
+    pub postcode: &'a str,
+}
+
 fn snomed(code: &str, display: &str) -> Value {
     if code.is_empty() {
         return json!({"text": display});
@@ -101,12 +114,27 @@ fn category(system: &str, code: &str, display: &str) -> Value {
 
 impl Story {
     fn new(today: NaiveDate, p: &Patient, gender: &str, postcode: &str) -> Story {
-        let key = p.given_name.to_ascii_lowercase();
-        let patient_id = format!("demo-{key}");
+        let id = format!("demo-{}", p.given_name.to_ascii_lowercase());
+        Story::of(
+            today,
+            &Person {
+                id,
+                nhs_number: &p.nhs_number,
+                given: &p.given_name,
+                family: &p.family_name,
+                born: &p.birthdate,
+                gender,
+                postcode,
+            },
+        )
+    }
+
+    /// A story for `p`, starting with their Patient (written by their GP practice).
+    pub(crate) fn of(today: NaiveDate, p: &Person<'_>) -> Story {
         let mut s = Story {
             today,
-            key,
-            subject: json!({"reference": format!("Patient/{patient_id}"), "display": format!("{} {}", p.given_name, p.family_name)}),
+            key: p.id.clone(),
+            subject: json!({"reference": format!("Patient/{}", p.id), "display": format!("{} {}", p.given, p.family)}),
             n: 0,
             parts: BTreeMap::new(),
             order: Vec::new(),
@@ -114,11 +142,11 @@ impl Story {
         s.add(
             GP,
             json!({
-                "resourceType": "Patient", "id": patient_id,
+                "resourceType": "Patient", "id": p.id,
                 "identifier": [{"system": NHS_NUMBER, "value": p.nhs_number}],
-                "name": [{"use": "official", "family": p.family_name, "given": [p.given_name]}],
-                "gender": gender, "birthDate": p.birthdate,
-                "address": [{"use": "home", "city": "Northbridge", "postalCode": postcode}],
+                "name": [{"use": "official", "family": p.family, "given": [p.given]}],
+                "gender": p.gender, "birthDate": p.born,
+                "address": [{"use": "home", "city": "Northbridge", "postalCode": p.postcode}],
                 "generalPractitioner": [org_ref(GP)],
             }),
         );
@@ -126,7 +154,7 @@ impl Story {
     }
 
     /// `days` ago (negative: ahead) as a FHIR date.
-    fn date(&self, days: i64) -> String {
+    pub(crate) fn date(&self, days: i64) -> String {
         (self.today - Duration::days(days)).format("%Y-%m-%d").to_string()
     }
 
@@ -135,10 +163,10 @@ impl Story {
         format!("{}T{time}:00Z", self.date(days))
     }
 
-    /// A new id for a resource of this patient: `demo-<name>-<kind>-<n>`.
+    /// A new id for a resource of this patient: `<patient id>-<kind>-<n>`.
     fn id(&mut self, kind: &str) -> String {
         self.n += 1;
-        format!("demo-{}-{kind}-{}", self.key, self.n)
+        format!("{}-{kind}-{}", self.key, self.n)
     }
 
     fn add(&mut self, org: &'static str, mut r: Value) -> String {
@@ -158,7 +186,7 @@ impl Story {
         reference
     }
 
-    fn problem(&mut self, org: &'static str, code: &str, display: &str, onset_days: i64) -> String {
+    pub(crate) fn problem(&mut self, org: &'static str, code: &str, display: &str, onset_days: i64) -> String {
         let r = json!({
             "resourceType": "Condition",
             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
@@ -170,7 +198,14 @@ impl Story {
         self.add(org, r)
     }
 
-    fn diagnosis(&mut self, org: &'static str, code: &str, display: &str, days: i64, encounter: &str) -> String {
+    pub(crate) fn diagnosis(
+        &mut self,
+        org: &'static str,
+        code: &str,
+        display: &str,
+        days: i64,
+        encounter: &str,
+    ) -> String {
         let r = json!({
             "resourceType": "Condition",
             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "resolved"}]},
@@ -183,7 +218,7 @@ impl Story {
     }
 
     /// A repeat prescription (dm+d code) with its dosage.
-    fn repeat(&mut self, code: &str, display: &str, dosage: &str, since_days: i64) -> String {
+    pub(crate) fn repeat(&mut self, code: &str, display: &str, dosage: &str, since_days: i64) -> String {
         let r = json!({
             "resourceType": "MedicationRequest", "status": "active", "intent": "order",
             "medicationCodeableConcept": snomed(code, display), "subject": self.subject,
@@ -193,7 +228,7 @@ impl Story {
         self.add(GP, r)
     }
 
-    fn allergy(&mut self, code: &str, display: &str, reaction: &str, days: i64) -> String {
+    pub(crate) fn allergy(&mut self, code: &str, display: &str, reaction: &str, days: i64) -> String {
         let r = json!({
             "resourceType": "AllergyIntolerance",
             "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}]},
@@ -204,7 +239,7 @@ impl Story {
         self.add(GP, r)
     }
 
-    fn vaccination(&mut self, code: &str, display: &str, days: i64) -> String {
+    pub(crate) fn vaccination(&mut self, code: &str, display: &str, days: i64) -> String {
         let r = json!({
             "resourceType": "Immunization", "status": "completed",
             "vaccineCode": snomed(code, display), "patient": self.subject,
@@ -213,7 +248,7 @@ impl Story {
         self.add(GP, r)
     }
 
-    fn blood_pressure(&mut self, org: &'static str, days: i64, systolic: u32, diastolic: u32) -> String {
+    pub(crate) fn blood_pressure(&mut self, org: &'static str, days: i64, systolic: u32, diastolic: u32) -> String {
         let mm = |v: u32| json!({"value": v, "unit": "mmHg", "system": UCUM, "code": "mm[Hg]"});
         let r = json!({
             "resourceType": "Observation", "status": "final",
@@ -229,9 +264,22 @@ impl Story {
         self.add(org, r)
     }
 
+    /// A body weight (kg) measured at `org`, part of `encounter`.
+    pub(crate) fn weight(&mut self, org: &'static str, days: i64, kg: f64, encounter: &str) -> String {
+        let r = json!({
+            "resourceType": "Observation", "status": "final",
+            "category": category("http://terminology.hl7.org/CodeSystem/observation-category", "vital-signs", "Vital Signs"),
+            "code": loinc("29463-7", "Body weight"), "subject": self.subject,
+            "encounter": {"reference": encounter}, "effectiveDateTime": self.at(days, "10:05"),
+            "performer": [org_ref(org)],
+            "valueQuantity": {"value": kg, "unit": "kg", "system": UCUM, "code": "kg"},
+        });
+        self.add(org, r)
+    }
+
     /// A laboratory result (LOINC) in UCUM units, optionally part of an encounter.
     #[allow(clippy::too_many_arguments)]
-    fn result(
+    pub(crate) fn result(
         &mut self,
         org: &'static str,
         code: &str,
@@ -257,7 +305,7 @@ impl Story {
 
     /// An encounter: `class` is v3 ActCode (AMB, IMP, HH, EMER); `until` days ago it ended
     /// (`None`: still going on).
-    fn encounter(
+    pub(crate) fn encounter(
         &mut self,
         org: &'static str,
         class: &str,
@@ -278,7 +326,14 @@ impl Story {
         self.add(org, r)
     }
 
-    fn procedure(&mut self, org: &'static str, code: &str, display: &str, days: i64, encounter: &str) -> String {
+    pub(crate) fn procedure(
+        &mut self,
+        org: &'static str,
+        code: &str,
+        display: &str,
+        days: i64,
+        encounter: &str,
+    ) -> String {
         let r = json!({
             "resourceType": "Procedure", "status": "completed", "code": snomed(code, display),
             "subject": self.subject, "encounter": {"reference": encounter},
@@ -288,7 +343,7 @@ impl Story {
     }
 
     /// A letter (a discharge summary, a clinic letter) as a DocumentReference with its text.
-    fn letter(
+    pub(crate) fn letter(
         &mut self,
         org: &'static str,
         kind: (&str, &str),
@@ -312,7 +367,14 @@ impl Story {
     }
 
     /// A referral from `from` to organisation `to`.
-    fn referral(&mut self, from: &'static str, to: &str, code: (&str, &str), reason: &str, days: i64) -> String {
+    pub(crate) fn referral(
+        &mut self,
+        from: &'static str,
+        to: &str,
+        code: (&str, &str),
+        reason: &str,
+        days: i64,
+    ) -> String {
         let r = json!({
             "resourceType": "ServiceRequest", "status": "active", "intent": "order",
             "category": [snomed("3457005", "Patient referral")], "priority": "routine",
@@ -322,7 +384,7 @@ impl Story {
         self.add(from, r)
     }
 
-    fn care_plan(&mut self, org: &'static str, title: &str, activities: &[&str], since: i64) -> String {
+    pub(crate) fn care_plan(&mut self, org: &'static str, title: &str, activities: &[&str], since: i64) -> String {
         let r = json!({
             "resourceType": "CarePlan", "status": "active", "intent": "plan",
             "category": [snomed("734163000", "Care plan")], "title": title, "subject": self.subject,
@@ -333,7 +395,7 @@ impl Story {
     }
 
     /// An assessment (a QuestionnaireResponse) with question and answer pairs.
-    fn assessment(&mut self, org: &'static str, title: &str, answers: &[(&str, &str)], days: i64) -> String {
+    pub(crate) fn assessment(&mut self, org: &'static str, title: &str, answers: &[(&str, &str)], days: i64) -> String {
         let items: Vec<Value> = answers
             .iter()
             .enumerate()
@@ -349,7 +411,13 @@ impl Story {
     }
 
     /// A booked appointment `ahead` days from today.
-    fn appointment(&mut self, org: &'static str, service: (&str, &str), description: &str, ahead: i64) -> String {
+    pub(crate) fn appointment(
+        &mut self,
+        org: &'static str,
+        service: (&str, &str),
+        description: &str,
+        ahead: i64,
+    ) -> String {
         let r = json!({
             "resourceType": "Appointment", "status": "booked",
             "serviceType": [snomed(service.0, service.1)], "description": description,
@@ -360,7 +428,18 @@ impl Story {
         self.add(org, r)
     }
 
-    fn alert(&mut self, org: &'static str, code: &str, display: &str, since: i64) -> String {
+    /// An ongoing episode of care at `org` since `since` days ago (a GP registration, a
+    /// caseload): from a feed, it starts the care relationship.
+    pub(crate) fn episode(&mut self, org: &'static str, kind: &str, since: i64) -> String {
+        let r = json!({
+            "resourceType": "EpisodeOfCare", "status": "active", "type": [{"text": kind}],
+            "patient": self.subject, "managingOrganization": org_ref(org),
+            "period": {"start": self.date(since)},
+        });
+        self.add(org, r)
+    }
+
+    pub(crate) fn alert(&mut self, org: &'static str, code: &str, display: &str, since: i64) -> String {
         let r = json!({
             "resourceType": "Flag", "status": "active",
             "category": category("http://terminology.hl7.org/CodeSystem/flag-category", "clinical", "Clinical"),
@@ -371,10 +450,20 @@ impl Story {
     }
 
     fn done(self, p: &Patient, withholds: Vec<&'static str>, representative: Option<(String, &'static str)>) -> Record {
-        let Story { mut parts, order, .. } = self;
+        let mut r = self.finish(&p.nhs_number);
+        r.withholds = withholds;
+        r.representative = representative;
+        r
+    }
+
+    /// The record written so far, for the patient with `nhs_number`.
+    pub(crate) fn finish(self, nhs_number: &str) -> Record {
+        let Story {
+            mut parts, order, key, ..
+        } = self;
         Record {
-            nhs_number: p.nhs_number.clone(),
-            patient_id: format!("demo-{}", p.given_name.to_ascii_lowercase()),
+            nhs_number: nhs_number.to_string(),
+            patient_id: key,
             parts: order
                 .into_iter()
                 .map(|org| Part {
@@ -382,8 +471,8 @@ impl Story {
                     resources: parts.remove(org).unwrap_or_default(),
                 })
                 .collect(),
-            withholds,
-            representative,
+            withholds: Vec::new(),
+            representative: None,
         }
     }
 }

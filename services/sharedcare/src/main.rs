@@ -13,6 +13,7 @@ mod demo_record;
 mod demo_seed;
 mod import;
 mod platform;
+mod population;
 
 use clap::Parser;
 
