@@ -83,7 +83,14 @@ const FAMILY: &[&str] = &[
 
 /// Long-term conditions (SNOMED CT), the age from which each is common, how common (%), and
 /// the repeat medicine (dm+d) that usually goes with it.
-const CONDITIONS: &[(&str, &str, u32, u64, Option<(&str, &str, &str)>)] = &[
+/// A repeat medicine: dm+d code, name, dosage.
+type Medicine = (&'static str, &'static str, &'static str);
+
+/// A long-term condition: SNOMED CT code, name, the age from which it is common, how common
+/// (%), and the medicine that usually goes with it.
+type Condition = (&'static str, &'static str, u32, u64, Option<Medicine>);
+
+const CONDITIONS: &[Condition] = &[
     (
         "59621000",
         "Essential hypertension",
