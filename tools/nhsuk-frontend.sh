@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Refreshes the vendored NHS.UK frontend (https://github.com/nhsuk/nhsuk-frontend, MIT) that the
-# portal serves at /assets/nhsuk-frontend-<version>/: the compiled CSS and JavaScript and the
+# portal serves at /assets/nhsuk-frontend-<version>/ and identity's pages at
+# /oauth2/assets/nhsuk-frontend-<version>/ (services/kit/src/nhsuk.rs): the compiled CSS and JavaScript and the
 # images the CSS points at, from the npm package at the pinned version.
 #
 #   tools/nhsuk-frontend.sh            # the pinned version (below)
 #   tools/nhsuk-frontend.sh 10.7.0     # move the pin: then update NHSUK_FRONTEND_VERSION in
-#                                      # services/portal/src/assets.rs and rebuild
+#                                      # services/kit/src/nhsuk.rs and rebuild
 set -euo pipefail
 version="${1:-10.6.1}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="$root/services/portal/assets/nhsuk-frontend"
+out="$root/services/kit/assets/nhsuk-frontend"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && npm pack --silent "nhsuk-frontend@$version" >/dev/null && tar xzf "nhsuk-frontend-$version.tgz")

@@ -470,19 +470,36 @@ async fn identity_pages_have_a_strict_csp_and_an_https_issuer_sends_hsts() {
     );
     let html = page.text().await.expect("html");
     assert!(!html.contains("<style") && !html.contains("style=") && html.contains("/oauth2/identity.css"));
-    let css = http()
-        .get(format!("{}/oauth2/identity.css", plain.http))
+    // Built on the vendored NHS.UK frontend, served by identity itself (its own pod in
+    // production), its icons under identity's own prefix.
+    let frontend = sharedcare_kit::nhsuk::path("/oauth2/assets/", "nhsuk-frontend.min.css");
+    assert!(html.contains(&frontend) && html.contains("nhsuk-header"), "{html}");
+    for sheet in [frontend.as_str(), "/oauth2/identity.css"] {
+        let css = http().get(format!("{}{sheet}", plain.http)).send().await.expect("css");
+        assert_eq!(
+            css.headers().get("content-type").and_then(|v| v.to_str().ok()),
+            Some("text/css; charset=utf-8"),
+            "{sheet}"
+        );
+        let text = css.text().await.expect("css");
+        if sheet == frontend {
+            assert!(text.contains("#005eb8"), "the NHS blue header");
+            assert!(
+                text.contains("url(/oauth2/assets/nhsuk-frontend-") && !text.contains("url(/assets/"),
+                "its images under identity's prefix"
+            );
+        }
+    }
+    let icon = http()
+        .get(format!(
+            "{}{}",
+            plain.http,
+            sharedcare_kit::nhsuk::path("/oauth2/assets/", "images/nhsuk-icon-cross.svg")
+        ))
         .send()
         .await
-        .expect("css");
-    assert_eq!(
-        css.headers().get("content-type").and_then(|v| v.to_str().ok()),
-        Some("text/css; charset=utf-8")
-    );
-    assert!(
-        css.text().await.expect("css").contains("#005eb8"),
-        "the NHS blue header"
-    );
+        .expect("icon");
+    assert_eq!(icon.status().as_u16(), 200);
 }
 
 #[tokio::test]

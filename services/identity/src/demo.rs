@@ -250,7 +250,7 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
         (
             client(
                 PORTAL_CLIENT.0,
-                "Sharedcare portal",
+                "Shared care record (staff portal)",
                 PORTAL_CLIENT.1,
                 ClientSettings {
                     redirect_uris: vec![format!("{base}/portal/callback")],

@@ -20,34 +20,41 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// The pages' style sheet, served at [`STYLE_PATH`] (a file, not inline: the pages'
+/// What NHS.UK frontend has no class for (a code shown to copy, a list of keys), served at
+/// [`STYLE_PATH`] beside the vendored NHS.UK frontend sheet (a file, not inline: the pages'
 /// Content-Security-Policy allows no inline style).
-pub const STYLE: &str = "body{margin:0;font-family:Arial,Helvetica,sans-serif;color:#212b32;background:#f0f4f5;\
-font-size:19px;line-height:1.47}header{background:#005eb8;color:#fff;padding:16px 24px}\
-header a{color:#fff;font-weight:bold;text-decoration:none;font-size:24px}main{max-width:640px;\
-margin:32px auto;background:#fff;padding:32px;border-bottom:4px solid #d8dde0}h1{font-size:32px;\
-margin-top:0}label{display:block;font-weight:bold;margin:24px 0 8px}input[type=text],\
-input[type=password]{width:100%;box-sizing:border-box;font-size:19px;padding:8px;border:2px solid #4c6272}\
-input:focus,button:focus{outline:4px solid #ffeb3b;box-shadow:inset 0 0 0 2px #212b32}\
-button{margin-top:24px;background:#007f3b;color:#fff;border:0;border-radius:4px;font-size:19px;\
-padding:12px 16px;font-weight:bold;box-shadow:0 4px 0 #00401e;cursor:pointer}\
-.error{border-left:8px solid #d5281b;padding:8px 16px;margin-bottom:16px;color:#d5281b;font-weight:bold}\
-.hint{color:#4c6272}label.inline{display:inline}fieldset{border:0;padding:0}.radio{margin:12px 0}.code{font-family:monospace;\
-font-size:22px;background:#f0f4f5;padding:8px;word-break:break-all}";
+pub const STYLE: &str = ".sc-code{font-family:monospace;font-size:1.375rem;background:#f0f4f5;padding:8px;\
+word-break:break-all}.sc-key-meta{color:#4c6272}";
 
 /// Where [`STYLE`] is served.
 pub const STYLE_PATH: &str = "/oauth2/identity.css";
 
-/// A whole page: NHS-style header, main landmark with `body`.
+/// Where the vendored NHS.UK frontend is served on identity (its own pod in production).
+pub const ASSETS: &str = "/oauth2/assets/";
+
+/// A whole page on NHS.UK frontend: its header with the service name, the width container and
+/// the main landmark with `body`. A page whose form came back with an error says so first in
+/// its title.
 pub fn layout(title: &str, body: &str) -> String {
+    let error = if body.contains("nhsuk-error-summary") {
+        "Error: "
+    } else {
+        ""
+    };
     format!(
         "<!DOCTYPE html><html lang=\"en-GB\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} - Shared care record</title><link rel=\"stylesheet\" href=\"{STYLE_PATH}\"></head><body>\
-         <header><a href=\"/\" aria-label=\"Shared care record homepage\">Shared care record</a> \
-         <span>Sign in to your care record systems</span></header>\
-         <main id=\"maincontent\">{body}</main></body></html>",
-        esc(title)
+         <title>{error}{} – Shared care record</title>\
+         <link rel=\"stylesheet\" href=\"{}\"><link rel=\"stylesheet\" href=\"{STYLE_PATH}\"></head><body>\
+         <a class=\"nhsuk-skip-link\" href=\"#maincontent\">Skip to main content</a>\
+         <header class=\"nhsuk-header\" role=\"banner\"><div class=\"nhsuk-header__container nhsuk-width-container\">\
+         <div class=\"nhsuk-header__service\"><a class=\"nhsuk-header__service-logo\" href=\"/\" \
+         aria-label=\"NHS Shared care record homepage\">{}<span class=\"nhsuk-header__service-name\">Shared care record</span></a>\
+         </div></div></header><div class=\"nhsuk-width-container\"><main class=\"nhsuk-main-wrapper\" id=\"maincontent\">\
+         {body}</main></div></body></html>",
+        esc(title),
+        sharedcare_kit::nhsuk::path(ASSETS, "nhsuk-frontend.min.css"),
+        sharedcare_kit::nhsuk::LOGO,
     )
 }
 
@@ -56,7 +63,9 @@ fn error_box(error: &str) -> String {
         String::new()
     } else {
         format!(
-            "<div class=\"error\" role=\"alert\" id=\"error-summary\">{}</div>",
+            "<div class=\"nhsuk-error-summary\" aria-labelledby=\"error-summary-title\" role=\"alert\" tabindex=\"-1\" id=\"error-summary\">\
+             <h2 class=\"nhsuk-error-summary__title\" id=\"error-summary-title\">There is a problem</h2>\
+             <div class=\"nhsuk-error-summary__body\"><p>{}</p></div></div>",
             esc(error)
         )
     }
@@ -74,7 +83,7 @@ pub fn login(
     let mut others = String::new();
     for (name, display) in upstreams {
         others.push_str(&format!(
-            "<p><a class=\"upstream\" id=\"upstream-{}\" href=\"/oauth2/broker/{}?req={}\">Continue with {}</a></p>",
+            "<p><a class=\"nhsuk-button nhsuk-button--secondary\" id=\"upstream-{}\" href=\"/oauth2/broker/{}?req={}\">Continue with {}</a></p>",
             esc(name),
             esc(name),
             esc(req),
@@ -84,19 +93,19 @@ pub fn login(
     let others = if others.is_empty() {
         others
     } else {
-        format!("<h2>Or</h2>{others}")
+        format!("<h2 class=\"nhsuk-heading-m\">Or</h2>{others}")
     };
     layout(
         "Sign in",
         &format!(
-            "<h1>Sign in</h1><p class=\"hint\">to continue to {}</p>{}\
+            "<h1>Sign in</h1><p class=\"nhsuk-hint\">to continue to {}</p>{}\
              <form method=\"post\" action=\"/oauth2/login\" novalidate>\
              <input type=\"hidden\" name=\"req\" value=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <label for=\"username\">Username</label>\
-             <input type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" value=\"{}\" required>\
-             <label for=\"password\">Password</label>\
-             <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
-             <button type=\"submit\" id=\"sign-in\">Sign in</button></form>{others}",
+             <div class=\"nhsuk-form-group\"><label class=\"nhsuk-label\" for=\"username\">Username</label>\
+             <input class=\"nhsuk-input\" type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" value=\"{}\" required></div>\
+             <div class=\"nhsuk-form-group\"><label class=\"nhsuk-label\" for=\"password\">Password</label>\
+             <input class=\"nhsuk-input\" type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required></div>\
+             <button class=\"nhsuk-button\" type=\"submit\" id=\"sign-in\">Sign in</button></form>{others}",
             esc(client_name),
             error_box(error),
             esc(req),
@@ -112,9 +121,9 @@ pub fn otp(req: &str, csrf: &str, error: &str, keys: bool) -> String {
     let key = if keys {
         format!(
             "<div id=\"key-sign-in\"><p>Use the passkey or security key you added to this account.</p>\
-             <div class=\"error\" role=\"alert\" id=\"key-error\" tabindex=\"-1\" hidden></div>\
-             <button type=\"button\" id=\"use-key\" data-req=\"{}\">Use a passkey or security key</button>\
-             <p class=\"hint\">Or enter a code instead.</p></div>",
+             <div class=\"nhsuk-error-message\" role=\"alert\" id=\"key-error\" tabindex=\"-1\" hidden></div>\
+             <button class=\"nhsuk-button nhsuk-button--secondary\" type=\"button\" id=\"use-key\" data-req=\"{}\">Use a passkey or security key</button>\
+             <p class=\"nhsuk-hint\">Or enter a code instead.</p></div>",
             esc(req)
         )
     } else {
@@ -126,9 +135,9 @@ pub fn otp(req: &str, csrf: &str, error: &str, keys: bool) -> String {
         &format!(
             "<h1>Confirm it is you</h1>{}{key}<form method=\"post\" action=\"/oauth2/login/otp\" novalidate>\
              <input type=\"hidden\" name=\"req\" value=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <label for=\"code\">6-digit code from your authenticator app, or a recovery code</label>\
-             <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required>\
-             <button type=\"submit\" id=\"verify\">Continue</button></form>{script}",
+             <label class=\"nhsuk-label\" for=\"code\">6-digit code from your authenticator app, or a recovery code</label>\
+             <input class=\"nhsuk-input\" type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required>\
+             <button class=\"nhsuk-button\" type=\"submit\" id=\"verify\">Continue</button></form>{script}",
             error_box(error),
             esc(req),
             esc(csrf)
@@ -159,17 +168,17 @@ pub fn security_keys(csrf: &str, keys: &[crate::store::SecurityKey], first: bool
                     "not used yet".into()
                 };
                 format!(
-                    "<li class=\"security-key\"><strong>{}</strong> <span class=\"hint\">added {}, {used}</span></li>",
+                    "<li class=\"security-key\"><strong>{}</strong> <span class=\"sc-key-meta\">added {}, {used}</span></li>",
                     esc(&k.name),
                     when(k.created_at)
                 )
             })
             .collect();
-        format!("<ul id=\"keys\">{items}</ul>")
+        format!("<ul class=\"nhsuk-list\" id=\"keys\">{items}</ul>")
     };
     let enrolment = if first {
-        "<label for=\"enrolment_code\">Enrolment code from your administrator</label>\
-         <input type=\"text\" id=\"enrolment_code\" name=\"enrolment_code\" autocomplete=\"off\" required>"
+        "<label class=\"nhsuk-label\" for=\"enrolment_code\">Enrolment code from your administrator</label>\
+         <input class=\"nhsuk-input\" type=\"text\" id=\"enrolment_code\" name=\"enrolment_code\" autocomplete=\"off\" required>"
     } else {
         ""
     };
@@ -178,16 +187,16 @@ pub fn security_keys(csrf: &str, keys: &[crate::store::SecurityKey], first: bool
         &format!(
             "<h1>Passkeys and security keys</h1><p>A passkey (on this device or your phone) or a \
              security key can stand in for the code from your authenticator app when you sign in.</p>{list}\
-             <div class=\"error\" role=\"alert\" id=\"key-error\" tabindex=\"-1\" hidden></div>\
+             <div class=\"nhsuk-error-message\" role=\"alert\" id=\"key-error\" tabindex=\"-1\" hidden></div>\
              <form id=\"add-key\" method=\"post\" action=\"/account/security-keys\" novalidate>\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">{enrolment}\
-             <label for=\"key-name\">A name for the key</label>\
-             <input type=\"text\" id=\"key-name\" name=\"name\" maxlength=\"60\" placeholder=\"Work laptop\" required>\
-             <button type=\"submit\" id=\"add-key-button\">Add a passkey or security key</button></form>\
-             <noscript><p class=\"error\">Adding a key needs JavaScript. Use an authenticator app instead.</p></noscript>\
+             <label class=\"nhsuk-label\" for=\"key-name\">A name for the key</label>\
+             <input class=\"nhsuk-input\" type=\"text\" id=\"key-name\" name=\"name\" maxlength=\"60\" placeholder=\"Work laptop\" required>\
+             <button class=\"nhsuk-button\" type=\"submit\" id=\"add-key-button\">Add a passkey or security key</button></form>\
+             <noscript><p class=\"nhsuk-error-message\">Adding a key needs JavaScript. Use an authenticator app instead.</p></noscript>\
              <div id=\"recovery\" hidden><h2>Your key is added</h2><p>Keep these recovery codes somewhere safe. \
-             Each works once if you lose your key. They will not be shown again.</p><ul id=\"recovery-codes\"></ul></div>\
-             <p class=\"hint\">Or <a href=\"/account/totp\">set up an authenticator app</a>.</p>{SCRIPT_TAG}",
+             Each works once if you lose your key. They will not be shown again.</p><ul class=\"nhsuk-list\" id=\"recovery-codes\"></ul></div>\
+             <p class=\"nhsuk-hint\">Or <a href=\"/account/totp\">set up an authenticator app</a>.</p>{SCRIPT_TAG}",
             esc(csrf)
         ),
     )
@@ -203,8 +212,8 @@ pub fn select_role(req: &str, csrf: &str, roles: &[RoleProfile], org_names: &[(S
             .map(|(_, n)| n.as_str())
             .unwrap_or(&r.org_code);
         items.push_str(&format!(
-            "<div class=\"radio\"><input type=\"radio\" id=\"role-{i}\" name=\"role\" value=\"{}\"{}>\
-             <label for=\"role-{i}\" class=\"inline\">{} at {} ({})</label></div>",
+            "<div class=\"nhsuk-radios__item\"><input class=\"nhsuk-radios__input\" type=\"radio\" id=\"role-{i}\" name=\"role\" value=\"{}\"{}>\
+             <label class=\"nhsuk-label nhsuk-radios__label\" for=\"role-{i}\">{} at {} ({})</label></div>",
             esc(&r.person_roleid),
             if i == 0 { " checked" } else { "" },
             esc(&r.role_name),
@@ -217,8 +226,8 @@ pub fn select_role(req: &str, csrf: &str, roles: &[RoleProfile], org_names: &[(S
         &format!(
             "<h1>Select your role</h1><form method=\"post\" action=\"/oauth2/select-role\">\
              <input type=\"hidden\" name=\"req\" value=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <fieldset><legend>Which role are you working in?</legend>{items}</fieldset>\
-             <button type=\"submit\" id=\"continue\">Continue</button></form>",
+             <fieldset class=\"nhsuk-fieldset\"><legend class=\"nhsuk-fieldset__legend nhsuk-fieldset__legend--m\">Which role are you working in?</legend><div class=\"nhsuk-radios\">{items}</div></fieldset>\
+             <button class=\"nhsuk-button\" type=\"submit\" id=\"continue\">Continue</button></form>",
             esc(req),
             esc(csrf)
         ),
@@ -229,8 +238,8 @@ pub fn select_role(req: &str, csrf: &str, roles: &[RoleProfile], org_names: &[(S
 pub fn totp_enrol(csrf: &str, secret: &str, uri: &str, error: &str, first: bool) -> String {
     // A first authenticator needs the one-time enrolment code an administrator issued.
     let enrolment = if first {
-        "<label for=\"enrolment_code\">Enrolment code from your administrator</label>\
-         <input type=\"text\" id=\"enrolment_code\" name=\"enrolment_code\" autocomplete=\"off\" required>"
+        "<label class=\"nhsuk-label\" for=\"enrolment_code\">Enrolment code from your administrator</label>\
+         <input class=\"nhsuk-input\" type=\"text\" id=\"enrolment_code\" name=\"enrolment_code\" autocomplete=\"off\" required>"
     } else {
         ""
     };
@@ -238,14 +247,14 @@ pub fn totp_enrol(csrf: &str, secret: &str, uri: &str, error: &str, first: bool)
         "Set up your authenticator app",
         &format!(
             "<h1>Set up your authenticator app</h1>{}<p>Add this key to your authenticator app, \
-             then enter the 6-digit code it shows.</p><p class=\"code\" id=\"totp-secret\">{}</p>\
-             <p class=\"hint\">Or open: <a id=\"otpauth\" href=\"{}\">authenticator link</a></p>\
+             then enter the 6-digit code it shows.</p><p class=\"sc-code\" id=\"totp-secret\">{}</p>\
+             <p class=\"nhsuk-hint\">Or open: <a id=\"otpauth\" href=\"{}\">authenticator link</a></p>\
              <form method=\"post\" action=\"/account/totp\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"secret\" value=\"{}\">\
-             {enrolment}<label for=\"code\">Code from your app</label>\
-             <input type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required>\
-             <button type=\"submit\" id=\"enrol\">Turn on</button></form>\
-             <p class=\"hint\">Or <a href=\"/account/security-keys\">use a passkey or security key</a>.</p>",
+             {enrolment}<label class=\"nhsuk-label\" for=\"code\">Code from your app</label>\
+             <input class=\"nhsuk-input\" type=\"text\" id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required>\
+             <button class=\"nhsuk-button\" type=\"submit\" id=\"enrol\">Turn on</button></form>\
+             <p class=\"nhsuk-hint\">Or <a href=\"/account/security-keys\">use a passkey or security key</a>.</p>",
             error_box(error),
             esc(secret),
             esc(uri),
@@ -259,13 +268,13 @@ pub fn totp_enrol(csrf: &str, secret: &str, uri: &str, error: &str, first: bool)
 pub fn recovery_codes(codes: &[String]) -> String {
     let list: String = codes
         .iter()
-        .map(|c| format!("<li class=\"code\">{}</li>", esc(c)))
+        .map(|c| format!("<li class=\"sc-code\">{}</li>", esc(c)))
         .collect();
     layout(
         "Save your recovery codes",
         &format!(
             "<h1>Two-step sign in is on</h1><p>Keep these recovery codes somewhere safe. Each works once \
-             if you lose your authenticator app. They will not be shown again.</p><ul id=\"recovery-codes\">{list}</ul>"
+             if you lose your authenticator app. They will not be shown again.</p><ul class=\"nhsuk-list\" id=\"recovery-codes\">{list}</ul>"
         ),
     )
 }

@@ -28,6 +28,7 @@ pub mod inbox;
 pub mod jose;
 pub mod metrics;
 pub mod nhs;
+pub mod nhsuk;
 pub mod outbox;
 pub mod pdp;
 pub mod peer;

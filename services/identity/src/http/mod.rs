@@ -105,6 +105,7 @@ pub fn router(provider: Provider) -> Router {
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/oauth2/jwks", get(jwks))
         .route(pages::STYLE_PATH, get(style))
+        .merge(sharedcare_kit::nhsuk::router(pages::ASSETS))
         .route("/oauth2/authorize", get(authorize).post(authorize))
         .route("/oauth2/resume", get(resume))
         .route("/oauth2/login", get(login_page).post(login_submit))
@@ -146,12 +147,13 @@ fn html(status: StatusCode, body: String) -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
             (header::X_FRAME_OPTIONS, "DENY"),
-            // No inline script or style: the style sheet and the WebAuthn script are files
-            // here, and the script talks to this origin only. Forms post here, but after a
+            // No inline script or style: NHS.UK frontend's style sheet (its fonts from
+            // assets.nhs.uk, as NHS.UK's own pages load them), identity's few extra styles and
+            // the WebAuthn script are files here, and the script talks to this origin only. Forms post here, but after a
             // sign-in the browser is redirected on to the app's registered redirect URI, and
             // browsers hold redirects after a form to form-action too: any http(s) target is
             // allowed for that.
-            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; font-src https://assets.nhs.uk; form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'"),
         ],
         body,
     )

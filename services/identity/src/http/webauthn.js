@@ -114,7 +114,7 @@
           const list = $('recovery-codes');
           for (const c of codes) {
             const li = document.createElement('li');
-            li.className = 'code';
+            li.className = 'sc-code';
             li.textContent = c;
             list.append(li);
           }
