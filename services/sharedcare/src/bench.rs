@@ -689,67 +689,40 @@ async fn patient_search(args: &BenchArgs) -> anyhow::Result<()> {
 
 // ------------------------------------------------------------------------------------- import
 
-/// Imports a generated NDJSON file (patients, each with observations and conditions) into a
-/// fresh `up` with `sharedcare import`, as a user would run it.
+/// Imports a synthetic population (`sharedcare demo population`: 1,000 people, their records
+/// across six organisations) into a fresh `up` with `sharedcare import`, one file per writing
+/// organisation, as a user would run it.
 async fn import(_args: &BenchArgs) -> anyhow::Result<()> {
     let (p, _) = UpProcess::start()?;
     let token = demo_service_token(&p.http, "records.write").await?;
     let dir = tempfile::tempdir()?;
-    let file = dir.path().join("bench.ndjson");
-    let patients = 2_000u32;
-    let mut text = String::new();
-    for i in 0..patients {
-        let nhs = sharedcare_kit::nhs::NhsNumber::from_stem(900_000_000 + i)
-            .map(|n| n.to_string())
-            .unwrap_or_default();
-        if nhs.is_empty() {
-            continue;
-        }
-        text.push_str(
-            &serde_json::json!({"resourceType": "Patient", "id": format!("imp-{i}"),
-            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
-            "name": [{"family": "Import", "given": ["Pat"]}], "birthDate": "1960-05-01"})
-            .to_string(),
-        );
-        text.push('\n');
-        for j in 0..8 {
-            text.push_str(
-                &serde_json::json!({"resourceType": "Observation", "id": format!("imp-{i}-o{j}"),
-                "status": "final", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "75367002"}]},
-                "subject": {"reference": format!("Patient/imp-{i}")}, "effectiveDateTime": "2026-11-01T10:00:00Z",
-                "valueQuantity": {"value": 120 + j, "unit": "mmHg"}})
-                .to_string(),
-            );
-            text.push('\n');
-        }
-        text.push_str(
-            &serde_json::json!({"resourceType": "Condition", "id": format!("imp-{i}-c"),
-            "subject": {"reference": format!("Patient/imp-{i}")}, "recordedDate": "2025-03-01",
-            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]}})
-            .to_string(),
-        );
-        text.push('\n');
-    }
-    std::fs::write(&file, &text)?;
-    let lines = text.lines().count();
-    println!("import of {lines} resources (NDJSON) into `up` over gRPC, chunks of 500");
+    let today = chrono::Utc::now().date_naive();
+    let written = crate::population::write(dir.path(), today, 2026, 1_000)?;
+    let lines: u64 = written.resources.values().sum();
+    println!(
+        "import of a synthetic population ({} people, {lines} resources as NDJSON, one file per organisation) into `up` over gRPC, chunks of 500",
+        written.people
+    );
     let exe = std::env::current_exe()?;
     let started = Instant::now();
-    let out = Command::new(exe)
-        .arg("import")
-        .arg(&file)
-        .args(["--grpc", &p.grpc, "--token", &token, "--source", "A81001"])
-        .stderr(Stdio::null())
-        .output()?;
-    let secs = started.elapsed().as_secs_f64();
-    if !out.status.success() {
-        bail!("import failed: {}", String::from_utf8_lossy(&out.stdout));
+    for org in written.resources.keys() {
+        let file = dir.path().join(format!("{org}.ndjson"));
+        let out = Command::new(&exe)
+            .arg("import")
+            .arg(&file)
+            .args(["--grpc", &p.grpc, "--token", &token, "--source", org])
+            .stderr(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("import of {org}'s file failed: {}", String::from_utf8_lossy(&out.stdout));
+        }
     }
-    print!("{}", String::from_utf8_lossy(&out.stdout));
+    let secs = started.elapsed().as_secs_f64();
     println!(
-        "{:<32} {:>7.0}/s   ({lines} resources in {secs:.2} s, process start included)",
+        "{:<32} {:>7.0}/s   ({lines} resources in {secs:.2} s, {} process starts included)",
         "import",
-        lines as f64 / secs
+        lines as f64 / secs,
+        written.resources.len()
     );
     Ok(())
 }
