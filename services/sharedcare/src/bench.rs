@@ -714,7 +714,10 @@ async fn import(_args: &BenchArgs) -> anyhow::Result<()> {
             .stderr(Stdio::null())
             .output()?;
         if !out.status.success() {
-            bail!("import of {org}'s file failed: {}", String::from_utf8_lossy(&out.stdout));
+            bail!(
+                "import of {org}'s file failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
     }
     let secs = started.elapsed().as_secs_f64();

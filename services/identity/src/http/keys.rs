@@ -97,6 +97,29 @@ impl Http {
     }
 }
 
+/// Takes this session's `kind` ceremony (once) and reads its state: `Ok(None)` when there is
+/// none in progress (used already, or expired).
+async fn take_state<T: serde::de::DeserializeOwned>(
+    h: &Http,
+    session: &Session,
+    kind: &str,
+) -> Result<Option<T>, Response> {
+    let state = h
+        .provider
+        .store
+        .take_ceremony(&ceremony(session, kind), &session.subject, now())
+        .await
+        .map_err(unavailable)?;
+    match state.map(|s| serde_json::from_str::<T>(&s)) {
+        None => Ok(None),
+        Some(Ok(t)) => Ok(Some(t)),
+        Some(Err(_)) => Err(unavailable(OAuthError::new(
+            OAuthErrorCode::ServerError,
+            "webauthn: unreadable ceremony state",
+        ))),
+    }
+}
+
 /// The ceremony id: one per session and kind, so a new start replaces the last.
 fn ceremony(session: &Session, kind: &str) -> String {
     format!("{}:{kind}", session.id)
@@ -201,12 +224,7 @@ pub(super) async fn sign_in(
         Ok(a) => a,
         Err(msg) => return refused(StatusCode::UNAUTHORIZED, "credential", &msg),
     };
-    let state = match h
-        .provider
-        .store
-        .take_ceremony(&ceremony(&session, "sign-in"), &session.subject, now())
-        .await
-    {
+    let state: PasskeyAuthentication = match take_state(&h, &session, "sign-in").await {
         Ok(Some(s)) => s,
         Ok(None) => {
             attempt.failed(&h, "security key: no challenge in progress").await;
@@ -216,13 +234,7 @@ pub(super) async fn sign_in(
                 "no sign-in with a key is in progress (each answer works once, within 5 minutes): try again",
             );
         }
-        Err(e) => return unavailable(e),
-    };
-    let Ok(state) = serde_json::from_str::<PasskeyAuthentication>(&state) else {
-        return unavailable(OAuthError::new(
-            OAuthErrorCode::ServerError,
-            "webauthn: unreadable ceremony state",
-        ));
+        Err(r) => return r,
     };
     let checked = serde_json::from_value::<PublicKeyCredential>(form.credential)
         .map_err(|e| format!("not a WebAuthn assertion ({e})"))
@@ -419,12 +431,7 @@ pub(super) async fn add(State(h): State<Http>, headers: HeaderMap, body: axum::b
             &format!("give the key a name of 1 to {NAME_MAX} characters, such as \"Work laptop\""),
         );
     }
-    let state = match h
-        .provider
-        .store
-        .take_ceremony(&ceremony(&session, "add"), &session.subject, now())
-        .await
-    {
+    let state: PasskeyRegistration = match take_state(&h, &session, "add").await {
         Ok(Some(s)) => s,
         Ok(None) => {
             return refused(
@@ -433,13 +440,7 @@ pub(super) async fn add(State(h): State<Http>, headers: HeaderMap, body: axum::b
                 "no key is being added (each answer works once, within 5 minutes): try again",
             );
         }
-        Err(e) => return unavailable(e),
-    };
-    let Ok(state) = serde_json::from_str::<PasskeyRegistration>(&state) else {
-        return unavailable(OAuthError::new(
-            OAuthErrorCode::ServerError,
-            "webauthn: unreadable ceremony state",
-        ));
+        Err(r) => return r,
     };
     let checked = serde_json::from_value::<RegisterPublicKeyCredential>(form.credential)
         .map_err(|e| format!("not a WebAuthn registration ({e})"))
@@ -488,32 +489,13 @@ pub(super) async fn add(State(h): State<Http>, headers: HeaderMap, body: axum::b
     }
     let mut recovery = Vec::new();
     if first {
-        recovery = (0..8).map(|_| jose::random_token(9)).collect::<Vec<_>>();
-        let hashes: Vec<String> = recovery.iter().map(|c| jose::sha256_b64(c)).collect();
+        let hashes;
+        (recovery, hashes) = new_recovery_codes();
         if let Err(e) = h.provider.store.set_recovery_codes(&session.subject, &hashes).await {
             return unavailable(e);
         }
     }
     // The key answered with user verification: the session has proved it.
-    let method = amr_for(&stored);
-    if !session.amr.iter().any(|m| m == method) {
-        session.amr.push(method.into());
-        if let Err(e) = h.provider.store.update_session(&session).await {
-            h.provider.unreported("session_update");
-            tracing::error!(error = %e, "the session could not record the added security key");
-        }
-    }
-    h.provider
-        .event(
-            EventKind::SecurityKeyAdded,
-            "staff",
-            &session.subject,
-            "",
-            "",
-            "",
-            &session.amr,
-            "",
-        )
-        .await;
+    factor_enrolled(&h, &mut session, amr_for(&stored), EventKind::SecurityKeyAdded).await;
     json_response(200, json!({"added": name, "recovery_codes": recovery}))
 }

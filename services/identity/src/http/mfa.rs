@@ -194,6 +194,30 @@ pub(super) async fn second_factor_passed(
     Ok(())
 }
 
+/// Eight new single-use recovery codes, and their hashes (only those are kept).
+pub(super) fn new_recovery_codes() -> (Vec<String>, Vec<String>) {
+    let codes: Vec<String> = (0..8).map(|_| jose::random_token(9)).collect();
+    let hashes = codes.iter().map(|c| jose::sha256_b64(c)).collect();
+    (codes, hashes)
+}
+
+/// A second factor (`method`, an RFC 8176 `amr` value) was just enrolled with a proof of it:
+/// the session now has it, and `kind` is recorded. The enrolment has happened (its recovery
+/// codes must be shown now, once), so a failure to update the session is logged, not
+/// returned: the session keeps its old `amr` and the next sign-in asks for the factor.
+pub(super) async fn factor_enrolled(h: &Http, session: &mut Session, method: &str, kind: EventKind) {
+    if !session.amr.iter().any(|m| m == method) {
+        session.amr.push(method.into());
+        if let Err(e) = h.provider.store.update_session(session).await {
+            h.provider.unreported("session_update");
+            tracing::error!(error = %e, "the session could not record the enrolled second factor");
+        }
+    }
+    h.provider
+        .event(kind, "staff", &session.subject, "", "", "", &session.amr, "")
+        .await;
+}
+
 /// Records a failed second-factor step for member of staff `uid`.
 async fn failed(h: &Http, uid: &str, client_id: &str, source: &str, detail: &str, amr: &[String]) {
     h.provider
@@ -326,8 +350,7 @@ pub(super) async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(
             }
         }
     }
-    let codes: Vec<String> = (0..8).map(|_| jose::random_token(9)).collect();
-    let hashes: Vec<String> = codes.iter().map(|c| jose::sha256_b64(c)).collect();
+    let (codes, hashes) = new_recovery_codes();
     if let Err(e) = h
         .provider
         .store
@@ -339,27 +362,6 @@ pub(super) async fn totp_submit(State(h): State<Http>, headers: HeaderMap, Form(
             pages::error("Try again", &OAuthError::from(e).description),
         );
     }
-    if !session.amr.iter().any(|m| m == "otp") {
-        session.amr.push("otp".into());
-        // The factor is enrolled and its recovery codes must be shown now (they are shown
-        // once), so a failure here is logged, not returned: the session keeps its old `amr`
-        // and the next sign-in asks for the code.
-        if let Err(e) = h.provider.store.update_session(&session).await {
-            h.provider.unreported("session_update");
-            tracing::error!(error = %e, "the session could not record the enrolled second factor");
-        }
-    }
-    h.provider
-        .event(
-            EventKind::TotpEnrolled,
-            "staff",
-            &session.subject,
-            "",
-            "",
-            "",
-            &session.amr,
-            "",
-        )
-        .await;
+    factor_enrolled(&h, &mut session, "otp", EventKind::TotpEnrolled).await;
     html(StatusCode::OK, pages::recovery_codes(&codes))
 }
