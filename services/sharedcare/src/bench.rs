@@ -281,6 +281,12 @@ impl UpProcess {
 
     /// Starts `up` under `prefix` (e.g. `taskset -c 0`).
     pub(crate) fn start_with(prefix: &[&str]) -> anyhow::Result<(UpProcess, Duration)> {
+        Self::start_env(prefix, &[])
+    }
+
+    /// Starts `up` under `prefix` with extra environment `env` (e.g. without the demo's
+    /// clinical record, for a benchmark that counts exactly what it wrote).
+    pub(crate) fn start_env(prefix: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(UpProcess, Duration)> {
         use std::io::{BufRead, BufReader};
         let data = tempfile::tempdir()?;
         let exe = std::env::current_exe()?;
@@ -297,6 +303,7 @@ impl UpProcess {
             .args(["up", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--data"])
             .arg(data.path())
             .env("SHAREDCARE_TELEMETRY__LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -549,23 +556,6 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
 
 // ----------------------------------------------------------------------------- patient search
 
-/// Surnames and given names the patient-search bench draws from (200 × 20 combinations).
-const SURNAMES: [&str; 20] = [
-    "Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies", "Patel", "Robinson", "Wright",
-    "Thompson", "Evans", "Walker", "White", "Roberts", "Green", "Hall", "Wood", "Jackson",
-];
-const GIVEN: [&str; 10] = [
-    "Olivia", "Amelia", "Isla", "Ava", "Mia", "Noah", "Oliver", "George", "Arthur", "Muhammad",
-];
-
-/// The bench's patient `i`: (family, given, birth date). Family names are one of the
-/// surnames with a numeric suffix, so each of 2,000 families holds about 50 people.
-fn bench_person(i: u32) -> (String, &'static str, String) {
-    let family = format!("{}{}", SURNAMES[(i % 20) as usize], (i / 20) % 100);
-    let (year, month, day) = (1930 + i * 7919 % 90, 1 + i * 31 % 12, 1 + i * 17 % 28);
-    (family, GIVEN[(i % 10) as usize], format!("{year}-{month:02}-{day:02}"))
-}
-
 /// Waits until `p` has applied the events of what was just written: the audit log (the
 /// slowest consumer) has not grown for a second.
 pub(crate) async fn quiesce(p: &UpProcess) -> anyhow::Result<()> {
@@ -595,7 +585,8 @@ pub(crate) async fn quiesce(p: &UpProcess) -> anyhow::Result<()> {
     }
 }
 
-/// `sharedcare bench patient-search`: 100,000 patients imported into a fresh `up`, then
+/// `sharedcare bench patient-search`: the synthetic population's first 100,000 people (their
+/// Patients) imported into a fresh `up`, then
 /// `GET /fhir/R4/Patient?family=…&birthdate=…` as a service (`records.read`), 32 in flight.
 async fn patient_search(args: &BenchArgs) -> anyhow::Result<()> {
     const PATIENTS: u32 = 100_000;
@@ -603,23 +594,18 @@ async fn patient_search(args: &BenchArgs) -> anyhow::Result<()> {
     let token = demo_service_token(&p.http, "records.write records.read").await?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("patients.ndjson");
+    // The synthetic population's people (their Patients only: this measures the search).
     let mut text = String::new();
     let mut written = Vec::new();
-    for i in 0..PATIENTS * 2 {
-        if written.len() == PATIENTS as usize {
-            break;
-        }
-        let Some(nhs) = sharedcare_kit::nhs::NhsNumber::from_stem(910_000_000 + i) else {
-            continue;
-        };
-        let n = written.len() as u32;
-        let (family, given, born) = bench_person(n);
-        text.push_str(
-            &serde_json::json!({"resourceType": "Patient", "id": format!("ps-{n}"),
-            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs.to_string()}],
-            "name": [{"family": family, "given": [given]}], "birthDate": born, "gender": "unknown"})
-            .to_string(),
-        );
+    for record in crate::population::people(chrono::Utc::now().date_naive(), 2026, u64::from(PATIENTS)) {
+        let patient = record
+            .parts
+            .first()
+            .and_then(|p| p.resources.first())
+            .context("a person without a Patient")?;
+        let family = patient["name"][0]["family"].as_str().unwrap_or_default().to_string();
+        let born = patient["birthDate"].as_str().unwrap_or_default().to_string();
+        text.push_str(&patient.to_string());
         text.push('\n');
         written.push((family, born));
     }

@@ -1,9 +1,9 @@
-//! `sharedcare bench export`: FHIR Bulk Data `$export` of 1,000,000 resources from a fresh
-//! `up` (100,000 patients, each with nine observations, imported with `sharedcare import`):
+//! `sharedcare bench export`: FHIR Bulk Data `$export` of about 1,000,000 resources from a fresh
+//! `up` (45,000 people of the synthetic population, their records of every kind, imported with
+//! `sharedcare import`, one file per writing organisation):
 //! kick-off to manifest (every patient decided by consent and audited), the `up` process's
 //! memory while it runs, then the download of every NDJSON file.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,55 +11,35 @@ use anyhow::{Context, bail};
 
 use crate::bench::{BenchArgs, UpProcess, demo_service_token, quiesce};
 
-const PATIENTS: u32 = 100_000;
-const OBSERVATIONS: u32 = 9;
+/// People of the synthetic population: about 1,000,000 resources of every kind.
+const PEOPLE: u64 = 45_000;
 
 /// Runs the benchmark.
 pub async fn run(_args: &BenchArgs) -> anyhow::Result<()> {
-    let (p, _) = UpProcess::start()?;
+    // Without the demo's own record: the export must hold exactly what was imported.
+    let (p, _) = UpProcess::start_env(&[], &[("SHAREDCARE_IDENTITY__SEED_DEMO_RECORD", "false")])?;
     let writer = demo_service_token(&p.http, "records.write").await?;
     let dir = tempfile::tempdir()?;
-    let file = dir.path().join("export-bench.ndjson");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
-    let mut written = 0u64;
-    let mut stem = 930_000_000u32;
-    for i in 0..PATIENTS {
-        let nhs = loop {
-            stem += 1;
-            if let Some(n) = sharedcare_kit::nhs::NhsNumber::from_stem(stem) {
-                break n.to_string();
-            }
-        };
-        let patient = serde_json::json!({"resourceType": "Patient", "id": format!("ex-{i}"),
-            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
-            "name": [{"family": "Export", "given": ["Pat"]}], "birthDate": "1960-05-01"});
-        writeln!(out, "{patient}")?;
-        for j in 0..OBSERVATIONS {
-            let obs = serde_json::json!({"resourceType": "Observation", "id": format!("ex-{i}-o{j}"),
-                "status": "final", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "75367002"}]},
-                "subject": {"reference": format!("Patient/ex-{i}")}, "effectiveDateTime": "2026-11-01T10:00:00Z",
-                "valueQuantity": {"value": 120 + j, "unit": "mmHg"}});
-            writeln!(out, "{obs}")?;
-        }
-        written += 1 + u64::from(OBSERVATIONS);
-    }
-    out.flush()?;
-    drop(out);
+    let population = crate::population::write(dir.path(), chrono::Utc::now().date_naive(), 2026, PEOPLE)?;
+    let written: u64 = population.resources.values().sum();
     let started = Instant::now();
-    let imported = Command::new(std::env::current_exe()?)
-        .arg("import")
-        .arg(&file)
-        .args(["--grpc", &p.grpc, "--token", &writer, "--source", "A81001"])
-        .stderr(Stdio::null())
-        .output()?;
-    if !imported.status.success() {
-        bail!("import failed: {}", String::from_utf8_lossy(&imported.stdout));
+    for org in population.resources.keys() {
+        let file = dir.path().join(format!("{org}.ndjson"));
+        let imported = Command::new(std::env::current_exe()?)
+            .arg("import")
+            .arg(&file)
+            .args(["--grpc", &p.grpc, "--token", &writer, "--source", org])
+            .stderr(Stdio::null())
+            .output()?;
+        if !imported.status.success() {
+            bail!("import of {org}'s file failed: {}", String::from_utf8_lossy(&imported.stdout));
+        }
     }
     let import_time = started.elapsed();
     quiesce(&p).await?;
-    std::fs::remove_file(&file)?;
+    drop(dir);
     println!(
-        "$export of {written} resources ({PATIENTS} patients) from `up` (imported in {:.0} s, audit settled after {:.0} s)",
+        "$export of {written} resources ({PEOPLE} people of the synthetic population) from `up` (imported in {:.0} s, audit settled after {:.0} s)",
         import_time.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );

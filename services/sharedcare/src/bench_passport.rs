@@ -73,23 +73,13 @@ pub(crate) async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()>
             ),
         ]
     };
-    // The demo patients too (their GP, Riverside, has a care relationship with each), for the
-    // staff and self views.
+    // The demo patients too, for the staff and self views: their records as `up` seeds them
+    // (their GP, Riverside, has a care relationship with each).
     let demo: Vec<String> = sharedcare_identity::demo::patients()
         .into_iter()
         .map(|(p, _)| p.nhs_number)
         .collect();
     let mut w = writers[0].clone();
-    for (i, n) in demo.iter().enumerate() {
-        for body in resources(PASSPORT_PATIENTS as usize + i, n) {
-            w.put(PutRequest {
-                resource_json: body,
-                source_organisation: "A81001".into(),
-                ..Default::default()
-            })
-            .await?;
-        }
-    }
     for (i, n) in nhs.iter().enumerate() {
         for body in resources(i, n) {
             w.put(PutRequest {

@@ -142,7 +142,7 @@ pub enum DemoCommand {
     /// the demo organisations) as NDJSON, one file per writing organisation, for `sharedcare
     /// import --source <ODS>` (the GP practice's file, with the Patients, first).
     Population {
-        /// How many people (1 to 10,000,000).
+        /// How many people (1 to 900,000: their NHS numbers come from the 999 range).
         #[arg(long, value_name = "N")]
         patients: u64,
         /// The seed: the same seed gives the same people.

@@ -18,8 +18,9 @@ use sharedcare_kit::nhs::NhsNumber;
 
 use crate::demo_record::{CARE_HOME, COMMUNITY, COUNCIL, GP, HOME_CARE, HOSPITAL, Person, Record, Story};
 
-/// The most people one run writes.
-pub const MAX_PEOPLE: u64 = 10_000_000;
+/// The most people one run writes: NHS numbers come from the 999 range (never issued to
+/// people), which holds about 909,000 valid ones.
+pub const MAX_PEOPLE: u64 = 900_000;
 
 /// SplitMix64: a small, fast generator whose sequence for a seed never changes (a crate's
 /// could, between versions, and the population must stay the same for the same seed).
@@ -366,8 +367,9 @@ fn person(today: NaiveDate, seed: u64, i: u64, rng: &mut Rng, stem: &mut u32) ->
 /// The population: `people` records from `seed`, as of `today`.
 pub fn people(today: NaiveDate, seed: u64, people: u64) -> impl Iterator<Item = Record> {
     let mut rng = Rng(seed);
-    // 999 000 000 + a seed-dependent offset: NHS numbers in the range never issued to people.
-    let mut stem = 999_000_000 + (seed % 1_000) as u32 * 900;
+    // NHS numbers from 999 000 000 up: the range never issued to people (so two populations
+    // share numbers; load one at a time).
+    let mut stem = 999_000_000u32;
     (0..people).map(move |i| person(today, seed, i, &mut rng, &mut stem))
 }
 
