@@ -32,7 +32,10 @@ pub async fn run(_args: &BenchArgs) -> anyhow::Result<()> {
             .stderr(Stdio::null())
             .output()?;
         if !imported.status.success() {
-            bail!("import of {org}'s file failed: {}", String::from_utf8_lossy(&imported.stdout));
+            bail!(
+                "import of {org}'s file failed: {}",
+                String::from_utf8_lossy(&imported.stdout)
+            );
         }
     }
     let import_time = started.elapsed();
