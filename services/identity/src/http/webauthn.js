@@ -37,6 +37,15 @@
     return answer;
   }
 
+  // A credential as the server reads it: binary fields base64url, `response` as given.
+  const asJson = (cred, response) => ({
+    id: cred.id,
+    rawId: enc(cred.rawId),
+    type: cred.type,
+    extensions: cred.getClientExtensionResults(),
+    response,
+  });
+
   // The browser refused or the person cancelled: say so plainly.
   const browserError = (e) =>
     e.name === 'NotAllowedError'
@@ -57,18 +66,12 @@
         const done = await post('/oauth2/login/key', {
           req,
           csrf: csrf(),
-          credential: {
-            id: cred.id,
-            rawId: enc(cred.rawId),
-            type: cred.type,
-            extensions: cred.getClientExtensionResults(),
-            response: {
-              authenticatorData: enc(r.authenticatorData),
-              clientDataJSON: enc(r.clientDataJSON),
-              signature: enc(r.signature),
-              userHandle: r.userHandle ? enc(r.userHandle) : null,
-            },
-          },
+          credential: asJson(cred, {
+            authenticatorData: enc(r.authenticatorData),
+            clientDataJSON: enc(r.clientDataJSON),
+            signature: enc(r.signature),
+            userHandle: r.userHandle ? enc(r.userHandle) : null,
+          }),
         });
         location.assign(done.redirect);
       } catch (e) {
@@ -96,17 +99,11 @@
           csrf: csrf(),
           name: $('key-name').value,
           enrolment_code: enrolment ? enrolment.value : '',
-          credential: {
-            id: cred.id,
-            rawId: enc(cred.rawId),
-            type: cred.type,
-            extensions: cred.getClientExtensionResults(),
-            response: {
-              attestationObject: enc(r.attestationObject),
-              clientDataJSON: enc(r.clientDataJSON),
-              transports: r.getTransports ? r.getTransports() : undefined,
-            },
-          },
+          credential: asJson(cred, {
+            attestationObject: enc(r.attestationObject),
+            clientDataJSON: enc(r.clientDataJSON),
+            transports: r.getTransports ? r.getTransports() : undefined,
+          }),
         });
         const codes = done.recovery_codes || [];
         if (codes.length) {
