@@ -55,7 +55,7 @@ fi
 # OpenTelemetry Collector, built from the Go module proxy and cached outside the checkout; then
 # the image's build stage, run on the host (no Docker daemon here); then a real API server.
 tools="$(infra/tools.sh)" || exit 1
-for name in helm dockerfile-lint kubectl otelcol; do
+for name in helm dockerfile-lint kubectl otelcol tlog-client; do
   var="SHAREDCARE_$(tr 'a-z-' 'A-Z_' <<<"$name")"
   export "$var=$(sed -n "s/^$name=//p" <<<"$tools")"
 done

@@ -6,6 +6,8 @@
 #   dockerfile-lint tools/dockerfile-lint (BuildKit's own Dockerfile checks, no daemon)
 #   etcd, kube-apiserver, kubectl   infra/kube.sh build (k8s.io/kubernetes, pinned in tools/kube)
 #   otelcol         tools/otelcol (an OpenTelemetry Collector: OTLP receiver, file exporter)
+#   tlog-client     tools/tlog-client (golang.org/x/mod/sumdb/tlog and note: an independent
+#                   client of the audit log's checkpoints and tiles)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${SHAREDCARE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sharedcare}"
@@ -39,7 +41,15 @@ if [ ! -x "$otelcol" ]; then
   (cd "$root/tools/otelcol" && go build -o "$otelcol" .) >&2
 fi
 
+key=$(cat "$root/tools/tlog-client/main.go" "$root/tools/tlog-client/go.sum" | sha256sum | cut -c1-12)
+tlog="$cache/tlog-client-$key/tlog-client"
+if [ ! -x "$tlog" ]; then
+  echo "tools.sh: building tlog-client (once per machine)" >&2
+  (cd "$root/tools/tlog-client" && go build -o "$tlog" .) >&2
+fi
+
 echo "helm=$helm"
 echo "dockerfile-lint=$lint"
 echo "otelcol=$otelcol"
+echo "tlog-client=$tlog"
 "$root/infra/kube.sh" build

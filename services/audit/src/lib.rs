@@ -3,15 +3,20 @@
 //! - [`store`]: the `entries` table; appends are idempotent by event id.
 //! - [`consumer`]: applies `AccessRecorded` events from other services' topics.
 //! - [`grpc`]: the `sharedcare.audit.v1.Audit` service (list by patient).
+//! - [`tiles`], [`note`], [`http`]: the tree stored as C2SP tlog-tiles, its checkpoints, and
+//!   both served over HTTP for monitors.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
 pub mod error;
 pub mod fhir;
 pub mod grpc;
+pub mod http;
 pub mod log;
 pub mod merkle;
+pub mod note;
 pub mod store;
+pub mod tiles;
 
 pub use error::AuditError;
 
@@ -28,6 +33,9 @@ pub struct AuditConfig {
     pub identity_url: String,
     /// How long an organisation's parent, read from the directory, is remembered (seconds).
     pub directory_cache_secs: u64,
+    /// Serve the checkpoint and tiles (`/audit/v1/…`) to anyone, without a token. Off: only to
+    /// holders of a token with scope `audit.read`. Tiles hold hashes only (see the README).
+    pub public_tiles: bool,
 }
 
 impl Default for AuditConfig {
@@ -36,6 +44,7 @@ impl Default for AuditConfig {
             alerts: store::AlertRules::default(),
             identity_url: String::new(),
             directory_cache_secs: 300,
+            public_tiles: false,
         }
     }
 }
@@ -115,7 +124,8 @@ impl sharedcare_kit::service::Service for Audit {
     async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
         let verifier = ctx.verifier()?;
         let store = store::Store::new(ctx.db.clone()).with_rules(self.config.alerts.clone());
-        let log = log::Log::open(store.clone()).await?;
+        let log = log::Log::open(store.clone(), &note::origin(ctx.issuer()?)).await?;
+        tracing::info!(key = %log.verifier_key(), "audit log checkpoints are signed by this key: pin it in monitors");
         let mut m = Mount::new(NAME);
         // Identity's organisation directory: the one in this process, else the configured one.
         let identity = ctx
@@ -126,6 +136,7 @@ impl sharedcare_kit::service::Service for Audit {
         m.add_grpc(AuditServer::new(
             grpc::AuditApi::new(store.clone(), log.clone(), verifier).with_directory(directory),
         ));
+        m.http = http::router(log.clone(), ctx.verifier()?, self.config.public_tiles);
         m.background.push(Box::new(move |stop| Box::pin(sign_heads(log, stop))));
         let handler = Arc::new(consumer::AccessConsumer::new(store));
         m.consumers = AUDITED_SERVICES

@@ -1,5 +1,6 @@
-//! The verifiable log over the `entries` table: signed tree heads (Ed25519), inclusion and
-//! consistency proofs, and the verification `sharedcare audit verify` runs.
+//! The verifiable log over the `entries` table and its tiles: signed tree heads (Ed25519, and
+//! the same heads as C2SP checkpoints), inclusion and consistency proofs read from tiles, and
+//! the verification `sharedcare audit verify` runs.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -8,9 +9,10 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use sharedcare_kit::db;
 use sharedcare_proto::audit::v1::{AuditEntry, SignedTreeHead};
 
-use crate::AuditError;
 use crate::merkle::{self, Hash};
-use crate::store::{Store, hex, unhex};
+use crate::store::{Store, StoredHead, hex, unhex};
+use crate::tiles::{self, TileId};
+use crate::{AuditError, note};
 
 /// The canonical leaf of an entry: a JSON array of its fields in this fixed order —
 /// `[leaf_index, event_id, nhs_number, actor, actor_organisation, actor_role, action,
@@ -46,22 +48,26 @@ pub fn signed_bytes(size: u64, timestamp_us: i64, root: &Hash) -> Vec<u8> {
     m
 }
 
-/// The log: its store and signing key.
+/// The log: its store, signing key and origin.
 #[derive(Clone)]
 pub struct Log {
     store: Store,
     key: std::sync::Arc<Ed25519KeyPair>,
-    /// The tree's right edge as of the last head signed here: a new head reads only the leaves
-    /// appended since (entries are never changed; `verify` rechecks everything from the rows).
-    frontier: std::sync::Arc<tokio::sync::Mutex<merkle::Frontier>>,
+    /// The checkpoint origin line and note key name (`sharedcare.<issuer host>/audit`).
+    origin: String,
 }
 
-/// One thing `verify` found wrong, naming the entry or head.
+/// One thing `verify` found wrong, naming the entry, tile or head.
 pub type Problem = String;
 
+/// Entries compared per page by `verify`.
+const VERIFY_PAGE: i64 = 65_536;
+
 impl Log {
-    /// The log over `store`, with its key (made on first use).
-    pub async fn open(store: Store) -> Result<Log, AuditError> {
+    /// The log over `store`, with its key (made on first use), signing checkpoints as
+    /// `origin`. A log stored before tiles is converted (no root changes), and heads signed
+    /// before checkpoints get their checkpoint notes.
+    pub async fn open(store: Store, origin: &str) -> Result<Log, AuditError> {
         let bad = |why: &str| AuditError::Invalid {
             field: "log_keys.pkcs8".into(),
             reason: why.into(),
@@ -77,11 +83,24 @@ impl Log {
         let bytes = B64.decode(stored).map_err(|_| bad("not base64"))?;
         let key = Ed25519KeyPair::from_pkcs8(&bytes).map_err(|_| bad("not an Ed25519 PKCS#8 key"))?;
         store.backfill_leaf_hashes().await?;
-        Ok(Log {
+        let converted = store.convert_to_tiles().await?;
+        if converted > 0 {
+            tracing::info!(leaves = converted, "audit log converted to tiles");
+        }
+        let log = Log {
             store,
             key: std::sync::Arc::new(key),
-            frontier: Default::default(),
-        })
+            origin: origin.to_string(),
+        };
+        for head in log.store.heads().await? {
+            if head.checkpoint.is_none()
+                && let Some(root) = unhex(&head.root)
+            {
+                let note = log.checkpoint_note(head.size as u64, &root);
+                log.store.set_checkpoint(head.size, &note).await?;
+            }
+        }
+        Ok(log)
     }
 
     /// The log's public key.
@@ -89,59 +108,102 @@ impl Log {
         self.key.public_key().as_ref().to_vec()
     }
 
-    fn head_message(&self, size: i64, root: &str, ts: i64, sig: &str) -> Result<SignedTreeHead, AuditError> {
-        Ok(SignedTreeHead {
-            tree_size: size as u64,
-            root_hash: unhex(root).map(|h| h.to_vec()).unwrap_or_default(),
-            timestamp_us: ts,
-            signature: B64.decode(sig).unwrap_or_default(),
-            public_key: self.public_key(),
-        })
+    /// The note verifier key a monitor pins (`<origin>+<key id>+<base64 key>`).
+    pub fn verifier_key(&self) -> String {
+        note::verifier_key(&self.origin, &self.public_key())
     }
 
-    /// Signs a head for the log as it is now, unless the latest head already covers it.
+    fn checkpoint_note(&self, size: u64, root: &Hash) -> String {
+        let body = note::checkpoint_body(&self.origin, size, root);
+        let sig = self.key.sign(body.as_bytes());
+        note::signed(&body, &self.origin, &self.public_key(), sig.as_ref())
+    }
+
+    fn head_message(&self, head: StoredHead) -> SignedTreeHead {
+        SignedTreeHead {
+            tree_size: head.size as u64,
+            root_hash: unhex(&head.root).map(|h| h.to_vec()).unwrap_or_default(),
+            timestamp_us: head.timestamp_us,
+            signature: B64.decode(&head.signature).unwrap_or_default(),
+            public_key: self.public_key(),
+            checkpoint: head.checkpoint.unwrap_or_default(),
+            verifier_key: self.verifier_key(),
+        }
+    }
+
+    /// Signs a head for the log as it is now, unless the latest head already covers it. Reads
+    /// only the tiles at the tree's right edge.
     pub async fn sign_head(&self) -> Result<SignedTreeHead, AuditError> {
         let size = self.store.size().await?;
-        if let Some((s, root, ts, sig)) = self.store.heads().await?.into_iter().next()
-            && s == size
+        if let Some(head) = self.store.latest_head().await?
+            && head.size as u64 == size
         {
-            return self.head_message(s, &root, ts, &sig);
+            return Ok(self.head_message(head));
         }
-        let root = {
-            let mut f = self.frontier.lock().await;
-            let known = f.size() as i64;
-            if known > size {
-                *f = merkle::Frontier::default();
-            }
-            let from = f.size() as i64;
-            for leaf in self.store.leaf_hashes_between(from, size).await? {
-                f.push(leaf);
-            }
-            if f.size() as i64 != size {
-                return Err(AuditError::Invalid {
-                    field: "entries.leaf_index".into(),
-                    reason: format!("leaves {from}..{size} are not all present"),
-                });
-            }
-            f.root()
-        };
+        let edge = self.store.tiles(&tiles::right_edge(size).into_iter().collect()).await?;
+        let root = edge.root(size).map_err(AuditError::Corrupt)?;
         let ts = db::now_us();
-        let sig = self.key.sign(&signed_bytes(size as u64, ts, &root));
+        let sig = self.key.sign(&signed_bytes(size, ts, &root));
         self.store
-            .insert_head(size, &hex(&root), ts, &B64.encode(sig.as_ref()))
+            .insert_head(&StoredHead {
+                size: size as i64,
+                root: hex(&root),
+                timestamp_us: ts,
+                signature: B64.encode(sig.as_ref()),
+                checkpoint: Some(self.checkpoint_note(size, &root)),
+            })
             .await?;
         self.latest().await
     }
 
     /// The latest signed head (signing the first one if there is none).
     pub async fn latest(&self) -> Result<SignedTreeHead, AuditError> {
-        match self.store.heads().await?.into_iter().next() {
-            Some((s, root, ts, sig)) => self.head_message(s, &root, ts, &sig),
+        match self.store.latest_head().await? {
+            Some(head) => Ok(self.head_message(head)),
             None => Box::pin(self.sign_head()).await,
         }
     }
 
-    /// The entry at `index` with its audit path in the tree of `size` leaves.
+    /// The latest checkpoint note (C2SP tlog-checkpoint).
+    pub async fn checkpoint(&self) -> Result<String, AuditError> {
+        Ok(self.latest().await?.checkpoint)
+    }
+
+    /// Tile `id` cut to `width` hashes, if the tree has grown that far.
+    pub async fn tile(&self, id: TileId, width: u64) -> Result<Option<Vec<u8>>, AuditError> {
+        let size = self.latest().await?.tree_size;
+        if tiles::width_in(id, size) < width {
+            return Ok(None);
+        }
+        let mut t = self.store.tiles(&[id].into_iter().collect()).await?;
+        let bytes =
+            t.0.remove(&id)
+                .ok_or_else(|| AuditError::Corrupt(format!("tile {}/{} is missing", id.level, id.index)))?;
+        let want = width as usize * 32;
+        if bytes.len() < want {
+            return Err(AuditError::Corrupt(format!(
+                "tile {}/{} holds {} hashes, fewer than the tree's {width}",
+                id.level,
+                id.index,
+                bytes.len() / 32
+            )));
+        }
+        Ok(Some(bytes[..want].to_vec()))
+    }
+
+    async fn size_at_least(&self, size: u64, field: &str) -> Result<(), AuditError> {
+        let have = self.store.size().await?;
+        if size > have {
+            return Err(AuditError::Invalid {
+                field: field.into(),
+                reason: format!("the log has only {have} entries"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The entry at `index` with its audit path in the tree of `size` leaves, from at most
+    /// two tiles per level.
     pub async fn inclusion(&self, index: u64, size: u64) -> Result<(AuditEntry, Vec<Hash>), AuditError> {
         let invalid = |f: &str, r: String| AuditError::Invalid {
             field: f.into(),
@@ -150,19 +212,12 @@ impl Log {
         if index >= size {
             return Err(invalid("leaf_index", format!("{index} is not below tree_size {size}")));
         }
-        let leaves = self.store.leaf_hashes(size as i64).await?;
-        if (leaves.len() as u64) < size {
-            return Err(invalid(
-                "tree_size",
-                format!("the log has only {} entries", leaves.len()),
-            ));
-        }
-        let entry = self
-            .store
-            .entry_at(index as i64)
-            .await?
-            .ok_or_else(|| invalid("leaf_index", format!("no entry {index}")))?;
-        Ok((entry, merkle::inclusion_proof(index as usize, &leaves)))
+        self.size_at_least(size, "tree_size").await?;
+        let needed = tiles::tiles_for(&tiles::inclusion_ranges(index, size));
+        let (entry, t) = tokio::try_join!(self.store.entry_at(index as i64), self.store.tiles(&needed))?;
+        let entry = entry.ok_or_else(|| invalid("leaf_index", format!("no entry {index}")))?;
+        let path = tiles::inclusion(index, size, &t).map_err(AuditError::Corrupt)?;
+        Ok((entry, path))
     }
 
     /// The consistency proof between tree sizes `first` ≤ `second`.
@@ -173,65 +228,172 @@ impl Log {
                 reason: format!("{first} is larger than second ({second})"),
             });
         }
-        let leaves = self.store.leaf_hashes(second as i64).await?;
-        if (leaves.len() as u64) < second {
-            return Err(AuditError::Invalid {
-                field: "second".into(),
-                reason: format!("the log has only {} entries", leaves.len()),
-            });
-        }
-        Ok(merkle::consistency_proof(first as usize, &leaves))
+        self.size_at_least(second, "second").await?;
+        let t = self
+            .store
+            .tiles(&tiles::tiles_for(&tiles::consistency_ranges(first, second)))
+            .await?;
+        tiles::consistency(first, second, &t).map_err(AuditError::Corrupt)
     }
 
-    /// Recomputes everything from the stored entries: each leaf hash, the dense order, and
-    /// every signed tree head (root and signature). Returns what is wrong, naming entries.
+    /// Rechecks the whole log a page at a time: each entry against its leaf hash in the tiles
+    /// (and their dense order), each tile against the tile above, and every signed tree head
+    /// (root, signature and checkpoint note) against the tiles. Returns what is wrong, naming
+    /// entries, tiles and heads.
     pub async fn verify(&self) -> Result<(usize, usize, Vec<Problem>), AuditError> {
         let mut problems = Vec::new();
-        let entries = self.store.all_entries().await?;
-        let mut leaves: Vec<Hash> = Vec::with_capacity(entries.len());
-        for (i, (e, stored)) in entries.iter().enumerate() {
-            let expected = i as u64;
-            if e.leaf_index != expected {
-                problems.push(format!(
-                    "entry at position {expected} is missing: the next entry found is leaf {} (event {}); entries were removed or reordered",
-                    e.leaf_index as i64, e.event_id
-                ));
-            }
-            let recomputed = merkle::leaf_hash(leaf_data(e).as_bytes());
-            if hex(&recomputed) != *stored {
-                problems.push(format!(
-                    "entry {} (event {}, sequence {}) was altered: its content does not hash to the leaf recorded when it was appended",
-                    e.leaf_index as i64, e.event_id, e.sequence
-                ));
-            }
-            leaves.push(recomputed);
+        let size = self.store.size().await?;
+        let count = self.store.entry_count().await? as u64;
+        if count != size {
+            problems.push(format!(
+                "the entries table holds {count} entries but the tree {size} leaves; entries were added or removed outside the log"
+            ));
         }
+        // Entries against level 0.
+        let mut from = 0i64;
+        while (from as u64) < count {
+            let to = (from + VERIFY_PAGE).min(count as i64);
+            let entries = self.store.entries_between(from, to).await?;
+            let first_tile = from as u64 / tiles::WIDTH;
+            let tiles_needed = (to as u64).div_ceil(tiles::WIDTH) - first_tile;
+            let level0: std::collections::HashMap<u64, Vec<u8>> = self
+                .store
+                .tiles_from(0, first_tile, tiles_needed as i64)
+                .await?
+                .into_iter()
+                .collect();
+            let mut expected = from as u64;
+            for e in &entries {
+                if e.leaf_index != expected {
+                    problems.push(format!(
+                        "entry at position {expected} is missing: the next entry found is leaf {} (event {}); entries were removed or reordered",
+                        e.leaf_index as i64, e.event_id
+                    ));
+                    expected = e.leaf_index;
+                }
+                let recomputed = merkle::leaf_hash(leaf_data(e).as_bytes());
+                let i = e.leaf_index;
+                let stored = level0
+                    .get(&(i / tiles::WIDTH))
+                    .and_then(|t| t.get((i % tiles::WIDTH) as usize * 32..(i % tiles::WIDTH + 1) as usize * 32));
+                match stored {
+                    None if i < size => problems.push(format!(
+                        "tile 0/{} is missing or short: it should hold leaf {i}",
+                        i / tiles::WIDTH
+                    )),
+                    Some(h) if h != recomputed => problems.push(format!(
+                        "entry {i} (event {}, sequence {}) was altered, or leaf {i} in tile 0/{} was: the entry does not hash to the leaf recorded when it was appended",
+                        e.event_id,
+                        e.sequence,
+                        i / tiles::WIDTH
+                    )),
+                    _ => {}
+                }
+                expected += 1;
+            }
+            if entries.is_empty() {
+                break;
+            }
+            from = to;
+        }
+        // Each level's full tiles against the hashes one level up, and every tile's width.
+        let mut level = 0u32;
+        while tiles::hashes_at(level, size) > 0 {
+            let mut roots: Vec<Hash> = Vec::new();
+            let mut next = 0u64;
+            loop {
+                let page = self.store.tiles_from(level, next, 1024).await?;
+                let Some(last) = page.last().map(|(i, _)| *i) else {
+                    break;
+                };
+                for (index, hashes) in &page {
+                    let id = TileId { level, index: *index };
+                    if *index != next {
+                        problems.push(format!("tile {level}/{next} is missing"));
+                    }
+                    let want = tiles::width_in(id, size) as usize;
+                    if hashes.len() != want * 32 {
+                        problems.push(format!(
+                            "tile {level}/{index} holds {} hashes where the tree of {size} leaves has {want}",
+                            hashes.len() / 32
+                        ));
+                    }
+                    if hashes.len() == tiles::WIDTH as usize * 32 {
+                        let h: Vec<Hash> = hashes.chunks_exact(32).map(tiles::to_hash).collect();
+                        roots.push(merkle::root(&h));
+                    }
+                    next = index + 1;
+                }
+                next = next.max(last + 1);
+            }
+            let mut above = 0u64;
+            loop {
+                let page = self.store.tiles_from(level + 1, above, 1024).await?;
+                let Some(last) = page.last().map(|(i, _)| *i) else {
+                    break;
+                };
+                for (index, hashes) in &page {
+                    for (j, h) in hashes.chunks_exact(32).enumerate() {
+                        let position = index * tiles::WIDTH + j as u64;
+                        if roots.get(position as usize).is_some_and(|r| r.as_slice() != h) {
+                            problems.push(format!(
+                                "tile {}/{index} hash {j} does not match the root of tile {level}/{position} below it: a tile was altered",
+                                level + 1
+                            ));
+                        }
+                    }
+                }
+                above = last + 1;
+            }
+            level += 1;
+        }
+        // Heads against the tiles.
         let public = UnparsedPublicKey::new(&ED25519, self.public_key());
         let heads = self.store.heads().await?;
-        for (size, root, ts, sig) in &heads {
-            let Some(expected) = unhex(root) else {
-                problems.push(format!("tree head {size}: root is not a hash"));
+        for head in &heads {
+            let n = head.size as u64;
+            let Some(expected) = unhex(&head.root) else {
+                problems.push(format!("tree head {n}: root is not a hash"));
                 continue;
             };
-            let signature = B64.decode(sig).unwrap_or_default();
+            let signature = B64.decode(&head.signature).unwrap_or_default();
             if public
-                .verify(&signed_bytes(*size as u64, *ts, &expected), &signature)
+                .verify(&signed_bytes(n, head.timestamp_us, &expected), &signature)
                 .is_err()
             {
-                problems.push(format!("tree head {size}: the signature does not verify"));
+                problems.push(format!("tree head {n}: the signature does not verify"));
             }
-            let n = *size as usize;
-            if n > leaves.len() {
+            if let Some(cp) = &head.checkpoint {
+                let name = cp.split('\n').next().unwrap_or_default();
+                let key = note::VerifierKey {
+                    name: name.to_string(),
+                    id: note::key_id(name, &self.public_key()),
+                    key: self.public_key(),
+                };
+                match note::open_checkpoint(cp, &key) {
+                    Err(e) => problems.push(format!("tree head {n}: its checkpoint: {e}")),
+                    Ok(c) if c.size != n || c.root != expected => problems.push(format!(
+                        "tree head {n}: its checkpoint names size {} and another root",
+                        c.size
+                    )),
+                    Ok(_) => {}
+                }
+            }
+            if n > size {
                 problems.push(format!(
-                    "tree head {size}: the log holds only {} entries; entries were removed",
-                    leaves.len()
+                    "tree head {n}: the log holds only {size} entries; entries were removed"
                 ));
-            } else if merkle::root(&leaves[..n]) != expected {
-                problems.push(format!(
-                    "tree head {size}: the entries now stored do not produce its root; entries before {size} were altered, removed or reordered"
-                ));
+                continue;
+            }
+            let t = self.store.tiles(&tiles::tiles_for(&[(0, n)])).await?;
+            match t.root(n) {
+                Ok(root) if root == expected => {}
+                Ok(_) => problems.push(format!(
+                    "tree head {n}: the tiles now stored do not produce its root; entries or tiles before {n} were altered, removed or reordered"
+                )),
+                Err(e) => problems.push(format!("tree head {n}: {e}")),
             }
         }
-        Ok((entries.len(), heads.len(), problems))
+        Ok((count as usize, heads.len(), problems))
     }
 }

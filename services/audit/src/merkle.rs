@@ -95,45 +95,66 @@ impl Frontier {
 
 /// The audit path for leaf `m` in the tree of `leaves` (RFC 6962 PATH(m, D[n])).
 pub fn inclusion_proof(m: usize, leaves: &[Hash]) -> Vec<Hash> {
-    let n = leaves.len();
-    if n <= 1 || m >= n {
-        return Vec::new();
-    }
-    let k = split(n);
-    if m < k {
-        let mut p = inclusion_proof(m, &leaves[..k]);
-        p.push(root(&leaves[k..]));
-        p
-    } else {
-        let mut p = inclusion_proof(m - k, &leaves[k..]);
-        p.push(root(&leaves[..k]));
-        p
-    }
+    inclusion_path(m as u64, leaves.len() as u64, &mut |lo, hi| {
+        root(&leaves[lo as usize..hi as usize])
+    })
 }
 
 /// The consistency proof from the first `m` leaves to all of `leaves` (RFC 6962 PROOF(m, D[n])).
 pub fn consistency_proof(m: usize, leaves: &[Hash]) -> Vec<Hash> {
-    if m == 0 || m >= leaves.len() {
-        return Vec::new();
-    }
-    subproof(m, leaves, true)
+    consistency_path(m as u64, leaves.len() as u64, &mut |lo, hi| {
+        root(&leaves[lo as usize..hi as usize])
+    })
 }
 
-fn subproof(m: usize, leaves: &[Hash], complete: bool) -> Vec<Hash> {
-    let n = leaves.len();
-    if m == n {
-        return if complete { Vec::new() } else { vec![root(leaves)] };
+/// PATH(m, D[n]) with the root of leaves `lo..hi` from `root_of(lo, hi)`: the same recursion
+/// over whole leaves or over stored tiles. The ranges asked for depend only on `m` and `n`.
+pub fn inclusion_path(m: u64, n: u64, root_of: &mut impl FnMut(u64, u64) -> Hash) -> Vec<Hash> {
+    fn path(m: u64, lo: u64, hi: u64, root_of: &mut impl FnMut(u64, u64) -> Hash, out: &mut Vec<Hash>) {
+        let n = hi - lo;
+        if n <= 1 {
+            return;
+        }
+        let k = split(n as usize) as u64;
+        if m < k {
+            path(m, lo, lo + k, root_of, out);
+            out.push(root_of(lo + k, hi));
+        } else {
+            path(m - k, lo + k, hi, root_of, out);
+            out.push(root_of(lo, lo + k));
+        }
     }
-    let k = split(n);
-    if m <= k {
-        let mut p = subproof(m, &leaves[..k], complete);
-        p.push(root(&leaves[k..]));
-        p
-    } else {
-        let mut p = subproof(m - k, &leaves[k..], false);
-        p.push(root(&leaves[..k]));
-        p
+    let mut out = Vec::new();
+    if m < n {
+        path(m, 0, n, root_of, &mut out);
     }
+    out
+}
+
+/// PROOF(m, D[n]) with subtree roots from `root_of(lo, hi)`, as [`inclusion_path`].
+pub fn consistency_path(m: u64, n: u64, root_of: &mut impl FnMut(u64, u64) -> Hash) -> Vec<Hash> {
+    fn sub(m: u64, lo: u64, hi: u64, complete: bool, root_of: &mut impl FnMut(u64, u64) -> Hash, out: &mut Vec<Hash>) {
+        let n = hi - lo;
+        if m == n {
+            if !complete {
+                out.push(root_of(lo, hi));
+            }
+            return;
+        }
+        let k = split(n as usize) as u64;
+        if m <= k {
+            sub(m, lo, lo + k, complete, root_of, out);
+            out.push(root_of(lo + k, hi));
+        } else {
+            sub(m - k, lo + k, hi, false, root_of, out);
+            out.push(root_of(lo, lo + k));
+        }
+    }
+    let mut out = Vec::new();
+    if m > 0 && m < n {
+        sub(m, 0, n, true, root_of, &mut out);
+    }
+    out
 }
 
 /// Checks an inclusion proof (RFC 9162 §2.1.3.2).

@@ -8,7 +8,27 @@ use sharedcare_proto::audit::v1::{Alert, AuditEntry};
 use sharedcare_proto::events::v1::{AccessRecorded, AuditAlert};
 use sqlx::Row;
 
+use crate::tiles::{self, TileId, Tiles};
 use crate::{AuditError, NAME, merkle};
+
+/// The advisory lock appenders hold, so each entry gets the next dense leaf index.
+const LOG_LOCK: &str = "sharedcare-audit-log";
+
+/// A signed tree head as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredHead {
+    /// Tree size.
+    pub size: i64,
+    /// Root, lower-case hex.
+    pub root: String,
+    /// When signed (µs).
+    pub timestamp_us: i64,
+    /// Ed25519 signature over [`crate::log::signed_bytes`], base64.
+    pub signature: String,
+    /// The same head as a signed checkpoint note (absent for heads signed before checkpoints,
+    /// until the service next starts).
+    pub checkpoint: Option<String>,
+}
 
 /// When appending raises an alert for one person viewing many patients' records.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -89,13 +109,18 @@ impl Store {
         let mut tx = self.db.begin_write().await?;
         // One appender at a time gives each entry the next dense leaf index (Postgres: an
         // advisory lock; SQLite has one writer).
-        sharedcare_kit::outbox::lock_key(&mut tx, "sharedcare-audit-log").await?;
-        let mut next: i64 = sqlx::query("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM entries")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
+        sharedcare_kit::outbox::lock_key(&mut tx, LOG_LOCK).await?;
+        let (mut next, tiled) = catch_up(&mut tx).await?;
+        if tiled > next as u64 {
+            return Err(AuditError::Corrupt(format!(
+                "the tree holds {tiled} leaves but the entries table only {next}: entries were removed; \
+                 nothing is appended until `sharedcare audit verify` has been run and the log restored"
+            )));
+        }
+        let start = next as u64;
         let mut appended = 0;
         let mut added: Vec<AuditEntry> = Vec::new();
+        let mut leaves: Vec<merkle::Hash> = Vec::new();
         for chunk in events.chunks(db::MAX_ROWS_PER_INSERT) {
             let deliveries: Vec<&Delivery> = chunk.iter().map(|(d, _)| *d).collect();
             let fresh = inbox::claim_all(&mut tx, NAME, &deliveries).await?;
@@ -106,8 +131,8 @@ impl Store {
             }
             let sql = tx.backend().insert_rows(
                 "entries (event_id, nhs_number, actor, actor_organisation, actor_role, action, resources, \
-                 purpose, reason, outcome, time_us, trace_id, service, leaf_index, leaf_hash)",
-                15,
+                 purpose, reason, outcome, time_us, trace_id, service, leaf_index)",
+                14,
                 new.len(),
                 "",
             );
@@ -132,7 +157,7 @@ impl Store {
                     leaf_index: next as u64,
                     sequence: 0,
                 };
-                let hash = hex(&merkle::leaf_hash(crate::log::leaf_data(&entry).as_bytes()));
+                leaves.push(merkle::leaf_hash(crate::log::leaf_data(&entry).as_bytes()));
                 added.push(entry.clone());
                 next += 1;
                 q = q
@@ -149,12 +174,12 @@ impl Store {
                     .bind(time)
                     .bind(event.trace_id.clone())
                     .bind(event.service.clone())
-                    .bind(entry.leaf_index as i64)
-                    .bind(hash);
+                    .bind(entry.leaf_index as i64);
             }
             q.execute(&mut *tx).await?;
             appended += new.len();
         }
+        extend_tiles(&mut tx, start, &leaves).await?;
         self.raise_alerts(&mut tx, &added).await?;
         tx.commit().await?;
         Ok(appended)
@@ -388,57 +413,69 @@ impl Store {
         Ok(row.as_ref().map(entry))
     }
 
-    /// Every entry in leaf order with its stored leaf hash (for verification).
-    pub async fn all_entries(&self) -> Result<Vec<(AuditEntry, String)>, AuditError> {
-        let sql = format!("SELECT {ENTRY_COLUMNS}, leaf_hash FROM entries ORDER BY leaf_index");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(self.db.pool()).await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    entry(r),
-                    r.try_get::<Option<String>, _>(15).ok().flatten().unwrap_or_default(),
-                )
-            })
-            .collect())
+    /// Entries with leaf index in `from..to`, in leaf order (for verification).
+    pub async fn entries_between(&self, from: i64, to: i64) -> Result<Vec<AuditEntry>, AuditError> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(from)
+            .bind(to)
+            .fetch_all(self.db.pool())
+            .await?;
+        Ok(rows.iter().map(entry).collect())
     }
 
-    /// Stored leaf hashes of the first `size` leaves, in order.
-    pub async fn leaf_hashes(&self, size: i64) -> Result<Vec<merkle::Hash>, AuditError> {
-        self.leaf_hashes_between(0, size).await
+    /// How many entries the `entries` table holds (its next leaf index).
+    pub async fn entry_count(&self) -> Result<i64, AuditError> {
+        next_leaf(&mut *self.db.pool().acquire().await?).await
     }
 
-    /// Stored leaf hashes of leaves `from..to`, in order.
-    pub async fn leaf_hashes_between(&self, from: i64, to: i64) -> Result<Vec<merkle::Hash>, AuditError> {
-        let rows =
-            sqlx::query("SELECT leaf_hash FROM entries WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index")
-                .bind(from)
-                .bind(to)
-                .fetch_all(self.db.pool())
-                .await?;
+    /// How many leaves the tree (its tiles) holds.
+    pub async fn size(&self) -> Result<u64, AuditError> {
+        tiled_size(&mut *self.db.pool().acquire().await?).await
+    }
+
+    /// The stored tiles among `ids` (a tile not stored is absent).
+    pub async fn tiles(&self, ids: &std::collections::BTreeSet<TileId>) -> Result<Tiles, AuditError> {
+        read_tiles(&mut *self.db.pool().acquire().await?, ids).await
+    }
+
+    /// Up to `limit` tiles of `level` from index `from`, in order (for verification).
+    pub async fn tiles_from(&self, level: u32, from: u64, limit: i64) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        let rows = sqlx::query("SELECT idx, hashes FROM tiles WHERE level = $1 AND idx >= $2 ORDER BY idx LIMIT $3")
+            .bind(i64::from(level))
+            .bind(from as i64)
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?;
         rows.iter()
-            .map(|r| {
-                let h: Option<String> = r.try_get(0)?;
-                unhex(h.as_deref().unwrap_or_default()).ok_or_else(|| AuditError::Invalid {
-                    field: "entries.leaf_hash".into(),
-                    reason: "missing or not 32 bytes of hex".into(),
-                })
-            })
+            .map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?)))
             .collect()
     }
 
-    /// How many leaves the log has.
-    pub async fn size(&self) -> Result<i64, AuditError> {
-        Ok(sqlx::query("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM entries")
-            .fetch_one(self.db.pool())
-            .await?
-            .try_get(0)?)
+    /// Converts a log stored before tiles (leaf hashes only in `entries`) into tiles, under
+    /// the appenders' lock; a log already tiled is left as it is. Returns the leaves tiled.
+    pub async fn convert_to_tiles(&self) -> Result<u64, AuditError> {
+        let mut tx = self.db.begin_write().await?;
+        sharedcare_kit::outbox::lock_key(&mut tx, LOG_LOCK).await?;
+        let before = tiled_size(&mut tx).await?;
+        let (_, after) = catch_up(&mut tx).await?;
+        tx.commit().await?;
+        Ok(after.saturating_sub(before))
     }
 
-    /// Computes leaf hashes for entries stored before the log was a Merkle tree.
+    /// Computes leaf hashes for entries stored before the log was a Merkle tree (those beyond
+    /// the tiles with none; entries appended since tiles keep theirs only in the tiles).
     pub async fn backfill_leaf_hashes(&self) -> Result<usize, AuditError> {
-        let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE leaf_hash IS NULL ORDER BY leaf_index");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(self.db.pool()).await?;
+        let from = self.size().await? as i64;
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE leaf_index >= $1 AND leaf_hash IS NULL ORDER BY leaf_index"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(from)
+            .fetch_all(self.db.pool())
+            .await?;
         for r in &rows {
             let e = entry(r);
             sqlx::query("UPDATE entries SET leaf_hash = $1 WHERE leaf_index = $2")
@@ -450,33 +487,58 @@ impl Store {
         Ok(rows.len())
     }
 
-    /// Signed tree heads, newest first: (size, root hex, timestamp µs, signature base64).
-    pub async fn heads(&self) -> Result<Vec<(i64, String, i64, String)>, AuditError> {
-        let rows =
-            sqlx::query("SELECT tree_size, root_hash, timestamp_us, signature FROM tree_heads ORDER BY tree_size DESC")
-                .fetch_all(self.db.pool())
-                .await?;
+    /// Signed tree heads, newest first.
+    pub async fn heads(&self) -> Result<Vec<StoredHead>, AuditError> {
+        self.heads_limited(i64::MAX).await
+    }
+
+    /// The newest signed tree head.
+    pub async fn latest_head(&self) -> Result<Option<StoredHead>, AuditError> {
+        Ok(self.heads_limited(1).await?.into_iter().next())
+    }
+
+    async fn heads_limited(&self, limit: i64) -> Result<Vec<StoredHead>, AuditError> {
+        let rows = sqlx::query(
+            "SELECT tree_size, root_hash, timestamp_us, signature, checkpoint FROM tree_heads \
+             ORDER BY tree_size DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .map(|r| {
+                Ok(StoredHead {
+                    size: r.try_get(0)?,
+                    root: r.try_get(1)?,
+                    timestamp_us: r.try_get(2)?,
+                    signature: r.try_get(3)?,
+                    checkpoint: r.try_get(4)?,
+                })
+            })
             .collect()
     }
 
+    /// Stores the checkpoint note of the head of `size` (one signed before checkpoints).
+    pub async fn set_checkpoint(&self, size: i64, note: &str) -> Result<(), AuditError> {
+        sqlx::query("UPDATE tree_heads SET checkpoint = $1 WHERE tree_size = $2 AND checkpoint IS NULL")
+            .bind(note.to_string())
+            .bind(size)
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
+    }
+
     /// Stores a signed tree head (a head for a size already signed is kept as it was).
-    pub async fn insert_head(
-        &self,
-        size: i64,
-        root: &str,
-        timestamp_us: i64,
-        signature: &str,
-    ) -> Result<(), AuditError> {
+    pub async fn insert_head(&self, head: &StoredHead) -> Result<(), AuditError> {
         sqlx::query(
-            "INSERT INTO tree_heads (tree_size, root_hash, timestamp_us, signature) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO tree_heads (tree_size, root_hash, timestamp_us, signature, checkpoint) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
-        .bind(size)
-        .bind(root.to_string())
-        .bind(timestamp_us)
-        .bind(signature.to_string())
+        .bind(head.size)
+        .bind(head.root.clone())
+        .bind(head.timestamp_us)
+        .bind(head.signature.clone())
+        .bind(head.checkpoint.clone())
         .execute(self.db.writer())
         .await?;
         Ok(())
@@ -501,6 +563,117 @@ impl Store {
             .await?;
         Ok(r.try_get(0)?)
     }
+}
+
+/// The next leaf index of the `entries` table.
+async fn next_leaf(conn: &mut sqlx::AnyConnection) -> Result<i64, AuditError> {
+    Ok(sqlx::query("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM entries")
+        .fetch_one(conn)
+        .await?
+        .try_get(0)?)
+}
+
+/// Leaves held by the level-0 tiles (the last tile's index and width).
+async fn tiled_size(conn: &mut sqlx::AnyConnection) -> Result<u64, AuditError> {
+    let row = sqlx::query("SELECT idx, length(hashes) FROM tiles WHERE level = 0 ORDER BY idx DESC LIMIT 1")
+        .fetch_optional(conn)
+        .await?;
+    Ok(match row {
+        None => 0,
+        Some(r) => r.try_get::<i64, _>(0)? as u64 * tiles::WIDTH + r.try_get::<i64, _>(1)? as u64 / 32,
+    })
+}
+
+/// The tiles among `ids` that are stored.
+async fn read_tiles(
+    conn: &mut sqlx::AnyConnection,
+    ids: &std::collections::BTreeSet<TileId>,
+) -> Result<Tiles, AuditError> {
+    let mut out = Tiles::default();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let clauses: Vec<String> = (0..ids.len())
+        .map(|i| format!("(level = ${} AND idx = ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    let sql = format!("SELECT level, idx, hashes FROM tiles WHERE {}", clauses.join(" OR "));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(i64::from(id.level)).bind(id.index as i64);
+    }
+    for r in q.fetch_all(conn).await? {
+        let id = TileId {
+            level: r.try_get::<i64, _>(0)? as u32,
+            index: r.try_get::<i64, _>(1)? as u64,
+        };
+        out.0.insert(id, r.try_get(2)?);
+    }
+    Ok(out)
+}
+
+/// Appends `leaves` to the tree of `size` leaves: reads its right edge, rewrites it and stores
+/// any tiles completed, in the caller's transaction.
+async fn extend_tiles(tx: &mut db::Tx, size: u64, leaves: &[merkle::Hash]) -> Result<(), AuditError> {
+    if leaves.is_empty() {
+        return Ok(());
+    }
+    let edge = read_tiles(tx, &tiles::right_edge(size).into_iter().collect()).await?;
+    let changed = tiles::append(size, &edge, leaves).map_err(AuditError::Corrupt)?;
+    for chunk in changed.chunks(db::MAX_ROWS_PER_INSERT) {
+        let sql = tx.backend().insert_rows(
+            "tiles (level, idx, hashes)",
+            3,
+            chunk.len(),
+            "ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, hashes) in chunk {
+            q = q.bind(i64::from(id.level)).bind(id.index as i64).bind(hashes.clone());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Brings the tiles up to the `entries` table (a log stored before tiles keeps its leaf hashes
+/// in `entries.leaf_hash`; those hashes, not recomputed ones, are what its heads signed, so an
+/// entry altered before the conversion is still found by `verify`). Returns the entries' next
+/// leaf index and the leaves tiled (more than the entries only if entries were removed, which
+/// is left for `verify` to name). Run under the appenders' lock.
+async fn catch_up(tx: &mut db::Tx) -> Result<(i64, u64), AuditError> {
+    let entries = next_leaf(tx).await?;
+    let mut size = tiled_size(tx).await?;
+    const PAGE: i64 = 65_536;
+    while (size as i64) < entries {
+        let to = (size as i64 + PAGE).min(entries);
+        let rows = sqlx::query(
+            "SELECT leaf_index, leaf_hash FROM entries WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index",
+        )
+        .bind(size as i64)
+        .bind(to)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut leaves = Vec::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            let index: i64 = r.try_get(0)?;
+            let hash: Option<String> = r.try_get(1)?;
+            let expected = size as i64 + i as i64;
+            let leaf = unhex(hash.as_deref().unwrap_or_default()).filter(|_| index == expected);
+            leaves.push(leaf.ok_or_else(|| {
+                AuditError::Corrupt(format!(
+                    "converting to tiles: leaf {expected} is missing or has no stored leaf hash"
+                ))
+            })?);
+        }
+        if leaves.len() as i64 != to - size as i64 {
+            return Err(AuditError::Corrupt(format!(
+                "converting to tiles: leaves {size}..{to} are not all present"
+            )));
+        }
+        extend_tiles(tx, size, &leaves).await?;
+        size = to as u64;
+    }
+    Ok((entries, size))
 }
 
 const ENTRY_COLUMNS: &str = "sequence, event_id, actor, actor_organisation, actor_role, action, resources, nhs_number, \

@@ -9,6 +9,7 @@ use sharedcare_proto::events::v1::{AccessRecorded, AuditAlert};
 use sqlx::Row;
 
 const NHS: &str = "9434765919";
+const ORIGIN: &str = "sharedcare.test.example/audit";
 
 fn delivery(n: usize, nhs: &str) -> (Delivery, AccessRecorded) {
     let event = AccessRecorded {
@@ -170,7 +171,7 @@ async fn log_with(db: &Db, n: usize) -> sharedcare_audit::log::Log {
         let (d, e) = delivery(i, NHS);
         s.append(&d, &e).await.expect("append");
     }
-    sharedcare_audit::log::Log::open(s).await.expect("log")
+    sharedcare_audit::log::Log::open(s, ORIGIN).await.expect("log")
 }
 
 async fn proofs_from_the_log_check_with_an_independent_verifier(db: Db) {
@@ -238,7 +239,7 @@ async fn proofs_from_the_log_check_with_an_independent_verifier(db: Db) {
 }
 
 async fn problems(db: &Db) -> Vec<String> {
-    let log = sharedcare_audit::log::Log::open(Store::new(db.clone()))
+    let log = sharedcare_audit::log::Log::open(Store::new(db.clone()), ORIGIN)
         .await
         .expect("log");
     log.verify().await.expect("verify").2
@@ -259,11 +260,39 @@ async fn verify_names_an_altered_a_removed_and_a_reordered_entry(db: Db) {
         found.iter().any(|p| p.starts_with("entry 2 ") && p.contains("altered")),
         "{found:?}"
     );
-    assert!(found.iter().any(|p| p.starts_with("tree head 6")), "{found:?}");
     sqlx::query("UPDATE entries SET actor = 'person-2' WHERE leaf_index = 2")
         .execute(db.writer())
         .await
         .expect("restore");
+    assert!(problems(&db).await.is_empty(), "restored");
+
+    // A tile's hash is changed (to hide an altered entry, say): the entry no longer matches
+    // it, and the signed head no longer matches the tiles.
+    let tile = |bytes: Vec<u8>| {
+        sqlx::query("UPDATE tiles SET hashes = $1 WHERE level = 0 AND idx = 0")
+            .bind(bytes)
+            .execute(db.writer())
+    };
+    let original: Vec<u8> = sqlx::query("SELECT hashes FROM tiles WHERE level = 0 AND idx = 0")
+        .fetch_one(db.pool())
+        .await
+        .expect("tile 0/0")
+        .get(0);
+    let mut forged = original.clone();
+    forged[5 * 32] ^= 1;
+    tile(forged).await.expect("tamper with tile");
+    let found = problems(&db).await;
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("entry 5 ") && p.contains("tile 0/0")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|p| p.starts_with("tree head 6: the tiles now stored")),
+        "{found:?}"
+    );
+    tile(original).await.expect("restore tile");
     assert!(problems(&db).await.is_empty(), "restored");
 
     // Reordered: two entries swap places.
@@ -516,8 +545,232 @@ async fn entries_export_as_fhir_audit_events(db: Db) {
     );
 }
 
+/// Appends `n` entries from `from` in batches of `batch`.
+async fn append_batches(s: &Store, from: usize, n: usize, batch: usize) {
+    let all: Vec<(Delivery, AccessRecorded)> = (from..from + n).map(|i| delivery(i, NHS)).collect();
+    for chunk in all.chunks(batch) {
+        let refs: Vec<(&Delivery, AccessRecorded)> = chunk.iter().map(|(d, e)| (d, e.clone())).collect();
+        assert_eq!(s.append_all(&refs).await.expect("append"), chunk.len());
+    }
+}
+
+/// Leaf hashes recomputed from the stored entries, independently of the tiles.
+async fn leaves_of(s: &Store, n: i64) -> Vec<[u8; 32]> {
+    s.entries_between(0, n)
+        .await
+        .expect("entries")
+        .iter()
+        .map(|e| independent::leaf(sharedcare_audit::log::leaf_data(e).as_bytes()))
+        .collect()
+}
+
+/// MTH over leaf hashes, written here from RFC 6962 rather than taken from the crate.
+fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    match leaves.len() {
+        0 => Sha256::digest([]).into(),
+        1 => leaves[0],
+        n => {
+            let k = 1usize << (usize::BITS - (n - 1).leading_zeros() - 1);
+            let mut h = Sha256::new();
+            h.update([1u8]);
+            h.update(mth(&leaves[..k]));
+            h.update(mth(&leaves[k..]));
+            h.finalize().into()
+        }
+    }
+}
+
+async fn tiles_hold_the_tree_across_tile_boundaries_and_checkpoints_verify(db: Db) {
+    let s = store(&db).await;
+    // Batches of 100 cross the tile boundaries at 256 and 512 mid-batch.
+    append_batches(&s, 0, 600, 100).await;
+    let log = sharedcare_audit::log::Log::open(s.clone(), ORIGIN).await.expect("log");
+    let head = log.sign_head().await.expect("head");
+    let leaves = leaves_of(&s, 600).await;
+    assert_eq!(head.tree_size, 600);
+    assert_eq!(head.root_hash, mth(&leaves).to_vec(), "the tiles give RFC 6962's root");
+
+    // The checkpoint is the same head, as a signed note the pinned key opens.
+    let key = sharedcare_audit::note::VerifierKey::parse(&head.verifier_key).expect("verifier key");
+    assert_eq!(key.name, ORIGIN);
+    let cp = sharedcare_audit::note::open_checkpoint(&head.checkpoint, &key).expect("checkpoint opens");
+    assert_eq!((cp.size, cp.root.to_vec()), (600, head.root_hash.clone()));
+    assert_eq!(log.checkpoint().await.expect("served"), head.checkpoint);
+
+    // Tiles: full ones and the partial right edge, cut to any width the tree has reached.
+    let id = |level, index| sharedcare_audit::tiles::TileId { level, index };
+    let full = log.tile(id(0, 1), 256).await.expect("tile").expect("0/1 is full");
+    assert_eq!(full, leaves[256..512].concat());
+    let edge = log.tile(id(0, 2), 88).await.expect("tile").expect("0/2 has 88");
+    assert_eq!(edge, leaves[512..600].concat());
+    assert_eq!(
+        log.tile(id(0, 2), 40).await.expect("tile"),
+        Some(leaves[512..552].concat())
+    );
+    assert_eq!(log.tile(id(0, 2), 89).await.expect("tile"), None, "beyond the tree");
+    assert_eq!(log.tile(id(0, 3), 1).await.expect("tile"), None, "beyond the tree");
+    let level1 = log.tile(id(1, 0), 2).await.expect("tile").expect("1/0 has 2");
+    assert_eq!(level1, [mth(&leaves[..256]), mth(&leaves[256..512])].concat());
+
+    // Proofs in the current tree and in an older one.
+    for (size, index) in [
+        (600u64, 0u64),
+        (600, 255),
+        (600, 256),
+        (600, 599),
+        (300, 299),
+        (257, 100),
+    ] {
+        let (entry, path) = log.inclusion(index, size).await.expect("inclusion");
+        let path: Vec<Vec<u8>> = path.iter().map(|h| h.to_vec()).collect();
+        let leaf = independent::leaf(sharedcare_audit::log::leaf_data(&entry).as_bytes());
+        assert!(
+            independent::inclusion(index, size, leaf, &path, &mth(&leaves[..size as usize])),
+            "{index} in {size}"
+        );
+    }
+    for first in [1u64, 255, 256, 300, 512, 599] {
+        let proof: Vec<Vec<u8>> = log
+            .consistency(first, 600)
+            .await
+            .expect("consistency")
+            .iter()
+            .map(|h| h.to_vec())
+            .collect();
+        assert!(
+            independent::consistency(first, 600, &mth(&leaves[..first as usize]), &head.root_hash, &proof),
+            "{first} -> 600"
+        );
+    }
+    let e = log.inclusion(0, 601).await.expect_err("beyond the log");
+    assert!(e.to_string().contains("tree_size"), "{e}");
+    assert!(log.verify().await.expect("verify").2.is_empty());
+}
+
+async fn two_entries_with_the_same_visible_fields_hash_differently(db: Db) {
+    let s = store(&db).await;
+    // The same access twice: the same person, patient, action, resources and time.
+    let (d1, e) = delivery(1, NHS);
+    let (mut d2, _) = delivery(1, NHS);
+    d2.offset = 2;
+    assert_ne!(d1.envelope.id, d2.envelope.id, "each event has its own random id");
+    let mut e = e;
+    e.time = Some(sharedcare_kit::db::timestamp(1_700_000_000_000_000));
+    s.append_all(&[(&d1, e.clone()), (&d2, e)]).await.expect("append");
+    let entries = s.entries_between(0, 2).await.expect("entries");
+    let visible = |x: &sharedcare_proto::audit::v1::AuditEntry| {
+        (
+            x.actor.clone(),
+            x.nhs_number.clone(),
+            x.action.clone(),
+            x.resources.clone(),
+            x.time,
+        )
+    };
+    assert_eq!(visible(&entries[0]), visible(&entries[1]));
+    let [a, b] = [&entries[0], &entries[1]].map(|x| independent::leaf(sharedcare_audit::log::leaf_data(x).as_bytes()));
+    assert_ne!(a, b, "a leaf commits to the entry's unguessable event id");
+}
+
+async fn a_log_stored_before_tiles_is_converted_without_changing_a_root(db: Db) {
+    use base64::Engine;
+    use ring::signature::KeyPair;
+    let s = store(&db).await;
+    // The layout before tiles: entries carrying their leaf hash, a log key, and a tree head
+    // signed over the documented bytes — written as the previous release wrote them.
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("key");
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    sqlx::query("INSERT INTO log_keys (id, pkcs8, public_key) VALUES (1, $1, $2)")
+        .bind(b64.encode(pkcs8.as_ref()))
+        .bind(b64.encode(pair.public_key().as_ref()))
+        .execute(db.writer())
+        .await
+        .expect("key");
+    let hex = |h: &[u8]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut old_leaves = Vec::new();
+    for i in 0..300i64 {
+        let entry = sharedcare_proto::audit::v1::AuditEntry {
+            event_id: format!("old-event-{i}"),
+            nhs_number: NHS.into(),
+            actor: format!("person-{i}"),
+            action: "read".into(),
+            resources: vec![format!("Patient/p/_history/{i}")],
+            outcome: "success".into(),
+            time: Some(sharedcare_kit::db::timestamp(1_700_000_000_000_000 + i)),
+            leaf_index: i as u64,
+            ..Default::default()
+        };
+        let leaf = independent::leaf(sharedcare_audit::log::leaf_data(&entry).as_bytes());
+        old_leaves.push(leaf);
+        sqlx::query(
+            "INSERT INTO entries (event_id, nhs_number, actor, actor_organisation, actor_role, action, resources, \
+             purpose, reason, outcome, time_us, trace_id, service, leaf_index, leaf_hash) \
+             VALUES ($1, $2, $3, '', '', 'read', $4, '', '', 'success', $5, '', '', $6, $7)",
+        )
+        .bind(entry.event_id.clone())
+        .bind(NHS)
+        .bind(entry.actor.clone())
+        .bind(serde_json::to_string(&entry.resources).expect("json"))
+        .bind(1_700_000_000_000_000 + i)
+        .bind(i)
+        .bind(hex(&leaf))
+        .execute(db.writer())
+        .await
+        .expect("old entry");
+    }
+    let old_root = mth(&old_leaves);
+    let ts = 1_700_000_000_000_999i64;
+    let sig = pair.sign(&sharedcare_audit::log::signed_bytes(300, ts, &old_root));
+    sqlx::query("INSERT INTO tree_heads (tree_size, root_hash, timestamp_us, signature) VALUES (300, $1, $2, $3)")
+        .bind(hex(&old_root))
+        .bind(ts)
+        .bind(b64.encode(sig.as_ref()))
+        .execute(db.writer())
+        .await
+        .expect("old head");
+
+    // Starting the service converts the log; then it grows.
+    let log = sharedcare_audit::log::Log::open(s.clone(), ORIGIN)
+        .await
+        .expect("open converts");
+    let tiles: i64 = sqlx::query("SELECT COUNT(*) FROM tiles")
+        .fetch_one(db.pool())
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(tiles, 3, "two leaf tiles and one level-1 tile");
+    append_batches(&s, 1000, 400, 128).await;
+    let head = log.sign_head().await.expect("head");
+    assert_eq!(head.tree_size, 700);
+    let proof: Vec<Vec<u8>> = log
+        .consistency(300, 700)
+        .await
+        .expect("proof")
+        .iter()
+        .map(|h| h.to_vec())
+        .collect();
+    assert!(
+        independent::consistency(300, 700, &old_root, &head.root_hash, &proof),
+        "the head signed before the migration is consistent with the head after it"
+    );
+    // The old head kept its root and signature, and gained its checkpoint.
+    let heads = s.heads().await.expect("heads");
+    let old = heads.iter().find(|h| h.size == 300).expect("old head kept");
+    assert_eq!(old.root, hex(&old_root));
+    let key = sharedcare_audit::note::VerifierKey::parse(&head.verifier_key).expect("key");
+    let cp = sharedcare_audit::note::open_checkpoint(old.checkpoint.as_deref().expect("checkpoint"), &key)
+        .expect("old head's checkpoint");
+    assert_eq!((cp.size, cp.root), (300, old_root));
+    assert!(log.verify().await.expect("verify").2.is_empty());
+}
+
 sharedcare_kit::store_suite!(
     "audit";
+    tiles_hold_the_tree_across_tile_boundaries_and_checkpoints_verify,
+    two_entries_with_the_same_visible_fields_hash_differently,
+    a_log_stored_before_tiles_is_converted_without_changing_a_root,
     queries_select_by_person_organisation_outcome_and_time,
     denials_break_glass_and_one_person_viewing_many_patients_raise_alerts_once,
     entries_export_as_fhir_audit_events,

@@ -771,7 +771,7 @@ async fn audit(args: &BenchArgs) -> anyhow::Result<()> {
     ))
     .await?;
     let store = sharedcare_audit::store::Store::new(db.clone());
-    let log = sharedcare_audit::log::Log::open(store.clone()).await?;
+    let log = sharedcare_audit::log::Log::open(store.clone(), "sharedcare.bench/audit").await?;
     println!(
         "audit log on SQLite ({}), batches of 256 AccessRecorded, {} s",
         dir.path().display(),

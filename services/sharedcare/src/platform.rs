@@ -372,7 +372,11 @@ pub async fn rebuild_passport(config: Config, fresh: bool, into: &str) -> anyhow
 /// `sharedcare audit verify`: checks the audit log in the configured database.
 pub async fn verify_audit(config: Config) -> anyhow::Result<()> {
     let db = open_db(&config, &sharedcare_audit::Audit::new(config.audit.clone())).await?;
-    let log = sharedcare_audit::log::Log::open(sharedcare_audit::store::Store::new(db.clone())).await?;
+    let log = sharedcare_audit::log::Log::open(
+        sharedcare_audit::store::Store::new(db.clone()),
+        &sharedcare_audit::note::origin(&audit_issuer(&config)),
+    )
+    .await?;
     let (entries, heads, problems) = log.verify().await?;
     db.close().await;
     if problems.is_empty() {
@@ -388,6 +392,18 @@ pub async fn verify_audit(config: Config) -> anyhow::Result<()> {
         "the audit log failed verification: {} problem(s) in {entries} entries and {heads} signed tree heads",
         problems.len()
     )
+}
+
+/// The issuer the audit log's checkpoints are named after: `auth.issuer` (services in their
+/// own processes), else `identity.issuer`, else `up`'s default.
+fn audit_issuer(config: &Config) -> String {
+    if !config.auth.issuer.is_empty() {
+        config.auth.issuer.clone()
+    } else if !config.identity.issuer.is_empty() {
+        config.identity.issuer.clone()
+    } else {
+        sharedcare_identity::default_issuer(config.http.listen)
+    }
 }
 
 /// `sharedcare operator run`: the Kubernetes operator, until SIGTERM or SIGINT.
