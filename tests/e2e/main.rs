@@ -3,6 +3,7 @@
 //!
 //! One test binary with modules (each file under `tests/` would be another binary to link).
 
+mod audit_log;
 mod bulk;
 mod consent;
 mod demo;

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod http;
 pub mod log;
 pub mod merkle;
+pub mod monitor;
 pub mod note;
 pub mod store;
 pub mod tiles;

@@ -133,6 +133,10 @@ pub enum AuditCommand {
         #[arg(long, value_name = "DIR")]
         data: Option<String>,
     },
+    /// Watch an audit log from outside, as any monitor could: fetch its signed checkpoints and
+    /// tiles over HTTP, check each checkpoint with the pinned key and against the last one seen,
+    /// and raise an ALERT (exit status 2) if the log forked, went back or serves a bad tile.
+    Monitor(crate::audit_monitor::MonitorArgs),
 }
 
 /// `sharedcare demo …`.
@@ -210,6 +214,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: PassportCommand::Rebuild { data, .. },
         } => flag("data_dir", data),
         Command::Bench(_)
+        | Command::Audit {
+            command: AuditCommand::Monitor(_),
+        }
         | Command::Demo { .. }
         | Command::Import(_)
         | Command::Operator { .. }
@@ -244,6 +251,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Verify { .. },
         } => platform::verify_audit(config).await,
+        Command::Audit {
+            command: AuditCommand::Monitor(args),
+        } => crate::audit_monitor::run(args).await,
         Command::Passport {
             command: PassportCommand::Rebuild { fresh, into, .. },
         } => platform::rebuild_passport(config, fresh, &into).await,

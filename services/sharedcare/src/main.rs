@@ -1,6 +1,7 @@
 //! `sharedcare`: the whole platform in one binary. See `sharedcare --help`.
 #![forbid(unsafe_code)]
 
+mod audit_monitor;
 mod bench;
 mod bench_export;
 mod bench_identity;
