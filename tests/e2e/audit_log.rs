@@ -303,3 +303,81 @@ async fn the_monitor_accepts_growth_and_alerts_on_a_fork_a_rollback_a_forged_che
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn after_a_kill_9_mid_append_the_next_checkpoint_is_consistent_with_the_last_published() {
+    let data = tempfile::tempdir().expect("tmp");
+    let dir = data.path().to_str().expect("path").to_string();
+    let p = up(data.path());
+    let published = head(&p).await;
+    let state = data.path().join("monitor.state");
+    std::fs::write(&state, &published.checkpoint).expect("write");
+    // A burst of audited reads, and the process killed while audit integrates them.
+    let nhs = nhs_number();
+    let id = format!("k{}", &nhs[..6]);
+    let mut records = p.records().await;
+    records
+        .put(PutRequest {
+            resource_json: patient(&id, &nhs),
+            source_organisation: "A81001".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    let burst = tokio::spawn(async move {
+        for _ in 0..5_000 {
+            let read = records.get(GetRequest {
+                resource_type: "Patient".into(),
+                id: id.clone(),
+                ..Default::default()
+            });
+            if read.await.is_err() {
+                return;
+            }
+        }
+    });
+    eventually(Duration::from_secs(30), "the burst reaching the audit log", || async {
+        (head(&p).await.tree_size > published.tree_size + 100).then_some(())
+    })
+    .await;
+    let (http_addr, grpc_addr) = (
+        p.http.trim_start_matches("http://").to_string(),
+        p.grpc.trim_start_matches("http://").to_string(),
+    );
+    p.crash();
+    let _ = burst.await;
+
+    // Back on the same addresses (the checkpoints' origin names the issuer's host and port).
+    let p = Proc::start_on(&["up", "--data", &dir], &[], &http_addr, &grpc_addr);
+    let after = head(&p).await;
+    assert!(
+        after.tree_size > published.tree_size,
+        "{} after {}",
+        after.tree_size,
+        published.tree_size
+    );
+    let token = service_token_for(&p.http, "audit.read").await;
+    let (status, stdout, stderr) = run(
+        &[
+            "audit",
+            "monitor",
+            &p.http,
+            "--key",
+            &published.verifier_key,
+            "--once",
+            "--state",
+            state.to_str().expect("path"),
+        ],
+        &[("AUDIT_MONITOR_TOKEN", token)],
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("consistent with {} entries", published.tree_size)),
+        "{stdout}"
+    );
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    let (status, stdout, stderr) = run(&["audit", "verify", "--data", &dir], &[], Duration::from_secs(60));
+    assert!(status.success(), "{stdout}{stderr}");
+}

@@ -81,13 +81,13 @@ check(job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade
 check(job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"], "the hook runs `sharedcare migrate`")
 check(not of(docs, "ServiceMonitor") and not of(docs, "Ingress"), "no ServiceMonitor or Ingress unless asked")
 
-# NetworkPolicies: only identity and the FHIR facade from the ingress; each service reaches
-# only what it needs.
+# NetworkPolicies: only identity, the FHIR facade, the web and the audit log's tiles from the
+# ingress; each service reaches only what it needs.
 policies = of(docs, "NetworkPolicy")
 for s in SERVICES:
     p = policies[f"sc-sharedcare-{s}"]["spec"]
     from_ingress = any("namespaceSelector" in peer for rule in p["ingress"] for peer in rule.get("from", []))
-    check(from_ingress == (s in ("identity", "records", "portal")), f"{s} {'is' if from_ingress else 'is not'} reachable from the ingress")
+    check(from_ingress == (s in ("identity", "records", "portal", "audit")), f"{s} {'is' if from_ingress else 'is not'} reachable from the ingress")
     check(p["policyTypes"] == ["Ingress", "Egress"], f"{s} has ingress and egress rules")
 egress = policies["sc-sharedcare-passport"]["spec"]["egress"]
 callees = [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in egress for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"]]
@@ -97,6 +97,7 @@ check({p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in c
 consent_ports = {port["port"] for rule in policies["sc-sharedcare-consent"]["spec"]["egress"] for peer in rule.get("to", []) if peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "identity" for port in rule["ports"]}
 check(consent_ports == {8080, 50051}, "consent reaches identity's keys (HTTP) and its organisation directory (gRPC)")
 check('identity_url = "http://sc-sharedcare-identity:50051"' in config, "consent reads the organisation directory from identity's Service")
+check("public_tiles = false" in config, "the audit log's tiles need a token unless auditPublicTiles is set")
 portal_out = [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in policies["sc-sharedcare-portal"]["spec"]["egress"] for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"]]
 check(sorted(set(portal_out)) == ["audit", "consent", "identity", "passport", "records"], "the portal reaches identity and the services its pages read, nothing else")
 portal_env = {e["name"]: e for e in deployments["sc-sharedcare-portal"]["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -112,6 +113,7 @@ check(paths["/passport/v1"] == "sc-sharedcare-passport" and paths["/passport"] =
 exact = [p for p in ingress["spec"]["rules"][0]["http"]["paths"] if p["pathType"] == "Exact"]
 check([(p["path"], p["backend"]["service"]["name"]) for p in exact] == [("/", "sc-sharedcare-portal")], "the start page (exactly /) to the portal, the rest of / to identity")
 check(ingress["spec"]["tls"][0]["secretName"] == "sharedcare-tls", "TLS")
+check(paths["/audit/v1"] == "sc-sharedcare-audit", "the audit log's checkpoint and tiles to audit, for monitors")
 check(of(docs, "HorizontalPodAutoscaler")["sc-sharedcare-records"]["spec"]["maxReplicas"] == 20, "autoscaling bounds from values")
 identity_out = policies = of(docs, "NetworkPolicy")["sc-sharedcare-identity"]["spec"]["egress"]
 check(any("ipBlock" in peer for rule in identity_out for peer in rule.get("to", [])), "identity may reach the upstream logins")

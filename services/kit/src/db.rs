@@ -127,7 +127,8 @@ impl Db {
                 let sql = match backend {
                     Backend::Postgres => format!("SET search_path TO {schema}"),
                     Backend::Sqlite => "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
-                         PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;"
+                         PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; \
+                         PRAGMA temp_store=MEMORY;"
                         .to_string(),
                 };
                 Box::pin(async move {

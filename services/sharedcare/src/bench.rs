@@ -6,7 +6,7 @@
 //!   `sharedcare up` started as a child process on a fresh data directory (or `--target` an
 //!   existing endpoint: put, get and search only).
 //! - `bench import`: `sharedcare import` of a generated NDJSON file into a fresh `up`.
-//! - `bench audit`: audit appends with leaf hashing, and tree heads, on embedded storage.
+//! - `bench audit`: the audit log from empty to `--entries` ([`crate::bench_audit`]).
 //! - `bench identity`: the token endpoint, code and refresh round trips, logins, verification.
 //! - `bench passport`: views as a service, a GP and a patient; freshness; rebuild
 //!   ([`crate::bench_passport`]).
@@ -43,7 +43,8 @@ pub enum What {
     Startup,
     /// Identity: client_credentials, code round trips, refresh, logins, kit verification.
     Identity,
-    /// Audit log appends (with leaf hashing) and tree-head signing, on embedded storage.
+    /// The audit log from empty to `--entries`: append rates, proofs, start-up to a signed
+    /// checkpoint and disk per entry (SQLite; Postgres when `database.url` is set).
     Audit,
     /// `sharedcare import` of a generated NDJSON file into `up` (resources/s).
     Import,
@@ -88,6 +89,13 @@ pub struct BenchArgs {
     /// Bearer token for `--target` (records).
     #[arg(long)]
     pub token: Option<String>,
+    /// Entries to append (audit).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub entries: u64,
+    /// Entries of other patients put in the audit log before `up` starts (portal: the
+    /// patient's access-log page measured over a log that size).
+    #[arg(long, default_value_t = 0)]
+    pub audit_entries: u64,
 }
 
 /// Runs a benchmark.
@@ -97,7 +105,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Records => records(&args).await,
         What::Startup => startup().await,
         What::Identity => crate::bench_identity::run(&args).await,
-        What::Audit => audit(&args).await,
+        What::Audit => crate::bench_audit::run(&config, &args).await,
         What::Import => import(&args).await,
         What::Passport => crate::bench_passport::run(&config, &args).await,
         What::PatientSearch => patient_search(&args).await,
@@ -287,8 +295,16 @@ impl UpProcess {
     /// Starts `up` under `prefix` with extra environment `env` (e.g. without the demo's
     /// clinical record, for a benchmark that counts exactly what it wrote).
     pub(crate) fn start_env(prefix: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(UpProcess, Duration)> {
+        Self::start_in(tempfile::tempdir()?, prefix, env)
+    }
+
+    /// Starts `up` on the data directory `data` (e.g. one holding a large audit log already).
+    pub(crate) fn start_in(
+        data: tempfile::TempDir,
+        prefix: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(UpProcess, Duration)> {
         use std::io::{BufRead, BufReader};
-        let data = tempfile::tempdir()?;
         let exe = std::env::current_exe()?;
         let started = Instant::now();
         let mut cmd = match prefix.split_first() {
@@ -755,103 +771,4 @@ async fn http_ok(addr: &str, path: &str) -> bool {
     }
     let mut buf = [0u8; 16];
     matches!(s.read(&mut buf).await, Ok(n) if n >= 12 && &buf[9..12] == b"200")
-}
-
-// -------------------------------------------------------------------------------------- audit
-
-async fn audit(args: &BenchArgs) -> anyhow::Result<()> {
-    use sharedcare_kit::bus::{self as kbus, Delivery};
-    use sharedcare_proto::events::v1::AccessRecorded;
-
-    let dir = tempfile::tempdir()?;
-    let url = sharedcare_kit::db::sqlite_url(dir.path(), "audit");
-    let db = sharedcare_kit::db::Db::connect(&url, "audit", 4, Duration::from_secs(5)).await?;
-    db.migrate(sharedcare_kit::service::Service::migrations(
-        &sharedcare_audit::Audit::new(Default::default()),
-    ))
-    .await?;
-    let store = sharedcare_audit::store::Store::new(db.clone());
-    let log = sharedcare_audit::log::Log::open(store.clone(), "sharedcare.bench/audit").await?;
-    println!(
-        "audit log on SQLite ({}), batches of 256 AccessRecorded, {} s",
-        dir.path().display(),
-        args.seconds
-    );
-    let batch = |start: u64| -> Vec<(Delivery, AccessRecorded)> {
-        (start..start + 256)
-            .map(|i| {
-                let e = AccessRecorded {
-                    actor: format!("555000{:06}", i % 1000),
-                    actor_organisation: "A81001".into(),
-                    action: "read".into(),
-                    resources: vec![format!("Patient/p{}/_history/1", i % 5000)],
-                    nhs_number: "9434765919".into(),
-                    purpose: "TREAT".into(),
-                    outcome: "success".into(),
-                    ..AccessRecorded::default()
-                };
-                let env = kbus::envelope(
-                    "sharedcare.events.v1.AccessRecorded",
-                    "records",
-                    "Patient/p",
-                    "9434765919",
-                    &e,
-                );
-                (
-                    Delivery {
-                        envelope: env,
-                        topic: "sharedcare.records.v1".into(),
-                        partition: 0,
-                        offset: i as i64,
-                    },
-                    e,
-                )
-            })
-            .collect()
-    };
-    let started = Instant::now();
-    let mut n = 0u64;
-    let mut h = histogram();
-    while started.elapsed() < Duration::from_secs(args.seconds) {
-        let b = batch(n);
-        let refs: Vec<(&Delivery, AccessRecorded)> = b.iter().map(|(d, e)| (d, e.clone())).collect();
-        let t = Instant::now();
-        n += store.append_all(&refs).await? as u64;
-        let _ = h.record(t.elapsed().as_micros() as u64);
-    }
-    let elapsed = started.elapsed();
-    println!(
-        "{:<28} {:>9.0}/s   batch p50 {:>7.3} ms   p99 {:>7.3} ms   (n={n})",
-        "audit append (hashed)",
-        n as f64 / elapsed.as_secs_f64(),
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0
-    );
-    let t = Instant::now();
-    let head = log.sign_head().await?;
-    println!(
-        "sign tree head over {} entries: {:.0} ms",
-        head.tree_size,
-        t.elapsed().as_secs_f64() * 1000.0
-    );
-    // The next head after 256 more entries reads only those (the frontier is in memory).
-    let b = batch(n);
-    let refs: Vec<(&Delivery, AccessRecorded)> = b.iter().map(|(d, e)| (d, e.clone())).collect();
-    store.append_all(&refs).await?;
-    let t = Instant::now();
-    let next = log.sign_head().await?;
-    println!(
-        "next tree head, {} entries later: {:.1} ms",
-        next.tree_size - head.tree_size,
-        t.elapsed().as_secs_f64() * 1000.0
-    );
-    let t = Instant::now();
-    log.inclusion(head.tree_size / 2, head.tree_size).await?;
-    println!(
-        "inclusion proof in {} entries: {:.0} ms",
-        head.tree_size,
-        t.elapsed().as_secs_f64() * 1000.0
-    );
-    db.close().await;
-    Ok(())
 }

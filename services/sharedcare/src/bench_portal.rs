@@ -12,7 +12,11 @@ use crate::bench_identity::{client, location, sign_in_back};
 
 /// `sharedcare bench portal`.
 pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let (p, _) = UpProcess::start()?;
+    let data = tempfile::tempdir()?;
+    if args.audit_entries > 0 {
+        crate::bench_audit::prefill(data.path(), args.audit_entries).await?;
+    }
+    let (p, _) = UpProcess::start_in(data, &[], &[])?;
     let base = format!("http://{}", p.http);
     // The richest demo patient's record, as `up` seeds it (every section, from six
     // organisations); her GP has a care relationship with her.
@@ -22,14 +26,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     // The GP signs in to the portal through the real pages and opens Margaret.
     let b = client(false)?;
-    let started = b.get(format!("{base}/portal/login")).send().await?;
-    let to_identity = location(&started);
-    // The sign-in is bound to this client by a cookie its callback must carry.
-    let binding = set_cookie(&started, "__Host-sc-signin=").context("no sign-in binding cookie")?;
-    let (_, back) = sign_in_back(&base, &to_identity, "gp", "demo-gp-password").await?;
-    let r = b.get(&back).header("cookie", &binding).send().await?;
-    let cookie = set_cookie(&r, "__Host-sc-portal=")
-        .with_context(|| format!("no portal session after the callback ({})", r.status()))?;
+    let cookie = sign_in(&b, &base, "/portal", "gp", "demo-gp-password").await?;
     let home = b
         .get(format!("{base}/portal/"))
         .header("cookie", &cookie)
@@ -89,7 +86,59 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Ok(())
         }
     })
+    .await?;
+
+    // Margaret, signed in to the passport pages at P9, opens "Who has looked at your record":
+    // the passport's access log (25 entries with inclusion proofs against a signed tree head),
+    // each entry checked in the portal against the audit log's own key.
+    let me = client(false)?;
+    let cookie = sign_in(&me, &base, "/passport", "patient1", "demo-patient1-password").await?;
+    let log_page = format!("{base}/passport/access-log");
+    let body = me.get(&log_page).header("cookie", &cookie).send().await?.text().await?;
+    if !body.contains("Verified in the audit log") || body.contains("Not verified") {
+        bail!("the access-log page did not verify its entries");
+    }
+    println!(
+        "the patient's access-log page (\"Who has looked at your record\", 25 entries each proved against a signed tree head) over an audit log of {}+ entries",
+        args.audit_entries
+    );
+    let (log_page, cookie) = (Arc::new(log_page), Arc::new(cookie));
+    let clients: Vec<reqwest::Client> = (0..args.connections.max(1))
+        .map(|_| client(false))
+        .collect::<anyhow::Result<_>>()?;
+    phase("access-log page (patient, proofs)", args, &clients, move |c, _| {
+        let (page, cookie) = (log_page.clone(), cookie.clone());
+        async move {
+            let r = c
+                .get(page.as_str())
+                .header("cookie", cookie.as_str())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !r.status().is_success() {
+                return Err(format!("HTTP {}", r.status()));
+            }
+            let body = r.text().await.map_err(|e| e.to_string())?;
+            if !body.contains("Verified in the audit log") || body.contains("Not verified") {
+                return Err("an entry did not verify".into());
+            }
+            Ok(())
+        }
+    })
     .await
+}
+
+/// Signs `user` in to the site's `area` (`/portal` or `/passport`) through the real pages
+/// (login, identity's sign-in, the code flow): the session cookie.
+async fn sign_in(b: &reqwest::Client, base: &str, area: &str, user: &str, password: &str) -> anyhow::Result<String> {
+    let started = b.get(format!("{base}{area}/login")).send().await?;
+    let to_identity = location(&started);
+    // The sign-in is bound to this client by a cookie its callback must carry.
+    let binding = set_cookie(&started, "__Host-sc-signin=").context("no sign-in binding cookie")?;
+    let (_, back) = sign_in_back(base, &to_identity, user, password).await?;
+    let r = b.get(&back).header("cookie", &binding).send().await?;
+    set_cookie(&r, "__Host-sc-portal=")
+        .with_context(|| format!("no portal session after the callback ({})", r.status()))
 }
 
 /// The cookie `prefix…` a response set, as `name=value`.

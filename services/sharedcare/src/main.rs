@@ -3,6 +3,7 @@
 
 mod audit_monitor;
 mod bench;
+mod bench_audit;
 mod bench_export;
 mod bench_identity;
 mod bench_operator;

@@ -24,7 +24,7 @@ pub const MAX_PEOPLE: u64 = 900_000;
 
 /// SplitMix64: a small, fast generator whose sequence for a seed never changes (a crate's
 /// could, between versions, and the population must stay the same for the same seed).
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -36,7 +36,7 @@ impl Rng {
     }
 
     /// A number in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 
