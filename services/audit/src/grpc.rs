@@ -6,8 +6,8 @@ use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_proto::audit::v1::audit_server::Audit;
 use sharedcare_proto::audit::v1::{
     ConsistencyProof, ExportAuditEventsResponse, GetConsistencyProofRequest, GetInclusionProofRequest,
-    GetTreeHeadRequest, InclusionProof, ListAlertsRequest, ListAlertsResponse, ListByPatientRequest,
-    ListByPatientResponse, QueryRequest, SignedTreeHead,
+    GetInclusionProofsRequest, GetTreeHeadRequest, InclusionProof, InclusionProofs, ListAlertsRequest,
+    ListAlertsResponse, ListByPatientRequest, ListByPatientResponse, QueryRequest, SignedTreeHead,
 };
 use tonic::{Request, Response, Status};
 
@@ -79,6 +79,52 @@ impl AuditApi {
             )));
         }
         Ok(f)
+    }
+}
+
+impl AuditApi {
+    /// Inclusion proofs for `indexes` in the tree of `tree_size` (0 = the latest head), once
+    /// `who` may read every entry asked for.
+    async fn proofs(&self, who: &Principal, indexes: &[u64], tree_size: u64) -> Result<Vec<InclusionProof>, Status> {
+        let size = if tree_size == 0 {
+            self.log.latest().await?.tree_size
+        } else {
+            tree_size
+        };
+        let found = self.log.inclusions(indexes, size).await?;
+        let mut out = Vec::with_capacity(found.len());
+        for (entry, path) in found {
+            // An entry about no patient (e.g. a read of an Organization) is for services only; a
+            // stored number that does not parse is audit's own fault, never the caller's.
+            let allowed = match entry.nhs_number.as_str() {
+                "" => matches!(who, Principal::Service { .. }) && has_scope(who, "audit.read"),
+                n => {
+                    let nhs = NhsNumber::parse(n).map_err(|e| {
+                        Status::from(AuditError::Corrupt(format!(
+                            "entry {}: nhs_number {e}",
+                            entry.leaf_index
+                        )))
+                    })?;
+                    may_read(who, &nhs)
+                }
+            };
+            if !allowed {
+                return Err(Status::permission_denied(format!(
+                    "entry {} is about a patient whose audit trail the caller may not read",
+                    entry.leaf_index
+                )));
+            }
+            let data = crate::log::leaf_data(&entry);
+            out.push(InclusionProof {
+                leaf_index: entry.leaf_index,
+                tree_size: size,
+                leaf_hash: crate::merkle::leaf_hash(data.as_bytes()).to_vec(),
+                leaf_data: data,
+                audit_path: path.iter().map(|h| h.to_vec()).collect(),
+                entry: Some(entry),
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -253,37 +299,24 @@ impl Audit for AuditApi {
     ) -> Result<Response<InclusionProof>, Status> {
         let who = self.verifier.from_metadata(request.metadata()).await?;
         let req = request.into_inner();
-        let size = if req.tree_size == 0 {
-            self.log.latest().await?.tree_size
-        } else {
-            req.tree_size
-        };
-        let (entry, path) = self.log.inclusion(req.leaf_index, size).await?;
-        // An entry about no patient (e.g. a read of an Organization) is for services only; a
-        // stored number that does not parse is audit's own fault, never the caller's.
-        let allowed = match entry.nhs_number.as_str() {
-            "" => matches!(who, Principal::Service { .. }) && has_scope(&who, "audit.read"),
-            n => {
-                let nhs = NhsNumber::parse(n).map_err(|e| {
-                    Status::from(AuditError::Corrupt(format!("entry {}: nhs_number {e}", req.leaf_index)))
-                })?;
-                may_read(&who, &nhs)
-            }
-        };
-        if !allowed {
-            return Err(Status::permission_denied(
-                "this entry is about a patient whose audit trail the caller may not read",
+        let mut proofs = self.proofs(&who, &[req.leaf_index], req.tree_size).await?;
+        Ok(Response::new(proofs.remove(0)))
+    }
+
+    async fn get_inclusion_proofs(
+        &self,
+        request: Request<GetInclusionProofsRequest>,
+    ) -> Result<Response<InclusionProofs>, Status> {
+        let who = self.verifier.from_metadata(request.metadata()).await?;
+        let req = request.into_inner();
+        if req.leaf_indexes.len() > 1000 {
+            return Err(invalid(
+                "leaf_indexes",
+                format!("{} asked for; at most 1000", req.leaf_indexes.len()),
             ));
         }
-        let data = crate::log::leaf_data(&entry);
-        Ok(Response::new(InclusionProof {
-            leaf_index: req.leaf_index,
-            tree_size: size,
-            leaf_hash: crate::merkle::leaf_hash(data.as_bytes()).to_vec(),
-            leaf_data: data,
-            audit_path: path.iter().map(|h| h.to_vec()).collect(),
-            entry: Some(entry),
-        }))
+        let proofs = self.proofs(&who, &req.leaf_indexes, req.tree_size).await?;
+        Ok(Response::new(InclusionProofs { proofs }))
     }
 
     async fn get_consistency_proof(

@@ -160,7 +160,7 @@ async fn sign_heads(log: log::Log, stop: tokio_util::sync::CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = log.sign_head().await {
+        if let Err(e) = log.sign_and_store_head().await {
             tracing::warn!(error = %e, "signing a tree head failed");
         }
     }

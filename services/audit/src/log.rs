@@ -55,6 +55,20 @@ pub struct Log {
     key: std::sync::Arc<Ed25519KeyPair>,
     /// The checkpoint origin line and note key name (`sharedcare.<issuer host>/audit`).
     origin: String,
+    /// The last head signed here and when a head was last stored; held while signing, so
+    /// that heads asked for together are signed once.
+    signing: std::sync::Arc<tokio::sync::Mutex<Signing>>,
+}
+
+/// How often at most a head signed on request is stored (the periodic signer always stores).
+pub const STORE_HEADS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+struct Signing {
+    /// The last head signed (or, after a start, stored).
+    last: Option<StoredHead>,
+    /// The size of the last head stored, and when it was.
+    stored: i64,
+    stored_at: Option<std::time::Instant>,
 }
 
 /// One thing `verify` found wrong, naming the entry, tile or head.
@@ -91,6 +105,11 @@ impl Log {
             store,
             key: std::sync::Arc::new(key),
             origin: origin.to_string(),
+            signing: std::sync::Arc::new(tokio::sync::Mutex::new(Signing {
+                last: None,
+                stored: -1,
+                stored_at: None,
+            })),
         };
         for head in log.store.heads().await? {
             if head.checkpoint.is_none()
@@ -131,29 +150,53 @@ impl Log {
         }
     }
 
-    /// Signs a head for the log as it is now, unless the latest head already covers it. Reads
-    /// only the tiles at the tree's right edge.
+    /// Signs a head for the log as it is now, unless the last head signed already covers it.
+    /// Reads only the tiles at the tree's right edge. Heads are stored (and served as the
+    /// checkpoint) at most once every [`STORE_HEADS_EVERY`]: a page that asks for a fresh head
+    /// on every view still gets one, signed, without a write per view. Any head can be
+    /// recomputed from the tiles, and its signature checks with the log's key.
     pub async fn sign_head(&self) -> Result<SignedTreeHead, AuditError> {
+        self.sign(false).await
+    }
+
+    /// Signs and stores a head for the log as it is now (the periodic signer's).
+    pub async fn sign_and_store_head(&self) -> Result<SignedTreeHead, AuditError> {
+        self.sign(true).await
+    }
+
+    async fn sign(&self, store: bool) -> Result<SignedTreeHead, AuditError> {
         let size = self.store.size().await?;
-        if let Some(head) = self.store.latest_head().await?
-            && head.size as u64 == size
+        let mut state = self.signing.lock().await;
+        if state.last.is_none()
+            && let Some(head) = self.store.latest_head().await?
         {
-            return Ok(self.head_message(head));
+            state.stored = head.size;
+            state.last = Some(head);
         }
-        let edge = self.store.tiles(&tiles::right_edge(size).into_iter().collect()).await?;
-        let root = edge.root(size).map_err(AuditError::Corrupt)?;
-        let ts = db::now_us();
-        let sig = self.key.sign(&signed_bytes(size, ts, &root));
-        self.store
-            .insert_head(&StoredHead {
-                size: size as i64,
-                root: hex(&root),
-                timestamp_us: ts,
-                signature: B64.encode(sig.as_ref()),
-                checkpoint: Some(self.checkpoint_note(size, &root)),
-            })
-            .await?;
-        self.latest().await
+        let head = match &state.last {
+            Some(head) if head.size as u64 == size => head.clone(),
+            _ => {
+                let edge = self.store.tiles(&tiles::right_edge(size).into_iter().collect()).await?;
+                let root = edge.root(size).map_err(AuditError::Corrupt)?;
+                let ts = db::now_us();
+                let sig = self.key.sign(&signed_bytes(size, ts, &root));
+                StoredHead {
+                    size: size as i64,
+                    root: hex(&root),
+                    timestamp_us: ts,
+                    signature: B64.encode(sig.as_ref()),
+                    checkpoint: Some(self.checkpoint_note(size, &root)),
+                }
+            }
+        };
+        let due = store || state.stored_at.is_none_or(|at| at.elapsed() >= STORE_HEADS_EVERY);
+        if due && state.stored != head.size {
+            self.store.insert_head(&head).await?;
+            state.stored = head.size;
+            state.stored_at = Some(std::time::Instant::now());
+        }
+        state.last = Some(head.clone());
+        Ok(self.head_message(head))
     }
 
     /// The latest signed head (signing the first one if there is none).
@@ -205,19 +248,35 @@ impl Log {
     /// The entry at `index` with its audit path in the tree of `size` leaves, from at most
     /// two tiles per level.
     pub async fn inclusion(&self, index: u64, size: u64) -> Result<(AuditEntry, Vec<Hash>), AuditError> {
+        let mut one = self.inclusions(&[index], size).await?;
+        Ok(one.remove(0))
+    }
+
+    /// The entries at `indexes` with their audit paths in the tree of `size` leaves, in the
+    /// order asked: every tile they need and every entry read in one query each.
+    pub async fn inclusions(&self, indexes: &[u64], size: u64) -> Result<Vec<(AuditEntry, Vec<Hash>)>, AuditError> {
         let invalid = |f: &str, r: String| AuditError::Invalid {
             field: f.into(),
             reason: r,
         };
-        if index >= size {
+        if let Some(index) = indexes.iter().find(|i| **i >= size) {
             return Err(invalid("leaf_index", format!("{index} is not below tree_size {size}")));
         }
         self.size_at_least(size, "tree_size").await?;
-        let needed = tiles::tiles_for(&tiles::inclusion_ranges(index, size));
-        let (entry, t) = tokio::try_join!(self.store.entry_at(index as i64), self.store.tiles(&needed))?;
-        let entry = entry.ok_or_else(|| invalid("leaf_index", format!("no entry {index}")))?;
-        let path = tiles::inclusion(index, size, &t).map_err(AuditError::Corrupt)?;
-        Ok((entry, path))
+        let ranges: Vec<(u64, u64)> = indexes.iter().flat_map(|i| tiles::inclusion_ranges(*i, size)).collect();
+        let needed = tiles::tiles_for(&ranges);
+        let (entries, t) = tokio::try_join!(self.store.entries_at(indexes), self.store.tiles(&needed))?;
+        indexes
+            .iter()
+            .map(|&index| {
+                let entry = entries
+                    .get(&index)
+                    .cloned()
+                    .ok_or_else(|| invalid("leaf_index", format!("no entry {index}")))?;
+                let path = tiles::inclusion(index, size, &t).map_err(AuditError::Corrupt)?;
+                Ok((entry, path))
+            })
+            .collect()
     }
 
     /// The consistency proof between tree sizes `first` ≤ `second`.

@@ -413,6 +413,26 @@ impl Store {
         Ok(row.as_ref().map(entry))
     }
 
+    /// The entries at `leaf_indexes` (those that exist), by leaf index.
+    pub async fn entries_at(
+        &self,
+        leaf_indexes: &[u64],
+    ) -> Result<std::collections::HashMap<u64, AuditEntry>, AuditError> {
+        if leaf_indexes.is_empty() {
+            return Ok(Default::default());
+        }
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE leaf_index IN ({})",
+            self.db.backend().marks(1, leaf_indexes.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for i in leaf_indexes {
+            q = q.bind(*i as i64);
+        }
+        let rows = q.fetch_all(self.db.pool()).await?;
+        Ok(rows.iter().map(entry).map(|e| (e.leaf_index, e)).collect())
+    }
+
     /// Entries with leaf index in `from..to`, in leaf order (for verification).
     pub async fn entries_between(&self, from: i64, to: i64) -> Result<Vec<AuditEntry>, AuditError> {
         let sql = format!(

@@ -11,7 +11,7 @@ use sharedcare_kit::auth::ServiceToken;
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::peer;
 use sharedcare_proto::audit::v1::audit_client::AuditClient;
-use sharedcare_proto::audit::v1::{GetInclusionProofRequest, GetTreeHeadRequest, ListByPatientRequest};
+use sharedcare_proto::audit::v1::{GetInclusionProofsRequest, GetTreeHeadRequest, ListByPatientRequest};
 use sharedcare_proto::passport::v1 as api;
 use tonic::transport::Channel;
 
@@ -81,29 +81,43 @@ impl AuditLog {
             .await
             .map_err(unavailable)?
             .into_inner();
-        // Signed after the entries were listed, so the head covers every one of them.
-        let head = self
+        // A head that covers every entry listed: the latest signed one when it does, else one
+        // signed now (after the listing, so it covers them).
+        let needed = listed.entries.iter().map(|e| e.leaf_index + 1).max().unwrap_or(0);
+        let mut head = self
             .client
             .clone()
-            .get_tree_head(self.request(GetTreeHeadRequest { fresh: true }).await?)
+            .get_tree_head(self.request(GetTreeHeadRequest { fresh: false }).await?)
             .await
             .map_err(unavailable)?
             .into_inner();
-        let proofs = listed.entries.iter().map(|e| async move {
+        if head.tree_size < needed {
+            head = self
+                .client
+                .clone()
+                .get_tree_head(self.request(GetTreeHeadRequest { fresh: true }).await?)
+                .await
+                .map_err(unavailable)?
+                .into_inner();
+        }
+        // Every entry's proof in one call: the tiles they need are read once.
+        let proofs = if listed.entries.is_empty() {
+            Vec::new()
+        } else {
             let req = self
-                .request(GetInclusionProofRequest {
-                    leaf_index: e.leaf_index,
+                .request(GetInclusionProofsRequest {
+                    leaf_indexes: listed.entries.iter().map(|e| e.leaf_index).collect(),
                     tree_size: head.tree_size,
                 })
                 .await?;
             self.client
                 .clone()
-                .get_inclusion_proof(req)
+                .get_inclusion_proofs(req)
                 .await
-                .map_err(unavailable)
-                .map(tonic::Response::into_inner)
-        });
-        let proofs = futures::future::try_join_all(proofs).await?;
+                .map_err(unavailable)?
+                .into_inner()
+                .proofs
+        };
         let entries = listed
             .entries
             .into_iter()
