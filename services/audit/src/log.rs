@@ -11,7 +11,7 @@ use sharedcare_proto::audit::v1::{AuditEntry, SignedTreeHead};
 
 use crate::merkle::{self, Hash};
 use crate::store::{Store, StoredHead, hex, unhex};
-use crate::tiles::{self, TileId};
+use crate::tiles::{self, Expanded, TileId, Tiles};
 use crate::{AuditError, note};
 
 /// The canonical leaf of an entry: a JSON array of its fields in this fixed order —
@@ -58,7 +58,13 @@ pub struct Log {
     /// The last head signed here and when a head was last stored; held while signing, so
     /// that heads asked for together are signed once.
     signing: std::sync::Arc<tokio::sync::Mutex<Signing>>,
+    /// Full tiles read for proofs, expanded (a full tile never changes): proofs for the same
+    /// part of the log read and hash them once. At most [`CACHED_TILES`].
+    full_tiles: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<TileId, std::sync::Arc<Expanded>>>>,
 }
+
+/// Full tiles kept expanded for proofs (about 16 KiB each).
+pub const CACHED_TILES: usize = 1024;
 
 /// How often at most a head signed on request is stored (the periodic signer always stores).
 pub const STORE_HEADS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -110,6 +116,7 @@ impl Log {
                 stored: -1,
                 stored_at: None,
             })),
+            full_tiles: Default::default(),
         };
         for head in log.store.heads().await? {
             if head.checkpoint.is_none()
@@ -265,7 +272,7 @@ impl Log {
         self.size_at_least(size, "tree_size").await?;
         let ranges: Vec<(u64, u64)> = indexes.iter().flat_map(|i| tiles::inclusion_ranges(*i, size)).collect();
         let needed = tiles::tiles_for(&ranges);
-        let (entries, t) = tokio::try_join!(self.store.entries_at(indexes), self.store.tiles(&needed))?;
+        let (entries, t) = tokio::try_join!(self.store.entries_at(indexes), self.proof_tiles(needed))?;
         indexes
             .iter()
             .map(|&index| {
@@ -279,6 +286,40 @@ impl Log {
             .collect()
     }
 
+    /// The tiles `needed` for proofs, expanded: full ones from the cache when there, the rest
+    /// read.
+    async fn proof_tiles(&self, needed: std::collections::BTreeSet<TileId>) -> Result<Tiles, AuditError> {
+        let mut t = Tiles::default();
+        let mut missing = std::collections::BTreeSet::new();
+        {
+            let cache = self.full_tiles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for id in needed {
+                match cache.get(&id) {
+                    Some(e) => {
+                        t.1.insert(id, e.clone());
+                    }
+                    None => {
+                        missing.insert(id);
+                    }
+                }
+            }
+        }
+        let read = self.store.tiles(&missing).await?;
+        let mut cache = self.full_tiles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Partial tiles are expanded for this request only; full ones are kept.
+        for (id, bytes) in read.0 {
+            let e = std::sync::Arc::new(Expanded::new(&bytes));
+            if e.is_full() {
+                if cache.len() >= CACHED_TILES {
+                    cache.clear();
+                }
+                cache.insert(id, e.clone());
+            }
+            t.1.insert(id, e);
+        }
+        Ok(t)
+    }
+
     /// The consistency proof between tree sizes `first` ≤ `second`.
     pub async fn consistency(&self, first: u64, second: u64) -> Result<Vec<Hash>, AuditError> {
         if first > second {
@@ -289,8 +330,7 @@ impl Log {
         }
         self.size_at_least(second, "second").await?;
         let t = self
-            .store
-            .tiles(&tiles::tiles_for(&tiles::consistency_ranges(first, second)))
+            .proof_tiles(tiles::tiles_for(&tiles::consistency_ranges(first, second)))
             .await?;
         tiles::consistency(first, second, &t).map_err(AuditError::Corrupt)
     }

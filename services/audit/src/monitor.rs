@@ -143,6 +143,7 @@ mod tests {
                 .into_iter()
                 .map(|(id, w)| (id, all.0[&id][..w as usize * 32].to_vec()))
                 .collect(),
+            Default::default(),
         )
     }
 

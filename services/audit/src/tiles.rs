@@ -91,14 +91,52 @@ pub fn tiles_for(ranges: &[(u64, u64)]) -> BTreeSet<TileId> {
         .collect()
 }
 
-/// Tiles read from storage: each tile's hashes, 32 bytes apiece.
+/// Tiles read from storage: each tile's hashes, 32 bytes apiece; and full tiles already
+/// expanded (from a cache: a full tile never changes).
 #[derive(Clone, Debug, Default)]
-pub struct Tiles(pub HashMap<TileId, Vec<u8>>);
+pub struct Tiles(pub HashMap<TileId, Vec<u8>>, pub HashMap<TileId, std::sync::Arc<Expanded>>);
+
+/// A tile with the root of every complete subtree inside it: `levels[k]` holds the roots of
+/// its aligned runs of 2^k hashes (level 0 the hashes themselves; for a full tile, level 8 its
+/// root). Each hash inside is computed once, however many proofs use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expanded(Vec<Vec<Hash>>);
+
+impl Expanded {
+    /// Expands a tile's bytes (full or partial).
+    pub fn new(bytes: &[u8]) -> Expanded {
+        let mut levels = vec![bytes.chunks_exact(32).map(to_hash).collect::<Vec<Hash>>()];
+        while let Some(below) = levels.last().filter(|l| l.len() > 1) {
+            let up = below.chunks_exact(2).map(|p| merkle::node_hash(&p[0], &p[1])).collect();
+            levels.push(up);
+        }
+        Expanded(levels)
+    }
+
+    /// Whether the tile is full (and so never changes).
+    pub fn is_full(&self) -> bool {
+        self.0[0].len() == WIDTH as usize
+    }
+
+    /// The root of a full tile (the hash the level above holds for it).
+    pub fn root(&self) -> Option<Hash> {
+        self.0.get(HEIGHT as usize).map(|l| l[0])
+    }
+}
 
 impl Tiles {
     /// The root of the complete subtree of height `height` at `index`.
     pub fn subtree(&self, height: u32, index: u64) -> Result<Hash, String> {
         let (id, offset, count) = source(height, index);
+        if let Some(e) = self.1.get(&id) {
+            let within = count.trailing_zeros() as usize;
+            return e
+                .0
+                .get(within)
+                .and_then(|l| l.get(offset >> within))
+                .copied()
+                .ok_or_else(|| format!("tile {}/{} holds fewer than the {} hashes needed", id.level, id.index, offset + count));
+        }
         let bytes = self
             .0
             .get(&id)
@@ -358,6 +396,28 @@ mod tests {
         assert!(t.len() <= 2 * 3 + 1, "{t:?}");
         let head: Vec<TileId> = tiles_for(&[(0, n)]).into_iter().collect();
         assert_eq!(head, right_edge(n));
+    }
+
+    #[test]
+    fn an_expanded_tile_gives_the_same_subtree_roots() {
+        let all = leaves(700);
+        let raw = build(&all, 700);
+        let mut cached = raw.clone();
+        for id in [TileId { level: 0, index: 0 }, TileId { level: 0, index: 1 }] {
+            let e = Expanded::new(&raw.0[&id]);
+            assert_eq!(e.root().expect("full"), merkle::root(&all[id.index as usize * 256..(id.index as usize + 1) * 256]));
+            cached.0.remove(&id);
+            cached.1.insert(id, std::sync::Arc::new(e));
+        }
+        let edge = TileId { level: 0, index: 2 };
+        let partial = Expanded::new(&raw.0[&edge]);
+        assert!(!partial.is_full() && partial.root().is_none(), "partial");
+        cached.0.remove(&edge);
+        cached.1.insert(edge, std::sync::Arc::new(partial));
+        for (m, n) in [(3u64, 700u64), (300, 700), (511, 600), (0, 512)] {
+            assert_eq!(inclusion(m, n, &cached), inclusion(m, n, &raw), "{m}/{n}");
+            assert_eq!(consistency(m + 1, n, &cached), consistency(m + 1, n, &raw), "{m}->{n}");
+        }
     }
 
     #[test]
