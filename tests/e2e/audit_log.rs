@@ -20,9 +20,8 @@ async fn head(p: &Proc) -> SignedTreeHead {
         .into_inner()
 }
 
-/// Writes a patient and reads it `reads` times (each read audited); returns its NHS number
-/// once the log holds at least `at_least` entries.
-async fn audited_reads(p: &Proc, reads: usize, at_least: u64) -> String {
+/// Writes a new patient: its NHS number, id, and the records client that wrote it.
+async fn new_patient(p: &Proc) -> (String, String, crate::harness::Records) {
     let nhs = nhs_number();
     let id = format!("p{}", &nhs[..6]);
     let mut records = p.records().await;
@@ -34,6 +33,13 @@ async fn audited_reads(p: &Proc, reads: usize, at_least: u64) -> String {
         })
         .await
         .expect("put");
+    (nhs, id, records)
+}
+
+/// Writes a patient and reads it `reads` times (each read audited); returns its NHS number
+/// once the log holds at least `at_least` entries.
+async fn audited_reads(p: &Proc, reads: usize, at_least: u64) -> String {
+    let (nhs, id, mut records) = new_patient(p).await;
     for _ in 0..reads {
         records
             .get(GetRequest {
@@ -175,14 +181,7 @@ async fn go_sumdb_tlog_checks_the_checkpoint_tiles_an_inclusion_and_a_consistenc
 async fn log_key(data: &std::path::Path) -> ring::signature::Ed25519KeyPair {
     use base64::Engine;
     use sqlx::Row;
-    let db = sharedcare_kit::db::Db::connect(
-        &sharedcare_kit::db::sqlite_url(data, "audit"),
-        "audit",
-        1,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("open audit.db");
+    let db = crate::harness::audit_db(data).await;
     let pkcs8: String = sqlx::query("SELECT pkcs8 FROM log_keys WHERE id = 1")
         .fetch_one(db.pool())
         .await
@@ -281,14 +280,7 @@ async fn the_monitor_accepts_growth_and_alerts_on_a_fork_a_rollback_a_forged_che
 
     // Someone with database access changes a leaf hash in a tile: a monitor starting afresh
     // reads every tile and finds it; `audit verify` names the entry and the tile.
-    let db = sharedcare_kit::db::Db::connect(
-        &sharedcare_kit::db::sqlite_url(data.path(), "audit"),
-        "audit",
-        1,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("open audit.db");
+    let db = crate::harness::audit_db(data.path()).await;
     let mut tile: Vec<u8> = {
         use sqlx::Row;
         sqlx::query("SELECT hashes FROM tiles WHERE level = 0 AND idx = 0")
@@ -327,17 +319,7 @@ async fn after_a_kill_9_mid_append_the_next_checkpoint_is_consistent_with_the_la
     let state = data.path().join("monitor.state");
     std::fs::write(&state, &published.checkpoint).expect("write");
     // A burst of audited reads, and the process killed while audit integrates them.
-    let nhs = nhs_number();
-    let id = format!("k{}", &nhs[..6]);
-    let mut records = p.records().await;
-    records
-        .put(PutRequest {
-            resource_json: patient(&id, &nhs),
-            source_organisation: "A81001".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("put");
+    let (_, id, mut records) = new_patient(&p).await;
     let burst = tokio::spawn(async move {
         for _ in 0..5_000 {
             let read = records.get(GetRequest {
@@ -394,4 +376,47 @@ async fn after_a_kill_9_mid_append_the_next_checkpoint_is_consistent_with_the_la
     assert!(status.success());
     let (status, stdout, stderr) = run(&["audit", "verify", "--data", &dir], &[], Duration::from_secs(60));
     assert!(status.success(), "{stdout}{stderr}");
+}
+
+#[tokio::test]
+async fn with_public_tiles_anyone_reads_the_checkpoint_and_tiles_but_never_an_entry() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = Proc::start(
+        &["up", "--data", data.path().to_str().expect("path")],
+        &[("SHAREDCARE_AUDIT__PUBLIC_TILES", "true".into())],
+    );
+    let c = http();
+    // The checkpoint served follows the log within the signing interval (10 s).
+    let size = eventually(
+        Duration::from_secs(20),
+        "a checkpoint of the demo's entries",
+        || async {
+            let r = c
+                .get(format!("{}/audit/v1/checkpoint", p.http))
+                .send()
+                .await
+                .expect("get");
+            assert_eq!(r.status().as_u16(), 200);
+            assert_eq!(r.headers()["cache-control"], "public, max-age=5");
+            let note = r.text().await.expect("body");
+            let size: u64 = note.lines().nth(1).and_then(|l| l.parse().ok()).expect("size line");
+            (size > 0).then_some(size)
+        },
+    )
+    .await;
+    let width = size.min(256);
+    let path = if width == 256 {
+        "tile/0/000".to_string()
+    } else {
+        format!("tile/0/000.p/{width}")
+    };
+    let r = c.get(format!("{}/audit/v1/{path}", p.http)).send().await.expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.bytes().await.expect("body").len() as u64, width * 32);
+    let r = c
+        .get(format!("{}/audit/v1/tile/entries/000", p.http))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 404, "entry bundles are never served");
 }

@@ -195,7 +195,7 @@ impl Proc {
     }
 
     /// A records client calling as the demo integration service.
-    pub async fn records(&self) -> RecordsClient<InterceptedService<Channel, Bearer>> {
+    pub async fn records(&self) -> Records {
         RecordsClient::new(self.authorised().await)
     }
 
@@ -383,6 +383,22 @@ pub async fn audit_trail(proc_: &Proc, nhs: &str) -> Vec<(String, String, Vec<St
 
 pub const SERVICE_ID: &str = "ics-integration";
 pub const SERVICE_SECRET: &str = "demo-integration-secret-95be0d27aa";
+
+/// A records client calling as the demo integration service.
+pub type Records = RecordsClient<InterceptedService<Channel, Bearer>>;
+
+/// The audit service's embedded store in `up`'s data directory `data` (what someone with
+/// access to the disk could change).
+pub async fn audit_db(data: &std::path::Path) -> sharedcare_kit::db::Db {
+    sharedcare_kit::db::Db::connect(
+        &sharedcare_kit::db::sqlite_url(data, "audit"),
+        "audit",
+        1,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("open audit.db")
+}
 
 /// `up` on `data`, with the demo ICS but not its clinical record (see [`command`]).
 pub fn up(data: &std::path::Path) -> Proc {

@@ -454,14 +454,7 @@ async fn the_audit_log_proves_an_access_and_verify_names_a_quietly_edited_entry(
     assert!(stdout.contains("audit log verified"), "{stdout}");
 
     // Someone with database access quietly rewrites who looked.
-    let db = sharedcare_kit::db::Db::connect(
-        &sharedcare_kit::db::sqlite_url(data.path(), "audit"),
-        "audit",
-        1,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("open audit.db");
+    let db = crate::harness::audit_db(data.path()).await;
     sqlx::query("UPDATE entries SET actor = 'someone-else' WHERE leaf_index = $1")
         .bind(index as i64)
         .execute(db.writer())

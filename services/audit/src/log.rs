@@ -292,7 +292,10 @@ impl Log {
         let mut t = Tiles::default();
         let mut missing = std::collections::BTreeSet::new();
         {
-            let cache = self.full_tiles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let cache = self
+                .full_tiles
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for id in needed {
                 match cache.get(&id) {
                     Some(e) => {
@@ -305,7 +308,10 @@ impl Log {
             }
         }
         let read = self.store.tiles(&missing).await?;
-        let mut cache = self.full_tiles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self
+            .full_tiles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Partial tiles are expanded for this request only; full ones are kept.
         for (id, bytes) in read.0 {
             let e = std::sync::Arc::new(Expanded::new(&bytes));

@@ -94,7 +94,10 @@ pub fn tiles_for(ranges: &[(u64, u64)]) -> BTreeSet<TileId> {
 /// Tiles read from storage: each tile's hashes, 32 bytes apiece; and full tiles already
 /// expanded (from a cache: a full tile never changes).
 #[derive(Clone, Debug, Default)]
-pub struct Tiles(pub HashMap<TileId, Vec<u8>>, pub HashMap<TileId, std::sync::Arc<Expanded>>);
+pub struct Tiles(
+    pub HashMap<TileId, Vec<u8>>,
+    pub HashMap<TileId, std::sync::Arc<Expanded>>,
+);
 
 /// A tile with the root of every complete subtree inside it: `levels[k]` holds the roots of
 /// its aligned runs of 2^k hashes (level 0 the hashes themselves; for a full tile, level 8 its
@@ -135,7 +138,14 @@ impl Tiles {
                 .get(within)
                 .and_then(|l| l.get(offset >> within))
                 .copied()
-                .ok_or_else(|| format!("tile {}/{} holds fewer than the {} hashes needed", id.level, id.index, offset + count));
+                .ok_or_else(|| {
+                    format!(
+                        "tile {}/{} holds fewer than the {} hashes needed",
+                        id.level,
+                        id.index,
+                        offset + count
+                    )
+                });
         }
         let bytes = self
             .0
@@ -405,7 +415,10 @@ mod tests {
         let mut cached = raw.clone();
         for id in [TileId { level: 0, index: 0 }, TileId { level: 0, index: 1 }] {
             let e = Expanded::new(&raw.0[&id]);
-            assert_eq!(e.root().expect("full"), merkle::root(&all[id.index as usize * 256..(id.index as usize + 1) * 256]));
+            assert_eq!(
+                e.root().expect("full"),
+                merkle::root(&all[id.index as usize * 256..(id.index as usize + 1) * 256])
+            );
             cached.0.remove(&id);
             cached.1.insert(id, std::sync::Arc::new(e));
         }

@@ -63,27 +63,11 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "portal over HTTP/1.1 keep-alive at {base}: the GP's summary page of the richest demo patient (Margaret Evans: every section, from four organisations), {} in flight, {} s; each page: session read, passport view (consent decision + durable audit entry), render",
         args.concurrency, args.seconds
     );
-    let clients: Vec<reqwest::Client> = (0..args.connections.max(1))
-        .map(|_| client(false))
-        .collect::<anyhow::Result<_>>()?;
-    let (page, cookie) = (Arc::new(page), Arc::new(cookie));
-    phase("summary page (GP, consent + audit)", args, &clients, move |c, _| {
-        let (page, cookie) = (page.clone(), cookie.clone());
-        async move {
-            let r = c
-                .get(page.as_str())
-                .header("cookie", cookie.as_str())
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !r.status().is_success() {
-                return Err(format!("HTTP {}", r.status()));
-            }
-            let body = r.text().await.map_err(|e| e.to_string())?;
-            if !body.contains("patient-name") {
-                return Err("not the summary page".into());
-            }
+    pages("summary page (GP, consent + audit)", args, page, cookie, |body| {
+        if body.contains("patient-name") {
             Ok(())
+        } else {
+            Err("not the summary page".into())
         }
     })
     .await?;
@@ -102,12 +86,30 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "the patient's access-log page (\"Who has looked at your record\", 25 entries each proved against a signed tree head) over an audit log of {}+ entries",
         args.audit_entries
     );
-    let (log_page, cookie) = (Arc::new(log_page), Arc::new(cookie));
+    pages("access-log page (patient, proofs)", args, log_page, cookie, |body| {
+        if body.contains("Verified in the audit log") && !body.contains("Not verified") {
+            Ok(())
+        } else {
+            Err("an entry did not verify".into())
+        }
+    })
+    .await
+}
+
+/// Measures GETs of `page` with the session `cookie`, each body passing `check`.
+async fn pages(
+    name: &str,
+    args: &BenchArgs,
+    page: String,
+    cookie: String,
+    check: fn(&str) -> Result<(), String>,
+) -> anyhow::Result<()> {
     let clients: Vec<reqwest::Client> = (0..args.connections.max(1))
         .map(|_| client(false))
         .collect::<anyhow::Result<_>>()?;
-    phase("access-log page (patient, proofs)", args, &clients, move |c, _| {
-        let (page, cookie) = (log_page.clone(), cookie.clone());
+    let (page, cookie) = (Arc::new(page), Arc::new(cookie));
+    phase(name, args, &clients, move |c, _| {
+        let (page, cookie) = (page.clone(), cookie.clone());
         async move {
             let r = c
                 .get(page.as_str())
@@ -118,11 +120,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             if !r.status().is_success() {
                 return Err(format!("HTTP {}", r.status()));
             }
-            let body = r.text().await.map_err(|e| e.to_string())?;
-            if !body.contains("Verified in the audit log") || body.contains("Not verified") {
-                return Err("an entry did not verify".into());
-            }
-            Ok(())
+            check(&r.text().await.map_err(|e| e.to_string())?)
         }
     })
     .await
