@@ -32,6 +32,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
+/// The synthetic population's seed the record-writing benchmarks draw people from.
+pub(crate) const BENCH_SEED: u64 = 1;
+
 /// What to measure.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum What {
@@ -487,21 +490,26 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         "records over gRPC at {grpc}, {} in flight, {} s per phase",
         args.concurrency, args.seconds
     );
-    let nhs: Vec<String> = (0..100_000u32)
-        .filter_map(|i| sharedcare_kit::nhs::NhsNumber::from_stem(943_400_000 + i))
-        .map(|n| n.to_string())
-        .collect();
+    // The synthetic population's people (`demo population`'s generator): the n-th put is
+    // person n's Patient, NHS numbers going round the first 100,000.
+    let nhs: Vec<String> = crate::population::nhs_numbers(100_000).collect();
     let nhs = Arc::new(nhs);
     let ids = Arc::new(AtomicU64::new(0));
+    let today = chrono::Utc::now().date_naive();
     phase("put (new Patient each)", args, &clients, {
         let (nhs, ids) = (nhs.clone(), ids.clone());
         move |mut c, n| {
-            let body = format!(
-                r#"{{"resourceType":"Patient","id":"bench-{n}","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{}"}}],"name":[{{"family":"Bench","given":["Pat"]}}],"birthDate":"1970-01-01"}}"#,
-                nhs[(n % nhs.len() as u64) as usize]
-            );
+            let body = crate::population::patient_at(today, BENCH_SEED, n, &nhs[(n % nhs.len() as u64) as usize]);
             ids.fetch_max(n + 1, Ordering::Relaxed);
-            async move { c.put(PutRequest { resource_json: body, source_organisation: "A81001".into(), ..Default::default() }).await.map(|_| ()) }
+            async move {
+                c.put(PutRequest {
+                    resource_json: body,
+                    source_organisation: "A81001".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+            }
         }
     })
     .await?;
@@ -516,7 +524,7 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
     phase("get (by id)", args, &clients, move |mut c, n| async move {
         c.get(GetRequest {
             resource_type: "Patient".into(),
-            id: format!("bench-{}", n % stored),
+            id: crate::population::patient_id(BENCH_SEED, n % stored),
             ..Default::default()
         })
         .await
@@ -529,7 +537,7 @@ async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         &clients,
         move |mut c, n| async move {
             c.search(SearchRequest {
-                patient: format!("bench-{}", n % stored),
+                patient: crate::population::patient_id(BENCH_SEED, n % stored),
                 page_size: 20,
                 ..Default::default()
             })

@@ -21,13 +21,14 @@ use sharedcare_proto::passport::v1::passport_client::PassportClient;
 use sharedcare_proto::records::v1::PutRequest;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
 
+use crate::bench::BENCH_SEED;
 use crate::bench::{Bearer, BenchArgs, UpProcess, demo_service_token, histogram, phase, report};
 use crate::config::Config;
 
 type Passports = PassportClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
 type Writers = RecordsClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
 
-/// Patients the passport bench writes (each a Patient, a Condition, a medicine, an encounter).
+/// People of the synthetic population the passport bench writes (their whole records).
 const PASSPORT_PATIENTS: u32 = 500;
 
 /// `sharedcare bench passport`.
@@ -44,51 +45,51 @@ pub(crate) async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()>
         writers.push(RecordsClient::with_interceptor(channel.clone(), bearer.clone()));
         readers.push(PassportClient::with_interceptor(channel, bearer.clone()));
     }
-    let nhs: Vec<String> = (0..PASSPORT_PATIENTS * 2)
-        .filter_map(|i| sharedcare_kit::nhs::NhsNumber::from_stem(943_500_000 + i))
-        .map(|n| n.to_string())
-        .take(PASSPORT_PATIENTS as usize)
+    // The synthetic population's first people (`demo population`'s generator), their whole
+    // records, each resource put by the organisation that writes it.
+    let today = chrono::Utc::now().date_naive();
+    let nhs: Vec<String> = crate::population::nhs_numbers(u64::from(PASSPORT_PATIENTS)).collect();
+    let records: Vec<_> = nhs
+        .iter()
+        .enumerate()
+        .map(|(i, n)| crate::population::person_at(today, BENCH_SEED, i as u64, n))
         .collect();
+    let total: usize = records.iter().map(|r| r.resources()).sum();
     println!(
-        "passport over gRPC at {}, {} patients with 4 resources each, {} in flight, {} s per phase",
+        "passport over gRPC at {}, {} people of the synthetic population ({total} resources), {} in flight, {} s per phase",
         p.grpc,
         nhs.len(),
         args.concurrency,
         args.seconds
     );
-    let resources = |i: usize, n: &str| {
-        let subject = format!(r#"{{"reference":"Patient/pp-{i}"}}"#);
-        [
-            format!(
-                r#"{{"resourceType":"Patient","id":"pp-{i}","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{n}"}}],"name":[{{"family":"Bench","given":["Pat"]}}]}}"#
-            ),
-            format!(
-                r#"{{"resourceType":"Condition","id":"pc-{i}","subject":{subject},"code":{{"coding":[{{"system":"http://snomed.info/sct","code":"44054006","display":"Type 2 diabetes mellitus"}}]}}}}"#
-            ),
-            format!(
-                r#"{{"resourceType":"MedicationStatement","id":"pm-{i}","status":"active","subject":{subject},"medicationCodeableConcept":{{"text":"Metformin 500mg tablets"}}}}"#
-            ),
-            format!(
-                r#"{{"resourceType":"Encounter","id":"pe-{i}","status":"finished","subject":{subject},"class":{{"code":"AMB"}},"period":{{"start":"2026-11-20T09:00:00Z"}}}}"#
-            ),
-        ]
-    };
     // The demo patients too, for the staff and self views: their records as `up` seeds them
     // (their GP, Riverside, has a care relationship with each).
     let demo: Vec<String> = sharedcare_identity::demo::patients()
         .into_iter()
         .map(|(p, _)| p.nhs_number)
         .collect();
-    let mut w = writers[0].clone();
-    for (i, n) in nhs.iter().enumerate() {
-        for body in resources(i, n) {
-            w.put(PutRequest {
-                resource_json: body,
-                source_organisation: "A81001".into(),
-                ..Default::default()
-            })
-            .await?;
+    let mut writing = tokio::task::JoinSet::new();
+    for (i, record) in records.into_iter().enumerate() {
+        let mut w = writers[i % writers.len()].clone();
+        writing.spawn(async move {
+            for part in &record.parts {
+                for r in &part.resources {
+                    w.put(PutRequest {
+                        resource_json: r.to_string(),
+                        source_organisation: part.org.into(),
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+            }
+            Ok::<(), tonic::Status>(())
+        });
+        if writing.len() >= args.concurrency.max(1) {
+            writing.join_next().await.context("a writer")???;
         }
+    }
+    while let Some(done) = writing.join_next().await {
+        done??;
     }
     // Freshness: from the last write's answer to the passport showing it.
     let last = nhs.last().context("no patients")?.clone();
@@ -110,8 +111,7 @@ pub(crate) async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     println!(
-        "write of {} resources → last one in the passport: {:.1} ms after the last write",
-        nhs.len() * 4,
+        "write of {total} resources → the last person's in the passport: {:.1} ms after the last write",
         written.elapsed().as_secs_f64() * 1000.0
     );
     views("GetPassport (service, decided + audited)", args, &readers, nhs.clone()).await?;
@@ -141,7 +141,8 @@ pub(crate) async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()>
 async fn freshness(args: &BenchArgs, writers: &[Writers], reader: &Passports, nhs: &[String]) -> anyhow::Result<()> {
     let observation = |id: String, patient: usize| PutRequest {
         resource_json: format!(
-            r#"{{"resourceType":"Observation","id":"{id}","status":"final","subject":{{"reference":"Patient/pp-{patient}"}},"code":{{"text":"blood pressure"}}}}"#
+            r#"{{"resourceType":"Observation","id":"{id}","status":"final","subject":{{"reference":"Patient/{}"}},"code":{{"text":"blood pressure"}}}}"#,
+            crate::population::patient_id(BENCH_SEED, patient as u64)
         ),
         source_organisation: "A81001".into(),
         ..Default::default()
@@ -217,10 +218,9 @@ async fn freshness(args: &BenchArgs, writers: &[Writers], reader: &Passports, nh
     Ok(())
 }
 
-/// Events the rebuild phase replays: resources (two versions of each) for patients, and one
-/// sharing state each.
+/// People whose records the rebuild phase replays (every resource in two versions, and one
+/// sharing state each).
 const REBUILD_PATIENTS: u32 = 2_000;
-const REBUILD_PER_PATIENT: u32 = 100;
 
 /// A rebuild of the read model from a log of generated state events into an empty store:
 /// on the configured Kafka and Postgres, else an embedded log and SQLite in a temp directory.
@@ -251,28 +251,30 @@ async fn rebuild(config: &Config) -> anyhow::Result<()> {
         )
     };
     let mut events: Vec<Outgoing> = Vec::new();
-    let patients = (0..REBUILD_PATIENTS * 2)
-        .filter_map(|i| sharedcare_kit::nhs::NhsNumber::from_stem(944_000_000 + i))
-        .take(REBUILD_PATIENTS as usize);
-    for (p, nhs) in patients.enumerate() {
-        let nhs = nhs.to_string();
-        for i in 0..REBUILD_PER_PATIENT {
-            let (id, version) = (format!("rb-{p}-{}", i / 2), i64::from(i % 2) + 1);
-            let state = RecordState {
-                resource_type: "Condition".into(),
-                id: id.clone(),
-                version,
-                nhs_number: nhs.clone(),
-                source_organisation: "A81001".into(),
-                last_updated: Some(sharedcare_kit::db::timestamp(1_790_000_000_000_000 + i64::from(i))),
-                resource_json: format!(
-                    r#"{{"resourceType":"Condition","id":"{id}","code":{{"coding":[{{"system":"http://snomed.info/sct","code":"44054006","display":"Type 2 diabetes mellitus"}}]}},"clinicalStatus":{{"coding":[{{"code":"active"}}]}},"onsetDateTime":"2019-04-01"}}"#
-                ),
-                labels: Vec::new(),
-                deleted: false,
-            };
-            let e = bus::envelope(sharedcare_passport::events::RECORD_STATE, "records", &id, &nhs, &state);
-            events.push(Outgoing::new(sharedcare_passport::RECORD_STATE_TOPIC, &e));
+    // The synthetic population's first people: every resource of their records, two versions
+    // each, as records publishes them.
+    let today = chrono::Utc::now().date_naive();
+    for (p, nhs) in crate::population::nhs_numbers(u64::from(REBUILD_PATIENTS)).enumerate() {
+        let record = crate::population::person_at(today, BENCH_SEED, p as u64, &nhs);
+        for part in &record.parts {
+            for r in &part.resources {
+                let id = r["id"].as_str().unwrap_or_default().to_string();
+                for version in [1i64, 2] {
+                    let state = RecordState {
+                        resource_type: r["resourceType"].as_str().unwrap_or_default().into(),
+                        id: id.clone(),
+                        version,
+                        nhs_number: nhs.clone(),
+                        source_organisation: part.org.into(),
+                        last_updated: Some(sharedcare_kit::db::timestamp(1_790_000_000_000_000 + version)),
+                        resource_json: r.to_string(),
+                        labels: Vec::new(),
+                        deleted: false,
+                    };
+                    let e = bus::envelope(sharedcare_passport::events::RECORD_STATE, "records", &id, &nhs, &state);
+                    events.push(Outgoing::new(sharedcare_passport::RECORD_STATE_TOPIC, &e));
+                }
+            }
         }
         let sharing = SharingState {
             nhs_number: nhs.clone(),

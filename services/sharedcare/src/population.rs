@@ -175,14 +175,42 @@ const ADMISSIONS: &[(&str, &str)] = &[
     ("2776000", "Delirium"),
 ];
 
-/// One person of the population: `i` in `0..`, their NHS number's stem following `stem`.
-fn person(today: NaiveDate, seed: u64, i: u64, rng: &mut Rng, stem: &mut u32) -> Record {
-    let nhs = loop {
-        *stem += 1;
-        if let Some(n) = NhsNumber::from_stem(*stem) {
-            break n.as_str().to_string();
-        }
-    };
+/// Person `i`'s own generator: every person is drawn from a generator seeded by `seed` and
+/// `i`, so any person can be drawn without drawing those before them.
+fn rng_for(seed: u64, i: u64) -> Rng {
+    let mut r = Rng(seed ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    r.next();
+    r
+}
+
+/// The first `count` NHS numbers of a population, in order: valid numbers from 999 000 000 up,
+/// the range never issued to people (so two populations share numbers; load one at a time).
+pub fn nhs_numbers(count: u64) -> impl Iterator<Item = String> {
+    (999_000_000u32..)
+        .filter_map(NhsNumber::from_stem)
+        .map(|n| n.as_str().to_string())
+        .take(count as usize)
+}
+
+/// Person `i`'s Patient resource id.
+pub fn patient_id(seed: u64, i: u64) -> String {
+    format!("syn-{seed}-{i}")
+}
+
+/// Who person `i` is: their Patient, drawn first from their own generator (which then goes on
+/// to draw their record).
+struct Drawn {
+    rng: Rng,
+    female: bool,
+    given: &'static str,
+    family: &'static str,
+    age: i64,
+    born: String,
+    postcode: String,
+}
+
+fn draw(today: NaiveDate, seed: u64, i: u64) -> Drawn {
+    let mut rng = rng_for(seed, i);
     let female = rng.chance(51);
     let given = *rng.pick(if female { GIVEN_FEMALE } else { GIVEN_MALE });
     let family = *rng.pick(FAMILY);
@@ -197,19 +225,51 @@ fn person(today: NaiveDate, seed: u64, i: u64, rng: &mut Rng, stem: &mut u32) ->
         (b'A' + rng.below(26) as u8) as char,
         (b'A' + rng.below(26) as u8) as char
     );
-    let id = format!("syn-{seed}-{i}");
-    let mut s = Story::of(
+    Drawn {
+        rng,
+        female,
+        given,
+        family,
+        age,
+        born,
+        postcode,
+    }
+}
+
+/// Person `i`'s story so far: their Patient, written by the practice.
+fn story(today: NaiveDate, seed: u64, i: u64, nhs: &str, d: &Drawn) -> Story {
+    Story::of(
         today,
         &Person {
-            id,
-            nhs_number: &nhs,
-            given,
-            family,
-            born: &born,
-            gender: if female { "female" } else { "male" },
-            postcode: &postcode,
+            id: patient_id(seed, i),
+            nhs_number: nhs,
+            given: d.given,
+            family: d.family,
+            born: &d.born,
+            gender: if d.female { "female" } else { "male" },
+            postcode: &d.postcode,
         },
-    );
+    )
+}
+
+/// Person `i`'s Patient resource alone, as JSON (what the record-writing benchmarks put): the
+/// same Patient their whole record starts with.
+pub fn patient_at(today: NaiveDate, seed: u64, i: u64, nhs: &str) -> String {
+    let d = draw(today, seed, i);
+    let record = story(today, seed, i, nhs, &d).finish(nhs);
+    record
+        .parts
+        .first()
+        .and_then(|p| p.resources.first())
+        .map(|r| r.to_string())
+        .unwrap_or_default()
+}
+
+/// Person `i` of the population from `seed`, with NHS number `nhs`: their whole record.
+pub fn person_at(today: NaiveDate, seed: u64, i: u64, nhs: &str) -> Record {
+    let mut d = draw(today, seed, i);
+    let mut s = story(today, seed, i, nhs, &d);
+    let (rng, age) = (&mut d.rng, d.age);
     let registered = (age * 365).min(3_000 + rng.below(5_000) as i64);
     s.episode(GP, "GP registration", registered);
     // Long-term conditions by age, with their medicines and reviews.
@@ -361,16 +421,14 @@ fn person(today: NaiveDate, seed: u64, i: u64, rng: &mut Rng, stem: &mut u32) ->
             7 + rng.below(120) as i64,
         );
     }
-    s.finish(&nhs)
+    s.finish(nhs)
 }
 
 /// The population: `people` records from `seed`, as of `today`.
 pub fn people(today: NaiveDate, seed: u64, people: u64) -> impl Iterator<Item = Record> {
-    let mut rng = Rng(seed);
-    // NHS numbers from 999 000 000 up: the range never issued to people (so two populations
-    // share numbers; load one at a time).
-    let mut stem = 999_000_000u32;
-    (0..people).map(move |i| person(today, seed, i, &mut rng, &mut stem))
+    nhs_numbers(people)
+        .enumerate()
+        .map(move |(i, nhs)| person_at(today, seed, i as u64, &nhs))
 }
 
 /// What a run wrote.
@@ -454,6 +512,24 @@ mod tests {
             "about 10-60 resources a person: {min:?}..{max:?}"
         );
         assert!((15.0..=45.0).contains(&mean), "mean {mean}");
+    }
+
+    #[test]
+    fn any_person_can_be_drawn_alone_as_the_population_draws_them() {
+        let all: Vec<Record> = people(today(), 3, 40).collect();
+        let numbers: Vec<String> = nhs_numbers(40).collect();
+        for i in [0u64, 17, 39] {
+            let alone = person_at(today(), 3, i, &numbers[i as usize]);
+            assert_eq!(
+                format!("{:?}", alone.parts),
+                format!("{:?}", all[i as usize].parts),
+                "person {i}"
+            );
+            let patient: serde_json::Value =
+                serde_json::from_str(&patient_at(today(), 3, i, &numbers[i as usize])).expect("json");
+            assert_eq!(patient, all[i as usize].parts[0].resources[0], "person {i}'s Patient");
+            assert_eq!(patient["id"], patient_id(3, i));
+        }
     }
 
     #[test]
