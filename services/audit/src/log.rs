@@ -118,10 +118,8 @@ impl Log {
             })),
             full_tiles: Default::default(),
         };
-        for head in log.store.heads().await? {
-            if head.checkpoint.is_none()
-                && let Some(root) = unhex(&head.root)
-            {
+        for head in log.store.heads_without_checkpoint().await? {
+            if let Some(root) = unhex(&head.root) {
                 let note = log.checkpoint_note(head.size as u64, &root);
                 log.store.set_checkpoint(head.size, &note).await?;
             }
@@ -452,53 +450,89 @@ impl Log {
             }
             level += 1;
         }
-        // Heads against the tiles.
+        // Heads against the tiles, a page at a time, smallest first: consecutive heads share
+        // most of their right-edge tiles, so each tile is read about once.
         let public = UnparsedPublicKey::new(&ED25519, self.public_key());
-        let heads = self.store.heads().await?;
-        for head in &heads {
-            let n = head.size as u64;
-            let Some(expected) = unhex(&head.root) else {
-                problems.push(format!("tree head {n}: root is not a hash"));
-                continue;
-            };
-            let signature = B64.decode(&head.signature).unwrap_or_default();
-            if public
-                .verify(&signed_bytes(n, head.timestamp_us, &expected), &signature)
-                .is_err()
-            {
-                problems.push(format!("tree head {n}: the signature does not verify"));
-            }
-            if let Some(cp) = &head.checkpoint {
-                let name = cp.split('\n').next().unwrap_or_default();
-                let key = note::VerifierKey {
-                    name: name.to_string(),
-                    id: note::key_id(name, &self.public_key()),
-                    key: self.public_key(),
-                };
-                match note::open_checkpoint(cp, &key) {
-                    Err(e) => problems.push(format!("tree head {n}: its checkpoint: {e}")),
-                    Ok(c) if c.size != n || c.root != expected => problems.push(format!(
-                        "tree head {n}: its checkpoint names size {} and another root",
-                        c.size
-                    )),
-                    Ok(_) => {}
+        let mut seen: std::collections::HashMap<TileId, Vec<u8>> = std::collections::HashMap::new();
+        let (mut heads, mut after) = (0usize, -1i64);
+        loop {
+            let page = self.store.heads_after(after, 1_000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.size;
+            heads += page.len();
+            for head in &page {
+                if let Some(p) = self.check_head(head, size, &public, &mut seen).await? {
+                    problems.push(p);
                 }
             }
-            if n > size {
-                problems.push(format!(
-                    "tree head {n}: the log holds only {size} entries; entries were removed"
-                ));
-                continue;
-            }
-            let t = self.store.tiles(&tiles::tiles_for(&[(0, n)])).await?;
-            match t.root(n) {
-                Ok(root) if root == expected => {}
-                Ok(_) => problems.push(format!(
-                    "tree head {n}: the tiles now stored do not produce its root; entries or tiles before {n} were altered, removed or reordered"
-                )),
-                Err(e) => problems.push(format!("tree head {n}: {e}")),
+        }
+        Ok((count as usize, heads, problems))
+    }
+
+    /// What is wrong with one signed tree head, checked against the log's key and the tiles
+    /// (read into `seen`, which is cleared when it grows large).
+    async fn check_head(
+        &self,
+        head: &StoredHead,
+        size: u64,
+        public: &UnparsedPublicKey<Vec<u8>>,
+        seen: &mut std::collections::HashMap<TileId, Vec<u8>>,
+    ) -> Result<Option<Problem>, AuditError> {
+        let n = head.size as u64;
+        let Some(expected) = unhex(&head.root) else {
+            return Ok(Some(format!("tree head {n}: root is not a hash")));
+        };
+        let signature = B64.decode(&head.signature).unwrap_or_default();
+        if public
+            .verify(&signed_bytes(n, head.timestamp_us, &expected), &signature)
+            .is_err()
+        {
+            return Ok(Some(format!("tree head {n}: the signature does not verify")));
+        }
+        if let Some(cp) = &head.checkpoint {
+            let name = cp.split('\n').next().unwrap_or_default();
+            let key = note::VerifierKey {
+                name: name.to_string(),
+                id: note::key_id(name, &self.public_key()),
+                key: self.public_key(),
+            };
+            match note::open_checkpoint(cp, &key) {
+                Err(e) => return Ok(Some(format!("tree head {n}: its checkpoint: {e}"))),
+                Ok(c) if c.size != n || c.root != expected => {
+                    return Ok(Some(format!(
+                        "tree head {n}: its checkpoint names size {} and another root",
+                        c.size
+                    )));
+                }
+                Ok(_) => {}
             }
         }
-        Ok((count as usize, heads.len(), problems))
+        if n > size {
+            return Ok(Some(format!(
+                "tree head {n}: the log holds only {size} entries; entries were removed"
+            )));
+        }
+        let needed = tiles::tiles_for(&[(0, n)]);
+        if seen.len() + needed.len() > CACHED_TILES {
+            seen.clear();
+        }
+        let missing: std::collections::BTreeSet<TileId> =
+            needed.iter().filter(|id| !seen.contains_key(id)).copied().collect();
+        let read = self.store.tiles(&missing).await?;
+        seen.extend(read.0);
+        let t = Tiles(
+            needed
+                .iter()
+                .filter_map(|id| seen.get(id).map(|b| (*id, b.clone())))
+                .collect(),
+            Default::default(),
+        );
+        Ok(match t.root(n) {
+            Ok(root) if root == expected => None,
+            Ok(_) => Some(format!(
+                "tree head {n}: the tiles now stored do not produce its root; entries or tiles before {n} were altered, removed or reordered"
+            )),
+            Err(e) => Some(format!("tree head {n}: {e}")),
+        })
     }
 }

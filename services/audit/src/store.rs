@@ -512,6 +512,30 @@ impl Store {
         self.heads_limited(i64::MAX).await
     }
 
+    /// Signed tree heads stored before checkpoints (without one).
+    pub async fn heads_without_checkpoint(&self) -> Result<Vec<StoredHead>, AuditError> {
+        let rows = sqlx::query(
+            "SELECT tree_size, root_hash, timestamp_us, signature, checkpoint FROM tree_heads \
+             WHERE checkpoint IS NULL ORDER BY tree_size",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(stored_head).collect()
+    }
+
+    /// Up to `limit` signed tree heads larger than `after`, smallest first (for verification).
+    pub async fn heads_after(&self, after: i64, limit: i64) -> Result<Vec<StoredHead>, AuditError> {
+        let rows = sqlx::query(
+            "SELECT tree_size, root_hash, timestamp_us, signature, checkpoint FROM tree_heads \
+             WHERE tree_size > $1 ORDER BY tree_size LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(stored_head).collect()
+    }
+
     /// The newest signed tree head.
     pub async fn latest_head(&self) -> Result<Option<StoredHead>, AuditError> {
         Ok(self.heads_limited(1).await?.into_iter().next())
@@ -525,17 +549,7 @@ impl Store {
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredHead {
-                    size: r.try_get(0)?,
-                    root: r.try_get(1)?,
-                    timestamp_us: r.try_get(2)?,
-                    signature: r.try_get(3)?,
-                    checkpoint: r.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_head).collect()
     }
 
     /// Stores the checkpoint note of the head of `size` (one signed before checkpoints).
@@ -583,6 +597,16 @@ impl Store {
             .await?;
         Ok(r.try_get(0)?)
     }
+}
+
+fn stored_head(r: &sqlx::any::AnyRow) -> Result<StoredHead, AuditError> {
+    Ok(StoredHead {
+        size: r.try_get(0)?,
+        root: r.try_get(1)?,
+        timestamp_us: r.try_get(2)?,
+        signature: r.try_get(3)?,
+        checkpoint: r.try_get(4)?,
+    })
 }
 
 /// The next leaf index of the `entries` table.
