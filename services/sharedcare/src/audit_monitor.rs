@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use futures::StreamExt;
 use sharedcare_audit::monitor::{self, Alarm};
 use sharedcare_audit::note::{self, Checkpoint, VerifierKey};
 use sharedcare_audit::tiles::{self, Tiles};
@@ -38,6 +39,9 @@ pub struct MonitorArgs {
     #[arg(long)]
     pub once: bool,
 }
+
+/// Tiles fetched at once.
+const TILES_IN_FLIGHT: usize = 8;
 
 /// Exit status for an alarm.
 pub const ALARM_EXIT: u8 = 2;
@@ -149,19 +153,26 @@ async fn round(
     let cp = note::open_checkpoint(&text, key).map_err(Failure::Refused)?;
     let from = previous.map(|p| p.size.min(cp.size)).unwrap_or(0);
     let wanted = monitor::tiles_to_fetch(from, cp.size);
+    // Several tiles in flight at once: the first round reads every tile of the log.
+    let mut fetches = futures::stream::iter(wanted.iter().copied())
+        .map(|(id, width)| async move {
+            let bytes = get(client, &format!("{base}/{}", tiles::path(id, width)), token).await?;
+            if bytes.len() != width as usize * 32 {
+                return Err(Failure::Alarm(Alarm::BadTile(format!(
+                    "tile {}/{} came with {} bytes, not the {} of {width} hashes",
+                    id.level,
+                    id.index,
+                    bytes.len(),
+                    width * 32
+                ))));
+            }
+            Ok((id, bytes))
+        })
+        .buffer_unordered(TILES_IN_FLIGHT);
     let mut fetched = Tiles::default();
-    for (id, width) in &wanted {
-        let bytes = get(client, &format!("{base}/{}", tiles::path(*id, *width)), token).await?;
-        if bytes.len() != *width as usize * 32 {
-            return Err(Failure::Alarm(Alarm::BadTile(format!(
-                "tile {}/{} came with {} bytes, not the {} of {width} hashes",
-                id.level,
-                id.index,
-                bytes.len(),
-                *width * 32
-            ))));
-        }
-        fetched.0.insert(*id, bytes);
+    while let Some(tile) = fetches.next().await {
+        let (id, bytes) = tile?;
+        fetched.0.insert(id, bytes);
     }
     monitor::check(previous, &cp, &fetched).map_err(Failure::Alarm)?;
     Ok((cp, text, wanted.len()))
