@@ -50,49 +50,6 @@ pub fn root(leaves: &[Hash]) -> Hash {
     }
 }
 
-/// The right edge of a growing tree: the roots of the perfect subtrees that make up its
-/// leaves (largest first), so appending is O(log n) and the root of all leaves so far is a
-/// right fold of them — the same MTH as [`root`], without rereading the leaves.
-#[derive(Clone, Debug, Default)]
-pub struct Frontier {
-    size: u64,
-    /// (subtree root, height), largest subtree first.
-    stack: Vec<(Hash, u32)>,
-}
-
-impl Frontier {
-    /// Leaves appended so far.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Appends one leaf hash.
-    pub fn push(&mut self, leaf: Hash) {
-        let mut node = (leaf, 0);
-        while let Some(&(left, height)) = self.stack.last() {
-            if height != node.1 {
-                break;
-            }
-            self.stack.pop();
-            node = (node_hash(&left, &node.0), height + 1);
-        }
-        self.stack.push(node);
-        self.size += 1;
-    }
-
-    /// MTH of the leaves appended so far.
-    pub fn root(&self) -> Hash {
-        let mut iter = self.stack.iter().rev();
-        let Some(&(mut acc, _)) = iter.next() else {
-            return Sha256::digest([]).into();
-        };
-        for (left, _) in iter {
-            acc = node_hash(left, &acc);
-        }
-        acc
-    }
-}
-
 /// The audit path for leaf `m` in the tree of `leaves` (RFC 6962 PATH(m, D[n])).
 pub fn inclusion_proof(m: usize, leaves: &[Hash]) -> Vec<Hash> {
     inclusion_path(m as u64, leaves.len() as u64, &mut |lo, hi| {
@@ -227,18 +184,6 @@ mod tests {
 
     fn leaves(n: usize) -> Vec<Hash> {
         (0..n).map(|i| leaf_hash(format!("entry {i}").as_bytes())).collect()
-    }
-
-    #[test]
-    fn the_frontier_gives_the_same_root_as_the_whole_tree_at_every_size() {
-        let all = leaves(70);
-        let mut f = Frontier::default();
-        assert_eq!(f.root(), root(&[]));
-        for (n, leaf) in all.iter().enumerate() {
-            f.push(*leaf);
-            assert_eq!(f.root(), root(&all[..=n]), "size {}", n + 1);
-        }
-        assert_eq!(f.size(), 70);
     }
 
     #[test]

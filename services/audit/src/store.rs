@@ -507,11 +507,6 @@ impl Store {
         Ok(rows.len())
     }
 
-    /// Signed tree heads, newest first.
-    pub async fn heads(&self) -> Result<Vec<StoredHead>, AuditError> {
-        self.heads_limited(i64::MAX).await
-    }
-
     /// Signed tree heads stored before checkpoints (without one).
     pub async fn heads_without_checkpoint(&self) -> Result<Vec<StoredHead>, AuditError> {
         let rows = sqlx::query(
@@ -538,18 +533,13 @@ impl Store {
 
     /// The newest signed tree head.
     pub async fn latest_head(&self) -> Result<Option<StoredHead>, AuditError> {
-        Ok(self.heads_limited(1).await?.into_iter().next())
-    }
-
-    async fn heads_limited(&self, limit: i64) -> Result<Vec<StoredHead>, AuditError> {
-        let rows = sqlx::query(
+        let row = sqlx::query(
             "SELECT tree_size, root_hash, timestamp_us, signature, checkpoint FROM tree_heads \
-             ORDER BY tree_size DESC LIMIT $1",
+             ORDER BY tree_size DESC LIMIT 1",
         )
-        .bind(limit)
-        .fetch_all(self.db.pool())
+        .fetch_optional(self.db.pool())
         .await?;
-        rows.iter().map(stored_head).collect()
+        row.as_ref().map(stored_head).transpose()
     }
 
     /// Stores the checkpoint note of the head of `size` (one signed before checkpoints).

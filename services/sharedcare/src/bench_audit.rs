@@ -190,30 +190,23 @@ async fn measure(log: &Log, store: &Store, db: &Db, place: &Place, size: u64) ->
         t.elapsed().as_secs_f64() * 1000.0
     );
     let mut rng = Rng(size);
+    let n = head.tree_size;
     let mut h = histogram();
     for _ in 0..2_000 {
-        let index = rng.below(head.tree_size);
+        let index = rng.below(n);
         let t = Instant::now();
-        log.inclusion(index, head.tree_size).await?;
+        log.inclusion(index, n).await?;
         let _ = h.record(t.elapsed().as_micros() as u64);
     }
-    println!(
-        "   inclusion proof              p50 {:>6.3} ms   p99 {:>6.3} ms   (n=2000)",
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0
-    );
+    quantiles("inclusion proof", &h);
     let mut h = histogram();
     for _ in 0..500 {
-        let first = 1 + rng.below(head.tree_size - 1);
+        let first = 1 + rng.below(n - 1);
         let t = Instant::now();
-        log.consistency(first, head.tree_size).await?;
+        log.consistency(first, n).await?;
         let _ = h.record(t.elapsed().as_micros() as u64);
     }
-    println!(
-        "   consistency proof            p50 {:>6.3} ms   p99 {:>6.3} ms   (n=500)",
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0
-    );
+    quantiles("consistency proof", &h);
     // A restarted service: a new Log on the store, signing over entries appended since.
     let b = batch(size);
     let refs: Vec<(&Delivery, AccessRecorded)> = b.iter().map(|(d, e)| (d, e.clone())).collect();
@@ -250,4 +243,13 @@ async fn measure(log: &Log, store: &Store, db: &Db, place: &Place, size: u64) ->
         bytes as f64 / first.tree_size as f64
     );
     Ok(())
+}
+
+fn quantiles(name: &str, h: &hdrhistogram::Histogram<u64>) {
+    println!(
+        "   {name:<28} p50 {:>6.3} ms   p99 {:>6.3} ms   (n={})",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.len()
+    );
 }
