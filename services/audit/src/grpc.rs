@@ -114,7 +114,7 @@ impl AuditApi {
                     entry.leaf_index
                 )));
             }
-            let data = crate::log::leaf_data(&entry);
+            let data = crate::leaf::leaf_data(&entry);
             out.push(InclusionProof {
                 leaf_index: entry.leaf_index,
                 tree_size: size,

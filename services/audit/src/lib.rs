@@ -12,6 +12,7 @@ pub mod error;
 pub mod fhir;
 pub mod grpc;
 pub mod http;
+pub mod leaf;
 pub mod log;
 pub mod merkle;
 pub mod monitor;
@@ -76,8 +77,9 @@ impl AuditConfig {
 use std::sync::Arc;
 
 use sharedcare_kit::bus;
+use sharedcare_kit::db::Migrations;
 use sharedcare_kit::serve::{Consumer, Mount};
-use sharedcare_kit::service::{Context, Migrations, MountError};
+use sharedcare_kit::service::{Context, MountError};
 use sharedcare_proto::audit::v1::audit_server::AuditServer;
 
 /// The service's name (schema, consumer group).

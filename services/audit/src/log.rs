@@ -14,31 +14,6 @@ use crate::store::{Store, StoredHead, hex, unhex};
 use crate::tiles::{self, Expanded, TileId, Tiles};
 use crate::{AuditError, note};
 
-/// The canonical leaf of an entry: a JSON array of its fields in this fixed order —
-/// `[leaf_index, event_id, nhs_number, actor, actor_organisation, actor_role, action,
-/// resources, purpose, reason, outcome, time_us, trace_id, service]`. Anyone holding the entry
-/// (the patient, an auditor) can rebuild it and check it against a signed tree head.
-pub fn leaf_data(e: &AuditEntry) -> String {
-    let time_us = e.time.as_ref().map(db::micros).unwrap_or_default();
-    serde_json::json!([
-        e.leaf_index,
-        e.event_id,
-        e.nhs_number,
-        e.actor,
-        e.actor_organisation,
-        e.actor_role,
-        e.action,
-        e.resources,
-        e.purpose,
-        e.reason,
-        e.outcome,
-        time_us,
-        e.trace_id,
-        e.service
-    ])
-    .to_string()
-}
-
 /// The bytes a tree head signature covers.
 pub fn signed_bytes(size: u64, timestamp_us: i64, root: &Hash) -> Vec<u8> {
     let mut m = b"sharedcare-audit-sth-v1\n".to_vec();
@@ -374,7 +349,7 @@ impl Log {
                     ));
                     expected = e.leaf_index;
                 }
-                let recomputed = merkle::leaf_hash(leaf_data(e).as_bytes());
+                let recomputed = merkle::leaf_hash(crate::leaf::leaf_data(e).as_bytes());
                 let i = e.leaf_index;
                 let stored = level0
                     .get(&(i / tiles::WIDTH))

@@ -157,7 +157,7 @@ impl Store {
                     leaf_index: next as u64,
                     sequence: 0,
                 };
-                leaves.push(merkle::leaf_hash(crate::log::leaf_data(&entry).as_bytes()));
+                leaves.push(merkle::leaf_hash(crate::leaf::leaf_data(&entry).as_bytes()));
                 added.push(entry.clone());
                 next += 1;
                 q = q
@@ -499,7 +499,7 @@ impl Store {
         for r in &rows {
             let e = entry(r);
             sqlx::query("UPDATE entries SET leaf_hash = $1 WHERE leaf_index = $2")
-                .bind(hex(&merkle::leaf_hash(crate::log::leaf_data(&e).as_bytes())))
+                .bind(hex(&merkle::leaf_hash(crate::leaf::leaf_data(&e).as_bytes())))
                 .bind(e.leaf_index as i64)
                 .execute(self.db.writer())
                 .await?;

@@ -197,7 +197,7 @@ async fn proofs_from_the_log_check_with_an_independent_verifier(db: Db) {
     for index in [0u64, 3, 6, 11] {
         let (entry, path) = log.inclusion(index, 12).await.expect("inclusion");
         // The verifier rebuilds the leaf from the entry's fields as documented.
-        let data = sharedcare_audit::log::leaf_data(&entry);
+        let data = sharedcare_audit::leaf::leaf_data(&entry);
         let path: Vec<Vec<u8>> = path.iter().map(|h| h.to_vec()).collect();
         assert!(
             independent::inclusion(index, 12, independent::leaf(data.as_bytes()), &path, &second.root_hash),
@@ -560,7 +560,7 @@ async fn leaves_of(s: &Store, n: i64) -> Vec<[u8; 32]> {
         .await
         .expect("entries")
         .iter()
-        .map(|e| independent::leaf(sharedcare_audit::log::leaf_data(e).as_bytes()))
+        .map(|e| independent::leaf(sharedcare_audit::leaf::leaf_data(e).as_bytes()))
         .collect()
 }
 
@@ -624,7 +624,7 @@ async fn tiles_hold_the_tree_across_tile_boundaries_and_checkpoints_verify(db: D
     ] {
         let (entry, path) = log.inclusion(index, size).await.expect("inclusion");
         let path: Vec<Vec<u8>> = path.iter().map(|h| h.to_vec()).collect();
-        let leaf = independent::leaf(sharedcare_audit::log::leaf_data(&entry).as_bytes());
+        let leaf = independent::leaf(sharedcare_audit::leaf::leaf_data(&entry).as_bytes());
         assert!(
             independent::inclusion(index, size, leaf, &path, &mth(&leaves[..size as usize])),
             "{index} in {size}"
@@ -669,7 +669,7 @@ async fn two_entries_with_the_same_visible_fields_hash_differently(db: Db) {
         )
     };
     assert_eq!(visible(&entries[0]), visible(&entries[1]));
-    let [a, b] = [&entries[0], &entries[1]].map(|x| independent::leaf(sharedcare_audit::log::leaf_data(x).as_bytes()));
+    let [a, b] = [&entries[0], &entries[1]].map(|x| independent::leaf(sharedcare_audit::leaf::leaf_data(x).as_bytes()));
     assert_ne!(a, b, "a leaf commits to the entry's unguessable event id");
 }
 
@@ -702,7 +702,7 @@ async fn a_log_stored_before_tiles_is_converted_without_changing_a_root(db: Db) 
             leaf_index: i as u64,
             ..Default::default()
         };
-        let leaf = independent::leaf(sharedcare_audit::log::leaf_data(&entry).as_bytes());
+        let leaf = independent::leaf(sharedcare_audit::leaf::leaf_data(&entry).as_bytes());
         old_leaves.push(leaf);
         sqlx::query(
             "INSERT INTO entries (event_id, nhs_number, actor, actor_organisation, actor_role, action, resources, \

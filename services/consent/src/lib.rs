@@ -24,8 +24,9 @@ pub use config::ConsentConfig;
 pub use error::ConsentError;
 
 use sharedcare_kit::db::Db;
+use sharedcare_kit::db::Migrations;
 use sharedcare_kit::serve::Mount;
-use sharedcare_kit::service::{Context, Migrations, MountError};
+use sharedcare_kit::service::{Context, MountError};
 
 /// The service's name: its schema, its topic (`sharedcare.consent.v1`).
 pub const NAME: &str = "consent";

@@ -32,8 +32,9 @@ pub const NAME: &str = "identity";
 /// The generated gRPC contract.
 pub use sharedcare_proto::identity::v1 as api;
 
+use sharedcare_kit::db::Migrations;
 use sharedcare_kit::serve::Mount;
-use sharedcare_kit::service::{Context, InternalClient, Migrations, Mode, MountError};
+use sharedcare_kit::service::{Context, InternalClient, Mode, MountError};
 
 /// The identity service, as the binary mounts it.
 pub struct Identity {

@@ -23,6 +23,23 @@ pub enum Backend {
 }
 
 /// A service's database: a connection pool scoped to the service's own schema or file.
+/// A service's schema migrations.
+pub enum Migrations {
+    /// One folder whose SQL both back ends accept.
+    Portable(Migrator),
+    /// A portable folder plus a folder per back end for the migrations whose SQL cannot be
+    /// shared (e.g. `BIGSERIAL` against `INTEGER PRIMARY KEY AUTOINCREMENT`); the shared and
+    /// the back end's own are applied together, in version order.
+    Split {
+        /// Applied on both.
+        shared: Migrator,
+        /// Applied on Postgres only.
+        postgres: Migrator,
+        /// Applied on SQLite only.
+        sqlite: Migrator,
+    },
+}
+
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: AnyPool,
@@ -143,8 +160,7 @@ impl Db {
     /// Applies the kit's migrations and then the service's own for this back end.
     /// Kit migrations are numbered from 90000000000001 so the two sets never collide; each
     /// migrator ignores the other's applied versions.
-    pub async fn migrate(&self, migrations: crate::service::Migrations) -> Result<()> {
-        use crate::service::Migrations;
+    pub async fn migrate(&self, migrations: Migrations) -> Result<()> {
         self.migrate_kit().await?;
         self.run(match migrations {
             Migrations::Portable(m) => m,

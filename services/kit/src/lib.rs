@@ -15,6 +15,7 @@
 //! - [`text`]: what text every store keeps (no control characters).
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod auth;
 pub mod batch;
 pub mod bus;
@@ -35,6 +36,7 @@ pub mod peer;
 pub mod serve;
 pub mod service;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;
 pub mod testing;
 pub mod text;

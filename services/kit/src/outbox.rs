@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::serve::Tasks;
+use crate::tasks::Tasks;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
 use tokio::sync::{Notify, mpsc, oneshot};

@@ -283,7 +283,7 @@ pub struct Batched {
 
 impl Batched {
     /// Batches calls to `inner` from a task under `tasks`.
-    pub fn new(inner: std::sync::Arc<dyn Pdp>, tasks: &crate::serve::Tasks) -> Batched {
+    pub fn new(inner: std::sync::Arc<dyn Pdp>, tasks: &crate::tasks::Tasks) -> Batched {
         let (waiting, mut rx) = tokio::sync::mpsc::channel::<Waiting>(CALLERS_PER_BATCH * 4);
         tasks.spawn(async move {
             while let Some(batch) = crate::batch::next_batch(&mut rx, CALLERS_PER_BATCH).await {
@@ -362,7 +362,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_callers_share_calls_and_each_gets_its_own_decisions() {
         let inner = Arc::new(Counting(AtomicUsize::new(0)));
-        let pdp = Arc::new(Batched::new(inner.clone(), &crate::serve::Tasks::new()));
+        let pdp = Arc::new(Batched::new(inner.clone(), &crate::tasks::Tasks::new()));
         let mut calls = tokio::task::JoinSet::new();
         for i in 0..50 {
             let pdp = pdp.clone();

@@ -22,6 +22,7 @@ use crate::bus::{Bus, Handler};
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::tasks::Tasks;
 use crate::{Error, Result};
 
 /// An event consumer a service runs: `handler` applies `topic` as consumer group `group`.
@@ -95,43 +96,6 @@ impl Mount {
     }
 }
 
-/// The tasks of a process: every long-running task a service or the process spawns, stopped
-/// together once requests have drained, and awaited by [`Running::stop`].
-#[derive(Clone, Default)]
-pub struct Tasks {
-    tracker: TaskTracker,
-    stop: CancellationToken,
-}
-
-impl Tasks {
-    /// An empty set of tasks.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Spawns `task` as one of the process's workers. It is dropped when the process stops
-    /// working (after in-flight requests have drained), if it has not ended by then; shutdown
-    /// waits for it either way.
-    pub fn spawn<F>(&self, task: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let stop = self.stop.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                () = task => {}
-                () = stop.cancelled() => {}
-            }
-        });
-    }
-
-    /// The token cancelled when the process stops working, for tasks that wind down themselves
-    /// (an outbox relay flushes first).
-    pub fn stopping(&self) -> CancellationToken {
-        self.stop.clone()
-    }
-}
-
 /// Where to listen.
 #[derive(Clone, Copy, Debug)]
 pub struct Listen {
@@ -200,10 +164,7 @@ pub async fn start(
     metrics: Metrics,
     tasks: Tasks,
 ) -> Result<Running> {
-    let Tasks {
-        tracker: workers,
-        stop: stop_working,
-    } = tasks;
+    let (workers, stop_working) = tasks.into_parts();
     let Bound {
         http: http_listener,
         grpc: grpc_listener,

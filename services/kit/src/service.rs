@@ -5,12 +5,11 @@
 
 use std::net::SocketAddr;
 
-use sqlx::migrate::Migrator;
-
 use crate::auth::{AuthConfig, ServiceToken, Verifier};
-use crate::db::Db;
+use crate::db::{Db, Migrations};
 use crate::outbox::Outbox;
-use crate::serve::{Mount, Tasks};
+use crate::serve::Mount;
+use crate::tasks::Tasks;
 use crate::{Error, Result};
 
 /// How the process was started; services that behave differently in the two say so by
@@ -21,23 +20,6 @@ pub enum Mode {
     Up,
     /// `sharedcare serve <service>`: one service per process.
     Serve,
-}
-
-/// A service's schema migrations.
-pub enum Migrations {
-    /// One folder whose SQL both back ends accept.
-    Portable(Migrator),
-    /// A portable folder plus a folder per back end for the migrations whose SQL cannot be
-    /// shared (e.g. `BIGSERIAL` against `INTEGER PRIMARY KEY AUTOINCREMENT`); the shared and
-    /// the back end's own are applied together, in version order.
-    Split {
-        /// Applied on both.
-        shared: Migrator,
-        /// Applied on Postgres only.
-        postgres: Migrator,
-        /// Applied on SQLite only.
-        sqlite: Migrator,
-    },
 }
 
 /// Why a service could not be mounted (bad settings, an unreachable dependency, storage).

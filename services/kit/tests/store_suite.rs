@@ -1,6 +1,6 @@
 //! Outbox and inbox conformance, written once and run on SQLite and on Postgres.
 
-use sharedcare_kit::serve::Tasks;
+use sharedcare_kit::tasks::Tasks;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

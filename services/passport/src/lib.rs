@@ -15,6 +15,7 @@
 pub mod access;
 pub mod api;
 pub mod choices;
+pub(crate) mod decision;
 pub mod error;
 pub mod events;
 pub mod grpc;
@@ -30,8 +31,9 @@ pub use error::PassportError;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sharedcare_kit::db::Migrations;
 use sharedcare_kit::serve::{Consumer, Mount};
-use sharedcare_kit::service::{Context, Migrations, MountError};
+use sharedcare_kit::service::{Context, MountError};
 use sharedcare_proto::passport::v1::passport_server::PassportServer;
 
 /// The service's name: its schema, its topic (`sharedcare.passport.v1`), its consumer group.

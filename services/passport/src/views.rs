@@ -7,17 +7,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use sharedcare_kit::access::Outcome;
 use sharedcare_kit::auth::Principal;
 use sharedcare_kit::bus;
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::outbox::Outbox;
-use sharedcare_kit::pdp::Pdp;
-use sharedcare_kit::serve::Tasks;
-use sharedcare_proto::consent::v1::decide_response::Effect;
+use sharedcare_kit::pdp::{Pdp, PdpError};
+use sharedcare_kit::tasks::Tasks;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::PassportError;
-use crate::api::{Asked, Outcome, Trace, access, ask};
+use crate::decision::{Asked, Audited, Trace, access, ask, judge};
 use crate::store::{Held, Store};
 use crate::view::View;
 
@@ -90,7 +90,7 @@ async fn serve(store: &Store, pdp: &dyn Pdp, outbox: &Outbox, batch: Vec<Job>) {
         }
         match pdp.decide(asks).await {
             Ok(d) if d.len() == wanted => Ok(d),
-            Ok(d) => Err(sharedcare_kit::pdp::PdpError::Incomplete {
+            Ok(d) => Err(PdpError::Incomplete {
                 got: d.len(),
                 asked: wanted,
             }),
@@ -108,46 +108,42 @@ async fn serve(store: &Store, pdp: &dyn Pdp, outbox: &Outbox, batch: Vec<Job>) {
     let mut answers = Vec::with_capacity(batch.len());
     let mut records = Vec::with_capacity(batch.len());
     for (job, asked) in batch.iter().zip(asked) {
-        let (outcome, answer) = match asked {
-            Err(refused) => {
-                let o = Outcome {
-                    outcome: "denied",
-                    purpose: job.purpose.clone(),
-                    reason: refused.to_string(),
+        let judged = match (asked, &decisions) {
+            (Err(refused), _) => (Audited::refused(&job.purpose, refused.to_string()), Err(refused)),
+            (Ok(_), Err(e)) => judge(Err(e), &job.purpose),
+            (Ok(i), Ok(d)) => judge(
+                d.get(i).ok_or(&PdpError::Incomplete {
+                    got: d.len(),
+                    asked: wanted,
+                }),
+                &job.purpose,
+            ),
+        };
+        let (outcome, answer) = match judged {
+            (o, Err(refused)) => (o, Err(refused)),
+            (outcome, Ok(decision)) => {
+                let key = job.patient.as_str();
+                // Several views of one person in a batch: each gets its own copy.
+                let h = match &mut held {
+                    Err(why) => Err(why.clone()),
+                    Ok(h) if views_of.get(key) == Some(&1) => Ok(h.remove(key).unwrap_or_default()),
+                    Ok(h) => Ok(h.get(key).cloned().unwrap_or_default()),
                 };
-                (o, Err(refused))
-            }
-            Ok(i) => match &decisions {
-                Err(e) => (Outcome::of_error(&job.purpose), Err(PassportError::Consent(e.clone()))),
-                Ok(d) if d[i].effect() == Effect::Deny => {
-                    let refused = PassportError::Forbidden(format!("access denied: {}", d[i].reason));
-                    (Outcome::of_decision(&d[i], &job.purpose), Err(refused))
-                }
-                Ok(d) => {
-                    let outcome = Outcome::of_decision(&d[i], &job.purpose);
-                    let key = job.patient.as_str();
-                    // Several views of one person in a batch: each gets its own copy.
-                    let h = match &mut held {
-                        Err(why) => Err(why.clone()),
-                        Ok(h) if views_of[key] == 1 => Ok(h.remove(key).unwrap_or_default()),
-                        Ok(h) => Ok(h.get(key).cloned().unwrap_or_default()),
-                    };
-                    match h {
-                        Err(why) => (Outcome::of_error(&job.purpose), Err(PassportError::Unavailable(why))),
-                        Ok(h) if h.entries.is_empty() && !matches!(job.who, Principal::Patient { .. }) => {
-                            let missing = Outcome {
-                                outcome: "not-found",
-                                ..outcome
-                            };
-                            (missing, Err(PassportError::NotFound(job.patient.to_string())))
-                        }
-                        Ok(h) => {
-                            let view = View::build(&job.patient, h, &d[i].withheld_categories, now);
-                            (outcome, Ok(view))
-                        }
+                match h {
+                    Err(why) => (Audited::error(&job.purpose), Err(PassportError::Unavailable(why))),
+                    Ok(h) if h.entries.is_empty() && !matches!(job.who, Principal::Patient { .. }) => {
+                        let missing = Audited {
+                            outcome: Outcome::NotFound,
+                            ..outcome
+                        };
+                        (missing, Err(PassportError::NotFound(job.patient.to_string())))
+                    }
+                    Ok(h) => {
+                        let view = View::build(&job.patient, h, &decision.withheld_categories, now);
+                        (outcome, Ok(view))
                     }
                 }
-            },
+            }
         };
         let resource = Asked::Passport.resource(&job.patient);
         let envelope = access(&job.who, &job.patient, &resource, &outcome, &job.trace);

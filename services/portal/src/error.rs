@@ -88,7 +88,7 @@ impl PortalError {
 impl IntoResponse for PortalError {
     fn into_response(self) -> Response {
         if let PortalError::SignIn(back) = &self {
-            let to = format!("{}login", crate::web::home_of(back));
+            let to = format!("{}login", crate::page::home_of(back));
             let q: String = url::form_urlencoded::Serializer::new(String::new())
                 .append_pair("return_to", back)
                 .finish();

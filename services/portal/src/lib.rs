@@ -4,7 +4,8 @@
 //! every read and change is made with the signed-in person's own token, so the services decide
 //! (consent) and audit it as that person.
 //!
-//! - [`web`]: the router, security headers, session cookie, sign-in and sign-out;
+//! - this root: the app state assembled and every route (the router, security headers);
+//! - [`web`]: the session cookie, sign-in and sign-out;
 //! - [`staff`] and [`patient`]: the pages; [`page`]: the frame and components (maud);
 //! - [`oidc`]: the relying party; [`session`]: sessions in the portal's own tables;
 //! - [`peers`]: the services it calls; [`proof`]: access-log proofs checked against audit's key;
@@ -28,8 +29,16 @@ pub use error::PortalError;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use http::HeaderMap;
 use sharedcare_kit::serve::Mount;
-use sharedcare_kit::service::{Context, Migrations, MountError};
+
+use crate::web::{App, html, in_nhs_app, security_headers};
+use sharedcare_kit::db::Migrations;
+use sharedcare_kit::service::{Context, MountError};
 
 /// The service's name: its schema and its `serve` argument.
 pub const NAME: &str = "portal";
@@ -196,10 +205,42 @@ impl sharedcare_kit::service::Service for Portal {
             public_url: public,
         });
         let mut m = Mount::new(NAME);
-        m.http = web::router(app);
+        m.http = router(app);
         m.background.push(Box::new(move |stop| {
             Box::pin(sweeper.sweep_every(Duration::from_secs(300), stop))
         }));
         Ok(m)
     }
+}
+
+/// Adds the security headers to every page of the site.
+async fn secure_headers(State(app): State<App>, mut r: Response) -> Response {
+    security_headers(r.headers_mut(), &app.csp, app.https);
+    r
+}
+
+/// Every route of the site.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(start))
+        .merge(web::routes())
+        .merge(crate::staff::routes())
+        .merge(crate::patient::routes())
+        .merge(crate::assets::router())
+        // Anything else under the site's areas: a page that says so, in the site's own words.
+        .route("/portal/{*rest}", get(not_found))
+        .route("/passport/{*rest}", get(not_found))
+        .layer(axum::middleware::map_response_with_state(app.clone(), secure_headers))
+        .with_state(app)
+}
+
+async fn not_found() -> PortalError {
+    PortalError::NotFound(
+        "There is no page at this address. If you typed it, check it; if you followed a link, it may be out of date."
+            .into(),
+    )
+}
+
+async fn start(headers: HeaderMap) -> Response {
+    html(page::start(in_nhs_app(&headers)))
 }

@@ -422,3 +422,12 @@ mod tests {
         assert!(without.contains("<title>Find a patient – Shared care record</title>"));
     }
 }
+
+/// The home page of the part of the site `path` is in: the passport's or the portal's.
+pub fn home_of(path: &str) -> &'static str {
+    if path.starts_with("/passport") {
+        "/passport/"
+    } else {
+        "/portal/"
+    }
+}

@@ -14,7 +14,7 @@ use maud::Markup;
 
 use crate::error::PortalError;
 use crate::oidc::Rp;
-use crate::page::{self, Area, Chrome};
+use crate::page::{Area, Chrome, home_of};
 use crate::peers::Peers;
 use crate::session::{Session, Sessions, Who};
 use sharedcare_kit::auth::Principal;
@@ -170,12 +170,6 @@ impl Web {
     }
 }
 
-/// Adds the security headers to every page of the site.
-async fn secure_headers(State(app): State<App>, mut r: Response) -> Response {
-    security_headers(r.headers_mut(), &app.csp, app.https);
-    r
-}
-
 /// The headers every page carries: CSP, no referrer, no sniffing, never framed, HSTS over
 /// HTTPS, and `no-store` unless the response chose its own caching (static files).
 pub fn security_headers(h: &mut HeaderMap, csp: &str, https: bool) {
@@ -214,52 +208,23 @@ pub fn csp(issuer: &str) -> String {
     )
 }
 
-/// Every route of the site.
-pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/", get(start))
-        .route("/portal/login", get(login))
-        .route("/passport/login", get(login))
-        .route("/portal/callback", get(callback))
-        .route("/portal/logout", post(logout))
-        .route("/passport/logout", post(logout))
-        .route("/portal/backchannel-logout", post(backchannel_logout))
-        .merge(crate::staff::routes())
-        .merge(crate::patient::routes())
-        .merge(crate::assets::router())
-        // Anything else under the site's areas: a page that says so, in the site's own words.
-        .route("/portal/{*rest}", get(not_found))
-        .route("/passport/{*rest}", get(not_found))
-        .layer(axum::middleware::map_response_with_state(app.clone(), secure_headers))
-        .with_state(app)
-}
-
-async fn not_found() -> PortalError {
-    PortalError::NotFound(
-        "There is no page at this address. If you typed it, check it; if you followed a link, it may be out of date."
-            .into(),
-    )
-}
-
-async fn start(headers: HeaderMap) -> Response {
-    html(page::start(in_nhs_app(&headers)))
-}
-
-/// The home page of the part of the site `path` is in: the passport's or the portal's.
-pub fn home_of(path: &str) -> &'static str {
-    if path.starts_with("/passport") {
-        "/passport/"
-    } else {
-        "/portal/"
-    }
-}
-
 /// A path on this site to come back to; anything else is the area's home.
 pub fn local_path(p: Option<&String>, default: &str) -> String {
     match p {
         Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.clone(),
         _ => default.into(),
     }
+}
+
+/// Signing in and out, for both areas.
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/portal/login", get(login))
+        .route("/passport/login", get(login))
+        .route("/portal/callback", get(callback))
+        .route("/portal/logout", post(logout))
+        .route("/passport/logout", post(logout))
+        .route("/portal/backchannel-logout", post(backchannel_logout))
 }
 
 /// `GET /portal/login` and `/passport/login`: off to identity (with `prompt=none` and the

@@ -21,9 +21,9 @@ use sharedcare_kit::pdp::{Actor, check_purpose};
 use tokio::io::AsyncReadExt;
 
 use crate::RecordsError;
+use crate::api::RecordsApi;
 use crate::fhir;
-use crate::grpc::RecordsApi;
-use crate::http::Outcome;
+use crate::http::respond::Outcome;
 use crate::store::{ExportRequest, Level};
 
 /// The scope a system needs to export.
@@ -44,7 +44,7 @@ pub fn router(api: RecordsApi) -> Router {
 
 /// The exporting system: a service token with `records.bulk`, acting for the purpose named.
 async fn exporter(api: &RecordsApi, headers: &HeaderMap, purpose_required: bool) -> Result<Actor> {
-    let p = crate::http::principal(api, headers).await?;
+    let p = crate::http::respond::principal(api, headers).await?;
     if !matches!(p, Principal::Service { .. }) || !has_scope(&p, BULK_SCOPE) {
         return Err(RecordsError::Forbidden(format!(
             "a Bulk Data export needs a system token with scope {BULK_SCOPE}"

@@ -305,7 +305,7 @@ pub async fn process(
         out.push(match one {
             Ok((s, created)) => response_entry(base, &s, created),
             Err(err) => {
-                let (status, outcome) = crate::http::outcome(&err);
+                let (status, outcome) = crate::http::respond::outcome(&err);
                 json!({"response": {"status": status.as_u16().to_string(), "outcome": outcome}})
             }
         });

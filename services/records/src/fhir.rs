@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use sharedcare_kit::nhs::{NHS_NUMBER_SYSTEM, NhsNumber};
 
 use crate::RecordsError;
+pub use crate::validate::check_id;
 
 /// Resource types the shared care record stores (UK Core profiles of these R4 types).
 /// `Consent` is the consent service's, not ours.
@@ -178,20 +179,6 @@ pub fn check_type(field: &str, t: &str) -> Result<(), RecordsError> {
                 "{t:?} is not a resource type the shared care record stores (expected one of {})",
                 RESOURCE_TYPES.join(", ")
             ),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a logical id: 1–64 of `A-Z a-z 0-9 - .` (FHIR `id` datatype).
-pub fn check_id(field: &str, id: &str) -> Result<(), RecordsError> {
-    if id.is_empty() {
-        return Err(RecordsError::invalid(field, "is required"));
-    }
-    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-        return Err(RecordsError::invalid(
-            field,
-            format!("{id:?} is not a FHIR id (1-64 of A-Z, a-z, 0-9, '-', '.')"),
         ));
     }
     Ok(())

@@ -1,6 +1,5 @@
 //! `sharedcare.records.v1.Records` over gRPC: decode, call the store, encode.
 
-use sharedcare_kit::auth::{Principal, Verifier};
 use sharedcare_kit::db;
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_proto::records::v1::records_server::Records;
@@ -11,111 +10,48 @@ use sharedcare_proto::records::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::api::{RecordsApi, actor_of, check_purpose, check_query, page_size};
 use crate::care::writing_organisation;
-use crate::store::{Actor, DEFAULT_PAGE, MAX_PAGE, Query, Sort, Store, Stored};
+use crate::store::{Actor, Query, Sort, Stored};
 use crate::{RecordsError, fhir};
 
-/// The gRPC service.
-#[derive(Clone)]
-pub struct RecordsApi {
-    store: Store,
-    verifier: Verifier,
-    export_dir: std::path::PathBuf,
-}
-
-impl RecordsApi {
-    /// Serves `store`, admitting callers whose bearer token `verifier` accepts; Bulk Data
-    /// exports are written under the system's temporary directory.
-    pub fn new(store: Store, verifier: Verifier) -> Self {
-        RecordsApi {
-            store,
-            verifier,
-            export_dir: std::env::temp_dir().join("sharedcare-exports"),
-        }
-    }
-
-    /// The same API writing Bulk Data exports under `dir`.
-    pub fn with_export_dir(self, dir: std::path::PathBuf) -> Self {
-        RecordsApi {
-            export_dir: dir,
-            ..self
-        }
-    }
-
-    /// Where Bulk Data exports are written.
-    pub fn export_dir(&self) -> &std::path::Path {
-        &self.export_dir
-    }
-
-    /// The caller from its bearer token, acting for `purpose`.
-    async fn actor<T>(&self, req: &Request<T>, scope: &str, purpose: &str) -> Result<Actor, Status> {
-        let purpose = check_purpose(purpose)?;
-        let p = self.verifier.from_metadata(req.metadata()).await?;
-        Ok(actor_of(&p, scope, purpose)?)
-    }
-
-    /// The store this API serves.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// The verifier callers' tokens are checked with.
-    pub fn verifier(&self) -> &Verifier {
-        &self.verifier
-    }
-}
-
-/// The actor a verified principal is, for an operation needing `scope`. Services need the
-/// scope; staff are admitted here and decided per patient by consent; patients read through
-/// the passport.
-pub fn actor_of(p: &Principal, scope: &str, purpose: String) -> Result<Actor, RecordsError> {
-    sharedcare_kit::pdp::actor_of(p, scope, purpose).ok_or_else(|| match p {
-        Principal::Patient { .. } => {
-            RecordsError::Forbidden("patients read their record through the passport service".into())
-        }
-        _ => RecordsError::Forbidden(format!("this operation needs scope {scope}")),
-    })
-}
-
-/// A purpose of use: empty = TREAT; otherwise an HL7 v3 PurposeOfUse code.
-pub fn check_purpose(purpose: &str) -> Result<String, RecordsError> {
-    sharedcare_kit::pdp::check_purpose(purpose).map_err(|e| RecordsError::invalid("purpose", e.to_string()))
+/// The caller from its bearer token, acting for `purpose`.
+async fn actor<T>(api: &RecordsApi, req: &Request<T>, scope: &str, purpose: &str) -> Result<Actor, Status> {
+    let purpose = check_purpose(purpose)?;
+    let p = api.verifier().from_metadata(req.metadata()).await?;
+    Ok(actor_of(&p, scope, purpose)?)
 }
 
 #[tonic::async_trait]
 impl Records for RecordsApi {
     async fn holdings(&self, request: Request<HoldingsRequest>) -> Result<Response<HoldingsResponse>, Status> {
-        let who = self.actor(&request, "records.bulk", "").await?;
+        let who = actor(self, &request, "records.bulk", "").await?;
         if who.kind != "service" {
             return Err(RecordsError::Forbidden("holdings need a service token with scope records.bulk".into()).into());
         }
-        let (patients, resources) = self.store.holdings().await?;
+        let (patients, resources) = self.store().holdings().await?;
         Ok(Response::new(HoldingsResponse { patients, resources }))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let who = self
-            .actor(&request, "records.write", &request.get_ref().purpose)
-            .await?;
+        let who = actor(self, &request, "records.write", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         let resource = fhir::parse(&req.resource_json)?;
         let source = writing_organisation(&who, &req.source_organisation, "source_organisation")?;
         if req.if_match_version < 0 {
             return Err(RecordsError::invalid("if_match_version", "must be 0 (none) or a version").into());
         }
-        let s = self.store.put(resource, &source, &who, req.if_match_version).await?;
+        let s = self.store().put(resource, &source, &who, req.if_match_version).await?;
         Ok(Response::new(put_response(s)))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let who = self
-            .actor(&request, "records.write", &request.get_ref().purpose)
-            .await?;
+        let who = actor(self, &request, "records.write", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         fhir::check_type("resource_type", &req.resource_type)?;
         fhir::check_id("id", &req.id)?;
         let source = writing_organisation(&who, &req.source_organisation, "source_organisation")?;
-        let s = self.store.delete(&req.resource_type, &req.id, &source, &who).await?;
+        let s = self.store().delete(&req.resource_type, &req.id, &source, &who).await?;
         Ok(Response::new(DeleteResponse {
             version: s.version,
             last_updated: Some(sharedcare_kit::db::timestamp(s.last_updated_us)),
@@ -123,9 +59,7 @@ impl Records for RecordsApi {
     }
 
     async fn put_many(&self, request: Request<PutManyRequest>) -> Result<Response<PutManyResponse>, Status> {
-        let who = self
-            .actor(&request, "records.write", &request.get_ref().purpose)
-            .await?;
+        let who = actor(self, &request, "records.write", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         if req.resources_json.len() > crate::bundle::MAX_ENTRIES {
             return Err(RecordsError::invalid(
@@ -141,7 +75,7 @@ impl Records for RecordsApi {
             puts.push((r, 0));
         }
         let stored = self
-            .store
+            .store()
             .put_all(puts, &source, &who)
             .await
             .map_err(|(i, e)| at(i, e))?;
@@ -154,48 +88,49 @@ impl Records for RecordsApi {
         &self,
         request: Request<ImportBundleRequest>,
     ) -> Result<Response<ImportBundleResponse>, Status> {
-        let who = self
-            .actor(&request, "records.write", &request.get_ref().purpose)
-            .await?;
+        let who = actor(self, &request, "records.write", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         let source = writing_organisation(&who, &req.source_organisation, "source_organisation")?;
         let bundle: serde_json::Value = serde_json::from_str(&req.bundle_json)
             .map_err(|e| RecordsError::invalid("bundle_json", format!("not valid JSON: {e}")))?;
-        let (_, out) = crate::bundle::process(&self.store, bundle, &source, &who, "").await?;
+        let (_, out) = crate::bundle::process(self.store(), bundle, &source, &who, "").await?;
         Ok(Response::new(ImportBundleResponse {
             response_bundle_json: out.to_string(),
         }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let who = self.actor(&request, "records.read", &request.get_ref().purpose).await?;
+        let who = actor(self, &request, "records.read", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         fhir::check_type("resource_type", &req.resource_type)?;
         fhir::check_id("id", &req.id)?;
-        let s = self.store.get(&req.resource_type, &req.id, &who).await?;
+        let s = self.store().get(&req.resource_type, &req.id, &who).await?;
         Ok(Response::new(response(s)))
     }
 
     async fn v_read(&self, request: Request<VReadRequest>) -> Result<Response<GetResponse>, Status> {
-        let who = self.actor(&request, "records.read", &request.get_ref().purpose).await?;
+        let who = actor(self, &request, "records.read", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         fhir::check_type("resource_type", &req.resource_type)?;
         fhir::check_id("id", &req.id)?;
         if req.version < 1 {
             return Err(RecordsError::invalid("version", "must be 1 or more (meta.versionId)").into());
         }
-        let s = self.store.vread(&req.resource_type, &req.id, req.version, &who).await?;
+        let s = self
+            .store()
+            .vread(&req.resource_type, &req.id, req.version, &who)
+            .await?;
         Ok(Response::new(response(s)))
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
-        let who = self.actor(&request, "records.read", &request.get_ref().purpose).await?;
+        let who = actor(self, &request, "records.read", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         fhir::check_type("resource_type", &req.resource_type)?;
         fhir::check_id("id", &req.id)?;
         let size = page_size(req.page_size)?;
         let page = self
-            .store
+            .store()
             .history(&req.resource_type, &req.id, size, &req.cursor, &who)
             .await?;
         Ok(Response::new(HistoryResponse {
@@ -206,7 +141,7 @@ impl Records for RecordsApi {
     }
 
     async fn find_patients(&self, request: Request<FindPatientsRequest>) -> Result<Response<SearchResponse>, Status> {
-        let who = self.actor(&request, "records.read", &request.get_ref().purpose).await?;
+        let who = actor(self, &request, "records.read", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         let mut q = crate::demographics::PatientQuery::default();
         for (i, p) in req.parameters.iter().enumerate() {
@@ -228,7 +163,7 @@ impl Records for RecordsApi {
             fhir::check_id("cursor", &req.cursor)?;
         }
         let found = self
-            .store
+            .store()
             .find_patients(&q, page_size(req.page_size)?, &req.cursor, &who)
             .await?;
         Ok(Response::new(SearchResponse {
@@ -239,10 +174,10 @@ impl Records for RecordsApi {
     }
 
     async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
-        let who = self.actor(&request, "records.read", &request.get_ref().purpose).await?;
+        let who = actor(self, &request, "records.read", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         let q = query(req)?;
-        let page = self.store.search(&q, &who).await?;
+        let page = self.store().search(&q, &who).await?;
         Ok(Response::new(SearchResponse {
             resources: page.items.into_iter().map(response).collect(),
             next_cursor: page.next_cursor,
@@ -278,18 +213,6 @@ fn response(s: Stored) -> GetResponse {
         version: s.version,
         last_updated: Some(db::timestamp(s.last_updated_us)),
         resource_json: s.body,
-    }
-}
-
-/// A page size: 0 = the default, at most [`MAX_PAGE`].
-pub fn page_size(n: i32) -> Result<usize, RecordsError> {
-    match n {
-        0 => Ok(DEFAULT_PAGE),
-        1.. if n as usize <= MAX_PAGE => Ok(n as usize),
-        _ => Err(RecordsError::invalid(
-            "page_size",
-            format!("must be 1 to {MAX_PAGE}, got {n}"),
-        )),
     }
 }
 
@@ -335,32 +258,4 @@ pub fn query(req: SearchRequest) -> Result<Query, RecordsError> {
     };
     check_query(&q)?;
     Ok(q)
-}
-
-/// Checks a query's cursor, code and date range.
-pub fn check_query(q: &Query) -> Result<(), RecordsError> {
-    if !q.cursor.is_empty() {
-        let ok = crate::store::parse_cursor(&q.cursor)
-            .is_some_and(|(_, t, id)| fhir::check_type("cursor", t).is_ok() && fhir::check_id("cursor", id).is_ok());
-        if !ok {
-            return Err(RecordsError::invalid("cursor", "not a cursor from a previous page"));
-        }
-    }
-    if q.code.chars().any(char::is_whitespace) {
-        return Err(RecordsError::invalid(
-            "code",
-            "a code is \"system|code\" or \"code\", without spaces",
-        ));
-    }
-    if let (Some(a), Some(b)) = (q.date_from, q.date_to)
-        && a > b
-    {
-        return Err(RecordsError::invalid("date", "the range ends before it starts"));
-    }
-    if let (Some(a), Some(b)) = (q.updated_from, q.updated_to)
-        && a > b
-    {
-        return Err(RecordsError::invalid("_lastUpdated", "the range ends before it starts"));
-    }
-    Ok(())
 }

@@ -8,6 +8,7 @@
 //! writes `AccessRecorded` to the outbox *before* the resource is returned.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod bulk;
 pub mod bundle;
 pub mod care;
@@ -31,8 +32,9 @@ pub use error::RecordsError;
 
 use std::time::Duration;
 
+use sharedcare_kit::db::Migrations;
 use sharedcare_kit::serve::Mount;
-use sharedcare_kit::service::{Context, Migrations, MountError};
+use sharedcare_kit::service::{Context, MountError};
 use sharedcare_proto::records::v1::records_server::RecordsServer;
 
 /// The service's name: its schema, its topic (`sharedcare.records.v1`), its event source.
@@ -105,7 +107,7 @@ impl sharedcare_kit::service::Service for Records {
             );
         }
         let mut m = Mount::new(NAME);
-        let mut api = grpc::RecordsApi::new(store, verifier);
+        let mut api = api::RecordsApi::new(store, verifier);
         if !self.config.export_dir.is_empty() {
             api = api.with_export_dir(self.config.export_dir.clone().into());
         }

@@ -17,9 +17,9 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::RecordsError;
+use crate::api::RecordsApi;
 use crate::fhir;
-use crate::grpc::RecordsApi;
-use crate::http::{Outcome, base, caller, fhir_response};
+use crate::http::respond::{Outcome, base, caller, fhir_response};
 use crate::store::{Actor, Written};
 
 type Result<T> = std::result::Result<T, Outcome>;

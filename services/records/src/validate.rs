@@ -649,7 +649,7 @@ fn reference(path: &str, r: &Value) -> Result<(), RecordsError> {
         let type_ok = |t: &str| {
             t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && t.chars().all(|c| c.is_ascii_alphabetic())
         };
-        let id_ok = |id: &str| crate::fhir::check_id("reference", id).is_ok();
+        let id_ok = |id: &str| check_id("reference", id).is_ok();
         match parts.as_slice() {
             [t, id] => type_ok(t) && id_ok(id),
             [t, id, "_history", v] => type_ok(t) && id_ok(id) && v.parse::<u64>().is_ok(),
@@ -728,6 +728,20 @@ pub fn sctid(code: &str) -> bool {
         c = D[c as usize][P[i % 8][(b - b'0') as usize] as usize];
     }
     c == 0
+}
+
+/// Checks a logical id: 1–64 of `A-Z a-z 0-9 - .` (FHIR `id` datatype).
+pub fn check_id(field: &str, id: &str) -> Result<(), RecordsError> {
+    if id.is_empty() {
+        return Err(RecordsError::invalid(field, "is required"));
+    }
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(RecordsError::invalid(
+            field,
+            format!("{id:?} is not a FHIR id (1-64 of A-Z, a-z, 0-9, '-', '.')"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ async fn store_with(db: &Db, pdp: Arc<dyn Pdp>) -> Store {
         .await
         .expect("migrate");
     // Test stores' tasks end with the store; nothing waits for them.
-    let tasks = sharedcare_kit::serve::Tasks::new();
+    let tasks = sharedcare_kit::tasks::Tasks::new();
     Store::new(
         db.clone(),
         Outbox::new(db.clone(), OutboxConfig::default(), &tasks),

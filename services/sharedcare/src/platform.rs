@@ -11,9 +11,10 @@ use sharedcare_kit::bus::kafka::KafkaBus;
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::metrics::Metrics;
 use sharedcare_kit::outbox::Outbox;
-use sharedcare_kit::serve::{self, Listen, Running, Tasks};
+use sharedcare_kit::serve::{self, Listen, Running};
 use sharedcare_kit::service::{self, InternalClient, Mode, Service};
 use sharedcare_kit::shutdown;
+use sharedcare_kit::tasks::Tasks;
 use sharedcare_kit::telemetry;
 
 use crate::config::Config;

@@ -184,7 +184,7 @@ impl Store {
         outbox: Outbox,
         pdp: Arc<dyn Pdp>,
         care: crate::care::CarePolicy,
-        tasks: &sharedcare_kit::serve::Tasks,
+        tasks: &sharedcare_kit::tasks::Tasks,
     ) -> Self {
         let (puts, put_rx) = mpsc::channel(PUTS_PER_COMMIT * 4);
         let (gets, get_rx) = mpsc::channel(GETS_PER_QUERY * 4);
