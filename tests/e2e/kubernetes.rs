@@ -28,7 +28,7 @@ fn tool(name: &str) -> String {
         .unwrap_or_else(|| panic!("infra/tools.sh printed no {name}"))
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 

@@ -16,6 +16,7 @@ mod harness;
 mod identity;
 mod import;
 mod kubernetes;
+mod layers;
 mod oidc_node;
 mod operator;
 mod passport;

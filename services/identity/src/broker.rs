@@ -26,60 +26,10 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use sharedcare_kit::jose::{self, JwkSet, Signer256};
 
+use crate::config::UpstreamConfig;
 use crate::error::{IdentityError, Result};
 use crate::model::SubjectKind;
 use crate::store::Store;
-
-/// One upstream provider (`[[identity.upstreams]]`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// Short name used in `kc_idp_hint` and URLs, e.g. "nhslogin" or "cis2".
-    pub name: String,
-    /// Shown on the login page button, e.g. "NHS login".
-    pub display_name: String,
-    /// The upstream issuer (discovery at `<issuer>/.well-known/openid-configuration`).
-    pub issuer: String,
-    /// Our client id at the upstream.
-    pub client_id: String,
-    /// Scopes to ask for (space separated); must include `openid`.
-    #[serde(default = "default_scopes")]
-    pub scopes: String,
-    /// Upstream ID token claim that identifies the local account, e.g. "nhs_number".
-    pub link_claim: String,
-    /// What the claim identifies: "patient" (by NHS number) or "staff" (by nhsid_useruid).
-    pub link_to: String,
-}
-
-fn default_scopes() -> String {
-    "openid".into()
-}
-
-impl UpstreamConfig {
-    /// Returns `Err((key, reason))` for the first invalid setting of upstream `i`.
-    pub fn validate(&self, i: usize) -> std::result::Result<(), (String, String)> {
-        let key = |k: &str| format!("identity.upstreams[{i}].{k}");
-        if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err((key("name"), "expected letters, digits and '-'".into()));
-        }
-        if url::Url::parse(&self.issuer).is_err() {
-            return Err((key("issuer"), "expected an absolute URL".into()));
-        }
-        if self.client_id.is_empty() {
-            return Err((key("client_id"), "is required".into()));
-        }
-        if !self.scopes.split_whitespace().any(|s| s == "openid") {
-            return Err((key("scopes"), "must include openid".into()));
-        }
-        if !matches!(self.link_to.as_str(), "patient" | "staff") {
-            return Err((key("link_to"), "expected patient or staff".into()));
-        }
-        if self.link_claim.is_empty() {
-            return Err((key("link_claim"), "is required".into()));
-        }
-        Ok(())
-    }
-}
 
 /// What the broker remembers between the redirect upstream and the callback.
 #[derive(Serialize, Deserialize)]
@@ -280,7 +230,7 @@ impl Broker {
         };
         let params = serde_json::to_string(&pending).map_err(|e| StartError::Config(e.to_string()))?;
         self.store
-            .put_auth_request(&format!("broker:{state}"), &params, crate::oauth::now() + PENDING_SECS)
+            .put_auth_request(&format!("broker:{state}"), &params, crate::model::now() + PENDING_SECS)
             .await
             .map_err(StartError::Storage)?;
         Ok(url.to_string())
@@ -294,7 +244,7 @@ impl Broker {
         binding: Option<&str>,
     ) -> std::result::Result<Linked, BrokerError> {
         let f = |k: &str| q.get(k).cloned().unwrap_or_default();
-        let now = crate::oauth::now();
+        let now = crate::model::now();
         let key = format!("broker:{}", f("state"));
         // Single use, whatever happens next: taken (read and deleted) in one statement.
         let pending: Pending = match self.store.take_auth_request(&key, now).await {
@@ -343,7 +293,7 @@ impl Broker {
             .exchange_code(AuthorizationCode::new(f("code")))
             .map_err(|e| fail(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier))
-            .add_extra_param("client_assertion_type", crate::oauth::JWT_BEARER)
+            .add_extra_param("client_assertion_type", crate::model::JWT_BEARER)
             .add_extra_param("client_assertion", assertion)
             .request_async(&self.http)
             .await

@@ -59,7 +59,7 @@ pub struct IdentityConfig {
     /// services share a host name).
     pub cookie_prefix: String,
     /// Upstream OpenID providers users can be sent to (CIS2, NHS login, another ICS).
-    pub upstreams: Vec<crate::broker::UpstreamConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
 }
 
 impl Default for IdentityConfig {
@@ -170,6 +170,57 @@ impl IdentityConfig {
         }
         if self.audience.is_empty() {
             return Err(("identity.audience".into(), "must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// One upstream provider (`[[identity.upstreams]]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Short name used in `kc_idp_hint` and URLs, e.g. "nhslogin" or "cis2".
+    pub name: String,
+    /// Shown on the login page button, e.g. "NHS login".
+    pub display_name: String,
+    /// The upstream issuer (discovery at `<issuer>/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// Our client id at the upstream.
+    pub client_id: String,
+    /// Scopes to ask for (space separated); must include `openid`.
+    #[serde(default = "default_scopes")]
+    pub scopes: String,
+    /// Upstream ID token claim that identifies the local account, e.g. "nhs_number".
+    pub link_claim: String,
+    /// What the claim identifies: "patient" (by NHS number) or "staff" (by nhsid_useruid).
+    pub link_to: String,
+}
+
+fn default_scopes() -> String {
+    "openid".into()
+}
+
+impl UpstreamConfig {
+    /// Returns `Err((key, reason))` for the first invalid setting of upstream `i`.
+    pub fn validate(&self, i: usize) -> std::result::Result<(), (String, String)> {
+        let key = |k: &str| format!("identity.upstreams[{i}].{k}");
+        if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err((key("name"), "expected letters, digits and '-'".into()));
+        }
+        if url::Url::parse(&self.issuer).is_err() {
+            return Err((key("issuer"), "expected an absolute URL".into()));
+        }
+        if self.client_id.is_empty() {
+            return Err((key("client_id"), "is required".into()));
+        }
+        if !self.scopes.split_whitespace().any(|s| s == "openid") {
+            return Err((key("scopes"), "must include openid".into()));
+        }
+        if !matches!(self.link_to.as_str(), "patient" | "staff") {
+            return Err((key("link_to"), "expected patient or staff".into()));
+        }
+        if self.link_claim.is_empty() {
+            return Err((key("link_claim"), "is required".into()));
         }
         Ok(())
     }

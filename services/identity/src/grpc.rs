@@ -9,8 +9,9 @@ use tonic::{Request, Response, Status};
 use crate::api;
 use crate::api::identity_admin_server::IdentityAdmin;
 use crate::error::IdentityError;
+use crate::model::now;
 use crate::model::{AuthMethod, Client, ClientSettings, EventKind, ORGANISATION_KINDS, Organisation, Patient, Person};
-use crate::oauth::{Provider, now};
+use crate::oauth::Provider;
 
 /// National RBAC activity that lets staff administer identity.
 pub const ADMIN_ACTIVITY: &str = "B1300";

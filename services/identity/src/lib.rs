@@ -177,7 +177,7 @@ async fn maintain(provider: oauth::Provider, stop: tokio_util::sync::Cancellatio
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = oauth::now();
+        let now = model::now();
         if let Err(e) = provider.keys.maintain(now).await {
             tracing::warn!(error = %e, "signing key maintenance failed");
         }

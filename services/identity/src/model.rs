@@ -424,3 +424,11 @@ impl EventKind {
         }
     }
 }
+
+/// `client_assertion_type` for private_key_jwt.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Now, unix seconds.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}

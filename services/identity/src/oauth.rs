@@ -20,6 +20,7 @@ use crate::config::IdentityConfig;
 use crate::error::IdentityError;
 use crate::keys::KeyRing;
 use crate::model::{ACR_PASSWORD, AuthMethod, Client, EventKind, Grant, SubjectKind, acr_for, check_scope};
+use crate::model::{JWT_BEARER, now};
 use crate::store::{Session, Store};
 use sharedcare_kit::nhs::ProofingLevel;
 
@@ -340,16 +341,8 @@ type CachedClient = (Client, bool, Instant);
 /// How long a client registration is cached in memory before it is read again.
 const CLIENT_CACHE: Duration = Duration::from_secs(10);
 
-/// `client_assertion_type` for private_key_jwt.
-pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
 /// The token endpoint's response body.
 pub type TokenResponse = Value;
-
-/// Now, unix seconds.
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
 
 impl Provider {
     /// A provider over `store` and `keys`, issuing as `issuer`.

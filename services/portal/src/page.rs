@@ -373,6 +373,15 @@ pub fn nhs_number(n: &str) -> String {
     }
 }
 
+/// The home page of the part of the site `path` is in: the passport's or the portal's.
+pub fn home_of(path: &str) -> &'static str {
+    if path.starts_with("/passport") {
+        "/passport/"
+    } else {
+        "/portal/"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,14 +429,5 @@ mod tests {
         );
         let without = page(&Chrome::default(), "Find a patient", html! { p { "x" } }).into_string();
         assert!(without.contains("<title>Find a patient – Shared care record</title>"));
-    }
-}
-
-/// The home page of the part of the site `path` is in: the passport's or the portal's.
-pub fn home_of(path: &str) -> &'static str {
-    if path.starts_with("/passport") {
-        "/passport/"
-    } else {
-        "/portal/"
     }
 }

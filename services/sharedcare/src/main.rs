@@ -3,12 +3,6 @@
 
 mod audit_monitor;
 mod bench;
-mod bench_audit;
-mod bench_export;
-mod bench_identity;
-mod bench_operator;
-mod bench_passport;
-mod bench_portal;
 mod cli;
 mod config;
 mod demo_record;

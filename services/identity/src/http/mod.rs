@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sharedcare_kit::jose;
 
+use crate::model::now;
 use crate::model::{AuthMethod, EventKind, Grant, SubjectKind, acr_for};
 use crate::oauth::{
-    AuthzParams, OAuthError, OAuthErrorCode, Presented, Provider, check_authorization, needs_second_factor, now,
+    AuthzParams, OAuthError, OAuthErrorCode, Presented, Provider, check_authorization, needs_second_factor,
     session_fresh_enough, vtr_satisfied,
 };
 use crate::pages;

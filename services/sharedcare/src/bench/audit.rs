@@ -18,7 +18,8 @@ use sharedcare_kit::bus::{self as kbus, Delivery};
 use sharedcare_kit::db::Db;
 use sharedcare_proto::events::v1::AccessRecorded;
 
-use crate::bench::{BenchArgs, histogram};
+use super::args::BenchArgs;
+use super::harness::histogram;
 use crate::config::Config;
 use crate::population::Rng;
 

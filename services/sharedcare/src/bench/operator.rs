@@ -18,7 +18,8 @@ use sharedcare_operator::crd::{
     OrganisationType, Status,
 };
 
-use crate::bench::{BenchArgs, DEMO_SERVICE_ID, DEMO_SERVICE_SECRET, UpProcess};
+use super::args::BenchArgs;
+use super::harness::{DEMO_SERVICE_ID, DEMO_SERVICE_SECRET, UpProcess};
 
 const APPS: usize = 500;
 

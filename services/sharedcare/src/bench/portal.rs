@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use crate::bench::{BenchArgs, UpProcess, phase};
-use crate::bench_identity::{client, location, sign_in_back};
+use super::args::BenchArgs;
+use super::harness::{UpProcess, phase};
+use super::identity::{client, location, sign_in_back};
 
 /// `sharedcare bench portal`.
 pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     if args.audit_entries > 0 {
-        crate::bench_audit::prefill(data.path(), args.audit_entries).await?;
+        super::audit::prefill(data.path(), args.audit_entries).await?;
     }
     let (p, _) = UpProcess::start_in(data, &[], &[])?;
     let base = format!("http://{}", p.http);

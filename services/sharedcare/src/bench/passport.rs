@@ -21,8 +21,9 @@ use sharedcare_proto::passport::v1::passport_client::PassportClient;
 use sharedcare_proto::records::v1::PutRequest;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
 
-use crate::bench::BENCH_SEED;
-use crate::bench::{Bearer, BenchArgs, UpProcess, demo_service_token, histogram, phase, report};
+use super::args::BENCH_SEED;
+use super::args::BenchArgs;
+use super::harness::{Bearer, UpProcess, demo_service_token, histogram, phase, report};
 use crate::config::Config;
 
 type Passports = PassportClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
@@ -117,9 +118,8 @@ pub(crate) async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()>
     views("GetPassport (service, decided + audited)", args, &readers, nhs.clone()).await?;
     // As people: the GP viewing her registered patients, and a patient (P9) viewing her own.
     let as_user = |token: String| -> anyhow::Result<Bearer> { Ok(Bearer(format!("Bearer {token}").parse()?)) };
-    let gp = as_user(crate::bench_identity::user_token(&p.http, "gp", "demo-gp-password", "selectedrole").await?)?;
-    let own =
-        as_user(crate::bench_identity::user_token(&p.http, "patient1", "demo-patient1-password", "nhs_number").await?)?;
+    let gp = as_user(super::identity::user_token(&p.http, "gp", "demo-gp-password", "selectedrole").await?)?;
+    let own = as_user(super::identity::user_token(&p.http, "patient1", "demo-patient1-password", "nhs_number").await?)?;
     let (mut staff, mut patient) = (Vec::new(), Vec::new());
     for _ in 0..args.connections.max(1) {
         let channel = tonic::transport::Channel::from_shared(p.grpc.clone())?

@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use sharedcare_kit::auth::{KeySource, Verifier};
 use sharedcare_kit::jose::JwkSet;
 
-use crate::bench::{BenchArgs, DEMO_SERVICE_ID, DEMO_SERVICE_SECRET, UpProcess, histogram, phase, report};
+use super::args::BenchArgs;
+use super::harness::{DEMO_SERVICE_ID, DEMO_SERVICE_SECRET, UpProcess, histogram, phase, report};
 
 const PORTAL_ID: &str = "sharedcare-portal";
 const PORTAL_SECRET: &str = "demo-portal-secret-7c1f9e2b4a";
@@ -319,7 +320,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     // JWT verification in the kit, one core, keys cached.
     let jwks: JwkSet = shared.get(format!("{base}/oauth2/jwks")).send().await?.json().await?;
-    let access = crate::bench::demo_service_token(&up.http, "records.read").await?;
+    let access = super::harness::demo_service_token(&up.http, "records.read").await?;
     drop(up);
     let keys = Arc::new(FixedKeys(jwks));
     for (name, capacity) in [

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::bench::{BenchArgs, UpProcess, demo_service_token, quiesce};
+use super::args::BenchArgs;
+use super::harness::{UpProcess, demo_service_token, quiesce};
 
 /// People of the synthetic population: about 1,000,000 resources of every kind.
 const PEOPLE: u64 = 45_000;

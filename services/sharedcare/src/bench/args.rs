@@ -1,0 +1,72 @@
+//! What `sharedcare bench` can measure, and its options.
+
+use clap::{Args, ValueEnum};
+
+/// The synthetic population's seed the record-writing benchmarks draw people from.
+pub(crate) const BENCH_SEED: u64 = 1;
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum What {
+    /// Event bus throughput and latency.
+    Bus,
+    /// Record put/get over gRPC in `up` mode.
+    Records,
+    /// `up` start-up time and idle memory.
+    Startup,
+    /// Identity: client_credentials, code round trips, refresh, logins, kit verification.
+    Identity,
+    /// The audit log from empty to `--entries`: append rates, proofs, start-up to a signed
+    /// checkpoint and disk per entry (SQLite; Postgres when `database.url` is set).
+    Audit,
+    /// `sharedcare import` of a generated NDJSON file into `up` (resources/s).
+    Import,
+    /// Passport views over gRPC in `up` (each decided by consent and audited), and how soon a
+    /// write reaches the passport.
+    Passport,
+    /// Patient search by family name and birth date over `/fhir/R4` in `up`, over 100,000
+    /// imported patients.
+    PatientSearch,
+    /// FHIR Bulk Data `$export` of 1,000,000 resources from `up`: throughput and memory.
+    Export,
+    /// The web: a signed-in clinician's patient summary page in `up` (session, consent,
+    /// audit, render), over HTTP.
+    Portal,
+    /// The operator: 500 CareApps applied to a real kube-apiserver (KUBECONFIG) until all are
+    /// Ready, reconciled into a fresh `up`.
+    Operator,
+}
+
+/// `sharedcare bench` options.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub what: What,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Concurrent requests in flight (records).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// HTTP/2 connections the requests are spread over (records).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Events per second for the latency phase (bus).
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// gRPC endpoint of a running instance instead of starting one (records), e.g.
+    /// http://127.0.0.1:50051.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Bearer token for `--target` (records).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Entries to append (audit).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub entries: u64,
+    /// Entries of other patients put in the audit log before `up` starts (portal: the
+    /// patient's access-log page measured over a log that size).
+    #[arg(long, default_value_t = 0)]
+    pub audit_entries: u64,
+}
