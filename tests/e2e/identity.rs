@@ -506,7 +506,7 @@ async fn identity_pages_have_a_strict_csp_and_an_https_issuer_sends_hsts() {
 async fn private_key_jwt_client_authenticates_with_its_registered_key_and_assertions_are_single_use() {
     let data = tempfile::tempdir().expect("tmp");
     let p = up(data.path());
-    let key = Signer256::generate();
+    let key = Signer256::generate().expect("key");
     let jwks = serde_json::json!({"keys": [key.jwk()]}).to_string();
     let mut a = admin(&p).await;
     let c = a
@@ -531,6 +531,7 @@ async fn private_key_jwt_client_authenticates_with_its_registered_key_and_assert
                 "jti": jti, "iat": now, "exp": now + 60,
             }),
         )
+        .expect("sign")
     };
     // The openidconnect crate sends the assertion as extra token request parameters.
     let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(p.http.clone()).expect("issuer"), &http())
@@ -581,7 +582,7 @@ async fn private_key_jwt_client_authenticates_with_its_registered_key_and_assert
         body["error_description"].as_str().unwrap_or_default().contains("jti"),
         "{body}"
     );
-    let stranger = token(assertion(&Signer256::generate(), "a-2")).await;
+    let stranger = token(assertion(&Signer256::generate().expect("key"), "a-2")).await;
     assert_eq!(stranger.json::<Value>().await.expect("json")["error"], "invalid_client");
 
     // A client that publishes its keys at a jwks_uri, and rotates them there.
@@ -617,6 +618,7 @@ async fn private_key_jwt_client_authenticates_with_its_registered_key_and_assert
                 "iss": id, "sub": id, "aud": p.http.clone(), "jti": jti, "iat": now, "exp": now + 60,
             }),
         )
+        .expect("sign")
     };
     let send = |id: String, a: String| {
         let base = p.http.clone();
@@ -643,7 +645,7 @@ async fn private_key_jwt_client_authenticates_with_its_registered_key_and_assert
         send(by_uri.client_id.clone(), assert_for(&key, &by_uri.client_id, "u-1")).await,
         200
     );
-    let next = Signer256::generate();
+    let next = Signer256::generate().expect("key");
     *published.lock().expect("lock") = serde_json::json!({"keys": [next.jwk()]});
     // Identity refetches a client's keys at most once a second: poll until the new kid is
     // accepted (each attempt with a fresh jti, which is single use).
@@ -1108,7 +1110,7 @@ async fn bad_requests_get_the_standard_oauth_errors() {
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
     let kid = jose::header(&good).expect("header").kid;
-    let stranger = Signer256::generate();
+    let stranger = Signer256::generate().expect("key");
     let now = chrono::Utc::now().timestamp();
     let forged = [
         format!("{}.{}.", b64(r#"{"alg":"none"}"#), parts[1]),
@@ -1119,10 +1121,12 @@ async fn bad_requests_get_the_standard_oauth_errors() {
             parts[2]
         ),
         format!("{}.{}.{}", parts[0], b64(r#"{"sub":"admin"}"#), parts[2]),
-        stranger.sign(
-            "at+jwt",
-            &serde_json::json!({"iss": base, "aud": "sharedcare", "exp": now + 60}),
-        ),
+        stranger
+            .sign(
+                "at+jwt",
+                &serde_json::json!({"iss": base, "aud": "sharedcare", "exp": now + 60}),
+            )
+            .expect("sign"),
     ];
     for t in forged {
         let r = http()
@@ -1182,10 +1186,13 @@ async fn records_and_audit_admit_only_valid_tokens_and_record_who_accessed() {
 
     let none = records.put(put()).await.expect_err("no token");
     assert_eq!(none.code(), tonic::Code::Unauthenticated);
-    let forged = Signer256::generate().sign(
-        "at+jwt",
-        &serde_json::json!({"iss": p.http, "aud": "sharedcare", "exp": 4_000_000_000i64}),
-    );
+    let forged = Signer256::generate()
+        .expect("key")
+        .sign(
+            "at+jwt",
+            &serde_json::json!({"iss": p.http, "aud": "sharedcare", "exp": 4_000_000_000i64}),
+        )
+        .expect("sign");
     assert_eq!(
         records
             .put(with_token(put(), &forged))

@@ -2,6 +2,8 @@
 //! it over gRPC and HTTP as an app or an operator would.
 //!
 //! One test binary with modules (each file under `tests/` would be another binary to link).
+// Test code: a panic is a failed test, so expect, indexing and Row::get are fine here.
+#![allow(clippy::expect_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 mod audit_log;
 mod bulk;

@@ -61,20 +61,31 @@ pub fn audit_event(e: &AuditEntry) -> Value {
             json!([]),
         ),
     };
-    let mut agent = json!({
-        "who": {"identifier": {"value": e.actor}},
-        "requestor": true,
-    });
+    let mut who = json!({"identifier": {"value": e.actor}});
+    let mut agent = serde_json::Map::new();
     if !e.actor_role.is_empty() {
-        agent["role"] = json!([{"coding": [{"system": "https://fhir.nhs.uk/CodeSystem/NHSDigital-SDS-JobRoleCode", "code": e.actor_role}]}]);
+        agent.insert("role".into(), json!([{"coding": [{"system": "https://fhir.nhs.uk/CodeSystem/NHSDigital-SDS-JobRoleCode", "code": e.actor_role}]}]));
     }
     if !e.actor_organisation.is_empty() {
-        agent["who"]["display"] = json!(format!("{} at {}", e.actor, e.actor_organisation));
-        agent["location"] = json!({"identifier": {"system": ODS_SYSTEM, "value": e.actor_organisation}});
+        if let Some(w) = who.as_object_mut() {
+            w.insert(
+                "display".into(),
+                json!(format!("{} at {}", e.actor, e.actor_organisation)),
+            );
+        }
+        agent.insert(
+            "location".into(),
+            json!({"identifier": {"system": ODS_SYSTEM, "value": e.actor_organisation}}),
+        );
     }
     if !e.purpose.is_empty() {
-        agent["purposeOfUse"] = json!([{"coding": [{"system": PURPOSE_SYSTEM, "code": e.purpose}]}]);
+        agent.insert(
+            "purposeOfUse".into(),
+            json!([{"coding": [{"system": PURPOSE_SYSTEM, "code": e.purpose}]}]),
+        );
     }
+    agent.insert("who".into(), who);
+    agent.insert("requestor".into(), json!(true));
     let mut entity: Vec<Value> = e
         .resources
         .iter()
@@ -104,18 +115,29 @@ pub fn audit_event(e: &AuditEntry) -> Value {
                    "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
         "entity": entity,
     });
+    let Some(fields) = event.as_object_mut() else {
+        return event;
+    };
     if !e.reason.is_empty() || e.outcome != "success" {
-        event["outcomeDesc"] = json!(if e.reason.is_empty() {
+        let desc = if e.reason.is_empty() {
             e.outcome.clone()
         } else {
             format!("{}: {}", e.outcome, e.reason)
-        });
+        };
+        fields.insert("outcomeDesc".into(), json!(desc));
     }
     if !e.purpose.is_empty() {
-        event["purposeOfEvent"] = json!([{"coding": [{"system": PURPOSE_SYSTEM, "code": e.purpose}]}]);
+        fields.insert(
+            "purposeOfEvent".into(),
+            json!([{"coding": [{"system": PURPOSE_SYSTEM, "code": e.purpose}]}]),
+        );
     }
-    if event["subtype"].as_array().is_some_and(Vec::is_empty) {
-        event.as_object_mut().map(|o| o.remove("subtype"));
+    if fields
+        .get("subtype")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        fields.remove("subtype");
     }
     event
 }

@@ -40,12 +40,12 @@ fn split(n: usize) -> usize {
 
 /// MTH over leaf hashes (the empty tree's root is SHA-256 of nothing).
 pub fn root(leaves: &[Hash]) -> Hash {
-    match leaves.len() {
-        0 => Sha256::digest([]).into(),
-        1 => leaves[0],
-        n => {
-            let k = split(n);
-            node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
+    match leaves {
+        [] => Sha256::digest([]).into(),
+        [one] => *one,
+        _ => {
+            let (left, right) = leaves.split_at(split(leaves.len()));
+            node_hash(&root(left), &root(right))
         }
     }
 }
@@ -53,14 +53,14 @@ pub fn root(leaves: &[Hash]) -> Hash {
 /// The audit path for leaf `m` in the tree of `leaves` (RFC 6962 PATH(m, D[n])).
 pub fn inclusion_proof(m: usize, leaves: &[Hash]) -> Vec<Hash> {
     inclusion_path(m as u64, leaves.len() as u64, &mut |lo, hi| {
-        root(&leaves[lo as usize..hi as usize])
+        root(leaves.get(lo as usize..hi as usize).unwrap_or_default())
     })
 }
 
 /// The consistency proof from the first `m` leaves to all of `leaves` (RFC 6962 PROOF(m, D[n])).
 pub fn consistency_proof(m: usize, leaves: &[Hash]) -> Vec<Hash> {
     consistency_path(m as u64, leaves.len() as u64, &mut |lo, hi| {
-        root(&leaves[lo as usize..hi as usize])
+        root(leaves.get(lo as usize..hi as usize).unwrap_or_default())
     })
 }
 
@@ -157,8 +157,11 @@ pub fn verify_consistency(first: u64, second: u64, first_root: &Hash, second_roo
         f_n >>= 1;
         s_n >>= 1;
     }
-    let (mut fr, mut sr) = (path[0], path[0]);
-    for c in &path[1..] {
+    let Some((&start, rest)) = path.split_first() else {
+        return false;
+    };
+    let (mut fr, mut sr) = (start, start);
+    for c in rest {
         if s_n == 0 {
             return false;
         }

@@ -45,8 +45,9 @@ pub fn key_id(name: &str, public_key: &[u8]) -> [u8; 4] {
     h.update(name.as_bytes());
     h.update([b'\n', ED25519_TYPE]);
     h.update(public_key);
-    let d = h.finalize();
-    [d[0], d[1], d[2], d[3]]
+    let d: [u8; 32] = h.finalize().into();
+    let [a, b, c, e, ..] = d;
+    [a, b, c, e]
 }
 
 /// The verifier key a client pins: `<name>+<key id hex>+<base64(0x01 ‖ key)>`.
@@ -143,11 +144,12 @@ pub fn open_checkpoint(note: &str, key: &VerifierKey) -> Result<Checkpoint, Stri
         let sig = B64
             .decode(sig)
             .map_err(|_| format!("the signature of {name} is not base64"))?;
-        if name != key.name || sig.len() < 4 || sig[..4] != key.id {
+        let (id, sig) = sig.split_at_checked(4).unwrap_or_default();
+        if name != key.name || id != key.id {
             continue; // another key's signature (a witness, say): ignored
         }
         UnparsedPublicKey::new(&ED25519, &key.key)
-            .verify(body.as_bytes(), &sig[4..])
+            .verify(body.as_bytes(), sig)
             .map_err(|_| {
                 format!("the signature of {name} does not verify: the checkpoint was altered or not signed by this key")
             })?;

@@ -354,7 +354,7 @@ impl Store {
             };
         }
         let rows = q.fetch_all(self.db.pool()).await?;
-        Ok(rows.iter().map(entry).collect())
+        Ok(rows.iter().map(entry).collect::<Result<_, _>>()?)
     }
 
     /// Alerts, newest first (of one organisation when given).
@@ -370,17 +370,19 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| Alert {
-                id: r.get(0),
-                kind: r.get(1),
-                actor: r.get(2),
-                actor_organisation: r.get(3),
-                nhs_number: r.get(4),
-                detail: r.get(5),
-                time: Some(db::timestamp(r.get(6))),
-                leaf_index: r.get::<i64, _>(7) as u64,
+            .map(|r| {
+                Ok(Alert {
+                    id: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    actor: r.try_get(2)?,
+                    actor_organisation: r.try_get(3)?,
+                    nhs_number: r.try_get(4)?,
+                    detail: r.try_get(5)?,
+                    time: Some(db::timestamp(r.try_get(6)?)),
+                    leaf_index: r.try_get::<i64, _>(7)? as u64,
+                })
             })
-            .collect())
+            .collect::<Result<_, sqlx::Error>>()?)
     }
 
     /// Entries for `nhs_number` with sequence below `before` (0 = newest), newest first.
@@ -400,7 +402,7 @@ impl Store {
             .bind(limit)
             .fetch_all(self.db.pool())
             .await?;
-        Ok(rows.iter().map(entry).collect())
+        Ok(rows.iter().map(entry).collect::<Result<_, _>>()?)
     }
 
     /// The entry at `leaf_index`.
@@ -410,7 +412,7 @@ impl Store {
             .bind(leaf_index)
             .fetch_optional(self.db.pool())
             .await?;
-        Ok(row.as_ref().map(entry))
+        Ok(row.as_ref().map(entry).transpose()?)
     }
 
     /// The entries at `leaf_indexes` (those that exist), by leaf index.
@@ -430,7 +432,10 @@ impl Store {
             q = q.bind(*i as i64);
         }
         let rows = q.fetch_all(self.db.pool()).await?;
-        Ok(rows.iter().map(entry).map(|e| (e.leaf_index, e)).collect())
+        Ok(rows
+            .iter()
+            .map(|r| entry(r).map(|e| (e.leaf_index, e)))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Entries with leaf index in `from..to`, in leaf order (for verification).
@@ -443,7 +448,7 @@ impl Store {
             .bind(to)
             .fetch_all(self.db.pool())
             .await?;
-        Ok(rows.iter().map(entry).collect())
+        Ok(rows.iter().map(entry).collect::<Result<_, _>>()?)
     }
 
     /// How many entries the `entries` table holds (its next leaf index).
@@ -497,7 +502,7 @@ impl Store {
             .fetch_all(self.db.pool())
             .await?;
         for r in &rows {
-            let e = entry(r);
+            let e = entry(r)?;
             sqlx::query("UPDATE entries SET leaf_hash = $1 WHERE leaf_index = $2")
                 .bind(hex(&merkle::leaf_hash(crate::leaf::leaf_data(&e).as_bytes())))
                 .bind(e.leaf_index as i64)
@@ -713,24 +718,24 @@ async fn catch_up(tx: &mut db::Tx) -> Result<(i64, u64), AuditError> {
 const ENTRY_COLUMNS: &str = "sequence, event_id, actor, actor_organisation, actor_role, action, resources, nhs_number, \
      purpose, reason, outcome, time_us, trace_id, service, leaf_index";
 
-fn entry(r: &sqlx::any::AnyRow) -> AuditEntry {
-    AuditEntry {
-        sequence: r.get::<i64, _>(0) as u64,
-        event_id: r.get(1),
-        actor: r.get(2),
-        actor_organisation: r.get(3),
-        actor_role: r.get(4),
-        action: r.get(5),
-        resources: serde_json::from_str(&r.get::<String, _>(6)).unwrap_or_default(),
-        nhs_number: r.get(7),
-        purpose: r.get(8),
-        reason: r.get(9),
-        outcome: r.get(10),
-        time: Some(db::timestamp(r.get(11))),
-        trace_id: r.get(12),
-        service: r.get(13),
+fn entry(r: &sqlx::any::AnyRow) -> Result<AuditEntry, sqlx::Error> {
+    Ok(AuditEntry {
+        sequence: r.try_get::<i64, _>(0)? as u64,
+        event_id: r.try_get(1)?,
+        actor: r.try_get(2)?,
+        actor_organisation: r.try_get(3)?,
+        actor_role: r.try_get(4)?,
+        action: r.try_get(5)?,
+        resources: serde_json::from_str(&r.try_get::<String, _>(6)?).unwrap_or_default(),
+        nhs_number: r.try_get(7)?,
+        purpose: r.try_get(8)?,
+        reason: r.try_get(9)?,
+        outcome: r.try_get(10)?,
+        time: Some(db::timestamp(r.try_get(11)?)),
+        trace_id: r.try_get(12)?,
+        service: r.try_get(13)?,
         leaf_index: r.try_get::<Option<i64>, _>(14).ok().flatten().unwrap_or(-1) as u64,
-    }
+    })
 }
 
 /// Lower-case hex.

@@ -110,7 +110,13 @@ impl Expanded {
     pub fn new(bytes: &[u8]) -> Expanded {
         let mut levels = vec![bytes.chunks_exact(32).map(to_hash).collect::<Vec<Hash>>()];
         while let Some(below) = levels.last().filter(|l| l.len() > 1) {
-            let up = below.chunks_exact(2).map(|p| merkle::node_hash(&p[0], &p[1])).collect();
+            let up = below
+                .chunks_exact(2)
+                .filter_map(|p| match p {
+                    [l, r] => Some(merkle::node_hash(l, r)),
+                    _ => None,
+                })
+                .collect();
             levels.push(up);
         }
         Expanded(levels)
@@ -118,12 +124,12 @@ impl Expanded {
 
     /// Whether the tile is full (and so never changes).
     pub fn is_full(&self) -> bool {
-        self.0[0].len() == WIDTH as usize
+        self.0.first().is_some_and(|leaves| leaves.len() == WIDTH as usize)
     }
 
     /// The root of a full tile (the hash the level above holds for it).
     pub fn root(&self) -> Option<Hash> {
-        self.0.get(HEIGHT as usize).map(|l| l[0])
+        self.0.get(HEIGHT as usize).and_then(|l| l.first().copied())
     }
 }
 
@@ -341,7 +347,7 @@ pub fn parse_path(rest: &str) -> Result<(TileId, u64), (&'static str, String)> {
             .and_then(|n| n.checked_add(d.parse::<u64>().unwrap_or(0)))
             .ok_or(("index", format!("{index:?} is out of range")))?;
     }
-    if groups.len() > 1 && groups[0] == "x000" {
+    if groups.len() > 1 && groups.first() == Some(&"x000") {
         return Err(("index", format!("{index:?} has a leading x000 group")));
     }
     Ok((TileId { level, index: n }, width))

@@ -1,4 +1,6 @@
 //! Consent's storage, run on SQLite and on Postgres.
+// Test code: a panic is a failed test, so expect, indexing and Row::get are fine here.
+#![allow(clippy::expect_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 use sharedcare_consent::policy::{BreakGlass, Directive, Effect, Provision, Relationship};
 use sharedcare_consent::store::{Actor, Grant, Store};

@@ -13,6 +13,7 @@
 //! with `prompt=none` and the assertion, so a patient already signed in to the NHS App gets in
 //! silently; when the upstream answers `login_required` the app gets that error back.
 
+use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -146,7 +147,7 @@ impl Broker {
                 .map_err(|_| IdentityError::invalid("rp_keys.secret", "not base64url"))?;
             return Signer256::from_secret(&bytes).map_err(|e| IdentityError::invalid("rp_keys.secret", e.to_string()));
         }
-        let key = Signer256::generate();
+        let key = Signer256::generate()?;
         self.store.put_rp_key(upstream, &B64.encode(key.secret_bytes())).await?;
         // Two replicas racing both insert-or-ignore; read back the one that won.
         Box::pin(self.rp_key(upstream))
@@ -282,13 +283,15 @@ impl Broker {
             .set_redirect_uri(redirect)
             .set_auth_type(AuthType::RequestBody);
         let key = self.rp_key(&u.name).await.map_err(|e| fail(e.to_string()))?;
-        let assertion = key.sign(
-            "JWT",
-            &serde_json::json!({
-                "iss": u.client_id, "sub": u.client_id, "aud": token_endpoint,
-                "jti": jose::random_token(16), "iat": now, "exp": now + 60,
-            }),
-        );
+        let assertion = key
+            .sign(
+                "JWT",
+                &serde_json::json!({
+                    "iss": u.client_id, "sub": u.client_id, "aud": token_endpoint,
+                    "jti": jose::random_token(16), "iat": now, "exp": now + 60,
+                }),
+            )
+            .map_err(|e| fail(e.to_string()))?;
         let tokens = client
             .exchange_code(AuthorizationCode::new(f("code")))
             .map_err(|e| fail(e.to_string()))?
@@ -312,7 +315,7 @@ impl Broker {
             .and_then(|p| B64.decode(p).ok())
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .unwrap_or_default();
-        let value = payload[&u.link_claim].as_str().unwrap_or_default().to_string();
+        let value = payload.at(&u.link_claim).as_str().unwrap_or_default().to_string();
         if value.is_empty() {
             return Err(fail(format!(
                 "{} did not send the {} claim",
@@ -343,7 +346,8 @@ impl Broker {
                 u.link_to, u.display_name, u.link_claim
             ))
         })?;
-        let mut amr: Vec<String> = payload["amr"]
+        let mut amr: Vec<String> = payload
+            .at("amr")
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
             .unwrap_or_default();

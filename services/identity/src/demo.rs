@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use sharedcare_kit::auth::RoleProfile;
 use sharedcare_kit::jose;
-use sharedcare_kit::nhs::NhsNumber;
+use sharedcare_kit::nhs::{NhsNumber, ProofingLevel};
 
 use crate::error::Result;
 use crate::model::{AuthMethod, Client, ClientSettings, Organisation, Patient, Person};
@@ -177,29 +177,50 @@ pub fn patients() -> Vec<(Patient, &'static str)> {
             .map(|n| n.as_str().to_string())
             .unwrap_or_default()
     };
-    let patient = |stem: u32, user: &str, given: &str, family: &str, born: &str, level: &str| Patient {
+    let patient = |stem: u32, user: &str, given: &str, family: &str, born: &str, level: ProofingLevel| Patient {
         nhs_number: nhs(stem),
         username: user.into(),
         given_name: given.into(),
         family_name: family.into(),
         birthdate: born.into(),
-        proofing_level: sharedcare_kit::nhs::ProofingLevel::parse(level).expect("the demo names P0, P5 or P9"),
+        proofing_level: level,
     };
     vec![
         (
-            patient(943_476_591, "patient1", "Margaret", "Evans", "1941-03-12", "P9"),
+            patient(
+                943_476_591,
+                "patient1",
+                "Margaret",
+                "Evans",
+                "1941-03-12",
+                ProofingLevel::P9,
+            ),
             "demo-patient1-password",
         ),
         (
-            patient(943_476_592, "patient2", "David", "Nowak", "1958-11-02", "P9"),
+            patient(
+                943_476_592,
+                "patient2",
+                "David",
+                "Nowak",
+                "1958-11-02",
+                ProofingLevel::P9,
+            ),
             "demo-patient2-password",
         ),
         (
-            patient(943_476_593, "patient3", "Aisha", "Rahman", "1990-06-25", "P9"),
+            patient(
+                943_476_593,
+                "patient3",
+                "Aisha",
+                "Rahman",
+                "1990-06-25",
+                ProofingLevel::P9,
+            ),
             "demo-patient3-password",
         ),
         (
-            patient(943_476_594, "patient4", "Tom", "Baker", "1985-01-30", "P5"),
+            patient(943_476_594, "patient4", "Tom", "Baker", "1985-01-30", ProofingLevel::P5),
             "demo-patient4-password",
         ),
     ]
@@ -211,7 +232,11 @@ pub fn patients() -> Vec<(Patient, &'static str)> {
 /// the trust.
 pub fn care_relationships() -> Vec<(String, &'static str, &'static str)> {
     let p = patients();
-    let nhs = |i: usize| p[i].0.nhs_number.clone();
+    let nhs = |i: usize| {
+        p.get(i)
+            .map(|(person, _)| person.nhs_number.clone())
+            .unwrap_or_default()
+    };
     let mut out: Vec<(String, &'static str, &'static str)> =
         (0..p.len()).map(|i| (nhs(i), "A81001", "gp_registration")).collect();
     out.push((nhs(0), "VN1C4", "care_package"));

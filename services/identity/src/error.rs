@@ -40,6 +40,13 @@ pub enum IdentityError {
     Kit(#[from] sharedcare_kit::Error),
 }
 
+/// A token or key could not be made (signing failed): an internal fault.
+impl From<sharedcare_kit::jose::JoseError> for IdentityError {
+    fn from(e: sharedcare_kit::jose::JoseError) -> Self {
+        IdentityError::Internal(e.to_string())
+    }
+}
+
 /// `Result` with [`IdentityError`].
 pub type Result<T, E = IdentityError> = std::result::Result<T, E>;
 

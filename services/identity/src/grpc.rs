@@ -295,8 +295,7 @@ fn text(field: &str, v: &str) -> Result<(), Status> {
 }
 
 fn random_digits(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    getrandom::fill(&mut b).expect("the operating system provides randomness");
+    let b = sharedcare_kit::jose::random_bytes(n);
     b.iter().map(|x| char::from(b'0' + x % 10)).collect()
 }
 

@@ -93,7 +93,7 @@ impl KeyRing {
             prepublish: prepublish_secs.clamp(0, rotate_after_secs / 2),
             keep_after_retire: token_secs + sharedcare_kit::auth::LEEWAY_SECS,
             inner: Arc::new(RwLock::new(Ring {
-                active: Arc::new(Signer256::generate()),
+                active: Arc::new(Signer256::generate()?),
                 since: 0,
                 pending: false,
                 rsa: None,
@@ -151,7 +151,7 @@ impl KeyRing {
     /// A new ES256 (and RS256) key, published now, signing from `now + delay`; earlier keys
     /// retire once the tokens they signed have expired, or at once in an emergency.
     async fn rotate_from(&self, now: i64, delay: i64, emergency: bool) -> Result<String> {
-        let key = Signer256::generate();
+        let key = Signer256::generate()?;
         let from = now + delay;
         let retire_old = if emergency {
             now - 1

@@ -309,8 +309,8 @@ pub const INCLUDED_ACTIVITIES: &[(&str, &[&str])] = &[
 pub fn expand_activities(codes: &[String]) -> Vec<String> {
     let mut out: Vec<String> = codes.to_vec();
     let mut i = 0;
-    while i < out.len() {
-        if let Some((_, inc)) = INCLUDED_ACTIVITIES.iter().find(|(k, _)| *k == out[i]) {
+    while let Some(code) = out.get(i).cloned() {
+        if let Some((_, inc)) = INCLUDED_ACTIVITIES.iter().find(|(k, _)| *k == code) {
             for c in *inc {
                 if !out.iter().any(|o| o == c) {
                     out.push((*c).to_string());

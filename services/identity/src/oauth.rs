@@ -5,6 +5,7 @@
 //! RFC 7009 (revocation), RFC 7662 (introspection), RFC 7523 (private_key_jwt), RFC 9068 (JWT
 //! access tokens), OpenID Connect Back-Channel Logout 1.0, RFC 9700 (refresh token rotation).
 
+use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -479,7 +480,7 @@ impl Provider {
             (None, false) => p.client_id.clone(),
             (None, true) if !p.assertion.is_empty() => {
                 let claims = unverified_payload(&p.assertion).ok_or_else(|| bad("client_assertion is not a JWT"))?;
-                claims["iss"].as_str().unwrap_or_default().to_string()
+                claims.at("iss").as_str().unwrap_or_default().to_string()
             }
             _ => return Err(bad("no client credentials")),
         };
@@ -537,20 +538,20 @@ impl Provider {
             }
         }
         .map_err(|e| bad(e.to_string()))?;
-        let s = |k: &str| claims[k].as_str().unwrap_or_default().to_string();
+        let s = |k: &str| claims.at(k).as_str().unwrap_or_default().to_string();
         if s("iss") != client.id || s("sub") != client.id {
             return Err(bad("iss and sub must be the client_id".into()));
         }
         let token_endpoint = self.token_endpoint();
         let aud_ok = |v: &Value| v.as_str().is_some_and(|a| a == token_endpoint || a == &*self.issuer);
-        let aud = match &claims["aud"] {
+        let aud = match claims.at("aud") {
             Value::Array(a) => a.iter().any(aud_ok),
             v => aud_ok(v),
         };
         if !aud {
             return Err(bad("aud must be the token endpoint or the issuer".into()));
         }
-        let exp = claims["exp"].as_i64().ok_or_else(|| bad("exp is missing".into()))?;
+        let exp = claims.at("exp").as_i64().ok_or_else(|| bad("exp is missing".into()))?;
         let now = now();
         if exp <= now || exp > now + 3600 {
             return Err(bad("exp must be in the next hour".into()));
@@ -647,7 +648,11 @@ impl Provider {
             "client_id": client.id, "scope": scope, "jti": jose::random_token(16),
             "iat": now, "nbf": now, "exp": now + ttl,
         });
-        let token = self.keys.active().sign("at+jwt", &claims);
+        let token = self
+            .keys
+            .active()
+            .sign("at+jwt", &claims)
+            .map_err(IdentityError::from)?;
         Ok(json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl, "scope": scope}))
     }
 
@@ -752,7 +757,7 @@ impl Provider {
             "acr": grant.acr(), "amr": grant.amr, "sid": grant.session_id,
         });
         merge(&mut at, access_claims(grant, &subject));
-        let access_token = signer.sign("at+jwt", &at);
+        let access_token = signer.sign("at+jwt", &at).map_err(IdentityError::from)?;
         let mut out = json!({
             "access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": grant.scope,
         });
@@ -763,7 +768,7 @@ impl Provider {
                 "amr": grant.amr, "sid": grant.session_id, "at_hash": jose::half_hash(&access_token),
             });
             if !grant.nonce.is_empty() {
-                id["nonce"] = json!(grant.nonce);
+                id.put("nonce", json!(grant.nonce));
             }
             merge(&mut id, scoped_claims(grant, &subject));
             let id_token = if client.settings.id_token_alg == "RS256" {
@@ -771,8 +776,9 @@ impl Provider {
                 self.keys.rsa().await?.sign("JWT", &id)
             } else {
                 signer.sign("JWT", &id)
-            };
-            out["id_token"] = json!(id_token);
+            }
+            .map_err(IdentityError::from)?;
+            out.put("id_token", json!(id_token));
         }
         if client.allows_grant("refresh_token") {
             let token = jose::random_token(32);
@@ -785,7 +791,7 @@ impl Provider {
                     now + self.config.refresh_token_secs,
                 )
                 .await?;
-            out["refresh_token"] = json!(token);
+            out.put("refresh_token", json!(token));
         }
         Ok(out)
     }
@@ -856,11 +862,11 @@ impl Provider {
             .claims(token, sharedcare_kit::auth::ACCESS_TOKEN_TYP)
             .await
             .map_err(|e| invalid(e.to_string()))?;
-        let jti = claims["jti"].as_str().unwrap_or_default();
+        let jti = claims.at("jti").as_str().unwrap_or_default();
         if self.store.jti_revoked(jti).await? {
             return Err(invalid("the access token was revoked".into()));
         }
-        let session = match claims["sid"].as_str() {
+        let session = match claims.at("sid").as_str() {
             None => None,
             Some(sid) => match self.store.session(sid).await? {
                 Some(s) if !s.revoked && s.expires_at > now() => Some(s),
@@ -876,8 +882,8 @@ impl Provider {
         let session = session.ok_or_else(|| OAuthError::new(OAuthErrorCode::InvalidToken, "not a user's token"))?;
         let grant = Grant::of_session(
             &session,
-            claims["client_id"].as_str().unwrap_or_default(),
-            claims["scope"].as_str().unwrap_or_default(),
+            claims.at("client_id").as_str().unwrap_or_default(),
+            claims.at("scope").as_str().unwrap_or_default(),
         );
         let subject = self.subject_claims(&grant).await?;
         let mut out = json!({"sub": self.subject_id(&grant)});
@@ -898,7 +904,7 @@ impl Provider {
             _ => false,
         };
         if let Ok((c, _)) = self.check_access_token(token).await
-            && names_caller(&c["aud"])
+            && names_caller(c.at("aud"))
         {
             let mut out = json!({"active": true, "token_type": "Bearer"});
             for k in [
@@ -914,8 +920,8 @@ impl Provider {
                 "sid",
                 "acr",
             ] {
-                if !c[k].is_null() {
-                    out[k] = c[k].clone();
+                if !c.at(k).is_null() {
+                    out.put(k, c.at(k).clone());
                 }
             }
             return Ok(out);
@@ -947,10 +953,10 @@ impl Provider {
             .verifier
             .claims(token, sharedcare_kit::auth::ACCESS_TOKEN_TYP)
             .await
-            && c["client_id"].as_str() == Some(client.id.as_str())
+            && c.at("client_id").as_str() == Some(client.id.as_str())
         {
-            let jti = c["jti"].as_str().unwrap_or_default();
-            let exp = c["exp"].as_i64().unwrap_or_default();
+            let jti = c.at("jti").as_str().unwrap_or_default();
+            let exp = c.at("exp").as_i64().unwrap_or_default();
             self.store.revoke_jti(jti, exp).await?;
         }
         Ok(())
@@ -982,14 +988,18 @@ impl Provider {
             }
             let now = now();
             let grant = Grant::of_session(session, &id, "");
-            let token = self.keys.active().sign(
-                "logout+jwt",
-                &json!({
-                    "iss": &*self.issuer, "aud": id, "iat": now, "exp": now + 120, "jti": jose::random_token(16),
-                    "sub": self.subject_id(&grant), "sid": session.id,
-                    "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
-                }),
-            );
+            let token = self
+                .keys
+                .active()
+                .sign(
+                    "logout+jwt",
+                    &json!({
+                        "iss": &*self.issuer, "aud": id, "iat": now, "exp": now + 120, "jti": jose::random_token(16),
+                        "sub": self.subject_id(&grant), "sid": session.id,
+                        "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+                    }),
+                )
+                .map_err(IdentityError::from)?;
             match self.http.post(uri).form(&[("logout_token", token)]).send().await {
                 Ok(r) if r.status().is_success() => notified.push(id),
                 Ok(r) => tracing::warn!(client = %id, status = %r.status(), "back-channel logout refused"),
@@ -1104,7 +1114,7 @@ fn scoped_claims(grant: &Grant, s: &Value) -> Value {
     let mut copy = |keys: &[&str]| {
         for k in keys {
             if !s[*k].is_null() && s[*k] != json!("") {
-                out[*k] = s[*k].clone();
+                out.put(k, s[*k].clone());
             }
         }
     };

@@ -122,7 +122,7 @@ fn compute(params: &Params, password: &[u8], salt: &[u8], buf: &mut Vec<Block>) 
     }
     let mut out = vec![0u8; params.output_len().unwrap_or(32)];
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
-        .hash_password_into_with_memory(password, salt, &mut out, &mut buf[..blocks])
+        .hash_password_into_with_memory(password, salt, &mut out, buf.get_mut(..blocks).unwrap_or_default())
         .map_err(|e| IdentityError::invalid("password", e.to_string()))?;
     Ok(out)
 }
@@ -138,13 +138,18 @@ pub fn base32(bytes: &[u8]) -> String {
         bits += 8;
         while bits >= 5 {
             bits -= 5;
-            out.push(char::from(B32[((buf >> bits) & 31) as usize]));
+            out.push(b32((buf >> bits) & 31));
         }
     }
     if bits > 0 {
-        out.push(char::from(B32[((buf << (5 - bits)) & 31) as usize]));
+        out.push(b32((buf << (5 - bits)) & 31));
     }
     out
+}
+
+/// The base32 digit for the five bits `v`.
+fn b32(v: u32) -> char {
+    B32.get(v as usize).map_or('A', |b| char::from(*b))
 }
 
 /// Decodes [`base32`] (case-insensitive, padding and spaces ignored).
@@ -165,9 +170,7 @@ pub fn unbase32(s: &str) -> Option<Vec<u8>> {
 
 /// A new 160-bit TOTP secret, base32.
 pub fn new_totp_secret() -> String {
-    let mut b = [0u8; 20];
-    getrandom::fill(&mut b).expect("the operating system provides randomness");
-    base32(&b)
+    base32(&sharedcare_kit::jose::random_bytes(20))
 }
 
 /// The 6-digit TOTP code for `secret` at unix time `t` (RFC 6238: HMAC-SHA1, 30 s steps).
@@ -176,12 +179,11 @@ pub fn totp(secret: &str, t: i64) -> Option<String> {
     let counter = (t / 30) as u64;
     let mut mac = Hmac::<Sha1>::new_from_slice(&key).ok()?;
     mac.update(&counter.to_be_bytes());
-    let h = mac.finalize().into_bytes();
+    let h: [u8; 20] = mac.finalize().into_bytes().into();
+    // RFC 4226 §5.3 dynamic truncation: four bytes at the offset the last nibble names.
     let off = usize::from(h[19] & 0x0f);
-    let bin = (u32::from(h[off] & 0x7f) << 24)
-        | (u32::from(h[off + 1]) << 16)
-        | (u32::from(h[off + 2]) << 8)
-        | u32::from(h[off + 3]);
+    let [a, b, c, d] = *h.get(off..off + 4)?.first_chunk::<4>()?;
+    let bin = (u32::from(a & 0x7f) << 24) | (u32::from(b) << 16) | (u32::from(c) << 8) | u32::from(d);
     Some(format!("{:06}", bin % 1_000_000))
 }
 

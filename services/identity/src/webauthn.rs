@@ -5,6 +5,7 @@
 //! issuer such as `http://127.0.0.1:8080` offers no security keys (TOTP still works) and a
 //! laptop uses `http://localhost:8080` (a secure context without TLS).
 
+use sharedcare_kit::json::Fields;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -28,9 +29,9 @@ pub fn relying_party(issuer: &str) -> Option<Arc<Webauthn>> {
 pub fn user_handle(uid: &str) -> Uuid {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(format!("sharedcare-webauthn-user:{uid}").as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    Uuid::from_bytes(bytes)
+    let digest: [u8; 32] = digest.into();
+    let (first, _) = digest.split_first_chunk::<16>().unwrap_or((&[0; 16], &[]));
+    Uuid::from_bytes(*first)
 }
 
 /// The RFC 8176 `amr` value for a credential as stored: `swk` when it may be synced between
@@ -39,7 +40,7 @@ pub fn user_handle(uid: &str) -> Uuid {
 pub fn amr_for(passkey_json: &str) -> &'static str {
     let synced = serde_json::from_str::<Value>(passkey_json)
         .ok()
-        .and_then(|v| v["cred"]["backup_eligible"].as_bool())
+        .and_then(|v| v.at("cred").at("backup_eligible").as_bool())
         .unwrap_or(false);
     if synced { "swk" } else { "hwk" }
 }

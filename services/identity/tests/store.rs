@@ -1,4 +1,6 @@
 //! Identity's storage and key ring, run on SQLite and on Postgres.
+// Test code: a panic is a failed test, so expect, indexing and Row::get are fine here.
+#![allow(clippy::expect_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 use sharedcare_identity::keys::KeyRing;
 use sharedcare_identity::model::{Grant, SubjectKind};

@@ -321,12 +321,13 @@ impl ServiceToken {
         if !status.is_success() {
             return Err(fail(format!("HTTP {status}: {body}")));
         }
-        let token = body["access_token"]
-            .as_str()
+        let token = body
+            .get("access_token")
+            .and_then(|t| t.as_str())
             .ok_or_else(|| fail("no access_token in the response".into()))?
             .to_string();
         // Renew at 80% of the lifetime, so a token never expires in flight.
-        let lifetime = body["expires_in"].as_u64().unwrap_or(60);
+        let lifetime = body.get("expires_in").and_then(|t| t.as_u64()).unwrap_or(60);
         let renew = Instant::now() + Duration::from_millis(lifetime * 800);
         *i.current.write().unwrap_or_else(|p| p.into_inner()) = Some((token.clone(), renew));
         Ok(token)
@@ -730,7 +731,7 @@ mod tests {
     }
 
     fn setup() -> (Signer256, Verifier) {
-        let signer = Signer256::generate();
+        let signer = Signer256::generate().expect("key");
         let set = JwkSet {
             keys: vec![serde_json::to_value(signer.jwk()).expect("jwk")],
         };
@@ -752,8 +753,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_retired_by_the_issuer_stops_being_trusted_within_the_max_age() {
-        let old = Signer256::generate();
-        let new = Signer256::generate();
+        let old = Signer256::generate().expect("key");
+        let new = Signer256::generate().expect("key");
         let set = |s: &[&Signer256]| JwkSet {
             keys: s.iter().map(|k| serde_json::to_value(k.jwk()).expect("jwk")).collect(),
         };
@@ -761,7 +762,7 @@ mod tests {
         let v = Verifier::new("https://id", "records", Arc::new(published.clone()))
             .with_keys_max_age(Duration::from_millis(300));
         let claims = json!({"iss": "https://id", "aud": "records", "exp": now() + 600, "sub": "c", "client_id": "c"});
-        let token = old.sign("at+jwt", &claims);
+        let token = old.sign("at+jwt", &claims).expect("sign");
         v.principal(&token).await.expect("trusted while published");
         // The issuer retires the old key at once and publishes a new one.
         *published.0.lock().expect("set") = set(&[&new]);
@@ -773,7 +774,7 @@ mod tests {
             Err(AuthError::Jose(JoseError::UnknownKey(_))) => {}
             other => panic!("the retired key's token, remembered as verified, is refused: {other:?}"),
         }
-        v.principal(&new.sign("at+jwt", &claims))
+        v.principal(&new.sign("at+jwt", &claims).expect("sign"))
             .await
             .expect("the new key is trusted");
     }
@@ -783,7 +784,7 @@ mod tests {
         let (signer, v) = setup();
         let ok = json!({"iss": "https://id", "aud": ["records"], "exp": now() + 60, "sub": "c", "client_id": "c"});
         assert!(matches!(
-            v.principal(&signer.sign("at+jwt", &ok)).await,
+            v.principal(&signer.sign("at+jwt", &ok).expect("sign")).await,
             Ok(Principal::Service { .. })
         ));
         for (bad, name) in [
@@ -804,7 +805,10 @@ mod tests {
                 "nbf",
             ),
         ] {
-            match v.claims(&signer.sign("at+jwt", &bad), ACCESS_TOKEN_TYP).await {
+            match v
+                .claims(&signer.sign("at+jwt", &bad).expect("sign"), ACCESS_TOKEN_TYP)
+                .await
+            {
                 Err(AuthError::Claim { claim, .. }) => assert_eq!(claim, name),
                 other => panic!("{name}: {other:?}"),
             }
@@ -815,14 +819,18 @@ mod tests {
     async fn a_token_of_one_kind_is_never_taken_for_another() {
         let (signer, v) = setup();
         let c = json!({"iss": "https://id", "aud": "records", "exp": now() + 60, "sub": "c", "client_id": "c"});
-        let id_token = signer.sign("JWT", &c);
+        let id_token = signer.sign("JWT", &c).expect("sign");
         match v.principal(&id_token).await {
             Err(AuthError::Claim { claim: "typ", reason }) => assert!(reason.contains("at+jwt"), "{reason}"),
             other => panic!("an ID token is not an access token: {other:?}"),
         }
         v.claims(&id_token, ID_TOKEN_TYP).await.expect("as what it is");
-        assert!(v.claims(&signer.sign("at+jwt", &c), LOGOUT_TOKEN_TYP).await.is_err());
-        v.principal(&signer.sign("application/AT+JWT", &c))
+        assert!(
+            v.claims(&signer.sign("at+jwt", &c).expect("sign"), LOGOUT_TOKEN_TYP)
+                .await
+                .is_err()
+        );
+        v.principal(&signer.sign("application/AT+JWT", &c).expect("sign"))
             .await
             .expect("media types compare case-insensitively, with or without application/");
     }

@@ -149,7 +149,7 @@ fn set_path(root: &mut toml::Value, key: &str, value: toml::Value) -> std::resul
     for (i, part) in parts.iter().enumerate() {
         let table = match cur {
             toml::Value::Table(t) => t,
-            _ => return Err(NotASection(parts[..i].join("."))),
+            _ => return Err(NotASection(parts.get(..i).unwrap_or_default().join("."))),
         };
         if i + 1 == parts.len() {
             table.insert((*part).to_string(), value);

@@ -152,8 +152,8 @@ pub fn operation_outcome<E: ServiceError + ?Sized>(e: &E) -> (StatusCode, Value)
         "code": e.fhir_issue(),
         "diagnostics": e.public_message(),
     });
-    if let Some(field) = e.field() {
-        issue["expression"] = json!([field]);
+    if let (Some(field), Some(issue)) = (e.field(), issue.as_object_mut()) {
+        issue.insert("expression".into(), json!([field]));
     }
     (
         e.code().http(),

@@ -50,6 +50,16 @@ pub enum Error {
 /// `Result` with the kit's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A column that did not decode (`try_get`): sqlx's error names the column and the type.
+impl From<sqlx::Error> for Error {
+    fn from(source: sqlx::Error) -> Self {
+        Error::Database {
+            context: "read a row".into(),
+            source,
+        }
+    }
+}
+
 impl Error {
     /// Wraps a consumer's own error: `consumer` could not apply an event.
     pub fn apply<E: std::error::Error + Send + Sync + 'static>(consumer: &'static str) -> impl FnOnce(E) -> Error {

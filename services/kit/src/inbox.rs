@@ -53,5 +53,7 @@ pub async fn claim_all(
             .bind(now);
     }
     let rows = q.fetch_all(&mut **tx).await?;
-    Ok(rows.into_iter().map(|r| sqlx::Row::get::<String, _>(&r, 0)).collect())
+    rows.into_iter()
+        .map(|r| sqlx::Row::try_get::<String, _>(&r, 0))
+        .collect()
 }

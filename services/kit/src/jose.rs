@@ -38,6 +38,10 @@ pub enum JoseError {
     /// A JWK that is not a P-256 public key.
     #[error("key is not a usable P-256 JWK: {0}")]
     Key(&'static str),
+    /// A token could not be signed: its claims are not a JSON object, or the system's random
+    /// number generator failed.
+    #[error("token could not be signed: {0}")]
+    Sign(String),
 }
 
 /// A public key in JWK form (RFC 7517 §4, EC members from RFC 7518 §6.2).
@@ -94,8 +98,8 @@ impl Jwk {
         Jwk {
             kty: "EC".into(),
             crv: "P-256".into(),
-            x: B64.encode(&bytes[1..33]),
-            y: B64.encode(&bytes[33..65]),
+            x: B64.encode(bytes.get(1..33).unwrap_or_default()),
+            y: B64.encode(bytes.get(33..65).unwrap_or_default()),
             kid: kid.into(),
             use_: "sig".into(),
             alg: "ES256".into(),
@@ -140,11 +144,11 @@ impl std::fmt::Debug for Signer256 {
 
 impl Signer256 {
     /// A fresh random key; its `kid` is its RFC 7638 thumbprint.
-    pub fn generate() -> Signer256 {
+    pub fn generate() -> Result<Signer256, JoseError> {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .expect("the operating system provides randomness");
-        Signer256::from_secret(pkcs8.as_ref()).expect("a freshly generated key parses")
+            .map_err(|_| JoseError::Sign("the system's random number generator failed".into()))?;
+        Signer256::from_secret(pkcs8.as_ref())
     }
 
     /// Restores a key from its PKCS#8 document (as stored by [`Signer256::secret_bytes`]).
@@ -178,13 +182,12 @@ impl Signer256 {
     }
 
     /// Signs `claims` as a compact JWS with header `{"alg":"ES256","typ":typ,"kid":…}`.
-    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> String {
+    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> Result<String, JoseError> {
         compact("ES256", typ, &self.kid, claims, |input| {
             self.key
                 .sign(&self.rng, input)
-                .expect("the operating system provides randomness")
-                .as_ref()
-                .to_vec()
+                .map(|sig| sig.as_ref().to_vec())
+                .map_err(|_| JoseError::Sign("the system's random number generator failed".into()))
         })
     }
 }
@@ -241,27 +244,34 @@ impl SignerRs256 {
     }
 
     /// Signs `claims` as a compact JWS with `alg: RS256`.
-    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> String {
+    pub fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> Result<String, JoseError> {
         compact("RS256", typ, &self.kid, claims, |input| {
             let mut sig = vec![0u8; self.key.public().modulus_len()];
             self.key
                 .sign(&ring::signature::RSA_PKCS1_SHA256, &self.rng, input, &mut sig)
-                .expect("RSA signing with a valid key");
-            sig
+                .map_err(|_| JoseError::Sign("RSA signing failed".into()))?;
+            Ok(sig)
         })
     }
 }
 
 /// `base64url(header).base64url(claims).base64url(signature)` (RFC 7515 §7.1).
-fn compact<T: Serialize>(alg: &str, typ: &str, kid: &str, claims: &T, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
+fn compact<T: Serialize>(
+    alg: &str,
+    typ: &str,
+    kid: &str,
+    claims: &T,
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, JoseError>,
+) -> Result<String, JoseError> {
     let header = serde_json::json!({"alg": alg, "typ": typ, "kid": kid});
     let mut out = B64.encode(header.to_string());
     out.push('.');
-    out.push_str(&B64.encode(serde_json::to_vec(claims).expect("claims serialise to JSON")));
-    let sig = sign(out.as_bytes());
+    let claims = serde_json::to_vec(claims).map_err(|e| JoseError::Sign(format!("claims: {e}")))?;
+    out.push_str(&B64.encode(claims));
+    let sig = sign(out.as_bytes())?;
     out.push('.');
     out.push_str(&B64.encode(sig));
-    out
+    Ok(out)
 }
 
 /// RFC 7638 thumbprint of an EC key, base64url SHA-256 of its required members in order.
@@ -311,7 +321,10 @@ pub fn verify(token: &str, key: &PublicKey) -> Result<serde_json::Value, JoseErr
 /// Verifies the signature over `header.payload` (the start of `token`) once the header's `alg`
 /// has been checked, and decodes the payload.
 fn verify_signed(token: &str, h: &str, p: &str, s: &str, key: &PublicKey) -> Result<serde_json::Value, JoseError> {
-    let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
+    let signed = token
+        .as_bytes()
+        .get(..h.len() + 1 + p.len())
+        .ok_or(JoseError::Malformed("the parts do not make up the token"))?;
     let sig = B64
         .decode(s)
         .map_err(|_| JoseError::Malformed("signature is not base64url"))?;
@@ -346,7 +359,7 @@ pub fn verify_with(token: &str, keys: &JwkSet) -> Result<serde_json::Value, Jose
 /// base64url(left half of SHA-256(value)): `at_hash` / `c_hash` for ES256 (OIDC Core §3.1.3.6).
 pub fn half_hash(value: &str) -> String {
     let digest = Sha256::digest(value.as_bytes());
-    B64.encode(&digest[..16])
+    B64.encode(digest.get(..16).unwrap_or_default())
 }
 
 /// base64url SHA-256, e.g. a PKCE S256 challenge (RFC 7636 §4.2).
@@ -356,9 +369,17 @@ pub fn sha256_b64(value: &str) -> String {
 
 /// `n` random bytes, base64url: opaque tokens, codes, secrets.
 pub fn random_token(n: usize) -> String {
+    B64.encode(random_bytes(n))
+}
+
+/// `n` bytes from the operating system's random number generator (every secret, code and
+/// token starts here).
+pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; n];
+    // Without the OS's randomness no token, code or secret can be made safely: stop.
+    #[allow(clippy::expect_used)]
     getrandom::fill(&mut bytes).expect("the operating system provides randomness");
-    B64.encode(bytes)
+    bytes
 }
 
 #[cfg(test)]
@@ -367,8 +388,8 @@ mod tests {
 
     #[test]
     fn signed_token_verifies_with_the_published_key() {
-        let signer = Signer256::generate();
-        let token = signer.sign("JWT", &serde_json::json!({"sub": "a"}));
+        let signer = Signer256::generate().expect("key");
+        let token = signer.sign("JWT", &serde_json::json!({"sub": "a"})).expect("sign");
         let set = JwkSet {
             keys: vec![serde_json::to_value(signer.jwk()).expect("jwk")],
         };
@@ -379,11 +400,11 @@ mod tests {
 
     #[test]
     fn alg_none_hmac_and_tampering_are_refused() {
-        let signer = Signer256::generate();
+        let signer = Signer256::generate().expect("key");
         let set = JwkSet {
             keys: vec![serde_json::to_value(signer.jwk()).expect("jwk")],
         };
-        let token = signer.sign("JWT", &serde_json::json!({"sub": "a"}));
+        let token = signer.sign("JWT", &serde_json::json!({"sub": "a"})).expect("sign");
         let parts: Vec<&str> = token.split('.').collect();
         for alg in ["none", "HS256"] {
             let h = B64.encode(format!(r#"{{"alg":"{alg}","kid":"{}"}}"#, signer.kid()));
@@ -393,13 +414,16 @@ mod tests {
         let other = B64.encode(r#"{"sub":"admin"}"#);
         let tampered = format!("{}.{other}.{}", parts[0], parts[2]);
         assert_eq!(verify_with(&tampered, &set), Err(JoseError::Signature));
-        let stranger = Signer256::generate().sign("JWT", &serde_json::json!({}));
+        let stranger = Signer256::generate()
+            .expect("key")
+            .sign("JWT", &serde_json::json!({}))
+            .expect("sign");
         assert!(matches!(verify_with(&stranger, &set), Err(JoseError::UnknownKey(_))));
     }
 
     #[test]
     fn thumbprint_matches_rfc7638_shape() {
-        let jwk = Signer256::generate().jwk();
+        let jwk = Signer256::generate().expect("key").jwk();
         assert_eq!(thumbprint(&jwk).len(), 43);
     }
 }
@@ -411,8 +435,8 @@ mod speed {
     #[test]
     #[ignore = "measurement, run by hand with --release"]
     fn verification_cost() {
-        let s = Signer256::generate();
-        let token = s.sign("at+jwt", &serde_json::json!({"iss": "x", "aud": ["sharedcare"], "exp": 1, "scope": "a b c", "client_id": "c", "sub": "c", "jti": "abcdefghijklmnop"}));
+        let s = Signer256::generate().expect("key");
+        let token = s.sign("at+jwt", &serde_json::json!({"iss": "x", "aud": ["sharedcare"], "exp": 1, "scope": "a b c", "client_id": "c", "sub": "c", "jti": "abcdefghijklmnop"})).expect("sign");
         let key = s.jwk().verifying_key().expect("key");
         let n = 20_000;
         let t = std::time::Instant::now();
@@ -431,7 +455,7 @@ mod speed {
         println!("ring verify only: {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
         let t = std::time::Instant::now();
         for _ in 0..n {
-            s.sign("at+jwt", &serde_json::json!({"iss": "x"}));
+            s.sign("at+jwt", &serde_json::json!({"iss": "x"})).expect("sign");
         }
         println!("sign: {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
     }

@@ -27,6 +27,7 @@ pub mod error;
 pub mod fhir_elements;
 pub mod inbox;
 pub mod jose;
+pub mod json;
 pub mod metrics;
 pub mod nhs;
 pub mod nhsuk;
@@ -38,6 +39,7 @@ pub mod service;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod text;
 

@@ -29,13 +29,16 @@ impl NhsNumber {
             return Err(NhsNumberError::Format(s.to_string()));
         }
         let d: Vec<u32> = digits.bytes().map(|b| u32::from(b - b'0')).collect();
-        let sum: u32 = d[..9].iter().zip((2..=10).rev()).map(|(x, w)| x * w).sum();
+        let Some((&given, body)) = d.split_last() else {
+            return Err(NhsNumberError::Format(s.to_string()));
+        };
+        let sum: u32 = body.iter().zip((2..=10).rev()).map(|(x, w)| x * w).sum();
         let check = match 11 - (sum % 11) {
             11 => 0,
             10 => return Err(NhsNumberError::CheckDigit(s.to_string())),
             c => c,
         };
-        if check != d[9] {
+        if check != given {
             return Err(NhsNumberError::CheckDigit(s.to_string()));
         }
         Ok(NhsNumber(digits))

@@ -89,7 +89,8 @@ pub fn immutable(content_type: &'static str, body: impl Into<axum::body::Body>) 
 /// The routes serving the vendored files under `prefix` (which starts and ends with `/`).
 pub fn router<S: Clone + Send + Sync + 'static>(prefix: &'static str) -> Router<S> {
     // The stylesheet names its images under the portal's prefix; elsewhere, under this one.
-    let css = std::str::from_utf8(FILES[0].2)
+    let (css_name, _, css_bytes) = FILES.first().copied().unwrap_or_default();
+    let css = std::str::from_utf8(css_bytes)
         .unwrap_or_default()
         .replace(&path(CSS_PREFIX, ""), &path(prefix, ""));
     let css: &'static str = Box::leak(css.into_boxed_str());
@@ -97,7 +98,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(prefix: &'static str) -> Router<
         &format!("{prefix}nhsuk-frontend-{VERSION}/{{*file}}"),
         get(move |Path(name): Path<String>| async move {
             match FILES.iter().find(|(n, _, _)| *n == name) {
-                Some((n, ct, _)) if *n == FILES[0].0 => immutable(ct, css),
+                Some((n, ct, _)) if *n == css_name => immutable(ct, css),
                 Some((_, ct, body)) => immutable(ct, *body),
                 None => StatusCode::NOT_FOUND.into_response(),
             }

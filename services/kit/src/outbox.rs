@@ -148,7 +148,7 @@ impl Outbox {
             .fetch_one(self.db.pool())
             .await
             .map_err(Error::db("count outbox"))?;
-        Ok(row.get::<i64, _>(0))
+        Ok(row.try_get::<i64, _>(0)?)
     }
 
     /// Publishes one batch of pending events and deletes them; returns how many.
@@ -164,13 +164,13 @@ impl Outbox {
         let mut seqs = Vec::with_capacity(rows.len());
         let mut batch = Vec::with_capacity(rows.len());
         for r in rows {
-            seqs.push(r.get::<i64, _>(0));
-            let payload: Vec<u8> = r.get(4);
+            seqs.push(r.try_get::<i64, _>(0)?);
+            let payload: Vec<u8> = r.try_get(4)?;
             let traceparent = traceparent_of(&payload);
             batch.push(Outgoing {
-                id: r.get(1),
-                topic: r.get(2),
-                key: r.get(3),
+                id: r.try_get(1)?,
+                topic: r.try_get(2)?,
+                key: r.try_get(3)?,
                 traceparent,
                 payload,
             });
@@ -252,7 +252,7 @@ impl Outbox {
                     .bind(&key)
                     .fetch_one(&mut *conn)
                     .await?;
-                Ok::<_, sqlx::Error>(row.get::<bool, _>(0).then_some(conn))
+                Ok::<_, sqlx::Error>(row.try_get::<bool, _>(0)?.then_some(conn))
             };
             match attempt.await {
                 Ok(Some(conn)) => return Some(Some(conn)),

@@ -1,6 +1,8 @@
 //! Helpers for tests against the real back ends the test command starts (`infra/test.sh`):
 //! Postgres through `TEST_POSTGRES_URL`, Kafka through `TEST_KAFKA_BROKERS`. Without them the
-//! helpers panic with the command that starts them — tests never skip silently.
+//! helpers panic with the command that starts them — tests never skip silently. Built only with
+//! the `testing` feature, which services enable for their tests alone.
+#![allow(clippy::expect_used, clippy::indexing_slicing)]
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! `sharedcare passport rebuild` on the embedded bus and SQLite: an interrupted run resumes
 //! where it stopped, and the model it leaves equals a rebuild from scratch.
+// Test code: a panic is a failed test, so expect, indexing and Row::get are fine here.
+#![allow(clippy::expect_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! The passport's read model, run on SQLite and on Postgres: applied from records'
 //! `RecordState` events once each, the newest version kept whatever the delivery order, a
 //! version entered in error taken out of the view.
+// Test code: a panic is a failed test, so expect, indexing and Row::get are fine here.
+#![allow(clippy::expect_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 use serde_json::json;
 use sharedcare_kit::bus::{self, Delivery};

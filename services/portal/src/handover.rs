@@ -4,6 +4,7 @@
 //! being asked to sign in again, and logging out of either ends both (back-channel logout).
 //! Its sessions live in memory: it is a sample, one process.
 
+use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -102,7 +103,10 @@ async fn login(State(app): State<App>, headers: HeaderMap) -> Response {
     let (binding, fresh) = crate::oidc::browser_binding(crate::web::cookie(&headers, SIGNIN_COOKIE));
     let scope = "openid profile nationalrbacaccess selectedrole";
     let acr = [("acr_values", crate::web::STAFF_ACR_VALUES)];
-    let (url, state, pending) = app.rp.start(scope, "/", &acr, &binding);
+    let (url, state, pending) = match app.rp.start(scope, "/", &acr, &binding) {
+        Ok(started) => started,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
     if let Ok(mut p) = app.pending.lock() {
         p.insert(state, pending);
     }
@@ -144,8 +148,8 @@ async fn callback(
         _ => return Err(PortalError::Forbidden("the handover page is for care staff".into())),
     };
     let s = Signed {
-        sid: t.claims["sid"].as_str().unwrap_or_default().into(),
-        name: t.claims["name"].as_str().unwrap_or("Signed in").into(),
+        sid: t.claims.at("sid").as_str().unwrap_or_default().into(),
+        name: t.claims.at("name").as_str().unwrap_or("Signed in").into(),
         role,
         org,
         id_token: t.id_token.clone(),

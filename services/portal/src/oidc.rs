@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sharedcare_kit::auth::{HttpKeys, Principal, Verifier};
 use sharedcare_kit::jose;
+use sharedcare_kit::json::Fields;
 
 /// Why a sign-in, refresh or logout token failed.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +147,7 @@ impl Rp {
         return_to: &str,
         extra: &[(&str, &str)],
         binding: &str,
-    ) -> (String, String, Pending) {
+    ) -> Result<(String, String, Pending), RpError> {
         let pending = Pending {
             verifier: jose::random_token(32),
             nonce: jose::random_token(16),
@@ -155,7 +156,7 @@ impl Rp {
         };
         let state = jose::random_token(16);
         let mut url = url::Url::parse(&format!("{}/oauth2/authorize", self.issuer))
-            .unwrap_or_else(|_| url::Url::parse("http://invalid/").expect("a literal URL parses"));
+            .map_err(|e| RpError::Unavailable(format!("the issuer {:?} is not a URL: {e}", self.issuer)))?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("response_type", "code")
@@ -170,7 +171,7 @@ impl Rp {
                 q.append_pair(k, v);
             }
         }
-        (url.to_string(), state, pending)
+        Ok((url.to_string(), state, pending))
     }
 
     /// Exchanges `code` for tokens and checks the ID token (signature, issuer, audience,
@@ -184,13 +185,13 @@ impl Rp {
                 ("code_verifier", &pending.verifier),
             ])
             .await?;
-        let id_token = t["id_token"].as_str().unwrap_or_default().to_string();
+        let id_token = t.at("id_token").as_str().unwrap_or_default().to_string();
         let claims = self
             .ids
             .claims(&id_token, sharedcare_kit::auth::ID_TOKEN_TYP)
             .await
             .map_err(|e| RpError::Token(e.to_string()))?;
-        if claims["nonce"].as_str() != Some(pending.nonce.as_str()) {
+        if claims.at("nonce").as_str() != Some(pending.nonce.as_str()) {
             return Err(RpError::Token("the ID token's nonce is not the one sent".into()));
         }
         tokens(&t, id_token, claims)
@@ -201,7 +202,7 @@ impl Rp {
         let t = self
             .token(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token)])
             .await?;
-        let id_token = t["id_token"].as_str().unwrap_or(&old.id_token).to_string();
+        let id_token = t.at("id_token").as_str().unwrap_or(&old.id_token).to_string();
         let mut fresh = tokens(&t, id_token, old.claims.clone())?;
         if fresh.refresh_token.is_empty() {
             fresh.refresh_token = refresh_token.into();
@@ -223,8 +224,8 @@ impl Rp {
         if status.is_client_error() {
             return Err(RpError::Refused(format!(
                 "{}: {}",
-                body["error"].as_str().unwrap_or("error"),
-                body["error_description"].as_str().unwrap_or_default()
+                body.at("error").as_str().unwrap_or("error"),
+                body.at("error_description").as_str().unwrap_or_default()
             )));
         }
         if !status.is_success() {
@@ -266,10 +267,11 @@ impl Rp {
             .map_err(|e| RpError::Token(e.to_string()))?;
         // §2.6: jti and iat are required; a logout token is used at once, so an old one is a
         // replay (identity's are minutes old at most).
-        if c["jti"].as_str().is_none_or(str::is_empty) {
+        if c.at("jti").as_str().is_none_or(str::is_empty) {
             return Err(RpError::Token("jti: a logout token must carry one".into()));
         }
-        let iat = c["iat"]
+        let iat = c
+            .at("iat")
             .as_i64()
             .ok_or_else(|| RpError::Token("iat: a logout token must carry one".into()))?;
         let now = chrono::Utc::now().timestamp();
@@ -279,14 +281,14 @@ impl Rp {
                 iat - now
             )));
         }
-        if c["events"].get(BACKCHANNEL_EVENT).is_none() {
+        if c.at("events").get(BACKCHANNEL_EVENT).is_none() {
             return Err(RpError::Token(format!("events: missing {BACKCHANNEL_EVENT}")));
         }
         if c.get("nonce").is_some() {
             return Err(RpError::Token("nonce: a logout token must not carry one".into()));
         }
-        let sid = c["sid"].as_str().unwrap_or_default().to_string();
-        let sub = c["sub"].as_str().unwrap_or_default().to_string();
+        let sid = c.at("sid").as_str().unwrap_or_default().to_string();
+        let sub = c.at("sub").as_str().unwrap_or_default().to_string();
         // Sessions are kept by identity's session id, so a token naming only the subject
         // cannot say which to end (this app registers as needing `sid`, §2.4).
         if sid.is_empty() {

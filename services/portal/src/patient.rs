@@ -5,6 +5,7 @@
 //! log's own key. A break-glass on my record is a notice at the top of every page until I say
 //! I have seen it.
 
+use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
@@ -463,10 +464,13 @@ fn withholding_consent(nhs: &str, code: &str) -> serde_json::Value {
 fn with_status(d: &Directive, status: &str) -> Result<serde_json::Value, PortalError> {
     let mut r: serde_json::Value = serde_json::from_str(&d.resource_json)
         .map_err(|e| PortalError::Internal(format!("consent sent a Consent that is not JSON: {e}")))?;
-    r["status"] = status.into();
-    r["dateTime"] = chrono::Utc::now()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        .into();
+    r.put("status", status.into());
+    r.put(
+        "dateTime",
+        chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            .into(),
+    );
     Ok(r)
 }
 

@@ -2,6 +2,7 @@
 //! serves any request, and a back-channel logout reaching one replica ends the session on all).
 //! The cookie holds a random token and only its SHA-256 is stored.
 
+use sharedcare_kit::json::Fields;
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
@@ -74,7 +75,7 @@ pub struct Session {
 impl Session {
     /// Identity's session id (the ID token's `sid`), by which a back-channel logout finds it.
     pub fn sid(&self) -> &str {
-        self.tokens.claims["sid"].as_str().unwrap_or_default()
+        self.tokens.claims.at("sid").as_str().unwrap_or_default()
     }
 
     /// A new session for `tokens`.

@@ -4,6 +4,7 @@
 //! made with the signed-in person's own token, so records, consent and the passport decide and
 //! audit it as that person.
 
+use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 
 use axum::Form;
@@ -230,7 +231,8 @@ async fn search(
     let mut rows = Vec::new();
     for r in &found.resources {
         let p: serde_json::Value = serde_json::from_str(&r.resource_json).unwrap_or_default();
-        let nhs = p["identifier"]
+        let nhs = p
+            .at("identifier")
             .as_array()
             .and_then(|ids| {
                 ids.iter()
@@ -242,13 +244,13 @@ async fn search(
         if nhs.is_empty() {
             continue;
         }
-        let name = &p["name"][0];
+        let name = &p.at("name")[0];
         let given: Vec<&str> = name["given"]
             .as_array()
             .map(|g| g.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
         let full = format!("{} {}", given.join(" "), name["family"].as_str().unwrap_or_default());
-        let born = page::date(p["birthDate"].as_str().unwrap_or_default());
+        let born = page::date(p.at("birthDate").as_str().unwrap_or_default());
         let h = new_handle(&mut s, &nhs);
         rows.push((h, full, born, page::nhs_number(&nhs)));
     }

@@ -2,6 +2,7 @@
 //! every page, the session cookie, CSRF, sign-in (code flow with PKCE), sign-out (RP-initiated
 //! logout) and back-channel logout.
 
+use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -247,7 +248,7 @@ async fn login(
         extra.push(("acr_values", STAFF_ACR_VALUES));
     }
     let (binding, fresh) = crate::oidc::browser_binding(cookie(&headers, SIGNIN_COOKIE));
-    let (url, state, pending) = app.rp.start(SCOPES, &back, &extra, &binding);
+    let (url, state, pending) = app.rp.start(SCOPES, &back, &extra, &binding)?;
     app.sessions.park(&state, &pending).await?;
     let mut r = see_other(&url);
     if fresh {
@@ -324,7 +325,7 @@ async fn callback(
     let code = q.get("code").cloned().unwrap_or_default();
     let tokens = app.rp.exchange(&code, &pending).await?;
     let who = who(&tokens.claims, app.rp.principal(&tokens.access_token).await?)?;
-    if tokens.claims["sid"].as_str().unwrap_or_default().is_empty() {
+    if tokens.claims.at("sid").as_str().unwrap_or_default().is_empty() {
         // Without it a back-channel logout could not find this session.
         return Err(PortalError::Rp(crate::oidc::RpError::Token(
             "the ID token carries no sid (identity's session id)".into(),

@@ -1,4 +1,6 @@
 //! The portal's sessions, run on SQLite and on Postgres.
+// Test code: a panic is a failed test, so expect, indexing and Row::get are fine here.
+#![allow(clippy::expect_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 use sharedcare_kit::db::Db;
 use sharedcare_kit::service::Service as _;

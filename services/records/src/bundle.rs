@@ -1,6 +1,7 @@
 //! FHIR Bundles: the searchset and history pages the facade returns, and the `transaction`
 //! (all or nothing) and `batch` Bundles writers post.
 
+use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 
 use axum::http::StatusCode;
@@ -58,7 +59,10 @@ pub fn page(
             let mut e = json!({"fullUrl": format!("{base}/{}/{}", s.resource_type, s.id)});
             // A version that deleted the resource has no resource (FHIR history).
             if !s.deleted {
-                e["resource"] = serde_json::from_str::<Value>(&s.body).unwrap_or(Value::Null);
+                e.put(
+                    "resource",
+                    serde_json::from_str::<Value>(&s.body).unwrap_or(Value::Null),
+                );
             }
             if let (Some(e), Value::Object(more)) = (e.as_object_mut(), extra(s)) {
                 e.extend(more);
@@ -206,7 +210,12 @@ fn prepare(entries: &[Value]) -> Result<Vec<(fhir::Resource, i64, bool)>, Record
             let id = uuid::Uuid::new_v4().to_string();
             en.resource.insert("id".into(), Value::String(id));
         }
-        let rtype = en.resource["resourceType"].as_str().unwrap_or("").to_string();
+        let rtype = en
+            .resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let id = en.resource.get("id").and_then(Value::as_str).unwrap_or("").to_string();
         if !en.full_url.is_empty() {
             ids.insert(en.full_url.clone(), format!("{rtype}/{id}"));
@@ -235,7 +244,7 @@ fn response_entry(base: &str, s: &Stored, created: bool) -> Value {
         },
     });
     if !base.is_empty() {
-        e["fullUrl"] = json!(format!("{base}/{}/{}", s.resource_type, s.id));
+        e.put("fullUrl", json!(format!("{base}/{}/{}", s.resource_type, s.id)));
     }
     e
 }

@@ -57,7 +57,8 @@ pub fn postcode(s: &str) -> String {
 pub fn date_range(s: &str) -> Option<(String, String)> {
     let day = s.get(..10).unwrap_or(s);
     let parts: Vec<&str> = day.split('-').collect();
-    let year: i32 = parts.first()?.parse().ok().filter(|_| parts[0].len() == 4)?;
+    let first = parts.first()?;
+    let year: i32 = first.parse().ok().filter(|_| first.len() == 4)?;
     let month = |i: usize| -> Option<u32> { parts.get(i)?.parse().ok().filter(|m| (1..=12).contains(m)) };
     let date = |y: i32, m: u32, d: u32| chrono::NaiveDate::from_ymd_opt(y, m, d);
     let (lo, hi) = match parts.len() {
@@ -73,7 +74,7 @@ pub fn date_range(s: &str) -> Option<(String, String)> {
             (first, next.pred_opt()?)
         }
         3 => {
-            let d = date(year, month(1)?, parts[2].parse().ok()?)?;
+            let d = date(year, month(1)?, parts.get(2)?.parse().ok()?)?;
             (d, d)
         }
         _ => return None,
@@ -270,7 +271,7 @@ impl PatientQuery {
                         "one date per parameter (repeat the parameter for a range)".into(),
                     ));
                 }
-                let v = &values[0];
+                let Some(v) = values.first() else { return Ok(false) };
                 let (prefix, date) = match v.get(..2) {
                     Some("eq") => (Prefix::Eq, &v[2..]),
                     Some("ne") => (Prefix::Ne, &v[2..]),
@@ -291,7 +292,7 @@ impl PatientQuery {
                 if modifier.is_some() || values.len() > 1 {
                     return Err(invalid("one of male, female, other, unknown".into()));
                 }
-                let g = values[0].to_ascii_lowercase();
+                let g = values.first().map(|g| g.to_ascii_lowercase()).unwrap_or_default();
                 if !matches!(g.as_str(), "male" | "female" | "other" | "unknown") {
                     return Err(invalid(format!("{g:?} is not one of male, female, other, unknown")));
                 }
@@ -301,7 +302,7 @@ impl PatientQuery {
                 if modifier.is_some() || values.len() > 1 {
                     return Err(invalid("one postcode (or its start)".into()));
                 }
-                self.postcode = Some(postcode(&values[0]));
+                self.postcode = values.first().map(|p| postcode(p));
             }
             _ => return Ok(false),
         }

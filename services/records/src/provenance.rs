@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use serde_json::{Value, json};
+use sharedcare_kit::json::Fields;
 
 use crate::RecordsError;
 use crate::api::RecordsApi;
@@ -120,7 +121,10 @@ pub fn resource(w: &Written) -> Value {
         "who": {"identifier": {"value": if w.author.is_empty() { "unknown" } else { &w.author }}},
     });
     if !w.organisation.is_empty() {
-        agent["onBehalfOf"] = json!({"identifier": {"system": fhir::ODS_SYSTEM, "value": w.organisation}});
+        agent.put(
+            "onBehalfOf",
+            json!({"identifier": {"system": fhir::ODS_SYSTEM, "value": w.organisation}}),
+        );
     }
     json!({
         "resourceType": "Provenance",

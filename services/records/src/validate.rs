@@ -725,7 +725,10 @@ pub fn sctid(code: &str) -> bool {
     }
     let mut c = 0u8;
     for (i, b) in code.bytes().rev().enumerate() {
-        c = D[c as usize][P[i % 8][(b - b'0') as usize] as usize];
+        // Verhoeff: every index is below 10 (digits checked above, tables are 10 wide).
+        #[allow(clippy::indexing_slicing)]
+        let next = D[c as usize][P[i % 8][(b - b'0') as usize] as usize];
+        c = next;
     }
     c == 0
 }

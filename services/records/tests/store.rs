@@ -1,4 +1,6 @@
 //! The records store, run on SQLite and on Postgres.
+// Test code: a panic is a failed test, so expect, indexing and Row::get are fine here.
+#![allow(clippy::expect_used, clippy::indexing_slicing, clippy::disallowed_methods)]
 
 use prost::Message;
 use sharedcare_consent::policy::{BreakGlass, Directive, Effect, Provision, Relationship};

@@ -241,7 +241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Operator {
             command: OperatorCommand::Crds,
         } => {
-            print!("{}", sharedcare_operator::crds_yaml());
+            print!("{}", sharedcare_operator::crds_yaml()?);
             Ok(())
         }
         Command::Operator {

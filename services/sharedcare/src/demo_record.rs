@@ -5,6 +5,7 @@
 //! dm+d for medicines, LOINC for results and measurements. Dates count back from `today`, so
 //! the demo always looks current. Pure: [`crate::demo_seed`] writes it through records.
 
+use sharedcare_kit::json::Fields;
 use std::collections::BTreeMap;
 
 use chrono::{Duration, NaiveDate};
@@ -171,13 +172,13 @@ impl Story {
 
     fn add(&mut self, org: &'static str, mut r: Value) -> String {
         if r.get("id").is_none() {
-            let kind = r["resourceType"].as_str().unwrap_or("r").to_ascii_lowercase();
-            r["id"] = self.id(&kind).into();
+            let kind = r.at("resourceType").as_str().unwrap_or("r").to_ascii_lowercase();
+            r.put("id", self.id(&kind).into());
         }
         let reference = format!(
             "{}/{}",
-            r["resourceType"].as_str().unwrap_or(""),
-            r["id"].as_str().unwrap_or("")
+            r.at("resourceType").as_str().unwrap_or(""),
+            r.at("id").as_str().unwrap_or("")
         );
         if !self.order.contains(&org) {
             self.order.push(org);
@@ -298,7 +299,7 @@ impl Story {
             "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": ucum},
         });
         if let Some(e) = encounter {
-            r["encounter"] = json!({"reference": e});
+            r.put("encounter", json!({"reference": e}));
         }
         self.add(org, r)
     }
@@ -315,7 +316,7 @@ impl Story {
     ) -> String {
         let mut period = json!({"start": self.at(from, "11:20")});
         if let Some(u) = until {
-            period["end"] = self.at(u, "15:00").into();
+            period.put("end", self.at(u, "15:00").into());
         }
         let r = json!({
             "resourceType": "Encounter", "status": if until.is_some() { "finished" } else { "in-progress" },
@@ -361,7 +362,7 @@ impl Story {
                 "data": base64::engine::general_purpose::STANDARD.encode(text)}}],
         });
         if let Some(e) = encounter {
-            r["context"] = json!({"encounter": [{"reference": e}]});
+            r.put("context", json!({"encounter": [{"reference": e}]}));
         }
         self.add(org, r)
     }
@@ -790,11 +791,14 @@ fn tom(today: NaiveDate, p: &Patient) -> Record {
 /// Every demo patient's record, as of `today`.
 pub fn records(today: NaiveDate) -> Vec<Record> {
     let ps: Vec<Patient> = patients().into_iter().map(|(p, _)| p).collect();
+    let [margaret_, david_, aisha_, tom_] = ps.as_slice() else {
+        return Vec::new(); // identity's demo names these four
+    };
     vec![
-        margaret(today, &ps[0], &ps[2]),
-        david(today, &ps[1]),
-        aisha(today, &ps[2]),
-        tom(today, &ps[3]),
+        margaret(today, margaret_, aisha_),
+        david(today, david_),
+        aisha(today, aisha_),
+        tom(today, tom_),
     ]
 }
 

@@ -7,6 +7,7 @@
 //! exports them). Progress is kept in `<file>.progress` after every committed chunk: run the
 //! same command again after an interruption and it carries on where it stopped.
 
+use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,7 +94,7 @@ fn bundle_resources(bundle: Value) -> anyhow::Result<Vec<String>> {
             };
             r.insert("id".into(), Value::String(id));
         }
-        let id = r["id"].as_str().unwrap_or("").to_string();
+        let id = r.at("id").as_str().unwrap_or("").to_string();
         if !full_url.is_empty() {
             ids.insert(full_url.to_string(), format!("{rtype}/{id}"));
         }
@@ -173,7 +174,7 @@ pub async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> {
     while done < all.len() {
         let end = (done + args.chunk).min(all.len());
         let mut req = tonic::Request::new(PutManyRequest {
-            resources_json: all[done..end].to_vec(),
+            resources_json: all.get(done..end).unwrap_or_default().to_vec(),
             source_organisation: args.source.clone().unwrap_or_default(),
             purpose: String::new(),
         });

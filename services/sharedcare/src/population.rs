@@ -45,6 +45,8 @@ impl Rng {
         self.below(100) < percent
     }
 
+    /// One of `from` (the non-empty tables of this file): `below` keeps the index in range.
+    #[allow(clippy::indexing_slicing)]
     fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
         &from[self.below(from.len() as u64) as usize]
     }

@@ -1,6 +1,7 @@
 //! RP-initiated logout (OIDC RP-Initiated Logout 1.0) and back-channel logout.
 
 use super::*;
+use sharedcare_kit::json::Fields;
 
 /// RP-initiated logout (OIDC RP-Initiated Logout 1.0): ends the browser's session, tells every
 /// app that shared it over the back channel, and returns to a registered address only.
@@ -12,7 +13,7 @@ pub(super) async fn logout(State(h): State<Http>, headers: HeaderMap, Params(q):
         None
     } else {
         match jose::verify_with(&hint, &h.provider.keys.jwks()) {
-            Ok(c) if c["iss"].as_str() == Some(&*h.provider.issuer) => Some(c),
+            Ok(c) if c.at("iss").as_str() == Some(&*h.provider.issuer) => Some(c),
             _ => {
                 return html(
                     StatusCode::BAD_REQUEST,

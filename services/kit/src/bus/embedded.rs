@@ -108,7 +108,7 @@ impl EmbeddedBus {
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::db("read consumer position"))?;
-        Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0))
+        Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?.unwrap_or(0))
     }
 
     async fn commit(&self, group: &str, topic: &str, seq: i64) -> Result<()> {
@@ -193,8 +193,8 @@ impl Bus for EmbeddedBus {
             let mut batch = Vec::with_capacity(rows.len());
             let mut last = pos;
             for row in rows {
-                let seq: i64 = row.get(0);
-                let payload: Vec<u8> = row.get(1);
+                let seq: i64 = row.try_get(0)?;
+                let payload: Vec<u8> = row.try_get(1)?;
                 last = seq;
                 match super::decode(&payload, topic, seq) {
                     Ok(envelope) => batch.push(Delivery {
@@ -223,7 +223,7 @@ impl Bus for EmbeddedBus {
             .fetch_one(&self.pool)
             .await
             .map_err(Error::db("read event log extent"))?;
-        let (first, last): (i64, i64) = (row.get(0), row.get(1));
+        let (first, last): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
         Ok(vec![super::Extent {
             partition: 0,
             first,

@@ -5,6 +5,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
+use sharedcare_kit::json::Fields;
 
 use super::respond::{Result, base, caller, check_path, fhir_response, params, urlencode};
 use crate::api::{RecordsApi, page_size};
@@ -317,10 +318,10 @@ pub(crate) async fn search_bundle(
             .map(|s| serde_json::from_str(&s.body).unwrap_or(Value::Null))
             .collect();
         let extra = crate::provenance::included(api, (&page.items, &matches), includes, &who, &base(headers)).await;
-        if let Some(entries) = body["entry"].as_array_mut() {
+        if let Some(entries) = body.get_mut("entry").and_then(Value::as_array_mut) {
             entries.extend(extra);
         } else if !extra.is_empty() {
-            body["entry"] = Value::Array(extra);
+            body.put("entry", Value::Array(extra));
         }
     }
     Ok(fhir_response(StatusCode::OK, &body, HeaderMap::new()))
@@ -377,8 +378,13 @@ pub(crate) fn searchset(headers: &HeaderMap, page: &Page, cursor: &str, elements
         |_| json!({"search": {"mode": "match"}}),
     );
     if !elements.is_empty() {
-        for entry in body["entry"].as_array_mut().into_iter().flatten() {
-            if entry["search"]["mode"] == "match"
+        for entry in body
+            .get_mut("entry")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if entry.at("search").at("mode") == "match"
                 && let Some(r) = entry.get_mut("resource")
             {
                 bundle::subset(r, elements);

@@ -1,6 +1,7 @@
 //! Consent decisions for a batch of accesses: one ask per distinct question, and what each
 //! answer means for the data and for its audit entry.
 
+use sharedcare_kit::access::Outcome;
 use std::collections::HashMap;
 
 use sharedcare_kit::bus::Envelope;
@@ -50,7 +51,7 @@ impl Engine {
                         // Deleted: nothing of it is read, so nothing to decide.
                         None if s.deleted => Verdict::refused(
                             RecordsError::Gone(reference.clone()),
-                            "not-found",
+                            Outcome::NotFound,
                             purpose,
                             "deleted".into(),
                         ),
@@ -197,7 +198,7 @@ impl Engine {
                 }
                 Ok(None) => Verdict {
                     answer: Ok(()),
-                    outcome: "success",
+                    outcome: Outcome::Success,
                     purpose,
                     reason: String::new(),
                 },
@@ -223,7 +224,11 @@ impl Engine {
             if refusal.is_none() {
                 job.purpose = v.purpose;
                 job.reason = v.reason;
-                job.break_glass = asked.is_some_and(|i| decisions.as_ref().is_ok_and(|d| d[i].break_glass));
+                job.break_glass = asked.is_some_and(|i| {
+                    decisions
+                        .as_ref()
+                        .is_ok_and(|d| d.get(i).is_some_and(|d| d.break_glass))
+                });
             }
             out.push((job, refusal));
         }
@@ -259,11 +264,11 @@ pub(super) fn directory_verdict<T>(resource_type: &str, actor: &super::Actor, da
     match fhir::directory_access(resource_type, actor.kind) {
         Err(e) => {
             let reason = e.to_string();
-            Verdict::refused(e, "denied", purpose, reason)
+            Verdict::refused(e, Outcome::Denied, purpose, reason)
         }
         Ok(()) => Verdict {
             answer: Ok(data),
-            outcome: "success",
+            outcome: Outcome::Success,
             purpose: purpose.to_string(),
             reason: String::new(),
         },
@@ -349,7 +354,11 @@ impl Asks {
         if self.asks.is_empty() {
             return Ok(Vec::new());
         }
-        pdp.decide(self.asks).await
+        let asked = self.asks.len();
+        match pdp.decide(self.asks).await? {
+            d if d.len() == asked => Ok(d),
+            d => Err(PdpError::Incomplete { got: d.len(), asked }),
+        }
     }
 }
 
@@ -361,21 +370,15 @@ pub(super) fn verdict<T>(
     labels: &[String],
     data: T,
 ) -> Verdict<T> {
-    let d = match decisions {
-        Ok(d) => &d[i],
-        Err(e) => {
-            return Verdict::refused(
-                RecordsError::Consent(e.clone()),
-                "error",
-                purpose,
-                format!("no consent decision: {e}"),
-            );
-        }
+    let d = match decisions.as_ref().map(|d| d.get(i)) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Verdict::no_decision(&PdpError::Incomplete { got: i, asked: i + 1 }, purpose),
+        Err(e) => return Verdict::no_decision(e, purpose),
     };
     let (purpose, reason) = sharedcare_kit::pdp::audit_purpose(d, purpose);
     let permitted = |purpose, reason| Verdict {
         answer: Ok(data),
-        outcome: "success",
+        outcome: Outcome::Success,
         purpose,
         reason,
     };
@@ -394,14 +397,17 @@ pub(super) fn verdict<T>(
                 let what = hidden.join(", ");
                 Verdict::refused(
                     RecordsError::Withheld,
-                    "withheld",
+                    Outcome::Withheld,
                     &purpose,
                     format!("withheld {what}; {reason}"),
                 )
             }
         }
-        Effect::Deny | Effect::Unspecified => {
-            Verdict::refused(RecordsError::Denied(d.reason.clone()), "denied", &purpose, reason)
-        }
+        Effect::Deny | Effect::Unspecified => Verdict::refused(
+            RecordsError::Denied(d.reason.clone()),
+            Outcome::Denied,
+            &purpose,
+            reason,
+        ),
     }
 }

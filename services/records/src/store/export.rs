@@ -8,9 +8,11 @@
 //! committed to the outbox, and only then are the chunk's lines appended to the files.
 //! Directory data (organisations, practitioners, medications) needs no decision.
 
+use sharedcare_kit::json::Fields;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use sharedcare_kit::access::Outcome;
 use sharedcare_kit::bus::{self, Envelope};
 use sharedcare_kit::db::{self, Backend};
 use sharedcare_proto::consent::v1::decide_response::Effect;
@@ -131,7 +133,8 @@ impl Store {
         .bind(id.to_string())
         .fetch_optional(pool)
         .await?;
-        let Some(r) = row.filter(|r| r.get::<String, _>(6) == actor.id) else {
+        let owner = row.as_ref().map(|r| r.try_get::<String, _>(6)).transpose()?;
+        let Some(r) = row.filter(|_| owner.as_deref() == Some(actor.id.as_str())) else {
             return Err(RecordsError::NotFound(format!("export {id}")));
         };
         let files =
@@ -140,16 +143,16 @@ impl Store {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|f| (f.get::<String, _>(0), f.get::<i64, _>(1)))
-                .collect();
+                .map(|f| Ok((f.try_get::<String, _>(0)?, f.try_get::<i64, _>(1)?)))
+                .collect::<Result<_, sqlx::Error>>()?;
         Ok(ExportStatus {
             id: id.to_string(),
-            status: r.get(0),
-            error: r.get(1),
-            request: r.get(2),
-            transaction_us: r.get(3),
-            patients: r.get(4),
-            resources: r.get(5),
+            status: r.try_get(0)?,
+            error: r.try_get(1)?,
+            request: r.try_get(2)?,
+            transaction_us: r.try_get(3)?,
+            patients: r.try_get(4)?,
+            resources: r.try_get(5)?,
             files,
         })
     }
@@ -191,13 +194,15 @@ impl Engine {
         .fetch_optional(self.db.pool())
         .await?
         .ok_or_else(|| RecordsError::NotFound(format!("Group/{id}")))?;
-        let body: serde_json::Value = serde_json::from_str(&row.get::<String, _>(0)).unwrap_or_default();
-        let ids: Vec<String> = body["member"]
+        let body: serde_json::Value = serde_json::from_str(&row.try_get::<String, _>(0)?).unwrap_or_default();
+        let ids: Vec<String> = body
+            .at("member")
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|m| {
-                m["entity"]["reference"]
+                m["entity"]
+                    .at("reference")
                     .as_str()?
                     .strip_prefix("Patient/")
                     .map(str::to_string)
@@ -213,7 +218,9 @@ impl Engine {
             for id in chunk {
                 q = q.bind(id.clone());
             }
-            nhs.extend(q.fetch_all(self.db.pool()).await?.iter().map(|r| r.get::<String, _>(0)));
+            for r in q.fetch_all(self.db.pool()).await? {
+                nhs.push(r.try_get::<String, _>(0)?);
+            }
         }
         nhs.sort();
         nhs.dedup();
@@ -248,7 +255,9 @@ impl Files {
                 tokio::io::BufWriter::with_capacity(1 << 20, f),
             );
         }
-        let w = self.open.get_mut(resource_type).expect("opened above");
+        let Some(w) = self.open.get_mut(resource_type) else {
+            return Err(std::io::Error::other(format!("the {resource_type} file is not open")));
+        };
         w.write_all(lines.as_bytes()).await?;
         w.write_all(b"\n").await?;
         *self.counts.entry(resource_type.to_string()).or_default() += n;
@@ -379,7 +388,8 @@ impl Job {
             .bind(self.id.clone())
             .fetch_optional(self.engine.db.pool())
             .await?;
-        Ok(row.is_none_or(|r| r.get::<String, _>(0) == "cancelled"))
+        let status = row.map(|r| r.try_get::<String, _>(0)).transpose()?;
+        Ok(status.is_none_or(|s| s == "cancelled"))
     }
 
     /// The next patients (NHS numbers) after `after`, in order.
@@ -391,7 +401,10 @@ impl Job {
         .bind(PATIENTS_PER_CHUNK as i64)
         .fetch_all(self.engine.db.pool())
         .await?;
-        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?)
     }
 
     /// The filters every read of the export applies: `_type` and `_since`, from placeholder
@@ -455,7 +468,10 @@ impl Job {
         let mut hid: HashSet<String> = HashSet::new();
         let mut lines: Vec<(String, String, i64)> = Vec::with_capacity(rows.len());
         for g in rows {
-            let withheld = &permitted[g.nhs.as_str()];
+            // A patient consent did not permit is not in `rows` (read from `allowed`).
+            let Some(withheld) = permitted.get(g.nhs.as_str()) else {
+                continue;
+            };
             if g.categories.iter().any(|c| withheld.contains(c.as_str())) {
                 hid.insert(g.nhs);
             } else {
@@ -472,9 +488,9 @@ impl Job {
             .map(|(nhs, d)| {
                 let (purpose, reason) = sharedcare_kit::pdp::audit_purpose(d, &actor.purpose);
                 let outcome = match (permitted.contains_key(nhs.as_str()), hid.contains(nhs)) {
-                    (false, _) => "denied",
-                    (true, true) => "withheld",
-                    (true, false) => "success",
+                    (false, _) => Outcome::Denied,
+                    (true, true) => Outcome::Withheld,
+                    (true, false) => Outcome::Success,
                 };
                 self.access(nhs, refs.remove(nhs).unwrap_or_default(), purpose, reason, outcome)
             })
@@ -549,25 +565,25 @@ impl Job {
         Ok(rows
             .iter()
             .map(|r| {
-                let resource_type: String = r.get(1);
-                let labels: String = r.get(2);
-                let codes: String = r.get(3);
+                let resource_type: String = r.try_get(1)?;
+                let labels: String = r.try_get(2)?;
+                let codes: String = r.try_get(3)?;
                 let categories = sharedcare_kit::pdp::categories(
                     &resource_type,
                     labels.split(',').filter(|l| !l.is_empty()).map(str::to_string),
                     codes.split_whitespace(),
                 );
-                let ids: String = r.get(4);
-                Group {
-                    nhs: r.get(0),
+                let ids: String = r.try_get(4)?;
+                Ok(Group {
+                    nhs: r.try_get(0)?,
                     resource_type,
                     ids: ids.split(' ').map(str::to_string).collect(),
-                    lines: r.get(5),
-                    count: r.get(6),
+                    lines: r.try_get(5)?,
+                    count: r.try_get(6)?,
                     categories,
-                }
+                })
             })
-            .collect())
+            .collect::<Result<_, sqlx::Error>>()?)
     }
 
     /// Directory data (no patient): written without a decision, in pages.
@@ -603,17 +619,18 @@ impl Job {
                 return Ok(written);
             }
             for r in &rows {
-                let (t, body): (String, String) = (r.get(0), r.get(2));
+                let (t, body): (String, String) = (r.try_get(0)?, r.try_get(2)?);
                 files.write(&self.out, &t, &body, 1).await.map_err(|e| self.io(e))?;
                 written += 1;
             }
-            let last = rows.last().expect("not empty");
-            (after_type, after_id) = (last.get(0), last.get(1));
+            if let Some(last) = rows.last() {
+                (after_type, after_id) = (last.try_get(0)?, last.try_get(1)?);
+            }
         }
     }
 
     /// The audit entry of one patient's part of the export.
-    fn access(&self, nhs: &str, resources: Vec<String>, purpose: String, reason: String, outcome: &str) -> Envelope {
+    fn access(&self, nhs: &str, resources: Vec<String>, purpose: String, reason: String, outcome: Outcome) -> Envelope {
         let actor = &self.caller.actor;
         let event = AccessRecorded {
             actor: actor.id.clone(),
@@ -628,7 +645,7 @@ impl Job {
             } else {
                 format!("bulk export {}: {reason}", self.id)
             },
-            outcome: outcome.to_string(),
+            outcome: outcome.as_str().into(),
             time: Some(db::timestamp(db::now_us())),
             trace_id: self.caller.trace_id.clone(),
             service: NAME.into(),

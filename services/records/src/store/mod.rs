@@ -24,6 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::consent::Pdp;
 use crate::fhir::{self, Resource};
 use crate::{NAME, RecordsError};
+use sharedcare_kit::access::{NO_DECISION, Outcome};
+use sharedcare_kit::pdp::PdpError;
 
 /// One stored version of a resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,7 +76,7 @@ struct Engine {
 struct Verdict<T> {
     answer: Result<T, RecordsError>,
     /// success | denied | withheld | not-found | error
-    outcome: &'static str,
+    outcome: Outcome,
     /// Purpose of use as decided (BTG when break-glass was the basis).
     purpose: String,
     /// Why (consent's reason and rules, the break-glass reason, what was withheld).
@@ -82,7 +84,7 @@ struct Verdict<T> {
 }
 
 impl<T> Verdict<T> {
-    fn refused(err: RecordsError, outcome: &'static str, purpose: &str, reason: String) -> Self {
+    fn refused(err: RecordsError, outcome: Outcome, purpose: &str, reason: String) -> Self {
         Verdict {
             answer: Err(err),
             outcome,
@@ -91,11 +93,22 @@ impl<T> Verdict<T> {
         }
     }
 
+    /// The verdict when consent gave no decision: nothing is returned, and the audit entry
+    /// says why.
+    fn no_decision(e: &PdpError, purpose: &str) -> Self {
+        Self::refused(
+            RecordsError::Consent(e.clone()),
+            Outcome::Error,
+            purpose,
+            format!("{NO_DECISION}: {e}"),
+        )
+    }
+
     /// The verdict on a resource the record does not hold.
     fn not_found(reference: &str, purpose: &str) -> Self {
         Self::refused(
             RecordsError::NotFound(reference.to_string()),
-            "not-found",
+            Outcome::NotFound,
             purpose,
             String::new(),
         )
@@ -298,7 +311,7 @@ impl Store {
         .bind(id.to_string())
         .fetch_optional(self.engine.db.pool())
         .await?;
-        let Some(current) = row.as_ref().map(search::stored_row) else {
+        let Some(current) = row.as_ref().map(search::stored_row).transpose()? else {
             return Err(RecordsError::NotFound(format!("{resource_type}/{id}")));
         };
         if current.deleted {
@@ -453,6 +466,11 @@ impl Engine {
         }
         let mut current: Vec<usize> = latest.into_values().collect();
         current.sort_unstable();
+        // `stored` is one version per job, in the jobs' order.
+        let current: Vec<_> = current
+            .into_iter()
+            .filter_map(|n| Some((stored.get(n)?, &jobs.get(n)?.resource.body)))
+            .collect();
         for chunk in current.chunks(db::MAX_ROWS_PER_INSERT) {
             let sql = tx.backend().insert_rows(
                 "current_resources (resource_type, id, version, nhs_number, clinical_date_us, codes, labels, deleted)",
@@ -463,8 +481,7 @@ impl Engine {
                  labels = excluded.labels, deleted = excluded.deleted",
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for &n in chunk {
-                let (s, body) = (&stored[n], &jobs[n].resource.body);
+            for &(s, body) in chunk {
                 let codes = fhir::codes(body);
                 q = q
                     .bind(s.resource_type.clone())
@@ -518,7 +535,10 @@ impl Engine {
                 q = q.bind(job.resource.resource_type.clone()).bind(job.resource.id.clone());
             }
             for row in q.fetch_all(&mut *tx).await? {
-                out.insert((row.get::<String, _>(0), row.get::<String, _>(1)), row.get::<i64, _>(2));
+                out.insert(
+                    (row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?),
+                    row.try_get::<i64, _>(2)?,
+                );
             }
         }
         Ok(out)
@@ -544,7 +564,7 @@ impl Engine {
                 q = q.bind(id.to_string());
             }
             for row in q.fetch_all(&mut *tx).await? {
-                out.insert(row.get::<String, _>(0), row.get::<String, _>(1));
+                out.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
             }
         }
         Ok(out)
@@ -593,7 +613,7 @@ impl Engine {
         let versioned = format!("{reference}/_history/{}", s.version);
         let done: Verdict<()> = Verdict {
             answer: Ok(()),
-            outcome: "success",
+            outcome: Outcome::Success,
             purpose: job.purpose.clone(),
             reason: job.reason.clone(),
         };
@@ -663,7 +683,7 @@ impl Engine {
                 q = q.bind(job.resource_type.clone()).bind(job.id.clone());
             }
             for row in q.fetch_all(&mut *conn).await? {
-                let s = stored_row(&row);
+                let s = stored_row(&row)?;
                 out.insert((s.resource_type.clone(), s.id.clone()), s);
             }
         }
@@ -686,7 +706,7 @@ impl Engine {
             nhs_number: nhs_number.to_string(),
             purpose: v.purpose.clone(),
             reason: v.reason.clone(),
-            outcome: v.outcome.to_string(),
+            outcome: v.outcome.as_str().into(),
             time: Some(db::timestamp(db::now_us())),
             trace_id: caller.trace_id.clone(),
             service: NAME.into(),

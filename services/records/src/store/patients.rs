@@ -2,6 +2,7 @@
 //! demographic index written with each Patient version, and the search over it, which shows
 //! only the patients consent lets the caller see and audits what it shows.
 
+use sharedcare_kit::access::Outcome;
 use sharedcare_kit::db::{self, Tx};
 
 use super::decide::{Asks, stored_labels, verdict};
@@ -143,6 +144,8 @@ impl Store {
             let batch: Vec<Indexed> = rows
                 .iter()
                 .map(stored_row)
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
                 .map(|s| {
                     let body = match serde_json::from_str::<serde_json::Value>(&s.body) {
                         Ok(serde_json::Value::Object(b)) => b,
@@ -206,12 +209,7 @@ impl Store {
                 .collect();
             let decisions = asks.decide(e.pdp.as_ref()).await;
             if let Err(err) = &decisions {
-                let v = Verdict::refused(
-                    RecordsError::Consent(err.clone()),
-                    "error",
-                    purpose,
-                    format!("no consent decision: {err}"),
-                );
+                let v = Verdict::no_decision(err, purpose);
                 return e.settle(&caller, "search", Vec::new(), "", v).await;
             }
             for (s, (labels, i)) in candidates.into_iter().zip(labelled) {
@@ -237,7 +235,7 @@ impl Store {
         let refs: Vec<String> = shown.iter().map(|(s, _)| format!("Patient/{}", s.id)).collect();
         let summary = Verdict {
             answer: Ok(()),
-            outcome: "success",
+            outcome: Outcome::Success,
             purpose: purpose.to_string(),
             reason: format!("patient search: {matched} matched, {} shown", refs.len()),
         };
@@ -404,8 +402,9 @@ impl Engine {
             .await
             .map_err(unavailable)?
             .iter()
-            .map(|r| sqlx::Row::get(r, 0))
-            .collect();
+            .map(|r| sqlx::Row::try_get(r, 0))
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -421,7 +420,10 @@ impl Engine {
             query = query.bind(id);
         }
         let rows = query.fetch_all(&mut *conn).await.map_err(unavailable)?;
-        Ok(rows.iter().map(stored_row).collect())
+        rows.iter()
+            .map(stored_row)
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)
     }
 }
 

@@ -98,14 +98,14 @@ impl Store {
             }
             for r in q.fetch_all(self.engine.db.pool()).await? {
                 let w = Written {
-                    resource_type: r.get(0),
-                    id: r.get(1),
-                    version: r.get(2),
-                    provenance_id: r.get(3),
-                    author: r.get(4),
-                    organisation: r.get(5),
-                    recorded_us: r.get(6),
-                    deleted: r.get::<i64, _>(7) != 0,
+                    resource_type: r.try_get(0)?,
+                    id: r.try_get(1)?,
+                    version: r.try_get(2)?,
+                    provenance_id: r.try_get(3)?,
+                    author: r.try_get(4)?,
+                    organisation: r.try_get(5)?,
+                    recorded_us: r.try_get(6)?,
+                    deleted: r.try_get::<i64, _>(7)? != 0,
                 };
                 let was_read = chunk
                     .iter()
@@ -124,6 +124,8 @@ impl Store {
             .bind(provenance_id.to_string())
             .fetch_optional(self.engine.db.pool())
             .await?;
-        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+        Ok(row
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .transpose()?)
     }
 }

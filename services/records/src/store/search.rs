@@ -1,6 +1,8 @@
 //! Reading beyond the current version: vread, history and search by patient, each decided by
 //! consent and audited like a read.
 
+use sharedcare_kit::access::Outcome;
+use sharedcare_kit::pdp::PdpError;
 use std::collections::HashMap;
 
 use prost::Message;
@@ -18,23 +20,23 @@ use crate::fhir;
 /// A stored version from a `SELECT resource_type, id, version, last_updated_us, nhs_number,
 /// body` row, with its `labels`, `codes` and `deleted` columns when the query has them: the
 /// categories consent decides on are its labels, its class and its codes.
-pub(super) fn stored_row(row: &sqlx::any::AnyRow) -> Stored {
-    let resource_type: String = row.get(0);
+pub(super) fn stored_row(row: &sqlx::any::AnyRow) -> Result<Stored, sqlx::Error> {
+    let resource_type: String = row.try_get(0)?;
     let labels = row.try_get::<String, _>("labels").ok().map(|l| {
         let labels = l.split(',').filter(|x| !x.is_empty()).map(str::to_string);
         let codes = row.try_get::<String, _>("codes").unwrap_or_default();
         sharedcare_kit::pdp::categories(&resource_type, labels, codes.split_whitespace())
     });
-    Stored {
+    Ok(Stored {
         resource_type,
-        id: row.get(1),
-        version: row.get(2),
-        last_updated_us: row.get(3),
-        nhs_number: row.get(4),
-        body: row.get(5),
+        id: row.try_get(1)?,
+        version: row.try_get(2)?,
+        last_updated_us: row.try_get(3)?,
+        nhs_number: row.try_get(4)?,
+        body: row.try_get(5)?,
         labels,
         deleted: row.try_get::<i64, _>("deleted").is_ok_and(|d| d != 0),
-    }
+    })
 }
 
 /// Most results in one page of history or search.
@@ -165,7 +167,9 @@ impl Judged {
 
     /// Whether data labelled like set `i` may be shown.
     fn shows(&self, i: usize, labels: &[String]) -> bool {
-        let d = &self.decisions[i];
+        let Some(d) = self.decisions.get(i) else {
+            return false; // no decision: nothing shown
+        };
         match Judged::effect(d) {
             Effect::Permit => true,
             Effect::PermitWithWithholding => !d.withheld_categories.iter().any(|c| labels.contains(c)),
@@ -215,13 +219,13 @@ impl Store {
         .await
         .map_err(|err| RecordsError::Unavailable(err.to_string()))?;
         let purpose = actor.purpose.as_str();
-        let (v, nhs) = match row.as_ref().map(stored_row) {
+        let (v, nhs) = match row.as_ref().map(stored_row).transpose()? {
             None => (Verdict::not_found(&reference, purpose), String::new()),
             // The version that deleted the resource: nothing of it is read.
             Some(s) if s.deleted => {
                 let gone = RecordsError::Gone(reference.clone());
                 (
-                    Verdict::refused(gone, "not-found", purpose, "deleted".into()),
+                    Verdict::refused(gone, Outcome::NotFound, purpose, "deleted".into()),
                     s.nhs_number,
                 )
             }
@@ -273,7 +277,7 @@ impl Store {
         .fetch_all(e.db.pool())
         .await
         .map_err(|err| RecordsError::Unavailable(err.to_string()))?;
-        let mut versions: Vec<Stored> = rows.iter().map(stored_row).collect();
+        let mut versions: Vec<Stored> = rows.iter().map(stored_row).collect::<Result<_, _>>()?;
         let reference = format!("{resource_type}/{id}");
         let purpose = actor.purpose.as_str();
         if versions.is_empty() {
@@ -287,7 +291,7 @@ impl Store {
         } else {
             String::new()
         };
-        let nhs = versions[0].nhs_number.clone();
+        let nhs = versions.first().map(|s| s.nhs_number.clone()).unwrap_or_default();
         let v = if fhir::is_patient_data(resource_type) {
             e.judge_page(actor, &nhs, "history", versions, purpose).await
         } else {
@@ -321,7 +325,7 @@ impl Store {
                 .await
                 .map_err(|err| RecordsError::Unavailable(err.to_string()))?;
             match row {
-                Some(r) => r.get::<String, _>(0),
+                Some(r) => r.try_get::<String, _>(0)?,
                 None => {
                     let reference = format!("Patient/{}", q.patient);
                     let v = Verdict::not_found(&reference, purpose);
@@ -338,7 +342,7 @@ impl Store {
         let mut items: Vec<Stored> = Vec::new();
         let mut notice = false;
         let mut full = false;
-        let mut judged: Option<(&'static str, String, String)> = None;
+        let mut judged: Option<(Outcome, String, String)> = None;
         for _round in 0..8 {
             let want = q.page_size + 1 - items.len();
             let keyed = e.search_rows(&nhs, q, &cursor, want).await?;
@@ -387,7 +391,7 @@ impl Store {
         } else {
             String::new()
         };
-        let (outcome, purpose, reason) = judged.unwrap_or(("success", purpose.to_string(), String::new()));
+        let (outcome, purpose, reason) = judged.unwrap_or((Outcome::Success, purpose.to_string(), String::new()));
         let v = Verdict {
             answer: Ok((items, notice)),
             outcome,
@@ -456,23 +460,22 @@ impl Engine {
             .collect();
         let decisions = match asks.decide(self.pdp.as_ref()).await {
             Ok(d) => d,
-            Err(e) => {
-                return Verdict::refused(
-                    RecordsError::Consent(e.clone()),
-                    "error",
-                    purpose,
-                    format!("no consent decision: {e}"),
-                );
-            }
+            Err(e) => return Verdict::no_decision(&e, purpose),
         };
-        let judged = Judged {
-            overall: decisions[overall].clone(),
-            decisions,
+        let Some(overall) = decisions.get(overall).cloned() else {
+            return Verdict::no_decision(
+                &PdpError::Incomplete {
+                    got: decisions.len(),
+                    asked: overall + 1,
+                },
+                purpose,
+            );
         };
+        let judged = Judged { overall, decisions };
         let (purpose, reason) = judged.purpose_and_reason(purpose);
         if judged.denied() {
             let why = judged.overall.reason.clone();
-            return Verdict::refused(RecordsError::Denied(why), "denied", &purpose, reason);
+            return Verdict::refused(RecordsError::Denied(why), Outcome::Denied, &purpose, reason);
         }
         let mut hidden: Vec<String> = Vec::new();
         let mut shown = Vec::with_capacity(items.len());
@@ -496,7 +499,7 @@ impl Engine {
         };
         Verdict {
             answer: Ok((shown, notice)),
-            outcome: "success",
+            outcome: Outcome::Success,
             purpose,
             reason,
         }
@@ -604,8 +607,8 @@ impl Engine {
             .map_err(|e| RecordsError::Unavailable(e.to_string()))?;
         Ok(rows
             .iter()
-            .map(|row| (stored_row(row), row.try_get::<i64, _>("sort_key").unwrap_or(0)))
-            .collect())
+            .map(|row| Ok((stored_row(row)?, row.try_get::<i64, _>("sort_key").unwrap_or(0))))
+            .collect::<Result<_, sqlx::Error>>()?)
     }
 }
 

@@ -4,6 +4,7 @@
 //! kick-off to manifest (every patient decided by consent and audited), the `up` process's
 //! memory while it runs, then the download of every NDJSON file.
 
+use sharedcare_kit::json::Fields;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -79,7 +80,8 @@ pub async fn run(_args: &BenchArgs) -> anyhow::Result<()> {
         }
     };
     let took = began.elapsed();
-    let exported: u64 = manifest["output"]
+    let exported: u64 = manifest
+        .at("output")
         .as_array()
         .context("no output")?
         .iter()
@@ -97,7 +99,7 @@ pub async fn run(_args: &BenchArgs) -> anyhow::Result<()> {
     );
     let began = Instant::now();
     let mut bytes = 0u64;
-    for o in manifest["output"].as_array().context("no output")? {
+    for o in manifest.at("output").as_array().context("no output")? {
         let mut r = client
             .get(o["url"].as_str().context("no url")?)
             .bearer_auth(&bulk)

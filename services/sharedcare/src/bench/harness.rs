@@ -1,6 +1,7 @@
 //! What every benchmark stands on: a fresh `sharedcare up` as a child process, the demo
 //! service's token, timed phases with latency histograms, and the report line.
 
+use sharedcare_kit::json::Fields;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +23,8 @@ pub(crate) fn report(name: &str, count: u64, elapsed: Duration, h: &Histogram<u6
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
+    // Constant bounds (1 µs to 60 s, 3 digits), which hdrhistogram accepts.
+    #[allow(clippy::expect_used)]
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -140,12 +143,7 @@ where
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..args.concurrency {
-        let (client, op, stop, counter) = (
-            clients[w % clients.len()].clone(),
-            op.clone(),
-            stop.clone(),
-            counter.clone(),
-        );
+        let (client, op, stop, counter) = (nth(clients, w as u64)?, op.clone(), stop.clone(), counter.clone());
         tasks.spawn(async move {
             let mut h = histogram();
             let mut errors = 0u64;
@@ -205,7 +203,7 @@ pub(crate) async fn demo_service_token(http: &str, scope: &str) -> anyhow::Resul
         .await?
         .json()
         .await?;
-    r["access_token"]
+    r.at("access_token")
         .as_str()
         .map(str::to_string)
         .with_context(|| format!("no access token from {http}: {r}"))
@@ -251,4 +249,12 @@ pub(crate) async fn http_ok(addr: &str, path: &str) -> bool {
     }
     let mut buf = [0u8; 16];
     matches!(s.read(&mut buf).await, Ok(n) if n >= 12 && &buf[9..12] == b"200")
+}
+
+/// Item `i` of `items` round-robin (`i` modulo their number), cloned: a benchmark's clients,
+/// writers or patients taken in turn.
+pub(crate) fn nth<T: Clone>(items: &[T], i: u64) -> anyhow::Result<T> {
+    let n = u64::try_from(items.len())?;
+    let at = usize::try_from(i.checked_rem(n).context("nothing to take from")?)?;
+    items.get(at).cloned().context("nothing to take from")
 }

@@ -3,6 +3,7 @@
 //! is pinned to CPU 0; run the bench itself with `taskset -c 1` so the load generator has the
 //! other core (the README gives the command).
 
+use sharedcare_kit::json::Fields;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,7 +159,7 @@ pub(crate) async fn user_token(http: &str, username: &str, password: &str, scope
     )
     .await
     .map_err(|e| anyhow::anyhow!("token for {username}: {e}"))?;
-    t["access_token"]
+    t.at("access_token")
         .as_str()
         .map(str::to_string)
         .with_context(|| format!("no access token for {username}: {t}"))
@@ -274,7 +275,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         )
         .await
         .map_err(anyhow::Error::msg)?;
-        let rt = t["refresh_token"].as_str().context("refresh_token")?.to_string();
+        let rt = t.at("refresh_token").as_str().context("refresh_token")?.to_string();
         holders.push((b.clone(), Arc::new(std::sync::Mutex::new(rt))));
     }
     phase("refresh (rotating)", args, &holders, {
@@ -289,7 +290,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     &[("grant_type", "refresh_token"), ("refresh_token", &current)],
                 )
                 .await?;
-                let next = t["refresh_token"].as_str().unwrap_or_default().to_string();
+                let next = t.at("refresh_token").as_str().unwrap_or_default().to_string();
                 if let Ok(mut g) = rt.lock() {
                     *g = next;
                 }

@@ -23,7 +23,7 @@ use sharedcare_proto::records::v1::records_client::RecordsClient;
 
 use super::args::BENCH_SEED;
 use super::args::BenchArgs;
-use super::harness::{Bearer, UpProcess, demo_service_token, histogram, phase, report};
+use super::harness::{Bearer, UpProcess, demo_service_token, histogram, nth, phase, report};
 use crate::config::Config;
 
 type Passports = PassportClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
@@ -71,7 +71,7 @@ pub(crate) async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()>
         .collect();
     let mut writing = tokio::task::JoinSet::new();
     for (i, record) in records.into_iter().enumerate() {
-        let mut w = writers[i % writers.len()].clone();
+        let mut w = nth(&writers, i as u64)?;
         writing.spawn(async move {
             for part in &record.parts {
                 for r in &part.resources {
@@ -95,7 +95,7 @@ pub(crate) async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()>
     // Freshness: from the last write's answer to the passport showing it.
     let last = nhs.last().context("no patients")?.clone();
     let written = Instant::now();
-    let mut r = readers[0].clone();
+    let mut r = nth(&readers, 0)?;
     loop {
         let view = r
             .get_passport(GetPassportRequest {
@@ -131,7 +131,7 @@ pub(crate) async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()>
     let mine = vec![demo.first().context("no demo patient")?.clone()];
     views("GetPassport (GP, her patients)", args, &staff, demo).await?;
     views("GetPassport (patient P9, own)", args, &patient, mine).await?;
-    freshness(args, &writers, &readers[0], &nhs).await?;
+    freshness(args, &writers, &nth(&readers, 0)?, &nhs).await?;
     drop(p);
     rebuild(config).await
 }
@@ -158,7 +158,7 @@ async fn freshness(args: &BenchArgs, writers: &[Writers], reader: &Passports, nh
             let mut i = 0usize;
             while !stop.is_cancelled() {
                 tick.tick().await;
-                let mut w = writers[i % writers.len()].clone();
+                let mut w = nth(&writers, i as u64)?;
                 let put = observation(format!("fw-{i}"), i % patients);
                 sends.spawn(async move { w.put(put).await.map(|_| ()) });
                 while let Some(done) = sends.try_join_next() {
@@ -176,7 +176,7 @@ async fn freshness(args: &BenchArgs, writers: &[Writers], reader: &Passports, nh
     let mut h = histogram();
     let started = Instant::now();
     let mut r = reader.clone();
-    let mut w = writers[0].clone();
+    let mut w = nth(writers, 0)?;
     let mut k = 0u64;
     while started.elapsed() < Duration::from_secs(args.seconds) {
         let id = format!("probe-{k}");
@@ -185,7 +185,7 @@ async fn freshness(args: &BenchArgs, writers: &[Writers], reader: &Passports, nh
         loop {
             let view = r
                 .get_passport(GetPassportRequest {
-                    nhs_number: nhs[probe_patient].clone(),
+                    nhs_number: nth(nhs, probe_patient as u64)?,
                     purpose: String::new(),
                 })
                 .await?
@@ -322,7 +322,7 @@ async fn rebuild(config: &Config) -> anyhow::Result<()> {
 async fn views(name: &str, args: &BenchArgs, clients: &[Passports], patients: Vec<String>) -> anyhow::Result<()> {
     let patients = Arc::new(patients);
     phase(name, args, clients, move |mut c, i| {
-        let patient = patients[(i % patients.len() as u64) as usize].clone();
+        let patient = nth(&patients, i).unwrap_or_default();
         async move {
             c.get_passport(GetPassportRequest {
                 nhs_number: patient,

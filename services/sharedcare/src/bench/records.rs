@@ -1,6 +1,7 @@
 //! `bench records`, `bench patient-search` and `bench import`: the record over gRPC, the
 //! population's patients found by name, and `sharedcare import` of a generated NDJSON file.
 
+use sharedcare_kit::json::Fields;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use sharedcare_proto::records::v1::records_client::RecordsClient;
 use sharedcare_proto::records::v1::{GetRequest, PutRequest, SearchRequest};
 
 use super::args::{BENCH_SEED, BenchArgs};
-use super::harness::{Bearer, UpProcess, demo_service_token, phase, quiesce};
+use super::harness::{Bearer, UpProcess, demo_service_token, nth, phase, quiesce};
 
 pub(crate) async fn records(args: &BenchArgs) -> anyhow::Result<()> {
     let (up, grpc, token) = match &args.target {
@@ -54,7 +55,7 @@ pub(crate) async fn records(args: &BenchArgs) -> anyhow::Result<()> {
     phase("put (new Patient each)", args, &clients, {
         let (nhs, ids) = (nhs.clone(), ids.clone());
         move |mut c, n| {
-            let body = crate::population::patient_at(today, BENCH_SEED, n, &nhs[(n % nhs.len() as u64) as usize]);
+            let body = crate::population::patient_at(today, BENCH_SEED, n, &nth(&nhs, n).unwrap_or_default());
             ids.fetch_max(n + 1, Ordering::Relaxed);
             async move {
                 c.put(PutRequest {
@@ -111,7 +112,7 @@ pub(crate) async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         }
         let nhs = nhs.clone();
         phase("consent Decide (one ask per call)", args, &deciders, move |mut c, n| {
-            let patient = nhs[(n % nhs.len() as u64) as usize].clone();
+            let patient = nth(&nhs, n).unwrap_or_default();
             async move {
                 c.decide(DecideRequest {
                     principal_kind: "staff".into(),
@@ -153,8 +154,13 @@ pub(crate) async fn patient_search(args: &BenchArgs) -> anyhow::Result<()> {
             .first()
             .and_then(|p| p.resources.first())
             .context("a person without a Patient")?;
-        let family = patient["name"][0]["family"].as_str().unwrap_or_default().to_string();
-        let born = patient["birthDate"].as_str().unwrap_or_default().to_string();
+        let name = patient.at("name").as_array().and_then(|n| n.first());
+        let family = name
+            .map(|n| n.at("family"))
+            .and_then(|f| f.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let born = patient.at("birthDate").as_str().unwrap_or_default().to_string();
         text.push_str(&patient.to_string());
         text.push('\n');
         written.push((family, born));
@@ -186,7 +192,7 @@ pub(crate) async fn patient_search(args: &BenchArgs) -> anyhow::Result<()> {
     let base = format!("http://{}/fhir/R4/Patient", p.http);
     let written = Arc::new(written);
     let check = {
-        let (family, born) = &written[12_345];
+        let (family, born) = nth(&written, 12_345)?;
         let r: serde_json::Value = client
             .get(&base)
             .query(&[("family", family.as_str()), ("birthdate", born.as_str())])
@@ -195,7 +201,7 @@ pub(crate) async fn patient_search(args: &BenchArgs) -> anyhow::Result<()> {
             .await?
             .json()
             .await?;
-        r["entry"].as_array().map_or(0, Vec::len)
+        r.at("entry").as_array().map_or(0, Vec::len)
     };
     if check == 0 {
         bail!("a search for an imported patient found nobody");
@@ -207,7 +213,7 @@ pub(crate) async fn patient_search(args: &BenchArgs) -> anyhow::Result<()> {
         move |c: reqwest::Client, i| {
             let (base, token, written) = (base.clone(), token.clone(), written.clone());
             async move {
-                let (family, born) = &written[(i * 7 % written.len() as u64) as usize];
+                let (family, born) = nth(&written, i * 7).unwrap_or_default();
                 let r = c
                     .get(&base)
                     .query(&[("family", family.as_str()), ("birthdate", born.as_str())])
