@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use maud::html;
 
 use crate::error::PortalError;
+use crate::forms::{BackChannelLogout, Callback, Confirm};
 use crate::oidc::{Pending, Rp};
 use crate::page::{self, Area, Chrome};
 use crate::web::{html, see_other};
@@ -120,10 +121,9 @@ async fn login(State(app): State<App>, headers: HeaderMap) -> Response {
 async fn callback(
     State(app): State<App>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Callback>,
 ) -> Result<Response, PortalError> {
-    let state = q.get("state").cloned().unwrap_or_default();
-    let pending = app.pending.lock().ok().and_then(|mut p| p.remove(&state));
+    let pending = app.pending.lock().ok().and_then(|mut p| p.remove(&q.state));
     let Some(pending) = pending else {
         return Err(PortalError::invalid(
             "state",
@@ -136,13 +136,10 @@ async fn callback(
             "this sign-in was not started in this browser: start again",
         ));
     }
-    if let Some(e) = q.get("error") {
-        return Err(PortalError::Rp(crate::oidc::RpError::Refused(e.clone())));
+    if let Some(e) = q.error {
+        return Err(PortalError::Rp(crate::oidc::RpError::Refused(e)));
     }
-    let t = app
-        .rp
-        .exchange(q.get("code").map(String::as_str).unwrap_or_default(), &pending)
-        .await?;
+    let t = app.rp.exchange(&q.code, &pending).await?;
     let (role, org) = match app.rp.principal(&t.access_token).await? {
         sharedcare_kit::auth::Principal::Staff { role, .. } => (role.role_name, role.org_code),
         _ => return Err(PortalError::Forbidden("the handover page is for care staff".into())),
@@ -166,11 +163,11 @@ async fn callback(
     Ok(r)
 }
 
-async fn logout(State(app): State<App>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn logout(State(app): State<App>, headers: HeaderMap, Form(form): Form<Confirm>) -> Response {
     let Some((token, s)) = signed(&app, &headers) else {
         return see_other("/");
     };
-    if form.get("csrf") != Some(&s.csrf) {
+    if form.csrf.is_empty() || form.csrf != s.csrf {
         return PortalError::Csrf.into_response();
     }
     if let Ok(mut m) = app.sessions.lock() {
@@ -180,9 +177,8 @@ async fn logout(State(app): State<App>, headers: HeaderMap, Form(form): Form<Has
     html(page::signing_out(&chrome(None), &action, &fields))
 }
 
-async fn backchannel(State(app): State<App>, Form(form): Form<HashMap<String, String>>) -> Response {
-    let token = form.get("logout_token").cloned().unwrap_or_default();
-    match app.rp.logout_token(&token).await {
+async fn backchannel(State(app): State<App>, Form(form): Form<BackChannelLogout>) -> Response {
+    match app.rp.logout_token(&form.logout_token).await {
         Ok((sid, _)) => {
             if let Ok(mut m) = app.sessions.lock() {
                 m.retain(|_, s| s.sid != sid);

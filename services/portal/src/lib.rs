@@ -14,6 +14,7 @@
 
 pub mod assets;
 pub mod error;
+pub mod forms;
 pub mod handover;
 pub mod oidc;
 pub mod page;

@@ -8,22 +8,26 @@
 use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
-use axum::response::Response;
+use std::marker::PhantomData;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use http::HeaderMap;
+use http::request::Parts;
 use maud::{Markup, html};
+use sharedcare_kit::nhs::ProofingLevel;
 use sharedcare_proto::consent::v1::{Directive, ListDirectivesRequest, PutDirectiveRequest};
 use sharedcare_proto::passport::v1::{
     GetPassportRequest, GetSharingChoicesRequest, ListAccessLogRequest, PassportView, SectionKind, SharingChoices,
 };
 
 use crate::error::PortalError;
+use crate::forms;
 use crate::page::{self, Area, Chrome};
 use crate::peers::{as_user, name_of};
 use crate::session::Who;
-use crate::web::{App, Signed, html, see_other};
+use crate::web::{App, Signed, html, return_path, see_other};
 
 /// Categories a patient can withhold, as HL7 v3 ActCode sensitivity labels, in plain words.
 pub const CATEGORIES: &[(&str, &str)] = &[
@@ -51,57 +55,88 @@ pub fn routes() -> Router<App> {
         .route("/passport/notices/seen", post(notice_seen))
 }
 
-/// What a passport page needs: the signed-in patient at P9, or a response to send instead
-/// (sign in — silently when the NHS App sent `assertedLoginIdentity` —, or the page
-/// explaining the proofing level).
-enum Gate {
-    In(Box<Signed>, String),
-    Out(Response),
+/// A proofing level a page requires, as a type: `Patient<P9>` is a patient proven at P9.
+pub(crate) trait Level {
+    /// The level.
+    const LEVEL: ProofingLevel;
 }
 
-async fn gate(app: &App, headers: &HeaderMap, here: &str, q: &HashMap<String, String>) -> Result<Gate, PortalError> {
-    let s = match app.signed(headers, here).await {
-        Ok(s) => s,
-        Err(PortalError::SignIn(_)) => {
-            let mut to = url::form_urlencoded::Serializer::new(String::new());
-            to.append_pair("return_to", here);
-            if let Some(a) = q.get("assertedLoginIdentity").filter(|a| !a.is_empty()) {
-                to.append_pair("assertedLoginIdentity", a);
-            } else if here == "/passport/" {
-                // The start page, for a person who has not signed in.
-                return Ok(Gate::Out(html(signed_out(
-                    crate::web::in_nhs_app(headers),
-                    q.contains_key("signin"),
-                ))));
-            }
-            return Ok(Gate::Out(see_other(&format!("/passport/login?{}", to.finish()))));
+/// NHS login's high level of proof: what seeing one's own record needs.
+pub(crate) struct P9;
+
+impl Level for P9 {
+    const LEVEL: ProofingLevel = ProofingLevel::P9;
+}
+
+/// The signed-in patient, proven at level `L` at least, and their NHS number: a handler that
+/// takes one cannot run for anyone else. Otherwise the request gets what it needs instead:
+/// sign-in (silently when the NHS App sent `assertedLoginIdentity`), the start page, the page
+/// explaining the proofing level, or a refusal for staff.
+pub(crate) struct Patient<L: Level> {
+    pub(crate) signed: Signed,
+    pub(crate) nhs_number: String,
+    level: PhantomData<L>,
+}
+
+impl<L: Level> FromRequestParts<App> for Patient<L> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let here = return_path(parts, form_page);
+        let s = match app.signed(&parts.headers, &here).await {
+            Ok(s) => s,
+            Err(PortalError::SignIn(_)) => return Err(sign_in(parts, &here)),
+            Err(e) => return Err(e.into_response()),
+        };
+        let Who::Patient {
+            nhs_number, proofing, ..
+        } = &s.session.who
+        else {
+            return Err(PortalError::Forbidden(
+                "These pages are for patients. Staff open records in the shared care record at /portal/.".into(),
+            )
+            .into_response());
+        };
+        if *proofing < L::LEVEL {
+            return Err(html(needs_level(&s, *proofing, L::LEVEL)));
         }
-        Err(e) => return Err(e),
-    };
-    let Who::Patient {
-        nhs_number, proofing, ..
-    } = &s.session.who
-    else {
-        return Err(PortalError::Forbidden(
-            "These pages are for patients. Staff open records in the shared care record at /portal/.".into(),
-        ));
-    };
-    if proofing != "P9" {
-        let r = html(needs_p9(&s, proofing));
-        return Ok(Gate::Out(r));
+        let nhs_number = nhs_number.clone();
+        Ok(Patient {
+            signed: s,
+            nhs_number,
+            level: PhantomData,
+        })
     }
-    let nhs = nhs_number.clone();
-    Ok(Gate::In(Box::new(s), nhs))
 }
 
-/// The signed-in patient at P9 and their NHS number from a [`gate`], or return its response.
-macro_rules! at_p9 {
-    ($gate:expr) => {
-        match $gate.await? {
-            Gate::In(s, n) => (s, n),
-            Gate::Out(r) => return Ok(r),
-        }
-    };
+/// The page a passport form was posted from.
+fn form_page(path: &str) -> String {
+    if path.starts_with("/passport/sharing") {
+        "/passport/sharing".into()
+    } else {
+        "/passport/".into()
+    }
+}
+
+/// Where a signed-out person goes: NHS login (passing on the NHS App's
+/// `assertedLoginIdentity`), or the start page when they opened it themselves.
+fn sign_in(parts: &Parts, here: &str) -> Response {
+    let q: HashMap<String, String> = parts
+        .uri
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let mut to = url::form_urlencoded::Serializer::new(String::new());
+    to.append_pair("return_to", here);
+    if let Some(a) = q.get("assertedLoginIdentity").filter(|a| !a.is_empty()) {
+        to.append_pair("assertedLoginIdentity", a);
+    } else if here == "/passport/" {
+        return html(signed_out(
+            crate::web::in_nhs_app(&parts.headers),
+            q.contains_key("signin"),
+        ));
+    }
+    see_other(&format!("/passport/login?{}", to.finish()))
 }
 
 fn chrome(s: &Signed) -> Chrome<'_> {
@@ -126,13 +161,13 @@ fn signed_out(nhs_app: bool, retry: bool) -> Markup {
     )
 }
 
-fn needs_p9(s: &Signed, level: &str) -> Markup {
+fn needs_level(s: &Signed, level: ProofingLevel, needed: ProofingLevel) -> Markup {
     page::page(
         &chrome(s),
         "Prove who you are to see your record",
         html! {
             h1 { "Prove who you are to see your record" }
-            p id="proofing-needed" { "Your NHS login is set up at level " (level) ". To see your health and care record you need the highest level, P9, which means proving who you are with photo ID and a video or face scan, or with your GP practice." }
+            p id="proofing-needed" { "Your NHS login is set up at level " (level) ". To see your health and care record you need the highest level, " (needed) ", which means proving who you are with photo ID and a video or face scan, or with your GP practice." }
             p { "Open the NHS App or your NHS login account and choose " strong { "Prove who you are" } ". Then come back here." }
         },
     )
@@ -190,12 +225,12 @@ fn notice_key(n: &sharedcare_proto::passport::v1::BreakGlassNotice) -> String {
     )
 }
 
-async fn home(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, PortalError> {
-    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/", &q));
+async fn home(State(app): State<App>, patient: Patient<P9>) -> Result<Response, PortalError> {
+    let Patient {
+        signed: s,
+        nhs_number: nhs,
+        ..
+    } = patient;
     let banner = notices(&app, &s, &nhs, None).await?;
     Ok(html(page::page(
         &chrome(&s),
@@ -231,12 +266,12 @@ async fn view(app: &App, s: &Signed, nhs: &str) -> Result<PassportView, PortalEr
         .into_inner())
 }
 
-async fn record(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, PortalError> {
-    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/record", &q));
+async fn record(State(app): State<App>, patient: Patient<P9>) -> Result<Response, PortalError> {
+    let Patient {
+        signed: s,
+        nhs_number: nhs,
+        ..
+    } = patient;
     let (v, banner) = tokio::try_join!(view(&app, &s, &nhs), notices(&app, &s, &nhs, None))?;
     let names = app.peers.organisation_names().await;
     let d = v.demographics.clone().unwrap_or_default();
@@ -273,12 +308,14 @@ async fn record(
 
 async fn section(
     State(app): State<App>,
-    headers: HeaderMap,
+    patient: Patient<P9>,
     Path(name): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, PortalError> {
-    let here = format!("/passport/record/{name}");
-    let (s, nhs) = at_p9!(gate(&app, &headers, &here, &q));
+    let Patient {
+        signed: s,
+        nhs_number: nhs,
+        ..
+    } = patient;
     let (v, banner) = tokio::try_join!(view(&app, &s, &nhs), notices(&app, &s, &nhs, None))?;
     let names = app.peers.organisation_names().await;
     let Some(sec) = v.sections.iter().find(|x| slug(x.kind) == name) else {
@@ -335,12 +372,12 @@ fn withheld_category(provision_json: &str) -> Option<&'static (&'static str, &'s
     (!others).then(|| CATEGORIES.iter().find(|(c, _)| *c == code)).flatten()
 }
 
-async fn sharing(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, PortalError> {
-    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/sharing", &q));
+async fn sharing(State(app): State<App>, patient: Patient<P9>) -> Result<Response, PortalError> {
+    let Patient {
+        signed: s,
+        nhs_number: nhs,
+        ..
+    } = patient;
     let c = choices(&app, &s, &nhs).await?;
     Ok(html(sharing_page(&app, &s, &nhs, &c, &[]).await?))
 }
@@ -500,12 +537,16 @@ const READ_YOUR_WRITE: std::time::Duration = std::time::Duration::from_secs(5);
 /// already withheld changes nothing; a choice made before and stopped is made active again.
 async fn withhold(
     State(app): State<App>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    patient: Patient<P9>,
+    Form(form): Form<forms::Withhold>,
 ) -> Result<Response, PortalError> {
-    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/sharing", &HashMap::new()));
+    let Patient {
+        signed: s,
+        nhs_number: nhs,
+        ..
+    } = patient;
     s.check_csrf(&form)?;
-    let code = form.get("category").cloned().unwrap_or_default();
+    let code = form.category.clone();
     if !CATEGORIES.iter().any(|(c, _)| *c == code) {
         let c = choices(&app, &s, &nhs).await?;
         let errors = [("category", "Choose the kind of information to stop sharing".to_string())];
@@ -527,11 +568,15 @@ async fn withhold(
 /// `POST /passport/sharing/{id}/stop`: shares a withheld category again.
 async fn stop_withholding(
     State(app): State<App>,
-    headers: HeaderMap,
+    patient: Patient<P9>,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    Form(form): Form<forms::Confirm>,
 ) -> Result<Response, PortalError> {
-    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/sharing", &HashMap::new()));
+    let Patient {
+        signed: s,
+        nhs_number: nhs,
+        ..
+    } = patient;
     s.check_csrf(&form)?;
     // Only the patient's own directives are listed, so another's id is simply not found.
     let mine = directives(&app, &s, &nhs).await?;
@@ -587,11 +632,15 @@ fn purpose_words(p: &str) -> &'static str {
 
 async fn access_log(
     State(app): State<App>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    patient: Patient<P9>,
+    Query(page): Query<forms::AccessLogPage>,
 ) -> Result<Response, PortalError> {
-    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/access-log", &q));
-    let before = q.get("before").and_then(|b| b.parse().ok()).unwrap_or(0);
+    let Patient {
+        signed: s,
+        nhs_number: nhs,
+        ..
+    } = patient;
+    let before = page.before.unwrap_or(0);
     let req = ListAccessLogRequest {
         nhs_number: nhs.clone(),
         page_size: 25,
@@ -643,12 +692,16 @@ async fn access_log(
 
 async fn notice_seen(
     State(app): State<App>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    patient: Patient<P9>,
+    Form(form): Form<forms::NoticeSeen>,
 ) -> Result<Response, PortalError> {
-    let (s, nhs) = at_p9!(gate(&app, &headers, "/passport/", &HashMap::new()));
+    let Patient {
+        signed: s,
+        nhs_number: nhs,
+        ..
+    } = patient;
     s.check_csrf(&form)?;
-    let notice = form.get("notice").cloned().unwrap_or_default();
+    let notice = form.notice.clone();
     if notice.is_empty() || notice.len() > 64 {
         return Err(PortalError::invalid("notice", "is required"));
     }

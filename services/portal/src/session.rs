@@ -3,6 +3,7 @@
 //! The cookie holds a random token and only its SHA-256 is stored.
 
 use sharedcare_kit::json::Fields;
+use sharedcare_kit::nhs::ProofingLevel;
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
@@ -47,8 +48,8 @@ pub enum Who {
         name: String,
         /// Their NHS number.
         nhs_number: String,
-        /// P0, P5 or P9.
-        proofing: String,
+        /// How strongly NHS login proved who they are.
+        proofing: ProofingLevel,
     },
 }
 

@@ -9,9 +9,10 @@ use std::collections::HashMap;
 
 use axum::Form;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::response::Response;
 use axum::routing::get;
+use http::request::Parts;
 use http::{HeaderMap, StatusCode};
 use maud::{Markup, html};
 use sharedcare_kit::nhs::NhsNumber;
@@ -24,10 +25,11 @@ use sharedcare_proto::passport::v1::{GetPassportRequest, PassportView, SectionKi
 use sharedcare_proto::records::v1::{FindPatientsRequest, HistoryRequest, SearchParameter};
 
 use crate::error::PortalError;
+use crate::forms;
 use crate::page::{self, Area, Chrome};
 use crate::peers::{as_user, name_of};
 use crate::session::Who;
-use crate::web::{App, Signed, html, see_other};
+use crate::web::{App, Signed, html, return_path, see_other};
 
 /// Why a member of staff may break the glass (the codes consent records with the grant).
 pub const REASONS: &[(&str, &str)] = &[
@@ -52,14 +54,31 @@ pub fn routes() -> Router<App> {
         .route("/portal/reviews/{id}", axum::routing::post(review))
 }
 
-/// The signed-in member of staff (a patient here is sent to their passport).
-async fn staff(app: &App, headers: &HeaderMap, here: &str) -> Result<Signed, PortalError> {
-    let s = app.signed(headers, here).await?;
-    match s.session.who {
-        Who::Staff { .. } => Ok(s),
-        Who::Patient { .. } => Err(PortalError::Forbidden(
-            "The shared care record is for staff. Your own record is at /passport/.".into(),
-        )),
+/// The signed-in member of staff: a handler that takes one cannot run for anyone else (a
+/// patient here is sent to their passport; someone signed out, to sign in and back).
+pub(crate) struct Staff(pub(crate) Signed);
+
+impl FromRequestParts<App> for Staff {
+    type Rejection = PortalError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let here = return_path(parts, form_page);
+        let s = app.signed(&parts.headers, &here).await?;
+        match s.session.who {
+            Who::Staff { .. } => Ok(Staff(s)),
+            Who::Patient { .. } => Err(PortalError::Forbidden(
+                "The shared care record is for staff. Your own record is at /passport/.".into(),
+            )),
+        }
+    }
+}
+
+/// The page a portal form was posted from: its path without the action
+/// (`/portal/patients/{h}/break-glass` → `/portal/patients/{h}`; `/portal/search` → `/portal/`).
+fn form_page(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some(("/portal", _)) | None => "/portal/".into(),
+        Some((page, _)) => page.into(),
     }
 }
 
@@ -74,9 +93,13 @@ fn patient_of(s: &Signed, h: &str) -> Result<String, PortalError> {
     })
 }
 
-async fn home(State(app): State<App>, headers: HeaderMap) -> Result<Response, PortalError> {
-    let s = match staff(&app, &headers, "/portal/").await {
-        Ok(s) => s,
+async fn home(
+    State(app): State<App>,
+    headers: HeaderMap,
+    staff: Result<Staff, PortalError>,
+) -> Result<Response, PortalError> {
+    let s = match staff {
+        Ok(Staff(s)) => s,
         Err(PortalError::SignIn(_)) => return Ok(html(signed_out(crate::web::in_nhs_app(&headers)))),
         Err(e) => return Err(e),
     };
@@ -171,14 +194,16 @@ fn new_handle(s: &mut Signed, nhs: &str) -> String {
 /// matches records (and consent) let this person find.
 async fn search(
     State(app): State<App>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    Staff(mut s): Staff,
+    Form(form): Form<forms::Search>,
 ) -> Result<Response, PortalError> {
-    let mut s = staff(&app, &headers, "/portal/").await?;
     s.check_csrf(&form)?;
-    let get = |k: &str| form.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
-    let (nhs, family) = (get("nhs_number").replace(' ', ""), get("family"));
-    let birthdate = page::date_from_parts(&get("birthdate-day"), &get("birthdate-month"), &get("birthdate-year"));
+    let (nhs, family) = (form.nhs_number.trim().replace(' ', ""), form.family.trim().to_string());
+    let birthdate = page::date_from_parts(
+        form.birthdate_day.trim(),
+        form.birthdate_month.trim(),
+        form.birthdate_year.trim(),
+    );
     let mut errors: Vec<(&str, String)> = Vec::new();
     if !nhs.is_empty() {
         match NhsNumber::parse(&nhs) {
@@ -203,7 +228,7 @@ async fn search(
     let birthdate = birthdate.unwrap_or_default();
     if !errors.is_empty() {
         let names = app.peers.organisation_names().await;
-        let mut r = html(search_page(&s, &names, &errors, &form));
+        let mut r = html(search_page(&s, &names, &errors, &form.values()));
         *r.status_mut() = StatusCode::BAD_REQUEST;
         return Ok(r);
     }
@@ -289,9 +314,7 @@ fn purpose(s: &Signed, nhs: &str) -> &'static str {
 
 /// `GET /portal/patients/{h}`: the patient's summary, or the break-glass form when this person
 /// has no care relationship.
-async fn summary(State(app): State<App>, headers: HeaderMap, Path(h): Path<String>) -> Result<Response, PortalError> {
-    let here = format!("/portal/patients/{h}");
-    let s = staff(&app, &headers, &here).await?;
+async fn summary(State(app): State<App>, Staff(s): Staff, Path(h): Path<String>) -> Result<Response, PortalError> {
     let nhs = patient_of(&s, &h)?;
     let req = GetPassportRequest {
         nhs_number: nhs.clone(),
@@ -308,7 +331,14 @@ async fn summary(State(app): State<App>, headers: HeaderMap, Path(h): Path<Strin
             Ok(html(summary_page(&s, &names, &h, &view.into_inner())))
         }
         Err(status) if status.code() == tonic::Code::PermissionDenied => {
-            let mut r = html(refused_page(&s, &h, &nhs, status.message(), &[], &HashMap::new()));
+            let mut r = html(refused_page(
+                &s,
+                &h,
+                &nhs,
+                status.message(),
+                &[],
+                &forms::BreakGlass::default(),
+            ));
             *r.status_mut() = StatusCode::FORBIDDEN;
             Ok(r)
         }
@@ -409,10 +439,10 @@ fn refused_page(
     nhs: &str,
     why: &str,
     errors: &[(&str, String)],
-    values: &HashMap<String, String>,
+    values: &forms::BreakGlass,
 ) -> Markup {
-    let chosen = values.get("reason_code").cloned().unwrap_or_default();
-    let text = values.get("reason_text").cloned().unwrap_or_default();
+    let chosen = values.reason_code.clone();
+    let text = values.reason_text.clone();
     let err = |k: &str| errors.iter().find(|(f, _)| *f == k).map(|(_, m)| m.clone());
     page::page(
         &chrome(s),
@@ -460,19 +490,14 @@ fn refused_page(
 /// the reason), then the record under ETREAT.
 async fn break_glass(
     State(app): State<App>,
-    headers: HeaderMap,
+    Staff(mut s): Staff,
     Path(h): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    Form(form): Form<forms::BreakGlass>,
 ) -> Result<Response, PortalError> {
-    let here = format!("/portal/patients/{h}");
-    let mut s = staff(&app, &headers, &here).await?;
     s.check_csrf(&form)?;
     let nhs = patient_of(&s, &h)?;
-    let code = form.get("reason_code").cloned().unwrap_or_default();
-    let text = form
-        .get("reason_text")
-        .map(|t| t.trim().to_string())
-        .unwrap_or_default();
+    let code = form.reason_code.clone();
+    let text = form.reason_text.trim().to_string();
     let mut errors: Vec<(&str, String)> = Vec::new();
     if !REASONS.iter().any(|(c, _)| *c == code) {
         errors.push(("reason_code", "Choose why you need emergency access".into()));
@@ -499,17 +524,15 @@ async fn break_glass(
         s.session.glass.push(nhs);
     }
     app.sessions.save(&s.token, &s.session).await?;
-    Ok(see_other(&here))
+    Ok(see_other(&format!("/portal/patients/{h}")))
 }
 
 /// `GET /portal/patients/{h}/history/{type}/{id}`: every version of one resource.
 async fn history(
     State(app): State<App>,
-    headers: HeaderMap,
+    Staff(s): Staff,
     Path((h, kind, id)): Path<(String, String, String)>,
 ) -> Result<Response, PortalError> {
-    let here = format!("/portal/patients/{h}/history/{kind}/{id}");
-    let s = staff(&app, &headers, &here).await?;
     let nhs = patient_of(&s, &h)?;
     let req = HistoryRequest {
         resource_type: kind.clone(),
@@ -557,8 +580,7 @@ fn pretty(json: &str) -> String {
 /// in a role with the review activity only), each naming the member of staff and their role
 /// (identity's staff directory), the reason in words, and what they opened while the grant
 /// lasted (the audit log), all read with the reviewer's own token.
-async fn reviews(State(app): State<App>, headers: HeaderMap) -> Result<Response, PortalError> {
-    let s = staff(&app, &headers, "/portal/reviews").await?;
+async fn reviews(State(app): State<App>, Staff(s): Staff) -> Result<Response, PortalError> {
     let token = &s.session.tokens.access_token;
     let grants = app
         .peers
@@ -702,16 +724,15 @@ async fn opened_under(app: &App, token: &str, g: &BreakGlassGrant) -> Result<Vec
 /// `POST /portal/reviews/{id}`.
 async fn review(
     State(app): State<App>,
-    headers: HeaderMap,
+    Staff(s): Staff,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    Form(form): Form<forms::Review>,
 ) -> Result<Response, PortalError> {
-    let s = staff(&app, &headers, "/portal/reviews").await?;
     s.check_csrf(&form)?;
     let req = ReviewBreakGlassRequest {
         id,
         reviewer: String::new(),
-        note: form.get("note").cloned().unwrap_or_default(),
+        note: form.note,
     };
     app.peers
         .consent()

@@ -3,7 +3,6 @@
 //! logout) and back-channel logout.
 
 use sharedcare_kit::json::Fields;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -14,6 +13,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use maud::Markup;
 
 use crate::error::PortalError;
+use crate::forms::{BackChannelLogout, Callback, Confirm, Login, Posted};
 use crate::oidc::Rp;
 use crate::page::{Area, Chrome, home_of};
 use crate::peers::Peers;
@@ -79,11 +79,24 @@ impl Signed {
     }
 
     /// Refuses a form without this session's CSRF token.
-    pub fn check_csrf(&self, form: &HashMap<String, String>) -> Result<(), PortalError> {
-        match form.get("csrf") {
-            Some(t) if !t.is_empty() && *t == self.session.csrf => Ok(()),
-            _ => Err(PortalError::Csrf),
+    pub fn check_csrf(&self, form: &impl Posted) -> Result<(), PortalError> {
+        let sent = form.csrf();
+        if !sent.is_empty() && sent == self.session.csrf {
+            Ok(())
+        } else {
+            Err(PortalError::Csrf)
         }
+    }
+}
+
+/// Where a sign-in started by this request comes back to: the page itself for a GET, and for
+/// a form (POST) the page it was on, as `form_page` says for the area.
+pub(crate) fn return_path(parts: &http::request::Parts, form_page: fn(&str) -> String) -> String {
+    let path = parts.uri.path();
+    if parts.method == http::Method::GET {
+        path.to_string()
+    } else {
+        form_page(path)
     }
 }
 
@@ -234,13 +247,13 @@ async fn login(
     State(app): State<App>,
     uri: http::Uri,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Login>,
 ) -> Result<Response, PortalError> {
     let home = home_of(uri.path());
-    let back = local_path(q.get("return_to"), home);
+    let back = local_path(q.return_to.as_ref(), home);
     let mut extra: Vec<(&str, &str)> = Vec::new();
-    if let Some(a) = q.get("assertedLoginIdentity").filter(|a| !a.is_empty()) {
-        extra.push(("assertedLoginIdentity", a));
+    if !q.asserted_login_identity.is_empty() {
+        extra.push(("assertedLoginIdentity", &q.asserted_login_identity));
         extra.push(("prompt", "none"));
     }
     // Staff sign in with a second factor: the platform's services accept nothing less.
@@ -274,7 +287,7 @@ fn who(id: &serde_json::Value, p: Principal) -> Result<Who, PortalError> {
         Principal::Patient { nhs_number, proofing } => Ok(Who::Patient {
             name,
             nhs_number: nhs_number.to_string(),
-            proofing: proofing.as_str().into(),
+            proofing,
         }),
         Principal::Staff { role, .. } => Ok(Who::Staff {
             name,
@@ -292,10 +305,9 @@ fn who(id: &serde_json::Value, p: Principal) -> Result<Who, PortalError> {
 async fn callback(
     State(app): State<App>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Callback>,
 ) -> Result<Response, PortalError> {
-    let state = q.get("state").cloned().unwrap_or_default();
-    let Some(pending) = app.sessions.take(&state).await? else {
+    let Some(pending) = app.sessions.take(&q.state).await? else {
         return Err(PortalError::invalid(
             "state",
             "this sign-in has expired or was already used: start again",
@@ -310,20 +322,19 @@ async fn callback(
         ));
     }
     let passport = pending.return_to.starts_with("/passport");
-    if let Some(error) = q.get("error") {
+    if let Some(error) = &q.error {
         // A sign-in to the passport that could not complete (a silent one from the NHS App
         // with no NHS login session, or none configured): the ordinary sign-in page.
         if passport {
             tracing::info!(error = %error, "passport sign-in not completed: offering the sign-in page");
             return Ok(see_other("/passport/?signin=needed"));
         }
-        let why = q.get("error_description").cloned().unwrap_or_default();
+        let why = &q.error_description;
         return Err(PortalError::Rp(crate::oidc::RpError::Refused(format!(
             "{error}: {why}"
         ))));
     }
-    let code = q.get("code").cloned().unwrap_or_default();
-    let tokens = app.rp.exchange(&code, &pending).await?;
+    let tokens = app.rp.exchange(&q.code, &pending).await?;
     let who = who(&tokens.claims, app.rp.principal(&tokens.access_token).await?)?;
     if tokens.claims.at("sid").as_str().unwrap_or_default().is_empty() {
         // Without it a back-channel logout could not find this session.
@@ -344,7 +355,7 @@ async fn logout(
     State(app): State<App>,
     uri: http::Uri,
     headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    Form(form): Form<Confirm>,
 ) -> Result<Response, PortalError> {
     let home = home_of(uri.path());
     let s = match app.signed(&headers, home).await {
@@ -372,9 +383,8 @@ async fn logout(
 
 /// `POST /portal/backchannel-logout` (OIDC Back-Channel Logout 1.0 §2.5): identity says an SSO
 /// session ended; every portal session of it ends.
-async fn backchannel_logout(State(app): State<App>, Form(form): Form<HashMap<String, String>>) -> Response {
-    let token = form.get("logout_token").cloned().unwrap_or_default();
-    match app.rp.logout_token(&token).await {
+async fn backchannel_logout(State(app): State<App>, Form(form): Form<BackChannelLogout>) -> Response {
+    match app.rp.logout_token(&form.logout_token).await {
         Ok((sid, _)) => match app.sessions.end_sid(&sid).await {
             Ok(n) => {
                 tracing::info!(sessions = n, "back-channel logout");
@@ -396,6 +406,7 @@ async fn backchannel_logout(State(app): State<App>, Form(form): Form<HashMap<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sharedcare_kit::nhs::ProofingLevel;
 
     #[test]
     fn pages_over_https_carry_hsts_and_every_page_the_rest() {
@@ -481,7 +492,7 @@ mod tests {
             &serde_json::json!({"nhs_number": "9434765919", "identity_proofing_level": "P5"}),
         )
         .expect("a patient token");
-        assert!(matches!(who(&id, patient), Ok(Who::Patient { proofing, .. }) if proofing == "P5"));
+        assert!(matches!(who(&id, patient), Ok(Who::Patient { proofing, .. }) if proofing == ProofingLevel::P5));
         let service = Principal::Service {
             client_id: "c".into(),
             scopes: Vec::new(),

@@ -18,7 +18,7 @@ fn session(name: &str, sid: &str) -> Session {
         Who::Patient {
             name: name.into(),
             nhs_number: "9434765919".into(),
-            proofing: "P9".into(),
+            proofing: sharedcare_kit::nhs::ProofingLevel::P9,
         },
         Tokens {
             access_token: "at".into(),
