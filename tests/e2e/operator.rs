@@ -182,6 +182,7 @@ impl Operator {
             ("SHAREDCARE_AUTH__CLIENT_ID", SERVICE_ID.into()),
             ("SHAREDCARE_AUTH__CLIENT_SECRET", SERVICE_SECRET.into()),
             ("SHAREDCARE_TELEMETRY__LOG", "info,kube_runtime=warn".into()),
+            ("SHAREDCARE_OPERATOR__LISTEN", "127.0.0.1:0".into()),
         ];
         let child = crate::harness::command(&["operator", "run"], &env)
             .stdout(Stdio::null())
@@ -193,6 +194,14 @@ impl Operator {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Where it serves `/healthz` and `/metrics` (from its log).
+    fn health_address(&self) -> Option<String> {
+        let log = self.log();
+        let at = log.find("operator health and metrics on http://")?;
+        let rest = log.get(at + "operator health and metrics on http://".len()..)?;
+        Some(rest.split('/').next()?.to_string())
     }
 
     /// How many reconciles it finished.
@@ -288,6 +297,26 @@ async fn care_organisations_and_apps_are_reconciled_in_full_into_identity() {
         token_works(&id, &client, &secret).await,
         "a token with the Secret's credentials"
     );
+
+    // Its probes and metrics: healthy, leading, and each reconcile counted by kind.
+    let at = op.health_address().expect("the operator logs where it serves /healthz");
+    let health = http().get(format!("http://{at}/healthz")).send().await.expect("healthz");
+    assert!(health.status().is_success());
+    let metrics = http()
+        .get(format!("http://{at}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("sharedcare_operator_leading 1"), "{metrics}");
+    for kind in ["CareOrganisation", "CareApp"] {
+        assert!(
+            metrics.contains(&format!("sharedcare_operator_reconcile_duration_seconds_count{{kind=\"{kind}\"}}")),
+            "{metrics}"
+        );
+    }
 
     // Update: identity follows an edit of the redirect URIs.
     kube.ok(

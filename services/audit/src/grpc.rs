@@ -1,6 +1,6 @@
 //! `sharedcare.audit.v1.Audit` over gRPC.
 
-use sharedcare_kit::auth::{BREAK_GLASS_REVIEW_ACTIVITY, Principal, Verifier, has_scope};
+use sharedcare_kit::auth::{BREAK_GLASS_REVIEW_ACTIVITY, Principal, has_scope};
 use sharedcare_kit::directory::Directory;
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_proto::audit::v1::audit_server::Audit;
@@ -20,17 +20,16 @@ use crate::store::{Filter, Store};
 pub struct AuditApi {
     store: Store,
     log: Log,
-    verifier: Verifier,
     directory: std::sync::Arc<Directory>,
 }
 
 impl AuditApi {
-    /// Serves `store` and its verifiable `log` to callers whose bearer token `verifier` accepts.
-    pub fn new(store: Store, log: Log, verifier: Verifier) -> Self {
+    /// Serves `store` and its verifiable `log` to the callers the process's gRPC server
+    /// verified ([`sharedcare_kit::caller`]).
+    pub fn new(store: Store, log: Log) -> Self {
         AuditApi {
             store,
             log,
-            verifier,
             directory: std::sync::Arc::new(Directory::known(&[])),
         }
     }
@@ -48,7 +47,7 @@ impl AuditApi {
     /// break-glass reviewer (activity B0015) those of organisations they cover (theirs and those
     /// under it in identity's directory), so a review can show what a grant opened.
     async fn allowed<T>(&self, request: &Request<T>, req: &QueryRequest) -> Result<Filter, Status> {
-        let who = self.verifier.from_metadata(request.metadata()).await?;
+        let who = sharedcare_kit::caller::of(&request)?;
         let f = filter(req)?;
         let allowed = match &who {
             Principal::Service { .. } => has_scope(&who, "audit.read"),
@@ -222,7 +221,7 @@ impl Audit for AuditApi {
     }
 
     async fn list_alerts(&self, request: Request<ListAlertsRequest>) -> Result<Response<ListAlertsResponse>, Status> {
-        let who = self.verifier.from_metadata(request.metadata()).await?;
+        let who = sharedcare_kit::caller::of(&request)?;
         let req = request.into_inner();
         let org = match &who {
             Principal::Service { .. } if has_scope(&who, "audit.read") => req.actor_organisation.to_ascii_uppercase(),
@@ -245,7 +244,7 @@ impl Audit for AuditApi {
         &self,
         request: Request<ListByPatientRequest>,
     ) -> Result<Response<ListByPatientResponse>, Status> {
-        let who = self.verifier.from_metadata(request.metadata()).await?;
+        let who = sharedcare_kit::caller::of(&request)?;
         let req = request.into_inner();
         let nhs = NhsNumber::parse(&req.nhs_number).map_err(|e| AuditError::Invalid {
             field: "nhs_number".into(),
@@ -284,7 +283,7 @@ impl Audit for AuditApi {
     }
 
     async fn get_tree_head(&self, request: Request<GetTreeHeadRequest>) -> Result<Response<SignedTreeHead>, Status> {
-        self.verifier.from_metadata(request.metadata()).await?;
+        sharedcare_kit::caller::of(&request)?;
         let head = if request.get_ref().fresh {
             self.log.sign_head().await?
         } else {
@@ -297,7 +296,7 @@ impl Audit for AuditApi {
         &self,
         request: Request<GetInclusionProofRequest>,
     ) -> Result<Response<InclusionProof>, Status> {
-        let who = self.verifier.from_metadata(request.metadata()).await?;
+        let who = sharedcare_kit::caller::of(&request)?;
         let req = request.into_inner();
         let mut proofs = self.proofs(&who, &[req.leaf_index], req.tree_size).await?;
         Ok(Response::new(proofs.remove(0)))
@@ -307,7 +306,7 @@ impl Audit for AuditApi {
         &self,
         request: Request<GetInclusionProofsRequest>,
     ) -> Result<Response<InclusionProofs>, Status> {
-        let who = self.verifier.from_metadata(request.metadata()).await?;
+        let who = sharedcare_kit::caller::of(&request)?;
         let req = request.into_inner();
         if req.leaf_indexes.len() > 1000 {
             return Err(invalid(
@@ -323,7 +322,7 @@ impl Audit for AuditApi {
         &self,
         request: Request<GetConsistencyProofRequest>,
     ) -> Result<Response<ConsistencyProof>, Status> {
-        self.verifier.from_metadata(request.metadata()).await?;
+        sharedcare_kit::caller::of(&request)?;
         let req = request.into_inner();
         let proof = self.log.consistency(req.first, req.second).await?;
         Ok(Response::new(ConsistencyProof {

@@ -125,7 +125,6 @@ impl sharedcare_kit::service::Service for Audit {
     /// gRPC routes (callers checked against the trusted issuer), one consumer per audited
     /// topic, and the task that signs tree heads.
     async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
-        let verifier = ctx.verifier()?;
         let store = store::Store::new(ctx.db.clone()).with_rules(self.config.alerts.clone());
         let log = log::Log::open(store.clone(), &note::origin(ctx.issuer()?)).await?;
         tracing::info!(key = %log.verifier_key(), "audit log checkpoints are signed by this key: pin it in monitors");
@@ -137,7 +136,7 @@ impl sharedcare_kit::service::Service for Audit {
         let ttl = std::time::Duration::from_secs(self.config.directory_cache_secs);
         let directory = sharedcare_kit::directory::Directory::new(identity.as_deref(), "audit.identity_url", ttl)?;
         m.add_grpc(AuditServer::new(
-            grpc::AuditApi::new(store.clone(), log.clone(), verifier).with_directory(directory),
+            grpc::AuditApi::new(store.clone(), log.clone()).with_directory(directory),
         ));
         m.http = http::router(log.clone(), ctx.verifier()?, self.config.public_tiles);
         m.background.push(Box::new(move |stop| Box::pin(sign_heads(log, stop))));

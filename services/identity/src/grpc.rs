@@ -34,7 +34,7 @@ impl AdminApi {
     }
 
     async fn authorise<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
-        let p = self.provider.verifier.from_metadata(req.metadata()).await?;
+        let p = sharedcare_kit::caller::of(&req)?;
         let allowed = match &p {
             Principal::Service { scopes, .. } => scopes.iter().any(|s| s == ADMIN_SCOPE),
             Principal::Staff { role, .. } => role.activity_codes.iter().any(|a| a == ADMIN_ACTIVITY),
@@ -317,7 +317,7 @@ impl IdentityAdmin for AdminApi {
     ) -> Result<Response<api::Organisation>, Status> {
         // The organisation directory is reference data (as the national ODS is): any
         // signed-in caller may read it, e.g. to name organisations to a patient.
-        self.provider.verifier.from_metadata(req.metadata()).await?;
+        sharedcare_kit::caller::of(&req)?;
         let code =
             OdsCode::parse(&req.get_ref().ods_code).map_err(|e| IdentityError::invalid("ods_code", e.to_string()))?;
         let o = self
@@ -335,7 +335,7 @@ impl IdentityAdmin for AdminApi {
     ) -> Result<Response<api::ListOrganisationsResponse>, Status> {
         // The organisation directory is reference data (as the national ODS is): any
         // signed-in caller may read it, e.g. to name organisations to a patient.
-        self.provider.verifier.from_metadata(req.metadata()).await?;
+        sharedcare_kit::caller::of(&req)?;
         let r = req.get_ref();
         let size = i64::from(r.page_size.clamp(1, 500));
         let page = self.provider.store.organisations(&r.page_token, size).await?;
@@ -463,7 +463,7 @@ impl IdentityAdmin for AdminApi {
     }
 
     async fn get_person(&self, req: Request<api::GetPersonRequest>) -> Result<Response<api::Person>, Status> {
-        let p = self.provider.verifier.from_metadata(req.metadata()).await?;
+        let p = sharedcare_kit::caller::of(&req)?;
         let allowed = match &p {
             Principal::Service { scopes, .. } => scopes.iter().any(|s| s == ADMIN_SCOPE),
             Principal::Staff { role, .. } => role

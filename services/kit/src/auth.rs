@@ -92,7 +92,7 @@ impl RoleProfile {
 }
 
 /// Why a bearer token was refused. Never contains the token.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     /// No `authorization: Bearer …`.
     #[error("missing bearer token")]

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Why a token or key was refused. Messages never contain the token itself.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum JoseError {
     /// Not three base64url parts of JSON.
     #[error("token is not a compact JWS: {0}")]

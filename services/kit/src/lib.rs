@@ -19,6 +19,7 @@ pub mod access;
 pub mod auth;
 pub mod batch;
 pub mod bus;
+pub mod caller;
 pub mod config;
 pub mod db;
 pub mod directory;

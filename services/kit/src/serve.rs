@@ -156,13 +156,15 @@ pub async fn bind_all(listen: Listen) -> Result<Bound> {
 
 /// Starts servers, relays and consumers for `mounts` on `bus`. `tasks` are those the mounted
 /// services spawned their own workers under; relays, consumers and background tasks join them,
-/// and [`Running::stop`] stops and waits for all of them.
+/// and [`Running::stop`] stops and waits for all of them. `verifier` checks the bearer token
+/// of every gRPC call once, for the methods that ask who is calling ([`crate::caller`]).
 pub async fn start(
     mounts: Vec<Mount>,
     bus: Arc<dyn Bus>,
     bound: Bound,
     metrics: Metrics,
     tasks: Tasks,
+    verifier: Option<crate::auth::Verifier>,
 ) -> Result<Running> {
     let (workers, stop_working) = tasks.into_parts();
     let Bound {
@@ -244,16 +246,19 @@ pub async fn start(
         }
     }
 
-    let grpc_routes = tonic::service::Routes::from(grpc.routes().into_axum_router().layer(
-        axum::middleware::from_fn_with_state(
-            Observe {
-                metrics: metrics.clone(),
-                protocol: "grpc",
-                in_flight: in_flight.clone(),
-            },
-            observe,
-        ),
-    ))
+    let mut grpc_router = grpc.routes().into_axum_router();
+    // Inside the observer: a call is counted whatever its caller.
+    if let Some(v) = verifier {
+        grpc_router = grpc_router.layer(axum::middleware::from_fn_with_state(v, crate::caller::verify));
+    }
+    let grpc_routes = tonic::service::Routes::from(grpc_router.layer(axum::middleware::from_fn_with_state(
+        Observe {
+            metrics: metrics.clone(),
+            protocol: "grpc",
+            in_flight: in_flight.clone(),
+        },
+        observe,
+    )))
     .add_service(health_service)
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha);

@@ -222,6 +222,40 @@ pub struct Status {
     pub rotated_for: Option<String>,
 }
 
+/// The conditions the operator writes, each `True` or `False` on every resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionKind {
+    /// Identity holds what the spec asks for.
+    Ready,
+    /// A change is being brought to identity.
+    Reconciling,
+    /// The last reconcile failed: the message says why, naming the field when one is at fault.
+    Degraded,
+}
+
+impl ConditionKind {
+    /// The condition's `type`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConditionKind::Ready => "Ready",
+            ConditionKind::Reconciling => "Reconciling",
+            ConditionKind::Degraded => "Degraded",
+        }
+    }
+}
+
+impl Status {
+    /// Whether condition `kind` is `True`.
+    pub fn holds(&self, kind: ConditionKind) -> bool {
+        self.condition(kind).is_some_and(|c| c.status == "True")
+    }
+
+    /// Condition `kind`, if written.
+    pub fn condition(&self, kind: ConditionKind) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.kind == kind.as_str())
+    }
+}
+
 /// A status condition (the shape of `metav1.Condition`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -7,6 +7,7 @@
 pub mod crd;
 pub mod identity;
 pub mod leader;
+pub mod metrics;
 pub mod reconcile;
 
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct OperatorConfig {
     pub resync_seconds: u64,
     /// This replica's name in the Lease. Empty = `POD_NAME`, else the host name and process id.
     pub replica: String,
+    /// Where `/healthz` and `/metrics` are served (port 0 picks a free port, logged at start).
+    pub listen: std::net::SocketAddr,
 }
 
 impl Default for OperatorConfig {
@@ -60,6 +63,7 @@ impl Default for OperatorConfig {
             lease_seconds: 15,
             resync_seconds: 300,
             replica: String::new(),
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8081)),
         }
     }
 }
@@ -125,6 +129,10 @@ pub async fn run(setup: Setup, stop: CancellationToken) -> anyhow::Result<()> {
             std::process::id()
         )
     };
+    // Every replica answers its probes and serves its metrics, leading or not.
+    let metrics = metrics::Metrics::new();
+    let bound = metrics::serve(setup.config.listen, metrics.clone(), stop.clone()).await?;
+    tracing::info!(address = %bound, "operator health and metrics on http://{bound}/healthz and /metrics");
     let elector = Elector::new(
         client.clone(),
         &namespace,
@@ -154,13 +162,17 @@ pub async fn run(setup: Setup, stop: CancellationToken) -> anyhow::Result<()> {
         controller: NAME.into(),
         instance: Some(replica.clone()),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        setup.identity,
-        Recorder::new(client.clone(), reporter),
-        setup.issuer,
-        Duration::from_secs(setup.config.resync_seconds),
-    ));
+    metrics.leading.set(1);
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            setup.identity,
+            Recorder::new(client.clone(), reporter),
+            setup.issuer,
+            Duration::from_secs(setup.config.resync_seconds),
+        )
+        .with_metrics(metrics.clone()),
+    );
     let controllers = controllers(client, &namespace, ctx);
     tokio::pin!(controllers);
 
@@ -179,6 +191,7 @@ pub async fn run(setup: Setup, stop: CancellationToken) -> anyhow::Result<()> {
             },
         }
     };
+    metrics.leading.set(0);
     if result.is_ok() {
         elector.release().await;
     }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
@@ -20,8 +21,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sharedcare_proto::identity::v1 as api;
 
-use crate::crd::{CareApp, CareOrganisation, Condition, Status};
+use crate::crd::{CareApp, CareOrganisation, Condition, ConditionKind, Status};
 use crate::identity::{Identity, IdentityError};
+use crate::metrics::Metrics;
 
 /// The finalizer both kinds carry while identity holds what they made.
 pub const FINALIZER: &str = "sharedcare.nhs.uk/identity";
@@ -46,6 +48,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Reconciles run (for the benchmark and the logs).
     pub reconciles: AtomicU64,
+    /// Reconciles, failures and durations, served at `/metrics`.
+    pub metrics: Metrics,
 }
 
 impl Context {
@@ -59,7 +63,31 @@ impl Context {
             resync,
             failures: Mutex::new(HashMap::new()),
             reconciles: AtomicU64::new(0),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// The same context recording into `metrics` (the ones `/metrics` serves).
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Context { metrics, ..self }
+    }
+
+    /// Runs one reconcile of a `K`, counted and timed.
+    async fn measured<K, F>(&self, reconcile: F) -> Result<Action>
+    where
+        K: Resource<DynamicType = ()>,
+        F: std::future::Future<Output = Result<Action>>,
+    {
+        self.reconciles.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let result = reconcile.await;
+        let kind: &'static str = if K::kind(&()) == "CareApp" {
+            "CareApp"
+        } else {
+            "CareOrganisation"
+        };
+        self.metrics.reconciled(kind, started.elapsed(), result.is_err());
+        result
     }
 
     fn succeeded(&self, key: &str) {
@@ -115,34 +143,34 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, c
     Action::requeue(wait)
 }
 
-// ---- CareOrganisation ---------------------------------------------------------------------
-
 /// Brings identity's organisation to the CareOrganisation's spec.
+#[tracing::instrument(skip_all, fields(resource = %key(org.as_ref())))]
 pub async fn reconcile_organisation(org: Arc<CareOrganisation>, ctx: Arc<Context>) -> Result<Action> {
-    ctx.reconciles.fetch_add(1, Ordering::Relaxed);
     let api: Api<CareOrganisation> = Api::namespaced(ctx.client.clone(), &org.namespace().unwrap_or_default());
     let c = ctx.clone();
-    finalizer(&api, FINALIZER, org, |event| async move {
-        match event {
-            Finalizer::Apply(org) => apply_organisation(&org, &c).await,
-            Finalizer::Cleanup(org) => {
-                // Organisations are never deleted in identity (role profiles and the audit
-                // trail name them): deleting the resource deactivates it.
-                c.identity.deactivate_organisation(&org.spec.ods_code).await?;
-                publish(
-                    &c,
-                    org.as_ref(),
-                    EventType::Normal,
-                    "Deactivated",
-                    "organisation deactivated in identity",
-                )
-                .await;
-                Ok(Action::await_change())
+    ctx.measured::<CareOrganisation, _>(
+        finalizer(&api, FINALIZER, org, |event| async move {
+            match event {
+                Finalizer::Apply(org) => apply_organisation(&org, &c).await,
+                Finalizer::Cleanup(org) => {
+                    // Organisations are never deleted in identity (role profiles and the audit
+                    // trail name them): deleting the resource deactivates it.
+                    c.identity.deactivate_organisation(&org.spec.ods_code).await?;
+                    publish(
+                        &c,
+                        org.as_ref(),
+                        EventType::Normal,
+                        "Deactivated",
+                        "organisation deactivated in identity",
+                    )
+                    .await;
+                    Ok(Action::await_change())
+                }
             }
-        }
-    })
+        })
+        .map(|r| r.map_err(finalizer_error)),
+    )
     .await
-    .map_err(finalizer_error)
 }
 
 async fn apply_organisation(org: &CareOrganisation, ctx: &Context) -> Result<Action> {
@@ -231,8 +259,6 @@ const APP_FIELDS: &[(&str, &str)] = &[
     ("organisation", "spec.organisationRef"),
 ];
 
-// ---- CareApp ------------------------------------------------------------------------------
-
 /// The client id a CareApp registers: `<namespace>.<name>`.
 pub fn client_id(app: &CareApp) -> String {
     format!("{}.{}", app.namespace().unwrap_or_default(), app.name_any())
@@ -244,35 +270,37 @@ pub fn secret_name(app: &CareApp) -> String {
 }
 
 /// Brings identity's client (and the app's Secret) to the CareApp's spec.
+#[tracing::instrument(skip_all, fields(resource = %key(app.as_ref())))]
 pub async fn reconcile_app(app: Arc<CareApp>, ctx: Arc<Context>) -> Result<Action> {
-    ctx.reconciles.fetch_add(1, Ordering::Relaxed);
     let api: Api<CareApp> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
     let c = ctx.clone();
-    finalizer(&api, FINALIZER, app, |event| async move {
-        match event {
-            Finalizer::Apply(app) => apply_app(&app, &c).await,
-            Finalizer::Cleanup(app) => {
-                c.identity.delete_client(&client_id(&app)).await?;
-                let secrets: Api<Secret> = Api::namespaced(c.client.clone(), &app.namespace().unwrap_or_default());
-                match secrets.delete(&secret_name(&app), &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
+    ctx.measured::<CareApp, _>(
+        finalizer(&api, FINALIZER, app, |event| async move {
+            match event {
+                Finalizer::Apply(app) => apply_app(&app, &c).await,
+                Finalizer::Cleanup(app) => {
+                    c.identity.delete_client(&client_id(&app)).await?;
+                    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), &app.namespace().unwrap_or_default());
+                    match secrets.delete(&secret_name(&app), &DeleteParams::default()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    publish(
+                        &c,
+                        app.as_ref(),
+                        EventType::Normal,
+                        "Deregistered",
+                        "client removed from identity",
+                    )
+                    .await;
+                    Ok(Action::await_change())
                 }
-                publish(
-                    &c,
-                    app.as_ref(),
-                    EventType::Normal,
-                    "Deregistered",
-                    "client removed from identity",
-                )
-                .await;
-                Ok(Action::await_change())
             }
-        }
-    })
+        })
+        .map(|r| r.map_err(finalizer_error)),
+    )
     .await
-    .map_err(finalizer_error)
 }
 
 async fn apply_app(app: &CareApp, ctx: &Context) -> Result<Action> {
@@ -303,32 +331,31 @@ async fn apply_app(app: &CareApp, ctx: &Context) -> Result<Action> {
 
     let result = match ctx.identity.client(&id).await {
         Err(e) => Err(e),
-        Ok(None) => ctx.identity.create_client(want).await.map(|s| (s, "Registered")),
+        Ok(None) => ctx
+            .identity
+            .create_client(want)
+            .await
+            .map(|s| (s, Some(Change::Registered))),
         Ok(Some(have)) => {
             let drifted = !have.client.as_ref().is_some_and(|have| same_registration(have, &want));
             // A Secret deleted by hand cannot be written back: the secret is only shown once,
             // so a new one is made.
             let rotate = rotate || (needs_secret && !have_secret);
             if drifted || rotate {
-                let why = if rotate { "SecretRotated" } else { "Updated" };
-                ctx.identity.update_client(want, rotate).await.map(|s| (s, why))
+                let why = if rotate { Change::SecretRotated } else { Change::Updated };
+                ctx.identity.update_client(want, rotate).await.map(|s| (s, Some(why)))
             } else {
-                Ok((String::new(), ""))
+                Ok((String::new(), None))
             }
         }
     };
     let outcome = match result {
-        Ok((secret, what)) => {
+        Ok((secret, change)) => {
             if !secret.is_empty() {
                 write_secret(app, ctx, &id, &secret).await?;
             }
-            if !what.is_empty() {
-                let note = match what {
-                    "Registered" => "client registered in identity",
-                    "SecretRotated" => "client secret rotated and written to the Secret",
-                    _ => "identity brought back to the spec",
-                };
-                publish(ctx, app, EventType::Normal, what, note).await;
+            if let Some(change) = change {
+                publish(ctx, app, EventType::Normal, change.reason(), change.note()).await;
             }
             Outcome::Ready(format!("client {id} in step with identity"))
         }
@@ -342,6 +369,35 @@ async fn apply_app(app: &CareApp, ctx: &Context) -> Result<Action> {
         ..Status::default()
     };
     settle(app, ctx, outcome, extra).await
+}
+
+/// What a reconcile changed in identity for a CareApp: the reason of the Event it publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    /// The client was made.
+    Registered,
+    /// Its secret was rotated (asked for, or its Secret was deleted).
+    SecretRotated,
+    /// It had drifted from the spec and was brought back.
+    Updated,
+}
+
+impl Change {
+    fn reason(self) -> &'static str {
+        match self {
+            Change::Registered => "Registered",
+            Change::SecretRotated => "SecretRotated",
+            Change::Updated => "Updated",
+        }
+    }
+
+    fn note(self) -> &'static str {
+        match self {
+            Change::Registered => "client registered in identity",
+            Change::SecretRotated => "client secret rotated and written to the Secret",
+            Change::Updated => "identity brought back to the spec",
+        }
+    }
 }
 
 /// The registration identity should hold for `app`.
@@ -407,8 +463,6 @@ async fn write_secret(app: &CareApp, ctx: &Context, id: &str, secret: &str) -> R
     Ok(())
 }
 
-// ---- status -------------------------------------------------------------------------------
-
 /// What both kinds are: namespaced, with the operator's status.
 pub trait Reconciled:
     Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -435,64 +489,82 @@ impl<K> Reconciled for K where
 fn registered(status: Option<&Status>) -> bool {
     is_ready(status)
         || status.is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.kind == "Degraded" && c.status == "True" && c.reason == "IdentityUnavailable")
+            s.condition(ConditionKind::Degraded)
+                .is_some_and(|c| c.status == "True" && c.reason == IDENTITY_UNAVAILABLE)
                 && s.observed_generation.is_some()
         })
 }
 
 fn is_ready(status: Option<&Status>) -> bool {
-    status.is_some_and(|s| s.conditions.iter().any(|c| c.kind == "Ready" && c.status == "True"))
+    status.is_some_and(|s| s.holds(ConditionKind::Ready))
 }
 
-fn condition(kind: &str, on: bool, reason: &str, message: &str, generation: i64, before: &Status) -> Condition {
-    let status = if on { "True" } else { "False" };
-    // The transition time changes only when the status does.
-    let last = before
-        .conditions
-        .iter()
-        .find(|c| c.kind == kind && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| {
-            k8s_openapi::jiff::Timestamp::now()
-                .round(k8s_openapi::jiff::Unit::Second)
-                .unwrap_or_default()
-                .to_string()
-        });
-    Condition {
-        kind: kind.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time: last,
-    }
+/// The reason every condition gives while identity cannot be reached.
+const IDENTITY_UNAVAILABLE: &str = "IdentityUnavailable";
+
+/// One condition as it should read: `on`, why, and what happened.
+struct Says<'a> {
+    on: bool,
+    reason: &'a str,
+    message: &'a str,
+}
+
+fn says<'a>(on: bool, reason: &'a str, message: &'a str) -> Says<'a> {
+    Says { on, reason, message }
+}
+
+/// The three conditions (Ready, Reconciling, Degraded) of generation `generation`, each
+/// keeping its transition time from `before` unless its status changes.
+fn conditions(
+    ready: Says<'_>,
+    reconciling: Says<'_>,
+    degraded: Says<'_>,
+    generation: i64,
+    before: &Status,
+) -> Vec<Condition> {
+    [
+        (ConditionKind::Ready, ready),
+        (ConditionKind::Reconciling, reconciling),
+        (ConditionKind::Degraded, degraded),
+    ]
+    .into_iter()
+    .map(|(kind, says)| {
+        let status = if says.on { "True" } else { "False" };
+        let last = before
+            .condition(kind)
+            .filter(|c| c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| {
+                k8s_openapi::jiff::Timestamp::now()
+                    .round(k8s_openapi::jiff::Unit::Second)
+                    .unwrap_or_default()
+                    .to_string()
+            });
+        Condition {
+            kind: kind.as_str().into(),
+            status: status.into(),
+            reason: says.reason.into(),
+            message: says.message.into(),
+            observed_generation: generation,
+            last_transition_time: last,
+        }
+    })
+    .collect()
 }
 
 fn reconciling<K: Resource>(obj: &K, before: &Status) -> Status {
     let generation = obj.meta().generation.unwrap_or(0);
-    let mut s = before.clone();
-    s.conditions = vec![
-        condition(
-            "Ready",
-            is_ready(Some(before)),
-            "Reconciling",
-            "bringing identity to the new spec",
+    let doing = "bringing identity to the new spec";
+    Status {
+        conditions: conditions(
+            says(is_ready(Some(before)), "Reconciling", doing),
+            says(true, "SpecChanged", doing),
+            says(false, "Reconciling", ""),
             generation,
             before,
         ),
-        condition(
-            "Reconciling",
-            true,
-            "SpecChanged",
-            "bringing identity to the new spec",
-            generation,
-            before,
-        ),
-        condition("Degraded", false, "Reconciling", "", generation, before),
-    ];
-    s
+        ..before.clone()
+    }
 }
 
 /// Writes the outcome as conditions and decides when to look again.
@@ -505,29 +577,33 @@ where
     let (conditions, action) = match &outcome {
         Outcome::Ready(msg) => {
             ctx.succeeded(&key(obj));
+            let done = "Reconciled";
             (
-                vec![
-                    condition("Ready", true, "Reconciled", msg, generation, &before),
-                    condition("Reconciling", false, "Reconciled", "", generation, &before),
-                    condition("Degraded", false, "Reconciled", "", generation, &before),
-                ],
+                conditions(
+                    says(true, done, msg),
+                    says(false, done, ""),
+                    says(false, done, ""),
+                    generation,
+                    &before,
+                ),
                 Action::requeue(ctx.resync),
             )
         }
         Outcome::Degraded(reason, msg) => {
-            if !before
-                .conditions
-                .iter()
-                .any(|c| c.kind == "Degraded" && c.status == "True" && c.message == *msg)
-            {
+            let already = before
+                .condition(ConditionKind::Degraded)
+                .is_some_and(|c| c.status == "True" && c.message == *msg);
+            if !already {
                 publish(ctx, obj, EventType::Warning, reason, msg).await;
             }
             (
-                vec![
-                    condition("Ready", false, reason, msg, generation, &before),
-                    condition("Reconciling", false, reason, "", generation, &before),
-                    condition("Degraded", true, reason, msg, generation, &before),
-                ],
+                conditions(
+                    says(false, reason, msg),
+                    says(false, reason, ""),
+                    says(true, reason, msg),
+                    generation,
+                    &before,
+                ),
                 Action::requeue(ctx.back_off(&key(obj))),
             )
         }
@@ -557,30 +633,37 @@ where
     let before = obj.status().cloned().unwrap_or_default();
     let generation = obj.meta().generation.unwrap_or(0);
     let msg = e.to_string();
-    let mut status = before.clone();
-    status.conditions = vec![
-        condition("Ready", false, "IdentityUnavailable", &msg, generation, &before),
-        condition(
-            "Reconciling",
-            true,
-            "IdentityUnavailable",
-            "retrying with back-off",
+    let status = Status {
+        conditions: conditions(
+            says(false, IDENTITY_UNAVAILABLE, &msg),
+            says(true, IDENTITY_UNAVAILABLE, "retrying with back-off"),
+            says(true, IDENTITY_UNAVAILABLE, &msg),
             generation,
             &before,
         ),
-        condition("Degraded", true, "IdentityUnavailable", &msg, generation, &before),
-    ];
+        ..before.clone()
+    };
     if status != before {
         let _ = set_status(obj, ctx, status).await;
     }
     Err(e.into())
 }
 
+/// Writes `status` by server-side apply under the operator's field manager (forced: the
+/// operator owns its status).
 async fn set_status<K: Reconciled>(obj: &K, ctx: &Context, status: Status) -> Result<()> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let patch = json!({"status": status});
-    api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -643,5 +726,111 @@ mod tests {
         have.jwks_json.clone_from(&want.jwks_json);
         have.redirect_uris = vec!["https://elsewhere.example/cb".into()];
         assert!(!same_registration(&have, &want));
+    }
+}
+
+/// Reconcile against a mocked API server (kube-rs's controller-rs `fixtures.rs` pattern): each
+/// test scripts what the API server is asked and answers, and fails on anything else.
+#[cfg(test)]
+mod mocked {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use sharedcare_kit::auth::ServiceToken;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    /// A context whose Kubernetes client is the mock, and whose identity cannot be reached.
+    fn context() -> (Arc<Context>, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "ics");
+        // Nothing listens on port 1: the operator's token, and so identity, is unavailable.
+        let token = ServiceToken::new("http://127.0.0.1:1/oauth2/token", "operator", "secret", "identity.admin");
+        let identity = Identity::new("http://127.0.0.1:1", "operator.identity_url", token).expect("identity");
+        let reporter = kube::runtime::events::Reporter {
+            controller: MANAGER.into(),
+            instance: None,
+        };
+        let ctx = Context::new(
+            client.clone(),
+            identity,
+            Recorder::new(client, reporter),
+            "https://id.example".into(),
+            Duration::from_secs(300),
+        );
+        (Arc::new(ctx), handle)
+    }
+
+    fn organisation(generation: i64) -> CareOrganisation {
+        let mut org = CareOrganisation::new(
+            "riverside",
+            serde_json::from_value(json!({"odsCode": "A81001", "name": "Riverside Medical Practice", "type": "GPPractice"}))
+                .expect("spec"),
+        );
+        org.metadata.namespace = Some("ics".into());
+        org.metadata.generation = Some(generation);
+        org.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        org
+    }
+
+    #[tokio::test]
+    async fn identity_unreachable_is_written_as_degraded_by_server_side_apply_and_counted() {
+        let (ctx, mut api) = context();
+        let server = tokio::spawn(async move {
+            let (req, reply) = api.next_request().await.expect("a status patch");
+            assert_eq!(req.method(), http::Method::PATCH);
+            assert_eq!(
+                req.uri().path(),
+                "/apis/sharedcare.nhs.uk/v1/namespaces/ics/careorganisations/riverside/status"
+            );
+            let query = req.uri().query().unwrap_or_default().to_string();
+            assert!(query.contains("fieldManager=sharedcare-operator") && query.contains("force=true"), "{query}");
+            assert_eq!(
+                req.headers().get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()),
+                Some(&b"application/apply-patch+yaml"[..])
+            );
+            let body = req.into_body().collect_bytes().await.expect("body");
+            let patch: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(patch["kind"], "CareOrganisation");
+            assert_eq!(patch["apiVersion"], "sharedcare.nhs.uk/v1");
+            let conditions = patch["status"]["conditions"].as_array().expect("conditions");
+            let of = |kind: &str| conditions.iter().find(|c| c["type"] == kind).expect("condition").clone();
+            assert_eq!(of("Ready")["status"], "False");
+            assert_eq!(of("Degraded")["status"], "True");
+            assert_eq!(of("Degraded")["reason"], "IdentityUnavailable");
+            assert_eq!(of("Reconciling")["observedGeneration"], 4);
+            let mut back = serde_json::to_value(organisation(4)).expect("object");
+            back["status"] = patch["status"].clone();
+            reply.send_response(Response::builder().body(Body::from(back.to_string().into_bytes())).expect("response"));
+        });
+        let result = reconcile_organisation(Arc::new(organisation(4)), ctx.clone()).await;
+        assert!(matches!(result, Err(Error::Identity(_))), "{result:?}");
+        server.await.expect("the API server saw what it expected");
+        let text = ctx.metrics.render();
+        assert!(text.contains("sharedcare_operator_reconcile_failures_total{kind=\"CareOrganisation\"} 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_status_already_degraded_for_the_same_reason_is_not_written_again() {
+        let (ctx, mut api) = context();
+        let mut org = organisation(4);
+        // The first failure writes Degraded; the same failure again finds it written.
+        let first = tokio::spawn(async move {
+            let (req, reply) = api.next_request().await.expect("the first status patch");
+            let body = req.into_body().collect_bytes().await.expect("body");
+            let patch: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            reply.send_response(Response::builder().body(Body::from(b"{}".to_vec())).expect("response"));
+            (patch, api)
+        });
+        let _ = reconcile_organisation(Arc::new(org.clone()), ctx.clone()).await;
+        let (patch, mut api) = first.await.expect("first");
+        org.status = Some(serde_json::from_value(patch["status"].clone()).expect("status"));
+        let second = tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(300), api.next_request()).await.is_err()
+        });
+        let _ = reconcile_organisation(Arc::new(org), ctx.clone()).await;
+        assert!(second.await.expect("second"), "an unchanged status was written again");
+        let text = ctx.metrics.render();
+        assert!(text.contains("sharedcare_operator_reconciles_total{kind=\"CareOrganisation\"} 2"), "{text}");
     }
 }

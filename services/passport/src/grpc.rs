@@ -24,7 +24,7 @@ impl PassportApi {
 #[tonic::async_trait]
 impl Passport for PassportApi {
     async fn get_passport(&self, request: Request<GetPassportRequest>) -> Result<Response<PassportView>, Status> {
-        let who = self.api.verifier().from_metadata(request.metadata()).await?;
+        let who = sharedcare_kit::caller::of(&request)?;
         let r = request.into_inner();
         let view = self.api.passport(&who, &r.nhs_number, &r.purpose).await?;
         Ok(Response::new(view.into()))
@@ -34,13 +34,13 @@ impl Passport for PassportApi {
         &self,
         request: Request<GetSharingChoicesRequest>,
     ) -> Result<Response<SharingChoices>, Status> {
-        let who = self.api.verifier().from_metadata(request.metadata()).await?;
+        let who = sharedcare_kit::caller::of(&request)?;
         let choices = self.api.sharing_choices(&who, &request.get_ref().nhs_number).await?;
         Ok(Response::new(choices))
     }
 
     async fn list_access_log(&self, request: Request<ListAccessLogRequest>) -> Result<Response<AccessLog>, Status> {
-        let who = self.api.verifier().from_metadata(request.metadata()).await?;
+        let who = sharedcare_kit::caller::of(&request)?;
         let r = request.into_inner();
         let log = self
             .api

@@ -5,11 +5,12 @@
 //! - `GET /passport/v1/patients/{nhs_number}/access-log?page_size=&before_sequence=`.
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, header};
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use sharedcare_kit::auth::Principal;
+use sharedcare_kit::auth::Verifier;
+use sharedcare_kit::caller::Caller;
 use sharedcare_kit::edge::{self, ServiceError};
 
 use crate::PassportError;
@@ -27,23 +28,19 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-/// The caller, from their bearer token.
-async fn caller(api: &Api, headers: &HeaderMap) -> Result<Principal, Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(sharedcare_kit::auth::bearer);
-    let Some(token) = token else {
-        return Err(refused(&PassportError::Unauthenticated("missing bearer token".into())));
-    };
-    api.verifier().principal(token).await.map_err(|e| refused(&e))
+/// Callers are verified with the passport's verifier.
+impl FromRef<Api> for Verifier {
+    fn from_ref(api: &Api) -> Verifier {
+        api.verifier().clone()
+    }
 }
 
-async fn passport(State(api): State<Api>, headers: HeaderMap, Path(nhs_number): Path<String>) -> Response {
-    let who = match caller(&api, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn passport(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+    Path(nhs_number): Path<String>,
+) -> Response {
     let purpose = headers
         .get("x-purpose-of-use")
         .and_then(|v| v.to_str().ok())
@@ -54,11 +51,7 @@ async fn passport(State(api): State<Api>, headers: HeaderMap, Path(nhs_number): 
     }
 }
 
-async fn sharing_choices(State(api): State<Api>, headers: HeaderMap, Path(nhs_number): Path<String>) -> Response {
-    let who = match caller(&api, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+async fn sharing_choices(State(api): State<Api>, Caller(who): Caller, Path(nhs_number): Path<String>) -> Response {
     match api.sharing_choices(&who, &nhs_number).await {
         Ok(c) => axum::Json(crate::choices::to_json(&c)).into_response(),
         Err(e) => refused(&e),
@@ -80,14 +73,10 @@ fn number<T: std::str::FromStr>(field: &str, v: Option<&String>) -> Result<Optio
 
 async fn access_log(
     State(api): State<Api>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     Path(nhs_number): Path<String>,
     Query(page): Query<Page>,
 ) -> Response {
-    let who = match caller(&api, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
     let paging = number::<u32>("page_size", page.page_size.as_ref())
         .and_then(|size| Ok((size, number::<u64>("before_sequence", page.before_sequence.as_ref())?)));
     let (size, before) = match paging {

@@ -16,16 +16,16 @@ use crate::store::{Actor, Query, Sort, Stored};
 use crate::{RecordsError, fhir};
 
 /// The caller from its bearer token, acting for `purpose`.
-async fn actor<T>(api: &RecordsApi, req: &Request<T>, scope: &str, purpose: &str) -> Result<Actor, Status> {
+async fn actor<T>(req: &Request<T>, scope: &str, purpose: &str) -> Result<Actor, Status> {
     let purpose = check_purpose(purpose)?;
-    let p = api.verifier().from_metadata(req.metadata()).await?;
+    let p = sharedcare_kit::caller::of(req)?;
     Ok(actor_of(&p, scope, purpose)?)
 }
 
 #[tonic::async_trait]
 impl Records for RecordsApi {
     async fn holdings(&self, request: Request<HoldingsRequest>) -> Result<Response<HoldingsResponse>, Status> {
-        let who = actor(self, &request, "records.bulk", "").await?;
+        let who = actor(&request, "records.bulk", "").await?;
         if who.kind != "service" {
             return Err(RecordsError::Forbidden("holdings need a service token with scope records.bulk".into()).into());
         }
@@ -34,7 +34,7 @@ impl Records for RecordsApi {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let who = actor(self, &request, "records.write", &request.get_ref().purpose).await?;
+        let who = actor(&request, "records.write", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         let resource = fhir::parse(&req.resource_json)?;
         let source = writing_organisation(&who, &req.source_organisation, "source_organisation")?;
@@ -46,7 +46,7 @@ impl Records for RecordsApi {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let who = actor(self, &request, "records.write", &request.get_ref().purpose).await?;
+        let who = actor(&request, "records.write", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         fhir::check_type("resource_type", &req.resource_type)?;
         fhir::check_id("id", &req.id)?;
@@ -59,7 +59,7 @@ impl Records for RecordsApi {
     }
 
     async fn put_many(&self, request: Request<PutManyRequest>) -> Result<Response<PutManyResponse>, Status> {
-        let who = actor(self, &request, "records.write", &request.get_ref().purpose).await?;
+        let who = actor(&request, "records.write", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         if req.resources_json.len() > crate::bundle::MAX_ENTRIES {
             return Err(RecordsError::invalid(
@@ -88,7 +88,7 @@ impl Records for RecordsApi {
         &self,
         request: Request<ImportBundleRequest>,
     ) -> Result<Response<ImportBundleResponse>, Status> {
-        let who = actor(self, &request, "records.write", &request.get_ref().purpose).await?;
+        let who = actor(&request, "records.write", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         let source = writing_organisation(&who, &req.source_organisation, "source_organisation")?;
         let bundle: serde_json::Value = serde_json::from_str(&req.bundle_json)
@@ -100,7 +100,7 @@ impl Records for RecordsApi {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let who = actor(self, &request, "records.read", &request.get_ref().purpose).await?;
+        let who = actor(&request, "records.read", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         fhir::check_type("resource_type", &req.resource_type)?;
         fhir::check_id("id", &req.id)?;
@@ -109,7 +109,7 @@ impl Records for RecordsApi {
     }
 
     async fn v_read(&self, request: Request<VReadRequest>) -> Result<Response<GetResponse>, Status> {
-        let who = actor(self, &request, "records.read", &request.get_ref().purpose).await?;
+        let who = actor(&request, "records.read", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         fhir::check_type("resource_type", &req.resource_type)?;
         fhir::check_id("id", &req.id)?;
@@ -124,7 +124,7 @@ impl Records for RecordsApi {
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
-        let who = actor(self, &request, "records.read", &request.get_ref().purpose).await?;
+        let who = actor(&request, "records.read", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         fhir::check_type("resource_type", &req.resource_type)?;
         fhir::check_id("id", &req.id)?;
@@ -141,7 +141,7 @@ impl Records for RecordsApi {
     }
 
     async fn find_patients(&self, request: Request<FindPatientsRequest>) -> Result<Response<SearchResponse>, Status> {
-        let who = actor(self, &request, "records.read", &request.get_ref().purpose).await?;
+        let who = actor(&request, "records.read", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         let mut q = crate::demographics::PatientQuery::default();
         for (i, p) in req.parameters.iter().enumerate() {
@@ -174,7 +174,7 @@ impl Records for RecordsApi {
     }
 
     async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
-        let who = actor(self, &request, "records.read", &request.get_ref().purpose).await?;
+        let who = actor(&request, "records.read", &request.get_ref().purpose).await?;
         let req = request.into_inner();
         let q = query(req)?;
         let page = self.store().search(&q, &who).await?;

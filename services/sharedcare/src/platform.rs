@@ -196,7 +196,8 @@ pub async fn start(config: &Config, mode: Mode, services: &[&str], client_id: &s
             .map_err(|e| anyhow::anyhow!("{} could not start: {e}", svc.name()))?;
         mounts.push(mount);
     }
-    let running = serve::start(mounts, bus, bound, metrics, tasks).await?;
+    let verifier = issuer.as_deref().map(|i| config.auth.verifier(i));
+    let running = serve::start(mounts, bus, bound, metrics, tasks, verifier).await?;
     let demo = [
         sharedcare_identity::NAME,
         sharedcare_consent::NAME,
