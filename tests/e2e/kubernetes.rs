@@ -55,7 +55,12 @@ fn python_checks(script: &str, env: &[(&str, String)], done: &str) {
 #[test]
 fn the_chart_lints_renders_what_platform_teams_rely_on_and_refuses_bad_values() {
     let chart = root().join("charts/sharedcare").display().to_string();
-    python_checks("chart_checks.py", &[("HELM", tool("helm")), ("CHART", chart)], "chart");
+    let binary = crate::harness::binary().display().to_string();
+    python_checks(
+        "chart_checks.py",
+        &[("HELM", tool("helm")), ("CHART", chart), ("BINARY", binary)],
+        "chart",
+    );
 }
 
 #[test]

@@ -300,7 +300,11 @@ async fn care_organisations_and_apps_are_reconciled_in_full_into_identity() {
 
     // Its probes and metrics: healthy, leading, and each reconcile counted by kind.
     let at = op.health_address().expect("the operator logs where it serves /healthz");
-    let health = http().get(format!("http://{at}/healthz")).send().await.expect("healthz");
+    let health = http()
+        .get(format!("http://{at}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
     assert!(health.status().is_success());
     let metrics = http()
         .get(format!("http://{at}/metrics"))
@@ -313,7 +317,9 @@ async fn care_organisations_and_apps_are_reconciled_in_full_into_identity() {
     assert!(metrics.contains("sharedcare_operator_leading 1"), "{metrics}");
     for kind in ["CareOrganisation", "CareApp"] {
         assert!(
-            metrics.contains(&format!("sharedcare_operator_reconcile_duration_seconds_count{{kind=\"{kind}\"}}")),
+            metrics.contains(&format!(
+                "sharedcare_operator_reconcile_duration_seconds_count{{kind=\"{kind}\"}}"
+            )),
             "{metrics}"
         );
     }

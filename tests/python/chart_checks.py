@@ -6,6 +6,7 @@ renders. Environment: HELM (the helm binary), CHART (the chart directory). Print
 
 import os
 import subprocess
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -74,6 +75,15 @@ check(all({p["name"] for p in s["spec"]["ports"]} == {"http", "grpc"} for s in s
 secrets = of(docs, "Secret")
 check(sorted(secrets) == ["sc-sharedcare-database", "sc-sharedcare-passport-client", "sc-sharedcare-portal-client", "sc-sharedcare-records-client"], "Secrets for the database and the clients")
 config = of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"]
+settings = tomllib.loads(config)  # the rendered configuration is valid TOML
+# ... and the binary accepts it as it stands (unknown keys would stop every pod at start).
+with open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"chart-{os.getpid()}.toml"), "w") as f:
+    f.write(config)
+for service in ["records", "portal", "passport", "audit", "consent", "identity"]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHAREDCARE_")}
+    run = subprocess.run([os.environ["BINARY"], "--config", f.name, "--dump-config", "serve", service], capture_output=True, text=True, env=clean)
+    check(run.returncode == 0, f"sharedcare serve {service} accepts the chart's configuration: {run.stderr.strip()[-300:]}")
+os.unlink(f.name)
 check('consent_url = "http://sc-sharedcare-consent:50051"' in config, "records and the passport reach consent by its Service")
 check("postgres://" not in config and "secret" not in config.lower(), "no secret in the ConfigMap")
 job = of(docs, "Job")["sc-sharedcare-migrate"]
@@ -102,7 +112,13 @@ portal_out = [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] 
 check(sorted(set(portal_out)) == ["audit", "consent", "identity", "passport", "records"], "the portal reaches identity and the services its pages read, nothing else")
 portal_env = {e["name"]: e for e in deployments["sc-sharedcare-portal"]["spec"]["template"]["spec"]["containers"][0]["env"]}
 check(portal_env["SHAREDCARE_PORTAL__CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "sc-sharedcare-portal-client", "the portal's OIDC client secret from a Secret")
-check('[portal]' in config and 'passport_url = "http://sc-sharedcare-passport:50051"' in config, "the portal reaches the passport by its Service")
+check(settings["portal"]["passport_url"] == "http://sc-sharedcare-passport:50051", "the portal reaches the passport by its Service")
+# Every peer URL comes from the one dependency map, and matches the NetworkPolicy egress.
+for svc, callees in {"records": ["consent"], "consent": ["identity"], "audit": ["identity"], "passport": ["consent", "audit"], "portal": ["passport", "consent", "records", "audit", "identity"]}.items():
+    urls = sorted(k.removesuffix("_url") for k in settings[svc] if k.endswith("_url") and k != "public_url")
+    check(urls == sorted(callees), f"{svc} is configured with exactly the peers it calls ({urls})")
+    reached = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in policies[f"sc-sharedcare-{svc}"]["spec"]["egress"] for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"] and any(p["port"] == 50051 for p in rule["ports"])}
+    check(reached == set(callees), f"{svc}'s NetworkPolicy reaches the gRPC port of exactly the peers it calls")
 
 # Production: Ingress with TLS routing Consent to consent; OTLP egress; identity out to NHS login.
 docs = render("production-values.yaml")

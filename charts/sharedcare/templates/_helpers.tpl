@@ -50,10 +50,64 @@ app.kubernetes.io/component: {{ .name }}
 {{- if $c.existingSecret -}}{{ $c.existingSecretKey }}{{- else -}}client-secret{{- end -}}
 {{- end -}}
 
+{{/*
+The one map of who calls whom, which drives the configuration (each `<callee>_url`), the
+NetworkPolicies (egress to each callee's gRPC port) and the client Secrets:
+- calls: the services it calls over gRPC;
+- client: it calls them with its own client_credentials client (`clients.<name>`);
+- signsIn: that client also signs people in to the web (the portal).
+*/}}
+{{- define "sharedcare.dependencies" -}}
+identity: {calls: []}
+records: {calls: [consent], client: true}
+consent: {calls: [identity]}
+audit: {calls: [identity]}
+passport: {calls: [consent, audit], client: true}
+portal: {calls: [passport, consent, records, audit, identity], client: true, signsIn: true}
+{{- end -}}
+
+{{/* One service's entry in the map above: (include "sharedcare.dependency" "records" | fromYaml). */}}
+{{- define "sharedcare.dependency" -}}
+{{- toYaml (default dict (index (include "sharedcare.dependencies" . | fromYaml) .)) -}}
+{{- end -}}
+
 {{/* The services each service calls over gRPC. */}}
 {{- define "sharedcare.calls" -}}
-{{- $calls := dict "records" (list "consent") "consent" (list "identity") "audit" (list "identity") "passport" (list "consent" "audit") "portal" (list "passport" "consent" "records" "audit" "identity") -}}
-{{- toJson (default (list) (index $calls .)) -}}
+{{- toJson (default (list) (include "sharedcare.dependency" . | fromYaml).calls) -}}
+{{- end -}}
+
+{{/*
+What every pod of the chart shares: its service account, pull secrets, pod security context
+and topology spread: (dict "root" $ "name" "records").
+*/}}
+{{- define "sharedcare.podCommon" -}}
+serviceAccountName: {{ include "sharedcare.svcname" . }}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- if .root.Values.topologySpread.enabled }}
+topologySpreadConstraints:
+  - maxSkew: {{ .root.Values.topologySpread.maxSkew }}
+    topologyKey: {{ .root.Values.topologySpread.topologyKey }}
+    whenUnsatisfiable: {{ .root.Values.topologySpread.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "sharedcare.selector" . | nindent 8 }}
+{{- end }}
+{{- end -}}
+
+{{/* The env entries of a service's own client: (dict "root" $ "name" "records"). */}}
+{{- define "sharedcare.clientEnv" -}}
+- name: SHAREDCARE_AUTH__CLIENT_ID
+  value: {{ (index .root.Values.clients .name).id | quote }}
+- name: SHAREDCARE_AUTH__CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sharedcare.clientSecret" . }}
+      key: {{ include "sharedcare.clientKey" . }}
 {{- end -}}
 
 {{/* The env entry of one service's database URL: (dict "root" $ "name" "records"). */}}

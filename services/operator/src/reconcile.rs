@@ -745,7 +745,12 @@ mod mocked {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, "ics");
         // Nothing listens on port 1: the operator's token, and so identity, is unavailable.
-        let token = ServiceToken::new("http://127.0.0.1:1/oauth2/token", "operator", "secret", "identity.admin");
+        let token = ServiceToken::new(
+            "http://127.0.0.1:1/oauth2/token",
+            "operator",
+            "secret",
+            "identity.admin",
+        );
         let identity = Identity::new("http://127.0.0.1:1", "operator.identity_url", token).expect("identity");
         let reporter = kube::runtime::events::Reporter {
             controller: MANAGER.into(),
@@ -764,8 +769,10 @@ mod mocked {
     fn organisation(generation: i64) -> CareOrganisation {
         let mut org = CareOrganisation::new(
             "riverside",
-            serde_json::from_value(json!({"odsCode": "A81001", "name": "Riverside Medical Practice", "type": "GPPractice"}))
-                .expect("spec"),
+            serde_json::from_value(
+                json!({"odsCode": "A81001", "name": "Riverside Medical Practice", "type": "GPPractice"}),
+            )
+            .expect("spec"),
         );
         org.metadata.namespace = Some("ics".into());
         org.metadata.generation = Some(generation);
@@ -784,7 +791,10 @@ mod mocked {
                 "/apis/sharedcare.nhs.uk/v1/namespaces/ics/careorganisations/riverside/status"
             );
             let query = req.uri().query().unwrap_or_default().to_string();
-            assert!(query.contains("fieldManager=sharedcare-operator") && query.contains("force=true"), "{query}");
+            assert!(
+                query.contains("fieldManager=sharedcare-operator") && query.contains("force=true"),
+                "{query}"
+            );
             assert_eq!(
                 req.headers().get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()),
                 Some(&b"application/apply-patch+yaml"[..])
@@ -794,20 +804,33 @@ mod mocked {
             assert_eq!(patch["kind"], "CareOrganisation");
             assert_eq!(patch["apiVersion"], "sharedcare.nhs.uk/v1");
             let conditions = patch["status"]["conditions"].as_array().expect("conditions");
-            let of = |kind: &str| conditions.iter().find(|c| c["type"] == kind).expect("condition").clone();
+            let of = |kind: &str| {
+                conditions
+                    .iter()
+                    .find(|c| c["type"] == kind)
+                    .expect("condition")
+                    .clone()
+            };
             assert_eq!(of("Ready")["status"], "False");
             assert_eq!(of("Degraded")["status"], "True");
             assert_eq!(of("Degraded")["reason"], "IdentityUnavailable");
             assert_eq!(of("Reconciling")["observedGeneration"], 4);
             let mut back = serde_json::to_value(organisation(4)).expect("object");
             back["status"] = patch["status"].clone();
-            reply.send_response(Response::builder().body(Body::from(back.to_string().into_bytes())).expect("response"));
+            reply.send_response(
+                Response::builder()
+                    .body(Body::from(back.to_string().into_bytes()))
+                    .expect("response"),
+            );
         });
         let result = reconcile_organisation(Arc::new(organisation(4)), ctx.clone()).await;
         assert!(matches!(result, Err(Error::Identity(_))), "{result:?}");
         server.await.expect("the API server saw what it expected");
         let text = ctx.metrics.render();
-        assert!(text.contains("sharedcare_operator_reconcile_failures_total{kind=\"CareOrganisation\"} 1"), "{text}");
+        assert!(
+            text.contains("sharedcare_operator_reconcile_failures_total{kind=\"CareOrganisation\"} 1"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -826,11 +849,16 @@ mod mocked {
         let (patch, mut api) = first.await.expect("first");
         org.status = Some(serde_json::from_value(patch["status"].clone()).expect("status"));
         let second = tokio::spawn(async move {
-            tokio::time::timeout(Duration::from_millis(300), api.next_request()).await.is_err()
+            tokio::time::timeout(Duration::from_millis(300), api.next_request())
+                .await
+                .is_err()
         });
         let _ = reconcile_organisation(Arc::new(org), ctx.clone()).await;
         assert!(second.await.expect("second"), "an unchanged status was written again");
         let text = ctx.metrics.render();
-        assert!(text.contains("sharedcare_operator_reconciles_total{kind=\"CareOrganisation\"} 2"), "{text}");
+        assert!(
+            text.contains("sharedcare_operator_reconciles_total{kind=\"CareOrganisation\"} 2"),
+            "{text}"
+        );
     }
 }
