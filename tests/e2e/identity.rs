@@ -105,7 +105,7 @@ async fn code_flow_with_pkce_gives_verified_tokens_userinfo_refresh_introspectio
     let verifier_kit = Verifier::new(
         p.http.clone(),
         "sharedcare",
-        Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http))),
+        Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http)).expect("keys")),
     );
     match verifier_kit
         .principal(tokens.access_token().secret())
@@ -210,7 +210,7 @@ async fn client_credentials_tokens_name_the_service_and_keys_rotate_without_brea
     let kit = Verifier::new(
         p.http.clone(),
         "sharedcare",
-        Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http))),
+        Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http)).expect("keys")),
     );
     assert_eq!(
         kit.principal(&old).await.expect("verifies"),
@@ -929,7 +929,7 @@ async fn patients_get_nhs_login_claims_and_proofing_level_is_enforced_by_vtr() {
     let kit = Verifier::new(
         p.http.clone(),
         "sharedcare",
-        Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http))),
+        Arc::new(HttpKeys::new(format!("{}/oauth2/jwks", p.http)).expect("keys")),
     );
     assert!(
         matches!(kit.principal(t.access_token().secret()).await, Ok(Principal::Patient { proofing, .. }) if proofing == sharedcare_kit::nhs::ProofingLevel::P9)
@@ -1140,7 +1140,7 @@ async fn bad_requests_get_the_standard_oauth_errors() {
     let kit = Verifier::new(
         base.clone(),
         "passport-only",
-        Arc::new(HttpKeys::new(format!("{base}/oauth2/jwks"))),
+        Arc::new(HttpKeys::new(format!("{base}/oauth2/jwks")).expect("keys")),
     );
     assert!(
         format!("{:?}", kit.principal(&good).await).contains("aud"),

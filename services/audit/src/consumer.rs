@@ -4,6 +4,7 @@
 //! topics are acknowledged and ignored.
 
 use prost::Message;
+use sharedcare_kit::access::Outcome;
 use sharedcare_kit::bus::{Delivery, Handler};
 use sharedcare_proto::events::v1::{AccessRecorded, ConsentEvent};
 
@@ -85,7 +86,7 @@ fn from_consent(e: ConsentEvent) -> AccessRecorded {
         } else {
             format!("{}: {}", e.reason_code, e.detail)
         },
-        outcome: if glass { "granted".into() } else { "success".into() },
+        outcome: if glass { Outcome::Granted } else { Outcome::Success }.as_str().into(),
         time: e.time,
         service: "consent".into(),
         ..AccessRecorded::default()

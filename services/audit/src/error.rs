@@ -54,3 +54,10 @@ impl From<AuditError> for tonic::Status {
         sharedcare_kit::edge::status(&e)
     }
 }
+
+/// A tile the tree needs is missing or short: the stored log is not what audit wrote.
+impl From<crate::tiles::TileError> for AuditError {
+    fn from(e: crate::tiles::TileError) -> Self {
+        AuditError::Corrupt(e.to_string())
+    }
+}

@@ -47,7 +47,7 @@ impl AuditApi {
     /// break-glass reviewer (activity B0015) those of organisations they cover (theirs and those
     /// under it in identity's directory), so a review can show what a grant opened.
     async fn allowed<T>(&self, request: &Request<T>, req: &QueryRequest) -> Result<Filter, Status> {
-        let who = sharedcare_kit::caller::of(&request)?;
+        let who = sharedcare_kit::caller::of(request)?;
         let f = filter(req)?;
         let allowed = match &who {
             Principal::Service { .. } => has_scope(&who, "audit.read"),
@@ -154,12 +154,12 @@ fn filter(req: &QueryRequest) -> Result<Filter, Status> {
     if !req.nhs_number.is_empty() {
         NhsNumber::parse(&req.nhs_number).map_err(|e| invalid("nhs_number", e.to_string()))?;
     }
-    const OUTCOMES: &[&str] = &["", "success", "denied", "withheld", "not-found", "error"];
-    if !OUTCOMES.contains(&req.outcome.as_str()) {
-        return Err(invalid(
-            "outcome",
-            "expected success, denied, withheld, not-found or error",
-        ));
+    if !req.outcome.is_empty() && sharedcare_kit::access::Outcome::parse(&req.outcome).is_none() {
+        let words: Vec<&str> = sharedcare_kit::access::Outcome::ALL
+            .iter()
+            .map(|o| o.as_str())
+            .collect();
+        return Err(invalid("outcome", format!("expected one of {}", words.join(", "))));
     }
     let from_us = req.from.as_ref().map(sharedcare_kit::db::micros);
     let to_us = req.to.as_ref().map(sharedcare_kit::db::micros);

@@ -53,27 +53,28 @@ impl Default for AuditConfig {
 
 impl AuditConfig {
     /// Checks the values, naming the key of the first bad one.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.alerts.window_secs < 1 {
-            return Err(("audit.alerts.window_secs".into(), "must be at least 1".into()));
+            return Err(Invalid::new("audit.alerts.window_secs", "must be at least 1"));
         }
         if self.alerts.distinct_patients < 2 {
-            return Err(("audit.alerts.distinct_patients".into(), "must be at least 2".into()));
+            return Err(Invalid::new("audit.alerts.distinct_patients", "must be at least 2"));
         }
         let url = &self.identity_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-            return Err((
-                "audit.identity_url".into(),
-                "expected identity's gRPC URL, e.g. http://identity:50051".into(),
+            return Err(Invalid::new(
+                "audit.identity_url",
+                "expected identity's gRPC URL, e.g. http://identity:50051",
             ));
         }
         if self.directory_cache_secs == 0 {
-            return Err(("audit.directory_cache_secs".into(), "must be at least 1".into()));
+            return Err(Invalid::new("audit.directory_cache_secs", "must be at least 1"));
         }
         Ok(())
     }
 }
 
+use sharedcare_kit::config::Invalid;
 use std::sync::Arc;
 
 use sharedcare_kit::bus;

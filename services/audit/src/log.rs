@@ -155,7 +155,7 @@ impl Log {
             Some(head) if head.size as u64 == size => head.clone(),
             _ => {
                 let edge = self.store.tiles(&tiles::right_edge(size).into_iter().collect()).await?;
-                let root = edge.root(size).map_err(AuditError::Corrupt)?;
+                let root = edge.root(size).map_err(AuditError::from)?;
                 let ts = db::now_us();
                 let sig = self.key.sign(&signed_bytes(size, ts, &root));
                 StoredHead {
@@ -251,7 +251,7 @@ impl Log {
                     .get(&index)
                     .cloned()
                     .ok_or_else(|| invalid("leaf_index", format!("no entry {index}")))?;
-                let path = tiles::inclusion(index, size, &t).map_err(AuditError::Corrupt)?;
+                let path = tiles::inclusion(index, size, &t).map_err(AuditError::from)?;
                 Ok((entry, path))
             })
             .collect()
@@ -309,7 +309,7 @@ impl Log {
         let t = self
             .proof_tiles(tiles::tiles_for(&tiles::consistency_ranges(first, second)))
             .await?;
-        tiles::consistency(first, second, &t).map_err(AuditError::Corrupt)
+        tiles::consistency(first, second, &t).map_err(AuditError::from)
     }
 
     /// Rechecks the whole log a page at a time: each entry against its leaf hash in the tiles

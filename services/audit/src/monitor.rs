@@ -94,7 +94,7 @@ pub fn check(previous: Option<&Checkpoint>, cp: &Checkpoint, tiles: &Tiles) -> R
             }
         }
     }
-    let root = tiles.root(cp.size).map_err(Alarm::BadTile)?;
+    let root = tiles.root(cp.size).map_err(|e| Alarm::BadTile(e.to_string()))?;
     if root != cp.root {
         return Err(Alarm::BadTile(format!(
             "the tiles give another root than the checkpoint of {} entries",
@@ -105,7 +105,7 @@ pub fn check(previous: Option<&Checkpoint>, cp: &Checkpoint, tiles: &Tiles) -> R
         && prev.size > 0
         && prev.size < cp.size
     {
-        let proof = tiles::consistency(prev.size, cp.size, tiles).map_err(Alarm::BadTile)?;
+        let proof = tiles::consistency(prev.size, cp.size, tiles).map_err(|e| Alarm::BadTile(e.to_string()))?;
         if !merkle::verify_consistency(prev.size, cp.size, &prev.root, &cp.root, &proof) {
             return Err(Alarm::Forked(format!(
                 "the checkpoint of {} entries is not consistent with the one of {} entries seen before: \

@@ -73,6 +73,23 @@ pub fn signed(body: &str, name: &str, public_key: &[u8], signature: &[u8]) -> St
     format!("{body}\n{SIG_PREFIX}{name} {}\n", B64.encode(sig))
 }
 
+/// Why a key or a signed checkpoint was refused (the message says which part, and why).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NoteError(String);
+
+impl From<&str> for NoteError {
+    fn from(why: &str) -> Self {
+        NoteError(why.into())
+    }
+}
+
+impl From<String> for NoteError {
+    fn from(why: String) -> Self {
+        NoteError(why)
+    }
+}
+
 /// A pinned verifier key, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifierKey {
@@ -86,7 +103,7 @@ pub struct VerifierKey {
 
 impl VerifierKey {
     /// Parses `<name>+<hex id>+<base64(0x01 ‖ key)>`, checking the id matches the key.
-    pub fn parse(s: &str) -> Result<VerifierKey, String> {
+    pub fn parse(s: &str) -> Result<VerifierKey, NoteError> {
         let mut parts = s.trim().splitn(3, '+');
         let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err("expected <name>+<key id>+<base64 key>".into());
@@ -128,7 +145,7 @@ pub struct Checkpoint {
 
 /// Opens a checkpoint note signed by `key`: the signature must verify, the origin must be the
 /// key's name, and the body must be a checkpoint. Errors say which.
-pub fn open_checkpoint(note: &str, key: &VerifierKey) -> Result<Checkpoint, String> {
+pub fn open_checkpoint(note: &str, key: &VerifierKey) -> Result<Checkpoint, NoteError> {
     let split = note
         .rfind("\n\n")
         .ok_or("not a signed note: no blank line before the signatures")?;
@@ -156,18 +173,21 @@ pub fn open_checkpoint(note: &str, key: &VerifierKey) -> Result<Checkpoint, Stri
         verified = true;
     }
     if !verified {
-        return Err(format!(
+        return Err(NoteError(format!(
             "no signature by the pinned key {}+{:08x}: an unknown key signed it",
             key.name,
             u32::from_be_bytes(key.id)
-        ));
+        )));
     }
     let lines: Vec<&str> = body.split('\n').collect();
     let [origin, size, root, ..] = lines[..] else {
         return Err("the checkpoint has fewer than three lines".into());
     };
     if origin != key.name {
-        return Err(format!("the origin {origin:?} is not the key's name {:?}", key.name));
+        return Err(NoteError(format!(
+            "the origin {origin:?} is not the key's name {:?}",
+            key.name
+        )));
     }
     let size: u64 = size
         .parse()
@@ -198,10 +218,10 @@ mod tests {
         let note = "This is an example message.\n\n\u{2014} example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n";
         // Not a checkpoint, but the signature is what is checked first.
         let e = open_checkpoint(note, &key).expect_err("refused");
-        assert!(e.contains("fewer than three lines"), "{e}");
+        assert!(e.to_string().contains("fewer than three lines"), "{e}");
         let altered = note.replace("example message", "exemplary message");
         let e = open_checkpoint(&altered, &key).expect_err("refused");
-        assert!(e.contains("does not verify"), "{e}");
+        assert!(e.to_string().contains("does not verify"), "{e}");
     }
 
     #[test]
@@ -228,7 +248,7 @@ mod tests {
             })
         );
         let e = open_checkpoint(&note.replace("\n42\n", "\n43\n"), &vkey).expect_err("refused");
-        assert!(e.contains("does not verify"), "{e}");
+        assert!(e.to_string().contains("does not verify"), "{e}");
         let other = Ed25519KeyPair::from_pkcs8(
             Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
                 .expect("ok")
@@ -237,7 +257,7 @@ mod tests {
         .expect("ok");
         let stranger = VerifierKey::parse(&verifier_key(&name, other.public_key().as_ref())).expect("ok");
         let e = open_checkpoint(&note, &stranger).expect_err("refused");
-        assert!(e.contains("unknown key"), "{e}");
+        assert!(e.to_string().contains("unknown key"), "{e}");
         for bad in [
             "x",
             "a+b+c",

@@ -657,7 +657,7 @@ async fn extend_tiles(tx: &mut db::Tx, size: u64, leaves: &[merkle::Hash]) -> Re
         return Ok(());
     }
     let edge = read_tiles(tx, &tiles::right_edge(size).into_iter().collect()).await?;
-    let changed = tiles::append(size, &edge, leaves).map_err(AuditError::Corrupt)?;
+    let changed = tiles::append(size, &edge, leaves).map_err(AuditError::from)?;
     for chunk in changed.chunks(db::MAX_ROWS_PER_INSERT) {
         let sql = tx.backend().insert_rows(
             "tiles (level, idx, hashes)",

@@ -135,7 +135,7 @@ impl Expanded {
 
 impl Tiles {
     /// The root of the complete subtree of height `height` at `index`.
-    pub fn subtree(&self, height: u32, index: u64) -> Result<Hash, String> {
+    pub fn subtree(&self, height: u32, index: u64) -> Result<Hash, TileError> {
         let (id, offset, count) = source(height, index);
         if let Some(e) = self.1.get(&id) {
             let within = count.trailing_zeros() as usize;
@@ -145,33 +145,33 @@ impl Tiles {
                 .and_then(|l| l.get(offset >> within))
                 .copied()
                 .ok_or_else(|| {
-                    format!(
+                    TileError::new(format!(
                         "tile {}/{} holds fewer than the {} hashes needed",
                         id.level,
                         id.index,
                         offset + count
-                    )
+                    ))
                 });
         }
         let bytes = self
             .0
             .get(&id)
-            .ok_or_else(|| format!("tile {}/{} is missing", id.level, id.index))?;
+            .ok_or_else(|| TileError::new(format!("tile {}/{} is missing", id.level, id.index)))?;
         let run = bytes.get(offset * 32..(offset + count) * 32).ok_or_else(|| {
-            format!(
+            TileError::new(format!(
                 "tile {}/{} holds {} hashes, fewer than the {} needed",
                 id.level,
                 id.index,
                 bytes.len() / 32,
                 offset + count
-            )
+            ))
         })?;
         let hashes: Vec<Hash> = run.chunks_exact(32).map(to_hash).collect();
         Ok(merkle::root(&hashes))
     }
 
     /// The RFC 6962 root of leaves `lo..hi`.
-    pub fn range_root(&self, lo: u64, hi: u64) -> Result<Hash, String> {
+    pub fn range_root(&self, lo: u64, hi: u64) -> Result<Hash, TileError> {
         let mut parts = subtrees(lo, hi).into_iter().rev();
         let Some((h, i)) = parts.next() else {
             return Ok(merkle::root(&[]));
@@ -184,8 +184,19 @@ impl Tiles {
     }
 
     /// The tree's root at `size` leaves.
-    pub fn root(&self, size: u64) -> Result<Hash, String> {
+    pub fn root(&self, size: u64) -> Result<Hash, TileError> {
         self.range_root(0, size)
+    }
+}
+
+/// A tile the tree needs is missing or holds too few hashes (the message names it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TileError(String);
+
+impl TileError {
+    fn new(why: String) -> TileError {
+        TileError(why)
     }
 }
 
@@ -217,7 +228,7 @@ pub fn consistency_ranges(m: u64, n: u64) -> Vec<(u64, u64)> {
 }
 
 /// An inclusion proof from tiles holding [`tiles_for`] its ranges.
-pub fn inclusion(m: u64, n: u64, tiles: &Tiles) -> Result<Vec<Hash>, String> {
+pub fn inclusion(m: u64, n: u64, tiles: &Tiles) -> Result<Vec<Hash>, TileError> {
     let mut err = None;
     let path = merkle::inclusion_path(m, n, &mut |lo, hi| {
         tiles.range_root(lo, hi).unwrap_or_else(|e| {
@@ -229,7 +240,7 @@ pub fn inclusion(m: u64, n: u64, tiles: &Tiles) -> Result<Vec<Hash>, String> {
 }
 
 /// A consistency proof from tiles holding [`tiles_for`] its ranges.
-pub fn consistency(m: u64, n: u64, tiles: &Tiles) -> Result<Vec<Hash>, String> {
+pub fn consistency(m: u64, n: u64, tiles: &Tiles) -> Result<Vec<Hash>, TileError> {
     let mut err = None;
     let path = merkle::consistency_path(m, n, &mut |lo, hi| {
         tiles.range_root(lo, hi).unwrap_or_else(|e| {
@@ -242,7 +253,7 @@ pub fn consistency(m: u64, n: u64, tiles: &Tiles) -> Result<Vec<Hash>, String> {
 
 /// Appends `leaves` to a tree of `size` leaves whose right-edge tiles are in `edge`: returns
 /// every tile that changed (the right edge and any tiles completed), with its new hashes.
-pub fn append(size: u64, edge: &Tiles, leaves: &[Hash]) -> Result<Vec<(TileId, Vec<u8>)>, String> {
+pub fn append(size: u64, edge: &Tiles, leaves: &[Hash]) -> Result<Vec<(TileId, Vec<u8>)>, TileError> {
     let mut out = Vec::new();
     let mut level = 0u32;
     let mut count = size;
@@ -259,13 +270,13 @@ pub fn append(size: u64, edge: &Tiles, leaves: &[Hash]) -> Result<Vec<(TileId, V
             let t = edge
                 .0
                 .get(&id)
-                .ok_or_else(|| format!("the right-edge tile {level}/{} is missing", id.index))?;
+                .ok_or_else(|| TileError::new(format!("the right-edge tile {level}/{} is missing", id.index)))?;
             if t.len() != held * 32 {
-                return Err(format!(
+                return Err(TileError::new(format!(
                     "the right-edge tile {level}/{} holds {} hashes where the tree of {size} leaves has {held}",
                     id.index,
                     t.len() / 32
-                ));
+                )));
             }
             t.clone()
         };
@@ -458,10 +469,10 @@ mod tests {
         let mut tiles = build(&all, 300);
         tiles.0.remove(&TileId { level: 0, index: 1 });
         let e = append(300, &tiles, &leaves(1)).expect_err("refused");
-        assert!(e.contains("tile 0/1 is missing"), "{e}");
+        assert!(e.to_string().contains("tile 0/1 is missing"), "{e}");
         tiles.0.insert(TileId { level: 0, index: 1 }, vec![0; 32]);
         let e = append(300, &tiles, &leaves(1)).expect_err("refused");
-        assert!(e.contains("holds 1 hashes"), "{e}");
+        assert!(e.to_string().contains("holds 1 hashes"), "{e}");
     }
 
     #[test]

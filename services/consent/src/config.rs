@@ -1,6 +1,7 @@
 //! Consent's settings (`[consent]` in the configuration file, `SHAREDCARE_CONSENT__*`).
 
 use serde::{Deserialize, Serialize};
+use sharedcare_kit::config::Invalid;
 
 /// Where consent finds identity's organisation directory (which organisations a break-glass
 /// reviewer covers).
@@ -26,16 +27,16 @@ impl Default for ConsentConfig {
 
 impl ConsentConfig {
     /// Checks the values, naming the key of the first bad one.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let url = &self.identity_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-            return Err((
-                "consent.identity_url".into(),
-                "expected identity's gRPC URL, e.g. http://identity:50051".into(),
+            return Err(Invalid::new(
+                "consent.identity_url",
+                "expected identity's gRPC URL, e.g. http://identity:50051",
             ));
         }
         if self.directory_cache_secs == 0 {
-            return Err(("consent.directory_cache_secs".into(), "must be at least 1".into()));
+            return Err(Invalid::new("consent.directory_cache_secs", "must be at least 1"));
         }
         Ok(())
     }

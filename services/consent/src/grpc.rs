@@ -59,7 +59,7 @@ impl ConsentApi {
     }
 
     async fn who<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
-        Ok(sharedcare_kit::caller::of(&req)?)
+        sharedcare_kit::caller::of(req)
     }
 
     /// Services with `scope`, or (when `nhs` is given) that patient, or a current authorised

@@ -111,19 +111,15 @@ const PENDING_SECS: i64 = 600;
 
 impl Broker {
     /// A broker for `upstreams`, calling back to `issuer`.
-    pub fn new(upstreams: Vec<UpstreamConfig>, store: Store, issuer: &str) -> Broker {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
-        Broker {
+    pub fn new(upstreams: Vec<UpstreamConfig>, store: Store, issuer: &str) -> sharedcare_kit::Result<Broker> {
+        let http = sharedcare_kit::http_client::build(std::time::Duration::from_secs(10), false)?;
+        Ok(Broker {
             upstreams: Arc::new(upstreams),
             store,
             issuer: issuer.into(),
             http,
             discovered: Arc::new(Mutex::new(HashMap::new())),
-        }
+        })
     }
 
     /// The configured upstreams.

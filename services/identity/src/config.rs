@@ -1,6 +1,7 @@
 //! Identity's settings (`[identity]` in the configuration file, `SHAREDCARE_IDENTITY__*`).
 
 use serde::{Deserialize, Serialize};
+use sharedcare_kit::config::Invalid;
 
 /// Identity provider settings. Defaults follow NHS login's relying-party session rules.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -113,7 +114,7 @@ impl IdentityConfig {
     }
 
     /// Returns `Err((key, reason))` for the first invalid setting.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let positive = [
             ("identity.session_idle_secs", self.session_idle_secs),
             ("identity.session_absolute_secs", self.session_absolute_secs),
@@ -128,31 +129,31 @@ impl IdentityConfig {
         ];
         for (key, v) in positive {
             if v < 1 {
-                return Err((key.into(), "must be at least 1".into()));
+                return Err(Invalid::new(key, "must be at least 1"));
             }
         }
         if !self.issuer.is_empty() && url::Url::parse(&self.issuer).is_err() {
-            return Err((
-                "identity.issuer".into(),
-                "expected an absolute URL such as https://id.example.nhs.uk".into(),
+            return Err(Invalid::new(
+                "identity.issuer",
+                "expected an absolute URL such as https://id.example.nhs.uk",
             ));
         }
         if self.lockout_max_secs < self.lockout_secs {
-            return Err((
-                "identity.lockout_max_secs".into(),
-                "must be at least identity.lockout_secs".into(),
+            return Err(Invalid::new(
+                "identity.lockout_max_secs",
+                "must be at least identity.lockout_secs",
             ));
         }
         for (i, p) in self.trusted_proxies.iter().enumerate() {
             if p.parse::<ipnet::IpNet>().is_err() && p.parse::<std::net::IpAddr>().is_err() {
-                return Err((
+                return Err(Invalid::new(
                     format!("identity.trusted_proxies[{i}]"),
                     format!("{p:?} is not an IP address or CIDR block such as 10.42.0.0/16"),
                 ));
             }
         }
         if self.argon2_memory_kib < 8 * 1024 {
-            return Err(("identity.argon2_memory_kib".into(), "must be at least 8192".into()));
+            return Err(Invalid::new("identity.argon2_memory_kib", "must be at least 8192"));
         }
         for (i, u) in self.upstreams.iter().enumerate() {
             u.validate(i)?;
@@ -163,13 +164,13 @@ impl IdentityConfig {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
-            return Err((
-                "identity.cookie_prefix".into(),
-                "expected letters, digits and '_'".into(),
+            return Err(Invalid::new(
+                "identity.cookie_prefix",
+                "expected letters, digits and '_'",
             ));
         }
         if self.audience.is_empty() {
-            return Err(("identity.audience".into(), "must not be empty".into()));
+            return Err(Invalid::new("identity.audience", "must not be empty"));
         }
         Ok(())
     }
@@ -202,25 +203,25 @@ fn default_scopes() -> String {
 
 impl UpstreamConfig {
     /// Returns `Err((key, reason))` for the first invalid setting of upstream `i`.
-    pub fn validate(&self, i: usize) -> std::result::Result<(), (String, String)> {
+    pub fn validate(&self, i: usize) -> std::result::Result<(), Invalid> {
         let key = |k: &str| format!("identity.upstreams[{i}].{k}");
         if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err((key("name"), "expected letters, digits and '-'".into()));
+            return Err(Invalid::new(key("name"), "expected letters, digits and '-'"));
         }
         if url::Url::parse(&self.issuer).is_err() {
-            return Err((key("issuer"), "expected an absolute URL".into()));
+            return Err(Invalid::new(key("issuer"), "expected an absolute URL"));
         }
         if self.client_id.is_empty() {
-            return Err((key("client_id"), "is required".into()));
+            return Err(Invalid::new(key("client_id"), "is required"));
         }
         if !self.scopes.split_whitespace().any(|s| s == "openid") {
-            return Err((key("scopes"), "must include openid".into()));
+            return Err(Invalid::new(key("scopes"), "must include openid"));
         }
         if !matches!(self.link_to.as_str(), "patient" | "staff") {
-            return Err((key("link_to"), "expected patient or staff".into()));
+            return Err(Invalid::new(key("link_to"), "expected patient or staff"));
         }
         if self.link_claim.is_empty() {
-            return Err((key("link_claim"), "is required".into()));
+            return Err(Invalid::new(key("link_claim"), "is required"));
         }
         Ok(())
     }

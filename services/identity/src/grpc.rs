@@ -34,7 +34,7 @@ impl AdminApi {
     }
 
     async fn authorise<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
-        let p = sharedcare_kit::caller::of(&req)?;
+        let p = sharedcare_kit::caller::of(req)?;
         let allowed = match &p {
             Principal::Service { scopes, .. } => scopes.iter().any(|s| s == ADMIN_SCOPE),
             Principal::Staff { role, .. } => role.activity_codes.iter().any(|a| a == ADMIN_ACTIVITY),

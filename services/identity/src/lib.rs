@@ -110,7 +110,7 @@ impl sharedcare_kit::service::Service for Identity {
             register_internal(&store, c).await?;
         }
         let subject_key = subject_key(&store).await?;
-        let provider = oauth::Provider::new(store, keys, config, issuer, ctx.outbox.clone(), hasher)
+        let provider = oauth::Provider::new(store, keys, config, issuer, ctx.outbox.clone(), hasher)?
             .with_metrics(ctx.metrics.clone())
             .with_subject_key(subject_key.as_bytes());
         let mut m = Mount::new(NAME);

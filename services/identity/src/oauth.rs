@@ -354,15 +354,11 @@ impl Provider {
         issuer: String,
         outbox: Outbox,
         hasher: Arc<crate::secrets::Hasher>,
-    ) -> Provider {
+    ) -> sharedcare_kit::Result<Provider> {
         let verifier = Verifier::new(issuer.clone(), config.audience.clone(), Arc::new(keys.clone()));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        let broker = crate::broker::Broker::new(config.upstreams.clone(), store.clone(), &issuer);
-        Provider {
+        let http = sharedcare_kit::http_client::build(Duration::from_secs(5), false)?;
+        let broker = crate::broker::Broker::new(config.upstreams.clone(), store.clone(), &issuer)?;
+        Ok(Provider {
             broker,
             store,
             keys,
@@ -376,7 +372,7 @@ impl Provider {
             http,
             metrics: sharedcare_kit::metrics::Metrics::new(),
             subject_key: jose::random_token(32).into_bytes().into(),
-        }
+        })
     }
 
     /// The same provider keying patients' pairwise `sub` with `key` (kept in identity's

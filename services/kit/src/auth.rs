@@ -215,7 +215,7 @@ impl Default for AuthConfig {
 impl AuthConfig {
     /// A verifier for tokens from `issuer` (this config's issuer when set), fetching keys over
     /// HTTP from the JWKS URI.
-    pub fn verifier(&self, issuer: &str) -> Verifier {
+    pub fn verifier(&self, issuer: &str) -> crate::Result<Verifier> {
         let issuer = if self.issuer.is_empty() {
             issuer
         } else {
@@ -227,15 +227,17 @@ impl AuthConfig {
         } else {
             self.jwks_uri.clone()
         };
-        Verifier::new(issuer, self.audience.clone(), Arc::new(HttpKeys::new(jwks)))
-            .with_keys_max_age(Duration::from_secs(self.jwks_max_age_secs.max(1)))
+        Ok(
+            Verifier::new(issuer, self.audience.clone(), Arc::new(HttpKeys::new(jwks)?))
+                .with_keys_max_age(Duration::from_secs(self.jwks_max_age_secs.max(1))),
+        )
     }
 
     /// Client-credentials tokens for this service's own calls, asking for `scope`, from
     /// `issuer` (this config's issuer when set); `None` when no client is configured.
-    pub fn service_token(&self, issuer: &str, scope: &str) -> Option<ServiceToken> {
+    pub fn service_token(&self, issuer: &str, scope: &str) -> crate::Result<Option<ServiceToken>> {
         if self.client_id.is_empty() {
-            return None;
+            return Ok(None);
         }
         let issuer = if self.issuer.is_empty() {
             issuer
@@ -247,7 +249,7 @@ impl AuthConfig {
         } else {
             self.token_endpoint.clone()
         };
-        Some(ServiceToken::new(endpoint, &self.client_id, &self.client_secret, scope))
+        ServiceToken::new(endpoint, &self.client_id, &self.client_secret, scope).map(Some)
     }
 }
 
@@ -271,12 +273,9 @@ struct TokenInner {
 
 impl ServiceToken {
     /// Tokens for `client_id`/`secret` from `endpoint`, asking for `scope`.
-    pub fn new(endpoint: impl Into<String>, client_id: &str, secret: &str, scope: &str) -> ServiceToken {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
-        ServiceToken {
+    pub fn new(endpoint: impl Into<String>, client_id: &str, secret: &str, scope: &str) -> crate::Result<ServiceToken> {
+        let client = crate::http_client::build(Duration::from_secs(5), true)?;
+        Ok(ServiceToken {
             inner: Arc::new(TokenInner {
                 endpoint: endpoint.into(),
                 client_id: client_id.to_string(),
@@ -286,7 +285,7 @@ impl ServiceToken {
                 current: std::sync::RwLock::new(None),
                 fetching: tokio::sync::Mutex::new(()),
             }),
-        }
+        })
     }
 
     fn fresh(&self) -> Option<String> {
@@ -374,15 +373,12 @@ impl HttpKeys {
     }
 
     /// Keys from `jwks_uri`, e.g. `https://id.example.nhs.uk/oauth2/jwks`.
-    pub fn new(jwks_uri: impl Into<String>) -> HttpKeys {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
-        HttpKeys {
+    pub fn new(jwks_uri: impl Into<String>) -> crate::Result<HttpKeys> {
+        let client = crate::http_client::build(Duration::from_secs(5), true)?;
+        Ok(HttpKeys {
             url: jwks_uri.into(),
             client,
-        }
+        })
     }
 }
 

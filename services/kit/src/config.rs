@@ -20,10 +20,29 @@ use crate::{Error, Result};
 /// The environment variable prefix every Sharedcare setting uses.
 pub const ENV_PREFIX: &str = "SHAREDCARE_";
 
+/// A setting that is not acceptable: its key (`records.consent_url`) and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// The setting's key, dotted as in the TOML file.
+    pub key: String,
+    /// What is wrong with its value, and what is expected.
+    pub reason: String,
+}
+
+impl Invalid {
+    /// `key` is invalid because of `reason`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
+        Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Checks that go beyond types (ranges, combinations); run after loading.
 pub trait Validate {
-    /// Returns `Err((key, reason))` for the first invalid setting.
-    fn validate(&self) -> std::result::Result<(), (String, String)>;
+    /// The first invalid setting, if any.
+    fn validate(&self) -> std::result::Result<(), Invalid>;
 }
 
 /// Loads `T` from its defaults, an optional TOML file, the `SHAREDCARE_*` entries of `env` and
@@ -71,7 +90,7 @@ where
         let from = source_of(&sources, &key);
         Error::Config(format!("`{key}`{from}: {}", e.inner()))
     })?;
-    value.validate().map_err(|(key, why)| {
+    value.validate().map_err(|Invalid { key, reason: why }| {
         let from = source_of(&sources, &key);
         Error::Config(format!("`{key}`{from}: {why}"))
     })?;
@@ -189,9 +208,9 @@ mod tests {
         name: String,
     }
     impl Validate for Cfg {
-        fn validate(&self) -> std::result::Result<(), (String, String)> {
+        fn validate(&self) -> std::result::Result<(), Invalid> {
             if self.http.timeout_ms == 0 {
-                return Err(("http.timeout_ms".into(), "must be greater than 0".into()));
+                return Err(Invalid::new("http.timeout_ms", "must be greater than 0"));
             }
             Ok(())
         }

@@ -26,6 +26,7 @@ pub mod directory;
 pub mod edge;
 pub mod error;
 pub mod fhir_elements;
+pub mod http_client;
 pub mod inbox;
 pub mod jose;
 pub mod json;

@@ -102,14 +102,14 @@ impl Context {
 
     /// A verifier of the bearer tokens callers present.
     pub fn verifier(&self) -> Result<Verifier> {
-        Ok(self.auth.verifier(self.issuer()?))
+        self.auth.verifier(self.issuer()?)
     }
 
     /// A client-credentials token source for calls this service makes with `scope`, or an
     /// error naming the settings when no client is configured.
     pub fn service_token(&self, scope: &str) -> Result<ServiceToken> {
         let issuer = self.issuer()?;
-        self.auth.service_token(issuer, scope).ok_or_else(|| {
+        self.auth.service_token(issuer, scope)?.ok_or_else(|| {
             Error::Config(format!(
                 "`auth.client_id` and `auth.client_secret` are required by {} for its calls with scope {scope}: register a client with the client_credentials grant and that scope, then set SHAREDCARE_AUTH__CLIENT_ID and SHAREDCARE_AUTH__CLIENT_SECRET",
                 self.db.service()

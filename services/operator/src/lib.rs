@@ -10,6 +10,7 @@ pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 
+use sharedcare_kit::config::Invalid;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,12 +71,12 @@ impl Default for OperatorConfig {
 
 impl OperatorConfig {
     /// Checks the values, naming the key of the first bad one.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.lease_seconds < 3 {
-            return Err(("operator.lease_seconds".into(), "must be at least 3".into()));
+            return Err(Invalid::new("operator.lease_seconds", "must be at least 3"));
         }
         if self.resync_seconds == 0 {
-            return Err(("operator.resync_seconds".into(), "must be at least 1".into()));
+            return Err(Invalid::new("operator.resync_seconds", "must be at least 1"));
         }
         Ok(())
     }

@@ -750,7 +750,8 @@ mod mocked {
             "operator",
             "secret",
             "identity.admin",
-        );
+        )
+        .expect("a token source");
         let identity = Identity::new("http://127.0.0.1:1", "operator.identity_url", token).expect("identity");
         let reporter = kube::runtime::events::Reporter {
             controller: MANAGER.into(),

@@ -28,6 +28,7 @@ pub mod views;
 
 pub use error::PassportError;
 
+use sharedcare_kit::config::Invalid;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,20 +77,20 @@ impl Default for PassportConfig {
 
 impl PassportConfig {
     /// Checks the values, naming the key of the first bad one.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         for (key, url, service) in [
             ("passport.consent_url", &self.consent_url, "consent"),
             ("passport.audit_url", &self.audit_url, "audit"),
         ] {
             if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-                return Err((
-                    key.into(),
+                return Err(Invalid::new(
+                    key,
                     format!("expected the {service} service's gRPC URL, e.g. http://{service}:50051"),
                 ));
             }
         }
         if self.consent_timeout_ms == 0 {
-            return Err(("passport.consent_timeout_ms".into(), "must be at least 1".into()));
+            return Err(Invalid::new("passport.consent_timeout_ms", "must be at least 1"));
         }
         Ok(())
     }

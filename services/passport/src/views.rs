@@ -98,7 +98,8 @@ async fn serve(store: &Store, pdp: &dyn Pdp, outbox: &Outbox, batch: Vec<Job>) {
         }
     };
     let (decisions, held) = tokio::join!(decide, store.held_many(&patients));
-    let mut held: Result<HashMap<String, Held>, String> = held.map_err(|e| e.to_string());
+    // One failure answers every view of the batch.
+    let mut held: Result<HashMap<String, Held>, Arc<PassportError>> = held.map_err(Arc::new);
     let mut views_of: HashMap<&str, usize> = HashMap::new();
     for j in &batch {
         *views_of.entry(j.patient.as_str()).or_default() += 1;
@@ -130,7 +131,10 @@ async fn serve(store: &Store, pdp: &dyn Pdp, outbox: &Outbox, batch: Vec<Job>) {
                     Ok(h) => Ok(h.get(key).cloned().unwrap_or_default()),
                 };
                 match h {
-                    Err(why) => (Audited::error(&job.purpose), Err(PassportError::Unavailable(why))),
+                    Err(why) => (
+                        Audited::error(&job.purpose),
+                        Err(PassportError::Unavailable(why.to_string())),
+                    ),
                     Ok(h) if h.entries.is_empty() && !matches!(job.who, Principal::Patient { .. }) => {
                         let missing = Audited {
                             outcome: Outcome::NotFound,

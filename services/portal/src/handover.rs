@@ -206,7 +206,7 @@ async fn headers_for_pages(mut r: Response) -> Response {
 }
 
 /// The sample app's router.
-pub fn router(config: &HandoverConfig) -> Router {
+pub fn router(config: &HandoverConfig) -> sharedcare_kit::Result<Router> {
     let public = config.public_url.trim_end_matches('/').to_string();
     let app = Arc::new(Inner {
         rp: Rp::new(
@@ -216,12 +216,12 @@ pub fn router(config: &HandoverConfig) -> Router {
             &config.client_id,
             &config.client_secret,
             &format!("{public}/callback"),
-        ),
+        )?,
         public_url: public,
         pending: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
     });
-    Router::new()
+    Ok(Router::new()
         .route("/", get(home))
         .route("/login", get(login))
         .route("/callback", get(callback))
@@ -229,7 +229,7 @@ pub fn router(config: &HandoverConfig) -> Router {
         .route("/backchannel-logout", post(backchannel))
         .layer(axum::middleware::map_response(headers_for_pages))
         .merge(crate::assets::router())
-        .with_state(app)
+        .with_state(app))
 }
 
 /// Serves the sample app on `listener` until `stop` completes.
@@ -238,5 +238,6 @@ pub async fn serve(
     config: &HandoverConfig,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(config)).with_graceful_shutdown(stop).await
+    let app = router(config).map_err(std::io::Error::other)?;
+    axum::serve(listener, app).with_graceful_shutdown(stop).await
 }

@@ -27,6 +27,7 @@ pub mod web;
 
 pub use error::PortalError;
 
+use sharedcare_kit::config::Invalid;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,15 +89,15 @@ impl Default for PortalConfig {
 
 impl PortalConfig {
     /// Checks the values, naming the key of the first bad one.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !self.public_url.is_empty() && url::Url::parse(&self.public_url).is_err() {
-            return Err((
-                "portal.public_url".into(),
-                "expected the site's absolute URL, e.g. https://care.example-ics.nhs.uk".into(),
+            return Err(Invalid::new(
+                "portal.public_url",
+                "expected the site's absolute URL, e.g. https://care.example-ics.nhs.uk",
             ));
         }
         if self.client_id.is_empty() {
-            return Err(("portal.client_id".into(), "is required".into()));
+            return Err(Invalid::new("portal.client_id", "is required"));
         }
         for (key, url) in [
             ("portal.passport_url", &self.passport_url),
@@ -106,11 +107,11 @@ impl PortalConfig {
             ("portal.identity_url", &self.identity_url),
         ] {
             if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-                return Err((key.into(), "expected a gRPC URL, e.g. http://passport:50051".into()));
+                return Err(Invalid::new(key, "expected a gRPC URL, e.g. http://passport:50051"));
             }
         }
         if self.timeout_ms == 0 {
-            return Err(("portal.timeout_ms".into(), "must be at least 1".into()));
+            return Err(Invalid::new("portal.timeout_ms", "must be at least 1"));
         }
         Ok(())
     }
@@ -174,7 +175,7 @@ impl sharedcare_kit::service::Service for Portal {
             &c.client_id,
             &secret,
             &format!("{public}/portal/callback"),
-        );
+        )?;
         let peer = |service: &str, url: &str, setting: &str| ctx.peer_url(service, url, setting);
         let (passport, consent, records, audit, identity) = (
             peer("passport", &c.passport_url, "portal.passport_url")?,

@@ -109,7 +109,7 @@ impl Rp {
         client_id: &str,
         client_secret: &str,
         redirect_uri: &str,
-    ) -> Rp {
+    ) -> sharedcare_kit::Result<Rp> {
         let issuer = issuer.trim_end_matches('/').to_string();
         let or = |v: &str, path: &str| {
             if v.is_empty() {
@@ -118,19 +118,16 @@ impl Rp {
                 v.to_string()
             }
         };
-        let keys = std::sync::Arc::new(HttpKeys::new(or(jwks_uri, "/oauth2/jwks")));
-        Rp {
+        let keys = std::sync::Arc::new(HttpKeys::new(or(jwks_uri, "/oauth2/jwks"))?);
+        Ok(Rp {
             token_endpoint: or(token_endpoint, "/oauth2/token"),
             ids: Verifier::new(issuer.clone(), client_id, keys).with_cache(0),
             issuer,
             client_id: client_id.into(),
             client_secret: client_secret.into(),
             redirect_uri: redirect_uri.into(),
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
-        }
+            http: sharedcare_kit::http_client::build(std::time::Duration::from_secs(10), true)?,
+        })
     }
 
     /// The client id.

@@ -239,8 +239,24 @@ pub fn date_input(
     }
 }
 
+/// What is wrong with what a person entered, in plain words for the page beside the field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fix(pub String);
+
+impl From<&str> for Fix {
+    fn from(words: &str) -> Self {
+        Fix(words.into())
+    }
+}
+
+impl From<String> for Fix {
+    fn from(words: String) -> Self {
+        Fix(words)
+    }
+}
+
 /// A date from NHS.UK's date input, as `YYYY-MM-DD`; `Err` says what is wrong in plain words.
-pub fn date_from_parts(day: &str, month: &str, year: &str) -> Result<String, String> {
+pub fn date_from_parts(day: &str, month: &str, year: &str) -> Result<String, Fix> {
     if day.is_empty() && month.is_empty() && year.is_empty() {
         return Err("Enter the date of birth, for example 12 3 1941".into());
     }
@@ -250,7 +266,7 @@ pub fn date_from_parts(day: &str, month: &str, year: &str) -> Result<String, Str
         .map(|(n, _)| *n)
         .collect();
     if !missing.is_empty() {
-        return Err(format!("Date of birth must include {}", missing.join(" and ")));
+        return Err(format!("Date of birth must include {}", missing.join(" and ")).into());
     }
     let (Ok(d), Ok(m), Ok(y)) = (day.parse::<u32>(), month.parse::<u32>(), year.parse::<i32>()) else {
         return Err("Date of birth must be numbers, for example 12 3 1941".into());

@@ -5,6 +5,7 @@
 //! log's own key. A break-glass on my record is a notice at the top of every page until I say
 //! I have seen it.
 
+use sharedcare_kit::access::Outcome;
 use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 
@@ -611,12 +612,12 @@ fn action_words(action: &str) -> &str {
 
 /// How it ended, in plain words: the audit entry's outcome.
 fn outcome_words(outcome: &str) -> &'static str {
-    match outcome {
-        "success" => "Done",
-        "granted" => "Granted",
-        "not-found" => "Nothing found",
-        "error" => "Failed",
-        _ => "Refused",
+    match Outcome::parse(outcome) {
+        Some(Outcome::Success) => "Done",
+        Some(Outcome::Granted) => "Granted",
+        Some(Outcome::NotFound) => "Nothing found",
+        Some(Outcome::Error) => "Failed",
+        Some(Outcome::Denied | Outcome::Withheld) | None => "Refused",
     }
 }
 

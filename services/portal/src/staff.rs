@@ -222,7 +222,7 @@ async fn search(
             ));
         }
         if let Err(why) = &birthdate {
-            errors.push(("birthdate", why.clone()));
+            errors.push(("birthdate", why.0.clone()));
         }
     }
     let birthdate = birthdate.unwrap_or_default();

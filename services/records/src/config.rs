@@ -1,6 +1,7 @@
 //! The records service's settings (`[records]`, `SHAREDCARE_RECORDS__*`).
 
 use serde::{Deserialize, Serialize};
+use sharedcare_kit::config::Invalid;
 
 /// How records reaches the services it depends on.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,36 +64,36 @@ impl RecordsConfig {
     }
 
     /// Checks the values, naming the key of the first bad one.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let url = &self.consent_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-            return Err((
-                "records.consent_url".into(),
-                "expected the consent service's gRPC URL, e.g. http://consent:50051".into(),
+            return Err(Invalid::new(
+                "records.consent_url",
+                "expected the consent service's gRPC URL, e.g. http://consent:50051",
             ));
         }
         for (i, c) in self.sensitive_codes.iter().enumerate() {
             if c.system.is_empty() || c.code.is_empty() || c.label.is_empty() {
-                return Err((
+                return Err(Invalid::new(
                     format!("records.sensitive_codes[{i}]"),
-                    "needs system, code and label".into(),
+                    "needs system, code and label",
                 ));
             }
         }
         if self.relationship_backdate_secs < 0 {
-            return Err((
-                "records.relationship_backdate_secs".into(),
-                "must not be negative".into(),
+            return Err(Invalid::new(
+                "records.relationship_backdate_secs",
+                "must not be negative",
             ));
         }
         if self.staff_relationship_days < 1 {
-            return Err(("records.staff_relationship_days".into(), "must be at least 1".into()));
+            return Err(Invalid::new("records.staff_relationship_days", "must be at least 1"));
         }
         if let Some(i) = self.feeds.iter().position(String::is_empty) {
-            return Err((format!("records.feeds[{i}]"), "expected a client id".into()));
+            return Err(Invalid::new(format!("records.feeds[{i}]"), "expected a client id"));
         }
         if self.consent_timeout_ms == 0 {
-            return Err(("records.consent_timeout_ms".into(), "must be at least 1".into()));
+            return Err(Invalid::new("records.consent_timeout_ms", "must be at least 1"));
         }
         Ok(())
     }

@@ -254,7 +254,7 @@ pub fn query(req: SearchRequest) -> Result<Query, RecordsError> {
         code: req.code,
         page_size: page_size(req.page_size)?,
         cursor: req.cursor,
-        sort: Sort::parse(&req.sort).map_err(|why| RecordsError::invalid("sort", why))?,
+        sort: Sort::parse("sort", &req.sort)?,
     };
     check_query(&q)?;
     Ok(q)

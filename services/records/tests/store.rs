@@ -511,7 +511,8 @@ async fn without_a_consent_decision_no_data_leaves(db: Db) {
     s.put(patient("p1"), "A81001", &system(), 0).await.expect("put");
     // The same records, now with consent unreachable (nothing listens on port 9).
     let token =
-        sharedcare_kit::auth::ServiceToken::new("http://127.0.0.1:9/oauth2/token", "records", "x", "consent.decide");
+        sharedcare_kit::auth::ServiceToken::new("http://127.0.0.1:9/oauth2/token", "records", "x", "consent.decide")
+            .expect("a token source");
     let pdp = sharedcare_records::consent::GrpcPdp::new(
         "http://127.0.0.1:9",
         "records.consent_url",

@@ -150,7 +150,7 @@ async fn round(
 ) -> Result<(Checkpoint, String, usize), Failure> {
     let raw = get(client, &format!("{base}/checkpoint"), token).await?;
     let text = String::from_utf8(raw).map_err(|_| Failure::Refused("the checkpoint is not UTF-8".into()))?;
-    let cp = note::open_checkpoint(&text, key).map_err(Failure::Refused)?;
+    let cp = note::open_checkpoint(&text, key).map_err(|e| Failure::Refused(e.to_string()))?;
     let from = previous.map(|p| p.size.min(cp.size)).unwrap_or(0);
     let wanted = monitor::tiles_to_fetch(from, cp.size);
     // Several tiles in flight at once: the first round reads every tile of the log.

@@ -1,5 +1,6 @@
 //! The binary's configuration: one typed struct, loaded in layers by the kit.
 
+use sharedcare_kit::config::Invalid;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -125,27 +126,27 @@ impl Default for Config {
 }
 
 impl Validate for Config {
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn validate(&self) -> Result<(), Invalid> {
         let url = &self.database.url;
         let known = ["postgres://", "postgresql://", "sqlite:"]
             .iter()
             .any(|p| url.starts_with(p));
         if !url.is_empty() && !known {
-            return Err((
-                "database.url".into(),
-                "expected postgres://user:password@host:port/database".into(),
+            return Err(Invalid::new(
+                "database.url",
+                "expected postgres://user:password@host:port/database",
             ));
         }
         if self.database.max_connections == 0 {
-            return Err(("database.max_connections".into(), "must be at least 1".into()));
+            return Err(Invalid::new("database.max_connections", "must be at least 1"));
         }
         self.kafka.validate()?;
         self.operator.validate()?;
         if self.events.retention_hours < 1 {
-            return Err(("events.retention_hours".into(), "must be at least 1".into()));
+            return Err(Invalid::new("events.retention_hours", "must be at least 1"));
         }
         if self.outbox.batch_size < 1 {
-            return Err(("outbox.batch_size".into(), "must be at least 1".into()));
+            return Err(Invalid::new("outbox.batch_size", "must be at least 1"));
         }
         self.identity.validate()?;
         self.consent.validate()?;
@@ -159,15 +160,15 @@ impl Validate for Config {
             ("auth.token_endpoint", &self.auth.token_endpoint),
         ] {
             if !(v.is_empty() || v.starts_with("http://") || v.starts_with("https://")) {
-                return Err((
-                    key.into(),
-                    "expected an http(s) URL such as https://id.example.nhs.uk".into(),
+                return Err(Invalid::new(
+                    key,
+                    "expected an http(s) URL such as https://id.example.nhs.uk",
                 ));
             }
         }
         if self.http.listen == self.grpc.listen && self.http.listen.port() != 0 {
-            return Err((
-                "grpc.listen".into(),
+            return Err(Invalid::new(
+                "grpc.listen",
                 format!("{} is also the HTTP address", self.grpc.listen),
             ));
         }

@@ -60,7 +60,7 @@ pub async fn seed(http: &str, grpc: &str, today: NaiveDate) -> anyhow::Result<Se
         INTEGRATION_CLIENT.0,
         INTEGRATION_CLIENT.1,
         "records.write records.bulk consent.write",
-    );
+    )?;
     let bearer = token
         .get()
         .await

@@ -131,7 +131,7 @@ async fn token(config: &Config) -> anyhow::Result<String> {
     } else {
         config.auth.issuer.clone()
     };
-    let Some(source) = config.auth.service_token(&issuer, "records.write") else {
+    let Some(source) = config.auth.service_token(&issuer, "records.write")? else {
         bail!(
             "import needs a token with scope records.write: pass --token, or set auth.client_id and auth.client_secret (SHAREDCARE_AUTH__CLIENT_ID / SHAREDCARE_AUTH__CLIENT_SECRET) for a client allowed records.write"
         );

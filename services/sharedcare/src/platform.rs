@@ -196,7 +196,7 @@ pub async fn start(config: &Config, mode: Mode, services: &[&str], client_id: &s
             .map_err(|e| anyhow::anyhow!("{} could not start: {e}", svc.name()))?;
         mounts.push(mount);
     }
-    let verifier = issuer.as_deref().map(|i| config.auth.verifier(i));
+    let verifier = issuer.as_deref().map(|i| config.auth.verifier(i)).transpose()?;
     let running = serve::start(mounts, bus, bound, metrics, tasks, verifier).await?;
     let demo = [
         sharedcare_identity::NAME,
@@ -433,7 +433,7 @@ pub async fn operator(config: Config) -> anyhow::Result<()> {
         &config.auth.client_id,
         &config.auth.client_secret,
         "identity.admin",
-    );
+    )?;
     let identity = sharedcare_operator::identity::Identity::new(&op.identity_url, "operator.identity_url", token)?;
     let stop = tokio_util::sync::CancellationToken::new();
     let on_signal = stop.clone();

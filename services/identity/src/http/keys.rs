@@ -222,7 +222,7 @@ pub(super) async fn sign_in(
     let ip = h.client(addr, &headers);
     let attempt = match count_second_factor(&h, ip, &session, &req.client_id).await {
         Ok(a) => a,
-        Err(msg) => return refused(StatusCode::UNAUTHORIZED, "credential", &msg),
+        Err(msg) => return refused(StatusCode::UNAUTHORIZED, "credential", &msg.0),
     };
     let state: PasskeyAuthentication = match take_state(&h, &session, "sign-in").await {
         Ok(Some(s)) => s,
@@ -273,7 +273,7 @@ pub(super) async fn sign_in(
         return unavailable(e);
     }
     if let Err(msg) = second_factor_passed(&h, ip, &mut session, amr_for(&stored), &req.client_id).await {
-        return refused(StatusCode::SERVICE_UNAVAILABLE, "server", &msg);
+        return refused(StatusCode::SERVICE_UNAVAILABLE, "server", &msg.0);
     }
     json_response(200, json!({"redirect": format!("/oauth2/resume?req={}", form.req)}))
 }

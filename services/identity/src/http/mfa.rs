@@ -45,7 +45,7 @@ pub(super) async fn otp_submit(
     };
     let attempt = match count_second_factor(&h, ip, &session, &req.client_id).await {
         Ok(a) => a,
-        Err(msg) => return again(&msg),
+        Err(msg) => return again(&msg.0),
     };
     let code = form.code.trim();
     let step_ok = match secrets::totp_step(&attempt.person.totp_secret, code, now()) {
@@ -69,9 +69,18 @@ pub(super) async fn otp_submit(
         return again("The security code is not right. Check your authenticator app and try again.");
     }
     if let Err(msg) = second_factor_passed(&h, ip, &mut session, "otp", &req.client_id).await {
-        return again(&msg);
+        return again(&msg.0);
     }
     see_other(&format!("/oauth2/resume?req={}", form.req))
+}
+
+/// Why a second factor cannot be checked or completed now, in words for the page.
+pub(super) struct Refusal(pub(super) String);
+
+impl From<&str> for Refusal {
+    fn from(words: &str) -> Self {
+        Refusal(words.into())
+    }
 }
 
 /// A second-factor attempt, counted against the address and the account before it is checked.
@@ -91,18 +100,18 @@ pub(super) async fn count_second_factor(
     ip: IpAddr,
     session: &Session,
     client_id: &str,
-) -> Result<Attempt, String> {
+) -> Result<Attempt, Refusal> {
     match h.count_address(ip).await {
         Ok(AddressCheck::Counted) => {}
         Ok(AddressCheck::Throttled) => {
             return Err("Too many failed attempts from your network. Wait a minute and try again.".into());
         }
-        Err(e) => return Err(e.description),
+        Err(e) => return Err(Refusal(e.description)),
     }
     let person = match h.provider.store.person("uid", &session.subject).await {
         Ok(Some((p, _, _))) => p,
         Ok(None) => return Err("Your account was not found. Sign in again.".into()),
-        Err(e) => return Err(OAuthError::from(e).description),
+        Err(e) => return Err(Refusal(OAuthError::from(e).description)),
     };
     let source = ip.to_string();
     // A wrong code or key counts towards the account's lock as a wrong password does.
@@ -120,7 +129,7 @@ pub(super) async fn count_second_factor(
                     .into(),
             );
         }
-        Err(e) => return Err(OAuthError::from(e).description),
+        Err(e) => return Err(Refusal(OAuthError::from(e).description)),
     };
     Ok(Attempt {
         person,
@@ -162,7 +171,7 @@ pub(super) async fn second_factor_passed(
     session: &mut Session,
     method: &str,
     client_id: &str,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     h.address_succeeded(ip).await;
     if let Err(e) = h
         .provider
@@ -170,14 +179,14 @@ pub(super) async fn second_factor_passed(
         .clear_failures(SubjectKind::Staff, &session.subject)
         .await
     {
-        return Err(OAuthError::from(e).description);
+        return Err(Refusal(OAuthError::from(e).description));
     }
     session.mfa_pending = false;
     if !session.amr.iter().any(|m| m == method) {
         session.amr.push(method.into());
     }
     if let Err(e) = h.provider.store.update_session(session).await {
-        return Err(OAuthError::from(e).description);
+        return Err(Refusal(OAuthError::from(e).description));
     }
     h.provider
         .event(

@@ -6,6 +6,7 @@
 //! handler returned `Ok`, i.e. after the consumer stored what it derived (with the event id in
 //! its inbox, so a redelivery is recognised). Kafka transactions are not used.
 
+use crate::config::Invalid;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,22 +136,22 @@ impl KafkaConfig {
     }
 
     /// Checks the values, naming the key of the first bad one.
-    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
+    pub fn validate(&self) -> std::result::Result<(), Invalid> {
         let ns = &self.namespace;
         // Kafka topic names allow [a-zA-Z0-9._-] up to 249 characters; the `.` is ours.
         if !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') || ns.len() > 100 {
-            return Err((
-                "kafka.namespace".into(),
+            return Err(Invalid::new(
+                "kafka.namespace",
                 format!(
                     "{ns:?}: expected up to 100 letters, digits, `_` or `-` (e.g. staging); topics are named namespace.sharedcare.<service>.v1"
                 ),
             ));
         }
         if self.partitions < 1 {
-            return Err(("kafka.partitions".into(), "must be at least 1".into()));
+            return Err(Invalid::new("kafka.partitions", "must be at least 1"));
         }
         if self.replication_factor < 1 {
-            return Err(("kafka.replication_factor".into(), "must be at least 1".into()));
+            return Err(Invalid::new("kafka.replication_factor", "must be at least 1"));
         }
         Ok(())
     }
@@ -158,12 +159,12 @@ impl KafkaConfig {
     /// Checks the SASL and TLS settings against `security_protocol`, naming the key of the
     /// first bad one. Run when a process connects ([`KafkaBus::new`]), not when the config is
     /// read: `sharedcare migrate` shares the config file but has no Kafka credentials.
-    pub fn validate_security(&self) -> std::result::Result<(), (String, String)> {
+    pub fn validate_security(&self) -> std::result::Result<(), Invalid> {
         let protocol = self.security_protocol;
         if protocol.sasl() {
             if !SASL_MECHANISMS.contains(&self.sasl_mechanism.as_str()) {
-                return Err((
-                    "kafka.sasl_mechanism".into(),
+                return Err(Invalid::new(
+                    "kafka.sasl_mechanism",
                     format!(
                         "{:?}: expected one of {}",
                         self.sasl_mechanism,
@@ -176,15 +177,15 @@ impl KafkaConfig {
                 ("sasl_password", &self.sasl_password),
             ] {
                 if value.is_empty() {
-                    return Err((
+                    return Err(Invalid::new(
                         format!("kafka.{key}"),
                         format!("is required when kafka.security_protocol is {}", protocol.as_str()),
                     ));
                 }
             }
         } else if !self.sasl_username.is_empty() || !self.sasl_password.is_empty() {
-            return Err((
-                "kafka.security_protocol".into(),
+            return Err(Invalid::new(
+                "kafka.security_protocol",
                 format!(
                     "is {}, which sends no SASL credentials: set sasl_plaintext or sasl_ssl to use kafka.sasl_username",
                     protocol.as_str()
@@ -201,7 +202,7 @@ impl KafkaConfig {
                 continue;
             }
             if !protocol.tls() {
-                return Err((
+                return Err(Invalid::new(
                     format!("kafka.{key}"),
                     format!(
                         "is set but kafka.security_protocol is {}, which uses no TLS",
@@ -210,13 +211,13 @@ impl KafkaConfig {
                 ));
             }
             if let Err(e) = std::fs::metadata(path) {
-                return Err((format!("kafka.{key}"), format!("{path}: {e}")));
+                return Err(Invalid::new(format!("kafka.{key}"), format!("{path}: {e}")));
             }
         }
         if self.ssl_certificate_location.is_empty() != self.ssl_key_location.is_empty() {
-            return Err((
-                "kafka.ssl_key_location".into(),
-                "a client certificate and its key go together: set both ssl_certificate_location and ssl_key_location, or neither".into(),
+            return Err(Invalid::new(
+                "kafka.ssl_key_location",
+                "a client certificate and its key go together: set both ssl_certificate_location and ssl_key_location, or neither",
             ));
         }
         Ok(())
@@ -283,7 +284,7 @@ impl KafkaBus {
     pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self> {
         config
             .validate_security()
-            .map_err(|(key, why)| Error::Config(format!("`{key}`: {why}")))?;
+            .map_err(|Invalid { key, reason }| Error::Config(format!("`{key}`: {reason}")))?;
         let context = BusContext::default();
         let producer: FutureProducer<BusContext> = config
             .client()
@@ -544,7 +545,8 @@ mod tests {
                 namespace: bad.into(),
                 ..KafkaConfig::default()
             };
-            let (key, reason) = c.validate().expect_err(bad);
+            let invalid = c.validate().expect_err(bad);
+            let (key, reason) = (invalid.key, invalid.reason);
             assert_eq!(key, "kafka.namespace");
             assert!(reason.contains("letters, digits"), "{reason}");
         }
@@ -614,7 +616,7 @@ mod tests {
             ),
         ];
         for (config, key, why) in cases {
-            let (k, reason) = config.validate_security().expect_err(key);
+            let crate::config::Invalid { key: k, reason } = config.validate_security().expect_err(key);
             assert_eq!(k, key, "{reason}");
             assert!(reason.contains(why), "{key}: {reason}");
         }

@@ -125,7 +125,7 @@ pub(crate) fn parse_search(rtype: &str, raw: Option<String>) -> std::result::Res
                 }
             }
             "code" => q.code = v,
-            "_sort" => q.sort = Sort::parse(&v).map_err(|why| RecordsError::invalid("_sort", why))?,
+            "_sort" => q.sort = Sort::parse("_sort", &v)?,
             "_count" => p.count = count_param(&v)?,
             "_cursor" => q.cursor = v,
             "_format" if v.contains("json") => {}

@@ -103,8 +103,9 @@ pub enum Sort {
 }
 
 impl Sort {
-    /// Parses a `_sort` value; the error says what is supported.
-    pub fn parse(v: &str) -> Result<Sort, String> {
+    /// Parses a `_sort` value given as `field`; the error names it and says what is supported.
+    pub fn parse(field: &str, v: &str) -> Result<Sort, RecordsError> {
+        let unsupported = |why: String| RecordsError::invalid(field, why);
         Ok(match v {
             "" | "_id" => Sort::Id,
             "-_id" => Sort::IdDesc,
@@ -112,11 +113,11 @@ impl Sort {
             "-date" => Sort::DateDesc,
             "_lastUpdated" => Sort::Updated,
             "-_lastUpdated" => Sort::UpdatedDesc,
-            other if other.contains(',') => return Err(format!("{other:?}: one sort key is supported")),
+            other if other.contains(',') => return Err(unsupported(format!("{other:?}: one sort key is supported"))),
             other => {
-                return Err(format!(
+                return Err(unsupported(format!(
                     "{other:?} is not supported (date, _lastUpdated or _id, each with - for descending)"
-                ));
+                )));
             }
         })
     }

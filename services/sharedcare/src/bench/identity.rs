@@ -165,18 +165,17 @@ pub(crate) async fn user_token(http: &str, username: &str, password: &str, scope
         .with_context(|| format!("no access token for {username}: {t}"))
 }
 
-async fn token(c: &reqwest::Client, base: &str, form: &[(&str, &str)]) -> Result<serde_json::Value, String> {
+async fn token(c: &reqwest::Client, base: &str, form: &[(&str, &str)]) -> anyhow::Result<serde_json::Value> {
     let r = c
         .post(format!("{base}/oauth2/token"))
         .basic_auth(PORTAL_ID, Some(PORTAL_SECRET))
         .form(form)
         .send()
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if !r.status().is_success() {
-        return Err(format!("HTTP {}", r.status()));
+        anyhow::bail!("HTTP {}", r.status());
     }
-    r.json().await.map_err(|e| e.to_string())
+    Ok(r.json().await?)
 }
 
 /// Runs the identity benchmarks.
@@ -241,8 +240,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         move |b: reqwest::Client, _| {
             let (base, authorize, redirect) = (base.clone(), authorize.clone(), redirect.clone());
             async move {
-                let r = b.get(&authorize).send().await.map_err(|e| e.to_string())?;
-                let code = code_of(&location(&r)).map_err(|e| e.to_string())?;
+                let r = b.get(&authorize).send().await?;
+                let code = code_of(&location(&r))?;
                 token(
                     &b,
                     &base,
@@ -273,8 +272,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 ("redirect_uri", &redirect),
             ],
         )
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .await?;
         let rt = t.at("refresh_token").as_str().context("refresh_token")?.to_string();
         holders.push((b.clone(), Arc::new(std::sync::Mutex::new(rt))));
     }
@@ -283,7 +281,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         move |(b, rt): (reqwest::Client, Arc<std::sync::Mutex<String>>), _| {
             let base = base.clone();
             async move {
-                let current = rt.lock().map(|g| g.clone()).map_err(|e| e.to_string())?;
+                let current = rt.lock().map(|g| g.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
                 let t = token(
                     &b,
                     &base,
@@ -294,7 +292,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 if let Ok(mut g) = rt.lock() {
                     *g = next;
                 }
-                Ok::<(), String>(())
+                Ok::<(), anyhow::Error>(())
             }
         }
     })

@@ -79,7 +79,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         DEMO_SERVICE_ID,
         DEMO_SERVICE_SECRET,
         "identity.admin",
-    );
+    )?;
     let identity = sharedcare_operator::identity::Identity::new(&p.grpc, "bench", token)?;
     let reporter = Reporter {
         controller: "sharedcare-bench".into(),

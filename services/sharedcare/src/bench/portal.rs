@@ -68,7 +68,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         if body.contains("patient-name") {
             Ok(())
         } else {
-            Err("not the summary page".into())
+            Err(anyhow::anyhow!("not the summary page"))
         }
     })
     .await?;
@@ -91,7 +91,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         if body.contains("Verified in the audit log") && !body.contains("Not verified") {
             Ok(())
         } else {
-            Err("an entry did not verify".into())
+            Err(anyhow::anyhow!("an entry did not verify"))
         }
     })
     .await
@@ -103,7 +103,7 @@ async fn pages(
     args: &BenchArgs,
     page: String,
     cookie: String,
-    check: fn(&str) -> Result<(), String>,
+    check: fn(&str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let clients: Vec<reqwest::Client> = (0..args.connections.max(1))
         .map(|_| client(false))
@@ -112,16 +112,11 @@ async fn pages(
     phase(name, args, &clients, move |c, _| {
         let (page, cookie) = (page.clone(), cookie.clone());
         async move {
-            let r = c
-                .get(page.as_str())
-                .header("cookie", cookie.as_str())
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
+            let r = c.get(page.as_str()).header("cookie", cookie.as_str()).send().await?;
             if !r.status().is_success() {
-                return Err(format!("HTTP {}", r.status()));
+                bail!("HTTP {}", r.status());
             }
-            check(&r.text().await.map_err(|e| e.to_string())?)
+            check(&r.text().await?)
         }
     })
     .await
