@@ -268,9 +268,23 @@ pub fn care_names(body: &Map<String, Value>) -> (String, String) {
     (organisation, people.join(", "))
 }
 
-/// Demographics from a Patient resource: given name, family name, birth date, gender,
-/// postcode of the first address.
-pub fn demographics(body: &Map<String, Value>) -> [String; 5] {
+/// Who the person is, as their Patient resource says (empty where it says nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Demographics {
+    /// Given names, space separated.
+    pub given_name: String,
+    /// Family name.
+    pub family_name: String,
+    /// Birth date, as recorded (`YYYY-MM-DD`).
+    pub birth_date: String,
+    /// Administrative gender.
+    pub gender: String,
+    /// Postcode of the first address.
+    pub postcode: String,
+}
+
+/// Demographics from a Patient resource: the first name and the first address.
+pub fn demographics(body: &Map<String, Value>) -> Demographics {
     let name = body.get("name").and_then(Value::as_array).and_then(|n| n.first());
     let given = name
         .and_then(|n| n.get("given"))
@@ -284,13 +298,13 @@ pub fn demographics(body: &Map<String, Value>) -> [String; 5] {
         .and_then(|a| a.first())
         .and_then(|a| text(a, "postalCode"))
         .unwrap_or_default();
-    [
-        given,
-        family,
-        text_of(body, "birthDate").unwrap_or_default(),
-        text_of(body, "gender").unwrap_or_default(),
+    Demographics {
+        given_name: given,
+        family_name: family,
+        birth_date: text_of(body, "birthDate").unwrap_or_default(),
+        gender: text_of(body, "gender").unwrap_or_default(),
         postcode,
-    ]
+    }
 }
 
 #[cfg(test)]
@@ -463,7 +477,13 @@ mod tests {
         });
         assert_eq!(
             demographics(body.as_object().expect("object")),
-            ["Margaret Ann", "Evans", "1941-03-12", "female", "LS1 4AP"].map(String::from)
+            Demographics {
+                given_name: "Margaret Ann".into(),
+                family_name: "Evans".into(),
+                birth_date: "1941-03-12".into(),
+                gender: "female".into(),
+                postcode: "LS1 4AP".into(),
+            }
         );
     }
 }

@@ -65,14 +65,7 @@ impl Store {
     /// applied (their inbox claim commits with the rows) and versions older than the one kept.
     /// Returns how many events were new.
     pub async fn apply(&self, events: &[(&Delivery, RecordState)]) -> Result<usize, PassportError> {
-        if events.is_empty() {
-            return Ok(0);
-        }
-        let mut tx = self.db.begin_write().await?;
-        let mut fresh_count = 0;
-        for chunk in events.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
-            let fresh = claim(&mut tx, chunk).await?;
-            fresh_count += fresh.len();
+        self.apply_once(events, async |tx, fresh| {
             // One row per resource: the newest version in the chunk (one statement may not
             // touch a row twice), written in one multi-row upsert.
             type Row<'a> = (&'a RecordState, projection::Projected, Vec<String>);
@@ -98,19 +91,19 @@ impl Store {
                 }
             }
             if rows.is_empty() {
-                continue;
+                return Ok(());
             }
             let sql = tx.backend().insert_rows(
                 "entries (resource_type, id, version, nhs_number, section, summary, clinical_date, \
-                 status, source_organisation, labels, body, hidden, updated_us)",
+             status, source_organisation, labels, body, hidden, updated_us)",
                 13,
                 rows.len(),
                 "ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
-                 nhs_number = excluded.nhs_number, section = excluded.section, summary = excluded.summary, \
-                 clinical_date = excluded.clinical_date, status = excluded.status, \
-                 source_organisation = excluded.source_organisation, labels = excluded.labels, \
-                 body = excluded.body, hidden = excluded.hidden, updated_us = excluded.updated_us \
-                 WHERE entries.version < excluded.version",
+             nhs_number = excluded.nhs_number, section = excluded.section, summary = excluded.summary, \
+             clinical_date = excluded.clinical_date, status = excluded.status, \
+             source_organisation = excluded.source_organisation, labels = excluded.labels, \
+             body = excluded.body, hidden = excluded.hidden, updated_us = excluded.updated_us \
+             WHERE entries.version < excluded.version",
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (s, p, categories) in rows.into_values() {
@@ -134,30 +127,23 @@ impl Store {
                     .bind(i64::from(p.hidden || s.deleted))
                     .bind(updated);
             }
-            q.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(fresh_count)
+            q.execute(&mut **tx).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Applies a batch of `SharingState` events in one transaction, each once (inbox): the
     /// last one delivered for a person replaces what was held. Returns how many were new.
     pub async fn apply_sharing(&self, events: &[(&Delivery, SharingState)]) -> Result<usize, PassportError> {
-        if events.is_empty() {
-            return Ok(0);
-        }
-        let mut tx = self.db.begin_write().await?;
-        let mut fresh_count = 0;
-        for chunk in events.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
-            let fresh = claim(&mut tx, chunk).await?;
-            fresh_count += fresh.len();
+        self.apply_once(events, async |tx, fresh| {
             // One row per person: the last state delivered in the chunk.
             let mut rows: std::collections::HashMap<&str, &SharingState> = std::collections::HashMap::new();
             for (_, s) in fresh {
                 rows.insert(s.nhs_number.as_str(), s);
             }
             if rows.is_empty() {
-                continue;
+                return Ok(());
             }
             let sql = tx.backend().insert_rows(
                 "sharing (nhs_number, state, changed_us)",
@@ -173,7 +159,31 @@ impl Store {
                     .bind(B64.encode(s.encode_to_vec()))
                     .bind(changed);
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut **tx).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The one way events reach the passport's tables: in one transaction, a chunk at a time,
+    /// each chunk's inbox claims made first and `write` given only the events not seen before,
+    /// so what it stores commits with their claims. Returns how many were new.
+    async fn apply_once<T>(
+        &self,
+        events: &[(&Delivery, T)],
+        mut write: impl AsyncFnMut(&mut sharedcare_kit::db::Tx, Vec<(&Delivery, &T)>) -> Result<(), PassportError>,
+    ) -> Result<usize, PassportError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.db.begin_write().await?;
+        let mut fresh_count = 0;
+        for chunk in events.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
+            let fresh = claim(&mut tx, chunk).await?;
+            fresh_count += fresh.len();
+            if !fresh.is_empty() {
+                write(&mut tx, fresh).await?;
+            }
         }
         tx.commit().await?;
         Ok(fresh_count)

@@ -92,8 +92,8 @@ pub fn care_team(sharing: Option<&SharingState>, entries: &[Entry], withheld: &[
 pub struct View {
     /// The person.
     pub nhs_number: String,
-    /// Given name, family name, birth date, gender, postcode.
-    pub demographics: [String; 5],
+    /// Who the person is (empty when their Patient resource is withheld or absent).
+    pub demographics: projection::Demographics,
     /// Every section in display order, with its entries (newest first).
     pub sections: Vec<(Section, Vec<Entry>)>,
     /// The person's choices withhold something from this caller (from the decision alone).
@@ -138,7 +138,13 @@ impl View {
 
     /// The JSON the passport's HTTP API answers (`/passport/v1/patients/{nhs}`).
     pub fn to_json(&self) -> Value {
-        let [given, family, birth_date, gender, postcode] = &self.demographics;
+        let projection::Demographics {
+            given_name: given,
+            family_name: family,
+            birth_date,
+            gender,
+            postcode,
+        } = &self.demographics;
         json!({
             "nhsNumber": self.nhs_number,
             "demographics": {
@@ -176,7 +182,13 @@ pub fn rfc3339(us: i64) -> Value {
 
 impl From<View> for api::PassportView {
     fn from(v: View) -> Self {
-        let [given_name, family_name, birth_date, gender, postcode] = v.demographics;
+        let projection::Demographics {
+            given_name,
+            family_name,
+            birth_date,
+            gender,
+            postcode,
+        } = v.demographics;
         api::PassportView {
             nhs_number: v.nhs_number,
             demographics: Some(api::Demographics {
