@@ -118,8 +118,6 @@ impl Store {
             .await?;
         Ok(())
     }
-
-    // ---- clients ------------------------------------------------------------------------
 }
 
 /// The table and key column of an account kind.

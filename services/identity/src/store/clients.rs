@@ -6,47 +6,46 @@ use super::{Store, conflict, json};
 use crate::error::{IdentityError, Result};
 use crate::model::{Client, ClientSettings};
 
+/// A client's settings as stored (JSON).
+fn settings_json(c: &Client) -> Result<String> {
+    serde_json::to_string(&c.settings).map_err(|e| IdentityError::invalid("settings", e.to_string()))
+}
+
+/// The one INSERT of a client row.
+async fn insert_row<'c, E: sqlx::Executor<'c, Database = sqlx::Any>>(to: E, c: &Client) -> Result<()> {
+    sqlx::query("INSERT INTO clients (id, name, secret_hash, settings) VALUES ($1, $2, $3, $4)")
+        .bind(c.id.clone())
+        .bind(c.name.clone())
+        .bind(c.secret_hash.clone())
+        .bind(settings_json(c)?)
+        .execute(to)
+        .await
+        .map_err(|e| conflict(e, format!("client {}", c.id)))?;
+    Ok(())
+}
+
 impl Store {
     /// Registers a client.
     pub async fn insert_client(&self, c: &Client) -> Result<()> {
-        let settings =
-            serde_json::to_string(&c.settings).map_err(|e| IdentityError::invalid("settings", e.to_string()))?;
-        sqlx::query("INSERT INTO clients (id, name, secret_hash, settings) VALUES ($1, $2, $3, $4)")
-            .bind(c.id.clone())
-            .bind(c.name.clone())
-            .bind(c.secret_hash.clone())
-            .bind(settings)
-            .execute(self.db.writer())
-            .await
-            .map_err(|e| conflict(e, format!("client {}", c.id)))?;
-        Ok(())
+        insert_row(self.db.writer(), c).await
     }
 
     /// Registers `c`, replacing any client with its id (the platform's internal client, whose
     /// secret changes at every start).
     pub async fn replace_client(&self, c: &Client) -> Result<()> {
-        let settings =
-            serde_json::to_string(&c.settings).map_err(|e| IdentityError::invalid("settings", e.to_string()))?;
         let mut tx = self.db.begin_write().await?;
         sqlx::query("DELETE FROM clients WHERE id = $1")
             .bind(c.id.clone())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO clients (id, name, secret_hash, settings) VALUES ($1, $2, $3, $4)")
-            .bind(c.id.clone())
-            .bind(c.name.clone())
-            .bind(c.secret_hash.clone())
-            .bind(settings)
-            .execute(&mut *tx)
-            .await?;
+        insert_row(&mut *tx, c).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Replaces a registered client's name, secret hash and settings; false when there is none.
     pub async fn update_client(&self, c: &Client) -> Result<bool> {
-        let settings =
-            serde_json::to_string(&c.settings).map_err(|e| IdentityError::invalid("settings", e.to_string()))?;
+        let settings = settings_json(c)?;
         let done = sqlx::query("UPDATE clients SET name = $1, secret_hash = $2, settings = $3 WHERE id = $4")
             .bind(c.name.clone())
             .bind(c.secret_hash.clone())
@@ -84,6 +83,4 @@ impl Store {
             settings: json::<ClientSettings>(&settings, "settings")?,
         }))
     }
-
-    // ---- sessions -----------------------------------------------------------------------
 }

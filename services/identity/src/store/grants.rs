@@ -232,8 +232,6 @@ impl Store {
             .await?;
         Ok(())
     }
-
-    // ---- signing keys -------------------------------------------------------------------
 }
 
 pub(super) async fn revoke_family_in(tx: &mut sharedcare_kit::db::Tx, family: &str, now: i64) -> Result<()> {

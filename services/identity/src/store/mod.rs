@@ -36,8 +36,6 @@ impl Store {
         Store { db }
     }
 
-    // ---- organisations ------------------------------------------------------------------
-
     /// Whether the identity database has been seeded (any organisation exists).
     pub async fn is_empty(&self) -> Result<bool> {
         let row = sqlx::query("SELECT COUNT(*) FROM organisations")

@@ -82,6 +82,4 @@ impl Store {
         .await?;
         rows.iter().map(organisation_row).collect()
     }
-
-    // ---- staff --------------------------------------------------------------------------
 }

@@ -159,6 +159,4 @@ impl Store {
             .await?;
         Ok(())
     }
-
-    // ---- authorization requests, codes, refresh tokens ----------------------------------
 }

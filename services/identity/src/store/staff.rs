@@ -215,8 +215,6 @@ impl Store {
         Ok(())
     }
 
-    // ---- WebAuthn ---------------------------------------------------------------------------
-
     /// A person's WebAuthn credentials (passkeys and security keys).
     pub async fn security_keys(&self, uid: &str) -> Result<Vec<SecurityKey>> {
         let rows = sqlx::query(
@@ -295,6 +293,4 @@ impl Store {
         let (owner, state, expires): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
         Ok((owner == uid && expires > now).then_some(state))
     }
-
-    // ---- patients -----------------------------------------------------------------------
 }
