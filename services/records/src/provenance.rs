@@ -20,7 +20,7 @@ use sharedcare_kit::json::Fields;
 use crate::RecordsError;
 use crate::api::RecordsApi;
 use crate::fhir;
-use crate::http::respond::{Outcome, base, caller, fhir_response};
+use crate::http::respond::{Outcome, Reader, base, fhir_response};
 use crate::store::{Actor, Written};
 
 type Result<T> = std::result::Result<T, Outcome>;
@@ -137,8 +137,7 @@ pub fn resource(w: &Written) -> Value {
     })
 }
 
-async fn read(State(api): State<RecordsApi>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response> {
-    let who = caller(&api, &headers, "records.read").await?;
+async fn read(State(api): State<RecordsApi>, Path(id): Path<String>, Reader(who): Reader) -> Result<Response> {
     fhir::check_id("id", &id)?;
     let (t, rid, version) = api
         .store()
@@ -172,8 +171,12 @@ fn target(v: &str) -> std::result::Result<(String, String, Option<i64>), Records
     Ok((t.to_string(), id.to_string(), version))
 }
 
-async fn search(State(api): State<RecordsApi>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response> {
-    let who = caller(&api, &headers, "records.read").await?;
+async fn search(
+    State(api): State<RecordsApi>,
+    RawQuery(raw): RawQuery,
+    Reader(who): Reader,
+    headers: HeaderMap,
+) -> Result<Response> {
     let params: Vec<(String, String)> = url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
         .into_owned()
         .collect();

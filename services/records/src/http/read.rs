@@ -5,9 +5,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::respond::{Result, base, caller, check_path, fhir_response, params, resource, version_headers};
+use super::respond::{Reader, Result, base, check_path, fhir_response, params, resource, version_headers};
 use super::search::{count_param, everything, unknown_param};
 use crate::api::{RecordsApi, page_size};
+use crate::store::Actor;
 use crate::{RecordsError, bundle, fhir};
 
 pub(crate) async fn metadata(headers: HeaderMap) -> Response {
@@ -117,11 +118,12 @@ pub(crate) async fn operation(
     State(api): State<RecordsApi>,
     Path((rtype, id, op)): Path<(String, String, String)>,
     raw: RawQuery,
+    Reader(who): Reader,
     headers: HeaderMap,
 ) -> Result<Response> {
     match (rtype.as_str(), op.as_str()) {
-        (_, "_history") => history(api, rtype, id, raw, headers).await,
-        ("Patient", "$everything") => everything(&api, &id, &headers, raw.0).await,
+        (_, "_history") => history(api, (rtype, id), raw, &who, headers).await,
+        ("Patient", "$everything") => everything(&api, &id, &who, &headers, raw.0).await,
         _ => Err(RecordsError::NotFound(format!("{rtype}/{id}/{op}")).into()),
     }
 }
@@ -129,10 +131,9 @@ pub(crate) async fn operation(
 pub(crate) async fn read(
     State(api): State<RecordsApi>,
     Path((rtype, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Reader(who): Reader,
 ) -> Result<Response> {
     check_path(&rtype, Some(&id))?;
-    let who = caller(&api, &headers, "records.read").await?;
     let s = api.store().get(&rtype, &id, &who).await?;
     Ok(fhir_response(StatusCode::OK, &resource(&s), version_headers(&s)))
 }
@@ -140,7 +141,7 @@ pub(crate) async fn read(
 pub(crate) async fn vread(
     State(api): State<RecordsApi>,
     Path((rtype, id, vid)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    Reader(who): Reader,
 ) -> Result<Response> {
     check_path(&rtype, Some(&id))?;
     let version: i64 = vid
@@ -148,16 +149,15 @@ pub(crate) async fn vread(
         .ok()
         .filter(|v| *v >= 1)
         .ok_or_else(|| RecordsError::invalid("vid", format!("{vid:?} is not a version (1 or more)")))?;
-    let who = caller(&api, &headers, "records.read").await?;
     let s = api.store().vread(&rtype, &id, version, &who).await?;
     Ok(fhir_response(StatusCode::OK, &resource(&s), version_headers(&s)))
 }
 
 pub(crate) async fn history(
     api: RecordsApi,
-    rtype: String,
-    id: String,
+    (rtype, id): (String, String),
     RawQuery(raw): RawQuery,
+    who: &Actor,
     headers: HeaderMap,
 ) -> Result<Response> {
     check_path(&rtype, Some(&id))?;
@@ -170,9 +170,8 @@ pub(crate) async fn history(
             other => return Err(unknown_param(other).into()),
         }
     }
-    let who = caller(&api, &headers, "records.read").await?;
     let size = page_size(count)?;
-    let page = api.store().history(&rtype, &id, size, &cursor, &who).await?;
+    let page = api.store().history(&rtype, &id, size, &cursor, who).await?;
     let base = base(&headers);
     let link = |cursor: &str| {
         let mut url = format!("{base}/{rtype}/{id}/_history?_count={size}");

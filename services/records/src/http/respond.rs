@@ -2,6 +2,8 @@
 //! headers, and the caller read from `Authorization` and `X-Purpose-Of-Use`.
 
 use axum::body::Bytes;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -43,7 +45,7 @@ pub(crate) fn fhir_response(status: StatusCode, body: &Value, mut headers: Heade
 pub(crate) type Result<T> = std::result::Result<T, Outcome>;
 
 /// The caller, from `Authorization` and `X-Purpose-Of-Use`.
-pub(crate) async fn caller(api: &RecordsApi, headers: &HeaderMap, scope: &str) -> Result<Actor> {
+async fn caller(api: &RecordsApi, headers: &HeaderMap, scope: &str) -> Result<Actor> {
     let purpose = headers
         .get("x-purpose-of-use")
         .and_then(|v| v.to_str().ok())
@@ -56,6 +58,29 @@ pub(crate) async fn caller(api: &RecordsApi, headers: &HeaderMap, scope: &str) -
     })?;
     let p = principal(api, headers).await?;
     Ok(actor_of(&p, scope, purpose)?)
+}
+
+/// A caller allowed to read the record (`records.read`), acting for `X-Purpose-Of-Use`: a
+/// handler that takes one cannot run for anyone else.
+pub(crate) struct Reader(pub(crate) Actor);
+
+/// A caller allowed to write the record (`records.write`).
+pub(crate) struct Writer(pub(crate) Actor);
+
+impl FromRequestParts<RecordsApi> for Reader {
+    type Rejection = Outcome;
+
+    async fn from_request_parts(parts: &mut Parts, api: &RecordsApi) -> Result<Self> {
+        caller(api, &parts.headers, "records.read").await.map(Reader)
+    }
+}
+
+impl FromRequestParts<RecordsApi> for Writer {
+    type Rejection = Outcome;
+
+    async fn from_request_parts(parts: &mut Parts, api: &RecordsApi) -> Result<Self> {
+        caller(api, &parts.headers, "records.write").await.map(Writer)
+    }
 }
 
 /// The verified principal of the bearer token in `Authorization`.

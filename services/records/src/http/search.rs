@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use sharedcare_kit::json::Fields;
 
-use super::respond::{Result, base, caller, check_path, fhir_response, params, urlencode};
+use super::respond::{Reader, Result, base, check_path, fhir_response, params, urlencode};
 use crate::api::{RecordsApi, page_size};
 use crate::demographics::{self, PatientQuery};
 use crate::provenance::Includes;
@@ -180,6 +180,7 @@ pub(crate) async fn search_type(
     State(api): State<RecordsApi>,
     Path(rtype): Path<String>,
     RawQuery(raw): RawQuery,
+    Reader(who): Reader,
     headers: HeaderMap,
 ) -> Result<Response> {
     check_path(&rtype, None)?;
@@ -194,7 +195,6 @@ pub(crate) async fn search_type(
     if !people.is_empty() {
         let self_path = format!("Patient?{}", without_cursor(raw));
         if only_count {
-            let who = caller(&api, &headers, "records.read").await?;
             let (mut total, mut cursor) = (0, String::new());
             loop {
                 let found = api.store().find_patients(&people, MAX_PAGE, &cursor, &who).await?;
@@ -206,13 +206,12 @@ pub(crate) async fn search_type(
             }
         }
         let page = (page_size(count)?, q.cursor.as_str());
-        return patient_bundle(&api, &people, page, &elements, &headers, &self_path).await;
+        return patient_bundle(&api, &people, page, (&elements, &who), &headers, &self_path).await;
     }
     let self_path = format!("{rtype}?{}", without_cursor(raw));
     if only_count {
         // Counted a page at a time, each page decided and audited like any search: the total
         // is what the caller may see, never what is withheld.
-        let who = caller(&api, &headers, "records.read").await?;
         q.page_size = MAX_PAGE;
         crate::api::check_query(&q)?;
         let mut total = 0;
@@ -226,7 +225,7 @@ pub(crate) async fn search_type(
         }
     }
     q.page_size = page_size(count)?;
-    search_bundle(&api, q, (&elements, &includes), &headers, &self_path).await
+    search_bundle(&api, q, (&elements, &includes), &who, &headers, &self_path).await
 }
 
 /// `_summary=count`: a searchset Bundle with the total and no entries.
@@ -263,6 +262,7 @@ pub(crate) fn elements_param(v: &str) -> std::result::Result<Vec<String>, Record
 pub(crate) async fn everything(
     api: &RecordsApi,
     patient: &str,
+    who: &Actor,
     headers: &HeaderMap,
     raw: Option<String>,
 ) -> Result<Response> {
@@ -288,6 +288,7 @@ pub(crate) async fn everything(
         api,
         q,
         (&[], &Includes::default()),
+        who,
         headers,
         &format!("Patient/{patient}/$everything?{}", without_cursor(raw)),
     )
@@ -304,12 +305,12 @@ pub(crate) async fn search_bundle(
     api: &RecordsApi,
     q: Query,
     (elements, includes): (&[String], &Includes),
+    who: &Actor,
     headers: &HeaderMap,
     self_path: &str,
 ) -> Result<Response> {
-    let who = caller(api, headers, "records.read").await?;
     crate::api::check_query(&q)?;
-    let page: Page = api.store().search(&q, &who).await?;
+    let page: Page = api.store().search(&q, who).await?;
     let mut body = searchset(headers, &page, &q.cursor, elements, self_path);
     if !includes.is_empty() {
         let matches: Vec<Value> = page
@@ -317,7 +318,7 @@ pub(crate) async fn search_bundle(
             .iter()
             .map(|s| serde_json::from_str(&s.body).unwrap_or(Value::Null))
             .collect();
-        let extra = crate::provenance::included(api, (&page.items, &matches), includes, &who, &base(headers)).await;
+        let extra = crate::provenance::included(api, (&page.items, &matches), includes, who, &base(headers)).await;
         if let Some(entries) = body.get_mut("entry").and_then(Value::as_array_mut) {
             entries.extend(extra);
         } else if !extra.is_empty() {
@@ -332,15 +333,14 @@ pub(crate) async fn patient_bundle(
     api: &RecordsApi,
     people: &PatientQuery,
     (page_size, cursor): (usize, &str),
-    elements: &[String],
+    (elements, who): (&[String], &Actor),
     headers: &HeaderMap,
     self_path: &str,
 ) -> Result<Response> {
-    let who = caller(api, headers, "records.read").await?;
     if !cursor.is_empty() {
         fhir::check_id("_cursor", cursor)?;
     }
-    let found = api.store().find_patients(people, page_size, cursor, &who).await?;
+    let found = api.store().find_patients(people, page_size, cursor, who).await?;
     let page = Page {
         items: found.patients,
         next_cursor: found.next_cursor,

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::respond::{Result, base, body_json, caller, check_path, fhir_response, resource, version_headers};
+use super::respond::{Result, Writer, base, body_json, check_path, fhir_response, resource, version_headers};
 use super::search::existing;
 use crate::api::RecordsApi;
 use crate::store::{Actor, Stored};
@@ -34,11 +34,11 @@ pub(crate) fn written(s: &Stored, base: &str, created: bool) -> Response {
 pub(crate) async fn create(
     State(api): State<RecordsApi>,
     Path(rtype): Path<String>,
+    Writer(who): Writer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
     check_path(&rtype, None)?;
-    let who = caller(&api, &headers, "records.write").await?;
     let mut value = body_json(&body)?;
     if value.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
         return Err(RecordsError::invalid("resourceType", format!("must be {rtype} (the URL's type)")).into());
@@ -89,10 +89,10 @@ pub(crate) fn if_match(headers: &HeaderMap) -> std::result::Result<i64, RecordsE
 pub(crate) async fn delete(
     State(api): State<RecordsApi>,
     Path((rtype, id)): Path<(String, String)>,
+    Writer(who): Writer,
     headers: HeaderMap,
 ) -> Result<Response> {
     check_path(&rtype, Some(&id))?;
-    let who = caller(&api, &headers, "records.write").await?;
     let s = api.store().delete(&rtype, &id, &source(&who, &headers)?, &who).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().extend(version_headers(&s));
@@ -102,11 +102,11 @@ pub(crate) async fn delete(
 pub(crate) async fn update(
     State(api): State<RecordsApi>,
     Path((rtype, id)): Path<(String, String)>,
+    Writer(who): Writer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
     check_path(&rtype, Some(&id))?;
-    let who = caller(&api, &headers, "records.write").await?;
     let value = body_json(&body)?;
     if value.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
         return Err(RecordsError::invalid("resourceType", format!("must be {rtype} (the URL's type)")).into());
@@ -128,11 +128,11 @@ pub(crate) async fn conditional_update(
     State(api): State<RecordsApi>,
     Path(rtype): Path<String>,
     RawQuery(condition): RawQuery,
+    Writer(who): Writer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
     check_path(&rtype, None)?;
-    let who = caller(&api, &headers, "records.write").await?;
     let condition = condition.filter(|c| !c.is_empty()).ok_or_else(|| {
         RecordsError::invalid(
             "search",
@@ -170,8 +170,12 @@ pub(crate) async fn conditional_update(
     Ok(written(&s, &base(&headers), s.version == 1))
 }
 
-pub(crate) async fn post_bundle(State(api): State<RecordsApi>, headers: HeaderMap, body: Bytes) -> Result<Response> {
-    let who = caller(&api, &headers, "records.write").await?;
+pub(crate) async fn post_bundle(
+    State(api): State<RecordsApi>,
+    Writer(who): Writer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
     let value = body_json(&body)?;
     let org = source(&who, &headers)?;
     let base = base(&headers);
