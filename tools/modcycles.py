@@ -36,6 +36,10 @@ def module_of(src, path):
     return tuple(rel)
 
 
+RAW_STRING = re.compile(r'b?r(#*)"')  # r"…", r#"…"#, br"…"
+CHAR = re.compile(r"'(?:\\.[^']*|[^'\\])'")  # 'a', '\n', '\u{1F600}' (not a lifetime)
+
+
 def blank(text):
     """Blanks comments, string and char literals (keeping newlines), in one left-to-right pass."""
     out, i, n = [], 0, len(text)
@@ -59,7 +63,7 @@ def blank(text):
                     j += 1
             keep_lines(text[i:j])
             i = j
-        elif (m := re.compile(r'(?<![\w])b?r(#*)"').match(text, i)) and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
+        elif (m := RAW_STRING.match(text, i)) and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
             end = text.find('"' + m.group(1), m.end())
             end = n if end < 0 else end + 1 + len(m.group(1))
             out.append('""')
@@ -72,7 +76,7 @@ def blank(text):
             out.append('""')
             keep_lines(text[i:j + 1])
             i = j + 1
-        elif c == "'" and (m := re.compile(r"'(?:\\.[^']*|[^'\\])'").match(text, i)):
+        elif c == "'" and (m := CHAR.match(text, i)):
             out.append("' '")
             i = m.end()
         else:
@@ -129,13 +133,13 @@ def paths_in(text):
         line = text.count("\n", 0, m.start()) + 1
         for p in expand(m.group(1)):
             p = re.sub(r"\bas\b.*$", "", p.replace("::self", ""))
-            yield line, p, True
+            yield line, p
     no_use = re.sub(r"\buse\s+[^;]+;", lambda m: "\n" * m.group(0).count("\n"), text)
     for m in re.finditer(r"\b((?:crate|super|self)(?:::\w+)+)", no_use):
-        yield no_use.count("\n", 0, m.start()) + 1, m.group(1), False
+        yield no_use.count("\n", 0, m.start()) + 1, m.group(1)
 
 
-def absolute(module, is_dir_mod, path, local_mods):
+def absolute(module, path, local_mods):
     segs = path.split("::")
     if segs[0] == "crate":
         return tuple(segs[1:])
@@ -173,8 +177,6 @@ def check(src):
     aliases = {}
     for m in owners:
         kids = {k[len(m)] for k in files if len(k) > len(m) and k[:len(m)] == m}
-        for _, p, is_use in paths_in(texts[m]):
-            pass
         for um in re.finditer(r"\bpub(?:\([^)]*\))?\s+use\s+([^;]+);", texts[m]):
             for p in expand(um.group(1)):
                 alias = None
@@ -182,7 +184,7 @@ def check(src):
                 if am:
                     alias = am.group(1)
                     p = re.sub(r"\s*as\s+\w+$", "", p)
-                a = absolute(m, True, p, kids)
+                a = absolute(m, p, kids)
                 if a:
                     aliases[(m, alias or a[-1])] = a
 
@@ -197,8 +199,8 @@ def check(src):
     edges = {m: {} for m in files}
     for m in files:
         kids = {k[len(m)] for k in files if len(k) > len(m) and k[:len(m)] == m}
-        for line, p, _ in paths_in(texts[m]):
-            a = absolute(m, m in owners, p, kids if m in owners else set())
+        for line, p in paths_in(texts[m]):
+            a = absolute(m, p, kids if m in owners else set())
             if a is None:
                 continue
             t = resolve(a)
