@@ -72,20 +72,15 @@ impl Context {
         Context { metrics, ..self }
     }
 
-    /// Runs one reconcile of a `K`, counted and timed.
-    async fn measured<K, F>(&self, reconcile: F) -> Result<Action>
-    where
-        K: Resource<DynamicType = ()>,
-        F: std::future::Future<Output = Result<Action>>,
-    {
+    /// Runs one reconcile of a resource of `kind`, counted and timed.
+    async fn measured(
+        &self,
+        kind: &'static str,
+        reconcile: impl std::future::Future<Output = Result<Action>>,
+    ) -> Result<Action> {
         self.reconciles.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let result = reconcile.await;
-        let kind: &'static str = if K::kind(&()) == "CareApp" {
-            "CareApp"
-        } else {
-            "CareOrganisation"
-        };
         self.metrics.reconciled(kind, started.elapsed(), result.is_err());
         result
     }
@@ -148,7 +143,8 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, error: &Error, c
 pub async fn reconcile_organisation(org: Arc<CareOrganisation>, ctx: Arc<Context>) -> Result<Action> {
     let api: Api<CareOrganisation> = Api::namespaced(ctx.client.clone(), &org.namespace().unwrap_or_default());
     let c = ctx.clone();
-    ctx.measured::<CareOrganisation, _>(
+    ctx.measured(
+        "CareOrganisation",
         finalizer(&api, FINALIZER, org, |event| async move {
             match event {
                 Finalizer::Apply(org) => apply_organisation(&org, &c).await,
@@ -274,7 +270,8 @@ pub fn secret_name(app: &CareApp) -> String {
 pub async fn reconcile_app(app: Arc<CareApp>, ctx: Arc<Context>) -> Result<Action> {
     let api: Api<CareApp> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
     let c = ctx.clone();
-    ctx.measured::<CareApp, _>(
+    ctx.measured(
+        "CareApp",
         finalizer(&api, FINALIZER, app, |event| async move {
             match event {
                 Finalizer::Apply(app) => apply_app(&app, &c).await,

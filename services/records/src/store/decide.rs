@@ -370,9 +370,9 @@ pub(super) fn verdict<T>(
     labels: &[String],
     data: T,
 ) -> Verdict<T> {
-    let d = match decisions.as_ref().map(|d| d.get(i)) {
-        Ok(Some(d)) => d,
-        Ok(None) => return Verdict::no_decision(&PdpError::Incomplete { got: i, asked: i + 1 }, purpose),
+    let d = match decisions.as_ref().map(|d| (d.get(i), d.len())) {
+        Ok((Some(d), _)) => d,
+        Ok((None, got)) => return Verdict::no_decision(&PdpError::Incomplete { got, asked: i + 1 }, purpose),
         Err(e) => return Verdict::no_decision(e, purpose),
     };
     let (purpose, reason) = sharedcare_kit::pdp::audit_purpose(d, purpose);
