@@ -1,19 +1,14 @@
 //! The audit service's errors and what kind of failure each is; the kit's edge maps them to
 //! gRPC.
 
-use sharedcare_kit::edge::{ErrorCode, ServiceError};
+use sharedcare_kit::edge::{ErrorCode, Refusal, ServiceError};
 
 /// What can go wrong in the audit service.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    /// The request is malformed; the message names the field.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The request field.
-        field: String,
-        /// What was wrong and what was expected.
-        reason: String,
-    },
+    /// Bad input, nothing by that name, no credentials, or not allowed (the kit's shared refusals).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The audit database failed.
     #[error("audit storage unavailable: {0}")]
     Storage(#[from] sqlx::Error),
@@ -28,7 +23,7 @@ pub enum AuditError {
 impl ServiceError for AuditError {
     fn code(&self) -> ErrorCode {
         match self {
-            AuditError::Invalid { .. } => ErrorCode::Invalid,
+            AuditError::Refused(r) => r.code(),
             AuditError::Storage(_) | AuditError::Kit(_) => ErrorCode::Unavailable,
             AuditError::Corrupt(_) => ErrorCode::Internal,
         }
@@ -43,7 +38,7 @@ impl ServiceError for AuditError {
 
     fn field(&self) -> Option<&str> {
         match self {
-            AuditError::Invalid { field, .. } => Some(field),
+            AuditError::Refused(r) => r.field(),
             _ => None,
         }
     }

@@ -2,6 +2,7 @@
 
 use sharedcare_kit::auth::{BREAK_GLASS_REVIEW_ACTIVITY, Principal, has_scope};
 use sharedcare_kit::directory::Directory;
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_proto::audit::v1::audit_server::Audit;
 use sharedcare_proto::audit::v1::{
@@ -128,11 +129,7 @@ impl AuditApi {
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> Status {
-    AuditError::Invalid {
-        field: field.into(),
-        reason: reason.into(),
-    }
-    .into()
+    AuditError::invalid(field, reason).into()
 }
 
 /// Who may read a patient's audit trail: services with `audit.read`, staff (information
@@ -246,10 +243,7 @@ impl Audit for AuditApi {
     ) -> Result<Response<ListByPatientResponse>, Status> {
         let who = sharedcare_kit::caller::of(&request)?;
         let req = request.into_inner();
-        let nhs = NhsNumber::parse(&req.nhs_number).map_err(|e| AuditError::Invalid {
-            field: "nhs_number".into(),
-            reason: e.to_string(),
-        })?;
+        let nhs = NhsNumber::parse(&req.nhs_number).map_err(|e| AuditError::invalid("nhs_number", e.to_string()))?;
         if !may_read(&who, &nhs) {
             return Err(Status::permission_denied(
                 "reading this audit trail needs scope audit.read, a staff role, or being the patient (P9)",
@@ -258,18 +252,12 @@ impl Audit for AuditApi {
         let limit = match req.page_size {
             0 => 100,
             n if n > 1000 => {
-                return Err(AuditError::Invalid {
-                    field: "page_size".into(),
-                    reason: format!("{n} is more than 1000"),
-                }
-                .into());
+                return Err(AuditError::invalid("page_size", format!("{n} is more than 1000")).into());
             }
             n => i64::from(n),
         };
-        let before = i64::try_from(req.before_sequence).map_err(|_| AuditError::Invalid {
-            field: "before_sequence".into(),
-            reason: "out of range".into(),
-        })?;
+        let before =
+            i64::try_from(req.before_sequence).map_err(|_| AuditError::invalid("before_sequence", "out of range"))?;
         let entries = self.store.list_by_patient(nhs.as_str(), before, limit).await?;
         let next = if entries.len() as i64 == limit {
             entries.last().map(|e| e.sequence).unwrap_or(0)

@@ -7,6 +7,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use sharedcare_kit::db;
+use sharedcare_kit::edge::Refuse;
 use sharedcare_proto::audit::v1::{AuditEntry, SignedTreeHead};
 
 use crate::merkle::{self, Hash};
@@ -63,10 +64,7 @@ impl Log {
     /// `origin`. A log stored before tiles is converted (no root changes), and heads signed
     /// before checkpoints get their checkpoint notes.
     pub async fn open(store: Store, origin: &str) -> Result<Log, AuditError> {
-        let bad = |why: &str| AuditError::Invalid {
-            field: "log_keys.pkcs8".into(),
-            reason: why.into(),
-        };
+        let bad = |why: &str| AuditError::invalid("log_keys.pkcs8", why);
         // A key is made on every start (about 50 µs) and kept only when the log has none.
         let rng = SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| bad("the random number generator failed"))?;
@@ -215,10 +213,7 @@ impl Log {
     async fn size_at_least(&self, size: u64, field: &str) -> Result<(), AuditError> {
         let have = self.store.size().await?;
         if size > have {
-            return Err(AuditError::Invalid {
-                field: field.into(),
-                reason: format!("the log has only {have} entries"),
-            });
+            return Err(AuditError::invalid(field, format!("the log has only {have} entries")));
         }
         Ok(())
     }
@@ -233,10 +228,7 @@ impl Log {
     /// The entries at `indexes` with their audit paths in the tree of `size` leaves, in the
     /// order asked: every tile they need and every entry read in one query each.
     pub async fn inclusions(&self, indexes: &[u64], size: u64) -> Result<Vec<(AuditEntry, Vec<Hash>)>, AuditError> {
-        let invalid = |f: &str, r: String| AuditError::Invalid {
-            field: f.into(),
-            reason: r,
-        };
+        let invalid = |f: &str, r: String| AuditError::invalid(f, r);
         if let Some(index) = indexes.iter().find(|i| **i >= size) {
             return Err(invalid("leaf_index", format!("{index} is not below tree_size {size}")));
         }
@@ -300,10 +292,10 @@ impl Log {
     /// The consistency proof between tree sizes `first` ≤ `second`.
     pub async fn consistency(&self, first: u64, second: u64) -> Result<Vec<Hash>, AuditError> {
         if first > second {
-            return Err(AuditError::Invalid {
-                field: "first".into(),
-                reason: format!("{first} is larger than second ({second})"),
-            });
+            return Err(AuditError::invalid(
+                "first",
+                format!("{first} is larger than second ({second})"),
+            ));
         }
         self.size_at_least(second, "second").await?;
         let t = self

@@ -1,27 +1,13 @@
 //! Consent's errors and what kind of failure each is; the kit's edge maps them to gRPC.
 
-use sharedcare_kit::edge::{ErrorCode, ServiceError};
+use sharedcare_kit::edge::{ErrorCode, Refusal, ServiceError};
 
 /// What can go wrong in consent.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsentError {
-    /// Bad input; names the field.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The field.
-        field: String,
-        /// What was wrong.
-        reason: String,
-    },
-    /// Nothing by that id.
-    #[error("{0} not found")]
-    NotFound(String),
-    /// No valid bearer token.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The caller may not do this.
-    #[error("{0}")]
-    Forbidden(String),
+    /// Bad input, nothing by that name, no credentials, or not allowed (the kit's shared refusals).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// A stored value is not what consent writes (an internal fault, never the caller's).
     #[error("consent storage holds a corrupt value: {0}")]
     Corrupt(String),
@@ -37,19 +23,9 @@ impl From<sharedcare_kit::directory::DirectoryError> for ConsentError {
     fn from(e: sharedcare_kit::directory::DirectoryError) -> Self {
         use sharedcare_kit::directory::DirectoryError as D;
         match e {
-            D::Config(field, reason) => ConsentError::Invalid { field, reason },
-            D::Forbidden(m) => ConsentError::Forbidden(m),
+            D::Config(field, reason) => Refusal::Invalid { field, reason }.into(),
+            D::Forbidden(m) => Refusal::Forbidden(m).into(),
             D::Unavailable(m) => ConsentError::Unavailable(m),
-        }
-    }
-}
-
-impl ConsentError {
-    /// An [`ConsentError::Invalid`] for `field`.
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConsentError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
         }
     }
 }
@@ -57,10 +33,7 @@ impl ConsentError {
 impl ServiceError for ConsentError {
     fn code(&self) -> ErrorCode {
         match self {
-            ConsentError::Invalid { .. } => ErrorCode::Invalid,
-            ConsentError::NotFound(_) => ErrorCode::NotFound,
-            ConsentError::Forbidden(_) => ErrorCode::Forbidden,
-            ConsentError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ConsentError::Refused(r) => r.code(),
             ConsentError::Storage(_) | ConsentError::Unavailable(_) => ErrorCode::Unavailable,
             ConsentError::Corrupt(_) => ErrorCode::Internal,
         }
@@ -76,7 +49,7 @@ impl ServiceError for ConsentError {
 
     fn field(&self) -> Option<&str> {
         match self {
-            ConsentError::Invalid { field, .. } => Some(field),
+            ConsentError::Refused(r) => r.field(),
             _ => None,
         }
     }

@@ -17,6 +17,7 @@
 //! - nested `provision`s: exceptions to the root (one level).
 
 use serde_json::{Map, Value, json};
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::nhs::{NHS_NUMBER_SYSTEM, NhsNumber};
 use sharedcare_kit::pdp::{CLASS_PREFIX, CODE_PREFIX};
 

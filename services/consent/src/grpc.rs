@@ -1,6 +1,7 @@
 //! `sharedcare.consent.v1.Consent`: authorise the caller, decode, decide or store, encode.
 
 use sharedcare_kit::auth::{Principal, Verifier, has_scope};
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::nhs::{NhsNumber, OdsCode};
 use tonic::{Request, Response, Status};
 
@@ -79,7 +80,7 @@ impl ConsentApi {
             _ => has_scope(&p, "consent.write"),
         };
         if !ok {
-            return Err(ConsentError::Forbidden(format!(
+            return Err(ConsentError::forbidden(format!(
                 "the break-glass review queue needs a service token with scope consent.write, or a staff role with activity {REVIEW_ACTIVITY}"
             ))
             .into());
@@ -98,7 +99,7 @@ impl ConsentApi {
             _ => false,
         };
         if !ok {
-            return Err(ConsentError::Forbidden(format!(
+            return Err(ConsentError::forbidden(format!(
                 "this needs a service token with scope {scope}{}",
                 if nhs.is_some() {
                     ", or the patient (or their authorised representative) at P9"
@@ -563,7 +564,7 @@ impl Consent for ConsentApi {
     ) -> Result<Response<api::BreakGlassGrant>, Status> {
         let who = self.who(&request).await?;
         let Principal::Staff { person, role, .. } = who else {
-            return Err(ConsentError::Forbidden("break-glass is for members of staff acting in a role".into()).into());
+            return Err(ConsentError::forbidden("break-glass is for members of staff acting in a role").into());
         };
         let r = request.into_inner();
         let patient = nhs("nhs_number", &r.nhs_number)?;
@@ -623,7 +624,7 @@ impl Consent for ConsentApi {
             && let Some(org) = self.store.grant_org(&r.id).await?
             && !self.covers(&who, &request, &org).await?
         {
-            return Err(ConsentError::Forbidden(format!(
+            return Err(ConsentError::forbidden(format!(
                 "break-glass grant {} is not at an organisation you review for ({} and those under it)",
                 r.id, role.org_code
             ))
@@ -648,8 +649,8 @@ impl Consent for ConsentApi {
                 "break-glass grant {} has already been reviewed; a review is never overwritten",
                 r.id
             ))),
-            Review::OwnGrant => Err(ConsentError::Forbidden(
-                "a break-glass grant cannot be reviewed by the person it was given to".into(),
+            Review::OwnGrant => Err(ConsentError::forbidden(
+                "a break-glass grant cannot be reviewed by the person it was given to",
             )
             .into()),
         }

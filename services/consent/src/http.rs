@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 use sharedcare_kit::auth::{Principal, bearer};
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::nhs::{NHS_NUMBER_SYSTEM, NhsNumber};
 use std::collections::HashMap;
 
@@ -54,7 +55,7 @@ fn respond(status: StatusCode, body: &Value, mut headers: HeaderMap) -> Response
 
 /// The caller, from `Authorization`.
 async fn caller(api: &ConsentApi, headers: &HeaderMap) -> Result<Principal> {
-    let unauthenticated = |why: String| Outcome(ConsentError::Unauthenticated(why));
+    let unauthenticated = |why: String| Outcome(ConsentError::unauthenticated(why));
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -150,7 +151,7 @@ async fn read(State(api): State<ConsentApi>, Path(id): Path<String>, headers: He
         .store()
         .consent(&id)
         .await?
-        .ok_or_else(|| ConsentError::NotFound(format!("Consent/{id}")))?;
+        .ok_or_else(|| ConsentError::not_found(format!("Consent/{id}")))?;
     may_see(&api, &p, &v.nhs_number).await?;
     Ok(respond(StatusCode::OK, &resource(&v), version_headers(&v)))
 }
@@ -172,7 +173,7 @@ async fn vread(
         .consent_versions(&id, Some(n))
         .await?
         .pop()
-        .ok_or_else(|| ConsentError::NotFound(format!("Consent/{id}/_history/{n}")))?;
+        .ok_or_else(|| ConsentError::not_found(format!("Consent/{id}/_history/{n}")))?;
     may_see(&api, &p, &v.nhs_number).await?;
     Ok(respond(StatusCode::OK, &resource(&v), version_headers(&v)))
 }
@@ -182,7 +183,7 @@ async fn history(State(api): State<ConsentApi>, Path(id): Path<String>, headers:
     check_id(&id)?;
     let versions = api.store().consent_versions(&id, None).await?;
     let Some(first) = versions.first() else {
-        return Err(ConsentError::NotFound(format!("Consent/{id}")).into());
+        return Err(ConsentError::not_found(format!("Consent/{id}")).into());
     };
     may_see(&api, &p, &first.nhs_number).await?;
     let base = base(&headers);

@@ -25,6 +25,7 @@ pub use error::ConsentError;
 
 use sharedcare_kit::db::Db;
 use sharedcare_kit::db::Migrations;
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::serve::Mount;
 use sharedcare_kit::service::{Context, MountError};
 

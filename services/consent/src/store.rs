@@ -4,6 +4,7 @@
 
 use sharedcare_kit::bus::{envelope, topic};
 use sharedcare_kit::db::{self, Db};
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::outbox;
 use sharedcare_proto::events::v1::{ConsentEvent, PatientNotification};
@@ -367,7 +368,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
         else {
-            return Err(ConsentError::NotFound(format!("{} {id}", &table[..table.len() - 1])));
+            return Err(ConsentError::not_found(format!("{} {id}", &table[..table.len() - 1])));
         };
         let ended = PartyRow {
             nhs: r.try_get(0)?,

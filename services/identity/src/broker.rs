@@ -13,6 +13,7 @@
 //! with `prompt=none` and the assertion, so a patient already signed in to the NHS App gets in
 //! silently; when the upstream answers `login_required` the app gets that error back.
 
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

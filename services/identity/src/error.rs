@@ -1,31 +1,17 @@
 //! Identity's errors: one enum, mapped to gRPC status through the kit's edge here and to OAuth
 //! error responses in [`crate::oauth`].
 
-use sharedcare_kit::edge::{ErrorCode, ServiceError};
+use sharedcare_kit::edge::{ErrorCode, Refusal, ServiceError};
 
 /// What went wrong in identity.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    /// Bad input; names the field.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The field, e.g. "nhs_number".
-        field: String,
-        /// Why it is wrong.
-        reason: String,
-    },
-    /// Nothing by that id.
-    #[error("{0} not found")]
-    NotFound(String),
+    /// Bad input, nothing by that name, no credentials, or not allowed (the kit's shared refusals).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// Already exists.
     #[error("{0} already exists")]
     Conflict(String),
-    /// The caller may not do this.
-    #[error("{0}")]
-    Forbidden(String),
-    /// The caller is not authenticated.
-    #[error("{0}")]
-    Unauthenticated(String),
     /// A fault inside identity (key generation, say): never the caller's doing.
     #[error("identity failed: {0}")]
     Internal(String),
@@ -50,24 +36,11 @@ impl From<sharedcare_kit::jose::JoseError> for IdentityError {
 /// `Result` with [`IdentityError`].
 pub type Result<T, E = IdentityError> = std::result::Result<T, E>;
 
-impl IdentityError {
-    /// An [`IdentityError::Invalid`] for `field`.
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        IdentityError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
 impl ServiceError for IdentityError {
     fn code(&self) -> ErrorCode {
         match self {
-            IdentityError::Invalid { .. } => ErrorCode::Invalid,
-            IdentityError::NotFound(_) => ErrorCode::NotFound,
+            IdentityError::Refused(r) => r.code(),
             IdentityError::Conflict(_) => ErrorCode::AlreadyExists,
-            IdentityError::Forbidden(_) => ErrorCode::Forbidden,
-            IdentityError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             IdentityError::Storage(_) | IdentityError::Kit(_) => ErrorCode::Unavailable,
             IdentityError::Corrupt(_) | IdentityError::Internal(_) => ErrorCode::Internal,
         }
@@ -82,7 +55,7 @@ impl ServiceError for IdentityError {
 
     fn field(&self) -> Option<&str> {
         match self {
-            IdentityError::Invalid { field, .. } => Some(field),
+            IdentityError::Refused(r) => r.field(),
             _ => None,
         }
     }

@@ -2,6 +2,7 @@
 //! Every change is an identity event on the outbox.
 
 use sharedcare_kit::auth::{Principal, RoleProfile};
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::jose::{self, JwkSet};
 use sharedcare_kit::nhs::{NhsNumber, OdsCode, ProofingLevel};
 use tonic::{Request, Response, Status};
@@ -41,7 +42,7 @@ impl AdminApi {
             Principal::Patient { .. } => false,
         };
         if !allowed {
-            return Err(IdentityError::Forbidden(format!(
+            return Err(IdentityError::forbidden(format!(
                 "identity administration needs scope {ADMIN_SCOPE} or activity {ADMIN_ACTIVITY}"
             ))
             .into());
@@ -325,7 +326,7 @@ impl IdentityAdmin for AdminApi {
             .store
             .organisation(code.as_str())
             .await?
-            .ok_or_else(|| IdentityError::NotFound(format!("organisation {}", code.as_str())))?;
+            .ok_or_else(|| IdentityError::not_found(format!("organisation {}", code.as_str())))?;
         Ok(Response::new(org_out(o)))
     }
 
@@ -371,7 +372,7 @@ impl IdentityAdmin for AdminApi {
         let active = r.active;
         let o = self.organisation_in(r, active).await?;
         if !self.provider.store.update_organisation(&o).await? {
-            return Err(IdentityError::NotFound(format!("organisation {}", o.ods_code)).into());
+            return Err(IdentityError::not_found(format!("organisation {}", o.ods_code)).into());
         }
         self.provider.forget_clients();
         self.changed(&who, EventKind::OrganisationUpdated, "organisation", &o.ods_code)
@@ -391,7 +392,7 @@ impl IdentityAdmin for AdminApi {
             .store
             .organisation(code.as_str())
             .await?
-            .ok_or_else(|| IdentityError::NotFound(format!("organisation {}", code.as_str())))?;
+            .ok_or_else(|| IdentityError::not_found(format!("organisation {}", code.as_str())))?;
         o.active = false;
         self.provider.store.update_organisation(&o).await?;
         self.provider.forget_clients();
@@ -473,7 +474,7 @@ impl IdentityAdmin for AdminApi {
             Principal::Patient { .. } => false,
         };
         if !allowed {
-            return Err(IdentityError::Forbidden(format!(
+            return Err(IdentityError::forbidden(format!(
                 "the staff directory needs scope {ADMIN_SCOPE}, or activity {ADMIN_ACTIVITY} or {}",
                 sharedcare_kit::auth::BREAK_GLASS_REVIEW_ACTIVITY
             ))
@@ -486,7 +487,7 @@ impl IdentityAdmin for AdminApi {
             .store
             .person("uid", &uid)
             .await?
-            .ok_or_else(|| IdentityError::NotFound(format!("member of staff {uid}")))?;
+            .ok_or_else(|| IdentityError::not_found(format!("member of staff {uid}")))?;
         Ok(Response::new(person_out(person)))
     }
 
@@ -562,7 +563,7 @@ impl IdentityAdmin for AdminApi {
             .store
             .client(id)
             .await?
-            .ok_or_else(|| IdentityError::NotFound(format!("client {id}")))?;
+            .ok_or_else(|| IdentityError::not_found(format!("client {id}")))?;
         Ok(Response::new(registration_out(c)))
     }
 
@@ -582,7 +583,7 @@ impl IdentityAdmin for AdminApi {
             .store
             .client(&id)
             .await?
-            .ok_or_else(|| IdentityError::NotFound(format!("client {id}")))?;
+            .ok_or_else(|| IdentityError::not_found(format!("client {id}")))?;
         let (name, settings) = self.registration(client).await?;
         let needs_secret = matches!(
             settings.auth_method,
@@ -604,7 +605,7 @@ impl IdentityAdmin for AdminApi {
             settings,
         };
         if !self.provider.store.update_client(&client).await? {
-            return Err(IdentityError::NotFound(format!("client {id}")).into());
+            return Err(IdentityError::not_found(format!("client {id}")).into());
         }
         self.provider.forget_client(&id);
         self.changed(&who, EventKind::ClientUpdated, "client", &id).await;
@@ -622,7 +623,7 @@ impl IdentityAdmin for AdminApi {
         let id = req.into_inner().client_id;
         required("client_id", &id)?;
         if !self.provider.store.delete_client(&id).await? {
-            return Err(IdentityError::NotFound(format!("client {id}")).into());
+            return Err(IdentityError::not_found(format!("client {id}")).into());
         }
         self.provider.forget_client(&id);
         self.changed(&who, EventKind::ClientDeleted, "client", &id).await;
@@ -663,7 +664,7 @@ impl IdentityAdmin for AdminApi {
             .store
             .session(id)
             .await?
-            .ok_or_else(|| IdentityError::NotFound(format!("session {id}")))?;
+            .ok_or_else(|| IdentityError::not_found(format!("session {id}")))?;
         let notified = self
             .provider
             .end_session(&session, EventKind::SessionRevoked)

@@ -8,6 +8,7 @@
 //! Keys live in identity's own tables so every replica signs with the same key; replicas
 //! reload them every minute and whenever they meet an unknown `kid`.
 
+use sharedcare_kit::edge::Refuse;
 use std::sync::{Arc, RwLock};
 
 use base64::Engine;

@@ -5,6 +5,7 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
+use sharedcare_kit::edge::Refuse;
 
 use crate::error::{IdentityError, Result};
 
@@ -52,7 +53,7 @@ impl Hasher {
             .permits
             .acquire()
             .await
-            .map_err(|_| IdentityError::Forbidden("password hashing has stopped".into()))?;
+            .map_err(|_| IdentityError::forbidden("password hashing has stopped"))?;
         let mut buf = self.buffers.lock().ok().and_then(|mut b| b.pop()).unwrap_or_default();
         let (out, buf) = tokio::task::spawn_blocking(move || {
             let out = f(&mut buf);

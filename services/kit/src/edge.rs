@@ -85,6 +85,79 @@ impl ErrorCode {
     }
 }
 
+/// The refusals every service answers with, declared once: the caller's input is wrong, names
+/// nothing, or the caller is unknown or not allowed. A service's error wraps it
+/// (`Refused(#[from] Refusal)`) and builds one through [`Refuse`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The input is malformed; names the field or FHIR element path.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field, e.g. `nhs_number` or `identifier[0].value`.
+        field: String,
+        /// What was wrong and what was expected.
+        reason: String,
+    },
+    /// Nothing by that name; the whole sentence the caller is told.
+    #[error("{0}")]
+    NotFound(String),
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl Refusal {
+    /// What kind of failure it is.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::Invalid { .. } => ErrorCode::Invalid,
+            Refusal::NotFound(_) => ErrorCode::NotFound,
+            Refusal::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Refusal::Forbidden(_) => ErrorCode::Forbidden,
+        }
+    }
+
+    /// The field an [`Refusal::Invalid`] names.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Refusal::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// Builds a service's error from a [`Refusal`]: `RecordsError::not_found("Patient/1")`.
+pub trait Refuse: From<Refusal> {
+    /// The input's `field` is wrong, and why.
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Refusal::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+        .into()
+    }
+
+    /// `what` (e.g. `Patient/1`) does not exist: "Patient/1 not found".
+    fn not_found(what: impl std::fmt::Display) -> Self {
+        Refusal::NotFound(format!("{what} not found")).into()
+    }
+
+    /// No valid credentials; the message says which were missing or wrong.
+    fn unauthenticated(message: impl Into<String>) -> Self {
+        Refusal::Unauthenticated(message.into()).into()
+    }
+
+    /// The caller may not do this; the message says why.
+    fn forbidden(message: impl Into<String>) -> Self {
+        Refusal::Forbidden(message.into()).into()
+    }
+}
+
+impl<E: From<Refusal>> Refuse for E {}
+
 /// An error a service answers a caller with.
 pub trait ServiceError: std::error::Error {
     /// What kind of failure it is.
@@ -203,6 +276,46 @@ mod tests {
         assert_eq!(http, StatusCode::BAD_REQUEST);
         assert_eq!(outcome["issue"][0]["expression"][0], "name");
         assert_eq!(outcome["issue"][0]["code"], "invalid");
+    }
+
+    /// A service error that wraps the shared refusals, as every service's does.
+    #[derive(Debug, thiserror::Error)]
+    enum Wrapped {
+        #[error(transparent)]
+        Refused(#[from] Refusal),
+    }
+
+    impl ServiceError for Wrapped {
+        fn code(&self) -> ErrorCode {
+            match self {
+                Wrapped::Refused(r) => r.code(),
+            }
+        }
+        fn internal_message(&self) -> String {
+            "never".into()
+        }
+        fn field(&self) -> Option<&str> {
+            match self {
+                Wrapped::Refused(r) => r.field(),
+            }
+        }
+    }
+
+    #[test]
+    fn a_refusal_built_through_a_service_error_answers_with_its_own_code_and_words() {
+        let s = status(&Wrapped::not_found("Patient/9"));
+        assert_eq!((s.code(), s.message()), (tonic::Code::NotFound, "Patient/9 not found"));
+        let s = status(&Wrapped::forbidden("needs records.write"));
+        assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::PermissionDenied, "needs records.write")
+        );
+        let s = status(&Wrapped::unauthenticated("no bearer token"));
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+        let (http, outcome) = operation_outcome(&Wrapped::invalid("birthDate", "is not a date"));
+        assert_eq!(http, StatusCode::BAD_REQUEST);
+        assert_eq!(outcome["issue"][0]["expression"][0], "birthDate");
+        assert_eq!(outcome["issue"][0]["diagnostics"], "birthDate: is not a date");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use serde_json::{Value, json};
 use sharedcare_kit::auth::ServiceToken;
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::peer;
 use sharedcare_proto::audit::v1::audit_client::AuditClient;

@@ -2,6 +2,7 @@
 //! every view, the view is audited durably before it is answered, and what consent withholds
 //! is left out without a trace of what it was.
 
+use sharedcare_kit::edge::Refuse;
 use std::sync::Arc;
 
 use sharedcare_kit::auth::{Principal, Verifier};
@@ -114,9 +115,8 @@ impl Api {
         asked: Asked,
     ) -> Result<Audited, PassportError> {
         if !matches!(who, Principal::Patient { .. }) {
-            let refused = PassportError::Forbidden(
-                "sharing choices and the access log are for the person and their authorised representatives (NHS login)"
-                    .into(),
+            let refused = PassportError::forbidden(
+                "sharing choices and the access log are for the person and their authorised representatives (NHS login)",
             );
             let o = Audited::refused(purpose, "not the person or their representative");
             return self.answer(who, patient, asked, o, Err(refused)).await;

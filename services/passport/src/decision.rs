@@ -6,6 +6,7 @@
 use sharedcare_kit::access::{NO_DECISION, Outcome};
 use sharedcare_kit::auth::Principal;
 use sharedcare_kit::bus::{self, Envelope};
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::pdp::{self, PdpError, SENSITIVE_LABELS};
 use sharedcare_proto::consent::v1::decide_response::Effect;
@@ -112,7 +113,7 @@ pub(crate) fn judge<'d>(
     match decided {
         Err(e) => (Audited::error(purpose), Err(PassportError::Consent(e.clone()))),
         Ok(d) if d.effect() == Effect::Deny => {
-            let refused = PassportError::Forbidden(format!("access denied: {}", d.reason));
+            let refused = PassportError::forbidden(format!("access denied: {}", d.reason));
             (Audited::of_decision(d, purpose), Err(refused))
         }
         Ok(d) => (Audited::of_decision(d, purpose), Ok(d)),
@@ -137,7 +138,7 @@ pub(crate) fn ask(who: &Principal, patient: &NhsNumber, purpose: String) -> Resu
         });
     }
     let actor = pdp::actor_of(who, READ_SCOPE, purpose)
-        .ok_or_else(|| PassportError::Forbidden(format!("reading a passport needs scope {READ_SCOPE}")))?;
+        .ok_or_else(|| PassportError::forbidden(format!("reading a passport needs scope {READ_SCOPE}")))?;
     Ok(pdp::ask(&actor, patient.as_str(), "read", categories))
 }
 

@@ -1,29 +1,15 @@
 //! The passport's errors and what kind of failure each is; the kit's edge maps them to gRPC
 //! and HTTP.
 
-use sharedcare_kit::edge::{ErrorCode, ServiceError};
+use sharedcare_kit::edge::{ErrorCode, Refusal, ServiceError};
 use sharedcare_kit::pdp::PdpError;
 
 /// What can go wrong serving a passport.
 #[derive(Debug, thiserror::Error)]
 pub enum PassportError {
-    /// The request is malformed; the message names the field.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The request field.
-        field: String,
-        /// What was wrong and what was expected.
-        reason: String,
-    },
-    /// Nothing is known about the person (told only to callers consent lets see them).
-    #[error("no record is held for {0}")]
-    NotFound(String),
-    /// No valid bearer token.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// Refused: by consent, by proofing level, or for want of a scope.
-    #[error("{0}")]
-    Forbidden(String),
+    /// Bad input, nothing by that name, no credentials, or not allowed (the kit's shared refusals).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// Consent could not decide, so nothing is returned.
     #[error("consent decision unavailable: {0}")]
     Consent(#[from] PdpError),
@@ -44,23 +30,10 @@ pub enum PassportError {
     Corrupt(String),
 }
 
-impl PassportError {
-    /// An invalid-input error for `field`.
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        PassportError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
 impl ServiceError for PassportError {
     fn code(&self) -> ErrorCode {
         match self {
-            PassportError::Invalid { .. } => ErrorCode::Invalid,
-            PassportError::NotFound(_) => ErrorCode::NotFound,
-            PassportError::Unauthenticated(_) => ErrorCode::Unauthenticated,
-            PassportError::Forbidden(_) => ErrorCode::Forbidden,
+            PassportError::Refused(r) => r.code(),
             PassportError::Consent(_)
             | PassportError::Audit(_)
             | PassportError::Storage(_)
@@ -82,7 +55,7 @@ impl ServiceError for PassportError {
 
     fn field(&self) -> Option<&str> {
         match self {
-            PassportError::Invalid { field, .. } => Some(field),
+            PassportError::Refused(r) => r.field(),
             _ => None,
         }
     }

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sharedcare_kit::auth::Verifier;
 use sharedcare_kit::caller::Caller;
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::edge::{self, ServiceError};
 
 use crate::PassportError;

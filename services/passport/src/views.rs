@@ -4,6 +4,7 @@
 //! commit), and only then answers. One batch at a time lets the batches grow with the load,
 //! and a view costs one hop to this task instead of one per batcher.
 
+use sharedcare_kit::edge::Refusal;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -140,7 +141,13 @@ async fn serve(store: &Store, pdp: &dyn Pdp, outbox: &Outbox, batch: Vec<Job>) {
                             outcome: Outcome::NotFound,
                             ..outcome
                         };
-                        (missing, Err(PassportError::NotFound(job.patient.to_string())))
+                        (
+                            missing,
+                            Err(PassportError::from(Refusal::NotFound(format!(
+                                "no record is held for {}",
+                                job.patient
+                            )))),
+                        )
                     }
                     Ok(h) => {
                         let view = View::build(&job.patient, h, &decision.withheld_categories, now);

@@ -4,32 +4,23 @@
 use axum::response::{IntoResponse, Redirect, Response};
 use http::StatusCode;
 
+use sharedcare_kit::edge::Refusal;
+
 use crate::oidc::RpError;
 use crate::page;
 
 /// A page that could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum PortalError {
-    /// A form field is wrong; the message names it.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The field's name.
-        field: String,
-        /// What was wrong and what was expected.
-        reason: String,
-    },
+    /// Bad input, nothing by that name, no credentials, or not allowed (the kit's shared refusals).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// Signed out (or the session ended): go to sign in, then come back to `0`.
     #[error("sign in first")]
     SignIn(String),
     /// A form without this session's CSRF token.
     #[error("this form has expired or did not come from this site: go back, reload the page and try again")]
     Csrf,
-    /// Not for this person (a patient page for staff, the review queue without the role, …).
-    #[error("{0}")]
-    Forbidden(String),
-    /// Nothing by that name.
-    #[error("{0}")]
-    NotFound(String),
     /// A platform service answered with an error.
     #[error("{0}")]
     Peer(#[from] tonic::Status),
@@ -45,21 +36,11 @@ pub enum PortalError {
 }
 
 impl PortalError {
-    /// An invalid-input error for `field`.
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        PortalError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-
     /// The HTTP status and what the person is told.
     fn public(&self) -> (StatusCode, String) {
         match self {
-            PortalError::Invalid { .. } => (StatusCode::BAD_REQUEST, self.to_string()),
+            PortalError::Refused(r) => (r.code().http(), r.to_string()),
             PortalError::Csrf => (StatusCode::FORBIDDEN, self.to_string()),
-            PortalError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
-            PortalError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
             PortalError::SignIn(_) => (StatusCode::UNAUTHORIZED, self.to_string()),
             PortalError::Peer(s) => match s.code() {
                 tonic::Code::InvalidArgument => (StatusCode::BAD_REQUEST, s.message().to_string()),

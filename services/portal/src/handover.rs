@@ -4,6 +4,7 @@
 //! being asked to sign in again, and logging out of either ends both (back-channel logout).
 //! Its sessions live in memory: it is a sample, one process.
 
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -142,7 +143,7 @@ async fn callback(
     let t = app.rp.exchange(&q.code, &pending).await?;
     let (role, org) = match app.rp.principal(&t.access_token).await? {
         sharedcare_kit::auth::Principal::Staff { role, .. } => (role.role_name, role.org_code),
-        _ => return Err(PortalError::Forbidden("the handover page is for care staff".into())),
+        _ => return Err(PortalError::forbidden("the handover page is for care staff")),
     };
     let s = Signed {
         sid: t.claims.at("sid").as_str().unwrap_or_default().into(),

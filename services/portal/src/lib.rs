@@ -28,6 +28,7 @@ pub mod web;
 pub use error::PortalError;
 
 use sharedcare_kit::config::Invalid;
+use sharedcare_kit::edge::Refusal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -237,10 +238,10 @@ pub fn router(app: App) -> Router {
 }
 
 async fn not_found() -> PortalError {
-    PortalError::NotFound(
+    PortalError::from(Refusal::NotFound(
         "There is no page at this address. If you typed it, check it; if you followed a link, it may be out of date."
             .into(),
-    )
+    ))
 }
 
 async fn start(headers: HeaderMap) -> Response {

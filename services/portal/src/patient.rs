@@ -6,6 +6,7 @@
 //! I have seen it.
 
 use sharedcare_kit::access::Outcome;
+use sharedcare_kit::edge::{Refusal, Refuse};
 use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 
@@ -93,8 +94,8 @@ impl<L: Level> FromRequestParts<App> for Patient<L> {
             nhs_number, proofing, ..
         } = &s.session.who
         else {
-            return Err(PortalError::Forbidden(
-                "These pages are for patients. Staff open records in the shared care record at /portal/.".into(),
+            return Err(PortalError::forbidden(
+                "These pages are for patients. Staff open records in the shared care record at /portal/.",
             )
             .into_response());
         };
@@ -320,9 +321,9 @@ async fn section(
     let (v, banner) = tokio::try_join!(view(&app, &s, &nhs), notices(&app, &s, &nhs, None))?;
     let names = app.peers.organisation_names().await;
     let Some(sec) = v.sections.iter().find(|x| slug(x.kind) == name) else {
-        return Err(PortalError::NotFound(format!(
+        return Err(PortalError::from(Refusal::NotFound(format!(
             "There is no section called {name:?} in your record."
-        )));
+        ))));
     };
     Ok(html(page::page(
         &chrome(&s),

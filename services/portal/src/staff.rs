@@ -4,6 +4,7 @@
 //! made with the signed-in person's own token, so records, consent and the passport decide and
 //! audit it as that person.
 
+use sharedcare_kit::edge::{Refusal, Refuse};
 use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 
@@ -66,8 +67,8 @@ impl FromRequestParts<App> for Staff {
         let s = app.signed(&parts.headers, &here).await?;
         match s.session.who {
             Who::Staff { .. } => Ok(Staff(s)),
-            Who::Patient { .. } => Err(PortalError::Forbidden(
-                "The shared care record is for staff. Your own record is at /passport/.".into(),
+            Who::Patient { .. } => Err(PortalError::forbidden(
+                "The shared care record is for staff. Your own record is at /passport/.",
             )),
         }
     }
@@ -89,7 +90,9 @@ fn chrome(s: &Signed) -> Chrome<'_> {
 /// The NHS number behind handle `h` in this session.
 fn patient_of(s: &Signed, h: &str) -> Result<String, PortalError> {
     s.session.patients.get(h).cloned().ok_or_else(|| {
-        PortalError::NotFound("No patient was opened with this link in this session: search again.".into())
+        PortalError::from(Refusal::NotFound(
+            "No patient was opened with this link in this session: search again.".into(),
+        ))
     })
 }
 

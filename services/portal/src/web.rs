@@ -2,6 +2,7 @@
 //! every page, the session cookie, CSRF, sign-in (code flow with PKCE), sign-out (RP-initiated
 //! logout) and back-channel logout.
 
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::json::Fields;
 use std::sync::Arc;
 
@@ -295,8 +296,8 @@ fn who(id: &serde_json::Value, p: Principal) -> Result<Who, PortalError> {
             org: role.org_code,
             activities: role.activity_codes,
         }),
-        Principal::Service { .. } => Err(PortalError::Forbidden(
-            "a service's token cannot sign in to these pages".into(),
+        Principal::Service { .. } => Err(PortalError::forbidden(
+            "a service's token cannot sign in to these pages",
         )),
     }
 }

@@ -2,6 +2,7 @@
 //! gets whichever way it came (gRPC in `grpc`, FHIR REST in `http`).
 
 use sharedcare_kit::auth::{Principal, Verifier};
+use sharedcare_kit::edge::Refuse;
 
 use crate::RecordsError;
 use crate::fhir;
@@ -55,10 +56,8 @@ impl RecordsApi {
 /// the passport.
 pub fn actor_of(p: &Principal, scope: &str, purpose: String) -> Result<Actor, RecordsError> {
     sharedcare_kit::pdp::actor_of(p, scope, purpose).ok_or_else(|| match p {
-        Principal::Patient { .. } => {
-            RecordsError::Forbidden("patients read their record through the passport service".into())
-        }
-        _ => RecordsError::Forbidden(format!("this operation needs scope {scope}")),
+        Principal::Patient { .. } => RecordsError::forbidden("patients read their record through the passport service"),
+        _ => RecordsError::forbidden(format!("this operation needs scope {scope}")),
     })
 }
 

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use sharedcare_kit::auth::{Principal, has_scope};
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::pdp::{Actor, check_purpose};
 use tokio::io::AsyncReadExt;
 
@@ -46,7 +47,7 @@ pub fn router(api: RecordsApi) -> Router {
 async fn exporter(api: &RecordsApi, headers: &HeaderMap, purpose_required: bool) -> Result<Actor> {
     let p = crate::http::respond::principal(api, headers).await?;
     if !matches!(p, Principal::Service { .. }) || !has_scope(&p, BULK_SCOPE) {
-        return Err(RecordsError::Forbidden(format!(
+        return Err(RecordsError::forbidden(format!(
             "a Bulk Data export needs a system token with scope {BULK_SCOPE}"
         ))
         .into());
@@ -188,7 +189,7 @@ async fn group(
 fn check_job(job: &str) -> std::result::Result<(), RecordsError> {
     uuid::Uuid::parse_str(job)
         .map(|_| ())
-        .map_err(|_| RecordsError::NotFound(format!("export {job}")))
+        .map_err(|_| RecordsError::not_found(format!("export {job}")))
 }
 
 async fn status(State(api): State<RecordsApi>, Path(job): Path<String>, headers: HeaderMap) -> Result<Response> {
@@ -232,7 +233,7 @@ async fn status(State(api): State<RecordsApi>, Path(job): Path<String>, headers:
                 .into_response())
         }
         "failed" => Err(RecordsError::Unavailable(format!("the export failed: {}", s.error)).into()),
-        _ => Err(RecordsError::NotFound(format!("export {job} (cancelled)")).into()),
+        _ => Err(RecordsError::not_found(format!("export {job} (cancelled)")).into()),
     }
 }
 
@@ -256,10 +257,10 @@ async fn file(
         .strip_suffix(".ndjson")
         .filter(|t| s.files.iter().any(|(f, _)| f == t))
     else {
-        return Err(RecordsError::NotFound(format!("export {job} file {file}")).into());
+        return Err(RecordsError::not_found(format!("export {job} file {file}")).into());
     };
     if s.status != "completed" {
-        return Err(RecordsError::NotFound(format!("export {job} is {}", s.status)).into());
+        return Err(RecordsError::not_found(format!("export {job} is {}", s.status)).into());
     }
     let path = api.export_dir().join(&job).join(format!("{t}.ndjson"));
     let f = tokio::fs::File::open(&path)

@@ -1,6 +1,7 @@
 //! FHIR Bundles: the searchset and history pages the facade returns, and the `transaction`
 //! (all or nothing) and `batch` Bundles writers post.
 
+use sharedcare_kit::edge::{Refusal, Refuse};
 use sharedcare_kit::json::Fields;
 use std::collections::HashMap;
 
@@ -227,7 +228,9 @@ fn prepare(entries: &[Value]) -> Result<Vec<(fhir::Resource, i64, bool)>, Record
         let mut value = Value::Object(en.resource);
         rewrite(&mut value, &ids);
         let r = fhir::parse(&value.to_string()).map_err(|e| match e {
-            RecordsError::Invalid { field, reason } => invalid(i, &format!("resource.{field}"), reason),
+            RecordsError::Refused(Refusal::Invalid { field, reason }) => {
+                invalid(i, &format!("resource.{field}"), reason)
+            }
             other => other,
         })?;
         out.push((r, en.if_match, en.create));
@@ -283,7 +286,9 @@ pub async fn process(
         let created: Vec<bool> = prepared.iter().map(|(_, _, c)| *c).collect();
         let puts = prepared.into_iter().map(|(r, v, _)| (r, v)).collect();
         let stored = store.put_all(puts, source, who).await.map_err(|(i, e)| match e {
-            RecordsError::Invalid { field, reason } => invalid(i, &format!("resource.{field}"), reason),
+            RecordsError::Refused(Refusal::Invalid { field, reason }) => {
+                invalid(i, &format!("resource.{field}"), reason)
+            }
             RecordsError::Denied(why) => RecordsError::Denied(format!("entry[{i}]: {why}")),
             other => other,
         })?;
@@ -305,7 +310,7 @@ pub async fn process(
                 let (r, expected, created) = p.remove(0);
                 store.put(r, source, who, expected).await.map(|s| (s, created))
             }
-            Err(RecordsError::Invalid { field, reason }) => Err(RecordsError::invalid(
+            Err(RecordsError::Refused(Refusal::Invalid { field, reason })) => Err(RecordsError::invalid(
                 field.replacen("entry[0]", &format!("entry[{i}]"), 1),
                 reason,
             )),

@@ -13,6 +13,7 @@
 //! A write that may not start a relationship changes none: the event carries no relationship,
 //! so one recorded earlier for the same resource stays as it was.
 
+use sharedcare_kit::edge::Refuse;
 use std::collections::HashSet;
 
 use sharedcare_kit::pdp::Actor;

@@ -4,6 +4,7 @@
 //! The domain core: no I/O.
 
 use serde_json::{Map, Value};
+use sharedcare_kit::edge::Refuse;
 
 use crate::RecordsError;
 

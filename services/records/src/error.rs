@@ -1,22 +1,14 @@
 //! The records service's errors and what kind of failure each is; the kit's edge maps them
 //! to gRPC and to FHIR OperationOutcomes.
 
-use sharedcare_kit::edge::{ErrorCode, ServiceError};
+use sharedcare_kit::edge::{ErrorCode, Refusal, ServiceError};
 
 /// What can go wrong handling a record.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
-    /// The request or resource is malformed; the message names the field.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// Field or FHIR element path, e.g. `identifier[0].value`.
-        field: String,
-        /// What was wrong and what was expected.
-        reason: String,
-    },
-    /// No such resource.
-    #[error("{0} not found")]
-    NotFound(String),
+    /// Bad input, nothing by that name, no credentials, or not allowed (the kit's shared refusals).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The resource (or this version of it) was deleted; its history is kept.
     #[error("{0} was deleted")]
     Gone(String),
@@ -29,12 +21,6 @@ pub enum RecordsError {
     /// The records database could not be read; nothing is returned.
     #[error("records storage unavailable: {0}")]
     Unavailable(String),
-    /// No valid bearer token.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The caller may not use this operation at all (scope, kind of principal).
-    #[error("{0}")]
-    Forbidden(String),
     /// An update named a version that is no longer the current one (optimistic concurrency).
     #[error("{reference} is at version {current}, not {expected}; read it again and reapply the change")]
     VersionMismatch {
@@ -65,25 +51,13 @@ pub enum RecordsError {
     Storage(#[from] sqlx::Error),
 }
 
-impl RecordsError {
-    /// An invalid-input error for `field`.
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        RecordsError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
 impl ServiceError for RecordsError {
     fn code(&self) -> ErrorCode {
         match self {
-            RecordsError::Invalid { .. } => ErrorCode::Invalid,
-            RecordsError::NotFound(_) => ErrorCode::NotFound,
+            RecordsError::Refused(r) => r.code(),
             RecordsError::Gone(_) => ErrorCode::Gone,
             RecordsError::Conflict(_) => ErrorCode::Conflict,
-            RecordsError::Denied(_) | RecordsError::Withheld | RecordsError::Forbidden(_) => ErrorCode::Forbidden,
-            RecordsError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            RecordsError::Denied(_) | RecordsError::Withheld => ErrorCode::Forbidden,
             RecordsError::VersionMismatch { .. } | RecordsError::Precondition(..) => ErrorCode::Stale,
             RecordsError::Stopped
             | RecordsError::Consent(_)
@@ -104,7 +78,8 @@ impl ServiceError for RecordsError {
 
     fn field(&self) -> Option<&str> {
         match self {
-            RecordsError::Invalid { field, .. } | RecordsError::Precondition(field, _) => Some(field),
+            RecordsError::Refused(r) => r.field(),
+            RecordsError::Precondition(field, _) => Some(field),
             _ => None,
         }
     }

@@ -4,6 +4,7 @@
 //! number identifiers); every other element is kept exactly as given.
 
 use serde_json::{Map, Value};
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::nhs::{NHS_NUMBER_SYSTEM, NhsNumber};
 
 use crate::RecordsError;
@@ -52,8 +53,8 @@ pub const DIRECTORY_TYPES: &[&str] = &[
 /// name or membership can say something about them): only systems read or write one.
 pub fn directory_access(resource_type: &str, actor_kind: &str) -> Result<(), RecordsError> {
     if resource_type == "Group" && actor_kind != "service" {
-        return Err(RecordsError::Forbidden(
-            "a Group (a cohort of patients) is read and written by systems only".into(),
+        return Err(RecordsError::forbidden(
+            "a Group (a cohort of patients) is read and written by systems only",
         ));
     }
     Ok(())

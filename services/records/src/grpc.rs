@@ -1,6 +1,7 @@
 //! `sharedcare.records.v1.Records` over gRPC: decode, call the store, encode.
 
 use sharedcare_kit::db;
+use sharedcare_kit::edge::{Refusal, Refuse};
 use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_proto::records::v1::records_server::Records;
 use sharedcare_proto::records::v1::{
@@ -27,7 +28,7 @@ impl Records for RecordsApi {
     async fn holdings(&self, request: Request<HoldingsRequest>) -> Result<Response<HoldingsResponse>, Status> {
         let who = actor(&request, "records.bulk", "").await?;
         if who.kind != "service" {
-            return Err(RecordsError::Forbidden("holdings need a service token with scope records.bulk".into()).into());
+            return Err(RecordsError::forbidden("holdings need a service token with scope records.bulk").into());
         }
         let (patients, resources) = self.store().holdings().await?;
         Ok(Response::new(HoldingsResponse { patients, resources }))
@@ -189,7 +190,9 @@ impl Records for RecordsApi {
 /// `e` about the resource at `i` of a PutMany.
 fn at(i: usize, e: RecordsError) -> RecordsError {
     match e {
-        RecordsError::Invalid { field, reason } => RecordsError::invalid(format!("resources[{i}].{field}"), reason),
+        RecordsError::Refused(Refusal::Invalid { field, reason }) => {
+            RecordsError::invalid(format!("resources[{i}].{field}"), reason)
+        }
         RecordsError::Denied(why) => RecordsError::Denied(format!("resources[{i}]: {why}")),
         other => other,
     }

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use serde_json::{Value, json};
+use sharedcare_kit::edge::{Refusal, Refuse};
 use sharedcare_kit::json::Fields;
 
 use crate::RecordsError;
@@ -143,12 +144,12 @@ async fn read(State(api): State<RecordsApi>, Path(id): Path<String>, Reader(who)
         .store()
         .provenance_target(&id)
         .await?
-        .ok_or_else(|| RecordsError::NotFound(format!("Provenance/{id}")))?;
+        .ok_or_else(|| RecordsError::not_found(format!("Provenance/{id}")))?;
     let written = api.store().provenance_of(&t, &rid, Some(version), &who).await?;
     let w = written
         .into_iter()
         .find(|w| w.provenance_id == id)
-        .ok_or_else(|| RecordsError::NotFound(format!("Provenance/{id}")))?;
+        .ok_or_else(|| RecordsError::not_found(format!("Provenance/{id}")))?;
     Ok(fhir_response(StatusCode::OK, &resource(&w), HeaderMap::new()))
 }
 
@@ -198,7 +199,7 @@ async fn search(
         wanted.ok_or_else(|| RecordsError::invalid("target", "is required (Provenance is searched by target)"))?;
     let written = match api.store().provenance_of(&t, &id, version, &who).await {
         Ok(w) => w,
-        Err(RecordsError::NotFound(_)) => Vec::new(),
+        Err(RecordsError::Refused(Refusal::NotFound(_))) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
     let base = base(&headers);

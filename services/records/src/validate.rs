@@ -5,6 +5,7 @@
 //! Pure: no I/O. Errors name the element by its path.
 
 use serde_json::{Map, Value};
+use sharedcare_kit::edge::Refuse;
 
 use crate::RecordsError;
 

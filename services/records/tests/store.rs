@@ -6,6 +6,7 @@ use prost::Message;
 use sharedcare_consent::policy::{BreakGlass, Directive, Effect, Provision, Relationship};
 use sharedcare_kit::bus::Envelope;
 use sharedcare_kit::db::Db;
+use sharedcare_kit::edge::Refusal;
 use sharedcare_kit::outbox::{Outbox, OutboxConfig};
 use sharedcare_kit::service::Service as _;
 use sharedcare_kit::testing;
@@ -209,7 +210,7 @@ async fn an_unknown_resource_is_not_found_and_the_attempt_is_audited(db: Db) {
     let s = store(&db).await;
     let err = s.get("Patient", "nobody", &system()).await.expect_err("not found");
     assert!(
-        matches!(err, RecordsError::NotFound(ref r) if r == "Patient/nobody"),
+        matches!(err, RecordsError::Refused(Refusal::NotFound(ref r)) if r == "Patient/nobody not found"),
         "{err}"
     );
     let events = outbox_events(&db).await;
@@ -274,9 +275,9 @@ async fn concurrent_reads_each_get_their_own_answer_and_audit(db: Db) {
                 assert!(i < 5, "p{i} does not exist");
                 assert_eq!((stored.id, stored.version), (format!("p{i}"), 2), "the newest version");
             }
-            Err(RecordsError::NotFound(r)) => {
+            Err(RecordsError::Refused(Refusal::NotFound(r))) => {
                 assert!(i >= 5, "p{i} exists");
-                assert_eq!(r, format!("Patient/p{i}"));
+                assert_eq!(r, format!("Patient/p{i} not found"));
             }
             Err(e) => panic!("unexpected {e}"),
         }
@@ -486,7 +487,7 @@ async fn patient_data_must_name_a_patient_the_record_holds(db: Db) {
         .await
         .expect_err("unknown patient");
     assert!(
-        matches!(&err, RecordsError::Invalid { field, .. } if field == "subject.reference"),
+        matches!(&err, RecordsError::Refused(Refusal::Invalid { field, .. }) if field == "subject.reference"),
         "{err}"
     );
     let nameless = fhir::parse(r#"{"resourceType":"Patient","id":"anon"}"#).expect("parses");
@@ -495,7 +496,7 @@ async fn patient_data_must_name_a_patient_the_record_holds(db: Db) {
         .await
         .expect_err("no NHS number");
     assert!(
-        matches!(&err, RecordsError::Invalid { field, .. } if field == "identifier"),
+        matches!(&err, RecordsError::Refused(Refusal::Invalid { field, .. }) if field == "identifier"),
         "{err}"
     );
     let rows: i64 = sqlx::query("SELECT COUNT(*) FROM resources")
@@ -739,7 +740,7 @@ async fn search_filters_by_type_date_and_code_and_pages_with_a_cursor(db: Db) {
         )
         .await
         .expect_err("unknown patient");
-    assert!(matches!(err, RecordsError::NotFound(_)), "{err}");
+    assert!(matches!(err, RecordsError::Refused(Refusal::NotFound(_))), "{err}");
 }
 
 async fn search_leaves_out_withheld_resources_and_says_so_whatever_the_record_holds(db: Db) {
@@ -850,12 +851,12 @@ async fn history_lists_versions_newest_first_and_vread_reads_one(db: Db) {
     assert_eq!(body["meta"]["versionId"], "2");
     let err = s.vread("Patient", "p1", 9, &a).await.expect_err("no version 9");
     assert!(
-        matches!(&err, RecordsError::NotFound(r) if r == "Patient/p1/_history/9"),
+        matches!(&err, RecordsError::Refused(Refusal::NotFound(r)) if r == "Patient/p1/_history/9 not found"),
         "{err}"
     );
     assert!(matches!(
         s.history("Patient", "nobody", 5, "", &a).await,
-        Err(RecordsError::NotFound(_))
+        Err(RecordsError::Refused(Refusal::NotFound(_)))
     ));
 }
 
@@ -1163,7 +1164,7 @@ async fn a_delete_is_a_new_version_reads_are_gone_and_history_keeps_it(db: Db) {
     assert_eq!(again.version, 2);
     assert!(matches!(
         s.delete("Observation", "nope", "A81001", &system()).await,
-        Err(RecordsError::NotFound(_))
+        Err(RecordsError::Refused(Refusal::NotFound(_)))
     ));
     // Written again after a delete: a new version, readable.
     let back = s

@@ -5,6 +5,7 @@
 //! RFC 7009 (revocation), RFC 7662 (introspection), RFC 7523 (private_key_jwt), RFC 9068 (JWT
 //! access tokens), OpenID Connect Back-Channel Logout 1.0, RFC 9700 (refresh token rotation).
 
+use sharedcare_kit::edge::Refusal;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -150,7 +151,9 @@ impl From<IdentityError> for OAuthError {
     fn from(e: IdentityError) -> Self {
         tracing::warn!(error = %e, "identity request failed");
         match e {
-            IdentityError::Invalid { .. } => OAuthError::new(OAuthErrorCode::InvalidRequest, e.to_string()),
+            IdentityError::Refused(Refusal::Invalid { .. }) => {
+                OAuthError::new(OAuthErrorCode::InvalidRequest, e.to_string())
+            }
             IdentityError::Storage(_) | IdentityError::Kit(_) => OAuthError::new(
                 OAuthErrorCode::TemporarilyUnavailable,
                 "identity storage is unavailable",

@@ -1,5 +1,6 @@
 //! The `clients` table: registered OAuth clients.
 
+use sharedcare_kit::edge::Refuse;
 use sqlx::Row;
 
 use super::{Store, conflict, json};

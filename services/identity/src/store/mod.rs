@@ -2,6 +2,7 @@
 //! (`$n` placeholders each used once, in order).
 
 use sharedcare_kit::db::Db;
+use sharedcare_kit::edge::Refuse;
 use sqlx::Row;
 
 use crate::error::{IdentityError, Result};

@@ -1,5 +1,6 @@
 //! SSO sessions (`sessions`) and the clients each has signed in to.
 
+use sharedcare_kit::edge::Refuse;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 

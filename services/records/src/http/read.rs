@@ -4,6 +4,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
+use sharedcare_kit::edge::Refuse;
 
 use super::respond::{Reader, Result, base, check_path, fhir_response, params, resource, version_headers};
 use super::search::{count_param, everything, unknown_param};
@@ -124,7 +125,7 @@ pub(crate) async fn operation(
     match (rtype.as_str(), op.as_str()) {
         (_, "_history") => history(api, (rtype, id), raw, &who, headers).await,
         ("Patient", "$everything") => everything(&api, &id, &who, &headers, raw.0).await,
-        _ => Err(RecordsError::NotFound(format!("{rtype}/{id}/{op}")).into()),
+        _ => Err(RecordsError::not_found(format!("{rtype}/{id}/{op}")).into()),
     }
 }
 

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use sharedcare_kit::auth::{Principal, bearer};
+use sharedcare_kit::edge::Refuse;
 
 use crate::api::{RecordsApi, actor_of, check_purpose};
 use crate::store::{Actor, Stored};
@@ -89,12 +90,12 @@ pub(crate) async fn principal(api: &RecordsApi, headers: &HeaderMap) -> Result<P
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
-        .ok_or_else(|| RecordsError::Unauthenticated("missing bearer token".into()))?;
+        .ok_or_else(|| RecordsError::unauthenticated("missing bearer token"))?;
     Ok(api
         .verifier()
         .principal(token)
         .await
-        .map_err(|e| RecordsError::Unauthenticated(e.to_string()))?)
+        .map_err(|e| RecordsError::unauthenticated(e.to_string()))?)
 }
 
 /// The FHIR base URL as the caller addressed it.

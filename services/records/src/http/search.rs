@@ -5,6 +5,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::json::Fields;
 
 use super::respond::{Reader, Result, base, check_path, fhir_response, params, urlencode};

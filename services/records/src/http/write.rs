@@ -6,6 +6,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use sharedcare_kit::edge::Refuse;
 
 use super::respond::{Result, Writer, base, body_json, check_path, fhir_response, resource, version_headers};
 use super::search::existing;

@@ -2,6 +2,7 @@
 //! answer means for the data and for its audit entry.
 
 use sharedcare_kit::access::Outcome;
+use sharedcare_kit::edge::Refuse;
 use std::collections::HashMap;
 
 use sharedcare_kit::bus::Envelope;

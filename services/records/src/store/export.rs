@@ -8,6 +8,7 @@
 //! committed to the outbox, and only then are the chunk's lines appended to the files.
 //! Directory data (organisations, practitioners, medications) needs no decision.
 
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::json::Fields;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -135,7 +136,7 @@ impl Store {
         .await?;
         let owner = row.as_ref().map(|r| r.try_get::<String, _>(6)).transpose()?;
         let Some(r) = row.filter(|_| owner.as_deref() == Some(actor.id.as_str())) else {
-            return Err(RecordsError::NotFound(format!("export {id}")));
+            return Err(RecordsError::not_found(format!("export {id}")));
         };
         let files =
             sqlx::query("SELECT resource_type, count FROM export_files WHERE export_id = $1 ORDER BY resource_type")
@@ -193,7 +194,7 @@ impl Engine {
         .bind(id.to_string())
         .fetch_optional(self.db.pool())
         .await?
-        .ok_or_else(|| RecordsError::NotFound(format!("Group/{id}")))?;
+        .ok_or_else(|| RecordsError::not_found(format!("Group/{id}")))?;
         let body: serde_json::Value = serde_json::from_str(&row.try_get::<String, _>(0)?).unwrap_or_default();
         let ids: Vec<String> = body
             .at("member")

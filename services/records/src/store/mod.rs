@@ -11,6 +11,7 @@
 use sharedcare_kit::batch::next_batch;
 use sharedcare_kit::bus::{self, Envelope};
 use sharedcare_kit::db::{self, Db};
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::outbox::{self, Outbox};
 use sharedcare_kit::telemetry;
 use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged, RecordState};
@@ -107,7 +108,7 @@ impl<T> Verdict<T> {
     /// The verdict on a resource the record does not hold.
     fn not_found(reference: &str, purpose: &str) -> Self {
         Self::refused(
-            RecordsError::NotFound(reference.to_string()),
+            RecordsError::not_found(reference.to_string()),
             Outcome::NotFound,
             purpose,
             String::new(),
@@ -312,7 +313,7 @@ impl Store {
         .fetch_optional(self.engine.db.pool())
         .await?;
         let Some(current) = row.as_ref().map(search::stored_row).transpose()? else {
-            return Err(RecordsError::NotFound(format!("{resource_type}/{id}")));
+            return Err(RecordsError::not_found(format!("{resource_type}/{id}")));
         };
         if current.deleted {
             return Ok(current);

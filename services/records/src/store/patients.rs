@@ -4,6 +4,7 @@
 
 use sharedcare_kit::access::Outcome;
 use sharedcare_kit::db::{self, Tx};
+use sharedcare_kit::edge::Refuse;
 
 use super::decide::{Asks, stored_labels, verdict};
 use super::search::{Bind, like_escape, stored_row};

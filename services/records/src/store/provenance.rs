@@ -4,6 +4,7 @@
 //! itself was decided and audited as a read.
 
 use sharedcare_kit::db::Backend;
+use sharedcare_kit::edge::Refuse;
 use sqlx::Row as _;
 
 use super::{Actor, Store, Stored};
@@ -71,7 +72,7 @@ impl Store {
         if let Some(v) = version
             && !seen.iter().any(|s| s.version == v)
         {
-            return Err(RecordsError::NotFound(format!("{resource_type}/{id}/_history/{v}")));
+            return Err(RecordsError::not_found(format!("{resource_type}/{id}/_history/{v}")));
         }
         self.written(&seen).await
     }

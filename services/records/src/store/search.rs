@@ -2,6 +2,7 @@
 //! consent and audited like a read.
 
 use sharedcare_kit::access::Outcome;
+use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::pdp::PdpError;
 use std::collections::HashMap;
 
