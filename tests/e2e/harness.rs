@@ -54,6 +54,9 @@ pub fn command(args: &[&str], env: &[(&str, String)]) -> Command {
     // the record it is about. The tests of the demo itself (`demo::`) start `up` as a user
     // does, record and all ([`up_as_shipped`]), by setting this back.
     cmd.env("SHAREDCARE_IDENTITY__SEED_DEMO_RECORD", "false");
+    // Tests run many processes at once: each MLLP listener on a free port (HL7's 2575 is for
+    // the one a user runs), reported in the `listening` line.
+    cmd.env("SHAREDCARE_CONNECTORS__MLLP_LISTEN", "127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -67,6 +70,8 @@ pub struct Proc {
     pub http: String,
     /// gRPC endpoint URL, e.g. `http://127.0.0.1:41235`.
     pub grpc: String,
+    /// The HL7 v2 MLLP listener's `host:port`, when connectors run in the process.
+    pub mllp: String,
     stderr: PathBuf,
     _logs: tempfile::TempDir,
     issuer: Option<String>,
@@ -122,7 +127,11 @@ impl Proc {
         };
         let mut http = String::new();
         let mut grpc = String::new();
+        let mut mllp = String::new();
         for part in line.split_whitespace() {
+            if let Some(a) = part.strip_prefix("mllp=") {
+                mllp = a.to_string();
+            }
             if let Some(a) = part.strip_prefix("http=") {
                 http = format!("http://{a}");
             } else if let Some(a) = part.strip_prefix("grpc=") {
@@ -133,6 +142,7 @@ impl Proc {
             child,
             http,
             grpc,
+            mllp,
             stderr,
             _logs: logs,
             issuer: None,
@@ -854,6 +864,19 @@ pub async fn user_token(p: &Proc, user: &str, password: &str, scope: &str) -> St
     let (back, _, _) = sign_in(&browser(), &p.http, url.as_str(), user, password).await;
     let t = exchange(&rp, &back).await;
     t.access_token().secret().clone()
+}
+
+/// An access token for demo staff member `user` acting in the role profile `role_id` (for
+/// those with more than one: identity asks which after the password and security code).
+pub async fn staff_token_in_role(p: &Proc, user: &str, password: &str, role_id: &str) -> String {
+    let redirect = "http://127.0.0.1:9/tok";
+    let (id, secret) = register_app(p, "Token app", redirect, "").await;
+    let rp = relying_party(&p.http, &id, &secret, redirect).await;
+    let b = browser();
+    let (at, page, _) = sign_in(&b, &p.http, &staff_auth_url(&rp), user, password).await;
+    assert!(at.contains("/oauth2/select-role"), "{user} is asked for a role: {at}");
+    let (back, _, _) = submit(&b, &p.http, "/oauth2/select-role", &page, &[("role", role_id)]).await;
+    exchange(&rp, &back).await.access_token().secret().clone()
 }
 
 pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {

@@ -107,7 +107,7 @@ fn serve_refuses_unknown_services_and_missing_settings() {
     assert!(!status.success());
     assert!(
         stderr.contains("invalid value 'billing'")
-            && stderr.contains("[possible values: identity, consent, records, audit, passport, portal]"),
+            && stderr.contains("[possible values: identity, consent, records, audit, passport, portal, connectors]"),
         "{stderr}"
     );
     let (status, _, stderr) = run(&["serve", "records"], &[], LIMIT);
@@ -146,7 +146,7 @@ fn migrate_prepares_embedded_storage_and_is_repeatable() {
         assert!(status.success(), "{stderr}");
         assert_eq!(
             stdout,
-            "migrated identity\nmigrated consent\nmigrated records\nmigrated audit\nmigrated passport\nmigrated portal\n"
+            "migrated identity\nmigrated consent\nmigrated records\nmigrated audit\nmigrated passport\nmigrated portal\nmigrated connectors\n"
         );
     }
     assert!(data.path().join("records.db").exists());

@@ -258,6 +258,11 @@ pub const SAMPLE_APP_CLIENT: (&str, &str) = ("ics-sample-app", "demo-sample-secr
 /// `records.feeds`); `up` writes the demo's clinical record with it.
 pub const INTEGRATION_CLIENT: (&str, &str) = ("ics-integration", "demo-integration-secret-95be0d27aa");
 
+/// The demo acute trust's PAS (Northbridge University Hospitals, RX1) as a client (id,
+/// secret): the connectors service writes what its HL7 v2 feed sends with it, so records,
+/// consent and audit see the trust's own system as the writer. A trusted feed in `up`.
+pub const PAS_CLIENT: (&str, &str) = ("rx1-pas", "demo-rx1-pas-secret-4e9b27c1d8");
+
 /// Demo clients with their secrets (empty for public clients). `base` is the HTTP base URL.
 pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
     let user_scopes = strings(crate::model::USER_SCOPES);
@@ -351,6 +356,26 @@ pub fn clients(base: &str) -> Vec<(Client, &'static str)> {
                 },
             ),
             INTEGRATION_CLIENT.1,
+        ),
+        (
+            client(
+                PAS_CLIENT.0,
+                "Northbridge University Hospitals PAS (HL7 v2 feed through the connectors)",
+                PAS_CLIENT.1,
+                ClientSettings {
+                    redirect_uris: Vec::new(),
+                    post_logout_redirect_uris: Vec::new(),
+                    backchannel_logout_uri: String::new(),
+                    grant_types: strings(&["client_credentials"]),
+                    scopes: strings(&["records.write"]),
+                    auth_method: AuthMethod::ClientSecretBasic,
+                    jwks: None,
+                    jwks_uri: String::new(),
+                    id_token_alg: String::new(),
+                    organisation: "RX1".into(),
+                },
+            ),
+            PAS_CLIENT.1,
         ),
     ]
 }

@@ -239,17 +239,21 @@ impl AuthConfig {
         if self.client_id.is_empty() {
             return Ok(None);
         }
+        ServiceToken::new(self.token_endpoint(issuer), &self.client_id, &self.client_secret, scope).map(Some)
+    }
+
+    /// The token endpoint clients of this process use: `auth.token_endpoint`, else the
+    /// issuer's (this config's issuer when set, else `issuer`) `/oauth2/token`.
+    pub fn token_endpoint(&self, issuer: &str) -> String {
+        if !self.token_endpoint.is_empty() {
+            return self.token_endpoint.clone();
+        }
         let issuer = if self.issuer.is_empty() {
             issuer
         } else {
             self.issuer.as_str()
         };
-        let endpoint = if self.token_endpoint.is_empty() {
-            format!("{}/oauth2/token", issuer.trim_end_matches('/'))
-        } else {
-            self.token_endpoint.clone()
-        };
-        ServiceToken::new(endpoint, &self.client_id, &self.client_secret, scope).map(Some)
+        format!("{}/oauth2/token", issuer.trim_end_matches('/'))
     }
 }
 

@@ -60,6 +60,9 @@ pub struct Mount {
     pub db: Option<Db>,
     /// Its background tasks, stopped with the consumers.
     pub background: Vec<Background>,
+    /// Listeners of its own beside HTTP and gRPC (e.g. `("mllp", addr)`), as bound: reported
+    /// in [`Running::listeners`] and the `listening` line.
+    pub listeners: Vec<(&'static str, SocketAddr)>,
 }
 
 impl Mount {
@@ -74,6 +77,7 @@ impl Mount {
             outbox: None,
             db: None,
             background: Vec::new(),
+            listeners: Vec::new(),
         }
     }
 
@@ -113,6 +117,8 @@ pub struct Running {
     pub grpc: SocketAddr,
     /// Names of the mounted services.
     pub services: Vec<&'static str>,
+    /// The services' own listeners (protocol, bound address), e.g. HL7 v2 over MLLP.
+    pub listeners: Vec<(&'static str, SocketAddr)>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     in_flight: Arc<AtomicUsize>,
     workers: TaskTracker,
@@ -206,8 +212,10 @@ pub async fn start(
     let mut dbs = Vec::new();
     let mut services = Vec::new();
     let mut grpc_names = vec![""];
+    let mut listeners = Vec::new();
     for m in mounts {
         services.push(m.name);
+        listeners.extend(m.listeners.iter().copied());
         for add in m.grpc {
             add(&mut grpc);
         }
@@ -307,6 +315,7 @@ pub async fn start(
         http: http_addr,
         grpc: grpc_addr,
         services,
+        listeners,
         servers,
         in_flight,
         workers,

@@ -117,6 +117,13 @@ impl Context {
         })
     }
 
+    /// A client-credentials token source for another client than this process's own (a
+    /// feeding system the service writes for), asking for `scope`.
+    pub fn client_token(&self, client_id: &str, secret: &str, scope: &str) -> Result<ServiceToken> {
+        let endpoint = self.auth.token_endpoint(self.issuer()?);
+        ServiceToken::new(endpoint, client_id, secret, scope)
+    }
+
     /// How this service asks consent: `consent_url` (the `setting` it came from), else the
     /// consent service mounted in the same process, with this process's client-credentials
     /// token; each decision bounded by `timeout`.

@@ -47,16 +47,16 @@ impl Default for RecordsConfig {
 }
 
 impl RecordsConfig {
-    /// The care policy these settings give; `demo_feed` is a client trusted as a feed besides
-    /// the configured ones (the demo's integration engine in `up`).
-    pub fn care_policy(&self, demo_feed: Option<&str>) -> crate::care::CarePolicy {
+    /// The care policy these settings give; `demo_feeds` are clients trusted as feeds besides
+    /// the configured ones (the demo's integration engine and PAS in `up`).
+    pub fn care_policy(&self, demo_feeds: &[&str]) -> crate::care::CarePolicy {
         const DAY_US: i64 = 86_400_000_000;
         crate::care::CarePolicy {
             feeds: self
                 .feeds
                 .iter()
                 .cloned()
-                .chain(demo_feed.map(str::to_string))
+                .chain(demo_feeds.iter().map(|f| f.to_string()))
                 .collect(),
             backdate_us: self.relationship_backdate_secs.saturating_mul(1_000_000),
             staff_period_us: self.staff_relationship_days.saturating_mul(DAY_US),

@@ -26,8 +26,9 @@ pub mod validate;
 
 pub use config::RecordsConfig;
 
-/// The demo ICS's integration engine client, trusted as a feed when the demo is seeded.
-pub const DEMO_FEED: &str = "ics-integration";
+/// The demo ICS's feeds, trusted when the demo is seeded: its integration engine and its acute
+/// trust's PAS (HL7 v2 through the connectors).
+pub const DEMO_FEEDS: &[&str] = &["ics-integration", "rx1-pas"];
 pub use error::RecordsError;
 
 use std::time::Duration;
@@ -82,8 +83,8 @@ impl sharedcare_kit::service::Service for Records {
         let timeout = Duration::from_millis(self.config.consent_timeout_ms);
         let pdp = ctx.consent(&self.config.consent_url, "records.consent_url", timeout)?;
         // The demo's integration engine writes the demo ICS's admissions and episodes.
-        let demo_feed = ctx.seed_demo.then_some(DEMO_FEED);
-        let care = self.config.care_policy(demo_feed);
+        let demo_feeds = if ctx.seed_demo { DEMO_FEEDS } else { &[] };
+        let care = self.config.care_policy(demo_feeds);
         let store = store::Store::new(ctx.db.clone(), ctx.outbox.clone(), pdp, care, &ctx.tasks)
             .with_labels(labels::Labeller::new(&self.config.sensitive_codes));
         // Patients stored before the search index existed are indexed before serving, so a

@@ -76,7 +76,7 @@ async fn store_with(db: &Db, pdp: Arc<dyn Pdp>) -> Store {
         db.clone(),
         Outbox::new(db.clone(), OutboxConfig::default(), &tasks),
         pdp,
-        sharedcare_records::RecordsConfig::default().care_policy(None),
+        sharedcare_records::RecordsConfig::default().care_policy(&[]),
         &tasks,
     )
 }

@@ -47,6 +47,8 @@ pub struct Config {
     pub passport: sharedcare_passport::PassportConfig,
     /// The web: portal, passport pages and start page.
     pub portal: sharedcare_portal::PortalConfig,
+    /// The connectors: HL7 v2 over MLLP from hospital systems.
+    pub connectors: sharedcare_connectors::ConnectorsConfig,
     /// The Kubernetes operator (`sharedcare operator run`).
     pub operator: sharedcare_operator::OperatorConfig,
     /// How long shutdown waits for in-flight work, per phase.
@@ -119,6 +121,7 @@ impl Default for Config {
             audit: sharedcare_audit::AuditConfig::default(),
             passport: sharedcare_passport::PassportConfig::default(),
             portal: sharedcare_portal::PortalConfig::default(),
+            connectors: sharedcare_connectors::ConnectorsConfig::default(),
             operator: sharedcare_operator::OperatorConfig::default(),
             shutdown_grace_ms: 10_000,
         }
@@ -154,6 +157,7 @@ impl Validate for Config {
         self.audit.validate()?;
         self.passport.validate()?;
         self.portal.validate()?;
+        self.connectors.validate()?;
         for (key, v) in [
             ("auth.issuer", &self.auth.issuer),
             ("auth.jwks_uri", &self.auth.jwks_uri),

@@ -35,7 +35,25 @@ pub fn registry(config: &Config) -> Vec<Box<dyn Service>> {
             config.portal.clone(),
             sharedcare_identity::demo::PORTAL_CLIENT,
         )),
+        Box::new(sharedcare_connectors::Connectors::new(
+            config.connectors.clone(),
+            vec![demo_pas()],
+        )),
     ]
+}
+
+/// The demo acute trust's PAS (Northbridge University Hospitals, RX1): sends HL7 v2 ADT with
+/// MSH-3 `PAS` and MSH-4 `RX1`, and writes to records as its own client.
+pub fn demo_pas() -> sharedcare_connectors::SenderConfig {
+    let (client_id, secret) = sharedcare_identity::demo::PAS_CLIENT;
+    sharedcare_connectors::SenderConfig {
+        application: "PAS".into(),
+        facility: "RX1".into(),
+        ods_code: "RX1".into(),
+        client_id: client_id.into(),
+        client_secret: secret.into(),
+        local_time: "uk".into(),
+    }
 }
 
 /// The names of the services the binary can run, in start order.
@@ -272,10 +290,21 @@ async fn run_until_signal(config: Config, mode: Mode, services: &[&str], name: &
     } else {
         String::new()
     };
+    let hl7: String = running
+        .listeners
+        .iter()
+        .filter(|(kind, _)| *kind == "mllp")
+        .map(|(_, addr)| format!("  HL7   {addr}  (HL7 v2 ADT over MLLP, from configured senders)\n"))
+        .collect();
+    let extra: String = running
+        .listeners
+        .iter()
+        .map(|(kind, addr)| format!(" {kind}={addr}"))
+        .collect();
     // A closed stdout (a supervisor that stopped reading) must not stop the platform.
     say(&format!(
         "Sharedcare {} is up ({}) in {} ms\n  HTTP  http://{}  (/healthz, /readyz, /metrics)\n  \
-         gRPC  {}  (every service, health, reflection)\n{web}  data  {}\nlistening http={} grpc={}\n\
+         gRPC  {}  (every service, health, reflection)\n{web}{hl7}  data  {}\nlistening http={} grpc={}{extra}\n\
          Stop with Ctrl-C (SIGINT) or SIGTERM.\n",
         env!("CARGO_PKG_VERSION"),
         running.services.join(", "),

@@ -1,0 +1,208 @@
+//! The connectors' settings (`[connectors]` in the configuration file,
+//! `SHAREDCARE_CONNECTORS__*`): where the MLLP listener listens, which systems may send and
+//! whom each speaks for.
+
+use serde::{Deserialize, Serialize};
+use sharedcare_kit::config::Invalid;
+
+use crate::hl7::LocalTime;
+
+/// What the connectors service is told.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectorsConfig {
+    /// Where the HL7 v2 MLLP listener listens (`host:port`; 2575 is HL7's registered port).
+    /// Empty = no listener.
+    pub mllp_listen: String,
+    /// Records' gRPC endpoint, e.g. `http://records:50051`. Empty = records in this process.
+    pub records_url: String,
+    /// The systems that may send, each with the organisation it speaks for and its own
+    /// client credentials (`[[connectors.senders]]`). `up` adds the demo acute trust's PAS
+    /// when it seeds the demo.
+    pub senders: Vec<SenderConfig>,
+    /// How long a received message (raw text and ACK) is kept, and so how long a resend of
+    /// the same control id is answered from the record of it (days).
+    pub retention_days: u32,
+    /// The largest message accepted (bytes); a bigger frame gets AR and is not read further.
+    pub max_message_bytes: usize,
+    /// Most MLLP connections at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// How long one message may take to be written to records before it gets AE (ms).
+    pub write_timeout_ms: u64,
+}
+
+impl Default for ConnectorsConfig {
+    fn default() -> Self {
+        ConnectorsConfig {
+            mllp_listen: "127.0.0.1:2575".into(),
+            records_url: String::new(),
+            senders: Vec::new(),
+            retention_days: 90,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_connections: 64,
+            write_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// One system that may send HL7 v2 (a hospital's PAS or laboratory system).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SenderConfig {
+    /// MSH-3, the sending application's namespace id; empty = any application at the
+    /// facility.
+    #[serde(default)]
+    pub application: String,
+    /// MSH-4, the sending facility's namespace id (usually the trust's ODS code).
+    pub facility: String,
+    /// The ODS code of the organisation that authors what this sender sends.
+    pub ods_code: String,
+    /// The OAuth client this sender writes to records as (client credentials, scope
+    /// `records.write`); list it in `records.feeds` so its admissions start care
+    /// relationships.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: String,
+    /// How timestamps without an offset are read: `uk` (GMT/BST, the default) or `utc`.
+    #[serde(default = "uk")]
+    pub local_time: String,
+}
+
+fn uk() -> String {
+    "uk".into()
+}
+
+impl SenderConfig {
+    /// The sender's name in logs and the message store: `application@facility`.
+    pub fn name(&self) -> String {
+        format!("{}@{}", self.application, self.facility)
+    }
+
+    /// How its timestamps without an offset are read.
+    pub fn local_time(&self) -> LocalTime {
+        if self.local_time == "utc" {
+            LocalTime::Utc
+        } else {
+            LocalTime::UkCivil
+        }
+    }
+}
+
+impl ConnectorsConfig {
+    /// Checks the values, naming the key of the first bad one.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !self.mllp_listen.is_empty() && self.mllp_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Invalid::new(
+                "connectors.mllp_listen",
+                "expected host:port, e.g. 0.0.0.0:2575, or empty for no listener",
+            ));
+        }
+        let url = &self.records_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Invalid::new(
+                "connectors.records_url",
+                "expected records' gRPC URL, e.g. http://records:50051",
+            ));
+        }
+        if self.retention_days == 0 {
+            return Err(Invalid::new("connectors.retention_days", "must be at least 1"));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(Invalid::new("connectors.max_message_bytes", "must be at least 1024"));
+        }
+        if self.max_connections == 0 {
+            return Err(Invalid::new("connectors.max_connections", "must be at least 1"));
+        }
+        if self.write_timeout_ms == 0 {
+            return Err(Invalid::new("connectors.write_timeout_ms", "must be at least 1"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.senders.iter().enumerate() {
+            let key = |field: &str| format!("connectors.senders[{i}].{field}");
+            if s.facility.trim().is_empty() {
+                return Err(Invalid::new(key("facility"), "expected the MSH-4 the sender sends"));
+            }
+            if let Err(e) = sharedcare_kit::nhs::OdsCode::parse(&s.ods_code) {
+                return Err(Invalid::new(key("ods_code"), e.to_string()));
+            }
+            if s.client_id.is_empty() {
+                return Err(Invalid::new(key("client_id"), "expected the sender's OAuth client id"));
+            }
+            if s.client_secret.is_empty() {
+                return Err(Invalid::new(key("client_secret"), "expected the client's secret"));
+            }
+            if !matches!(s.local_time.as_str(), "uk" | "utc") {
+                return Err(Invalid::new(key("local_time"), "expected uk or utc"));
+            }
+            if !seen.insert((s.application.clone(), s.facility.clone())) {
+                return Err(Invalid::new(
+                    key("facility"),
+                    format!("{} is configured twice", s.name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The sender configured for MSH-3 `application` and MSH-4 `facility`: the one naming
+    /// both, else the one for any application at the facility.
+    pub fn sender(&self, application: &str, facility: &str) -> Option<&SenderConfig> {
+        let at = |s: &&SenderConfig| s.facility.eq_ignore_ascii_case(facility);
+        self.senders
+            .iter()
+            .filter(at)
+            .find(|s| s.application.eq_ignore_ascii_case(application))
+            .or_else(|| self.senders.iter().filter(at).find(|s| s.application.is_empty()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender(application: &str) -> SenderConfig {
+        SenderConfig {
+            application: application.into(),
+            facility: "RX1".into(),
+            ods_code: "RX1".into(),
+            client_id: format!("rx1-{application}"),
+            client_secret: "s".into(),
+            local_time: uk(),
+        }
+    }
+
+    #[test]
+    fn a_sender_is_found_by_application_and_facility_or_by_facility_alone() {
+        let c = ConnectorsConfig {
+            senders: vec![sender("PAS"), sender("")],
+            ..ConnectorsConfig::default()
+        };
+        assert_eq!(c.sender("pas", "rx1").map(|s| s.client_id.as_str()), Some("rx1-PAS"));
+        assert_eq!(c.sender("LAB", "RX1").map(|s| s.client_id.as_str()), Some("rx1-"));
+        assert!(c.sender("PAS", "RVC").is_none());
+    }
+
+    #[test]
+    fn bad_settings_name_their_key() {
+        let mut c = ConnectorsConfig::default();
+        c.senders.push(SenderConfig {
+            ods_code: "not an ods code".into(),
+            ..sender("PAS")
+        });
+        assert_eq!(
+            c.validate().map_err(|e| e.key),
+            Err("connectors.senders[0].ods_code".into())
+        );
+        c.senders = vec![sender("PAS"), sender("PAS")];
+        assert_eq!(
+            c.validate().map_err(|e| e.key),
+            Err("connectors.senders[1].facility".into())
+        );
+        let c = ConnectorsConfig {
+            mllp_listen: "nowhere".into(),
+            ..ConnectorsConfig::default()
+        };
+        assert_eq!(c.validate().map_err(|e| e.key), Err("connectors.mllp_listen".into()));
+        assert_eq!(ConnectorsConfig::default().validate(), Ok(()));
+    }
+}

@@ -1,0 +1,351 @@
+//! HL7 v2 into the shared care record: a hospital system's MLLP client (python-hl7, in
+//! `tests/python/mllp_feed.py`) sends ADT messages to the connectors of `sharedcare up` as the
+//! demo acute trust's PAS, reads the ACKs with its own parser, and each step is checked with a
+//! FHIR search; the admission's care relationship is checked through consent as a nurse of
+//! the trust sees it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{Proc, eventually, get_json, nhs_number, service_token_for, staff_token_in_role, up};
+
+const NHS_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+
+/// Sends `messages` over one MLLP connection with python-hl7; one parsed ACK each.
+fn feed(p: &Proc, messages: &[String]) -> Vec<Value> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python");
+    let python = dir.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "tests/python/.venv is missing: run the README's test command (infra/test.sh)"
+    );
+    let (host, port) = p.mllp.rsplit_once(':').expect("the MLLP listener's address");
+    let mut child = Command::new(&python)
+        .arg(dir.join("mllp_feed.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let spec = json!({"host": host, "port": port, "messages": messages});
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(spec.to_string().as_bytes())
+        .expect("write the messages");
+    let out = child.wait_with_output().expect("python ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("mllp feed: done"),
+        "mllp_feed.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("an ACK as JSON"))
+        .collect()
+}
+
+/// Now as an HL7 timestamp in UTC, `minutes` from now.
+fn at(minutes: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::minutes(minutes))
+        .format("%Y%m%d%H%M%S+0000")
+        .to_string()
+}
+
+/// A PV1 with the visit number (PV1-19), patient class, location (PV1-3), attending doctor,
+/// admit (PV1-44) and discharge (PV1-45) times.
+fn pv1(visit: &str, ward: &str, admitted: &str, discharged: &str) -> String {
+    let mut f = vec![String::new(); 46];
+    f[1] = "1".into();
+    f[2] = "I".into();
+    f[3] = format!("{ward}^BAY1^BED4^RX1");
+    f[7] = "C4455667^Achebe^Ngozi^^^Dr".into();
+    f[19] = visit.into();
+    f[44] = admitted.into();
+    f[45] = discharged.into();
+    format!("PV1|{}\r", f[1..].join("|"))
+}
+
+/// An ADT message from the demo trust's PAS (MSH-3 PAS, MSH-4 RX1).
+fn adt(event: &str, control: &str, nhs: &str, family: &str, pv1: &str) -> String {
+    format!(
+        "MSH|^~\\&|PAS|RX1|SHAREDCARE|QN1|{now}||ADT^{event}^ADT_A01|{control}|P|2.4\r\
+         EVN|{event}|{now}\r\
+         PID|1||RX7{nhs}^^^RX1^MR~{nhs}^^^NHS^NH||{family}^Megan^^^Ms||19720314|F|||2 Mill Lane^^Northbridge^^NB3 4CD\r\
+         {pv1}",
+        now = at(0)
+    )
+}
+
+fn msa(ack: &Value) -> (String, String) {
+    (
+        ack["msa"][0].as_str().unwrap_or_default().to_string(),
+        ack["msa"][1].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+async fn search(p: &Proc, token: &str, query: &str) -> Vec<Value> {
+    let (status, bundle) = get_json(&format!("{}/fhir/R4/{query}", p.http), token, &[]).await;
+    assert_eq!(status, 200, "{query}: {bundle}");
+    bundle["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e["resource"].clone())
+        .filter(|r| r["resourceType"] != "OperationOutcome")
+        .collect()
+}
+
+#[tokio::test]
+async fn admit_transfer_update_and_discharge_over_mllp_each_show_in_a_fhir_search() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    assert!(!p.mllp.is_empty(), "up reports its MLLP listener");
+    let system = service_token_for(&p.http, "records.read").await;
+    let nhs = nhs_number();
+    let visit = format!("V{}", &nhs[4..]);
+    let encounters = format!("Encounter?patient.identifier={NHS_SYSTEM}|{nhs}");
+
+    let admit = adt("A01", "MSG-A01", &nhs, "Jones", &pv1(&visit, "WARD7", &at(-30), ""));
+    let acks = feed(&p, std::slice::from_ref(&admit));
+    assert_eq!(msa(&acks[0]), ("AA".into(), "MSG-A01".into()), "{}", acks[0]["ack"]);
+    let found = search(&p, &system, &encounters).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["status"], "in-progress");
+    assert_eq!(found[0]["class"]["code"], "IMP");
+    assert_eq!(found[0]["serviceProvider"]["identifier"]["value"], "RX1");
+    assert_eq!(found[0]["location"][0]["location"]["display"], "WARD7 / BAY1 / BED4");
+    let patients = search(&p, &system, &format!("Patient?identifier={NHS_SYSTEM}|{nhs}")).await;
+    assert_eq!(patients.len(), 1);
+    assert_eq!(patients[0]["name"][0]["family"], "Jones");
+    assert_eq!(patients[0]["birthDate"], "1972-03-14");
+    let version = |r: &Value| r["meta"]["versionId"].as_str().unwrap_or_default().to_string();
+    let (patient_v, encounter_v) = (version(&patients[0]), version(&found[0]));
+
+    // The same message again (the sender did not see the ACK): the same ACK, nothing written.
+    let again = feed(&p, &[admit]);
+    assert_eq!(again[0]["ack"], acks[0]["ack"], "a resend gets the very same ACK");
+    let found = search(&p, &system, &encounters).await;
+    assert_eq!(version(&found[0]), encounter_v, "a resend writes nothing");
+    let patients = search(&p, &system, &format!("Patient?identifier={NHS_SYSTEM}|{nhs}")).await;
+    assert_eq!(version(&patients[0]), patient_v);
+
+    // Transfer, update (a new surname) and discharge, in order on one connection.
+    let acks = feed(
+        &p,
+        &[
+            adt("A02", "MSG-A02", &nhs, "Jones", &pv1(&visit, "WARD9", &at(-30), "")),
+            adt(
+                "A08",
+                "MSG-A08",
+                &nhs,
+                "Jones-Reid",
+                &pv1(&visit, "WARD9", &at(-30), ""),
+            ),
+            adt(
+                "A03",
+                "MSG-A03",
+                &nhs,
+                "Jones-Reid",
+                &pv1(&visit, "WARD9", &at(-30), &at(-1)),
+            ),
+        ],
+    );
+    let codes: Vec<(String, String)> = acks.iter().map(msa).collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("AA".into(), "MSG-A02".into()),
+            ("AA".into(), "MSG-A08".into()),
+            ("AA".into(), "MSG-A03".into())
+        ]
+    );
+    let found = search(&p, &system, &encounters).await;
+    assert_eq!(
+        found.len(),
+        1,
+        "every message about the visit writes the same Encounter"
+    );
+    assert_eq!(found[0]["status"], "finished");
+    assert!(found[0]["period"]["end"].is_string(), "{}", found[0]);
+    let places: Vec<&str> = found[0]["location"]
+        .as_array()
+        .expect("locations")
+        .iter()
+        .filter_map(|l| l["location"]["display"].as_str())
+        .collect();
+    assert_eq!(places, vec!["WARD9 / BAY1 / BED4"]);
+    let patients = search(&p, &system, &format!("Patient?identifier={NHS_SYSTEM}|{nhs}")).await;
+    assert_eq!(patients[0]["name"][0]["family"], "Jones-Reid", "A08 updated the name");
+    // Records and audit see the trust's own system as the writer.
+    let history = search(
+        &p,
+        &system,
+        &format!("Provenance?target=Encounter/{}", found[0]["id"].as_str().expect("id")),
+    )
+    .await;
+    assert!(
+        history.iter().any(|pr| pr.to_string().contains("RX1")),
+        "the provenance names the trust: {history:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_admission_starts_the_trusts_care_relationship_and_a_discharge_ends_it() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let nhs = nhs_number();
+    let visit = format!("R{}", &nhs[3..]);
+    // The demo nurse, in her role profile at the trust (RX1).
+    let nurse = staff_token_in_role(&p, "nurse", "demo-nurse-password", "100000000002").await;
+    let url = format!("{}/fhir/R4/Patient/rx1-patient-{nhs}", p.http);
+
+    // Before the admission the patient is not in the record at all; an A28 adds the person,
+    // which gives the trust no relationship.
+    let acks = feed(&p, &[adt("A28", "REL-A28", &nhs, "Hughes", "")]);
+    assert_eq!(msa(&acks[0]).0, "AA", "{}", acks[0]["ack"]);
+    let (status, _) = get_json(&url, &nurse, &[]).await;
+    assert_eq!(status, 403, "no relationship before the admission");
+
+    let acks = feed(
+        &p,
+        &[adt("A01", "REL-A01", &nhs, "Hughes", &pv1(&visit, "AMU", &at(-10), ""))],
+    );
+    assert_eq!(msa(&acks[0]).0, "AA", "{}", acks[0]["ack"]);
+    eventually(Duration::from_secs(20), "the admission's relationship", || async {
+        (get_json(&url, &nurse, &[]).await.0 == 200).then_some(())
+    })
+    .await;
+
+    let acks = feed(
+        &p,
+        &[adt(
+            "A03",
+            "REL-A03",
+            &nhs,
+            "Hughes",
+            &pv1(&visit, "AMU", &at(-10), &at(-1)),
+        )],
+    );
+    assert_eq!(msa(&acks[0]).0, "AA", "{}", acks[0]["ack"]);
+    eventually(Duration::from_secs(20), "the discharge ending it", || async {
+        (get_json(&url, &nurse, &[]).await.0 == 403).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_messages_get_ae_or_ar_naming_the_field_and_nothing_is_stored() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let system = service_token_for(&p.http, "records.read").await;
+    let nhs = nhs_number();
+    let good_pv1 = pv1("VBAD1", "WARD1", &at(-5), "");
+    // The right check digit plus one (mod 10) is always wrong.
+    let bad_digit = {
+        let (stem, last) = nhs.split_at(9);
+        let d = last.parse::<u32>().expect("digit");
+        format!("{stem}{}", (d + 1) % 10)
+    };
+    let no_pid = format!(
+        "MSH|^~\\&|PAS|RX1|SHAREDCARE|QN1|{}||ADT^A01|BAD-NOPID|P|2.4\rEVN|A01\r{good_pv1}",
+        at(0)
+    );
+    let big_pid = format!("PID|1||{nhs}^^^NHS^NH||{}^Big\r", "X".repeat(10 * 1024 * 1024));
+    let messages = vec![
+        adt("A01", "BAD-DIGIT", &bad_digit, "Evans", &good_pv1),
+        no_pid,
+        adt("A99", "BAD-EVENT", &nhs, "Evans", &good_pv1),
+        adt("A01", "BAD-VERSION", &nhs, "Evans", &good_pv1).replace("|P|2.4\r", "|P|2.2\r"),
+        adt("A01", "BAD-SENDER", &nhs, "Evans", &good_pv1).replace("|PAS|RX1|", "|PAS|RZZ|"),
+        adt("A01", "BAD-CLASS", &nhs, "Evans", &good_pv1.replacen("|I|", "|Q|", 1)),
+        format!(
+            "MSH|^~\\&|PAS|RX1|SHAREDCARE|QN1|{}||ADT^A01|BAD-BIG|P|2.4\rEVN|A01\r{big_pid}{good_pv1}",
+            at(0)
+        ),
+    ];
+    let acks = feed(&p, &messages);
+    let seen: Vec<(String, String, Vec<String>, String)> = acks
+        .iter()
+        .map(|a| {
+            let (code, control) = msa(a);
+            let location: Vec<String> = a["err"]["location"]
+                .as_array()
+                .map(|l| l.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect())
+                .unwrap_or_default();
+            (
+                code,
+                control,
+                location,
+                a["err"]["code"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let loc = |s: &str, f: &str, c: &str| vec![s.to_string(), "1".into(), f.to_string(), c.to_string()];
+    assert_eq!(
+        seen,
+        vec![
+            ("AE".into(), "BAD-DIGIT".into(), loc("PID", "3", "1"), "102".into()),
+            ("AE".into(), "BAD-NOPID".into(), loc("PID", "", ""), "100".into()),
+            ("AR".into(), "BAD-EVENT".into(), loc("MSH", "9", "2"), "201".into()),
+            ("AR".into(), "BAD-VERSION".into(), loc("MSH", "12", ""), "203".into()),
+            ("AR".into(), "BAD-SENDER".into(), loc("MSH", "4", ""), "204".into()),
+            ("AE".into(), "BAD-CLASS".into(), loc("PV1", "2", ""), "103".into()),
+            ("AR".into(), "BAD-BIG".into(), loc("MSH", "", ""), "207".into()),
+        ],
+        "{acks:#?}"
+    );
+    assert!(
+        acks[0]["err"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&bad_digit),
+        "the reason names the value: {}",
+        acks[0]["err"]
+    );
+    assert!(
+        acks[6]["err"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most"),
+        "{}",
+        acks[6]["err"]
+    );
+    // Nothing of any of them was stored.
+    for query in [
+        format!("Patient?identifier={NHS_SYSTEM}|{nhs}"),
+        format!("Encounter?patient.identifier={NHS_SYSTEM}|{nhs}"),
+    ] {
+        assert!(search(&p, &system, &query).await.is_empty(), "{query} found something");
+    }
+
+    // A frame cut short by the next start block gets AR, and the next message is applied.
+    let mut s = tokio::net::TcpStream::connect(&p.mllp).await.expect("connect");
+    let good = adt("A01", "AFTER-CUT", &nhs, "Evans", &good_pv1);
+    let mut bytes = b"\x0bMSH|^~\\&|PAS|RX1|SHAREDCARE|QN1|2026||ADT^A01|CUT|P|2.4\rPID|1||".to_vec();
+    bytes.push(0x0b);
+    bytes.extend_from_slice(good.as_bytes());
+    bytes.extend_from_slice(b"\x1c\r");
+    s.write_all(&bytes).await.expect("send");
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while got.matches('\u{1c}').count() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+            .await
+            .expect("ACKs in time")
+            .expect("read");
+        assert!(n > 0, "the connection stays open: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.contains("MSA|AR|CUT|"), "{got}");
+    assert!(got.contains("MSA|AA|AFTER-CUT|"), "{got}");
+}
