@@ -66,6 +66,35 @@ fn dump_config_shows_the_settings_in_force() {
 }
 
 #[test]
+fn dump_config_shows_no_client_secret() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("sharedcare.toml");
+    std::fs::write(
+        &file,
+        "[auth]\nclient_id = \"records-svc\"\nclient_secret = \"auth-s3cret\"\n\n\
+         [[connectors.senders]]\nfacility = \"RX1\"\nods_code = \"RX1\"\nclient_id = \"rx1-pas\"\nclient_secret = \"pas-s3cret\"\n",
+    )
+    .expect("write");
+    let (status, stdout, stderr) = run(
+        &[
+            "--config",
+            file.to_str().expect("path"),
+            "--dump-config",
+            "serve",
+            "connectors",
+        ],
+        &[("SHAREDCARE_PORTAL__CLIENT_SECRET", "portal-s3cret".into())],
+        LIMIT,
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("client_id = \"rx1-pas\""), "{stdout}");
+    for secret in ["auth-s3cret", "pas-s3cret", "portal-s3cret"] {
+        assert!(!stdout.contains(secret), "{secret} printed: {stdout}");
+    }
+    assert_eq!(stdout.matches("<redacted>").count(), 3, "{stdout}");
+}
+
+#[test]
 fn an_unreachable_database_stops_serve_naming_it_without_the_password() {
     let env = [
         (

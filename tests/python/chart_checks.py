@@ -15,7 +15,7 @@ from checks import check
 HELM = os.environ["HELM"]
 CHART = Path(os.environ["CHART"])
 KUBE = "1.31.0"
-SERVICES = ["identity", "records", "consent", "audit", "passport", "portal"]
+SERVICES = ["identity", "records", "consent", "audit", "passport", "portal", "connectors"]
 
 
 def helm(*args):
@@ -68,10 +68,14 @@ check(
     "records gets its client secret from a Secret",
 )
 accounts = of(docs, "ServiceAccount")
-check(len(accounts) == 6 and all(a["automountServiceAccountToken"] is False for a in accounts.values()), "a ServiceAccount per service, no token")
-check(len(of(docs, "HorizontalPodAutoscaler")) == 5 and len(of(docs, "PodDisruptionBudget")) == 5, "HPA and PDB where enabled")
+check(len(accounts) == 7 and all(a["automountServiceAccountToken"] is False for a in accounts.values()), "a ServiceAccount per service, no token")
+check(len(of(docs, "HorizontalPodAutoscaler")) == 5 and len(of(docs, "PodDisruptionBudget")) == 6, "HPA and PDB where enabled")
 services = of(docs, "Service")
-check(all({p["name"] for p in s["spec"]["ports"]} == {"http", "grpc"} for s in services.values()), "a Service each for HTTP and gRPC")
+check(all({p["name"] for p in s["spec"]["ports"]} == {"http", "grpc"} for n, s in services.items() if n != "sc-sharedcare-connectors"), "a Service each for HTTP and gRPC")
+mllp = {p["name"]: p for p in services["sc-sharedcare-connectors"]["spec"]["ports"]}
+check(sorted(mllp) == ["grpc", "http", "mllp"] and mllp["mllp"]["port"] == 2575, "the connectors' Service carries HL7 v2 over MLLP on 2575 too")
+connectors_pod = deployments["sc-sharedcare-connectors"]["spec"]["template"]["spec"]
+check({"name": "mllp", "containerPort": 2575} in connectors_pod["containers"][0]["ports"], "the connectors' pod listens for MLLP")
 secrets = of(docs, "Secret")
 check(sorted(secrets) == ["sc-sharedcare-database", "sc-sharedcare-passport-client", "sc-sharedcare-portal-client", "sc-sharedcare-records-client"], "Secrets for the database and the clients")
 config = of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"]
@@ -79,7 +83,7 @@ settings = tomllib.loads(config)  # the rendered configuration is valid TOML
 # ... and the binary accepts it as it stands (unknown keys would stop every pod at start).
 with open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"chart-{os.getpid()}.toml"), "w") as f:
     f.write(config)
-for service in ["records", "portal", "passport", "audit", "consent", "identity"]:
+for service in SERVICES:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SHAREDCARE_")}
     run = subprocess.run([os.environ["BINARY"], "--config", f.name, "--dump-config", "serve", service], capture_output=True, text=True, env=clean)
     check(run.returncode == 0, f"sharedcare serve {service} accepts the chart's configuration: {run.stderr.strip()[-300:]}")
@@ -113,8 +117,10 @@ check(sorted(set(portal_out)) == ["audit", "consent", "identity", "passport", "r
 portal_env = {e["name"]: e for e in deployments["sc-sharedcare-portal"]["spec"]["template"]["spec"]["containers"][0]["env"]}
 check(portal_env["SHAREDCARE_PORTAL__CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "sc-sharedcare-portal-client", "the portal's OIDC client secret from a Secret")
 check(settings["portal"]["passport_url"] == "http://sc-sharedcare-passport:50051", "the portal reaches the passport by its Service")
+check(settings["connectors"]["mllp_listen"] == "0.0.0.0:2575", "the connectors listen for MLLP on every interface of the pod")
+check(not any(2575 in [p["port"] for p in rule.get("ports", [])] for rule in policies["sc-sharedcare-connectors"]["spec"]["ingress"]), "nobody reaches MLLP until services.connectors.mllp.from names the senders' networks")
 # Every peer URL comes from the one dependency map, and matches the NetworkPolicy egress.
-for svc, callees in {"records": ["consent"], "consent": ["identity"], "audit": ["identity"], "passport": ["consent", "audit"], "portal": ["passport", "consent", "records", "audit", "identity"]}.items():
+for svc, callees in {"records": ["consent"], "consent": ["identity"], "audit": ["identity"], "passport": ["consent", "audit"], "portal": ["passport", "consent", "records", "audit", "identity"], "connectors": ["records"]}.items():
     urls = sorted(k.removesuffix("_url") for k in settings[svc] if k.endswith("_url") and k != "public_url")
     check(urls == sorted(callees), f"{svc} is configured with exactly the peers it calls ({urls})")
     reached = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in policies[f"sc-sharedcare-{svc}"]["spec"]["egress"] for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"] and any(p["port"] == 50051 for p in rule["ports"])}
@@ -138,6 +144,12 @@ check(any(r.get("ports", [{}])[0].get("port") == 4317 for r in of(docs, "Network
 # from that user's Secret; the cluster CA mounted where the config points.
 config = of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"]
 check('security_protocol = "sasl_ssl"' in config and 'ssl_ca_location = "/etc/sharedcare/kafka-ca/ca.crt"' in config, "Kafka over SASL_SSL with the cluster CA")
+senders = tomllib.loads(config)["connectors"]["senders"]
+check(senders == [{"application": "PAS", "facility": "RX1", "ods_code": "RX1", "client_id": "pas-feed", "client_secret_file": "/etc/sharedcare/senders/pas-feed", "local_time": "uk"}], f"the PAS is a configured sender, its secret read from a file: {senders}")
+connectors_pod = of(docs, "Deployment")["sc-sharedcare-connectors"]["spec"]["template"]["spec"]
+projected = next(v for v in connectors_pod["volumes"] if v["name"] == "senders")["projected"]["sources"]
+check(projected == [{"secret": {"name": "pas-feed-client", "items": [{"key": "client-secret", "path": "pas-feed"}]}}], f"the sender's secret comes from its own Secret: {projected}")
+check({"name": "senders", "mountPath": "/etc/sharedcare/senders", "readOnly": True} in connectors_pod["containers"][0]["volumeMounts"], "mounted where the config points")
 check('feeds = ["pas-feed"]' in config and 'trusted_proxies = ["10.42.0.0/16"]' in config, "feeds for records and the ingress as identity's trusted proxy")
 for service in SERVICES:
     pod = of(docs, "Deployment")[f"sc-sharedcare-{service}"]["spec"]["template"]["spec"]

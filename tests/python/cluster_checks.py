@@ -135,7 +135,7 @@ def release_config():
 
 ok(run(HELM, "install", "sc", str(CHART), "-n", ns, "-f", prod, "--no-hooks"), "helm install")
 deployments = json.loads(ok(kubectl("get", "-n", ns, "deployments", "-o", "json"), "read back the Deployments"))["items"]
-check(sorted(d["metadata"]["name"] for d in deployments) == sorted(f"sc-sharedcare-{s}" for s in ["identity", "records", "consent", "audit", "passport", "portal", "operator"]), "installed: a Deployment per service, and the operator")
+check(sorted(d["metadata"]["name"] for d in deployments) == sorted(f"sc-sharedcare-{s}" for s in ["identity", "records", "consent", "audit", "passport", "portal", "connectors", "operator"]), "installed: a Deployment per service, and the operator")
 crds = json.loads(ok(kubectl("get", "crd", "careapps.sharedcare.nhs.uk", "-o", "json"), "the chart installed the operator's CRDs"))
 check(crds["spec"]["group"] == "sharedcare.nhs.uk", "the operator's CRDs are installed from the chart's crds/")
 check('log = "info"' in release_config(), "installed with the values given")

@@ -12,7 +12,7 @@ import yaml
 from checks import check
 
 K8S = Path(os.environ["K8S"])
-SERVICES = ["identity", "records", "consent", "audit", "passport", "portal"]
+SERVICES = ["identity", "records", "consent", "audit", "passport", "portal", "connectors"]
 # What each service publishes and consumes (its `topics()` and its consumers in the code).
 PUBLISHES = {
     "identity": ["sharedcare.identity.v1"],
@@ -21,6 +21,7 @@ PUBLISHES = {
     "audit": ["sharedcare.audit.v1"],
     "passport": ["sharedcare.passport.v1"],
     "portal": [],
+    "connectors": [],
 }
 CONSUMES = {
     "identity": [],
@@ -29,6 +30,7 @@ CONSUMES = {
     "audit": ["sharedcare.records.v1", "sharedcare.consent.v1", "sharedcare.passport.v1"],
     "passport": ["sharedcare.records.state.v1", "sharedcare.consent.state.v1"],
     "portal": [],
+    "connectors": [],
 }
 
 

@@ -64,6 +64,7 @@ consent: {calls: [identity]}
 audit: {calls: [identity]}
 passport: {calls: [consent, audit], client: true}
 portal: {calls: [passport, consent, records, audit, identity], client: true, signsIn: true}
+connectors: {calls: [records]}
 {{- end -}}
 
 {{/* One service's entry in the map above: (include "sharedcare.dependency" "records" | fromYaml). */}}

@@ -416,6 +416,7 @@ mod tests {
             ods_code: "RX1".into(),
             client_id: "rx1-pas".into(),
             client_secret: "s".into(),
+            client_secret_file: String::new(),
             local_time: "uk".into(),
         }
     }

@@ -61,8 +61,12 @@ pub struct SenderConfig {
     /// `records.write`); list it in `records.feeds` so its admissions start care
     /// relationships.
     pub client_id: String,
-    /// Its secret.
+    /// Its secret; or give `client_secret_file`.
+    #[serde(default)]
     pub client_secret: String,
+    /// A file holding its secret (a mounted Kubernetes Secret), read at start.
+    #[serde(default)]
+    pub client_secret_file: String,
     /// How timestamps without an offset are read: `uk` (GMT/BST, the default) or `utc`.
     #[serde(default = "uk")]
     pub local_time: String,
@@ -76,6 +80,21 @@ impl SenderConfig {
     /// The sender's name in logs and the message store: `application@facility`.
     pub fn name(&self) -> String {
         format!("{}@{}", self.application, self.facility)
+    }
+
+    /// Its client secret: `client_secret`, else the trimmed contents of `client_secret_file`.
+    pub fn secret(&self) -> Result<String, Invalid> {
+        if !self.client_secret.is_empty() {
+            return Ok(self.client_secret.clone());
+        }
+        std::fs::read_to_string(&self.client_secret_file)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| {
+                Invalid::new(
+                    "connectors.senders.client_secret_file",
+                    format!("{}: {e}", self.client_secret_file),
+                )
+            })
     }
 
     /// How its timestamps without an offset are read.
@@ -128,8 +147,11 @@ impl ConnectorsConfig {
             if s.client_id.is_empty() {
                 return Err(Invalid::new(key("client_id"), "expected the sender's OAuth client id"));
             }
-            if s.client_secret.is_empty() {
-                return Err(Invalid::new(key("client_secret"), "expected the client's secret"));
+            if s.client_secret.is_empty() == s.client_secret_file.is_empty() {
+                return Err(Invalid::new(
+                    key("client_secret"),
+                    "expected the client's secret, or client_secret_file naming a file that holds it (one of them)",
+                ));
             }
             if !matches!(s.local_time.as_str(), "uk" | "utc") {
                 return Err(Invalid::new(key("local_time"), "expected uk or utc"));
@@ -167,6 +189,7 @@ mod tests {
             ods_code: "RX1".into(),
             client_id: format!("rx1-{application}"),
             client_secret: "s".into(),
+            client_secret_file: String::new(),
             local_time: uk(),
         }
     }
@@ -192,6 +215,15 @@ mod tests {
         assert_eq!(
             c.validate().map_err(|e| e.key),
             Err("connectors.senders[0].ods_code".into())
+        );
+        c.senders = vec![SenderConfig {
+            client_secret_file: "/etc/secret".into(),
+            ..sender("PAS")
+        }];
+        assert_eq!(
+            c.validate().map_err(|e| e.key),
+            Err("connectors.senders[0].client_secret".into()),
+            "a secret and a file are one too many"
         );
         c.senders = vec![sender("PAS"), sender("PAS")];
         assert_eq!(

@@ -78,10 +78,10 @@ impl sharedcare_kit::service::Service for Connectors {
         let channel = sharedcare_kit::peer::channel(&url, "connectors.records_url", timeout)?;
         let mut tokens = HashMap::new();
         for s in &config.senders {
-            tokens.insert(
-                s.client_id.clone(),
-                ctx.client_token(&s.client_id, &s.client_secret, "records.write")?,
-            );
+            tokens.insert(s.client_id.clone(), {
+                let secret = s.secret().map_err(|e| format!("{}: {}", e.key, e.reason))?;
+                ctx.client_token(&s.client_id, &secret, "records.write")?
+            });
         }
         let writer = records::Writer::new(channel, tokens, timeout);
         let store = store::Store::new(ctx.db.clone());

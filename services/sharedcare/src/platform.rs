@@ -52,6 +52,7 @@ pub fn demo_pas() -> sharedcare_connectors::SenderConfig {
         ods_code: "RX1".into(),
         client_id: client_id.into(),
         client_secret: secret.into(),
+        client_secret_file: String::new(),
         local_time: "uk".into(),
     }
 }
