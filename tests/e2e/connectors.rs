@@ -349,3 +349,73 @@ async fn bad_messages_get_ae_or_ar_naming_the_field_and_nothing_is_stored() {
     assert!(got.contains("MSA|AR|CUT|"), "{got}");
     assert!(got.contains("MSA|AA|AFTER-CUT|"), "{got}");
 }
+
+/// An ORU^R01 from the trust with the results `obx` (already framed segments) of order `order`.
+fn oru(control: &str, nhs: &str, order: &str, obx: &str) -> String {
+    format!(
+        "MSH|^~\\&|PAS|RX1|SHAREDCARE|QN1|{now}||ORU^R01^ORU_R01|{control}|P|2.4\r\
+         PID|1||{nhs}^^^NHS^NH||Patel^Ravi||19650707|M\r\
+         OBR|1||{order}|U&E^Urea and electrolytes^L|||{now}\r{obx}",
+        now = at(-20)
+    )
+}
+
+#[tokio::test]
+async fn results_over_mllp_are_laboratory_observations_and_a_correction_is_a_new_version() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let system = service_token_for(&p.http, "records.read").await;
+    let nhs = nhs_number();
+    let order = format!("ORD{}", &nhs[5..]);
+    let results = "OBX|1|NM|2823-3^Potassium^LN||5.9|mmol/L^^UCUM|3.5-5.3|H|||F\r\
+                   OBX|2|NM|2951-2^Sodium^LN||139|mmol/L^^UCUM|133-146|N|||F\r";
+    let acks = feed(&p, &[oru("LAB-1", &nhs, &order, results)]);
+    assert_eq!(msa(&acks[0]), ("AA".into(), "LAB-1".into()), "{}", acks[0]["ack"]);
+    let query = format!("Observation?patient.identifier={NHS_SYSTEM}|{nhs}");
+    let found = search(&p, &system, &query).await;
+    let values: Vec<(String, f64, String)> = found
+        .iter()
+        .map(|o| {
+            (
+                o["code"]["coding"][0]["display"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                o["valueQuantity"]["value"].as_f64().unwrap_or_default(),
+                o["interpretation"][0]["coding"][0]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let mut sorted = values.clone();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        sorted,
+        vec![
+            ("Potassium".into(), 5.9, "H".into()),
+            ("Sodium".into(), 139.0, "N".into())
+        ],
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .all(|o| o["category"][0]["coding"][0]["code"] == "laboratory")
+    );
+
+    // The lab corrects the potassium: the same Observation, a new version, status corrected.
+    let corrected = "OBX|1|NM|2823-3^Potassium^LN||4.1|mmol/L^^UCUM|3.5-5.3|N|||C\r";
+    let acks = feed(&p, &[oru("LAB-2", &nhs, &order, corrected)]);
+    assert_eq!(msa(&acks[0]).0, "AA", "{}", acks[0]["ack"]);
+    let found = search(&p, &system, &query).await;
+    assert_eq!(found.len(), 2, "a correction replaces, it does not add: {found:?}");
+    let potassium = found
+        .iter()
+        .find(|o| o["code"]["coding"][0]["code"] == "2823-3")
+        .expect("potassium");
+    assert_eq!(potassium["status"], "corrected");
+    assert_eq!(potassium["valueQuantity"]["value"], 4.1);
+    assert_eq!(potassium["meta"]["versionId"], "2");
+}

@@ -38,6 +38,8 @@ pub struct Mapped {
     pub nhs_number: NhsNumber,
     /// FHIR resources as JSON, the Patient first.
     pub resources: Vec<Value>,
+    /// The segment each resource came from, in the same order (where a refusal of it points).
+    pub sources: Vec<Location>,
 }
 
 impl Mapped {
@@ -91,6 +93,7 @@ pub fn map(m: &Hl7<'_>, event: &str, sender: &SenderConfig, received: &str) -> R
     let patient = patient(&pid, &nhs_number, &ods, local)?;
     let patient_id = resource_id(&ods, "patient", nhs_number.as_str());
     let mut resources = vec![patient];
+    let mut sources = vec![pid.at(0)];
     let needs_visit = !matches!(event, "A28" | "A31" | "A08");
     let pv1 = m.segment("PV1");
     if needs_visit && pv1.is_none() {
@@ -113,13 +116,18 @@ pub fn map(m: &Hl7<'_>, event: &str, sender: &SenderConfig, received: &str) -> R
                 local,
             };
             resources.push(encounter(&pv1, event, &visit, &patient_id, &ods, &times)?);
+            sources.push(pv1.at(0));
         }
     }
-    Ok(Mapped { nhs_number, resources })
+    Ok(Mapped {
+        nhs_number,
+        resources,
+        sources,
+    })
 }
 
 /// Sets `key` of the JSON object `v` (built here, so always an object).
-fn put(v: &mut Value, key: &str, value: Value) {
+pub(crate) fn put(v: &mut Value, key: &str, value: Value) {
     if let Some(o) = v.as_object_mut() {
         o.insert(key.to_string(), value);
     }
@@ -157,7 +165,7 @@ pub fn local_system(ods: &str, kind: &str) -> String {
     format!("https://fhir.{}.nhs.uk/Id/{kind}", ods.to_ascii_lowercase())
 }
 
-fn patient(pid: &Seg<'_, '_>, nhs: &NhsNumber, ods: &str, local: LocalTime) -> Result<Value, Problem> {
+pub(crate) fn patient(pid: &Seg<'_, '_>, nhs: &NhsNumber, ods: &str, local: LocalTime) -> Result<Value, Problem> {
     let mut identifier = vec![json!({"system": NHS_NUMBER_SYSTEM, "value": nhs.as_str()})];
     for r in pid.repeats(3) {
         let (value, kind) = (r.text(1), r.text(5));

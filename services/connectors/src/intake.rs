@@ -70,10 +70,11 @@ impl Intake {
         let event = event_of(&m, &h);
         let mapped = match h.message_type.as_str() {
             "ADT" => crate::adt::map(&m, &event, sender, &received),
+            "ORU" => crate::oru::map(&m, sender, &received),
             _ => Err(Problem::reject(
                 Location::at("MSH", 9).component(1),
                 ErrorCode::UnsupportedMessageType,
-                "only ADT is applied",
+                "only ADT and ORU^R01 are applied",
             )),
         };
         let mut record = Received {
@@ -102,14 +103,12 @@ impl Intake {
         match self.writer.put_many(sender, &mapped.resources).await {
             Ok(()) => self.finish(record, &h, AckCode::Accept, None).await,
             Err(WriteError::Refused { index, message }) => {
-                let segment = match index.and_then(|i| mapped.resources.get(i)) {
-                    Some(r) if r.get("resourceType").and_then(|t| t.as_str()) == Some("Patient") => "PID",
-                    Some(_) => "PV1",
-                    None => "MSH",
-                };
+                let location = index
+                    .and_then(|i| mapped.sources.get(i).cloned())
+                    .unwrap_or_else(|| Location::at("MSH", 0));
                 record.produced.clear();
                 let p = Problem::error(
-                    Location::at(segment, 0),
+                    location,
                     ErrorCode::DataType,
                     format!("the shared care record refused it: {message}"),
                 );
@@ -142,6 +141,14 @@ impl Intake {
         let event = event_of(m, h);
         match h.message_type.as_str() {
             "ADT" if crate::adt::EVENTS.contains(&event.as_str()) => {}
+            "ORU" if event == "R01" => {}
+            "ORU" => {
+                return Err(Problem::reject(
+                    Location::at("MSH", 9).component(2),
+                    ErrorCode::UnsupportedEvent,
+                    format!("ORU^{event} is not applied; ORU^R01 is"),
+                ));
+            }
             "ADT" => {
                 return Err(Problem::reject(
                     Location::at("MSH", 9).component(2),
@@ -156,7 +163,7 @@ impl Intake {
                 return Err(Problem::reject(
                     Location::at("MSH", 9).component(1),
                     ErrorCode::UnsupportedMessageType,
-                    format!("{other:?} messages are not applied; ADT is"),
+                    format!("{other:?} messages are not applied; ADT and ORU^R01 are"),
                 ));
             }
         }

@@ -5,6 +5,7 @@
 //!   record, mapping, the write to records, the ACK only once the data is safe.
 //! - [`hl7`], [`ack`]: reading messages and writing ACKs with ERR segments that say where.
 //! - [`adt`]: ADT events as FHIR Patient and Encounter (UK Core shape).
+//! - [`oru`]: ORU^R01 results as laboratory Observations.
 //! - [`records`]: the write, as the sender's own client and organisation.
 //! - [`store`]: the messages received and the ACKs sent, kept for the retention period.
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod config;
 pub mod hl7;
 pub mod intake;
 pub mod mllp;
+pub mod oru;
 pub mod records;
 pub mod store;
 
@@ -51,7 +53,7 @@ impl sharedcare_kit::service::Service for Connectors {
     }
 
     fn about(&self) -> &'static str {
-        "data in: HL7 v2 ADT over MLLP from hospital systems, written to the shared care record"
+        "data in: HL7 v2 ADT and results over MLLP from hospital systems, written to the shared care record"
     }
 
     fn migrations(&self) -> Migrations {

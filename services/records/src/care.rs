@@ -57,6 +57,8 @@ pub struct CarePolicy {
     pub backdate_us: i64,
     /// How long an open-ended relationship from a staff write lasts after the write (µs).
     pub staff_period_us: i64,
+    /// How long a feed's relationship lasts after the care it shows ended (µs).
+    pub after_end_us: i64,
 }
 
 impl CarePolicy {
@@ -71,7 +73,10 @@ impl CarePolicy {
         written_us: i64,
     ) -> Option<CareRelationship> {
         match writer.kind {
-            "service" if self.feeds.contains(&writer.id) => Some(shown),
+            "service" if self.feeds.contains(&writer.id) => Some(CareRelationship {
+                end_us: shown.end_us.map(|e| e.saturating_add(self.after_end_us)),
+                ..shown
+            }),
             "staff" if !break_glass && !writer.organisation.is_empty() => {
                 if !shown.organisation.eq_ignore_ascii_case(&writer.organisation) {
                     return None;
@@ -102,6 +107,7 @@ mod tests {
             feeds: HashSet::from(["pas-feed".to_string()]),
             backdate_us: 3 * DAY,
             staff_period_us: 90 * DAY,
+            after_end_us: 0,
         }
     }
 
@@ -201,5 +207,20 @@ mod tests {
             "a feed's admission is taken as the source system recorded it"
         );
         assert_eq!(p.admit(admission, &service("some-app"), false, NOW), None);
+    }
+
+    #[test]
+    fn a_feeds_relationship_lasts_the_configured_period_after_a_discharge() {
+        let p = CarePolicy {
+            after_end_us: 28 * DAY,
+            ..policy()
+        };
+        let discharged = shown("RX1", NOW - 10 * DAY, Some(NOW));
+        let kept = p.admit(discharged, &service("pas-feed"), false, NOW).expect("a feed");
+        assert_eq!(kept.end_us, Some(NOW + 28 * DAY), "28 days after the discharge");
+        let ongoing = p
+            .admit(shown("RX1", NOW, None), &service("pas-feed"), false, NOW)
+            .expect("a feed");
+        assert_eq!(ongoing.end_us, None, "an admission has no end until the discharge");
     }
 }

@@ -30,6 +30,10 @@ pub struct RecordsConfig {
     /// How long an open-ended relationship from a staff write lasts after the write (days);
     /// writing again renews it.
     pub staff_relationship_days: i64,
+    /// How long a relationship a feed's Encounter or EpisodeOfCare started lasts after it ends
+    /// (days): a discharge ends the trust's relationship this long after the discharge time,
+    /// for the results and letters that follow. 0 = at the discharge.
+    pub discharge_relationship_days: i64,
 }
 
 impl Default for RecordsConfig {
@@ -42,6 +46,7 @@ impl Default for RecordsConfig {
             feeds: Vec::new(),
             relationship_backdate_secs: 72 * 3600,
             staff_relationship_days: 90,
+            discharge_relationship_days: 0,
         }
     }
 }
@@ -60,6 +65,7 @@ impl RecordsConfig {
                 .collect(),
             backdate_us: self.relationship_backdate_secs.saturating_mul(1_000_000),
             staff_period_us: self.staff_relationship_days.saturating_mul(DAY_US),
+            after_end_us: self.discharge_relationship_days.saturating_mul(DAY_US),
         }
     }
 
@@ -88,6 +94,12 @@ impl RecordsConfig {
         }
         if self.staff_relationship_days < 1 {
             return Err(Invalid::new("records.staff_relationship_days", "must be at least 1"));
+        }
+        if self.discharge_relationship_days < 0 {
+            return Err(Invalid::new(
+                "records.discharge_relationship_days",
+                "must not be negative",
+            ));
         }
         if let Some(i) = self.feeds.iter().position(String::is_empty) {
             return Err(Invalid::new(format!("records.feeds[{i}]"), "expected a client id"));

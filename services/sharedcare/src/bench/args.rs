@@ -32,6 +32,9 @@ pub enum What {
     /// The web: a signed-in clinician's patient summary page in `up` (session, consent,
     /// audit, render), over HTTP.
     Portal,
+    /// HL7 v2 ADT over MLLP into `up`: admissions and updates over 8 connections, each ACKed
+    /// after the write, and how soon an admission reaches the passport.
+    Hl7,
     /// The operator: 500 CareApps applied to a real kube-apiserver (KUBECONFIG) until all are
     /// Ready, reconciled into a fresh `up`.
     Operator,

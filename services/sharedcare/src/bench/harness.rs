@@ -35,6 +35,8 @@ pub(crate) struct UpProcess {
     child: Child,
     pub(crate) http: String,
     pub(crate) grpc: String,
+    /// The HL7 v2 MLLP listener's `host:port`.
+    pub(crate) mllp: String,
     _data: tempfile::TempDir,
 }
 
@@ -75,6 +77,8 @@ impl UpProcess {
             .args(["up", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--data"])
             .arg(data.path())
             .env("SHAREDCARE_TELEMETRY__LOG", "warn")
+            // A free port, so a bench never meets a platform already on HL7's 2575.
+            .env("SHAREDCARE_CONNECTORS__MLLP_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -83,6 +87,7 @@ impl UpProcess {
         let stdout = child.stdout.take().context("stdout")?;
         let mut http = String::new();
         let mut grpc = String::new();
+        let mut mllp = String::new();
         let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref() {
             let line = line?;
@@ -92,6 +97,8 @@ impl UpProcess {
                         http = a.to_string();
                     } else if let Some(a) = part.strip_prefix("grpc=") {
                         grpc = format!("http://{a}");
+                    } else if let Some(a) = part.strip_prefix("mllp=") {
+                        mllp = a.to_string();
                     }
                 }
                 break;
@@ -107,6 +114,7 @@ impl UpProcess {
                 child,
                 http,
                 grpc,
+                mllp,
                 _data: data,
             },
             started.elapsed(),

@@ -20,6 +20,7 @@ mod audit;
 mod bus;
 mod export;
 mod harness;
+mod hl7;
 mod identity;
 mod operator;
 mod passport;
@@ -43,5 +44,6 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Export => export::run(&args).await,
         What::Operator => operator::run(&args).await,
         What::Portal => portal::run(&args).await,
+        What::Hl7 => hl7::run(&args).await,
     }
 }
