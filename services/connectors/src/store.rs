@@ -42,18 +42,28 @@ impl Store {
 
     /// The ACK a message from `sender` with `control_id` already got, if it came before.
     pub async fn answered(&self, sender: &str, control_id: &str) -> Result<Option<String>, sqlx::Error> {
+        let row = self.by_key("ack", sender, control_id).await?;
+        row.map(|r| r.try_get::<String, _>(0)).transpose()
+    }
+
+    /// `columns` of the message from `sender` with `control_id`, if there is one.
+    async fn by_key(
+        &self,
+        columns: &str,
+        sender: &str,
+        control_id: &str,
+    ) -> Result<Option<sqlx::any::AnyRow>, sqlx::Error> {
         let b = self.db.backend();
         let sql = format!(
-            "SELECT ack FROM hl7_messages WHERE sender = {} AND control_id = {}",
+            "SELECT {columns} FROM hl7_messages WHERE sender = {} AND control_id = {}",
             b.placeholder(1),
             b.placeholder(2)
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(sender.to_string())
             .bind(control_id.to_string())
             .fetch_optional(self.db.pool())
-            .await?;
-        row.map(|r| r.try_get::<String, _>(0)).transpose()
+            .await
     }
 
     /// Records `r` and returns the ACK on record for its sender and control id: `r.ack`, or
@@ -85,18 +95,8 @@ impl Store {
 
     /// The message on record for `sender` and `control_id`.
     pub async fn get(&self, sender: &str, control_id: &str) -> Result<Option<Received>, sqlx::Error> {
-        let b = self.db.backend();
-        let sql = format!(
-            "SELECT sender, control_id, received_at, message_type, nhs_number, ack_code, ack, produced, raw \
-             FROM hl7_messages WHERE sender = {} AND control_id = {}",
-            b.placeholder(1),
-            b.placeholder(2)
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(sender.to_string())
-            .bind(control_id.to_string())
-            .fetch_optional(self.db.pool())
-            .await?;
+        let columns = "sender, control_id, received_at, message_type, nhs_number, ack_code, ack, produced, raw";
+        let row = self.by_key(columns, sender, control_id).await?;
         row.map(|r| {
             Ok(Received {
                 sender: r.try_get(0)?,
