@@ -419,3 +419,63 @@ async fn results_over_mllp_are_laboratory_observations_and_a_correction_is_a_new
     assert_eq!(potassium["valueQuantity"]["value"], 4.1);
     assert_eq!(potassium["meta"]["versionId"], "2");
 }
+
+#[tokio::test]
+async fn a_sender_killed_mid_stream_and_resending_loses_nothing_and_doubles_nothing() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let system = service_token_for(&p.http, "records.read").await;
+    let patients: Vec<String> = (0..4).map(|_| nhs_number()).collect();
+    let admit = |i: usize| {
+        let nhs = &patients[i];
+        adt(
+            "A01",
+            &format!("KILL-{i}"),
+            nhs,
+            "Khan",
+            &pv1(&format!("K{}", &nhs[2..]), "WARD2", &at(-3), ""),
+        )
+    };
+    // Three admissions acknowledged, the fourth sent and the sender killed before its ACK.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python");
+    let (host, port) = p.mllp.rsplit_once(':').expect("address");
+    let mut child = Command::new(dir.join(".venv/bin/python"))
+        .arg(dir.join("mllp_feed.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let spec = json!({"host": host, "port": port, "messages": (0..4).map(admit).collect::<Vec<_>>(), "hang": true});
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(spec.to_string().as_bytes())
+        .expect("write");
+    let mut acked = 0;
+    for line in BufReader::new(child.stdout.take().expect("stdout")).lines() {
+        let line = line.expect("a line");
+        if line.starts_with('{') {
+            let ack: Value = serde_json::from_str(&line).expect("json");
+            assert_eq!(msa(&ack).0, "AA", "{line}");
+            acked += 1;
+        }
+        if line.contains("sent unacknowledged") {
+            break;
+        }
+    }
+    assert_eq!(acked, 3);
+    child.kill().expect("kill -9 the sender");
+    child.wait().expect("reaped");
+
+    // The sender comes back and, as interface engines do, resends what it had no ACK for.
+    let acks = feed(&p, &[admit(3)]);
+    assert_eq!(msa(&acks[0]), ("AA".into(), "KILL-3".into()), "{}", acks[0]["ack"]);
+    for nhs in &patients {
+        let found = search(&p, &system, &format!("Encounter?patient.identifier={NHS_SYSTEM}|{nhs}")).await;
+        assert_eq!(found.len(), 1, "one admission for {nhs}: {found:?}");
+        let patients = search(&p, &system, &format!("Patient?identifier={NHS_SYSTEM}|{nhs}")).await;
+        assert_eq!(patients.len(), 1, "one Patient for {nhs}");
+    }
+}

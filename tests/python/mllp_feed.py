@@ -3,13 +3,16 @@ client `mllp_send` uses) and reads each ACK with python-hl7's parser: a hospital
 client, not Sharedcare's code.
 
 Input (stdin, JSON): {"host": ..., "port": ..., "messages": ["MSH|...", ...]}; the messages go
-in order over one connection, each after the previous ACK. Output (stdout): one JSON object per
+in order over one connection, each after the previous ACK. With "hang": true the last message
+is sent and its ACK never read: the script prints "mllp feed: sent unacknowledged" and waits
+to be killed, as a sender that dies mid-stream. Output (stdout): one JSON object per
 ACK with MSA-1, MSA-2 and, when present, ERR-2 (segment, sequence, field, component), ERR-3
 (code) and ERR-8 (the reason), then the line "mllp feed: done".
 """
 
 import json
 import sys
+import time
 
 import hl7
 from hl7.client import CR, EB, SB, MLLPClient
@@ -33,8 +36,12 @@ def field(ack, segment, field_num, component_num=1):
 
 def main():
     spec = json.load(sys.stdin)
+    messages = spec["messages"]
+    hang = spec.get("hang", False)
     with MLLPClient(spec["host"], int(spec["port"])) as client:
-        for message in spec["messages"]:
+        if hang:
+            *messages, last = messages
+        for message in messages:
             raw = read_ack(client, message)
             text = raw.decode("utf-8").strip("\x0b\x1c\r")
             ack = hl7.parse(text)
@@ -50,6 +57,10 @@ def main():
                     "reason": field(ack, "ERR", 8),
                 }
             print(json.dumps(out), flush=True)
+        if hang:
+            client.socket.sendall(SB + last.encode("utf-8") + EB + CR)
+            print("mllp feed: sent unacknowledged", flush=True)
+            time.sleep(600)
     print("mllp feed: done", flush=True)
 
 
