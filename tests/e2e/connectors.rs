@@ -479,3 +479,40 @@ async fn a_sender_killed_mid_stream_and_resending_loses_nothing_and_doubles_noth
         assert_eq!(patients.len(), 1, "one Patient for {nhs}");
     }
 }
+
+#[tokio::test]
+async fn hapi_hl7v2s_own_client_and_model_admit_a_patient_and_read_a_refusal_as_v2_4() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let system = service_token_for(&p.http, "records.read").await;
+    let nhs = nhs_number();
+    let bad = format!("{}{}", &nhs[..9], (nhs[9..].parse::<u32>().expect("digit") + 1) % 10);
+    let visit = format!("H{}", &nhs[3..]);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("java/target");
+    let classpath = std::fs::read_to_string(dir.join("classpath.txt")).expect(
+        "tests/java/target/classpath.txt is missing: run the README's test command (infra/test.sh), which builds tests/java with Maven",
+    );
+    let (host, port) = p.mllp.rsplit_once(':').expect("address");
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}:{}", dir.join("classes").display(), classpath.trim()))
+        .arg("uk.nhs.sharedcare.Hl7Checks")
+        .args([host, port, &nhs, &bad, &visit])
+        .output()
+        .expect("run java");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("hapi hl7: done"),
+        "Hl7Checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("A01 AA HAPI-A01"), "{stdout}");
+    assert!(
+        stdout.contains("BAD AE PID 3 102"),
+        "a v2.4 reader finds the segment, field and code in ERR-1: {stdout}"
+    );
+    let found = search(&p, &system, &format!("Encounter?patient.identifier={NHS_SYSTEM}|{nhs}")).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["identifier"][0]["value"], visit);
+    assert_eq!(found[0]["location"][0]["location"]["display"], "WARD3 / BED9");
+}
