@@ -18,6 +18,11 @@ const NHS_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 
 /// Sends `messages` over one MLLP connection with python-hl7; one parsed ACK each.
 fn feed(p: &Proc, messages: &[String]) -> Vec<Value> {
+    feed_with(p, messages, None)
+}
+
+/// Runs `mllp_feed.py` with `messages`, over TLS trusting `tls_ca` when given.
+fn feed_output(p: &Proc, messages: &[String], tls_ca: Option<&std::path::Path>) -> std::process::Output {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python");
     let python = dir.join(".venv/bin/python");
     assert!(
@@ -32,14 +37,22 @@ fn feed(p: &Proc, messages: &[String]) -> Vec<Value> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run python");
-    let spec = json!({"host": host, "port": port, "messages": messages});
+    let mut spec = json!({"host": host, "port": port, "messages": messages});
+    if let Some(ca) = tls_ca {
+        spec["tls_ca"] = json!(ca.display().to_string());
+    }
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(spec.to_string().as_bytes())
         .expect("write the messages");
-    let out = child.wait_with_output().expect("python ran");
+    child.wait_with_output().expect("python ran")
+}
+
+/// [`feed`], over TLS trusting `tls_ca` when given.
+fn feed_with(p: &Proc, messages: &[String], tls_ca: Option<&std::path::Path>) -> Vec<Value> {
+    let out = feed_output(p, messages, tls_ca);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("mllp feed: done"),
@@ -515,4 +528,53 @@ async fn hapi_hl7v2s_own_client_and_model_admit_a_patient_and_read_a_refusal_as_
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["identifier"][0]["value"], visit);
     assert_eq!(found[0]["location"][0]["location"]["display"], "WARD3 / BED9");
+}
+
+#[tokio::test]
+async fn over_tls_the_listener_answers_a_client_that_checks_its_certificate_and_refuses_plain_tcp() {
+    let data = tempfile::tempdir().expect("tmp");
+    let (cert, key) = (data.path().join("cert.pem"), data.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args(["-subj", "/CN=connectors", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let p = Proc::start(
+        &["up", "--data", data.path().to_str().expect("utf-8")],
+        &[
+            ("SHAREDCARE_CONNECTORS__MLLP_TLS_CERT", cert.display().to_string()),
+            ("SHAREDCARE_CONNECTORS__MLLP_TLS_KEY", key.display().to_string()),
+        ],
+    );
+    assert!(!p.mllp.is_empty(), "up reports its MLLP listener over TLS");
+    let nhs = nhs_number();
+    let message = adt(
+        "A01",
+        "TLS-1",
+        &nhs,
+        "Lee",
+        &pv1(&format!("T{}", &nhs[3..]), "WARD1", &at(-2), ""),
+    );
+    let acks = feed_with(&p, std::slice::from_ref(&message), Some(&cert));
+    assert_eq!(msa(&acks[0]), ("AA".into(), "TLS-1".into()), "{}", acks[0]["ack"]);
+    let plain = feed_output(&p, &[message], None);
+    assert!(
+        !plain.status.success() && !String::from_utf8_lossy(&plain.stdout).contains("\"msa\""),
+        "plain TCP gets no ACK from a TLS listener"
+    );
 }

@@ -129,7 +129,7 @@ impl Proc {
         let mut grpc = String::new();
         let mut mllp = String::new();
         for part in line.split_whitespace() {
-            if let Some(a) = part.strip_prefix("mllp=") {
+            if let Some(a) = part.strip_prefix("mllp=").or_else(|| part.strip_prefix("mllps=")) {
                 mllp = a.to_string();
             }
             if let Some(a) = part.strip_prefix("http=") {

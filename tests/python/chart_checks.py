@@ -150,6 +150,11 @@ connectors_pod = of(docs, "Deployment")["sc-sharedcare-connectors"]["spec"]["tem
 projected = next(v for v in connectors_pod["volumes"] if v["name"] == "senders")["projected"]["sources"]
 check(projected == [{"secret": {"name": "pas-feed-client", "items": [{"key": "client-secret", "path": "pas-feed"}]}}], f"the sender's secret comes from its own Secret: {projected}")
 check({"name": "senders", "mountPath": "/etc/sharedcare/senders", "readOnly": True} in connectors_pod["containers"][0]["volumeMounts"], "mounted where the config points")
+connectors_conf = tomllib.loads(config)["connectors"]
+tls = next(v for v in connectors_pod["volumes"] if v["name"] == "mllp-tls")["secret"]
+check(tls["secretName"] == "mllp-tls" and connectors_conf["mllp_tls_cert"] == "/etc/sharedcare/mllp-tls/tls.crt" and connectors_conf["mllp_tls_key"] == "/etc/sharedcare/mllp-tls/tls.key", "MLLP inside TLS from the named Secret")
+mllp_in = [rule for rule in of(docs, "NetworkPolicy")["sc-sharedcare-connectors"]["spec"]["ingress"] if any(p["port"] == 2575 for p in rule.get("ports", []))]
+check(len(mllp_in) == 1 and mllp_in[0]["from"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "MLLP reachable only from the senders' network")
 check('feeds = ["pas-feed"]' in config and 'trusted_proxies = ["10.42.0.0/16"]' in config, "feeds for records and the ingress as identity's trusted proxy")
 for service in SERVICES:
     pod = of(docs, "Deployment")[f"sc-sharedcare-{service}"]["spec"]["template"]["spec"]

@@ -11,6 +11,7 @@ ACK with MSA-1, MSA-2 and, when present, ERR-2 (segment, sequence, field, compon
 """
 
 import json
+import ssl
 import sys
 import time
 
@@ -39,6 +40,11 @@ def main():
     messages = spec["messages"]
     hang = spec.get("hang", False)
     with MLLPClient(spec["host"], int(spec["port"])) as client:
+        if spec.get("tls_ca"):
+            # MLLP over TLS: the client's own socket, wrapped by Python's ssl module, which
+            # checks the listener's certificate against the given CA and host name.
+            context = ssl.create_default_context(cafile=spec["tls_ca"])
+            client.socket = context.wrap_socket(client.socket, server_hostname=spec.get("tls_name", spec["host"]))
         if hang:
             *messages, last = messages
         for message in messages:

@@ -14,6 +14,11 @@ pub struct ConnectorsConfig {
     /// Where the HL7 v2 MLLP listener listens (`host:port`; 2575 is HL7's registered port).
     /// Empty = no listener.
     pub mllp_listen: String,
+    /// TLS on the MLLP listener: the PEM certificate chain it presents. Empty = plain TCP (a
+    /// private network, or TLS terminated in front).
+    pub mllp_tls_cert: String,
+    /// The PEM private key of `mllp_tls_cert`.
+    pub mllp_tls_key: String,
     /// Records' gRPC endpoint, e.g. `http://records:50051`. Empty = records in this process.
     pub records_url: String,
     /// The systems that may send, each with the organisation it speaks for and its own
@@ -35,6 +40,8 @@ impl Default for ConnectorsConfig {
     fn default() -> Self {
         ConnectorsConfig {
             mllp_listen: "127.0.0.1:2575".into(),
+            mllp_tls_cert: String::new(),
+            mllp_tls_key: String::new(),
             records_url: String::new(),
             senders: Vec::new(),
             retention_days: 90,
@@ -114,6 +121,17 @@ impl ConnectorsConfig {
             return Err(Invalid::new(
                 "connectors.mllp_listen",
                 "expected host:port, e.g. 0.0.0.0:2575, or empty for no listener",
+            ));
+        }
+        if self.mllp_tls_cert.is_empty() != self.mllp_tls_key.is_empty() {
+            let missing = if self.mllp_tls_cert.is_empty() {
+                "connectors.mllp_tls_cert"
+            } else {
+                "connectors.mllp_tls_key"
+            };
+            return Err(Invalid::new(
+                missing,
+                "TLS needs both a certificate chain and its key (PEM files), or neither",
             ));
         }
         let url = &self.records_url;

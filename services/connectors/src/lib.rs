@@ -19,6 +19,7 @@ pub mod mllp;
 pub mod oru;
 pub mod records;
 pub mod store;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -88,6 +89,11 @@ impl sharedcare_kit::service::Service for Connectors {
         let writer = records::Writer::new(channel, tokens, timeout);
         let store = store::Store::new(ctx.db.clone());
         let listen = config.mllp_listen.clone();
+        let tls = if config.mllp_tls_cert.is_empty() {
+            None
+        } else {
+            Some(tls::acceptor(&config.mllp_tls_cert, &config.mllp_tls_key)?)
+        };
         let intake = intake::Intake::new(config, store, writer);
         let mut m = Mount::new(NAME);
         if !listen.is_empty() {
@@ -95,10 +101,11 @@ impl sharedcare_kit::service::Service for Connectors {
                 .await
                 .map_err(|e| format!("connectors.mllp_listen: cannot listen on {listen}: {e}"))?;
             let addr = listener.local_addr()?;
-            tracing::info!(%addr, "HL7 v2 over MLLP on {addr}");
-            m.listeners.push(("mllp", addr));
+            let kind = if tls.is_some() { "mllps" } else { "mllp" };
+            tracing::info!(%addr, "HL7 v2 over MLLP{} on {addr}", if tls.is_some() { " with TLS" } else { "" });
+            m.listeners.push((kind, addr));
             ctx.tasks
-                .spawn(mllp::serve(listener, intake.clone(), ctx.tasks.clone()));
+                .spawn(mllp::serve(listener, intake.clone(), tls, ctx.tasks.clone()));
         }
         ctx.tasks.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(3600));

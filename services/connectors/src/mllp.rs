@@ -10,9 +10,10 @@
 use std::sync::Arc;
 
 use sharedcare_kit::tasks::Tasks;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use crate::ack::Header;
 use crate::hl7::{ErrorCode, Location, Problem};
@@ -117,9 +118,12 @@ pub fn text(bytes: Vec<u8>) -> String {
     }
 }
 
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts connections on `listener` until the process stops, at most `max_connections` at
-/// once, each served on `tasks`.
-pub async fn serve(listener: TcpListener, intake: Arc<Intake>, tasks: Tasks) {
+/// once, each served on `tasks`; over TLS when `tls` is given.
+pub async fn serve(listener: TcpListener, intake: Arc<Intake>, tls: Option<TlsAcceptor>, tasks: Tasks) {
     let limit = Arc::new(Semaphore::new(intake.config().max_connections));
     let stop = tasks.stopping();
     loop {
@@ -137,10 +141,22 @@ pub async fn serve(listener: TcpListener, intake: Arc<Intake>, tasks: Tasks) {
             },
             () = stop.cancelled() => return,
         };
-        let intake = intake.clone();
+        let (intake, tls) = (intake.clone(), tls.clone());
         tasks.spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(stream, &intake).await {
+            let served = match (stream.set_nodelay(true), tls) {
+                (Err(e), _) => Err(e),
+                (Ok(()), None) => connection(stream, &intake).await,
+                (Ok(()), Some(tls)) => match tokio::time::timeout(HANDSHAKE, tls.accept(stream)).await {
+                    Ok(Ok(secure)) => connection(secure, &intake).await,
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    )),
+                },
+            };
+            if let Err(e) = served {
                 tracing::info!(%peer, error = %e, "MLLP connection ended");
             }
         });
@@ -148,9 +164,8 @@ pub async fn serve(listener: TcpListener, intake: Arc<Intake>, tasks: Tasks) {
 }
 
 /// Serves one connection: a message, its ACK, the next message.
-async fn connection(stream: TcpStream, intake: &Intake) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
+async fn connection<S: AsyncRead + AsyncWrite>(stream: S, intake: &Intake) -> std::io::Result<()> {
+    let (read, mut write) = tokio::io::split(stream);
     let mut read = BufReader::with_capacity(64 * 1024, read);
     let max = intake.config().max_message_bytes;
     loop {
@@ -173,6 +188,7 @@ async fn connection(stream: TcpStream, intake: &Intake) -> std::io::Result<()> {
         out.extend_from_slice(ack.as_bytes());
         out.extend_from_slice(&[FS, CR]);
         write.write_all(&out).await?;
+        write.flush().await?;
     }
 }
 

@@ -294,8 +294,11 @@ async fn run_until_signal(config: Config, mode: Mode, services: &[&str], name: &
     let hl7: String = running
         .listeners
         .iter()
-        .filter(|(kind, _)| *kind == "mllp")
-        .map(|(_, addr)| format!("  HL7   {addr}  (HL7 v2 ADT over MLLP, from configured senders)\n"))
+        .filter(|(kind, _)| kind.starts_with("mllp"))
+        .map(|(kind, addr)| {
+            let tls = if *kind == "mllps" { " with TLS" } else { "" };
+            format!("  HL7   {addr}  (HL7 v2 ADT and results over MLLP{tls}, from configured senders)\n")
+        })
         .collect();
     let extra: String = running
         .listeners

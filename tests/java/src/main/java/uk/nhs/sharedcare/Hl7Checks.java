@@ -5,6 +5,7 @@ import ca.uhn.hl7v2.HapiContext;
 import ca.uhn.hl7v2.app.Connection;
 import ca.uhn.hl7v2.model.Message;
 import ca.uhn.hl7v2.model.v24.message.ADT_A01;
+import ca.uhn.hl7v2.util.idgenerator.InMemoryIDGenerator;
 import ca.uhn.hl7v2.util.Terser;
 import ca.uhn.hl7v2.validation.impl.ValidationContextFactory;
 
@@ -27,12 +28,14 @@ public final class Hl7Checks {
         int port = Integer.parseInt(args[1]);
         try (HapiContext context = new DefaultHapiContext()) {
             context.setValidationContext(ValidationContextFactory.noValidation());
+            // HAPI's default id generator keeps its counter in ./id_file; in memory instead.
+            context.getParserConfiguration().setIdGenerator(new InMemoryIDGenerator());
             Connection connection = context.newClient(host, port, false);
             try {
-                Message ack = connection.getInitiator().sendAndReceive(admit("HAPI-A01", args[2], args[4]));
+                Message ack = connection.getInitiator().sendAndReceive(admit(context, "HAPI-A01", args[2], args[4]));
                 Terser t = new Terser(ack);
                 System.out.println("A01 " + t.get("/MSA-1") + " " + t.get("/MSA-2"));
-                Message refused = connection.getInitiator().sendAndReceive(admit("HAPI-BAD", args[3], args[4] + "B"));
+                Message refused = connection.getInitiator().sendAndReceive(admit(context, "HAPI-BAD", args[3], args[4] + "B"));
                 t = new Terser(refused);
                 System.out.println("BAD " + t.get("/MSA-1") + " " + t.get("/ERR-1-1") + " " + t.get("/ERR-1-3") + " " + t.get("/ERR-1-4-1"));
             } finally {
@@ -43,8 +46,8 @@ public final class Hl7Checks {
     }
 
     /** An ADT^A01 (v2.4) from the demo acute trust's PAS admitting patient `nhs` for `visit`. */
-    private static ADT_A01 admit(String control, String nhs, String visit) throws Exception {
-        ADT_A01 m = new ADT_A01();
+    private static ADT_A01 admit(HapiContext context, String control, String nhs, String visit) throws Exception {
+        ADT_A01 m = context.newMessage(ADT_A01.class);
         m.initQuickstart("ADT", "A01", "P");
         Terser t = new Terser(m);
         t.set("/MSH-3-1", "PAS");
