@@ -578,3 +578,58 @@ async fn over_tls_the_listener_answers_a_client_that_checks_its_certificate_and_
         "plain TCP gets no ACK from a TLS listener"
     );
 }
+
+#[tokio::test]
+async fn serve_connectors_on_postgres_and_kafka_writes_to_records_in_its_own_process() {
+    use crate::harness::{fresh_database, kafka_brokers, namespace, serve_env};
+    use sharedcare_proto::records::v1::GetRequest;
+    let env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
+    let with = |extra: &[(&'static str, String)]| env.iter().cloned().chain(extra.iter().cloned()).collect::<Vec<_>>();
+    let id = Proc::start(&["serve", "identity"], &with(&[("SHAREDCARE_IDENTITY__SEED_DEMO", "true".into())]));
+    let issuer = [("SHAREDCARE_AUTH__ISSUER", id.http.clone())];
+    let client = [
+        ("SHAREDCARE_AUTH__CLIENT_ID", crate::harness::SERVICE_ID.to_string()),
+        ("SHAREDCARE_AUTH__CLIENT_SECRET", crate::harness::SERVICE_SECRET.to_string()),
+    ];
+    let consent = Proc::start(&["serve", "consent"], &with(&issuer)).with_issuer(&id.http);
+    let mut records_env = with(&issuer);
+    records_env.extend(client.iter().cloned());
+    records_env.push(("SHAREDCARE_RECORDS__CONSENT_URL", consent.grpc.clone()));
+    records_env.push(("SHAREDCARE_RECORDS__FEEDS", r#"["rx1-pas"]"#.into()));
+    let records = Proc::start(&["serve", "records"], &records_env).with_issuer(&id.http);
+    // The senders are configuration: a TOML file, as the chart's ConfigMap gives them.
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("sharedcare.toml");
+    let (pas, secret) = sharedcare_identity::demo::PAS_CLIENT;
+    std::fs::write(
+        &config,
+        format!(
+            "[connectors]\nrecords_url = \"{}\"\n\n[[connectors.senders]]\napplication = \"PAS\"\nfacility = \"RX1\"\nods_code = \"RX1\"\nclient_id = \"{pas}\"\nclient_secret = \"{secret}\"\n",
+            records.grpc
+        ),
+    )
+    .expect("config");
+    let connectors = Proc::start(
+        &["--config", config.to_str().expect("utf-8"), "serve", "connectors"],
+        &with(&issuer),
+    );
+    assert!(!connectors.mllp.is_empty(), "serve connectors listens for MLLP");
+    let nhs = nhs_number();
+    let visit = format!("D{}", &nhs[3..]);
+    let acks = feed(&connectors, &[adt("A01", "DIST-1", &nhs, "Moss", &pv1(&visit, "WARD4", &at(-5), ""))]);
+    assert_eq!(msa(&acks[0]), ("AA".into(), "DIST-1".into()), "{}", acks[0]["ack"]);
+    let got = records
+        .records()
+        .await
+        .get(GetRequest {
+            resource_type: "Encounter".into(),
+            id: format!("rx1-encounter-{visit}"),
+            ..Default::default()
+        })
+        .await
+        .expect("records holds the admission")
+        .into_inner();
+    let encounter: Value = serde_json::from_str(&got.resource_json).expect("json");
+    assert_eq!(encounter["status"], "in-progress");
+    assert_eq!(encounter["serviceProvider"]["identifier"]["value"], "RX1");
+}
