@@ -210,6 +210,14 @@ async fn admit_transfer_update_and_discharge_over_mllp_each_show_in_a_fhir_searc
         history.iter().any(|pr| pr.to_string().contains("RX1")),
         "the provenance names the trust: {history:?}"
     );
+    let sources: Vec<&str> = history
+        .iter()
+        .filter_map(|pr| pr["entity"][0]["what"]["identifier"]["value"].as_str())
+        .collect();
+    assert!(
+        sources.contains(&"hl7v2:PAS@RX1:MSG-A03") && sources.contains(&"hl7v2:PAS@RX1:MSG-A01"),
+        "each version's Provenance names the message it came from: {sources:?}"
+    );
 }
 
 #[tokio::test]
@@ -585,11 +593,17 @@ async fn serve_connectors_on_postgres_and_kafka_writes_to_records_in_its_own_pro
     use sharedcare_proto::records::v1::GetRequest;
     let env = serve_env(&fresh_database().await, &kafka_brokers(), &namespace());
     let with = |extra: &[(&'static str, String)]| env.iter().cloned().chain(extra.iter().cloned()).collect::<Vec<_>>();
-    let id = Proc::start(&["serve", "identity"], &with(&[("SHAREDCARE_IDENTITY__SEED_DEMO", "true".into())]));
+    let id = Proc::start(
+        &["serve", "identity"],
+        &with(&[("SHAREDCARE_IDENTITY__SEED_DEMO", "true".into())]),
+    );
     let issuer = [("SHAREDCARE_AUTH__ISSUER", id.http.clone())];
     let client = [
         ("SHAREDCARE_AUTH__CLIENT_ID", crate::harness::SERVICE_ID.to_string()),
-        ("SHAREDCARE_AUTH__CLIENT_SECRET", crate::harness::SERVICE_SECRET.to_string()),
+        (
+            "SHAREDCARE_AUTH__CLIENT_SECRET",
+            crate::harness::SERVICE_SECRET.to_string(),
+        ),
     ];
     let consent = Proc::start(&["serve", "consent"], &with(&issuer)).with_issuer(&id.http);
     let mut records_env = with(&issuer);
@@ -616,7 +630,10 @@ async fn serve_connectors_on_postgres_and_kafka_writes_to_records_in_its_own_pro
     assert!(!connectors.mllp.is_empty(), "serve connectors listens for MLLP");
     let nhs = nhs_number();
     let visit = format!("D{}", &nhs[3..]);
-    let acks = feed(&connectors, &[adt("A01", "DIST-1", &nhs, "Moss", &pv1(&visit, "WARD4", &at(-5), ""))]);
+    let acks = feed(
+        &connectors,
+        &[adt("A01", "DIST-1", &nhs, "Moss", &pv1(&visit, "WARD4", &at(-5), ""))],
+    );
     assert_eq!(msa(&acks[0]), ("AA".into(), "DIST-1".into()), "{}", acks[0]["ack"]);
     let got = records
         .records()

@@ -100,7 +100,8 @@ impl Intake {
         record.nhs_number = mapped.nhs_number.as_str().to_string();
         record.produced = mapped.references().join(",");
         let _patient = self.lock(&record.nhs_number).await;
-        match self.writer.put_many(sender, &mapped.resources).await {
+        let document = format!("hl7v2:{}:{}", record.sender, record.control_id);
+        match self.writer.put_many(sender, &mapped.resources, &document).await {
             Ok(()) => self.finish(record, &h, AckCode::Accept, None).await,
             Err(WriteError::Refused { index, message }) => {
                 let location = index

@@ -50,8 +50,9 @@ impl Writer {
         }
     }
 
-    /// Writes `resources` as `sender`, all or none; returns once they are durably stored.
-    pub async fn put_many(&self, sender: &SenderConfig, resources: &[Value]) -> Result<(), WriteError> {
+    /// Writes `resources` as `sender`, all or none, naming `document` (the message they came
+    /// from) in their Provenance; returns once they are durably stored.
+    pub async fn put_many(&self, sender: &SenderConfig, resources: &[Value], document: &str) -> Result<(), WriteError> {
         let Some(token) = self.tokens.get(&sender.client_id) else {
             return Err(WriteError::Unavailable(format!(
                 "no client for sender {}",
@@ -62,6 +63,7 @@ impl Writer {
             resources_json: resources.iter().map(Value::to_string).collect(),
             source_organisation: sender.ods_code.clone(),
             purpose: String::new(),
+            source_document: document.to_string(),
         };
         let deadline = Instant::now() + self.timeout;
         let mut pause = Duration::from_millis(50);

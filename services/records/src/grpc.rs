@@ -70,6 +70,14 @@ impl Records for RecordsApi {
             .into());
         }
         let source = writing_organisation(&who, &req.source_organisation, "source_organisation")?;
+        let document = &req.source_document;
+        if document.len() > 256 || document.chars().any(|c| c.is_control()) {
+            return Err(RecordsError::invalid(
+                "source_document",
+                "at most 256 characters, none of them control characters",
+            )
+            .into());
+        }
         let mut puts = Vec::with_capacity(req.resources_json.len());
         for (i, json) in req.resources_json.iter().enumerate() {
             let r = fhir::parse(json).map_err(|e| at(i, e))?;
@@ -77,7 +85,7 @@ impl Records for RecordsApi {
         }
         let stored = self
             .store()
-            .put_all(puts, &source, &who)
+            .put_all_from(puts, &source, &who, document)
             .await
             .map_err(|(i, e)| at(i, e))?;
         Ok(Response::new(PutManyResponse {

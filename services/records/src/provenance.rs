@@ -105,6 +105,10 @@ pub fn router(api: RecordsApi) -> Router {
         .with_state(api)
 }
 
+/// The identifier system of a version's source document (what a feed took it from, e.g.
+/// `hl7v2:<sender>:<control id>` for an HL7 v2 message the connectors keep).
+pub const SOURCE_DOCUMENT_SYSTEM: &str = "https://sharedcare.nhs.uk/Id/source-document";
+
 /// The Provenance resource for one version.
 pub fn resource(w: &Written) -> Value {
     let at = |us: i64| {
@@ -127,7 +131,7 @@ pub fn resource(w: &Written) -> Value {
             json!({"identifier": {"system": fhir::ODS_SYSTEM, "value": w.organisation}}),
         );
     }
-    json!({
+    let mut p = json!({
         "resourceType": "Provenance",
         "id": w.provenance_id,
         "meta": {"versionId": "1", "lastUpdated": at(w.recorded_us)},
@@ -135,7 +139,14 @@ pub fn resource(w: &Written) -> Value {
         "recorded": at(w.recorded_us),
         "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": activity}]},
         "agent": [agent],
-    })
+    });
+    if !w.source_document.is_empty() {
+        p.put(
+            "entity",
+            json!([{"role": "source", "what": {"identifier": {"system": SOURCE_DOCUMENT_SYSTEM, "value": w.source_document}}}]),
+        );
+    }
+    p
 }
 
 async fn read(State(api): State<RecordsApi>, Path(id): Path<String>, Reader(who): Reader) -> Result<Response> {
@@ -338,11 +349,19 @@ mod tests {
             author: "gp-system".into(),
             organisation: "A81001".into(),
             deleted: false,
+            source_document: String::new(),
         };
         let p = resource(&w);
         assert_eq!(p["target"][0]["reference"], "Observation/o1/_history/2");
         assert_eq!(p["activity"]["coding"][0]["code"], "UPDATE");
         assert_eq!(p["agent"][0]["onBehalfOf"]["identifier"]["value"], "A81001");
         assert_eq!(p["recorded"], "2023-11-14T22:13:20.000000Z");
+        assert!(p.get("entity").is_none(), "no source named, no entity");
+        let fed = resource(&Written {
+            source_document: "hl7v2:PAS@RX1:MSG1".into(),
+            ..w
+        });
+        assert_eq!(fed["entity"][0]["role"], "source");
+        assert_eq!(fed["entity"][0]["what"]["identifier"]["value"], "hl7v2:PAS@RX1:MSG1");
     }
 }

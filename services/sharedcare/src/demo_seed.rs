@@ -141,6 +141,7 @@ pub async fn seed(http: &str, grpc: &str, today: NaiveDate) -> anyhow::Result<Se
                         resources_json: part.resources.iter().map(|v| v.to_string()).collect(),
                         source_organisation: part.org.to_string(),
                         purpose: String::new(),
+                        ..Default::default()
                     },
                 ))
                 .await

@@ -177,6 +177,7 @@ pub async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> {
             resources_json: all.get(done..end).unwrap_or_default().to_vec(),
             source_organisation: args.source.clone().unwrap_or_default(),
             purpose: String::new(),
+            ..Default::default()
         });
         req.metadata_mut().insert("authorization", bearer.clone());
         if let Err(s) = client.put_many(req).await {

@@ -165,6 +165,8 @@ struct PutJob {
     break_glass: bool,
     /// The version the writer based this put on (0 = none).
     expected_version: i64,
+    /// What the writer took it from (a feed's message), for its Provenance; "" when not said.
+    source_document: String,
 }
 
 /// A put and where its answer goes.
@@ -256,6 +258,7 @@ impl Store {
             reason: String::new(),
             break_glass: false,
             expected_version,
+            source_document: String::new(),
         }
     }
 
@@ -268,13 +271,28 @@ impl Store {
         source_organisation: &str,
         actor: &Actor,
     ) -> Result<Vec<Stored>, (usize, RecordsError)> {
+        self.put_all_from(puts, source_organisation, actor, "").await
+    }
+
+    /// [`Store::put_all`], naming `source_document` (what a feed took them from, e.g. an HL7 v2
+    /// message) in each version's Provenance.
+    pub async fn put_all_from(
+        &self,
+        puts: Vec<(Resource, i64)>,
+        source_organisation: &str,
+        actor: &Actor,
+        source_document: &str,
+    ) -> Result<Vec<Stored>, (usize, RecordsError)> {
         if puts.is_empty() {
             return Ok(Vec::new());
         }
         let e = &self.engine;
         let jobs: Vec<PutJob> = puts
             .into_iter()
-            .map(|(resource, expected_version)| self.job(resource, source_organisation, actor, expected_version))
+            .map(|(resource, expected_version)| PutJob {
+                source_document: source_document.to_string(),
+                ..self.job(resource, source_organisation, actor, expected_version)
+            })
             .collect();
         let judged = e.judge_puts(jobs).await.map_err(|err| (0, err))?;
         let first_refused = judged.iter().position(|(_, r)| r.is_some());
@@ -429,8 +447,8 @@ impl Engine {
             .zip(jobs.chunks(db::MAX_ROWS_PER_INSERT))
         {
             let sql = tx.backend().insert_rows(
-                "resources (resource_type, id, version, last_updated_us, nhs_number, source_organisation, author, body, deleted, provenance_id)",
-                10,
+                "resources (resource_type, id, version, last_updated_us, nhs_number, source_organisation, author, body, deleted, provenance_id, source_document)",
+                11,
                 chunk.len(),
                 "",
             );
@@ -446,7 +464,8 @@ impl Engine {
                     .bind(job.caller.actor.id.clone())
                     .bind(s.body.clone())
                     .bind(i64::from(s.deleted))
-                    .bind(uuid::Uuid::new_v4().simple().to_string());
+                    .bind(uuid::Uuid::new_v4().simple().to_string())
+                    .bind(job.source_document.clone());
             }
             match q.execute(&mut *tx).await {
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {

@@ -29,6 +29,8 @@ pub struct Written {
     pub organisation: String,
     /// The version deleted the resource.
     pub deleted: bool,
+    /// What the writer took it from (a feed's message), "" when not said.
+    pub source_document: String,
 }
 
 impl Store {
@@ -89,7 +91,7 @@ impl Store {
             pairs.sort_unstable();
             pairs.dedup();
             let sql = format!(
-                "SELECT resource_type, id, version, provenance_id, author, source_organisation, last_updated_us, deleted \
+                "SELECT resource_type, id, version, provenance_id, author, source_organisation, last_updated_us, deleted, source_document \
                  FROM resources WHERE {} ORDER BY resource_type, id, version DESC",
                 self.engine.any_of("", pairs.len())
             );
@@ -107,6 +109,7 @@ impl Store {
                     organisation: r.try_get(5)?,
                     recorded_us: r.try_get(6)?,
                     deleted: r.try_get::<i64, _>(7)? != 0,
+                    source_document: r.try_get(8)?,
                 };
                 let was_read = chunk
                     .iter()
