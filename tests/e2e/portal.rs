@@ -91,6 +91,16 @@ async fn clinicians_and_patients_use_the_web_in_chromium_with_one_login() {
         ],
     )
     .await;
+    // The hospital holds its own Patient for her too, as its HL7 feed writes one: the portal's
+    // search shows her once.
+    write(
+        p,
+        "RX1",
+        &[json!({"resourceType": "Patient", "id": "rx1-patient-margaret",
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": margaret}],
+            "name": [{"family": "Evans", "given": ["Margaret"]}], "birthDate": "1941-03-12", "gender": "female"})],
+    )
+    .await;
     let token = user_token(p, "patient1", "demo-patient1-password", "nhs_number").await;
     ConsentClient::new(p.channel().await)
         .put_directive(with_token(

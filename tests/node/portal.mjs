@@ -147,6 +147,11 @@ try {
   await gp.fill('#birthdate-year', '1941');
   await gp.click('#search');
   await gp.waitForSelector('#results');
+  assert.equal(
+    await gp.locator('#results tbody tr').count(),
+    1,
+    'one row for Margaret, though the practice and the hospital each hold a Patient for her',
+  );
   await check(gp, '05-search-results');
   await gp.click('text=Margaret Evans');
   await gp.waitForSelector('#patient-name');

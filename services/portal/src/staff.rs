@@ -257,6 +257,9 @@ async fn search(
         .await?
         .into_inner();
     let mut rows = Vec::new();
+    // One row per person: the practice and a hospital (through its HL7 feed) may each hold a
+    // Patient for the same NHS number.
+    let mut seen = std::collections::HashSet::new();
     for r in &found.resources {
         let p: serde_json::Value = serde_json::from_str(&r.resource_json).unwrap_or_default();
         let nhs = p
@@ -269,7 +272,7 @@ async fn search(
             })
             .unwrap_or_default()
             .to_string();
-        if nhs.is_empty() {
+        if nhs.is_empty() || !seen.insert(nhs.clone()) {
             continue;
         }
         let name = &p.at("name")[0];
