@@ -236,7 +236,7 @@ fn event_of(m: &Hl7<'_>, h: &Header) -> String {
 }
 
 /// The ACK for a message answered without being recorded.
-fn answer(h: &Header, p: &Problem, at_us: i64) -> String {
+pub(crate) fn answer(h: &Header, p: &Problem, at_us: i64) -> String {
     ack(h, p.ack, Some(p), &ack_id(at_us), &hl7_now(at_us))
 }
 

@@ -196,12 +196,7 @@ async fn connection<S: AsyncRead + AsyncWrite>(stream: S, intake: &Intake) -> st
 fn refuse(head: &[u8], code: ErrorCode, reason: String) -> String {
     let h = Header::from_text(&text(head.to_vec()));
     let p = Problem::reject(Location::at("MSH", 0), code, reason);
-    let now = sharedcare_kit::db::now_us();
-    let stamp = chrono::DateTime::from_timestamp_micros(now)
-        .unwrap_or_default()
-        .format("%Y%m%d%H%M%S+0000")
-        .to_string();
-    crate::ack::ack(&h, p.ack, Some(&p), &format!("SC{now}"), &stamp)
+    crate::intake::answer(&h, &p, sharedcare_kit::db::now_us())
 }
 
 #[cfg(test)]

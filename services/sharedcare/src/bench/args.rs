@@ -52,9 +52,10 @@ pub struct BenchArgs {
     /// Concurrent requests in flight (records).
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
-    /// HTTP/2 connections the requests are spread over (records).
-    #[arg(long, default_value_t = 4)]
-    pub connections: usize,
+    /// Connections the requests are spread over: HTTP/2 for records, passport and portal
+    /// (default 4); MLLP for hl7 (default 8).
+    #[arg(long)]
+    pub connections: Option<usize>,
     /// Events per second for the latency phase (bus).
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
@@ -72,4 +73,11 @@ pub struct BenchArgs {
     /// patient's access-log page measured over a log that size).
     #[arg(long, default_value_t = 0)]
     pub audit_entries: u64,
+}
+
+impl BenchArgs {
+    /// `--connections`, else `default`; at least one.
+    pub fn connections_or(&self, default: usize) -> usize {
+        self.connections.unwrap_or(default).max(1)
+    }
 }

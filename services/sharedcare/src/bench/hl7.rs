@@ -104,11 +104,7 @@ fn adt(event: &str, control: &str, nhs: &str, i: u64) -> String {
 /// `sharedcare bench hl7`.
 pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (p, _) = UpProcess::start_env(&[], &[("SHAREDCARE_IDENTITY__SEED_DEMO_RECORD", "false")])?;
-    let connections = if args.connections == 4 {
-        8
-    } else {
-        args.connections.max(1)
-    };
+    let connections = args.connections_or(8);
     let nhs: Arc<Vec<String>> = Arc::new(crate::population::nhs_numbers(HL7_PATIENTS + 1_000).collect());
     println!(
         "HL7 v2 ADT over MLLP at {}, {connections} connections, {HL7_PATIENTS} patients, {} s per phase",

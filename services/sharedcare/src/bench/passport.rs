@@ -39,7 +39,7 @@ pub(crate) async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()>
     let bearer = Bearer(format!("Bearer {token}").parse()?);
     let mut writers = Vec::new();
     let mut readers = Vec::new();
-    for _ in 0..args.connections.max(1) {
+    for _ in 0..args.connections_or(4) {
         let channel = tonic::transport::Channel::from_shared(p.grpc.clone())?
             .connect()
             .await?;
@@ -121,7 +121,7 @@ pub(crate) async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()>
     let gp = as_user(super::identity::user_token(&p.http, "gp", "demo-gp-password", "selectedrole").await?)?;
     let own = as_user(super::identity::user_token(&p.http, "patient1", "demo-patient1-password", "nhs_number").await?)?;
     let (mut staff, mut patient) = (Vec::new(), Vec::new());
-    for _ in 0..args.connections.max(1) {
+    for _ in 0..args.connections_or(4) {
         let channel = tonic::transport::Channel::from_shared(p.grpc.clone())?
             .connect()
             .await?;

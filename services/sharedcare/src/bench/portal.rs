@@ -105,7 +105,7 @@ async fn pages(
     cookie: String,
     check: fn(&str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let clients: Vec<reqwest::Client> = (0..args.connections.max(1))
+    let clients: Vec<reqwest::Client> = (0..args.connections_or(4))
         .map(|_| client(false))
         .collect::<anyhow::Result<_>>()?;
     let (page, cookie) = (Arc::new(page), Arc::new(cookie));

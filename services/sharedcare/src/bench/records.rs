@@ -37,7 +37,7 @@ pub(crate) async fn records(args: &BenchArgs) -> anyhow::Result<()> {
     let bearer = Bearer(format!("Bearer {token}").parse()?);
     let mut clients = Vec::new();
     let mut health = Vec::new();
-    for _ in 0..args.connections.max(1) {
+    for _ in 0..args.connections_or(4) {
         let channel = tonic::transport::Channel::from_shared(grpc.clone())?.connect().await?;
         clients.push(RecordsClient::with_interceptor(channel.clone(), bearer.clone()));
         health.push(tonic_health::pb::health_client::HealthClient::new(channel));
@@ -106,7 +106,7 @@ pub(crate) async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         let token = demo_service_token(http, "consent.decide").await?;
         let bearer = Bearer(format!("Bearer {token}").parse()?);
         let mut deciders = Vec::new();
-        for _ in 0..args.connections.max(1) {
+        for _ in 0..args.connections_or(4) {
             let channel = tonic::transport::Channel::from_shared(grpc.clone())?.connect().await?;
             deciders.push(ConsentClient::with_interceptor(channel, bearer.clone()));
         }
