@@ -1,17 +1,20 @@
 //! Applies `AccessRecorded` events to the log, and consent's `ConsentEvent`s (break-glass
 //! grants, directive, flag and relationship changes) as entries of their own, so a patient's
-//! trail shows who broke the glass and who changed their sharing. Other event types on audited
-//! topics are acknowledged and ignored.
+//! trail shows who broke the glass and who changed their sharing. A patient merge in records
+//! joins the two trails under the survivor. Other event types on audited topics are
+//! acknowledged and ignored.
 
 use prost::Message;
 use sharedcare_kit::access::Outcome;
 use sharedcare_kit::bus::{Delivery, Handler};
-use sharedcare_proto::events::v1::{AccessRecorded, ConsentEvent};
+use sharedcare_proto::events::v1::{AccessRecorded, ConsentEvent, RecordChanged};
 
 use crate::store::Store;
 
 /// The protobuf type name of the events this consumer appends.
 pub const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
+/// Records' changes: only a merge (`merged_into`) matters here.
+pub const RECORD_CHANGED: &str = "sharedcare.events.v1.RecordChanged";
 /// Consent's events, appended as entries of their own.
 pub const CONSENT_EVENT: &str = "sharedcare.events.v1.ConsentEvent";
 
@@ -35,6 +38,12 @@ impl Handler for AccessConsumer {
 
     /// Appends every `AccessRecorded` in the batch in one transaction.
     async fn handle_batch(&self, deliveries: &[Delivery]) -> sharedcare_kit::Result<()> {
+        for (merged, survivor) in deliveries.iter().filter_map(merge) {
+            self.store
+                .merge(&merged, &survivor)
+                .await
+                .map_err(sharedcare_kit::Error::apply(crate::NAME))?;
+        }
         let events: Vec<(&Delivery, AccessRecorded)> = deliveries.iter().filter_map(decode).collect();
         let appended = self
             .store
@@ -44,6 +53,15 @@ impl Handler for AccessConsumer {
         tracing::debug!(received = deliveries.len(), appended, "audit entries");
         Ok(())
     }
+}
+
+/// A merge records made (a `RecordChanged` with `merged_into`): (merged, survivor).
+fn merge(delivery: &Delivery) -> Option<(String, String)> {
+    if delivery.envelope.r#type != RECORD_CHANGED {
+        return None;
+    }
+    let e = RecordChanged::decode(delivery.envelope.data.as_slice()).ok()?;
+    (!e.merged_into.is_empty() && !e.nhs_number.is_empty()).then_some((e.nhs_number, e.merged_into))
 }
 
 /// The `AccessRecorded` in a delivery; other event types are acknowledged and ignored, and a

@@ -385,7 +385,17 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()?)
     }
 
-    /// Entries for `nhs_number` with sequence below `before` (0 = newest), newest first.
+    /// Records that `merged` was merged into `survivor` (numbers merged into `merged` move to
+    /// the survivor). Idempotent, so a redelivered event changes nothing.
+    pub async fn merge(&self, merged: &str, survivor: &str) -> Result<(), AuditError> {
+        let mut tx = self.db.begin_write().await?;
+        sharedcare_kit::merges::record(&mut tx, merged, survivor).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Entries for `nhs_number`'s person (with every NHS number merged into theirs) with
+    /// sequence below `before` (0 = newest), newest first.
     pub async fn list_by_patient(
         &self,
         nhs_number: &str,
@@ -393,10 +403,17 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<AuditEntry>, AuditError> {
         let before = if before <= 0 { i64::MAX } else { before };
+        // Every NHS number of the person: the survivor and the numbers merged into it.
         let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE nhs_number = $1 AND sequence < $2 ORDER BY sequence DESC LIMIT $3"
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE nhs_number IN ( \
+                 SELECT g.nhs_number FROM merges g WHERE g.survivor = COALESCE((SELECT m.survivor FROM merges m WHERE m.nhs_number = $1), $2) \
+                 UNION SELECT COALESCE((SELECT m.survivor FROM merges m WHERE m.nhs_number = $3), $4)) \
+             AND sequence < $5 ORDER BY sequence DESC LIMIT $6"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(nhs_number)
+            .bind(nhs_number)
+            .bind(nhs_number)
             .bind(nhs_number)
             .bind(before)
             .bind(limit)

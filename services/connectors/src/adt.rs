@@ -13,6 +13,9 @@
 //! | A11 cancel admit | Patient; Encounter `entered-in-error` (ends the relationship) |
 //! | A13 cancel discharge | Patient; Encounter `in-progress` again, no end |
 //! | A28 add person, A31 update person | Patient |
+//! | A40 merge patient | the survivor's Patient (PID); the merged one's (MRG-1, type NH) `inactive`, linked `replaced-by` the survivor |
+//!
+//! A37 (unlink) is refused with AR: the shared care record does not undo a merge.
 
 use serde_json::{Map, Value, json};
 use sharedcare_kit::nhs::NhsNumber;
@@ -28,7 +31,7 @@ const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 const PARTICIPATION: &str = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType";
 
 /// The ADT trigger events this connector applies.
-pub const EVENTS: &[&str] = &["A01", "A02", "A03", "A04", "A08", "A11", "A13", "A28", "A31"];
+pub const EVENTS: &[&str] = &["A01", "A02", "A03", "A04", "A08", "A11", "A13", "A28", "A31", "A40"];
 
 /// What a message comes to: the patient it is about and the resources to write, in order
 /// (the Patient first).
@@ -94,6 +97,16 @@ pub fn map(m: &Hl7<'_>, event: &str, sender: &SenderConfig, received: &str) -> R
     let patient_id = resource_id(&ods, "patient", nhs_number.as_str());
     let mut resources = vec![patient];
     let mut sources = vec![pid.at(0)];
+    if event == "A40" {
+        let (merged, at) = merged_patient(m, &nhs_number, &ods, &patient_id)?;
+        resources.push(merged);
+        sources.push(at);
+        return Ok(Mapped {
+            nhs_number,
+            resources,
+            sources,
+        });
+    }
     let needs_visit = !matches!(event, "A28" | "A31" | "A08");
     let pv1 = m.segment("PV1");
     if needs_visit && pv1.is_none() {
@@ -124,6 +137,56 @@ pub fn map(m: &Hl7<'_>, event: &str, sender: &SenderConfig, received: &str) -> R
         resources,
         sources,
     })
+}
+
+/// The Patient an A40 merges into the survivor `survivor_id` (NHS number `survivor`): MRG-1's
+/// NHS number (identifier type NH), written as the sender's Patient of that number, inactive
+/// and linked `replaced-by` the survivor. A merge of local identifiers alone is refused: the
+/// shared care record holds people by NHS number.
+fn merged_patient(
+    m: &Hl7<'_>,
+    survivor: &NhsNumber,
+    ods: &str,
+    survivor_id: &str,
+) -> Result<(Value, Location), Problem> {
+    let mrg = m.require("MRG", "an A40 names the merged patient in MRG")?;
+    let Some(nh) = mrg
+        .repeats(1)
+        .into_iter()
+        .find(|r| r.text(5).eq_ignore_ascii_case("NH"))
+    else {
+        return Err(Problem::error(
+            mrg.at(1),
+            ErrorCode::RequiredField,
+            "no NHS number of the merged patient: give it in MRG-1 with identifier type (MRG-1.5) NH; \
+             the shared care record merges people by NHS number, not by local identifier alone",
+        ));
+    };
+    let value = nh.text(1);
+    let merged = NhsNumber::parse(&value).map_err(|e| {
+        Problem::error(
+            mrg.at(1).component(1),
+            ErrorCode::DataType,
+            format!("{value:?} is not an NHS number: {e}"),
+        )
+    })?;
+    if &merged == survivor {
+        return Err(Problem::error(
+            mrg.at(1).component(1),
+            ErrorCode::DataType,
+            format!(
+                "the merged patient's NHS number is the survivor's ({survivor}, PID-3): a merge joins two NHS numbers"
+            ),
+        ));
+    }
+    let patient = json!({
+        "resourceType": "Patient",
+        "id": resource_id(ods, "patient", merged.as_str()),
+        "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": merged.as_str()}],
+        "active": false,
+        "link": [{"other": {"reference": format!("Patient/{survivor_id}")}, "type": "replaced-by"}],
+    });
+    Ok((patient, mrg.at(0)))
 }
 
 /// Sets `key` of the JSON object `v` (built here, so always an object).
@@ -498,6 +561,49 @@ mod tests {
         assert_eq!(e["status"], "finished");
         assert_eq!(e["period"]["end"], "2026-12-08T12:00:00Z");
         assert_eq!(e["location"][0]["status"], "completed");
+    }
+
+    #[test]
+    fn a_merge_writes_the_survivor_and_the_merged_patient_replaced_by_it() {
+        let mrg = |mrg1: &str| format!("{}\r", segment("MRG", &[(1, mrg1)]));
+        let text = message(
+            "A40",
+            "9434765919^^^NHS^NH",
+            &mrg("RX1000999^^^RX1^MR~9434765013^^^NHS^NH"),
+        );
+        let m = Hl7::parse(&text).expect("parses");
+        let out = map(&m, "A40", &sender(), "now").expect("maps");
+        assert_eq!(
+            out.references(),
+            vec!["Patient/rx1-patient-9434765919", "Patient/rx1-patient-9434765013"]
+        );
+        let merged = &out.resources[1];
+        assert_eq!(merged["active"], false);
+        assert_eq!(merged["identifier"][0]["value"], "9434765013");
+        assert_eq!(merged["link"][0]["type"], "replaced-by");
+        assert_eq!(
+            merged["link"][0]["other"]["reference"],
+            "Patient/rx1-patient-9434765919"
+        );
+        assert_eq!(out.sources[1].to_string(), "MRG");
+
+        // Local identifiers alone, the survivor's own number, or a bad one: AE at MRG-1.
+        for (mrg1, why) in [
+            ("RX1000999^^^RX1^MR", "no NHS number of the merged patient"),
+            ("9434765919^^^NHS^NH", "is the survivor's"),
+            ("9434765014^^^NHS^NH", "is not an NHS number"),
+        ] {
+            let text = message("A40", "9434765919^^^NHS^NH", &mrg(mrg1));
+            let m = Hl7::parse(&text).expect("parses");
+            let p = map(&m, "A40", &sender(), "now").expect_err("refused");
+            assert_eq!(p.ack, AckCode::Error, "{mrg1}");
+            assert!(p.location.to_string().starts_with("MRG-1"), "{mrg1}: {}", p.location);
+            assert!(p.reason.contains(why), "{mrg1}: {}", p.reason);
+        }
+        let without = message("A40", "9434765919^^^NHS^NH", "");
+        let m = Hl7::parse(&without).expect("parses");
+        let p = map(&m, "A40", &sender(), "now").expect_err("refused");
+        assert!(p.location.to_string().starts_with("MRG"), "{}", p.location);
     }
 
     #[test]

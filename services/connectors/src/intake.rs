@@ -142,6 +142,15 @@ impl Intake {
         let event = event_of(m, h);
         match h.message_type.as_str() {
             "ADT" if crate::adt::EVENTS.contains(&event.as_str()) => {}
+            "ADT" if event == "A37" => {
+                return Err(Problem::reject(
+                    Location::at("MSH", 9).component(2),
+                    ErrorCode::UnsupportedEvent,
+                    "ADT^A37 (unlink) is not applied: the shared care record does not undo a merge, \
+                     because consent, the passport and audit have joined the two people's records; \
+                     ask the ICS's records team to separate them",
+                ));
+            }
             "ORU" if event == "R01" => {}
             "ORU" => {
                 return Err(Problem::reject(

@@ -1,7 +1,8 @@
 //! What consent learns from other services' events: an Encounter or EpisodeOfCare stored by
 //! records (`RecordChanged` with `care_kind`) is a legitimate relationship between its
 //! organisation and the patient, from its start until it ends. Applied idempotently: the
-//! relationship's id is the resource's, so a new version updates it.
+//! relationship's id is the resource's, so a new version updates it. A Patient merged into
+//! another (`merged_into`) joins the two NHS numbers into one person for every decision.
 
 use prost::Message;
 use sharedcare_kit::bus::{Delivery, Handler};
@@ -29,7 +30,9 @@ fn decode(d: &Delivery) -> Option<(&Delivery, RecordChanged)> {
         return None;
     }
     match RecordChanged::decode(d.envelope.data.as_slice()) {
-        Ok(e) if !e.care_kind.is_empty() && !e.nhs_number.is_empty() && !e.care_organisation.is_empty() => Some((d, e)),
+        Ok(e) if e.nhs_number.is_empty() => None,
+        Ok(e) if !e.merged_into.is_empty() => Some((d, e)),
+        Ok(e) if !e.care_kind.is_empty() && !e.care_organisation.is_empty() => Some((d, e)),
         Ok(_) => None,
         Err(e) => {
             tracing::error!(event_id = %d.envelope.id, error = %e, "undecodable RecordChanged skipped");

@@ -3,6 +3,7 @@
 use sharedcare_kit::auth::{Principal, Verifier, has_scope};
 use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::nhs::{NhsNumber, OdsCode};
+use std::collections::HashMap;
 use tonic::{Request, Response, Status};
 
 use crate::ConsentError;
@@ -289,8 +290,90 @@ pub async fn decide_many(store: &Store, asks: &[api::DecideRequest]) -> Result<V
         .map(|(n, a)| parse_ask(&format!("asks[{n}]."), a))
         .collect::<Result<_, _>>()?;
     let patients: Vec<&str> = asks.iter().map(|a| a.nhs_number.as_str()).collect();
-    let known = store.facts_many(&patients).await?;
-    Ok(asks.iter().map(|a| decision(a, known.get(&a.nhs_number))).collect())
+    let groups = store.groups(&patients).await?;
+    let mut everyone = patients.clone();
+    everyone.extend(groups.values().flatten().map(String::as_str));
+    let known = store.facts_many(&everyone).await?;
+    Ok(asks
+        .iter()
+        .map(|a| match groups.get(&a.nhs_number) {
+            Some(group) => group_decision(a, group, &known),
+            None => decision(a, known.get(&a.nhs_number)),
+        })
+        .collect())
+}
+
+/// Decides `ask` about a merged person, whose NHS numbers are `group`: the care relationships,
+/// representatives and break-glass grants of every number apply; each number's own
+/// directives, opt-out and dissent are decided in turn, and the strictest answer wins (deny
+/// over withholding over permit, withheld categories joined). So a merge never lets anyone
+/// past a choice either record carried.
+fn group_decision(ask: &Ask, group: &[String], known: &HashMap<String, Known>) -> api::DecideResponse {
+    let empty = Known::default();
+    let member = |n: &String| known.get(n).unwrap_or(&empty);
+    let mut shared = Known::default();
+    for n in group {
+        let k = member(n);
+        shared.facts.relationships.extend(k.facts.relationships.iter().cloned());
+        shared
+            .facts
+            .representatives
+            .extend(k.facts.representatives.iter().cloned());
+        shared.facts.break_glass.extend(k.facts.break_glass.iter().cloned());
+        shared.grants.extend(k.grants.iter().cloned());
+    }
+    let mut strictest: Option<policy::Outcome> = None;
+    for n in group {
+        let own = member(n);
+        let facts = policy::Facts {
+            directives: own.facts.directives.clone(),
+            national_opt_out: own.facts.national_opt_out,
+            gp_dissent: own.facts.gp_dissent,
+            ..shared.facts.clone()
+        };
+        let mut one = ask.clone();
+        one.nhs_number = n.clone();
+        // A patient of the group is this number's patient too: one person.
+        if let Who::Patient { nhs_number, .. } = &mut one.who
+            && group.contains(nhs_number)
+        {
+            *nhs_number = n.clone();
+        }
+        let o = policy::decide(&one, &facts);
+        strictest = Some(match strictest {
+            None => o,
+            Some(s) => stricter(s, o),
+        });
+    }
+    let mut o = strictest.unwrap_or_else(|| policy::decide(ask, &shared.facts));
+    o.rules.push(format!("merged:{}", group.join("+")));
+    respond(ask, o, &shared)
+}
+
+/// The stricter of two outcomes: a deny over anything; withholding over a permit, with both
+/// withholdings' categories.
+fn stricter(a: policy::Outcome, b: policy::Outcome) -> policy::Outcome {
+    match (&a.decision, &b.decision) {
+        (Decision::Deny, _) => a,
+        (_, Decision::Deny) => b,
+        (Decision::Withhold(x), Decision::Withhold(y)) => {
+            let mut all = x.clone();
+            all.extend(y.iter().cloned());
+            all.sort();
+            all.dedup();
+            policy::Outcome {
+                decision: Decision::Withhold(all),
+                break_glass: a.break_glass || b.break_glass,
+                ..a
+            }
+        }
+        (Decision::Withhold(_), Decision::Permit) => a,
+        (Decision::Permit, Decision::Withhold(_)) => b,
+        (Decision::Permit, Decision::Permit) => policy::Outcome {
+            break_glass: a.break_glass || b.break_glass,
+            ..a
+        },
+    }
 }
 
 /// Decides `ask` on what is known about its patient (nothing known = empty facts).
@@ -298,6 +381,11 @@ fn decision(ask: &Ask, known: Option<&Known>) -> api::DecideResponse {
     let empty = Known::default();
     let known = known.unwrap_or(&empty);
     let o = policy::decide(ask, &known.facts);
+    respond(ask, o, known)
+}
+
+/// The answer for `o`, naming the break-glass grant it rests on from `known`.
+fn respond(ask: &Ask, o: policy::Outcome, known: &Known) -> api::DecideResponse {
     let (effect, withheld) = match o.decision {
         Decision::Permit => (api::decide_response::Effect::Permit, Vec::new()),
         Decision::Deny => (api::decide_response::Effect::Deny, Vec::new()),
@@ -326,9 +414,12 @@ fn decision(ask: &Ask, known: Option<&Known>) -> api::DecideResponse {
 impl Consent for ConsentApi {
     async fn decide(&self, request: Request<api::DecideRequest>) -> Result<Response<api::DecideResponse>, Status> {
         self.require(&request, "consent.decide", None).await?;
-        let ask = parse_ask("", request.get_ref())?;
-        let known = self.store.facts_many(&[ask.nhs_number.as_str()]).await?;
-        Ok(Response::new(decision(&ask, known.get(&ask.nhs_number))))
+        // Bad input is named as a single ask's (`nhs_number`, not `asks[0].nhs_number`).
+        parse_ask("", request.get_ref())?;
+        let mut answers = decide_many(&self.store, std::slice::from_ref(request.get_ref())).await?;
+        Ok(Response::new(
+            answers.pop().ok_or_else(|| Status::internal("no decision"))?,
+        ))
     }
 
     async fn decide_many(

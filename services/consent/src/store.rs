@@ -152,6 +152,30 @@ async fn event(
     crate::state::publish(tx, patient).await
 }
 
+/// Records that `e.nhs_number` was merged into `e.merged_into` (moving numbers merged into
+/// the former to the survivor, as records does), with a `patients_merged` event for
+/// information governance on both numbers.
+async fn merge(
+    tx: &mut db::Tx,
+    e: &sharedcare_proto::events::v1::RecordChanged,
+    event_id: &str,
+) -> Result<(), ConsentError> {
+    let (merged, survivor) = (stored(&e.nhs_number)?, stored(&e.merged_into)?);
+    sharedcare_kit::merges::record(tx, merged.as_str(), survivor.as_str()).await?;
+    let actor = Actor {
+        id: "records",
+        org: &e.source_organisation,
+    };
+    let detail = format!(
+        "NHS number {merged} merged into {survivor} (Patient/{} from event {event_id}): the facts of both apply to both, the stricter directive winning",
+        e.id
+    );
+    for patient in [&merged, &survivor] {
+        event(tx, "patients_merged", patient, &actor, "", &detail).await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Consent's store on `db`.
     pub fn new(db: Db) -> Store {
@@ -263,6 +287,12 @@ impl Store {
             k.facts.break_glass.sort_by_key(|g| std::cmp::Reverse(g.start));
         }
         Ok(out)
+    }
+
+    /// The groups of merged NHS numbers any of `patients` belongs to: for each such patient,
+    /// every number of its person (survivor first). Patients never merged are left out.
+    pub async fn groups(&self, patients: &[&str]) -> Result<HashMap<String, Vec<String>>, ConsentError> {
+        Ok(sharedcare_kit::merges::groups(&self.db, patients).await?)
     }
 
     /// Records an authorised representative of `nhs`, with its event.
@@ -617,6 +647,13 @@ impl Store {
         let fresh = sharedcare_kit::inbox::claim_all(&mut tx, crate::NAME, &deliveries).await?;
         let mut applied = 0;
         for (d, e) in events.iter().filter(|(d, _)| fresh.contains(&d.envelope.id)) {
+            if !e.merged_into.is_empty() {
+                merge(&mut tx, e, &d.envelope.id).await?;
+                applied += 1;
+            }
+            if e.care_kind.is_empty() || e.care_organisation.is_empty() {
+                continue;
+            }
             let id = format!("{}/{}", e.resource_type, e.id);
             let start = e.care_start.as_ref().map(db::micros).unwrap_or_else(db::now_us) / 1_000_000;
             let end = e.care_end.as_ref().map(|t| db::micros(t) / 1_000_000).unwrap_or(0);

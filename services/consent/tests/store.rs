@@ -256,4 +256,173 @@ async fn consents_are_versioned_and_old_directives_become_consents(db: Db) {
     assert_eq!(facts.directives.len(), 2, "both still decide");
 }
 
-sharedcare_kit::store_suite!("consent"; facts_round_trip_and_every_change_writes_its_event, consents_are_versioned_and_old_directives_become_consents);
+/// A staff member's read of `nhs`, asked as records asks it.
+fn staff_read(org: &str, nhs: &str, categories: &[&str]) -> sharedcare_proto::consent::v1::DecideRequest {
+    sharedcare_proto::consent::v1::DecideRequest {
+        principal_kind: "staff".into(),
+        person_id: "555000000001".into(),
+        ods_code: org.into(),
+        role_code: "R8000".into(),
+        nhs_number: nhs.into(),
+        action: "read".into(),
+        categories: categories.iter().map(|c| c.to_string()).collect(),
+        purpose: "TREAT".into(),
+        ..Default::default()
+    }
+}
+
+async fn a_merge_joins_relationships_and_the_stricter_directive_wins(db: Db) {
+    use sharedcare_proto::consent::v1::decide_response::Effect as Answer;
+    const MERGED: &str = "9434765013";
+    let s = store(&db).await;
+    let merged = sharedcare_kit::nhs::NhsNumber::parse(MERGED).expect("valid");
+    // The merged record: a hospital's relationship, and a directive withholding mental health.
+    let rel = Relationship {
+        org: "RX1".into(),
+        kind: "encounter".into(),
+        start: 10,
+        end: None,
+    };
+    s.add_relationship("Encounter/e1", &merged, &rel, &ACTOR)
+        .await
+        .expect("relationship");
+    let withhold_mh = Directive {
+        id: "d-mh".into(),
+        status: "active".into(),
+        provision: Provision {
+            kind: Some(Effect::Permit),
+            provision: vec![Provision {
+                kind: Some(Effect::Deny),
+                security_labels: vec!["MH".into()],
+                ..Provision::default()
+            }],
+            ..Provision::default()
+        },
+    };
+    s.put_directive(&merged, &withhold_mh, None, &ACTOR)
+        .await
+        .expect("directive");
+    // The survivor: registered with a practice, no directive.
+    let gp = Relationship {
+        org: "A81001".into(),
+        kind: "gp_registration".into(),
+        start: 10,
+        end: None,
+    };
+    s.add_relationship("gp", &nhs(), &gp, &ACTOR)
+        .await
+        .expect("registration");
+    let effect = |d: &sharedcare_proto::consent::v1::DecideResponse| Answer::try_from(d.effect).expect("effect");
+    let asks = [
+        staff_read("RX1", NHS, &["MH"]),
+        staff_read("A81001", MERGED, &["MH"]),
+        staff_read("A81001", NHS, &["MH"]),
+    ];
+    let before = sharedcare_consent::grpc::decide_many(&s, &asks).await.expect("decide");
+    assert_eq!(
+        effect(&before[0]),
+        Answer::Deny,
+        "the hospital has no relationship with the survivor yet"
+    );
+    assert_eq!(
+        effect(&before[1]),
+        Answer::Deny,
+        "nor the practice with the merged number"
+    );
+    assert_eq!(
+        effect(&before[2]),
+        Answer::Permit,
+        "the survivor chose nothing: mental health is shown"
+    );
+
+    // Records merges the hospital's number into the survivor's.
+    let change = sharedcare_proto::events::v1::RecordChanged {
+        resource_type: "Patient".into(),
+        id: "RX1-patient-9434765013".into(),
+        version: 2,
+        nhs_number: MERGED.into(),
+        source_organisation: "RX1".into(),
+        merged_into: NHS.into(),
+        ..Default::default()
+    };
+    let envelope = sharedcare_kit::bus::envelope(
+        "sharedcare.events.v1.RecordChanged",
+        "records",
+        "Patient/x",
+        MERGED,
+        &change,
+    );
+    let delivery = sharedcare_kit::bus::Delivery {
+        envelope,
+        topic: "sharedcare.records.v1".into(),
+        partition: 0,
+        offset: 1,
+    };
+    assert_eq!(
+        s.apply_care_events(&[(&delivery, change.clone())])
+            .await
+            .expect("merge"),
+        1
+    );
+    assert_eq!(
+        s.apply_care_events(&[(&delivery, change)]).await.expect("again"),
+        0,
+        "applied once"
+    );
+    let groups = s.groups(&[MERGED, NHS]).await.expect("groups");
+    assert_eq!(
+        groups[MERGED],
+        vec![NHS.to_string(), MERGED.to_string()],
+        "survivor first"
+    );
+
+    let after = sharedcare_consent::grpc::decide_many(&s, &asks).await.expect("decide");
+    for (n, d) in after.iter().enumerate() {
+        assert_eq!(
+            effect(d),
+            Answer::PermitWithWithholding,
+            "ask {n}: both relationships apply to the one person, and the merged record's withholding binds it: {d:?}"
+        );
+        assert_eq!(d.withheld_categories, vec!["MH".to_string()], "ask {n}");
+        assert!(
+            d.rules.iter().any(|r| r == &format!("merged:{NHS}+{MERGED}")),
+            "ask {n}: {:?}",
+            d.rules
+        );
+    }
+    // Nobody else gains anything: an organisation with no relationship to either is refused.
+    let stranger = sharedcare_consent::grpc::decide_many(&s, &[staff_read("RYJ", NHS, &[])])
+        .await
+        .expect("decide");
+    assert_eq!(effect(&stranger[0]), Answer::Deny);
+    // The person, signed in with the survivor's number, sees the merged number's record as theirs.
+    let own = sharedcare_proto::consent::v1::DecideRequest {
+        principal_kind: "patient".into(),
+        principal_nhs_number: NHS.into(),
+        proofing_level: "P9".into(),
+        nhs_number: MERGED.into(),
+        action: "read".into(),
+        purpose: "PATRQT".into(),
+        ..Default::default()
+    };
+    let own = sharedcare_consent::grpc::decide_many(&s, &[own]).await.expect("decide");
+    assert_ne!(effect(&own[0]), Answer::Deny, "{:?}", own[0]);
+    // Information governance sees the merge in both trails.
+    let kinds: Vec<String> =
+        sqlx::query("SELECT payload FROM kit_outbox WHERE topic = 'sharedcare.consent.v1' ORDER BY seq")
+            .fetch_all(db.pool())
+            .await
+            .expect("outbox")
+            .iter()
+            .filter_map(|r| {
+                use prost::Message;
+                let payload: Vec<u8> = r.get(0);
+                let e = sharedcare_proto::events::v1::Envelope::decode(payload.as_slice()).ok()?;
+                let c = sharedcare_proto::events::v1::ConsentEvent::decode(e.data.as_slice()).ok()?;
+                (c.kind == "patients_merged").then_some(c.nhs_number)
+            })
+            .collect();
+    assert_eq!(kinds, vec![MERGED.to_string(), NHS.to_string()]);
+}
+
+sharedcare_kit::store_suite!("consent"; facts_round_trip_and_every_change_writes_its_event, consents_are_versioned_and_old_directives_become_consents, a_merge_joins_relationships_and_the_stricter_directive_wins);

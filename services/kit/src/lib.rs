@@ -30,6 +30,7 @@ pub mod http_client;
 pub mod inbox;
 pub mod jose;
 pub mod json;
+pub mod merges;
 pub mod metrics;
 pub mod nhs;
 pub mod nhsuk;

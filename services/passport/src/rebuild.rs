@@ -146,6 +146,7 @@ async fn begin(db: &Db, fresh: bool) -> Result<(String, bool), PassportError> {
     for sql in [
         "DELETE FROM entries",
         "DELETE FROM sharing",
+        "DELETE FROM merges",
         "DELETE FROM rebuild_progress",
         "UPDATE rebuilds SET finished_us = -1 WHERE finished_us = 0",
     ] {

@@ -70,6 +70,11 @@ impl Store {
             // touch a row twice), written in one multi-row upsert.
             type Row<'a> = (&'a RecordState, projection::Projected, Vec<String>);
             let mut rows: std::collections::HashMap<(&str, &str), Row> = std::collections::HashMap::new();
+            for (_, s) in &fresh {
+                if !s.merged_into.is_empty() {
+                    sharedcare_kit::merges::record(tx, &s.nhs_number, &s.merged_into).await?;
+                }
+            }
             for (d, s) in fresh {
                 let Ok(serde_json::Value::Object(body)) = serde_json::from_str(&s.resource_json) else {
                     tracing::warn!(event = %d.envelope.id, "RecordState without a JSON object; set aside");
@@ -232,6 +237,15 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// For each of `patients` that is part of a merge: every NHS number of its person, the
+    /// survivor first.
+    pub async fn groups(
+        &self,
+        patients: &[&str],
+    ) -> Result<std::collections::HashMap<String, Vec<String>>, PassportError> {
+        Ok(sharedcare_kit::merges::groups(&self.db, patients).await?)
     }
 
     /// Everything shown about `patient` (demographics and every section), newest first.

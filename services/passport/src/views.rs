@@ -15,11 +15,12 @@ use sharedcare_kit::nhs::NhsNumber;
 use sharedcare_kit::outbox::Outbox;
 use sharedcare_kit::pdp::{Pdp, PdpError};
 use sharedcare_kit::tasks::Tasks;
+use sharedcare_proto::consent::v1::decide_response::Effect;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::PassportError;
 use crate::decision::{Asked, Audited, Trace, access, ask, judge};
-use crate::store::{Held, Store};
+use crate::store::{Held, Store, is_demographics};
 use crate::view::View;
 
 /// Most views in one batch.
@@ -69,19 +70,48 @@ impl Viewer {
     }
 }
 
-/// Serves one batch: decide and read together, build, audit all, answer.
+/// Serves one batch: decide and read together, build, audit all, answer. A merged person's
+/// view holds the entries of each of their NHS numbers that consent, asked about that number,
+/// lets the viewer see: until consent has heard of a merge, a merged number's entries are
+/// decided as its own person's, so a merge never shows anyone more than before.
 async fn serve(store: &Store, pdp: &dyn Pdp, outbox: &Outbox, batch: Vec<Job>) {
+    let numbers: Vec<&str> = batch.iter().map(|j| j.patient.as_str()).collect();
+    let groups = store.groups(&numbers).await;
+    let no_groups = HashMap::new();
+    let members = |job: &Job| -> Vec<NhsNumber> {
+        let group = groups.as_ref().unwrap_or(&no_groups).get(job.patient.as_str());
+        group
+            .into_iter()
+            .flatten()
+            .filter(|n| n.as_str() != job.patient.as_str())
+            .filter_map(|n| NhsNumber::parse(n).ok())
+            .collect()
+    };
     let mut asks = Vec::with_capacity(batch.len());
+    // Per job: its own ask, and one per other number of a merged person.
+    let mut member_asks: Vec<Vec<(NhsNumber, usize)>> = Vec::with_capacity(batch.len());
     let asked: Vec<Result<usize, PassportError>> = batch
         .iter()
         .map(|job| {
-            ask(&job.who, &job.patient, job.purpose.clone()).map(|a| {
+            let own = ask(&job.who, &job.patient, job.purpose.clone()).map(|a| {
                 asks.push(a);
                 asks.len() - 1
-            })
+            });
+            let mut others = Vec::new();
+            if own.is_ok() {
+                for m in members(job) {
+                    if let Ok(a) = ask(&job.who, &m, job.purpose.clone()) {
+                        asks.push(a);
+                        others.push((m, asks.len() - 1));
+                    }
+                }
+            }
+            member_asks.push(others);
+            own
         })
         .collect();
     let mut patients: Vec<NhsNumber> = batch.iter().map(|j| j.patient.clone()).collect();
+    patients.extend(member_asks.iter().flatten().map(|(m, _)| m.clone()));
     patients.sort();
     patients.dedup();
     let wanted = asks.len();
@@ -98,18 +128,25 @@ async fn serve(store: &Store, pdp: &dyn Pdp, outbox: &Outbox, batch: Vec<Job>) {
             Err(e) => Err(e),
         }
     };
-    let (decisions, held) = tokio::join!(decide, store.held_many(&patients));
+    let read = async {
+        groups?;
+        store.held_many(&patients).await
+    };
+    let (decisions, held) = tokio::join!(decide, read);
     // One failure answers every view of the batch.
     let mut held: Result<HashMap<String, Held>, Arc<PassportError>> = held.map_err(Arc::new);
     let mut views_of: HashMap<&str, usize> = HashMap::new();
-    for j in &batch {
-        *views_of.entry(j.patient.as_str()).or_default() += 1;
+    for p in batch.iter().map(|j| j.patient.as_str()) {
+        *views_of.entry(p).or_default() += 1;
+    }
+    for (m, _) in member_asks.iter().flatten() {
+        *views_of.entry(m.as_str()).or_default() += 1;
     }
     let now = sharedcare_kit::db::now_us();
     let topic = bus::topic(crate::NAME);
     let mut answers = Vec::with_capacity(batch.len());
     let mut records = Vec::with_capacity(batch.len());
-    for (job, asked) in batch.iter().zip(asked) {
+    for ((job, asked), others) in batch.iter().zip(asked).zip(&member_asks) {
         let judged = match (asked, &decisions) {
             (Err(refused), _) => (Audited::refused(&job.purpose, refused.to_string()), Err(refused)),
             (Ok(_), Err(e)) => judge(Err(e), &job.purpose),
@@ -126,10 +163,32 @@ async fn serve(store: &Store, pdp: &dyn Pdp, outbox: &Outbox, batch: Vec<Job>) {
             (outcome, Ok(decision)) => {
                 let key = job.patient.as_str();
                 // Several views of one person in a batch: each gets its own copy.
+                let mut withheld = decision.withheld_categories.clone();
                 let h = match &mut held {
                     Err(why) => Err(why.clone()),
-                    Ok(h) if views_of.get(key) == Some(&1) => Ok(h.remove(key).unwrap_or_default()),
-                    Ok(h) => Ok(h.get(key).cloned().unwrap_or_default()),
+                    Ok(h) => {
+                        let mut mine = take(h, &views_of, key);
+                        // The other numbers of a merged person: each as consent decides it.
+                        for (m, i) in others {
+                            let d = decisions.as_ref().ok().and_then(|d| d.get(*i));
+                            let Some(d) = d.filter(|d| !matches!(d.effect(), Effect::Deny | Effect::Unspecified))
+                            else {
+                                continue;
+                            };
+                            withheld.extend(d.withheld_categories.iter().cloned());
+                            // The person is shown as the survivor: the merged numbers' own
+                            // demographics (now replaced) are left out.
+                            let entries = take(h, &views_of, m.as_str()).entries;
+                            mine.entries.extend(entries.into_iter().filter(|e| !is_demographics(e)));
+                        }
+                        if !others.is_empty() {
+                            withheld.sort();
+                            withheld.dedup();
+                            mine.entries
+                                .sort_by(|a, b| b.date.cmp(&a.date).then(b.updated_us.cmp(&a.updated_us)));
+                        }
+                        Ok(mine)
+                    }
                 };
                 match h {
                     Err(why) => (
@@ -150,7 +209,7 @@ async fn serve(store: &Store, pdp: &dyn Pdp, outbox: &Outbox, batch: Vec<Job>) {
                         )
                     }
                     Ok(h) => {
-                        let view = View::build(&job.patient, h, &decision.withheld_categories, now);
+                        let view = View::build(&job.patient, h, &withheld, now);
                         (outcome, Ok(view))
                     }
                 }
@@ -167,5 +226,14 @@ async fn serve(store: &Store, pdp: &dyn Pdp, outbox: &Outbox, batch: Vec<Job>) {
             Ok(()) => answer,
             Err(e) => Err(PassportError::Audit(e.to_string())),
         });
+    }
+}
+
+/// What is held about `key`: moved out when only one view needs it, else a copy.
+fn take(h: &mut HashMap<String, Held>, views_of: &HashMap<&str, usize>, key: &str) -> Held {
+    if views_of.get(key) == Some(&1) {
+        h.remove(key).unwrap_or_default()
+    } else {
+        h.get(key).cloned().unwrap_or_default()
     }
 }

@@ -55,6 +55,7 @@ fn events() -> Vec<Outgoing> {
                 resource_json: body.to_string(),
                 labels: Vec::new(),
                 deleted: false,
+                ..Default::default()
             };
             let e = bus::envelope(sharedcare_passport::events::RECORD_STATE, "records", &id, &nhs, &state);
             out.push(Outgoing::new(sharedcare_passport::RECORD_STATE_TOPIC, &e));

@@ -30,6 +30,7 @@ fn state(offset: i64, nhs: &str, id: &str, version: i64, body: serde_json::Value
         resource_json: body.to_string(),
         labels: Vec::new(),
         deleted: false,
+        ..Default::default()
     };
     let envelope = bus::envelope(sharedcare_passport::events::RECORD_STATE, "records", id, nhs, &event);
     let d = Delivery {

@@ -160,6 +160,8 @@ pub struct Resource {
     pub nhs_number: Option<NhsNumber>,
     /// For other resources: the `Patient/{id}` they are about (`subject` or `patient`).
     pub patient_ref: Option<String>,
+    /// For a Patient: the id of the Patient it is `link`ed to as `replaced-by` (a merge).
+    pub replaced_by: Option<String>,
 }
 
 /// Checks a resource type name (`resource_type` in requests, `resourceType` in bodies).
@@ -221,10 +223,10 @@ pub fn parse(json: &str) -> Result<Resource, RecordsError> {
     } else {
         None
     };
-    let patient_ref = if resource_type == "Patient" {
-        None
+    let (patient_ref, replaced_by) = if resource_type == "Patient" {
+        (None, replaced_by(&body, &id)?)
     } else {
-        patient_reference(&body)?
+        (patient_reference(&body)?, None)
     };
     Ok(Resource {
         resource_type,
@@ -232,7 +234,52 @@ pub fn parse(json: &str) -> Result<Resource, RecordsError> {
         body,
         nhs_number,
         patient_ref,
+        replaced_by,
     })
+}
+
+/// The Patient a Patient is merged into: its one `link` of type `replaced-by`, whose `other`
+/// must reference another Patient. (`replaces`, `refer` and `seealso` links are kept as
+/// written and change nothing.)
+fn replaced_by(body: &Map<String, Value>, id: &str) -> Result<Option<String>, RecordsError> {
+    let Some(links) = body.get("link") else {
+        return Ok(None);
+    };
+    let Value::Array(links) = links else {
+        return Err(RecordsError::invalid("link", "must be an array"));
+    };
+    let mut found: Option<String> = None;
+    for (i, link) in links.iter().enumerate() {
+        if link.get("type").and_then(Value::as_str) != Some("replaced-by") {
+            continue;
+        }
+        let field = format!("link[{i}].other.reference");
+        let reference = link
+            .get("other")
+            .and_then(|o| o.get("reference"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                RecordsError::invalid(&field, "is required for a replaced-by link (e.g. \"Patient/123\")")
+            })?;
+        let other = reference.strip_prefix("Patient/").ok_or_else(|| {
+            RecordsError::invalid(
+                &field,
+                format!("{reference:?}: a Patient is replaced by another Patient (\"Patient/<id>\")"),
+            )
+        })?;
+        check_id(&field, other)?;
+        if other == id {
+            return Err(RecordsError::invalid(&field, "a Patient cannot be replaced by itself"));
+        }
+        if found.is_some() {
+            return Err(RecordsError::invalid(
+                &field,
+                "a Patient is replaced by one other Patient; found two replaced-by links",
+            ));
+        }
+        found = Some(other.to_string());
+    }
+    Ok(found)
 }
 
 fn nhs_identifier(body: &Map<String, Value>) -> Result<Option<NhsNumber>, RecordsError> {

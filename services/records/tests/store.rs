@@ -15,7 +15,7 @@ use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged, RecordState};
 use sharedcare_records::RecordsError;
 use sharedcare_records::consent::{Pdp, PdpError};
 use sharedcare_records::fhir;
-use sharedcare_records::store::{Actor, Page, Query, Sort, Store};
+use sharedcare_records::store::{Actor, Page, Query, Sort, Store, Stored};
 use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1287,8 +1287,157 @@ async fn an_export_writes_what_consent_permits_and_audits_each_patient(db: Db) {
     );
 }
 
+/// `person` linked `replaced-by` the Patient `survivor` (a merge).
+fn merged_person(id: &str, nhs: &str, survivor: &str) -> fhir::Resource {
+    let body = serde_json::json!({"resourceType": "Patient", "id": id, "active": false,
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+        "link": [{"other": {"reference": format!("Patient/{survivor}")}, "type": "replaced-by"}]});
+    fhir::parse(&body.to_string()).expect("valid patient")
+}
+
+async fn a_merge_finds_both_records_through_either_number_and_is_never_undone(db: Db) {
+    use sharedcare_records::demographics::PatientQuery;
+    const OLD: &str = "9434765013";
+    const THIRD: &str = "9434765021";
+    let s = store(&db).await;
+    let a = system();
+    for (id, n, given) in [("surv", NHS, "Ann"), ("old", OLD, "Anne"), ("third", THIRD, "Bob")] {
+        s.put(person(id, n, "Merge", given, "1960-01-01", "female"), "A81001", &a, 0)
+            .await
+            .expect("patient");
+    }
+    for (id, p) in [("o-surv", "surv"), ("o-old", "old")] {
+        s.put(observation(id, p, &[]), "A81001", &a, 0)
+            .await
+            .expect("observation");
+    }
+    let observations = |patient: &str, nhs: &str| Query {
+        patient: patient.into(),
+        nhs_number: nhs.into(),
+        types: vec!["Observation".into()],
+        page_size: 50,
+        ..Query::default()
+    };
+    let before = s.search(&observations("surv", ""), &a).await.expect("search");
+    assert_eq!(ids(&before), ["Observation/o-surv"], "two people before the merge");
+
+    // The merge: the old Patient, replaced by the survivor.
+    let merged = s
+        .put(merged_person("old", OLD, "surv"), "A81001", &a, 0)
+        .await
+        .expect("merge");
+    assert_eq!(merged.version, 2);
+    let changed: Vec<RecordChanged> = outbox_events(&db)
+        .await
+        .into_iter()
+        .filter(|e| e.r#type == "sharedcare.events.v1.RecordChanged")
+        .map(|e| RecordChanged::decode(e.data.as_slice()).expect("changed"))
+        .filter(|c| !c.merged_into.is_empty())
+        .collect();
+    assert_eq!(changed.len(), 1, "one merge event");
+    assert_eq!(
+        (changed[0].nhs_number.as_str(), changed[0].merged_into.as_str()),
+        (OLD, NHS)
+    );
+
+    // Either person's data is the whole person's, by Patient id or by NHS number.
+    for (patient, nhs) in [("surv", ""), ("old", ""), ("", NHS), ("", OLD)] {
+        let page = s.search(&observations(patient, nhs), &a).await.expect("search");
+        assert_eq!(
+            ids(&page),
+            ["Observation/o-old", "Observation/o-surv"],
+            "{patient}{nhs}"
+        );
+    }
+    // A search by the old NHS number finds the survivor's Patient; a name search shows the
+    // person once.
+    let mut by_number = PatientQuery::default();
+    by_number.add("family", "merge").expect("family");
+    by_number.nhs_number = Some(OLD.into());
+    let found = s.find_patients(&by_number, 50, "", &a).await.expect("find");
+    assert_eq!(
+        found.patients.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["surv"]
+    );
+    let mut by_name = PatientQuery::default();
+    by_name.add("family", "merge").expect("family");
+    let found = s.find_patients(&by_name, 50, "", &a).await.expect("find");
+    assert_eq!(
+        found.patients.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["surv", "third"]
+    );
+    // Reading the old Patient points to the survivor.
+    let old = s.get("Patient", "old", &a).await.expect("read");
+    assert!(
+        old.body.contains(r#""replaced-by""#) && old.body.contains("Patient/surv"),
+        "{}",
+        old.body
+    );
+
+    // Written again with its link: nothing changes but the version.
+    s.put(merged_person("old", OLD, "surv"), "A81001", &a, 0)
+        .await
+        .expect("same merge again");
+    // Undone, moved elsewhere or chained: refused, naming the field and why, nothing stored.
+    let refused = |r: Result<Stored, RecordsError>| match r {
+        Err(RecordsError::Refused(Refusal::Invalid { field, reason })) => format!("{field}: {reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let unmerge = refused(
+        s.put(
+            person("old", OLD, "Merge", "Anne", "1960-01-01", "female"),
+            "A81001",
+            &a,
+            0,
+        )
+        .await,
+    );
+    assert!(
+        unmerge.starts_with("link: NHS number 9434765013 was merged into NHS number 9434765919"),
+        "{unmerge}"
+    );
+    assert!(unmerge.contains("unmerge"), "{unmerge}");
+    let elsewhere = refused(s.put(merged_person("old", OLD, "third"), "A81001", &a, 0).await);
+    assert!(
+        elsewhere.contains("already merged into NHS number 9434765919"),
+        "{elsewhere}"
+    );
+    let chained = refused(s.put(merged_person("third", THIRD, "old"), "A81001", &a, 0).await);
+    assert!(
+        chained.starts_with("link[0].other.reference: Patient/old (NHS number 9434765013) was itself merged"),
+        "{chained}"
+    );
+    let missing = refused(s.put(merged_person("third", THIRD, "nobody"), "A81001", &a, 0).await);
+    assert!(
+        missing.contains("Patient/nobody is not in the shared care record"),
+        "{missing}"
+    );
+    let itself = serde_json::json!({"resourceType": "Patient", "id": "third",
+        "link": [{"other": {"reference": "Patient/third"}, "type": "replaced-by"}]});
+    let same = fhir::parse(&itself.to_string()).expect_err("refused");
+    assert!(same.to_string().contains("cannot be replaced by itself"), "{same}");
+    assert_eq!(
+        s.get("Patient", "old", &a).await.expect("read").version,
+        3,
+        "no refused version stored"
+    );
+
+    // Merging the survivor on moves the whole group: one lookup still finds everything.
+    s.put(merged_person("surv", NHS, "third"), "A81001", &a, 0)
+        .await
+        .expect("merge the survivor");
+    let page = s.search(&observations("old", ""), &a).await.expect("search");
+    assert_eq!(ids(&page), ["Observation/o-old", "Observation/o-surv"]);
+    let found = s.find_patients(&by_name, 50, "", &a).await.expect("find");
+    assert_eq!(
+        found.patients.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["third"]
+    );
+}
+
 sharedcare_kit::store_suite!(
     "records";
+    a_merge_finds_both_records_through_either_number_and_is_never_undone,
     an_export_writes_what_consent_permits_and_audits_each_patient,
     a_delete_is_a_new_version_reads_are_gone_and_history_keeps_it,
     patients_are_found_by_name_and_birth_date_and_only_those_the_caller_may_see,

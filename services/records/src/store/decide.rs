@@ -143,6 +143,17 @@ impl Engine {
         let mut conn = self.db.pool().acquire().await?;
         let versions = self.current_versions(&mut conn, &jobs).await?;
         let mut patients = self.referenced_patients(&mut conn, &jobs).await?;
+        // The merges the batch's Patients and the Patients they are replaced by are part of.
+        let numbers: Vec<String> = jobs
+            .iter()
+            .filter_map(|j| j.resource.nhs_number.as_ref().map(|n| n.to_string()))
+            .chain(
+                jobs.iter()
+                    .filter_map(|j| j.resource.replaced_by.as_ref().and_then(|id| patients.get(id)).cloned()),
+            )
+            .collect();
+        let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
+        let merged = self.merged(&mut conn, &numbers).await?;
         drop(conn);
         let action_of = |job: &PutJob| {
             let r = &job.resource;
@@ -156,10 +167,23 @@ impl Engine {
         };
         // A put's patient: its own NHS number, or the stored (or same-batch) Patient it names.
         let mut checks: Vec<(Result<Option<usize>, RecordsError>, String)> = Vec::with_capacity(jobs.len());
+        // A merge also needs the writer to be permitted to update the survivor.
+        let mut survivor_asks: Vec<Option<usize>> = Vec::with_capacity(jobs.len());
         let mut asks = Asks::default();
         for job in &jobs {
             let r = &job.resource;
+            let survivor = r.replaced_by.as_ref().and_then(|id| patients.get(id)).cloned();
             let nhs = patient_of(r, &mut patients);
+            let merge = match (r.resource_type.as_str(), job.delete) {
+                ("Patient", false) => super::merges::check(r, &nhs, survivor.as_deref(), &merged),
+                _ => Ok(()),
+            };
+            survivor_asks.push(match (&merge, &survivor) {
+                (Ok(()), Some(s)) if !job.delete => {
+                    Some(asks.add(consent::ask(&job.caller.actor, s, "update", Vec::new())))
+                }
+                _ => None,
+            });
             let current = versions
                 .get(&(r.resource_type.clone(), r.id.clone()))
                 .copied()
@@ -171,6 +195,8 @@ impl Engine {
                     current,
                 })
             } else if let Err(e) = fhir::directory_access(&r.resource_type, job.caller.actor.kind) {
+                Err(e)
+            } else if let Err(e) = merge {
                 Err(e)
             } else if !fhir::is_patient_data(&r.resource_type) {
                 Ok(None)
@@ -189,7 +215,7 @@ impl Engine {
         }
         let decisions = asks.decide(self.pdp.as_ref()).await;
         let mut out = Vec::with_capacity(jobs.len());
-        for (mut job, (check, nhs)) in jobs.drain(..).zip(checks) {
+        for ((mut job, (check, nhs)), survivor_ask) in jobs.drain(..).zip(checks).zip(survivor_asks) {
             let purpose = job.caller.actor.purpose.clone();
             let asked = check.as_ref().ok().copied().flatten();
             let v = match check {
@@ -203,7 +229,10 @@ impl Engine {
                     purpose,
                     reason: String::new(),
                 },
-                Ok(Some(i)) => verdict(&decisions, i, &purpose, &[], ()),
+                Ok(Some(i)) => match (verdict(&decisions, i, &purpose, &[], ()), survivor_ask) {
+                    (v, Some(j)) if v.answer.is_ok() => verdict(&decisions, j, &purpose, &[], ()),
+                    (v, _) => v,
+                },
             };
             let refusal = match &v.answer {
                 Ok(()) => None,

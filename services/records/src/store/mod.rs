@@ -178,6 +178,7 @@ const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
 
 mod decide;
 mod export;
+mod merges;
 mod patients;
 mod provenance;
 mod search;
@@ -406,11 +407,20 @@ impl Engine {
         let mut stored = Vec::with_capacity(jobs.len());
         let mut events: Vec<(&str, Envelope)> = Vec::with_capacity(jobs.len() * 3);
         let mut new_patients: Vec<patients::Indexed> = Vec::new();
+        // (merged NHS number, survivor, survivor's Patient id), checked by `judge_puts`.
+        let mut merges: Vec<(String, String, String)> = Vec::new();
         for job in jobs {
             let r = &job.resource;
             let version = versions.entry((r.resource_type.clone(), r.id.clone())).or_insert(0);
             *version += 1;
             let version = *version;
+            let survivor = match job.delete {
+                true => None,
+                false => r
+                    .replaced_by
+                    .as_ref()
+                    .and_then(|id| Some((id, nhs_of_patient.get(id)?.clone()))),
+            };
             let nhs_number = patient_of(r, &mut nhs_of_patient);
             if r.resource_type == "Patient" && !nhs_number.is_empty() && !job.delete {
                 new_patients.retain(|p| p.id != r.id);
@@ -433,7 +443,11 @@ impl Engine {
                 body: serde_json::Value::Object(body).to_string(),
                 deleted: job.delete,
             };
-            self.put_events(job, &s, &mut events);
+            let merged_into = survivor.as_ref().map(|(_, n)| n.as_str()).unwrap_or_default();
+            self.put_events(job, &s, merged_into, &mut events);
+            if let Some((id, n)) = survivor {
+                merges.push((s.nhs_number.clone(), n, id.clone()));
+            }
             stored.push(s);
         }
         let mut keys: Vec<&str> = events.iter().map(|(_, e)| e.key.as_str()).collect();
@@ -516,6 +530,15 @@ impl Engine {
             q.execute(&mut *tx).await?;
         }
         patients::index(&mut tx, &new_patients).await?;
+        let merges: Vec<merges::Merge> = merges
+            .iter()
+            .map(|(n, s, p)| merges::Merge {
+                nhs_number: n,
+                survivor: s,
+                survivor_patient: p,
+            })
+            .collect();
+        merges::record(&mut tx, &merges, now).await?;
         let refs: Vec<(&str, &Envelope)> = events.iter().map(|(t, e)| (*t, e)).collect();
         outbox::enqueue_all(&mut tx, &refs).await?;
         tx.commit().await?;
@@ -570,7 +593,10 @@ impl Engine {
         tx: &mut sqlx::AnyConnection,
         jobs: &[PutJob],
     ) -> Result<HashMap<String, String>, RecordsError> {
-        let mut ids: Vec<&str> = jobs.iter().filter_map(|j| j.resource.patient_ref.as_deref()).collect();
+        let mut ids: Vec<&str> = jobs
+            .iter()
+            .filter_map(|j| j.resource.patient_ref.as_deref().or(j.resource.replaced_by.as_deref()))
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         let mut out = HashMap::new();
@@ -593,7 +619,7 @@ impl Engine {
     /// `RecordChanged`, the `create`/`update` `AccessRecorded` and, for patient data, the
     /// `RecordState` read models keep, for a stored put, in the trace of the request that
     /// made it.
-    fn put_events<'a>(&'a self, job: &PutJob, s: &Stored, out: &mut Vec<(&'a str, Envelope)>) {
+    fn put_events<'a>(&'a self, job: &PutJob, s: &Stored, merged_into: &str, out: &mut Vec<(&'a str, Envelope)>) {
         let reference = format!("{}/{}", s.resource_type, s.id);
         let key = if s.nhs_number.is_empty() {
             reference.clone()
@@ -622,6 +648,7 @@ impl Engine {
             care_start: care.as_ref().map(|c| db::timestamp(c.start_us)),
             care_end: care.as_ref().and_then(|c| c.end_us.map(db::timestamp)),
             deleted: s.deleted,
+            merged_into: merged_into.to_string(),
         };
         let mut changed = bus::envelope(RECORD_CHANGED, NAME, &reference, &key, &changed);
         changed.traceparent = job.caller.traceparent.clone();
@@ -651,6 +678,7 @@ impl Engine {
                 resource_json: s.body.clone(),
                 labels: s.labels.clone().unwrap_or_default(),
                 deleted: s.deleted,
+                merged_into: merged_into.to_string(),
             };
             let mut e = bus::envelope(RECORD_STATE, NAME, &reference, &key, &state);
             e.traceparent = job.caller.traceparent.clone();

@@ -372,9 +372,17 @@ impl Engine {
             conditions.push(format!("p.postcodes LIKE {} ESCAPE '!'", mark()));
         }
         if let Some(nhs) = &q.nhs_number {
+            // A merged NHS number finds the survivor's Patients.
             binds.push(Bind::Text(nhs.clone()));
-            conditions.push(format!("p.nhs_number = {}", mark()));
+            binds.push(Bind::Text(nhs.clone()));
+            conditions.push(format!(
+                "p.nhs_number = COALESCE((SELECT m.survivor FROM merges m WHERE m.nhs_number = {}), {})",
+                mark(),
+                mark()
+            ));
         }
+        // A merged person is found once, as the survivor.
+        conditions.push("NOT EXISTS (SELECT 1 FROM merges mm WHERE mm.nhs_number = p.nhs_number)".to_string());
         binds.push(Bind::Text(after.to_string()));
         conditions.push(format!("p.id > {}", mark()));
         binds.push(Bind::Int(limit as i64));

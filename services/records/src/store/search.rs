@@ -337,6 +337,8 @@ impl Store {
         } else {
             q.nhs_number.clone()
         };
+        // A merged person's data is found through either NHS number: the whole group's.
+        let group = e.group(&nhs).await?;
         // Read a page and one more, judge it, and read on only while withheld resources leave
         // the page short (at most eight rounds).
         let mut cursor = q.cursor.clone();
@@ -347,7 +349,7 @@ impl Store {
         let mut judged: Option<(Outcome, String, String)> = None;
         for _round in 0..8 {
             let want = q.page_size + 1 - items.len();
-            let keyed = e.search_rows(&nhs, q, &cursor, want).await?;
+            let keyed = e.search_rows(&group, q, &cursor, want).await?;
             full = keyed.len() == want;
             if let Some((last, key)) = keyed.last() {
                 cursor = cursor_after(q.sort, *key, last);
@@ -452,11 +454,13 @@ impl Engine {
         let mut asks = Asks::default();
         let all: Vec<String> = fhir::SENSITIVE_LABELS.iter().map(|l| l.to_string()).collect();
         let overall = asks.add(consent::ask(actor, nhs, action, all));
+        // Each item is decided as its own person's data (a merged person's items differ in NHS
+        // number only until consent has heard of the merge, when they decide alike).
         let labelled: Vec<(Vec<String>, usize)> = items
             .iter()
             .map(|s| {
                 let labels = stored_labels(s);
-                let i = asks.add(consent::ask(actor, nhs, action, labels.clone()));
+                let i = asks.add(consent::ask(actor, &s.nhs_number, action, labels.clone()));
                 (labels, i)
             })
             .collect();
@@ -507,11 +511,11 @@ impl Engine {
         }
     }
 
-    /// Up to `limit` current resources of `nhs` matching `q` after `cursor`, in `q.sort`
-    /// order, each with its sort value.
+    /// Up to `limit` current resources of the NHS numbers `group` (one person's) matching `q`
+    /// after `cursor`, in `q.sort` order, each with its sort value.
     async fn search_rows(
         &self,
-        nhs: &str,
+        group: &[String],
         q: &Query,
         cursor: &str,
         limit: usize,
@@ -534,11 +538,11 @@ impl Engine {
                     {} AS sort_key \
              FROM current_resources c JOIN resources r \
                ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version \
-             WHERE c.nhs_number = {} AND c.deleted = 0",
+             WHERE c.nhs_number IN ({}) AND c.deleted = 0",
             column.unwrap_or("0"),
-            mark()
+            group.iter().map(|_| mark()).collect::<Vec<_>>().join(", ")
         );
-        let mut binds: Vec<Bind> = vec![Bind::Text(nhs.to_string())];
+        let mut binds: Vec<Bind> = group.iter().cloned().map(Bind::Text).collect();
         if !q.types.is_empty() {
             let marks: Vec<String> = q.types.iter().map(|_| mark()).collect();
             sql.push_str(&format!(" AND c.resource_type IN ({})", marks.join(", ")));

@@ -270,6 +270,7 @@ async fn rebuild(config: &Config) -> anyhow::Result<()> {
                         resource_json: r.to_string(),
                         labels: Vec::new(),
                         deleted: false,
+                        ..Default::default()
                     };
                     let e = bus::envelope(sharedcare_passport::events::RECORD_STATE, "records", &id, &nhs, &state);
                     events.push(Outgoing::new(sharedcare_passport::RECORD_STATE_TOPIC, &e));

@@ -1,0 +1,178 @@
+//! Patient merges: an NHS number merged into another (the survivor) by a Patient written with
+//! a `replaced-by` link. Everything held under a merged number stays under it (so consent
+//! decides each resource as its own person until it has heard of the merge), and is found
+//! through the survivor: a search of either person's data covers the whole group.
+
+use std::collections::HashMap;
+
+use sharedcare_kit::db::Tx;
+use sharedcare_kit::edge::Refuse;
+use sqlx::Row;
+
+use super::Engine;
+use crate::RecordsError;
+use crate::fhir::Resource;
+
+/// What the record holds about a merged NHS number.
+#[derive(Clone, Debug)]
+pub(super) struct Merged {
+    pub(super) survivor: String,
+    pub(super) survivor_patient: String,
+}
+
+/// A merge a batch makes: `nhs_number` into `survivor` (whose Patient is `survivor_patient`).
+pub(super) struct Merge<'a> {
+    pub(super) nhs_number: &'a str,
+    pub(super) survivor: &'a str,
+    pub(super) survivor_patient: &'a str,
+}
+
+impl Engine {
+    /// The merges recorded for each of `numbers` that has been merged.
+    pub(super) async fn merged(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        numbers: &[&str],
+    ) -> Result<HashMap<String, Merged>, RecordsError> {
+        let mut numbers: Vec<&str> = numbers.iter().copied().filter(|n| !n.is_empty()).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        let mut out = HashMap::new();
+        for chunk in numbers.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
+            let sql = format!(
+                "SELECT nhs_number, survivor, survivor_patient FROM merges WHERE nhs_number IN ({})",
+                self.db.backend().marks(1, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for n in chunk {
+                q = q.bind(n.to_string());
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                out.insert(
+                    row.try_get::<String, _>(0)?,
+                    Merged {
+                        survivor: row.try_get(1)?,
+                        survivor_patient: row.try_get(2)?,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The person `nhs` belongs to, as every NHS number held for them: the survivor first, then
+    /// the numbers merged into it. An NHS number never merged is a group of one.
+    pub(super) async fn group(&self, nhs: &str) -> Result<Vec<String>, RecordsError> {
+        let sql = "SELECT survivor, nhs_number FROM merges \
+                   WHERE survivor = COALESCE((SELECT survivor FROM merges WHERE nhs_number = $1), $2) \
+                   ORDER BY nhs_number";
+        let rows = sqlx::query(sql)
+            .bind(nhs.to_string())
+            .bind(nhs.to_string())
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(|e| RecordsError::Unavailable(e.to_string()))?;
+        let mut out = Vec::with_capacity(rows.len() + 1);
+        for row in &rows {
+            if out.is_empty() {
+                out.push(row.try_get::<String, _>(0)?);
+            }
+            out.push(row.try_get::<String, _>(1)?);
+        }
+        if out.is_empty() {
+            out.push(nhs.to_string());
+        }
+        Ok(out)
+    }
+}
+
+/// Why a Patient put cannot be applied as written, given the merges already recorded: a
+/// `replaced-by` link to a Patient the record does not hold, to one of the same person or to
+/// one that was itself merged; a merged number merged again elsewhere; or a Patient of a merged
+/// number written without its link (an unmerge, which is refused: see the README).
+pub(super) fn check(
+    r: &Resource,
+    nhs: &str,
+    survivor: Option<&str>,
+    merged: &HashMap<String, Merged>,
+) -> Result<(), RecordsError> {
+    let field = || format!("link[{}].other.reference", replaced_by_index(r));
+    match (&r.replaced_by, survivor) {
+        (Some(id), None) => Err(RecordsError::invalid(
+            field(),
+            format!("Patient/{id} is not in the shared care record; write the surviving Patient first"),
+        )),
+        (Some(id), Some(s)) if s == nhs => Err(RecordsError::invalid(
+            field(),
+            format!("Patient/{id} has the same NHS number ({nhs}): a merge joins two NHS numbers"),
+        )),
+        (Some(id), Some(s)) => {
+            if let Some(m) = merged.get(s) {
+                return Err(RecordsError::invalid(
+                    field(),
+                    format!(
+                        "Patient/{id} (NHS number {s}) was itself merged into NHS number {} (Patient/{}): link to the survivor",
+                        m.survivor, m.survivor_patient
+                    ),
+                ));
+            }
+            match merged.get(nhs) {
+                Some(m) if m.survivor != s => Err(RecordsError::invalid(
+                    field(),
+                    format!(
+                        "NHS number {nhs} was already merged into NHS number {} (Patient/{}); a merged record is not merged again elsewhere, nor unmerged",
+                        m.survivor, m.survivor_patient
+                    ),
+                )),
+                _ => Ok(()),
+            }
+        }
+        (None, _) => match merged.get(nhs) {
+            Some(m) => Err(RecordsError::invalid(
+                "link",
+                format!(
+                    "NHS number {nhs} was merged into NHS number {} (Patient/{}): write to the surviving Patient; \
+                     an unmerge (HL7 v2 A37, or a Patient written without its replaced-by link) is not supported",
+                    m.survivor, m.survivor_patient
+                ),
+            )),
+            None => Ok(()),
+        },
+    }
+}
+
+fn replaced_by_index(r: &Resource) -> usize {
+    r.body
+        .get("link")
+        .and_then(|l| l.as_array())
+        .and_then(|links| {
+            links
+                .iter()
+                .position(|l| l.get("type").and_then(|t| t.as_str()) == Some("replaced-by"))
+        })
+        .unwrap_or(0)
+}
+
+/// Records `merges` in `tx`, keeping the table flat: numbers already merged into a number now
+/// merged move to its survivor.
+pub(super) async fn record(tx: &mut Tx, merges: &[Merge<'_>], now_us: i64) -> Result<(), RecordsError> {
+    for m in merges {
+        sqlx::query("UPDATE merges SET survivor = $1, survivor_patient = $2 WHERE survivor = $3")
+            .bind(m.survivor.to_string())
+            .bind(m.survivor_patient.to_string())
+            .bind(m.nhs_number.to_string())
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO merges (nhs_number, survivor, survivor_patient, merged_us) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (nhs_number) DO UPDATE SET survivor = excluded.survivor, survivor_patient = excluded.survivor_patient",
+        )
+        .bind(m.nhs_number.to_string())
+        .bind(m.survivor.to_string())
+        .bind(m.survivor_patient.to_string())
+        .bind(now_us)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
