@@ -587,6 +587,105 @@ async fn over_tls_the_listener_answers_a_client_that_checks_its_certificate_and_
     );
 }
 
+/// An A40 from the demo PAS: `survivor` (PID-3) absorbs `merged` (MRG-1).
+fn a40(control: &str, survivor: &str, merged: &str, family: &str) -> String {
+    format!(
+        "{}MRG|RX7{merged}^^^RX1^MR~{merged}^^^NHS^NH\r",
+        adt("A40", control, survivor, family, "")
+    )
+}
+
+#[tokio::test]
+async fn an_a40_merge_joins_both_numbers_in_records_consent_passport_and_audit_and_an_a37_is_refused() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let (survivor, merged) = (nhs_number(), nhs_number());
+    let visit = format!("M{}", &merged[3..]);
+    let nurse = staff_token_in_role(&p, "nurse", "demo-nurse-password", "100000000002").await;
+    let careworker = crate::harness::user_token(&p, "careworker", "demo-careworker-password", "selectedrole").await;
+    let system = service_token_for(&p.http, "records.read").await;
+    let patient_url = |nhs: &str| format!("{}/fhir/R4/Patient/rx1-patient-{nhs}", p.http);
+
+    // The trust knew the person under two numbers: admitted under one, registered under the other.
+    let acks = feed(
+        &p,
+        &[
+            adt("A01", "MRG-A01", &merged, "Okafor", &pv1(&visit, "AMU", &at(-30), "")),
+            adt("A28", "MRG-A28", &survivor, "Okafor", ""),
+        ],
+    );
+    assert!(acks.iter().all(|a| msa(a).0 == "AA"), "{acks:?}");
+    eventually(Duration::from_secs(20), "the admission's relationship", || async {
+        (get_json(&patient_url(&merged), &nurse, &[]).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(get_json(&patient_url(&survivor), &nurse, &[]).await.0, 403, "no relationship with the survivor yet");
+    let passport = format!("{}/passport/v1/patients/{survivor}", p.http);
+    assert_eq!(get_json(&passport, &nurse, &[]).await.0, 403);
+
+    // The PAS merges them; resent, the same ACK and nothing more.
+    let merge = a40("MRG-A40", &survivor, &merged, "Okafor");
+    let acks = feed(&p, &[merge.clone(), merge]);
+    assert_eq!(msa(&acks[0]), ("AA".into(), "MRG-A40".into()), "{}", acks[0]["ack"]);
+    assert_eq!(acks[0]["ack"], acks[1]["ack"], "a resend gets the same ACK");
+
+    // records: the old number finds the survivor; the old Patient points to it; the survivor's
+    // encounters include the admission made under the old number.
+    let found = search(&p, &system, &format!("Patient?identifier={NHS_SYSTEM}|{merged}")).await;
+    let ids: Vec<&str> = found.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert!(ids.contains(&format!("rx1-patient-{survivor}").as_str()), "{ids:?}");
+    let (status, old) = get_json(&patient_url(&merged), &system, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(old["link"][0]["type"], "replaced-by", "{old}");
+    assert_eq!(old["link"][0]["other"]["reference"], format!("Patient/rx1-patient-{survivor}"));
+    assert_eq!(old["active"], false);
+    let encounters = search(&p, &system, &format!("Encounter?patient=rx1-patient-{survivor}")).await;
+    assert_eq!(encounters.len(), 1, "{encounters:?}");
+    assert_eq!(encounters[0]["id"], format!("rx1-encounter-{visit}"));
+
+    // consent: the admission's relationship is with the one person now.
+    eventually(Duration::from_secs(20), "consent to hear of the merge", || async {
+        (get_json(&patient_url(&survivor), &nurse, &[]).await.0 == 200).then_some(())
+    })
+    .await;
+    // Nobody else gains anything: a care worker with no relationship with either is refused both.
+    for nhs in [&survivor, &merged] {
+        assert_eq!(get_json(&patient_url(nhs), &careworker, &[]).await.0, 403, "{nhs}");
+    }
+
+    // passport: one person, the survivor's demographics, the admission from the old number.
+    let view = eventually(Duration::from_secs(20), "the passport of the merged person", || async {
+        let (status, view) = get_json(&passport, &nurse, &[]).await;
+        (status == 200 && !crate::passport::section(&view, "encounters").is_empty()).then_some(view)
+    })
+    .await;
+    assert_eq!(view["nhsNumber"], survivor.as_str(), "{view}");
+    assert_eq!(crate::passport::section(&view, "encounters"), [format!("rx1-encounter-{visit}")]);
+
+    // audit: the survivor's trail holds the old number's entries too (the admission's write).
+    let trail = eventually(Duration::from_secs(20), "both trails under the survivor", || async {
+        let trail = crate::harness::audit_trail(&p, &survivor).await;
+        trail
+            .iter()
+            .any(|(_, _, resources)| resources.iter().any(|r| r.starts_with(&format!("Encounter/rx1-encounter-{visit}"))))
+            .then_some(trail)
+    })
+    .await;
+    assert!(trail.iter().any(|(action, _, _)| action == "patients_merged"), "{trail:?}");
+
+    // An unmerge is refused with the reason; so is a message that would quietly undo the merge.
+    let mut unlink = a40("MRG-A37", &survivor, &merged, "Okafor").replace("ADT^A40", "ADT^A37");
+    unlink = unlink.replace("EVN|A40", "EVN|A37");
+    let acks = feed(&p, &[unlink, adt("A31", "MRG-A31", &merged, "Okafor", "")]);
+    assert_eq!(msa(&acks[0]).0, "AR", "{}", acks[0]["ack"]);
+    assert!(acks[0]["ack"].as_str().unwrap_or_default().contains("does not undo a merge"), "{}", acks[0]["ack"]);
+    assert_eq!(msa(&acks[1]).0, "AE", "{}", acks[1]["ack"]);
+    let ack = acks[1]["ack"].as_str().unwrap_or_default();
+    assert!(ack.contains(&format!("was merged into NHS number {survivor}")), "{ack}");
+    let (_, old) = get_json(&patient_url(&merged), &system, &[]).await;
+    assert_eq!(old["link"][0]["type"], "replaced-by", "nothing stored: {old}");
+}
+
 #[tokio::test]
 async fn serve_connectors_on_postgres_and_kafka_writes_to_records_in_its_own_process() {
     use crate::harness::{fresh_database, kafka_brokers, namespace, serve_env};
@@ -649,4 +748,32 @@ async fn serve_connectors_on_postgres_and_kafka_writes_to_records_in_its_own_pro
     let encounter: Value = serde_json::from_str(&got.resource_json).expect("json");
     assert_eq!(encounter["status"], "in-progress");
     assert_eq!(encounter["serviceProvider"]["identifier"]["value"], "RX1");
+
+    // A merge on Postgres and Kafka: records answers for the survivor with the admitted
+    // number's data at once, and consent, hearing of it over Kafka, lets the trust's nurse
+    // (whose relationship is with the admitted number) read the survivor.
+    let survivor = nhs_number();
+    let acks = feed(
+        &connectors,
+        &[
+            adt("A28", "DIST-2", &survivor, "Moss", ""),
+            a40("DIST-3", &survivor, &nhs, "Moss"),
+        ],
+    );
+    assert!(acks.iter().all(|a| msa(a).0 == "AA"), "{acks:?}");
+    let system = service_token_for(&id.http, "records.read").await;
+    let (status, bundle) = get_json(
+        &format!("{}/fhir/R4/Encounter?patient.identifier={NHS_SYSTEM}|{survivor}", records.http),
+        &system,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(bundle["entry"][0]["resource"]["id"], format!("rx1-encounter-{visit}"), "{bundle}");
+    let nurse = staff_token_in_role(&id, "nurse", "demo-nurse-password", "100000000002").await;
+    let url = format!("{}/fhir/R4/Patient/rx1-patient-{survivor}", records.http);
+    eventually(Duration::from_secs(30), "consent to hear of the merge over Kafka", || async {
+        (get_json(&url, &nurse, &[]).await.0 == 200).then_some(())
+    })
+    .await;
 }
