@@ -619,7 +619,11 @@ async fn an_a40_merge_joins_both_numbers_in_records_consent_passport_and_audit_a
         (get_json(&patient_url(&merged), &nurse, &[]).await.0 == 200).then_some(())
     })
     .await;
-    assert_eq!(get_json(&patient_url(&survivor), &nurse, &[]).await.0, 403, "no relationship with the survivor yet");
+    assert_eq!(
+        get_json(&patient_url(&survivor), &nurse, &[]).await.0,
+        403,
+        "no relationship with the survivor yet"
+    );
     let passport = format!("{}/passport/v1/patients/{survivor}", p.http);
     assert_eq!(get_json(&passport, &nurse, &[]).await.0, 403);
 
@@ -637,7 +641,10 @@ async fn an_a40_merge_joins_both_numbers_in_records_consent_passport_and_audit_a
     let (status, old) = get_json(&patient_url(&merged), &system, &[]).await;
     assert_eq!(status, 200);
     assert_eq!(old["link"][0]["type"], "replaced-by", "{old}");
-    assert_eq!(old["link"][0]["other"]["reference"], format!("Patient/rx1-patient-{survivor}"));
+    assert_eq!(
+        old["link"][0]["other"]["reference"],
+        format!("Patient/rx1-patient-{survivor}")
+    );
     assert_eq!(old["active"], false);
     let encounters = search(&p, &system, &format!("Encounter?patient=rx1-patient-{survivor}")).await;
     assert_eq!(encounters.len(), 1, "{encounters:?}");
@@ -660,25 +667,42 @@ async fn an_a40_merge_joins_both_numbers_in_records_consent_passport_and_audit_a
     })
     .await;
     assert_eq!(view["nhsNumber"], survivor.as_str(), "{view}");
-    assert_eq!(crate::passport::section(&view, "encounters"), [format!("rx1-encounter-{visit}")]);
+    assert_eq!(
+        crate::passport::section(&view, "encounters"),
+        [format!("rx1-encounter-{visit}")]
+    );
 
     // audit: the survivor's trail holds the old number's entries too (the admission's write).
     let trail = eventually(Duration::from_secs(20), "both trails under the survivor", || async {
         let trail = crate::harness::audit_trail(&p, &survivor).await;
         trail
             .iter()
-            .any(|(_, _, resources)| resources.iter().any(|r| r.starts_with(&format!("Encounter/rx1-encounter-{visit}"))))
+            .any(|(_, _, resources)| {
+                resources
+                    .iter()
+                    .any(|r| r.starts_with(&format!("Encounter/rx1-encounter-{visit}")))
+            })
             .then_some(trail)
     })
     .await;
-    assert!(trail.iter().any(|(action, _, _)| action == "patients_merged"), "{trail:?}");
+    assert!(
+        trail.iter().any(|(action, _, _)| action == "patients_merged"),
+        "{trail:?}"
+    );
 
     // An unmerge is refused with the reason; so is a message that would quietly undo the merge.
     let mut unlink = a40("MRG-A37", &survivor, &merged, "Okafor").replace("ADT^A40", "ADT^A37");
     unlink = unlink.replace("EVN|A40", "EVN|A37");
     let acks = feed(&p, &[unlink, adt("A31", "MRG-A31", &merged, "Okafor", "")]);
     assert_eq!(msa(&acks[0]).0, "AR", "{}", acks[0]["ack"]);
-    assert!(acks[0]["ack"].as_str().unwrap_or_default().contains("does not undo a merge"), "{}", acks[0]["ack"]);
+    assert!(
+        acks[0]["ack"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not undo a merge"),
+        "{}",
+        acks[0]["ack"]
+    );
     assert_eq!(msa(&acks[1]).0, "AE", "{}", acks[1]["ack"]);
     let ack = acks[1]["ack"].as_str().unwrap_or_default();
     assert!(ack.contains(&format!("was merged into NHS number {survivor}")), "{ack}");
@@ -763,17 +787,26 @@ async fn serve_connectors_on_postgres_and_kafka_writes_to_records_in_its_own_pro
     assert!(acks.iter().all(|a| msa(a).0 == "AA"), "{acks:?}");
     let system = service_token_for(&id.http, "records.read").await;
     let (status, bundle) = get_json(
-        &format!("{}/fhir/R4/Encounter?patient.identifier={NHS_SYSTEM}|{survivor}", records.http),
+        &format!(
+            "{}/fhir/R4/Encounter?patient.identifier={NHS_SYSTEM}|{survivor}",
+            records.http
+        ),
         &system,
         &[],
     )
     .await;
     assert_eq!(status, 200, "{bundle}");
-    assert_eq!(bundle["entry"][0]["resource"]["id"], format!("rx1-encounter-{visit}"), "{bundle}");
+    assert_eq!(
+        bundle["entry"][0]["resource"]["id"],
+        format!("rx1-encounter-{visit}"),
+        "{bundle}"
+    );
     let nurse = staff_token_in_role(&id, "nurse", "demo-nurse-password", "100000000002").await;
     let url = format!("{}/fhir/R4/Patient/rx1-patient-{survivor}", records.http);
-    eventually(Duration::from_secs(30), "consent to hear of the merge over Kafka", || async {
-        (get_json(&url, &nurse, &[]).await.0 == 200).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "consent to hear of the merge over Kafka",
+        || async { (get_json(&url, &nurse, &[]).await.0 == 200).then_some(()) },
+    )
     .await;
 }

@@ -1301,7 +1301,12 @@ async fn a_merge_finds_both_records_through_either_number_and_is_never_undone(db
     const THIRD: &str = "9434765021";
     let s = store(&db).await;
     let a = system();
-    for (id, n, given) in [("surv", NHS, "Ann"), ("old", OLD, "Anne"), ("third", THIRD, "Bob")] {
+    for (id, n, given) in [
+        ("surv", NHS, "Ann"),
+        ("old", OLD, "Anne"),
+        ("gp-old", OLD, "Anne"),
+        ("third", THIRD, "Bob"),
+    ] {
         s.put(person(id, n, "Merge", given, "1960-01-01", "female"), "A81001", &a, 0)
             .await
             .expect("patient");
@@ -1373,6 +1378,11 @@ async fn a_merge_finds_both_records_through_either_number_and_is_never_undone(db
         "{}",
         old.body
     );
+    // So does another writer's copy of the merged number, written without a link.
+    let copy = s.get("Patient", "gp-old", &a).await.expect("read");
+    let copy: serde_json::Value = serde_json::from_str(&copy.body).expect("json");
+    assert_eq!(copy["link"][0]["type"], "replaced-by");
+    assert_eq!(copy["link"][0]["other"]["reference"], "Patient/surv");
 
     // Written again with its link: nothing changes but the version.
     s.put(merged_person("old", OLD, "surv"), "A81001", &a, 0)

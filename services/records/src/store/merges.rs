@@ -176,3 +176,28 @@ pub(super) async fn record(tx: &mut Tx, merges: &[Merge<'_>], now_us: i64) -> Re
     }
     Ok(())
 }
+
+/// Adds a `replaced-by` link to the survivor's Patient to a stored Patient of a merged number
+/// that has none (a writer other than the one that merged it holds its own copy).
+pub(super) fn point_to(s: &mut super::Stored, m: &Merged) {
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_str::<serde_json::Value>(&s.body) else {
+        return;
+    };
+    let links = body
+        .entry("link")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    let serde_json::Value::Array(links) = links else {
+        return;
+    };
+    if links
+        .iter()
+        .any(|l| l.get("type").and_then(serde_json::Value::as_str) == Some("replaced-by"))
+    {
+        return;
+    }
+    links.push(serde_json::json!({
+        "other": {"reference": format!("Patient/{}", m.survivor_patient)},
+        "type": "replaced-by",
+    }));
+    s.body = serde_json::Value::Object(body).to_string();
+}

@@ -735,6 +735,21 @@ impl Engine {
                 out.insert((s.resource_type.clone(), s.id.clone()), s);
             }
         }
+        // A Patient of a merged number that was not written with its link (another writer's
+        // copy) still points to the survivor when read.
+        let patients: Vec<&str> = out
+            .values()
+            .filter(|s| s.resource_type == "Patient" && !s.deleted)
+            .map(|s| s.nhs_number.as_str())
+            .collect();
+        if !patients.is_empty() {
+            let merged = self.merged(&mut conn, &patients).await?;
+            for s in out.values_mut().filter(|s| s.resource_type == "Patient") {
+                if let Some(m) = merged.get(&s.nhs_number) {
+                    merges::point_to(s, m);
+                }
+            }
+        }
         Ok(out)
     }
 
