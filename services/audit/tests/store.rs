@@ -768,8 +768,35 @@ async fn a_log_stored_before_tiles_is_converted_without_changing_a_root(db: Db) 
     assert!(log.verify().await.expect("verify").2.is_empty());
 }
 
+async fn a_merged_persons_trail_holds_both_numbers_under_either(db: Db) {
+    const MERGED: &str = "9434765013";
+    const OTHER: &str = "9000000009";
+    let s = store(&db).await;
+    for (n, nhs) in [(1, NHS), (2, MERGED), (3, OTHER)] {
+        let (d, e) = delivery(n, nhs);
+        s.append(&d, &e).await.expect("append");
+    }
+    assert_eq!(
+        s.list_by_patient(NHS, 0, 100).await.expect("list").len(),
+        1,
+        "apart before the merge"
+    );
+    s.merge(MERGED, NHS).await.expect("merge");
+    s.merge(MERGED, NHS).await.expect("a redelivered merge changes nothing");
+    for asked in [NHS, MERGED] {
+        let trail = s.list_by_patient(asked, 0, 100).await.expect("list");
+        let numbers: Vec<&str> = trail.iter().map(|e| e.nhs_number.as_str()).collect();
+        assert_eq!(
+            numbers,
+            [MERGED, NHS],
+            "{asked}: both trails, newest first, nobody else's"
+        );
+    }
+}
+
 sharedcare_kit::store_suite!(
     "audit";
+    a_merged_persons_trail_holds_both_numbers_under_either,
     tiles_hold_the_tree_across_tile_boundaries_and_checkpoints_verify,
     two_entries_with_the_same_visible_fields_hash_differently,
     a_log_stored_before_tiles_is_converted_without_changing_a_root,

@@ -290,10 +290,7 @@ pub async fn decide_many(store: &Store, asks: &[api::DecideRequest]) -> Result<V
         .map(|(n, a)| parse_ask(&format!("asks[{n}]."), a))
         .collect::<Result<_, _>>()?;
     let patients: Vec<&str> = asks.iter().map(|a| a.nhs_number.as_str()).collect();
-    let groups = store.groups(&patients).await?;
-    let mut everyone = patients.clone();
-    everyone.extend(groups.values().flatten().map(String::as_str));
-    let known = store.facts_many(&everyone).await?;
+    let (known, groups) = store.people(&patients).await?;
     Ok(asks
         .iter()
         .map(|a| match groups.get(&a.nhs_number) {

@@ -39,6 +39,9 @@ pub struct Known {
     pub grants: Vec<Grant>,
 }
 
+/// Each merged patient asked about → every NHS number of their person, the survivor first.
+pub type Groups = HashMap<String, Vec<String>>;
+
 /// Consent's storage.
 #[derive(Clone)]
 pub struct Store {
@@ -189,10 +192,39 @@ impl Store {
         Ok(all.remove(patient.as_str()).map(|k| k.facts).unwrap_or_default())
     }
 
-    /// The facts about each of `patients`, read now in one query per table (a batch of
-    /// decisions costs four queries, not four per patient). Patients nothing is known about
-    /// get empty facts.
+    /// The facts about each of `patients` (see [`Store::facts_many`]) and, for those that are
+    /// part of a merge, every NHS number of their person (survivor first), whose facts are
+    /// read too. One statement when no patient asked about was merged; two when one was.
+    pub async fn people(&self, patients: &[&str]) -> Result<(HashMap<String, Known>, Groups), ConsentError> {
+        let mut by_survivor: HashMap<String, Vec<String>> = HashMap::new();
+        let mut known = self.read_facts(patients, &mut by_survivor).await?;
+        let missing: Vec<String> = by_survivor
+            .iter()
+            .flat_map(|(s, merged)| std::iter::once(s).chain(merged))
+            .filter(|n| !known.contains_key(n.as_str()))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+            known.extend(self.read_facts(&missing, &mut HashMap::new()).await?);
+        }
+        Ok((known, sharedcare_kit::merges::assemble(patients, by_survivor)))
+    }
+
+    /// The facts about each of `patients`, read now in one statement over every table (a
+    /// batch of decisions costs one round trip, not five per patient). Patients nothing is
+    /// known about get empty facts.
     pub async fn facts_many(&self, patients: &[&str]) -> Result<HashMap<String, Known>, ConsentError> {
+        self.read_facts(patients, &mut HashMap::new()).await
+    }
+
+    /// [`Store::facts_many`], adding every merge of the patients' groups to `merges` (merged
+    /// numbers by survivor).
+    async fn read_facts(
+        &self,
+        patients: &[&str],
+        merges: &mut HashMap<String, Vec<String>>,
+    ) -> Result<HashMap<String, Known>, ConsentError> {
         let mut out: HashMap<String, Known> = HashMap::new();
         let mut ids: Vec<&str> = patients.to_vec();
         ids.sort_unstable();
@@ -211,15 +243,19 @@ impl Store {
                  UNION ALL SELECT 'f', nhs_number, '', '', '', '', '', national_opt_out, gp_dissent FROM patient_flags WHERE nhs_number IN ({}) \
                  UNION ALL SELECT 'r', nhs_number, ods_code, kind, '', '', '', start_at, end_at FROM relationships WHERE nhs_number IN ({}) \
                  UNION ALL SELECT 'g', nhs_number, id, person_id, ods_code, reason_code, reason_text, start_at, end_at FROM break_glass WHERE nhs_number IN ({}) \
-                 UNION ALL SELECT 'p', nhs_number, representative_nhs, kind, '', '', '', start_at, end_at FROM representatives WHERE nhs_number IN ({})",
+                 UNION ALL SELECT 'p', nhs_number, representative_nhs, kind, '', '', '', start_at, end_at FROM representatives WHERE nhs_number IN ({}) \
+                 UNION ALL SELECT 'm', nhs_number, survivor, '', '', '', '', 0, 0 FROM merges WHERE survivor IN ({}) \
+                   OR survivor IN (SELECT survivor FROM merges WHERE nhs_number IN ({}))",
                 list(0),
                 list(1),
                 list(2),
                 list(3),
-                list(4)
+                list(4),
+                list(5),
+                list(6)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for _ in 0..5 {
+            for _ in 0..7 {
                 for id in chunk {
                     q = q.bind(id.to_string());
                 }
@@ -251,6 +287,10 @@ impl Store {
                         start: n1,
                         end: (n2 != 0).then_some(n2),
                     }),
+                    "m" => {
+                        merges.entry(text(2)?).or_default().push(nhs);
+                        continue;
+                    }
                     "r" => out.entry(nhs).or_default().facts.relationships.push(Relationship {
                         org: text(2)?,
                         kind: text(3)?,
@@ -287,12 +327,6 @@ impl Store {
             k.facts.break_glass.sort_by_key(|g| std::cmp::Reverse(g.start));
         }
         Ok(out)
-    }
-
-    /// The groups of merged NHS numbers any of `patients` belongs to: for each such patient,
-    /// every number of its person (survivor first). Patients never merged are left out.
-    pub async fn groups(&self, patients: &[&str]) -> Result<HashMap<String, Vec<String>>, ConsentError> {
-        Ok(sharedcare_kit::merges::groups(&self.db, patients).await?)
     }
 
     /// Records an authorised representative of `nhs`, with its event.

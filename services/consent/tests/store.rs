@@ -369,11 +369,16 @@ async fn a_merge_joins_relationships_and_the_stricter_directive_wins(db: Db) {
         0,
         "applied once"
     );
-    let groups = s.groups(&[MERGED, NHS]).await.expect("groups");
+    let (known, groups) = s.people(&[MERGED]).await.expect("people");
     assert_eq!(
         groups[MERGED],
         vec![NHS.to_string(), MERGED.to_string()],
         "survivor first"
+    );
+    assert_eq!(
+        known[NHS].facts.relationships.len(),
+        1,
+        "the survivor's facts are read too"
     );
 
     let after = sharedcare_consent::grpc::decide_many(&s, &asks).await.expect("decide");

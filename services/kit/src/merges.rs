@@ -55,6 +55,12 @@ pub async fn groups(db: &Db, patients: &[&str]) -> Result<HashMap<String, Vec<St
             by_survivor.entry(survivor).or_default().push(r.try_get(1)?);
         }
     }
+    Ok(assemble(&ids, by_survivor))
+}
+
+/// The groups of `asked` (each asked number that is part of a merge → every number of its
+/// person, survivor first) from every merged number of their groups by survivor.
+pub fn assemble(asked: &[&str], by_survivor: HashMap<String, Vec<String>>) -> HashMap<String, Vec<String>> {
     let mut out = HashMap::new();
     for (survivor, mut merged) in by_survivor {
         merged.sort();
@@ -62,10 +68,10 @@ pub async fn groups(db: &Db, patients: &[&str]) -> Result<HashMap<String, Vec<St
         let mut group = vec![survivor];
         group.extend(merged);
         for n in &group {
-            if ids.contains(&n.as_str()) {
+            if asked.contains(&n.as_str()) {
                 out.insert(n.clone(), group.clone());
             }
         }
     }
-    Ok(out)
+    out
 }

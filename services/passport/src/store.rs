@@ -206,20 +206,37 @@ impl Store {
         &self,
         patients: &[NhsNumber],
     ) -> Result<std::collections::HashMap<String, Held>, PassportError> {
+        Ok(self.held_people(patients).await?.0)
+    }
+
+    /// [`Store::held_many`], and in the same statement, for each of `patients` that is part of
+    /// a merge, every NHS number of their person (survivor first; what is held about the
+    /// others is not read).
+    pub async fn held_people(
+        &self,
+        patients: &[NhsNumber],
+    ) -> Result<(std::collections::HashMap<String, Held>, Groups), PassportError> {
         let mut out: std::collections::HashMap<String, Held> = std::collections::HashMap::new();
+        let mut by_survivor: Groups = Groups::new();
         for chunk in patients.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
             let backend = self.db.backend();
-            // Sharing rows ride in the entries' columns: section SHARING, the state as body.
+            let list = |part: usize| backend.marks(part * chunk.len() + 1, chunk.len());
+            // Sharing rows ride in the entries' columns: section SHARING, the state as body;
+            // merges as section MERGE, the survivor as body.
             let sql = format!(
                 "SELECT {COLUMNS}, nhs_number FROM entries WHERE nhs_number IN ({}) AND hidden = 0 \
                  UNION ALL SELECT '', '', 0, '{SHARING}', '', '', '', '', '', state, changed_us, nhs_number \
                  FROM sharing WHERE nhs_number IN ({}) \
+                 UNION ALL SELECT '', '', 0, '{MERGE}', '', '', '', '', '', survivor, 0, nhs_number \
+                 FROM merges WHERE survivor IN ({}) OR survivor IN (SELECT survivor FROM merges WHERE nhs_number IN ({})) \
                  ORDER BY 6 DESC, 11 DESC, 1, 2",
-                backend.marks(1, chunk.len()),
-                backend.marks(chunk.len() + 1, chunk.len()),
+                list(0),
+                list(1),
+                list(2),
+                list(3),
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for _ in 0..2 {
+            for _ in 0..4 {
                 for p in chunk {
                     q = q.bind(p.as_str().to_string());
                 }
@@ -227,6 +244,10 @@ impl Store {
             for r in q.fetch_all(self.db.pool()).await? {
                 let nhs: String = r.try_get(11)?;
                 let section: String = r.try_get(3)?;
+                if section == MERGE {
+                    by_survivor.entry(r.try_get(9)?).or_default().push(nhs);
+                    continue;
+                }
                 let held = out.entry(nhs).or_default();
                 if section == SHARING {
                     let text: String = r.try_get(9)?;
@@ -236,16 +257,8 @@ impl Store {
                 }
             }
         }
-        Ok(out)
-    }
-
-    /// For each of `patients` that is part of a merge: every NHS number of its person, the
-    /// survivor first.
-    pub async fn groups(
-        &self,
-        patients: &[&str],
-    ) -> Result<std::collections::HashMap<String, Vec<String>>, PassportError> {
-        Ok(sharedcare_kit::merges::groups(&self.db, patients).await?)
+        let asked: Vec<&str> = patients.iter().map(NhsNumber::as_str).collect();
+        Ok((out, sharedcare_kit::merges::assemble(&asked, by_survivor)))
     }
 
     /// Everything shown about `patient` (demographics and every section), newest first.
@@ -271,6 +284,11 @@ async fn claim<'a, T>(
 
 /// The `section` the sharing rows of [`Store::held_many`]'s query carry.
 const SHARING: &str = "#sharing";
+/// The `section` the merge rows of [`Store::held_people`]'s query carry.
+const MERGE: &str = "#merge";
+
+/// Each merged patient asked about → every NHS number of their person, the survivor first.
+pub type Groups = std::collections::HashMap<String, Vec<String>>;
 
 fn decode_sharing(text: &str) -> Result<SharingState, PassportError> {
     let bytes = B64

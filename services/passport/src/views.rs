@@ -73,66 +73,64 @@ impl Viewer {
 /// Serves one batch: decide and read together, build, audit all, answer. A merged person's
 /// view holds the entries of each of their NHS numbers that consent, asked about that number,
 /// lets the viewer see: until consent has heard of a merge, a merged number's entries are
-/// decided as its own person's, so a merge never shows anyone more than before.
+/// decided as its own person's, so a merge never shows anyone more than before. The merge is
+/// found in the same statement as what is held; only a batch with a merged person takes a
+/// second round (its other numbers' decisions and entries).
 async fn serve(store: &Store, pdp: &dyn Pdp, outbox: &Outbox, batch: Vec<Job>) {
-    let numbers: Vec<&str> = batch.iter().map(|j| j.patient.as_str()).collect();
-    let groups = store.groups(&numbers).await;
-    let no_groups = HashMap::new();
-    let members = |job: &Job| -> Vec<NhsNumber> {
-        let group = groups.as_ref().unwrap_or(&no_groups).get(job.patient.as_str());
-        group
-            .into_iter()
-            .flatten()
-            .filter(|n| n.as_str() != job.patient.as_str())
-            .filter_map(|n| NhsNumber::parse(n).ok())
-            .collect()
-    };
     let mut asks = Vec::with_capacity(batch.len());
-    // Per job: its own ask, and one per other number of a merged person.
-    let mut member_asks: Vec<Vec<(NhsNumber, usize)>> = Vec::with_capacity(batch.len());
     let asked: Vec<Result<usize, PassportError>> = batch
         .iter()
         .map(|job| {
-            let own = ask(&job.who, &job.patient, job.purpose.clone()).map(|a| {
+            ask(&job.who, &job.patient, job.purpose.clone()).map(|a| {
                 asks.push(a);
                 asks.len() - 1
-            });
-            let mut others = Vec::new();
-            if own.is_ok() {
-                for m in members(job) {
-                    if let Ok(a) = ask(&job.who, &m, job.purpose.clone()) {
-                        asks.push(a);
-                        others.push((m, asks.len() - 1));
-                    }
-                }
-            }
-            member_asks.push(others);
-            own
+            })
         })
         .collect();
     let mut patients: Vec<NhsNumber> = batch.iter().map(|j| j.patient.clone()).collect();
-    patients.extend(member_asks.iter().flatten().map(|(m, _)| m.clone()));
     patients.sort();
     patients.dedup();
-    let wanted = asks.len();
-    let decide = async {
-        if asks.is_empty() {
-            return Ok(Vec::new());
+    let (mut decisions, held) = tokio::join!(decide(pdp, asks), store.held_people(&patients));
+    // Per job: one ask per other number of a merged person, decided and read in a second round.
+    let mut member_asks: Vec<Vec<(NhsNumber, usize)>> = vec![Vec::new(); batch.len()];
+    let held = match held {
+        Ok((mut held, groups)) if !groups.is_empty() => {
+            let mut more = Vec::new();
+            let base = decisions.as_ref().map(Vec::len).unwrap_or(0);
+            for ((job, own), others) in batch.iter().zip(&asked).zip(member_asks.iter_mut()) {
+                let group = groups.get(job.patient.as_str()).filter(|_| own.is_ok());
+                for m in group
+                    .into_iter()
+                    .flatten()
+                    .filter(|n| n.as_str() != job.patient.as_str())
+                {
+                    let Ok(m) = NhsNumber::parse(m) else { continue };
+                    if let Ok(a) = ask(&job.who, &m, job.purpose.clone()) {
+                        more.push(a);
+                        others.push((m, base + more.len() - 1));
+                    }
+                }
+            }
+            let mut members: Vec<NhsNumber> = member_asks.iter().flatten().map(|(m, _)| m.clone()).collect();
+            members.retain(|m| !held.contains_key(m.as_str()));
+            members.sort();
+            members.dedup();
+            let (decided, extra) = tokio::join!(decide(pdp, more), store.held_many(&members));
+            decisions = match (decisions, decided) {
+                (Ok(mut d), Ok(more)) => {
+                    d.extend(more);
+                    Ok(d)
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            extra.map(|extra| {
+                held.extend(extra);
+                held
+            })
         }
-        match pdp.decide(asks).await {
-            Ok(d) if d.len() == wanted => Ok(d),
-            Ok(d) => Err(PdpError::Incomplete {
-                got: d.len(),
-                asked: wanted,
-            }),
-            Err(e) => Err(e),
-        }
+        other => other.map(|(held, _)| held),
     };
-    let read = async {
-        groups?;
-        store.held_many(&patients).await
-    };
-    let (decisions, held) = tokio::join!(decide, read);
+    let wanted = decisions.as_ref().map(Vec::len).unwrap_or(0);
     // One failure answers every view of the batch.
     let mut held: Result<HashMap<String, Held>, Arc<PassportError>> = held.map_err(Arc::new);
     let mut views_of: HashMap<&str, usize> = HashMap::new();
@@ -235,5 +233,24 @@ fn take(h: &mut HashMap<String, Held>, views_of: &HashMap<&str, usize>, key: &st
         h.remove(key).unwrap_or_default()
     } else {
         h.get(key).cloned().unwrap_or_default()
+    }
+}
+
+/// Consent's decisions on `asks`, all or an error.
+async fn decide(
+    pdp: &dyn Pdp,
+    asks: Vec<sharedcare_proto::consent::v1::DecideRequest>,
+) -> Result<Vec<sharedcare_proto::consent::v1::DecideResponse>, PdpError> {
+    let wanted = asks.len();
+    if asks.is_empty() {
+        return Ok(Vec::new());
+    }
+    match pdp.decide(asks).await {
+        Ok(d) if d.len() == wanted => Ok(d),
+        Ok(d) => Err(PdpError::Incomplete {
+            got: d.len(),
+            asked: wanted,
+        }),
+        Err(e) => Err(e),
     }
 }

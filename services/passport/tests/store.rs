@@ -222,8 +222,44 @@ async fn the_latest_sharing_state_replaces_the_last_once_per_event(db: Db) {
     assert!(s.held(&nhs("9990000018")).await.expect("held").is_empty());
 }
 
+async fn a_merge_is_found_with_what_is_held_for_either_number(db: Db) {
+    const MERGED: &str = "9434765013";
+    const THIRD: &str = "9434765021";
+    let s = store(&db).await;
+    let patient = |nhs: &str| json!({"resourceType": "Patient", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}]});
+    let (d, mut merge) = state(3, MERGED, "p-merged", 2, patient(MERGED));
+    merge.merged_into = NHS.into();
+    let events = [
+        state(1, NHS, "c-survivor", 1, condition("Asthma")),
+        state(2, MERGED, "c-merged", 1, condition("Gout")),
+        (d, merge),
+    ];
+    assert_eq!(apply(&s, &events).await, 3);
+    for asked in [NHS, MERGED] {
+        let (held, groups) = s.held_people(&[nhs(asked)]).await.expect("held");
+        assert_eq!(
+            groups[asked],
+            vec![NHS.to_string(), MERGED.to_string()],
+            "{asked}: survivor first"
+        );
+        assert_eq!(held.len(), 1, "{asked}: only the number asked about is read");
+    }
+    let (_, groups) = s.held_people(&[nhs(THIRD)]).await.expect("held");
+    assert!(groups.is_empty(), "a number never merged is alone");
+    // Merging the survivor on moves the group.
+    let (d, mut on) = state(4, NHS, "p-survivor", 2, patient(NHS));
+    on.merged_into = THIRD.into();
+    assert_eq!(apply(&s, &[(d, on)]).await, 1);
+    let (_, groups) = s.held_people(&[nhs(MERGED)]).await.expect("held");
+    assert_eq!(
+        groups[MERGED],
+        vec![THIRD.to_string(), MERGED.to_string(), NHS.to_string()]
+    );
+}
+
 sharedcare_kit::store_suite!(
     "passport";
+    a_merge_is_found_with_what_is_held_for_either_number,
     the_latest_sharing_state_replaces_the_last_once_per_event,
     a_redelivered_event_changes_nothing,
     the_newest_version_wins_whatever_the_order,

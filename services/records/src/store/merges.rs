@@ -63,26 +63,59 @@ impl Engine {
     /// The person `nhs` belongs to, as every NHS number held for them: the survivor first, then
     /// the numbers merged into it. An NHS number never merged is a group of one.
     pub(super) async fn group(&self, nhs: &str) -> Result<Vec<String>, RecordsError> {
-        let sql = "SELECT survivor, nhs_number FROM merges \
-                   WHERE survivor = COALESCE((SELECT survivor FROM merges WHERE nhs_number = $1), $2) \
-                   ORDER BY nhs_number";
-        let rows = sqlx::query(sql)
+        let sql = "SELECT $1, g.survivor, g.nhs_number FROM (SELECT 1) one LEFT JOIN merges g \
+                   ON g.survivor = COALESCE((SELECT m.survivor FROM merges m WHERE m.nhs_number = $2), $3) \
+                   ORDER BY g.nhs_number";
+        let q = sqlx::query(sql)
             .bind(nhs.to_string())
             .bind(nhs.to_string())
+            .bind(nhs.to_string());
+        Ok(self
+            .group_of(q)
+            .await?
+            .map(|(_, g)| g)
+            .unwrap_or_else(|| vec![nhs.to_string()]))
+    }
+
+    /// The NHS number of the Patient `id` and its person (see [`Engine::group`]), in one
+    /// statement; `None` when the record holds no such Patient.
+    pub(super) async fn group_of_patient(&self, id: &str) -> Result<Option<(String, Vec<String>)>, RecordsError> {
+        let sql = "SELECT p.nhs_number, g.survivor, g.nhs_number FROM patients p LEFT JOIN merges g \
+                   ON g.survivor = COALESCE((SELECT m.survivor FROM merges m WHERE m.nhs_number = p.nhs_number), p.nhs_number) \
+                   WHERE p.id = $1 ORDER BY g.nhs_number";
+        self.group_of(sqlx::query(sql).bind(id.to_string())).await
+    }
+
+    /// Rows of (asked number, survivor or NULL, merged number or NULL) as the asked number
+    /// and its group; `None` without rows.
+    async fn group_of<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> Result<Option<(String, Vec<String>)>, RecordsError> {
+        let rows = q
             .fetch_all(self.db.pool())
             .await
             .map_err(|e| RecordsError::Unavailable(e.to_string()))?;
-        let mut out = Vec::with_capacity(rows.len() + 1);
+        let mut out: Vec<String> = Vec::with_capacity(rows.len() + 1);
         for row in &rows {
-            if out.is_empty() {
-                out.push(row.try_get::<String, _>(0)?);
+            match (
+                row.try_get::<Option<String>, _>(1)?,
+                row.try_get::<Option<String>, _>(2)?,
+            ) {
+                (Some(survivor), Some(merged)) => {
+                    if out.is_empty() {
+                        out.push(survivor);
+                    }
+                    out.push(merged);
+                }
+                _ => out.push(row.try_get::<String, _>(0)?),
             }
-            out.push(row.try_get::<String, _>(1)?);
         }
-        if out.is_empty() {
-            out.push(nhs.to_string());
-        }
-        Ok(out)
+        let asked = match rows.first() {
+            Some(row) => row.try_get::<String, _>(0)?,
+            None => return Ok(None),
+        };
+        Ok(Some((asked, out)))
     }
 }
 
@@ -179,7 +212,7 @@ pub(super) async fn record(tx: &mut Tx, merges: &[Merge<'_>], now_us: i64) -> Re
 
 /// Adds a `replaced-by` link to the survivor's Patient to a stored Patient of a merged number
 /// that has none (a writer other than the one that merged it holds its own copy).
-pub(super) fn point_to(s: &mut super::Stored, m: &Merged) {
+pub(super) fn point_to(s: &mut super::Stored, survivor_patient: &str) {
     let Ok(serde_json::Value::Object(mut body)) = serde_json::from_str::<serde_json::Value>(&s.body) else {
         return;
     };
@@ -196,7 +229,7 @@ pub(super) fn point_to(s: &mut super::Stored, m: &Merged) {
         return;
     }
     links.push(serde_json::json!({
-        "other": {"reference": format!("Patient/{}", m.survivor_patient)},
+        "other": {"reference": format!("Patient/{survivor_patient}")},
         "type": "replaced-by",
     }));
     s.body = serde_json::Value::Object(body).to_string();

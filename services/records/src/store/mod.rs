@@ -714,16 +714,20 @@ impl Engine {
         }
     }
 
-    /// The newest version of each resource asked for, keyed by (type, id).
+    /// The newest version of each resource asked for, keyed by (type, id). A Patient of a
+    /// merged number comes with a `replaced-by` link to the survivor's Patient, even a copy
+    /// its writer did not link (the merge is found in the same statement).
     async fn newest(&self, jobs: &[GetJob]) -> Result<HashMap<(String, String), Stored>, RecordsError> {
         let mut conn = self.db.pool().acquire().await?;
         let mut out = HashMap::new();
         for chunk in jobs.chunks(db::MAX_ROWS_PER_INSERT) {
             let wanted = self.any_of("c.", chunk.len());
             let sql = format!(
-                "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels, c.codes, c.deleted
+                "SELECT r.resource_type, r.id, r.version, r.last_updated_us, r.nhs_number, r.body, c.labels, c.codes, c.deleted, \
+                        COALESCE(m.survivor_patient, '')
                  FROM current_resources c JOIN resources r
                    ON r.resource_type = c.resource_type AND r.id = c.id AND r.version = c.version
+                 LEFT JOIN merges m ON c.resource_type = 'Patient' AND m.nhs_number = c.nhs_number
                  WHERE {wanted}"
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -731,23 +735,12 @@ impl Engine {
                 q = q.bind(job.resource_type.clone()).bind(job.id.clone());
             }
             for row in q.fetch_all(&mut *conn).await? {
-                let s = stored_row(&row)?;
-                out.insert((s.resource_type.clone(), s.id.clone()), s);
-            }
-        }
-        // A Patient of a merged number that was not written with its link (another writer's
-        // copy) still points to the survivor when read.
-        let patients: Vec<&str> = out
-            .values()
-            .filter(|s| s.resource_type == "Patient" && !s.deleted)
-            .map(|s| s.nhs_number.as_str())
-            .collect();
-        if !patients.is_empty() {
-            let merged = self.merged(&mut conn, &patients).await?;
-            for s in out.values_mut().filter(|s| s.resource_type == "Patient") {
-                if let Some(m) = merged.get(&s.nhs_number) {
-                    merges::point_to(s, m);
+                let mut s = stored_row(&row)?;
+                let survivor: String = row.try_get(9)?;
+                if !survivor.is_empty() && !s.deleted {
+                    merges::point_to(&mut s, &survivor);
                 }
+                out.insert((s.resource_type.clone(), s.id.clone()), s);
             }
         }
         Ok(out)

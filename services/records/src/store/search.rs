@@ -320,14 +320,12 @@ impl Store {
         let e = &self.engine;
         let caller = Caller::current(actor);
         let purpose = actor.purpose.as_str();
-        let nhs = if q.nhs_number.is_empty() {
-            let row = sqlx::query("SELECT nhs_number FROM patients WHERE id = $1")
-                .bind(q.patient.clone())
-                .fetch_optional(e.db.pool())
-                .await
-                .map_err(|err| RecordsError::Unavailable(err.to_string()))?;
-            match row {
-                Some(r) => r.try_get::<String, _>(0)?,
+        // A merged person's data is found through either NHS number: the whole group's (the
+        // survivor first), found with the Patient in one statement. The search is audited as
+        // the number asked about.
+        let (nhs, group) = if q.nhs_number.is_empty() {
+            match e.group_of_patient(&q.patient).await? {
+                Some(found) => found,
                 None => {
                     let reference = format!("Patient/{}", q.patient);
                     let v = Verdict::not_found(&reference, purpose);
@@ -335,10 +333,8 @@ impl Store {
                 }
             }
         } else {
-            q.nhs_number.clone()
+            (q.nhs_number.clone(), e.group(&q.nhs_number).await?)
         };
-        // A merged person's data is found through either NHS number: the whole group's.
-        let group = e.group(&nhs).await?;
         // Read a page and one more, judge it, and read on only while withheld resources leave
         // the page short (at most eight rounds).
         let mut cursor = q.cursor.clone();
