@@ -141,19 +141,20 @@ impl Engine {
         mut jobs: Vec<PutJob>,
     ) -> Result<Vec<(PutJob, Option<Refusal>)>, RecordsError> {
         let mut conn = self.db.pool().acquire().await?;
-        let versions = self.current_versions(&mut conn, &jobs).await?;
+        // Versions, and the merges of the batch's Patients, in one statement.
+        let (versions, mut merged) = self.versions_and_merges(&mut conn, &jobs).await?;
         let mut patients = self.referenced_patients(&mut conn, &jobs).await?;
-        // The merges the batch's Patients and the Patients they are replaced by are part of.
-        let numbers: Vec<String> = jobs
+        // A merge (rare) also needs the merges of the Patients its Patients are replaced by.
+        let targets: Vec<&str> = jobs
             .iter()
-            .filter_map(|j| j.resource.nhs_number.as_ref().map(|n| n.to_string()))
-            .chain(
-                jobs.iter()
-                    .filter_map(|j| j.resource.replaced_by.as_ref().and_then(|id| patients.get(id)).cloned()),
-            )
+            .filter_map(|j| j.resource.replaced_by.as_ref().and_then(|id| patients.get(id)))
+            .map(String::as_str)
+            .filter(|n| !merged.contains_key(*n))
             .collect();
-        let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
-        let merged = self.merged(&mut conn, &numbers).await?;
+        if !targets.is_empty() {
+            let more = self.merged(&mut conn, &targets).await?;
+            merged.extend(more);
+        }
         drop(conn);
         let action_of = |job: &PutJob| {
             let r = &job.resource;

@@ -13,6 +13,10 @@ use super::Engine;
 use crate::RecordsError;
 use crate::fhir::Resource;
 
+/// The `resource_type` a merge row carries in [`Engine::versions_and_merges`]' statement (no
+/// resource type starts with `#`).
+const MERGE: &str = "#merge";
+
 /// What the record holds about a merged NHS number.
 #[derive(Clone, Debug)]
 pub(super) struct Merged {
@@ -58,6 +62,56 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// The newest stored version of each resource in `jobs` (as `current_versions`), and in
+    /// the same statement the merges recorded for the NHS numbers of its Patients.
+    pub(super) async fn versions_and_merges(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        jobs: &[super::PutJob],
+    ) -> Result<(HashMap<(String, String), i64>, HashMap<String, Merged>), RecordsError> {
+        let mut versions = HashMap::new();
+        let mut merged = HashMap::new();
+        let backend = self.db.backend();
+        for chunk in jobs.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
+            let mut numbers: Vec<String> = chunk
+                .iter()
+                .filter_map(|j| j.resource.nhs_number.as_ref().map(|n| n.to_string()))
+                .collect();
+            numbers.sort_unstable();
+            numbers.dedup();
+            let mut sql = format!(
+                "SELECT resource_type, id, MAX(version), '', '' FROM resources WHERE {} GROUP BY resource_type, id",
+                self.any_of("", chunk.len())
+            );
+            if !numbers.is_empty() {
+                sql.push_str(&format!(
+                    " UNION ALL SELECT '{MERGE}', nhs_number, 0, survivor, survivor_patient FROM merges WHERE nhs_number IN ({})",
+                    backend.marks(2 * chunk.len() + 1, numbers.len())
+                ));
+            }
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for job in chunk {
+                q = q.bind(job.resource.resource_type.clone()).bind(job.resource.id.clone());
+            }
+            for n in numbers {
+                q = q.bind(n);
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let (kind, key): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+                if kind == MERGE {
+                    let m = Merged {
+                        survivor: row.try_get(3)?,
+                        survivor_patient: row.try_get(4)?,
+                    };
+                    merged.insert(key, m);
+                } else {
+                    versions.insert((kind, key), row.try_get::<i64, _>(2)?);
+                }
+            }
+        }
+        Ok((versions, merged))
     }
 
     /// The person `nhs` belongs to, as every NHS number held for them: the survivor first, then
