@@ -289,6 +289,11 @@ pub async fn decide_many(store: &Store, asks: &[api::DecideRequest]) -> Result<V
         .enumerate()
         .map(|(n, a)| parse_ask(&format!("asks[{n}]."), a))
         .collect::<Result<_, _>>()?;
+    decide_parsed(store, &asks).await
+}
+
+/// Decides `asks`, checked, on the facts of their people read once.
+async fn decide_parsed(store: &Store, asks: &[Ask]) -> Result<Vec<api::DecideResponse>, Status> {
     let patients: Vec<&str> = asks.iter().map(|a| a.nhs_number.as_str()).collect();
     let (known, groups) = store.people(&patients).await?;
     Ok(asks
@@ -411,9 +416,8 @@ fn respond(ask: &Ask, o: policy::Outcome, known: &Known) -> api::DecideResponse 
 impl Consent for ConsentApi {
     async fn decide(&self, request: Request<api::DecideRequest>) -> Result<Response<api::DecideResponse>, Status> {
         self.require(&request, "consent.decide", None).await?;
-        // Bad input is named as a single ask's (`nhs_number`, not `asks[0].nhs_number`).
-        parse_ask("", request.get_ref())?;
-        let mut answers = decide_many(&self.store, std::slice::from_ref(request.get_ref())).await?;
+        let ask = parse_ask("", request.get_ref())?;
+        let mut answers = decide_parsed(&self.store, std::slice::from_ref(&ask)).await?;
         Ok(Response::new(
             answers.pop().ok_or_else(|| Status::internal("no decision"))?,
         ))

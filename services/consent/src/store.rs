@@ -245,7 +245,8 @@ impl Store {
                  UNION ALL SELECT 'g', nhs_number, id, person_id, ods_code, reason_code, reason_text, start_at, end_at FROM break_glass WHERE nhs_number IN ({}) \
                  UNION ALL SELECT 'p', nhs_number, representative_nhs, kind, '', '', '', start_at, end_at FROM representatives WHERE nhs_number IN ({}) \
                  UNION ALL SELECT 'm', nhs_number, survivor, '', '', '', '', 0, 0 FROM merges WHERE survivor IN ({}) \
-                   OR survivor IN (SELECT survivor FROM merges WHERE nhs_number IN ({}))",
+                 UNION ALL SELECT 'm', g.nhs_number, g.survivor, '', '', '', '', 0, 0 \
+                   FROM merges a JOIN merges g ON g.survivor = a.survivor WHERE a.nhs_number IN ({})",
                 list(0),
                 list(1),
                 list(2),
