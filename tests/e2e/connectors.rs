@@ -710,6 +710,170 @@ async fn an_a40_merge_joins_both_numbers_in_records_consent_passport_and_audit_a
     assert_eq!(old["link"][0]["type"], "replaced-by", "nothing stored: {old}");
 }
 
+/// A GP practice's GP Connect endpoint (`tests/python/gpconnect_provider.py`): checks each
+/// request as NHS England's demonstrator does and answers with the demonstrator's recorded
+/// responses. Returns the process (killed when dropped), its base URL and its request log.
+fn gp_practice() -> (Practice, String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::BufRead;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(dir.join("python/.venv/bin/python"))
+        .arg(dir.join("python/gpconnect_provider.py"))
+        .arg(dir.join("../services/connectors/tests/fixtures/gpconnect"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run the GP practice");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("utf-8");
+    let port = first.strip_prefix("listening ").expect("listening <port>").to_string();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                sink.lock().expect("log").push(v);
+            }
+        }
+    });
+    (Practice(child), format!("http://127.0.0.1:{port}/fhir"), log)
+}
+
+/// The GP practice's process, stopped when the test ends however it ends.
+struct Practice(std::process::Child);
+
+impl Drop for Practice {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn gp_connect_fetches_the_practices_structured_record_for_a_clinician_consent_permits() {
+    let (_practice, endpoint, requests) = gp_practice();
+    let data = tempfile::tempdir().expect("tmp");
+    let gp = |k: &str| format!("SHAREDCARE_CONNECTORS__GP_CONNECT__{k}");
+    let env = [
+        (gp("ENDPOINT"), endpoint),
+        (gp("ODS_CODE"), "A20047".to_string()),
+        (gp("PROVIDER_ASID"), "918999198993".to_string()),
+        (gp("CONSUMER_ASID"), "200000000359".to_string()),
+        (gp("ORGANISATION_ODS"), "RX1".to_string()),
+        (gp("ORGANISATION_NAME"), "Northbridge Hospital".to_string()),
+        (gp("CLIENT_ID"), crate::harness::SERVICE_ID.to_string()),
+        (gp("CLIENT_SECRET"), crate::harness::SERVICE_SECRET.to_string()),
+    ];
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let p = Proc::start(&["up", "--data", data.path().to_str().expect("utf-8")], &env);
+    // The demonstrator's patients 2 (a full record) and 15 (no consent to share), admitted
+    // to the trust: its nurse may read them; a care worker may not.
+    let (full, dissent) = ("9658218873", "9658220169");
+    let acks = feed(
+        &p,
+        &[
+            adt("A01", "GPC-1", full, "Gpconnect", &pv1("G1", "AMU", &at(-5), "")),
+            adt("A01", "GPC-2", dissent, "Gpconnect", &pv1("G2", "AMU", &at(-5), "")),
+        ],
+    );
+    assert!(acks.iter().all(|a| msa(a).0 == "AA"), "{acks:?}");
+    let nurse = staff_token_in_role(&p, "nurse", "demo-nurse-password", "100000000002").await;
+    let careworker = crate::harness::user_token(&p, "careworker", "demo-careworker-password", "selectedrole").await;
+    let http = crate::harness::http();
+    let fetch = |token: String, nhs: &str| {
+        let url = format!("{}/connectors/v1/gp-connect/patients/{nhs}", p.http);
+        let http = http.clone();
+        async move {
+            let r = http.post(url).bearer_auth(token).send().await.expect("fetch");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("json"))
+        }
+    };
+    eventually(Duration::from_secs(20), "the admissions' relationships", || async {
+        (get_json(&format!("{}/fhir/R4/Patient/rx1-patient-{full}", p.http), &nurse, &[])
+            .await
+            .0
+            == 200)
+            .then_some(())
+    })
+    .await;
+
+    // Consent first: someone who may not read the patient's record does not get it fetched.
+    let (status, body) = fetch(careworker, full).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(requests.lock().expect("log").is_empty(), "the practice was not asked");
+
+    // The nurse opens the patient: the practice is asked, and its record is in the shared one.
+    let (status, summary) = fetch(nurse.clone(), full).await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(
+        requests.lock().expect("log")[0]["status"],
+        200,
+        "the practice accepted the request"
+    );
+    let written: Vec<&str> = summary["written"]
+        .as_array()
+        .expect("written")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(written[0], format!("Patient/a20047-patient-{full}"));
+    let allergies = search(
+        &p,
+        &nurse,
+        &format!("AllergyIntolerance?patient.identifier={NHS_SYSTEM}|{full}"),
+    )
+    .await;
+    assert_eq!(allergies.len(), 1, "{allergies:?}");
+    let allergy = &allergies[0];
+    assert_eq!(
+        allergy["code"]["coding"][0]["code"], "89707004",
+        "sesame oil, as the practice records it"
+    );
+    assert_eq!(allergy["clinicalStatus"]["coding"][0]["code"], "active");
+    assert_eq!(
+        allergy["meta"]["tag"][0]["code"], summary["fetchedAt"],
+        "marked with when it was fetched"
+    );
+    assert!(
+        allergy["meta"]["source"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with(summary["traceId"].as_str().unwrap_or("?"))
+    );
+    let statements = search(
+        &p,
+        &nurse,
+        &format!("MedicationStatement?patient.identifier={NHS_SYSTEM}|{full}"),
+    )
+    .await;
+    assert_eq!(statements.len(), 5);
+
+    // The practice refuses for a patient who dissented: passed on, nothing stored.
+    let (status, body) = fetch(nurse.clone(), dissent).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("NO_PATIENT_CONSENT"),
+        "{body}"
+    );
+    let none = search(
+        &p,
+        &nurse,
+        &format!("AllergyIntolerance?patient.identifier={NHS_SYSTEM}|{dissent}"),
+    )
+    .await;
+    assert!(none.is_empty());
+    // Bad input names the field.
+    let (status, body) = fetch(nurse, "9658218874").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["issue"][0]["expression"][0], "nhs_number");
+    let log = requests.lock().expect("log").clone();
+    assert_eq!(log.len(), 2, "one request per fetch consent allowed: {log:?}");
+    assert!(log.iter().all(|r| r["problem"].is_null()), "{log:?}");
+}
+
 #[tokio::test]
 async fn serve_connectors_on_postgres_and_kafka_writes_to_records_in_its_own_process() {
     use crate::harness::{fresh_database, kafka_brokers, namespace, serve_env};

@@ -83,15 +83,18 @@ fn dump_config_shows_no_client_secret() {
             "serve",
             "connectors",
         ],
-        &[("SHAREDCARE_PORTAL__CLIENT_SECRET", "portal-s3cret".into())],
+        &[
+            ("SHAREDCARE_PORTAL__CLIENT_SECRET", "portal-s3cret".into()),
+            ("SHAREDCARE_CONNECTORS__GP_CONNECT__CLIENT_SECRET", "gpc-s3cret".into()),
+        ],
         LIMIT,
     );
     assert!(status.success(), "{stderr}");
     assert!(stdout.contains("client_id = \"rx1-pas\""), "{stdout}");
-    for secret in ["auth-s3cret", "pas-s3cret", "portal-s3cret"] {
+    for secret in ["auth-s3cret", "pas-s3cret", "portal-s3cret", "gpc-s3cret"] {
         assert!(!stdout.contains(secret), "{secret} printed: {stdout}");
     }
-    assert_eq!(stdout.matches("<redacted>").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("<redacted>").count(), 4, "{stdout}");
 }
 
 #[test]

@@ -34,6 +34,11 @@ pub struct ConnectorsConfig {
     pub max_connections: usize,
     /// How long one message may take to be written to records before it gets AE (ms).
     pub write_timeout_ms: u64,
+    /// Consent's gRPC endpoint (a GP Connect fetch is decided first). Empty = in this process.
+    pub consent_url: String,
+    /// GP Connect Access Record: Structured, as a consumer (`[connectors.gp_connect]`); off
+    /// until its `endpoint` is set.
+    pub gp_connect: crate::gpconnect::GpConnectConfig,
 }
 
 impl Default for ConnectorsConfig {
@@ -48,6 +53,11 @@ impl Default for ConnectorsConfig {
             max_message_bytes: 4 * 1024 * 1024,
             max_connections: 64,
             write_timeout_ms: 10_000,
+            consent_url: String::new(),
+            gp_connect: crate::gpconnect::GpConnectConfig {
+                timeout_ms: 10_000,
+                ..Default::default()
+            },
         }
     }
 }
@@ -141,6 +151,7 @@ impl ConnectorsConfig {
                 "expected records' gRPC URL, e.g. http://records:50051",
             ));
         }
+        self.gp_connect.validate()?;
         if self.retention_days == 0 {
             return Err(Invalid::new("connectors.retention_days", "must be at least 1"));
         }

@@ -13,6 +13,7 @@
 pub mod ack;
 pub mod adt;
 pub mod config;
+pub mod gpconnect;
 pub mod hl7;
 pub mod intake;
 pub mod mllp;
@@ -86,6 +87,18 @@ impl sharedcare_kit::service::Service for Connectors {
                 ctx.client_token(&s.client_id, &secret, "records.write")?
             });
         }
+        let mut m = Mount::new(NAME);
+        let gp = &config.gp_connect;
+        if !gp.endpoint.is_empty() {
+            let secret = gp.secret().map_err(|e| format!("{}: {}", e.key, e.reason))?;
+            let token = ctx.client_token(&gp.client_id, &secret, "records.write")?;
+            let practice =
+                records::Writer::new(channel.clone(), HashMap::from([(gp.client_id.clone(), token)]), timeout);
+            let pdp = ctx.consent(&config.consent_url, "connectors.consent_url", timeout)?;
+            let fetcher = gpconnect::fetch::GpConnect::new(gp.clone(), pdp, practice, ctx.verifier()?)?;
+            tracing::info!(endpoint = %gp.endpoint, practice = %gp.ods_code, "GP Connect Access Record: Structured");
+            m.http = fetcher.router();
+        }
         let writer = records::Writer::new(channel, tokens, timeout);
         let store = store::Store::new(ctx.db.clone());
         let listen = config.mllp_listen.clone();
@@ -95,7 +108,6 @@ impl sharedcare_kit::service::Service for Connectors {
             Some(tls::acceptor(&config.mllp_tls_cert, &config.mllp_tls_key)?)
         };
         let intake = intake::Intake::new(config, store, writer);
-        let mut m = Mount::new(NAME);
         if !listen.is_empty() {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await

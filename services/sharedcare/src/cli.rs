@@ -225,12 +225,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config: Config = sharedcare_kit::config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
     if cli.dump_config {
         // Secrets are not printed: the database password and the client secrets (this
-        // process's, the portal's and each HL7 v2 sender's).
+        // process's, the portal's, GP Connect's and each HL7 v2 sender's).
         let mut shown = config.clone();
         shown.database.url = sharedcare_kit::db::redact(&shown.database.url);
-        let secrets = [&mut shown.auth.client_secret, &mut shown.portal.client_secret]
-            .into_iter()
-            .chain(shown.connectors.senders.iter_mut().map(|s| &mut s.client_secret));
+        let secrets = [
+            &mut shown.auth.client_secret,
+            &mut shown.portal.client_secret,
+            &mut shown.connectors.gp_connect.client_secret,
+        ]
+        .into_iter()
+        .chain(shown.connectors.senders.iter_mut().map(|s| &mut s.client_secret));
         for secret in secrets.filter(|s| !s.is_empty()) {
             *secret = "<redacted>".into();
         }
