@@ -38,7 +38,7 @@ pub struct ConnectorsConfig {
     pub consent_url: String,
     /// GP Connect Access Record: Structured, as a consumer (`[connectors.gp_connect]`); off
     /// until its `endpoint` is set.
-    pub gp_connect: crate::gpconnect::GpConnectConfig,
+    pub gp_connect: GpConnectConfig,
 }
 
 impl Default for ConnectorsConfig {
@@ -54,7 +54,7 @@ impl Default for ConnectorsConfig {
             max_connections: 64,
             write_timeout_ms: 10_000,
             consent_url: String::new(),
-            gp_connect: crate::gpconnect::GpConnectConfig {
+            gp_connect: GpConnectConfig {
                 timeout_ms: 10_000,
                 ..Default::default()
             },
@@ -265,5 +265,92 @@ mod tests {
         };
         assert_eq!(c.validate().map_err(|e| e.key), Err("connectors.mllp_listen".into()));
         assert_eq!(ConnectorsConfig::default().validate(), Ok(()));
+    }
+}
+
+/// Where the GP practice's GP Connect endpoint is, and who we are to it
+/// (`[connectors.gp_connect]`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpConnectConfig {
+    /// The practice's FHIR base URL (through the Spine Secure Proxy in production), e.g.
+    /// `https://orange.testlab.nhs.uk/B82617/STU3/1/gpconnect/structured/fhir`. Empty = off.
+    pub endpoint: String,
+    /// The practice's ODS code: what is fetched is written as authored by it.
+    pub ods_code: String,
+    /// The practice's ASID (`Ssp-To`).
+    #[serde(deserialize_with = "asid")]
+    pub provider_asid: String,
+    /// Our ASID (`Ssp-From`), issued when the ICS's system was assured.
+    #[serde(deserialize_with = "asid")]
+    pub consumer_asid: String,
+    /// The requesting organisation (`requesting_organization`): ODS code and name.
+    pub organisation_ods: String,
+    /// Its name.
+    pub organisation_name: String,
+    /// The client Sharedcare writes to records as for this practice (client credentials,
+    /// `records.write`, listed in `records.feeds`).
+    pub client_id: String,
+    /// Its secret; or `client_secret_file`.
+    pub client_secret: String,
+    /// A file holding the secret.
+    pub client_secret_file: String,
+    /// How long one fetch may take (ms).
+    pub timeout_ms: u64,
+}
+
+/// An ASID (Accredited System ID) is twelve digits: written as a number (in TOML, or an
+/// environment variable, which reads as one) or as a string.
+fn asid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Asid {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Asid::deserialize(d)? {
+        Asid::Text(s) => s,
+        Asid::Number(n) => n.to_string(),
+    })
+}
+
+impl GpConnectConfig {
+    /// Checks what a fetch needs, naming the key.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.endpoint.is_empty() {
+            return Ok(());
+        }
+        let need = |key: &str, v: &str| {
+            if v.is_empty() {
+                Err(Invalid::new(
+                    format!("connectors.gp_connect.{key}"),
+                    "is required when connectors.gp_connect.endpoint is set",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        need("ods_code", &self.ods_code)?;
+        need("provider_asid", &self.provider_asid)?;
+        need("consumer_asid", &self.consumer_asid)?;
+        need("organisation_ods", &self.organisation_ods)?;
+        need("organisation_name", &self.organisation_name)?;
+        need("client_id", &self.client_id)?;
+        Ok(())
+    }
+
+    /// The client secret, from `client_secret` or `client_secret_file`.
+    pub fn secret(&self) -> Result<String, Invalid> {
+        if !self.client_secret_file.is_empty() {
+            return std::fs::read_to_string(&self.client_secret_file)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| {
+                    Invalid::new(
+                        "connectors.gp_connect.client_secret_file",
+                        format!("cannot read {}: {e}", self.client_secret_file),
+                    )
+                });
+        }
+        Ok(self.client_secret.clone())
     }
 }

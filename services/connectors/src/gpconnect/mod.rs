@@ -13,7 +13,6 @@ pub mod fetch;
 pub mod stu3;
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sharedcare_kit::nhs::NhsNumber;
 
@@ -23,51 +22,7 @@ const SDS_USER: &str = "https://fhir.nhs.uk/Id/sds-user-id";
 const SDS_ROLE_PROFILE: &str = "https://fhir.nhs.uk/Id/sds-role-profile-id";
 const DEVICE_SYSTEM: &str = "https://sharedcare.nhs.uk/Id/device";
 
-/// Where the GP practice's GP Connect endpoint is, and who we are to it
-/// (`[connectors.gp_connect]`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct GpConnectConfig {
-    /// The practice's FHIR base URL (through the Spine Secure Proxy in production), e.g.
-    /// `https://orange.testlab.nhs.uk/B82617/STU3/1/gpconnect/structured/fhir`. Empty = off.
-    pub endpoint: String,
-    /// The practice's ODS code: what is fetched is written as authored by it.
-    pub ods_code: String,
-    /// The practice's ASID (`Ssp-To`).
-    #[serde(deserialize_with = "asid")]
-    pub provider_asid: String,
-    /// Our ASID (`Ssp-From`), issued when the ICS's system was assured.
-    #[serde(deserialize_with = "asid")]
-    pub consumer_asid: String,
-    /// The requesting organisation (`requesting_organization`): ODS code and name.
-    pub organisation_ods: String,
-    /// Its name.
-    pub organisation_name: String,
-    /// The client Sharedcare writes to records as for this practice (client credentials,
-    /// `records.write`, listed in `records.feeds`).
-    pub client_id: String,
-    /// Its secret; or `client_secret_file`.
-    pub client_secret: String,
-    /// A file holding the secret.
-    pub client_secret_file: String,
-    /// How long one fetch may take (ms).
-    pub timeout_ms: u64,
-}
-
-/// An ASID (Accredited System ID) is twelve digits: written as a number (in TOML, or an
-/// environment variable, which reads as one) or as a string.
-fn asid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Asid {
-        Text(String),
-        Number(u64),
-    }
-    Ok(match Asid::deserialize(d)? {
-        Asid::Text(s) => s,
-        Asid::Number(n) => n.to_string(),
-    })
-}
+pub use crate::config::GpConnectConfig;
 
 /// The clinician a fetch is made for (`requesting_practitioner`, and `sub`).
 #[derive(Clone, Debug)]
@@ -93,45 +48,6 @@ pub struct Request {
 }
 
 impl GpConnectConfig {
-    /// Checks what a fetch needs, naming the key.
-    pub fn validate(&self) -> Result<(), sharedcare_kit::config::Invalid> {
-        if self.endpoint.is_empty() {
-            return Ok(());
-        }
-        let need = |key: &str, v: &str| {
-            if v.is_empty() {
-                Err(sharedcare_kit::config::Invalid::new(
-                    format!("connectors.gp_connect.{key}"),
-                    "is required when connectors.gp_connect.endpoint is set",
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        need("ods_code", &self.ods_code)?;
-        need("provider_asid", &self.provider_asid)?;
-        need("consumer_asid", &self.consumer_asid)?;
-        need("organisation_ods", &self.organisation_ods)?;
-        need("organisation_name", &self.organisation_name)?;
-        need("client_id", &self.client_id)?;
-        Ok(())
-    }
-
-    /// The client secret, from `client_secret` or `client_secret_file`.
-    pub fn secret(&self) -> Result<String, sharedcare_kit::config::Invalid> {
-        if !self.client_secret_file.is_empty() {
-            return std::fs::read_to_string(&self.client_secret_file)
-                .map(|s| s.trim().to_string())
-                .map_err(|e| {
-                    sharedcare_kit::config::Invalid::new(
-                        "connectors.gp_connect.client_secret_file",
-                        format!("cannot read {}: {e}", self.client_secret_file),
-                    )
-                });
-        }
-        Ok(self.client_secret.clone())
-    }
-
     /// `$gpc.getstructuredrecord`'s URL.
     pub fn url(&self) -> String {
         format!(
