@@ -23,6 +23,18 @@ log="$home/kafka.log"
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+# The broker answers Kafka's ApiVersions request without an error (an open port is not enough:
+# while KRaft starts, the broker accepts connections and closes them).
+answering() {
+  python3 - "$port" <<'PY' 2>/dev/null
+import socket, struct, sys
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2) as s:
+    s.sendall(struct.pack(">ihhih", 10, 18, 0, 1, -1))
+    head = s.recv(10)
+ok = len(head) >= 10 and struct.unpack(">iih", head[:10])[1:] == (1, 0)
+sys.exit(0 if ok else 1)
+PY
+}
 
 fetch_jars() {
   if [ ! -f "$lib/.complete" ]; then
@@ -82,11 +94,11 @@ PROPS
     -cp "$cp" kafka.Kafka "$home/server.properties" > "$log" 2>&1 &
   echo $! > "$pidfile"
   for _ in $(seq 1 120); do
-    if listening; then echo "kafka: started, listening on 127.0.0.1:$port (log $log)"; return 0; fi
+    if listening && answering; then echo "kafka: started, answering on 127.0.0.1:$port (log $log)"; return 0; fi
     running || { echo "kafka.sh: broker exited, see $log" >&2; tail -n 40 "$log" >&2; exit 1; }
     sleep 0.5
   done
-  echo "kafka.sh: broker did not listen on $port within 60 s, see $log" >&2; exit 1
+  echo "kafka.sh: broker did not answer on $port within 60 s, see $log" >&2; exit 1
 }
 
 stop() {

@@ -425,6 +425,29 @@ async fn results_over_mllp_are_laboratory_observations_and_a_correction_is_a_new
             .iter()
             .all(|o| o["category"][0]["coding"][0]["code"] == "laboratory")
     );
+    // The order is a laboratory report naming both results.
+    let reports = search(
+        &p,
+        &system,
+        &format!("DiagnosticReport?patient.identifier={NHS_SYSTEM}|{nhs}"),
+    )
+    .await;
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0]["id"], format!("rx1-report-{order}"));
+    assert_eq!(reports[0]["code"]["coding"][0]["code"], "U&E");
+    let mut named: Vec<String> = reports[0]["result"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|r| r["reference"].as_str().map(str::to_string))
+        .collect();
+    named.sort();
+    let mut ids: Vec<String> = found
+        .iter()
+        .map(|o| format!("Observation/{}", o["id"].as_str().unwrap_or_default()))
+        .collect();
+    ids.sort();
+    assert_eq!(named, ids);
 
     // The lab corrects the potassium: the same Observation, a new version, status corrected.
     let corrected = "OBX|1|NM|2823-3^Potassium^LN||4.1|mmol/L^^UCUM|3.5-5.3|N|||C\r";

@@ -8,8 +8,9 @@
 //!   with its comparator, `ST`/`TX`/`FT` text, `CE`/`CWE` a code), OBX-7 the reference range,
 //!   OBX-8 the interpretation (HL7 v3 ObservationInterpretation), OBX-11 the status, OBX-14
 //!   the time (else OBR-7, else MSH-7), NTE after an OBX its notes; OBR-22 `issued`.
-//! - The results are grouped by order in their identifiers (`<order>-<set id>`); a
-//!   DiagnosticReport for the order is not written yet (records does not hold that type).
+//! - Each order is a laboratory DiagnosticReport (`<ods>-report-<order>`), written after its
+//!   Observations and naming them in `result`: OBR-4 its code, OBR-25 its status (table
+//!   0123), OBR-7 its effective time, OBR-22 `issued`.
 
 use serde_json::{Value, json};
 
@@ -20,6 +21,7 @@ use crate::hl7::{ErrorCode, Hl7, Location, Problem, Seg, fhir_time};
 const CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
 const INTERPRETATION: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation";
 const UCUM: &str = "http://unitsofmeasure.org";
+const DIAGNOSTIC_SECTION: &str = "http://terminology.hl7.org/CodeSystem/v2-0074";
 
 /// An ORU^R01 from `sender` as the Patient and its Observations.
 pub fn map(m: &Hl7<'_>, sender: &SenderConfig, received: &str) -> Result<Mapped, Problem> {
@@ -35,6 +37,8 @@ pub fn map(m: &Hl7<'_>, sender: &SenderConfig, received: &str) -> Result<Mapped,
     };
     let msh_time = m.segment("MSH").map(|s| s.text(7, 1)).unwrap_or_default();
     let mut order: Option<(Seg<'_, '_>, String)> = None;
+    // Each order with the references of its results, in message order.
+    let mut orders: Vec<(Seg<'_, '_>, String, Vec<String>)> = Vec::new();
     for seg in m.all() {
         match seg.name() {
             "OBR" => {
@@ -46,6 +50,7 @@ pub fn map(m: &Hl7<'_>, sender: &SenderConfig, received: &str) -> Result<Mapped,
                         "the order's filler number (OBR-3), or its placer number (OBR-2)",
                     ));
                 }
+                orders.push((seg.clone(), id.clone(), Vec::new()));
                 order = Some((seg, id));
             }
             "OBX" => {
@@ -63,6 +68,9 @@ pub fn map(m: &Hl7<'_>, sender: &SenderConfig, received: &str) -> Result<Mapped,
                     local,
                 };
                 let o = observation(&seg, id, &patient_id, &ods, &at)?;
+                if let (Some((_, _, results)), Some(oid)) = (orders.last_mut(), o.get("id").and_then(Value::as_str)) {
+                    results.push(format!("Observation/{oid}"));
+                }
                 out.resources.push(o);
                 out.sources.push(seg.at(0));
             }
@@ -90,7 +98,75 @@ pub fn map(m: &Hl7<'_>, sender: &SenderConfig, received: &str) -> Result<Mapped,
             "no OBX: the message carries no result",
         ));
     }
+    for (obr, id, results) in orders.into_iter().filter(|(_, _, r)| !r.is_empty()) {
+        let at = Times {
+            obr: &obr,
+            msh_time: &msh_time,
+            received,
+            local,
+        };
+        out.resources.push(report(&obr, &id, results, &patient_id, &ods, &at)?);
+        out.sources.push(obr.at(0));
+    }
     Ok(out)
+}
+
+/// The DiagnosticReport of the order `obr` (id `order`), whose results are `results`.
+fn report(
+    obr: &Seg<'_, '_>,
+    order: &str,
+    results: Vec<String>,
+    patient_id: &str,
+    ods: &str,
+    t: &Times<'_, '_, '_>,
+) -> Result<Value, Problem> {
+    let status = match obr.text(25, 1).to_ascii_uppercase().as_str() {
+        "F" | "" => "final",
+        "C" => "corrected",
+        "A" => "partial",
+        "P" | "R" => "preliminary",
+        "O" | "I" | "S" => "registered",
+        "X" => "cancelled",
+        other => {
+            return Err(Problem::error(
+                obr.at(25),
+                ErrorCode::TableValue,
+                format!("{other:?} is not an order's result status (table 0123: F, C, A, P, R, O, I, S, X)"),
+            ));
+        }
+    };
+    let code =
+        coding(obr, 4, ods).ok_or_else(|| Problem::required(obr.at(4), "the order's service (what was tested)"))?;
+    let when = [
+        (obr.text(7, 1), obr.at(7)),
+        (t.msh_time.to_string(), Location::at("MSH", 7)),
+    ]
+    .into_iter()
+    .find(|(v, _)| !v.is_empty());
+    let effective = match when {
+        Some((v, at)) => fhir_time(&v, t.local)
+            .ok_or_else(|| Problem::error(at, ErrorCode::DataType, format!("{v:?} is not a date and time")))?,
+        None => t.received.to_string(),
+    };
+    let mut r = json!({
+        "resourceType": "DiagnosticReport",
+        "id": resource_id(ods, "report", order),
+        "identifier": [{"system": local_system(ods, "order-id"), "value": order}],
+        "status": status,
+        "category": [{"coding": [{"system": DIAGNOSTIC_SECTION, "code": "LAB", "display": "Laboratory"}]}],
+        "code": {"coding": [code]},
+        "subject": {"reference": format!("Patient/{patient_id}")},
+        "effectiveDateTime": effective,
+        "performer": [{"identifier": {"system": ODS_SYSTEM, "value": ods}}],
+        "result": results.into_iter().map(|r| json!({"reference": r})).collect::<Vec<_>>(),
+    });
+    if let Some(issued) = Some(obr.text(22, 1))
+        .filter(|v| v.len() >= 12)
+        .and_then(|v| fhir_time(&v, t.local))
+    {
+        put(&mut r, "issued", json!(issued));
+    }
+    Ok(r)
 }
 
 /// Where a result's times come from.
@@ -344,9 +420,23 @@ mod tests {
             vec![
                 "Patient/rx1-patient-9434765919",
                 "Observation/rx1-observation-ORD123-1",
-                "Observation/rx1-observation-ORD123-2"
+                "Observation/rx1-observation-ORD123-2",
+                "DiagnosticReport/rx1-report-ORD123",
             ]
         );
+        let report = &out.resources[3];
+        assert_eq!(report["status"], "final");
+        assert_eq!(report["code"]["coding"][0]["code"], "U&E");
+        assert_eq!(report["category"][0]["coding"][0]["code"], "LAB");
+        assert_eq!(
+            report["result"],
+            json!([{"reference": "Observation/rx1-observation-ORD123-1"}, {"reference": "Observation/rx1-observation-ORD123-2"}])
+        );
+        assert_eq!(
+            (report["effectiveDateTime"].as_str(), report["issued"].as_str()),
+            (Some("2026-12-06T09:00:00Z"), Some("2026-12-06T10:00:00Z"))
+        );
+        assert_eq!(out.sources[3].to_string(), "OBR");
         let k = &out.resources[1];
         assert_eq!(
             k["code"]["coding"][0],

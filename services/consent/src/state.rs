@@ -150,7 +150,7 @@ fn class_words(resource_type: &str) -> String {
         "ServiceRequest" => "referral",
         "Appointment" | "Encounter" => "appointment and visit",
         "QuestionnaireResponse" => "assessment",
-        "Observation" => "test result",
+        "Observation" | "DiagnosticReport" => "test result",
         "DocumentReference" => "document",
         "CarePlan" => "care plan",
         "Flag" => "alert",

@@ -26,6 +26,7 @@ pub const RESOURCE_TYPES: &[&str] = &[
     "QuestionnaireResponse",
     "RelatedPerson",
     "Observation",
+    "DiagnosticReport",
     "Encounter",
     "EpisodeOfCare",
     "CarePlan",

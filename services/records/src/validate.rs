@@ -38,6 +38,18 @@ enum Kind {
 /// One element rule: name, kind, whether required (min 1), whether a list (max *).
 struct Rule(&'static str, Kind, bool, bool);
 
+const DIAGNOSTIC_REPORT_STATUS: &[&str] = &[
+    "registered",
+    "partial",
+    "preliminary",
+    "final",
+    "amended",
+    "corrected",
+    "appended",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+];
 const OBSERVATION_STATUS: &[&str] = &[
     "registered",
     "preliminary",
@@ -173,6 +185,18 @@ fn rules(resource_type: &str) -> &'static [Rule] {
             Rule("effectivePeriod", Period, false, false),
             Rule("issued", DateTime, false, false),
             Rule("performer", Reference, false, true),
+        ],
+        "DiagnosticReport" => &[
+            Rule("status", Code(DIAGNOSTIC_REPORT_STATUS), true, false),
+            Rule("category", Concept, false, true),
+            Rule("code", Concept, true, false),
+            Rule("subject", Reference, false, false),
+            Rule("encounter", Reference, false, false),
+            Rule("effectiveDateTime", DateTime, false, false),
+            Rule("effectivePeriod", Period, false, false),
+            Rule("issued", DateTime, false, false),
+            Rule("performer", Reference, false, true),
+            Rule("result", Reference, false, true),
         ],
         "Condition" => &[
             Rule("clinicalStatus", Concept, false, false),
