@@ -50,7 +50,7 @@ pub fn map(m: &Hl7<'_>, sender: &SenderConfig, received: &str) -> Result<Mapped,
                         "the order's filler number (OBR-3), or its placer number (OBR-2)",
                     ));
                 }
-                orders.push((seg.clone(), id.clone(), Vec::new()));
+                orders.push((seg, id.clone(), Vec::new()));
                 order = Some((seg, id));
             }
             "OBX" => {
