@@ -137,17 +137,7 @@ fn report(
     };
     let code =
         coding(obr, 4, ods).ok_or_else(|| Problem::required(obr.at(4), "the order's service (what was tested)"))?;
-    let when = [
-        (obr.text(7, 1), obr.at(7)),
-        (t.msh_time.to_string(), Location::at("MSH", 7)),
-    ]
-    .into_iter()
-    .find(|(v, _)| !v.is_empty());
-    let effective = match when {
-        Some((v, at)) => fhir_time(&v, t.local)
-            .ok_or_else(|| Problem::error(at, ErrorCode::DataType, format!("{v:?} is not a date and time")))?,
-        None => t.received.to_string(),
-    };
+    let effective = t.effective(None)?;
     let mut r = json!({
         "resourceType": "DiagnosticReport",
         "id": resource_id(ods, "report", order),
@@ -160,10 +150,7 @@ fn report(
         "performer": [{"identifier": {"system": ODS_SYSTEM, "value": ods}}],
         "result": results.into_iter().map(|r| json!({"reference": r})).collect::<Vec<_>>(),
     });
-    if let Some(issued) = Some(obr.text(22, 1))
-        .filter(|v| v.len() >= 12)
-        .and_then(|v| fhir_time(&v, t.local))
-    {
+    if let Some(issued) = t.issued() {
         put(&mut r, "issued", json!(issued));
     }
     Ok(r)
@@ -175,6 +162,29 @@ struct Times<'a, 'b, 'm> {
     msh_time: &'a str,
     received: &'a str,
     local: crate::hl7::LocalTime,
+}
+
+impl Times<'_, '_, '_> {
+    /// The first time given of `own` (a result's OBX-14), OBR-7 and MSH-7, as FHIR; when the
+    /// message arrived if none is.
+    fn effective(&self, own: Option<(String, Location)>) -> Result<String, Problem> {
+        let order = [
+            (self.obr.text(7, 1), self.obr.at(7)),
+            (self.msh_time.to_string(), Location::at("MSH", 7)),
+        ];
+        match own.into_iter().chain(order).find(|(v, _)| !v.is_empty()) {
+            Some((v, at)) => fhir_time(&v, self.local)
+                .ok_or_else(|| Problem::error(at, ErrorCode::DataType, format!("{v:?} is not a date and time"))),
+            None => Ok(self.received.to_string()),
+        }
+    }
+
+    /// When the order's results were reported (OBR-22), when it gives one to the minute.
+    fn issued(&self) -> Option<String> {
+        Some(self.obr.text(22, 1))
+            .filter(|v| v.len() >= 12)
+            .and_then(|v| fhir_time(&v, self.local))
+    }
 }
 
 fn observation(
@@ -206,18 +216,7 @@ fn observation(
         }
     };
     let code = coding(obx, 3, ods).ok_or_else(|| Problem::required(obx.at(3), "the observation's code"))?;
-    let when = [
-        (obx.text(14, 1), obx.at(14)),
-        (t.obr.text(7, 1), t.obr.at(7)),
-        (t.msh_time.to_string(), Location::at("MSH", 7)),
-    ]
-    .into_iter()
-    .find(|(v, _)| !v.is_empty());
-    let effective = match when {
-        Some((v, at)) => fhir_time(&v, t.local)
-            .ok_or_else(|| Problem::error(at, ErrorCode::DataType, format!("{v:?} is not a date and time")))?,
-        None => t.received.to_string(),
-    };
+    let effective = t.effective(Some((obx.text(14, 1), obx.at(14))))?;
     let mut o = json!({
         "resourceType": "Observation",
         "id": resource_id(ods, "observation", &key),
@@ -229,10 +228,7 @@ fn observation(
         "effectiveDateTime": effective,
         "performer": [{"identifier": {"system": ODS_SYSTEM, "value": ods}}],
     });
-    if let Some(issued) = Some(t.obr.text(22, 1))
-        .filter(|v| v.len() >= 12)
-        .and_then(|v| fhir_time(&v, t.local))
-    {
+    if let Some(issued) = t.issued() {
         put(&mut o, "issued", json!(issued));
     }
     if let Some((key, value)) = value(obx, ods)? {
