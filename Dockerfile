@@ -1,16 +1,21 @@
 # syntax=docker/dockerfile:1
 # Sharedcare: one image, every service. `sharedcare serve <service>` runs one service per pod
-# (identity, records, consent, audit, passport); `sharedcare up` the whole platform on embedded
-# storage; `sharedcare migrate` the database migrations (the chart's pre-install Job).
+# (identity, records, consent, audit, passport, portal, connectors); `sharedcare operator run`
+# the operator; `sharedcare up` the whole platform on embedded storage; `sharedcare migrate` the
+# database migrations (the chart's pre-install Job).
 #
-# No Docker daemon builds this in CI: `infra/image.sh check` lints it and runs its build
-# stage's commands on the host, so a change that would break the image breaks the test command.
+# No Docker daemon runs here: `infra/image.sh build` builds it with podman (runc) on base images
+# made locally, and the test command runs the result read-only as user 10001.
 
 ARG RUST_VERSION=1.95.0
 ARG DEBIAN_RELEASE=bookworm
+# The base images. The defaults are the public ones; `infra/image.sh build` makes both locally
+# (mmdebstrap from Debian's archive, the host's Rust toolchain) and passes them here instead.
+ARG BUILD_IMAGE=rust:${RUST_VERSION}-${DEBIAN_RELEASE}
+ARG RUNTIME_IMAGE=debian:${DEBIAN_RELEASE}-slim
 
 # ---- build: a release build of the one binary ------------------------------------------------
-FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
+FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
 # The workspace: its manifests, the protobuf contract and the sources (tests/ is a member).
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
@@ -19,14 +24,19 @@ COPY services services
 COPY tests/Cargo.toml tests/Cargo.toml
 COPY tests/lib.rs tests/lib.rs
 COPY tests/e2e tests/e2e
+# The cached target directory outlives the sources: COPY keeps the checkout's modification
+# times, which can be older than the cached build of an earlier copy, and cargo would then
+# keep a stale binary. Touching the workspace's own sources rebuilds its crates (not the
+# dependencies) whenever this step runs at all, i.e. whenever a copied file changed.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p sharedcare \
+    find proto services tests -type f -exec touch {} + \
+ && cargo build --release --locked -p sharedcare \
  && mkdir -p /out \
  && strip --strip-debug -o /out/sharedcare target/release/sharedcare
 
 # ---- runtime: Debian slim, a non-root user, nothing else -------------------------------------
-FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+FROM ${RUNTIME_IMAGE} AS runtime
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="sharedcare" \

@@ -53,13 +53,15 @@ fi
 
 # Kubernetes: helm, BuildKit's Dockerfile checks, etcd, kube-apiserver, kubectl and an
 # OpenTelemetry Collector, built from the Go module proxy and cached outside the checkout; then
-# the image's build stage, run on the host (no Docker daemon here); then a real API server.
+# the image, built with podman (no Docker daemon here) and run by the e2e tests; then a real API
+# server.
 tools="$(infra/tools.sh)" || exit 1
 for name in helm dockerfile-lint kubectl otelcol tlog-client; do
   var="SHAREDCARE_$(tr 'a-z-' 'A-Z_' <<<"$name")"
   export "$var=$(sed -n "s/^$name=//p" <<<"$tools")"
 done
-infra/image.sh check
+image="$(infra/image.sh build)"
+export TEST_IMAGE="$image"
 # (Assigned first: `export VAR="$(…)"` would hide a failure of the command.)
 kubeconfig="$(infra/kube.sh start)"
 crds="$(infra/kube.sh crds)"

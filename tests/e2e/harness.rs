@@ -72,6 +72,8 @@ pub struct Proc {
     pub grpc: String,
     /// The HL7 v2 MLLP listener's `host:port`, when connectors run in the process.
     pub mllp: String,
+    /// The health and metrics port's base URL, when it has its own (`--health`).
+    pub health: String,
     stderr: PathBuf,
     _logs: tempfile::TempDir,
     issuer: Option<String>,
@@ -97,11 +99,17 @@ impl Proc {
     /// Starts `sharedcare <args>` listening on `http` and `grpc` (e.g. to come back on the same
     /// addresses after a stop) and waits until it says it is listening.
     pub fn start_on(args: &[&str], env: &[(&str, String)], http: &str, grpc: &str) -> Proc {
-        let logs = tempfile::tempdir().expect("tmp");
-        let stderr = logs.path().join("stderr.log");
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--http", http, "--grpc", grpc]);
-        let mut child = command(&all, env)
+        Proc::launch(command(&all, env), &format!("sharedcare {args:?}"))
+    }
+
+    /// Spawns `cmd` (which runs `sharedcare`, perhaps inside something else, e.g. a container)
+    /// and waits until it says it is listening.
+    pub fn launch(mut cmd: Command, what: &str) -> Proc {
+        let logs = tempfile::tempdir().expect("tmp");
+        let stderr = logs.path().join("stderr.log");
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
@@ -120,7 +128,7 @@ impl Proc {
             Err(_) => {
                 let _ = child.kill();
                 panic!(
-                    "sharedcare {args:?} did not start: {}",
+                    "{what} did not start: {}",
                     std::fs::read_to_string(&stderr).unwrap_or_default()
                 );
             }
@@ -128,7 +136,11 @@ impl Proc {
         let mut http = String::new();
         let mut grpc = String::new();
         let mut mllp = String::new();
+        let mut health = String::new();
         for part in line.split_whitespace() {
+            if let Some(a) = part.strip_prefix("health=") {
+                health = format!("http://{a}");
+            }
             if let Some(a) = part.strip_prefix("mllp=").or_else(|| part.strip_prefix("mllps=")) {
                 mllp = a.to_string();
             }
@@ -143,6 +155,7 @@ impl Proc {
             http,
             grpc,
             mllp,
+            health,
             stderr,
             _logs: logs,
             issuer: None,

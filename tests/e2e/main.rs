@@ -17,6 +17,7 @@ mod fhir_types;
 mod hapi;
 mod harness;
 mod identity;
+mod image;
 mod import;
 mod kubernetes;
 mod layers;

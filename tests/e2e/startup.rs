@@ -41,6 +41,25 @@ fn a_config_value_of_the_wrong_form_stops_up_naming_the_key_and_variable() {
     );
     assert!(!status.success());
     assert!(stderr.contains("unknown field `urll`"), "{stderr}");
+
+    let (status, _, stderr) = run(
+        &[
+            "up",
+            "--data",
+            data,
+            "--http",
+            "127.0.0.1:18181",
+            "--health",
+            "127.0.0.1:18181",
+        ],
+        &[],
+        LIMIT,
+    );
+    assert!(!status.success());
+    assert!(
+        stderr.contains("health.listen") && stderr.contains("is also the HTTP or gRPC address"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -243,6 +243,47 @@ async fn http_health_readiness_and_metrics_answer() {
 }
 
 #[tokio::test]
+async fn with_a_health_port_probes_and_metrics_are_served_there_and_not_on_the_public_port() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = Proc::start(
+        &[
+            "up",
+            "--data",
+            data.path().to_str().expect("utf-8 path"),
+            "--health",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(p.health.starts_with("http://127.0.0.1:"), "the listening line names it");
+    assert_ne!(p.health, p.http);
+    assert_eq!(http_get(&format!("{}/healthz", p.health)).await, (200, "ok\n".into()));
+    assert_eq!(http_get(&format!("{}/readyz", p.health)).await, (200, "ready\n".into()));
+    // The public port, the one behind the ingress, no longer answers them...
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            http_get(&format!("{}{path}", p.http)).await.0,
+            404,
+            "{path} on the HTTP port"
+        );
+    }
+    // ... and still serves what it is for.
+    let discovery = http_get(&format!("{}/.well-known/openid-configuration", p.http)).await;
+    assert_eq!(discovery.0, 200);
+    // The metrics count the public port's requests, not the probes.
+    let (status, metrics) = http_get(&format!("{}/metrics", p.health)).await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"sharedcare_requests_total{protocol="http",path="unmatched",code="404"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("/readyz"),
+        "probes are not counted as requests: {metrics}"
+    );
+}
+
+#[tokio::test]
 async fn sigterm_drains_and_the_data_is_there_after_a_restart() {
     let data = tempfile::tempdir().expect("tmp");
     let nhs = nhs_number();

@@ -107,6 +107,9 @@ pub struct Listen {
     pub http: SocketAddr,
     /// gRPC address (port 0 picks a free port).
     pub grpc: SocketAddr,
+    /// A port of their own for `/healthz`, `/readyz` and `/metrics`, which the HTTP address
+    /// then no longer serves: probes and scrapes reach them, routes to the public never do.
+    pub health: Option<SocketAddr>,
 }
 
 /// A started process. Dropping it does not stop it: call [`Running::stop`].
@@ -140,6 +143,7 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 pub struct Bound {
     http: TcpListener,
     grpc: TcpListener,
+    health: Option<TcpListener>,
     /// The bound HTTP address.
     pub http_addr: SocketAddr,
     /// The bound gRPC address.
@@ -150,11 +154,16 @@ pub struct Bound {
 pub async fn bind_all(listen: Listen) -> Result<Bound> {
     let http = bind(listen.http, "HTTP").await?;
     let grpc = bind(listen.grpc, "gRPC").await?;
+    let health = match listen.health {
+        Some(addr) => Some(bind(addr, "health and metrics").await?),
+        None => None,
+    };
     let http_addr = http.local_addr().map_err(|e| Error::Io(e.to_string()))?;
     let grpc_addr = grpc.local_addr().map_err(|e| Error::Io(e.to_string()))?;
     Ok(Bound {
         http,
         grpc,
+        health,
         http_addr,
         grpc_addr,
     })
@@ -176,6 +185,7 @@ pub async fn start(
     let Bound {
         http: http_listener,
         grpc: grpc_listener,
+        health: health_listener,
         http_addr,
         grpc_addr,
     } = bound;
@@ -289,18 +299,35 @@ pub async fn start(
         dbs: dbs.clone(),
         bus: bus.clone(),
     };
-    let http = http
+    let internal = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz).with_state(ready))
-        .route("/metrics", get(render_metrics).with_state(metrics.clone()))
-        .layer(axum::middleware::from_fn_with_state(
-            Observe {
-                metrics,
-                protocol: "http",
-                in_flight: in_flight.clone(),
-            },
-            observe,
-        ));
+        .route("/metrics", get(render_metrics).with_state(metrics.clone()));
+    let http = match health_listener {
+        None => http.merge(internal),
+        Some(listener) => {
+            let addr = listener.local_addr().map_err(|e| Error::Io(e.to_string()))?;
+            listeners.push(("health", addr));
+            let token = stop_serving.clone();
+            servers.push(tokio::spawn(async move {
+                let res = axum::serve(listener, internal)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await;
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "health server failed");
+                }
+            }));
+            http
+        }
+    };
+    let http = http.layer(axum::middleware::from_fn_with_state(
+        Observe {
+            metrics,
+            protocol: "http",
+            in_flight: in_flight.clone(),
+        },
+        observe,
+    ));
     let token = stop_serving.clone();
     servers.push(tokio::spawn(async move {
         let res = axum::serve(http_listener, http.into_make_service_with_connect_info::<SocketAddr>())

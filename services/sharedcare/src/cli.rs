@@ -35,6 +35,9 @@ pub enum Command {
         /// Data directory for embedded databases and the event log.
         #[arg(long, value_name = "DIR")]
         data: Option<String>,
+        /// `/healthz`, `/readyz` and `/metrics` on this address instead of the HTTP one.
+        #[arg(long, value_name = "ADDR")]
+        health: Option<String>,
     },
     /// Run one service on Postgres and Kafka (what each Kubernetes Deployment runs).
     Serve {
@@ -47,6 +50,10 @@ pub enum Command {
         /// gRPC listen address.
         #[arg(long, value_name = "ADDR")]
         grpc: Option<String>,
+        /// `/healthz`, `/readyz` and `/metrics` on this address instead of the HTTP one (what
+        /// the chart's probes and ServiceMonitor use; no route reaches it).
+        #[arg(long, value_name = "ADDR")]
+        health: Option<String>,
     },
     /// Apply database migrations for the named services (all when none are named) and exit.
     Migrate {
@@ -197,14 +204,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     match &cli.command {
-        Command::Up { http, grpc, data } => {
+        Command::Up {
+            http,
+            grpc,
+            data,
+            health,
+        } => {
             flag("http.listen", http);
             flag("grpc.listen", grpc);
             flag("data_dir", data);
+            flag("health.listen", health);
         }
-        Command::Serve { http, grpc, .. } => {
+        Command::Serve { http, grpc, health, .. } => {
             flag("http.listen", http);
             flag("grpc.listen", grpc);
+            flag("health.listen", health);
         }
         Command::Migrate { data, .. } => flag("data_dir", data),
         Command::Audit {

@@ -23,6 +23,8 @@ pub struct Config {
     pub http: Listener,
     /// gRPC server.
     pub grpc: Listener,
+    /// `/healthz`, `/readyz` and `/metrics` on a port of their own (not served on `http`).
+    pub health: HealthListener,
     /// Database for every service (each in its own schema). Empty = SQLite under `data_dir`.
     pub database: DatabaseConfig,
     /// Kafka. Empty `brokers` = the embedded event log.
@@ -61,6 +63,14 @@ pub struct Config {
 pub struct Listener {
     /// `host:port`; port 0 picks a free port.
     pub listen: SocketAddr,
+}
+
+/// An optional listen address.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthListener {
+    /// `host:port`, or none: then the HTTP server answers `/healthz`, `/readyz` and `/metrics`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Embedded event log settings.
@@ -109,6 +119,7 @@ impl Default for Config {
             grpc: Listener {
                 listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             },
+            health: HealthListener::default(),
             database: DatabaseConfig::default(),
             kafka: KafkaConfig::default(),
             events: EventsConfig::default(),
@@ -174,6 +185,16 @@ impl Validate for Config {
             return Err(Invalid::new(
                 "grpc.listen",
                 format!("{} is also the HTTP address", self.grpc.listen),
+            ));
+        }
+        if let Some(h) = self
+            .health
+            .listen
+            .filter(|h| h.port() != 0 && (*h == self.http.listen || *h == self.grpc.listen))
+        {
+            return Err(Invalid::new(
+                "health.listen",
+                format!("{h} is also the HTTP or gRPC address"),
             ));
         }
         Ok(())

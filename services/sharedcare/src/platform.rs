@@ -162,6 +162,31 @@ fn trusted_issuer(config: &Config, services: &[&str], http: std::net::SocketAddr
         .then(|| sharedcare_identity::issuer(&config.identity, http))
 }
 
+/// When identity runs in this process, the others fetch its keys and their own tokens from
+/// this process's HTTP listener, not through the public issuer URL: behind an ingress or in a
+/// container, that URL (say https://ics.example.nhs.uk) need not lead back here from inside.
+fn keys_from_here(config: &mut Config, services: &[&str], http: std::net::SocketAddr) {
+    if !services.contains(&sharedcare_identity::NAME) {
+        return;
+    }
+    let here = format!("http://{}", loopback_if_unspecified(http));
+    if config.auth.jwks_uri.is_empty() {
+        config.auth.jwks_uri = format!("{here}/oauth2/jwks");
+    }
+    if config.auth.token_endpoint.is_empty() {
+        config.auth.token_endpoint = format!("{here}/oauth2/token");
+    }
+}
+
+/// `addr`, with 0.0.0.0 (or ::) made the loopback address: where this process reaches itself.
+fn loopback_if_unspecified(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
 /// The client-credentials client the services in this process use for their own calls: the
 /// configured one, or (when identity runs here too) an internal client with a secret made
 /// for this start, which identity registers as it mounts.
@@ -186,10 +211,12 @@ pub async fn start(config: &Config, mode: Mode, services: &[&str], client_id: &s
     let bound = serve::bind_all(Listen {
         http: config.http.listen,
         grpc: config.grpc.listen,
+        health: config.health.listen,
     })
     .await?;
     let mut config = config.clone();
     let internal = internal_client(&mut config, &names);
+    keys_from_here(&mut config, &names, bound.http_addr);
     let issuer = trusted_issuer(&config, &names, bound.http_addr);
     let tasks = Tasks::new();
     let metrics = Metrics::new();
@@ -236,16 +263,9 @@ pub async fn start(config: &Config, mode: Mode, services: &[&str], client_id: &s
 /// before `up` says it is up. Seeded only into an empty record; a failure is reported and the
 /// platform runs on without it.
 async fn seed_demo_record(running: &Running) {
-    let local = |a: std::net::SocketAddr| {
-        if a.ip().is_unspecified() {
-            std::net::SocketAddr::from(([127, 0, 0, 1], a.port()))
-        } else {
-            a
-        }
-    };
     let today = chrono::Utc::now().date_naive();
-    let http = format!("http://{}", local(running.http));
-    let grpc = format!("http://{}", local(running.grpc));
+    let http = format!("http://{}", loopback_if_unspecified(running.http));
+    let grpc = format!("http://{}", loopback_if_unspecified(running.grpc));
     match crate::demo_seed::seed(&http, &grpc, today).await {
         Ok(s @ crate::demo_seed::Seeded::Wrote { .. }) => {
             if let Ok(said) = s.describe() {
@@ -300,6 +320,10 @@ async fn run_until_signal(config: Config, mode: Mode, services: &[&str], name: &
             format!("  HL7   {addr}  (HL7 v2 ADT and results over MLLP{tls}, from configured senders)\n")
         })
         .collect();
+    let probes = match running.listeners.iter().find(|(kind, _)| *kind == "health") {
+        Some((_, addr)) => format!("(/healthz, /readyz and /metrics on http://{addr})"),
+        None => "(/healthz, /readyz, /metrics)".to_string(),
+    };
     let extra: String = running
         .listeners
         .iter()
@@ -307,7 +331,7 @@ async fn run_until_signal(config: Config, mode: Mode, services: &[&str], name: &
         .collect();
     // A closed stdout (a supervisor that stopped reading) must not stop the platform.
     say(&format!(
-        "Sharedcare {} is up ({}) in {} ms\n  HTTP  http://{}  (/healthz, /readyz, /metrics)\n  \
+        "Sharedcare {} is up ({}) in {} ms\n  HTTP  http://{}  {probes}\n  \
          gRPC  {}  (every service, health, reflection)\n{web}{hl7}  data  {}\nlistening http={} grpc={}{extra}\n\
          Stop with Ctrl-C (SIGINT) or SIGTERM.\n",
         env!("CARGO_PKG_VERSION"),
