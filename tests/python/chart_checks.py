@@ -7,6 +7,7 @@ renders. Environment: HELM (the helm binary), CHART (the chart directory). Print
 import os
 import subprocess
 import tomllib
+from urllib.parse import urlparse
 from pathlib import Path
 
 import yaml
@@ -59,6 +60,13 @@ for name, d in deployments.items():
         f"{name}: read-only root filesystem, no privilege escalation, every capability dropped",
     )
     check(c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{name} probes /healthz and /readyz")
+    check(c["args"][-2:] == ["--health", "0.0.0.0:9090"] and {"name": "health", "containerPort": 9090} in c["ports"], f"{name} serves health and metrics on a port of their own")
+    check(all(c[p]["httpGet"]["port"] == "health" for p in ("startupProbe", "livenessProbe", "readinessProbe")), f"{name} is probed on the health port")
+    check(c["readinessProbe"]["timeoutSeconds"] > 5, f"{name}: /readyz may wait 5 s on Kafka, and its probe waits longer")
+    check(c["lifecycle"]["preStop"]["exec"]["command"] == ["/bin/sleep", "5"] and spec["terminationGracePeriodSeconds"] == 30, f"{name} keeps serving 5 s after it is told to stop, within a 30 s grace period")
+    annotations = d["spec"]["template"]["metadata"]["annotations"]
+    check({"checksum/config", "checksum/secret"} <= set(annotations), f"{name} rolls when its configuration or the chart's Secrets change")
+    check(c["image"] == "ghcr.io/sharedcare/sharedcare:0.1.0", f"{name}: the image from registry, repository and the chart's appVersion: {c['image']}")
     check("requests" in c["resources"] and "limits" in c["resources"], f"{name} has resources")
     env = {e["name"]: e for e in c["env"]}
     check("secretKeyRef" in env["SHAREDCARE_DATABASE__URL"]["valueFrom"], f"{name} takes the database URL from a Secret")
@@ -71,9 +79,9 @@ accounts = of(docs, "ServiceAccount")
 check(len(accounts) == 7 and all(a["automountServiceAccountToken"] is False for a in accounts.values()), "a ServiceAccount per service, no token")
 check(len(of(docs, "HorizontalPodAutoscaler")) == 5 and len(of(docs, "PodDisruptionBudget")) == 6, "HPA and PDB where enabled")
 services = of(docs, "Service")
-check(all({p["name"] for p in s["spec"]["ports"]} == {"http", "grpc"} for n, s in services.items() if n != "sc-sharedcare-connectors"), "a Service each for HTTP and gRPC")
+check(all({p["name"] for p in s["spec"]["ports"]} == {"http", "grpc", "health"} for n, s in services.items() if n != "sc-sharedcare-connectors"), "a Service each for HTTP, gRPC and health")
 mllp = {p["name"]: p for p in services["sc-sharedcare-connectors"]["spec"]["ports"]}
-check(sorted(mllp) == ["grpc", "http", "mllp"] and mllp["mllp"]["port"] == 2575, "the connectors' Service carries HL7 v2 over MLLP on 2575 too")
+check(sorted(mllp) == ["grpc", "health", "http", "mllp"] and mllp["mllp"]["port"] == 2575, "the connectors' Service carries HL7 v2 over MLLP on 2575 too")
 connectors_pod = deployments["sc-sharedcare-connectors"]["spec"]["template"]["spec"]
 check({"name": "mllp", "containerPort": 2575} in connectors_pod["containers"][0]["ports"], "the connectors' pod listens for MLLP")
 secrets = of(docs, "Secret")
@@ -95,14 +103,28 @@ check(job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade
 check(job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"], "the hook runs `sharedcare migrate`")
 check(not of(docs, "ServiceMonitor") and not of(docs, "Ingress"), "no ServiceMonitor or Ingress unless asked")
 
-# NetworkPolicies: only identity, the FHIR facade, the web and the audit log's tiles from the
-# ingress; each service reaches only what it needs.
+check(settings["shutdown_grace_ms"] == 12500, "each drain phase gets half of the grace period left after the preStop pause")
+
+# NetworkPolicies: from the ingress, exactly the services a route leads to (identity, the FHIR
+# facade and Consent, the passport's API, the audit log's tiles, the web), on the HTTP port
+# only; each service reaches only what it needs.
+ROUTED = {"identity", "records", "consent", "audit", "passport", "portal"}
+
+
+def reachable_from(policies, namespace):
+    """Services whose NetworkPolicy admits pods of `namespace`, and on which ports."""
+    out = {}
+    for name, pol in policies.items():
+        for rule in pol["spec"]["ingress"]:
+            if any(peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == namespace for peer in rule.get("from", [])):
+                out[name.removeprefix("sc-sharedcare-")] = sorted(p["port"] for p in rule["ports"])
+    return out
+
+
 policies = of(docs, "NetworkPolicy")
+check(reachable_from(policies, "ingress-nginx") == {s: [8080] for s in ROUTED}, f"the ingress reaches the HTTP port of exactly the routed services: {reachable_from(policies, 'ingress-nginx')}")
 for s in SERVICES:
-    p = policies[f"sc-sharedcare-{s}"]["spec"]
-    from_ingress = any("namespaceSelector" in peer for rule in p["ingress"] for peer in rule.get("from", []))
-    check(from_ingress == (s in ("identity", "records", "portal", "audit")), f"{s} {'is' if from_ingress else 'is not'} reachable from the ingress")
-    check(p["policyTypes"] == ["Ingress", "Egress"], f"{s} has ingress and egress rules")
+    check(policies[f"sc-sharedcare-{s}"]["spec"]["policyTypes"] == ["Ingress", "Egress"], f"{s} has ingress and egress rules")
 egress = policies["sc-sharedcare-passport"]["spec"]["egress"]
 callees = [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in egress for peer in rule.get("to", []) if "podSelector" in peer and "app.kubernetes.io/component" in peer["podSelector"]["matchLabels"]]
 check(sorted(callees) == ["audit", "consent", "identity"], "the passport reaches identity, consent and audit, nothing else of ours")
@@ -136,6 +158,13 @@ exact = [p for p in ingress["spec"]["rules"][0]["http"]["paths"] if p["pathType"
 check([(p["path"], p["backend"]["service"]["name"]) for p in exact] == [("/", "sc-sharedcare-portal")], "the start page (exactly /) to the portal, the rest of / to identity")
 check(ingress["spec"]["tls"][0]["secretName"] == "sharedcare-tls", "TLS")
 check(paths["/audit/v1"] == "sc-sharedcare-audit", "the audit log's checkpoint and tiles to audit, for monitors")
+backends = {p["backend"]["service"]["name"].removeprefix("sc-sharedcare-") for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+check(backends == set(reachable_from(of(docs, "NetworkPolicy"), "ingress-nginx")), "what the Ingress routes to is what the NetworkPolicies let the ingress reach")
+check(all(p["backend"]["service"]["port"] == {"name": "http"} for p in ingress["spec"]["rules"][0]["http"]["paths"]), "no route reaches the health port (/metrics, /readyz)")
+check(urlparse(tomllib.loads(of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"])["portal"]["public_url"]).hostname == ingress["spec"]["rules"][0]["host"], "the issuer is on the Ingress's host")
+r = helm("template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / "production-values.yaml"), "--set", "issuer=https://id.ics.example.nhs.uk")
+check(r.returncode != 0 and "issuer: https://id.ics.example.nhs.uk is not on ingress.host" in r.stderr, "an issuer on another host than the Ingress is refused: " + r.stderr.strip()[:200])
+check(tomllib.loads(of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"])["kafka"]["namespace"] == "", "production uses the topic names infra/k8s/kafka.yaml creates (no prefix)")
 check(of(docs, "HorizontalPodAutoscaler")["sc-sharedcare-records"]["spec"]["maxReplicas"] == 20, "autoscaling bounds from values")
 identity_out = policies = of(docs, "NetworkPolicy")["sc-sharedcare-identity"]["spec"]["egress"]
 check(any("ipBlock" in peer for rule in identity_out for peer in rule.get("to", [])), "identity may reach the upstream logins")
@@ -198,6 +227,9 @@ check((ref["name"], ref["key"]) == ("sharedcare-db", "uri"), "the database URL c
 check(env["SHAREDCARE_AUTH__CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "records-client", "the client secret too")
 route = of(docs, "HTTPRoute")["sc-sharedcare"]
 check(route["spec"]["parentRefs"][0]["name"] == "ics-gateway", "an HTTPRoute on the named Gateway")
+routed = {b["name"].removeprefix("sc-sharedcare-") for rule in route["spec"]["rules"] for b in rule["backendRefs"]}
+check(routed == set(reachable_from(of(docs, "NetworkPolicy"), "gateway")) == ROUTED, "the Gateway's proxies reach exactly the services its routes lead to")
+check(all(b["port"] == 8080 for rule in route["spec"]["rules"] for b in rule["backendRefs"]), "the HTTPRoute reaches only the HTTP port")
 
 # A database per service: each service's URL from its own Secret, migrated one by one.
 docs = render("database-per-service-values.yaml")
@@ -212,6 +244,52 @@ check(sorted(c["args"][1] for c in containers) == sorted(SERVICES), "a migration
 docs = render("servicemonitor-values.yaml")
 monitor = of(docs, "ServiceMonitor")["sc-sharedcare"]
 check(monitor["spec"]["endpoints"][0]["path"] == "/metrics" and monitor["metadata"]["labels"]["release"] == "prometheus", "a ServiceMonitor scraping /metrics")
+check(monitor["spec"]["endpoints"][0]["port"] == "health", "scraped on the health port")
+check(reachable_from(of(docs, "NetworkPolicy"), "monitoring") == {s: [9090] for s in SERVICES}, "Prometheus reaches the health port only")
+
+# The settings platform teams expect of a chart, chart-wide (or from a parent chart's global)
+# and per service; a digest pins the image.
+docs = render(
+    "minimal-values.yaml",
+    "global.imageRegistry=registry.ics.example.nhs.uk",
+    "global.anyParentSetting=1",
+    "image.digest=sha256:" + "ab" * 32,
+    "global.nodeSelector.pool=care",
+    "services.records.nodeSelector.pool=records",
+    "tolerations[0].key=dedicated",
+    "tolerations[0].operator=Exists",
+    "priorityClassName=ics-critical",
+    "podAnnotations.team=ics-platform",
+    "services.records.podLabels.tier=data",
+    "serviceAccount.annotations.iam\\.gke\\.io/gcp-service-account=sc@ics.iam.gserviceaccount.com",
+    "extraEnvVars[0].name=RUST_BACKTRACE",
+    "extraEnvVars[0].value=full",
+    "services.audit.extraVolumes[0].name=spare",
+    "services.audit.extraVolumes[0].emptyDir.sizeLimit=1Gi",
+    "services.audit.extraVolumeMounts[0].name=spare",
+    "services.audit.extraVolumeMounts[0].mountPath=/spare",
+    "updateStrategy.type=RollingUpdate",
+    "updateStrategy.rollingUpdate.maxUnavailable=0",
+    "services.records.probes.readiness.timeoutSeconds=9",
+    "shutdown.preStopSeconds=10",
+    "shutdown.terminationGracePeriodSeconds=60",
+)
+deployments = of(docs, "Deployment")
+records = deployments["sc-sharedcare-records"]
+pod = records["spec"]["template"]["spec"]
+c = pod["containers"][0]
+check(c["image"] == "registry.ics.example.nhs.uk/sharedcare/sharedcare@sha256:" + "ab" * 32, f"global.imageRegistry and a digest: {c['image']}")
+check(pod["nodeSelector"] == {"pool": "records"} and deployments["sc-sharedcare-consent"]["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "care"}, "a service's nodeSelector wins over global's")
+check(pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}] and pod["priorityClassName"] == "ics-critical", "tolerations and priority class")
+check(records["spec"]["template"]["metadata"]["annotations"]["team"] == "ics-platform" and records["spec"]["template"]["metadata"]["labels"]["tier"] == "data", "pod annotations and labels")
+check(of(docs, "ServiceAccount")["sc-sharedcare-records"]["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": "sc@ics.iam.gserviceaccount.com"}, "service account annotations (Workload Identity, IRSA)")
+check({"name": "RUST_BACKTRACE", "value": "full"} in c["env"], "extra environment variables")
+audit_pod = deployments["sc-sharedcare-audit"]["spec"]["template"]["spec"]
+check({"name": "spare", "emptyDir": {"sizeLimit": "1Gi"}} in audit_pod["volumes"] and {"name": "spare", "mountPath": "/spare"} in audit_pod["containers"][0]["volumeMounts"], "extra volumes and mounts")
+check(records["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}}, "the update strategy")
+check(c["readinessProbe"]["timeoutSeconds"] == 9 and c["readinessProbe"]["periodSeconds"] == 5, "a probe setting overridden, the others kept")
+check(c["lifecycle"]["preStop"]["exec"]["command"] == ["/bin/sleep", "10"] and pod["terminationGracePeriodSeconds"] == 60, "the preStop pause and grace period")
+check('shutdown_grace_ms = 25000' in of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"], "the binary's drain follows the grace period")
 
 # Wrong values fail at install, naming the value.
 for sets, named in [
@@ -222,6 +300,9 @@ for sets, named in [
     (["kafka.securityProtocol=SASL_SSL"], "/kafka/securityProtocol"),
     (["kafka.users.record.username=r"], "/kafka/users"),
     (["servcies.records.enabled=false"], "servcies"),
+    (["image.digest=latest"], "/image/digest"),
+    (["services.records.probes.readiness.timeout=9"], "timeout"),
+    (["services.records.public=true"], "public"),
 ]:
     args = ["template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / "minimal-values.yaml")]
     for s in sets:

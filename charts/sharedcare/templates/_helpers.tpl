@@ -28,8 +28,66 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 
+{{/*
+The image: [registry/]repository, then @digest when one is given (a digest pins the exact
+image; the tag is then only for people to read), else :tag (the chart's appVersion by default).
+global.imageRegistry, as a parent chart sets it, wins over image.registry.
+*/}}
 {{- define "sharedcare.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $i := .Values.image -}}
+{{- $registry := default $i.registry (default dict .Values.global).imageRegistry -}}
+{{- $repo := ternary (printf "%s/%s" $registry $i.repository) $i.repository (ne $registry "") -}}
+{{- if $i.digest -}}
+{{- printf "%s@%s" $repo $i.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion $i.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+What the ingress (or a Gateway's HTTPRoute) sends where, as JSON [[match, path, service], …]:
+match is Exact or PathPrefix. The Ingress, the HTTPRoute and the NetworkPolicies (a service is
+reachable from the ingress exactly when a route leads to it) all read this one list. Disabled
+services get no route.
+*/}}
+{{- define "sharedcare.routes" -}}
+{{- $all := list
+  (list "PathPrefix" "/fhir/R4/Consent" "consent")
+  (list "PathPrefix" "/fhir" "records")
+  (list "PathPrefix" "/passport/v1" "passport")
+  (list "PathPrefix" "/audit/v1" "audit")
+  (list "Exact" "/" "portal")
+  (list "PathPrefix" "/portal" "portal")
+  (list "PathPrefix" "/passport" "portal")
+  (list "PathPrefix" "/assets" "portal")
+  (list "PathPrefix" "/" "identity") -}}
+{{- $routes := list -}}
+{{- range $all -}}
+{{- if (index $.Values.services (index . 2)).enabled -}}
+{{- $routes = append $routes . -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $routes -}}
+{{- end -}}
+
+{{/* "true" when a route leads to service .name: (dict "root" $ "name" "records"). */}}
+{{- define "sharedcare.routed" -}}
+{{- $name := .name -}}
+{{- range fromJsonArray (include "sharedcare.routes" .root) -}}
+{{- if eq (index . 2) $name -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A pod setting from the service's values, else the chart-wide one, else global's (a parent
+chart's): (dict "root" $ "name" "records" "key" "nodeSelector").
+*/}}
+{{- define "sharedcare.podSetting" -}}
+{{- $svc := default (default dict (index .root.Values .name)) (index .root.Values.services .name) -}}
+{{- $global := default dict .root.Values.global -}}
+{{- with (default (default (index $global .key) (index .root.Values .key)) (index $svc .key)) -}}
+{{- toYaml . -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The Secret holding the database URL, and its key. */}}
@@ -89,6 +147,15 @@ imagePullSecrets:
 {{- end }}
 securityContext:
   {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- range $key := list "nodeSelector" "affinity" "tolerations" }}
+{{- with include "sharedcare.podSetting" (dict "root" $.root "name" $.name "key" $key) }}
+{{ $key }}:
+  {{- . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- with include "sharedcare.podSetting" (dict "root" .root "name" .name "key" "priorityClassName") }}
+priorityClassName: {{ . }}
+{{- end }}
 {{- if .root.Values.topologySpread.enabled }}
 topologySpreadConstraints:
   - maxSkew: {{ .root.Values.topologySpread.maxSkew }}
