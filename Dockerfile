@@ -17,13 +17,14 @@ ARG RUNTIME_IMAGE=debian:${DEBIAN_RELEASE}-slim
 # ---- build: a release build of the one binary ------------------------------------------------
 FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
-# The workspace: its manifests, the protobuf contract and the sources (tests/ is a member).
+# The workspace: its manifests, the protobuf contract and the sources. tests/ is a member, so
+# its manifest and library come too, but not its end-to-end tests (cargo does not need them to
+# build the binary, and a change to a test then rebuilds nothing).
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY proto proto
 COPY services services
 COPY tests/Cargo.toml tests/Cargo.toml
 COPY tests/lib.rs tests/lib.rs
-COPY tests/e2e tests/e2e
 # The cached target directory outlives the sources: COPY keeps the checkout's modification
 # times, which can be older than the cached build of an earlier copy, and cargo would then
 # keep a stale binary. Touching the workspace's own sources rebuilds its crates (not the

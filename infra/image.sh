@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The container image, built and run without a Docker daemon (none runs here):
 #   infra/image.sh build   builds the top-level Dockerfile with podman on runc, on base images it
-#                          makes locally, and prints the image reference it built
+#                          makes locally, and prints the image reference it built (and loads it
+#                          into infra/cluster.sh's node when that runs)
 #   infra/image.sh bases   makes (once per version) and prints the two base images
 #
 # Base images come from Debian's archive, not a registry: `mmdebstrap` builds a bookworm root
@@ -105,6 +106,10 @@ build() {
   "${podman[@]}" build "${limits[@]}" --layers -f Dockerfile -t "$tag" \
     --build-arg "BUILD_IMAGE=$build_base" --build-arg "RUNTIME_IMAGE=$runtime_base" \
     --build-arg "VERSION=$version" --build-arg "REVISION=$revision" . >&2
+  # When the single-node cluster runs, its containerd gets the image too (nothing is pulled).
+  if "$root/infra/cluster.sh" status >/dev/null 2>&1; then
+    "$root/infra/cluster.sh" load "$tag"
+  fi
   # Intermediate images are the layer cache of the next build: keep a day's worth.
   "${podman[@]}" image prune -f --filter until=24h >/dev/null
   echo "$tag"

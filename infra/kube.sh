@@ -6,6 +6,8 @@
 #
 #   infra/kube.sh build   build once per machine (cached outside the checkout, keyed by the
 #                         pinned versions) and print name=path for etcd, kube-apiserver, kubectl
+#   infra/kube.sh build-node   also kubelet, kube-controller-manager, kube-scheduler and
+#                         kube-proxy (infra/cluster.sh runs them)
 #   infra/kube.sh crds    write the CRDs of what infra/k8s and the chart's options use (Strimzi,
 #                         CloudNativePG, ServiceMonitor, Gateway API HTTPRoute) into the cache
 #                         and print their directory
@@ -14,7 +16,8 @@
 #   infra/kube.sh stop    stop both
 #   infra/kube.sh kubeconfig   print the kubeconfig path
 #
-# Environment: KUBE_PORT (API server, default 16443; etcd uses the next two ports), KUBE_HOME
+# Environment: KUBE_PORT (API server, default 16443; etcd uses the next two ports), KUBE_ADVERTISE
+# (the address pods reach it at, for infra/cluster.sh; default loopback only), KUBE_HOME
 # (state: certificates, token, kubeconfig, etcd's data; default ~/.local/state/sharedcare/
 # kube-$KUBE_PORT, outside the checkout, so that every checkout on the machine shares the one
 # API server its port allows), SHAREDCARE_TOOLS_CACHE (the build cache).
@@ -26,6 +29,11 @@ port="${KUBE_PORT:-16443}"
 etcd_port=$((port + 1))
 peer_port=$((port + 2))
 home="${KUBE_HOME:-${XDG_STATE_HOME:-$HOME/.local/state}/sharedcare/kube-$port}"
+# Where pods reach the API server (infra/cluster.sh sets its node's address); loopback alone
+# when no pod runs.
+advertise="${KUBE_ADVERTISE:-127.0.0.1}"
+bind=127.0.0.1
+[ "$advertise" = 127.0.0.1 ] || bind=0.0.0.0
 
 K8S_VERSION=$(grep -oE 'k8s.io/kubernetes v[0-9.]+' "$root/tools/kube/go.mod" | head -1 | cut -d' ' -f2)
 STRIMZI_VERSION=1.2.0
@@ -57,6 +65,23 @@ build() {
   echo "etcd=$bin/etcd"
   echo "kube-apiserver=$bin/kube-apiserver"
   echo "kubectl=$bin/kubectl"
+}
+
+# What a node runs besides: kubelet, kube-controller-manager, kube-scheduler and kube-proxy
+# (infra/cluster.sh), from the same module, into the same cache; printed as name=path.
+build_node() {
+  build
+  local c missing=""
+  for c in kubelet kube-controller-manager kube-scheduler kube-proxy; do
+    [ -x "$bin/$c" ] || missing="$missing k8s.io/kubernetes/cmd/$c"
+  done
+  if [ -n "$missing" ]; then
+    echo "kube.sh: building$missing $K8S_VERSION (once per machine)" >&2
+    (cd "$root/tools/kube" && go build -ldflags "$ldflags" -o "$bin/" $missing) >&2
+  fi
+  for c in kubelet kube-controller-manager kube-scheduler kube-proxy; do
+    echo "$c=$bin/$c"
+  done
 }
 
 # A Java of at least 21 (Strimzi's CRD generator is built for it): JAVA_HOME, the default
@@ -121,13 +146,25 @@ certificates() {
     -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
     -keyout "$pki/server.key" -out "$pki/server.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' > "$pki/san.ext"
+  # 10.96.0.1: the `kubernetes` Service's address in the service range below.
+  printf 'subjectAltName=IP:127.0.0.1,IP:%s,IP:10.96.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' "$advertise" > "$pki/san.ext"
   openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 3650 -extfile "$pki/san.ext" -out "$pki/server.crt" 2>/dev/null
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$home/token"
   printf '%s,admin,admin,system:masters\n' "$(token)" > "$home/tokens.csv"
+}
+
+# The API server's client certificate towards kubelets (logs, exec), signed by its CA, which the
+# kubelet trusts (infra/cluster.sh).
+kubelet_client() {
+  local pki="$home/pki"
+  [ -f "$pki/kubelet-client.crt" ] && return 0
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    -keyout "$pki/kubelet-client.key" -out "$pki/kubelet-client.csr" 2>/dev/null
+  openssl x509 -req -in "$pki/kubelet-client.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 3650 -out "$pki/kubelet-client.crt" 2>/dev/null
 }
 
 kubeconfig() {
@@ -167,6 +204,7 @@ start() {
   apiserver="$(sed -n 's/^kube-apiserver=//p' <<<"$tools")"
   mkdir -p "$home"
   certificates
+  kubelet_client
   kubeconfig
   if ! pidof_ etcd; then
     nohup "$etcd" --name sharedcare-test --data-dir "$home/etcd" \
@@ -177,9 +215,11 @@ start() {
     echo $! > "$home/etcd.pid"
   fi
   nohup "$apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" \
+    --bind-address "$bind" --advertise-address "$advertise" --secure-port "$port" \
     --tls-cert-file "$home/pki/server.crt" --tls-private-key-file "$home/pki/server.key" \
     --client-ca-file "$home/pki/ca.crt" --token-auth-file "$home/tokens.csv" \
+    --kubelet-client-certificate "$home/pki/kubelet-client.crt" --kubelet-client-key "$home/pki/kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP,Hostname \
     --authorization-mode RBAC \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$home/pki/sa.pub" --service-account-signing-key-file "$home/pki/sa.key" \
@@ -212,9 +252,10 @@ stop() {
 
 case "${1:-start}" in
   build) build ;;
+  build-node) build_node ;;
   crds) crds ;;
   start) start ;;
   stop) stop ;;
   kubeconfig) echo "$home/kubeconfig" ;;
-  *) echo "usage: $0 build|crds|start|stop|kubeconfig" >&2; exit 2 ;;
+  *) echo "usage: $0 build|build-node|crds|start|stop|kubeconfig" >&2; exit 2 ;;
 esac

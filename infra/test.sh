@@ -54,7 +54,7 @@ fi
 # Kubernetes: helm, BuildKit's Dockerfile checks, etcd, kube-apiserver, kubectl and an
 # OpenTelemetry Collector, built from the Go module proxy and cached outside the checkout; then
 # the image, built with podman (no Docker daemon here) and run by the e2e tests; then a real API
-# server.
+# server, and a real node that runs pods.
 tools="$(infra/tools.sh)" || exit 1
 for name in helm dockerfile-lint kubectl otelcol tlog-client; do
   var="SHAREDCARE_$(tr 'a-z-' 'A-Z_' <<<"$name")"
@@ -66,6 +66,10 @@ export TEST_IMAGE="$image"
 kubeconfig="$(infra/kube.sh start)"
 crds="$(infra/kube.sh crds)"
 export TEST_KUBECONFIG="$kubeconfig" TEST_KUBE_CRDS="$crds"
+# A single-node cluster (kubelet, containerd, CNI, kube-proxy, CoreDNS) that runs the image.
+cluster="$(infra/cluster.sh start)"
+infra/cluster.sh load "$image"
+export TEST_CLUSTER_KUBECONFIG="$cluster"
 
 infra/postgres.sh start
 infra/kafka.sh start

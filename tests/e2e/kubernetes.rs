@@ -1,8 +1,8 @@
 //! What platform teams deploy with, checked with their own tools (built by `infra/tools.sh`
 //! from the Go module proxy): the Helm chart through `helm lint` and `helm template` with each
 //! value set, what it renders (tests/python/chart_checks.py), and the Dockerfile through
-//! BuildKit's own checks. The image's build stage itself is compiled by `infra/image.sh check`
-//! in the test command.
+//! BuildKit's own checks. The image itself is built by `infra/image.sh build` in the test
+//! command, and run here on a real node (`infra/cluster.sh`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -104,4 +104,17 @@ fn a_real_api_server_accepts_the_chart_and_the_cluster_prerequisites_and_helm_in
         ("K8S", root().join("infra/k8s").display().to_string()),
     ];
     python_checks("cluster_checks.py", &env, "cluster");
+}
+
+#[test]
+fn pods_from_the_image_run_on_a_real_node_probed_reached_by_name_and_replaced() {
+    let image = exported("TEST_IMAGE");
+    let env = [
+        ("KUBECTL", tool("kubectl")),
+        ("HELM", tool("helm")),
+        ("KUBECONFIG", exported("TEST_CLUSTER_KUBECONFIG")),
+        ("CHART", root().join("charts/sharedcare").display().to_string()),
+        ("IMAGE", image),
+    ];
+    python_checks("pod_checks.py", &env, "pods");
 }
