@@ -7,6 +7,8 @@
 #
 # Environment: KAFKA_PORT (default 19092), KAFKA_HOME (state, default infra/.state/kafka-$KAFKA_PORT),
 # KAFKA_HEAP (default 384m). Several brokers on different ports may run side by side.
+# KAFKA_POD_ADDRESS (default 172.30.0.1): when that address exists (infra/cluster.sh's node),
+# a PLAINTEXT listener on it, port KAFKA_PORT+3, for the node's pods.
 # KAFKA_SCRAM_USERS="name:password,…" adds a SASL_PLAINTEXT listener on KAFKA_PORT+2 that takes
 # SCRAM-SHA-512 logins for those users (credentials written when the storage is formatted, as
 # Strimzi's scram-sha-512 listener does), for the tests of the binary's SASL settings.
@@ -15,6 +17,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 port="${KAFKA_PORT:-19092}"
 ctrl_port=$((port + 1))
 sasl_port=$((port + 2))
+# Pods of infra/cluster.sh's node reach the broker on the node's address (when it exists).
+pod_address="${KAFKA_POD_ADDRESS:-172.30.0.1}"
+pod_port=$((port + 3))
 scram_users="${KAFKA_SCRAM_USERS:-}"
 home="${KAFKA_HOME:-$here/.state/kafka-$port}"
 lib="$here/kafka/lib"
@@ -57,6 +62,9 @@ start() {
       scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%:*},password=${user#*:}]")
     done
   fi
+  if ip -4 addr show 2>/dev/null | grep -q "inet $pod_address/"; then
+    listeners="$listeners,PODS://$pod_address:$pod_port"
+  fi
   cat > "$home/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
@@ -64,7 +72,7 @@ controller.quorum.voters=1@127.0.0.1:$ctrl_port
 listeners=$listeners,CONTROLLER://127.0.0.1:$ctrl_port
 advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,PODS:PLAINTEXT
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 inter.broker.listener.name=PLAINTEXT

@@ -5,7 +5,9 @@
 #   infra/postgres.sh stop    stop the cluster started here
 #   infra/postgres.sh status  exit 0 when it accepts connections
 #
-# Environment: PG_PORT (default 15432), PG_HOME (default infra/.state/postgres-$PG_PORT).
+# Environment: PG_PORT (default 15432), PG_HOME (default infra/.state/postgres-$PG_PORT),
+# PG_POD_ADDRESS (also listen there for infra/cluster.sh's pods when the address exists; default
+# 172.30.0.1).
 # Connect as postgres://sharedcare:sharedcare@127.0.0.1:$PG_PORT/sharedcare
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -58,7 +60,15 @@ fsync = on
 synchronous_commit = on
 CONF
   fi
-  as_pg "$bin/pg_ctl" -D "$data" -l "$home/postgres.log" -w -t 60 start >/dev/null
+  # Pods of infra/cluster.sh's node reach it on the node's address, from the pod network, with
+  # the password (when that address exists; loopback alone otherwise).
+  local listen=127.0.0.1 pod_address="${PG_POD_ADDRESS:-172.30.0.1}"
+  if ip -4 addr show 2>/dev/null | grep -q "inet $pod_address/"; then
+    listen="127.0.0.1,$pod_address"
+    grep -q '^host all all 10.244.0.0/16 scram-sha-256' "$data/pg_hba.conf" \
+      || echo 'host all all 10.244.0.0/16 scram-sha-256' >> "$data/pg_hba.conf"
+  fi
+  as_pg "$bin/pg_ctl" -D "$data" -l "$home/postgres.log" -w -t 60 -o "-c listen_addresses=$listen" start >/dev/null
   as_pg "$bin/psql" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 <<SQL >/dev/null
 DO \$\$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sharedcare') THEN

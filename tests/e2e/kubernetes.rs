@@ -118,3 +118,16 @@ fn pods_from_the_image_run_on_a_real_node_probed_reached_by_name_and_replaced() 
     ];
     python_checks("pod_checks.py", &env, "pods");
 }
+
+#[test]
+fn helm_installs_the_chart_with_its_hooks_on_a_real_node_and_a_fhir_client_writes_and_reads() {
+    let env = [
+        ("KUBECTL", tool("kubectl")),
+        ("HELM", tool("helm")),
+        ("KUBECONFIG", exported("TEST_CLUSTER_KUBECONFIG")),
+        ("CHART", root().join("charts/sharedcare").display().to_string()),
+        ("IMAGE", exported("TEST_IMAGE")),
+        ("PG_URL", exported("TEST_POSTGRES_URL")),
+    ];
+    python_checks("install_checks.py", &env, "install");
+}

@@ -85,7 +85,13 @@ check(sorted(mllp) == ["grpc", "health", "http", "mllp"] and mllp["mllp"]["port"
 connectors_pod = deployments["sc-sharedcare-connectors"]["spec"]["template"]["spec"]
 check({"name": "mllp", "containerPort": 2575} in connectors_pod["containers"][0]["ports"], "the connectors' pod listens for MLLP")
 secrets = of(docs, "Secret")
-check(sorted(secrets) == ["sc-sharedcare-database", "sc-sharedcare-passport-client", "sc-sharedcare-portal-client", "sc-sharedcare-records-client"], "Secrets for the database and the clients")
+check(sorted(secrets) == ["sc-sharedcare-database", "sc-sharedcare-migrate-database", "sc-sharedcare-passport-client", "sc-sharedcare-portal-client", "sc-sharedcare-records-client"], "Secrets for the database and the clients")
+# The migration Job is a pre-install hook: it runs before the release's Secrets exist, so it
+# reads a hook-made copy created before it (a lower weight) and removed when the hooks succeed.
+hook_secret = secrets["sc-sharedcare-migrate-database"]["metadata"]["annotations"]
+check(hook_secret["helm.sh/hook"] == "pre-install,pre-upgrade" and int(hook_secret["helm.sh/hook-weight"]) < 0 and "hook-succeeded" in hook_secret["helm.sh/hook-delete-policy"], "the migration's database Secret is a hook made before the Job")
+job_ref = of(docs, "Job")["sc-sharedcare-migrate"]["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]
+check(job_ref == {"name": "sc-sharedcare-migrate-database", "key": "database-url"}, f"the Job reads it: {job_ref}")
 config = of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"]
 settings = tomllib.loads(config)  # the rendered configuration is valid TOML
 # ... and the binary accepts it as it stands (unknown keys would stop every pod at start).
@@ -290,6 +296,17 @@ check(records["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": 
 check(c["readinessProbe"]["timeoutSeconds"] == 9 and c["readinessProbe"]["periodSeconds"] == 5, "a probe setting overridden, the others kept")
 check(c["lifecycle"]["preStop"]["exec"]["command"] == ["/bin/sleep", "10"] and pod["terminationGracePeriodSeconds"] == 60, "the preStop pause and grace period")
 check('shutdown_grace_ms = 25000' in of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"], "the binary's drain follows the grace period")
+
+# extraConfig: dotted keys at the root of the file (not inside the last table), which the
+# binary takes.
+docs = render("minimal-values.yaml", "extraConfig=identity.seed_demo = true")
+config = of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"]
+check(tomllib.loads(config)["identity"]["seed_demo"] is True, "extraConfig's dotted keys reach the service they name")
+with open(f.name, "w") as out:
+    out.write(config)
+run = subprocess.run([os.environ["BINARY"], "--config", f.name, "--dump-config", "serve", "identity"], capture_output=True, text=True, env={k: v for k, v in os.environ.items() if not k.startswith("SHAREDCARE_")})
+check(run.returncode == 0 and "seed_demo = true" in run.stdout, f"and the binary accepts them: {run.stderr.strip()[-300:]}")
+os.unlink(f.name)
 
 # Wrong values fail at install, naming the value.
 for sets, named in [

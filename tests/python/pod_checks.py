@@ -31,7 +31,7 @@ def kubectl(*args, stdin=None):
 
 
 def ok(r, what):
-    check(r.returncode == 0, f"{what}: {r.stderr.strip()[:600]}")
+    check(r.returncode == 0, what if r.returncode == 0 else f"{what}: {r.stderr.strip()[:600]}")
     return r.stdout
 
 

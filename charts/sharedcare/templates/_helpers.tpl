@@ -178,7 +178,10 @@ topologySpreadConstraints:
       key: {{ include "sharedcare.clientKey" . }}
 {{- end -}}
 
-{{/* The env entry of one service's database URL: (dict "root" $ "name" "records"). */}}
+{{/*
+The env entry of one service's database URL: (dict "root" $ "name" "records"); with "hook"
+true, the migration Job's (which runs before the chart's own Secret exists).
+*/}}
 {{- define "sharedcare.databaseEnv" -}}
 {{- $own := index (default dict .root.Values.database.services) .name -}}
 - name: SHAREDCARE_DATABASE__URL
@@ -187,6 +190,9 @@ topologySpreadConstraints:
       {{- if $own }}
       name: {{ $own.existingSecret }}
       key: {{ default "uri" $own.existingSecretKey }}
+      {{- else if and .hook (not .root.Values.database.existingSecret) }}
+      name: {{ include "sharedcare.fullname" .root }}-migrate-database
+      key: database-url
       {{- else }}
       name: {{ include "sharedcare.databaseSecret" .root }}
       key: {{ include "sharedcare.databaseKey" .root }}

@@ -394,7 +394,13 @@ pub async fn migrate(config: Config, services: &[String]) -> anyhow::Result<()> 
         services.iter().map(String::as_str).collect()
     };
     let selected = select(&config, &names)?;
-    let _lock = lock_data_dir(&config)?;
+    // Only the databases are touched: with Postgres, no data directory is needed (the chart's
+    // migration Job runs read-only, with no configuration but the database URL).
+    let _lock = if config.database.url.is_empty() {
+        lock_data_dir(&config)?
+    } else {
+        None
+    };
     for s in selected {
         let db = open_db(&config, s.as_ref()).await?;
         db.close().await;

@@ -1,0 +1,163 @@
+"""`helm install` of the chart, with its hooks, on a real single-node Kubernetes (infra/cluster.sh)
+running the image built by the test command: the migration Job runs and completes before the
+services start, every Deployment's pod becomes Ready through its real probes, and a FHIR client
+on the host gets a token from identity and writes and reads a record through the Services, on
+the machine's Postgres and Kafka (reached from the pods on the node's address, 172.30.0.1).
+
+Environment: KUBECTL, HELM, KUBECONFIG (the cluster's), CHART, IMAGE (loaded into the node),
+PG_URL (the test Postgres, to make and drop this run's database). Prints "install: all checks
+passed" at the end, and a line "install: ready in <s> s" with the time from `helm install` to
+every pod Ready.
+"""
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+from checks import check
+
+KUBECTL = os.environ["KUBECTL"]
+HELM = os.environ["HELM"]
+CHART = Path(os.environ["CHART"])
+IMAGE = os.environ["IMAGE"]
+PG_URL = os.environ["PG_URL"]
+RUN = uuid.uuid4().hex[:6]
+NS = f"install-{RUN}"
+DB = f"install_{RUN}"
+NODE = "172.30.0.1"
+SERVICES = ["identity", "records", "consent", "audit", "passport", "portal", "connectors"]
+# The demo's integration client and the portal's (identity.seed_demo registers them).
+INTEGRATION = ("ics-integration", "demo-integration-secret-95be0d27aa")
+PORTAL = ("sharedcare-portal", "demo-portal-secret-7c1f9e2b4a")
+
+
+def run(*args, stdin=None):
+    return subprocess.run(list(args), input=stdin, capture_output=True, text=True, check=False)
+
+
+def ok(r, what):
+    check(r.returncode == 0, what if r.returncode == 0 else f"{what}: {(r.stderr or r.stdout).strip()[-1500:]}")
+    return r.stdout
+
+
+def kubectl(*args):
+    return run(KUBECTL, "-n", NS, *args)
+
+
+def http(method, url, body=None, headers=None):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+pg = urlparse(PG_URL)
+# Postgres and Kafka listen on the node's address only if they started after the cluster did.
+for what, port in (("Postgres", pg.port), ("Kafka", 19095)):
+    try:
+        socket.create_connection((NODE, port), timeout=3).close()
+        reachable = True
+    except OSError:
+        reachable = False
+    check(reachable, f"{what} listens on {NODE}:{port} for the pods (start infra/cluster.sh before infra/postgres.sh and infra/kafka.sh, as the test command does)")
+ok(run("psql", PG_URL, "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {DB}"), f"database {DB}")
+repository, tag = IMAGE.rsplit(":", 1)
+registry, repository = repository.split("/", 1)
+issuer = f"http://sc-sharedcare-identity.{NS}.svc.cluster.local:8080"
+small = {"replicas": 1, "autoscaling": {"enabled": False}, "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "512Mi"}}}
+values = {
+    "issuer": issuer,
+    "image": {"registry": registry, "repository": repository, "tag": tag, "pullPolicy": "Never"},
+    "database": {"url": f"postgres://{pg.username}:{pg.password}@{NODE}:{pg.port}/{DB}"},
+    "kafka": {"brokers": f"{NODE}:19095", "namespace": RUN, "partitions": 1, "replicationFactor": 1},
+    "clients": {
+        "records": {"id": INTEGRATION[0], "secret": INTEGRATION[1]},
+        "passport": {"id": INTEGRATION[0], "secret": INTEGRATION[1]},
+        "portal": {"id": PORTAL[0], "secret": PORTAL[1]},
+    },
+    "feeds": [INTEGRATION[0]],
+    "extraConfig": "identity.seed_demo = true\n",
+    "topologySpread": {"enabled": False},
+    "services": {s: small for s in SERVICES},
+}
+values_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"install-{RUN}.yaml"
+values_file.write_text(yaml.safe_dump(values))
+
+started = time.monotonic()
+r = run(HELM, "install", "sc", str(CHART), "-n", NS, "--create-namespace", "-f", str(values_file), "--wait", "--timeout", "5m")
+elapsed = time.monotonic() - started
+if r.returncode != 0:
+    print(kubectl("get", "pods,jobs", "-o", "wide").stdout)
+    print(kubectl("describe", "pods").stdout[-4000:])
+    for s in SERVICES + ["migrate"]:
+        print(s, kubectl("logs", "-l", f"app.kubernetes.io/component={s}", "--tail", "15").stdout)
+ok(r, "helm install with its hooks (the migration Job), waiting for every pod")
+print(f"install: ready in {elapsed:.1f} s")
+
+deployments = json.loads(ok(kubectl("get", "deployments", "-o", "json"), "deployments"))["items"]
+ready = {d["metadata"]["name"].removeprefix("sc-sharedcare-"): d["status"].get("readyReplicas", 0) for d in deployments}
+check(ready == {s: 1 for s in SERVICES}, f"every service's pod is Ready through its probes: {ready}")
+pods = json.loads(ok(kubectl("get", "pods", "-o", "json"), "pods"))["items"]
+check(all(c["restartCount"] == 0 for p in pods for c in p["status"].get("containerStatuses", [])), "no pod restarted: the migrations were there before any service started")
+check(not json.loads(ok(kubectl("get", "jobs", "-o", "json"), "jobs"))["items"], "the migration Job completed and was removed (hook-succeeded)")
+check(kubectl("get", "secret", "sc-sharedcare-migrate-database").returncode != 0, "its hook Secret too")
+tables = ok(run("psql", f"{PG_URL.rsplit('/', 1)[0]}/{DB}", "-tAc", "SELECT count(*) FROM information_schema.tables WHERE table_schema NOT IN ('pg_catalog','information_schema')"), "tables")
+check(int(tables.strip()) > 10, f"the migrations made each service's tables ({tables.strip()})")
+
+
+def cluster_ip(service):
+    svc = json.loads(ok(kubectl("get", "service", f"sc-sharedcare-{service}", "-o", "json"), service))
+    return svc["spec"]["clusterIP"]
+
+
+# Through the Services (kube-proxy), as a FHIR client would behind an ingress.
+identity = f"http://{cluster_ip('identity')}:8080"
+status, body = http("GET", f"{identity}/.well-known/openid-configuration")
+check(status == 200 and json.loads(body)["issuer"] == issuer, f"identity's discovery document names the issuer: {status} {body[:200]}")
+basic = base64.b64encode(f"{INTEGRATION[0]}:{INTEGRATION[1]}".encode()).decode()
+status, body = http(
+    "POST", f"{identity}/oauth2/token", b"grant_type=client_credentials&scope=records.read+records.write",
+    {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
+)
+check(status == 200, f"a client_credentials token: {status} {body[:200]}")
+token = json.loads(body)["access_token"]
+records = f"http://{cluster_ip('records')}:8080/fhir/R4"
+headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json", "X-Source-Organisation": "RXX01"}
+nhs = "9434765919"
+patient = {"resourceType": "Patient", "id": f"p-{RUN}", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+           "name": [{"family": "Smith", "given": ["Alex"]}], "birthDate": "1970-01-01"}
+observation = {"resourceType": "Observation", "id": f"o-{RUN}", "status": "final",
+               "code": {"coding": [{"system": "http://snomed.info/sct", "code": "27113001"}]}, "subject": {"reference": f"Patient/p-{RUN}"}}
+for resource in (patient, observation):
+    status, body = http("PUT", f"{records}/{resource['resourceType']}/{resource['id']}", json.dumps(resource).encode(), headers)
+    check(status in (200, 201), f"PUT {resource['resourceType']} through the records Service: {status} {body[:300]}")
+
+
+def read_back():
+    status, body = http("GET", f"{records}/Observation/o-{RUN}", None, {"Authorization": f"Bearer {token}"})
+    return (status, body) if status == 200 else None
+
+
+deadline = time.monotonic() + 60
+got = None
+while got is None and time.monotonic() < deadline:
+    got = read_back()
+    time.sleep(0.5)
+check(got is not None and json.loads(got[1])["id"] == f"o-{RUN}", f"read back, decided by consent in its own pod: {got}")
+
+ok(run(HELM, "uninstall", "sc", "-n", NS, "--wait", "--timeout", "2m"), "helm uninstall")
+run(KUBECTL, "delete", "namespace", NS, "--wait=false")
+run("psql", PG_URL, "-c", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+values_file.unlink()
+print("install: all checks passed")
