@@ -2,7 +2,8 @@
 # A real Kubernetes control plane for the tests, without Docker: etcd and kube-apiserver, with
 # kubectl, all built from the Go modules Kubernetes publishes (tools/kube pins k8s.io/kubernetes
 # and its staging modules; etcd is the version its go.mod names). No kubelet or controller
-# manager runs: objects are validated, admitted, stored and read back, but no pod starts.
+# manager runs here: objects are validated, admitted, stored and read back, but no pod starts
+# (infra/cluster.sh uses this script for its own API server, beside a node that runs pods).
 #
 #   infra/kube.sh build   build once per machine (cached outside the checkout, keyed by the
 #                         pinned versions) and print name=path for etcd, kube-apiserver, kubectl
