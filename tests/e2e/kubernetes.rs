@@ -120,7 +120,7 @@ fn pods_from_the_image_run_on_a_real_node_probed_reached_by_name_and_replaced() 
 }
 
 #[test]
-fn helm_installs_the_chart_with_its_hooks_on_a_real_node_and_a_fhir_client_writes_and_reads() {
+fn helm_installs_the_chart_with_its_hooks_on_a_real_node_and_upgrades_and_rolls_back_under_load_failing_no_request() {
     let env = [
         ("KUBECTL", tool("kubectl")),
         ("HELM", tool("helm")),
@@ -128,6 +128,7 @@ fn helm_installs_the_chart_with_its_hooks_on_a_real_node_and_a_fhir_client_write
         ("CHART", root().join("charts/sharedcare").display().to_string()),
         ("IMAGE", exported("TEST_IMAGE")),
         ("PG_URL", exported("TEST_POSTGRES_URL")),
+        ("CLUSTER_SH", root().join("infra/cluster.sh").display().to_string()),
     ];
     python_checks("install_checks.py", &env, "install");
 }

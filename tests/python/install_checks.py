@@ -5,7 +5,8 @@ on the host gets a token from identity and writes and reads a record through the
 the machine's Postgres and Kafka (reached from the pods on the node's address, 172.30.0.1).
 
 Environment: KUBECTL, HELM, KUBECONFIG (the cluster's), CHART, IMAGE (loaded into the node),
-PG_URL (the test Postgres, to make and drop this run's database). Prints "install: all checks
+PG_URL (the test Postgres, to make and drop this run's database), CLUSTER_SH (infra/cluster.sh,
+to load a second tag of the image). Prints "install: all checks
 passed" at the end, and a line "install: ready in <s> s" with the time from `helm install` to
 every pod Ready.
 """
@@ -15,6 +16,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -156,7 +158,56 @@ while got is None and time.monotonic() < deadline:
     time.sleep(0.5)
 check(got is not None and json.loads(got[1])["id"] == f"o-{RUN}", f"read back, decided by consent in its own pod: {got}")
 
+# An upgrade to a new image tag, and a rollback, while a FHIR client writes and reads without
+# pause: readiness, preStop, graceful SIGTERM and the rolling update together must fail no
+# request.
+next_tag = f"{tag}-next"
+ok(run("podman", "tag", IMAGE, f"{registry}/{repository}:{next_tag}"), "a new tag of the image")
+ok(run(os.environ["CLUSTER_SH"], "load", f"{registry}/{repository}:{next_tag}"), "loaded into the node")
+stop = threading.Event()
+served, failed = [0], []
+
+
+def load(worker):
+    n = 0
+    while not stop.is_set():
+        n += 1
+        rid = f"u-{RUN}-{worker}-{n}"
+        obs = dict(observation, id=rid)
+        status, body = http("PUT", f"{records}/Observation/{rid}", json.dumps(obs).encode(), headers)
+        if status not in (200, 201):
+            failed.append(("PUT", status, body[:200]))
+            continue
+        status, body = http("GET", f"{records}/Observation/{rid}", None, {"Authorization": f"Bearer {token}"})
+        if status != 200:
+            failed.append(("GET", status, body[:200]))
+            continue
+        served[0] += 2
+
+
+workers = [threading.Thread(target=load, args=(w,)) for w in range(2)]
+for w in workers:
+    w.start()
+time.sleep(2)
+t = time.monotonic()
+up = run(HELM, "upgrade", "sc", str(CHART), "-n", NS, "--reuse-values", "--set", f"image.tag={next_tag}", "--wait", "--timeout", "5m")
+upgrade_s = time.monotonic() - t
+images = {c["image"] for p in json.loads(ok(kubectl("get", "pods", "-o", "json"), "pods"))["items"] if p["status"].get("phase") == "Running" and "deletionTimestamp" not in p["metadata"] for c in p["spec"]["containers"]}
+t = time.monotonic()
+back = run(HELM, "rollback", "sc", "1", "-n", NS, "--wait", "--timeout", "5m")
+rollback_s = time.monotonic() - t
+time.sleep(2)
+stop.set()
+for w in workers:
+    w.join()
+ok(up, "helm upgrade to a new image tag under load")
+check(images == {f"{registry}/{repository}:{next_tag}"}, f"every pod runs the new tag after the upgrade: {images}")
+ok(back, "helm rollback under load")
+print(f"install: upgrade {upgrade_s:.1f} s, rollback {rollback_s:.1f} s, {served[0]} requests served, {len(failed)} failed")
+check(served[0] > 50 and not failed, f"no request failed during the upgrade and the rollback ({served[0]} served): {failed[:5]}")
+
 ok(run(HELM, "uninstall", "sc", "-n", NS, "--wait", "--timeout", "2m"), "helm uninstall")
+run("podman", "rmi", f"{registry}/{repository}:{next_tag}")
 run(KUBECTL, "delete", "namespace", NS, "--wait=false")
 run("psql", PG_URL, "-c", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
 values_file.unlink()
