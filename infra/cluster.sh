@@ -5,6 +5,8 @@
 #   infra/cluster.sh status   what runs; exit 1 when the node is not Ready
 #   infra/cluster.sh load REF load an image from podman's storage into the node's containerd
 #                             (infra/image.sh build does this itself when the cluster runs)
+#   infra/cluster.sh ctr …    containerd's own client on the node's containerd (namespace k8s.io),
+#                             e.g. `tasks kill -s SIGKILL <container id>` to crash a pod's process
 #
 # What runs (each binary built from its Go module, cached outside the checkout by version):
 #   - etcd and kube-apiserver (infra/kube.sh, on its own port and state), advertised on the
@@ -285,5 +287,6 @@ case "${1:-}" in
   stop) stop ;;
   status) status ;;
   load) [ -n "${2:-}" ] || { echo "usage: $0 load IMAGE" >&2; exit 2; }; load "$2" ;;
-  *) echo "usage: $0 start|stop|status|load IMAGE" >&2; exit 2 ;;
+  ctr) shift; ctr_ "$@" ;;
+  *) echo "usage: $0 start|stop|status|load IMAGE|ctr ARGS…" >&2; exit 2 ;;
 esac

@@ -62,6 +62,8 @@ def http(method, url, body=None, headers=None):
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+    except (urllib.error.URLError, OSError) as e:
+        return 0, str(e)
 
 
 pg = urlparse(PG_URL)
@@ -185,7 +187,8 @@ def load(worker):
         served[0] += 2
 
 
-workers = [threading.Thread(target=load, args=(w,)) for w in range(2)]
+# Daemon threads: a failed check ends the run instead of waiting on them.
+workers = [threading.Thread(target=load, args=(w,), daemon=True) for w in range(2)]
 for w in workers:
     w.start()
 time.sleep(2)
@@ -205,6 +208,55 @@ check(images == {f"{registry}/{repository}:{next_tag}"}, f"every pod runs the ne
 ok(back, "helm rollback under load")
 print(f"install: upgrade {upgrade_s:.1f} s, rollback {rollback_s:.1f} s, {served[0]} requests served, {len(failed)} failed")
 check(served[0] > 50 and not failed, f"no request failed during the upgrade and the rollback ({served[0]} served): {failed[:5]}")
+
+# The records process killed (SIGKILL, through the node's containerd: a crash, no shutdown)
+# while writes go on: requests fail until the kubelet has restarted it, but no write that was
+# acknowledged is lost.
+acked, refused = [], []
+stop.clear()
+
+
+def write(worker):
+    n = 0
+    while not stop.is_set():
+        n += 1
+        rid = f"k-{RUN}-{worker}-{n}"
+        status, _ = http("PUT", f"{records}/Observation/{rid}", json.dumps(dict(observation, id=rid)).encode(), headers)
+        (acked if status in (200, 201) else refused).append(rid)
+        if status not in (200, 201):
+            time.sleep(0.2)
+
+
+writers = [threading.Thread(target=write, args=(w,), daemon=True) for w in range(2)]
+for w in writers:
+    w.start()
+time.sleep(2)
+ok(kubectl("rollout", "status", "deployment/sc-sharedcare-records", "--timeout=120s"), "records rolled back")
+victim = next(
+    p for p in json.loads(ok(kubectl("get", "pods", "-l", "app.kubernetes.io/component=records", "-o", "json"), "the records pod"))["items"]
+    if "deletionTimestamp" not in p["metadata"] and p["status"].get("containerStatuses", [{}])[0].get("ready")
+)
+container = victim["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+ok(run(os.environ["CLUSTER_SH"], "ctr", "tasks", "kill", "-s", "SIGKILL", container), "kill -9 the records process")
+
+
+def restarted():
+    pod = json.loads(ok(kubectl("get", "pod", victim["metadata"]["name"], "-o", "json"), "the records pod"))
+    status = pod["status"]["containerStatuses"][0]
+    return status["restartCount"] >= 1 and status["ready"]
+
+
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline and not restarted():
+    time.sleep(0.5)
+check(restarted(), "the kubelet restarts the killed process and it is Ready again")
+time.sleep(2)
+stop.set()
+for w in writers:
+    w.join()
+lost = [rid for rid in acked if http("GET", f"{records}/Observation/{rid}", None, {"Authorization": f"Bearer {token}"})[0] != 200]
+print(f"install: records killed: {len(acked)} writes acknowledged, {len(refused)} refused while it was down, {len(lost)} lost")
+check(len(acked) > 20 and not lost, f"every acknowledged write is there after the kill: lost {lost[:5]}")
 
 ok(run(HELM, "uninstall", "sc", "-n", NS, "--wait", "--timeout", "2m"), "helm uninstall")
 run("podman", "rmi", f"{registry}/{repository}:{next_tag}")
