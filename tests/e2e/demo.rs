@@ -17,7 +17,7 @@ use crate::harness::{
 
 /// Every current resource about `nhs` that `token`'s caller may see, and whether some are
 /// withheld from them.
-async fn record(p: &Proc, token: &str, nhs: &str) -> (Vec<serde_json::Value>, bool) {
+pub(crate) async fn record(p: &Proc, token: &str, nhs: &str) -> (Vec<serde_json::Value>, bool) {
     let found = RecordsClient::new(p.channel().await)
         .search(with_token(
             SearchRequest {

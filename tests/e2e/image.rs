@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use sharedcare_proto::records::v1::SearchRequest;
-use sharedcare_proto::records::v1::records_client::RecordsClient;
-
-use crate::harness::{Proc, demo_nhs_numbers, eventually, get_json, http, user_token, with_token};
+use crate::harness::{Proc, demo_nhs_numbers, eventually, get_json, http, user_token};
 
 /// Removes the container however the test ends (killing the `podman run` client leaves it).
 struct Container(String);
@@ -101,22 +98,11 @@ async fn the_image_runs_up_read_only_as_user_10001_serves_the_demo_record_and_st
     // A GP signs in through the container and reads a demo patient's record from it.
     let gp = user_token(&p, "gp", "demo-gp-password", "selectedrole").await;
     let nhs = demo_nhs_numbers().into_iter().next().expect("a demo patient");
-    let found = RecordsClient::new(p.channel().await)
-        .search(with_token(
-            SearchRequest {
-                nhs_number: nhs.clone(),
-                page_size: 500,
-                ..Default::default()
-            },
-            &gp,
-        ))
-        .await
-        .expect("search through the container's gRPC port")
-        .into_inner();
+    let (found, _) = crate::demo::record(&p, &gp, &nhs).await;
     assert!(
-        found.resources.len() > 5,
+        found.len() > 5,
         "the demo record was seeded inside the container and the GP reads it: {} resources",
-        found.resources.len()
+        found.len()
     );
     let (status, patient) = get_json(
         &format!("{issuer}/fhir/R4/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"),
