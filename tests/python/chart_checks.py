@@ -326,6 +326,8 @@ for sets, named in [
         args += ["--set", s]
     r = helm(*args)
     check(r.returncode != 0 and named in r.stderr, f"{' '.join(sets)} is refused naming {named}: {r.stderr.strip()[:160]}")
+r = helm("template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / "minimal-values.yaml"), "--set", "shutdown.preStopSeconds=30")
+check(r.returncode != 0 and "shutdown.preStopSeconds (30) must be less than shutdown.terminationGracePeriodSeconds (30)" in r.stderr, "a preStop pause that leaves no time to drain is refused: " + r.stderr.strip()[:200])
 r = helm("template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / "minimal-values.yaml"), "--set", "database.url=")
 check(r.returncode != 0 and "database.url is required" in r.stderr, "a database is required: " + r.stderr.strip()[:160])
 
