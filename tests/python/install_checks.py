@@ -84,7 +84,9 @@ values = {
     "issuer": issuer,
     "image": {"registry": registry, "repository": repository, "tag": tag, "pullPolicy": "Never"},
     "database": {"url": f"postgres://{pg.username}:{pg.password}@{NODE}:{pg.port}/{DB}"},
-    "kafka": {"brokers": f"{NODE}:19095", "namespace": RUN, "partitions": 1, "replicationFactor": 1},
+    # Not the bare hex run id: one like "1e5432" is a number to helm's YAML (PyYAML leaves it
+    # unquoted), and the schema refuses it.
+    "kafka": {"brokers": f"{NODE}:19095", "namespace": f"install-{RUN}", "partitions": 1, "replicationFactor": 1},
     "clients": {
         "records": {"id": INTEGRATION[0], "secret": INTEGRATION[1]},
         "passport": {"id": INTEGRATION[0], "secret": INTEGRATION[1]},
