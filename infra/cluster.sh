@@ -71,7 +71,7 @@ ctr_() { ctr --address "$sock" -n k8s.io "$@"; }
 # Kubernetes' pause, compiled from the module's build/pause/linux/pause.c (the source of
 # registry.k8s.io/pause) and imported into containerd once.
 pause() {
-  ctr_ images ls -q | grep -qx "$pause_image" && return 0
+  grep -qx "$pause_image" <<<"$(ctr_ images ls -q)" && return 0
   local src dir
   src="$(cd "$root/tools/kube" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
   dir="$(mktemp -d)"
@@ -104,7 +104,9 @@ daemon() {
 
 network() {
   # On the loopback device: there is no dummy-interface module to load here.
-  ip -4 addr show dev lo | grep -q "inet $node_ip/" || ip addr add "$node_ip/32" dev lo
+  # (A here-string, not a pipe: grep -q stops reading at its match, and under pipefail the
+  # writer's SIGPIPE would read as "not there".)
+  grep -q "inet $node_ip/" <<<"$(ip -4 addr show dev lo)" || ip addr add "$node_ip/32" dev lo
   sysctl -qw net.ipv4.ip_forward=1
   # Pods on one bridge reach a Service's other pods through iptables only if bridged traffic
   # passes it (br_netfilter); where the kernel offers the switch, turn it on.

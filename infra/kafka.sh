@@ -62,7 +62,8 @@ start() {
       scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%:*},password=${user#*:}]")
     done
   fi
-  if ip -4 addr show 2>/dev/null | grep -q "inet $pod_address/"; then
+  # A here-string, not a pipe: under pipefail, grep -q's early exit fails the pipeline.
+  if grep -q "inet $pod_address/" <<<"$(ip -4 addr show 2>/dev/null)"; then
     listeners="$listeners,PODS://$pod_address:$pod_port"
   fi
   cat > "$home/server.properties" <<PROPS

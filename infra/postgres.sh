@@ -63,7 +63,8 @@ CONF
   # Pods of infra/cluster.sh's node reach it on the node's address, from the pod network, with
   # the password (when that address exists; loopback alone otherwise).
   local listen=127.0.0.1 pod_address="${PG_POD_ADDRESS:-172.30.0.1}"
-  if ip -4 addr show 2>/dev/null | grep -q "inet $pod_address/"; then
+  # A here-string, not a pipe: under pipefail, grep -q's early exit fails the pipeline.
+  if grep -q "inet $pod_address/" <<<"$(ip -4 addr show 2>/dev/null)"; then
     listen="127.0.0.1,$pod_address"
     grep -q '^host all all 10.244.0.0/16 scram-sha-256' "$data/pg_hba.conf" \
       || echo 'host all all 10.244.0.0/16 scram-sha-256' >> "$data/pg_hba.conf"
