@@ -4,6 +4,7 @@ renders. Environment: HELM (the helm binary), CHART (the chart directory). Print
 "chart: all checks passed" at the end.
 """
 
+import json
 import os
 import subprocess
 import tomllib
@@ -252,6 +253,38 @@ monitor = of(docs, "ServiceMonitor")["sc-sharedcare"]
 check(monitor["spec"]["endpoints"][0]["path"] == "/metrics" and monitor["metadata"]["labels"]["release"] == "prometheus", "a ServiceMonitor scraping /metrics")
 check(monitor["spec"]["endpoints"][0]["port"] == "health", "scraped on the health port")
 check(reachable_from(of(docs, "NetworkPolicy"), "monitoring") == {s: [9090] for s in SERVICES}, "Prometheus reaches the health port only")
+
+# The alerts an on-call engineer needs, each scoped to this release's pods, and the dashboard.
+rule = of(docs, "PrometheusRule")["sc-sharedcare"]
+check(rule["metadata"]["labels"]["release"] == "prometheus", "the PrometheusRule carries the labels Prometheus selects rules by")
+alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+for name in ["SharedcareDown", "SharedcareConsentUnavailable", "SharedcareOutboxBacklog", "SharedcareAuditLag", "SharedcareConsumerFailing", "SharedcareErrorRate"]:
+    check(name in alerts, f"an alert {name}: {sorted(alerts)}")
+for name, a in alerts.items():
+    check('namespace="default"' in a["expr"] and 'job=~"sc-sharedcare-.*"' in a["expr"], f"{name} looks only at this release's pods: {a['expr']}")
+    check(a["labels"]["severity"] in ("critical", "warning") and a["annotations"]["summary"] and a["annotations"]["description"], f"{name} has a severity, a summary and a description")
+check('group="audit"' in alerts["SharedcareAuditLag"]["expr"] and "> 1000" in alerts["SharedcareAuditLag"]["expr"], "the audit lag alert: the audit consumer, past its threshold")
+check(alerts["SharedcareConsentUnavailable"]["labels"]["severity"] == "critical", "consent unavailable pages (every read is refused)")
+dashboard = json.loads(of(docs, "ConfigMap")["sc-sharedcare-dashboard"]["data"]["sharedcare.json"])
+check(of(docs, "ConfigMap")["sc-sharedcare-dashboard"]["metadata"]["labels"]["grafana_dashboard"] == "1", "the dashboard ConfigMap has the label Grafana's sidecar loads")
+exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+for metric in ["sharedcare_requests_total", "sharedcare_request_duration_seconds_bucket", "sharedcare_consent_failures_total", "sharedcare_outbox_oldest_age_seconds", "sharedcare_consumer_lag", "sharedcare_consumed_events_total"]:
+    check(metric in exprs, f"the dashboard shows {metric}")
+check(not of(render("minimal-values.yaml"), "PrometheusRule"), "no PrometheusRule unless asked")
+
+# `helm test`: a pod asking every service's /readyz, admitted to the health port by each policy.
+docs = render("minimal-values.yaml")
+tester = of(docs, "Pod")["sc-sharedcare-test"]
+check(tester["metadata"]["annotations"]["helm.sh/hook"] == "test", "a helm test hook")
+args = tester["spec"]["containers"][0]["args"]
+check(args[0] == "check" and sorted(a for a in args if a.endswith("/readyz")) == sorted(f"http://sc-sharedcare-{s}:9090/readyz" for s in SERVICES), f"the test asks every service's /readyz: {args}")
+check(tester["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True and tester["spec"]["automountServiceAccountToken"] is False, "the test pod is hardened like the rest")
+for name, pol in of(docs, "NetworkPolicy").items():
+    if name == "sc-sharedcare-operator":
+        continue
+    admitted = [r for r in pol["spec"]["ingress"] for peer in r.get("from", []) if peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "test"]
+    check([p["port"] for r in admitted for p in r["ports"]] == [9090], f"{name} admits the test pod to its health port only")
+check(not of(render("minimal-values.yaml", "tests.enabled=false"), "Pod"), "no test pod when tests.enabled is false")
 
 # The settings platform teams expect of a chart, chart-wide (or from a parent chart's global)
 # and per service; a digest pins the image.

@@ -151,6 +151,32 @@ impl Outbox {
         Ok(row.try_get::<i64, _>(0)?)
     }
 
+    /// How many events wait to be published, and how many seconds the oldest has waited.
+    pub async fn backlog(&self) -> Result<(i64, f64)> {
+        let row = sqlx::query("SELECT COUNT(*), MIN(created_us) FROM kit_outbox")
+            .fetch_one(self.db.pool())
+            .await
+            .map_err(Error::db("count outbox"))?;
+        let oldest: Option<i64> = row.try_get(1)?;
+        let age = oldest.map_or(0.0, |us| (crate::db::now_us() - us).max(0) as f64 / 1e6);
+        Ok((row.try_get::<i64, _>(0)?, age))
+    }
+
+    /// Keeps `metrics`' outbox gauges for this service current (every `every`) until `stop`.
+    pub async fn measure(self, metrics: crate::metrics::Metrics, every: Duration, stop: CancellationToken) {
+        let service = self.db.service().to_string();
+        loop {
+            match self.backlog().await {
+                Ok((pending, age)) => metrics.outbox(&service, pending, age),
+                Err(e) => tracing::debug!(service, error = %e, "cannot measure the outbox"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
     /// Publishes one batch of pending events and deletes them; returns how many.
     pub async fn relay_once(&self, bus: &dyn Bus) -> Result<usize> {
         let rows = sqlx::query("SELECT seq, event_id, topic, event_key, payload FROM kit_outbox ORDER BY seq LIMIT $1")

@@ -173,6 +173,7 @@ pub trait Pdp: Send + Sync + 'static {
 pub struct GrpcPdp {
     client: ConsentClient<Channel>,
     token: ServiceToken,
+    failures: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl GrpcPdp {
@@ -184,13 +185,20 @@ impl GrpcPdp {
         Ok(GrpcPdp {
             client: ConsentClient::new(channel),
             token,
+            failures: None,
         })
     }
-}
 
-#[tonic::async_trait]
-impl Pdp for GrpcPdp {
-    async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, PdpError> {
+    /// Counts every call that gets no decision in `failures`.
+    pub fn counting(self, failures: prometheus_client::metrics::counter::Counter) -> GrpcPdp {
+        GrpcPdp {
+            failures: Some(failures),
+            ..self
+        }
+    }
+
+    /// Every ask decided, in calls of at most ASKS_PER_CALL.
+    async fn decide_all(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, PdpError> {
         let mut out = Vec::with_capacity(asks.len());
         let mut asks = asks;
         while !asks.is_empty() {
@@ -220,6 +228,19 @@ impl Pdp for GrpcPdp {
             asks = rest;
         }
         Ok(out)
+    }
+}
+
+#[tonic::async_trait]
+impl Pdp for GrpcPdp {
+    async fn decide(&self, asks: Vec<DecideRequest>) -> Result<Vec<DecideResponse>, PdpError> {
+        let decided = self.decide_all(asks).await;
+        if decided.is_err()
+            && let Some(failures) = &self.failures
+        {
+            failures.inc();
+        }
+        decided
     }
 }
 

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::bus::measured::Measured;
 use crate::bus::{Bus, Handler};
 use crate::db::Db;
 use crate::metrics::Metrics;
@@ -169,6 +170,9 @@ pub async fn bind_all(listen: Listen) -> Result<Bound> {
     })
 }
 
+/// How often the outbox backlog and consumer lag gauges are measured.
+const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Starts servers, relays and consumers for `mounts` on `bus`. `tasks` are those the mounted
 /// services spawned their own workers under; relays, consumers and background tasks join them,
 /// and [`Running::stop`] stops and waits for all of them. `verifier` checks the bearer token
@@ -240,6 +244,11 @@ pub async fn start(
             dbs.push(db);
         }
         if let Some(outbox) = m.outbox {
+            workers.spawn(
+                outbox
+                    .clone()
+                    .measure(metrics.clone(), MEASURE_EVERY, stop_working.clone()),
+            );
             let (bus, token) = (bus.clone(), stop_working.clone());
             workers.spawn(
                 outbox
@@ -253,9 +262,11 @@ pub async fn start(
         for c in m.consumers {
             let (bus, token) = (bus.clone(), stop_working.clone());
             let span = tracing::info_span!("consumer", group = %c.group, topic = %c.topic);
+            let measured = Measured::new(c.handler, &c.group, &c.topic, metrics.clone());
+            workers.spawn(measured.clone().measure_lag(bus.clone(), MEASURE_EVERY, token.clone()));
             workers.spawn(
                 async move {
-                    if let Err(e) = bus.consume(&c.group, &c.topic, c.handler, token).await {
+                    if let Err(e) = bus.consume(&c.group, &c.topic, measured, token).await {
                         tracing::error!(error = %e, "consumer stopped");
                     }
                 }

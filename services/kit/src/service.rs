@@ -135,9 +135,10 @@ impl Context {
     ) -> Result<std::sync::Arc<dyn crate::pdp::Pdp>> {
         let url = self.peer_url("consent", consent_url, setting)?;
         let token = self.service_token("consent.decide")?;
-        Ok(std::sync::Arc::new(crate::pdp::GrpcPdp::new(
-            &url, setting, token, timeout,
-        )?))
+        let failures = self.metrics.consent_failures(self.db.service());
+        Ok(std::sync::Arc::new(
+            crate::pdp::GrpcPdp::new(&url, setting, token, timeout)?.counting(failures),
+        ))
     }
 
     /// Where `service` is: `url` (from the setting `setting`) when given, else this process

@@ -109,6 +109,17 @@ pub enum Command {
         #[arg(long, value_name = "SECRET", env = "SAMPLE_APP_CLIENT_SECRET", default_value = sharedcare_identity::demo::SAMPLE_APP_CLIENT.1, hide_env_values = true)]
         client_secret: String,
     },
+    /// GET each URL and exit non-zero unless every one answers 2xx, naming each that did not
+    /// (what the chart's `helm test` runs against each service's /readyz; usable from any
+    /// shell or pod, as the image has no curl).
+    Check {
+        /// The URLs, e.g. http://sharedcare-records:9090/readyz.
+        #[arg(required = true, value_name = "URL")]
+        urls: Vec<String>,
+        /// How long each request may take.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        timeout: u64,
+    },
     /// The Kubernetes operator: CareOrganisations and CareApps reconciled into identity.
     Operator {
         #[command(subcommand)]
@@ -234,6 +245,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Demo { .. }
         | Command::Import(_)
         | Command::Operator { .. }
+        | Command::Check { .. }
         | Command::SampleApp { .. } => {}
     }
     let config: Config = sharedcare_kit::config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
@@ -270,6 +282,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: OperatorCommand::Run,
         } => platform::operator(config).await,
         Command::Import(args) => crate::import::run(config, args).await,
+        Command::Check { urls, timeout } => check(&urls, std::time::Duration::from_secs(timeout)).await,
         Command::Audit {
             command: AuditCommand::Verify { .. },
         } => platform::verify_audit(config).await,
@@ -340,5 +353,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// `sharedcare check`: every URL answers 2xx, or an error naming those that did not and why.
+async fn check(urls: &[String], timeout: std::time::Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().timeout(timeout).build()?;
+    let mut failed = Vec::new();
+    for url in urls {
+        match client.get(url).send().await {
+            Ok(r) if r.status().is_success() => println!("ok {url} ({})", r.status()),
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                let body: String = body.chars().take(300).collect();
+                println!("FAILED {url}: {status} {body}");
+                failed.push(url.as_str());
+            }
+            Err(e) => {
+                println!("FAILED {url}: {e}");
+                failed.push(url.as_str());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} of {} checks failed: {}",
+            failed.len(),
+            urls.len(),
+            failed.join(", ")
+        )
     }
 }

@@ -276,7 +276,7 @@ impl Provider {
     }
 
     /// Counts a failure of kind `what` that no caller can be told of (it is logged too), on
-    /// `sharedcare_unreported_failures_total{service="identity",what}`.
+    /// `sharedcare_unreported_failures_total{component="identity",what}`.
     pub fn unreported(&self, what: &'static str) {
         self.metrics.unreported(crate::NAME, what).inc();
     }
@@ -400,7 +400,7 @@ impl Provider {
         let env = envelope("sharedcare.events.v1.IdentityEvent", crate::NAME, subject, key, &e);
         // The event follows an answer already decided (a sign-in, a lockout), so there is no
         // caller to return this to: it is logged and counted on
-        // sharedcare_unreported_failures_total{service="identity",what="identity_event"}.
+        // sharedcare_unreported_failures_total{component="identity",what="identity_event"}.
         if let Err(err) = self.outbox.record(&sharedcare_kit::bus::topic(crate::NAME), env).await {
             self.unreported("identity_event");
             tracing::error!(error = %err, kind = kind.as_str(), "identity event could not be recorded");
