@@ -45,6 +45,10 @@ fn python_checks(script: &str, env: &[(&str, String)], done: &str) {
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    // The figures the checks print (timings, counts), shown with --nocapture.
+    for line in stdout.lines().filter(|l| !l.starts_with("ok: ")) {
+        println!("{line}");
+    }
     assert!(
         out.status.success() && stdout.contains(&format!("{done}: all checks passed")),
         "{stdout}\n{}",

@@ -14,6 +14,7 @@ every pod Ready.
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -96,7 +97,11 @@ values = {
     "extraConfig": "identity.seed_demo = true\n",
     "topologySpread": {"enabled": False},
     "services": {s: small for s in SERVICES},
+    # The operator as two pods electing a leader; the demo's integration client has
+    # identity.admin, which it needs.
+    "operator": {"enabled": True, "replicas": 2, "leaseSeconds": 6, "resyncSeconds": 30},
 }
+values["clients"]["operator"] = {"id": INTEGRATION[0], "secret": INTEGRATION[1]}
 values_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"install-{RUN}.yaml"
 values_file.write_text(yaml.safe_dump(values))
 
@@ -113,7 +118,7 @@ print(f"install: ready in {elapsed:.1f} s")
 
 deployments = json.loads(ok(kubectl("get", "deployments", "-o", "json"), "deployments"))["items"]
 ready = {d["metadata"]["name"].removeprefix("sc-sharedcare-"): d["status"].get("readyReplicas", 0) for d in deployments}
-check(ready == {s: 1 for s in SERVICES}, f"every service's pod is Ready through its probes: {ready}")
+check(ready == dict({s: 1 for s in SERVICES}, operator=2), f"every service's pod and both operator replicas are Ready through their probes: {ready}")
 pods = json.loads(ok(kubectl("get", "pods", "-o", "json"), "pods"))["items"]
 check(all(c["restartCount"] == 0 for p in pods for c in p["status"].get("containerStatuses", [])), "no pod restarted: the migrations were there before any service started")
 check(not json.loads(ok(kubectl("get", "jobs", "-o", "json"), "jobs"))["items"], "the migration Job completed and was removed (hook-succeeded)")
@@ -161,6 +166,110 @@ while got is None and time.monotonic() < deadline:
     got = read_back()
     time.sleep(0.5)
 check(got is not None and json.loads(got[1])["id"] == f"o-{RUN}", f"read back, decided by consent in its own pod: {got}")
+
+# `helm test`: the chart's own test pod asks every service's /readyz, identity's discovery
+# document and records' CapabilityStatement from inside the namespace.
+r = run(HELM, "test", "sc", "-n", NS, "--timeout", "2m", "--logs")
+ok(r, "helm test")
+check(r.stdout.count("ok http://") == len(SERVICES) + 2, f"helm test asked every service: {r.stdout[-1500:]}")
+
+# The operator, as two pods: one leads (the Lease), and a CareApp applied with kubectl becomes
+# a client in the running identity whose Secret gets a token through identity's Service.
+operators = sorted(p["metadata"]["name"] for p in pods if p["metadata"]["labels"].get("app.kubernetes.io/component") == "operator")
+check(len(operators) == 2, f"two operator pods: {operators}")
+
+
+def lease_holder():
+    r = kubectl("get", "lease", "sharedcare-operator", "-o", "json")
+    return json.loads(r.stdout)["spec"].get("holderIdentity") if r.returncode == 0 else None
+
+
+def wait(what, probe, seconds=90):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        got = probe()
+        if got:
+            return got
+        time.sleep(0.5)
+    check(False, f"{what} within {seconds} s")
+
+
+leader = wait("an operator replica leads", lambda: lease_holder() in operators and lease_holder())
+care = """apiVersion: sharedcare.nhs.uk/v1
+kind: CareOrganisation
+metadata: {name: sunrise}
+spec: {odsCode: VNX01, name: Sunrise Care Home, type: CareHome, parent: QN1}
+---
+apiVersion: sharedcare.nhs.uk/v1
+kind: CareApp
+metadata: {name: APP}
+spec:
+  organisationRef: {name: sunrise}
+  redirectUris: [https://APP.example.nhs.uk/cb]
+  grantTypes: [client_credentials]
+  scopes: [openid]
+"""
+
+
+def app_ready(name):
+    r = kubectl("get", "careapp", name, "-o", "json")
+    if r.returncode != 0:
+        return False
+    app = json.loads(r.stdout)
+    return any(c["type"] == "Ready" and c["status"] == "True" and c.get("observedGeneration") == app["metadata"]["generation"] for c in app.get("status", {}).get("conditions", []))
+
+
+def app_token(name):
+    secret = json.loads(ok(kubectl("get", "secret", f"{name}-oidc", "-o", "json"), f"{name}'s Secret"))["data"]
+    client_secret = base64.b64decode(secret["client_secret"]).decode()
+    auth = base64.b64encode(f"{NS}.{name}:{client_secret}".encode()).decode()
+    return http("POST", f"{identity}/oauth2/token", b"grant_type=client_credentials&scope=openid",
+                {"Authorization": f"Basic {auth}", "Content-Type": "application/x-www-form-urlencoded"})
+
+
+ok(run(KUBECTL, "-n", NS, "apply", "-f", "-", stdin=care.replace("APP", "handover")), "a CareOrganisation and a CareApp applied")
+wait("the CareApp is Ready (reconciled into identity)", lambda: app_ready("handover"))
+status, body = app_token("handover")
+check(status == 200 and "access_token" in body, f"the app's Secret gets a token from identity's Service: {status} {body[:200]}")
+# The leader's pod deleted: the other replica takes the Lease and reconciles the next app.
+ok(kubectl("delete", "pod", leader, "--wait=false"), "the leading operator pod deleted")
+follower = wait("another replica takes the Lease (the other one, or the deleted one's replacement)", lambda: lease_holder() not in (None, leader) and lease_holder())
+ok(run(KUBECTL, "-n", NS, "apply", "-f", "-", stdin=care.replace("APP", "rota").split("---\n", 1)[1]), "a second CareApp")
+wait("the second CareApp is Ready under the new leader", lambda: app_ready("rota"))
+status, body = app_token("rota")
+check(status == 200, f"the second app's Secret gets a token: {status} {body[:200]}")
+print(f"install: operator leader {leader} deleted, {follower} took over and reconciled the next app ({'the other replica' if follower in operators else 'its replacement'})")
+
+
+def scrape():
+    """Every Running pod's /metrics on its health port, as Prometheus would scrape it."""
+    out = {}
+    for p in json.loads(ok(kubectl("get", "pods", "-o", "json"), "pods"))["items"]:
+        component = p["metadata"]["labels"].get("app.kubernetes.io/component")
+        if component in SERVICES and p["status"].get("phase") == "Running" and "deletionTimestamp" not in p["metadata"]:
+            status, body = http("GET", f"http://{p['status']['podIP']}:9090/metrics")
+            check(status == 200, f"{p['metadata']['name']} serves /metrics on its health port: {status}")
+            out[component] = body
+    return out
+
+
+def sample(text, name, **labels):
+    """The value of the sample `name{labels}` in an exposition, or None."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, _, value = line.rpartition(" ")
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                return float(value)
+    return None
+
+
+# Every series the chart's alerts and dashboard use is one the pods export.
+r = run(HELM, "template", "sc", str(CHART), "-n", NS, "--kube-version", "1.34.4", "-f", str(values_file), "--set", "prometheusRule.enabled=true",
+        "--set", "grafanaDashboard.enabled=true", "--set", "serviceMonitor.enabled=true",
+        "-s", "templates/prometheusrule.yaml", "-s", "templates/dashboard.yaml")
+referenced = set(re.findall(r"\b(sharedcare_[a-z_]+)", ok(r, "the alerts and the dashboard rendered")))
+exported = {line.split("{")[0].split(" ")[0] for text in scrape().values() for line in text.splitlines() if line.startswith("sharedcare_")}
+check(len(referenced) >= 8 and referenced <= exported, f"every series the alerts and dashboard use is exported by the pods: missing {sorted(referenced - exported)}")
 
 # An upgrade to a new image tag, and a rollback, while a FHIR client writes and reads without
 # pause: readiness, preStop, graceful SIGTERM and the rolling update together must fail no
@@ -259,6 +368,91 @@ for w in writers:
 lost = [rid for rid in acked if http("GET", f"{records}/Observation/{rid}", None, {"Authorization": f"Bearer {token}"})[0] != 200]
 print(f"install: records killed: {len(acked)} writes acknowledged, {len(refused)} refused while it was down, {len(lost)} lost")
 check(len(acked) > 20 and not lost, f"every acknowledged write is there after the kill: lost {lost[:5]}")
+
+# The audit pod's process killed (SIGKILL) while a clinician system writes and reads: reads do
+# not wait for the audit log (each access is durably in records' outbox first), and once audit
+# is back and has caught up, every read that was answered is in the audit log exactly once.
+reads, read_failed = [], []
+stop.clear()
+
+
+def read_load(worker):
+    n = 0
+    while not stop.is_set():
+        n += 1
+        rid = f"a-{RUN}-{worker}-{n}"
+        status, body = http("PUT", f"{records}/Observation/{rid}", json.dumps(dict(observation, id=rid)).encode(), headers)
+        if status not in (200, 201):
+            read_failed.append(("PUT", status, body[:200]))
+            time.sleep(0.2)
+            continue
+        status, body = http("GET", f"{records}/Observation/{rid}", None, {"Authorization": f"Bearer {token}"})
+        (reads if status == 200 else read_failed).append(rid if status == 200 else ("GET", status, body[:200]))
+
+
+readers = [threading.Thread(target=read_load, args=(w,), daemon=True) for w in range(2)]
+for w in readers:
+    w.start()
+time.sleep(2)
+audit_pod = next(
+    p for p in json.loads(ok(kubectl("get", "pods", "-l", "app.kubernetes.io/component=audit", "-o", "json"), "the audit pod"))["items"]
+    if "deletionTimestamp" not in p["metadata"] and p["status"].get("containerStatuses", [{}])[0].get("ready")
+)
+container = audit_pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+before = len(reads)
+ok(run(os.environ["CLUSTER_SH"], "ctr", "tasks", "kill", "-s", "SIGKILL", container), "kill -9 the audit process")
+
+
+def audit_restarted():
+    pod = json.loads(ok(kubectl("get", "pod", audit_pod["metadata"]["name"], "-o", "json"), "the audit pod"))
+    status = pod["status"]["containerStatuses"][0]
+    return status["restartCount"] >= 1 and status["ready"]
+
+
+wait("the kubelet restarts the audit process and it is Ready again", audit_restarted, 120)
+during = len(reads) - before
+time.sleep(2)
+stop.set()
+for w in readers:
+    w.join()
+check(not read_failed and during > 0, f"reads and writes went on while the audit log was down ({during} reads answered then): failed {read_failed[:5]}")
+
+
+def caught_up():
+    metrics = scrape()
+    lag = sample(metrics.get("audit", ""), "sharedcare_consumer_lag", group="audit", topic="sharedcare.records.v1")
+    pending = sample(metrics.get("records", ""), "sharedcare_outbox_pending", component="records")
+    return lag == 0 and pending == 0
+
+
+# The gauges are measured every 10 s: wait one period past the last request, so a 0 read is
+# one measured after it.
+time.sleep(11)
+wait("records' outbox is empty and the audit consumer's lag is 0 (sharedcare_consumer_lag)", caught_up, 120)
+rows = ok(run("psql", f"{PG_URL.rsplit('/', 1)[0]}/{DB}", "-tAc", f"SELECT action, resources FROM audit.entries WHERE resources LIKE '%a-{RUN}-%'"), "the audit log's entries")
+entries = {}
+for line in rows.splitlines():
+    action, _, resources = line.partition("|")
+    for resource in json.loads(resources):
+        # "Observation/<id>/_history/<version>"
+        entries.setdefault((action, resource.split("/")[1]), []).append(resource)
+actions = sorted({a for a, _ in entries})
+read_action = next((a for a in actions if "read" in a), None)
+missing = [rid for rid in reads if len(entries.get((read_action, rid), [])) == 0]
+doubled = [rid for rid in reads if len(entries.get((read_action, rid), [])) > 1]
+print(f"install: audit killed: {len(reads)} reads answered ({during} while it restarted), {len(missing)} not audited, {len(doubled)} audited twice")
+check(len(reads) > 20 and not missing and not doubled, f"every answered read is in the audit log exactly once (actions {actions}): missing {missing[:5]}, doubled {doubled[:5]}")
+
+# The apps deleted while the operator runs: its finalizer deregisters each client from
+# identity, so their Secrets' credentials get no token. (Uninstall the operator after its
+# resources: otherwise nothing removes the finalizers.)
+handover_secret = json.loads(ok(kubectl("get", "secret", "handover-oidc", "-o", "json"), "handover's Secret"))["data"]
+ok(kubectl("delete", "careapps", "--all", "--wait", "--timeout=90s"), "the CareApps deleted, finalized by the operator")
+ok(kubectl("delete", "careorganisations", "--all", "--wait", "--timeout=90s"), "the CareOrganisation deleted")
+auth = base64.b64encode(f"{NS}.handover:{base64.b64decode(handover_secret['client_secret']).decode()}".encode()).decode()
+status, body = http("POST", f"{identity}/oauth2/token", b"grant_type=client_credentials&scope=openid",
+                    {"Authorization": f"Basic {auth}", "Content-Type": "application/x-www-form-urlencoded"})
+check(status == 401, f"a deleted app's client gets no token: {status} {body[:200]}")
 
 ok(run(HELM, "uninstall", "sc", "-n", NS, "--wait", "--timeout", "2m"), "helm uninstall")
 run("podman", "rmi", f"{registry}/{repository}:{next_tag}")

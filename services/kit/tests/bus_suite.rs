@@ -98,6 +98,8 @@ async fn ten_thousand_events_survive_a_consumer_crash(bus: Arc<dyn Bus>, topic: 
     let state = Arc::new(Mutex::new(Applied::default()));
     let applied = |s: &Arc<Mutex<Applied>>| s.lock().expect("lock").ids.len();
 
+    // The consumer-lag metric's source: a group that has applied nothing lags by everything.
+    assert_eq!(bus.lag(&group, topic).await.expect("lag"), EVENTS as i64);
     let first = consume(&bus, &group, topic, &state, Some(3_000), &CancellationToken::new());
     eventually(Duration::from_secs(120), "3,000 events before the crash", || async {
         applied(&state) >= 3_000
@@ -111,12 +113,25 @@ async fn ten_thousand_events_survive_a_consumer_crash(bus: Arc<dyn Bus>, topic: 
         "the consumer was killed mid-stream ({at_crash} applied)"
     );
 
+    // Read from the group's committed position, not the dead consumer's memory.
+    let behind = bus.lag(&group, topic).await.expect("lag");
+    assert!(
+        behind >= (EVENTS - at_crash) as i64 && behind < EVENTS as i64,
+        "lag after the crash: {behind} ({at_crash} applied)"
+    );
+
     let stop = CancellationToken::new();
     let second = consume(&bus, &group, topic, &state, None, &stop);
     eventually(
         Duration::from_secs(180),
         "all 10,000 events after the restart",
         || async { applied(&state) >= EVENTS },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "no lag once every event is applied",
+        || async { bus.lag(&group, topic).await.expect("lag") == 0 },
     )
     .await;
     stop.cancel();

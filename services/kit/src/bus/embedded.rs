@@ -231,6 +231,17 @@ impl Bus for EmbeddedBus {
         }])
     }
 
+    async fn lag(&self, group: &str, topic: &str) -> Result<i64> {
+        let position = self.position(group, topic).await?;
+        let row = sqlx::query("SELECT COUNT(*) FROM log WHERE topic = ?1 AND seq > ?2")
+            .bind(topic)
+            .bind(position)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::db("count unconsumed events"))?;
+        Ok(row.try_get(0)?)
+    }
+
     async fn health(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -502,6 +502,48 @@ impl Bus for KafkaBus {
         .map_err(|e| Error::Bus(format!("kafka extent: {e}")))?
     }
 
+    async fn lag(&self, group: &str, topic: &str) -> Result<i64> {
+        let (group, topic) = (self.physical(group), self.physical(topic));
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(10);
+            // A client of its own that reads the group's committed offsets (OffsetFetch)
+            // without joining the group.
+            let reader: rdkafka::consumer::BaseConsumer = config
+                .client()
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .map_err(|e| Error::Bus(format!("kafka offsets reader for {group}: {e}")))?;
+            let metadata = reader
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(|e| Error::Bus(format!("metadata of {topic}: {e}")))?;
+            let mut wanted = TopicPartitionList::new();
+            for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+                for p in t.partitions() {
+                    wanted.add_partition(&topic, p.id());
+                }
+            }
+            let committed = reader
+                .committed_offsets(wanted, timeout)
+                .map_err(|e| Error::Bus(format!("committed offsets of {group} on {topic}: {e}")))?;
+            let mut lag = 0;
+            for e in committed.elements() {
+                let (low, high) = reader
+                    .fetch_watermarks(&topic, e.partition(), timeout)
+                    .map_err(|err| Error::Bus(format!("watermarks of {topic}[{}]: {err}", e.partition())))?;
+                let position = match e.offset() {
+                    Offset::Offset(n) => n.max(low),
+                    _ => low,
+                };
+                lag += (high - position).max(0);
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(|e| Error::Bus(format!("kafka lag: {e}")))?
+    }
+
     async fn health(&self) -> Result<()> {
         let (producer, context) = (self.producer.clone(), self.context.clone());
         let (brokers, user) = (self.config.brokers.clone(), self.config.sasl_username.clone());

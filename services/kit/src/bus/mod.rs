@@ -151,6 +151,11 @@ pub trait Bus: Send + Sync + 'static {
     /// use it to know when they have caught up.
     async fn extent(&self, topic: &str) -> Result<Vec<Extent>>;
 
+    /// How many events of `topic` consumer group `group` has not yet applied: each
+    /// partition's end against the group's committed position (the whole retained partition
+    /// when the group has committed nothing there). For the consumer-lag metric.
+    async fn lag(&self, group: &str, topic: &str) -> Result<i64>;
+
     /// Checks the bus can be reached (for start-up and `/readyz`).
     async fn health(&self) -> Result<()>;
 
