@@ -133,6 +133,8 @@ fn helm_installs_the_chart_with_its_hooks_on_a_real_node_and_upgrades_and_rolls_
         ("IMAGE", exported("TEST_IMAGE")),
         ("PG_URL", exported("TEST_POSTGRES_URL")),
         ("CLUSTER_SH", root().join("infra/cluster.sh").display().to_string()),
+        ("BINARY", crate::harness::binary().display().to_string()),
+        ("NODE_DIR", crate::oidc_node::node_dir().display().to_string()),
     ];
     python_checks("install_checks.py", &env, "install");
 }

@@ -364,4 +364,22 @@ check(r.returncode != 0 and "shutdown.preStopSeconds (30) must be less than shut
 r = helm("template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / "minimal-values.yaml"), "--set", "database.url=")
 check(r.returncode != 0 and "database.url is required" in r.stderr, "a database is required: " + r.stderr.strip()[:160])
 
+# A service outside the cluster without an ingress: its own NodePort/LoadBalancer Service with
+# only the ports asked for, admitted from the peers named; never the health port.
+docs = render(
+    "minimal-values.yaml",
+    "services.connectors.external.enabled=true", "services.connectors.external.type=LoadBalancer",
+    "services.connectors.external.ports={mllp}", "services.connectors.external.from[0].ipBlock.cidr=10.20.0.0/16",
+)
+external = of(docs, "Service")["sc-sharedcare-connectors-external"]["spec"]
+check(external["type"] == "LoadBalancer" and [(x["name"], x["port"]) for x in external["ports"]] == [("mllp", 2575)], f"an external Service with MLLP only: {external}")
+check(not any(name.endswith("-external") for name in of(docs, "Service") if name != "sc-sharedcare-connectors-external"), "no other service is exposed")
+admitted = [r for r in of(docs, "NetworkPolicy")["sc-sharedcare-connectors"]["spec"]["ingress"] if {"ipBlock": {"cidr": "10.20.0.0/16"}} in r.get("from", [])]
+check([p["port"] for r in admitted for p in r["ports"]] == [2575], f"its NetworkPolicy admits the named peers to MLLP only: {admitted}")
+r = helm("template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / "minimal-values.yaml"), "--set", "services.identity.external.enabled=true",
+         "--set", "services.identity.external.type=NodePort", "--set", "services.identity.external.ports={health}", "--set", "services.identity.external.from[0].ipBlock.cidr=0.0.0.0/0")
+check(r.returncode != 0 and "/services/identity/external/ports/0" in r.stderr, "the health port is never exposed: " + r.stderr.strip()[:200])
+r = helm("template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / "minimal-values.yaml"), "--set", "services.identity.external.enabled=true")
+check(r.returncode != 0 and "missing properties 'type', 'ports', 'from'" in r.stderr, "an external Service must say its type, ports and who may reach it: " + r.stderr.strip()[:200])
+
 print("chart: all checks passed")

@@ -11,6 +11,7 @@ passed" at the end, and a line "install: ready in <s> s" with the time from `hel
 every pod Ready.
 """
 
+import atexit
 import base64
 import json
 import os
@@ -77,9 +78,25 @@ for what, port in (("Postgres", pg.port), ("Kafka", 19095)):
         reachable = False
     check(reachable, f"{what} listens on {NODE}:{port} for the pods (start infra/cluster.sh before infra/postgres.sh and infra/kafka.sh, as the test command does)")
 ok(run("psql", PG_URL, "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {DB}"), f"database {DB}")
+
+
+@atexit.register
+def clean_up():
+    # Also after a failed check: the namespace goes (its CareApps' finalizers dropped, since
+    # the operator may be gone first), and the run's database.
+    for kind in ("careapps", "careorganisations"):
+        for name in run(KUBECTL, "-n", NS, "get", kind, "-o", "name").stdout.split():
+            run(KUBECTL, "-n", NS, "patch", name, "--type", "merge", "-p", '{"metadata":{"finalizers":[]}}')
+    run(KUBECTL, "delete", "namespace", NS, "--wait=false")
+    run("psql", PG_URL, "-c", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+
 repository, tag = IMAGE.rsplit(":", 1)
 registry, repository = repository.split("/", 1)
-issuer = f"http://sc-sharedcare-identity.{NS}.svc.cluster.local:8080"
+# Identity outside the cluster through its own NodePort Service (no ingress controller can be
+# built here): the issuer is that address, which the browser, the relying party and the FHIR
+# client on the host reach; the pods verify tokens through identity's ClusterIP Service.
+NODE_PORT = 30000 + int(RUN, 16) % 2700
+issuer = f"http://{NODE}:{NODE_PORT}"
 small = {"replicas": 1, "autoscaling": {"enabled": False}, "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "512Mi"}}}
 values = {
     "issuer": issuer,
@@ -96,7 +113,10 @@ values = {
     "feeds": [INTEGRATION[0]],
     "extraConfig": "identity.seed_demo = true\n",
     "topologySpread": {"enabled": False},
-    "services": {s: small for s in SERVICES},
+    "services": dict({s: small for s in SERVICES}, identity=dict(small, external={
+        "enabled": True, "type": "NodePort", "ports": ["http"], "nodePorts": {"http": NODE_PORT},
+        "from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+    })),
     # The operator as two pods electing a leader; the demo's integration client has
     # identity.admin, which it needs.
     "operator": {"enabled": True, "replicas": 2, "leaseSeconds": 6, "resyncSeconds": 30},
@@ -136,6 +156,32 @@ def cluster_ip(service):
 identity = f"http://{cluster_ip('identity')}:8080"
 status, body = http("GET", f"{identity}/.well-known/openid-configuration")
 check(status == 200 and json.loads(body)["issuer"] == issuer, f"identity's discovery document names the issuer: {status} {body[:200]}")
+status, body = http("GET", f"{issuer}/.well-known/openid-configuration")
+check(status == 200 and json.loads(body)["issuer"] == issuer, f"and so does its external NodePort Service, at the issuer: {status} {body[:200]}")
+
+# The demo's clinical record written into the installed platform as its integration engine
+# would, through records' and consent's Services; then a GP signs in, in Chromium, on the
+# login pages from the identity pod, and reads a demo patient's record from the records pod.
+def sharedcare(*args):
+    # Without the test run's SHAREDCARE_* tool paths, which the binary would read as settings.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHAREDCARE_")}
+    return subprocess.run([os.environ["BINARY"], *args], capture_output=True, text=True, check=False, env=clean)
+
+
+grpc = lambda service: f"http://{cluster_ip(service)}:50051"
+ok(sharedcare("demo", "--issuer", issuer, "seed", "--grpc", grpc("records"), "--consent", grpc("consent")), "sharedcare demo seed into the pods")
+demo = json.loads(ok(sharedcare("demo", "--issuer", issuer), "the demo's people and clients"))
+gp = next(s for s in demo["staff"] if s["username"] == "gp")
+portal_client = next(c for c in demo["clients"] if c["client_id"] == PORTAL[0])
+r = subprocess.run(
+    ["node", str(Path(os.environ["NODE_DIR"]) / "pods.mjs")], cwd=os.environ["NODE_DIR"], capture_output=True, text=True, check=False,
+    env=dict(os.environ, ISSUER=issuer, CLIENT_ID=PORTAL[0], CLIENT_SECRET=PORTAL[1], REDIRECT_URI=portal_client["redirect_uris"][0],
+             USERNAME="gp", PASSWORD=gp["password"], STAFF_TOTP=json.dumps({"gp": gp["totp_secret"]}),
+             RECORDS=f"http://{cluster_ip('records')}:8080/fhir/R4", NHS=demo["patients"][0]["nhs_number"]),
+)
+ok(r, "a GP signs in (Chromium, openid-client) and reads a demo patient's record from the pods")
+print(next((line for line in r.stdout.splitlines() if line.startswith("pods: ")), r.stdout[-300:]).replace("pods:", "install:"))
+
 basic = base64.b64encode(f"{INTEGRATION[0]}:{INTEGRATION[1]}".encode()).decode()
 status, body = http(
     "POST", f"{identity}/oauth2/token", b"grant_type=client_credentials&scope=records.read+records.write",
@@ -145,7 +191,8 @@ check(status == 200, f"a client_credentials token: {status} {body[:200]}")
 token = json.loads(body)["access_token"]
 records = f"http://{cluster_ip('records')}:8080/fhir/R4"
 headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json", "X-Source-Organisation": "RXX01"}
-nhs = "9434765919"
+# Not a demo patient: the demo record is seeded into this install below.
+nhs = "9000000009"
 patient = {"resourceType": "Patient", "id": f"p-{RUN}", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
            "name": [{"family": "Smith", "given": ["Alex"]}], "birthDate": "1970-01-01"}
 observation = {"resourceType": "Observation", "id": f"o-{RUN}", "status": "final",
@@ -456,7 +503,5 @@ check(status == 401, f"a deleted app's client gets no token: {status} {body[:200
 
 ok(run(HELM, "uninstall", "sc", "-n", NS, "--wait", "--timeout", "2m"), "helm uninstall")
 run("podman", "rmi", f"{registry}/{repository}:{next_tag}")
-run(KUBECTL, "delete", "namespace", NS, "--wait=false")
-run("psql", PG_URL, "-c", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
 values_file.unlink()
 print("install: all checks passed")

@@ -206,3 +206,20 @@ true, the migration Job's (which runs before the chart's own Secret exists).
 {{- if and $svc.enabled (not (hasKey $own $name)) -}}yes{{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The number of a port a service's external Service carries: (dict "root" $ "name" "connectors"
+"port" "mllp"); mllp is the service's own (services.<name>.mllp.port), and only the connectors
+have one.
+*/}}
+{{- define "sharedcare.externalPort" -}}
+{{- if eq .port "mllp" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- if not $svc.mllp -}}
+{{- fail (printf "services.%s.external.ports: %s has no mllp port" .name .name) -}}
+{{- end -}}
+{{- $svc.mllp.port -}}
+{{- else -}}
+{{- index .root.Values.ports .port -}}
+{{- end -}}
+{{- end -}}

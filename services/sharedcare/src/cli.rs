@@ -180,9 +180,13 @@ pub enum DemoCommand {
     /// Write the demo ICS's clinical record into a running demo platform (what `up` does on
     /// its first start), as its integration engine: only into an empty record.
     Seed {
-        /// Records' and consent's gRPC endpoint (default: `grpc.listen`).
+        /// Records' gRPC endpoint (default: `grpc.listen`).
         #[arg(long, value_name = "URL")]
         grpc: Option<String>,
+        /// Consent's gRPC endpoint, where it is not records' (each its own Service in a
+        /// cluster; default: the same as `--grpc`).
+        #[arg(long, value_name = "URL")]
+        consent: Option<String>,
     },
 }
 
@@ -344,10 +348,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         files.join(", ")
                     );
                 }
-                Some(DemoCommand::Seed { grpc }) => {
+                Some(DemoCommand::Seed { grpc, consent }) => {
                     let grpc = grpc.unwrap_or_else(|| format!("http://{}", config.grpc.listen));
+                    let consent = consent.unwrap_or_else(|| grpc.clone());
                     let today = chrono::Utc::now().date_naive();
-                    let seeded = crate::demo_seed::seed(&base, &grpc, today).await?;
+                    let seeded = crate::demo_seed::seed(&base, &grpc, &consent, today).await?;
                     println!("{}", seeded.describe()?);
                 }
             }

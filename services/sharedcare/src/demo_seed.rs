@@ -52,8 +52,9 @@ impl Seeded {
 const LABELS: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 
 /// Seeds the demo record as of `today` through the platform whose identity serves at `http`
-/// (its token endpoint) and whose records and consent serve gRPC at `grpc`.
-pub async fn seed(http: &str, grpc: &str, today: NaiveDate) -> anyhow::Result<Seeded> {
+/// (its token endpoint), whose records serve gRPC at `grpc` and consent at `consent_grpc`
+/// (the same address in `up`; separate Services in a cluster).
+pub async fn seed(http: &str, grpc: &str, consent_grpc: &str, today: NaiveDate) -> anyhow::Result<Seeded> {
     let demo = records(today);
     let token = ServiceToken::new(
         format!("{}/oauth2/token", http.trim_end_matches('/')),
@@ -68,7 +69,7 @@ pub async fn seed(http: &str, grpc: &str, today: NaiveDate) -> anyhow::Result<Se
     let channel = Channel::from_shared(grpc.to_string())?
         .connect()
         .await
-        .with_context(|| format!("cannot reach records and consent at {grpc}"))?;
+        .with_context(|| format!("cannot reach records at {grpc}"))?;
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {bearer}").parse().context("token")?;
     let mut records_api = RecordsClient::new(channel.clone());
     let held = records_api
@@ -86,7 +87,15 @@ pub async fn seed(http: &str, grpc: &str, today: NaiveDate) -> anyhow::Result<Se
             resources: held.resources,
         });
     }
-    let mut consent = ConsentClient::new(channel);
+    let consent_channel = if consent_grpc == grpc {
+        channel
+    } else {
+        Channel::from_shared(consent_grpc.to_string())?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach consent at {consent_grpc}"))?
+    };
+    let mut consent = ConsentClient::new(consent_channel);
     for r in &demo {
         for code in &r.withholds {
             let directive = json!({

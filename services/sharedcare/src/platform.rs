@@ -266,7 +266,7 @@ async fn seed_demo_record(running: &Running) {
     let today = chrono::Utc::now().date_naive();
     let http = format!("http://{}", loopback_if_unspecified(running.http));
     let grpc = format!("http://{}", loopback_if_unspecified(running.grpc));
-    match crate::demo_seed::seed(&http, &grpc, today).await {
+    match crate::demo_seed::seed(&http, &grpc, &grpc, today).await {
         Ok(s @ crate::demo_seed::Seeded::Wrote { .. }) => {
             if let Ok(said) = s.describe() {
                 tracing::info!("{said}");
