@@ -159,6 +159,10 @@ check(status == 200 and json.loads(body)["issuer"] == issuer, f"identity's disco
 status, body = http("GET", f"{issuer}/.well-known/openid-configuration")
 check(status == 200 and json.loads(body)["issuer"] == issuer, f"and so does its external NodePort Service, at the issuer: {status} {body[:200]}")
 
+# The start page (the ingress sends exactly "/" to the portal) from the portal's pod.
+status, body = http("GET", f"http://{cluster_ip('portal')}:8080/")
+check(status == 200 and "One record for everyone who cares for you" in body and "Sign in once" in body, f"the start page from the portal's pod: {status} {body[:200]}")
+
 # The demo's clinical record written into the installed platform as its integration engine
 # would, through records' and consent's Services; then a GP signs in, in Chromium, on the
 # login pages from the identity pod, and reads a demo patient's record from the records pod.
