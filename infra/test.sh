@@ -56,7 +56,7 @@ fi
 # the image, built with podman (no Docker daemon here) and run by the e2e tests; then a real API
 # server, and a real node that runs pods.
 tools="$(infra/tools.sh)" || exit 1
-for name in helm dockerfile-lint kubectl otelcol tlog-client; do
+for name in helm dockerfile-lint kubectl otelcol tlog-client promql-check; do
   var="SHAREDCARE_$(tr 'a-z-' 'A-Z_' <<<"$name")"
   export "$var=$(sed -n "s/^$name=//p" <<<"$tools")"
 done

@@ -8,6 +8,8 @@
 #   otelcol         tools/otelcol (an OpenTelemetry Collector: OTLP receiver, file exporter)
 #   tlog-client     tools/tlog-client (golang.org/x/mod/sumdb/tlog and note: an independent
 #                   client of the audit log's checkpoints and tiles)
+#   promql-check    tools/promql-check (Prometheus' own PromQL parser, for the chart's alerts
+#                   and dashboard)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${SHAREDCARE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sharedcare}"
@@ -48,8 +50,16 @@ if [ ! -x "$tlog" ]; then
   (cd "$root/tools/tlog-client" && go build -o "$tlog" .) >&2
 fi
 
+key=$(cat "$root/tools/promql-check/main.go" "$root/tools/promql-check/go.sum" | sha256sum | cut -c1-12)
+promql="$cache/promql-check-$key/promql-check"
+if [ ! -x "$promql" ]; then
+  echo "tools.sh: building promql-check (once per machine)" >&2
+  (cd "$root/tools/promql-check" && go build -o "$promql" .) >&2
+fi
+
 echo "helm=$helm"
 echo "dockerfile-lint=$lint"
 echo "otelcol=$otelcol"
 echo "tlog-client=$tlog"
+echo "promql-check=$promql"
 "$root/infra/kube.sh" build

@@ -62,7 +62,12 @@ fn the_chart_lints_renders_what_platform_teams_rely_on_and_refuses_bad_values() 
     let binary = crate::harness::binary().display().to_string();
     python_checks(
         "chart_checks.py",
-        &[("HELM", tool("helm")), ("CHART", chart), ("BINARY", binary)],
+        &[
+            ("HELM", tool("helm")),
+            ("CHART", chart),
+            ("BINARY", binary),
+            ("PROMQL_CHECK", tool("promql-check")),
+        ],
         "chart",
     );
 }

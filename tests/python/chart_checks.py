@@ -1,6 +1,7 @@
 """Checks of the Helm chart (charts/sharedcare) with helm itself: `helm lint` and `helm template`
 for each value set in charts/sharedcare/ci/, then what a platform team relies on in what it
-renders. Environment: HELM (the helm binary), CHART (the chart directory). Prints
+renders. Environment: HELM (the helm binary), CHART (the chart directory), PROMQL_CHECK
+(tools/promql-check). Prints
 "chart: all checks passed" at the end.
 """
 
@@ -270,6 +271,14 @@ check(of(docs, "ConfigMap")["sc-sharedcare-dashboard"]["metadata"]["labels"]["gr
 exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
 for metric in ["sharedcare_requests_total", "sharedcare_request_duration_seconds_bucket", "sharedcare_consent_failures_total", "sharedcare_outbox_oldest_age_seconds", "sharedcare_consumer_lag", "sharedcare_consumed_events_total"]:
     check(metric in exprs, f"the dashboard shows {metric}")
+# Every expression parses with Prometheus' own PromQL parser (as Prometheus loads the rules),
+# and the parser refuses a broken one (so the check can fail).
+exprs = {f"alert {name}": a["expr"] for name, a in alerts.items()}
+exprs.update({f"panel {p['title']} {t['refId']}": t["expr"].replace("$namespace", "default") for p in dashboard["panels"] for t in p["targets"]})
+r = subprocess.run([os.environ["PROMQL_CHECK"]], input=json.dumps(exprs), capture_output=True, text=True, check=False)
+check(r.returncode == 0 and r.stdout.count("ok ") == len(exprs), f"every alert and panel expression parses: {r.stdout.strip()} {r.stderr.strip()}")
+r = subprocess.run([os.environ["PROMQL_CHECK"]], input=json.dumps({"broken": "sum(rate(sharedcare_requests_total[5m]) >"}), capture_output=True, text=True, check=False)
+check(r.returncode == 1 and "FAILED broken" in r.stdout, f"and a broken one is refused: {r.stdout.strip()}")
 check(not of(render("minimal-values.yaml"), "PrometheusRule"), "no PrometheusRule unless asked")
 
 # `helm test`: a pod asking every service's /readyz, admitted to the health port by each policy.
