@@ -3,6 +3,7 @@ plain HTTP request to the facade with a bearer token (for what a FHIR client lib
 
 import os
 import sys
+import time
 
 import requests
 
@@ -14,6 +15,17 @@ def check(cond, what):
         print(f"FAILED: {what}", file=sys.stderr)
         sys.exit(1)
     print(f"ok: {what}")
+
+
+def poll(condition, seconds, every=0.5):
+    """`condition()`'s first truthy value within `seconds`, else None."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        got = condition()
+        if got:
+            return got
+        time.sleep(every)
+    return None
 
 
 def http(method, path, token, **kw):

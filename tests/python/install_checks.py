@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import yaml
-from checks import check
+from checks import check, poll
 
 KUBECTL = os.environ["KUBECTL"]
 HELM = os.environ["HELM"]
@@ -236,13 +236,9 @@ def lease_holder():
 
 
 def wait(what, probe, seconds=90):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        got = probe()
-        if got:
-            return got
-        time.sleep(0.5)
-    check(False, f"{what} within {seconds} s")
+    got = poll(probe, seconds)
+    check(got, f"{what} within {seconds} s")
+    return got
 
 
 leader = wait("an operator replica leads", lambda: lease_holder() in operators and lease_holder())
@@ -322,38 +318,69 @@ referenced = set(re.findall(r"\b(sharedcare_[a-z_]+)", ok(r, "the alerts and the
 exported = {line.split("{")[0].split(" ")[0] for text in scrape().values() for line in text.splitlines() if line.startswith("sharedcare_")}
 check(len(referenced) >= 8 and referenced <= exported, f"every series the alerts and dashboard use is exported by the pods: missing {sorted(referenced - exported)}")
 
+def under_load(prefix, read_back):
+    """Two clients writing new Observations (and, with `read_back`, reading each back) until
+    stopped: returns (begin, end) and the lists of acknowledged writes, answered reads and
+    failures ((method, status, body) each)."""
+    acked, answered, failed = [], [], []
+    halt = threading.Event()
+
+    def client(worker):
+        n = 0
+        while not halt.is_set():
+            n += 1
+            rid = f"{prefix}-{RUN}-{worker}-{n}"
+            status, body = http("PUT", f"{records}/Observation/{rid}", json.dumps(dict(observation, id=rid)).encode(), headers)
+            if status not in (200, 201):
+                failed.append(("PUT", status, body[:200]))
+                time.sleep(0.2)
+                continue
+            acked.append(rid)
+            if read_back:
+                status, body = http("GET", f"{records}/Observation/{rid}", None, {"Authorization": f"Bearer {token}"})
+                (answered if status == 200 else failed).append(rid if status == 200 else ("GET", status, body[:200]))
+
+    threads = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(2)]
+
+    def begin():
+        for t in threads:
+            t.start()
+        time.sleep(2)
+
+    def end():
+        time.sleep(2)
+        halt.set()
+        for t in threads:
+            t.join()
+
+    return begin, end, acked, answered, failed
+
+
+def crash(component):
+    """SIGKILL to `component`'s process through the node's containerd (a crash: no shutdown),
+    then waits for the kubelet to restart it and for it to be Ready again."""
+    pod = next(
+        p for p in json.loads(ok(kubectl("get", "pods", "-l", f"app.kubernetes.io/component={component}", "-o", "json"), f"the {component} pod"))["items"]
+        if "deletionTimestamp" not in p["metadata"] and p["status"].get("containerStatuses", [{}])[0].get("ready")
+    )
+    container = pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+    ok(run(os.environ["CLUSTER_SH"], "ctr", "tasks", "kill", "-s", "SIGKILL", container), f"kill -9 the {component} process")
+
+    def restarted():
+        status = json.loads(ok(kubectl("get", "pod", pod["metadata"]["name"], "-o", "json"), f"the {component} pod"))["status"]["containerStatuses"][0]
+        return status["restartCount"] >= 1 and status["ready"]
+
+    wait(f"the kubelet restarts the {component} process and it is Ready again", restarted, 120)
+
+
 # An upgrade to a new image tag, and a rollback, while a FHIR client writes and reads without
 # pause: readiness, preStop, graceful SIGTERM and the rolling update together must fail no
 # request.
 next_tag = f"{tag}-next"
 ok(run("podman", "tag", IMAGE, f"{registry}/{repository}:{next_tag}"), "a new tag of the image")
 ok(run(os.environ["CLUSTER_SH"], "load", f"{registry}/{repository}:{next_tag}"), "loaded into the node")
-stop = threading.Event()
-served, failed = [0], []
-
-
-def load(worker):
-    n = 0
-    while not stop.is_set():
-        n += 1
-        rid = f"u-{RUN}-{worker}-{n}"
-        obs = dict(observation, id=rid)
-        status, body = http("PUT", f"{records}/Observation/{rid}", json.dumps(obs).encode(), headers)
-        if status not in (200, 201):
-            failed.append(("PUT", status, body[:200]))
-            continue
-        status, body = http("GET", f"{records}/Observation/{rid}", None, {"Authorization": f"Bearer {token}"})
-        if status != 200:
-            failed.append(("GET", status, body[:200]))
-            continue
-        served[0] += 2
-
-
-# Daemon threads: a failed check ends the run instead of waiting on them.
-workers = [threading.Thread(target=load, args=(w,), daemon=True) for w in range(2)]
-for w in workers:
-    w.start()
-time.sleep(2)
+begin, end, acked, answered, failed = under_load("u", read_back=True)
+begin()
 t = time.monotonic()
 up = run(HELM, "upgrade", "sc", str(CHART), "-n", NS, "--reuse-values", "--set", f"image.tag={next_tag}", "--wait", "--timeout", "5m")
 upgrade_s = time.monotonic() - t
@@ -361,111 +388,34 @@ images = {c["image"] for p in json.loads(ok(kubectl("get", "pods", "-o", "json")
 t = time.monotonic()
 back = run(HELM, "rollback", "sc", "1", "-n", NS, "--wait", "--timeout", "5m")
 rollback_s = time.monotonic() - t
-time.sleep(2)
-stop.set()
-for w in workers:
-    w.join()
+end()
+served = len(acked) + len(answered)
 ok(up, "helm upgrade to a new image tag under load")
 check(images == {f"{registry}/{repository}:{next_tag}"}, f"every pod runs the new tag after the upgrade: {images}")
 ok(back, "helm rollback under load")
-print(f"install: upgrade {upgrade_s:.1f} s, rollback {rollback_s:.1f} s, {served[0]} requests served, {len(failed)} failed")
-check(served[0] > 50 and not failed, f"no request failed during the upgrade and the rollback ({served[0]} served): {failed[:5]}")
+print(f"install: upgrade {upgrade_s:.1f} s, rollback {rollback_s:.1f} s, {served} requests served, {len(failed)} failed")
+check(served > 50 and not failed, f"no request failed during the upgrade and the rollback ({served} served): {failed[:5]}")
 
-# The records process killed (SIGKILL, through the node's containerd: a crash, no shutdown)
-# while writes go on: requests fail until the kubelet has restarted it, but no write that was
-# acknowledged is lost.
-acked, refused = [], []
-stop.clear()
-
-
-def write(worker):
-    n = 0
-    while not stop.is_set():
-        n += 1
-        rid = f"k-{RUN}-{worker}-{n}"
-        status, _ = http("PUT", f"{records}/Observation/{rid}", json.dumps(dict(observation, id=rid)).encode(), headers)
-        (acked if status in (200, 201) else refused).append(rid)
-        if status not in (200, 201):
-            time.sleep(0.2)
-
-
-writers = [threading.Thread(target=write, args=(w,), daemon=True) for w in range(2)]
-for w in writers:
-    w.start()
-time.sleep(2)
+# The records process killed while writes go on: requests fail until the kubelet has restarted
+# it, but no write that was acknowledged is lost.
 ok(kubectl("rollout", "status", "deployment/sc-sharedcare-records", "--timeout=120s"), "records rolled back")
-victim = next(
-    p for p in json.loads(ok(kubectl("get", "pods", "-l", "app.kubernetes.io/component=records", "-o", "json"), "the records pod"))["items"]
-    if "deletionTimestamp" not in p["metadata"] and p["status"].get("containerStatuses", [{}])[0].get("ready")
-)
-container = victim["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
-ok(run(os.environ["CLUSTER_SH"], "ctr", "tasks", "kill", "-s", "SIGKILL", container), "kill -9 the records process")
-
-
-def restarted():
-    pod = json.loads(ok(kubectl("get", "pod", victim["metadata"]["name"], "-o", "json"), "the records pod"))
-    status = pod["status"]["containerStatuses"][0]
-    return status["restartCount"] >= 1 and status["ready"]
-
-
-deadline = time.monotonic() + 120
-while time.monotonic() < deadline and not restarted():
-    time.sleep(0.5)
-check(restarted(), "the kubelet restarts the killed process and it is Ready again")
-time.sleep(2)
-stop.set()
-for w in writers:
-    w.join()
+begin, end, acked, _, refused = under_load("k", read_back=False)
+begin()
+crash("records")
+end()
 lost = [rid for rid in acked if http("GET", f"{records}/Observation/{rid}", None, {"Authorization": f"Bearer {token}"})[0] != 200]
 print(f"install: records killed: {len(acked)} writes acknowledged, {len(refused)} refused while it was down, {len(lost)} lost")
 check(len(acked) > 20 and not lost, f"every acknowledged write is there after the kill: lost {lost[:5]}")
 
-# The audit pod's process killed (SIGKILL) while a clinician system writes and reads: reads do
-# not wait for the audit log (each access is durably in records' outbox first), and once audit
-# is back and has caught up, every read that was answered is in the audit log exactly once.
-reads, read_failed = [], []
-stop.clear()
-
-
-def read_load(worker):
-    n = 0
-    while not stop.is_set():
-        n += 1
-        rid = f"a-{RUN}-{worker}-{n}"
-        status, body = http("PUT", f"{records}/Observation/{rid}", json.dumps(dict(observation, id=rid)).encode(), headers)
-        if status not in (200, 201):
-            read_failed.append(("PUT", status, body[:200]))
-            time.sleep(0.2)
-            continue
-        status, body = http("GET", f"{records}/Observation/{rid}", None, {"Authorization": f"Bearer {token}"})
-        (reads if status == 200 else read_failed).append(rid if status == 200 else ("GET", status, body[:200]))
-
-
-readers = [threading.Thread(target=read_load, args=(w,), daemon=True) for w in range(2)]
-for w in readers:
-    w.start()
-time.sleep(2)
-audit_pod = next(
-    p for p in json.loads(ok(kubectl("get", "pods", "-l", "app.kubernetes.io/component=audit", "-o", "json"), "the audit pod"))["items"]
-    if "deletionTimestamp" not in p["metadata"] and p["status"].get("containerStatuses", [{}])[0].get("ready")
-)
-container = audit_pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+# The audit process killed while a clinician system writes and reads: reads do not wait for the
+# audit log (each access is durably in records' outbox first), and once audit is back and has
+# caught up, every read that was answered is in the audit log exactly once.
+begin, end, _, reads, read_failed = under_load("a", read_back=True)
+begin()
 before = len(reads)
-ok(run(os.environ["CLUSTER_SH"], "ctr", "tasks", "kill", "-s", "SIGKILL", container), "kill -9 the audit process")
-
-
-def audit_restarted():
-    pod = json.loads(ok(kubectl("get", "pod", audit_pod["metadata"]["name"], "-o", "json"), "the audit pod"))
-    status = pod["status"]["containerStatuses"][0]
-    return status["restartCount"] >= 1 and status["ready"]
-
-
-wait("the kubelet restarts the audit process and it is Ready again", audit_restarted, 120)
+crash("audit")
 during = len(reads) - before
-time.sleep(2)
-stop.set()
-for w in readers:
-    w.join()
+end()
 check(not read_failed and during > 0, f"reads and writes went on while the audit log was down ({during} reads answered then): failed {read_failed[:5]}")
 
 

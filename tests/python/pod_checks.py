@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import yaml
-from checks import check
+from checks import check, poll
 
 KUBECTL = os.environ["KUBECTL"]
 HELM = os.environ["HELM"]
@@ -35,14 +35,8 @@ def ok(r, what):
     return r.stdout
 
 
-def wait(what, condition, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        got = condition()
-        if got:
-            return got
-        time.sleep(1)
-    return None
+def wait(_what, condition, seconds):
+    return poll(condition, seconds, every=1)
 
 
 # The chart's own security settings, as it renders them for records.
