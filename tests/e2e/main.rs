@@ -23,6 +23,7 @@ mod kubernetes;
 mod layers;
 mod oidc_node;
 mod operator;
+mod overload;
 mod passport;
 mod patient_search;
 mod portal;

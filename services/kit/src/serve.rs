@@ -111,6 +111,10 @@ pub struct Listen {
     /// A port of their own for `/healthz`, `/readyz` and `/metrics`, which the HTTP address
     /// then no longer serves: probes and scrapes reach them, routes to the public never do.
     pub health: Option<SocketAddr>,
+    /// Requests (HTTP and gRPC together) served at once; one more is refused at once (503
+    /// or RESOURCE_EXHAUSTED, naming the setting) rather than queued. Probes and scrapes are
+    /// never refused.
+    pub max_in_flight: usize,
 }
 
 /// A started process. Dropping it does not stop it: call [`Running::stop`].
@@ -149,6 +153,7 @@ pub struct Bound {
     pub http_addr: SocketAddr,
     /// The bound gRPC address.
     pub grpc_addr: SocketAddr,
+    max_in_flight: usize,
 }
 
 /// Binds the HTTP and gRPC listeners.
@@ -167,6 +172,7 @@ pub async fn bind_all(listen: Listen) -> Result<Bound> {
         health,
         http_addr,
         grpc_addr,
+        max_in_flight: listen.max_in_flight.max(1),
     })
 }
 
@@ -192,6 +198,7 @@ pub async fn start(
         health: health_listener,
         http_addr,
         grpc_addr,
+        max_in_flight,
     } = bound;
 
     let mut servers = Vec::new();
@@ -285,6 +292,7 @@ pub async fn start(
             metrics: metrics.clone(),
             protocol: "grpc",
             in_flight: in_flight.clone(),
+            max_in_flight,
         },
         observe,
     )))
@@ -336,6 +344,7 @@ pub async fn start(
             metrics,
             protocol: "http",
             in_flight: in_flight.clone(),
+            max_in_flight,
         },
         observe,
     ));
@@ -447,6 +456,35 @@ struct Observe {
     metrics: Metrics,
     protocol: &'static str,
     in_flight: Arc<AtomicUsize>,
+    max_in_flight: usize,
+}
+
+/// What a request over `max_in_flight` gets at once: 503 with Retry-After (an
+/// OperationOutcome on the FHIR API), or RESOURCE_EXHAUSTED; each names the setting.
+fn overloaded(protocol: &str, path: &str, max_in_flight: usize) -> Response {
+    let message = format!(
+        "this service is answering its limit of {max_in_flight} requests at once (max_in_flight); retry shortly"
+    );
+    if protocol == "grpc" {
+        return tonic::Status::resource_exhausted(message).into_http::<axum::body::Body>();
+    }
+    let mut res = if path.starts_with("/fhir/") {
+        (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            [(http::header::CONTENT_TYPE, "application/fhir+json")],
+            serde_json::json!({
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "transient", "diagnostics": message}],
+            })
+            .to_string(),
+        )
+            .into_response()
+    } else {
+        (http::StatusCode::SERVICE_UNAVAILABLE, message).into_response()
+    };
+    res.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    res
 }
 
 /// Decrements the in-flight count when a request finishes (or is dropped).
@@ -462,12 +500,22 @@ impl Drop for InFlight {
 /// in-flight count shutdown drains, and gRPC decode failures reported as INVALID_ARGUMENT.
 async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response {
     let (metrics, protocol) = (o.metrics, o.protocol);
-    o.in_flight.fetch_add(1, Ordering::SeqCst);
+    let now = o.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlight(o.in_flight);
     let path = match req.extensions().get::<MatchedPath>() {
         Some(p) if protocol == "http" => p.as_str().to_string(),
         _ => req.uri().path().to_string(),
     };
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    if now > o.max_in_flight && !probe {
+        let matched = protocol == "grpc" || req.extensions().get::<MatchedPath>().is_some();
+        let (label, code) = match protocol {
+            "grpc" => (path.as_str(), "ResourceExhausted"),
+            _ => (if matched { path.as_str() } else { "unmatched" }, "503"),
+        };
+        metrics.observe(protocol, label, code, 0.0);
+        return overloaded(protocol, req.uri().path(), o.max_in_flight);
+    }
     let span = tracing::info_span!(
         "request",
         otel.name = %path,

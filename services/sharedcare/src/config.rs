@@ -55,6 +55,10 @@ pub struct Config {
     pub operator: sharedcare_operator::OperatorConfig,
     /// How long shutdown waits for in-flight work, per phase.
     pub shutdown_grace_ms: u64,
+    /// Requests (HTTP and gRPC together) a process serves at once; one more is refused at
+    /// once with 503 (Retry-After: 1) or RESOURCE_EXHAUSTED naming this setting, instead of
+    /// waiting in an unbounded queue. Health probes and scrapes are never refused.
+    pub max_in_flight: usize,
 }
 
 /// A listen address.
@@ -135,6 +139,7 @@ impl Default for Config {
             connectors: sharedcare_connectors::ConnectorsConfig::default(),
             operator: sharedcare_operator::OperatorConfig::default(),
             shutdown_grace_ms: 10_000,
+            max_in_flight: 1024,
         }
     }
 }
@@ -161,6 +166,9 @@ impl Validate for Config {
         }
         if self.outbox.batch_size < 1 {
             return Err(Invalid::new("outbox.batch_size", "must be at least 1"));
+        }
+        if self.max_in_flight < 1 {
+            return Err(Invalid::new("max_in_flight", "must be at least 1"));
         }
         self.identity.validate()?;
         self.consent.validate()?;

@@ -212,6 +212,7 @@ pub async fn start(config: &Config, mode: Mode, services: &[&str], client_id: &s
         http: config.http.listen,
         grpc: config.grpc.listen,
         health: config.health.listen,
+        max_in_flight: config.max_in_flight,
     })
     .await?;
     let mut config = config.clone();
