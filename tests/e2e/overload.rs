@@ -8,7 +8,7 @@ use sharedcare_proto::records::v1::HoldingsRequest;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
 use tokio::io::AsyncWriteExt;
 
-use crate::harness::{Proc, eventually, http};
+use crate::harness::{Proc, eventually, http, service_token_for};
 
 #[tokio::test]
 async fn a_process_at_its_limit_refuses_more_at_once_naming_the_limit_and_probes_still_answer() {
@@ -88,4 +88,75 @@ async fn a_process_at_its_limit_refuses_more_at_once_naming_the_limit_and_probes
         (status(metadata.clone()).await == 200).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_before_it_is_read_naming_the_limit() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = Proc::start(
+        &["up", "--data", data.path().to_str().expect("utf-8")],
+        &[("SHAREDCARE_MAX_BODY_BYTES", "4096".into())],
+    );
+    let bundle = serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": {"resourceType": "Basic", "id": "x".repeat(8000)}}],
+    })
+    .to_string();
+    let refused = http()
+        .post(format!("{}/fhir/R4", p.http))
+        .header("content-type", "application/fhir+json")
+        .body(bundle.clone())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status().as_u16(), 413);
+    let outcome: serde_json::Value = refused.json().await.expect("an OperationOutcome");
+    assert_eq!(outcome["issue"][0]["code"], "too-long");
+    let said = outcome["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        said.contains(&format!("the request body is {} bytes", bundle.len()))
+            && said.contains("at most 4096 (max_body_bytes)"),
+        "{said}"
+    );
+
+    // Without a declared length (chunked), the body is cut off at the limit all the same.
+    let token = service_token_for(&p.http, "records.write").await;
+    let address = p.http.trim_start_matches("http://").to_string();
+    let mut raw = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    let request = format!(
+        "POST /fhir/R4 HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{bundle}\r\n0\r\n\r\n",
+        bundle.len()
+    );
+    raw.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut raw, &mut answer)
+        .await
+        .expect("read");
+    assert!(
+        answer.starts_with("HTTP/1.1 413")
+            && answer.contains("over 4096 bytes, the most this service takes (max_body_bytes)"),
+        "{answer}"
+    );
+
+    // Under the limit, the request goes on to be judged on its merits (here: no token).
+    let small = http()
+        .post(format!("{}/fhir/R4", p.http))
+        .header("content-type", "application/fhir+json")
+        .body(r#"{"resourceType":"Bundle","type":"transaction","entry":[]}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(small.status().as_u16(), 401);
+
+    // A limit too small to take a login form is refused at start, naming the setting.
+    let (status, _, err) = crate::harness::run(
+        &["--dump-config", "up"],
+        &[("SHAREDCARE_MAX_BODY_BYTES", "100".into())],
+        Duration::from_secs(30),
+    );
+    assert!(!status.success() && err.contains("max_body_bytes"), "{err}");
 }

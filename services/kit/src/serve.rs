@@ -115,6 +115,8 @@ pub struct Listen {
     /// or RESOURCE_EXHAUSTED, naming the setting) rather than queued. Probes and scrapes are
     /// never refused.
     pub max_in_flight: usize,
+    /// The largest HTTP request body taken; a larger one is refused with 413 naming the setting.
+    pub max_body_bytes: usize,
 }
 
 /// A started process. Dropping it does not stop it: call [`Running::stop`].
@@ -154,6 +156,7 @@ pub struct Bound {
     /// The bound gRPC address.
     pub grpc_addr: SocketAddr,
     max_in_flight: usize,
+    max_body_bytes: usize,
 }
 
 /// Binds the HTTP and gRPC listeners.
@@ -173,6 +176,7 @@ pub async fn bind_all(listen: Listen) -> Result<Bound> {
         http_addr,
         grpc_addr,
         max_in_flight: listen.max_in_flight.max(1),
+        max_body_bytes: listen.max_body_bytes,
     })
 }
 
@@ -199,6 +203,7 @@ pub async fn start(
         http_addr,
         grpc_addr,
         max_in_flight,
+        max_body_bytes,
     } = bound;
 
     let mut servers = Vec::new();
@@ -293,6 +298,7 @@ pub async fn start(
             protocol: "grpc",
             in_flight: in_flight.clone(),
             max_in_flight,
+            max_body_bytes: usize::MAX,
         },
         observe,
     )))
@@ -339,15 +345,18 @@ pub async fn start(
             http
         }
     };
-    let http = http.layer(axum::middleware::from_fn_with_state(
-        Observe {
-            metrics,
-            protocol: "http",
-            in_flight: in_flight.clone(),
-            max_in_flight,
-        },
-        observe,
-    ));
+    let http =
+        http.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(
+                Observe {
+                    metrics,
+                    protocol: "http",
+                    in_flight: in_flight.clone(),
+                    max_in_flight,
+                    max_body_bytes,
+                },
+                observe,
+            ));
     let token = stop_serving.clone();
     servers.push(tokio::spawn(async move {
         let res = axum::serve(http_listener, http.into_make_service_with_connect_info::<SocketAddr>())
@@ -457,6 +466,27 @@ struct Observe {
     protocol: &'static str,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: usize,
+    /// HTTP only: a body declared larger (Content-Length) is refused before it is read.
+    max_body_bytes: usize,
+}
+
+/// An HTTP refusal with `message`: an OperationOutcome (issue `code`) on the FHIR API, else
+/// the message as text.
+fn refusal(status: http::StatusCode, path: &str, code: &str, message: String) -> Response {
+    if path.starts_with("/fhir/") {
+        (
+            status,
+            [(http::header::CONTENT_TYPE, "application/fhir+json")],
+            serde_json::json!({
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": code, "diagnostics": message}],
+            })
+            .to_string(),
+        )
+            .into_response()
+    } else {
+        (status, message).into_response()
+    }
 }
 
 /// What a request over `max_in_flight` gets at once: 503 with Retry-After (an
@@ -468,20 +498,7 @@ fn overloaded(protocol: &str, path: &str, max_in_flight: usize) -> Response {
     if protocol == "grpc" {
         return tonic::Status::resource_exhausted(message).into_http::<axum::body::Body>();
     }
-    let mut res = if path.starts_with("/fhir/") {
-        (
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            [(http::header::CONTENT_TYPE, "application/fhir+json")],
-            serde_json::json!({
-                "resourceType": "OperationOutcome",
-                "issue": [{"severity": "error", "code": "transient", "diagnostics": message}],
-            })
-            .to_string(),
-        )
-            .into_response()
-    } else {
-        (http::StatusCode::SERVICE_UNAVAILABLE, message).into_response()
-    };
+    let mut res = refusal(http::StatusCode::SERVICE_UNAVAILABLE, path, "transient", message);
     res.headers_mut()
         .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
     res
@@ -516,6 +533,28 @@ async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response
         metrics.observe(protocol, label, code, 0.0);
         return overloaded(protocol, req.uri().path(), o.max_in_flight);
     }
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(length) = declared.filter(|&n| n > o.max_body_bytes as u64) {
+        let label = if req.extensions().get::<MatchedPath>().is_some() {
+            path.as_str()
+        } else {
+            "unmatched"
+        };
+        metrics.observe(protocol, label, "413", 0.0);
+        let message = format!(
+            "the request body is {length} bytes; this service takes at most {} (max_body_bytes)",
+            o.max_body_bytes
+        );
+        return refusal(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            req.uri().path(),
+            "too-long",
+            message,
+        );
+    }
     let span = tracing::info_span!(
         "request",
         otel.name = %path,
@@ -525,9 +564,22 @@ async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response
     );
     crate::telemetry::set_parent_from_headers(&span, req.headers());
     let started = Instant::now();
+    let fhir = req.uri().path().starts_with("/fhir/");
     let mut res = next.run(req).instrument(span.clone()).await;
     if protocol == "grpc" {
         undecodable_is_invalid_argument(&mut res);
+    } else if res.status() == http::StatusCode::PAYLOAD_TOO_LARGE && declared.is_none() {
+        // A body sent without a declared length, cut off at the limit by the extractor.
+        let message = format!(
+            "the request body is over {} bytes, the most this service takes (max_body_bytes)",
+            o.max_body_bytes
+        );
+        res = refusal(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            if fhir { "/fhir/" } else { "" },
+            "too-long",
+            message,
+        );
     }
     let code = match protocol {
         "grpc" => res

@@ -59,6 +59,9 @@ pub struct Config {
     /// once with 503 (Retry-After: 1) or RESOURCE_EXHAUSTED naming this setting, instead of
     /// waiting in an unbounded queue. Health probes and scrapes are never refused.
     pub max_in_flight: usize,
+    /// The largest HTTP request body a process takes (a FHIR transaction Bundle, a form); a
+    /// larger one is refused with 413 naming this setting, before it is read.
+    pub max_body_bytes: usize,
 }
 
 /// A listen address.
@@ -140,6 +143,7 @@ impl Default for Config {
             operator: sharedcare_operator::OperatorConfig::default(),
             shutdown_grace_ms: 10_000,
             max_in_flight: 1024,
+            max_body_bytes: 16 << 20,
         }
     }
 }
@@ -169,6 +173,9 @@ impl Validate for Config {
         }
         if self.max_in_flight < 1 {
             return Err(Invalid::new("max_in_flight", "must be at least 1"));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(Invalid::new("max_body_bytes", "must be at least 1024"));
         }
         self.identity.validate()?;
         self.consent.validate()?;

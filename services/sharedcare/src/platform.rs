@@ -213,6 +213,7 @@ pub async fn start(config: &Config, mode: Mode, services: &[&str], client_id: &s
         grpc: config.grpc.listen,
         health: config.health.listen,
         max_in_flight: config.max_in_flight,
+        max_body_bytes: config.max_body_bytes,
     })
     .await?;
     let mut config = config.clone();
