@@ -470,10 +470,10 @@ struct Observe {
     max_body_bytes: usize,
 }
 
-/// An HTTP refusal with `message`: an OperationOutcome (issue `code`) on the FHIR API, else
-/// the message as text.
-fn refusal(status: http::StatusCode, path: &str, code: &str, message: String) -> Response {
-    if path.starts_with("/fhir/") {
+/// An HTTP refusal with `message`: an OperationOutcome (issue `code`) on the FHIR API (`fhir`),
+/// else the message as text.
+fn refusal(status: http::StatusCode, fhir: bool, code: &str, message: String) -> Response {
+    if fhir {
         (
             status,
             [(http::header::CONTENT_TYPE, "application/fhir+json")],
@@ -491,14 +491,14 @@ fn refusal(status: http::StatusCode, path: &str, code: &str, message: String) ->
 
 /// What a request over `max_in_flight` gets at once: 503 with Retry-After (an
 /// OperationOutcome on the FHIR API), or RESOURCE_EXHAUSTED; each names the setting.
-fn overloaded(protocol: &str, path: &str, max_in_flight: usize) -> Response {
+fn overloaded(protocol: &str, fhir: bool, max_in_flight: usize) -> Response {
     let message = format!(
         "this service is answering its limit of {max_in_flight} requests at once (max_in_flight); retry shortly"
     );
     if protocol == "grpc" {
         return tonic::Status::resource_exhausted(message).into_http::<axum::body::Body>();
     }
-    let mut res = refusal(http::StatusCode::SERVICE_UNAVAILABLE, path, "transient", message);
+    let mut res = refusal(http::StatusCode::SERVICE_UNAVAILABLE, fhir, "transient", message);
     res.headers_mut()
         .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
     res
@@ -524,6 +524,7 @@ async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response
         _ => req.uri().path().to_string(),
     };
     let probe = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    let fhir = req.uri().path().starts_with("/fhir/");
     if now > o.max_in_flight && !probe {
         let matched = protocol == "grpc" || req.extensions().get::<MatchedPath>().is_some();
         let (label, code) = match protocol {
@@ -531,7 +532,7 @@ async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response
             _ => (if matched { path.as_str() } else { "unmatched" }, "503"),
         };
         metrics.observe(protocol, label, code, 0.0);
-        return overloaded(protocol, req.uri().path(), o.max_in_flight);
+        return overloaded(protocol, fhir, o.max_in_flight);
     }
     let declared = req
         .headers()
@@ -548,12 +549,7 @@ async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response
             "the request body is {length} bytes; this service takes at most {} (max_body_bytes)",
             o.max_body_bytes
         );
-        return refusal(
-            http::StatusCode::PAYLOAD_TOO_LARGE,
-            req.uri().path(),
-            "too-long",
-            message,
-        );
+        return refusal(http::StatusCode::PAYLOAD_TOO_LARGE, fhir, "too-long", message);
     }
     let span = tracing::info_span!(
         "request",
@@ -564,7 +560,6 @@ async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response
     );
     crate::telemetry::set_parent_from_headers(&span, req.headers());
     let started = Instant::now();
-    let fhir = req.uri().path().starts_with("/fhir/");
     let mut res = next.run(req).instrument(span.clone()).await;
     if protocol == "grpc" {
         undecodable_is_invalid_argument(&mut res);
@@ -574,12 +569,7 @@ async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response
             "the request body is over {} bytes, the most this service takes (max_body_bytes)",
             o.max_body_bytes
         );
-        res = refusal(
-            http::StatusCode::PAYLOAD_TOO_LARGE,
-            if fhir { "/fhir/" } else { "" },
-            "too-long",
-            message,
-        );
+        res = refusal(http::StatusCode::PAYLOAD_TOO_LARGE, fhir, "too-long", message);
     }
     let code = match protocol {
         "grpc" => res
