@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -117,6 +117,11 @@ pub struct Listen {
     pub max_in_flight: usize,
     /// The largest HTTP request body taken; a larger one is refused with 413 naming the setting.
     pub max_body_bytes: usize,
+    /// The longest a client may keep the server waiting for its next bytes: a request's head,
+    /// the next piece of its body, the first bytes on a new connection, the next request on an
+    /// idle keep-alive connection, an answer to an HTTP/2 ping. Past it the connection is
+    /// closed (or a stalled body answered 408 / DEADLINE_EXCEEDED, naming the setting).
+    pub client_timeout: Duration,
 }
 
 /// A started process. Dropping it does not stop it: call [`Running::stop`].
@@ -157,6 +162,7 @@ pub struct Bound {
     pub grpc_addr: SocketAddr,
     max_in_flight: usize,
     max_body_bytes: usize,
+    client_timeout: Duration,
 }
 
 /// Binds the HTTP and gRPC listeners.
@@ -177,6 +183,7 @@ pub async fn bind_all(listen: Listen) -> Result<Bound> {
         grpc_addr,
         max_in_flight: listen.max_in_flight.max(1),
         max_body_bytes: listen.max_body_bytes,
+        client_timeout: listen.client_timeout,
     })
 }
 
@@ -204,6 +211,7 @@ pub async fn start(
         grpc_addr,
         max_in_flight,
         max_body_bytes,
+        client_timeout,
     } = bound;
 
     let mut servers = Vec::new();
@@ -299,6 +307,7 @@ pub async fn start(
             in_flight: in_flight.clone(),
             max_in_flight,
             max_body_bytes: usize::MAX,
+            client_timeout,
         },
         observe,
     )))
@@ -307,11 +316,12 @@ pub async fn start(
     .add_service(reflection_v1alpha);
     let token = stop_serving.clone();
     servers.push(tokio::spawn(async move {
-        // Custom incoming streams do not get the builder's TCP_NODELAY; without it every
-        // response waits for the peer's delayed ACK (~40 ms).
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let incoming = speaking(grpc_listener, client_timeout, token.clone());
+        // A connection whose peer stops answering pings is closed; a live idle one stays.
         let res = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(client_timeout))
+            .http2_keepalive_timeout(Some(client_timeout))
             .add_routes(grpc_routes)
             .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
             .await;
@@ -334,14 +344,7 @@ pub async fn start(
             let addr = listener.local_addr().map_err(|e| Error::Io(e.to_string()))?;
             listeners.push(("health", addr));
             let token = stop_serving.clone();
-            servers.push(tokio::spawn(async move {
-                let res = axum::serve(listener, internal)
-                    .with_graceful_shutdown(token.cancelled_owned())
-                    .await;
-                if let Err(e) = res {
-                    tracing::error!(error = %e, "health server failed");
-                }
-            }));
+            servers.push(tokio::spawn(serve_http(listener, internal, client_timeout, token)));
             http
         }
     };
@@ -354,18 +357,12 @@ pub async fn start(
                     in_flight: in_flight.clone(),
                     max_in_flight,
                     max_body_bytes,
+                    client_timeout,
                 },
                 observe,
             ));
     let token = stop_serving.clone();
-    servers.push(tokio::spawn(async move {
-        let res = axum::serve(http_listener, http.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await;
-        if let Err(e) = res {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    }));
+    servers.push(tokio::spawn(serve_http(http_listener, http, client_timeout, token)));
 
     Ok(Running {
         http: http_addr,
@@ -468,6 +465,8 @@ struct Observe {
     max_in_flight: usize,
     /// HTTP only: a body declared larger (Content-Length) is refused before it is read.
     max_body_bytes: usize,
+    /// A body that stalls this long between its pieces is abandoned.
+    client_timeout: Duration,
 }
 
 /// An HTTP refusal with `message`: an OperationOutcome (issue `code`) on the FHIR API (`fhir`),
@@ -502,6 +501,94 @@ fn overloaded(protocol: &str, fhir: bool, max_in_flight: usize) -> Response {
     res.headers_mut()
         .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
     res
+}
+
+/// Serves `router` over HTTP/1.1 on `listener` until `stop`; then stops accepting and lets
+/// each connection finish the request it is answering. Written out rather than `axum::serve`,
+/// which gives hyper no timer: with one, hyper's header-read timeout (`client_timeout`) closes
+/// a connection whose client dribbles a request head or sits idle between requests, which
+/// would otherwise hold it (and a file descriptor) for ever. Handlers see the peer's address
+/// as axum's `ConnectInfo<SocketAddr>`.
+async fn serve_http(listener: TcpListener, router: axum::Router, client_timeout: Duration, stop: CancellationToken) {
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: back off rather than spin.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        // Without it a response written in two parts waits for the peer's delayed ACK.
+        let _ = stream.set_nodelay(true);
+        let (router, stop) = (router.clone(), stop.clone());
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                tower::Service::call(&mut router.clone(), req.map(axum::body::Body::new))
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(client_timeout);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                res = conn.as_mut() => res,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = res {
+                tracing::debug!(error = %e, %peer, "HTTP connection ended");
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// The gRPC port's connections, each handed to the server once its client has sent its first
+/// bytes: one that sends nothing within `client_timeout` is closed (hyper's HTTP/2 side has no
+/// timer before the handshake; after it, unanswered pings close a connection).
+fn speaking(
+    listener: TcpListener,
+    client_timeout: Duration,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio::net::TcpStream>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gRPC accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = stop.cancelled() => break,
+                () = tx.closed() => break,
+            };
+            // Without it every response waits for the peer's delayed ACK (~40 ms).
+            let _ = stream.set_nodelay(true);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                if let Ok(Ok(1..)) = tokio::time::timeout(client_timeout, stream.peek(&mut first)).await {
+                    let _ = tx.send(Ok(stream)).await;
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Decrements the in-flight count when a request finishes (or is dropped).
@@ -551,6 +638,25 @@ async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response
         );
         return refusal(http::StatusCode::PAYLOAD_TOO_LARGE, fhir, "too-long", message);
     }
+    // A body that stops arriving is abandoned after client_timeout, and the request answered
+    // as such (below), rather than holding its in-flight place for as long as the client likes.
+    let stalled = Arc::new(AtomicBool::new(false));
+    let req = if axum::body::HttpBody::is_end_stream(req.body()) {
+        req
+    } else {
+        let (stalled, timeout) = (stalled.clone(), o.client_timeout);
+        req.map(|body| {
+            axum::body::Body::new(http_body_util::BodyExt::map_err(
+                tower_http::timeout::TimeoutBody::new(timeout, body),
+                move |e| {
+                    if e.is::<tower_http::timeout::TimeoutError>() {
+                        stalled.store(true, Ordering::Relaxed);
+                    }
+                    e
+                },
+            ))
+        })
+    };
     let span = tracing::info_span!(
         "request",
         otel.name = %path,
@@ -561,7 +667,16 @@ async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response
     crate::telemetry::set_parent_from_headers(&span, req.headers());
     let started = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
-    if protocol == "grpc" {
+    if stalled.load(Ordering::Relaxed) {
+        let message = format!(
+            "the request body stopped arriving: nothing for {} ms (client_timeout_ms)",
+            o.client_timeout.as_millis()
+        );
+        res = match protocol {
+            "grpc" => tonic::Status::deadline_exceeded(message).into_http::<axum::body::Body>(),
+            _ => refusal(http::StatusCode::REQUEST_TIMEOUT, fhir, "timeout", message),
+        };
+    } else if protocol == "grpc" {
         undecodable_is_invalid_argument(&mut res);
     } else if res.status() == http::StatusCode::PAYLOAD_TOO_LARGE && declared.is_none() {
         // A body sent without a declared length, cut off at the limit by the extractor.

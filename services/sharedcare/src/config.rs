@@ -62,6 +62,11 @@ pub struct Config {
     /// The largest HTTP request body a process takes (a FHIR transaction Bundle, a form); a
     /// larger one is refused with 413 naming this setting, before it is read.
     pub max_body_bytes: usize,
+    /// The longest a client may keep a process waiting for its next bytes: a request's head,
+    /// the next piece of its body, the first bytes of a new connection, the next request on an
+    /// idle keep-alive connection, an answer to a gRPC (HTTP/2) ping. Past it the connection
+    /// is closed, or a stalled body answered 408 / DEADLINE_EXCEEDED naming this setting.
+    pub client_timeout_ms: u64,
 }
 
 /// A listen address.
@@ -144,6 +149,7 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             max_in_flight: 1024,
             max_body_bytes: 16 << 20,
+            client_timeout_ms: 10_000,
         }
     }
 }
@@ -176,6 +182,9 @@ impl Validate for Config {
         }
         if self.max_body_bytes < 1024 {
             return Err(Invalid::new("max_body_bytes", "must be at least 1024"));
+        }
+        if self.client_timeout_ms < 100 {
+            return Err(Invalid::new("client_timeout_ms", "must be at least 100"));
         }
         self.identity.validate()?;
         self.consent.validate()?;

@@ -214,6 +214,7 @@ pub async fn start(config: &Config, mode: Mode, services: &[&str], client_id: &s
         health: config.health.listen,
         max_in_flight: config.max_in_flight,
         max_body_bytes: config.max_body_bytes,
+        client_timeout: Duration::from_millis(config.client_timeout_ms),
     })
     .await?;
     let mut config = config.clone();
