@@ -216,6 +216,7 @@ pub async fn start(
 
     let mut servers = Vec::new();
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let admitted = Arc::new(AtomicUsize::new(0));
     let stop_serving = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -305,6 +306,7 @@ pub async fn start(
             metrics: metrics.clone(),
             protocol: "grpc",
             in_flight: in_flight.clone(),
+            admitted: admitted.clone(),
             max_in_flight,
             max_body_bytes: usize::MAX,
             client_timeout,
@@ -355,6 +357,7 @@ pub async fn start(
                     metrics,
                     protocol: "http",
                     in_flight: in_flight.clone(),
+                    admitted: admitted.clone(),
                     max_in_flight,
                     max_body_bytes,
                     client_timeout,
@@ -461,7 +464,10 @@ async fn render_metrics(State(m): State<Metrics>) -> Response {
 struct Observe {
     metrics: Metrics,
     protocol: &'static str,
+    /// Every request being answered (shutdown drains them).
     in_flight: Arc<AtomicUsize>,
+    /// Those counted against `max_in_flight`: all but the process's calls to itself.
+    admitted: Arc<AtomicUsize>,
     max_in_flight: usize,
     /// HTTP only: a body declared larger (Content-Length) is refused before it is read.
     max_body_bytes: usize,
@@ -604,8 +610,15 @@ impl Drop for InFlight {
 /// in-flight count shutdown drains, and gRPC decode failures reported as INVALID_ARGUMENT.
 async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response {
     let (metrics, protocol) = (o.metrics, o.protocol);
-    let now = o.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    o.in_flight.fetch_add(1, Ordering::SeqCst);
     let _guard = InFlight(o.in_flight);
+    // A call this process makes to itself while answering an admitted request is not counted.
+    let (now, _counted) = if crate::peer::is_nested(req.headers()) {
+        (0, None)
+    } else {
+        let now = o.admitted.fetch_add(1, Ordering::SeqCst) + 1;
+        (now, Some(InFlight(o.admitted)))
+    };
     let path = match req.extensions().get::<MatchedPath>() {
         Some(p) if protocol == "http" => p.as_str().to_string(),
         _ => req.uri().path().to_string(),
