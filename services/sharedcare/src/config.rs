@@ -147,7 +147,7 @@ impl Default for Config {
             connectors: sharedcare_connectors::ConnectorsConfig::default(),
             operator: sharedcare_operator::OperatorConfig::default(),
             shutdown_grace_ms: 10_000,
-            max_in_flight: 1024,
+            max_in_flight: 96,
             max_body_bytes: 16 << 20,
             client_timeout_ms: 10_000,
         }

@@ -35,6 +35,9 @@ pub enum What {
     /// HL7 v2 ADT over MLLP into `up`: admissions and updates over 8 connections, each ACKed
     /// after the write, and how soon an admission reaches the passport.
     Hl7,
+    /// FHIR reads by id offered at three times the capacity of `up` (measured first): the
+    /// latency of those accepted and how fast the rest are refused (`max_in_flight`).
+    Overload,
     /// The operator: 500 CareApps applied to a real kube-apiserver (KUBECONFIG) until all are
     /// Ready, reconciled into a fresh `up`.
     Operator,

@@ -139,7 +139,9 @@ impl Drop for UpProcess {
     }
 }
 
-pub(crate) async fn phase<C, F, Fut, E>(name: &str, args: &BenchArgs, clients: &[C], op: F) -> anyhow::Result<()>
+/// Runs `op` on `args.concurrency` workers for `args.seconds`, prints the report line and
+/// returns the rate of successes per second.
+pub(crate) async fn phase<C, F, Fut, E>(name: &str, args: &BenchArgs, clients: &[C], op: F) -> anyhow::Result<f64>
 where
     C: Clone + Send + 'static,
     F: Fn(C, u64) -> Fut + Clone + Send + 'static,
@@ -177,11 +179,12 @@ where
         all.add(h)?;
         errors += e;
     }
-    report(name, all.len(), started.elapsed(), &all);
+    let elapsed = started.elapsed();
+    report(name, all.len(), elapsed, &all);
     if errors > 0 {
         println!("  {errors} errors");
     }
-    Ok(())
+    Ok(all.len() as f64 / elapsed.as_secs_f64())
 }
 
 /// Adds `authorization: Bearer …` to every call.

@@ -10,6 +10,8 @@
 //! - `bench identity`: the token endpoint, code and refresh round trips, logins, verification.
 //! - `bench passport`: views as a service, a GP and a patient; freshness; rebuild
 //!   ([`passport`]).
+//! - `bench overload`: FHIR reads offered at three times capacity: what accepted requests
+//!   wait, and how fast the rest are refused ([`overload`]).
 //! - `bench startup`: time from spawning `sharedcare up` to `/readyz` answering 200, and the
 //!   idle resident memory after that.
 
@@ -23,6 +25,7 @@ mod harness;
 mod hl7;
 mod identity;
 mod operator;
+mod overload;
 mod passport;
 mod portal;
 mod records;
@@ -45,5 +48,6 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Operator => operator::run(&args).await,
         What::Portal => portal::run(&args).await,
         What::Hl7 => hl7::run(&args).await,
+        What::Overload => overload::run(&args).await,
     }
 }

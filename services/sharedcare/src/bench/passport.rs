@@ -333,5 +333,6 @@ async fn views(name: &str, args: &BenchArgs, clients: &[Passports], patients: Ve
             .map(|_| ())
         }
     })
-    .await
+    .await?;
+    Ok(())
 }

@@ -119,7 +119,8 @@ async fn pages(
             check(&r.text().await?)
         }
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 /// Signs `user` in to the site's `area` (`/portal` or `/passport`) through the real pages
