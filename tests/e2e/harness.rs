@@ -333,10 +333,15 @@ pub fn namespace() -> String {
     format!("e2e{}", uuid::Uuid::new_v4().simple())
 }
 
+/// The key-encryption key the tests' processes on Postgres seal identity's and audit's keys
+/// under (on Postgres one must be configured). Test-only: 32 bytes, base64url.
+pub const TEST_KEK: &str = "zKuwGH_Qkd6EXLIrtb7ycB9Ut47fD_FYhARMnhM9F-Y";
+
 /// Environment for `sharedcare serve` on `database` and the test broker in `namespace`.
 pub fn serve_env(database: &str, brokers: &str, namespace: &str) -> Vec<(&'static str, String)> {
     vec![
         ("SHAREDCARE_DATABASE__URL", database.to_string()),
+        ("SHAREDCARE_KEY_ENCRYPTION__KEY", TEST_KEK.to_string()),
         ("SHAREDCARE_KAFKA__BROKERS", brokers.to_string()),
         ("SHAREDCARE_KAFKA__NAMESPACE", namespace.to_string()),
     ]

@@ -19,6 +19,7 @@ mod harness;
 mod identity;
 mod image;
 mod import;
+mod keys;
 mod kubernetes;
 mod layers;
 mod oidc_node;

@@ -87,7 +87,36 @@ check(sorted(mllp) == ["grpc", "health", "http", "mllp"] and mllp["mllp"]["port"
 connectors_pod = deployments["sc-sharedcare-connectors"]["spec"]["template"]["spec"]
 check({"name": "mllp", "containerPort": 2575} in connectors_pod["containers"][0]["ports"], "the connectors' pod listens for MLLP")
 secrets = of(docs, "Secret")
-check(sorted(secrets) == ["sc-sharedcare-database", "sc-sharedcare-migrate-database", "sc-sharedcare-passport-client", "sc-sharedcare-portal-client", "sc-sharedcare-records-client"], "Secrets for the database and the clients")
+check(sorted(secrets) == ["sc-sharedcare-database", "sc-sharedcare-key-encryption", "sc-sharedcare-migrate-database", "sc-sharedcare-passport-client", "sc-sharedcare-portal-client", "sc-sharedcare-records-client"], "Secrets for the database, the key-encryption key and the clients")
+
+
+def key_encryption(deployment):
+    """The KEK file a pod is told to read, and the Secret items mounted there."""
+    spec = deployment["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volume = next((v for v in spec["volumes"] if v["name"] == "key-encryption"), None)
+    items = [(src["secret"]["name"], i["key"], i["path"]) for src in (volume or {}).get("projected", {}).get("sources", []) for i in src["secret"]["items"]]
+    return env.get("SHAREDCARE_KEY_ENCRYPTION__KEY_FILE"), env.get("SHAREDCARE_KEY_ENCRYPTION__PREVIOUS_KEY_FILES"), mounts.get("key-encryption"), items
+
+
+for name, d in deployments.items():
+    service = name.removeprefix("sc-sharedcare-")
+    got = key_encryption(d)
+    if service in ("identity", "audit"):
+        check(got == ("/etc/sharedcare/key-encryption/current", None, "/etc/sharedcare/key-encryption", [("sc-sharedcare-key-encryption", "key-encryption-key", "current")]), f"{name} reads the key-encryption key from the chart's Secret: {got}")
+    else:
+        check(got == (None, None, None, []), f"{name} never sees the key-encryption key: {got}")
+kek = secrets["sc-sharedcare-key-encryption"]["stringData"]["key-encryption-key"]
+check(len(kek) == 43 and kek not in of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"], "the KEK is in its Secret, not the ConfigMap")
+rotating = of(render("minimal-values.yaml", "keyEncryption.previousSecret=old-kek"), "Deployment")["sc-sharedcare-identity"]
+got = key_encryption(rotating)
+check(got[1] == '["/etc/sharedcare/key-encryption/previous"]' and ("old-kek", "key-encryption-key", "previous") in got[3], f"while rotating, the previous KEK is mounted and opened too: {got}")
+r = helm("template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / "minimal-values.yaml"), "--set", "keyEncryption.key=")
+check(r.returncode != 0 and "keyEncryption.key is required" in r.stderr, f"no KEK, no install: {r.stderr.strip()}")
+r = helm("template", "sc", str(CHART), "--kube-version", KUBE, "-f", str(CHART / "ci" / "minimal-values.yaml"), "--set", "keyEncryption.key=short")
+check(r.returncode != 0 and "/keyEncryption/key" in r.stderr, f"a KEK that is not 32 bytes of base64url is refused: {r.stderr.strip()}")
 # The migration Job is a pre-install hook: it runs before the release's Secrets exist, so it
 # reads a hook-made copy created before it (a lower weight) and removed when the hooks succeed.
 hook_secret = secrets["sc-sharedcare-migrate-database"]["metadata"]["annotations"]
@@ -233,6 +262,8 @@ env = {e["name"]: e for e in of(docs, "Deployment")["sc-sharedcare-records"]["sp
 ref = env["SHAREDCARE_DATABASE__URL"]["valueFrom"]["secretKeyRef"]
 check((ref["name"], ref["key"]) == ("sharedcare-db", "uri"), "the database URL comes from the named Secret and key")
 check(env["SHAREDCARE_AUTH__CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "records-client", "the client secret too")
+got = key_encryption(of(docs, "Deployment")["sc-sharedcare-audit"])
+check(got[3] == [("sharedcare-kek", "kek", "current")], f"the key-encryption key from the named Secret and key: {got}")
 route = of(docs, "HTTPRoute")["sc-sharedcare"]
 check(route["spec"]["parentRefs"][0]["name"] == "ics-gateway", "an HTTPRoute on the named Gateway")
 routed = {b["name"].removeprefix("sc-sharedcare-") for rule in route["spec"]["rules"] for b in rule["backendRefs"]}

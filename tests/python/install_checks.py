@@ -110,6 +110,8 @@ values = {
         "passport": {"id": INTEGRATION[0], "secret": INTEGRATION[1]},
         "portal": {"id": PORTAL[0], "secret": PORTAL[1]},
     },
+    # The key-encryption key sealing identity's and audit's keys: made for this install.
+    "keyEncryption": {"key": base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")},
     "feeds": [INTEGRATION[0]],
     "extraConfig": "identity.seed_demo = true\n",
     "topologySpread": {"enabled": False},

@@ -126,7 +126,7 @@ impl sharedcare_kit::service::Service for Audit {
     /// gRPC routes (callers checked against the trusted issuer), one consumer per audited
     /// topic, and the task that signs tree heads.
     async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
-        let store = store::Store::new(ctx.db.clone()).with_rules(self.config.alerts.clone());
+        let store = store::Store::new(ctx.db.clone(), ctx.sealer.clone()).with_rules(self.config.alerts.clone());
         let log = log::Log::open(store.clone(), &note::origin(ctx.issuer()?)).await?;
         tracing::info!(key = %log.verifier_key(), "audit log checkpoints are signed by this key: pin it in monitors");
         let mut m = Mount::new(NAME);

@@ -4,6 +4,7 @@
 use sharedcare_kit::bus::Delivery;
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::inbox;
+use sharedcare_kit::sealing::{SealError, Sealer};
 use sharedcare_proto::audit::v1::{Alert, AuditEntry};
 use sharedcare_proto::events::v1::{AccessRecorded, AuditAlert};
 use sqlx::Row;
@@ -78,14 +79,20 @@ pub struct Filter {
 pub struct Store {
     db: Db,
     rules: AlertRules,
+    /// Seals the log's signing key.
+    sealer: Sealer,
 }
 
+/// Where the log's key is stored, as its sealed value is bound to it.
+const LOG_KEY: &str = "audit/log_keys/1";
+
 impl Store {
-    /// The store on `db`, with the default alert rules.
-    pub fn new(db: Db) -> Self {
+    /// The store on `db`, with the default alert rules, its signing key sealed by `sealer`.
+    pub fn new(db: Db, sealer: Sealer) -> Self {
         Store {
             db,
             rules: AlertRules::default(),
+            sealer,
         }
     }
 
@@ -590,24 +597,63 @@ impl Store {
         Ok(())
     }
 
-    /// The log's signing key (PKCS#8, base64), stored on first use.
+    /// The log's signing key (PKCS#8, base64), stored on first use, sealed under the
+    /// key-encryption key ([`sharedcare_kit::sealing`]).
     pub async fn log_key(&self, make: impl FnOnce() -> (String, String)) -> Result<String, AuditError> {
-        if let Some(r) = sqlx::query("SELECT pkcs8 FROM log_keys WHERE id = 1")
-            .fetch_optional(self.db.writer())
-            .await?
-        {
-            return Ok(r.try_get(0)?);
+        self.reseal_log_key().await?;
+        if let Some(stored) = self.stored_log_key().await? {
+            return self.open_log_key(&stored).await;
         }
         let (pkcs8, public) = make();
+        let sealed = self
+            .sealer
+            .seal(pkcs8.as_bytes(), LOG_KEY)
+            .await
+            .map_err(|e| AuditError::Corrupt(format!("sealing the log key: {e}")))?;
         sqlx::query("INSERT INTO log_keys (id, pkcs8, public_key) VALUES (1, $1, $2) ON CONFLICT DO NOTHING")
-            .bind(pkcs8)
+            .bind(sealed)
             .bind(public)
             .execute(self.db.writer())
             .await?;
-        let r = sqlx::query("SELECT pkcs8 FROM log_keys WHERE id = 1")
-            .fetch_one(self.db.writer())
+        // Of two replicas making it at once, the first one stored wins.
+        match self.stored_log_key().await? {
+            Some(stored) => self.open_log_key(&stored).await,
+            None => Err(AuditError::Corrupt("log_keys: the key was not kept".into())),
+        }
+    }
+
+    /// Re-seals the log key when it is not sealed under the current key-encryption key (stored
+    /// in the clear by an older release, or under a previous KEK): 1 if it was, else 0. Run at
+    /// every start and by `sharedcare keys rewrap`.
+    pub async fn reseal_log_key(&self) -> Result<u64, AuditError> {
+        let Some(stored) = self.stored_log_key().await? else {
+            return Ok(0);
+        };
+        let Some(sealed) = sharedcare_kit::sealing::reseal(self.sealer.as_ref(), &stored, LOG_KEY)
+            .await
+            .map_err(|e| AuditError::Corrupt(format!("log_keys.pkcs8: the log key {e}")))?
+        else {
+            return Ok(0);
+        };
+        sqlx::query("UPDATE log_keys SET pkcs8 = $1 WHERE id = 1 AND pkcs8 = $2")
+            .bind(sealed)
+            .bind(stored)
+            .execute(self.db.writer())
             .await?;
-        Ok(r.try_get(0)?)
+        Ok(1)
+    }
+
+    async fn stored_log_key(&self) -> Result<Option<String>, AuditError> {
+        let row = sqlx::query("SELECT pkcs8 FROM log_keys WHERE id = 1")
+            .fetch_optional(self.db.writer())
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn open_log_key(&self, stored: &str) -> Result<String, AuditError> {
+        let bad = |e: SealError| AuditError::Corrupt(format!("log_keys.pkcs8: the log key {e}"));
+        let opened = self.sealer.open(stored, LOG_KEY).await.map_err(bad)?;
+        String::from_utf8(opened).map_err(|_| bad(SealError::Corrupt(self.sealer.current())))
     }
 }
 

@@ -44,7 +44,14 @@ async fn store(db: &Db) -> Store {
     db.migrate(sharedcare_audit::Audit::new(Default::default()).migrations())
         .await
         .expect("migrate");
-    Store::new(db.clone())
+    Store::new(db.clone(), sealer())
+}
+
+/// This test run's key-encryption key, of random bytes: keys are sealed as in production.
+fn sealer() -> sharedcare_kit::sealing::Sealer {
+    static KEK: std::sync::OnceLock<sharedcare_kit::sealing::Sealer> = std::sync::OnceLock::new();
+    KEK.get_or_init(|| std::sync::Arc::new(sharedcare_kit::sealing::LocalKek::random().expect("random bytes")))
+        .clone()
 }
 
 async fn a_redelivered_event_is_appended_once(db: Db) {
@@ -189,7 +196,7 @@ async fn proofs_from_the_log_check_with_an_independent_verifier(db: Db) {
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &first.public_key)
         .verify(&msg, &first.signature)
         .expect("tree head signature verifies");
-    let s = Store::new(db.clone());
+    let s = Store::new(db.clone(), sealer());
     for i in 7..12 {
         let (d, e) = delivery(i, NHS);
         s.append(&d, &e).await.expect("append");
@@ -241,7 +248,7 @@ async fn proofs_from_the_log_check_with_an_independent_verifier(db: Db) {
 }
 
 async fn problems(db: &Db) -> Vec<String> {
-    let log = sharedcare_audit::log::Log::open(Store::new(db.clone()), ORIGIN)
+    let log = sharedcare_audit::log::Log::open(Store::new(db.clone(), sealer()), ORIGIN)
         .await
         .expect("log");
     log.verify().await.expect("verify").2
@@ -449,7 +456,7 @@ async fn denials_break_glass_and_one_person_viewing_many_patients_raise_alerts_o
     db.migrate(sharedcare_audit::Audit::new(Default::default()).migrations())
         .await
         .expect("migrate");
-    let s = Store::new(db.clone()).with_rules(AlertRules {
+    let s = Store::new(db.clone(), sealer()).with_rules(AlertRules {
         window_secs: 600,
         distinct_patients: 5,
     });

@@ -91,7 +91,15 @@ impl sharedcare_kit::service::Service for Identity {
     async fn mount(&self, ctx: &Context) -> Result<Mount, MountError> {
         let config = self.config.clone();
         let issuer = issuer(&config, ctx.http_addr);
-        let store = store::Store::new(ctx.db.clone());
+        let store = store::Store::new(ctx.db.clone(), ctx.sealer.clone());
+        let resealed = store.reseal_keys().await?;
+        if resealed > 0 {
+            tracing::info!(
+                keys = resealed,
+                kek = %ctx.sealer.current(),
+                "sealed stored private keys under the current key-encryption key"
+            );
+        }
         let keys = keys::KeyRing::load(
             store.clone(),
             config.key_rotation_hours * 3600,

@@ -12,7 +12,14 @@ async fn store(db: &Db) -> Store {
     db.migrate(sharedcare_identity::Identity::new(Default::default()).migrations())
         .await
         .expect("migrate");
-    Store::new(db.clone())
+    Store::new(db.clone(), sealer())
+}
+
+/// This test run's key-encryption key, of random bytes: keys are sealed as in production.
+fn sealer() -> sharedcare_kit::sealing::Sealer {
+    static KEK: std::sync::OnceLock<sharedcare_kit::sealing::Sealer> = std::sync::OnceLock::new();
+    KEK.get_or_init(|| std::sync::Arc::new(sharedcare_kit::sealing::LocalKek::random().expect("random bytes")))
+        .clone()
 }
 
 fn grant(session: &str) -> Grant {
@@ -443,7 +450,85 @@ async fn security_keys_are_unique_and_ceremonies_are_taken_once(db: Db) {
     assert!(!p.has_second_factor());
 }
 
+/// Private keys are stored sealed; a copy of the database under another key-encryption key
+/// cannot sign; a key kept in the clear by an older release, or under a previous KEK, is
+/// re-sealed under the current one and signs on.
+async fn signing_keys_are_sealed_at_rest_and_a_copy_without_the_kek_cannot_sign(db: Db) {
+    use sharedcare_kit::sealing::{LocalKek, Sealer, random_kek};
+    use sqlx::Row;
+    let old = random_kek().expect("random");
+    let sealed_by = |current: [u8; 32], previous: Vec<[u8; 32]>| -> Sealer {
+        std::sync::Arc::new(LocalKek::new(current, previous))
+    };
+    db.migrate(sharedcare_identity::Identity::new(Default::default()).migrations())
+        .await
+        .expect("migrate");
+    let s = Store::new(db.clone(), sealed_by(old, Vec::new()));
+    let ring = KeyRing::load(s.clone(), 3600, 600, 300).await.expect("load");
+    let kid = ring.active().kid().to_string();
+    s.put_rp_key("nhs-login", "relying-party-secret").await.expect("rp key");
+    let stored: Vec<String> = sqlx::query("SELECT secret FROM signing_keys UNION ALL SELECT secret FROM rp_keys")
+        .fetch_all(db.pool())
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect();
+    assert_eq!(stored.len(), 2);
+    for v in &stored {
+        assert!(v.starts_with("kek:v1:") && !v.contains("relying-party-secret"), "{v}");
+    }
+
+    // The database without its KEK: nothing opens, and the error says which KEK it needs.
+    let other = random_kek().expect("random");
+    let copy = Store::new(db.clone(), sealed_by(other, Vec::new()));
+    let refused = KeyRing::load(copy.clone(), 3600, 600, 300)
+        .await
+        .err()
+        .expect("cannot load");
+    assert!(
+        refused.to_string().contains("signing_keys.secret")
+            && refused.to_string().contains("which this process does not have"),
+        "{refused}"
+    );
+    assert!(copy.rp_key("nhs-login").await.is_err(), "nor the relying-party key");
+
+    // Rotation of the KEK: the new one current, the old one previous; reseal moves every key.
+    let rotating = Store::new(db.clone(), sealed_by(other, vec![old]));
+    assert_eq!(rotating.reseal_keys().await.expect("reseal"), 2);
+    assert_eq!(rotating.reseal_keys().await.expect("again"), 0, "nothing left to move");
+    let after = Store::new(db.clone(), sealed_by(other, Vec::new()));
+    let ring = KeyRing::load(after.clone(), 3600, 600, 300)
+        .await
+        .expect("loads under the new KEK alone");
+    assert_eq!(ring.active().kid(), kid, "the same signing key, re-sealed");
+    assert_eq!(
+        after.rp_key("nhs-login").await.expect("opens").as_deref(),
+        Some("relying-party-secret")
+    );
+
+    // A key an older release kept in the clear is sealed at the next start.
+    sqlx::query("UPDATE rp_keys SET secret = $1 WHERE upstream = $2")
+        .bind("clear-secret")
+        .bind("nhs-login")
+        .execute(db.writer())
+        .await
+        .expect("write");
+    assert_eq!(after.reseal_keys().await.expect("reseal"), 1);
+    let row = sqlx::query("SELECT secret FROM rp_keys WHERE upstream = $1")
+        .bind("nhs-login")
+        .fetch_one(db.pool())
+        .await
+        .expect("read");
+    assert!(row.get::<String, _>(0).starts_with("kek:v1:"));
+    assert_eq!(
+        after.rp_key("nhs-login").await.expect("opens").as_deref(),
+        Some("clear-secret")
+    );
+}
+
 sharedcare_kit::store_suite!("identity";
+    signing_keys_are_sealed_at_rest_and_a_copy_without_the_kek_cannot_sign,
     a_deactivated_organisation_s_roles_are_not_offered_and_it_comes_back_whole,
     keys_rotate_on_schedule_published_before_they_sign_and_kept_until_their_tokens_expire,
     a_code_is_redeemed_once,

@@ -37,6 +37,7 @@ pub mod nhsuk;
 pub mod outbox;
 pub mod pdp;
 pub mod peer;
+pub mod sealing;
 pub mod serve;
 pub mod service;
 pub mod shutdown;

@@ -83,6 +83,8 @@ pub struct Context {
     pub seed_demo: bool,
     /// The process's metrics (for counters a service keeps, e.g. unreported failures).
     pub metrics: crate::metrics::Metrics,
+    /// Seals the private keys a service stores (identity's signing keys, audit's log key).
+    pub sealer: crate::sealing::Sealer,
 }
 
 impl Context {

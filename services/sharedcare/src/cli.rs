@@ -69,6 +69,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Work with the key-encryption key that seals identity's and audit's private keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Work with the passport's read model.
     Passport {
         #[command(subcommand)]
@@ -137,6 +142,21 @@ pub enum OperatorCommand {
     Run,
     /// Print the CustomResourceDefinitions, generated from the operator's types.
     Crds,
+}
+
+/// `sharedcare keys …`.
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Re-seal every stored private key (identity's signing and relying-party keys, audit's
+    /// log key) under the current key-encryption key. To rotate the KEK: make the new one
+    /// `key_encryption.key_file` (or `.key`), list the old one under
+    /// `key_encryption.previous_key_files` (or `.previous_keys`) for every process, run this,
+    /// then drop the old one. Safe while the services run.
+    Rewrap {
+        /// Data directory of embedded (SQLite) stores; not used when `database.url` is set.
+        #[arg(long, value_name = "DIR")]
+        data: Option<String>,
+    },
 }
 
 /// `sharedcare audit …`.
@@ -238,6 +258,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { data, .. } => flag("data_dir", data),
         Command::Audit {
             command: AuditCommand::Verify { data },
+        }
+        | Command::Keys {
+            command: KeysCommand::Rewrap { data },
         } => flag("data_dir", data),
         Command::Passport {
             command: PassportCommand::Rebuild { data, .. },
@@ -254,17 +277,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config: Config = sharedcare_kit::config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
     if cli.dump_config {
-        // Secrets are not printed: the database password and the client secrets (this
-        // process's, the portal's, GP Connect's and each HL7 v2 sender's).
+        // Secrets are not printed: the database password, the client secrets (this
+        // process's, the portal's, GP Connect's and each HL7 v2 sender's) and key-encryption
+        // keys given inline.
         let mut shown = config.clone();
         shown.database.url = sharedcare_kit::db::redact(&shown.database.url);
         let secrets = [
             &mut shown.auth.client_secret,
             &mut shown.portal.client_secret,
             &mut shown.connectors.gp_connect.client_secret,
+            &mut shown.key_encryption.key,
         ]
         .into_iter()
-        .chain(shown.connectors.senders.iter_mut().map(|s| &mut s.client_secret));
+        .chain(shown.connectors.senders.iter_mut().map(|s| &mut s.client_secret))
+        .chain(shown.key_encryption.previous_keys.iter_mut());
         for secret in secrets.filter(|s| !s.is_empty()) {
             *secret = "<redacted>".into();
         }
@@ -290,6 +316,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Verify { .. },
         } => platform::verify_audit(config).await,
+        Command::Keys {
+            command: KeysCommand::Rewrap { .. },
+        } => platform::rewrap_keys(config).await,
         Command::Audit {
             command: AuditCommand::Monitor(args),
         } => crate::audit_monitor::run(args).await,

@@ -53,6 +53,9 @@ pub struct Config {
     pub connectors: sharedcare_connectors::ConnectorsConfig,
     /// The Kubernetes operator (`sharedcare operator run`).
     pub operator: sharedcare_operator::OperatorConfig,
+    /// The key-encryption key sealing the private keys identity and audit store. Required
+    /// on Postgres; on the embedded store `up` keeps one in `data_dir` when none is set.
+    pub key_encryption: sharedcare_kit::sealing::KeyEncryptionConfig,
     /// How long shutdown waits for in-flight work, per phase.
     pub shutdown_grace_ms: u64,
     /// Requests (HTTP and gRPC together) a process serves at once; one more is refused at
@@ -146,6 +149,7 @@ impl Default for Config {
             portal: sharedcare_portal::PortalConfig::default(),
             connectors: sharedcare_connectors::ConnectorsConfig::default(),
             operator: sharedcare_operator::OperatorConfig::default(),
+            key_encryption: Default::default(),
             shutdown_grace_ms: 10_000,
             max_in_flight: 96,
             max_body_bytes: 16 << 20,

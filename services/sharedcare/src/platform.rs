@@ -11,6 +11,7 @@ use sharedcare_kit::bus::kafka::KafkaBus;
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::metrics::Metrics;
 use sharedcare_kit::outbox::Outbox;
+use sharedcare_kit::sealing::{self, LocalKek, Sealer};
 use sharedcare_kit::serve::{self, Listen, Running};
 use sharedcare_kit::service::{self, InternalClient, Mode, Service};
 use sharedcare_kit::shutdown;
@@ -133,6 +134,27 @@ async fn open_store(config: &Config, service: &dyn Service, name: &str) -> anyho
     Ok(db)
 }
 
+/// Whether the configured database is the embedded one (SQLite files under `data_dir`).
+fn embedded(config: &Config) -> bool {
+    config.database.url.is_empty() || config.database.url.starts_with("sqlite:")
+}
+
+/// The key-encryption key sealing the private keys `services` store (identity's signing keys,
+/// audit's log key): the configured one; on the embedded store without one, the key kept
+/// beside the data (made on first start). On Postgres a KEK must be configured: refused,
+/// naming the setting, otherwise.
+pub fn sealer(config: &Config, services: &[&str]) -> anyhow::Result<Sealer> {
+    let stores_keys = services
+        .iter()
+        .any(|s| [sharedcare_identity::NAME, sharedcare_audit::NAME].contains(s));
+    if !stores_keys && !config.key_encryption.configured() {
+        // Nothing is sealed in this process.
+        return Ok(Arc::new(LocalKek::random()?));
+    }
+    let fallback = embedded(config).then(|| sealing::default_kek_path(&config.data_dir));
+    Ok(config.key_encryption.sealer(fallback.as_deref())?)
+}
+
 /// The bus the configuration asks for, checked reachable.
 pub async fn open_bus(config: &Config, client_id: &str) -> anyhow::Result<Arc<dyn Bus>> {
     if config.kafka.brokers.is_empty() {
@@ -221,6 +243,7 @@ pub async fn start(config: &Config, mode: Mode, services: &[&str], client_id: &s
     let internal = internal_client(&mut config, &names);
     keys_from_here(&mut config, &names, bound.http_addr);
     let issuer = trusted_issuer(&config, &names, bound.http_addr);
+    let sealer = sealer(&config, &names)?;
     let tasks = Tasks::new();
     let metrics = Metrics::new();
     let mut mounts = Vec::new();
@@ -239,6 +262,7 @@ pub async fn start(config: &Config, mode: Mode, services: &[&str], client_id: &s
             internal_client: internal.clone(),
             seed_demo: sharedcare_identity::seeds_demo(&config.identity, mode),
             metrics: metrics.clone(),
+            sealer: sealer.clone(),
         };
         let mount = service::mount(svc.as_ref(), &ctx)
             .await
@@ -437,11 +461,35 @@ pub async fn rebuild_passport(config: Config, fresh: bool, into: &str) -> anyhow
     Ok(())
 }
 
+/// `sharedcare keys rewrap`: re-seals every private key identity and audit store under the
+/// current key-encryption key (keys sealed under one of `key_encryption.previous_*`, or kept in
+/// the clear by an older release). Safe while the services run: each key is replaced only if
+/// unchanged, and the services open keys under the current and previous KEKs alike.
+pub async fn rewrap_keys(config: Config) -> anyhow::Result<()> {
+    let sealer = sealer(&config, &[sharedcare_identity::NAME, sharedcare_audit::NAME])?;
+    let identity = open_db(&config, &sharedcare_identity::Identity::new(config.identity.clone())).await?;
+    let sealed = sharedcare_identity::store::Store::new(identity.clone(), sealer.clone())
+        .reseal_keys()
+        .await?;
+    identity.close().await;
+    let audit = open_db(&config, &sharedcare_audit::Audit::new(config.audit.clone())).await?;
+    let log = sharedcare_audit::store::Store::new(audit.clone(), sealer.clone())
+        .reseal_log_key()
+        .await?;
+    audit.close().await;
+    println!(
+        "re-sealed under key-encryption key {}: identity {sealed} key(s), audit {log} key(s); every other key already was",
+        sealer.current()
+    );
+    Ok(())
+}
+
 /// `sharedcare audit verify`: checks the audit log in the configured database.
 pub async fn verify_audit(config: Config) -> anyhow::Result<()> {
+    let sealer = sealer(&config, &[sharedcare_audit::NAME])?;
     let db = open_db(&config, &sharedcare_audit::Audit::new(config.audit.clone())).await?;
     let log = sharedcare_audit::log::Log::open(
-        sharedcare_audit::store::Store::new(db.clone()),
+        sharedcare_audit::store::Store::new(db.clone(), sealer),
         &sharedcare_audit::note::origin(&audit_issuer(&config)),
     )
     .await?;

@@ -3,6 +3,7 @@
 
 use sharedcare_kit::db::Db;
 use sharedcare_kit::edge::Refuse;
+use sharedcare_kit::sealing::Sealer;
 use sqlx::Row;
 
 use crate::error::{IdentityError, Result};
@@ -25,6 +26,8 @@ pub use self::staff::SecurityKey;
 #[derive(Clone)]
 pub struct Store {
     db: Db,
+    /// Seals the private keys kept here (signing keys, relying-party keys).
+    sealer: Sealer,
 }
 
 fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
@@ -32,9 +35,9 @@ fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
 }
 
 impl Store {
-    /// Identity's store on `db`.
-    pub fn new(db: Db) -> Store {
-        Store { db }
+    /// Identity's store on `db`, its private keys sealed by `sealer`.
+    pub fn new(db: Db, sealer: Sealer) -> Store {
+        Store { db, sealer }
     }
 
     /// Whether the identity database has been seeded (any organisation exists).

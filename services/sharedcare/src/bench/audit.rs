@@ -35,7 +35,10 @@ pub async fn prefill(data: &std::path::Path, n: u64) -> anyhow::Result<()> {
         &sharedcare_audit::Audit::new(Default::default()),
     ))
     .await?;
-    let store = Store::new(db.clone());
+    // The key `up` on this directory will find beside the data.
+    let sealer = sharedcare_kit::sealing::KeyEncryptionConfig::default()
+        .sealer(Some(&sharedcare_kit::sealing::default_kek_path(data)))?;
+    let store = Store::new(db.clone(), sealer);
     let started = Instant::now();
     let mut done = 0;
     while done < n {
@@ -108,7 +111,9 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
         &sharedcare_audit::Audit::new(Default::default()),
     ))
     .await?;
-    let store = Store::new(db.clone());
+    // A throwaway log: its key sealed under a throwaway key-encryption key.
+    let sealer: sharedcare_kit::sealing::Sealer = std::sync::Arc::new(sharedcare_kit::sealing::LocalKek::random()?);
+    let store = Store::new(db.clone(), sealer);
     let log = Log::open(store.clone(), ORIGIN).await?;
     match &place {
         Place::Sqlite(dir) => println!(
@@ -213,7 +218,7 @@ async fn measure(log: &Log, store: &Store, db: &Db, place: &Place, size: u64) ->
     let refs: Vec<(&Delivery, AccessRecorded)> = b.iter().map(|(d, e)| (d, e.clone())).collect();
     store.append_all(&refs).await?;
     let t = Instant::now();
-    let cold = Log::open(Store::new(db.clone()), ORIGIN).await?;
+    let cold = Log::open(store.clone(), ORIGIN).await?;
     let first = cold.sign_head().await?;
     println!(
         "   start-up to a signed checkpoint {:>6.1} ms   (open {} entries, sign {})",
