@@ -314,7 +314,7 @@ impl ServiceToken {
         let r = i
             .client
             .post(&i.endpoint)
-            .header(crate::peer::NESTED, crate::peer::mark())
+            .header(crate::nested::HEADER, crate::nested::mark())
             .basic_auth(&i.client_id, Some(&i.secret))
             .form(&[("grant_type", "client_credentials"), ("scope", i.scope.as_str())])
             .send()
@@ -394,7 +394,7 @@ impl KeySource for HttpKeys {
         let r = self
             .client
             .get(&self.url)
-            .header(crate::peer::NESTED, crate::peer::mark())
+            .header(crate::nested::HEADER, crate::nested::mark())
             .send()
             .await
             .map_err(|e| KeysError::Unreachable {

@@ -32,6 +32,7 @@ pub mod jose;
 pub mod json;
 pub mod merges;
 pub mod metrics;
+pub mod nested;
 pub mod nhs;
 pub mod nhsuk;
 pub mod outbox;

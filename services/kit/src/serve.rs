@@ -613,7 +613,7 @@ async fn observe(State(o): State<Observe>, req: Request, next: Next) -> Response
     o.in_flight.fetch_add(1, Ordering::SeqCst);
     let _guard = InFlight(o.in_flight);
     // A call this process makes to itself while answering an admitted request is not counted.
-    let (now, _counted) = if crate::peer::is_nested(req.headers()) {
+    let (now, _counted) = if crate::nested::is_nested(req.headers()) {
         (0, None)
     } else {
         let now = o.admitted.fetch_add(1, Ordering::SeqCst) + 1;
