@@ -832,6 +832,9 @@ async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
     assert!(stderr.contains("`portal.client_secret` is required"), "{stderr}");
     env.push(("SHAREDCARE_PORTAL__CLIENT_SECRET", secret));
     let portal = Proc::start_on(&["serve", "portal"], &env, &format!("127.0.0.1:{port}"), "127.0.0.1:0");
+    // A second replica on the same database, as behind one load balancer (same public URL).
+    let replica = Proc::start_on(&["serve", "portal"], &env, "127.0.0.1:0", "127.0.0.1:0");
+    let other_site = replica.http.clone();
     assert!(
         !portal
             .advertised_services()
@@ -907,13 +910,27 @@ async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
     )
     .await;
     assert!(page.contains("patient-name"), "{page}");
-    // Past the refresh point, four pages at once: one refresh (identity would revoke the
-    // session's tokens if the rotated refresh token were presented twice), every page served.
+    // The other replica serves the same session (it is in the table, not in a process).
+    let on_replica = summary.replacen(&site, &other_site, 1);
+    let (status, page) = signed_get(&plain, &on_replica, &cookie).await;
+    assert!(
+        status == 200 && page.contains("Asthma"),
+        "the other replica: {status} {page}"
+    );
+    // Past the refresh point, four pages at once on each replica: one refresh between them
+    // (identity would revoke the session's tokens if the rotated refresh token were presented
+    // twice: a claim on the session's row lets one replica refresh and the other wait for
+    // its tokens), every page served.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let mut pages = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let (plain, summary, cookie) = (plain.clone(), summary.clone(), cookie.clone());
-        pages.spawn(async move { signed_get(&plain, &summary, &cookie).await });
+    for n in 0..8 {
+        let (plain, cookie) = (plain.clone(), cookie.clone());
+        let page = if n % 2 == 0 {
+            summary.clone()
+        } else {
+            on_replica.clone()
+        };
+        pages.spawn(async move { signed_get(&plain, &page, &cookie).await });
     }
     while let Some(done) = pages.join_next().await {
         let (status, page) = done.expect("task");
@@ -937,4 +954,23 @@ async fn the_portal_runs_as_its_own_process_on_postgres_with_its_own_client() {
         .await
         .expect("sessions");
     assert_eq!(n, 1, "one signed-in browser");
+    // Signing out on one replica ends the session on the other at once (it reads the table
+    // on every page; it used to remember a session for 5 s).
+    let (status, page) = signed_get(&plain, &on_replica, &cookie).await;
+    assert_eq!(status, 200, "the other replica, just before: {page}");
+    let csrf = crate::harness::hidden(&page, "csrf");
+    let out = plain
+        .post(format!("{site}/portal/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(out.status().as_u16(), 200, "the signing-out page");
+    let (status, page) = signed_get(&plain, &on_replica, &cookie).await;
+    assert!(
+        status != 200 && !page.contains("Asthma"),
+        "signed out on one replica, still served by the other: {status} {page}"
+    );
+    drop(replica);
 }

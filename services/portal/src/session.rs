@@ -20,12 +20,9 @@ pub const IDLE_SECS: i64 = 30 * 60;
 const LOGIN_SECS: i64 = 10 * 60;
 /// Last use is written at most this often (not on every page).
 const TOUCH_SECS: i64 = 60;
-/// How long a replica may answer from its memory of a session before reading it again: a
-/// logout that reaches another replica ends the session here within this time (one reaching
-/// this replica, at once).
-const CACHE_SECS: u64 = 5;
-/// Sessions remembered per replica (forgotten all at once beyond this).
-const CACHE_CAPACITY: usize = 10_000;
+/// How long one replica's claim to refresh a session's tokens holds; another replica waits
+/// for its result meanwhile, and takes over if it never comes (the claimant died).
+pub const REFRESH_CLAIM_MS: i64 = 10_000;
 
 /// Who is signed in, from their tokens.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -92,18 +89,11 @@ impl Session {
     }
 }
 
-/// A session as this replica last read it.
-struct Cached {
-    at: std::time::Instant,
-    session: Session,
-}
-
-/// The portal's session storage, with a few seconds' memory of each session so that a page
-/// costs no database read (every page reads the session).
+/// The portal's session storage. Every page reads its session from the table, so a logout on
+/// any replica (or a back-channel logout) ends it on every replica at once.
 #[derive(Clone)]
 pub struct Sessions {
     db: Db,
-    cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Cached>>>,
 }
 
 fn hash(token: &str) -> String {
@@ -121,31 +111,7 @@ fn encode<T: Serialize>(v: &T) -> Result<String, PortalError> {
 impl Sessions {
     /// Sessions in `db` (the portal's migrated store).
     pub fn new(db: Db) -> Sessions {
-        Sessions {
-            db,
-            cache: Default::default(),
-        }
-    }
-
-    fn remember(&self, id: String, session: &Session) {
-        if let Ok(mut c) = self.cache.lock() {
-            if c.len() >= CACHE_CAPACITY {
-                c.clear();
-            }
-            c.insert(
-                id,
-                Cached {
-                    at: std::time::Instant::now(),
-                    session: session.clone(),
-                },
-            );
-        }
-    }
-
-    fn forget(&self, keep: impl Fn(&String, &Cached) -> bool) {
-        if let Ok(mut c) = self.cache.lock() {
-            c.retain(|k, v| keep(k, v));
-        }
+        Sessions { db }
     }
 
     /// Stores `s` and returns the cookie's token.
@@ -160,21 +126,11 @@ impl Sessions {
             .bind(now)
             .execute(self.db.writer())
             .await?;
-        self.remember(hash(&token), s);
         Ok(token)
     }
 
     /// The live session whose cookie token is `token`; an idle one is ended.
     pub async fn get(&self, token: &str) -> Result<Option<Session>, PortalError> {
-        let id = hash(token);
-        let cached = self.cache.lock().ok().and_then(|c| {
-            c.get(&id)
-                .filter(|e| e.at.elapsed().as_secs() < CACHE_SECS)
-                .map(|e| e.session.clone())
-        });
-        if cached.is_some() {
-            return Ok(cached);
-        }
         self.reload(token).await
     }
 
@@ -202,27 +158,39 @@ impl Sessions {
                 .execute(self.db.writer())
                 .await?;
         }
-        let session: Session = decode(&row.try_get::<String, _>("body")?)?;
-        self.remember(id, &session);
-        Ok(Some(session))
+        Ok(Some(decode(&row.try_get::<String, _>("body")?)?))
     }
 
-    /// Replaces the stored session (new tokens, a break-glass patient).
+    /// Replaces the stored session (new tokens, a break-glass patient), releasing any claim
+    /// to refresh it.
     pub async fn save(&self, token: &str, s: &Session) -> Result<(), PortalError> {
-        sqlx::query("UPDATE sessions SET body = $1, seen_us = $2 WHERE id_hash = $3")
+        sqlx::query("UPDATE sessions SET body = $1, seen_us = $2, refresh_claim_us = 0 WHERE id_hash = $3")
             .bind(encode(s)?)
             .bind(db::now_us())
             .bind(hash(token))
             .execute(self.db.writer())
             .await?;
-        self.remember(hash(token), s);
         Ok(())
+    }
+
+    /// Claims the refresh of `token`'s session for this replica: `true` if no other replica
+    /// holds a live claim ([`REFRESH_CLAIM_MS`]). Identity rotates refresh tokens and revokes
+    /// the whole family when an old one is presented again, so two replicas refreshing one
+    /// session at the same instant would sign the person out: the claim is a compare-and-set
+    /// on the session's row, and [`Sessions::save`] releases it.
+    pub async fn claim_refresh(&self, token: &str) -> Result<bool, PortalError> {
+        let now = db::now_us();
+        let r = sqlx::query("UPDATE sessions SET refresh_claim_us = $1 WHERE id_hash = $2 AND refresh_claim_us < $3")
+            .bind(now)
+            .bind(hash(token))
+            .bind(now - REFRESH_CLAIM_MS * 1000)
+            .execute(self.db.writer())
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Ends the session with cookie token `token`.
     pub async fn end(&self, token: &str) -> Result<(), PortalError> {
-        let id = hash(token);
-        self.forget(|k, _| *k != id);
         sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(hash(token))
             .execute(self.db.writer())
@@ -232,7 +200,6 @@ impl Sessions {
 
     /// Ends every session of identity session `sid` (back-channel logout); how many.
     pub async fn end_sid(&self, sid: &str) -> Result<u64, PortalError> {
-        self.forget(|_, e| e.session.sid() != sid);
         let r = sqlx::query("DELETE FROM sessions WHERE sid = $1")
             .bind(sid.to_string())
             .execute(self.db.writer())

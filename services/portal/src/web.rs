@@ -142,6 +142,47 @@ pub fn see_other(to: &str) -> Response {
 }
 
 impl Web {
+    /// `token`'s session with tokens that are not `expiring`: refreshed here if this replica
+    /// wins the claim, else as the replica that won it saved them (taken over if it never does).
+    async fn refreshed(
+        &self,
+        token: &str,
+        here: &str,
+        expiring: impl Fn(&Session) -> bool,
+    ) -> Result<Session, PortalError> {
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(2 * crate::session::REFRESH_CLAIM_MS as u64);
+        loop {
+            let Some(mut session) = self.sessions.reload(token).await? else {
+                return Err(PortalError::SignIn(here.into()));
+            };
+            if !expiring(&session) {
+                return Ok(session);
+            }
+            if self.sessions.claim_refresh(token).await? {
+                let rt = session.tokens.refresh_token.clone();
+                return match self.rp.refresh(&rt, &session.tokens).await {
+                    Ok(t) => {
+                        session.tokens = t;
+                        self.sessions.save(token, &session).await?;
+                        Ok(session)
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "refresh failed: signing in again");
+                        self.sessions.end(token).await?;
+                        Err(PortalError::SignIn(here.into()))
+                    }
+                };
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(PortalError::Peer(tonic::Status::unavailable(
+                    "another portal replica is refreshing this session and has not finished",
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
     /// The signed-in session of this request, with fresh tokens; otherwise sign in and come
     /// back to `here`.
     pub async fn signed(&self, headers: &HeaderMap, here: &str) -> Result<Signed, PortalError> {
@@ -156,26 +197,10 @@ impl Web {
         if expiring(&session) {
             // One refresh at a time: identity rotates refresh tokens and revokes the whole
             // family when an old one is presented again, so two pages refreshing the same
-            // session at once would sign the person out. The second finds the first's tokens.
+            // session at once would sign the person out. Within this replica a lock, across
+            // replicas a claim on the session's row; the others find the winner's tokens.
             let _one = self.refreshing.lock().await;
-            session = match self.sessions.reload(&token).await? {
-                Some(s) => s,
-                None => return Err(PortalError::SignIn(here.into())),
-            };
-            if expiring(&session) {
-                let rt = session.tokens.refresh_token.clone();
-                match self.rp.refresh(&rt, &session.tokens).await {
-                    Ok(t) => {
-                        session.tokens = t;
-                        self.sessions.save(&token, &session).await?;
-                    }
-                    Err(e) => {
-                        tracing::info!(error = %e, "refresh failed: signing in again");
-                        self.sessions.end(&token).await?;
-                        return Err(PortalError::SignIn(here.into()));
-                    }
-                }
-            }
+            session = self.refreshed(&token, here, expiring).await?;
         }
         Ok(Signed {
             token,

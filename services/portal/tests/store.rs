@@ -42,7 +42,7 @@ async fn a_session_is_found_by_its_cookie_and_ended_by_logout_or_back_channel(db
     let got = s.get(&a).await.expect("get").expect("found");
     assert_eq!(got.who, session("Margaret", "sid-1").who);
     assert!(s.get("not-a-token").await.expect("get").is_none());
-    // A second replica (no memory of it) reads the same row, including what was saved.
+    // A second replica reads the same row, including what was saved.
     let other = Sessions::new(db.clone());
     let mut changed = got.clone();
     changed.glass.push("9434765919".into());
@@ -99,4 +99,40 @@ async fn a_sign_in_is_taken_once_and_idle_sessions_are_swept(db: Db) {
     assert!(s.notices_seen("9000000009").await.expect("notices").is_empty());
 }
 
-sharedcare_kit::store_suite!("portal"; a_session_is_found_by_its_cookie_and_ended_by_logout_or_back_channel, a_sign_in_is_taken_once_and_idle_sessions_are_swept);
+async fn one_replica_at_a_time_claims_a_sessions_refresh(db: Db) {
+    let (a, b) = (sessions(&db).await, Sessions::new(db.clone()));
+    let token = a.create(&session("Margaret", "sid-r")).await.expect("create");
+    // Two replicas ask at the same instant: exactly one wins.
+    let (x, y) = tokio::join!(a.claim_refresh(&token), b.claim_refresh(&token));
+    let won = [x.expect("claim"), y.expect("claim")];
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    assert!(
+        !a.claim_refresh(&token).await.expect("claim") && !b.claim_refresh(&token).await.expect("claim"),
+        "held"
+    );
+    // The winner saves the new tokens, which releases the claim; the other reads them.
+    let mut refreshed = a.get(&token).await.expect("get").expect("found");
+    refreshed.tokens.refresh_token = "rt-2".into();
+    a.save(&token, &refreshed).await.expect("save");
+    assert_eq!(
+        b.get(&token).await.expect("get").expect("found").tokens.refresh_token,
+        "rt-2"
+    );
+    assert!(b.claim_refresh(&token).await.expect("claim"), "released by the save");
+    // A claim whose replica died expires and can be taken over.
+    sqlx::query("UPDATE sessions SET refresh_claim_us = refresh_claim_us - $1")
+        .bind(sharedcare_portal::session::REFRESH_CLAIM_MS * 1000 + 1)
+        .execute(db.writer())
+        .await
+        .expect("age the claim");
+    assert!(
+        a.claim_refresh(&token).await.expect("claim"),
+        "an expired claim is taken over"
+    );
+    assert!(
+        !a.claim_refresh("not-a-token").await.expect("claim"),
+        "no session, no claim"
+    );
+}
+
+sharedcare_kit::store_suite!("portal"; a_session_is_found_by_its_cookie_and_ended_by_logout_or_back_channel, a_sign_in_is_taken_once_and_idle_sessions_are_swept, one_replica_at_a_time_claims_a_sessions_refresh);
