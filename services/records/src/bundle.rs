@@ -200,9 +200,31 @@ pub fn rewrite(v: &mut Value, ids: &HashMap<String, String>) {
     }
 }
 
+/// The first `reference` in `v` still naming a `urn:uuid:` (after [`rewrite`]), with its path.
+fn unresolved(v: &Value, path: String) -> Option<(String, String)> {
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match v {
+        Value::Object(m) => m.iter().find_map(|(k, child)| match child {
+            Value::String(s) if k == "reference" && s.starts_with("urn:uuid:") => Some((at(k), s.clone())),
+            _ => unresolved(child, at(k)),
+        }),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(n, c)| unresolved(c, format!("{path}[{n}]"))),
+        _ => None,
+    }
+}
+
 /// Checks a posted Bundle's entries and gives each created resource its id, rewriting
 /// references between entries. Returns the resources (with expected versions) in order.
-fn prepare(entries: &[Value]) -> Result<Vec<(fhir::Resource, i64, bool)>, RecordsError> {
+pub fn prepare(entries: &[Value]) -> Result<Vec<(fhir::Resource, i64, bool)>, RecordsError> {
     let mut checked = Vec::with_capacity(entries.len());
     let mut ids: HashMap<String, String> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
@@ -227,6 +249,15 @@ fn prepare(entries: &[Value]) -> Result<Vec<(fhir::Resource, i64, bool)>, Record
     for (i, en) in checked.into_iter().enumerate() {
         let mut value = Value::Object(en.resource);
         rewrite(&mut value, &ids);
+        // A urn:uuid names an entry of this Bundle; one that names none cannot be resolved
+        // and must not be stored as if it were a reference (FHIR R4 transaction rules).
+        if let Some((path, to)) = unresolved(&value, String::new()) {
+            return Err(invalid(
+                i,
+                &format!("resource.{path}"),
+                format!("{to} is the fullUrl of no entry in this Bundle"),
+            ));
+        }
         let r = fhir::parse(&value.to_string()).map_err(|e| match e {
             RecordsError::Refused(Refusal::Invalid { field, reason }) => {
                 invalid(i, &format!("resource.{field}"), reason)
@@ -328,4 +359,47 @@ pub async fn process(
         StatusCode::OK,
         json!({"resourceType": "Bundle", "type": "batch-response", "entry": out}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(full_url: &str, resource: Value) -> Value {
+        json!({"fullUrl": full_url, "resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}})
+    }
+
+    #[test]
+    fn references_between_entries_are_resolved_and_one_to_no_entry_is_refused() {
+        let patient = entry(
+            "urn:uuid:7d0b4c4e-0000-4000-8000-000000000001",
+            json!({"resourceType": "Patient",
+                   "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}]}),
+        );
+        let condition = |to: &str| {
+            entry(
+                "urn:uuid:7d0b4c4e-0000-4000-8000-000000000002",
+                json!({"resourceType": "Condition", "subject": {"reference": to},
+                       "code": {"coding": [{"system": "http://snomed.info/sct", "code": "195967001"}]}}),
+            )
+        };
+        let prepared = prepare(&[
+            patient.clone(),
+            condition("urn:uuid:7d0b4c4e-0000-4000-8000-000000000001"),
+        ])
+        .unwrap_or_else(|e| panic!("a valid transaction: {e}"));
+        let patient_id = prepared.first().map(|(r, _, _)| r.id.clone()).unwrap_or_default();
+        let subject = prepared.get(1).and_then(|(r, _, _)| r.body.get("subject")).cloned();
+        assert_eq!(subject, Some(json!({"reference": format!("Patient/{patient_id}")})));
+
+        let refused = prepare(&[patient, condition("urn:uuid:7d0b4c4e-0000-4000-8000-00000000ffff")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("entry[1].resource.subject.reference")
+                && refused.contains("urn:uuid:7d0b4c4e-0000-4000-8000-00000000ffff is the fullUrl of no entry"),
+            "{refused}"
+        );
+    }
 }

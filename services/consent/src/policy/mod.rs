@@ -463,22 +463,39 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
             }
         }
     }
+    withheld.sort();
+    withheld.dedup();
+    // Labels are reported when asked about (or when nothing was named); classes and codes
+    // always, since a caller asking about a whole record cannot name every code in it.
+    let present = |withheld: &[String]| -> Vec<String> {
+        withheld
+            .iter()
+            .filter(|c| ask.categories.is_empty() || !is_label(c) || ask.categories.contains(c))
+            .cloned()
+            .collect()
+    };
     if let Some(allowed) = only {
-        // Released by class or code: data of a released class, or carrying a released code.
-        if ask.categories.iter().any(|c| !is_label(c) && allowed.contains(c)) {
-            return outcome(Decision::Permit, "permitted by the patient's directive", rules, false);
+        // What one directive withholds stays withheld whatever another releases: the
+        // stricter answer wins.
+        let released = |c: &String| allowed.contains(c) && !withheld.contains(c);
+        // Released by class or code: data of a released class, or carrying a released code
+        // (less what any directive withholds).
+        if ask.categories.iter().any(|c| !is_label(c) && released(c)) {
+            let hidden = present(&withheld);
+            return if hidden.is_empty() {
+                outcome(Decision::Permit, "permitted by the patient's directive", rules, false)
+            } else {
+                outcome(
+                    Decision::Withhold(hidden),
+                    "categories withheld by the patient's directive",
+                    rules,
+                    false,
+                )
+            };
         }
         // Released by label: only data whose every label is released; everything else asked
         // for is withheld.
-        let mut hidden: Vec<String> = ask
-            .categories
-            .iter()
-            .filter(|c| is_label(c) && !allowed.contains(c))
-            .cloned()
-            .collect();
-        hidden.sort();
-        hidden.dedup();
-        if hidden.is_empty() && !ask.categories.iter().any(|c| is_label(c)) {
+        if !ask.categories.iter().any(|c| is_label(c)) {
             return outcome(
                 Decision::Deny,
                 "the patient's directive releases only named categories",
@@ -486,6 +503,15 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
                 false,
             );
         }
+        let mut hidden: Vec<String> = ask
+            .categories
+            .iter()
+            .filter(|c| is_label(c) && !released(c))
+            .cloned()
+            .chain(withheld.iter().filter(|c| !is_label(c)).cloned())
+            .collect();
+        hidden.sort();
+        hidden.dedup();
         return if hidden.is_empty() {
             outcome(Decision::Permit, "permitted by the patient's directive", rules, false)
         } else {
@@ -497,18 +523,7 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
             )
         };
     }
-    withheld.sort();
-    withheld.dedup();
-    // Labels are reported when asked about (or when nothing was named); classes and codes
-    // always, since a caller asking about a whole record cannot name every code in it.
-    let present: Vec<String> = if ask.categories.is_empty() {
-        withheld
-    } else {
-        withheld
-            .into_iter()
-            .filter(|c| !is_label(c) || ask.categories.contains(c))
-            .collect()
-    };
+    let present = present(&withheld);
     if !present.is_empty() {
         return outcome(
             Decision::Withhold(present),
