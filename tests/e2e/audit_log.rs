@@ -177,17 +177,23 @@ async fn go_sumdb_tlog_checks_the_checkpoint_tiles_an_inclusion_and_a_consistenc
     }
 }
 
-/// The audit log's own signing key, read from its store (what a log operator holds).
+/// The audit log's own signing key, read from its store and opened with the key-encryption key
+/// `up` keeps beside the data (what a log operator holds: both).
 async fn log_key(data: &std::path::Path) -> ring::signature::Ed25519KeyPair {
     use base64::Engine;
     use sqlx::Row;
     let db = crate::harness::audit_db(data).await;
-    let pkcs8: String = sqlx::query("SELECT pkcs8 FROM log_keys WHERE id = 1")
+    let sealed: String = sqlx::query("SELECT pkcs8 FROM log_keys WHERE id = 1")
         .fetch_one(db.pool())
         .await
         .expect("key")
         .get(0);
     db.close().await;
+    let kek = sharedcare_kit::sealing::KeyEncryptionConfig::default()
+        .sealer(Some(&sharedcare_kit::sealing::default_kek_path(data)))
+        .expect("the KEK beside the data");
+    let pkcs8 = kek.open(&sealed, "audit/log_keys/1").await.expect("opens under the KEK");
+    let pkcs8 = String::from_utf8(pkcs8).expect("base64 text");
     let bytes = base64::engine::general_purpose::STANDARD.decode(pkcs8).expect("base64");
     ring::signature::Ed25519KeyPair::from_pkcs8(&bytes).expect("pkcs8")
 }
