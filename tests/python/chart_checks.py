@@ -73,6 +73,7 @@ for name, d in deployments.items():
     env = {e["name"]: e for e in c["env"]}
     check("secretKeyRef" in env["SHAREDCARE_DATABASE__URL"]["valueFrom"], f"{name} takes the database URL from a Secret")
     check(spec["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone", f"{name} spreads across zones")
+    check(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", f"{name} knows its pod's name")
 check(
     "SHAREDCARE_AUTH__CLIENT_SECRET" in {e["name"] for e in deployments["sc-sharedcare-records"]["spec"]["template"]["spec"]["containers"][0]["env"]},
     "records gets its client secret from a Secret",
@@ -110,6 +111,10 @@ for name, d in deployments.items():
         check(got == (None, None, None, []), f"{name} never sees the key-encryption key: {got}")
 kek = secrets["sc-sharedcare-key-encryption"]["stringData"]["key-encryption-key"]
 check(len(kek) == 43 and kek not in of(docs, "ConfigMap")["sc-sharedcare-config"]["data"]["sharedcare.toml"], "the KEK is in its Secret, not the ConfigMap")
+records_pod = deployments["sc-sharedcare-records"]["spec"]["template"]["spec"]
+check(next(v for v in records_pod["volumes"] if v["name"] == "exports") == {"name": "exports", "emptyDir": {"sizeLimit": "20Gi"}}, "exports on an emptyDir by default")
+shared = of(render("minimal-values.yaml", "services.records.exportVolume.existingClaim=sharedcare-exports"), "Deployment")["sc-sharedcare-records"]["spec"]["template"]["spec"]
+check(next(v for v in shared["volumes"] if v["name"] == "exports") == {"name": "exports", "persistentVolumeClaim": {"claimName": "sharedcare-exports"}}, "exports on a claim every replica mounts when named")
 rotating = of(render("minimal-values.yaml", "keyEncryption.previousSecret=old-kek"), "Deployment")["sc-sharedcare-identity"]
 got = key_encryption(rotating)
 check(got[1] == '["/etc/sharedcare/key-encryption/previous"]' and ("old-kek", "key-encryption-key", "previous") in got[3], f"while rotating, the previous KEK is mounted and opened too: {got}")

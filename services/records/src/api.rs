@@ -5,6 +5,7 @@ use sharedcare_kit::auth::{Principal, Verifier};
 use sharedcare_kit::edge::Refuse;
 
 use crate::RecordsError;
+use crate::export_storage::{ExportStorage, FsExportStorage};
 use crate::fhir;
 use crate::store::{Actor, DEFAULT_PAGE, MAX_PAGE, Query, Store};
 
@@ -13,7 +14,7 @@ use crate::store::{Actor, DEFAULT_PAGE, MAX_PAGE, Query, Store};
 pub struct RecordsApi {
     store: Store,
     verifier: Verifier,
-    export_dir: std::path::PathBuf,
+    exports: std::sync::Arc<dyn ExportStorage>,
 }
 
 impl RecordsApi {
@@ -23,21 +24,21 @@ impl RecordsApi {
         RecordsApi {
             store,
             verifier,
-            export_dir: std::env::temp_dir().join("sharedcare-exports"),
+            exports: std::sync::Arc::new(FsExportStorage::new(std::env::temp_dir().join("sharedcare-exports"))),
         }
     }
 
-    /// The same API writing Bulk Data exports under `dir`.
-    pub fn with_export_dir(self, dir: std::path::PathBuf) -> Self {
+    /// The same API keeping Bulk Data export files in `storage`.
+    pub fn with_export_storage(self, storage: std::sync::Arc<dyn ExportStorage>) -> Self {
         RecordsApi {
-            export_dir: dir,
+            exports: storage,
             ..self
         }
     }
 
-    /// Where Bulk Data exports are written.
-    pub fn export_dir(&self) -> &std::path::Path {
-        &self.export_dir
+    /// Where Bulk Data export files are kept.
+    pub fn exports(&self) -> &std::sync::Arc<dyn ExportStorage> {
+        &self.exports
     }
 
     /// The store this API serves.

@@ -159,7 +159,7 @@ async fn kick_off(
 ) -> Result<Response> {
     let actor = exporter(api, headers, true).await?;
     let req = request(level, path, headers, raw)?;
-    let id = api.store().start_export(req, &actor, api.export_dir()).await?;
+    let id = api.store().start_export(req, &actor, api.exports().clone()).await?;
     let mut h = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("{}/$export-poll/{id}", base(headers))) {
         h.insert(header::CONTENT_LOCATION, v);
@@ -240,7 +240,7 @@ async fn status(State(api): State<RecordsApi>, Path(job): Path<String>, headers:
 async fn cancel(State(api): State<RecordsApi>, Path(job): Path<String>, headers: HeaderMap) -> Result<Response> {
     let actor = exporter(&api, &headers, false).await?;
     check_job(&job)?;
-    api.store().cancel_export(&job, &actor, api.export_dir()).await?;
+    api.store().cancel_export(&job, &actor, api.exports().as_ref()).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -262,10 +262,12 @@ async fn file(
     if s.status != "completed" {
         return Err(RecordsError::not_found(format!("export {job} is {}", s.status)).into());
     }
-    let path = api.export_dir().join(&job).join(format!("{t}.ndjson"));
-    let f = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| RecordsError::Unavailable(format!("export file {}: {e}", path.display())))?;
+    let f = api.exports().open(&job, &format!("{t}.ndjson")).await.map_err(|e| {
+        RecordsError::Unavailable(format!(
+            "export {job} file {t}.ndjson in {}: {e}",
+            api.exports().describe()
+        ))
+    })?;
     let stream = futures::stream::unfold(f, |mut f| async move {
         let mut buf = vec![0u8; 256 * 1024];
         match f.read(&mut buf).await {

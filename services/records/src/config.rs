@@ -16,9 +16,12 @@ pub struct RecordsConfig {
     /// `system`, `code`, `label`); the default is a short SNOMED CT sample.
     pub sensitive_codes: Vec<crate::labels::LabelCode>,
     /// Where Bulk Data `$export` writes its NDJSON files (one directory per export). Empty =
-    /// `sharedcare-exports` in the system's temporary directory. In Kubernetes, a volume
-    /// (an `emptyDir` is enough: an export interrupted by a restart is marked failed).
+    /// `sharedcare-exports` in the system's temporary directory. With more than one records
+    /// replica, a volume every replica mounts (ReadWriteMany), so that any of them answers a
+    /// status poll or a download; with one, an `emptyDir` is enough.
     pub export_dir: String,
+    /// How long a finished export (its files and status) is kept before it is removed.
+    pub export_retention_hours: u64,
     /// Client ids of system feeds (a hospital PAS through the HL7 v2 connector, the ICS's
     /// integration engine) whose Encounters, EpisodesOfCare and referrals start care
     /// relationships with the organisations they name. Staff writes start one only for the
@@ -43,6 +46,7 @@ impl Default for RecordsConfig {
             consent_timeout_ms: 2_000,
             sensitive_codes: crate::labels::defaults(),
             export_dir: String::new(),
+            export_retention_hours: 24,
             feeds: Vec::new(),
             relationship_backdate_secs: 72 * 3600,
             staff_relationship_days: 90,

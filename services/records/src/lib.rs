@@ -16,6 +16,7 @@ pub mod config;
 pub mod consent;
 pub mod demographics;
 pub mod error;
+pub mod export_storage;
 pub mod fhir;
 pub mod grpc;
 pub mod http;
@@ -108,10 +109,32 @@ impl sharedcare_kit::service::Service for Records {
             );
         }
         let mut m = Mount::new(NAME);
-        let mut api = api::RecordsApi::new(store, verifier);
+        let mut api = api::RecordsApi::new(store.clone(), verifier);
         if !self.config.export_dir.is_empty() {
-            api = api.with_export_dir(self.config.export_dir.clone().into());
+            api = api.with_export_storage(std::sync::Arc::new(export_storage::FsExportStorage::new(
+                self.config.export_dir.clone(),
+            )));
         }
+        let (exports, keep) = (
+            api.exports().clone(),
+            std::time::Duration::from_secs(self.config.export_retention_hours.saturating_mul(3600)),
+        );
+        m.background.push(Box::new(move |stop| {
+            Box::pin(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = every.tick() => {}
+                    }
+                    match store.sweep_exports(keep, exports.as_ref()).await {
+                        Ok((0, 0)) => {}
+                        Ok((failed, removed)) => tracing::info!(failed, removed, "Bulk Data exports swept"),
+                        Err(e) => tracing::warn!(error = %e, "sweeping Bulk Data exports failed; next minute again"),
+                    }
+                }
+            })
+        }));
         m.http = http::router(api.clone());
         m.add_grpc(RecordsServer::new(api));
         Ok(m)

@@ -14,6 +14,7 @@ use sharedcare_proto::consent::v1::{DecideRequest, DecideResponse};
 use sharedcare_proto::events::v1::{AccessRecorded, RecordChanged, RecordState};
 use sharedcare_records::RecordsError;
 use sharedcare_records::consent::{Pdp, PdpError};
+use sharedcare_records::export_storage::{ExportStorage, FsExportStorage};
 use sharedcare_records::fhir;
 use sharedcare_records::store::{Actor, Page, Query, Sort, Store, Stored};
 use sqlx::Row;
@@ -1236,7 +1237,8 @@ async fn an_export_writes_what_consent_permits_and_audits_each_patient(db: Db) {
         since_us: None,
         request_url: "http://x/fhir/R4/$export".into(),
     };
-    let id = s.start_export(req, &researcher, dir.path()).await.expect("kick-off");
+    let storage: std::sync::Arc<dyn ExportStorage> = std::sync::Arc::new(FsExportStorage::new(dir.path()));
+    let id = s.start_export(req, &researcher, storage).await.expect("kick-off");
     let status = loop {
         let st = s.export_status(&id, &researcher).await.expect("status");
         if st.status != "in-progress" {
@@ -1285,6 +1287,79 @@ async fn an_export_writes_what_consent_permits_and_audits_each_patient(db: Db) {
         s.export_status(&id, &system()).await.is_err(),
         "another system cannot follow it"
     );
+}
+
+/// Exports across replicas: a starting replica fails only the exports it ran itself; one
+/// whose runner went quiet is failed by any replica; finished ones expire with their files.
+async fn an_export_belongs_to_its_runner_and_finished_ones_expire(db: Db) {
+    use sharedcare_records::store::export::{EXPORT_STALE_SECS, runner};
+    use tokio::io::AsyncWriteExt;
+    let s = store(&db).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let storage = FsExportStorage::new(dir.path());
+    let now = sharedcare_kit::db::now_us();
+    let owner = system();
+    for (id, status, who, beat, finished) in [
+        ("mine", "in-progress", runner(), now, 0),
+        ("another-pods", "in-progress", "records-7d9f-abcde", now, 0),
+        (
+            "a-gone-pods",
+            "in-progress",
+            "records-7d9f-gone",
+            now - (EXPORT_STALE_SECS + 1) * 1_000_000,
+            0,
+        ),
+        ("old", "completed", "records-7d9f-abcde", now, now - 2 * 3_600_000_000),
+        ("recent", "completed", "records-7d9f-abcde", now, now - 60_000_000),
+    ] {
+        sqlx::query(
+            "INSERT INTO exports (id, client_id, request, status, error, transaction_us, finished_us, patients, resources, runner, heartbeat_us) \
+             VALUES ($1, $2, 'x', $3, '', $4, $5, 0, 0, $6, $7)",
+        )
+        .bind(id)
+        .bind(owner.id.clone())
+        .bind(status)
+        .bind(now)
+        .bind(finished)
+        .bind(who)
+        .bind(beat)
+        .execute(db.writer())
+        .await
+        .expect("an export");
+        let mut f = storage.create(id, "Patient.ndjson").await.expect("file");
+        f.write_all(b"{}\n").await.expect("write");
+        f.finish().await.expect("finish");
+    }
+    let status = |id: &'static str| {
+        let (s, owner) = (s.clone(), owner.clone());
+        async move { s.export_status(id, &owner).await.map(|e| e.status) }
+    };
+    assert_eq!(s.fail_interrupted_exports().await.expect("at start"), 1);
+    assert_eq!(
+        status("mine").await.expect("kept"),
+        "failed",
+        "this process's own, interrupted"
+    );
+    assert_eq!(
+        status("another-pods").await.expect("kept"),
+        "in-progress",
+        "another replica's runs on"
+    );
+    let (failed, removed) = s
+        .sweep_exports(std::time::Duration::from_secs(3600), &storage)
+        .await
+        .expect("sweep");
+    assert_eq!((failed, removed), (1, 1));
+    assert_eq!(
+        status("a-gone-pods").await.expect("kept"),
+        "failed",
+        "its runner went quiet"
+    );
+    assert_eq!(status("another-pods").await.expect("kept"), "in-progress");
+    assert!(status("old").await.is_err(), "expired: gone");
+    assert!(storage.open("old", "Patient.ndjson").await.is_err(), "with its files");
+    assert_eq!(status("recent").await.expect("kept"), "completed");
+    assert!(storage.open("recent", "Patient.ndjson").await.is_ok());
 }
 
 /// `person` linked `replaced-by` the Patient `survivor` (a merge).
@@ -1449,6 +1524,7 @@ sharedcare_kit::store_suite!(
     "records";
     a_merge_finds_both_records_through_either_number_and_is_never_undone,
     an_export_writes_what_consent_permits_and_audits_each_patient,
+    an_export_belongs_to_its_runner_and_finished_ones_expire,
     a_delete_is_a_new_version_reads_are_gone_and_history_keeps_it,
     patients_are_found_by_name_and_birth_date_and_only_those_the_caller_may_see,
     every_put_is_a_new_version_and_get_returns_the_newest,

@@ -11,7 +11,7 @@
 use sharedcare_kit::edge::Refuse;
 use sharedcare_kit::json::Fields;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sharedcare_kit::access::Outcome;
 use sharedcare_kit::bus::{self, Envelope};
@@ -22,6 +22,7 @@ use sqlx::Row as _;
 use tokio::io::AsyncWriteExt;
 
 use super::{ACCESS_RECORDED, Actor, Caller, Engine, Store};
+use crate::export_storage::{ExportFile, ExportStorage};
 use crate::{NAME, RecordsError, consent, fhir};
 
 /// Patients decided and read together (consent takes up to 1,000 asks a call).
@@ -75,7 +76,12 @@ pub struct ExportStatus {
 impl Store {
     /// Starts an export for `actor` (a system with the bulk scope) writing under `dir`;
     /// returns the job id. The job runs in the background; [`Store::export_status`] follows it.
-    pub async fn start_export(&self, req: ExportRequest, actor: &Actor, dir: &Path) -> Result<String, RecordsError> {
+    pub async fn start_export(
+        &self,
+        req: ExportRequest,
+        actor: &Actor,
+        storage: Arc<dyn ExportStorage>,
+    ) -> Result<String, RecordsError> {
         let e = self.engine.clone();
         for t in &req.types {
             fhir::check_type("_type", t)?;
@@ -87,17 +93,15 @@ impl Store {
         };
         let id = uuid::Uuid::new_v4().to_string();
         let now = db::now_us();
-        let out = dir.join(&id);
-        tokio::fs::create_dir_all(&out)
-            .await
-            .map_err(|err| RecordsError::Unavailable(format!("export directory {}: {err}", out.display())))?;
         sqlx::query(
-            "INSERT INTO exports (id, client_id, request, status, error, transaction_us, finished_us, patients, resources) \
-             VALUES ($1, $2, $3, 'in-progress', '', $4, 0, 0, 0)",
+            "INSERT INTO exports (id, client_id, request, status, error, transaction_us, finished_us, patients, resources, runner, heartbeat_us) \
+             VALUES ($1, $2, $3, 'in-progress', '', $4, 0, 0, 0, $5, $6)",
         )
         .bind(id.clone())
         .bind(actor.id.clone())
         .bind(req.request_url.clone())
+        .bind(now)
+        .bind(runner().to_string())
         .bind(now)
         .execute(e.db.pool())
         .await?;
@@ -106,20 +110,22 @@ impl Store {
             req,
             members,
             caller: Caller::current(actor),
-            out,
+            storage,
             engine: e.clone(),
         };
         tokio::spawn(async move {
             let id = job.id.clone();
             let engine = job.engine.clone();
+            let storage = job.storage.clone();
             if let Err(err) = job.run().await {
                 tracing::error!(export = %id, error = %err, "export failed");
                 let _ = sqlx::query("UPDATE exports SET status = 'failed', error = $1, finished_us = $2 WHERE id = $3 AND status = 'in-progress'")
                     .bind(err.to_string())
                     .bind(db::now_us())
-                    .bind(id)
+                    .bind(id.clone())
                     .execute(engine.db.pool())
                     .await;
+                let _ = storage.remove(&id).await;
             }
         });
         Ok(id)
@@ -159,28 +165,98 @@ impl Store {
     }
 
     /// Cancels export `id` (its owner only) and deletes its files.
-    pub async fn cancel_export(&self, id: &str, actor: &Actor, dir: &Path) -> Result<(), RecordsError> {
+    pub async fn cancel_export(
+        &self,
+        id: &str,
+        actor: &Actor,
+        storage: &dyn ExportStorage,
+    ) -> Result<(), RecordsError> {
         self.export_status(id, actor).await?;
         sqlx::query("UPDATE exports SET status = 'cancelled', finished_us = $1 WHERE id = $2")
             .bind(db::now_us())
             .bind(id.to_string())
             .execute(self.engine.db.pool())
             .await?;
-        let _ = tokio::fs::remove_dir_all(dir.join(id)).await;
+        let _ = storage.remove(id).await;
         Ok(())
     }
 
-    /// Marks exports a restart interrupted as failed; returns how many. Run at start-up.
+    /// Marks as failed the exports this process's runner ([`runner`]) was running before it
+    /// restarted: never another replica's. Returns how many. Run at start-up.
     pub async fn fail_interrupted_exports(&self) -> Result<u64, RecordsError> {
         let done = sqlx::query(
             "UPDATE exports SET status = 'failed', error = 'interrupted by a restart of the records service; start it again', \
-             finished_us = $1 WHERE status = 'in-progress'",
+             finished_us = $1 WHERE status = 'in-progress' AND runner = $2",
         )
         .bind(db::now_us())
+        .bind(runner().to_string())
         .execute(self.engine.db.pool())
         .await?;
         Ok(done.rows_affected())
     }
+
+    /// What every replica does every minute: fails exports whose runner stopped saying it
+    /// runs them ([`EXPORT_STALE_SECS`]: it died, or its pod is gone), and removes exports
+    /// finished more than `keep` ago with their files. Returns (failed, removed).
+    pub async fn sweep_exports(
+        &self,
+        keep: std::time::Duration,
+        storage: &dyn ExportStorage,
+    ) -> Result<(u64, u64), RecordsError> {
+        let pool = self.engine.db.pool();
+        let now = db::now_us();
+        let failed = sqlx::query(
+            "UPDATE exports SET status = 'failed', error = 'the records replica running it stopped; start it again', \
+             finished_us = $1 WHERE status = 'in-progress' AND heartbeat_us < $2",
+        )
+        .bind(now)
+        .bind(now - EXPORT_STALE_SECS * 1_000_000)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        let expired = sqlx::query("SELECT id FROM exports WHERE status <> 'in-progress' AND finished_us < $1")
+            .bind(now - keep.as_micros() as i64)
+            .fetch_all(pool)
+            .await?;
+        let mut removed = 0;
+        for row in expired {
+            let id: String = row.try_get(0)?;
+            // Files first: a row without files is a 404, files without a row would stay.
+            storage
+                .remove(&id)
+                .await
+                .map_err(|e| RecordsError::Unavailable(format!("removing export {id}'s files: {e}")))?;
+            let mut tx = self.engine.db.begin_write().await?;
+            sqlx::query("DELETE FROM export_files WHERE export_id = $1")
+                .bind(id.clone())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM exports WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            removed += 1;
+        }
+        Ok((failed, removed))
+    }
+}
+
+/// How long an export may go without its runner's heartbeat (written every chunk, about once a
+/// second while it runs) before any replica fails it.
+pub const EXPORT_STALE_SECS: i64 = 120;
+
+/// This process as the runner of exports: the pod's name in Kubernetes (`POD_NAME`, so a
+/// restarted container fails the exports it was running at once), else host and process id.
+pub fn runner() -> &'static str {
+    static RUNNER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUNNER.get_or_init(|| match std::env::var("POD_NAME") {
+        Ok(pod) if !pod.is_empty() => pod,
+        _ => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}:{}", host.trim(), std::process::id())
+        }
+    })
 }
 
 impl Engine {
@@ -235,26 +311,30 @@ struct Job {
     req: ExportRequest,
     members: Option<Vec<String>>,
     caller: Caller,
-    out: PathBuf,
+    storage: Arc<dyn ExportStorage>,
     engine: Engine,
 }
 
 /// The open NDJSON files of a job, one per resource type.
 #[derive(Default)]
 struct Files {
-    open: HashMap<String, tokio::io::BufWriter<tokio::fs::File>>,
+    open: HashMap<String, Box<dyn ExportFile>>,
     counts: HashMap<String, i64>,
 }
 
 impl Files {
     /// Appends `n` NDJSON `lines` (without their last newline) to `resource_type`'s file.
-    async fn write(&mut self, dir: &Path, resource_type: &str, lines: &str, n: i64) -> std::io::Result<()> {
+    async fn write(
+        &mut self,
+        storage: &dyn ExportStorage,
+        job: &str,
+        resource_type: &str,
+        lines: &str,
+        n: i64,
+    ) -> std::io::Result<()> {
         if !self.open.contains_key(resource_type) {
-            let f = tokio::fs::File::create(dir.join(format!("{resource_type}.ndjson"))).await?;
-            self.open.insert(
-                resource_type.to_string(),
-                tokio::io::BufWriter::with_capacity(1 << 20, f),
-            );
+            let f = storage.create(job, &format!("{resource_type}.ndjson")).await?;
+            self.open.insert(resource_type.to_string(), f);
         }
         let Some(w) = self.open.get_mut(resource_type) else {
             return Err(std::io::Error::other(format!("the {resource_type} file is not open")));
@@ -265,10 +345,9 @@ impl Files {
         Ok(())
     }
 
-    async fn finish(mut self) -> std::io::Result<HashMap<String, i64>> {
-        for w in self.open.values_mut() {
-            w.flush().await?;
-            w.get_mut().sync_all().await?;
+    async fn finish(self) -> std::io::Result<HashMap<String, i64>> {
+        for (_, w) in self.open {
+            w.finish().await?;
         }
         Ok(self.counts)
     }
@@ -384,13 +463,15 @@ impl Job {
         Ok(())
     }
 
+    /// Says this runner still runs the export (its heartbeat); `true` when it is no longer in
+    /// progress (cancelled by its owner, or failed by a sweep that took this runner for dead).
     async fn cancelled(&self) -> Result<bool, RecordsError> {
-        let row = sqlx::query("SELECT status FROM exports WHERE id = $1")
+        let beat = sqlx::query("UPDATE exports SET heartbeat_us = $1 WHERE id = $2 AND status = 'in-progress'")
+            .bind(db::now_us())
             .bind(self.id.clone())
-            .fetch_optional(self.engine.db.pool())
+            .execute(self.engine.db.pool())
             .await?;
-        let status = row.map(|r| r.try_get::<String, _>(0)).transpose()?;
-        Ok(status.is_none_or(|s| s == "cancelled"))
+        Ok(beat.rows_affected() == 0)
     }
 
     /// The next patients (NHS numbers) after `after`, in order.
@@ -529,7 +610,10 @@ impl Job {
         tx.commit().await.map_err(|err| RecordsError::Audit(err.to_string()))?;
         e.outbox.notify();
         for (t, lines, n) in &p.lines {
-            files.write(&self.out, t, lines, *n).await.map_err(|err| self.io(err))?;
+            files
+                .write(self.storage.as_ref(), &self.id, t, lines, *n)
+                .await
+                .map_err(|err| self.io(err))?;
         }
         Ok((p.patients, written))
     }
@@ -621,7 +705,10 @@ impl Job {
             }
             for r in &rows {
                 let (t, body): (String, String) = (r.try_get(0)?, r.try_get(2)?);
-                files.write(&self.out, &t, &body, 1).await.map_err(|e| self.io(e))?;
+                files
+                    .write(self.storage.as_ref(), &self.id, &t, &body, 1)
+                    .await
+                    .map_err(|e| self.io(e))?;
                 written += 1;
             }
             if let Some(last) = rows.last() {

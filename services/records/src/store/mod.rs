@@ -177,7 +177,7 @@ const RECORD_STATE: &str = "sharedcare.events.v1.RecordState";
 const ACCESS_RECORDED: &str = "sharedcare.events.v1.AccessRecorded";
 
 mod decide;
-mod export;
+pub mod export;
 mod merges;
 mod patients;
 mod provenance;
