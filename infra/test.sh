@@ -86,3 +86,9 @@ set -o pipefail
 cargo test --locked --workspace --lib --bins --tests "$@" 2>&1 | tee "$log"
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+
+# Fuzzing (fuzz/, infra/fuzz.sh): every parser of outside input, each target for a bounded
+# time from its checked-in corpus; a crash fails the run. Only when the whole suite runs.
+if [ "$#" -eq 0 ]; then
+  infra/fuzz.sh "${FUZZ_SECONDS:-20}"
+fi

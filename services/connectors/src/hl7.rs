@@ -286,7 +286,7 @@ impl<'a, 'm> Seg<'a, 'm> {
     /// Field `field`'s first repeat, decoded, components joined as sent; empty when absent.
     pub fn whole(&self, field: usize) -> String {
         match self.field(field).and_then(|f| f.repeats.first()) {
-            Some(r) => r.display(self.separators).to_string(),
+            Some(r) => decode(r.raw_value(), self.separators),
             None => String::new(),
         }
     }
@@ -332,9 +332,38 @@ impl Rep<'_, '_> {
         }
         self.repeat
             .component(component)
-            .map(|c| c.display(self.separators).to_string())
+            .map(|c| decode(c.raw_value(), self.separators))
             .unwrap_or_default()
     }
+}
+
+/// `raw` with HL7's escape sequences decoded (`\F\`, `\R\`, `\S\`, `\T\`, `\E\`, `\X0A\`, `\X0D\`,
+/// `\.br\`; another is passed on without its escapes; an unterminated one is dropped), as
+/// hl7-parser's own display decodes them — written here because that display indexes the text
+/// by character count but slices it by byte, and panicked on non-ASCII text before an escape
+/// (found by fuzzing: `fuzz/corpus/hl7/` keeps the input).
+pub fn decode(raw: &str, s: &Separators) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some((before, after)) = rest.split_once(s.escape) {
+        out.push_str(before);
+        let Some((code, next)) = after.split_once(s.escape) else {
+            return out;
+        };
+        match code {
+            "F" => out.push(s.field),
+            "R" => out.push(s.repetition),
+            "S" => out.push(s.component),
+            "T" => out.push(s.subcomponent),
+            "E" => out.push(s.escape),
+            "X0A" => out.push('\n'),
+            "X0D" | ".br" => out.push('\r'),
+            other => out.push_str(other),
+        }
+        rest = next;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// How a sender's timestamps without an offset are read.
@@ -459,6 +488,28 @@ pub(crate) mod tests {
                     (44, "20261206101000"),
                 ],
             )
+    }
+
+    #[test]
+    fn escapes_decode_by_character_whatever_the_text_around_them() {
+        let s = Separators::default();
+        assert_eq!(decode(r"O\T\Brien \F\ \S\ \R\ \E\", &s), "O&Brien | ^ ~ \\");
+        assert_eq!(decode(r"line\X0A\next\.br\end", &s), "line\nnext\rend");
+        // Non-ASCII text before an escape (the parser's own display panicked here).
+        assert_eq!(decode("Zoë Ñuñez \\T\\ café", &s), "Zoë Ñuñez & café");
+        assert_eq!(
+            decode("ünterminated \\T", &s),
+            "ünterminated ",
+            "an unterminated escape is dropped"
+        );
+        assert_eq!(
+            decode(r"\H\bold\N\", &s),
+            "HboldN",
+            "other escapes lose their delimiters"
+        );
+        let text = "MSH|^~\\&|PAS|RX1|||2026||ADT^A08|M1|P|2.4\rPID|1||9434765919^^^NHS^NH||Ñuñez^Zoë\\T\\\r";
+        let m = Hl7::parse(text).expect("parses");
+        assert_eq!(m.segment("PID").expect("PID").text(5, 2), "Zoë&");
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum What {
     /// FHIR reads by id offered at three times the capacity of `up` (measured first): the
     /// latency of those accepted and how fast the rest are refused (`max_in_flight`).
     Overload,
+    /// FHIR reads at half the capacity of `up` for `--seconds` (1800 for the README): its
+    /// resident memory and open file descriptors sampled every 10 s.
+    Soak,
     /// The operator: 500 CareApps applied to a real kube-apiserver (KUBECONFIG) until all are
     /// Ready, reconciled into a fresh `up`.
     Operator,

@@ -12,6 +12,7 @@
 //!   ([`passport`]).
 //! - `bench overload`: FHIR reads offered at three times capacity: what accepted requests
 //!   wait, and how fast the rest are refused ([`overload`]).
+//! - `bench soak`: reads at half capacity for `--seconds`, RSS and descriptors sampled.
 //! - `bench startup`: time from spawning `sharedcare up` to `/readyz` answering 200, and the
 //!   idle resident memory after that.
 
@@ -49,5 +50,6 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Portal => portal::run(&args).await,
         What::Hl7 => hl7::run(&args).await,
         What::Overload => overload::run(&args).await,
+        What::Soak => overload::soak(&args).await,
     }
 }

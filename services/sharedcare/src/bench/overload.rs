@@ -1,4 +1,6 @@
-//! `bench overload`: what clients get when far more is asked of a process than it can do.
+//! `bench overload`: what clients get when far more is asked of a process than it can do;
+//! `bench soak`: the same reads at half capacity for a long time, memory and descriptors
+//! watched.
 //!
 //! `sharedcare up` runs pinned to CPU 0 (when `taskset` exists; run the bench itself with
 //! `taskset -c 1`). First its capacity is measured: FHIR reads by id over HTTP/1.1
@@ -33,15 +35,24 @@ struct Outcomes {
     failed: u64,
 }
 
-/// Runs the overload benchmark.
-pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+/// A running `up` with patients to read, and a client and token to read them with.
+struct Target {
+    up: UpProcess,
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// Starts `up` (pinned to CPU 0 when `taskset` exists), writes the patients and measures the
+/// capacity for reads as a closed loop of `--concurrency`.
+async fn target(args: &BenchArgs, what: &str) -> anyhow::Result<(Target, f64)> {
     let pinned = Command::new("taskset").arg("--version").output().is_ok();
     let prefix: &[&str] = if pinned { &["taskset", "-c", "0"] } else { &[] };
     let (up, _) = UpProcess::start_with(prefix)?;
     let base = format!("http://{}", up.http);
     let limit = std::env::var("SHAREDCARE_MAX_IN_FLIGHT").unwrap_or_else(|_| "the default".into());
     println!(
-        "overload: FHIR reads by id over HTTP/1.1 at {base}, max_in_flight {limit}, server {}",
+        "{what}: FHIR reads by id over HTTP/1.1 at {base}, max_in_flight {limit}, server {}",
         if pinned {
             "pinned to CPU 0 (taskset)"
         } else {
@@ -73,8 +84,6 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             bail!("writing patient {n}: HTTP {} {}", r.status(), r.text().await?);
         }
     }
-
-    // Capacity: a closed loop, each of `--concurrency` readers waiting for its answer.
     let read = {
         let (base, token) = (base.clone(), token.clone());
         move |c: reqwest::Client, n: u64| {
@@ -84,13 +93,26 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     };
     let capacity = phase("capacity (closed loop)", args, std::slice::from_ref(&client), read).await?;
-    let rate = capacity * OVERLOAD;
-    println!(
-        "capacity {capacity:.0} reads/s; offering {rate:.0}/s ({OVERLOAD}x) for {} s",
-        args.seconds
-    );
+    Ok((
+        Target {
+            up,
+            client,
+            base,
+            token,
+        },
+        capacity,
+    ))
+}
 
-    // Overload: an open loop at three times capacity.
+/// Reads offered at `rate` per second on a fixed schedule for `length` (an open loop: each
+/// answer timed from when its request was due); `sample` is called every 10 s. Returns the
+/// outcomes, how many were sent and for how long.
+async fn open_loop(
+    t: &Target,
+    rate: f64,
+    length: Duration,
+    mut sample: impl FnMut(Duration),
+) -> (Outcomes, u64, Duration) {
     let outcomes = Arc::new(Mutex::new(Outcomes {
         accepted: histogram(),
         refused: histogram(),
@@ -98,19 +120,25 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }));
     let mut requests = tokio::task::JoinSet::new();
     let started = Instant::now();
-    let until = started + Duration::from_secs(args.seconds);
+    let until = started + length;
     let mut sent = 0u64;
+    let mut sampled = Duration::ZERO;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while Instant::now() < until {
         tick.tick().await;
-        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        let elapsed = started.elapsed();
+        if elapsed >= sampled + Duration::from_secs(10) {
+            sampled = elapsed;
+            sample(elapsed);
+        }
+        let due = (elapsed.as_secs_f64() * rate) as u64;
         while sent < due {
             // When this request should have gone: its latency counts from then.
             let at = started + Duration::from_secs_f64(sent as f64 / rate);
-            let (c, outcomes) = (client.clone(), outcomes.clone());
-            let url = format!("{base}/fhir/R4/Patient/overload-{}", sent % PATIENTS);
-            let token = token.clone();
+            let (c, outcomes) = (t.client.clone(), outcomes.clone());
+            let url = format!("{}/fhir/R4/Patient/overload-{}", t.base, sent % PATIENTS);
+            let token = t.token.clone();
             requests.spawn(async move {
                 let status = get(&c, &url, &token).await;
                 let took = at.elapsed().as_micros() as u64;
@@ -131,7 +159,18 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let offered_for = started.elapsed();
     while requests.join_next().await.is_some() {}
-    let o = outcomes.lock().await;
+    let o = std::mem::replace(
+        &mut *outcomes.lock().await,
+        Outcomes {
+            accepted: histogram(),
+            refused: histogram(),
+            failed: 0,
+        },
+    );
+    (o, sent, offered_for)
+}
+
+fn outcome_lines(o: &Outcomes, sent: u64, offered_for: Duration) {
     println!(
         "offered {:.0}/s ({sent} requests in {:.1} s)",
         sent as f64 / offered_for.as_secs_f64(),
@@ -142,10 +181,69 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if o.failed > 0 {
         println!("  {} failed otherwise", o.failed);
     }
+}
+
+/// Runs the overload benchmark.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let (t, capacity) = target(args, "overload").await?;
+    let rate = capacity * OVERLOAD;
+    println!(
+        "capacity {capacity:.0} reads/s; offering {rate:.0}/s ({OVERLOAD}x) for {} s",
+        args.seconds
+    );
+    let (o, sent, offered_for) = open_loop(&t, rate, Duration::from_secs(args.seconds), |_| {}).await;
+    outcome_lines(&o, sent, offered_for);
     let p99 = o.accepted.value_at_quantile(0.99) as f64 / 1000.0;
     println!(
         "accepted p99 {p99:.1} ms: {}",
         if p99 < 50.0 { "under 50 ms" } else { "OVER 50 ms" }
+    );
+    Ok(())
+}
+
+/// `bench soak`: reads at half the measured capacity for `--seconds` (1800 for the README's
+/// figure), the server's resident memory and open file descriptors sampled every 10 s.
+pub async fn soak(args: &BenchArgs) -> anyhow::Result<()> {
+    let (t, capacity) = target(args, "soak").await?;
+    let rate = capacity / 2.0;
+    let length = Duration::from_secs(args.seconds);
+    println!(
+        "capacity {capacity:.0} reads/s; offering {rate:.0}/s (half) for {} s",
+        args.seconds
+    );
+    let first = (t.up.rss_kib()?, t.up.fds()?);
+    println!("{:>8}  {:>10}  {:>5}", "at", "RSS MiB", "fds");
+    let mut samples = vec![(Duration::ZERO, first.0, first.1)];
+    let up = &t.up;
+    let (o, sent, offered_for) = open_loop(&t, rate, length, |at| {
+        if let (Ok(rss), Ok(fds)) = (up.rss_kib(), up.fds()) {
+            if samples.len() % 6 == 0 {
+                println!("{:>7.0}s  {:>10.1}  {:>5}", at.as_secs_f64(), rss as f64 / 1024.0, fds);
+            }
+            samples.push((at, rss, fds));
+        }
+    })
+    .await;
+    outcome_lines(&o, sent, offered_for);
+    let last = (t.up.rss_kib()?, t.up.fds()?);
+    // Past the warm-up (the first tenth), how far memory and descriptors moved.
+    let settled: Vec<_> = samples.iter().filter(|(at, _, _)| *at >= length / 10).collect();
+    let (lo, hi) = settled
+        .iter()
+        .fold((u64::MAX, 0), |(lo, hi), (_, r, _)| (lo.min(*r), hi.max(*r)));
+    let (flo, fhi) = settled
+        .iter()
+        .fold((usize::MAX, 0), |(lo, hi), (_, _, f)| (lo.min(*f), hi.max(*f)));
+    println!(
+        "RSS {:.1} MiB at the start, {:.1} at the end; after the warm-up between {:.1} and {:.1} MiB",
+        first.0 as f64 / 1024.0,
+        last.0 as f64 / 1024.0,
+        lo as f64 / 1024.0,
+        hi as f64 / 1024.0
+    );
+    println!(
+        "open file descriptors {} at the start, {} at the end; after the warm-up between {flo} and {fhi}",
+        first.1, last.1
     );
     Ok(())
 }
