@@ -313,6 +313,20 @@ fn apply(d: &Directive, ask: &Ask, org: &str, role: &str) -> Option<Applied> {
     Some(a)
 }
 
+/// What a directive that released categories gives: everything, or all but `hidden`.
+fn by_directive(hidden: Vec<String>, rules: Vec<String>) -> Outcome {
+    if hidden.is_empty() {
+        outcome(Decision::Permit, "permitted by the patient's directive", rules, false)
+    } else {
+        outcome(
+            Decision::Withhold(hidden),
+            "categories withheld by the patient's directive",
+            rules,
+            false,
+        )
+    }
+}
+
 /// Decides. Pure: the same inputs always give the same outcome.
 pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
     let now = ask.now;
@@ -481,17 +495,7 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
         // Released by class or code: data of a released class, or carrying a released code
         // (less what any directive withholds).
         if ask.categories.iter().any(|c| !is_label(c) && released(c)) {
-            let hidden = present(&withheld);
-            return if hidden.is_empty() {
-                outcome(Decision::Permit, "permitted by the patient's directive", rules, false)
-            } else {
-                outcome(
-                    Decision::Withhold(hidden),
-                    "categories withheld by the patient's directive",
-                    rules,
-                    false,
-                )
-            };
+            return by_directive(present(&withheld), rules);
         }
         // Released by label: only data whose every label is released; everything else asked
         // for is withheld.
@@ -512,16 +516,7 @@ pub fn decide(ask: &Ask, facts: &Facts) -> Outcome {
             .collect();
         hidden.sort();
         hidden.dedup();
-        return if hidden.is_empty() {
-            outcome(Decision::Permit, "permitted by the patient's directive", rules, false)
-        } else {
-            outcome(
-                Decision::Withhold(hidden),
-                "categories withheld by the patient's directive",
-                rules,
-                false,
-            )
-        };
+        return by_directive(hidden, rules);
     }
     let present = present(&withheld);
     if !present.is_empty() {
