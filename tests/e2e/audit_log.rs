@@ -192,7 +192,10 @@ async fn log_key(data: &std::path::Path) -> ring::signature::Ed25519KeyPair {
     let kek = sharedcare_kit::sealing::KeyEncryptionConfig::default()
         .sealer(Some(&sharedcare_kit::sealing::default_kek_path(data)))
         .expect("the KEK beside the data");
-    let pkcs8 = kek.open(&sealed, "audit/log_keys/1").await.expect("opens under the KEK");
+    let pkcs8 = kek
+        .open(&sealed, "audit/log_keys/1")
+        .await
+        .expect("opens under the KEK");
     let pkcs8 = String::from_utf8(pkcs8).expect("base64 text");
     let bytes = base64::engine::general_purpose::STANDARD.decode(pkcs8).expect("base64");
     ring::signature::Ed25519KeyPair::from_pkcs8(&bytes).expect("pkcs8")
