@@ -130,9 +130,11 @@ impl Store {
         let mut leaves: Vec<merkle::Hash> = Vec::new();
         for chunk in events.chunks(db::MAX_ROWS_PER_INSERT) {
             let deliveries: Vec<&Delivery> = chunk.iter().map(|(d, _)| *d).collect();
-            let fresh = inbox::claim_all(&mut tx, NAME, &deliveries).await?;
-            let new: Vec<&(&Delivery, AccessRecorded)> =
-                chunk.iter().filter(|(d, _)| fresh.contains(&d.envelope.id)).collect();
+            let new: Vec<&(&Delivery, AccessRecorded)> = inbox::claim_fresh(&mut tx, NAME, &deliveries)
+                .await?
+                .into_iter()
+                .filter_map(|i| chunk.get(i))
+                .collect();
             if new.is_empty() {
                 continue;
             }

@@ -679,9 +679,9 @@ impl Store {
     ) -> Result<usize, ConsentError> {
         let mut tx = self.db.begin_write().await?;
         let deliveries: Vec<&sharedcare_kit::bus::Delivery> = events.iter().map(|(d, _)| *d).collect();
-        let fresh = sharedcare_kit::inbox::claim_all(&mut tx, crate::NAME, &deliveries).await?;
+        let fresh = sharedcare_kit::inbox::claim_fresh(&mut tx, crate::NAME, &deliveries).await?;
         let mut applied = 0;
-        for (d, e) in events.iter().filter(|(d, _)| fresh.contains(&d.envelope.id)) {
+        for (d, e) in fresh.into_iter().filter_map(|i| events.get(i)) {
             if !e.merged_into.is_empty() {
                 merge(&mut tx, e, &d.envelope.id).await?;
                 applied += 1;

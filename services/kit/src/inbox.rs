@@ -25,9 +25,31 @@ pub async fn claim(tx: &mut Tx, consumer: &str, delivery: &Delivery) -> Result<b
     Ok(done.rows_affected() == 1)
 }
 
-/// Claims a batch (at most [`crate::db::MAX_ROWS_PER_INSERT`]) in one statement; returns the
-/// event ids that were new for `consumer` (the others were applied before: skip them).
-pub async fn claim_all(
+/// Claims a batch of deliveries in as few statements as it takes; returns the positions in
+/// `deliveries` of those new for `consumer`, in order, **each event once**: a batch can hold
+/// one event twice (a producer that resent it after an acknowledgement was lost, both copies
+/// landing in one fetch), and only its first copy is to be applied. The rest were applied
+/// before (or are such second copies): skip them.
+pub async fn claim_fresh(tx: &mut Tx, consumer: &str, deliveries: &[&Delivery]) -> Result<Vec<usize>, sqlx::Error> {
+    let mut out = Vec::new();
+    for (c, chunk) in deliveries.chunks(crate::db::MAX_ROWS_PER_INSERT).enumerate() {
+        let mut fresh = claim_chunk(tx, consumer, chunk).await?;
+        let base = c * crate::db::MAX_ROWS_PER_INSERT;
+        // `remove`, not `contains`: a second copy in the batch finds its id taken.
+        out.extend(
+            chunk
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| fresh.remove(&d.envelope.id))
+                .map(|(i, _)| base + i),
+        );
+    }
+    Ok(out)
+}
+
+/// Claims at most [`crate::db::MAX_ROWS_PER_INSERT`] in one statement; the event ids new for
+/// `consumer`.
+async fn claim_chunk(
     tx: &mut Tx,
     consumer: &str,
     deliveries: &[&Delivery],

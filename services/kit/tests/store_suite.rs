@@ -153,8 +153,46 @@ async fn inbox_claims_an_event_once(db: Db) {
     tx.commit().await.expect("commit");
 }
 
+/// A batch can hold one event twice (a producer resent it after losing the broker's
+/// acknowledgement): only its first copy is fresh. Found by `bench chaos`: the audit consumer
+/// inserted both copies and retried the failing batch for ever after a Kafka restart.
+async fn a_batch_holding_one_event_twice_claims_it_once(db: Db) {
+    db.migrate_kit().await.expect("migrate");
+    let at = |envelope, offset| Delivery {
+        envelope,
+        topic: "t".into(),
+        partition: 0,
+        offset,
+    };
+    let (a, b) = (event("k", 1), event("k", 2));
+    let before = at(event("k", 3), 1);
+    let mut tx = db.begin_write().await.expect("begin");
+    assert_eq!(inbox::claim_fresh(&mut tx, "c", &[&before]).await.expect("claim"), [0]);
+    tx.commit().await.expect("commit");
+    let batch = [at(a.clone(), 2), at(b, 3), at(a, 4), before];
+    let refs: Vec<&Delivery> = batch.iter().collect();
+    let mut tx = db.begin_write().await.expect("begin");
+    assert_eq!(
+        inbox::claim_fresh(&mut tx, "c", &refs).await.expect("claim"),
+        [0, 1],
+        "the first copy of a, then b; not a's second copy, nor the event applied before"
+    );
+    tx.commit().await.expect("commit");
+    // Over more rows than one statement takes, positions still index the whole batch.
+    let many: Vec<Delivery> = (0..sharedcare_kit::db::MAX_ROWS_PER_INSERT + 5)
+        .map(|i| at(event("m", i), i as i64 + 10))
+        .collect();
+    let mut refs: Vec<&Delivery> = many.iter().collect();
+    refs.push(&many[0]);
+    let mut tx = db.begin_write().await.expect("begin");
+    let fresh = inbox::claim_fresh(&mut tx, "c", &refs).await.expect("claim");
+    assert_eq!(fresh, (0..many.len()).collect::<Vec<_>>());
+    tx.commit().await.expect("commit");
+}
+
 sharedcare_kit::store_suite!(
     "kit_test";
+    a_batch_holding_one_event_twice_claims_it_once,
     outbox_rows_commit_with_the_transaction_or_not_at_all,
     relay_publishes_everything_in_order_then_empties,
     relay_keeps_rows_while_the_bus_is_down,

@@ -274,10 +274,10 @@ async fn claim<'a, T>(
     chunk: &'a [(&'a Delivery, T)],
 ) -> Result<Vec<(&'a Delivery, &'a T)>, PassportError> {
     let deliveries: Vec<&Delivery> = chunk.iter().map(|(d, _)| *d).collect();
-    let fresh = inbox::claim_all(tx, crate::NAME, &deliveries).await?;
-    Ok(chunk
-        .iter()
-        .filter(|(d, _)| fresh.contains(&d.envelope.id))
+    Ok(inbox::claim_fresh(tx, crate::NAME, &deliveries)
+        .await?
+        .into_iter()
+        .filter_map(|i| chunk.get(i))
         .map(|(d, e)| (*d, e))
         .collect())
 }
