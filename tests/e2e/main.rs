@@ -7,6 +7,7 @@
 
 mod audit_log;
 mod bulk;
+mod chaos;
 mod connectors;
 mod consent;
 mod demo;

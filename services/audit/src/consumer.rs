@@ -70,7 +70,7 @@ fn merge(delivery: &Delivery) -> Option<(String, String)> {
 fn decode(delivery: &Delivery) -> Option<(&Delivery, AccessRecorded)> {
     if delivery.envelope.r#type == CONSENT_EVENT {
         return match ConsentEvent::decode(delivery.envelope.data.as_slice()) {
-            Ok(e) => Some((delivery, from_consent(e))),
+            Ok(e) => Some((delivery, from_consent(e, &delivery.envelope.traceparent))),
             Err(e) => {
                 tracing::error!(event_id = %delivery.envelope.id, error = %e, "undecodable ConsentEvent skipped");
                 None
@@ -90,8 +90,9 @@ fn decode(delivery: &Delivery) -> Option<(&Delivery, AccessRecorded)> {
 }
 
 /// A consent event as an audit entry: break-glass is recorded with purpose BTG and its stated
-/// reason; other changes with their kind as the action.
-fn from_consent(e: ConsentEvent) -> AccessRecorded {
+/// reason; other changes with their kind as the action. The entry carries the trace of the
+/// request that made the change (from the event's `traceparent`), as records' entries do.
+fn from_consent(e: ConsentEvent, traceparent: &str) -> AccessRecorded {
     let glass = e.kind == "break_glass_granted";
     AccessRecorded {
         actor: e.actor,
@@ -107,6 +108,7 @@ fn from_consent(e: ConsentEvent) -> AccessRecorded {
         outcome: if glass { Outcome::Granted } else { Outcome::Success }.as_str().into(),
         time: e.time,
         service: "consent".into(),
+        trace_id: sharedcare_kit::telemetry::trace_id_of(traceparent),
         ..AccessRecorded::default()
     }
 }

@@ -127,6 +127,17 @@ pub fn current_trace_id() -> String {
     }
 }
 
+/// The trace id (32 hex digits) in a W3C `traceparent`; "" when it is not a valid one.
+pub fn trace_id_of(traceparent: &str) -> String {
+    let cx = context_of(traceparent);
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        sc.trace_id().to_string()
+    } else {
+        String::new()
+    }
+}
+
 /// The remote context a W3C `traceparent` describes (an empty context if it is invalid).
 pub fn context_of(traceparent: &str) -> opentelemetry::Context {
     let mut carrier = HashMap::new();
@@ -172,5 +183,22 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) 
     if headers.contains_key("traceparent") {
         let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         let _ = span.set_parent(cx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_trace_id_of_a_traceparent_and_of_nonsense() {
+        assert_eq!(
+            super::trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(super::trace_id_of(""), "");
+        assert_eq!(
+            super::trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            ""
+        );
+        assert_eq!(super::trace_id_of("not a traceparent"), "");
     }
 }

@@ -41,6 +41,11 @@ pub enum What {
     /// FHIR reads at half the capacity of `up` for `--seconds` (1800 for the README): its
     /// resident memory and open file descriptors sampled every 10 s.
     Soak,
+    /// Faults injected into identity, consent, audit and records as `serve` processes on a
+    /// Postgres and a Kafka of the run's own (started with the scripts under `--infra`) while
+    /// a load writes, reads and changes consent; afterwards the load's ledger is checked
+    /// against the store and the audit log (lost, doubled, unaudited), and `audit verify` run.
+    Chaos,
     /// The operator: 500 CareApps applied to a real kube-apiserver (KUBECONFIG) until all are
     /// Ready, reconciled into a fresh `up`.
     Operator,
@@ -79,6 +84,18 @@ pub struct BenchArgs {
     /// patient's access-log page measured over a log that size).
     #[arg(long, default_value_t = 0)]
     pub audit_entries: u64,
+    /// Faults to inject (chaos): each kind once, then drawn at random from `--seed`.
+    #[arg(long, default_value_t = 200)]
+    pub faults: usize,
+    /// The seed of the fault schedule (chaos); a random one (printed) when not given.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// How long Kafka stays down in a "Kafka down" fault (chaos).
+    #[arg(long, default_value_t = 60)]
+    pub outage_seconds: u64,
+    /// The project's `infra/` scripts (chaos starts its own Postgres and Kafka with them).
+    #[arg(long, default_value = "infra")]
+    pub infra: std::path::PathBuf,
 }
 
 impl BenchArgs {

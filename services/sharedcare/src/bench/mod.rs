@@ -13,6 +13,7 @@
 //! - `bench overload`: FHIR reads offered at three times capacity: what accepted requests
 //!   wait, and how fast the rest are refused ([`overload`]).
 //! - `bench soak`: reads at half capacity for `--seconds`, RSS and descriptors sampled.
+//! - `bench chaos`: faults injected under load, the ledger checked afterwards ([`chaos`]).
 //! - `bench startup`: time from spawning `sharedcare up` to `/readyz` answering 200, and the
 //!   idle resident memory after that.
 
@@ -21,6 +22,7 @@ use crate::config::Config;
 mod args;
 mod audit;
 mod bus;
+mod chaos;
 mod export;
 mod harness;
 mod hl7;
@@ -51,5 +53,6 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         What::Hl7 => hl7::run(&args).await,
         What::Overload => overload::run(&args).await,
         What::Soak => overload::soak(&args).await,
+        What::Chaos => chaos::run(&args).await,
     }
 }

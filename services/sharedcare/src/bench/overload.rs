@@ -25,6 +25,9 @@ use super::harness::{UpProcess, demo_service_token, histogram, phase, report};
 /// Patients read, round robin.
 const PATIENTS: u64 = 100;
 
+/// The load's token scope.
+const SCOPE: &str = "records.read records.write";
+
 /// How many times capacity is offered.
 const OVERLOAD: f64 = 3.0;
 
@@ -33,7 +36,24 @@ struct Outcomes {
     accepted: Histogram<u64>,
     refused: Histogram<u64>,
     failed: u64,
+    /// Why the first failure failed (a soak that stops serving says so).
+    first_failure: Option<String>,
 }
+
+impl Outcomes {
+    fn new() -> Self {
+        Outcomes {
+            accepted: histogram(),
+            refused: histogram(),
+            failed: 0,
+            first_failure: None,
+        }
+    }
+}
+
+/// How often the open loop fetches a new token: well inside the demo token's 10 minutes (a
+/// soak that kept one token would be refused from then on, and look flat for it).
+const TOKEN_REFRESH: Duration = Duration::from_secs(300);
 
 /// A running `up` with patients to read, and a client and token to read them with.
 struct Target {
@@ -59,7 +79,7 @@ async fn target(args: &BenchArgs, what: &str) -> anyhow::Result<(Target, f64)> {
             "not pinned (no taskset)"
         }
     );
-    let token = demo_service_token(&up.http, "records.read records.write").await?;
+    let token = demo_service_token(&up.http, SCOPE).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
         .build()
@@ -110,19 +130,18 @@ async fn target(args: &BenchArgs, what: &str) -> anyhow::Result<(Target, f64)> {
 }
 
 /// Reads offered at `rate` per second on a fixed schedule for `length` (an open loop: each
-/// answer timed from when its request was due); `sample` is called every 10 s. Returns the
+/// answer timed from when its request was due); `sample` is called every 10 s with the time
+/// and how many have been accepted so far. Returns the
 /// outcomes, how many were sent and for how long.
 async fn open_loop(
     t: &Target,
     rate: f64,
     length: Duration,
-    mut sample: impl FnMut(Duration),
+    mut sample: impl FnMut(Duration, u64),
 ) -> (Outcomes, u64, Duration) {
-    let outcomes = Arc::new(Mutex::new(Outcomes {
-        accepted: histogram(),
-        refused: histogram(),
-        failed: 0,
-    }));
+    let outcomes = Arc::new(Mutex::new(Outcomes::new()));
+    let mut token = t.token.clone();
+    let mut refreshed = Duration::ZERO;
     let mut requests = tokio::task::JoinSet::new();
     let started = Instant::now();
     let until = started + length;
@@ -135,7 +154,15 @@ async fn open_loop(
         let elapsed = started.elapsed();
         if elapsed >= sampled + Duration::from_secs(10) {
             sampled = elapsed;
-            sample(elapsed);
+            let accepted = outcomes.lock().await.accepted.len();
+            sample(elapsed, accepted);
+        }
+        if elapsed >= refreshed + TOKEN_REFRESH {
+            refreshed = elapsed;
+            match demo_service_token(&t.up.http, SCOPE).await {
+                Ok(new) => token = new,
+                Err(e) => println!("  token refresh failed at {:.0} s: {e}", elapsed.as_secs_f64()),
+            }
         }
         let due = (elapsed.as_secs_f64() * rate) as u64;
         while sent < due {
@@ -143,7 +170,7 @@ async fn open_loop(
             let at = started + Duration::from_secs_f64(sent as f64 / rate);
             let (c, outcomes) = (t.client.clone(), outcomes.clone());
             let url = format!("{}/fhir/R4/Patient/overload-{}", t.base, sent % PATIENTS);
-            let token = t.token.clone();
+            let token = token.clone();
             requests.spawn(async move {
                 let status = get(&c, &url, &token).await;
                 let took = at.elapsed().as_micros() as u64;
@@ -155,7 +182,10 @@ async fn open_loop(
                     Err(Refusal::Overloaded) => {
                         let _ = o.refused.record(took);
                     }
-                    Err(Refusal::Other(_)) => o.failed += 1,
+                    Err(Refusal::Other(why)) => {
+                        o.failed += 1;
+                        o.first_failure.get_or_insert(why);
+                    }
                 }
             });
             sent += 1;
@@ -164,14 +194,7 @@ async fn open_loop(
     }
     let offered_for = started.elapsed();
     while requests.join_next().await.is_some() {}
-    let o = std::mem::replace(
-        &mut *outcomes.lock().await,
-        Outcomes {
-            accepted: histogram(),
-            refused: histogram(),
-            failed: 0,
-        },
-    );
+    let o = std::mem::replace(&mut *outcomes.lock().await, Outcomes::new());
     (o, sent, offered_for)
 }
 
@@ -184,7 +207,11 @@ fn outcome_lines(o: &Outcomes, sent: u64, offered_for: Duration) {
     report("accepted (200)", o.accepted.len(), offered_for, &o.accepted);
     report("refused (503, Retry-After)", o.refused.len(), offered_for, &o.refused);
     if o.failed > 0 {
-        println!("  {} failed otherwise", o.failed);
+        println!(
+            "  {} failed otherwise (the first: {})",
+            o.failed,
+            o.first_failure.as_deref().unwrap_or("?")
+        );
     }
 }
 
@@ -196,7 +223,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "capacity {capacity:.0} reads/s; offering {rate:.0}/s ({OVERLOAD}x) for {} s",
         args.seconds
     );
-    let (o, sent, offered_for) = open_loop(&t, rate, Duration::from_secs(args.seconds), |_| {}).await;
+    let (o, sent, offered_for) = open_loop(&t, rate, Duration::from_secs(args.seconds), |_, _| {}).await;
     outcome_lines(&o, sent, offered_for);
     let p99 = o.accepted.value_at_quantile(0.99) as f64 / 1000.0;
     println!(
@@ -217,13 +244,24 @@ pub async fn soak(args: &BenchArgs) -> anyhow::Result<()> {
         args.seconds
     );
     let first = (t.up.rss_kib()?, t.up.fds()?);
-    println!("{:>8}  {:>10}  {:>5}", "at", "RSS MiB", "fds");
+    println!(
+        "{:>8}  {:>10}  {:>5}  {:>16}",
+        "at", "RSS MiB", "fds", "served/s (last)"
+    );
     let mut samples = vec![(Duration::ZERO, first.0, first.1)];
     let up = &t.up;
-    let (o, sent, offered_for) = open_loop(&t, rate, length, |at| {
+    let mut last = (Duration::ZERO, 0u64);
+    let (o, sent, offered_for) = open_loop(&t, rate, length, |at, accepted| {
         if let (Ok(rss), Ok(fds)) = (up.rss_kib(), up.fds()) {
             if samples.len() % 6 == 0 {
-                println!("{:>7.0}s  {:>10.1}  {:>5}", at.as_secs_f64(), rss as f64 / 1024.0, fds);
+                let served = (accepted - last.1) as f64 / (at - last.0).as_secs_f64().max(1.0);
+                last = (at, accepted);
+                println!(
+                    "{:>7.0}s  {:>10.1}  {:>5}  {served:>16.0}",
+                    at.as_secs_f64(),
+                    rss as f64 / 1024.0,
+                    fds
+                );
             }
             samples.push((at, rss, fds));
         }

@@ -1,0 +1,1116 @@
+//! `bench chaos`: faults injected into a running platform, and a ledger that says afterwards
+//! whether anything acknowledged was lost, doubled or left unaudited.
+//!
+//! Set-up: a PostgreSQL cluster and an Apache Kafka broker of the run's own (started with
+//! `infra/postgres.sh` and `infra/kafka.sh` on their own ports and directories, so nothing
+//! else on the machine is disturbed), and identity, consent, audit and records each as its own
+//! `sharedcare serve` process on fixed ports.
+//!
+//! Load, for the whole run: writers put Observations (each a new id), readers read them back
+//! as the ICS's integration system (each read decided by consent and audited before it
+//! answers), and a consent changer turns one patient's whole-record deny directive on and
+//! off, so some reads are refused. Every call carries a W3C `traceparent` of its own, and the
+//! audit entry it causes carries that trace id: the ledger keeps each call's trace id and
+//! what the caller was told (acknowledged, refused, or no answer).
+//!
+//! Faults, one at a time: first each kind once, then `--faults` in all from a schedule drawn
+//! from `--seed` (printed, so a run can be repeated): kill -9 of each service (restarted on
+//! the same ports, as Kubernetes would), a Kafka restart, a Postgres restart, consent frozen
+//! with SIGSTOP for longer than records' consent timeout, and Kafka down for
+//! `--outage-seconds` while writes fill the outbox. After each, the time until a write and a
+//! read both succeed again is the time to recover.
+//!
+//! Afterwards: every acknowledged write is stored, once (version 1); every acknowledged read
+//! has exactly one `success` audit entry and every refused one exactly one `denied` entry; a
+//! call that got no answer has at most one entry (an entry means the data *may* have been
+//! seen: it was committed with the decision before the answer was sent, and the process died
+//! or the caller gave up before the answer arrived; such entries are counted, never doubled);
+//! the audit log stops growing with every expected entry in it (the consumers caught up);
+//! `sharedcare audit verify` passes on the database.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sharedcare_proto::audit::v1::QueryRequest;
+use sharedcare_proto::audit::v1::audit_client::AuditClient;
+use sharedcare_proto::consent::v1::consent_client::ConsentClient;
+use sharedcare_proto::consent::v1::{Directive, PutDirectiveRequest};
+use sharedcare_proto::records::v1::records_client::RecordsClient;
+use sharedcare_proto::records::v1::{GetRequest, PutRequest};
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+use super::args::BenchArgs;
+use super::harness::{DEMO_SERVICE_ID, DEMO_SERVICE_SECRET};
+
+/// Patients the load writes about; patient 0's consent is turned on and off.
+const PATIENTS: u32 = 8;
+
+/// Writers and readers, each paced to [`PACE`] between calls.
+const WORKERS: usize = 4;
+
+/// Pause between one worker's calls (4 workers: about 100 calls a second in all).
+const PACE: Duration = Duration::from_millis(40);
+
+/// How long a caller waits for an answer before counting it as none.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Records' consent timeout in the run (`records.consent_timeout_ms`); consent is frozen for
+/// longer than this.
+const CONSENT_TIMEOUT_MS: u64 = 2_000;
+
+/// Steady load between two faults.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// A fault is "not recovered" after this long.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(120);
+
+/// The services, in the order they start (identity first: the others trust its tokens).
+const SERVICES: [&str; 4] = ["identity", "consent", "audit", "records"];
+
+/// What can be done to the platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// kill -9 of a service's process, then started again on the same ports.
+    Kill(&'static str),
+    /// The Kafka broker stopped and started again at once.
+    KafkaRestart,
+    /// Postgres stopped (fast shutdown: connections cut) and started again at once.
+    PostgresRestart,
+    /// Consent stopped with SIGSTOP for longer than records' consent timeout, then SIGCONT.
+    FreezeConsent,
+    /// The Kafka broker down for `--outage-seconds` while the load goes on.
+    KafkaOutage,
+}
+
+impl Fault {
+    /// Every kind, in the order of the first pass.
+    fn all() -> Vec<Fault> {
+        let mut v: Vec<Fault> = SERVICES.iter().map(|s| Fault::Kill(s)).collect();
+        v.extend([
+            Fault::KafkaRestart,
+            Fault::PostgresRestart,
+            Fault::FreezeConsent,
+            Fault::KafkaOutage,
+        ]);
+        v
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Fault::Kill(s) => format!("kill -9 {s}"),
+            Fault::KafkaRestart => "restart Kafka".into(),
+            Fault::PostgresRestart => "restart Postgres".into(),
+            Fault::FreezeConsent => "SIGSTOP consent".into(),
+            Fault::KafkaOutage => "Kafka down".into(),
+        }
+    }
+}
+
+/// A small seeded generator (SplitMix64): the schedule must come out the same from the same
+/// seed on any build, which a crate's generator does not promise across versions.
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (n > 0).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// The schedule of `count` faults from `seed`: each kind once, then drawn at random.
+fn schedule(seed: u64, count: usize) -> Vec<Fault> {
+    let kinds = Fault::all();
+    let mut rng = Seeded(seed);
+    let mut out: Vec<Fault> = kinds.iter().copied().take(count).collect();
+    while out.len() < count {
+        if let Some(k) = kinds.get(rng.below(kinds.len())) {
+            out.push(*k);
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------------ infrastructure
+
+/// Postgres and Kafka of the run's own, through the project's scripts.
+struct Infra {
+    scripts: PathBuf,
+    dir: tempfile::TempDir,
+    pg_port: u16,
+    kafka_port: u16,
+}
+
+impl Infra {
+    fn script(&self, which: &str, action: &str) -> anyhow::Result<String> {
+        let out = Command::new(self.scripts.join(format!("{which}.sh")))
+            .arg(action)
+            .env("PG_PORT", self.pg_port.to_string())
+            .env("PG_HOME", self.dir.path().join("postgres"))
+            .env("KAFKA_PORT", self.kafka_port.to_string())
+            .env("KAFKA_HOME", self.dir.path().join("kafka"))
+            .env("KAFKA_HEAP", "256m")
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("run {which}.sh {action}"))?;
+        if !out.status.success() {
+            bail!("{which}.sh {action} failed ({})", out.status);
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn database_url(&self) -> String {
+        format!("postgres://sharedcare:sharedcare@127.0.0.1:{}/sharedcare", self.pg_port)
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.kafka_port)
+    }
+}
+
+impl Drop for Infra {
+    fn drop(&mut self) {
+        let _ = self.script("kafka", "stop");
+        let _ = self.script("postgres", "stop");
+    }
+}
+
+/// A free TCP port on loopback (bound and released).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+// ----------------------------------------------------------------------------- processes
+
+/// One `sharedcare serve <service>` process, restartable on the same ports.
+struct Served {
+    name: &'static str,
+    http: String,
+    grpc: String,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Served {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let exe = std::env::current_exe()?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut child = Command::new(exe)
+            .args(["serve", self.name, "--http", &self.http, "--grpc", &self.grpc])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn serve {}", self.name))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut said = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !said && line.starts_with("listening ") {
+                    said = true;
+                    let _ = tx.send(());
+                }
+            }
+        });
+        self.child = Some(child);
+        if rx.recv_timeout(Duration::from_secs(90)).is_err() {
+            bail!(
+                "serve {} did not say it was listening within 90 s (its log: {})",
+                self.name,
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// kill -9, and reaped.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether it exited by itself (then it is reaped and forgotten).
+    fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(_))) => {
+                self.child = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let s = Command::new("kill").args([sig, &pid.to_string()]).status()?;
+    if !s.success() {
+        bail!("kill {sig} {pid} failed");
+    }
+    Ok(())
+}
+
+// --------------------------------------------------------------------------------- ledger
+
+/// What a caller was told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Told {
+    /// The call succeeded.
+    Acked,
+    /// Refused by consent (PERMISSION_DENIED).
+    Refused,
+    /// An error or no answer in time.
+    Unanswered,
+}
+
+/// What a call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A record written (records' Put).
+    Write,
+    /// A record read (records' Get).
+    Read,
+    /// Patient 0's directive changed (consent's PutDirective).
+    Consent,
+}
+
+/// One call the load made.
+#[derive(Clone, Debug)]
+struct Call {
+    trace: String,
+    kind: Kind,
+    /// The Observation written or read (empty for a consent change).
+    id: String,
+    told: Told,
+}
+
+/// Everything the load was told, in order.
+#[derive(Default)]
+struct Ledger {
+    calls: Vec<Call>,
+    /// Observation ids whose write was acknowledged, with their patient's index.
+    written: Vec<(String, u32)>,
+}
+
+/// A new W3C traceparent and its trace id.
+fn traceparent() -> (String, String) {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    (format!("00-{trace}-{span}-01"), trace)
+}
+
+/// The shared state of the load.
+struct Load {
+    records: RecordsClient<Channel>,
+    consent: ConsentClient<Channel>,
+    token: Mutex<String>,
+    patients: Vec<String>,
+    ledger: Mutex<Ledger>,
+    next: std::sync::atomic::AtomicU64,
+    stop: AtomicBool,
+}
+
+fn request<T>(msg: T, token: &str, traceparent: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    req.metadata_mut().insert("traceparent", traceparent.parse()?);
+    req.set_timeout(CALL_TIMEOUT);
+    Ok(req)
+}
+
+fn told<T>(r: &Result<T, tonic::Status>) -> Told {
+    match r {
+        Ok(_) => Told::Acked,
+        Err(s) if s.code() == tonic::Code::PermissionDenied => Told::Refused,
+        Err(_) => Told::Unanswered,
+    }
+}
+
+fn observation(id: &str, patient: u32) -> String {
+    serde_json::json!({
+        "resourceType": "Observation", "id": id, "status": "final",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "27113001", "display": "Body weight"}]},
+        "subject": {"reference": format!("Patient/chaos-p{patient}")},
+        "valueQuantity": {"value": 70, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}
+    })
+    .to_string()
+}
+
+fn consent_directive(nhs: &str, active: bool) -> String {
+    serde_json::json!({
+        "resourceType": "Consent", "id": "chaos-deny",
+        "status": if active { "active" } else { "inactive" },
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}},
+        "dateTime": "2026-12-01T10:00:00Z",
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": {"type": "deny"}
+    })
+    .to_string()
+}
+
+impl Load {
+    async fn token(&self) -> String {
+        self.token.lock().await.clone()
+    }
+
+    /// Puts `resource_json` as the integration system; returns what the caller was told.
+    async fn put(&self, resource_json: String, id: &str) -> Told {
+        let (tp, trace) = traceparent();
+        let token = self.token().await;
+        let r = match request(
+            PutRequest {
+                resource_json,
+                source_organisation: "RXX01".into(),
+                ..Default::default()
+            },
+            &token,
+            &tp,
+        ) {
+            Ok(req) => self.records.clone().put(req).await,
+            Err(e) => Err(tonic::Status::internal(e.to_string())),
+        };
+        let t = told(&r);
+        self.ledger.lock().await.calls.push(Call {
+            trace,
+            kind: Kind::Write,
+            id: id.to_string(),
+            told: t,
+        });
+        t
+    }
+
+    /// Turns patient 0's whole-record deny on or off through consent.
+    async fn set_directive(&self, nhs: &str, active: bool) -> Told {
+        let (tp, trace) = traceparent();
+        let token = self.token().await;
+        let msg = PutDirectiveRequest {
+            directive: Some(Directive {
+                resource_json: consent_directive(nhs, active),
+                ..Default::default()
+            }),
+        };
+        let r = match request(msg, &token, &tp) {
+            Ok(req) => self.consent.clone().put_directive(req).await,
+            Err(e) => Err(tonic::Status::internal(e.to_string())),
+        };
+        let t = told(&r);
+        self.ledger.lock().await.calls.push(Call {
+            trace,
+            kind: Kind::Consent,
+            id: format!("directive {}", if active { "on" } else { "off" }),
+            told: t,
+        });
+        t
+    }
+
+    /// Reads Observation `id`; returns what the caller was told.
+    async fn get(&self, id: &str) -> Told {
+        let (tp, trace) = traceparent();
+        let token = self.token().await;
+        let r = match request(
+            GetRequest {
+                resource_type: "Observation".into(),
+                id: id.to_string(),
+                ..Default::default()
+            },
+            &token,
+            &tp,
+        ) {
+            Ok(req) => self.records.clone().get(req).await,
+            Err(e) => Err(tonic::Status::internal(e.to_string())),
+        };
+        let t = told(&r);
+        self.ledger.lock().await.calls.push(Call {
+            trace,
+            kind: Kind::Read,
+            id: id.to_string(),
+            told: t,
+        });
+        t
+    }
+
+    /// One write of a new Observation.
+    async fn write_one(&self) -> Told {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let patient = (n % u64::from(PATIENTS)) as u32;
+        let id = format!("chaos-o{n}");
+        let t = self.put(observation(&id, patient), &id).await;
+        if t == Told::Acked {
+            self.ledger.lock().await.written.push((id, patient));
+        }
+        t
+    }
+
+    /// One read of an Observation written before (chosen by `pick`).
+    async fn read_one(&self, pick: u64) -> Option<Told> {
+        let id = {
+            let l = self.ledger.lock().await;
+            let n = l.written.len() as u64;
+            if n == 0 {
+                return None;
+            }
+            l.written.get((pick % n) as usize).map(|(id, _)| id.clone())
+        }?;
+        Some(self.get(&id).await)
+    }
+
+    /// A worker: alternately writes and reads until told to stop.
+    async fn work(self: Arc<Self>, worker: usize) {
+        let mut i = worker as u64;
+        while !self.stop.load(Ordering::Relaxed) {
+            if i.is_multiple_of(2) {
+                self.write_one().await;
+            } else {
+                self.read_one(i.wrapping_mul(2_654_435_761)).await;
+            }
+            i += 1;
+            tokio::time::sleep(PACE).await;
+        }
+    }
+
+    /// Turns patient 0's whole-record deny on and off every second or so.
+    async fn change_consent(self: Arc<Self>) {
+        let mut active = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            active = !active;
+            if let Some(nhs) = self.patients.first() {
+                self.set_directive(nhs, active).await;
+            }
+            tokio::time::sleep(Duration::from_millis(1_300)).await;
+        }
+    }
+
+    /// Refreshes the token every minute (a failure keeps the old one).
+    async fn refresh_token(self: Arc<Self>, issuer: String) {
+        while !self.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            if let Ok(t) = service_token(&issuer).await {
+                *self.token.lock().await = t;
+            }
+        }
+    }
+
+    /// A write and a read until both succeed: the time to recover.
+    async fn recovered(&self) -> Option<Duration> {
+        let started = Instant::now();
+        loop {
+            if self.write_one().await == Told::Acked {
+                let id = self.ledger.lock().await.written.last().map(|w| w.0.clone());
+                if let Some(id) = id
+                    && self.get(&id).await != Told::Unanswered
+                {
+                    return Some(started.elapsed());
+                }
+            }
+            if started.elapsed() > RECOVERY_LIMIT {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn service_token(issuer: &str) -> anyhow::Result<String> {
+    let r: serde_json::Value = reqwest::Client::new()
+        .post(format!("{issuer}/oauth2/token"))
+        .basic_auth(DEMO_SERVICE_ID, Some(DEMO_SERVICE_SECRET))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "records.read records.write consent.write audit.read"),
+        ])
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .json()
+        .await?;
+    r.get("access_token")
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+        .with_context(|| format!("no access token from {issuer}: {r}"))
+}
+
+// -------------------------------------------------------------------------------- the run
+
+/// The platform under test.
+struct Platform {
+    infra: Infra,
+    services: Vec<Served>,
+    outage: Duration,
+    /// Processes that exited without being killed (restarted, as Kubernetes would).
+    unplanned: Vec<String>,
+}
+
+impl Platform {
+    fn service(&mut self, name: &str) -> anyhow::Result<&mut Served> {
+        self.services
+            .iter_mut()
+            .find(|s| s.name == name)
+            .with_context(|| format!("no service {name}"))
+    }
+
+    /// Restarts any process that exited by itself, and says so.
+    fn restart_exited(&mut self) -> anyhow::Result<()> {
+        for s in &mut self.services {
+            if s.exited() {
+                self.unplanned.push(s.name.to_string());
+                println!(
+                    "  ! {} exited by itself; started again (its log: {})",
+                    s.name,
+                    s.log.display()
+                );
+                s.spawn()?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn inject(&mut self, fault: Fault) -> anyhow::Result<()> {
+        match fault {
+            Fault::Kill(name) => {
+                let s = self.service(name)?;
+                s.kill();
+                s.spawn()?;
+            }
+            Fault::KafkaRestart => {
+                self.infra.script("kafka", "stop")?;
+                self.infra.script("kafka", "start")?;
+            }
+            Fault::PostgresRestart => {
+                self.infra.script("postgres", "stop")?;
+                self.infra.script("postgres", "start")?;
+            }
+            Fault::FreezeConsent => {
+                let pid = self.service("consent")?.pid().context("consent is not running")?;
+                signal(pid, "-STOP")?;
+                tokio::time::sleep(Duration::from_millis(CONSENT_TIMEOUT_MS + 1_000)).await;
+                signal(pid, "-CONT")?;
+            }
+            Fault::KafkaOutage => {
+                self.infra.script("kafka", "stop")?;
+                tokio::time::sleep(self.outage).await;
+                self.infra.script("kafka", "start")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts Postgres, Kafka and the four services.
+async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
+    let dir = tempfile::Builder::new().prefix("sharedcare-chaos").tempdir()?;
+    // Postgres runs as the postgres user, under this directory.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
+    let infra = Infra {
+        scripts: args.infra.clone(),
+        pg_port: free_port()?,
+        kafka_port: free_port()?,
+        dir,
+    };
+    infra.script("postgres", "start")?;
+    infra.script("kafka", "start")?;
+    let kek = {
+        use base64::Engine;
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+    };
+    let mut ports = Vec::new();
+    for _ in SERVICES {
+        ports.push((free_port()?, free_port()?));
+    }
+    let identity_http = format!("http://127.0.0.1:{}", ports.first().context("ports")?.0);
+    let consent_grpc = format!("http://127.0.0.1:{}", ports.get(1).context("ports")?.1);
+    let common: Vec<(String, String)> = [
+        ("SHAREDCARE_DATABASE__URL", infra.database_url()),
+        ("SHAREDCARE_KEY_ENCRYPTION__KEY", kek),
+        ("SHAREDCARE_KAFKA__BROKERS", infra.brokers()),
+        ("SHAREDCARE_KAFKA__NAMESPACE", "chaos".into()),
+        ("SHAREDCARE_TELEMETRY__LOG", "warn".into()),
+        ("SHAREDCARE_IDENTITY__SEED_DEMO_RECORD", "false".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut services = Vec::new();
+    for (name, (http, grpc)) in SERVICES.into_iter().zip(ports) {
+        let mut env = common.clone();
+        let mut add = |k: &str, v: &str| env.push((k.to_string(), v.to_string()));
+        if name == "identity" {
+            add("SHAREDCARE_IDENTITY__SEED_DEMO", "true");
+        } else {
+            add("SHAREDCARE_AUTH__ISSUER", &identity_http);
+        }
+        if name == "records" {
+            add("SHAREDCARE_RECORDS__CONSENT_URL", &consent_grpc);
+            add(
+                "SHAREDCARE_RECORDS__CONSENT_TIMEOUT_MS",
+                &CONSENT_TIMEOUT_MS.to_string(),
+            );
+            add("SHAREDCARE_AUTH__CLIENT_ID", DEMO_SERVICE_ID);
+            add("SHAREDCARE_AUTH__CLIENT_SECRET", DEMO_SERVICE_SECRET);
+        }
+        let mut s = Served {
+            name,
+            http: format!("127.0.0.1:{http}"),
+            grpc: format!("127.0.0.1:{grpc}"),
+            env,
+            log: infra.dir.path().join(format!("{name}.log")),
+            child: None,
+        };
+        s.spawn()?;
+        services.push(s);
+    }
+    Ok((
+        Platform {
+            infra,
+            services,
+            outage: Duration::from_secs(args.outage_seconds),
+            unplanned: Vec::new(),
+        },
+        identity_http,
+    ))
+}
+
+fn grpc_of(p: &Platform, name: &str) -> anyhow::Result<Channel> {
+    let s = p
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .with_context(|| format!("no service {name}"))?;
+    Ok(Channel::from_shared(format!("http://{}", s.grpc))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy())
+}
+
+/// Every audit entry about `nhs`, as (trace id, outcome).
+async fn entries(audit: &mut AuditClient<Channel>, token: &str, nhs: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut before = 0;
+    loop {
+        let mut req = tonic::Request::new(QueryRequest {
+            nhs_number: nhs.into(),
+            page_size: 1000,
+            before_sequence: before,
+            ..Default::default()
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let page = audit.query(req).await?.into_inner();
+        out.extend(page.entries.into_iter().map(|e| (e.trace_id, e.outcome)));
+        if page.next_before_sequence == 0 {
+            return Ok(out);
+        }
+        before = page.next_before_sequence;
+    }
+}
+
+/// The verdict on one call against the audit log.
+#[derive(Default, Debug)]
+struct Tally {
+    acked: u64,
+    missing: u64,
+    doubled: u64,
+    wrong_outcome: u64,
+}
+
+/// The result of comparing the ledger with the store and the audit log.
+#[derive(Default, Debug)]
+struct Verdict {
+    writes: Tally,
+    writes_lost: u64,
+    writes_doubled: u64,
+    reads: Tally,
+    refusals: Tally,
+    unanswered: u64,
+    unanswered_audited: u64,
+    unanswered_doubled: u64,
+    /// Entries with a trace id no call of the load had.
+    unexplained: u64,
+    /// The first few calls found wrong, to look up in the logs.
+    examples: Vec<String>,
+    /// Directive changes acknowledged, each with consent's entry.
+    consent: Tally,
+}
+
+impl Verdict {
+    fn lost(&self) -> u64 {
+        self.writes_lost + self.reads.missing + self.refusals.missing + self.writes.missing + self.consent.missing
+    }
+
+    fn doubled(&self) -> u64 {
+        self.writes_doubled
+            + self.reads.doubled
+            + self.refusals.doubled
+            + self.writes.doubled
+            + self.consent.doubled
+            + self.unanswered_doubled
+    }
+}
+
+/// Compares the ledger with the audit entries `seen` (trace id → outcomes).
+fn judge(calls: &[Call], seen: &HashMap<String, Vec<String>>) -> Verdict {
+    let mut v = Verdict::default();
+    let mut known = std::collections::HashSet::new();
+    for c in calls {
+        known.insert(c.trace.as_str());
+        let got = seen.get(&c.trace).map(Vec::as_slice).unwrap_or_default();
+        let (tally, want) = match (c.told, c.kind) {
+            // Consent's own record of directive changes is not this ledger's to check.
+            (Told::Acked, Kind::Consent) => (&mut v.consent, "success"),
+            (Told::Acked, Kind::Write) => (&mut v.writes, "success"),
+            (Told::Acked, Kind::Read) => (&mut v.reads, "success"),
+            (Told::Refused, _) => (&mut v.refusals, "denied"),
+            (Told::Unanswered, _) => {
+                v.unanswered += 1;
+                match got.len() {
+                    0 => {}
+                    1 => v.unanswered_audited += 1,
+                    _ => v.unanswered_doubled += 1,
+                }
+                continue;
+            }
+        };
+        tally.acked += 1;
+        match got {
+            [] => tally.missing += 1,
+            [one] if one != want => tally.wrong_outcome += 1,
+            [_] => continue,
+            _ => tally.doubled += 1,
+        }
+        if v.examples.len() < 5 {
+            v.examples.push(format!(
+                "{:?} {} (trace {}), told {:?}: audit outcomes {got:?}",
+                c.kind, c.id, c.trace, c.told
+            ));
+        }
+    }
+    for (t, e) in seen.iter().filter(|(t, _)| !known.contains(t.as_str())) {
+        v.unexplained += e.len() as u64;
+        if v.examples.len() < 8 {
+            v.examples
+                .push(format!("entries of no call (trace {t:?}): outcomes {e:?}"));
+        }
+    }
+    v
+}
+
+/// `sharedcare bench chaos`.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let seed = args.seed.unwrap_or_else(|| {
+        let b = uuid::Uuid::new_v4();
+        u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or_default())
+    });
+    let plan = schedule(seed, args.faults);
+    println!(
+        "chaos: seed {seed} (repeat with --seed {seed}), {} faults, Kafka outages of {} s",
+        plan.len(),
+        args.outage_seconds
+    );
+    println!("not injected here: two replicas behind one address, network partitions, break-glass (see the README)");
+    let (mut p, issuer) = platform(args).await?;
+    let token = service_token(&issuer).await?;
+    let records = RecordsClient::new(grpc_of(&p, "records")?);
+    let patients: Vec<String> = (0..PATIENTS)
+        .map(|i| {
+            (0..100)
+                .find_map(|j| sharedcare_kit::nhs::NhsNumber::from_stem(900_000_000 + i * 1_000 + j))
+                .map(|n| n.to_string())
+                .context("an NHS number")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let load = Arc::new(Load {
+        records,
+        consent: ConsentClient::new(grpc_of(&p, "consent")?),
+        token: Mutex::new(token.clone()),
+        patients: patients.clone(),
+        ledger: Mutex::new(Ledger::default()),
+        next: std::sync::atomic::AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    // The patients, before any load.
+    for (i, nhs) in patients.iter().enumerate() {
+        let patient = serde_json::json!({
+            "resourceType": "Patient", "id": format!("chaos-p{i}"),
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}],
+            "name": [{"family": "Chaos", "given": ["Pat"]}], "birthDate": "1970-01-01"
+        });
+        if load.put(patient.to_string(), "").await != Told::Acked {
+            bail!("could not write patient {i} before the faults began");
+        }
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        tasks.push(tokio::spawn(load.clone().work(w)));
+    }
+    tasks.push(tokio::spawn(load.clone().change_consent()));
+    let refresher = tokio::spawn(load.clone().refresh_token(issuer.clone()));
+    tokio::time::sleep(SETTLE).await;
+
+    println!("{:>4}  {:<18} {:>8} {:>14}", "#", "fault", "at s", "recovered in");
+    let mut recoveries: Vec<(Fault, Option<Duration>)> = Vec::new();
+    for (i, fault) in plan.iter().enumerate() {
+        p.restart_exited()?;
+        let at = started.elapsed();
+        p.inject(*fault).await?;
+        let rec = load.recovered().await;
+        println!(
+            "{:>4}  {:<18} {:>8.1} {:>14}",
+            i + 1,
+            fault.name(),
+            at.as_secs_f64(),
+            rec.map_or("NOT RECOVERED".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
+        );
+        recoveries.push((*fault, rec));
+        tokio::time::sleep(SETTLE).await;
+    }
+    // Each worker finishes the call it is in, so the ledger holds every call that was made.
+    load.stop.store(true, Ordering::Relaxed);
+    refresher.abort();
+    for t in tasks {
+        let _ = t.await;
+    }
+    p.restart_exited()?;
+    let ran_for = started.elapsed();
+
+    // The consumers catch up: every acknowledged call's entry is in the log and it has
+    // stopped growing.
+    let calls = load.ledger.lock().await.calls.clone();
+    let token = service_token(&issuer).await.unwrap_or(token);
+    let mut audit = AuditClient::new(grpc_of(&p, "audit")?);
+    let drain_started = Instant::now();
+    let mut last = usize::MAX;
+    let (seen, drained) = loop {
+        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        let mut total = 0;
+        for nhs in &patients {
+            for (trace, outcome) in entries(&mut audit, &token, nhs).await.unwrap_or_default() {
+                seen.entry(trace).or_default().push(outcome);
+                total += 1;
+            }
+        }
+        let all_in = judge(&calls, &seen).lost() == 0;
+        if (all_in && total == last) || drain_started.elapsed() > Duration::from_secs(180) {
+            break (seen, all_in && total == last);
+        }
+        last = total;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let drain = drain_started.elapsed();
+    let mut verdict = judge(&calls, &seen);
+
+    // Every acknowledged write is stored, once: its version is still 1.
+    let written = load.ledger.lock().await.written.clone();
+    let mut records = RecordsClient::new(grpc_of(&p, "records")?);
+    for (id, _) in &written {
+        let (tp, _) = traceparent();
+        let got = records
+            .get(request(
+                GetRequest {
+                    resource_type: "Observation".into(),
+                    id: id.clone(),
+                    purpose: "TREAT".into(),
+                },
+                &token,
+                &tp,
+            )?)
+            .await;
+        match got {
+            Ok(r) if r.get_ref().version == 1 => {}
+            Ok(_) => verdict.writes_doubled += 1,
+            Err(s) if s.code() == tonic::Code::NotFound => verdict.writes_lost += 1,
+            // Patient 0's directive may be on: denied means it is there.
+            Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+            Err(s) => bail!("reading back {id}: {s}"),
+        }
+    }
+
+    // The log's own check, on the database.
+    let verify = Command::new(std::env::current_exe()?)
+        .args(["audit", "verify"])
+        .envs(
+            p.services
+                .first()
+                .map(|s| s.env.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(k, _)| k == "SHAREDCARE_DATABASE__URL" || k == "SHAREDCARE_KEY_ENCRYPTION__KEY"),
+        )
+        .output()?;
+    let verified = verify.status.success();
+
+    let not_recovered = recoveries.iter().filter(|r| r.1.is_none()).count();
+    let mut by_kind: Vec<(String, usize, Duration)> = Vec::new();
+    for (f, r) in &recoveries {
+        let name = f.name();
+        let worst = r.unwrap_or(RECOVERY_LIMIT);
+        match by_kind.iter_mut().find(|k| k.0 == name) {
+            Some(k) => {
+                k.1 += 1;
+                k.2 = k.2.max(worst);
+            }
+            None => by_kind.push((name, 1, worst)),
+        }
+    }
+    println!();
+    println!("{:<18} {:>6} {:>22}", "fault", "times", "slowest recovery");
+    for (name, n, worst) in &by_kind {
+        println!("{name:<18} {n:>6} {:>20.2} s", worst.as_secs_f64());
+    }
+    println!();
+    let v = &verdict;
+    println!(
+        "ran {:.0} s under load; {} faults injected",
+        ran_for.as_secs_f64(),
+        plan.len()
+    );
+    println!(
+        "writes acknowledged {:>6}   lost {}   doubled {}   audit entry missing {}   doubled {}",
+        v.writes.acked, v.writes_lost, v.writes_doubled, v.writes.missing, v.writes.doubled
+    );
+    println!(
+        "reads acknowledged  {:>6}   audit entry missing {}   doubled {}   wrong outcome {}",
+        v.reads.acked, v.reads.missing, v.reads.doubled, v.reads.wrong_outcome
+    );
+    println!(
+        "reads refused       {:>6}   denial entry missing {}   doubled {}   wrong outcome {}",
+        v.refusals.acked, v.refusals.missing, v.refusals.doubled, v.refusals.wrong_outcome
+    );
+    println!(
+        "calls unanswered    {:>6}   audited anyway (committed, answer lost) {}   doubled {}",
+        v.unanswered, v.unanswered_audited, v.unanswered_doubled
+    );
+    println!(
+        "consent changed      {:>6}   audit entry missing {}   doubled {}   wrong outcome {}",
+        v.consent.acked, v.consent.missing, v.consent.doubled, v.consent.wrong_outcome
+    );
+    println!("audit entries of no call of the load: {}", v.unexplained);
+    for e in &v.examples {
+        println!("  wrong: {e}");
+    }
+    println!(
+        "consumers caught up: {} ({:.1} s after the load stopped); audit verify: {}; processes that exited by themselves: {}",
+        if drained { "yes" } else { "NO" },
+        drain.as_secs_f64(),
+        if verified { "passed" } else { "FAILED" },
+        if p.unplanned.is_empty() {
+            "none".to_string()
+        } else {
+            p.unplanned.join(", ")
+        }
+    );
+    let wrong = v.reads.wrong_outcome + v.refusals.wrong_outcome + v.writes.wrong_outcome + v.consent.wrong_outcome;
+    println!(
+        "CHAOS faults={} acknowledged={} lost={} doubled={} wrong={} not_recovered={} seed={seed}",
+        plan.len(),
+        v.writes.acked + v.reads.acked + v.refusals.acked + v.consent.acked,
+        v.lost(),
+        v.doubled(),
+        wrong,
+        not_recovered
+    );
+    if !verified {
+        eprintln!("{}", String::from_utf8_lossy(&verify.stderr));
+    }
+    if v.lost() > 0 || v.doubled() > 0 || wrong > 0 || not_recovered > 0 || !verified || !drained {
+        bail!(
+            "chaos run with seed {seed} failed (logs under {})",
+            p.infra.dir.path().display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_gives_the_same_schedule_and_every_kind_comes_first() {
+        let a = schedule(42, 30);
+        assert_eq!(a, schedule(42, 30));
+        assert_ne!(a, schedule(43, 30), "another seed, another schedule");
+        assert_eq!(a[..Fault::all().len()], Fault::all()[..]);
+        assert_eq!(schedule(1, 3).len(), 3);
+    }
+
+    fn call(trace: &str, write: bool, told: Told) -> Call {
+        Call {
+            trace: trace.into(),
+            kind: if write { Kind::Write } else { Kind::Read },
+            id: String::new(),
+            told,
+        }
+    }
+
+    #[test]
+    fn the_ledger_names_missing_doubled_and_wrong_entries() {
+        let calls = [
+            call("a", false, Told::Acked),
+            call("b", false, Told::Acked),
+            call("c", false, Told::Refused),
+            call("d", true, Told::Acked),
+            call("e", false, Told::Unanswered),
+            call("f", false, Told::Unanswered),
+            call("g", false, Told::Refused),
+        ];
+        let seen: HashMap<String, Vec<String>> = [
+            ("a", vec!["success"]),
+            ("b", vec!["success", "success"]),
+            ("c", vec!["denied"]),
+            ("e", vec!["success"]),
+            ("g", vec!["success"]),
+            ("z", vec!["success"]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+        .collect();
+        let v = judge(&calls, &seen);
+        assert_eq!((v.reads.acked, v.reads.missing, v.reads.doubled), (2, 0, 1));
+        assert_eq!((v.refusals.acked, v.refusals.wrong_outcome), (2, 1));
+        assert_eq!(
+            (v.writes.acked, v.writes.missing),
+            (1, 1),
+            "the write's entry is missing"
+        );
+        assert_eq!((v.unanswered, v.unanswered_audited), (2, 1));
+        assert_eq!(v.unexplained, 1);
+        assert_eq!(v.lost(), 1);
+        assert_eq!(v.doubled(), 1);
+    }
+}
