@@ -150,7 +150,9 @@ fn schedule(seed: u64, count: usize) -> Vec<Fault> {
 /// Postgres and Kafka of the run's own, through the project's scripts.
 struct Infra {
     scripts: PathBuf,
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// Removes `dir` when the run passes; taken (and the directory kept) when it fails.
+    guard: Option<tempfile::TempDir>,
     pg_port: u16,
     kafka_port: u16,
 }
@@ -160,9 +162,9 @@ impl Infra {
         let out = Command::new(self.scripts.join(format!("{which}.sh")))
             .arg(action)
             .env("PG_PORT", self.pg_port.to_string())
-            .env("PG_HOME", self.dir.path().join("postgres"))
+            .env("PG_HOME", self.dir.join("postgres"))
             .env("KAFKA_PORT", self.kafka_port.to_string())
-            .env("KAFKA_HOME", self.dir.path().join("kafka"))
+            .env("KAFKA_HOME", self.dir.join("kafka"))
             .env("KAFKA_HEAP", "256m")
             .stderr(Stdio::inherit())
             .output()
@@ -638,7 +640,8 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
         scripts: args.infra.clone(),
         pg_port: free_port()?,
         kafka_port: free_port()?,
-        dir,
+        dir: dir.path().to_path_buf(),
+        guard: Some(dir),
     };
     infra.script("postgres", "start")?;
     infra.script("kafka", "start")?;
@@ -689,7 +692,7 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
             http: format!("127.0.0.1:{http}"),
             grpc: format!("127.0.0.1:{grpc}"),
             env,
-            log: infra.dir.path().join(format!("{name}.log")),
+            log: infra.dir.join(format!("{name}.log")),
             child: None,
         };
         s.spawn()?;
@@ -814,7 +817,7 @@ fn judge(calls: &[Call], seen: &HashMap<String, Vec<String>>) -> Verdict {
         }
         if v.examples.len() < 5 {
             v.examples.push(format!(
-                "{:?} {} (trace {}), told {:?}: audit outcomes {got:?}",
+                "wrong: {:?} {} (trace {}), told {:?}: audit outcomes {got:?}",
                 c.kind, c.id, c.trace, c.told
             ));
         }
@@ -829,8 +832,16 @@ fn judge(calls: &[Call], seen: &HashMap<String, Vec<String>>) -> Verdict {
     v
 }
 
-/// `sharedcare bench chaos`.
+/// `sharedcare bench chaos`. Stopped by SIGTERM or Ctrl-C, it still stops its Postgres, Kafka
+/// and services (they are dropped with the run).
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    tokio::select! {
+        r = chaos(args) => r,
+        () = sharedcare_kit::shutdown::signal() => bail!("stopped by a signal; its Postgres, Kafka and services were stopped"),
+    }
+}
+
+async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(|| {
         let b = uuid::Uuid::new_v4();
         u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or_default())
@@ -1021,7 +1032,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     println!("audit entries of no call of the load: {}", v.unexplained);
     for e in &v.examples {
-        println!("  wrong: {e}");
+        println!("  {e}");
     }
     println!(
         "consumers caught up: {} ({:.1} s after the load stopped); audit verify: {}; processes that exited by themselves: {}",
@@ -1048,9 +1059,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         eprintln!("{}", String::from_utf8_lossy(&verify.stderr));
     }
     if v.lost() > 0 || v.doubled() > 0 || wrong > 0 || not_recovered > 0 || !verified || !drained {
+        // Keep the services' logs to look at.
+        if let Some(g) = p.infra.guard.take() {
+            let _ = g.keep();
+        }
         bail!(
             "chaos run with seed {seed} failed (logs under {})",
-            p.infra.dir.path().display()
+            p.infra.dir.display()
         );
     }
     Ok(())
