@@ -114,32 +114,14 @@ impl Fault {
     }
 }
 
-/// A small seeded generator (SplitMix64): the schedule must come out the same from the same
-/// seed on any build, which a crate's generator does not promise across versions.
-struct Seeded(u64);
-
-impl Seeded {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (n > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// The schedule of `count` faults from `seed`: each kind once, then drawn at random.
 fn schedule(seed: u64, count: usize) -> Vec<Fault> {
     let kinds = Fault::all();
-    let mut rng = Seeded(seed);
+    // The population's SplitMix64: the same schedule from the same seed on any build.
+    let mut rng = crate::population::Rng(seed);
     let mut out: Vec<Fault> = kinds.iter().copied().take(count).collect();
     while out.len() < count {
-        if let Some(k) = kinds.get(rng.below(kinds.len())) {
+        if let Some(k) = kinds.get(rng.below(kinds.len() as u64) as usize) {
             out.push(*k);
         }
     }
@@ -386,6 +368,13 @@ impl Load {
         self.token.lock().await.clone()
     }
 
+    /// Writes down what the caller of `trace` was told.
+    async fn note<T>(&self, trace: String, kind: Kind, id: String, r: &Result<T, tonic::Status>) -> Told {
+        let told = told(r);
+        self.ledger.lock().await.calls.push(Call { trace, kind, id, told });
+        told
+    }
+
     /// Puts `resource_json` as the integration system; returns what the caller was told.
     async fn put(&self, resource_json: String, id: &str) -> Told {
         let (tp, trace) = traceparent();
@@ -402,14 +391,7 @@ impl Load {
             Ok(req) => self.records.clone().put(req).await,
             Err(e) => Err(tonic::Status::internal(e.to_string())),
         };
-        let t = told(&r);
-        self.ledger.lock().await.calls.push(Call {
-            trace,
-            kind: Kind::Write,
-            id: id.to_string(),
-            told: t,
-        });
-        t
+        self.note(trace, Kind::Write, id.to_string(), &r).await
     }
 
     /// Turns patient 0's whole-record deny on or off through consent.
@@ -426,14 +408,13 @@ impl Load {
             Ok(req) => self.consent.clone().put_directive(req).await,
             Err(e) => Err(tonic::Status::internal(e.to_string())),
         };
-        let t = told(&r);
-        self.ledger.lock().await.calls.push(Call {
+        self.note(
             trace,
-            kind: Kind::Consent,
-            id: format!("directive {}", if active { "on" } else { "off" }),
-            told: t,
-        });
-        t
+            Kind::Consent,
+            format!("directive {}", if active { "on" } else { "off" }),
+            &r,
+        )
+        .await
     }
 
     /// Reads Observation `id`; returns what the caller was told.
@@ -452,14 +433,7 @@ impl Load {
             Ok(req) => self.records.clone().get(req).await,
             Err(e) => Err(tonic::Status::internal(e.to_string())),
         };
-        let t = told(&r);
-        self.ledger.lock().await.calls.push(Call {
-            trace,
-            kind: Kind::Read,
-            id: id.to_string(),
-            told: t,
-        });
-        t
+        self.note(trace, Kind::Read, id.to_string(), &r).await
     }
 
     /// One write of a new Observation.
