@@ -174,9 +174,25 @@ impl Drop for Infra {
     }
 }
 
-/// A free TCP port on loopback (bound and released).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Ports the run takes: Kafka's four, Postgres's, and HTTP and gRPC for each service.
+const PORTS: u16 = 4 + 1 + 2 * SERVICES.len() as u16;
+
+/// `n` consecutive free TCP ports on loopback (bound and released), the first returned. They
+/// come from below the kernel's ephemeral range (32768 up) and above the fixed ports the test
+/// suite uses, so no outgoing connection can take one between a check and a restart on it:
+/// a service restarted after kill -9 comes back on the same port, and Kafka listens on
+/// `port` to `port + 3`.
+fn free_ports(n: u16) -> anyhow::Result<u16> {
+    const FIRST: u32 = 21_000;
+    const SLOTS: u32 = 2_700;
+    let start = (uuid::Uuid::new_v4().as_u128() % u128::from(SLOTS)) as u32;
+    for k in 0..SLOTS {
+        let port = u16::try_from(FIRST + ((start + k) % SLOTS) * 4)?;
+        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok()) {
+            return Ok(port);
+        }
+    }
+    bail!("no {n} consecutive free ports between {FIRST} and 32000")
 }
 
 // ----------------------------------------------------------------------------- processes
@@ -611,10 +627,11 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
     }
+    let base = free_ports(PORTS)?;
     let infra = Infra {
         scripts: args.infra.clone(),
-        pg_port: free_port()?,
-        kafka_port: free_port()?,
+        kafka_port: base,
+        pg_port: base + 4,
         dir: dir.path().to_path_buf(),
         guard: Some(dir),
     };
@@ -628,8 +645,8 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
     };
     let mut ports = Vec::new();
-    for _ in SERVICES {
-        ports.push((free_port()?, free_port()?));
+    for i in 0..SERVICES.len() as u16 {
+        ports.push((base + 5 + 2 * i, base + 6 + 2 * i));
     }
     let identity_http = format!("http://127.0.0.1:{}", ports.first().context("ports")?.0);
     let consent_grpc = format!("http://127.0.0.1:{}", ports.get(1).context("ports")?.1);
