@@ -160,6 +160,19 @@ impl Web {
                 return Ok(session);
             }
             if self.sessions.claim_refresh(token).await? {
+                // Another replica may have refreshed between the read above and this claim
+                // (its save released its claim): read again under the claim, and refresh only
+                // tokens that are still expiring, or the rotated-out refresh token would be
+                // presented twice and identity would end the session.
+                let Some(current) = self.sessions.reload(token).await? else {
+                    return Err(PortalError::SignIn(here.into()));
+                };
+                session = current;
+                if !expiring(&session) {
+                    // Saving releases the claim.
+                    self.sessions.save(token, &session).await?;
+                    return Ok(session);
+                }
                 let rt = session.tokens.refresh_token.clone();
                 return match self.rp.refresh(&rt, &session.tokens).await {
                     Ok(t) => {
