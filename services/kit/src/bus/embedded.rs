@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS log (
     appended_us INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS log_topic_seq ON log (topic, seq);
+-- What retention may delete, by age: a prune reads only what it deletes. (Without it each
+-- prune scanned the whole log holding the write lock: 8.7 s at 2 GB, every append waiting.)
+CREATE INDEX IF NOT EXISTS log_prunable ON log (appended_us) WHERE topic NOT LIKE '%.state.v1';
 CREATE TABLE IF NOT EXISTS positions (
     grp   TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -52,6 +55,11 @@ pub struct EmbeddedBus {
 
 /// Default time an event stays in the embedded log (like Kafka's `retention.ms`).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Deletes what retention lets go. The condition is the partial index `log_prunable`'s, word
+/// for word, so that SQLite uses it; state topics are never pruned (read models are rebuilt
+/// from them).
+const PRUNE: &str = "DELETE FROM log WHERE appended_us < ?1 AND topic NOT LIKE '%.state.v1'";
 
 /// The log is pruned each time its sequence passes a multiple of this.
 const PRUNE_EVERY: i64 = 10_000;
@@ -91,10 +99,8 @@ impl EmbeddedBus {
     /// Deletes events older than the retention; returns how many.
     pub async fn prune(&self) -> Result<u64> {
         let cutoff = crate::db::now_us() - i64::try_from(self.retention.as_micros()).unwrap_or(i64::MAX);
-        // State topics are never pruned: read models are rebuilt from them.
-        let done = sqlx::query("DELETE FROM log WHERE appended_us < ?1 AND topic NOT LIKE ?2")
+        let done = sqlx::query(PRUNE)
             .bind(cutoff)
-            .bind(format!("%{}", super::STATE_TOPIC_SUFFIX))
             .execute(&self.pool)
             .await
             .map_err(Error::db("prune event log"))?;
@@ -252,5 +258,32 @@ impl Bus for EmbeddedBus {
 
     fn describe(&self) -> String {
         format!("embedded event log {}", self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_prune_reads_only_what_it_may_delete() {
+        assert!(
+            PRUNE.contains(&format!("'%{}'", super::super::STATE_TOPIC_SUFFIX)),
+            "the prune keeps every state topic"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bus = EmbeddedBus::open(&dir.path().join("events.db")).await.expect("open");
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {PRUNE}")))
+                .bind(0i64)
+                .fetch_all(&bus.pool)
+                .await
+                .expect("plan");
+        let detail: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+        assert_eq!(
+            detail,
+            ["SEARCH log USING INDEX log_prunable (appended_us<?)"],
+            "not a scan of the log"
+        );
     }
 }
