@@ -20,6 +20,7 @@ pub mod export_storage;
 pub mod fhir;
 pub mod grpc;
 pub mod http;
+pub mod import;
 pub mod labels;
 pub mod provenance;
 pub mod store;

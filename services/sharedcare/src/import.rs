@@ -7,15 +7,12 @@
 //! exports them). Progress is kept in `<file>.progress` after every committed chunk: run the
 //! same command again after an interruption and it carries on where it stopped.
 
-use sharedcare_kit::json::Fields;
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde_json::Value;
 use sharedcare_proto::records::v1::PutManyRequest;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
 
@@ -42,71 +39,6 @@ pub struct ImportArgs {
     /// Start again from the first resource, ignoring saved progress.
     #[arg(long)]
     pub restart: bool,
-}
-
-/// The resources in `text`: a Bundle's entries (ids from `urn:uuid:` fullUrls, references
-/// rewritten) or NDJSON lines. Errors name the line or entry.
-pub fn resources(text: &str) -> anyhow::Result<Vec<String>> {
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('{')
-        && let Ok(v) = serde_json::from_str::<Value>(trimmed)
-        && v.get("resourceType").and_then(Value::as_str) == Some("Bundle")
-    {
-        return bundle_resources(v);
-    }
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(line).with_context(|| format!("line {}: not a JSON resource", n + 1))?;
-        if v.get("resourceType").and_then(Value::as_str).is_none() {
-            bail!("line {}: resourceType is required", n + 1);
-        }
-        out.push(line.to_string());
-    }
-    Ok(out)
-}
-
-fn bundle_resources(bundle: Value) -> anyhow::Result<Vec<String>> {
-    let entries = bundle
-        .get("entry")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let mut ids: HashMap<String, String> = HashMap::new();
-    let mut resources = Vec::with_capacity(entries.len());
-    for (i, e) in entries.into_iter().enumerate() {
-        let Some(Value::Object(mut r)) = e.get("resource").cloned() else {
-            bail!("entry[{i}].resource: is required");
-        };
-        let rtype = r
-            .get("resourceType")
-            .and_then(Value::as_str)
-            .with_context(|| format!("entry[{i}].resource.resourceType: is required"))?
-            .to_string();
-        let full_url = e.get("fullUrl").and_then(Value::as_str).unwrap_or("");
-        if !r.contains_key("id") {
-            // A stable id, so that a resumed import writes the same resources.
-            let id = match full_url.strip_prefix("urn:uuid:") {
-                Some(u) => u.to_string(),
-                None => bail!("entry[{i}].resource.id: is required unless fullUrl is a urn:uuid"),
-            };
-            r.insert("id".into(), Value::String(id));
-        }
-        let id = r.at("id").as_str().unwrap_or("").to_string();
-        if !full_url.is_empty() {
-            ids.insert(full_url.to_string(), format!("{rtype}/{id}"));
-        }
-        resources.push(Value::Object(r));
-    }
-    Ok(resources
-        .into_iter()
-        .map(|mut r| {
-            sharedcare_records::bundle::rewrite(&mut r, &ids);
-            r.to_string()
-        })
-        .collect())
 }
 
 /// Where progress is kept: resources done and the size of the file they came from.
@@ -146,7 +78,7 @@ pub async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> {
     }
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
     let size = text.len() as u64;
-    let all = resources(&text)?;
+    let all = sharedcare_records::import::resources(&text)?;
     let grpc = args.grpc.clone().unwrap_or_else(|| {
         let a = config.grpc.listen;
         format!("http://{a}")
@@ -217,30 +149,4 @@ pub async fn run(config: Config, args: ImportArgs) -> anyhow::Result<()> {
         (done - first) as f64 / secs.max(1e-6)
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bundles_get_stable_ids_from_urn_uuids_and_references_follow() {
-        let bundle = r#"{"resourceType":"Bundle","type":"transaction","entry":[
-            {"fullUrl":"urn:uuid:0b3f5a4e-2c1d-4e6f-8a9b-1c2d3e4f5a6b","resource":{"resourceType":"Patient"}},
-            {"resource":{"resourceType":"Observation","id":"o1","subject":{"reference":"urn:uuid:0b3f5a4e-2c1d-4e6f-8a9b-1c2d3e4f5a6b"}}}]}"#;
-        let r = resources(bundle).expect("bundle");
-        let obs: Value = serde_json::from_str(&r[1]).expect("json");
-        assert_eq!(
-            obs["subject"]["reference"],
-            "Patient/0b3f5a4e-2c1d-4e6f-8a9b-1c2d3e4f5a6b"
-        );
-        let again = resources(bundle).expect("bundle");
-        assert_eq!(r, again, "the same file gives the same ids (resumable)");
-    }
-
-    #[test]
-    fn ndjson_lines_are_named_when_bad() {
-        let err = resources("{\"resourceType\":\"Patient\"}\n\nnot json\n").expect_err("bad line");
-        assert!(err.to_string().starts_with("line 3:"), "{err}");
-    }
 }
