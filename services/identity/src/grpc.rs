@@ -1,17 +1,18 @@
 //! `sharedcare.identity.v1.IdentityAdmin`: decode, authorise, call the store, encode.
 //! Every change is an identity event on the outbox.
 
-use sharedcare_kit::auth::{Principal, RoleProfile};
+use sharedcare_kit::auth::Principal;
 use sharedcare_kit::edge::Refuse;
-use sharedcare_kit::jose::{self, JwkSet};
-use sharedcare_kit::nhs::{NhsNumber, OdsCode, ProofingLevel};
+use sharedcare_kit::jose;
+use sharedcare_kit::nhs::OdsCode;
 use tonic::{Request, Response, Status};
 
+use crate::admin;
 use crate::api;
 use crate::api::identity_admin_server::IdentityAdmin;
 use crate::error::IdentityError;
 use crate::model::now;
-use crate::model::{AuthMethod, Client, ClientSettings, EventKind, ORGANISATION_KINDS, Organisation, Patient, Person};
+use crate::model::{AuthMethod, Client, ClientSettings, EventKind, Organisation, Person};
 use crate::oauth::Provider;
 
 /// National RBAC activity that lets staff administer identity.
@@ -70,170 +71,33 @@ impl AdminApi {
 }
 
 impl AdminApi {
-    /// Checks an organisation field by field: ODS code, name, kind and parent (registered, not
-    /// itself).
+    /// Checks an organisation field by field ([`admin::organisation`]), then that its parent
+    /// is registered.
     async fn organisation_in(&self, r: api::Organisation, active: bool) -> Result<Organisation, Status> {
-        let code = OdsCode::parse(&r.ods_code).map_err(|e| IdentityError::invalid("ods_code", e.to_string()))?;
-        required("name", &r.name)?;
-        if !ORGANISATION_KINDS.contains(&r.kind.as_str()) {
-            return Err(
-                IdentityError::invalid("kind", format!("expected one of {}", ORGANISATION_KINDS.join(", "))).into(),
-            );
+        let o = admin::organisation(r, active)?;
+        if !o.parent.is_empty() && self.provider.store.organisation(&o.parent).await?.is_none() {
+            return Err(IdentityError::invalid(
+                "parent_ods_code",
+                format!("{} is not a registered organisation", o.parent),
+            )
+            .into());
         }
-        let parent = if r.parent_ods_code.is_empty() {
-            String::new()
-        } else {
-            let p = OdsCode::parse(&r.parent_ods_code)
-                .map_err(|e| IdentityError::invalid("parent_ods_code", e.to_string()))?;
-            if p.as_str() == code.as_str() {
-                return Err(
-                    IdentityError::invalid("parent_ods_code", "an organisation cannot be its own parent").into(),
-                );
-            }
-            if self.provider.store.organisation(p.as_str()).await?.is_none() {
-                return Err(IdentityError::invalid(
-                    "parent_ods_code",
-                    format!("{} is not a registered organisation", p.as_str()),
-                )
-                .into());
-            }
-            p.as_str().to_string()
-        };
-        Ok(Organisation {
-            ods_code: code.as_str().to_string(),
-            name: r.name,
-            kind: r.kind,
-            parent,
-            active,
-        })
+        Ok(o)
     }
 
-    /// Checks a client registration field by field; its name and settings.
+    /// Checks a client registration field by field ([`admin::client`]), then that its
+    /// organisation is registered; publishes the RS256 key before a client that asks for it.
     async fn registration(&self, r: api::CreateClientRequest) -> Result<(String, ClientSettings), Status> {
-        required("name", &r.name)?;
-        text("client_id", &r.client_id)?;
-        let method = match r.token_endpoint_auth_method.as_str() {
-            "" | "client_secret_basic" => AuthMethod::ClientSecretBasic,
-            "client_secret_post" => AuthMethod::ClientSecretPost,
-            "private_key_jwt" => AuthMethod::PrivateKeyJwt,
-            "none" => AuthMethod::None,
-            other => {
-                return Err(IdentityError::invalid(
-                    "token_endpoint_auth_method",
-                    format!("{other:?}: expected client_secret_basic, client_secret_post, private_key_jwt or none"),
-                )
-                .into());
-            }
-        };
-        for (i, g) in r.grant_types.iter().enumerate() {
-            if !["authorization_code", "refresh_token", "client_credentials"].contains(&g.as_str()) {
-                return Err(
-                    IdentityError::invalid(format!("grant_types[{i}]"), format!("{g:?} is not supported")).into(),
-                );
-            }
+        let (name, settings) = admin::client(r)?;
+        let o = &settings.organisation;
+        if !o.is_empty() && self.provider.store.organisation(o).await?.is_none() {
+            return Err(IdentityError::invalid("organisation", format!("{o} is not a registered organisation")).into());
         }
-        if r.grant_types.is_empty() {
-            return Err(IdentityError::invalid("grant_types", "at least one grant type is required").into());
-        }
-        if method == AuthMethod::None && r.grant_types.iter().any(|g| g == "client_credentials") {
-            return Err(IdentityError::invalid("grant_types", "a public client cannot use client_credentials").into());
-        }
-        for (i, s) in r.scopes.iter().enumerate() {
-            if !crate::model::known_scope(s) {
-                return Err(
-                    IdentityError::invalid(format!("scopes[{i}]"), format!("{s:?} is not a known scope")).into(),
-                );
-            }
-        }
-        let uris = r
-            .redirect_uris
-            .iter()
-            .chain(&r.post_logout_redirect_uris)
-            .chain(std::iter::once(&r.backchannel_logout_uri));
-        for u in uris.filter(|u| !u.is_empty()) {
-            match url::Url::parse(u) {
-                Ok(p) if p.fragment().is_none() && matches!(p.scheme(), "https" | "http") => {}
-                _ => {
-                    return Err(IdentityError::invalid(
-                        "redirect_uris",
-                        format!("{u:?} is not an absolute http(s) URL without fragment"),
-                    )
-                    .into());
-                }
-            }
-        }
-        if r.grant_types.iter().any(|g| g == "authorization_code") && r.redirect_uris.is_empty() {
-            return Err(IdentityError::invalid("redirect_uris", "required for authorization_code").into());
-        }
-        if method == AuthMethod::PrivateKeyJwt && !r.jwks_uri.is_empty() {
-            if !r.jwks_json.is_empty() {
-                return Err(IdentityError::invalid("jwks_uri", "give jwks_json or jwks_uri, not both").into());
-            }
-            if !matches!(url::Url::parse(&r.jwks_uri), Ok(u) if matches!(u.scheme(), "https" | "http")) {
-                return Err(IdentityError::invalid("jwks_uri", "expected an absolute http(s) URL").into());
-            }
-        }
-        let jwks = if method == AuthMethod::PrivateKeyJwt && r.jwks_uri.is_empty() {
-            let set: JwkSet = serde_json::from_str(&r.jwks_json)
-                .map_err(|e| IdentityError::invalid("jwks_json", format!("not a JWK Set: {e}")))?;
-            let usable = set
-                .keys
-                .iter()
-                .filter_map(|k| serde_json::from_value::<jose::Jwk>(k.clone()).ok())
-                .any(|k| k.verifying_key().is_ok() && !k.kid.is_empty());
-            if !usable {
-                return Err(IdentityError::invalid("jwks_json", "needs a P-256 (ES256) key with a kid").into());
-            }
-            Some(set)
-        } else {
-            None
-        };
-        let id_token_alg = match r.id_token_signed_response_alg.as_str() {
-            "" | "ES256" => String::new(),
-            "RS256" => "RS256".to_string(),
-            other => {
-                return Err(IdentityError::invalid(
-                    "id_token_signed_response_alg",
-                    format!("{other:?}: expected ES256 or RS256"),
-                )
-                .into());
-            }
-        };
-        if !id_token_alg.is_empty() {
+        if !settings.id_token_alg.is_empty() {
             // Publish the RS256 key before the client's first token.
             self.provider.keys.rsa().await?;
         }
-        let organisation = if r.organisation.is_empty() {
-            String::new()
-        } else {
-            let code =
-                OdsCode::parse(&r.organisation).map_err(|e| IdentityError::invalid("organisation", e.to_string()))?;
-            if self.provider.store.organisation(code.as_str()).await?.is_none() {
-                return Err(IdentityError::invalid(
-                    "organisation",
-                    format!("{} is not a registered organisation", code.as_str()),
-                )
-                .into());
-            }
-            code.as_str().to_string()
-        };
-        let settings = ClientSettings {
-            redirect_uris: r.redirect_uris,
-            post_logout_redirect_uris: r.post_logout_redirect_uris,
-            backchannel_logout_uri: r.backchannel_logout_uri,
-            grant_types: r.grant_types,
-            scopes: r.scopes,
-            auth_method: method,
-            jwks,
-            jwks_uri: if method == AuthMethod::PrivateKeyJwt {
-                r.jwks_uri
-            } else {
-                String::new()
-            },
-            id_token_alg,
-            organisation,
-        };
-        Ok((r.name, settings))
+        Ok((name, settings))
     }
 }
 
@@ -284,20 +148,7 @@ fn registration_out(c: Client) -> api::ClientRegistration {
 }
 
 fn required(field: &str, v: &str) -> Result<(), Status> {
-    if v.trim().is_empty() {
-        return Err(IdentityError::invalid(field, "is required").into());
-    }
-    text(field, v)
-}
-
-/// Refuses text no store should keep (a NUL Postgres refuses and SQLite keeps, and the like).
-fn text(field: &str, v: &str) -> Result<(), Status> {
-    sharedcare_kit::text::storable(v).map_err(|e| IdentityError::invalid(field, e.to_string()).into())
-}
-
-fn random_digits(n: usize) -> String {
-    let b = sharedcare_kit::jose::random_bytes(n);
-    b.iter().map(|x| char::from(b'0' + x % 10)).collect()
+    Ok(admin::required(field, v)?)
 }
 
 fn org_out(o: Organisation) -> api::Organisation {
@@ -403,61 +254,13 @@ impl IdentityAdmin for AdminApi {
 
     async fn create_person(&self, req: Request<api::CreatePersonRequest>) -> Result<Response<api::Person>, Status> {
         let who = self.authorise(&req).await?;
-        let r = req.into_inner();
-        required("username", &r.username)?;
-        required("given_name", &r.given_name)?;
-        required("family_name", &r.family_name)?;
-        let uid = if r.uid.is_empty() { random_digits(12) } else { r.uid };
-        if uid.len() != 12 || !uid.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(IdentityError::invalid("uid", "must be 12 digits").into());
+        let (p, password) = admin::person(req.into_inner())?;
+        let codes: Vec<&str> = p.roles.iter().map(|r| r.org_code.as_str()).collect();
+        let known = self.provider.store.organisation_names(&codes).await?;
+        if let Some(i) = codes.iter().position(|c| !known.iter().any(|(k, _)| k == c)) {
+            return Err(IdentityError::invalid(format!("role_profiles[{i}].ods_code"), "no such organisation").into());
         }
-        // Every code is parsed before any is looked up: a malformed one (a NUL, say) must be
-        // refused as invalid on every back end, not reach a query one of them rejects.
-        let mut codes = Vec::with_capacity(r.role_profiles.len());
-        for (i, rp) in r.role_profiles.iter().enumerate() {
-            codes.push(
-                OdsCode::parse(&rp.ods_code)
-                    .map_err(|e| IdentityError::invalid(format!("role_profiles[{i}].ods_code"), e.to_string()))?,
-            );
-        }
-        let names: Vec<&str> = codes.iter().map(OdsCode::as_str).collect();
-        let known = self.provider.store.organisation_names(&names).await?;
-        let mut roles = Vec::new();
-        for (i, (rp, code)) in r.role_profiles.iter().zip(&codes).enumerate() {
-            if !known.iter().any(|(c, _)| c == code.as_str()) {
-                return Err(
-                    IdentityError::invalid(format!("role_profiles[{i}].ods_code"), "no such organisation").into(),
-                );
-            }
-            required(&format!("role_profiles[{i}].role_code"), &rp.role_code)?;
-            text(&format!("role_profiles[{i}].role_name"), &rp.role_name)?;
-            roles.push(RoleProfile {
-                person_roleid: if rp.id.is_empty() {
-                    random_digits(12)
-                } else {
-                    rp.id.clone()
-                },
-                org_code: code.as_str().to_string(),
-                role_code: rp.role_code.clone(),
-                role_name: rp.role_name.clone(),
-                activity_codes: rp.activity_codes.clone(),
-                person_orgid: String::new(),
-            });
-        }
-        if roles.is_empty() {
-            return Err(IdentityError::invalid("role_profiles", "at least one role profile is required").into());
-        }
-        let hash = self.hash(r.password).await?;
-        let p = Person {
-            uid,
-            username: r.username,
-            given_name: r.given_name,
-            family_name: r.family_name,
-            email: r.email,
-            totp_secret: String::new(),
-            security_keys: 0,
-            roles,
-        };
+        let hash = self.hash(password).await?;
         self.provider.store.insert_person(&p, &hash).await?;
         self.changed(&who, EventKind::PersonCreated, "staff", &p.uid).await;
         Ok(Response::new(person_out(p)))
@@ -493,26 +296,8 @@ impl IdentityAdmin for AdminApi {
 
     async fn create_patient(&self, req: Request<api::CreatePatientRequest>) -> Result<Response<api::Patient>, Status> {
         let who = self.authorise(&req).await?;
-        let r = req.into_inner();
-        let nhs = NhsNumber::parse(&r.nhs_number).map_err(|e| IdentityError::invalid("nhs_number", e.to_string()))?;
-        required("username", &r.username)?;
-        text("given_name", &r.given_name)?;
-        text("family_name", &r.family_name)?;
-        if chrono::NaiveDate::parse_from_str(&r.birthdate, "%Y-%m-%d").is_err() {
-            return Err(IdentityError::invalid("birthdate", "expected YYYY-MM-DD").into());
-        }
-        let Some(proofing_level) = ProofingLevel::parse(&r.identity_proofing_level) else {
-            return Err(IdentityError::invalid("identity_proofing_level", "expected P0, P5 or P9").into());
-        };
-        let hash = self.hash(r.password).await?;
-        let p = Patient {
-            nhs_number: nhs.as_str().to_string(),
-            username: r.username,
-            given_name: r.given_name,
-            family_name: r.family_name,
-            birthdate: r.birthdate,
-            proofing_level,
-        };
+        let (p, password) = admin::patient(req.into_inner())?;
+        let hash = self.hash(password).await?;
         self.provider.store.insert_patient(&p, &hash).await?;
         self.changed(&who, EventKind::PatientCreated, "patient", &p.nhs_number)
             .await;
@@ -530,7 +315,7 @@ impl IdentityAdmin for AdminApi {
         let who = self.authorise(&req).await?;
         let r = req.into_inner();
         let id = if r.client_id.is_empty() {
-            format!("client-{}", random_digits(10))
+            format!("client-{}", admin::random_digits(10))
         } else {
             r.client_id.clone()
         };

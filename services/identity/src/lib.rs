@@ -9,6 +9,7 @@
 //! - [`demo`]: the demo ICS `sharedcare up` seeds on first start.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod demo;

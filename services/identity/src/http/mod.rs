@@ -232,7 +232,9 @@ fn set_cookie(r: &mut Response, name: &str, value: &str, max_age: i64, secure: b
     }
 }
 
-fn with_query(base: &str, params: &[(&str, &str)]) -> String {
+/// `base` with `params` appended to its query, each value form-encoded; empty values are left
+/// out. (Registered redirect URIs have no fragment, so the query is the URL's end.)
+pub fn with_query(base: &str, params: &[(&str, &str)]) -> String {
     let mut url = base.to_string();
     let mut sep = if base.contains('?') { '&' } else { '?' };
     for (k, v) in params {
