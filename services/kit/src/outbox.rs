@@ -179,11 +179,21 @@ impl Outbox {
 
     /// Publishes one batch of pending events and deletes them; returns how many.
     pub async fn relay_once(&self, bus: &dyn Bus) -> Result<usize> {
-        let rows = sqlx::query("SELECT seq, event_id, topic, event_key, payload FROM kit_outbox ORDER BY seq LIMIT $1")
-            .bind(self.config.batch_size)
-            .fetch_all(self.db.pool())
-            .await
-            .map_err(Error::db("read outbox"))?;
+        self.relay_batch(bus, None).await
+    }
+
+    /// One batch, read on `leader` (the connection holding the relay's lock) when there is
+    /// one: a read that succeeds shows the lock was still held, so a replica whose lock
+    /// session ended (Postgres restarted, or dropped it across a partition) stops relaying
+    /// instead of publishing beside the new leader.
+    async fn relay_batch(&self, bus: &dyn Bus, leader: Option<&mut PoolConnection<Any>>) -> Result<usize> {
+        let read = sqlx::query("SELECT seq, event_id, topic, event_key, payload FROM kit_outbox ORDER BY seq LIMIT $1")
+            .bind(self.config.batch_size);
+        let rows = match leader {
+            Some(conn) => read.fetch_all(&mut **conn).await,
+            None => read.fetch_all(self.db.pool()).await,
+        }
+        .map_err(Error::db("read outbox"))?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -227,14 +237,14 @@ impl Outbox {
     /// Runs the relay until `shutdown`, then flushes what is left (best effort).
     pub async fn run(self, bus: Arc<dyn Bus>, shutdown: CancellationToken) {
         let service = self.db.service().to_string();
-        let _leader = match self.lead(&shutdown).await {
+        let mut leader = match self.lead(&shutdown).await {
             Some(l) => l,
             None => return,
         };
         let mut backoff = Duration::from_millis(100);
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         while !shutdown.is_cancelled() {
-            match self.relay_once(bus.as_ref()).await {
+            match self.relay_batch(bus.as_ref(), leader.as_mut()).await {
                 Ok(0) => {
                     backoff = Duration::from_millis(100);
                     tokio::select! {
@@ -249,6 +259,18 @@ impl Outbox {
                 }
                 Err(e) => {
                     tracing::warn!(service, error = %e, "outbox relay failed; retrying in {backoff:?}");
+                    if let Some(conn) = leader.as_mut()
+                        && !still_alive(conn).await
+                    {
+                        tracing::warn!(
+                            service,
+                            "the outbox lock's connection ended; relaying again once this replica leads"
+                        );
+                        leader = match self.lead(&shutdown).await {
+                            Some(l) => l,
+                            None => return,
+                        };
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep(backoff) => {}
@@ -274,10 +296,18 @@ impl Outbox {
         loop {
             let attempt = async {
                 let mut conn = self.db.pool().acquire().await?;
-                let row = sqlx::query("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
-                    .bind(&key)
-                    .fetch_one(&mut *conn)
-                    .await?;
+                // Keepalives on the lock's session: Postgres ends it, and so frees the lock for
+                // another replica, about 11 s after this replica stops answering (a partition, a
+                // lost node) instead of the system's default two hours.
+                let row = sqlx::query(
+                    "SELECT pg_try_advisory_lock(hashtext($1)::bigint), \
+                     set_config('tcp_keepalives_idle', '5', false), \
+                     set_config('tcp_keepalives_interval', '2', false), \
+                     set_config('tcp_keepalives_count', '3', false)",
+                )
+                .bind(&key)
+                .fetch_one(&mut *conn)
+                .await?;
                 Ok::<_, sqlx::Error>(row.try_get::<bool, _>(0)?.then_some(conn))
             };
             match attempt.await {
@@ -291,6 +321,12 @@ impl Outbox {
             }
         }
     }
+}
+
+/// Whether the relay's lock connection still answers (within 5 s).
+async fn still_alive(conn: &mut PoolConnection<Any>) -> bool {
+    let ping = sqlx::query("SELECT 1").execute(&mut **conn);
+    matches!(tokio::time::timeout(Duration::from_secs(5), ping).await, Ok(Ok(_)))
 }
 
 /// The trace context inside an encoded envelope (for the Kafka header).

@@ -227,3 +227,84 @@ async fn postgres_transactions_for_one_key_are_serialised() {
         .expect("released at commit")
         .expect("join");
 }
+
+/// Two replicas of a service on one Postgres: one relays. When its lock's session ends
+/// (Postgres restarted, or ended it across a partition), the other takes over and the first
+/// stops relaying instead of publishing beside it: every event once, in order.
+#[tokio::test]
+async fn postgres_a_relay_that_loses_its_lock_stops_and_another_takes_over() {
+    let schema = sharedcare_kit::testing::unique("kit_lead");
+    let url = sharedcare_kit::testing::postgres_url();
+    let connect = || Db::connect(&url, &schema, 4, Duration::from_secs(5));
+    let (a, b) = (connect().await.expect("replica a"), connect().await.expect("replica b"));
+    a.migrate_kit().await.expect("migrate");
+    let dir = tempfile::tempdir().expect("tmp");
+    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::open(&dir.path().join("events.db")).await.expect("bus"));
+    let config = OutboxConfig {
+        batch_size: 20,
+        poll_interval_ms: 10,
+    };
+    let (ob_a, ob_b) = (
+        Outbox::new(a.clone(), config.clone(), &Tasks::new()),
+        Outbox::new(b.clone(), config, &Tasks::new()),
+    );
+    let stop = CancellationToken::new();
+    let seen = Arc::new(Collect::default());
+    let consumer = {
+        let (bus, seen, stop) = (bus.clone(), seen.clone(), stop.clone());
+        tokio::spawn(async move { bus.consume("g", "lead.topic", seen, stop).await })
+    };
+    let enqueue = |from: usize, to: usize| {
+        let a = a.clone();
+        async move {
+            for i in from..to {
+                let mut tx = a.begin_write().await.expect("begin");
+                outbox::enqueue(&mut tx, "lead.topic", &event("k", i))
+                    .await
+                    .expect("enqueue");
+                tx.commit().await.expect("commit");
+            }
+        }
+    };
+    let relay_a = tokio::spawn(ob_a.clone().run(bus.clone(), stop.clone()));
+    enqueue(0, 50).await;
+    eventually(Duration::from_secs(30), "replica a relays", || async {
+        seen.0.lock().expect("lock").len() >= 50
+    })
+    .await;
+    let relay_b = tokio::spawn(ob_b.clone().run(bus.clone(), stop.clone()));
+    // The leader's lock session ends, as Postgres ends a session across a partition.
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() AND database = \
+         (SELECT oid FROM pg_database WHERE datname = current_database())) t",
+    )
+    .fetch_one(b.pool())
+    .await
+    .expect("end the lock's session");
+    assert!(ended >= 1, "a relay held the lock");
+    // Writes go on while the lead changes hands.
+    tokio::join!(enqueue(50, 400), enqueue(400, 750));
+    eventually(Duration::from_secs(60), "750 relayed events", || async {
+        seen.0.lock().expect("lock").len() >= 750 && ob_a.pending().await.expect("count") == 0
+    })
+    .await;
+    // Time for a second relay, were one still running, to publish what it had read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    relay_a.await.expect("relay a");
+    relay_b.await.expect("relay b");
+    consumer.await.expect("join").expect("consume");
+    let mut got: Vec<usize> = seen
+        .0
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|e| usize::from_le_bytes(e.data[..].try_into().expect("a number")))
+        .collect();
+    let published = got.len();
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(published, got.len(), "no event published twice");
+    assert_eq!(got, (0..750).collect::<Vec<_>>(), "every event published");
+}
