@@ -7,7 +7,8 @@
 #
 # Environment: PG_PORT (default 15432), PG_HOME (default infra/.state/postgres-$PG_PORT),
 # PG_POD_ADDRESS (also listen there for infra/cluster.sh's pods when the address exists; default
-# 172.30.0.1).
+# 172.30.0.1), PG_EXTRA_LISTEN (more loopback addresses to listen on, comma-separated: the chaos
+# suite gives one service its own, to cut it off alone).
 # Connect as postgres://sharedcare:sharedcare@127.0.0.1:$PG_PORT/sharedcare
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -62,10 +63,10 @@ CONF
   fi
   # Pods of infra/cluster.sh's node reach it on the node's address, from the pod network, with
   # the password (when that address exists; loopback alone otherwise).
-  local listen=127.0.0.1 pod_address="${PG_POD_ADDRESS:-172.30.0.1}"
+  local listen="127.0.0.1${PG_EXTRA_LISTEN:+,$PG_EXTRA_LISTEN}" pod_address="${PG_POD_ADDRESS:-172.30.0.1}"
   # A here-string, not a pipe: under pipefail, grep -q's early exit fails the pipeline.
   if grep -q "inet $pod_address/" <<<"$(ip -4 addr show 2>/dev/null)"; then
-    listen="127.0.0.1,$pod_address"
+    listen="$listen,$pod_address"
     grep -q '^host all all 10.244.0.0/16 scram-sha-256' "$data/pg_hba.conf" \
       || echo 'host all all 10.244.0.0/16 scram-sha-256' >> "$data/pg_hba.conf"
   fi

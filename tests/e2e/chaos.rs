@@ -1,8 +1,9 @@
 //! Faults under load (`sharedcare bench chaos`), bounded for the test command: identity,
-//! consent, audit and records as their own processes on a Postgres and a Kafka of the run's
-//! own, each kind of fault injected once and then more from a random seed (printed; set
-//! `TEST_CHAOS_SEED` to repeat one, `TEST_CHAOS_FAULTS` for more), the load's ledger checked
-//! afterwards against the store and the audit log.
+//! consent, audit and two records replicas behind one address as their own processes on a
+//! Postgres and a Kafka of the run's own, each kind of fault (kills, restarts, a freeze, an
+//! outage, partitions made with nftables: root) injected once and then more from a random
+//! seed (printed; set `TEST_CHAOS_SEED` to repeat one, `TEST_CHAOS_FAULTS` for more), the
+//! load's ledger checked afterwards against the store and the audit log.
 
 use std::time::Duration;
 

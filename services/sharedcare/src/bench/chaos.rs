@@ -4,7 +4,8 @@
 //! Set-up: a PostgreSQL cluster and an Apache Kafka broker of the run's own (started with
 //! `infra/postgres.sh` and `infra/kafka.sh` on their own ports and directories, so nothing
 //! else on the machine is disturbed), and identity, consent, audit and records each as its own
-//! `sharedcare serve` process on fixed ports.
+//! `sharedcare serve` process on fixed ports — records as two replicas behind one address (a
+//! TCP balancer, as a Kubernetes Service spreads connections over pods).
 //!
 //! Load, for the whole run: writers put Observations (each a new id), readers read them back
 //! as the ICS's integration system (each read decided by consent and audited before it
@@ -14,11 +15,14 @@
 //! what the caller was told (acknowledged, refused, or no answer).
 //!
 //! Faults, one at a time: first each kind once, then `--faults` in all from a schedule drawn
-//! from `--seed` (printed, so a run can be repeated): kill -9 of each service (restarted on
-//! the same ports, as Kubernetes would), a Kafka restart, a Postgres restart, consent frozen
-//! with SIGSTOP for longer than records' consent timeout, and Kafka down for
-//! `--outage-seconds` while writes fill the outbox. After each, the time until a write and a
-//! read both succeed again is the time to recover.
+//! from `--seed` (printed, so a run can be repeated): kill -9 of each service and of each
+//! records replica while calls are in flight on it (restarted on the same ports, as
+//! Kubernetes would), a Kafka restart, a Postgres restart, consent frozen with SIGSTOP for
+//! longer than records' consent timeout, Kafka down for `--outage-seconds` while writes fill
+//! the outbox, and two network partitions of as long: every service cut off from Kafka, and
+//! one records replica cut off from Postgres (`infra/partition.sh`: packets dropped by
+//! nftables, so connections hang rather than fail, then carry on when it heals). After each,
+//! the time until a write and a read both succeed again is the time to recover.
 //!
 //! Afterwards: every acknowledged write is stored, once (version 1); every acknowledged read
 //! has exactly one `success` audit entry and every refused one exactly one `denied` entry; a
@@ -48,6 +52,7 @@ use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
 use super::args::BenchArgs;
+use super::balancer::Balancer;
 use super::harness::{DEMO_SERVICE_ID, DEMO_SERVICE_SECRET};
 
 /// Patients the load writes about; patient 0's consent is turned on and off.
@@ -72,8 +77,19 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// A fault is "not recovered" after this long.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(120);
 
-/// The services, in the order they start (identity first: the others trust its tokens).
-const SERVICES: [&str; 4] = ["identity", "consent", "audit", "records"];
+/// The processes, in the order they start (identity first: the others trust its tokens):
+/// (name, service). Records runs as two replicas behind one address.
+const PROCESSES: [(&str, &str); 5] = [
+    ("identity", "identity"),
+    ("consent", "consent"),
+    ("audit", "audit"),
+    ("records-a", "records"),
+    ("records-b", "records"),
+];
+
+/// The loopback address records-b reaches Postgres on (Postgres listens there too), so that a
+/// partition can cut that replica off alone.
+const PARTITIONABLE: &str = "127.0.0.2";
 
 /// What can be done to the platform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,17 +104,24 @@ enum Fault {
     FreezeConsent,
     /// The Kafka broker down for `--outage-seconds` while the load goes on.
     KafkaOutage,
+    /// Every service cut off from Kafka (packets dropped) for `--outage-seconds`.
+    PartitionKafka,
+    /// records-b cut off from Postgres (packets dropped) for `--outage-seconds`; records-a
+    /// goes on.
+    PartitionPostgres,
 }
 
 impl Fault {
     /// Every kind, in the order of the first pass.
     fn all() -> Vec<Fault> {
-        let mut v: Vec<Fault> = SERVICES.iter().map(|s| Fault::Kill(s)).collect();
+        let mut v: Vec<Fault> = PROCESSES.iter().map(|(name, _)| Fault::Kill(name)).collect();
         v.extend([
             Fault::KafkaRestart,
             Fault::PostgresRestart,
             Fault::FreezeConsent,
             Fault::KafkaOutage,
+            Fault::PartitionKafka,
+            Fault::PartitionPostgres,
         ]);
         v
     }
@@ -110,6 +133,8 @@ impl Fault {
             Fault::PostgresRestart => "restart Postgres".into(),
             Fault::FreezeConsent => "SIGSTOP consent".into(),
             Fault::KafkaOutage => "Kafka down".into(),
+            Fault::PartitionKafka => "cut off Kafka".into(),
+            Fault::PartitionPostgres => "cut records-b off PG".into(),
         }
     }
 }
@@ -149,6 +174,7 @@ impl Infra {
             .env("KAFKA_PORT", self.kafka_port.to_string())
             .env("KAFKA_HOME", self.dir.join("kafka"))
             .env("KAFKA_HEAP", "256m")
+            .env("PG_EXTRA_LISTEN", PARTITIONABLE)
             .stderr(Stdio::inherit())
             .output()
             .with_context(|| format!("run {which}.sh {action}"))?;
@@ -158,8 +184,34 @@ impl Infra {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
-    fn database_url(&self) -> String {
-        format!("postgres://sharedcare:sharedcare@127.0.0.1:{}/sharedcare", self.pg_port)
+    fn database_url(&self, host: &str) -> String {
+        format!("postgres://sharedcare:sharedcare@{host}:{}/sharedcare", self.pg_port)
+    }
+
+    /// The run's own partition (a table in nftables), named by its ports.
+    fn partition_name(&self) -> String {
+        format!("chaos{}", self.kafka_port)
+    }
+
+    /// Drops packets to and from each of `targets` (`[addr:]port`) until [`Infra::heal`].
+    fn partition(&self, targets: &[String]) -> anyhow::Result<()> {
+        let mut args = vec!["add".to_string(), self.partition_name()];
+        args.extend(targets.iter().cloned());
+        let s = Command::new(self.scripts.join("partition.sh")).args(&args).status()?;
+        if !s.success() {
+            bail!("partition.sh {} failed ({s})", args.join(" "));
+        }
+        Ok(())
+    }
+
+    fn heal(&self) -> anyhow::Result<()> {
+        let s = Command::new(self.scripts.join("partition.sh"))
+            .args(["remove", &self.partition_name()])
+            .status()?;
+        if !s.success() {
+            bail!("partition.sh remove failed ({s})");
+        }
+        Ok(())
     }
 
     fn brokers(&self) -> String {
@@ -169,13 +221,14 @@ impl Infra {
 
 impl Drop for Infra {
     fn drop(&mut self) {
+        let _ = self.heal();
         let _ = self.script("kafka", "stop");
         let _ = self.script("postgres", "stop");
     }
 }
 
-/// Ports the run takes: Kafka's four, Postgres's, and HTTP and gRPC for each service.
-const PORTS: u16 = 4 + 1 + 2 * SERVICES.len() as u16;
+/// Ports the run takes: Kafka's four, Postgres's, and HTTP and gRPC for each process.
+const PORTS: u16 = 4 + 1 + 2 * PROCESSES.len() as u16;
 
 /// `n` consecutive free TCP ports on loopback (bound and released), the first returned. They
 /// come from below the kernel's ephemeral range (32768 up) and above the fixed ports the test
@@ -199,7 +252,10 @@ fn free_ports(n: u16) -> anyhow::Result<u16> {
 
 /// One `sharedcare serve <service>` process, restartable on the same ports.
 struct Served {
+    /// This process (`records-a`).
     name: &'static str,
+    /// The service it runs (`records`).
+    service: &'static str,
     http: String,
     grpc: String,
     env: Vec<(String, String)>,
@@ -212,7 +268,7 @@ impl Served {
         let exe = std::env::current_exe()?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut child = Command::new(exe)
-            .args(["serve", self.name, "--http", &self.http, "--grpc", &self.grpc])
+            .args(["serve", self.service, "--http", &self.http, "--grpc", &self.grpc])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(log)
@@ -329,7 +385,11 @@ fn traceparent() -> (String, String) {
 
 /// The shared state of the load.
 struct Load {
-    records: RecordsClient<Channel>,
+    /// Records through the balancer, one connection each (so calls reach both replicas);
+    /// each call takes the next. Made anew after each fault (see [`Load::reconnect`]).
+    records: std::sync::RwLock<Vec<RecordsClient<Channel>>>,
+    /// Which of `records` the next call takes.
+    turn: std::sync::atomic::AtomicUsize,
     consent: ConsentClient<Channel>,
     token: Mutex<String>,
     patients: Vec<String>,
@@ -384,6 +444,34 @@ impl Load {
         self.token.lock().await.clone()
     }
 
+    /// How many calls so far got no answer.
+    async fn unanswered(&self) -> usize {
+        let l = self.ledger.lock().await;
+        l.calls.iter().filter(|c| c.told == Told::Unanswered).count()
+    }
+
+    /// The next connection to records.
+    fn records(&self) -> anyhow::Result<RecordsClient<Channel>> {
+        let n = self.turn.fetch_add(1, Ordering::Relaxed);
+        let all = self
+            .records
+            .read()
+            .map_err(|_| anyhow::anyhow!("records clients poisoned"))?;
+        all.get(n % all.len().max(1)).cloned().context("no records client")
+    }
+
+    /// New connections through the balancer, spread over both replicas again: connections
+    /// stay where they are until they break, so after a replica's kill every connection would
+    /// otherwise stay on the other one. (Calls in flight finish on the old ones.)
+    fn reconnect(&self, p: &Platform) -> anyhow::Result<()> {
+        let fresh = records_clients(p)?;
+        *self
+            .records
+            .write()
+            .map_err(|_| anyhow::anyhow!("records clients poisoned"))? = fresh;
+        Ok(())
+    }
+
     /// Writes down what the caller of `trace` was told.
     async fn note<T>(&self, trace: String, kind: Kind, id: String, r: &Result<T, tonic::Status>) -> Told {
         let told = told(r);
@@ -404,7 +492,10 @@ impl Load {
             &token,
             &tp,
         ) {
-            Ok(req) => self.records.clone().put(req).await,
+            Ok(req) => match self.records() {
+                Ok(mut r) => r.put(req).await,
+                Err(e) => Err(tonic::Status::internal(e.to_string())),
+            },
             Err(e) => Err(tonic::Status::internal(e.to_string())),
         };
         self.note(trace, Kind::Write, id.to_string(), &r).await
@@ -446,7 +537,10 @@ impl Load {
             &token,
             &tp,
         ) {
-            Ok(req) => self.records.clone().get(req).await,
+            Ok(req) => match self.records() {
+                Ok(mut r) => r.get(req).await,
+                Err(e) => Err(tonic::Status::internal(e.to_string())),
+            },
             Err(e) => Err(tonic::Status::internal(e.to_string())),
         };
         self.note(trace, Kind::Read, id.to_string(), &r).await
@@ -557,6 +651,8 @@ async fn service_token(issuer: &str) -> anyhow::Result<String> {
 /// The platform under test.
 struct Platform {
     infra: Infra,
+    /// One address in front of both records replicas.
+    records: Balancer,
     services: Vec<Served>,
     outage: Duration,
     /// Processes that exited without being killed (restarted, as Kubernetes would).
@@ -613,12 +709,23 @@ impl Platform {
                 tokio::time::sleep(self.outage).await;
                 self.infra.script("kafka", "start")?;
             }
+            Fault::PartitionKafka => {
+                self.infra.partition(&[self.infra.kafka_port.to_string()])?;
+                tokio::time::sleep(self.outage).await;
+                self.infra.heal()?;
+            }
+            Fault::PartitionPostgres => {
+                self.infra
+                    .partition(&[format!("{PARTITIONABLE}:{}", self.infra.pg_port)])?;
+                tokio::time::sleep(self.outage).await;
+                self.infra.heal()?;
+            }
         }
         Ok(())
     }
 }
 
-/// Starts Postgres, Kafka and the four services.
+/// Starts Postgres, Kafka, the services and records' balancer.
 async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
     let dir = tempfile::Builder::new().prefix("sharedcare-chaos").tempdir()?;
     // Postgres runs as the postgres user, under this directory.
@@ -635,6 +742,13 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
         dir: dir.path().to_path_buf(),
         guard: Some(dir),
     };
+    let can_partition = Command::new(infra.scripts.join("partition.sh"))
+        .arg("check")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can_partition {
+        bail!("infra/partition.sh cannot make a partition here: the chaos suite needs root (nftables)");
+    }
     infra.script("postgres", "start")?;
     infra.script("kafka", "start")?;
     let kek = {
@@ -645,13 +759,12 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
     };
     let mut ports = Vec::new();
-    for i in 0..SERVICES.len() as u16 {
+    for i in 0..PROCESSES.len() as u16 {
         ports.push((base + 5 + 2 * i, base + 6 + 2 * i));
     }
     let identity_http = format!("http://127.0.0.1:{}", ports.first().context("ports")?.0);
     let consent_grpc = format!("http://127.0.0.1:{}", ports.get(1).context("ports")?.1);
     let common: Vec<(String, String)> = [
-        ("SHAREDCARE_DATABASE__URL", infra.database_url()),
         ("SHAREDCARE_KEY_ENCRYPTION__KEY", kek),
         ("SHAREDCARE_KAFKA__BROKERS", infra.brokers()),
         ("SHAREDCARE_KAFKA__NAMESPACE", "chaos".into()),
@@ -662,15 +775,21 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let mut services = Vec::new();
-    for (name, (http, grpc)) in SERVICES.into_iter().zip(ports) {
+    for ((name, service), (http, grpc)) in PROCESSES.into_iter().zip(ports) {
         let mut env = common.clone();
         let mut add = |k: &str, v: &str| env.push((k.to_string(), v.to_string()));
+        let db_host = if name == "records-b" {
+            PARTITIONABLE
+        } else {
+            "127.0.0.1"
+        };
+        add("SHAREDCARE_DATABASE__URL", &infra.database_url(db_host));
         if name == "identity" {
             add("SHAREDCARE_IDENTITY__SEED_DEMO", "true");
         } else {
             add("SHAREDCARE_AUTH__ISSUER", &identity_http);
         }
-        if name == "records" {
+        if service == "records" {
             add("SHAREDCARE_RECORDS__CONSENT_URL", &consent_grpc);
             add(
                 "SHAREDCARE_RECORDS__CONSENT_TIMEOUT_MS",
@@ -681,6 +800,7 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
         }
         let mut s = Served {
             name,
+            service,
             http: format!("127.0.0.1:{http}"),
             grpc: format!("127.0.0.1:{grpc}"),
             env,
@@ -690,9 +810,15 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
         s.spawn()?;
         services.push(s);
     }
+    let replicas = services
+        .iter()
+        .filter(|s| s.service == "records")
+        .map(|s| s.grpc.clone())
+        .collect();
     Ok((
         Platform {
             infra,
+            records: Balancer::start(replicas).await?,
             services,
             outage: Duration::from_secs(args.outage_seconds),
             unplanned: Vec::new(),
@@ -701,15 +827,31 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
     ))
 }
 
+/// A connection to `name`'s gRPC port (records: through the balancer).
 fn grpc_of(p: &Platform, name: &str) -> anyhow::Result<Channel> {
-    let s = p
-        .services
-        .iter()
-        .find(|s| s.name == name)
-        .with_context(|| format!("no service {name}"))?;
-    Ok(Channel::from_shared(format!("http://{}", s.grpc))?
+    let addr = if name == "records" {
+        p.records.addr.to_string()
+    } else {
+        p.services
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| format!("no service {name}"))?
+            .grpc
+            .clone()
+    };
+    Ok(Channel::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy())
+}
+
+/// Eight connections to records through the balancer, taking turns: about half to each replica.
+fn records_clients(p: &Platform) -> anyhow::Result<Vec<RecordsClient<Channel>>> {
+    (0..8)
+        .map(|_| {
+            let channel = grpc_of(p, "records")?;
+            Ok(RecordsClient::new(channel))
+        })
+        .collect()
 }
 
 /// Every audit entry about `nhs`, as (trace id, outcome).
@@ -847,10 +989,10 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
         plan.len(),
         args.outage_seconds
     );
-    println!("not injected here: two replicas behind one address, network partitions, break-glass (see the README)");
+    println!("not injected here: break-glass, replicas of the passport and the portal (see the README)");
     let (mut p, issuer) = platform(args).await?;
     let token = service_token(&issuer).await?;
-    let records = RecordsClient::new(grpc_of(&p, "records")?);
+    let records = std::sync::RwLock::new(records_clients(&p)?);
     let patients: Vec<String> = (0..PATIENTS)
         .map(|i| {
             (0..100)
@@ -861,6 +1003,7 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let load = Arc::new(Load {
         records,
+        turn: std::sync::atomic::AtomicUsize::new(0),
         consent: ConsentClient::new(grpc_of(&p, "consent")?),
         token: Mutex::new(token.clone()),
         patients: patients.clone(),
@@ -888,21 +1031,27 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
     let refresher = tokio::spawn(load.clone().refresh_token(issuer.clone()));
     tokio::time::sleep(SETTLE).await;
 
-    println!("{:>4}  {:<18} {:>8} {:>14}", "#", "fault", "at s", "recovered in");
+    println!(
+        "{:>4}  {:<20} {:>8} {:>14} {:>16}",
+        "#", "fault", "at s", "recovered in", "calls cut off"
+    );
     let mut recoveries: Vec<(Fault, Option<Duration>)> = Vec::new();
     for (i, fault) in plan.iter().enumerate() {
         p.restart_exited()?;
         let at = started.elapsed();
+        let before = load.unanswered().await;
         p.inject(*fault).await?;
         let rec = load.recovered().await;
         println!(
-            "{:>4}  {:<18} {:>8.1} {:>14}",
+            "{:>4}  {:<20} {:>8.1} {:>14} {:>16}",
             i + 1,
             fault.name(),
             at.as_secs_f64(),
-            rec.map_or("NOT RECOVERED".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
+            rec.map_or("NOT RECOVERED".to_string(), |d| format!("{:.2} s", d.as_secs_f64())),
+            load.unanswered().await - before
         );
         recoveries.push((*fault, rec));
+        load.reconnect(&p)?;
         tokio::time::sleep(SETTLE).await;
     }
     // Each worker finishes the call it is in, so the ledger holds every call that was made.
@@ -1012,9 +1161,9 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     println!();
-    println!("{:<18} {:>6} {:>22}", "fault", "times", "slowest recovery");
+    println!("{:<20} {:>6} {:>22}", "fault", "times", "slowest recovery");
     for (name, n, worst) in &by_kind {
-        println!("{name:<18} {n:>6} {:>20.2} s", worst.as_secs_f64());
+        println!("{name:<20} {n:>6} {:>20.2} s", worst.as_secs_f64());
     }
     println!();
     let v = &verdict;

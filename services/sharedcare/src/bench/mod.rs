@@ -21,6 +21,7 @@ use crate::config::Config;
 
 mod args;
 mod audit;
+mod balancer;
 mod bus;
 mod chaos;
 mod export;

@@ -161,7 +161,11 @@ async fn open_loop(
             refreshed = elapsed;
             match demo_service_token(&t.up.http, SCOPE).await {
                 Ok(new) => token = new,
-                Err(e) => println!("  token refresh failed at {:.0} s: {e}", elapsed.as_secs_f64()),
+                Err(e) => {
+                    // Refused while the server is at its limit, say: try again in 10 s.
+                    refreshed = elapsed.saturating_sub(TOKEN_REFRESH - Duration::from_secs(10));
+                    println!("  token refresh failed at {:.0} s: {e}", elapsed.as_secs_f64());
+                }
             }
         }
         let due = (elapsed.as_secs_f64() * rate) as u64;
