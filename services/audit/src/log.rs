@@ -11,7 +11,7 @@ use sharedcare_kit::edge::Refuse;
 use sharedcare_proto::audit::v1::{AuditEntry, SignedTreeHead};
 
 use crate::merkle::{self, Hash};
-use crate::store::{Store, StoredHead, hex, unhex};
+use crate::store::{Snapshot, Store, StoredHead, hex, unhex};
 use crate::tiles::{self, Expanded, TileId, Tiles};
 use crate::{AuditError, note};
 
@@ -310,8 +310,10 @@ impl Log {
     /// entries, tiles and heads.
     pub async fn verify(&self) -> Result<(usize, usize, Vec<Problem>), AuditError> {
         let mut problems = Vec::new();
-        let size = self.store.size().await?;
-        let count = self.store.entry_count().await? as u64;
+        // Everything as of one moment: a live log goes on growing while it is checked.
+        let mut snap = self.store.snapshot().await?;
+        let size = snap.size().await?;
+        let count = snap.entry_count().await? as u64;
         if count != size {
             problems.push(format!(
                 "the entries table holds {count} entries but the tree {size} leaves; entries were added or removed outside the log"
@@ -321,11 +323,10 @@ impl Log {
         let mut from = 0i64;
         while (from as u64) < count {
             let to = (from + VERIFY_PAGE).min(count as i64);
-            let entries = self.store.entries_between(from, to).await?;
+            let entries = snap.entries_between(from, to).await?;
             let first_tile = from as u64 / tiles::WIDTH;
             let tiles_needed = (to as u64).div_ceil(tiles::WIDTH) - first_tile;
-            let level0: std::collections::HashMap<u64, Vec<u8>> = self
-                .store
+            let level0: std::collections::HashMap<u64, Vec<u8>> = snap
                 .tiles_from(0, first_tile, tiles_needed as i64)
                 .await?
                 .into_iter()
@@ -370,7 +371,7 @@ impl Log {
             let mut roots: Vec<Hash> = Vec::new();
             let mut next = 0u64;
             loop {
-                let page = self.store.tiles_from(level, next, 1024).await?;
+                let page = snap.tiles_from(level, next, 1024).await?;
                 let Some(last) = page.last().map(|(i, _)| *i) else {
                     break;
                 };
@@ -396,7 +397,7 @@ impl Log {
             }
             let mut above = 0u64;
             loop {
-                let page = self.store.tiles_from(level + 1, above, 1024).await?;
+                let page = snap.tiles_from(level + 1, above, 1024).await?;
                 let Some(last) = page.last().map(|(i, _)| *i) else {
                     break;
                 };
@@ -421,12 +422,12 @@ impl Log {
         let mut seen: std::collections::HashMap<TileId, Vec<u8>> = std::collections::HashMap::new();
         let (mut heads, mut after) = (0usize, -1i64);
         loop {
-            let page = self.store.heads_after(after, 1_000).await?;
+            let page = snap.heads_after(after, 1_000).await?;
             let Some(last) = page.last() else { break };
             after = last.size;
             heads += page.len();
             for head in &page {
-                if let Some(p) = self.check_head(head, size, &public, &mut seen).await? {
+                if let Some(p) = self.check_head(&mut snap, head, size, &public, &mut seen).await? {
                     problems.push(p);
                 }
             }
@@ -438,6 +439,7 @@ impl Log {
     /// (read into `seen`, which is cleared when it grows large).
     async fn check_head(
         &self,
+        snap: &mut Snapshot,
         head: &StoredHead,
         size: u64,
         public: &UnparsedPublicKey<Vec<u8>>,
@@ -483,7 +485,7 @@ impl Log {
         }
         let missing: std::collections::BTreeSet<TileId> =
             needed.iter().filter(|id| !seen.contains_key(id)).copied().collect();
-        let read = self.store.tiles(&missing).await?;
+        let read = snap.tiles(&missing).await?;
         seen.extend(read.0);
         let t = Tiles(
             needed

@@ -466,15 +466,7 @@ impl Store {
 
     /// Entries with leaf index in `from..to`, in leaf order (for verification).
     pub async fn entries_between(&self, from: i64, to: i64) -> Result<Vec<AuditEntry>, AuditError> {
-        let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(from)
-            .bind(to)
-            .fetch_all(self.db.pool())
-            .await?;
-        Ok(rows.iter().map(entry).collect::<Result<_, _>>()?)
+        entries_between(&mut *self.db.pool().acquire().await?, from, to).await
     }
 
     /// How many entries the `entries` table holds (its next leaf index).
@@ -494,15 +486,20 @@ impl Store {
 
     /// Up to `limit` tiles of `level` from index `from`, in order (for verification).
     pub async fn tiles_from(&self, level: u32, from: u64, limit: i64) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
-        let rows = sqlx::query("SELECT idx, hashes FROM tiles WHERE level = $1 AND idx >= $2 ORDER BY idx LIMIT $3")
-            .bind(i64::from(level))
-            .bind(from as i64)
-            .bind(limit)
-            .fetch_all(self.db.pool())
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?)))
-            .collect()
+        tiles_from(&mut *self.db.pool().acquire().await?, level, from, limit).await
+    }
+
+    /// A consistent, read-only view of the whole log (one transaction: REPEATABLE READ on
+    /// Postgres, a read transaction's snapshot on SQLite), so that `verify` on a live log
+    /// sees entries, tiles and heads as of one moment.
+    pub async fn snapshot(&self) -> Result<Snapshot, AuditError> {
+        let mut tx = self.db.pool().begin().await?;
+        if self.db.backend() == db::Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(Snapshot { tx })
     }
 
     /// Converts a log stored before tiles (leaf hashes only in `entries`) into tiles, under
@@ -551,15 +548,7 @@ impl Store {
 
     /// Up to `limit` signed tree heads larger than `after`, smallest first (for verification).
     pub async fn heads_after(&self, after: i64, limit: i64) -> Result<Vec<StoredHead>, AuditError> {
-        let rows = sqlx::query(
-            "SELECT tree_size, root_hash, timestamp_us, signature, checkpoint FROM tree_heads \
-             WHERE tree_size > $1 ORDER BY tree_size LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter().map(stored_head).collect()
+        heads_after(&mut *self.db.pool().acquire().await?, after, limit).await
     }
 
     /// The newest signed tree head.
@@ -667,6 +656,83 @@ fn stored_head(r: &sqlx::any::AnyRow) -> Result<StoredHead, AuditError> {
         signature: r.try_get(3)?,
         checkpoint: r.try_get(4)?,
     })
+}
+
+/// The log as of one moment (see [`Store::snapshot`]): the reads `verify` makes.
+pub struct Snapshot {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl Snapshot {
+    /// How many entries the `entries` table holds (its next leaf index).
+    pub async fn entry_count(&mut self) -> Result<i64, AuditError> {
+        next_leaf(&mut self.tx).await
+    }
+
+    /// How many leaves the tree (its tiles) holds.
+    pub async fn size(&mut self) -> Result<u64, AuditError> {
+        tiled_size(&mut self.tx).await
+    }
+
+    /// Entries with leaf indexes in `from..to`, in order.
+    pub async fn entries_between(&mut self, from: i64, to: i64) -> Result<Vec<AuditEntry>, AuditError> {
+        entries_between(&mut self.tx, from, to).await
+    }
+
+    /// The stored tiles among `ids`.
+    pub async fn tiles(&mut self, ids: &std::collections::BTreeSet<TileId>) -> Result<Tiles, AuditError> {
+        read_tiles(&mut self.tx, ids).await
+    }
+
+    /// Up to `limit` tiles of `level` from index `from`, in order.
+    pub async fn tiles_from(&mut self, level: u32, from: u64, limit: i64) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        tiles_from(&mut self.tx, level, from, limit).await
+    }
+
+    /// Up to `limit` signed tree heads larger than `after`, smallest first.
+    pub async fn heads_after(&mut self, after: i64, limit: i64) -> Result<Vec<StoredHead>, AuditError> {
+        heads_after(&mut self.tx, after, limit).await
+    }
+}
+
+async fn entries_between(conn: &mut sqlx::AnyConnection, from: i64, to: i64) -> Result<Vec<AuditEntry>, AuditError> {
+    let sql =
+        format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE leaf_index >= $1 AND leaf_index < $2 ORDER BY leaf_index");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(from)
+        .bind(to)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.iter().map(entry).collect::<Result<_, _>>()?)
+}
+
+async fn tiles_from(
+    conn: &mut sqlx::AnyConnection,
+    level: u32,
+    from: u64,
+    limit: i64,
+) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+    let rows = sqlx::query("SELECT idx, hashes FROM tiles WHERE level = $1 AND idx >= $2 ORDER BY idx LIMIT $3")
+        .bind(i64::from(level))
+        .bind(from as i64)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?)))
+        .collect()
+}
+
+async fn heads_after(conn: &mut sqlx::AnyConnection, after: i64, limit: i64) -> Result<Vec<StoredHead>, AuditError> {
+    let rows = sqlx::query(
+        "SELECT tree_size, root_hash, timestamp_us, signature, checkpoint FROM tree_heads \
+         WHERE tree_size > $1 ORDER BY tree_size LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(stored_head).collect()
 }
 
 /// The next leaf index of the `entries` table.

@@ -813,8 +813,44 @@ async fn a_merged_persons_trail_holds_both_numbers_under_either(db: Db) {
     }
 }
 
+/// `audit verify` on a log that is being appended to and signed (an operator checking a live
+/// system) finds nothing wrong with what was there when it began.
+async fn verify_on_a_live_log_reports_no_false_problems(db: Db) {
+    let s = store(&db).await;
+    append_batches(&s, 0, 300, 50).await;
+    let log = sharedcare_audit::log::Log::open(s.clone(), ORIGIN).await.expect("log");
+    log.sign_and_store_head().await.expect("head");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (s, log, stop) = (s.clone(), log.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 300;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                append_batches(&s, n, 37, 37).await;
+                n += 37;
+                if n % 111 == 0 {
+                    log.sign_and_store_head().await.expect("head");
+                }
+            }
+            n
+        })
+    };
+    for _ in 0..20 {
+        let (entries, _, problems) = log.verify().await.expect("verify");
+        assert!(
+            problems.is_empty(),
+            "verify at {entries} entries, while appending: {problems:?}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appended = writer.await.expect("writer");
+    assert!(appended > 300, "entries were appended while it verified");
+    assert!(log.verify().await.expect("verify").2.is_empty());
+}
+
 sharedcare_kit::store_suite!(
     "audit";
+    verify_on_a_live_log_reports_no_false_problems,
     a_merged_persons_trail_holds_both_numbers_under_either,
     tiles_hold_the_tree_across_tile_boundaries_and_checkpoints_verify,
     two_entries_with_the_same_visible_fields_hash_differently,
