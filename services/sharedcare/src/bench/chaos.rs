@@ -9,8 +9,10 @@
 //!
 //! Load, for the whole run: writers put Observations (each a new id), readers read them back
 //! as the ICS's integration system (each read decided by consent and audited before it
-//! answers), and a consent changer turns one patient's whole-record deny directive on and
-//! off, so some reads are refused. Every call carries a W3C `traceparent` of its own, and the
+//! answers), a consent changer turns one patient's whole-record deny directive on and off, so
+//! some reads are refused, and a GP with no care relationship (signed in through identity's
+//! pages) breaks the glass for each patient in turn, reading one of their records before
+//! (refused) and after (permitted under the grant). Every call carries a W3C `traceparent` of its own, and the
 //! audit entry it causes carries that trace id: the ledger keeps each call's trace id and
 //! what the caller was told (acknowledged, refused, or no answer).
 //!
@@ -19,7 +21,7 @@
 //! records replica while calls are in flight on it (restarted on the same ports, as
 //! Kubernetes would), a Kafka restart, a Postgres restart, consent frozen with SIGSTOP for
 //! longer than records' consent timeout, Kafka down for `--outage-seconds` while writes fill
-//! the outbox, and two network partitions of as long: every service cut off from Kafka, and
+//! the outbox, and two network partitions of 15 s: every service cut off from Kafka, and
 //! one records replica cut off from Postgres (`infra/partition.sh`: packets dropped by
 //! nftables, so connections hang rather than fail, then carry on when it heals). After each,
 //! the time until a write and a read both succeed again is the time to recover.
@@ -45,7 +47,7 @@ use futures::StreamExt;
 use sharedcare_proto::audit::v1::QueryRequest;
 use sharedcare_proto::audit::v1::audit_client::AuditClient;
 use sharedcare_proto::consent::v1::consent_client::ConsentClient;
-use sharedcare_proto::consent::v1::{Directive, PutDirectiveRequest};
+use sharedcare_proto::consent::v1::{BreakGlassRequest, Directive, PutDirectiveRequest};
 use sharedcare_proto::records::v1::records_client::RecordsClient;
 use sharedcare_proto::records::v1::{GetRequest, PutRequest};
 use tokio::sync::Mutex;
@@ -87,6 +89,10 @@ const PROCESSES: [(&str, &str); 5] = [
     ("records-b", "records"),
 ];
 
+/// How long a partition lasts (or `--outage-seconds`, if shorter): longer than the 11 s in
+/// which Postgres ends a silent replica's relay session and frees its lock.
+const PARTITION: Duration = Duration::from_secs(15);
+
 /// The loopback address records-b reaches Postgres on (Postgres listens there too), so that a
 /// partition can cut that replica off alone.
 const PARTITIONABLE: &str = "127.0.0.2";
@@ -104,9 +110,9 @@ enum Fault {
     FreezeConsent,
     /// The Kafka broker down for `--outage-seconds` while the load goes on.
     KafkaOutage,
-    /// Every service cut off from Kafka (packets dropped) for `--outage-seconds`.
+    /// Every service cut off from Kafka (packets dropped) for [`PARTITION`].
     PartitionKafka,
-    /// records-b cut off from Postgres (packets dropped) for `--outage-seconds`; records-a
+    /// records-b cut off from Postgres (packets dropped) for [`PARTITION`]; records-a
     /// goes on.
     PartitionPostgres,
 }
@@ -356,6 +362,8 @@ enum Kind {
     Read,
     /// Patient 0's directive changed (consent's PutDirective).
     Consent,
+    /// A clinician broke the glass (consent's BreakGlass).
+    BreakGlass,
 }
 
 /// One call the load made.
@@ -392,6 +400,8 @@ struct Load {
     turn: std::sync::atomic::AtomicUsize,
     consent: ConsentClient<Channel>,
     token: Mutex<String>,
+    /// The demo GP's access token (signed in through identity's pages, second factor too).
+    clinician: Mutex<String>,
     patients: Vec<String>,
     ledger: Mutex<Ledger>,
     next: std::sync::atomic::AtomicU64,
@@ -524,17 +534,22 @@ impl Load {
         .await
     }
 
-    /// Reads Observation `id`; returns what the caller was told.
+    /// Reads Observation `id` as the integration system; returns what the caller was told.
     async fn get(&self, id: &str) -> Told {
-        let (tp, trace) = traceparent();
         let token = self.token().await;
+        self.get_as(id, &token).await
+    }
+
+    /// Reads Observation `id` with `token`; returns what the caller was told.
+    async fn get_as(&self, id: &str, token: &str) -> Told {
+        let (tp, trace) = traceparent();
         let r = match request(
             GetRequest {
                 resource_type: "Observation".into(),
                 id: id.to_string(),
                 ..Default::default()
             },
-            &token,
+            token,
             &tp,
         ) {
             Ok(req) => match self.records() {
@@ -597,13 +612,68 @@ impl Load {
         }
     }
 
-    /// Refreshes the token every minute (a failure keeps the old one).
+    /// Refreshes the token every minute and the clinician's every five (a failure keeps the
+    /// old one).
     async fn refresh_token(self: Arc<Self>, issuer: String) {
+        let mut minutes = 0u32;
         while !self.stop.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_secs(60)).await;
             if let Ok(t) = service_token(&issuer).await {
                 *self.token.lock().await = t;
             }
+            minutes += 1;
+            if minutes.is_multiple_of(5)
+                && let Ok(t) = clinician_token(&issuer).await
+            {
+                *self.clinician.lock().await = t;
+            }
+        }
+    }
+
+    /// The GP breaks the glass for `nhs`; returns what they were told.
+    async fn break_glass(&self, nhs: &str) -> Told {
+        let (tp, trace) = traceparent();
+        let token = self.clinician.lock().await.clone();
+        let msg = BreakGlassRequest {
+            nhs_number: nhs.to_string(),
+            reason_code: "unconscious-patient".into(),
+            reason_text: "brought in unconscious; allergies and medicines needed now".into(),
+        };
+        let r = match request(msg, &token, &tp) {
+            Ok(req) => self.consent.clone().break_glass(req).await,
+            Err(e) => Err(tonic::Status::internal(e.to_string())),
+        };
+        self.note(trace, Kind::BreakGlass, format!("break-glass {nhs}"), &r)
+            .await
+    }
+
+    /// A GP with no care relationship breaks the glass for each patient in turn and reads one
+    /// of their Observations: refused (and audited as denied) before the first grant, then
+    /// permitted under it; the grant itself is in the patient's trail.
+    async fn break_glass_and_read(self: Arc<Self>) {
+        let mut k = 1usize;
+        while !self.stop.load(Ordering::Relaxed) {
+            let patient = k % self.patients.len().max(1);
+            let id = {
+                let l = self.ledger.lock().await;
+                l.written
+                    .iter()
+                    .rev()
+                    .find(|(_, p)| *p as usize == patient)
+                    .map(|w| w.0.clone())
+            };
+            let token = self.clinician.lock().await.clone();
+            if let Some(id) = &id {
+                self.get_as(id, &token).await;
+            }
+            if let Some(nhs) = self.patients.get(patient) {
+                self.break_glass(nhs).await;
+            }
+            if let Some(id) = &id {
+                self.get_as(id, &token).await;
+            }
+            k += 1;
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
         }
     }
 
@@ -625,6 +695,12 @@ impl Load {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The demo GP's token, through identity's sign-in pages (password and security code).
+async fn clinician_token(issuer: &str) -> anyhow::Result<String> {
+    let http = issuer.trim_start_matches("http://");
+    super::identity::user_token(http, "gp", "demo-gp-password", "selectedrole").await
 }
 
 async fn service_token(issuer: &str) -> anyhow::Result<String> {
@@ -711,13 +787,13 @@ impl Platform {
             }
             Fault::PartitionKafka => {
                 self.infra.partition(&[self.infra.kafka_port.to_string()])?;
-                tokio::time::sleep(self.outage).await;
+                tokio::time::sleep(self.outage.min(PARTITION)).await;
                 self.infra.heal()?;
             }
             Fault::PartitionPostgres => {
                 self.infra
                     .partition(&[format!("{PARTITIONABLE}:{}", self.infra.pg_port)])?;
-                tokio::time::sleep(self.outage).await;
+                tokio::time::sleep(self.outage.min(PARTITION)).await;
                 self.infra.heal()?;
             }
         }
@@ -905,11 +981,18 @@ struct Verdict {
     writes_unverified: u64,
     /// Directive changes acknowledged, each with consent's entry.
     consent: Tally,
+    /// Break-glass grants acknowledged, each with consent's entry.
+    break_glass: Tally,
 }
 
 impl Verdict {
     fn lost(&self) -> u64 {
-        self.writes_lost + self.reads.missing + self.refusals.missing + self.writes.missing + self.consent.missing
+        self.writes_lost
+            + self.reads.missing
+            + self.refusals.missing
+            + self.writes.missing
+            + self.consent.missing
+            + self.break_glass.missing
     }
 
     fn doubled(&self) -> u64 {
@@ -918,6 +1001,7 @@ impl Verdict {
             + self.refusals.doubled
             + self.writes.doubled
             + self.consent.doubled
+            + self.break_glass.doubled
             + self.unanswered_doubled
     }
 }
@@ -932,6 +1016,7 @@ fn judge(calls: &[Call], seen: &HashMap<String, Vec<String>>) -> Verdict {
         let (tally, want) = match (c.told, c.kind) {
             // Consent's own record of directive changes is not this ledger's to check.
             (Told::Acked, Kind::Consent) => (&mut v.consent, "success"),
+            (Told::Acked, Kind::BreakGlass) => (&mut v.break_glass, "granted"),
             (Told::Acked, Kind::Write) => (&mut v.writes, "success"),
             (Told::Acked, Kind::Read) => (&mut v.reads, "success"),
             (Told::Refused, _) => (&mut v.refusals, "denied"),
@@ -989,7 +1074,7 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
         plan.len(),
         args.outage_seconds
     );
-    println!("not injected here: break-glass, replicas of the passport and the portal (see the README)");
+    println!("not injected here: replicas of the passport and the portal (see the README)");
     let (mut p, issuer) = platform(args).await?;
     let token = service_token(&issuer).await?;
     let records = std::sync::RwLock::new(records_clients(&p)?);
@@ -1006,6 +1091,7 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
         turn: std::sync::atomic::AtomicUsize::new(0),
         consent: ConsentClient::new(grpc_of(&p, "consent")?),
         token: Mutex::new(token.clone()),
+        clinician: Mutex::new(clinician_token(&issuer).await.context("the demo GP's token")?),
         patients: patients.clone(),
         ledger: Mutex::new(Ledger::default()),
         next: std::sync::atomic::AtomicU64::new(0),
@@ -1028,6 +1114,7 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(load.clone().work(w)));
     }
     tasks.push(tokio::spawn(load.clone().change_consent()));
+    tasks.push(tokio::spawn(load.clone().break_glass_and_read()));
     let refresher = tokio::spawn(load.clone().refresh_token(issuer.clone()));
     tokio::time::sleep(SETTLE).await;
 
@@ -1192,6 +1279,10 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
         "consent changed      {:>6}   audit entry missing {}   doubled {}   wrong outcome {}",
         v.consent.acked, v.consent.missing, v.consent.doubled, v.consent.wrong_outcome
     );
+    println!(
+        "glass broken         {:>6}   audit entry missing {}   doubled {}   wrong outcome {}",
+        v.break_glass.acked, v.break_glass.missing, v.break_glass.doubled, v.break_glass.wrong_outcome
+    );
     println!("audit entries of no call of the load: {}", v.unexplained);
     for e in &v.examples {
         println!("  {e}");
@@ -1207,17 +1298,27 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
             p.unplanned.join(", ")
         }
     );
-    let wrong = v.reads.wrong_outcome + v.refusals.wrong_outcome + v.writes.wrong_outcome + v.consent.wrong_outcome;
+    let wrong = v.reads.wrong_outcome
+        + v.refusals.wrong_outcome
+        + v.writes.wrong_outcome
+        + v.consent.wrong_outcome
+        + v.break_glass.wrong_outcome;
     println!(
         "CHAOS faults={} acknowledged={} lost={} doubled={} wrong={} not_recovered={} seed={seed}",
         plan.len(),
-        v.writes.acked + v.reads.acked + v.refusals.acked + v.consent.acked,
+        v.writes.acked + v.reads.acked + v.refusals.acked + v.consent.acked + v.break_glass.acked,
         v.lost(),
         v.doubled(),
         wrong,
         not_recovered
     );
     if !verified {
+        for line in String::from_utf8_lossy(&verify.stdout)
+            .lines()
+            .filter(|l| l.starts_with("FAIL"))
+        {
+            println!("  audit verify: {line}");
+        }
         eprintln!("{}", String::from_utf8_lossy(&verify.stderr));
     }
     if v.lost() > 0
