@@ -1,5 +1,6 @@
 //! Faults under load (`sharedcare bench chaos`), bounded for the test command: identity,
-//! consent, audit and two records replicas behind one address as their own processes on a
+//! consent, audit and two replicas each of records and the passport behind one address as
+//! their own processes on a
 //! Postgres and a Kafka of the run's own, each kind of fault (kills, restarts, a freeze, an
 //! outage, partitions made with nftables: root) injected once and then more from a random
 //! seed (printed; set `TEST_CHAOS_SEED` to repeat one, `TEST_CHAOS_FAULTS` for more), the
@@ -16,7 +17,8 @@ fn nothing_acknowledged_is_lost_doubled_or_unaudited_under_faults() {
     let infra = std::path::Path::new(&script).parent().expect("infra/").to_path_buf();
     let seed = std::env::var("TEST_CHAOS_SEED")
         .unwrap_or_else(|_| (uuid::Uuid::new_v4().as_u128() as u64 % 1_000_000_000).to_string());
-    let faults = std::env::var("TEST_CHAOS_FAULTS").unwrap_or_else(|_| "12".into());
+    // Each of the thirteen kinds once.
+    let faults = std::env::var("TEST_CHAOS_FAULTS").unwrap_or_else(|_| "13".into());
     println!("chaos seed {seed} (TEST_CHAOS_SEED={seed} repeats this run)");
     let infra = infra.display().to_string();
     let (status, out, err) = run(

@@ -4,12 +4,12 @@
 //! Set-up: a PostgreSQL cluster and an Apache Kafka broker of the run's own (started with
 //! `infra/postgres.sh` and `infra/kafka.sh` on their own ports and directories, so nothing
 //! else on the machine is disturbed), and identity, consent, audit and records each as its own
-//! `sharedcare serve` process on fixed ports — records as two replicas behind one address (a
-//! TCP balancer, as a Kubernetes Service spreads connections over pods).
+//! `sharedcare serve` process on fixed ports — records and the passport as two replicas each
+//! behind one address (a TCP balancer, as a Kubernetes Service spreads connections over pods).
 //!
 //! Load, for the whole run: writers put Observations (each a new id), readers read them back
-//! as the ICS's integration system (each read decided by consent and audited before it
-//! answers), a consent changer turns one patient's whole-record deny directive on and off, so
+//! and view the patients' passports as the ICS's integration system (each read and view
+//! decided by consent and audited before it answers), a consent changer turns one patient's whole-record deny directive on and off, so
 //! some reads are refused, and a GP with no care relationship (signed in through identity's
 //! pages) breaks the glass for each patient in turn, reading one of their records before
 //! (refused) and after (permitted under the grant). Every call carries a W3C `traceparent` of its own, and the
@@ -18,7 +18,7 @@
 //!
 //! Faults, one at a time: first each kind once, then `--faults` in all from a schedule drawn
 //! from `--seed` (printed, so a run can be repeated): kill -9 of each service and of each
-//! records replica while calls are in flight on it (restarted on the same ports, as
+//! records and passport replica while calls are in flight on it (restarted on the same ports, as
 //! Kubernetes would), a Kafka restart, a Postgres restart, consent frozen with SIGSTOP for
 //! longer than records' consent timeout, Kafka down for `--outage-seconds` while writes fill
 //! the outbox, and two network partitions of 15 s: every service cut off from Kafka, and
@@ -48,6 +48,8 @@ use sharedcare_proto::audit::v1::QueryRequest;
 use sharedcare_proto::audit::v1::audit_client::AuditClient;
 use sharedcare_proto::consent::v1::consent_client::ConsentClient;
 use sharedcare_proto::consent::v1::{BreakGlassRequest, Directive, PutDirectiveRequest};
+use sharedcare_proto::passport::v1::GetPassportRequest;
+use sharedcare_proto::passport::v1::passport_client::PassportClient;
 use sharedcare_proto::records::v1::records_client::RecordsClient;
 use sharedcare_proto::records::v1::{GetRequest, PutRequest};
 use tokio::sync::Mutex;
@@ -80,13 +82,15 @@ const SETTLE: Duration = Duration::from_secs(2);
 const RECOVERY_LIMIT: Duration = Duration::from_secs(120);
 
 /// The processes, in the order they start (identity first: the others trust its tokens):
-/// (name, service). Records runs as two replicas behind one address.
-const PROCESSES: [(&str, &str); 5] = [
+/// (name, service). Records and the passport run as two replicas each behind one address.
+const PROCESSES: [(&str, &str); 7] = [
     ("identity", "identity"),
     ("consent", "consent"),
     ("audit", "audit"),
     ("records-a", "records"),
     ("records-b", "records"),
+    ("passport-a", "passport"),
+    ("passport-b", "passport"),
 ];
 
 /// How long a partition lasts (or `--outage-seconds`, if shorter): longer than the 11 s in
@@ -364,6 +368,8 @@ enum Kind {
     Consent,
     /// A clinician broke the glass (consent's BreakGlass).
     BreakGlass,
+    /// A patient's passport viewed (the passport's GetPassport).
+    View,
 }
 
 /// One call the load made.
@@ -396,6 +402,8 @@ struct Load {
     /// Records through the balancer, one connection each (so calls reach both replicas);
     /// each call takes the next. Made anew after each fault (see [`Load::reconnect`]).
     records: std::sync::RwLock<Vec<RecordsClient<Channel>>>,
+    /// The passport through its balancer, likewise.
+    passport: std::sync::RwLock<Vec<PassportClient<Channel>>>,
     /// Which of `records` the next call takes.
     turn: std::sync::atomic::AtomicUsize,
     consent: ConsentClient<Channel>,
@@ -462,23 +470,22 @@ impl Load {
 
     /// The next connection to records.
     fn records(&self) -> anyhow::Result<RecordsClient<Channel>> {
-        let n = self.turn.fetch_add(1, Ordering::Relaxed);
-        let all = self
-            .records
-            .read()
-            .map_err(|_| anyhow::anyhow!("records clients poisoned"))?;
-        all.get(n % all.len().max(1)).cloned().context("no records client")
+        take_turn(&self.records, &self.turn)
     }
 
-    /// New connections through the balancer, spread over both replicas again: connections
+    /// The next connection to the passport.
+    fn passport(&self) -> anyhow::Result<PassportClient<Channel>> {
+        take_turn(&self.passport, &self.turn)
+    }
+
+    /// New connections through the balancers, spread over both replicas again: connections
     /// stay where they are until they break, so after a replica's kill every connection would
     /// otherwise stay on the other one. (Calls in flight finish on the old ones.)
     fn reconnect(&self, p: &Platform) -> anyhow::Result<()> {
-        let fresh = records_clients(p)?;
-        *self
-            .records
-            .write()
-            .map_err(|_| anyhow::anyhow!("records clients poisoned"))? = fresh;
+        let fresh = clients(p, "records", RecordsClient::new)?;
+        *self.records.write().map_err(|_| anyhow::anyhow!("clients poisoned"))? = fresh;
+        let fresh = clients(p, "passport", PassportClient::new)?;
+        *self.passport.write().map_err(|_| anyhow::anyhow!("clients poisoned"))? = fresh;
         Ok(())
     }
 
@@ -561,6 +568,32 @@ impl Load {
         self.note(trace, Kind::Read, id.to_string(), &r).await
     }
 
+    /// Views patient `k`'s passport as the integration system; returns what it was told.
+    async fn view(&self, k: usize) -> Told {
+        let (tp, trace) = traceparent();
+        let token = self.token().await;
+        let nhs = self
+            .patients
+            .get(k % self.patients.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        let r = match request(
+            GetPassportRequest {
+                nhs_number: nhs.clone(),
+                purpose: String::new(),
+            },
+            &token,
+            &tp,
+        ) {
+            Ok(req) => match self.passport() {
+                Ok(mut p) => p.get_passport(req).await,
+                Err(e) => Err(tonic::Status::internal(e.to_string())),
+            },
+            Err(e) => Err(tonic::Status::internal(e.to_string())),
+        };
+        self.note(trace, Kind::View, format!("passport {nhs}"), &r).await
+    }
+
     /// One write of a new Observation.
     async fn write_one(&self) -> Told {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -590,10 +623,16 @@ impl Load {
     async fn work(self: Arc<Self>, worker: usize) {
         let mut i = worker as u64;
         while !self.stop.load(Ordering::Relaxed) {
-            if i.is_multiple_of(2) {
-                self.write_one().await;
-            } else {
-                self.read_one(i.wrapping_mul(2_654_435_761)).await;
+            match i % 4 {
+                0 | 2 => {
+                    self.write_one().await;
+                }
+                1 => {
+                    self.read_one(i.wrapping_mul(2_654_435_761)).await;
+                }
+                _ => {
+                    self.view((i / 4) as usize).await;
+                }
             }
             i += 1;
             tokio::time::sleep(PACE).await;
@@ -685,6 +724,7 @@ impl Load {
                 let id = self.ledger.lock().await.written.last().map(|w| w.0.clone());
                 if let Some(id) = id
                     && self.get(&id).await != Told::Unanswered
+                    && self.view(1).await != Told::Unanswered
                 {
                     return Some(started.elapsed());
                 }
@@ -729,6 +769,8 @@ struct Platform {
     infra: Infra,
     /// One address in front of both records replicas.
     records: Balancer,
+    /// One address in front of both passport replicas.
+    passport: Balancer,
     services: Vec<Served>,
     outage: Duration,
     /// Processes that exited without being killed (restarted, as Kubernetes would).
@@ -840,6 +882,7 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
     }
     let identity_http = format!("http://127.0.0.1:{}", ports.first().context("ports")?.0);
     let consent_grpc = format!("http://127.0.0.1:{}", ports.get(1).context("ports")?.1);
+    let audit_grpc = format!("http://127.0.0.1:{}", ports.get(2).context("ports")?.1);
     let common: Vec<(String, String)> = [
         ("SHAREDCARE_KEY_ENCRYPTION__KEY", kek),
         ("SHAREDCARE_KAFKA__BROKERS", infra.brokers()),
@@ -865,6 +908,12 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
         } else {
             add("SHAREDCARE_AUTH__ISSUER", &identity_http);
         }
+        if service == "passport" {
+            add("SHAREDCARE_PASSPORT__CONSENT_URL", &consent_grpc);
+            add("SHAREDCARE_PASSPORT__AUDIT_URL", &audit_grpc);
+            add("SHAREDCARE_AUTH__CLIENT_ID", DEMO_SERVICE_ID);
+            add("SHAREDCARE_AUTH__CLIENT_SECRET", DEMO_SERVICE_SECRET);
+        }
         if service == "records" {
             add("SHAREDCARE_RECORDS__CONSENT_URL", &consent_grpc);
             add(
@@ -886,15 +935,22 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
         s.spawn()?;
         services.push(s);
     }
-    let replicas = services
-        .iter()
-        .filter(|s| s.service == "records")
-        .map(|s| s.grpc.clone())
-        .collect();
+    let replicas = |service: &str| -> Vec<String> {
+        services
+            .iter()
+            .filter(|s| s.service == service)
+            .map(|s| s.grpc.clone())
+            .collect()
+    };
+    let (records, passport) = (
+        Balancer::start(replicas("records")).await?,
+        Balancer::start(replicas("passport")).await?,
+    );
     Ok((
         Platform {
             infra,
-            records: Balancer::start(replicas).await?,
+            records,
+            passport,
             services,
             outage: Duration::from_secs(args.outage_seconds),
             unplanned: Vec::new(),
@@ -907,6 +963,8 @@ async fn platform(args: &BenchArgs) -> anyhow::Result<(Platform, String)> {
 fn grpc_of(p: &Platform, name: &str) -> anyhow::Result<Channel> {
     let addr = if name == "records" {
         p.records.addr.to_string()
+    } else if name == "passport" {
+        p.passport.addr.to_string()
     } else {
         p.services
             .iter()
@@ -920,14 +978,20 @@ fn grpc_of(p: &Platform, name: &str) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
-/// Eight connections to records through the balancer, taking turns: about half to each replica.
-fn records_clients(p: &Platform) -> anyhow::Result<Vec<RecordsClient<Channel>>> {
-    (0..8)
-        .map(|_| {
-            let channel = grpc_of(p, "records")?;
-            Ok(RecordsClient::new(channel))
-        })
-        .collect()
+/// Eight connections to `service` through its balancer, taking turns: about half to each
+/// replica.
+fn clients<C>(p: &Platform, service: &str, client: fn(Channel) -> C) -> anyhow::Result<Vec<C>> {
+    (0..8).map(|_| Ok(client(grpc_of(p, service)?))).collect()
+}
+
+/// The next of `clients`.
+fn take_turn<C: Clone>(
+    clients: &std::sync::RwLock<Vec<C>>,
+    turn: &std::sync::atomic::AtomicUsize,
+) -> anyhow::Result<C> {
+    let n = turn.fetch_add(1, Ordering::Relaxed);
+    let all = clients.read().map_err(|_| anyhow::anyhow!("clients poisoned"))?;
+    all.get(n % all.len().max(1)).cloned().context("no client")
 }
 
 /// Every audit entry about `nhs`, as (trace id, outcome).
@@ -968,6 +1032,8 @@ struct Verdict {
     writes_lost: u64,
     writes_doubled: u64,
     reads: Tally,
+    /// Passport views acknowledged, each with the passport's entry.
+    views: Tally,
     refusals: Tally,
     unanswered: u64,
     unanswered_audited: u64,
@@ -989,6 +1055,7 @@ impl Verdict {
     fn lost(&self) -> u64 {
         self.writes_lost
             + self.reads.missing
+            + self.views.missing
             + self.refusals.missing
             + self.writes.missing
             + self.consent.missing
@@ -998,6 +1065,7 @@ impl Verdict {
     fn doubled(&self) -> u64 {
         self.writes_doubled
             + self.reads.doubled
+            + self.views.doubled
             + self.refusals.doubled
             + self.writes.doubled
             + self.consent.doubled
@@ -1019,6 +1087,7 @@ fn judge(calls: &[Call], seen: &HashMap<String, Vec<String>>) -> Verdict {
             (Told::Acked, Kind::BreakGlass) => (&mut v.break_glass, "granted"),
             (Told::Acked, Kind::Write) => (&mut v.writes, "success"),
             (Told::Acked, Kind::Read) => (&mut v.reads, "success"),
+            (Told::Acked, Kind::View) => (&mut v.views, "success"),
             (Told::Refused, _) => (&mut v.refusals, "denied"),
             (Told::Unanswered, _) => {
                 v.unanswered += 1;
@@ -1074,10 +1143,11 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
         plan.len(),
         args.outage_seconds
     );
-    println!("not injected here: replicas of the passport and the portal (see the README)");
+    println!("not injected here: replicas of the portal (see the README)");
     let (mut p, issuer) = platform(args).await?;
     let token = service_token(&issuer).await?;
-    let records = std::sync::RwLock::new(records_clients(&p)?);
+    let records = std::sync::RwLock::new(clients(&p, "records", RecordsClient::new)?);
+    let passport = std::sync::RwLock::new(clients(&p, "passport", PassportClient::new)?);
     let patients: Vec<String> = (0..PATIENTS)
         .map(|i| {
             (0..100)
@@ -1088,6 +1158,7 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let load = Arc::new(Load {
         records,
+        passport,
         turn: std::sync::atomic::AtomicUsize::new(0),
         consent: ConsentClient::new(grpc_of(&p, "consent")?),
         token: Mutex::new(token.clone()),
@@ -1268,6 +1339,10 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
         v.reads.acked, v.reads.missing, v.reads.doubled, v.reads.wrong_outcome
     );
     println!(
+        "passport views      {:>6}   audit entry missing {}   doubled {}   wrong outcome {}",
+        v.views.acked, v.views.missing, v.views.doubled, v.views.wrong_outcome
+    );
+    println!(
         "reads refused       {:>6}   denial entry missing {}   doubled {}   wrong outcome {}",
         v.refusals.acked, v.refusals.missing, v.refusals.doubled, v.refusals.wrong_outcome
     );
@@ -1299,6 +1374,7 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
         }
     );
     let wrong = v.reads.wrong_outcome
+        + v.views.wrong_outcome
         + v.refusals.wrong_outcome
         + v.writes.wrong_outcome
         + v.consent.wrong_outcome
@@ -1306,7 +1382,7 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
     println!(
         "CHAOS faults={} acknowledged={} lost={} doubled={} wrong={} not_recovered={} seed={seed}",
         plan.len(),
-        v.writes.acked + v.reads.acked + v.refusals.acked + v.consent.acked + v.break_glass.acked,
+        v.writes.acked + v.reads.acked + v.views.acked + v.refusals.acked + v.consent.acked + v.break_glass.acked,
         v.lost(),
         v.doubled(),
         wrong,
