@@ -3,31 +3,33 @@
 //!
 //! Set-up: a PostgreSQL cluster and an Apache Kafka broker of the run's own (started with
 //! `infra/postgres.sh` and `infra/kafka.sh` on their own ports and directories, so nothing
-//! else on the machine is disturbed), and identity, consent, audit and records each as its own
-//! `sharedcare serve` process on fixed ports — records and the passport as two replicas each
-//! behind one address (a TCP balancer, as a Kubernetes Service spreads connections over pods).
+//! else on the machine is disturbed), and identity, consent, audit, records and the passport
+//! each as its own `sharedcare serve` process on fixed ports — records and the passport as two
+//! replicas each behind one address (a TCP balancer, as a Kubernetes Service spreads
+//! connections over pods).
 //!
 //! Load, for the whole run: writers put Observations (each a new id), readers read them back
 //! and view the patients' passports as the ICS's integration system (each read and view
-//! decided by consent and audited before it answers), a consent changer turns one patient's whole-record deny directive on and off, so
-//! some reads are refused, and a GP with no care relationship (signed in through identity's
-//! pages) breaks the glass for each patient in turn, reading one of their records before
-//! (refused) and after (permitted under the grant). Every call carries a W3C `traceparent` of its own, and the
-//! audit entry it causes carries that trace id: the ledger keeps each call's trace id and
-//! what the caller was told (acknowledged, refused, or no answer).
+//! decided by consent and audited before it answers), a consent changer turns one patient's
+//! whole-record deny directive on and off, so some reads are refused, and a GP with no care
+//! relationship (signed in through identity's pages) breaks the glass for each patient in
+//! turn, reading one of their records before (refused) and after (permitted under the grant).
+//! Every call carries a W3C `traceparent` of its own, and the audit entry it causes carries
+//! that trace id: the ledger keeps each call's trace id and what the caller was told
+//! (acknowledged, refused, or no answer).
 //!
 //! Faults, one at a time: first each kind once, then `--faults` in all from a schedule drawn
 //! from `--seed` (printed, so a run can be repeated): kill -9 of each service and of each
-//! records and passport replica while calls are in flight on it (restarted on the same ports, as
-//! Kubernetes would), a Kafka restart, a Postgres restart, consent frozen with SIGSTOP for
+//! records and passport replica while calls are in flight on it (restarted on the same ports,
+//! as Kubernetes would), a Kafka restart, a Postgres restart, consent frozen with SIGSTOP for
 //! longer than records' consent timeout, Kafka down for `--outage-seconds` while writes fill
-//! the outbox, and two network partitions of 15 s: every service cut off from Kafka, and
-//! one records replica cut off from Postgres (`infra/partition.sh`: packets dropped by
-//! nftables, so connections hang rather than fail, then carry on when it heals). After each,
-//! the time until a write and a read both succeed again is the time to recover.
+//! the outbox, and two network partitions of 15 s: every service cut off from Kafka, and one
+//! records replica cut off from Postgres (`infra/partition.sh`: packets dropped by nftables, so
+//! connections hang rather than fail, then carry on when it heals). After each, the time until
+//! a write, a read and a passport view all succeed again is the time to recover.
 //!
-//! Afterwards: every acknowledged write is stored, once (version 1); every acknowledged read
-//! has exactly one `success` audit entry and every refused one exactly one `denied` entry; a
+//! Afterwards: every acknowledged write is stored, once (version 1); every acknowledged read,
+//! view and consent change has exactly one `success` audit entry, each grant one `granted`, and every refused one exactly one `denied` entry; a
 //! call that got no answer has at most one entry (an entry means the data *may* have been
 //! seen: it was committed with the decision before the answer was sent, and the process died
 //! or the caller gave up before the answer arrived; such entries are counted, never doubled);
@@ -404,7 +406,7 @@ struct Load {
     records: std::sync::RwLock<Vec<RecordsClient<Channel>>>,
     /// The passport through its balancer, likewise.
     passport: std::sync::RwLock<Vec<PassportClient<Channel>>>,
-    /// Which of `records` the next call takes.
+    /// Which client the next call takes.
     turn: std::sync::atomic::AtomicUsize,
     consent: ConsentClient<Channel>,
     token: Mutex<String>,
