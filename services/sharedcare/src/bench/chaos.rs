@@ -29,12 +29,13 @@
 //! a write, a read and a passport view all succeed again is the time to recover.
 //!
 //! Afterwards: every acknowledged write is stored, once (version 1); every acknowledged read,
-//! view and consent change has exactly one `success` audit entry, each grant one `granted`, and every refused one exactly one `denied` entry; a
-//! call that got no answer has at most one entry (an entry means the data *may* have been
-//! seen: it was committed with the decision before the answer was sent, and the process died
-//! or the caller gave up before the answer arrived; such entries are counted, never doubled);
-//! the audit log stops growing with every expected entry in it (the consumers caught up);
-//! `sharedcare audit verify` passes on the database.
+//! view and consent change has exactly one `success` audit entry, each grant one `granted`,
+//! and every refused call exactly one `denied` entry; a call that got no answer has at most
+//! one entry (an entry means the data *may* have been seen: it was committed with the
+//! decision before the answer was sent, and the process died or the caller gave up before the
+//! answer arrived; such entries are counted, never doubled); the audit log stops growing with
+//! every expected entry in it (the consumers caught up); `sharedcare audit verify` passes on
+//! the database.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
