@@ -327,6 +327,101 @@ async fn a_refused_put_does_not_fail_the_others_in_its_batch(db: Db) {
     assert_eq!(rows, 16 - failed.len() as i64);
 }
 
+/// Updates that name the version they were based on, all in flight at once (so the writer
+/// takes them as one batch): one of them follows that version, every other is refused as
+/// based on an old version, and nothing else is stored.
+async fn concurrent_updates_from_the_same_version_store_exactly_one(db: Db) {
+    let s = store(&db).await;
+    s.put(patient("contended"), "", &system(), 0)
+        .await
+        .expect("first version");
+    let puts: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.put(patient("contended"), "", &system(), 1).await })
+        })
+        .collect();
+    let (mut stored, mut refused) = (Vec::new(), 0);
+    for p in puts {
+        match p.await.expect("join") {
+            Ok(v) => stored.push(v.version),
+            Err(RecordsError::VersionMismatch { expected: 1, .. }) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!((stored, refused), (vec![2], 7), "one update follows version 1");
+    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM resources WHERE id = 'contended'")
+        .fetch_one(db.pool())
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 2);
+}
+
+/// Transactions (all-or-nothing units) in flight together are written in one commit, yet each
+/// is stored whole or not at all: one refused by the record (its Observation names a patient
+/// it does not hold), and on Postgres one the database refuses (a NUL in its organisation),
+/// fail alone, at the position that stopped them, and store nothing.
+async fn transactions_in_flight_together_are_stored_whole_or_not_at_all(db: Db) {
+    let s = store(&db).await;
+    let postgres = db.backend() == sharedcare_kit::db::Backend::Postgres;
+    let units: Vec<_> = (0..12)
+        .map(|i| {
+            let s = s.clone();
+            let subject = if i == 3 {
+                "nobody".to_string()
+            } else {
+                format!("tx-{i}")
+            };
+            let org = if i == 5 && postgres { "A\u{0}B01" } else { "A81001" };
+            tokio::spawn(async move {
+                let puts = vec![
+                    (patient(&format!("tx-{i}")), 0),
+                    (observation(&format!("tx-obs-{i}"), &subject, &[]), 0),
+                ];
+                (i, s.put_all(puts, org, &system()).await)
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for u in units {
+        let (i, r) = u.await.expect("join");
+        match r {
+            Ok(stored) => {
+                let ids: Vec<&str> = stored.iter().map(|v| v.id.as_str()).collect();
+                assert_eq!(
+                    ids,
+                    [format!("tx-{i}"), format!("tx-obs-{i}")],
+                    "unit {i}: its own versions, in order"
+                );
+            }
+            Err((at, e)) => failed.push((
+                i,
+                at,
+                matches!(e, RecordsError::Unavailable(_) | RecordsError::Storage(_)),
+            )),
+        }
+    }
+    let mut expected = vec![(3, 1, false)];
+    if postgres {
+        expected.push((5, 0, true));
+    }
+    assert_eq!(failed, expected, "(unit, position, a storage failure)");
+    let stored: Vec<String> = sqlx::query("SELECT id FROM resources WHERE id LIKE 'tx-%' ORDER BY id")
+        .fetch_all(db.pool())
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut want: Vec<String> = (0..12)
+        .filter(|i| !expected.iter().any(|(u, _, _)| u == i))
+        .flat_map(|i| [format!("tx-{i}"), format!("tx-obs-{i}")])
+        .collect();
+    want.sort();
+    assert_eq!(stored, want, "nothing of a failed unit is stored");
+}
+
 fn observation(id: &str, patient: &str, labels: &[&str]) -> fhir::Resource {
     let security: Vec<serde_json::Value> = labels
         .iter()
@@ -1533,6 +1628,8 @@ sharedcare_kit::store_suite!(
         concurrent_puts_never_lose_or_repeat_a_version,
         concurrent_reads_each_get_their_own_answer_and_audit,
     a_refused_put_does_not_fail_the_others_in_its_batch,
+    concurrent_updates_from_the_same_version_store_exactly_one,
+    transactions_in_flight_together_are_stored_whole_or_not_at_all,
     staff_reads_are_decided_by_consent_and_every_outcome_is_audited,
     withheld_categories_are_refused_without_being_named,
     patient_data_must_name_a_patient_the_record_holds,

@@ -78,33 +78,45 @@ impl Engine {
     /// Asks consent about a batch of puts, refusing those it denies (or cannot decide) and
     /// those about a patient the record does not hold; each refusal is audited and answered
     /// here. Returns the puts to write, with their replies.
-    pub(super) async fn decide_puts(&self, batch: Vec<PendingPut>) -> (Vec<PutJob>, Vec<Reply>) {
-        let (jobs, replies): (Vec<PutJob>, Vec<Reply>) = batch.into_iter().unzip();
-        let judged = match self.judge_puts(jobs).await {
+    pub(super) async fn decide_puts(&self, batch: Vec<PendingPut>) -> (Vec<Vec<PutJob>>, Vec<Reply>) {
+        let (units, replies): (Vec<Vec<PutJob>>, Vec<Reply>) = batch.into_iter().unzip();
+        let sizes: Vec<usize> = units.iter().map(Vec::len).collect();
+        let judged = match self.judge_puts(units.into_iter().flatten().collect(), &sizes).await {
             Ok(j) => j,
             Err(e) => {
                 let msg = e.to_string();
                 for reply in replies {
-                    let _ = reply.send(Err(RecordsError::Unavailable(msg.clone())));
+                    let _ = reply.send(Err((0, RecordsError::Unavailable(msg.clone()))));
                 }
                 return (Vec::new(), Vec::new());
             }
         };
-        let mut keep = Vec::with_capacity(judged.len());
-        let mut keep_replies = Vec::with_capacity(judged.len());
+        let mut judged = judged.into_iter();
+        let mut keep = Vec::with_capacity(sizes.len());
+        let mut keep_replies = Vec::with_capacity(sizes.len());
+        // Every refusal of a refused unit is audited; its caller hears of the first.
         let mut refusals = Vec::new();
-        for ((job, refusal), reply) in judged.into_iter().zip(replies) {
-            match refusal {
+        let mut refused: Vec<(usize, usize, Reply)> = Vec::new();
+        for (n, reply) in sizes.into_iter().zip(replies) {
+            let unit: Vec<(PutJob, Option<Refusal>)> = judged.by_ref().take(n).collect();
+            match unit.iter().position(|(_, r)| r.is_some()) {
                 None => {
-                    keep.push(job);
+                    keep.push(unit.into_iter().map(|(job, _)| job).collect());
                     keep_replies.push(reply);
                 }
-                Some(r) => refusals.push((r, reply)),
+                Some(at) => {
+                    let before = refusals.len();
+                    refusals.extend(unit.into_iter().filter_map(|(_, r)| r));
+                    refused.push((at, refusals.len() - before, reply));
+                }
             }
         }
-        let (refusals, replies): (Vec<Refusal>, Vec<Reply>) = refusals.into_iter().unzip();
-        for (reply, answer) in replies.into_iter().zip(self.audit_refusals(refusals).await) {
-            let _ = reply.send(Err(answer));
+        let mut answers = self.audit_refusals(refusals).await.into_iter();
+        for (at, count, reply) in refused {
+            let mut of_unit = answers.by_ref().take(count);
+            let first = of_unit.next().unwrap_or(RecordsError::Stopped);
+            of_unit.for_each(drop);
+            let _ = reply.send(Err((at, first)));
         }
         (keep, keep_replies)
     }
@@ -133,12 +145,15 @@ impl Engine {
             .collect()
     }
 
-    /// Decides each put: patient data needs a patient the record holds and consent's permit;
-    /// an update with an expected version needs that to be the current one. Permitted puts
-    /// get the purpose and reason their audit entry records.
+    /// Decides each put of a batch of units (`sizes`: how many puts each unit has, in order):
+    /// patient data needs a patient the record holds, or one its own unit writes first, and
+    /// consent's permit; an update with an expected version needs that to be the version it
+    /// will follow (the stored one, counting earlier puts of the batch to the same resource).
+    /// Permitted puts get the purpose and reason their audit entry records.
     pub(super) async fn judge_puts(
         &self,
         mut jobs: Vec<PutJob>,
+        sizes: &[usize],
     ) -> Result<Vec<(PutJob, Option<Refusal>)>, RecordsError> {
         let mut conn = self.db.pool().acquire().await?;
         // Versions, and the merges of the batch's Patients, in one statement.
@@ -171,7 +186,27 @@ impl Engine {
         // A merge also needs the writer to be permitted to update the survivor.
         let mut survivor_asks: Vec<Option<usize>> = Vec::with_capacity(jobs.len());
         let mut asks = Asks::default();
-        for job in &jobs {
+        // Another unit's Patient is not the record's until that unit is permitted: each unit
+        // starts from the stored patients.
+        let stored_patients = patients.clone();
+        let mut unit_starts: Vec<usize> = sizes
+            .iter()
+            .scan(0, |at, n| {
+                let start = *at;
+                *at += n;
+                Some(start)
+            })
+            .collect();
+        unit_starts.reverse();
+        // The version each put follows: the stored one plus the batch's earlier puts to it.
+        let mut follows: HashMap<(String, String), i64> = HashMap::new();
+        for (n, job) in jobs.iter().enumerate() {
+            if unit_starts.last() == Some(&n) {
+                unit_starts.pop();
+                if n > 0 {
+                    patients.clone_from(&stored_patients);
+                }
+            }
             let r = &job.resource;
             let survivor = r.replaced_by.as_ref().and_then(|id| patients.get(id)).cloned();
             let nhs = patient_of(r, &mut patients);
@@ -185,10 +220,11 @@ impl Engine {
                 }
                 _ => None,
             });
-            let current = versions
-                .get(&(r.resource_type.clone(), r.id.clone()))
-                .copied()
-                .unwrap_or(0);
+            let key = (r.resource_type.clone(), r.id.clone());
+            let stored = versions.get(&key).copied().unwrap_or(0);
+            let follows = follows.entry(key).or_insert(stored);
+            let current = *follows;
+            *follows += 1;
             let check = if job.expected_version > 0 && job.expected_version != current {
                 Err(RecordsError::VersionMismatch {
                     reference: format!("{}/{}", r.resource_type, r.id),
@@ -306,8 +342,9 @@ pub(super) fn directory_verdict<T>(resource_type: &str, actor: &super::Actor, da
     }
 }
 
-/// Where a put's answer goes.
-pub(super) type Reply = oneshot::Sender<Result<Stored, RecordsError>>;
+/// Where a unit of puts' answer goes: every version stored, or the position of the put that
+/// stopped the unit and why.
+pub(super) type Reply = oneshot::Sender<Result<Vec<Stored>, (usize, RecordsError)>>;
 
 /// The categories of a stored resource consent decides on: its labels, class and codes (its
 /// stored body always parses: it was validated).

@@ -8,7 +8,7 @@
 //! - `patients`: the demographic index and search for patients by name, birth date, gender
 //!   and postcode.
 
-use sharedcare_kit::batch::next_batch;
+use sharedcare_kit::batch::{next_batch, next_batch_weighed};
 use sharedcare_kit::bus::{self, Envelope};
 use sharedcare_kit::db::{self, Db};
 use sharedcare_kit::edge::Refuse;
@@ -169,8 +169,9 @@ struct PutJob {
     source_document: String,
 }
 
-/// A put and where its answer goes.
-type PendingPut = (PutJob, oneshot::Sender<Result<Stored, RecordsError>>);
+/// Puts stored together or not at all (one put, or a transaction's), and where their answer
+/// goes: every version stored, or the position of the put that stopped them and why.
+type PendingPut = (Vec<PutJob>, decide::Reply);
 
 const RECORD_CHANGED: &str = "sharedcare.events.v1.RecordChanged";
 const RECORD_STATE: &str = "sharedcare.events.v1.RecordState";
@@ -188,7 +189,7 @@ pub use patients::Found;
 pub use provenance::Written;
 pub use search::{DEFAULT_PAGE, MAX_PAGE, Page, Query, Sort, parse_cursor};
 
-use decide::{Refusal, patient_of};
+use decide::patient_of;
 use search::stored_row;
 
 impl Store {
@@ -242,9 +243,25 @@ impl Store {
         expected_version: i64,
     ) -> Result<Stored, RecordsError> {
         let job = self.job(resource, source_organisation, actor, expected_version);
+        self.one(job).await
+    }
+
+    /// Hands `jobs` to the writer as one unit and waits for its answer.
+    async fn submit(&self, jobs: Vec<PutJob>) -> Result<Vec<Stored>, (usize, RecordsError)> {
         let (reply, answer) = oneshot::channel();
-        self.puts.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
-        answer.await.map_err(|_| RecordsError::Stopped)?
+        self.puts
+            .send((jobs, reply))
+            .await
+            .map_err(|_| (0, RecordsError::Stopped))?;
+        answer.await.map_err(|_| (0, RecordsError::Stopped))?
+    }
+
+    /// Hands one put to the writer and waits for its version.
+    async fn one(&self, job: PutJob) -> Result<Stored, RecordsError> {
+        match self.submit(vec![job]).await {
+            Ok(stored) => stored.into_iter().next().ok_or(RecordsError::Stopped),
+            Err((_, e)) => Err(e),
+        }
     }
 
     /// A put of `resource` (labelled by its codes) for the writer.
@@ -265,7 +282,9 @@ impl Store {
 
     /// Stores every resource of `puts` (each with its expected version, 0 = none) in one
     /// transaction, or none of them: the first refusal (consent, validation, version) or
-    /// failure is returned with the position of the put that caused it.
+    /// failure is returned with the position of the put that caused it. Like single puts, the
+    /// writer group-commits it with the other puts waiting (one consent call and one
+    /// transaction for the lot); if that transaction fails, it is written alone.
     pub async fn put_all(
         &self,
         puts: Vec<(Resource, i64)>,
@@ -287,7 +306,6 @@ impl Store {
         if puts.is_empty() {
             return Ok(Vec::new());
         }
-        let e = &self.engine;
         let jobs: Vec<PutJob> = puts
             .into_iter()
             .map(|(resource, expected_version)| PutJob {
@@ -295,17 +313,7 @@ impl Store {
                 ..self.job(resource, source_organisation, actor, expected_version)
             })
             .collect();
-        let judged = e.judge_puts(jobs).await.map_err(|err| (0, err))?;
-        let first_refused = judged.iter().position(|(_, r)| r.is_some());
-        let (jobs, refusals): (Vec<PutJob>, Vec<Option<Refusal>>) = judged.into_iter().unzip();
-        if let Some(at) = first_refused {
-            let refusals: Vec<Refusal> = refusals.into_iter().flatten().collect();
-            let first = e.audit_refusals(refusals).await.into_iter().next();
-            return Err((at, first.unwrap_or(RecordsError::Stopped)));
-        }
-        let stored = e.write(&jobs).await.map_err(|err| (0, err))?;
-        e.outbox.notify();
-        Ok(stored)
+        self.submit(jobs).await
     }
 
     /// Deletes `resource_type/id` for `actor`: a new version marked deleted, with the content
@@ -340,9 +348,7 @@ impl Store {
         let resource = fhir::parse(&current.body)?;
         let mut job = self.job(resource, source_organisation, actor, current.version);
         job.delete = true;
-        let (reply, answer) = oneshot::channel();
-        self.puts.send((job, reply)).await.map_err(|_| RecordsError::Stopped)?;
-        answer.await.map_err(|_| RecordsError::Stopped)?
+        self.one(job).await
     }
 
     /// Reads the current version of `resource_type/id` (Gone when deleted). The access is
@@ -363,30 +369,39 @@ impl Store {
 }
 
 impl Engine {
-    /// The writer: group-commits queued puts until every [`Store`] is gone. Each batch is
-    /// first decided by consent (one call); refused puts are audited and answered, the rest
-    /// written together.
+    /// The writer: group-commits queued units of puts (a single put, or a transaction's)
+    /// until every [`Store`] is gone, one batch at a time, so a version check and the write
+    /// it checks for never interleave with another batch. Each batch is first decided by
+    /// consent (one call); a unit with a refused put is audited and answered, and the rest
+    /// are written together in one transaction. If that fails, each unit is written alone, so
+    /// one bad unit never fails another.
     async fn write_puts(self, mut rx: mpsc::Receiver<PendingPut>) {
-        while let Some(batch) = next_batch(&mut rx, PUTS_PER_COMMIT).await {
-            let (jobs, replies) = self.decide_puts(batch).await;
-            if jobs.is_empty() {
+        while let Some(batch) = next_batch_weighed(&mut rx, PUTS_PER_COMMIT, |(jobs, _)| jobs.len()).await {
+            let (units, replies) = self.decide_puts(batch).await;
+            if units.is_empty() {
                 continue;
             }
+            let sizes: Vec<usize> = units.iter().map(Vec::len).collect();
+            let jobs: Vec<PutJob> = units.into_iter().flatten().collect();
             match self.write(&jobs).await {
                 Ok(stored) => {
                     self.outbox.notify();
-                    for (reply, s) in replies.into_iter().zip(stored) {
-                        let _ = reply.send(Ok(s));
+                    let mut stored = stored.into_iter();
+                    for (reply, n) in replies.into_iter().zip(sizes) {
+                        let _ = reply.send(Ok(stored.by_ref().take(n).collect()));
                     }
                 }
-                Err(e) if jobs.len() == 1 => {
+                Err(e) if sizes.len() == 1 => {
                     if let Some(reply) = replies.into_iter().next() {
-                        let _ = reply.send(Err(e));
+                        let _ = reply.send(Err((0, e)));
                     }
                 }
                 Err(_) => {
-                    for (job, reply) in jobs.iter().zip(replies) {
-                        let one = self.write(std::slice::from_ref(job)).await.map(|mut v| v.remove(0));
+                    let mut from = 0;
+                    for (reply, n) in replies.into_iter().zip(sizes) {
+                        let unit = jobs.get(from..from + n).unwrap_or_default();
+                        from += n;
+                        let one = self.write(unit).await.map_err(|e| (0, e));
                         if one.is_ok() {
                             self.outbox.notify();
                         }
