@@ -134,6 +134,8 @@ async fn every_put_is_a_new_version_and_get_returns_the_newest(db: Db) {
     assert_eq!((got.version, got.nhs_number.as_str()), (2, NHS));
     let body: serde_json::Value = serde_json::from_str(&got.body).expect("json");
     assert_eq!(body["meta"]["versionId"], "2");
+    // A FHIR read serves the body as stored: it must be what parsing and writing it gives.
+    assert_eq!(body.to_string(), got.body, "stored JSON is already in the form served");
     let provenance: Vec<(String, String)> =
         sqlx::query("SELECT source_organisation, author FROM resources WHERE id = 'p1' ORDER BY version")
             .fetch_all(db.pool())

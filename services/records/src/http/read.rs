@@ -6,7 +6,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use sharedcare_kit::edge::Refuse;
 
-use super::respond::{Reader, Result, base, check_path, fhir_response, params, resource, version_headers};
+use super::respond::{Reader, Result, base, check_path, fhir_response, params, stored_response};
 use super::search::{count_param, everything, unknown_param};
 use crate::api::{RecordsApi, page_size};
 use crate::store::Actor;
@@ -136,7 +136,7 @@ pub(crate) async fn read(
 ) -> Result<Response> {
     check_path(&rtype, Some(&id))?;
     let s = api.store().get(&rtype, &id, &who).await?;
-    Ok(fhir_response(StatusCode::OK, &resource(&s), version_headers(&s)))
+    Ok(stored_response(s))
 }
 
 pub(crate) async fn vread(
@@ -151,7 +151,7 @@ pub(crate) async fn vread(
         .filter(|v| *v >= 1)
         .ok_or_else(|| RecordsError::invalid("vid", format!("{vid:?} is not a version (1 or more)")))?;
     let s = api.store().vread(&rtype, &id, version, &who).await?;
-    Ok(fhir_response(StatusCode::OK, &resource(&s), version_headers(&s)))
+    Ok(stored_response(s))
 }
 
 pub(crate) async fn history(

@@ -43,6 +43,15 @@ pub(crate) fn fhir_response(status: StatusCode, body: &Value, mut headers: Heade
     (status, headers, body.to_string()).into_response()
 }
 
+/// A stored version as the answer, its JSON served as stored: written by serde_json with
+/// `meta` stamped, it is already what parsing and writing it again would give (the same keys
+/// in the same order), so a read costs no parse and no second serialisation.
+pub(crate) fn stored_response(s: Stored) -> Response {
+    let mut headers = version_headers(&s);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    (StatusCode::OK, headers, s.body).into_response()
+}
+
 pub(crate) type Result<T> = std::result::Result<T, Outcome>;
 
 /// The caller, from `Authorization` and `X-Purpose-Of-Use`.
