@@ -733,6 +733,66 @@ async fn an_a40_merge_joins_both_numbers_in_records_consent_passport_and_audit_a
     assert_eq!(old["link"][0]["type"], "replaced-by", "nothing stored: {old}");
 }
 
+/// A PAS that names the merged patient by its own number alone (MRG-1 of type MR, as many
+/// send): the number was applied before with an NHS number, so the merge joins that NHS number
+/// to the survivor; a number never applied with one gets AE naming MRG-1, and nothing changes.
+#[tokio::test]
+async fn an_a40_naming_the_merged_patient_by_the_trusts_own_number_merges_the_nhs_number_it_came_with() {
+    let data = tempfile::tempdir().expect("tmp");
+    let p = up(data.path());
+    let (survivor, merged) = (nhs_number(), nhs_number());
+    let system = service_token_for(&p.http, "records.read").await;
+    let acks = feed(
+        &p,
+        &[
+            adt("A28", "LOC-A28-1", &merged, "Achebe", ""),
+            adt("A28", "LOC-A28-2", &survivor, "Achebe", ""),
+        ],
+    );
+    assert!(acks.iter().all(|a| msa(a).0 == "AA"), "{acks:?}");
+
+    // `adt` sends PID-3 as RX7<nhs>^^^RX1^MR~<nhs>^^^NHS^NH: the trust's number is RX7<nhs>.
+    let by_local =
+        |control: &str, local: &str| format!("{}MRG|{local}^^^RX1^MR\r", adt("A40", control, &survivor, "Achebe", ""));
+    let unknown = format!("RX7{}", &nhs_number()[..6]);
+    let acks = feed(
+        &p,
+        &[
+            by_local("LOC-A40-X", &unknown),
+            by_local("LOC-A40", &format!("RX7{merged}")),
+        ],
+    );
+    assert_eq!(msa(&acks[0]).0, "AE", "{}", acks[0]["ack"]);
+    let ack = acks[0]["ack"].as_str().unwrap_or_default();
+    assert!(ack.contains(&format!("local number {unknown} alone")), "{ack}");
+    assert!(ack.contains("MRG^1"), "ERR names MRG-1: {ack}");
+    assert_eq!(msa(&acks[1]).0, "AA", "{}", acks[1]["ack"]);
+
+    // records: the old Patient points to the survivor, and keeps the trust's number.
+    let (status, old) = get_json(
+        &format!("{}/fhir/R4/Patient/rx1-patient-{merged}", p.http),
+        &system,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(old["active"], false, "{old}");
+    assert_eq!(
+        old["link"][0]["other"]["reference"],
+        format!("Patient/rx1-patient-{survivor}")
+    );
+    assert!(
+        old["identifier"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|i| i["value"] == format!("RX7{merged}"))),
+        "{old}"
+    );
+    // The old NHS number finds the survivor.
+    let found = search(&p, &system, &format!("Patient?identifier={NHS_SYSTEM}|{merged}")).await;
+    let ids: Vec<&str> = found.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert!(ids.contains(&format!("rx1-patient-{survivor}").as_str()), "{ids:?}");
+}
+
 /// A GP practice's GP Connect endpoint (`tests/python/gpconnect_provider.py`): checks each
 /// request as NHS England's demonstrator does and answers with the demonstrator's recorded
 /// responses. Returns the process (killed when dropped), its base URL and its request log.

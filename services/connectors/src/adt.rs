@@ -19,6 +19,7 @@
 
 use serde_json::{Map, Value, json};
 use sharedcare_kit::nhs::NhsNumber;
+use std::collections::HashMap;
 
 use crate::config::SenderConfig;
 use crate::hl7::{ErrorCode, Hl7, LocalTime, Location, Problem, Seg, fhir_time};
@@ -89,6 +90,48 @@ pub fn nhs_number(m: &Hl7<'_>) -> Result<NhsNumber, Problem> {
 /// `event` of `m`, from `sender`, as the resources to write. `received` is when the message
 /// arrived (the fallback for times it does not give).
 pub fn map(m: &Hl7<'_>, event: &str, sender: &SenderConfig, received: &str) -> Result<Mapped, Problem> {
+    map_with(m, event, sender, received, &HashMap::new())
+}
+
+/// The sender's own patient numbers in PID-3 (every identifier but the NHS number).
+pub fn local_numbers(m: &Hl7<'_>) -> Vec<String> {
+    let Some(pid) = m.segment("PID") else {
+        return Vec::new();
+    };
+    pid.repeats(3)
+        .into_iter()
+        .filter(|r| !r.text(5).eq_ignore_ascii_case("NH"))
+        .map(|r| r.text(1))
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The local patient numbers an A40 names the merged patient by, when MRG-1 gives no NHS
+/// number (empty when it does, or there is no MRG): the numbers to resolve before mapping.
+pub fn merged_local_numbers(m: &Hl7<'_>) -> Vec<String> {
+    let Some(mrg) = m.segment("MRG") else {
+        return Vec::new();
+    };
+    let repeats = mrg.repeats(1);
+    if repeats.iter().any(|r| r.text(5).eq_ignore_ascii_case("NH")) {
+        return Vec::new();
+    }
+    repeats
+        .into_iter()
+        .map(|r| r.text(1))
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// [`map`], with `known`: the NHS number each of the sender's local patient numbers was last
+/// applied with (what an A40 naming the merged patient by local number alone is resolved by).
+pub fn map_with(
+    m: &Hl7<'_>,
+    event: &str,
+    sender: &SenderConfig,
+    received: &str,
+    known: &HashMap<String, String>,
+) -> Result<Mapped, Problem> {
     let nhs_number = nhs_number(m)?;
     let pid = m.require("PID", "every message names its patient")?;
     let ods = sender.ods_code.to_ascii_uppercase();
@@ -98,7 +141,7 @@ pub fn map(m: &Hl7<'_>, event: &str, sender: &SenderConfig, received: &str) -> R
     let mut resources = vec![patient];
     let mut sources = vec![pid.at(0)];
     if event == "A40" {
-        let (merged, at) = merged_patient(m, &nhs_number, &ods, &patient_id)?;
+        let (merged, at) = merged_patient(m, &nhs_number, &ods, &patient_id, known)?;
         resources.push(merged);
         sources.push(at);
         return Ok(Mapped {
@@ -140,29 +183,51 @@ pub fn map(m: &Hl7<'_>, event: &str, sender: &SenderConfig, received: &str) -> R
 }
 
 /// The Patient an A40 merges into the survivor `survivor_id` (NHS number `survivor`): MRG-1's
-/// NHS number (identifier type NH), written as the sender's Patient of that number, inactive
-/// and linked `replaced-by` the survivor. A merge of local identifiers alone is refused: the
-/// shared care record holds people by NHS number.
+/// NHS number (identifier type NH) — or, when MRG-1 names the merged patient by the sender's
+/// local numbers alone, the NHS number one of them was last applied with (`known`) —, written
+/// as the sender's Patient of that number with MRG-1's local numbers, inactive and linked
+/// `replaced-by` the survivor. A local number never applied with an NHS number is refused:
+/// the shared care record holds people by NHS number.
 fn merged_patient(
     m: &Hl7<'_>,
     survivor: &NhsNumber,
     ods: &str,
     survivor_id: &str,
+    known: &HashMap<String, String>,
 ) -> Result<(Value, Location), Problem> {
     let mrg = m.require("MRG", "an A40 names the merged patient in MRG")?;
-    let Some(nh) = mrg
-        .repeats(1)
-        .into_iter()
-        .find(|r| r.text(5).eq_ignore_ascii_case("NH"))
-    else {
-        return Err(Problem::error(
-            mrg.at(1),
-            ErrorCode::RequiredField,
-            "no NHS number of the merged patient: give it in MRG-1 with identifier type (MRG-1.5) NH; \
-             the shared care record merges people by NHS number, not by local identifier alone",
-        ));
+    let repeats = mrg.repeats(1);
+    let local: Vec<String> = repeats
+        .iter()
+        .filter(|r| !r.text(5).eq_ignore_ascii_case("NH"))
+        .map(|r| r.text(1))
+        .filter(|v| !v.is_empty())
+        .collect();
+    let value = match repeats.iter().find(|r| r.text(5).eq_ignore_ascii_case("NH")) {
+        Some(nh) => nh.text(1),
+        None => match local.iter().find_map(|l| known.get(l)) {
+            Some(n) => n.clone(),
+            None if local.is_empty() => {
+                return Err(Problem::error(
+                    mrg.at(1),
+                    ErrorCode::RequiredField,
+                    "no NHS number of the merged patient: give it in MRG-1 with identifier type (MRG-1.5) NH",
+                ));
+            }
+            None => {
+                return Err(Problem::error(
+                    mrg.at(1),
+                    ErrorCode::UnknownKey,
+                    format!(
+                        "no NHS number of the merged patient: MRG-1 names it by local number {} alone, \
+                         which {ods} has not sent here with an NHS number; give MRG-1 with identifier \
+                         type (MRG-1.5) NH (the shared care record merges people by NHS number)",
+                        local.join(", ")
+                    ),
+                ));
+            }
+        },
     };
-    let value = nh.text(1);
     let merged = NhsNumber::parse(&value).map_err(|e| {
         Problem::error(
             mrg.at(1).component(1),
@@ -179,10 +244,14 @@ fn merged_patient(
             ),
         ));
     }
+    let mut identifier = vec![json!({"system": NHS_NUMBER_SYSTEM, "value": merged.as_str()})];
+    for l in &local {
+        identifier.push(json!({"system": local_system(ods, "patient-number"), "value": l}));
+    }
     let patient = json!({
         "resourceType": "Patient",
         "id": resource_id(ods, "patient", merged.as_str()),
-        "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": merged.as_str()}],
+        "identifier": identifier,
         "active": false,
         "link": [{"other": {"reference": format!("Patient/{survivor_id}")}, "type": "replaced-by"}],
     });
@@ -604,6 +673,47 @@ mod tests {
         let m = Hl7::parse(&without).expect("parses");
         let p = map(&m, "A40", &sender(), "now").expect_err("refused");
         assert!(p.location.to_string().starts_with("MRG"), "{}", p.location);
+    }
+
+    #[test]
+    fn a_merge_by_local_number_alone_takes_the_nhs_number_it_was_applied_with() {
+        let text = message(
+            "A40",
+            "9434765919^^^NHS^NH~RX1000111^^^RX1^MR",
+            &format!("{}\r", segment("MRG", &[(1, "RX1000999^^^RX1^MR")])),
+        );
+        let m = Hl7::parse(&text).expect("parses");
+        assert_eq!(merged_local_numbers(&m), ["RX1000999"]);
+        assert_eq!(local_numbers(&m), ["RX1000111"]);
+        let known = HashMap::from([("RX1000999".to_string(), "9434765013".to_string())]);
+        let out = map_with(&m, "A40", &sender(), "now", &known).expect("maps");
+        let merged = &out.resources[1];
+        assert_eq!(merged["id"], "rx1-patient-9434765013");
+        assert_eq!(
+            merged["identifier"],
+            json!([
+                {"system": NHS_NUMBER_SYSTEM, "value": "9434765013"},
+                {"system": "https://fhir.rx1.nhs.uk/Id/patient-number", "value": "RX1000999"},
+            ]),
+            "the local number stays findable"
+        );
+        assert_eq!(
+            merged["link"][0]["other"]["reference"],
+            "Patient/rx1-patient-9434765919"
+        );
+
+        // Never applied with an NHS number: AE 204 at MRG-1, naming the number.
+        let p = map_with(&m, "A40", &sender(), "now", &HashMap::new()).expect_err("unknown");
+        assert_eq!((p.ack, p.code), (AckCode::Error, ErrorCode::UnknownKey));
+        assert_eq!(p.location.to_string(), "MRG-1");
+        assert!(p.reason.contains("local number RX1000999 alone"), "{}", p.reason);
+        // With an NHS number in MRG-1, nothing needs resolving.
+        let text = message(
+            "A40",
+            "9434765919^^^NHS^NH",
+            &format!("{}\r", segment("MRG", &[(1, "RX1000999^^^RX1^MR~9434765013^^^NHS^NH")])),
+        );
+        assert!(merged_local_numbers(&Hl7::parse(&text).expect("parses")).is_empty());
     }
 
     #[test]

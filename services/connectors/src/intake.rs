@@ -68,8 +68,23 @@ impl Intake {
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let event = event_of(&m, &h);
+        let ods = sender.ods_code.to_ascii_uppercase();
         let mapped = match h.message_type.as_str() {
-            "ADT" => crate::adt::map(&m, &event, sender, &received),
+            "ADT" => {
+                // An A40 may name the merged patient by the trust's own number alone.
+                let wanted = match event.as_str() {
+                    "A40" => crate::adt::merged_local_numbers(&m),
+                    _ => Vec::new(),
+                };
+                let known = match wanted.is_empty() {
+                    true => Default::default(),
+                    false => match self.store.nhs_numbers_of(&ods, &wanted).await {
+                        Ok(k) => k,
+                        Err(e) => return unavailable(&h, &format!("the message store: {e}"), received_at),
+                    },
+                };
+                crate::adt::map_with(&m, &event, sender, &received, &known)
+            }
             "ORU" => crate::oru::map(&m, sender, &received),
             _ => Err(Problem::reject(
                 Location::at("MSH", 9).component(1),
@@ -102,7 +117,12 @@ impl Intake {
         let _patient = self.lock(&record.nhs_number).await;
         let document = format!("hl7v2:{}:{}", record.sender, record.control_id);
         match self.writer.put_many(sender, &mapped.resources, &document).await {
-            Ok(()) => self.finish(record, &h, AckCode::Accept, None).await,
+            Ok(()) => {
+                // The trust's own numbers, for an A40 that names a patient by one of them.
+                let local = crate::adt::local_numbers(&m);
+                self.finish_with(record, &h, AckCode::Accept, None, (&ods, &local))
+                    .await
+            }
             Err(WriteError::Refused { index, message }) => {
                 let location = index
                     .and_then(|i| mapped.sources.get(i).cloned())
@@ -202,7 +222,20 @@ impl Intake {
 
     /// Records the answer and returns the ACK on record (a concurrent delivery of the same
     /// message may have recorded first).
-    async fn finish(&self, mut record: Received, h: &Header, code: AckCode, problem: Option<&Problem>) -> String {
+    async fn finish(&self, record: Received, h: &Header, code: AckCode, problem: Option<&Problem>) -> String {
+        self.finish_with(record, h, code, problem, ("", &[])).await
+    }
+
+    /// [`Intake::finish`], recording with an applied message the local patient numbers `local`
+    /// of organisation `ods` it named (each with the message's NHS number).
+    async fn finish_with(
+        &self,
+        mut record: Received,
+        h: &Header,
+        code: AckCode,
+        problem: Option<&Problem>,
+        (ods, local): (&str, &[String]),
+    ) -> String {
         record.ack = ack(
             h,
             code,
@@ -211,7 +244,7 @@ impl Intake {
             &hl7_now(record.received_at),
         );
         record.ack_code = code.as_str().to_string();
-        match self.store.record(&record).await {
+        match self.store.record_with_numbers(&record, ods, local).await {
             Ok(on_record) => on_record,
             Err(e) => unavailable(h, &format!("the message store: {e}"), record.received_at),
         }

@@ -69,7 +69,16 @@ impl Store {
     /// Records `r` and returns the ACK on record for its sender and control id: `r.ack`, or
     /// the one a concurrent delivery of the same message recorded first.
     pub async fn record(&self, r: &Received) -> Result<String, sqlx::Error> {
-        let sql = self.db.backend().insert_rows(
+        self.record_with_numbers(r, "", &[]).await
+    }
+
+    /// [`Store::record`], and when `r` was applied (AA, with an NHS number), the local patient
+    /// numbers `local` of organisation `ods` it named, each with `r`'s NHS number, in the same
+    /// transaction.
+    pub async fn record_with_numbers(&self, r: &Received, ods: &str, local: &[String]) -> Result<String, sqlx::Error> {
+        let backend = self.db.backend();
+        let mut tx = self.db.begin_write().await?;
+        let sql = backend.insert_rows(
             "hl7_messages (sender, control_id, received_at, message_type, nhs_number, ack_code, ack, produced, raw)",
             9,
             1,
@@ -85,12 +94,61 @@ impl Store {
             .bind(r.ack.clone())
             .bind(r.produced.clone())
             .bind(r.raw.clone())
-            .execute(self.db.writer())
+            .execute(&mut *tx)
             .await?;
+        let applied = r.ack_code == "AA" && !r.nhs_number.is_empty() && !ods.is_empty();
+        let mut local: Vec<&String> = local.iter().filter(|l| !l.is_empty() && applied).collect();
+        local.sort_unstable();
+        local.dedup();
+        for chunk in local.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
+            let sql = backend.insert_rows(
+                "patient_numbers (ods, local_id, nhs_number, updated_at)",
+                4,
+                chunk.len(),
+                "ON CONFLICT (ods, local_id) DO UPDATE SET nhs_number = excluded.nhs_number, \
+                 updated_at = excluded.updated_at",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for l in chunk {
+                q = q
+                    .bind(ods.to_string())
+                    .bind((*l).clone())
+                    .bind(r.nhs_number.clone())
+                    .bind(r.received_at);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(self
             .answered(&r.sender, &r.control_id)
             .await?
             .unwrap_or_else(|| r.ack.clone()))
+    }
+
+    /// The NHS number each of `local` (patient numbers of organisation `ods`) was last sent
+    /// with in an applied message; numbers never seen are absent.
+    pub async fn nhs_numbers_of(
+        &self,
+        ods: &str,
+        local: &[String],
+    ) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
+        let mut out = std::collections::HashMap::new();
+        let b = self.db.backend();
+        for chunk in local.chunks(sharedcare_kit::db::MAX_ROWS_PER_INSERT) {
+            let sql = format!(
+                "SELECT local_id, nhs_number FROM patient_numbers WHERE ods = {} AND local_id IN ({})",
+                b.placeholder(1),
+                b.marks(2, chunk.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ods.to_string());
+            for l in chunk {
+                q = q.bind(l.clone());
+            }
+            for row in q.fetch_all(self.db.pool()).await? {
+                out.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
+            }
+        }
+        Ok(out)
     }
 
     /// The message on record for `sender` and `control_id`.

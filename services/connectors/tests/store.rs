@@ -47,13 +47,64 @@ async fn keeps_answers_and_forgets_old_messages(db: Db) {
     );
 }
 
+/// The trust's local patient numbers are kept with the NHS number of the applied message
+/// that named them (the latest wins), never from a refused one, and per organisation.
+async fn keeps_local_numbers_of_applied_messages(db: Db) {
+    db.migrate(Migrations::Portable(sqlx::migrate!("./migrations")))
+        .await
+        .expect("migrate");
+    let store = Store::new(db);
+    let local = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    store
+        .record_with_numbers(&received("N1", 1_000, "ACK"), "RX1", &local(&["RX7001", "RX7002"]))
+        .await
+        .expect("record");
+    let mut refused = received("N2", 2_000, "ACK AE");
+    refused.ack_code = "AE".into();
+    refused.nhs_number = "9434765013".into();
+    store
+        .record_with_numbers(&refused, "RX1", &local(&["RX7003"]))
+        .await
+        .expect("record");
+    let mut later = received("N3", 3_000, "ACK");
+    later.nhs_number = "9434765013".into();
+    store
+        .record_with_numbers(&later, "RX1", &local(&["RX7002"]))
+        .await
+        .expect("record");
+    let found = store
+        .nhs_numbers_of("RX1", &local(&["RX7001", "RX7002", "RX7003", "RX7004"]))
+        .await
+        .expect("read");
+    let mut found: Vec<(String, String)> = found.into_iter().collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("RX7001".to_string(), "9434765919".to_string()),
+            ("RX7002".to_string(), "9434765013".to_string()),
+        ]
+    );
+    assert!(
+        store
+            .nhs_numbers_of("RXA", &local(&["RX7001"]))
+            .await
+            .expect("read")
+            .is_empty(),
+        "another organisation's numbers are its own"
+    );
+}
+
 #[tokio::test]
 async fn on_sqlite() {
     let (db, _dir) = testing::sqlite_db("connectors").await;
     keeps_answers_and_forgets_old_messages(db).await;
+    let (db, _dir) = testing::sqlite_db("connectors").await;
+    keeps_local_numbers_of_applied_messages(db).await;
 }
 
 #[tokio::test]
 async fn on_postgres() {
     keeps_answers_and_forgets_old_messages(testing::postgres_db("connectors").await).await;
+    keeps_local_numbers_of_applied_messages(testing::postgres_db("connectors").await).await;
 }
