@@ -462,6 +462,35 @@ async fn results_over_mllp_are_laboratory_observations_and_a_correction_is_a_new
     assert_eq!(potassium["status"], "corrected");
     assert_eq!(potassium["valueQuantity"]["value"], 4.1);
     assert_eq!(potassium["meta"]["versionId"], "2");
+    let patient_url = |nhs: &str| format!("{}/fhir/R4/Patient/rx1-patient-{nhs}", p.http);
+    let (_, patient) = get_json(&patient_url(&nhs), &system, &[]).await;
+    assert_eq!(
+        patient["meta"]["versionId"], "1",
+        "the first result created the Patient, the correction left it: {patient}"
+    );
+
+    // A person the PAS registered (with an address): the lab's sparse PID does not replace
+    // the trust's Patient, and the message store does not list it as written.
+    let registered = nhs_number();
+    let acks = feed(
+        &p,
+        &[
+            adt("A28", "LAB-A28", &registered, "Adeyemi", ""),
+            oru("LAB-3", &registered, &format!("ORD{}", &registered[5..]), results),
+        ],
+    );
+    assert!(acks.iter().all(|a| msa(a).0 == "AA"), "{acks:?}");
+    let (_, patient) = get_json(&patient_url(&registered), &system, &[]).await;
+    assert_eq!(patient["meta"]["versionId"], "1", "{patient}");
+    assert_eq!(patient["name"][0]["family"], "Adeyemi");
+    assert_eq!(patient["address"][0]["postalCode"], "NB3 4CD");
+    let results = search(
+        &p,
+        &system,
+        &format!("Observation?patient.identifier={NHS_SYSTEM}|{registered}"),
+    )
+    .await;
+    assert_eq!(results.len(), 2, "{results:?}");
 }
 
 #[tokio::test]

@@ -44,6 +44,9 @@ pub struct Mapped {
     pub resources: Vec<Value>,
     /// The segment each resource came from, in the same order (where a refusal of it points).
     pub sources: Vec<Location>,
+    /// Positions of resources to write only when the record holds none of that id (a
+    /// laboratory's Patient: its sparse PID must not replace the PAS's fuller one).
+    pub only_if_absent: Vec<u32>,
 }
 
 impl Mapped {
@@ -148,6 +151,7 @@ pub fn map_with(
             nhs_number,
             resources,
             sources,
+            only_if_absent: Vec::new(),
         });
     }
     let needs_visit = !matches!(event, "A28" | "A31" | "A08");
@@ -179,6 +183,7 @@ pub fn map_with(
         nhs_number,
         resources,
         sources,
+        only_if_absent: Vec::new(),
     })
 }
 

@@ -116,8 +116,20 @@ impl Intake {
         record.produced = mapped.references().join(",");
         let _patient = self.lock(&record.nhs_number).await;
         let document = format!("hl7v2:{}:{}", record.sender, record.control_id);
-        match self.writer.put_many(sender, &mapped.resources, &document).await {
-            Ok(()) => {
+        match self
+            .writer
+            .put_many_keeping(sender, &mapped.resources, &mapped.only_if_absent, &document)
+            .await
+        {
+            Ok(unchanged) => {
+                // What was written: not a resource the record already held (only if absent).
+                let mut unchanged = unchanged.into_iter();
+                record.produced = mapped
+                    .references()
+                    .into_iter()
+                    .filter(|_| !unchanged.next().unwrap_or(false))
+                    .collect::<Vec<_>>()
+                    .join(",");
                 // The trust's own numbers, for an A40 that names a patient by one of them.
                 let local = crate::adt::local_numbers(&m);
                 self.finish_with(record, &h, AckCode::Accept, None, (&ods, &local))

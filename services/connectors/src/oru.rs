@@ -23,7 +23,9 @@ const INTERPRETATION: &str = "http://terminology.hl7.org/CodeSystem/v3-Observati
 const UCUM: &str = "http://unitsofmeasure.org";
 const DIAGNOSTIC_SECTION: &str = "http://terminology.hl7.org/CodeSystem/v2-0074";
 
-/// An ORU^R01 from `sender` as the Patient and its Observations.
+/// An ORU^R01 from `sender` as the Patient and its Observations. The Patient is written only
+/// when the record holds none of its id: a laboratory's PID is often sparse, and the trust's
+/// Patient from its PAS (ADT) is the fuller one.
 pub fn map(m: &Hl7<'_>, sender: &SenderConfig, received: &str) -> Result<Mapped, Problem> {
     let nhs_number = crate::adt::nhs_number(m)?;
     let pid = m.require("PID", "every message names its patient")?;
@@ -34,6 +36,7 @@ pub fn map(m: &Hl7<'_>, sender: &SenderConfig, received: &str) -> Result<Mapped,
         nhs_number: nhs_number.clone(),
         resources: vec![patient(&pid, &nhs_number, &ods, local)?],
         sources: vec![pid.at(0)],
+        only_if_absent: vec![0],
     };
     let msh_time = m.segment("MSH").map(|s| s.text(7, 1)).unwrap_or_default();
     let mut order: Option<(Seg<'_, '_>, String)> = None;

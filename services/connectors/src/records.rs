@@ -53,6 +53,18 @@ impl Writer {
     /// Writes `resources` as `sender`, all or none, naming `document` (the message they came
     /// from) in their Provenance; returns once they are durably stored.
     pub async fn put_many(&self, sender: &SenderConfig, resources: &[Value], document: &str) -> Result<(), WriteError> {
+        self.put_many_keeping(sender, resources, &[], document).await.map(drop)
+    }
+
+    /// [`Writer::put_many`], writing the resources at `only_if_absent` only when the record
+    /// holds none of their ids; returns, for each resource, whether it was left unchanged.
+    pub async fn put_many_keeping(
+        &self,
+        sender: &SenderConfig,
+        resources: &[Value],
+        only_if_absent: &[u32],
+        document: &str,
+    ) -> Result<Vec<bool>, WriteError> {
         let Some(token) = self.tokens.get(&sender.client_id) else {
             return Err(WriteError::Unavailable(format!(
                 "no client for sender {}",
@@ -64,6 +76,7 @@ impl Writer {
             source_organisation: sender.ods_code.clone(),
             purpose: String::new(),
             source_document: document.to_string(),
+            only_if_absent: only_if_absent.to_vec(),
         };
         let deadline = Instant::now() + self.timeout;
         let mut pause = Duration::from_millis(50);
@@ -73,7 +86,7 @@ impl Writer {
                 .map_err(|e| WriteError::Unavailable(format!("no token for {}: {e}", sender.client_id)));
             let outcome = match request {
                 Ok(r) => match self.records.clone().put_many(r).await {
-                    Ok(_) => return Ok(()),
+                    Ok(r) => return Ok(r.into_inner().stored.iter().map(|s| s.unchanged).collect()),
                     Err(status) => classify(&status),
                 },
                 Err(e) => e,

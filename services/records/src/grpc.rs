@@ -78,10 +78,28 @@ impl Records for RecordsApi {
             )
             .into());
         }
+        if let Some(bad) = req
+            .only_if_absent
+            .iter()
+            .find(|&&i| usize::try_from(i).map_or(true, |i| i >= req.resources_json.len()))
+        {
+            return Err(RecordsError::invalid(
+                "only_if_absent",
+                format!(
+                    "{bad} is not the position of a resource (there are {})",
+                    req.resources_json.len()
+                ),
+            )
+            .into());
+        }
         let mut puts = Vec::with_capacity(req.resources_json.len());
         for (i, json) in req.resources_json.iter().enumerate() {
             let r = fhir::parse(json).map_err(|e| at(i, e))?;
-            puts.push((r, 0));
+            let absent = req
+                .only_if_absent
+                .iter()
+                .any(|&p| usize::try_from(p).is_ok_and(|p| p == i));
+            puts.push((r, if absent { crate::store::ONLY_IF_ABSENT } else { 0 }));
         }
         let stored = self
             .store()
@@ -211,8 +229,9 @@ fn put_response(s: Stored) -> PutResponse {
         resource_type: s.resource_type,
         id: s.id,
         version: s.version,
-        last_updated: Some(db::timestamp(s.last_updated_us)),
+        last_updated: (!s.unchanged).then(|| db::timestamp(s.last_updated_us)),
         resource_json: s.body,
+        unchanged: s.unchanged,
     }
 }
 

@@ -424,6 +424,65 @@ async fn transactions_in_flight_together_are_stored_whole_or_not_at_all(db: Db) 
     assert_eq!(stored, want, "nothing of a failed unit is stored");
 }
 
+/// A put only if absent (a laboratory feed's sparse Patient) leaves a resource the record
+/// holds as it is, writes it when absent, and of several in flight for the same new resource
+/// exactly one writes it; the rest of its unit is written either way.
+async fn a_put_only_if_absent_leaves_a_held_resource_as_it_is(db: Db) {
+    use sharedcare_records::store::ONLY_IF_ABSENT;
+    let s = store(&db).await;
+    let a = system();
+    let full = fhir::parse(&format!(
+        r#"{{"resourceType":"Patient","id":"kept","identifier":[{{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"{NHS}"}}],"name":[{{"family":"Fuller"}}],"address":[{{"postalCode":"NB3 4CD"}}]}}"#
+    ))
+    .expect("patient");
+    s.put(full, "RX1", &a, 0).await.expect("the PAS's Patient");
+    let stored = s
+        .put_all(
+            vec![
+                (patient("kept"), ONLY_IF_ABSENT),
+                (observation("kept-obs", "kept", &[]), 0),
+            ],
+            "RX1",
+            &a,
+        )
+        .await
+        .expect("the lab's message");
+    assert!(stored[0].unchanged && stored[0].version == 1, "{:?}", stored[0]);
+    assert!(!stored[1].unchanged && stored[1].version == 1);
+    let kept = s.get("Patient", "kept", &a).await.expect("read");
+    assert_eq!(kept.version, 1);
+    assert!(kept.body.contains("NB3 4CD"), "the fuller Patient stays: {}", kept.body);
+    let versions: i64 = sqlx::query("SELECT COUNT(*) FROM resources WHERE id = 'kept'")
+        .fetch_one(db.pool())
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(versions, 1);
+
+    let units: Vec<_> = (0..6)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.put_all(vec![(patient("raced"), ONLY_IF_ABSENT)], "RX1", &system())
+                    .await
+            })
+        })
+        .collect();
+    let mut written = 0;
+    for u in units {
+        let stored = u.await.expect("join").expect("put");
+        assert_eq!(stored[0].version, 1);
+        written += usize::from(!stored[0].unchanged);
+    }
+    assert_eq!(written, 1, "one of them writes it");
+    let versions: i64 = sqlx::query("SELECT COUNT(*) FROM resources WHERE id = 'raced'")
+        .fetch_one(db.pool())
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(versions, 1);
+}
+
 fn observation(id: &str, patient: &str, labels: &[&str]) -> fhir::Resource {
     let security: Vec<serde_json::Value> = labels
         .iter()
@@ -1632,6 +1691,7 @@ sharedcare_kit::store_suite!(
     a_refused_put_does_not_fail_the_others_in_its_batch,
     concurrent_updates_from_the_same_version_store_exactly_one,
     transactions_in_flight_together_are_stored_whole_or_not_at_all,
+    a_put_only_if_absent_leaves_a_held_resource_as_it_is,
     staff_reads_are_decided_by_consent_and_every_outcome_is_audited,
     withheld_categories_are_refused_without_being_named,
     patient_data_must_name_a_patient_the_record_holds,

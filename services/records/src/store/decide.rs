@@ -200,6 +200,8 @@ impl Engine {
         unit_starts.reverse();
         // The version each put follows: the stored one plus the batch's earlier puts to it.
         let mut follows: HashMap<(String, String), i64> = HashMap::new();
+        // The version held, for each put only if absent whose resource is held.
+        let mut held: Vec<Option<i64>> = Vec::with_capacity(jobs.len());
         for (n, job) in jobs.iter().enumerate() {
             if unit_starts.last() == Some(&n) {
                 unit_starts.pop();
@@ -208,6 +210,20 @@ impl Engine {
                 }
             }
             let r = &job.resource;
+            let key = (r.resource_type.clone(), r.id.clone());
+            let stored = versions.get(&key).copied().unwrap_or(0);
+            let follows = follows.entry(key).or_insert(stored);
+            let current = *follows;
+            // Only if absent, and held (or written earlier in the batch): nothing to decide.
+            if job.expected_version == super::ONLY_IF_ABSENT && current > 0 {
+                patient_of(r, &mut patients);
+                survivor_asks.push(None);
+                checks.push((Ok(None), String::new()));
+                held.push(Some(current));
+                continue;
+            }
+            *follows += 1;
+            held.push(None);
             let survivor = r.replaced_by.as_ref().and_then(|id| patients.get(id)).cloned();
             let nhs = patient_of(r, &mut patients);
             let merge = match (r.resource_type.as_str(), job.delete) {
@@ -220,11 +236,6 @@ impl Engine {
                 }
                 _ => None,
             });
-            let key = (r.resource_type.clone(), r.id.clone());
-            let stored = versions.get(&key).copied().unwrap_or(0);
-            let follows = follows.entry(key).or_insert(stored);
-            let current = *follows;
-            *follows += 1;
             let check = if job.expected_version > 0 && job.expected_version != current {
                 Err(RecordsError::VersionMismatch {
                     reference: format!("{}/{}", r.resource_type, r.id),
@@ -252,7 +263,12 @@ impl Engine {
         }
         let decisions = asks.decide(self.pdp.as_ref()).await;
         let mut out = Vec::with_capacity(jobs.len());
-        for ((mut job, (check, nhs)), survivor_ask) in jobs.drain(..).zip(checks).zip(survivor_asks) {
+        for (((mut job, (check, nhs)), survivor_ask), held) in jobs.drain(..).zip(checks).zip(survivor_asks).zip(held) {
+            if held.is_some() {
+                job.held = held;
+                out.push((job, None));
+                continue;
+            }
             let purpose = job.caller.actor.purpose.clone();
             let asked = check.as_ref().ok().copied().flatten();
             let v = match check {

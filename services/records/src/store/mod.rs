@@ -48,7 +48,15 @@ pub struct Stored {
     pub labels: Option<Vec<String>>,
     /// This version deletes the resource (FHIR delete).
     pub deleted: bool,
+    /// Nothing was written: the put was only if absent ([`ONLY_IF_ABSENT`]) and the record
+    /// holds `version` (the other fields but the type and id are empty).
+    pub unchanged: bool,
 }
+
+/// The expected version of a put (in [`Store::put_all`]) to be written only when the record
+/// holds no version of the resource; when it holds one (even deleted), nothing is written,
+/// decided or audited for that put, and its [`Stored`] says `unchanged`.
+pub const ONLY_IF_ABSENT: i64 = -1;
 
 pub use sharedcare_kit::pdp::Actor;
 
@@ -119,6 +127,21 @@ impl<T> Verdict<T> {
 /// Most reads looked up in one query.
 const GETS_PER_QUERY: usize = 256;
 
+/// The answer to a put only if absent whose resource the record holds at `version`.
+fn held(job: &PutJob, version: i64) -> Stored {
+    Stored {
+        resource_type: job.resource.resource_type.clone(),
+        id: job.resource.id.clone(),
+        version,
+        last_updated_us: 0,
+        nhs_number: String::new(),
+        body: String::new(),
+        labels: None,
+        deleted: false,
+        unchanged: true,
+    }
+}
+
 /// Who asked, and the trace the request belongs to: the writer and reader tasks run outside
 /// the request's span, so its events carry this instead of the task's (empty) context.
 struct Caller {
@@ -167,6 +190,9 @@ struct PutJob {
     expected_version: i64,
     /// What the writer took it from (a feed's message), for its Provenance; "" when not said.
     source_document: String,
+    /// The version the record holds of a put only if absent, found when it was judged: such a
+    /// put is not written.
+    held: Option<i64>,
 }
 
 /// Puts stored together or not at all (one put, or a transaction's), and where their answer
@@ -277,6 +303,7 @@ impl Store {
             break_glass: false,
             expected_version,
             source_document: String::new(),
+            held: None,
         }
     }
 
@@ -381,35 +408,77 @@ impl Engine {
             if units.is_empty() {
                 continue;
             }
-            let sizes: Vec<usize> = units.iter().map(Vec::len).collect();
-            let jobs: Vec<PutJob> = units.into_iter().flatten().collect();
-            match self.write(&jobs).await {
-                Ok(stored) => {
-                    self.outbox.notify();
-                    let mut stored = stored.into_iter();
-                    for (reply, n) in replies.into_iter().zip(sizes) {
-                        let _ = reply.send(Ok(stored.by_ref().take(n).collect()));
-                    }
-                }
-                Err(e) if sizes.len() == 1 => {
-                    if let Some(reply) = replies.into_iter().next() {
-                        let _ = reply.send(Err((0, e)));
-                    }
-                }
-                Err(_) => {
-                    let mut from = 0;
-                    for (reply, n) in replies.into_iter().zip(sizes) {
-                        let unit = jobs.get(from..from + n).unwrap_or_default();
-                        from += n;
-                        let one = self.write(unit).await.map_err(|e| (0, e));
-                        if one.is_ok() {
-                            self.outbox.notify();
+            // Each unit's answers in order: a put only if absent that found the resource held
+            // is answered as it is (`Some`); the others (`None`) by what is written.
+            let mut shapes: Vec<Vec<Option<Stored>>> = Vec::with_capacity(units.len());
+            let mut jobs: Vec<PutJob> = Vec::new();
+            let mut sizes: Vec<usize> = Vec::with_capacity(units.len());
+            for unit in units {
+                let mut shape = Vec::with_capacity(unit.len());
+                let before = jobs.len();
+                for job in unit {
+                    match job.held {
+                        Some(version) => shape.push(Some(held(&job, version))),
+                        None => {
+                            shape.push(None);
+                            jobs.push(job);
                         }
-                        let _ = reply.send(one);
                     }
                 }
+                shapes.push(shape);
+                sizes.push(jobs.len() - before);
+            }
+            let written = self.write_units(&jobs, &sizes).await;
+            for ((reply, shape), written) in replies.into_iter().zip(shapes).zip(written) {
+                let answer = written.map(|stored| {
+                    let mut stored = stored.into_iter();
+                    shape.into_iter().filter_map(|a| a.or_else(|| stored.next())).collect()
+                });
+                let _ = reply.send(answer.map_err(|e| (0, e)));
             }
         }
+    }
+
+    /// Writes `jobs`, the puts of units of `sizes` puts each in order, in one transaction; if
+    /// that fails, each unit alone. Each unit's versions, or why it was not written.
+    async fn write_units(&self, jobs: &[PutJob], sizes: &[usize]) -> Vec<Result<Vec<Stored>, RecordsError>> {
+        if jobs.is_empty() {
+            return sizes.iter().map(|_| Ok(Vec::new())).collect();
+        }
+        let e = match self.write(jobs).await {
+            Ok(stored) => {
+                self.outbox.notify();
+                let mut stored = stored.into_iter();
+                return sizes.iter().map(|n| Ok(stored.by_ref().take(*n).collect())).collect();
+            }
+            Err(e) => e,
+        };
+        if sizes.iter().filter(|n| **n > 0).count() == 1 {
+            let mut e = Some(e);
+            return sizes
+                .iter()
+                .map(|n| match n {
+                    0 => Ok(Vec::new()),
+                    _ => Err(e.take().unwrap_or(RecordsError::Stopped)),
+                })
+                .collect();
+        }
+        let mut out = Vec::with_capacity(sizes.len());
+        let mut from = 0;
+        for n in sizes {
+            let unit = jobs.get(from..from + n).unwrap_or_default();
+            from += n;
+            if unit.is_empty() {
+                out.push(Ok(Vec::new()));
+                continue;
+            }
+            let one = self.write(unit).await;
+            if one.is_ok() {
+                self.outbox.notify();
+            }
+            out.push(one);
+        }
+        out
     }
 
     /// Writes `jobs` in one transaction, in order: each a new version of its resource, then
@@ -457,6 +526,7 @@ impl Engine {
                 labels: Some(fhir::security_labels(&body)),
                 body: serde_json::Value::Object(body).to_string(),
                 deleted: job.delete,
+                unchanged: false,
             };
             let merged_into = survivor.as_ref().map(|(_, n)| n.as_str()).unwrap_or_default();
             self.put_events(job, &s, merged_into, &mut events);

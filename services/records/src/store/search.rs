@@ -37,6 +37,7 @@ pub(super) fn stored_row(row: &sqlx::any::AnyRow) -> Result<Stored, sqlx::Error>
         body: row.try_get(5)?,
         labels,
         deleted: row.try_get::<i64, _>("deleted").is_ok_and(|d| d != 0),
+        unchanged: false,
     })
 }
 
