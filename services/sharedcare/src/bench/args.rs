@@ -96,6 +96,11 @@ pub struct BenchArgs {
     /// The project's `infra/` scripts (chaos starts its own Postgres and Kafka with them).
     #[arg(long, default_value = "infra")]
     pub infra: std::path::PathBuf,
+    /// records: run `up` pinned to CPU 0 (`taskset`; run the bench itself with `taskset -c 1`),
+    /// write ten Observations for each of the first 1,000 patients, and measure FHIR REST over
+    /// HTTP/1.1 keep-alive (read by id, search by patient, update) besides gRPC.
+    #[arg(long)]
+    pub pinned: bool,
 }
 
 impl BenchArgs {

@@ -26,7 +26,18 @@ pub(crate) async fn records(args: &BenchArgs) -> anyhow::Result<()> {
             (None, t.clone(), token)
         }
         None => {
-            let (p, _) = UpProcess::start()?;
+            let taskset = args.pinned && Command::new("taskset").arg("--version").output().is_ok();
+            let (p, _) = UpProcess::start_with(if taskset { &["taskset", "-c", "0"] } else { &[] })?;
+            if args.pinned {
+                println!(
+                    "`up` {}",
+                    if taskset {
+                        "pinned to CPU 0 (taskset); run this bench with `taskset -c 1`"
+                    } else {
+                        "not pinned (no taskset)"
+                    }
+                );
+            }
             let g = p.grpc.clone();
             let token = demo_service_token(&p.http, "records.read records.write").await?;
             (Some(p), g, token)
@@ -77,6 +88,9 @@ pub(crate) async fn records(args: &BenchArgs) -> anyhow::Result<()> {
     })
     .await?;
     let stored = ids.load(Ordering::Relaxed).clamp(1, 100_000);
+    if args.pinned {
+        observations(&clients, stored.min(SEARCHED)).await?;
+    }
     phase("get (by id)", args, &clients, move |mut c, n| async move {
         c.get(GetRequest {
             resource_type: "Patient".into(),
@@ -102,6 +116,9 @@ pub(crate) async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    if let (true, Some(p)) = (args.pinned, &up) {
+        rest(args, &p.http, &token, stored).await?;
+    }
     if let Some(http) = &decide_http {
         let token = demo_service_token(http, "consent.decide").await?;
         let bearer = Bearer(format!("Bearer {token}").parse()?);
@@ -131,6 +148,134 @@ pub(crate) async fn records(args: &BenchArgs) -> anyhow::Result<()> {
         })
         .await?;
     }
+    Ok(())
+}
+
+/// A records client with the bench's bearer token.
+type Records = RecordsClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
+
+/// Patients `--pinned` gives Observations to, and searches.
+const SEARCHED: u64 = 1_000;
+/// Observations each of them gets.
+const OBSERVATIONS_EACH: u64 = 10;
+
+/// Ten Observations for each of the first `patients` patients (`PutMany`, 32 in flight).
+async fn observations(clients: &[Records], patients: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    use futures::StreamExt;
+    for n in 0..patients {
+        let mut c = nth(clients, n)?;
+        let patient = crate::population::patient_id(BENCH_SEED, n);
+        let resources: Vec<String> = (0..OBSERVATIONS_EACH)
+            .map(|k| {
+                serde_json::json!({
+                    "resourceType": "Observation",
+                    "id": format!("bench-obs-{n}-{k}"),
+                    "status": "final",
+                    "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+                    "subject": {"reference": format!("Patient/{patient}")},
+                    "effectiveDateTime": format!("2026-11-{:02}T09:00:00Z", k + 1),
+                    "valueQuantity": {"value": 60 + k, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
+                })
+                .to_string()
+            })
+            .collect();
+        pending.push(async move {
+            c.put_many(sharedcare_proto::records::v1::PutManyRequest {
+                resources_json: resources,
+                source_organisation: "A81001".into(),
+                ..Default::default()
+            })
+            .await
+        });
+        if pending.len() >= 32
+            && let Some(r) = pending.next().await
+        {
+            r.context("writing observations")?;
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r.context("writing observations")?;
+    }
+    println!(
+        "wrote {} Observations for {patients} patients in {:.1} s",
+        patients * OBSERVATIONS_EACH,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// FHIR REST over HTTP/1.1 keep-alive, as a FHIR client reads and writes: one connection per
+/// request in flight, each request with its bearer token (verified, consent decided, audited).
+async fn rest(args: &BenchArgs, http: &str, token: &str, stored: u64) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .http1_only()
+        .build()?;
+    let base = format!("http://{http}/fhir/R4");
+    let get = |url: String, client: reqwest::Client, token: String| async move {
+        let r = client.get(url).bearer_auth(token).send().await?;
+        match r.status().is_success() {
+            true => r.bytes().await.map(drop).map_err(anyhow::Error::from),
+            false => Err(anyhow::anyhow!("HTTP {}", r.status())),
+        }
+    };
+    phase("FHIR read by id (HTTP/1.1)", args, std::slice::from_ref(&client), {
+        let (base, token) = (base.clone(), token.to_string());
+        move |c, n| {
+            let url = format!(
+                "{base}/Patient/{}",
+                crate::population::patient_id(BENCH_SEED, n % stored)
+            );
+            get(url, c, token.clone())
+        }
+    })
+    .await?;
+    let searched = stored.min(SEARCHED);
+    phase(
+        "FHIR search Observation?patient (HTTP/1.1, 10 found)",
+        args,
+        std::slice::from_ref(&client),
+        {
+            let (base, token) = (base.clone(), token.to_string());
+            move |c, n| {
+                let url = format!(
+                    "{base}/Observation?patient=Patient/{}&_count=20",
+                    crate::population::patient_id(BENCH_SEED, n % searched)
+                );
+                get(url, c, token.clone())
+            }
+        },
+    )
+    .await?;
+    let today = chrono::Utc::now().date_naive();
+    let nhs: Arc<Vec<String>> = Arc::new(crate::population::nhs_numbers(stored).collect());
+    phase("FHIR update Patient (HTTP/1.1)", args, std::slice::from_ref(&client), {
+        let (base, token) = (base.clone(), token.to_string());
+        move |c: reqwest::Client, n| {
+            let n = n % stored;
+            let id = crate::population::patient_id(BENCH_SEED, n);
+            let body = crate::population::patient_at(today, BENCH_SEED, n, &nth(&nhs, n).unwrap_or_default());
+            let (url, token) = (format!("{base}/Patient/{id}"), token.clone());
+            async move {
+                let r = c
+                    .put(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/fhir+json")
+                    .header("x-source-organisation", "A81001")
+                    .body(body)
+                    .send()
+                    .await?;
+                match r.status().is_success() {
+                    true => Ok(()),
+                    false => Err(anyhow::anyhow!("HTTP {}", r.status())),
+                }
+            }
+        }
+    })
+    .await?;
     Ok(())
 }
 
