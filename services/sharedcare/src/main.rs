@@ -13,6 +13,11 @@ mod population;
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: 9-12 % less CPU per audited read (see the README's
+/// Performance section).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -135,6 +135,22 @@ impl UpProcess {
             .and_then(|v| v.parse().ok())
             .context("VmRSS not found")
     }
+
+    /// CPU seconds the process has used, user and system (`/proc/<pid>/stat` utime and stime,
+    /// in Linux's fixed 100 ticks a second).
+    pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // The fields after the command name (which may hold spaces) start at the state.
+        let after = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .context("no command in stat")?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let tick =
+            |i: usize| -> anyhow::Result<f64> { Ok(fields.get(i).context("short stat")?.parse::<f64>()? / 100.0) };
+        // utime and stime are fields 14 and 15 of stat; 12 and 13 after the command.
+        Ok(tick(11)? + tick(12)?)
+    }
 }
 
 impl Drop for UpProcess {

@@ -117,6 +117,7 @@ async fn target(args: &BenchArgs, what: &str) -> anyhow::Result<(Target, f64)> {
         seconds: args.seconds.min(10),
         ..args.clone()
     };
+    let cpu_before = up.cpu_seconds()?;
     let capacity = phase("capacity (closed loop)", &measure, std::slice::from_ref(&client), read).await?;
     // Each read's audit entry is durable before its answer, but audit applies it to the log
     // afterwards: how far behind that was says what rate the whole path sustains.
@@ -125,9 +126,12 @@ async fn target(args: &BenchArgs, what: &str) -> anyhow::Result<(Target, f64)> {
     // `quiesce` returns one second after the log last grew.
     let behind = stopped.elapsed().saturating_sub(Duration::from_secs(1)).as_secs_f64();
     let loaded = measure.seconds as f64;
+    let reads = capacity * loaded;
     println!(
-        "audit log caught up {behind:.1} s after the closed loop: {:.0} reads/s audited end to end",
-        capacity * loaded / (loaded + behind)
+        "audit log caught up {behind:.1} s after the closed loop: {:.0} reads/s audited end to end; \
+         CPU per read {:.0} µs (all of `up`, the audit entry applied)",
+        reads / (loaded + behind),
+        (up.cpu_seconds()? - cpu_before) / reads.max(1.0) * 1e6
     );
     Ok((
         Target {
