@@ -222,34 +222,26 @@ async fn rest(args: &BenchArgs, http: &str, token: &str, stored: u64) -> anyhow:
             false => Err(anyhow::anyhow!("HTTP {}", r.status())),
         }
     };
-    phase("FHIR read by id (HTTP/1.1)", args, std::slice::from_ref(&client), {
-        let (base, token) = (base.clone(), token.to_string());
-        move |c, n| {
-            let url = format!(
-                "{base}/Patient/{}",
-                crate::population::patient_id(BENCH_SEED, n % stored)
-            );
-            get(url, c, token.clone())
-        }
-    })
-    .await?;
-    let searched = stored.min(SEARCHED);
-    phase(
-        "FHIR search Observation?patient (HTTP/1.1, 10 found)",
-        args,
-        std::slice::from_ref(&client),
-        {
+    // (phase, the request's path before and after the patient's id, patients asked about)
+    let reads = [
+        ("FHIR read by id (HTTP/1.1)", "Patient/", "", stored),
+        (
+            "FHIR search Observation?patient (HTTP/1.1, 10 found)",
+            "Observation?patient=Patient/",
+            "&_count=20",
+            stored.min(SEARCHED),
+        ),
+    ];
+    for (name, before, after, patients) in reads {
+        phase(name, args, std::slice::from_ref(&client), {
             let (base, token) = (base.clone(), token.to_string());
             move |c, n| {
-                let url = format!(
-                    "{base}/Observation?patient=Patient/{}&_count=20",
-                    crate::population::patient_id(BENCH_SEED, n % searched)
-                );
-                get(url, c, token.clone())
+                let id = crate::population::patient_id(BENCH_SEED, n % patients);
+                get(format!("{base}/{before}{id}{after}"), c, token.clone())
             }
-        },
-    )
-    .await?;
+        })
+        .await?;
+    }
     let today = chrono::Utc::now().date_naive();
     let nhs: Arc<Vec<String>> = Arc::new(crate::population::nhs_numbers(stored).collect());
     phase("FHIR update Patient (HTTP/1.1)", args, std::slice::from_ref(&client), {
