@@ -198,6 +198,7 @@ impl Engine {
             })
             .collect();
         unit_starts.reverse();
+        let mut unit_wrote_patient = false;
         // The version each put follows: the stored one plus the batch's earlier puts to it.
         let mut follows: HashMap<(String, String), i64> = HashMap::new();
         // The version held, for each put only if absent whose resource is held.
@@ -205,11 +206,14 @@ impl Engine {
         for (n, job) in jobs.iter().enumerate() {
             if unit_starts.last() == Some(&n) {
                 unit_starts.pop();
-                if n > 0 {
+                // Only a Patient adds to what the unit knows: reset after a unit that had one.
+                if unit_wrote_patient {
                     patients.clone_from(&stored_patients);
+                    unit_wrote_patient = false;
                 }
             }
             let r = &job.resource;
+            unit_wrote_patient |= r.resource_type == "Patient";
             let key = (r.resource_type.clone(), r.id.clone());
             let stored = versions.get(&key).copied().unwrap_or(0);
             let follows = follows.entry(key).or_insert(stored);
