@@ -218,8 +218,9 @@ impl Engine {
             let stored = versions.get(&key).copied().unwrap_or(0);
             let follows = follows.entry(key).or_insert(stored);
             let current = *follows;
-            // Only if absent, and held (or written earlier in the batch): nothing to decide.
-            if job.expected_version == super::ONLY_IF_ABSENT && current > 0 {
+            // Only if absent, and held: nothing to decide. Held means stored: a put earlier in
+            // this batch may yet be refused or fail, so this one is then judged and written.
+            if job.expected_version == super::ONLY_IF_ABSENT && stored > 0 {
                 patient_of(r, &mut patients);
                 survivor_asks.push(None);
                 checks.push((Ok(None), String::new()));
