@@ -425,7 +425,8 @@ async fn transactions_in_flight_together_are_stored_whole_or_not_at_all(db: Db) 
 }
 
 /// A put only if absent (a laboratory feed's sparse Patient) leaves a resource the record
-/// holds as it is and writes it when absent; the rest of its unit is written either way.
+/// holds as it is and writes it when absent; the rest of its unit is written either way; held
+/// or not, consent decides it.
 async fn a_put_only_if_absent_leaves_a_held_resource_as_it_is(db: Db) {
     use sharedcare_records::store::ONLY_IF_ABSENT;
     let s = store(&db).await;
@@ -448,6 +449,16 @@ async fn a_put_only_if_absent_leaves_a_held_resource_as_it_is(db: Db) {
         .expect("the lab's message");
     assert!(stored[0].unchanged && stored[0].version == 1, "{:?}", stored[0]);
     assert!(!stored[1].unchanged && stored[1].version == 1);
+    // Held or not, consent decides it as an update: a nurse with no relationship with the
+    // patient learns nothing, not even that the record holds the Patient.
+    let refused = s
+        .put_all(vec![(patient("kept"), ONLY_IF_ABSENT)], "RX1", &trust_nurse("TREAT"))
+        .await
+        .expect_err("no relationship");
+    assert!(
+        matches!(refused, (0, RecordsError::Denied(_) | RecordsError::Withheld)),
+        "{refused:?}"
+    );
     let kept = s.get("Patient", "kept", &a).await.expect("read");
     assert_eq!(kept.version, 1);
     assert!(kept.body.contains("NB3 4CD"), "the fuller Patient stays: {}", kept.body);

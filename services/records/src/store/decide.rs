@@ -218,12 +218,23 @@ impl Engine {
             let stored = versions.get(&key).copied().unwrap_or(0);
             let follows = follows.entry(key).or_insert(stored);
             let current = *follows;
-            // Only if absent, and held: nothing to decide. Held means stored: a put earlier in
-            // this batch may yet be refused or fail, so this one is then judged and written.
+            // Only if absent, and held: nothing is written, but consent still decides it as the
+            // update it would be, so that its answer (the resource exists, at this version) goes
+            // only to a writer consent permits. Held means stored: a put earlier in this batch
+            // may yet be refused or fail, so this one is then judged and written.
             if job.expected_version == super::ONLY_IF_ABSENT && stored > 0 {
-                patient_of(r, &mut patients);
+                let nhs = patient_of(r, &mut patients);
                 survivor_asks.push(None);
-                checks.push((Ok(None), String::new()));
+                let check = match (fhir::is_patient_data(&r.resource_type), nhs.is_empty()) {
+                    (true, false) => Ok(Some(asks.add(consent::ask(
+                        &job.caller.actor,
+                        &nhs,
+                        "update",
+                        fhir::security_labels(&r.body),
+                    )))),
+                    _ => fhir::directory_access(&r.resource_type, job.caller.actor.kind).map(|()| None),
+                };
+                checks.push((check, nhs));
                 held.push(Some(current));
                 continue;
             }
@@ -269,11 +280,6 @@ impl Engine {
         let decisions = asks.decide(self.pdp.as_ref()).await;
         let mut out = Vec::with_capacity(jobs.len());
         for (((mut job, (check, nhs)), survivor_ask), held) in jobs.drain(..).zip(checks).zip(survivor_asks).zip(held) {
-            if held.is_some() {
-                job.held = held;
-                out.push((job, None));
-                continue;
-            }
             let purpose = job.caller.actor.purpose.clone();
             let asked = check.as_ref().ok().copied().flatten();
             let v = match check {
@@ -310,6 +316,7 @@ impl Engine {
                 }
             };
             if refusal.is_none() {
+                job.held = held;
                 job.purpose = v.purpose;
                 job.reason = v.reason;
                 job.break_glass = asked.is_some_and(|i| {

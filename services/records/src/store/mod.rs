@@ -54,8 +54,9 @@ pub struct Stored {
 }
 
 /// The expected version of a put (in [`Store::put_all`]) to be written only when the record
-/// holds no version of the resource; when it holds one (even deleted), nothing is written,
-/// decided or audited for that put, and its [`Stored`] says `unchanged`.
+/// holds no version of the resource; when it holds one (even deleted), consent decides it as
+/// an update (refused and audited like any put), nothing is written, and its [`Stored`] says
+/// `unchanged`.
 pub const ONLY_IF_ABSENT: i64 = -1;
 
 pub use sharedcare_kit::pdp::Actor;
